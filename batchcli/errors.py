@@ -1,0 +1,39 @@
+"""Domain errors: each carries the bad value and the fix; only the CLI turns them into messages and exit codes."""
+
+from __future__ import annotations
+
+
+class BatchcliError(Exception):
+    """A problem the user can fix; ``str(error)`` is the whole message, naming the culprit and the fix."""
+
+    exit_code = 2
+
+
+class UsageError(BatchcliError):
+    """Bad command-line input: a malformed or unknown ``-p``, a missing param, an unknown ``-c``."""
+
+
+class ProjectError(BatchcliError):
+    """The user's project cannot be loaded or wired: no Source, two Services, a missing path."""
+
+
+class CastError(UsageError):
+    """A ``-p`` value that does not convert to the declared type."""
+
+    def __init__(self, name: str, type_name: str, value: str, hint: str = "") -> None:
+        self.name = name
+        self.type_name = type_name
+        self.value = value
+        self.hint = hint
+        message = f"Param {name!r} expects {type_name}, got {value!r}."
+        if hint:
+            message += f" {hint}"
+        super().__init__(message)
+
+
+class UserCodeError(BatchcliError):
+    """The user's own code raised while being imported or built; show their traceback, not ours."""
+
+    def __init__(self, message: str, original: BaseException) -> None:
+        super().__init__(message)
+        self.original = original
