@@ -18,14 +18,16 @@ class ProjectError(BatchcliError):
 
 
 class CastError(UsageError):
-    """A ``-p`` value that does not convert to the declared type."""
+    """A ``-p`` value that does not convert to the declared type; ``detail`` names the bad part (an element)."""
 
-    def __init__(self, name: str, type_name: str, value: str, hint: str = "") -> None:
+    def __init__(self, name: str, type_name: str, value: str, hint: str = "", *, detail: str = "") -> None:
         self.name = name
         self.type_name = type_name
         self.value = value
         self.hint = hint
-        message = f"Param {name!r} expects {type_name}, got {value!r}."
+        self.detail = detail
+        message = f"Param {name!r} expects {type_name}, got {value!r}"
+        message += f": {detail}." if detail else "."
         if hint:
             message += f" {hint}"
         super().__init__(message)
