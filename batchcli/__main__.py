@@ -1,0 +1,5 @@
+"""``python -m batchcli``."""
+
+from batchcli.cli import main
+
+main()

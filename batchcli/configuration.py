@@ -1,0 +1,80 @@
+"""``Configuration``: the dataclass every job's settings derive from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+RUNTIME_FIELDS = ("output_dir", "run_dir", "started_at")
+
+
+@dataclass(kw_only=True)
+class Configuration:
+    """Settings of a job, one subclass per environment (``config/config_dev.py`` ...).
+
+    Every field can be overridden for one run with ``-p field=value``. The runtime fields
+    ``output_dir``, ``run_dir`` and ``started_at`` are set by batchcli and read-only.
+    """
+
+    concurrency: int = 10
+    """Items in flight at once (async services) or worker threads (sync services)."""
+    max_retries: int = 3
+    """Retries after the first attempt for an exception in ``exceptions_to_retry_for``."""
+    backoff_s: float = 1.0
+    """Delay before the first retry; later delays grow exponentially, with jitter."""
+    backoff_max_s: float = 60.0
+    """Longest delay between two attempts."""
+    item_timeout_s: float | None = None
+    """Cancel an attempt that runs longer than this (a retryable ``TimeoutError``); None for no limit."""
+    rate_limit: float | None = None
+    """Most items started per second; None for no limit."""
+    stop_timeout_s: float = 30.0
+    """On a stop, how long in-flight items may take to finish before they are cancelled."""
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {self.concurrency!r}.")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be 0 or more, got {self.max_retries!r}.")
+        if self.rate_limit is not None and self.rate_limit <= 0:
+            raise ValueError(f"rate_limit must be positive or none, got {self.rate_limit!r}.")
+        if self.item_timeout_s is not None and self.item_timeout_s <= 0:
+            raise ValueError(f"item_timeout_s must be positive or none, got {self.item_timeout_s!r}.")
+
+    @property
+    def output_dir(self) -> Path:
+        """The directory that holds every run's directory (``-d``)."""
+        return self._runtime("output_dir")  # type: ignore[no-any-return]
+
+    @property
+    def run_dir(self) -> Path:
+        """This run's directory: logs, ``failed.jsonl``, ``summary.json``, the journal."""
+        return self._runtime("run_dir")  # type: ignore[no-any-return]
+
+    @property
+    def started_at(self) -> datetime:
+        """When this run started (local time, timezone-aware)."""
+        return self._runtime("started_at")  # type: ignore[no-any-return]
+
+    def _runtime(self, name: str) -> Any:
+        try:
+            return self.__dict__[f"_batchcli_{name}"]
+        except KeyError:
+            raise AttributeError(f"{name} is set by batchcli when a run starts.") from None
+
+
+def bind_runtime(config: Configuration, *, output_dir: Path, run_dir: Path, started_at: datetime) -> None:
+    """Set the read-only runtime fields of a configuration."""
+    config.__dict__.update(
+        _batchcli_output_dir=output_dir, _batchcli_run_dir=run_dir, _batchcli_started_at=started_at
+    )
+
+
+def settable_fields(config_cls: type[Configuration]) -> dict[str, Any]:
+    """Field name -> declared type, for every field ``-p`` may set."""
+    import typing
+
+    hints = typing.get_type_hints(config_cls)
+    return {f.name: hints.get(f.name, Any) for f in fields(config_cls) if f.init}

@@ -1,0 +1,196 @@
+"""A fresh kink container per run: configuration, params and every ``@inject`` class of the project."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Generic
+
+from kink import Container
+
+from batchcli.configuration import Configuration, RUNTIME_FIELDS, settable_fields
+from batchcli.errors import ProjectError, UsageError, UserCodeError
+from batchcli.inject import inject_spec
+from batchcli.params import ParamSpec, constructor_hints, param_specs, unwrap_param
+from batchcli.project import Project, format_user_traceback
+from batchcli.service import Service
+from batchcli.source import Source
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What a run is built from, as plain data: enough to rebuild it in another process."""
+
+    target: str
+    """The project path or installed job name."""
+    config_name: str | None
+    """The ``-c`` name, or None."""
+    values: Mapping[str, tuple[str, ...]]
+    """Every ``-p`` name with the raw values given for it, in order."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """A wired job: the objects a run drives."""
+
+    project: Project
+    """The loaded project."""
+    container: Container
+    """This run's own container."""
+    config: Configuration
+    """The chosen configuration with its overrides applied."""
+    source: Source[Any]
+    """The resolved Source."""
+    service: Service[Any]
+    """The resolved Service."""
+    params: dict[str, Any]
+    """Every param and configuration override, cast."""
+
+
+def build_job(project: Project, wiring: Wiring) -> Job:
+    """Wire a fresh container for ``project`` and resolve its Source, Service and Configuration."""
+    from batchcli.casting import cast
+
+    config_cls = project.configuration(wiring.config_name)
+    classes = project.injectables()
+    params = _collect_params(classes)
+    fields = {n: t for n, t in settable_fields(config_cls).items() if n not in RUNTIME_FIELDS}
+
+    known = set(params) | set(fields)
+    unknown = [name for name in wiring.values if name not in known]
+    if unknown:
+        raise UsageError(_unknown_message(unknown, known))
+
+    cast_values: dict[str, Any] = {}
+    for name, raw in wiring.values.items():
+        annotation = params[name].annotation if name in params else fields[name]
+        cast_values[name] = cast(name, list(raw), annotation)
+    missing = sorted(n for n, spec in params.items() if spec.required and n not in cast_values)
+    if missing:
+        listing = " ".join(f"-p {n}=..." for n in missing)
+        raise UsageError(f"Missing required param{'s' if len(missing) > 1 else ''}: {', '.join(missing)}. Give {listing}.")
+
+    try:
+        config = config_cls(**{n: v for n, v in cast_values.items() if n in fields})
+    except ValueError as error:
+        raise UsageError(f"Invalid configuration {config_cls.__name__}: {error}") from error
+    except Exception as error:
+        raise UserCodeError(f"Building {config_cls.__name__} failed:\n{format_user_traceback(error)}", error) from error
+
+    container = Container()
+    for key in config_cls.__mro__:
+        if isinstance(key, type) and issubclass(key, Configuration):
+            container[key] = config
+    source_cls = _the_one(classes, Source, "Source")
+    service_cls = _the_one(classes, Service, "Service")
+    # Most derived first, so a parent class is aliased to the leaf that extends it.
+    for cls in sorted(classes, key=lambda c: -len(c.__mro__)):
+        _register(container, cls, cast_values)
+    source = _resolve(container, source_cls)
+    service = _resolve(container, service_cls)
+    return Job(project, container, config, source, service, cast_values)
+
+
+def _collect_params(classes: list[type]) -> dict[str, ParamSpec]:
+    params: dict[str, ParamSpec] = {}
+    for cls in classes:
+        try:
+            specs = param_specs(cls)
+        except TypeError as error:
+            raise ProjectError(str(error)) from error
+        for spec in specs:
+            first = params.setdefault(spec.name, spec)
+            if first.annotation != spec.annotation:
+                raise ProjectError(
+                    f"Param {spec.name!r} is declared as {first.annotation!r} in {first.owner.__qualname__} "
+                    f"and as {spec.annotation!r} in {spec.owner.__qualname__}; give both the same type."
+                )
+    return params
+
+
+def _unknown_message(unknown: list[str], known: set[str]) -> str:
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(known), n=3)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        parts.append(f"{name!r}{hint}")
+    valid = ", ".join(sorted(known)) or "none"
+    noun = "names" if len(unknown) > 1 else "name"
+    return f"Unknown param or configuration {noun}: {'; '.join(parts)}. Valid names: {valid}."
+
+
+def _the_one(classes: list[type], base: type, label: str) -> type:
+    candidates = [c for c in classes if issubclass(c, base)]
+    # A decorated class that a decorated subclass extends is the subclass's base, not a rival.
+    leaves = [c for c in candidates if not any(o is not c and issubclass(o, c) for o in candidates)]
+    if len(leaves) == 1:
+        return leaves[0]
+    if not leaves:
+        raise ProjectError(
+            f"The project has no {label}: define a class that subclasses batchcli.{label} and decorate it "
+            "with @inject."
+        )
+    names = ", ".join(f"{c.__module__}.{c.__qualname__}" for c in leaves)
+    raise ProjectError(f"The project has {len(leaves)} {label} classes: {names}. Keep one, or drop @inject from the others.")
+
+
+def _register(container: Container, cls: type, values: dict[str, Any]) -> None:
+    spec = inject_spec(cls)
+    assert spec is not None  # injectables() only returns decorated classes
+
+    def build(c: Container) -> Any:
+        return _construct(c, cls, values)
+
+    if spec.use_factory:
+        container.factories[cls] = build
+    else:
+        container[cls] = lambda c: build(c)  # kink memoizes lambdas: one instance per run
+    keys = [b for b in cls.__mro__[1:] if b not in (object, Generic) and b.__module__ != "abc"]
+    for key in [*keys, *spec.aliases]:
+        if key not in container:
+            container.add_alias(key, cls)
+
+
+def _construct(container: Container, cls: type, values: dict[str, Any]) -> Any:
+    spec = inject_spec(cls)
+    hints = constructor_hints(cls)
+    kwargs: dict[str, Any] = {}
+    signature = inspect.signature(cls.__init__) if cls.__init__ is not object.__init__ else None
+    for name, parameter in (signature.parameters.items() if signature else []):
+        if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        annotation = hints.get(name)
+        if unwrap_param(annotation) is not None:
+            if name in values:
+                kwargs[name] = values[name]
+            continue
+        key = spec.bind.get(name, annotation) if spec else annotation
+        if key is not None and _resolvable(container, key):
+            kwargs[name] = container[key]
+        elif parameter.default is inspect.Parameter.empty:
+            raise ProjectError(
+                f"{cls.__qualname__}.__init__ needs {name!r} ({_type_name(annotation)}), which nothing provides: "
+                "decorate that class with @inject, mark the argument Param[...] to take it from -p, "
+                "or give it a default."
+            )
+    try:
+        return cls(**kwargs)
+    except Exception as error:
+        raise UserCodeError(f"Building {cls.__qualname__} failed:\n{format_user_traceback(error)}", error) from error
+
+
+def _resolvable(container: Container, key: Any) -> bool:
+    try:
+        return key in container
+    except TypeError:  # unhashable annotations
+        return False
+
+
+def _resolve(container: Container, cls: type) -> Any:
+    return container[cls]
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__qualname__", None) or repr(annotation) if annotation is not None else "no annotation"

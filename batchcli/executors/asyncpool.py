@@ -1,0 +1,275 @@
+"""The default executor: ``concurrency`` asyncio workers pulling from the source."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+
+from batchcli.configuration import Configuration
+from batchcli.outcome import Failure, Tally
+from batchcli.project import format_user_traceback
+from batchcli.retry import Attempts, RetryPolicy
+
+Items = Iterator[tuple[int, Any]] | AsyncIterator[tuple[int, Any]]
+
+
+class AsyncExecutor:
+    """Runs items through ``process`` with ``concurrency`` in flight, on the current event loop.
+
+    The success path is a plain loop: take an item, await it, count it. Failures go through the
+    retry policy; a retrying item waits in a timer, not in a worker, so the others keep going.
+    Control methods (``pause``, ``resume``, ``stop``, ``set_concurrency``) must be called on the
+    loop's thread; the run uses ``loop.call_soon_threadsafe`` for that.
+    """
+
+    def __init__(self, process: Callable[[Any], Any], config: Configuration, policy: RetryPolicy, tally: Tally) -> None:
+        self._config = config
+        self._policy = policy
+        self._tally = tally
+        self._ready: deque[tuple[int, Any, Attempts]] = deque()
+        self._timers: dict[object, asyncio.TimerHandle] = {}
+        self._workers: set[asyncio.Task[None]] = set()
+        self._target = config.concurrency
+        self._retiring = 0
+        self._idle = 0
+        self._settled = False
+        self.stopping = False
+        """True once a stop was asked for: no new item starts."""
+        self.paused = False
+        """True while paused: no new item starts until ``resume``."""
+        self.fatal: BaseException | None = None
+        """An exception from the source itself, which ends the run."""
+        self._threads: ThreadPoolExecutor | None = None
+        self._call = self._make_call(process)
+        self._next_start = 0.0
+        self._rate = config.rate_limit
+
+    def _make_call(self, process: Callable[[Any], Any]) -> Callable[[Any], Awaitable[Any]]:
+        if inspect.iscoroutinefunction(process):
+            call: Callable[[Any], Awaitable[Any]] = process
+        else:
+            # Sync work runs in threads; the pool's size caps how many run at once, even when a
+            # timed-out attempt's thread is still finishing.
+            self._threads = ThreadPoolExecutor(self._config.concurrency, thread_name_prefix="batchcli-item")
+            threads = self._threads
+
+            async def call(item: Any) -> Any:
+                return await asyncio.get_running_loop().run_in_executor(threads, process, item)
+
+        timeout = self._config.item_timeout_s
+        if timeout is not None:
+            inner = call
+
+            async def call(item: Any) -> Any:
+                async with asyncio.timeout(timeout):
+                    return await inner(item)
+
+        return call
+
+    async def run(self, items: Items) -> None:
+        """Process every item; returns when all are settled, or after a stop."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._gate = asyncio.Event()
+        self._gate.set()
+        if isinstance(items, Iterator):
+            self._next: Callable[[], tuple[int, Any]] | None = items.__next__
+            self._anext = None
+        else:
+            self._next = None
+            self._anext = items.__anext__
+            self._source_lock = asyncio.Lock()
+        try:
+            self._spawn(self._target)
+            while self._workers:
+                await asyncio.wait(set(self._workers))
+        finally:
+            for timer in self._timers.values():
+                timer.cancel()
+            if self._threads is not None:
+                self._threads.shutdown(wait=False, cancel_futures=True)
+
+    def _spawn(self, count: int) -> None:
+        for _ in range(count):
+            task = self._loop.create_task(self._worker())
+            self._workers.add(task)
+            task.add_done_callback(self._workers.discard)
+
+    async def _worker(self) -> None:
+        tally = self._tally
+        ready = self._ready
+        done = tally.done.append
+        call = self._call
+        while True:
+            if self.paused:
+                await self._gate.wait()
+            if self.stopping or self._retire():
+                return
+            if ready:
+                ordinal, item, attempts = ready.popleft()
+            else:
+                taken = await self._take()
+                if taken is None:
+                    if await self._wait_for_work():
+                        continue
+                    return
+                ordinal, item = taken
+                attempts = None
+            if self._rate is not None:
+                await self._throttle(self._rate)
+            tally.in_flight += 1
+            try:
+                await call(item)
+            except Exception as error:
+                tally.in_flight -= 1
+                self._failed(ordinal, item, attempts, error)
+            except asyncio.CancelledError:
+                # A hard stop: the item stays unprocessed, to be resumed.
+                tally.in_flight -= 1
+                raise
+            else:
+                tally.in_flight -= 1
+                tally.succeeded += 1
+                done(ordinal)
+
+    async def _take(self) -> tuple[int, Any] | None:
+        if self._tally.exhausted or self.fatal is not None:
+            return None
+        try:
+            if self._next is not None:
+                return self._next()
+            async with self._source_lock:
+                if self._tally.exhausted:
+                    return None
+                return await self._anext()  # type: ignore[misc]
+        except (StopIteration, StopAsyncIteration):
+            self._tally.exhausted = True
+            self._wake.set()
+            return None
+        except Exception as error:
+            self.fatal = error
+            self.stop()
+            return None
+
+    def _retire(self) -> bool:
+        if self._retiring:
+            self._retiring -= 1
+            return True
+        return False
+
+    async def _wait_for_work(self) -> bool:
+        """After the source ran out: wait for a retry to come due; False when all is settled."""
+        self._idle += 1
+        try:
+            while not self._ready:
+                if self._settled or self.stopping:
+                    return False
+                if self._tally.retrying == 0 and self._tally.in_flight == 0:
+                    self._settled = True
+                    self._wake.set()
+                    return False
+                self._wake.clear()
+                await self._wake.wait()
+            return True
+        finally:
+            self._idle -= 1
+
+    async def _throttle(self, rate: float) -> None:
+        now = self._loop.time()
+        start = max(now, self._next_start)
+        self._next_start = start + 1.0 / rate
+        if start > now:
+            await asyncio.sleep(start - now)
+
+    def _failed(self, ordinal: int, item: Any, attempts: Attempts | None, error: BaseException) -> None:
+        now = time.time()
+        if attempts is None:
+            attempts = self._policy.start(now)
+        delay = self._policy.next_delay(attempts, error)
+        if delay is None:
+            self._tally.fail(
+                Failure(
+                    ordinal=ordinal,
+                    item=item,
+                    error_type=_qualified_name(type(error)),
+                    error_message=str(error),
+                    traceback=format_user_traceback(error),
+                    attempts=attempts.count,
+                    first_failed_at=attempts.first_started,
+                    failed_at=now,
+                )
+            )
+            self._wake.set()
+            return
+        if self.stopping:
+            return  # left unprocessed; a resume retries it
+        self._tally.retrying += 1
+        key = object()
+        self._timers[key] = self._loop.call_later(delay, self._requeue, key, ordinal, item, attempts)
+
+    def _requeue(self, key: object, ordinal: int, item: Any, attempts: Attempts) -> None:
+        del self._timers[key]
+        self._tally.retrying -= 1
+        self._ready.append((ordinal, item, attempts))
+        self._wake.set()
+
+    # Control, from the loop's thread.
+
+    def stop(self) -> None:
+        """Start no new item; in-flight items finish; items waiting to retry stay unprocessed."""
+        self.stopping = True
+        for timer in self._timers.values():
+            timer.cancel()
+        self._tally.retrying = 0
+        self._ready.clear()
+        self._timers.clear()
+        self.resume()
+        if hasattr(self, "_wake"):
+            self._wake.set()
+
+    def cancel(self) -> None:
+        """Stop at once: cancel in-flight items, leaving them unprocessed."""
+        self.stop()
+        for task in list(self._workers):
+            task.cancel()
+
+    def pause(self) -> None:
+        """Start no new item until ``resume``; in-flight items finish."""
+        self.paused = True
+        self._gate.clear()
+
+    def resume(self) -> None:
+        """Undo ``pause``."""
+        self.paused = False
+        if hasattr(self, "_gate"):
+            self._gate.set()
+
+    def set_concurrency(self, concurrency: int) -> None:
+        """Change how many items may be in flight from now on."""
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency!r}.")
+        change = concurrency - self._target
+        self._target = concurrency
+        self._config.concurrency = concurrency
+        if change > 0:
+            cancelled = min(change, self._retiring)
+            self._retiring -= cancelled
+            self._spawn(change - cancelled)
+        else:
+            self._retiring += -change
+
+    def set_rate_limit(self, rate: float | None) -> None:
+        """Change the most items started per second (None for no limit)."""
+        if rate is not None and rate <= 0:
+            raise ValueError(f"rate_limit must be positive or None, got {rate!r}.")
+        self._config.rate_limit = rate
+        self._rate = rate
+
+
+def _qualified_name(cls: type) -> str:
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"

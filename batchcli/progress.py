@@ -1,0 +1,141 @@
+"""Progress on the console: a rich live display on a terminal, a plain line at intervals elsewhere."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from datetime import timedelta
+from typing import Any, Callable
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from batchcli.outcome import Tally
+
+
+class Rate:
+    """Items per second over a sliding window of samples, taken when the display renders."""
+
+    def __init__(self, tally: Tally, clock: Callable[[], float] = time.monotonic, window_s: float = 10.0) -> None:
+        self._tally = tally
+        self._clock = clock
+        self._window_s = window_s
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def sample(self) -> float:
+        """Record the current count and return the rate over the window."""
+        now = self._clock()
+        count = self._tally.settled
+        samples = self._samples
+        samples.append((now, count))
+        while len(samples) > 2 and now - samples[0][0] > self._window_s:
+            samples.popleft()
+        first_t, first_n = samples[0]
+        if now - first_t < 1e-3:
+            elapsed = self._tally.elapsed()
+            return count / elapsed if elapsed > 0 else 0.0
+        return (count - first_n) / (now - first_t)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-:--:--"
+    return str(timedelta(seconds=int(seconds)))
+
+
+def status_line(tally: Tally, rate: float) -> str:
+    """The one-line state of a run: done/total, outcomes, rate, elapsed, ETA."""
+    total = tally.total
+    settled = tally.settled + tally.skipped
+    done = f"{settled}/{total}" if total is not None else f"{settled}"
+    percent = f" ({settled / total:.0%})" if total else ""
+    eta = (total - settled) / rate if total is not None and rate > 0 else None
+    return (
+        f"{done}{percent}  ok {tally.succeeded}  failed {tally.failed}  retrying {tally.retrying}  "
+        f"in flight {tally.in_flight}  {rate:,.1f}/s  elapsed {_duration(tally.elapsed())}  eta {_duration(eta)}"
+    )
+
+
+class LiveDisplay:
+    """A rich live display redrawn a few times a second from the Tally; nothing per item."""
+
+    def __init__(self, tally: Tally, console: Console, title: str, refresh_per_second: float = 4) -> None:
+        self._tally = tally
+        self._rate = Rate(tally)
+        self._title = title
+        self._live = Live(self, console=console, refresh_per_second=refresh_per_second, transient=False)
+
+    def __rich__(self) -> RenderableType:
+        tally = self._tally
+        rate = self._rate.sample()
+        settled = tally.settled + tally.skipped
+        total = tally.total
+        bar = ProgressBar(total=float(total) if total else None, completed=float(settled), width=40)
+        eta = (total - settled) / rate if total is not None and rate > 0 else None
+        head = Table.grid(padding=(0, 1))
+        head.add_row(
+            Text(self._title, style="bold"),
+            bar,
+            Text(f"{settled:,}/{total:,}" if total is not None else f"{settled:,}", style="bold"),
+            Text(f"{settled / total:.0%}" if total else "", style="cyan"),
+        )
+        counts = Text.assemble(
+            ("ok ", "dim"), (f"{tally.succeeded:,}", "green"),
+            ("  failed ", "dim"), (f"{tally.failed:,}", "red" if tally.failed else "dim"),
+            ("  retrying ", "dim"), (f"{tally.retrying:,}", "yellow" if tally.retrying else "dim"),
+            ("  in flight ", "dim"), (f"{tally.in_flight:,}", ""),
+            ("  ", ""), (f"{rate:,.1f}/s", "magenta"),
+            ("  elapsed ", "dim"), (_duration(tally.elapsed()), ""),
+            ("  eta ", "dim"), (_duration(eta), ""),
+        )
+        return Group(head, counts)
+
+    def start(self) -> None:
+        """Begin redrawing."""
+        self._live.start()
+
+    def stop(self) -> None:
+        """Draw the final state and stop redrawing."""
+        self._live.refresh()
+        self._live.stop()
+
+
+class PlainProgress:
+    """Without a terminal: a plain progress line every ``interval_s`` seconds, from a thread."""
+
+    def __init__(self, tally: Tally, console: Console, interval_s: float = 10.0) -> None:
+        self._tally = tally
+        self._console = console
+        self._interval_s = interval_s
+        self._rate = Rate(tally)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="batchcli-progress", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stopped.wait(self._interval_s):
+            self.print_line()
+
+    def print_line(self) -> None:
+        """Print the current state once."""
+        self._console.print(status_line(self._tally, self._rate.sample()), highlight=False, soft_wrap=True)
+
+    def start(self) -> None:
+        """Begin printing."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop printing and print the final state."""
+        self._stopped.set()
+        self._thread.join()
+        self.print_line()
+
+
+def make_display(tally: Tally, console: Console, title: str, interval_s: float) -> Any:
+    """The live display on a terminal, plain lines otherwise."""
+    if console.is_terminal:
+        return LiveDisplay(tally, console, title)
+    return PlainProgress(tally, console, interval_s)

@@ -1,0 +1,247 @@
+"""Loading a user's project: its modules, its injectable classes and its configurations."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import importlib.util
+import inspect
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from batchcli.configuration import Configuration
+from batchcli.errors import ProjectError, UsageError, UserCodeError
+from batchcli.inject import inject_spec
+
+
+@dataclass(frozen=True)
+class Project:
+    """A loaded project: what ``exec PATH`` pointed at, imported."""
+
+    target: str
+    """What the user gave: a path, or an installed job name."""
+    name: str
+    """The job name, used in run directory names."""
+    package: str
+    """The top-level module name the project's modules live under."""
+    config_package: str | None
+    """The module name of the ``config/`` package, when the project has one."""
+    config_dir: Path | None
+    """The ``config/`` directory, when the project has one."""
+
+    def modules(self) -> list[ModuleType]:
+        """Every loaded module of the project, ``config/`` included."""
+        prefix = self.package + "."
+        return [m for n, m in list(sys.modules.items()) if n == self.package or n.startswith(prefix)]
+
+    def classes(self) -> list[type]:
+        """Every class defined in the project's loaded modules, in a stable order."""
+        found: dict[str, type] = {}
+        for module in self.modules():
+            for obj in vars(module).values():
+                if isinstance(obj, type) and getattr(obj, "__module__", "") == module.__name__:
+                    found[f"{obj.__module__}.{obj.__qualname__}"] = obj
+        return [found[k] for k in sorted(found)]
+
+    def injectables(self) -> list[type]:
+        """The classes decorated with ``@inject``, configurations excluded."""
+        return [c for c in self.classes() if inject_spec(c) and not issubclass(c, Configuration)]
+
+    def config_names(self) -> list[str]:
+        """The configurations ``-c`` accepts: module names in ``config/``, or class names in a file project."""
+        if self.config_dir is not None:
+            return sorted(
+                p.stem for p in self.config_dir.glob("*.py") if not p.stem.startswith("_")
+            )
+        return sorted(c.__name__ for c in _leaf_configurations(self.classes()))
+
+    def configuration(self, name: str | None) -> type[Configuration]:
+        """The configuration class ``-c NAME`` selects (or the only one, or the built-in defaults)."""
+        if self.config_dir is not None:
+            for module_name in self.config_names():
+                _import_user(f"{self.config_package}.{module_name}", self.config_dir / f"{module_name}.py")
+        leaves = _leaf_configurations(self.classes())
+        if name is None:
+            if not leaves:
+                return Configuration
+            if len(leaves) == 1:
+                return leaves[0]
+            raise UsageError(
+                f"The project has several configurations ({', '.join(self.config_names())}); "
+                "pick one with -c NAME."
+            )
+        chosen = [
+            c
+            for c in leaves
+            if c.__name__ == name
+            or (self.config_package and c.__module__ == f"{self.config_package}.{name}")
+        ]
+        if len(chosen) == 1:
+            return chosen[0]
+        available = self.config_names()
+        if not chosen:
+            listing = ", ".join(available) if available else "none (the built-in defaults apply without -c)"
+            raise UsageError(f"Unknown configuration {name!r}. Available: {listing}.")
+        raise ProjectError(
+            f"Configuration module {name!r} defines several configurations "
+            f"({', '.join(c.__name__ for c in chosen)}); keep one per module or pick one by class name."
+        )
+
+
+def _leaf_configurations(classes: list[type]) -> list[type[Configuration]]:
+    """Configurations no other project configuration derives from: shared bases are not choices."""
+    configs = [c for c in classes if issubclass(c, Configuration) and c is not Configuration]
+    return [c for c in configs if not inspect.isabstract(c) and not any(o is not c and issubclass(o, c) for o in configs)]
+
+
+def load_project(target: str) -> Project:
+    """Import the project at ``target``: a ``.py`` file, a file in a directory project, or a directory."""
+    path = Path(target).expanduser()
+    if not path.exists():
+        from batchcli.jobs import load_installed_job
+
+        installed = load_installed_job(target)
+        if installed is not None:
+            return installed
+        raise ProjectError(
+            f"Path {target!r} does not exist. Give a .py file, a project directory, "
+            "or the name of an installed job (see `batchcli list`)."
+        )
+    path = path.resolve()
+    if path.is_file():
+        if path.suffix != ".py":
+            raise ProjectError(f"{target!r} is not a Python file. Give a .py file or a project directory.")
+        root = path.parent
+        if (root / "__init__.py").exists() or (root / "config").is_dir():
+            package = _import_package(root)
+            _import_user(f"{package}.{path.stem}", path)
+            return _directory_project(target, root, package)
+        name = _module_name(path.stem, path)
+        _import_user(name, path)
+        return Project(target=target, name=path.stem, package=name, config_package=None, config_dir=None)
+    package = _import_package(path)
+    if not (path / "__init__.py").exists():
+        for module_path in sorted(path.glob("*.py")):
+            _import_user(f"{package}.{module_path.stem}", module_path)
+    return _directory_project(target, path, package)
+
+
+def _directory_project(target: str, root: Path, package: str) -> Project:
+    config_dir = root / "config"
+    has_config = config_dir.is_dir()
+    return Project(
+        target=target,
+        name=root.name,
+        package=package,
+        config_package=f"{package}.config" if has_config else None,
+        config_dir=config_dir if has_config else None,
+    )
+
+
+def _module_name(name: str, location: Path) -> str:
+    """Check that ``name`` can be the project's top-level module without hiding another module."""
+    if not name.isidentifier():
+        raise ProjectError(
+            f"{str(location)!r} cannot be imported as {name!r}: rename it to a valid Python identifier "
+            "(letters, digits, underscores)."
+        )
+    existing = sys.modules.get(name)
+    if existing is not None and not _is_from(existing, location):
+        raise ProjectError(
+            f"The project name {name!r} ({str(location)!r}) clashes with the module {name!r} that is "
+            "already imported; rename the project."
+        )
+    # A project loaded again in the same process (tests, resume) is imported afresh.
+    for loaded in [n for n in sys.modules if n == name or n.startswith(name + ".")]:
+        del sys.modules[loaded]
+    return name
+
+
+def _is_from(module: ModuleType, location: Path) -> bool:
+    file = getattr(module, "__file__", None)
+    if file is not None:
+        return Path(file).resolve() == location or Path(file).resolve().parent == location
+    return any(Path(p).resolve() == location for p in getattr(module, "__path__", []))
+
+
+def _import_package(root: Path) -> str:
+    """Import directory ``root`` as a package named after it, with or without ``__init__.py``."""
+    name = _module_name(root.name, root)
+    init = root / "__init__.py"
+    if init.exists():
+        _import_user(name, init, package_dir=root)
+    else:
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [str(root)]
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+    return name
+
+
+def _import_user(name: str, path: Path, package_dir: Path | None = None) -> ModuleType:
+    """Import one of the user's modules under a stable ``name`` so its classes pickle."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(
+        name, path, submodule_search_locations=[str(package_dir)] if package_dir else None
+    )
+    if spec is None or spec.loader is None:
+        raise ProjectError(f"Cannot import {str(path)!r}.")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as error:
+        del sys.modules[name]
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise UserCodeError(
+            f"Importing {str(path)!r} failed:\n{format_user_traceback(error)}", error
+        ) from error
+    return module
+
+
+def format_user_traceback(error: BaseException) -> str:
+    """The traceback of ``error`` without batchcli's and importlib's own frames."""
+    import batchcli
+
+    ours = str(Path(batchcli.__file__).parent)
+    frames = [
+        f
+        for f in traceback.extract_tb(error.__traceback__)
+        if not f.filename.startswith(ours) and "importlib" not in f.filename
+    ]
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
+    lines += traceback.format_exception_only(error)
+    return "".join(lines).rstrip()
+
+
+def load_module_project(job_name: str, module_name: str) -> Project:
+    """Import an installed job's module by name; its package's ``config/`` holds its configurations."""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ProjectError(
+            f"The installed job {job_name!r} points at module {module_name!r}, which cannot be imported: "
+            f"{error}. Reinstall the package that provides it."
+        ) from error
+    except Exception as error:
+        raise UserCodeError(
+            f"Importing {module_name!r} failed:\n{format_user_traceback(error)}", error
+        ) from error
+    package = module.__name__ if hasattr(module, "__path__") else module.__name__.rpartition(".")[0] or module.__name__
+    package_module = sys.modules[package]
+    config_dir = next(
+        (Path(p) / "config" for p in getattr(package_module, "__path__", []) if (Path(p) / "config").is_dir()),
+        None,
+    )
+    return Project(
+        target=job_name,
+        name=job_name,
+        package=package,
+        config_package=f"{package}.config" if config_dir else None,
+        config_dir=config_dir,
+    )

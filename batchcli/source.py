@@ -1,0 +1,60 @@
+"""``Source[T]``: where work items come from."""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class Source(Generic[T]):
+    """Yields the work items of a job.
+
+    Implement one of: ``__iter__`` (a generator is simplest), Batchframe's ``next()`` raising
+    ``StopIteration`` at the end, or ``__aiter__`` for sources that must await (paginated APIs).
+    ``__len__`` is optional; with it the display shows a bar to 100% and an ETA.
+    """
+
+    def __iter__(self) -> Iterator[T]:
+        # Batchframe's contract: call next() until it raises StopIteration.
+        next_item = self.next
+        while True:
+            try:
+                yield next_item()
+            except StopIteration:
+                return
+
+    def next(self) -> T:
+        """Return the next item, or raise ``StopIteration`` when there are no more."""
+        raise NotImplementedError(
+            f"{type(self).__qualname__} yields no items: define __iter__ (a generator), "
+            "__aiter__ (an async generator) or next() on it."
+        )
+
+    def persist_failed(self, failed: list[T]) -> None:
+        """Called once at the end with every input that finally failed; the default does nothing.
+
+        batchcli already saves failed inputs in the run directory, so this is only for sending them
+        somewhere of your own.
+        """
+
+    def item_key(self, item: T) -> Any:
+        """Identify an item for ``resume``; the default is its position in the source."""
+        raise NotImplementedError
+
+
+def is_async_source(source: object) -> bool:
+    """True when the source is iterated with ``async for``."""
+    return hasattr(type(source), "__aiter__")
+
+
+def source_length(source: object) -> int | None:
+    """``len(source)`` when the source defines it, else None."""
+    if not hasattr(type(source), "__len__"):
+        return None
+    return len(source)  # type: ignore[arg-type]
+
+
+def aiter_source(source: Any) -> AsyncIterator[Any]:
+    """The async iterator of an async source."""
+    return source.__aiter__()  # type: ignore[no-any-return]
