@@ -51,19 +51,23 @@ class Project:
         return [c for c in self.classes() if inject_spec(c) and not issubclass(c, Configuration)]
 
     def config_names(self) -> list[str]:
-        """The configurations ``-c`` accepts: module names in ``config/``, or class names in a file project."""
+        """The configurations ``-c`` accepts: modules of ``config/`` that define one, or class names."""
+        leaves = self._load_configurations()
+        if self.config_package is not None:
+            prefix = self.config_package + "."
+            return sorted({c.__module__[len(prefix):] for c in leaves if c.__module__.startswith(prefix)})
+        return sorted(c.__name__ for c in leaves)
+
+    def _load_configurations(self) -> list[type[Configuration]]:
         if self.config_dir is not None:
-            return sorted(
-                p.stem for p in self.config_dir.glob("*.py") if not p.stem.startswith("_")
-            )
-        return sorted(c.__name__ for c in _leaf_configurations(self.classes()))
+            for path in sorted(self.config_dir.glob("*.py")):
+                if not path.stem.startswith("_"):
+                    _import_user(f"{self.config_package}.{path.stem}", path)
+        return _leaf_configurations(self.classes())
 
     def configuration(self, name: str | None) -> type[Configuration]:
         """The configuration class ``-c NAME`` selects (or the only one, or the built-in defaults)."""
-        if self.config_dir is not None:
-            for module_name in self.config_names():
-                _import_user(f"{self.config_package}.{module_name}", self.config_dir / f"{module_name}.py")
-        leaves = _leaf_configurations(self.classes())
+        leaves = self._load_configurations()
         if name is None:
             if not leaves:
                 return Configuration

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator, Protocol
 
 from rich.console import Console
 
@@ -73,6 +73,20 @@ class RunResult:
     """The error that ended the run early, if any."""
 
 
+class Recorder(Protocol):
+    """Receives every settled item once, in batches, from the recorder thread."""
+
+    def record(self, ordinals: list[int], failures: list[Failure]) -> None:
+        """Record ordinals that succeeded and final failures."""
+
+
+class NullRecorder:
+    """Records nothing beyond the run directory's plain files."""
+
+    def record(self, ordinals: list[int], failures: list[Failure]) -> None:
+        """Drop the batch."""
+
+
 class Run:
     """Drives one job from start to summary. The event loop runs on a thread of its own, so the
     main thread stays free for signals (and, on a terminal, the pause shell)."""
@@ -93,6 +107,13 @@ class Run:
         self.run_dir = _make_run_dir(options.output_dir, job.project.name, self.started_at)
         bind_runtime(job.config, output_dir=options.output_dir, run_dir=self.run_dir, started_at=self.started_at)
         self._failed_file = FailedFile(self.run_dir / "failed.jsonl")
+        self._flush_lock = threading.Lock()
+        self.recorder: Recorder = NullRecorder()
+        """Where settled items are recorded durably (the journal)."""
+        self.pause_requested = False
+        """Set from a signal handler; the main thread then calls ``on_pause``."""
+        self.on_pause: Callable[[Run], None] = lambda run: run.stop()
+        """What a pause request does: the pause shell on a terminal, a graceful stop elsewhere."""
 
     # The driver, on the main thread.
 
@@ -102,18 +123,22 @@ class Run:
         log.info("Run %s of %s (configuration %s)", self.run_dir.name, self.wiring.target, type(self.job.config).__name__)
         display = make_display(self.tally, self.console, self.job.project.name, self.options.progress_interval_s)
         restore_signals = self._install_signals()
+        loop_thread = threading.Thread(target=self._loop_main, name="batchcli-loop", daemon=True)
+        recorder = threading.Thread(target=self._record_loop, name="batchcli-recorder", daemon=True)
         try:
-            loop_thread = threading.Thread(target=self._loop_main, name="batchcli-loop", daemon=True)
             display.start()
             loop_thread.start()
-            try:
-                while not self._finished.wait(FLUSH_INTERVAL_S):
-                    self.flush()
-            finally:
-                loop_thread.join()
-                self.flush()
-                display.stop()
+            recorder.start()
+            # The main thread only waits, so signal handlers (and the pause shell) run promptly.
+            while not self._finished.wait(0.1):
+                if self.pause_requested:
+                    self.pause_requested = False
+                    self.on_pause(self)
+            loop_thread.join()
+            recorder.join()
+            self.flush()
         finally:
+            display.stop()
             restore_signals()
             self._failed_file.close()
         result = self._result()
@@ -122,13 +147,19 @@ class Run:
         stop_logging()
         return result
 
+    def _record_loop(self) -> None:
+        while not self._finished.wait(FLUSH_INTERVAL_S):
+            self.flush()
+
     def flush(self) -> None:
-        """Record what the executor reported since the last flush."""
-        done = self.tally.done
-        for _ in range(len(done)):
-            done.popleft()
-        new = self.tally.new_failures
-        self._failed_file.write([new.popleft() for _ in range(len(new))])
+        """Record what the executor reported since the last flush (recorder thread, then once at the end)."""
+        with self._flush_lock:
+            done = self.tally.done
+            ordinals = [done.popleft() for _ in range(len(done))]
+            new = self.tally.new_failures
+            failures = [new.popleft() for _ in range(len(new))]
+            self._failed_file.write(failures)
+            self.recorder.record(ordinals, failures)
 
     def _install_signals(self) -> Any:
         if not self.options.handle_signals or threading.current_thread() is not threading.main_thread():

@@ -1,0 +1,98 @@
+"""Shared fixtures: the real CLI in-process and as a subprocess, isolated from each other."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from batchcli.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECTS = Path(__file__).resolve().parent / "projects"
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Each test runs in its own directory and leaves sys.modules and sys.path as it found them."""
+    monkeypatch.chdir(tmp_path)
+    modules = dict(sys.modules)
+    path = list(sys.path)
+    yield
+    for name in [n for n in sys.modules if n not in modules]:
+        del sys.modules[name]
+    sys.path[:] = path
+
+
+@dataclass
+class Outcome:
+    """What one CLI invocation did."""
+
+    exit_code: int
+    output: str
+    run_dir: Path | None
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        assert self.run_dir is not None, self.output
+        return json.loads((self.run_dir / "summary.json").read_text())  # type: ignore[no-any-return]
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        assert self.run_dir is not None, self.output
+        path = self.run_dir / "failed.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def newest_run(output_dir: Path) -> Path | None:
+    runs = sorted(output_dir.glob("*/summary.json"), key=lambda p: p.stat().st_mtime) if output_dir.exists() else []
+    return runs[-1].parent if runs else None
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Any:
+    """Run ``batchcli ARGS...`` in-process with typer's CliRunner."""
+
+    def invoke(*args: str, input: str | None = None) -> Outcome:
+        out = tmp_path / "out"
+        before = set(out.glob("*")) if out.exists() else set()
+        result = CliRunner().invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
+        after = newest_run(out)
+        return Outcome(result.exit_code, result.output, after if after not in before else None)
+
+    return invoke
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a ``python -m batchcli`` child: this checkout first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.setdefault("BATCHCLI_PROGRESS_INTERVAL", "0.2")
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def run_batchcli(tmp_path: Path) -> Any:
+    """Run ``python -m batchcli ARGS...`` as a real process (no terminal) and wait for it."""
+
+    def run(*args: str, timeout: float = 120, **env: str) -> Outcome:
+        out = tmp_path / "out"
+        proc = subprocess.run(
+            [sys.executable, "-m", "batchcli", *[str(a) for a in args]],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=subprocess_env(**env),
+        )
+        return Outcome(proc.returncode, proc.stdout + proc.stderr, newest_run(out))
+
+    return run
