@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn, Optional
@@ -61,6 +62,9 @@ def exec_(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="The configuration to use (a module in config/)."),
     output_dir: Path = typer.Option(Path("batchcli_outputs"), "--output-dir", "-d", help=OUTPUT_HELP),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output: -v for info, -vv for debug."),
+    no_shell: bool = typer.Option(
+        False, "--no-shell", help="Ctrl-C stops the run gracefully instead of opening the pause shell."
+    ),
 ) -> None:
     """Run a job: every item of its Source through its Service."""
     from rich.markup import escape
@@ -72,7 +76,7 @@ def exec_(
     try:
         wiring = Wiring(target=path, config_name=config, values=parse_values(param))
         job = build_job(load_project(path), wiring)
-        options = RunOptions(output_dir=output_dir, verbosity=verbose)
+        options = RunOptions(output_dir=output_dir, verbosity=verbose, pause_shell=not no_shell)
         result = Run(job, wiring, options).execute()
     except BatchcliError as error:
         fail(error)
@@ -85,6 +89,12 @@ def exec_(
         highlight=False,
         soft_wrap=True,
     )
+    if result.threads_left:
+        # A hard stop gave up on sync items still running in threads; everything is saved, so leave
+        # now rather than let the interpreter wait for those threads at exit.
+        console.file.flush()
+        sys.stdout.flush()
+        os._exit(result.exit_code)
     raise typer.Exit(result.exit_code)
 
 

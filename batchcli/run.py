@@ -8,6 +8,7 @@ import itertools
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ class RunOptions:
     """Seconds between plain progress lines when the console is not a terminal."""
     handle_signals: bool = True
     """Install SIGINT/SIGTERM handlers (only possible on the main thread)."""
+    pause_shell: bool = True
+    """On a terminal, Ctrl-C pauses the run and opens the pause shell (``--no-shell`` turns it off)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class RunResult:
     """Every final failure, input and reason."""
     fatal: BaseException | None = None
     """The error that ended the run early, if any."""
+    threads_left: int = 0
+    """Threads of a sync ``process`` still running items a hard stop gave up on; the CLI does not wait for them."""
 
 
 class Recorder(Protocol):
@@ -114,6 +119,16 @@ class Run:
         """Set from a signal handler; the main thread then calls ``on_pause``."""
         self.on_pause: Callable[[Run], None] = lambda run: run.stop()
         """What a pause request does: the pause shell on a terminal, a graceful stop elsewhere."""
+        self.interactive = False
+        """True when Ctrl-C opens the pause shell (and a fatal error the emergency shell)."""
+        self.paused = False
+        """True between ``pause()`` and ``resume()``."""
+        self.shell_open = False
+        """True while ``on_pause`` runs; the loop waits for it before cleaning up."""
+        self.display: Any = None
+        self._closing = False
+        self._hard_stopped = False
+        self._setup_task: asyncio.Future[Any] | None = None
 
     # The driver, on the main thread.
 
@@ -121,7 +136,13 @@ class Run:
         """Run the job to the end (or a stop) and write the summary."""
         stop_logging = start_logging(self.run_dir / "batchcli.log", self.console, self.options.verbosity)
         log.info("Run %s of %s (configuration %s)", self.run_dir.name, self.wiring.target, type(self.job.config).__name__)
+        self.interactive = self._wants_shell()  # before the live display starts: it redirects stdout
+        if self.interactive:
+            from batchcli.shell import PauseShell  # imports IPython only when it opens
+
+            self.on_pause = PauseShell()
         display = make_display(self.tally, self.console, self.job.project.name, self.options.progress_interval_s)
+        self.display = display
         restore_signals = self._install_signals()
         loop_thread = threading.Thread(target=self._loop_main, name="batchcli-loop", daemon=True)
         recorder = threading.Thread(target=self._record_loop, name="batchcli-recorder", daemon=True)
@@ -132,8 +153,7 @@ class Run:
             # The main thread only waits, so signal handlers (and the pause shell) run promptly.
             while not self._finished.wait(0.1):
                 if self.pause_requested:
-                    self.pause_requested = False
-                    self.on_pause(self)
+                    self._open_pause()
             loop_thread.join()
             recorder.join()
             self.flush()
@@ -146,6 +166,24 @@ class Run:
         log.info("Run ended: %s, exit code %d", result.status, result.exit_code)
         stop_logging()
         return result
+
+    def _wants_shell(self) -> bool:
+        """The pause shell needs a terminal on both ends and our own SIGINT handler."""
+        return (
+            self.options.pause_shell
+            and self.options.handle_signals
+            and threading.current_thread() is threading.main_thread()
+            and _is_terminal(sys.stdin)
+            and _is_terminal(sys.stdout)
+        )
+
+    def _open_pause(self) -> None:
+        self.shell_open = True  # before clearing the request, so the loop never sees neither
+        self.pause_requested = False
+        try:
+            self.on_pause(self)
+        finally:
+            self.shell_open = False
 
     def _record_loop(self) -> None:
         while not self._finished.wait(FLUSH_INTERVAL_S):
@@ -175,22 +213,37 @@ class Run:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
-        if self.stop_requested:
-            log.warning("%s again: stopping at once; in-flight items stay unprocessed.", name)
-            self.call_in_loop(self._cancel)
+        if signum == signal.SIGINT and self.interactive and not (self.stop_requested or self._closing):
+            self.pause_requested = True  # the main loop opens the pause shell
             return
+        # Act before logging: a signal that arrives while this handler logs runs a nested handler,
+        # which must see this one's stop.
+        if self.stop_requested:
+            self.call_in_loop(self._cancel)
+            log.warning("%s again: stopping at once; in-flight items stay unprocessed.", name)
+            return
+        self.stop()
         log.warning(
-            "%s: stopping. Waiting for %d in-flight item(s) (at most %.0fs); send it again to stop at once.",
+            "%s: stopping. Waiting for %d in-flight item(s) (at most %gs); send it again to stop at once.",
             name,
             self.tally.in_flight,
             self.job.config.stop_timeout_s,
         )
-        self.stop()
 
     def stop(self) -> None:
         """Ask the run to stop gracefully (thread-safe): nothing new starts, in-flight items finish."""
         self.stop_requested = True
         self.call_in_loop(self._stop_in_loop)
+
+    def pause(self) -> None:
+        """Start no new item until ``resume()`` (thread-safe); in-flight items finish."""
+        self.paused = True
+        self.call_in_loop(self._pause_in_loop)
+
+    def resume(self) -> None:
+        """Undo ``pause()`` (thread-safe)."""
+        self.paused = False
+        self.call_in_loop(self._pause_in_loop)
 
     def call_in_loop(self, callback: Any) -> None:
         """Run ``callback`` on the executor's loop thread."""
@@ -216,11 +269,14 @@ class Run:
         source, service, config = self.job.source, self.job.service, self.job.config
         try:
             self.tally.total = source_length(source)
-            await _maybe_await(service.setup())
+            if not await self._setup():
+                return  # stopped at once during setup(); finish() still runs
             policy = RetryPolicy(config, service.exceptions_to_retry_for)
             self.executor = AsyncExecutor(service.process, config, policy, self.tally)
             if self.stop_requested:
                 self.executor.stop()
+            elif self.paused:
+                self.executor.pause()
             items, seen = self._items()
             await self.executor.run(items)
             if self.executor.fatal is not None:
@@ -230,10 +286,22 @@ class Run:
         except Exception as error:
             self._set_fatal(error, "The job could not start" if self.executor is None else "batchcli failed")
         finally:
+            await self._settle_shell()
             await self._call_hook("finish", service.finish)
             failed = [f.item for f in self.tally.failures]
             if failed:
                 await self._call_hook("persist_failed", lambda: source.persist_failed(failed))
+
+    async def _setup(self) -> bool:
+        """Run ``setup()``; False when a hard stop cancelled it (an async setup can hang on a network)."""
+        self._setup_task = asyncio.ensure_future(_maybe_await(self.job.service.setup()))
+        try:
+            await self._setup_task
+        except asyncio.CancelledError:
+            if self._hard_stopped:
+                return False
+            raise
+        return True
 
     def _items(self) -> tuple[Iterator[tuple[int, Any]] | AsyncIterator[tuple[int, Any]], Iterator[int]]:
         # zip() with a counter numbers the items in C; after exhaustion the counter tells how many came.
@@ -243,16 +311,44 @@ class Run:
             return _numbered(source.__aiter__(), seen), seen  # type: ignore[attr-defined]
         return zip(seen, iter(source)), seen
 
+    async def _settle_shell(self) -> None:
+        """Before cleaning up: on a terminal, a fatal error opens the emergency shell; wait for any shell."""
+        self._closing = True
+        if self.fatal is not None and self.interactive:
+            self.pause_requested = True
+        # The shell awaits on this loop, so keep it (and the service) alive until the shell closes.
+        while self.pause_requested or self.shell_open:
+            await asyncio.sleep(0.05)
+
+    def _pause_in_loop(self) -> None:
+        if self.executor is not None:
+            if self.paused:
+                self.executor.pause()
+            else:
+                self.executor.resume()
+
     def _stop_in_loop(self) -> None:
         if self.executor is None:
             return
         self.executor.stop()
         assert self.loop is not None
-        self.loop.call_later(self.job.config.stop_timeout_s, self._cancel)
+        self.loop.call_later(self.job.config.stop_timeout_s, self._stop_timed_out)
+
+    def _stop_timed_out(self) -> None:
+        if self.tally.in_flight:
+            log.warning(
+                "Stop timeout (%gs): cancelling %d in-flight item(s); they stay unprocessed.",
+                self.job.config.stop_timeout_s,
+                self.tally.in_flight,
+            )
+        self._cancel()
 
     def _cancel(self) -> None:
+        self._hard_stopped = True
         if self.executor is not None:
             self.executor.cancel()
+        elif self._setup_task is not None:
+            self._setup_task.cancel()
 
     async def _call_hook(self, name: str, hook: Any) -> None:
         try:
@@ -286,6 +382,7 @@ class Run:
             total=tally.total,
             failures=list(tally.failures),
             fatal=self.fatal,
+            threads_left=_item_threads_alive() if self._hard_stopped else 0,
         )
 
     def _write_summary(self, result: RunResult) -> None:
@@ -315,6 +412,18 @@ class Run:
                 "batchcli_version": __version__,
             },
         )
+
+
+def _item_threads_alive() -> int:
+    # A cancelled sync item keeps running in its thread, and the interpreter joins those threads at exit.
+    return sum(1 for t in threading.enumerate() if t.name.startswith("batchcli-item") and t.is_alive())
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return stream is not None and bool(stream.isatty())
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False
 
 
 async def _numbered(items: AsyncIterator[Any], seen: Iterator[int]) -> AsyncIterator[tuple[int, Any]]:

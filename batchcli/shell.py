@@ -1,0 +1,205 @@
+"""The pause shell: IPython on the main thread, every top-level ``await`` sent to the run's event loop.
+
+DESIGN decision 5: the executor's loop runs on a thread of its own, so the shell needs no nested
+loop. IPython hands a cell that awaits to its ``loop_runner`` as one coroutine; ours runs it on the
+run's loop with ``run_coroutine_threadsafe`` and waits, so ``await service.process(item)`` uses the
+live service and its open connections. IPython is imported only when the shell first opens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import reprlib
+import signal
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Coroutine
+
+from batchcli.controller import RunController
+
+if TYPE_CHECKING:
+    from batchcli.run import Run
+
+LAST_ERRORS = 5
+"""How many of the latest failures the banner lists."""
+
+COMMANDS = """\
+  exit or Ctrl-D               leave the shell and resume the run
+  self.stop()                  stop the run when you leave (resumable with `batchcli resume RUN_DIR`)
+  self.stats()                 the counts now
+  self.set_concurrency(n)      items in flight at once
+  self.set_rate_limit(r)       items started per second (None: no limit)
+  self.retry(failures[0])      process a failed item again now; self.retry_failed() retries them all
+  await service.process(x)     run the live service on one item"""
+
+EMERGENCY_COMMANDS = """\
+  exit or Ctrl-D               go on with the shutdown: finish() and persist_failed run, everything is saved
+  await service.process(x)     run the live service on one item"""
+
+
+class PauseShell:
+    """``Run.on_pause`` on a terminal: pause, open IPython on the live run, then resume or stop.
+
+    One IPython shell and one namespace per run, so names defined at one pause are still there at the next.
+    """
+
+    def __init__(self) -> None:
+        self._ipython: Any = None
+        self._namespace: dict[str, Any] = {}
+        self._controller: RunController | None = None
+
+    def __call__(self, run: Run) -> None:
+        """Open the shell (main thread). A run with a fatal error gets the emergency shell."""
+        emergency = run.fatal is not None
+        if self._controller is None:
+            self._controller = RunController(run)
+        controller = self._controller
+        if not emergency and not run.stop_requested:
+            run.pause()
+        show_display = _hide_display(run.display)
+        try:
+            self._namespace.update(
+                self=controller,
+                service=run.job.service,
+                source=run.job.source,
+                config=run.job.config,
+                failures=controller.failures,
+                in_flight=_try(lambda: controller.in_flight, {}),
+                error=run.fatal,
+                run_dir=run.run_dir,
+            )
+            print(banner(run, controller, emergency), flush=True)
+            self._interact(run)
+            if emergency:
+                print("Continuing the shutdown.", flush=True)
+            elif controller.stop_on_leave and not run.stop_requested:
+                print(f"Stopping: waiting for {run.tally.in_flight} in-flight item(s).", flush=True)
+                run.stop()
+            elif not run.stop_requested:
+                print("Resuming the run.", flush=True)
+                run.resume()
+        finally:
+            show_display()
+
+    def _interact(self, run: Run) -> None:
+        shell = self._shell(run)
+        # IPython's own Ctrl-C handling while the shell is open (cancel the input, interrupt a cell);
+        # the run's handler again once it closes.
+        previous_sigint, previous_hook = signal.getsignal(signal.SIGINT), sys.excepthook
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            with shell.builtin_trap, shell.display_trap:
+                while True:
+                    try:
+                        shell.interact()
+                        break
+                    except KeyboardInterrupt:  # a Ctrl-C between two prompts
+                        print("\nKeyboardInterrupt", flush=True)
+        finally:
+            signal.signal(signal.SIGINT, previous_sigint)
+            sys.excepthook = previous_hook
+
+    def _shell(self, run: Run) -> Any:
+        if self._ipython is None:
+            from IPython.terminal.embed import InteractiveShellEmbed
+            from IPython.terminal.ipapp import load_default_config
+
+            config = load_default_config()  # the user's profile: editing mode, colours, ...
+            config.InteractiveShellEmbed = config.TerminalInteractiveShell
+            config.InteractiveShellEmbed.confirm_exit = False  # leaving only resumes; Ctrl-C pauses again
+            hook = sys.excepthook
+            shell = InteractiveShellEmbed(config=config, user_ns=self._namespace, _init_location_id="batchcli")
+            sys.excepthook = hook  # embedding replaces it for the whole process
+            shell.loop_runner = LoopRunner(run)
+            shell.autoawait = True
+            self._ipython = shell
+        return self._ipython
+
+
+class LoopRunner:
+    """IPython's ``loop_runner``: runs a cell that awaits on the run's event loop and waits for it.
+
+    Ctrl-C while it waits cancels the cell on the loop (IPython shows the CancelledError); a second
+    Ctrl-C stops waiting for it.
+    """
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+
+    def __call__(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        loop = self._run.loop
+        if loop is None or loop.is_closed():
+            coro.close()
+            raise RuntimeError("The run's event loop has ended; await is not available any more.")
+        tasks: list[asyncio.Task[Any]] = []
+
+        async def in_task() -> Any:
+            task = asyncio.current_task()
+            assert task is not None
+            tasks.append(task)
+            return await coro
+
+        future = asyncio.run_coroutine_threadsafe(in_task(), loop)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            if not tasks:
+                future.cancel()
+                raise
+            loop.call_soon_threadsafe(tasks[0].cancel, "interrupted by Ctrl-C")
+            try:
+                return future.result()
+            except KeyboardInterrupt:
+                future.cancel()
+                raise
+
+
+def banner(run: Run, controller: RunController, emergency: bool) -> str:
+    """The run's state and the commands at hand, shown when the shell opens."""
+    stats = controller.stats()
+    lines: list[str] = []
+    if emergency:
+        error = run.fatal
+        lines += [
+            "── batchcli: fatal error; nothing is cleaned up yet ──",
+            f"{type(error).__qualname__}: {error}",
+            "The run cannot go on. Salvage what you need: `error` is the exception; service, source and",
+            "config are the live objects; `await` runs on the run's event loop.",
+        ]
+    else:
+        lines += [
+            "── batchcli: run paused ──",
+            f"No new item starts while this shell is open; the {stats.in_flight} in flight finish and are recorded.",
+        ]
+    lines.append(stats.line)
+    failures = run.tally.failures
+    if failures:
+        lines.append(f"Last errors ({len(failures)} in all, see `failures`):")
+        for failure in failures[-LAST_ERRORS:]:
+            message = failure.error_message.splitlines()[0] if failure.error_message else ""
+            lines.append(
+                f"  #{failure.ordinal} {reprlib.repr(failure.item)}: {failure.error_type}: {_clip(message, 100)}"
+            )
+    lines.append("Names: self, service, source, config, failures, in_flight, error, run_dir")
+    lines.append(EMERGENCY_COMMANDS if emergency else COMMANDS)
+    return "\n".join(lines)
+
+
+def _hide_display(display: Any) -> Callable[[], None]:
+    """Stop the live display while the shell owns the terminal; returns what brings it back."""
+    from batchcli.progress import LiveDisplay
+
+    if isinstance(display, LiveDisplay):
+        display.stop()
+        return display.start
+    return lambda: None  # plain progress lines go to stderr, not into the prompt
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _try(get: Callable[[], Any], default: Any) -> Any:
+    try:
+        return get()
+    except RuntimeError:  # the loop has ended
+        return default

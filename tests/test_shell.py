@@ -1,0 +1,274 @@
+"""The pause shell: the real CLI in a pseudo-terminal, driven with pexpect like a user at the keyboard."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pexpect
+import pytest
+from conftest import PROJECTS, newest_run, subprocess_env
+from joblog import JobLog, wait_for
+
+PROMPT = r"In \["
+"""IPython's input prompt (colour codes follow the bracket)."""
+
+
+class Terminal:
+    """``batchcli exec`` running in a pseudo-terminal, with the log its job writes."""
+
+    def __init__(self, tmp_path: Path, project: str, *args: str) -> None:
+        self.log = JobLog(tmp_path / "job.log")
+        self.out = tmp_path / "out"
+        self.transcript = (tmp_path / "transcript.txt").open("w")
+        self.child = pexpect.spawn(
+            sys.executable,
+            ["-m", "batchcli", "exec", str(PROJECTS / project), "-d", str(self.out), "-p", f"log_file={self.log.path}", *args],
+            cwd=str(tmp_path),
+            # pexpect does not answer prompt_toolkit's cursor position requests; without this each
+            # prompt waits for the answer.
+            env=subprocess_env(TERM="xterm", IPYTHONDIR=str(tmp_path / "ipython"), PROMPT_TOOLKIT_NO_CPR="1"),
+            dimensions=(60, 250),
+            encoding="utf-8",
+            timeout=30,
+            logfile=self.transcript,
+        )
+
+    def expect(self, pattern: str) -> None:
+        self.child.expect(pattern)
+
+    def run(self, line: str, answer: str) -> None:
+        """Type ``line`` at the prompt and wait for ``answer`` in the output."""
+        self.child.sendline(line)
+        self.child.expect(answer)
+
+    def exit_code(self) -> int:
+        self.child.expect(pexpect.EOF)
+        self.child.close()
+        self.transcript.close()
+        assert self.child.signalstatus is None, f"killed by signal {self.child.signalstatus}"
+        return int(self.child.exitstatus)
+
+    def output(self) -> str:
+        """Everything the terminal showed so far."""
+        if not self.transcript.closed:
+            self.transcript.flush()
+        return Path(self.transcript.name).read_text()
+
+    def summary(self) -> dict[str, Any]:
+        run_dir = newest_run(self.out)
+        assert run_dir is not None
+        return json.loads((run_dir / "summary.json").read_text())  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self.child.isalive():
+            self.child.terminate(force=True)
+        self.transcript.close()
+
+
+@pytest.fixture
+def terminal(tmp_path: Path) -> Any:
+    """Start ``batchcli exec PROJECT ARGS...`` in a pseudo-terminal; killed at the end of the test."""
+    started: list[Terminal] = []
+
+    def start(project: str, *args: str) -> Terminal:
+        started.append(Terminal(tmp_path, project, *args))
+        return started[-1]
+
+    yield start
+    for term in started:
+        term.close()
+
+
+def pause(term: Terminal, after: int = 10) -> None:
+    """Let ``after`` items complete, press Ctrl-C and wait for the shell's prompt."""
+    wait_for(lambda: len(term.log.done()) >= after, f"{after} items done")
+    term.child.sendintr()
+    term.expect("run paused")
+    term.expect(PROMPT)
+
+
+def test_ctrl_c_pauses_and_nothing_new_starts_while_the_shell_is_open(terminal) -> None:
+    """Ctrl-C opens the shell at once; the in-flight items finish and are recorded, and no new item starts."""
+    term = terminal("shell_slow", "-p", "count=150", "-p", "delay=0.05", "-p", "concurrency=3")
+    pause(term)
+    log = term.log
+    wait_for(lambda: sorted(log.started()) == sorted(log.done()), "the in-flight items to finish")
+    started = len(log.started())
+    # A cell that takes a while: the run keeps its loop, but nothing new may start meanwhile.
+    term.run("import time; time.sleep(0.5); print('SLEPT', 1)", "SLEPT 1")
+    assert len(log.started()) == started
+    assert started < 150
+    term.run("print('STATS', self.stats().succeeded, self.stats().paused)", f"STATS {started} True")
+    term.run("exit", "Resuming the run")
+    assert term.exit_code() == 0
+    assert sorted(log.done()) == list(range(150))
+
+
+def test_the_namespace_holds_the_run_objects(terminal) -> None:
+    """self, service, source, config, failures (input and reason), in_flight, error and run_dir are defined."""
+    term = terminal("shell_slow", "-p", "count=400", "-p", "delay=0.05", "-p", "concurrency=3", "-p", "fail_every=7")
+    pause(term)
+    term.run(
+        "print('NAMES', *(type(x).__name__ for x in (self, service, source, config, failures, in_flight, error, run_dir)))",
+        "NAMES RunController SlowService Numbers Configuration list dict NoneType PosixPath",
+    )
+    term.run("print('FAILED', failures[0].item, failures[0].error_message)", "FAILED 0 item 0 is bad")
+    term.run("print('CONFIG', config.concurrency, source.count)", "CONFIG 3 400")
+    term.run("print('FLYING', 0 < len(in_flight) <= 3, all(type(n) is int for n in in_flight))", "FLYING True True")
+    term.run("import time\nwhile self.in_flight: time.sleep(0.01)\n\nprint('SETTLED', self.stats().in_flight)", "SETTLED 0")
+    term.run("self.stop()", "stops when you leave")
+    term.run("exit", "Stopping")
+    assert term.exit_code() == 130
+
+
+def test_await_runs_the_live_service_on_the_runs_loop(terminal) -> None:
+    """``await service.process(item)`` at the prompt runs on the run's own event loop and returns its value."""
+    term = terminal("shell_slow", "-p", "count=400", "-p", "delay=0.05", "-p", "concurrency=3")
+    pause(term)
+    term.run("r = await service.process(999); print('GOT', r)", "GOT processed 999")
+    term.run(
+        "import asyncio, threading; await asyncio.sleep(0); "
+        "print('LOOP', asyncio.get_running_loop() is self._run.loop, threading.current_thread().name)",
+        "LOOP True batchcli-loop",
+    )
+    assert term.log.done().count(999) == 1
+    term.run("self.stop()", "stops when you leave")
+    term.run("exit", "Stopping")
+    assert term.exit_code() == 130
+
+
+def test_stop_in_the_shell_ends_the_run_with_130_after_leaving(terminal) -> None:
+    """``self.stop()`` then ``exit``: in-flight items settle, finish() and persist_failed run, exit code 130."""
+    term = terminal(
+        "shell_slow", "-p", "count=400", "-p", "delay=0.05", "-p", "concurrency=3", "-p", "fail_every=7",
+        "-p", "persisted=persisted.json",
+    )
+    pause(term)
+    term.run("self.stop()", "stops when you leave")
+    assert term.log.count("finish") == 0  # nothing is cleaned up while the shell is open
+    term.run("exit", "Stopping")
+    assert term.exit_code() == 130
+    log = term.log
+    assert log.lines()[-1] == "finish"
+    summary = term.summary()
+    assert summary["status"] == "stopped"
+    assert summary["succeeded"] == len(log.done())
+    assert 0 < summary["unprocessed"] < 400
+    failed = json.loads((term.log.path.parent / "persisted.json").read_text())
+    assert failed == [n for n in sorted(set(log.started())) if n % 7 == 0]
+    assert "Traceback" not in term.output()
+
+
+def test_stop_in_the_shell_then_resume_processes_exactly_the_rest(terminal, run_batchcli) -> None:
+    """After a stop from the shell, ``batchcli resume`` processes the rest: none lost, none done twice."""
+    pytest.importorskip("batchcli.journal", reason="batchcli resume comes with the journal (issue 3)")
+    term = terminal("shell_slow", "-p", "count=200", "-p", "delay=0.02", "-p", "concurrency=3")
+    pause(term)
+    term.run("self.stop()", "stops when you leave")
+    term.run("exit", "Stopping")
+    assert term.exit_code() == 130
+    run_dir = newest_run(term.out)
+    resumed = run_batchcli("resume", str(run_dir))
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted(term.log.done()) == list(range(200))
+    assert term.log.done_twice() == []
+
+
+def test_leaving_the_shell_resumes_the_run(terminal) -> None:
+    """Ctrl-D leaves the shell without a question and the run goes on to the end (exit 0)."""
+    term = terminal("shell_slow", "-p", "count=60", "-p", "delay=0.02", "-p", "concurrency=3")
+    pause(term)
+    term.child.sendeof()
+    term.expect("Resuming the run")
+    assert term.exit_code() == 0
+    assert sorted(term.log.done()) == list(range(60))
+    assert term.summary()["succeeded"] == 60
+
+
+def test_ctrl_c_inside_the_shell_cancels_the_input_and_never_the_run(terminal) -> None:
+    """Ctrl-C at the prompt clears the input, in a cell interrupts it, in an awaiting cell cancels it; the run lives."""
+    term = terminal("shell_slow", "-p", "count=60", "-p", "delay=0.02", "-p", "concurrency=3")
+    pause(term)
+    term.child.send("1 + ")
+    term.child.sendintr()
+    term.run("print('ALIVE', 6 * 7)", "ALIVE 42")
+    term.run("import time; print('SLEEPING', 1); time.sleep(30)", "SLEEPING 1")
+    term.child.sendintr()
+    term.expect("KeyboardInterrupt")
+    term.run("import asyncio; print('AWAITING', 1); await asyncio.sleep(30)", "AWAITING 1")
+    term.child.sendintr()
+    term.expect("CancelledError")
+    term.run("print('STILL', 'here')", "STILL here")
+    term.run("exit", "Resuming the run")
+    assert term.exit_code() == 0
+    assert sorted(term.log.done()) == list(range(60))
+
+
+def test_a_second_pause_reuses_the_shell_and_its_names(terminal) -> None:
+    """Ctrl-C again after resuming opens the shell again, with the names defined the first time."""
+    term = terminal("shell_slow", "-p", "count=400", "-p", "delay=0.05", "-p", "concurrency=3")
+    pause(term)
+    term.run("kept = 'from the first pause'; print('SET', 1)", "SET 1")
+    term.run("exit", "Resuming the run")
+    done = len(term.log.done())
+    pause(term, after=done + 5)
+    term.run("print('KEPT', kept)", "KEPT from the first pause")
+    term.run("self.stop()", "stops when you leave")
+    term.run("exit", "Stopping")
+    assert term.exit_code() == 130
+
+
+def test_concurrency_rate_limit_and_retries_from_the_shell(terminal) -> None:
+    """From the shell: change concurrency and rate limit (bad values rejected), retry failed items now."""
+    term = terminal(
+        "shell_slow", "-p", "count=120", "-p", "delay=0.02", "-p", "concurrency=3", "-p", "fail_every=7",
+        "-p", "persisted=persisted.json",
+    )
+    pause(term, after=20)
+    term.run("self.set_concurrency(5)", "Concurrency is now 5")
+    term.run("self.set_concurrency(0)", "concurrency must be at least 1, got 0")
+    term.run("self.set_rate_limit(1000)", r"Rate limit is now 1000/s")
+    term.run("self.set_rate_limit(None)", "Rate limit is now none")
+    term.run("print('CONCURRENCY', config.concurrency)", "CONCURRENCY 5")
+    term.run("self.retry(failures[0])", "item 0 is bad")  # still broken: the error shows at the prompt
+    term.run("service.fixed = True; print('RETRIED', self.retry(failures[0]))", "RETRIED processed 0")
+    term.run("print('LEFT', self.retry_failed(), len(self.failures), self.stats().failed)", r"LEFT \{\} 0 0")
+    term.run("exit", "Resuming the run")
+    assert term.exit_code() == 0
+    summary = term.summary()
+    assert (summary["succeeded"], summary["failed"]) == (120, 0)
+    assert not (term.log.path.parent / "persisted.json").exists()  # no failures left for persist_failed
+    assert sorted(set(term.log.done())) == list(range(120))
+
+
+@pytest.mark.parametrize(
+    ("broken", "error"),
+    [("source", "RuntimeError('the source broke after 5 items')"), ("setup", "ConnectionRefusedError")],
+)
+def test_a_fatal_error_opens_the_emergency_shell_before_cleanup(terminal, broken: str, error: str) -> None:
+    """A Source that raises or a setup() that fails opens a shell with ``error``; leaving it finishes the shutdown."""
+    term = terminal("shell_broken", "-p", f"broken={broken}")
+    term.expect("fatal error")
+    term.expect(PROMPT)
+    term.run("print('ERR', repr(error))", "ERR " + error.replace("(", r"\(").replace(")", r"\)"))
+    assert term.log.count("finish") == 0  # nothing cleaned up yet
+    term.run("print('SALVAGED', await service.process(42))", "SALVAGED processed 42")
+    term.run("exit", "Continuing the shutdown")
+    assert term.exit_code() == 3
+    assert term.log.lines()[-1] == "finish"
+    assert term.summary()["status"] == "crashed"
+
+
+def test_no_shell_makes_ctrl_c_a_graceful_stop_even_on_a_terminal(terminal) -> None:
+    """With ``--no-shell``, Ctrl-C in a terminal stops the run gracefully (exit 130) and opens no shell."""
+    term = terminal("shell_slow", "--no-shell", "-p", "count=400", "-p", "delay=0.05", "-p", "concurrency=3")
+    wait_for(lambda: len(term.log.done()) >= 10, "10 items done")
+    term.child.sendintr()
+    term.expect("stopping")
+    assert term.exit_code() == 130
+    assert "In [" not in term.output()
+    assert sorted(term.log.started()) == sorted(term.log.done())
+    assert term.log.lines()[-1] == "finish"

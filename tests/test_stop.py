@@ -1,0 +1,174 @@
+"""Graceful stop without a terminal: SIGINT and SIGTERM to a real ``python -m batchcli`` with pipes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PROJECTS, newest_run, subprocess_env
+from joblog import JobLog, wait_for
+
+
+class Piped:
+    """``batchcli exec`` as a background process whose stdin, stdout and stderr are pipes (no terminal)."""
+
+    def __init__(self, tmp_path: Path, project: str, *args: str) -> None:
+        self.log = JobLog(tmp_path / "job.log")
+        self.out = tmp_path / "out"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "batchcli", "exec", str(PROJECTS / project), "-d", str(self.out),
+             "-p", f"log_file={self.log.path}", *args],
+            cwd=tmp_path,
+            env=subprocess_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.output = ""
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self) -> int:
+        """Wait for the exit (a generous bound, only so a hung run fails instead of hanging the suite)."""
+        stdout, stderr = self.proc.communicate(timeout=15)
+        self.output = stdout + stderr
+        return self.proc.returncode
+
+    def run_log(self) -> str:
+        """The run directory's log file, once it exists."""
+        logs = list(self.out.glob("*/batchcli.log"))
+        return logs[0].read_text() if logs else ""
+
+    def summary(self) -> dict[str, Any]:
+        run_dir = newest_run(self.out)
+        assert run_dir is not None, self.output
+        return json.loads((run_dir / "summary.json").read_text())  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def piped(tmp_path: Path) -> Any:
+    """Start ``batchcli exec PROJECT ARGS...`` with pipes; killed at the end of the test if still running."""
+    started: list[Piped] = []
+
+    def start(project: str, *args: str) -> Piped:
+        started.append(Piped(tmp_path, project, *args))
+        return started[-1]
+
+    yield start
+    for run in started:
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.communicate()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_gracefully(piped, tmp_path: Path, signum: int) -> None:
+    """Nothing new starts, in-flight items finish, finish() and persist_failed run, exit 130, no traceback."""
+    run = piped(
+        "shell_slow", "-p", "count=400", "-p", "delay=0.05", "-p", "concurrency=3", "-p", "fail_every=7",
+        "-p", f"persisted={tmp_path / 'persisted.json'}",
+    )
+    wait_for(lambda: len(run.log.done()) >= 10, "10 items done")
+    run.signal(signum)
+    assert run.wait() == 130, run.output
+    assert "Traceback" not in run.output
+    assert "stopping" in run.output
+    log = run.log
+    assert log.lines()[-1] == "finish"
+    started = sorted(log.started())
+    failed = [n for n in started if n % 7 == 0]
+    assert sorted(log.done() + failed) == started  # every item that started settled
+    assert json.loads((tmp_path / "persisted.json").read_text()) == failed
+    summary = run.summary()
+    assert summary["status"] == "stopped"
+    assert (summary["succeeded"], summary["failed"]) == (len(log.done()), len(failed))
+    assert summary["unprocessed"] == 400 - len(started) > 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stopped_run_resumes_cleanly(piped, run_batchcli, signum: int) -> None:
+    """After a signal, ``batchcli resume`` processes exactly the rest: none lost, none done twice."""
+    pytest.importorskip("batchcli.journal", reason="batchcli resume comes with the journal (issue 3)")
+    run = piped("shell_slow", "-p", "count=200", "-p", "delay=0.02", "-p", "concurrency=3")
+    wait_for(lambda: len(run.log.done()) >= 10, "10 items done")
+    run.signal(signum)
+    assert run.wait() == 130, run.output
+    resumed = run_batchcli("resume", str(newest_run(run.out)))
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted(run.log.done()) == list(range(200))
+    assert run.log.done_twice() == []
+
+
+def test_a_second_signal_stops_at_once(piped) -> None:
+    """A second signal cancels the in-flight items (left unprocessed) instead of waiting; finish() still runs."""
+    run = piped("shell_slow", "-p", "count=20", "-p", "delay=600", "-p", "concurrency=3", "-p", "stop_timeout_s=600")
+    wait_for(lambda: len(run.log.started()) == 3, "3 items in flight")
+    run.signal(signal.SIGINT)
+    wait_for(lambda: "stopping" in run.run_log(), "the first stop to be logged")
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 130, run.output
+    assert "Traceback" not in run.output
+    assert "stopping at once" in run.run_log()
+    assert run.log.done() == []
+    assert run.log.lines()[-1] == "finish"
+    summary = run.summary()
+    assert (summary["status"], summary["succeeded"], summary["unprocessed"]) == ("stopped", 0, 20)
+
+
+def test_a_second_signal_does_not_wait_for_sync_items_in_threads(piped) -> None:
+    """A sync ``process`` blocked in its thread does not hold the exit after a second signal."""
+    run = piped("shell_sync", "-p", "delay=600", "-p", "concurrency=3")
+    wait_for(lambda: len(run.log.started()) == 3, "3 items in flight")
+    run.signal(signal.SIGTERM)
+    wait_for(lambda: "stopping" in run.run_log(), "the first stop to be logged")
+    run.signal(signal.SIGINT)
+    assert run.wait() == 130, run.output
+    assert "Traceback" not in run.output
+    assert run.log.lines()[-1] == "finish"
+    assert run.summary()["unprocessed"] == 20
+
+
+def test_a_second_signal_interrupts_a_hanging_setup(piped) -> None:
+    """Stopping at once during an async setup() that hangs cancels it; finish() runs and nothing is processed."""
+    run = piped("shell_slow", "-p", "count=20", "-p", "setup_s=600")
+    wait_for(lambda: run.log.lines() == ["setup"], "setup() to start")
+    run.signal(signal.SIGINT)
+    wait_for(lambda: "stopping" in run.run_log(), "the first stop to be logged")
+    run.signal(signal.SIGINT)
+    assert run.wait() == 130, run.output
+    assert "Traceback" not in run.output
+    assert run.log.lines() == ["setup", "finish"]
+
+
+def test_in_flight_items_are_cancelled_after_the_stop_timeout(piped) -> None:
+    """Items still running ``stop_timeout_s`` after the stop are cancelled and left unprocessed."""
+    run = piped("shell_slow", "-p", "count=20", "-p", "delay=600", "-p", "concurrency=3", "-p", "stop_timeout_s=0.2")
+    wait_for(lambda: len(run.log.started()) == 3, "3 items in flight")
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 130, run.output
+    assert "Stop timeout (0.2s): cancelling 3 in-flight item(s)" in run.run_log()
+    assert "Traceback" not in run.output
+    assert run.log.done() == []
+    assert run.summary()["unprocessed"] == 20
+
+
+def test_a_double_signal_then_resume_loses_nothing(piped, run_batchcli) -> None:
+    """After a stop at once, the journal still lets ``batchcli resume`` redo the cancelled items and the rest."""
+    pytest.importorskip("batchcli.journal", reason="batchcli resume comes with the journal (issue 3)")
+    run = piped("shell_slow", "-p", "count=30", "-p", "delay=0.1", "-p", "concurrency=3", "-p", "stop_timeout_s=600")
+    wait_for(lambda: len(run.log.done()) >= 3, "3 items done")
+    run.signal(signal.SIGINT)
+    wait_for(lambda: "stopping" in run.run_log(), "the first stop to be logged")
+    run.signal(signal.SIGINT)
+    assert run.wait() == 130, run.output
+    resumed = run_batchcli("resume", str(newest_run(run.out)))
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted(run.log.done()) == list(range(30))
+    assert run.log.done_twice() == []
