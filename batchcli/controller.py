@@ -223,11 +223,13 @@ class RunController:
                 "This method waits for the run's event loop, and a cell that uses await already runs on it; "
                 "call it in a cell without await."
             )
-        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        future: concurrent.futures.Future[T] | None = None
         try:
+            future = asyncio.run_coroutine_threadsafe(coro, loop)
             return future.result()
         except KeyboardInterrupt:  # Ctrl-C at the prompt: give up the work, not the run
-            future.cancel()
+            if future is not None:
+                future.cancel()
             raise
 
     def _loop(self) -> asyncio.AbstractEventLoop:

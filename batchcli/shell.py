@@ -9,6 +9,7 @@ live service and its open connections. IPython is imported only when the shell f
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import reprlib
 import signal
 import sys
@@ -130,26 +131,34 @@ class LoopRunner:
         if loop is None or loop.is_closed():
             coro.close()
             raise RuntimeError("The run's event loop has ended; await is not available any more.")
+        result: concurrent.futures.Future[Any] = concurrent.futures.Future()
         tasks: list[asyncio.Task[Any]] = []
 
-        async def in_task() -> Any:
-            task = asyncio.current_task()
-            assert task is not None
+        def start() -> None:
+            task = loop.create_task(coro)
             tasks.append(task)
-            return await coro
+            task.add_done_callback(lambda done: _settle(result, done))
 
-        future = asyncio.run_coroutine_threadsafe(in_task(), loop)
+        def cancel() -> None:
+            # Runs after start() whenever start() was queued at all: the loop keeps callbacks in order.
+            if tasks:
+                tasks[0].cancel("interrupted by Ctrl-C")
+            else:
+                coro.close()
+                result.cancel()
+
+        # Ctrl-C may land anywhere in here, even before start() is queued; cancel() copes with both.
         try:
-            return future.result()
+            loop.call_soon_threadsafe(start)
+            return result.result()
         except KeyboardInterrupt:
-            if not tasks:
-                future.cancel()
-                raise
-            loop.call_soon_threadsafe(tasks[0].cancel, "interrupted by Ctrl-C")
+            loop.call_soon_threadsafe(cancel)
             try:
-                return future.result()
+                return result.result()
+            except concurrent.futures.CancelledError:
+                raise KeyboardInterrupt from None
             except KeyboardInterrupt:
-                future.cancel()
+                result.cancel()
                 raise
 
 
@@ -182,6 +191,18 @@ def banner(run: Run, controller: RunController, emergency: bool) -> str:
     lines.append("Names: self, service, source, config, failures, in_flight, error, run_dir")
     lines.append(EMERGENCY_COMMANDS if emergency else COMMANDS)
     return "\n".join(lines)
+
+
+def _settle(result: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> None:
+    """Hand a finished task's outcome to the future the main thread waits on."""
+    if result.done():  # the shell gave up waiting
+        return
+    if task.cancelled():
+        result.cancel()
+    elif task.exception() is not None:
+        result.set_exception(task.exception())
+    else:
+        result.set_result(task.result())
 
 
 def _hide_display(display: Any) -> Callable[[], None]:
