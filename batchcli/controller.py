@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar
 
@@ -39,7 +39,7 @@ class Stats:
     paused: bool
     stopping: bool
     """True once a stop was asked for (now, or when the shell closes)."""
-    line: str
+    line: str = field(repr=False)
     """The same state as one line, as the progress display shows it."""
 
     def __str__(self) -> str:
