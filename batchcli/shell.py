@@ -75,7 +75,9 @@ class PauseShell:
             elif controller.stop_on_leave and not run.stop_requested:
                 print(f"Stopping: waiting for {run.tally.in_flight} in-flight item(s).", flush=True)
                 run.stop()
-            elif not run.stop_requested:
+            elif run.stop_requested:
+                print("Stopping, as a signal asked while the shell was open.", flush=True)
+            else:
                 print("Resuming the run.", flush=True)
                 run.resume()
         finally:

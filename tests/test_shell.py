@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,34 @@ def test_stop_in_the_shell_then_resume_processes_exactly_the_rest(terminal, run_
     assert resumed.exit_code == 0, resumed.output
     assert sorted(term.log.done()) == list(range(200))
     assert term.log.done_twice() == []
+
+
+def test_ctrl_c_during_setup_pauses_before_the_first_item(terminal) -> None:
+    """Ctrl-C while setup() runs opens the shell, and the pause holds once setup() is done: nothing starts."""
+    term = terminal("shell_slow", "-p", "count=30", "-p", "delay=0.02", "-p", "setup_s=1")
+    wait_for(lambda: term.log.lines() == ["setup"], "setup() to start")
+    term.child.sendintr()
+    term.expect("run paused")
+    term.run(
+        "import time\nwhile self._run.executor is None: time.sleep(0.01)\n\nprint('READY', self.stats().paused)",
+        "READY True",
+    )
+    term.run("import time; time.sleep(0.2); print('STARTED', len(self.in_flight), self.stats().succeeded)", "STARTED 0 0")
+    assert term.log.started() == []
+    term.run("exit", "Resuming the run")
+    assert term.exit_code() == 0
+    assert sorted(term.log.done()) == list(range(30))
+
+
+def test_a_signal_while_the_shell_is_open_stops_the_run_when_it_closes(terminal) -> None:
+    """SIGTERM while the shell is open asks for a stop: leaving the shell ends the run with 130 instead of resuming."""
+    term = terminal("shell_slow", "-p", "count=400", "-p", "delay=0.05", "-p", "concurrency=3")
+    pause(term)
+    term.child.kill(signal.SIGTERM)
+    term.expect("SIGTERM")
+    term.run("exit", "Stopping, as a signal asked")
+    assert term.exit_code() == 130
+    assert term.log.lines()[-1] == "finish"
 
 
 def test_leaving_the_shell_resumes_the_run(terminal) -> None:
