@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Any, NoReturn, Optional
 
 import typer
 
@@ -86,6 +86,115 @@ def exec_(
         soft_wrap=True,
     )
     raise typer.Exit(result.exit_code)
+
+
+def _report(result: Any, console: Any) -> NoReturn:
+    """The closing line of exec, resume and retry, and their exit code."""
+    from rich.markup import escape
+
+    unprocessed = f", {result.unprocessed} unprocessed" if result.unprocessed else ""
+    total = "?" if result.total is None else result.total
+    console.print(
+        f"{result.status.capitalize()}: {result.succeeded} succeeded, {result.failed} failed{unprocessed} "
+        f"of {total}. Run directory: {escape(str(result.run_dir))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def resume(
+    run_dir: Path = typer.Argument(..., help="The run directory of a stopped or crashed run."),
+    param: list[str] = typer.Option([], "--param", "-p", help=PARAM_HELP, metavar="NAME=VALUE"),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output: -v for info, -vv for debug."),
+) -> None:
+    """Continue a stopped or crashed run in its own directory, skipping the items it already settled."""
+    from batchcli.resumption import plan_resume
+    from batchcli.run import Run, RunOptions
+
+    try:
+        plan = plan_resume(run_dir, parse_values(param))
+        options = RunOptions(output_dir=run_dir.parent, verbosity=verbose)
+        if plan.job is None or plan.wiring is None:
+            done = plan.earlier
+            options.console.print(
+                f"Run {str(run_dir)!r} finished already ({done.succeeded} succeeded, {done.failed} failed); "
+                f"nothing to resume.{' Reprocess its failed inputs with: batchcli retry ' + str(run_dir) if done.failed else ''}",
+                highlight=False, markup=False, soft_wrap=True,
+            )
+            raise typer.Exit(0)
+        result = Run(plan.job, plan.wiring, options, plan.continuation).execute()
+    except BatchcliError as error:
+        fail(error)
+    _report(result, options.console)
+
+
+@app.command()
+def retry(
+    run_dir: Path = typer.Argument(..., help="The run directory whose failed inputs to reprocess."),
+    param: list[str] = typer.Option([], "--param", "-p", help=PARAM_HELP, metavar="NAME=VALUE"),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-d", help=OUTPUT_HELP + " [default: RUN_DIR's]"),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output: -v for info, -vv for debug."),
+) -> None:
+    """Reprocess exactly the inputs that failed in RUN_DIR, same job and configuration, in a new run directory."""
+    from batchcli.resumption import plan_retry
+    from batchcli.run import Run, RunOptions
+
+    try:
+        plan = plan_retry(run_dir, parse_values(param))
+        options = RunOptions(output_dir=output_dir or run_dir.parent, verbosity=verbose)
+        console = options.console
+        if plan.job is None or plan.wiring is None or plan.continuation is None:
+            console.print(f"Run {str(run_dir)!r} has no failed inputs; nothing to retry.", highlight=False, markup=False)
+            raise typer.Exit(0)
+        if plan.unsaved:
+            console.print(
+                f"[yellow]{plan.unsaved} failed input(s) of this run could not be pickled and are left out; "
+                "they are in its failed.jsonl.[/]",
+                highlight=False,
+            )
+        if not plan.continuation.items:
+            raise typer.Exit(0)
+        result = Run(plan.job, plan.wiring, options, plan.continuation).execute()
+    except BatchcliError as error:
+        fail(error)
+    _report(result, console)
+
+
+@app.command()
+def runs(
+    output_dir: Path = typer.Option(Path("batchcli_outputs"), "--output-dir", "-d", help=OUTPUT_HELP),
+) -> None:
+    """List past runs, newest first."""
+    from rich.console import Console
+
+    from batchcli.history import find_runs, runs_table
+
+    try:
+        found = find_runs(output_dir)
+    except BatchcliError as error:
+        fail(error)
+    console = Console(highlight=False)
+    if not found:
+        console.print(f"No runs in {str(output_dir)!r}.", markup=False)
+        return
+    console.print(runs_table(found))
+
+
+@app.command()
+def show(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
+    """Show one run: its summary, its failures grouped by error, and its throughput over time."""
+    from rich.console import Console
+
+    from batchcli.history import show_run
+
+    console = Console(highlight=False)
+    try:
+        view = show_run(run_dir, width=console.width - 30)
+    except BatchcliError as error:
+        fail(error)
+    console.print(view)
 
 
 def main() -> None:
