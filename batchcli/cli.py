@@ -179,7 +179,7 @@ def runs(
     if not found:
         console.print(f"No runs in {str(output_dir)!r}.", markup=False)
         return
-    console.print(runs_table(found))
+    console.print(runs_table(found, console.width))
 
 
 @app.command()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -49,30 +51,60 @@ def _started(run: RunInfo | Unreadable) -> float:
     return run.started_at if isinstance(run, RunInfo) else run.run_dir.stat().st_mtime
 
 
-def runs_table(runs: list[RunInfo | Unreadable]) -> Table:
-    """The ``runs`` table: one row per run, newest first."""
+def runs_table(runs: list[RunInfo | Unreadable], width: int = 200) -> Table:
+    """The ``runs`` table, newest first. When it does not fit in ``width`` columns, the run directory's
+    name (``<started>_<job>``) stands in for the started and job columns, then configuration and
+    duration go."""
+    layouts = [
+        (("started", "job", "configuration"), ("run",)),
+        (("run", "configuration"), ()),
+        (("run",), ()),
+        (("run",), ("no duration",)),
+    ]
+    for lead, trail in layouts:
+        table = _table(runs, lead, trail)
+        if Measurement.get(_MEASURE, _MEASURE.options, table).maximum <= width:
+            break
+    return table
+
+
+_MEASURE = Console(width=10_000, file=io.StringIO())
+
+
+def _table(runs: list[RunInfo | Unreadable], lead: tuple[str, ...], trail: tuple[str, ...]) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for name, justify in [
-        ("started", "left"), ("job", "left"), ("configuration", "left"), ("status", "left"),
-        ("succeeded / failed / total", "right"), ("duration", "right"), ("rate", "right"), ("run", "left"),
-    ]:
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for name in lead:
+        table.add_column(name, no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("ok / failed / total", justify="right", no_wrap=True)
+    duration = "no duration" not in trail
+    if duration:
+        table.add_column("duration", justify="right", no_wrap=True)
+    table.add_column("rate", justify="right", no_wrap=True)
+    trail = tuple(n for n in trail if n == "run")
+    for name in trail:
+        table.add_column(name, no_wrap=True)  # the run: what to give `show`, `resume` and `retry`
     for run in runs:
+        cells = {"run": escape(run.run_dir.name), "started": "?", "job": "?", "configuration": "?"}
         if isinstance(run, Unreadable):
-            started = datetime.fromtimestamp(run.run_dir.stat().st_mtime)
-            table.add_row(_when(started.timestamp()), "?", "?", Text("damaged", "red"), "", "", "", escape(run.run_dir.name))
-            continue
-        job = run.job + (" (retry)" if run.parent else "")
-        table.add_row(
-            _when(run.started_at),
-            escape(job),
-            escape(run.configuration),
-            Text(run.status, STATUS_STYLES.get(run.status, "")),
-            f"{run.succeeded:,} / {run.failed:,} / {'?' if run.total is None else f'{run.total:,}'}",
-            _duration(run.active_s),
-            "-" if run.rate is None else f"{run.rate:,.1f}/s",
-            escape(run.run_dir.name),
-        )
+            cells["started"] = _when(run.run_dir.stat().st_mtime)
+            middle: list[RenderableType] = [Text("damaged", "red"), "", "", ""]
+        else:
+            retry = " (retry)" if run.parent else ""
+            cells.update(started=_when(run.started_at), job=escape(run.job + retry))
+            cells["configuration"] = escape(run.configuration)
+            if "job" not in lead:
+                cells["run"] += retry
+            total = "?" if run.total is None else f"{run.total:,}"
+            middle = [
+                Text(run.status, STATUS_STYLES.get(run.status, "")),
+                f"{run.succeeded:,} / {run.failed:,} / {total}",
+                _duration(run.active_s),
+                "-" if run.rate is None else f"{run.rate:,.1f}/s",
+            ]
+        if not duration:
+            del middle[2]
+        table.add_row(*[cells[n] for n in lead], *middle, *[cells[n] for n in trail])
     return table
 
 
@@ -102,14 +134,13 @@ def _summary(run: RunInfo) -> Table:
     sessions = f"  [dim]({run.sessions} sessions)[/]" if run.sessions > 1 else ""
     grid.add_row("started", _when(run.started_at) + sessions)
     grid.add_row("ended", "-" if run.status == "running" else _when(run.ended_at))
-    grid.add_row("duration", _duration(run.active_s) + ("  [dim](running time; pauses between sessions left out)[/]" if run.sessions > 1 else ""))
+    between = "  [dim](running time; pauses between sessions left out)[/]" if run.sessions > 1 else ""
+    grid.add_row("duration", _duration(run.active_s) + between)
     unprocessed = "?" if run.unprocessed is None else f"{run.unprocessed:,}"
     total = "?" if run.total is None else f"{run.total:,}"
     rate = "" if run.rate is None else f"  [magenta]{run.rate:,.1f}/s[/]"
-    grid.add_row(
-        "items",
-        f"[green]{run.succeeded:,} succeeded[/], [red]{run.failed:,} failed[/], {unprocessed} unprocessed, of {total}{rate}",
-    )
+    counts = f"[green]{run.succeeded:,} succeeded[/], [red]{run.failed:,} failed[/], {unprocessed} unprocessed"
+    grid.add_row("items", f"{counts}, of {total}{rate}")
     if run.fatal:
         grid.add_row("fatal", Text(f"{run.fatal['type']}: {run.fatal['message']}", "red"))
     return grid
@@ -124,7 +155,8 @@ def _failures(run: RunInfo, groups: int = 10, examples: int = 3) -> RenderableTy
         (groups,),
     )
     kinds = query(run.run_dir, "SELECT count(*) FROM (SELECT 1 FROM failures GROUP BY error_type, error_message)")[0][0]
-    parts: list[RenderableType] = [Text(f"Failures: {run.failed:,}, by error ({kinds:,} kind{'s' if kinds != 1 else ''})", "bold")]
+    heading = f"Failures: {run.failed:,}, by error ({kinds:,} kind{'s' if kinds != 1 else ''})"
+    parts: list[RenderableType] = [Text(heading, "bold")]
     for error_type, message, count in rows:
         parts.append(Text.assemble((f"{count:>7,}  ", "bold red"), (f"{error_type}: ", "red"), _one_line(message, 200)))
         samples = query(
@@ -133,11 +165,13 @@ def _failures(run: RunInfo, groups: int = 10, examples: int = 3) -> RenderableTy
             (error_type, message, examples),
         )
         for ordinal, item_json in samples:
-            parts.append(Text.assemble(("           #", "dim"), (f"{ordinal:<6} ", "dim"), _one_line(_compact(item_json), 150)))
+            example = _one_line(_compact(item_json), 150)
+            parts.append(Text.assemble((f"{'#':>12}{ordinal:<6} ", "dim"), example))
         if count > len(samples):
-            parts.append(Text(f"           … and {count - len(samples):,} more", "dim"))
+            parts.append(Text(f"{'':11}… and {count - len(samples):,} more", "dim"))
     if kinds > len(rows):
-        parts.append(Text(f"  … and {kinds - len(rows):,} more kinds of error (all of them are in failed.jsonl)", "dim"))
+        more = kinds - len(rows)
+        parts.append(Text(f"  … and {more:,} more kinds of error (all of them are in failed.jsonl)", "dim"))
     return Group(*parts)
 
 
@@ -165,10 +199,10 @@ def _chart(run: RunInfo, width: int) -> RenderableType:
         _spread(ok, step, start + low - started, start + t - started, n_ok)
         _spread(failed, step, start + low - started, start + t - started, n_failed)
     rows = [
-        Text(f"Throughput over {_duration(span)} of running time, {_seconds(step)} per column", "bold"),
+        Text(f"Throughput over {_clock(span, span)} of running time, {_clock(step, step)} per column", "bold"),
         _spark("ok    ", ok, step, "green"),
         _spark("failed", failed, step, "red"),
-        Text(f"       0:00:00{_duration(span):>{max(width - 7, 8)}}", "dim"),
+        Text(f"{'':7}{_clock(0, span)}{_clock(span, span):>{width - len(_clock(0, span))}}", "dim"),
     ]
     return Group(*rows)
 
@@ -189,7 +223,9 @@ def _spread(columns: list[float], step: float, low: float, high: float, count: i
 
 def _spark(label: str, counts: list[float], step: float, style: str) -> Text:
     peak = max(counts)
-    bars = "".join(BLOCKS[0 if n == 0 else max(1, round(n / peak * (len(BLOCKS) - 1)))] for n in counts) if peak else " " * len(counts)
+    top = len(BLOCKS) - 1
+    # The smallest non-zero count still shows, so a trickle is told apart from a stall.
+    bars = "".join(BLOCKS[0 if not n else max(1, round(n / peak * top))] for n in counts)
     return Text.assemble((f"{label} ", "dim"), (bars, style), (f"  peak {peak / step:,.1f}/s", "dim"))
 
 
@@ -213,5 +249,10 @@ def _duration(seconds: float) -> str:
     return str(timedelta(seconds=int(round(seconds))))
 
 
-def _seconds(seconds: float) -> str:
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else _duration(seconds) if seconds >= 60 else f"{seconds:.1f} s"
+def _clock(seconds: float, scale: float) -> str:
+    """``seconds`` in a unit that suits ``scale``: ms, s, or h:mm:ss."""
+    if scale < 1:
+        return f"{seconds * 1000:.3g} ms"
+    if scale < 60:
+        return f"{seconds:.3g} s"
+    return _duration(seconds)

@@ -130,19 +130,21 @@ class Journal:
     def create(
         cls, run_dir: Path, job: Job, wiring: Wiring, *, keyed: bool, parent: Path | None, inputs: list[Any] | None
     ) -> Journal:
-        """Start the journal of a new run in ``run_dir`` (owner-only, like the directory)."""
+        """Start the journal of a new run in ``run_dir`` (owner-only, like the directory), its first session running."""
         path = run_dir / JOURNAL_NAME
+        draft = run_dir / f"{JOURNAL_NAME}.new"
         lock = RunLock.acquire(run_dir)
+        now = time.time()
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            conn = connect(path, writer=True)
-            conn.execute("PRAGMA journal_mode=WAL")
+            # Built under another name and renamed, so a reader never sees a journal without its run record.
+            os.close(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            conn = connect(draft, writer=True)
             conn.executescript(SCHEMA)
             with conn:
                 values, secrets = _stored_values(job, wiring)
                 conn.execute(
-                    "INSERT INTO run (id, format, job, target, config_name, configuration, params, secrets, keyed, parent,"
-                    " batchcli_version) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO run (id, format, job, target, config_name, configuration, params, secrets, keyed,"
+                    " parent, batchcli_version) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         FORMAT,
                         job.project.name,
@@ -156,15 +158,24 @@ class Journal:
                         __version__,
                     ),
                 )
+                _insert_session(conn, now)
                 if inputs is not None:
                     conn.executemany(
                         "INSERT INTO inputs VALUES (?, ?)",
                         ((n, pickle.dumps(item, pickle.HIGHEST_PROTOCOL)) for n, item in enumerate(inputs)),
                     )
+            conn.close()
+            os.replace(draft, path)
+            conn = connect(path, writer=True)
+            conn.execute("PRAGMA journal_mode=WAL")
         except (OSError, sqlite3.Error) as error:
             lock.release()
-            raise JournalError(f"Cannot create the journal {str(path)!r}: {error}. Check the disk and the output directory.") from error
-        return cls(run_dir, conn, lock)
+            raise JournalError(
+                f"Cannot create the journal {str(path)!r}: {error}. Check the disk and the output directory."
+            ) from error
+        journal = cls(run_dir, conn, lock)
+        journal.session, journal._session_started = 1, now
+        return journal
 
     @classmethod
     def open(cls, run_dir: Path) -> Journal:
@@ -192,19 +203,14 @@ class Journal:
             )
 
     def begin(self, tally: Tally) -> None:
-        """Start a session: the run is running, in this process, from now."""
+        """Start a session (a new run's first one is already there): running, in this process, from now."""
         self.tally = tally
-        now = time.time()
-        with self._conn:
-            cursor = self._conn.execute(
-                "INSERT INTO sessions (pid, host, started_at, seen_at, status) VALUES (?, ?, ?, ?, 'running')",
-                (os.getpid(), socket.gethostname(), now, now),
-            )
-        self.session = int(cursor.lastrowid or 0)
-        self._session_started = now
-        self.session_count += 1
-        if self.session_count == 1:
-            self.started_at = now
+        if not self.session:
+            now = time.time()
+            with self._conn:
+                self.session = _insert_session(self._conn, now)
+            self._session_started = now
+            self.session_count += 1
         if self.total is not None and tally.total is None:
             tally.total = self.total
 
@@ -219,19 +225,6 @@ class Journal:
         ranges = RangeSet(self.ranges.ranges())
         ranges.add(o for (o,) in self._conn.execute("SELECT ordinal FROM failures"))
         return skip_ordinals(items, ranges, tally)
-
-    def params(self) -> tuple[dict[str, tuple[str, ...]], list[str]]:
-        """The raw ``-p`` values the run was started with, and the names of secrets that were left out."""
-        values, secrets = self._conn.execute("SELECT params, secrets FROM run").fetchone()
-        return {k: tuple(v) for k, v in json.loads(values).items()}, list(json.loads(secrets))
-
-    def inputs(self) -> list[Any] | None:
-        """A retry run's own inputs, unpickled (load the project first), or None for other runs."""
-        rows = self._conn.execute("SELECT item FROM inputs ORDER BY ordinal").fetchall()
-        has_inputs = self._conn.execute("SELECT parent IS NOT NULL FROM run").fetchone()[0]
-        if not rows and not has_inputs:
-            return None
-        return [unpickle(self.run_dir / JOURNAL_NAME, blob) for (blob,) in rows]
 
     # Recording, from the recorder thread.
 
@@ -248,6 +241,7 @@ class Journal:
             self._unwritten.append(self._failure_row(failure))
         self.failed += len(failures)
         upserts, deletes = self.ranges.take_dirty()
+        added = 0
         try:
             with self._conn:
                 conn = self._conn
@@ -256,14 +250,16 @@ class Journal:
                 if upserts:
                     conn.executemany("INSERT OR REPLACE INTO done_ranges VALUES (?, ?)", upserts)
                 if self._unwritten_keys:
-                    added = conn.executemany("INSERT OR IGNORE INTO done_keys VALUES (?)", ((k,) for k in self._unwritten_keys))
-                    self._keys_count += max(added.rowcount, 0)
+                    keys = ((k,) for k in self._unwritten_keys)
+                    added = conn.executemany("INSERT OR IGNORE INTO done_keys VALUES (?)", keys).rowcount
                 if self._unwritten:
-                    conn.executemany("INSERT INTO failures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._unwritten)
-                if ordinals or failures:
-                    conn.execute("INSERT INTO timeline VALUES (?, ?, ?, ?)", (self.session, now, len(ordinals), len(failures)))
+                    conn.executemany(f"INSERT INTO failures VALUES ({', '.join('?' * 12)})", self._unwritten)
+                if ordinals or failures:  # an idle flush adds no point: the chart reads a gap as zero
+                    point = (self.session, now, len(ordinals), len(failures))
+                    conn.execute("INSERT INTO timeline VALUES (?, ?, ?, ?)", point)
                 self.total = self.tally.total
-                conn.execute("UPDATE run SET succeeded = ?, failed = ?, total = ?", (self.succeeded, self.failed, self.total))
+                counts = (self._keys_count + added if self.keyed else self.succeeded, self.failed, self.total)
+                conn.execute("UPDATE run SET succeeded = ?, failed = ?, total = ?", counts)
                 conn.execute("UPDATE sessions SET seen_at = ? WHERE id = ?", (now, self.session))
         except sqlite3.Error as error:
             # Keep what was not written for the next flush: a full disk that clears loses nothing.
@@ -273,6 +269,7 @@ class Journal:
                 log.error("Writing the journal failed (%s); retrying at the next flush.", error)
             self._write_failed = True
             return
+        self._keys_count += max(added, 0)
         self._unwritten, self._unwritten_keys = [], []
         self._write_failed = False
 
@@ -310,14 +307,16 @@ class Journal:
         now = time.time()
         fatal_json = None
         if fatal is not None:
-            fatal_json = json.dumps({"type": type(fatal).__qualname__, "message": str(fatal), "traceback": fatal_traceback})
+            error = {"type": type(fatal).__qualname__, "message": str(fatal), "traceback": fatal_traceback}
+            fatal_json = json.dumps(error)
         with self._conn:
             self._conn.execute(
                 "UPDATE run SET succeeded = ?, failed = ?, total = ?, fatal = ?",
                 (self.succeeded, self.failed, self.tally.total, fatal_json),
             )
             self._conn.execute(
-                "UPDATE sessions SET seen_at = ?, ended_at = ?, status = ? WHERE id = ?", (now, now, status, self.session)
+                "UPDATE sessions SET seen_at = ?, ended_at = ?, status = ? WHERE id = ?",
+                (now, now, status, self.session),
             )
 
     def close(self) -> None:
@@ -326,6 +325,14 @@ class Journal:
             self._conn.close()
         finally:
             self._lock.release()
+
+
+def _insert_session(conn: sqlite3.Connection, now: float) -> int:
+    cursor = conn.execute(
+        "INSERT INTO sessions (pid, host, started_at, seen_at, status) VALUES (?, ?, ?, ?, 'running')",
+        (os.getpid(), socket.gethostname(), now, now),
+    )
+    return int(cursor.lastrowid or 0)
 
 
 def _stored_values(job: Job, wiring: Wiring) -> tuple[dict[str, list[str]], list[str]]:
@@ -343,17 +350,3 @@ def _stable_target(target: str) -> str:
     """An absolute path when the target is a path, so a resume from another directory finds it."""
     path = Path(target).expanduser()
     return str(path.resolve()) if path.exists() else target
-
-
-def unpickle(path: Path, blob: bytes) -> Any:
-    """One saved input, or a clear error when its class cannot be found any more."""
-    try:
-        return pickle.loads(blob)
-    except Exception as error:
-        if isinstance(error, pickle.UnpicklingError):
-            raise damaged(path, f"a saved input is unreadable: {error}") from error
-        raise JournalError(
-            f"An input saved in {str(path)!r} cannot be loaded: {type(error).__name__}: {error}. The project's "
-            "classes must be importable as they were when the run saved it; restore that class (same module "
-            "and name), then try again."
-        ) from error

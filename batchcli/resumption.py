@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchcli.errors import JournalError, UsageError
-from batchcli.journal import Journal, unpickle
-from batchcli.rundir import RunInfo, check_safe, query, read_run
+from batchcli.journal import Journal
+from batchcli.rundir import RunInfo, check_safe, damaged, query, read_run
 from batchcli.source import Source
 
 if TYPE_CHECKING:
@@ -54,7 +55,8 @@ def plan_resume(run_dir: Path, overrides: dict[str, tuple[str, ...]]) -> Plan:
                 f"Run {str(run_dir)!r} identified its items by {type(job.source).__qualname__}.item_key(), which the "
                 "Source no longer defines. Define item_key(item) again to resume this run."
             )
-        items = journal.inputs()  # a retry run's own inputs; after the project is loaded, so classes resolve
+        # A retry run's own inputs, unpickled once the project is loaded so their classes resolve.
+        items = saved_inputs(run_dir) if earlier.parent else None
     except BaseException:
         journal.close()
         raise
@@ -86,6 +88,26 @@ def failed_inputs(run_dir: Path) -> tuple[list[Any], int]:
     rows = query(run_dir, "SELECT item FROM failures ORDER BY session, ordinal")
     items = [unpickle(path, blob) for (blob,) in rows if blob is not None]
     return items, len(rows) - len(items)
+
+
+def saved_inputs(run_dir: Path) -> list[Any]:
+    """The inputs a retry run was given (kept in its journal, so it resumes without its parent)."""
+    path = check_safe(run_dir)
+    return [unpickle(path, blob) for (blob,) in query(run_dir, "SELECT item FROM inputs ORDER BY ordinal")]
+
+
+def unpickle(path: Path, blob: bytes) -> Any:
+    """One saved input, or a clear error when it cannot be loaded any more."""
+    try:
+        return pickle.loads(blob)
+    except Exception as error:
+        if isinstance(error, pickle.UnpicklingError):
+            raise damaged(path, f"a saved input is unreadable: {error}") from error
+        raise JournalError(
+            f"An input saved in {str(path)!r} cannot be loaded: {type(error).__name__}: {error}. The project's "
+            "classes must be importable as they were when the run saved it; restore that class (same module "
+            "and name), then try again."
+        ) from error
 
 
 def defines_item_key(source: object) -> bool:

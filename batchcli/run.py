@@ -169,7 +169,9 @@ class Run:
             journal = carry.journal
         else:
             keyed = carry.items is None and defines_item_key(self.job.source)
-            journal = Journal.create(self.run_dir, self.job, self.wiring, keyed=keyed, parent=carry.parent, inputs=carry.items)
+            journal = Journal.create(
+                self.run_dir, self.job, self.wiring, keyed=keyed, parent=carry.parent, inputs=carry.items
+            )
         journal.begin(self.tally)
         return journal
 

@@ -48,7 +48,8 @@ def journal_path(run_dir: Path) -> Path:
     """``RUN_DIR/journal.sqlite``, or a clear error when the directory or its journal is missing."""
     if not run_dir.is_dir():
         raise JournalError(
-            f"Run directory {str(run_dir)!r} does not exist. Give one of the directories `batchcli runs -d OUTPUT_DIR` lists."
+            f"Run directory {str(run_dir)!r} does not exist. Give one of the directories "
+            "`batchcli runs -d OUTPUT_DIR` lists."
         )
     path = run_dir / JOURNAL_NAME
     if not path.is_file():

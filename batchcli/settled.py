@@ -122,7 +122,9 @@ def skip_ordinals(items: Numbered, settled: RangeSet, tally: Tally) -> Numbered:
     return _askip_ordinals(items, starts, stops, tally)
 
 
-def _skip_ordinals(items: Iterator[tuple[int, Any]], starts: list[int], stops: list[int], tally: Tally) -> Iterator[tuple[int, Any]]:
+def _skip_ordinals(
+    items: Iterator[tuple[int, Any]], starts: list[int], stops: list[int], tally: Tally
+) -> Iterator[tuple[int, Any]]:
     k, n = 0, len(starts)
     for ordinal, item in items:
         while k < n and ordinal >= stops[k]:
@@ -161,7 +163,11 @@ def skip_keys(
 
 
 def _skip_keys(
-    items: Iterator[tuple[int, Any]], settled: set[Any], key_of: Callable[[Any], Any], pending: dict[int, Any], tally: Tally
+    items: Iterator[tuple[int, Any]],
+    settled: set[Any],
+    key_of: Callable[[Any], Any],
+    pending: dict[int, Any],
+    tally: Tally,
 ) -> Iterator[tuple[int, Any]]:
     for ordinal, item in items:
         key = normal_key(key_of(item))

@@ -129,7 +129,7 @@ def test_secret_params_are_never_stored_and_must_be_given_again(cli, tmp_path: P
     refused = cli("resume", run_dir)
     assert refused.exit_code == 2
     assert "secret param 'token'" in refused.output
-    assert f"-p token=..." in refused.output
+    assert "-p token=..." in refused.output
 
     resumed = cli("resume", run_dir, "-p", "token=hunter2-XYZ", "-p", "crash_at=-1")
     assert resumed.exit_code == 0, resumed.output
