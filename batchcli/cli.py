@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import NoReturn
 
 import typer
 
@@ -80,13 +80,13 @@ Every -p name can also come from the environment as {ENV_PREFIX}<NAME>: upper-ca
 @app.command("exec", help=EXEC_HELP, context_settings={"help_option_names": []})
 def exec_(
     ctx: typer.Context,
-    path: Optional[str] = typer.Argument(
+    path: str | None = typer.Argument(
         None, metavar="PATH", help="A .py file, a project directory, an installed job name, or a module.", show_default=False
     ),
     param: list[str] = typer.Option(
         [], "--param", "-p", help=PARAM_HELP, metavar="NAME=VALUE", autocompletion=_complete_param, show_default=False
     ),
-    config: Optional[str] = typer.Option(
+    config: str | None = typer.Option(
         None, "--config", "-c", help="The configuration to use (a module in config/).", autocompletion=_complete_config
     ),
     output_dir: Path = typer.Option(Path("batchcli_outputs"), "--output-dir", "-d", help=OUTPUT_HELP),

@@ -41,7 +41,7 @@ def _choices(annotation: Any) -> list[str]:
     return []
 
 
-def annotations(target: str, config_name: str | None) -> dict[str, Any]:
+def accepted_names(target: str, config_name: str | None) -> dict[str, Any]:
     """Every ``-p`` name of the project at ``target`` with its type (the configuration's fields when one is chosen)."""
     from batchcli.container import collect_params
     from batchcli.errors import BatchcliError
@@ -68,12 +68,12 @@ def complete_values(target: str | None, config_name: str | None, incomplete: str
     if not target:
         return []
     try:
-        known = annotations(target, config_name)
+        known = accepted_names(target, config_name)
         name, sep, _ = incomplete.partition("=")
         if sep:
             return [f"{name}={c}" for c in _choices(known.get(name)) if f"{name}={c}".startswith(incomplete)]
         return [f"{n}=" for n in known if n.startswith(incomplete)]
-    except (Exception, SystemExit):
+    except (Exception, SystemExit):  # noqa: BLE001 - completion must never break the shell
         return []
 
 
@@ -83,5 +83,5 @@ def complete_configs(target: str | None, incomplete: str) -> list[str]:
         return []
     try:
         return [n for n in _quietly_load(target).config_names() if n.startswith(incomplete)]
-    except (Exception, SystemExit):
+    except (Exception, SystemExit):  # noqa: BLE001 - completion must never break the shell
         return []

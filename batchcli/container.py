@@ -35,6 +35,10 @@ class Wiring:
     values: Mapping[str, tuple[str, ...]]
     """Every ``-p`` name with the raw values given for it, in order."""
 
+    def without(self, names: frozenset[str] | set[str]) -> Wiring:
+        """This wiring minus ``names``: what to store for ``resume`` (``job.secret_names`` are given again)."""
+        return Wiring(self.target, self.config_name, {k: v for k, v in self.values.items() if k not in names})
+
 
 @dataclass(frozen=True)
 class Job:

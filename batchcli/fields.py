@@ -76,7 +76,7 @@ def nested_dataclass(annotation: Any) -> tuple[type | None, bool]:
 def _hints(cls: type) -> dict[str, Any]:
     try:
         return typing.get_type_hints(cls)
-    except Exception:  # a forward reference the module cannot resolve: cast it as text
+    except Exception:  # noqa: BLE001 - a forward reference the module cannot resolve: cast it as text
         return {}
 
 
@@ -84,7 +84,7 @@ def _default(field: dataclasses.Field[Any]) -> Any:
     if field.default is not MISSING:
         return field.default
     if field.default_factory is not MISSING:
-        return field.default_factory()
+        return field.default_factory()  # type: ignore[operator]  # checked against MISSING just above
     return MISSING
 
 

@@ -50,7 +50,7 @@ def describe_installed() -> list[InstalledJob]:
 def _first_doc_line(module: str) -> str:
     try:
         spec = importlib.util.find_spec(module)
-    except Exception:  # its parent package failed to import
+    except Exception:  # noqa: BLE001 - its parent package failed to import; list must go on
         spec = None
     if spec is None or not spec.origin or not spec.origin.endswith(".py"):
         return "(module not found: reinstall the package that provides it)"

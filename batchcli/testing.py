@@ -5,11 +5,13 @@
     from batchcli.testing import run_job
 
     def test_every_record_is_indexed(tmp_path):
-        outcome = run_job("jobs/reindex", config="config_dev", params={"generate": 20}, output_dir=tmp_path)
+        outcome = run_job("examples/reindex", config="config_dev", params={"generate": 20}, output_dir=tmp_path)
         assert outcome.succeeded == 20 and outcome.failed == 0
 
     def test_a_record_without_id_fails_with_the_reason(tmp_path):
-        outcome = run_job("jobs/reindex", params={"records": tmp_path / "bad.jsonl"}, output_dir=tmp_path)
+        (tmp_path / "bad.jsonl").write_text('{"id": 1}\n{"title": "no id"}\n')
+        outcome = run_job("examples/reindex", config="config_dev",
+                          params={"records": tmp_path / "bad.jsonl"}, output_dir=tmp_path)
         assert outcome.failures[0].error_type == "KeyError"
 
 ``run_job`` wires and runs the job exactly as ``batchcli exec`` does (same loading, casting,

@@ -44,7 +44,7 @@ class ProjectHelp:
     fields: list[Entry]
     """The chosen configuration's settable fields (empty when no configuration could be chosen)."""
     config_title: str
-    """Which configuration the fields belong to: ``DevConfig (-c config_dev)``."""
+    """Which configuration the fields belong to, as the panel title starts: ``DevConfig (-c config_dev; ``."""
     note: str = ""
     """Why fields are missing, and how to see them."""
 
@@ -76,8 +76,8 @@ def project_help(project: Project, config_name: str | None) -> ProjectHelp:
     for leaf in leaves:
         docs = docs_by_owner.setdefault(leaf.owner, field_docs(leaf.owner))
         fields.append(Entry(leaf.name, type_name(leaf.annotation), show_default(leaf.default, leaf.annotation), docs.get(leaf.attr, "")))
-    shown = f" (-c {config_name})" if config_name else ""
-    return ProjectHelp(params, fields, f"{config_cls.__name__}{shown}")
+    shown = f"-c {config_name}; " if config_name else ""
+    return ProjectHelp(params, fields, f"{config_cls.__name__} ({shown}")
 
 
 def type_name(annotation: Any) -> str:
@@ -136,16 +136,16 @@ def _table(entries: list[Entry]) -> Table:
 
 def print_project_help(console: Console, help: ProjectHelp, name: str) -> None:
     """Print the params and fields as panels in the style of typer's help."""
-    panel = dict(border_style="dim", title_align="left")
+    panel: dict[str, Any] = {"border_style": "dim", "title_align": "left"}
     if help.params:
-        console.print(Panel(_table(help.params), title=f"Params of {name} (-p NAME=VALUE)", **panel))  # type: ignore[arg-type]
+        console.print(Panel(_table(help.params), title=f"Params of {name} (-p NAME=VALUE)", **panel))
     else:
-        console.print(Panel(Text("none", style="dim"), title=f"Params of {name}", **panel))  # type: ignore[arg-type]
+        console.print(Panel(Text("none", style="dim"), title=f"Params of {name}", **panel))
     body: Any = _table(help.fields) if help.fields else Text(help.note, style="yellow")
     if help.fields and help.note:
         body = Group(body, Text(help.note, style="yellow"))
-    title = f"Fields of {help.config_title} (-p NAME=VALUE)" if help.fields else "Configuration fields"
-    console.print(Panel(body, title=title, **panel))  # type: ignore[arg-type]
+    title = f"Fields of {help.config_title}-p NAME=VALUE)" if help.fields else "Configuration fields"
+    console.print(Panel(body, title=title, **panel))
     console.print(
         Text.assemble(
             "Any name can also come from the environment as ",

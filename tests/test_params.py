@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import PROJECTS
 
 TYPES = PROJECTS / "ux_types" / "job.py"
@@ -103,3 +102,35 @@ def test_types_through_a_real_process(run_batchcli: Any, tmp_path: Path) -> None
     values = received(outcome)
     assert values["ids"] == ["list", [["int", 4], ["int", 5], ["int", 6]]]
     assert values["wait"] == ["timedelta", 120.0]
+
+
+def test_params_come_from_the_environment(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BATCHCLI_<NAME> gives a param its value, cast like -p (collections comma-separated)."""
+    monkeypatch.setenv("BATCHCLI_COUNT", "5")
+    monkeypatch.setenv("BATCHCLI_IDS", "7,8")
+    monkeypatch.setenv("BATCHCLI_CONCURRENCY", "3")
+    values = received(cli("exec", TYPES, "-d", "out"))
+    assert values["count"] == ["int", 5]
+    assert values["ids"] == ["list", [["int", 7], ["int", 8]]]
+
+
+def test_p_wins_over_the_environment(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name given both ways takes the -p value."""
+    monkeypatch.setenv("BATCHCLI_COUNT", "5")
+    values = received(cli("exec", TYPES, "-d", "out", "-p", "count=6"))
+    assert values["count"] == ["int", 6]
+
+
+def test_unknown_batchcli_variables_are_ignored(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BATCHCLI_* variables that name no param (batchcli's own settings, typos) do not fail the run."""
+    monkeypatch.setenv("BATCHCLI_PROGRESS_INTERVAL", "5")
+    monkeypatch.setenv("BATCHCLI_NO_SUCH_PARAM", "x")
+    values = received(cli("exec", TYPES, "-d", "out"))
+    assert values["count"] == ["int", 1]
+
+
+def test_environment_params_in_a_real_process(run_batchcli: Any) -> None:
+    """A child process reads BATCHCLI_<NAME> from its environment."""
+    values = received(run_batchcli("exec", TYPES, "-d", "out", BATCHCLI_WAIT="90s", BATCHCLI_MODE="slow"))
+    assert values["wait"] == ["timedelta", 90.0]
+    assert values["mode"] == ["Mode", "SLOW"]
