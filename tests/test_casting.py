@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from enum import Enum, IntEnum
 from pathlib import Path
@@ -36,7 +36,7 @@ class Clash(Enum):
     UPPER = "AB"
 
 
-UTC = UTC
+UTC = timezone.utc
 
 
 @pytest.mark.parametrize(
