@@ -230,13 +230,14 @@ def load_module_project(job_name: str, module_name: str, target: str | None = No
     every loaded module under it counts, so give each job a package of its own, or keep one job per
     package's modules.
     """
-    what = f"The installed job {job_name!r} points at module {module_name!r}, which" if target is None else (
-        f"The module {module_name!r}"
-    )
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        fix = "Reinstall the package that provides it." if target is None else "Install what it imports."
+        if target is None:
+            what = f"The installed job {job_name!r} points at module {module_name!r}, which"
+            fix = "Reinstall the package that provides it."
+        else:
+            what, fix = f"The module {module_name!r}", "Install what it imports."
         raise ProjectError(f"{what} cannot be imported: {error}. {fix}") from error
     except Exception as error:
         raise UserCodeError(
