@@ -27,7 +27,6 @@ from batchcli.progress import make_display
 from batchcli.project import format_user_traceback
 from batchcli.records import FailedFile, json_form, write_json
 from batchcli.retry import RetryPolicy
-from batchcli.secret import Secret
 from batchcli.source import is_async_source, source_length
 
 log = logging.getLogger("batchcli")
@@ -298,7 +297,7 @@ class Run:
                 "job": self.job.project.name,
                 "target": self.wiring.target,
                 "configuration": type(self.job.config).__name__,
-                "params": {k: "********" if isinstance(v, Secret) else json_form(v) for k, v in self.job.params.items()},
+                "params": {k: json_form(v) for k, v in self.job.public_params().items()},
                 "status": result.status,
                 "exit_code": result.exit_code,
                 "succeeded": result.succeeded,
