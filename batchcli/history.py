@@ -161,7 +161,8 @@ def _failures(run: RunInfo, groups: int = 10, examples: int = 3) -> RenderableTy
         parts.append(Text.assemble((f"{count:>7,}  ", "bold red"), (f"{error_type}: ", "red"), _one_line(message, 200)))
         samples = query(
             run.run_dir,
-            "SELECT ordinal, item_json FROM failures WHERE error_type = ? AND error_message = ? ORDER BY rowid LIMIT ?",
+            "SELECT ordinal, item_json FROM failures WHERE error_type = ? AND error_message = ?"
+            " ORDER BY session, ordinal LIMIT ?",
             (error_type, message, examples),
         )
         for ordinal, item_json in samples:

@@ -23,7 +23,7 @@ from batchcli import __version__
 from batchcli.errors import JournalError
 from batchcli.outcome import Failure, Tally
 from batchcli.records import json_form
-from batchcli.rundir import FORMAT, JOURNAL_NAME, RunLock, check_safe, connect, damaged, holds_secret
+from batchcli.rundir import FORMAT, JOURNAL_NAME, RunLock, check_safe, connect, damaged
 from batchcli.settled import Numbered, RangeSet, skip_keys, skip_ordinals
 
 if TYPE_CHECKING:
@@ -82,9 +82,10 @@ CREATE TABLE timeline (session INTEGER NOT NULL, t REAL NOT NULL, succeeded INTE
 class Journal:
     """The writer of one run's journal; implements the run's ``Recorder``.
 
-    ``record`` is called from the recorder thread every 0.5 s and once more at the end, always one
-    at a time, and commits once per call. Completed ordinals are kept merged in memory and only the
-    ranges that changed are rewritten, so an in-order run of 10 million items stays a few rows.
+    ``record`` is called from the recorder thread at every flush (0.2 s) and once more at the end,
+    one call at a time, and commits once per call. Completed ordinals arrive as merged ranges, are
+    kept merged in memory, and only the rows of ranges that changed are rewritten, so an in-order
+    run of 10 million items stays a few rows.
     """
 
     def __init__(self, run_dir: Path, conn: sqlite3.Connection, lock: RunLock, tally: Tally | None = None) -> None:
@@ -141,7 +142,8 @@ class Journal:
             conn = connect(draft, writer=True)
             conn.executescript(SCHEMA)
             with conn:
-                values, secrets = _stored_values(job, wiring)
+                secrets = sorted(n for n in wiring.values if n in job.secret_names)
+                values = {name: list(raw) for name, raw in wiring.without(job.secret_names).values.items()}
                 conn.execute(
                     "INSERT INTO run (id, format, job, target, config_name, configuration, params, secrets, keyed,"
                     " parent, batchcli_version) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -228,15 +230,18 @@ class Journal:
 
     # Recording, from the recorder thread.
 
-    def record(self, ordinals: list[int], failures: list[Failure]) -> None:
-        """Journal a batch of successes and final failures in one transaction."""
+    def record(self, done: list[tuple[int, int]], failures: list[Failure]) -> None:
+        """Journal a batch of successes (merged ``[start, end)`` ordinal ranges) and final failures in one
+        transaction."""
         now = time.time()
-        if ordinals:
-            if self.keyed:
-                pending = self._pending
-                self._unwritten_keys.extend(pending.pop(o) for o in ordinals if o in pending)
-            else:
-                self.ranges.add(ordinals)
+        succeeded = sum(end - start for start, end in done)
+        if self.keyed:
+            pending = self._pending
+            for start, end in done:
+                self._unwritten_keys.extend(pending.pop(o) for o in range(start, end) if o in pending)
+        else:
+            for start, end in done:
+                self.ranges.add_range(start, end)
         for failure in failures:
             self._unwritten.append(self._failure_row(failure))
         self.failed += len(failures)
@@ -254,8 +259,8 @@ class Journal:
                     added = conn.executemany("INSERT OR IGNORE INTO done_keys VALUES (?)", keys).rowcount
                 if self._unwritten:
                     conn.executemany(f"INSERT INTO failures VALUES ({', '.join('?' * 12)})", self._unwritten)
-                if ordinals or failures:  # an idle flush adds no point: the chart reads a gap as zero
-                    point = (self.session, now, len(ordinals), len(failures))
+                if succeeded or failures:  # an idle flush adds no point: the chart reads a gap as zero
+                    point = (self.session, now, succeeded, len(failures))
                     conn.execute("INSERT INTO timeline VALUES (?, ?, ?, ?)", point)
                 self.total = self.tally.total
                 counts = (self._keys_count + added if self.keyed else self.succeeded, self.failed, self.total)
@@ -333,17 +338,6 @@ def _insert_session(conn: sqlite3.Connection, now: float) -> int:
         (os.getpid(), socket.gethostname(), now, now),
     )
     return int(cursor.lastrowid or 0)
-
-
-def _stored_values(job: Job, wiring: Wiring) -> tuple[dict[str, list[str]], list[str]]:
-    """The raw ``-p`` values to store, and the names whose values are secrets and are left out."""
-    values, secrets = {}, []
-    for name, raw in wiring.values.items():
-        if holds_secret(job.params.get(name)):
-            secrets.append(name)
-        else:
-            values[name] = list(raw)
-    return values, secrets
 
 
 def _stable_target(target: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import reprlib
 import time
+from array import array
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,36 @@ class Failure:
     """Epoch seconds of the last failed attempt."""
 
 
+_SLICE = 65536
+
+
+def runs(ordinals: list[int]) -> list[tuple[int, int]]:
+    """``[1, 2, 3, 7, 8]`` -> ``[(1, 4), (7, 9)]``; the input is sorted and unique."""
+    result: list[tuple[int, int]] = []
+    if not ordinals:
+        return result
+    start = previous = ordinals[0]
+    for ordinal in ordinals[1:]:
+        if ordinal != previous + 1:
+            result.append((start, previous + 1))
+            start = ordinal
+        previous = ordinal
+    result.append((start, previous + 1))
+    return result
+
+
+def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sort half-open ranges and merge those that touch or overlap."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
 class Tally:
     """The live counts of a run; executors update them, the display and the journal read them.
 
@@ -52,8 +83,8 @@ class Tally:
         self.in_flight = 0
         self.skipped = 0
         """Items a resumed run did not redo because an earlier run settled them."""
-        self.done: deque[int] = deque()
-        """Ordinals that succeeded and are not yet journaled."""
+        self.done = array("q")
+        """Ordinals that succeeded and are not yet journaled: 8 bytes each, no objects kept alive."""
         self.failures: list[Failure] = []
         """Every final failure, in order."""
         self.new_failures: deque[Failure] = deque()
@@ -67,6 +98,26 @@ class Tally:
     def settled(self) -> int:
         """Items that succeeded or finally failed."""
         return self.succeeded + self.failed
+
+    def take_done(self) -> list[tuple[int, int]]:
+        """Remove the ordinals recorded so far and return them as sorted, merged ``[start, end)`` ranges.
+
+        Safe against concurrent appends: each slice and the final deletion is one C call under the
+        GIL, and appends only extend the end. Works in slices, so memory stays flat however many
+        items completed since the last call.
+        """
+        done = self.done
+        count = len(done)
+        ranges: list[tuple[int, int]] = []
+        for offset in range(0, count, _SLICE):
+            part = done[offset : min(count, offset + _SLICE)]
+            low, high = min(part), max(part)
+            if high - low + 1 == len(part):  # ordinals are unique, so this slice is one run
+                ranges.append((low, high + 1))
+            else:
+                ranges.extend(runs(sorted(part)))
+        del done[:count]
+        return merge_ranges(ranges)
 
     def fail(self, failure: Failure) -> None:
         """Record a final failure (called on the executor's loop; failures are the slow path)."""

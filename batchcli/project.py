@@ -112,7 +112,7 @@ def load_project(target: str) -> Project:
             return installed
         raise ProjectError(
             f"Path {target!r} does not exist. Give a .py file, a project directory, "
-            "or the name of an installed job (see `batchcli list`)."
+            "the name of an installed job (see `batchcli list`), or an importable module name."
         )
     path = path.resolve()
     if path.is_file():
@@ -223,15 +223,22 @@ def format_user_traceback(error: BaseException) -> str:
     return "".join(lines).rstrip()
 
 
-def load_module_project(job_name: str, module_name: str) -> Project:
-    """Import an installed job's module by name; its package's ``config/`` holds its configurations."""
+def load_module_project(job_name: str, module_name: str, target: str | None = None) -> Project:
+    """Import an installed job's module by name; its package's ``config/`` holds its configurations.
+
+    ``target`` is what the user gave (the job name when None). The project is the module's package:
+    every loaded module under it counts, so give each job a package of its own, or keep one job per
+    package's modules.
+    """
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise ProjectError(
-            f"The installed job {job_name!r} points at module {module_name!r}, which cannot be imported: "
-            f"{error}. Reinstall the package that provides it."
-        ) from error
+        if target is None:
+            what = f"The installed job {job_name!r} points at module {module_name!r}, which"
+            fix = "Reinstall the package that provides it."
+        else:
+            what, fix = f"The module {module_name!r}", "Install what it imports."
+        raise ProjectError(f"{what} cannot be imported: {error}. {fix}") from error
     except Exception as error:
         raise UserCodeError(
             f"Importing {module_name!r} failed:\n{format_user_traceback(error)}", error
@@ -243,7 +250,7 @@ def load_module_project(job_name: str, module_name: str) -> Project:
         None,
     )
     return Project(
-        target=job_name,
+        target=job_name if target is None else target,
         name=job_name,
         package=package,
         config_package=f"{package}.config" if config_dir else None,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from batchcli.environment import variable
 from batchcli.errors import JournalError, UsageError
 from batchcli.journal import Journal
 from batchcli.rundir import RunInfo, check_safe, damaged, query, read_run
@@ -120,14 +122,15 @@ def _rebuild(earlier: RunInfo, overrides: dict[str, tuple[str, ...]], command: s
     from batchcli.container import Wiring, build_job
     from batchcli.project import load_project
 
-    missing = [name for name in earlier.secrets if name not in overrides]
+    # A secret given at the start must come back: silently falling back to a default would be wrong.
+    missing = [name for name in earlier.secrets if name not in overrides and variable(name) not in os.environ]
     if missing:
         again = " ".join(f"-p {name}=..." for name in missing)
         noun = "params" if len(missing) > 1 else "param"
         raise UsageError(
             f"Run {str(earlier.run_dir)!r} was started with the secret {noun} {', '.join(map(repr, missing))}, "
             f"which the journal does not keep. Give {'them' if len(missing) > 1 else 'it'} again: "
-            f"batchcli {command} {earlier.run_dir} {again}"
+            f"batchcli {command} {earlier.run_dir} {again} (or set {', '.join(map(variable, missing))})."
         )
     values = {name: tuple(raw) for name, raw in earlier.params.items()}
     values.update(overrides)

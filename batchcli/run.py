@@ -28,13 +28,12 @@ from batchcli.project import format_user_traceback
 from batchcli.records import FailedFile, json_form, write_json
 from batchcli.resumption import Continuation, defines_item_key
 from batchcli.retry import RetryPolicy
-from batchcli.secret import Secret
 from batchcli.source import is_async_source, source_length
 
 log = logging.getLogger("batchcli")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_FATAL, EXIT_STOPPED = 0, 1, 2, 3, 130
-FLUSH_INTERVAL_S = 0.5
+FLUSH_INTERVAL_S = 0.2  # the journal promises at most 0.5 s of lost work; this also bounds memory
 
 
 @dataclass(frozen=True)
@@ -77,14 +76,14 @@ class RunResult:
 class Recorder(Protocol):
     """Receives every settled item once, in batches, from the recorder thread."""
 
-    def record(self, ordinals: list[int], failures: list[Failure]) -> None:
-        """Record ordinals that succeeded and final failures."""
+    def record(self, done: list[tuple[int, int]], failures: list[Failure]) -> None:
+        """Record succeeded ordinals, as sorted merged ``[start, end)`` ranges, and final failures."""
 
 
 class NullRecorder:
     """Records nothing beyond the run directory's plain files."""
 
-    def record(self, ordinals: list[int], failures: list[Failure]) -> None:
+    def record(self, done: list[tuple[int, int]], failures: list[Failure]) -> None:
         """Drop the batch."""
 
 
@@ -182,12 +181,11 @@ class Run:
     def flush(self) -> None:
         """Record what the executor reported since the last flush (recorder thread, then once at the end)."""
         with self._flush_lock:
-            done = self.tally.done
-            ordinals = [done.popleft() for _ in range(len(done))]
+            done = self.tally.take_done()
             new = self.tally.new_failures
             failures = [new.popleft() for _ in range(len(new))]
             self._failed_file.write(failures)
-            self.recorder.record(ordinals, failures)
+            self.recorder.record(done, failures)
 
     def _install_signals(self) -> Any:
         if not self.options.handle_signals or threading.current_thread() is not threading.main_thread():
@@ -340,7 +338,7 @@ class Run:
                 "job": self.job.project.name,
                 "target": self.wiring.target,
                 "configuration": type(self.job.config).__name__,
-                "params": {k: "********" if isinstance(v, Secret) else json_form(v) for k, v in self.job.params.items()},
+                "params": {k: json_form(v) for k, v in self.job.public_params().items()},
                 "status": result.status,
                 "exit_code": result.exit_code,
                 "succeeded": result.succeeded,

@@ -13,7 +13,6 @@ from typing import Any
 from urllib.parse import quote
 
 from batchcli.errors import JournalError
-from batchcli.secret import Secret
 
 try:
     import fcntl
@@ -88,17 +87,6 @@ def check_safe(run_dir: Path) -> Path:
                 f"else wrote to it, make it yours alone: chmod go-w {fix}"
             )
     return path
-
-
-def holds_secret(value: Any) -> bool:
-    """True when ``value`` is a Secret or a collection holding one."""
-    if isinstance(value, Secret):
-        return True
-    if isinstance(value, dict):
-        return any(holds_secret(k) or holds_secret(v) for k, v in value.items())
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return any(holds_secret(v) for v in value)
-    return False
 
 
 class RunLock:

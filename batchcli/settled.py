@@ -6,7 +6,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
-from batchcli.outcome import Tally
+from batchcli.outcome import Tally, runs
 
 Numbered = Iterator[tuple[int, Any]] | AsyncIterator[tuple[int, Any]]
 
@@ -62,8 +62,8 @@ class RangeSet:
         self.count += stop - start - removed
 
     def add(self, values: Iterable[int]) -> None:
-        """Add many ints at once; cost grows with the number of runs in them, not their count."""
-        for start, stop in runs_of(sorted(set(values))):
+        """Add many ints at once (duplicates allowed)."""
+        for start, stop in runs(sorted(set(values))):
             self.add_range(start, stop)
 
     def take_dirty(self) -> tuple[list[tuple[int, int]], list[int]]:
@@ -77,28 +77,6 @@ class RangeSet:
                 upserts.append((start, stop))
         self.dirty.clear()
         return upserts, deletes
-
-
-def runs_of(values: list[int]) -> list[tuple[int, int]]:
-    """The maximal runs of consecutive ints in a sorted list without duplicates, as ``[start, stop)``.
-
-    Each run is found by binary search (``values[j] - values[i] == j - i`` exactly while the values
-    from i to j are consecutive), so a batch of 100,000 ordinals with a few gaps costs a few dozen steps.
-    """
-    runs = []
-    i, n = 0, len(values)
-    while i < n:
-        first = values[i]
-        lo, hi = i, n - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if values[mid] - first == mid - i:
-                lo = mid
-            else:
-                hi = mid - 1
-        runs.append((first, values[lo] + 1))
-        i = lo + 1
-    return runs
 
 
 def normal_key(key: Any) -> Any:

@@ -12,7 +12,7 @@ import pytest
 from batchcli.journal import Journal
 from batchcli.outcome import Tally
 from batchcli.rundir import read_run
-from batchcli.settled import RangeSet, runs_of, skip_ordinals
+from batchcli.settled import RangeSet, skip_ordinals
 
 PROJECTS = Path(__file__).resolve().parent / "projects"
 COUNTING = PROJECTS / "journal_counting" / "counting.py"
@@ -39,13 +39,6 @@ def test_range_set_merges_overlapping_and_touching_ranges() -> None:
     assert 1 in ranges and 9 in ranges and 0 not in ranges and 10 not in ranges
 
 
-def test_runs_of_finds_every_gap() -> None:
-    """Consecutive ints collapse into runs; every gap starts a new run."""
-    assert runs_of([0, 1, 2, 4, 5, 9]) == [(0, 3), (4, 6), (9, 10)]
-    assert runs_of([]) == []
-    assert runs_of(list(range(100_000))) == [(0, 100_000)]
-
-
 def test_ten_million_in_order_successes_stay_a_handful_of_rows(cli, tmp_path: Path) -> None:
     """A 10-million-item run journaled in 0.5 s batches (with in-flight holes) is one range row, not 10M rows."""
     (tmp_path / "logs").mkdir()
@@ -56,12 +49,14 @@ def test_ten_million_in_order_successes_stay_a_handful_of_rows(cli, tmp_path: Pa
     batch, late = 100_000, [5, 17, 99]  # three items of each batch are still in flight at its flush
     most_rows = 0
     for start in range(0, 10_000_000, batch):
-        ordinals = [o for o in range(start, start + batch) if o - start not in late]
+        # What Tally.take_done hands over: this batch minus its late items, plus the previous batch's late ones.
+        edges = [start, *[e for o in late for e in (start + o, start + o + 1)], start + batch]
+        done = list(zip(edges[::2], edges[1::2]))
         if start:
-            ordinals += [start - batch + o for o in late]
-        journal.record(ordinals, [])
+            done = sorted(done + [(start - batch + o, start - batch + o + 1) for o in late])
+        journal.record(done, [])
         most_rows = max(most_rows, rows(run_dir, "SELECT count(*) FROM done_ranges")[0][0])
-    journal.record([10_000_000 - batch + o for o in late], [])
+    journal.record([(10_000_000 - batch + o, 10_000_000 - batch + o + 1) for o in late], [])
     journal.finish("finished", None)
     journal.close()
     assert rows(run_dir, "SELECT start, stop FROM done_ranges") == [(0, 10_000_000)]
@@ -117,8 +112,9 @@ def test_a_source_that_raises_leaves_a_resumable_crashed_run(cli, tmp_path: Path
     assert summary["succeeded"] + summary["failed"] + summary["unprocessed"] == summary["total"] == 30
 
 
-def test_secret_params_are_never_stored_and_must_be_given_again(cli, tmp_path: Path) -> None:
-    """A Secret param's value is in no file of the run; resume names it and says how to give it again."""
+def test_secret_params_are_never_stored_and_must_be_given_again(cli, tmp_path: Path, monkeypatch) -> None:
+    """A Secret param's value is in no file of the run; resume names it, says how to give it again, and takes it
+    from -p or the environment."""
     result = cli("exec", SECRETIVE, "-d", "out", "-p", "token=hunter2-XYZ", "-p", "crash_at=4")
     assert result.exit_code == 3
     run_dir = result.run_dir
@@ -129,9 +125,13 @@ def test_secret_params_are_never_stored_and_must_be_given_again(cli, tmp_path: P
     refused = cli("resume", run_dir)
     assert refused.exit_code == 2
     assert "secret param 'token'" in refused.output
-    assert "-p token=..." in refused.output
+    assert "-p token=... (or set BATCHCLI_TOKEN)" in refused.output
 
-    resumed = cli("resume", run_dir, "-p", "token=hunter2-XYZ", "-p", "crash_at=-1")
+    resumed = cli("resume", run_dir, "-p", "token=hunter2-XYZ", "-p", "crash_at=7")
+    assert resumed.exit_code == 3, resumed.output
+    assert read_run(run_dir).succeeded == 7
+    monkeypatch.setenv("BATCHCLI_TOKEN", "hunter2-XYZ")
+    resumed = cli("resume", run_dir, "-p", "crash_at=-1")
     assert resumed.exit_code == 0, resumed.output
     assert read_run(run_dir).succeeded == 10
     for path in run_dir.iterdir():

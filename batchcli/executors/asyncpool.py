@@ -47,6 +47,8 @@ class AsyncExecutor:
         self._call = self._make_call(process)
         self._next_start = 0.0
         self._rate = config.rate_limit
+        self._slow = False
+        self._update_slow()
 
     def _make_call(self, process: Callable[[Any], Any]) -> Callable[[Any], Awaitable[Any]]:
         if inspect.iscoroutinefunction(process):
@@ -104,23 +106,31 @@ class AsyncExecutor:
         ready = self._ready
         done = tally.done.append
         call = self._call
+        next_item = self._next
         while True:
-            if self.paused:
-                await self._gate.wait()
-            if self.stopping or self._retire():
+            # One flag covers pause, stop, retirement and throttling, so the common case costs one check.
+            if self._slow and await self._detour():
                 return
             if ready:
                 ordinal, item, attempts = ready.popleft()
             else:
-                taken = await self._take()
-                if taken is None:
-                    if await self._wait_for_work():
-                        continue
-                    return
-                ordinal, item = taken
                 attempts = None
-            if self._rate is not None:
-                await self._throttle(self._rate)
+                if next_item is not None and not tally.exhausted:
+                    try:
+                        ordinal, item = next_item()
+                    except StopIteration:
+                        self._exhausted()
+                        continue
+                    except Exception as error:
+                        self._source_failed(error)
+                        return
+                else:
+                    taken = await self._take_async()
+                    if taken is None:
+                        if await self._wait_for_work():
+                            continue
+                        return
+                    ordinal, item = taken
             tally.in_flight += 1
             try:
                 await call(item)
@@ -136,30 +146,45 @@ class AsyncExecutor:
                 tally.succeeded += 1
                 done(ordinal)
 
-    async def _take(self) -> tuple[int, Any] | None:
-        if self._tally.exhausted or self.fatal is not None:
-            return None
-        try:
-            if self._next is not None:
-                return self._next()
-            async with self._source_lock:
-                if self._tally.exhausted:
-                    return None
-                return await self._anext()  # type: ignore[misc]
-        except (StopIteration, StopAsyncIteration):
-            self._tally.exhausted = True
-            self._wake.set()
-            return None
-        except Exception as error:
-            self.fatal = error
-            self.stop()
-            return None
+    def _update_slow(self) -> None:
+        self._slow = self.paused or self.stopping or bool(self._retiring) or self._rate is not None
 
-    def _retire(self) -> bool:
+    async def _detour(self) -> bool:
+        """The uncommon cases before taking an item; True when this worker should end."""
+        if self.paused:
+            await self._gate.wait()
+        if self.stopping:
+            return True
         if self._retiring:
             self._retiring -= 1
+            self._update_slow()
             return True
+        if self._rate is not None:
+            await self._throttle(self._rate)
         return False
+
+    def _exhausted(self) -> None:
+        self._tally.exhausted = True
+        self._wake.set()
+
+    def _source_failed(self, error: Exception) -> None:
+        self.fatal = error
+        self.stop()
+
+    async def _take_async(self) -> tuple[int, Any] | None:
+        """The next item of an async source (one ``anext`` at a time), or None when there is none."""
+        if self._tally.exhausted or self.fatal is not None or self._anext is None:
+            return None
+        async with self._source_lock:
+            if self._tally.exhausted:
+                return None
+            try:
+                return await self._anext()  # type: ignore[no-any-return]
+            except StopAsyncIteration:
+                self._exhausted()
+            except Exception as error:
+                self._source_failed(error)
+        return None
 
     async def _wait_for_work(self) -> bool:
         """After the source ran out: wait for a retry to come due; False when all is settled."""
@@ -222,6 +247,7 @@ class AsyncExecutor:
     def stop(self) -> None:
         """Start no new item; in-flight items finish; items waiting to retry stay unprocessed."""
         self.stopping = True
+        self._slow = True
         for timer in self._timers.values():
             timer.cancel()
         self._tally.retrying = 0
@@ -240,11 +266,13 @@ class AsyncExecutor:
     def pause(self) -> None:
         """Start no new item until ``resume``; in-flight items finish."""
         self.paused = True
+        self._slow = True
         self._gate.clear()
 
     def resume(self) -> None:
         """Undo ``pause``."""
         self.paused = False
+        self._update_slow()
         if hasattr(self, "_gate"):
             self._gate.set()
 
@@ -261,6 +289,7 @@ class AsyncExecutor:
             self._spawn(change - cancelled)
         else:
             self._retiring += -change
+        self._update_slow()
 
     def set_rate_limit(self, rate: float | None) -> None:
         """Change the most items started per second (None for no limit)."""
@@ -268,6 +297,7 @@ class AsyncExecutor:
             raise ValueError(f"rate_limit must be positive or None, got {rate!r}.")
         self._config.rate_limit = rate
         self._rate = rate
+        self._update_slow()
 
 
 def _qualified_name(cls: type) -> str:

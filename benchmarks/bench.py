@@ -1,0 +1,238 @@
+"""Measure batchcli against a bare asyncio worker pool, in the same run, and check the targets.
+
+    python benchmarks/bench.py            # every scenario
+    python benchmarks/bench.py overhead   # one or more by name
+
+Each measurement runs in a fresh child process (so peak RSS is its own). batchcli runs with the
+journal on and the live display rendering to /dev/null as if to a terminal. Exits 1 when a target is
+missed. See docs/architecture.md for where the per-item time goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+NOOP = HERE / "jobs" / "noop.py"
+
+
+# ---------------------------------------------------------------- children: one measurement each
+
+
+def bare_pool(count: int, concurrency: int, sleep_ms: float) -> float:
+    """The yardstick: ``concurrency`` coroutines pulling from one shared iterator."""
+    delay = sleep_ms / 1000
+
+    async def process(item: int) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+
+    async def main() -> float:
+        items = iter(range(count))
+
+        async def worker() -> None:
+            for item in items:
+                await process(item)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - start
+
+    return asyncio.run(main())
+
+
+def batchcli_run(job: str, count: int, concurrency: int, sleep_ms: float, extra: dict[str, str]) -> float:
+    """batchcli on the same work, in-process, journal and display on; times the run, not the import."""
+    import tempfile
+
+    from rich.console import Console
+
+    from batchcli.container import Wiring, build_job
+    from batchcli.project import load_project
+    from batchcli.run import Run, RunOptions
+
+    values = {"count": (str(count),), "concurrency": (str(concurrency),), **{k: (v,) for k, v in extra.items()}}
+    if sleep_ms:
+        values["sleep_ms"] = (str(sleep_ms),)
+    wiring = Wiring(target=job, config_name=None, values=values)
+    job_obj = build_job(load_project(job), wiring)
+    with open(os.devnull, "w") as devnull, tempfile.TemporaryDirectory() as out:
+        console = Console(file=devnull, force_terminal=True, width=120)
+        run = Run(job_obj, wiring, RunOptions(output_dir=Path(out), console=console, handle_signals=False))
+        start = time.perf_counter()
+        result = run.execute()
+        elapsed = time.perf_counter() - start
+    if result.succeeded != count:
+        raise SystemExit(f"batchcli processed {result.succeeded} of {count} items")
+    return elapsed
+
+
+def child(argv: list[str]) -> None:
+    impl, count, concurrency, sleep_ms, job, extra = argv[0], int(argv[1]), int(argv[2]), float(argv[3]), argv[4], json.loads(argv[5])
+    if impl == "bare":
+        elapsed = bare_pool(count, concurrency, sleep_ms)
+    else:
+        elapsed = batchcli_run(job, count, concurrency, sleep_ms, extra)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"elapsed": elapsed, "rss_mb": rss_mb}))
+
+
+def measure(impl: str, count: int, concurrency: int = 10, sleep_ms: float = 0.0, job: Path = NOOP, **extra: str) -> dict[str, float]:
+    """Run one measurement in a fresh process and return its time and peak RSS."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(
+        [sys.executable, __file__, "_child", impl, str(count), str(concurrency), str(sleep_ms), str(job), json.dumps(extra)],
+        capture_output=True, text=True, env=env, cwd=ROOT,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{impl} x{count} failed:\n{proc.stdout}{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def best(repeat: int, fn: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """The fastest of ``repeat`` runs (the least disturbed by the rest of the machine)."""
+    return min((fn() for _ in range(repeat)), key=lambda r: r["elapsed"])
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+Row = tuple[str, str, str, str, str, float, float, bool]
+
+
+def overhead() -> list[Row]:
+    """Per-item cost of the async executor vs the bare pool: slope between 200k and 1M no-op items."""
+    small, large = 200_000, 1_000_000
+    b_small, b_large = best(3, lambda: measure("bare", small)), best(3, lambda: measure("bare", large))
+    c_small, c_large = best(3, lambda: measure("batchcli", small)), best(3, lambda: measure("batchcli", large))
+    bare_us = (b_large["elapsed"] - b_small["elapsed"]) / (large - small) * 1e6
+    ours_us = (c_large["elapsed"] - c_small["elapsed"]) / (large - small) * 1e6
+    ratio = ours_us / bare_us
+    return [(
+        "overhead (no-op, per item)",
+        f"{ours_us:.2f} us/item",
+        f"{bare_us:.2f} us/item",
+        f"{1e6 / ours_us:,.0f}/s",
+        f"{c_large['rss_mb']:.0f} MB",
+        ratio, 5.0, ratio <= 5.0,
+    )]
+
+
+def io_bound() -> list[Row]:
+    """100k items of 10 ms latency at concurrency 1000."""
+    n = 100_000
+    bare = best(2, lambda: measure("bare", n, concurrency=1000, sleep_ms=10))
+    ours = best(2, lambda: measure("batchcli", n, concurrency=1000, sleep_ms=10))
+    ratio = ours["elapsed"] / bare["elapsed"]
+    return [(
+        "I/O-bound (100k x 10 ms, c=1000)",
+        f"{ours['elapsed']:.2f} s",
+        f"{bare['elapsed']:.2f} s",
+        f"{n / ours['elapsed']:,.0f}/s",
+        f"{ours['rss_mb']:.0f} MB",
+        ratio, 1.25, ratio <= 1.25,
+    )]
+
+
+def memory() -> list[Row]:
+    """Peak RSS for 5M no-op items minus that for 100k."""
+    small = measure("batchcli", 100_000)
+    large = measure("batchcli", 5_000_000)
+    growth = large["rss_mb"] - small["rss_mb"]
+    return [(
+        "memory (5M vs 100k items)",
+        f"+{growth:.1f} MB",
+        f"{small['rss_mb']:.0f} MB at 100k",
+        f"{5_000_000 / large['elapsed']:,.0f}/s",
+        f"{large['rss_mb']:.0f} MB",
+        growth, 20.0, growth <= 20.0,
+    )]
+
+
+def startup() -> list[Row]:
+    """Wall time of ``batchcli exec`` on a one-item job, and of ``batchcli --help``."""
+    import tempfile
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+
+    def wall(*args: str) -> float:
+        times = []
+        with tempfile.TemporaryDirectory() as out:
+            for _ in range(5):
+                start = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "batchcli", *args], capture_output=True, env=env, cwd=out, check=True)
+                times.append(time.perf_counter() - start)
+        return min(times)
+
+    exec_s = wall("exec", str(NOOP), "-p", "count=1")
+    help_s = wall("--help")
+    return [
+        ("start-up: exec of a 1-item job", f"{exec_s:.2f} s", "", "", "", exec_s, 0.6, exec_s <= 0.6),
+        ("start-up: --help", f"{help_s:.2f} s", "", "", "", help_s, 0.6, help_s <= 0.6),
+    ]
+
+
+def scale_out() -> list[Row]:
+    """The process executor vs the async one on a CPU-bound job of a few ms per item."""
+    cpu_job = HERE / "cpu_job.py"
+    if not cpu_job.exists():
+        return [("scale-out (process vs async)", "skipped: no benchmarks/cpu_job.py", "", "", "", 0.0, 1.6, True)]
+    n = 600
+    ours_async = measure("batchcli", n, job=cpu_job, executor="async")
+    ours_proc = measure("batchcli", n, job=cpu_job, executor="process")
+    speedup = ours_async["elapsed"] / ours_proc["elapsed"]
+    return [(
+        "scale-out (CPU-bound, process vs async)",
+        f"{ours_proc['elapsed']:.2f} s",
+        f"{ours_async['elapsed']:.2f} s (async)",
+        f"{n / ours_proc['elapsed']:,.0f}/s",
+        f"{ours_proc['rss_mb']:.0f} MB",
+        speedup, 1.6, speedup >= 1.6,
+    )]
+
+
+SCENARIOS: dict[str, Callable[[], list[Row]]] = {
+    "overhead": overhead,
+    "io": io_bound,
+    "memory": memory,
+    "startup": startup,
+    "scaleout": scale_out,
+}
+
+
+def main(names: list[str]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        print(f"Unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}.", file=sys.stderr)
+        return 2
+    rows: list[Row] = []
+    for name in names or list(SCENARIOS):
+        rows += SCENARIOS[name]()
+    table = Table(title=f"batchcli vs bare asyncio pool — {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    for column in ("scenario", "batchcli", "bare / baseline", "throughput", "peak RSS", "measure", "target", "ok"):
+        table.add_column(column)
+    for scenario, ours, bare, rate, rss, value, target, ok in rows:
+        bound = "≥" if "scale-out" in scenario else "≤"
+        table.add_row(scenario, ours, bare, rate, rss, f"{value:.2f}", f"{bound} {target}", "[green]yes[/]" if ok else "[red]NO[/]")
+    Console(width=160).print(table)
+    return 0 if all(r[-1] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["_child"]:
+        child(sys.argv[2:])
+    else:
+        sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,40 @@
+"""The Tally's compact record of succeeded items."""
+
+from __future__ import annotations
+
+import random
+
+from batchcli.outcome import Tally, merge_ranges, runs
+
+
+def test_runs_splits_sorted_ordinals_at_gaps() -> None:
+    """Sorted ordinals become half-open runs, split wherever a number is missing."""
+    assert runs([1, 2, 3, 7, 8, 10]) == [(1, 4), (7, 9), (10, 11)]
+    assert runs([]) == []
+
+
+def test_merge_ranges_joins_touching_and_overlapping() -> None:
+    """Ranges that touch or overlap merge into one, in order."""
+    assert merge_ranges([(5, 7), (0, 2), (2, 4), (6, 9)]) == [(0, 4), (5, 9)]
+
+
+def test_take_done_returns_exactly_the_recorded_ordinals_and_empties() -> None:
+    """Out-of-order completions spread over several slices come back as exactly their set."""
+    tally = Tally()
+    ordinals = list(range(200_000))
+    random.Random(7).shuffle(ordinals)
+    missing = set(ordinals[:50])  # still in flight
+    for ordinal in ordinals[50:]:
+        tally.done.append(ordinal)
+    ranges = tally.take_done()
+    covered = {n for start, end in ranges for n in range(start, end)}
+    assert covered == set(range(200_000)) - missing
+    assert len(tally.done) == 0
+    assert tally.take_done() == []
+
+
+def test_take_done_keeps_an_in_order_run_as_one_range() -> None:
+    """A long in-order run is one range, not one row per item."""
+    tally = Tally()
+    tally.done.extend(range(1_000_000))
+    assert tally.take_done() == [(0, 1_000_000)]
