@@ -33,9 +33,26 @@ def three_runs(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str
     assert finished.exit_code == 1
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "batchcli", "exec", str(COUNTING), "-d", "out", "-p", "count=400",
-         "-p", f"log_dir={logs}", "-p", "delay_s=0.01", "-p", "rate_limit=100"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
+        [
+            sys.executable,
+            "-m",
+            "batchcli",
+            "exec",
+            str(COUNTING),
+            "-d",
+            "out",
+            "-p",
+            "count=400",
+            "-p",
+            f"log_dir={logs}",
+            "-p",
+            "delay_s=0.01",
+            "-p",
+            "rate_limit=100",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=subprocess_env(),
     )
     wait_for(lambda: len(list((tmp_path / "out").glob("*_counting"))) == 1, "the run directory")
     killed = next((tmp_path / "out").glob("*_counting"))
@@ -53,16 +70,26 @@ def three_runs(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str
     return {"finished": finished.run_dir, "crashed": killed, "retried": retried.run_dir}
 
 
-def test_runs_lists_finished_crashed_and_retried_runs_newest_first(cli, three_runs: dict[str, Path], tmp_path: Path) -> None:
+def test_runs_lists_finished_crashed_and_retried_runs_newest_first(
+    cli, three_runs: dict[str, Path], tmp_path: Path
+) -> None:
     """runs shows one row per run, newest first: started, job, configuration, status, counts, duration, rate, directory."""
     result = cli("runs", "-d", "out")
     assert result.exit_code == 0
     text = flat(result.output)
     assert "started job configuration status ok / failed / total duration rate run" in text
     crashed = read_run(three_runs["crashed"])
-    assert re.search(r"orders \(retry\) Configuration finished 6 / 0 / 6 0:00:\d\d [\d,.]+/s " + three_runs["retried"].name, text)
-    assert re.search(rf"counting Configuration crashed {crashed.succeeded} / 0 / 400 0:00:\d\d [\d,.]+/s " + three_runs["crashed"].name, text)
-    assert re.search(r"orders Configuration finished 14 / 6 / 20 0:00:\d\d [\d,.]+/s " + three_runs["finished"].name, text)
+    assert re.search(
+        r"orders \(retry\) Configuration finished 6 / 0 / 6 0:00:\d\d [\d,.]+/s " + three_runs["retried"].name, text
+    )
+    assert re.search(
+        rf"counting Configuration crashed {crashed.succeeded} / 0 / 400 0:00:\d\d [\d,.]+/s "
+        + three_runs["crashed"].name,
+        text,
+    )
+    assert re.search(
+        r"orders Configuration finished 14 / 6 / 20 0:00:\d\d [\d,.]+/s " + three_runs["finished"].name, text
+    )
     order = [(text + " ").index(three_runs[k].name + " ") for k in ("retried", "crashed", "finished")]
     assert order == sorted(order)
     # Nothing disappears: every item the killed run journaled was really processed, and the counts add up.
@@ -88,7 +115,10 @@ def test_show_groups_failures_and_draws_throughput(cli, three_runs: dict[str, Pa
     assert "items 14 succeeded, 6 failed, 0 unprocessed, of 20" in text
     assert "params count=20 log_dir=" in text
     assert "Failures: 6, by error (2 kinds)" in text
-    assert '5 ValueError: out of stock #3 {"id": 4, "sku": "SKU-1"} #7 {"id": 8, "sku": "SKU-2"} #11 {"id": 12, "sku": "SKU-0"} … and 2 more' in text
+    assert (
+        '5 ValueError: out of stock #3 {"id": 4, "sku": "SKU-1"} #7 {"id": 8, "sku": "SKU-2"} #11 {"id": 12, "sku": "SKU-0"} … and 2 more'
+        in text
+    )
     assert """1 KeyError: 'warehouse' #9 {"id": 10, "sku": "SKU-1"}""" in text
     chart = [line for line in result.output.splitlines() if line.startswith(("ok ", "failed "))]
     assert len(chart) == 2 and all(re.search("[▁▂▃▄▅▆▇█]", line) and "peak" in line for line in chart)

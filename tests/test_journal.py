@@ -66,6 +66,7 @@ def test_ten_million_in_order_successes_stay_a_handful_of_rows(cli, tmp_path: Pa
 
 def test_skip_ordinals_filters_async_sources() -> None:
     """An async source's settled ordinals are skipped and counted, the rest pass through in order."""
+
     async def numbered():
         for n in range(10):
             yield n, f"item {n}"
@@ -91,8 +92,13 @@ def test_exec_journals_the_run(cli, tmp_path: Path) -> None:
     assert (info.status, info.succeeded, info.failed, info.total, info.sessions) == ("finished", 36, 4, 40, 1)
     assert info.params == {"count": ["40"], "log_dir": ["logs"], "fail_every": ["10"]}
     assert rows(run_dir, "SELECT start, stop FROM done_ranges") == [(1, 10), (11, 20), (21, 30), (31, 40)]
-    failures = rows(run_dir, "SELECT ordinal, item IS NOT NULL, item_type, error_type, error_message, attempts, traceback FROM failures ORDER BY ordinal")
-    assert [f[:6] for f in failures] == [(n, 1, "builtins.int", "ValueError", f"{n} is a multiple of 10", 1) for n in (0, 10, 20, 30)]
+    failures = rows(
+        run_dir,
+        "SELECT ordinal, item IS NOT NULL, item_type, error_type, error_message, attempts, traceback FROM failures ORDER BY ordinal",
+    )
+    assert [f[:6] for f in failures] == [
+        (n, 1, "builtins.int", "ValueError", f"{n} is a multiple of 10", 1) for n in (0, 10, 20, 30)
+    ]
     assert "counting.py" in failures[0][6]
     assert rows(run_dir, "SELECT sum(succeeded), sum(failed) FROM timeline") == [(36, 4)]
     summary = result.summary

@@ -64,8 +64,21 @@ def test_a_run_killed_with_sigkill_resumes_with_every_item_and_few_redone(tmp_pa
     logs = tmp_path / "logs"
     logs.mkdir()
     proc = start(
-        tmp_path, "exec", COUNTING, "-d", "out", "-p", f"count={count}", "-p", f"log_dir={logs}",
-        "-p", "delay_s=0.02", "-p", f"concurrency={concurrency}", "-p", f"rate_limit={rate}",
+        tmp_path,
+        "exec",
+        COUNTING,
+        "-d",
+        "out",
+        "-p",
+        f"count={count}",
+        "-p",
+        f"log_dir={logs}",
+        "-p",
+        "delay_s=0.02",
+        "-p",
+        f"concurrency={concurrency}",
+        "-p",
+        f"rate_limit={rate}",
     )
     wait_for(lambda: journaled(tmp_path / "out") >= 60, "60 journaled items")
     # Kill between two flushes: some items are processed but not yet journaled.
@@ -90,7 +103,12 @@ def test_a_run_killed_with_sigkill_resumes_with_every_item_and_few_redone(tmp_pa
     assert duplicates == sum(before.values()) - crashed.succeeded
     assert duplicates <= redo_bound
     summary = resumed.summary
-    assert (summary["status"], summary["succeeded"], summary["failed"], summary["total"]) == ("finished", count, 0, count)
+    assert (summary["status"], summary["succeeded"], summary["failed"], summary["total"]) == (
+        "finished",
+        count,
+        0,
+        count,
+    )
     assert summary["sessions"] == 2
     assert_adds_up(summary)
 
@@ -101,8 +119,23 @@ def test_a_run_stopped_by_sigint_resumes_every_item_exactly_once(tmp_path: Path,
     logs = tmp_path / "logs"
     logs.mkdir()
     proc = start(
-        tmp_path, "exec", COUNTING, "-d", "out", "-p", f"count={count}", "-p", f"log_dir={logs}",
-        "-p", "delay_s=0.01", "-p", "concurrency=4", "-p", "rate_limit=150", "-p", "fail_every=37",
+        tmp_path,
+        "exec",
+        COUNTING,
+        "-d",
+        "out",
+        "-p",
+        f"count={count}",
+        "-p",
+        f"log_dir={logs}",
+        "-p",
+        "delay_s=0.01",
+        "-p",
+        "concurrency=4",
+        "-p",
+        "rate_limit=150",
+        "-p",
+        "fail_every=37",
     )
     wait_for(lambda: journaled(tmp_path / "out") >= 40, "40 journaled items")
     proc.send_signal(signal.SIGINT)
@@ -120,7 +153,11 @@ def test_a_run_stopped_by_sigint_resumes_every_item_exactly_once(tmp_path: Path,
     assert set(after.values()) == {1}
     failing = [n for n in range(count) if n % 37 == 0]
     summary = resumed.summary
-    assert (summary["status"], summary["succeeded"], summary["failed"]) == ("finished", count - len(failing), len(failing))
+    assert (summary["status"], summary["succeeded"], summary["failed"]) == (
+        "finished",
+        count - len(failing),
+        len(failing),
+    )
     assert_adds_up(summary)
     assert sorted(r["ordinal"] for r in resumed.failed) == failing
 
@@ -129,7 +166,20 @@ def test_a_crashed_run_resumes_in_process_and_a_finished_one_is_left_alone(cli, 
     """A run whose source broke resumes in the same directory with each item once; resuming it again does nothing."""
     logs = tmp_path / "logs"
     logs.mkdir()
-    crashed = cli("exec", COUNTING, "-d", "out", "-p", "count=60", "-p", f"log_dir={logs}", "-p", "crash_at=25", "-p", "fail_every=10")
+    crashed = cli(
+        "exec",
+        COUNTING,
+        "-d",
+        "out",
+        "-p",
+        "count=60",
+        "-p",
+        f"log_dir={logs}",
+        "-p",
+        "crash_at=25",
+        "-p",
+        "fail_every=10",
+    )
     assert crashed.exit_code == 3
     assert_adds_up(crashed.summary)
     resumed = cli("resume", crashed.run_dir, "-p", "crash_at=-1")
@@ -177,7 +227,14 @@ def test_retry_reprocesses_exactly_the_failed_inputs_as_their_own_types(tmp_path
     parent = first.run_dir
 
     retried = run_batchcli(
-        "retry", parent, "-p", "strict=false", "-p", "item_timeout_s=5", "-p", f"log_dir={retry_logs}",
+        "retry",
+        parent,
+        "-p",
+        "strict=false",
+        "-p",
+        "item_timeout_s=5",
+        "-p",
+        f"log_dir={retry_logs}",
         ORDERS_PERSIST_DIR=str(tmp_path),
     )
     assert retried.exit_code == 0, retried.output
@@ -194,7 +251,9 @@ def test_retry_reprocesses_exactly_the_failed_inputs_as_their_own_types(tmp_path
     assert read_run(parent).failed == 6  # the parent run is left as it was
 
 
-def test_retry_keeps_failing_inputs_failed_and_the_users_source_still_hears_of_them(cli, tmp_path: Path, monkeypatch) -> None:
+def test_retry_keeps_failing_inputs_failed_and_the_users_source_still_hears_of_them(
+    cli, tmp_path: Path, monkeypatch
+) -> None:
     """A retry whose inputs fail again records them, and persist_failed is called on the user's own Source."""
     monkeypatch.setenv("ORDERS_PERSIST_DIR", str(tmp_path))
     logs = tmp_path / "logs"
