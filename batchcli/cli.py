@@ -95,8 +95,6 @@ def exec_(
         False, "--help", help="Show this message and exit; with PATH, also the job's params and fields.", show_default=False
     ),
 ) -> None:
-    from rich.markup import escape
-
     from batchcli.container import Wiring, build_job
     from batchcli.project import load_project
     from batchcli.run import Run, RunOptions
@@ -113,16 +111,7 @@ def exec_(
         result = Run(job, wiring, options).execute()
     except BatchcliError as error:
         fail(error)
-    console = options.console
-    unprocessed = f", {result.unprocessed} unprocessed" if result.unprocessed else ""
-    total = "?" if result.total is None else result.total
-    console.print(
-        f"{result.status.capitalize()}: {result.succeeded} succeeded, {result.failed} failed{unprocessed} "
-        f"of {total}. Run directory: {escape(str(result.run_dir))}",
-        highlight=False,
-        soft_wrap=True,
-    )
-    raise typer.Exit(result.exit_code)
+    _report(result, options.console)
 
 
 def _report(result: Any, console: Any) -> NoReturn:

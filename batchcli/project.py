@@ -208,6 +208,14 @@ def _import_user(name: str, path: Path, package_dir: Path | None = None) -> Modu
     return module
 
 
+# Frames of the machinery between batchcli and the user's code: importing a module, running a sync
+# process() in a thread pool, awaiting on the loop.
+_RUNTIME_FRAMES = tuple(
+    str(Path(m.__file__).parent) + "/" + name
+    for m, name in [(traceback, "importlib"), (traceback, "concurrent"), (traceback, "asyncio")]
+) + ("<frozen importlib",)
+
+
 def format_user_traceback(error: BaseException) -> str:
     """The traceback of ``error`` without batchcli's and importlib's own frames."""
     import batchcli
@@ -216,7 +224,7 @@ def format_user_traceback(error: BaseException) -> str:
     frames = [
         f
         for f in traceback.extract_tb(error.__traceback__)
-        if not f.filename.startswith(ours) and "importlib" not in f.filename
+        if not f.filename.startswith(ours) and not f.filename.startswith(_RUNTIME_FRAMES)
     ]
     lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
     lines += traceback.format_exception_only(error)
