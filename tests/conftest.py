@@ -27,9 +27,22 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     modules = dict(sys.modules)
     path = list(sys.path)
     yield
-    for name in [n for n in sys.modules if n not in modules]:
+    for name in [n for n in sys.modules if n not in modules and not _library_module(sys.modules[n])]:
         del sys.modules[name]
     sys.path[:] = path
+
+
+_LIBRARY_DIRS = tuple({str(Path(p).resolve()) for p in (sys.prefix, sys.base_prefix, ROOT / "batchcli")})
+
+
+def _library_module(module: Any) -> bool:
+    """Whether a module belongs to the interpreter, an installed package or batchcli, not to a user project.
+
+    Those stay imported: a second copy of a module such as asyncio next to its cached C extension
+    (``_asyncio`` keeps the first copy's CancelledError) breaks cancellation in later tests.
+    """
+    file = getattr(module, "__file__", None)
+    return file is not None and str(Path(file).resolve()).startswith(_LIBRARY_DIRS)
 
 
 @dataclass
