@@ -65,8 +65,19 @@ class AsyncExecutor:
             inner = call
 
             async def call(item: Any) -> Any:
-                async with asyncio.timeout(timeout):
-                    return await inner(item)
+                deadline = asyncio.timeout(timeout)
+                try:
+                    async with deadline:
+                        return await inner(item)
+                except TimeoutError as error:
+                    if not deadline.expired():
+                        raise  # the user's own TimeoutError
+                    # asyncio's TimeoutError has no message and only our frames; say what happened
+                    # and keep the traceback of where the user's code was when it was cancelled.
+                    where = error.__context__.__traceback__ if error.__context__ else error.__traceback__
+                    raise TimeoutError(
+                        f"The attempt took longer than item_timeout_s={timeout:g}s and was cancelled."
+                    ).with_traceback(where) from None
 
         return call
 
