@@ -138,10 +138,13 @@ class AsyncExecutor:
             except Exception as error:
                 tally.in_flight -= 1
                 self._failed(ordinal, item, attempts, error)
-            except asyncio.CancelledError:
-                # A hard stop: the item stays unprocessed, to be resumed.
+            except asyncio.CancelledError as error:
                 tally.in_flight -= 1
-                raise
+                if self._hard_stopped():
+                    raise  # the item stays unprocessed, to be resumed
+                # The user's code raised it (an awaited future was cancelled): a failure of this
+                # item, not of the worker, which must go on with the others.
+                self._failed(ordinal, item, attempts, error)
             else:
                 tally.in_flight -= 1
                 tally.succeeded += 1
@@ -165,6 +168,12 @@ class AsyncExecutor:
             self.fatal = error
             self.stop()
             return None
+
+    @staticmethod
+    def _hard_stopped() -> bool:
+        """Whether this worker task itself is being cancelled (``cancel()``), not just an awaited call."""
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() > 0
 
     def _retire(self) -> bool:
         if self._retiring:
