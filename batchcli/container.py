@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic
@@ -219,6 +220,8 @@ def _construct(container: Container, cls: type, values: dict[str, Any]) -> Any:
                 kwargs[name] = values[name]
             continue
         key = spec.bind.get(name, annotation) if spec else annotation
+        if isinstance(typing.get_origin(key), type) and not _resolvable(container, key):
+            key = typing.get_origin(key)  # ``Source[int]`` is answered by whatever ``Source`` resolves to
         if key is not None and _resolvable(container, key):
             kwargs[name] = container[key]
         elif parameter.default is inspect.Parameter.empty:

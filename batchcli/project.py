@@ -119,7 +119,7 @@ def load_project(target: str) -> Project:
         if path.suffix != ".py":
             raise ProjectError(f"{target!r} is not a Python file. Give a .py file or a project directory.")
         root = path.parent
-        if (root / "__init__.py").exists() or (root / "config").is_dir():
+        if (root / "__init__.py").exists() or (root / "config").is_dir() or _imports_relatively(path):
             package = _import_package(root)
             _import_user(f"{package}.{path.stem}", path)
             return _directory_project(target, root, package)
@@ -131,6 +131,17 @@ def load_project(target: str) -> Project:
         for module_path in sorted(path.glob("*.py")):
             _import_user(f"{package}.{module_path.stem}", module_path)
     return _directory_project(target, path, package)
+
+
+def _imports_relatively(path: Path) -> bool:
+    """Whether the file has ``from . import`` style imports, which only work inside its directory's package."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError):
+        return False  # the import proper reports it, with the user's traceback
+    return any(isinstance(node, ast.ImportFrom) and node.level > 0 for node in ast.walk(tree))
 
 
 def _directory_project(target: str, root: Path, package: str) -> Project:
