@@ -18,7 +18,7 @@ from batchcli.errors import CastError, ProjectError, UsageError, UserCodeError
 from batchcli.fields import build as build_configuration
 from batchcli.fields import layout
 from batchcli.inject import inject_spec
-from batchcli.params import ParamSpec, constructor_hints, param_specs, unwrap_param
+from batchcli.params import ParamSpec, constructor, constructor_hints, param_specs, unwrap_param
 from batchcli.project import Project, format_user_traceback
 from batchcli.secret import is_secret_type, masked_values
 from batchcli.service import Service
@@ -210,7 +210,8 @@ def _construct(container: Container, cls: type, values: dict[str, Any]) -> Any:
     spec = inject_spec(cls)
     hints = constructor_hints(cls)
     kwargs: dict[str, Any] = {}
-    signature = inspect.signature(cls.__init__) if cls.__init__ is not object.__init__ else None
+    init = constructor(cls)
+    signature = inspect.signature(init) if init is not object.__init__ else None
     for name, parameter in (signature.parameters.items() if signature else []):
         if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             continue

@@ -221,10 +221,8 @@ def _import_user(name: str, path: Path, package_dir: Path | None = None) -> Modu
 
 # Frames of the machinery between batchcli and the user's code: importing a module, running a sync
 # process() in a thread pool, awaiting on the loop.
-_RUNTIME_FRAMES = tuple(
-    str(Path(m.__file__).parent) + "/" + name
-    for m, name in [(traceback, "importlib"), (traceback, "concurrent"), (traceback, "asyncio")]
-) + ("<frozen importlib",)
+_STDLIB = Path(traceback.__file__ or "").parent
+_RUNTIME_FRAMES = (*(f"{_STDLIB}/{name}" for name in ("importlib", "concurrent", "asyncio")), "<frozen importlib")
 
 
 def format_user_traceback(error: BaseException) -> str:
