@@ -151,19 +151,22 @@ def _failures(run: RunInfo, groups: int = 10, examples: int = 3) -> RenderableTy
         return Text("No failures.", "green")
     rows = query(
         run.run_dir,
-        "SELECT error_type, error_message, count(*) FROM failures GROUP BY 1, 2 ORDER BY 3 DESC, min(rowid) LIMIT ?",
+        # Messages that differ only in numbers (ids, sizes) are one kind of error.
+        "SELECT error_type, shape(error_message), count(*), min(error_message), max(error_message) FROM failures"
+        " GROUP BY 1, 2 ORDER BY 3 DESC, min(rowid) LIMIT ?",
         (groups,),
     )
-    kinds = query(run.run_dir, "SELECT count(*) FROM (SELECT 1 FROM failures GROUP BY error_type, error_message)")[0][0]
+    kinds = query(run.run_dir, "SELECT count(*) FROM (SELECT 1 FROM failures GROUP BY error_type, shape(error_message))")[0][0]
     heading = f"Failures: {run.failed:,}, by error ({kinds:,} kind{'s' if kinds != 1 else ''})"
     parts: list[RenderableType] = [Text(heading, "bold")]
-    for error_type, message, count in rows:
+    for error_type, shape, count, first, last in rows:
+        message = first if first == last else shape
         parts.append(Text.assemble((f"{count:>7,}  ", "bold red"), (f"{error_type}: ", "red"), _one_line(message, 200)))
         samples = query(
             run.run_dir,
-            "SELECT ordinal, item_json FROM failures WHERE error_type = ? AND error_message = ?"
+            "SELECT ordinal, item_json FROM failures WHERE error_type = ? AND shape(error_message) = ?"
             " ORDER BY session, ordinal LIMIT ?",
-            (error_type, message, examples),
+            (error_type, shape, examples),
         )
         for ordinal, item_json in samples:
             example = _one_line(_compact(item_json), 150)

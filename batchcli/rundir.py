@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -264,11 +265,20 @@ def _running(run_dir: Path, pid: int, host: str) -> bool:
     return host != socket.gethostname() or _pid_alive(pid)
 
 
+_NUMBERS = re.compile(r"\d+(?:\.\d+)?")
+
+
+def message_shape(message: str | None) -> str:
+    """An error message with its numbers replaced by ``N``, so "user 97 ..." and "user 194 ..." group together."""
+    return _NUMBERS.sub("N", message or "")
+
+
 def query(run_dir: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Rows of a read-only query on the journal of ``run_dir``."""
     path = journal_path(run_dir)
     try:
         conn = connect(path)
+        conn.create_function("shape", 1, message_shape, deterministic=True)
         try:
             return conn.execute(sql, args).fetchall()
         finally:

@@ -147,3 +147,15 @@ def test_runs_without_runs_or_output_directory(cli, tmp_path: Path) -> None:
     missing = cli("runs", "-d", "nowhere")
     assert missing.exit_code == 2
     assert "Output directory 'nowhere' does not exist. Give the -d the runs were started with" in missing.output
+
+
+def test_show_groups_messages_that_differ_only_in_numbers(cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failures whose messages differ only in ids form one group, with a count and example inputs."""
+    monkeypatch.setenv("COLUMNS", "200")
+    run = cli("exec", PROJECTS / "show_groups" / "lookups.py", "-d", "out")
+    assert run.exit_code == 1
+    shown = flat(cli("show", str(run.run_dir)).output)
+    assert "Failures: 5, by error (2 kinds)" in shown
+    assert "4 ValueError: user N has a malformed record of N kB" in shown
+    assert "1 KeyError: 'no such region'" in shown
+    assert "#2 3 #5 6 #8 9" in shown  # the first examples: ordinal, then the input
