@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Any, NoReturn
 
 import typer
 
+from batchcli.environment import PREFIX as ENV_PREFIX
 from batchcli.errors import BatchcliError
 
 app = typer.Typer(
@@ -26,8 +27,9 @@ def root() -> None:
     """Run one operation over many items: retries, progress, failed-input records, resumable runs."""
 
 
-PARAM_HELP = "A param or configuration field: NAME=VALUE. Repeat for several."
+PARAM_HELP = "A param or configuration field (db.host for a nested one): NAME=VALUE. Repeat for several."
 OUTPUT_HELP = "Directory that holds the run directories."
+NO_SHELL_HELP = "Ctrl-C stops the run gracefully instead of opening the pause shell."
 
 
 def parse_values(pairs: list[str]) -> dict[str, tuple[str, ...]]:
@@ -55,24 +57,56 @@ def fail(error: BatchcliError) -> NoReturn:
     raise typer.Exit(error.exit_code)
 
 
-@app.command("exec")
+def _complete_param(ctx: typer.Context, incomplete: str) -> list[str]:
+    from batchcli.completion import command_line, complete_values
+
+    return complete_values(*command_line(ctx.params, ctx.args), incomplete)
+
+
+def _complete_config(ctx: typer.Context, incomplete: str) -> list[str]:
+    from batchcli.completion import command_line, complete_configs
+
+    return complete_configs(command_line(ctx.params, ctx.args)[0], incomplete)
+
+
+EXEC_HELP = f"""Run a job: every item of its Source through its Service.
+
+PATH is a .py file, a project directory, an installed job (see `batchcli list`) or a module name.
+With PATH (and -c), --help also lists the job's params and configuration fields.
+
+Every -p name can also come from the environment as {ENV_PREFIX}<NAME>: upper-case, dots as __
+(e.g. {ENV_PREFIX}DB__PASSWORD for db.password); -p wins over the environment.
+"""
+
+
+@app.command("exec", help=EXEC_HELP, context_settings={"help_option_names": []})
 def exec_(
-    path: str = typer.Argument(..., help="A .py file, a project directory, or an installed job name."),
-    param: list[str] = typer.Option([], "--param", "-p", help=PARAM_HELP, metavar="NAME=VALUE"),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="The configuration to use (a module in config/)."),
+    ctx: typer.Context,
+    path: str | None = typer.Argument(
+        None, metavar="PATH", help="A .py file, a project directory, an installed job name, or a module.", show_default=False
+    ),
+    param: list[str] = typer.Option(
+        [], "--param", "-p", help=PARAM_HELP, metavar="NAME=VALUE", autocompletion=_complete_param, show_default=False
+    ),
+    config: str | None = typer.Option(
+        None, "--config", "-c", help="The configuration to use (a module in config/).", autocompletion=_complete_config
+    ),
     output_dir: Path = typer.Option(Path("batchcli_outputs"), "--output-dir", "-d", help=OUTPUT_HELP),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output: -v for info, -vv for debug."),
-    no_shell: bool = typer.Option(
-        False, "--no-shell", help="Ctrl-C stops the run gracefully instead of opening the pause shell."
+    no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
+    show_help: bool = typer.Option(
+        False, "--help", help="Show this message and exit; with PATH, also the job's params and fields.", show_default=False
     ),
 ) -> None:
-    """Run a job: every item of its Source through its Service."""
-    from rich.markup import escape
-
     from batchcli.container import Wiring, build_job
     from batchcli.project import load_project
     from batchcli.run import Run, RunOptions
 
+    if show_help:
+        _exec_help(ctx, path, config)
+    if path is None:
+        ctx.fail("Missing argument 'PATH': give a .py file, a project directory or an installed job name.")
+    _note_shadowed_job(path)
     try:
         wiring = Wiring(target=path, config_name=config, values=parse_values(param))
         job = build_job(load_project(path), wiring)
@@ -80,7 +114,13 @@ def exec_(
         result = Run(job, wiring, options).execute()
     except BatchcliError as error:
         fail(error)
-    console = options.console
+    _report(result, options.console)
+
+
+def _report(result: Any, console: Any) -> NoReturn:
+    """The closing line of exec, resume and retry, and their exit code."""
+    from rich.markup import escape
+
     unprocessed = f", {result.unprocessed} unprocessed" if result.unprocessed else ""
     total = "?" if result.total is None else result.total
     console.print(
@@ -96,6 +136,178 @@ def exec_(
         sys.stdout.flush()
         os._exit(result.exit_code)
     raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def resume(
+    run_dir: Path = typer.Argument(..., help="The run directory of a stopped or crashed run."),
+    param: list[str] = typer.Option([], "--param", "-p", help=PARAM_HELP, metavar="NAME=VALUE"),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output: -v for info, -vv for debug."),
+    no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
+) -> None:
+    """Continue a stopped or crashed run in its own directory, skipping the items it already settled."""
+    from batchcli.resumption import plan_resume
+    from batchcli.run import Run, RunOptions
+
+    try:
+        plan = plan_resume(run_dir, parse_values(param))
+        options = RunOptions(output_dir=run_dir.parent, verbosity=verbose, pause_shell=not no_shell)
+        if plan.job is None or plan.wiring is None:
+            done = plan.earlier
+            options.console.print(
+                f"Run {str(run_dir)!r} finished already ({done.succeeded} succeeded, {done.failed} failed); "
+                f"nothing to resume.{' Reprocess its failed inputs with: batchcli retry ' + str(run_dir) if done.failed else ''}",
+                highlight=False, markup=False, soft_wrap=True,
+            )
+            raise typer.Exit(0)
+        result = Run(plan.job, plan.wiring, options, plan.continuation).execute()
+    except BatchcliError as error:
+        fail(error)
+    _report(result, options.console)
+
+
+@app.command()
+def retry(
+    run_dir: Path = typer.Argument(..., help="The run directory whose failed inputs to reprocess."),
+    param: list[str] = typer.Option([], "--param", "-p", help=PARAM_HELP, metavar="NAME=VALUE"),
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-d", help=OUTPUT_HELP + " [default: RUN_DIR's]"),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output: -v for info, -vv for debug."),
+    no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
+) -> None:
+    """Reprocess exactly the inputs that failed in RUN_DIR, same job and configuration, in a new run directory."""
+    from batchcli.resumption import plan_retry
+    from batchcli.run import Run, RunOptions
+
+    try:
+        plan = plan_retry(run_dir, parse_values(param))
+        options = RunOptions(output_dir=output_dir or run_dir.parent, verbosity=verbose, pause_shell=not no_shell)
+        console = options.console
+        if plan.job is None or plan.wiring is None or plan.continuation is None:
+            console.print(f"Run {str(run_dir)!r} has no failed inputs; nothing to retry.", highlight=False, markup=False)
+            raise typer.Exit(0)
+        if plan.unsaved:
+            console.print(
+                f"[yellow]{plan.unsaved} failed input(s) of this run could not be pickled and are left out; "
+                "they are in its failed.jsonl.[/]",
+                highlight=False,
+            )
+        if not plan.continuation.items:
+            raise typer.Exit(0)
+        result = Run(plan.job, plan.wiring, options, plan.continuation).execute()
+    except BatchcliError as error:
+        fail(error)
+    _report(result, console)
+
+
+@app.command()
+def runs(
+    output_dir: Path = typer.Option(Path("batchcli_outputs"), "--output-dir", "-d", help=OUTPUT_HELP),
+) -> None:
+    """List past runs, newest first."""
+    from rich.console import Console
+
+    from batchcli.history import find_runs, runs_table
+
+    try:
+        found = find_runs(output_dir)
+    except BatchcliError as error:
+        fail(error)
+    console = Console(highlight=False)
+    if not found:
+        console.print(f"No runs in {str(output_dir)!r}.", markup=False)
+        return
+    console.print(runs_table(found, console.width))
+
+
+@app.command()
+def show(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
+    """Show one run: its summary, its failures grouped by error, and its throughput over time."""
+    from rich.console import Console
+
+    from batchcli.history import show_run
+
+    console = Console(highlight=False)
+    try:
+        view = show_run(run_dir, width=console.width - 30)
+    except BatchcliError as error:
+        fail(error)
+    console.print(view)
+
+
+def _exec_help(ctx: typer.Context, path: str | None, config: str | None) -> NoReturn:
+    """typer's help for exec, then (with a PATH) the job's params and configuration fields."""
+    text = ctx.get_help()  # typer's rich help prints itself and returns ""
+    if text:
+        typer.echo(text)
+    if path is None:
+        raise typer.Exit(0)
+    from rich.console import Console
+
+    from batchcli.project import load_project
+    from batchcli.usage import print_project_help, project_help
+
+    _note_shadowed_job(path)
+    try:
+        project = load_project(path)
+        print_project_help(Console(highlight=False), project_help(project, config), project.name)
+    except BatchcliError as error:
+        fail(error)
+    raise typer.Exit(0)
+
+
+def _note_shadowed_job(path: str) -> None:
+    from batchcli.jobs import shadowed_job
+
+    entry = shadowed_job(path)
+    if entry is not None:
+        from rich.console import Console
+        from rich.markup import escape
+
+        Console(stderr=True, highlight=False).print(
+            f"[yellow]Note:[/] {escape(repr(path))} is both a path and an installed job (module {escape(entry.module)}); "
+            f"running the path. To run the installed job, give its module: batchcli exec {escape(entry.module)}",
+            soft_wrap=True,
+        )
+
+
+@app.command("list")
+def list_() -> None:
+    """List the installed jobs: packages register them in the batchcli.jobs entry-point group."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from batchcli.jobs import GROUP, describe_installed
+
+    console = Console(highlight=False)
+    jobs = describe_installed()
+    if not jobs:
+        console.print(
+            "No installed jobs. A package registers one in its pyproject.toml:\n"
+            f'  \\[project.entry-points."{GROUP}"]\n  my_job = "my_package.my_module"',
+            soft_wrap=True,
+        )
+        return
+    table = Table(box=None, header_style="dim", padding=(0, 2, 0, 0))
+    for column in ("Job", "Module", "Package", "Description"):
+        table.add_column(column, no_wrap=column != "Description")
+    for job in jobs:
+        table.add_row(f"[bold cyan]{job.name}[/]", job.module, job.package, job.description)
+    console.print(table)
+    console.print("Run one with: batchcli exec NAME   (its params: batchcli exec NAME --help)", style="dim")
+
+
+@app.command("init")
+def init(
+    name: str = typer.Argument(..., help="The new project's directory (its last part must be a Python identifier)."),
+) -> None:
+    """Create a project directory that runs at once: batchcli exec NAME -c config_dev"""
+    from batchcli.scaffold import create_project
+
+    try:
+        root = create_project(Path(name))
+    except BatchcliError as error:
+        fail(error)
+    typer.echo(f"Created {root}/. Run it:\n  batchcli exec {name} -c config_dev\nTest it:\n  pytest {name}")
 
 
 def main() -> None:

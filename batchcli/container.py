@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic
 
 from kink import Container
 
-from batchcli.configuration import Configuration, RUNTIME_FIELDS, settable_fields
-from batchcli.errors import ProjectError, UsageError, UserCodeError
+from batchcli.configuration import Configuration
+from batchcli.environment import from_environment, variable
+from batchcli.errors import CastError, ProjectError, UsageError, UserCodeError
+from batchcli.fields import build as build_configuration
+from batchcli.fields import layout
 from batchcli.inject import inject_spec
-from batchcli.params import ParamSpec, constructor_hints, param_specs, unwrap_param
+from batchcli.params import ParamSpec, constructor, constructor_hints, param_specs, unwrap_param
 from batchcli.project import Project, format_user_traceback
+from batchcli.secret import is_secret_type, masked_values
 from batchcli.service import Service
 from batchcli.source import Source
 
@@ -29,6 +35,10 @@ class Wiring:
     """The ``-c`` name, or None."""
     values: Mapping[str, tuple[str, ...]]
     """Every ``-p`` name with the raw values given for it, in order."""
+
+    def without(self, names: frozenset[str] | set[str]) -> Wiring:
+        """This wiring minus ``names``: what to store for ``resume`` (``job.secret_names`` are given again)."""
+        return Wiring(self.target, self.config_name, {k: v for k, v in self.values.items() if k not in names})
 
 
 @dataclass(frozen=True)
@@ -46,34 +56,48 @@ class Job:
     service: Service[Any]
     """The resolved Service."""
     params: dict[str, Any]
-    """Every param and configuration override, cast."""
+    """Every param and configuration override, cast (from ``-p`` or the environment)."""
+    annotations: dict[str, Any] = field(default_factory=dict)
+    """Every name ``-p`` accepts (params and dotted configuration fields) -> its declared type."""
+
+    @property
+    def secret_names(self) -> frozenset[str]:
+        """Names declared with a Secret type: keep their values out of anything written down."""
+        return frozenset(n for n, a in self.annotations.items() if is_secret_type(a))
+
+    def public_params(self) -> dict[str, Any]:
+        """``params`` with every secret masked: the form for logs, the journal, summaries and banners."""
+        return masked_values(self.params, self.annotations)
 
 
-def build_job(project: Project, wiring: Wiring) -> Job:
-    """Wire a fresh container for ``project`` and resolve its Source, Service and Configuration."""
-    from batchcli.casting import cast
+def build_job(project: Project, wiring: Wiring, environ: Mapping[str, str] | None = None) -> Job:
+    """Wire a fresh container for ``project`` and resolve its Source, Service and Configuration.
 
+    Values come from ``wiring`` (``-p``) first, then from ``BATCHCLI_<NAME>`` variables of
+    ``environ`` (``os.environ`` when None).
+    """
     config_cls = project.configuration(wiring.config_name)
     classes = project.injectables()
-    params = _collect_params(classes)
-    fields = {n: t for n, t in settable_fields(config_cls).items() if n not in RUNTIME_FIELDS}
-
-    known = set(params) | set(fields)
-    unknown = [name for name in wiring.values if name not in known]
-    if unknown:
-        raise UsageError(_unknown_message(unknown, known))
-
-    cast_values: dict[str, Any] = {}
-    for name, raw in wiring.values.items():
-        annotation = params[name].annotation if name in params else fields[name]
-        cast_values[name] = cast(name, list(raw), annotation)
+    params = collect_params(classes)
+    config_layout = layout(config_cls)
+    fields = {n: spec.annotation for n, spec in config_layout.leaves.items()}
+    annotations = {**fields, **{n: spec.annotation for n, spec in params.items()}}
+    _check_names(list(wiring.values), annotations, config_layout.groups)
+    env = from_environment([n for n in annotations if n not in wiring.values], os.environ if environ is None else environ)
+    cast_values = {name: _cast(name, raw, annotations[name], name in env) for name, raw in {**env, **wiring.values}.items()}
     missing = sorted(n for n, spec in params.items() if spec.required and n not in cast_values)
+    missing += [n for n in config_layout.missing(cast_values) if n not in missing]
     if missing:
         listing = " ".join(f"-p {n}=..." for n in missing)
-        raise UsageError(f"Missing required param{'s' if len(missing) > 1 else ''}: {', '.join(missing)}. Give {listing}.")
+        variables = ", ".join(variable(n) for n in missing)
+        noun = "param" if all(n in params for n in missing) else "value"
+        raise UsageError(
+            f"Missing required {noun}{'s' if len(missing) > 1 else ''}: {', '.join(missing)}. "
+            f"Give {listing} (or set {variables} in the environment)."
+        )
 
     try:
-        config = config_cls(**{n: v for n, v in cast_values.items() if n in fields})
+        config = build_configuration(config_cls, {n: v for n, v in cast_values.items() if n in fields})
     except ValueError as error:
         raise UsageError(f"Invalid configuration {config_cls.__name__}: {error}") from error
     except Exception as error:
@@ -90,10 +114,11 @@ def build_job(project: Project, wiring: Wiring) -> Job:
         _register(container, cls, cast_values)
     source = _resolve(container, source_cls)
     service = _resolve(container, service_cls)
-    return Job(project, container, config, source, service, cast_values)
+    return Job(project, container, config, source, service, cast_values, annotations)
 
 
-def _collect_params(classes: list[type]) -> dict[str, ParamSpec]:
+def collect_params(classes: list[type]) -> dict[str, ParamSpec]:
+    """Every ``Param[T]`` of the project's classes by name; one name declared with two types is an error."""
     params: dict[str, ParamSpec] = {}
     for cls in classes:
         try:
@@ -108,6 +133,34 @@ def _collect_params(classes: list[type]) -> dict[str, ParamSpec]:
                     f"and as {spec.annotation!r} in {spec.owner.__qualname__}; give both the same type."
                 )
     return params
+
+
+def _check_names(given: list[str], annotations: Mapping[str, Any], groups: Mapping[str, type]) -> None:
+    """Every given name must be a param or a configuration leaf; a group name says which leaves it has."""
+    for name in given:
+        if name in groups and name not in annotations:
+            leaves = [n for n in annotations if n.startswith(name + ".")]
+            example = f" -p {leaves[0]}=..." if leaves else ""
+            raise UsageError(
+                f"{name!r} is a group of configuration fields ({', '.join(leaves) or 'none settable'}), "
+                f"not one value: set its fields one by one, e.g.{example}."
+            )
+    unknown = [name for name in given if name not in annotations]
+    if unknown:
+        raise UsageError(_unknown_message(unknown, set(annotations)))
+
+
+def _cast(name: str, raw: tuple[str, ...], annotation: Any, from_env: bool) -> Any:
+    from batchcli.casting import cast
+
+    try:
+        return cast(name, list(raw), annotation)
+    except CastError as error:
+        if not from_env:
+            raise
+        raise UsageError(f"{error} (The value comes from the environment variable {variable(name)}.)") from error
+    except TypeError as error:  # a type batchcli cannot cast: the project must change, not the command line
+        raise ProjectError(f"{error} (Declared for {name!r}.)") from error
 
 
 def _unknown_message(unknown: list[str], known: set[str]) -> str:
@@ -157,7 +210,8 @@ def _construct(container: Container, cls: type, values: dict[str, Any]) -> Any:
     spec = inject_spec(cls)
     hints = constructor_hints(cls)
     kwargs: dict[str, Any] = {}
-    signature = inspect.signature(cls.__init__) if cls.__init__ is not object.__init__ else None
+    init = constructor(cls)
+    signature = inspect.signature(init) if init is not object.__init__ else None
     for name, parameter in (signature.parameters.items() if signature else []):
         if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             continue
@@ -167,6 +221,8 @@ def _construct(container: Container, cls: type, values: dict[str, Any]) -> Any:
                 kwargs[name] = values[name]
             continue
         key = spec.bind.get(name, annotation) if spec else annotation
+        if isinstance(typing.get_origin(key), type) and not _resolvable(container, key):
+            key = typing.get_origin(key)  # ``Source[int]`` is answered by whatever ``Source`` resolves to
         if key is not None and _resolvable(container, key):
             kwargs[name] = container[key]
         elif parameter.default is inspect.Parameter.empty:

@@ -39,3 +39,7 @@ class UserCodeError(BatchcliError):
     def __init__(self, message: str, original: BaseException) -> None:
         super().__init__(message)
         self.original = original
+
+
+class JournalError(BatchcliError):
+    """A run directory's journal cannot be used: missing, damaged, unsafe to load, or still in use."""

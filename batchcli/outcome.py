@@ -39,6 +39,13 @@ class Failure:
 _SLICE = 65536
 
 
+def _short_repr(item: Any) -> str:
+    try:
+        return reprlib.repr(item)
+    except Exception:
+        return f"<{type(item).__qualname__} object>"
+
+
 def runs(ordinals: list[int]) -> list[tuple[int, int]]:
     """``[1, 2, 3, 7, 8]`` -> ``[(1, 4), (7, 9)]``; the input is sorted and unique."""
     result: list[tuple[int, int]] = []
@@ -127,7 +134,7 @@ class Tally:
         log.error(
             "Item #%d (%s) failed after %d attempt%s: %s: %s",
             failure.ordinal,
-            reprlib.repr(failure.item),
+            _short_repr(failure.item),
             failure.attempts,
             "" if failure.attempts == 1 else "s",
             failure.error_type,

@@ -44,9 +44,14 @@ class ParamSpec:
         return self.default is _MISSING
 
 
+def constructor(cls: type) -> Any:
+    """``cls.__init__``, looked up on the class (where a decorator may have replaced it)."""
+    return getattr(cls, "__init__")
+
+
 def constructor_hints(cls: type) -> dict[str, Any]:
     """The resolved annotations of ``cls.__init__``, ``Annotated`` metadata kept."""
-    init = cls.__init__
+    init = constructor(cls)
     if init is object.__init__:
         return {}
     try:
@@ -70,7 +75,7 @@ def param_specs(cls: type) -> list[ParamSpec]:
     if not hints:
         return []
     specs = []
-    for name, parameter in inspect.signature(cls.__init__).parameters.items():
+    for name, parameter in inspect.signature(constructor(cls)).parameters.items():
         inner = unwrap_param(hints.get(name))
         if inner is not None:
             specs.append(ParamSpec(name, inner, parameter.default, cls))

@@ -60,6 +60,10 @@ def status_line(tally: Tally, rate: float) -> str:
     )
 
 
+def _stat(label: str, value: str, style: str) -> Text:
+    return Text.assemble((label + " ", "dim"), (value, style))
+
+
 class LiveDisplay:
     """A rich live display redrawn a few times a second from the Tally; nothing per item."""
 
@@ -83,14 +87,15 @@ class LiveDisplay:
             Text(f"{settled:,}/{total:,}" if total is not None else f"{settled:,}", style="bold"),
             Text(f"{settled / total:.0%}" if total else "", style="cyan"),
         )
-        counts = Text.assemble(
-            ("ok ", "dim"), (f"{tally.succeeded:,}", "green"),
-            ("  failed ", "dim"), (f"{tally.failed:,}", "red" if tally.failed else "dim"),
-            ("  retrying ", "dim"), (f"{tally.retrying:,}", "yellow" if tally.retrying else "dim"),
-            ("  in flight ", "dim"), (f"{tally.in_flight:,}", ""),
-            ("  ", ""), (f"{rate:,.1f}/s", "magenta"),
-            ("  elapsed ", "dim"), (_duration(tally.elapsed()), ""),
-            ("  eta ", "dim"), (_duration(eta), ""),
+        counts = Table.grid(padding=(0, 2))
+        counts.add_row(
+            _stat("ok", f"{tally.succeeded:,}", "green"),
+            _stat("failed", f"{tally.failed:,}", "red" if tally.failed else "dim"),
+            _stat("retrying", f"{tally.retrying:,}", "yellow" if tally.retrying else "dim"),
+            _stat("in flight", f"{tally.in_flight:,}", ""),
+            Text(f"{rate:,.1f}/s", style="magenta"),
+            _stat("elapsed", _duration(tally.elapsed()), ""),
+            _stat("eta", _duration(eta), ""),
         )
         return Group(head, counts)
 

@@ -112,14 +112,14 @@ def load_project(target: str) -> Project:
             return installed
         raise ProjectError(
             f"Path {target!r} does not exist. Give a .py file, a project directory, "
-            "or the name of an installed job (see `batchcli list`)."
+            "the name of an installed job (see `batchcli list`), or an importable module name."
         )
     path = path.resolve()
     if path.is_file():
         if path.suffix != ".py":
             raise ProjectError(f"{target!r} is not a Python file. Give a .py file or a project directory.")
         root = path.parent
-        if (root / "__init__.py").exists() or (root / "config").is_dir():
+        if (root / "__init__.py").exists() or (root / "config").is_dir() or _imports_relatively(path):
             package = _import_package(root)
             _import_user(f"{package}.{path.stem}", path)
             return _directory_project(target, root, package)
@@ -131,6 +131,17 @@ def load_project(target: str) -> Project:
         for module_path in sorted(path.glob("*.py")):
             _import_user(f"{package}.{module_path.stem}", module_path)
     return _directory_project(target, path, package)
+
+
+def _imports_relatively(path: Path) -> bool:
+    """Whether the file has ``from . import`` style imports, which only work inside its directory's package."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError):
+        return False  # the import proper reports it, with the user's traceback
+    return any(isinstance(node, ast.ImportFrom) and node.level > 0 for node in ast.walk(tree))
 
 
 def _directory_project(target: str, root: Path, package: str) -> Project:
@@ -208,6 +219,12 @@ def _import_user(name: str, path: Path, package_dir: Path | None = None) -> Modu
     return module
 
 
+# Frames of the machinery between batchcli and the user's code: importing a module, running a sync
+# process() in a thread pool, awaiting on the loop.
+_STDLIB = Path(traceback.__file__ or "").parent
+_RUNTIME_FRAMES = (*(f"{_STDLIB}/{name}" for name in ("importlib", "concurrent", "asyncio")), "<frozen importlib")
+
+
 def format_user_traceback(error: BaseException) -> str:
     """The traceback of ``error`` without batchcli's and importlib's own frames."""
     import batchcli
@@ -216,22 +233,29 @@ def format_user_traceback(error: BaseException) -> str:
     frames = [
         f
         for f in traceback.extract_tb(error.__traceback__)
-        if not f.filename.startswith(ours) and "importlib" not in f.filename
+        if not f.filename.startswith(ours) and not f.filename.startswith(_RUNTIME_FRAMES)
     ]
     lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
     lines += traceback.format_exception_only(error)
     return "".join(lines).rstrip()
 
 
-def load_module_project(job_name: str, module_name: str) -> Project:
-    """Import an installed job's module by name; its package's ``config/`` holds its configurations."""
+def load_module_project(job_name: str, module_name: str, target: str | None = None) -> Project:
+    """Import an installed job's module by name; its package's ``config/`` holds its configurations.
+
+    ``target`` is what the user gave (the job name when None). The project is the module's package:
+    every loaded module under it counts, so give each job a package of its own, or keep one job per
+    package's modules.
+    """
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise ProjectError(
-            f"The installed job {job_name!r} points at module {module_name!r}, which cannot be imported: "
-            f"{error}. Reinstall the package that provides it."
-        ) from error
+        if target is None:
+            what = f"The installed job {job_name!r} points at module {module_name!r}, which"
+            fix = "Reinstall the package that provides it."
+        else:
+            what, fix = f"The module {module_name!r}", "Install what it imports."
+        raise ProjectError(f"{what} cannot be imported: {error}. {fix}") from error
     except Exception as error:
         raise UserCodeError(
             f"Importing {module_name!r} failed:\n{format_user_traceback(error)}", error
@@ -243,7 +267,7 @@ def load_module_project(job_name: str, module_name: str) -> Project:
         None,
     )
     return Project(
-        target=job_name,
+        target=job_name if target is None else target,
         name=job_name,
         package=package,
         config_package=f"{package}.config" if config_dir else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 import os
 from datetime import date, datetime, time as dtime
 from decimal import Decimal
@@ -17,6 +18,8 @@ from batchcli.outcome import Failure
 def json_form(value: Any) -> Any:
     """A JSON-able form of an input: JSON values as they are, dataclasses and named tuples as
     objects, datetimes as ISO strings, anything else as its ``repr``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # NaN and infinities are not JSON; every line of failed.jsonl must parse
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (datetime, date, dtime)):
@@ -33,7 +36,16 @@ def json_form(value: Any) -> Any:
         return {k: json_form(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_form(v) for v in value]
-    return repr(value)
+    return safe_repr(value)
+
+
+def safe_repr(value: Any) -> str:
+    """``repr(value)``, or a placeholder when the user's ``__repr__`` itself raises: a failure record
+    must never be lost to a broken ``__repr__``."""
+    try:
+        return repr(value)
+    except Exception as error:
+        return f"<{type(value).__name__} object; repr() raised {type(error).__name__}>"
 
 
 def failure_record(failure: Failure) -> dict[str, Any]:

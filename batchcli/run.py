@@ -10,7 +10,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -22,13 +21,14 @@ from batchcli import __version__
 from batchcli.configuration import bind_runtime
 from batchcli.container import Job, Wiring
 from batchcli.executors.asyncpool import AsyncExecutor
+from batchcli.journal import Journal
 from batchcli.logs import start_logging
 from batchcli.outcome import Failure, Tally
 from batchcli.progress import make_display
 from batchcli.project import format_user_traceback
 from batchcli.records import FailedFile, json_form, write_json
+from batchcli.resumption import Continuation, defines_item_key
 from batchcli.retry import RetryPolicy
-from batchcli.secret import Secret
 from batchcli.source import is_async_source, source_length
 
 log = logging.getLogger("batchcli")
@@ -71,7 +71,7 @@ class RunResult:
     """Items neither succeeded nor failed (None when the source's length is unknown)."""
     total: int | None
     failures: list[Failure]
-    """Every final failure, input and reason."""
+    """Every final failure of this session, input and reason (a resumed run's earlier ones are in its journal)."""
     fatal: BaseException | None = None
     """The error that ended the run early, if any."""
     threads_left: int = 0
@@ -96,8 +96,10 @@ class Run:
     """Drives one job from start to summary. The event loop runs on a thread of its own, so the
     main thread stays free for signals (and, on a terminal, the pause shell)."""
 
-    def __init__(self, job: Job, wiring: Wiring, options: RunOptions) -> None:
+    def __init__(self, job: Job, wiring: Wiring, options: RunOptions, continuation: Continuation | None = None) -> None:
         self.job = job
+        self.continuation = continuation or Continuation()
+        """What this run carries on from: nothing, a run to resume, or a run whose failures it retries."""
         self.wiring = wiring
         self.options = options
         self.console = options.console
@@ -109,12 +111,18 @@ class Run:
         self._loop_ready = threading.Event()
         self._finished = threading.Event()
         self.started_at = datetime.now().astimezone()
-        self.run_dir = _make_run_dir(options.output_dir, job.project.name, self.started_at)
+        resumed = self.continuation.journal
+        if resumed is None:
+            self.run_dir = _make_run_dir(options.output_dir, job.project.name, self.started_at)
+        else:  # a resumed run keeps its directory and the time it first started
+            self.run_dir = resumed.run_dir
+            self.started_at = datetime.fromtimestamp(resumed.started_at).astimezone()
         bind_runtime(job.config, output_dir=options.output_dir, run_dir=self.run_dir, started_at=self.started_at)
         self._failed_file = FailedFile(self.run_dir / "failed.jsonl")
         self._flush_lock = threading.Lock()
         self.recorder: Recorder = NullRecorder()
-        """Where settled items are recorded durably (the journal)."""
+        """Where settled items are recorded durably: the journal, once the run starts."""
+        self.journal: Journal | None = None
         self.pause_requested = False
         """Set from a signal handler; the main thread then calls ``on_pause``."""
         self.on_pause: Callable[[Run], None] = lambda run: run.stop()
@@ -134,6 +142,8 @@ class Run:
 
     def execute(self) -> RunResult:
         """Run the job to the end (or a stop) and write the summary."""
+        self.journal = self._start_journal()
+        self.recorder = self.journal
         stop_logging = start_logging(self.run_dir / "batchcli.log", self.console, self.options.verbosity)
         log.info("Run %s of %s (configuration %s)", self.run_dir.name, self.wiring.target, type(self.job.config).__name__)
         self.interactive = self._wants_shell()  # before the live display starts: it redirects stdout
@@ -161,8 +171,13 @@ class Run:
             display.stop()
             restore_signals()
             self._failed_file.close()
-        result = self._result()
-        self._write_summary(result)
+        try:
+            result = self._result()
+            fatal = result.fatal
+            self.journal.finish(result.status, fatal, "" if fatal is None else format_user_traceback(fatal))
+            self._write_summary(result)
+        finally:
+            self.journal.close()
         log.info("Run ended: %s, exit code %d", result.status, result.exit_code)
         stop_logging()
         return result
@@ -184,6 +199,18 @@ class Run:
             self.on_pause(self)
         finally:
             self.shell_open = False
+
+    def _start_journal(self) -> Journal:
+        carry = self.continuation
+        if carry.journal is not None:
+            journal = carry.journal
+        else:
+            keyed = carry.items is None and defines_item_key(self.job.source)
+            journal = Journal.create(
+                self.run_dir, self.job, self.wiring, keyed=keyed, parent=carry.parent, inputs=carry.items
+            )
+        journal.begin(self.tally)
+        return journal
 
     def _record_loop(self) -> None:
         while not self._finished.wait(FLUSH_INTERVAL_S):
@@ -268,7 +295,9 @@ class Run:
         self._loop_ready.set()
         source, service, config = self.job.source, self.job.service, self.job.config
         try:
-            self.tally.total = source_length(source)
+            length = source_length(self._iterable())
+            if length is not None:  # else keep what an earlier session counted, if any
+                self.tally.total = length
             if not await self._setup():
                 return  # stopped at once during setup(); finish() still runs
             policy = RetryPolicy(config, service.exceptions_to_retry_for)
@@ -306,10 +335,17 @@ class Run:
     def _items(self) -> tuple[Iterator[tuple[int, Any]] | AsyncIterator[tuple[int, Any]], Iterator[int]]:
         # zip() with a counter numbers the items in C; after exhaustion the counter tells how many came.
         seen = itertools.count()
-        source = self.job.source
-        if is_async_source(source):
-            return _numbered(source.__aiter__(), seen), seen  # type: ignore[attr-defined]
-        return zip(seen, iter(source)), seen
+        source = self._iterable()
+        items: Any = _numbered(source.__aiter__(), seen) if is_async_source(source) else zip(seen, iter(source))
+        assert self.journal is not None
+        # A resumed run skips what its earlier sessions settled; a keyed source's keys are noted here.
+        key_of = getattr(self.job.source, "item_key", None)
+        return self.journal.skip_settled(items, self.tally, key_of), seen
+
+    def _iterable(self) -> Any:
+        """What the run iterates: the Source, or a retry's saved inputs."""
+        items = self.continuation.items
+        return self.job.source if items is None else items
 
     async def _settle_shell(self) -> None:
         """Before cleaning up: on a terminal, a fatal error opens the emergency shell; wait for any shell."""
@@ -365,19 +401,22 @@ class Run:
 
     def _result(self) -> RunResult:
         tally = self.tally
-        unprocessed = None if tally.total is None else tally.total - tally.succeeded - tally.failed - tally.skipped
+        # Whole-run counts, earlier sessions included, from the journal.
+        assert self.journal is not None
+        succeeded, failed = self.journal.succeeded, self.journal.failed
+        unprocessed = None if tally.total is None else tally.total - succeeded - failed
         if self.fatal is not None:
             status, code = "crashed", EXIT_FATAL
         elif self.stop_requested and unprocessed != 0:
             status, code = "stopped", EXIT_STOPPED
         else:
-            status, code = "finished", EXIT_FAILED if tally.failed else EXIT_OK
+            status, code = "finished", EXIT_FAILED if failed else EXIT_OK
         return RunResult(
             exit_code=code,
             status=status,
             run_dir=self.run_dir,
-            succeeded=tally.succeeded,
-            failed=tally.failed,
+            succeeded=succeeded,
+            failed=failed,
             unprocessed=unprocessed,
             total=tally.total,
             failures=list(tally.failures),
@@ -387,7 +426,8 @@ class Run:
 
     def _write_summary(self, result: RunResult) -> None:
         ended = datetime.now().astimezone()
-        duration = (ended - self.started_at).total_seconds()
+        assert self.journal is not None
+        duration = self.journal.active_s()  # time spent running, over every session
         fatal = self.fatal
         write_json(
             self.run_dir / "summary.json",
@@ -395,7 +435,7 @@ class Run:
                 "job": self.job.project.name,
                 "target": self.wiring.target,
                 "configuration": type(self.job.config).__name__,
-                "params": {k: "********" if isinstance(v, Secret) else json_form(v) for k, v in self.job.params.items()},
+                "params": {k: json_form(v) for k, v in self.job.public_params().items()},
                 "status": result.status,
                 "exit_code": result.exit_code,
                 "succeeded": result.succeeded,
@@ -405,6 +445,8 @@ class Run:
                 "started_at": self.started_at.isoformat(),
                 "ended_at": ended.isoformat(),
                 "duration_s": round(duration, 3),
+                "sessions": self.journal.session_count,
+                "parent": self.journal.parent,
                 "items_per_s": round((result.succeeded + result.failed) / duration, 1) if duration > 0 else None,
                 "fatal": None
                 if fatal is None

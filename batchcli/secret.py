@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import ClassVar, TypeVar
+
+V = TypeVar("V")
 
 
 class Secret(str):
@@ -29,3 +32,35 @@ class Secret(str):
 def masked(value: object) -> object:
     """Return ``Secret.mask`` for a Secret and ``value`` unchanged otherwise, for writing to logs."""
     return Secret.mask if isinstance(value, Secret) else value
+
+
+def is_secret_type(annotation: object) -> bool:
+    """True when ``annotation`` is ``Secret`` or holds one: ``Secret | None``, ``list[Secret]``, ``dict[str, Secret]``."""
+    import typing
+
+    if annotation is Secret:
+        return True
+    return any(is_secret_type(arg) for arg in typing.get_args(annotation))
+
+
+def _holds_secret(value: object) -> bool:
+    if isinstance(value, Secret):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_secret(k) or _holds_secret(v) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_holds_secret(v) for v in value)
+    return False
+
+
+def masked_values(values: Mapping[str, V], annotations: Mapping[str, object]) -> dict[str, V | str]:
+    """``values`` with each secret replaced by ``Secret.mask``: the form to write to logs, journals and banners.
+
+    A value is secret when its name is declared with a Secret type in ``annotations`` (so raw
+    ``-p`` strings are masked too) or when it is, or holds, a ``Secret``. Works on cast values
+    (``Job.params``) and on raw ones (``Wiring.values``).
+    """
+    return {
+        name: Secret.mask if is_secret_type(annotations.get(name)) or _holds_secret(value) else value
+        for name, value in values.items()
+    }

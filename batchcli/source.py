@@ -39,7 +39,12 @@ class Source(Generic[T]):
         """
 
     def item_key(self, item: T) -> Any:
-        """Identify an item for ``resume``; the default is its position in the source."""
+        """Identify an item for ``resume`` (a str or an int, unique per item).
+
+        Without it, ``resume`` identifies items by their position in the source, which must then
+        yield the same items in the same order. Define it for a source whose order may change
+        between runs; the journal then keeps one key per settled item.
+        """
         raise NotImplementedError
 
 

@@ -20,14 +20,27 @@ PROJECTS = Path(__file__).resolve().parent / "projects"
 EXAMPLES = ROOT / "examples"
 
 
+LIBRARY_DIRS = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix, str(ROOT / "batchcli")})
+
+
+def _is_project_module(module: Any) -> bool:
+    """A module a test loaded from a project (not a library, not batchcli, not a built-in)."""
+    locations = [getattr(module, "__file__", None), *(getattr(module, "__path__", None) or [])]
+    return any(loc and not str(loc).startswith(LIBRARY_DIRS) for loc in locations)
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Each test runs in its own directory and leaves sys.modules and sys.path as it found them."""
+    """Each test runs in its own directory and leaves sys.modules and sys.path as it found them.
+
+    Only project modules are dropped: dropping a library's lazily imported submodules would split
+    it in two (typer's help would hold rich classes from one import and get objects from another).
+    """
     monkeypatch.chdir(tmp_path)
     modules = dict(sys.modules)
     path = list(sys.path)
     yield
-    for name in [n for n in sys.modules if n not in modules]:
+    for name in [n for n, m in sys.modules.items() if n not in modules and _is_project_module(m)]:
         del sys.modules[name]
     sys.path[:] = path
 

@@ -38,3 +38,30 @@ def test_take_done_keeps_an_in_order_run_as_one_range() -> None:
     tally = Tally()
     tally.done.extend(range(1_000_000))
     assert tally.take_done() == [(0, 1_000_000)]
+
+
+def test_a_broken_repr_or_nan_input_still_gives_a_parseable_failure_record(tmp_path) -> None:
+    """An input whose __repr__ raises, or a NaN, still lands in failed.jsonl as valid JSON."""
+    import json
+
+    from batchcli.outcome import Failure
+    from batchcli.records import FailedFile
+
+    class Broken:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    tally = Tally()
+    failures = [
+        Failure(0, Broken(), "KeyError", "x", "tb", 1, 0.0, 0.0),
+        Failure(1, {"score": float("nan")}, "ValueError", "NaN score", "tb", 1, 0.0, 0.0),
+    ]
+    for failure in failures:
+        tally.fail(failure)
+    file = FailedFile(tmp_path / "failed.jsonl")
+    file.write(failures)
+    file.close()
+    records = [json.loads(line) for line in (tmp_path / "failed.jsonl").read_text().splitlines()]
+    assert records[0]["input"] == "<Broken object; repr() raised RuntimeError>"
+    assert records[1]["input"] == {"score": "nan"}
+    assert records[1]["error_message"] == "NaN score"

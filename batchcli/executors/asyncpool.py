@@ -67,8 +67,19 @@ class AsyncExecutor:
             inner = call
 
             async def call(item: Any) -> Any:
-                async with asyncio.timeout(timeout):
-                    return await inner(item)
+                deadline = asyncio.timeout(timeout)
+                try:
+                    async with deadline:
+                        return await inner(item)
+                except TimeoutError as error:
+                    if not deadline.expired():
+                        raise  # the user's own TimeoutError
+                    # asyncio's TimeoutError has no message and only our frames; say what happened
+                    # and keep the traceback of where the user's code was when it was cancelled.
+                    where = error.__context__.__traceback__ if error.__context__ else error.__traceback__
+                    raise TimeoutError(
+                        f"The attempt took longer than item_timeout_s={timeout:g}s and was cancelled."
+                    ).with_traceback(where) from None
 
         return call
 
@@ -138,10 +149,13 @@ class AsyncExecutor:
             except Exception as error:
                 tally.in_flight -= 1
                 self._failed(ordinal, item, attempts, error)
-            except asyncio.CancelledError:
-                # A hard stop: the item stays unprocessed, to be resumed.
+            except asyncio.CancelledError as error:
                 tally.in_flight -= 1
-                raise
+                if self._hard_stopped():
+                    raise  # the item stays unprocessed, to be resumed
+                # The user's code raised it (an awaited future was cancelled): a failure of this
+                # item, not of the worker, which must go on with the others.
+                self._failed(ordinal, item, attempts, error)
             else:
                 tally.in_flight -= 1
                 tally.succeeded += 1
@@ -149,6 +163,12 @@ class AsyncExecutor:
 
     def _update_slow(self) -> None:
         self._slow = self.paused or self.stopping or bool(self._retiring) or self._rate is not None
+
+    @staticmethod
+    def _hard_stopped() -> bool:
+        """Whether this worker task itself is being cancelled (``cancel()``), not just an awaited call."""
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() > 0
 
     async def _detour(self) -> bool:
         """The uncommon cases before taking an item; True when this worker should end."""

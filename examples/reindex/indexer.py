@@ -24,7 +24,7 @@ class Indexer(Service[dict[str, Any]]):
 
     def setup(self) -> None:
         path = self.config.run_dir / f"{self.config.index_name}.jsonl"
-        self._out = path.open("w", encoding="utf-8")
+        self._out = path.open("a", encoding="utf-8")  # "a": a resumed run keeps what it wrote
 
     def process(self, item: dict[str, Any]) -> None:
         if "id" not in item:

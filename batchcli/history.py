@@ -1,0 +1,262 @@
+"""Past runs on the terminal: the ``runs`` table and ``show``'s summary, failure groups and throughput chart."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from rich.console import Console, Group, RenderableType
+from rich.markup import escape
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
+
+from batchcli.errors import BatchcliError, UsageError
+from batchcli.run import FLUSH_INTERVAL_S
+from batchcli.rundir import JOURNAL_NAME, RunInfo, query, read_run
+from batchcli.secret import Secret
+
+STATUS_STYLES = {"finished": "green", "stopped": "yellow", "crashed": "bold red", "running": "cyan", "damaged": "red"}
+BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A run directory whose journal cannot be read."""
+
+    run_dir: Path
+    reason: str
+
+
+def find_runs(output_dir: Path) -> list[RunInfo | Unreadable]:
+    """Every run with a journal under ``output_dir``, newest first."""
+    if not output_dir.is_dir():
+        raise UsageError(
+            f"Output directory {str(output_dir)!r} does not exist. Give the -d the runs were started with "
+            "(the default is batchcli_outputs)."
+        )
+    found: list[RunInfo | Unreadable] = []
+    for journal in output_dir.glob(f"*/{JOURNAL_NAME}"):
+        try:
+            found.append(read_run(journal.parent))
+        except BatchcliError as error:
+            found.append(Unreadable(journal.parent, str(error)))
+    return sorted(found, key=_started, reverse=True)
+
+
+def _started(run: RunInfo | Unreadable) -> float:
+    return run.started_at if isinstance(run, RunInfo) else run.run_dir.stat().st_mtime
+
+
+def runs_table(runs: list[RunInfo | Unreadable], width: int = 200) -> Table:
+    """The ``runs`` table, newest first. When it does not fit in ``width`` columns, the run directory's
+    name (``<started>_<job>``) stands in for the started and job columns, then configuration and
+    duration go."""
+    layouts = [
+        (("started", "job", "configuration"), ("run",)),
+        (("run", "configuration"), ()),
+        (("run",), ()),
+        (("run",), ("no duration",)),
+    ]
+    for lead, trail in layouts:
+        table = _table(runs, lead, trail)
+        if Measurement.get(_MEASURE, _MEASURE.options, table).maximum <= width:
+            break
+    return table
+
+
+_MEASURE = Console(width=10_000, file=io.StringIO())
+
+
+def _table(runs: list[RunInfo | Unreadable], lead: tuple[str, ...], trail: tuple[str, ...]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in lead:
+        table.add_column(name, no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("ok / failed / total", justify="right", no_wrap=True)
+    duration = "no duration" not in trail
+    if duration:
+        table.add_column("duration", justify="right", no_wrap=True)
+    table.add_column("rate", justify="right", no_wrap=True)
+    trail = tuple(n for n in trail if n == "run")
+    for name in trail:
+        table.add_column(name, no_wrap=True)  # the run: what to give `show`, `resume` and `retry`
+    for run in runs:
+        cells = {"run": escape(run.run_dir.name), "started": "?", "job": "?", "configuration": "?"}
+        if isinstance(run, Unreadable):
+            cells["started"] = _when(run.run_dir.stat().st_mtime)
+            middle: list[RenderableType] = [Text("damaged", "red"), "", "", ""]
+        else:
+            retry = " (retry)" if run.parent else ""
+            cells.update(started=_when(run.started_at), job=escape(run.job + retry))
+            cells["configuration"] = escape(run.configuration)
+            if "job" not in lead:
+                cells["run"] += retry
+            total = "?" if run.total is None else f"{run.total:,}"
+            middle = [
+                Text(run.status, STATUS_STYLES.get(run.status, "")),
+                f"{run.succeeded:,} / {run.failed:,} / {total}",
+                _duration(run.active_s),
+                "-" if run.rate is None else f"{run.rate:,.1f}/s",
+            ]
+        if not duration:
+            del middle[2]
+        table.add_row(*[cells[n] for n in lead], *middle, *[cells[n] for n in trail])
+    return table
+
+
+def show_run(run_dir: Path, width: int = 60) -> RenderableType:
+    """``show``: the summary of one run, its failures grouped by reason, and its throughput over time."""
+    run = read_run(run_dir)
+    return Group(_summary(run), Text(""), _failures(run), Text(""), _chart(run, width))
+
+
+def _summary(run: RunInfo) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="dim")
+    grid.add_column()
+    grid.add_row("run", escape(str(run.run_dir)))
+    grid.add_row("job", f"{escape(run.job)}  [dim]({escape(run.target)})[/]")
+    config = run.configuration + (f" (-c {run.config_name})" if run.config_name else "")
+    grid.add_row("configuration", escape(config))
+    params = [f"{k}={','.join(v)}" for k, v in run.params.items()]
+    params += [f"{k}={Secret.mask} (secret: give it again to resume or retry)" for k in run.secrets]
+    grid.add_row("params", escape("  ".join(params)) or "[dim]none[/]")
+    status = Text(run.status, STATUS_STYLES.get(run.status, ""))
+    if run.status == "crashed" and run.fatal is None:
+        status.append(f"  (process {run.pid} ended without closing the run: killed, or the machine went down)", "dim")
+    grid.add_row("status", status)
+    if run.parent:
+        grid.add_row("retry of", escape(run.parent))
+    sessions = f"  [dim]({run.sessions} sessions)[/]" if run.sessions > 1 else ""
+    grid.add_row("started", _when(run.started_at) + sessions)
+    grid.add_row("ended", "-" if run.status == "running" else _when(run.ended_at))
+    between = "  [dim](running time; pauses between sessions left out)[/]" if run.sessions > 1 else ""
+    grid.add_row("duration", _duration(run.active_s) + between)
+    unprocessed = "?" if run.unprocessed is None else f"{run.unprocessed:,}"
+    total = "?" if run.total is None else f"{run.total:,}"
+    rate = "" if run.rate is None else f"  [magenta]{run.rate:,.1f}/s[/]"
+    counts = f"[green]{run.succeeded:,} succeeded[/], [red]{run.failed:,} failed[/], {unprocessed} unprocessed"
+    grid.add_row("items", f"{counts}, of {total}{rate}")
+    if run.fatal:
+        grid.add_row("fatal", Text(f"{run.fatal['type']}: {run.fatal['message']}", "red"))
+    return grid
+
+
+def _failures(run: RunInfo, groups: int = 10, examples: int = 3) -> RenderableType:
+    if not run.failed:
+        return Text("No failures.", "green")
+    rows = query(
+        run.run_dir,
+        # Messages that differ only in numbers (ids, sizes) are one kind of error.
+        "SELECT error_type, shape(error_message), count(*), min(error_message), max(error_message) FROM failures"
+        " GROUP BY 1, 2 ORDER BY 3 DESC, min(rowid) LIMIT ?",
+        (groups,),
+    )
+    kinds = query(run.run_dir, "SELECT count(*) FROM (SELECT 1 FROM failures GROUP BY error_type, shape(error_message))")[0][0]
+    heading = f"Failures: {run.failed:,}, by error ({kinds:,} kind{'s' if kinds != 1 else ''})"
+    parts: list[RenderableType] = [Text(heading, "bold")]
+    for error_type, shape, count, first, last in rows:
+        message = first if first == last else shape
+        parts.append(Text.assemble((f"{count:>7,}  ", "bold red"), (f"{error_type}: ", "red"), _one_line(message, 200)))
+        samples = query(
+            run.run_dir,
+            "SELECT ordinal, item_json FROM failures WHERE error_type = ? AND shape(error_message) = ?"
+            " ORDER BY session, ordinal LIMIT ?",
+            (error_type, shape, examples),
+        )
+        for ordinal, item_json in samples:
+            example = _one_line(_compact(item_json), 150)
+            parts.append(Text.assemble((f"{'#':>12}{ordinal:<6} ", "dim"), example))
+        if count > len(samples):
+            parts.append(Text(f"{'':11}… and {count - len(samples):,} more", "dim"))
+    if kinds > len(rows):
+        more = kinds - len(rows)
+        parts.append(Text(f"  … and {more:,} more kinds of error (all of them are in failed.jsonl)", "dim"))
+    return Group(*parts)
+
+
+def _chart(run: RunInfo, width: int) -> RenderableType:
+    """Items per second over the run's running time, one column per time bucket, ok above failed."""
+    sessions = query(run.run_dir, "SELECT id, started_at, coalesce(ended_at, seen_at) FROM sessions ORDER BY id")
+    points = query(run.run_dir, "SELECT session, t, succeeded, failed FROM timeline ORDER BY session, t")
+    if not points:
+        return Text("Throughput: nothing settled yet.", "dim")
+    # Running time only: each session starts where the previous one ended.
+    offsets, elapsed = {}, 0.0
+    for session, started, ended in sessions:
+        offsets[session] = (elapsed, started)
+        elapsed += max(ended - started, 0.0)
+    span = max(elapsed, max(offsets[s][0] + t - offsets[s][1] for s, t, _, _ in points), 1e-6)
+    width = max(10, min(width, 120))
+    step = span / width
+    ok, failed = [0.0] * width, [0.0] * width
+    previous: dict[int, float] = {}
+    for session, t, n_ok, n_failed in points:
+        start, started = offsets[session]
+        # A row counts what settled since the flush before it, at most FLUSH_INTERVAL_S earlier.
+        low = max(previous.get(session, started), t - FLUSH_INTERVAL_S)
+        previous[session] = t
+        _spread(ok, step, start + low - started, start + t - started, n_ok)
+        _spread(failed, step, start + low - started, start + t - started, n_failed)
+    rows = [
+        Text(f"Throughput over {_clock(span, span)} of running time, {_clock(step, step)} per column", "bold"),
+        _spark("ok    ", ok, step, "green"),
+        _spark("failed", failed, step, "red"),
+        Text(f"{'':7}{_clock(0, span)}{_clock(span, span):>{width - len(_clock(0, span))}}", "dim"),
+    ]
+    return Group(*rows)
+
+
+def _spread(columns: list[float], step: float, low: float, high: float, count: int) -> None:
+    """Add ``count`` items settled evenly over ``[low, high]`` seconds to the columns that interval covers."""
+    if not count:
+        return
+    last = len(columns) - 1
+    first_col, last_col = min(int(low / step), last), min(int(high / step), last)
+    if first_col == last_col or high <= low:
+        columns[last_col] += count
+        return
+    for column in range(first_col, last_col + 1):
+        overlap = min(high, (column + 1) * step) - max(low, column * step)
+        columns[column] += count * max(overlap, 0.0) / (high - low)
+
+
+def _spark(label: str, counts: list[float], step: float, style: str) -> Text:
+    peak = max(counts)
+    top = len(BLOCKS) - 1
+    # The smallest non-zero count still shows, so a trickle is told apart from a stall.
+    bars = "".join(BLOCKS[0 if not n else max(1, round(n / peak * top))] for n in counts)
+    return Text.assemble((f"{label} ", "dim"), (bars, style), (f"  peak {peak / step:,.1f}/s", "dim"))
+
+
+def _one_line(text: str, limit: int) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _compact(item_json: str) -> str:
+    try:
+        return json.dumps(json.loads(item_json), ensure_ascii=False, separators=(", ", ": "))
+    except ValueError:
+        return item_json
+
+
+def _when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(seconds: float) -> str:
+    return str(timedelta(seconds=int(round(seconds))))
+
+
+def _clock(seconds: float, scale: float) -> str:
+    """``seconds`` in a unit that suits ``scale``: ms, s, or h:mm:ss."""
+    if scale < 1:
+        return f"{seconds * 1000:.3g} ms"
+    if scale < 60:
+        return f"{seconds:.3g} s"
+    return _duration(seconds)

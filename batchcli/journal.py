@@ -1,0 +1,346 @@
+"""The run journal: ``journal.sqlite`` in the run directory, written in batches while a run goes.
+
+It holds what the run is rebuilt from (target, configuration, raw params with secrets left out),
+which items settled (successes as merged ordinal ranges, or item keys; failures with a pickled copy
+of the input and the reason), a small throughput timeline, and one row per session (a run resumed
+twice has three). ``resume`` and ``retry`` write and load it; ``runs`` and ``show`` only read it,
+through ``batchcli.rundir``, and never unpickle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import socket
+import sqlite3
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batchcli import __version__
+from batchcli.errors import JournalError
+from batchcli.outcome import Failure, Tally
+from batchcli.records import json_form
+from batchcli.rundir import FORMAT, JOURNAL_NAME, RunLock, check_safe, connect, damaged
+from batchcli.settled import Numbered, RangeSet, skip_keys, skip_ordinals
+
+if TYPE_CHECKING:
+    from batchcli.container import Job, Wiring
+
+log = logging.getLogger("batchcli")
+
+SCHEMA = """
+CREATE TABLE run (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    format INTEGER NOT NULL,
+    job TEXT NOT NULL,
+    target TEXT NOT NULL,
+    config_name TEXT,
+    configuration TEXT NOT NULL,
+    params TEXT NOT NULL,
+    secrets TEXT NOT NULL,
+    keyed INTEGER NOT NULL,
+    parent TEXT,
+    batchcli_version TEXT NOT NULL,
+    total INTEGER,
+    succeeded INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    fatal TEXT
+);
+CREATE TABLE sessions (
+    id INTEGER PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    seen_at REAL NOT NULL,
+    ended_at REAL,
+    status TEXT NOT NULL
+);
+CREATE TABLE done_ranges (start INTEGER PRIMARY KEY, stop INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE done_keys (key PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE failures (
+    ordinal INTEGER NOT NULL,
+    key,
+    session INTEGER NOT NULL,
+    item BLOB,
+    item_type TEXT NOT NULL,
+    item_json TEXT NOT NULL,
+    error_type TEXT NOT NULL,
+    error_message TEXT NOT NULL,
+    traceback TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    first_failed_at REAL NOT NULL,
+    failed_at REAL NOT NULL
+);
+CREATE TABLE inputs (ordinal INTEGER PRIMARY KEY, item BLOB NOT NULL);
+CREATE TABLE timeline (session INTEGER NOT NULL, t REAL NOT NULL, succeeded INTEGER NOT NULL, failed INTEGER NOT NULL);
+"""
+
+
+class Journal:
+    """The writer of one run's journal; implements the run's ``Recorder``.
+
+    ``record`` is called from the recorder thread at every flush (0.2 s) and once more at the end,
+    one call at a time, and commits once per call. Completed ordinals arrive as merged ranges, are
+    kept merged in memory, and only the rows of ranges that changed are rewritten, so an in-order
+    run of 10 million items stays a few rows.
+    """
+
+    def __init__(self, run_dir: Path, conn: sqlite3.Connection, lock: RunLock, tally: Tally | None = None) -> None:
+        self.run_dir = run_dir
+        self._conn = conn
+        self._lock = lock
+        self.tally = tally or Tally()
+        """The run's live counts; the journal stores their ``total``."""
+        row = conn.execute("SELECT keyed, succeeded, failed, total, parent FROM run").fetchone()
+        if row is None:
+            raise damaged(run_dir / JOURNAL_NAME, "it has no run record")
+        self.keyed = bool(row[0])
+        """True when the source defines ``item_key``: items are journaled by key, not position."""
+        self.ranges = RangeSet(conn.execute("SELECT start, stop FROM done_ranges"))
+        self.failed = int(row[2])
+        self.total: int | None = row[3]
+        self.parent: str | None = row[4]
+        """The run directory a retry run reprocesses the failures of."""
+        self._keys_count = int(row[1]) if self.keyed else 0
+        self._pending: dict[int, Any] = {}
+        self._unwritten: list[tuple[Any, ...]] = []
+        self._unwritten_keys: list[Any] = []
+        self._write_failed = False
+        self.session = 0
+        sessions = conn.execute(
+            "SELECT min(started_at), sum(coalesce(ended_at, seen_at) - started_at), count(*) FROM sessions"
+        ).fetchone()
+        self.started_at: float = sessions[0] if sessions[0] is not None else time.time()
+        """When the run's first session started (epoch seconds)."""
+        self._earlier_active_s = float(sessions[1] or 0.0)
+        self.session_count = int(sessions[2])
+        """Sessions so far: 1, plus one per resume."""
+        self._session_started = time.time()
+
+    @property
+    def succeeded(self) -> int:
+        """Items that succeeded, over every session."""
+        return self._keys_count if self.keyed else self.ranges.count
+
+    # Opening.
+
+    @classmethod
+    def create(
+        cls, run_dir: Path, job: Job, wiring: Wiring, *, keyed: bool, parent: Path | None, inputs: list[Any] | None
+    ) -> Journal:
+        """Start the journal of a new run in ``run_dir`` (owner-only, like the directory), its first session running."""
+        path = run_dir / JOURNAL_NAME
+        draft = run_dir / f"{JOURNAL_NAME}.new"
+        lock = RunLock.acquire(run_dir)
+        now = time.time()
+        try:
+            # Built under another name and renamed, so a reader never sees a journal without its run record.
+            os.close(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            conn = connect(draft, writer=True)
+            conn.executescript(SCHEMA)
+            with conn:
+                secrets = sorted(n for n in wiring.values if n in job.secret_names)
+                values = {name: list(raw) for name, raw in wiring.without(job.secret_names).values.items()}
+                conn.execute(
+                    "INSERT INTO run (id, format, job, target, config_name, configuration, params, secrets, keyed,"
+                    " parent, batchcli_version) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        FORMAT,
+                        job.project.name,
+                        _stable_target(wiring.target),
+                        wiring.config_name,
+                        type(job.config).__name__,
+                        json.dumps(values),
+                        json.dumps(secrets),
+                        int(keyed),
+                        None if parent is None else str(parent.resolve()),
+                        __version__,
+                    ),
+                )
+                _insert_session(conn, now)
+                if inputs is not None:
+                    conn.executemany(
+                        "INSERT INTO inputs VALUES (?, ?)",
+                        ((n, pickle.dumps(item, pickle.HIGHEST_PROTOCOL)) for n, item in enumerate(inputs)),
+                    )
+            conn.close()
+            os.replace(draft, path)
+            conn = connect(path, writer=True)
+            conn.execute("PRAGMA journal_mode=WAL")
+        except (OSError, sqlite3.Error) as error:
+            lock.release()
+            raise JournalError(
+                f"Cannot create the journal {str(path)!r}: {error}. Check the disk and the output directory."
+            ) from error
+        journal = cls(run_dir, conn, lock)
+        journal.session, journal._session_started = 1, now
+        return journal
+
+    @classmethod
+    def open(cls, run_dir: Path) -> Journal:
+        """Open the journal of an earlier run to continue it; refused when unsafe or still running."""
+        path = check_safe(run_dir)
+        lock = RunLock.acquire(run_dir)
+        try:
+            conn = connect(path, writer=True)
+            journal = cls(run_dir, conn, lock)
+            journal._check_format()
+            return journal
+        except sqlite3.DatabaseError as error:
+            lock.release()
+            raise damaged(path, str(error)) from error
+        except BaseException:
+            lock.release()
+            raise
+
+    def _check_format(self) -> None:
+        fmt, version = self._conn.execute("SELECT format, batchcli_version FROM run").fetchone()
+        if fmt > FORMAT:
+            raise JournalError(
+                f"The journal in {str(self.run_dir)!r} was written by batchcli {version}, which is newer than this "
+                f"one ({__version__}). Upgrade batchcli to continue it."
+            )
+
+    def begin(self, tally: Tally) -> None:
+        """Start a session (a new run's first one is already there): running, in this process, from now."""
+        self.tally = tally
+        if not self.session:
+            now = time.time()
+            with self._conn:
+                self.session = _insert_session(self._conn, now)
+            self._session_started = now
+            self.session_count += 1
+        if self.total is not None and tally.total is None:
+            tally.total = self.total
+
+    # What an earlier session settled.
+
+    def skip_settled(self, items: Numbered, tally: Tally, key_of: Any) -> Numbered:
+        """``items`` without those an earlier session settled; ``key_of`` is the source's ``item_key``."""
+        if self.keyed:
+            settled = {k for (k,) in self._conn.execute("SELECT key FROM done_keys")}
+            settled.update(k for (k,) in self._conn.execute("SELECT key FROM failures"))
+            return skip_keys(items, settled, key_of, self._pending, tally)
+        ranges = RangeSet(self.ranges.ranges())
+        ranges.add(o for (o,) in self._conn.execute("SELECT ordinal FROM failures"))
+        return skip_ordinals(items, ranges, tally)
+
+    # Recording, from the recorder thread.
+
+    def record(self, done: list[tuple[int, int]], failures: list[Failure]) -> None:
+        """Journal a batch of successes (merged ``[start, end)`` ordinal ranges) and final failures in one
+        transaction."""
+        now = time.time()
+        succeeded = sum(end - start for start, end in done)
+        if self.keyed:
+            pending = self._pending
+            for start, end in done:
+                self._unwritten_keys.extend(pending.pop(o) for o in range(start, end) if o in pending)
+        else:
+            for start, end in done:
+                self.ranges.add_range(start, end)
+        for failure in failures:
+            self._unwritten.append(self._failure_row(failure))
+        self.failed += len(failures)
+        upserts, deletes = self.ranges.take_dirty()
+        added = 0
+        try:
+            with self._conn:
+                conn = self._conn
+                if deletes:
+                    conn.executemany("DELETE FROM done_ranges WHERE start = ?", ((s,) for s in deletes))
+                if upserts:
+                    conn.executemany("INSERT OR REPLACE INTO done_ranges VALUES (?, ?)", upserts)
+                if self._unwritten_keys:
+                    keys = ((k,) for k in self._unwritten_keys)
+                    added = conn.executemany("INSERT OR IGNORE INTO done_keys VALUES (?)", keys).rowcount
+                if self._unwritten:
+                    conn.executemany(f"INSERT INTO failures VALUES ({', '.join('?' * 12)})", self._unwritten)
+                if succeeded or failures:  # an idle flush adds no point: the chart reads a gap as zero
+                    point = (self.session, now, succeeded, len(failures))
+                    conn.execute("INSERT INTO timeline VALUES (?, ?, ?, ?)", point)
+                self.total = self.tally.total
+                counts = (self._keys_count + added if self.keyed else self.succeeded, self.failed, self.total)
+                conn.execute("UPDATE run SET succeeded = ?, failed = ?, total = ?", counts)
+                conn.execute("UPDATE sessions SET seen_at = ? WHERE id = ?", (now, self.session))
+        except sqlite3.Error as error:
+            # Keep what was not written for the next flush: a full disk that clears loses nothing.
+            self.ranges.dirty.update(s for s, _ in upserts)
+            self.ranges.dirty.update(deletes)
+            if not self._write_failed:
+                log.error("Writing the journal failed (%s); retrying at the next flush.", error)
+            self._write_failed = True
+            return
+        self._keys_count += max(added, 0)
+        self._unwritten, self._unwritten_keys = [], []
+        self._write_failed = False
+
+    def _failure_row(self, failure: Failure) -> tuple[Any, ...]:
+        key = self._pending.pop(failure.ordinal, None) if self.keyed else None
+        try:
+            blob: bytes | None = pickle.dumps(failure.item, pickle.HIGHEST_PROTOCOL)
+        except Exception as error:
+            log.warning("Item #%d cannot be pickled (%s): `batchcli retry` will not have it.", failure.ordinal, error)
+            blob = None
+        item_type = type(failure.item)
+        return (
+            failure.ordinal,
+            key,
+            self.session,
+            blob,
+            f"{item_type.__module__}.{item_type.__qualname__}",
+            json.dumps(json_form(failure.item), ensure_ascii=False),
+            failure.error_type,
+            failure.error_message,
+            failure.traceback,
+            failure.attempts,
+            failure.first_failed_at,
+            failure.failed_at,
+        )
+
+    # The end.
+
+    def active_s(self) -> float:
+        """Seconds the run has been running, over every session so far (pauses between sessions left out)."""
+        return self._earlier_active_s + time.time() - self._session_started
+
+    def finish(self, status: str, fatal: BaseException | None, fatal_traceback: str = "") -> None:
+        """Write the session's final status (finished, stopped or crashed) and the counts."""
+        now = time.time()
+        fatal_json = None
+        if fatal is not None:
+            error = {"type": type(fatal).__qualname__, "message": str(fatal), "traceback": fatal_traceback}
+            fatal_json = json.dumps(error)
+        with self._conn:
+            self._conn.execute(
+                "UPDATE run SET succeeded = ?, failed = ?, total = ?, fatal = ?",
+                (self.succeeded, self.failed, self.tally.total, fatal_json),
+            )
+            self._conn.execute(
+                "UPDATE sessions SET seen_at = ?, ended_at = ?, status = ? WHERE id = ?",
+                (now, now, status, self.session),
+            )
+
+    def close(self) -> None:
+        """Close the database (which folds the WAL back in) and let other processes open the run."""
+        try:
+            self._conn.close()
+        finally:
+            self._lock.release()
+
+
+def _insert_session(conn: sqlite3.Connection, now: float) -> int:
+    cursor = conn.execute(
+        "INSERT INTO sessions (pid, host, started_at, seen_at, status) VALUES (?, ?, ?, ?, 'running')",
+        (os.getpid(), socket.gethostname(), now, now),
+    )
+    return int(cursor.lastrowid or 0)
+
+
+def _stable_target(target: str) -> str:
+    """An absolute path when the target is a path, so a resume from another directory finds it."""
+    path = Path(target).expanduser()
+    return str(path.resolve()) if path.exists() else target

@@ -1,0 +1,66 @@
+"""``batchcli init NAME``: a new directory project, from the templates in ``batchcli/templates/project/``."""
+
+from __future__ import annotations
+
+import importlib.util
+import keyword
+import string
+import sys
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+from pathlib import Path
+
+from batchcli.errors import UsageError
+
+_RENAMES = {"gitignore": ".gitignore", "tests/test_name.py": "tests/test_{name}.py"}
+
+
+def create_project(root: Path) -> Path:
+    """Write a runnable project at ``root`` (which must not exist) and return it."""
+    name = root.name
+    if root.exists() or root.is_symlink():
+        raise UsageError(
+            f"{str(root)!r} already exists; batchcli init never overwrites anything. "
+            "Give a new directory name, or move the existing one away first."
+        )
+    _check_name(name, root)
+    written: list[tuple[Path, str]] = []
+    for relative, template in _templates(files("batchcli") / "templates" / "project", ""):
+        relative = _RENAMES.get(relative, relative).format(name=name)
+        written.append((root / relative, string.Template(template.read_text(encoding="utf-8")).substitute(name=name)))
+    for path, text in written:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return root
+
+
+def _templates(folder: Traversable, prefix: str) -> list[tuple[str, Traversable]]:
+    """(relative output path without ``.tmpl``, template) for every template under ``folder``."""
+    found = []
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.is_dir():
+            found += _templates(entry, f"{prefix}{entry.name}/")
+        elif entry.name.endswith(".tmpl"):
+            found.append((prefix + entry.name.removesuffix(".tmpl"), entry))
+    return found
+
+
+def _check_name(name: str, root: Path) -> None:
+    """The directory becomes a package named after it: it must be an identifier that hides no module."""
+    if not name.isidentifier() or keyword.iskeyword(name):
+        suggestion = "".join(c if c.isalnum() else "_" for c in name).strip("_").lower() or "my_job"
+        if suggestion[0].isdigit() or keyword.iskeyword(suggestion):
+            suggestion = f"job_{suggestion}"
+        raise UsageError(
+            f"{name!r} cannot be a project name: batchcli imports the directory as a Python package, so its "
+            f"name must be a valid identifier (letters, digits, underscores). Try {str(root.with_name(suggestion))!r}."
+        )
+    try:
+        taken = name in sys.stdlib_module_names or name in sys.modules or importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        taken = True
+    if taken:
+        raise UsageError(
+            f"{name!r} is already the name of an importable module, which the project would clash with. "
+            f"Pick another name, e.g. {str(root.with_name(name + '_job'))!r}."
+        )

@@ -1,0 +1,172 @@
+"""What a run has already settled: ordinals as merged ranges (or item keys), and the filter that skips them."""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any
+
+from batchcli.outcome import Tally, runs
+
+Numbered = Iterator[tuple[int, Any]] | AsyncIterator[tuple[int, Any]]
+
+
+class RangeSet:
+    """A set of non-negative ints kept as sorted, merged half-open ranges ``[start, stop)``.
+
+    A run that settles its items roughly in order stays a handful of ranges however many items it
+    has. ``dirty`` collects the starts of ranges added or removed since the journal last wrote, so
+    only those rows are rewritten.
+    """
+
+    def __init__(self, ranges: Iterable[tuple[int, int]] = ()) -> None:
+        self.starts: list[int] = []
+        self.stops: list[int] = []
+        self.count = 0
+        """How many ints the set holds."""
+        self.dirty: set[int] = set()
+        for start, stop in sorted(ranges):
+            self.add_range(start, stop)
+        self.dirty.clear()
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __contains__(self, value: int) -> bool:
+        i = bisect_right(self.starts, value) - 1
+        return i >= 0 and value < self.stops[i]
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """Every range, in order."""
+        return list(zip(self.starts, self.stops))
+
+    def stop_of(self, start: int) -> int | None:
+        """The stop of the range beginning at ``start``, or None when no range begins there."""
+        i = bisect_left(self.starts, start)
+        return self.stops[i] if i < len(self.starts) and self.starts[i] == start else None
+
+    def add_range(self, start: int, stop: int) -> None:
+        """Add ``[start, stop)``, merging it with every range it overlaps or touches."""
+        starts, stops = self.starts, self.stops
+        i = bisect_left(stops, start)  # the first range ending at or after start touches it
+        j = bisect_right(starts, stop)  # ranges starting at or before stop touch it
+        if i < j:
+            removed = sum(stops[k] - starts[k] for k in range(i, j))
+            self.dirty.update(starts[i:j])
+            start, stop = min(start, starts[i]), max(stop, stops[j - 1])
+        else:
+            removed = 0
+        starts[i:j] = [start]
+        stops[i:j] = [stop]
+        self.dirty.add(start)
+        self.count += stop - start - removed
+
+    def add(self, values: Iterable[int]) -> None:
+        """Add many ints at once (duplicates allowed)."""
+        for start, stop in runs(sorted(set(values))):
+            self.add_range(start, stop)
+
+    def take_dirty(self) -> tuple[list[tuple[int, int]], list[int]]:
+        """The ranges to write and the starts to delete since the last call."""
+        upserts, deletes = [], []
+        for start in self.dirty:
+            stop = self.stop_of(start)
+            if stop is None:
+                deletes.append(start)
+            else:
+                upserts.append((start, stop))
+        self.dirty.clear()
+        return upserts, deletes
+
+
+def normal_key(key: Any) -> Any:
+    """An item key as the journal stores it: str, int and bytes as they are, anything else as its ``repr``."""
+    if isinstance(key, (str, bytes)) or (isinstance(key, int) and not isinstance(key, bool)):
+        return key
+    return repr(key)
+
+
+def skip_ordinals(items: Numbered, settled: RangeSet, tally: Tally) -> Numbered:
+    """``items`` without the ordinals in ``settled``, counted in ``tally.skipped``.
+
+    Ordinals arrive in increasing order, so one cursor walks the ranges: O(1) per item, and once
+    past the last range the rest of the source goes through untouched.
+    """
+    starts, stops = list(settled.starts), list(settled.stops)
+    if not starts:
+        return items
+    if isinstance(items, Iterator):
+        return _skip_ordinals(items, starts, stops, tally)
+    return _askip_ordinals(items, starts, stops, tally)
+
+
+def _skip_ordinals(
+    items: Iterator[tuple[int, Any]], starts: list[int], stops: list[int], tally: Tally
+) -> Iterator[tuple[int, Any]]:
+    k, n = 0, len(starts)
+    for ordinal, item in items:
+        while k < n and ordinal >= stops[k]:
+            k += 1
+        if k == n:
+            yield ordinal, item
+            yield from items
+            return
+        if ordinal >= starts[k]:
+            tally.skipped += 1
+            continue
+        yield ordinal, item
+
+
+async def _askip_ordinals(
+    items: AsyncIterator[tuple[int, Any]], starts: list[int], stops: list[int], tally: Tally
+) -> AsyncIterator[tuple[int, Any]]:
+    k, n = 0, len(starts)
+    async for ordinal, item in items:
+        while k < n and ordinal >= stops[k]:
+            k += 1
+        if k < n and ordinal >= starts[k]:
+            tally.skipped += 1
+            continue
+        yield ordinal, item
+
+
+def skip_keys(
+    items: Numbered, settled: set[Any], key_of: Callable[[Any], Any], pending: dict[int, Any], tally: Tally
+) -> Numbered:
+    """``items`` without those whose key is in ``settled``; the others' keys go to ``pending`` by ordinal,
+    where the journal picks them up when the item settles."""
+    if isinstance(items, Iterator):
+        return _skip_keys(items, settled, key_of, pending, tally)
+    return _askip_keys(items, settled, key_of, pending, tally)
+
+
+def _skip_keys(
+    items: Iterator[tuple[int, Any]],
+    settled: set[Any],
+    key_of: Callable[[Any], Any],
+    pending: dict[int, Any],
+    tally: Tally,
+) -> Iterator[tuple[int, Any]]:
+    for ordinal, item in items:
+        key = normal_key(key_of(item))
+        if key in settled:
+            tally.skipped += 1
+            continue
+        pending[ordinal] = key
+        yield ordinal, item
+
+
+async def _askip_keys(
+    items: AsyncIterator[tuple[int, Any]],
+    settled: set[Any],
+    key_of: Callable[[Any], Any],
+    pending: dict[int, Any],
+    tally: Tally,
+) -> AsyncIterator[tuple[int, Any]]:
+    async for ordinal, item in items:
+        key = normal_key(key_of(item))
+        if key in settled:
+            tally.skipped += 1
+            continue
+        pending[ordinal] = key
+        yield ordinal, item

@@ -1,0 +1,155 @@
+"""The project section of ``batchcli exec PATH --help``: every param and configuration field a job accepts."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import inspect
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from batchcli.environment import PREFIX, variable
+from batchcli.errors import BatchcliError
+from batchcli.fields import MISSING
+from batchcli.project import Project
+from batchcli.secret import Secret, is_secret_type
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of the help: a name ``-p`` accepts."""
+
+    name: str
+    """The ``-p`` name (dotted for nested configuration fields)."""
+    type: str
+    """The type in words (``list of int``)."""
+    default: str
+    """The default as it would be typed, ``required``, or the mask for a secret."""
+    description: str
+    """From the docstrings, or empty."""
+
+
+@dataclass(frozen=True)
+class ProjectHelp:
+    """What ``--help`` shows for one project and configuration."""
+
+    params: list[Entry]
+    """The params of the project's injectable classes."""
+    fields: list[Entry]
+    """The chosen configuration's settable fields (empty when no configuration could be chosen)."""
+    config_title: str
+    """Which configuration the fields belong to, as the panel title starts: ``DevConfig (-c config_dev; ``."""
+    note: str = ""
+    """Why fields are missing, and how to see them."""
+
+
+def project_help(project: Project, config_name: str | None) -> ProjectHelp:
+    """Collect the params and configuration fields of ``project``; raises BatchcliError when it cannot."""
+    from batchcli.container import collect_params
+    from batchcli.docstrings import constructor_docs, field_docs
+    from batchcli.fields import layout
+
+    specs = collect_params(project.injectables())
+    params = [
+        Entry(s.name, type_name(s.annotation), show_default(s.default, s.annotation), constructor_docs(s.owner).get(s.name, ""))
+        for s in specs.values()
+    ]
+    try:
+        config_cls = project.configuration(config_name)
+    except BatchcliError as error:
+        if config_name is not None:
+            raise
+        return ProjectHelp(params, [], "", f"{error} Add -c NAME to --help to list its fields.")
+    from batchcli.configuration import Configuration
+
+    docs_by_owner: dict[type, dict[str, str]] = {}
+    fields = []
+    # The job's own fields first; batchcli's built-in ones (declared by Configuration) after them.
+    builtin = {f.name for f in dataclasses.fields(Configuration)}
+    leaves = sorted(layout(config_cls).leaves.values(), key=lambda leaf: leaf.name in builtin)
+    for leaf in leaves:
+        docs = docs_by_owner.setdefault(leaf.owner, field_docs(leaf.owner))
+        fields.append(Entry(leaf.name, type_name(leaf.annotation), show_default(leaf.default, leaf.annotation), docs.get(leaf.attr, "")))
+    shown = f"-c {config_name}; " if config_name else ""
+    return ProjectHelp(params, fields, f"{config_cls.__name__} ({shown}")
+
+
+def type_name(annotation: Any) -> str:
+    """``casting.describe``, or the raw annotation for a type ``-p`` cannot set."""
+    from batchcli.casting import describe
+
+    try:
+        return describe(annotation)
+    except TypeError:
+        return f"{getattr(annotation, '__qualname__', None) or annotation!r} (not settable)"
+
+
+def show_default(value: Any, annotation: Any) -> str:
+    """A default the way it would be typed after ``-p name=``; ``required`` when there is none."""
+    if value is inspect.Parameter.empty or value is MISSING:
+        return "required"
+    if value is None:
+        return "none"
+    if is_secret_type(annotation) or isinstance(value, Secret):
+        return Secret.mask
+    return as_typed(value) or ("(empty)" if isinstance(value, (dict, list, tuple, set, frozenset)) else "''")
+
+
+def as_typed(value: Any) -> str:
+    """``value`` as it would be typed after ``-p name=``, so that casting reads it back."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, enum.Enum):
+        return str(value.value) if isinstance(value.value, (str, int)) else value.name
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+        return f"{int(seconds) if seconds.is_integer() else seconds!r}s"
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return ",".join(f"{as_typed(k)}:{as_typed(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
+        return ",".join(as_typed(v) for v in items)
+    return str(value)
+
+
+def _table(entries: list[Entry]) -> Table:
+    table = Table(box=None, show_header=True, header_style="dim", padding=(0, 1), expand=False)
+    table.add_column("Name", style="bold cyan", no_wrap=True)
+    table.add_column("Type", style="yellow")
+    table.add_column("Default")
+    table.add_column("Description", ratio=1)
+    for entry in entries:
+        default = Text(entry.default, style="red" if entry.default == "required" else "dim")
+        table.add_row(entry.name, entry.type, default, entry.description)
+    return table
+
+
+def print_project_help(console: Console, help: ProjectHelp, name: str) -> None:
+    """Print the params and fields as panels in the style of typer's help."""
+    panel: dict[str, Any] = {"border_style": "dim", "title_align": "left"}
+    if help.params:
+        console.print(Panel(_table(help.params), title=f"Params of {name} (-p NAME=VALUE)", **panel))
+    else:
+        console.print(Panel(Text("none", style="dim"), title=f"Params of {name}", **panel))
+    body: Any = _table(help.fields) if help.fields else Text(help.note, style="yellow")
+    if help.fields and help.note:
+        body = Group(body, Text(help.note, style="yellow"))
+    title = f"Fields of {help.config_title}-p NAME=VALUE)" if help.fields else "Configuration fields"
+    console.print(Panel(body, title=title, **panel))
+    console.print(
+        Text.assemble(
+            "Any name can also come from the environment as ",
+            (f"{PREFIX}<NAME>", "bold"),
+            f" (upper-case, dots as __, e.g. {variable('db.host')}); -p wins over the environment.",
+        )
+    )

@@ -1,0 +1,1 @@
+"""Demo jobs a package installs through the ``batchcli.jobs`` entry-point group."""

@@ -1,0 +1,68 @@
+"""A job with secrets in params and in a nested configuration field; its service logs all it was given."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from batchcli import Configuration, Param, Secret, Service, Source, inject
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How to log in to the database."""
+
+    user: str = "app"
+    password: Secret | None = None
+    """The database password."""
+
+
+@dataclass(kw_only=True)
+class SecretConfig(Configuration):
+    """The only configuration."""
+
+    db: Credentials = field(default_factory=Credentials)
+
+
+@inject
+class Numbers(Source[int]):
+    """Three numbers."""
+
+    def __iter__(self) -> Iterator[int]:
+        yield from (1, 2, 3)
+
+
+@inject
+class Call(Service[int]):
+    """Calls an API with the token; number 2 is rejected.
+
+    Args:
+        api_token: The API token.
+        fallback_key: Used when the API asks for a second key.
+        extra_tokens: More tokens, tried in turn.
+    """
+
+    def __init__(
+        self,
+        config: SecretConfig,
+        api_token: Param[Secret],
+        fallback_key: Param[Secret] = Secret("default-key-0451"),  # noqa: B008 - an immutable str
+        extra_tokens: Param[list[Secret]] = [],  # noqa: B006 - never mutated
+    ) -> None:
+        self.config = config
+        self.api_token = api_token
+        self.extra_tokens = extra_tokens
+
+    def setup(self) -> None:
+        log.info("token %r, extra %r, config %r", self.api_token, self.extra_tokens, self.config)
+        log.debug("debug: token %r", self.api_token)
+        digest = hashlib.sha256(f"{self.api_token}|{self.config.db.password}|{','.join(self.extra_tokens)}".encode())
+        (self.config.run_dir / "proof.txt").write_text(digest.hexdigest())
+
+    def process(self, item: int) -> None:
+        if item == 2:
+            raise ValueError(f"item {item} rejected by the API")

@@ -1,0 +1,138 @@
+"""Bad input gets one short message naming the culprit and the fix, exit code 2, and no Python traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PROJECTS = Path(__file__).resolve().parent / "projects"
+BATCHFRAME = PROJECTS / "batchframe_style"
+TYPED = PROJECTS / "typed_params" / "typed_params_job.py"
+RETRIES = PROJECTS / "retries" / "retries_job.py"
+REQUIRED = ("-p", "count=2", "-p", "target=out/here", "-p", "since=2024-01-31", "-p", "color=red")
+
+
+def rejected(result) -> str:
+    """The output of a run batchcli refused to start, after the checks every refusal must pass."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "Error:" in result.output
+    assert result.run_dir is None  # refused before a run directory was made
+    return " ".join(result.output.split())  # undo the console's line wrapping
+
+
+def test_param_without_equals(cli) -> None:
+    """-p NAME without =VALUE names the pair and shows the NAME=VALUE form."""
+    out = rejected(cli("exec", RETRIES, "-d", "out", "-p", "max_retries"))
+    assert "'max_retries'" in out
+    assert "-p max_retries=VALUE" in out
+
+
+def test_value_that_does_not_cast(cli) -> None:
+    """A value that does not cast names the param, the type, the value given and an example."""
+    out = rejected(cli("exec", TYPED, "-d", "out", "-p", "count=lots", *REQUIRED[2:]))
+    assert "Param 'count' expects int, got 'lots'" in out
+    assert "whole number" in out
+
+
+def test_enum_value_that_does_not_cast_lists_allowed_values(cli) -> None:
+    """An Enum param given an unknown value lists the values it allows."""
+    out = rejected(cli("exec", TYPED, "-d", "out", *REQUIRED[:-1], "color=blue"))
+    assert "'color'" in out and "'blue'" in out
+    assert "'red'" in out and "'green'" in out
+
+
+def test_literal_value_that_does_not_cast_lists_allowed_values(cli) -> None:
+    """A Literal param given an unknown value lists the values it allows."""
+    out = rejected(cli("exec", TYPED, "-d", "out", *REQUIRED, "-p", "mode=medium"))
+    assert "'mode'" in out and "'medium'" in out
+    assert "Allowed: 'fast', 'slow'" in out
+
+
+def test_config_field_that_does_not_cast(cli) -> None:
+    """A configuration field override is cast like a param, with the same message."""
+    out = rejected(cli("exec", RETRIES, "-d", "out", "-p", "concurrency=many"))
+    assert "Param 'concurrency' expects int, got 'many'" in out
+
+
+def test_config_value_out_of_range(cli) -> None:
+    """A configuration value that casts but is invalid (concurrency=0) names the field and the value."""
+    out = rejected(cli("exec", RETRIES, "-d", "out", "-p", "concurrency=0"))
+    assert "concurrency must be at least 1, got 0" in out
+
+
+def test_unknown_param_suggests_the_closest_name(cli) -> None:
+    """A misspelt param is an error that suggests the valid name."""
+    out = rejected(cli("exec", TYPED, "-d", "out", *REQUIRED, "-p", "colour=red"))
+    assert "'colour'" in out
+    assert "did you mean 'color'" in out
+
+
+def test_unknown_config_field_suggests_the_closest_name(cli) -> None:
+    """A misspelt configuration field is an error that suggests the field, and lists the valid names."""
+    out = rejected(cli("exec", BATCHFRAME, "-c", "config_dev", "-d", "out", "-p", "max_retry=1"))
+    assert "'max_retry'" in out
+    assert "did you mean 'max_retries'" in out
+    assert "Valid names:" in out and "fail_every" in out
+
+
+def test_missing_required_params_are_listed_at_once(cli) -> None:
+    """Every missing required param is named in one message, each with the -p to give."""
+    out = rejected(cli("exec", TYPED, "-d", "out", "-p", "count=2"))
+    for name in ("color", "since", "target"):
+        assert f"-p {name}=..." in out
+    assert "Missing required params" in out
+    assert "count" not in out.split("Missing required params")[1]
+
+
+def test_unknown_config_name_lists_the_existing_ones(cli) -> None:
+    """An unknown -c name is named and the configurations that exist are listed (not the abstract base)."""
+    out = rejected(cli("exec", BATCHFRAME, "-c", "config_stage", "-d", "out"))
+    assert "'config_stage'" in out
+    assert "config_dev, config_prod" in out
+    assert "abstract_custom_config" not in out
+
+
+def test_path_that_does_not_exist(cli) -> None:
+    """A path that does not exist is named, with what to give instead."""
+    out = rejected(cli("exec", "no/such/job.py", "-d", "out"))
+    assert "'no/such/job.py'" in out
+    assert "does not exist" in out
+    assert ".py file" in out
+
+
+def test_project_without_a_source(cli) -> None:
+    """A project with no Source says so and how to add one."""
+    out = rejected(cli("exec", PROJECTS / "no_source" / "no_source_job.py", "-d", "out"))
+    assert "no Source" in out
+    assert "subclasses batchcli.Source" in out and "@inject" in out
+
+
+def test_project_without_a_service(cli) -> None:
+    """A project with no Service says so and how to add one."""
+    out = rejected(cli("exec", PROJECTS / "no_service" / "no_service_job.py", "-d", "out"))
+    assert "no Service" in out
+    assert "subclasses batchcli.Service" in out and "@inject" in out
+
+
+def test_two_sources_are_both_named(cli) -> None:
+    """Two Source candidates are an error that names both and says to keep one."""
+    out = rejected(cli("exec", PROJECTS / "two_sources" / "two_sources_job.py", "-d", "out"))
+    assert "two_sources_job.Customers" in out
+    assert "two_sources_job.Invoices" in out
+    assert "Keep one" in out
+
+
+def test_import_error_shows_the_users_traceback_only(cli) -> None:
+    """An exception while importing the project shows the user's own frames (file and line), no batchcli frames."""
+    result = cli("exec", PROJECTS / "import_error", "-d", "out")
+    assert result.exit_code == 2
+    assert result.run_dir is None
+    out = result.output
+    assert "Importing" in out and "failed" in out
+    assert "Traceback (most recent call last)" in out  # the user's traceback, not batchcli's
+    assert 'import_error/job.py", line 5' in out
+    assert 'import_error/settings.py", line 10' in out
+    assert "in load_endpoint" in out
+    assert "FileNotFoundError" in out and "settings.toml" in out
+    assert "batchcli/" not in out.replace(str(PROJECTS), "")
+    assert "importlib" not in out

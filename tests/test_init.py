@@ -1,0 +1,107 @@
+"""`batchcli init NAME` makes a project that runs at once and whose generated test passes; it never overwrites."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import subprocess_env
+
+FILES = [
+    ".gitignore",
+    "README.md",
+    "config/base.py",
+    "config/config_dev.py",
+    "config/config_prod.py",
+    "service.py",
+    "source.py",
+    "tests/test_hello_job.py",
+]
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_init_writes_the_project_files(cli: Any, tmp_path: Path) -> None:
+    """init creates the source, service, configurations, README and test, and says how to run them."""
+    outcome = cli("init", "hello_job")
+    assert outcome.exit_code == 0, outcome.output
+    root = tmp_path / "hello_job"
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == FILES
+    assert "batchcli exec hello_job -c config_dev" in outcome.output
+    assert "hello_job" in (root / "README.md").read_text()
+
+
+def test_the_new_project_runs_at_once(cli: Any) -> None:
+    """exec NAME -c config_dev succeeds right after init, with the dev configuration's values."""
+    assert cli("init", "hello_job").exit_code == 0
+    outcome = cli("exec", "hello_job", "-c", "config_dev", "-d", "out")
+    assert outcome.exit_code == 0, outcome.output
+    assert outcome.summary["succeeded"] == 10
+    assert outcome.summary["configuration"] == "DevConfig"
+
+
+def test_the_new_project_runs_in_prod_in_a_real_process(cli: Any, run_batchcli: Any) -> None:
+    """A nested path works, and the prod configuration runs in a real process with a -p override."""
+    assert cli("init", "jobs/nightly").exit_code == 0
+    outcome = run_batchcli("exec", "jobs/nightly", "-c", "config_prod", "-d", "out", "-p", "count=3")
+    assert outcome.exit_code == 0, outcome.output
+    assert outcome.summary["succeeded"] == 3
+
+
+def test_the_generated_test_passes_under_pytest(cli: Any, tmp_path: Path) -> None:
+    """The generated test file, run by pytest in a child process, passes through batchcli.testing."""
+    assert cli("init", "hello_job").exit_code == 0
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "hello_job"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 passed" in proc.stdout
+
+
+def test_help_of_the_new_project_documents_it(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The generated code's docstrings show in exec NAME --help."""
+    monkeypatch.setenv("COLUMNS", "200")
+    cli("init", "hello_job")
+    outcome = cli("exec", "hello_job", "-c", "config_dev", "--help")
+    assert "How many numbers to yield." in outcome.output
+    assert "How each item is greeted." in outcome.output
+
+
+def test_init_never_overwrites(cli: Any, tmp_path: Path) -> None:
+    """An existing directory is refused with exit code 2 and left untouched."""
+    existing = tmp_path / "hello_job"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    outcome = cli("init", "hello_job")
+    assert outcome.exit_code == 2
+    assert "'hello_job' already exists; batchcli init never overwrites anything." in flat(outcome.output)
+    assert [p.name for p in existing.iterdir()] == ["notes.txt"]
+    assert (existing / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("my-job", "'my-job' cannot be a project name: batchcli imports the directory as a Python package"),
+        ("my-job", "Try 'my_job'."),
+        ("class", "Try 'job_class'."),
+        ("json", "'json' is already the name of an importable module"),
+    ],
+)
+def test_init_refuses_names_that_cannot_be_imported(cli: Any, tmp_path: Path, name: str, message: str) -> None:
+    """A name that is no identifier, a keyword or an existing module is refused with a better name."""
+    outcome = cli("init", name)
+    assert outcome.exit_code == 2
+    assert message in flat(outcome.output)
+    assert not (tmp_path / name).exists()

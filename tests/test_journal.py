@@ -1,0 +1,208 @@
+"""The run journal: a real SQLite file per run, compact, durable, masked, and refused when unsafe."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from batchcli.journal import Journal
+from batchcli.outcome import Tally
+from batchcli.rundir import read_run
+from batchcli.settled import RangeSet, skip_ordinals
+
+PROJECTS = Path(__file__).resolve().parent / "projects"
+COUNTING = PROJECTS / "journal_counting" / "counting.py"
+SECRETIVE = PROJECTS / "journal_secret" / "secretive.py"
+ORDERS = PROJECTS / "journal_retry" / "orders.py"
+
+
+def rows(run_dir: Path, sql: str) -> list[tuple]:
+    conn = sqlite3.connect(run_dir / "journal.sqlite")
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def test_range_set_merges_overlapping_and_touching_ranges() -> None:
+    """Ranges that touch or overlap merge, and the count of ints stays exact."""
+    ranges = RangeSet()
+    ranges.add([5, 6, 7, 1, 2, 9])
+    assert ranges.ranges() == [(1, 3), (5, 8), (9, 10)]
+    ranges.add([3, 4, 8, 6])
+    assert ranges.ranges() == [(1, 10)]
+    assert len(ranges) == 9
+    assert 1 in ranges and 9 in ranges and 0 not in ranges and 10 not in ranges
+
+
+def test_ten_million_in_order_successes_stay_a_handful_of_rows(cli, tmp_path: Path) -> None:
+    """A 10-million-item run journaled in 0.5 s batches (with in-flight holes) is one range row, not 10M rows."""
+    (tmp_path / "logs").mkdir()
+    assert cli("exec", COUNTING, "-d", "out", "-p", "count=0", "-p", "log_dir=logs").exit_code == 0
+    run_dir = next((tmp_path / "out").iterdir())
+    journal = Journal.open(run_dir)
+    journal.begin(Tally())
+    batch, late = 100_000, [5, 17, 99]  # three items of each batch are still in flight at its flush
+    most_rows = 0
+    for start in range(0, 10_000_000, batch):
+        # What Tally.take_done hands over: this batch minus its late items, plus the previous batch's late ones.
+        edges = [start, *[e for o in late for e in (start + o, start + o + 1)], start + batch]
+        done = list(zip(edges[::2], edges[1::2]))
+        if start:
+            done = sorted(done + [(start - batch + o, start - batch + o + 1) for o in late])
+        journal.record(done, [])
+        most_rows = max(most_rows, rows(run_dir, "SELECT count(*) FROM done_ranges")[0][0])
+    journal.record([(10_000_000 - batch + o, 10_000_000 - batch + o + 1) for o in late], [])
+    journal.finish("finished", None)
+    journal.close()
+    assert rows(run_dir, "SELECT start, stop FROM done_ranges") == [(0, 10_000_000)]
+    assert most_rows <= 4
+    assert read_run(run_dir).succeeded == 10_000_000
+
+
+def test_skip_ordinals_filters_async_sources() -> None:
+    """An async source's settled ordinals are skipped and counted, the rest pass through in order."""
+
+    async def numbered():
+        for n in range(10):
+            yield n, f"item {n}"
+
+    async def collect() -> list[int]:
+        tally = Tally()
+        kept = [o async for o, _ in skip_ordinals(numbered(), RangeSet([(2, 4), (7, 8)]), tally)]  # type: ignore[union-attr]
+        assert tally.skipped == 3
+        return kept
+
+    assert asyncio.run(collect()) == [0, 1, 4, 5, 6, 8, 9]
+
+
+def test_exec_journals_the_run(cli, tmp_path: Path) -> None:
+    """exec writes an owner-only journal: status, counts, ranges, failures with pickled inputs and reasons, timeline."""
+    (tmp_path / "logs").mkdir()
+    result = cli("exec", COUNTING, "-d", "out", "-p", "count=40", "-p", "log_dir=logs", "-p", "fail_every=10")
+    assert result.exit_code == 1
+    run_dir = result.run_dir
+    assert (run_dir.stat().st_mode & 0o777) == 0o700
+    assert (os.stat(run_dir / "journal.sqlite").st_mode & 0o777) == 0o600
+    info = read_run(run_dir)
+    assert (info.status, info.succeeded, info.failed, info.total, info.sessions) == ("finished", 36, 4, 40, 1)
+    assert info.params == {"count": ["40"], "log_dir": ["logs"], "fail_every": ["10"]}
+    assert rows(run_dir, "SELECT start, stop FROM done_ranges") == [(1, 10), (11, 20), (21, 30), (31, 40)]
+    failures = rows(
+        run_dir,
+        "SELECT ordinal, item IS NOT NULL, item_type, error_type, error_message, attempts, traceback FROM failures ORDER BY ordinal",
+    )
+    assert [f[:6] for f in failures] == [
+        (n, 1, "builtins.int", "ValueError", f"{n} is a multiple of 10", 1) for n in (0, 10, 20, 30)
+    ]
+    assert "counting.py" in failures[0][6]
+    assert rows(run_dir, "SELECT sum(succeeded), sum(failed) FROM timeline") == [(36, 4)]
+    summary = result.summary
+    assert summary["succeeded"] + summary["failed"] + summary["unprocessed"] == summary["total"] == 40
+
+
+def test_a_source_that_raises_leaves_a_resumable_crashed_run(cli, tmp_path: Path) -> None:
+    """A run whose source raises is journaled as crashed with its error, and the counts still add up."""
+    (tmp_path / "logs").mkdir()
+    result = cli("exec", COUNTING, "-d", "out", "-p", "count=30", "-p", "log_dir=logs", "-p", "crash_at=12")
+    assert result.exit_code == 3
+    info = read_run(result.run_dir)
+    assert info.status == "crashed"
+    assert info.fatal is not None and info.fatal["message"] == "the source broke at 12"
+    assert (info.succeeded, info.failed, info.unprocessed) == (12, 0, 18)
+    summary = result.summary
+    assert summary["succeeded"] + summary["failed"] + summary["unprocessed"] == summary["total"] == 30
+
+
+def test_secret_params_are_never_stored_and_must_be_given_again(cli, tmp_path: Path, monkeypatch) -> None:
+    """A Secret param's value is in no file of the run; resume names it, says how to give it again, and takes it
+    from -p or the environment."""
+    result = cli("exec", SECRETIVE, "-d", "out", "-p", "token=hunter2-XYZ", "-p", "crash_at=4")
+    assert result.exit_code == 3
+    run_dir = result.run_dir
+    for path in run_dir.iterdir():
+        assert b"hunter2-XYZ" not in path.read_bytes(), path.name
+    assert read_run(run_dir).secrets == ["token"]
+
+    refused = cli("resume", run_dir)
+    assert refused.exit_code == 2
+    assert "secret param 'token'" in refused.output
+    assert "-p token=... (or set BATCHCLI_TOKEN)" in refused.output
+
+    resumed = cli("resume", run_dir, "-p", "token=hunter2-XYZ", "-p", "crash_at=7")
+    assert resumed.exit_code == 3, resumed.output
+    assert read_run(run_dir).succeeded == 7
+    monkeypatch.setenv("BATCHCLI_TOKEN", "hunter2-XYZ")
+    resumed = cli("resume", run_dir, "-p", "crash_at=-1")
+    assert resumed.exit_code == 0, resumed.output
+    assert read_run(run_dir).succeeded == 10
+    for path in run_dir.iterdir():
+        assert b"hunter2-XYZ" not in path.read_bytes(), path.name
+
+
+def test_resume_and_retry_refuse_a_journal_others_can_write(cli, tmp_path: Path) -> None:
+    """A journal (or run directory) writable by group or others holds pickles nobody vouches for: refused, with the chmod fix."""
+    (tmp_path / "logs").mkdir()
+    result = cli("exec", ORDERS, "-d", "out", "-p", "count=8", "-p", "log_dir=logs")
+    run_dir = result.run_dir
+    journal = run_dir / "journal.sqlite"
+    journal.chmod(0o666)
+    for command in ("resume", "retry"):
+        refused = cli(command, run_dir, "-p", "strict=false")
+        assert refused.exit_code == 2
+        assert "is writable by group and others (mode 0o666)" in refused.output
+        assert f"chmod go-w '{run_dir}'/journal.sqlite*" in refused.output
+    for path in run_dir.glob("journal.sqlite*"):
+        path.chmod(0o600)
+    run_dir.chmod(0o770)
+    refused = cli("retry", run_dir)
+    assert refused.exit_code == 2 and "writable by group" in refused.output
+    assert f"chmod go-w '{run_dir}'" in refused.output
+    run_dir.chmod(0o700)
+    assert cli("retry", run_dir, "-p", "strict=false").exit_code == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root to give a file away")
+def test_resume_refuses_a_journal_owned_by_someone_else(cli, tmp_path: Path) -> None:
+    """A journal owned by another user is refused, saying why and what to do instead."""
+    (tmp_path / "logs").mkdir()
+    result = cli("exec", COUNTING, "-d", "out", "-p", "count=5", "-p", "log_dir=logs", "-p", "crash_at=2")
+    journal = result.run_dir / "journal.sqlite"
+    os.chown(journal, 4242, 4242)
+    refused = cli("resume", result.run_dir)
+    assert refused.exit_code == 2
+    assert "belongs to user id 4242" in refused.output
+    assert "copy the run directory" in refused.output
+
+
+def test_a_directory_without_a_journal_is_a_clear_error(cli, tmp_path: Path) -> None:
+    """resume, retry and show on a directory that is not a run, or does not exist, say so and what to give instead."""
+    (tmp_path / "not-a-run").mkdir()
+    for command in ("resume", "retry", "show"):
+        missing = cli(command, tmp_path / "not-a-run")
+        assert missing.exit_code == 2
+        assert "has no journal.sqlite" in missing.output
+        assert "batchcli runs -d OUTPUT_DIR" in missing.output
+        absent = cli(command, tmp_path / "nowhere")
+        assert absent.exit_code == 2
+        assert "does not exist" in absent.output
+
+
+def test_a_damaged_journal_is_a_clear_error(cli, tmp_path: Path) -> None:
+    """A journal that is not SQLite any more is reported as damaged, pointing at failed.jsonl and exec; runs lists it."""
+    (tmp_path / "logs").mkdir()
+    result = cli("exec", COUNTING, "-d", "out", "-p", "count=5", "-p", "log_dir=logs", "-p", "crash_at=2")
+    (result.run_dir / "journal.sqlite").write_bytes(b"this is not a database, it is a grocery list" * 100)
+    for command in ("resume", "retry", "show"):
+        damaged = cli(command, result.run_dir)
+        assert damaged.exit_code == 2
+        assert "is damaged" in damaged.output
+        assert "failed.jsonl and summary.json" in damaged.output
+        assert "Traceback" not in damaged.output
+    listing = cli("runs", "-d", "out")
+    assert listing.exit_code == 0
+    assert "damaged" in listing.output

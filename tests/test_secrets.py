@@ -1,0 +1,120 @@
+"""Secrets reach the job's code but are never written: not to any file of the run directory, nor to the output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PROJECTS
+
+from batchcli.secret import Secret, masked_values
+
+SECRETS = PROJECTS / "ux_secrets" / "job.py"
+TOKEN, PASSWORD, EXTRA1, EXTRA2 = "tok-7f3a9c51", "pw-e81d22b7", "xt-44aa9e01", "xt-90cc1f3d"
+ALL = (TOKEN, PASSWORD, EXTRA1, EXTRA2)
+
+
+def leaks(outcome: Any) -> list[str]:
+    """Every place a secret value appears: the output, or a file anywhere under the run directory."""
+    found = [f"output: {s}" for s in ALL if s in outcome.output]
+    for path in sorted(outcome.run_dir.rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            found += [f"{path.name}: {s}" for s in ALL if s.encode() in data]
+    return found
+
+
+def proof(run_dir: Path) -> str:
+    return (run_dir / "proof.txt").read_text()
+
+
+EXPECTED_PROOF = hashlib.sha256(f"{TOKEN}|{PASSWORD}|{EXTRA1},{EXTRA2}".encode()).hexdigest()
+
+
+@pytest.mark.parametrize("verbosity", [[], ["-vv"]])
+def test_secrets_from_p_never_appear_in_the_run_directory_or_output(cli: Any, verbosity: list[str]) -> None:
+    """Secret params and fields given with -p reach the service intact and are written nowhere, even at debug level."""
+    outcome = cli(
+        "exec", SECRETS, "-d", "out", *verbosity,
+        "-p", f"api_token={TOKEN}", "-p", f"db.password={PASSWORD}", "-p", f"extra_tokens={EXTRA1},{EXTRA2}",
+    )
+    assert outcome.exit_code == 1, outcome.output  # item 2 fails: failed.jsonl is written too
+    assert proof(outcome.run_dir) == EXPECTED_PROOF
+    assert outcome.failed and outcome.failed[0]["input"] == 2
+    assert leaks(outcome) == []
+    params = outcome.summary["params"]
+    assert params["api_token"] == params["db.password"] == params["extra_tokens"] == Secret.mask
+    log = (outcome.run_dir / "batchcli.log").read_text()
+    assert "Secret('********')" in log  # the service's own log line, masked by Secret's repr
+
+
+def test_secrets_from_the_environment_are_never_written(run_batchcli: Any) -> None:
+    """Secrets given as BATCHCLI_* variables to a real process are used and written nowhere."""
+    outcome = run_batchcli(
+        "exec", SECRETS, "-d", "out", "-vv",
+        BATCHCLI_API_TOKEN=TOKEN, BATCHCLI_DB__PASSWORD=PASSWORD, BATCHCLI_EXTRA_TOKENS=f"{EXTRA1},{EXTRA2}",
+    )
+    assert outcome.exit_code == 1, outcome.output
+    assert proof(outcome.run_dir) == EXPECTED_PROOF
+    assert leaks(outcome) == []
+    assert outcome.summary["params"]["db.password"] == Secret.mask
+
+
+def test_a_missing_secret_says_how_to_give_it(cli: Any) -> None:
+    """A required secret that is not given names -p and the environment variable, the safer way."""
+    outcome = cli("exec", SECRETS, "-d", "out")
+    assert outcome.exit_code == 2
+    assert "Missing required param: api_token. Give -p api_token=... (or set BATCHCLI_API_TOKEN in the environment)." in " ".join(
+        outcome.output.split()
+    )
+
+
+def test_help_masks_secret_defaults(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """exec PATH --help shows a secret param's default as the mask, never its value."""
+    monkeypatch.setenv("COLUMNS", "200")
+    outcome = cli("exec", SECRETS, "--help")
+    assert outcome.exit_code == 0, outcome.output
+    assert "fallback_key" in outcome.output
+    assert "default-key-0451" not in outcome.output
+    assert Secret.mask in outcome.output
+
+
+def test_masked_values_masks_by_declared_type_and_by_value() -> None:
+    """masked_values (for the journal and banners) hides raw -p strings of secret names and Secret values anywhere."""
+    annotations = {"token": Secret, "ids": list[int], "maybe": Secret | None}
+    values = {"token": ("abc",), "ids": ("1,2",), "maybe": ("x",), "other": [Secret("y")], "plain": "z"}
+    assert masked_values(values, annotations) == {
+        "token": Secret.mask,
+        "ids": ("1,2",),
+        "maybe": Secret.mask,
+        "other": Secret.mask,
+        "plain": "z",
+    }
+
+
+def test_summary_is_valid_json_with_masked_params(cli: Any) -> None:
+    """summary.json stays plain JSON with the secret names present and masked."""
+    outcome = cli("exec", SECRETS, "-d", "out", "-p", f"api_token={TOKEN}")
+    data = json.loads((outcome.run_dir / "summary.json").read_text())
+    assert data["params"] == {"api_token": Secret.mask}
+
+
+def test_storable_wiring_drops_secrets_and_a_rebuild_asks_for_them(cli: Any) -> None:
+    """Wiring.without(job.secret_names) keeps no secret, and rebuilding from it names the missing secret and its variable."""
+    from batchcli.container import Wiring, build_job
+    from batchcli.errors import UsageError
+    from batchcli.project import load_project
+
+    wiring = Wiring(str(SECRETS), None, {"api_token": (TOKEN,), "db.password": (PASSWORD,), "db.user": ("svc",)})
+    job = build_job(load_project(str(SECRETS)), wiring, environ={})
+    assert job.secret_names == {"api_token", "fallback_key", "extra_tokens", "db.password"}
+    stored = wiring.without(job.secret_names)
+    assert dict(stored.values) == {"db.user": ("svc",)}
+    with pytest.raises(UsageError, match="Missing required param: api_token. Give -p api_token=... \\(or set BATCHCLI_API_TOKEN"):
+        build_job(load_project(str(SECRETS)), stored, environ={})
+    rebuilt = build_job(load_project(str(SECRETS)), stored, environ={"BATCHCLI_API_TOKEN": TOKEN})
+    assert rebuilt.params["api_token"] == TOKEN
+    assert job.public_params()["api_token"] == Secret.mask

@@ -1,0 +1,115 @@
+"""batchcli.testing.run_job: a job's author tests it with pytest in a few lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import EXAMPLES, PROJECTS
+
+from batchcli.errors import UsageError
+from batchcli.testing import FailedItem, JobOutcome, raw_values, run_job
+
+FLAKY = PROJECTS / "ux_flaky" / "job.py"
+
+
+def summary(outcome: JobOutcome) -> dict[str, Any]:
+    return json.loads((outcome.run_dir / "summary.json").read_text())  # type: ignore[no-any-return]
+
+
+def test_outcome_has_counts_failures_with_reasons_and_the_run_dir(tmp_path: Path) -> None:
+    """The outcome carries the counts, each failed input with its reason, the exit code and the run directory."""
+    outcome = run_job(FLAKY, output_dir=tmp_path)
+    assert (outcome.succeeded, outcome.failed, outcome.total, outcome.unprocessed) == (4, 1, 5, 0)
+    assert (outcome.exit_code, outcome.status, outcome.ok) == (1, "finished", False)
+    assert outcome.failures == (FailedItem(input=3, error_type="ValueError", message="3 is not allowed", attempts=1),)
+    assert outcome.run_dir.parent == tmp_path
+    assert (outcome.run_dir / "failed.jsonl").exists()
+    assert outcome.fatal is None
+
+
+def test_backoff_is_off_unless_given(tmp_path: Path) -> None:
+    """Retries do not wait (backoff_s=0 overrides the configuration) unless the test sets backoff_s itself."""
+    outcome = run_job(FLAKY, output_dir=tmp_path)
+    assert summary(outcome)["params"]["backoff_s"] == 0.0
+    assert outcome.succeeded == 4  # number 2 succeeded on its retry
+    outcome = run_job(FLAKY, params={"backoff_s": 0.01, "count": 2}, output_dir=tmp_path)
+    assert summary(outcome)["params"]["backoff_s"] == 0.01
+
+
+def test_params_take_python_values(tmp_path: Path) -> None:
+    """Ints, sets and other Python values are passed as the -p text that casts back to them."""
+    outcome = run_job(FLAKY, params={"count": 4, "fail_on": {2, 4}}, output_dir=tmp_path)
+    assert sorted(f.input for f in outcome.failures) == [2, 4]
+    assert outcome.succeeded == 2
+
+
+def test_raw_values_round_trip_through_casting() -> None:
+    """raw_values writes values the way -p takes them."""
+    assert raw_values(True) == ("true",)
+    assert raw_values(None) == ("none",)
+    assert raw_values(timedelta(minutes=90)) == ("5400s",)
+    assert raw_values([1, 2]) == ("1", "2")
+    assert raw_values({"a": 1, "b": 2}) == ("a:1,b:2",)
+    assert raw_values(Path("x/y")) == ("x/y",)
+
+
+def test_a_mistake_raises_the_cli_message(tmp_path: Path) -> None:
+    """A misspelt param raises the same UsageError the CLI prints, suggestion included."""
+    with pytest.raises(UsageError, match="'cuont' \\(did you mean 'count'\\?\\)"):
+        run_job(FLAKY, params={"cuont": 3}, output_dir=tmp_path)
+
+
+def test_a_crash_is_reported_not_raised(tmp_path: Path) -> None:
+    """When the source raises, the outcome says crashed with exit code 3 and keeps the error."""
+    outcome = run_job(FLAKY, params={"explode": True}, output_dir=tmp_path)
+    assert (outcome.status, outcome.exit_code) == ("crashed", 3)
+    assert isinstance(outcome.fatal, RuntimeError)
+    assert "the source lost its connection" in outcome.output
+
+
+def test_environment_is_read_only_when_passed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process environment does not leak into a test; environ= passes variables explicitly."""
+    monkeypatch.setenv("BATCHCLI_COUNT", "1")
+    assert run_job(FLAKY, output_dir=tmp_path).total == 5
+    assert run_job(FLAKY, output_dir=tmp_path, environ={"BATCHCLI_COUNT": "2"}).total == 2
+
+
+def test_default_output_dir_is_a_fresh_temporary_directory() -> None:
+    """Without output_dir the run directory goes to a new temporary directory, not the working directory."""
+    outcome = run_job(FLAKY, params={"count": 1})
+    assert outcome.run_dir.exists()
+    assert not Path("batchcli_outputs").exists()
+
+
+def test_runs_from_a_module_name_and_twice_in_one_process(tmp_path: Path) -> None:
+    """A module target works, and the same job can run again in the same process."""
+    sys.path.insert(0, str(PROJECTS / "ux_installed"))
+    first = run_job("ux_demo_jobs.squares", config="config_prod", params={"count": 2}, output_dir=tmp_path)
+    second = run_job("ux_demo_jobs.squares", config="config_dev", output_dir=tmp_path)
+    assert (first.succeeded, second.succeeded) == (2, 4)
+    assert (second.run_dir / "squares.txt").read_text().startswith("dev: 1")
+
+
+def test_runs_off_the_main_thread(tmp_path: Path) -> None:
+    """No signal handlers are installed, so a job runs from any thread."""
+    results: list[JobOutcome] = []
+    thread = threading.Thread(target=lambda: results.append(run_job(FLAKY, params={"count": 2}, output_dir=tmp_path)))
+    thread.start()
+    thread.join()
+    assert results[0].succeeded == 2
+
+
+def test_the_module_docstring_examples(tmp_path: Path) -> None:
+    """The examples in batchcli.testing's docstring (and the README) run as written, against examples/reindex."""
+    outcome = run_job(EXAMPLES / "reindex", config="config_dev", params={"generate": 20}, output_dir=tmp_path)
+    assert outcome.succeeded == 20 and outcome.failed == 0
+
+    (tmp_path / "bad.jsonl").write_text('{"id": 1}\n{"title": "no id"}\n')
+    outcome = run_job(EXAMPLES / "reindex", config="config_dev", params={"records": tmp_path / "bad.jsonl"}, output_dir=tmp_path)
+    assert outcome.failures[0].error_type == "KeyError"
