@@ -161,25 +161,8 @@ class RunController:
         else:
             result = await asyncio.to_thread(process, item)
         if failure is not None:
-            self._forgive(failure)
+            self._run.tally.recover(failure)
         return result
-
-    def _forgive(self, failure: Failure) -> None:
-        """Count a failure that succeeded on retry as a success (on the loop, like the executor's updates)."""
-        tally = self._run.tally
-        for index, known in enumerate(tally.failures):
-            if known is failure:
-                del tally.failures[index]
-                break
-        else:
-            return  # already forgiven
-        tally.failed -= 1
-        tally.succeeded += 1
-        tally.done.append(failure.ordinal)
-        try:
-            tally.new_failures.remove(failure)  # not written to failed.jsonl yet
-        except ValueError:
-            pass
 
     def _find(self, item: Any) -> Failure | None:
         failures = self._run.tally.failures

@@ -108,6 +108,7 @@ class Journal:
         self._pending: dict[int, Any] = {}
         self._unwritten: list[tuple[Any, ...]] = []
         self._unwritten_keys: list[Any] = []
+        self._forgiven: list[int] = []
         self._write_failed = False
         self.session = 0
         sessions = conn.execute(
@@ -230,6 +231,23 @@ class Journal:
 
     # Recording, from the recorder thread.
 
+    def forgive(self, ordinals: list[int]) -> None:
+        """Failures of this session that succeeded on a later try (from the pause shell); the next ``record``
+        drops their failure rows, in its transaction."""
+        self._forgiven.extend(ordinals)
+
+    def _drop_forgiven(self, conn: sqlite3.Connection) -> tuple[int, int]:
+        """Delete the forgiven failure rows; a keyed run marks their keys done. Returns (rows dropped, keys added)."""
+        dropped = keys_added = 0
+        for ordinal in self._forgiven:
+            where = (self.session, ordinal)
+            rows = conn.execute("SELECT key FROM failures WHERE session = ? AND ordinal = ?", where).fetchall()
+            conn.execute("DELETE FROM failures WHERE session = ? AND ordinal = ?", where)
+            dropped += len(rows)
+            if self.keyed and rows:
+                keys_added += conn.execute("INSERT OR IGNORE INTO done_keys VALUES (?)", (rows[0][0],)).rowcount
+        return dropped, keys_added
+
     def record(self, done: list[tuple[int, int]], failures: list[Failure]) -> None:
         """Journal a batch of successes (merged ``[start, end)`` ordinal ranges) and final failures in one
         transaction."""
@@ -246,7 +264,7 @@ class Journal:
             self._unwritten.append(self._failure_row(failure))
         self.failed += len(failures)
         upserts, deletes = self.ranges.take_dirty()
-        added = 0
+        added = dropped = keys_added = 0
         try:
             with self._conn:
                 conn = self._conn
@@ -259,11 +277,14 @@ class Journal:
                     added = conn.executemany("INSERT OR IGNORE INTO done_keys VALUES (?)", keys).rowcount
                 if self._unwritten:
                     conn.executemany(f"INSERT INTO failures VALUES ({', '.join('?' * 12)})", self._unwritten)
+                if self._forgiven:
+                    dropped, keys_added = self._drop_forgiven(conn)
                 if succeeded or failures:  # an idle flush adds no point: the chart reads a gap as zero
                     point = (self.session, now, succeeded, len(failures))
                     conn.execute("INSERT INTO timeline VALUES (?, ?, ?, ?)", point)
                 self.total = self.tally.total
-                counts = (self._keys_count + added if self.keyed else self.succeeded, self.failed, self.total)
+                keys_done = self._keys_count + added + keys_added
+                counts = (keys_done if self.keyed else self.succeeded, self.failed - dropped, self.total)
                 conn.execute("UPDATE run SET succeeded = ?, failed = ?, total = ?", counts)
                 conn.execute("UPDATE sessions SET seen_at = ? WHERE id = ?", (now, self.session))
         except sqlite3.Error as error:
@@ -274,8 +295,9 @@ class Journal:
                 log.error("Writing the journal failed (%s); retrying at the next flush.", error)
             self._write_failed = True
             return
-        self._keys_count += max(added, 0)
-        self._unwritten, self._unwritten_keys = [], []
+        self._keys_count += max(added, 0) + keys_added
+        self.failed -= dropped
+        self._unwritten, self._unwritten_keys, self._forgiven = [], [], []
         self._write_failed = False
 
     def _failure_row(self, failure: Failure) -> tuple[Any, ...]:

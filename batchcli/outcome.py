@@ -96,6 +96,8 @@ class Tally:
         """Every final failure, in order."""
         self.new_failures: deque[Failure] = deque()
         """Final failures not yet written to ``failed.jsonl`` and the journal."""
+        self.recovered: deque[int] = deque()
+        """Ordinals of journaled failures that later succeeded (retried from the pause shell)."""
         self.exhausted = False
         """True once the source has yielded its last item."""
         self.started = clock()
@@ -125,6 +127,27 @@ class Tally:
                 ranges.extend(runs(sorted(part)))
         del done[:count]
         return merge_ranges(ranges)
+
+    def recover(self, failure: Failure) -> bool:
+        """Count a final failure that succeeded on a later try as a success (on the loop thread).
+
+        False when ``failure`` is not one of ``failures`` (already recovered). A failure the recorder
+        has not seen yet is simply dropped; one it has seen is queued in ``recovered`` for it to undo.
+        """
+        for index, known in enumerate(self.failures):
+            if known is failure:
+                del self.failures[index]
+                break
+        else:
+            return False
+        self.failed -= 1
+        self.succeeded += 1
+        try:
+            self.new_failures.remove(failure)
+        except ValueError:
+            self.recovered.append(failure.ordinal)
+        self.done.append(failure.ordinal)
+        return True
 
     def fail(self, failure: Failure) -> None:
         """Record a final failure (called on the executor's loop; failures are the slow path)."""

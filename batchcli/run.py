@@ -84,12 +84,18 @@ class Recorder(Protocol):
     def record(self, done: list[tuple[int, int]], failures: list[Failure]) -> None:
         """Record succeeded ordinals, as sorted merged ``[start, end)`` ranges, and final failures."""
 
+    def forgive(self, ordinals: list[int]) -> None:
+        """Recorded failures of this session that later succeeded; their ordinals come in ``done`` too."""
+
 
 class NullRecorder:
     """Records nothing beyond the run directory's plain files."""
 
     def record(self, done: list[tuple[int, int]], failures: list[Failure]) -> None:
         """Drop the batch."""
+
+    def forgive(self, ordinals: list[int]) -> None:
+        """Nothing to undo."""
 
 
 class Run:
@@ -222,6 +228,9 @@ class Run:
             done = self.tally.take_done()
             new = self.tally.new_failures
             failures = [new.popleft() for _ in range(len(new))]
+            recovered = self.tally.recovered
+            if recovered:
+                self.recorder.forgive([recovered.popleft() for _ in range(len(recovered))])
             self._failed_file.write(failures)
             self.recorder.record(done, failures)
 

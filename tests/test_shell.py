@@ -165,7 +165,6 @@ def test_stop_in_the_shell_ends_the_run_with_130_after_leaving(terminal) -> None
 
 def test_stop_in_the_shell_then_resume_processes_exactly_the_rest(terminal, run_batchcli) -> None:
     """After a stop from the shell, ``batchcli resume`` processes the rest: none lost, none done twice."""
-    pytest.importorskip("batchcli.journal", reason="batchcli resume comes with the journal (issue 3)")
     term = terminal("shell_slow", "-p", "count=200", "-p", "delay=0.02", "-p", "concurrency=3")
     pause(term)
     term.run("self.stop()", "stops when you leave")
@@ -250,7 +249,7 @@ def test_a_second_pause_reuses_the_shell_and_its_names(terminal) -> None:
     assert term.exit_code() == 130
 
 
-def test_concurrency_rate_limit_and_retries_from_the_shell(terminal) -> None:
+def test_concurrency_rate_limit_and_retries_from_the_shell(terminal, run_batchcli) -> None:
     """From the shell: change concurrency and rate limit (bad values rejected), retry failed items now."""
     term = terminal(
         "shell_slow", "-p", "count=120", "-p", "delay=0.02", "-p", "concurrency=3", "-p", "fail_every=7",
@@ -271,6 +270,8 @@ def test_concurrency_rate_limit_and_retries_from_the_shell(terminal) -> None:
     assert (summary["succeeded"], summary["failed"]) == (120, 0)
     assert not (term.log.path.parent / "persisted.json").exists()  # no failures left for persist_failed
     assert sorted(set(term.log.done())) == list(range(120))
+    retried = run_batchcli("retry", str(newest_run(term.out)))  # the journal forgot the failures too
+    assert (retried.exit_code, "nothing to retry" in retried.output) == (0, True), retried.output
 
 
 @pytest.mark.parametrize(

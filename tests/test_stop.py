@@ -95,7 +95,6 @@ def test_a_signal_stops_gracefully(piped, tmp_path: Path, signum: int) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stopped_run_resumes_cleanly(piped, run_batchcli, signum: int) -> None:
     """After a signal, ``batchcli resume`` processes exactly the rest: none lost, none done twice."""
-    pytest.importorskip("batchcli.journal", reason="batchcli resume comes with the journal (issue 3)")
     run = piped("shell_slow", "-p", "count=200", "-p", "delay=0.02", "-p", "concurrency=3")
     wait_for(lambda: len(run.log.done()) >= 10, "10 items done")
     run.signal(signum)
@@ -161,7 +160,6 @@ def test_in_flight_items_are_cancelled_after_the_stop_timeout(piped) -> None:
 
 def test_a_double_signal_then_resume_loses_nothing(piped, run_batchcli) -> None:
     """After a stop at once, the journal still lets ``batchcli resume`` redo the cancelled items and the rest."""
-    pytest.importorskip("batchcli.journal", reason="batchcli resume comes with the journal (issue 3)")
     run = piped("shell_slow", "-p", "count=30", "-p", "delay=0.1", "-p", "concurrency=3", "-p", "stop_timeout_s=600")
     wait_for(lambda: len(run.log.done()) >= 3, "3 items done")
     run.signal(signal.SIGINT)
