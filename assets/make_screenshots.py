@@ -32,7 +32,7 @@ def live_display(out: Path) -> Path:
     wiring = Wiring(
         target=str(ROOT / "examples" / "quickstart.py"),
         config_name=None,
-        values={"count": ("400",), "failure_rate": ("0.15",), "backoff_s": ("0.05",), "concurrency": ("20",)},
+        values={"count": ("400",), "failure_rate": ("0.15",), "backoff_s": ("0.05",), "concurrency": ("20",), "malformed_every": ("97",)},
     )
     job = build_job(load_project(wiring.target), wiring)
     run = Run(job, wiring, RunOptions(output_dir=out, console=silent, handle_signals=False))

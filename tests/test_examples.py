@@ -23,8 +23,11 @@ def test_quickstart_succeeds_without_flaky_failures(cli) -> None:
 
 
 def test_quickstart_records_its_malformed_users(cli) -> None:
-    """The quick start fails every 97th user at once (a ValueError) and records it in failed.jsonl."""
-    result = cli("exec", QUICKSTART, "-d", "out", "-p", "count=200", "-p", "failure_rate=0", "-p", "backoff_s=0")
+    """With malformed_every=97 the quick start fails every 97th user at once (a ValueError) and records it."""
+    result = cli(
+        "exec", QUICKSTART, "-d", "out",
+        "-p", "count=200", "-p", "failure_rate=0", "-p", "backoff_s=0", "-p", "malformed_every=97",
+    )
     assert result.exit_code == 1, result.output
     assert (result.summary["succeeded"], result.summary["failed"]) == (198, 2)
     failed = sorted(result.failed, key=lambda f: f["ordinal"])
