@@ -1,8 +1,8 @@
 """Regenerate the README's screenshots from real runs: ``python assets/make_screenshots.py``.
 
 rich records what a console printed and exports it as SVG, so each picture is what a real run showed:
-the live display of the quick-start job (its final frame), and, when the journal's ``show`` command is
-available, the report of that run.
+the live display of the quick-start job (its final frame), the ``show`` report of that run, and the pause
+shell that Ctrl-C opens in a real terminal (driven with pexpect).
 """
 
 from __future__ import annotations
@@ -63,8 +63,52 @@ def show_report(run_dir: Path) -> None:
     console.save_svg(str(HERE / "show-report.svg"), title=f"batchcli show {run_dir.name}")
 
 
+
+
+def pause_shell(out: Path) -> None:
+    """Press Ctrl-C in a real terminal during a run of the quick start, and type at the shell."""
+    import os
+    import re
+
+    import pexpect
+    from rich.text import Text
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1", COLUMNS="100", LINES="40")
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "batchcli", "exec", str(ROOT / "examples" / "quickstart.py"), "-d", str(out),
+         "-p", "count=3000", "-p", "malformed_every=97", "-p", "backoff_s=0.05"],
+        env=env, dimensions=(40, 100), encoding="utf-8", timeout=60,
+    )
+    child.expect("ok ")
+    child.sendintr()
+    def prompt(n: int) -> str:
+        colour = r"(?:\x1b\[[0-9;]*m)*"  # colour codes sit inside IPython's prompt
+        return rf"In \[{colour}{n}{colour}\]: "
+
+    child.expect(prompt(1))
+    transcript = child.before + child.after
+    child.sendline("self.stats()")
+    child.expect(prompt(2))
+    transcript += child.before + child.after
+    child.sendline("self.stop()")
+    child.expect(prompt(3))
+    child.sendline("exit")
+    child.expect(pexpect.EOF)
+    # Keep colours, drop cursor movement and screen control, which a picture cannot show.
+    text = re.sub(r"\x1b\[[0-9;?]*[A-HJKSTfhlnsu]|\x1b\][^\x07]*\x07|\r", "", transcript)
+    start = text.find("batchcli: run paused")
+    text = text[text.rfind("\n", 0, start) + 1 :] if start >= 0 else text
+    colour = r"(?:\x1b\[[0-9;]*m)*"
+    text = re.sub(rf"(In \[{colour}\d+{colour}\]: (?:{colour})*)+", r"\1", text)  # prompt_toolkit draws each prompt twice
+    console = Console(record=True, force_terminal=True, width=100, file=open(os.devnull, "w"))
+    console.print(Text.from_ansi(text))
+    console.save_svg(str(HERE / "pause-shell.svg"), title="Ctrl-C during batchcli exec")
+
+
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = live_display(Path(tmp))
         show_report(run_dir)
+        pause_shell(Path(tmp))
     print(f"Wrote screenshots to {HERE}")
