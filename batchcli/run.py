@@ -20,13 +20,12 @@ from rich.console import Console
 from batchcli import __version__
 from batchcli.configuration import bind_runtime
 from batchcli.container import Job, Wiring
-from batchcli.executors.asyncpool import AsyncExecutor
+from batchcli.executors.base import Executor, finish_executor, start_executor
 from batchcli.logs import start_logging
 from batchcli.outcome import Failure, Tally
 from batchcli.progress import make_display
 from batchcli.project import format_user_traceback
 from batchcli.records import FailedFile, json_form, write_json
-from batchcli.retry import RetryPolicy
 from batchcli.secret import Secret
 from batchcli.source import is_async_source, source_length
 
@@ -97,7 +96,7 @@ class Run:
         self.options = options
         self.console = options.console
         self.tally = Tally()
-        self.executor: AsyncExecutor | None = None
+        self.executor: Executor | None = None
         self.fatal: BaseException | None = None
         self.stop_requested = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -214,12 +213,11 @@ class Run:
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._loop_ready.set()
-        source, service, config = self.job.source, self.job.service, self.job.config
+        source = self.job.source
         try:
             self.tally.total = source_length(source)
-            await _maybe_await(service.setup())
-            policy = RetryPolicy(config, service.exceptions_to_retry_for)
-            self.executor = AsyncExecutor(service.process, config, policy, self.tally)
+            # config.executor picks the strategy; it sets the job up where items will run.
+            self.executor = await start_executor(self.job, self.wiring, self.tally)
             if self.stop_requested:
                 self.executor.stop()
             items, seen = self._items()
@@ -231,7 +229,7 @@ class Run:
         except Exception as error:
             self._set_fatal(error, "The job could not start" if self.executor is None else "batchcli failed")
         finally:
-            await self._call_hook("finish", service.finish)
+            await self._call_hook("finish", lambda: finish_executor(self.job, self.executor))
             failed = [f.item for f in self.tally.failures]
             if failed:
                 await self._call_hook("persist_failed", lambda: source.persist_failed(failed))
