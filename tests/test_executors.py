@@ -157,6 +157,15 @@ def test_timeouts_are_retried_then_recorded(cli: Any, records: Path, executor: l
     assert successes(records) == Counter([1, 2, 3, 5, 6, 7])
 
 
+def test_rate_limit_spaces_item_starts(cli: Any, records: Path, executor: list[str]) -> None:
+    """rate_limit holds across workers: each slot starts items at its share of the rate, so the run cannot go faster."""
+    result = spy(cli, records, executor, "count=10", "rate_limit=20")
+    assert result.exit_code == 0, result.output
+    starts = [float(line.split()[1]) for p in records.glob("*.attempts") for line in p.read_text().splitlines()]
+    # One slot (async) starts 1/20 s apart; two slots at 10/s each: the busier one starts >= 5 items.
+    assert max(starts) - min(starts) >= 0.95 * (10 - 2) / 20
+
+
 def test_setup_error_ends_the_run_with_exit_3(cli: Any, records: Path, executor: list[str]) -> None:
     """A setup() that raises (in every worker) stops the run before any item, exit 3, with the user's message."""
     result = spy(cli, records, executor, "setup_fails=true")
@@ -213,6 +222,15 @@ def test_missing_dask_says_how_to_install_it(cli: Any, records: Path, monkeypatc
 # The process executor.
 
 
+@pytest.mark.parametrize("name", ["async", "process"])
+def test_worker_log_records_reach_the_run_log(cli: Any, records: Path, name: str) -> None:
+    """What the Service logs in a worker process lands in the run's log file, as it does with async."""
+    result = spy(cli, records, ["-p", f"executor={name}", "-p", "workers=2"], "count=6", "warn_on=3")
+    assert result.exit_code == 0, result.output
+    assert result.run_dir is not None
+    assert "WARNING  spy: item 3 looks odd" in (result.run_dir / "batchcli.log").read_text()
+
+
 def test_process_executor_uses_several_processes(cli: Any, records: Path) -> None:
     """A CPU-bound service of a few ms per item runs in more than one worker process, none of them the driver."""
     result = spy(cli, records, ["-p", "executor=process", "-p", "workers=2"], "count=40", "cpu_ms=5", "concurrency=2")
@@ -248,6 +266,29 @@ def test_process_worker_killed_loses_no_item(cli: Any, records: Path) -> None:
     assert attempts(records, 12) == 2
     assert "died" in result.output
     assert len(set(pids(records, "setup"))) == 3  # two workers and the replacement
+
+
+@pytest.mark.parametrize("name", ["process", "dask"])
+def test_installed_job_is_imported_by_name_in_workers(tmp_path: Path, records: Path, run_batchcli: Any, name: str) -> None:
+    """An installed job (an entry point) is not shipped: worker processes import it by name."""
+    site = tmp_path / "site"
+    package = site / "squares_job"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "job.py").write_text((PROJECTS / "shipped" / "job.py").read_text().replace("shipped.helpers", "squares_job.helpers"))
+    (package / "helpers.py").write_text((PROJECTS / "shipped" / "helpers.py").read_text())
+    dist = site / "squares_job-1.0.dist-info"  # what pip writes for a package that declares the entry point
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: squares-job\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[batchcli.jobs]\nsquares = squares_job.job\n")
+    result = run_batchcli(
+        "exec", "squares", "-d", "out", "-p", f"record_dir={records}", "-p", f"executor={name}", "-p", "workers=2",
+        PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = [line.split() for p in records.glob("ok-*") for line in p.read_text().splitlines()]
+    assert sorted(int(n) for n, _ in lines) == list(range(20))
+    assert {p.read_text() for p in records.glob("setup-*")} == {str(package / "job.py")}
 
 
 # Graceful stop (Ctrl-C without a terminal) with every executor.

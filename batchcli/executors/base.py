@@ -43,6 +43,9 @@ class Executor(Protocol):
     def set_concurrency(self, concurrency: int) -> None:
         """Change how many items may be in flight from now on."""
 
+    def set_rate_limit(self, rate: float | None) -> None:
+        """Change the most items started per second (None for no limit)."""
+
 
 async def start_executor(job: Job, wiring: Wiring, tally: Tally) -> Executor:
     """Set the job up where its items will run and return the executor ``config.executor`` names.

@@ -15,12 +15,20 @@ import math
 import pickle
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 from batchcli.configuration import Configuration
 from batchcli.executors.base import Items
-from batchcli.executors.worker import ChunkResult, ErrorInfo, ItemError, WorkerError, qualified_name
+from batchcli.executors.messages import (
+    Chunk,
+    ChunkResult,
+    ErrorInfo,
+    ItemError,
+    WorkerError,
+    WorkerLost,
+    qualified_name,
+)
+from batchcli.executors.sizing import ChunkSizer
 from batchcli.outcome import Failure, Tally
 from batchcli.retry import Attempts, RetryPolicy
 
@@ -28,20 +36,6 @@ log = logging.getLogger("batchcli")
 
 CHUNKS_PER_SLOT = 2
 """Chunks in flight per worker slot: one running and one waiting, so a worker never waits for the driver."""
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """Items on their way to a worker: pickled by the driver, unpickled after the worker loaded the project."""
-
-    id: int
-    """Unique within the run."""
-    payload: bytes
-    """A pickled list of ``(ordinal, item)``."""
-    share: int
-    """Items the worker runs at once: the worker's share of ``concurrency``."""
-    size: int
-    """How many items the payload holds."""
 
 
 class Backend(Protocol):
@@ -63,19 +57,6 @@ class Backend(Protocol):
         """Call ``finish()`` in every worker and stop them; the first error ``finish()`` raised."""
 
 
-class WorkerLost(Exception):
-    """The worker process running a chunk died (killed, out of memory, crashed)."""
-
-    def __init__(self, message: str, started: bool = True) -> None:
-        super().__init__(message, started)
-        self.message = message
-        self.started = started
-        """False for a chunk that was only queued on that worker: its items were never attempted."""
-
-    def __str__(self) -> str:
-        return self.message
-
-
 class ItemFailed(Exception):
     """A failed attempt as the driver sees it: the worker's exception, as text."""
 
@@ -92,44 +73,6 @@ class _Entry(NamedTuple):
     ordinal: int
     item: Any
     attempts: Attempts | None
-
-
-class ChunkSizer:
-    """How many items go in the next chunk: a fixed size, or about ``target_s`` of work each.
-
-    It starts at one item per lane (small, so the first results come back fast) and follows the
-    observed wall time per item, growing at most fourfold per observation so one fast chunk
-    cannot produce a huge slow one. Near the end of a source of known length, chunks shrink so
-    the remaining items spread over every slot.
-    """
-
-    def __init__(self, fixed: int | None, target_s: float = 0.1, largest: int = 10_000) -> None:
-        self.fixed = fixed
-        self.target_s = target_s
-        self.largest = largest
-        self._current: int | None = None
-        self._per_item: float | None = None
-
-    def size(self, share: int, slots: int, remaining: int | None) -> int:
-        """The size of the next chunk."""
-        if self.fixed is not None:
-            return self.fixed
-        if self._current is None or self._per_item is None:
-            size = share
-        else:
-            wanted = int(self.target_s / self._per_item)
-            size = max(share, min(wanted, self._current * 4, self.largest))
-        self._current = size
-        if remaining is not None:
-            size = min(size, max(1, math.ceil(remaining / slots)))
-        return max(1, size)
-
-    def observe(self, attempted: int, elapsed_s: float) -> None:
-        """Account for a chunk that ran ``attempted`` items in ``elapsed_s``."""
-        if attempted <= 0:
-            return
-        per_item = max(elapsed_s / attempted, 1e-7)
-        self._per_item = per_item if self._per_item is None else 0.5 * self._per_item + 0.5 * per_item
 
 
 class ChunkedExecutor:
@@ -240,7 +183,9 @@ class ChunkedExecutor:
             if not entries:
                 return
             payload = pickle.dumps([(e.ordinal, e.item) for e in entries], pickle.HIGHEST_PROTOCOL)
-        chunk = Chunk(next(self._ids), payload, self._share(self._backend.slots()), len(entries))
+        config, slots = self._config, self._backend.slots()
+        rate = None if config.rate_limit is None else config.rate_limit / slots
+        chunk = Chunk(next(self._ids), payload, len(entries), self._share(slots), config.item_timeout_s, rate)
         self._tally.in_flight += len(entries)
         task = self._loop.create_task(self._run_chunk(chunk, entries))
         self._chunks.add(task)
@@ -377,3 +322,9 @@ class ChunkedExecutor:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency!r}.")
         self._config.concurrency = concurrency
+
+    def set_rate_limit(self, rate: float | None) -> None:
+        """Change the most items started per second (None for no limit); chunks sent from now on follow it."""
+        if rate is not None and rate <= 0:
+            raise ValueError(f"rate_limit must be positive or None, got {rate!r}.")
+        self._config.rate_limit = rate

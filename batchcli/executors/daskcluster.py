@@ -28,8 +28,14 @@ from batchcli.container import Job, Wiring
 from batchcli.errors import ProjectError
 from batchcli.executors import worker
 from batchcli.executors.bundle import bundle_project
-from batchcli.executors.chunked import Chunk, WorkerLost
-from batchcli.executors.worker import ChunkResult, ErrorInfo, WorkerError, WorkerSpec
+from batchcli.executors.messages import (
+    Chunk,
+    ChunkResult,
+    ErrorInfo,
+    WorkerError,
+    WorkerLost,
+    WorkerSpec,
+)
 
 CONNECT_TIMEOUT_S = 10.0
 """How long to try reaching a scheduler at ``dask_address``."""
@@ -92,8 +98,7 @@ class DaskBackend:
         future = self._client.submit(
             worker.run_chunk,
             self._spec_future,
-            chunk.payload,
-            chunk.share,
+            chunk,
             key=f"batchcli-chunk-{self._spec.key}-{chunk.id}",
             pure=False,
         )

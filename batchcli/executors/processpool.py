@@ -27,8 +27,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from batchcli.container import Job, Wiring
-from batchcli.executors.chunked import CHUNKS_PER_SLOT, Chunk, WorkerLost
-from batchcli.executors.worker import ChunkResult, ErrorInfo, WorkerError, WorkerJob, WorkerSpec
+from batchcli.executors.chunked import CHUNKS_PER_SLOT
+from batchcli.executors.messages import (
+    Chunk,
+    ChunkResult,
+    ErrorInfo,
+    WorkerError,
+    WorkerLost,
+    WorkerSpec,
+)
+from batchcli.executors.worker import WorkerJob
 
 log = logging.getLogger("batchcli")
 
@@ -37,7 +45,7 @@ log = logging.getLogger("batchcli")
 class _Worker:
     process: BaseProcess
     tasks: Connection
-    """Driver -> worker: ``(chunk id, payload, share)``, or None to finish."""
+    """Driver -> worker: a ``Chunk``, or None to finish."""
     results: Connection
     """Worker -> driver: ready, results, log records, finished."""
     ready: asyncio.Future[None]
@@ -233,7 +241,7 @@ class ProcessBackend:
             if future.done():
                 continue
             try:
-                worker.tasks.send((chunk.id, chunk.payload, chunk.share))
+                worker.tasks.send(chunk)
             except OSError:  # it just died; its reader reports that
                 worker.alive = False
                 self._queue.appendleft((chunk, future))
@@ -269,14 +277,13 @@ def worker_main(spec: WorkerSpec, tasks: Connection, results: Connection, cancel
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
     # Read the pipe on a thread, so the driver never blocks sending a chunk while this one works.
     threading.Thread(target=_drain, args=(tasks, inbox), name="batchcli-inbox", daemon=True).start()
-    while (message := inbox.get()) is not None:
-        chunk_id, payload, share = message
+    while (chunk := inbox.get()) is not None:
         try:
-            result = job.run_chunk(payload, share, cancel.is_set)
+            result = job.run_chunk(chunk, cancel.is_set)
         except WorkerError as error:
-            send(("chunk_error", chunk_id, error))
+            send(("chunk_error", chunk.id, error))
         else:
-            send(("result", chunk_id, result))
+            send(("result", chunk.id, result))
     send(("finished", job.finish()))
     logging.shutdown()
     sys.stdout.flush()

@@ -1,4 +1,4 @@
-"""The worker side of the process and Dask executors.
+"""What runs inside a worker process of the process and Dask executors.
 
 A worker process rebuilds the run's job once from plain data (``WorkerSpec``), sets its Service up
 on an event loop of its own, runs chunks of items on that loop, and finishes the Service once at
@@ -16,99 +16,22 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from batchcli.container import Job, Wiring
-from batchcli.executors.bundle import Bundle
-from batchcli.project import format_user_traceback
+from batchcli.container import Job
+from batchcli.executors.messages import (
+    Chunk,
+    ChunkResult,
+    ErrorInfo,
+    ItemError,
+    WorkerError,
+    WorkerSpec,
+)
 
 CANCEL_POLL_S = 0.05
 """How often a chunk checks whether the run is being cancelled (process executor)."""
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What a worker needs to rebuild a run's job: plain data only, like a Celery task's arguments."""
-
-    key: str
-    """Unique per run: a worker process keeps one built job per key."""
-    wiring: Wiring
-    """The target, configuration name and raw ``-p`` values the run was started with."""
-    output_dir: str
-    """The run's output directory, for the configuration's runtime fields."""
-    run_dir: str
-    """The run's directory."""
-    started_at: datetime
-    """When the run started."""
-    bundle: Bundle | None = None
-    """The project's files, for workers that cannot see the driver's disk; None loads ``wiring.target``."""
-    log_level: int = 30
-    """The lowest level of log records a process worker forwards to the driver."""
-
-
-@dataclass(frozen=True)
-class ErrorInfo:
-    """An exception raised in a worker, as text: its class may not even exist in the driver."""
-
-    error_type: str
-    """Qualified name of the exception class."""
-    message: str
-    """``str()`` of the exception."""
-    traceback: str
-    """The user's traceback, batchcli's frames trimmed."""
-
-    @classmethod
-    def of(cls, error: BaseException) -> ErrorInfo:
-        from batchcli.errors import BatchcliError
-
-        if isinstance(error, BatchcliError):  # its message is already the whole story
-            return cls(qualified_name(type(error)), str(error), "")
-        return cls(qualified_name(type(error)), str(error), format_user_traceback(error))
-
-
-@dataclass(frozen=True)
-class ItemError:
-    """One failed attempt of one item."""
-
-    ordinal: int
-    """The item's position in the source."""
-    info: ErrorInfo
-    """What it raised."""
-    retryable: bool
-    """True when the worker's Service lists the exception (by ``isinstance``), or it timed out."""
-
-
-@dataclass(frozen=True)
-class ChunkResult:
-    """What became of a chunk's items, one outcome per item."""
-
-    succeeded: list[int]
-    """Ordinals that succeeded."""
-    errors: list[ItemError]
-    """Attempts that raised."""
-    skipped: list[int]
-    """Ordinals never attempted, or abandoned by a cancel: they stay unprocessed."""
-    elapsed_s: float
-    """Wall time of the chunk in the worker, for sizing the next chunks."""
-    pid: int
-    """The worker process that ran it."""
-
-
-class WorkerError(Exception):
-    """A worker could not load, set up or finish the job, or could not read a chunk."""
-
-    def __init__(self, what: str, info: ErrorInfo, pid: int) -> None:
-        super().__init__(what, info, pid)
-        self.what = what
-        self.info = info
-        self.pid = pid
-
-    def __str__(self) -> str:
-        detail = self.info.traceback or f"{self.info.error_type}: {self.info.message}"
-        return f"{self.what} in worker process {self.pid}:\n{detail}"
 
 
 class WorkerJob:
@@ -144,16 +67,18 @@ class WorkerJob:
         self.job = job
         self._process = job.service.process
         self._is_async = inspect.iscoroutinefunction(self._process)
-        self._timeout = job.config.item_timeout_s
+        self._throttles: dict[int, _Throttle] = {}
 
-    def run_chunk(self, payload: bytes, share: int, cancelled: Callable[[], bool] | None = None) -> ChunkResult:
-        """Run a pickled list of ``(ordinal, item)`` with ``share`` in flight; blocks until done."""
+    def run_chunk(self, chunk: Chunk, cancelled: Callable[[], bool] | None = None) -> ChunkResult:
+        """Run a chunk's items, ``chunk.share`` at once; blocks until done (or ``cancelled()`` turns true)."""
         try:
             # Unpickled only now: the items' classes live in the project this job just loaded.
-            items: list[tuple[int, Any]] = pickle.loads(payload)
+            items: list[tuple[int, Any]] = pickle.loads(chunk.payload)
         except Exception as error:
             raise WorkerError("Reading a chunk of items failed", ErrorInfo.of(error), self.pid) from None
-        return self._on_loop(self._run(items, share, cancelled))  # type: ignore[no-any-return]
+        # The start rate carries over from chunk to chunk of the same slot (a process, or a Dask thread).
+        throttle = self._throttles.setdefault(threading.get_ident(), _Throttle())
+        return self._on_loop(self._run(items, chunk, throttle, cancelled))  # type: ignore[no-any-return]
 
     def finish(self) -> ErrorInfo | None:
         """Call the Service's ``finish()`` and stop the loop; the error it raised, if any."""
@@ -165,24 +90,35 @@ class WorkerJob:
             self._close()
         return None
 
-    async def _run(self, items: list[tuple[int, Any]], share: int, cancelled: Callable[[], bool] | None) -> ChunkResult:
+    async def _run(
+        self, items: list[tuple[int, Any]], chunk: Chunk, throttle: _Throttle, cancelled: Callable[[], bool] | None
+    ) -> ChunkResult:
         started = time.perf_counter()
         ok: list[int] = []
         errors: list[ItemError] = []
-        if not self._is_async and share == 1 and self._timeout is None:
-            skipped = self._run_inline(items, cancelled, ok, errors)
+        rate = chunk.rate
+        if not self._is_async and chunk.share == 1 and chunk.timeout_s is None:
+            skipped = self._run_inline(items, rate, throttle, cancelled, ok, errors)
         else:
-            skipped = await self._run_lanes(items, share, cancelled, ok, errors)
+            skipped = await self._run_lanes(items, chunk, throttle, cancelled, ok, errors)
         return ChunkResult(ok, errors, skipped, time.perf_counter() - started, self.pid)
 
     def _run_inline(
-        self, items: list[tuple[int, Any]], cancelled: Callable[[], bool] | None, ok: list[int], errors: list[ItemError]
+        self,
+        items: list[tuple[int, Any]],
+        rate: float | None,
+        throttle: _Throttle,
+        cancelled: Callable[[], bool] | None,
+        ok: list[int],
+        errors: list[ItemError],
     ) -> list[int]:
         # One sync item at a time needs no thread hop: call it right here.
         process = self._process
         for index, (ordinal, item) in enumerate(items):
             if cancelled is not None and cancelled():
                 return [o for o, _ in items[index:]]
+            if rate is not None and (delay := throttle.delay(rate)) > 0:
+                time.sleep(delay)
             try:
                 process(item)
             except Exception as error:
@@ -194,19 +130,23 @@ class WorkerJob:
     async def _run_lanes(
         self,
         items: list[tuple[int, Any]],
-        share: int,
+        chunk: Chunk,
+        throttle: _Throttle,
         cancelled: Callable[[], bool] | None,
         ok: list[int],
         errors: list[ItemError],
     ) -> list[int]:
         queue = deque(items)
         running: set[int] = set()
-        call = self._caller(share)
+        call = self._caller(chunk.share, chunk.timeout_s)
+        rate = chunk.rate
 
         async def lane() -> None:
             while queue:
                 ordinal, item = queue.popleft()
                 running.add(ordinal)
+                if rate is not None and (delay := throttle.delay(rate)) > 0:
+                    await asyncio.sleep(delay)
                 try:
                     await call(item)
                 except asyncio.CancelledError:
@@ -217,7 +157,7 @@ class WorkerJob:
                     ok.append(ordinal)
                 running.discard(ordinal)
 
-        pending = {asyncio.ensure_future(lane()) for _ in range(min(share, len(items)))}
+        pending = {asyncio.ensure_future(lane()) for _ in range(min(chunk.share, len(items)))}
         while pending:
             done, pending = await asyncio.wait(pending, timeout=None if cancelled is None else CANCEL_POLL_S)
             for task in done:
@@ -229,7 +169,7 @@ class WorkerJob:
                 break
         return [*running, *(o for o, _ in queue)]
 
-    def _caller(self, share: int) -> Callable[[Any], Awaitable[Any]]:
+    def _caller(self, share: int, timeout: float | None) -> Callable[[Any], Awaitable[Any]]:
         if self._is_async:
             call: Callable[[Any], Awaitable[Any]] = self._process
         else:
@@ -243,7 +183,6 @@ class WorkerJob:
             async def call(item: Any) -> Any:
                 return await loop.run_in_executor(threads, process, item)
 
-        timeout = self._timeout
         if timeout is not None:
             inner = call
 
@@ -273,6 +212,20 @@ class WorkerJob:
             self._loop.close()
 
 
+class _Throttle:
+    """Spaces item starts ``1 / rate`` apart: the worker side of ``rate_limit``."""
+
+    def __init__(self) -> None:
+        self._next = 0.0
+
+    def delay(self, rate: float) -> float:
+        """Seconds to wait before the next start (which this books)."""
+        now = time.monotonic()
+        start = max(now, self._next)
+        self._next = start + 1.0 / rate
+        return start - now
+
+
 def _build(spec: WorkerSpec) -> Job:
     from batchcli.configuration import bind_runtime
     from batchcli.container import build_job
@@ -297,12 +250,6 @@ async def _call(hook: Callable[[], Any]) -> Any:
     if inspect.isawaitable(value):
         return await value
     return value
-
-
-def qualified_name(cls: type) -> str:
-    """``module.Class`` (just ``Class`` for builtins), as failure records name exception types."""
-    module = cls.__module__
-    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
 # The built jobs of this process, one per run. Module state is the point here: it is what lets a
@@ -333,6 +280,6 @@ def prepare(spec: WorkerSpec) -> int:
     return os.getpid()
 
 
-def run_chunk(spec: WorkerSpec, payload: bytes, share: int) -> ChunkResult:
+def run_chunk(spec: WorkerSpec, chunk: Chunk) -> ChunkResult:
     """Run one chunk of the run ``spec`` in this process (a Dask task)."""
-    return job_for(spec).run_chunk(payload, share)
+    return job_for(spec).run_chunk(chunk)

@@ -8,6 +8,7 @@ line per attempt (``<n>.attempts``), one file per process for successes (``ok-<p
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
@@ -74,13 +75,14 @@ class Spy(Service[Item]):
         sleep_s: Param[float] = 0.0,
         cpu_ms: Param[float] = 0.0,
         kill_on: Param[int] = -1,
+        warn_on: Param[int] = -1,
         setup_fails: Param[bool] = False,
         finish_fails: Param[bool] = False,
     ) -> None:
         self.record_dir = record_dir
         self.flaky, self.flaky_times, self.bad = flaky, flaky_times, bad
         self.slow, self.slow_times, self.slow_s = slow, slow_times, slow_s
-        self.sleep_s, self.cpu_ms, self.kill_on = sleep_s, cpu_ms, kill_on
+        self.sleep_s, self.cpu_ms, self.kill_on, self.warn_on = sleep_s, cpu_ms, kill_on, warn_on
         self.setup_fails, self.finish_fails = setup_fails, finish_fails
         if style == "async":
             self.process = self.process_async  # type: ignore[method-assign]
@@ -114,8 +116,10 @@ class Spy(Service[Item]):
     def _before(self, item: Item) -> int:
         path = self.record_dir / f"{item.n}.attempts"
         with path.open("a") as file:
-            file.write(f"{os.getpid()}\n")
+            file.write(f"{os.getpid()} {time.time()}\n")
         attempt = len(path.read_text().splitlines())
+        if item.n == self.warn_on:
+            logging.getLogger("spy").warning("item %d looks odd", item.n)
         if item.n == self.kill_on and attempt == 1:
             os.kill(os.getpid(), signal.SIGKILL)
         if self.cpu_ms:
