@@ -186,10 +186,10 @@ def test_finish_error_is_fatal(cli: Any, records: Path, executor: list[str]) -> 
 
 def test_source_error_is_fatal(cli: Any, records: Path, executor: list[str]) -> None:
     """A Source that raises ends the run with exit 3; what was already sent still settles."""
-    result = spy(cli, records, executor, "source_fails_at=5")
+    result = spy(cli, records, executor, "source_fails_at=7")
     assert result.exit_code == 3, result.output
-    assert "the source broke at 5" in result.output
-    assert result.summary["succeeded"] == 5 and result.summary["failed"] == 0
+    assert "the source broke at 7" in result.output
+    assert result.summary["succeeded"] == 7 and result.summary["failed"] == 0
 
 
 # Configuration.

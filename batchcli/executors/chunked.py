@@ -143,9 +143,13 @@ class ChunkedExecutor:
     async def _fill(self) -> None:
         while not self.stopping and not self.paused and len(self._chunks) < CHUNKS_PER_SLOT * self._backend.slots():
             entries = await self._take()
+            if entries and not self.stopping:
+                self._send(entries)
             if not entries or self.stopping:
                 return
-            self._send(entries)
+            if self.fatal is not None:  # the source broke: what it gave is sent, nothing more
+                self.stop()
+                return
 
     async def _take(self) -> list[_Entry]:
         if self._suspects:
@@ -169,7 +173,6 @@ class ChunkedExecutor:
                 break
             except Exception as error:
                 self.fatal = error
-                self.stop()
                 break
             self._pulled += 1
             entries.append(_Entry(ordinal, item, None))

@@ -87,6 +87,8 @@ class DaskBackend:
             await asyncio.to_thread(self._connect)
             await asyncio.to_thread(self._prepare)
         except BaseException:
+            if self._client is not None:  # workers that did set up still finish
+                await asyncio.to_thread(self._finish_workers, 10.0)
             await asyncio.to_thread(self._shutdown)
             raise
 
@@ -170,7 +172,15 @@ class DaskBackend:
             )
             for n, address in enumerate(client.scheduler_info()["workers"])
         ]
-        client.gather(futures)
+        try:
+            client.gather(futures)
+        except WorkerError:
+            raise
+        except Exception as error:  # the task itself could not run there: batchcli is missing, or too old
+            raise ProjectError(
+                f"The Dask workers cannot run batchcli's tasks ({type(error).__name__}: {error}). Install batchcli "
+                "and the job's dependencies where the workers run, in the same versions as here."
+            ) from None
 
     def _on_done(self, future: Future, waiter: asyncio.Future[ChunkResult]) -> None:
         outcome: Any
