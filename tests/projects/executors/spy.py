@@ -51,7 +51,7 @@ class Numbers(Source[Item]):
         for n in range(self.count):
             if n == self.source_fails_at:
                 raise OSError(f"the source broke at {n}")
-            yield Item(n, payload=(lambda: n) if n == self.unpicklable_at else None)
+            yield Item(n, payload=(lambda: None) if n == self.unpicklable_at else None)
 
     def __len__(self) -> int:
         return self.count
