@@ -76,6 +76,7 @@ def executor(request: pytest.FixtureRequest) -> list[str]:
 
 @pytest.fixture
 def records(tmp_path: Path) -> Path:
+    """Where the spy job's processes write what they did."""
     path = tmp_path / "rec"
     path.mkdir()
     return path
