@@ -52,8 +52,10 @@ def parse_values(pairs: list[str]) -> dict[str, tuple[str, ...]]:
 def fail(error: BatchcliError) -> NoReturn:
     """Print a domain error as one paragraph on stderr and exit with its code."""
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, highlight=False).print(f"[bold red]Error:[/] {error}", markup=True, soft_wrap=True)
+    # Escaped: messages quote user values and commands, like pip install 'batchcli[dask]'.
+    Console(stderr=True, highlight=False).print(f"[bold red]Error:[/] {escape(str(error))}", markup=True, soft_wrap=True)
     raise typer.Exit(error.exit_code)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+EXECUTORS = ("async", "process", "dask")
 
 RUNTIME_FIELDS = ("output_dir", "run_dir", "started_at")
 
@@ -32,6 +34,20 @@ class Configuration:
     """Most items started per second; None for no limit."""
     stop_timeout_s: float = 30.0
     """On a stop, how long in-flight items may take to finish before they are cancelled."""
+    executor: Literal["async", "process", "dask"] = "async"
+    """Where items run: ``async`` on this process's event loop (I/O-bound work), ``process`` in a pool
+    of worker processes on this machine (CPU-bound work), ``dask`` on a Dask cluster (``pip install
+    'batchcli[dask]'``). With ``process`` and ``dask``, ``concurrency`` is the total in flight across
+    workers: each worker process runs its chunk with ``concurrency / workers`` (rounded up) at once."""
+    workers: int | None = None
+    """Worker processes for ``process``, and for the local Dask cluster started when ``dask_address``
+    is none; none means one per CPU core. Ignored with ``dask_address`` (the cluster has its own)."""
+    dask_address: str | None = None
+    """The scheduler of a running Dask cluster, ``tcp://host:8786``; none starts a local cluster of
+    ``workers`` processes for the run and shuts it down at the end."""
+    chunk_size: int | None = None
+    """Items sent to a worker at once (``process`` and ``dask``); none sizes chunks automatically to
+    about 0.1 s of work each, from the observed time per item."""
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -42,6 +58,16 @@ class Configuration:
             raise ValueError(f"rate_limit must be positive or none, got {self.rate_limit!r}.")
         if self.item_timeout_s is not None and self.item_timeout_s <= 0:
             raise ValueError(f"item_timeout_s must be positive or none, got {self.item_timeout_s!r}.")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {', '.join(map(repr, EXECUTORS))}, got {self.executor!r}.")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be at least 1 or none (one per CPU core), got {self.workers!r}.")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1 or none (automatic), got {self.chunk_size!r}.")
+        if self.executor == "dask" and not dask_installed():
+            raise ValueError(DASK_MISSING)
+        if self.dask_address is not None and not self.dask_address.strip():
+            raise ValueError("dask_address must be a scheduler address like 'tcp://host:8786', or none, got ''.")
 
     @property
     def output_dir(self) -> Path:
@@ -63,6 +89,22 @@ class Configuration:
             return self.__dict__[f"_batchcli_{name}"]
         except KeyError:
             raise AttributeError(f"{name} is set by batchcli when a run starts.") from None
+
+
+DASK_MISSING = (
+    "executor='dask' needs Dask, which is not installed. Install it with: pip install 'batchcli[dask]' "
+    "(or use executor='process' on this machine)."
+)
+
+
+def dask_installed() -> bool:
+    """Whether Dask's distributed scheduler can be imported (checked without importing it)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("distributed") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def bind_runtime(config: Configuration, *, output_dir: Path, run_dir: Path, started_at: datetime) -> None:

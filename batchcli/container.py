@@ -52,7 +52,7 @@ class Job:
     config: Configuration
     """The chosen configuration with its overrides applied."""
     source: Source[Any]
-    """The resolved Source."""
+    """The resolved Source (None in a worker process, see ``build_job``)."""
     service: Service[Any]
     """The resolved Service."""
     params: dict[str, Any]
@@ -70,11 +70,15 @@ class Job:
         return masked_values(self.params, self.annotations)
 
 
-def build_job(project: Project, wiring: Wiring, environ: Mapping[str, str] | None = None) -> Job:
+def build_job(
+    project: Project, wiring: Wiring, environ: Mapping[str, str] | None = None, *, with_source: bool = True
+) -> Job:
     """Wire a fresh container for ``project`` and resolve its Source, Service and Configuration.
 
     Values come from ``wiring`` (``-p``) first, then from ``BATCHCLI_<NAME>`` variables of
-    ``environ`` (``os.environ`` when None).
+    ``environ`` (``os.environ`` when None). Worker processes pass ``with_source=False``: they only
+    process items, so the Source is never built there (its constructor may open files that exist
+    only where the run was started).
     """
     config_cls = project.configuration(wiring.config_name)
     classes = project.injectables()
@@ -112,7 +116,7 @@ def build_job(project: Project, wiring: Wiring, environ: Mapping[str, str] | Non
     # Most derived first, so a parent class is aliased to the leaf that extends it.
     for cls in sorted(classes, key=lambda c: -len(c.__mro__)):
         _register(container, cls, cast_values)
-    source = _resolve(container, source_cls)
+    source: Any = _resolve(container, source_cls) if with_source else None
     service = _resolve(container, service_cls)
     return Job(project, container, config, source, service, cast_values, annotations)
 

@@ -20,7 +20,7 @@ from rich.console import Console
 from batchcli import __version__
 from batchcli.configuration import bind_runtime
 from batchcli.container import Job, Wiring
-from batchcli.executors.asyncpool import AsyncExecutor
+from batchcli.executors.base import Executor, finish_executor, start_executor
 from batchcli.journal import Journal
 from batchcli.logs import start_logging
 from batchcli.outcome import Failure, Tally
@@ -28,7 +28,6 @@ from batchcli.progress import make_display
 from batchcli.project import format_user_traceback
 from batchcli.records import FailedFile, json_form, write_json
 from batchcli.resumption import Continuation, defines_item_key
-from batchcli.retry import RetryPolicy
 from batchcli.source import is_async_source, source_length
 
 log = logging.getLogger("batchcli")
@@ -110,7 +109,7 @@ class Run:
         self.options = options
         self.console = options.console
         self.tally = Tally()
-        self.executor: AsyncExecutor | None = None
+        self.executor: Executor | None = None
         self.fatal: BaseException | None = None
         self.stop_requested = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -302,15 +301,16 @@ class Run:
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._loop_ready.set()
-        source, service, config = self.job.source, self.job.service, self.job.config
+        source = self.job.source
         try:
             length = source_length(self._iterable())
             if length is not None:  # else keep what an earlier session counted, if any
                 self.tally.total = length
-            if not await self._setup():
+            # The async executor's Service is set up here, where a hard stop can cancel a hanging
+            # setup(); the other executors set up a Service in each worker.
+            if self.job.config.executor == "async" and not await self._setup():
                 return  # stopped at once during setup(); finish() still runs
-            policy = RetryPolicy(config, service.exceptions_to_retry_for)
-            self.executor = AsyncExecutor(service.process, config, policy, self.tally)
+            self.executor = await start_executor(self.job, self.wiring, self.tally)
             if self.stop_requested:
                 self.executor.stop()
             elif self.paused:
@@ -325,7 +325,7 @@ class Run:
             self._set_fatal(error, "The job could not start" if self.executor is None else "batchcli failed")
         finally:
             await self._settle_shell()
-            await self._call_hook("finish", service.finish)
+            await self._call_hook("finish", lambda: finish_executor(self.job, self.executor))
             failed = [f.item for f in self.tally.failures]
             if failed:
                 await self._call_hook("persist_failed", lambda: source.persist_failed(failed))

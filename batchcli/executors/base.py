@@ -1,0 +1,101 @@
+"""The shared executor interface, and the one place that picks an executor from the configuration."""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Protocol
+
+if TYPE_CHECKING:
+    from batchcli.container import Job, Wiring
+    from batchcli.outcome import Tally
+
+Items = Iterator[tuple[int, Any]] | AsyncIterator[tuple[int, Any]]
+"""What an executor runs: ``(ordinal, item)`` pairs from the source, sync or async."""
+
+
+class Executor(Protocol):
+    """Runs a job's items and reports every outcome to the run's ``Tally``.
+
+    Every strategy keeps the same semantics: ``succeeded`` and ``done`` for each success, one
+    ``tally.fail(Failure(...))`` per final failure, ``retrying`` and ``in_flight`` kept current, the
+    same ``RetryPolicy`` deciding retries and backoff. Control methods are called on the run's loop
+    thread.
+    """
+
+    fatal: BaseException | None
+    """An error that ended the run early (the source raised), or None."""
+
+    async def run(self, items: Items) -> None:
+        """Process every item; return when all are settled, or after a stop."""
+
+    def stop(self) -> None:
+        """Start nothing new; in-flight items finish; items waiting to retry stay unprocessed."""
+
+    def cancel(self) -> None:
+        """Stop at once: in-flight items stay unprocessed."""
+
+    def pause(self) -> None:
+        """Start nothing new until ``resume``; in-flight items finish."""
+
+    def resume(self) -> None:
+        """Undo ``pause``."""
+
+    def set_concurrency(self, concurrency: int) -> None:
+        """Change how many items may be in flight from now on."""
+
+    def set_rate_limit(self, rate: float | None) -> None:
+        """Change the most items started per second (None for no limit)."""
+
+
+async def start_executor(job: Job, wiring: Wiring, tally: Tally) -> Executor:
+    """Set the job up where its items will run and return the executor ``config.executor`` names.
+
+    For ``async`` the run has already called the Service's ``setup()``; ``process`` and ``dask`` start worker processes
+    that each rebuild the job from ``wiring`` and call their own ``setup()``. The driver's Service
+    is then never set up: it does no work. Raises when setup fails anywhere.
+    """
+    config = job.config
+    if config.executor == "async":
+        from batchcli.executors.asyncpool import AsyncExecutor
+        from batchcli.retry import RetryPolicy
+
+        # The run has called setup() already, where a hard stop can cancel it.
+        service = job.service
+        policy = RetryPolicy(config, service.exceptions_to_retry_for)
+        return AsyncExecutor(service.process, config, policy, tally)
+    from batchcli.executors.chunked import ChunkedExecutor
+
+    if config.executor == "process":
+        from batchcli.executors.processpool import ProcessBackend
+
+        backend: Any = ProcessBackend(job, wiring)
+    else:
+        try:
+            from batchcli.executors.daskcluster import DaskBackend
+        except ImportError as error:
+            from batchcli.configuration import DASK_MISSING
+            from batchcli.errors import UsageError
+
+            raise UsageError(f"{DASK_MISSING} ({error})") from None
+
+        backend = DaskBackend(job, wiring)
+    executor = ChunkedExecutor(backend, config, tally)
+    await executor.start()
+    return executor
+
+
+async def finish_executor(job: Job, executor: Executor | None) -> None:
+    """Call ``finish()`` wherever ``setup()`` ran: here for ``async``, in every worker otherwise."""
+    if job.config.executor == "async":
+        await _maybe_await(job.service.finish())
+        return
+    from batchcli.executors.chunked import ChunkedExecutor
+
+    if isinstance(executor, ChunkedExecutor):
+        await executor.finish()
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value

@@ -1,0 +1,333 @@
+"""The driver of the process and Dask executors: items go to worker processes in chunks.
+
+The driver pulls items from the source, packs them into chunks, keeps a bounded number of chunks
+in flight (two per worker slot: one running, one ready to start), and reads back one outcome per
+item. Retries, backoff, failure records and the counts stay here, with the async executor's
+``RetryPolicy``, so every executor has the same semantics. Where chunks run is a ``Backend``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import pickle
+import time
+from collections import deque
+from typing import Any, Callable, Iterator, NamedTuple, Protocol
+
+from batchcli.configuration import Configuration
+from batchcli.executors.base import Items
+from batchcli.executors.messages import (
+    Chunk,
+    ChunkResult,
+    ErrorInfo,
+    ItemError,
+    WorkerError,
+    WorkerLost,
+    qualified_name,
+)
+from batchcli.executors.sizing import ChunkSizer
+from batchcli.outcome import Failure, Tally
+from batchcli.retry import Attempts, RetryPolicy
+
+log = logging.getLogger("batchcli")
+
+CHUNKS_PER_SLOT = 2
+"""Chunks in flight per worker slot: one running and one waiting, so a worker never waits for the driver."""
+
+
+class Backend(Protocol):
+    """Where chunks run: worker processes on this machine, or a Dask cluster."""
+
+    async def start(self) -> None:
+        """Start the workers and set the job up in each; raise ``WorkerError`` (after cleaning up) if that fails."""
+
+    def slots(self) -> int:
+        """How many chunks can run at once (worker processes times threads)."""
+
+    async def submit(self, chunk: Chunk) -> ChunkResult:
+        """Run one chunk; raise ``WorkerLost`` when its worker died, ``WorkerError`` when it could not run it."""
+
+    def cancel(self) -> None:
+        """Abandon running chunks: their unfinished items come back as skipped."""
+
+    async def close(self, timeout: float) -> WorkerError | None:
+        """Call ``finish()`` in every worker and stop them; the first error ``finish()`` raised."""
+
+
+class ItemFailed(Exception):
+    """A failed attempt as the driver sees it: the worker's exception, as text."""
+
+    def __init__(self, error: ItemError) -> None:
+        super().__init__(error.info.message)
+        self.info = error.info
+
+
+class RetryableItemFailed(ItemFailed):
+    """An attempt that failed with an exception the worker's Service retries."""
+
+
+class _Entry(NamedTuple):
+    ordinal: int
+    item: Any
+    attempts: Attempts | None
+
+
+class ChunkedExecutor:
+    """Runs items on a ``Backend`` in chunks, with the async executor's retry semantics.
+
+    A retrying item waits in a timer and rides in a later chunk. When a worker dies, every item
+    of the chunk it was running counts one attempt and is retried in a chunk of its own, so an
+    item that kills its worker cannot take the others down with it again.
+    """
+
+    def __init__(self, backend: Backend, config: Configuration, tally: Tally) -> None:
+        self._backend = backend
+        self._config = config
+        self._tally = tally
+        self._policy = RetryPolicy(config, (RetryableItemFailed, WorkerLost))
+        self._sizer = ChunkSizer(config.chunk_size)
+        self._ready: deque[_Entry] = deque()
+        """Items due to run again: retries whose delay passed, items a worker never started."""
+        self._suspects: deque[_Entry] = deque()
+        """Items of a chunk whose worker died: each goes alone."""
+        self._timers: dict[object, asyncio.TimerHandle] = {}
+        self._chunks: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count()
+        self._pulled = 0
+        self._error: BaseException | None = None
+        self.stopping = False
+        """True once a stop was asked for: no new chunk is sent."""
+        self.paused = False
+        """True while paused: no new chunk is sent until ``resume``."""
+        self.fatal: BaseException | None = None
+        """An exception from the source itself, which ends the run."""
+
+    async def start(self) -> None:
+        """Start the workers; raises when the job cannot be set up in them."""
+        await self._backend.start()
+
+    async def finish(self) -> None:
+        """Finish the job in every worker and stop them; raises the first error of a ``finish()``."""
+        error = await self._backend.close(self._config.stop_timeout_s)
+        if error is not None:
+            raise error
+
+    async def run(self, items: Items) -> None:
+        """Process every item; returns when all are settled, or after a stop."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        if isinstance(items, Iterator):
+            self._next: Callable[[], tuple[int, Any]] | None = items.__next__
+        else:
+            self._next = None
+            self._anext = items.__anext__
+        try:
+            while True:
+                self._wake.clear()
+                await self._fill()
+                if not self._chunks and not self._timers and not self._ready and not self._suspects:
+                    if self.stopping or self._tally.exhausted or self.fatal is not None:
+                        break
+                await self._wake.wait()
+        finally:
+            for timer in self._timers.values():
+                timer.cancel()
+        if self._error is not None:
+            raise self._error
+
+    # Sending chunks.
+
+    async def _fill(self) -> None:
+        while not self.stopping and not self.paused and len(self._chunks) < CHUNKS_PER_SLOT * self._backend.slots():
+            entries = await self._take()
+            if entries and not self.stopping:
+                self._send(entries)
+            if not entries or self.stopping:
+                return
+            if self.fatal is not None:  # the source broke: what it gave is sent, nothing more
+                self.stop()
+                return
+
+    async def _take(self) -> list[_Entry]:
+        if self._suspects:
+            return [self._suspects.popleft()]
+        slots = self._backend.slots()
+        total = self._tally.total
+        size = self._sizer.size(self._share(slots), slots, None if total is None else total - self._pulled)
+        entries: list[_Entry] = []
+        ready = self._ready
+        while ready and len(entries) < size:
+            entries.append(ready.popleft())
+        tally = self._tally
+        while len(entries) < size and not tally.exhausted and self.fatal is None:
+            try:
+                if self._next is not None:
+                    ordinal, item = self._next()
+                else:
+                    ordinal, item = await self._anext()
+            except (StopIteration, StopAsyncIteration):
+                tally.exhausted = True
+                break
+            except Exception as error:
+                self.fatal = error
+                break
+            self._pulled += 1
+            entries.append(_Entry(ordinal, item, None))
+        return entries
+
+    def _send(self, entries: list[_Entry]) -> None:
+        try:
+            payload = pickle.dumps([(e.ordinal, e.item) for e in entries], pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            entries = self._drop_unpicklable(entries)
+            if not entries:
+                return
+            payload = pickle.dumps([(e.ordinal, e.item) for e in entries], pickle.HIGHEST_PROTOCOL)
+        config, slots = self._config, self._backend.slots()
+        rate = None if config.rate_limit is None else config.rate_limit / slots
+        chunk = Chunk(next(self._ids), payload, len(entries), self._share(slots), config.item_timeout_s, rate)
+        self._tally.in_flight += len(entries)
+        task = self._loop.create_task(self._run_chunk(chunk, entries))
+        self._chunks.add(task)
+
+    def _drop_unpicklable(self, entries: list[_Entry]) -> list[_Entry]:
+        """Fail the items that cannot travel to a worker (at once: pickling again will not help)."""
+        kept = []
+        for entry in entries:
+            try:
+                pickle.dumps(entry.item, pickle.HIGHEST_PROTOCOL)
+            except Exception as error:
+                info = ErrorInfo(
+                    qualified_name(type(error)),
+                    f"the item cannot be pickled to send it to a worker process ({error}); make the Source yield "
+                    "plain data (str, numbers, dataclasses, dicts) or use executor=async",
+                    "",
+                )
+                self._failed(entry, ItemFailed(ItemError(entry.ordinal, info, False)))
+            else:
+                kept.append(entry)
+        return kept
+
+    def _share(self, slots: int) -> int:
+        # ``concurrency`` is the total in flight; each running chunk gets its part of it.
+        return max(1, math.ceil(self._config.concurrency / max(1, slots)))
+
+    # Reading outcomes.
+
+    async def _run_chunk(self, chunk: Chunk, entries: list[_Entry]) -> None:
+        try:
+            result = await self._backend.submit(chunk)
+        except WorkerLost as lost:
+            self._tally.in_flight -= len(entries)
+            self._lost(entries, lost)
+        except Exception as error:  # the chunk could not run at all: a worker could not set the job up
+            self._tally.in_flight -= len(entries)
+            if self._error is None:
+                self._error = error
+            self.stop()
+        else:
+            self._settle(entries, result)
+        finally:
+            self._chunks.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._wake.set()
+
+    def _settle(self, entries: list[_Entry], result: ChunkResult) -> None:
+        tally = self._tally
+        tally.in_flight -= len(entries)
+        tally.succeeded += len(result.succeeded)
+        tally.done.extend(result.succeeded)
+        if result.errors or result.skipped:
+            by_ordinal = {e.ordinal: e for e in entries}
+            for error in result.errors:
+                cls = RetryableItemFailed if error.retryable else ItemFailed
+                self._failed(by_ordinal[error.ordinal], cls(error))
+            if not self.stopping:  # never attempted: no attempt counted
+                self._ready.extendleft(by_ordinal[o] for o in reversed(result.skipped))
+        self._sizer.observe(len(entries) - len(result.skipped), result.elapsed_s)
+
+    def _lost(self, entries: list[_Entry], lost: WorkerLost) -> None:
+        if not lost.started:
+            if not self.stopping:
+                self._ready.extendleft(reversed(entries))
+            return
+        log.warning("%s while it ran %d item(s); each counts one attempt and is retried on its own.", lost, len(entries))
+        for entry in entries:
+            self._failed(entry, lost, alone=True)
+
+    def _failed(self, entry: _Entry, error: Exception, alone: bool = False) -> None:
+        now = time.time()
+        attempts = entry.attempts if entry.attempts is not None else self._policy.start(now)
+        delay = self._policy.next_delay(attempts, error)
+        if delay is None:
+            if isinstance(error, ItemFailed):
+                info = error.info
+            else:
+                info = ErrorInfo(qualified_name(type(error)), str(error), f"{qualified_name(type(error))}: {error}")
+            self._tally.fail(
+                Failure(
+                    ordinal=entry.ordinal,
+                    item=entry.item,
+                    error_type=info.error_type,
+                    error_message=info.message,
+                    traceback=info.traceback,
+                    attempts=attempts.count,
+                    first_failed_at=attempts.first_started,
+                    failed_at=now,
+                )
+            )
+            return
+        if self.stopping:
+            return  # left unprocessed; a resume retries it
+        self._tally.retrying += 1
+        key = object()
+        retry = _Entry(entry.ordinal, entry.item, attempts)
+        self._timers[key] = self._loop.call_later(delay, self._requeue, key, retry, alone)
+
+    def _requeue(self, key: object, entry: _Entry, alone: bool) -> None:
+        del self._timers[key]
+        self._tally.retrying -= 1
+        (self._suspects if alone else self._ready).append(entry)
+        self._wake.set()
+
+    # Control, from the loop's thread.
+
+    def stop(self) -> None:
+        """Send no new chunk; chunks in flight finish; items waiting to retry stay unprocessed."""
+        self.stopping = True
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._tally.retrying = 0
+        self._ready.clear()
+        self._suspects.clear()
+        self.resume()
+
+    def cancel(self) -> None:
+        """Stop at once: abandon the chunks in flight, leaving their unfinished items unprocessed."""
+        self.stop()
+        self._backend.cancel()
+
+    def pause(self) -> None:
+        """Send no new chunk until ``resume``; chunks in flight finish."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """Undo ``pause``."""
+        self.paused = False
+        if hasattr(self, "_wake"):
+            self._wake.set()
+
+    def set_concurrency(self, concurrency: int) -> None:
+        """Change the total in flight across workers; chunks sent from now on get the new share."""
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency!r}.")
+        self._config.concurrency = concurrency
+
+    def set_rate_limit(self, rate: float | None) -> None:
+        """Change the most items started per second (None for no limit); chunks sent from now on follow it."""
+        if rate is not None and rate <= 0:
+            raise ValueError(f"rate_limit must be positive or None, got {rate!r}.")
+        self._config.rate_limit = rate

@@ -1,0 +1,133 @@
+"""What the driver, the backends and the workers of the process and Dask executors send each other.
+
+All of it is plain, picklable data with batchcli's own classes only: a worker's exceptions travel as
+text (``ErrorInfo``) because their classes may not exist where they arrive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from batchcli.container import Wiring
+from batchcli.executors.bundle import Bundle
+from batchcli.project import format_user_traceback
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs to rebuild a run's job: plain data only, like a Celery task's arguments."""
+
+    key: str
+    """Unique per run: a worker process keeps one built job per key."""
+    wiring: Wiring
+    """The target, configuration name and raw ``-p`` values the run was started with."""
+    output_dir: str
+    """The run's output directory, for the configuration's runtime fields."""
+    run_dir: str
+    """The run's directory."""
+    started_at: datetime
+    """When the run started."""
+    bundle: Bundle | None = None
+    """The project's files, for workers that cannot see the driver's disk; None loads ``wiring.target``."""
+    log_level: int = 30
+    """The lowest level of log records a process worker forwards to the driver."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Items on their way to a worker, with how to run them: the driver's settings at sending time."""
+
+    id: int
+    """Unique within the run."""
+    payload: bytes
+    """A pickled list of ``(ordinal, item)``, unpickled only once the worker has loaded the project."""
+    size: int
+    """How many items the payload holds."""
+    share: int
+    """Items the worker runs at once: its share of ``concurrency``."""
+    timeout_s: float | None = None
+    """``item_timeout_s``: an attempt running longer fails with a (retryable) ``TimeoutError``."""
+    rate: float | None = None
+    """Most items this chunk starts per second: its share of ``rate_limit``."""
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """An exception raised in a worker, as text: its class may not even exist in the driver."""
+
+    error_type: str
+    """Qualified name of the exception class."""
+    message: str
+    """``str()`` of the exception."""
+    traceback: str
+    """The user's traceback, batchcli's frames trimmed."""
+
+    @classmethod
+    def of(cls, error: BaseException) -> ErrorInfo:
+        from batchcli.errors import BatchcliError
+
+        if isinstance(error, BatchcliError):  # its message is already the whole story
+            return cls(qualified_name(type(error)), str(error), "")
+        return cls(qualified_name(type(error)), str(error), format_user_traceback(error))
+
+
+@dataclass(frozen=True)
+class ItemError:
+    """One failed attempt of one item."""
+
+    ordinal: int
+    """The item's position in the source."""
+    info: ErrorInfo
+    """What it raised."""
+    retryable: bool
+    """True when the worker's Service lists the exception (by ``isinstance``), or it timed out."""
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What became of a chunk's items, one outcome per item."""
+
+    succeeded: list[int]
+    """Ordinals that succeeded."""
+    errors: list[ItemError]
+    """Attempts that raised."""
+    skipped: list[int]
+    """Ordinals never attempted, or abandoned by a cancel: they stay unprocessed."""
+    elapsed_s: float
+    """Wall time of the chunk in the worker, for sizing the next chunks."""
+    pid: int
+    """The worker process that ran it."""
+
+
+class WorkerError(Exception):
+    """A worker could not load, set up or finish the job, or could not read a chunk."""
+
+    def __init__(self, what: str, info: ErrorInfo, pid: int) -> None:
+        super().__init__(what, info, pid)
+        self.what = what
+        self.info = info
+        self.pid = pid
+
+    def __str__(self) -> str:
+        detail = self.info.traceback or f"{self.info.error_type}: {self.info.message}"
+        return f"{self.what} in worker process {self.pid}:\n{detail}"
+
+
+class WorkerLost(Exception):
+    """The worker process running a chunk died (killed, out of memory, crashed)."""
+
+    def __init__(self, message: str, started: bool = True) -> None:
+        super().__init__(message, started)
+        self.message = message
+        self.started = started
+        """False for a chunk that was only queued on that worker: its items were never attempted."""
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def qualified_name(cls: type) -> str:
+    """``module.Class`` (just ``Class`` for builtins), as failure records name exception types."""
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"

@@ -1,0 +1,325 @@
+"""The process executor's backend: worker processes on this machine, for CPU-bound Services.
+
+Each worker is a spawned process with a pipe each way. The driver knows which chunks it sent to
+which worker (at most ``CHUNKS_PER_SLOT``, run in order), so when a worker dies exactly one chunk
+was running: its items count one attempt, the chunk queued behind it counts none, and a fresh
+worker takes the dead one's place. ``concurrent.futures.ProcessPoolExecutor`` cannot tell which
+task a dead process held, and breaks the whole pool when one dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import logging.handlers
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import threading
+import uuid
+from collections import deque
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, Callable
+
+from batchcli.container import Job, Wiring
+from batchcli.executors.chunked import CHUNKS_PER_SLOT
+from batchcli.executors.messages import (
+    Chunk,
+    ChunkResult,
+    ErrorInfo,
+    WorkerError,
+    WorkerLost,
+    WorkerSpec,
+)
+from batchcli.executors.worker import WorkerJob
+
+log = logging.getLogger("batchcli")
+
+
+@dataclass(eq=False)
+class _Worker:
+    process: BaseProcess
+    tasks: Connection
+    """Driver -> worker: a ``Chunk``, or None to finish."""
+    results: Connection
+    """Worker -> driver: ready, results, log records, finished."""
+    ready: asyncio.Future[None]
+    finished: asyncio.Future[ErrorInfo | None]
+    replacement: bool
+    outstanding: deque[tuple[Chunk, asyncio.Future[ChunkResult]]] = field(default_factory=deque)
+    alive: bool = True
+
+    @property
+    def usable(self) -> bool:
+        return self.alive and self.ready.done() and self.ready.exception() is None
+
+
+class ProcessBackend:
+    """``workers`` spawned processes, each rebuilding the job from the run's ``Wiring``."""
+
+    def __init__(self, job: Job, wiring: Wiring) -> None:
+        config = job.config
+        self._count = config.workers or os.cpu_count() or 1
+        target = Path(wiring.target).expanduser()
+        if target.exists():  # workers start in the same directory, but a relative path is fragile
+            wiring = replace(wiring, target=str(target.resolve()))
+        self._spec = WorkerSpec(
+            key=uuid.uuid4().hex,
+            wiring=wiring,
+            output_dir=str(config.output_dir),
+            run_dir=str(config.run_dir),
+            started_at=config.started_at,
+            log_level=logging.getLogger().getEffectiveLevel(),
+        )
+        self._workers: list[_Worker] = []
+        self._queue: deque[tuple[Chunk, asyncio.Future[ChunkResult]]] = deque()
+        self._closing = False
+        self._cancelled = False
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        # spawn, not fork: the driver has threads (loop, recorder, display) that fork would copy mid-flight.
+        self._context = multiprocessing.get_context("spawn")
+        self._cancel_event = self._context.Event()
+        for _ in range(self._count):
+            self._spawn(replacement=False)
+        outcomes = await asyncio.gather(*(w.ready for w in self._workers), return_exceptions=True)
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if errors:
+            await self.close(timeout=10)
+            raise errors[0]
+
+    def slots(self) -> int:
+        return max(1, sum(1 for w in self._workers if w.alive))
+
+    async def submit(self, chunk: Chunk) -> ChunkResult:
+        future: asyncio.Future[ChunkResult] = self._loop.create_future()
+        self._queue.append((chunk, future))
+        self._dispatch()
+        return await future
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._cancel_event.set()  # workers abandon the rest of their chunks
+        while self._queue:
+            _, future = self._queue.popleft()
+            if not future.done():
+                future.set_exception(WorkerLost("the run was cancelled", started=False))
+
+    async def close(self, timeout: float) -> WorkerError | None:
+        self._closing = True
+        while self._queue:  # nothing should wait by now; if something does, it was never attempted
+            _, future = self._queue.popleft()
+            if not future.done():
+                future.set_exception(WorkerLost("the workers are shutting down", started=False))
+        for worker in self._workers:
+            if worker.alive:
+                try:
+                    worker.tasks.send(None)
+                except OSError:
+                    pass
+        finishing = [w.finished for w in self._workers if not w.finished.done()]
+        if finishing:
+            await asyncio.wait(finishing, timeout=timeout)
+        await asyncio.to_thread(self._reap)
+        for worker in self._workers:
+            if worker.finished.done() and worker.finished.result() is not None:
+                info = worker.finished.result()
+                assert info is not None
+                return WorkerError("finish() raised", info, worker.process.pid or 0)
+        return None
+
+    # Workers.
+
+    def _spawn(self, replacement: bool) -> _Worker:
+        tasks_r, tasks_w = self._context.Pipe(duplex=False)
+        results_r, results_w = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=worker_main,
+            args=(self._spec, tasks_r, results_w, self._cancel_event),
+            name="batchcli-worker",
+            # Daemonic: if the driver dies, multiprocessing ends its workers rather than wait for them.
+            daemon=True,
+        )
+        process.start()
+        tasks_r.close()
+        results_w.close()
+        worker = _Worker(process, tasks_w, results_r, self._loop.create_future(), self._loop.create_future(), replacement)
+        self._workers.append(worker)
+        threading.Thread(target=self._read, args=(worker,), name="batchcli-worker-reader", daemon=True).start()
+        return worker
+
+    def _read(self, worker: _Worker) -> None:
+        """On a thread per worker: hand its messages to the loop; log records go straight to logging."""
+        while True:
+            try:
+                message = worker.results.recv()
+            except (EOFError, OSError):
+                break
+            if message[0] == "log":
+                record: logging.LogRecord = message[1]
+                logging.getLogger(record.name).handle(record)
+                continue
+            self._to_loop(self._on_message, worker, message)
+        self._to_loop(self._on_exit, worker)
+
+    def _to_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: the run is over
+            pass
+
+    def _on_message(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "ready":
+            worker.ready.set_result(None)
+            self._dispatch()
+        elif kind == "error":  # setting up failed; the process exits
+            error: WorkerError = message[1]
+            worker.ready.set_exception(error)
+            if worker.replacement:
+                worker.ready.exception()  # retrieved: reported here, not by start()
+                log.error("A replacement worker process could not start; going on with the others.\n%s", error)
+                self._fail_queue_if_no_workers(error)
+        elif kind in ("result", "chunk_error"):
+            _, future = worker.outstanding.popleft()
+            if not future.done():
+                if kind == "result":
+                    future.set_result(message[2])
+                else:
+                    future.set_exception(message[2])
+            self._dispatch()
+        elif kind == "finished":
+            if not worker.finished.done():
+                worker.finished.set_result(message[1])
+
+    def _on_exit(self, worker: _Worker) -> None:
+        worker.alive = False
+        worker.process.join(1)
+        code = worker.process.exitcode
+        if not worker.ready.done():
+            info = ErrorInfo("WorkerLost", f"the process exited while starting (exit code {code})", "")
+            worker.ready.set_exception(WorkerError("Starting a worker failed", info, worker.process.pid or 0))
+            if worker.replacement:
+                worker.ready.exception()
+                self._fail_queue_if_no_workers(worker.ready.exception())  # type: ignore[arg-type]
+        if not worker.finished.done():
+            died = self._closing and worker.ready.exception() is None
+            message = f"the worker process died before finish() returned (exit code {code})"
+            worker.finished.set_result(ErrorInfo("WorkerLost", message, "") if died else None)
+        started = True
+        while worker.outstanding:
+            _, future = worker.outstanding.popleft()
+            if not future.done():
+                message = f"Worker process {worker.process.pid} died (exit code {code})"
+                future.set_exception(WorkerLost(message, started=started and not self._cancelled))
+            started = False
+        if not self._closing and not self._cancelled and worker.ready.exception() is None:
+            self._spawn(replacement=True)
+        self._dispatch()
+
+    def _fail_queue_if_no_workers(self, error: BaseException) -> None:
+        if any(w.alive and (w.usable or not w.ready.done()) for w in self._workers):
+            return
+        while self._queue:
+            _, future = self._queue.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+    def _dispatch(self) -> None:
+        while self._queue:
+            usable = [w for w in self._workers if w.usable and len(w.outstanding) < CHUNKS_PER_SLOT]
+            if not usable or self._closing:
+                return
+            worker = min(usable, key=lambda w: len(w.outstanding))
+            chunk, future = self._queue.popleft()
+            if future.done():
+                continue
+            try:
+                worker.tasks.send(chunk)
+            except OSError:  # it just died; its reader reports that
+                worker.alive = False
+                self._queue.appendleft((chunk, future))
+                continue
+            worker.outstanding.append((chunk, future))
+
+    def _reap(self) -> None:
+        for worker in self._workers:
+            worker.process.join(5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(5)
+            worker.tasks.close()
+
+
+def worker_main(spec: WorkerSpec, tasks: Connection, results: Connection, cancel: Any) -> None:
+    """A worker process: build the job, run chunks until told to stop, finish the job."""
+    # Ctrl-C reaches the whole process group; the driver decides what it means (pause, stop).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with lock:
+            results.send(message)
+
+    _forward_logs(send, spec.log_level)
+    try:
+        job = WorkerJob(spec)
+    except WorkerError as error:
+        send(("error", error))
+        return
+    send(("ready", os.getpid()))
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    # Read the pipe on a thread, so the driver never blocks sending a chunk while this one works.
+    threading.Thread(target=_drain, args=(tasks, inbox), name="batchcli-inbox", daemon=True).start()
+    while (chunk := inbox.get()) is not None:
+        try:
+            result = job.run_chunk(chunk, cancel.is_set)
+        except WorkerError as error:
+            send(("chunk_error", chunk.id, error))
+        else:
+            send(("result", chunk.id, result))
+    send(("finished", job.finish()))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Threads of timed-out sync attempts may still run; they must not keep the process alive.
+    os._exit(0)
+
+
+def _drain(tasks: Connection, inbox: queue.SimpleQueue[Any]) -> None:
+    while True:
+        try:
+            message = tasks.recv()
+        except (EOFError, OSError):  # the driver is gone: finish and exit
+            inbox.put(None)
+            return
+        inbox.put(message)
+        if message is None:
+            return
+
+
+class _PipeQueue:
+    def __init__(self, send: Callable[[tuple[Any, ...]], None]) -> None:
+        self._send = send
+
+    def put_nowait(self, record: logging.LogRecord) -> None:
+        try:
+            self._send(("log", record))
+        except OSError:
+            pass
+
+
+def _forward_logs(send: Callable[[tuple[Any, ...]], None], level: int) -> None:
+    """Send this process's log records to the driver, which writes them to the run's log and console."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    # QueueHandler formats each record first, so no unpicklable argument travels.
+    root.addHandler(logging.handlers.QueueHandler(_PipeQueue(send)))  # type: ignore[arg-type]
+    root.setLevel(level)

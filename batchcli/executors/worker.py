@@ -1,0 +1,285 @@
+"""What runs inside a worker process of the process and Dask executors.
+
+A worker process rebuilds the run's job once from plain data (``WorkerSpec``), sets its Service up
+on an event loop of its own, runs chunks of items on that loop, and finishes the Service once at
+the end. Items come back as plain per-item outcomes (``ChunkResult``); retry decisions stay in the
+driver. The built job is cached per process, keyed by run, since a Dask worker outlives runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import pickle
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from batchcli.container import Job
+from batchcli.executors.messages import (
+    Chunk,
+    ChunkResult,
+    ErrorInfo,
+    ItemError,
+    WorkerError,
+    WorkerSpec,
+)
+
+CANCEL_POLL_S = 0.05
+"""How often a chunk checks whether the run is being cancelled (process executor)."""
+
+
+class WorkerJob:
+    """One run's job in a worker process: its Service, set up once, on an event loop of its own.
+
+    The loop lives as long as the job, so an async Service's ``setup()``, every item and
+    ``finish()`` share one loop (a client session opened in ``setup()`` keeps working).
+    """
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.pid = os.getpid()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="batchcli-worker-loop", daemon=True)
+        self._thread.start()
+        self._threads: ThreadPoolExecutor | None = None
+        self._threads_size = 0
+        job: Job | None = None
+        try:
+            job = _build(spec)
+            self._on_loop(_call(job.service.setup))
+            from batchcli.retry import RetryPolicy
+
+            self.retry_for = RetryPolicy(job.config, job.service.exceptions_to_retry_for).retry_for
+        except Exception as error:
+            info = ErrorInfo.of(error)
+            if job is not None:  # finish() runs whatever happened, as in the driver
+                try:
+                    self._on_loop(_call(job.service.finish))
+                except Exception:
+                    pass
+            self._close()
+            raise WorkerError("Setting up the job failed", info, self.pid) from None
+        self.job = job
+        self._process = job.service.process
+        self._is_async = inspect.iscoroutinefunction(self._process)
+        self._throttles: dict[int, _Throttle] = {}
+
+    def run_chunk(self, chunk: Chunk, cancelled: Callable[[], bool] | None = None) -> ChunkResult:
+        """Run a chunk's items, ``chunk.share`` at once; blocks until done (or ``cancelled()`` turns true)."""
+        try:
+            # Unpickled only now: the items' classes live in the project this job just loaded.
+            items: list[tuple[int, Any]] = pickle.loads(chunk.payload)
+        except Exception as error:
+            raise WorkerError("Reading a chunk of items failed", ErrorInfo.of(error), self.pid) from None
+        # The start rate carries over from chunk to chunk of the same slot (a process, or a Dask thread).
+        throttle = self._throttles.setdefault(threading.get_ident(), _Throttle())
+        return self._on_loop(self._run(items, chunk, throttle, cancelled))  # type: ignore[no-any-return]
+
+    def finish(self) -> ErrorInfo | None:
+        """Call the Service's ``finish()`` and stop the loop; the error it raised, if any."""
+        try:
+            self._on_loop(_call(self.job.service.finish))
+        except Exception as error:
+            return ErrorInfo.of(error)
+        finally:
+            self._close()
+        return None
+
+    async def _run(
+        self, items: list[tuple[int, Any]], chunk: Chunk, throttle: _Throttle, cancelled: Callable[[], bool] | None
+    ) -> ChunkResult:
+        started = time.perf_counter()
+        ok: list[int] = []
+        errors: list[ItemError] = []
+        rate = chunk.rate
+        if not self._is_async and chunk.share == 1 and chunk.timeout_s is None:
+            skipped = self._run_inline(items, rate, throttle, cancelled, ok, errors)
+        else:
+            skipped = await self._run_lanes(items, chunk, throttle, cancelled, ok, errors)
+        return ChunkResult(ok, errors, skipped, time.perf_counter() - started, self.pid)
+
+    def _run_inline(
+        self,
+        items: list[tuple[int, Any]],
+        rate: float | None,
+        throttle: _Throttle,
+        cancelled: Callable[[], bool] | None,
+        ok: list[int],
+        errors: list[ItemError],
+    ) -> list[int]:
+        # One sync item at a time needs no thread hop: call it right here.
+        process = self._process
+        for index, (ordinal, item) in enumerate(items):
+            if cancelled is not None and cancelled():
+                return [o for o, _ in items[index:]]
+            if rate is not None and (delay := throttle.delay(rate)) > 0:
+                time.sleep(delay)
+            try:
+                process(item)
+            except Exception as error:
+                errors.append(self._error(ordinal, error))
+            else:
+                ok.append(ordinal)
+        return []
+
+    async def _run_lanes(
+        self,
+        items: list[tuple[int, Any]],
+        chunk: Chunk,
+        throttle: _Throttle,
+        cancelled: Callable[[], bool] | None,
+        ok: list[int],
+        errors: list[ItemError],
+    ) -> list[int]:
+        queue = deque(items)
+        running: set[int] = set()
+        call = self._caller(chunk.share, chunk.timeout_s)
+        rate = chunk.rate
+
+        async def lane() -> None:
+            while queue:
+                ordinal, item = queue.popleft()
+                running.add(ordinal)
+                if rate is not None and (delay := throttle.delay(rate)) > 0:
+                    await asyncio.sleep(delay)
+                try:
+                    await call(item)
+                except asyncio.CancelledError:
+                    raise  # stays in ``running``: reported as skipped
+                except Exception as error:
+                    errors.append(self._error(ordinal, error))
+                else:
+                    ok.append(ordinal)
+                running.discard(ordinal)
+
+        pending = {asyncio.ensure_future(lane()) for _ in range(min(chunk.share, len(items)))}
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=None if cancelled is None else CANCEL_POLL_S)
+            for task in done:
+                task.result()  # a BaseException from user code ends the chunk
+            if pending and cancelled is not None and cancelled():
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending)
+                break
+        return [*running, *(o for o, _ in queue)]
+
+    def _caller(self, share: int, timeout: float | None) -> Callable[[Any], Awaitable[Any]]:
+        if self._is_async:
+            call: Callable[[Any], Awaitable[Any]] = self._process
+        else:
+            if self._threads is None or self._threads_size != share:
+                if self._threads is not None:
+                    self._threads.shutdown(wait=False)
+                self._threads = ThreadPoolExecutor(share, thread_name_prefix="batchcli-item")
+                self._threads_size = share
+            threads, process, loop = self._threads, self._process, self._loop
+
+            async def call(item: Any) -> Any:
+                return await loop.run_in_executor(threads, process, item)
+
+        if timeout is not None:
+            inner = call
+
+            async def call(item: Any) -> Any:
+                async with asyncio.timeout(timeout):
+                    return await inner(item)
+
+        return call
+
+    def _error(self, ordinal: int, error: BaseException) -> ItemError:
+        return ItemError(ordinal, ErrorInfo.of(error), isinstance(error, self.retry_for))
+
+    def _on_loop(self, coro: Awaitable[Any]) -> Any:
+        # The exception comes back as a value: re-raised through Future.result() it would carry
+        # concurrent.futures' frames into the user's traceback.
+        failed, value = asyncio.run_coroutine_threadsafe(_capture(coro), self._loop).result()
+        if failed:
+            raise value
+        return value
+
+    def _close(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        if not self._loop.is_running():
+            self._loop.close()
+
+
+class _Throttle:
+    """Spaces item starts ``1 / rate`` apart: the worker side of ``rate_limit``."""
+
+    def __init__(self) -> None:
+        self._next = 0.0
+
+    def delay(self, rate: float) -> float:
+        """Seconds to wait before the next start (which this books)."""
+        now = time.monotonic()
+        start = max(now, self._next)
+        self._next = start + 1.0 / rate
+        return start - now
+
+
+def _build(spec: WorkerSpec) -> Job:
+    from batchcli.configuration import bind_runtime
+    from batchcli.container import build_job
+    from batchcli.executors.bundle import unpack
+    from batchcli.project import load_project
+
+    target = unpack(spec.bundle) if spec.bundle is not None else spec.wiring.target
+    job = build_job(load_project(target), replace(spec.wiring, target=target), with_source=False)
+    bind_runtime(job.config, output_dir=Path(spec.output_dir), run_dir=Path(spec.run_dir), started_at=spec.started_at)
+    return job
+
+
+async def _capture(coro: Awaitable[Any]) -> tuple[bool, Any]:
+    try:
+        return False, await coro
+    except Exception as error:
+        return True, error
+
+
+async def _call(hook: Callable[[], Any]) -> Any:
+    value = hook()
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+# The built jobs of this process, one per run. Module state is the point here: it is what lets a
+# worker process build a job once and reuse it for every chunk of that run.
+_jobs: dict[str, WorkerJob] = {}
+_jobs_lock = threading.Lock()
+
+
+def job_for(spec: WorkerSpec) -> WorkerJob:
+    """This process's job for ``spec``, built and set up on first use."""
+    with _jobs_lock:
+        job = _jobs.get(spec.key)
+        if job is None:
+            job = _jobs[spec.key] = WorkerJob(spec)
+        return job
+
+
+def finish_job(key: str) -> ErrorInfo | None:
+    """Finish and forget this process's job for the run ``key`` (nothing when it never built one)."""
+    with _jobs_lock:
+        job = _jobs.pop(key, None)
+    return None if job is None else job.finish()
+
+
+def prepare(spec: WorkerSpec) -> int:
+    """Build and set up the job in this process (a Dask task); returns the process id."""
+    job_for(spec)
+    return os.getpid()
+
+
+def run_chunk(spec: WorkerSpec, chunk: Chunk) -> ChunkResult:
+    """Run one chunk of the run ``spec`` in this process (a Dask task)."""
+    return job_for(spec).run_chunk(chunk)

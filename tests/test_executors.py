@@ -1,0 +1,421 @@
+"""The same behaviour from every executor: async, process (worker processes) and dask (a real cluster).
+
+The spy job (``projects/executors/spy.py``) writes every attempt to disk from whichever process
+ran it, so the tests see what happened in the workers, not only what the driver reported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import PROJECTS, ROOT, newest_run, subprocess_env
+
+SPY = PROJECTS / "executors" / "spy.py"
+SHIPPED = PROJECTS / "shipped" / "job.py"
+EXECUTORS = ["async", "process", "dask"]
+DASK = Path(sys.executable).parent / "dask"
+
+
+_KEPT = tuple(str(Path(p).resolve()) for p in {sys.prefix, sys.base_prefix, str(ROOT / "batchcli")})
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """As conftest's, but modules of the standard library, site-packages and batchcli stay loaded.
+
+    multiprocessing and distributed import parts of themselves lazily and keep process-wide state
+    (the resource tracker, serializer registries); dropping those parts after a test and importing
+    them again makes a second copy and hangs the next Dask run. Project modules still go.
+    """
+    monkeypatch.chdir(tmp_path)
+    modules = dict(sys.modules)
+    path = list(sys.path)
+    yield
+    for name, module in list(sys.modules.items()):
+        file = str(getattr(module, "__file__", None) or "")
+        if name not in modules and not (file and Path(file).resolve().as_posix().startswith(_KEPT)):
+            del sys.modules[name]
+    sys.path[:] = path
+
+
+@pytest.fixture(scope="module")
+def dask_cluster() -> Any:
+    """One real LocalCluster (2 worker processes, 1 thread each) for this module's Dask runs."""
+    import dask
+    from distributed import LocalCluster
+
+    # As in the cluster batchcli starts itself: a lost worker fails its chunk at once.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
+        )
+    yield cluster.scheduler_address
+    cluster.close()
+
+
+@pytest.fixture(params=EXECUTORS)
+def executor(request: pytest.FixtureRequest) -> list[str]:
+    """The ``-p`` values selecting one executor: two workers, Dask on the module's cluster."""
+    args = ["-p", f"executor={request.param}", "-p", "workers=2"]
+    if request.param == "dask":
+        args += ["-p", f"dask_address={request.getfixturevalue('dask_cluster')}"]
+    return args
+
+
+@pytest.fixture
+def records(tmp_path: Path) -> Path:
+    """Where the spy job's processes write what they did."""
+    path = tmp_path / "rec"
+    path.mkdir()
+    return path
+
+
+def spy(cli: Any, records: Path, executor: list[str], *values: str) -> Any:
+    args = ["exec", SPY, "-d", "out", "-p", f"record_dir={records}", "-p", "backoff_s=0", *executor]
+    for value in values:
+        args += ["-p", value]
+    return cli(*args)
+
+
+def successes(records: Path) -> Counter[int]:
+    """How many times each item succeeded, over every process."""
+    return Counter(int(line) for path in records.glob("ok-*") for line in path.read_text().split())
+
+
+def attempts(records: Path, n: int) -> int:
+    return len((records / f"{n}.attempts").read_text().splitlines())
+
+
+def pids(records: Path, prefix: str) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in records.glob(f"{prefix}-*") for _ in p.read_text().splitlines())
+
+
+# The same behaviour from every executor.
+
+
+@pytest.mark.parametrize("style", ["sync", "async"])
+def test_every_item_is_processed_exactly_once(cli: Any, records: Path, executor: list[str], style: str) -> None:
+    """Every item succeeds exactly once, the run exits 0, and setup/finish run once per process that worked."""
+    result = spy(cli, records, executor, "count=30", f"style={style}")
+    assert result.exit_code == 0, result.output
+    assert successes(records) == Counter(range(30))
+    assert result.summary["succeeded"] == 30 and result.summary["total"] == 30
+    assert pids(records, "setup") == pids(records, "finish")
+    assert len(set(pids(records, "setup"))) == len(pids(records, "setup"))
+    if "executor=async" in executor:
+        assert pids(records, "setup") == [os.getpid()]
+    else:
+        assert os.getpid() not in pids(records, "setup") and len(pids(records, "setup")) == 2
+
+
+def test_retries_subclasses_of_retryable_errors(cli: Any, records: Path, executor: list[str]) -> None:
+    """A subclass of ConnectionError is retried (isinstance), attempts counted per item, then succeeds."""
+    result = spy(cli, records, executor, "count=12", "style=async", "flaky=3", "flaky_times=2", "max_retries=3")
+    assert result.exit_code == 0, result.output
+    assert successes(records) == Counter(range(12))
+    assert {n: attempts(records, n) for n in range(12)} == {n: 3 if n % 3 == 0 else 1 for n in range(12)}
+
+
+def test_failures_are_recorded_with_their_reason(cli: Any, records: Path, executor: list[str]) -> None:
+    """A non-retryable error fails at once, an exhausted retryable one after its attempts; both are recorded, exit 1."""
+    result = spy(cli, records, executor, "count=20", "bad=5", "flaky=7", "flaky_times=99", "max_retries=2")
+    assert result.exit_code == 1, result.output
+    failed = {record["input"]["n"]: record for record in result.failed}
+    assert sorted(failed) == [0, 5, 7, 10, 14, 15]
+    assert failed[5]["error_type"] == "ValueError" and failed[5]["attempts"] == 1
+    assert failed[5]["error_message"] == "item 5 is malformed"
+    assert "spy.py" in failed[5]["traceback"] and "raise ValueError" in failed[5]["traceback"]
+    assert failed[7]["error_type"] == "spy.Transient" and failed[7]["attempts"] == 3
+    assert attempts(records, 5) == 1 and attempts(records, 7) == 3
+    assert sorted(map(int, (records / "persisted").read_text().split())) == [0, 5, 7, 10, 14, 15]
+    assert result.summary["succeeded"] == 14 and result.summary["failed"] == 6 and result.summary["unprocessed"] == 0
+
+
+@pytest.mark.parametrize("style", ["sync", "async"])
+def test_timeouts_are_retried_then_recorded(cli: Any, records: Path, executor: list[str], style: str) -> None:
+    """item_timeout_s cancels a slow attempt inside the worker; it is retried, then fails as a TimeoutError."""
+    result = spy(
+        cli, records, executor, "count=8", f"style={style}", "slow=4", "slow_times=9", "slow_s=1",
+        "item_timeout_s=0.2", "max_retries=1",
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert sorted((r["input"]["n"], r["error_type"], r["attempts"]) for r in result.failed) == [
+        (0, "TimeoutError", 2),
+        (4, "TimeoutError", 2),
+    ]
+    assert successes(records) == Counter([1, 2, 3, 5, 6, 7])
+
+
+def test_rate_limit_spaces_item_starts(cli: Any, records: Path, executor: list[str]) -> None:
+    """rate_limit holds across workers: each slot starts items at its share of the rate, so the run cannot go faster."""
+    result = spy(cli, records, executor, "count=10", "rate_limit=20")
+    assert result.exit_code == 0, result.output
+    starts = [float(line.split()[1]) for p in records.glob("*.attempts") for line in p.read_text().splitlines()]
+    # One slot (async) starts 1/20 s apart; two slots at 10/s each: the busier one starts >= 5 items.
+    assert max(starts) - min(starts) >= 0.95 * (10 - 2) / 20
+
+
+def test_setup_error_ends_the_run_with_exit_3(cli: Any, records: Path, executor: list[str]) -> None:
+    """A setup() that raises (in every worker) stops the run before any item, exit 3, with the user's message."""
+    result = spy(cli, records, executor, "setup_fails=true")
+    assert result.exit_code == 3, result.output
+    assert "the database is down" in result.output
+    assert result.summary["succeeded"] == 0 and result.summary["unprocessed"] == 20
+    assert not list(records.glob("ok-*"))
+    assert pids(records, "finish") == pids(records, "setup")  # finish() runs whatever happened
+
+
+def test_finish_error_is_fatal(cli: Any, records: Path, executor: list[str]) -> None:
+    """A finish() that raises is reported with the user's message and exit 3, after every item ran."""
+    result = spy(cli, records, executor, "finish_fails=true")
+    assert result.exit_code == 3, result.output
+    assert "could not flush the output" in result.output
+    assert result.summary["succeeded"] == 20
+
+
+def test_source_error_is_fatal(cli: Any, records: Path, executor: list[str]) -> None:
+    """A Source that raises ends the run with exit 3; what was already sent still settles."""
+    result = spy(cli, records, executor, "source_fails_at=7")
+    assert result.exit_code == 3, result.output
+    assert "the source broke at 7" in result.output
+    assert result.summary["succeeded"] == 7 and result.summary["failed"] == 0
+
+
+# Configuration.
+
+
+@pytest.mark.parametrize(
+    ("value", "fix"),
+    [
+        ("executor=threads", "'async', 'process', 'dask'"),
+        ("workers=0", "workers must be at least 1 or none"),
+        ("chunk_size=0", "chunk_size must be at least 1 or none"),
+    ],
+)
+def test_bad_executor_settings_are_usage_errors(cli: Any, records: Path, value: str, fix: str) -> None:
+    """A bad executor, workers or chunk_size value exits 2 and says what is allowed."""
+    result = spy(cli, records, [], value)
+    assert result.exit_code == 2
+    assert fix in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_dask_says_how_to_install_it(cli: Any, records: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """executor=dask without Dask installed exits 2 and shows the pip command for the extra."""
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    result = spy(cli, records, ["-p", "executor=dask"])
+    assert result.exit_code == 2
+    assert "pip install 'batchcli[dask]'" in result.output
+
+
+# The process executor.
+
+
+@pytest.mark.parametrize("name", ["async", "process"])
+def test_worker_log_records_reach_the_run_log(cli: Any, records: Path, name: str) -> None:
+    """What the Service logs in a worker process lands in the run's log file, as it does with async."""
+    result = spy(cli, records, ["-p", f"executor={name}", "-p", "workers=2"], "count=6", "warn_on=3")
+    assert result.exit_code == 0, result.output
+    assert result.run_dir is not None
+    assert "WARNING  spy: item 3 looks odd" in (result.run_dir / "batchcli.log").read_text()
+
+
+def test_process_executor_uses_several_processes(cli: Any, records: Path) -> None:
+    """A CPU-bound service of a few ms per item runs in more than one worker process, none of them the driver."""
+    result = spy(cli, records, ["-p", "executor=process", "-p", "workers=2"], "count=40", "cpu_ms=5", "concurrency=2")
+    assert result.exit_code == 0, result.output
+    workers = {int(p.name.split("-")[1]) for p in records.glob("ok-*")}
+    assert len(workers) == 2 and os.getpid() not in workers
+
+
+def test_fixed_chunk_size(cli: Any, records: Path) -> None:
+    """chunk_size fixes how many items travel together; every item is still processed once."""
+    result = spy(cli, records, ["-p", "executor=process", "-p", "workers=2"], "count=25", "chunk_size=3", "flaky=4")
+    assert result.exit_code == 0, result.output
+    assert successes(records) == Counter(range(25))
+
+
+def test_unpicklable_item_fails_alone(cli: Any, records: Path) -> None:
+    """An item that cannot be pickled to a worker fails at once with a fix; the others run."""
+    result = spy(cli, records, ["-p", "executor=process", "-p", "workers=2"], "count=10", "unpicklable_at=3")
+    assert result.exit_code == 1, result.output
+    [record] = result.failed
+    assert record["input"]["n"] == 3 and record["attempts"] == 1
+    assert "executor=async" in record["error_message"]
+    assert successes(records) == Counter(n for n in range(10) if n != 3)
+
+
+def test_process_worker_killed_loses_no_item(cli: Any, records: Path) -> None:
+    """A worker process killed mid-chunk: its items are retried elsewhere, and every item succeeds."""
+    result = spy(
+        cli, records, ["-p", "executor=process", "-p", "workers=2"], "count=40", "sleep_s=0.005", "kill_on=12"
+    )
+    assert result.exit_code == 0, result.output
+    assert set(successes(records)) == set(range(40))
+    assert attempts(records, 12) == 2
+    assert "died" in result.output
+    assert len(set(pids(records, "setup"))) == 3  # two workers and the replacement
+
+
+@pytest.mark.parametrize("name", ["process", "dask"])
+def test_installed_job_is_imported_by_name_in_workers(tmp_path: Path, records: Path, run_batchcli: Any, name: str) -> None:
+    """An installed job (an entry point) is not shipped: worker processes import it by name."""
+    site = tmp_path / "site"
+    package = site / "squares_job"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "job.py").write_text((PROJECTS / "shipped" / "job.py").read_text().replace("shipped.helpers", "squares_job.helpers"))
+    (package / "helpers.py").write_text((PROJECTS / "shipped" / "helpers.py").read_text())
+    dist = site / "squares_job-1.0.dist-info"  # what pip writes for a package that declares the entry point
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: squares-job\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[batchcli.jobs]\nsquares = squares_job.job\n")
+    result = run_batchcli(
+        "exec", "squares", "-d", "out", "-p", f"record_dir={records}", "-p", f"executor={name}", "-p", "workers=2",
+        PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = [line.split() for p in records.glob("ok-*") for line in p.read_text().splitlines()]
+    assert sorted(int(n) for n, _ in lines) == list(range(20))
+    assert {p.read_text() for p in records.glob("setup-*")} == {str(package / "job.py")}
+
+
+# Graceful stop (Ctrl-C without a terminal) with every executor.
+
+
+@pytest.mark.parametrize("name", EXECUTORS)
+def test_interrupt_stops_gracefully(tmp_path: Path, records: Path, name: str) -> None:
+    """Ctrl-C to the whole process group stops the run (exit 130) without killing workers; nothing is lost."""
+    args = ["-p", f"record_dir={records}", "-p", f"executor={name}", "-p", "workers=2", "-p", "count=300"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "exec", str(SPY), "-d", "out", *args, "-p", "sleep_s=0.05"],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: sum(successes(records).values()) >= 10, proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, output
+    run = newest_run(tmp_path / "out")
+    assert run is not None
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["failed"] == 0
+    assert summary["succeeded"] + summary["unprocessed"] == 300
+    assert set(successes(records)) == set(range(300)) & set(successes(records))
+    assert sum(successes(records).values()) == summary["succeeded"]
+    assert "died" not in output
+
+
+# Dask.
+
+
+def test_dask_starts_and_stops_its_own_cluster(cli: Any, records: Path) -> None:
+    """Without dask_address, batchcli starts a local cluster of ``workers`` processes and shuts it down."""
+    before = _children()
+    result = spy(cli, records, ["-p", "executor=dask", "-p", "workers=2"], "count=20", "style=async")
+    assert result.exit_code == 0, result.output
+    assert successes(records) == Counter(range(20))
+    workers = set(pids(records, "setup"))
+    assert len(workers) == 2 and os.getpid() not in workers
+    assert _children() <= before
+
+
+def test_dask_against_separately_started_scheduler_and_workers(tmp_path: Path, records: Path, run_batchcli: Any) -> None:
+    """`dask scheduler` and `dask worker` started on their own run a shipped directory project."""
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = subprocess_env(DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
+    workdir = tmp_path / "elsewhere"  # the workers cannot see the project from where they run
+    workdir.mkdir()
+    common: dict[str, Any] = {"env": env, "cwd": workdir, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    scheduler = subprocess.Popen(
+        [str(DASK), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], **common
+    )
+    workers = subprocess.Popen(
+        [str(DASK), "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
+        **common,
+    )
+    try:
+        from distributed import Client
+
+        with Client(address, timeout=30, set_as_default=False) as client:  # both up before the run starts
+            client.wait_for_workers(2, timeout=30)
+        result = run_batchcli(
+            "exec", SHIPPED, "-c", "config_dev", "-d", "out", "-p", f"record_dir={records}",
+            "-p", "executor=dask", "-p", f"dask_address={address}", "-p", "count=30",
+        )  # fmt: skip
+    finally:
+        for proc in (workers, scheduler):  # workers first: they say goodbye to the scheduler
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert result.exit_code == 0, result.output
+    lines = [line.split() for p in records.glob("ok-*") for line in p.read_text().splitlines()]
+    assert sorted((int(n), int(sq)) for n, sq in lines) == [(n, n * n) for n in range(30)]
+    loaded_from = {p.read_text() for p in records.glob("setup-*")}
+    assert len(loaded_from) >= 1
+    assert all("batchcli-projects" in path and path.endswith(os.path.join("shipped", "job.py")) for path in loaded_from)
+
+
+def test_dask_worker_killed_loses_no_item(cli: Any, records: Path, dask_cluster: str) -> None:
+    """A Dask worker killed mid-chunk: its items are retried on the other worker, and every item succeeds."""
+    executor = ["-p", "executor=dask", "-p", f"dask_address={dask_cluster}"]
+    result = spy(cli, records, executor, "count=40", "sleep_s=0.005", "kill_on=12")
+    assert result.exit_code == 0, result.output
+    assert set(successes(records)) == set(range(40))
+    assert attempts(records, 12) == 2
+    assert "died" in result.output
+
+
+# Helpers.
+
+
+def _wait_for(condition: Any, proc: subprocess.Popen[str], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting (exit code {proc.poll()})")
+        time.sleep(0.05)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _children() -> set[int]:
+    """Live child processes of this process, from /proc."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
