@@ -187,7 +187,7 @@ def scale_out() -> list[Row]:
     cpu_job = HERE / "cpu_job.py"
     if not cpu_job.exists():
         return [("scale-out (process vs async)", "skipped: no benchmarks/cpu_job.py", "", "", "", 0.0, 1.6, True)]
-    n = 600
+    n = 2000  # enough that worker start-up does not dominate
     ours_async = measure("batchcli", n, job=cpu_job, executor="async")
     ours_proc = measure("batchcli", n, job=cpu_job, executor="process")
     speedup = ours_async["elapsed"] / ours_proc["elapsed"]
