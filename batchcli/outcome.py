@@ -39,6 +39,12 @@ class Failure:
 _SLICE = 65536
 
 
+def qualified_name(cls: type) -> str:
+    """``module.Class`` (just ``Class`` for builtins), as failure records name exception types."""
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
 def _short_repr(item: Any) -> str:
     try:
         return reprlib.repr(item)

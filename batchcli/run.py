@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
 import logging
 import os
@@ -28,6 +27,7 @@ from batchcli.progress import make_display
 from batchcli.project import format_user_traceback
 from batchcli.records import FailedFile, json_form, write_json
 from batchcli.resumption import Continuation, defines_item_key
+from batchcli.service import maybe_await
 from batchcli.source import is_async_source, source_length
 
 log = logging.getLogger("batchcli")
@@ -332,7 +332,7 @@ class Run:
 
     async def _setup(self) -> bool:
         """Run ``setup()``; False when a hard stop cancelled it (an async setup can hang on a network)."""
-        self._setup_task = asyncio.ensure_future(_maybe_await(self.job.service.setup()))
+        self._setup_task = asyncio.ensure_future(maybe_await(self.job.service.setup()))
         try:
             await self._setup_task
         except asyncio.CancelledError:
@@ -397,7 +397,7 @@ class Run:
 
     async def _call_hook(self, name: str, hook: Any) -> None:
         try:
-            await _maybe_await(hook())
+            await maybe_await(hook())
         except Exception as error:
             self._set_fatal(error, f"{name}() raised")
 
@@ -481,12 +481,6 @@ async def _numbered(items: AsyncIterator[Any], seen: Iterator[int]) -> AsyncIter
     async for item in items:
         yield next(seen), item
     next(seen)  # match zip(): one past the last item
-
-
-async def _maybe_await(value: Any) -> Any:
-    if inspect.isawaitable(value):
-        return await value
-    return value
 
 
 def _make_run_dir(output_dir: Path, job_name: str, started: datetime) -> Path:

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+async def maybe_await(value: Any) -> Any:
+    """``await value`` when it is awaitable: ``setup()``, ``finish()`` and other hooks may be sync or async."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
 
 DEFAULT_RETRY_FOR: frozenset[type[BaseException]] = frozenset({TimeoutError, ConnectionError})
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 from batchcli.configuration import Configuration
-from batchcli.outcome import Failure, Tally
+from batchcli.outcome import Failure, Tally, qualified_name
 from batchcli.project import format_user_traceback
 from batchcli.retry import Attempts, RetryPolicy
 
@@ -241,7 +241,7 @@ class AsyncExecutor:
                 Failure(
                     ordinal=ordinal,
                     item=item,
-                    error_type=_qualified_name(type(error)),
+                    error_type=qualified_name(type(error)),
                     error_message=str(error),
                     traceback=format_user_traceback(error),
                     attempts=attempts.count,
@@ -344,8 +344,3 @@ class AsyncExecutor:
 _HELPERS = frozenset(
     f.__code__ for f in (AsyncExecutor._detour, AsyncExecutor._take_async, AsyncExecutor._wait_for_work)
 )
-
-
-def _qualified_name(cls: type) -> str:
-    module = cls.__module__
-    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Protocol
+
+from batchcli.service import maybe_await
 
 if TYPE_CHECKING:
     from batchcli.container import Job, Wiring
@@ -87,15 +88,9 @@ async def start_executor(job: Job, wiring: Wiring, tally: Tally) -> Executor:
 async def finish_executor(job: Job, executor: Executor | None) -> None:
     """Call ``finish()`` wherever ``setup()`` ran: here for ``async``, in every worker otherwise."""
     if job.config.executor == "async":
-        await _maybe_await(job.service.finish())
+        await maybe_await(job.service.finish())
         return
     from batchcli.executors.chunked import ChunkedExecutor
 
     if isinstance(executor, ChunkedExecutor):
         await executor.finish()
-
-
-async def _maybe_await(value: Any) -> Any:
-    if inspect.isawaitable(value):
-        return await value
-    return value

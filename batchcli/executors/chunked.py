@@ -26,10 +26,9 @@ from batchcli.executors.messages import (
     ItemError,
     WorkerError,
     WorkerLost,
-    qualified_name,
 )
 from batchcli.executors.sizing import ChunkSizer
-from batchcli.outcome import Failure, Tally
+from batchcli.outcome import Failure, Tally, qualified_name
 from batchcli.retry import Attempts, RetryPolicy
 
 log = logging.getLogger("batchcli")

@@ -11,6 +11,7 @@ from datetime import datetime
 
 from batchcli.container import Wiring
 from batchcli.executors.bundle import Bundle
+from batchcli.outcome import qualified_name
 from batchcli.project import format_user_traceback
 
 
@@ -125,9 +126,3 @@ class WorkerLost(Exception):
 
     def __str__(self) -> str:
         return self.message
-
-
-def qualified_name(cls: type) -> str:
-    """``module.Class`` (just ``Class`` for builtins), as failure records name exception types."""
-    module = cls.__module__
-    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from batchcli.container import Job
+from batchcli.service import maybe_await
 from batchcli.executors.messages import (
     Chunk,
     ChunkResult,
@@ -51,7 +52,7 @@ class WorkerJob:
         job: Job | None = None
         try:
             job = _build(spec)
-            self._on_loop(_call(job.service.setup))
+            self._on_loop(maybe_await(job.service.setup()))
             from batchcli.retry import RetryPolicy
 
             self.retry_for = RetryPolicy(job.config, job.service.exceptions_to_retry_for).retry_for
@@ -59,7 +60,7 @@ class WorkerJob:
             info = ErrorInfo.of(error)
             if job is not None:  # finish() runs whatever happened, as in the driver
                 try:
-                    self._on_loop(_call(job.service.finish))
+                    self._on_loop(maybe_await(job.service.finish()))
                 except Exception:
                     pass
             self._close()
@@ -83,7 +84,7 @@ class WorkerJob:
     def finish(self) -> ErrorInfo | None:
         """Call the Service's ``finish()`` and stop the loop; the error it raised, if any."""
         try:
-            self._on_loop(_call(self.job.service.finish))
+            self._on_loop(maybe_await(self.job.service.finish()))
         except Exception as error:
             return ErrorInfo.of(error)
         finally:
@@ -243,13 +244,6 @@ async def _capture(coro: Awaitable[Any]) -> tuple[bool, Any]:
         return False, await coro
     except Exception as error:
         return True, error
-
-
-async def _call(hook: Callable[[], Any]) -> Any:
-    value = hook()
-    if inspect.isawaitable(value):
-        return await value
-    return value
 
 
 # The built jobs of this process, one per run. Module state is the point here: it is what lets a
