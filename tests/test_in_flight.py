@@ -96,3 +96,54 @@ def test_workers_waiting_for_the_rate_limit_are_not_in_flight() -> None:
         await task
 
     asyncio.run(scenario())
+
+
+class HeldBackend:
+    """A Backend leaf that holds every chunk until released, then reports all its items succeeded."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def start(self) -> None:
+        pass
+
+    def slots(self) -> int:
+        return 2
+
+    async def submit(self, chunk: Any) -> Any:
+        import pickle
+
+        from batchcli.executors.messages import ChunkResult
+
+        await self.release.wait()
+        return ChunkResult([o for o, _ in pickle.loads(chunk.payload)], [], [], 0.001, 0)
+
+    def cancel(self) -> None:
+        pass
+
+    async def close(self, timeout: float) -> None:
+        return None
+
+
+def test_in_flight_lists_the_items_of_chunks_held_by_workers() -> None:
+    """The process and Dask executors list, as in flight, the items of the chunks their workers hold."""
+    from batchcli.executors.chunked import ChunkedExecutor
+
+    async def scenario() -> None:
+        backend = HeldBackend()
+        tally = Tally()
+        executor = ChunkedExecutor(backend, Configuration(concurrency=2, backoff_s=0, chunk_size=1), tally)
+        task = asyncio.ensure_future(executor.run(zip(itertools.count(), ITEMS)))
+        await until(lambda: tally.in_flight > 0)
+        executor.pause()
+        held = executor.items_in_flight()
+        assert held and len(held) == tally.in_flight
+        assert all(ITEMS[ordinal] == item for ordinal, item in held.items())
+        backend.release.set()
+        await until(lambda: tally.in_flight == 0)
+        assert executor.items_in_flight() == {}
+        executor.resume()
+        await task
+        assert tally.succeeded == len(ITEMS)
+
+    asyncio.run(scenario())

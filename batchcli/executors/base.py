@@ -47,6 +47,9 @@ class Executor(Protocol):
     def set_rate_limit(self, rate: float | None) -> None:
         """Change the most items started per second (None for no limit)."""
 
+    def items_in_flight(self) -> dict[int, Any]:
+        """Ordinal -> item of every item being processed now (the pause shell's ``in_flight``)."""
+
 
 async def start_executor(job: Job, wiring: Wiring, tally: Tally) -> Executor:
     """Set the job up where its items will run and return the executor ``config.executor`` names.

@@ -93,7 +93,8 @@ class ChunkedExecutor:
         self._suspects: deque[_Entry] = deque()
         """Items of a chunk whose worker died: each goes alone."""
         self._timers: dict[object, asyncio.TimerHandle] = {}
-        self._chunks: set[asyncio.Task[None]] = set()
+        self._chunks: dict[asyncio.Task[None], list[_Entry]] = {}
+        """Each running chunk's task and the items it carries."""
         self._ids = itertools.count()
         self._pulled = 0
         self._error: BaseException | None = None
@@ -190,7 +191,11 @@ class ChunkedExecutor:
         chunk = Chunk(next(self._ids), payload, len(entries), self._share(slots), config.item_timeout_s, rate)
         self._tally.in_flight += len(entries)
         task = self._loop.create_task(self._run_chunk(chunk, entries))
-        self._chunks.add(task)
+        self._chunks[task] = entries
+
+    def items_in_flight(self) -> dict[int, Any]:
+        """Ordinal -> item of every item in a chunk that a worker holds now. Call on the loop's thread."""
+        return dict(sorted((e.ordinal, e.item) for entries in self._chunks.values() for e in entries))
 
     def _drop_unpicklable(self, entries: list[_Entry]) -> list[_Entry]:
         """Fail the items that cannot travel to a worker (at once: pickling again will not help)."""
@@ -230,7 +235,7 @@ class ChunkedExecutor:
         else:
             self._settle(entries, result)
         finally:
-            self._chunks.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._chunks.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             self._wake.set()
 
     def _settle(self, entries: list[_Entry], result: ChunkResult) -> None:
