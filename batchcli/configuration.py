@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -112,11 +112,3 @@ def bind_runtime(config: Configuration, *, output_dir: Path, run_dir: Path, star
     config.__dict__.update(
         _batchcli_output_dir=output_dir, _batchcli_run_dir=run_dir, _batchcli_started_at=started_at
     )
-
-
-def settable_fields(config_cls: type[Configuration]) -> dict[str, Any]:
-    """Field name -> declared type, for every field ``-p`` may set."""
-    import typing
-
-    hints = typing.get_type_hints(config_cls)
-    return {f.name: hints.get(f.name, Any) for f in fields(config_cls) if f.init}
