@@ -34,11 +34,25 @@ class Wiring:
     config_name: str | None
     """The ``-c`` name, or None."""
     values: Mapping[str, tuple[str, ...]]
-    """Every ``-p`` name with the raw values given for it, in order."""
+    """Every name given a value with the raw values given for it, in order: ``-p``, and ``environment``."""
+    environment: frozenset[str] = frozenset()
+    """The names in ``values`` that came from ``BATCHCLI_*`` variables rather than ``-p`` (``show`` says so)."""
 
     def without(self, names: frozenset[str] | set[str]) -> Wiring:
         """This wiring minus ``names``: what to store for ``resume`` (``job.secret_names`` are given again)."""
-        return Wiring(self.target, self.config_name, {k: v for k, v in self.values.items() if k not in names})
+        values = {k: v for k, v in self.values.items() if k not in names}
+        return Wiring(self.target, self.config_name, values, self.environment - names)
+
+    def with_environment(self, found: Mapping[str, tuple[str, ...]]) -> Wiring:
+        """This wiring plus the values ``build_job`` read from the environment (``Job.environment``).
+
+        What a run records and ships to its workers, so a resume, a retry and every worker get the
+        values the run started with, whatever the environment holds where and when they run.
+        """
+        if not found:
+            return self
+        extra = {k: v for k, v in found.items() if k not in self.values}  # -p wins over the environment
+        return Wiring(self.target, self.config_name, {**self.values, **extra}, self.environment | extra.keys())
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,8 @@ class Job:
     """Every param and configuration override, cast (from ``-p`` or the environment)."""
     annotations: dict[str, Any] = field(default_factory=dict)
     """Every name ``-p`` accepts (params and dotted configuration fields) -> its declared type."""
+    environment: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """The raw values read from ``BATCHCLI_*`` variables (names ``-p`` did not give); see ``Wiring.with_environment``."""
 
     @property
     def secret_names(self) -> frozenset[str]:
@@ -118,7 +134,7 @@ def build_job(
         _register(container, cls, cast_values)
     source: Any = _resolve(container, source_cls) if with_source else None
     service = _resolve(container, service_cls)
-    return Job(project, container, config, source, service, cast_values, annotations)
+    return Job(project, container, config, source, service, cast_values, annotations, env)
 
 
 def collect_params(classes: list[type]) -> dict[str, ParamSpec]:

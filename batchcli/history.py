@@ -14,6 +14,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from batchcli.environment import variable
 from batchcli.errors import BatchcliError, UsageError
 from batchcli.run import FLUSH_INTERVAL_S
 from batchcli.rundir import JOURNAL_NAME, RunInfo, query, read_run
@@ -122,8 +123,11 @@ def _summary(run: RunInfo) -> Table:
     grid.add_row("job", f"{escape(run.job)}  [dim]({escape(run.target)})[/]")
     config = run.configuration + (f" (-c {run.config_name})" if run.config_name else "")
     grid.add_row("configuration", escape(config))
-    params = [f"{k}={','.join(v)}" for k, v in run.params.items()]
-    params += [f"{k}={Secret.mask} (secret: give it again to resume or retry)" for k in run.secrets]
+    params = [f"{k}={','.join(v)}" + (f" ({_origin(k)})" if k in run.environment else "") for k, v in run.params.items()]
+    params += [
+        f"{k}={Secret.mask} (secret" + (f", {_origin(k)}" if k in run.environment else "") + "; give it again to resume or retry)"
+        for k in run.secrets
+    ]
     grid.add_row("params", escape("  ".join(params)) or "[dim]none[/]")
     status = Text(run.status, STATUS_STYLES.get(run.status, ""))
     if run.status == "crashed" and run.fatal is None:
@@ -144,6 +148,11 @@ def _summary(run: RunInfo) -> Table:
     if run.fatal:
         grid.add_row("fatal", Text(f"{run.fatal['type']}: {run.fatal['message']}", "red"))
     return grid
+
+
+def _origin(name: str) -> str:
+    """Where a value that did not come from ``-p`` came from."""
+    return f"from the environment: {variable(name)}"
 
 
 def _failures(run: RunInfo, groups: int = 10, examples: int = 3) -> RenderableType:

@@ -1,7 +1,7 @@
 """The run journal: ``journal.sqlite`` in the run directory, written in batches while a run goes.
 
-It holds what the run is rebuilt from (target, configuration, raw params with secrets left out),
-which items settled (successes as merged ordinal ranges, or item keys; failures with a pickled copy
+It holds what the run is rebuilt from (target, configuration, raw params from ``-p`` and ``BATCHCLI_*``
+variables, secrets left out but named), which items settled (successes as merged ordinal ranges, or item keys; failures with a pickled copy
 of the input and the reason), a small throughput timeline, and one row per session (a run resumed
 twice has three). ``resume`` and ``retry`` write and load it; ``runs`` and ``show`` only read it,
 through ``batchcli.rundir``, and never unpickle.
@@ -41,6 +41,7 @@ CREATE TABLE run (
     configuration TEXT NOT NULL,
     params TEXT NOT NULL,
     secrets TEXT NOT NULL,
+    environment TEXT NOT NULL DEFAULT '[]',
     keyed INTEGER NOT NULL,
     parent TEXT,
     batchcli_version TEXT NOT NULL,
@@ -143,11 +144,13 @@ class Journal:
             conn = connect(draft, writer=True)
             conn.executescript(SCHEMA)
             with conn:
+                # Every secret that was given a value, by -p or the environment: resume and retry ask for them all.
                 secrets = sorted(n for n in wiring.values if n in job.secret_names)
                 values = {name: list(raw) for name, raw in wiring.without(job.secret_names).values.items()}
+                environment = sorted(n for n in wiring.environment if n in wiring.values)
                 conn.execute(
-                    "INSERT INTO run (id, format, job, target, config_name, configuration, params, secrets, keyed,"
-                    " parent, batchcli_version) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO run (id, format, job, target, config_name, configuration, params, secrets, environment,"
+                    " keyed, parent, batchcli_version) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         FORMAT,
                         job.project.name,
@@ -156,6 +159,7 @@ class Journal:
                         type(job.config).__name__,
                         json.dumps(values),
                         json.dumps(secrets),
+                        json.dumps(environment),
                         int(keyed),
                         None if parent is None else str(parent.resolve()),
                         __version__,

@@ -119,20 +119,34 @@ def defines_item_key(source: object) -> bool:
 
 
 def _rebuild(earlier: RunInfo, overrides: dict[str, tuple[str, ...]], command: str) -> tuple[Job, Wiring]:
+    """The job as the run started it: its recorded values, then ``overrides`` (``-p`` wins), then its secrets again.
+
+    Only the secrets are read from the environment: every other value the run started with, from
+    ``-p`` or a ``BATCHCLI_*`` variable, is in the journal, and a variable set (or unset) since must
+    not quietly change the job. A secret is never taken from its default either: it was given once,
+    so it must be given again.
+    """
     from batchcli.container import Wiring, build_job
     from batchcli.project import load_project
 
-    # A secret given at the start must come back: silently falling back to a default would be wrong.
     missing = [name for name in earlier.secrets if name not in overrides and variable(name) not in os.environ]
     if missing:
-        again = " ".join(f"-p {name}=..." for name in missing)
-        noun = "params" if len(missing) > 1 else "param"
-        raise UsageError(
-            f"Run {str(earlier.run_dir)!r} was started with the secret {noun} {', '.join(map(repr, missing))}, "
-            f"which the journal does not keep. Give {'them' if len(missing) > 1 else 'it'} again: "
-            f"batchcli {command} {earlier.run_dir} {again} (or set {', '.join(map(variable, missing))})."
-        )
+        raise UsageError(_secrets_missing(earlier, missing, command))
     values = {name: tuple(raw) for name, raw in earlier.params.items()}
     values.update(overrides)
-    wiring = Wiring(target=earlier.target, config_name=earlier.config_name, values=values)
-    return build_job(load_project(earlier.target), wiring), wiring
+    environment = frozenset(name for name in earlier.environment if name not in overrides)
+    wiring = Wiring(target=earlier.target, config_name=earlier.config_name, values=values, environment=environment)
+    secrets = {variable(name): os.environ[variable(name)] for name in earlier.secrets if name not in overrides}
+    return build_job(load_project(earlier.target), wiring, environ=secrets), wiring
+
+
+def _secrets_missing(earlier: RunInfo, missing: list[str], command: str) -> str:
+    """Which secrets ``command`` needs again, and the two ways to give them."""
+    many = len(missing) > 1
+    again = " ".join(f"-p {name}=..." for name in missing)
+    return (
+        f"Run {str(earlier.run_dir)!r} was started with the secret {'params' if many else 'param'} "
+        f"{', '.join(map(repr, missing))}, which the journal does not keep (and {'their defaults are' if many else 'its default is'} "
+        f"not used instead). Give {'them' if many else 'it'} again: batchcli {command} {earlier.run_dir} {again} "
+        f"(or set {', '.join(map(variable, missing))})."
+    )

@@ -105,7 +105,9 @@ class Run:
         self.job = job
         self.continuation = continuation or Continuation()
         """What this run carries on from: nothing, a run to resume, or a run whose failures it retries."""
-        self.wiring = wiring
+        # Values read from BATCHCLI_* variables are recorded and shipped like -p values, so resume, retry
+        # and workers never depend on the environment they happen to run in.
+        self.wiring = wiring.with_environment(job.environment)
         self.options = options
         self.console = options.console
         self.tally = Tally()

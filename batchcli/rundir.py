@@ -176,9 +176,9 @@ class RunInfo:
     configuration: str
     """The configuration class's name."""
     params: dict[str, list[str]]
-    """Raw ``-p`` values; secrets are left out."""
+    """Raw values from ``-p`` and ``BATCHCLI_*`` variables; secrets are left out."""
     secrets: list[str]
-    """Params whose values were secrets: give them again to resume or retry."""
+    """Params whose values were secrets (given by ``-p`` or the environment): give them again to resume or retry."""
     parent: str | None
     """The run a retry reprocesses the failures of."""
     status: str
@@ -198,6 +198,8 @@ class RunInfo:
     fatal: dict[str, str] | None
     """The error that crashed the last session, if any."""
     version: str
+    environment: tuple[str, ...] = ()
+    """Names (in ``params`` or ``secrets``) whose values came from ``BATCHCLI_*`` variables, not ``-p``."""
 
     @property
     def unprocessed(self) -> int | None:
@@ -223,6 +225,7 @@ def read_run(run_dir: Path) -> RunInfo:
             sessions = conn.execute(
                 "SELECT pid, host, started_at, seen_at, ended_at, status FROM sessions ORDER BY id"
             ).fetchall()
+            environment = _environment_names(conn)
         finally:
             conn.close()
     except sqlite3.Error as error:
@@ -255,7 +258,17 @@ def read_run(run_dir: Path) -> RunInfo:
         failed=run[9],
         fatal=json.loads(run[10]) if run[10] else None,
         version=run[11],
+        environment=environment,
     )
+
+
+def _environment_names(conn: sqlite3.Connection) -> tuple[str, ...]:
+    """The run's names given by ``BATCHCLI_*`` variables; none in a journal written before they were recorded."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(run)")}
+    if "environment" not in columns:
+        return ()
+    row = conn.execute("SELECT environment FROM run").fetchone()
+    return tuple(json.loads(row[0])) if row else ()
 
 
 def _running(run_dir: Path, pid: int, host: str) -> bool:

@@ -234,7 +234,9 @@ def _build(spec: WorkerSpec) -> Job:
     from batchcli.project import load_project
 
     target = unpack(spec.bundle) if spec.bundle is not None else spec.wiring.target
-    job = build_job(load_project(target), replace(spec.wiring, target=target), with_source=False)
+    # The wiring carries every value the driver read, the environment's included (Run.wiring): a worker's
+    # own environment (another machine, for Dask) must not change the job.
+    job = build_job(load_project(target), replace(spec.wiring, target=target), environ={}, with_source=False)
     bind_runtime(job.config, output_dir=Path(spec.output_dir), run_dir=Path(spec.run_dir), started_at=spec.started_at)
     return job
 
