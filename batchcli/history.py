@@ -124,10 +124,9 @@ def _summary(run: RunInfo) -> Table:
     config = run.configuration + (f" (-c {run.config_name})" if run.config_name else "")
     grid.add_row("configuration", escape(config))
     params = [f"{k}={','.join(v)}" + (f" ({_origin(k)})" if k in run.environment else "") for k, v in run.params.items()]
-    params += [
-        f"{k}={Secret.mask} (secret" + (f", {_origin(k)}" if k in run.environment else "") + "; give it again to resume or retry)"
-        for k in run.secrets
-    ]
+    for k in run.secrets:
+        origin = f", {_origin(k)}" if k in run.environment else ""
+        params.append(f"{k}={Secret.mask} (secret{origin}; give it again to resume or retry)")
     grid.add_row("params", escape("  ".join(params)) or "[dim]none[/]")
     status = Text(run.status, STATUS_STYLES.get(run.status, ""))
     if run.status == "crashed" and run.fatal is None:

@@ -1,10 +1,11 @@
 """The run journal: ``journal.sqlite`` in the run directory, written in batches while a run goes.
 
-It holds what the run is rebuilt from (target, configuration, raw params from ``-p`` and ``BATCHCLI_*``
-variables, secrets left out but named), which items settled (successes as merged ordinal ranges, or item keys; failures with a pickled copy
-of the input and the reason), a small throughput timeline, and one row per session (a run resumed
-twice has three). ``resume`` and ``retry`` write and load it; ``runs`` and ``show`` only read it,
-through ``batchcli.rundir``, and never unpickle.
+It holds what the run is rebuilt from (target, configuration, raw params from ``-p`` and
+``BATCHCLI_*`` variables, secrets left out but named), which items settled (successes as merged
+ordinal ranges, or item keys; failures with a pickled copy of the input and the reason), a small
+throughput timeline, and one row per session (a run resumed twice has three). ``resume`` and
+``retry`` write and load it; ``runs`` and ``show`` only read it, through ``batchcli.rundir``, and
+never unpickle.
 """
 
 from __future__ import annotations

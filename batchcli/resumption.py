@@ -143,10 +143,10 @@ def _rebuild(earlier: RunInfo, overrides: dict[str, tuple[str, ...]], command: s
 def _secrets_missing(earlier: RunInfo, missing: list[str], command: str) -> str:
     """Which secrets ``command`` needs again, and the two ways to give them."""
     many = len(missing) > 1
-    again = " ".join(f"-p {name}=..." for name in missing)
+    names, again = ", ".join(map(repr, missing)), " ".join(f"-p {name}=..." for name in missing)
     return (
-        f"Run {str(earlier.run_dir)!r} was started with the secret {'params' if many else 'param'} "
-        f"{', '.join(map(repr, missing))}, which the journal does not keep (and {'their defaults are' if many else 'its default is'} "
-        f"not used instead). Give {'them' if many else 'it'} again: batchcli {command} {earlier.run_dir} {again} "
+        f"Run {str(earlier.run_dir)!r} was started with the secret {'params' if many else 'param'} {names}, which "
+        f"the journal does not keep (and {'their defaults are' if many else 'its default is'} not used instead). "
+        f"Give {'them' if many else 'it'} again: batchcli {command} {earlier.run_dir} {again} "
         f"(or set {', '.join(map(variable, missing))})."
     )
