@@ -73,8 +73,10 @@ class Job:
     """Every param and configuration override, cast (from ``-p`` or the environment)."""
     annotations: dict[str, Any] = field(default_factory=dict)
     """Every name ``-p`` accepts (params and dotted configuration fields) -> its declared type."""
-    environment: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    """The raw values read from ``BATCHCLI_*`` variables (names ``-p`` did not give); see ``Wiring.with_environment``."""
+    environment: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    """The raw values read from ``BATCHCLI_*`` variables (names ``-p`` did not give); see ``Wiring.with_environment``.
+
+    Raw, so a secret's value is plain text here: kept out of ``repr``, like ``params``' Secrets are masked there."""
 
     @property
     def secret_names(self) -> frozenset[str]:
