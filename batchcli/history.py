@@ -34,8 +34,9 @@ class Unreadable:
 def find_runs(output_dir: Path) -> list[RunInfo | Unreadable]:
     """Every run with a journal under ``output_dir``, newest first."""
     if not output_dir.is_dir():
+        what = "is a file, not a directory" if output_dir.exists() else "does not exist"
         raise UsageError(
-            f"Output directory {str(output_dir)!r} does not exist. Give the -d the runs were started with "
+            f"Output directory {str(output_dir)!r} {what}. Give the -d the runs were started with "
             "(the default is batchcli_outputs)."
         )
     found: list[RunInfo | Unreadable] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from batchcli.errors import JournalError
+from batchcli.errors import JournalError, UsageError
 
 try:
     import fcntl
@@ -47,8 +48,9 @@ def damaged(path: Path, reason: str) -> JournalError:
 def journal_path(run_dir: Path) -> Path:
     """``RUN_DIR/journal.sqlite``, or a clear error when the directory or its journal is missing."""
     if not run_dir.is_dir():
+        what = "is a file, not a run directory" if run_dir.exists() else "does not exist"
         raise JournalError(
-            f"Run directory {str(run_dir)!r} does not exist. Give one of the directories "
+            f"Run directory {str(run_dir)!r} {what}. Give one of the directories "
             "`batchcli runs -d OUTPUT_DIR` lists."
         )
     path = run_dir / JOURNAL_NAME
@@ -58,6 +60,48 @@ def journal_path(run_dir: Path) -> Path:
             "by a batchcli without journals). Give one of the directories `batchcli runs -d OUTPUT_DIR` lists."
         )
     return path
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Create ``output_dir`` (and its parents) if it is missing; a UsageError when it cannot hold run directories."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise unusable_output_dir(output_dir, error) from error
+
+
+def unusable_output_dir(output_dir: Path, error: OSError) -> UsageError:
+    """The error for an output directory (``-d``) that cannot be created or written, naming the path and the fix."""
+    shown = repr(str(output_dir))
+    # A file in the way gives ENOTDIR or EEXIST; name the file, wherever it is on the path.
+    blocker = next((p for p in (output_dir, *output_dir.parents) if p.exists() and not p.is_dir()), None)
+    if blocker == output_dir:
+        return UsageError(
+            f"Output directory {shown} is a file, not a directory. Give -d a directory (batchcli creates it "
+            "if it is missing), or move the file away."
+        )
+    if blocker is not None:
+        return UsageError(
+            f"Output directory {shown} cannot be created: {str(blocker)!r} is a file, not a directory. "
+            "Give -d a path whose parents are directories."
+        )
+    # mkdir names the directory it could not make; the one that refused it is its parent.
+    where = str(Path(error.filename).parent if error.filename else output_dir)
+    if error.errno == errno.EROFS:
+        return UsageError(
+            f"Output directory {shown} is on a read-only file system ({where!r}). Give -d a directory on a "
+            "writable file system."
+        )
+    if isinstance(error, PermissionError):
+        return UsageError(
+            f"Cannot make a run directory in output directory {shown}: {where!r} is not writable "
+            f"({error.strerror or 'permission denied'}). Give -d a directory you can write to, or make {where!r} "
+            f"writable for you (chmod u+w {where!r})."
+        )
+    return UsageError(
+        f"Cannot make a run directory in output directory {shown}: {error.strerror or error} ({where!r}). "
+        "Give -d a directory you can write to."
+    )
 
 
 def check_safe(run_dir: Path) -> Path:
