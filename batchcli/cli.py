@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
+from rich.markup import escape
 
 from batchcli.environment import PREFIX as ENV_PREFIX
 from batchcli.errors import BatchcliError
@@ -105,7 +106,7 @@ def exec_(
     config: str | None = typer.Option(
         None, "--config", "-c", help="The configuration to use (a module in config/).", autocompletion=_complete_config
     ),
-    output_dir: str = typer.Option("batchcli_outputs", "--output-dir", "-d", help=OUTPUT_HELP),
+    output_dir: str = typer.Option("batchcli_outputs", "--output-dir", "-d", help=OUTPUT_HELP, metavar="DIR"),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output: -v for info, -vv for debug."),
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
     show_help: bool = typer.Option(
@@ -185,7 +186,10 @@ def resume(
 def retry(
     run_dir: Path = typer.Argument(..., help="The run directory whose failed inputs to reprocess."),
     param: list[str] = typer.Option([], "--param", "-p", help=PARAM_HELP, metavar="NAME=VALUE"),
-    output_dir: str | None = typer.Option(None, "--output-dir", "-d", help=OUTPUT_HELP + " [default: RUN_DIR's]"),
+    output_dir: str | None = typer.Option(
+        # Escaped: typer reads help as rich markup, where [default: ...] would be a style tag and vanish.
+        None, "--output-dir", "-d", help=escape(OUTPUT_HELP + " [default: RUN_DIR's]"), metavar="DIR"
+    ),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output: -v for info, -vv for debug."),
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
 ) -> None:
@@ -217,7 +221,7 @@ def retry(
 
 @app.command()
 def runs(
-    output_dir: str = typer.Option("batchcli_outputs", "--output-dir", "-d", help=OUTPUT_HELP),
+    output_dir: str = typer.Option("batchcli_outputs", "--output-dir", "-d", help=OUTPUT_HELP, metavar="DIR"),
 ) -> None:
     """List past runs, newest first."""
     from rich.console import Console
@@ -291,6 +295,7 @@ def list_() -> None:
     """List the installed jobs: packages register them in the batchcli.jobs entry-point group."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from batchcli.jobs import GROUP, describe_installed
 
@@ -307,7 +312,8 @@ def list_() -> None:
     for column in ("Job", "Module", "Package", "Description"):
         table.add_column(column, no_wrap=column != "Description")
     for job in jobs:
-        table.add_row(f"[bold cyan]{job.name}[/]", job.module, job.package, job.description)
+        # Text cells: names and descriptions come from installed packages, not from us, so no markup.
+        table.add_row(Text(job.name, style="bold cyan"), Text(job.module), Text(job.package), Text(job.description))
     console.print(table)
     console.print("Run one with: batchcli exec NAME   (its params: batchcli exec NAME --help)", style="dim")
 
