@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import socket
 import re
+import shutil
 import sqlite3
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from batchcli.errors import JournalError, UsageError
+from batchcli.errors import JournalError, JournalUnreadable, UsageError
 
 try:
     import fcntl
@@ -22,18 +25,66 @@ except ImportError:  # pragma: no cover - not on Windows
     fcntl = None  # type: ignore[assignment]
 
 JOURNAL_NAME = "journal.sqlite"
+HOLDER_NAME = "batchcli.pid"
+"""Written by the process that holds the run directory's lock, right after taking it: its pid and host."""
 FORMAT = 1
 """The journal's schema version; a journal of a newer format is refused."""
 
 
 def connect(path: Path, *, writer: bool = False) -> sqlite3.Connection:
     """A connection to an existing journal: read-write for the run that owns it, read-only otherwise."""
-    uri = f"file:{quote(str(path.resolve()))}?mode={'rw' if writer else 'ro'}"
+    if not writer:
+        return _reader(path)
+    uri = f"file:{quote(str(path.resolve()))}?mode=rw"
     # The writer is used by the main thread and the recorder thread, one after the other.
-    conn = sqlite3.connect(uri, uri=True, check_same_thread=not writer, timeout=10)
+    conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=10)
     # Every commit reaches the disk: one fsync per flush (every 0.5 s), not per item.
     conn.execute("PRAGMA synchronous=FULL")
     return conn
+
+
+def _reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection, also for a journal in a directory we cannot write (another user's, a read-only disk).
+
+    A WAL database opened read-only still needs its ``-shm`` file writable, or the directory writable to
+    create it; without either SQLite refuses ("unable to open database file", "attempt to write a readonly
+    database"), and so it does for a journal file that cannot be written. Then the journal and its WAL are
+    copied and read from the copy instead.
+    """
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, timeout=10)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opening is lazy: make it happen here
+        return conn
+    except sqlite3.OperationalError as error:
+        # Refused for want of write access somewhere (the directory, -shm, -wal, the file itself): the copy
+        # needs none. A journal that is really damaged fails again there, with sqlite3's error.
+        if conn is not None:
+            conn.close()
+        try:
+            return _snapshot(path)
+        except OSError as copy_error:
+            raise JournalUnreadable(
+                f"The journal {str(path)!r} cannot be read ({error}; copying it: {copy_error.strerror or copy_error}). "
+                "Run the command as the user who owns the run directory, or ask them to copy it for you."
+            ) from copy_error
+
+
+def _snapshot(path: Path) -> sqlite3.Connection:
+    """The journal (with what its WAL holds) as an in-memory database, read from a private copy."""
+    with tempfile.TemporaryDirectory(prefix="batchcli-journal-") as scratch:
+        copy = Path(scratch) / JOURNAL_NAME
+        shutil.copyfile(path, copy)
+        wal = Path(f"{path}-wal")
+        if wal.exists():
+            shutil.copyfile(wal, f"{copy}-wal")  # the last flushes may still be only there
+        disk = sqlite3.connect(copy)
+        try:
+            memory = sqlite3.connect(":memory:")
+            disk.backup(memory)
+        finally:
+            disk.close()
+    return memory
 
 
 def damaged(path: Path, reason: str) -> JournalError:
@@ -141,8 +192,9 @@ class RunLock:
     running whose lock is free belongs to a crashed run; and two resumes of one run cannot overlap.
     """
 
-    def __init__(self, fd: int | None) -> None:
+    def __init__(self, fd: int | None, run_dir: Path | None = None) -> None:
         self._fd = fd
+        self._run_dir = run_dir
 
     @classmethod
     def acquire(cls, run_dir: Path) -> RunLock:
@@ -154,16 +206,21 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            pid = _last_pid(run_dir)
+            pid = lock_holder(run_dir)
             raise JournalError(
                 f"Run {str(run_dir)!r} is still running in another process{f' (pid {pid})' if pid else ''}. "
                 "Wait for it to end, or stop it first (Ctrl-C in its terminal, or kill -INT PID)."
             ) from None
-        return cls(fd)
+        _write_holder(run_dir)
+        return cls(fd, run_dir)
 
     def release(self) -> None:
         """Unlock (idempotent)."""
         if self._fd is not None:
+            if self._run_dir is not None:
+                # Before unlocking: once unlocked, the file may already be the next holder's.
+                with contextlib.suppress(OSError):
+                    (self._run_dir / HOLDER_NAME).unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = None
 
@@ -185,16 +242,44 @@ class RunLock:
             os.close(fd)
 
 
-def _last_pid(run_dir: Path) -> int | None:
+def _write_holder(run_dir: Path) -> None:
+    """Record who holds the lock. The journal's newest session row cannot say: a resume holds the lock
+    while it loads the project, before it adds its session, and until then that row is the dead run's."""
+    draft = run_dir / f"{HOLDER_NAME}.new"
     try:
-        conn = connect(run_dir / JOURNAL_NAME)
-        try:
-            row = conn.execute("SELECT pid FROM sessions ORDER BY id DESC LIMIT 1").fetchone()
-        finally:
-            conn.close()
-        return int(row[0]) if row else None
-    except (sqlite3.Error, OSError):
+        draft.write_text(f"{os.getpid()} {socket.gethostname()}\n")
+        os.replace(draft, run_dir / HOLDER_NAME)  # whole or absent for a reader
+    except OSError:
+        pass  # only the message names the holder; the lock itself is what keeps runs apart
+
+
+def _read_holder(run_dir: Path) -> tuple[int, str] | None:
+    try:
+        pid, host = (run_dir / HOLDER_NAME).read_text().split()
+        return int(pid), host
+    except (OSError, ValueError):
         return None
+
+
+def lock_holder(run_dir: Path, wait_s: float = 2.0) -> int | None:
+    """The pid of the process holding ``run_dir``'s lock, from what it wrote under the lock; None if unknown.
+
+    A process that has just taken the lock may not have written its pid yet: wait up to ``wait_s`` for it
+    rather than name the previous holder.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        holder = _read_holder(run_dir)
+        if holder is not None and _alive(*holder):
+            return holder[0]
+        if time.monotonic() >= deadline or not RunLock.is_held(run_dir):
+            return None
+        time.sleep(0.05)
+
+
+def _alive(pid: int, host: str) -> bool:
+    # A pid only means something on the machine that wrote it: elsewhere, trust the lock.
+    return host != socket.gethostname() or _pid_alive(pid)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -274,8 +359,9 @@ def read_run(run_dir: Path) -> RunInfo:
     if run is None or not sessions:
         raise damaged(path, "it has no run record")
     pid, host, _, seen_at, ended_at, status = sessions[-1]
-    if status == "running" and not _running(run_dir, pid, host):
-        status = "crashed"
+    if status == "running":
+        holder = _running(run_dir, pid, host)
+        status, pid = ("crashed", pid) if holder is None else ("running", holder)
     now = time.time()
     live = status == "running"
     ends = [s[4] or s[3] for s in sessions[:-1]] + [ended_at or (now if live else seen_at)]
@@ -302,11 +388,15 @@ def read_run(run_dir: Path) -> RunInfo:
     )
 
 
-def _running(run_dir: Path, pid: int, host: str) -> bool:
+def _running(run_dir: Path, pid: int, host: str) -> int | None:
+    """The pid of the live process running ``run_dir``, or None when its session's process is gone."""
     if not RunLock.is_held(run_dir):
-        return False
-    # A pid only means something on the machine that wrote it.
-    return host != socket.gethostname() or _pid_alive(pid)
+        return None
+    # The lock holder's own record first; the session row for runs of a batchcli that wrote none.
+    for candidate in (_read_holder(run_dir), (pid, host)):
+        if candidate is not None and _alive(*candidate):
+            return candidate[0]
+    return None
 
 
 _NUMBERS = re.compile(r"\d+(?:\.\d+)?")
