@@ -185,6 +185,17 @@ def check_safe(run_dir: Path) -> Path:
     return path
 
 
+def check_writable(run_dir: Path) -> None:
+    """Resuming writes the journal in place: refuse a run directory or journal files this user cannot write."""
+    for part in (run_dir, *(p for p in run_dir.glob(f"{JOURNAL_NAME}*") if p.is_file())):
+        if not os.access(part, os.W_OK):
+            raise JournalError(
+                f"{str(part)!r} is not writable (a read-only disk, an immutable file, or not yours to write), and "
+                "resume continues a run in its own directory, writing its journal. Make it writable "
+                f"(chmod u+w {str(part)!r}), or copy the run directory and resume the copy."
+            )
+
+
 class RunLock:
     """An exclusive ``flock`` on the run directory, held by the process running it.
 

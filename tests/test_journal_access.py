@@ -188,3 +188,14 @@ def test_a_journal_another_user_cannot_read_is_unreadable_not_damaged(as_nobody,
     runs = as_nobody("runs", "-d", foreign_copy.parent)
     assert runs.returncode == 0, runs.stderr
     assert re.search(rf"unreadable .*{foreign_copy.name}", flat(runs.stdout)), runs.stdout
+
+
+def test_resume_of_a_run_directory_it_cannot_write(cli, tmp_path: Path, immutable: Callable[[Path], None]) -> None:
+    """resume of a read-only run says what is not writable and how to fix it, not that the journal is damaged."""
+    crashed = cli("exec", SLOW, "-d", "out", "-p", "crash_at=5")
+    assert crashed.exit_code == 3, crashed.output
+    immutable(crashed.run_dir / "journal.sqlite")
+    out = refused(cli("resume", crashed.run_dir))
+    assert f"'{crashed.run_dir}/journal.sqlite' is not writable" in out
+    assert "or copy the run directory and resume the copy" in out
+    assert "damaged" not in out
