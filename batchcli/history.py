@@ -20,7 +20,12 @@ from batchcli.rundir import JOURNAL_NAME, RunInfo, query, read_run
 from batchcli.secret import Secret
 
 STATUS_STYLES = {
-    "finished": "green", "stopped": "yellow", "crashed": "bold red", "running": "cyan", "damaged": "red", "unreadable": "red"
+    "finished": "green",
+    "stopped": "yellow",
+    "crashed": "bold red",
+    "running": "cyan",
+    "damaged": "red",
+    "unreadable": "red",
 }
 BLOCKS = " ▁▂▃▄▅▆▇█"
 

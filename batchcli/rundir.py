@@ -217,7 +217,7 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            pid = lock_holder(run_dir)
+            pid = lock_holder(run_dir) or _live_session_pid(run_dir)
             raise JournalError(
                 f"Run {str(run_dir)!r} is still running in another process{f' (pid {pid})' if pid else ''}. "
                 "Wait for it to end, or stop it first (Ctrl-C in its terminal, or kill -INT PID)."
@@ -286,6 +286,19 @@ def lock_holder(run_dir: Path, wait_s: float = 2.0) -> int | None:
         if time.monotonic() >= deadline or not RunLock.is_held(run_dir):
             return None
         time.sleep(0.05)
+
+
+def _live_session_pid(run_dir: Path) -> int | None:
+    """The newest session's pid if that process is alive: for a holder that wrote no record (an older batchcli)."""
+    try:
+        conn = connect(run_dir / JOURNAL_NAME)
+        try:
+            row = conn.execute("SELECT pid, host FROM sessions ORDER BY id DESC LIMIT 1").fetchone()
+        finally:
+            conn.close()
+    except (sqlite3.Error, OSError, JournalError):
+        return None
+    return int(row[0]) if row and _alive(int(row[0]), row[1]) else None
 
 
 def _alive(pid: int, host: str) -> bool:
