@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
+from rich.markup import escape
 
 from batchcli.environment import PREFIX as ENV_PREFIX
 from batchcli.errors import BatchcliError
@@ -47,6 +48,18 @@ def parse_values(pairs: list[str]) -> dict[str, tuple[str, ...]]:
             )
         values.setdefault(name, []).append(value)
     return {k: tuple(v) for k, v in values.items()}
+
+
+def output_path(raw: str) -> Path:
+    """The ``-d`` value as a path; an empty one is an error (``Path('')`` would silently mean ``.``)."""
+    from batchcli.errors import UsageError
+
+    if not raw.strip():
+        raise UsageError(
+            f"-d {raw!r} is empty. Give the directory that holds the run directories, e.g. -d batchcli_outputs "
+            "(or -d . for the current directory)."
+        )
+    return Path(raw)
 
 
 def fail(error: BatchcliError) -> NoReturn:
@@ -93,7 +106,7 @@ def exec_(
     config: str | None = typer.Option(
         None, "--config", "-c", help="The configuration to use (a module in config/).", autocompletion=_complete_config
     ),
-    output_dir: Path = typer.Option(Path("batchcli_outputs"), "--output-dir", "-d", help=OUTPUT_HELP),
+    output_dir: str = typer.Option("batchcli_outputs", "--output-dir", "-d", help=OUTPUT_HELP, metavar="DIR"),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output: -v for info, -vv for debug."),
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
     show_help: bool = typer.Option(
@@ -111,8 +124,9 @@ def exec_(
     _note_shadowed_job(path)
     try:
         wiring = Wiring(target=path, config_name=config, values=parse_values(param))
+        output = output_path(output_dir)
         job = build_job(load_project(path), wiring)
-        options = RunOptions(output_dir=output_dir, verbosity=verbose, pause_shell=not no_shell)
+        options = RunOptions(output_dir=output, verbosity=verbose, pause_shell=not no_shell)
         result = Run(job, wiring, options).execute()
     except BatchcliError as error:
         fail(error)
@@ -172,7 +186,10 @@ def resume(
 def retry(
     run_dir: Path = typer.Argument(..., help="The run directory whose failed inputs to reprocess."),
     param: list[str] = typer.Option([], "--param", "-p", help=PARAM_HELP, metavar="NAME=VALUE"),
-    output_dir: Path | None = typer.Option(None, "--output-dir", "-d", help=OUTPUT_HELP + " [default: RUN_DIR's]"),
+    output_dir: str | None = typer.Option(
+        # Escaped: typer reads help as rich markup, where [default: ...] would be a style tag and vanish.
+        None, "--output-dir", "-d", help=escape(OUTPUT_HELP + " [default: RUN_DIR's]"), metavar="DIR"
+    ),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output: -v for info, -vv for debug."),
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
 ) -> None:
@@ -181,8 +198,9 @@ def retry(
     from batchcli.run import Run, RunOptions
 
     try:
+        output = run_dir.parent if output_dir is None else output_path(output_dir)
         plan = plan_retry(run_dir, parse_values(param))
-        options = RunOptions(output_dir=output_dir or run_dir.parent, verbosity=verbose, pause_shell=not no_shell)
+        options = RunOptions(output_dir=output, verbosity=verbose, pause_shell=not no_shell)
         console = options.console
         if plan.job is None or plan.wiring is None or plan.continuation is None:
             console.print(f"Run {str(run_dir)!r} has no failed inputs; nothing to retry.", highlight=False, markup=False)
@@ -203,7 +221,7 @@ def retry(
 
 @app.command()
 def runs(
-    output_dir: Path = typer.Option(Path("batchcli_outputs"), "--output-dir", "-d", help=OUTPUT_HELP),
+    output_dir: str = typer.Option("batchcli_outputs", "--output-dir", "-d", help=OUTPUT_HELP, metavar="DIR"),
 ) -> None:
     """List past runs, newest first."""
     from rich.console import Console
@@ -211,7 +229,7 @@ def runs(
     from batchcli.history import find_runs, runs_table
 
     try:
-        found = find_runs(output_dir)
+        found = find_runs(output_path(output_dir))
     except BatchcliError as error:
         fail(error)
     console = Console(highlight=False)
@@ -277,6 +295,7 @@ def list_() -> None:
     """List the installed jobs: packages register them in the batchcli.jobs entry-point group."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from batchcli.jobs import GROUP, describe_installed
 
@@ -293,7 +312,8 @@ def list_() -> None:
     for column in ("Job", "Module", "Package", "Description"):
         table.add_column(column, no_wrap=column != "Description")
     for job in jobs:
-        table.add_row(f"[bold cyan]{job.name}[/]", job.module, job.package, job.description)
+        # Text cells: names and descriptions come from installed packages, not from us, so no markup.
+        table.add_row(Text(job.name, style="bold cyan"), Text(job.module), Text(job.package), Text(job.description))
     console.print(table)
     console.print("Run one with: batchcli exec NAME   (its params: batchcli exec NAME --help)", style="dim")
 

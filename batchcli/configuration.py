@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -54,10 +55,26 @@ class Configuration:
             raise ValueError(f"concurrency must be at least 1, got {self.concurrency!r}.")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be 0 or more, got {self.max_retries!r}.")
-        if self.rate_limit is not None and self.rate_limit <= 0:
-            raise ValueError(f"rate_limit must be positive or none, got {self.rate_limit!r}.")
-        if self.item_timeout_s is not None and self.item_timeout_s <= 0:
-            raise ValueError(f"item_timeout_s must be positive or none, got {self.item_timeout_s!r}.")
+        # `not x > 0` rather than `x <= 0`: NaN compares false both ways, and must be refused too.
+        if self.rate_limit is not None and not 0 < self.rate_limit < math.inf:
+            raise ValueError(
+                f"rate_limit must be positive or none, got {self.rate_limit!r}: items per second, e.g. 50, "
+                "or none for no limit."
+            )
+        if self.item_timeout_s is not None and not 0 < self.item_timeout_s < math.inf:
+            raise ValueError(
+                f"item_timeout_s must be positive or none, got {self.item_timeout_s!r}: seconds, e.g. 30, "
+                "or none for no limit."
+            )
+        for name in ("backoff_s", "backoff_max_s", "stop_timeout_s"):
+            value = getattr(self, name)
+            if not 0 <= value < math.inf:
+                raise ValueError(f"{name} must be a number of seconds, 0 or more, got {value!r}: e.g. {name}=1.5.")
+        if self.backoff_max_s < self.backoff_s:
+            raise ValueError(
+                f"backoff_max_s ({self.backoff_max_s!r}) must be at least backoff_s ({self.backoff_s!r}): it caps "
+                "the delay between attempts. Raise backoff_max_s or lower backoff_s."
+            )
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {', '.join(map(repr, EXECUTORS))}, got {self.executor!r}.")
         if self.workers is not None and self.workers < 1:

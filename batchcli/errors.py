@@ -43,3 +43,7 @@ class UserCodeError(BatchcliError):
 
 class JournalError(BatchcliError):
     """A run directory's journal cannot be used: missing, damaged, unsafe to load, or still in use."""
+
+
+class JournalUnreadable(JournalError):
+    """A journal this user may not read at all (another user's, owner-only): not damaged, only out of reach."""

@@ -15,12 +15,19 @@ from rich.table import Table
 from rich.text import Text
 
 from batchcli.environment import variable
-from batchcli.errors import BatchcliError, UsageError
+from batchcli.errors import BatchcliError, JournalUnreadable, UsageError
 from batchcli.run import FLUSH_INTERVAL_S
 from batchcli.rundir import JOURNAL_NAME, RunInfo, query, read_run
 from batchcli.secret import Secret
 
-STATUS_STYLES = {"finished": "green", "stopped": "yellow", "crashed": "bold red", "running": "cyan", "damaged": "red"}
+STATUS_STYLES = {
+    "finished": "green",
+    "stopped": "yellow",
+    "crashed": "bold red",
+    "running": "cyan",
+    "damaged": "red",
+    "unreadable": "red",
+}
 BLOCKS = " ▁▂▃▄▅▆▇█"
 
 
@@ -30,19 +37,24 @@ class Unreadable:
 
     run_dir: Path
     reason: str
+    status: str = "damaged"
+    """damaged, or unreadable (this user may not read the journal)."""
 
 
 def find_runs(output_dir: Path) -> list[RunInfo | Unreadable]:
     """Every run with a journal under ``output_dir``, newest first."""
     if not output_dir.is_dir():
+        what = "is a file, not a directory" if output_dir.exists() else "does not exist"
         raise UsageError(
-            f"Output directory {str(output_dir)!r} does not exist. Give the -d the runs were started with "
+            f"Output directory {str(output_dir)!r} {what}. Give the -d the runs were started with "
             "(the default is batchcli_outputs)."
         )
     found: list[RunInfo | Unreadable] = []
     for journal in output_dir.glob(f"*/{JOURNAL_NAME}"):
         try:
             found.append(read_run(journal.parent))
+        except JournalUnreadable as error:
+            found.append(Unreadable(journal.parent, str(error), "unreadable"))
         except BatchcliError as error:
             found.append(Unreadable(journal.parent, str(error)))
     return sorted(found, key=_started, reverse=True)
@@ -89,7 +101,7 @@ def _table(runs: list[RunInfo | Unreadable], lead: tuple[str, ...], trail: tuple
         cells = {"run": escape(run.run_dir.name), "started": "?", "job": "?", "configuration": "?"}
         if isinstance(run, Unreadable):
             cells["started"] = _when(run.run_dir.stat().st_mtime)
-            middle: list[RenderableType] = [Text("damaged", "red"), "", "", ""]
+            middle: list[RenderableType] = [Text(run.status, STATUS_STYLES[run.status]), "", "", ""]
         else:
             retry = " (retry)" if run.parent else ""
             cells.update(started=_when(run.started_at), job=escape(run.job + retry))

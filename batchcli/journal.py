@@ -24,7 +24,7 @@ from batchcli import __version__
 from batchcli.errors import JournalError
 from batchcli.outcome import Failure, Tally
 from batchcli.records import json_form
-from batchcli.rundir import FORMAT, JOURNAL_NAME, RunLock, check_safe, connect, damaged
+from batchcli.rundir import FORMAT, JOURNAL_NAME, RunLock, check_safe, check_writable, connect, damaged
 from batchcli.settled import Numbered, RangeSet, skip_keys, skip_ordinals
 
 if TYPE_CHECKING:
@@ -189,6 +189,7 @@ class Journal:
     def open(cls, run_dir: Path) -> Journal:
         """Open the journal of an earlier run to continue it; refused when unsafe or still running."""
         path = check_safe(run_dir)
+        check_writable(run_dir)  # else SQLite's refusal would read as a damaged journal
         lock = RunLock.acquire(run_dir)
         try:
             conn = connect(path, writer=True)

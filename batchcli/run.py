@@ -26,6 +26,7 @@ from batchcli.outcome import Failure, Tally
 from batchcli.progress import make_display
 from batchcli.project import format_user_traceback
 from batchcli.records import FailedFile, json_form, write_json
+from batchcli.rundir import check_output_dir, unusable_output_dir
 from batchcli.resumption import Continuation, defines_item_key
 from batchcli.service import maybe_await
 from batchcli.source import is_async_source, source_length
@@ -487,7 +488,7 @@ async def _numbered(items: AsyncIterator[Any], seen: Iterator[int]) -> AsyncIter
 
 def _make_run_dir(output_dir: Path, job_name: str, started: datetime) -> Path:
     """``<output_dir>/<timestamp>_<job>``, owner-only, unique even for runs started in the same second."""
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(output_dir)
     stem = f"{started.strftime('%Y-%m-%dT%H-%M-%S')}_{job_name}"
     for n in itertools.count(1):
         path = output_dir / (stem if n == 1 else f"{stem}_{n}")
@@ -496,4 +497,6 @@ def _make_run_dir(output_dir: Path, job_name: str, started: datetime) -> Path:
             return path
         except FileExistsError:
             continue
+        except OSError as error:  # not writable, read-only file system, disk full: the same fix
+            raise unusable_output_dir(output_dir, error) from error
     raise AssertionError("unreachable")

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import socket
 import re
+import shutil
 import sqlite3
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from batchcli.errors import JournalError
+from batchcli.errors import JournalError, JournalUnreadable, UsageError
 
 try:
     import fcntl
@@ -21,18 +25,66 @@ except ImportError:  # pragma: no cover - not on Windows
     fcntl = None  # type: ignore[assignment]
 
 JOURNAL_NAME = "journal.sqlite"
+HOLDER_NAME = "batchcli.pid"
+"""Written by the process that holds the run directory's lock, right after taking it: its pid and host."""
 FORMAT = 1
 """The journal's schema version; a journal of a newer format is refused."""
 
 
 def connect(path: Path, *, writer: bool = False) -> sqlite3.Connection:
     """A connection to an existing journal: read-write for the run that owns it, read-only otherwise."""
-    uri = f"file:{quote(str(path.resolve()))}?mode={'rw' if writer else 'ro'}"
+    if not writer:
+        return _reader(path)
+    uri = f"file:{quote(str(path.resolve()))}?mode=rw"
     # The writer is used by the main thread and the recorder thread, one after the other.
-    conn = sqlite3.connect(uri, uri=True, check_same_thread=not writer, timeout=10)
+    conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=10)
     # Every commit reaches the disk: one fsync per flush (every 0.5 s), not per item.
     conn.execute("PRAGMA synchronous=FULL")
     return conn
+
+
+def _reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection, also for a journal in a directory we cannot write (another user's, a read-only disk).
+
+    A WAL database opened read-only still needs its ``-shm`` file writable, or the directory writable to
+    create it; without either SQLite refuses ("unable to open database file", "attempt to write a readonly
+    database"), and so it does for a journal file that cannot be written. Then the journal and its WAL are
+    copied and read from the copy instead.
+    """
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, timeout=10)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opening is lazy: make it happen here
+        return conn
+    except sqlite3.OperationalError as error:
+        # Refused for want of write access somewhere (the directory, -shm, -wal, the file itself): the copy
+        # needs none. A journal that is really damaged fails again there, with sqlite3's error.
+        if conn is not None:
+            conn.close()
+        try:
+            return _snapshot(path)
+        except OSError as copy_error:
+            raise JournalUnreadable(
+                f"The journal {str(path)!r} cannot be read ({error}; copying it: {copy_error.strerror or copy_error}). "
+                "Run the command as the user who owns the run directory, or ask them to copy it for you."
+            ) from copy_error
+
+
+def _snapshot(path: Path) -> sqlite3.Connection:
+    """The journal (with what its WAL holds) as an in-memory database, read from a private copy."""
+    with tempfile.TemporaryDirectory(prefix="batchcli-journal-") as scratch:
+        copy = Path(scratch) / JOURNAL_NAME
+        shutil.copyfile(path, copy)
+        wal = Path(f"{path}-wal")
+        if wal.exists():
+            shutil.copyfile(wal, f"{copy}-wal")  # the last flushes may still be only there
+        disk = sqlite3.connect(copy)
+        try:
+            memory = sqlite3.connect(":memory:")
+            disk.backup(memory)
+        finally:
+            disk.close()
+    return memory
 
 
 def damaged(path: Path, reason: str) -> JournalError:
@@ -47,8 +99,9 @@ def damaged(path: Path, reason: str) -> JournalError:
 def journal_path(run_dir: Path) -> Path:
     """``RUN_DIR/journal.sqlite``, or a clear error when the directory or its journal is missing."""
     if not run_dir.is_dir():
+        what = "is a file, not a run directory" if run_dir.exists() else "does not exist"
         raise JournalError(
-            f"Run directory {str(run_dir)!r} does not exist. Give one of the directories "
+            f"Run directory {str(run_dir)!r} {what}. Give one of the directories "
             "`batchcli runs -d OUTPUT_DIR` lists."
         )
     path = run_dir / JOURNAL_NAME
@@ -58,6 +111,48 @@ def journal_path(run_dir: Path) -> Path:
             "by a batchcli without journals). Give one of the directories `batchcli runs -d OUTPUT_DIR` lists."
         )
     return path
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Create ``output_dir`` (and its parents) if it is missing; a UsageError when it cannot hold run directories."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise unusable_output_dir(output_dir, error) from error
+
+
+def unusable_output_dir(output_dir: Path, error: OSError) -> UsageError:
+    """The error for an output directory (``-d``) that cannot be created or written, naming the path and the fix."""
+    shown = repr(str(output_dir))
+    # A file in the way gives ENOTDIR or EEXIST; name the file, wherever it is on the path.
+    blocker = next((p for p in (output_dir, *output_dir.parents) if p.exists() and not p.is_dir()), None)
+    if blocker == output_dir:
+        return UsageError(
+            f"Output directory {shown} is a file, not a directory. Give -d a directory (batchcli creates it "
+            "if it is missing), or move the file away."
+        )
+    if blocker is not None:
+        return UsageError(
+            f"Output directory {shown} cannot be created: {str(blocker)!r} is a file, not a directory. "
+            "Give -d a path whose parents are directories."
+        )
+    # mkdir names the directory it could not make; the one that refused it is its parent.
+    where = str(Path(error.filename).parent if error.filename else output_dir)
+    if error.errno == errno.EROFS:
+        return UsageError(
+            f"Output directory {shown} is on a read-only file system ({where!r}). Give -d a directory on a "
+            "writable file system."
+        )
+    if isinstance(error, PermissionError):
+        return UsageError(
+            f"Cannot make a run directory in output directory {shown}: {where!r} is not writable "
+            f"({error.strerror or 'permission denied'}). Give -d a directory you can write to, or make {where!r} "
+            f"writable for you (chmod u+w {where!r})."
+        )
+    return UsageError(
+        f"Cannot make a run directory in output directory {shown}: {error.strerror or error} ({where!r}). "
+        "Give -d a directory you can write to."
+    )
 
 
 def check_safe(run_dir: Path) -> Path:
@@ -90,6 +185,17 @@ def check_safe(run_dir: Path) -> Path:
     return path
 
 
+def check_writable(run_dir: Path) -> None:
+    """Resuming writes the journal in place: refuse a run directory or journal files this user cannot write."""
+    for part in (run_dir, *(p for p in run_dir.glob(f"{JOURNAL_NAME}*") if p.is_file())):
+        if not os.access(part, os.W_OK):
+            raise JournalError(
+                f"{str(part)!r} is not writable (a read-only disk, an immutable file, or not yours to write), and "
+                "resume continues a run in its own directory, writing its journal. Make it writable "
+                f"(chmod u+w {str(part)!r}), or copy the run directory and resume the copy."
+            )
+
+
 class RunLock:
     """An exclusive ``flock`` on the run directory, held by the process running it.
 
@@ -97,8 +203,9 @@ class RunLock:
     running whose lock is free belongs to a crashed run; and two resumes of one run cannot overlap.
     """
 
-    def __init__(self, fd: int | None) -> None:
+    def __init__(self, fd: int | None, run_dir: Path | None = None) -> None:
         self._fd = fd
+        self._run_dir = run_dir
 
     @classmethod
     def acquire(cls, run_dir: Path) -> RunLock:
@@ -110,16 +217,21 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            pid = _last_pid(run_dir)
+            pid = lock_holder(run_dir) or _live_session_pid(run_dir)
             raise JournalError(
                 f"Run {str(run_dir)!r} is still running in another process{f' (pid {pid})' if pid else ''}. "
                 "Wait for it to end, or stop it first (Ctrl-C in its terminal, or kill -INT PID)."
             ) from None
-        return cls(fd)
+        _write_holder(run_dir)
+        return cls(fd, run_dir)
 
     def release(self) -> None:
         """Unlock (idempotent)."""
         if self._fd is not None:
+            if self._run_dir is not None:
+                # Before unlocking: once unlocked, the file may already be the next holder's.
+                with contextlib.suppress(OSError):
+                    (self._run_dir / HOLDER_NAME).unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = None
 
@@ -141,16 +253,57 @@ class RunLock:
             os.close(fd)
 
 
-def _last_pid(run_dir: Path) -> int | None:
+def _write_holder(run_dir: Path) -> None:
+    """Record who holds the lock. The journal's newest session row cannot say: a resume holds the lock
+    while it loads the project, before it adds its session, and until then that row is the dead run's."""
+    draft = run_dir / f"{HOLDER_NAME}.new"
+    try:
+        draft.write_text(f"{os.getpid()} {socket.gethostname()}\n")
+        os.replace(draft, run_dir / HOLDER_NAME)  # whole or absent for a reader
+    except OSError:
+        pass  # only the message names the holder; the lock itself is what keeps runs apart
+
+
+def _read_holder(run_dir: Path) -> tuple[int, str] | None:
+    try:
+        pid, host = (run_dir / HOLDER_NAME).read_text().split()
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
+
+
+def lock_holder(run_dir: Path, wait_s: float = 2.0) -> int | None:
+    """The pid of the process holding ``run_dir``'s lock, from what it wrote under the lock; None if unknown.
+
+    A process that has just taken the lock may not have written its pid yet: wait up to ``wait_s`` for it
+    rather than name the previous holder.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        holder = _read_holder(run_dir)
+        if holder is not None and _alive(*holder):
+            return holder[0]
+        if time.monotonic() >= deadline or not RunLock.is_held(run_dir):
+            return None
+        time.sleep(0.05)
+
+
+def _live_session_pid(run_dir: Path) -> int | None:
+    """The newest session's pid if that process is alive: for a holder that wrote no record (an older batchcli)."""
     try:
         conn = connect(run_dir / JOURNAL_NAME)
         try:
-            row = conn.execute("SELECT pid FROM sessions ORDER BY id DESC LIMIT 1").fetchone()
+            row = conn.execute("SELECT pid, host FROM sessions ORDER BY id DESC LIMIT 1").fetchone()
         finally:
             conn.close()
-        return int(row[0]) if row else None
-    except (sqlite3.Error, OSError):
+    except (sqlite3.Error, OSError, JournalError):
         return None
+    return int(row[0]) if row and _alive(int(row[0]), row[1]) else None
+
+
+def _alive(pid: int, host: str) -> bool:
+    # A pid only means something on the machine that wrote it: elsewhere, trust the lock.
+    return host != socket.gethostname() or _pid_alive(pid)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -233,8 +386,9 @@ def read_run(run_dir: Path) -> RunInfo:
     if run is None or not sessions:
         raise damaged(path, "it has no run record")
     pid, host, _, seen_at, ended_at, status = sessions[-1]
-    if status == "running" and not _running(run_dir, pid, host):
-        status = "crashed"
+    if status == "running":
+        holder = _running(run_dir, pid, host)
+        status, pid = ("crashed", pid) if holder is None else ("running", holder)
     now = time.time()
     live = status == "running"
     ends = [s[4] or s[3] for s in sessions[:-1]] + [ended_at or (now if live else seen_at)]
@@ -271,11 +425,15 @@ def _environment_names(conn: sqlite3.Connection) -> tuple[str, ...]:
     return tuple(json.loads(row[0])) if row else ()
 
 
-def _running(run_dir: Path, pid: int, host: str) -> bool:
+def _running(run_dir: Path, pid: int, host: str) -> int | None:
+    """The pid of the live process running ``run_dir``, or None when its session's process is gone."""
     if not RunLock.is_held(run_dir):
-        return False
-    # A pid only means something on the machine that wrote it.
-    return host != socket.gethostname() or _pid_alive(pid)
+        return None
+    # The lock holder's own record first; the session row for runs of a batchcli that wrote none.
+    for candidate in (_read_holder(run_dir), (pid, host)):
+        if candidate is not None and _alive(*candidate):
+            return candidate[0]
+    return None
 
 
 _NUMBERS = re.compile(r"\d+(?:\.\d+)?")

@@ -28,10 +28,29 @@ def create_project(root: Path) -> Path:
     for relative, template in _templates(files("batchcli") / "templates" / "project", ""):
         relative = _RENAMES.get(relative, relative).format(name=name)
         written.append((root / relative, string.Template(template.read_text(encoding="utf-8")).substitute(name=name)))
+    try:
+        root.mkdir(parents=True)
+    except OSError as error:
+        raise _cannot_create(root, error) from error
     for path, text in written:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     return root
+
+
+def _cannot_create(root: Path, error: OSError) -> UsageError:
+    """Why ``root`` cannot be made (a file in the way, a directory not writable), and what to give instead."""
+    blocker = next((p for p in root.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        reason = f"{str(blocker)!r} is a file, not a directory"
+    else:
+        # mkdir names the directory it could not make; the one that refused it is its parent.
+        where = Path(error.filename).parent if error.filename else root.parent
+        reason = f"{str(where)!r} is not writable ({error.strerror or error})"
+    return UsageError(
+        f"Cannot create the project {str(root)!r}: {reason}. Give batchcli init a new directory inside one you "
+        "can write to."
+    )
 
 
 def _templates(folder: Traversable, prefix: str) -> list[tuple[str, Traversable]]:

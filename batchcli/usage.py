@@ -130,7 +130,9 @@ def _table(entries: list[Entry]) -> Table:
     table.add_column("Description", ratio=1)
     for entry in entries:
         default = Text(entry.default, style="red" if entry.default == "required" else "dim")
-        table.add_row(entry.name, entry.type, default, entry.description)
+        # Text, never a str: a str cell is read as rich markup, so a docstring's [/] would crash the help
+        # and the executor field's 'batchcli[dask]' would lose its [dask].
+        table.add_row(Text(entry.name), Text(entry.type), default, Text(entry.description))
     return table
 
 
@@ -138,13 +140,14 @@ def print_project_help(console: Console, help: ProjectHelp, name: str) -> None:
     """Print the params and fields as panels in the style of typer's help."""
     panel: dict[str, Any] = {"border_style": "dim", "title_align": "left"}
     if help.params:
-        console.print(Panel(_table(help.params), title=f"Params of {name} (-p NAME=VALUE)", **panel))
+        console.print(Panel(_table(help.params), title=Text(f"Params of {name} (-p NAME=VALUE)"), **panel))
     else:
-        console.print(Panel(Text("none", style="dim"), title=f"Params of {name}", **panel))
+        console.print(Panel(Text("none", style="dim"), title=Text(f"Params of {name}"), **panel))
     body: Any = _table(help.fields) if help.fields else Text(help.note, style="yellow")
     if help.fields and help.note:
         body = Group(body, Text(help.note, style="yellow"))
-    title = f"Fields of {help.config_title}-p NAME=VALUE)" if help.fields else "Configuration fields"
+    # The title holds the -c name as typed: plain Text, not markup.
+    title = Text(f"Fields of {help.config_title}-p NAME=VALUE)" if help.fields else "Configuration fields")
     console.print(Panel(body, title=title, **panel))
     console.print(
         Text.assemble(

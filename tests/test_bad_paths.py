@@ -1,0 +1,118 @@
+"""Paths that cannot be used (-d, init's NAME, a run directory) get one message naming the path and the fix, no traceback."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+PROJECTS = Path(__file__).resolve().parent / "projects"
+RETRIES = PROJECTS / "retries" / "retries_job.py"
+FAST = ("-p", "backoff_s=0")
+
+
+def refused(result: Any, code: int = 2) -> str:
+    """The output of a refused command, after the checks every refusal must pass, with line wrapping undone."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    assert "Error:" in result.output
+    return " ".join(result.output.split())
+
+
+@pytest.fixture
+def immutable() -> Iterator[Callable[[Path], None]]:
+    """Make a path immutable (chattr +i), which even root cannot write into; undone at teardown.
+
+    We run as root, and root ignores permission bits, so chmod cannot make a directory unwritable.
+    """
+    done: list[Path] = []
+
+    def make(path: Path) -> None:
+        if shutil.which("chattr") is None:
+            pytest.skip("chattr is not installed: cannot make a directory unwritable for root")
+        result = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"chattr +i is not permitted here ({result.stderr.strip()}): cannot make a path unwritable")
+        done.append(path)
+
+    yield make
+    for path in reversed(done):
+        subprocess.run(["chattr", "-i", str(path)], check=False)
+
+
+# exec -d, retry -d and runs -d
+
+
+def test_output_dir_that_is_a_file(cli, tmp_path: Path) -> None:
+    """exec -d FILE names the file and says to give a directory; no run starts."""
+    (tmp_path / "notes.txt").write_text("not a directory")
+    out = refused(cli("exec", RETRIES, "-d", "notes.txt", *FAST))
+    assert "Output directory 'notes.txt' is a file, not a directory" in out
+    assert "Give -d a directory" in out
+
+
+def test_output_dir_under_a_file(cli, tmp_path: Path) -> None:
+    """exec -d FILE/sub names the file in the way; nothing is created."""
+    (tmp_path / "notes.txt").write_text("not a directory")
+    out = refused(cli("exec", RETRIES, "-d", "notes.txt/runs", *FAST))
+    assert "Output directory 'notes.txt/runs' cannot be created: 'notes.txt' is a file, not a directory" in out
+    assert "Give -d a path whose parents are directories" in out
+
+
+def test_output_dir_that_is_not_writable(cli, tmp_path: Path, immutable: Callable[[Path], None]) -> None:
+    """exec -d into a directory nobody may write to names it and says how to fix it, before any run starts."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    immutable(locked)
+    out = refused(cli("exec", RETRIES, "-d", "locked", *FAST))
+    assert "Cannot make a run directory in output directory 'locked': 'locked' is not writable" in out
+    assert "Give -d a directory you can write to" in out
+    nested = refused(cli("exec", RETRIES, "-d", "locked/runs", *FAST))
+    assert "output directory 'locked/runs': 'locked' is not writable" in nested
+    assert list(locked.iterdir()) == []
+
+
+def test_empty_output_dir(cli, tmp_path: Path) -> None:
+    """-d '' is an error for exec, retry and runs, not a silent run in the current directory."""
+    for args in (("exec", RETRIES, "-d", "", *FAST), ("runs", "-d", ""), ("retry", tmp_path, "-d", "")):
+        out = refused(cli(*args))
+        assert "-d '' is empty" in out
+        assert "-d batchcli_outputs" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_runs_and_resume_on_a_file(cli, tmp_path: Path) -> None:
+    """runs -d FILE, resume FILE and show FILE say the path is a file, not that it does not exist."""
+    (tmp_path / "notes.txt").write_text("not a directory")
+    runs = refused(cli("runs", "-d", "notes.txt"))
+    assert "Output directory 'notes.txt' is a file, not a directory" in runs
+    assert "does not exist" not in runs
+    for command in ("resume", "show", "retry"):
+        out = refused(cli(command, "notes.txt"))
+        assert "Run directory 'notes.txt' is a file, not a run directory" in out
+        assert "batchcli runs -d OUTPUT_DIR" in out
+
+
+# init
+
+
+def test_init_under_a_file(cli, tmp_path: Path) -> None:
+    """init FILE/name names the file in the way and creates nothing."""
+    (tmp_path / "notes.txt").write_text("not a directory")
+    out = refused(cli("init", "notes.txt/hello_job"))
+    assert "Cannot create the project 'notes.txt/hello_job': 'notes.txt' is a file, not a directory" in out
+    assert "Give batchcli init a new directory inside one you can write to" in out
+
+
+def test_init_in_a_directory_that_is_not_writable(cli, tmp_path: Path, immutable: Callable[[Path], None]) -> None:
+    """init into a directory nobody may write to names that directory and the fix."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    immutable(locked)
+    out = refused(cli("init", "locked/hello_job"))
+    assert "Cannot create the project 'locked/hello_job': 'locked' is not writable" in out
+    assert "Give batchcli init a new directory inside one you can write to" in out

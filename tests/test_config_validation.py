@@ -1,0 +1,52 @@
+"""Every built-in configuration field refuses negative, NaN and infinite values with a message naming the value, exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PROJECTS = Path(__file__).resolve().parent / "projects"
+RETRIES = PROJECTS / "retries" / "retries_job.py"
+
+
+def rejected(result: Any) -> str:
+    """The output of a run batchcli refused to start, after the checks every refusal must pass."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "Error: Invalid configuration Configuration:" in result.output
+    assert result.run_dir is None
+    return " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("field", ["backoff_s", "backoff_max_s", "stop_timeout_s"])
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "-inf"])
+def test_seconds_fields_refuse_negative_nan_and_infinite(cli, field: str, value: str) -> None:
+    """backoff_s, backoff_max_s and stop_timeout_s must be finite and 0 or more; the message names value and form."""
+    out = rejected(cli("exec", RETRIES, "-d", "out", "-p", f"{field}={value}"))
+    shown = {"-1": "-1.0"}.get(value, value)
+    assert f"{field} must be a number of seconds, 0 or more, got {shown}: e.g. {field}=1.5." in out
+
+
+@pytest.mark.parametrize("field, unit", [("rate_limit", "items per second, e.g. 50"), ("item_timeout_s", "seconds, e.g. 30")])
+@pytest.mark.parametrize("value", ["0", "-2", "nan", "inf"])
+def test_optional_limits_refuse_nan_and_infinite_too(cli, field: str, unit: str, value: str) -> None:
+    """rate_limit and item_timeout_s must be positive and finite, or none; NaN no longer slips through."""
+    out = rejected(cli("exec", RETRIES, "-d", "out", "-p", f"{field}={value}"))
+    shown = {"0": "0.0", "-2": "-2.0"}.get(value, value)
+    assert f"{field} must be positive or none, got {shown}: {unit}, or none for no limit." in out
+
+
+def test_backoff_max_below_backoff(cli) -> None:
+    """backoff_max_s below backoff_s is refused, naming both values and which to change."""
+    out = rejected(cli("exec", RETRIES, "-d", "out", "-p", "backoff_s=5", "-p", "backoff_max_s=2"))
+    assert "backoff_max_s (2.0) must be at least backoff_s (5.0)" in out
+    assert "Raise backoff_max_s or lower backoff_s." in out
+
+
+def test_zero_delays_are_still_allowed(cli) -> None:
+    """backoff_s=0, backoff_max_s=0 and stop_timeout_s=0 are valid: retry at once, cancel at once on a stop."""
+    result = cli("exec", RETRIES, "-d", "out", "-p", "backoff_s=0", "-p", "backoff_max_s=0", "-p", "stop_timeout_s=0")
+    assert result.exit_code == 1, result.output  # the project's two unretryable items fail; the run itself went
+    assert result.summary["succeeded"] == 2
