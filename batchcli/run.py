@@ -243,7 +243,11 @@ class Run:
             journal = Journal.create(
                 self.run_dir, self.job, self.wiring, keyed=keyed, parent=carry.parent, inputs=carry.items
             )
-        journal.begin(self.tally)
+        try:
+            journal.begin(self.tally)
+        except sqlite3.Error as error:  # resuming on a disk that is still full
+            journal.close()
+            raise RunDirWriteError(self.run_dir, _describe(error), _free_space(self.run_dir)) from error
         return journal
 
     def _record_loop(self) -> None:

@@ -383,6 +383,10 @@ def test_a_disk_that_fills_up_mid_run_stops_it_resumably_and_resume_loses_nothin
     assert sum(processed(logs).values()) - processed_when_full <= REDO_BOUND
     assert read_run(run_dir).status == "crashed"  # its session could not be closed: resumable like a crash
 
+    still_full = run_batchcli("resume", run_dir)
+    assert still_full.exit_code == 130
+    assert f"Cannot write the run directory '{run_dir}'" in " ".join(still_full.output.split())
+    assert "Traceback" not in still_full.output, still_full.output
     filler.unlink()
     resumed = run_batchcli("resume", run_dir)
     assert resumed.exit_code == 1, resumed.output  # every 7th item fails
