@@ -137,6 +137,8 @@ def _report(result: Any, console: Any) -> NoReturn:
     """The closing line of exec, resume and retry, and their exit code."""
     from rich.markup import escape
 
+    if result.write_error is not None:
+        console.print(f"[bold red]Error:[/] {escape(str(result.write_error))}", highlight=False, soft_wrap=True)
     unprocessed = f", {result.unprocessed} unprocessed" if result.unprocessed else ""
     total = "?" if result.total is None else result.total
     console.print(

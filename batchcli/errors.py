@@ -41,6 +41,22 @@ class UserCodeError(BatchcliError):
         self.original = original
 
 
+class RunDirWriteError(BatchcliError):
+    """The run directory stayed unwritable (a full disk) and the run stopped resumably."""
+
+    exit_code = 130
+
+    def __init__(self, run_dir: object, cause: str, free: str) -> None:
+        self.run_dir = run_dir
+        self.cause = cause
+        self.free = free
+        super().__init__(
+            f"Cannot write the run directory {str(run_dir)!r} ({cause}; {free} free), so the run stopped. "
+            "Nothing the journal holds is lost; items settled after the last successful write will be processed "
+            f"again. Free some space on that disk, then continue with: batchcli resume {run_dir}"
+        )
+
+
 class JournalError(BatchcliError):
     """A run directory's journal cannot be used: missing, damaged, unsafe to load, or still in use."""
 

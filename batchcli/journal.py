@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from batchcli import __version__
 from batchcli.errors import JournalError
 from batchcli.outcome import Failure, Tally
-from batchcli.records import json_form
+from batchcli.records import failure_line, json_form
 from batchcli.rundir import FORMAT, JOURNAL_NAME, RunLock, check_safe, check_writable, connect, damaged
 from batchcli.settled import Numbered, RangeSet, skip_keys, skip_ordinals
 
@@ -111,7 +111,7 @@ class Journal:
         self._unwritten: list[tuple[Any, ...]] = []
         self._unwritten_keys: list[Any] = []
         self._forgiven: list[int] = []
-        self._write_failed = False
+        self._unpointed = (0, 0)  # successes and failures of flushes whose timeline point was not written
         self.session = 0
         sessions = conn.execute(
             "SELECT min(started_at), sum(coalesce(ended_at, seen_at) - started_at), count(*) FROM sessions"
@@ -254,11 +254,16 @@ class Journal:
                 keys_added += conn.execute("INSERT OR IGNORE INTO done_keys VALUES (?)", (rows[0][0],)).rowcount
         return dropped, keys_added
 
-    def record(self, done: list[tuple[int, int]], failures: list[Failure]) -> None:
+    def record(self, done: list[tuple[int, int]], failures: list[Failure]) -> list[str]:
         """Journal a batch of successes (merged ``[start, end)`` ordinal ranges) and final failures in one
-        transaction."""
+        transaction; returns the ``failed.jsonl`` lines of the failures it committed.
+
+        Raises ``sqlite3.Error`` when the write fails (a full disk): nothing is dropped, the batch is
+        kept in memory and written by the next call.
+        """
         now = time.time()
-        succeeded = sum(end - start for start, end in done)
+        succeeded = sum(end - start for start, end in done) + self._unpointed[0]
+        failed_now = len(failures) + self._unpointed[1]
         if self.keyed:
             pending = self._pending
             for start, end in done:
@@ -285,26 +290,34 @@ class Journal:
                     conn.executemany(f"INSERT INTO failures VALUES ({', '.join('?' * 12)})", self._unwritten)
                 if self._forgiven:
                     dropped, keys_added = self._drop_forgiven(conn)
-                if succeeded or failures:  # an idle flush adds no point: the chart reads a gap as zero
-                    point = (self.session, now, succeeded, len(failures))
+                if succeeded or failed_now:  # an idle flush adds no point: the chart reads a gap as zero
+                    point = (self.session, now, succeeded, failed_now)
                     conn.execute("INSERT INTO timeline VALUES (?, ?, ?, ?)", point)
                 self.total = self.tally.total
                 keys_done = self._keys_count + added + keys_added
                 counts = (keys_done if self.keyed else self.succeeded, self.failed - dropped, self.total)
                 conn.execute("UPDATE run SET succeeded = ?, failed = ?, total = ?", counts)
                 conn.execute("UPDATE sessions SET seen_at = ? WHERE id = ?", (now, self.session))
-        except sqlite3.Error as error:
+        except sqlite3.Error:
             # Keep what was not written for the next flush: a full disk that clears loses nothing.
             self.ranges.dirty.update(s for s, _ in upserts)
             self.ranges.dirty.update(deletes)
-            if not self._write_failed:
-                log.error("Writing the journal failed (%s); retrying at the next flush.", error)
-            self._write_failed = True
-            return
+            self._unpointed = (succeeded, failed_now)
+            raise
         self._keys_count += max(added, 0) + keys_added
         self.failed -= dropped
+        lines = [failure_line(*_line_fields(row)) for row in self._unwritten]
         self._unwritten, self._unwritten_keys, self._forgiven = [], [], []
-        self._write_failed = False
+        self._unpointed = (0, 0)
+        return lines
+
+    def failure_lines(self) -> list[str]:
+        """Every committed failure as its ``failed.jsonl`` line, in the order they were journaled."""
+        rows = self._conn.execute(
+            "SELECT ordinal, item_json, error_type, error_message, attempts, first_failed_at, failed_at, traceback"
+            " FROM failures ORDER BY rowid"
+        )
+        return [failure_line(*row) for row in rows]
 
     def _failure_row(self, failure: Failure) -> tuple[Any, ...]:
         key = self._pending.pop(failure.ordinal, None) if self.keyed else None
@@ -356,8 +369,16 @@ class Journal:
         """Close the database (which folds the WAL back in) and let other processes open the run."""
         try:
             self._conn.close()
+        except sqlite3.Error:  # folding the WAL back in needs space; the WAL itself keeps every commit
+            pass
         finally:
             self._lock.release()
+
+
+def _line_fields(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The ``failure_line`` arguments of a ``failures`` row, in ``failure_lines``' column order."""
+    ordinal, _key, _session, _blob, _type, item_json, error_type, message, traceback, attempts, first, last = row
+    return ordinal, item_json, error_type, message, attempts, first, last, traceback
 
 
 def _insert_session(conn: sqlite3.Connection, now: float) -> int:

@@ -10,7 +10,7 @@ import os
 from datetime import date, datetime, time as dtime
 from decimal import Decimal
 from pathlib import Path, PurePath
-from typing import IO, Any
+from typing import Any, Callable
 
 from batchcli.outcome import Failure
 
@@ -50,44 +50,137 @@ def safe_repr(value: Any) -> str:
 
 def failure_record(failure: Failure) -> dict[str, Any]:
     """One line of ``failed.jsonl``."""
+    return _record(
+        failure.ordinal,
+        json_form(failure.item),
+        failure.error_type,
+        failure.error_message,
+        failure.attempts,
+        failure.first_failed_at,
+        failure.failed_at,
+        failure.traceback,
+    )
+
+
+def failure_line(
+    ordinal: int,
+    item_json: str,
+    error_type: str,
+    error_message: str,
+    attempts: int,
+    first_failed_at: float,
+    failed_at: float,
+    traceback: str,
+) -> str:
+    """One line of ``failed.jsonl`` (newline included) from a journal failure row, whose input is
+    already in JSON form: the journal is what the file is written from."""
+    item = json.loads(item_json)
+    record = _record(ordinal, item, error_type, error_message, attempts, first_failed_at, failed_at, traceback)
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def _record(
+    ordinal: int,
+    item: Any,
+    error_type: str,
+    error_message: str,
+    attempts: int,
+    first_failed_at: float,
+    failed_at: float,
+    traceback: str,
+) -> dict[str, Any]:
     return {
-        "ordinal": failure.ordinal,
-        "input": json_form(failure.item),
-        "error_type": failure.error_type,
-        "error_message": failure.error_message,
-        "attempts": failure.attempts,
-        "first_failed_at": datetime.fromtimestamp(failure.first_failed_at).astimezone().isoformat(),
-        "failed_at": datetime.fromtimestamp(failure.failed_at).astimezone().isoformat(),
-        "traceback": failure.traceback,
+        "ordinal": ordinal,
+        "input": item,
+        "error_type": error_type,
+        "error_message": error_message,
+        "attempts": attempts,
+        "first_failed_at": datetime.fromtimestamp(first_failed_at).astimezone().isoformat(),
+        "failed_at": datetime.fromtimestamp(failed_at).astimezone().isoformat(),
+        "traceback": traceback,
     }
 
 
 class FailedFile:
-    """``failed.jsonl``, appended as failures happen so a crash keeps what was written."""
+    """``failed.jsonl``: a plain-text copy of the journal's failure rows, one line per failed item.
 
-    def __init__(self, path: Path) -> None:
+    The journal is the source of truth. Lines are appended only after the journal commit that holds
+    them, so a crash can leave the file short (or with a torn last line) but never ahead of the
+    journal; a file that may not match the journal is *stale* and is rewritten whole from it,
+    atomically, before anything more is appended. A resumed run starts stale, which is what makes
+    the file exact after any sequence of crashes and resumes. A write that fails (a full disk)
+    keeps its lines in memory and cuts the file back to its last complete line, so the next
+    ``sync`` writes them once.
+    """
+
+    def __init__(self, path: Path, *, stale: bool = False) -> None:
         self.path = path
-        self._file: IO[str] | None = None
+        self.stale = stale
+        """True when the file may not match the journal: the next ``sync`` rewrites it whole."""
+        self.pending: list[str] = []
+        """Lines committed to the journal and not yet in the file."""
+        self._fd: int | None = None
+        self._size = 0  # bytes of complete lines in the file, where a failed append is cut back to
 
-    def write(self, failures: list[Failure]) -> None:
-        """Append records and flush them to the OS."""
-        if not failures:
+    def sync(self, new_lines: list[str], all_lines: Callable[[], list[str]]) -> None:
+        """Add ``new_lines`` (just committed to the journal) to the file; ``all_lines`` gives every line
+        the journal holds, for a rewrite. Raises ``OSError`` with the lines kept for the next call."""
+        self.pending.extend(new_lines)
+        if self.stale:
+            self._rewrite(all_lines())
+            self.pending, self.stale = [], False
+        elif self.pending:
+            self._append("".join(self.pending).encode("utf-8"))
+            self.pending = []
+
+    def _append(self, data: bytes) -> None:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._size = os.fstat(self._fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError:
+            try:  # a torn line must not stay: cut back to the last complete one (shrinking needs no space)
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                self.stale = True
+            raise
+        self._size += len(data)
+
+    def _rewrite(self, lines: list[str]) -> None:
+        self.close()
+        if not lines and not self.path.exists():
             return
-        if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")
-        for failure in failures:
-            self._file.write(json.dumps(failure_record(failure), ensure_ascii=False) + "\n")
-        self._file.flush()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview("".join(lines).encode("utf-8"))
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)  # the rename must not publish an empty file after a power cut
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a half-written copy would only take more of a full disk
+            raise
 
     def close(self) -> None:
         """Close the file if it was opened."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` atomically: a reader sees the old file or the new one, never half of one."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a half-written copy would only take more of a full disk
+        raise

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
+import shutil
 import signal
+import sqlite3
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,13 +23,14 @@ from rich.console import Console
 from batchcli import __version__
 from batchcli.configuration import bind_runtime
 from batchcli.container import Job, Wiring
+from batchcli.errors import RunDirWriteError
 from batchcli.executors.base import Executor, finish_executor, start_executor
 from batchcli.journal import Journal
 from batchcli.logs import start_logging
 from batchcli.outcome import Failure, Tally
 from batchcli.progress import make_display
 from batchcli.project import format_user_traceback
-from batchcli.records import FailedFile, json_form, write_json
+from batchcli.records import FailedFile, failure_record, json_form, write_json
 from batchcli.rundir import check_output_dir, unusable_output_dir
 from batchcli.resumption import Continuation, defines_item_key
 from batchcli.service import maybe_await
@@ -35,6 +40,10 @@ log = logging.getLogger("batchcli")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_FATAL, EXIT_STOPPED = 0, 1, 2, 3, 130
 FLUSH_INTERVAL_S = 0.2  # the journal promises at most 0.5 s of lost work; this also bounds memory
+WRITE_RETRY_S = 5.0
+"""How long a run whose directory cannot be written (a full disk) stays paused, retrying every flush,
+before it stops resumably: long enough for a log rotation or a cleanup to free space, short enough
+that a stuck run says so."""
 
 
 @dataclass(frozen=True)
@@ -76,13 +85,17 @@ class RunResult:
     """The error that ended the run early, if any."""
     threads_left: int = 0
     """Threads of a sync ``process`` still running items a hard stop gave up on; the CLI does not wait for them."""
+    write_error: RunDirWriteError | None = None
+    """Why the run stopped when its run directory could not be written (a full disk); the CLI shows it."""
 
 
 class Recorder(Protocol):
     """Receives every settled item once, in batches, from the recorder thread."""
 
-    def record(self, done: list[tuple[int, int]], failures: list[Failure]) -> None:
-        """Record succeeded ordinals, as sorted merged ``[start, end)`` ranges, and final failures."""
+    def record(self, done: list[tuple[int, int]], failures: list[Failure]) -> list[str]:
+        """Record succeeded ordinals, as sorted merged ``[start, end)`` ranges, and final failures; return
+        the ``failed.jsonl`` lines of the failures now durable. Raise ``OSError`` or ``sqlite3.Error``
+        when the write failed, keeping the batch for the next call."""
 
     def forgive(self, ordinals: list[int]) -> None:
         """Recorded failures of this session that later succeeded; their ordinals come in ``done`` too."""
@@ -91,8 +104,9 @@ class Recorder(Protocol):
 class NullRecorder:
     """Records nothing beyond the run directory's plain files."""
 
-    def record(self, done: list[tuple[int, int]], failures: list[Failure]) -> None:
-        """Drop the batch."""
+    def record(self, done: list[tuple[int, int]], failures: list[Failure]) -> list[str]:
+        """Keep nothing; the failures go straight to ``failed.jsonl``."""
+        return [json.dumps(failure_record(f), ensure_ascii=False) + "\n" for f in failures]
 
     def forgive(self, ordinals: list[int]) -> None:
         """Nothing to undo."""
@@ -126,7 +140,13 @@ class Run:
             self.run_dir = resumed.run_dir
             self.started_at = datetime.fromtimestamp(resumed.started_at).astimezone()
         bind_runtime(job.config, output_dir=options.output_dir, run_dir=self.run_dir, started_at=self.started_at)
-        self._failed_file = FailedFile(self.run_dir / "failed.jsonl")
+        # A resumed run rewrites failed.jsonl from its journal first: an earlier session may have died
+        # between a commit and the append, or in the middle of a line.
+        self._failed_file = FailedFile(self.run_dir / "failed.jsonl", stale=resumed is not None)
+        self._stalled_since: float | None = None
+        """When writing the run directory started failing (monotonic); None while writes work."""
+        self._write_cause: BaseException | None = None
+        self._write_gave_up = False
         self._flush_lock = threading.Lock()
         self.recorder: Recorder = NullRecorder()
         """Where settled items are recorded durably: the journal, once the run starts."""
@@ -174,16 +194,25 @@ class Run:
                     self._open_pause()
             loop_thread.join()
             recorder.join()
-            self.flush()
+            self._last_flush()
         finally:
             display.stop()
             restore_signals()
             self._failed_file.close()
         try:
             result = self._result()
-            fatal = result.fatal
-            self.journal.finish(result.status, fatal, "" if fatal is None else format_user_traceback(fatal))
-            self._write_summary(result)
+            if result.write_error is None:
+                try:
+                    # The summary first: if closing the session then fails, the run reads as crashed and
+                    # a resume (which settles nothing new) writes both again.
+                    self._write_summary(result)
+                    fatal = result.fatal
+                    self.journal.finish(result.status, fatal, "" if fatal is None else format_user_traceback(fatal))
+                except (OSError, sqlite3.Error) as error:
+                    self._write_failed(error)
+                    result = self._result()
+            # Else the session is left "running" (read back as crashed): counting what is only in memory
+            # as settled would make the journal claim items a resume must redo.
         finally:
             self.journal.close()
         log.info("Run ended: %s, exit code %d", result.status, result.exit_code)
@@ -217,7 +246,11 @@ class Run:
             journal = Journal.create(
                 self.run_dir, self.job, self.wiring, keyed=keyed, parent=carry.parent, inputs=carry.items
             )
-        journal.begin(self.tally)
+        try:
+            journal.begin(self.tally)
+        except sqlite3.Error as error:  # resuming on a disk that is still full
+            journal.close()
+            raise RunDirWriteError(self.run_dir, _describe(error), _free_space(self.run_dir)) from error
         return journal
 
     def _record_loop(self) -> None:
@@ -225,7 +258,11 @@ class Run:
             self.flush()
 
     def flush(self) -> None:
-        """Record what the executor reported since the last flush (recorder thread, then once at the end)."""
+        """Record what the executor reported since the last flush (recorder thread, then once at the end).
+
+        The journal first, then ``failed.jsonl`` with only what the journal committed. A write that
+        fails keeps everything in memory for the next flush and pauses the executor until one succeeds.
+        """
         with self._flush_lock:
             done = self.tally.take_done()
             new = self.tally.new_failures
@@ -233,8 +270,49 @@ class Run:
             recovered = self.tally.recovered
             if recovered:
                 self.recorder.forgive([recovered.popleft() for _ in range(len(recovered))])
-            self._failed_file.write(failures)
-            self.recorder.record(done, failures)
+                self._failed_file.stale = True  # a forgiven failure's line goes: the file is rewritten
+            try:
+                lines = self.recorder.record(done, failures)
+                self._failed_file.sync(lines, self._failure_lines)
+            except (OSError, sqlite3.Error) as error:
+                self._write_failed(error)
+            else:
+                self._write_works()
+
+    def _failure_lines(self) -> list[str]:
+        return [] if self.journal is None else self.journal.failure_lines()
+
+    def _last_flush(self) -> None:
+        """The final flush; while the run directory cannot be written, retry until ``WRITE_RETRY_S`` is up."""
+        self.flush()
+        while self._stalled_since is not None and time.monotonic() - self._stalled_since < WRITE_RETRY_S:
+            time.sleep(FLUSH_INTERVAL_S)
+            self.flush()
+
+    def _write_failed(self, error: BaseException) -> None:
+        """Writing the run directory failed: pause at once, then stop resumably if it keeps failing."""
+        self._write_cause = error
+        now = time.monotonic()
+        if self._stalled_since is None:
+            self._stalled_since = now
+            log.error(
+                "Cannot write the run directory %s (%s; %s free): no new item starts while batchcli retries "
+                "for up to %gs.",
+                self.run_dir,
+                _describe(error),
+                _free_space(self.run_dir),
+                WRITE_RETRY_S,
+            )
+            self.call_in_loop(self._pause_in_loop)
+        elif now - self._stalled_since >= WRITE_RETRY_S and not self._write_gave_up:
+            self._write_gave_up = True
+            self.stop()  # in-flight items finish; what they settle is kept, and redone on resume if never written
+
+    def _write_works(self) -> None:
+        if self._stalled_since is not None:
+            self._stalled_since = None
+            log.warning("The run directory %s can be written again; carrying on.", self.run_dir)
+            self.call_in_loop(self._pause_in_loop)
 
     def _install_signals(self) -> Any:
         if not self.options.handle_signals or threading.current_thread() is not threading.main_thread():
@@ -316,7 +394,7 @@ class Run:
             self.executor = await start_executor(self.job, self.wiring, self.tally)
             if self.stop_requested:
                 self.executor.stop()
-            elif self.paused:
+            elif self.paused or self._stalled_since is not None:
                 self.executor.pause()
             items, seen = self._items()
             await self.executor.run(items)
@@ -369,8 +447,9 @@ class Run:
             await asyncio.sleep(0.05)
 
     def _pause_in_loop(self) -> None:
-        if self.executor is not None:
-            if self.paused:
+        # Paused by the user (the pause shell) or by a run directory that cannot be written.
+        if self.executor is not None and not self.stop_requested:
+            if self.paused or self._stalled_since is not None:
                 self.executor.pause()
             else:
                 self.executor.resume()
@@ -417,8 +496,13 @@ class Run:
         assert self.journal is not None
         succeeded, failed = self.journal.succeeded, self.journal.failed
         unprocessed = None if tally.total is None else tally.total - succeeded - failed
+        write_error = None
+        if self._stalled_since is not None and self._write_cause is not None:
+            write_error = RunDirWriteError(self.run_dir, _describe(self._write_cause), _free_space(self.run_dir))
         if self.fatal is not None:
             status, code = "crashed", EXIT_FATAL
+        elif write_error is not None:
+            status, code = "stopped", EXIT_STOPPED
         elif self.stop_requested and unprocessed != 0:
             status, code = "stopped", EXIT_STOPPED
         else:
@@ -434,6 +518,7 @@ class Run:
             failures=list(tally.failures),
             fatal=self.fatal,
             threads_left=_item_threads_alive() if self._hard_stopped else 0,
+            write_error=write_error,
         )
 
     def _write_summary(self, result: RunResult) -> None:
@@ -466,6 +551,21 @@ class Run:
                 "batchcli_version": __version__,
             },
         )
+
+
+def _describe(error: BaseException) -> str:
+    """A write error for a message: SQLite's own words are vague ("disk I/O error"), so add its code."""
+    name = getattr(error, "sqlite_errorname", None)
+    return f"{error} ({name})" if name else str(error)
+
+
+def _free_space(path: Path) -> str:
+    """The free space of ``path``'s file system, for messages."""
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return "unknown space"
+    return f"{free:,} bytes" if free < 1 << 20 else f"{free / (1 << 20):,.1f} MiB"
 
 
 def _item_threads_alive() -> int:

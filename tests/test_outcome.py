@@ -40,28 +40,29 @@ def test_take_done_keeps_an_in_order_run_as_one_range() -> None:
     assert tally.take_done() == [(0, 1_000_000)]
 
 
-def test_a_broken_repr_or_nan_input_still_gives_a_parseable_failure_record(tmp_path) -> None:
-    """An input whose __repr__ raises, or a NaN, still lands in failed.jsonl as valid JSON."""
+def test_a_broken_repr_or_nan_input_still_gives_a_parseable_failure_record() -> None:
+    """An input whose __repr__ raises, or a NaN, still gives a failed.jsonl line that is valid JSON, live and rebuilt."""
     import json
 
     from batchcli.outcome import Failure
-    from batchcli.records import FailedFile
+    from batchcli.records import failure_line, failure_record, json_form
 
     class Broken:
         def __repr__(self) -> str:
             raise RuntimeError("no repr")
 
-    tally = Tally()
     failures = [
         Failure(0, Broken(), "KeyError", "x", "tb", 1, 0.0, 0.0),
         Failure(1, {"score": float("nan")}, "ValueError", "NaN score", "tb", 1, 0.0, 0.0),
     ]
-    for failure in failures:
-        tally.fail(failure)
-    file = FailedFile(tmp_path / "failed.jsonl")
-    file.write(failures)
-    file.close()
-    records = [json.loads(line) for line in (tmp_path / "failed.jsonl").read_text().splitlines()]
+    # The journal stores the input's JSON form; failed.jsonl is written from the journal's rows.
+    lines = [
+        failure_line(f.ordinal, json.dumps(json_form(f.item)), f.error_type, f.error_message, f.attempts,
+                     f.first_failed_at, f.failed_at, f.traceback)
+        for f in failures
+    ]
+    records = [json.loads(line) for line in lines]
+    assert records == [failure_record(f) for f in failures]
     assert records[0]["input"] == "<Broken object; repr() raised RuntimeError>"
     assert records[1]["input"] == {"score": "nan"}
     assert records[1]["error_message"] == "NaN score"

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import resource
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+import pytest
 
 from conftest import subprocess_env
 
@@ -271,3 +275,210 @@ def test_retry_keeps_failing_inputs_failed_and_the_users_source_still_hears_of_t
         "Order(id=8, sku='SKU-2')",
     ]
     assert_adds_up(retried.summary)
+
+
+# A full disk, and failed.jsonl after crashes (issue 10, defects 5 and 6). The journal_counting Service
+# appends each processed item to a ledger outside the run directory's file system, so lost and
+# duplicated items are counted from outside.
+
+CONCURRENCY, RATE = 4, 100
+REDO_BOUND = CONCURRENCY + RATE  # in flight, plus what settled after the last commit (0.5 s at RATE), 2x margin
+
+
+def start_counting(
+    tmp_path: Path, out: Path, logs: Path, count: int, name: str, *extra: str, **popen: Any
+) -> subprocess.Popen[bytes]:
+    """``exec`` the counting job (every 7th item fails) into ``out`` in the background, output to ``name``."""
+    output = open(tmp_path / name, "wb")
+    args = ["exec", COUNTING, "-d", out, "-p", f"count={count}", "-p", f"log_dir={logs}", "-p", "delay_s=0.02"]
+    args += ["-p", f"concurrency={CONCURRENCY}", "-p", f"rate_limit={RATE}", "-p", "fail_every=7", *extra]
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchcli", *[str(a) for a in args]],
+        stdout=output,
+        stderr=output,
+        env=subprocess_env(),
+        **popen,
+    )
+
+
+def resume_in_background(tmp_path: Path, run_dir: Path, name: str) -> subprocess.Popen[bytes]:
+    """``resume RUN_DIR`` in the background, output to ``name``."""
+    output = open(tmp_path / name, "wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "resume", str(run_dir)], stdout=output, stderr=output, env=subprocess_env()
+    )
+
+
+def assert_failed_jsonl_exact(run_dir: Path, count: int) -> None:
+    """failed.jsonl holds one complete object per failed item (every 7th), no more, no less."""
+    lines = (run_dir / "failed.jsonl").read_text().splitlines()
+    ordinals = [json.loads(line)["ordinal"] for line in lines]  # a torn line would not parse
+    assert sorted(ordinals) == [n for n in range(count) if n % 7 == 0]
+
+
+def assert_ledger(logs: Path, count: int, redo_bound: int) -> int:
+    """Every item was processed (0 lost) and at most ``redo_bound`` twice; returns the duplicates."""
+    after = processed(logs)
+    assert set(after) == {str(n) for n in range(count)}, "items were lost"
+    duplicates = sum(after.values()) - count
+    assert 0 <= duplicates <= redo_bound, duplicates
+    return duplicates
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs, mounted for the test and gone after it; skipped where mounting is not allowed."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); the RLIMIT_FSIZE trial still runs")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def fill(disk: Path) -> Path:
+    """Fill the file system of ``disk`` to the last byte with one file, and return it."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as out:
+        chunk = b"\0" * 65536
+        while chunk:
+            try:
+                out.write(chunk)
+            except OSError as error:
+                assert error.errno == errno.ENOSPC, error
+                chunk = chunk[: len(chunk) // 2]
+    return filler
+
+
+def assert_one_clear_message(output: str, run_dir: Path) -> None:
+    """One error that names the directory, the free space and the fix; no traceback, no logging-error flood."""
+    flat = " ".join(output.split())
+    assert f"Cannot write the run directory '{run_dir}'" in flat, output
+    assert "free), so the run stopped" in flat, output
+    assert f"batchcli resume {run_dir}" in flat, output
+    assert flat.count("so the run stopped") == 1, output
+    assert "Traceback" not in output, output
+    assert "Logging error" not in output, output
+    assert output.count("Cannot write the log file") <= 1, output
+
+
+def test_a_disk_that_fills_up_mid_run_stops_it_resumably_and_resume_loses_nothing(
+    tmp_path: Path, small_disk: Path, run_batchcli
+) -> None:
+    """A tmpfs filling up mid-run pauses the run, which then stops with exit 130; resume with space loses nothing."""
+    count, logs, out = 1000, tmp_path / "logs", small_disk / "out"
+    logs.mkdir()
+    proc = start_counting(tmp_path, out, logs, count, "full.txt")
+    wait_for(lambda: journaled(out) >= 60, "60 journaled items")
+    filler = fill(small_disk)
+    processed_when_full = sum(processed(logs).values())
+    assert proc.wait(timeout=120) == 130
+    output = (tmp_path / "full.txt").read_text()
+    run_dir = next(out.iterdir())
+    assert_one_clear_message(output, run_dir)
+    # Paused at the first flush that failed: only items in flight or started before it finished afterwards.
+    assert sum(processed(logs).values()) - processed_when_full <= REDO_BOUND
+    assert read_run(run_dir).status == "crashed"  # its session could not be closed: resumable like a crash
+
+    still_full = run_batchcli("resume", run_dir)
+    assert still_full.exit_code == 130
+    assert f"Cannot write the run directory '{run_dir}'" in " ".join(still_full.output.split())
+    assert "Traceback" not in still_full.output, still_full.output
+    filler.unlink()
+    resumed = run_batchcli("resume", run_dir)
+    assert resumed.exit_code == 1, resumed.output  # every 7th item fails
+    assert_ledger(logs, count, REDO_BOUND)
+    assert_failed_jsonl_exact(run_dir, count)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["succeeded"] + summary["failed"], summary["total"]) == ("finished", count, count)
+
+
+def test_space_freed_while_paused_lets_the_run_carry_on_with_nothing_lost(tmp_path: Path, small_disk: Path) -> None:
+    """What could not be written is kept in memory and written once space returns; the run finishes, nothing redone."""
+    count, logs, out = 300, tmp_path / "logs", small_disk / "out"
+    logs.mkdir()
+    proc = start_counting(tmp_path, out, logs, count, "full.txt")
+    wait_for(lambda: journaled(out) >= 60, "60 journaled items")
+    filler = fill(small_disk)
+    wait_for(lambda: "Cannot write the run directory" in (tmp_path / "full.txt").read_text(), "the pause")
+    filler.unlink()
+    assert proc.wait(timeout=120) == 1  # finished; every 7th item failed
+    output = (tmp_path / "full.txt").read_text()
+    assert "can be written again; carrying on" in " ".join(output.split()), output
+    assert "Traceback" not in output and "Logging error" not in output, output
+    assert_ledger(logs, count, 0)
+    run_dir = next(out.iterdir())
+    assert_failed_jsonl_exact(run_dir, count)
+    assert json.loads((run_dir / "summary.json").read_text())["succeeded"] == count - len(range(0, count, 7))
+
+
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    """A preexec_fn: files the child writes may not grow past ``limit`` bytes, and a write past it fails
+    with EFBIG instead of killing the process with SIGXFSZ."""
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return limit_file_size
+
+
+@pytest.mark.parametrize("executor", ["async", "process"])
+def test_a_file_size_limit_reached_mid_run_stops_it_resumably_and_resume_loses_nothing(
+    tmp_path: Path, run_batchcli, executor: str
+) -> None:
+    """RLIMIT_FSIZE (EFBIG, like a full disk where mounting is not allowed) mid-run: the log file fails first and
+    says so once, then the journal: exit 130; resume loses nothing."""
+    count, logs, out = 1000, tmp_path / "logs", tmp_path / "out"
+    logs.mkdir()
+    proc = start_counting(
+        tmp_path,
+        out,
+        logs,
+        count,
+        "limited.txt",
+        "-p",
+        f"executor={executor}",
+        "-p",
+        "note_bytes=2000",  # 200 KB/s of log: the log file reaches the limit before the journal does
+        preexec_fn=_file_size_limit(192 * 1024),
+    )
+    assert proc.wait(timeout=120) == 130
+    output = (tmp_path / "limited.txt").read_text()
+    run_dir = next(out.iterdir())
+    assert_one_clear_message(output, run_dir)
+    log_file = run_dir / "batchcli.log"
+    assert output.count("Cannot write the log file") == 1 and f"'{log_file}'" in " ".join(output.split()), output
+    before = read_run(run_dir)
+    assert 0 < before.succeeded + before.failed < count  # the limit was reached mid-run
+
+    resumed = run_batchcli("resume", run_dir)
+    assert resumed.exit_code == 1, resumed.output
+    assert_ledger(logs, count, REDO_BOUND)
+    assert_failed_jsonl_exact(run_dir, count)
+
+
+def test_failed_jsonl_is_exact_after_repeated_kill_9_and_resume(tmp_path: Path, run_batchcli) -> None:
+    """kill -9 twice mid-run (with failing items), a crash's torn and extra lines, then resume: one line per failed item."""
+    count, logs, out = 600, tmp_path / "logs", tmp_path / "out"
+    logs.mkdir()
+    proc = start_counting(tmp_path, out, logs, count, "first.txt")
+    for session, settled in enumerate((80, 250)):
+        wait_for(lambda: journaled(out) >= settled, f"{settled} journaled items")
+        proc.kill()
+        proc.wait()
+        run_dir = next(out.iterdir())
+        assert read_run(run_dir).status == "crashed"
+        if session == 0:
+            # What a crash between an append and its commit (the old order) or mid-line leaves behind.
+            with open(run_dir / "failed.jsonl", "a") as failed:
+                failed.write((run_dir / "failed.jsonl").read_text().splitlines()[0] + "\n")
+                failed.write('{"ordinal": 7, "input": 7, "error_ty')
+        proc = resume_in_background(tmp_path, run_dir, f"resume-{session}.txt")
+    assert proc.wait(timeout=120) == 1
+    assert_ledger(logs, count, 2 * REDO_BOUND)
+    assert_failed_jsonl_exact(run_dir, count)
+    assert read_run(run_dir).failed == len(range(0, count, 7))

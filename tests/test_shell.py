@@ -250,7 +250,7 @@ def test_a_second_pause_reuses_the_shell_and_its_names(terminal) -> None:
 
 
 def test_concurrency_rate_limit_and_retries_from_the_shell(terminal, run_batchcli) -> None:
-    """From the shell: change concurrency and rate limit (bad values rejected), retry failed items now."""
+    """From the shell: change concurrency and rate limit (bad values rejected), retry failed items now (and they leave failed.jsonl)."""
     term = terminal(
         "shell_slow", "-p", "count=120", "-p", "delay=0.02", "-p", "concurrency=3", "-p", "fail_every=7",
         "-p", "persisted=persisted.json",
@@ -270,6 +270,8 @@ def test_concurrency_rate_limit_and_retries_from_the_shell(terminal, run_batchcl
     assert (summary["succeeded"], summary["failed"]) == (120, 0)
     assert not (term.log.path.parent / "persisted.json").exists()  # no failures left for persist_failed
     assert sorted(set(term.log.done())) == list(range(120))
+    failed = newest_run(term.out) / "failed.jsonl"  # rewritten from the journal: the recovered lines are gone
+    assert not failed.exists() or failed.read_text() == ""
     retried = run_batchcli("retry", str(newest_run(term.out)))  # the journal forgot the failures too
     assert (retried.exit_code, "nothing to retry" in retried.output) == (0, True), retried.output
 
