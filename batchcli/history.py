@@ -16,10 +16,17 @@ from rich.text import Text
 
 from batchcli.errors import BatchcliError, UsageError
 from batchcli.run import FLUSH_INTERVAL_S
-from batchcli.rundir import JOURNAL_NAME, RunInfo, query, read_run
+from batchcli.rundir import JOURNAL_NAME, RunInfo, never_started, query, read_run
 from batchcli.secret import Secret
 
-STATUS_STYLES = {"finished": "green", "stopped": "yellow", "crashed": "bold red", "running": "cyan", "damaged": "red"}
+STATUS_STYLES = {
+    "finished": "green",
+    "stopped": "yellow",
+    "crashed": "bold red",
+    "running": "cyan",
+    "damaged": "red",
+    "never started": "dim",
+}
 BLOCKS = " ▁▂▃▄▅▆▇█"
 
 
@@ -29,6 +36,8 @@ class Unreadable:
 
     run_dir: Path
     reason: str
+    status: str = "damaged"
+    """What ``runs`` shows: damaged, or never started (a process killed while making the run directory)."""
 
 
 def find_runs(output_dir: Path) -> list[RunInfo | Unreadable]:
@@ -44,6 +53,9 @@ def find_runs(output_dir: Path) -> list[RunInfo | Unreadable]:
             found.append(read_run(journal.parent))
         except BatchcliError as error:
             found.append(Unreadable(journal.parent, str(error)))
+    for draft in output_dir.glob(f"*/{JOURNAL_NAME}.new"):
+        if never_started(draft.parent):
+            found.append(Unreadable(draft.parent, "the run never started", status="never started"))
     return sorted(found, key=_started, reverse=True)
 
 
@@ -88,7 +100,7 @@ def _table(runs: list[RunInfo | Unreadable], lead: tuple[str, ...], trail: tuple
         cells = {"run": escape(run.run_dir.name), "started": "?", "job": "?", "configuration": "?"}
         if isinstance(run, Unreadable):
             cells["started"] = _when(run.run_dir.stat().st_mtime)
-            middle: list[RenderableType] = [Text("damaged", "red"), "", "", ""]
+            middle: list[RenderableType] = [Text(run.status, STATUS_STYLES.get(run.status, "")), "", "", ""]
         else:
             retry = " (retry)" if run.parent else ""
             cells.update(started=_when(run.started_at), job=escape(run.job + retry))

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Iterator
 
-STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
-"""The signals that ask a run to stop; they are the driver's alone."""
+from batchcli.interrupts import STOP_SIGNALS
+
 
 
 @contextmanager
