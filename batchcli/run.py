@@ -143,6 +143,7 @@ class Run:
         self._closing = False
         self._hard_stopped = False
         self._setup_task: asyncio.Future[Any] | None = None
+        self._stop_timer: asyncio.TimerHandle | None = None
 
     # The driver, on the main thread.
 
@@ -399,11 +400,12 @@ class Run:
                 self.executor.resume()
 
     def _stop_in_loop(self) -> None:
-        if self.executor is None:
+        # Once: a signal while the executor starts reaches here both as a callback and through the flag.
+        if self.executor is None or self._stop_timer is not None:
             return
         self.executor.stop()
         assert self.loop is not None
-        self.loop.call_later(self.job.config.stop_timeout_s, self._stop_timed_out)
+        self._stop_timer = self.loop.call_later(self.job.config.stop_timeout_s, self._stop_timed_out)
 
     def _stop_timed_out(self) -> None:
         if self.tally.in_flight:

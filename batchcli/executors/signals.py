@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 from contextlib import contextmanager
+from multiprocessing import resource_tracker
 from types import FrameType
 from typing import Iterator
 
@@ -28,6 +29,9 @@ def spawning() -> Iterator[None]:
     Threads started inside the block keep the mask, so Dask's nanny threads pass it on to restarted
     workers too. Signals still reach the driver: its main thread never blocks them.
     """
+    # multiprocessing starts its resource tracker with the first process, and *unblocks* these very
+    # signals in the calling thread afterwards; started beforehand, it leaves our mask alone.
+    resource_tracker.ensure_running()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
