@@ -12,6 +12,10 @@ from rich.markup import escape
 
 from batchcli.environment import PREFIX as ENV_PREFIX
 from batchcli.errors import BatchcliError
+from batchcli.interrupts import EarlySignals, StartInterrupted
+
+EXIT_STOPPED = 130
+"""As ``run.EXIT_STOPPED``; run.py is imported only when a command runs a job."""
 
 app = typer.Typer(
     name="batchcli",
@@ -72,6 +76,17 @@ def fail(error: BatchcliError) -> NoReturn:
     raise typer.Exit(error.exit_code)
 
 
+def stopped_before_start(stop: StartInterrupted, outcome: str) -> NoReturn:
+    """A stop signal arrived while the job was being loaded: say so, and exit 130 like any stopped run."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False).print(
+        f"[yellow]Stopped:[/] {stop.name} arrived before the run started; {escape(outcome)}", soft_wrap=True
+    )
+    raise typer.Exit(EXIT_STOPPED)
+
+
 def _complete_param(ctx: typer.Context, incomplete: str) -> list[str]:
     from batchcli.completion import command_line, complete_values
 
@@ -122,14 +137,20 @@ def exec_(
     if path is None:
         ctx.fail("Missing argument 'PATH': give a .py file, a project directory or an installed job name.")
     _note_shadowed_job(path)
+    early = EarlySignals.install()
     try:
-        wiring = Wiring(target=path, config_name=config, values=parse_values(param))
         output = output_path(output_dir)
-        job = build_job(load_project(path), wiring)
+        with early.aborting():  # the user's imports and constructors may block: a signal abandons them
+            wiring = Wiring(target=path, config_name=config, values=parse_values(param))
+            job = build_job(load_project(path), wiring)
         options = RunOptions(output_dir=output, verbosity=verbose, pause_shell=not no_shell)
-        result = Run(job, wiring, options).execute()
+        result = Run(job, wiring, options).execute(early)
     except BatchcliError as error:
         fail(error)
+    except StartInterrupted as stop:
+        stopped_before_start(stop, "nothing ran and no run directory was made.")
+    finally:
+        early.uninstall()
     _report(result, options.console)
 
 
@@ -167,8 +188,10 @@ def resume(
     from batchcli.resumption import plan_resume
     from batchcli.run import Run, RunOptions
 
+    early = EarlySignals.install()
     try:
-        plan = plan_resume(run_dir, parse_values(param))
+        with early.aborting():
+            plan = plan_resume(run_dir, parse_values(param))
         options = RunOptions(output_dir=run_dir.parent, verbosity=verbose, pause_shell=not no_shell)
         if plan.job is None or plan.wiring is None:
             done = plan.earlier
@@ -178,9 +201,13 @@ def resume(
                 highlight=False, markup=False, soft_wrap=True,
             )
             raise typer.Exit(0)
-        result = Run(plan.job, plan.wiring, options, plan.continuation).execute()
+        result = Run(plan.job, plan.wiring, options, plan.continuation).execute(early)
     except BatchcliError as error:
         fail(error)
+    except StartInterrupted as stop:
+        stopped_before_start(stop, f"the run is as it was. Resume it again with: batchcli resume {run_dir}")
+    finally:
+        early.uninstall()
     _report(result, options.console)
 
 
@@ -199,9 +226,11 @@ def retry(
     from batchcli.resumption import plan_retry
     from batchcli.run import Run, RunOptions
 
+    early = EarlySignals.install()
     try:
         output = run_dir.parent if output_dir is None else output_path(output_dir)
-        plan = plan_retry(run_dir, parse_values(param))
+        with early.aborting():
+            plan = plan_retry(run_dir, parse_values(param))
         options = RunOptions(output_dir=output, verbosity=verbose, pause_shell=not no_shell)
         console = options.console
         if plan.job is None or plan.wiring is None or plan.continuation is None:
@@ -215,9 +244,13 @@ def retry(
             )
         if not plan.continuation.items:
             raise typer.Exit(0)
-        result = Run(plan.job, plan.wiring, options, plan.continuation).execute()
+        result = Run(plan.job, plan.wiring, options, plan.continuation).execute(early)
     except BatchcliError as error:
         fail(error)
+    except StartInterrupted as stop:
+        stopped_before_start(stop, "nothing ran and no run directory was made.")
+    finally:
+        early.uninstall()
     _report(result, console)
 
 
@@ -335,7 +368,8 @@ def init(
 
 
 def main() -> None:
-    """The console script."""
+    """Run the CLI (``batchcli.__main__.main`` calls this once it has taken the stop signals)."""
+    EarlySignals.install()  # a signal before a command takes over is remembered, not a kill
     app(prog_name="batchcli")
 
 

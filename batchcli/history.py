@@ -17,7 +17,7 @@ from rich.text import Text
 from batchcli.environment import variable
 from batchcli.errors import BatchcliError, JournalUnreadable, UsageError
 from batchcli.run import FLUSH_INTERVAL_S
-from batchcli.rundir import JOURNAL_NAME, RunInfo, query, read_run
+from batchcli.rundir import JOURNAL_NAME, RunInfo, never_started, query, read_run
 from batchcli.secret import Secret
 
 STATUS_STYLES = {
@@ -27,6 +27,7 @@ STATUS_STYLES = {
     "running": "cyan",
     "damaged": "red",
     "unreadable": "red",
+    "never started": "dim",
 }
 BLOCKS = " ▁▂▃▄▅▆▇█"
 
@@ -38,7 +39,8 @@ class Unreadable:
     run_dir: Path
     reason: str
     status: str = "damaged"
-    """damaged, or unreadable (this user may not read the journal)."""
+    """What ``runs`` shows: damaged, unreadable (this user may not read the journal), or never started (a process
+    killed while making the run directory)."""
 
 
 def find_runs(output_dir: Path) -> list[RunInfo | Unreadable]:
@@ -57,6 +59,9 @@ def find_runs(output_dir: Path) -> list[RunInfo | Unreadable]:
             found.append(Unreadable(journal.parent, str(error), "unreadable"))
         except BatchcliError as error:
             found.append(Unreadable(journal.parent, str(error)))
+    for draft in output_dir.glob(f"*/{JOURNAL_NAME}.new"):
+        if never_started(draft.parent):
+            found.append(Unreadable(draft.parent, "the run never started", status="never started"))
     return sorted(found, key=_started, reverse=True)
 
 
@@ -101,7 +106,7 @@ def _table(runs: list[RunInfo | Unreadable], lead: tuple[str, ...], trail: tuple
         cells = {"run": escape(run.run_dir.name), "started": "?", "job": "?", "configuration": "?"}
         if isinstance(run, Unreadable):
             cells["started"] = _when(run.run_dir.stat().st_mtime)
-            middle: list[RenderableType] = [Text(run.status, STATUS_STYLES[run.status]), "", "", ""]
+            middle: list[RenderableType] = [Text(run.status, STATUS_STYLES.get(run.status, "")), "", "", ""]
         else:
             retry = " (retry)" if run.parent else ""
             cells.update(started=_when(run.started_at), job=escape(run.job + retry))

@@ -178,6 +178,7 @@ class Journal:
             conn.execute("PRAGMA journal_mode=WAL")
         except (OSError, sqlite3.Error) as error:
             lock.release()
+            draft.unlink(missing_ok=True)  # a half-made journal would only make the directory look damaged
             raise JournalError(
                 f"Cannot create the journal {str(path)!r}: {error}. Check the disk and the output directory."
             ) from error

@@ -25,6 +25,7 @@ from batchcli.configuration import bind_runtime
 from batchcli.container import Job, Wiring
 from batchcli.errors import RunDirWriteError
 from batchcli.executors.base import Executor, finish_executor, start_executor
+from batchcli.interrupts import EarlySignals
 from batchcli.journal import Journal
 from batchcli.logs import start_logging
 from batchcli.outcome import Failure, Tally
@@ -165,15 +166,31 @@ class Run:
         self._closing = False
         self._hard_stopped = False
         self._setup_task: asyncio.Future[Any] | None = None
+        self._stop_timer: asyncio.TimerHandle | None = None
 
     # The driver, on the main thread.
 
-    def execute(self) -> RunResult:
-        """Run the job to the end (or a stop) and write the summary."""
-        self.journal = self._start_journal()
+    def execute(self, early: EarlySignals | None = None) -> RunResult:
+        """Run the job to the end (or a stop) and write the summary.
+
+        ``early`` holds a stop signal that arrived during start-up, before the run's own handlers.
+        """
+        # Handlers first: a signal from here on is a stop request, never a kill halfway through
+        # making the journal. One that came before is taken over: the run then starts nothing.
+        restore_signals = self._install_signals()
+        early_signal = None if early is None else early.received
+        if early_signal is not None:
+            self.stop_requested = True
+        try:
+            self.journal = self._start_journal()
+        except BaseException:
+            restore_signals()
+            raise
         self.recorder = self.journal
         stop_logging = start_logging(self.run_dir / "batchcli.log", self.console, self.options.verbosity)
         log.info("Run %s of %s (configuration %s)", self.run_dir.name, self.wiring.target, type(self.job.config).__name__)
+        if early_signal is not None:
+            log.warning("%s during start-up: stopping before any item starts.", signal.Signals(early_signal).name)
         self.interactive = self._wants_shell()  # before the live display starts: it redirects stdout
         if self.interactive:
             from batchcli.shell import PauseShell  # imports IPython only when it opens
@@ -181,7 +198,6 @@ class Run:
             self.on_pause = PauseShell()
         display = make_display(self.tally, self.console, self.job.project.name, self.options.progress_interval_s)
         self.display = display
-        restore_signals = self._install_signals()
         loop_thread = threading.Thread(target=self._loop_main, name="batchcli-loop", daemon=True)
         recorder = threading.Thread(target=self._record_loop, name="batchcli-recorder", daemon=True)
         try:
@@ -362,8 +378,14 @@ class Run:
         self.call_in_loop(self._pause_in_loop)
 
     def call_in_loop(self, callback: Any) -> None:
-        """Run ``callback`` on the executor's loop thread."""
-        self._loop_ready.wait()
+        """Run ``callback`` on the executor's loop thread; before the loop runs, nothing.
+
+        Not waiting for the loop: a signal handler calls this on the main thread, which may not have
+        started the loop thread yet. The flags set before the call (``stop_requested``, ``paused``)
+        are what ``_main`` reads when it starts, so nothing is lost.
+        """
+        if not self._loop_ready.is_set():
+            return
         if self.loop is not None and not self.loop.is_closed():
             try:
                 self.loop.call_soon_threadsafe(callback)
@@ -383,17 +405,21 @@ class Run:
         self.loop = asyncio.get_running_loop()
         self._loop_ready.set()
         source = self.job.source
+        began = False
         try:
             length = source_length(self._iterable())
             if length is not None:  # else keep what an earlier session counted, if any
                 self.tally.total = length
+            if self.stop_requested:
+                return  # a signal during start-up: set nothing up, start no worker; the run ends stopped
+            began = True
             # The async executor's Service is set up here, where a hard stop can cancel a hanging
             # setup(); the other executors set up a Service in each worker.
             if self.job.config.executor == "async" and not await self._setup():
                 return  # stopped at once during setup(); finish() still runs
             self.executor = await start_executor(self.job, self.wiring, self.tally)
             if self.stop_requested:
-                self.executor.stop()
+                self._stop_in_loop()  # asked while starting: the stop timeout applies from now
             elif self.paused or self._stalled_since is not None:
                 self.executor.pause()
             items, seen = self._items()
@@ -406,7 +432,8 @@ class Run:
             self._set_fatal(error, "The job could not start" if self.executor is None else "batchcli failed")
         finally:
             await self._settle_shell()
-            await self._call_hook("finish", lambda: finish_executor(self.job, self.executor))
+            if began:
+                await self._call_hook("finish", lambda: finish_executor(self.job, self.executor))
             failed = [f.item for f in self.tally.failures]
             if failed:
                 await self._call_hook("persist_failed", lambda: source.persist_failed(failed))
@@ -455,11 +482,12 @@ class Run:
                 self.executor.resume()
 
     def _stop_in_loop(self) -> None:
-        if self.executor is None:
+        # Once: a signal while the executor starts reaches here both as a callback and through the flag.
+        if self.executor is None or self._stop_timer is not None:
             return
         self.executor.stop()
         assert self.loop is not None
-        self.loop.call_later(self.job.config.stop_timeout_s, self._stop_timed_out)
+        self._stop_timer = self.loop.call_later(self.job.config.stop_timeout_s, self._stop_timed_out)
 
     def _stop_timed_out(self) -> None:
         if self.tally.in_flight:

@@ -105,6 +105,12 @@ def journal_path(run_dir: Path) -> Path:
             "`batchcli runs -d OUTPUT_DIR` lists."
         )
     path = run_dir / JOURNAL_NAME
+    if not path.is_file() and never_started(run_dir):
+        raise JournalError(
+            f"Run {str(run_dir)!r} never started: it was stopped while its run directory was being made, "
+            "before anything ran, so there is nothing to resume, retry or show. Start the job again with "
+            f"`batchcli exec`; the directory can be deleted (rm -r '{run_dir}')."
+        )
     if not path.is_file():
         raise JournalError(
             f"{str(run_dir)!r} has no {JOURNAL_NAME}: it is not a batchcli run directory (or its run was made "
@@ -153,6 +159,15 @@ def unusable_output_dir(output_dir: Path, error: OSError) -> UsageError:
         f"Cannot make a run directory in output directory {shown}: {error.strerror or error} ({where!r}). "
         "Give -d a directory you can write to."
     )
+
+
+def never_started(run_dir: Path) -> bool:
+    """A run directory left by a process killed while making its journal: only the half-made draft is there.
+
+    The journal is built as ``journal.sqlite.new`` and renamed when complete (``Journal.create``), so
+    the draft alone means the run had not started; a ``kill -9`` or a power cut there leaves it.
+    """
+    return (run_dir / f"{JOURNAL_NAME}.new").is_file() and not (run_dir / JOURNAL_NAME).exists()
 
 
 def check_safe(run_dir: Path) -> Path:

@@ -292,26 +292,34 @@ def test_installed_job_is_imported_by_name_in_workers(tmp_path: Path, records: P
     assert {p.read_text() for p in records.glob("setup-*")} == {str(package / "job.py")}
 
 
-# Graceful stop (Ctrl-C without a terminal) with every executor.
+# Graceful stop by a signal to the whole process group (Ctrl-C from a terminal, SIGTERM from systemd,
+# Kubernetes or `kill -TERM -PGID`), with every executor.
+
+GROUP_SIGNALS = [signal.SIGINT, signal.SIGTERM]
 
 
+@pytest.mark.parametrize("signum", GROUP_SIGNALS, ids=[s.name for s in GROUP_SIGNALS])
 @pytest.mark.parametrize("name", EXECUTORS)
-def test_interrupt_stops_gracefully(tmp_path: Path, records: Path, name: str) -> None:
-    """Ctrl-C to the whole process group stops the run (exit 130) without killing workers; nothing is lost."""
-    args = ["-p", f"record_dir={records}", "-p", f"executor={name}", "-p", "workers=2", "-p", "count=300"]
+def test_group_signal_stops_gracefully_and_resume_redoes_nothing(
+    tmp_path: Path, records: Path, name: str, signum: signal.Signals
+) -> None:
+    """A signal to the whole process group stops the run (exit 130) without killing workers; resume then does every
+    remaining item, and the ledger shows each item processed exactly once."""
+    count = 300
+    args = ["-p", f"record_dir={records}", "-p", f"executor={name}", "-p", "workers=2", "-p", f"count={count}"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "batchcli", "exec", str(SPY), "-d", "out", *args, "-p", "sleep_s=0.05"],
         cwd=tmp_path,
         env=subprocess_env(),
-        start_new_session=True,  # its own process group, as a terminal's foreground job
+        start_new_session=True,  # its own process group, as a terminal's foreground job or a systemd service
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     try:
-        _wait_for(lambda: sum(successes(records).values()) >= 10, proc)
-        os.killpg(proc.pid, signal.SIGINT)
-        output, _ = proc.communicate(timeout=60)
+        _wait_for(lambda: sum(successes(records).values()) >= 10, proc, timeout=90)
+        os.killpg(proc.pid, signum)
+        output, _ = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -320,11 +328,57 @@ def test_interrupt_stops_gracefully(tmp_path: Path, records: Path, name: str) ->
     run = newest_run(tmp_path / "out")
     assert run is not None
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "stopped" and summary["failed"] == 0
-    assert summary["succeeded"] + summary["unprocessed"] == 300
-    assert set(successes(records)) == set(range(300)) & set(successes(records))
-    assert sum(successes(records).values()) == summary["succeeded"]
-    assert "died" not in output
+    assert summary["status"] == "stopped" and summary["failed"] == 0, output
+    assert summary["succeeded"] + summary["unprocessed"] == count
+    assert sum(successes(records).values()) == summary["succeeded"], output
+    assert "died" not in output and "KilledWorker" not in output and "Traceback" not in output
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "batchcli", "resume", str(run)],
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    ledger = successes(records)
+    assert set(ledger) == set(range(count))
+    assert [n for n, times in ledger.items() if times > 1] == []
+
+
+@pytest.mark.parametrize("name", ["process", "dask"])
+def test_group_sigterm_while_workers_start_is_graceful(tmp_path: Path, records: Path, name: str) -> None:
+    """SIGTERM to the group while worker processes (or the local Dask cluster) start kills none of them: the run
+    ends stopped (130) with no worker lost, and resume does every item once."""
+    count = 100
+    args = ["-p", f"record_dir={records}", "-p", f"executor={name}", "-p", "workers=2", "-p", f"count={count}"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "exec", str(SPY), "-d", "out", *args, "-p", "sleep_s=0.01"],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        # As soon as the worker processes exist: they are still starting (importing, connecting).
+        _wait_for(lambda: len(_children(proc.pid)) >= 2, proc, timeout=90)
+        os.killpg(proc.pid, signal.SIGTERM)
+        output, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, output
+    assert "died" not in output and "KilledWorker" not in output and "Traceback" not in output
+    run = newest_run(tmp_path / "out")
+    assert run is not None
+    assert json.loads((run / "summary.json").read_text())["status"] == "stopped"
+    resumed = subprocess.run(
+        [sys.executable, "-m", "batchcli", "resume", str(run)],
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    ledger = successes(records)
+    assert set(ledger) == set(range(count)) and max(ledger.values()) == 1
 
 
 # Dask.
@@ -408,14 +462,15 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _children() -> set[int]:
-    """Live child processes of this process, from /proc."""
+def _children(parent: int | None = None) -> set[int]:
+    """Live child processes of ``parent`` (this process by default), from /proc."""
+    parent = os.getpid() if parent is None else parent
     found = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+        if int(fields[1]) == parent and fields[0] != "Z":
             found.add(int(stat.parent.name))
     return found

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import threading
 import time
 import uuid
@@ -36,6 +35,7 @@ from batchcli.executors.messages import (
     WorkerLost,
     WorkerSpec,
 )
+from batchcli.executors.signals import shield_worker, spawning
 
 CONNECT_TIMEOUT_S = 10.0
 """How long to try reaching a scheduler at ``dask_address``."""
@@ -46,15 +46,17 @@ SLOTS_REFRESH_S = 2.0
 
 
 class IgnoreInterrupts(WorkerPlugin):
-    """Makes the workers of batchcli's own local cluster ignore Ctrl-C, as process workers do.
+    """Makes the workers of batchcli's own local cluster ignore Ctrl-C and SIGTERM, as process workers do.
 
-    They share the terminal's process group, so Ctrl-C reaches them too; the driver decides what it
-    means (pause, graceful stop). Runs on every worker start, restarts included.
+    They share the driver's process group, so a terminal's Ctrl-C or a supervisor's SIGTERM reaches
+    them too; the driver decides what it means (pause, graceful stop) and its nannies stop the workers
+    (a stop message, then SIGKILL). Runs on every worker start, restarts included; until then the
+    signals stay blocked, as the nannies' threads were started inside ``spawning()``.
     """
 
     def setup(self, worker: Any) -> None:
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            shield_worker()
 
 
 class DaskBackend:
@@ -129,7 +131,9 @@ class DaskBackend:
     def _connect(self) -> None:
         if self._address is None:
             # A lost worker should fail its chunk at once, so the driver counts one attempt per item.
-            with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            # spawning(): the cluster's threads, and so every worker process they start, block the
+            # stop signals until IgnoreInterrupts takes over in the worker.
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0}), spawning():
                 self._cluster = LocalCluster(
                     n_workers=self._workers,
                     threads_per_worker=1,

@@ -15,7 +15,6 @@ import logging.handlers
 import multiprocessing
 import os
 import queue
-import signal
 import sys
 import threading
 import uuid
@@ -36,6 +35,7 @@ from batchcli.executors.messages import (
     WorkerLost,
     WorkerSpec,
 )
+from batchcli.executors.signals import shield_worker, spawning
 from batchcli.executors.worker import WorkerJob
 
 log = logging.getLogger("batchcli")
@@ -146,7 +146,8 @@ class ProcessBackend:
             # Daemonic: if the driver dies, multiprocessing ends its workers rather than wait for them.
             daemon=True,
         )
-        process.start()
+        with spawning():
+            process.start()
         tasks_r.close()
         results_w.close()
         worker = _Worker(process, tasks_w, results_r, self._loop.create_future(), self._loop.create_future(), replacement)
@@ -259,8 +260,8 @@ class ProcessBackend:
 
 def worker_main(spec: WorkerSpec, tasks: Connection, results: Connection, cancel: Any) -> None:
     """A worker process: build the job, run chunks until told to stop, finish the job."""
-    # Ctrl-C reaches the whole process group; the driver decides what it means (pause, stop).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C and SIGTERM reach the whole process group; the driver decides what they mean (pause, stop).
+    shield_worker()
     lock = threading.Lock()
 
     def send(message: tuple[Any, ...]) -> None:

@@ -1,0 +1,55 @@
+"""Worker processes are stopped by the driver, never by a signal meant for the driver.
+
+A terminal sends Ctrl-C, and systemd, Kubernetes or ``kill -TERM -PGID`` send SIGTERM, to every
+process of the group (systemd even to every process of the service). Only the driver decides what
+such a signal means (pause, graceful stop, stop at once) and then stops its workers itself: through
+their pipe, or by the Dask nanny's stop message, with SIGKILL as the last resort. A worker killed
+by the group's SIGTERM would lose the items it had done but not yet reported, which the resume then
+does twice.
+"""
+
+from __future__ import annotations
+
+import signal
+from contextlib import contextmanager
+from multiprocessing import resource_tracker
+from types import FrameType
+from typing import Iterator
+
+from batchcli.interrupts import STOP_SIGNALS
+
+
+
+@contextmanager
+def spawning() -> Iterator[None]:
+    """Block the stop signals in this thread while it starts worker processes (or the threads that will).
+
+    A child starts with its parent thread's signal mask, so a signal that reaches the group before
+    the worker installs its own handlers (``shield_worker``) stays pending instead of killing it.
+    Threads started inside the block keep the mask, so Dask's nanny threads pass it on to restarted
+    workers too. Signals still reach the driver: its main thread never blocks them.
+    """
+    # multiprocessing starts its resource tracker with the first process, and *unblocks* these very
+    # signals in the calling thread afterwards; started beforehand, it leaves our mask alone.
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def shield_worker() -> None:
+    """In a worker process's main thread: the stop signals do nothing here, then unblock them.
+
+    A Python handler rather than ``SIG_IGN``: an ignored disposition survives ``exec``, so every
+    program the user's Service starts (a subprocess) would ignore Ctrl-C and SIGTERM too; a handler
+    is reset to the default there. A signal that arrived while blocked is delivered to it and dropped.
+    """
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _leave_to_driver)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def _leave_to_driver(signum: int, frame: FrameType | None) -> None:
+    """The driver got the same signal and will stop this worker when its chunks are done."""
