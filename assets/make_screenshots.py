@@ -20,11 +20,11 @@ sys.path.insert(0, str(ROOT))
 
 def live_display(out: Path) -> Path:
     """Run the quick-start job with a recording terminal console; save its last frame."""
-    from batchcli.container import Wiring, build_job
-    from batchcli.project import load_project
-    from batchcli.run import Run, RunOptions
+    from batchcli.load.wiring import Wiring, build_job
+    from batchcli.load.project import load_project
+    from batchcli.run.driver import Run, RunOptions
 
-    from batchcli.progress import LiveDisplay
+    from batchcli.run.display import LiveDisplay
 
     # A Live display redraws in place; a recording console would keep every frame. Run on a silent
     # console, then draw the run's final state once, with the log lines it printed above it.

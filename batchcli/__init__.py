@@ -1,11 +1,11 @@
 """batchcli: run one operation over many items, with retries, progress, resumable runs and a pause shell."""
 
-from batchcli.configuration import Configuration
-from batchcli.inject import inject
-from batchcli.params import Param
-from batchcli.secret import Secret
-from batchcli.service import Service
-from batchcli.source import Source
+from batchcli.load.configuration import Configuration
+from batchcli.load.inject import inject
+from batchcli.load.params import Param
+from batchcli.load.secret import Secret
+from batchcli.load.service import Service
+from batchcli.load.source import Source
 
 __version__ = "0.1.0"
 

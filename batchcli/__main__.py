@@ -1,6 +1,6 @@
 """``python -m batchcli``, and the ``batchcli`` command."""
 
-from batchcli.interrupts import EarlySignals
+from batchcli.run.interrupts import EarlySignals
 
 
 def main() -> None:

@@ -82,8 +82,8 @@ def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 class Tally:
     """The live counts of a run; executors update them, the display and the journal read them.
 
-    The success path touches only ``succeeded``, ``in_flight`` and ``done``: plain attributes and a
-    deque append, cheap and safe to read from other threads under the GIL.
+    The success path touches only ``succeeded``, ``in_flight`` and ``done``: plain attributes and an
+    ``array`` append, cheap and safe to read from other threads under the GIL.
     """
 
     def __init__(self, total: int | None = None, clock: Any = time.monotonic) -> None:

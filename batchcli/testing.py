@@ -105,9 +105,9 @@ def run_job(
         output_dir: Where the run directory is made; a new temporary directory when None.
         environ: Where ``BATCHCLI_<NAME>`` variables are read from; none are read when None.
     """
-    from batchcli.container import Wiring, build_job
-    from batchcli.project import load_project
-    from batchcli.run import Run, RunOptions
+    from batchcli.load.wiring import Wiring, build_job
+    from batchcli.load.project import load_project
+    from batchcli.run.driver import Run, RunOptions
 
     values = {name: raw_values(value) for name, value in (params or {}).items()}
     values.setdefault("backoff_s", ("0",))
@@ -135,7 +135,7 @@ def run_job(
 
 def raw_values(value: object) -> tuple[str, ...]:
     """A Python value as the ``-p`` strings that cast back to it: one per element for a list, set or tuple."""
-    from batchcli.usage import as_typed
+    from batchcli.cli.usage import as_typed
 
     if isinstance(value, str):
         return (value,)

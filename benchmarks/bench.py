@@ -57,9 +57,9 @@ def batchcli_run(job: str, count: int, concurrency: int, sleep_ms: float, extra:
 
     from rich.console import Console
 
-    from batchcli.container import Wiring, build_job
-    from batchcli.project import load_project
-    from batchcli.run import Run, RunOptions
+    from batchcli.load.wiring import Wiring, build_job
+    from batchcli.load.project import load_project
+    from batchcli.run.driver import Run, RunOptions
 
     values = {"count": (str(count),), "concurrency": (str(concurrency),), **{k: (v,) for k, v in extra.items()}}
     if sleep_ms:

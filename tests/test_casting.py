@@ -11,9 +11,9 @@ from typing import Any, Literal, Optional
 
 import pytest
 
-from batchcli.casting import cast, describe
+from batchcli.load.casting import cast, describe
 from batchcli.errors import CastError, UsageError
-from batchcli.secret import Secret, masked
+from batchcli.load.secret import Secret, masked
 
 
 class Mode(Enum):

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from conftest import PROJECTS
 
-from batchcli.rundir import read_run
+from batchcli.journal.rundir import read_run
 
 JOB = PROJECTS / "env_resume" / "job.py"
 TOKEN, API_KEY = "tok-5e1f0c93", "key-a7d24b60"

@@ -11,7 +11,7 @@ import pytest
 from conftest import subprocess_env
 from test_resume import processed, wait_for
 
-from batchcli.rundir import read_run
+from batchcli.journal.rundir import read_run
 
 PROJECTS = Path(__file__).resolve().parent / "projects"
 COUNTING = PROJECTS / "journal_counting" / "counting.py"

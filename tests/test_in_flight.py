@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from batchcli.configuration import Configuration
+from batchcli.load.configuration import Configuration
 from batchcli.executors.asyncpool import AsyncExecutor
 from batchcli.outcome import Tally
-from batchcli.retry import RetryPolicy
+from batchcli.executors.retries import RetryPolicy
 
 ITEMS = "abcdef"
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from batchcli.journal import Journal
+from batchcli.journal.writer import Journal
 from batchcli.outcome import Tally
-from batchcli.rundir import read_run
-from batchcli.settled import RangeSet, skip_ordinals
+from batchcli.journal.rundir import read_run
+from batchcli.journal.settled import RangeSet, skip_ordinals
 
 PROJECTS = Path(__file__).resolve().parent / "projects"
 COUNTING = PROJECTS / "journal_counting" / "counting.py"

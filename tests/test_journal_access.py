@@ -16,7 +16,7 @@ from conftest import subprocess_env
 from test_bad_paths import immutable, refused  # noqa: F401 - immutable is a fixture
 from test_resume import wait_for
 
-from batchcli.rundir import HOLDER_NAME, RunLock
+from batchcli.journal.rundir import HOLDER_NAME, RunLock
 
 PROJECTS = Path(__file__).resolve().parent / "projects"
 RETRIES = PROJECTS / "retries" / "retries_job.py"

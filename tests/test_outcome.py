@@ -45,7 +45,7 @@ def test_a_broken_repr_or_nan_input_still_gives_a_parseable_failure_record() -> 
     import json
 
     from batchcli.outcome import Failure
-    from batchcli.records import failure_line, failure_record, json_form
+    from batchcli.journal.records import failure_line, failure_record, json_form
 
     class Broken:
         def __repr__(self) -> str:

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from batchcli.container import Wiring, build_job
-from batchcli.journal import Journal
+from batchcli.load.wiring import Wiring, build_job
+from batchcli.journal.writer import Journal
 from batchcli.outcome import Failure, Tally
-from batchcli.project import load_project
-from batchcli.rundir import read_run
+from batchcli.load.project import load_project
+from batchcli.journal.rundir import read_run
 
 PROJECTS = Path(__file__).resolve().parent / "projects"
 COUNTING = PROJECTS / "journal_counting" / "counting.py"

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import subprocess_env
 
-from batchcli.rundir import read_run
+from batchcli.journal.rundir import read_run
 
 PROJECTS = Path(__file__).resolve().parent / "projects"
 COUNTING = PROJECTS / "journal_counting" / "counting.py"

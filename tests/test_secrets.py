@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from conftest import PROJECTS
 
-from batchcli.secret import Secret, masked_values
+from batchcli.load.secret import Secret, masked_values
 
 SECRETS = PROJECTS / "ux_secrets" / "job.py"
 TOKEN, PASSWORD, EXTRA1, EXTRA2 = "tok-7f3a9c51", "pw-e81d22b7", "xt-44aa9e01", "xt-90cc1f3d"
@@ -104,9 +104,9 @@ def test_summary_is_valid_json_with_masked_params(cli: Any) -> None:
 
 def test_storable_wiring_drops_secrets_and_a_rebuild_asks_for_them(cli: Any) -> None:
     """Wiring.without(job.secret_names) keeps no secret, and rebuilding from it names the missing secret and its variable."""
-    from batchcli.container import Wiring, build_job
+    from batchcli.load.wiring import Wiring, build_job
     from batchcli.errors import UsageError
-    from batchcli.project import load_project
+    from batchcli.load.project import load_project
 
     wiring = Wiring(str(SECRETS), None, {"api_token": (TOKEN,), "db.password": (PASSWORD,), "db.user": ("svc",)})
     job = build_job(load_project(str(SECRETS)), wiring, environ={})

@@ -9,12 +9,12 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
-from batchcli.configuration import Configuration
+from batchcli.load.configuration import Configuration
 from batchcli.outcome import Failure, Tally, qualified_name
-from batchcli.project import format_user_traceback
-from batchcli.retry import Attempts, RetryPolicy
+from batchcli.load.project import format_user_traceback
+from batchcli.executors.base import Items
+from batchcli.executors.retries import Attempts, RetryPolicy
 
-Items = Iterator[tuple[int, Any]] | AsyncIterator[tuple[int, Any]]
 
 
 class AsyncExecutor:
@@ -35,7 +35,6 @@ class AsyncExecutor:
         self._workers: set[asyncio.Task[None]] = set()
         self._target = config.concurrency
         self._retiring = 0
-        self._idle = 0
         self._settled = False
         self.stopping = False
         """True once a stop was asked for: no new item starts."""
@@ -209,20 +208,16 @@ class AsyncExecutor:
 
     async def _wait_for_work(self) -> bool:
         """After the source ran out: wait for a retry to come due; False when all is settled."""
-        self._idle += 1
-        try:
-            while not self._ready:
-                if self._settled or self.stopping:
-                    return False
-                if self._tally.retrying == 0 and self._tally.in_flight == 0:
-                    self._settled = True
-                    self._wake.set()
-                    return False
-                self._wake.clear()
-                await self._wake.wait()
-            return True
-        finally:
-            self._idle -= 1
+        while not self._ready:
+            if self._settled or self.stopping:
+                return False
+            if self._tally.retrying == 0 and self._tally.in_flight == 0:
+                self._settled = True
+                self._wake.set()
+                return False
+            self._wake.clear()
+            await self._wake.wait()
+        return True
 
     async def _throttle(self, rate: float) -> None:
         now = self._loop.time()

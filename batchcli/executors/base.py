@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Protocol
 
-from batchcli.service import maybe_await
+from batchcli.load.service import maybe_await
 
 if TYPE_CHECKING:
-    from batchcli.container import Job, Wiring
+    from batchcli.load.wiring import Job, Wiring
     from batchcli.outcome import Tally
 
 Items = Iterator[tuple[int, Any]] | AsyncIterator[tuple[int, Any]]
@@ -61,7 +61,7 @@ async def start_executor(job: Job, wiring: Wiring, tally: Tally) -> Executor:
     config = job.config
     if config.executor == "async":
         from batchcli.executors.asyncpool import AsyncExecutor
-        from batchcli.retry import RetryPolicy
+        from batchcli.executors.retries import RetryPolicy
 
         # The run has called setup() already, where a hard stop can cancel it.
         service = job.service
@@ -77,7 +77,7 @@ async def start_executor(job: Job, wiring: Wiring, tally: Tally) -> Executor:
         try:
             from batchcli.executors.daskcluster import DaskBackend
         except ImportError as error:
-            from batchcli.configuration import DASK_MISSING
+            from batchcli.load.configuration import DASK_MISSING
             from batchcli.errors import UsageError
 
             raise UsageError(f"{DASK_MISSING} ({error})") from None

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
-from batchcli.configuration import Configuration
+from batchcli.load.configuration import Configuration
 from batchcli.executors.base import Items
 from batchcli.executors.messages import (
     Chunk,
@@ -29,7 +29,7 @@ from batchcli.executors.messages import (
 )
 from batchcli.executors.sizing import ChunkSizer
 from batchcli.outcome import Failure, Tally, qualified_name
-from batchcli.retry import Attempts, RetryPolicy
+from batchcli.executors.retries import Attempts, RetryPolicy
 
 log = logging.getLogger("batchcli")
 

@@ -23,7 +23,7 @@ from distributed import Client, Future, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.scheduler import KilledWorker
 
-from batchcli.container import Job, Wiring
+from batchcli.load.wiring import Job, Wiring
 from batchcli.errors import ProjectError
 from batchcli.executors import worker
 from batchcli.executors.bundle import bundle_project

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from batchcli.container import Wiring
+from batchcli.load.wiring import Wiring
 from batchcli.executors.bundle import Bundle
 from batchcli.outcome import qualified_name
-from batchcli.project import format_user_traceback
+from batchcli.load.project import format_user_traceback
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Callable
 
-from batchcli.container import Job, Wiring
+from batchcli.load.wiring import Job, Wiring
 from batchcli.executors.chunked import CHUNKS_PER_SLOT
 from batchcli.executors.messages import (
     Chunk,

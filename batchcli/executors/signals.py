@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import signal
 from contextlib import contextmanager
-from multiprocessing import resource_tracker
 from types import FrameType
 from typing import Iterator
 
-from batchcli.interrupts import STOP_SIGNALS
-
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextmanager
@@ -31,6 +29,8 @@ def spawning() -> Iterator[None]:
     """
     # multiprocessing starts its resource tracker with the first process, and *unblocks* these very
     # signals in the calling thread afterwards; started beforehand, it leaves our mask alone.
+    from multiprocessing import resource_tracker  # not at import: the CLI installs its signal handlers first
+
     resource_tracker.ensure_running()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:

@@ -20,8 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from batchcli.container import Job
-from batchcli.service import maybe_await
+from batchcli.load.wiring import Job
+from batchcli.load.service import maybe_await
 from batchcli.executors.messages import (
     Chunk,
     ChunkResult,
@@ -53,7 +53,7 @@ class WorkerJob:
         try:
             job = _build(spec)
             self._on_loop(maybe_await(job.service.setup()))
-            from batchcli.retry import RetryPolicy
+            from batchcli.executors.retries import RetryPolicy
 
             self.retry_for = RetryPolicy(job.config, job.service.exceptions_to_retry_for).retry_for
         except Exception as error:
@@ -228,10 +228,10 @@ class _Throttle:
 
 
 def _build(spec: WorkerSpec) -> Job:
-    from batchcli.configuration import bind_runtime
-    from batchcli.container import build_job
+    from batchcli.load.configuration import bind_runtime
+    from batchcli.load.wiring import build_job
     from batchcli.executors.bundle import unpack
-    from batchcli.project import load_project
+    from batchcli.load.project import load_project
 
     target = unpack(spec.bundle) if spec.bundle is not None else spec.wiring.target
     # The wiring carries every value the driver read, the environment's included (Run.wiring): a worker's

@@ -4,7 +4,7 @@ It holds what the run is rebuilt from (target, configuration, raw params from ``
 ``BATCHCLI_*`` variables, secrets left out but named), which items settled (successes as merged
 ordinal ranges, or item keys; failures with a pickled copy of the input and the reason), a small
 throughput timeline, and one row per session (a run resumed twice has three). ``resume`` and
-``retry`` write and load it; ``runs`` and ``show`` only read it, through ``batchcli.rundir``, and
+``retry`` write and load it; ``runs`` and ``show`` only read it, through ``batchcli.journal.rundir``, and
 never unpickle.
 """
 
@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 from batchcli import __version__
 from batchcli.errors import JournalError
 from batchcli.outcome import Failure, Tally
-from batchcli.records import failure_line, json_form
-from batchcli.rundir import FORMAT, JOURNAL_NAME, RunLock, check_safe, check_writable, connect, damaged
-from batchcli.settled import Numbered, RangeSet, skip_keys, skip_ordinals
+from batchcli.journal.records import failure_line, json_form
+from batchcli.journal.rundir import FORMAT, JOURNAL_NAME, RunLock, check_safe, check_writable, connect, damaged
+from batchcli.journal.settled import Numbered, RangeSet, skip_keys, skip_ordinals
 
 if TYPE_CHECKING:
-    from batchcli.container import Job, Wiring
+    from batchcli.load.wiring import Job, Wiring
 
 log = logging.getLogger("batchcli")
 

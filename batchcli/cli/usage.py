@@ -14,11 +14,11 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from batchcli.environment import PREFIX, variable
+from batchcli.load.environment import PREFIX, variable
 from batchcli.errors import BatchcliError
-from batchcli.fields import MISSING
-from batchcli.project import Project
-from batchcli.secret import Secret, is_secret_type
+from batchcli.load.fields import MISSING
+from batchcli.load.project import Project
+from batchcli.load.secret import Secret, is_secret_type
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,9 @@ class ProjectHelp:
 
 def project_help(project: Project, config_name: str | None) -> ProjectHelp:
     """Collect the params and configuration fields of ``project``; raises BatchcliError when it cannot."""
-    from batchcli.container import collect_params
-    from batchcli.docstrings import constructor_docs, field_docs
-    from batchcli.fields import layout
+    from batchcli.load.wiring import collect_params
+    from batchcli.load.docstrings import constructor_docs, field_docs
+    from batchcli.load.fields import layout
 
     specs = collect_params(project.injectables())
     params = [
@@ -66,7 +66,7 @@ def project_help(project: Project, config_name: str | None) -> ProjectHelp:
         if config_name is not None:
             raise
         return ProjectHelp(params, [], "", f"{error} Add -c NAME to --help to list its fields.")
-    from batchcli.configuration import Configuration
+    from batchcli.load.configuration import Configuration
 
     docs_by_owner: dict[type, dict[str, str]] = {}
     fields = []
@@ -82,7 +82,7 @@ def project_help(project: Project, config_name: str | None) -> ProjectHelp:
 
 def type_name(annotation: Any) -> str:
     """``casting.describe``, or the raw annotation for a type ``-p`` cannot set."""
-    from batchcli.casting import describe
+    from batchcli.load.casting import describe
 
     try:
         return describe(annotation)

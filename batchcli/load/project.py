@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from batchcli.configuration import Configuration
+from batchcli.load.configuration import Configuration
 from batchcli.errors import ProjectError, UsageError, UserCodeError
-from batchcli.inject import inject_spec
+from batchcli.load.inject import inject_spec
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def load_project(target: str) -> Project:
     """Import the project at ``target``: a ``.py`` file, a file in a directory project, or a directory."""
     path = Path(target).expanduser()
     if not path.exists():
-        from batchcli.jobs import load_installed_job
+        from batchcli.load.jobs import load_installed_job
 
         installed = load_installed_job(target)
         if installed is not None:

@@ -21,26 +21,26 @@ from typing import Any, AsyncIterator, Callable, Iterator, Protocol
 from rich.console import Console
 
 from batchcli import __version__
-from batchcli.configuration import bind_runtime
-from batchcli.container import Job, Wiring
+from batchcli.load.configuration import bind_runtime
+from batchcli.load.wiring import Job, Wiring
 from batchcli.errors import RunDirWriteError
 from batchcli.executors.base import Executor, finish_executor, start_executor
-from batchcli.interrupts import EarlySignals
-from batchcli.journal import Journal
-from batchcli.logs import start_logging
+from batchcli.run.interrupts import EarlySignals
+from batchcli.journal.writer import Journal
+from batchcli.journal.rundir import FLUSH_INTERVAL_S
+from batchcli.run.logs import start_logging
 from batchcli.outcome import Failure, Tally
-from batchcli.progress import make_display
-from batchcli.project import format_user_traceback
-from batchcli.records import FailedFile, failure_record, json_form, write_json
-from batchcli.rundir import check_output_dir, unusable_output_dir
-from batchcli.resumption import Continuation, defines_item_key
-from batchcli.service import maybe_await
-from batchcli.source import is_async_source, source_length
+from batchcli.run.display import make_display
+from batchcli.load.project import format_user_traceback
+from batchcli.journal.records import FailedFile, failure_record, json_form, write_json
+from batchcli.journal.rundir import check_output_dir, unusable_output_dir
+from batchcli.journal.resumption import Continuation, defines_item_key
+from batchcli.load.service import maybe_await
+from batchcli.load.source import is_async_source, source_length
 
 log = logging.getLogger("batchcli")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_FATAL, EXIT_STOPPED = 0, 1, 2, 3, 130
-FLUSH_INTERVAL_S = 0.2  # the journal promises at most 0.5 s of lost work; this also bounds memory
+EXIT_OK, EXIT_FAILED, EXIT_FATAL, EXIT_STOPPED = 0, 1, 3, 130
 WRITE_RETRY_S = 5.0
 """How long a run whose directory cannot be written (a full disk) stays paused, retrying every flush,
 before it stops resumably: long enough for a log rotation or a cleanup to free space, short enough
@@ -193,7 +193,7 @@ class Run:
             log.warning("%s during start-up: stopping before any item starts.", signal.Signals(early_signal).name)
         self.interactive = self._wants_shell()  # before the live display starts: it redirects stdout
         if self.interactive:
-            from batchcli.shell import PauseShell  # imports IPython only when it opens
+            from batchcli.run.shell import PauseShell  # imports IPython only when it opens
 
             self.on_pause = PauseShell()
         display = make_display(self.tally, self.console, self.job.project.name, self.options.progress_interval_s)

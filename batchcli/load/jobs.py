@@ -1,4 +1,4 @@
-"""Installed jobs: packages register them in the ``batchcli.jobs`` entry-point group; modules work by name too."""
+"""Installed jobs: packages register them in the ``batchcli.load.jobs`` entry-point group; modules work by name too."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from batchcli.project import Project
+    from batchcli.load.project import Project
 
-GROUP = "batchcli.jobs"
-"""The entry-point group: ``[project.entry-points."batchcli.jobs"]`` ``name = "package.module"``."""
+GROUP = "batchcli.load.jobs"
+"""The entry-point group: ``[project.entry-points."batchcli.load.jobs"]`` ``name = "package.module"``."""
 
 _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 
@@ -70,7 +70,7 @@ def shadowed_job(target: str) -> EntryPoint | None:
 
 def load_installed_job(name: str) -> Project | None:
     """Import the installed job ``name``, or the module named ``name``; None when neither exists."""
-    from batchcli.project import load_module_project
+    from batchcli.load.project import load_module_project
 
     entry = installed_jobs().get(name)
     if entry is not None:

@@ -8,7 +8,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Union
 
-from batchcli.configuration import RUNTIME_FIELDS
+from batchcli.load.configuration import RUNTIME_FIELDS
 
 MISSING: Any = dataclasses.MISSING
 

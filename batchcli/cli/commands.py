@@ -10,9 +10,9 @@ from typing import Any, NoReturn
 import typer
 from rich.markup import escape
 
-from batchcli.environment import PREFIX as ENV_PREFIX
+from batchcli.load.environment import PREFIX as ENV_PREFIX
 from batchcli.errors import BatchcliError
-from batchcli.interrupts import EarlySignals, StartInterrupted
+from batchcli.run.interrupts import EarlySignals, StartInterrupted
 
 EXIT_STOPPED = 130
 """As ``run.EXIT_STOPPED``; run.py is imported only when a command runs a job."""
@@ -88,13 +88,13 @@ def stopped_before_start(stop: StartInterrupted, outcome: str) -> NoReturn:
 
 
 def _complete_param(ctx: typer.Context, incomplete: str) -> list[str]:
-    from batchcli.completion import command_line, complete_values
+    from batchcli.cli.completion import command_line, complete_values
 
     return complete_values(*command_line(ctx.params, ctx.args), incomplete)
 
 
 def _complete_config(ctx: typer.Context, incomplete: str) -> list[str]:
-    from batchcli.completion import command_line, complete_configs
+    from batchcli.cli.completion import command_line, complete_configs
 
     return complete_configs(command_line(ctx.params, ctx.args)[0], incomplete)
 
@@ -128,9 +128,9 @@ def exec_(
         False, "--help", help="Show this message and exit; with PATH, also the job's params and fields.", show_default=False
     ),
 ) -> None:
-    from batchcli.container import Wiring, build_job
-    from batchcli.project import load_project
-    from batchcli.run import Run, RunOptions
+    from batchcli.load.wiring import Wiring, build_job
+    from batchcli.load.project import load_project
+    from batchcli.run.driver import Run, RunOptions
 
     if show_help:
         _exec_help(ctx, path, config)
@@ -185,8 +185,8 @@ def resume(
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
 ) -> None:
     """Continue a stopped or crashed run in its own directory, skipping the items it already settled."""
-    from batchcli.resumption import plan_resume
-    from batchcli.run import Run, RunOptions
+    from batchcli.journal.resumption import plan_resume
+    from batchcli.run.driver import Run, RunOptions
 
     early = EarlySignals.install()
     try:
@@ -223,8 +223,8 @@ def retry(
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
 ) -> None:
     """Reprocess exactly the inputs that failed in RUN_DIR, same job and configuration, in a new run directory."""
-    from batchcli.resumption import plan_retry
-    from batchcli.run import Run, RunOptions
+    from batchcli.journal.resumption import plan_retry
+    from batchcli.run.driver import Run, RunOptions
 
     early = EarlySignals.install()
     try:
@@ -261,7 +261,7 @@ def runs(
     """List past runs, newest first."""
     from rich.console import Console
 
-    from batchcli.history import find_runs, runs_table
+    from batchcli.journal.history import find_runs, runs_table
 
     try:
         found = find_runs(output_path(output_dir))
@@ -279,7 +279,7 @@ def show(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
     """Show one run: its summary, its failures grouped by error, and its throughput over time."""
     from rich.console import Console
 
-    from batchcli.history import show_run
+    from batchcli.journal.history import show_run
 
     console = Console(highlight=False)
     try:
@@ -298,8 +298,8 @@ def _exec_help(ctx: typer.Context, path: str | None, config: str | None) -> NoRe
         raise typer.Exit(0)
     from rich.console import Console
 
-    from batchcli.project import load_project
-    from batchcli.usage import print_project_help, project_help
+    from batchcli.load.project import load_project
+    from batchcli.cli.usage import print_project_help, project_help
 
     _note_shadowed_job(path)
     try:
@@ -311,7 +311,7 @@ def _exec_help(ctx: typer.Context, path: str | None, config: str | None) -> NoRe
 
 
 def _note_shadowed_job(path: str) -> None:
-    from batchcli.jobs import shadowed_job
+    from batchcli.load.jobs import shadowed_job
 
     entry = shadowed_job(path)
     if entry is not None:
@@ -327,12 +327,12 @@ def _note_shadowed_job(path: str) -> None:
 
 @app.command("list")
 def list_() -> None:
-    """List the installed jobs: packages register them in the batchcli.jobs entry-point group."""
+    """List the installed jobs: packages register them in the batchcli.load.jobs entry-point group."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    from batchcli.jobs import GROUP, describe_installed
+    from batchcli.load.jobs import GROUP, describe_installed
 
     console = Console(highlight=False)
     jobs = describe_installed()
@@ -358,7 +358,7 @@ def init(
     name: str = typer.Argument(..., help="The new project's directory (its last part must be a Python identifier)."),
 ) -> None:
     """Create a project directory that runs at once: batchcli exec NAME -c config_dev"""
-    from batchcli.scaffold import create_project
+    from batchcli.cli.scaffold import create_project
 
     try:
         root = create_project(Path(name))

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchcli.environment import variable
+from batchcli.load.environment import variable
 from batchcli.errors import JournalError, UsageError
-from batchcli.journal import Journal
-from batchcli.rundir import RunInfo, check_safe, damaged, query, read_run
-from batchcli.source import Source
+from batchcli.journal.writer import Journal
+from batchcli.journal.rundir import RunInfo, check_safe, damaged, query, read_run
+from batchcli.load.source import Source
 
 if TYPE_CHECKING:
-    from batchcli.container import Job, Wiring
+    from batchcli.load.wiring import Job, Wiring
 
 
 @dataclass(frozen=True)
@@ -126,8 +126,8 @@ def _rebuild(earlier: RunInfo, overrides: dict[str, tuple[str, ...]], command: s
     not quietly change the job. A secret is never taken from its default either: it was given once,
     so it must be given again.
     """
-    from batchcli.container import Wiring, build_job
-    from batchcli.project import load_project
+    from batchcli.load.wiring import Wiring, build_job
+    from batchcli.load.project import load_project
 
     missing = [name for name in earlier.secrets if name not in overrides and variable(name) not in os.environ]
     if missing:

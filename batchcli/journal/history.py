@@ -14,11 +14,10 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from batchcli.environment import variable
+from batchcli.load.environment import variable
 from batchcli.errors import BatchcliError, JournalUnreadable, UsageError
-from batchcli.run import FLUSH_INTERVAL_S
-from batchcli.rundir import JOURNAL_NAME, RunInfo, never_started, query, read_run
-from batchcli.secret import Secret
+from batchcli.journal.rundir import FLUSH_INTERVAL_S, JOURNAL_NAME, RunInfo, never_started, query, read_run
+from batchcli.load.secret import Secret
 
 STATUS_STYLES = {
     "finished": "green",

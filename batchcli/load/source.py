@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Generic, Iterator, TypeVar
+from typing import Any, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -58,8 +58,3 @@ def source_length(source: object) -> int | None:
     if not hasattr(type(source), "__len__"):
         return None
     return len(source)  # type: ignore[arg-type]
-
-
-def aiter_source(source: Any) -> AsyncIterator[Any]:
-    """The async iterator of an async source."""
-    return source.__aiter__()  # type: ignore[no-any-return]

@@ -7,7 +7,7 @@ from typing import Iterable
 
 import tenacity
 
-from batchcli.configuration import Configuration
+from batchcli.load.configuration import Configuration
 
 
 @dataclass
@@ -55,7 +55,3 @@ class RetryPolicy:
         delay: float = self._retrying.wait(state)
         state.prepare_for_next_attempt()
         return delay
-
-    def is_retryable(self, error: BaseException) -> bool:
-        """True when ``error`` is an instance of a retryable type (subclasses included)."""
-        return isinstance(error, self.retry_for)

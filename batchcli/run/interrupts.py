@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any, Iterator
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+from batchcli.executors.signals import STOP_SIGNALS
 
 
 class StartInterrupted(KeyboardInterrupt):

@@ -21,7 +21,7 @@ def command_line(params: dict[str, Any], extra: list[str]) -> tuple[str | None, 
 
 def _quietly_load(target: str) -> Any:
     """Load the project without letting its imports print into the shell's completion output."""
-    from batchcli.project import load_project
+    from batchcli.load.project import load_project
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         return load_project(target)
@@ -43,16 +43,16 @@ def _choices(annotation: Any) -> list[str]:
 
 def accepted_names(target: str, config_name: str | None) -> dict[str, Any]:
     """Every ``-p`` name of the project at ``target`` with its type (the configuration's fields when one is chosen)."""
-    from batchcli.container import collect_params
+    from batchcli.load.wiring import collect_params
     from batchcli.errors import BatchcliError
-    from batchcli.fields import layout
+    from batchcli.load.fields import layout
 
     project = _quietly_load(target)
     names: dict[str, Any] = {n: spec.annotation for n, spec in collect_params(project.injectables()).items()}
     try:
         config_cls = project.configuration(config_name)
     except BatchcliError:
-        from batchcli.configuration import Configuration
+        from batchcli.load.configuration import Configuration
 
         config_cls = Configuration  # several to choose from: the built-in fields are common to all
     for name, leaf in layout(config_cls).leaves.items():

@@ -25,6 +25,9 @@ except ImportError:  # pragma: no cover - not on Windows
     fcntl = None  # type: ignore[assignment]
 
 JOURNAL_NAME = "journal.sqlite"
+FLUSH_INTERVAL_S = 0.2
+"""How often a run records what settled: the journal promises at most 0.5 s of lost work, and this also
+bounds how many ordinals wait in memory."""
 HOLDER_NAME = "batchcli.pid"
 """Written by the process that holds the run directory's lock, right after taking it: its pid and host."""
 FORMAT = 1
@@ -38,7 +41,7 @@ def connect(path: Path, *, writer: bool = False) -> sqlite3.Connection:
     uri = f"file:{quote(str(path.resolve()))}?mode=rw"
     # The writer is used by the main thread and the recorder thread, one after the other.
     conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=10)
-    # Every commit reaches the disk: one fsync per flush (every 0.5 s), not per item.
+    # Every commit reaches the disk: one fsync per flush (every FLUSH_INTERVAL_S), not per item.
     conn.execute("PRAGMA synchronous=FULL")
     return conn
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar
 
 from batchcli.outcome import Failure
-from batchcli.progress import Rate, status_line
+from batchcli.run.display import Rate, status_line
 
 if TYPE_CHECKING:
-    from batchcli.run import Run
+    from batchcli.run.driver import Run
 
 T = TypeVar("T")
 

@@ -15,10 +15,10 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
-from batchcli.controller import RunController
+from batchcli.run.controller import RunController
 
 if TYPE_CHECKING:
-    from batchcli.run import Run
+    from batchcli.run.driver import Run
 
 LAST_ERRORS = 5
 """How many of the latest failures the banner lists."""
@@ -209,7 +209,7 @@ def _settle(result: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> 
 
 def _hide_display(display: Any) -> Callable[[], None]:
     """Stop the live display while the shell owns the terminal; returns what brings it back."""
-    from batchcli.progress import LiveDisplay
+    from batchcli.run.display import LiveDisplay
 
     if isinstance(display, LiveDisplay):
         display.stop()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, NamedTuple, Union, get_args, get_origin
 
 from batchcli.errors import CastError, UsageError
-from batchcli.secret import Secret
+from batchcli.load.secret import Secret
 
 _NONE_WORDS = frozenset({"none", "null"})
 _BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}

@@ -12,17 +12,17 @@ from typing import Any, Generic
 
 from kink import Container
 
-from batchcli.configuration import Configuration
-from batchcli.environment import from_environment, variable
+from batchcli.load.configuration import Configuration
+from batchcli.load.environment import from_environment, variable
 from batchcli.errors import CastError, ProjectError, UsageError, UserCodeError
-from batchcli.fields import build as build_configuration
-from batchcli.fields import layout
-from batchcli.inject import inject_spec
-from batchcli.params import ParamSpec, constructor, constructor_hints, param_specs, unwrap_param
-from batchcli.project import Project, format_user_traceback
-from batchcli.secret import is_secret_type, masked_values
-from batchcli.service import Service
-from batchcli.source import Source
+from batchcli.load.fields import build as build_configuration
+from batchcli.load.fields import layout
+from batchcli.load.inject import inject_spec
+from batchcli.load.params import ParamSpec, constructor, constructor_hints, param_specs, unwrap_param
+from batchcli.load.project import Project, format_user_traceback
+from batchcli.load.secret import is_secret_type, masked_values
+from batchcli.load.service import Service
+from batchcli.load.source import Source
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ def _check_names(given: list[str], annotations: Mapping[str, Any], groups: Mappi
 
 
 def _cast(name: str, raw: tuple[str, ...], annotation: Any, from_env: bool) -> Any:
-    from batchcli.casting import cast
+    from batchcli.load.casting import cast
 
     try:
         return cast(name, list(raw), annotation)

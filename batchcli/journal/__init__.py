@@ -1,0 +1,1 @@
+"""The run directory: the journal, settled ranges, failure records, resume and retry plans, history."""
