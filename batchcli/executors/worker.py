@@ -233,7 +233,7 @@ def _build(spec: WorkerSpec) -> Job:
     from batchcli.executors.bundle import unpack
     from batchcli.project import load_project
 
-    target = unpack(spec.bundle) if spec.bundle is not None else spec.wiring.target
+    target = unpack(spec.bundle, spec.key) if spec.bundle is not None else spec.wiring.target
     job = build_job(load_project(target), replace(spec.wiring, target=target), with_source=False)
     bind_runtime(job.config, output_dir=Path(spec.output_dir), run_dir=Path(spec.run_dir), started_at=spec.started_at)
     return job
