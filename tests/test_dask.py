@@ -6,14 +6,17 @@ The executor behaviour shared with the other executors is in ``test_executors.py
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -25,6 +28,7 @@ from tests.conftest import EXAMPLES, PROJECTS, newest_run, subprocess_env
 from tests.test_executors import DASK, SHIPPED, _free_port, dask_cluster, isolated  # noqa: F401 (fixtures)
 
 DEATHS = PROJECTS / "dask_deaths" / "job.py"
+SPY = PROJECTS / "executors" / "spy.py"
 REINDEX = EXAMPLES / "reindex"
 
 
@@ -141,13 +145,17 @@ def test_dask_run_survives_two_worker_deaths(
 
 
 @pytest.fixture(scope="module")
-def long_lived_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`dask scheduler` and `dask worker` (2 processes) started on their own, left running for the module."""
+def long_lived_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """`dask scheduler` and `dask worker` (2 processes) started on their own, left running for the module.
+
+    Yields the scheduler's address and the workers' temp directory.
+    """
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     workdir = tmp_path_factory.mktemp("cluster")  # the workers cannot see the projects from where they run
+    (workdir / "tmp").mkdir()
     common: dict[str, Any] = {
-        "env": subprocess_env(DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0"),
+        "env": subprocess_env(DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0", TMPDIR=str(workdir / "tmp")),
         "cwd": workdir,
         "stdout": subprocess.DEVNULL,
         "stderr": subprocess.DEVNULL,
@@ -164,7 +172,7 @@ def long_lived_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
 
         with Client(address, timeout=30, set_as_default=False) as client:
             client.wait_for_workers(2, timeout=60)
-        yield address
+        yield address, workdir / "tmp"
     finally:
         for proc in (workers, scheduler):  # workers first: they say goodbye to the scheduler
             proc.terminate()
@@ -175,10 +183,11 @@ def long_lived_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
                 proc.wait()
 
 
-def _reindex(tmp_path: Path, address: str, name: str) -> list[str]:
+def _reindex(tmp_path: Path, address: str, name: str, *values: str) -> list[str]:
     return [
         sys.executable, "-m", "batchcli", "exec", str(REINDEX), "-c", "config_prod", "-d", str(tmp_path / name),
-        "-p", "executor=dask", "-p", f"dask_address={address}", "-p", "generate=40",
+        "-p", "executor=dask", "-p", f"dask_address={address}",
+        *(arg for value in values or ("generate=40",) for arg in ("-p", value)),
     ]  # fmt: skip
 
 
@@ -198,31 +207,39 @@ def _check(tmp_path: Path, name: str, output: str, total: int) -> None:
     assert (summary["succeeded"], summary["failed"]) == (total, 0), output
 
 
-def test_several_projects_in_turn_on_one_long_lived_cluster(tmp_path: Path, long_lived_cluster: str) -> None:
-    """A directory project, then another project, then the first again, all on one cluster left running."""
+def test_several_projects_in_turn_on_one_long_lived_cluster(tmp_path: Path, long_lived_cluster: Any) -> None:
+    """A directory project, then another project, then the first again, all on one cluster left running;
+    each run leaves nothing unpacked behind on the workers."""
+    address, worker_tmp = long_lived_cluster
     for n, (make, total) in enumerate([(_reindex, 40), (_shipped, 30), (_reindex, 40), (_shipped, 30)]):
         name = f"run{n}"
         proc = subprocess.run(
-            make(tmp_path, long_lived_cluster, name), capture_output=True, text=True, timeout=180, env=subprocess_env()
+            make(tmp_path, address, name), capture_output=True, text=True, timeout=180, env=subprocess_env()
         )
         output = proc.stdout + proc.stderr
         assert proc.returncode == 0, output
         assert "Traceback" not in output
         _check(tmp_path, name, output, total)
+        assert list((worker_tmp / "batchcli-projects").iterdir()) == []
     records = tmp_path / "run1-rec"
     assert sorted(ok_items(records)) == list(range(30))
 
 
-def test_two_projects_at_once_on_one_long_lived_cluster(tmp_path: Path, long_lived_cluster: str) -> None:
-    """Two different projects running at the same time on the same workers both finish every item."""
-    runs = {
-        "a": (subprocess.Popen(_reindex(tmp_path, long_lived_cluster, "a"), **_pipes()), 40),
-        "b": (subprocess.Popen(_shipped(tmp_path, long_lived_cluster, "b"), **_pipes()), 30),
-    }
-    outputs = {}
+def test_two_projects_at_once_on_one_long_lived_cluster(tmp_path: Path, long_lived_cluster: Any) -> None:
+    """Another project started while a directory project is still running on the same workers: both finish."""
+    address, _ = long_lived_cluster
+    records = tmp_path / "spy-rec"
+    records.mkdir()
+    spy = [
+        sys.executable, "-m", "batchcli", "exec", str(SPY), "-d", str(tmp_path / "spy"), "-p", f"record_dir={records}",
+        "-p", "executor=dask", "-p", f"dask_address={address}", "-p", "count=40",
+    ]  # fmt: skip
+    slow_reindex = _reindex(tmp_path, address, "reindex", "generate=60", "rate_limit=20")
+    runs = {"reindex": (subprocess.Popen(slow_reindex, **_pipes()), 60)}
     try:
-        for name, (proc, _) in runs.items():
-            outputs[name], _ = proc.communicate(timeout=180)
+        _wait_for_progress(tmp_path / "reindex", runs["reindex"][0])  # loaded on the workers, and running
+        runs["spy"] = (subprocess.Popen(spy, **_pipes()), 40)
+        outputs = {name: proc.communicate(timeout=180)[0] for name, (proc, _) in runs.items()}
     finally:
         for proc, _ in runs.values():
             if proc.poll() is None:
@@ -231,6 +248,19 @@ def test_two_projects_at_once_on_one_long_lived_cluster(tmp_path: Path, long_liv
     for name, (proc, total) in runs.items():
         assert proc.returncode == 0, outputs[name]
         _check(tmp_path, name, outputs[name], total)
+    assert sorted(ok_items(records)) == list(range(40))
+
+
+def _wait_for_progress(output_dir: Path, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    """Until the run in ``output_dir`` has journaled a success and is still going."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        for journal in output_dir.glob("*/journal.sqlite"):
+            with contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5)) as db:
+                if db.execute("SELECT count(*) FROM done_ranges").fetchone()[0]:
+                    return
+        time.sleep(0.05)
 
 
 def _pipes() -> dict[str, Any]:
