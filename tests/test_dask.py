@@ -107,6 +107,22 @@ def test_unpacked_files_are_checked_before_import(tmp_path: Path, monkeypatch: p
     assert list((tmp_path / "batchcli-projects").iterdir()) == []  # nothing half-unpacked is left
 
 
+@pytest.mark.parametrize(("owner", "mode"), [("nobody", 0o755), ("self", 0o777)])
+def test_temp_directory_others_can_rename_in_is_refused(tmp_path: Path, owner: str, mode: int) -> None:
+    """A TMPDIR another user owns, or that others may write without the sticky bit, is refused with the fix."""
+    from batchcli.errors import ProjectError
+    from batchcli.executors.bundle import private_root
+
+    if owner == "nobody":
+        if os.geteuid() != 0:
+            pytest.skip("giving a directory to another user needs root")
+        shutil.chown(tmp_path, "nobody")
+    tmp_path.chmod(mode)
+    with pytest.raises(ProjectError, match=r"lets someone else replace .*Point TMPDIR at a directory of your own"):
+        private_root(tmp_path)
+    assert not (tmp_path / "batchcli-projects").exists()
+
+
 def test_bundle_that_does_not_match_its_digest_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bundle whose bytes do not hash to its digest is never unpacked."""
     from batchcli.errors import ProjectError

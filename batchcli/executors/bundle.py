@@ -133,6 +133,7 @@ def private_root(base: Path | None = None) -> Path:
     """
     global _fallback_root
     base = Path(tempfile.gettempdir()) if base is None else base
+    _check_base(base)
     for candidate in (base / "batchcli-projects", base / f"batchcli-projects-{os.getuid()}"):
         try:
             candidate.mkdir(mode=0o700)
@@ -145,6 +146,29 @@ def private_root(base: Path | None = None) -> Path:
     if _fallback_root is None or not _is_private(_fallback_root):
         _fallback_root = Path(tempfile.mkdtemp(prefix="batchcli-projects-", dir=base))
     return _fallback_root
+
+
+def _check_base(base: Path) -> None:
+    """Refuse a temp directory whose other writers could rename what we create in it and put theirs instead.
+
+    Ours or root's, and either writable only by its owner or sticky (as ``/tmp`` is): the sticky bit keeps
+    others from renaming our entries. A ``TMPDIR`` another user owns fails this, whatever is inside.
+    """
+    try:
+        info = os.stat(base)
+    except OSError as error:
+        raise ProjectError(
+            f"The temp directory {str(base)!r} of this Dask worker cannot be used ({error.strerror}). Point TMPDIR "
+            "at a directory of your own where the workers run (for example `mkdir -m 700 ~/tmp`)."
+        ) from None
+    owner_ok = info.st_uid in (os.getuid(), 0)
+    if not owner_ok or (info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX):
+        raise ProjectError(
+            f"The temp directory {str(base)!r} of this Dask worker (owner uid {info.st_uid}, mode "
+            f"{stat.S_IMODE(info.st_mode):o}) lets someone else replace the project's files before they are "
+            "imported. Point TMPDIR at a directory of your own where the workers run (for example "
+            "`mkdir -m 700 ~/tmp`), or make this one sticky (`chmod +t`)."
+        )
 
 
 def _is_private(path: Path) -> bool:
