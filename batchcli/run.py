@@ -24,7 +24,7 @@ from batchcli import __version__
 from batchcli.configuration import bind_runtime
 from batchcli.container import Job, Wiring
 from batchcli.errors import RunDirWriteError
-from batchcli.executors.base import Executor, finish_executor, start_executor
+from batchcli.executors.base import Executor, check_executor, finish_executor, start_executor
 from batchcli.interrupts import EarlySignals
 from batchcli.journal import Journal
 from batchcli.logs import start_logging
@@ -134,6 +134,7 @@ class Run:
         self._loop_ready = threading.Event()
         self._finished = threading.Event()
         self.started_at = datetime.now().astimezone()
+        check_executor(job.config)  # bad executor settings are bad input: no run directory for them
         resumed = self.continuation.journal
         if resumed is None:
             self.run_dir = _make_run_dir(options.output_dir, job.project.name, self.started_at)
