@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Protocol
 from batchcli.load.service import maybe_await
 
 if TYPE_CHECKING:
+    from batchcli.load.configuration import Configuration
     from batchcli.load.wiring import Job, Wiring
     from batchcli.outcome import Tally
 
@@ -49,6 +50,24 @@ class Executor(Protocol):
 
     def items_in_flight(self) -> dict[int, Any]:
         """Ordinal -> item of every item being processed now (the pause shell's ``in_flight``)."""
+
+
+def check_executor(config: Configuration) -> None:
+    """Raise a ``UsageError`` for executor settings that cannot work, before the run directory is made.
+
+    Today that is a ``dask_address`` that is malformed or where nothing listens: found out early, it
+    is bad input (exit 2) rather than a failed run.
+    """
+    if config.executor != "dask" or config.dask_address is None:
+        return
+    try:
+        from batchcli.executors.daskcluster import check_address
+    except ImportError as error:
+        from batchcli.load.configuration import DASK_MISSING
+        from batchcli.errors import UsageError
+
+        raise UsageError(f"{DASK_MISSING} ({error})") from None
+    check_address(config.dask_address)
 
 
 async def start_executor(job: Job, wiring: Wiring, tally: Tally) -> Executor:

@@ -1,9 +1,10 @@
 """Shipping a project's code to workers that cannot see the driver's disk (a Dask cluster).
 
 The driver zips the project (a single file, or the whole project directory) into a ``Bundle``;
-each worker machine unpacks it once per content digest under its temp directory and loads it from
-there. Module names come from file and directory names, so they are the same as in the driver and
-items pickle across. Installed jobs are not shipped: workers import them by name.
+each worker process unpacks it once per run into a private directory of the current user, checks
+every file against the bundle's manifest, and loads it from there. Module names come from file and
+directory names, so they are the same as in the driver and items pickle across. Installed jobs are
+not shipped: workers import them by name.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import io
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import zipfile
@@ -31,7 +33,7 @@ class Bundle:
     """A project's files as one zip, and where its target lies inside it."""
 
     digest: str
-    """SHA-256 of the zip: workers unpack each distinct bundle once."""
+    """SHA-256 of the zip: workers check what they received against it before unpacking."""
     data: bytes
     """The zip itself."""
     target: str
@@ -65,7 +67,7 @@ def bundle_project(target: str) -> Bundle | None:
                     "send to every Dask worker. Move data files out of the project directory, or install the "
                     "project as a package on the workers and run it as an installed job."
                 )
-            # A fixed timestamp keeps the digest stable, so workers reuse what they unpacked before.
+            # A fixed timestamp keeps the digest stable: the same project is the same bundle, run after run.
             info = zipfile.ZipInfo(file.relative_to(base).as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = (file.stat().st_mode & 0o777) << 16
             info.compress_type = zipfile.ZIP_DEFLATED
@@ -86,40 +88,152 @@ def _tree(root: Path) -> list[Path]:
     return found
 
 
-def bundles_root() -> Path:
-    """Where workers unpack bundles."""
-    return Path(tempfile.gettempdir()) / "batchcli-projects"
+def unpack(bundle: Bundle, key: str) -> str:
+    """Unpack ``bundle`` for the run ``key`` in this process and return the local path of its target.
 
-
-def unpack(bundle: Bundle) -> str:
-    """Unpack ``bundle`` on this machine (once per digest) and return the local path of its target."""
-    root = bundles_root()
-    dest = root / bundle.digest
-    if not (dest / ".complete").exists():
-        root.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f"{bundle.digest}.", dir=root))
-        try:
-            with zipfile.ZipFile(io.BytesIO(bundle.data)) as archive:
-                for name in archive.namelist():
-                    if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
-                        raise ProjectError(f"The shipped project holds an unsafe path {name!r}.")
-                archive.extractall(scratch)
-            (scratch / ".complete").touch()
-            os.replace(scratch, dest)  # atomic: other processes see all of it or nothing
-        except OSError:
-            if not (dest / ".complete").exists():
-                raise
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-    _forget_other_bundles(dest)
+    Each process unpacks into a fresh directory of its own (``mkdtemp``: created exclusively, 0700)
+    under the current user's private root, then checks every file against the bundle's manifest
+    before anything is imported. Nothing there is ever reused from an earlier run: a directory that
+    someone else could have written into would run their code as us. ``discard(key)`` removes it.
+    """
+    data_digest = hashlib.sha256(bundle.data).hexdigest()
+    if data_digest != bundle.digest:
+        raise ProjectError(
+            f"The shipped project does not match its digest (expected {bundle.digest}, got {data_digest}): it was "
+            "damaged on its way to this worker. Run the job again; if it keeps failing, check the network path."
+        )
+    dest = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=private_root()))
+    try:
+        with zipfile.ZipFile(io.BytesIO(bundle.data)) as archive:
+            manifest = _manifest(archive)
+            archive.extractall(dest)
+        _verify(dest, manifest)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    _forget_earlier_copies(_top_level_name(bundle.target), dest)
+    _unpacked.add(dest)
     return str(dest / bundle.target)
 
 
-def _forget_other_bundles(keep: Path) -> None:
-    """Drop modules loaded from other unpacked bundles: a newer version of the same project may reuse their names."""
-    root = str(bundles_root())
-    keep_prefix = str(keep) + os.sep
-    for name, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", []) or []), None)
-        if file and str(file).startswith(root) and not str(file).startswith(keep_prefix):
-            del sys.modules[name]
+def discard(key: str) -> None:
+    """Remove what the run ``key`` unpacked on this machine (also by processes that have died since)."""
+    root = private_root()
+    for path in root.glob(f"{key}.*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def private_root(base: Path | None = None) -> Path:
+    """A directory only the current user owns and can write, to unpack bundles into.
+
+    ``<tmp>/batchcli-projects`` when it is ours and private, else ``<tmp>/batchcli-projects-<uid>``
+    under the same conditions, else a fresh ``mkdtemp`` directory (kept for this process). A shared
+    temp directory lets anyone create those names first; a directory another user owns is never used,
+    since its owner could swap what we unpack there.
+    """
+    global _fallback_root
+    base = Path(tempfile.gettempdir()) if base is None else base
+    _check_base(base)
+    for candidate in (base / "batchcli-projects", base / f"batchcli-projects-{os.getuid()}"):
+        try:
+            candidate.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError:
+            continue
+        if _is_private(candidate):
+            return candidate
+    if _fallback_root is None or not _is_private(_fallback_root):
+        _fallback_root = Path(tempfile.mkdtemp(prefix="batchcli-projects-", dir=base))
+    return _fallback_root
+
+
+def _check_base(base: Path) -> None:
+    """Refuse a temp directory whose other writers could rename what we create in it and put theirs instead.
+
+    Ours or root's, and either writable only by its owner or sticky (as ``/tmp`` is): the sticky bit keeps
+    others from renaming our entries. A ``TMPDIR`` another user owns fails this, whatever is inside.
+    """
+    try:
+        info = os.stat(base)
+    except OSError as error:
+        raise ProjectError(
+            f"The temp directory {str(base)!r} of this Dask worker cannot be used ({error.strerror}). Point TMPDIR "
+            "at a directory of your own where the workers run (for example `mkdir -m 700 ~/tmp`)."
+        ) from None
+    owner_ok = info.st_uid in (os.getuid(), 0)
+    if not owner_ok or (info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX):
+        raise ProjectError(
+            f"The temp directory {str(base)!r} of this Dask worker (owner uid {info.st_uid}, mode "
+            f"{stat.S_IMODE(info.st_mode):o}) lets someone else replace the project's files before they are "
+            "imported. Point TMPDIR at a directory of your own where the workers run (for example "
+            "`mkdir -m 700 ~/tmp`), or make this one sticky (`chmod +t`)."
+        )
+
+
+def _is_private(path: Path) -> bool:
+    """A real directory (not a symlink) of the current user that nobody else can write to."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o022
+
+
+def _manifest(archive: zipfile.ZipFile) -> dict[str, str]:
+    """SHA-256 of every file in the archive, by relative path; refuses paths that would leave the directory."""
+    manifest = {}
+    for info in archive.infolist():
+        name = PurePosixPath(info.filename)
+        if name.is_absolute() or ".." in name.parts:
+            raise ProjectError(f"The shipped project holds an unsafe path {info.filename!r}.")
+        if not info.is_dir():
+            manifest[name.as_posix()] = hashlib.sha256(archive.read(info)).hexdigest()
+    return manifest
+
+
+def _verify(dest: Path, manifest: dict[str, str]) -> None:
+    """Check that ``dest`` holds exactly the manifest's files with their content, before any is imported."""
+    found = {}
+    for directory, _, files in os.walk(dest):
+        for file in files:
+            path = Path(directory) / file
+            found[path.relative_to(dest).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    if found != manifest:
+        wrong = sorted(set(found.items()) ^ set(manifest.items()))
+        raise ProjectError(
+            f"The project unpacked in {str(dest)!r} does not match what was shipped ({wrong[0][0]!r} differs): "
+            "something changed it while it was unpacked. Check who can write to the temp directory "
+            "(TMPDIR) of the Dask workers, and run the job again."
+        )
+
+
+def _top_level_name(target: str) -> str:
+    """The top-level module name a bundle's target is imported under (``proj`` for ``proj/main.py``)."""
+    first = PurePosixPath(target).parts[0]
+    return first[:-3] if first.endswith(".py") else first
+
+
+# Directories this process unpacked into: modules loaded from them may be dropped for a newer copy.
+_unpacked: set[Path] = set()
+_fallback_root: Path | None = None
+
+
+def _forget_earlier_copies(name: str, keep: Path) -> None:
+    """Drop the modules of an earlier copy of this project that this process unpacked, so the new one loads.
+
+    Only the module ``name`` and its submodules are dropped, and only when ``name`` came from a directory
+    this process unpacked: other projects on a long-lived worker keep their modules. Whether to drop is
+    decided on ``name`` alone, before anything is deleted, because a namespace subpackage's ``__path__``
+    is computed from its parent's entry in ``sys.modules``.
+    """
+    module = sys.modules.get(name)
+    if module is None:
+        return
+    spec = getattr(module, "__spec__", None)
+    locations = [getattr(module, "__file__", None), *(getattr(spec, "submodule_search_locations", None) or [])]
+    earlier = [Path(loc) for loc in locations if loc]
+    if not any(directory in path.parents and directory != keep for path in earlier for directory in _unpacked):
+        return
+    for loaded in [n for n in sys.modules if n == name or n.startswith(name + ".")]:
+        del sys.modules[loaded]

@@ -2,9 +2,10 @@
 
 One task per item would cost about 2 ms of scheduling each, far more than a typical item; a
 chunk of ~0.1 s of work makes that negligible. The run's ``WorkerSpec`` (with the project's
-files, see ``bundle.py``) is scattered to every worker once; each task names it, and the worker
-builds the job on first use. Dask is an optional extra: this module is imported only for
-``executor=dask``.
+files, see ``bundle.py``) travels in a worker plugin (``ShipSpec``), which the scheduler also gives
+to every worker that joins later, replacements of dead workers included; each task names the run,
+and the worker builds the job on first use. Dask is an optional extra: this module is imported only
+for ``executor=dask``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -19,14 +21,15 @@ from concurrent.futures import CancelledError
 from typing import Any, Callable
 
 import dask
-from distributed import Client, Future, LocalCluster
+from distributed import Client, Future, LocalCluster, get_worker
+from distributed.comm.addressing import parse_address, parse_host_port
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.scheduler import KilledWorker
 
 from batchcli.load.wiring import Job, Wiring
-from batchcli.errors import ProjectError
+from batchcli.errors import ProjectError, UsageError
 from batchcli.executors import worker
-from batchcli.executors.bundle import bundle_project
+from batchcli.executors.bundle import bundle_project, discard
 from batchcli.executors.messages import (
     Chunk,
     ChunkResult,
@@ -41,6 +44,12 @@ CONNECT_TIMEOUT_S = 10.0
 """How long to try reaching a scheduler at ``dask_address``."""
 WORKERS_TIMEOUT_S = 60.0
 """How long to wait for the first worker to join that scheduler."""
+PLUGIN_TIMEOUT_S = 60.0
+"""How long the workers may take to receive (or drop) the run's spec, project files included."""
+SETUP_TIMEOUT_S = 300.0
+"""How long the workers may take to load the project and run ``setup()`` before the run gives up."""
+_SOCKET_SCHEMES = ("tcp", "tls", "ws", "wss")
+"""Address schemes whose location is ``host:port``, so a plain connection tells whether anything listens."""
 SLOTS_REFRESH_S = 2.0
 """How often to re-read the cluster's size (it may grow or shrink during a run)."""
 
@@ -59,6 +68,82 @@ class IgnoreInterrupts(WorkerPlugin):
             shield_worker()
 
 
+class ShipSpec(WorkerPlugin):
+    """Carries a run's ``WorkerSpec`` to every worker of the cluster, and to every worker that joins later.
+
+    Data scattered to the workers is lost with them, and a replacement worker would wait for it forever;
+    the scheduler keeps a registered plugin and hands it to each new worker. Unregistering it at the
+    end of the run (or the worker closing) removes what the run unpacked there.
+    """
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+
+    def teardown(self, worker: Any) -> None:
+        if self.spec.bundle is not None:
+            discard(self.spec.key)
+
+
+def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise ``UsageError`` unless ``address`` is a scheduler address something listens at (within ``timeout``).
+
+    Called before the run directory exists: a typo or a scheduler that is down is bad input, not a run.
+    """
+    try:
+        scheme, location = parse_address(address.strip())
+        host, port = parse_host_port(location) if scheme in _SOCKET_SCHEMES else (None, None)
+    except ValueError as error:
+        detail = str(error)
+    else:
+        if scheme not in (*_SOCKET_SCHEMES, "ucx"):
+            detail = f"unknown scheme {scheme!r}, use tcp://, tls://, ws://, wss:// or ucx://"
+        elif port is not None and not 0 < port < 65536:
+            detail = f"port {port} is out of range"
+        elif host == "":
+            detail = "the host is missing"
+        else:
+            detail = ""
+    if detail:
+        raise UsageError(
+            f"dask_address={address!r} is not a Dask scheduler address ({detail}). Give the address "
+            "`dask scheduler` prints, like -p dask_address=tcp://HOST:8786, or leave dask_address out to start a "
+            "local cluster."
+        )
+    if host is None or port is None:
+        return  # ucx: the client's own connect timeout applies
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as error:
+        reason = "no answer" if isinstance(error, TimeoutError) else (error.strerror or str(error))
+        raise UsageError(
+            f"Cannot reach the Dask scheduler at dask_address={address!r} ({reason} at {host}:{port}; batchcli "
+            f"waits at most {timeout:.0f}s). Start it with `dask scheduler` (and workers with `dask worker "
+            "ADDRESS`), check the host, port and firewall, or leave dask_address out to start a local cluster."
+        ) from None
+    if scheme in ("tcp", "ws") and not _answers_as_dask(address, timeout):  # tls and wss need the client's keys
+        raise UsageError(
+            f"Something listens at dask_address={address!r}, but it does not answer as a Dask scheduler within "
+            f"{timeout:.0f}s. Check the port: give the address `dask scheduler` prints (tcp://HOST:8786 by "
+            "default), not its dashboard's, or leave dask_address out to start a local cluster."
+        )
+
+
+def _answers_as_dask(address: str, timeout: float) -> bool:
+    """Whether ``address`` completes Dask's handshake in time (a Client would wait on anything else for ever)."""
+    from distributed.comm import connect
+
+    async def handshake() -> None:
+        comm = await connect(address, timeout=timeout)
+        await comm.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(handshake(), timeout))
+    except (OSError, TimeoutError):
+        return False
+    return True
+
+
 class DaskBackend:
     """Chunks as tasks on the cluster at ``dask_address``, or on a local cluster of ``workers`` processes."""
 
@@ -75,8 +160,10 @@ class DaskBackend:
             bundle=bundle_project(wiring.target),
             log_level=logging.getLogger().getEffectiveLevel(),
         )
+        self._plugin = f"batchcli-run-{self._spec.key}"
         self._client: Client | None = None
         self._cluster: LocalCluster | None = None
+        self._registered = False
         self._futures: set[Future] = set()
         self._slots = 1
         self._slots_read = 0.0
@@ -100,8 +187,8 @@ class DaskBackend:
     async def submit(self, chunk: Chunk) -> ChunkResult:
         assert self._client is not None
         future = self._client.submit(
-            worker.run_chunk,
-            self._spec_future,
+            _run_chunk,
+            self._plugin,
             chunk,
             key=f"batchcli-chunk-{self._spec.key}-{chunk.id}",
             pure=False,
@@ -144,8 +231,13 @@ class DaskBackend:
             self._client = Client(self._cluster, set_as_default=False)
             self._client.register_plugin(IgnoreInterrupts(), name="batchcli-ignore-interrupts")
         else:
+            check_address(self._address)  # a scheduler that went away since the run checked it
+            address = self._address
             try:
-                self._client = Client(self._address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+                # Bounded here too: a Client waits for ever on a server that accepts but never answers.
+                self._client = _bounded(
+                    lambda: Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False), 2 * CONNECT_TIMEOUT_S
+                )
             except (OSError, TimeoutError, ValueError) as error:
                 raise ProjectError(
                     f"Cannot reach the Dask scheduler at dask_address={self._address!r} ({error}). Start one with "
@@ -164,11 +256,23 @@ class DaskBackend:
         """Ship the spec to every worker and set the job up in each, so setup errors end the run early."""
         client = self._client
         assert client is not None
-        self._spec_future = client.scatter(self._spec, broadcast=True, hash=False)
+        try:
+            _bounded(lambda: client.register_plugin(ShipSpec(self._spec), name=self._plugin), PLUGIN_TIMEOUT_S)
+        except TimeoutError:
+            raise ProjectError(
+                f"The Dask workers did not take the run's project files within {PLUGIN_TIMEOUT_S:.0f}s. Check that "
+                "they are alive and reachable from the scheduler, or make the project smaller."
+            ) from None
+        except Exception as error:  # the plugin could not be read there: batchcli is missing, or too old
+            raise ProjectError(
+                f"The Dask workers cannot take batchcli's run ({type(error).__name__}: {error}). Install batchcli "
+                "and the job's dependencies where the workers run, in the same versions as here."
+            ) from None
+        self._registered = True
         futures = [
             client.submit(
-                worker.prepare,
-                self._spec_future,
+                _prepare,
+                self._plugin,
                 key=f"batchcli-prepare-{self._spec.key}-{n}",
                 workers=[address],
                 allow_other_workers=False,
@@ -177,7 +281,15 @@ class DaskBackend:
             for n, address in enumerate(client.scheduler_info()["workers"])
         ]
         try:
-            client.gather(futures)
+            deadline = time.monotonic() + SETUP_TIMEOUT_S
+            for future in futures:
+                future.result(timeout=max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            client.cancel(futures)
+            raise ProjectError(
+                f"The Dask workers did not load the project and finish setup() within {SETUP_TIMEOUT_S:.0f}s. "
+                "Check the workers' logs for a setup() that hangs, or a worker that left the cluster."
+            ) from None
         except WorkerError:
             raise
         except Exception as error:  # the task itself could not run there: batchcli is missing, or too old
@@ -238,8 +350,17 @@ class DaskBackend:
         return errors[0] if errors else None
 
     def _shutdown(self) -> None:
-        if self._client is not None:
-            self._client.close()
+        client = self._client
+        if client is not None and self._registered:
+            # Dropping the plugin removes the unpacked project on every worker (ShipSpec.teardown).
+            self._registered = False
+            try:
+                _bounded(lambda: client.unregister_worker_plugin(self._plugin), PLUGIN_TIMEOUT_S)
+            except Exception as error:
+                log = logging.getLogger("batchcli")
+                log.warning("Could not remove the run's files from the Dask workers: %r", error)
+        if client is not None:
+            client.close()
             self._client = None
         if self._cluster is not None:
             self._cluster.close()
@@ -259,6 +380,54 @@ def _resolve(waiter: asyncio.Future[ChunkResult], outcome: Any) -> None:
         waiter.set_exception(outcome)
     else:
         waiter.set_result(outcome)
+
+
+def _bounded(call: Callable[[], Any], timeout: float) -> Any:
+    """``call()``, or ``TimeoutError`` after ``timeout`` seconds (the call is then left to end on its own).
+
+    For Dask calls that wait on every worker and have no timeout of their own; the thread is a daemon
+    so a call that never returns cannot keep the process alive.
+    """
+    outcome: list[tuple[bool, Any]] = []
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as error:
+            outcome.append((False, error))
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="batchcli-dask-call", daemon=True).start()
+    if not done.wait(timeout):
+        raise TimeoutError(f"no answer within {timeout:.0f}s")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _spec(plugin: str) -> WorkerSpec:
+    """The spec of the run whose plugin is ``plugin``, on the worker running this task."""
+    found = get_worker().plugins.get(plugin)
+    if not isinstance(found, ShipSpec):
+        raise WorkerError(
+            "This Dask worker does not have the run's spec",
+            ErrorInfo("LookupError", f"no worker plugin {plugin!r}: the run has ended or was never registered", ""),
+            os.getpid(),
+        )
+    return found.spec
+
+
+def _prepare(plugin: str) -> int:
+    """Build and set up the run's job in this worker process (a Dask task); returns the process id."""
+    return worker.prepare(_spec(plugin))
+
+
+def _run_chunk(plugin: str, chunk: Chunk) -> ChunkResult:
+    """Run one chunk of the run in this worker process (a Dask task)."""
+    return worker.run_chunk(_spec(plugin), chunk)
 
 
 def _finish(key: str) -> tuple[int, ErrorInfo | None]:

@@ -233,7 +233,7 @@ def _build(spec: WorkerSpec) -> Job:
     from batchcli.executors.bundle import unpack
     from batchcli.load.project import load_project
 
-    target = unpack(spec.bundle) if spec.bundle is not None else spec.wiring.target
+    target = unpack(spec.bundle, spec.key) if spec.bundle is not None else spec.wiring.target
     # The wiring carries every value the driver read, the environment's included (Run.wiring): a worker's
     # own environment (another machine, for Dask) must not change the job.
     job = build_job(load_project(target), replace(spec.wiring, target=target), environ={}, with_source=False)

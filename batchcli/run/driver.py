@@ -24,7 +24,7 @@ from batchcli import __version__
 from batchcli.load.configuration import bind_runtime
 from batchcli.load.wiring import Job, Wiring
 from batchcli.errors import RunDirWriteError
-from batchcli.executors.base import Executor, finish_executor, start_executor
+from batchcli.executors.base import Executor, check_executor, finish_executor, start_executor
 from batchcli.run.interrupts import EarlySignals
 from batchcli.journal.writer import Journal
 from batchcli.journal.rundir import FLUSH_INTERVAL_S
@@ -134,6 +134,7 @@ class Run:
         self._loop_ready = threading.Event()
         self._finished = threading.Event()
         self.started_at = datetime.now().astimezone()
+        check_executor(job.config)  # bad executor settings are bad input: no run directory for them
         resumed = self.continuation.journal
         if resumed is None:
             self.run_dir = _make_run_dir(options.output_dir, job.project.name, self.started_at)

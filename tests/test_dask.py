@@ -1,0 +1,319 @@
+"""The Dask executor on the cluster's side: shipped code that nobody else can swap, workers that die and come
+back, long-lived clusters serving several projects, and addresses that are bad input.
+
+The executor behaviour shared with the other executors is in ``test_executors.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from tests.conftest import EXAMPLES, PROJECTS, newest_run, subprocess_env
+from tests.test_executors import DASK, SHIPPED, _free_port, dask_cluster, isolated  # noqa: F401 (fixtures)
+
+DEATHS = PROJECTS / "dask_deaths" / "job.py"
+SPY = PROJECTS / "executors" / "spy.py"
+REINDEX = EXAMPLES / "reindex"
+
+
+def ok_items(records: Path) -> Counter[int]:
+    """How many times each item succeeded, over every worker process."""
+    return Counter(int(line.split()[0]) for path in records.glob("ok-*") for line in path.read_text().splitlines())
+
+
+# Defect: another local user could run code as us through the bundle cache.
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("runuser") is None, reason="playing the other user needs root and runuser"
+)
+@pytest.mark.parametrize("planted", [["batchcli-projects"], ["batchcli-projects", f"batchcli-projects-{os.getuid()}"]])
+def test_bundle_directory_planted_by_another_user_is_never_trusted(
+    tmp_path: Path, run_batchcli: Any, request: pytest.FixtureRequest, planted: list[str]
+) -> None:
+    """A bundle cache another user created first, with their code and a .complete marker, is neither used nor run."""
+    from batchcli.executors.bundle import bundle_project
+
+    # A world-writable temp directory like /tmp, outside pytest's (private) one so that nobody can reach it.
+    shared = Path(tempfile.mkdtemp(prefix="batchcli-shared-tmp-"))
+    request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
+    shared.chmod(0o1777)
+    bundle = bundle_project(str(SHIPPED))
+    assert bundle is not None
+    evil = f"import pathlib\npathlib.Path({str(shared / 'pwned')!r}).write_text('ran as victim')\n"
+    for name in planted:  # played by the other user: the whole cache, ready to be trusted
+        cache = shared / name / bundle.digest
+        script = (
+            'mkdir -p "$CACHE/shipped/config" && printf %s "$EVIL" > "$CACHE/shipped/job.py" && '
+            ': > "$CACHE/shipped/config/config_dev.py" && : > "$CACHE/.complete" && chmod -R 777 "$CACHE/.."'
+        )
+        subprocess.run(
+            ["runuser", "-u", "nobody", "--", "env", f"CACHE={cache}", f"EVIL={evil}", "sh", "-c", script],
+            check=True,
+            timeout=60,
+        )
+        assert (shared / name).stat().st_uid != os.getuid()
+    records = tmp_path / "rec"
+    records.mkdir()
+    result = run_batchcli(
+        "exec", SHIPPED, "-c", "config_dev", "-d", "out", "-p", f"record_dir={records}",
+        "-p", "executor=dask", "-p", "workers=1", "-p", "count=10",
+        TMPDIR=str(shared),
+    )  # fmt: skip
+    assert not (shared / "pwned").exists(), "the other user's code ran as us"
+    assert result.exit_code == 0, result.output
+    assert sorted(ok_items(records)) == list(range(10))
+    [loaded_from] = {p.read_text() for p in records.glob("setup-*")}
+    assert not any(loaded_from.startswith(str(shared / name) + os.sep) for name in planted)
+    assert loaded_from.endswith(os.path.join("shipped", "job.py"))
+    ours = [p for p in shared.iterdir() if p.name.startswith("batchcli-projects") and p.stat().st_uid == os.getuid()]
+    assert len(ours) == 1 and ours[0].stat().st_mode & 0o777 == 0o700
+    assert list(ours[0].iterdir()) == []  # what the run unpacked is gone
+
+
+def test_unpacked_files_are_checked_before_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that changes between unpacking and importing is refused, naming the file and what to check."""
+    from batchcli.errors import ProjectError
+    from batchcli.executors import bundle as bundles
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    shipped = bundles.bundle_project(str(SHIPPED))
+    assert shipped is not None
+    extract = zipfile.ZipFile.extractall
+
+    def extract_and_swap(self: zipfile.ZipFile, path: Any = None, *args: Any, **kwargs: Any) -> None:
+        extract(self, path, *args, **kwargs)
+        (Path(path) / "shipped" / "helpers.py").write_text("print('someone else')\n")
+
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", extract_and_swap)
+    with pytest.raises(ProjectError, match=r"'shipped/helpers.py' differs.*TMPDIR"):
+        bundles.unpack(shipped, "run1")
+    assert list((tmp_path / "batchcli-projects").iterdir()) == []  # nothing half-unpacked is left
+
+
+@pytest.mark.parametrize(("owner", "mode"), [("nobody", 0o755), ("self", 0o777)])
+def test_temp_directory_others_can_rename_in_is_refused(tmp_path: Path, owner: str, mode: int) -> None:
+    """A TMPDIR another user owns, or that others may write without the sticky bit, is refused with the fix."""
+    from batchcli.errors import ProjectError
+    from batchcli.executors.bundle import private_root
+
+    if owner == "nobody":
+        if os.geteuid() != 0:
+            pytest.skip("giving a directory to another user needs root")
+        shutil.chown(tmp_path, "nobody")
+    tmp_path.chmod(mode)
+    with pytest.raises(ProjectError, match=r"lets someone else replace .*Point TMPDIR at a directory of your own"):
+        private_root(tmp_path)
+    assert not (tmp_path / "batchcli-projects").exists()
+
+
+def test_bundle_that_does_not_match_its_digest_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bundle whose bytes do not hash to its digest is never unpacked."""
+    from batchcli.errors import ProjectError
+    from batchcli.executors.bundle import Bundle, unpack
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w") as archive:
+        archive.writestr("job.py", "x = 1\n")
+    with pytest.raises(ProjectError, match="does not match its digest"):
+        unpack(Bundle("0" * 64, data.getvalue(), "job.py"), "run1")
+
+
+# Defect: a Dask run hung after two worker deaths.
+
+
+def test_dask_run_survives_two_worker_deaths(
+    tmp_path: Path, run_batchcli: Any, dask_cluster: str  # noqa: F811 (the fixture)
+) -> None:
+    """Two items that each kill their Dask worker: the replacement workers get the run, and every item succeeds."""
+    records = tmp_path / "rec"
+    records.mkdir()
+    result = run_batchcli(
+        "exec", DEATHS, "-d", "out", "-p", f"record_dir={records}", "-p", "backoff_s=0",
+        "-p", "executor=dask", "-p", f"dask_address={dask_cluster}", "-p", "count=40",
+        "-p", "kill_first=5", "-p", "kill_second=25",
+        timeout=240,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert set(ok_items(records)) == set(range(40))
+    assert [len((records / f"{n}.attempts").read_text().splitlines()) for n in (5, 25)] == [2, 2]
+    assert result.output.count("died") >= 2
+
+
+# Defect: one directory project broke a long-lived cluster for every later project.
+
+
+@pytest.fixture(scope="module")
+def long_lived_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """`dask scheduler` and `dask worker` (2 processes) started on their own, left running for the module.
+
+    Yields the scheduler's address and the workers' temp directory.
+    """
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    workdir = tmp_path_factory.mktemp("cluster")  # the workers cannot see the projects from where they run
+    (workdir / "tmp").mkdir()
+    common: dict[str, Any] = {
+        "env": subprocess_env(DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0", TMPDIR=str(workdir / "tmp")),
+        "cwd": workdir,
+        "stdout": subprocess.DEVNULL,
+        "stderr": subprocess.DEVNULL,
+    }
+    scheduler = subprocess.Popen(
+        [str(DASK), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], **common
+    )
+    workers = subprocess.Popen(
+        [str(DASK), "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
+        **common,
+    )
+    try:
+        from distributed import Client
+
+        with Client(address, timeout=30, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address, workdir / "tmp"
+    finally:
+        for proc in (workers, scheduler):  # workers first: they say goodbye to the scheduler
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _reindex(tmp_path: Path, address: str, name: str, *values: str) -> list[str]:
+    return [
+        sys.executable, "-m", "batchcli", "exec", str(REINDEX), "-c", "config_prod", "-d", str(tmp_path / name),
+        "-p", "executor=dask", "-p", f"dask_address={address}",
+        *(arg for value in values or ("generate=40",) for arg in ("-p", value)),
+    ]  # fmt: skip
+
+
+def _shipped(tmp_path: Path, address: str, name: str) -> list[str]:
+    records = tmp_path / f"{name}-rec"
+    records.mkdir()
+    return [
+        sys.executable, "-m", "batchcli", "exec", str(SHIPPED), "-c", "config_dev", "-d", str(tmp_path / name),
+        "-p", f"record_dir={records}", "-p", "executor=dask", "-p", f"dask_address={address}", "-p", "count=30",
+    ]  # fmt: skip
+
+
+def _check(tmp_path: Path, name: str, output: str, total: int) -> None:
+    run = newest_run(tmp_path / name)
+    assert run is not None, output
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["succeeded"], summary["failed"]) == (total, 0), output
+
+
+def test_several_projects_in_turn_on_one_long_lived_cluster(tmp_path: Path, long_lived_cluster: Any) -> None:
+    """A directory project, then another project, then the first again, all on one cluster left running;
+    each run leaves nothing unpacked behind on the workers."""
+    address, worker_tmp = long_lived_cluster
+    for n, (make, total) in enumerate([(_reindex, 40), (_shipped, 30), (_reindex, 40), (_shipped, 30)]):
+        name = f"run{n}"
+        proc = subprocess.run(
+            make(tmp_path, address, name), capture_output=True, text=True, timeout=180, env=subprocess_env()
+        )
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 0, output
+        assert "Traceback" not in output
+        _check(tmp_path, name, output, total)
+        assert list((worker_tmp / "batchcli-projects").iterdir()) == []
+    records = tmp_path / "run1-rec"
+    assert sorted(ok_items(records)) == list(range(30))
+
+
+def test_two_projects_at_once_on_one_long_lived_cluster(tmp_path: Path, long_lived_cluster: Any) -> None:
+    """Another project started while a directory project is still running on the same workers: both finish."""
+    address, _ = long_lived_cluster
+    records = tmp_path / "spy-rec"
+    records.mkdir()
+    spy = [
+        sys.executable, "-m", "batchcli", "exec", str(SPY), "-d", str(tmp_path / "spy"), "-p", f"record_dir={records}",
+        "-p", "executor=dask", "-p", f"dask_address={address}", "-p", "count=40",
+    ]  # fmt: skip
+    slow_reindex = _reindex(tmp_path, address, "reindex", "generate=60", "rate_limit=20")
+    runs = {"reindex": (subprocess.Popen(slow_reindex, **_pipes()), 60)}
+    try:
+        _wait_for_progress(tmp_path / "reindex", runs["reindex"][0])  # loaded on the workers, and running
+        runs["spy"] = (subprocess.Popen(spy, **_pipes()), 40)
+        outputs = {name: proc.communicate(timeout=180)[0] for name, (proc, _) in runs.items()}
+    finally:
+        for proc, _ in runs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for name, (proc, total) in runs.items():
+        assert proc.returncode == 0, outputs[name]
+        _check(tmp_path, name, outputs[name], total)
+    assert sorted(ok_items(records)) == list(range(40))
+
+
+def _wait_for_progress(output_dir: Path, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    """Until the run in ``output_dir`` has journaled a success and is still going."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        for journal in output_dir.glob("*/journal.sqlite"):
+            with contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5)) as db:
+                if db.execute("SELECT count(*) FROM done_ranges").fetchone()[0]:
+                    return
+        time.sleep(0.05)
+
+
+def _pipes() -> dict[str, Any]:
+    return {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True, "env": subprocess_env()}
+
+
+# Defect: a bad dask_address ran for many seconds, printed a traceback and left a run directory.
+
+
+@pytest.mark.parametrize(
+    ("address", "says"),
+    [
+        ("notaurl", ["'notaurl' is not a Dask scheduler address", "missing port number", "tcp://HOST:8786"]),
+        ("http://127.0.0.1:8786", ["unknown scheme 'http'", "tcp://HOST:8786"]),
+        ("tcp://127.0.0.1:99999", ["port 99999 is out of range"]),
+        ("UNREACHABLE", ["Cannot reach the Dask scheduler", "Connection refused", "dask scheduler"]),
+        ("NOT_DASK", ["does not answer as a Dask scheduler", "tcp://HOST:8786"]),
+    ],
+)
+def test_bad_dask_address_is_a_usage_error(tmp_path: Path, cli: Any, address: str, says: list[str]) -> None:
+    """A malformed, unreachable or non-Dask dask_address exits 2 with the value and the fix, and makes no run dir."""
+    with socket.socket() as silent:  # accepts connections (the kernel does) but never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        if address == "UNREACHABLE":
+            address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
+        elif address == "NOT_DASK":
+            address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        result = cli(
+            "exec", SHIPPED, "-c", "config_dev", "-d", "out", "-p", f"record_dir={tmp_path}",
+            "-p", "executor=dask", "-p", f"dask_address={address}",
+        )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert repr(address) in text
+    for part in says:
+        assert part in text
+    assert "leave dask_address out" in text
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
