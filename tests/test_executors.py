@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -126,6 +127,21 @@ def test_retries_subclasses_of_retryable_errors(cli: Any, records: Path, executo
     assert result.exit_code == 0, result.output
     assert successes(records) == Counter(range(12))
     assert {n: attempts(records, n) for n in range(12)} == {n: 3 if n % 3 == 0 else 1 for n in range(12)}
+
+
+def test_each_scheduled_retry_writes_one_log_line(cli: Any, records: Path, executor: list[str]) -> None:
+    """Every scheduled retry writes one info line (item, attempt n of m, error, delay) to batchcli.log, not to the console."""
+    result = spy(cli, records, executor, "count=4", "style=async", "flaky=3", "flaky_times=2", "max_retries=3")
+    assert result.exit_code == 0, result.output
+    log = (result.run_dir / "batchcli.log").read_text()
+    retries = [line for line in log.splitlines() if "Retrying item" in line]
+    assert len(retries) == 4, log  # items 0 and 3, twice each
+    for n in (0, 3):
+        for attempt in (1, 2):
+            pattern = rf"INFO +batchcli\.retries: Retrying item Item\(n={n}, payload=None\) \(#{n}\) in 0\.00s: "
+            pattern += rf"attempt {attempt} of 4 failed with \S*Transient: "
+            assert sum(bool(re.search(pattern, line)) for line in retries) == 1, (pattern, retries)
+    assert "Retrying item" not in result.output  # the console shows info lines only with -v
 
 
 def test_failures_are_recorded_with_their_reason(cli: Any, records: Path, executor: list[str]) -> None:

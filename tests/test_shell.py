@@ -249,6 +249,39 @@ def test_a_second_pause_reuses_the_shell_and_its_names(terminal) -> None:
     assert term.exit_code() == 130
 
 
+def most_in_flight(lines: list[str]) -> int:
+    """The most items started and not yet done at any point of the job log's ``lines``."""
+    in_flight = most = 0
+    for line in lines:
+        in_flight += line.startswith("start ") - line.startswith("done ")
+        most = max(most, in_flight)
+    return most
+
+
+@pytest.mark.parametrize(("executor", "slots"), [("async", 1), ("process", 2)])
+def test_limits_set_in_the_shell_change_the_run_not_the_configuration(terminal, executor: str, slots: int) -> None:
+    """set_concurrency/set_rate_limit change the executor's limits and what runs after resuming; config keeps the user's values."""
+    term = terminal(
+        "shell_slow", "-p", "count=80", "-p", "delay=0.03", "-p", "concurrency=4", "-p", f"executor={executor}",
+        "-p", "workers=2",
+    )
+    pause(term)
+    wait_for(lambda: sorted(term.log.started()) == sorted(term.log.done()), "the in-flight items to finish")
+    term.run("self.set_concurrency(1); self.set_rate_limit(500)", r"Rate limit is now 500/s")
+    term.run(
+        "s = self.stats(); print('LIMITS', config.concurrency, config.rate_limit, s.concurrency, s.rate_limit)",
+        "LIMITS 4 None 1 500",
+    )
+    resumed_at = len(term.log.lines())
+    term.run("exit", "Resuming the run")
+    assert term.exit_code() == 0
+    assert sorted(term.log.done()) == list(range(80))
+    # One item at a time from then on (process: one per worker slot, the smallest share of a chunk).
+    assert most_in_flight(term.log.lines()[resumed_at:]) <= slots
+    if executor == "async":
+        assert most_in_flight(term.log.lines()[:resumed_at]) > 1  # it was 4 before the change
+
+
 def test_concurrency_rate_limit_and_retries_from_the_shell(terminal, run_batchcli) -> None:
     """From the shell: change concurrency and rate limit (bad values rejected), retry failed items now (and they leave failed.jsonl)."""
     term = terminal(
@@ -260,7 +293,7 @@ def test_concurrency_rate_limit_and_retries_from_the_shell(terminal, run_batchcl
     term.run("self.set_concurrency(0)", "concurrency must be at least 1, got 0")
     term.run("self.set_rate_limit(1000)", r"Rate limit is now 1000/s")
     term.run("self.set_rate_limit(None)", "Rate limit is now none")
-    term.run("print('CONCURRENCY', config.concurrency)", "CONCURRENCY 5")
+    term.run("print('CONCURRENCY', config.concurrency, self.stats().concurrency)", "CONCURRENCY 3 5")  # the user's configuration stays as given
     term.run("self.retry(failures[0])", "item 0 is bad")  # still broken: the error shows at the prompt
     term.run("service.fixed = True; print('RETRIED', self.retry(failures[0]))", "RETRIED processed 0")
     term.run("print('LEFT', self.retry_failed(), len(self.failures), self.stats().failed)", r"LEFT \{\} 0 0")

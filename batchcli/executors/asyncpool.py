@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
-import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, Callable, Iterator
 
-from batchcli.load.configuration import Configuration
-from batchcli.outcome import Failure, Tally, qualified_name
-from batchcli.load.project import format_user_traceback
 from batchcli.executors.base import Items
-from batchcli.executors.retries import Attempts, RetryPolicy
-
+from batchcli.executors.calls import ItemCalls
+from batchcli.executors.limiter import Limiter, Limits
+from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
+from batchcli.load.configuration import Configuration
+from batchcli.outcome import Tally
 
 
 class AsyncExecutor:
@@ -27,13 +24,11 @@ class AsyncExecutor:
     """
 
     def __init__(self, process: Callable[[Any], Any], config: Configuration, policy: RetryPolicy, tally: Tally) -> None:
-        self._config = config
-        self._policy = policy
         self._tally = tally
+        self._retries = RetryScheduler(policy, tally)
+        self._limiter = Limiter(Limits(config.concurrency, config.rate_limit))
         self._ready: deque[tuple[int, Any, Attempts]] = deque()
-        self._timers: dict[object, asyncio.TimerHandle] = {}
         self._workers: set[asyncio.Task[None]] = set()
-        self._target = config.concurrency
         self._retiring = 0
         self._settled = False
         self.stopping = False
@@ -42,49 +37,19 @@ class AsyncExecutor:
         """True while paused: no new item starts until ``resume``."""
         self.fatal: BaseException | None = None
         """An exception from the source itself, which ends the run."""
-        self._threads: ThreadPoolExecutor | None = None
-        self._call = self._make_call(process)
-        self._next_start = 0.0
-        self._rate = config.rate_limit
+        self._calls = ItemCalls(process, config.concurrency, config.item_timeout_s)
         self._slow = False
         self._update_slow()
 
-    def _make_call(self, process: Callable[[Any], Any]) -> Callable[[Any], Awaitable[Any]]:
-        if inspect.iscoroutinefunction(process):
-            call: Callable[[Any], Awaitable[Any]] = process
-        else:
-            # Sync work runs in threads; the pool's size caps how many run at once, even when a
-            # timed-out attempt's thread is still finishing.
-            self._threads = ThreadPoolExecutor(self._config.concurrency, thread_name_prefix="batchcli-item")
-            threads = self._threads
-
-            async def call(item: Any) -> Any:
-                return await asyncio.get_running_loop().run_in_executor(threads, process, item)
-
-        timeout = self._config.item_timeout_s
-        if timeout is not None:
-            inner = call
-
-            async def call(item: Any) -> Any:
-                deadline = asyncio.timeout(timeout)
-                try:
-                    async with deadline:
-                        return await inner(item)
-                except TimeoutError as error:
-                    if not deadline.expired():
-                        raise  # the user's own TimeoutError
-                    # asyncio's TimeoutError has no message and only our frames; say what happened
-                    # and keep the traceback of where the user's code was when it was cancelled.
-                    where = error.__context__.__traceback__ if error.__context__ else error.__traceback__
-                    raise TimeoutError(
-                        f"The attempt took longer than item_timeout_s={timeout:g}s and was cancelled."
-                    ).with_traceback(where) from None
-
-        return call
+    @property
+    def limits(self) -> Limits:
+        """The concurrency and rate limit in force now."""
+        return self._limiter.limits
 
     async def run(self, items: Items) -> None:
         """Process every item; returns when all are settled, or after a stop."""
         self._loop = asyncio.get_running_loop()
+        self._retries.bind(self._loop)
         self._wake = asyncio.Event()
         self._gate = asyncio.Event()
         if not self.paused:  # a pause may come before the run starts (Ctrl-C during setup)
@@ -97,14 +62,12 @@ class AsyncExecutor:
             self._anext = items.__anext__
             self._source_lock = asyncio.Lock()
         try:
-            self._spawn(self._target)
+            self._spawn(self._limiter.concurrency)
             while self._workers:
                 await asyncio.wait(set(self._workers))
         finally:
-            for timer in self._timers.values():
-                timer.cancel()
-            if self._threads is not None:
-                self._threads.shutdown(wait=False, cancel_futures=True)
+            self._retries.close()
+            self._calls.close()
 
     def _spawn(self, count: int) -> None:
         for _ in range(count):
@@ -116,7 +79,7 @@ class AsyncExecutor:
         tally = self._tally
         ready = self._ready
         done = tally.done.append
-        call = self._call
+        call = self._calls.call
         next_item = self._next
         while True:
             # One flag covers pause, stop, retirement and throttling, so the common case costs one check.
@@ -161,7 +124,7 @@ class AsyncExecutor:
                 done(ordinal)
 
     def _update_slow(self) -> None:
-        self._slow = self.paused or self.stopping or bool(self._retiring) or self._rate is not None
+        self._slow = self.paused or self.stopping or bool(self._retiring) or self._limiter.throttled
 
     @staticmethod
     def _hard_stopped() -> bool:
@@ -179,8 +142,8 @@ class AsyncExecutor:
             self._retiring -= 1
             self._update_slow()
             return True
-        if self._rate is not None:
-            await self._throttle(self._rate)
+        if self._limiter.throttled and (delay := self._limiter.delay()) > 0:
+            await asyncio.sleep(delay)
         return False
 
     def _exhausted(self) -> None:
@@ -219,42 +182,11 @@ class AsyncExecutor:
             await self._wake.wait()
         return True
 
-    async def _throttle(self, rate: float) -> None:
-        now = self._loop.time()
-        start = max(now, self._next_start)
-        self._next_start = start + 1.0 / rate
-        if start > now:
-            await asyncio.sleep(start - now)
-
     def _failed(self, ordinal: int, item: Any, attempts: Attempts | None, error: BaseException) -> None:
-        now = time.time()
-        if attempts is None:
-            attempts = self._policy.start(now)
-        delay = self._policy.next_delay(attempts, error)
-        if delay is None:
-            self._tally.fail(
-                Failure(
-                    ordinal=ordinal,
-                    item=item,
-                    error_type=qualified_name(type(error)),
-                    error_message=str(error),
-                    traceback=format_user_traceback(error),
-                    attempts=attempts.count,
-                    first_failed_at=attempts.first_started,
-                    failed_at=now,
-                )
-            )
+        if self._retries.failed(ordinal, item, attempts, error, self._requeue, self.stopping):
             self._wake.set()
-            return
-        if self.stopping:
-            return  # left unprocessed; a resume retries it
-        self._tally.retrying += 1
-        key = object()
-        self._timers[key] = self._loop.call_later(delay, self._requeue, key, ordinal, item, attempts)
 
-    def _requeue(self, key: object, ordinal: int, item: Any, attempts: Attempts) -> None:
-        del self._timers[key]
-        self._tally.retrying -= 1
+    def _requeue(self, ordinal: int, item: Any, attempts: Attempts) -> None:
         self._ready.append((ordinal, item, attempts))
         self._wake.set()
 
@@ -264,11 +196,8 @@ class AsyncExecutor:
         """Start no new item; in-flight items finish; items waiting to retry stay unprocessed."""
         self.stopping = True
         self._slow = True
-        for timer in self._timers.values():
-            timer.cancel()
-        self._tally.retrying = 0
+        self._retries.cancel()
         self._ready.clear()
-        self._timers.clear()
         self.resume()
         if hasattr(self, "_wake"):
             self._wake.set()
@@ -313,12 +242,9 @@ class AsyncExecutor:
 
     def set_concurrency(self, concurrency: int) -> None:
         """Change how many items may be in flight from now on."""
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {concurrency!r}.")
-        change = concurrency - self._target
-        self._target = concurrency
-        self._config.concurrency = concurrency
+        change = self._limiter.set_concurrency(concurrency)
         if change > 0:
+            self._calls.grow(concurrency)
             cancelled = min(change, self._retiring)
             self._retiring -= cancelled
             self._spawn(change - cancelled)
@@ -328,10 +254,7 @@ class AsyncExecutor:
 
     def set_rate_limit(self, rate: float | None) -> None:
         """Change the most items started per second (None for no limit)."""
-        if rate is not None and rate <= 0:
-            raise ValueError(f"rate_limit must be positive or None, got {rate!r}.")
-        self._config.rate_limit = rate
-        self._rate = rate
+        self._limiter.set_rate_limit(rate)
         self._update_slow()
 
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Protocol
 from batchcli.load.service import maybe_await
 
 if TYPE_CHECKING:
+    from batchcli.executors.limiter import Limits
     from batchcli.load.configuration import Configuration
     from batchcli.load.wiring import Job, Wiring
     from batchcli.outcome import Tally
@@ -26,6 +27,10 @@ class Executor(Protocol):
 
     fatal: BaseException | None
     """An error that ended the run early (the source raised), or None."""
+
+    @property
+    def limits(self) -> Limits:
+        """The concurrency and rate limit in force now: the configuration's, until changed by the methods below."""
 
     async def run(self, items: Items) -> None:
         """Process every item; return when all are settled, or after a stop."""

@@ -2,8 +2,8 @@
 
 The driver pulls items from the source, packs them into chunks, keeps a bounded number of chunks
 in flight (two per worker slot: one running, one ready to start), and reads back one outcome per
-item. Retries, backoff, failure records and the counts stay here, with the async executor's
-``RetryPolicy``, so every executor has the same semantics. Where chunks run is a ``Backend``.
+item. Retries, backoff, failure records and the counts stay here, in the ``RetryScheduler`` the
+async executor uses too, so every executor has the same semantics. Where chunks run is a ``Backend``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import itertools
 import logging
 import math
 import pickle
-import time
 from collections import deque
 from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
@@ -28,8 +27,9 @@ from batchcli.executors.messages import (
     WorkerLost,
 )
 from batchcli.executors.sizing import ChunkSizer
-from batchcli.outcome import Failure, Tally, qualified_name
-from batchcli.executors.retries import Attempts, RetryPolicy
+from batchcli.outcome import Tally, qualified_name
+from batchcli.executors.limiter import Limiter, Limits
+from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
 
 log = logging.getLogger("batchcli")
 
@@ -86,13 +86,14 @@ class ChunkedExecutor:
         self._backend = backend
         self._config = config
         self._tally = tally
-        self._policy = RetryPolicy(config, (RetryableItemFailed, WorkerLost))
+        self._retries = RetryScheduler(RetryPolicy(config, (RetryableItemFailed, WorkerLost)), tally)
+        self._limiter = Limiter(Limits(config.concurrency, config.rate_limit))
+        """The run's total limits; each chunk gets its slot's share of them."""
         self._sizer = ChunkSizer(config.chunk_size)
         self._ready: deque[_Entry] = deque()
         """Items due to run again: retries whose delay passed, items a worker never started."""
         self._suspects: deque[_Entry] = deque()
         """Items of a chunk whose worker died: each goes alone."""
-        self._timers: dict[object, asyncio.TimerHandle] = {}
         self._chunks: dict[asyncio.Task[None], list[_Entry]] = {}
         """Each running chunk's task and the items it carries."""
         self._ids = itertools.count()
@@ -104,6 +105,11 @@ class ChunkedExecutor:
         """True while paused: no new chunk is sent until ``resume``."""
         self.fatal: BaseException | None = None
         """An exception from the source itself, which ends the run."""
+
+    @property
+    def limits(self) -> Limits:
+        """The total concurrency and rate limit across workers, in force now."""
+        return self._limiter.limits
 
     async def start(self) -> None:
         """Start the workers; raises when the job cannot be set up in them."""
@@ -118,6 +124,7 @@ class ChunkedExecutor:
     async def run(self, items: Items) -> None:
         """Process every item; returns when all are settled, or after a stop."""
         self._loop = asyncio.get_running_loop()
+        self._retries.bind(self._loop)
         self._wake = asyncio.Event()
         if isinstance(items, Iterator):
             self._next: Callable[[], tuple[int, Any]] | None = items.__next__
@@ -128,13 +135,12 @@ class ChunkedExecutor:
             while True:
                 self._wake.clear()
                 await self._fill()
-                if not self._chunks and not self._timers and not self._ready and not self._suspects:
+                if not self._chunks and not self._retries.pending and not self._ready and not self._suspects:
                     if self.stopping or self._tally.exhausted or self.fatal is not None:
                         break
                 await self._wake.wait()
         finally:
-            for timer in self._timers.values():
-                timer.cancel()
+            self._retries.close()
         if self._error is not None:
             raise self._error
 
@@ -186,9 +192,9 @@ class ChunkedExecutor:
             if not entries:
                 return
             payload = pickle.dumps([(e.ordinal, e.item) for e in entries], pickle.HIGHEST_PROTOCOL)
-        config, slots = self._config, self._backend.slots()
-        rate = None if config.rate_limit is None else config.rate_limit / slots
-        chunk = Chunk(next(self._ids), payload, len(entries), self._share(slots), config.item_timeout_s, rate)
+        slots, limits = self._backend.slots(), self._limiter.limits
+        rate = None if limits.rate_limit is None else limits.rate_limit / slots
+        chunk = Chunk(next(self._ids), payload, len(entries), self._share(slots), self._config.item_timeout_s, rate)
         self._tally.in_flight += len(entries)
         task = self._loop.create_task(self._run_chunk(chunk, entries))
         self._chunks[task] = entries
@@ -217,7 +223,7 @@ class ChunkedExecutor:
 
     def _share(self, slots: int) -> int:
         # ``concurrency`` is the total in flight; each running chunk gets its part of it.
-        return max(1, math.ceil(self._config.concurrency / max(1, slots)))
+        return max(1, math.ceil(self._limiter.concurrency / max(1, slots)))
 
     # Reading outcomes.
 
@@ -262,38 +268,19 @@ class ChunkedExecutor:
             self._failed(entry, lost, alone=True)
 
     def _failed(self, entry: _Entry, error: Exception, alone: bool = False) -> None:
-        now = time.time()
-        attempts = entry.attempts if entry.attempts is not None else self._policy.start(now)
-        delay = self._policy.next_delay(attempts, error)
-        if delay is None:
-            if isinstance(error, ItemFailed):
-                info = error.info
-            else:
-                info = ErrorInfo(qualified_name(type(error)), str(error), f"{qualified_name(type(error))}: {error}")
-            self._tally.fail(
-                Failure(
-                    ordinal=entry.ordinal,
-                    item=entry.item,
-                    error_type=info.error_type,
-                    error_message=info.message,
-                    traceback=info.traceback,
-                    attempts=attempts.count,
-                    first_failed_at=attempts.first_started,
-                    failed_at=now,
-                )
-            )
-            return
-        if self.stopping:
-            return  # left unprocessed; a resume retries it
-        self._tally.retrying += 1
-        key = object()
-        retry = _Entry(entry.ordinal, entry.item, attempts)
-        self._timers[key] = self._loop.call_later(delay, self._requeue, key, retry, alone)
+        if isinstance(error, ItemFailed):
+            info = error.info
+        else:
+            info = ErrorInfo(qualified_name(type(error)), str(error), f"{qualified_name(type(error))}: {error}")
+        requeue = self._requeue_alone if alone else self._requeue
+        self._retries.failed(entry.ordinal, entry.item, entry.attempts, error, requeue, self.stopping, info)
 
-    def _requeue(self, key: object, entry: _Entry, alone: bool) -> None:
-        del self._timers[key]
-        self._tally.retrying -= 1
-        (self._suspects if alone else self._ready).append(entry)
+    def _requeue(self, ordinal: int, item: Any, attempts: Attempts) -> None:
+        self._ready.append(_Entry(ordinal, item, attempts))
+        self._wake.set()
+
+    def _requeue_alone(self, ordinal: int, item: Any, attempts: Attempts) -> None:
+        self._suspects.append(_Entry(ordinal, item, attempts))
         self._wake.set()
 
     # Control, from the loop's thread.
@@ -301,10 +288,7 @@ class ChunkedExecutor:
     def stop(self) -> None:
         """Send no new chunk; chunks in flight finish; items waiting to retry stay unprocessed."""
         self.stopping = True
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
-        self._tally.retrying = 0
+        self._retries.cancel()
         self._ready.clear()
         self._suspects.clear()
         self.resume()
@@ -326,12 +310,8 @@ class ChunkedExecutor:
 
     def set_concurrency(self, concurrency: int) -> None:
         """Change the total in flight across workers; chunks sent from now on get the new share."""
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {concurrency!r}.")
-        self._config.concurrency = concurrency
+        self._limiter.set_concurrency(concurrency)
 
     def set_rate_limit(self, rate: float | None) -> None:
         """Change the most items started per second (None for no limit); chunks sent from now on follow it."""
-        if rate is not None and rate <= 0:
-            raise ValueError(f"rate_limit must be positive or None, got {rate!r}.")
-        self._config.rate_limit = rate
+        self._limiter.set_rate_limit(rate)

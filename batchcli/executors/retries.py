@@ -1,13 +1,31 @@
-"""When and whether a failed attempt is retried: tenacity's strategies, one state per item."""
+"""When and whether a failed attempt is retried, and the one scheduler that holds items until then.
+
+``RetryPolicy`` is tenacity's strategies, one ``RetryCallState`` per failing item. ``RetryScheduler``
+is what the async executor and the chunked driver share: it turns a failed attempt into either a
+final ``Failure`` on the tally or a timer that hands the item back when its delay is over, and logs
+every scheduled retry (one info line, the way stamina instruments tenacity).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import reprlib
+import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 import tenacity
 
 from batchcli.load.configuration import Configuration
+from batchcli.load.project import format_user_traceback
+from batchcli.outcome import Failure, Tally, qualified_name
+
+log = logging.getLogger("batchcli.retries")
+"""Each scheduled retry: one info line, so in the run's log file, and on the console only with ``-v``."""
+
+_item_repr = reprlib.Repr()
+_item_repr.maxstring = _item_repr.maxother = 80
 
 
 @dataclass
@@ -26,7 +44,12 @@ class Attempts:
 
 
 class RetryPolicy:
-    """Decides, after an attempt failed, whether to retry it and after how long."""
+    """Decides, after an attempt failed, whether to retry it and after how long.
+
+    The delay is ``backoff_s * 2**(n-1)`` plus a jitter of up to ``backoff_s / 2``, capped at
+    ``backoff_max_s`` *after* the jitter (tenacity's ``wait_exponential_jitter``), so no delay is
+    ever longer than ``backoff_max_s``. ``backoff_s=0`` means no wait at all.
+    """
 
     def __init__(self, config: Configuration, retry_for: Iterable[type[BaseException]]) -> None:
         types = tuple(retry_for)
@@ -35,10 +58,13 @@ class RetryPolicy:
                 raise TypeError(f"exceptions_to_retry_for must hold exception classes, got {t!r}.")
         # Timeouts batchcli itself imposes are always worth another attempt.
         self.retry_for: tuple[type[BaseException], ...] = (*types, TimeoutError)
-        jitter = tenacity.wait_random(0, config.backoff_s / 2) if config.backoff_s > 0 else tenacity.wait_none()
+        self.max_attempts = config.max_retries + 1
+        """The first attempt plus ``max_retries``."""
         self._retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(config.max_retries + 1),
-            wait=tenacity.wait_exponential(multiplier=config.backoff_s, max=config.backoff_max_s) + jitter,
+            stop=tenacity.stop_after_attempt(self.max_attempts),
+            wait=tenacity.wait_exponential_jitter(
+                multiplier=config.backoff_s, max=config.backoff_max_s, jitter=config.backoff_s / 2
+            ),
             retry=tenacity.retry_if_exception_type(self.retry_for),
         )
 
@@ -55,3 +81,122 @@ class RetryPolicy:
         delay: float = self._retrying.wait(state)
         state.prepare_for_next_attempt()
         return delay
+
+
+class Described(Protocol):
+    """A failed attempt as text, when the exception object is only a carrier (a worker's error)."""
+
+    @property
+    def error_type(self) -> str:
+        """The exception's qualified class name."""
+
+    @property
+    def message(self) -> str:
+        """``str(exception)``."""
+
+    @property
+    def traceback(self) -> str:
+        """The formatted traceback of the user's frames."""
+
+
+Requeue = Callable[[int, Any, Attempts], None]
+"""Hands a retrying item back to its executor once its delay is over: ``(ordinal, item, attempts)``."""
+
+
+class RetryScheduler:
+    """The retry timers of one executor's run, and what happens when an attempt fails.
+
+    Created with the executor; ``bind`` it to the run's loop before the first failure. Everything
+    runs on that loop's thread. Nothing here is touched on the success path.
+    """
+
+    def __init__(self, policy: RetryPolicy, tally: Tally, clock: Callable[[], float] = time.time) -> None:
+        self.policy = policy
+        self._tally = tally
+        self._clock = clock
+        self._timers: dict[object, asyncio.TimerHandle] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Schedule retries on ``loop`` (the run's)."""
+        self._loop = loop
+
+    @property
+    def pending(self) -> bool:
+        """Whether any item is waiting for its retry."""
+        return bool(self._timers)
+
+    def failed(
+        self,
+        ordinal: int,
+        item: Any,
+        attempts: Attempts | None,
+        error: BaseException,
+        requeue: Requeue,
+        stopping: bool,
+        described: Described | None = None,
+    ) -> bool:
+        """Record a failed attempt: a final ``Failure``, or a retry ``requeue`` gets after its delay.
+
+        Returns True when the item finally failed. While ``stopping``, a retrying item is dropped
+        instead: left unprocessed, a resume retries it. ``described`` replaces the exception's own
+        type, message and traceback (an error that came back from a worker as text).
+        """
+        now = self._clock()
+        if attempts is None:
+            attempts = self.policy.start(now)
+        delay = self.policy.next_delay(attempts, error)
+        if delay is None:
+            if described is not None:
+                error_type, message, traceback = described.error_type, described.message, described.traceback
+            else:
+                error_type, message = qualified_name(type(error)), str(error)
+                traceback = format_user_traceback(error)
+            self._tally.fail(
+                Failure(
+                    ordinal=ordinal,
+                    item=item,
+                    error_type=error_type,
+                    error_message=message,
+                    traceback=traceback,
+                    attempts=attempts.count,
+                    first_failed_at=attempts.first_started,
+                    failed_at=now,
+                )
+            )
+            return True
+        if stopping:
+            return False
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "Retrying item %s (#%d) in %.2fs: attempt %d of %d failed with %s: %s",
+                _item_repr.repr(item),
+                ordinal,
+                delay,
+                attempts.count - 1,  # next_delay already counted the coming attempt
+                self.policy.max_attempts,
+                described.error_type if described is not None else qualified_name(type(error)),
+                described.message if described is not None else error,
+            )
+        if self._loop is None:
+            raise RuntimeError("RetryScheduler.bind(loop) must be called before the first failure.")
+        self._tally.retrying += 1
+        key = object()
+        self._timers[key] = self._loop.call_later(delay, self._due, key, requeue, ordinal, item, attempts)
+        return False
+
+    def _due(self, key: object, requeue: Requeue, ordinal: int, item: Any, attempts: Attempts) -> None:
+        del self._timers[key]
+        self._tally.retrying -= 1
+        requeue(ordinal, item, attempts)
+
+    def cancel(self) -> None:
+        """Drop every waiting retry, on a stop: those items stay unprocessed, for a resume."""
+        self.close()
+        self._timers.clear()
+        self._tally.retrying = 0
+
+    def close(self) -> None:
+        """Cancel the timers at the end of a run, leaving the counts as they are."""
+        for timer in self._timers.values():
+            timer.cancel()

@@ -9,19 +9,19 @@ driver. The built job is cached per process, keyed by run, since a Dask worker o
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import pickle
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from batchcli.load.wiring import Job
+from batchcli.executors.calls import ItemCalls
+from batchcli.executors.limiter import Limiter, Limits
 from batchcli.load.service import maybe_await
+from batchcli.load.wiring import Job
 from batchcli.executors.messages import (
     Chunk,
     ChunkResult,
@@ -47,8 +47,6 @@ class WorkerJob:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="batchcli-worker-loop", daemon=True)
         self._thread.start()
-        self._threads: ThreadPoolExecutor | None = None
-        self._threads_size = 0
         job: Job | None = None
         try:
             job = _build(spec)
@@ -67,8 +65,10 @@ class WorkerJob:
             raise WorkerError("Setting up the job failed", info, self.pid) from None
         self.job = job
         self._process = job.service.process
-        self._is_async = inspect.iscoroutinefunction(self._process)
-        self._throttles: dict[int, _Throttle] = {}
+        self._calls: ItemCalls | None = None
+        """Built for the first chunk that needs it; a later chunk's larger share grows its threads."""
+        self._limiters: dict[int, Limiter] = {}
+        """One per slot (a process, or a Dask worker thread), keyed by thread id."""
 
     def run_chunk(self, chunk: Chunk, cancelled: Callable[[], bool] | None = None) -> ChunkResult:
         """Run a chunk's items, ``chunk.share`` at once; blocks until done (or ``cancelled()`` turns true)."""
@@ -77,9 +77,15 @@ class WorkerJob:
             items: list[tuple[int, Any]] = pickle.loads(chunk.payload)
         except Exception as error:
             raise WorkerError("Reading a chunk of items failed", ErrorInfo.of(error), self.pid) from None
-        # The start rate carries over from chunk to chunk of the same slot (a process, or a Dask thread).
-        throttle = self._throttles.setdefault(threading.get_ident(), _Throttle())
-        return self._on_loop(self._run(items, chunk, throttle, cancelled))  # type: ignore[no-any-return]
+        # The start rate carries over from chunk to chunk of the same slot (a process, or a Dask thread);
+        # the chunk says what the slot's share of the run's limits is now.
+        limiter = self._limiters.get(threading.get_ident())
+        if limiter is None:
+            limiter = self._limiters[threading.get_ident()] = Limiter(Limits(chunk.share, chunk.rate))
+        else:
+            limiter.set_concurrency(chunk.share)
+            limiter.set_rate_limit(chunk.rate)
+        return self._on_loop(self._run(items, chunk, limiter, cancelled))  # type: ignore[no-any-return]
 
     def finish(self) -> ErrorInfo | None:
         """Call the Service's ``finish()`` and stop the loop; the error it raised, if any."""
@@ -92,23 +98,22 @@ class WorkerJob:
         return None
 
     async def _run(
-        self, items: list[tuple[int, Any]], chunk: Chunk, throttle: _Throttle, cancelled: Callable[[], bool] | None
+        self, items: list[tuple[int, Any]], chunk: Chunk, limiter: Limiter, cancelled: Callable[[], bool] | None
     ) -> ChunkResult:
         started = time.perf_counter()
         ok: list[int] = []
         errors: list[ItemError] = []
-        rate = chunk.rate
-        if not self._is_async and chunk.share == 1 and chunk.timeout_s is None:
-            skipped = self._run_inline(items, rate, throttle, cancelled, ok, errors)
+        calls = self._calls_for(chunk)
+        if not calls.is_async and chunk.share == 1 and chunk.timeout_s is None:
+            skipped = self._run_inline(items, limiter, cancelled, ok, errors)
         else:
-            skipped = await self._run_lanes(items, chunk, throttle, cancelled, ok, errors)
+            skipped = await self._run_lanes(items, calls.call, limiter, cancelled, ok, errors)
         return ChunkResult(ok, errors, skipped, time.perf_counter() - started, self.pid)
 
     def _run_inline(
         self,
         items: list[tuple[int, Any]],
-        rate: float | None,
-        throttle: _Throttle,
+        limiter: Limiter,
         cancelled: Callable[[], bool] | None,
         ok: list[int],
         errors: list[ItemError],
@@ -118,7 +123,7 @@ class WorkerJob:
         for index, (ordinal, item) in enumerate(items):
             if cancelled is not None and cancelled():
                 return [o for o, _ in items[index:]]
-            if rate is not None and (delay := throttle.delay(rate)) > 0:
+            if limiter.throttled and (delay := limiter.delay()) > 0:
                 time.sleep(delay)
             try:
                 process(item)
@@ -131,22 +136,20 @@ class WorkerJob:
     async def _run_lanes(
         self,
         items: list[tuple[int, Any]],
-        chunk: Chunk,
-        throttle: _Throttle,
+        call: Callable[[Any], Awaitable[Any]],
+        limiter: Limiter,
         cancelled: Callable[[], bool] | None,
         ok: list[int],
         errors: list[ItemError],
     ) -> list[int]:
         queue = deque(items)
         running: set[int] = set()
-        call = self._caller(chunk.share, chunk.timeout_s)
-        rate = chunk.rate
 
         async def lane() -> None:
             while queue:
                 ordinal, item = queue.popleft()
                 running.add(ordinal)
-                if rate is not None and (delay := throttle.delay(rate)) > 0:
+                if limiter.throttled and (delay := limiter.delay()) > 0:
                     await asyncio.sleep(delay)
                 try:
                     await call(item)
@@ -158,7 +161,7 @@ class WorkerJob:
                     ok.append(ordinal)
                 running.discard(ordinal)
 
-        pending = {asyncio.ensure_future(lane()) for _ in range(min(chunk.share, len(items)))}
+        pending = {asyncio.ensure_future(lane()) for _ in range(min(limiter.concurrency, len(items)))}
         while pending:
             done, pending = await asyncio.wait(pending, timeout=None if cancelled is None else CANCEL_POLL_S)
             for task in done:
@@ -170,28 +173,15 @@ class WorkerJob:
                 break
         return [*running, *(o for o, _ in queue)]
 
-    def _caller(self, share: int, timeout: float | None) -> Callable[[Any], Awaitable[Any]]:
-        if self._is_async:
-            call: Callable[[Any], Awaitable[Any]] = self._process
+    def _calls_for(self, chunk: Chunk) -> ItemCalls:
+        calls = self._calls
+        if calls is None or calls.timeout_s != chunk.timeout_s:
+            if calls is not None:
+                calls.close()
+            calls = self._calls = ItemCalls(self._process, chunk.share, chunk.timeout_s)
         else:
-            if self._threads is None or self._threads_size != share:
-                if self._threads is not None:
-                    self._threads.shutdown(wait=False)
-                self._threads = ThreadPoolExecutor(share, thread_name_prefix="batchcli-item")
-                self._threads_size = share
-            threads, process, loop = self._threads, self._process, self._loop
-
-            async def call(item: Any) -> Any:
-                return await loop.run_in_executor(threads, process, item)
-
-        if timeout is not None:
-            inner = call
-
-            async def call(item: Any) -> Any:
-                async with asyncio.timeout(timeout):
-                    return await inner(item)
-
-        return call
+            calls.grow(chunk.share)
+        return calls
 
     def _error(self, ordinal: int, error: BaseException) -> ItemError:
         return ItemError(ordinal, ErrorInfo.of(error), isinstance(error, self.retry_for))
@@ -205,26 +195,13 @@ class WorkerJob:
         return value
 
     def _close(self) -> None:
-        if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
+        calls = getattr(self, "_calls", None)  # absent when setup() failed
+        if calls is not None:
+            calls.close()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         if not self._loop.is_running():
             self._loop.close()
-
-
-class _Throttle:
-    """Spaces item starts ``1 / rate`` apart: the worker side of ``rate_limit``."""
-
-    def __init__(self) -> None:
-        self._next = 0.0
-
-    def delay(self, rate: float) -> float:
-        """Seconds to wait before the next start (which this books)."""
-        now = time.monotonic()
-        start = max(now, self._next)
-        self._next = start + 1.0 / rate
-        return start - now
 
 
 def _build(spec: WorkerSpec) -> Job:

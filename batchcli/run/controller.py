@@ -81,8 +81,9 @@ class RunController:
             unprocessed=None if total is None else total - tally.settled - tally.skipped,
             items_per_s=round(rate, 1),
             elapsed_s=round(elapsed, 1),
-            concurrency=run.job.config.concurrency,
-            rate_limit=run.job.config.rate_limit,
+            # The executor's limits, which the shell may have changed; the configuration's before it exists.
+            concurrency=run.job.config.concurrency if run.executor is None else run.executor.limits.concurrency,
+            rate_limit=run.job.config.rate_limit if run.executor is None else run.executor.limits.rate_limit,
             paused=run.paused,
             stopping=run.stop_requested or self.stop_on_leave,
             line=status_line(tally, Rate(tally).sample()),
@@ -132,7 +133,8 @@ class RunController:
     def retry_failed(self) -> dict[int, Exception]:
         """Retry every failure now (``concurrency`` at once); returns ordinal -> error of those that failed again."""
         failures = self.failures
-        limit = self._run.job.config.concurrency
+        executor = self._run.executor
+        limit = self._run.job.config.concurrency if executor is None else executor.limits.concurrency
 
         async def retry_all() -> dict[int, Exception]:
             gate = asyncio.Semaphore(limit)

@@ -1,0 +1,105 @@
+"""How many items may be in flight and how fast they may start: one limiter for every executor.
+
+Modelled on aiometer's meters: a ``HardLimit`` (concurrency) and a ``RateLimit`` (starts per second,
+GCRA-style) behind one ``Limiter``. The async executor holds one for the run; the chunked driver
+holds one for the run and derives each chunk's share of it; each worker slot holds one that carries
+its start rate from chunk to chunk. Limits change at run time through methods (the pause shell
+today, adaptive concurrency next), never by writing to the user's ``Configuration``.
+
+Concurrency is enforced by its users' structure (how many worker tasks or lanes run), not by a
+counter taken and released per item: that would cost the success path on every item.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits in force now, as the pause shell and the controller see them."""
+
+    concurrency: int
+    """Most items in flight at once."""
+    rate_limit: float | None
+    """Most items started per second; None for no limit."""
+
+
+class HardLimit:
+    """At most ``limit`` items in flight."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"concurrency must be at least 1, got {limit!r}.")
+        self.limit = limit
+
+
+class RateLimit:
+    """Starts spaced ``1 / rate`` apart (GCRA with no burst): each start books the next slot."""
+
+    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._next = 0.0
+        """The theoretical arrival time: the earliest the next start may happen."""
+        self.set(rate)
+
+    def set(self, rate: float) -> None:
+        """Change the rate; the next slot already booked stays, so a change never allows a burst."""
+        if rate <= 0:
+            raise ValueError(f"rate_limit must be positive or None, got {rate!r}.")
+        self.rate = rate
+        self._period = 1.0 / rate
+
+    def delay(self) -> float:
+        """Seconds to wait before starting the next item, whose slot this books."""
+        now = self._clock()
+        start = max(now, self._next)
+        self._next = start + self._period
+        return start - now
+
+
+class Limiter:
+    """Concurrency plus starts per second, changed at run time by ``set_concurrency``/``set_rate_limit``.
+
+    ``throttled`` is the one flag a hot loop checks: with no rate limit nothing else is asked.
+    """
+
+    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._hard = HardLimit(limits.concurrency)
+        self._rate: RateLimit | None = None
+        self.throttled = False
+        """True while a rate limit is in force: only then must a start ask ``delay()``."""
+        self.set_rate_limit(limits.rate_limit)
+
+    @property
+    def limits(self) -> Limits:
+        """The limits in force now."""
+        return Limits(self._hard.limit, None if self._rate is None else self._rate.rate)
+
+    @property
+    def concurrency(self) -> int:
+        """Most items in flight at once."""
+        return self._hard.limit
+
+    def set_concurrency(self, concurrency: int) -> int:
+        """Change the most items in flight; returns the change (positive: more may start)."""
+        change = concurrency - self._hard.limit
+        self._hard = HardLimit(concurrency)
+        return change
+
+    def set_rate_limit(self, rate: float | None) -> None:
+        """Change the most items started per second (None for no limit)."""
+        if rate is None:
+            self._rate = None
+        elif self._rate is None:
+            self._rate = RateLimit(rate, self._clock)
+        else:
+            self._rate.set(rate)
+        self.throttled = self._rate is not None
+
+    def delay(self) -> float:
+        """Seconds to wait before the next start (which this books); 0 without a rate limit."""
+        return 0.0 if self._rate is None else self._rate.delay()
