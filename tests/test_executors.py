@@ -281,7 +281,7 @@ def test_installed_job_is_imported_by_name_in_workers(tmp_path: Path, records: P
     dist = site / "squares_job-1.0.dist-info"  # what pip writes for a package that declares the entry point
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: squares-job\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[batchcli.load.jobs]\nsquares = squares_job.job\n")
+    (dist / "entry_points.txt").write_text("[batchcli.jobs]\nsquares = squares_job.job\n")
     result = run_batchcli(
         "exec", "squares", "-d", "out", "-p", f"record_dir={records}", "-p", f"executor={name}", "-p", "workers=2",
         PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]),

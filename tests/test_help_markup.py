@@ -49,7 +49,7 @@ def test_list_shows_brackets_in_an_installed_jobs_description(cli: Any, tmp_path
     info = tmp_path / "site" / "markup_jobs-1.0.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: markup-jobs\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[batchcli.load.jobs]\nmarkup = markup_job\n")
+    (info / "entry_points.txt").write_text("[batchcli.jobs]\nmarkup = markup_job\n")
     sys.path[:0] = [str(tmp_path / "site"), str(MARKUP)]  # the isolated fixture restores sys.path
     outcome = cli("list")
     assert outcome.exit_code == 0, outcome.output

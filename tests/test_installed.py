@@ -1,4 +1,4 @@
-"""Installed jobs: found through the batchcli.load.jobs entry-point group, listed, run by name; paths win over names."""
+"""Installed jobs: found through the batchcli.jobs entry-point group, listed, run by name; paths win over names."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from conftest import PROJECTS, ROOT
 PACKAGE_DIR = PROJECTS / "ux_installed"
 
 ENTRY_POINTS = """\
-[batchcli.load.jobs]
+[batchcli.jobs]
 squares = ux_demo_jobs.squares
 ghost = ux_demo_jobs.no_such_module
 """
@@ -63,7 +63,7 @@ def test_list_without_jobs_says_how_to_register_one(cli: Any) -> None:
     """With nothing installed, list explains the entry-point group."""
     outcome = cli("list")
     assert outcome.exit_code == 0
-    assert '[project.entry-points."batchcli.load.jobs"]' in outcome.output
+    assert '[project.entry-points."batchcli.jobs"]' in outcome.output
 
 
 def test_exec_runs_an_installed_job_with_its_configurations(cli: Any, installed: Path) -> None:

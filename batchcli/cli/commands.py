@@ -327,7 +327,7 @@ def _note_shadowed_job(path: str) -> None:
 
 @app.command("list")
 def list_() -> None:
-    """List the installed jobs: packages register them in the batchcli.load.jobs entry-point group."""
+    """List the installed jobs: packages register them in the batchcli.jobs entry-point group."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text

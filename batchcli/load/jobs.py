@@ -1,4 +1,4 @@
-"""Installed jobs: packages register them in the ``batchcli.load.jobs`` entry-point group; modules work by name too."""
+"""Installed jobs: packages register them in the ``batchcli.jobs`` entry-point group; modules work by name too."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from batchcli.load.project import Project
 
-GROUP = "batchcli.load.jobs"
-"""The entry-point group: ``[project.entry-points."batchcli.load.jobs"]`` ``name = "package.module"``."""
+GROUP = "batchcli.jobs"
+"""The entry-point group: ``[project.entry-points."batchcli.jobs"]`` ``name = "package.module"``."""
 
 _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 

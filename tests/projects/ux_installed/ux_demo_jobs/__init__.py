@@ -1,1 +1,1 @@
-"""Demo jobs a package installs through the ``batchcli.load.jobs`` entry-point group."""
+"""Demo jobs a package installs through the ``batchcli.jobs`` entry-point group."""
