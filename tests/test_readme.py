@@ -303,3 +303,12 @@ def test_modules_named_in_the_docs_exist() -> None:
             assert module.with_suffix(".py").is_file() or (module / "__init__.py").is_file(), (
                 f"{page.name} imports {dotted}, which is no module of the package"
             )
+
+
+def test_the_entry_point_group_shown_is_the_one_batchcli_reads() -> None:
+    """The `batchcli.jobs` group docs/projects.md tells packages to use is the one `batchcli list` names."""
+    groups = set(re.findall(r'\[project\.entry-points\."([\w.]+)"\]', (ROOT / "docs" / "projects.md").read_text()))
+    assert groups == {"batchcli.jobs"}
+    result = CliRunner().invoke(app, ["list"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert '[project.entry-points."batchcli.jobs"]' in result.output
