@@ -16,9 +16,11 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -50,11 +52,24 @@ COVERED_ELSEWHERE = {
     "batchcli exec my_package.squares":
         "tests/test_installed.py::test_exec_takes_a_module_name",
     "batchcli exec myjob/ -c config_prod -p executor=dask -p dask_address=tcp://SCHEDULER_HOST:8786":
-        "tests/test_dask.py::test_dask_run_survives_two_worker_deaths",
+        "tests/test_readme.py::test_the_dask_cluster_recipe_runs_as_shown",
     "batchcli exec PATH -p k=v -c config_dev":
         "tests/test_config_nested.py::test_dotted_names_override_nested_fields_and_keep_the_rest",
     "batchcli resume":
         "tests/test_resume.py::test_a_crashed_run_resumes_in_process_and_a_finished_one_is_left_alone",
+}
+
+# Shell lines that are not batchcli commands, with what runs each (a test, or why none does).
+DASK_RECIPE = "tests/test_readme.py::test_the_dask_cluster_recipe_runs_as_shown"
+OTHER_COMMANDS = {
+    "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/pytest":
+        ".ci/run runs it in a fresh virtualenv (test_the_setup_commands_stay_as_ci_quotes_them keeps them equal)",
+    "pytest nightly_sync": "tests/test_init.py::test_the_generated_test_passes_under_pytest",
+    "export BATCHCLI_DB__PASSWORD=...": "tests/test_config_nested.py::test_nested_fields_come_from_the_environment",
+    "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=0 dask scheduler --port 8786": DASK_RECIPE,
+    "dask worker tcp://SCHEDULER_HOST:8786 --nthreads 1": DASK_RECIPE,
+    "python benchmarks/bench.py": "not run by the suite: it takes minutes and measures the machine, not the code",
+    "python benchmarks/bench.py overhead": "not run by the suite: it measures the machine, not the code",
 }
 
 # A job with the param and the secret that docs/configuration.md's `job.py` lines use.
@@ -135,6 +150,34 @@ def test_every_allow_listed_command_is_shown_and_its_test_exists() -> None:
         path, name = test.split("::")
         source = (ROOT / path).read_text(encoding="utf-8")
         assert re.search(rf"^def {name}\(", source, flags=re.M), f"{test} (named for {command!r}) does not exist"
+
+
+def other_commands() -> list[str]:
+    """Every line of a bash block in README.md or docs/ that is not a batchcli command, comments dropped.
+
+    Only blocks marked as shell count: an unmarked block may be a diagram (docs/architecture.md has several).
+    """
+    lines: dict[str, None] = {}
+    for page in PAGES:
+        for language, block in FENCE.findall(page.read_text(encoding="utf-8")):
+            if language in ("bash", "sh", "shell", "console"):
+                for line in map(strip_comment, block.splitlines()):
+                    if line and not SHELL_COMMAND.search(line):
+                        lines.setdefault(line, None)
+    return list(lines)
+
+
+def test_every_other_shell_line_says_what_runs_it() -> None:
+    """A shell line that is not a batchcli command is listed with the test that runs it, or why none does."""
+    shown = other_commands()
+    for line in shown:
+        assert line in OTHER_COMMANDS, f"{line!r} is shown in a page: run it in a test and list it in OTHER_COMMANDS"
+    for line, covered_by in OTHER_COMMANDS.items():
+        assert line in shown, f"{line!r} is no longer shown in README.md or docs/: drop it from OTHER_COMMANDS"
+        if "::" in covered_by:
+            path, name = covered_by.split("::")
+            source = (ROOT / path).read_text(encoding="utf-8")
+            assert re.search(rf"^def {name}\(", source, flags=re.M), f"{covered_by} (named for {line!r}) does not exist"
 
 
 def test_the_pages_show_the_everyday_commands() -> None:
@@ -312,3 +355,54 @@ def test_the_entry_point_group_shown_is_the_one_batchcli_reads() -> None:
     result = CliRunner().invoke(app, ["list"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert '[project.entry-points."batchcli.jobs"]' in result.output
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_the_dask_cluster_recipe_runs_as_shown(tmp_path: Path, run_batchcli: Any) -> None:
+    """docs/executors.md's three cluster commands (scheduler, worker, exec with dask_address) run a project as shown."""
+    pytest.importorskip("distributed")
+    from distributed import Client
+
+    page = (ROOT / "docs" / "executors.md").read_text(encoding="utf-8")
+    scheduler, worker, job = (
+        strip_comment(line)
+        for line in (
+            next(l for l in page.splitlines() if " dask scheduler " in l),
+            next(l for l in page.splitlines() if l.startswith("dask worker ")),
+            next(l for l in page.splitlines() if "dask_address=tcp://SCHEDULER_HOST" in l),
+        )
+    )
+    port = str(free_port())
+    here = {"8786": port, "SCHEDULER_HOST": "127.0.0.1"}
+
+    def words(line: str) -> list[str]:
+        return shlex.split(re.sub(r"\b(8786|SCHEDULER_HOST)\b", lambda m: here[m.group(1)], line))
+
+    shutil.copytree(ROOT / "examples" / "reindex", tmp_path / "myjob", ignore=shutil.ignore_patterns("__pycache__"))
+    started = []
+    try:
+        for line in (scheduler, worker):
+            env_words = words(line)
+            env = dict(w.split("=", 1) for w in env_words if re.match(r"^[A-Z_]+=", w))
+            command = [w for w in env_words if not re.match(r"^[A-Z_]+=", w)]
+            assert command[0] == "dask"
+            started.append(subprocess.Popen(
+                [sys.executable, "-m", "dask", *command[1:]],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(**env),
+            ))  # fmt: skip
+        with Client(f"tcp://127.0.0.1:{port}", timeout=60) as client:
+            client.wait_for_workers(1, timeout=120)
+        args = words(job)
+        assert args[0] == "batchcli"
+        outcome = run_batchcli(*args[1:], "-d", str(tmp_path / "out"), timeout=240)
+        assert outcome.exit_code == 0, outcome.output
+        assert outcome.summary["succeeded"] == outcome.summary["total"] > 0
+    finally:
+        for process in reversed(started):
+            process.terminate()
+            process.wait(timeout=60)
