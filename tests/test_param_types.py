@@ -7,8 +7,9 @@ reads back exactly), else every member by name. Casting accepts both spellings e
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from conftest import PROJECTS
@@ -79,3 +80,26 @@ def test_testing_writes_enum_params_by_the_same_rule(tmp_path: Path) -> None:
     outcome = run_job(JOB, params={"ratio": ratio.FULL, "shape": shape.LINE}, output_dir=tmp_path)
     assert outcome.ok, outcome.output
     assert json.loads((outcome.run_dir / "received.json").read_text()) == {"ratio": "FULL", "shape": "LINE"}
+
+
+@pytest.mark.parametrize(
+    ("annotation", "value"),
+    [
+        (bool, False),
+        (timedelta, timedelta(minutes=90)),
+        (datetime, datetime(2024, 1, 31, 12, 30)),
+        (Literal["low", "high"], "high"),
+        (Literal[True, 1], 1),
+        (int | None, None),
+        (list[int], [3, 1, 2]),
+        (dict[str, timedelta], {"a": timedelta(seconds=1.5)}),
+        (tuple[int, bool] | None, (7, True)),
+        (set[str], {"b", "a"}),
+    ],
+)
+def test_each_type_reads_back_what_it_writes(annotation: object, value: object) -> None:
+    """A param type's render gives the text its own cast turns back into the same value."""
+    from batchcli.load.annotations import param_type
+
+    kind = param_type(annotation)
+    assert kind.cast("p", [kind.render(value)]) == value

@@ -27,7 +27,7 @@ def _quietly_load(target: str) -> Any:
 
 def _choices(annotation: Any, incomplete: str) -> list[str]:
     """The values the param type of ``annotation`` completes (bool, Enum, Literal, and ``none`` for ``T | None``)."""
-    from batchcli.load.types import param_type
+    from batchcli.load.annotations import param_type
 
     try:
         return param_type(annotation).shell_complete(incomplete)

@@ -17,7 +17,7 @@ from batchcli.errors import BatchcliError
 from batchcli.load.fields import MISSING
 from batchcli.load.project import Project
 from batchcli.load.secret import Secret, is_secret_type
-from batchcli.load.types import as_typed, param_type
+from batchcli.load.annotations import as_typed, param_type
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """Cast ``-p name=value`` strings to the types a Source or Service declares, with messages that say the fix.
 
-The rules live in the type objects of ``types.py``; these are the two questions the loader asks them.
+The rules live in the type objects of ``types.py``; ``annotations.param_type`` picks the one to ask.
 """
 
 from __future__ import annotations
 
-from batchcli.load.types import param_type
+from batchcli.load.annotations import param_type
 
 
 def describe(annotation: object) -> str:

@@ -1,31 +1,27 @@
 """One object per ``-p`` type: it parses a value, writes one back, and lists the choices to complete.
 
-Like click's ``ParamType`` (``convert``, ``fail``, ``shell_complete``): casting (``casting.cast``),
-``exec PATH --help`` (``cli/usage.py``), shell completion (``cli/completion.py``) and
-``batchcli.testing`` all ask ``param_type(annotation)``, so a type is read, shown and completed
-by one rule. ``as_typed(value)`` writes a value through the type of its own class.
+Like click's ``ParamType`` (``convert``, ``fail``, ``shell_complete``). ``annotations.param_type``
+picks the object for a declared type; casting, ``exec PATH --help``, shell completion and
+``batchcli.testing`` all ask that object, so a type is read, shown and completed by one rule.
 """
 
 from __future__ import annotations
 
-import inspect
-import types
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Literal, Union, get_args, get_origin
+from typing import Any, Callable
 
 from batchcli.errors import CastError, UsageError
 from batchcli.load import readers
 from batchcli.load.secret import Secret
 
-_COLLECTIONS = (list, set, frozenset, tuple, dict)
 _CONVERT_ERRORS = (ValueError, ArithmeticError)
 """What a reader raises for text that is not a value of its type."""
 
 
+@dataclass(frozen=True, kw_only=True)
 class ParamType:
     """How ``-p`` handles one declared type: ``convert`` reads a text, ``render`` writes a value, ``choices`` lists."""
 
@@ -68,22 +64,16 @@ class ParamType:
             raise self.fail(name, raw[0]) from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Scalar(ParamType):
     """A type read by one function: ``int``, ``Path``, ``timedelta``..."""
 
-    name: str
-    """The type in words."""
     reader: Callable[[str], object]
     """Text to value; raises ValueError for text that is not one."""
-    hint: str = ""
-    """How to fix a bad value."""
     writer: Callable[[Any], str] = str
     """Value to text that ``reader`` reads back."""
     fixed: tuple[str, ...] = ()
     """The values to complete, when the type has a fixed set (``bool``)."""
-    secret: bool = False
-    """Whether values are masked in errors."""
 
     def convert(self, text: str) -> object:
         return self.reader(text)
@@ -96,20 +86,34 @@ class Scalar(ParamType):
 
 
 SCALARS: dict[object, Scalar] = {
-    str: Scalar("str", str),
-    Any: Scalar("str", str),
-    Secret: Scalar("secret", Secret, secret=True),
-    int: Scalar("int", int, "Use a whole number, e.g. 42."),
-    float: Scalar("float", float, "Use a number, e.g. 3.5."),
-    Decimal: Scalar("decimal", Decimal, "Use a decimal number, e.g. 19.99."),
-    bool: Scalar("bool", readers.to_bool, "Use one of: true, false, yes, no, on, off, 1, 0.", readers.bool_text, ("true", "false")),
-    Path: Scalar("path", readers.to_path, "Give a non-empty file or directory path."),
-    datetime: Scalar(
-        "datetime (ISO 8601)", readers.to_datetime, "Use ISO 8601, e.g. 2024-01-31T12:00:00 (or ...Z for UTC).", readers.iso_text
+    str: Scalar(name="str", reader=str),
+    Any: Scalar(name="str", reader=str),
+    Secret: Scalar(name="secret", reader=Secret, secret=True),
+    int: Scalar(name="int", reader=int, hint="Use a whole number, e.g. 42."),
+    float: Scalar(name="float", reader=float, hint="Use a number, e.g. 3.5."),
+    Decimal: Scalar(name="decimal", reader=Decimal, hint="Use a decimal number, e.g. 19.99."),
+    bool: Scalar(
+        name="bool",
+        reader=readers.to_bool,
+        hint="Use one of: true, false, yes, no, on, off, 1, 0.",
+        writer=readers.bool_text,
+        fixed=("true", "false"),
     ),
-    date: Scalar("date (ISO 8601)", readers.to_date, "Use ISO 8601, e.g. 2024-01-31.", readers.iso_text),
+    Path: Scalar(name="path", reader=readers.to_path, hint="Give a non-empty file or directory path."),
+    datetime: Scalar(
+        name="datetime (ISO 8601)",
+        reader=readers.to_datetime,
+        hint="Use ISO 8601, e.g. 2024-01-31T12:00:00 (or ...Z for UTC).",
+        writer=readers.iso_text,
+    ),
+    date: Scalar(
+        name="date (ISO 8601)", reader=readers.to_date, hint="Use ISO 8601, e.g. 2024-01-31.", writer=readers.iso_text
+    ),
     timedelta: Scalar(
-        "duration", readers.to_duration, "Use e.g. 90s, 5m, 1h30m, 2d, 500ms, PT1H30M, or seconds like 90.", readers.duration_text
+        name="duration",
+        reader=readers.to_duration,
+        hint="Use e.g. 90s, 5m, 1h30m, 2d, 500ms, PT1H30M, or seconds like 90.",
+        writer=readers.duration_text,
     ),
 }
 """The scalar types ``-p`` reads, by class."""
@@ -143,26 +147,21 @@ class Option:
     """How batchcli writes it (in errors, ``--help``, completion and ``testing``)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Choice(ParamType):
     """An Enum or a Literal: a fixed set of options, each matched by value, then name, then either ignoring case.
 
-    The one spelling rule for an Enum (see ``choice_of_enum``) decides how ``--help``, the error's
+    The one spelling rule for an Enum (see ``annotations.choice_of_enum``) decides how ``--help``, the error's
     ``Allowed:`` list, completion and ``testing`` write its members.
     """
 
     options: tuple[Option, ...]
     """The options, in declaration order."""
-    shown: str
-    """The options as the error and ``--help`` list them: ``'fast', 'slow'``."""
 
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return f"one of {self.shown}"
-
-    @property
-    def hint(self) -> str:  # type: ignore[override]
-        return f"Allowed: {self.shown}."
+    @classmethod
+    def of(cls, options: tuple[Option, ...], shown: str) -> Choice:
+        """The choice among ``options``, listed as ``shown`` (``'fast', 'slow'``) in its name and its hint."""
+        return cls(name=f"one of {shown}", hint=f"Allowed: {shown}.", options=options)
 
     def convert(self, text: str) -> object:
         folded = text.casefold()
@@ -181,52 +180,24 @@ class Choice(ParamType):
     def render(self, value: Any) -> str:
         # Identity first: Literal[True, 1] holds two options that compare equal.
         found = [o for o in self.options if o.result is value] or [o for o in self.options if o.result == value]
-        return found[0].spelling if found else as_typed(value)
+        return found[0].spelling if found else str(value)
 
     def choices(self) -> list[str]:
         return [option.spelling for option in self.options]
 
 
-def choice_of_enum(enum: type[Enum]) -> Choice:
-    """The Choice of an Enum: written by value when every value is a str, int or float, else by name.
-
-    One rule per Enum, not per member, so a type's options read alike; and only values that ``-p``
-    reads back exactly (plain str, int, float) are written, so everything shown can be typed.
-    """
-    plain = all(isinstance(member.value, (str, int, float)) for member in enum)
-    options = tuple(
-        Option(member, member.value, member.name, as_typed(member.value) if plain else member.name) for member in enum
-    )
-    shown = ", ".join(repr(member.value) if plain else repr(member.name) for member in enum)
-    return Choice(options, shown)
-
-
-def choice_of_literal(annotation: object) -> Choice:
-    """The Choice of a ``Literal[...]`` of str, int or bool values (and None)."""
-    values = list(get_args(annotation))
-    if not all(v is None or type(v) in (str, int, bool) for v in values):
-        raise TypeError(f"batchcli cannot cast {type_name(annotation)}: Literal values must be str, int or bool.")
-    return Choice(tuple(Option(v, v, str(v), as_typed(v)) for v in values), ", ".join(map(repr, values)))
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Nullable(ParamType):
     """``T | None``: ``none`` or ``null`` (any case) is None, anything else is a ``T``."""
 
     inner: ParamType
     """The type of a value that is not None."""
 
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return f"{self.inner.name} or none"
-
-    @property
-    def hint(self) -> str:  # type: ignore[override]
-        return "" if isinstance(self.inner, Collection) else f"{self.inner.hint} Or none for no value.".lstrip()
-
-    @property
-    def secret(self) -> bool:  # type: ignore[override]
-        return self.inner.secret
+    @classmethod
+    def of(cls, inner: ParamType) -> Nullable:
+        """``inner`` or None: named ``int or none``; a scalar's hint also says that none is allowed."""
+        hint = "" if isinstance(inner, Collection) else f"{inner.hint} Or none for no value.".lstrip()
+        return cls(name=f"{inner.name} or none", hint=hint, secret=inner.secret, inner=inner)
 
     def convert(self, text: str) -> object:
         return None if readers.is_none(text) else self.inner.convert(text)
@@ -246,7 +217,7 @@ class Nullable(ParamType):
         return self.inner.collect(name, raw, kind=self.name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Collection(ParamType):
     """list/set/frozenset/tuple/dict of scalars: every ``-p`` value comma-separated, a dict's pairs ``key:value``."""
 
@@ -257,24 +228,29 @@ class Collection(ParamType):
     fixed: bool
     """Whether it is a fixed-length tuple, one element type per position."""
 
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        names = [element.name for element in self.elements]
-        if self.origin is dict:
-            return f"dict of {names[0]} to {names[1]}"
-        if self.fixed:
-            return f"tuple ({', '.join(names)})"
-        return f"{'set' if self.origin is frozenset else self.origin.__name__} of {names[0]}"
-
-    @property
-    def secret(self) -> bool:  # type: ignore[override]
-        return any(element.secret for element in self.elements)
+    @classmethod
+    def of(cls, origin: type, elements: tuple[ParamType, ...], fixed: bool) -> Collection:
+        """The collection named ``list of int``, ``set of str``, ``tuple (int, str)``, ``dict of str to int``."""
+        names = [element.name for element in elements]
+        if origin is dict:
+            name = f"dict of {names[0]} to {names[1]}"
+        elif fixed:
+            name = f"tuple ({', '.join(names)})"
+        else:
+            name = f"{'set' if origin is frozenset else origin.__name__} of {names[0]}"
+        secret = any(element.secret for element in elements)
+        return cls(name=name, secret=secret, origin=origin, elements=elements, fixed=fixed)
 
     def convert(self, text: str) -> object:
         return self.collect("value", [text])
 
     def render(self, value: Any) -> str:
-        return as_typed(value)
+        if self.origin is dict:
+            keys, values = self.elements
+            return ",".join(f"{keys.render(k)}:{values.render(v)}" for k, v in value.items())
+        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
+        elements = self.elements if self.fixed else self.elements[:1] * len(items)
+        return ",".join(element.render(item) for element, item in zip(elements, items))
 
     def cast(self, name: str, raw: list[str]) -> object:
         return self.collect(name, raw)
@@ -322,78 +298,3 @@ class Collection(ParamType):
 def _article(kind: str) -> str:
     """``kind`` with an indefinite article: ``an int``, ``a path``, but a bare ``one of ...``."""
     return kind if kind.startswith("one of") else ("an " if kind[0] in "aeiou" else "a ") + kind
-
-
-def type_name(annotation: object) -> str:
-    """``int`` for a class, the repr for anything else (``list[list[int]]``)."""
-    return annotation.__qualname__ if isinstance(annotation, type) else repr(annotation)
-
-
-def _optional_inner(annotation: object) -> object | None:
-    """``T`` for ``T | None`` / ``Optional[T]``, None for a non-union; other unions are a TypeError."""
-    if get_origin(annotation) not in (Union, types.UnionType):
-        return None
-    inner: list[object] = [arg for arg in get_args(annotation) if arg is not type(None)]
-    if len(inner) != 1 or len(get_args(annotation)) != 2:
-        raise TypeError(f"batchcli cannot cast params of type {type_name(annotation)}: only `T | None` unions work.")
-    return inner[0]
-
-
-def _is_collection(annotation: object) -> bool:
-    """Whether ``annotation`` is list/set/frozenset/tuple/dict, bare or parametrised."""
-    return annotation in _COLLECTIONS or get_origin(annotation) in _COLLECTIONS
-
-
-def param_type(annotation: object) -> ParamType:
-    """The type object for a declared annotation; TypeError naming it when ``-p`` cannot set it."""
-    inner = _optional_inner(annotation)
-    if inner is not None:
-        return Nullable(param_type(inner) if _is_collection(inner) else _scalar(inner))
-    if _is_collection(annotation):
-        origin = get_origin(annotation) or annotation
-        args = [arg for arg in get_args(annotation) if arg is not Ellipsis]
-        if not isinstance(origin, type):
-            raise TypeError(f"batchcli cannot cast params of type {type_name(annotation)}.")
-        elements = tuple(_scalar(arg) for arg in args or ([str, str] if origin is dict else [str]))
-        fixed = origin is tuple and bool(get_args(annotation)) and get_args(annotation)[-1] is not Ellipsis
-        return Collection(origin, elements, fixed)
-    return _scalar(annotation)
-
-
-def _scalar(annotation: object) -> ParamType:
-    """The type of one non-collection value of ``annotation``; TypeError if batchcli cannot cast it."""
-    if annotation is inspect.Parameter.empty:
-        annotation = Any
-    if isinstance(annotation, str):
-        raise TypeError(f"batchcli got the string annotation {annotation!r}: resolve it with typing.get_type_hints().")
-    if annotation in SCALARS:
-        return SCALARS[annotation]
-    inner = _optional_inner(annotation)
-    if inner is not None:
-        return Nullable(_scalar(inner))
-    if get_origin(annotation) is Literal:
-        return choice_of_literal(annotation)
-    if isinstance(annotation, type) and issubclass(annotation, Enum):
-        return choice_of_enum(annotation)
-    nested = " (collections cannot be nested)" if _is_collection(annotation) else ""
-    raise TypeError(
-        f"batchcli cannot cast params of type {type_name(annotation)}{nested}; use str, int, float, bool, Path,"
-        " datetime, date, Decimal, timedelta, Secret, an Enum, a Literal, T | None,"
-        " or a list/set/frozenset/tuple/dict of those."
-    )
-
-
-def as_typed(value: Any) -> str:
-    """``value`` as it would be typed after ``-p name=``, written by the type of its own class."""
-    if value is None:
-        return "none"
-    if isinstance(value, dict):
-        return ",".join(f"{as_typed(k)}:{as_typed(v)}" for k, v in value.items())
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
-        return ",".join(as_typed(v) for v in items)
-    if isinstance(value, Enum):
-        return choice_of_enum(type(value)).render(value)
-    # The nearest class -p knows: a datetime subclass is still written in ISO 8601.
-    scalar = next((SCALARS[cls] for cls in type(value).__mro__ if cls in SCALARS and cls is not object), None)
-    return str(value) if scalar is None else scalar.render(value)
