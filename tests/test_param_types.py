@@ -51,6 +51,22 @@ def test_completion_offers_the_spellings_help_and_errors_show() -> None:
     assert complete("exec", str(JOB), "-p", "shape=L") == ["shape=LINE"]
 
 
+@pytest.mark.parametrize(
+    ("typed", "offered"),
+    [
+        ("flag=", ["flag=true", "flag=false"]),
+        ("mode=", ["mode=fast", "mode=slow"]),
+        ("level=h", ["level=high"]),
+        ("path=", ["path=none"]),
+        ("ids=", []),
+        ("count=", []),
+    ],
+)
+def test_completion_asks_each_param_type(typed: str, offered: list[str]) -> None:
+    """bool, Enum and Literal complete their values, T | None adds none, and a list (whose none would not cast) nothing."""
+    assert complete("exec", str(PROJECTS / "ux_types" / "job.py"), "-p", typed) == offered
+
+
 def test_every_completed_spelling_casts_back(cli: Any) -> None:
     """Each spelling completion offers reaches the Source as its member through -p."""
     assert received(cli, "ratio=1.0", "shape=LINE") == {"ratio": "FULL", "shape": "LINE"}

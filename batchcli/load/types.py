@@ -206,8 +206,7 @@ class Nullable(ParamType):
         return "none" if value is None else self.inner.render(value)
 
     def choices(self) -> list[str]:
-        inner = self.inner.choices()
-        return [*inner, "none"] if inner else []
+        return [*self.inner.choices(), "none"]
 
     def cast(self, name: str, raw: list[str]) -> object:
         if not isinstance(self.inner, Collection):
