@@ -7,7 +7,7 @@ picks the object for a declared type; casting, ``exec PATH --help``, shell compl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -144,15 +144,15 @@ class Option:
     name: str
     """The other spelling the user may type: the member's name, or the Literal value as text."""
     spelling: str
-    """How batchcli writes it (in errors, ``--help``, completion and ``testing``)."""
+    """How batchcli writes it (``--help`` defaults, completion, ``testing``); errors list the same, quoted."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class Choice(ParamType):
     """An Enum or a Literal: a fixed set of options, each matched by value, then name, then either ignoring case.
 
-    The one spelling rule for an Enum (see ``annotations.choice_of_enum``) decides how ``--help``, the error's
-    ``Allowed:`` list, completion and ``testing`` write its members.
+    The one spelling rule for an Enum (see ``annotations.choice_of_enum``) decides whether ``--help``, the
+    error's ``Allowed:`` list, completion and ``testing`` write its members by value or by name.
     """
 
     options: tuple[Option, ...]
