@@ -135,7 +135,7 @@ def run_job(
 
 def raw_values(value: object) -> tuple[str, ...]:
     """A Python value as the ``-p`` strings that cast back to it: one per element for a list, set or tuple."""
-    from batchcli.cli.usage import as_typed
+    from batchcli.load.annotations import as_typed
 
     if isinstance(value, str):
         return (value,)

@@ -49,12 +49,13 @@ def test_bundle_directory_planted_by_another_user_is_never_trusted(
 ) -> None:
     """A bundle cache another user created first, with their code and a .complete marker, is neither used nor run."""
     from batchcli.executors.bundle import bundle_project
+    from batchcli.load.project import load_project
 
     # A world-writable temp directory like /tmp, outside pytest's (private) one so that nobody can reach it.
     shared = Path(tempfile.mkdtemp(prefix="batchcli-shared-tmp-"))
     request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
     shared.chmod(0o1777)
-    bundle = bundle_project(str(SHIPPED))
+    bundle = bundle_project(load_project(str(SHIPPED)))
     assert bundle is not None
     evil = f"import pathlib\npathlib.Path({str(shared / 'pwned')!r}).write_text('ran as victim')\n"
     for name in planted:  # played by the other user: the whole cache, ready to be trusted
@@ -91,9 +92,10 @@ def test_unpacked_files_are_checked_before_import(tmp_path: Path, monkeypatch: p
     """A file that changes between unpacking and importing is refused, naming the file and what to check."""
     from batchcli.errors import ProjectError
     from batchcli.executors import bundle as bundles
+    from batchcli.load.project import load_project
 
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    shipped = bundles.bundle_project(str(SHIPPED))
+    shipped = bundles.bundle_project(load_project(str(SHIPPED)))
     assert shipped is not None
     extract = zipfile.ZipFile.extractall
 
@@ -155,6 +157,25 @@ def test_dask_run_survives_two_worker_deaths(
     assert set(ok_items(records)) == set(range(40))
     assert [len((records / f"{n}.attempts").read_text().splitlines()) for n in (5, 25)] == [2, 2]
     assert result.output.count("died") >= 2
+
+
+# Defect: a lone file with package-relative imports crashed under Dask ("cannot be imported as '122e3e...'"):
+# the bundle re-derived the project's root without the relative-import rule, and shipped main.py alone.
+
+
+@pytest.mark.parametrize("cluster", ["running", "started by the run"])
+def test_file_with_relative_imports_finishes_on_dask(
+    run_batchcli: Any, request: pytest.FixtureRequest, cluster: str
+) -> None:
+    """A main.py that imports its siblings relatively finishes every item on a LocalCluster, as with async and process."""
+    where = ["-p", f"dask_address={request.getfixturevalue('dask_cluster')}"] if cluster == "running" else ["-p", "workers=2"]
+    result = run_batchcli(
+        "exec", PROJECTS / "file_in_package" / "main.py", "-d", "out", "-p", "executor=dask", *where, timeout=240
+    )
+    assert result.exit_code == 0, result.output
+    assert "cannot be imported" not in result.output
+    assert (result.summary["job"], result.summary["succeeded"], result.summary["failed"]) == ("file_in_package", 5, 0)
+    assert result.summary["params"]["executor"] == "dask"
 
 
 # Defect: one directory project broke a long-lived cluster for every later project.

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import enum
 import io
-import typing
-from typing import Any, Literal
+from typing import Any
 
 
 def command_line(params: dict[str, Any], extra: list[str]) -> tuple[str | None, str | None]:
@@ -27,18 +25,14 @@ def _quietly_load(target: str) -> Any:
         return load_project(target)
 
 
-def _choices(annotation: Any) -> list[str]:
-    """The values a bool, Enum or Literal accepts, for completing ``name=``."""
-    inner = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) is not Literal and len(inner) == 1:  # T | None
-        return [*_choices(inner[0]), "none"]
-    if annotation is bool:
-        return ["true", "false"]
-    if typing.get_origin(annotation) is Literal:
-        return [str(v) for v in typing.get_args(annotation)]
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return [str(m.value) if isinstance(m.value, (str, int)) else m.name for m in annotation]
-    return []
+def _choices(annotation: Any, incomplete: str) -> list[str]:
+    """The values the param type of ``annotation`` completes (bool, Enum, Literal, and ``none`` for ``T | None``)."""
+    from batchcli.load.annotations import param_type
+
+    try:
+        return param_type(annotation).shell_complete(incomplete)
+    except TypeError:  # a type -p cannot set has nothing to offer
+        return []
 
 
 def accepted_names(target: str, config_name: str | None) -> dict[str, Any]:
@@ -71,7 +65,7 @@ def complete_values(target: str | None, config_name: str | None, incomplete: str
         known = accepted_names(target, config_name)
         name, sep, _ = incomplete.partition("=")
         if sep:
-            return [f"{name}={c}" for c in _choices(known.get(name)) if f"{name}={c}".startswith(incomplete)]
+            return [f"{name}={c}" for c in _choices(known.get(name), incomplete[len(name) + 1 :])]
         return [f"{n}=" for n in known if n.startswith(incomplete)]
     except (Exception, SystemExit):  # noqa: BLE001 - completion must never break the shell
         return []

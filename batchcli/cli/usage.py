@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import enum
 import inspect
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
 from typing import Any
 
 from rich.console import Console, Group
@@ -19,6 +17,7 @@ from batchcli.errors import BatchcliError
 from batchcli.load.fields import MISSING
 from batchcli.load.project import Project
 from batchcli.load.secret import Secret, is_secret_type
+from batchcli.load.annotations import as_typed, param_type
 
 
 @dataclass(frozen=True)
@@ -81,11 +80,9 @@ def project_help(project: Project, config_name: str | None) -> ProjectHelp:
 
 
 def type_name(annotation: Any) -> str:
-    """``casting.describe``, or the raw annotation for a type ``-p`` cannot set."""
-    from batchcli.load.casting import describe
-
+    """The param type's name, or the raw annotation for a type ``-p`` cannot set."""
     try:
-        return describe(annotation)
+        return param_type(annotation).name
     except TypeError:
         return f"{getattr(annotation, '__qualname__', None) or annotation!r} (not settable)"
 
@@ -99,27 +96,6 @@ def show_default(value: Any, annotation: Any) -> str:
     if is_secret_type(annotation) or isinstance(value, Secret):
         return Secret.mask
     return as_typed(value) or ("(empty)" if isinstance(value, (dict, list, tuple, set, frozenset)) else "''")
-
-
-def as_typed(value: Any) -> str:
-    """``value`` as it would be typed after ``-p name=``, so that casting reads it back."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, enum.Enum):
-        return str(value.value) if isinstance(value.value, (str, int)) else value.name
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-        return f"{int(seconds) if seconds.is_integer() else seconds!r}s"
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return ",".join(f"{as_typed(k)}:{as_typed(v)}" for k, v in value.items())
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
-        return ",".join(as_typed(v) for v in items)
-    return str(value)
 
 
 def _table(entries: list[Entry]) -> Table:

@@ -1,6 +1,6 @@
 """Shipping a project's code to workers that cannot see the driver's disk (a Dask cluster).
 
-The driver zips the project (a single file, or the whole project directory) into a ``Bundle``;
+The driver zips the project (a single file, or the whole project directory: ``Project.root``) into a ``Bundle``;
 each worker process unpacks it once per run into a private directory of the current user, checks
 every file against the bundle's manifest, and loads it from there. Module names come from file and
 directory names, so they are the same as in the driver and items pickle across. Installed jobs are
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from batchcli.errors import ProjectError
+from batchcli.load.project import Project
 
 MAX_BUNDLE_BYTES = 50 * 1024 * 1024
 """Largest project batchcli ships; bigger ones should be installed on the workers."""
@@ -40,21 +41,20 @@ class Bundle:
     """The path to load, relative to the unpacked root (``proj/main.py``, ``proj``, ``job.py``)."""
 
 
-def bundle_project(target: str) -> Bundle | None:
-    """Zip the project at path ``target``; None when ``target`` names an installed job."""
-    path = Path(target).expanduser()
-    if not path.exists():
+def bundle_project(project: Project) -> Bundle | None:
+    """Zip the files of ``project`` from the root it was loaded from; None for an installed job.
+
+    The root is the one ``load_project`` chose (a directory project, a file of one, or a lone file):
+    re-deriving it here once missed the relative-import rule, so a lone ``main.py`` with
+    ``from .parts import ...`` was shipped without its directory and could not load on the workers.
+    """
+    if project.root is None:
         return None
-    path = path.resolve()
-    if path.is_file():
-        root = path.parent
-        if (root / "__init__.py").exists() or (root / "config").is_dir():
-            files, inner = _tree(root), f"{root.name}/{path.name}"
-            base = root.parent
-        else:
-            files, inner, base = [path], path.name, root
-    else:
-        files, inner, base = _tree(path), path.name, path.parent
+    root, entry = project.root, project.entry or project.root
+    base = root.parent
+    files = _tree(root) if root.is_dir() else [root]
+    # The worker loads the same relative path, so load_project decides there exactly as it did here.
+    inner = entry.relative_to(base).as_posix()
     buffer = io.BytesIO()
     total = 0
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -63,7 +63,7 @@ def bundle_project(target: str) -> Bundle | None:
             total += len(data)
             if total > MAX_BUNDLE_BYTES:
                 raise ProjectError(
-                    f"The project {target!r} holds more than {MAX_BUNDLE_BYTES // 2**20} MB of files, too much to "
+                    f"The project {project.target!r} holds more than {MAX_BUNDLE_BYTES // 2**20} MB of files, too much to "
                     "send to every Dask worker. Move data files out of the project directory, or install the "
                     "project as a package on the workers and run it as an installed job."
                 )

@@ -157,7 +157,7 @@ class DaskBackend:
             output_dir=str(config.output_dir),
             run_dir=str(config.run_dir),
             started_at=config.started_at,
-            bundle=bundle_project(wiring.target),
+            bundle=bundle_project(job.project),
             log_level=logging.getLogger().getEffectiveLevel(),
         )
         self._plugin = f"batchcli-run-{self._spec.key}"

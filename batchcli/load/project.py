@@ -31,6 +31,14 @@ class Project:
     """The module name of the ``config/`` package, when the project has one."""
     config_dir: Path | None
     """The ``config/`` directory, when the project has one."""
+    root: Path | None = None
+    """What module ``package`` was imported from, resolved: the project directory (with or without
+    ``__init__.py``) or the single ``.py`` file; None for an installed job, which is imported by name.
+
+    Decided once, here, by the rules of ``load_project``; whoever needs the project's files (the
+    Dask bundle) takes them from this root instead of guessing again."""
+    entry: Path | None = None
+    """The file or directory ``exec`` pointed at, resolved: ``root`` itself or a file inside it."""
 
     def modules(self) -> list[ModuleType]:
         """Every loaded module of the project, ``config/`` included."""
@@ -122,15 +130,17 @@ def load_project(target: str) -> Project:
         if (root / "__init__.py").exists() or (root / "config").is_dir() or _imports_relatively(path):
             package = _import_package(root)
             _import_user(f"{package}.{path.stem}", path)
-            return _directory_project(target, root, package)
+            return _directory_project(target, root, package, entry=path)
         name = _module_name(path.stem, path)
         _import_user(name, path)
-        return Project(target=target, name=path.stem, package=name, config_package=None, config_dir=None)
+        return Project(
+            target=target, name=path.stem, package=name, config_package=None, config_dir=None, root=path, entry=path
+        )
     package = _import_package(path)
     if not (path / "__init__.py").exists():
         for module_path in sorted(path.glob("*.py")):
             _import_user(f"{package}.{module_path.stem}", module_path)
-    return _directory_project(target, path, package)
+    return _directory_project(target, path, package, entry=path)
 
 
 def _imports_relatively(path: Path) -> bool:
@@ -144,7 +154,7 @@ def _imports_relatively(path: Path) -> bool:
     return any(isinstance(node, ast.ImportFrom) and node.level > 0 for node in ast.walk(tree))
 
 
-def _directory_project(target: str, root: Path, package: str) -> Project:
+def _directory_project(target: str, root: Path, package: str, entry: Path) -> Project:
     config_dir = root / "config"
     has_config = config_dir.is_dir()
     return Project(
@@ -153,6 +163,8 @@ def _directory_project(target: str, root: Path, package: str) -> Project:
         package=package,
         config_package=f"{package}.config" if has_config else None,
         config_dir=config_dir if has_config else None,
+        root=root,
+        entry=entry,
     )
 
 
