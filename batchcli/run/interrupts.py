@@ -18,9 +18,11 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any, Callable, Iterator, Protocol
 
-from batchcli.executors.signals import STOP_SIGNALS
-
 log = logging.getLogger("batchcli")
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""The signals that stop a run: the pair ``executors.signals`` keeps from reaching workers. Defined here,
+not imported from there: every command takes them, and ``runs`` or ``show`` must load no executor."""
 
 
 class StartInterrupted(KeyboardInterrupt):
@@ -124,7 +126,7 @@ class RunSignals:
         """Handle SIGINT and SIGTERM from now on; returns what puts the previous handlers back."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         for sig in previous:
             signal.signal(sig, self.handle)
 
