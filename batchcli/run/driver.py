@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import json
 import logging
-import os
 import shutil
 import signal
 import sqlite3
