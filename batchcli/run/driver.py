@@ -1,24 +1,21 @@
-"""One run of a job in its run directory: the loop and recorder threads, the pause shell, the flushes."""
+"""One run of a job in its run directory: the loop and recorder threads, the pause shell, the hooks' order."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
-import shutil
 import signal
 import sqlite3
 import sys
 import threading
-import time
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 
 from batchcli.errors import RunDirWriteError
 from batchcli.executors.base import Executor, make_executor
-from batchcli.journal.records import FailedFile, failure_record
+from batchcli.journal.records import FailedFile
 from batchcli.journal.resumption import Continuation, defines_item_key
 from batchcli.journal.rundir import FLUSH_INTERVAL_S
 from batchcli.journal.writer import Journal
@@ -26,45 +23,17 @@ from batchcli.load.project import format_user_traceback
 from batchcli.load.service import maybe_await
 from batchcli.load.source import is_async_source, source_length
 from batchcli.load.wiring import Job, Wiring
-from batchcli.outcome import Failure, Tally
+from batchcli.outcome import Tally
 from batchcli.run.display import make_display
 from batchcli.run.interrupts import EarlySignals, RunSignals
 from batchcli.run.logs import start_logging
+from batchcli.run.recording import Recording, describe, free_space
 from batchcli.run.report import RunResult, result_of, write_summary
 
 if TYPE_CHECKING:
     from batchcli.run.session import RunOptions
 
 log = logging.getLogger("batchcli")
-
-WRITE_RETRY_S = 5.0
-"""How long a run whose directory cannot be written (a full disk) stays paused, retrying every flush,
-before it stops resumably: long enough for a log rotation or a cleanup to free space, short enough
-that a stuck run says so."""
-
-
-class Recorder(Protocol):
-    """Receives every settled item once, in batches, from the recorder thread."""
-
-    def record(self, done: list[tuple[int, int]], failures: list[Failure]) -> list[str]:
-        """Record succeeded ordinals, as sorted merged ``[start, end)`` ranges, and final failures; return
-        the ``failed.jsonl`` lines of the failures now durable. Raise ``OSError`` or ``sqlite3.Error``
-        when the write failed, keeping the batch for the next call."""
-
-    def forgive(self, ordinals: list[int]) -> None:
-        """Recorded failures of this session that later succeeded; their ordinals come in ``done`` too."""
-
-
-class NullRecorder:
-    """Records nothing beyond the run directory's plain files."""
-
-    def record(self, done: list[tuple[int, int]], failures: list[Failure]) -> list[str]:
-        """Keep nothing; the failures go straight to ``failed.jsonl``."""
-        return [json.dumps(failure_record(f), ensure_ascii=False) + "\n" for f in failures]
-
-    def forgive(self, ordinals: list[int]) -> None:
-        """Nothing to undo."""
-
 
 class Run:
     """Drives one job in its run directory: the loop and recorder threads, the pause shell, the flushes.
@@ -114,14 +83,11 @@ class Run:
         resumed = self.continuation.journal is not None
         # A resumed run rewrites failed.jsonl from its journal first: an earlier session may have died
         # between a commit and the append, or in the middle of a line.
-        self._failed_file = FailedFile(self.run_dir / "failed.jsonl", stale=resumed)
-        self._stalled_since: float | None = None
-        """When writing the run directory started failing (monotonic); None while writes work."""
-        self._write_cause: BaseException | None = None
-        self._write_gave_up = False
-        self._flush_lock = threading.Lock()
-        self.recorder: Recorder = NullRecorder()
-        """Where settled items are recorded durably: the journal, once the run starts."""
+        failed_file = FailedFile(self.run_dir / "failed.jsonl", stale=resumed)
+        self.recording = Recording(
+            run_dir, self.tally, failed_file, lambda: self.call_in_loop(self._pause_in_loop), self.stop
+        )
+        """The flushes to the run directory, and whether it can be written."""
         self.journal: Journal | None = None
         self.on_pause: Callable[[Run], None] = lambda run: run.stop()
         """What a pause request does: the pause shell on a terminal, a graceful stop elsewhere."""
@@ -160,7 +126,8 @@ class Run:
         except BaseException:
             restore_signals()
             raise
-        self.recorder = self.journal
+        self.recording.recorder = self.journal
+        self.recording.failure_lines = self.journal.failure_lines
         stop_logging = start_logging(self.run_dir / "batchcli.log", self.console, self.options.verbosity)
         log.info("Run %s of %s (configuration %s)", self.run_dir.name, self.wiring.target, type(self.job.config).__name__)
         if early_signal is not None:
@@ -186,11 +153,11 @@ class Run:
                     self._open_pause()
             loop_thread.join()
             recorder.join()
-            self._last_flush()
+            self.recording.last_flush()
         finally:
             display.stop()
             restore_signals()
-            self._failed_file.close()
+            self.recording.close()
         result = self._close(self.journal)
         log.info("Run ended: %s, exit code %d", result.status, result.exit_code)
         stop_logging()
@@ -208,7 +175,7 @@ class Run:
                     fatal = result.fatal
                     journal.finish(result.status, fatal, "" if fatal is None else format_user_traceback(fatal))
                 except (OSError, sqlite3.Error) as error:
-                    self._write_failed(error)
+                    self.recording.failed(error)
                     result = self._result(journal)
             # Else the session is left "running" (read back as crashed): counting what is only in memory
             # as settled would make the journal claim items a resume must redo.
@@ -267,69 +234,12 @@ class Run:
             journal.begin(self.tally)
         except sqlite3.Error as error:  # resuming on a disk that is still full
             journal.close()
-            raise RunDirWriteError(self.run_dir, _describe(error), _free_space(self.run_dir)) from error
+            raise RunDirWriteError(self.run_dir, describe(error), free_space(self.run_dir)) from error
         return journal
 
     def _record_loop(self) -> None:
         while not self._finished.wait(FLUSH_INTERVAL_S):
-            self.flush()
-
-    def flush(self) -> None:
-        """Record what the executor reported since the last flush (recorder thread, then once at the end).
-
-        The journal first, then ``failed.jsonl`` with only what the journal committed. A write that
-        fails keeps everything in memory for the next flush and pauses the executor until one succeeds.
-        """
-        with self._flush_lock:
-            done = self.tally.take_done()
-            new = self.tally.new_failures
-            failures = [new.popleft() for _ in range(len(new))]
-            recovered = self.tally.recovered
-            if recovered:
-                self.recorder.forgive([recovered.popleft() for _ in range(len(recovered))])
-                self._failed_file.stale = True  # a forgiven failure's line goes: the file is rewritten
-            try:
-                lines = self.recorder.record(done, failures)
-                self._failed_file.sync(lines, self._failure_lines)
-            except (OSError, sqlite3.Error) as error:
-                self._write_failed(error)
-            else:
-                self._write_works()
-
-    def _failure_lines(self) -> list[str]:
-        return [] if self.journal is None else self.journal.failure_lines()
-
-    def _last_flush(self) -> None:
-        """The final flush; while the run directory cannot be written, retry until ``WRITE_RETRY_S`` is up."""
-        self.flush()
-        while self._stalled_since is not None and time.monotonic() - self._stalled_since < WRITE_RETRY_S:
-            time.sleep(FLUSH_INTERVAL_S)
-            self.flush()
-
-    def _write_failed(self, error: BaseException) -> None:
-        """Writing the run directory failed: pause at once, then stop resumably if it keeps failing."""
-        self._write_cause = error
-        now = time.monotonic()
-        if self._stalled_since is None:
-            self._stalled_since = now
-            log.error(
-                "Cannot write the run directory %s (%s; %s free): no new item starts while batchcli retries "
-                "for up to %gs.",
-                self.run_dir,
-                _describe(error),
-                _free_space(self.run_dir),
-                WRITE_RETRY_S,
-            )
-            self.call_in_loop(self._pause_in_loop)
-        elif now - self._stalled_since >= WRITE_RETRY_S and not self._write_gave_up:
-            self._write_gave_up = True
-            self.stop()  # in-flight items finish; what they settle is kept, and redone on resume if never written
-
-    def _write_works(self) -> None:
-        if self._stalled_since is not None:
-            self._stalled_since = None
-            log.warning("The run directory %s can be written again; carrying on.", self.run_dir)
-            self.call_in_loop(self._pause_in_loop)
+            self.recording.flush()
 
     def stop(self) -> None:
         """Ask the run to stop gracefully (thread-safe): nothing new starts, in-flight items finish."""
@@ -389,7 +299,7 @@ class Run:
             self.executor = executor
             if self.stop_requested.is_set():
                 self._stop_in_loop()  # asked while starting: the stop timeout applies from now
-            elif self.paused.is_set() or self._stalled_since is not None:
+            elif self.paused.is_set() or self.recording.stalled:
                 executor.pause()
             items, seen = self._items()
             await executor.run(items)
@@ -436,7 +346,7 @@ class Run:
     def _pause_in_loop(self) -> None:
         # Paused by the user (the pause shell) or by a run directory that cannot be written.
         if self.executor is not None and not self.stop_requested.is_set():
-            if self.paused.is_set() or self._stalled_since is not None:
+            if self.paused.is_set() or self.recording.stalled:
                 self.executor.pause()
             else:
                 self.executor.resume()
@@ -478,33 +388,15 @@ class Run:
     # The outcome.
 
     def _result(self, journal: Journal) -> RunResult:
-        write_error = None
-        if self._stalled_since is not None and self._write_cause is not None:
-            write_error = RunDirWriteError(self.run_dir, _describe(self._write_cause), _free_space(self.run_dir))
         return result_of(
             self.run_dir,
             self.tally,
             journal,
             fatal=self._fatal,
             stop_requested=self.stop_requested.is_set(),
-            write_error=write_error,
+            write_error=self.recording.write_error(),
             threads_left=_item_threads_alive() if self._hard_stopped else 0,
         )
-
-
-def _describe(error: BaseException) -> str:
-    """A write error for a message: SQLite's own words are vague ("disk I/O error"), so add its code."""
-    name = getattr(error, "sqlite_errorname", None)
-    return f"{error} ({name})" if name else str(error)
-
-
-def _free_space(path: Path) -> str:
-    """The free space of ``path``'s file system, for messages."""
-    try:
-        free = shutil.disk_usage(path).free
-    except OSError:
-        return "unknown space"
-    return f"{free:,} bytes" if free < 1 << 20 else f"{free / (1 << 20):,.1f} MiB"
 
 
 def _item_threads_alive() -> int:
