@@ -1,12 +1,33 @@
-"""Domain errors: each carries the bad value and the fix; only the CLI turns them into messages and exit codes."""
+"""Domain errors: each carries the bad value and the fix, its exit code, and how to show itself.
+
+They are ``ClickException`` subclasses (click's model: the exception knows its ``exit_code``
+and ``show()``s itself), so no command repeats a ``try/except``: the CLI's group calls ``show()``
+once for all of them (see ``cli.commands.BatchcliGroup``).
+"""
 
 from __future__ import annotations
 
+from typing import IO, Any
 
-class BatchcliError(Exception):
+try:  # typer vendors click since 0.2x (the click its commands raise and catch); before, click was its dependency
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click import ClickException  # type: ignore[assignment,no-redef,import-not-found,unused-ignore]
+
+
+class BatchcliError(ClickException):
     """A problem the user can fix; ``str(error)`` is the whole message, naming the culprit and the fix."""
 
     exit_code = 2
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        """Print the message as one paragraph on stderr (or ``file``), after a red ``Error:``."""
+        from rich.console import Console
+        from rich.markup import escape
+
+        # Escaped: messages quote user values and commands, like pip install 'batchcli[dask]'.
+        console = Console(stderr=file is None, file=file, highlight=False)
+        console.print(f"[bold red]Error:[/] {escape(self.format_message())}", markup=True, soft_wrap=True)
 
 
 class UsageError(BatchcliError):
@@ -63,3 +84,26 @@ class JournalError(BatchcliError):
 
 class JournalUnreadable(JournalError):
     """A journal this user may not read at all (another user's, owner-only): not damaged, only out of reach."""
+
+
+class StoppedBeforeStart(BatchcliError):
+    """A stop signal arrived while the job was being loaded: nothing ran; exit 130 like any stopped run."""
+
+    exit_code = 130
+
+    def __init__(self, signal_name: str, outcome: str) -> None:
+        self.signal_name = signal_name
+        """``SIGINT`` or ``SIGTERM``."""
+        self.outcome = outcome
+        """What the signal left behind, and how to carry on."""
+        super().__init__(f"{signal_name} arrived before the run started; {outcome}")
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        """A yellow ``Stopped:`` line rather than an error: the user asked for it."""
+        from rich.console import Console
+        from rich.markup import escape
+
+        Console(stderr=file is None, file=file, highlight=False).print(
+            f"[yellow]Stopped:[/] {self.signal_name} arrived before the run started; {escape(self.outcome)}",
+            soft_wrap=True,
+        )

@@ -105,19 +105,20 @@ def run_job(
         output_dir: Where the run directory is made; a new temporary directory when None.
         environ: Where ``BATCHCLI_<NAME>`` variables are read from; none are read when None.
     """
-    from batchcli.load.wiring import Wiring, build_job
-    from batchcli.load.project import load_project
-    from batchcli.run.driver import Run, RunOptions
+    from batchcli.load.wiring import Wiring
+    from batchcli.run.session import Fresh, RunOptions, Session
 
     values = {name: raw_values(value) for name, value in (params or {}).items()}
     values.setdefault("backoff_s", ("0",))
     wiring = Wiring(target=os.fspath(target), config_name=config, values=values)
-    job = build_job(load_project(wiring.target), wiring, environ={} if environ is None else environ)
     out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="batchcli-test-"))
     buffer = io.StringIO()
     console = Console(file=buffer, width=120, force_terminal=False, color_system=None)
-    options = RunOptions(output_dir=out, console=console, progress_interval_s=3600.0, handle_signals=False)
-    result = Run(job, wiring, options).execute()
+    options = RunOptions(
+        output_dir=out, console=console, progress_interval_s=3600.0, handle_signals=False, closing_line=False
+    )
+    result = Session(options).run(Fresh(wiring, environ={} if environ is None else environ))
+    assert result is not None, "a fresh run always runs"
     failures = tuple(FailedItem(f.item, f.error_type, f.error_message, f.attempts) for f in result.failures)
     return JobOutcome(
         succeeded=result.succeeded,

@@ -59,7 +59,10 @@ def batchcli_run(job: str, count: int, concurrency: int, sleep_ms: float, extra:
 
     from batchcli.load.wiring import Wiring, build_job
     from batchcli.load.project import load_project
-    from batchcli.run.driver import Run, RunOptions
+    from datetime import datetime
+
+    from batchcli.run.driver import Run
+    from batchcli.run.session import RunOptions, make_run_dir
 
     values = {"count": (str(count),), "concurrency": (str(concurrency),), **{k: (v,) for k, v in extra.items()}}
     if sleep_ms:
@@ -68,7 +71,10 @@ def batchcli_run(job: str, count: int, concurrency: int, sleep_ms: float, extra:
     job_obj = build_job(load_project(job), wiring)
     with open(os.devnull, "w") as devnull, tempfile.TemporaryDirectory() as out:
         console = Console(file=devnull, force_terminal=True, width=120)
-        run = Run(job_obj, wiring, RunOptions(output_dir=Path(out), console=console, handle_signals=False))
+        options = RunOptions(output_dir=Path(out), console=console, handle_signals=False)
+        # The Session's steps before the driver, done here so only the run itself is timed.
+        started = datetime.now().astimezone()
+        run = Run(job_obj, wiring, options, make_run_dir(Path(out), job_obj.project.name, started), started)
         start = time.perf_counter()
         result = run.execute()
         elapsed = time.perf_counter() - start

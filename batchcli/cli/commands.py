@@ -1,23 +1,42 @@
-"""The command line: parses, calls the stages, and turns domain errors into messages and exit codes."""
+"""The command line: parses, hands each run to a ``Session``, and lets domain errors show themselves."""
 
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.markup import escape
 
-from batchcli.load.environment import PREFIX as ENV_PREFIX
-from batchcli.errors import BatchcliError
-from batchcli.run.interrupts import EarlySignals, StartInterrupted
+from typer.core import TyperGroup
 
-EXIT_STOPPED = 130
-"""As ``run.EXIT_STOPPED``; run.py is imported only when a command runs a job."""
+from batchcli.errors import BatchcliError
+from batchcli.load.environment import PREFIX as ENV_PREFIX
+from batchcli.run.interrupts import EarlySignals
+
+if TYPE_CHECKING:
+    from batchcli.run.report import RunResult
+
+
+class BatchcliGroup(TyperGroup):
+    """The commands' group: the one place a domain error is shown and turned into its exit code.
+
+    Caught here rather than left to typer, whose rich handler would draw it in a box: each error
+    ``show()``s itself as one ``Error:`` paragraph (``StoppedBeforeStart`` as a ``Stopped:`` line).
+    """
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BatchcliError as error:
+            error.show()
+            raise typer.Exit(error.exit_code) from None
+
 
 app = typer.Typer(
+    cls=BatchcliGroup,
     name="batchcli",
     help="Run one operation over many items: retries, progress, failed-input records, resumable runs.",
     no_args_is_help=True,
@@ -66,27 +85,6 @@ def output_path(raw: str) -> Path:
     return Path(raw)
 
 
-def fail(error: BatchcliError) -> NoReturn:
-    """Print a domain error as one paragraph on stderr and exit with its code."""
-    from rich.console import Console
-    from rich.markup import escape
-
-    # Escaped: messages quote user values and commands, like pip install 'batchcli[dask]'.
-    Console(stderr=True, highlight=False).print(f"[bold red]Error:[/] {escape(str(error))}", markup=True, soft_wrap=True)
-    raise typer.Exit(error.exit_code)
-
-
-def stopped_before_start(stop: StartInterrupted, outcome: str) -> NoReturn:
-    """A stop signal arrived while the job was being loaded: say so, and exit 130 like any stopped run."""
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True, highlight=False).print(
-        f"[yellow]Stopped:[/] {stop.name} arrived before the run started; {escape(outcome)}", soft_wrap=True
-    )
-    raise typer.Exit(EXIT_STOPPED)
-
-
 def _complete_param(ctx: typer.Context, incomplete: str) -> list[str]:
     from batchcli.cli.completion import command_line, complete_values
 
@@ -128,46 +126,23 @@ def exec_(
         False, "--help", help="Show this message and exit; with PATH, also the job's params and fields.", show_default=False
     ),
 ) -> None:
-    from batchcli.load.wiring import Wiring, build_job
-    from batchcli.load.project import load_project
-    from batchcli.run.driver import Run, RunOptions
+    from batchcli.load.wiring import Wiring
+    from batchcli.run.session import Fresh, RunOptions, Session
 
     if show_help:
         _exec_help(ctx, path, config)
     if path is None:
         ctx.fail("Missing argument 'PATH': give a .py file, a project directory or an installed job name.")
     _note_shadowed_job(path)
-    early = EarlySignals.install()
-    try:
-        output = output_path(output_dir)
-        with early.aborting():  # the user's imports and constructors may block: a signal abandons them
-            wiring = Wiring(target=path, config_name=config, values=parse_values(param))
-            job = build_job(load_project(path), wiring)
-        options = RunOptions(output_dir=output, verbosity=verbose, pause_shell=not no_shell)
-        result = Run(job, wiring, options).execute(early)
-    except BatchcliError as error:
-        fail(error)
-    except StartInterrupted as stop:
-        stopped_before_start(stop, "nothing ran and no run directory was made.")
-    finally:
-        early.uninstall()
-    _report(result, options.console)
+    options = RunOptions(output_dir=output_path(output_dir), verbosity=verbose, pause_shell=not no_shell)
+    wiring = Wiring(target=path, config_name=config, values=parse_values(param))
+    _exit(Session(options).run(Fresh(wiring)), options.console)
 
 
-def _report(result: Any, console: Any) -> NoReturn:
-    """The closing line of exec, resume and retry, and their exit code."""
-    from rich.markup import escape
-
-    if result.write_error is not None:
-        console.print(f"[bold red]Error:[/] {escape(str(result.write_error))}", highlight=False, soft_wrap=True)
-    unprocessed = f", {result.unprocessed} unprocessed" if result.unprocessed else ""
-    total = "?" if result.total is None else result.total
-    console.print(
-        f"{result.status.capitalize()}: {result.succeeded} succeeded, {result.failed} failed{unprocessed} "
-        f"of {total}. Run directory: {escape(str(result.run_dir))}",
-        highlight=False,
-        soft_wrap=True,
-    )
+def _exit(result: RunResult | None, console: Any) -> NoReturn:
+    """Exit with the run's code (0 when there was nothing to run)."""
+    if result is None:
+        raise typer.Exit(0)
     if result.threads_left:
         # A hard stop gave up on sync items still running in threads; everything is saved, so leave
         # now rather than let the interpreter wait for those threads at exit.
@@ -185,30 +160,11 @@ def resume(
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
 ) -> None:
     """Continue a stopped or crashed run in its own directory, skipping the items it already settled."""
-    from batchcli.journal.resumption import plan_resume
-    from batchcli.run.driver import Run, RunOptions
+    from batchcli.journal.resumption import Resume
+    from batchcli.run.session import RunOptions, Session
 
-    early = EarlySignals.install()
-    try:
-        with early.aborting():
-            plan = plan_resume(run_dir, parse_values(param))
-        options = RunOptions(output_dir=run_dir.parent, verbosity=verbose, pause_shell=not no_shell)
-        if plan.job is None or plan.wiring is None:
-            done = plan.earlier
-            options.console.print(
-                f"Run {str(run_dir)!r} finished already ({done.succeeded} succeeded, {done.failed} failed); "
-                f"nothing to resume.{' Reprocess its failed inputs with: batchcli retry ' + str(run_dir) if done.failed else ''}",
-                highlight=False, markup=False, soft_wrap=True,
-            )
-            raise typer.Exit(0)
-        result = Run(plan.job, plan.wiring, options, plan.continuation).execute(early)
-    except BatchcliError as error:
-        fail(error)
-    except StartInterrupted as stop:
-        stopped_before_start(stop, f"the run is as it was. Resume it again with: batchcli resume {run_dir}")
-    finally:
-        early.uninstall()
-    _report(result, options.console)
+    options = RunOptions(output_dir=run_dir.parent, verbosity=verbose, pause_shell=not no_shell)
+    _exit(Session(options).run(Resume(run_dir, parse_values(param))), options.console)
 
 
 @app.command()
@@ -223,35 +179,12 @@ def retry(
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
 ) -> None:
     """Reprocess exactly the inputs that failed in RUN_DIR, same job and configuration, in a new run directory."""
-    from batchcli.journal.resumption import plan_retry
-    from batchcli.run.driver import Run, RunOptions
+    from batchcli.journal.resumption import Retry
+    from batchcli.run.session import RunOptions, Session
 
-    early = EarlySignals.install()
-    try:
-        output = run_dir.parent if output_dir is None else output_path(output_dir)
-        with early.aborting():
-            plan = plan_retry(run_dir, parse_values(param))
-        options = RunOptions(output_dir=output, verbosity=verbose, pause_shell=not no_shell)
-        console = options.console
-        if plan.job is None or plan.wiring is None or plan.continuation is None:
-            console.print(f"Run {str(run_dir)!r} has no failed inputs; nothing to retry.", highlight=False, markup=False)
-            raise typer.Exit(0)
-        if plan.unsaved:
-            console.print(
-                f"[yellow]{plan.unsaved} failed input(s) of this run could not be pickled and are left out; "
-                "they are in its failed.jsonl.[/]",
-                highlight=False,
-            )
-        if not plan.continuation.items:
-            raise typer.Exit(0)
-        result = Run(plan.job, plan.wiring, options, plan.continuation).execute(early)
-    except BatchcliError as error:
-        fail(error)
-    except StartInterrupted as stop:
-        stopped_before_start(stop, "nothing ran and no run directory was made.")
-    finally:
-        early.uninstall()
-    _report(result, console)
+    output = run_dir.parent if output_dir is None else output_path(output_dir)
+    options = RunOptions(output_dir=output, verbosity=verbose, pause_shell=not no_shell)
+    _exit(Session(options).run(Retry(run_dir, parse_values(param))), options.console)
 
 
 @app.command()
@@ -263,10 +196,7 @@ def runs(
 
     from batchcli.journal.history import find_runs, runs_table
 
-    try:
-        found = find_runs(output_path(output_dir))
-    except BatchcliError as error:
-        fail(error)
+    found = find_runs(output_path(output_dir))
     console = Console(highlight=False)
     if not found:
         console.print(f"No runs in {str(output_dir)!r}.", markup=False)
@@ -282,10 +212,7 @@ def show(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
     from batchcli.journal.history import show_run
 
     console = Console(highlight=False)
-    try:
-        view = show_run(run_dir, width=console.width - 30)
-    except BatchcliError as error:
-        fail(error)
+    view = show_run(run_dir, width=console.width - 30)
     console.print(view)
 
 
@@ -302,11 +229,8 @@ def _exec_help(ctx: typer.Context, path: str | None, config: str | None) -> NoRe
     from batchcli.cli.usage import print_project_help, project_help
 
     _note_shadowed_job(path)
-    try:
-        project = load_project(path)
-        print_project_help(Console(highlight=False), project_help(project, config), project.name)
-    except BatchcliError as error:
-        fail(error)
+    project = load_project(path)
+    print_project_help(Console(highlight=False), project_help(project, config), project.name)
     raise typer.Exit(0)
 
 
@@ -360,10 +284,7 @@ def init(
     """Create a project directory that runs at once: batchcli exec NAME -c config_dev"""
     from batchcli.cli.scaffold import create_project
 
-    try:
-        root = create_project(Path(name))
-    except BatchcliError as error:
-        fail(error)
+    root = create_project(Path(name))
     typer.echo(f"Created {root}/. Run it:\n  batchcli exec {name} -c config_dev\nTest it:\n  pytest {name}")
 
 

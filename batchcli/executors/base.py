@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Protocol
 
-from batchcli.load.service import maybe_await
-
 if TYPE_CHECKING:
     from batchcli.executors.limiter import Limits
     from batchcli.load.configuration import Configuration
@@ -17,16 +15,29 @@ Items = Iterator[tuple[int, Any]] | AsyncIterator[tuple[int, Any]]
 
 
 class Executor(Protocol):
-    """Runs a job's items and reports every outcome to the run's ``Tally``.
+    """Runs a job's items and reports every outcome to the run's ``Tally``, and owns its whole lifecycle.
 
-    Every strategy keeps the same semantics: ``succeeded`` and ``done`` for each success, one
+    The driver calls ``start()`` once (``setup()`` wherever items will run), then ``run()``, then
+    ``finish()`` once (``finish()`` wherever ``setup()`` ran or was tried), whatever happened in
+    between. Every strategy keeps the same semantics: ``succeeded`` and ``done`` for each success, one
     ``tally.fail(Failure(...))`` per final failure, ``retrying`` and ``in_flight`` kept current, the
-    same ``RetryPolicy`` deciding retries and backoff. Control methods are called on the run's loop
+    one ``RetryScheduler`` (retries.py) deciding retries and backoff, one ``Limiter`` (limiter.py) for
+    concurrency and starts per second. Control methods are called on the run's loop
     thread.
     """
 
-    fatal: BaseException | None
-    """An error that ended the run early (the source raised), or None."""
+    @property
+    def fatal(self) -> BaseException | None:
+        """An error that ended the run early (the source raised), or None."""
+
+    async def start(self) -> None:
+        """Set the job up where its items will run; raises when that fails anywhere.
+
+        Returns early, having started nothing, when ``cancel()`` abandoned it (a hanging async ``setup()``).
+        """
+
+    async def finish(self) -> None:
+        """Call ``finish()`` wherever ``setup()`` ran and release the workers; raises the first error."""
 
     @property
     def limits(self) -> Limits:
@@ -39,7 +50,7 @@ class Executor(Protocol):
         """Start nothing new; in-flight items finish; items waiting to retry stay unprocessed."""
 
     def cancel(self) -> None:
-        """Stop at once: in-flight items stay unprocessed."""
+        """Stop at once: in-flight items stay unprocessed. During ``start()``, abandon it where that is safe."""
 
     def pause(self) -> None:
         """Start nothing new until ``resume``; in-flight items finish."""
@@ -75,22 +86,18 @@ def check_executor(config: Configuration) -> None:
     check_address(config.dask_address)
 
 
-async def start_executor(job: Job, wiring: Wiring, tally: Tally) -> Executor:
-    """Set the job up where its items will run and return the executor ``config.executor`` names.
+def make_executor(job: Job, wiring: Wiring, tally: Tally) -> Executor:
+    """The executor ``config.executor`` names, not started yet: the one place that picks one.
 
-    For ``async`` the run has already called the Service's ``setup()``; ``process`` and ``dask`` start worker processes
-    that each rebuild the job from ``wiring`` and call their own ``setup()``. The driver's Service
-    is then never set up: it does no work. Raises when setup fails anywhere.
+    ``async`` runs the driver's own Service, set up on the run's loop; ``process`` and ``dask`` start
+    worker processes that each rebuild the job from ``wiring`` and set up their own Service, so the
+    driver's Service is then never set up: it does no work.
     """
     config = job.config
     if config.executor == "async":
-        from batchcli.executors.asyncpool import AsyncExecutor
-        from batchcli.executors.retries import RetryPolicy
+        from batchcli.executors.inprocess import InProcessExecutor
 
-        # The run has called setup() already, where a hard stop can cancel it.
-        service = job.service
-        policy = RetryPolicy(config, service.exceptions_to_retry_for)
-        return AsyncExecutor(service.process, config, policy, tally)
+        return InProcessExecutor(job, tally)
     from batchcli.executors.chunked import ChunkedExecutor
 
     if config.executor == "process":
@@ -107,17 +114,4 @@ async def start_executor(job: Job, wiring: Wiring, tally: Tally) -> Executor:
             raise UsageError(f"{DASK_MISSING} ({error})") from None
 
         backend = DaskBackend(job, wiring)
-    executor = ChunkedExecutor(backend, config, tally)
-    await executor.start()
-    return executor
-
-
-async def finish_executor(job: Job, executor: Executor | None) -> None:
-    """Call ``finish()`` wherever ``setup()`` ran: here for ``async``, in every worker otherwise."""
-    if job.config.executor == "async":
-        await maybe_await(job.service.finish())
-        return
-    from batchcli.executors.chunked import ChunkedExecutor
-
-    if isinstance(executor, ChunkedExecutor):
-        await executor.finish()
+    return ChunkedExecutor(backend, config, tally)

@@ -105,6 +105,7 @@ class ChunkedExecutor:
         """True while paused: no new chunk is sent until ``resume``."""
         self.fatal: BaseException | None = None
         """An exception from the source itself, which ends the run."""
+        self._started = False
 
     @property
     def limits(self) -> Limits:
@@ -114,9 +115,12 @@ class ChunkedExecutor:
     async def start(self) -> None:
         """Start the workers; raises when the job cannot be set up in them."""
         await self._backend.start()
+        self._started = True
 
     async def finish(self) -> None:
         """Finish the job in every worker and stop them; raises the first error of a ``finish()``."""
+        if not self._started:  # a failed start stopped its workers already
+            return
         error = await self._backend.close(self._config.stop_timeout_s)
         if error is not None:
             raise error
@@ -295,6 +299,8 @@ class ChunkedExecutor:
 
     def cancel(self) -> None:
         """Stop at once: abandon the chunks in flight, leaving their unfinished items unprocessed."""
+        if not self._started:  # workers being started are not abandoned half-way; finish() stops them
+            return
         self.stop()
         self._backend.cancel()
 

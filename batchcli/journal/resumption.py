@@ -1,4 +1,7 @@
-"""``resume`` and ``retry``: rebuilding a job from an earlier run's journal, ready to run again."""
+"""``resume`` and ``retry``: what an earlier run's journal says to run again, as launches for the ``Session``.
+
+They read the journal and give the wiring; the Session alone loads, wires and runs (``run.session``).
+"""
 
 from __future__ import annotations
 
@@ -31,54 +34,112 @@ class Continuation:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """A resume or retry ready to run, or (``job`` None) nothing to do."""
+class Notice:
+    """A line ``resume`` or ``retry`` prints before running (or instead of it)."""
 
-    earlier: RunInfo
-    """The run being resumed or retried, as its journal tells it."""
-    job: Job | None = None
-    wiring: Wiring | None = None
-    continuation: Continuation | None = None
-    unsaved: int = 0
-    """Failed inputs a retry cannot reprocess because they could not be pickled."""
+    text: str
+    markup: bool = False
+    """True when ``text`` is rich markup (a colour); else printed as is."""
+    soft_wrap: bool = False
 
 
-def plan_resume(run_dir: Path, overrides: dict[str, tuple[str, ...]]) -> Plan:
-    """Rebuild the job of ``run_dir`` to continue it there; nothing to do when it finished."""
-    check_safe(run_dir)
-    earlier = read_run(run_dir)
-    if earlier.status == "finished":
-        return Plan(earlier)
-    journal = Journal.open(run_dir)
-    try:
-        job, wiring = _rebuild(earlier, overrides, "resume")
-        if journal.keyed and not defines_item_key(job.source):
+class Resume:
+    """``batchcli resume RUN_DIR``: the job of a stopped or crashed run, continued in its own directory.
+
+    A launch for the ``Session``: ``wiring()`` tells what to build (nothing when the run finished), the
+    Session loads and wires it, then ``carry_on(job)`` gives what the run continues from.
+    """
+
+    def __init__(self, run_dir: Path, overrides: dict[str, tuple[str, ...]]) -> None:
+        self.run_dir = run_dir
+        self.overrides = overrides
+        self.notices: list[Notice] = []
+        self.stopped_outcome = f"the run is as it was. Resume it again with: batchcli resume {run_dir}"
+        """What a stop signal during loading leaves behind, for the message."""
+        self._earlier: RunInfo | None = None
+        self._journal: Journal | None = None
+
+    def wiring(self) -> tuple[Wiring, dict[str, str]] | None:
+        """The run's wiring and secrets; None when it finished already (``notices`` says so)."""
+        run_dir = self.run_dir
+        check_safe(run_dir)
+        earlier = self._earlier = read_run(run_dir)
+        if earlier.status == "finished":
+            retry = f" Reprocess its failed inputs with: batchcli retry {run_dir}" if earlier.failed else ""
+            self.notices.append(
+                Notice(
+                    f"Run {str(run_dir)!r} finished already ({earlier.succeeded} succeeded, {earlier.failed} failed); "
+                    f"nothing to resume.{retry}",
+                    soft_wrap=True,
+                )
+            )
+            return None
+        self._journal = Journal.open(run_dir)
+        try:
+            return _rewire(earlier, self.overrides, "resume")
+        except BaseException:
+            self.abandon()
+            raise
+
+    def carry_on(self, job: Job) -> Continuation | None:
+        """Continue in the run's directory, with its journal (and a retry run's own saved inputs)."""
+        assert self._journal is not None and self._earlier is not None, "wiring() first"
+        if self._journal.keyed and not defines_item_key(job.source):
             raise UsageError(
-                f"Run {str(run_dir)!r} identified its items by {type(job.source).__qualname__}.item_key(), which the "
-                "Source no longer defines. Define item_key(item) again to resume this run."
+                f"Run {str(self.run_dir)!r} identified its items by {type(job.source).__qualname__}.item_key(), which "
+                "the Source no longer defines. Define item_key(item) again to resume this run."
             )
         # A retry run's own inputs, unpickled once the project is loaded so their classes resolve.
-        items = saved_inputs(run_dir) if earlier.parent else None
-    except BaseException:
-        journal.close()
-        raise
-    return Plan(earlier, job, wiring, Continuation(journal=journal, items=items))
+        items = saved_inputs(self.run_dir) if self._earlier.parent else None
+        return Continuation(journal=self._journal, items=items)
+
+    def abandon(self) -> None:
+        """The run will not start after all: release its journal."""
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
 
 
-def plan_retry(run_dir: Path, overrides: dict[str, tuple[str, ...]]) -> Plan:
-    """Rebuild the job of ``run_dir`` to reprocess exactly its failed inputs; nothing to do without any."""
-    earlier = read_run(run_dir)
-    if earlier.status == "running":
-        raise JournalError(
-            f"Run {str(run_dir)!r} is still running (pid {earlier.pid}), so its failures are not final yet. "
-            "Wait for it to end, or stop it first (Ctrl-C, or kill -INT PID), then retry."
-        )
-    check_safe(run_dir)
-    if earlier.failed == 0:
-        return Plan(earlier)
-    job, wiring = _rebuild(earlier, overrides, "retry")
-    items, unsaved = failed_inputs(run_dir)
-    return Plan(earlier, job, wiring, Continuation(parent=run_dir, items=items), unsaved=unsaved)
+class Retry:
+    """``batchcli retry RUN_DIR``: the same job over exactly the failed inputs of a run, in a new directory."""
+
+    def __init__(self, run_dir: Path, overrides: dict[str, tuple[str, ...]]) -> None:
+        self.run_dir = run_dir
+        self.overrides = overrides
+        self.notices: list[Notice] = []
+        self.stopped_outcome = "nothing ran and no run directory was made."
+        """What a stop signal during loading leaves behind, for the message."""
+
+    def wiring(self) -> tuple[Wiring, dict[str, str]] | None:
+        """The run's wiring and secrets; None when it has no failed inputs (``notices`` says so)."""
+        run_dir = self.run_dir
+        earlier = read_run(run_dir)
+        if earlier.status == "running":
+            raise JournalError(
+                f"Run {str(run_dir)!r} is still running (pid {earlier.pid}), so its failures are not final yet. "
+                "Wait for it to end, or stop it first (Ctrl-C, or kill -INT PID), then retry."
+            )
+        check_safe(run_dir)
+        if earlier.failed == 0:
+            self.notices.append(Notice(f"Run {str(run_dir)!r} has no failed inputs; nothing to retry."))
+            return None
+        return _rewire(earlier, self.overrides, "retry")
+
+    def carry_on(self, job: Job) -> Continuation | None:
+        """The failed inputs, unpickled now the project is loaded; None when none could be saved."""
+        items, unsaved = failed_inputs(self.run_dir)
+        if unsaved:
+            self.notices.append(
+                Notice(
+                    f"[yellow]{unsaved} failed input(s) of this run could not be pickled and are left out; "
+                    "they are in its failed.jsonl.[/]",
+                    markup=True,
+                )
+            )
+        return Continuation(parent=self.run_dir, items=items) if items else None
+
+    def abandon(self) -> None:
+        """Nothing is held."""
 
 
 def failed_inputs(run_dir: Path) -> tuple[list[Any], int]:
@@ -118,16 +179,15 @@ def defines_item_key(source: object) -> bool:
     return method is not None and method is not Source.item_key
 
 
-def _rebuild(earlier: RunInfo, overrides: dict[str, tuple[str, ...]], command: str) -> tuple[Job, Wiring]:
-    """The job as the run started it: its recorded values, then ``overrides`` (``-p`` wins), then its secrets again.
+def _rewire(earlier: RunInfo, overrides: dict[str, tuple[str, ...]], command: str) -> tuple[Wiring, dict[str, str]]:
+    """The wiring the run started with: its recorded values, then ``overrides`` (``-p`` wins); and its secrets again.
 
     Only the secrets are read from the environment: every other value the run started with, from
     ``-p`` or a ``BATCHCLI_*`` variable, is in the journal, and a variable set (or unset) since must
     not quietly change the job. A secret is never taken from its default either: it was given once,
     so it must be given again.
     """
-    from batchcli.load.wiring import Wiring, build_job
-    from batchcli.load.project import load_project
+    from batchcli.load.wiring import Wiring
 
     missing = [name for name in earlier.secrets if name not in overrides and variable(name) not in os.environ]
     if missing:
@@ -137,7 +197,7 @@ def _rebuild(earlier: RunInfo, overrides: dict[str, tuple[str, ...]], command: s
     environment = frozenset(name for name in earlier.environment if name not in overrides)
     wiring = Wiring(target=earlier.target, config_name=earlier.config_name, values=values, environment=environment)
     secrets = {variable(name): os.environ[variable(name)] for name in earlier.secrets if name not in overrides}
-    return build_job(load_project(earlier.target), wiring, environ=secrets), wiring
+    return wiring, secrets
 
 
 def _secrets_missing(earlier: RunInfo, missing: list[str], command: str) -> str:

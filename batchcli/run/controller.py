@@ -13,7 +13,7 @@ from batchcli.outcome import Failure
 from batchcli.run.display import Rate, status_line
 
 if TYPE_CHECKING:
-    from batchcli.run.driver import Run
+    from batchcli.run.handle import RunHandle
 
 T = TypeVar("T")
 
@@ -49,11 +49,12 @@ class Stats:
 class RunController:
     """The live run, as ``self`` in the pause shell: stats, failures, in-flight items, stop, tuning, retries.
 
-    Its methods are called from the shell on the main thread. Whatever touches the executor runs on
-    the run's event loop and waits for it there, so a bad value raises at the prompt.
+    Its methods are called from the shell on the main thread, through the run's narrow ``RunHandle``.
+    Whatever touches the executor runs on the run's event loop and waits for it there, so a bad value
+    raises at the prompt.
     """
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: RunHandle) -> None:
         self._run = run
         self.stop_on_leave = False
         """Set by ``stop()``: the shell stops the run instead of resuming it when it closes."""
@@ -84,8 +85,8 @@ class RunController:
             # The executor's limits, which the shell may have changed; the configuration's before it exists.
             concurrency=run.job.config.concurrency if run.executor is None else run.executor.limits.concurrency,
             rate_limit=run.job.config.rate_limit if run.executor is None else run.executor.limits.rate_limit,
-            paused=run.paused,
-            stopping=run.stop_requested or self.stop_on_leave,
+            paused=run.paused.is_set(),
+            stopping=run.stop_requested.is_set() or self.stop_on_leave,
             line=status_line(tally, Rate(tally).sample()),
         )
 

@@ -1,22 +1,28 @@
-"""SIGINT and SIGTERM during start-up: from the command's first line until the run installs its own handlers.
+"""SIGINT and SIGTERM: during start-up (``EarlySignals``) and while the run runs (``RunSignals``).
 
 Python's defaults would kill the process mid-way (-15), possibly halfway through making a run
 directory. Instead, a signal during start-up is remembered; while the user's code is being loaded
 (imports, constructors, which may block on a network) it also abandons that at once, since nothing
 is on disk yet. Once the run directory is being made, it is only remembered, and the run picks it
 up as a stop request as soon as its own handlers are in place: it starts nothing and ends
-"stopped", resumable.
+"stopped", resumable. From then on ``RunSignals`` decides: the first SIGINT on a terminal pauses
+(the pause shell), otherwise the first signal stops gracefully and a second stops at once.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
-from batchcli.executors.signals import STOP_SIGNALS
+log = logging.getLogger("batchcli")
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""The signals that stop a run: the pair ``executors.signals`` keeps from reaching workers. Defined here,
+not imported from there: every command takes them, and ``runs`` or ``show`` must load no executor."""
 
 
 class StartInterrupted(KeyboardInterrupt):
@@ -87,3 +93,67 @@ class EarlySignals:
         if self._abort:
             self._abort = False  # once: a second signal must not interrupt the unwinding
             raise StartInterrupted(signum)
+
+
+class Stoppable(Protocol):
+    """What the run's signal handler needs of the run."""
+
+    stop_requested: threading.Event
+
+    def shell_can_open(self) -> bool:
+        """True when a SIGINT should pause into the pause shell rather than stop."""
+
+    def request_pause(self) -> None:
+        """Ask the main thread to open the pause shell."""
+
+    def stop(self) -> None:
+        """Stop gracefully: nothing new starts, in-flight items finish."""
+
+    def cancel(self) -> None:
+        """Stop at once (thread-safe): in-flight items stay unprocessed."""
+
+    def stop_report(self) -> tuple[int, float]:
+        """Items in flight now, and the stop timeout in seconds, for the log line."""
+
+
+class RunSignals:
+    """The stop signals' handler while a run runs (on the main thread only)."""
+
+    def __init__(self, run: Stoppable) -> None:
+        self._run = run
+
+    def install(self) -> Callable[[], None]:
+        """Handle SIGINT and SIGTERM from now on; returns what puts the previous handlers back."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        for sig in previous:
+            signal.signal(sig, self.handle)
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+    def handle(self, signum: int, frame: Any) -> None:
+        """Pause into the shell, stop gracefully, or (a second time) stop at once."""
+        run = self._run
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT and not run.stop_requested.is_set() and run.shell_can_open():
+            run.request_pause()  # the main thread opens the pause shell
+            return
+        # Act before logging: a signal that arrives while this handler logs runs a nested handler,
+        # which must see this one's stop.
+        if run.stop_requested.is_set():
+            run.cancel()
+            log.warning("%s again: stopping at once; in-flight items stay unprocessed.", name)
+            return
+        run.stop()
+        in_flight, timeout = run.stop_report()
+        log.warning(
+            "%s: stopping. Waiting for %d in-flight item(s) (at most %gs); send it again to stop at once.",
+            name,
+            in_flight,
+            timeout,
+        )

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine
 from batchcli.run.controller import RunController
 
 if TYPE_CHECKING:
-    from batchcli.run.driver import Run
+    from batchcli.run.handle import RunHandle
 
 LAST_ERRORS = 5
 """How many of the latest failures the banner lists."""
@@ -38,7 +38,7 @@ EMERGENCY_COMMANDS = """\
 
 
 class PauseShell:
-    """``Run.on_pause`` on a terminal: pause, open IPython on the live run, then resume or stop.
+    """The run's ``on_pause`` on a terminal: pause, open IPython on the live run, then resume or stop.
 
     One IPython shell and one namespace per run, so names defined at one pause are still there at the next.
     """
@@ -48,13 +48,13 @@ class PauseShell:
         self._namespace: dict[str, Any] = {}
         self._controller: RunController | None = None
 
-    def __call__(self, run: Run) -> None:
+    def __call__(self, run: RunHandle) -> None:
         """Open the shell (main thread). A run with a fatal error gets the emergency shell."""
         emergency = run.fatal is not None
         if self._controller is None:
             self._controller = RunController(run)
         controller = self._controller
-        if not emergency and not run.stop_requested:
+        if not emergency and not run.stop_requested.is_set():
             run.pause()
         show_display = _hide_display(run.display)
         try:
@@ -72,10 +72,10 @@ class PauseShell:
             self._interact(run)
             if emergency:
                 print("Continuing the shutdown.", flush=True)
-            elif controller.stop_on_leave and not run.stop_requested:
+            elif controller.stop_on_leave and not run.stop_requested.is_set():
                 print(f"Stopping: waiting for {run.tally.in_flight} in-flight item(s).", flush=True)
                 run.stop()
-            elif run.stop_requested:
+            elif run.stop_requested.is_set():
                 print("Stopping, as a signal asked while the shell was open.", flush=True)
             else:
                 print("Resuming the run.", flush=True)
@@ -83,7 +83,7 @@ class PauseShell:
         finally:
             show_display()
 
-    def _interact(self, run: Run) -> None:
+    def _interact(self, run: RunHandle) -> None:
         shell = self._shell(run)
         # IPython's own Ctrl-C handling while the shell is open (cancel the input, interrupt a cell);
         # the run's handler again once it closes.
@@ -101,7 +101,7 @@ class PauseShell:
             signal.signal(signal.SIGINT, previous_sigint)
             sys.excepthook = previous_hook
 
-    def _shell(self, run: Run) -> Any:
+    def _shell(self, run: RunHandle) -> Any:
         if self._ipython is None:
             from IPython.terminal.embed import InteractiveShellEmbed
             from IPython.terminal.ipapp import load_default_config
@@ -125,7 +125,7 @@ class LoopRunner:
     Ctrl-C stops waiting for it.
     """
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: RunHandle) -> None:
         self._run = run
 
     def __call__(self, coro: Coroutine[Any, Any, Any]) -> Any:
@@ -164,7 +164,7 @@ class LoopRunner:
                 raise
 
 
-def banner(run: Run, controller: RunController, emergency: bool) -> str:
+def banner(run: RunHandle, controller: RunController, emergency: bool) -> str:
     """The run's state and the commands at hand, shown when the shell opens."""
     stats = controller.stats()
     lines: list[str] = []

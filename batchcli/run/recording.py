@@ -1,0 +1,170 @@
+"""Recording settled items in the run directory: the journal first, then ``failed.jsonl``; a write that fails pauses the run.
+
+The recorder thread calls ``flush`` every ``FLUSH_INTERVAL_S`` and the driver once more at the end.
+When the run directory cannot be written (a full disk), nothing is lost from memory: the run is
+paused at once (no new item starts) and retried each flush; after ``WRITE_RETRY_S`` it stops
+resumably, and the result carries a ``RunDirWriteError`` for the CLI to show.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Protocol
+
+from batchcli.errors import RunDirWriteError
+from batchcli.journal.records import FailedFile, failure_record
+from batchcli.journal.rundir import FLUSH_INTERVAL_S
+from batchcli.outcome import Failure, Tally
+
+log = logging.getLogger("batchcli")
+
+WRITE_RETRY_S = 5.0
+"""How long a run whose directory cannot be written (a full disk) stays paused, retrying every flush,
+before it stops resumably: long enough for a log rotation or a cleanup to free space, short enough
+that a stuck run says so."""
+
+
+class Recorder(Protocol):
+    """Receives every settled item once, in batches, from the recorder thread."""
+
+    def record(self, done: list[tuple[int, int]], failures: list[Failure]) -> list[str]:
+        """Record succeeded ordinals, as sorted merged ``[start, end)`` ranges, and final failures; return
+        the ``failed.jsonl`` lines of the failures now durable. Raise ``OSError`` or ``sqlite3.Error``
+        when the write failed, keeping the batch for the next call."""
+
+    def forgive(self, ordinals: list[int]) -> None:
+        """Recorded failures of this session that later succeeded; their ordinals come in ``done`` too."""
+
+
+class NullRecorder:
+    """Records nothing beyond the run directory's plain files."""
+
+    def record(self, done: list[tuple[int, int]], failures: list[Failure]) -> list[str]:
+        """Keep nothing; the failures go straight to ``failed.jsonl``."""
+        return [json.dumps(failure_record(f), ensure_ascii=False) + "\n" for f in failures]
+
+    def forgive(self, ordinals: list[int]) -> None:
+        """Nothing to undo."""
+
+
+class Recording:
+    """Flushes a run's settled items to its recorder and ``failed.jsonl``, and tracks whether writes work.
+
+    Args:
+        on_stall_change: called (from the flushing thread) when writes start or stop failing; the
+            driver pauses or resumes the executor then (``stalled`` tells which).
+        on_give_up: called once when writes kept failing for ``WRITE_RETRY_S``: stop the run.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        tally: Tally,
+        failed_file: FailedFile,
+        on_stall_change: Callable[[], None],
+        on_give_up: Callable[[], None],
+    ) -> None:
+        self.run_dir = run_dir
+        self.tally = tally
+        self.recorder: Recorder = NullRecorder()
+        """Where settled items are recorded durably: the journal, once the run starts."""
+        self.failure_lines: Callable[[], list[str]] = lambda: []
+        """Every durable failure's ``failed.jsonl`` line, for rewriting the file (the journal's, once it starts)."""
+        self._failed_file = failed_file
+        self._on_stall_change = on_stall_change
+        self._on_give_up = on_give_up
+        self._stalled_since: float | None = None
+        """When writing the run directory started failing (monotonic); None while writes work."""
+        self._write_cause: BaseException | None = None
+        self._gave_up = False
+        self._lock = threading.Lock()
+
+    @property
+    def stalled(self) -> bool:
+        """True while the run directory cannot be written."""
+        return self._stalled_since is not None
+
+    def flush(self) -> None:
+        """Record what the executor reported since the last flush (recorder thread, then once at the end).
+
+        The journal first, then ``failed.jsonl`` with only what the journal committed. A write that
+        fails keeps everything in memory for the next flush and pauses the executor until one succeeds.
+        """
+        with self._lock:
+            done = self.tally.take_done()
+            new = self.tally.new_failures
+            failures = [new.popleft() for _ in range(len(new))]
+            recovered = self.tally.recovered
+            if recovered:
+                self.recorder.forgive([recovered.popleft() for _ in range(len(recovered))])
+                self._failed_file.stale = True  # a forgiven failure's line goes: the file is rewritten
+            try:
+                lines = self.recorder.record(done, failures)
+                self._failed_file.sync(lines, self.failure_lines)
+            except (OSError, sqlite3.Error) as error:
+                self.failed(error)
+            else:
+                self._works()
+
+    def last_flush(self) -> None:
+        """The final flush; while the run directory cannot be written, retry until ``WRITE_RETRY_S`` is up."""
+        self.flush()
+        while self._stalled_since is not None and time.monotonic() - self._stalled_since < WRITE_RETRY_S:
+            time.sleep(FLUSH_INTERVAL_S)
+            self.flush()
+
+    def failed(self, error: BaseException) -> None:
+        """Writing the run directory failed: pause at once, then stop resumably if it keeps failing."""
+        self._write_cause = error
+        now = time.monotonic()
+        if self._stalled_since is None:
+            self._stalled_since = now
+            log.error(
+                "Cannot write the run directory %s (%s; %s free): no new item starts while batchcli retries "
+                "for up to %gs.",
+                self.run_dir,
+                describe(error),
+                free_space(self.run_dir),
+                WRITE_RETRY_S,
+            )
+            self._on_stall_change()
+        elif now - self._stalled_since >= WRITE_RETRY_S and not self._gave_up:
+            self._gave_up = True
+            self._on_give_up()  # in-flight items finish; what they settle is kept, and redone on resume if never written
+
+    def _works(self) -> None:
+        if self._stalled_since is not None:
+            self._stalled_since = None
+            log.warning("The run directory %s can be written again; carrying on.", self.run_dir)
+            self._on_stall_change()
+
+    def write_error(self) -> RunDirWriteError | None:
+        """Why the run stopped, when its run directory still cannot be written; else None."""
+        if self._stalled_since is None or self._write_cause is None:
+            return None
+        return RunDirWriteError(self.run_dir, describe(self._write_cause), free_space(self.run_dir))
+
+    def close(self) -> None:
+        """Close ``failed.jsonl``."""
+        self._failed_file.close()
+
+
+def describe(error: BaseException) -> str:
+    """A write error for a message: SQLite's own words are vague ("disk I/O error"), so add its code."""
+    name = getattr(error, "sqlite_errorname", None)
+    return f"{error} ({name})" if name else str(error)
+
+
+def free_space(path: Path) -> str:
+    """The free space of ``path``'s file system, for messages."""
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return "unknown space"
+    return f"{free:,} bytes" if free < 1 << 20 else f"{free / (1 << 20):,.1f} MiB"

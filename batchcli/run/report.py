@@ -1,0 +1,129 @@
+"""How a run ended: its result and exit code, its ``summary.json``, and the closing line the CLI prints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batchcli import __version__
+from batchcli.errors import RunDirWriteError
+from batchcli.journal.records import json_form, write_json
+from batchcli.load.project import format_user_traceback
+from batchcli.outcome import Failure, Tally
+
+if TYPE_CHECKING:
+    from batchcli.journal.writer import Journal
+    from batchcli.load.wiring import Job, Wiring
+
+EXIT_OK, EXIT_FAILED, EXIT_FATAL, EXIT_STOPPED = 0, 1, 3, 130
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended."""
+
+    exit_code: int
+    """The process exit code (see the README)."""
+    status: str
+    """finished, stopped or crashed."""
+    run_dir: Path
+    """The run directory."""
+    succeeded: int
+    failed: int
+    unprocessed: int | None
+    """Items neither succeeded nor failed (None when the source's length is unknown)."""
+    total: int | None
+    failures: list[Failure]
+    """Every final failure of this session, input and reason (a resumed run's earlier ones are in its journal)."""
+    fatal: BaseException | None = None
+    """The error that ended the run early, if any."""
+    threads_left: int = 0
+    """Threads of a sync ``process`` still running items a hard stop gave up on; the CLI does not wait for them."""
+    write_error: RunDirWriteError | None = None
+    """Why the run stopped when its run directory could not be written (a full disk); the CLI shows it."""
+
+
+def result_of(
+    run_dir: Path,
+    tally: Tally,
+    journal: Journal,
+    *,
+    fatal: BaseException | None,
+    stop_requested: bool,
+    write_error: RunDirWriteError | None,
+    threads_left: int,
+) -> RunResult:
+    """The result and exit code: whole-run counts (earlier sessions included) come from the journal."""
+    succeeded, failed = journal.succeeded, journal.failed
+    unprocessed = None if tally.total is None else tally.total - succeeded - failed
+    if fatal is not None:
+        status, code = "crashed", EXIT_FATAL
+    elif write_error is not None:
+        status, code = "stopped", EXIT_STOPPED
+    elif stop_requested and unprocessed != 0:
+        status, code = "stopped", EXIT_STOPPED
+    else:
+        status, code = "finished", EXIT_FAILED if failed else EXIT_OK
+    return RunResult(
+        exit_code=code,
+        status=status,
+        run_dir=run_dir,
+        succeeded=succeeded,
+        failed=failed,
+        unprocessed=unprocessed,
+        total=tally.total,
+        failures=list(tally.failures),
+        fatal=fatal,
+        threads_left=threads_left,
+        write_error=write_error,
+    )
+
+
+def write_summary(result: RunResult, job: Job, wiring: Wiring, journal: Journal, started_at: datetime) -> None:
+    """Write ``summary.json``; raises ``OSError`` when the run directory cannot be written."""
+    ended = datetime.now().astimezone()
+    duration = journal.active_s()  # time spent running, over every session
+    fatal = result.fatal
+    write_json(
+        result.run_dir / "summary.json",
+        {
+            "job": job.project.name,
+            "target": wiring.target,
+            "configuration": type(job.config).__name__,
+            "params": {k: json_form(v) for k, v in job.public_params().items()},
+            "status": result.status,
+            "exit_code": result.exit_code,
+            "succeeded": result.succeeded,
+            "failed": result.failed,
+            "unprocessed": result.unprocessed,
+            "total": result.total,
+            "started_at": started_at.isoformat(),
+            "ended_at": ended.isoformat(),
+            "duration_s": round(duration, 3),
+            "sessions": journal.session_count,
+            "parent": journal.parent,
+            "items_per_s": round((result.succeeded + result.failed) / duration, 1) if duration > 0 else None,
+            "fatal": None
+            if fatal is None
+            else {"type": type(fatal).__qualname__, "message": str(fatal), "traceback": format_user_traceback(fatal)},
+            "batchcli_version": __version__,
+        },
+    )
+
+
+def print_closing(result: RunResult, console: Any) -> None:
+    """The closing line of exec, resume and retry (after the write error that stopped the run, if any)."""
+    from rich.markup import escape
+
+    if result.write_error is not None:
+        console.print(f"[bold red]Error:[/] {escape(str(result.write_error))}", highlight=False, soft_wrap=True)
+    unprocessed = f", {result.unprocessed} unprocessed" if result.unprocessed else ""
+    total = "?" if result.total is None else result.total
+    console.print(
+        f"{result.status.capitalize()}: {result.succeeded} succeeded, {result.failed} failed{unprocessed} "
+        f"of {total}. Run directory: {escape(str(result.run_dir))}",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -1,0 +1,184 @@
+"""One Session: load -> wire -> run -> report, sequenced once for ``exec``, ``resume``, ``retry`` and ``testing.run_job``.
+
+An entry point only says what to run (a ``Launch``: a fresh job, or one rebuilt from a run's journal)
+and how the run presents itself (``RunOptions``); the Session does the rest in one order:
+
+1. take the stop signals (``EarlySignals``): one while the user's code loads abandons the loading;
+2. load the project and wire the job (``load_project``, ``build_job``), then ask the launch what the
+   run carries on from (a resumed journal, a retry's failed inputs);
+3. check the executor settings, make the run directory (or take the resumed one) and bind the
+   configuration's runtime fields: from here a signal is only remembered;
+4. drive the run (``run.driver.Run``), then report: the closing line and the result.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Protocol
+
+from rich.console import Console
+
+from batchcli.errors import StoppedBeforeStart
+from batchcli.journal.resumption import Continuation, Notice
+from batchcli.journal.rundir import check_output_dir, unusable_output_dir
+from batchcli.run.interrupts import EarlySignals, StartInterrupted
+from batchcli.run.report import RunResult, print_closing
+
+if TYPE_CHECKING:
+    from batchcli.load.wiring import Job, Wiring
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run presents itself; none of it changes what is processed."""
+
+    output_dir: Path = Path("batchcli_outputs")
+    """Where run directories are created (``-d``)."""
+    verbosity: int = 0
+    """0 default, 1 for ``-v``, 2 for ``-vv``."""
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    """Where progress and log lines go."""
+    progress_interval_s: float = float(os.environ.get("BATCHCLI_PROGRESS_INTERVAL", "10"))
+    """Seconds between plain progress lines when the console is not a terminal."""
+    handle_signals: bool = True
+    """Install SIGINT/SIGTERM handlers (only possible on the main thread)."""
+    pause_shell: bool = True
+    """On a terminal, Ctrl-C pauses the run and opens the pause shell (``--no-shell`` turns it off)."""
+    closing_line: bool = True
+    """Print the closing line (``Finished: ... Run directory: ...``); ``testing.run_job`` does not."""
+
+
+class Launch(Protocol):
+    """What a Session runs: a fresh job (``Fresh``), or one from an earlier run (``resumption.Resume``/``Retry``)."""
+
+    notices: list[Notice]
+    """Lines to print before the run (or instead of it, when there is nothing to do)."""
+    stopped_outcome: str
+    """What a stop signal during loading leaves behind, for the ``Stopped:`` message."""
+
+    def wiring(self) -> tuple[Wiring, Mapping[str, str] | None] | None:
+        """What to build, and where ``BATCHCLI_*`` values are read (None: ``os.environ``); None: nothing to do."""
+
+    def carry_on(self, job: Job) -> Continuation | None:
+        """Once the job is built: what the run continues from; None: nothing to do."""
+
+    def abandon(self) -> None:
+        """The run will not start after all: release what ``wiring`` took (a resumed journal's lock)."""
+
+
+@dataclass
+class Fresh:
+    """``batchcli exec`` and ``testing.run_job``: a new run of the job ``wiring`` names."""
+
+    target: Wiring
+    """The job to build."""
+    environ: Mapping[str, str] | None = None
+    """Where ``BATCHCLI_*`` values are read; None for ``os.environ``."""
+    notices: list[Notice] = field(default_factory=list)
+    stopped_outcome: str = "nothing ran and no run directory was made."
+
+    def wiring(self) -> tuple[Wiring, Mapping[str, str] | None]:
+        """The wiring as given."""
+        return self.target, self.environ
+
+    def carry_on(self, job: Job) -> Continuation:
+        """A fresh run carries on from nothing."""
+        return Continuation()
+
+    def abandon(self) -> None:
+        """Nothing is held."""
+
+
+class Session:
+    """Sequences one run's stages; every entry point goes through ``run``."""
+
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+
+    def run(self, launch: Launch) -> RunResult | None:
+        """Load, wire, run and report ``launch``; None when there was nothing to do (its notices say why).
+
+        Raises a ``BatchcliError`` for bad input (before any run directory is made), and
+        ``StoppedBeforeStart`` when a stop signal arrived while the job was being loaded.
+        """
+        early = EarlySignals.install() if self.options.handle_signals else None
+        try:
+            return self._run(launch, early)
+        except StartInterrupted as stop:
+            raise StoppedBeforeStart(stop.name, launch.stopped_outcome) from None
+        finally:
+            if early is not None:
+                early.uninstall()
+
+    def _run(self, launch: Launch, early: EarlySignals | None) -> RunResult | None:
+        from batchcli.executors.base import check_executor
+        from batchcli.load.configuration import bind_runtime
+        from batchcli.load.project import load_project
+        from batchcli.load.wiring import build_job
+        from batchcli.run.driver import Run
+
+        options = self.options
+        # The user's imports and constructors may block (a network): a stop signal abandons them.
+        with early.aborting() if early is not None else nullcontext():
+            wanted = launch.wiring()
+            if wanted is None:
+                self._notify(launch)
+                return None
+            wiring, environ = wanted
+            try:
+                job = build_job(load_project(wiring.target), wiring, environ=environ)
+                continuation = launch.carry_on(job)
+            except BaseException:
+                launch.abandon()
+                raise
+        self._notify(launch)
+        if continuation is None:
+            return None
+        try:
+            check_executor(job.config)  # bad executor settings are bad input: no run directory for them
+            run_dir, started_at = self._place(continuation, job.project.name)
+            bind_runtime(job.config, output_dir=options.output_dir, run_dir=run_dir, started_at=started_at)
+        except BaseException:
+            launch.abandon()
+            raise
+        # Values read from BATCHCLI_* variables are recorded and shipped like -p values, so resume, retry
+        # and workers never depend on the environment they happen to run in.
+        run = Run(job, wiring.with_environment(job.environment), options, run_dir, started_at, continuation)
+        result = run.execute(early)
+        if options.closing_line:
+            print_closing(result, options.console)
+        return result
+
+    def _place(self, continuation: Continuation, job_name: str) -> tuple[Path, datetime]:
+        """The run directory and when the run started: new ones, or a resumed run's own."""
+        resumed = continuation.journal
+        if resumed is not None:  # a resumed run keeps its directory and the time it first started
+            return resumed.run_dir, datetime.fromtimestamp(resumed.started_at).astimezone()
+        started_at = datetime.now().astimezone()
+        return make_run_dir(self.options.output_dir, job_name, started_at), started_at
+
+    def _notify(self, launch: Launch) -> None:
+        for notice in launch.notices:
+            self.options.console.print(notice.text, highlight=False, markup=notice.markup, soft_wrap=notice.soft_wrap)
+        launch.notices.clear()
+
+
+def make_run_dir(output_dir: Path, job_name: str, started: datetime) -> Path:
+    """``<output_dir>/<timestamp>_<job>``, owner-only, unique even for runs started in the same second."""
+    check_output_dir(output_dir)
+    stem = f"{started.strftime('%Y-%m-%dT%H-%M-%S')}_{job_name}"
+    for n in itertools.count(1):
+        path = output_dir / (stem if n == 1 else f"{stem}_{n}")
+        try:
+            path.mkdir(mode=0o700)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as error:  # not writable, read-only file system, disk full: the same fix
+            raise unusable_output_dir(output_dir, error) from error
+    raise AssertionError("unreachable")
