@@ -1,0 +1,191 @@
+"""A small HTTP API that misbehaves on purpose: throttling, outages and dead credentials.
+
+Tests, benchmarks and the ``flaky_api`` example run against it on 127.0.0.1 (standard library only: asyncio streams)::
+
+    python examples/flaky_api/server.py --port 8765 --rate 200
+
+``GET /items/N`` with ``Authorization: Bearer TOKEN`` answers ``{"item": N}``, or:
+
+- **429** with ``Retry-After`` when requests come faster than ``rate`` per second (a token bucket);
+- **503** with ``Retry-After`` while the API is down (``down(seconds)``), or refuses connections outright
+  (``down(seconds, refuse=True)``: the listening socket is closed, then opened again on the same port);
+- **401** when the token is not ``token``.
+
+Every answer is counted by status, and every item answered 200 is kept, so a test can tell "processed exactly
+once" from "lost" and "twice".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import threading
+import time
+from collections import Counter
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any
+
+
+class FlakyApi:
+    """The server and its switches; ``start()`` it, read ``url``, ``stop()`` it (or use it as a context manager)."""
+
+    def __init__(
+        self,
+        rate: float | None = None,
+        burst: float | None = None,
+        token: str = "good",
+        retry_after_s: float = 1.0,
+        http_date: bool = False,
+        port: int = 0,
+    ) -> None:
+        self.rate = rate
+        """Requests per second served before 429s start; None for no limit."""
+        self.burst = burst if burst is not None else max(1.0, (rate or 0) / 10)
+        self.token = token
+        self.retry_after_s = retry_after_s
+        """What ``Retry-After`` says on a 429 (a 503 says how long the outage has left)."""
+        self.http_date = http_date
+        """Send ``Retry-After`` as an HTTP-date instead of seconds."""
+        self.statuses: Counter[int] = Counter()
+        self.served: Counter[int] = Counter()
+        """Item number -> how many times it was answered 200."""
+        self._lock = threading.Lock()
+        self._tokens = self.burst
+        self._refilled = time.monotonic()
+        self._down_until = 0.0
+        self._port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    def start(self) -> FlakyApi:
+        """Serve on a thread of its own (an asyncio loop: http.server's thread per connection is too slow)."""
+        ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+
+        async def serve() -> None:
+            self._server = await asyncio.start_server(self._connection, "127.0.0.1", self._port, backlog=1024)
+            self._port = self._server.sockets[0].getsockname()[1]
+            ready.set()
+
+        self._thread = threading.Thread(target=self._loop.run_forever, name="flaky-api", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(serve(), self._loop).result()
+        ready.wait()
+        return self
+
+    def stop(self) -> None:
+        """Close the listener and every connection, and end the server's thread."""
+        loop, server = self._loop, self._server
+        if loop is None or server is None:
+            return
+
+        async def close() -> None:
+            server.close()
+            for writer in list(self._writers):
+                writer.close()
+
+        asyncio.run_coroutine_threadsafe(close(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join()
+        loop.close()
+        self._loop = self._server = None
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One keep-alive connection: ``GET`` requests in turn until the client closes it."""
+        self._writers.add(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                path = lines[0].split(" ")[1] if len(lines[0].split(" ")) > 1 else "/"
+                fields = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+                auth = next((v for k, v in fields.items() if k.lower() == "authorization"), "")
+                status, headers, body = self._answer(path, auth)
+                payload = json.dumps(body).encode()
+                extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+                writer.write(
+                    f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(payload)}\r\n{extra}\r\n".encode() + payload
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    def __enter__(self) -> FlakyApi:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def down(self, seconds: float, refuse: bool = False) -> None:
+        """Take the API down for ``seconds``: 503s, or refused connections when ``refuse``."""
+        with self._lock:
+            self._down_until = time.monotonic() + seconds
+        if refuse:
+            self.stop()
+            threading.Timer(seconds, self.start).start()
+
+    def _answer(self, path: str, authorization: str) -> tuple[int, dict[str, str], dict[str, Any]]:
+        now = time.monotonic()
+        with self._lock:
+            status, headers, body = self._decide(path, authorization, now)
+            self.statuses[status] += 1
+            if status == 200:
+                self.served[body["item"]] += 1
+        return status, headers, body
+
+    def _decide(self, path: str, authorization: str, now: float) -> tuple[int, dict[str, str], dict[str, Any]]:
+        if now < self._down_until:
+            return 503, {"Retry-After": self._retry_after(self._down_until - now)}, {"error": "down"}
+        if authorization != f"Bearer {self.token}":
+            return 401, {}, {"error": "bad token"}
+        if self.rate is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._refilled) * self.rate)
+            self._refilled = now
+            if self._tokens < 1:
+                return 429, {"Retry-After": self._retry_after(self.retry_after_s)}, {"error": "slow down"}
+            self._tokens -= 1
+        try:
+            item = int(path.rstrip("/").rsplit("/", 1)[-1])
+        except ValueError:
+            return 404, {}, {"error": f"no such path {path!r}"}
+        return 200, {}, {"item": item}
+
+    def _retry_after(self, seconds: float) -> str:
+        if self.http_date:
+            return formatdate(time.time() + seconds, usegmt=True)
+        return str(max(1, round(seconds)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--rate", type=float, default=200, help="requests per second before 429s")
+    parser.add_argument("--token", default="good")
+    parser.add_argument("--down-every", type=float, default=0, help="go down for 5 s every N seconds (0: never)")
+    args = parser.parse_args()
+    api = FlakyApi(rate=args.rate, token=args.token, port=args.port).start()
+    print(f"flaky API on {api.url} (rate {args.rate}/s, token {args.token!r}); Ctrl-C to stop", flush=True)
+    try:
+        while True:
+            time.sleep(args.down_every or 3600)
+            if args.down_every:
+                api.down(5)
+    except KeyboardInterrupt:
+        api.stop()
+
+
+if __name__ == "__main__":
+    main()
