@@ -86,6 +86,22 @@ def test_signal_while_the_project_is_imported_stops_before_the_run(tmp_path: Pat
     assert run_dirs(tmp_path) == []
 
 
+def test_signal_handled_inside_a_finaliser_still_stops_the_loading(tmp_path: Path) -> None:
+    """A stop signal whose exception Python drops (it landed in a ``__del__``) is raised again, so loading still stops."""
+    proc = start(tmp_path, "-p", "del_s=1", "-p", "init_s=60")
+    wait_for(lambda: (tmp_path / "finalising").exists(), proc, "the finaliser")
+    proc.send_signal(signal.SIGINT)
+    try:
+        output, _ = proc.communicate(timeout=30)  # far below the constructor's 60 s: the drop was made up for
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, output
+    assert NEVER_STARTED in output
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("signum", STOP_SIGNALS, ids=[s.name for s in STOP_SIGNALS])
 def test_signal_in_a_blocking_source_constructor_stops_before_the_run(tmp_path: Path, signum: signal.Signals) -> None:
     """A signal while the Source's constructor blocks stops at once, even through its ``except Exception``."""

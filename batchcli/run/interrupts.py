@@ -25,6 +25,10 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 not imported from there: every command takes them, and ``runs`` or ``show`` must load no executor."""
 
 
+ALARM_S = 0.25
+"""How long a stop raised during start-up may take to unwind before it is raised again (see ``EarlySignals``)."""
+
+
 class StartInterrupted(KeyboardInterrupt):
     """A stop signal arrived while the user's code was being loaded: nothing ran, nothing was written.
 
@@ -50,6 +54,8 @@ class EarlySignals:
         self.received: int | None = None
         """The first stop signal that arrived, if any."""
         self._abort = False
+        self._unseen = False
+        """A ``StartInterrupted`` was raised and has not yet reached the end of ``aborting()``."""
         self._previous: dict[int, Any] = {}
 
     @classmethod
@@ -81,18 +87,39 @@ class EarlySignals:
         """While the user's code loads: a stop signal (also one already remembered) raises ``StartInterrupted``."""
         if self.received is not None:
             raise StartInterrupted(self.received)
+        main = threading.current_thread() is threading.main_thread()
+        previous_alarm = signal.signal(signal.SIGALRM, self._again) if main else None
         self._abort = True
         try:
             yield
+        except StartInterrupted:
+            self._unseen = False
+            raise
         finally:
-            self._abort = False
+            self._abort = self._unseen = False
+            if main:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous_alarm)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is None:
             self.received = signum
         if self._abort:
             self._abort = False  # once: a second signal must not interrupt the unwinding
-            raise StartInterrupted(signum)
+            self._raise(signum)
+
+    def _raise(self, signum: int) -> None:
+        # A handler that runs while the interpreter is in a finaliser or a callback (a ``__del__``, a weakref
+        # callback, garbage collection) has its exception printed and dropped, and the loading would go on
+        # (a ``time.sleep(60)`` in a constructor, say). Until ``aborting()`` sees the exception arrive, an
+        # alarm raises it again.
+        self._unseen = True
+        signal.setitimer(signal.ITIMER_REAL, ALARM_S)
+        raise StartInterrupted(signum)
+
+    def _again(self, signum: int, frame: FrameType | None) -> None:
+        if self._unseen and self.received is not None:
+            self._raise(self.received)
 
 
 class Stoppable(Protocol):
