@@ -281,7 +281,7 @@ class Breaker:
             f"go away ({self.reason}). Stopping; nothing is lost: the held items stay unprocessed. Fix the cause, "
             f"then resume with: batchcli resume {self._run_dir} (add -p name=value to change a param, e.g. a new token)."
         )
-        log.error("%s", message)
+        log.info("%s", message)  # the log file; the console shows it as the run's last words
         self._host.breaker_gave_up(message)
 
     def end(self) -> None:

@@ -439,6 +439,7 @@ class Run:
             write_error=self.recording.write_error(),
             threads_left=_item_threads_alive() if self._hard_stopped else 0,
             breaker=None if self.breaker is None else dataclasses.asdict(self.breaker.counts),
+            stop_reason=self.breaker_message,
         )
 
 

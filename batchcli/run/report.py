@@ -44,6 +44,8 @@ class RunResult:
     """Threads of a sync ``process`` still running items a hard stop gave up on; the CLI does not wait for them."""
     write_error: RunDirWriteError | None = None
     """Why the run stopped when its run directory could not be written (a full disk); the CLI shows it."""
+    stop_reason: str = ""
+    """Why batchcli itself stopped the run (the circuit breaker gave up), for the closing lines; "" otherwise."""
     breaker: dict[str, float] | None = None
     """What the circuit breaker did in this session (trips, probes, cooldowns, open_s); None when it is off."""
 
@@ -58,6 +60,7 @@ def result_of(
     write_error: RunDirWriteError | None,
     threads_left: int,
     breaker: dict[str, float] | None = None,
+    stop_reason: str = "",
 ) -> RunResult:
     """The result and exit code: whole-run counts (earlier sessions included) come from the journal."""
     succeeded, failed = journal.succeeded, journal.failed
@@ -83,6 +86,7 @@ def result_of(
         threads_left=threads_left,
         write_error=write_error,
         breaker=breaker,
+        stop_reason=stop_reason,
     )
 
 
@@ -143,6 +147,8 @@ def print_closing(result: RunResult, console: Any) -> None:
 
     if result.write_error is not None:
         console.print(f"[bold red]Error:[/] {escape(str(result.write_error))}", highlight=False, soft_wrap=True)
+    if result.stop_reason:
+        console.print(f"[bold red]Stopped:[/] {escape(result.stop_reason)}", highlight=False, soft_wrap=True)
     unprocessed = f", {result.unprocessed} unprocessed" if result.unprocessed else ""
     total = "?" if result.total is None else result.total
     console.print(
