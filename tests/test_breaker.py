@@ -101,6 +101,27 @@ def test_expired_token_stops_resumably_then_resume_finishes(api: FlakyApi, tmp_p
     assert "breaker" in shown.output and "opened 1 time," in shown.output
 
 
+def test_failures_already_journaled_are_taken_back(api: FlakyApi, tmp_path: Path) -> None:
+    """Failures written to the journal and failed.jsonl before the trip leave both when the breaker takes them back."""
+    stopped = run(args(api, tmp_path / "out", token="bad", count=50, pause_s=0.1, concurrency=2, breaker_max_wait_s=0.3))
+    assert stopped.exit_code == 130, stopped.output
+    conn = sqlite3.connect(stopped.run_dir / "journal.sqlite")
+    try:
+        journaled = conn.execute("SELECT sum(failed) FROM timeline").fetchone()[0]
+        counts = conn.execute("SELECT succeeded, failed FROM run").fetchone()
+    finally:
+        conn.close()
+    assert journaled >= 1  # some failures were committed by a flush before the trip took them back
+    assert counts == (0, 0) and journal_failures(stopped.run_dir) == 0 and stopped.failed == []
+    summary = stopped.summary
+    assert (summary["failed"], summary["unprocessed"]) == (0, 50)
+
+    resumed = run([sys.executable, "-m", "batchcli", "resume", str(stopped.run_dir), "-p", "token=good", "-p", "pause_s=0"])
+    assert resumed.exit_code == 0, resumed.output
+    assert (resumed.summary["succeeded"], resumed.summary["failed"]) == (50, 0)
+    assert sorted(api.served) == list(range(50)) and set(api.served.values()) == {1}
+
+
 def test_probe_failures_double_the_cooldown_until_max_wait(api: FlakyApi, tmp_path: Path) -> None:
     """While the cause stays, each failed probe re-opens the breaker with a doubled cool-down, then the run stops."""
     stopped = run(args(api, tmp_path / "out", token="bad", breaker_cooldown_s=0.1, breaker_max_wait_s=1))
