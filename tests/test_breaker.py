@@ -75,6 +75,7 @@ def test_outage_opens_probes_closes_and_loses_nothing(api: FlakyApi, tmp_path: P
     assert journal_failures(run_dir) == 0
     log = (run_dir / "batchcli.log").read_text()
     assert "Circuit breaker open: 10 of the last" in log and "Circuit breaker closed (a probe succeeded)" in log
+    assert "concurrency back up to 4 of 4" in log  # from 1 after the probe, doubling
 
 
 def test_expired_token_stops_resumably_then_resume_finishes(api: FlakyApi, tmp_path: Path) -> None:
