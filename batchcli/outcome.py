@@ -104,6 +104,11 @@ class Tally:
         """Final failures not yet written to ``failed.jsonl`` and the journal."""
         self.recovered: deque[int] = deque()
         """Ordinals of journaled failures that later succeeded (retried from the pause shell)."""
+        self.released: deque[int] = deque()
+        """Ordinals of journaled failures taken back as not final (the circuit breaker): to be done again."""
+        self.watch: Any = None
+        """Called by the retry scheduler on every failed attempt, ``watch(failure or None, hold)``: the
+        circuit breaker's hook (None when it is off); slow path only."""
         self.exhausted = False
         """True once the source has yielded its last item."""
         self.started = clock()
@@ -153,6 +158,26 @@ class Tally:
         except ValueError:
             self.recovered.append(failure.ordinal)
         self.done.append(failure.ordinal)
+        return True
+
+    def unfail(self, failure: Failure) -> bool:
+        """Take back a final failure as not final, the item to be processed again (on the loop thread).
+
+        False when ``failure`` is not one of ``failures``. A failure the recorder has not seen yet is
+        simply dropped; one it has seen is queued in ``released`` for it to undo.
+        """
+        failures = self.failures
+        for index in range(len(failures) - 1, -1, -1):  # the breaker takes back recent ones
+            if failures[index] is failure:
+                del failures[index]
+                break
+        else:
+            return False
+        self.failed -= 1
+        try:
+            self.new_failures.remove(failure)
+        except ValueError:
+            self.released.append(failure.ordinal)
         return True
 
     def fail(self, failure: Failure) -> None:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -207,12 +207,111 @@ def scale_out() -> list[Row]:
     )]
 
 
+API_JOB = HERE / "jobs" / "api.py"
+
+
+class ApiServer:
+    """examples/flaky_api/server.py in a process of its own (so it does not share the run's GIL)."""
+
+    def __init__(self, *args: str) -> None:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        server = ROOT / "examples" / "flaky_api" / "server.py"
+        self.proc = subprocess.Popen(
+            [sys.executable, str(server), "--port", str(self.port), "--rate", "0", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        self.proc.stdout.readline()  # "flaky API on ...": it listens
+
+    def stats(self) -> dict[str, Any]:
+        """Answers by status, items served, items served more than once."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/stats") as answer:
+            return json.loads(answer.read())  # type: ignore[no-any-return]
+
+    def __enter__(self) -> ApiServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def api_run(out: str, *args: str) -> tuple[float, int, dict[str, Any]]:
+    """``batchcli ARGS`` as a user runs it: wall time, exit code, and its summary."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "batchcli", *args], capture_output=True, text=True, env=env, cwd=out)
+    elapsed = time.perf_counter() - start
+    runs = sorted(Path(out).glob("out/*/summary.json"), key=lambda p: p.stat().st_mtime)
+    summary = json.loads(runs[-1].read_text()) if runs else {}
+    summary["_run_dir"] = str(runs[-1].parent) if runs else ""
+    return elapsed, proc.returncode, summary
+
+
+def outage() -> list[Row]:
+    """A 10 s outage (refused connections) inside a 20,000-item run, against the same run without one."""
+    import tempfile
+
+    count, down_s, cooldown_s = 20_000, 10.0, 4.0
+    flags = ["-p", f"count={count}", "-p", "concurrency=50", "-p", "max_retries=2", "-p", "backoff_s=0.1",
+             "-p", f"breaker_cooldown_s={cooldown_s}"]  # fmt: skip
+    with tempfile.TemporaryDirectory() as out, ApiServer() as api:
+        calm_s, calm_code, calm = api_run(out, "exec", str(API_JOB), "-d", "out", "-p", f"url={api.url}", *flags)
+    with tempfile.TemporaryDirectory() as out, ApiServer("--down-after", "3", "--down-for", str(down_s), "--refuse") as api:
+        hit_s, code, summary = api_run(out, "exec", str(API_JOB), "-d", "out", "-p", f"url={api.url}", *flags)
+        stats = api.stats()
+    extra, allowed = hit_s - calm_s, down_s + 2 * cooldown_s
+    breaker = summary.get("breaker") or {}
+    ok = calm_code == 0 and code == 0 and summary.get("failed") == 0 and stats["served"] == count and extra <= allowed
+    return [(
+        f"outage {down_s:g} s in {count:,} items (cool-down {cooldown_s:g} s)",
+        f"{hit_s:.1f} s, exit {code}, {summary.get('failed')} failed",
+        f"{calm_s:.1f} s without outage",
+        f"{breaker.get('trips')} trip(s), {breaker.get('probes')} probe(s)",
+        f"served {stats['served']:,} ({stats['twice']} twice)",
+        extra, allowed, ok,
+    )]
+
+
+def expired_token() -> list[Row]:
+    """Every request 401: the run stops (exit 130) after at most window + concurrency attempts; resume finishes."""
+    import tempfile
+
+    count, window, concurrency = 20_000, 100, 10
+    flags = ["-p", f"count={count}", "-p", f"concurrency={concurrency}", "-p", f"breaker_window={window}",
+             "-p", "breaker_cooldown_s=1", "-p", "breaker_max_wait_s=1"]  # fmt: skip
+    with tempfile.TemporaryDirectory() as out, ApiServer() as api:
+        stop_s, code, stopped = api_run(out, "exec", str(API_JOB), "-d", "out", "-p", f"url={api.url}", "-p", "token=bad", *flags)
+        attempts = api.stats()["statuses"].get("401", 0)
+        resume_s, resume_code, resumed = api_run(out, "resume", stopped["_run_dir"], "-p", "token=good")
+        stats = api.stats()
+    limit = window + concurrency
+    ok = code == 130 and resume_code == 0 and resumed.get("failed") == 0 and stats["served"] == count
+    return [(
+        f"expired token ({count:,} items, window {window}, concurrency {concurrency})",
+        f"stopped in {stop_s:.1f} s, exit {code}",
+        f"resume: {resume_s:.1f} s, exit {resume_code}, {resumed.get('failed')} failed",
+        f"{attempts} attempts before the stop",
+        f"served {stats['served']:,} ({stats['twice']} twice)",
+        float(attempts), float(limit), ok and attempts <= limit,
+    )]
+
+
 SCENARIOS: dict[str, Callable[[], list[Row]]] = {
     "overhead": overhead,
     "io": io_bound,
     "memory": memory,
     "startup": startup,
     "scaleout": scale_out,
+    "outage": outage,
+    "token": expired_token,
 }
 
 

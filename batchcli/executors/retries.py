@@ -116,6 +116,8 @@ class RetryScheduler:
         self._clock = clock
         self._timers: dict[object, asyncio.TimerHandle] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._held: list[tuple[int, Any, Requeue]] = []
+        """Items the circuit breaker took back as not final, until it closes."""
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Schedule retries on ``loop`` (the run's)."""
@@ -124,7 +126,7 @@ class RetryScheduler:
     @property
     def pending(self) -> bool:
         """Whether any item is waiting for its retry."""
-        return bool(self._timers)
+        return bool(self._timers or self._held)
 
     def failed(
         self,
@@ -146,6 +148,7 @@ class RetryScheduler:
         if attempts is None:
             attempts = self.policy.start(now)
         delay = self.policy.next_delay(attempts, error)
+        watch = self._tally.watch
         if delay is None:
             if described is not None:
                 error_type, message, traceback = described.error_type, described.message, described.traceback
@@ -164,9 +167,13 @@ class RetryScheduler:
                     failed_at=now,
                 )
             )
+            if watch is not None:
+                watch(self._tally.failures[-1], lambda: self.hold(ordinal, item, requeue))
             return True
         if stopping:
             return False
+        if watch is not None:
+            watch(None, None)
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "Retrying item %s (#%d) in %.2fs: attempt %d of %d failed with %s: %s",
@@ -190,10 +197,26 @@ class RetryScheduler:
         self._tally.retrying -= 1
         requeue(ordinal, item, attempts)
 
+    def hold(self, ordinal: int, item: Any, requeue: Requeue) -> Callable[[], int]:
+        """Keep a failed item, as not final, until ``release`` (the circuit breaker opened); counts as
+        retrying, so the executor waits for it. Returns ``release``."""
+        self._tally.retrying += 1
+        self._held.append((ordinal, item, requeue))
+        return self.release
+
+    def release(self) -> int:
+        """Hand every held item back to its executor, each with fresh attempts; returns how many."""
+        held, self._held = self._held, []
+        self._tally.retrying -= len(held)
+        for ordinal, item, requeue in held:
+            requeue(ordinal, item, None)  # type: ignore[arg-type]  # executors take None as "no attempt yet"
+        return len(held)
+
     def cancel(self) -> None:
         """Drop every waiting retry, on a stop: those items stay unprocessed, for a resume."""
         self.close()
         self._timers.clear()
+        self._held.clear()
         self._tally.retrying = 0
 
     def close(self) -> None:

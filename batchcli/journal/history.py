@@ -160,9 +160,29 @@ def _summary(run: RunInfo) -> Table:
     rate = "" if run.rate is None else f"  [magenta]{run.rate:,.1f}/s[/]"
     counts = f"[green]{run.succeeded:,} succeeded[/], [red]{run.failed:,} failed[/], {unprocessed} unprocessed"
     grid.add_row("items", f"{counts}, of {total}{rate}")
+    breaker = _breaker_row(run.run_dir)
+    if breaker:
+        grid.add_row("breaker", breaker)
     if run.fatal:
         grid.add_row("fatal", Text(f"{run.fatal['type']}: {run.fatal['message']}", "red"))
     return grid
+
+
+def _breaker_row(run_dir: Path) -> str:
+    """What the circuit breaker did, from ``summary.json``; "" when it never opened (or no summary yet)."""
+    try:
+        counts = json.loads((run_dir / "summary.json").read_text()).get("breaker") or {}
+    except (OSError, ValueError, AttributeError):
+        return ""
+    trips = int(counts.get("trips", 0))
+    if not trips:
+        return ""
+    probes, cooldowns = int(counts.get("probes", 0)), int(counts.get("cooldowns", 0))
+    open_s = float(counts.get("open_s", 0.0))
+    return (
+        f"opened {trips} time{'s' * (trips != 1)}, {probes} probe{'s' * (probes != 1)}, "
+        f"{cooldowns} cool-down{'s' * (cooldowns != 1)}, open for {_duration(open_s)}"
+    )
 
 
 def _origin(name: str) -> str:

@@ -111,6 +111,7 @@ class Journal:
         self._unwritten: list[tuple[Any, ...]] = []
         self._unwritten_keys: list[Any] = []
         self._forgiven: list[int] = []
+        self._released: list[int] = []
         self._unpointed = (0, 0)  # successes and failures of flushes whose timeline point was not written
         self.session = 0
         sessions = conn.execute(
@@ -243,6 +244,25 @@ class Journal:
         drops their failure rows, in its transaction."""
         self._forgiven.extend(ordinals)
 
+    def release(self, ordinals: list[int]) -> None:
+        """Failures of this session taken back as not final (the circuit breaker): the next ``record`` drops
+        their rows first, in its transaction, and the items count as unprocessed until they settle again."""
+        if self.keyed:  # the key waits again for the item to settle (before this flush records it)
+            for ordinal in ordinals:
+                where = (self.session, ordinal)
+                row = self._conn.execute("SELECT key FROM failures WHERE session = ? AND ordinal = ?", where).fetchone()
+                if row is not None:
+                    self._pending[ordinal] = row[0]
+        self._released.extend(ordinals)
+
+    def _drop_released(self, conn: sqlite3.Connection) -> int:
+        """Delete the released failure rows. Returns rows dropped."""
+        dropped = 0
+        for ordinal in self._released:
+            cursor = conn.execute("DELETE FROM failures WHERE session = ? AND ordinal = ?", (self.session, ordinal))
+            dropped += max(cursor.rowcount, 0)
+        return dropped
+
     def _drop_forgiven(self, conn: sqlite3.Connection) -> tuple[int, int]:
         """Delete the forgiven failure rows; a keyed run marks their keys done. Returns (rows dropped, keys added)."""
         dropped = keys_added = 0
@@ -280,6 +300,8 @@ class Journal:
         try:
             with self._conn:
                 conn = self._conn
+                # Released rows go first: the same item may have failed again since, in this batch.
+                released = self._drop_released(conn) if self._released else 0
                 if deletes:
                     conn.executemany("DELETE FROM done_ranges WHERE start = ?", ((s,) for s in deletes))
                 if upserts:
@@ -291,6 +313,7 @@ class Journal:
                     conn.executemany(f"INSERT INTO failures VALUES ({', '.join('?' * 12)})", self._unwritten)
                 if self._forgiven:
                     dropped, keys_added = self._drop_forgiven(conn)
+                dropped += released
                 if succeeded or failed_now:  # an idle flush adds no point: the chart reads a gap as zero
                     point = (self.session, now, succeeded, failed_now)
                     conn.execute("INSERT INTO timeline VALUES (?, ?, ?, ?)", point)
@@ -308,7 +331,7 @@ class Journal:
         self._keys_count += max(added, 0) + keys_added
         self.failed -= dropped
         lines = [failure_line(*_line_fields(row)) for row in self._unwritten]
-        self._unwritten, self._unwritten_keys, self._forgiven = [], [], []
+        self._unwritten, self._unwritten_keys, self._forgiven, self._released = [], [], [], []
         self._unpointed = (0, 0)
         return lines
 

@@ -49,8 +49,19 @@ class Configuration:
     chunk_size: int | None = None
     """Items sent to a worker at once (``process`` and ``dask``); none sizes chunks automatically to
     about 0.1 s of work each, from the observed time per item."""
+    # The circuit breaker (docs/runs.md, "When the API is down").
+    breaker_window: int = 100
+    """The circuit breaker watches the last this many settled items; 0 turns it off."""
+    breaker_failure_rate: float = 0.5
+    """The breaker opens when at least this share of ``breaker_window`` items failed finally (0 < rate <= 1)."""
+    breaker_cooldown_s: float = 30.0
+    """Without a terminal, how long the open breaker waits before letting one item through; doubles after
+    each failed probe, up to 10 minutes."""
+    breaker_max_wait_s: float = 3600.0
+    """How long the breaker may stay open before the run stops (resumable, exit 130)."""
 
     def __post_init__(self) -> None:
+        self._check_breaker()
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {self.concurrency!r}.")
         if self.max_retries < 0:
@@ -85,6 +96,26 @@ class Configuration:
             raise ValueError(DASK_MISSING)
         if self.dask_address is not None and not self.dask_address.strip():
             raise ValueError("dask_address must be a scheduler address like 'tcp://host:8786', or none, got ''.")
+
+    def _check_breaker(self) -> None:
+        if isinstance(self.breaker_window, bool) or not isinstance(self.breaker_window, int) or self.breaker_window < 0:
+            raise ValueError(
+                f"breaker_window must be a whole number of items, 0 or more, got {self.breaker_window!r}: e.g. "
+                "breaker_window=100 (the circuit breaker watches the last 100 settled items), or 0 to turn it off."
+            )
+        if not 0 < self.breaker_failure_rate <= 1:
+            raise ValueError(
+                f"breaker_failure_rate must be a share above 0 and at most 1, got {self.breaker_failure_rate!r}: "
+                "e.g. breaker_failure_rate=0.5 opens the circuit breaker when half the last breaker_window items "
+                "failed."
+            )
+        for name in ("breaker_cooldown_s", "breaker_max_wait_s"):
+            value = getattr(self, name)
+            if not 0 < value < math.inf:
+                raise ValueError(
+                    f"{name} must be a positive number of seconds, got {value!r}: e.g. {name}=30 (set "
+                    "breaker_window=0 to turn the circuit breaker off)."
+                )
 
     @property
     def output_dir(self) -> Path:

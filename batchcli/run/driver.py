@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import signal
@@ -24,6 +25,7 @@ from batchcli.load.service import maybe_await
 from batchcli.load.source import is_async_source, source_length
 from batchcli.load.wiring import Job, Wiring
 from batchcli.outcome import Tally
+from batchcli.run.breaker import Breaker
 from batchcli.run.display import make_display
 from batchcli.run.interrupts import EarlySignals, RunSignals
 from batchcli.run.logs import start_logging
@@ -97,6 +99,12 @@ class Run:
         self._closing = False
         self._hard_stopped = False
         self._stop_timer: asyncio.TimerHandle | None = None
+        self.breaker: Breaker | None = None
+        """The circuit breaker, once the executor runs (None when ``breaker_window=0``)."""
+        self.breaker_reason = ""
+        """Why the breaker opened the pause shell, for its banner; "" otherwise."""
+        self.breaker_message = ""
+        """Why the breaker stopped the run, for the closing lines; "" otherwise."""
 
     @property
     def fatal(self) -> BaseException | None:
@@ -252,9 +260,35 @@ class Run:
         self.call_in_loop(self._pause_in_loop)
 
     def resume(self) -> None:
-        """Undo ``pause()`` (thread-safe)."""
+        """Undo ``pause()`` (thread-safe); an open circuit breaker closes: the user dealt with its cause."""
         self.paused.clear()
-        self.call_in_loop(self._pause_in_loop)
+        self.breaker_reason = ""
+        self.call_in_loop(self._resume_in_loop)
+
+    def _resume_in_loop(self) -> None:
+        if self.breaker is not None and not self.stop_requested.is_set():
+            self.breaker.close_by_user()
+        self._pause_in_loop()
+
+    # The breaker's host side, on the loop thread.
+
+    def breaker_changed(self) -> None:
+        """The circuit breaker opened or closed."""
+        self._pause_in_loop()
+
+    def breaker_tripped(self, reason: str) -> bool:
+        """On a terminal, open the pause shell with the reason; True then (the user decides, no probing)."""
+        if not self.shell_can_open() or self.stop_requested.is_set():
+            return False
+        self.breaker_reason = reason
+        self.request_pause()
+        return True
+
+    def breaker_gave_up(self, message: str) -> None:
+        """The breaker stayed open past ``breaker_max_wait_s``: stop as a Ctrl-C stop does."""
+        self.breaker_message = message
+        self.stop_requested.set()
+        self._stop_in_loop()
 
     def call_in_loop(self, callback: Any) -> None:
         """Run ``callback`` on the executor's loop thread; before the loop runs, nothing.
@@ -301,6 +335,9 @@ class Run:
                 self._stop_in_loop()  # asked while starting: the stop timeout applies from now
             elif self.paused.is_set() or self.recording.stalled:
                 executor.pause()
+            if self.job.config.breaker_window > 0:
+                self.breaker = Breaker(self.job.config, self.tally, self, self._loop, self.run_dir)
+                self.tally.watch = self.breaker.watch
             items, seen = self._items()
             await executor.run(items)
             if executor.fatal is not None:
@@ -310,6 +347,9 @@ class Run:
         except Exception as error:
             self._set_fatal(error, "The job could not start" if self.executor is None else "batchcli failed")
         finally:
+            if self.breaker is not None:
+                self.tally.watch = None
+                self.breaker.end()
             await self._settle_shell()
             if executor is not None:
                 await self._call_hook("finish", executor.finish)
@@ -344,15 +384,17 @@ class Run:
             await asyncio.to_thread(self._shell_idle.wait)
 
     def _pause_in_loop(self) -> None:
-        # Paused by the user (the pause shell) or by a run directory that cannot be written.
+        # Paused by the user (the pause shell), a run directory that cannot be written, or the open breaker.
         if self.executor is not None and not self.stop_requested.is_set():
-            if self.paused.is_set() or self.recording.stalled:
+            if self.paused.is_set() or self.recording.stalled or (self.breaker is not None and self.breaker.blocking):
                 self.executor.pause()
             else:
                 self.executor.resume()
 
     def _stop_in_loop(self) -> None:
         # Once: a signal while the executor starts reaches here both as a callback and through the event.
+        if self.breaker is not None:
+            self.breaker.end()
         if self.executor is None or self._stop_timer is not None:
             return
         self.executor.stop()
@@ -396,6 +438,8 @@ class Run:
             stop_requested=self.stop_requested.is_set(),
             write_error=self.recording.write_error(),
             threads_left=_item_threads_alive() if self._hard_stopped else 0,
+            breaker=None if self.breaker is None else dataclasses.asdict(self.breaker.counts),
+            stop_reason=self.breaker_message,
         )
 
 

@@ -33,6 +33,8 @@ class RunHandle(Protocol):
     """Set between ``pause()`` and ``resume()``."""
     stop_requested: threading.Event
     """Set once a stop was asked for (a signal, the shell, a run directory that cannot be written)."""
+    breaker_reason: str
+    """Why the circuit breaker opened the pause shell ("50 of the last 50 items failed: ..."), else ""."""
 
     @property
     def fatal(self) -> BaseException | None:

@@ -41,6 +41,9 @@ class Recorder(Protocol):
     def forgive(self, ordinals: list[int]) -> None:
         """Recorded failures of this session that later succeeded; their ordinals come in ``done`` too."""
 
+    def release(self, ordinals: list[int]) -> None:
+        """Recorded failures of this session taken back as not final; the items will settle again."""
+
 
 class NullRecorder:
     """Records nothing beyond the run directory's plain files."""
@@ -50,6 +53,9 @@ class NullRecorder:
         return [json.dumps(failure_record(f), ensure_ascii=False) + "\n" for f in failures]
 
     def forgive(self, ordinals: list[int]) -> None:
+        """Nothing to undo."""
+
+    def release(self, ordinals: list[int]) -> None:
         """Nothing to undo."""
 
 
@@ -104,6 +110,10 @@ class Recording:
             if recovered:
                 self.recorder.forgive([recovered.popleft() for _ in range(len(recovered))])
                 self._failed_file.stale = True  # a forgiven failure's line goes: the file is rewritten
+            released = self.tally.released
+            if released:
+                self.recorder.release([released.popleft() for _ in range(len(released))])
+                self._failed_file.stale = True  # a released failure's line goes too
             try:
                 lines = self.recorder.record(done, failures)
                 self._failed_file.sync(lines, self.failure_lines)

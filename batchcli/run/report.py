@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -43,6 +44,10 @@ class RunResult:
     """Threads of a sync ``process`` still running items a hard stop gave up on; the CLI does not wait for them."""
     write_error: RunDirWriteError | None = None
     """Why the run stopped when its run directory could not be written (a full disk); the CLI shows it."""
+    stop_reason: str = ""
+    """Why batchcli itself stopped the run (the circuit breaker gave up), for the closing lines; "" otherwise."""
+    breaker: dict[str, float] | None = None
+    """What the circuit breaker did in this session (trips, probes, cooldowns, open_s); None when it is off."""
 
 
 def result_of(
@@ -54,6 +59,8 @@ def result_of(
     stop_requested: bool,
     write_error: RunDirWriteError | None,
     threads_left: int,
+    breaker: dict[str, float] | None = None,
+    stop_reason: str = "",
 ) -> RunResult:
     """The result and exit code: whole-run counts (earlier sessions included) come from the journal."""
     succeeded, failed = journal.succeeded, journal.failed
@@ -78,6 +85,8 @@ def result_of(
         fatal=fatal,
         threads_left=threads_left,
         write_error=write_error,
+        breaker=breaker,
+        stop_reason=stop_reason,
     )
 
 
@@ -108,9 +117,28 @@ def write_summary(result: RunResult, job: Job, wiring: Wiring, journal: Journal,
             "fatal": None
             if fatal is None
             else {"type": type(fatal).__qualname__, "message": str(fatal), "traceback": format_user_traceback(fatal)},
+            "breaker": _breaker_counts(result, journal),
             "batchcli_version": __version__,
         },
     )
+
+
+def _breaker_counts(result: RunResult, journal: Journal) -> dict[str, float] | None:
+    """The circuit breaker's counts over every session: this one's plus those the last summary held."""
+    counts = dict(result.breaker) if result.breaker is not None else None
+    if journal.session_count > 1:
+        try:
+            earlier = json.loads((result.run_dir / "summary.json").read_text()).get("breaker") or {}
+        except (OSError, ValueError, AttributeError):
+            earlier = {}
+        if earlier:
+            counts = counts or {name: 0 for name in earlier}
+            for name, value in earlier.items():
+                if isinstance(value, (int, float)):
+                    counts[name] = counts.get(name, 0) + value
+    if counts is not None and "open_s" in counts:
+        counts["open_s"] = round(counts["open_s"], 3)
+    return counts
 
 
 def print_closing(result: RunResult, console: Any) -> None:
@@ -119,6 +147,8 @@ def print_closing(result: RunResult, console: Any) -> None:
 
     if result.write_error is not None:
         console.print(f"[bold red]Error:[/] {escape(str(result.write_error))}", highlight=False, soft_wrap=True)
+    if result.stop_reason:
+        console.print(f"[bold red]Stopped:[/] {escape(result.stop_reason)}", highlight=False, soft_wrap=True)
     unprocessed = f", {result.unprocessed} unprocessed" if result.unprocessed else ""
     total = "?" if result.total is None else result.total
     console.print(

@@ -176,6 +176,13 @@ def banner(run: RunHandle, controller: RunController, emergency: bool) -> str:
             "The run cannot go on. Salvage what you need: `error` is the exception; service, source and",
             "config are the live objects; `await` runs on the run's event loop.",
         ]
+    elif run.breaker_reason:
+        lines += [
+            "── batchcli: circuit breaker open: run paused ──",
+            run.breaker_reason,
+            "Fix the cause on the live objects (e.g. service.token = ...), try it with `await service.process(x)`,",
+            "then leave the shell to resume: the items the breaker held back are processed again.",
+        ]
     else:
         lines += [
             "── batchcli: run paused ──",

@@ -139,6 +139,10 @@ class FlakyApi:
 
     def _answer(self, path: str, authorization: str) -> tuple[int, dict[str, str], dict[str, Any]]:
         now = time.monotonic()
+        if path == "/stats":  # for a server in another process (the benchmarks); not counted itself
+            with self._lock:
+                body = {"statuses": dict(self.statuses), "served": len(self.served), "twice": sum(n > 1 for n in self.served.values())}
+            return 200, {}, body
         with self._lock:
             status, headers, body = self._decide(path, authorization, now)
             self.statuses[status] += 1
@@ -172,12 +176,17 @@ class FlakyApi:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--rate", type=float, default=200, help="requests per second before 429s")
+    parser.add_argument("--rate", type=float, default=200, help="requests per second before 429s (0: no limit)")
     parser.add_argument("--token", default="good")
     parser.add_argument("--down-every", type=float, default=0, help="go down for 5 s every N seconds (0: never)")
+    parser.add_argument("--down-after", type=float, default=0, help="one outage, N seconds after the start (0: none)")
+    parser.add_argument("--down-for", type=float, default=10, help="how long that outage lasts")
+    parser.add_argument("--refuse", action="store_true", help="the outage refuses connections instead of answering 503")
     args = parser.parse_args()
-    api = FlakyApi(rate=args.rate, token=args.token, port=args.port).start()
-    print(f"flaky API on {api.url} (rate {args.rate}/s, token {args.token!r}); Ctrl-C to stop", flush=True)
+    api = FlakyApi(rate=args.rate or None, token=args.token, port=args.port).start()
+    print(f"flaky API on {api.url} (rate {args.rate or 'unlimited'}/s, token {args.token!r}); Ctrl-C to stop", flush=True)
+    if args.down_after:
+        threading.Timer(args.down_after, api.down, (args.down_for, args.refuse)).start()
     try:
         while True:
             time.sleep(args.down_every or 3600)

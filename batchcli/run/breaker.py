@@ -1,0 +1,308 @@
+"""The circuit breaker: when most of the last items failed, stop starting new ones and take those failures back.
+
+An outage or a dead credential turns the rest of the source into failures. The breaker watches final
+failures (the retry scheduler calls ``Tally.watch``: the success path pays nothing) and the count of
+successes between them. When at least ``breaker_failure_rate`` of the last ``breaker_window`` settled
+items failed, it *opens*: the executor is paused and the failures in that window are taken back as
+not final (``Tally.unfail``), held by the retry scheduler until the breaker closes. On a terminal the
+pause shell opens with the reason; elsewhere the breaker probes: after a cool-down it lets one item
+through at concurrency 1; a success closes it (concurrency doubles back per round of successes), a
+failure opens it again with the cool-down doubled. Past ``breaker_max_wait_s`` the run stops, resumable.
+Everything here runs on the loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from batchcli.load.configuration import Configuration
+from batchcli.outcome import Failure, Tally
+
+log = logging.getLogger("batchcli.breaker")
+
+MAX_COOLDOWN_S = 600.0
+"""The cool-down doubles after each failed probe, up to this."""
+POLL_S = 0.05
+"""How often a probing or recovering breaker reads the success count (only then: never on the success path)."""
+
+Hold = Callable[[], Callable[[], int]]
+"""Holds a failed item in its retry scheduler until the breaker closes; returns the scheduler's release."""
+
+
+class BreakerHost(Protocol):
+    """What the breaker steers: the driver's ``Run``."""
+
+    @property
+    def executor(self) -> Any:
+        """The running executor (``limits``, ``set_concurrency``), or None before it starts."""
+
+    def breaker_changed(self) -> None:
+        """The breaker opened or closed: pause or resume the executor (loop thread)."""
+
+    def breaker_tripped(self, reason: str) -> bool:
+        """Tell the user; True when a person will decide (the pause shell opens), so no probing."""
+
+    def breaker_gave_up(self, message: str) -> None:
+        """The breaker stayed open too long: stop the run, resumable."""
+
+
+@dataclass
+class BreakerCounts:
+    """What the breaker did in this session, for ``summary.json`` and ``show``."""
+
+    trips: int = 0
+    """Times it opened because too many items failed."""
+    probes: int = 0
+    """Items let through to test whether the cause is gone."""
+    cooldowns: int = 0
+    """Cool-downs waited out before a probe."""
+    open_s: float = 0.0
+    """Seconds spent open (no new item started)."""
+
+
+class Breaker:
+    """One run's circuit breaker; ``watch`` is the tally's hook for every failed attempt."""
+
+    def __init__(
+        self,
+        config: Configuration,
+        tally: Tally,
+        host: BreakerHost,
+        loop: asyncio.AbstractEventLoop,
+        run_dir: Any = "RUN_DIR",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window = config.breaker_window
+        self.threshold = max(1, math.ceil(config.breaker_failure_rate * config.breaker_window))
+        """Final failures inside the window that open the breaker."""
+        self.base_cooldown_s = config.breaker_cooldown_s
+        self.max_wait_s = config.breaker_max_wait_s
+        self.counts = BreakerCounts()
+        self.state = "closed"
+        """closed, open (nothing starts), or probing (one item at a time, deciding)."""
+        self.reason = ""
+        """Why it last opened: "50 of the last 50 items failed: ConnectionRefusedError: ..."."""
+        self._run_dir = run_dir
+        self._tally = tally
+        self._host = host
+        self._loop = loop
+        self._clock = clock
+        self._failures = 0
+        """Final failures seen (never taken back): with ``succeeded``, a position in the settled sequence."""
+        self._base = 0
+        """The position where the current window starts counting (the breaker last closed)."""
+        self._recent: deque[tuple[int, Failure, Hold]] = deque()
+        """Final failures inside the window: position, failure, how to hold it."""
+        self._releases: set[Callable[[], int]] = set()
+        self._cooldown_s = self.base_cooldown_s
+        self._opened_at: float | None = None
+        """When this outage's first trip happened (monotonic); None while closed."""
+        self._episode_open_since: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._target = 0
+        """The concurrency to grow back to after a probe closed the breaker."""
+        self._mark = 0
+        self._ended = False
+
+    @property
+    def blocking(self) -> bool:
+        """True while no new item may start."""
+        return self.state == "open"
+
+    def _position(self) -> int:
+        return self._tally.succeeded + self._failures
+
+    # The hook, called by the retry scheduler.
+
+    def watch(self, failure: Failure | None, hold: Hold | None) -> None:
+        """A failed attempt: ``failure`` when the item finally failed (``hold`` takes it back), else None."""
+        if self._ended:
+            return
+        if failure is None:
+            if self.state == "probing":
+                self._reopen("the probe attempt failed")
+            return
+        self._failures += 1
+        assert hold is not None
+        if self.state != "closed":  # started before the breaker opened, or the probe itself: not final
+            self._take_back(failure, hold)
+            if self.state == "probing":
+                self._reopen(f"the probe failed: {failure.error_type}: {_first_line(failure.error_message)}")
+            return
+        position = self._position()
+        recent = self._recent
+        recent.append((position, failure, hold))
+        while recent and recent[0][0] <= position - self.window:
+            recent.popleft()
+        if len(recent) >= self.threshold:
+            span = min(self.window, position - self._base)
+            self._trip(f"{len(recent)} of the last {span} items failed: {failure.error_type}: {_first_line(failure.error_message)}")
+
+    # Opening.
+
+    def _trip(self, reason: str) -> None:
+        self.counts.trips += 1
+        self.reason = reason
+        recent, self._recent = self._recent, deque()
+        for _, failure, hold in recent:
+            self._take_back(failure, hold)
+        executor = self._host.executor
+        if self._opened_at is None:
+            self._opened_at = self._clock()
+            if self._target == 0 and executor is not None:
+                self._target = executor.limits.concurrency
+        self._cancel_timer()
+        self._open()
+        log.warning(
+            "Circuit breaker open: %s. No new item starts; the %d failed item(s) of the window will be processed "
+            "again.",
+            reason,
+            len(recent),
+        )
+        if not self._host.breaker_tripped(reason):
+            self._schedule_probe()
+
+    def _take_back(self, failure: Failure, hold: Hold) -> None:
+        if self._tally.unfail(failure):
+            self._releases.add(hold())
+
+    def _open(self) -> None:
+        self.state = "open"
+        self._episode_open_since = self._clock()
+        self._host.breaker_changed()
+
+    def _schedule_probe(self) -> None:
+        assert self._opened_at is not None
+        waited = self._clock() - self._opened_at
+        left = self.max_wait_s - waited
+        if left <= self._cooldown_s:
+            self._timer = self._loop.call_later(max(left, 0.0), self._give_up)
+            return
+        log.info("Circuit breaker: cooling down for %gs before letting one item through.", self._cooldown_s)
+        self.counts.cooldowns += 1
+        self._timer = self._loop.call_later(self._cooldown_s, self._probe)
+
+    def _reopen(self, why: str) -> None:
+        log.warning("Circuit breaker: %s; open again.", why)
+        self._cancel_timer()
+        self._cooldown_s = min(self._cooldown_s * 2, MAX_COOLDOWN_S)
+        self._open()
+        self._schedule_probe()
+
+    # Probing and closing.
+
+    def _probe(self) -> None:
+        self._timer = None
+        executor = self._host.executor
+        if executor is None or self._ended:
+            return
+        self.counts.probes += 1
+        self._add_open_time()
+        self.state = "probing"
+        self._mark = self._tally.succeeded
+        log.info("Circuit breaker: letting one item through (probe %d).", self.counts.probes)
+        executor.set_concurrency(1)
+        self._releases_now()  # the held items are the first ones to try
+        self._host.breaker_changed()
+        self._timer = self._loop.call_later(POLL_S, self._check_probe)
+
+    def _check_probe(self) -> None:
+        self._timer = None
+        if self.state != "probing" or self._ended:
+            return
+        if self._tally.succeeded > self._mark:
+            self._close("a probe succeeded")
+        else:
+            self._timer = self._loop.call_later(POLL_S, self._check_probe)
+
+    def close_by_user(self) -> None:
+        """The user resumed the run from the pause shell: close, and process the held items again."""
+        if self.state != "closed":
+            self._target = 0  # the user set the concurrency they want in the shell
+            self._close("resumed from the pause shell")
+
+    def _close(self, why: str) -> None:
+        self._cancel_timer()
+        if self.state == "open":
+            self._add_open_time()
+        self.state = "closed"
+        self._opened_at = None
+        self._cooldown_s = self.base_cooldown_s
+        self._base = self._position()
+        count = self._releases_now()
+        log.warning("Circuit breaker closed (%s): %d held item(s) go back to be processed.", why, count)
+        self._host.breaker_changed()
+        if self._target > 1:
+            self._mark = self._tally.succeeded
+            self._timer = self._loop.call_later(POLL_S, self._grow)
+        else:
+            self._target = 0
+
+    def _grow(self) -> None:
+        """Double the concurrency after each round of as many successes, back up to what it was."""
+        self._timer = None
+        executor = self._host.executor
+        if executor is None or self.state != "closed" or self._ended:
+            return
+        current = executor.limits.concurrency
+        if current >= self._target:
+            self._target = 0
+            return
+        if self._tally.succeeded - self._mark >= current:
+            new = min(current * 2, self._target)
+            executor.set_concurrency(new)
+            self._mark = self._tally.succeeded
+            log.info("Circuit breaker: concurrency back up to %d of %d.", new, self._target)
+            if new >= self._target:
+                self._target = 0
+                return
+        self._timer = self._loop.call_later(POLL_S, self._grow)
+
+    def _releases_now(self) -> int:
+        releases, self._releases = self._releases, set()
+        return sum(release() for release in releases)
+
+    # Giving up and ending.
+
+    def _give_up(self) -> None:
+        self._timer = None
+        if self._ended:
+            return
+        self._add_open_time()
+        self._ended = True
+        message = (
+            f"The circuit breaker stayed open for {self.max_wait_s:g}s (breaker_max_wait_s) and the cause did not "
+            f"go away ({self.reason}). Stopping; nothing is lost: the held items stay unprocessed. Fix the cause, "
+            f"then resume with: batchcli resume {self._run_dir} (add -p name=value to change a param, e.g. a new token)."
+        )
+        log.info("%s", message)  # the log file; the console shows it as the run's last words
+        self._host.breaker_gave_up(message)
+
+    def end(self) -> None:
+        """The run stops or ends: no more timers, no more decisions."""
+        if self.state == "open":
+            self._add_open_time()
+        self._ended = True
+        self._cancel_timer()
+
+    def _add_open_time(self) -> None:
+        if self._episode_open_since is not None:
+            self.counts.open_s += self._clock() - self._episode_open_since
+            self._episode_open_since = None
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _first_line(message: str, width: int = 160) -> str:
+    """The first line of an error message, clipped: a reason stays one line."""
+    line = message.splitlines()[0] if message else ""
+    return line if len(line) <= width else line[: width - 1] + "…"

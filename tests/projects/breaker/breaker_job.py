@@ -1,0 +1,42 @@
+"""Items fetched from the flaky API with httpx: an outage or a bad token turns every item into a failure."""
+
+import asyncio
+
+import httpx
+
+from batchcli import Param, Service, Source, inject
+
+
+@inject
+class Numbers(Source[int]):
+    def __init__(self, count: Param[int] = 200) -> None:
+        self.count = count
+
+    def __iter__(self):
+        yield from range(self.count)
+
+    def __len__(self) -> int:
+        return self.count
+
+
+@inject
+class Api(Service[int]):
+    # Refused connections are retried (within max_retries); a 401 or a 503 fails the attempt for good.
+    exceptions_to_retry_for = (httpx.TransportError,)
+
+    def __init__(self, url: Param[str], token: Param[str] = "good", pause_s: Param[float] = 0.0) -> None:
+        self.url = url
+        self.token = token
+        self.pause_s = pause_s
+
+    async def setup(self) -> None:
+        self.client = httpx.AsyncClient(base_url=self.url, timeout=5)
+
+    async def process(self, item: int) -> None:
+        if self.pause_s:
+            await asyncio.sleep(self.pause_s)
+        response = await self.client.get(f"/items/{item}", headers={"Authorization": f"Bearer {self.token}"})
+        response.raise_for_status()
+
+    async def finish(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,203 @@
+"""The circuit breaker, through the real CLI against the real flaky API on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pexpect
+import pytest
+from conftest import PROJECTS, ROOT, Outcome, newest_run, subprocess_env
+
+sys.path.insert(0, str(ROOT / "examples" / "flaky_api"))
+from server import FlakyApi  # noqa: E402
+
+PROJECT = PROJECTS / "breaker"
+
+
+@pytest.fixture
+def api() -> Any:
+    """The flaky API, served from this test process."""
+    with FlakyApi() as server:
+        yield server
+
+
+def args(api: FlakyApi, out: Path, **params: object) -> list[str]:
+    """``exec`` of the breaker project against ``api`` with a small, fast breaker; ``params`` override."""
+    given = {"url": api.url, "breaker_window": 20, "breaker_cooldown_s": 0.2, "max_retries": 0, **params}
+    flags = [part for name, value in given.items() for part in ("-p", f"{name}={value}")]
+    return [sys.executable, "-m", "batchcli", "exec", str(PROJECT), "-d", str(out), *flags]
+
+
+def run(cmd: list[str]) -> Outcome:
+    out = Path(cmd[cmd.index("-d") + 1]) if "-d" in cmd else None
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=subprocess_env())
+    run_dir = newest_run(out) if out is not None else Path(cmd[4])
+    return Outcome(proc.returncode, proc.stdout + proc.stderr, run_dir)
+
+
+def journal_failures(run_dir: Path) -> int:
+    conn = sqlite3.connect(run_dir / "journal.sqlite")
+    try:
+        return int(conn.execute("SELECT count(*) FROM failures").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def check_invariant(summary: dict[str, Any]) -> None:
+    assert summary["succeeded"] + summary["failed"] + summary["unprocessed"] == summary["total"]
+
+
+def test_outage_opens_probes_closes_and_loses_nothing(api: FlakyApi, tmp_path: Path) -> None:
+    """An outage (refused connections) mid-run trips the breaker, which probes, closes, and every item is served once."""
+    count = 300
+    cmd = args(api, tmp_path / "out", count=count, pause_s=0.01, concurrency=4)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env())
+    deadline = time.monotonic() + 60
+    while len(api.served) < 50 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    api.down(1.0, refuse=True)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    run_dir = newest_run(tmp_path / "out")
+    assert run_dir is not None
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["succeeded"], summary["failed"], summary["unprocessed"]) == (count, 0, 0)
+    check_invariant(summary)
+    assert summary["breaker"]["trips"] >= 1 and summary["breaker"]["probes"] >= 1
+    assert sorted(api.served) == list(range(count)) and set(api.served.values()) == {1}
+    assert not (run_dir / "failed.jsonl").exists() or (run_dir / "failed.jsonl").read_text() == ""
+    assert journal_failures(run_dir) == 0
+    log = (run_dir / "batchcli.log").read_text()
+    assert "Circuit breaker open: 10 of the last" in log and "Circuit breaker closed (a probe succeeded)" in log
+    assert "concurrency back up to 4 of 4" in log  # from 1 after the probe, doubling
+
+
+def test_expired_token_stops_resumably_then_resume_finishes(api: FlakyApi, tmp_path: Path) -> None:
+    """A bad token stops the run after at most window + concurrency attempts (exit 130); resume with a good one finishes."""
+    stopped = run(args(api, tmp_path / "out", token="bad", concurrency=4, breaker_max_wait_s=0.5))
+    assert stopped.exit_code == 130, stopped.output
+    assert "circuit breaker stayed open for 0.5s" in stopped.output
+    assert f"batchcli resume {stopped.run_dir}" in " ".join(stopped.output.split())
+    assert api.statuses[401] <= 20 + 4
+    summary = stopped.summary
+    assert (summary["succeeded"], summary["failed"], summary["unprocessed"]) == (0, 0, 200)
+    assert stopped.failed == [] and journal_failures(stopped.run_dir) == 0
+    assert summary["breaker"]["trips"] == 1 and summary["breaker"]["probes"] >= 1
+
+    resumed = run([sys.executable, "-m", "batchcli", "resume", str(stopped.run_dir), "-p", "token=good"])
+    assert resumed.exit_code == 0, resumed.output
+    summary = resumed.summary
+    assert (summary["succeeded"], summary["failed"], summary["unprocessed"]) == (200, 0, 0)
+    check_invariant(summary)
+    assert sorted(api.served) == list(range(200)) and set(api.served.values()) == {1}
+    assert summary["breaker"]["trips"] == 1  # the first session's, carried over
+
+    shown = run([sys.executable, "-m", "batchcli", "show", str(stopped.run_dir)])
+    assert "breaker" in shown.output and "opened 1 time," in shown.output
+
+
+def test_failures_already_journaled_are_taken_back(api: FlakyApi, tmp_path: Path) -> None:
+    """Failures written to the journal and failed.jsonl before the trip leave both when the breaker takes them back."""
+    stopped = run(args(api, tmp_path / "out", token="bad", count=50, pause_s=0.1, concurrency=2, breaker_max_wait_s=0.3))
+    assert stopped.exit_code == 130, stopped.output
+    conn = sqlite3.connect(stopped.run_dir / "journal.sqlite")
+    try:
+        journaled = conn.execute("SELECT sum(failed) FROM timeline").fetchone()[0]
+        counts = conn.execute("SELECT succeeded, failed FROM run").fetchone()
+    finally:
+        conn.close()
+    assert journaled >= 1  # some failures were committed by a flush before the trip took them back
+    assert counts == (0, 0) and journal_failures(stopped.run_dir) == 0 and stopped.failed == []
+    summary = stopped.summary
+    assert (summary["failed"], summary["unprocessed"]) == (0, 50)
+
+    resumed = run([sys.executable, "-m", "batchcli", "resume", str(stopped.run_dir), "-p", "token=good", "-p", "pause_s=0"])
+    assert resumed.exit_code == 0, resumed.output
+    assert (resumed.summary["succeeded"], resumed.summary["failed"]) == (50, 0)
+    assert sorted(api.served) == list(range(50)) and set(api.served.values()) == {1}
+
+
+def test_probe_failures_double_the_cooldown_until_max_wait(api: FlakyApi, tmp_path: Path) -> None:
+    """While the cause stays, each failed probe re-opens the breaker with a doubled cool-down, then the run stops."""
+    stopped = run(args(api, tmp_path / "out", token="bad", breaker_cooldown_s=0.1, breaker_max_wait_s=1))
+    assert stopped.exit_code == 130, stopped.output
+    log = (stopped.run_dir / "batchcli.log").read_text()
+    # 0.1 s, then 0.2 s, then 0.4 s: the next (0.8 s) would end past the 1 s allowed.
+    assert "cooling down for 0.1s" in log and "cooling down for 0.2s" in log and "cooling down for 0.4s" in log
+    assert "cooling down for 0.8s" not in log
+    counts = stopped.summary["breaker"]
+    assert (counts["trips"], counts["probes"], counts["cooldowns"]) == (1, 3, 3)
+
+
+def test_window_zero_turns_the_breaker_off(api: FlakyApi, tmp_path: Path) -> None:
+    """With breaker_window=0 every item fails as it always did: exit 1, all recorded in failed.jsonl and the journal."""
+    done = run(args(api, tmp_path / "out", token="bad", count=40, breaker_window=0))
+    assert done.exit_code == 1, done.output
+    assert (done.summary["failed"], done.summary["breaker"]) == (40, None)
+    assert len(done.failed) == 40 and journal_failures(done.run_dir) == 40
+    assert "Circuit breaker" not in done.output
+
+
+def test_scattered_failures_do_not_trip(api: FlakyApi, tmp_path: Path) -> None:
+    """A failure share below breaker_failure_rate leaves the breaker closed and the failures final."""
+    done = run(args(api, tmp_path / "out", token="bad", count=8, breaker_window=20))
+    assert done.exit_code == 1, done.output
+    assert done.summary["failed"] == 8 and done.summary["breaker"]["trips"] == 0
+    assert len(done.failed) == 8 and journal_failures(done.run_dir) == 8
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fix"),
+    [
+        ("breaker_window", "-1", "or 0 to turn it off"),
+        ("breaker_failure_rate", "1.5", "above 0 and at most 1"),
+        ("breaker_cooldown_s", "0", "breaker_cooldown_s=30"),
+        ("breaker_max_wait_s", "inf", "breaker_max_wait_s=30"),
+    ],
+)
+def test_bad_breaker_settings_are_refused(api: FlakyApi, tmp_path: Path, field: str, value: str, fix: str) -> None:
+    """A bad breaker setting is exit 2 with one paragraph naming the value and the fix, before any run starts."""
+    done = run(args(api, tmp_path / "out", **{field: value}))
+    assert done.exit_code == 2, done.output
+    text = " ".join(done.output.split())
+    assert f"{field} must be" in text and fix in text
+    assert done.run_dir is None
+
+
+def test_trip_on_a_terminal_opens_the_pause_shell_with_the_reason(api: FlakyApi, tmp_path: Path) -> None:
+    """On a terminal the breaker opens the pause shell with the reason; a new token on the live service finishes the run."""
+    out = tmp_path / "out"
+    child = pexpect.spawn(
+        sys.executable,
+        args(api, out, token="bad", count=100, breaker_window=10)[1:],
+        cwd=str(tmp_path),
+        env=subprocess_env(TERM="xterm", IPYTHONDIR=str(tmp_path / "ipython"), PROMPT_TOOLKIT_NO_CPR="1"),
+        dimensions=(60, 250),
+        encoding="utf-8",
+        timeout=30,
+    )
+    try:
+        child.expect("circuit breaker open: run paused")
+        child.expect(r"5 of the last 5 items failed: httpx.HTTPStatusError: Client error '401 Unauthorized'")
+        child.expect(r"In \[")
+        child.sendline("service.token = 'good'")
+        child.expect(r"In \[")
+        child.sendline("exit")
+        child.expect("Resuming the run.")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+    run_dir = newest_run(out)
+    assert run_dir is not None
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["succeeded"], summary["failed"]) == (100, 0)
+    assert summary["breaker"]["trips"] == 1 and summary["breaker"]["probes"] == 0
+    assert sorted(api.served) == list(range(100)) and set(api.served.values()) == {1}
+    assert journal_failures(run_dir) == 0
