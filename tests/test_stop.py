@@ -170,3 +170,27 @@ def test_a_double_signal_then_resume_loses_nothing(piped, run_batchcli) -> None:
     assert resumed.exit_code == 0, resumed.output
     assert sorted(run.log.done()) == list(range(30))
     assert run.log.done_twice() == []
+
+
+def test_a_signal_the_kernel_gives_to_another_thread_still_stops_the_run(tmp_path: Path, run_batchcli) -> None:
+    """A SIGTERM delivered to a thread other than the main one (the kernel may pick any) still stops the run."""
+    ledger = tmp_path / "ledger"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "exec", str(PROJECTS / "signal_elsewhere" / "job.py"), "-d", "out",
+         "-p", f"ledger={ledger}", "-p", "concurrency=2"],
+        cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_for(lambda: ledger.exists() and len(ledger.read_text().splitlines()) >= 10, "10 processed items")
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    done = ledger.read_text().splitlines()
+    assert proc.returncode == 130, output
+    assert "SIGTERM: stopping" in output
+    assert len(done) < 400, "the run went on to the end: the signal was not handled while it ran"
+    assert run_batchcli("resume", newest_run(tmp_path / "out")).exit_code == 0
+    assert sorted(map(int, ledger.read_text().splitlines())) == list(range(400))

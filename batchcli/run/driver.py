@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("batchcli")
 
+SIGNAL_CHECK_S = 0.1
+"""How often the waiting main thread looks for a signal that the kernel delivered to another thread."""
+
 class Run:
     """Drives one job in its run directory: the loop and recorder threads, the pause shell, the flushes.
 
@@ -153,9 +156,12 @@ class Run:
             display.start()
             loop_thread.start()
             recorder.start()
-            # The main thread only waits, so signal handlers (and the pause shell) run promptly.
+            # The main thread only waits, so signal handlers (and the pause shell) run promptly. With a
+            # timeout: Python runs a signal's handler on the main thread, but the kernel may deliver the
+            # signal to any thread, and then nothing interrupts a wait without one (a group SIGTERM went
+            # unanswered until the run ended that way).
             while not self._finished.is_set():
-                self._wake.wait()
+                self._wake.wait(SIGNAL_CHECK_S)
                 self._wake.clear()
                 if self._pause_requested.is_set():
                     self._open_pause()
