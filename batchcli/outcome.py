@@ -10,8 +10,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-log = logging.getLogger("batchcli")
-tracebacks = logging.getLogger("batchcli.traceback")
+FAILURES = "batchcli.failures"
+"""Logger of each final failure, one record with its traceback: the log file gets every one; the console
+groups them instead (run/failures.py)."""
+failures_log = logging.getLogger(FAILURES)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ class Tally:
         """Every final failure, in order."""
         self.new_failures: deque[Failure] = deque()
         """Final failures not yet written to ``failed.jsonl`` and the journal."""
+        self.unshown: deque[Failure] = deque()
+        """Final failures the console has not grouped yet (its display drains them)."""
         self.recovered: deque[int] = deque()
         """Ordinals of journaled failures that later succeeded (retried from the pause shell)."""
         self.exhausted = False
@@ -160,16 +164,29 @@ class Tally:
         self.failed += 1
         self.failures.append(failure)
         self.new_failures.append(failure)
-        log.error(
-            "Item #%d (%s) failed after %d attempt%s: %s: %s",
-            failure.ordinal,
-            _short_repr(failure.item),
-            failure.attempts,
-            "" if failure.attempts == 1 else "s",
-            failure.error_type,
-            failure.error_message,
-        )
-        tracebacks.error("Item %d:\n%s", failure.ordinal, failure.traceback)
+        self.unshown.append(failure)
+        if failures_log.isEnabledFor(logging.ERROR):
+            # One record with its traceback, made directly: logging's caller lookup alone costs 5 us, and
+            # a flood logs one record per item.
+            failures_log.handle(
+                failures_log.makeRecord(
+                    FAILURES,
+                    logging.ERROR,
+                    __file__,
+                    0,
+                    "Item #%d (%s) failed after %d attempt%s: %s: %s\n%s",
+                    (
+                        failure.ordinal,
+                        _short_repr(failure.item),
+                        failure.attempts,
+                        "" if failure.attempts == 1 else "s",
+                        failure.error_type,
+                        failure.error_message,
+                        failure.traceback,
+                    ),
+                    None,
+                )
+            )
 
     def elapsed(self) -> float:
         """Seconds since the run started."""

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Protocol
 import tenacity
 
 from batchcli.load.configuration import Configuration
-from batchcli.load.project import format_user_traceback
+from batchcli.load.project import format_item_traceback
 from batchcli.outcome import Failure, Tally, qualified_name
 
 log = logging.getLogger("batchcli.retries")
@@ -151,7 +151,7 @@ class RetryScheduler:
                 error_type, message, traceback = described.error_type, described.message, described.traceback
             else:
                 error_type, message = qualified_name(type(error)), str(error)
-                traceback = format_user_traceback(error)
+                traceback = format_item_traceback(error)
             self._tally.fail(
                 Failure(
                     ordinal=ordinal,
