@@ -81,6 +81,39 @@ def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
+def failure_text(failure: Failure) -> str:
+    """The log file's text of one final failure: a line, then its traceback."""
+    return "Item #%d (%s) failed after %d attempt%s: %s: %s\n%s" % (
+        failure.ordinal,
+        _short_repr(failure.item),
+        failure.attempts,
+        "" if failure.attempts == 1 else "s",
+        failure.error_type,
+        failure.error_message,
+        failure.traceback,
+    )
+
+
+class FailureBatch(logging.LogRecord):
+    """One ERROR record for the final failures one flush took, instead of one record per failure (a flood
+    makes thousands a second, and a record costs several microseconds). The run's log file writes each
+    failure as a record of its own, with its time; any other handler gets every ``failure_text``."""
+
+    def __init__(self, failures: list[Failure]) -> None:
+        super().__init__(FAILURES, logging.ERROR, __file__, 0, "", None, None)
+        self.failures = failures
+        """The final failures, in the order they failed."""
+
+    def getMessage(self) -> str:
+        return "\n".join(failure_text(f) for f in self.failures)
+
+
+def log_failures(failures: list[Failure]) -> None:
+    """Log final failures (each with its traceback) on the ``batchcli.failures`` logger, as one record."""
+    if failures and failures_log.isEnabledFor(logging.ERROR):
+        failures_log.handle(FailureBatch(failures))
+
+
 class Tally:
     """The live counts of a run; executors update them, the display and the journal read them.
 
@@ -160,33 +193,12 @@ class Tally:
         return True
 
     def fail(self, failure: Failure) -> None:
-        """Record a final failure (called on the executor's loop; failures are the slow path)."""
+        """Record a final failure (called on the executor's loop). It is logged later, off the loop, by
+        whoever drains ``new_failures`` (``log_failures``): a flood must stay cheap for the loop."""
         self.failed += 1
         self.failures.append(failure)
         self.new_failures.append(failure)
         self.unshown.append(failure)
-        if failures_log.isEnabledFor(logging.ERROR):
-            # One record with its traceback, made directly: logging's caller lookup alone costs 5 us, and
-            # a flood logs one record per item.
-            failures_log.handle(
-                failures_log.makeRecord(
-                    FAILURES,
-                    logging.ERROR,
-                    __file__,
-                    0,
-                    "Item #%d (%s) failed after %d attempt%s: %s: %s\n%s",
-                    (
-                        failure.ordinal,
-                        _short_repr(failure.item),
-                        failure.attempts,
-                        "" if failure.attempts == 1 else "s",
-                        failure.error_type,
-                        failure.error_message,
-                        failure.traceback,
-                    ),
-                    None,
-                )
-            )
 
     def elapsed(self) -> float:
         """Seconds since the run started."""

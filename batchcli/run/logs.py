@@ -4,27 +4,27 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
+import time
 from pathlib import Path
 from typing import Callable
 
 from rich.console import Console
 from rich.logging import RichHandler
 
-from batchcli.outcome import FAILURES
+from batchcli.outcome import FAILURES, FailureBatch, failure_text
 
 _CONSOLE_LEVELS = {0: logging.WARNING, 1: logging.INFO}
 _FILE_LEVELS = {0: logging.INFO}
-FLUSH_AFTER_S = 0.2
-"""Most seconds a final failure's record waits in the log file's buffer (other records are flushed at once)."""
+FORMAT = "%(asctime)s %(levelname)-8s %(name)s: %(message)s"
+"""The log file's plain format."""
 
 
 class RunFileHandler(logging.FileHandler):
     """The run's log file. A write that fails (a full disk) is reported once, as one console line, not
     as a "--- Logging error ---" block per record: the journal, not the log, is what must not be lost.
 
-    The record of a final failure is flushed within ``FLUSH_AFTER_S`` rather than at once: a flood of
-    failures writes one buffer at a time instead of one system call per item (the journal has them all).
+    A ``FailureBatch`` is written as one record per failure, each with the time it failed, in one write:
+    the same text as logging each failure alone, at a fraction of the cost.
     """
 
     def __init__(self, path: Path, console: Console) -> None:
@@ -32,31 +32,29 @@ class RunFileHandler(logging.FileHandler):
         self._console = console
         self.failed = False
         """True once a write failed; later failures are silent."""
-        self._flush_timer: threading.Timer | None = None
+        self.setFormatter(logging.Formatter(FORMAT))
+        self._second = -1
+        self._stamp = ""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name != FAILURES or self.stream is None:
+        if not isinstance(record, FailureBatch) or self.stream is None:
             super().emit(record)
             return
         try:
-            self.stream.write(self.format(record) + self.terminator)
+            prefix = f" {logging.getLevelName(record.levelno):<8} {record.name}: "
+            self.stream.write("".join([f"{self._time(f.failed_at)}{prefix}{failure_text(f)}\n" for f in record.failures]))
+            self.flush()
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
-            return
-        if self._flush_timer is None:  # emit runs under the handler's lock
-            timer = self._flush_timer = threading.Timer(FLUSH_AFTER_S, self._flush_later)
-            timer.daemon = True
-            timer.start()
 
-    def _flush_later(self) -> None:
-        with self.lock:  # type: ignore[union-attr]  # created in Handler.__init__
-            self._flush_timer = None
-            try:
-                self.flush()
-            except Exception:
-                self.handleError(None)  # type: ignore[arg-type]  # ours reads no record
+    def _time(self, created: float) -> str:
+        """``Formatter.formatTime`` (``2026-12-01 23:34:02,123``), the date and time made once a second."""
+        second = int(created)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        return f"{self._stamp},{int((created - second) * 1000):03d}"
 
     def handleError(self, record: logging.LogRecord) -> None:
         if self.failed:
@@ -71,10 +69,6 @@ class RunFileHandler(logging.FileHandler):
         )
 
     def close(self) -> None:
-        with self.lock:  # type: ignore[union-attr]
-            if self._flush_timer is not None:
-                self._flush_timer.cancel()
-                self._flush_timer = None
         try:
             super().close()
         except OSError:  # the last buffered records did not fit; already reported
@@ -87,7 +81,6 @@ def start_logging(log_file: Path, console: Console, verbosity: int) -> Callable[
     file_level = _FILE_LEVELS.get(verbosity, logging.DEBUG)
     file_handler = RunFileHandler(log_file, console)
     file_handler.setLevel(file_level)
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-8s %(name)s: %(message)s"))
     console_handler = RichHandler(console=console, show_path=False, rich_tracebacks=False, markup=False)
     console_handler.setLevel(console_level)
     # Each final failure is one line and one traceback in the file; the console shows them grouped and
