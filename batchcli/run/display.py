@@ -123,26 +123,29 @@ class LiveDisplay:
 
 
 class _Ticker:
-    """Calls ``tick`` every ``TICK_S`` seconds on a thread of its own until stopped."""
+    """Calls ``tick`` every ``TICK_S`` seconds on a thread of its own while started (the pause shell
+    stops the display and starts it again)."""
 
     def __init__(self, tick: Callable[[], None], interval_s: float = TICK_S) -> None:
         self._tick = tick
         self._interval_s = interval_s
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="batchcli-failures", daemon=True)
+        self._thread: threading.Thread | None = None
 
-    def _loop(self) -> None:
-        while not self._stopped.wait(self._interval_s):
+    def _loop(self, stopped: threading.Event) -> None:
+        while not stopped.wait(self._interval_s):
             self._tick()
 
     def start(self) -> None:
         """Begin ticking."""
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(self._stopped,), name="batchcli-failures", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         """Stop ticking; a tick under way finishes first."""
         self._stopped.set()
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join()
 
 
