@@ -48,6 +48,11 @@ def qualified_name(cls: type) -> str:
 
 
 def _short_repr(item: Any) -> str:
+    kind = type(item)
+    if kind is int or (kind is str and len(item) <= 20):  # what reprlib would write, without its dispatch
+        text = repr(item)
+        if len(text) <= 30:
+            return text
     try:
         return reprlib.repr(item)
     except Exception:

@@ -78,20 +78,28 @@ def failure_line(
     Assembled from its parts rather than parsed and dumped again as one dict (a flood writes one line
     per item): the same text as ``json.dumps(_record(...), ensure_ascii=False)``.
     """
-    dumps = _dumps
+    text = _text
+    failed = _iso(failed_at)
+    first = failed if first_failed_at == failed_at else _iso(first_failed_at)
     return (
-        f'{{"ordinal": {int(ordinal)}, "input": {item_json}, "error_type": {dumps(error_type)}, '
-        f'"error_message": {dumps(error_message)}, "attempts": {int(attempts)}, '
-        f'"first_failed_at": "{_iso(first_failed_at)}", "failed_at": "{_iso(failed_at)}", '
-        f'"traceback": {dumps(traceback)}}}\n'
+        f'{{"ordinal": {int(ordinal)}, "input": {item_json}, "error_type": {text(error_type)}, '
+        f'"error_message": {text(error_message)}, "attempts": {int(attempts)}, '
+        f'"first_failed_at": "{first}", "failed_at": "{failed}", '
+        f'"traceback": {text(traceback)}}}\n'
     )
 
 
 _dumps = json.JSONEncoder(ensure_ascii=False).encode
+_text = json.encoder.encode_basestring  # a str as JSON, as dumps(..., ensure_ascii=False) writes it
 
 
 def json_text(value: Any) -> str:
-    """``json.dumps(value, ensure_ascii=False)`` with one encoder made once (``dumps`` makes one per call)."""
+    """``json.dumps(value, ensure_ascii=False)``, with the common inputs (str, int) written directly."""
+    kind = type(value)
+    if kind is str:
+        return _text(value)
+    if kind is int:
+        return int.__repr__(value)
     return _dumps(value)
 
 
