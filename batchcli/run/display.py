@@ -169,8 +169,8 @@ class PlainProgress:
         while not self._stopped.wait(tick):
             self.failures.tick()
             if time.monotonic() >= next_line:
-                next_line += self._interval_s
                 self.print_line()
+                next_line = time.monotonic() + self._interval_s
 
     def print_line(self) -> None:
         """Print the current state once, then the failure groups."""
