@@ -10,8 +10,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-log = logging.getLogger("batchcli")
-tracebacks = logging.getLogger("batchcli.traceback")
+FAILURES = "batchcli.failures"
+"""Logger of each final failure, one record with its traceback: the log file gets every one; the console
+groups them instead (run/failures.py)."""
+failures_log = logging.getLogger(FAILURES)
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,11 @@ def qualified_name(cls: type) -> str:
 
 
 def _short_repr(item: Any) -> str:
+    kind = type(item)
+    if kind is int or (kind is str and len(item) <= 20):  # what reprlib would write, without its dispatch
+        text = repr(item)
+        if len(text) <= 30:
+            return text
     try:
         return reprlib.repr(item)
     except Exception:
@@ -79,6 +86,39 @@ def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
+def failure_text(failure: Failure) -> str:
+    """The log file's text of one final failure: a line, then its traceback."""
+    return "Item #%d (%s) failed after %d attempt%s: %s: %s\n%s" % (
+        failure.ordinal,
+        _short_repr(failure.item),
+        failure.attempts,
+        "" if failure.attempts == 1 else "s",
+        failure.error_type,
+        failure.error_message,
+        failure.traceback,
+    )
+
+
+class FailureBatch(logging.LogRecord):
+    """One ERROR record for the final failures one flush took, instead of one record per failure (a flood
+    makes thousands a second, and a record costs several microseconds). The run's log file writes each
+    failure as a record of its own, with its time; any other handler gets every ``failure_text``."""
+
+    def __init__(self, failures: list[Failure]) -> None:
+        super().__init__(FAILURES, logging.ERROR, __file__, 0, "", None, None)
+        self.failures = failures
+        """The final failures, in the order they failed."""
+
+    def getMessage(self) -> str:
+        return "\n".join(failure_text(f) for f in self.failures)
+
+
+def log_failures(failures: list[Failure]) -> None:
+    """Log final failures (each with its traceback) on the ``batchcli.failures`` logger, as one record."""
+    if failures and failures_log.isEnabledFor(logging.ERROR):
+        failures_log.handle(FailureBatch(failures))
+
+
 class Tally:
     """The live counts of a run; executors update them, the display and the journal read them.
 
@@ -102,6 +142,8 @@ class Tally:
         """Every final failure, in order."""
         self.new_failures: deque[Failure] = deque()
         """Final failures not yet written to ``failed.jsonl`` and the journal."""
+        self.unshown: deque[Failure] = deque()
+        """Final failures the console has not grouped yet (its display drains them)."""
         self.recovered: deque[int] = deque()
         """Ordinals of journaled failures that later succeeded (retried from the pause shell)."""
         self.released: deque[int] = deque()
@@ -181,20 +223,12 @@ class Tally:
         return True
 
     def fail(self, failure: Failure) -> None:
-        """Record a final failure (called on the executor's loop; failures are the slow path)."""
+        """Record a final failure (called on the executor's loop). It is logged later, off the loop, by
+        whoever drains ``new_failures`` (``log_failures``): a flood must stay cheap for the loop."""
         self.failed += 1
         self.failures.append(failure)
         self.new_failures.append(failure)
-        log.error(
-            "Item #%d (%s) failed after %d attempt%s: %s: %s",
-            failure.ordinal,
-            _short_repr(failure.item),
-            failure.attempts,
-            "" if failure.attempts == 1 else "s",
-            failure.error_type,
-            failure.error_message,
-        )
-        tracebacks.error("Item %d:\n%s", failure.ordinal, failure.traceback)
+        self.unshown.append(failure)
 
     def elapsed(self) -> float:
         """Seconds since the run started."""

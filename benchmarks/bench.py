@@ -24,6 +24,7 @@ from typing import Any, Callable
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 NOOP = HERE / "jobs" / "noop.py"
+FAIL = HERE / "jobs" / "fail.py"
 
 
 # ---------------------------------------------------------------- children: one measurement each
@@ -51,7 +52,9 @@ def bare_pool(count: int, concurrency: int, sleep_ms: float) -> float:
     return asyncio.run(main())
 
 
-def batchcli_run(job: str, count: int, concurrency: int, sleep_ms: float, extra: dict[str, str]) -> float:
+def batchcli_run(
+    job: str, count: int, concurrency: int, sleep_ms: float, extra: dict[str, str], expect_ok: bool = True
+) -> float:
     """batchcli on the same work, in-process, journal and display on; times the run, not the import."""
     import tempfile
 
@@ -78,14 +81,35 @@ def batchcli_run(job: str, count: int, concurrency: int, sleep_ms: float, extra:
         start = time.perf_counter()
         result = run.execute()
         elapsed = time.perf_counter() - start
-    if result.succeeded != count:
-        raise SystemExit(f"batchcli processed {result.succeeded} of {count} items")
+    if (result.succeeded if expect_ok else result.succeeded + result.failed) != count:
+        raise SystemExit(f"batchcli settled {result.succeeded} + {result.failed} of {count} items")
     return elapsed
+
+
+def loop_cpu(job: str, count: int) -> float:
+    """CPU seconds of the run's loop thread (where items are processed and failures decided) for ``count`` items."""
+    from batchcli.run import driver
+
+    spent: list[float] = []
+    loop_main = driver.Run._loop_main
+
+    def timed(self: driver.Run) -> None:
+        start = time.thread_time()
+        try:
+            loop_main(self)
+        finally:
+            spent.append(time.thread_time() - start)
+
+    driver.Run._loop_main = timed  # type: ignore[method-assign]
+    batchcli_run(job, count, 10, 0.0, {"max_retries": "0"}, expect_ok=False)
+    return spent[0]
 
 
 def child(argv: list[str]) -> None:
     impl, count, concurrency, sleep_ms, job, extra = argv[0], int(argv[1]), int(argv[2]), float(argv[3]), argv[4], json.loads(argv[5])
-    if impl == "bare":
+    if impl == "loopcpu":
+        elapsed = loop_cpu(job, count)
+    elif impl == "bare":
         elapsed = bare_pool(count, concurrency, sleep_ms)
     else:
         elapsed = batchcli_run(job, count, concurrency, sleep_ms, extra)
@@ -304,6 +328,45 @@ def expired_token() -> list[Row]:
     )]
 
 
+def cli_wall(job: Path, count: int) -> tuple[float, float]:
+    """Wall and CPU seconds of ``batchcli exec JOB -p count=N -p max_retries=0``, the live display drawn to /dev/null."""
+    import tempfile
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), TTY_COMPATIBLE="1")
+    with tempfile.TemporaryDirectory() as out:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "batchcli", "exec", str(job), "-p", f"count={count}", "-p", "max_retries=0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=out, check=False,
+        )
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
+def flood() -> list[Row]:
+    """100k items that fail at once vs 100k that succeed, through the real CLI; and the loop thread's cost per failure.
+
+    The CPU times are printed beside the wall times: on a machine shared with other work they say more."""
+    n = 100_000
+    ok = min((cli_wall(NOOP, n) for _ in range(3)), key=lambda r: r[0])
+    failing = min((cli_wall(FAIL, n) for _ in range(3)), key=lambda r: r[0])
+    ratio = failing[0] / ok[0]
+    loop_us = min(measure("loopcpu", n, job=FAIL)["elapsed"] for _ in range(3)) / n * 1e6
+    return [
+        (
+            "flood: 100k failures vs 100k successes (exec)",
+            f"{failing[0]:.2f} s (CPU {failing[1]:.2f} s)",
+            f"{ok[0]:.2f} s (CPU {ok[1]:.2f} s)",
+            f"{n / failing[0]:,.0f}/s",
+            "",
+            ratio, 3.0, ratio <= 3.0,
+        ),
+        ("flood: loop-thread CPU per final failure", f"{loop_us:.1f} us", "", "", "", loop_us, 20.0, loop_us <= 20.0),
+    ]
+
+
 SCENARIOS: dict[str, Callable[[], list[Row]]] = {
     "overhead": overhead,
     "io": io_bound,
@@ -312,6 +375,7 @@ SCENARIOS: dict[str, Callable[[], list[Row]]] = {
     "scaleout": scale_out,
     "outage": outage,
     "token": expired_token,
+    "flood": flood,
 }
 
 

@@ -12,7 +12,7 @@ from datetime import datetime
 from batchcli.load.wiring import Wiring
 from batchcli.executors.bundle import Bundle
 from batchcli.outcome import qualified_name
-from batchcli.load.project import format_user_traceback
+from batchcli.load.project import format_item_traceback
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class ErrorInfo:
 
         if isinstance(error, BatchcliError):  # its message is already the whole story
             return cls(qualified_name(type(error)), str(error), "")
-        return cls(qualified_name(type(error)), str(error), format_user_traceback(error))
+        return cls(qualified_name(type(error)), str(error), format_item_traceback(error))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Protocol
 import tenacity
 
 from batchcli.load.configuration import Configuration
-from batchcli.load.project import format_user_traceback
+from batchcli.load.project import format_item_traceback
 from batchcli.outcome import Failure, Tally, qualified_name
 
 log = logging.getLogger("batchcli.retries")
@@ -75,6 +75,8 @@ class RetryPolicy:
     def next_delay(self, attempts: Attempts, error: BaseException) -> float | None:
         """Seconds to wait before the next attempt, or None when the item has finally failed."""
         state = attempts.state
+        if state.attempt_number >= self.max_attempts or not isinstance(error, self.retry_for):
+            return None  # what stop_after_attempt / retry_if_exception_type decide, without their Future (~4 us a failure)
         state.set_exception((type(error), error, error.__traceback__))
         if not self._retrying.retry(state) or self._retrying.stop(state):
             return None
@@ -154,7 +156,7 @@ class RetryScheduler:
                 error_type, message, traceback = described.error_type, described.message, described.traceback
             else:
                 error_type, message = qualified_name(type(error)), str(error)
-                traceback = format_user_traceback(error)
+                traceback = format_item_traceback(error)
             self._tally.fail(
                 Failure(
                     ordinal=ordinal,

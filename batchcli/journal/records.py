@@ -73,10 +73,55 @@ def failure_line(
     traceback: str,
 ) -> str:
     """One line of ``failed.jsonl`` (newline included) from a journal failure row, whose input is
-    already in JSON form: the journal is what the file is written from."""
-    item = json.loads(item_json)
-    record = _record(ordinal, item, error_type, error_message, attempts, first_failed_at, failed_at, traceback)
-    return json.dumps(record, ensure_ascii=False) + "\n"
+    already in JSON form: the journal is what the file is written from.
+
+    Assembled from its parts rather than parsed and dumped again as one dict (a flood writes one line
+    per item): the same text as ``json.dumps(_record(...), ensure_ascii=False)``.
+    """
+    text = _text
+    failed = _iso(failed_at)
+    first = failed if first_failed_at == failed_at else _iso(first_failed_at)
+    return (
+        f'{{"ordinal": {int(ordinal)}, "input": {item_json}, "error_type": {text(error_type)}, '
+        f'"error_message": {text(error_message)}, "attempts": {int(attempts)}, '
+        f'"first_failed_at": "{first}", "failed_at": "{failed}", '
+        f'"traceback": {text(traceback)}}}\n'
+    )
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
+_text = json.encoder.encode_basestring  # a str as JSON, as dumps(..., ensure_ascii=False) writes it
+
+
+def json_text(value: Any) -> str:
+    """``json.dumps(value, ensure_ascii=False)``, with the common inputs (str, int) written directly."""
+    kind = type(value)
+    if kind is str:
+        return _text(value)
+    if kind is int:
+        return int.__repr__(value)
+    return _dumps(value)
+
+
+def _iso(timestamp: float) -> str:
+    """``datetime.fromtimestamp(timestamp).astimezone().isoformat()``, the date, time and offset made once a second."""
+    second = math.floor(timestamp)
+    micros = round((timestamp - second) * 1e6)  # as datetime rounds: the fraction exactly, half to even
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    parts = _SECONDS.get(second)
+    if parts is None:
+        if len(_SECONDS) > 256:
+            _SECONDS.clear()
+        text = datetime.fromtimestamp(second).astimezone().isoformat()
+        parts = _SECONDS[second] = (text[:19], text[19:])
+    if micros:
+        return f"{parts[0]}.{micros:06d}{parts[1]}"
+    return parts[0] + parts[1]
+
+
+_SECONDS: dict[int, tuple[str, str]] = {}
+"""``(date and time, UTC offset)`` of recent whole seconds, for ``_iso``."""
 
 
 def _record(
@@ -95,8 +140,8 @@ def _record(
         "error_type": error_type,
         "error_message": error_message,
         "attempts": attempts,
-        "first_failed_at": datetime.fromtimestamp(first_failed_at).astimezone().isoformat(),
-        "failed_at": datetime.fromtimestamp(failed_at).astimezone().isoformat(),
+        "first_failed_at": _iso(first_failed_at),
+        "failed_at": _iso(failed_at),
         "traceback": traceback,
     }
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from batchcli import __version__
 from batchcli.errors import JournalError
 from batchcli.outcome import Failure, Tally
-from batchcli.journal.records import failure_line, json_form
+from batchcli.journal.records import failure_line, json_form, json_text
 from batchcli.journal.rundir import FORMAT, JOURNAL_NAME, RunLock, check_safe, check_writable, connect, damaged
 from batchcli.journal.settled import Numbered, RangeSet, skip_keys, skip_ordinals
 
@@ -357,7 +357,7 @@ class Journal:
             self.session,
             blob,
             f"{item_type.__module__}.{item_type.__qualname__}",
-            json.dumps(json_form(failure.item), ensure_ascii=False),
+            json_text(json_form(failure.item)),
             failure.error_type,
             failure.error_message,
             failure.traceback,

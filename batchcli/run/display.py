@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from batchcli.outcome import Tally
+from batchcli.run.failures import TICK_S, FailureReport, group_lines
 
 
 class Rate:
@@ -72,6 +73,9 @@ class LiveDisplay:
         self._rate = Rate(tally)
         self._title = title
         self._live = Live(self, console=console, refresh_per_second=refresh_per_second, transient=False)
+        self.failures = FailureReport(tally, console)
+        """The final failures, grouped; a few printed one by one above the display."""
+        self._ticker = _Ticker(self.failures.tick)
 
     def __rich__(self) -> RenderableType:
         tally = self._tally
@@ -97,36 +101,82 @@ class LiveDisplay:
             _stat("elapsed", _duration(tally.elapsed()), ""),
             _stat("eta", _duration(eta), ""),
         )
-        return Group(head, counts)
+        groups = self.failures.groups
+        if not groups:
+            return Group(head, counts)
+        failed = Table.grid(padding=(0, 1))
+        for line in group_lines(groups):
+            failed.add_row(Text("failed", style="red"), Text(line))
+        return Group(head, counts, failed)
 
     def start(self) -> None:
         """Begin redrawing."""
         self._live.start()
+        self._ticker.start()
 
     def stop(self) -> None:
         """Draw the final state and stop redrawing."""
+        self._ticker.stop()
+        self.failures.tick(final=True)
         self._live.refresh()
         self._live.stop()
 
 
+class _Ticker:
+    """Calls ``tick`` every ``TICK_S`` seconds on a thread of its own while started (the pause shell
+    stops the display and starts it again)."""
+
+    def __init__(self, tick: Callable[[], None], interval_s: float = TICK_S) -> None:
+        self._tick = tick
+        self._interval_s = interval_s
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _loop(self, stopped: threading.Event) -> None:
+        while not stopped.wait(self._interval_s):
+            self._tick()
+
+    def start(self) -> None:
+        """Begin ticking."""
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(self._stopped,), name="batchcli-failures", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop ticking; a tick under way finishes first."""
+        self._stopped.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join()
+
+
 class PlainProgress:
-    """Without a terminal: a plain progress line every ``interval_s`` seconds, from a thread."""
+    """Without a terminal: a plain progress line every ``interval_s`` seconds, with the failure groups
+    under it, and a few individual failure lines in between, from a thread."""
 
     def __init__(self, tally: Tally, console: Console, interval_s: float = 10.0) -> None:
         self._tally = tally
         self._console = console
         self._interval_s = interval_s
         self._rate = Rate(tally)
+        self.failures = FailureReport(tally, console, more_every_s=interval_s)
+        """The final failures, grouped; a few printed one by one between the progress lines."""
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="batchcli-progress", daemon=True)
 
     def _loop(self) -> None:
-        while not self._stopped.wait(self._interval_s):
-            self.print_line()
+        tick = min(TICK_S, self._interval_s)
+        next_line = time.monotonic() + self._interval_s
+        while not self._stopped.wait(tick):
+            self.failures.tick()
+            if time.monotonic() >= next_line:
+                self.print_line()
+                next_line = time.monotonic() + self._interval_s
 
     def print_line(self) -> None:
-        """Print the current state once."""
+        """Print the current state once, then the failure groups."""
         self._console.print(status_line(self._tally, self._rate.sample()), highlight=False, soft_wrap=True)
+        for line in group_lines(self.failures.groups):
+            self._console.print(f"  failed {line}", highlight=False, soft_wrap=True, markup=False)
 
     def start(self) -> None:
         """Begin printing."""
@@ -136,6 +186,7 @@ class PlainProgress:
         """Stop printing and print the final state."""
         self._stopped.set()
         self._thread.join()
+        self.failures.tick(final=True)
         self.print_line()
 
 

@@ -4,28 +4,57 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
 from rich.console import Console
 from rich.logging import RichHandler
 
-TRACEBACKS = "batchcli.traceback"
-"""Logger for full tracebacks of failed items: the log file gets them, the console does not."""
+from batchcli.outcome import FAILURES, FailureBatch, failure_text
 
 _CONSOLE_LEVELS = {0: logging.WARNING, 1: logging.INFO}
 _FILE_LEVELS = {0: logging.INFO}
+FORMAT = "%(asctime)s %(levelname)-8s %(name)s: %(message)s"
+"""The log file's plain format."""
 
 
 class RunFileHandler(logging.FileHandler):
     """The run's log file. A write that fails (a full disk) is reported once, as one console line, not
-    as a "--- Logging error ---" block per record: the journal, not the log, is what must not be lost."""
+    as a "--- Logging error ---" block per record: the journal, not the log, is what must not be lost.
+
+    A ``FailureBatch`` is written as one record per failure, each with the time it failed, in one write:
+    the same text as logging each failure alone, at a fraction of the cost.
+    """
 
     def __init__(self, path: Path, console: Console) -> None:
         super().__init__(path, encoding="utf-8")
         self._console = console
         self.failed = False
         """True once a write failed; later failures are silent."""
+        self.setFormatter(logging.Formatter(FORMAT))
+        self._second = -1
+        self._stamp = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not isinstance(record, FailureBatch) or self.stream is None:
+            super().emit(record)
+            return
+        try:
+            prefix = f" {logging.getLevelName(record.levelno):<8} {record.name}: "
+            self.stream.write("".join([f"{self._time(f.failed_at)}{prefix}{failure_text(f)}\n" for f in record.failures]))
+            self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def _time(self, created: float) -> str:
+        """``Formatter.formatTime`` (``2026-12-01 23:34:02,123``), the date and time made once a second."""
+        second = int(created)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        return f"{self._stamp},{int((created - second) * 1000):03d}"
 
     def handleError(self, record: logging.LogRecord) -> None:
         if self.failed:
@@ -52,10 +81,11 @@ def start_logging(log_file: Path, console: Console, verbosity: int) -> Callable[
     file_level = _FILE_LEVELS.get(verbosity, logging.DEBUG)
     file_handler = RunFileHandler(log_file, console)
     file_handler.setLevel(file_level)
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-8s %(name)s: %(message)s"))
     console_handler = RichHandler(console=console, show_path=False, rich_tracebacks=False, markup=False)
     console_handler.setLevel(console_level)
-    console_handler.addFilter(lambda record: not record.name.startswith(TRACEBACKS))
+    # Each final failure is one line and one traceback in the file; the console shows them grouped and
+    # sampled (run/failures.py): one rich line per failure was 2 ms each, and a flood scrolled away.
+    console_handler.addFilter(lambda record: record.name != FAILURES)
     root = logging.getLogger()
     previous_level = root.level
     root.setLevel(min(console_level, file_level))

@@ -20,7 +20,7 @@ from typing import Callable, Protocol
 from batchcli.errors import RunDirWriteError
 from batchcli.journal.records import FailedFile, failure_record
 from batchcli.journal.rundir import FLUSH_INTERVAL_S
-from batchcli.outcome import Failure, Tally
+from batchcli.outcome import Failure, Tally, log_failures
 
 log = logging.getLogger("batchcli")
 
@@ -106,6 +106,7 @@ class Recording:
             done = self.tally.take_done()
             new = self.tally.new_failures
             failures = [new.popleft() for _ in range(len(new))]
+            log_failures(failures)  # here, not on the loop thread: once each, even if the write below fails
             recovered = self.tally.recovered
             if recovered:
                 self.recorder.forgive([recovered.popleft() for _ in range(len(recovered))])

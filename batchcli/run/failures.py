@@ -1,0 +1,150 @@
+"""Final failures on the console: grouped by type and message shape, a few individual lines per second.
+
+The loop thread only appends each ``Failure`` to ``Tally.unshown``; a ``FailureReport`` drains it from
+the display's side, so a flood of failures costs the loop nothing here. Every failure still reaches the
+log file, ``failed.jsonl`` and the journal; the console shows a bounded sample of them and the counts.
+"""
+
+from __future__ import annotations
+
+import reprlib
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from rich.console import Console
+from rich.text import Text
+
+from batchcli.journal.rundir import message_shape
+from batchcli.outcome import Failure, Tally
+
+LINES_PER_SECOND = 3
+"""Individual failure lines the console prints at most per second; the others are only counted."""
+MORE_EVERY_S = 10.0
+"""Seconds between two "... and N more like this" lines of one group while the run goes."""
+TICK_S = 0.25
+"""How often the console drains the new failures."""
+
+_item_repr = reprlib.Repr()
+_item_repr.maxstring = _item_repr.maxother = 60
+
+
+@dataclass
+class Group:
+    """Final failures with the same error type and message shape (numbers as ``N``), as ``show`` groups them."""
+
+    error_type: str
+    """Qualified name of the exception class."""
+    shape: str
+    """The message with its numbers replaced by ``N``."""
+    count: int = 0
+    """Failures in this group so far."""
+    hidden: int = 0
+    """Failures of this group not printed one by one, nor yet announced by a "... and N more" line."""
+    announced_at: float = 0.0
+    """When the last "... and N more like this" line of this group was printed (monotonic)."""
+
+    @property
+    def label(self) -> str:
+        """``Type: message shape``, as one line."""
+        return f"{self.error_type}: {self.shape}" if self.shape else self.error_type
+
+
+def failure_line(failure: Failure) -> str:
+    """The console line of one failure (the log file has the same one, with its traceback)."""
+    try:
+        item = _item_repr.repr(failure.item)
+    except Exception:
+        item = f"<{type(failure.item).__qualname__} object>"
+    plural = "" if failure.attempts == 1 else "s"
+    return (
+        f"Item #{failure.ordinal} ({item}) failed after {failure.attempts} attempt{plural}: "
+        f"{failure.error_type}: {failure.error_message}"
+    )
+
+
+class FailureReport:
+    """Groups the run's final failures and prints a bounded sample of them above the progress.
+
+    ``tick`` runs on a thread of the display (never the loop thread); ``groups`` may be read from any
+    thread. ``lines_per_second`` bounds the individual lines; each group's unprinted failures are
+    announced by "... and N more like this (see batchcli.log)" at most every ``more_every_s`` seconds,
+    and once more when the run ends, so the printed lines plus the announced counts are every failure.
+    """
+
+    def __init__(
+        self,
+        tally: Tally,
+        console: Console,
+        lines_per_second: int = LINES_PER_SECOND,
+        more_every_s: float = MORE_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._tally = tally
+        self._console = console
+        self._lines_per_second = lines_per_second
+        self._more_every_s = more_every_s
+        self._clock = clock
+        self._groups: dict[tuple[str, str], Group] = {}
+        self._window_start = clock()
+        self._window_lines = 0
+        self._lock = threading.Lock()
+
+    @property
+    def groups(self) -> list[Group]:
+        """Every group so far, largest first."""
+        return sorted(list(self._groups.values()), key=lambda g: -g.count)
+
+    def tick(self, final: bool = False) -> None:
+        """Print what is due: new failures within the line budget, then the groups' "and N more" lines."""
+        with self._lock:
+            now = self._clock()
+            unshown = self._tally.unshown
+            lines: list[Text] = []
+            for _ in range(len(unshown)):
+                failure = unshown.popleft()
+                group = self._group(failure)
+                if now - self._window_start >= 1.0:
+                    self._window_start, self._window_lines = now, 0
+                if self._window_lines < self._lines_per_second:
+                    self._window_lines += 1
+                    lines.append(Text.assemble(("failed ", "red"), failure_line(failure)))
+                else:
+                    if group.hidden == 0 and not group.announced_at:
+                        group.announced_at = now  # the first announcement waits a full period too
+                    group.hidden += 1
+            for group in self._groups.values():
+                if group.hidden and (final or now - group.announced_at >= self._more_every_s):
+                    lines.append(self.more_line(group))
+                    group.hidden = 0
+                    group.announced_at = now
+            for line in lines:
+                self._console.print(line, soft_wrap=True, highlight=False)
+
+    @staticmethod
+    def more_line(group: Group) -> Text:
+        """``Type: shape ... and N more like this (see batchcli.log)``."""
+        return Text.assemble(
+            ("failed ", "red"),
+            group.label,
+            (f" ... and {group.hidden:,} more like this (see batchcli.log)", "dim"),
+        )
+
+    def _group(self, failure: Failure) -> Group:
+        shape = message_shape(failure.error_message)
+        key = (failure.error_type, shape)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = Group(failure.error_type, shape)
+        group.count += 1
+        return group
+
+
+def group_lines(groups: list[Group], limit: int = 5) -> list[str]:
+    """The largest ``limit`` groups as ``N × Type: shape`` lines, then how many groups are left out."""
+    lines = [f"{g.count:,} × {g.label}" for g in groups[:limit]]
+    if len(groups) > limit:
+        rest = sum(g.count for g in groups[limit:])
+        lines.append(f"{rest:,} more in {len(groups) - limit} other group{'s' if len(groups) - limit > 1 else ''}")
+    return lines
