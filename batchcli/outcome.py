@@ -106,6 +106,10 @@ class Tally:
         """Ordinals of journaled failures that later succeeded (retried from the pause shell)."""
         self.exhausted = False
         """True once the source has yielded its last item."""
+        self.cooldown_until = 0.0
+        """While throttled: the clock time (``clock``) until which no new item starts."""
+        self.effective: tuple[int, float | None] | None = None
+        """Concurrency and rate limit in force while adaptive limits are below the configured ones; else None."""
         self.started = clock()
         self._clock = clock
 

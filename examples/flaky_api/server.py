@@ -39,6 +39,7 @@ class FlakyApi:
         retry_after_s: float = 1.0,
         http_date: bool = False,
         port: int = 0,
+        throttle_first: int = 0,
     ) -> None:
         self.rate = rate
         """Requests per second served before 429s start; None for no limit."""
@@ -48,6 +49,10 @@ class FlakyApi:
         """What ``Retry-After`` says on a 429 (a 503 says how long the outage has left)."""
         self.http_date = http_date
         """Send ``Retry-After`` as an HTTP-date instead of seconds."""
+        self.throttle_first = throttle_first
+        """Answer the first N requests 429 whatever the rate (a test's deterministic throttle)."""
+        self.requests: list[tuple[float, str, int, str | None]] = []
+        """Every request as (``time.time()`` it arrived, path, status, Retry-After sent or None)."""
         self.statuses: Counter[int] = Counter()
         self.served: Counter[int] = Counter()
         """Item number -> how many times it was answered 200."""
@@ -141,6 +146,7 @@ class FlakyApi:
         now = time.monotonic()
         with self._lock:
             status, headers, body = self._decide(path, authorization, now)
+            self.requests.append((time.time(), path, status, headers.get("Retry-After")))
             self.statuses[status] += 1
             if status == 200:
                 self.served[body["item"]] += 1
@@ -151,6 +157,8 @@ class FlakyApi:
             return 503, {"Retry-After": self._retry_after(self._down_until - now)}, {"error": "down"}
         if authorization != f"Bearer {self.token}":
             return 401, {}, {"error": "bad token"}
+        if len(self.requests) < self.throttle_first:
+            return 429, {"Retry-After": self._retry_after(self.retry_after_s)}, {"error": "slow down"}
         if self.rate is not None:
             self._tokens = min(self.burst, self._tokens + (now - self._refilled) * self.rate)
             self._refilled = now
