@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import sqlite3
 import sys
 import urllib.error
 from datetime import datetime, timedelta, timezone
@@ -129,6 +130,27 @@ def test_concurrency_is_cut_on_a_throttle_and_grows_back(run_batchcli) -> None:
     assert "Throttled: effective concurrency=4 (configured concurrency=8)." in log
     grown = re.findall(r"Growing back: effective concurrency=(\d+)", log)
     assert [int(n) for n in grown] == [5, 6, 7, 8]
+    # The journal keeps the limits over time, and show draws them.
+    assert result.run_dir is not None
+    with sqlite3.connect(result.run_dir / "journal.sqlite") as conn:
+        in_force = [c for (c,) in conn.execute("SELECT concurrency FROM limits ORDER BY t")]
+    assert in_force[0] == 4 and in_force[-1] == 8 and max(in_force) == 8
+    assert in_force == sorted(in_force)
+    shown = " ".join(run_batchcli("show", result.run_dir).output.split())
+    assert "Throttled once; concurrency in force over running time:" in shown
+    assert re.search(r"4 \[[^]]+\] → .*→ 8 \[", shown), shown
+
+
+def test_show_reads_a_journal_from_before_throttling(run_batchcli) -> None:
+    """A journal without the limits table (an older batchcli's) still shows, without a throttling section."""
+    with FlakyApi() as api:
+        result = run_batchcli("exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=3")
+    assert result.exit_code == 0 and result.run_dir is not None, result.output
+    with sqlite3.connect(result.run_dir / "journal.sqlite") as conn:
+        conn.execute("DROP TABLE limits")
+    shown = run_batchcli("show", result.run_dir)
+    assert shown.exit_code == 0, shown.output
+    assert "3 succeeded" in shown.output and "Throttled" not in shown.output
 
 
 def test_adaptive_false_keeps_the_limits_but_honours_retry_after(run_batchcli) -> None:

@@ -130,10 +130,7 @@ class Cooldown:
         """Monotonic time the current cool-down ends; no new item starts before it."""
         self._cut_until = 0.0
         self._streak = 0
-        self.throttles = 0
-        """Throttled attempts so far."""
-        self.cuts = 0
-        """Times the effective limits were cut."""
+        tally.limits = tally.ceiling = (self.ceiling.concurrency, self.ceiling.rate_limit)
 
     @property
     def remaining_s(self) -> float:
@@ -143,7 +140,7 @@ class Cooldown:
     def throttled(self, throttle: Throttle) -> float:
         """Start or extend the cool-down for one throttled attempt; returns its seconds from now."""
         now = self._clock()
-        self.throttles += 1
+        self._tally.throttles += 1
         self._streak += 1
         wait = throttle.retry_after_s
         if wait is None:
@@ -168,13 +165,13 @@ class Cooldown:
         rate = None if old.rate_limit is None else max(MIN_RATE, old.rate_limit * DECREASE)
         new = Limits(max(1, int(old.concurrency * DECREASE)), rate)
         if new != old:
-            self.cuts += 1
             log.info("Throttled: effective %s (configured %s).", _describe(new), _describe(self.ceiling))
             self._apply(new)
 
     def _apply(self, limits: Limits) -> None:
         self._apply_limits(limits)
-        self._tally.effective = None if limits == self.ceiling else (limits.concurrency, limits.rate_limit)
+        self._tally.limits = (limits.concurrency, limits.rate_limit)
+        self._tally.ceiling = (self.ceiling.concurrency, self.ceiling.rate_limit)
 
     def set_ceiling(self, limits: Limits) -> None:
         """The user changed the limits (the pause shell): they are the new ceiling and in force now."""

@@ -53,9 +53,9 @@ def throttle_note(tally: Tally, now: Callable[[], float] = time.monotonic) -> st
     left = tally.cooldown_until - now()
     if left > 0:
         parts.append(f"cooling down {left:.0f}s")
-    if tally.effective is not None:
-        concurrency, rate = tally.effective
-        parts.append(f"concurrency {concurrency}" + ("" if rate is None else f" rate {rate:g}/s"))
+    if tally.limits is not None and tally.limits != tally.ceiling:
+        concurrency, rate = tally.limits
+        parts.append(f"concurrency {concurrency}" + ("" if rate is None else f" rate {rate:g}/s") + " (adapting)")
     return "  ".join(parts)
 
 
