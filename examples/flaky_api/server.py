@@ -146,6 +146,8 @@ class FlakyApi:
         now = time.monotonic()
         with self._lock:
             status, headers, body = self._decide(path, authorization, now)
+            if status == 0:  # /stats
+                return 200, headers, body
             self.requests.append((time.time(), path, status, headers.get("Retry-After")))
             self.statuses[status] += 1
             if status == 200:
@@ -153,6 +155,8 @@ class FlakyApi:
         return status, headers, body
 
     def _decide(self, path: str, authorization: str, now: float) -> tuple[int, dict[str, str], dict[str, Any]]:
+        if path == "/stats":  # for a benchmark that runs the server in another process; not counted
+            return 0, {}, {"requests": [[t, status] for t, _, status, _ in self.requests]}
         if now < self._down_until:
             return 503, {"Retry-After": self._retry_after(self._down_until - now)}, {"error": "down"}
         if authorization != f"Bearer {self.token}":
@@ -182,9 +186,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--rate", type=float, default=200, help="requests per second before 429s")
     parser.add_argument("--token", default="good")
+    parser.add_argument("--burst", type=float, default=None, help="token bucket size (default rate/10)")
+    parser.add_argument("--retry-after", type=float, default=1.0, help="seconds a 429 asks to wait")
     parser.add_argument("--down-every", type=float, default=0, help="go down for 5 s every N seconds (0: never)")
     args = parser.parse_args()
-    api = FlakyApi(rate=args.rate, token=args.token, port=args.port).start()
+    api = FlakyApi(
+        rate=args.rate, burst=args.burst, token=args.token, port=args.port, retry_after_s=args.retry_after
+    ).start()
     print(f"flaky API on {api.url} (rate {args.rate}/s, token {args.token!r}); Ctrl-C to stop", flush=True)
     try:
         while True:
