@@ -175,6 +175,7 @@ class Cooldown:
 
     def set_ceiling(self, limits: Limits) -> None:
         """The user changed the limits (the pause shell): they are the new ceiling and in force now."""
+        self._apply_limits(limits)  # first: a bad value raises here and changes nothing
         self.ceiling = limits
         self._apply(limits)
 
