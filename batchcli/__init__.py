@@ -6,7 +6,8 @@ from batchcli.load.params import Param
 from batchcli.load.secret import Secret
 from batchcli.load.service import Service
 from batchcli.load.source import Source
+from batchcli.load.throttled import Throttled
 
 __version__ = "0.1.0"
 
-__all__ = ["Configuration", "Param", "Secret", "Service", "Source", "__version__", "inject"]
+__all__ = ["Configuration", "Param", "Secret", "Service", "Source", "Throttled", "__version__", "inject"]

@@ -153,6 +153,14 @@ class Tally:
         circuit breaker's hook (None when it is off); slow path only."""
         self.exhausted = False
         """True once the source has yielded its last item."""
+        self.cooldown_until = 0.0
+        """While throttled: the clock time (``clock``) until which no new item starts."""
+        self.throttles = 0
+        """Attempts the API throttled (429/503, ``Throttled``): none of them spent an attempt."""
+        self.limits: tuple[int, float | None] | None = None
+        """Concurrency and rate limit in force now (adaptive: cut on throttles), once the executor exists."""
+        self.ceiling: tuple[int, float | None] | None = None
+        """The configured concurrency and rate limit (or the pause shell's): ``limits`` never exceeds them."""
         self.started = clock()
         self._clock = clock
 

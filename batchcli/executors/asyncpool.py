@@ -10,6 +10,7 @@ from batchcli.executors.base import Items
 from batchcli.executors.calls import ItemCalls
 from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
+from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, throttle_of
 from batchcli.load.configuration import Configuration
 from batchcli.outcome import Tally
 
@@ -27,7 +28,10 @@ class AsyncExecutor:
         self._tally = tally
         self._retries = RetryScheduler(policy, tally)
         self._limiter = Limiter(Limits(config.concurrency, config.rate_limit))
-        self._ready: deque[tuple[int, Any, Attempts]] = deque()
+        self._cooldown = Cooldown(config, self._limiter, self._apply_limits, tally)
+        self._cooling = False
+        """True while a throttle's cool-down holds new starts (part of the one ``_slow`` flag)."""
+        self._ready: deque[tuple[int, Any, Attempts | None]] = deque()
         self._workers: set[asyncio.Task[None]] = set()
         self._retiring = 0
         self._settled = False
@@ -52,6 +56,8 @@ class AsyncExecutor:
         self._retries.bind(self._loop)
         self._wake = asyncio.Event()
         self._gate = asyncio.Event()
+        self._cool_over = asyncio.Event()
+        self._grow_timer = self._loop.call_later(GROW_INTERVAL_S, self._grow)
         if not self.paused:  # a pause may come before the run starts (Ctrl-C during setup)
             self._gate.set()
         if isinstance(items, Iterator):
@@ -66,6 +72,7 @@ class AsyncExecutor:
             while self._workers:
                 await asyncio.wait(set(self._workers))
         finally:
+            self._grow_timer.cancel()
             self._retries.close()
             self._calls.close()
 
@@ -124,7 +131,9 @@ class AsyncExecutor:
                 done(ordinal)
 
     def _update_slow(self) -> None:
-        self._slow = self.paused or self.stopping or bool(self._retiring) or self._limiter.throttled
+        self._slow = (
+            self.paused or self.stopping or self._cooling or bool(self._retiring) or self._limiter.throttled
+        )
 
     @staticmethod
     def _hard_stopped() -> bool:
@@ -142,6 +151,18 @@ class AsyncExecutor:
             self._retiring -= 1
             self._update_slow()
             return True
+        if self._cooling:
+            while (left := self._cooldown.remaining_s) > 0 and not self.stopping:
+                try:
+                    await asyncio.wait_for(self._cool_over.wait(), left)
+                except TimeoutError:
+                    pass
+            self._cooling = False
+            self._update_slow()
+            if self.stopping:
+                return True
+            if self.paused:  # paused while cooling down: wait again, then look at everything afresh
+                return await self._detour()
         if self._limiter.throttled and (delay := self._limiter.delay()) > 0:
             await asyncio.sleep(delay)
         return False
@@ -183,10 +204,21 @@ class AsyncExecutor:
         return True
 
     def _failed(self, ordinal: int, item: Any, attempts: Attempts | None, error: BaseException) -> None:
+        throttle = throttle_of(error)
+        if throttle is not None:
+            delay = self._cooldown.throttled(throttle)
+            self._cooling = self._slow = True
+            self._cool_over.clear()
+            self._retries.throttled(ordinal, item, attempts, delay, self._requeue, self.stopping)
+            return
         if self._retries.failed(ordinal, item, attempts, error, self._requeue, self.stopping):
             self._wake.set()
 
-    def _requeue(self, ordinal: int, item: Any, attempts: Attempts) -> None:
+    def _grow(self) -> None:
+        self._cooldown.tick()
+        self._grow_timer = self._loop.call_later(GROW_INTERVAL_S, self._grow)
+
+    def _requeue(self, ordinal: int, item: Any, attempts: Attempts | None) -> None:
         self._ready.append((ordinal, item, attempts))
         self._wake.set()
 
@@ -201,6 +233,7 @@ class AsyncExecutor:
         self.resume()
         if hasattr(self, "_wake"):
             self._wake.set()
+            self._cool_over.set()
 
     def cancel(self) -> None:
         """Stop at once: cancel in-flight items, leaving them unprocessed."""
@@ -241,7 +274,21 @@ class AsyncExecutor:
         return dict(sorted(found.items()))
 
     def set_concurrency(self, concurrency: int) -> None:
-        """Change how many items may be in flight from now on."""
+        """Change how many items may be in flight from now on (the new ceiling for adaptive limits)."""
+        self._cooldown.set_ceiling(Limits(concurrency, self._cooldown.ceiling.rate_limit))
+
+    def set_rate_limit(self, rate: float | None) -> None:
+        """Change the most items started per second, None for no limit (the new ceiling for adaptive limits)."""
+        self._cooldown.set_ceiling(Limits(self._cooldown.ceiling.concurrency, rate))
+
+    def _apply_limits(self, limits: Limits) -> None:
+        if limits.concurrency != self._limiter.concurrency:
+            self._set_concurrency(limits.concurrency)
+        if limits.rate_limit != self._limiter.limits.rate_limit:
+            self._limiter.set_rate_limit(limits.rate_limit)
+            self._update_slow()
+
+    def _set_concurrency(self, concurrency: int) -> None:
         change = self._limiter.set_concurrency(concurrency)
         if change > 0:
             self._calls.grow(concurrency)
@@ -250,11 +297,6 @@ class AsyncExecutor:
             self._spawn(change - cancelled)
         else:
             self._retiring += -change
-        self._update_slow()
-
-    def set_rate_limit(self, rate: float | None) -> None:
-        """Change the most items started per second (None for no limit)."""
-        self._limiter.set_rate_limit(rate)
         self._update_slow()
 
 

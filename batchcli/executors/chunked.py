@@ -30,6 +30,7 @@ from batchcli.executors.sizing import ChunkSizer
 from batchcli.outcome import Tally, qualified_name
 from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
+from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, Throttle
 
 log = logging.getLogger("batchcli")
 
@@ -89,6 +90,7 @@ class ChunkedExecutor:
         self._retries = RetryScheduler(RetryPolicy(config, (RetryableItemFailed, WorkerLost)), tally)
         self._limiter = Limiter(Limits(config.concurrency, config.rate_limit))
         """The run's total limits; each chunk gets its slot's share of them."""
+        self._cooldown = Cooldown(config, self._limiter, self._apply_limits, tally)
         self._sizer = ChunkSizer(config.chunk_size)
         self._ready: deque[_Entry] = deque()
         """Items due to run again: retries whose delay passed, items a worker never started."""
@@ -130,6 +132,7 @@ class ChunkedExecutor:
         self._loop = asyncio.get_running_loop()
         self._retries.bind(self._loop)
         self._wake = asyncio.Event()
+        self._grow_timer = self._loop.call_later(GROW_INTERVAL_S, self._grow)
         if isinstance(items, Iterator):
             self._next: Callable[[], tuple[int, Any]] | None = items.__next__
         else:
@@ -144,6 +147,7 @@ class ChunkedExecutor:
                         break
                 await self._wake.wait()
         finally:
+            self._grow_timer.cancel()
             self._retries.close()
         if self._error is not None:
             raise self._error
@@ -151,6 +155,9 @@ class ChunkedExecutor:
     # Sending chunks.
 
     async def _fill(self) -> None:
+        if (left := self._cooldown.remaining_s) > 0:  # throttled: no chunk is sent until the cool-down ends
+            self._loop.call_later(left, self._wake.set)
+            return
         while not self.stopping and not self.paused and len(self._chunks) < CHUNKS_PER_SLOT * self._backend.slots():
             entries = await self._take()
             if entries and not self.stopping:
@@ -256,6 +263,9 @@ class ChunkedExecutor:
         if result.errors or result.skipped:
             by_ordinal = {e.ordinal: e for e in entries}
             for error in result.errors:
+                if error.throttled:
+                    self._throttled(by_ordinal[error.ordinal], error)
+                    continue
                 cls = RetryableItemFailed if error.retryable else ItemFailed
                 self._failed(by_ordinal[error.ordinal], cls(error))
             if not self.stopping:  # never attempted: no attempt counted
@@ -279,11 +289,19 @@ class ChunkedExecutor:
         requeue = self._requeue_alone if alone else self._requeue
         self._retries.failed(entry.ordinal, entry.item, entry.attempts, error, requeue, self.stopping, info)
 
-    def _requeue(self, ordinal: int, item: Any, attempts: Attempts) -> None:
+    def _throttled(self, entry: _Entry, error: ItemError) -> None:
+        delay = self._cooldown.throttled(Throttle(error.retry_after_s))
+        self._retries.throttled(entry.ordinal, entry.item, entry.attempts, delay, self._requeue, self.stopping)
+
+    def _grow(self) -> None:
+        self._cooldown.tick()
+        self._grow_timer = self._loop.call_later(GROW_INTERVAL_S, self._grow)
+
+    def _requeue(self, ordinal: int, item: Any, attempts: Attempts | None) -> None:
         self._ready.append(_Entry(ordinal, item, attempts))
         self._wake.set()
 
-    def _requeue_alone(self, ordinal: int, item: Any, attempts: Attempts) -> None:
+    def _requeue_alone(self, ordinal: int, item: Any, attempts: Attempts | None) -> None:
         self._suspects.append(_Entry(ordinal, item, attempts))
         self._wake.set()
 
@@ -316,8 +334,12 @@ class ChunkedExecutor:
 
     def set_concurrency(self, concurrency: int) -> None:
         """Change the total in flight across workers; chunks sent from now on get the new share."""
-        self._limiter.set_concurrency(concurrency)
+        self._cooldown.set_ceiling(Limits(concurrency, self._cooldown.ceiling.rate_limit))
 
     def set_rate_limit(self, rate: float | None) -> None:
         """Change the most items started per second (None for no limit); chunks sent from now on follow it."""
-        self._limiter.set_rate_limit(rate)
+        self._cooldown.set_ceiling(Limits(self._cooldown.ceiling.concurrency, rate))
+
+    def _apply_limits(self, limits: Limits) -> None:
+        self._limiter.set_concurrency(limits.concurrency)
+        self._limiter.set_rate_limit(limits.rate_limit)

@@ -83,6 +83,10 @@ class ItemError:
     """What it raised."""
     retryable: bool
     """True when the worker's Service lists the exception (by ``isinstance``), or it timed out."""
+    throttled: bool = False
+    """True when the API refused the attempt for now (a 429/503 or ``Throttled``): no attempt is spent."""
+    retry_after_s: float | None = None
+    """For a throttle: the wait the API asked for, in seconds from when the worker saw it."""
 
 
 @dataclass(frozen=True)

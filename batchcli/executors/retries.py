@@ -101,7 +101,7 @@ class Described(Protocol):
         """The formatted traceback of the user's frames."""
 
 
-Requeue = Callable[[int, Any, Attempts], None]
+Requeue = Callable[[int, Any, "Attempts | None"], None]
 """Hands a retrying item back to its executor once its delay is over: ``(ordinal, item, attempts)``."""
 
 
@@ -194,7 +194,22 @@ class RetryScheduler:
         self._timers[key] = self._loop.call_later(delay, self._due, key, requeue, ordinal, item, attempts)
         return False
 
-    def _due(self, key: object, requeue: Requeue, ordinal: int, item: Any, attempts: Attempts) -> None:
+    def throttled(
+        self, ordinal: int, item: Any, attempts: Attempts | None, delay: float, requeue: Requeue, stopping: bool
+    ) -> None:
+        """Hold a throttled item until the cool-down is over; it spends none of its attempts.
+
+        While ``stopping`` it is dropped instead: left unprocessed, a resume retries it.
+        """
+        if stopping:
+            return
+        if self._loop is None:
+            raise RuntimeError("RetryScheduler.bind(loop) must be called before the first failure.")
+        self._tally.retrying += 1
+        key = object()
+        self._timers[key] = self._loop.call_later(delay, self._due, key, requeue, ordinal, item, attempts)
+
+    def _due(self, key: object, requeue: Requeue, ordinal: int, item: Any, attempts: Attempts | None) -> None:
         del self._timers[key]
         self._tally.retrying -= 1
         requeue(ordinal, item, attempts)

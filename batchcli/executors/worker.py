@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable
 
 from batchcli.executors.calls import ItemCalls
 from batchcli.executors.limiter import Limiter, Limits
+from batchcli.executors.throttling import throttle_of
 from batchcli.load.service import maybe_await
 from batchcli.load.wiring import Job
 from batchcli.executors.messages import (
@@ -69,6 +70,8 @@ class WorkerJob:
         """Built for the first chunk that needs it; a later chunk's larger share grows its threads."""
         self._limiters: dict[int, Limiter] = {}
         """One per slot (a process, or a Dask worker thread), keyed by thread id."""
+        self._hold_until = 0.0
+        """After a throttle with a Retry-After: until then (monotonic) a chunk that comes is handed back unstarted."""
 
     def run_chunk(self, chunk: Chunk, cancelled: Callable[[], bool] | None = None) -> ChunkResult:
         """Run a chunk's items, ``chunk.share`` at once; blocks until done (or ``cancelled()`` turns true)."""
@@ -77,6 +80,9 @@ class WorkerJob:
             items: list[tuple[int, Any]] = pickle.loads(chunk.payload)
         except Exception as error:
             raise WorkerError("Reading a chunk of items failed", ErrorInfo.of(error), self.pid) from None
+        if time.monotonic() < self._hold_until:
+            # The driver sent this chunk before it heard of the throttle: hand it back, it resends after the cool-down.
+            return ChunkResult([], [], [o for o, _ in items], 0.0, self.pid)
         # The start rate carries over from chunk to chunk of the same slot (a process, or a Dask thread);
         # the chunk says what the slot's share of the run's limits is now.
         limiter = self._limiters.get(threading.get_ident())
@@ -128,7 +134,9 @@ class WorkerJob:
             try:
                 process(item)
             except Exception as error:
-                errors.append(self._error(ordinal, error))
+                errors.append(failed := self._error(ordinal, error))
+                if failed.throttled:  # the run cools down: the rest goes back to the driver unstarted
+                    return [o for o, _ in items[index + 1 :]]
             else:
                 ok.append(ordinal)
         return []
@@ -144,6 +152,8 @@ class WorkerJob:
     ) -> list[int]:
         queue = deque(items)
         running: set[int] = set()
+        held: list[int] = []
+        """Items not started because a throttle came back: the driver sends them after the cool-down."""
 
         async def lane() -> None:
             while queue:
@@ -156,7 +166,10 @@ class WorkerJob:
                 except asyncio.CancelledError:
                     raise  # stays in ``running``: reported as skipped
                 except Exception as error:
-                    errors.append(self._error(ordinal, error))
+                    errors.append(failed := self._error(ordinal, error))
+                    if failed.throttled:
+                        held.extend(o for o, _ in queue)
+                        queue.clear()
                 else:
                     ok.append(ordinal)
                 running.discard(ordinal)
@@ -171,7 +184,7 @@ class WorkerJob:
                     task.cancel()
                 await asyncio.wait(pending)
                 break
-        return [*running, *(o for o, _ in queue)]
+        return [*running, *held, *(o for o, _ in queue)]
 
     def _calls_for(self, chunk: Chunk) -> ItemCalls:
         calls = self._calls
@@ -184,6 +197,13 @@ class WorkerJob:
         return calls
 
     def _error(self, ordinal: int, error: BaseException) -> ItemError:
+        # Recognised here: the exception's class (an HTTP library's) may not exist in the driver.
+        throttle = throttle_of(error)
+        if throttle is not None:
+            if throttle.retry_after_s:
+                wait = min(throttle.retry_after_s, self.job.config.throttle_max_wait_s)
+                self._hold_until = max(self._hold_until, time.monotonic() + wait)
+            return ItemError(ordinal, ErrorInfo.of(error), True, True, throttle.retry_after_s)
         return ItemError(ordinal, ErrorInfo.of(error), isinstance(error, self.retry_for))
 
     def _on_loop(self, coro: Awaitable[Any]) -> Any:

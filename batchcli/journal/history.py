@@ -128,7 +128,11 @@ def _table(runs: list[RunInfo | Unreadable], lead: tuple[str, ...], trail: tuple
 def show_run(run_dir: Path, width: int = 60) -> RenderableType:
     """``show``: the summary of one run, its failures grouped by reason, and its throughput over time."""
     run = read_run(run_dir)
-    return Group(_summary(run), Text(""), _failures(run), Text(""), _chart(run, width))
+    parts = [_summary(run), Text(""), _failures(run), Text(""), _chart(run, width)]
+    throttling = _throttling(run)
+    if throttling is not None:
+        parts += [Text(""), throttling]
+    return Group(*parts)
 
 
 def _summary(run: RunInfo) -> Table:
@@ -253,6 +257,36 @@ def _chart(run: RunInfo, width: int) -> RenderableType:
         Text(f"{'':7}{_clock(0, span)}{_clock(span, span):>{width - len(_clock(0, span))}}", "dim"),
     ]
     return Group(*rows)
+
+
+def _throttling(run: RunInfo, shown: int = 12) -> RenderableType | None:
+    """The throttles and the limits in force over running time (adaptive concurrency); None if never throttled."""
+    has_table = query(run.run_dir, "SELECT count(*) FROM sqlite_master WHERE name = 'limits'")[0][0]
+    if not has_table:  # a journal of a batchcli from before throttling was recorded
+        return None
+    rows = query(run.run_dir, "SELECT session, t, concurrency, rate_limit, throttles FROM limits ORDER BY session, t")
+    if not rows:
+        return None
+    starts = dict(query(run.run_dir, "SELECT id, started_at FROM sessions"))
+    throttles: dict[int, int] = {}
+    steps: list[tuple[str, str]] = []
+    for session, t, concurrency, rate, count in rows:
+        throttles[session] = count
+        at = f"{_clock(t - starts.get(session, t), 60)}" + (f" (session {session})" if run.sessions > 1 else "")
+        limit = f"{concurrency}" + ("" if rate is None else f" at {rate:g}/s")
+        if not steps or steps[-1][1] != limit:
+            steps.append((at, limit))
+    if len(steps) > shown:  # the first and the latest changes; the lowest is in the middle somewhere
+        steps = steps[: shown // 2] + [("…", "…")] + steps[-(shown // 2) :]
+    parts: list[RenderableType] = [
+        Text(f"Throttled {_times(sum(throttles.values()))}; concurrency in force over running time:", "bold"),
+    ]
+    parts.append(Text("  " + "  →  ".join(f"{limit} [{at}]" if at != "…" else "…" for at, limit in steps)))
+    return Group(*parts)
+
+
+def _times(n: int) -> str:
+    return "once" if n == 1 else f"{n:,} times"
 
 
 def _spread(columns: list[float], step: float, low: float, high: float, count: int) -> None:

@@ -32,6 +32,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("batchcli")
 
+LIMITS_TABLE = """
+CREATE TABLE IF NOT EXISTS limits (
+    session INTEGER NOT NULL,
+    t REAL NOT NULL,
+    concurrency INTEGER NOT NULL,
+    rate_limit REAL,
+    throttles INTEGER NOT NULL
+);
+"""
+"""From ``t`` on, the limits in force (adaptive ones are cut on throttles) and the session's throttles so far.
+
+A row is written only when they change after a throttle. Journals of older batchcli versions lack the
+table; ``open`` adds it (readers treat a missing table as "never throttled"), so the format is unchanged.
+"""
+
 SCHEMA = """
 CREATE TABLE run (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -78,7 +93,7 @@ CREATE TABLE failures (
 );
 CREATE TABLE inputs (ordinal INTEGER PRIMARY KEY, item BLOB NOT NULL);
 CREATE TABLE timeline (session INTEGER NOT NULL, t REAL NOT NULL, succeeded INTEGER NOT NULL, failed INTEGER NOT NULL);
-"""
+""" + LIMITS_TABLE
 
 
 class Journal:
@@ -113,6 +128,7 @@ class Journal:
         self._forgiven: list[int] = []
         self._released: list[int] = []
         self._unpointed = (0, 0)  # successes and failures of flushes whose timeline point was not written
+        self._limits_seen: tuple[Any, ...] = (None, 0)
         self.session = 0
         sessions = conn.execute(
             "SELECT min(started_at), sum(coalesce(ended_at, seen_at) - started_at), count(*) FROM sessions"
@@ -197,6 +213,8 @@ class Journal:
             conn = connect(path, writer=True)
             journal = cls(run_dir, conn, lock)
             journal._check_format()
+            with conn:
+                conn.executescript(LIMITS_TABLE)
             return journal
         except sqlite3.DatabaseError as error:
             lock.release()
@@ -317,6 +335,11 @@ class Journal:
                 if succeeded or failed_now:  # an idle flush adds no point: the chart reads a gap as zero
                     point = (self.session, now, succeeded, failed_now)
                     conn.execute("INSERT INTO timeline VALUES (?, ?, ?, ?)", point)
+                tally = self.tally
+                in_force = tally.limits
+                if (in_force, tally.throttles) != self._limits_seen and tally.throttles and in_force is not None:
+                    row = (self.session, now, in_force[0], in_force[1], tally.throttles)
+                    conn.execute("INSERT INTO limits VALUES (?, ?, ?, ?, ?)", row)
                 self.total = self.tally.total
                 keys_done = self._keys_count + added + keys_added
                 counts = (keys_done if self.keyed else self.succeeded, self.failed - dropped, self.total)
@@ -329,6 +352,7 @@ class Journal:
             self._unpointed = (succeeded, failed_now)
             raise
         self._keys_count += max(added, 0) + keys_added
+        self._limits_seen = (self.tally.limits, self.tally.throttles)
         self.failed -= dropped
         lines = [failure_line(*_line_fields(row)) for row in self._unwritten]
         self._unwritten, self._unwritten_keys, self._forgiven, self._released = [], [], [], []

@@ -59,6 +59,13 @@ class Configuration:
     each failed probe, up to 10 minutes."""
     breaker_max_wait_s: float = 3600.0
     """How long the breaker may stay open before the run stops (resumable, exit 130)."""
+    # Throttling (HTTP 429/503, ``batchcli.Throttled``): see docs/runs.md, "When the API says slow down".
+    adaptive: bool = True
+    """On a throttle, cut the effective concurrency (and rate limit) by half, then grow them back
+    toward the configured values as items succeed; false keeps the limits fixed (Retry-After is
+    honoured either way)."""
+    throttle_max_wait_s: float = 900.0
+    """Longest cool-down a throttle may ask for (a longer ``Retry-After`` is clamped to this)."""
 
     def __post_init__(self) -> None:
         self._check_breaker()
@@ -86,6 +93,13 @@ class Configuration:
                 f"backoff_max_s ({self.backoff_max_s!r}) must be at least backoff_s ({self.backoff_s!r}): it caps "
                 "the delay between attempts. Raise backoff_max_s or lower backoff_s."
             )
+        if not 0 < self.throttle_max_wait_s < math.inf:
+            raise ValueError(
+                f"throttle_max_wait_s must be a positive number of seconds, got {self.throttle_max_wait_s!r}: the "
+                "longest cool-down a Retry-After may impose, e.g. throttle_max_wait_s=900 (15 minutes)."
+            )
+        if not isinstance(self.adaptive, bool):
+            raise ValueError(f"adaptive must be true or false, got {self.adaptive!r}.")
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {', '.join(map(repr, EXECUTORS))}, got {self.executor!r}.")
         if self.workers is not None and self.workers < 1:

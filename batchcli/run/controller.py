@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar
@@ -35,7 +36,11 @@ class Stats:
     """Settled items per second since the run started."""
     elapsed_s: float
     concurrency: int
+    """In force now: below the configured value while adaptive limits are cut after throttles."""
     rate_limit: float | None
+    """In force now, like ``concurrency``."""
+    cooling_down_s: float
+    """Seconds left of a throttle's cool-down (no new item starts); 0 when none."""
     paused: bool
     stopping: bool
     """True once a stop was asked for (now, or when the shell closes)."""
@@ -85,6 +90,7 @@ class RunController:
             # The executor's limits, which the shell may have changed; the configuration's before it exists.
             concurrency=run.job.config.concurrency if run.executor is None else run.executor.limits.concurrency,
             rate_limit=run.job.config.rate_limit if run.executor is None else run.executor.limits.rate_limit,
+            cooling_down_s=round(max(0.0, tally.cooldown_until - time.monotonic()), 1),
             paused=run.paused.is_set(),
             stopping=run.stop_requested.is_set() or self.stop_on_leave,
             line=status_line(tally, Rate(tally).sample()),

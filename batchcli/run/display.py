@@ -48,6 +48,18 @@ def _duration(seconds: float | None) -> str:
     return str(timedelta(seconds=int(seconds)))
 
 
+def throttle_note(tally: Tally, now: Callable[[], float] = time.monotonic) -> str:
+    """While throttled: the cool-down countdown and the effective limits; empty otherwise."""
+    parts = []
+    left = tally.cooldown_until - now()
+    if left > 0:
+        parts.append(f"cooling down {left:.0f}s")
+    if tally.limits is not None and tally.limits != tally.ceiling:
+        concurrency, rate = tally.limits
+        parts.append(f"concurrency {concurrency}" + ("" if rate is None else f" rate {rate:g}/s") + " (adapting)")
+    return "  ".join(parts)
+
+
 def status_line(tally: Tally, rate: float) -> str:
     """The one-line state of a run: done/total, outcomes, rate, elapsed, ETA."""
     total = tally.total
@@ -55,9 +67,11 @@ def status_line(tally: Tally, rate: float) -> str:
     done = f"{settled}/{total}" if total is not None else f"{settled}"
     percent = f" ({settled / total:.0%})" if total else ""
     eta = (total - settled) / rate if total is not None and rate > 0 else None
+    note = throttle_note(tally)
     return (
         f"{done}{percent}  ok {tally.succeeded}  failed {tally.failed}  retrying {tally.retrying}  "
         f"in flight {tally.in_flight}  {rate:,.1f}/s  elapsed {_duration(tally.elapsed())}  eta {_duration(eta)}"
+        + (f"  {note}" if note else "")
     )
 
 
@@ -100,6 +114,7 @@ class LiveDisplay:
             Text(f"{rate:,.1f}/s", style="magenta"),
             _stat("elapsed", _duration(tally.elapsed()), ""),
             _stat("eta", _duration(eta), ""),
+            Text(throttle_note(tally), style="yellow"),
         )
         groups = self.failures.groups
         if not groups:

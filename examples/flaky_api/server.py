@@ -39,6 +39,7 @@ class FlakyApi:
         retry_after_s: float = 1.0,
         http_date: bool = False,
         port: int = 0,
+        throttle_first: int = 0,
     ) -> None:
         self.rate = rate
         """Requests per second served before 429s start; None for no limit."""
@@ -48,6 +49,10 @@ class FlakyApi:
         """What ``Retry-After`` says on a 429 (a 503 says how long the outage has left)."""
         self.http_date = http_date
         """Send ``Retry-After`` as an HTTP-date instead of seconds."""
+        self.throttle_first = throttle_first
+        """Answer the first N requests 429 whatever the rate (a test's deterministic throttle)."""
+        self.requests: list[tuple[float, str, int, str | None]] = []
+        """Every request as (``time.time()`` it arrived, path, status, Retry-After sent or None)."""
         self.statuses: Counter[int] = Counter()
         self.served: Counter[int] = Counter()
         """Item number -> how many times it was answered 200."""
@@ -141,10 +146,16 @@ class FlakyApi:
         now = time.monotonic()
         if path == "/stats":  # for a server in another process (the benchmarks); not counted itself
             with self._lock:
-                body = {"statuses": dict(self.statuses), "served": len(self.served), "twice": sum(n > 1 for n in self.served.values())}
+                body = {
+                    "statuses": dict(self.statuses),
+                    "served": len(self.served),
+                    "twice": sum(n > 1 for n in self.served.values()),
+                    "requests": [[t, status] for t, _, status, _ in self.requests],
+                }
             return 200, {}, body
         with self._lock:
             status, headers, body = self._decide(path, authorization, now)
+            self.requests.append((time.time(), path, status, headers.get("Retry-After")))
             self.statuses[status] += 1
             if status == 200:
                 self.served[body["item"]] += 1
@@ -155,6 +166,8 @@ class FlakyApi:
             return 503, {"Retry-After": self._retry_after(self._down_until - now)}, {"error": "down"}
         if authorization != f"Bearer {self.token}":
             return 401, {}, {"error": "bad token"}
+        if len(self.requests) < self.throttle_first:
+            return 429, {"Retry-After": self._retry_after(self.retry_after_s)}, {"error": "slow down"}
         if self.rate is not None:
             self._tokens = min(self.burst, self._tokens + (now - self._refilled) * self.rate)
             self._refilled = now
@@ -178,12 +191,16 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--rate", type=float, default=200, help="requests per second before 429s (0: no limit)")
     parser.add_argument("--token", default="good")
+    parser.add_argument("--burst", type=float, default=None, help="token bucket size (default rate/10)")
+    parser.add_argument("--retry-after", type=float, default=1.0, help="seconds a 429 asks to wait")
     parser.add_argument("--down-every", type=float, default=0, help="go down for 5 s every N seconds (0: never)")
     parser.add_argument("--down-after", type=float, default=0, help="one outage, N seconds after the start (0: none)")
     parser.add_argument("--down-for", type=float, default=10, help="how long that outage lasts")
     parser.add_argument("--refuse", action="store_true", help="the outage refuses connections instead of answering 503")
     args = parser.parse_args()
-    api = FlakyApi(rate=args.rate or None, token=args.token, port=args.port).start()
+    api = FlakyApi(
+        rate=args.rate or None, burst=args.burst, token=args.token, port=args.port, retry_after_s=args.retry_after
+    ).start()
     print(f"flaky API on {api.url} (rate {args.rate or 'unlimited'}/s, token {args.token!r}); Ctrl-C to stop", flush=True)
     if args.down_after:
         threading.Timer(args.down_after, api.down, (args.down_for, args.refuse)).start()

@@ -1,0 +1,262 @@
+"""Throttling through the real CLI against the real local API: Retry-After, cool-downs, attempts, adaptive limits."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sqlite3
+import sys
+import urllib.error
+from datetime import datetime, timedelta, timezone
+from email.message import Message
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from batchcli import Throttled
+from batchcli.executors.throttling import throttle_of
+
+ROOT = Path(__file__).resolve().parent.parent
+JOB = Path(__file__).resolve().parent / "projects" / "throttle" / "throttle_job.py"
+EXAMPLE = ROOT / "examples" / "flaky_api" / "job.py"
+
+
+def _server_module() -> Any:
+    spec = importlib.util.spec_from_file_location("flaky_api_server", ROOT / "examples" / "flaky_api" / "server.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+FlakyApi = _server_module().FlakyApi
+
+
+def log_text(run_dir: Path | None) -> str:
+    assert run_dir is not None
+    return (run_dir / "batchcli.log").read_text()
+
+
+def assert_ledger(result: Any, api: Any, count: int) -> None:
+    """succeeded + failed + unprocessed = total, and each succeeded item was answered 200 exactly once."""
+    summary = result.summary
+    unprocessed = summary["total"] - summary["succeeded"] - summary["failed"]
+    assert summary["succeeded"] + summary["failed"] + unprocessed == summary["total"] == count
+    assert summary["failed"] == 0, result.failed
+    assert sorted(api.served) == list(range(count))
+    assert set(api.served.values()) == {1}
+
+
+def throttled_then_next(api: Any) -> list[tuple[float, str, float]]:
+    """For each 429: (when the API answered it, what Retry-After said, when the next request arrived)."""
+    out = []
+    for (when, _, status, retry_after), (later, _, _, _) in zip(api.requests, api.requests[1:]):
+        if status == 429:
+            out.append((when, retry_after, later))
+    return out
+
+
+def test_retry_after_seconds_hold_every_start_and_spend_no_attempt(run_batchcli) -> None:
+    """An item answered 429 three times with max_retries=0 still succeeds, and no request comes before Retry-After's seconds."""
+    with FlakyApi(throttle_first=3, retry_after_s=1) as api:
+        result = run_batchcli(
+            "exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=5",
+            "-p", "concurrency=1", "-p", "max_retries=0",
+        )
+        assert result.exit_code == 0, result.output
+        assert_ledger(result, api, 5)
+        assert api.statuses[429] == 3
+        for when, retry_after, later in throttled_then_next(api):
+            assert retry_after == "1"
+            assert later >= when + 1.0
+    assert "Throttled by the API: no new item starts for" in log_text(result.run_dir)
+
+
+def test_retry_after_http_date_is_honoured(run_batchcli) -> None:
+    """A Retry-After given as an HTTP-date holds the run until that date."""
+    with FlakyApi(throttle_first=2, retry_after_s=2, http_date=True) as api:
+        result = run_batchcli(
+            "exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=4", "-p", "concurrency=1",
+        )
+        assert result.exit_code == 0, result.output
+        assert_ledger(result, api, 4)
+        pairs = throttled_then_next(api)
+        assert len(pairs) == 2
+        for _, retry_after, later in pairs:
+            assert later >= parsedate_to_datetime(retry_after).timestamp()
+
+
+def test_a_long_retry_after_is_clamped_to_throttle_max_wait_s(run_batchcli) -> None:
+    """A Retry-After of an hour is cut to throttle_max_wait_s, with a warning naming both."""
+    with FlakyApi(throttle_first=1, retry_after_s=3600) as api:
+        result = run_batchcli(
+            "exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=3", "-p", "concurrency=1",
+            "-p", "throttle_max_wait_s=0.5", timeout=60,
+        )
+        assert result.exit_code == 0, result.output
+        assert_ledger(result, api, 3)
+        (when, _, later), = throttled_then_next(api)
+        assert later >= when + 0.5
+    assert "The API asked to wait 3600s; waiting throttle_max_wait_s=0.5s instead." in log_text(result.run_dir)
+
+
+def test_throttled_exception_carries_its_own_wait(run_batchcli) -> None:
+    """A Service that raises batchcli.Throttled(1) cools the run down for a second, without spending attempts."""
+    with FlakyApi(throttle_first=2) as api:
+        result = run_batchcli(
+            "exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=3", "-p", "concurrency=1",
+            "-p", "max_retries=0", "-p", "raise_throttled=1",
+        )
+        assert result.exit_code == 0, result.output
+        assert_ledger(result, api, 3)
+        for when, _, later in throttled_then_next(api):
+            assert later >= when + 1.0
+
+
+def test_concurrency_is_cut_on_a_throttle_and_grows_back(run_batchcli) -> None:
+    """One throttle halves the effective concurrency (8 -> 4); successes grow it back to 8 and never above."""
+    with FlakyApi(throttle_first=1, retry_after_s=1) as api:
+        result = run_batchcli(
+            "exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=300", "-p", "concurrency=8",
+            "-p", "delay_s=0.05",
+        )
+        assert result.exit_code == 0, result.output
+        assert_ledger(result, api, 300)
+    log = log_text(result.run_dir)
+    assert "Throttled: effective concurrency=4 (configured concurrency=8)." in log
+    grown = re.findall(r"Growing back: effective concurrency=(\d+)", log)
+    assert [int(n) for n in grown] == [5, 6, 7, 8]
+    # The journal keeps the limits over time, and show draws them.
+    assert result.run_dir is not None
+    with sqlite3.connect(result.run_dir / "journal.sqlite") as conn:
+        in_force = [c for (c,) in conn.execute("SELECT concurrency FROM limits ORDER BY t")]
+    assert in_force[0] == 4 and in_force[-1] == 8 and max(in_force) == 8
+    assert in_force == sorted(in_force)
+    shown = " ".join(run_batchcli("show", result.run_dir).output.split())
+    assert "Throttled once; concurrency in force over running time:" in shown
+    assert re.search(r"4 \[[^]]+\] → .*→ 8 \[", shown), shown
+
+
+def test_show_reads_a_journal_from_before_throttling(run_batchcli) -> None:
+    """A journal without the limits table (an older batchcli's) still shows, without a throttling section."""
+    with FlakyApi() as api:
+        result = run_batchcli("exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=3")
+    assert result.exit_code == 0 and result.run_dir is not None, result.output
+    with sqlite3.connect(result.run_dir / "journal.sqlite") as conn:
+        conn.execute("DROP TABLE limits")
+    shown = run_batchcli("show", result.run_dir)
+    assert shown.exit_code == 0, shown.output
+    assert "3 succeeded" in shown.output and "Throttled" not in shown.output
+
+
+def test_adaptive_false_keeps_the_limits_but_honours_retry_after(run_batchcli) -> None:
+    """With adaptive=false a throttle changes no limit, and the cool-down still holds every start."""
+    with FlakyApi(throttle_first=1, retry_after_s=1) as api:
+        result = run_batchcli(
+            "exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=20", "-p", "concurrency=4",
+            "-p", "adaptive=false",
+        )
+        assert result.exit_code == 0, result.output
+        assert_ledger(result, api, 20)
+        (when, _, _), = throttled_then_next(api)
+        # Only the 3 requests already in flight when the 429 came back may arrive inside the cool-down.
+        assert len([t for t, _, _, _ in api.requests if when < t < when + 1.0]) <= 3
+        assert len(api.requests) == 21
+    log = log_text(result.run_dir)
+    assert "Throttled by the API" in log
+    assert "effective concurrency" not in log
+
+
+def test_a_rate_limited_api_loses_no_item_and_fails_none(run_batchcli) -> None:
+    """Against a token bucket of 100 requests/s, 300 items all succeed exactly once with max_retries=0."""
+    with FlakyApi(rate=100, burst=10, retry_after_s=1) as api:
+        result = run_batchcli(
+            "exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=300", "-p", "concurrency=20",
+            "-p", "max_retries=0",
+        )
+        assert result.exit_code == 0, result.output
+        assert_ledger(result, api, 300)
+        assert api.statuses[429] > 0
+
+
+@pytest.mark.parametrize("executor", ["process", "dask"])
+def test_worker_executors_cool_down_and_spend_no_attempt(run_batchcli, executor: str) -> None:
+    """With process and dask a worker reports throttles apart from failures: the driver cools down, attempts stay unspent."""
+    with FlakyApi(throttle_first=3, retry_after_s=1) as api:
+        result = run_batchcli(
+            "exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=6", "-p", "concurrency=1",
+            "-p", "max_retries=0", "-p", f"executor={executor}", "-p", "workers=1",
+        )
+        assert result.exit_code == 0, result.output
+        assert_ledger(result, api, 6)
+        for when, _, later in throttled_then_next(api):
+            assert later >= when + 1.0
+
+
+def test_example_job_runs_against_its_own_server(run_batchcli) -> None:
+    """examples/flaky_api/job.py with no url starts a local API and finishes every item despite its 429s."""
+    result = run_batchcli("exec", EXAMPLE, "-d", "out", "-p", "count=300", "-p", "rate=100", "-p", "concurrency=20")
+    assert result.exit_code == 0, result.output
+    summary = result.summary
+    assert (summary["succeeded"], summary["failed"]) == (300, 0)
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf"])
+def test_bad_throttle_max_wait_is_refused(cli, value: str) -> None:
+    """throttle_max_wait_s must be positive and finite: exit 2 with the value and an example."""
+    result = cli("exec", JOB, "-d", "out", "-p", f"throttle_max_wait_s={value}")
+    assert result.exit_code == 2, result.output
+    out = " ".join(result.output.split())
+    assert "throttle_max_wait_s must be a positive number of seconds, got" in out
+    assert "e.g. throttle_max_wait_s=900" in out
+
+
+class _Headers(dict):  # type: ignore[type-arg]
+    """A case-insensitive mapping, as httpx, requests and aiohttp give."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return next((v for k, v in self.items() if k.lower() == key.lower()), default)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        # httpx.HTTPStatusError: the status and headers on .response
+        type("HTTPStatusError", (Exception,), {})(),
+        # requests.HTTPError: .response.status_code, .response.headers
+        type("HTTPError", (OSError,), {})(),
+        # aiohttp.ClientResponseError: .status and .headers on the exception itself
+        type("ClientResponseError", (Exception,), {"status": 429, "headers": _Headers({"retry-after": "7"})})(),
+    ],
+    ids=["httpx", "requests", "aiohttp"],
+)
+def test_client_errors_are_recognised_by_their_shape(error: Exception) -> None:
+    """HTTP client errors carrying 429 are throttles, with Retry-After read from headers on the exception or its response."""
+    if not hasattr(error, "status"):
+        error.response = SimpleNamespace(status_code=429, headers=_Headers({"Retry-After": "7"}))  # type: ignore[attr-defined]
+    throttle = throttle_of(error)
+    assert throttle is not None and throttle.retry_after_s == 7
+
+
+def test_urllib_http_error_with_an_http_date() -> None:
+    """The standard library's HTTPError 503 with an HTTP-date Retry-After is a throttle of the right length."""
+    headers = Message()
+    headers["Retry-After"] = "Wed, 21 Oct 2015 07:28:30 GMT"
+    error = urllib.error.HTTPError("http://x", 503, "down", headers, None)
+    now = datetime(2015, 10, 21, 7, 28, 0, tzinfo=timezone.utc).timestamp()
+    throttle = throttle_of(error, now=lambda: now)
+    assert throttle is not None and throttle.retry_after_s == 30
+
+
+def test_other_errors_and_statuses_are_not_throttles() -> None:
+    """A 500, a 404 and a plain exception are ordinary failures; Throttled takes seconds, timedeltas and datetimes."""
+    assert throttle_of(urllib.error.HTTPError("http://x", 500, "boom", Message(), None)) is None
+    assert throttle_of(ValueError("no")) is None
+    assert throttle_of(Throttled()) is not None and throttle_of(Throttled()).retry_after_s is None  # type: ignore[union-attr]
+    assert throttle_of(Throttled(timedelta(seconds=4))).retry_after_s == 4  # type: ignore[union-attr]
+    when = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    assert throttle_of(Throttled(when), now=lambda: when.timestamp() - 9).retry_after_s == 9  # type: ignore[union-attr]
