@@ -368,7 +368,7 @@ def expired_token() -> list[Row]:
 
 
 def cli_wall(job: Path, count: int) -> tuple[float, float]:
-    """Wall and CPU seconds of ``batchcli exec JOB -p count=N -p max_retries=0``, the live display drawn to /dev/null."""
+    """Wall and CPU seconds of ``batchcli exec JOB -p count=N -p max_retries=0 -p breaker_window=0``, the live display drawn to /dev/null."""
     import tempfile
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), TTY_COMPATIBLE="1")
@@ -376,7 +376,7 @@ def cli_wall(job: Path, count: int) -> tuple[float, float]:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "batchcli", "exec", str(job), "-p", f"count={count}", "-p", "max_retries=0"],
+            [sys.executable, "-m", "batchcli", "exec", str(job), "-p", f"count={count}", "-p", "max_retries=0", "-p", "breaker_window=0"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=out, check=False,
         )
         wall = time.perf_counter() - start

@@ -29,7 +29,7 @@ def more_counts(output: str) -> dict[str, int]:
 
 def test_a_flood_prints_a_bounded_sample_then_how_many_more(run_batchcli: Any) -> None:
     """5,000 failures print a few individual lines and "... and N more like this", which add up to every failure."""
-    result = run_batchcli("exec", FLOOD, "-d", "out", "-p", "count=5000", "-p", "max_retries=0")
+    result = run_batchcli("exec", FLOOD, "-d", "out", "-p", "count=5000", "-p", "max_retries=0", "-p", "breaker_window=0")
     assert result.exit_code == 1, result.output
     shown = len(INDIVIDUAL.findall(result.output))
     more = more_counts(result.output)
@@ -41,7 +41,7 @@ def test_a_flood_prints_a_bounded_sample_then_how_many_more(run_batchcli: Any) -
 
 def test_every_failure_of_a_flood_reaches_the_log_failed_jsonl_and_the_journal(run_batchcli: Any, cli: Any) -> None:
     """batchcli.log holds each of 5,000 failures with its traceback; failed.jsonl, summary.json and show count them all."""
-    result = run_batchcli("exec", FLOOD, "-d", "out", "-p", "count=5000", "-p", "max_retries=0")
+    result = run_batchcli("exec", FLOOD, "-d", "out", "-p", "count=5000", "-p", "max_retries=0", "-p", "breaker_window=0")
     assert result.exit_code == 1 and result.run_dir is not None
     log = (result.run_dir / "batchcli.log").read_text()
     items = re.findall(r"^\S+ \S+ ERROR    batchcli\.failures: Item #(\d+) \((\d+)\) failed after 1 attempt: ValueError: record \2 is malformed$", log, re.M)
@@ -57,7 +57,7 @@ def test_every_failure_of_a_flood_reaches_the_log_failed_jsonl_and_the_journal(r
 
 def test_two_error_types_make_two_groups_with_their_counts(run_batchcli: Any) -> None:
     """A flood of two errors shows two groups whose counts and "... and N more" lines add up per group."""
-    result = run_batchcli("exec", FLOOD, "-d", "out", "-p", "count=3000", "-p", "max_retries=0", "-p", "mix=true")
+    result = run_batchcli("exec", FLOOD, "-d", "out", "-p", "count=3000", "-p", "max_retries=0", "-p", "breaker_window=0", "-p", "mix=true")
     assert result.exit_code == 1, result.output
     assert "  failed 2,000 × ValueError: record N is malformed" in result.output
     assert "  failed 1,000 × KeyError: 'region N'" in result.output
@@ -74,7 +74,7 @@ def test_the_live_display_groups_a_flood_on_a_terminal(tmp_path: Path) -> None:
     """On a terminal the live display shows the group's count and the console "... and N more like this"."""
     child = pexpect.spawn(
         sys.executable,
-        ["-m", "batchcli", "exec", str(FLOOD), "-d", str(tmp_path / "out"), "-p", "count=5000", "-p", "max_retries=0"],
+        ["-m", "batchcli", "exec", str(FLOOD), "-d", str(tmp_path / "out"), "-p", "count=5000", "-p", "max_retries=0", "-p", "breaker_window=0"],
         cwd=str(tmp_path),
         env=subprocess_env(TERM="xterm"),
         dimensions=(40, 200),
