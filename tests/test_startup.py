@@ -36,10 +36,10 @@ def start(tmp_path: Path, *args: str, **env: str) -> subprocess.Popen[str]:
     )
 
 
-def finish(proc: subprocess.Popen[str]) -> str:
+def finish(proc: subprocess.Popen[str], timeout: float = 60) -> str:
     """Wait for the exit (a generous bound, only so a hung run fails instead of hanging the suite)."""
     try:
-        output, _ = proc.communicate(timeout=60)
+        output, _ = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -91,12 +91,7 @@ def test_signal_handled_inside_a_finaliser_still_stops_the_loading(tmp_path: Pat
     proc = start(tmp_path, "-p", "del_s=1", "-p", "init_s=60")
     wait_for(lambda: (tmp_path / "finalising").exists(), proc, "the finaliser")
     proc.send_signal(signal.SIGINT)
-    try:
-        output, _ = proc.communicate(timeout=30)  # far below the constructor's 60 s: the drop was made up for
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    output = finish(proc, timeout=30)  # far below the constructor's 60 s: the drop was made up for
     assert proc.returncode == 130, output
     assert NEVER_STARTED in output
     assert not (tmp_path / "out").exists()
