@@ -56,9 +56,16 @@ def check_group_id(group: str) -> str:
 def derived_group(job: Job, wiring: Wiring, count: int) -> str:
     """The group id every shard of a run computes alike: from the job, its configuration, params and N.
 
-    Secrets are left out (a directory name must not depend on them), and so is ``shards`` (N is in).
+    Left out: secrets (a directory name must not depend on them) and batchcli's own settings (``executor``,
+    ``concurrency``, ``shards`` ...: how a shard runs, not what it does; N is in), so shards given different
+    settings still meet in one group.
     """
-    values = {k: list(v) for k, v in wiring.values.items() if k not in job.secret_names and k != "shards"}
+    from dataclasses import fields
+
+    from batchcli.load.configuration import Configuration
+
+    own = {f.name for f in fields(Configuration)}
+    values = {k: list(v) for k, v in wiring.values.items() if k not in job.secret_names and k not in own}
     blob = json.dumps([job.project.name, wiring.config_name, values, count], sort_keys=True)
     return f"{job.project.name}-{count}shards-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 

@@ -29,6 +29,13 @@ class ShardRow(RunInfo):
 
 
 @dataclass(frozen=True)
+class Absent(Unreadable):
+    """A shard with no run to show (missing, never started, damaged), as a ``runs`` row under its group."""
+
+    label: str = ""
+
+
+@dataclass(frozen=True)
 class GroupRow:
     """A group as one ``runs`` row: its shards' counts added up (the attributes ``runs_table`` reads)."""
 
@@ -147,7 +154,7 @@ def _group_rows(state: GroupState) -> list[object]:
         branch = "└" if position == last and not state.retries else "├"
         run = state.runs.get(index)
         if run is None:
-            rows.append(Unreadable(info.group_dir / f"shard-{index}-of-{info.shards}", status, status))
+            rows.append(Absent(info.group_dir, status, status, label=f"  {branch} shard-{index}-of-{info.shards}"))
             continue
         values = {f.name: getattr(run, f.name) for f in fields(RunInfo)}
         rows.append(ShardRow(**values, label=f"  {branch} {run.run_dir.name}"))
