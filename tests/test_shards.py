@@ -115,20 +115,21 @@ def test_show_runs_and_retry_on_a_group(tmp_path: Path, cli: Any) -> None:
     logs.mkdir()
     args = ("exec", ORDINAL, "-p", f"log_dir={logs}", "-p", "count=30", "-p", "fail_every=7", "-p", "max_retries=0")
     for index in (0, 2):
-        assert cli(*args, "--shard", f"{index}/3", "--group", "nightly", "-d", "out").exit_code == 1
-    group = tmp_path / "out" / "nightly"
-    shown = cli("show", group)
+        assert cli(*args, "--shard", f"{index}/3", "--group", "nightly").exit_code == 1
+    group = tmp_path / "batchcli_outputs" / "nightly"
+    shown = cli("show", "batchcli_outputs/nightly")  # the commands as docs/executors.md shows them
     assert "3 shards: 1 missing, 2 finished" in shown.output
     # Shard 0 has 0, 21 (items 0, 3, ...); shard 2 has 14 (2, 5, ...): 3 failures, 17 succeeded, of 20.
     assert "17 succeeded, 3 failed" in shown.output
     assert "3  ValueError: item N is a multiple of 7" in shown.output.replace("multiple of N", "multiple of 7")
-    listed = cli("runs", "-d", "out")
+    listed = cli("runs")
     assert "nightly (2/3 shards)" in listed.output
     assert "shard-0-of-3" in listed.output and "shard-2-of-3" in listed.output
-    one = cli("retry", group, "--shard", "2/3")
+    assert cli("retry", "batchcli_outputs/nightly", "--shard", "1/3").exit_code == 2  # shard 1 never ran
+    one = cli("retry", "batchcli_outputs/nightly", "--shard", "2/3")
     assert one.exit_code == 1
     assert "0 succeeded, 1 failed of 1" in one.output
-    everything = cli("retry", group, "-p", "fail_every=0")
+    everything = cli("retry", "batchcli_outputs/nightly", "-p", "fail_every=0")
     assert everything.exit_code == 0, everything.output
     assert "3 succeeded, 0 failed of 3" in everything.output
     assert sorted(ledger(logs)) == sorted(set(range(0, 30, 3)) | set(range(2, 30, 3)))
