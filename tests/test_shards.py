@@ -107,6 +107,7 @@ def test_a_shard_killed_with_sigkill_shows_as_crashed_and_resumes(tmp_path: Path
     assert sum(done.values()) - 100 <= 20  # only what was in flight or after the last flush is redone
     info = read_run(group / "shard-1-of-3")
     assert (info.status, info.sessions, info.succeeded, info.total) == ("finished", 2, 100, 100)
+    assert f"1/3 of group {group.name}" in " ".join(cli("show", group / "shard-1-of-3").output.split())
 
 
 def test_show_runs_and_retry_on_a_group(tmp_path: Path, cli: Any) -> None:

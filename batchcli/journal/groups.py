@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -130,7 +131,7 @@ def join_group(output_dir: Path, shard: Shard, job_name: str) -> Path:
 
 def _write_once(path: Path, data: dict[str, Any]) -> None:
     """Write ``path`` whole, unless another process got there first (shards start together)."""
-    draft = path.with_name(f".{path.name}.{os.getpid()}")
+    draft = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}")  # hosts may share the disk
     draft.write_text(json.dumps({**data, "created_at": time.time()}, indent=2) + "\n")
     try:
         os.link(draft, path)  # atomic, and fails if it exists: the first shard's file stands

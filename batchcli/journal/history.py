@@ -17,6 +17,7 @@ from rich.text import Text
 
 from batchcli.load.environment import variable
 from batchcli.errors import BatchcliError, JournalUnreadable, UsageError
+from batchcli.journal.shards import shard_of
 from batchcli.journal.rundir import FLUSH_INTERVAL_S, JOURNAL_NAME, RunInfo, never_started, query, read_run
 from batchcli.load.secret import Secret
 
@@ -156,6 +157,9 @@ def _summary(run: RunInfo) -> Table:
     grid.add_row("status", status)
     if run.parent:
         grid.add_row("retry of", escape(run.parent))
+    shard = shard_of(run.run_dir)
+    if shard is not None:
+        grid.add_row("shard", escape(f"{shard} of group {shard.group}  (the group: batchcli show {run.run_dir.parent})"))
     sessions = f"  [dim]({run.sessions} sessions)[/]" if run.sessions > 1 else ""
     grid.add_row("started", _when(run.started_at) + sessions)
     grid.add_row("ended", "-" if run.status == "running" else _when(run.ended_at))

@@ -13,9 +13,11 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from batchcli.errors import UsageError
+from batchcli.journal.rundir import query
 from batchcli.journal.settled import normal_key
 from batchcli.load.source import is_async_source
 
@@ -213,3 +215,12 @@ def read_shard(conn: sqlite3.Connection) -> Shard | None:
         return None
     row = conn.execute("SELECT shard_index, shard_count, grp FROM shard").fetchone()
     return None if row is None else Shard(int(row[0]), int(row[1]), str(row[2]))
+
+
+def shard_of(run_dir: Path) -> Shard | None:
+    """The shard a run directory's journal records (read-only, no pickle); None for a run of the whole source."""
+    has_table = query(run_dir, "SELECT count(*) FROM sqlite_master WHERE name = 'shard'")[0][0]
+    if not has_table:
+        return None
+    rows = query(run_dir, "SELECT shard_index, shard_count, grp FROM shard")
+    return Shard(int(rows[0][0]), int(rows[0][1]), str(rows[0][2])) if rows else None
