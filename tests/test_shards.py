@@ -204,3 +204,26 @@ def test_shards_of_one_group_must_agree_on_n(tmp_path: Path, cli: Any) -> None:
     assert sorted(p.name for p in (tmp_path / "out" / "g").iterdir()) == ["group.json", "shard-0-of-3"]
     retry = cli("retry", tmp_path / "out" / "g", "--shard", "0/2")
     assert retry.exit_code == 2 and "has 3 shards, but --shard says 2" in retry.output
+
+
+def test_async_sources_are_sharded_by_position_and_by_key(tmp_path: Path, cli: Any) -> None:
+    """An async Source is split like a sync one: by position without item_key, by the key's hash with it."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for index in range(2):
+        run = cli("exec", PROJECTS / "shards" / "async_job.py", "-p", f"log_dir={logs}", "-p", "count=9",
+                  "--shard", f"{index}/2", "-d", "out")  # fmt: skip
+        assert run.exit_code == 0, run.output
+        (summary,) = (tmp_path / "out").glob(f"*/shard-{index}-of-2/summary.json")
+        assert json.loads(summary.read_text())["total"] == (5, 4)[index]  # a sized source: each shard's own length
+    assert sorted(ledger(logs).elements()) == list(range(9))
+    keyed_logs = tmp_path / "keyed"
+    keyed_logs.mkdir()
+    keyed = PROJECTS / "journal_keyed" / "keyed.py"
+    codes = [
+        cli("exec", keyed, "-p", f"log_dir={keyed_logs}", "-p", "count=12", "--shard", f"{index}/2", "-d", "out").exit_code
+        for index in range(2)
+    ]
+    assert sorted(codes) == [0, 1]  # item-7 always fails, in whichever shard holds it
+    lines = [line for log in keyed_logs.glob("*.log") for line in log.read_text().splitlines()]
+    assert sorted(lines) == sorted(f"item-{n}" for n in range(12))
