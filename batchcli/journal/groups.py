@@ -282,5 +282,10 @@ def make_shard_dir(run_dir: Path) -> None:
         if never_started(run_dir):
             with contextlib.suppress(OSError):
                 (run_dir / f"{JOURNAL_NAME}.new").unlink()
+        elif (run_dir / JOURNAL_NAME).exists():  # another process started this shard since we looked
+            raise JournalError(
+                f"Shard {run_dir.name} of group {run_dir.parent.name!r} was started by another process just now. "
+                "Run the same command again to continue it once that process ends."
+            ) from None
     except OSError as error:
         raise unusable_output_dir(run_dir.parent, error) from error
