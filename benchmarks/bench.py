@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py            # every scenario
     python benchmarks/bench.py overhead   # one or more by name
+    python benchmarks/bench.py shards     # --shard I/4 as 4 processes vs executor=process, 4 workers
 
 Each measurement runs in a fresh child process (so peak RSS is its own). batchcli runs with the
 journal on and the live display rendering to /dev/null as if to a terminal. Exits 1 when a target is
@@ -270,6 +271,42 @@ def scale_out() -> list[Row]:
     )]
 
 
+def shards(n: int = 2000, k: int = 4) -> list[Row]:
+    """``exec --shard I/4`` as 4 processes at once vs one run with executor=process and 4 workers, same CPU-bound job.
+
+    Both through the real CLI, wall time from launch to the last exit (start-up and journals included)."""
+    import tempfile
+
+    cpu_job = HERE / "cpu_job.py"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    base = [sys.executable, "-m", "batchcli", "exec", str(cpu_job), "-p", f"count={n}", "-p", "max_retries=0"]
+
+    def wall(*commands: list[str]) -> float:
+        with tempfile.TemporaryDirectory() as out:
+            start = time.perf_counter()
+            procs = [
+                subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=out)
+                for c in commands
+            ]
+            codes = [p.wait() for p in procs]
+            elapsed = time.perf_counter() - start
+        assert codes == [0] * len(codes), codes
+        return elapsed
+
+    # A sync process holds the GIL: one thread per shard is what it can use anyway.
+    sharded = min(wall(*[[*base, "-p", "concurrency=1", "--shard", f"{i}/{k}"] for i in range(k)]) for _ in range(2))
+    pooled = min(wall([*base, "-p", "executor=process", "-p", f"workers={k}", "-p", f"concurrency={k}"]) for _ in range(2))
+    ratio = sharded / pooled
+    return [(
+        f"shards: {k} processes vs executor=process, {k} workers ({n:,} CPU items)",
+        f"{sharded:.2f} s",
+        f"{pooled:.2f} s (process)",
+        f"{n / sharded:,.0f}/s",
+        "",
+        ratio, 1.5, ratio <= 1.5,
+    )]
+
+
 API_JOB = ROOT / "tests" / "projects" / "breaker" / "breaker_job.py"  # the breaker tests' job, measured
 
 
@@ -447,6 +484,7 @@ SCENARIOS: dict[str, Callable[[], list[Row]]] = {
     "memory": memory,
     "startup": startup,
     "scaleout": scale_out,
+    "shards": shards,
     "outage": outage,
     "token": expired_token,
     "flood": flood,

@@ -57,6 +57,11 @@ COVERED_ELSEWHERE = {
         "tests/test_config_nested.py::test_dotted_names_override_nested_fields_and_keep_the_rest",
     "batchcli resume":
         "tests/test_resume.py::test_a_crashed_run_resumes_in_process_and_a_finished_one_is_left_alone",
+    "batchcli exec myjob/ -c config_prod --shard auto/8 --group nightly-2024-05-01":
+        "tests/test_shards.py::test_job_completion_index_picks_the_shard",
+    "batchcli show batchcli_outputs/nightly": "tests/test_shards.py::test_show_runs_and_retry_on_a_group",
+    "batchcli retry batchcli_outputs/nightly": "tests/test_shards.py::test_show_runs_and_retry_on_a_group",
+    "batchcli retry batchcli_outputs/nightly --shard 1/3": "tests/test_shards.py::test_show_runs_and_retry_on_a_group",
 }
 
 # Shell lines that are not batchcli commands, with what runs each (a test, or why none does).

@@ -54,6 +54,11 @@ def root() -> None:
 PARAM_HELP = "A param or configuration field (db.host for a nested one): NAME=VALUE. Repeat for several."
 OUTPUT_HELP = "Directory that holds the run directories."
 NO_SHELL_HELP = "Ctrl-C stops the run gracefully instead of opening the pause shell."
+SHARD_HELP = (
+    "Process only shard I of N (0-based) of the source, as one run of a group; auto/N takes I from "
+    "JOB_COMPLETION_INDEX."
+)
+GROUP_HELP = "The group id of the shards (default: derived from the job, its params and N)."
 
 
 def parse_values(pairs: list[str]) -> dict[str, tuple[str, ...]]:
@@ -122,12 +127,16 @@ def exec_(
     output_dir: str = typer.Option("batchcli_outputs", "--output-dir", "-d", help=OUTPUT_HELP, metavar="DIR"),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output: -v for info, -vv for debug."),
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
+    shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP, metavar="I/N"),
+    group: str | None = typer.Option(None, "--group", help=GROUP_HELP, metavar="ID"),
     show_help: bool = typer.Option(
         False, "--help", help="Show this message and exit; with PATH, also the job's params and fields.", show_default=False
     ),
 ) -> None:
+    from batchcli.journal.groups import ShardStart, check_group_id
+    from batchcli.journal.shards import parse_shard
     from batchcli.load.wiring import Wiring
-    from batchcli.run.session import Fresh, RunOptions, Session
+    from batchcli.run.session import RunOptions, Session
 
     if show_help:
         _exec_help(ctx, path, config)
@@ -136,7 +145,9 @@ def exec_(
     _note_shadowed_job(path)
     options = RunOptions(output_dir=output_path(output_dir), verbosity=verbose, pause_shell=not no_shell)
     wiring = Wiring(target=path, config_name=config, values=parse_values(param))
-    _exit(Session(options).run(Fresh(wiring)), options.console)
+    request = None if shard is None else parse_shard(shard)
+    launch = ShardStart(wiring, request, None if group is None else check_group_id(group), options.output_dir)
+    _exit(Session(options).run(launch), options.console)
 
 
 def _exit(result: RunResult | None, console: Any) -> NoReturn:
@@ -177,26 +188,29 @@ def retry(
     ),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output: -v for info, -vv for debug."),
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
+    shard: str | None = typer.Option(None, "--shard", help="With a group: retry only shard I/N.", metavar="I/N"),
 ) -> None:
-    """Reprocess exactly the inputs that failed in RUN_DIR, same job and configuration, in a new run directory."""
-    from batchcli.journal.resumption import Retry
+    """Reprocess exactly the inputs that failed in RUN_DIR (a run, or every shard of a group), in a new run directory."""
+    from batchcli.journal.groups import retry_launch
     from batchcli.run.session import RunOptions, Session
 
-    output = run_dir.parent if output_dir is None else output_path(output_dir)
+    launch, home = retry_launch(run_dir, parse_values(param), shard)
+    output = home if output_dir is None else output_path(output_dir)
     options = RunOptions(output_dir=output, verbosity=verbose, pause_shell=not no_shell)
-    _exit(Session(options).run(Retry(run_dir, parse_values(param))), options.console)
+    _exit(Session(options).run(launch), options.console)
 
 
 @app.command()
 def runs(
     output_dir: str = typer.Option("batchcli_outputs", "--output-dir", "-d", help=OUTPUT_HELP, metavar="DIR"),
 ) -> None:
-    """List past runs, newest first."""
+    """List past runs, newest first; a group of shards is one line, with its shards under it."""
     from rich.console import Console
 
-    from batchcli.journal.history import find_runs, runs_table
+    from batchcli.journal.groupview import listing
+    from batchcli.journal.history import runs_table
 
-    found = find_runs(output_path(output_dir))
+    found = listing(output_path(output_dir))
     console = Console(highlight=False)
     if not found:
         console.print(f"No runs in {str(output_dir)!r}.", markup=False)
@@ -205,14 +219,16 @@ def runs(
 
 
 @app.command()
-def show(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
-    """Show one run: its summary, its failures grouped by error, and its throughput over time."""
+def show(run_dir: Path = typer.Argument(..., help="A run directory, or a group of shards.")) -> None:
+    """Show one run (or a group of shards): its summary, its failures grouped by error, and its throughput."""
     from rich.console import Console
 
+    from batchcli.journal.groups import is_group
+    from batchcli.journal.groupview import show_group
     from batchcli.journal.history import show_run
 
     console = Console(highlight=False)
-    view = show_run(run_dir, width=console.width - 30)
+    view = show_group(run_dir) if is_group(run_dir) else show_run(run_dir, width=console.width - 30)
     console.print(view)
 
 

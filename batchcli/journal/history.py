@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
@@ -16,6 +17,7 @@ from rich.text import Text
 
 from batchcli.load.environment import variable
 from batchcli.errors import BatchcliError, JournalUnreadable, UsageError
+from batchcli.journal.shards import shard_of
 from batchcli.journal.rundir import FLUSH_INTERVAL_S, JOURNAL_NAME, RunInfo, never_started, query, read_run
 from batchcli.load.secret import Secret
 
@@ -68,7 +70,7 @@ def _started(run: RunInfo | Unreadable) -> float:
     return run.started_at if isinstance(run, RunInfo) else run.run_dir.stat().st_mtime
 
 
-def runs_table(runs: list[RunInfo | Unreadable], width: int = 200) -> Table:
+def runs_table(runs: list[Any], width: int = 200) -> Table:
     """The ``runs`` table, newest first. When it does not fit in ``width`` columns, the run directory's
     name (``<started>_<job>``) stands in for the started and job columns, then configuration and
     duration go."""
@@ -88,7 +90,7 @@ def runs_table(runs: list[RunInfo | Unreadable], width: int = 200) -> Table:
 _MEASURE = Console(width=10_000, file=io.StringIO())
 
 
-def _table(runs: list[RunInfo | Unreadable], lead: tuple[str, ...], trail: tuple[str, ...]) -> Table:
+def _table(runs: list[Any], lead: tuple[str, ...], trail: tuple[str, ...]) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
     for name in lead:
         table.add_column(name, no_wrap=True)
@@ -102,7 +104,8 @@ def _table(runs: list[RunInfo | Unreadable], lead: tuple[str, ...], trail: tuple
     for name in trail:
         table.add_column(name, no_wrap=True)  # the run: what to give `show`, `resume` and `retry`
     for run in runs:
-        cells = {"run": escape(run.run_dir.name), "started": "?", "job": "?", "configuration": "?"}
+        # A group's rows (journal/groupview.py) carry their own label: the group, or a shard folded under it.
+        cells = {"run": escape(getattr(run, "label", "") or run.run_dir.name), "started": "?", "job": "?", "configuration": "?"}
         if isinstance(run, Unreadable):
             cells["started"] = _when(run.run_dir.stat().st_mtime)
             middle: list[RenderableType] = [Text(run.status, STATUS_STYLES.get(run.status, "")), "", "", ""]
@@ -154,6 +157,9 @@ def _summary(run: RunInfo) -> Table:
     grid.add_row("status", status)
     if run.parent:
         grid.add_row("retry of", escape(run.parent))
+    shard = shard_of(run.run_dir)
+    if shard is not None:
+        grid.add_row("shard", escape(f"{shard} of group {shard.group}  (the group: batchcli show {run.run_dir.parent})"))
     sessions = f"  [dim]({run.sessions} sessions)[/]" if run.sessions > 1 else ""
     grid.add_row("started", _when(run.started_at) + sessions)
     grid.add_row("ended", "-" if run.status == "running" else _when(run.ended_at))

@@ -15,6 +15,7 @@ from batchcli.load.environment import variable
 from batchcli.errors import JournalError, UsageError
 from batchcli.journal.writer import Journal
 from batchcli.journal.rundir import RunInfo, check_safe, damaged, query, read_run
+from batchcli.journal.shards import Shard
 from batchcli.load.source import Source
 
 if TYPE_CHECKING:
@@ -31,6 +32,10 @@ class Continuation:
     """retry: the run whose failed inputs this run reprocesses."""
     items: list[Any] | None = None
     """retry: the inputs to process instead of iterating the Source."""
+    shard: Shard | None = None
+    """A shard run (``--shard``): the share of the Source it processes."""
+    run_dir: Path | None = None
+    """A new shard run: its directory in its group (named by the shard, not by the time it started)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ class Resume:
             )
         # A retry run's own inputs, unpickled once the project is loaded so their classes resolve.
         items = saved_inputs(self.run_dir) if self._earlier.parent else None
-        return Continuation(journal=self._journal, items=items)
+        return Continuation(journal=self._journal, items=items, shard=self._journal.shard)
 
     def abandon(self) -> None:
         """The run will not start after all: release its journal."""

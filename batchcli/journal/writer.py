@@ -26,6 +26,7 @@ from batchcli.outcome import Failure, Tally
 from batchcli.journal.records import failure_line, json_form, json_text
 from batchcli.journal.rundir import FORMAT, JOURNAL_NAME, RunLock, check_safe, check_writable, connect, damaged
 from batchcli.journal.settled import Numbered, RangeSet, skip_keys, skip_ordinals
+from batchcli.journal.shards import Shard, read_shard, record_shard
 
 if TYPE_CHECKING:
     from batchcli.load.wiring import Job, Wiring
@@ -121,6 +122,8 @@ class Journal:
         self.total: int | None = row[3]
         self.parent: str | None = row[4]
         """The run directory a retry run reprocesses the failures of."""
+        self.shard: Shard | None = read_shard(conn)
+        """The share of the source a shard run processes (``--shard``); None for the whole source."""
         self._keys_count = int(row[1]) if self.keyed else 0
         self._pending: dict[int, Any] = {}
         self._unwritten: list[tuple[Any, ...]] = []
@@ -149,7 +152,15 @@ class Journal:
 
     @classmethod
     def create(
-        cls, run_dir: Path, job: Job, wiring: Wiring, *, keyed: bool, parent: Path | None, inputs: list[Any] | None
+        cls,
+        run_dir: Path,
+        job: Job,
+        wiring: Wiring,
+        *,
+        keyed: bool,
+        parent: Path | None,
+        inputs: list[Any] | None,
+        shard: Shard | None = None,
     ) -> Journal:
         """Start the journal of a new run in ``run_dir`` (owner-only, like the directory), its first session running."""
         path = run_dir / JOURNAL_NAME
@@ -184,6 +195,8 @@ class Journal:
                     ),
                 )
                 _insert_session(conn, now)
+                if shard is not None:
+                    record_shard(conn, shard)
                 if inputs is not None:
                     conn.executemany(
                         "INSERT INTO inputs VALUES (?, ?)",

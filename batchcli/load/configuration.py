@@ -66,6 +66,9 @@ class Configuration:
     honoured either way)."""
     throttle_max_wait_s: float = 900.0
     """Longest cool-down a throttle may ask for (a longer ``Retry-After`` is clamped to this)."""
+    shards: int | None = None
+    """Split the source into this many shards, one run each, and process the one ``JOB_COMPLETION_INDEX``
+    names (a Kubernetes Indexed Job sets it); as ``exec --shard auto/N``. None processes the whole source."""
 
     def __post_init__(self) -> None:
         self._check_breaker()
@@ -104,6 +107,8 @@ class Configuration:
             raise ValueError(f"executor must be one of {', '.join(map(repr, EXECUTORS))}, got {self.executor!r}.")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be at least 1 or none (one per CPU core), got {self.workers!r}.")
+        if self.shards is not None and self.shards < 1:
+            raise ValueError(f"shards must be at least 1 or none (the whole source in one run), got {self.shards!r}.")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1 or none (automatic), got {self.chunk_size!r}.")
         if self.executor == "dask" and not dask_installed():

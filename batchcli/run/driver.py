@@ -242,7 +242,8 @@ class Run:
         else:
             keyed = carry.items is None and defines_item_key(self.job.source)
             journal = Journal.create(
-                self.run_dir, self.job, self.wiring, keyed=keyed, parent=carry.parent, inputs=carry.items
+                self.run_dir, self.job, self.wiring, keyed=keyed, parent=carry.parent, inputs=carry.items,
+                shard=carry.shard,
             )
         try:
             journal.begin(self.tally)
@@ -375,7 +376,10 @@ class Run:
 
     def _iterable(self) -> Any:
         """What the run iterates: the Source, or a retry's saved inputs."""
-        items = self.continuation.items
+        items, shard = self.continuation.items, self.continuation.shard
+        if items is None and shard is not None:  # only this shard's share; every executor gets it
+            source = self.job.source
+            return shard.share(source, source.item_key if defines_item_key(source) else None)
         return self.job.source if items is None else items
 
     async def _settle_shell(self) -> None:

@@ -113,6 +113,8 @@ def write_summary(result: RunResult, job: Job, wiring: Wiring, journal: Journal,
             "duration_s": round(duration, 3),
             "sessions": journal.session_count,
             "parent": journal.parent,
+            "shard": None if journal.shard is None else {"index": journal.shard.index, "count": journal.shard.count},
+            "group": None if journal.shard is None else journal.shard.group,
             "items_per_s": round((result.succeeded + result.failed) / duration, 1) if duration > 0 else None,
             "fatal": None
             if fatal is None

@@ -160,6 +160,11 @@ class Session:
         if resumed is not None:  # a resumed run keeps its directory and the time it first started
             return resumed.run_dir, datetime.fromtimestamp(resumed.started_at).astimezone()
         started_at = datetime.now().astimezone()
+        if continuation.run_dir is not None:  # a shard's directory is named by its group and index
+            from batchcli.journal.groups import make_shard_dir
+
+            make_shard_dir(continuation.run_dir)
+            return continuation.run_dir, started_at
         return make_run_dir(self.options.output_dir, job_name, started_at), started_at
 
     def _notify(self, launch: Launch) -> None:

@@ -1,0 +1,291 @@
+"""Groups: the shards of one logical run, side by side in ``<output_dir>/<group>/``.
+
+``group.json`` names the group, the job and N; each shard is an ordinary run in ``shard-I-of-N/`` (its own
+journal, ``resume`` and ``retry``), so every shard of a group, on whatever machine, finds its directory from
+the group id alone. ``exec`` of a shard whose directory holds a stopped or crashed run continues it, as
+``resume`` would: a Kubernetes Job that restarts a pod after a crash redoes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batchcli.errors import JournalError, UsageError
+from batchcli.journal.resumption import Continuation, Notice, Retry, defines_item_key, failed_inputs
+from batchcli.journal.rundir import JOURNAL_NAME, check_output_dir, never_started, read_run, unusable_output_dir
+from batchcli.journal.shards import Shard, ShardRequest, parse_shard, resolve_shard
+from batchcli.journal.writer import Journal
+
+if TYPE_CHECKING:
+    from batchcli.load.wiring import Job, Wiring
+
+GROUP_FILE = "group.json"
+_GROUP_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+_SHARD_DIR = re.compile(r"shard-(\d+)-of-(\d+)")
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """What ``group.json`` says about a group."""
+
+    group_dir: Path
+    group: str
+    shards: int
+    """N: how many shards the source was split into."""
+    job: str
+
+
+def check_group_id(group: str) -> str:
+    """``--group`` as given, when it can name a directory; a UsageError otherwise."""
+    if not _GROUP_ID.fullmatch(group):
+        raise UsageError(
+            f"--group {group!r} cannot name a group directory: use letters, digits, '.', '_' and '-' (at most 100, "
+            "not starting with '.' or '-'), e.g. --group nightly-2024-05-01."
+        )
+    return group
+
+
+def derived_group(job: Job, wiring: Wiring, count: int) -> str:
+    """The group id every shard of a run computes alike: from the job, its configuration, params and N.
+
+    Left out: secrets (a directory name must not depend on them) and batchcli's own settings (``executor``,
+    ``concurrency``, ``shards`` ...: how a shard runs, not what it does; N is in), so shards given different
+    settings still meet in one group.
+    """
+    from dataclasses import fields
+
+    from batchcli.load.configuration import Configuration
+
+    own = {f.name for f in fields(Configuration)}
+    values = {k: list(v) for k, v in wiring.values.items() if k not in job.secret_names and k not in own}
+    blob = json.dumps([job.project.name, wiring.config_name, values, count], sort_keys=True)
+    return f"{job.project.name}-{count}shards-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def shard_dir_name(shard: Shard) -> str:
+    return f"shard-{shard.index}-of-{shard.count}"
+
+
+def is_group(path: Path) -> bool:
+    """True when ``path`` is a group directory (it holds ``group.json``)."""
+    return (path / GROUP_FILE).is_file()
+
+
+def read_group(group_dir: Path) -> GroupInfo:
+    """``group.json`` of ``group_dir``; a JournalError when it is missing or damaged."""
+    path = group_dir / GROUP_FILE
+    try:
+        data = json.loads(path.read_text())
+        return GroupInfo(group_dir, str(data["group"]), int(data["shards"]), str(data["job"]))
+    except FileNotFoundError:
+        raise JournalError(
+            f"{str(group_dir)!r} is not a group directory (it has no {GROUP_FILE}). Give one of the groups "
+            "`batchcli runs -d OUTPUT_DIR` lists."
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise JournalError(f"{str(path)!r} is damaged ({error}); the shards' run directories beside it are intact.") from error
+
+
+def shard_runs(group_dir: Path) -> dict[int, Path]:
+    """The shard run directories of a group by index (those with a journal, or a half-made one)."""
+    found = {}
+    for path in group_dir.iterdir():
+        match = _SHARD_DIR.fullmatch(path.name)
+        if match and path.is_dir() and ((path / JOURNAL_NAME).is_file() or never_started(path)):
+            found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def join_group(output_dir: Path, shard: Shard, job_name: str) -> Path:
+    """The group's directory, made with its ``group.json`` by the first shard there; checked by the others."""
+    check_output_dir(output_dir)
+    group_dir = output_dir / shard.group
+    try:
+        group_dir.mkdir(mode=0o700, exist_ok=True)
+        if not (group_dir / GROUP_FILE).exists():
+            _write_once(group_dir / GROUP_FILE, {"group": shard.group, "shards": shard.count, "job": job_name})
+    except OSError as error:
+        raise unusable_output_dir(output_dir, error) from error
+    info = read_group(group_dir)
+    if info.shards != shard.count:
+        raise UsageError(
+            f"Group {shard.group!r} was started with {info.shards} shards, but this one says --shard {shard}: every "
+            f"shard of a group must split the source alike. Give --shard I/{info.shards}, or another --group for "
+            f"{shard.count} shards."
+        )
+    if info.job != job_name:
+        raise UsageError(
+            f"Group {shard.group!r} runs the job {info.job!r}, not {job_name!r}. Give this job another --group."
+        )
+    return group_dir
+
+
+def _write_once(path: Path, data: dict[str, Any]) -> None:
+    """Write ``path`` whole, unless another process got there first (shards start together)."""
+    draft = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}")  # hosts may share the disk
+    draft.write_text(json.dumps({**data, "created_at": time.time()}, indent=2) + "\n")
+    try:
+        os.link(draft, path)  # atomic, and fails if it exists: the first shard's file stands
+    except FileExistsError:
+        pass
+    finally:
+        draft.unlink()
+
+
+@dataclass
+class ShardStart:
+    """``exec``'s launch: a fresh run, or one shard of a group, placed in the group or continuing the shard's run.
+
+    A run that asks for no shard (no ``--shard``, no ``shards``) is a plain fresh run, as ``run.session.Fresh``.
+    """
+
+    target: Wiring
+    """The job to build."""
+    request: ShardRequest | None
+    """``--shard`` as given."""
+    group: str | None
+    """``--group`` as given."""
+    output_dir: Path
+    """Where groups (and plain run directories) are made (``-d``)."""
+    notices: list[Notice] = field(default_factory=list)
+    stopped_outcome: str = "nothing ran and no run directory was made."
+    _journal: Journal | None = None
+
+    def wiring(self) -> tuple[Wiring, None]:
+        """The wiring as given; ``BATCHCLI_*`` values come from ``os.environ``."""
+        return self.target, None
+
+    def carry_on(self, job: Job) -> Continuation | None:
+        """Fresh, in the shard's directory of its group; or the shard's earlier run, continued."""
+        shard = resolve_shard(self.request, job.config.shards)
+        if shard is None:
+            if self.group is not None:
+                raise UsageError(f"--group {self.group!r} names the group of a sharded run: give --shard I/N too.")
+            return Continuation()
+        group = self.group or derived_group(job, self.target.with_environment(job.environment), shard.count)
+        shard = replace(shard, group=group)
+        run_dir = join_group(self.output_dir, shard, job.project.name) / shard_dir_name(shard)
+        if not (run_dir / JOURNAL_NAME).is_file():
+            return Continuation(shard=shard, run_dir=run_dir)
+        earlier = read_run(run_dir)
+        if earlier.status == "finished":
+            retry = f" Reprocess its failed inputs with: batchcli retry {run_dir}" if earlier.failed else ""
+            self.notices.append(
+                Notice(
+                    f"Shard {shard} of group {group!r} finished already ({earlier.succeeded} succeeded, "
+                    f"{earlier.failed} failed); nothing to do.{retry}",
+                    soft_wrap=True,
+                )
+            )
+            return None
+        journal = self._journal = Journal.open(run_dir)  # a shard still running is refused here
+        if journal.keyed and not defines_item_key(job.source):
+            raise UsageError(
+                f"Shard {shard} of group {group!r} identified its items by item_key(), which the Source no longer "
+                "defines. Define item_key(item) again to continue it."
+            )
+        self.notices.append(
+            Notice(f"Shard {shard} of group {group!r} {earlier.status} earlier: continuing it in {run_dir}.", soft_wrap=True)
+        )
+        return Continuation(journal=journal, shard=journal.shard or shard)
+
+    def abandon(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+
+
+class GroupRetry(Retry):
+    """``batchcli retry GROUP``: the failed inputs of every shard, in one new run in the group's directory."""
+
+    def __init__(self, group_dir: Path, overrides: dict[str, tuple[str, ...]]) -> None:
+        super().__init__(group_dir, overrides)
+        self.group_dir = group_dir
+        self._failed: list[Path] = []
+
+    def wiring(self) -> tuple[Wiring, dict[str, str]] | None:
+        """The shards' job (they all run the same one); None when no shard failed anything."""
+        info = read_group(self.group_dir)
+        runs = [read_run(d) for d in shard_runs(self.group_dir).values() if (d / JOURNAL_NAME).is_file()]
+        running = [r for r in runs if r.status == "running"]
+        if running:
+            names = ", ".join(r.run_dir.name for r in running)
+            raise JournalError(
+                f"Group {info.group!r} still has shards running ({names}), so their failures are not final yet. "
+                f"Wait for them, or retry one finished shard: batchcli retry {self.group_dir} --shard I/{info.shards}"
+            )
+        self._failed = [r.run_dir for r in runs if r.failed]
+        if not self._failed:
+            self.notices.append(Notice(f"Group {info.group!r} has no failed inputs; nothing to retry."))
+            return None
+        self.run_dir = self._failed[0]
+        return super().wiring()
+
+    def carry_on(self, job: Job) -> Continuation | None:
+        """Every shard's failed inputs, shard by shard, each in its source order."""
+        items: list[Any] = []
+        unsaved = 0
+        for run_dir in self._failed:
+            found, left_out = failed_inputs(run_dir)
+            items += found
+            unsaved += left_out
+        if unsaved:
+            self.notices.append(
+                Notice(
+                    f"[yellow]{unsaved} failed input(s) of this group could not be pickled and are left out; "
+                    "they are in the shards' failed.jsonl.[/]",
+                    markup=True,
+                )
+            )
+        return Continuation(parent=self.group_dir, items=items) if items else None
+
+
+def retry_launch(run_dir: Path, overrides: dict[str, tuple[str, ...]], shard_text: str | None) -> tuple[Retry, Path]:
+    """``retry``'s launch and where its run directory goes: one run, a group's every shard, or one shard of it."""
+    if not is_group(run_dir):
+        if shard_text is not None:
+            raise UsageError(
+                f"--shard picks one shard of a group, and {str(run_dir)!r} is not a group directory. Give the group "
+                "(`batchcli runs` lists them), or leave --shard out to retry this run."
+            )
+        return Retry(run_dir, overrides), run_dir.parent
+    if shard_text is None:
+        return GroupRetry(run_dir, overrides), run_dir
+    info = read_group(run_dir)
+    shard = resolve_shard(parse_shard(shard_text), None)
+    assert shard is not None
+    if shard.count != info.shards:
+        raise UsageError(
+            f"Group {info.group!r} has {info.shards} shards, but --shard says {shard.count}. "
+            f"Give --shard I/{info.shards}."
+        )
+    path = run_dir / shard_dir_name(shard)
+    if not (path / JOURNAL_NAME).is_file():
+        raise JournalError(f"Shard {shard} of group {info.group!r} has not run yet ({str(path)!r} has no journal).")
+    return Retry(path, overrides), run_dir
+
+
+def make_shard_dir(run_dir: Path) -> None:
+    """Make a shard's run directory (owner-only); one left empty, or half-made by a killed start, is taken over."""
+    try:
+        run_dir.mkdir(mode=0o700)
+    except FileExistsError:
+        if never_started(run_dir):
+            with contextlib.suppress(OSError):
+                (run_dir / f"{JOURNAL_NAME}.new").unlink()
+        elif (run_dir / JOURNAL_NAME).exists():  # another process started this shard since we looked
+            raise JournalError(
+                f"Shard {run_dir.name} of group {run_dir.parent.name!r} was started by another process just now. "
+                "Run the same command again to continue it once that process ends."
+            ) from None
+    except OSError as error:
+        raise unusable_output_dir(run_dir.parent, error) from error

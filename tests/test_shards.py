@@ -1,0 +1,229 @@
+"""Shards through the real CLI: N processes split one source, each an ordinary run in one group directory."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import PROJECTS, subprocess_env
+from joblog import wait_for
+
+from batchcli.journal.groups import shard_runs
+from batchcli.journal.rundir import read_run
+
+ORDINAL = PROJECTS / "shards" / "shard_job.py"
+KEYED = PROJECTS / "shards" / "keyed_job.py"
+
+
+def start(tmp_path: Path, *args: Any, name: str = "shard", **env: str) -> subprocess.Popen[bytes]:
+    """``python -m batchcli ARGS`` in the background, no terminal, output to a file."""
+    output = open(tmp_path / f"{name}.txt", "wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchcli", *[str(a) for a in args]],
+        stdout=output,
+        stderr=output,
+        env=subprocess_env(**env),
+    )
+
+
+def ledger(logs: Path) -> Counter[int]:
+    """How many times the service processed each item, over every process."""
+    return Counter(int(line.split()[1]) for log in logs.glob("*.log") for line in log.read_text().splitlines())
+
+
+def only_group(out: Path) -> Path:
+    (group,) = [p.parent for p in out.glob("*/group.json")]
+    return group
+
+
+def done_keys(run_dir: Path) -> set[str]:
+    conn = sqlite3.connect(run_dir / "journal.sqlite")
+    try:
+        return {key for (key,) in conn.execute("SELECT key FROM done_keys")}
+    finally:
+        conn.close()
+
+
+def test_three_parallel_shards_process_the_whole_source_once(tmp_path: Path) -> None:
+    """Three shards started together as processes (one with executor=process) cover the source with no item twice."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    common = (ORDINAL, "-p", f"log_dir={logs}", "-p", "count=40", "-d", tmp_path / "out")
+    procs = [
+        start(tmp_path, "exec", *common, "--shard", "0/3", name="s0"),
+        start(tmp_path, "exec", *common, "--shard", "1/3", name="s1"),
+        start(tmp_path, "exec", *common, "--shard", "2/3", "-p", "executor=process", "-p", "workers=1", name="s2"),
+    ]
+    assert [proc.wait(timeout=120) for proc in procs] == [0, 0, 0], [(tmp_path / f"s{i}.txt").read_text() for i in range(3)]
+    assert ledger(logs) == Counter(range(40))
+    group = only_group(tmp_path / "out")
+    shards = shard_runs(group)
+    assert sorted(shards) == [0, 1, 2]
+    summary = json.loads((shards[2] / "summary.json").read_text())
+    assert summary["shard"] == {"index": 2, "count": 3}
+    assert summary["group"] == group.name
+    assert (summary["succeeded"], summary["total"]) == (13, 13)
+    # By position: shard 1 takes every third item from item 1 on.
+    assert json.loads((group / "group.json").read_text())["shards"] == 3
+
+
+def test_a_shard_killed_with_sigkill_shows_as_crashed_and_resumes(tmp_path: Path, cli: Any) -> None:
+    """kill -9 one shard: show GROUP says crashed and missing, a second exec of it is refused while it runs, and
+    exec again continues it (as a restarted Kubernetes pod would) with every item of its share done."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    out = tmp_path / "out"
+    args = ("exec", ORDINAL, "-p", f"log_dir={logs}", "-p", "count=300", "-p", "sleep_s=0.01", "-p", "concurrency=1")
+    proc = start(tmp_path, *args, "--shard", "1/3", "--no-shell", "-d", out)
+    try:
+        wait_for(lambda: sum(ledger(logs).values()) >= 10, "the shard to process some items")
+        again = cli(*args, "--shard", "1/3", "-d", out)
+        assert again.exit_code == 2
+        assert "still running in another process" in again.output
+        wait_for(lambda: out.exists() and any(read_run(d).succeeded for d in shard_runs(only_group(out)).values()),
+                 "the journal to record some items")
+    finally:
+        proc.kill()
+        proc.wait()
+    group = only_group(out)
+    shown = cli("show", group)
+    assert shown.exit_code == 0
+    assert "1 crashed" in shown.output and "2 missing" in shown.output
+    listed = cli("runs", "-d", out)
+    assert "crashed" in listed.output and "shard-1-of-3" in listed.output
+    assert sum(ledger(logs).values()) < 100, "killed before the shard finished"
+    resumed = cli(*args[:-2], "-p", "concurrency=10", "--shard", "1/3", "-d", out)
+    assert resumed.exit_code == 0, resumed.output
+    assert "continuing it" in resumed.output
+    done = ledger(logs)
+    assert set(done) == set(range(1, 300, 3))
+    assert sum(done.values()) - 100 <= 20  # only what was in flight or after the last flush is redone
+    info = read_run(group / "shard-1-of-3")
+    assert (info.status, info.sessions, info.succeeded, info.total) == ("finished", 2, 100, 100)
+    assert f"1/3 of group {group.name}" in " ".join(cli("show", group / "shard-1-of-3").output.split())
+
+
+def test_show_runs_and_retry_on_a_group(tmp_path: Path, cli: Any) -> None:
+    """show and runs aggregate a group's shards; retry GROUP reprocesses every shard's failures in one run, --shard one."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    args = ("exec", ORDINAL, "-p", f"log_dir={logs}", "-p", "count=30", "-p", "fail_every=7", "-p", "max_retries=0")
+    for index in (0, 2):
+        assert cli(*args, "--shard", f"{index}/3", "--group", "nightly").exit_code == 1
+    group = tmp_path / "batchcli_outputs" / "nightly"
+    shown = cli("show", "batchcli_outputs/nightly")  # the commands as docs/executors.md shows them
+    assert "3 shards: 1 missing, 2 finished" in shown.output
+    # Shard 0 has 0, 21 (items 0, 3, ...); shard 2 has 14 (2, 5, ...): 3 failures, 17 succeeded, of 20.
+    assert "17 succeeded, 3 failed" in shown.output
+    assert "3  ValueError: item N is a multiple of 7" in shown.output.replace("multiple of N", "multiple of 7")
+    listed = cli("runs")
+    assert "nightly (2/3 shards)" in listed.output
+    assert "shard-0-of-3" in listed.output and "shard-2-of-3" in listed.output
+    assert cli("retry", "batchcli_outputs/nightly", "--shard", "1/3").exit_code == 2  # shard 1 never ran
+    one = cli("retry", "batchcli_outputs/nightly", "--shard", "2/3")
+    assert one.exit_code == 1
+    assert "0 succeeded, 1 failed of 1" in one.output
+    everything = cli("retry", "batchcli_outputs/nightly", "-p", "fail_every=0")
+    assert everything.exit_code == 0, everything.output
+    assert "3 succeeded, 0 failed of 3" in everything.output
+    assert sorted(ledger(logs)) == sorted(set(range(0, 30, 3)) | set(range(2, 30, 3)))
+    retries = [p for p in group.iterdir() if p.is_dir() and not p.name.startswith("shard-")]
+    assert len(retries) == 2  # both retry runs live in the group's directory
+    assert "Retries" in cli("show", group).output
+
+
+def test_a_keyed_source_that_grows_keeps_each_item_in_its_shard(tmp_path: Path, cli: Any) -> None:
+    """Shards of a keyed source go by the key's stable hash: after the source grows, every old item is in the same shard."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for count in (30, 45):
+        for index in range(3):
+            run = cli("exec", KEYED, "-p", f"log_dir={logs}", "-p", f"count={count}", "--shard", f"{index}/3", "-d", "out")
+            assert run.exit_code == 0, run.output
+    small, large = sorted((tmp_path / "out").iterdir(), key=lambda g: sum(len(done_keys(d)) for d in shard_runs(g).values()))
+    old = [done_keys(d) for d in shard_runs(small).values()]
+    new = [done_keys(d) for d in shard_runs(large).values()]
+    assert set().union(*old) == {f"n{n}" for n in range(30)}
+    assert set().union(*new) == {f"n{n}" for n in range(45)}
+    assert sum(map(len, new)) == 45  # no item in two shards
+    for index in range(3):
+        assert old[index] <= new[index]
+        assert old[index], "every shard got some of the 30 items"
+
+
+def test_job_completion_index_picks_the_shard(tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With JOB_COMPLETION_INDEX set, --shard auto/N and -p shards=N process that index's share, in the same group."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "2")
+    auto = cli("exec", ORDINAL, "-p", f"log_dir={logs}", "-p", "count=12", "--shard", "auto/4", "-d", "out")
+    assert auto.exit_code == 0, auto.output
+    assert sorted(ledger(logs)) == [2, 6, 10]
+    assert "shard-2-of-4" in auto.output
+    again = cli("exec", ORDINAL, "-p", f"log_dir={logs}", "-p", "count=12", "-p", "shards=4", "-d", "out")
+    assert again.exit_code == 0
+    assert "Shard 2/4 of group" in again.output and "finished already" in again.output
+    assert sum(ledger(logs).values()) == 3
+
+
+@pytest.mark.parametrize(
+    ("shard", "fix"),
+    [
+        ("3/3", "the index must be from 0 to 2"),
+        ("a/b", "is not I/N"),
+        ("-1/2", "the index must be from 0 to 1"),
+        ("0/0", "must be at least 1"),
+        ("auto/3", "JOB_COMPLETION_INDEX (a Kubernetes Indexed Job sets it), which is not set"),
+    ],
+)
+def test_a_bad_shard_is_a_clear_error(tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch, shard: str, fix: str) -> None:
+    """A malformed or out-of-range --shard exits 2 with the bad value and the right form, before any run directory."""
+    monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
+    result = cli("exec", ORDINAL, "-p", f"log_dir={tmp_path}", "--shard", shard, "-d", "out")
+    assert result.exit_code == 2
+    assert f"--shard {shard!r}" in result.output or "auto/3" in result.output
+    assert fix in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_shards_of_one_group_must_agree_on_n(tmp_path: Path, cli: Any) -> None:
+    """A shard whose N differs from its group's is refused (exit 2), naming both and the fix."""
+    assert cli("exec", ORDINAL, "-p", f"log_dir={tmp_path}", "--shard", "0/3", "--group", "g", "-d", "out").exit_code == 0
+    result = cli("exec", ORDINAL, "-p", f"log_dir={tmp_path}", "--shard", "1/4", "--group", "g", "-d", "out")
+    assert result.exit_code == 2
+    assert "Group 'g' was started with 3 shards, but this one says --shard 1/4" in result.output
+    assert "Give --shard I/3" in result.output
+    assert sorted(p.name for p in (tmp_path / "out" / "g").iterdir()) == ["group.json", "shard-0-of-3"]
+    retry = cli("retry", tmp_path / "out" / "g", "--shard", "0/2")
+    assert retry.exit_code == 2 and "has 3 shards, but --shard says 2" in retry.output
+
+
+def test_async_sources_are_sharded_by_position_and_by_key(tmp_path: Path, cli: Any) -> None:
+    """An async Source is split like a sync one: by position without item_key, by the key's hash with it."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for index in range(2):
+        run = cli("exec", PROJECTS / "shards" / "async_job.py", "-p", f"log_dir={logs}", "-p", "count=9",
+                  "--shard", f"{index}/2", "-d", "out")  # fmt: skip
+        assert run.exit_code == 0, run.output
+        (summary,) = (tmp_path / "out").glob(f"*/shard-{index}-of-2/summary.json")
+        assert json.loads(summary.read_text())["total"] == (5, 4)[index]  # a sized source: each shard's own length
+    assert sorted(ledger(logs).elements()) == list(range(9))
+    keyed_logs = tmp_path / "keyed"
+    keyed_logs.mkdir()
+    keyed = PROJECTS / "journal_keyed" / "keyed.py"
+    codes = [
+        cli("exec", keyed, "-p", f"log_dir={keyed_logs}", "-p", "count=12", "--shard", f"{index}/2", "-d", "out").exit_code
+        for index in range(2)
+    ]
+    assert sorted(codes) == [0, 1]  # item-7 always fails, in whichever shard holds it
+    lines = [line for log in keyed_logs.glob("*.log") for line in log.read_text().splitlines()]
+    assert sorted(lines) == sorted(f"item-{n}" for n in range(12))
