@@ -67,7 +67,7 @@ class WorkerJob:
         self.job = job
         self._process = job.service.process
         self._calls: ItemCalls | None = None
-        """Built for the first chunk that needs it; a later chunk's larger share grows its threads."""
+        """Built for the first chunk that needs it; its threads follow each chunk's share."""
         self._limiters: dict[int, Limiter] = {}
         """One per slot (a process, or a Dask worker thread), keyed by thread id."""
         self._hold_until = 0.0
@@ -193,7 +193,7 @@ class WorkerJob:
                 calls.close()
             calls = self._calls = ItemCalls(self._process, chunk.share, chunk.timeout_s)
         else:
-            calls.grow(chunk.share)
+            calls.resize(chunk.share)
         return calls
 
     def _error(self, ordinal: int, error: BaseException) -> ItemError:
