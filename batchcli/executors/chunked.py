@@ -28,7 +28,7 @@ from batchcli.executors.messages import (
 )
 from batchcli.executors.sizing import ChunkSizer
 from batchcli.outcome import Tally, qualified_name
-from batchcli.executors.limiter import Limiter, Limits
+from batchcli.executors.limiter import Limiter, Limits, checked_concurrency, checked_rate_limit
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, Throttle
 
@@ -334,10 +334,12 @@ class ChunkedExecutor:
 
     def set_concurrency(self, concurrency: int) -> None:
         """Change the total in flight across workers; chunks sent from now on get the new share."""
+        concurrency = checked_concurrency(concurrency)
         self._cooldown.set_ceiling(Limits(concurrency, self._cooldown.ceiling.rate_limit))
 
     def set_rate_limit(self, rate: float | None) -> None:
         """Change the most items started per second (None for no limit); chunks sent from now on follow it."""
+        rate = checked_rate_limit(rate)
         self._cooldown.set_ceiling(Limits(self._cooldown.ceiling.concurrency, rate))
 
     def _apply_limits(self, limits: Limits) -> None:
