@@ -15,7 +15,7 @@ BLOCKED = [0, 10, 20, 30]
 
 @pytest.mark.parametrize("executor", ["async", "process"])
 def test_stuck_items_time_out_alone_and_the_process_exits_after_the_last_item(
-    run_batchcli, tmp_path: Path, executor: str
+    run_batchcli, cli, tmp_path: Path, executor: str
 ) -> None:
     """Items 0,10,20,30 of 40 block for 1000 s: 36 succeed, 4 fail after two attempts each, and the process exits without waiting for their threads."""
     log = JobLog(tmp_path / "job.log")
@@ -35,6 +35,9 @@ def test_stuck_items_time_out_alone_and_the_process_exits_after_the_last_item(
     # Every failure is an item that ran out its time, twice (max_retries=1); no other item was ever refused.
     assert {n: started[n] for n in BLOCKED} == {n: 2 for n in BLOCKED}
     assert sorted(set(log.done())) == [n for n in range(40) if n not in BLOCKED]
+    shown = cli("show", outcome.run_dir)
+    assert "36 succeeded, 4 failed, 0 unprocessed" in shown.output, shown.output
+    assert "Failures: 4, by error" in shown.output
     # Each worker process counts its own abandoned threads; the driver's log gets their lines.
     assert (outcome.run_dir / "batchcli.log").read_text().count("Threads abandoned so far") == 8
 

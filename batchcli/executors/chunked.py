@@ -53,6 +53,9 @@ class Backend(Protocol):
     def cancel(self) -> None:
         """Abandon running chunks: their unfinished items come back as skipped."""
 
+    def limits_changed(self, version: int) -> None:
+        """The rate changed: chunks sent with an older ``Chunk.limits`` hand back the items waiting for a slot."""
+
     async def close(self, timeout: float) -> WorkerError | None:
         """Call ``finish()`` in every worker and stop them; the first error ``finish()`` raised."""
 
@@ -108,6 +111,8 @@ class ChunkedExecutor:
         self.fatal: BaseException | None = None
         """An exception from the source itself, which ends the run."""
         self._started = False
+        self._limits_version = 0
+        """Counts rate changes; each chunk carries the version it was sent under."""
 
     @property
     def limits(self) -> Limits:
@@ -205,7 +210,10 @@ class ChunkedExecutor:
             payload = pickle.dumps([(e.ordinal, e.item) for e in entries], pickle.HIGHEST_PROTOCOL)
         slots, limits = self._backend.slots(), self._limiter.limits
         rate = None if limits.rate_limit is None else limits.rate_limit / slots
-        chunk = Chunk(next(self._ids), payload, len(entries), self._share(slots), self._config.item_timeout_s, rate)
+        chunk = Chunk(
+            next(self._ids), payload, len(entries), self._share(slots), self._config.item_timeout_s, rate,
+            self._limits_version,
+        )
         self._tally.in_flight += len(entries)
         task = self._loop.create_task(self._run_chunk(chunk, entries))
         self._chunks[task] = entries
@@ -344,4 +352,9 @@ class ChunkedExecutor:
 
     def _apply_limits(self, limits: Limits) -> None:
         self._limiter.set_concurrency(limits.concurrency)
-        self._limiter.set_rate_limit(limits.rate_limit)
+        if limits.rate_limit != self._limiter.limits.rate_limit:
+            self._limiter.set_rate_limit(limits.rate_limit)
+            # A new rate applies at once: items waiting in a worker for a slot booked under the old one
+            # (0.01/s: 100 s) come back unstarted and go out again under the new rate.
+            self._limits_version += 1
+            self._backend.limits_changed(self._limits_version)

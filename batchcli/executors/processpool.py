@@ -86,6 +86,8 @@ class ProcessBackend:
         # spawn, not fork: the driver has threads (loop, recorder, display) that fork would copy mid-flight.
         self._context = multiprocessing.get_context("spawn")
         self._cancel_event = self._context.Event()
+        self._limits = self._context.Value("q", 0, lock=False)
+        """The driver's limits version, read by workers while an item waits for its start slot."""
         for _ in range(self._count):
             self._spawn(replacement=False)
         outcomes = await asyncio.gather(*(w.ready for w in self._workers), return_exceptions=True)
@@ -102,6 +104,9 @@ class ProcessBackend:
         self._queue.append((chunk, future))
         self._dispatch()
         return await future
+
+    def limits_changed(self, version: int) -> None:
+        self._limits.value = version
 
     def cancel(self) -> None:
         self._cancelled = True
@@ -141,7 +146,7 @@ class ProcessBackend:
         results_r, results_w = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=worker_main,
-            args=(self._spec, tasks_r, results_w, self._cancel_event),
+            args=(self._spec, tasks_r, results_w, self._cancel_event, self._limits),
             name="batchcli-worker",
             # Daemonic: if the driver dies, multiprocessing ends its workers rather than wait for them.
             daemon=True,
@@ -258,7 +263,7 @@ class ProcessBackend:
             worker.tasks.close()
 
 
-def worker_main(spec: WorkerSpec, tasks: Connection, results: Connection, cancel: Any) -> None:
+def worker_main(spec: WorkerSpec, tasks: Connection, results: Connection, cancel: Any, limits: Any) -> None:
     """A worker process: build the job, run chunks until told to stop, finish the job."""
     # Ctrl-C and SIGTERM reach the whole process group; the driver decides what they mean (pause, stop).
     shield_worker()
@@ -280,7 +285,7 @@ def worker_main(spec: WorkerSpec, tasks: Connection, results: Connection, cancel
     threading.Thread(target=_drain, args=(tasks, inbox), name="batchcli-inbox", daemon=True).start()
     while (chunk := inbox.get()) is not None:
         try:
-            result = job.run_chunk(chunk, cancel.is_set)
+            result = job.run_chunk(chunk, cancel.is_set, lambda: int(limits.value))
         except WorkerError as error:
             send(("chunk_error", chunk.id, error))
         else:
