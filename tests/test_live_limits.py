@@ -30,10 +30,9 @@ BAD_CONCURRENCY = ["2.5", "'5'", "True", "0", "-1", "10**6", "None"]
 BAD_RATES = ["0", "-1", "float('nan')", "float('inf')", "'5'", "True"]
 
 
-@pytest.mark.parametrize("executor", ["async", "process"])
-def test_bad_limits_are_refused_in_one_line_and_the_run_loses_nothing(terminal, executor: str) -> None:
+def test_bad_limits_are_refused_in_one_line_and_the_run_loses_nothing(terminal) -> None:
     """Each bad concurrency or rate shows one line naming it and the fix; then 10,000 starts only the workers there is work for, and every item is processed."""
-    term = terminal(JOB, "-p", "count=40", "-p", "delay=0.3", "-p", "concurrency=4", "-p", f"executor={executor}")
+    term = terminal(JOB, "-p", "count=40", "-p", "delay=0.3", "-p", "concurrency=4")
     log = term.log
     pause(term, after=4)
     for value in BAD_CONCURRENCY:
@@ -46,22 +45,22 @@ def test_bad_limits_are_refused_in_one_line_and_the_run_loses_nothing(terminal, 
     wait_for(lambda: len(set(log.started())) == 40, "every item to start")
     term.child.sendintr()
     term.expect(PROMPT)
-    if executor == "async":  # one worker task per item there was, not 10,000 (the cell runs on the run's loop)
-        term.run("import asyncio", PROMPT)
-        term.run("await asyncio.sleep(0); print('TASKS', len(asyncio.all_tasks()))", r"TASKS (\d+)")
-        assert int(term.child.match.group(1)) < 100
+    # One worker task per item there was, not 10,000 (a cell that awaits runs on the run's loop).
+    term.run("import asyncio", PROMPT)
+    term.run("await asyncio.sleep(0); print('TASKS', len(asyncio.all_tasks()))", r"TASKS (\d+)")
+    assert int(term.child.match.group(1)) < 100
     term.run("exit", "Resuming the run")
     assert term.exit_code() == 0
     assert "Traceback" not in term.output()
     summary = term.summary()
     assert (summary["status"], summary["succeeded"], summary["failed"]) == ("finished", 40, 0)
     assert sorted(log.done()) == list(range(40))
-    assert len(threads(log.lines())) <= 40 + 4 * 2  # threads follow the work too
+    assert len(threads(log.lines())) <= 40 + 4  # threads follow the work too
 
 
 def test_concurrency_for_a_sync_service_adds_and_removes_threads(terminal) -> None:
     """Raised from 2 to 8, the Service sees 8 of its calls run at once; lowered to 1, never more than one."""
-    term = terminal(JOB, "-p", "count=120", "-p", "delay=0.03", "-p", "concurrency=2")
+    term = terminal(JOB, "-p", "count=60", "-p", "delay=0.02", "-p", "concurrency=2")
     log = term.log
     pause(term, after=6)
     assert max(running(log.lines())) == 2
@@ -74,7 +73,7 @@ def test_concurrency_for_a_sync_service_adds_and_removes_threads(terminal) -> No
     term.run("self.set_concurrency(1)", "Concurrency is now 1")
     term.run("exit", "Resuming the run")
     assert term.exit_code() == 0
-    assert sorted(log.done()) == list(range(120))
+    assert sorted(log.done()) == list(range(60))
     assert set(running(log.lines()[lowered_at:])) == {1}
 
 

@@ -55,3 +55,20 @@ def test_when_every_item_blocks_each_one_fails_only_after_it_started(cli, tmp_pa
     assert sorted(int(f["ordinal"]) for f in outcome.failed) == list(range(20))
     assert all("item_timeout_s=0.3s" in f["error_message"] for f in outcome.failed)
     assert "Threads abandoned so far: 20" in (outcome.run_dir / "batchcli.log").read_text()
+
+
+def test_a_process_worker_stuck_past_the_timeout_is_killed_and_replaced(cli, tmp_path: Path) -> None:
+    """An async process that blocks its worker's loop past item_timeout_s: the worker is killed and replaced, and only the stuck item fails."""
+    log = JobLog(tmp_path / "job.log")
+    outcome = cli(
+        "exec", PROJECTS / "stuck_worker", "-d", "out", "-p", f"log_file={log.path}", "-p", "count=8", "-p", "stuck=0",
+        "-p", "executor=process", "-p", "workers=2", "-p", "concurrency=2", "-p", "chunk_size=1",
+        "-p", "item_timeout_s=0.2", "-p", "max_retries=0",
+    )
+    assert outcome.exit_code == 1, (outcome.exit_code, outcome.output)
+    assert (outcome.summary["succeeded"], outcome.summary["failed"]) == (7, 1)
+    assert [(f["ordinal"], f["error_type"].rsplit(".")[-1]) for f in outcome.failed] == [(0, "WorkerLost")]
+    assert "was stuck" in outcome.failed[0]["error_message"]
+    # The chunk queued behind it on that worker was never started: sent again, not counted as an attempt.
+    assert sorted(log.done()) == list(range(1, 8))
+    assert log.started().count(0) == 1
