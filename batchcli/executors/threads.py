@@ -177,10 +177,13 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 def _traceback_of(frame: types.FrameType | None) -> types.TracebackType | None:
     """A traceback of ``frame`` and its callers, outermost first, as if an exception were raised there."""
     frames = []
-    while frame is not None:
+    while frame is not None and frame.f_code is not _SERVE:  # the user's frames only, not the thread's machinery
         frames.append(frame)
         frame = frame.f_back
     tb = None
     for frame in frames:  # innermost first: each outer frame's traceback entry points to the inner one
         tb = types.TracebackType(tb, frame, frame.f_lasti, frame.f_lineno)
     return tb
+
+
+_SERVE = ItemThreads._serve.__code__
