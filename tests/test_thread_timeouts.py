@@ -21,7 +21,7 @@ def test_stuck_items_time_out_alone_and_the_process_exits_after_the_last_item(
     log = JobLog(tmp_path / "job.log")
     outcome = run_batchcli(
         "exec", JOB, "-d", "out", "-p", f"log_file={log.path}", "-p", "block_every=10", "-p", "concurrency=4",
-        "-p", "item_timeout_s=1", "-p", "max_retries=1", "-p", "backoff_s=0", "-p", f"executor={executor}",
+        "-p", "item_timeout_s=0.5", "-p", "max_retries=1", "-p", "backoff_s=0", "-p", f"executor={executor}",
         "-p", "workers=2",
         timeout=60,  # far below the 1000 s the stuck calls would take: the exit does not wait for them
     )
