@@ -46,7 +46,7 @@ def test_when_every_item_blocks_each_one_fails_only_after_it_started(cli, tmp_pa
     """block_every=1: all 20 items fail as timed out, and the ledger shows each of them started (the pool never shrank)."""
     log = JobLog(tmp_path / "job.log")
     outcome = cli(
-        "exec", JOB, "-d", "out", "-p", f"log_file={log.path}", "-p", "count=20", "-p", "block_every=1", "-p", "block_s=30",
+        "exec", JOB, "-d", "out", "-p", f"log_file={log.path}", "-p", "count=20", "-p", "block_every=1", "-p", "block_s=2",
         "-p", "concurrency=4", "-p", "item_timeout_s=0.3", "-p", "max_retries=0",
     )
     assert outcome.exit_code == 1, outcome.output
