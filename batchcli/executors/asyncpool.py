@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator
 
 from batchcli.executors.base import Items
 from batchcli.executors.calls import ItemCalls
-from batchcli.executors.limiter import Limiter, Limits
+from batchcli.executors.limiter import Limiter, Limits, checked_concurrency, checked_rate_limit
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, throttle_of
 from batchcli.load.configuration import Configuration
@@ -34,6 +34,8 @@ class AsyncExecutor:
         self._ready: deque[tuple[int, Any, Attempts | None]] = deque()
         self._workers: set[asyncio.Task[None]] = set()
         self._retiring = 0
+        self._missing = 0
+        """Workers the concurrency allows that are not started yet: started one at a time while there is work."""
         self._settled = False
         self.stopping = False
         """True once a stop was asked for: no new item starts."""
@@ -57,6 +59,8 @@ class AsyncExecutor:
         self._wake = asyncio.Event()
         self._gate = asyncio.Event()
         self._cool_over = asyncio.Event()
+        self._new_limits = asyncio.Event()
+        """Set (and replaced) when the rate limit changes or a stop comes: wakes starts waiting for a slot."""
         self._grow_timer = self._loop.call_later(GROW_INTERVAL_S, self._grow)
         if not self.paused:  # a pause may come before the run starts (Ctrl-C during setup)
             self._gate.set()
@@ -68,7 +72,11 @@ class AsyncExecutor:
             self._anext = items.__anext__
             self._source_lock = asyncio.Lock()
         try:
-            self._spawn(self._limiter.concurrency)
+            # One worker now; each one that finds work starts the next, so a large concurrency with few
+            # items left creates only the tasks (and threads) it uses.
+            self._missing = self._limiter.concurrency - 1
+            self._update_slow()
+            self._spawn(1)
             while self._workers:
                 await asyncio.wait(set(self._workers))
         finally:
@@ -132,7 +140,12 @@ class AsyncExecutor:
 
     def _update_slow(self) -> None:
         self._slow = (
-            self.paused or self.stopping or self._cooling or bool(self._retiring) or self._limiter.throttled
+            self.paused
+            or self.stopping
+            or self._cooling
+            or bool(self._retiring)
+            or bool(self._missing)
+            or self._limiter.throttled
         )
 
     @staticmethod
@@ -163,8 +176,19 @@ class AsyncExecutor:
                 return True
             if self.paused:  # paused while cooling down: wait again, then look at everything afresh
                 return await self._detour()
-        if self._limiter.throttled and (delay := self._limiter.delay()) > 0:
-            await asyncio.sleep(delay)
+        if self._missing and (self._ready or not self._tally.exhausted):
+            self._missing -= 1
+            self._update_slow()
+            self._spawn(1)
+        while self._limiter.throttled and (delay := self._limiter.delay()) > 0:
+            try:  # a new rate (or a stop) applies at once, not after a slot booked under the old rate
+                await asyncio.wait_for(self._new_limits.wait(), delay)
+            except TimeoutError:
+                break
+            if self.stopping:
+                return True
+            if self.paused:
+                return await self._detour()
         return False
 
     def _exhausted(self) -> None:
@@ -234,6 +258,7 @@ class AsyncExecutor:
         if hasattr(self, "_wake"):
             self._wake.set()
             self._cool_over.set()
+            self._limits_changed()
 
     def cancel(self) -> None:
         """Stop at once: cancel in-flight items, leaving them unprocessed."""
@@ -275,10 +300,12 @@ class AsyncExecutor:
 
     def set_concurrency(self, concurrency: int) -> None:
         """Change how many items may be in flight from now on (the new ceiling for adaptive limits)."""
+        concurrency = checked_concurrency(concurrency)
         self._cooldown.set_ceiling(Limits(concurrency, self._cooldown.ceiling.rate_limit))
 
     def set_rate_limit(self, rate: float | None) -> None:
         """Change the most items started per second, None for no limit (the new ceiling for adaptive limits)."""
+        rate = checked_rate_limit(rate)
         self._cooldown.set_ceiling(Limits(self._cooldown.ceiling.concurrency, rate))
 
     def _apply_limits(self, limits: Limits) -> None:
@@ -287,16 +314,25 @@ class AsyncExecutor:
         if limits.rate_limit != self._limiter.limits.rate_limit:
             self._limiter.set_rate_limit(limits.rate_limit)
             self._update_slow()
+            self._limits_changed()
+
+    def _limits_changed(self) -> None:
+        if hasattr(self, "_new_limits"):
+            self._new_limits.set()
+            self._new_limits = asyncio.Event()
 
     def _set_concurrency(self, concurrency: int) -> None:
         change = self._limiter.set_concurrency(concurrency)
+        self._calls.resize(concurrency)
         if change > 0:
-            self._calls.grow(concurrency)
             cancelled = min(change, self._retiring)
             self._retiring -= cancelled
-            self._spawn(change - cancelled)
+            # Started lazily (in ``_detour``), by a worker that finds work: none wait for items that are not there.
+            self._missing += change - cancelled
         else:
-            self._retiring += -change
+            dropped = min(-change, self._missing)
+            self._missing -= dropped
+            self._retiring += -change - dropped
         self._update_slow()
 
 

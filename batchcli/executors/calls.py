@@ -1,44 +1,39 @@
 """How one attempt at an item is awaited, the same in the driver and in every worker.
 
-``process`` itself when it is a coroutine function; otherwise in a pool of threads sized to the
-concurrency. Either way under ``item_timeout_s`` when one is set. With neither a thread hop nor a
-timeout, the call is ``process`` itself: the success path gets no wrapper.
+``process`` itself when it is a coroutine function; otherwise in daemon threads sized to the
+concurrency (``threads.ItemThreads``). Either way under ``item_timeout_s`` when one is set: for a
+thread, the clock starts when the attempt starts running, not when it was queued, and a thread that
+outlives it is abandoned and replaced. With neither a thread hop nor a timeout, the call is
+``process`` itself: the success path gets no wrapper.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
+
+from batchcli.executors.threads import ItemThreads
 
 
 class ItemCalls:
-    """Builds the awaitable call of one attempt; owns the thread pool a sync ``process`` runs in."""
+    """Builds the awaitable call of one attempt; owns the threads a sync ``process`` runs in."""
 
     def __init__(self, process: Callable[[Any], Any], threads: int, timeout_s: float | None) -> None:
         self.is_async = inspect.iscoroutinefunction(process)
         self.timeout_s = timeout_s
         self._process = process
-        self._threads: list[ThreadPoolExecutor] = []
-        """The current pool, in a one-slot box the call reads, so ``grow`` can replace it under running workers."""
-        self._size = 0
-        self.call: Callable[[Any], Awaitable[Any]] = self._build(threads)
+        self.threads: ItemThreads | None = None if self.is_async else ItemThreads(process, threads)
+        """The threads of a sync ``process`` (None for an async one)."""
+        self.call: Callable[[Any], Awaitable[Any]] = self._build()
         """Await ``call(item)`` to make one attempt."""
 
-    def _build(self, threads: int) -> Callable[[Any], Awaitable[Any]]:
-        if self.is_async:
-            call: Callable[[Any], Awaitable[Any]] = self._process
-        else:
-            # The pool's size caps how many run at once, even when a timed-out attempt's thread is
-            # still finishing.
-            self.grow(threads)
-            process, box = self._process, self._threads
-
-            async def call(item: Any) -> Any:
-                return await asyncio.get_running_loop().run_in_executor(box[0], process, item)
-
+    def _build(self) -> Callable[[Any], Awaitable[Any]]:
         timeout = self.timeout_s
+        threads = self.threads
+        if threads is not None:
+            return _threaded(threads) if timeout is None else _threaded_timed(threads, timeout)
+        call: Callable[[Any], Awaitable[Any]] = self._process
         if timeout is None:
             return call
         inner = call
@@ -54,26 +49,54 @@ class ItemCalls:
                 # asyncio's TimeoutError has no message and only our frames; say what happened
                 # and keep the traceback of where the user's code was when it was cancelled.
                 where = error.__context__.__traceback__ if error.__context__ else error.__traceback__
-                raise TimeoutError(
-                    f"The attempt took longer than item_timeout_s={timeout:g}s and was cancelled."
-                ).with_traceback(where) from None
+                raise _timed_out(timeout).with_traceback(where) from None
 
         return timed
 
-    def grow(self, threads: int) -> None:
-        """Let at least ``threads`` sync attempts run at once (concurrency went up); never shrinks.
-
-        A smaller concurrency is kept by the caller starting fewer attempts; the idle threads cost
-        nothing, and replacing the pool on every change would churn threads.
-        """
-        if self.is_async or threads <= self._size:
-            return
-        if self._threads:
-            self._threads[0].shutdown(wait=False)  # attempts running in it finish there
-        self._threads[:] = [ThreadPoolExecutor(threads, thread_name_prefix="batchcli-item")]
-        self._size = threads
+    def resize(self, threads: int) -> None:
+        """Follow the concurrency: up to ``threads`` sync attempts may run at once."""
+        if self.threads is not None:
+            self.threads.resize(threads)
 
     def close(self) -> None:
-        """Stop the threads; attempts not started yet are cancelled."""
-        if self._threads:
-            self._threads[0].shutdown(wait=False, cancel_futures=True)
+        """End the idle threads; attempts not started yet are dropped, running ones finish unobserved."""
+        if self.threads is not None:
+            self.threads.close()
+
+
+def _threaded(threads: ItemThreads) -> Callable[[Any], Awaitable[Any]]:
+    async def call(item: Any) -> Any:
+        attempt = threads.submit(item, asyncio.get_running_loop(), None)
+        try:
+            return await attempt.future
+        except asyncio.CancelledError:
+            attempt.cancelled = True  # not started yet: no thread will; running: it finishes unobserved
+            raise
+
+    return call
+
+
+def _threaded_timed(threads: ItemThreads, timeout: float) -> Callable[[Any], Awaitable[Any]]:
+    async def timed(item: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        attempt = threads.submit(item, loop, loop.create_future())
+        assert attempt.started is not None
+        deadline = asyncio.timeout(timeout)
+        try:
+            await attempt.started  # the clock starts when a thread runs the attempt: one never started never times out
+            async with deadline:
+                return await asyncio.shield(attempt.future)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the user's own TimeoutError
+            where = threads.abandon(attempt)
+            raise _timed_out(timeout).with_traceback(where) from None
+        except asyncio.CancelledError:
+            attempt.cancelled = True
+            raise
+
+    return timed
+
+
+def _timed_out(timeout: float) -> TimeoutError:
+    return TimeoutError(f"The attempt took longer than item_timeout_s={timeout:g}s and was cancelled.")

@@ -28,7 +28,7 @@ from batchcli.executors.messages import (
 )
 from batchcli.executors.sizing import ChunkSizer
 from batchcli.outcome import Tally, qualified_name
-from batchcli.executors.limiter import Limiter, Limits
+from batchcli.executors.limiter import Limiter, Limits, checked_concurrency, checked_rate_limit
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, Throttle
 
@@ -52,6 +52,9 @@ class Backend(Protocol):
 
     def cancel(self) -> None:
         """Abandon running chunks: their unfinished items come back as skipped."""
+
+    def limits_changed(self, version: int) -> None:
+        """The rate changed: chunks sent with an older ``Chunk.limits`` hand back the items waiting for a slot."""
 
     async def close(self, timeout: float) -> WorkerError | None:
         """Call ``finish()`` in every worker and stop them; the first error ``finish()`` raised."""
@@ -108,6 +111,8 @@ class ChunkedExecutor:
         self.fatal: BaseException | None = None
         """An exception from the source itself, which ends the run."""
         self._started = False
+        self._limits_version = 0
+        """Counts rate changes; each chunk carries the version it was sent under."""
 
     @property
     def limits(self) -> Limits:
@@ -205,7 +210,10 @@ class ChunkedExecutor:
             payload = pickle.dumps([(e.ordinal, e.item) for e in entries], pickle.HIGHEST_PROTOCOL)
         slots, limits = self._backend.slots(), self._limiter.limits
         rate = None if limits.rate_limit is None else limits.rate_limit / slots
-        chunk = Chunk(next(self._ids), payload, len(entries), self._share(slots), self._config.item_timeout_s, rate)
+        chunk = Chunk(
+            next(self._ids), payload, len(entries), self._share(slots), self._config.item_timeout_s, rate,
+            self._limits_version,
+        )
         self._tally.in_flight += len(entries)
         task = self._loop.create_task(self._run_chunk(chunk, entries))
         self._chunks[task] = entries
@@ -334,12 +342,19 @@ class ChunkedExecutor:
 
     def set_concurrency(self, concurrency: int) -> None:
         """Change the total in flight across workers; chunks sent from now on get the new share."""
+        concurrency = checked_concurrency(concurrency)
         self._cooldown.set_ceiling(Limits(concurrency, self._cooldown.ceiling.rate_limit))
 
     def set_rate_limit(self, rate: float | None) -> None:
         """Change the most items started per second (None for no limit); chunks sent from now on follow it."""
+        rate = checked_rate_limit(rate)
         self._cooldown.set_ceiling(Limits(self._cooldown.ceiling.concurrency, rate))
 
     def _apply_limits(self, limits: Limits) -> None:
         self._limiter.set_concurrency(limits.concurrency)
-        self._limiter.set_rate_limit(limits.rate_limit)
+        if limits.rate_limit != self._limiter.limits.rate_limit:
+            self._limiter.set_rate_limit(limits.rate_limit)
+            # A new rate applies at once: items waiting in a worker for a slot booked under the old one
+            # (0.01/s: 100 s) come back unstarted and go out again under the new rate.
+            self._limits_version += 1
+            self._backend.limits_changed(self._limits_version)

@@ -201,6 +201,10 @@ class DaskBackend:
         finally:
             self._futures.discard(future)
 
+    def limits_changed(self, version: int) -> None:
+        # A running Dask task cannot be told anything: a new rate applies from the next chunk.
+        pass
+
     def cancel(self) -> None:
         self._cancelled = True
         if self._client is not None and self._futures:

@@ -12,9 +12,42 @@ counter taken and released per item: that would cost the success path on every i
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
+
+MAX_CONCURRENCY = 10_000
+"""The most items in flight a live control (the pause shell's ``set_concurrency``) accepts."""
+
+
+def checked_concurrency(value: object) -> int:
+    """``value`` if it is a concurrency a run can take now (an int from 1 to ``MAX_CONCURRENCY``); else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(
+            f"concurrency must be a whole number (an int), got {value!r}: items in flight at once, "
+            "e.g. set_concurrency(8)."
+        )
+    if value < 1:
+        raise ValueError(f"concurrency must be at least 1, got {value!r}: e.g. set_concurrency(8).")
+    if value > MAX_CONCURRENCY:
+        raise ValueError(
+            f"concurrency must be at most {MAX_CONCURRENCY:,}, got {value!r}: e.g. set_concurrency({MAX_CONCURRENCY})."
+        )
+    return value
+
+
+def checked_rate_limit(value: object) -> float | None:
+    """``value`` if it is a rate limit (a positive, finite number of items per second, or None); else ValueError."""
+    if value is None:
+        return None
+    # `not 0 < x < inf` rather than `x <= 0`: NaN compares false both ways and must be refused too.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(
+            f"rate_limit must be a positive number of items per second or None, got {value!r}: "
+            "e.g. set_rate_limit(50), or set_rate_limit(None) for no limit."
+        )
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -46,11 +79,19 @@ class RateLimit:
         self.set(rate)
 
     def set(self, rate: float) -> None:
-        """Change the rate; the next slot already booked stays, so a change never allows a burst."""
-        if rate <= 0:
+        """Change the rate, at once: the next slot is one new period after now at the latest.
+
+        A slow rate booked slots far ahead (0.01/s: 100 s); a faster one must not wait for them.
+        Starts waiting for a booked slot are woken by their executor and book again, one by one,
+        so the change allows no burst either.
+        """
+        if not 0 < rate < math.inf:
             raise ValueError(f"rate_limit must be positive or None, got {rate!r}.")
+        changed = rate != getattr(self, "rate", None)
         self.rate = rate
         self._period = 1.0 / rate
+        if changed:
+            self._next = min(self._next, self._clock() + self._period)
 
     def delay(self) -> float:
         """Seconds to wait before starting the next item, whose slot this books."""

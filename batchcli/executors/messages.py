@@ -51,6 +51,9 @@ class Chunk:
     """``item_timeout_s``: an attempt running longer fails with a (retryable) ``TimeoutError``."""
     rate: float | None = None
     """Most items this chunk starts per second: its share of ``rate_limit``."""
+    limits: int = 0
+    """The driver's limits version when it was sent: once the rate changes, the items still waiting for a
+    start slot go back to the driver, which sends them again under the new rate (``Backend.limits_changed``)."""
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import logging.handlers
+import math
 import multiprocessing
 import os
 import queue
 import sys
 import threading
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -40,6 +42,11 @@ from batchcli.executors.worker import WorkerJob
 
 log = logging.getLogger("batchcli")
 
+STUCK_GRACE_S = 2.0
+"""Slack over what ``item_timeout_s`` allows a chunk before its worker counts as stuck (killed and replaced)."""
+WATCH_INTERVAL_S = 0.5
+"""How often the driver looks for a stuck worker (only when ``item_timeout_s`` is set)."""
+
 
 @dataclass(eq=False)
 class _Worker:
@@ -53,6 +60,10 @@ class _Worker:
     replacement: bool
     outstanding: deque[tuple[Chunk, asyncio.Future[ChunkResult]]] = field(default_factory=deque)
     alive: bool = True
+    head_since: float = 0.0
+    """Monotonic time the first outstanding chunk could start (sent to an idle worker, or the one before it came back)."""
+    killed: str = ""
+    """Why the driver killed it (stuck past ``item_timeout_s``); "" otherwise."""
 
     @property
     def usable(self) -> bool:
@@ -80,12 +91,16 @@ class ProcessBackend:
         self._queue: deque[tuple[Chunk, asyncio.Future[ChunkResult]]] = deque()
         self._closing = False
         self._cancelled = False
+        self._timeout_s = config.item_timeout_s
+        self._watch: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         # spawn, not fork: the driver has threads (loop, recorder, display) that fork would copy mid-flight.
         self._context = multiprocessing.get_context("spawn")
         self._cancel_event = self._context.Event()
+        self._limits = self._context.Value("q", 0, lock=False)
+        """The driver's limits version, read by workers while an item waits for its start slot."""
         for _ in range(self._count):
             self._spawn(replacement=False)
         outcomes = await asyncio.gather(*(w.ready for w in self._workers), return_exceptions=True)
@@ -93,6 +108,8 @@ class ProcessBackend:
         if errors:
             await self.close(timeout=10)
             raise errors[0]
+        if self._timeout_s is not None:
+            self._watch = self._loop.call_later(WATCH_INTERVAL_S, self._watchdog)
 
     def slots(self) -> int:
         return max(1, sum(1 for w in self._workers if w.alive))
@@ -102,6 +119,9 @@ class ProcessBackend:
         self._queue.append((chunk, future))
         self._dispatch()
         return await future
+
+    def limits_changed(self, version: int) -> None:
+        self._limits.value = version
 
     def cancel(self) -> None:
         self._cancelled = True
@@ -113,6 +133,8 @@ class ProcessBackend:
 
     async def close(self, timeout: float) -> WorkerError | None:
         self._closing = True
+        if self._watch is not None:
+            self._watch.cancel()
         while self._queue:  # nothing should wait by now; if something does, it was never attempted
             _, future = self._queue.popleft()
             if not future.done():
@@ -141,7 +163,7 @@ class ProcessBackend:
         results_r, results_w = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=worker_main,
-            args=(self._spec, tasks_r, results_w, self._cancel_event),
+            args=(self._spec, tasks_r, results_w, self._cancel_event, self._limits),
             name="batchcli-worker",
             # Daemonic: if the driver dies, multiprocessing ends its workers rather than wait for them.
             daemon=True,
@@ -189,6 +211,7 @@ class ProcessBackend:
                 self._fail_queue_if_no_workers(error)
         elif kind in ("result", "chunk_error"):
             _, future = worker.outstanding.popleft()
+            worker.head_since = time.monotonic()
             if not future.done():
                 if kind == "result":
                     future.set_result(message[2])
@@ -217,7 +240,7 @@ class ProcessBackend:
         while worker.outstanding:
             _, future = worker.outstanding.popleft()
             if not future.done():
-                message = f"Worker process {worker.process.pid} died (exit code {code})"
+                message = worker.killed or f"Worker process {worker.process.pid} died (exit code {code})"
                 future.set_exception(WorkerLost(message, started=started and not self._cancelled))
             started = False
         if not self._closing and not self._cancelled and worker.ready.exception() is None:
@@ -248,6 +271,31 @@ class ProcessBackend:
                 self._queue.appendleft((chunk, future))
                 continue
             worker.outstanding.append((chunk, future))
+            if len(worker.outstanding) == 1:
+                worker.head_since = time.monotonic()
+
+    def _watchdog(self) -> None:
+        """Kill a worker whose chunk ran longer than ``item_timeout_s`` allows: its code holds the worker's loop.
+
+        An attempt past its timeout is cancelled, or abandoned in its thread, inside the worker; only code
+        that never yields (a blocking call in an ``async def``, native code holding the GIL) stops that.
+        Killed, the worker is replaced, and its chunk's items count one attempt each and are retried alone.
+        """
+        if self._closing or self._cancelled:
+            return
+        now = time.monotonic()
+        for worker in self._workers:
+            if not worker.alive or worker.killed or not worker.outstanding:
+                continue
+            chunk = worker.outstanding[0][0]
+            ran = now - worker.head_since
+            if ran > _allowed_s(chunk):
+                worker.killed = (
+                    f"Worker process {worker.process.pid} was stuck: a chunk of {chunk.size} item(s) ran {ran:.0f}s, "
+                    f"past what item_timeout_s={chunk.timeout_s:g}s allows; it was killed and replaced"
+                )
+                worker.process.kill()
+        self._watch = self._loop.call_later(WATCH_INTERVAL_S, self._watchdog)
 
     def _reap(self) -> None:
         for worker in self._workers:
@@ -258,7 +306,15 @@ class ProcessBackend:
             worker.tasks.close()
 
 
-def worker_main(spec: WorkerSpec, tasks: Connection, results: Connection, cancel: Any) -> None:
+def _allowed_s(chunk: Chunk) -> float:
+    """The longest a chunk can run when every attempt ends by its timeout: each lane's items one after another."""
+    timeout = chunk.timeout_s or 0.0
+    lanes = max(1, min(chunk.share, chunk.size))
+    waits = 0.0 if chunk.rate is None else (chunk.size + 1) / chunk.rate  # the slot booked by the chunk before
+    return (math.ceil(chunk.size / lanes) + 1) * timeout + waits + STUCK_GRACE_S
+
+
+def worker_main(spec: WorkerSpec, tasks: Connection, results: Connection, cancel: Any, limits: Any) -> None:
     """A worker process: build the job, run chunks until told to stop, finish the job."""
     # Ctrl-C and SIGTERM reach the whole process group; the driver decides what they mean (pause, stop).
     shield_worker()
@@ -280,7 +336,7 @@ def worker_main(spec: WorkerSpec, tasks: Connection, results: Connection, cancel
     threading.Thread(target=_drain, args=(tasks, inbox), name="batchcli-inbox", daemon=True).start()
     while (chunk := inbox.get()) is not None:
         try:
-            result = job.run_chunk(chunk, cancel.is_set)
+            result = job.run_chunk(chunk, cancel.is_set, lambda: int(limits.value))
         except WorkerError as error:
             send(("chunk_error", chunk.id, error))
         else:

@@ -67,14 +67,20 @@ class WorkerJob:
         self.job = job
         self._process = job.service.process
         self._calls: ItemCalls | None = None
-        """Built for the first chunk that needs it; a later chunk's larger share grows its threads."""
+        """Built for the first chunk that needs it; its threads follow each chunk's share."""
         self._limiters: dict[int, Limiter] = {}
         """One per slot (a process, or a Dask worker thread), keyed by thread id."""
         self._hold_until = 0.0
         """After a throttle with a Retry-After: until then (monotonic) a chunk that comes is handed back unstarted."""
 
-    def run_chunk(self, chunk: Chunk, cancelled: Callable[[], bool] | None = None) -> ChunkResult:
-        """Run a chunk's items, ``chunk.share`` at once; blocks until done (or ``cancelled()`` turns true)."""
+    def run_chunk(
+        self, chunk: Chunk, cancelled: Callable[[], bool] | None = None, limits: Callable[[], int] | None = None
+    ) -> ChunkResult:
+        """Run a chunk's items, ``chunk.share`` at once; blocks until done (or ``cancelled()`` turns true).
+
+        ``limits()`` is the driver's limits version now (process executor): once it differs from the
+        chunk's, items waiting for a start slot go back unstarted, to be sent again under the new rate.
+        """
         try:
             # Unpickled only now: the items' classes live in the project this job just loaded.
             items: list[tuple[int, Any]] = pickle.loads(chunk.payload)
@@ -91,7 +97,8 @@ class WorkerJob:
         else:
             limiter.set_concurrency(chunk.share)
             limiter.set_rate_limit(chunk.rate)
-        return self._on_loop(self._run(items, chunk, limiter, cancelled))  # type: ignore[no-any-return]
+        stale = None if limits is None else (lambda: limits() != chunk.limits)
+        return self._on_loop(self._run(items, chunk, limiter, cancelled, stale))  # type: ignore[no-any-return]
 
     def finish(self) -> ErrorInfo | None:
         """Call the Service's ``finish()`` and stop the loop; the error it raised, if any."""
@@ -104,16 +111,21 @@ class WorkerJob:
         return None
 
     async def _run(
-        self, items: list[tuple[int, Any]], chunk: Chunk, limiter: Limiter, cancelled: Callable[[], bool] | None
+        self,
+        items: list[tuple[int, Any]],
+        chunk: Chunk,
+        limiter: Limiter,
+        cancelled: Callable[[], bool] | None,
+        stale: Callable[[], bool] | None,
     ) -> ChunkResult:
         started = time.perf_counter()
         ok: list[int] = []
         errors: list[ItemError] = []
         calls = self._calls_for(chunk)
         if not calls.is_async and chunk.share == 1 and chunk.timeout_s is None:
-            skipped = self._run_inline(items, limiter, cancelled, ok, errors)
+            skipped = self._run_inline(items, limiter, cancelled, stale, ok, errors)
         else:
-            skipped = await self._run_lanes(items, calls.call, limiter, cancelled, ok, errors)
+            skipped = await self._run_lanes(items, calls.call, limiter, cancelled, stale, ok, errors)
         return ChunkResult(ok, errors, skipped, time.perf_counter() - started, self.pid)
 
     def _run_inline(
@@ -121,6 +133,7 @@ class WorkerJob:
         items: list[tuple[int, Any]],
         limiter: Limiter,
         cancelled: Callable[[], bool] | None,
+        stale: Callable[[], bool] | None,
         ok: list[int],
         errors: list[ItemError],
     ) -> list[int]:
@@ -129,8 +142,8 @@ class WorkerJob:
         for index, (ordinal, item) in enumerate(items):
             if cancelled is not None and cancelled():
                 return [o for o, _ in items[index:]]
-            if limiter.throttled and (delay := limiter.delay()) > 0:
-                time.sleep(delay)
+            if limiter.throttled and (delay := limiter.delay()) > 0 and not _sleep(delay, stale):
+                return [o for o, _ in items[index:]]  # the rate changed: the rest goes back unstarted
             try:
                 process(item)
             except Exception as error:
@@ -147,6 +160,7 @@ class WorkerJob:
         call: Callable[[Any], Awaitable[Any]],
         limiter: Limiter,
         cancelled: Callable[[], bool] | None,
+        stale: Callable[[], bool] | None,
         ok: list[int],
         errors: list[ItemError],
     ) -> list[int]:
@@ -159,8 +173,12 @@ class WorkerJob:
             while queue:
                 ordinal, item = queue.popleft()
                 running.add(ordinal)
-                if limiter.throttled and (delay := limiter.delay()) > 0:
-                    await asyncio.sleep(delay)
+                if limiter.throttled and (delay := limiter.delay()) > 0 and not await _wait(delay, stale):
+                    running.discard(ordinal)  # the rate changed: this item and the rest go back unstarted
+                    held.append(ordinal)
+                    held.extend(o for o, _ in queue)
+                    queue.clear()
+                    return
                 try:
                     await call(item)
                 except asyncio.CancelledError:
@@ -193,7 +211,7 @@ class WorkerJob:
                 calls.close()
             calls = self._calls = ItemCalls(self._process, chunk.share, chunk.timeout_s)
         else:
-            calls.grow(chunk.share)
+            calls.resize(chunk.share)
         return calls
 
     def _error(self, ordinal: int, error: BaseException) -> ItemError:
@@ -222,6 +240,32 @@ class WorkerJob:
         self._thread.join(5)
         if not self._loop.is_running():
             self._loop.close()
+
+
+def _sleep(delay: float, stale: Callable[[], bool] | None) -> bool:
+    """Sleep ``delay`` seconds for a start slot; False (at once) if the driver's limits changed meanwhile."""
+    if stale is None:
+        time.sleep(delay)
+        return True
+    deadline = time.monotonic() + delay
+    while (left := deadline - time.monotonic()) > 0:
+        if stale():
+            return False
+        time.sleep(min(left, CANCEL_POLL_S))
+    return not stale()
+
+
+async def _wait(delay: float, stale: Callable[[], bool] | None) -> bool:
+    """``_sleep`` on the worker's loop."""
+    if stale is None:
+        await asyncio.sleep(delay)
+        return True
+    deadline = time.monotonic() + delay
+    while (left := deadline - time.monotonic()) > 0:
+        if stale():
+            return False
+        await asyncio.sleep(min(left, CANCEL_POLL_S))
+    return not stale()
 
 
 def _build(spec: WorkerSpec) -> Job:

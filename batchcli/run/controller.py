@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar
 
+from batchcli.executors.limiter import checked_concurrency, checked_rate_limit
 from batchcli.outcome import Failure
 from batchcli.run.display import Rate, status_line
 
@@ -118,14 +119,24 @@ class RunController:
         )
 
     def set_concurrency(self, concurrency: int) -> None:
-        """Change how many items may be in flight at once (applies when the run resumes)."""
+        """Change how many items may be in flight at once, 1 to 10,000 (applies when the run resumes)."""
+        try:
+            concurrency = checked_concurrency(concurrency)
+        except ValueError as error:  # one line at the prompt, not a traceback through the run's loop
+            print(f"Error: {error}")
+            return
         self._on_loop(lambda: self._executor("set_concurrency").set_concurrency(concurrency))
         print(f"Concurrency is now {concurrency}.")
 
     def set_rate_limit(self, rate: float | None) -> None:
         """Change the most items started per second; None for no limit (applies when the run resumes)."""
+        try:
+            rate = checked_rate_limit(rate)
+        except ValueError as error:
+            print(f"Error: {error}")
+            return
         self._on_loop(lambda: self._executor("set_rate_limit").set_rate_limit(rate))
-        print(f"Rate limit is now {'none' if rate is None else f'{rate}/s'}.")
+        print(f"Rate limit is now {'none' if rate is None else f'{rate:g}/s'}.")
 
     def retry(self, item: Any) -> Any:
         """Process one failed item again now, once, with the live service, and return what it returned.

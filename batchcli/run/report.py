@@ -71,6 +71,10 @@ def result_of(
         status, code = "stopped", EXIT_STOPPED
     elif stop_requested and unprocessed != 0:
         status, code = "stopped", EXIT_STOPPED
+    elif not tally.exhausted or tally.retrying:
+        # Finished means the source ran out and nothing waits to retry; anything else ended early
+        # (whatever ended it) and is resumable, never "finished" with items silently dropped.
+        status, code = "stopped", EXIT_STOPPED
     else:
         status, code = "finished", EXIT_FAILED if failed else EXIT_OK
     return RunResult(
