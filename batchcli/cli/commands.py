@@ -54,6 +54,15 @@ def root() -> None:
 PARAM_HELP = "A param or configuration field (db.host for a nested one): NAME=VALUE. Repeat for several."
 OUTPUT_HELP = "Directory that holds the run directories."
 NO_SHELL_HELP = "Ctrl-C stops the run gracefully instead of opening the pause shell."
+LOG_FORMAT_HELP = "json: one JSON object per log line, in the run's log file and (without a terminal) on stderr."
+
+
+def _log_format(value: str) -> str:
+    from batchcli.errors import UsageError
+
+    if value not in ("text", "json"):
+        raise UsageError(f"--log-format {value!r} is not a log format. Use --log-format text (the default) or json.")
+    return value
 
 
 def parse_values(pairs: list[str]) -> dict[str, tuple[str, ...]]:
@@ -122,6 +131,7 @@ def exec_(
     output_dir: str = typer.Option("batchcli_outputs", "--output-dir", "-d", help=OUTPUT_HELP, metavar="DIR"),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output: -v for info, -vv for debug."),
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
+    log_format: str = typer.Option("text", "--log-format", help=LOG_FORMAT_HELP, metavar="text|json"),
     show_help: bool = typer.Option(
         False, "--help", help="Show this message and exit; with PATH, also the job's params and fields.", show_default=False
     ),
@@ -134,7 +144,9 @@ def exec_(
     if path is None:
         ctx.fail("Missing argument 'PATH': give a .py file, a project directory or an installed job name.")
     _note_shadowed_job(path)
-    options = RunOptions(output_dir=output_path(output_dir), verbosity=verbose, pause_shell=not no_shell)
+    options = RunOptions(
+        output_dir=output_path(output_dir), verbosity=verbose, pause_shell=not no_shell, log_format=_log_format(log_format)
+    )
     wiring = Wiring(target=path, config_name=config, values=parse_values(param))
     _exit(Session(options).run(Fresh(wiring)), options.console)
 
@@ -158,12 +170,15 @@ def resume(
     param: list[str] = typer.Option([], "--param", "-p", help=PARAM_HELP, metavar="NAME=VALUE"),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output: -v for info, -vv for debug."),
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
+    log_format: str = typer.Option("text", "--log-format", help=LOG_FORMAT_HELP, metavar="text|json"),
 ) -> None:
     """Continue a stopped or crashed run in its own directory, skipping the items it already settled."""
     from batchcli.journal.resumption import Resume
     from batchcli.run.session import RunOptions, Session
 
-    options = RunOptions(output_dir=run_dir.parent, verbosity=verbose, pause_shell=not no_shell)
+    options = RunOptions(
+        output_dir=run_dir.parent, verbosity=verbose, pause_shell=not no_shell, log_format=_log_format(log_format)
+    )
     _exit(Session(options).run(Resume(run_dir, parse_values(param))), options.console)
 
 
@@ -177,13 +192,14 @@ def retry(
     ),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output: -v for info, -vv for debug."),
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
+    log_format: str = typer.Option("text", "--log-format", help=LOG_FORMAT_HELP, metavar="text|json"),
 ) -> None:
     """Reprocess exactly the inputs that failed in RUN_DIR, same job and configuration, in a new run directory."""
     from batchcli.journal.resumption import Retry
     from batchcli.run.session import RunOptions, Session
 
     output = run_dir.parent if output_dir is None else output_path(output_dir)
-    options = RunOptions(output_dir=output, verbosity=verbose, pause_shell=not no_shell)
+    options = RunOptions(output_dir=output, verbosity=verbose, pause_shell=not no_shell, log_format=_log_format(log_format))
     _exit(Session(options).run(Retry(run_dir, parse_values(param))), options.console)
 
 
@@ -214,6 +230,35 @@ def show(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
     console = Console(highlight=False)
     view = show_run(run_dir, width=console.width - 30)
     console.print(view)
+
+
+@app.command()
+def watch(
+    run_dir: Path = typer.Argument(..., help="The run directory of a run (live or not)."),
+    interval: float = typer.Option(1.0, "--interval", "-n", help="Seconds between redraws.", min=0.05),
+    once: bool = typer.Option(False, "--once", help="Print the state once and exit."),
+) -> None:
+    """Follow a run from any terminal of yours: counts, rate, ETA, in flight, limits, failures. Ctrl-C leaves."""
+    from rich.console import Console
+
+    from batchcli.cli.watch import watch as watch_run
+
+    watch_run(run_dir, Console(highlight=False), interval, once)
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+def ctl(
+    run_dir: Path = typer.Argument(..., help="The run directory of a live run."),
+    command: list[str] = typer.Argument(
+        ..., metavar="COMMAND", help="pause | resume | stop | set concurrency=N | set rate_limit=R|none | stats | retry-failed"
+    ),
+) -> None:
+    """Steer a live run from another terminal: pause, resume, stop (resumable), set limits, stats, retry-failed."""
+    from rich.console import Console
+
+    from batchcli.cli.ctl import control
+
+    control(run_dir, command, Console(highlight=False))
 
 
 def _exec_help(ctx: typer.Context, path: str | None, config: str | None) -> NoReturn:
