@@ -24,7 +24,7 @@ class Numbers(Source[int]):
 
 @inject
 class Slow(Service[int]):
-    """Sleeps ``delay_s`` per item; items divisible by ``fail_every`` fail (0: none); logs to ``ledger``."""
+    """Sleeps ``delay_s`` per item; items divisible by ``fail_every`` fail with a ConnectionError (0: none) until ``ledger``.fixed exists; logs to ``ledger``."""
 
     def __init__(self, ledger: Param[str] = "ledger.txt", delay_s: Param[float] = 0.05, fail_every: Param[int] = 0) -> None:
         self.ledger = Path(ledger)
@@ -32,7 +32,6 @@ class Slow(Service[int]):
         self.fail_every = fail_every
         self.now = 0
         self.peak = 0
-        self.fixed = False
 
     def _write(self, line: str) -> None:
         with self.ledger.open("a") as f:
@@ -47,7 +46,8 @@ class Slow(Service[int]):
         try:
             await asyncio.sleep(self.delay_s)
             if self.fail_every and item % self.fail_every == 0 and not self.ledger.with_suffix(".fixed").exists():
-                raise ValueError(f"item {item} is bad")
+                self._write(f"fail {item}")
+                raise ConnectionError(f"item {item} is bad")
             self._write(f"done {item}")
         finally:
             self.now -= 1
