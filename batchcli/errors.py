@@ -113,3 +113,9 @@ class RunNotLive(BatchcliError):
     """``batchcli ctl`` on a run that no process runs now (finished, stopped or crashed): nothing to steer."""
 
     exit_code = 1
+
+
+class RunNotReady(BatchcliError):
+    """A live run that cannot carry out a ``ctl`` command yet (its executor is still starting) or any more (ending)."""
+
+    exit_code = 1

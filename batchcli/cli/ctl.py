@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from batchcli.errors import RunNotLive, UsageError
+from batchcli.errors import RunNotLive, RunNotReady, UsageError
 from batchcli.journal.rundir import journal_path, read_run
 from batchcli.run.control import SOCKET_NAME, Request, send
 
@@ -54,7 +54,8 @@ def control(run_dir: Path, words: list[str], console: Console) -> None:
     except (OSError, ValueError) as error:
         raise RunNotLive(f"Run {str(run_dir)!r} did not answer ({error}); it may be ending.") from None
     if not reply.get("ok"):
-        raise UsageError(str(reply.get("error", "the run refused the command")))
+        refusal = str(reply.get("error", "the run refused the command"))
+        raise RunNotReady(refusal) if reply.get("not_now") else UsageError(refusal)
     console.print(str(reply.get("message", "")), markup=False, highlight=False, soft_wrap=True)
     for name, value in (reply.get("stats") or {}).items():
         console.print(f"  {name}: {value}", markup=False, highlight=False)

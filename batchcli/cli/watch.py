@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +22,8 @@ def watch(run_dir: Path, console: Console, interval_s: float = 1.0, once: bool =
     """Show the run until it ends (or Ctrl-C), redrawn every ``interval_s``; once and done with ``once``."""
     owned_run(run_dir, "watch")
     # Ctrl-C leaves watch at once: the start-up handler would only remember it.
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
     try:
         view = snapshot(run_dir)
         if once or not view.running:
@@ -43,7 +45,8 @@ def watch(run_dir: Path, console: Console, interval_s: float = 1.0, once: bool =
     except KeyboardInterrupt:
         pass  # leaves watch only: the run never hears of it
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if main:
+            signal.signal(signal.SIGINT, previous)
 
 
 def frame(view: Snapshot) -> RenderableType:

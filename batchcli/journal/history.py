@@ -24,7 +24,7 @@ STATUS_STYLES = {
     "finished": "green",
     "stopped": "yellow",
     "crashed": "bold red",
-    "running": "cyan",
+    "running": "bold cyan",
     "damaged": "red",
     "unreadable": "red",
     "never started": "dim",
@@ -115,10 +115,10 @@ def _table(runs: list[RunInfo | Unreadable], lead: tuple[str, ...], trail: tuple
                 cells["run"] += retry
             total = "?" if run.total is None else f"{run.total:,}"
             rate = "-" if run.rate is None else f"{run.rate:,.1f}/s"
-            if run.status == "running":  # live: a process holds the run's lock; its rate now, not on average
+            if run.status == "running":  # live (a process holds the run's lock): its rate now, not its average
                 rate = f"{recent_rate(run.run_dir):,.1f}/s now"
             middle = [
-                Text(("● " if run.status == "running" else "") + run.status, STATUS_STYLES.get(run.status, "")),
+                Text(run.status, STATUS_STYLES.get(run.status, "")),
                 f"{run.succeeded:,} / {run.failed:,} / {total}",
                 _duration(run.active_s),
                 rate,

@@ -151,6 +151,7 @@ class ControlChannel:
             conn.settimeout(10)
             try:
                 uid = peer_uid(conn)
+                line = _read_line(conn)  # read first either way: a refusal the client could not read would be lost
                 if uid != os.getuid():
                     reply: dict[str, Any] = {
                         "ok": False,
@@ -160,7 +161,7 @@ class ControlChannel:
                     }
                     log.warning("ctl: refused a connection from user id %s.", uid)
                 else:
-                    reply = self._carry_out(_read_line(conn))
+                    reply = self._carry_out(line)
                 conn.sendall(json.dumps(reply).encode() + b"\n")
             except (OSError, ValueError) as error:
                 log.debug("ctl: a connection failed: %s", error)
@@ -175,8 +176,10 @@ class ControlChannel:
             return {"ok": True, **self._do(request)}
         except UsageError as error:
             return {"ok": False, "error": error.format_message()}
-        except (ValueError, RuntimeError) as error:  # the controller's own checks: a bad value, a run ending
+        except ValueError as error:  # the controller's own checks of a value
             return {"ok": False, "error": str(error)}
+        except RuntimeError as error:  # not now: the executor is still starting, or the run is ending
+            return {"ok": False, "error": str(error), "not_now": True}
         except (KeyError, TypeError) as error:
             return {"ok": False, "error": f"Not a ctl request ({error!r})."}
 

@@ -147,7 +147,6 @@ class Run:
         stop_logging = start_logging(
             self.run_dir / "batchcli.log", self.console, self.options.verbosity, self.options.log_format, self.run_dir.name
         )
-        control = ControlChannel.open(self)  # `batchcli ctl`: we hold the run directory's lock now
         self.notifier = notifier_of(self.job.config, self.run_dir, self.job.project.name)
         log.info("Run %s of %s (configuration %s)", self.run_dir.name, self.wiring.target, type(self.job.config).__name__)
         if early_signal is not None:
@@ -161,6 +160,7 @@ class Run:
         self.display = display
         loop_thread = threading.Thread(target=self._loop_main, name="batchcli-loop", daemon=True)
         recorder = threading.Thread(target=self._record_loop, name="batchcli-recorder", daemon=True)
+        control = ControlChannel.open(self)  # `batchcli ctl`: we hold the run directory's lock now
         try:
             display.start()
             loop_thread.start()
