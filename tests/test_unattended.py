@@ -131,7 +131,10 @@ def test_watch_and_ctl_steer_a_run_that_has_no_terminal(tmp_path: Path, cli: Any
         assert len(log.started()) - before <= 4  # unlimited, one at a time, 50 ms items start 20 a second
         assert "Rate limit is now none." in cli("ctl", run_dir, "set", "rate_limit=none").output
 
-        # stats, then retry-failed once the cause is fixed: the failures succeed and leave the counts.
+        # Paused (so no new failure comes in between): stats, then retry-failed once the cause is fixed: the
+        # failures succeed and leave the counts.
+        assert cli("ctl", run_dir, "pause").exit_code == 0
+        time.sleep(0.2)
         stats = cli("ctl", run_dir, "stats")
         assert stats.exit_code == 0 and "failed:" in stats.output
         failed_before = int(stats.output.split("failed: ")[1].split()[0])
@@ -140,6 +143,7 @@ def test_watch_and_ctl_steer_a_run_that_has_no_terminal(tmp_path: Path, cli: Any
         retried = cli("ctl", run_dir, "retry-failed")
         assert f"{failed_before} of {failed_before} failed item(s) succeeded now." in retried.output, retried.output
         assert "failed: 0" in cli("ctl", run_dir, "stats").output
+        assert cli("ctl", run_dir, "resume").exit_code == 0
 
         # stop: graceful and resumable; the socket goes with the run, and ctl then says it was stopped.
         assert "Stopping" in cli("ctl", run_dir, "stop").output
