@@ -213,7 +213,6 @@ class RetryScheduler:
         if self._loop is None:
             raise RuntimeError("RetryScheduler.bind(loop) must be called before the first failure.")
         self._tally.retrying += 1
-        self._tally.retried += 1
         key = object()
         self._timers[key] = self._loop.call_later(delay, self._due, key, requeue, ordinal, item, attempts)
 
