@@ -181,7 +181,7 @@ def hook() -> Iterator[ThreadingHTTPServer]:
     """A local HTTP server that receives notifications."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     server.posts = []  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     yield server
     server.shutdown()
     server.server_close()
