@@ -107,3 +107,15 @@ class StoppedBeforeStart(BatchcliError):
             f"[yellow]Stopped:[/] {self.signal_name} arrived before the run started; {escape(self.outcome)}",
             soft_wrap=True,
         )
+
+
+class RunNotLive(BatchcliError):
+    """``batchcli ctl`` on a run that no process runs now (finished, stopped or crashed): nothing to steer."""
+
+    exit_code = 1
+
+
+class RunNotReady(BatchcliError):
+    """A live run that cannot carry out a ``ctl`` command yet (its executor is still starting) or any more (ending)."""
+
+    exit_code = 1

@@ -133,6 +133,8 @@ class Tally:
         self.failed = 0
         self.retrying = 0
         """Items waiting out a backoff delay."""
+        self.retried = 0
+        """Retries scheduled so far (failed attempts that were not final), for the metrics."""
         self.in_flight = 0
         self.skipped = 0
         """Items a resumed run did not redo because an earlier run settled them."""

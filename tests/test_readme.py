@@ -62,6 +62,29 @@ COVERED_ELSEWHERE = {
     "batchcli show batchcli_outputs/nightly": "tests/test_shards.py::test_show_runs_and_retry_on_a_group",
     "batchcli retry batchcli_outputs/nightly": "tests/test_shards.py::test_show_runs_and_retry_on_a_group",
     "batchcli retry batchcli_outputs/nightly --shard 1/3": "tests/test_shards.py::test_show_runs_and_retry_on_a_group",
+    # A live run without a terminal, a free port and a local HTTP server: docs/unattended.md.
+    "batchcli exec PATH --log-format json -p metrics_port=9464 -p notify_url=http://127.0.0.1:8080/batch":
+        "tests/test_unattended.py::test_metrics_json_logs_notifications_and_a_stale_socket",
+    "batchcli exec PATH -p metrics_port=9464":
+        "tests/test_unattended.py::test_metrics_json_logs_notifications_and_a_stale_socket",
+    "batchcli exec PATH -p notify_url=http://127.0.0.1:8080/batch":
+        "tests/test_unattended.py::test_metrics_json_logs_notifications_and_a_stale_socket",
+    "batchcli ctl RUN_DIR stats":
+        "tests/test_unattended.py::test_watch_and_ctl_steer_a_run_that_has_no_terminal",
+    "batchcli ctl RUN_DIR pause":
+        "tests/test_unattended.py::test_watch_and_ctl_steer_a_run_that_has_no_terminal",
+    "batchcli ctl RUN_DIR resume":
+        "tests/test_unattended.py::test_watch_and_ctl_steer_a_run_that_has_no_terminal",
+    "batchcli ctl RUN_DIR set concurrency=5":
+        "tests/test_unattended.py::test_watch_and_ctl_steer_a_run_that_has_no_terminal",
+    "batchcli ctl RUN_DIR set rate_limit=2":
+        "tests/test_unattended.py::test_watch_and_ctl_steer_a_run_that_has_no_terminal",
+    "batchcli ctl RUN_DIR set rate_limit=none":
+        "tests/test_unattended.py::test_watch_and_ctl_steer_a_run_that_has_no_terminal",
+    "batchcli ctl RUN_DIR retry-failed":
+        "tests/test_unattended.py::test_watch_and_ctl_steer_a_run_that_has_no_terminal",
+    "batchcli ctl RUN_DIR stop":
+        "tests/test_unattended.py::test_watch_and_ctl_steer_a_run_that_has_no_terminal",
 }
 
 # Shell lines that are not batchcli commands, with what runs each (a test, or why none does).

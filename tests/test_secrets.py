@@ -110,7 +110,8 @@ def test_storable_wiring_drops_secrets_and_a_rebuild_asks_for_them(cli: Any) -> 
 
     wiring = Wiring(str(SECRETS), None, {"api_token": (TOKEN,), "db.password": (PASSWORD,), "db.user": ("svc",)})
     job = build_job(load_project(str(SECRETS)), wiring, environ={})
-    assert job.secret_names == {"api_token", "fallback_key", "extra_tokens", "db.password"}
+    # notify_url is the built-in secret field (webhook URLs hold tokens).
+    assert job.secret_names == {"api_token", "fallback_key", "extra_tokens", "db.password", "notify_url"}
     stored = wiring.without(job.secret_names)
     assert dict(stored.values) == {"db.user": ("svc",)}
     with pytest.raises(UsageError, match="Missing required param: api_token. Give -p api_token=... \\(or set BATCHCLI_API_TOKEN"):

@@ -59,6 +59,15 @@ SHARD_HELP = (
     "JOB_COMPLETION_INDEX."
 )
 GROUP_HELP = "The group id of the shards (default: derived from the job, its params and N)."
+LOG_FORMAT_HELP = "json: one JSON object per log line, in the run's log file and (without a terminal) on stderr."
+
+
+def _log_format(value: str) -> str:
+    from batchcli.errors import UsageError
+
+    if value not in ("text", "json"):
+        raise UsageError(f"--log-format {value!r} is not a log format. Use --log-format text (the default) or json.")
+    return value
 
 
 def parse_values(pairs: list[str]) -> dict[str, tuple[str, ...]]:
@@ -129,6 +138,7 @@ def exec_(
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
     shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP, metavar="I/N"),
     group: str | None = typer.Option(None, "--group", help=GROUP_HELP, metavar="ID"),
+    log_format: str = typer.Option("text", "--log-format", help=LOG_FORMAT_HELP, metavar="text|json"),
     show_help: bool = typer.Option(
         False, "--help", help="Show this message and exit; with PATH, also the job's params and fields.", show_default=False
     ),
@@ -143,7 +153,9 @@ def exec_(
     if path is None:
         ctx.fail("Missing argument 'PATH': give a .py file, a project directory or an installed job name.")
     _note_shadowed_job(path)
-    options = RunOptions(output_dir=output_path(output_dir), verbosity=verbose, pause_shell=not no_shell)
+    options = RunOptions(
+        output_dir=output_path(output_dir), verbosity=verbose, pause_shell=not no_shell, log_format=_log_format(log_format)
+    )
     wiring = Wiring(target=path, config_name=config, values=parse_values(param))
     request = None if shard is None else parse_shard(shard)
     launch = ShardStart(wiring, request, None if group is None else check_group_id(group), options.output_dir)
@@ -169,12 +181,15 @@ def resume(
     param: list[str] = typer.Option([], "--param", "-p", help=PARAM_HELP, metavar="NAME=VALUE"),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output: -v for info, -vv for debug."),
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
+    log_format: str = typer.Option("text", "--log-format", help=LOG_FORMAT_HELP, metavar="text|json"),
 ) -> None:
     """Continue a stopped or crashed run in its own directory, skipping the items it already settled."""
     from batchcli.journal.resumption import Resume
     from batchcli.run.session import RunOptions, Session
 
-    options = RunOptions(output_dir=run_dir.parent, verbosity=verbose, pause_shell=not no_shell)
+    options = RunOptions(
+        output_dir=run_dir.parent, verbosity=verbose, pause_shell=not no_shell, log_format=_log_format(log_format)
+    )
     _exit(Session(options).run(Resume(run_dir, parse_values(param))), options.console)
 
 
@@ -189,6 +204,7 @@ def retry(
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output: -v for info, -vv for debug."),
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
     shard: str | None = typer.Option(None, "--shard", help="With a group: retry only shard I/N.", metavar="I/N"),
+    log_format: str = typer.Option("text", "--log-format", help=LOG_FORMAT_HELP, metavar="text|json"),
 ) -> None:
     """Reprocess exactly the inputs that failed in RUN_DIR (a run, or every shard of a group), in a new run directory."""
     from batchcli.journal.groups import retry_launch
@@ -196,7 +212,7 @@ def retry(
 
     launch, home = retry_launch(run_dir, parse_values(param), shard)
     output = home if output_dir is None else output_path(output_dir)
-    options = RunOptions(output_dir=output, verbosity=verbose, pause_shell=not no_shell)
+    options = RunOptions(output_dir=output, verbosity=verbose, pause_shell=not no_shell, log_format=_log_format(log_format))
     _exit(Session(options).run(launch), options.console)
 
 
@@ -230,6 +246,35 @@ def show(run_dir: Path = typer.Argument(..., help="A run directory, or a group o
     console = Console(highlight=False)
     view = show_group(run_dir) if is_group(run_dir) else show_run(run_dir, width=console.width - 30)
     console.print(view)
+
+
+@app.command()
+def watch(
+    run_dir: Path = typer.Argument(..., help="The run directory of a run (live or not)."),
+    interval: float = typer.Option(1.0, "--interval", "-n", help="Seconds between redraws.", min=0.05),
+    once: bool = typer.Option(False, "--once", help="Print the state once and exit."),
+) -> None:
+    """Follow a run from any terminal of yours: counts, rate, ETA, in flight, limits, failures. Ctrl-C leaves."""
+    from rich.console import Console
+
+    from batchcli.cli.watch import watch as watch_run
+
+    watch_run(run_dir, Console(highlight=False), interval, once)
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+def ctl(
+    run_dir: Path = typer.Argument(..., help="The run directory of a live run."),
+    command: list[str] = typer.Argument(
+        ..., metavar="COMMAND", help="pause | resume | stop | set concurrency=N | set rate_limit=R|none | stats | retry-failed"
+    ),
+) -> None:
+    """Steer a live run from another terminal: pause, resume, stop (resumable), set limits, stats, retry-failed."""
+    from rich.console import Console
+
+    from batchcli.cli.ctl import control
+
+    control(run_dir, command, Console(highlight=False))
 
 
 def _exec_help(ctx: typer.Context, path: str | None, config: str | None) -> NoReturn:

@@ -177,19 +177,26 @@ class RetryScheduler:
         if watch is not None:
             watch(None, None)
         if log.isEnabledFor(logging.INFO):
+            shown = _item_repr.repr(item)
+            error_type = described.error_type if described is not None else qualified_name(type(error))
+            attempt = attempts.count - 1  # next_delay already counted the coming attempt
             log.info(
                 "Retrying item %s (#%d) in %.2fs: attempt %d of %d failed with %s: %s",
-                _item_repr.repr(item),
+                shown,
                 ordinal,
                 delay,
-                attempts.count - 1,  # next_delay already counted the coming attempt
+                attempt,
                 self.policy.max_attempts,
-                described.error_type if described is not None else qualified_name(type(error)),
+                error_type,
                 described.message if described is not None else error,
+                # --log-format json writes these as keys of their own
+                extra={"event": "retry", "ordinal": ordinal, "item": shown, "error_type": error_type,
+                       "attempt": attempt, "delay": round(delay, 3)},
             )
         if self._loop is None:
             raise RuntimeError("RetryScheduler.bind(loop) must be called before the first failure.")
         self._tally.retrying += 1
+        self._tally.retried += 1
         key = object()
         self._timers[key] = self._loop.call_later(delay, self._due, key, requeue, ordinal, item, attempts)
         return False

@@ -18,6 +18,7 @@ from rich.text import Text
 from batchcli.load.environment import variable
 from batchcli.errors import BatchcliError, JournalUnreadable, UsageError
 from batchcli.journal.shards import shard_of
+from batchcli.journal.live import recent_rate
 from batchcli.journal.rundir import FLUSH_INTERVAL_S, JOURNAL_NAME, RunInfo, never_started, query, read_run
 from batchcli.load.secret import Secret
 
@@ -25,7 +26,7 @@ STATUS_STYLES = {
     "finished": "green",
     "stopped": "yellow",
     "crashed": "bold red",
-    "running": "cyan",
+    "running": "bold cyan",
     "damaged": "red",
     "unreadable": "red",
     "never started": "dim",
@@ -116,11 +117,14 @@ def _table(runs: list[Any], lead: tuple[str, ...], trail: tuple[str, ...]) -> Ta
             if "job" not in lead:
                 cells["run"] += retry
             total = "?" if run.total is None else f"{run.total:,}"
+            rate = "-" if run.rate is None else f"{run.rate:,.1f}/s"
+            if run.status == "running":  # live (a process holds the run's lock): its rate now, not its average
+                rate = f"{recent_rate(run.run_dir):,.1f}/s now"
             middle = [
                 Text(run.status, STATUS_STYLES.get(run.status, "")),
                 f"{run.succeeded:,} / {run.failed:,} / {total}",
                 _duration(run.active_s),
-                "-" if run.rate is None else f"{run.rate:,.1f}/s",
+                rate,
             ]
         if not duration:
             del middle[2]

@@ -18,7 +18,7 @@ import socket
 import sqlite3
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from batchcli import __version__
 from batchcli.errors import JournalError
@@ -47,6 +47,12 @@ CREATE TABLE IF NOT EXISTS limits (
 A row is written only when they change after a throttle. Journals of older batchcli versions lack the
 table; ``open`` adds it (readers treat a missing table as "never throttled"), so the format is unchanged.
 """
+
+LIVE_TABLE = """
+CREATE TABLE IF NOT EXISTS live (session INTEGER PRIMARY KEY, t REAL NOT NULL, state TEXT NOT NULL);
+"""
+"""What a live session is doing beyond the counts (in flight, retrying, limits, cool-down, breaker, paused), as
+JSON, rewritten every flush for ``batchcli watch``. Older journals lack it; ``open`` adds it, like ``limits``."""
 
 SCHEMA = """
 CREATE TABLE run (
@@ -94,7 +100,7 @@ CREATE TABLE failures (
 );
 CREATE TABLE inputs (ordinal INTEGER PRIMARY KEY, item BLOB NOT NULL);
 CREATE TABLE timeline (session INTEGER NOT NULL, t REAL NOT NULL, succeeded INTEGER NOT NULL, failed INTEGER NOT NULL);
-""" + LIMITS_TABLE
+""" + LIMITS_TABLE + LIVE_TABLE
 
 
 class Journal:
@@ -142,6 +148,8 @@ class Journal:
         self.session_count = int(sessions[2])
         """Sessions so far: 1, plus one per resume."""
         self._session_started = time.time()
+        self.live: Callable[[], dict[str, Any]] | None = None
+        """The run's live state, written with every flush for ``batchcli watch``; None writes nothing."""
 
     @property
     def succeeded(self) -> int:
@@ -227,7 +235,7 @@ class Journal:
             journal = cls(run_dir, conn, lock)
             journal._check_format()
             with conn:
-                conn.executescript(LIMITS_TABLE)
+                conn.executescript(LIMITS_TABLE + LIVE_TABLE)
             return journal
         except sqlite3.DatabaseError as error:
             lock.release()
@@ -358,6 +366,9 @@ class Journal:
                 counts = (keys_done if self.keyed else self.succeeded, self.failed - dropped, self.total)
                 conn.execute("UPDATE run SET succeeded = ?, failed = ?, total = ?", counts)
                 conn.execute("UPDATE sessions SET seen_at = ? WHERE id = ?", (now, self.session))
+                if self.live is not None:
+                    live = (self.session, now, json.dumps(self.live()))
+                    conn.execute("INSERT OR REPLACE INTO live VALUES (?, ?, ?)", live)
         except sqlite3.Error:
             # Keep what was not written for the next flush: a full disk that clears loses nothing.
             self.ranges.dirty.update(s for s, _ in upserts)

@@ -8,6 +8,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from batchcli.load.secret import Secret
+
 EXECUTORS = ("async", "process", "dask")
 
 RUNTIME_FIELDS = ("output_dir", "run_dir", "started_at")
@@ -69,6 +71,15 @@ class Configuration:
     shards: int | None = None
     """Split the source into this many shards, one run each, and process the one ``JOB_COMPLETION_INDEX``
     names (a Kubernetes Indexed Job sets it); as ``exec --shard auto/N``. None processes the whole source."""
+    # Running unattended (docs/unattended.md).
+    metrics_port: int | None = None
+    """Serve Prometheus metrics on this port at ``/metrics`` while the run goes (``pip install
+    'batchcli[metrics]'``); none or 0 serves none."""
+    metrics_host: str = "127.0.0.1"
+    """The address the metrics are served on: this machine only unless you change it."""
+    notify_url: Secret | None = None
+    """POST a JSON summary here when the run finishes, stops, crashes or trips its circuit breaker
+    (a secret: webhook URLs hold tokens)."""
 
     def __post_init__(self) -> None:
         self._check_breaker()
@@ -103,6 +114,7 @@ class Configuration:
             )
         if not isinstance(self.adaptive, bool):
             raise ValueError(f"adaptive must be true or false, got {self.adaptive!r}.")
+        self._check_unattended()
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {', '.join(map(repr, EXECUTORS))}, got {self.executor!r}.")
         if self.workers is not None and self.workers < 1:
@@ -135,6 +147,17 @@ class Configuration:
                     f"{name} must be a positive number of seconds, got {value!r}: e.g. {name}=30 (set "
                     "breaker_window=0 to turn the circuit breaker off)."
                 )
+
+    def _check_unattended(self) -> None:
+        port = self.metrics_port
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535):
+            raise ValueError(f"metrics_port must be a port number (1 to 65535), 0 or none, got {port!r}: e.g. metrics_port=9464.")
+        if not str(self.metrics_host).strip():
+            raise ValueError("metrics_host must be an address to serve metrics on, e.g. 127.0.0.1, got ''.")
+        url = self.notify_url
+        if url is not None and not str(url).startswith(("http://", "https://")):
+            shown = repr(url) if isinstance(url, Secret) else repr(str(url))
+            raise ValueError(f"notify_url must be an http:// or https:// URL, got {shown}: e.g. notify_url=https://hooks.example.com/batch.")
 
     @property
     def output_dir(self) -> Path:

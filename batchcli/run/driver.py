@@ -26,9 +26,11 @@ from batchcli.load.source import is_async_source, source_length
 from batchcli.load.wiring import Job, Wiring
 from batchcli.outcome import Tally
 from batchcli.run.breaker import Breaker
+from batchcli.run.control import ControlChannel, live_state
 from batchcli.run.display import make_display
 from batchcli.run.interrupts import EarlySignals, RunSignals
 from batchcli.run.logs import start_logging
+from batchcli.run.notify import Notifier, notifier_of
 from batchcli.run.recording import Recording, describe, free_space
 from batchcli.run.report import RunResult, result_of, write_summary
 
@@ -108,6 +110,8 @@ class Run:
         """Why the breaker opened the pause shell, for its banner; "" otherwise."""
         self.breaker_message = ""
         """Why the breaker stopped the run, for the closing lines; "" otherwise."""
+        self.notifier: Notifier | None = None
+        """Posts the run's events to ``notify_url``; None without one."""
 
     @property
     def fatal(self) -> BaseException | None:
@@ -139,7 +143,11 @@ class Run:
             raise
         self.recording.recorder = self.journal
         self.recording.failure_lines = self.journal.failure_lines
-        stop_logging = start_logging(self.run_dir / "batchcli.log", self.console, self.options.verbosity)
+        self.journal.live = lambda: live_state(self)  # for `batchcli watch`, each flush
+        stop_logging = start_logging(
+            self.run_dir / "batchcli.log", self.console, self.options.verbosity, self.options.log_format, self.run_dir.name
+        )
+        self.notifier = notifier_of(self.job.config, self.run_dir, self.job.project.name)
         log.info("Run %s of %s (configuration %s)", self.run_dir.name, self.wiring.target, type(self.job.config).__name__)
         if early_signal is not None:
             log.warning("%s during start-up: stopping before any item starts.", signal.Signals(early_signal).name)
@@ -152,6 +160,7 @@ class Run:
         self.display = display
         loop_thread = threading.Thread(target=self._loop_main, name="batchcli-loop", daemon=True)
         recorder = threading.Thread(target=self._record_loop, name="batchcli-recorder", daemon=True)
+        control = ControlChannel.open(self)  # `batchcli ctl`: we hold the run directory's lock now
         try:
             display.start()
             loop_thread.start()
@@ -169,11 +178,16 @@ class Run:
             recorder.join()
             self.recording.last_flush()
         finally:
+            if control is not None:
+                control.close()
             display.stop()
             restore_signals()
             self.recording.close()
         result = self._close(self.journal)
         log.info("Run ended: %s, exit code %d", result.status, result.exit_code)
+        if self.notifier is not None:
+            self.notifier.ended(result)
+            self.notifier.close()  # a bounded wait: the endpoint never decides how the run ends
         stop_logging()
         return result
 
@@ -285,6 +299,8 @@ class Run:
 
     def breaker_tripped(self, reason: str) -> bool:
         """On a terminal, open the pause shell with the reason; True then (the user decides, no probing)."""
+        if self.notifier is not None:
+            self.notifier.send("breaker", reason=reason, succeeded=self.tally.succeeded, failed=self.tally.failed)
         if not self.shell_can_open() or self.stop_requested.is_set():
             return False
         self.breaker_reason = reason

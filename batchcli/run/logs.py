@@ -41,8 +41,12 @@ class RunFileHandler(logging.FileHandler):
             super().emit(record)
             return
         try:
-            prefix = f" {logging.getLevelName(record.levelno):<8} {record.name}: "
-            self.stream.write("".join([f"{self._time(f.failed_at)}{prefix}{failure_text(f)}\n" for f in record.failures]))
+            formatter = self.formatter
+            if formatter is not None and hasattr(formatter, "failure"):  # --log-format json: a line per failure
+                self.stream.write(formatter.format(record) + "\n")
+            else:
+                prefix = f" {logging.getLevelName(record.levelno):<8} {record.name}: "
+                self.stream.write("".join([f"{self._time(f.failed_at)}{prefix}{failure_text(f)}\n" for f in record.failures]))
             self.flush()
         except RecursionError:
             raise
@@ -75,17 +79,32 @@ class RunFileHandler(logging.FileHandler):
             pass
 
 
-def start_logging(log_file: Path, console: Console, verbosity: int) -> Callable[[], None]:
-    """Attach the run's handlers to the root logger; returns the function that detaches them."""
+def start_logging(
+    log_file: Path, console: Console, verbosity: int, log_format: str = "text", run_id: str = ""
+) -> Callable[[], None]:
+    """Attach the run's handlers to the root logger; returns the function that detaches them.
+
+    With ``log_format="json"`` the log file gets one JSON object per line, and so does stderr when the
+    console is not a terminal (a terminal keeps its readable lines).
+    """
     console_level = _CONSOLE_LEVELS.get(verbosity, logging.DEBUG)
     file_level = _FILE_LEVELS.get(verbosity, logging.DEBUG)
     file_handler = RunFileHandler(log_file, console)
     file_handler.setLevel(file_level)
-    console_handler = RichHandler(console=console, show_path=False, rich_tracebacks=False, markup=False)
+    console_handler: logging.Handler
+    if log_format == "json":
+        from batchcli.run.jsonlog import JsonFormatter
+
+        file_handler.setFormatter(JsonFormatter(run_id))
+    if log_format == "json" and not console.is_terminal:
+        console_handler = logging.StreamHandler(console.file)
+        console_handler.setFormatter(JsonFormatter(run_id))
+    else:
+        console_handler = RichHandler(console=console, show_path=False, rich_tracebacks=False, markup=False)
+        # Each final failure is one line and one traceback in the file; the console shows them grouped and
+        # sampled (run/failures.py): one rich line per failure was 2 ms each, and a flood scrolled away.
+        console_handler.addFilter(lambda record: record.name != FAILURES)
     console_handler.setLevel(console_level)
-    # Each final failure is one line and one traceback in the file; the console shows them grouped and
-    # sampled (run/failures.py): one rich line per failure was 2 ms each, and a flood scrolled away.
-    console_handler.addFilter(lambda record: record.name != FAILURES)
     root = logging.getLogger()
     previous_level = root.level
     root.setLevel(min(console_level, file_level))

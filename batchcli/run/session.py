@@ -51,6 +51,8 @@ class RunOptions:
     """On a terminal, Ctrl-C pauses the run and opens the pause shell (``--no-shell`` turns it off)."""
     closing_line: bool = True
     """Print the closing line (``Finished: ... Run directory: ...``); ``testing.run_job`` does not."""
+    log_format: str = "text"
+    """``json``: one JSON object per log line in the log file, and on stderr without a terminal."""
 
 
 class Launch(Protocol):
@@ -121,6 +123,7 @@ class Session:
         from batchcli.load.project import load_project
         from batchcli.load.wiring import build_job
         from batchcli.run.driver import Run
+        from batchcli.run.metrics import open_metrics
 
         options = self.options
         # The user's imports and constructors may block (a network): a stop signal abandons them.
@@ -139,17 +142,27 @@ class Session:
         self._notify(launch)
         if continuation is None:
             return None
+        metrics = None
         try:
             check_executor(job.config)  # bad executor settings are bad input: no run directory for them
+            metrics = open_metrics(job.config, job.project.name)  # so is a busy metrics_port
             run_dir, started_at = self._place(continuation, job.project.name)
             bind_runtime(job.config, output_dir=options.output_dir, run_dir=run_dir, started_at=started_at)
         except BaseException:
+            if metrics is not None:
+                metrics.close()
             launch.abandon()
             raise
         # Values read from BATCHCLI_* variables are recorded and shipped like -p values, so resume, retry
         # and workers never depend on the environment they happen to run in.
         run = Run(job, wiring.with_environment(job.environment), options, run_dir, started_at, continuation)
-        result = run.execute(early)
+        if metrics is not None:
+            metrics.run = run
+        try:
+            result = run.execute(early)
+        finally:
+            if metrics is not None:
+                metrics.close()
         if options.closing_line:
             print_closing(result, options.console)
         return result

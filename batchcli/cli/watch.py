@@ -1,0 +1,102 @@
+"""``batchcli watch RUN``: the live state of a run from another terminal, read from its journal alone."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.markup import escape
+from rich.text import Text
+
+from batchcli.cli.ctl import owned_run
+from batchcli.journal.history import STATUS_STYLES
+from batchcli.journal.live import Snapshot, snapshot
+
+
+def watch(run_dir: Path, console: Console, interval_s: float = 1.0, once: bool = False) -> None:
+    """Show the run until it ends (or Ctrl-C), redrawn every ``interval_s``; once and done with ``once``."""
+    owned_run(run_dir, "watch")
+    # Ctrl-C leaves watch at once: the start-up handler would only remember it.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
+    try:
+        view = snapshot(run_dir)
+        if once or not view.running:
+            console.print(frame(view))
+        elif console.is_terminal:
+            with Live(frame(view), console=console, auto_refresh=False) as live:
+                while view.running:
+                    time.sleep(interval_s)
+                    view = snapshot(run_dir)
+                    live.update(frame(view), refresh=True)
+        else:  # a pipe or a file: one frame after another
+            while True:
+                console.print(frame(view))
+                if not view.running:
+                    break
+                time.sleep(interval_s)
+                view = snapshot(run_dir)
+                console.print()
+    except KeyboardInterrupt:
+        pass  # leaves watch only: the run never hears of it
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def frame(view: Snapshot) -> RenderableType:
+    """One screen of ``watch``: status, counts and rate, limits and breaker, failure groups."""
+    info, live = view.info, view.live
+    lines: list[RenderableType] = []
+    head = Text.assemble((info.run_dir.name, "bold"), "  ", (info.status, STATUS_STYLES.get(info.status, "")))
+    if view.running:
+        head.append(f" (pid {info.pid})", "dim")
+        if live.get("stopping"):
+            head.append("  stopping", "yellow")
+        elif live.get("paused"):
+            head.append("  paused", "yellow")
+    lines.append(head)
+    settled = info.succeeded + info.failed
+    total = info.total
+    done = f"{settled}/{total}" + (f" ({settled / total:.0%})" if total else "") if total is not None else f"{settled}"
+    rate = view.rate or 0.0
+    parts = [done, f"ok {info.succeeded}", f"failed {info.failed}"]
+    if view.running:
+        parts += [f"retrying {live.get('retrying', 0)}", f"in flight {live.get('in_flight', 0)}"]
+    parts += [f"{rate:,.1f}/s", f"elapsed {_clock(info.active_s)}"]
+    if view.running:
+        parts.append(f"eta {_clock(view.eta_s)}")
+    lines.append(Text("  ".join(parts)))
+    if view.running and live:
+        lines.append(Text("  ".join(_limits(live)), "dim"))
+    if live.get("breaker") not in (None, "closed"):
+        lines.append(Text(f"circuit breaker {live['breaker']}: {live.get('breaker_reason', '')}", "bold red"))
+    if view.groups:
+        lines.append(Text("failures", "bold"))
+        for count, error_type, shape in view.groups:
+            lines.append(Text(f"  {count:>6}  {error_type}: {shape}"[:200], "red"))
+    if not view.running:
+        lines.append(Text.from_markup(f"[dim]The run is {escape(info.status)}; see it whole with: batchcli show {escape(str(info.run_dir))}[/]"))
+    return Group(*lines)
+
+
+def _limits(live: dict[str, object]) -> list[str]:
+    concurrency, configured = live.get("concurrency"), live.get("configured_concurrency")
+    parts = [f"concurrency {concurrency}" + ("" if concurrency == configured else f" of {configured} (adapting)")]
+    rate_limit = live.get("rate_limit")
+    parts.append("rate limit " + ("none" if rate_limit is None else f"{rate_limit}/s"))
+    cooling = live.get("cooling_down_s") or 0
+    if isinstance(cooling, (int, float)) and cooling > 0:
+        parts.append(f"cooling down {cooling:.0f}s")
+    if live.get("throttles"):
+        parts.append(f"throttled {live['throttles']} time(s)")
+    return parts
+
+
+def _clock(seconds: float | None) -> str:
+    return "-:--:--" if seconds is None else str(timedelta(seconds=int(seconds)))

@@ -1,0 +1,297 @@
+"""``batchcli ctl``: a live run's control channel, a Unix socket in its run directory that only its owner may use.
+
+The run serves one JSON request per connection, one line each way, on a small thread of its own
+(``batchcli-control``): ``{"command": "set", "field": "concurrency", "value": "4"}`` ->
+``{"ok": true, "message": "..."}``. Every command goes through the run's ``RunHandle`` and the pause
+shell's ``RunController``, so a ``ctl`` does exactly what the same step in the shell does, with the
+same checks. The socket is ``0600`` in a ``0700`` directory, and each peer's uid is checked
+(``SO_PEERCRED``); it exists only while the run does. A socket left by a ``kill -9`` is stale: the next
+session of the run holds the run directory's lock, so it may remove it and bind a fresh one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from batchcli.errors import UsageError
+
+if TYPE_CHECKING:
+    from batchcli.run.driver import Run
+
+log = logging.getLogger("batchcli")
+
+SOCKET_NAME = "control.sock"
+COMMANDS = ("pause", "resume", "stop", "set", "stats", "retry-failed")
+SETTINGS = ("concurrency", "rate_limit")
+MAX_REQUEST = 4096
+"""A request is a few dozen bytes; anything longer is not a ctl client."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One ``ctl`` command, checked: what the client sends and the run carries out."""
+
+    command: str
+    """One of ``COMMANDS``."""
+    field: str = ""
+    """For ``set``: ``concurrency`` or ``rate_limit``."""
+    value: str = ""
+    """For ``set``: the value as typed (``4``, ``2.5``, ``none``)."""
+
+    @classmethod
+    def parse(cls, words: list[str]) -> Request:
+        """``["set", "concurrency=4"]`` -> a Request; a UsageError naming the bad word and the fix."""
+        if not words:
+            raise UsageError(f"Give ctl a command: one of {', '.join(COMMANDS)}.")
+        command, rest = words[0], words[1:]
+        if command not in COMMANDS:
+            raise UsageError(f"Unknown ctl command {command!r}. Use one of: {', '.join(COMMANDS)}.")
+        if command != "set":
+            if rest:
+                raise UsageError(f"ctl {command} takes nothing after it, got {' '.join(rest)!r}.")
+            return cls(command)
+        if len(rest) != 1 or "=" not in rest[0]:
+            raise UsageError(
+                f"ctl set takes one FIELD=VALUE, got {' '.join(rest)!r}: e.g. ctl RUN set concurrency=4 "
+                "or ctl RUN set rate_limit=none."
+            )
+        field, _, value = rest[0].partition("=")
+        request = cls("set", field.strip(), value.strip())
+        request.setting()  # checked here, before anything is sent
+        return request
+
+    def setting(self) -> int | float | None:
+        """The value of a ``set``, cast for its field; a UsageError when the field or the value is wrong."""
+        if self.field not in SETTINGS:
+            raise UsageError(
+                f"ctl set cannot change {self.field!r}: only {' and '.join(SETTINGS)} change while a run goes "
+                "(e.g. set concurrency=4, set rate_limit=20 or rate_limit=none)."
+            )
+        try:
+            if self.field == "concurrency":
+                return int(self.value)
+            return None if self.value.lower() == "none" else float(self.value)
+        except ValueError:
+            example = "a whole number, e.g. concurrency=4" if self.field == "concurrency" else "items per second, e.g. rate_limit=20, or none"
+            raise UsageError(f"ctl set {self.field}={self.value!r} is not {example}.") from None
+
+    def encode(self) -> bytes:
+        """The request as its line on the socket."""
+        return json.dumps(dataclasses.asdict(self)).encode() + b"\n"
+
+
+class ControlChannel:
+    """The run's end of ``ctl``: a listening socket and the thread that answers it."""
+
+    def __init__(self, run: Run, listener: socket.socket, path: Path) -> None:
+        from batchcli.run.controller import RunController
+
+        self._run = run
+        self._controller = RunController(run)
+        self._listener = listener
+        self.path = path
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="batchcli-control", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def open(cls, run: Run) -> ControlChannel | None:
+        """Listen on ``RUN_DIR/control.sock`` (the caller holds the run directory's lock); None where it cannot be."""
+        if not hasattr(socket, "AF_UNIX") or not hasattr(socket, "SO_PEERCRED"):
+            return None  # not Linux: the run goes on without ctl
+        path = run.run_dir / SOCKET_NAME
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # left by a process that died: we hold the lock, so it is nobody's now
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with _short_path(path) as address:
+                listener.bind(address)
+            os.chmod(path, 0o600)  # the run directory is 0700 already; the socket is owner-only as well
+            listener.listen(8)
+        except OSError as error:
+            listener.close()
+            log.warning("No control socket for `batchcli ctl` (%s); the run goes on without it.", error)
+            return None
+        return cls(run, listener, path)
+
+    def close(self) -> None:
+        """Stop answering and remove the socket: it must not outlive the run."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() below
+        self._listener.close()
+        self._thread.join(timeout=2)
+
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            # A thread per connection: retry-failed may take a while, and stats must still answer.
+            threading.Thread(target=self._answer, args=(conn,), name="batchcli-control-client", daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            try:
+                uid = peer_uid(conn)
+                line = _read_line(conn)  # read first either way: a refusal the client could not read would be lost
+                if uid != os.getuid():
+                    reply: dict[str, Any] = {
+                        "ok": False,
+                        "refused": True,
+                        "error": f"Refused: this run belongs to user id {os.getuid()}, and user id {uid} may not "
+                        "control it. Only the user who started a run can use batchcli ctl on it.",
+                    }
+                    log.warning("ctl: refused a connection from user id %s.", uid)
+                else:
+                    reply = self._carry_out(line)
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except (OSError, ValueError) as error:
+                log.debug("ctl: a connection failed: %s", error)
+
+    def _carry_out(self, line: bytes) -> dict[str, Any]:
+        try:
+            raw = json.loads(line)
+            request = Request(str(raw["command"]), str(raw.get("field", "")), str(raw.get("value", "")))
+            if request.command not in COMMANDS:
+                raise UsageError(f"Unknown ctl command {request.command!r}. Use one of: {', '.join(COMMANDS)}.")
+            log.info("ctl: %s", " ".join(filter(None, (request.command, request.field and f"{request.field}={request.value}"))))
+            return {"ok": True, **self._do(request)}
+        except UsageError as error:
+            return {"ok": False, "error": error.format_message()}
+        except ValueError as error:  # the controller's own checks of a value
+            return {"ok": False, "error": str(error)}
+        except RuntimeError as error:  # not now: the executor is still starting, or the run is ending
+            return {"ok": False, "error": str(error), "not_now": True}
+        except (KeyError, TypeError) as error:
+            return {"ok": False, "error": f"Not a ctl request ({error!r})."}
+
+    def _do(self, request: Request) -> dict[str, Any]:
+        run, controller = self._run, self._controller
+        command = request.command
+        if command == "pause":
+            run.pause()
+            return {"message": f"Paused: no new item starts; {run.tally.in_flight} in flight finish. Resume with ctl resume."}
+        if command == "resume":
+            run.resume()
+            return {"message": "Resumed."}
+        if command == "stop":
+            run.stop()
+            return {
+                "message": f"Stopping: nothing new starts, {run.tally.in_flight} in flight finish, then the run ends "
+                f"resumably (exit 130). Continue it with: batchcli resume {run.run_dir}"
+            }
+        if command == "set":
+            value = request.setting()
+            if request.field == "concurrency":
+                assert isinstance(value, int)
+                controller.set_concurrency(value)
+                return {"message": f"Concurrency is now {value}."}
+            controller.set_rate_limit(value)
+            return {"message": f"Rate limit is now {'none' if value is None else f'{value:g}/s'}."}
+        if command == "stats":
+            stats = controller.stats()
+            fields = {k: v for k, v in dataclasses.asdict(stats).items() if k != "line"}
+            return {"message": stats.line, "stats": fields}
+        if command == "retry-failed":
+            tried = len(controller.failures)
+            again = controller.retry_failed()
+            return {
+                "message": f"{tried - len(again)} of {tried} failed item(s) succeeded now.",
+                "retried": tried,
+                "failed_again": len(again),
+            }
+        raise UsageError(f"Unknown ctl command {command!r}. Use one of: {', '.join(COMMANDS)}.")
+
+
+def live_state(run: Run) -> dict[str, Any]:
+    """What the journal's ``live`` row holds each flush for ``watch``: the run's state beyond its counts."""
+    tally = run.tally
+    limits = tally.limits
+    ceiling = tally.ceiling
+    executor = run.executor
+    if limits is None and executor is not None:
+        limits = ceiling = (executor.limits.concurrency, executor.limits.rate_limit)
+    breaker = run.breaker
+    return {
+        "in_flight": tally.in_flight,
+        "retrying": tally.retrying,
+        "throttles": tally.throttles,
+        "cooling_down_s": round(max(0.0, tally.cooldown_until - time.monotonic()), 1),
+        "concurrency": None if limits is None else limits[0],
+        "rate_limit": None if limits is None else limits[1],
+        "configured_concurrency": run.job.config.concurrency if ceiling is None else ceiling[0],
+        "configured_rate_limit": run.job.config.rate_limit if ceiling is None else ceiling[1],
+        "paused": run.paused.is_set(),
+        "stopping": run.stop_requested.is_set(),
+        "breaker": None if breaker is None else breaker.state,
+        "breaker_reason": "" if breaker is None or breaker.state == "closed" else breaker.reason,
+    }
+
+
+def peer_uid(conn: socket.socket) -> int:
+    """The uid of the process at the other end of a Unix socket, from the kernel (``SO_PEERCRED``)."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+def send(path: Path, request: Request, timeout: float = 600.0) -> dict[str, Any]:
+    """Send ``request`` to the run listening on ``path`` and return its reply.
+
+    Raises ``ConnectionRefusedError`` when nothing listens there (a stale socket) and ``OSError`` otherwise.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)  # retry-failed waits for the items it retries
+        with _short_path(path) as address:
+            conn.connect(address)
+        conn.sendall(request.encode())
+        reply = json.loads(_read_line(conn) or b"{}")
+    if not isinstance(reply, dict):
+        raise ValueError(f"not a ctl reply: {reply!r}")
+    return reply
+
+
+def _read_line(conn: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(MAX_REQUEST)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > 1 << 20:
+            raise ValueError("a line longer than 1 MiB")
+    return data
+
+
+@contextlib.contextmanager
+def _short_path(path: Path) -> Iterator[str]:
+    """``path`` as a socket address: Unix socket paths are limited to 107 bytes, run directories are not.
+
+    A longer one is reached through the directory's descriptor (``/proc/self/fd/N/control.sock``, Linux).
+    """
+    if len(os.fsencode(str(path))) < 100:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)

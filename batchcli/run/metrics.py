@@ -1,0 +1,129 @@
+"""``metrics_port``: Prometheus metrics of the live run at ``/metrics``, read from its counts when scraped.
+
+prometheus_client (``pip install 'batchcli[metrics]'``) is imported only when the port is set. The
+port is bound before the run directory is made, so a busy one is bad input and no item runs. Nothing
+is added to the success path: a scrape reads the ``Tally`` the display reads. An attempt-duration
+histogram would need a clock read per item, so there is none.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Iterator
+
+from batchcli.errors import UsageError
+
+if TYPE_CHECKING:
+    from batchcli.run.driver import Run
+
+METRICS_MISSING = (
+    "metrics_port={port} needs prometheus_client, which is not installed. Install it with: "
+    "pip install 'batchcli[metrics]' (or leave metrics_port unset)."
+)
+
+
+class Metrics:
+    """The ``/metrics`` endpoint of one run; ``watch(run)`` points it at the run once it exists."""
+
+    def __init__(self, server: Any, thread: Any, job: str) -> None:
+        self._server = server
+        self._thread = thread
+        self.job = job
+        self.run: Run | None = None
+        self._rate_samples: list[tuple[float, int]] = []
+
+    @property
+    def port(self) -> int:
+        """The port it listens on."""
+        return int(self._server.server_address[1])
+
+    def collect(self) -> Iterator[Any]:
+        """The metric families, read from the run now (called by prometheus_client on each scrape)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+
+        run = self.run
+        if run is None:
+            return
+        labels = {"job": self.job, "run_id": run.run_dir.name}
+        names = list(labels)
+        values = list(labels.values())
+        tally = run.tally
+        yield InfoMetricFamily("batchcli_run", "The run: its job and run id (the run directory's name).", value=labels)
+
+        def counter(name: str, doc: str, value: float) -> Any:
+            family = CounterMetricFamily(name, doc, labels=names)
+            family.add_metric(values, value)
+            return family
+
+        def gauge(name: str, doc: str, value: float | None) -> Any:
+            family = GaugeMetricFamily(name, doc, labels=names)
+            if value is not None:
+                family.add_metric(values, value)
+            return family
+
+        yield counter("batchcli_items_succeeded", "Items that succeeded in this session.", tally.succeeded)
+        yield counter("batchcli_items_failed", "Items that finally failed in this session.", tally.failed)
+        yield counter("batchcli_items_retried", "Retries scheduled (failed attempts that were not final).", tally.retried)
+        yield counter("batchcli_items_throttled", "Attempts the API throttled (429/503, Throttled).", tally.throttles)
+        yield gauge("batchcli_items_in_flight", "Items being processed now.", tally.in_flight)
+        yield gauge("batchcli_items_retrying", "Items waiting out a backoff delay.", tally.retrying)
+        yield gauge("batchcli_items_total", "Items in the source, once known.", tally.total)
+        yield gauge("batchcli_items_per_second", "Items settled per second over the last scrapes (10 s at most).", self._rate())
+        limits, ceiling = tally.limits, tally.ceiling
+        executor = run.executor
+        if limits is None and executor is not None:
+            limits = ceiling = (executor.limits.concurrency, executor.limits.rate_limit)
+        config = run.job.config
+        yield gauge(
+            "batchcli_concurrency_effective",
+            "Items allowed in flight now (below the configured value while throttles cut it).",
+            config.concurrency if limits is None else limits[0],
+        )
+        yield gauge(
+            "batchcli_concurrency_configured",
+            "Items allowed in flight as configured (or as changed by the pause shell or ctl).",
+            config.concurrency if ceiling is None else ceiling[0],
+        )
+        yield gauge("batchcli_paused", "1 while the run is paused.", int(run.paused.is_set()))
+
+    def _rate(self) -> float:
+        now = time.monotonic()
+        assert self.run is not None
+        settled = self.run.tally.settled
+        samples = self._rate_samples
+        samples.append((now, settled))
+        while len(samples) > 2 and now - samples[0][0] > 10.0:
+            samples.pop(0)
+        first_t, first_n = samples[0]
+        if now - first_t < 1e-3:
+            elapsed = self.run.tally.elapsed()
+            return settled / elapsed if elapsed > 0 else 0.0
+        return (settled - first_n) / (now - first_t)
+
+    def close(self) -> None:
+        """Stop serving and free the port."""
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def open_metrics(config: Any, job: str) -> Metrics | None:
+    """Bind the metrics port of ``config`` (None when unset); a UsageError when it cannot be served."""
+    port = getattr(config, "metrics_port", None)
+    if not port:
+        return None
+    host = getattr(config, "metrics_host", "127.0.0.1")
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server
+    except ImportError:
+        raise UsageError(METRICS_MISSING.format(port=port)) from None
+    registry = CollectorRegistry(auto_describe=False)  # this run's alone: no global state
+    try:
+        server, thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as error:
+        raise UsageError(
+            f"metrics_port={port} cannot be served on {host} ({error.strerror or error}): another program (or run) "
+            f"uses it. Give another port, e.g. -p metrics_port={port + 1}, or leave metrics_port unset."
+        ) from None
+    metrics = Metrics(server, thread, job)
+    registry.register(metrics)  # type: ignore[arg-type]
+    return metrics

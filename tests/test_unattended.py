@@ -1,0 +1,344 @@
+"""Running unattended: watch, ctl, runs, metrics, JSON logs and notifications, on real runs without a terminal."""
+
+from __future__ import annotations
+
+import json
+import re
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import PROJECTS, subprocess_env
+from joblog import JobLog, wait_for
+
+JOB = PROJECTS / "unattended" / "job.py"
+
+
+def batchcli(*args: Any, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m batchcli ARGS`` without a terminal, waited for."""
+    return subprocess.run(
+        [sys.executable, "-m", "batchcli", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=subprocess_env()
+    )
+
+
+def start(*args: Any, stderr: Path) -> subprocess.Popen[str]:
+    """``python -m batchcli ARGS`` in the background, without a terminal; stderr to a file."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchcli", *map(str, args)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr.open("w"),
+        text=True,
+        env=subprocess_env(),
+    )
+
+
+def live_run_dir(out: Path) -> Path:
+    """The run directory of the one run in ``out``, once its control socket is up."""
+    wait_for(lambda: any(out.glob("*/control.sock")), "the run's control socket")
+    return next(out.glob("*/control.sock")).parent
+
+
+def in_flight_peak(log: JobLog, after: int) -> int:
+    """The most items in flight at once from ledger line ``after`` on, counting those already in flight then."""
+    now = peak = 0
+    for index, line in enumerate(log.lines()):
+        if line.startswith("start "):
+            now += 1
+        elif line.startswith("done ") or line.startswith("fail "):
+            now -= 1
+        if index >= after:
+            peak = max(peak, now)
+    return peak
+
+
+def ctl(run_dir: Path, *words: str) -> subprocess.CompletedProcess[str]:
+    """``batchcli ctl RUN WORDS`` as a process of its own."""
+    return batchcli("ctl", run_dir, *words)
+
+
+def test_watch_and_ctl_steer_a_run_that_has_no_terminal(tmp_path: Path, cli: Any) -> None:
+    """watch follows a headless run as its journal does, and every ctl command changes the run as the pause shell would; stop then resume loses and repeats nothing."""
+    ledger = tmp_path / "ledger.txt"
+    out = tmp_path / "out"
+    run = start(
+        "exec", JOB, "-d", out, "-p", "count=400", "-p", "delay_s=0.05", "-p", "concurrency=2",
+        "-p", "fail_every=25", "-p", "max_retries=0", "-p", f"ledger={ledger}",
+        stderr=tmp_path / "run.err",
+    )
+    try:
+        run_dir = live_run_dir(out)
+        log = JobLog(ledger)
+
+        # watch, in plain mode (no terminal): frames advance; Ctrl-C leaves watch, not the run.
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "batchcli", "watch", str(run_dir), "-n", "0.2"],
+            stdout=subprocess.PIPE, text=True, env=subprocess_env(),
+        )
+        assert watcher.stdout is not None
+        seen: list[int] = []
+        for line in watcher.stdout:
+            if " ok " in line:
+                seen.append(int(line.split(" ok ")[1].split()[0]))
+                if len(seen) >= 2 and seen[-1] > seen[0]:
+                    break
+        watcher.send_signal(signal.SIGINT)
+        assert watcher.wait(timeout=30) == 0
+        assert seen == sorted(seen) and seen[-1] > seen[0]
+        assert run.poll() is None, "Ctrl-C in watch reached the run"
+
+        # runs marks the live run and its current rate.
+        listing = cli("runs", "-d", out)
+        assert re.search(r"running\s+\d+ / \d+ / 400 .* [\d.]+/s now", listing.output)
+
+        # set concurrency: the Service sees more items at once, then fewer.
+        assert "Concurrency is now 5." in cli("ctl", run_dir, "set", "concurrency=5").output
+        wait_for(lambda: in_flight_peak(log, 0) >= 5, "5 items in flight at once")
+        assert cli("ctl", run_dir, "set", "concurrency=1").exit_code == 0
+        time.sleep(0.3)  # the items started at 5 finish
+        mark = len(log.lines())
+        wait_for(lambda: len(log.lines()) > mark + 10, "items processed at concurrency 1")
+        assert in_flight_peak(log, mark) == 1
+
+        # pause: no new item starts, and watch says so; resume: they start again.
+        assert cli("ctl", run_dir, "pause").exit_code == 0
+        time.sleep(0.3)
+        paused_at = len(log.started())
+        frame = cli("watch", run_dir, "--once").output
+        assert "paused" in frame
+        time.sleep(0.3)
+        assert len(log.started()) == paused_at
+        assert cli("ctl", run_dir, "resume").exit_code == 0
+        wait_for(lambda: len(log.started()) > paused_at, "items starting after resume")
+
+        # set rate_limit: at most ~2 starts a second, then none again.
+        assert "Rate limit is now 2/s." in cli("ctl", run_dir, "set", "rate_limit=2").output
+        time.sleep(0.3)
+        before = len(log.started())
+        time.sleep(1.0)
+        assert len(log.started()) - before <= 4  # unlimited, one at a time, 50 ms items start 20 a second
+        assert "Rate limit is now none." in cli("ctl", run_dir, "set", "rate_limit=none").output
+
+        # Paused (so no new failure comes in between): stats, then retry-failed once the cause is fixed: the
+        # failures succeed and leave the counts.
+        assert cli("ctl", run_dir, "pause").exit_code == 0
+        time.sleep(0.2)
+        stats = cli("ctl", run_dir, "stats")
+        assert stats.exit_code == 0 and "failed:" in stats.output
+        failed_before = int(stats.output.split("failed: ")[1].split()[0])
+        assert failed_before > 0
+        (tmp_path / "ledger.fixed").touch()
+        retried = cli("ctl", run_dir, "retry-failed")
+        assert f"{failed_before} of {failed_before} failed item(s) succeeded now." in retried.output, retried.output
+        assert "failed: 0" in cli("ctl", run_dir, "stats").output
+        assert cli("ctl", run_dir, "resume").exit_code == 0
+
+        # stop: graceful and resumable; the socket goes with the run, and ctl then says it was stopped.
+        assert "Stopping" in cli("ctl", run_dir, "stop").output
+        assert run.wait(timeout=30) == 130
+        assert not (run_dir / "control.sock").exists()
+        after = ctl(run_dir, "stats")
+        assert after.returncode == 1 and "was stopped" in after.stderr
+    finally:
+        if run.poll() is None:
+            run.kill()
+    resumed = batchcli("resume", run_dir, "-p", "concurrency=20")
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(set(log.done())) == list(range(400))
+    assert log.done_twice() == []
+    final = cli("watch", run_dir)  # the finished run: watch prints what the journal and the summary say
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert final.exit_code == 0 and f"400/400 (100%)  ok {summary['succeeded']}  failed {summary['failed']}" in final.output
+
+
+class Hook(BaseHTTPRequestHandler):
+    """Records each POSTed JSON body on the server."""
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.posts.append(json.loads(body))  # type: ignore[attr-defined]
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def hook() -> Iterator[ThreadingHTTPServer]:
+    """A local HTTP server that receives notifications."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    server.posts = []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_metrics_json_logs_notifications_and_a_stale_socket(tmp_path: Path, hook: ThreadingHTTPServer, cli: Any) -> None:
+    """A headless run serves /metrics, logs JSON lines, refuses another user's connection, and after kill -9 its resume replaces the stale socket and notifies the end."""
+    ledger = tmp_path / "ledger.txt"
+    out = tmp_path / "out"
+    port = free_port()
+    url = f"http://127.0.0.1:{hook.server_port}/done"
+    args = ("-p", f"notify_url={url}", "--log-format", "json", "-v")
+    run = start(
+        "exec", JOB, "-d", out, "-p", "count=300", "-p", "delay_s=0.05", "-p", "concurrency=2", "-p", "fail_every=10",
+        "-p", "max_retries=1", "-p", "backoff_s=0", "-p", f"ledger={ledger}", "-p", f"metrics_port={port}", *args,
+        stderr=tmp_path / "run.err",
+    )
+    try:
+        run_dir = live_run_dir(out)
+        wait_for(lambda: "ConnectionError" in (run_dir / "batchcli.log").read_text(), "a retried item")
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        values = {line.split(" ")[0].split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in scraped.splitlines() if line.startswith("batchcli_")}
+        assert values["batchcli_items_succeeded_total"] > 0
+        assert values["batchcli_items_retried_total"] > 0
+        assert values["batchcli_concurrency_configured"] == 2
+        assert f'run_id="{run_dir.name}"' in scraped and 'job="job"' in scraped
+
+        # Another user (uid 65534) is refused by the run itself, even past the file modes (a hard link of the
+        # socket in a directory they can reach, the socket made writable for them).
+        if os.getuid() == 0:
+            reachable = Path(tempfile.mkdtemp(dir=tmp_path.anchor + "tmp"))
+            try:
+                reachable.chmod(0o711)
+                os.link(run_dir / "control.sock", reachable / "s")
+                os.chmod(reachable / "s", 0o666)
+                probe = (
+                    "import os, socket, sys; os.setuid(65534); s = socket.socket(socket.AF_UNIX);"
+                    "s.connect(sys.argv[1]); s.sendall(b'{\"command\": \"stop\"}\\n'); print(s.recv(4096).decode())"
+                )
+                refused = subprocess.run([sys.executable, "-c", probe, str(reachable / "s")], capture_output=True, text=True, timeout=30)
+            finally:
+                os.chmod(run_dir / "control.sock", 0o600)
+                shutil.rmtree(reachable)
+            assert '"refused": true' in refused.stdout, refused.stderr
+            assert "may not control it" in refused.stdout
+            assert run.poll() is None  # the stop was not carried out
+        failed_file = run_dir / "failed.jsonl"  # appended after the journal commits a failure
+        wait_for(lambda: failed_file.exists() and failed_file.stat().st_size > 0, "a failure in the journal")
+        run.kill()  # kill -9: the socket stays behind, stale
+        run.wait(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert (run_dir / "control.sock").exists()
+    crashed = cli("ctl", run_dir, "pause")
+    assert crashed.exit_code == 1 and "crashed" in crashed.output
+
+    resumed = start("resume", run_dir, *args, stderr=tmp_path / "resume.err")
+    try:
+        # The stale socket refuses connections; the resumed run's answers (ctl waits for it to appear).
+        wait_for(lambda: cli("ctl", run_dir, "stats").exit_code == 0, "the resumed run's fresh socket")
+        (tmp_path / "ledger.fixed").touch()
+        # Until the executor has started, a limit cannot change yet: exit 1, "try again in a moment".
+        wait_for(lambda: cli("ctl", run_dir, "set", "concurrency=50").exit_code == 0, "a higher concurrency")
+        assert resumed.wait(timeout=60) == 1  # the failures of the first session stay failed
+    finally:
+        if resumed.poll() is None:
+            resumed.kill()
+    assert not (run_dir / "control.sock").exists()
+
+    records = [json.loads(line) for line in (run_dir / "batchcli.log").read_text().splitlines()]
+    retry = next(r for r in records if r["event"] == "retry")
+    assert {"time", "level", "run_id", "ordinal", "item", "error_type", "attempt", "delay"} <= retry.keys()
+    assert retry["run_id"] == run_dir.name and retry["error_type"] == "ConnectionError"
+    failed = next(r for r in records if r["event"] == "item_failed")
+    assert failed["ordinal"] % 10 == 0 and failed["attempt"] == 2
+    stderr_lines = [json.loads(line) for line in (tmp_path / "resume.err").read_text().splitlines() if line.startswith("{")]
+    assert any(r["event"] == "log" for r in stderr_lines)
+    assert url not in (run_dir / "batchcli.log").read_text()  # the URL is a secret
+
+    wait_for(lambda: len(hook.posts) >= 1, "the notification")  # type: ignore[attr-defined]
+    note = hook.posts[-1]  # type: ignore[attr-defined]
+    assert note["event"] == "finished" and note["run_id"] == run_dir.name
+    assert note["exit_code"] == 1 and note["succeeded"] + note["failed"] == 300
+
+
+def test_a_notification_endpoint_that_is_down_leaves_the_run_alone(cli: Any, tmp_path: Path) -> None:
+    """A run whose notify_url refuses connections finishes with its own exit code and says so in its log."""
+    url = f"http://127.0.0.1:{free_port()}/hook"
+    outcome = cli("exec", JOB, "-d", tmp_path / "out", "-p", "count=5", "-p", "delay_s=0", "-p", f"notify_url={url}", "--no-shell")
+    assert outcome.exit_code == 0, outcome.output
+    assert "Could not send the 'finished' notification to http://127.0.0.1" in (outcome.run_dir / "batchcli.log").read_text()
+
+
+def test_ctl_and_watch_refuse_bad_input(cli: Any, tmp_path: Path) -> None:
+    """ctl and watch on a finished run, a non-run directory, another user's run, or with an unknown command or field: one paragraph, the right exit code."""
+    done = cli("exec", JOB, "-d", tmp_path / "out", "-p", "count=3", "-p", "delay_s=0", "--no-shell")
+    run_dir = done.run_dir
+    assert run_dir is not None
+
+    watched = cli("watch", run_dir)  # a finished run: its final state, then exit
+    assert watched.exit_code == 0 and "3/3 (100%)  ok 3  failed 0" in watched.output and "finished" in watched.output
+
+    finished = cli("ctl", run_dir, "pause")
+    assert finished.exit_code == 1 and "has finished" in finished.output and "batchcli show" in finished.output
+    unknown = cli("ctl", run_dir, "faster")
+    assert unknown.exit_code == 2 and "Unknown ctl command 'faster'" in unknown.output and "pause, resume" in unknown.output
+    field = cli("ctl", run_dir, "set", "workers=3")
+    assert field.exit_code == 2 and "cannot change 'workers'" in field.output and "concurrency" in field.output
+    value = cli("ctl", run_dir, "set", "concurrency=lots")
+    assert value.exit_code == 2 and "'lots' is not a whole number" in value.output
+    for command in ("ctl", "watch"):
+        words = ["pause"] if command == "ctl" else []
+        nothing = cli(command, tmp_path, *words)
+        assert nothing.exit_code == 2 and "not a batchcli run directory" in nothing.output
+    if os.getuid() == 0:
+        os.chown(run_dir, 65534, 65534)
+        try:
+            theirs = cli("ctl", run_dir, "stats")
+            assert theirs.exit_code == 2 and "belongs to user id 65534, not to you" in theirs.output
+        finally:
+            os.chown(run_dir, 0, 0)
+    bad_format = cli("exec", JOB, "-d", tmp_path / "out", "--log-format", "xml")
+    assert bad_format.exit_code == 2 and "--log-format 'xml'" in bad_format.output
+
+
+def test_metrics_port_errors_come_before_any_run(cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy metrics_port, or one without prometheus_client, is bad input: exit 2 and no run directory."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = cli("exec", JOB, "-d", tmp_path / "out", "-p", f"metrics_port={port}")
+    assert taken.exit_code == 2 and f"metrics_port={port} cannot be served" in taken.output
+    assert f"metrics_port={port + 1}" in taken.output
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    missing = cli("exec", JOB, "-d", tmp_path / "out", "-p", "metrics_port=9464")
+    assert missing.exit_code == 2 and "pip install 'batchcli[metrics]'" in missing.output
+    assert not list((tmp_path / "out").glob("*/journal.sqlite"))
+
+
+def test_a_tripped_breaker_and_the_stop_it_leads_to_are_notified(cli: Any, tmp_path: Path, hook: ThreadingHTTPServer) -> None:
+    """A run whose items all fail notifies the breaker's trip with its reason, then the resumable stop it ends in."""
+    url = f"http://127.0.0.1:{hook.server_port}/hook"
+    outcome = cli(
+        "exec", JOB, "-d", tmp_path / "out", "-p", "count=50", "-p", "delay_s=0", "-p", "fail_every=1", "-p", "max_retries=0",
+        "-p", "breaker_window=10", "-p", "breaker_cooldown_s=0.1", "-p", "breaker_max_wait_s=0.3",
+        "-p", f"ledger={tmp_path / 'ledger.txt'}", "-p", f"notify_url={url}", "--no-shell",
+    )
+    assert outcome.exit_code == 130, outcome.output
+    events = [post["event"] for post in hook.posts]  # type: ignore[attr-defined]
+    assert events[0] == "breaker" and events[-1] == "stopped"
+    assert "items failed: ConnectionError: item" in hook.posts[0]["reason"]  # type: ignore[attr-defined]
+    assert hook.posts[-1]["exit_code"] == 130  # type: ignore[attr-defined]
