@@ -125,7 +125,20 @@ def exec_(
     show_help: bool = typer.Option(
         False, "--help", help="Show this message and exit; with PATH, also the job's params and fields.", show_default=False
     ),
+    limit: int | None = typer.Option(None, "--limit", help="Try the job on the first N items only.", metavar="N"),
+    sample: float | None = typer.Option(
+        None, "--sample", help="Try the job on a reproducible sample: this fraction of the items, e.g. 0.1.", metavar="FRACTION"
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Which --sample to take (default 0).", metavar="S"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Load and wire the job, show what would run, and exit: no setup(), no process(), no run directory."
+    ),
+    skip_done_in: list[Path] = typer.Option(
+        [], "--skip-done-in", help="Skip items whose item_key succeeded in this run directory. Repeat for several.",
+        metavar="RUN_DIR", show_default=False,
+    ),
 ) -> None:
+    from batchcli.journal.selection import selection_from_options
     from batchcli.load.wiring import Wiring
     from batchcli.run.session import Fresh, RunOptions, Session
 
@@ -136,7 +149,8 @@ def exec_(
     _note_shadowed_job(path)
     options = RunOptions(output_dir=output_path(output_dir), verbosity=verbose, pause_shell=not no_shell)
     wiring = Wiring(target=path, config_name=config, values=parse_values(param))
-    _exit(Session(options).run(Fresh(wiring)), options.console)
+    selection = selection_from_options(limit, sample, seed, skip_done_in)
+    _exit(Session(options).run(Fresh(wiring, selection=selection, dry_run=dry_run)), options.console)
 
 
 def _exit(result: RunResult | None, console: Any) -> NoReturn:
@@ -158,13 +172,22 @@ def resume(
     param: list[str] = typer.Option([], "--param", "-p", help=PARAM_HELP, metavar="NAME=VALUE"),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output: -v for info, -vv for debug."),
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
+    whole_source: bool = typer.Option(
+        False, "--all", help="Carry a trial run (--limit, --sample) on to the whole source, skipping what it did."
+    ),
 ) -> None:
     """Continue a stopped or crashed run in its own directory, skipping the items it already settled."""
     from batchcli.journal.resumption import Resume
     from batchcli.run.session import RunOptions, Session
 
     options = RunOptions(output_dir=run_dir.parent, verbosity=verbose, pause_shell=not no_shell)
-    _exit(Session(options).run(Resume(run_dir, parse_values(param))), options.console)
+    _exit(Session(options).run(Resume(run_dir, parse_values(param), whole_source=whole_source)), options.console)
+
+
+ERROR_TYPE_HELP = "Only failures of this exception type or a subclass (ValueError, httpx.HTTPError, ...)."
+MATCH_HELP = "Only failures whose error message matches this regular expression."
+SINCE_HELP = "Only items that failed at or after this ISO date/time (local time unless it has an offset)."
+UNTIL_HELP = "Only items that failed before this ISO date/time."
 
 
 @app.command()
@@ -177,14 +200,30 @@ def retry(
     ),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output: -v for info, -vv for debug."),
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
+    error_type: str | None = typer.Option(None, "--error-type", help=ERROR_TYPE_HELP, metavar="TYPE"),
+    match: str | None = typer.Option(None, "--match", help=MATCH_HELP, metavar="REGEX"),
+    since: str | None = typer.Option(None, "--since", help=SINCE_HELP, metavar="WHEN"),
+    until: str | None = typer.Option(None, "--until", help=UNTIL_HELP, metavar="WHEN"),
+    limit: int | None = typer.Option(None, "--limit", help="At most N failures, in the order they failed.", metavar="N"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the failures that would be retried, and exit."),
 ) -> None:
     """Reprocess exactly the inputs that failed in RUN_DIR, same job and configuration, in a new run directory."""
+    from batchcli.journal.matching import failure_filter
     from batchcli.journal.resumption import Retry
     from batchcli.run.session import RunOptions, Session
 
+    wanted = failure_filter(error_type, match, since, until, limit)
+    if dry_run:
+        from rich.console import Console
+
+        from batchcli.journal.history import show_failures
+
+        Console(highlight=False).print(show_failures(run_dir, wanted), soft_wrap=True)
+        typer.echo("Dry run: nothing was retried.")
+        raise typer.Exit(0)
     output = run_dir.parent if output_dir is None else output_path(output_dir)
     options = RunOptions(output_dir=output, verbosity=verbose, pause_shell=not no_shell)
-    _exit(Session(options).run(Retry(run_dir, parse_values(param))), options.console)
+    _exit(Session(options).run(Retry(run_dir, parse_values(param), wanted)), options.console)
 
 
 @app.command()
@@ -205,13 +244,29 @@ def runs(
 
 
 @app.command()
-def show(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
+def show(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    failures: bool = typer.Option(
+        False, "--failures", help="List the failures (input, error, attempts, when) that retry would take."
+    ),
+    error_type: str | None = typer.Option(None, "--error-type", help=ERROR_TYPE_HELP + " With --failures.", metavar="TYPE"),
+    match: str | None = typer.Option(None, "--match", help=MATCH_HELP + " With --failures.", metavar="REGEX"),
+    since: str | None = typer.Option(None, "--since", help=SINCE_HELP + " With --failures.", metavar="WHEN"),
+    until: str | None = typer.Option(None, "--until", help=UNTIL_HELP + " With --failures.", metavar="WHEN"),
+    limit: int | None = typer.Option(None, "--limit", help="At most N failures. With --failures.", metavar="N"),
+) -> None:
     """Show one run: its summary, its failures grouped by error, and its throughput over time."""
     from rich.console import Console
 
     from batchcli.journal.history import show_run
 
     console = Console(highlight=False)
+    if failures or any(v is not None for v in (error_type, match, since, until, limit)):
+        from batchcli.journal.history import show_failures
+        from batchcli.journal.matching import failure_filter
+
+        console.print(show_failures(run_dir, failure_filter(error_type, match, since, until, limit)), soft_wrap=True)
+        return
     view = show_run(run_dir, width=console.width - 30)
     console.print(view)
 

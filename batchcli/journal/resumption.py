@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 from batchcli.load.environment import variable
 from batchcli.errors import JournalError, UsageError
 from batchcli.journal.writer import Journal
+from batchcli.journal.matching import FailureFilter, matching_failures
 from batchcli.journal.rundir import RunInfo, check_safe, damaged, query, read_run
+from batchcli.journal.selection import Selection, keys_done_in, read_selection, widen_selection
 from batchcli.load.source import Source
 
 if TYPE_CHECKING:
@@ -31,6 +33,10 @@ class Continuation:
     """retry: the run whose failed inputs this run reprocesses."""
     items: list[Any] | None = None
     """retry: the inputs to process instead of iterating the Source."""
+    selection: Selection | None = None
+    """exec and resume: which items of the Source the run takes (``--limit``, ``--sample``, ``--skip-done-in``)."""
+    done_elsewhere: frozenset[Any] = frozenset()
+    """``--skip-done-in``: the item keys that succeeded in those runs."""
 
 
 @dataclass(frozen=True)
@@ -50,22 +56,33 @@ class Resume:
     Session loads and wires it, then ``carry_on(job)`` gives what the run continues from.
     """
 
-    def __init__(self, run_dir: Path, overrides: dict[str, tuple[str, ...]]) -> None:
+    def __init__(self, run_dir: Path, overrides: dict[str, tuple[str, ...]], *, whole_source: bool = False) -> None:
         self.run_dir = run_dir
         self.overrides = overrides
+        self.whole_source = whole_source
+        """``--all``: carry a limited or sampled run on to the whole source."""
         self.notices: list[Notice] = []
         self.stopped_outcome = f"the run is as it was. Resume it again with: batchcli resume {run_dir}"
         """What a stop signal during loading leaves behind, for the message."""
         self._earlier: RunInfo | None = None
         self._journal: Journal | None = None
+        self._selection: Selection | None = None
 
     def wiring(self) -> tuple[Wiring, dict[str, str]] | None:
         """The run's wiring and secrets; None when it finished already (``notices`` says so)."""
         run_dir = self.run_dir
         check_safe(run_dir)
         earlier = self._earlier = read_run(run_dir)
-        if earlier.status == "finished":
+        selection = self._selection = read_selection(run_dir)
+        trial = selection is not None and selection.is_trial
+        if earlier.status == "finished" and not (trial and self.whole_source):
             retry = f" Reprocess its failed inputs with: batchcli retry {run_dir}" if earlier.failed else ""
+            if trial and retry:
+                retry += "."
+            if trial:
+                assert selection is not None
+                retry += f" It was a trial run ({selection.describe()}); carry it on to the whole source with: " \
+                    f"batchcli resume {run_dir} --all"
             self.notices.append(
                 Notice(
                     f"Run {str(run_dir)!r} finished already ({earlier.succeeded} succeeded, {earlier.failed} failed); "
@@ -91,7 +108,17 @@ class Resume:
             )
         # A retry run's own inputs, unpickled once the project is loaded so their classes resolve.
         items = saved_inputs(self.run_dir) if self._earlier.parent else None
-        return Continuation(journal=self._journal, items=items)
+        selection = self._selection
+        if selection is not None and selection.is_trial and self.whole_source:
+            widen_selection(self.run_dir, selection)
+            self.notices.append(Notice(f"Carrying the trial run ({selection.describe()}) on to the whole source; "
+                                       "the items it settled are skipped.", soft_wrap=True))
+            selection = selection.widened()
+        elif selection is not None and selection.is_trial:
+            self.notices.append(Notice(f"Resuming a trial run ({selection.describe()}); carry it on to the whole "
+                                       f"source with: batchcli resume {self.run_dir} --all", soft_wrap=True))
+        done = keys_done_in(selection.skip_done_in, type(job.source).__qualname__) if selection else frozenset()
+        return Continuation(journal=self._journal, items=items, selection=selection, done_elsewhere=done)
 
     def abandon(self) -> None:
         """The run will not start after all: release its journal."""
@@ -103,9 +130,13 @@ class Resume:
 class Retry:
     """``batchcli retry RUN_DIR``: the same job over exactly the failed inputs of a run, in a new directory."""
 
-    def __init__(self, run_dir: Path, overrides: dict[str, tuple[str, ...]]) -> None:
+    def __init__(
+        self, run_dir: Path, overrides: dict[str, tuple[str, ...]], wanted: FailureFilter = FailureFilter()
+    ) -> None:
         self.run_dir = run_dir
         self.overrides = overrides
+        self.wanted = wanted
+        """Which failures to retry (``--error-type``, ``--match``, ``--since``, ``--until``, ``--limit``)."""
         self.notices: list[Notice] = []
         self.stopped_outcome = "nothing ran and no run directory was made."
         """What a stop signal during loading leaves behind, for the message."""
@@ -127,7 +158,19 @@ class Retry:
 
     def carry_on(self, job: Job) -> Continuation | None:
         """The failed inputs, unpickled now the project is loaded; None when none could be saved."""
-        items, unsaved = failed_inputs(self.run_dir)
+        items, unsaved = failed_inputs(self.run_dir, self.wanted)
+        if self.wanted.active:
+            count = len(items) + unsaved
+            if not count:
+                self.notices.append(
+                    Notice(
+                        f"No failure of run {str(self.run_dir)!r} matches {self.wanted.describe()}; nothing to retry. "
+                        f"List its failures with: batchcli show {self.run_dir} --failures",
+                        soft_wrap=True,
+                    )
+                )
+                return None
+            self.notices.append(Notice(f"{count} failure(s) match {self.wanted.describe()}; retrying them.", soft_wrap=True))
         if unsaved:
             self.notices.append(
                 Notice(
@@ -142,13 +185,18 @@ class Retry:
         """Nothing is held."""
 
 
-def failed_inputs(run_dir: Path) -> tuple[list[Any], int]:
-    """The finally failed inputs of ``run_dir``, unpickled, and how many could not be saved.
+def failed_inputs(run_dir: Path, wanted: FailureFilter = FailureFilter()) -> tuple[list[Any], int]:
+    """The finally failed inputs of ``run_dir`` that ``wanted`` takes, unpickled, and how many could not be saved.
 
-    Load the project first: unpickling finds the inputs' classes in its modules.
+    Load the project first: unpickling finds the inputs' classes in its modules (and ``--error-type`` the
+    recorded exception classes).
     """
     path = check_safe(run_dir)
-    rows = query(run_dir, "SELECT item FROM failures ORDER BY session, ordinal")
+    if wanted.active:
+        blobs = dict(query(run_dir, "SELECT rowid, item FROM failures"))
+        rows = [(blobs[row.rowid],) for row in matching_failures(run_dir, wanted)[0]]
+    else:
+        rows = query(run_dir, "SELECT item FROM failures ORDER BY session, ordinal")
     items = [unpickle(path, blob) for (blob,) in rows if blob is not None]
     return items, len(rows) - len(items)
 

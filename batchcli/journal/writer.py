@@ -25,6 +25,7 @@ from batchcli.errors import JournalError
 from batchcli.outcome import Failure, Tally
 from batchcli.journal.records import failure_line, json_form, json_text
 from batchcli.journal.rundir import FORMAT, JOURNAL_NAME, RunLock, check_safe, check_writable, connect, damaged
+from batchcli.journal.selection import Selection, save_selection
 from batchcli.journal.settled import Numbered, RangeSet, skip_keys, skip_ordinals
 
 if TYPE_CHECKING:
@@ -149,7 +150,15 @@ class Journal:
 
     @classmethod
     def create(
-        cls, run_dir: Path, job: Job, wiring: Wiring, *, keyed: bool, parent: Path | None, inputs: list[Any] | None
+        cls,
+        run_dir: Path,
+        job: Job,
+        wiring: Wiring,
+        *,
+        keyed: bool,
+        parent: Path | None,
+        inputs: list[Any] | None,
+        selection: Selection | None = None,
     ) -> Journal:
         """Start the journal of a new run in ``run_dir`` (owner-only, like the directory), its first session running."""
         path = run_dir / JOURNAL_NAME
@@ -184,6 +193,7 @@ class Journal:
                     ),
                 )
                 _insert_session(conn, now)
+                save_selection(conn, selection)  # --limit, --sample, --skip-done-in: resume takes the same items
                 if inputs is not None:
                     conn.executemany(
                         "INSERT INTO inputs VALUES (?, ?)",

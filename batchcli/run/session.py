@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Mapping, Protocol
 
 from rich.console import Console
 
-from batchcli.errors import StoppedBeforeStart
+from batchcli.errors import StoppedBeforeStart, UsageError
 from batchcli.journal.resumption import Continuation, Notice
+from batchcli.journal.selection import Selection, keys_done_in
 from batchcli.journal.rundir import check_output_dir, unusable_output_dir
 from batchcli.run.interrupts import EarlySignals, StartInterrupted
 from batchcli.run.report import RunResult, print_closing
@@ -81,14 +82,28 @@ class Fresh:
     """Where ``BATCHCLI_*`` values are read; None for ``os.environ``."""
     notices: list[Notice] = field(default_factory=list)
     stopped_outcome: str = "nothing ran and no run directory was made."
+    selection: Selection | None = None
+    """``--limit``, ``--sample``, ``--skip-done-in``: which items of the source to take (None: all)."""
+    dry_run: bool = False
+    """``--dry-run``: show what would run, with no run directory and no hook but the constructors."""
 
     def wiring(self) -> tuple[Wiring, Mapping[str, str] | None]:
         """The wiring as given."""
         return self.target, self.environ
 
     def carry_on(self, job: Job) -> Continuation:
-        """A fresh run carries on from nothing."""
-        return Continuation()
+        """A fresh run carries on from nothing (but the items ``--skip-done-in`` runs did)."""
+        selection = self.selection
+        if selection is None or selection.takes_all:
+            return Continuation()
+        if selection.is_trial and not self.dry_run:  # the plain progress line has no title: say it first
+            self.notices.append(Notice(f"Trial run: {selection.describe()} of the source. Carry it on to the whole "
+                                       "source later with: batchcli resume RUN_DIR --all", soft_wrap=True))
+        done: frozenset[object] = frozenset()
+        if selection.skip_done_in:
+            check_keyed(job)
+            done = keys_done_in(selection.skip_done_in, type(job.source).__qualname__)
+        return Continuation(selection=selection, done_elsewhere=done)
 
     def abandon(self) -> None:
         """Nothing is held."""
@@ -139,6 +154,11 @@ class Session:
         self._notify(launch)
         if continuation is None:
             return None
+        if isinstance(launch, Fresh) and launch.dry_run:
+            from batchcli.run.preview import preview
+
+            preview(job, continuation)
+            return None
         try:
             check_executor(job.config)  # bad executor settings are bad input: no run directory for them
             run_dir, started_at = self._place(continuation, job.project.name)
@@ -166,6 +186,20 @@ class Session:
         for notice in launch.notices:
             self.options.console.print(notice.text, highlight=False, markup=notice.markup, soft_wrap=notice.soft_wrap)
         launch.notices.clear()
+
+
+def check_keyed(job: Job) -> None:
+    """``--skip-done-in`` tells items apart by ``item_key``; a UsageError explaining why when the Source has none."""
+    from batchcli.journal.resumption import defines_item_key
+
+    if not defines_item_key(job.source):
+        name = type(job.source).__qualname__
+        raise UsageError(
+            f"--skip-done-in needs {name}.item_key(item), which {name} does not define. A grown input moves rows "
+            "around, so an item's position says nothing about whether an earlier run did it; only a key that names "
+            f"the item (an id, a file name) does. Define item_key(self, item) on {name}, returning a unique str or "
+            "int, run once with it, then give that run to --skip-done-in."
+        )
 
 
 def make_run_dir(output_dir: Path, job_name: str, started: datetime) -> Path:
