@@ -117,7 +117,9 @@ class Resume:
         elif selection is not None and selection.is_trial:
             self.notices.append(Notice(f"Resuming a trial run ({selection.describe()}); carry it on to the whole "
                                        f"source with: batchcli resume {self.run_dir} --all", soft_wrap=True))
-        done = keys_done_in(selection.skip_done_in, type(job.source).__qualname__) if selection else frozenset()
+        done: frozenset[Any] = frozenset()
+        if selection is not None and selection.skip_done_in:
+            done = keys_done_in(selection.skip_done_in, type(job.source).__qualname__, job.source.item_key)
         return Continuation(journal=self._journal, items=items, selection=selection, done_elsewhere=done)
 
     def abandon(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import pickle
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
@@ -18,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from batchcli.errors import UsageError
-from batchcli.journal.rundir import JOURNAL_NAME, connect, query, read_run
-from batchcli.journal.settled import Numbered, normal_key
+from batchcli.journal.rundir import JOURNAL_NAME, check_safe, connect, query, read_run
+from batchcli.journal.settled import Numbered, RangeSet, normal_key
 
 TABLE = "CREATE TABLE IF NOT EXISTS selection (id INTEGER PRIMARY KEY CHECK (id = 1), spec TEXT NOT NULL);"
 """One row: the run's ``Selection`` as JSON. Journals without the table took every item."""
@@ -198,20 +199,34 @@ def check_run_dir(path: Path, option: str) -> Path:
     return path.resolve()
 
 
-def keys_done_in(runs: tuple[Path, ...], source_name: str) -> frozenset[Any]:
-    """The item keys that succeeded in ``runs``; a UsageError for a run that did not journal its items by key."""
+def keys_done_in(runs: tuple[Path, ...], source_name: str, key_of: Callable[[Any], Any]) -> frozenset[Any]:
+    """The item keys that succeeded in ``runs``: a keyed run's own, a retry run's by keying its saved inputs.
+
+    A run that numbered its items by position (a Source without ``item_key``) is a UsageError.
+    """
     keys: set[Any] = set()
     for run_dir in runs:
-        read_run(run_dir)  # a damaged journal is a clear error here
+        info = read_run(run_dir)  # a damaged journal is a clear error here
         keyed = query(run_dir, "SELECT keyed FROM run")[0][0]
-        if not keyed:
+        if keyed:
+            keys.update(key for (key,) in query(run_dir, "SELECT key FROM done_keys"))
+        elif info.parent:  # a retry run: its inputs are saved, numbered by position in that list
+            keys.update(_retried_keys(run_dir, key_of))
+        else:
             raise UsageError(
-                f"--skip-done-in {str(run_dir)!r}: that run identified its items by position, not by item_key(), so "
-                f"which of {source_name}'s items it did cannot be told once the input has changed. Give a run of a "
-                "Source that defines item_key(item) (a retry run numbers its inputs by position too)."
+                f"--skip-done-in {str(run_dir)!r}: that run identified its items by position, not by item_key() "
+                f"(its Source did not define it then), so which of {source_name}'s items it did cannot be told once "
+                "the input has changed. Give a run made with item_key(item) defined."
             )
-        keys.update(key for (key,) in query(run_dir, "SELECT key FROM done_keys"))
     return frozenset(keys)
+
+
+def _retried_keys(run_dir: Path, key_of: Callable[[Any], Any]) -> set[Any]:
+    """The keys of the inputs a retry run processed successfully (its saved inputs are unpickled: it must be yours)."""
+    check_safe(run_dir)
+    done = RangeSet(query(run_dir, "SELECT start, stop FROM done_ranges"))
+    rows = query(run_dir, "SELECT ordinal, item FROM inputs ORDER BY ordinal")
+    return {normal_key(key_of(pickle.loads(blob))) for ordinal, blob in rows if ordinal in done}
 
 
 # In the journal.

@@ -102,7 +102,7 @@ class Fresh:
         done: frozenset[object] = frozenset()
         if selection.skip_done_in:
             check_keyed(job)
-            done = keys_done_in(selection.skip_done_in, type(job.source).__qualname__)
+            done = keys_done_in(selection.skip_done_in, type(job.source).__qualname__, job.source.item_key)
         return Continuation(selection=selection, done_elsewhere=done)
 
     def abandon(self) -> None:
