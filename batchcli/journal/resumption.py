@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from batchcli.load.environment import variable
 from batchcli.errors import JournalError, UsageError
 from batchcli.journal.writer import Journal
-from batchcli.journal.matching import FailureFilter, matching_failures
+from batchcli.journal.matching import FailureFilter, TypeMatch, matching_failures, recorded_types
 from batchcli.journal.rundir import RunInfo, check_safe, damaged, query, read_run
 from batchcli.journal.selection import Selection, keys_done_in, read_selection, widen_selection
 from batchcli.load.source import Source
@@ -156,6 +156,8 @@ class Retry:
         if earlier.failed == 0:
             self.notices.append(Notice(f"Run {str(run_dir)!r} has no failed inputs; nothing to retry."))
             return None
+        if self.wanted.error_type is not None:  # an unknown type is bad input: say so before loading anything
+            TypeMatch(self.wanted.error_type, set(recorded_types(run_dir)), load=None)
         return _rewire(earlier, self.overrides, "retry")
 
     def carry_on(self, job: Job) -> Continuation | None:

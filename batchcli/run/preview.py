@@ -40,7 +40,10 @@ def preview(job: Job, continuation: Continuation, console: Console | None = None
     grid.add_column()
     grid.add_row("job", f"{escape(job.project.name)}  [dim]({escape(str(job.project.entry or job.project.target))})[/]")
     grid.add_row("configuration", Text(f"{type(config).__name__}: {_fields(config, job)}"))
-    params = "  ".join(f"{name}={_shown(value)}" for name, value in job.public_params().items())
+    secret = job.secret_names
+    params = "\n".join(
+        f"{name}={Secret.mask if name in secret else _shown(value)}" for name, value in job.public_params().items()
+    )
     grid.add_row("params", Text(params) if params else Text("none given", "dim"))
     grid.add_row("executor", Text(_executor(config)))
     selection = continuation.selection
