@@ -93,6 +93,21 @@ def test_sample_takes_the_same_items_for_a_seed_and_others_for_another_seed(cli,
     assert 6 <= len(one) <= 30 and 6 <= len(two) <= 30
 
 
+def test_a_sample_of_an_async_keyed_source_resumes_all_with_each_item_once(cli, tmp_path: Path) -> None:
+    """--sample over an async source keyed by item_key, then resume --all: every item processed exactly once."""
+    (tmp_path / "logs").mkdir()
+    keyed = PROJECTS / "journal_keyed" / "keyed.py"
+    trial = cli("exec", keyed, "-p", "log_dir=logs", "-p", "count=40", "-d", "out", "--sample", "0.25", "--seed", "5")
+    assert trial.exit_code in (0, 1), trial.output
+    assert trial.run_dir is not None
+    first = [line for log in (tmp_path / "logs").glob("*.log") for line in log.read_text().split()]
+    assert 0 < len(first) < 40 and trial.summary["total"] == len(first)
+    whole = cli("resume", trial.run_dir, "--all")
+    assert whole.exit_code == 1, whole.output  # item-7 fails, in the sample or after it
+    done = Counter(line for log in (tmp_path / "logs").glob("*.log") for line in log.read_text().split())
+    assert done == Counter({f"item-{n}": 1 for n in range(40)})
+
+
 def test_dry_run_shows_the_job_and_runs_no_hook_and_makes_no_run_directory(cli, tmp_path: Path) -> None:
     """--dry-run prints job, params (secret masked), executor, count and first items; only the constructors ran."""
     outcome = cli(*rows_job(tmp_path, WORDS, "--dry-run", "-p", "token=hunter2", "-p", "concurrency=3"))
