@@ -16,7 +16,7 @@ from batchcli.errors import JournalError, UsageError
 from batchcli.journal.writer import Journal
 from batchcli.journal.matching import FailureFilter, TypeMatch, matching_failures, recorded_types
 from batchcli.journal.rundir import RunInfo, check_safe, damaged, query, read_run
-from batchcli.journal.selection import Selection, keys_done_in, read_selection, widen_selection
+from batchcli.journal.selection import Selection, keys_done_in, read_selection, record_selection, widen_selection
 from batchcli.load.source import Source
 
 if TYPE_CHECKING:
@@ -67,6 +67,8 @@ class Resume:
         self._earlier: RunInfo | None = None
         self._journal: Journal | None = None
         self._selection: Selection | None = None
+        self._widened_from: Selection | None = None
+        """The trial ``--all`` widened in the journal, put back if the run does not start after all."""
 
     def wiring(self) -> tuple[Wiring, dict[str, str]] | None:
         """The run's wiring and secrets; None when it finished already (``notices`` says so)."""
@@ -111,6 +113,7 @@ class Resume:
         selection = self._selection
         if selection is not None and selection.is_trial and self.whole_source:
             widen_selection(self.run_dir, selection)
+            self._widened_from = selection
             self.notices.append(Notice(f"Carrying the trial run ({selection.describe()}) on to the whole source; "
                                        "the items it settled are skipped.", soft_wrap=True))
             selection = selection.widened()
@@ -123,7 +126,10 @@ class Resume:
         return Continuation(journal=self._journal, items=items, selection=selection, done_elsewhere=done)
 
     def abandon(self) -> None:
-        """The run will not start after all: release its journal."""
+        """The run will not start after all: release its journal (still a trial, if ``--all`` widened it)."""
+        if self._widened_from is not None:
+            record_selection(self.run_dir, self._widened_from)
+            self._widened_from = None
         if self._journal is not None:
             self._journal.close()
             self._journal = None

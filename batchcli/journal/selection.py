@@ -177,7 +177,7 @@ def selection_from_options(limit: int | None, sample: float | None, seed: int | 
             f"--limit {limit} takes no items. Give a positive number of items to try, e.g. --limit 10 "
             "(leave --limit out to run the whole source)."
         )
-    if sample is not None and not (0 < sample <= 1) or (sample is not None and math.isnan(sample)):
+    if sample is not None and not 0 < sample <= 1:  # NaN fails the comparison too
         raise UsageError(
             f"--sample {sample!r} is not a fraction in (0, 1]. Give the share of items to take, e.g. --sample 0.1 "
             "for about one item in ten (leave --sample out to run the whole source)."
@@ -252,9 +252,14 @@ def read_selection(run_dir: Path) -> Selection | None:
 
 def widen_selection(run_dir: Path, selection: Selection) -> None:
     """``resume --all``: record that the run now takes the whole source (its skips stay)."""
+    record_selection(run_dir, selection.widened())
+
+
+def record_selection(run_dir: Path, selection: Selection) -> None:
+    """Record ``selection`` as the run's, in its own transaction (the run's lock is held by the caller)."""
     conn = connect(run_dir / JOURNAL_NAME, writer=True)
     try:
         with conn:
-            save_selection(conn, selection.widened())
+            save_selection(conn, selection)
     finally:
         conn.close()

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Mapping, Protocol
 from rich.console import Console
 
 from batchcli.errors import StoppedBeforeStart, UsageError
-from batchcli.journal.resumption import Continuation, Notice
+from batchcli.journal.resumption import Continuation, Notice, defines_item_key
 from batchcli.journal.selection import Selection, keys_done_in
 from batchcli.journal.rundir import check_output_dir, unusable_output_dir
 from batchcli.run.interrupts import EarlySignals, StartInterrupted
@@ -190,8 +190,6 @@ class Session:
 
 def check_keyed(job: Job) -> None:
     """``--skip-done-in`` tells items apart by ``item_key``; a UsageError explaining why when the Source has none."""
-    from batchcli.journal.resumption import defines_item_key
-
     if not defines_item_key(job.source):
         name = type(job.source).__qualname__
         raise UsageError(
