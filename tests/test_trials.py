@@ -42,7 +42,7 @@ def test_limit_runs_the_first_items_and_says_so_in_summary_runs_and_show(cli, tm
     first = cli(*rows_job(tmp_path, WORDS, "--limit", "3"))
     assert first.exit_code == 1, first.output  # down-1 is among the first three
     assert processed(tmp_path) == Counter({"a": 1, "b": 1, "down-1": 1})
-    assert "Trial run: the first 3 items of the source" in first.output
+    assert "Trial run (the first 3 items)" in first.output
     summary = first.summary
     assert summary["total"] == 3 and summary["unprocessed"] == 0
     assert summary["selection"]["limit"] == 3 and summary["selection"]["description"] == "the first 3 items"

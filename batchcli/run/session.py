@@ -97,8 +97,8 @@ class Fresh:
         if selection is None or selection.takes_all:
             return Continuation()
         if selection.is_trial and not self.dry_run:  # the plain progress line has no title: say it first
-            self.notices.append(Notice(f"Trial run: {selection.describe()} of the source. Carry it on to the whole "
-                                       "source later with: batchcli resume RUN_DIR --all", soft_wrap=True))
+            self.notices.append(Notice(f"Trial run ({selection.describe()}). Carry it on to the whole source "
+                                       "later with: batchcli resume RUN_DIR --all", soft_wrap=True))
         done: frozenset[object] = frozenset()
         if selection.skip_done_in:
             check_keyed(job)
