@@ -261,3 +261,11 @@ def test_limit_through_a_real_process(tmp_path: Path, run_batchcli) -> None:
     assert outcome.run_dir is not None
     spec = sqlite3.connect(outcome.run_dir / "journal.sqlite").execute("SELECT spec FROM selection").fetchone()[0]
     assert json.loads(spec)["limit"] == 2
+
+
+def test_retry_filter_through_a_real_process(tmp_path: Path, failed_run: Path, run_batchcli) -> None:
+    """python -m batchcli retry --error-type OSError says how many match and reprocesses only those."""
+    outcome = run_batchcli("retry", failed_run, "--error-type", "OSError", "-p", "fixed=true")
+    assert outcome.exit_code == 0, outcome.output
+    assert "2 failure(s) match --error-type OSError; retrying them." in outcome.output
+    assert processed(tmp_path) == Counter({"down-1": 1, "down-2": 1})
