@@ -142,9 +142,22 @@ def exec_(
     show_help: bool = typer.Option(
         False, "--help", help="Show this message and exit; with PATH, also the job's params and fields.", show_default=False
     ),
+    limit: int | None = typer.Option(None, "--limit", help="Try the job on the first N items only.", metavar="N"),
+    sample: float | None = typer.Option(
+        None, "--sample", help="Try the job on a reproducible sample: this fraction of the items, e.g. 0.1.", metavar="FRACTION"
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Which --sample to take (default 0).", metavar="S"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Load and wire the job, show what would run, and exit: no setup(), no process(), no run directory."
+    ),
+    skip_done_in: list[Path] = typer.Option(
+        [], "--skip-done-in", help="Skip items whose item_key succeeded in this run directory. Repeat for several.",
+        metavar="RUN_DIR", show_default=False,
+    ),
 ) -> None:
     from batchcli.journal.groups import ShardStart, check_group_id
     from batchcli.journal.shards import parse_shard
+    from batchcli.journal.selection import selection_from_options
     from batchcli.load.wiring import Wiring
     from batchcli.run.session import RunOptions, Session
 
@@ -158,7 +171,10 @@ def exec_(
     )
     wiring = Wiring(target=path, config_name=config, values=parse_values(param))
     request = None if shard is None else parse_shard(shard)
-    launch = ShardStart(wiring, request, None if group is None else check_group_id(group), options.output_dir)
+    selection = selection_from_options(limit, sample, seed, skip_done_in)
+    launch = ShardStart(
+        wiring, request, None if group is None else check_group_id(group), options.output_dir, selection, dry_run
+    )
     _exit(Session(options).run(launch), options.console)
 
 
@@ -182,6 +198,9 @@ def resume(
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output: -v for info, -vv for debug."),
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
     log_format: str = typer.Option("text", "--log-format", help=LOG_FORMAT_HELP, metavar="text|json"),
+    whole_source: bool = typer.Option(
+        False, "--all", help="Carry a trial run (--limit, --sample) on to the whole source, skipping what it did."
+    ),
 ) -> None:
     """Continue a stopped or crashed run in its own directory, skipping the items it already settled."""
     from batchcli.journal.resumption import Resume
@@ -190,7 +209,13 @@ def resume(
     options = RunOptions(
         output_dir=run_dir.parent, verbosity=verbose, pause_shell=not no_shell, log_format=_log_format(log_format)
     )
-    _exit(Session(options).run(Resume(run_dir, parse_values(param))), options.console)
+    _exit(Session(options).run(Resume(run_dir, parse_values(param), whole_source=whole_source)), options.console)
+
+
+ERROR_TYPE_HELP = "Only failures of this exception type or a subclass (ValueError, httpx.HTTPError, ...)."
+MATCH_HELP = "Only failures whose error message matches this regular expression."
+SINCE_HELP = "Only items that failed at or after this ISO date/time (local time unless it has an offset)."
+UNTIL_HELP = "Only items that failed before this ISO date/time."
 
 
 @app.command()
@@ -205,12 +230,28 @@ def retry(
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
     shard: str | None = typer.Option(None, "--shard", help="With a group: retry only shard I/N.", metavar="I/N"),
     log_format: str = typer.Option("text", "--log-format", help=LOG_FORMAT_HELP, metavar="text|json"),
+    error_type: str | None = typer.Option(None, "--error-type", help=ERROR_TYPE_HELP, metavar="TYPE"),
+    match: str | None = typer.Option(None, "--match", help=MATCH_HELP, metavar="REGEX"),
+    since: str | None = typer.Option(None, "--since", help=SINCE_HELP, metavar="WHEN"),
+    until: str | None = typer.Option(None, "--until", help=UNTIL_HELP, metavar="WHEN"),
+    limit: int | None = typer.Option(None, "--limit", help="At most N failures, in the order they failed.", metavar="N"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the failures that would be retried, and exit."),
 ) -> None:
     """Reprocess exactly the inputs that failed in RUN_DIR (a run, or every shard of a group), in a new run directory."""
     from batchcli.journal.groups import retry_launch
+    from batchcli.journal.matching import failure_filter
     from batchcli.run.session import RunOptions, Session
 
-    launch, home = retry_launch(run_dir, parse_values(param), shard)
+    wanted = failure_filter(error_type, match, since, until, limit)
+    if dry_run:
+        from rich.console import Console
+
+        from batchcli.journal.history import show_failures
+
+        Console(highlight=False).print(show_failures(run_dir, wanted), soft_wrap=True)
+        typer.echo("Dry run: nothing was retried.")
+        raise typer.Exit(0)
+    launch, home = retry_launch(run_dir, parse_values(param), shard, wanted)
     output = home if output_dir is None else output_path(output_dir)
     options = RunOptions(output_dir=output, verbosity=verbose, pause_shell=not no_shell, log_format=_log_format(log_format))
     _exit(Session(options).run(launch), options.console)
@@ -235,7 +276,17 @@ def runs(
 
 
 @app.command()
-def show(run_dir: Path = typer.Argument(..., help="A run directory, or a group of shards.")) -> None:
+def show(
+    run_dir: Path = typer.Argument(..., help="A run directory, or a group of shards."),
+    failures: bool = typer.Option(
+        False, "--failures", help="List the failures (input, error, attempts, when) that retry would take."
+    ),
+    error_type: str | None = typer.Option(None, "--error-type", help=ERROR_TYPE_HELP + " With --failures.", metavar="TYPE"),
+    match: str | None = typer.Option(None, "--match", help=MATCH_HELP + " With --failures.", metavar="REGEX"),
+    since: str | None = typer.Option(None, "--since", help=SINCE_HELP + " With --failures.", metavar="WHEN"),
+    until: str | None = typer.Option(None, "--until", help=UNTIL_HELP + " With --failures.", metavar="WHEN"),
+    limit: int | None = typer.Option(None, "--limit", help="At most N failures. With --failures.", metavar="N"),
+) -> None:
     """Show one run (or a group of shards): its summary, its failures grouped by error, and its throughput."""
     from rich.console import Console
 
@@ -244,6 +295,12 @@ def show(run_dir: Path = typer.Argument(..., help="A run directory, or a group o
     from batchcli.journal.history import show_run
 
     console = Console(highlight=False)
+    if failures or any(v is not None for v in (error_type, match, since, until, limit)):
+        from batchcli.journal.history import show_failures
+        from batchcli.journal.matching import failure_filter
+
+        console.print(show_failures(run_dir, failure_filter(error_type, match, since, until, limit)), soft_wrap=True)
+        return
     view = show_group(run_dir) if is_group(run_dir) else show_run(run_dir, width=console.width - 30)
     console.print(view)
 

@@ -20,8 +20,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchcli.errors import JournalError, UsageError
-from batchcli.journal.resumption import Continuation, Notice, Retry, defines_item_key, failed_inputs
+from batchcli.journal.matching import FailureFilter
+from batchcli.journal.resumption import (
+    Continuation,
+    Notice,
+    Retry,
+    defines_item_key,
+    failed_inputs,
+    fresh_continuation,
+)
 from batchcli.journal.rundir import JOURNAL_NAME, check_output_dir, never_started, read_run, unusable_output_dir
+from batchcli.journal.selection import Selection
 from batchcli.journal.shards import Shard, ShardRequest, parse_shard, resolve_shard
 from batchcli.journal.writer import Journal
 
@@ -156,6 +165,10 @@ class ShardStart:
     """``--group`` as given."""
     output_dir: Path
     """Where groups (and plain run directories) are made (``-d``)."""
+    selection: Selection | None = None
+    """``--limit``, ``--sample``, ``--skip-done-in``: which items of the source (or of the shard's share) to take."""
+    dry_run: bool = False
+    """``--dry-run``: show what would run; no group or run directory is made."""
     notices: list[Notice] = field(default_factory=list)
     stopped_outcome: str = "nothing ran and no run directory was made."
     _journal: Journal | None = None
@@ -170,12 +183,15 @@ class ShardStart:
         if shard is None:
             if self.group is not None:
                 raise UsageError(f"--group {self.group!r} names the group of a sharded run: give --shard I/N too.")
-            return Continuation()
+            return fresh_continuation(job, self.selection, self.dry_run, self.notices)
         group = self.group or derived_group(job, self.target.with_environment(job.environment), shard.count)
         shard = replace(shard, group=group)
+        if self.dry_run:  # what would run, with nothing made on disk
+            return replace(fresh_continuation(job, self.selection, True, self.notices), shard=shard)
         run_dir = join_group(self.output_dir, shard, job.project.name) / shard_dir_name(shard)
         if not (run_dir / JOURNAL_NAME).is_file():
-            return Continuation(shard=shard, run_dir=run_dir)
+            fresh = fresh_continuation(job, self.selection, False, self.notices)
+            return replace(fresh, shard=shard, run_dir=run_dir)
         earlier = read_run(run_dir)
         if earlier.status == "finished":
             retry = f" Reprocess its failed inputs with: batchcli retry {run_dir}" if earlier.failed else ""
@@ -207,8 +223,10 @@ class ShardStart:
 class GroupRetry(Retry):
     """``batchcli retry GROUP``: the failed inputs of every shard, in one new run in the group's directory."""
 
-    def __init__(self, group_dir: Path, overrides: dict[str, tuple[str, ...]]) -> None:
-        super().__init__(group_dir, overrides)
+    def __init__(
+        self, group_dir: Path, overrides: dict[str, tuple[str, ...]], wanted: FailureFilter = FailureFilter()
+    ) -> None:
+        super().__init__(group_dir, overrides, wanted)
         self.group_dir = group_dir
         self._failed: list[Path] = []
 
@@ -235,7 +253,7 @@ class GroupRetry(Retry):
         items: list[Any] = []
         unsaved = 0
         for run_dir in self._failed:
-            found, left_out = failed_inputs(run_dir)
+            found, left_out = failed_inputs(run_dir, self.wanted)
             items += found
             unsaved += left_out
         if unsaved:
@@ -249,7 +267,9 @@ class GroupRetry(Retry):
         return Continuation(parent=self.group_dir, items=items) if items else None
 
 
-def retry_launch(run_dir: Path, overrides: dict[str, tuple[str, ...]], shard_text: str | None) -> tuple[Retry, Path]:
+def retry_launch(
+    run_dir: Path, overrides: dict[str, tuple[str, ...]], shard_text: str | None, wanted: FailureFilter = FailureFilter()
+) -> tuple[Retry, Path]:
     """``retry``'s launch and where its run directory goes: one run, a group's every shard, or one shard of it."""
     if not is_group(run_dir):
         if shard_text is not None:
@@ -257,9 +277,9 @@ def retry_launch(run_dir: Path, overrides: dict[str, tuple[str, ...]], shard_tex
                 f"--shard picks one shard of a group, and {str(run_dir)!r} is not a group directory. Give the group "
                 "(`batchcli runs` lists them), or leave --shard out to retry this run."
             )
-        return Retry(run_dir, overrides), run_dir.parent
+        return Retry(run_dir, overrides, wanted), run_dir.parent
     if shard_text is None:
-        return GroupRetry(run_dir, overrides), run_dir
+        return GroupRetry(run_dir, overrides, wanted), run_dir
     info = read_group(run_dir)
     shard = resolve_shard(parse_shard(shard_text), None)
     assert shard is not None
@@ -271,7 +291,7 @@ def retry_launch(run_dir: Path, overrides: dict[str, tuple[str, ...]], shard_tex
     path = run_dir / shard_dir_name(shard)
     if not (path / JOURNAL_NAME).is_file():
         raise JournalError(f"Shard {shard} of group {info.group!r} has not run yet ({str(path)!r} has no journal).")
-    return Retry(path, overrides), run_dir
+    return Retry(path, overrides, wanted), run_dir
 
 
 def make_shard_dir(run_dir: Path) -> None:

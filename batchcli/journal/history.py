@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
@@ -19,6 +19,8 @@ from batchcli.load.environment import variable
 from batchcli.errors import BatchcliError, JournalUnreadable, UsageError
 from batchcli.journal.shards import shard_of
 from batchcli.journal.live import recent_rate
+from batchcli.journal.matching import FailureFilter, matching_failures
+from batchcli.journal.selection import read_selection
 from batchcli.journal.rundir import FLUSH_INTERVAL_S, JOURNAL_NAME, RunInfo, never_started, query, read_run
 from batchcli.load.secret import Secret
 
@@ -111,7 +113,7 @@ def _table(runs: list[Any], lead: tuple[str, ...], trail: tuple[str, ...]) -> Ta
             cells["started"] = _when(run.run_dir.stat().st_mtime)
             middle: list[RenderableType] = [Text(run.status, STATUS_STYLES.get(run.status, "")), "", "", ""]
         else:
-            retry = " (retry)" if run.parent else ""
+            retry = " (retry)" if run.parent else _trial_mark(run.run_dir)
             cells.update(started=_when(run.started_at), job=escape(run.job + retry))
             cells["configuration"] = escape(run.configuration)
             if "job" not in lead:
@@ -164,6 +166,10 @@ def _summary(run: RunInfo) -> Table:
     shard = shard_of(run.run_dir)
     if shard is not None:
         grid.add_row("shard", escape(f"{shard} of group {shard.group}  (the group: batchcli show {run.run_dir.parent})"))
+    selection = read_selection(run.run_dir)
+    if selection is not None:
+        whole = f"  [dim](carry it on to the whole source: batchcli resume {escape(str(run.run_dir))} --all)[/]"
+        grid.add_row("trial" if selection.is_trial else "selection", escape(selection.describe()) + (whole if selection.is_trial else ""))
     sessions = f"  [dim]({run.sessions} sessions)[/]" if run.sessions > 1 else ""
     grid.add_row("started", _when(run.started_at) + sessions)
     grid.add_row("ended", "-" if run.status == "running" else _when(run.ended_at))
@@ -180,6 +186,57 @@ def _summary(run: RunInfo) -> Table:
     if run.fatal:
         grid.add_row("fatal", Text(f"{run.fatal['type']}: {run.fatal['message']}", "red"))
     return grid
+
+
+def _trial_mark(run_dir: Path) -> str:
+    """`` (trial: the first 10 items)`` for a limited or sampled run, `` (incremental)`` for one with skips; else ""."""
+    try:
+        selection = read_selection(run_dir)
+    except BatchcliError:
+        return ""
+    if selection is None:
+        return ""
+    return f" (trial: {selection.describe()})" if selection.is_trial else " (incremental)"
+
+
+def show_failures(run_dir: Path, wanted: FailureFilter, shown: int = 50) -> RenderableType:
+    """``show --failures``: the failures ``wanted`` takes (input, error, attempts, when), as ``retry`` would take them."""
+    run = read_run(run_dir)
+    rows, total = matching_failures(run_dir, wanted, load=_project_loader(run) if wanted.error_type else None)
+    which = f" matching {wanted.describe()}" if wanted.active else ""
+    parts: list[RenderableType] = [Text(f"Failures of {run_dir}{which}: {len(rows):,} of {total:,}", "bold")]
+    for row in rows[:shown]:
+        attempts = f"{row.attempts} attempt{'s' * (row.attempts != 1)}"
+        unsaved = "" if row.saved else "  (not saved: retry cannot have it)"
+        parts.append(
+            Text.assemble(
+                (f"  #{row.ordinal:<6} ", "dim"),
+                (f"{_when(row.failed_at)}  {attempts}  ", "dim"),
+                (f"{row.error_type}: ", "red"),
+                _one_line(row.error_message, 200),
+                (unsaved, "yellow"),
+            )
+        )
+        parts.append(Text.assemble((f"{'':10}input: ", "dim"), _one_line(_compact(row.item_json), 150)))
+    if len(rows) > shown:
+        parts.append(Text(f"  … and {len(rows) - shown:,} more (all of them are in failed.jsonl)", "dim"))
+    if rows:
+        again = f" {wanted.describe()}" if wanted.active else ""
+        parts.append(Text(f"Retry them with: batchcli retry {run_dir}{again}", "dim"))
+    return Group(*parts)
+
+
+def _project_loader(run: RunInfo) -> Callable[[], None]:
+    """Loads the run's project so its exception classes resolve for ``--error-type``; only for a run you own."""
+
+    def load() -> None:
+        from batchcli.journal.rundir import check_safe
+        from batchcli.load.project import load_project
+
+        check_safe(run.run_dir)  # the target comes from the journal: run nobody else's code
+        load_project(run.target)
+
+    return load
 
 
 def _breaker_row(run_dir: Path) -> str:

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 from batchcli.load.environment import variable
 from batchcli.errors import JournalError, UsageError
 from batchcli.journal.writer import Journal
+from batchcli.journal.matching import FailureFilter, TypeMatch, matching_failures, recorded_types
 from batchcli.journal.rundir import RunInfo, check_safe, damaged, query, read_run
 from batchcli.journal.shards import Shard
+from batchcli.journal.selection import Selection, keys_done_in, read_selection, record_selection, widen_selection
 from batchcli.load.source import Source
 
 if TYPE_CHECKING:
@@ -36,6 +38,10 @@ class Continuation:
     """A shard run (``--shard``): the share of the Source it processes."""
     run_dir: Path | None = None
     """A new shard run: its directory in its group (named by the shard, not by the time it started)."""
+    selection: Selection | None = None
+    """exec and resume: which items of the Source the run takes (``--limit``, ``--sample``, ``--skip-done-in``)."""
+    done_elsewhere: frozenset[Any] = frozenset()
+    """``--skip-done-in``: the item keys that succeeded in those runs."""
 
 
 @dataclass(frozen=True)
@@ -55,22 +61,35 @@ class Resume:
     Session loads and wires it, then ``carry_on(job)`` gives what the run continues from.
     """
 
-    def __init__(self, run_dir: Path, overrides: dict[str, tuple[str, ...]]) -> None:
+    def __init__(self, run_dir: Path, overrides: dict[str, tuple[str, ...]], *, whole_source: bool = False) -> None:
         self.run_dir = run_dir
         self.overrides = overrides
+        self.whole_source = whole_source
+        """``--all``: carry a limited or sampled run on to the whole source."""
         self.notices: list[Notice] = []
         self.stopped_outcome = f"the run is as it was. Resume it again with: batchcli resume {run_dir}"
         """What a stop signal during loading leaves behind, for the message."""
         self._earlier: RunInfo | None = None
         self._journal: Journal | None = None
+        self._selection: Selection | None = None
+        self._widened_from: Selection | None = None
+        """The trial ``--all`` widened in the journal, put back if the run does not start after all."""
 
     def wiring(self) -> tuple[Wiring, dict[str, str]] | None:
         """The run's wiring and secrets; None when it finished already (``notices`` says so)."""
         run_dir = self.run_dir
         check_safe(run_dir)
         earlier = self._earlier = read_run(run_dir)
-        if earlier.status == "finished":
+        selection = self._selection = read_selection(run_dir)
+        trial = selection is not None and selection.is_trial
+        if earlier.status == "finished" and not (trial and self.whole_source):
             retry = f" Reprocess its failed inputs with: batchcli retry {run_dir}" if earlier.failed else ""
+            if trial and retry:
+                retry += "."
+            if trial:
+                assert selection is not None
+                retry += f" It was a trial run ({selection.describe()}); carry it on to the whole source with: " \
+                    f"batchcli resume {run_dir} --all"
             self.notices.append(
                 Notice(
                     f"Run {str(run_dir)!r} finished already ({earlier.succeeded} succeeded, {earlier.failed} failed); "
@@ -96,10 +115,26 @@ class Resume:
             )
         # A retry run's own inputs, unpickled once the project is loaded so their classes resolve.
         items = saved_inputs(self.run_dir) if self._earlier.parent else None
-        return Continuation(journal=self._journal, items=items, shard=self._journal.shard)
+        selection = self._selection
+        if selection is not None and selection.is_trial and self.whole_source:
+            widen_selection(self.run_dir, selection)
+            self._widened_from = selection
+            self.notices.append(Notice(f"Carrying the trial run ({selection.describe()}) on to the whole source; "
+                                       "the items it settled are skipped.", soft_wrap=True))
+            selection = selection.widened()
+        elif selection is not None and selection.is_trial:
+            self.notices.append(Notice(f"Resuming a trial run ({selection.describe()}); carry it on to the whole "
+                                       f"source with: batchcli resume {self.run_dir} --all", soft_wrap=True))
+        done: frozenset[Any] = frozenset()
+        if selection is not None and selection.skip_done_in:
+            done = keys_done_in(selection.skip_done_in, type(job.source).__qualname__, job.source.item_key)
+        return Continuation(journal=self._journal, items=items, shard=self._journal.shard, selection=selection, done_elsewhere=done)
 
     def abandon(self) -> None:
-        """The run will not start after all: release its journal."""
+        """The run will not start after all: release its journal (still a trial, if ``--all`` widened it)."""
+        if self._widened_from is not None:
+            record_selection(self.run_dir, self._widened_from)
+            self._widened_from = None
         if self._journal is not None:
             self._journal.close()
             self._journal = None
@@ -108,9 +143,13 @@ class Resume:
 class Retry:
     """``batchcli retry RUN_DIR``: the same job over exactly the failed inputs of a run, in a new directory."""
 
-    def __init__(self, run_dir: Path, overrides: dict[str, tuple[str, ...]]) -> None:
+    def __init__(
+        self, run_dir: Path, overrides: dict[str, tuple[str, ...]], wanted: FailureFilter = FailureFilter()
+    ) -> None:
         self.run_dir = run_dir
         self.overrides = overrides
+        self.wanted = wanted
+        """Which failures to retry (``--error-type``, ``--match``, ``--since``, ``--until``, ``--limit``)."""
         self.notices: list[Notice] = []
         self.stopped_outcome = "nothing ran and no run directory was made."
         """What a stop signal during loading leaves behind, for the message."""
@@ -128,11 +167,25 @@ class Retry:
         if earlier.failed == 0:
             self.notices.append(Notice(f"Run {str(run_dir)!r} has no failed inputs; nothing to retry."))
             return None
+        if self.wanted.error_type is not None:  # an unknown type is bad input: say so before loading anything
+            TypeMatch(self.wanted.error_type, set(recorded_types(run_dir)), load=None)
         return _rewire(earlier, self.overrides, "retry")
 
     def carry_on(self, job: Job) -> Continuation | None:
         """The failed inputs, unpickled now the project is loaded; None when none could be saved."""
-        items, unsaved = failed_inputs(self.run_dir)
+        items, unsaved = failed_inputs(self.run_dir, self.wanted)
+        if self.wanted.active:
+            count = len(items) + unsaved
+            if not count:
+                self.notices.append(
+                    Notice(
+                        f"No failure of run {str(self.run_dir)!r} matches {self.wanted.describe()}; nothing to retry. "
+                        f"List its failures with: batchcli show {self.run_dir} --failures",
+                        soft_wrap=True,
+                    )
+                )
+                return None
+            self.notices.append(Notice(f"{count} failure(s) match {self.wanted.describe()}; retrying them.", soft_wrap=True))
         if unsaved:
             self.notices.append(
                 Notice(
@@ -147,13 +200,18 @@ class Retry:
         """Nothing is held."""
 
 
-def failed_inputs(run_dir: Path) -> tuple[list[Any], int]:
-    """The finally failed inputs of ``run_dir``, unpickled, and how many could not be saved.
+def failed_inputs(run_dir: Path, wanted: FailureFilter = FailureFilter()) -> tuple[list[Any], int]:
+    """The finally failed inputs of ``run_dir`` that ``wanted`` takes, unpickled, and how many could not be saved.
 
-    Load the project first: unpickling finds the inputs' classes in its modules.
+    Load the project first: unpickling finds the inputs' classes in its modules (and ``--error-type`` the
+    recorded exception classes).
     """
     path = check_safe(run_dir)
-    rows = query(run_dir, "SELECT item FROM failures ORDER BY session, ordinal")
+    if wanted.active:
+        blobs = dict(query(run_dir, "SELECT rowid, item FROM failures"))
+        rows = [(blobs[row.rowid],) for row in matching_failures(run_dir, wanted)[0]]
+    else:
+        rows = query(run_dir, "SELECT item FROM failures ORDER BY session, ordinal")
     items = [unpickle(path, blob) for (blob,) in rows if blob is not None]
     return items, len(rows) - len(items)
 
@@ -215,3 +273,29 @@ def _secrets_missing(earlier: RunInfo, missing: list[str], command: str) -> str:
         f"Give {'them' if many else 'it'} again: batchcli {command} {earlier.run_dir} {again} "
         f"(or set {', '.join(map(variable, missing))})."
     )
+
+
+def fresh_continuation(job: Job, selection: Selection | None, dry_run: bool, notices: list[Notice]) -> Continuation:
+    """What a new run carries on from: nothing, or for ``--skip-done-in`` the keys those runs did."""
+    if selection is None or selection.takes_all:
+        return Continuation()
+    if selection.is_trial and not dry_run:  # the plain progress line has no title: say it first
+        notices.append(Notice(f"Trial run ({selection.describe()}). Carry it on to the whole source "
+                              "later with: batchcli resume RUN_DIR --all", soft_wrap=True))
+    done: frozenset[object] = frozenset()
+    if selection.skip_done_in:
+        check_keyed(job)
+        done = keys_done_in(selection.skip_done_in, type(job.source).__qualname__, job.source.item_key)
+    return Continuation(selection=selection, done_elsewhere=done)
+
+
+def check_keyed(job: Job) -> None:
+    """``--skip-done-in`` tells items apart by ``item_key``; a UsageError explaining why when the Source has none."""
+    if not defines_item_key(job.source):
+        name = type(job.source).__qualname__
+        raise UsageError(
+            f"--skip-done-in needs {name}.item_key(item), which {name} does not define. A grown input moves rows "
+            "around, so an item's position says nothing about whether an earlier run did it; only a key that names "
+            f"the item (an id, a file name) does. Define item_key(self, item) on {name}, returning a unique str or "
+            "int, run once with it, then give that run to --skip-done-in."
+        )

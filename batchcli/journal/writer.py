@@ -25,6 +25,7 @@ from batchcli.errors import JournalError
 from batchcli.outcome import Failure, Tally
 from batchcli.journal.records import failure_line, json_form, json_text
 from batchcli.journal.rundir import FORMAT, JOURNAL_NAME, RunLock, check_safe, check_writable, connect, damaged
+from batchcli.journal.selection import Selection, save_selection
 from batchcli.journal.settled import Numbered, RangeSet, skip_keys, skip_ordinals
 from batchcli.journal.shards import Shard, read_shard, record_shard
 
@@ -169,6 +170,7 @@ class Journal:
         parent: Path | None,
         inputs: list[Any] | None,
         shard: Shard | None = None,
+        selection: Selection | None = None,
     ) -> Journal:
         """Start the journal of a new run in ``run_dir`` (owner-only, like the directory), its first session running."""
         path = run_dir / JOURNAL_NAME
@@ -205,6 +207,7 @@ class Journal:
                 _insert_session(conn, now)
                 if shard is not None:
                     record_shard(conn, shard)
+                save_selection(conn, selection)  # --limit, --sample, --skip-done-in: resume takes the same items
                 if inputs is not None:
                     conn.executemany(
                         "INSERT INTO inputs VALUES (?, ?)",

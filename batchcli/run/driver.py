@@ -19,6 +19,7 @@ from batchcli.executors.base import Executor, make_executor
 from batchcli.journal.records import FailedFile
 from batchcli.journal.resumption import Continuation, defines_item_key
 from batchcli.journal.rundir import FLUSH_INTERVAL_S
+from batchcli.journal.selection import Selection
 from batchcli.journal.writer import Journal
 from batchcli.load.project import format_user_traceback
 from batchcli.load.service import maybe_await
@@ -156,7 +157,10 @@ class Run:
             from batchcli.run.shell import PauseShell  # imports IPython only when it opens
 
             self.on_pause = PauseShell()
-        display = make_display(self.tally, self.console, self.job.project.name, self.options.progress_interval_s)
+        title = self.job.project.name
+        if self._selection is not None:  # a trial says so on the display, as in summary.json, runs and show
+            title += f" ({self._selection.describe()})"
+        display = make_display(self.tally, self.console, title, self.options.progress_interval_s)
         self.display = display
         loop_thread = threading.Thread(target=self._loop_main, name="batchcli-loop", daemon=True)
         recorder = threading.Thread(target=self._record_loop, name="batchcli-recorder", daemon=True)
@@ -199,7 +203,7 @@ class Run:
                 try:
                     # The summary first: if closing the session then fails, the run reads as crashed and
                     # a resume (which settles nothing new) writes both again.
-                    write_summary(result, self.job, self.wiring, journal, self.started_at)
+                    write_summary(result, self.job, self.wiring, journal, self.started_at, self._selection)
                     fatal = result.fatal
                     journal.finish(result.status, fatal, "" if fatal is None else format_user_traceback(fatal))
                 except (OSError, sqlite3.Error) as error:
@@ -258,6 +262,7 @@ class Run:
             journal = Journal.create(
                 self.run_dir, self.job, self.wiring, keyed=keyed, parent=carry.parent, inputs=carry.items,
                 shard=carry.shard,
+                selection=carry.selection,
             )
         try:
             journal.begin(self.tally)
@@ -345,6 +350,8 @@ class Run:
         executor: Executor | None = None
         try:
             length = source_length(self._iterable())
+            if self._selection is not None:
+                length = self._selection.total(length)
             if length is not None:  # else keep what an earlier session counted, if any
                 self.tally.total = length
             if self.stop_requested.is_set():
@@ -382,13 +389,25 @@ class Run:
 
     def _items(self) -> tuple[Iterator[tuple[int, Any]] | AsyncIterator[tuple[int, Any]], Iterator[int]]:
         # zip() with a counter numbers the items in C; after exhaustion the counter tells how many came.
-        seen = itertools.count()
+        seen: Iterator[int] = itertools.count()
         source = self._iterable()
         items: Any = _numbered(source.__aiter__(), seen) if is_async_source(source) else zip(seen, iter(source))
+        selection = self._selection
+        if selection is not None:  # only a trial or incremental run pays for the filter
+            key = getattr(self.job.source, "item_key", None)
+            items, seen = selection.apply(items, self.continuation.done_elsewhere, key)
         assert self.journal is not None
         # A resumed run skips what its earlier sessions settled; a keyed source's keys are noted here.
         key_of = getattr(self.job.source, "item_key", None)
         return self.journal.skip_settled(items, self.tally, key_of), seen
+
+    @property
+    def _selection(self) -> Selection | None:
+        """Which items of the Source the run takes, when not all of them (a retry takes its inputs)."""
+        selection = self.continuation.selection
+        if selection is None or selection.takes_all or self.continuation.items is not None:
+            return None
+        return selection
 
     def _iterable(self) -> Any:
         """What the run iterates: the Source, or a retry's saved inputs."""

@@ -15,6 +15,7 @@ from batchcli.load.project import format_user_traceback
 from batchcli.outcome import Failure, Tally
 
 if TYPE_CHECKING:
+    from batchcli.journal.selection import Selection
     from batchcli.journal.writer import Journal
     from batchcli.load.wiring import Job, Wiring
 
@@ -94,7 +95,9 @@ def result_of(
     )
 
 
-def write_summary(result: RunResult, job: Job, wiring: Wiring, journal: Journal, started_at: datetime) -> None:
+def write_summary(
+    result: RunResult, job: Job, wiring: Wiring, journal: Journal, started_at: datetime, selection: Selection | None = None
+) -> None:
     """Write ``summary.json``; raises ``OSError`` when the run directory cannot be written."""
     ended = datetime.now().astimezone()
     duration = journal.active_s()  # time spent running, over every session
@@ -124,6 +127,7 @@ def write_summary(result: RunResult, job: Job, wiring: Wiring, journal: Journal,
             if fatal is None
             else {"type": type(fatal).__qualname__, "message": str(fatal), "traceback": format_user_traceback(fatal)},
             "breaker": _breaker_counts(result, journal),
+            "selection": None if selection is None else selection.as_dict(),
             "batchcli_version": __version__,
         },
     )

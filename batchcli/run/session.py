@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Mapping, Protocol
 
 from rich.console import Console
 
-from batchcli.errors import StoppedBeforeStart
-from batchcli.journal.resumption import Continuation, Notice
+from batchcli.errors import StoppedBeforeStart, UsageError
+from batchcli.journal.resumption import Continuation, Notice, fresh_continuation
+from batchcli.journal.selection import Selection
 from batchcli.journal.rundir import check_output_dir, unusable_output_dir
 from batchcli.run.interrupts import EarlySignals, StartInterrupted
 from batchcli.run.report import RunResult, print_closing
@@ -83,14 +84,18 @@ class Fresh:
     """Where ``BATCHCLI_*`` values are read; None for ``os.environ``."""
     notices: list[Notice] = field(default_factory=list)
     stopped_outcome: str = "nothing ran and no run directory was made."
+    selection: Selection | None = None
+    """``--limit``, ``--sample``, ``--skip-done-in``: which items of the source to take (None: all)."""
+    dry_run: bool = False
+    """``--dry-run``: show what would run, with no run directory and no hook but the constructors."""
 
     def wiring(self) -> tuple[Wiring, Mapping[str, str] | None]:
         """The wiring as given."""
         return self.target, self.environ
 
     def carry_on(self, job: Job) -> Continuation:
-        """A fresh run carries on from nothing."""
-        return Continuation()
+        """A fresh run carries on from nothing (but the items ``--skip-done-in`` runs did)."""
+        return fresh_continuation(job, self.selection, self.dry_run, self.notices)
 
     def abandon(self) -> None:
         """Nothing is held."""
@@ -143,6 +148,11 @@ class Session:
         if continuation is None:
             return None
         metrics = None
+        if getattr(launch, "dry_run", False):  # exec --dry-run (Fresh or ShardStart)
+            from batchcli.run.preview import preview
+
+            preview(job, continuation)
+            return None
         try:
             check_executor(job.config)  # bad executor settings are bad input: no run directory for them
             metrics = open_metrics(job.config, job.project.name)  # so is a busy metrics_port

@@ -1,0 +1,214 @@
+"""Which failures of a run ``retry`` and ``show --failures`` take: by error type, message, time, and how many.
+
+Failure records name the exception's class (``module.Class``, ``Class`` for built-ins), not its bases.
+``--error-type`` matches as retries do, subclasses included: a recorded type matches when it is the
+type named (by its qualified name or its class name), or when it resolves to a class that is a
+subclass of it. A recorded class resolves from ``sys.modules``: built-ins always, the project's own
+classes once the project is loaded (``retry`` loads it anyway; ``show`` loads it only for this,
+and only for a run directory you own, as ``retry`` requires).
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from batchcli.errors import UsageError
+from batchcli.journal.rundir import query
+
+FAILURE_COLUMNS = "rowid, ordinal, item_json, error_type, error_message, attempts, first_failed_at, failed_at, item IS NOT NULL"
+
+
+@dataclass(frozen=True)
+class FailureFilter:
+    """The ``--error-type``, ``--match``, ``--since``, ``--until`` and ``--limit`` options of ``retry`` and ``show``."""
+
+    error_type: str | None = None
+    """A class name, ``module.Class``, or a built-in exception; subclasses match."""
+    pattern: re.Pattern[str] | None = None
+    """Searched for in the error message."""
+    since: float | None = None
+    """Epoch seconds: only items that (finally) failed at or after this."""
+    until: float | None = None
+    """Epoch seconds: only items that failed before this."""
+    limit: int | None = None
+    """At most this many, in the order they failed in the run (session, then source order)."""
+
+    @property
+    def active(self) -> bool:
+        """True when any option narrows the failures."""
+        return any(v is not None for v in (self.error_type, self.pattern, self.since, self.until, self.limit))
+
+    def describe(self) -> str:
+        """The options as they were given, for messages."""
+        parts = []
+        if self.error_type is not None:
+            parts.append(f"--error-type {self.error_type}")
+        if self.pattern is not None:
+            parts.append(f"--match {self.pattern.pattern!r}")
+        if self.since is not None:
+            parts.append(f"--since {_when(self.since)}")
+        if self.until is not None:
+            parts.append(f"--until {_when(self.until)}")
+        if self.limit is not None:
+            parts.append(f"--limit {self.limit}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class FailureRow:
+    """One recorded failure, as the journal keeps it (read without unpickling)."""
+
+    rowid: int
+    ordinal: int
+    item_json: str
+    error_type: str
+    error_message: str
+    attempts: int
+    first_failed_at: float
+    failed_at: float
+    saved: bool
+    """False when the input could not be pickled: ``retry`` cannot have it."""
+
+
+def failure_filter(
+    error_type: str | None, match: str | None, since: str | None, until: str | None, limit: int | None
+) -> FailureFilter:
+    """The options checked; a bad value is a ``UsageError`` naming it and the fix."""
+    pattern = None
+    if match is not None:
+        try:
+            pattern = re.compile(match)
+        except re.error as error:
+            raise UsageError(
+                f"--match {match!r} is not a regular expression ({error}). Fix the pattern (Python's re syntax): "
+                r"escape a literal ( [ . * + ? with a backslash, e.g. --match 'timeout \(30s\)'."
+            ) from None
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit {limit} takes no failures. Give a positive number, e.g. --limit 10, or leave it out.")
+    if error_type is not None and not error_type.strip():
+        raise UsageError("--error-type '' names no type. Give an exception class, e.g. --error-type TimeoutError.")
+    start, end = _moment("--since", since), _moment("--until", until)
+    if start is not None and end is not None and start >= end:
+        raise UsageError(
+            f"--since {since} is not before --until {until}, so no failure can match. Swap them, or drop one."
+        )
+    return FailureFilter(error_type.strip() if error_type else None, pattern, start, end, limit)
+
+
+def _moment(option: str, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise UsageError(
+            f"{option} {value!r} is not an ISO date or time. Give e.g. {option} 2024-05-01 or {option} "
+            "2024-05-01T14:30 (local time, unless it ends with an offset such as +00:00)."
+        ) from None
+    return moment.timestamp()  # a naive time is local time
+
+
+def _when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch).isoformat(timespec="seconds")
+
+
+def recorded_types(run_dir: Path) -> list[str]:
+    """The exception types of a run's failures, most frequent first."""
+    return [t for (t,) in query(run_dir, "SELECT error_type FROM failures GROUP BY 1 ORDER BY count(*) DESC, 1")]
+
+
+def matching_failures(
+    run_dir: Path, wanted: FailureFilter, load: Callable[[], None] | None = None
+) -> tuple[list[FailureRow], int]:
+    """The failures of ``run_dir`` that ``wanted`` takes, in (session, ordinal) order, and how many there are in all.
+
+    ``load`` imports the run's project, called at most once when a recorded type's module is not
+    imported yet (``show``); ``retry`` has loaded it already.
+    """
+    rows = [FailureRow(*row) for row in query(run_dir, f"SELECT {FAILURE_COLUMNS} FROM failures ORDER BY session, ordinal")]
+    is_type = None if wanted.error_type is None else TypeMatch(wanted.error_type, {r.error_type for r in rows}, load)
+    chosen = []
+    for row in rows:
+        if is_type is not None and not is_type(row.error_type):
+            continue
+        if wanted.pattern is not None and not wanted.pattern.search(row.error_message):
+            continue
+        if wanted.since is not None and row.failed_at < wanted.since:
+            continue
+        if wanted.until is not None and row.failed_at >= wanted.until:
+            continue
+        chosen.append(row)
+        if wanted.limit is not None and len(chosen) >= wanted.limit:
+            break
+    return chosen, len(rows)
+
+
+class TypeMatch:
+    """``--error-type NAME``: does a recorded type name match it (subclasses included)?"""
+
+    def __init__(self, name: str, recorded: set[str], load: Callable[[], None] | None) -> None:
+        self.name = name
+        self._load = load
+        self._cache: dict[str, bool] = {}
+        self.wanted = _resolve(name, importing=True)
+        if self.wanted is None and not any(self._named(r) for r in recorded):
+            seen = ", ".join(sorted(recorded)[:8]) or "none"
+            raise UsageError(
+                f"--error-type {name!r} is not an exception type batchcli can find: not a built-in exception, not "
+                f"importable as module.Class, and no failure of this run has that type (its types: {seen}). Give one "
+                "of those, or a base class such as OSError or ValueError (subclasses match)."
+            )
+
+    def __call__(self, recorded: str) -> bool:
+        known = self._cache.get(recorded)
+        if known is None:
+            known = self._cache[recorded] = self._named(recorded) or self._subclass(recorded)
+        return known
+
+    def _named(self, recorded: str) -> bool:
+        return recorded == self.name or recorded.endswith("." + self.name)
+
+    def _subclass(self, recorded: str) -> bool:
+        if self.wanted is None:
+            return False
+        cls = _resolve(recorded, importing=False)
+        if cls is None and self._load is not None:
+            load, self._load = self._load, None
+            try:
+                load()
+            except Exception:  # the project no longer loads: names still match
+                pass
+            cls = _resolve(recorded, importing=False)
+        return cls is not None and issubclass(cls, self.wanted)
+
+
+def _resolve(name: str, *, importing: bool) -> type[BaseException] | None:
+    """The exception class ``name`` names: a built-in, or ``module.Class`` (imported only when ``importing``)."""
+    found: Any = None
+    if "." not in name:
+        found = getattr(builtins, name, None)
+    else:
+        parts = name.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            module_name = ".".join(parts[:cut])
+            module = sys.modules.get(module_name)
+            if module is None and importing:
+                try:
+                    module = importlib.import_module(module_name)
+                except Exception:
+                    module = None
+            if module is None:
+                continue
+            found = module
+            for part in parts[cut:]:
+                found = getattr(found, part, None)
+            break
+    return found if isinstance(found, type) and issubclass(found, BaseException) else None

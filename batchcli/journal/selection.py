@@ -1,0 +1,265 @@
+"""Trial runs and incremental runs: which items of the source a run takes (``--limit``, ``--sample``, ``--skip-done-in``).
+
+A ``Selection`` is kept in the run's journal (table ``selection``), so ``resume`` takes the same items;
+``resume --all`` drops the limit and the sample and carries the run on to the whole source. A sample is
+decided per ordinal by a seeded hash (splitmix64), not by a random stream: the same seed picks the same
+items on every run and every resume, whatever was processed before.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import pickle
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from batchcli.errors import UsageError
+from batchcli.journal.rundir import JOURNAL_NAME, check_safe, connect, query, read_run
+from batchcli.journal.settled import Numbered, RangeSet, normal_key
+
+TABLE = "CREATE TABLE IF NOT EXISTS selection (id INTEGER PRIMARY KEY CHECK (id = 1), spec TEXT NOT NULL);"
+"""One row: the run's ``Selection`` as JSON. Journals without the table took every item."""
+
+EXACT_COUNT_MAX = 1_000_000
+"""A sample of a source with ``len()`` up to this size is counted exactly up front (for the bar and the ETA)."""
+
+_MASK = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which items of the source a run takes; the default takes them all."""
+
+    limit: int | None = None
+    """``--limit``: at most this many items (the first ones, after the sample and the skips)."""
+    fraction: float | None = None
+    """``--sample``: keep each item with this probability, decided by its ordinal and ``seed``."""
+    seed: int = 0
+    """``--seed``: which sample."""
+    skip_done_in: tuple[Path, ...] = ()
+    """``--skip-done-in``: runs whose succeeded item keys this run skips (absolute paths)."""
+
+    @property
+    def is_trial(self) -> bool:
+        """True for a limited or sampled run (``resume --all`` carries it on to the whole source)."""
+        return self.limit is not None or self.fraction is not None
+
+    @property
+    def takes_all(self) -> bool:
+        """True when the run takes every item of the source."""
+        return not self.is_trial and not self.skip_done_in
+
+    def widened(self) -> Selection:
+        """``resume --all``: the same skips, no limit and no sample."""
+        return replace(self, limit=None, fraction=None)
+
+    def describe(self) -> str:
+        """How the run says it is a trial: ``the first 10 items``, ``a 10% sample (seed 0)``; "" for a whole run."""
+        sample = limit = ""
+        if self.fraction is not None:
+            share = f"{self.fraction * 100:.4g}%"
+            sample = f"a {share} sample (seed {self.seed})"
+        if self.limit is not None:
+            limit = f"the first {self.limit:,} item{'s' * (self.limit != 1)}"
+        text = f"{limit} of {sample}" if limit and sample else limit or sample
+        if self.skip_done_in:
+            runs = len(self.skip_done_in)
+            skip = f"skipping items done in {runs} earlier run{'s' * (runs != 1)}"
+            text = f"{text}, {skip}" if text else skip
+        return text
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"limit": self.limit, "fraction": self.fraction, "seed": self.seed, "skip_done_in": [str(p) for p in self.skip_done_in]}
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Selection:
+        data = json.loads(text)
+        return cls(data.get("limit"), data.get("fraction"), int(data.get("seed", 0)), tuple(Path(p) for p in data.get("skip_done_in", ())))
+
+    def as_dict(self) -> dict[str, Any] | None:
+        """The form in ``summary.json``: None for a run that takes every item."""
+        if self.takes_all:
+            return None
+        return {**json.loads(self.to_json()), "description": self.describe()}
+
+    # Applying it.
+
+    def total(self, length: int | None) -> int | None:
+        """How many items the run takes from a source of ``length`` items; None when unknown until the end."""
+        if length is None or self.skip_done_in:
+            return None
+        if self.fraction is not None:
+            if length > EXACT_COUNT_MAX:
+                return None
+            keep = _sampler(self.fraction, self.seed)
+            length = sum(1 for ordinal in range(length) if keep(ordinal))
+        return length if self.limit is None else min(length, self.limit)
+
+    def apply(self, items: Numbered, done: frozenset[Any], key_of: Callable[[Any], Any] | None) -> tuple[Numbered, Iterator[int]]:
+        """``items`` (numbered by source ordinal) narrowed to this selection, and a counter that ends one past
+        the number taken (as the driver's ``zip`` counter does, for the total at exhaustion)."""
+        taken = itertools.count()
+        keep = None if self.fraction is None else _sampler(self.fraction, self.seed)
+        skip = None
+        if done and key_of is not None:
+            skip = lambda item: normal_key(key_of(item)) in done  # noqa: E731
+        if isinstance(items, Iterator):
+            return _select(items, keep, skip, self.limit, taken), taken
+        return _aselect(items, keep, skip, self.limit, taken), taken
+
+
+def _sampler(fraction: float, seed: int) -> Callable[[int], bool]:
+    """Keep ordinal ``n`` when the splitmix64 hash of (seed, n) falls below ``fraction`` of its range."""
+    threshold = math.floor(fraction * (1 << 64))
+    offset = (seed * 0x9E3779B97F4A7C15) & _MASK
+
+    def keep(ordinal: int) -> bool:
+        z = (ordinal + offset + 0x9E3779B97F4A7C15) & _MASK
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+        return (z ^ (z >> 31)) < threshold
+
+    return keep
+
+
+def _select(
+    items: Iterator[tuple[int, Any]],
+    keep: Callable[[int], bool] | None,
+    skip: Callable[[Any], bool] | None,
+    limit: int | None,
+    taken: Iterator[int],
+) -> Iterator[tuple[int, Any]]:
+    n = 0
+    for ordinal, item in items:
+        if (keep is not None and not keep(ordinal)) or (skip is not None and skip(item)):
+            continue
+        next(taken)
+        n += 1
+        yield ordinal, item
+        if limit is not None and n >= limit:
+            break  # before asking for another: a limited run reads no more of the source than it takes
+    next(taken)
+
+
+async def _aselect(
+    items: AsyncIterator[tuple[int, Any]],
+    keep: Callable[[int], bool] | None,
+    skip: Callable[[Any], bool] | None,
+    limit: int | None,
+    taken: Iterator[int],
+) -> AsyncIterator[tuple[int, Any]]:
+    n = 0
+    async for ordinal, item in items:
+        if (keep is not None and not keep(ordinal)) or (skip is not None and skip(item)):
+            continue
+        next(taken)
+        n += 1
+        yield ordinal, item
+        if limit is not None and n >= limit:
+            break
+    next(taken)
+
+
+# Checking the options.
+
+
+def selection_from_options(limit: int | None, sample: float | None, seed: int | None, skip_done_in: list[Path]) -> Selection:
+    """The ``exec`` options as a Selection; bad values are a ``UsageError`` naming the value and the fix."""
+    if limit is not None and limit < 1:
+        raise UsageError(
+            f"--limit {limit} takes no items. Give a positive number of items to try, e.g. --limit 10 "
+            "(leave --limit out to run the whole source)."
+        )
+    if sample is not None and not 0 < sample <= 1:  # NaN fails the comparison too
+        raise UsageError(
+            f"--sample {sample!r} is not a fraction in (0, 1]. Give the share of items to take, e.g. --sample 0.1 "
+            "for about one item in ten (leave --sample out to run the whole source)."
+        )
+    if seed is not None and sample is None:
+        raise UsageError(f"--seed {seed} only picks which --sample to take. Add --sample FRACTION, or leave --seed out.")
+    runs = tuple(check_run_dir(path, "--skip-done-in") for path in skip_done_in)
+    return Selection(limit=limit, fraction=sample, seed=seed or 0, skip_done_in=runs)
+
+
+def check_run_dir(path: Path, option: str) -> Path:
+    """``path`` made absolute when it is a run directory (it has a journal); else a UsageError with the fix."""
+    if not (path / JOURNAL_NAME).is_file():
+        what = "does not exist" if not path.exists() else "has no journal.sqlite" if path.is_dir() else "is a file"
+        raise UsageError(
+            f"{option} {str(path)!r} is not a run directory: it {what}. Give a directory that `batchcli runs -d "
+            "OUTPUT_DIR` lists (like batchcli_outputs/2024-05-01T10-00-00_myjob)."
+        )
+    return path.resolve()
+
+
+def keys_done_in(runs: tuple[Path, ...], source_name: str, key_of: Callable[[Any], Any]) -> frozenset[Any]:
+    """The item keys that succeeded in ``runs``: a keyed run's own, a retry run's by keying its saved inputs.
+
+    A run that numbered its items by position (a Source without ``item_key``) is a UsageError.
+    """
+    keys: set[Any] = set()
+    for run_dir in runs:
+        info = read_run(run_dir)  # a damaged journal is a clear error here
+        keyed = query(run_dir, "SELECT keyed FROM run")[0][0]
+        if keyed:
+            keys.update(key for (key,) in query(run_dir, "SELECT key FROM done_keys"))
+        elif info.parent:  # a retry run: its inputs are saved, numbered by position in that list
+            keys.update(_retried_keys(run_dir, key_of))
+        else:
+            raise UsageError(
+                f"--skip-done-in {str(run_dir)!r}: that run identified its items by position, not by item_key() "
+                f"(its Source did not define it then), so which of {source_name}'s items it did cannot be told once "
+                "the input has changed. Give a run made with item_key(item) defined."
+            )
+    return frozenset(keys)
+
+
+def _retried_keys(run_dir: Path, key_of: Callable[[Any], Any]) -> set[Any]:
+    """The keys of the inputs a retry run processed successfully (its saved inputs are unpickled: it must be yours)."""
+    check_safe(run_dir)
+    done = RangeSet(query(run_dir, "SELECT start, stop FROM done_ranges"))
+    rows = query(run_dir, "SELECT ordinal, item FROM inputs ORDER BY ordinal")
+    return {normal_key(key_of(pickle.loads(blob))) for ordinal, blob in rows if ordinal in done}
+
+
+# In the journal.
+
+
+def save_selection(conn: sqlite3.Connection, selection: Selection | None) -> None:
+    """Record ``selection`` in an open journal (inside the caller's transaction); nothing for a whole run."""
+    conn.execute(TABLE)
+    if selection is not None and not selection.takes_all:
+        conn.execute("INSERT OR REPLACE INTO selection VALUES (1, ?)", (selection.to_json(),))
+    else:
+        conn.execute("DELETE FROM selection")
+
+
+def read_selection(run_dir: Path) -> Selection | None:
+    """The selection a run was started with; None when it takes every item (or its journal predates selections)."""
+    has_table = query(run_dir, "SELECT count(*) FROM sqlite_master WHERE name = 'selection'")[0][0]
+    if not has_table:
+        return None
+    rows = query(run_dir, "SELECT spec FROM selection")
+    return Selection.from_json(rows[0][0]) if rows else None
+
+
+def widen_selection(run_dir: Path, selection: Selection) -> None:
+    """``resume --all``: record that the run now takes the whole source (its skips stay)."""
+    record_selection(run_dir, selection.widened())
+
+
+def record_selection(run_dir: Path, selection: Selection) -> None:
+    """Record ``selection`` as the run's, in its own transaction (the run's lock is held by the caller)."""
+    conn = connect(run_dir / JOURNAL_NAME, writer=True)
+    try:
+        with conn:
+            save_selection(conn, selection)
+    finally:
+        conn.close()

@@ -1,0 +1,134 @@
+"""``exec --dry-run``: what a run would do, from a job that is wired but never set up, and no run directory.
+
+Only the constructors run (they are how the job is wired); ``setup()``, ``process()``, ``finish()`` and
+``persist_failed()`` do not. The source is counted with ``len()`` when it has one, else iterated up to
+``COUNT_CAP`` items (iterating is reading, which a dry run may do; the output says when it stopped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from batchcli.journal.records import json_form, json_text
+from batchcli.load.secret import Secret
+from batchcli.load.source import is_async_source, source_length
+
+if TYPE_CHECKING:
+    from batchcli.journal.resumption import Continuation
+    from batchcli.load.wiring import Job
+
+COUNT_CAP = 10_000
+"""A source without ``len()`` is iterated at most this far to count it."""
+SHOWN = 5
+"""How many of the first items the dry run prints."""
+
+
+def preview(job: Job, continuation: Continuation, console: Console | None = None) -> None:
+    """Print the job, its configuration and params (secrets masked), the executor, the item count, the first items."""
+    console = console or Console(highlight=False)
+    config = job.config
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="dim")
+    grid.add_column()
+    grid.add_row("job", f"{escape(job.project.name)}  [dim]({escape(str(job.project.entry or job.project.target))})[/]")
+    grid.add_row("configuration", Text(f"{type(config).__name__}: {_fields(config, job)}"))
+    secret = job.secret_names
+    params = "\n".join(
+        f"{name}={Secret.mask if name in secret else _shown(value)}" for name, value in job.public_params().items()
+    )
+    grid.add_row("params", Text(params) if params else Text("none given", "dim"))
+    grid.add_row("executor", Text(_executor(config)))
+    selection = continuation.selection
+    count, first = _count(job, continuation)
+    if selection is not None and not selection.takes_all:
+        grid.add_row("selection", Text(selection.describe()))
+    grid.add_row("items", Text(count))
+    for n, (ordinal, item) in enumerate(first):
+        grid.add_row("first items" if n == 0 else "", Text(f"#{ordinal:<5} {_one_line(json_text(json_form(item)))}"))
+    console.print(Text("Dry run: the job was loaded and wired (constructors ran); nothing was set up or processed, "
+                       "and no run directory was made.", "bold"), soft_wrap=True)
+    console.print(grid)
+
+
+def _fields(config: Any, job: Job) -> str:
+    secret = job.secret_names
+    values = []
+    for f in dataclasses.fields(config):
+        if not f.init:
+            continue  # runtime fields (run_dir, started_at) are bound when a run starts
+        value = getattr(config, f.name)
+        values.append(f"{f.name}={Secret.mask if f.name in secret or isinstance(value, Secret) else _shown(value)}")
+    return ", ".join(values)
+
+
+def _shown(value: Any) -> str:
+    return Secret.mask if isinstance(value, Secret) else _one_line(json_text(json_form(value)), 80)
+
+
+def _executor(config: Any) -> str:
+    if config.executor == "async":
+        return f"async, concurrency {config.concurrency}"
+    where = "" if config.executor != "dask" or not config.dask_address else f" at {config.dask_address}"
+    workers = "as many workers as cores" if config.workers is None else f"{config.workers} workers"
+    return f"{config.executor}{where}, {workers}, concurrency {config.concurrency}"
+
+
+def _count(job: Job, continuation: Continuation) -> tuple[str, list[tuple[int, Any]]]:
+    """The item count as the dry run says it, and the first items the run would take."""
+    source = job.source
+    selection = continuation.selection
+    length = source_length(source)
+    if selection is not None and not selection.takes_all:
+        exact = selection.total(length)
+        items, taken = selection.apply(_numbered(source), continuation.done_elsewhere, getattr(source, "item_key", None))
+        if exact is not None:
+            return f"{exact:,}", _first(items, SHOWN)
+        seen = _first(items, COUNT_CAP + 1)
+        more = len(seen) > COUNT_CAP
+        counted = f"at least {COUNT_CAP:,} (stopped counting there)" if more else f"{len(seen):,}"
+        return f"{counted}, counted by iterating the source", seen[:SHOWN]
+    if length is not None:
+        return f"{length:,} (len of the source)", _first(_numbered(source), SHOWN)
+    seen = _first(_numbered(source), COUNT_CAP + 1)
+    if len(seen) > COUNT_CAP:
+        return f"at least {COUNT_CAP:,}: the source has no len(), and counting stopped there", seen[:SHOWN]
+    return f"{len(seen):,}, counted by iterating the source (it has no len())", seen[:SHOWN]
+
+
+def _numbered(source: Any) -> Any:
+    return _anumbered(source) if is_async_source(source) else enumerate(iter(source))
+
+
+async def _anumbered(source: Any) -> Any:
+    n = 0
+    async for item in source:
+        yield n, item
+        n += 1
+
+
+def _first(items: Any, n: int) -> list[tuple[int, Any]]:
+    if not hasattr(items, "__anext__"):
+        return list(itertools.islice(items, n))
+
+    async def take() -> list[tuple[int, Any]]:
+        taken = []
+        async for pair in items:
+            taken.append(pair)
+            if len(taken) >= n:
+                break
+        return taken
+
+    return asyncio.run(take())
+
+
+def _one_line(text: str, limit: int = 120) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -1,0 +1,271 @@
+"""Trial runs and targeted reruns through the real CLI: --limit, --sample, --dry-run, resume --all, retry filters,
+show --failures, --skip-done-in, and their bad input."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+PROJECTS = Path(__file__).resolve().parent / "projects"
+ROWS = PROJECTS / "trials" / "rows.py"
+ORDERS = PROJECTS / "journal_retry" / "orders.py"
+STREAM = PROJECTS / "generator_source" / "generator_source_job.py"
+WORDS = "a b down-1 c bad-1 d down-2 e"
+
+
+def rows_job(tmp_path: Path, words: str = WORDS, *extra: str) -> list[str]:
+    """``exec`` arguments for the rows project over ``words``, retries off, runs under ``out``."""
+    (tmp_path / "rows.txt").write_text(words)
+    return ["exec", str(ROWS), "-p", "input=rows.txt", "-p", "ledger=ledger", "-p", "max_retries=0", "-d", "out", *extra]
+
+
+def ledger(tmp_path: Path) -> list[str]:
+    path = tmp_path / "ledger"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def processed(tmp_path: Path) -> Counter[str]:
+    """How many times each row was processed, over every run so far."""
+    return Counter(line.split()[1] for line in ledger(tmp_path) if line.startswith("process "))
+
+
+# Trial runs.
+
+
+def test_limit_runs_the_first_items_and_says_so_in_summary_runs_and_show(cli, tmp_path: Path) -> None:
+    """--limit 3 processes exactly the first three rows, and summary.json, the closing notice, runs and show say it was a trial."""
+    first = cli(*rows_job(tmp_path, WORDS, "--limit", "3"))
+    assert first.exit_code == 1, first.output  # down-1 is among the first three
+    assert processed(tmp_path) == Counter({"a": 1, "b": 1, "down-1": 1})
+    assert "Trial run (the first 3 items)" in first.output
+    summary = first.summary
+    assert summary["total"] == 3 and summary["unprocessed"] == 0
+    assert summary["selection"]["limit"] == 3 and summary["selection"]["description"] == "the first 3 items"
+    runs = cli("runs", "-d", "out")
+    assert "trial: the first 3" in runs.output
+    shown = cli("show", first.run_dir)
+    assert "the first 3 items" in shown.output and "--all" in shown.output
+
+
+def test_resume_keeps_the_limit_and_resume_all_does_each_row_exactly_once(cli, tmp_path: Path) -> None:
+    """A crashed --limit run resumes to its limit only; resume --all then does the rest, each row once in all."""
+    crashed = cli(*rows_job(tmp_path, WORDS, "--limit", "5", "-p", "crash_at=c"))
+    assert crashed.exit_code == 3, crashed.output
+    assert set(processed(tmp_path)) == {"a", "b", "down-1"}
+    run_dir = next((tmp_path / "out").iterdir())
+    resumed = cli("resume", run_dir, "-p", "crash_at=")
+    assert resumed.exit_code == 1, resumed.output
+    assert "Resuming a trial run (the first 5 items)" in resumed.output
+    assert set(processed(tmp_path)) == {"a", "b", "down-1", "c", "bad-1"}  # the limit held: no d, down-2, e
+    again = cli("resume", run_dir)
+    assert "nothing to resume" in again.output and f"batchcli resume {run_dir} --all" in again.output
+    whole = cli("resume", run_dir, "--all", "-p", "crash_at=")
+    assert whole.exit_code == 1, whole.output
+    assert processed(tmp_path) == Counter({row: 1 for row in WORDS.split()})
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["total"], summary["succeeded"], summary["failed"]) == (8, 5, 3)
+    assert summary["selection"] is None
+    assert "trial" not in cli("runs", "-d", "out").output
+
+
+def sampled(cli, tmp_path: Path, seed: str) -> list[int]:
+    """The order ids a --sample 0.3 run with ``seed`` processed (the run's log lines name them)."""
+    for log in tmp_path.glob("*.log"):
+        log.unlink()
+    outcome = cli("exec", ORDERS, "-p", "log_dir=.", "-p", "count=60", "-p", "strict=false", "-d", "out",
+                  "--sample", "0.3", "--seed", seed)
+    assert outcome.exit_code == 0, outcome.output
+    ids = sorted(int(line.split("Order(id=")[1].split(",")[0]) for log in tmp_path.glob("*.log") for line in log.read_text().splitlines())
+    assert outcome.summary["total"] == len(ids)
+    return ids
+
+
+def test_sample_takes_the_same_items_for_a_seed_and_others_for_another_seed(cli, tmp_path: Path) -> None:
+    """--sample 0.3 --seed 1 picks the same orders twice; --seed 2 picks a different set; both are about 30%."""
+    one, again, two = sampled(cli, tmp_path, "1"), sampled(cli, tmp_path, "1"), sampled(cli, tmp_path, "2")
+    assert one == again
+    assert one != two
+    assert 6 <= len(one) <= 30 and 6 <= len(two) <= 30
+
+
+def test_a_sample_of_an_async_keyed_source_resumes_all_with_each_item_once(cli, tmp_path: Path) -> None:
+    """--sample over an async source keyed by item_key, then resume --all: every item processed exactly once."""
+    (tmp_path / "logs").mkdir()
+    keyed = PROJECTS / "journal_keyed" / "keyed.py"
+    trial = cli("exec", keyed, "-p", "log_dir=logs", "-p", "count=40", "-d", "out", "--sample", "0.25", "--seed", "5")
+    assert trial.exit_code in (0, 1), trial.output
+    assert trial.run_dir is not None
+    first = [line for log in (tmp_path / "logs").glob("*.log") for line in log.read_text().split()]
+    assert 0 < len(first) < 40 and trial.summary["total"] == len(first)
+    whole = cli("resume", trial.run_dir, "--all")
+    assert whole.exit_code == 1, whole.output  # item-7 fails, in the sample or after it
+    done = Counter(line for log in (tmp_path / "logs").glob("*.log") for line in log.read_text().split())
+    assert done == Counter({f"item-{n}": 1 for n in range(40)})
+
+
+def test_dry_run_shows_the_job_and_runs_no_hook_and_makes_no_run_directory(cli, tmp_path: Path) -> None:
+    """--dry-run prints job, params (secret masked), executor, count and first items; only the constructors ran."""
+    outcome = cli(*rows_job(tmp_path, WORDS, "--dry-run", "-p", "token=hunter2", "-p", "concurrency=3"))
+    assert outcome.exit_code == 0, outcome.output
+    assert not (tmp_path / "out").exists()
+    assert ledger(tmp_path) == ["source built", "service built"]  # no setup, process, finish, persist_failed
+    text = outcome.output
+    assert "rows" in text and "concurrency=3" in text and "async, concurrency 3" in text
+    assert "token=********" in text and "hunter2" not in text
+    assert "8 (len of the source)" in text
+    assert '#0     "a"' in text and '#4     "bad-1"' in text and '"c"' in text and '"d"' not in text
+
+
+def test_dry_run_counts_a_source_without_len_and_applies_the_sample(cli, tmp_path: Path) -> None:
+    """A source without len() is counted by iterating it; with --sample and --limit the count is what would run."""
+    counted = cli("exec", STREAM, "-p", "count=30", "--dry-run")
+    assert counted.exit_code == 0, counted.output
+    assert "30, counted by iterating the source (it has no len())" in counted.output
+    trial = cli("exec", STREAM, "-p", "count=30", "--dry-run", "--sample", "0.5", "--seed", "3", "--limit", "4")
+    assert "the first 4 items of a 50% sample (seed 3)" in trial.output
+    assert "4, counted by iterating the source" in trial.output
+
+
+# Targeted reruns.
+
+
+@pytest.fixture
+def failed_run(cli, tmp_path: Path) -> Path:
+    """A finished run of the rows project with two Unreachable failures and one ValueError."""
+    outcome = cli(*rows_job(tmp_path))
+    assert outcome.exit_code == 1 and outcome.summary["failed"] == 3, outcome.output
+    (tmp_path / "ledger").unlink()
+    assert outcome.run_dir is not None
+    return outcome.run_dir
+
+
+def retried(cli, tmp_path: Path, run_dir: Path, *options: str) -> tuple[str, Counter[str]]:
+    """Retry ``run_dir`` with ``options`` (the fixed service): its output and the rows it processed."""
+    outcome = cli("retry", run_dir, "-p", "fixed=true", *options)
+    assert outcome.exit_code == 0, outcome.output
+    done = processed(tmp_path)
+    (tmp_path / "ledger").unlink(missing_ok=True)
+    return outcome.output, done
+
+
+def test_retry_filters_take_exactly_the_matching_failures_and_say_how_many(cli, tmp_path: Path, failed_run: Path) -> None:
+    """--error-type (a base class matches the user's subclass), --match, --since/--until and --limit each pick their failures."""
+    output, done = retried(cli, tmp_path, failed_run, "--error-type", "ConnectionError")
+    assert "2 failure(s) match --error-type ConnectionError" in output and set(done) == {"down-1", "down-2"}
+    output, done = retried(cli, tmp_path, failed_run, "--error-type", "rows.Unreachable", "--limit", "1")
+    assert "1 failure(s) match" in output and set(done) == {"down-1"}
+    output, done = retried(cli, tmp_path, failed_run, "--match", r"row \w+-1 is malformed")
+    assert "1 failure(s) match" in output and set(done) == {"bad-1"}
+    output, done = retried(cli, tmp_path, failed_run, "--since", "2000-01-01", "--until", "2999-01-01T00:00+00:00")
+    assert "3 failure(s) match" in output and set(done) == {"down-1", "bad-1", "down-2"}
+    output, done = retried(cli, tmp_path, failed_run, "--until", "2000-01-01")
+    assert "nothing to retry" in output and not done
+
+
+def test_retry_dry_run_lists_the_failures_and_runs_nothing(cli, tmp_path: Path, failed_run: Path) -> None:
+    """retry --dry-run lists the matching failures with the retry command and makes no run and processes nothing."""
+    before = set((tmp_path / "out").iterdir())
+    outcome = cli("retry", failed_run, "--error-type", "OSError", "--dry-run")
+    assert outcome.exit_code == 0, outcome.output
+    assert "matching --error-type OSError: 2 of 3" in outcome.output
+    assert "rows.Unreachable: host down-1 unreachable" in outcome.output and "bad-1" not in outcome.output
+    assert "Dry run: nothing was retried." in outcome.output
+    assert set((tmp_path / "out").iterdir()) == before and not ledger(tmp_path)
+
+
+def test_show_failures_lists_input_error_attempts_and_when(cli, tmp_path: Path, failed_run: Path) -> None:
+    """show --failures lists every matching failure with its input, error, attempts and time; a filter narrows it."""
+    every = cli("show", failed_run, "--failures")
+    assert every.exit_code == 0, every.output
+    assert "3 of 3" in every.output and "1 attempt" in every.output and time.strftime("%Y-%m-%d") in every.output
+    assert 'input: "bad-1"' in every.output and "ValueError: row bad-1 is malformed" in every.output
+    narrowed = cli("show", failed_run, "--failures", "--error-type", "ConnectionError", "--match", "down-2")
+    assert "1 of 3" in narrowed.output and "down-2" in narrowed.output and "down-1" not in narrowed.output
+    assert f"batchcli retry {failed_run} --error-type ConnectionError --match 'down-2'" in narrowed.output
+
+
+def test_skip_done_in_does_only_new_rows_of_a_grown_input(cli, tmp_path: Path, failed_run: Path) -> None:
+    """--skip-done-in a run and its retry skips every row either did; new rows (and the one still failing) run."""
+    fixed = cli("retry", failed_run, "--error-type", "ConnectionError", "-p", "fixed=true")
+    assert fixed.exit_code == 0, fixed.output
+    retry_dir = max((tmp_path / "out").iterdir(), key=lambda p: p.stat().st_mtime)
+    (tmp_path / "ledger").unlink()
+    grown = "x a b y down-1 c z bad-1 d down-2 e"  # new rows in between shift every position
+    outcome = cli(*rows_job(tmp_path, grown, "--skip-done-in", str(failed_run), "--skip-done-in", str(retry_dir)))
+    assert outcome.exit_code == 1, outcome.output
+    assert processed(tmp_path) == Counter({"x": 1, "y": 1, "z": 1, "bad-1": 1})
+    assert outcome.summary["total"] == 4 and "skipping items done in 2 earlier runs" in cli("show", outcome.run_dir).output
+
+
+# Bad input.
+
+
+def test_skip_done_in_needs_an_item_key(cli, tmp_path: Path) -> None:
+    """A Source without item_key cannot skip by --skip-done-in: the error says why a key is needed, exit 2."""
+    first = cli("exec", ORDERS, "-p", "log_dir=.", "-p", "count=3", "-p", "strict=false", "-d", "out")
+    outcome = cli("exec", ORDERS, "-p", "log_dir=.", "-d", "out", "--skip-done-in", first.run_dir)
+    assert outcome.exit_code == 2, outcome.output
+    assert "--skip-done-in needs Orders.item_key(item)" in outcome.output
+    assert "Define item_key(self, item) on Orders" in outcome.output and "Traceback" not in outcome.output
+
+
+@pytest.mark.parametrize(
+    ("options", "fix"),
+    [
+        (["--limit", "0"], "Give a positive number of items to try"),
+        (["--limit", "-2"], "--limit -2 takes no items"),
+        (["--sample", "0"], "is not a fraction in (0, 1]"),
+        (["--sample", "1.5"], "e.g. --sample 0.1"),
+        (["--seed", "3"], "Add --sample FRACTION"),
+        (["--skip-done-in", "nowhere"], "'nowhere' is not a run directory: it does not exist"),
+        (["--skip-done-in", "."], "has no journal.sqlite"),
+    ],
+)
+def test_bad_trial_options_are_one_paragraph_errors(cli, tmp_path: Path, options: list[str], fix: str) -> None:
+    """Each bad --limit, --sample, --seed or --skip-done-in is exit 2 with the value and the fix, nothing run."""
+    outcome = cli(*rows_job(tmp_path, WORDS, *options))
+    assert outcome.exit_code == 2, outcome.output
+    assert fix in outcome.output and "Traceback" not in outcome.output
+    assert not ledger(tmp_path) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "fix"),
+    [
+        (["--match", "(unclosed"], "is not a regular expression"),
+        (["--error-type", "NoSuchError"], "Give one of those, or a base class such as OSError"),
+        (["--since", "last week"], "Give e.g. --since 2024-05-01"),
+        (["--since", "2030-01-02", "--until", "2030-01-01"], "Swap them"),
+        (["--limit", "0"], "Give a positive number, e.g. --limit 10"),
+    ],
+)
+def test_bad_failure_filters_are_one_paragraph_errors(cli, tmp_path: Path, failed_run: Path, options: list[str], fix: str) -> None:
+    """Each bad retry/show filter is exit 2 with the fix, for retry and show --failures alike; nothing is retried."""
+    for command in (["retry", str(failed_run)], ["show", str(failed_run), "--failures"]):
+        outcome = cli(*command, *options)
+        assert outcome.exit_code == 2, outcome.output
+        assert fix in outcome.output and "Traceback" not in outcome.output
+    assert not ledger(tmp_path)
+
+
+def test_limit_through_a_real_process(tmp_path: Path, run_batchcli) -> None:
+    """python -m batchcli exec --limit 2 processes two rows and records the trial in its journal."""
+    outcome = run_batchcli(*rows_job(tmp_path, "a b c d", "--limit", "2"))
+    assert outcome.exit_code == 0, outcome.output
+    assert processed(tmp_path) == Counter({"a": 1, "b": 1})
+    assert outcome.run_dir is not None
+    spec = sqlite3.connect(outcome.run_dir / "journal.sqlite").execute("SELECT spec FROM selection").fetchone()[0]
+    assert json.loads(spec)["limit"] == 2
+
+
+def test_retry_filter_through_a_real_process(tmp_path: Path, failed_run: Path, run_batchcli) -> None:
+    """python -m batchcli retry --error-type OSError says how many match and reprocesses only those."""
+    outcome = run_batchcli("retry", failed_run, "--error-type", "OSError", "-p", "fixed=true")
+    assert outcome.exit_code == 0, outcome.output
+    assert "2 failure(s) match --error-type OSError; retrying them." in outcome.output
+    assert processed(tmp_path) == Counter({"down-1": 1, "down-2": 1})
