@@ -7,7 +7,7 @@ import enum
 import json
 import math
 import os
-from datetime import date, datetime, time as dtime
+from datetime import date, datetime, time as dtime, timedelta
 from decimal import Decimal
 from pathlib import Path, PurePath
 from typing import Any, Callable
@@ -16,8 +16,9 @@ from batchcli.outcome import Failure
 
 
 def json_form(value: Any) -> Any:
-    """A JSON-able form of an input: JSON values as they are, dataclasses and named tuples as
-    objects, datetimes as ISO strings, anything else as its ``repr``."""
+    """A JSON-able form of an input or a param: JSON values as they are, dataclasses and named tuples
+    as objects, datetimes as ISO strings, timedeltas as seconds, sets as sorted lists, anything else
+    as its ``repr``."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # NaN and infinities are not JSON; every line of failed.jsonl must parse
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -36,6 +37,17 @@ def json_form(value: Any) -> Any:
         return {k: json_form(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_form(v) for v in value]
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+        return int(seconds) if seconds.is_integer() else seconds
+    if isinstance(value, (set, frozenset)):
+        items = [json_form(v) for v in value]
+        try:
+            return sorted(items)
+        except TypeError:  # mixed kinds: any fixed order will do
+            return sorted(items, key=lambda v: (type(v).__name__, json.dumps(v, sort_keys=True)))
+    if isinstance(value, dict):  # keys that are not strings: JSON's keys are
+        return {k if isinstance(k, str) else json_text(json_form(k)).strip('"'): json_form(v) for k, v in value.items()}
     return safe_repr(value)
 
 

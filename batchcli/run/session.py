@@ -51,6 +51,9 @@ class RunOptions:
     """On a terminal, Ctrl-C pauses the run and opens the pause shell (``--no-shell`` turns it off)."""
     closing_line: bool = True
     """Print the closing line (``Finished: ... Run directory: ...``); ``testing.run_job`` does not."""
+    unrecorded: frozenset[str] = frozenset()
+    """Names whose values the run uses but never records (``testing.run_job``'s own ``backoff_s=0``): they
+    stay out of the journal (a resume goes without them) and out of ``summary.json``."""
 
 
 class Launch(Protocol):
