@@ -47,8 +47,14 @@ def json_form(value: Any) -> Any:
         except TypeError:  # mixed kinds: any fixed order will do
             return sorted(items, key=lambda v: (type(v).__name__, json.dumps(v, sort_keys=True)))
     if isinstance(value, dict):  # keys that are not strings: JSON's keys are
-        return {k if isinstance(k, str) else json_text(json_form(k)).strip('"'): json_form(v) for k, v in value.items()}
+        return {_json_key(k): json_form(v) for k, v in value.items()}
     return safe_repr(value)
+
+
+def _json_key(key: Any) -> str:
+    """A dict key as a JSON object key: its JSON form, as text."""
+    form = json_form(key)
+    return form if isinstance(form, str) else json.dumps(form, ensure_ascii=False)
 
 
 def safe_repr(value: Any) -> str:
