@@ -138,6 +138,13 @@ class Tally:
         self.in_flight = 0
         self.skipped = 0
         """Items a resumed run did not redo because an earlier run settled them."""
+        self.earlier_succeeded = 0
+        """Items earlier sessions of this run (before a resume) succeeded: the display counts the whole run."""
+        self.earlier_failed = 0
+        """Items earlier sessions of this run finally failed."""
+        self.paused_s = 0.0
+        """Seconds this session spent paused in the pause shell, left out of ``elapsed()``."""
+        self._paused_at: float | None = None
         self.done = array("q")
         """Ordinals that succeeded and are not yet journaled: 8 bytes each, no objects kept alive."""
         self.failures: list[Failure] = []
@@ -241,5 +248,18 @@ class Tally:
         self.unshown.append(failure)
 
     def elapsed(self) -> float:
-        """Seconds since the run started."""
-        return float(self._clock() - self.started)
+        """Seconds this session has been running, time paused in the pause shell left out."""
+        now = self._clock()
+        paused = self.paused_s + (0.0 if self._paused_at is None else now - self._paused_at)
+        return float(now - self.started - paused)
+
+    def pause_clock(self) -> None:
+        """Stop ``elapsed()`` until ``resume_clock()`` (the pause shell opened)."""
+        if self._paused_at is None:
+            self._paused_at = self._clock()
+
+    def resume_clock(self) -> None:
+        """Let ``elapsed()`` run again, the pause left out."""
+        if self._paused_at is not None:
+            self.paused_s += self._clock() - self._paused_at
+            self._paused_at = None

@@ -17,11 +17,15 @@
 ``run_job`` wires and runs the job exactly as ``batchcli exec`` does (same loading, casting,
 configuration, executor, retries and run directory) with three differences that suit a test:
 
-- retries do not wait: ``backoff_s`` is 0 unless ``params`` sets it;
+- retries do not wait: ``backoff_s`` is 0 unless ``params`` sets it (that 0 is not recorded: the
+  run's ``summary.json`` and journal hold only what you passed);
 - nothing is drawn or printed: no live display, no signal handlers (so it runs in any thread);
   what the run would have printed is in ``JobOutcome.output``;
 - the environment is not read unless you pass ``environ=os.environ`` (or a dict of
-  ``BATCHCLI_*`` variables), so a developer's shell cannot change a test's result.
+  ``BATCHCLI_*`` variables), so a developer's shell cannot change a test's result;
+- without ``output_dir`` the run directory is made in a temporary directory that is removed
+  when ``run_job`` returns: the outcome keeps the counts, failures and output; pass
+  ``output_dir=tmp_path`` to keep the files (``summary.json``, ``failed.jsonl``, the log).
 
 ``params`` values may be strings (as after ``-p name=``) or Python values: ``5``, ``True``,
 ``Path(...)``, ``timedelta(minutes=5)``, an Enum member, a list/set/tuple or a dict. A mistake in
@@ -76,7 +80,8 @@ class JobOutcome:
     failures: tuple[FailedItem, ...]
     """Every failed input with its reason, in the order they failed."""
     run_dir: Path
-    """The run directory: ``summary.json``, ``failed.jsonl``, the log file."""
+    """The run directory: ``summary.json``, ``failed.jsonl``, the log file (removed already when
+    ``run_job`` was called without ``output_dir``)."""
     output: str
     """What the run printed (warnings, errors, the final progress line)."""
     fatal: BaseException | None = None
@@ -102,20 +107,30 @@ def run_job(
         target: What ``batchcli exec`` takes: a .py file, a project directory, a job or module name.
         params: ``-p`` values by name (dotted for nested configuration fields); strings or Python values.
         config: The ``-c`` configuration name.
-        output_dir: Where the run directory is made; a new temporary directory when None.
+        output_dir: Where the run directory is made; when None, a temporary directory removed on return.
         environ: Where ``BATCHCLI_<NAME>`` variables are read from; none are read when None.
     """
+    if output_dir is None:
+        with tempfile.TemporaryDirectory(prefix="batchcli-test-", ignore_cleanup_errors=True) as scratch:
+            return run_job(target, params=params, config=config, output_dir=scratch, environ=environ)
+
     from batchcli.load.wiring import Wiring
     from batchcli.run.session import Fresh, RunOptions, Session
 
     values = {name: raw_values(value) for name, value in (params or {}).items()}
+    # Retries that do not wait suit a test; the run records only what the caller passed.
+    injected = frozenset() if "backoff_s" in values else frozenset({"backoff_s"})
     values.setdefault("backoff_s", ("0",))
     wiring = Wiring(target=os.fspath(target), config_name=config, values=values)
-    out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="batchcli-test-"))
     buffer = io.StringIO()
     console = Console(file=buffer, width=120, force_terminal=False, color_system=None)
     options = RunOptions(
-        output_dir=out, console=console, progress_interval_s=3600.0, handle_signals=False, closing_line=False
+        output_dir=Path(output_dir),
+        console=console,
+        progress_interval_s=3600.0,
+        handle_signals=False,
+        closing_line=False,
+        unrecorded=injected,
     )
     result = Session(options).run(Fresh(wiring, environ={} if environ is None else environ))
     assert result is not None, "a fresh run always runs"

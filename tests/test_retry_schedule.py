@@ -39,6 +39,7 @@ def delays_until_final(config: Configuration) -> tuple[list[float], Tally]:
         callback, args = loop.due
         callback(*args)
         attempts = handed_back.pop()
+        scheduler.started()  # as an executor does when it starts the item again
     return loop.delays, tally
 
 

@@ -114,7 +114,7 @@ def test_the_namespace_holds_the_run_objects(terminal) -> None:
     pause(term)
     term.run(
         "print('NAMES', *(type(x).__name__ for x in (self, service, source, config, failures, in_flight, error, run_dir)))",
-        "NAMES RunController SlowService Numbers Configuration list dict NoneType PosixPath",
+        "NAMES RunController SlowService Numbers Configuration LiveFailures dict NoneType PosixPath",
     )
     term.run("print('FAILED', failures[0].item, failures[0].error_message)", "FAILED 0 item 0 is bad")
     term.run("print('CONFIG', config.concurrency, source.count)", "CONFIG 3 400")

@@ -102,6 +102,7 @@ class AsyncExecutor:
                 return
             if ready:
                 ordinal, item, attempts = ready.popleft()
+                self._retries.started()
             else:
                 attempts = None
                 if next_item is not None and not tally.exhausted:

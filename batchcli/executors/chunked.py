@@ -96,9 +96,11 @@ class ChunkedExecutor:
         self._cooldown = Cooldown(config, self._limiter, self._apply_limits, tally)
         self._sizer = ChunkSizer(config.chunk_size)
         self._ready: deque[_Entry] = deque()
-        """Items due to run again: retries whose delay passed, items a worker never started."""
+        """Items a worker never started, to send again."""
+        self._due: deque[_Entry] = deque()
+        """Retries whose delay passed: counted as retrying until they are sent."""
         self._suspects: deque[_Entry] = deque()
-        """Items of a chunk whose worker died: each goes alone."""
+        """Items of a chunk whose worker died, retried: each goes alone (counted as retrying until sent)."""
         self._chunks: dict[asyncio.Task[None], list[_Entry]] = {}
         """Each running chunk's task and the items it carries."""
         self._ids = itertools.count()
@@ -147,7 +149,7 @@ class ChunkedExecutor:
             while True:
                 self._wake.clear()
                 await self._fill()
-                if not self._chunks and not self._retries.pending and not self._ready and not self._suspects:
+                if not self._chunks and not self._retries.pending and not self._ready and not self._due and not self._suspects:
                     if self.stopping or self._tally.exhausted or self.fatal is not None:
                         break
                 await self._wake.wait()
@@ -175,6 +177,7 @@ class ChunkedExecutor:
 
     async def _take(self) -> list[_Entry]:
         if self._suspects:
+            self._retries.started()
             return [self._suspects.popleft()]
         slots = self._backend.slots()
         total = self._tally.total
@@ -183,6 +186,11 @@ class ChunkedExecutor:
         ready = self._ready
         while ready and len(entries) < size:
             entries.append(ready.popleft())
+        due = self._due
+        if due and len(entries) < size:
+            taken = min(len(due), size - len(entries))
+            entries.extend(due.popleft() for _ in range(taken))
+            self._retries.started(taken)
         tally = self._tally
         while len(entries) < size and not tally.exhausted and self.fatal is None:
             try:
@@ -306,7 +314,7 @@ class ChunkedExecutor:
         self._grow_timer = self._loop.call_later(GROW_INTERVAL_S, self._grow)
 
     def _requeue(self, ordinal: int, item: Any, attempts: Attempts | None) -> None:
-        self._ready.append(_Entry(ordinal, item, attempts))
+        self._due.append(_Entry(ordinal, item, attempts))
         self._wake.set()
 
     def _requeue_alone(self, ordinal: int, item: Any, attempts: Attempts | None) -> None:
@@ -320,6 +328,7 @@ class ChunkedExecutor:
         self.stopping = True
         self._retries.cancel()
         self._ready.clear()
+        self._due.clear()
         self._suspects.clear()
         self.resume()
 

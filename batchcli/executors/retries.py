@@ -102,7 +102,9 @@ class Described(Protocol):
 
 
 Requeue = Callable[[int, Any, "Attempts | None"], None]
-"""Hands a retrying item back to its executor once its delay is over: ``(ordinal, item, attempts)``."""
+"""Hands a retrying item back to its executor once its delay is over: ``(ordinal, item, attempts)``.
+The item stays counted in ``Tally.retrying`` until the executor starts it (``RetryScheduler.started``):
+a paused run still shows the items that wait for it, their backoff over."""
 
 
 class RetryScheduler:
@@ -218,8 +220,11 @@ class RetryScheduler:
 
     def _due(self, key: object, requeue: Requeue, ordinal: int, item: Any, attempts: Attempts | None) -> None:
         del self._timers[key]
-        self._tally.retrying -= 1
-        requeue(ordinal, item, attempts)
+        requeue(ordinal, item, attempts)  # still counted as retrying until it starts
+
+    def started(self, count: int = 1) -> None:
+        """The executor started ``count`` requeued items: they no longer count as retrying."""
+        self._tally.retrying -= count
 
     def hold(self, ordinal: int, item: Any, requeue: Requeue) -> Callable[[], int]:
         """Keep a failed item, as not final, until ``release`` (the circuit breaker opened); counts as
@@ -231,7 +236,6 @@ class RetryScheduler:
     def release(self) -> int:
         """Hand every held item back to its executor, each with fresh attempts; returns how many."""
         held, self._held = self._held, []
-        self._tally.retrying -= len(held)
         for ordinal, item, requeue in held:
             requeue(ordinal, item, None)  # type: ignore[arg-type]  # executors take None as "no attempt yet"
         return len(held)

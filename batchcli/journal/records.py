@@ -7,7 +7,7 @@ import enum
 import json
 import math
 import os
-from datetime import date, datetime, time as dtime
+from datetime import date, datetime, time as dtime, timedelta
 from decimal import Decimal
 from pathlib import Path, PurePath
 from typing import Any, Callable
@@ -16,8 +16,9 @@ from batchcli.outcome import Failure
 
 
 def json_form(value: Any) -> Any:
-    """A JSON-able form of an input: JSON values as they are, dataclasses and named tuples as
-    objects, datetimes as ISO strings, anything else as its ``repr``."""
+    """A JSON-able form of an input or a param: JSON values as they are, dataclasses and named tuples
+    as objects, datetimes as ISO strings, timedeltas as seconds, sets as sorted lists, anything else
+    as its ``repr``."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # NaN and infinities are not JSON; every line of failed.jsonl must parse
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -36,7 +37,24 @@ def json_form(value: Any) -> Any:
         return {k: json_form(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_form(v) for v in value]
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+        return int(seconds) if seconds.is_integer() else seconds
+    if isinstance(value, (set, frozenset)):
+        items = [json_form(v) for v in value]
+        try:
+            return sorted(items)
+        except TypeError:  # mixed kinds: any fixed order will do
+            return sorted(items, key=lambda v: (type(v).__name__, json.dumps(v, sort_keys=True)))
+    if isinstance(value, dict):  # keys that are not strings: JSON's keys are
+        return {_json_key(k): json_form(v) for k, v in value.items()}
     return safe_repr(value)
+
+
+def _json_key(key: Any) -> str:
+    """A dict key as a JSON object key: its JSON form, as text."""
+    form = json_form(key)
+    return form if isinstance(form, str) else json.dumps(form, ensure_ascii=False)
 
 
 def safe_repr(value: Any) -> str:

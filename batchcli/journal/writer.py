@@ -266,6 +266,7 @@ class Journal:
             self.session_count += 1
         if self.total is not None and tally.total is None:
             tally.total = self.total
+        tally.earlier_succeeded, tally.earlier_failed = self.succeeded, self.failed  # shown as done from the start
 
     # What an earlier session settled.
 

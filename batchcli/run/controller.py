@@ -6,15 +6,19 @@ import asyncio
 import concurrent.futures
 import inspect
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar, overload
 
 from batchcli.executors.limiter import checked_concurrency, checked_rate_limit
 from batchcli.outcome import Failure
-from batchcli.run.display import Rate, status_line
+from batchcli.run.display import Rate, run_counts, status_line
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from batchcli.outcome import Tally
     from batchcli.run.handle import RunHandle
 
 T = TypeVar("T")
@@ -27,15 +31,18 @@ class Stats:
     total: int | None
     """Items in the source, when known."""
     succeeded: int
+    """Over the whole run: a resumed run's earlier sessions included, as on the display."""
     failed: int
+    """Over the whole run, like ``succeeded``."""
     retrying: int
-    """Items waiting out a backoff delay."""
+    """Items waiting to be tried again: in their backoff delay, or past it and waiting for a free slot (or the pause)."""
     in_flight: int
     unprocessed: int | None
     """Items not settled yet (None while the source's length is unknown)."""
     items_per_s: float
-    """Settled items per second since the run started."""
+    """Items this session settled per second of ``elapsed_s``."""
     elapsed_s: float
+    """Seconds this session has run, time paused in the shell left out."""
     concurrency: int
     """In force now: below the configured value while adaptive limits are cut after throttles."""
     rate_limit: float | None
@@ -50,6 +57,37 @@ class Stats:
 
     def __str__(self) -> str:
         return self.line
+
+
+class LiveFailures(Sequence[Failure]):
+    """The run's final failures as they are now: every read looks at the live run, so names kept in
+    the shell (``failures``) never go stale after ``self.retry_failed()`` or new failures."""
+
+    def __init__(self, tally: Tally) -> None:
+        self._tally = tally
+
+    @overload
+    def __getitem__(self, index: int) -> Failure: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Failure]: ...
+
+    def __getitem__(self, index: int | slice) -> Failure | list[Failure]:
+        return list(self._tally.failures)[index]
+
+    def __len__(self) -> int:
+        return len(self._tally.failures)
+
+    def __iter__(self) -> Iterator[Failure]:
+        return iter(list(self._tally.failures))  # a copy: the loop thread may add or recover failures meanwhile
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == (list(other) if isinstance(other, LiveFailures) else other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(list(self))
 
 
 class RunController:
@@ -79,13 +117,14 @@ class RunController:
         elapsed = tally.elapsed()
         rate = tally.settled / elapsed if elapsed > 0 else 0.0
         total = tally.total
+        settled, succeeded, failed = run_counts(tally)
         return Stats(
             total=total,
-            succeeded=tally.succeeded,
-            failed=tally.failed,
+            succeeded=succeeded,
+            failed=failed,
             retrying=tally.retrying,
             in_flight=tally.in_flight,
-            unprocessed=None if total is None else total - tally.settled - tally.skipped,
+            unprocessed=None if total is None else total - settled,
             items_per_s=round(rate, 1),
             elapsed_s=round(elapsed, 1),
             # The executor's limits, which the shell may have changed; the configuration's before it exists.
@@ -98,9 +137,9 @@ class RunController:
         )
 
     @property
-    def failures(self) -> list[Failure]:
-        """Every item that finally failed so far: ``.item`` is the input, ``.error_message`` the reason."""
-        return list(self._run.tally.failures)
+    def failures(self) -> LiveFailures:
+        """Every item that finally failed, as of each read: ``.item`` is the input, ``.error_message`` the reason."""
+        return LiveFailures(self._run.tally)
 
     @property
     def in_flight(self) -> dict[int, Any]:
@@ -138,19 +177,26 @@ class RunController:
         self._on_loop(lambda: self._executor("set_rate_limit").set_rate_limit(rate))
         print(f"Rate limit is now {'none' if rate is None else f'{rate:g}/s'}.")
 
+    async def process(self, item: Any) -> Any:
+        """``await self.process(x)``: run the live service on one input, whether its ``process`` is async
+        (awaited on the run's loop) or sync (in a thread, so the loop goes on). Nothing is counted."""
+        return await self._process(item)
+
     def retry(self, item: Any) -> Any:
         """Process one failed item again now, once, with the live service, and return what it returned.
 
-        ``item`` is one of ``failures`` or a failed input. On success it counts as succeeded instead of
-        failed (and ``persist_failed`` no longer gets it); on failure the exception is raised here.
-        Another input is simply processed, without being counted.
+        ``item`` is one of ``failures`` or a failed input; a ``Failure`` sends its input (``.item``) to
+        ``process``. On success it counts as succeeded instead of failed (and ``persist_failed`` no
+        longer gets it); on failure the exception is raised here. Another input, or a failure already
+        retried successfully, is simply processed, without being counted.
         """
         failure = self._find(item)
-        return self._await(self._retry(failure, failure.item if failure is not None else item))
+        value = item.item if isinstance(item, Failure) else item
+        return self._await(self._retry(failure, value))
 
     def retry_failed(self) -> dict[int, Exception]:
         """Retry every failure now (``concurrency`` at once); returns ordinal -> error of those that failed again."""
-        failures = self.failures
+        failures = list(self._run.tally.failures)
         executor = self._run.executor
         limit = self._run.job.config.concurrency if executor is None else executor.limits.concurrency
 
@@ -175,13 +221,18 @@ class RunController:
     # Helpers.
 
     async def _retry(self, failure: Failure | None, item: Any) -> Any:
-        process = self._run.job.service.process
-        if inspect.iscoroutinefunction(process):
-            result = await process(item)
-        else:
-            result = await asyncio.to_thread(process, item)
+        result = await self._process(item)
         if failure is not None:
             self._run.tally.recover(failure)
+        return result
+
+    async def _process(self, item: Any) -> Any:
+        process = self._run.job.service.process
+        if inspect.iscoroutinefunction(process):
+            return await process(item)
+        result = await asyncio.to_thread(process, item)
+        if inspect.isawaitable(result):  # a plain def that returns an awaitable
+            result = await result
         return result
 
     def _find(self, item: Any) -> Failure | None:

@@ -19,11 +19,15 @@ from batchcli.run.failures import TICK_S, FailureReport, group_lines
 
 
 class Rate:
-    """Items per second over a sliding window of samples, taken when the display renders."""
+    """Items per second over a sliding window of samples, taken when the display renders.
 
-    def __init__(self, tally: Tally, clock: Callable[[], float] = time.monotonic, window_s: float = 10.0) -> None:
+    The clock is the run's ``elapsed()`` by default, which stands still while the pause shell is open,
+    so a pause does not drag the rate (and the ETA) down afterwards.
+    """
+
+    def __init__(self, tally: Tally, clock: Callable[[], float] | None = None, window_s: float = 10.0) -> None:
         self._tally = tally
-        self._clock = clock
+        self._clock = tally.elapsed if clock is None else clock
         self._window_s = window_s
         self._samples: deque[tuple[float, int]] = deque()
 
@@ -60,16 +64,23 @@ def throttle_note(tally: Tally, now: Callable[[], float] = time.monotonic) -> st
     return "  ".join(parts)
 
 
+def run_counts(tally: Tally) -> tuple[int, int, int]:
+    """Settled, succeeded and failed over the whole run: a resumed run's earlier sessions count as done,
+    so the bar and "ok" count the same items."""
+    succeeded, failed = tally.succeeded + tally.earlier_succeeded, tally.failed + tally.earlier_failed
+    return succeeded + failed, succeeded, failed
+
+
 def status_line(tally: Tally, rate: float) -> str:
     """The one-line state of a run: done/total, outcomes, rate, elapsed, ETA."""
     total = tally.total
-    settled = tally.settled + tally.skipped
+    settled, succeeded, failed = run_counts(tally)
     done = f"{settled}/{total}" if total is not None else f"{settled}"
     percent = f" ({settled / total:.0%})" if total else ""
     eta = (total - settled) / rate if total is not None and rate > 0 else None
     note = throttle_note(tally)
     return (
-        f"{done}{percent}  ok {tally.succeeded}  failed {tally.failed}  retrying {tally.retrying}  "
+        f"{done}{percent}  ok {succeeded}  failed {failed}  retrying {tally.retrying}  "
         f"in flight {tally.in_flight}  {rate:,.1f}/s  elapsed {_duration(tally.elapsed())}  eta {_duration(eta)}"
         + (f"  {note}" if note else "")
     )
@@ -94,7 +105,7 @@ class LiveDisplay:
     def __rich__(self) -> RenderableType:
         tally = self._tally
         rate = self._rate.sample()
-        settled = tally.settled + tally.skipped
+        settled, succeeded, failed_n = run_counts(tally)
         total = tally.total
         bar = ProgressBar(total=float(total) if total else None, completed=float(settled), width=40)
         eta = (total - settled) / rate if total is not None and rate > 0 else None
@@ -107,8 +118,8 @@ class LiveDisplay:
         )
         counts = Table.grid(padding=(0, 2))
         counts.add_row(
-            _stat("ok", f"{tally.succeeded:,}", "green"),
-            _stat("failed", f"{tally.failed:,}", "red" if tally.failed else "dim"),
+            _stat("ok", f"{succeeded:,}", "green"),
+            _stat("failed", f"{failed_n:,}", "red" if failed_n else "dim"),
             _stat("retrying", f"{tally.retrying:,}", "yellow" if tally.retrying else "dim"),
             _stat("in flight", f"{tally.in_flight:,}", ""),
             Text(f"{rate:,.1f}/s", style="magenta"),

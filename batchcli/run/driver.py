@@ -203,7 +203,9 @@ class Run:
                 try:
                     # The summary first: if closing the session then fails, the run reads as crashed and
                     # a resume (which settles nothing new) writes both again.
-                    write_summary(result, self.job, self.wiring, journal, self.started_at, self._selection)
+                    write_summary(
+                        result, self.job, self.wiring, journal, self.started_at, self._selection, self.options.unrecorded
+                    )
                     fatal = result.fatal
                     journal.finish(result.status, fatal, "" if fatal is None else format_user_traceback(fatal))
                 except (OSError, sqlite3.Error) as error:
@@ -259,8 +261,9 @@ class Run:
             journal = carry.journal
         else:
             keyed = carry.items is None and defines_item_key(self.job.source)
+            recorded = self.wiring.without(self.options.unrecorded)
             journal = Journal.create(
-                self.run_dir, self.job, self.wiring, keyed=keyed, parent=carry.parent, inputs=carry.items,
+                self.run_dir, self.job, recorded, keyed=keyed, parent=carry.parent, inputs=carry.items,
                 shard=carry.shard,
                 selection=carry.selection,
             )

@@ -96,11 +96,22 @@ def result_of(
 
 
 def write_summary(
-    result: RunResult, job: Job, wiring: Wiring, journal: Journal, started_at: datetime, selection: Selection | None = None
+    result: RunResult,
+    job: Job,
+    wiring: Wiring,
+    journal: Journal,
+    started_at: datetime,
+    selection: Selection | None = None,
+    unrecorded: frozenset[str] = frozenset(),
 ) -> None:
-    """Write ``summary.json``; raises ``OSError`` when the run directory cannot be written."""
+    """Write ``summary.json``; raises ``OSError`` when the run directory cannot be written.
+
+    Params are JSON values (``json_form``: a timedelta in seconds, a set as a sorted list, a secret
+    masked); ``unrecorded`` names (``testing.run_job``'s own ``backoff_s``) are left out.
+    """
     ended = datetime.now().astimezone()
-    duration = journal.active_s()  # time spent running, over every session
+    paused = _earlier(result, "paused_s") + journal.tally.paused_s  # in the pause shell, over every session
+    duration = max(0.0, journal.active_s() - paused)  # time spent running, over every session
     fatal = result.fatal
     write_json(
         result.run_dir / "summary.json",
@@ -108,7 +119,7 @@ def write_summary(
             "job": job.project.name,
             "target": wiring.target,
             "configuration": type(job.config).__name__,
-            "params": {k: json_form(v) for k, v in job.public_params().items()},
+            "params": {k: json_form(v) for k, v in job.public_params().items() if k not in unrecorded},
             "status": result.status,
             "exit_code": result.exit_code,
             "succeeded": result.succeeded,
@@ -118,6 +129,7 @@ def write_summary(
             "started_at": started_at.isoformat(),
             "ended_at": ended.isoformat(),
             "duration_s": round(duration, 3),
+            "paused_s": round(paused, 3),
             "sessions": journal.session_count,
             "parent": journal.parent,
             "shard": None if journal.shard is None else {"index": journal.shard.index, "count": journal.shard.count},
@@ -131,6 +143,15 @@ def write_summary(
             "batchcli_version": __version__,
         },
     )
+
+
+def _earlier(result: RunResult, name: str) -> float:
+    """A number the run's last ``summary.json`` holds (an earlier session's), 0 when there is none."""
+    try:
+        value = json.loads((result.run_dir / "summary.json").read_text()).get(name)
+    except (OSError, ValueError, AttributeError):
+        return 0.0
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 def _breaker_counts(result: RunResult, journal: Journal) -> dict[str, float] | None:

@@ -54,6 +54,9 @@ class RunOptions:
     """Print the closing line (``Finished: ... Run directory: ...``); ``testing.run_job`` does not."""
     log_format: str = "text"
     """``json``: one JSON object per log line in the log file, and on stderr without a terminal."""
+    unrecorded: frozenset[str] = frozenset()
+    """Names whose values the run uses but never records (``testing.run_job``'s own ``backoff_s=0``): they
+    stay out of the journal (a resume goes without them) and out of ``summary.json``."""
 
 
 class Launch(Protocol):

@@ -2,7 +2,7 @@
 
 DESIGN decision 5: the executor's loop runs on a thread of its own, so the shell needs no nested
 loop. IPython hands a cell that awaits to its ``loop_runner`` as one coroutine; ours runs it on the
-run's loop with ``run_coroutine_threadsafe`` and waits, so ``await service.process(item)`` uses the
+run's loop with ``run_coroutine_threadsafe`` and waits, so ``await self.process(item)`` uses the
 live service and its open connections. IPython is imported only when the shell first opens.
 """
 
@@ -30,11 +30,12 @@ COMMANDS = """\
   self.set_concurrency(n)      items in flight at once
   self.set_rate_limit(r)       items started per second (None: no limit)
   self.retry(failures[0])      process a failed item again now; self.retry_failed() retries them all
-  await service.process(x)     run the live service on one item"""
+  await self.process(x)        run the live service on one input (a sync or an async process)"""
 
 EMERGENCY_COMMANDS = """\
   exit or Ctrl-D               go on with the shutdown: finish() and persist_failed run, everything is saved
-  await service.process(x)     run the live service on one item"""
+  self.retry(failures[0])      process a failed item again now; self.retry_failed() retries them all
+  await self.process(x)        run the live service on one input (a sync or an async process)"""
 
 
 class PauseShell:
@@ -56,6 +57,7 @@ class PauseShell:
         controller = self._controller
         if not emergency and not run.stop_requested.is_set():
             run.pause()
+        run.tally.pause_clock()  # time in the shell is not run time: elapsed, rate and ETA leave it out
         show_display = _hide_display(run.display)
         try:
             self._namespace.update(
@@ -81,6 +83,7 @@ class PauseShell:
                 print("Resuming the run.", flush=True)
                 run.resume()
         finally:
+            run.tally.resume_clock()
             show_display()
 
     def _interact(self, run: RunHandle) -> None:
@@ -180,7 +183,7 @@ def banner(run: RunHandle, controller: RunController, emergency: bool) -> str:
         lines += [
             "── batchcli: circuit breaker open: run paused ──",
             run.breaker_reason,
-            "Fix the cause on the live objects (e.g. service.token = ...), try it with `await service.process(x)`,",
+            "Fix the cause on the live objects (e.g. service.token = ...), try it with `await self.process(x)`,",
             "then leave the shell to resume: the items the breaker held back are processed again.",
         ]
     else:
@@ -191,7 +194,7 @@ def banner(run: RunHandle, controller: RunController, emergency: bool) -> str:
     lines.append(stats.line)
     failures = run.tally.failures
     if failures:
-        lines.append(f"Last errors ({len(failures)} in all, see `failures`):")
+        lines.append(f"Last errors ({len(failures)} in all, see `failures`, which stays current):")
         for failure in failures[-LAST_ERRORS:]:
             message = failure.error_message.splitlines()[0] if failure.error_message else ""
             lines.append(
