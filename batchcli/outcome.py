@@ -138,6 +138,9 @@ class Tally:
         """Items a resumed run did not redo because an earlier run settled them."""
         self.done = array("q")
         """Ordinals that succeeded and are not yet journaled: 8 bytes each, no objects kept alive."""
+        self.kept: list[tuple[int, str, bytes | None]] = []
+        """Items that succeeded with a result, not yet journaled: ``(ordinal, JSON, pickle or None)`` as
+        ``journal.results.encode`` made it. Their ordinals are not in ``done``: one append settles an item."""
         self.failures: list[Failure] = []
         """Every final failure, in order."""
         self.new_failures: deque[Failure] = deque()
@@ -189,11 +192,20 @@ class Tally:
         del done[:count]
         return merge_ranges(ranges)
 
-    def recover(self, failure: Failure) -> bool:
+    def take_kept(self) -> list[tuple[int, str, bytes | None]]:
+        """Remove the results recorded so far and return them (safe against concurrent appends, as ``take_done``)."""
+        kept = self.kept
+        count = len(kept)
+        taken = kept[:count]
+        del kept[:count]
+        return taken
+
+    def recover(self, failure: Failure, kept: tuple[str, bytes | None] | None = None) -> bool:
         """Count a final failure that succeeded on a later try as a success (on the loop thread).
 
         False when ``failure`` is not one of ``failures`` (already recovered). A failure the recorder
         has not seen yet is simply dropped; one it has seen is queued in ``recovered`` for it to undo.
+        ``kept`` is what this try returned, encoded, when it returned something.
         """
         for index, known in enumerate(self.failures):
             if known is failure:
@@ -207,7 +219,10 @@ class Tally:
             self.new_failures.remove(failure)
         except ValueError:
             self.recovered.append(failure.ordinal)
-        self.done.append(failure.ordinal)
+        if kept is None:
+            self.done.append(failure.ordinal)
+        else:
+            self.kept.append((failure.ordinal, *kept))
         return True
 
     def unfail(self, failure: Failure) -> bool:

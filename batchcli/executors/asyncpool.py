@@ -11,6 +11,7 @@ from batchcli.executors.calls import ItemCalls
 from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, throttle_of
+from batchcli.journal.results import encode
 from batchcli.load.configuration import Configuration
 from batchcli.outcome import Tally
 
@@ -86,6 +87,7 @@ class AsyncExecutor:
         tally = self._tally
         ready = self._ready
         done = tally.done.append
+        kept = tally.kept.append
         call = self._calls.call
         next_item = self._next
         while True:
@@ -114,7 +116,8 @@ class AsyncExecutor:
                     ordinal, item = taken
             tally.in_flight += 1
             try:
-                await call(item)
+                if (result := await call(item)) is not None:
+                    result = encode(result)  # here, so a value that cannot be kept fails its item
             except Exception as error:
                 tally.in_flight -= 1
                 self._failed(ordinal, item, attempts, error)
@@ -128,7 +131,10 @@ class AsyncExecutor:
             else:
                 tally.in_flight -= 1
                 tally.succeeded += 1
-                done(ordinal)
+                if result is None:
+                    done(ordinal)
+                else:
+                    kept((ordinal, *result))
 
     def _update_slow(self) -> None:
         self._slow = (

@@ -260,6 +260,9 @@ class ChunkedExecutor:
         tally.in_flight -= len(entries)
         tally.succeeded += len(result.succeeded)
         tally.done.extend(result.succeeded)
+        if result.kept:
+            tally.succeeded += len(result.kept)
+            tally.kept.extend(result.kept)
         if result.errors or result.skipped:
             by_ordinal = {e.ordinal: e for e in entries}
             for error in result.errors:

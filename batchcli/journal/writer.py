@@ -24,6 +24,7 @@ from batchcli import __version__
 from batchcli.errors import JournalError
 from batchcli.outcome import Failure, Tally
 from batchcli.journal.records import failure_line, json_form, json_text
+from batchcli.journal.results import RESULTS_TABLE, Kept
 from batchcli.journal.rundir import FORMAT, JOURNAL_NAME, RunLock, check_safe, check_writable, connect, damaged
 from batchcli.journal.settled import Numbered, RangeSet, skip_keys, skip_ordinals
 
@@ -93,7 +94,7 @@ CREATE TABLE failures (
 );
 CREATE TABLE inputs (ordinal INTEGER PRIMARY KEY, item BLOB NOT NULL);
 CREATE TABLE timeline (session INTEGER NOT NULL, t REAL NOT NULL, succeeded INTEGER NOT NULL, failed INTEGER NOT NULL);
-""" + LIMITS_TABLE
+""" + LIMITS_TABLE + RESULTS_TABLE
 
 
 class Journal:
@@ -125,6 +126,7 @@ class Journal:
         self._pending: dict[int, Any] = {}
         self._unwritten: list[tuple[Any, ...]] = []
         self._unwritten_keys: list[Any] = []
+        self._unwritten_results: list[tuple[int, Any, str, bytes | None]] = []
         self._forgiven: list[int] = []
         self._released: list[int] = []
         self._unpointed = (0, 0)  # successes and failures of flushes whose timeline point was not written
@@ -214,7 +216,7 @@ class Journal:
             journal = cls(run_dir, conn, lock)
             journal._check_format()
             with conn:
-                conn.executescript(LIMITS_TABLE)
+                conn.executescript(LIMITS_TABLE + RESULTS_TABLE)
             return journal
         except sqlite3.DatabaseError as error:
             lock.release()
@@ -261,6 +263,11 @@ class Journal:
         """Failures of this session that succeeded on a later try (from the pause shell); the next ``record``
         drops their failure rows, in its transaction."""
         self._forgiven.extend(ordinals)
+
+    def keep(self, kept: list[Kept]) -> None:
+        """Results of items in the next ``record``'s ``done``: written in its transaction, keyed like the items."""
+        pending = self._pending if self.keyed else {}
+        self._unwritten_results.extend((o, pending.get(o), text, blob) for o, text, blob in kept)
 
     def release(self, ordinals: list[int]) -> None:
         """Failures of this session taken back as not final (the circuit breaker): the next ``record`` drops
@@ -329,6 +336,8 @@ class Journal:
                     added = conn.executemany("INSERT OR IGNORE INTO done_keys VALUES (?)", keys).rowcount
                 if self._unwritten:
                     conn.executemany(f"INSERT INTO failures VALUES ({', '.join('?' * 12)})", self._unwritten)
+                if self._unwritten_results:  # with the item's success: a crash keeps both or neither
+                    conn.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", self._unwritten_results)
                 if self._forgiven:
                     dropped, keys_added = self._drop_forgiven(conn)
                 dropped += released
@@ -356,6 +365,7 @@ class Journal:
         self.failed -= dropped
         lines = [failure_line(*_line_fields(row)) for row in self._unwritten]
         self._unwritten, self._unwritten_keys, self._forgiven, self._released = [], [], [], []
+        self._unwritten_results = []
         self._unpointed = (0, 0)
         return lines
 

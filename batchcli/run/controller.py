@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar
 
+from batchcli.journal.results import encode
 from batchcli.outcome import Failure
 from batchcli.run.display import Rate, status_line
 
@@ -170,7 +171,7 @@ class RunController:
         else:
             result = await asyncio.to_thread(process, item)
         if failure is not None:
-            self._run.tally.recover(failure)
+            self._run.tally.recover(failure, None if result is None else encode(result))
         return result
 
     def _find(self, item: Any) -> Failure | None:
