@@ -96,14 +96,15 @@ def read_results(run_dir: str | os.PathLike[str]) -> Iterator[Result]:
     Lazy: rows are read from the journal a chunk at a time, so memory stays flat however many there
     are (``pandas.DataFrame(r.value for r in read_results(run_dir))`` holds only the frame). A value that
     JSON could not hold comes back unpickled, and only from a journal you alone can write (loading a
-    pickle runs code), as for ``resume`` and ``retry``; its classes must be importable.
+    pickle runs code), as for ``resume`` and ``retry``; when its class is not importable, the job's
+    project is imported first, as ``resume`` would.
     """
     path = journal_path(Path(run_dir))  # a bad directory is an error now, not at the first item
     return _read(Path(run_dir), path)
 
 
 def _read(run_dir: Path, path: Path) -> Iterator[Result]:
-    checked = False
+    checked = loaded = False
     for ordinal, key, text, blob in _rows(path):
         if blob is None:
             yield Result(ordinal, key, json.loads(text))
@@ -111,7 +112,27 @@ def _read(run_dir: Path, path: Path) -> Iterator[Result]:
         if not checked:
             check_safe(run_dir)
             checked = True
-        yield Result(ordinal, key, pickle.loads(blob))
+        try:
+            value = pickle.loads(blob)
+        except (ImportError, AttributeError):
+            if loaded:
+                raise
+            # Its class lives in the job's project, which this process has not imported: import it, as resume would.
+            _load_project(path)
+            loaded = True
+            value = pickle.loads(blob)
+        yield Result(ordinal, key, value)
+
+
+def _load_project(path: Path) -> None:
+    from batchcli.load.project import load_project
+
+    conn = connect(path)
+    try:
+        (target,) = conn.execute("SELECT target FROM run").fetchone()
+    finally:
+        conn.close()
+    load_project(target)
 
 
 def _rows(path: Path, pickled: bool = True) -> Iterator[tuple[Any, ...]]:
