@@ -13,7 +13,10 @@ from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, throttle_of
 from batchcli.journal.results import encode
 from batchcli.load.configuration import Configuration
-from batchcli.outcome import Tally
+from batchcli.outcome import KEPT_OVERHEAD, Tally
+
+RECORDER_WAIT_S = 0.005
+"""How often a worker held back by a results backlog looks again (the recorder takes everything each flush)."""
 
 
 class AsyncExecutor:
@@ -135,6 +138,14 @@ class AsyncExecutor:
                     done(ordinal)
                 else:
                     kept((ordinal, *result))
+                    tally.kept_bytes += len(result[0]) + KEPT_OVERHEAD
+                    if tally.kept_backlog:
+                        await self._wait_for_recorder()
+
+    async def _wait_for_recorder(self) -> None:
+        """Results wait for the journal beyond the memory budget: start nothing until the recorder took them."""
+        while self._tally.kept_backlog and not self.stopping:
+            await asyncio.sleep(RECORDER_WAIT_S)
 
     def _update_slow(self) -> None:
         self._slow = (
@@ -308,5 +319,6 @@ class AsyncExecutor:
 
 # What a worker awaits when it is *not* processing an item.
 _HELPERS = frozenset(
-    f.__code__ for f in (AsyncExecutor._detour, AsyncExecutor._take_async, AsyncExecutor._wait_for_work)
+    f.__code__
+    for f in (AsyncExecutor._detour, AsyncExecutor._take_async, AsyncExecutor._wait_for_work, AsyncExecutor._wait_for_recorder)
 )

@@ -27,7 +27,7 @@ from batchcli.executors.messages import (
     WorkerLost,
 )
 from batchcli.executors.sizing import ChunkSizer
-from batchcli.outcome import Tally, qualified_name
+from batchcli.outcome import KEPT_OVERHEAD, Tally, qualified_name
 from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, Throttle
@@ -263,6 +263,7 @@ class ChunkedExecutor:
         if result.kept:
             tally.succeeded += len(result.kept)
             tally.kept.extend(result.kept)
+            tally.kept_bytes += sum(len(k[1]) for k in result.kept) + KEPT_OVERHEAD * len(result.kept)
         if result.errors or result.skipped:
             by_ordinal = {e.ordinal: e for e in entries}
             for error in result.errors:

@@ -25,21 +25,23 @@ from batchcli.journal.rundir import check_safe, connect, damaged, journal_path
 
 RESULTS_TABLE = """
 CREATE TABLE IF NOT EXISTS results (
-    ordinal INTEGER PRIMARY KEY,
-    key UNIQUE,
+    item PRIMARY KEY,
+    ordinal INTEGER NOT NULL,
     value TEXT NOT NULL,
     pickled BLOB
-);
+) WITHOUT ROWID;
 """
-"""One row per succeeded item whose ``process`` returned something other than None: ``value`` is its JSON
-(the JSON form of a pickled one), ``pickled`` the pickle when JSON could not hold it. Journals of older
-batchcli versions lack the table; ``Journal.open`` adds it and readers treat a missing one as empty."""
+"""One row per succeeded item whose ``process`` returned something other than None. ``item`` is the item's
+identity: its ordinal, or its key when the Source has ``item_key`` (a keyed source may change its order
+between sessions, so an ordinal can name another item then). ``value`` is the result's JSON (the JSON form
+of a pickled one), ``pickled`` the pickle when JSON could not hold it. Journals of older batchcli versions
+lack the table; ``Journal.open`` adds it and readers treat a missing one as empty."""
 
 Encoded = tuple[str, "bytes | None"]
 """A result as stored: its JSON text, and its pickle when JSON cannot hold it."""
 
 Kept = tuple[int, str, "bytes | None"]
-"""An item's ordinal and its encoded result, on their way to the journal."""
+"""An item's ordinal and its encoded result, on their way to the journal (a keyed run adds the key)."""
 
 FORMATS = ("jsonl", "csv")
 """What ``batchcli results --format`` writes."""
@@ -71,6 +73,35 @@ def encode(value: Any) -> Encoded:
     return json_text(json_form(value)), blob
 
 
+_BATCH = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+_INSERT_BATCH = (
+    "INSERT OR REPLACE INTO results (item, ordinal, value)"
+    " SELECT coalesce(value ->> 3, value ->> 0), value ->> 0, value ->> 1 FROM json_each(?)"
+)
+"""A batch of JSON results, ``[[ordinal, value, null, key?], ...]``, in one statement: SQLite runs it whole
+without Python's GIL, where ``executemany`` takes the GIL back for every row, and the run's loop thread,
+busy with items, makes each of those waits long (thousands of rows a second instead of a million)."""
+
+
+def write_results(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert ``(ordinal, value, pickled[, key])`` rows in the caller's transaction; one statement when JSON can carry them."""
+    plain, other = rows, []
+    if any(row[2] is not None for row in rows):
+        plain = [row for row in rows if row[2] is None]
+        other = [row for row in rows if row[2] is not None]
+    if plain:
+        try:
+            conn.execute(_INSERT_BATCH, (_BATCH(plain),))
+        except TypeError:  # a key JSON cannot carry (bytes): row by row
+            other += plain
+    if other:
+        conn.executemany(
+            "INSERT OR REPLACE INTO results (ordinal, value, pickled, item) VALUES (?, ?, ?, ?)",
+            ((*row[:3], row[3] if len(row) > 3 else row[0]) for row in other),
+        )
+
+
 def _shown(value: Any) -> str:
     try:
         return reprlib.repr(value)
@@ -100,12 +131,12 @@ def read_results(run_dir: str | os.PathLike[str]) -> Iterator[Result]:
     project is imported first, as ``resume`` would.
     """
     path = journal_path(Path(run_dir))  # a bad directory is an error now, not at the first item
-    return _read(Path(run_dir), path)
+    return _read(Path(run_dir), path, _keyed(path))
 
 
-def _read(run_dir: Path, path: Path) -> Iterator[Result]:
+def _read(run_dir: Path, path: Path, keyed: bool) -> Iterator[Result]:
     checked = loaded = False
-    for ordinal, key, text, blob in _rows(path):
+    for ordinal, key, text, blob in _rows(path, keyed):
         if blob is None:
             yield Result(ordinal, key, json.loads(text))
             continue
@@ -135,8 +166,8 @@ def _load_project(path: Path) -> None:
     load_project(target)
 
 
-def _rows(path: Path, pickled: bool = True) -> Iterator[tuple[Any, ...]]:
-    """``(ordinal, key, value, pickled)`` rows in source order, fetched a chunk at a time."""
+def _rows(path: Path, keyed: bool, pickled: bool = True) -> Iterator[tuple[Any, ...]]:
+    """``(ordinal, key or None, value, pickled)`` rows in source order, fetched a chunk at a time."""
     try:
         conn = connect(path)
     except sqlite3.Error as error:
@@ -145,7 +176,9 @@ def _rows(path: Path, pickled: bool = True) -> Iterator[tuple[Any, ...]]:
         if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'results'").fetchone() is None:
             return  # a journal from before results were kept
         column = "pickled" if pickled else "NULL"
-        cursor = conn.execute(f"SELECT ordinal, key, value, {column} FROM results ORDER BY ordinal")
+        # Unkeyed, the table's own order is the source's; keyed, SQLite sorts (spilling to disk, not to our memory).
+        key, order = ("item", "ordinal, item") if keyed else ("NULL", "item")
+        cursor = conn.execute(f"SELECT ordinal, {key}, value, {column} FROM results ORDER BY {order}")
         while rows := cursor.fetchmany(_CHUNK):
             yield from rows
     except sqlite3.Error as error:
@@ -176,8 +209,10 @@ def export(run_dir: Path, fmt: str, out: IO[str]) -> int:
     writer = csv.writer(out) if fmt == "csv" else None
     if writer is not None:
         writer.writerow(["ordinal", "key", "result"] if keyed else ["ordinal", "result"])
-    for ordinal, key, text, _ in _rows(path, pickled=False):
+    for ordinal, key, text, _ in _rows(path, keyed, pickled=False):
         count += 1
+        if isinstance(key, bytes):  # a bytes key, as text JSON and CSV can hold
+            key = key.decode("utf-8", "backslashreplace")
         if writer is None:
             row = {"ordinal": ordinal, "key": key, "result": None} if keyed else {"ordinal": ordinal, "result": None}
             line = json.dumps(row, ensure_ascii=False)

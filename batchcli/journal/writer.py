@@ -24,7 +24,7 @@ from batchcli import __version__
 from batchcli.errors import JournalError
 from batchcli.outcome import Failure, Tally
 from batchcli.journal.records import failure_line, json_form, json_text
-from batchcli.journal.results import RESULTS_TABLE, Kept
+from batchcli.journal.results import RESULTS_TABLE, Kept, write_results
 from batchcli.journal.rundir import FORMAT, JOURNAL_NAME, RunLock, check_safe, check_writable, connect, damaged
 from batchcli.journal.settled import Numbered, RangeSet, skip_keys, skip_ordinals
 
@@ -126,7 +126,7 @@ class Journal:
         self._pending: dict[int, Any] = {}
         self._unwritten: list[tuple[Any, ...]] = []
         self._unwritten_keys: list[Any] = []
-        self._unwritten_results: list[tuple[int, Any, str, bytes | None]] = []
+        self._unwritten_results: list[tuple[Any, ...]] = []
         self._forgiven: list[int] = []
         self._released: list[int] = []
         self._unpointed = (0, 0)  # successes and failures of flushes whose timeline point was not written
@@ -266,8 +266,11 @@ class Journal:
 
     def keep(self, kept: list[Kept]) -> None:
         """Results of items in the next ``record``'s ``done``: written in its transaction, keyed like the items."""
-        pending = self._pending if self.keyed else {}
-        self._unwritten_results.extend((o, pending.get(o), text, blob) for o, text, blob in kept)
+        if self.keyed:
+            pending = self._pending
+            self._unwritten_results.extend((o, text, blob, pending.get(o)) for o, text, blob in kept)
+        else:
+            self._unwritten_results.extend(kept)
 
     def release(self, ordinals: list[int]) -> None:
         """Failures of this session taken back as not final (the circuit breaker): the next ``record`` drops
@@ -337,7 +340,7 @@ class Journal:
                 if self._unwritten:
                     conn.executemany(f"INSERT INTO failures VALUES ({', '.join('?' * 12)})", self._unwritten)
                 if self._unwritten_results:  # with the item's success: a crash keeps both or neither
-                    conn.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", self._unwritten_results)
+                    write_results(conn, self._unwritten_results)
                 if self._forgiven:
                     dropped, keys_added = self._drop_forgiven(conn)
                 dropped += released

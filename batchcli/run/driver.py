@@ -18,7 +18,6 @@ from batchcli.errors import RunDirWriteError
 from batchcli.executors.base import Executor, make_executor
 from batchcli.journal.records import FailedFile
 from batchcli.journal.resumption import Continuation, defines_item_key
-from batchcli.journal.rundir import FLUSH_INTERVAL_S
 from batchcli.journal.writer import Journal
 from batchcli.load.project import format_user_traceback
 from batchcli.load.service import maybe_await
@@ -252,7 +251,7 @@ class Run:
         return journal
 
     def _record_loop(self) -> None:
-        while not self._finished.wait(FLUSH_INTERVAL_S):
+        while not self._finished.wait(self.recording.interval_s):
             self.recording.flush()
 
     def stop(self) -> None:

@@ -21,7 +21,7 @@ from batchcli.errors import RunDirWriteError
 from batchcli.journal.records import FailedFile, failure_record
 from batchcli.journal.rundir import FLUSH_INTERVAL_S
 from batchcli.journal.results import Kept
-from batchcli.outcome import Failure, Tally, log_failures, merge_ranges, runs
+from batchcli.outcome import KEPT_BACKLOG_MAX, Failure, Tally, log_failures, merge_ranges, runs
 
 log = logging.getLogger("batchcli")
 
@@ -97,6 +97,9 @@ class Recording:
         self._write_cause: BaseException | None = None
         self._gave_up = False
         self._lock = threading.Lock()
+        self.interval_s = FLUSH_INTERVAL_S
+        """How long the recorder thread waits before its next flush: shorter while results pour in, so the
+        memory they may wait in (``KEPT_BACKLOG_MAX``) does not cap the run's rate."""
 
     @property
     def stalled(self) -> bool:
@@ -110,7 +113,10 @@ class Recording:
         fails keeps everything in memory for the next flush and pauses the executor until one succeeds.
         """
         with self._lock:
+            taken = self.tally.taken_bytes
             kept = self.tally.take_kept()
+            busy = self.tally.taken_bytes - taken > KEPT_BACKLOG_MAX // 4
+            self.interval_s = FLUSH_INTERVAL_S / 4 if busy else FLUSH_INTERVAL_S
             done = self.tally.take_done()
             if kept:  # items with a result are settled by it alone: their ordinals join the others here
                 done = merge_ranges(done + runs(sorted(k[0] for k in kept)))
