@@ -107,6 +107,18 @@ def test_the_process_executor_keeps_results_encoded_in_its_workers(cli, tmp_path
     assert (results[2].value.x, results[3].value.y) == (3, 36)
 
 
+def test_a_keyed_source_reordered_on_resume_keeps_one_result_per_key(cli, tmp_path: Path) -> None:
+    """Results of a keyed run follow the key: resumed over a reshuffled source, each word has its own result once."""
+    crashed = cli("exec", WORDS, "-d", "out", "-p", "count=30", "-p", "seed=1", "-p", "crash_after=12")
+    assert crashed.exit_code == 3, crashed.output
+    assert len(list(batchcli.read_results(crashed.run_dir))) == 12
+    resumed = cli("resume", crashed.run_dir, "-p", "seed=2", "-p", "crash_after=-1")
+    assert resumed.exit_code == 0, resumed.output
+    results = list(batchcli.read_results(crashed.run_dir))
+    assert sorted(r.key for r in results) == sorted(f"word-{n}" for n in range(30))
+    assert all(r.value == r.key.upper() for r in results)
+
+
 def test_results_of_a_retry_run_hold_the_retried_items(cli, tmp_path: Path) -> None:
     """`batchcli retry` keeps what the retried items return in its own run, and `results` of it lists them."""
     first = cli("exec", WORDS, "-d", "out", "-p", "count=5", "-p", "fail_three=true")

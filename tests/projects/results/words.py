@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import random
+
 from batchcli import Param, Service, Source, inject
 
 
 @inject
 class Words(Source[str]):
-    """``word-0`` .. ``word-{count-1}``, keyed by themselves."""
+    """``word-0`` .. ``word-{count-1}``, keyed by themselves; shuffled by ``seed`` (when not 0); raises after
+    ``crash_after`` items (when >= 0), which crashes the run."""
 
-    def __init__(self, count: Param[int] = 5) -> None:
+    def __init__(self, count: Param[int] = 5, seed: Param[int] = 0, crash_after: Param[int] = -1) -> None:
         self.count = count
+        self.words = [f"word-{n}" for n in range(count)]
+        if seed:
+            random.Random(seed).shuffle(self.words)
+        self.crash_after = crash_after
 
     def __iter__(self):
-        return iter(f"word-{n}" for n in range(self.count))
+        for position, word in enumerate(self.words):
+            if position == self.crash_after:
+                raise RuntimeError(f"the source broke after {position} items")
+            yield word
 
     def __len__(self) -> int:
         return self.count
