@@ -90,7 +90,6 @@ class AsyncExecutor:
         tally = self._tally
         ready = self._ready
         done = tally.done.append
-        kept = tally.kept.append
         call = self._calls.call
         next_item = self._next
         while True:
@@ -119,8 +118,7 @@ class AsyncExecutor:
                     ordinal, item = taken
             tally.in_flight += 1
             try:
-                if (result := await call(item)) is not None:
-                    result = encode(result)  # here, so a value that cannot be kept fails its item
+                result = await call(item)
             except Exception as error:
                 tally.in_flight -= 1
                 self._failed(ordinal, item, attempts, error)
@@ -133,14 +131,25 @@ class AsyncExecutor:
                 self._failed(ordinal, item, attempts, error)
             else:
                 tally.in_flight -= 1
-                tally.succeeded += 1
                 if result is None:
+                    tally.succeeded += 1
                     done(ordinal)
-                else:
-                    kept((ordinal, *result))
-                    tally.kept_bytes += len(result[0]) + KEPT_OVERHEAD
-                    if tally.kept_backlog:
-                        await self._wait_for_recorder()
+                elif self._keep(ordinal, item, attempts, result):
+                    await self._wait_for_recorder()
+
+    def _keep(self, ordinal: int, item: Any, attempts: Attempts | None, result: Any) -> bool:
+        """A success that returned something: encoded here, so a value that cannot be kept fails its own item.
+        True when results wait for the journal beyond the memory budget."""
+        try:
+            text, blob = encode(result)
+        except Exception as error:
+            self._failed(ordinal, item, attempts, error)
+            return False
+        tally = self._tally
+        tally.succeeded += 1
+        tally.kept.append((ordinal, text, blob))
+        tally.kept_bytes += len(text) + KEPT_OVERHEAD
+        return tally.kept_backlog
 
     async def _wait_for_recorder(self) -> None:
         """Results wait for the journal beyond the memory budget: start nothing until the recorder took them."""

@@ -60,7 +60,7 @@ def encode(value: Any) -> Encoded:
     """``value`` as stored: JSON when JSON can write it, else pickled; ``UnkeepableResult`` when neither can."""
     try:
         return _to_json(value), None
-    except (TypeError, ValueError, RecursionError):
+    except Exception:  # not JSON (TypeError, ValueError for NaN or a cycle, RecursionError): try pickle
         pass
     try:
         blob = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
