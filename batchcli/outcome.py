@@ -47,6 +47,9 @@ KEPT_BACKLOG_MAX = 4 << 20
 KEPT_OVERHEAD = 200
 """What one waiting result costs beyond its text: its tuple, ordinal and str objects."""
 
+RECORDER_WAIT_S = 0.005
+"""How often an executor held back by a results backlog looks again (the recorder takes everything each flush)."""
+
 
 def qualified_name(cls: type) -> str:
     """``module.Class`` (just ``Class`` for builtins), as failure records name exception types."""

@@ -13,10 +13,7 @@ from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, throttle_of
 from batchcli.journal.results import encode
 from batchcli.load.configuration import Configuration
-from batchcli.outcome import KEPT_OVERHEAD, Tally
-
-RECORDER_WAIT_S = 0.005
-"""How often a worker held back by a results backlog looks again (the recorder takes everything each flush)."""
+from batchcli.outcome import KEPT_OVERHEAD, RECORDER_WAIT_S, Tally
 
 
 class AsyncExecutor:

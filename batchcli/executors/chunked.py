@@ -27,7 +27,7 @@ from batchcli.executors.messages import (
     WorkerLost,
 )
 from batchcli.executors.sizing import ChunkSizer
-from batchcli.outcome import KEPT_OVERHEAD, Tally, qualified_name
+from batchcli.outcome import KEPT_OVERHEAD, RECORDER_WAIT_S, Tally, qualified_name
 from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, Throttle
@@ -157,6 +157,9 @@ class ChunkedExecutor:
     async def _fill(self) -> None:
         if (left := self._cooldown.remaining_s) > 0:  # throttled: no chunk is sent until the cool-down ends
             self._loop.call_later(left, self._wake.set)
+            return
+        if self._tally.kept_backlog:  # results wait for the journal beyond the memory budget: send nothing yet
+            self._loop.call_later(RECORDER_WAIT_S, self._wake.set)
             return
         while not self.stopping and not self.paused and len(self._chunks) < CHUNKS_PER_SLOT * self._backend.slots():
             entries = await self._take()
