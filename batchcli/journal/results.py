@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import json.encoder
 import os
 import pickle
 import reprlib
@@ -49,7 +50,26 @@ FORMATS = ("jsonl", "csv")
 _CHUNK = 1000
 """Rows fetched from SQLite at a time when reading results back: memory stays flat however many there are."""
 
-_to_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"{type(value).__qualname__} is not JSON serializable")
+
+
+def _json_encoder() -> Any:
+    """The compact JSON of a value, no NaN. The C encoder made once, as ``JSONEncoder.encode`` does on every
+    call (half the cost of a small dict); no cycle check: a cycle ends in RecursionError, and pickle takes it."""
+    make = getattr(json.encoder, "c_make_encoder", None)  # not in the stubs
+    if make is None:  # a Python without the _json accelerator
+        return json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+    encoder = make(None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+    join = "".join
+
+    def to_json(value: Any) -> str:
+        return join(encoder(value, 0))
+
+    return to_json
+
+
+_to_json = _json_encoder()
 
 
 class UnkeepableResult(Exception):
@@ -70,7 +90,11 @@ def encode(value: Any) -> Encoded:
             f"JSON-serialisable and pickling it failed ({type(error).__name__}: {error}). Return plain data (dicts, "
             "lists, strings, numbers) or a picklable object, or return None and store the value yourself."
         ) from None
-    return json_text(json_form(value)), blob
+    try:
+        shown = json_text(json_form(value))
+    except Exception:  # a value json_form cannot walk (a cycle): its repr, for exports
+        shown = json.dumps(_shown(value), ensure_ascii=False)
+    return shown, blob
 
 
 _BATCH = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
