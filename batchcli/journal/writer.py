@@ -267,10 +267,18 @@ class Journal:
     def keep(self, kept: list[Kept]) -> None:
         """Results of items in the next ``record``'s ``done``: written in its transaction, keyed like the items."""
         if self.keyed:
-            pending = self._pending
-            self._unwritten_results.extend((o, text, blob, pending.get(o)) for o, text, blob in kept)
+            self._unwritten_results.extend((o, text, blob, self._key_of(o)) for o, text, blob in kept)
         else:
             self._unwritten_results.extend(kept)
+
+    def _key_of(self, ordinal: int) -> Any:
+        """The key of the item at ``ordinal``: waiting to settle, or a journaled failure retried from the pause shell."""
+        key = self._pending.get(ordinal)
+        if key is not None:
+            return key
+        where = (self.session, ordinal)
+        row = self._conn.execute("SELECT key FROM failures WHERE session = ? AND ordinal = ?", where).fetchone()
+        return None if row is None else row[0]
 
     def release(self, ordinals: list[int]) -> None:
         """Failures of this session taken back as not final (the circuit breaker): the next ``record`` drops
