@@ -116,7 +116,7 @@ class Recording:
             taken = self.tally.taken_bytes
             kept = self.tally.take_kept()
             busy = self.tally.taken_bytes - taken > KEPT_BACKLOG_MAX // 4
-            self.interval_s = FLUSH_INTERVAL_S / 4 if busy else FLUSH_INTERVAL_S
+            self.interval_s = FLUSH_INTERVAL_S / 20 if busy else FLUSH_INTERVAL_S
             done = self.tally.take_done()
             if kept:  # items with a result are settled by it alone: their ordinals join the others here
                 done = merge_ranges(done + runs(sorted(k[0] for k in kept)))
