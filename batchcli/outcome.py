@@ -40,6 +40,16 @@ class Failure:
 
 _SLICE = 65536
 
+KEPT_BACKLOG_MAX = 4 << 20
+"""About how many bytes of results may wait for the journal: past it, new items wait for the recorder
+(a job returning results faster than the disk takes them must not fill the memory instead)."""
+
+KEPT_OVERHEAD = 200
+"""What one waiting result costs beyond its text: its tuple, ordinal and str objects."""
+
+RECORDER_WAIT_S = 0.005
+"""How often an executor held back by a results backlog looks again (the recorder takes everything each flush)."""
+
 
 def qualified_name(cls: type) -> str:
     """``module.Class`` (just ``Class`` for builtins), as failure records name exception types."""
@@ -147,6 +157,13 @@ class Tally:
         self._paused_at: float | None = None
         self.done = array("q")
         """Ordinals that succeeded and are not yet journaled: 8 bytes each, no objects kept alive."""
+        self.kept: list[tuple[int, str, bytes | None]] = []
+        """Items that succeeded with a result, not yet journaled: ``(ordinal, JSON, pickle or None)`` as
+        ``journal.results.encode`` made it. Their ordinals are not in ``done``: one append settles an item."""
+        self.kept_bytes = 0
+        """About how much memory ``kept`` has taken in all (``KEPT_OVERHEAD`` each plus the text): the loop's count."""
+        self.taken_bytes = 0
+        """The same for what the recorder took out; each counter has one writer, so neither loses an update."""
         self.failures: list[Failure] = []
         """Every final failure, in order."""
         self.new_failures: deque[Failure] = deque()
@@ -198,11 +215,26 @@ class Tally:
         del done[:count]
         return merge_ranges(ranges)
 
-    def recover(self, failure: Failure) -> bool:
+    def take_kept(self) -> list[tuple[int, str, bytes | None]]:
+        """Remove the results recorded so far and return them (safe against concurrent appends, as ``take_done``)."""
+        kept = self.kept
+        count = len(kept)
+        taken = kept[:count]
+        del kept[:count]
+        self.taken_bytes += sum(len(k[1]) for k in taken) + KEPT_OVERHEAD * count
+        return taken
+
+    @property
+    def kept_backlog(self) -> bool:
+        """True while results wait for the journal beyond ``KEPT_BACKLOG_MAX``: new items should wait."""
+        return self.kept_bytes - self.taken_bytes > KEPT_BACKLOG_MAX
+
+    def recover(self, failure: Failure, kept: tuple[str, bytes | None] | None = None) -> bool:
         """Count a final failure that succeeded on a later try as a success (on the loop thread).
 
         False when ``failure`` is not one of ``failures`` (already recovered). A failure the recorder
         has not seen yet is simply dropped; one it has seen is queued in ``recovered`` for it to undo.
+        ``kept`` is what this try returned, encoded, when it returned something.
         """
         for index, known in enumerate(self.failures):
             if known is failure:
@@ -216,7 +248,11 @@ class Tally:
             self.new_failures.remove(failure)
         except ValueError:
             self.recovered.append(failure.ordinal)
-        self.done.append(failure.ordinal)
+        if kept is None:
+            self.done.append(failure.ordinal)
+        else:
+            self.kept.append((failure.ordinal, *kept))
+            self.kept_bytes += len(kept[0]) + KEPT_OVERHEAD
         return True
 
     def unfail(self, failure: Failure) -> bool:

@@ -40,9 +40,12 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from batchcli.journal.results import Result
 
 __all__ = ["FailedItem", "JobOutcome", "run_job"]
 
@@ -86,6 +89,9 @@ class JobOutcome:
     """What the run printed (warnings, errors, the final progress line)."""
     fatal: BaseException | None = None
     """The error that ended the run early (the Source raised, ``setup()`` failed), if any."""
+    results: tuple[Result, ...] = ()
+    """What ``process`` returned for each succeeded item (when not None), in source order: each a
+    ``Result`` with ``ordinal``, ``key`` and ``value``, as ``batchcli.read_results`` yields them."""
 
     @property
     def ok(self) -> bool:
@@ -114,6 +120,7 @@ def run_job(
         with tempfile.TemporaryDirectory(prefix="batchcli-test-", ignore_cleanup_errors=True) as scratch:
             return run_job(target, params=params, config=config, output_dir=scratch, environ=environ)
 
+    from batchcli.journal.results import read_results
     from batchcli.load.wiring import Wiring
     from batchcli.run.session import Fresh, RunOptions, Session
 
@@ -146,6 +153,7 @@ def run_job(
         run_dir=result.run_dir,
         output=buffer.getvalue(),
         fatal=result.fatal,
+        results=tuple(read_results(result.run_dir)),
     )
 
 

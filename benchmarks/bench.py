@@ -27,6 +27,7 @@ ROOT = HERE.parent
 NOOP = HERE / "jobs" / "noop.py"
 FAIL = HERE / "jobs" / "fail.py"
 HTTP_JOB = HERE / "jobs" / "api_client.py"
+RESULTS_JOB = HERE / "jobs" / "results.py"
 
 
 # ---------------------------------------------------------------- children: one measurement each
@@ -478,6 +479,26 @@ def throttled_api(rate: float = 500.0, seconds: float = 20.0) -> list[Row]:
     return rows
 
 
+def results() -> list[Row]:
+    """1M items returning a small dict (kept in the journal) vs the same items returning None, in one run of this script."""
+    n = 1_000_000
+    none = best(3, lambda: measure("batchcli", n, job=RESULTS_JOB))
+    kept = best(3, lambda: measure("batchcli", n, job=RESULTS_JOB, keep="true"))
+    ratio = kept["elapsed"] / none["elapsed"]
+    extra_mb = kept["rss_mb"] - none["rss_mb"]
+    return [
+        (
+            "results: 1M returning a dict vs None",
+            f"{kept['elapsed']:.2f} s",
+            f"{none['elapsed']:.2f} s",
+            f"{n / kept['elapsed']:,.0f}/s",
+            f"{kept['rss_mb']:.0f} MB",
+            ratio, 2.0, ratio <= 2.0,
+        ),
+        ("results: peak RSS over the None run", f"+{extra_mb:.1f} MB", f"{none['rss_mb']:.0f} MB", "", "", extra_mb, 20.0, extra_mb <= 20.0),
+    ]
+
+
 SCENARIOS: dict[str, Callable[[], list[Row]]] = {
     "overhead": overhead,
     "io": io_bound,
@@ -489,6 +510,7 @@ SCENARIOS: dict[str, Callable[[], list[Row]]] = {
     "token": expired_token,
     "flood": flood,
     "throttled": throttled_api,
+    "results": results,
 }
 
 

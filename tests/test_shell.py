@@ -13,6 +13,8 @@ import pytest
 from conftest import PROJECTS, newest_run, subprocess_env
 from joblog import JobLog, wait_for
 
+from batchcli import read_results
+
 PROMPT = r"In \["
 """IPython's input prompt (colour codes follow the bracket)."""
 
@@ -307,6 +309,8 @@ def test_concurrency_rate_limit_and_retries_from_the_shell(terminal, run_batchcl
     assert not failed.exists() or failed.read_text() == ""
     retried = run_batchcli("retry", str(newest_run(term.out)))  # the journal forgot the failures too
     assert (retried.exit_code, "nothing to retry" in retried.output) == (0, True), retried.output
+    kept = list(read_results(newest_run(term.out)))  # the items retried from the shell kept what they returned
+    assert [(r.ordinal, r.value) for r in kept] == [(n, f"processed {n}") for n in range(120)]
 
 
 @pytest.mark.parametrize(

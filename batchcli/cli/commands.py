@@ -334,6 +334,18 @@ def ctl(
     control(run_dir, command, Console(highlight=False))
 
 
+@app.command()
+def results(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    format: str = typer.Option("jsonl", "--format", "-f", help="jsonl (one JSON object per line) or csv."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+) -> None:
+    """Write what process() returned for each succeeded item, in source order, with its ordinal (and key)."""
+    from batchcli.cli.exporting import export_results
+
+    export_results(run_dir, format, output)
+
+
 def _exec_help(ctx: typer.Context, path: str | None, config: str | None) -> NoReturn:
     """typer's help for exec, then (with a PATH) the job's params and configuration fields."""
     text = ctx.get_help()  # typer's rich help prints itself and returns ""

@@ -11,8 +11,9 @@ from batchcli.executors.calls import ItemCalls
 from batchcli.executors.limiter import Limiter, Limits, checked_concurrency, checked_rate_limit
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, throttle_of
+from batchcli.journal.results import encode
 from batchcli.load.configuration import Configuration
-from batchcli.outcome import Tally
+from batchcli.outcome import KEPT_OVERHEAD, RECORDER_WAIT_S, Tally
 
 
 class AsyncExecutor:
@@ -123,7 +124,7 @@ class AsyncExecutor:
                     ordinal, item = taken
             tally.in_flight += 1
             try:
-                await call(item)
+                result = await call(item)
             except Exception as error:
                 tally.in_flight -= 1
                 self._failed(ordinal, item, attempts, error)
@@ -136,8 +137,30 @@ class AsyncExecutor:
                 self._failed(ordinal, item, attempts, error)
             else:
                 tally.in_flight -= 1
-                tally.succeeded += 1
-                done(ordinal)
+                if result is None:
+                    tally.succeeded += 1
+                    done(ordinal)
+                elif self._keep(ordinal, item, attempts, result):
+                    await self._wait_for_recorder()
+
+    def _keep(self, ordinal: int, item: Any, attempts: Attempts | None, result: Any) -> bool:
+        """A success that returned something: encoded here, so a value that cannot be kept fails its own item.
+        True when results wait for the journal beyond the memory budget."""
+        try:
+            text, blob = encode(result)
+        except Exception as error:
+            self._failed(ordinal, item, attempts, error)
+            return False
+        tally = self._tally
+        tally.succeeded += 1
+        tally.kept.append((ordinal, text, blob))
+        tally.kept_bytes += len(text) + KEPT_OVERHEAD
+        return tally.kept_backlog
+
+    async def _wait_for_recorder(self) -> None:
+        """Results wait for the journal beyond the memory budget: start nothing until the recorder took them."""
+        while self._tally.kept_backlog and not self.stopping:
+            await asyncio.sleep(RECORDER_WAIT_S)
 
     def _update_slow(self) -> None:
         self._slow = (
@@ -339,5 +362,6 @@ class AsyncExecutor:
 
 # What a worker awaits when it is *not* processing an item.
 _HELPERS = frozenset(
-    f.__code__ for f in (AsyncExecutor._detour, AsyncExecutor._take_async, AsyncExecutor._wait_for_work)
+    f.__code__
+    for f in (AsyncExecutor._detour, AsyncExecutor._take_async, AsyncExecutor._wait_for_work, AsyncExecutor._wait_for_recorder)
 )

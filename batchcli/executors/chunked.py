@@ -27,7 +27,7 @@ from batchcli.executors.messages import (
     WorkerLost,
 )
 from batchcli.executors.sizing import ChunkSizer
-from batchcli.outcome import Tally, qualified_name
+from batchcli.outcome import KEPT_OVERHEAD, RECORDER_WAIT_S, Tally, qualified_name
 from batchcli.executors.limiter import Limiter, Limits, checked_concurrency, checked_rate_limit
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, Throttle
@@ -165,6 +165,9 @@ class ChunkedExecutor:
         if (left := self._cooldown.remaining_s) > 0:  # throttled: no chunk is sent until the cool-down ends
             self._loop.call_later(left, self._wake.set)
             return
+        if self._tally.kept_backlog:  # results wait for the journal beyond the memory budget: send nothing yet
+            self._loop.call_later(RECORDER_WAIT_S, self._wake.set)
+            return
         while not self.stopping and not self.paused and len(self._chunks) < CHUNKS_PER_SLOT * self._backend.slots():
             entries = await self._take()
             if entries and not self.stopping:
@@ -276,6 +279,10 @@ class ChunkedExecutor:
         tally.in_flight -= len(entries)
         tally.succeeded += len(result.succeeded)
         tally.done.extend(result.succeeded)
+        if result.kept:
+            tally.succeeded += len(result.kept)
+            tally.kept.extend(result.kept)
+            tally.kept_bytes += sum(len(k[1]) for k in result.kept) + KEPT_OVERHEAD * len(result.kept)
         if result.errors or result.skipped:
             by_ordinal = {e.ordinal: e for e in entries}
             for error in result.errors:

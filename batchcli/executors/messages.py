@@ -6,7 +6,7 @@ text (``ErrorInfo``) because their classes may not exist where they arrive.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from batchcli.load.wiring import Wiring
@@ -106,6 +106,8 @@ class ChunkResult:
     """Wall time of the chunk in the worker, for sizing the next chunks."""
     pid: int
     """The worker process that ran it."""
+    kept: list[tuple[int, str, bytes | None]] = field(default_factory=list)
+    """Items that succeeded with a result: ordinal and the result encoded by the worker (not in ``succeeded``)."""
 
 
 class WorkerError(Exception):

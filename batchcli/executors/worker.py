@@ -21,6 +21,7 @@ from typing import Any, Awaitable, Callable
 from batchcli.executors.calls import ItemCalls
 from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.throttling import throttle_of
+from batchcli.journal.results import Kept, encode
 from batchcli.load.service import maybe_await
 from batchcli.load.wiring import Job
 from batchcli.executors.messages import (
@@ -120,13 +121,14 @@ class WorkerJob:
     ) -> ChunkResult:
         started = time.perf_counter()
         ok: list[int] = []
+        kept: list[Kept] = []
         errors: list[ItemError] = []
         calls = self._calls_for(chunk)
         if not calls.is_async and chunk.share == 1 and chunk.timeout_s is None:
-            skipped = self._run_inline(items, limiter, cancelled, stale, ok, errors)
+            skipped = self._run_inline(items, limiter, cancelled, stale, ok, kept, errors)
         else:
-            skipped = await self._run_lanes(items, calls.call, limiter, cancelled, stale, ok, errors)
-        return ChunkResult(ok, errors, skipped, time.perf_counter() - started, self.pid)
+            skipped = await self._run_lanes(items, calls.call, limiter, cancelled, stale, ok, kept, errors)
+        return ChunkResult(ok, errors, skipped, time.perf_counter() - started, self.pid, kept)
 
     def _run_inline(
         self,
@@ -135,6 +137,7 @@ class WorkerJob:
         cancelled: Callable[[], bool] | None,
         stale: Callable[[], bool] | None,
         ok: list[int],
+        kept: list[Kept],
         errors: list[ItemError],
     ) -> list[int]:
         # One sync item at a time needs no thread hop: call it right here.
@@ -145,13 +148,17 @@ class WorkerJob:
             if limiter.throttled and (delay := limiter.delay()) > 0 and not _sleep(delay, stale):
                 return [o for o, _ in items[index:]]  # the rate changed: the rest goes back unstarted
             try:
-                process(item)
+                if (result := process(item)) is not None:
+                    result = encode(result)  # here, so a value that cannot be kept fails its item
             except Exception as error:
                 errors.append(failed := self._error(ordinal, error))
                 if failed.throttled:  # the run cools down: the rest goes back to the driver unstarted
                     return [o for o, _ in items[index + 1 :]]
             else:
-                ok.append(ordinal)
+                if result is None:
+                    ok.append(ordinal)
+                else:
+                    kept.append((ordinal, *result))
         return []
 
     async def _run_lanes(
@@ -162,6 +169,7 @@ class WorkerJob:
         cancelled: Callable[[], bool] | None,
         stale: Callable[[], bool] | None,
         ok: list[int],
+        kept: list[Kept],
         errors: list[ItemError],
     ) -> list[int]:
         queue = deque(items)
@@ -180,7 +188,8 @@ class WorkerJob:
                     queue.clear()
                     return
                 try:
-                    await call(item)
+                    if (result := await call(item)) is not None:
+                        result = encode(result)
                 except asyncio.CancelledError:
                     raise  # stays in ``running``: reported as skipped
                 except Exception as error:
@@ -189,7 +198,10 @@ class WorkerJob:
                         held.extend(o for o, _ in queue)
                         queue.clear()
                 else:
-                    ok.append(ordinal)
+                    if result is None:
+                        ok.append(ordinal)
+                    else:
+                        kept.append((ordinal, *result))
                 running.discard(ordinal)
 
         pending = {asyncio.ensure_future(lane()) for _ in range(min(limiter.concurrency, len(items)))}

@@ -24,6 +24,7 @@ from batchcli import __version__
 from batchcli.errors import JournalError
 from batchcli.outcome import Failure, Tally
 from batchcli.journal.records import failure_line, json_form, json_text
+from batchcli.journal.results import RESULTS_TABLE, Kept, write_results
 from batchcli.journal.rundir import FORMAT, JOURNAL_NAME, RunLock, check_safe, check_writable, connect, damaged
 from batchcli.journal.selection import Selection, save_selection
 from batchcli.journal.settled import Numbered, RangeSet, skip_keys, skip_ordinals
@@ -101,7 +102,7 @@ CREATE TABLE failures (
 );
 CREATE TABLE inputs (ordinal INTEGER PRIMARY KEY, item BLOB NOT NULL);
 CREATE TABLE timeline (session INTEGER NOT NULL, t REAL NOT NULL, succeeded INTEGER NOT NULL, failed INTEGER NOT NULL);
-""" + LIMITS_TABLE + LIVE_TABLE
+""" + LIMITS_TABLE + LIVE_TABLE + RESULTS_TABLE
 
 
 class Journal:
@@ -135,6 +136,7 @@ class Journal:
         self._pending: dict[int, Any] = {}
         self._unwritten: list[tuple[Any, ...]] = []
         self._unwritten_keys: list[Any] = []
+        self._unwritten_results: list[tuple[Any, ...]] = []
         self._forgiven: list[int] = []
         self._released: list[int] = []
         self._unpointed = (0, 0)  # successes and failures of flushes whose timeline point was not written
@@ -238,7 +240,7 @@ class Journal:
             journal = cls(run_dir, conn, lock)
             journal._check_format()
             with conn:
-                conn.executescript(LIMITS_TABLE + LIVE_TABLE)
+                conn.executescript(LIMITS_TABLE + LIVE_TABLE + RESULTS_TABLE)
             return journal
         except sqlite3.DatabaseError as error:
             lock.release()
@@ -286,6 +288,22 @@ class Journal:
         """Failures of this session that succeeded on a later try (from the pause shell); the next ``record``
         drops their failure rows, in its transaction."""
         self._forgiven.extend(ordinals)
+
+    def keep(self, kept: list[Kept]) -> None:
+        """Results of items in the next ``record``'s ``done``: written in its transaction, keyed like the items."""
+        if self.keyed:
+            self._unwritten_results.extend((o, text, blob, self._key_of(o)) for o, text, blob in kept)
+        else:
+            self._unwritten_results.extend(kept)
+
+    def _key_of(self, ordinal: int) -> Any:
+        """The key of the item at ``ordinal``: waiting to settle, or a journaled failure retried from the pause shell."""
+        key = self._pending.get(ordinal)
+        if key is not None:
+            return key
+        where = (self.session, ordinal)
+        row = self._conn.execute("SELECT key FROM failures WHERE session = ? AND ordinal = ?", where).fetchone()
+        return None if row is None else row[0]
 
     def release(self, ordinals: list[int]) -> None:
         """Failures of this session taken back as not final (the circuit breaker): the next ``record`` drops
@@ -354,6 +372,8 @@ class Journal:
                     added = conn.executemany("INSERT OR IGNORE INTO done_keys VALUES (?)", keys).rowcount
                 if self._unwritten:
                     conn.executemany(f"INSERT INTO failures VALUES ({', '.join('?' * 12)})", self._unwritten)
+                if self._unwritten_results:  # with the item's success: a crash keeps both or neither
+                    write_results(conn, self._unwritten_results)
                 if self._forgiven:
                     dropped, keys_added = self._drop_forgiven(conn)
                 dropped += released
@@ -384,6 +404,7 @@ class Journal:
         self.failed -= dropped
         lines = [failure_line(*_line_fields(row)) for row in self._unwritten]
         self._unwritten, self._unwritten_keys, self._forgiven, self._released = [], [], [], []
+        self._unwritten_results = []
         self._unpointed = (0, 0)
         return lines
 

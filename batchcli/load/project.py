@@ -240,9 +240,7 @@ _RUNTIME_FRAMES = (*(f"{_STDLIB}/{name}" for name in ("importlib", "concurrent",
 
 def format_user_traceback(error: BaseException) -> str:
     """The traceback of ``error`` without batchcli's and importlib's own frames."""
-    import batchcli
-
-    ours = str(Path(batchcli.__file__).parent)
+    ours = str(Path(__file__).parent.parent)  # the batchcli package (not imported: the API above would import the journal)
     frames = [
         f
         for f in traceback.extract_tb(error.__traceback__)

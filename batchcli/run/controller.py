@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar, overload
 
 from batchcli.executors.limiter import checked_concurrency, checked_rate_limit
+from batchcli.journal.results import encode
 from batchcli.outcome import Failure
 from batchcli.run.display import Rate, run_counts, status_line
 
@@ -223,7 +224,7 @@ class RunController:
     async def _retry(self, failure: Failure | None, item: Any) -> Any:
         result = await self._process(item)
         if failure is not None:
-            self._run.tally.recover(failure)
+            self._run.tally.recover(failure, None if result is None else encode(result))
         return result
 
     async def _process(self, item: Any) -> Any:

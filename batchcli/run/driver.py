@@ -275,7 +275,7 @@ class Run:
         return journal
 
     def _record_loop(self) -> None:
-        while not self._finished.wait(FLUSH_INTERVAL_S):
+        while not self._finished.wait(self.recording.interval_s):
             self.recording.flush()
 
     def stop(self) -> None:

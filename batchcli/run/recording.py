@@ -20,7 +20,8 @@ from typing import Callable, Protocol
 from batchcli.errors import RunDirWriteError
 from batchcli.journal.records import FailedFile, failure_record
 from batchcli.journal.rundir import FLUSH_INTERVAL_S
-from batchcli.outcome import Failure, Tally, log_failures
+from batchcli.journal.results import Kept
+from batchcli.outcome import KEPT_BACKLOG_MAX, Failure, Tally, log_failures, merge_ranges, runs
 
 log = logging.getLogger("batchcli")
 
@@ -41,6 +42,9 @@ class Recorder(Protocol):
     def forgive(self, ordinals: list[int]) -> None:
         """Recorded failures of this session that later succeeded; their ordinals come in ``done`` too."""
 
+    def keep(self, kept: list[Kept]) -> None:
+        """Results of items whose ordinals come in the next ``record``'s ``done``: written in its transaction."""
+
     def release(self, ordinals: list[int]) -> None:
         """Recorded failures of this session taken back as not final; the items will settle again."""
 
@@ -54,6 +58,9 @@ class NullRecorder:
 
     def forgive(self, ordinals: list[int]) -> None:
         """Nothing to undo."""
+
+    def keep(self, kept: list[Kept]) -> None:
+        """Keep nothing."""
 
     def release(self, ordinals: list[int]) -> None:
         """Nothing to undo."""
@@ -90,6 +97,9 @@ class Recording:
         self._write_cause: BaseException | None = None
         self._gave_up = False
         self._lock = threading.Lock()
+        self.interval_s = FLUSH_INTERVAL_S
+        """How long the recorder thread waits before its next flush: shorter while results pour in, so the
+        memory they may wait in (``KEPT_BACKLOG_MAX``) does not cap the run's rate."""
 
     @property
     def stalled(self) -> bool:
@@ -103,7 +113,14 @@ class Recording:
         fails keeps everything in memory for the next flush and pauses the executor until one succeeds.
         """
         with self._lock:
+            taken = self.tally.taken_bytes
+            kept = self.tally.take_kept()
+            busy = self.tally.taken_bytes - taken > KEPT_BACKLOG_MAX // 4
+            self.interval_s = FLUSH_INTERVAL_S / 20 if busy else FLUSH_INTERVAL_S
             done = self.tally.take_done()
+            if kept:  # items with a result are settled by it alone: their ordinals join the others here
+                done = merge_ranges(done + runs(sorted(k[0] for k in kept)))
+                self.recorder.keep(kept)
             new = self.tally.new_failures
             failures = [new.popleft() for _ in range(len(new))]
             log_failures(failures)  # here, not on the loop thread: once each, even if the write below fails

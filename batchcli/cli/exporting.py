@@ -1,0 +1,45 @@
+"""``batchcli results``: a run's results to a file or stdout, and what to say when there are none."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from batchcli.errors import UsageError
+from batchcli.journal.results import check_format, export
+from batchcli.journal.rundir import journal_path
+
+
+def export_results(run_dir: Path, fmt: str, output: Path | None) -> None:
+    """Check the inputs, then write every result of ``run_dir`` to ``output`` (stdout when None)."""
+    check_format(fmt)
+    journal_path(run_dir)  # not a run directory: its error, before any file is made
+    if output is None:
+        count = export(run_dir, fmt, sys.stdout)
+    else:
+        count = _to_file(run_dir, fmt, output)
+    if count == 0:
+        print(f"Run {str(run_dir)!r} kept no results: its process() returned None for every item "
+              "(or no item succeeded yet).", file=sys.stderr)
+    elif output is not None:
+        print(f"Wrote {count:,} result(s) to {output}.", file=sys.stderr)
+
+
+def _to_file(run_dir: Path, fmt: str, output: Path) -> int:
+    """Written next to ``output`` and renamed, so a failed export never leaves half a file."""
+    if output.is_dir():
+        raise UsageError(f"-o {str(output)!r} is a directory. Give -o a file name, e.g. -o {output / ('results.' + fmt)}.")
+    parent = output.resolve().parent
+    if not parent.is_dir():
+        raise UsageError(f"-o {str(output)!r}: directory {str(parent)!r} does not exist. Create it, or give another -o.")
+    fd, draft = tempfile.mkstemp(prefix=f".{output.name}.", dir=parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+            count = export(run_dir, fmt, out)
+        os.replace(draft, output)
+    except BaseException:
+        Path(draft).unlink(missing_ok=True)
+        raise
+    return count

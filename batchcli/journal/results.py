@@ -1,0 +1,262 @@
+"""What ``process`` returned: kept in the journal with the item's success, read back in source order.
+
+A value JSON can write is stored as that JSON; anything else is pickled, with its JSON form beside
+it for exports (as a failed input is). A value is encoded where its item ran (the run's loop thread,
+or a worker process), so one that cannot be kept fails its own item there, through the usual retry
+rules, and never the run. The journal writes a result in the transaction that marks its item done.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import json.encoder
+import os
+import pickle
+import reprlib
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from batchcli.errors import UsageError
+from batchcli.journal.records import json_form, json_text
+from batchcli.journal.rundir import check_safe, connect, damaged, journal_path
+
+RESULTS_TABLE = """
+CREATE TABLE IF NOT EXISTS results (
+    item PRIMARY KEY,
+    ordinal INTEGER NOT NULL,
+    value TEXT NOT NULL,
+    pickled BLOB
+) WITHOUT ROWID;
+"""
+"""One row per succeeded item whose ``process`` returned something other than None. ``item`` is the item's
+identity: its ordinal, or its key when the Source has ``item_key`` (a keyed source may change its order
+between sessions, so an ordinal can name another item then). ``value`` is the result's JSON (the JSON form
+of a pickled one), ``pickled`` the pickle when JSON could not hold it. Journals of older batchcli versions
+lack the table; ``Journal.open`` adds it and readers treat a missing one as empty."""
+
+Encoded = tuple[str, "bytes | None"]
+"""A result as stored: its JSON text, and its pickle when JSON cannot hold it."""
+
+Kept = tuple[int, str, "bytes | None"]
+"""An item's ordinal and its encoded result, on their way to the journal (a keyed run adds the key)."""
+
+FORMATS = ("jsonl", "csv")
+"""What ``batchcli results --format`` writes."""
+
+_CHUNK = 1000
+"""Rows fetched from SQLite at a time when reading results back: memory stays flat however many there are."""
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"{type(value).__qualname__} is not JSON serializable")
+
+
+def _json_encoder() -> Any:
+    """The compact JSON of a value, no NaN. The C encoder made once, as ``JSONEncoder.encode`` does on every
+    call (half the cost of a small dict); no cycle check: a cycle ends in RecursionError, and pickle takes it."""
+    make = getattr(json.encoder, "c_make_encoder", None)  # not in the stubs
+    if make is None:  # a Python without the _json accelerator
+        return json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+    encoder = make(None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+    join = "".join
+
+    def to_json(value: Any) -> str:
+        return join(encoder(value, 0))
+
+    return to_json
+
+
+_to_json = _json_encoder()
+
+
+class UnkeepableResult(Exception):
+    """``process`` returned a value that is neither JSON-serialisable nor picklable: its item fails."""
+
+
+def encode(value: Any) -> Encoded:
+    """``value`` as stored: JSON when JSON can write it, else pickled; ``UnkeepableResult`` when neither can."""
+    try:
+        return _to_json(value), None
+    except Exception:  # not JSON (TypeError, ValueError for NaN or a cycle, RecursionError): try pickle
+        pass
+    try:
+        blob = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    except Exception as error:
+        raise UnkeepableResult(
+            f"process() returned {_shown(value)} ({type(value).__qualname__}), which batchcli cannot keep: it is not "
+            f"JSON-serialisable and pickling it failed ({type(error).__name__}: {error}). Return plain data (dicts, "
+            "lists, strings, numbers) or a picklable object, or return None and store the value yourself."
+        ) from None
+    try:
+        shown = json_text(json_form(value))
+    except Exception:  # a value json_form cannot walk (a cycle): its repr, for exports
+        shown = json.dumps(_shown(value), ensure_ascii=False)
+    return shown, blob
+
+
+_BATCH = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+_INSERT_BATCH = (
+    "INSERT OR REPLACE INTO results (item, ordinal, value)"
+    " SELECT coalesce(value ->> 3, value ->> 0), value ->> 0, value ->> 1 FROM json_each(?)"
+)
+"""A batch of JSON results, ``[[ordinal, value, null, key?], ...]``, in one statement: SQLite runs it whole
+without Python's GIL, where ``executemany`` takes the GIL back for every row, and the run's loop thread,
+busy with items, makes each of those waits long (thousands of rows a second instead of a million)."""
+
+
+def write_results(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert ``(ordinal, value, pickled[, key])`` rows in the caller's transaction; one statement when JSON can carry them."""
+    plain, other = rows, []
+    if any(row[2] is not None for row in rows):
+        plain = [row for row in rows if row[2] is None]
+        other = [row for row in rows if row[2] is not None]
+    if plain:
+        try:
+            conn.execute(_INSERT_BATCH, (_BATCH(plain),))
+        except TypeError:  # a key JSON cannot carry (bytes): row by row
+            other += plain
+    if other:
+        conn.executemany(
+            "INSERT OR REPLACE INTO results (ordinal, value, pickled, item) VALUES (?, ?, ?, ?)",
+            ((*row[:3], row[3] if len(row) > 3 else row[0]) for row in other),
+        )
+
+
+def _shown(value: Any) -> str:
+    try:
+        return reprlib.repr(value)
+    except Exception:
+        return f"<{type(value).__qualname__} object>"
+
+
+@dataclass(frozen=True)
+class Result:
+    """What ``process`` returned for one item."""
+
+    ordinal: int
+    """The item's position in the source (0-based)."""
+    key: Any
+    """The Source's ``item_key(item)`` as the journal stores it, or None when the Source has none."""
+    value: Any
+    """The returned value: parsed back from JSON, or unpickled."""
+
+
+def read_results(run_dir: str | os.PathLike[str]) -> Iterator[Result]:
+    """Yield what ``process`` returned for each succeeded item of a run, in source order, one per item.
+
+    Lazy: rows are read from the journal a chunk at a time, so memory stays flat however many there
+    are (``pandas.DataFrame(r.value for r in read_results(run_dir))`` holds only the frame). A value that
+    JSON could not hold comes back unpickled, and only from a journal you alone can write (loading a
+    pickle runs code), as for ``resume`` and ``retry``; when its class is not importable, the job's
+    project is imported first, as ``resume`` would.
+    """
+    path = journal_path(Path(run_dir))  # a bad directory is an error now, not at the first item
+    return _read(Path(run_dir), path, _keyed(path))
+
+
+def _read(run_dir: Path, path: Path, keyed: bool) -> Iterator[Result]:
+    checked = loaded = False
+    for ordinal, key, text, blob in _rows(path, keyed):
+        if blob is None:
+            yield Result(ordinal, key, json.loads(text))
+            continue
+        if not checked:
+            check_safe(run_dir)
+            checked = True
+        try:
+            value = pickle.loads(blob)
+        except (ImportError, AttributeError):
+            if loaded:
+                raise
+            # Its class lives in the job's project, which this process has not imported: import it, as resume would.
+            _load_project(path)
+            loaded = True
+            value = pickle.loads(blob)
+        yield Result(ordinal, key, value)
+
+
+def _load_project(path: Path) -> None:
+    from batchcli.load.project import load_project
+
+    conn = connect(path)
+    try:
+        (target,) = conn.execute("SELECT target FROM run").fetchone()
+    finally:
+        conn.close()
+    load_project(target)
+
+
+def _rows(path: Path, keyed: bool, pickled: bool = True) -> Iterator[tuple[Any, ...]]:
+    """``(ordinal, key or None, value, pickled)`` rows in source order, fetched a chunk at a time."""
+    try:
+        conn = connect(path)
+    except sqlite3.Error as error:
+        raise damaged(path, str(error)) from error
+    try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'results'").fetchone() is None:
+            return  # a journal from before results were kept
+        column = "pickled" if pickled else "NULL"
+        # Unkeyed, the table's own order is the source's; keyed, SQLite sorts (spilling to disk, not to our memory).
+        key, order = ("item", "ordinal, item") if keyed else ("NULL", "item")
+        cursor = conn.execute(f"SELECT ordinal, {key}, value, {column} FROM results ORDER BY {order}")
+        while rows := cursor.fetchmany(_CHUNK):
+            yield from rows
+    except sqlite3.Error as error:
+        raise damaged(path, str(error)) from error
+    finally:
+        conn.close()
+
+
+def check_format(name: str) -> str:
+    """``name`` when it is one of ``FORMATS``; else a ``UsageError`` naming it and the choices."""
+    if name not in FORMATS:
+        raise UsageError(
+            f"Unknown results format {name!r}. Give --format jsonl (one JSON object per line) or --format csv."
+        )
+    return name
+
+
+def export(run_dir: Path, fmt: str, out: IO[str]) -> int:
+    """Write the results of ``run_dir`` to ``out`` as JSON lines or CSV, in source order; returns how many.
+
+    Never unpickles: a value JSON could not hold is written as its JSON form (as ``failed.jsonl`` writes
+    inputs), so any journal you can read can be exported. The key column is there when the Source has one.
+    """
+    check_format(fmt)
+    path = journal_path(run_dir)
+    keyed = _keyed(path)
+    count = 0
+    writer = csv.writer(out) if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(["ordinal", "key", "result"] if keyed else ["ordinal", "result"])
+    for ordinal, key, text, _ in _rows(path, keyed, pickled=False):
+        count += 1
+        if isinstance(key, bytes):  # a bytes key, as text JSON and CSV can hold
+            key = key.decode("utf-8", "backslashreplace")
+        if writer is None:
+            row = {"ordinal": ordinal, "key": key, "result": None} if keyed else {"ordinal": ordinal, "result": None}
+            line = json.dumps(row, ensure_ascii=False)
+            out.write(line[: -len("null}")] + text + "}\n")  # the stored JSON as it is, not parsed and re-encoded
+        else:
+            value = json.loads(text)
+            cell = value if isinstance(value, str) else text  # a string as itself; anything else as its JSON
+            writer.writerow([ordinal, key, cell] if keyed else [ordinal, cell])
+    return count
+
+
+def _keyed(path: Path) -> bool:
+    try:
+        conn = connect(path)
+        try:
+            row = conn.execute("SELECT keyed FROM run").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as error:
+        raise damaged(path, str(error)) from error
+    if row is None:
+        raise damaged(path, "it has no run record")
+    return bool(row[0])

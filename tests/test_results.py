@@ -1,0 +1,266 @@
+"""What process() returns is kept exactly once per item, and comes back through `batchcli results`, read_results and run_job."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from conftest import subprocess_env
+
+import batchcli
+from batchcli.journal.rundir import read_run
+from batchcli.testing import run_job
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parent / "projects" / "results"
+SQUARES = PROJECT / "squares.py"
+WORDS = PROJECT / "words.py"
+
+
+def square(n: int) -> dict[str, int]:
+    return {"n": n, "square": n * n}
+
+
+def jsonl(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def journal_rows(run_dir: Path, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(run_dir / "journal.sqlite")
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def done_ordinals(run_dir: Path) -> set[int]:
+    return {n for start, stop in journal_rows(run_dir, "SELECT start, stop FROM done_ranges") for n in range(start, stop)}
+
+
+def test_results_export_as_jsonl_in_source_order_one_row_per_item_retries_included(cli, tmp_path: Path) -> None:
+    """A run's results come out in source order with their ordinals, once per item however many attempts it took; None keeps nothing."""
+    ran = cli("exec", SQUARES, "-d", "out", "-p", "count=12", "-p", "flaky_every=4", "-p", "none_every=5", "-p", "backoff_s=0")
+    assert ran.exit_code == 0, ran.output
+    exported = cli("results", ran.run_dir)
+    assert exported.exit_code == 0, exported.output
+    rows = jsonl(exported.output)
+    kept = [n for n in range(12) if n % 5]  # 0, 5 and 10 returned None; 4 and 8 succeeded on their second attempt
+    assert rows == [{"ordinal": n, "result": square(n)} for n in kept]
+    assert [r.value for r in batchcli.read_results(ran.run_dir)] == [square(n) for n in kept]
+
+
+def test_csv_export_of_a_keyed_source_carries_each_key_and_writes_to_a_file(cli, tmp_path: Path) -> None:
+    """A keyed source's results export as CSV with an ordinal, key and result column, to -o FILE; a failed item has no row."""
+    ran = cli("exec", WORDS, "-d", "out", "-p", "count=5", "-p", "fail_three=true")
+    assert ran.exit_code == 1, ran.output
+    exported = cli("results", ran.run_dir, "--format", "csv", "-o", "words.csv")
+    assert exported.exit_code == 0, exported.output
+    assert "Wrote 4 result(s) to words.csv." in exported.output
+    rows = list(csv.reader(io.StringIO((tmp_path / "words.csv").read_text())))
+    assert rows == [["ordinal", "key", "result"]] + [[str(n), f"word-{n}", f"WORD-{n}"] for n in (0, 1, 2, 4)]
+    keyed = jsonl(cli("results", ran.run_dir).output)
+    assert keyed[0] == {"ordinal": 0, "key": "word-0", "result": "WORD-0"}
+
+
+def test_unkeyed_csv_and_values_json_cannot_hold(cli, tmp_path: Path) -> None:
+    """An unkeyed CSV has no key column; a value JSON cannot hold is pickled, exported as its JSON form and read back as itself."""
+    ran = cli("exec", SQUARES, "-d", "out", "-p", "count=4", "-p", "point_every=3")
+    assert ran.exit_code == 0, ran.output
+    rows = list(csv.reader(io.StringIO(cli("results", ran.run_dir, "-f", "csv").output)))
+    assert rows[0] == ["ordinal", "result"]
+    assert rows[1:] == [["0", '{"x": 0, "y": 0}'], ["1", '{"n":1,"square":1}'], ["2", '{"n":2,"square":4}'], ["3", '{"x": 3, "y": 9}']]
+    values = [r.value for r in batchcli.read_results(ran.run_dir)]
+    assert type(values[0]).__name__ == "Point" and (values[3].x, values[3].y) == (3, 9)
+    assert values[1:3] == [square(1), square(2)]
+
+
+def test_a_result_that_cannot_be_kept_fails_only_its_item_with_the_reason(cli, tmp_path: Path) -> None:
+    """A returned lock (neither JSON nor picklable) fails that item, saying why and what to return; the run and its other results go on."""
+    ran = cli("exec", SQUARES, "-d", "out", "-p", "count=6", "-p", "lock_at=2")
+    assert ran.exit_code == 1, ran.output
+    (failure,) = ran.failed
+    assert failure["ordinal"] == 2
+    assert failure["error_type"] == "batchcli.journal.results.UnkeepableResult"
+    assert "cannot keep" in failure["error_message"] and "Return plain data" in failure["error_message"]
+    assert [r["ordinal"] for r in jsonl(cli("results", ran.run_dir).output)] == [0, 1, 3, 4, 5]
+
+
+def test_the_process_executor_keeps_results_encoded_in_its_workers(cli, tmp_path: Path) -> None:
+    """With executor=process, results (pickled ones too) come back in the chunk replies and an unkeepable one fails its item."""
+    ran = cli(
+        "exec", SQUARES, "-d", "out", "-p", "count=8", "-p", "executor=process", "-p", "concurrency=2",
+        "-p", "point_every=3", "-p", "none_every=5", "-p", "lock_at=4",
+    )
+    assert ran.exit_code == 1, ran.output
+    assert [f["ordinal"] for f in ran.failed] == [4]
+    results = list(batchcli.read_results(ran.run_dir))
+    assert [r.ordinal for r in results] == [1, 2, 3, 6, 7]
+    assert (results[2].value.x, results[3].value.y) == (3, 36)
+
+
+def test_a_keyed_source_reordered_on_resume_keeps_one_result_per_key(cli, tmp_path: Path) -> None:
+    """Results of a keyed run follow the key: resumed over a reshuffled source, each word has its own result once."""
+    crashed = cli("exec", WORDS, "-d", "out", "-p", "count=30", "-p", "seed=1", "-p", "crash_after=12")
+    assert crashed.exit_code == 3, crashed.output
+    assert len(list(batchcli.read_results(crashed.run_dir))) == 12
+    resumed = cli("resume", crashed.run_dir, "-p", "seed=2", "-p", "crash_after=-1")
+    assert resumed.exit_code == 0, resumed.output
+    results = list(batchcli.read_results(crashed.run_dir))
+    assert sorted(r.key for r in results) == sorted(f"word-{n}" for n in range(30))
+    assert all(r.value == r.key.upper() for r in results)
+
+
+def test_results_of_a_retry_run_hold_the_retried_items(cli, tmp_path: Path) -> None:
+    """`batchcli retry` keeps what the retried items return in its own run, and `results` of it lists them."""
+    first = cli("exec", WORDS, "-d", "out", "-p", "count=5", "-p", "fail_three=true")
+    assert first.exit_code == 1, first.output
+    again = cli("retry", first.run_dir, "-p", "fail_three=false")
+    assert again.exit_code == 0, again.output
+    assert jsonl(cli("results", again.run_dir).output) == [{"ordinal": 0, "result": "WORD-3"}]
+
+
+def test_a_run_without_results_says_so(cli, tmp_path: Path) -> None:
+    """A run whose process() returned None for every item exports nothing and says why, exit 0."""
+    ran = cli("exec", SQUARES, "-d", "out", "-p", "count=3", "-p", "none_every=1")
+    exported = cli("results", ran.run_dir)
+    assert exported.exit_code == 0
+    assert "kept no results" in exported.output and "returned None" in exported.output
+    assert list(batchcli.read_results(ran.run_dir)) == []
+
+
+def test_a_journal_from_before_results_reads_as_none_and_resumes_with_them(cli, tmp_path: Path) -> None:
+    """A journal without the results table (an older batchcli) has no results, and resuming it adds the table and keeps new ones."""
+    ran = cli("exec", SQUARES, "-d", "out", "-p", "count=6")
+    conn = sqlite3.connect(ran.run_dir / "journal.sqlite")
+    with conn:
+        conn.execute("DROP TABLE results")
+        conn.execute("DELETE FROM done_ranges")  # as if killed before anything was journaled
+        conn.execute("UPDATE sessions SET status = 'stopped'")
+    conn.close()
+    assert "kept no results" in cli("results", ran.run_dir).output
+    resumed = cli("resume", ran.run_dir)
+    assert resumed.exit_code == 0, resumed.output
+    assert [r.value for r in batchcli.read_results(ran.run_dir)] == [square(n) for n in range(6)]
+
+
+def test_bad_inputs_are_one_paragraph_errors_with_the_fix(cli, tmp_path: Path) -> None:
+    """An unknown --format and a RUN that is not a run directory exit 2 with the bad value and the fix, no traceback."""
+    ran = cli("exec", SQUARES, "-d", "out", "-p", "count=2")
+    bad_format = cli("results", ran.run_dir, "--format", "xlsx")
+    assert bad_format.exit_code == 2
+    assert "'xlsx'" in bad_format.output and "--format jsonl" in bad_format.output and "--format csv" in bad_format.output
+    (tmp_path / "plain").mkdir()
+    for not_a_run in ("plain", "missing"):
+        refused = cli("results", not_a_run)
+        assert refused.exit_code == 2, refused.output
+        assert repr(not_a_run) in refused.output and "batchcli runs -d OUTPUT_DIR" in refused.output
+        assert "Traceback" not in refused.output
+    assert not list(tmp_path.glob("*.jsonl"))
+
+
+def test_run_job_returns_the_results(tmp_path: Path) -> None:
+    """batchcli.testing.run_job returns each succeeded item's result, in source order, with ordinal and key."""
+    outcome = run_job(WORDS, params={"count": 3}, output_dir=tmp_path)
+    assert [(r.ordinal, r.key, r.value) for r in outcome.results] == [(n, f"word-{n}", f"WORD-{n}") for n in range(3)]
+
+
+def test_the_docs_example_runs_as_shown(cli, tmp_path: Path) -> None:
+    """The read_results example in docs/runs.md runs as written against a real run and prints its rows."""
+    page = (ROOT / "docs" / "runs.md").read_text(encoding="utf-8")
+    section = page.split("## Results", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    ran = cli("exec", ROOT / "examples" / "quickstart.py", "-d", "out", "-p", "count=3", "-p", "failure_rate=0")
+    assert ran.exit_code == 0, ran.output
+    proc = subprocess.run(
+        [sys.executable, "-c", code.replace("RUN_DIR", str(ran.run_dir))],
+        capture_output=True, text=True, env=subprocess_env(), timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "0 {'id': 1, 'name': 'user-1'}" in proc.stdout
+
+
+def start(tmp_path: Path, name: str, *args: Any) -> subprocess.Popen[bytes]:
+    output = open(tmp_path / name, "wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchcli", *[str(a) for a in args]], stdout=output, stderr=output, env=subprocess_env()
+    )
+
+
+def journaled(out: Path) -> int:
+    runs = list(out.glob("*/journal.sqlite")) if out.exists() else []
+    try:
+        info = read_run(runs[0].parent) if runs else None
+    except Exception:
+        return 0
+    return 0 if info is None else info.succeeded
+
+
+def wait_for(condition: Any, what: str, limit_s: float = 60) -> None:
+    """Poll until ``condition`` holds (the limit only stops a hung test; nothing is asserted about time)."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_results_are_exactly_once_after_kill_9_at_random_moments_and_resume(tmp_path: Path) -> None:
+    """kill -9 twice at random moments, then resume: each crash left a result for exactly the journaled items, and the end has one per item."""
+    count, out, logs = 400, tmp_path / "out", tmp_path / "logs"
+    logs.mkdir()
+    chance = random.Random()
+    args = ["-p", f"count={count}", "-p", f"log_dir={logs}", "-p", "delay_s=0.01", "-p", "concurrency=8"]
+    args += ["-p", "rate_limit=300", "-p", "none_every=5", "-p", "point_every=7"]
+    proc = start(tmp_path, "first.txt", "exec", SQUARES, "-d", out, *args)
+    for session, least in enumerate((chance.randint(20, 80), chance.randint(150, 250))):
+        wait_for(lambda: journaled(out) >= least, f"{least} journaled items")
+        time.sleep(chance.uniform(0, 0.25))  # anywhere between two flushes, or in the middle of one
+        proc.kill()
+        proc.wait()
+        run_dir = next(out.iterdir())
+        done = done_ordinals(run_dir)
+        kept = [o for (o,) in journal_rows(run_dir, "SELECT ordinal FROM results")]
+        assert len(kept) == len(set(kept))
+        assert set(kept) == {n for n in done if n % 5}, f"results and successes disagree after kill {session + 1}"
+        proc = start(tmp_path, f"resume-{session}.txt", "resume", run_dir)
+    assert proc.wait(timeout=120) == 0
+    attempts = sum(len(log.read_text().split()) for log in logs.glob("*.log"))
+    assert attempts >= count  # items in flight at a kill were processed again, yet have one result
+    results = list(batchcli.read_results(run_dir))
+    assert [r.ordinal for r in results] == [n for n in range(count) if n % 5]
+    for r in results:
+        assert (r.value.x, r.value.y) == (r.ordinal, r.ordinal**2) if r.ordinal % 7 == 0 else r.value == square(r.ordinal)
+
+
+MEMORY_CHILD = """
+import resource, sys
+import batchcli
+results = batchcli.read_results(sys.argv[1])
+first = next(results)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+count = 1 + sum(1 for _ in results)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(count, (after - before) / 1024)
+"""
+
+
+def test_read_results_streams_a_large_run_in_flat_memory(cli, tmp_path: Path) -> None:
+    """Reading 200k results back grows peak memory by a few MB at most: rows are fetched in chunks, never all held."""
+    count = 200_000
+    ran = cli("exec", ROOT / "benchmarks" / "jobs" / "results.py", "-d", "out", "-p", f"count={count}", "-p", "keep=true")
+    assert ran.exit_code == 0, ran.output
+    proc = subprocess.run(
+        [sys.executable, "-c", MEMORY_CHILD, str(ran.run_dir)], capture_output=True, text=True, env=subprocess_env(), timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    read, growth_mb = proc.stdout.split()
+    assert int(read) == count
+    assert float(growth_mb) < 8, f"peak RSS grew {growth_mb} MB reading {count} results"  # all of them held: ~100 MB
