@@ -301,3 +301,18 @@ def test_a_second_signal_reaches_process_workers_whose_items_never_await(piped) 
     summary = run.summary()
     assert (summary["status"], summary["failed"]) == ("stopped", 0)
     assert 0 < summary["succeeded"] and summary["unprocessed"] == 1_000_000 - summary["succeeded"] > 0
+
+
+def test_a_stop_while_items_only_wait_to_retry_ends_at_once(piped) -> None:
+    """When every item only waits 100 s for its retry, a SIGTERM ends the run at once and leaves them unprocessed."""
+    run = piped(
+        "stop_hostile", "-p", "count=20", "-p", "mode=raise", "-p", "retryable=true", "-p", "buffer=1",
+        "-p", "max_retries=3", "-p", "backoff_s=100", "-p", "backoff_max_s=100", "-p", "breaker_window=0",
+        "-p", "stop_timeout_s=600",
+    )
+    wait_for(lambda: len(run.log.numbers("fail")) == 20, "every item to fail once")
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 130, run.output  # within 15 s: long before a retry or the stop timeout
+    assert sorted(run.log.numbers("fail")) == list(range(20))  # no retry ran
+    summary = run.summary()
+    assert (summary["status"], summary["failed"], summary["unprocessed"]) == ("stopped", 0, 20)

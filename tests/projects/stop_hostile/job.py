@@ -4,7 +4,8 @@
 
 - ``ok``: ``async def process`` that never awaits (the loop never gets a turn from it), spinning
   ``spin_us`` microseconds of CPU per item so a large source runs far longer than any test waits;
-- ``raise``: the same, raising at once (a flood of failures);
+- ``raise``: the same, raising at once (a flood of failures); ``retryable=true`` raises a ``TimeoutError``,
+  which is retried;
 - ``swallow``: awaits a long sleep and swallows every ``CancelledError`` thrown into it.
 
 The ledger (``log_file``) gets ``done N`` after each success, ``fail N`` before each raise and
@@ -40,8 +41,14 @@ class Hostile(Service[int]):
     """Never awaits (``ok``, ``raise``) or swallows cancellation (``swallow``)."""
 
     def __init__(
-        self, log_file: Param[str], mode: Param[str] = "ok", spin_us: Param[float] = 0.0, buffer: Param[int] = 1 << 16
+        self,
+        log_file: Param[str],
+        mode: Param[str] = "ok",
+        spin_us: Param[float] = 0.0,
+        buffer: Param[int] = 1 << 16,
+        retryable: Param[bool] = False,
     ) -> None:
+        self.error = TimeoutError if retryable else ValueError
         self.ledger_path = log_file
         self.buffer = buffer
         self.mode = mode
@@ -57,7 +64,7 @@ class Hostile(Service[int]):
                 pass
         if self.mode == "raise":
             self.ledger.write(f"fail {item}\n")
-            raise ValueError(f"item {item} is bad")
+            raise self.error(f"item {item} is bad")
         if self.mode == "swallow":
             self.ledger.write(f"start {item}\n")
             while True:
