@@ -342,7 +342,8 @@ def test_no_shell_makes_ctrl_c_a_graceful_stop_even_on_a_terminal(terminal) -> N
 def test_ctrl_c_opens_the_shell_while_the_service_never_awaits(terminal) -> None:
     """A ``process`` that never awaits (a million items of 30 us) does not hold off Ctrl-C: the shell opens, paused."""
     term = terminal("stop_hostile", "-p", "count=1000000", "-p", "spin_us=30")
-    wait_for(lambda: term.log.path.exists(), "items to run")  # the ledger's first buffer of lines
+    # setup() makes the ledger; its first buffer of lines reaches it once items run
+    wait_for(lambda: term.log.path.exists() and term.log.path.stat().st_size > 0, "items to run")
     term.child.sendintr()
     term.expect("run paused")  # before the source ends: the expect times out first
     term.expect(PROMPT)
