@@ -1,6 +1,6 @@
 """``python -m batchcli``, and the ``batchcli`` command."""
 
-from batchcli.run.interrupts import EarlySignals
+from batchcli.run.interrupts import EarlySignals, ignore_stop_signals
 
 
 def main() -> None:
@@ -10,7 +10,17 @@ def main() -> None:
     EarlySignals.install()
     from batchcli.cli import main as run_cli
 
-    run_cli()
+    try:
+        run_cli()
+    except SystemExit as done:
+        from batchcli.run.report import EXIT_STOPPED  # loaded by now
+
+        if done.code == EXIT_STOPPED:
+            # The run stopped and everything is written. A late second Ctrl-C has nothing left to stop,
+            # and once the exiting interpreter has dropped its handlers it would kill the process
+            # (status -2 instead of 130).
+            ignore_stop_signals()
+        raise
 
 
 if __name__ == "__main__":

@@ -341,3 +341,35 @@ def test_no_shell_makes_ctrl_c_a_graceful_stop_even_on_a_terminal(terminal) -> N
     assert "In [" not in term.output()
     assert sorted(term.log.started()) == sorted(term.log.done())
     assert term.log.lines()[-1] == "finish"
+
+
+def test_ctrl_c_opens_the_shell_while_the_service_never_awaits(terminal) -> None:
+    """A ``process`` that never awaits (a million items of 30 us) does not hold off Ctrl-C: the shell opens, paused."""
+    term = terminal("stop_hostile", "-p", "count=1000000", "-p", "spin_us=30")
+    # setup() makes the ledger; its first buffer of lines reaches it once items run
+    wait_for(lambda: term.log.path.exists() and term.log.path.stat().st_size > 0, "items to run")
+    term.child.sendintr()
+    term.expect("run paused")  # before the source ends: the expect times out first
+    term.expect(PROMPT)
+    term.run("print('PAUSED', self.stats().paused, self.stats().in_flight)", "PAUSED True 0")
+    term.run("self.stop()", "stops when you leave")
+    term.run("exit", "Stopping")
+    assert term.exit_code() == 130
+    summary = term.summary()
+    assert summary["status"] == "stopped"
+    assert summary["succeeded"] > 0 and summary["unprocessed"] > 0
+
+
+def test_stop_ends_at_once_when_the_workers_only_wait_for_a_rate_slot(terminal) -> None:
+    """With ``rate_limit=0.01`` every worker waits 100 s for a start: ``self.stop()`` ends the run on leaving, not then."""
+    term = terminal("stop_hostile", "-p", "count=50", "-p", "rate_limit=0.01", "-p", "buffer=1", "-p", "stop_timeout_s=600")
+    wait_for(lambda: term.log.done() == [0], "the first item")  # the next start is 100 s away
+    term.child.sendintr()
+    term.expect("run paused")
+    term.expect(PROMPT)
+    term.run("self.stop()", "stops when you leave")
+    term.run("exit", "Stopping")
+    assert term.exit_code() == 130  # within pexpect's 30 s, far before the next slot or the stop timeout
+    assert term.log.lines()[-1] == "finish"
+    summary = term.summary()
+    assert (summary["status"], summary["succeeded"], summary["unprocessed"]) == ("stopped", 1, 49)

@@ -194,3 +194,125 @@ def test_a_signal_the_kernel_gives_to_another_thread_still_stops_the_run(tmp_pat
     assert len(done) < 400, "the run went on to the end: the signal was not handled while it ran"
     assert run_batchcli("resume", newest_run(tmp_path / "out")).exit_code == 0
     assert sorted(map(int, ledger.read_text().splitlines())) == list(range(400))
+
+
+# A Service that makes stopping hard: ``stop_hostile`` keeps a ledger (``done N``, ``fail N``, ``start N``).
+NEVER_AWAITS = ("stop_hostile", "-p", "count=1000000", "-p", "spin_us=30")
+"""A million items of 30 us each that never await: 30 s at the least, twice what ``Piped.wait`` allows."""
+
+
+def ledger_grew(run: Piped, since: int = 0) -> bool:
+    """The Service has written (and its buffer flushed) a few thousand more ledger lines."""
+    return run.log.path.exists() and run.log.path.stat().st_size > since + 20_000
+
+
+def ledger(run: Piped, event: str) -> list[bytes]:
+    """The ledger's ``event N`` lines (read as bytes: a million of them must stay cheap to check)."""
+    tag = event.encode() + b" "
+    return [line for line in run.log.path.read_bytes().split(b"\n") if line.startswith(tag)]
+
+
+def once_each(lines: list[bytes]) -> set[bytes]:
+    """The lines as a set, after checking none repeats (an item that ran twice)."""
+    seen = set(lines)
+    assert len(seen) == len(lines), "an item ran twice"
+    return seen
+
+
+def test_a_service_that_never_awaits_stops_on_every_signal(piped, run_batchcli) -> None:
+    """A ``process`` that never awaits cannot hold off SIGINT, SIGTERM or two SIGINTs: exit 130 each time, each item once."""
+    run = piped(*NEVER_AWAITS)
+    for session, signals in enumerate([(signal.SIGINT,), (signal.SIGTERM,), (signal.SIGINT, signal.SIGINT)]):
+        if session:  # the first session is the exec; the next ones resume it
+            size = run.log.path.stat().st_size
+            run.proc = subprocess.Popen(
+                [sys.executable, "-m", "batchcli", "resume", str(newest_run(run.out))],
+                cwd=run.out.parent, env=subprocess_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True,
+            )
+        wait_for(lambda: ledger_grew(run, size if session else 0), "items to run")
+        run.signal(signals[0])
+        if len(signals) > 1:  # the run may have ended already: then the second one must not kill it
+            wait_for(lambda: run.run_log().count("stopping") > session, "the stop to be logged")
+            run.signal(signals[1])
+        assert run.wait() == 130, run.output
+        assert "Traceback" not in run.output
+        summary = run.summary()
+        assert (summary["status"], summary["failed"]) == ("stopped", 0)
+        assert summary["succeeded"] == len(ledger(run, "done"))
+        assert summary["unprocessed"] == 1_000_000 - summary["succeeded"] > 0
+    resumed = run_batchcli("resume", str(newest_run(run.out)), "-p", "spin_us=0")
+    assert resumed.exit_code == 0, resumed.output
+    assert len(once_each(ledger(run, "done"))) == 1_000_000  # the source has no other items
+
+
+def test_a_flood_of_failures_that_never_awaits_stops_on_a_signal(piped, run_batchcli) -> None:
+    """Items that raise at once cannot hold off a SIGINT; each failed item ran once, and ``resume`` does the rest."""
+    run = piped(*NEVER_AWAITS, "-p", "mode=raise", "-p", "max_retries=0", "-p", "breaker_window=0")
+    wait_for(lambda: ledger_grew(run), "items to fail")
+    run.signal(signal.SIGINT)
+    assert run.wait() == 130, run.output
+    failed = {line.split()[1] for line in once_each(ledger(run, "fail"))}
+    summary = run.summary()
+    assert (summary["status"], summary["succeeded"], summary["failed"]) == ("stopped", 0, len(failed))
+    assert summary["unprocessed"] == 1_000_000 - len(failed) > 0
+    resumed = run_batchcli("resume", str(newest_run(run.out)), "-p", "mode=ok", "-p", "spin_us=0")
+    assert resumed.exit_code == 1, resumed.output  # the run has failures
+    done = {line.split()[1] for line in once_each(ledger(run, "done"))}
+    assert not done & failed
+    assert len(done | failed) == 1_000_000
+
+
+@pytest.mark.parametrize("second", ["signal", "stop_timeout_s"])
+def test_a_service_that_swallows_cancellation_still_stops_at_once(piped, run_batchcli, second: str) -> None:
+    """A ``process`` that catches every ``CancelledError`` cannot hold a second signal or the stop timeout: exit 130."""
+    timeout = "600" if second == "signal" else "0.5"
+    run = piped(
+        "stop_hostile", "-p", "mode=swallow", "-p", "buffer=1", "-p", "count=30", "-p", "concurrency=3",
+        "-p", f"stop_timeout_s={timeout}",
+    )
+    wait_for(lambda: len(run.log.started()) == 3, "3 items in flight")
+    run.signal(signal.SIGINT)
+    if second == "signal":
+        wait_for(lambda: "stopping" in run.run_log(), "the first stop to be logged")
+        run.signal(signal.SIGTERM)
+    assert run.wait() == 130, run.output  # the items would hold it for ever
+    assert "3 item(s) did not end within" in run.run_log()
+    assert "Traceback" not in run.output
+    assert run.log.lines()[-1] == "finish"
+    summary = run.summary()
+    assert (summary["status"], summary["succeeded"], summary["unprocessed"]) == ("stopped", 0, 30)
+    if second == "signal":  # the items stay for resume (the same journal either way)
+        resumed = run_batchcli("resume", str(newest_run(run.out)), "-p", "mode=ok")
+        assert resumed.exit_code == 0, resumed.output
+        assert sorted(run.log.done()) == list(range(30))
+
+
+def test_a_second_signal_reaches_process_workers_whose_items_never_await(piped) -> None:
+    """Worker lanes give their loop a turn, so a stop at once cancels a chunk of never-awaiting items mid-way."""
+    run = piped(*NEVER_AWAITS, "-p", "executor=process", "-p", "workers=1", "-p", "chunk_size=1000000")
+    wait_for(lambda: ledger_grew(run), "items to run in the workers")  # the one chunk alone would take 30 s
+    run.signal(signal.SIGINT)
+    wait_for(lambda: "stopping" in run.run_log(), "the first stop to be logged")
+    run.signal(signal.SIGINT)
+    assert run.wait() == 130, run.output
+    assert "stopping at once" in run.run_log()
+    assert "Traceback" not in run.output, run.output
+    summary = run.summary()
+    assert (summary["status"], summary["failed"]) == ("stopped", 0)
+    assert 0 < summary["succeeded"] and summary["unprocessed"] == 1_000_000 - summary["succeeded"] > 0
+
+
+def test_a_stop_while_items_only_wait_to_retry_ends_at_once(piped) -> None:
+    """When every item only waits 100 s for its retry, a SIGTERM ends the run at once and leaves them unprocessed."""
+    run = piped(
+        "stop_hostile", "-p", "count=20", "-p", "mode=raise", "-p", "retryable=true", "-p", "buffer=1",
+        "-p", "max_retries=3", "-p", "backoff_s=100", "-p", "backoff_max_s=100", "-p", "breaker_window=0",
+        "-p", "stop_timeout_s=600",
+    )
+    wait_for(lambda: len(run.log.numbers("fail")) == 20, "every item to fail once")
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 130, run.output  # within 15 s: long before a retry or the stop timeout
+    assert sorted(run.log.numbers("fail")) == list(range(20))  # no retry ran
+    summary = run.summary()
+    assert (summary["status"], summary["failed"], summary["unprocessed"]) == ("stopped", 0, 20)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from typing import Any, Callable, Iterator
 
@@ -14,6 +15,12 @@ from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, throttle_of
 from batchcli.journal.results import encode
 from batchcli.load.configuration import Configuration
 from batchcli.outcome import KEPT_OVERHEAD, RECORDER_WAIT_S, Tally
+
+log = logging.getLogger("batchcli")
+
+ABANDON_AFTER_S = 0.5
+"""After ``cancel()``, how long workers get to end before the run leaves them behind: a ``process`` that
+swallows ``CancelledError`` must not hold a hard stop."""
 
 
 class AsyncExecutor:
@@ -38,6 +45,9 @@ class AsyncExecutor:
         self._missing = 0
         """Workers the concurrency allows that are not started yet: started one at a time while there is work."""
         self._settled = False
+        self._turn_due = False
+        """Set by ``nudge()`` (any thread): the next worker gives the loop a turn before its next item."""
+        self._turn_asked = False
         self.stopping = False
         """True once a stop was asked for: no new item starts."""
         self.paused = False
@@ -63,6 +73,8 @@ class AsyncExecutor:
         self._new_limits = asyncio.Event()
         """Set (and replaced) when the rate limit changes or a stop comes: wakes starts waiting for a slot."""
         self._grow_timer = self._loop.call_later(GROW_INTERVAL_S, self._grow)
+        self._left = self._loop.create_future()
+        """Done when ``cancel()`` gave up on workers that did not end: ``run`` returns without them."""
         if not self.paused:  # a pause may come before the run starts (Ctrl-C during setup)
             self._gate.set()
         if isinstance(items, Iterator):
@@ -78,8 +90,8 @@ class AsyncExecutor:
             self._missing = self._limiter.concurrency - 1
             self._update_slow()
             self._spawn(1)
-            while self._workers:
-                await asyncio.wait(set(self._workers))
+            while self._workers and not self._left.done():
+                await asyncio.wait({*self._workers, self._left}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._grow_timer.cancel()
             self._retries.close()
@@ -170,6 +182,7 @@ class AsyncExecutor:
             or bool(self._retiring)
             or bool(self._missing)
             or self._limiter.throttled
+            or self._turn_due
         )
 
     @staticmethod
@@ -180,6 +193,14 @@ class AsyncExecutor:
 
     async def _detour(self) -> bool:
         """The uncommon cases before taking an item; True when this worker should end."""
+        if self._turn_due:
+            # A process() that never awaits would keep the loop to itself: signals, the pause shell's
+            # calls and timers (retries, the stop timeout) wait for this turn. The flag stays up until
+            # the loop has had it: the other workers queued behind this one must yield too.
+            if not self._turn_asked:
+                self._turn_asked = True
+                self._loop.call_soon(self._turn_taken)
+            await asyncio.sleep(0)
         if self.paused:
             await self._gate.wait()
         if self.stopping:
@@ -214,6 +235,10 @@ class AsyncExecutor:
             if self.paused:
                 return await self._detour()
         return False
+
+    def _turn_taken(self) -> None:
+        self._turn_asked = self._turn_due = False
+        self._update_slow()
 
     def _exhausted(self) -> None:
         self._tally.exhausted = True
@@ -270,6 +295,16 @@ class AsyncExecutor:
         self._ready.append((ordinal, item, attempts))
         self._wake.set()
 
+    def nudge(self) -> None:
+        """Have a worker give the loop a turn before its next item (thread-safe: it only sets flags).
+
+        The run calls it with every callback it sends to the loop and a few times a second, so a
+        ``process`` that never awaits cannot hold the loop: costs nothing per item (``_slow`` is
+        checked anyway).
+        """
+        self._turn_due = True
+        self._slow = True
+
     # Control, from the loop's thread.
 
     def stop(self) -> None:
@@ -283,12 +318,37 @@ class AsyncExecutor:
             self._wake.set()
             self._cool_over.set()
             self._limits_changed()
+        # A worker between items (asleep for its rate-limit slot) holds nothing: end it now, so a stop
+        # with nothing in flight does not wait for a slot that may be minutes away.
+        for task in self._between_items():
+            task.cancel()
 
     def cancel(self) -> None:
-        """Stop at once: cancel in-flight items, leaving them unprocessed."""
+        """Stop at once: cancel in-flight items, leaving them unprocessed (given up after ``ABANDON_AFTER_S``)."""
         self.stop()
         for task in list(self._workers):
             task.cancel()
+        if self._workers and hasattr(self, "_left"):
+            self._loop.call_later(ABANDON_AFTER_S, self._leave_stuck)
+
+    def _leave_stuck(self) -> None:
+        stuck = [task for task in self._workers if not task.done()]
+        if stuck and not self._left.done():
+            log.warning(
+                "%d item(s) did not end within %gs of being cancelled (does process() catch CancelledError?); "
+                "leaving them: they stay unprocessed.",
+                len(stuck),
+                ABANDON_AFTER_S,
+            )
+            self._left.set_result(None)
+
+    def _between_items(self) -> list[asyncio.Task[None]]:
+        """The workers suspended in ``_detour``: waiting to start their next item, holding none."""
+        return [
+            task
+            for task in self._workers
+            if getattr(getattr(task.get_coro(), "cr_await", None), "cr_code", None) is _DETOUR
+        ]
 
     def pause(self) -> None:
         """Start no new item until ``resume``; in-flight items finish."""
@@ -365,3 +425,4 @@ _HELPERS = frozenset(
     f.__code__
     for f in (AsyncExecutor._detour, AsyncExecutor._take_async, AsyncExecutor._wait_for_work, AsyncExecutor._wait_for_recorder)
 )
+_DETOUR = AsyncExecutor._detour.__code__

@@ -52,6 +52,9 @@ class Executor(Protocol):
     def cancel(self) -> None:
         """Stop at once: in-flight items stay unprocessed. During ``start()``, abandon it where that is safe."""
 
+    def nudge(self) -> None:
+        """Let the run's loop have a turn soon even if items never await; any thread may call it."""
+
     def pause(self) -> None:
         """Start nothing new until ``resume``; in-flight items finish."""
 

@@ -346,6 +346,9 @@ class ChunkedExecutor:
         self.stop()
         self._backend.cancel()
 
+    def nudge(self) -> None:
+        """Nothing to do: the user's code runs in the workers, so nothing holds this loop."""
+
     def pause(self) -> None:
         """Send no new chunk until ``resume``; chunks in flight finish."""
         self.paused = True

@@ -74,6 +74,11 @@ class InProcessExecutor:
         if self._pool is not None:
             self._pool.stop()
 
+    def nudge(self) -> None:
+        """Have the pool give the loop a turn before its next item (thread-safe)."""
+        if self._pool is not None:
+            self._pool.nudge()
+
     def pause(self) -> None:
         """Start nothing new until ``resume``."""
         if self._pool is not None:

@@ -36,6 +36,9 @@ from batchcli.executors.messages import (
 CANCEL_POLL_S = 0.05
 """How often a chunk checks whether the run is being cancelled (process executor)."""
 
+TURN_S = 0.05
+"""How long a lane may run items that never await before it gives the worker's loop a turn (for the cancel check)."""
+
 
 class WorkerJob:
     """One run's job in a worker process: its Service, set up once, on an event loop of its own.
@@ -178,6 +181,7 @@ class WorkerJob:
         """Items not started because a throttle came back: the driver sends them after the cool-down."""
 
         async def lane() -> None:
+            turn_at = time.monotonic() + TURN_S
             while queue:
                 ordinal, item = queue.popleft()
                 running.add(ordinal)
@@ -203,6 +207,10 @@ class WorkerJob:
                     else:
                         kept.append((ordinal, *result))
                 running.discard(ordinal)
+                # An item that never awaits keeps the loop: a clock read per item, a turn now and then.
+                if (now := time.monotonic()) >= turn_at:
+                    turn_at = now + TURN_S
+                    await asyncio.sleep(0)
 
         pending = {asyncio.ensure_future(lane()) for _ in range(min(limiter.concurrency, len(items)))}
         while pending:

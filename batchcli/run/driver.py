@@ -29,6 +29,7 @@ from batchcli.outcome import Tally
 from batchcli.run.breaker import Breaker
 from batchcli.run.control import ControlChannel, live_state
 from batchcli.run.display import make_display
+from batchcli.run.hardstop import HardStop
 from batchcli.run.interrupts import EarlySignals, RunSignals
 from batchcli.run.logs import start_logging
 from batchcli.run.notify import Notifier, notifier_of
@@ -104,6 +105,9 @@ class Run:
         self.display: Any = None
         self._closing = False
         self._hard_stopped = False
+        self._hard_stop = HardStop()
+        """When the main thread stops waiting for a loop thread that a hard stop did not end."""
+        self._left_loop = False
         self._stop_timer: asyncio.TimerHandle | None = None
         self.breaker: Breaker | None = None
         """The circuit breaker, once the executor runs (None when ``breaker_window=0``)."""
@@ -178,7 +182,11 @@ class Run:
                 self._wake.clear()
                 if self._pause_requested.is_set():
                     self._open_pause()
-            loop_thread.join()
+                self._nudge()  # a turn for the loop's timers, even while items never await
+                if self._hard_stop.overdue():
+                    self._leave_loop()
+            if not self._left_loop:
+                loop_thread.join()
             recorder.join()
             self.recording.last_flush()
         finally:
@@ -249,7 +257,17 @@ class Run:
 
     def cancel(self) -> None:
         """Stop at once (thread-safe): in-flight items stay unprocessed."""
+        self._hard_stop.begin()
         self.call_in_loop(self._cancel)
+
+    def _leave_loop(self) -> None:
+        # The journal, the summary and the exit go ahead without the loop thread (a daemon).
+        self._left_loop = True
+        if not self._hard_stop.hooks_ran:
+            log.warning(
+                "The Service's code still holds the event loop; leaving it without finish() and persist_failed."
+            )
+        self._finished.set()  # the recorder's cue to stop; the main thread then flushes once more
 
     def stop_report(self) -> tuple[int, float]:
         """Items in flight and the stop timeout, for the signal handler's log line."""
@@ -335,6 +353,13 @@ class Run:
                 self._loop.call_soon_threadsafe(callback)
             except RuntimeError:  # the loop closed in between
                 pass
+            self._nudge()
+
+    def _nudge(self) -> None:
+        """Have the executor give the loop a turn soon, however long its items go without awaiting."""
+        executor = self.executor or self._starting
+        if executor is not None:
+            executor.nudge()
 
     # The executor side, on the loop thread.
 
@@ -389,6 +414,7 @@ class Run:
             failed = [f.item for f in self.tally.failures]
             if failed:
                 await self._call_hook("persist_failed", lambda: source.persist_failed(failed))
+            self._hard_stop.wound_up()
 
     def _items(self) -> tuple[Iterator[tuple[int, Any]] | AsyncIterator[tuple[int, Any]], Iterator[int]]:
         # zip() with a counter numbers the items in C; after exhaustion the counter tells how many came.
@@ -460,6 +486,7 @@ class Run:
 
     def _cancel(self) -> None:
         self._hard_stopped = True
+        self._hard_stop.begin()
         executor = self.executor or self._starting
         if executor is not None:
             executor.cancel()
@@ -485,7 +512,7 @@ class Run:
             fatal=self._fatal,
             stop_requested=self.stop_requested.is_set(),
             write_error=self.recording.write_error(),
-            threads_left=_item_threads_alive() if self._hard_stopped else 0,
+            threads_left=int(self._left_loop) + (_item_threads_alive() if self._hard_stop.begun else 0),
             breaker=None if self.breaker is None else dataclasses.asdict(self.breaker.counts),
             stop_reason=self.breaker_message,
         )

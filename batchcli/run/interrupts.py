@@ -122,6 +122,13 @@ class EarlySignals:
             self._raise(self.received)
 
 
+def ignore_stop_signals() -> None:
+    """From now on SIGINT and SIGTERM do nothing (on the main thread only; elsewhere this does nothing)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+
+
 class Stoppable(Protocol):
     """What the run's signal handler needs of the run."""
 
