@@ -58,6 +58,7 @@ class AsyncExecutor:
         self._gate = asyncio.Event()
         self._cool_over = asyncio.Event()
         self._grow_timer = self._loop.call_later(GROW_INTERVAL_S, self._grow)
+        self._cooldown.start()
         if not self.paused:  # a pause may come before the run starts (Ctrl-C during setup)
             self._gate.set()
         if isinstance(items, Iterator):
@@ -165,6 +166,8 @@ class AsyncExecutor:
                 return await self._detour()
         if self._limiter.throttled and (delay := self._limiter.delay()) > 0:
             await asyncio.sleep(delay)
+            if self.paused or self.stopping or self._cooling:  # began while this start waited its turn
+                return await self._detour()
         return False
 
     def _exhausted(self) -> None:

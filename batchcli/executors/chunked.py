@@ -133,6 +133,7 @@ class ChunkedExecutor:
         self._retries.bind(self._loop)
         self._wake = asyncio.Event()
         self._grow_timer = self._loop.call_later(GROW_INTERVAL_S, self._grow)
+        self._cooldown.start()
         if isinstance(items, Iterator):
             self._next: Callable[[], tuple[int, Any]] | None = items.__next__
         else:
