@@ -102,6 +102,16 @@ def test_expired_token_stops_resumably_then_resume_finishes(api: FlakyApi, tmp_p
     assert "breaker" in shown.output and "opened 1 time," in shown.output
 
 
+def test_expired_token_with_worker_processes_stops_within_the_window(api: FlakyApi, tmp_path: Path) -> None:
+    """With executor=process, chunks already sent stop early: a bad token costs about a window of attempts, not chunks."""
+    stopped = run(args(api, tmp_path / "out", token="bad", concurrency=4, breaker_max_wait_s=0.5, executor="process", workers=2))
+    assert stopped.exit_code == 130, stopped.output
+    assert api.statuses[401] <= 30  # window 20 + concurrency 4, and a probe or two (it was about 70, and 127)
+    summary = stopped.summary
+    assert (summary["succeeded"], summary["failed"], summary["unprocessed"]) == (0, 0, 200)
+    assert stopped.failed == [] and journal_failures(stopped.run_dir) == 0
+
+
 def test_failures_already_journaled_are_taken_back(api: FlakyApi, tmp_path: Path) -> None:
     """Failures written to the journal and failed.jsonl before the trip leave both when the breaker takes them back."""
     stopped = run(args(api, tmp_path / "out", token="bad", count=50, pause_s=0.1, concurrency=2, breaker_max_wait_s=0.3))

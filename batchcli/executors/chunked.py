@@ -206,7 +206,10 @@ class ChunkedExecutor:
             payload = pickle.dumps([(e.ordinal, e.item) for e in entries], pickle.HIGHEST_PROTOCOL)
         slots, limits = self._backend.slots(), self._limiter.limits
         rate = None if limits.rate_limit is None else limits.rate_limit / slots
-        chunk = Chunk(next(self._ids), payload, len(entries), self._share(slots), self._config.item_timeout_s, rate)
+        chunk = Chunk(
+            next(self._ids), payload, len(entries), self._share(slots), self._config.item_timeout_s, rate,
+            self._give_back(slots),
+        )
         self._tally.in_flight += len(entries)
         task = self._loop.create_task(self._run_chunk(chunk, entries))
         self._chunks[task] = entries
@@ -232,6 +235,16 @@ class ChunkedExecutor:
             else:
                 kept.append(entry)
         return kept
+
+    def _give_back(self, slots: int) -> tuple[int, float] | None:
+        # The breaker decides here, on outcomes that come back a chunk at a time: a chunk that is failing
+        # stops after its part of the failures that open the breaker, so the chunks in flight together
+        # spend about one breaker window of items, not their whole length.
+        config = self._config
+        if config.breaker_window == 0:
+            return None
+        opening = math.ceil(config.breaker_failure_rate * config.breaker_window)
+        return max(1, math.ceil(opening / (2 * CHUNKS_PER_SLOT * slots))), config.breaker_failure_rate
 
     def _share(self, slots: int) -> int:
         # ``concurrency`` is the total in flight; each running chunk gets its part of it.

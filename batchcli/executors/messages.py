@@ -51,6 +51,9 @@ class Chunk:
     """``item_timeout_s``: an attempt running longer fails with a (retryable) ``TimeoutError``."""
     rate: float | None = None
     """Most items this chunk starts per second: its share of ``rate_limit``."""
+    give_back: tuple[int, float] | None = None
+    """With the circuit breaker on: after this many failed items in the chunk, at least this share of its
+    attempts, the worker starts no more of it and hands the rest back unstarted (the driver decides)."""
 
 
 @dataclass(frozen=True)

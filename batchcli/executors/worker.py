@@ -110,10 +110,11 @@ class WorkerJob:
         ok: list[int] = []
         errors: list[ItemError] = []
         calls = self._calls_for(chunk)
+        failing = _Failing(chunk.give_back)
         if not calls.is_async and chunk.share == 1 and chunk.timeout_s is None:
-            skipped = self._run_inline(items, limiter, cancelled, ok, errors)
+            skipped = self._run_inline(items, limiter, cancelled, ok, errors, failing)
         else:
-            skipped = await self._run_lanes(items, calls.call, limiter, cancelled, ok, errors)
+            skipped = await self._run_lanes(items, calls.call, limiter, cancelled, ok, errors, failing)
         return ChunkResult(ok, errors, skipped, time.perf_counter() - started, self.pid)
 
     def _run_inline(
@@ -123,6 +124,7 @@ class WorkerJob:
         cancelled: Callable[[], bool] | None,
         ok: list[int],
         errors: list[ItemError],
+        failing: _Failing,
     ) -> list[int]:
         # One sync item at a time needs no thread hop: call it right here.
         process = self._process
@@ -135,7 +137,8 @@ class WorkerJob:
                 process(item)
             except Exception as error:
                 errors.append(failed := self._error(ordinal, error))
-                if failed.throttled:  # the run cools down: the rest goes back to the driver unstarted
+                # The run cools down, or the breaker may open: the rest goes back to the driver unstarted.
+                if failed.throttled or failing.enough(len(errors), len(ok)):
                     return [o for o, _ in items[index + 1 :]]
             else:
                 ok.append(ordinal)
@@ -149,6 +152,7 @@ class WorkerJob:
         cancelled: Callable[[], bool] | None,
         ok: list[int],
         errors: list[ItemError],
+        failing: _Failing,
     ) -> list[int]:
         queue = deque(items)
         running: set[int] = set()
@@ -167,7 +171,7 @@ class WorkerJob:
                     raise  # stays in ``running``: reported as skipped
                 except Exception as error:
                     errors.append(failed := self._error(ordinal, error))
-                    if failed.throttled:
+                    if failed.throttled or failing.enough(len(errors), len(ok)):
                         held.extend(o for o, _ in queue)
                         queue.clear()
                 else:
@@ -222,6 +226,17 @@ class WorkerJob:
         self._thread.join(5)
         if not self._loop.is_running():
             self._loop.close()
+
+
+class _Failing:
+    """When a chunk has failed enough for the breaker to want a say: see ``Chunk.give_back``."""
+
+    def __init__(self, give_back: tuple[int, float] | None) -> None:
+        self._after, self._share = give_back if give_back is not None else (0, 0.0)
+
+    def enough(self, failed: int, succeeded: int) -> bool:
+        """Asked after a failure only: the success path pays nothing."""
+        return 0 < self._after <= failed and failed >= self._share * (failed + succeeded)
 
 
 def _build(spec: WorkerSpec) -> Job:
