@@ -161,6 +161,12 @@ class Tally:
         """Concurrency and rate limit in force now (adaptive: cut on throttles), once the executor exists."""
         self.ceiling: tuple[int, float | None] | None = None
         """The configured concurrency and rate limit (or the pause shell's): ``limits`` never exceeds them."""
+        self.breaker_state = "closed"
+        """The circuit breaker: closed, open (nothing starts) or probing; the display reads it."""
+        self.breaker_probe_at = 0.0
+        """While open: the monotonic time of the next probe; 0 when none is planned (the pause shell decides)."""
+        self.breaker_trips = 0
+        """Times the circuit breaker opened in this session."""
         self.started = clock()
         self._clock = clock
 

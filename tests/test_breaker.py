@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -76,6 +77,7 @@ def test_outage_opens_probes_closes_and_loses_nothing(api: FlakyApi, tmp_path: P
     log = (run_dir / "batchcli.log").read_text()
     assert "Circuit breaker open: 10 of the last" in log and "Circuit breaker closed (a probe succeeded)" in log
     assert "concurrency back up to 4 of 4" in log  # from 1 after the probe, doubling
+    assert re.search(r"breaker closed after \d+ trips?", output), output  # the plain progress line says so
 
 
 def test_expired_token_stops_resumably_then_resume_finishes(api: FlakyApi, tmp_path: Path) -> None:
@@ -110,6 +112,16 @@ def test_expired_token_with_worker_processes_stops_within_the_window(api: FlakyA
     summary = stopped.summary
     assert (summary["succeeded"], summary["failed"], summary["unprocessed"]) == (0, 0, 200)
     assert stopped.failed == [] and journal_failures(stopped.run_dir) == 0
+
+
+def test_plain_progress_line_shows_the_open_breaker_and_its_probe_countdown(api: FlakyApi, tmp_path: Path) -> None:
+    """Without a terminal the progress line says the breaker is open and when it probes next."""
+    stopped = run(args(api, tmp_path / "out", token="bad", count=40, breaker_window=10, breaker_cooldown_s=1,
+                       breaker_max_wait_s=1.5))
+    assert stopped.exit_code == 130, stopped.output
+    lines = [line for line in stopped.output.splitlines() if line.startswith("0/40")]
+    assert any(line.endswith("breaker open: probe in 1s") for line in lines), lines
+    assert lines[-1].endswith("breaker open"), lines  # no probe left before breaker_max_wait_s: it gives up
 
 
 def test_failures_already_journaled_are_taken_back(api: FlakyApi, tmp_path: Path) -> None:
