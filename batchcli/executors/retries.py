@@ -147,9 +147,14 @@ class RetryScheduler:
         type, message and traceback (an error that came back from a worker as text).
         """
         now = self._clock()
-        if attempts is None:
-            attempts = self.policy.start(now)
-        delay = self.policy.next_delay(attempts, error)
+        policy = self.policy
+        if attempts is not None:
+            delay = policy.next_delay(attempts, error)
+        elif policy.max_attempts == 1 or not isinstance(error, policy.retry_for):
+            delay = None  # final at its first attempt (a flood's usual case): no tenacity state is built for it
+        else:
+            attempts = policy.start(now)
+            delay = policy.next_delay(attempts, error)
         watch = self._tally.watch
         if delay is None:
             if described is not None:
@@ -164,8 +169,8 @@ class RetryScheduler:
                     error_type=error_type,
                     error_message=message,
                     traceback=traceback,
-                    attempts=attempts.count,
-                    first_failed_at=attempts.first_started,
+                    attempts=1 if attempts is None else attempts.count,
+                    first_failed_at=now if attempts is None else attempts.first_started,
                     failed_at=now,
                 )
             )
@@ -182,7 +187,7 @@ class RetryScheduler:
                 _item_repr.repr(item),
                 ordinal,
                 delay,
-                attempts.count - 1,  # next_delay already counted the coming attempt
+                attempts.count - 1 if attempts is not None else 0,  # next_delay already counted the coming attempt
                 self.policy.max_attempts,
                 described.error_type if described is not None else qualified_name(type(error)),
                 described.message if described is not None else error,

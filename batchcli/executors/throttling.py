@@ -58,6 +58,8 @@ def throttle_of(error: BaseException, now: Callable[[], float] = time.time) -> T
     """The throttle ``error`` signals, or None when it is an ordinary failure."""
     if isinstance(error, Throttled):
         return Throttle(_seconds(error.retry_after, now))
+    if not getattr(error, "__dict__", True) and _plain(type(error)):
+        return None  # no attribute of its own, none on its class: a flood's ValueError is decided here
     response = getattr(error, "response", None)
     status = _status(error)
     if status is None and response is not None:
@@ -68,6 +70,20 @@ def throttle_of(error: BaseException, now: Callable[[], float] = time.time) -> T
     if headers is None and response is not None:
         headers = getattr(response, "headers", None)
     return Throttle(_retry_after(headers, now))
+
+
+_SHAPED = ("response", "status_code", "status", "code", "headers")
+_plain_classes: dict[type, bool] = {}
+
+
+def _plain(cls: type) -> bool:
+    """Whether no attribute a throttle is recognised by is defined on ``cls`` (a property, a class value)."""
+    plain = _plain_classes.get(cls)
+    if plain is None:
+        if len(_plain_classes) >= 1024:
+            _plain_classes.clear()
+        plain = _plain_classes[cls] = not any(hasattr(cls, name) for name in _SHAPED)
+    return plain
 
 
 def _status(obj: object) -> int | None:
