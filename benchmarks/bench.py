@@ -138,7 +138,7 @@ def loop_cpu(job: str, count: int) -> float:
             spent.append(time.thread_time() - start)
 
     driver.Run._loop_main = timed  # type: ignore[method-assign]
-    batchcli_run(job, count, 10, 0.0, {"max_retries": "0"}, expect_ok=False)
+    batchcli_run(job, count, 10, 0.0, {"max_retries": "0", "breaker_window": "0"}, expect_ok=False)
     return spent[0]
 
 
