@@ -16,9 +16,9 @@ groups them instead (run/failures.py)."""
 failures_log = logging.getLogger(FAILURES)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Failure:
-    """One item that finally failed, with its reason."""
+    """One item that finally failed, with its reason (slots: a flood keeps one per item, made on the loop)."""
 
     ordinal: int
     """Position of the item in the source (0-based)."""
