@@ -57,6 +57,7 @@ class AsyncExecutor:
         self._wake = asyncio.Event()
         self._gate = asyncio.Event()
         self._cool_over = asyncio.Event()
+        self._rate_turn = asyncio.Lock()
         self._grow_timer = self._loop.call_later(GROW_INTERVAL_S, self._grow)
         self._cooldown.start()
         if not self.paused:  # a pause may come before the run starts (Ctrl-C during setup)
@@ -164,8 +165,12 @@ class AsyncExecutor:
                 return True
             if self.paused:  # paused while cooling down: wait again, then look at everything afresh
                 return await self._detour()
-        if self._limiter.throttled and (delay := self._limiter.delay()) > 0:
-            await asyncio.sleep(delay)
+        if self._limiter.throttled:
+            # One start at a time books its slot and waits for it: a hundred workers booking at once would
+            # hold slots far ahead at the old rate, and a rate that grows back would not show for a long time.
+            async with self._rate_turn:
+                if (delay := self._limiter.delay()) > 0:
+                    await asyncio.sleep(delay)
             if self.paused or self.stopping or self._cooling:  # began while this start waited its turn
                 return await self._detour()
         return False

@@ -33,8 +33,8 @@ MIN_RATE = 0.1
 """The lowest effective rate a cut may reach, in items per second."""
 RATE_MARGIN = 0.95
 """A learnt rate sits this far below what the API was measured to serve."""
-RATE_CUT = (0.5, 0.9)
-"""A learnt rate is between these shares of the rate that was throttled: never a cut of more than half or less
+RATE_CUT = (0.7, 0.9)
+"""A learnt rate is between these shares of the rate that was throttled: never a cut of more than 30% or less
 than a tenth, whatever the measurement says."""
 RATE_STEP = 0.0025
 """Additive increase of a measured rate per step, as a share of it; faster the longer no throttle came."""
@@ -244,7 +244,7 @@ class RateDiscovery:
     between two cool-downs, ``successes = burst + rate * seconds``. The fewest successes seen
     between two cool-downs bounds the burst from above, so ``(successes - burst) / seconds`` is
     the rate the API kept up; the effective rate goes a little below it, and never cuts the rate
-    that was throttled by more than half or less than a tenth. Afterwards it grows additively,
+    that was throttled by more than 30% or less than a tenth. Afterwards it grows additively,
     slowly at first and faster the longer no throttle comes (as TCP CUBIC probes near the rate
     that last failed and away from it only later).
     """
