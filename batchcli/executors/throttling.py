@@ -40,6 +40,12 @@ RATE_STEP = 0.0025
 """Additive increase of a measured rate per step, as a share of it; faster the longer no throttle came."""
 SLOW_START = 1.5
 """Growth per step of a rate that was cut without a measurement (the first throttle), until the next one."""
+USED = 0.5
+"""A learnt rate grows only while the items succeeding use at least this share of it (as BBR does not probe
+while the application, not the network, is the limit)."""
+SLOW_START_CUT = 0.75
+"""The cut when a slow start is throttled: the API's rate is between the last two steps (the window's average,
+taken over the ramp, would say far less)."""
 RATE_MEMORY_S = 60.0
 """With no configured ``rate_limit``, a learnt rate is forgotten after this long without a throttle."""
 MIN_LEARNT = 5
@@ -217,11 +223,11 @@ class Cooldown:
     def tick(self) -> None:
         """Called every ``GROW_INTERVAL_S`` on the loop: grow back if items succeeded since the last tick."""
         succeeded = self._tally.succeeded
-        grew, self._last_succeeded = succeeded > self._last_succeeded, succeeded
-        self.grow(grew)
+        gained, self._last_succeeded = succeeded - self._last_succeeded, succeeded
+        self.grow(gained > 0, gained / GROW_INTERVAL_S)
 
-    def grow(self, succeeded: bool) -> None:
-        """One additive step back toward the ceiling, when items succeeded since the last step."""
+    def grow(self, succeeded: bool, per_s: float = 0.0) -> None:
+        """One additive step back toward the ceiling, when items succeeded (``per_s`` a second) since the last step."""
         now = self._clock()
         if not succeeded or now < self.until:
             return
@@ -230,7 +236,7 @@ class Cooldown:
         if not self.adaptive or old == ceiling:
             return
         concurrency = min(ceiling.concurrency, old.concurrency + max(1, ceiling.concurrency // 20))
-        new = Limits(concurrency, self._rates.grown(old.rate_limit, ceiling.rate_limit, now - self.until))
+        new = Limits(concurrency, self._rates.grown(old.rate_limit, ceiling.rate_limit, now - self.until, per_s))
         if new.concurrency != old.concurrency or new.rate_limit == ceiling.rate_limit != old.rate_limit:
             # Not every small step of a learnt rate: those would be a line every GROW_INTERVAL_S.
             log.info("Growing back: effective %s (configured %s).", _describe(new), _describe(ceiling))
@@ -261,25 +267,31 @@ class RateDiscovery:
         gained, self._succeeded = succeeded - self._succeeded, succeeded
         if gained < MIN_LEARNT or seconds <= 0:  # throttled before much succeeded: nothing learnt
             return rate if rate is None else max(MIN_RATE, rate * RATE_CUT[0])
+        self._burst = gained if self._burst is None else min(self._burst, gained)
+        if rate is not None and not self._measured:  # a slow start (or the configured rate) overshot
+            self._measured = True
+            return max(MIN_RATE, rate * SLOW_START_CUT)
         sent = gained / max(seconds, GROW_INTERVAL_S / 10)
         if rate is not None:
             sent = min(sent, rate)
-        self._burst = gained if self._burst is None else min(self._burst, gained)
         served = (gained - self._burst) / seconds * RATE_MARGIN
         # Below half of what was sent, the window said too little (the first one holds only the burst).
-        self._measured = served >= sent * RATE_CUT[0]
+        self._measured = self._measured or served >= sent * RATE_CUT[0]
         log.info(
             "The API served %d items in the %.2fs since the last cool-down (%.1f/s; %.1f/s beyond a burst of %d).",
             gained, seconds, gained / seconds, served / RATE_MARGIN, self._burst,
         )
         return max(MIN_RATE, min(max(served, sent * RATE_CUT[0]), sent * RATE_CUT[1]))
 
-    def grown(self, rate: float | None, ceiling: float | None, quiet_s: float) -> float | None:
-        """One step up from ``rate`` after ``quiet_s`` seconds without a throttle; None is no limit."""
+    def grown(self, rate: float | None, ceiling: float | None, quiet_s: float, per_s: float) -> float | None:
+        """One step up from ``rate`` after ``quiet_s`` seconds without a throttle, ``per_s`` items a second
+        succeeding; None is no limit."""
         if rate is None:
             return None
         if ceiling is None and quiet_s >= RATE_MEMORY_S:
             return None
+        if per_s < rate * USED:  # the run does not use this rate (the items, or this machine, are slower)
+            return rate
         if self._measured:
             grown = rate * (1 + RATE_STEP * max(1.0, quiet_s / 10))
         else:
