@@ -16,9 +16,9 @@ groups them instead (run/failures.py)."""
 failures_log = logging.getLogger(FAILURES)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Failure:
-    """One item that finally failed, with its reason."""
+    """One item that finally failed, with its reason (slots: a flood keeps one per item, made on the loop)."""
 
     ordinal: int
     """Position of the item in the source (0-based)."""
@@ -187,6 +187,12 @@ class Tally:
         """Concurrency and rate limit in force now (adaptive: cut on throttles), once the executor exists."""
         self.ceiling: tuple[int, float | None] | None = None
         """The configured concurrency and rate limit (or the pause shell's): ``limits`` never exceeds them."""
+        self.breaker_state = "closed"
+        """The circuit breaker: closed, open (nothing starts) or probing; the display reads it."""
+        self.breaker_probe_at = 0.0
+        """While open: the monotonic time of the next probe; 0 when none is planned (the pause shell decides)."""
+        self.breaker_trips = 0
+        """Times the circuit breaker opened in this session."""
         self.started = clock()
         self._clock = clock
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -76,6 +77,7 @@ def test_outage_opens_probes_closes_and_loses_nothing(api: FlakyApi, tmp_path: P
     log = (run_dir / "batchcli.log").read_text()
     assert "Circuit breaker open: 10 of the last" in log and "Circuit breaker closed (a probe succeeded)" in log
     assert "concurrency back up to 4 of 4" in log  # from 1 after the probe, doubling
+    assert re.search(r"breaker closed after \d+ trips?", output), output  # the plain progress line says so
 
 
 def test_expired_token_stops_resumably_then_resume_finishes(api: FlakyApi, tmp_path: Path) -> None:
@@ -100,6 +102,26 @@ def test_expired_token_stops_resumably_then_resume_finishes(api: FlakyApi, tmp_p
 
     shown = run([sys.executable, "-m", "batchcli", "show", str(stopped.run_dir)])
     assert "breaker" in shown.output and "opened 1 time," in shown.output
+
+
+def test_expired_token_with_worker_processes_stops_within_the_window(api: FlakyApi, tmp_path: Path) -> None:
+    """With executor=process, chunks already sent stop early: a bad token costs about a window of attempts, not chunks."""
+    stopped = run(args(api, tmp_path / "out", token="bad", concurrency=4, breaker_max_wait_s=0.5, executor="process", workers=2))
+    assert stopped.exit_code == 130, stopped.output
+    assert api.statuses[401] <= 30  # window 20 + concurrency 4, and a probe or two (it was about 70, and 127)
+    summary = stopped.summary
+    assert (summary["succeeded"], summary["failed"], summary["unprocessed"]) == (0, 0, 200)
+    assert stopped.failed == [] and journal_failures(stopped.run_dir) == 0
+
+
+def test_plain_progress_line_shows_the_open_breaker_and_its_probe_countdown(api: FlakyApi, tmp_path: Path) -> None:
+    """Without a terminal the progress line says the breaker is open and when it probes next."""
+    stopped = run(args(api, tmp_path / "out", token="bad", count=40, breaker_window=10, breaker_cooldown_s=1,
+                       breaker_max_wait_s=1.5))
+    assert stopped.exit_code == 130, stopped.output
+    lines = [line for line in stopped.output.splitlines() if line.startswith("0/40")]
+    assert any(line.endswith("breaker open: probe in 1s") for line in lines), lines
+    assert lines[-1].endswith("breaker open"), lines  # no probe left before breaker_max_wait_s: it gives up
 
 
 def test_failures_already_journaled_are_taken_back(api: FlakyApi, tmp_path: Path) -> None:

@@ -118,7 +118,7 @@ def test_throttled_exception_carries_its_own_wait(run_batchcli) -> None:
 
 
 def test_concurrency_is_cut_on_a_throttle_and_grows_back(run_batchcli) -> None:
-    """One throttle halves the effective concurrency (8 -> 4); successes grow it back to 8 and never above."""
+    """One throttle cuts the effective concurrency by 0.7 (8 -> 5); successes grow it back to 8 and never above."""
     with FlakyApi(throttle_first=1, retry_after_s=1) as api:
         result = run_batchcli(
             "exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=300", "-p", "concurrency=8",
@@ -127,18 +127,19 @@ def test_concurrency_is_cut_on_a_throttle_and_grows_back(run_batchcli) -> None:
         assert result.exit_code == 0, result.output
         assert_ledger(result, api, 300)
     log = log_text(result.run_dir)
-    assert "Throttled: effective concurrency=4 (configured concurrency=8)." in log
+    # Throttled before anything succeeded: no rate is learnt, only the concurrency is cut.
+    assert "Throttled: effective concurrency=5 (configured concurrency=8)." in log
     grown = re.findall(r"Growing back: effective concurrency=(\d+)", log)
-    assert [int(n) for n in grown] == [5, 6, 7, 8]
+    assert [int(n) for n in grown] == [6, 7, 8]
     # The journal keeps the limits over time, and show draws them.
     assert result.run_dir is not None
     with sqlite3.connect(result.run_dir / "journal.sqlite") as conn:
         in_force = [c for (c,) in conn.execute("SELECT concurrency FROM limits ORDER BY t")]
-    assert in_force[0] == 4 and in_force[-1] == 8 and max(in_force) == 8
+    assert in_force[0] == 5 and in_force[-1] == 8 and max(in_force) == 8
     assert in_force == sorted(in_force)
     shown = " ".join(run_batchcli("show", result.run_dir).output.split())
     assert "Throttled once; concurrency in force over running time:" in shown
-    assert re.search(r"4 \[[^]]+\] → .*→ 8 \[", shown), shown
+    assert re.search(r"5 \[[^]]+\] → .*→ 8 \[", shown), shown
 
 
 def test_show_reads_a_journal_from_before_throttling(run_batchcli) -> None:
@@ -172,7 +173,7 @@ def test_adaptive_false_keeps_the_limits_but_honours_retry_after(run_batchcli) -
 
 
 def test_a_rate_limited_api_loses_no_item_and_fails_none(run_batchcli) -> None:
-    """Against a token bucket of 100 requests/s, 300 items all succeed exactly once with max_retries=0."""
+    """Against a token bucket of 100 requests/s, 300 items all succeed exactly once, and a start rate is learnt."""
     with FlakyApi(rate=100, burst=10, retry_after_s=1) as api:
         result = run_batchcli(
             "exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=300", "-p", "concurrency=20",
@@ -181,6 +182,9 @@ def test_a_rate_limited_api_loses_no_item_and_fails_none(run_batchcli) -> None:
         assert result.exit_code == 0, result.output
         assert_ledger(result, api, 300)
         assert api.statuses[429] > 0
+    # No rate_limit is configured: the first throttle sets an effective one, from what the API served.
+    rates = [float(r) for r in re.findall(r"Throttled: effective concurrency=\d+, rate_limit=([\d.]+)/s", log_text(result.run_dir))]
+    assert rates and 0 < rates[0] < 100, rates
 
 
 @pytest.mark.parametrize("executor", ["process", "dask"])

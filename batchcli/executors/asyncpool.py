@@ -72,7 +72,9 @@ class AsyncExecutor:
         self._cool_over = asyncio.Event()
         self._new_limits = asyncio.Event()
         """Set (and replaced) when the rate limit changes or a stop comes: wakes starts waiting for a slot."""
+        self._rate_turn = asyncio.Lock()
         self._grow_timer = self._loop.call_later(GROW_INTERVAL_S, self._grow)
+        self._cooldown.start()
         self._left = self._loop.create_future()
         """Done when ``cancel()`` gave up on workers that did not end: ``run`` returns without them."""
         if not self.paused:  # a pause may come before the run starts (Ctrl-C during setup)
@@ -225,14 +227,18 @@ class AsyncExecutor:
             self._missing -= 1
             self._update_slow()
             self._spawn(1)
-        while self._limiter.throttled and (delay := self._limiter.delay()) > 0:
-            try:  # a new rate (or a stop) applies at once, not after a slot booked under the old rate
-                await asyncio.wait_for(self._new_limits.wait(), delay)
-            except TimeoutError:
-                break
-            if self.stopping:
-                return True
-            if self.paused:
+        if self._limiter.throttled:
+            # One start at a time books its slot and waits for it: a hundred workers booking at once would
+            # hold slots far ahead at the old rate, and a rate that grows back would not show for a long time.
+            async with self._rate_turn:
+                while self._limiter.throttled and (delay := self._limiter.delay()) > 0:
+                    try:  # a new rate (or a stop) applies at once, not after a slot booked under the old rate
+                        await asyncio.wait_for(self._new_limits.wait(), delay)
+                    except TimeoutError:
+                        break
+                    if self.stopping or self.paused:
+                        break
+            if self.paused or self.stopping or self._cooling:  # began while this start waited its turn
                 return await self._detour()
         return False
 

@@ -140,6 +140,7 @@ class ChunkedExecutor:
         self._retries.bind(self._loop)
         self._wake = asyncio.Event()
         self._grow_timer = self._loop.call_later(GROW_INTERVAL_S, self._grow)
+        self._cooldown.start()
         if isinstance(items, Iterator):
             self._next: Callable[[], tuple[int, Any]] | None = items.__next__
         else:
@@ -224,6 +225,7 @@ class ChunkedExecutor:
         chunk = Chunk(
             next(self._ids), payload, len(entries), self._share(slots), self._config.item_timeout_s, rate,
             self._limits_version,
+            self._give_back(slots),
         )
         self._tally.in_flight += len(entries)
         task = self._loop.create_task(self._run_chunk(chunk, entries))
@@ -250,6 +252,16 @@ class ChunkedExecutor:
             else:
                 kept.append(entry)
         return kept
+
+    def _give_back(self, slots: int) -> tuple[int, float] | None:
+        # The breaker decides here, on outcomes that come back a chunk at a time: a chunk that is failing
+        # stops after its part of the failures that open the breaker, so the chunks in flight together
+        # spend about one breaker window of items, not their whole length.
+        config = self._config
+        if config.breaker_window == 0:
+            return None
+        opening = math.ceil(config.breaker_failure_rate * config.breaker_window)
+        return max(1, math.ceil(opening / (2 * CHUNKS_PER_SLOT * slots))), config.breaker_failure_rate
 
     def _share(self, slots: int) -> int:
         # ``concurrency`` is the total in flight; each running chunk gets its part of it.

@@ -54,6 +54,9 @@ class Chunk:
     limits: int = 0
     """The driver's limits version when it was sent: once the rate changes, the items still waiting for a
     start slot go back to the driver, which sends them again under the new rate (``Backend.limits_changed``)."""
+    give_back: tuple[int, float] | None = None
+    """With the circuit breaker on: after this many failed items in the chunk, at least this share of its
+    attempts, the worker starts no more of it and hands the rest back unstarted (the driver decides)."""
 
 
 @dataclass(frozen=True)

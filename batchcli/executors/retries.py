@@ -149,9 +149,14 @@ class RetryScheduler:
         type, message and traceback (an error that came back from a worker as text).
         """
         now = self._clock()
-        if attempts is None:
-            attempts = self.policy.start(now)
-        delay = self.policy.next_delay(attempts, error)
+        policy = self.policy
+        if attempts is not None:
+            delay = policy.next_delay(attempts, error)
+        elif policy.max_attempts == 1 or not isinstance(error, policy.retry_for):
+            delay = None  # final at its first attempt (a flood's usual case): no tenacity state is built for it
+        else:
+            attempts = policy.start(now)
+            delay = policy.next_delay(attempts, error)
         watch = self._tally.watch
         if delay is None:
             if described is not None:
@@ -166,8 +171,8 @@ class RetryScheduler:
                     error_type=error_type,
                     error_message=message,
                     traceback=traceback,
-                    attempts=attempts.count,
-                    first_failed_at=attempts.first_started,
+                    attempts=1 if attempts is None else attempts.count,
+                    first_failed_at=now if attempts is None else attempts.first_started,
                     failed_at=now,
                 )
             )
@@ -181,7 +186,7 @@ class RetryScheduler:
         if log.isEnabledFor(logging.INFO):
             shown = _item_repr.repr(item)
             error_type = described.error_type if described is not None else qualified_name(type(error))
-            attempt = attempts.count - 1  # next_delay already counted the coming attempt
+            attempt = attempts.count - 1 if attempts is not None else 0  # next_delay counted the coming attempt
             log.info(
                 "Retrying item %s (#%d) in %.2fs: attempt %d of %d failed with %s: %s",
                 shown,

@@ -25,12 +25,31 @@ log = logging.getLogger("batchcli.throttle")
 
 THROTTLE_STATUSES = frozenset({429, 503})
 
-DECREASE = 0.5
-"""Multiplicative decrease of the effective limits on a throttle (at most once per cool-down)."""
+DECREASE = 0.7
+"""Multiplicative decrease of the effective concurrency on a throttle (at most once per cool-down)."""
 GROW_INTERVAL_S = 0.5
 """How often the effective limits may grow back by one step (additive increase), if items succeeded."""
 MIN_RATE = 0.1
 """The lowest effective rate a cut may reach, in items per second."""
+RATE_MARGIN = 0.95
+"""A learnt rate sits this far below what the API was measured to serve."""
+RATE_CUT = (0.7, 0.9)
+"""A learnt rate is between these shares of the rate that was throttled: never a cut of more than 30% or less
+than a tenth, whatever the measurement says."""
+RATE_STEP = 0.0025
+"""Additive increase of a measured rate per step, as a share of it; faster the longer no throttle came."""
+SLOW_START = 1.5
+"""Growth per step of a rate that was cut without a measurement (the first throttle), until the next one."""
+USED = 0.5
+"""A learnt rate grows only while the items succeeding use at least this share of it (as BBR does not probe
+while the application, not the network, is the limit)."""
+SLOW_START_CUT = 0.75
+"""The cut when a slow start is throttled: the API's rate is between the last two steps (the window's average,
+taken over the ramp, would say far less)."""
+RATE_MEMORY_S = 60.0
+"""With no configured ``rate_limit``, a learnt rate is forgotten after this long without a throttle."""
+MIN_LEARNT = 5
+"""Fewer successes than this between two cool-downs teach nothing about the API's rate."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +64,8 @@ def throttle_of(error: BaseException, now: Callable[[], float] = time.time) -> T
     """The throttle ``error`` signals, or None when it is an ordinary failure."""
     if isinstance(error, Throttled):
         return Throttle(_seconds(error.retry_after, now))
+    if not getattr(error, "__dict__", True) and _plain(type(error)):
+        return None  # no attribute of its own, none on its class: a flood's ValueError is decided here
     response = getattr(error, "response", None)
     status = _status(error)
     if status is None and response is not None:
@@ -55,6 +76,20 @@ def throttle_of(error: BaseException, now: Callable[[], float] = time.time) -> T
     if headers is None and response is not None:
         headers = getattr(response, "headers", None)
     return Throttle(_retry_after(headers, now))
+
+
+_SHAPED = ("response", "status_code", "status", "code", "headers")
+_plain_classes: dict[type, bool] = {}
+
+
+def _plain(cls: type) -> bool:
+    """Whether no attribute a throttle is recognised by is defined on ``cls`` (a property, a class value)."""
+    plain = _plain_classes.get(cls)
+    if plain is None:
+        if len(_plain_classes) >= 1024:
+            _plain_classes.clear()
+        plain = _plain_classes[cls] = not any(hasattr(cls, name) for name in _SHAPED)
+    return plain
 
 
 def _status(obj: object) -> int | None:
@@ -106,6 +141,10 @@ class Cooldown:
     Every executor's driver side owns one, beside its ``RetryScheduler``, and calls ``throttled``
     for each throttled attempt. Nothing here runs on the success path: the growth back is a loop
     timer that reads the tally's success count.
+
+    With ``adaptive``, the first throttle after a cool-down cuts the effective concurrency and
+    sets an effective start *rate* learnt from the API (``RateDiscovery``): against a fast API,
+    even one item in flight can go faster than it allows, so concurrency alone cannot settle.
     """
 
     def __init__(
@@ -126,10 +165,10 @@ class Cooldown:
         self._tally = tally
         self._last_succeeded = 0
         self._clock = clock
-        self.until = 0.0
+        self.until = clock()
         """Monotonic time the current cool-down ends; no new item starts before it."""
-        self._cut_until = 0.0
         self._streak = 0
+        self._rates = RateDiscovery()
         tally.limits = tally.ceiling = (self.ceiling.concurrency, self.ceiling.rate_limit)
 
     @property
@@ -151,18 +190,16 @@ class Cooldown:
             )
             wait = self.max_wait_s
         first = now >= self.until
+        if first and self.adaptive:  # at most one cut per cool-down, measured over the time since the last one
+            self._cut(self._rates.learn(now - self.until, self._tally.succeeded, self._limiter.limits.rate_limit))
         self.until = max(self.until, now + wait)
         self._tally.cooldown_until = self.until
         if first:
             log.info("Throttled by the API: no new item starts for %.2fs.", self.until - now)
-        if self.adaptive and now >= self._cut_until:
-            self._cut_until = self.until
-            self._cut()
         return self.until - now
 
-    def _cut(self) -> None:
+    def _cut(self, rate: float | None) -> None:
         old = self._limiter.limits
-        rate = None if old.rate_limit is None else max(MIN_RATE, old.rate_limit * DECREASE)
         new = Limits(max(1, int(old.concurrency * DECREASE)), rate)
         if new != old:
             log.info("Throttled: effective %s (configured %s).", _describe(new), _describe(self.ceiling))
@@ -179,29 +216,89 @@ class Cooldown:
         self.ceiling = limits
         self._apply(limits)
 
+    def start(self) -> None:
+        """Items start now: the first window the API's rate is measured over begins here."""
+        self.until = self._clock()
+
     def tick(self) -> None:
         """Called every ``GROW_INTERVAL_S`` on the loop: grow back if items succeeded since the last tick."""
         succeeded = self._tally.succeeded
-        grew, self._last_succeeded = succeeded > self._last_succeeded, succeeded
-        self.grow(grew)
+        gained, self._last_succeeded = succeeded - self._last_succeeded, succeeded
+        self.grow(gained > 0, gained / GROW_INTERVAL_S)
 
-    def grow(self, succeeded: bool) -> None:
-        """One additive step back toward the ceiling, when items succeeded since the last step."""
-        if not succeeded or self._clock() < self.until:
+    def grow(self, succeeded: bool, per_s: float = 0.0) -> None:
+        """One additive step back toward the ceiling, when items succeeded (``per_s`` a second) since the last step."""
+        now = self._clock()
+        if not succeeded or now < self.until:
             return
         self._streak = 0
         old, ceiling = self._limiter.limits, self.ceiling
         if not self.adaptive or old == ceiling:
             return
         concurrency = min(ceiling.concurrency, old.concurrency + max(1, ceiling.concurrency // 20))
-        rate = old.rate_limit
-        if rate is not None and ceiling.rate_limit is not None:
-            rate = min(ceiling.rate_limit, rate + ceiling.rate_limit / 20)
-        new = Limits(concurrency, rate)
-        log.info("Growing back: effective %s (configured %s).", _describe(new), _describe(ceiling))
+        new = Limits(concurrency, self._rates.grown(old.rate_limit, ceiling.rate_limit, now - self.until, per_s))
+        if new.concurrency != old.concurrency or new.rate_limit == ceiling.rate_limit != old.rate_limit:
+            # Not every small step of a learnt rate: those would be a line every GROW_INTERVAL_S.
+            log.info("Growing back: effective %s (configured %s).", _describe(new), _describe(ceiling))
         self._apply(new)
 
 
+class RateDiscovery:
+    """The start rate an API allows, learnt from what it served between two throttles.
+
+    A rate-limited API (a token bucket, GCRA) serves a burst and then its rate: over the time
+    between two cool-downs, ``successes = burst + rate * seconds``. The fewest successes seen
+    between two cool-downs bounds the burst from above, so ``(successes - burst) / seconds`` is
+    the rate the API kept up; the effective rate goes a little below it, and never cuts the rate
+    that was throttled by more than 30% or less than a tenth. Afterwards it grows additively,
+    slowly at first and faster the longer no throttle comes (as TCP CUBIC probes near the rate
+    that last failed and away from it only later).
+    """
+
+    def __init__(self) -> None:
+        self._burst: int | None = None
+        self._succeeded = 0
+        """The tally's successes at the last cut: the next window counts from there."""
+        self._measured = False
+        """Whether the rate in force came from a measurement; until then it grows fast (slow start)."""
+
+    def learn(self, seconds: float, succeeded: int, rate: float | None) -> float | None:
+        """The effective rate after a throttle ``seconds`` after the last cool-down ended."""
+        gained, self._succeeded = succeeded - self._succeeded, succeeded
+        if gained < MIN_LEARNT or seconds <= 0:  # throttled before much succeeded: nothing learnt
+            return rate if rate is None else max(MIN_RATE, rate * RATE_CUT[0])
+        self._burst = gained if self._burst is None else min(self._burst, gained)
+        if rate is not None and not self._measured:  # a slow start (or the configured rate) overshot
+            self._measured = True
+            return max(MIN_RATE, rate * SLOW_START_CUT)
+        sent = gained / max(seconds, GROW_INTERVAL_S / 10)
+        if rate is not None:
+            sent = min(sent, rate)
+        served = (gained - self._burst) / seconds * RATE_MARGIN
+        # Below half of what was sent, the window said too little (the first one holds only the burst).
+        self._measured = self._measured or served >= sent * RATE_CUT[0]
+        log.info(
+            "The API served %d items in the %.2fs since the last cool-down (%.1f/s; %.1f/s beyond a burst of %d).",
+            gained, seconds, gained / seconds, served / RATE_MARGIN, self._burst,
+        )
+        return max(MIN_RATE, min(max(served, sent * RATE_CUT[0]), sent * RATE_CUT[1]))
+
+    def grown(self, rate: float | None, ceiling: float | None, quiet_s: float, per_s: float) -> float | None:
+        """One step up from ``rate`` after ``quiet_s`` seconds without a throttle, ``per_s`` items a second
+        succeeding; None is no limit."""
+        if rate is None:
+            return None
+        if ceiling is None and quiet_s >= RATE_MEMORY_S:
+            return None
+        if per_s < rate * USED:  # the run does not use this rate (the items, or this machine, are slower)
+            return rate
+        if self._measured:
+            grown = rate * (1 + RATE_STEP * max(1.0, quiet_s / 10))
+        else:
+            grown = rate * SLOW_START
+        return grown if ceiling is None else min(ceiling, grown)
+
+
 def _describe(limits: Limits) -> str:
-    rate = "" if limits.rate_limit is None else f", rate_limit={limits.rate_limit:g}/s"
+    rate = "" if limits.rate_limit is None else f", rate_limit={round(limits.rate_limit, 1):g}/s"
     return f"concurrency={limits.concurrency}{rate}"

@@ -127,10 +127,11 @@ class WorkerJob:
         kept: list[Kept] = []
         errors: list[ItemError] = []
         calls = self._calls_for(chunk)
+        failing = _Failing(chunk.give_back)
         if not calls.is_async and chunk.share == 1 and chunk.timeout_s is None:
-            skipped = self._run_inline(items, limiter, cancelled, stale, ok, kept, errors)
+            skipped = self._run_inline(items, limiter, cancelled, stale, ok, kept, errors, failing)
         else:
-            skipped = await self._run_lanes(items, calls.call, limiter, cancelled, stale, ok, kept, errors)
+            skipped = await self._run_lanes(items, calls.call, limiter, cancelled, stale, ok, kept, errors, failing)
         return ChunkResult(ok, errors, skipped, time.perf_counter() - started, self.pid, kept)
 
     def _run_inline(
@@ -142,6 +143,7 @@ class WorkerJob:
         ok: list[int],
         kept: list[Kept],
         errors: list[ItemError],
+        failing: _Failing,
     ) -> list[int]:
         # One sync item at a time needs no thread hop: call it right here.
         process = self._process
@@ -155,7 +157,8 @@ class WorkerJob:
                     result = encode(result)  # here, so a value that cannot be kept fails its item
             except Exception as error:
                 errors.append(failed := self._error(ordinal, error))
-                if failed.throttled:  # the run cools down: the rest goes back to the driver unstarted
+                # The run cools down, or the breaker may open: the rest goes back to the driver unstarted.
+                if failed.throttled or failing.enough(len(errors), len(ok) + len(kept)):
                     return [o for o, _ in items[index + 1 :]]
             else:
                 if result is None:
@@ -174,6 +177,7 @@ class WorkerJob:
         ok: list[int],
         kept: list[Kept],
         errors: list[ItemError],
+        failing: _Failing,
     ) -> list[int]:
         queue = deque(items)
         running: set[int] = set()
@@ -198,7 +202,7 @@ class WorkerJob:
                     raise  # stays in ``running``: reported as skipped
                 except Exception as error:
                     errors.append(failed := self._error(ordinal, error))
-                    if failed.throttled:
+                    if failed.throttled or failing.enough(len(errors), len(ok) + len(kept)):
                         held.extend(o for o, _ in queue)
                         queue.clear()
                 else:
@@ -286,6 +290,17 @@ async def _wait(delay: float, stale: Callable[[], bool] | None) -> bool:
             return False
         await asyncio.sleep(min(left, CANCEL_POLL_S))
     return not stale()
+
+
+class _Failing:
+    """When a chunk has failed enough for the breaker to want a say: see ``Chunk.give_back``."""
+
+    def __init__(self, give_back: tuple[int, float] | None) -> None:
+        self._after, self._share = give_back if give_back is not None else (0, 0.0)
+
+    def enough(self, failed: int, succeeded: int) -> bool:
+        """Asked after a failure only: the success path pays nothing."""
+        return 0 < self._after <= failed and failed >= self._share * (failed + succeeded)
 
 
 def _build(spec: WorkerSpec) -> Job:

@@ -148,6 +148,7 @@ class Breaker:
 
     def _trip(self, reason: str) -> None:
         self.counts.trips += 1
+        self._tally.breaker_trips = self.counts.trips
         self.reason = reason
         recent, self._recent = self._recent, deque()
         for _, failure, hold in recent:
@@ -173,7 +174,7 @@ class Breaker:
             self._releases.add(hold())
 
     def _open(self) -> None:
-        self.state = "open"
+        self._set_state("open")
         self._episode_open_since = self._clock()
         self._host.breaker_changed()
 
@@ -186,6 +187,7 @@ class Breaker:
             return
         log.info("Circuit breaker: cooling down for %gs before letting one item through.", self._cooldown_s)
         self.counts.cooldowns += 1
+        self._tally.breaker_probe_at = time.monotonic() + self._cooldown_s  # the display's clock
         self._timer = self._loop.call_later(self._cooldown_s, self._probe)
 
     def _reopen(self, why: str) -> None:
@@ -204,7 +206,7 @@ class Breaker:
             return
         self.counts.probes += 1
         self._add_open_time()
-        self.state = "probing"
+        self._set_state("probing")
         self._mark = self._tally.succeeded
         log.info("Circuit breaker: letting one item through (probe %d).", self.counts.probes)
         executor.set_concurrency(1)
@@ -231,7 +233,7 @@ class Breaker:
         self._cancel_timer()
         if self.state == "open":
             self._add_open_time()
-        self.state = "closed"
+        self._set_state("closed")
         self._opened_at = None
         self._cooldown_s = self.base_cooldown_s
         self._base = self._position()
@@ -263,6 +265,10 @@ class Breaker:
                 self._target = 0
                 return
         self._timer = self._loop.call_later(POLL_S, self._grow)
+
+    def _set_state(self, state: str) -> None:
+        self.state = self._tally.breaker_state = state
+        self._tally.breaker_probe_at = 0.0
 
     def _releases_now(self) -> int:
         releases, self._releases = self._releases, set()
@@ -300,6 +306,19 @@ class Breaker:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def breaker_note(tally: Tally, now: Callable[[], float] = time.monotonic) -> str:
+    """The breaker's state for the progress display: empty while it never opened."""
+    state = tally.breaker_state
+    if state == "open":
+        left = tally.breaker_probe_at - now()
+        return "breaker open" + (f": probe in {math.ceil(left)}s" if tally.breaker_probe_at and left > 0 else "")
+    if state == "probing":
+        return "breaker probing"
+    if tally.breaker_trips:
+        return f"breaker closed after {tally.breaker_trips} trip" + ("s" if tally.breaker_trips > 1 else "")
+    return ""
 
 
 def _first_line(message: str, width: int = 160) -> str:

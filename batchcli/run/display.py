@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from batchcli.outcome import Tally
+from batchcli.run.breaker import breaker_note
 from batchcli.run.failures import TICK_S, FailureReport, group_lines
 
 
@@ -60,7 +61,9 @@ def throttle_note(tally: Tally, now: Callable[[], float] = time.monotonic) -> st
         parts.append(f"cooling down {left:.0f}s")
     if tally.limits is not None and tally.limits != tally.ceiling:
         concurrency, rate = tally.limits
-        parts.append(f"concurrency {concurrency}" + ("" if rate is None else f" rate {rate:g}/s") + " (adapting)")
+        parts.append(f"concurrency {concurrency}" + ("" if rate is None else f" rate {round(rate, 1):g}/s") + " (adapting)")
+    if note := breaker_note(tally, now):
+        parts.append(note)
     return "  ".join(parts)
 
 

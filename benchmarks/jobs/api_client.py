@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 
 from batchcli import Param, Service, Source, inject
+
+logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request in batchcli.log would cost more than the bare pool pays
 
 
 @inject
