@@ -305,3 +305,7 @@ class Tally:
         if self._paused_at is not None:
             self.paused_s += self._clock() - self._paused_at
             self._paused_at = None
+
+    def paused(self) -> float:
+        """Seconds this session has spent paused so far, a pause going on now included."""
+        return self.paused_s + (0.0 if self._paused_at is None else self._clock() - self._paused_at)

@@ -39,6 +39,24 @@ def test_plain_exec_help_still_works(cli: Any) -> None:
     assert "Params of" not in outcome.output
 
 
+@pytest.mark.parametrize(
+    ("command", "usage"),
+    [
+        ("resume", "batchcli resume [OPTIONS] RUN_DIR"),
+        ("retry", "batchcli retry [OPTIONS] RUN_DIR"),
+        ("show", "batchcli show [OPTIONS] RUN_DIR"),
+        ("ctl", "batchcli ctl [OPTIONS] RUN_DIR COMMAND..."),
+        ("exec", "batchcli exec [OPTIONS] [PATH]"),
+    ],
+)
+def test_usage_lines_name_arguments_without_placeholder_braces(cli: Any, command: str, usage: str) -> None:
+    """A command's usage line names a required argument as RUN_DIR, never typer's ``{run_dir}``."""
+    outcome = cli(command, "--help")
+    assert outcome.exit_code == 0, outcome.output
+    assert usage in outcome.output
+    assert not re.search(r"\{\w+\}", outcome.output), outcome.output
+
+
 def test_exec_without_path_is_still_a_usage_error(cli: Any) -> None:
     """exec with no PATH and no --help exits 2 saying PATH is missing."""
     outcome = cli("exec")

@@ -96,9 +96,9 @@ def test_retry_failed_in_the_emergency_shell_keeps_failed_jsonl_exact(terminal, 
     assert shown_failed(cli, run_dir) == len(expected)
 
 
-def test_while_paused_retrying_stays_counted_and_elapsed_stands_still(terminal) -> None:
+def test_while_paused_retrying_stays_counted_and_elapsed_stands_still(terminal, cli) -> None:
     """Paused: items whose backoff ran out still count as retrying, elapsed does not move, and
-    ``await self.process(x)`` runs a sync service; summary.json leaves the pause out of the duration."""
+    ``await self.process(x)`` runs a sync service; summary.json and ``show`` leave the pause out of the duration."""
     term = terminal(
         "shell_counts", "-p", "count=30", "-p", "delay=0.02", "-p", "concurrency=3", "-p", "flaky=true",
         "-p", "sync=true", "-p", "backoff_s=0.2", "-p", "backoff_max_s=0.2", "-p", "max_retries=2",
@@ -120,6 +120,13 @@ def test_while_paused_retrying_stays_counted_and_elapsed_stands_still(terminal) 
     summary = term.summary()
     assert summary["paused_s"] >= 1.0  # the cell above slept a second in the shell
     assert summary["items_per_s"] == pytest.approx(30 / summary["duration_s"], abs=0.1)
+    run_dir = newest_run(term.out)
+    assert read_run(run_dir).active_s == pytest.approx(summary["duration_s"], abs=0.3)
+    shown = cli("show", run_dir)
+    match = re.search(r"duration\s+(\d+):(\d\d):(\d\d)", shown.output)
+    assert match is not None, shown.output
+    hours, minutes, seconds = map(int, match.groups())
+    assert abs(hours * 3600 + minutes * 60 + seconds - summary["duration_s"]) < 1, (shown.output, summary)
 
 
 def test_resume_shows_the_whole_run_in_the_bar_and_the_counts(cli, tmp_path: Path) -> None:

@@ -316,3 +316,20 @@ def test_a_stop_while_items_only_wait_to_retry_ends_at_once(piped) -> None:
     assert sorted(run.log.numbers("fail")) == list(range(20))  # no retry ran
     summary = run.summary()
     assert (summary["status"], summary["failed"], summary["unprocessed"]) == ("stopped", 0, 20)
+
+
+def test_a_stop_reaches_process_workers_that_only_wait_for_a_start_slot(piped, run_batchcli) -> None:
+    """With executor=process, lanes asleep for a rate-limit slot hand their items back at a stop: exit 130 at once, resumable."""
+    run = piped(
+        "shell_slow", "-p", "count=12", "-p", "delay=0", "-p", "executor=process", "-p", "workers=1",
+        "-p", "concurrency=2", "-p", "rate_limit=0.01", "-p", "stop_timeout_s=600",
+    )
+    wait_for(lambda: run.log.done() == [0], "the first item, the only one the rate lets start for 100 s")
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 130, run.output  # within 15 s: long before the next slot or the stop timeout
+    summary = run.summary()
+    assert (summary["status"], summary["succeeded"], summary["failed"], summary["unprocessed"]) == ("stopped", 1, 0, 11)
+    resumed = run_batchcli("resume", str(newest_run(run.out)), "-p", "rate_limit=1000")
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted(run.log.done()) == list(range(12))
+    assert run.log.done_twice() == []

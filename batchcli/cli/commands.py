@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from typer.core import TyperGroup
 
+from batchcli.cli.usageline import BatchcliTyper
 from batchcli.errors import BatchcliError
 from batchcli.load.environment import PREFIX as ENV_PREFIX
 from batchcli.run.interrupts import EarlySignals
@@ -35,7 +36,7 @@ class BatchcliGroup(TyperGroup):
             raise typer.Exit(error.exit_code) from None
 
 
-app = typer.Typer(
+app = BatchcliTyper(
     cls=BatchcliGroup,
     name="batchcli",
     help="Run one operation over many items: retries, progress, failed-input records, resumable runs.",

@@ -343,12 +343,18 @@ class ChunkedExecutor:
     # Control, from the loop's thread.
 
     def stop(self) -> None:
-        """Send no new chunk; chunks in flight finish; items waiting to retry stay unprocessed."""
+        """Send no new chunk; items running in workers finish; items waiting to retry or for a start slot stay unprocessed."""
+        first = not self.stopping
         self.stopping = True
         self._retries.cancel()
         self._ready.clear()
         self._due.clear()
         self._suspects.clear()
+        if first and self._started:
+            # As a rate change does: items asleep in a worker for a start slot (0.01/s: 100 s) come back
+            # unstarted, so a stop with nothing really running ends at once.
+            self._limits_version += 1
+            self._backend.limits_changed(self._limits_version)
         self.resume()
 
     def cancel(self) -> None:

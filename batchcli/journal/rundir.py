@@ -362,7 +362,7 @@ class RunInfo:
     ended_at: float
     """Epoch seconds of the last sign of life: the end, or the last flush of a crashed run."""
     active_s: float
-    """Seconds spent running, over every session."""
+    """Seconds spent running, over every session, time paused in the pause shell left out (as in ``summary.json``)."""
     total: int | None
     succeeded: int
     failed: int
@@ -397,6 +397,7 @@ def read_run(run_dir: Path) -> RunInfo:
                 "SELECT pid, host, started_at, seen_at, ended_at, status FROM sessions ORDER BY id"
             ).fetchall()
             environment = _environment_names(conn)
+            paused = _paused_s(conn)
         finally:
             conn.close()
     except sqlite3.Error as error:
@@ -424,7 +425,7 @@ def read_run(run_dir: Path) -> RunInfo:
         sessions=len(sessions),
         started_at=sessions[0][2],
         ended_at=ends[-1],
-        active_s=sum(end - s[2] for s, end in zip(sessions, ends)),
+        active_s=max(0.0, sum(end - s[2] for s, end in zip(sessions, ends)) - paused),
         total=run[7],
         succeeded=run[8],
         failed=run[9],
@@ -432,6 +433,23 @@ def read_run(run_dir: Path) -> RunInfo:
         version=run[11],
         environment=environment,
     )
+
+
+def _paused_s(conn: sqlite3.Connection) -> float:
+    """Seconds spent in the pause shell, over every session: each session's last ``live`` row says it."""
+    try:
+        rows = conn.execute("SELECT state FROM live").fetchall()
+    except sqlite3.OperationalError:  # a journal written before the live table
+        return 0.0
+    total = 0.0
+    for (state,) in rows:
+        try:
+            value = json.loads(state).get("paused_s")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(value, (int, float)):
+            total += value
+    return total
 
 
 def _environment_names(conn: sqlite3.Connection) -> tuple[str, ...]:

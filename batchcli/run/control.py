@@ -240,6 +240,7 @@ def live_state(run: Run) -> dict[str, Any]:
         "configured_concurrency": run.job.config.concurrency if ceiling is None else ceiling[0],
         "configured_rate_limit": run.job.config.rate_limit if ceiling is None else ceiling[1],
         "paused": run.paused.is_set(),
+        "paused_s": round(tally.paused(), 3),  # `show` leaves it out of the duration, as summary.json does
         "stopping": run.stop_requested.is_set(),
         "breaker": None if breaker is None else breaker.state,
         "breaker_reason": "" if breaker is None or breaker.state == "closed" else breaker.reason,

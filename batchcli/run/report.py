@@ -42,7 +42,8 @@ class RunResult:
     fatal: BaseException | None = None
     """The error that ended the run early, if any."""
     threads_left: int = 0
-    """Threads of a sync ``process`` still running items a hard stop gave up on; the CLI does not wait for them."""
+    """Threads a hard stop gave up on and left running: those of a sync ``process`` still in an item, plus the
+    run's loop thread (``batchcli-loop``) when the Service's code holds it; the CLI does not wait for them."""
     write_error: RunDirWriteError | None = None
     """Why the run stopped when its run directory could not be written (a full disk); the CLI shows it."""
     stop_reason: str = ""
