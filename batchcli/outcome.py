@@ -185,6 +185,9 @@ class Tally:
         """Attempts the API throttled (429/503, ``Throttled``): none of them spent an attempt."""
         self.limits: tuple[int, float | None] | None = None
         """Concurrency and rate limit in force now (adaptive: cut on throttles), once the executor exists."""
+        self.limit_changes: list[tuple[float, int, float | None, int]] = []
+        """Each change of ``limits`` after a throttle (wall time, concurrency, rate, throttles so far), until the
+        journal takes it: every change reaches ``show``, however many happen between two flushes."""
         self.ceiling: tuple[int, float | None] | None = None
         """The configured concurrency and rate limit (or the pause shell's): ``limits`` never exceeds them."""
         self.breaker_state = "closed"

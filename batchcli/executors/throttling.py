@@ -208,6 +208,8 @@ class Cooldown:
     def _apply(self, limits: Limits) -> None:
         self._apply_limits(limits)
         self._tally.limits = (limits.concurrency, limits.rate_limit)
+        if self._tally.throttles:
+            self._tally.limit_changes.append((time.time(), limits.concurrency, limits.rate_limit, self._tally.throttles))
         self._tally.ceiling = (self.ceiling.concurrency, self.ceiling.rate_limit)
 
     def set_ceiling(self, limits: Limits) -> None:

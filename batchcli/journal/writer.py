@@ -140,7 +140,9 @@ class Journal:
         self._forgiven: list[int] = []
         self._released: list[int] = []
         self._unpointed = (0, 0)  # successes and failures of flushes whose timeline point was not written
-        self._limits_seen: tuple[Any, ...] = (None, 0)
+        self._limit_rows: list[tuple[Any, ...]] = []
+        """Limit changes taken from the Tally and not committed yet (a failed flush keeps them)."""
+        self._throttles_seen = 0
         self.session = 0
         sessions = conn.execute(
             "SELECT min(started_at), sum(coalesce(ended_at, seen_at) - started_at), count(*) FROM sessions"
@@ -380,11 +382,17 @@ class Journal:
                 if succeeded or failed_now:  # an idle flush adds no point: the chart reads a gap as zero
                     point = (self.session, now, succeeded, failed_now)
                     conn.execute("INSERT INTO timeline VALUES (?, ?, ?, ?)", point)
+                changes = self.tally.limit_changes  # appended on the loop thread: take what is there now
+                taken = len(changes)
+                self._limit_rows += [(self.session, *change) for change in changes[:taken]]
+                del changes[:taken]
                 tally = self.tally
-                in_force = tally.limits
-                if (in_force, tally.throttles) != self._limits_seen and tally.throttles and in_force is not None:
-                    row = (self.session, now, in_force[0], in_force[1], tally.throttles)
-                    conn.execute("INSERT INTO limits VALUES (?, ?, ?, ?, ?)", row)
+                throttles, in_force = tally.throttles, tally.limits
+                seen = self._limit_rows[-1][-1] if self._limit_rows else self._throttles_seen
+                if throttles != seen and in_force is not None:  # throttled, limits unchanged (adaptive off)
+                    self._limit_rows.append((self.session, now, in_force[0], in_force[1], throttles))
+                if self._limit_rows:
+                    conn.executemany("INSERT INTO limits VALUES (?, ?, ?, ?, ?)", self._limit_rows)
                 self.total = self.tally.total
                 keys_done = self._keys_count + added + keys_added
                 counts = (keys_done if self.keyed else self.succeeded, self.failed - dropped, self.total)
@@ -400,7 +408,9 @@ class Journal:
             self._unpointed = (succeeded, failed_now)
             raise
         self._keys_count += max(added, 0) + keys_added
-        self._limits_seen = (self.tally.limits, self.tally.throttles)
+        if self._limit_rows:
+            self._throttles_seen = self._limit_rows[-1][-1]
+        self._limit_rows = []
         self.failed -= dropped
         lines = [failure_line(*_line_fields(row)) for row in self._unwritten]
         self._unwritten, self._unwritten_keys, self._forgiven, self._released = [], [], [], []
