@@ -8,7 +8,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from typer.testing import CliRunner
@@ -27,6 +27,20 @@ def _is_project_module(module: Any) -> bool:
     """A module a test loaded from a project (not a library, not batchcli, not a built-in)."""
     locations = [getattr(module, "__file__", None), *(getattr(module, "__path__", None) or [])]
     return any(loc and not str(loc).startswith(LIBRARY_DIRS) for loc in locations)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def child_bytecode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Python children of the tests cache their bytecode in this session's temp directory.
+
+    The machine may set PYTHONDONTWRITEBYTECODE, and then each of the suite's hundreds of ``python -m
+    batchcli`` children compiled batchcli (and the project) from source again: about 90 ms of CPU
+    each. The cache lives outside the checkout, so no test sees ``__pycache__`` in a project.
+    """
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+        env.setenv("PYTHONPYCACHEPREFIX", str(tmp_path_factory.mktemp("pycache")))
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -147,10 +147,11 @@ def test_failures_already_journaled_are_taken_back(api: FlakyApi, tmp_path: Path
 
 def test_probe_failures_double_the_cooldown_until_max_wait(api: FlakyApi, tmp_path: Path) -> None:
     """While the cause stays, each failed probe re-opens the breaker with a doubled cool-down, then the run stops."""
-    stopped = run(args(api, tmp_path / "out", token="bad", breaker_cooldown_s=0.1, breaker_max_wait_s=1))
+    stopped = run(args(api, tmp_path / "out", token="bad", breaker_cooldown_s=0.1, breaker_max_wait_s=1.4))
     assert stopped.exit_code == 130, stopped.output
     log = (stopped.run_dir / "batchcli.log").read_text()
-    # 0.1 s, then 0.2 s, then 0.4 s: the next (0.8 s) would end past the 1 s allowed.
+    # 0.1 s, then 0.2 s, then 0.4 s: the next (0.8 s) would end past the 1.4 s allowed, however fast the probes
+    # are (0.7 s of cool-downs + 0.8 s > 1.4 s); the 0.4 s one still fits if the first two probes take < 0.7 s.
     assert "cooling down for 0.1s" in log and "cooling down for 0.2s" in log and "cooling down for 0.4s" in log
     assert "cooling down for 0.8s" not in log
     counts = stopped.summary["breaker"]

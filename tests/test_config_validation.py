@@ -20,10 +20,11 @@ def rejected(result: Any) -> str:
     return " ".join(result.output.split())
 
 
-@pytest.mark.parametrize("field", ["backoff_s", "backoff_max_s", "stop_timeout_s"])
+@pytest.mark.parametrize("field", ["backoff_s", "backoff_max_s", "stop_timeout_s", "write_retry_s"])
 @pytest.mark.parametrize("value", ["-1", "nan", "inf", "-inf"])
 def test_seconds_fields_refuse_negative_nan_and_infinite(cli, field: str, value: str) -> None:
-    """backoff_s, backoff_max_s and stop_timeout_s must be finite and 0 or more; the message names value and form."""
+    """backoff_s, backoff_max_s, stop_timeout_s and write_retry_s must be finite and 0 or more; the message names
+    value and form."""
     out = rejected(cli("exec", RETRIES, "-d", "out", "-p", f"{field}={value}"))
     shown = {"-1": "-1.0"}.get(value, value)
     assert f"{field} must be a number of seconds, 0 or more, got {shown}: e.g. {field}=1.5." in out

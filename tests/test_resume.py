@@ -369,9 +369,9 @@ def test_a_disk_that_fills_up_mid_run_stops_it_resumably_and_resume_loses_nothin
     tmp_path: Path, small_disk: Path, run_batchcli
 ) -> None:
     """A tmpfs filling up mid-run pauses the run, which then stops with exit 130; resume with space loses nothing."""
-    count, logs, out = 1000, tmp_path / "logs", small_disk / "out"
+    count, logs, out = 300, tmp_path / "logs", small_disk / "out"
     logs.mkdir()
-    proc = start_counting(tmp_path, out, logs, count, "full.txt")
+    proc = start_counting(tmp_path, out, logs, count, "full.txt", "-p", "write_retry_s=1")  # resume keeps it
     wait_for(lambda: journaled(out) >= 60, "60 journaled items")
     filler = fill(small_disk)
     processed_when_full = sum(processed(logs).values())
@@ -385,6 +385,7 @@ def test_a_disk_that_fills_up_mid_run_stops_it_resumably_and_resume_loses_nothin
 
     still_full = run_batchcli("resume", run_dir)
     assert still_full.exit_code == 130
+    assert "retries for up to 1s (write_retry_s)" in " ".join(still_full.output.split())  # resume kept it
     assert f"Cannot write the run directory '{run_dir}'" in " ".join(still_full.output.split())
     assert "Traceback" not in still_full.output, still_full.output
     filler.unlink()
@@ -432,7 +433,8 @@ def test_a_file_size_limit_reached_mid_run_stops_it_resumably_and_resume_loses_n
 ) -> None:
     """RLIMIT_FSIZE (EFBIG, like a full disk where mounting is not allowed) mid-run: the log file fails first and
     says so once, then the journal: exit 130; resume loses nothing."""
-    count, logs, out = 1000, tmp_path / "logs", tmp_path / "out"
+    # The journal's write-ahead log reaches the limit after about 2 s (200-300 items at RATE): 600 is mid-run.
+    count, logs, out = 600, tmp_path / "logs", tmp_path / "out"
     logs.mkdir()
     proc = start_counting(
         tmp_path,
@@ -444,6 +446,8 @@ def test_a_file_size_limit_reached_mid_run_stops_it_resumably_and_resume_loses_n
         f"executor={executor}",
         "-p",
         "note_bytes=2000",  # 200 KB/s of log: the log file reaches the limit before the journal does
+        "-p",
+        "write_retry_s=1",
         preexec_fn=_file_size_limit(192 * 1024),
     )
     assert proc.wait(timeout=120) == 130

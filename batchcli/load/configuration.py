@@ -37,6 +37,10 @@ class Configuration:
     """Most items started per second; None for no limit."""
     stop_timeout_s: float = 30.0
     """On a stop, how long in-flight items may take to finish before they are cancelled."""
+    write_retry_s: float = 5.0
+    """When the run directory cannot be written (a full disk), how long the run stays paused, retrying
+    every flush, before it stops resumably: long enough for a log rotation or a cleanup to free space,
+    short enough that a stuck run says so. Raise it when an operator needs time to free space."""
     executor: Literal["async", "process", "dask"] = "async"
     """Where items run: ``async`` on this process's event loop (I/O-bound work), ``process`` in a pool
     of worker processes on this machine (CPU-bound work), ``dask`` on a Dask cluster (``pip install
@@ -98,7 +102,7 @@ class Configuration:
                 f"item_timeout_s must be positive or none, got {self.item_timeout_s!r}: seconds, e.g. 30, "
                 "or none for no limit."
             )
-        for name in ("backoff_s", "backoff_max_s", "stop_timeout_s"):
+        for name in ("backoff_s", "backoff_max_s", "stop_timeout_s", "write_retry_s"):
             value = getattr(self, name)
             if not 0 <= value < math.inf:
                 raise ValueError(f"{name} must be a number of seconds, 0 or more, got {value!r}: e.g. {name}=1.5.")

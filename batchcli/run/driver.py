@@ -94,7 +94,12 @@ class Run:
         # between a commit and the append, or in the middle of a line.
         failed_file = FailedFile(self.run_dir / "failed.jsonl", stale=resumed)
         self.recording = Recording(
-            run_dir, self.tally, failed_file, lambda: self.call_in_loop(self._pause_in_loop), self.stop
+            run_dir,
+            self.tally,
+            failed_file,
+            lambda: self.call_in_loop(self._pause_in_loop),
+            self.stop,
+            retry_s=job.config.write_retry_s,
         )
         """The flushes to the run directory, and whether it can be written."""
         self.journal: Journal | None = None

@@ -2,8 +2,8 @@
 
 The recorder thread calls ``flush`` every ``FLUSH_INTERVAL_S`` and the driver once more at the end.
 When the run directory cannot be written (a full disk), nothing is lost from memory: the run is
-paused at once (no new item starts) and retried each flush; after ``WRITE_RETRY_S`` it stops
-resumably, and the result carries a ``RunDirWriteError`` for the CLI to show.
+paused at once (no new item starts) and retried each flush; after ``write_retry_s`` (a configuration
+field) it stops resumably, and the result carries a ``RunDirWriteError`` for the CLI to show.
 """
 
 from __future__ import annotations
@@ -24,12 +24,6 @@ from batchcli.journal.results import Kept
 from batchcli.outcome import KEPT_BACKLOG_MAX, Failure, Tally, log_failures, merge_ranges, runs
 
 log = logging.getLogger("batchcli")
-
-WRITE_RETRY_S = 5.0
-"""How long a run whose directory cannot be written (a full disk) stays paused, retrying every flush,
-before it stops resumably: long enough for a log rotation or a cleanup to free space, short enough
-that a stuck run says so."""
-
 
 class Recorder(Protocol):
     """Receives every settled item once, in batches, from the recorder thread."""
@@ -72,7 +66,8 @@ class Recording:
     Args:
         on_stall_change: called (from the flushing thread) when writes start or stop failing; the
             driver pauses or resumes the executor then (``stalled`` tells which).
-        on_give_up: called once when writes kept failing for ``WRITE_RETRY_S``: stop the run.
+        on_give_up: called once when writes kept failing for ``retry_s``: stop the run.
+        retry_s: how long writes may keep failing before that (the configuration's ``write_retry_s``).
     """
 
     def __init__(
@@ -82,8 +77,10 @@ class Recording:
         failed_file: FailedFile,
         on_stall_change: Callable[[], None],
         on_give_up: Callable[[], None],
+        retry_s: float,
     ) -> None:
         self.run_dir = run_dir
+        self.retry_s = retry_s
         self.tally = tally
         self.recorder: Recorder = NullRecorder()
         """Where settled items are recorded durably: the journal, once the run starts."""
@@ -141,9 +138,9 @@ class Recording:
                 self._works()
 
     def last_flush(self) -> None:
-        """The final flush; while the run directory cannot be written, retry until ``WRITE_RETRY_S`` is up."""
+        """The final flush; while the run directory cannot be written, retry until ``retry_s`` is up."""
         self.flush()
-        while self._stalled_since is not None and time.monotonic() - self._stalled_since < WRITE_RETRY_S:
+        while self._stalled_since is not None and time.monotonic() - self._stalled_since < self.retry_s:
             time.sleep(FLUSH_INTERVAL_S)
             self.flush()
 
@@ -155,14 +152,14 @@ class Recording:
             self._stalled_since = now
             log.error(
                 "Cannot write the run directory %s (%s; %s free): no new item starts while batchcli retries "
-                "for up to %gs.",
+                "for up to %gs (write_retry_s).",
                 self.run_dir,
                 describe(error),
                 free_space(self.run_dir),
-                WRITE_RETRY_S,
+                self.retry_s,
             )
             self._on_stall_change()
-        elif now - self._stalled_since >= WRITE_RETRY_S and not self._gave_up:
+        elif now - self._stalled_since >= self.retry_s and not self._gave_up:
             self._gave_up = True
             self._on_give_up()  # in-flight items finish; what they settle is kept, and redone on resume if never written
 
