@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -333,3 +334,56 @@ def test_a_stop_reaches_process_workers_that_only_wait_for_a_start_slot(piped, r
     assert resumed.exit_code == 0, resumed.output
     assert sorted(run.log.done()) == list(range(12))
     assert run.log.done_twice() == []
+
+
+def test_a_signal_handler_that_logs_during_a_write_to_the_log_file_loses_no_line(tmp_path: Path) -> None:
+    """A second signal's log line, written while the first one's line is being written, still reaches the file.
+
+    Buffered IO refuses a write from a signal handler that interrupted a write on the same thread ("reentrant
+    call"); the stream here refuses it the same way, and the handler raises the signal inside the write.
+    """
+    import logging
+    import os
+
+    from rich.console import Console
+
+    from batchcli.run.logs import RunFileHandler
+
+    console = Console(file=io.StringIO())
+    handler = RunFileHandler(tmp_path / "batchcli.log", console)
+    real = handler.stream
+    logger = logging.getLogger("batchcli.test_reentrant")
+    logger.propagate = False
+    logger.addHandler(handler)
+
+    class Refusing:
+        writing = False
+        signalled = False
+
+        def write(self, text: str) -> int:
+            if self.writing:
+                raise RuntimeError("reentrant call inside <_io.BufferedWriter>")
+            self.writing = True
+            try:
+                if not self.signalled:
+                    self.signalled = True
+                    os.kill(os.getpid(), signal.SIGUSR1)  # Python runs the handler right here, mid-write
+                return real.write(text)
+            finally:
+                self.writing = False
+
+        def flush(self) -> None:
+            real.flush()
+
+    previous = signal.signal(signal.SIGUSR1, lambda *_: logger.warning("SIGTERM again: stopping at once"))
+    try:
+        handler.stream = Refusing()  # type: ignore[assignment]
+        logger.warning("SIGINT: stopping")
+        handler.stream = real
+        handler.close()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        logger.removeHandler(handler)
+    lines = (tmp_path / "batchcli.log").read_text().splitlines()
+    assert [line.split(": ", 1)[1] for line in lines] == ["SIGINT: stopping", "SIGTERM again: stopping at once"]
+    assert "Cannot write the log file" not in console.file.getvalue()  # type: ignore[attr-defined]

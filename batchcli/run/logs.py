@@ -35,8 +35,28 @@ class RunFileHandler(logging.FileHandler):
         self.setFormatter(logging.Formatter(FORMAT))
         self._second = -1
         self._stamp = ""
+        self._writing = False
+        self._deferred: list[logging.LogRecord] = []
+        """Records logged by a signal handler that interrupted a write to this file, written after it."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        # A signal handler that logs while this thread is writing the file would write into the middle
+        # of that write, which buffered IO refuses ("reentrant call"): such a record waits for the write.
+        # Other threads wait for the handler's lock instead, so only a signal handler gets here.
+        if self._writing:
+            self._deferred.append(record)
+            return
+        self._writing = True
+        try:
+            while self._deferred:
+                self._write(self._deferred.pop(0))
+            self._write(record)
+            while self._deferred:
+                self._write(self._deferred.pop(0))
+        finally:
+            self._writing = False
+
+    def _write(self, record: logging.LogRecord) -> None:
         if not isinstance(record, FailureBatch) or self.stream is None:
             super().emit(record)
             return
@@ -74,6 +94,8 @@ class RunFileHandler(logging.FileHandler):
 
     def close(self) -> None:
         try:
+            while self._deferred:
+                self._write(self._deferred.pop(0))
             super().close()
         except OSError:  # the last buffered records did not fit; already reported
             pass
