@@ -446,32 +446,42 @@ def flood() -> list[Row]:
 
 def _against_api(impl: str, count: int, rate: float | None, concurrency: int = 100, **extra: str) -> tuple[float, float, float]:
     """Goodput (items/s) of one client on a fresh API process, its share of 429s after the first 5 s, and its
-    goodput after the first 5 s (once the rate is found)."""
+    goodput after the first 5 s (once the rate is found).
+
+    Both goodputs are the server's count: 200s over the time from the first request to the last 200, the same
+    yardstick for every client (a client's own timer would also count its start and its shutdown)."""
     rate_args = ("--rate", str(rate)) if rate is not None else ()
     with ApiServer(*rate_args) as api:
-        result = measure(impl, count, concurrency, job=HTTP_JOB, url=api.url, **extra)
+        measure(impl, count, concurrency, job=HTTP_JOB, url=api.url, **extra)
         requests = [(t, status) for t, status in api.stats()["requests"]]
     first = min(t for t, _ in requests)
+    served_all = [t for t, status in requests if status == 200]
+    goodput = len(served_all) / (max(served_all) - first) if len(served_all) > 1 else 0.0
     late = [(t, status) for t, status in requests if t >= first + 5]
     share = sum(1 for _, status in late if status == 429) / max(1, len(late))
     served = [t for t, status in late if status == 200]
     steady = len(served) / (max(served) - first - 5) if len(served) > 1 else 0.0
-    return count / result["elapsed"], share, steady
+    return goodput, share, steady
 
 
-def throttled_api(rates: tuple[float, ...] = (500.0, 100.0), seconds: float = 30.0) -> list[Row]:
-    """Throttled API (429 + Retry-After: 1 above R requests/s), concurrency=100: goodput and late 429s, side by side."""
+def throttled_api(shares: tuple[float, ...] = (0.5, 0.6), seconds: float = 30.0) -> list[Row]:
+    """Throttled API (429 + Retry-After: 1 above R requests/s), concurrency=100: goodput and late 429s, side by side.
+
+    The issue asks for R=500/s, but this machine's httpx client tops out far below that, and a client cannot
+    be throttled by a rate it never reaches: R is set to ``shares`` of the client's unthrottled ceiling,
+    measured first. The API's token bucket holds R/10 requests (its burst), and a 429 says ``Retry-After: 1``.
+    """
     import importlib.util
 
     ceiling, _, _ = _against_api("bare_http", 4000, None)  # what this machine's httpx client reaches unthrottled
     rows: list[Row] = []
-    for rate in rates:
-        r = rate if ceiling >= rate * 1.2 else round(ceiling * 0.6)
+    for share in shares:
+        r = round(ceiling * share)
         count = int(r * seconds)
         ours, ours_429, ours_steady = _against_api("batchcli", count, r)
         bare, bare_429, bare_steady = _against_api("bare_http", count, r)
         rows.append((
-            f"throttled API (R={r:g}/s{'' if r == rate else f' for {rate:g}'}, c=100, {count:,} items)",
+            f"throttled API (R={r:g}/s = {share:.0%} of the client's ceiling, burst {max(1.0, r / 10):g}, c=100, {count:,} items)",
             f"{ours:,.0f}/s (after 5 s {ours_steady:,.0f}/s), 429s {ours_429:.1%}",
             f"bare pool {bare:,.0f}/s (after 5 s {bare_steady:,.0f}/s), 429s {bare_429:.1%}",
             f"unthrottled ceiling {ceiling:,.0f}/s",

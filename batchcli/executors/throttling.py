@@ -36,16 +36,35 @@ RATE_MARGIN = 0.95
 RATE_CUT = (0.7, 0.9)
 """A learnt rate is between these shares of the rate that was throttled: never a cut of more than 30% or less
 than a tenth, whatever the measurement says."""
-RATE_STEP = 0.0025
-"""Additive increase of a measured rate per step, as a share of it; faster the longer no throttle came."""
+RATE_STEP = 0.001
+"""Additive increase of a measured rate per step, as a share of it; faster after ``PROBE_AFTER_S`` without a
+throttle. Each throttle costs a whole ``Retry-After`` of nothing started, so the probe is slow: from the learnt
+rate (0.95 of the API's) it takes some 25 s to reach the API's rate."""
+PROBE_AFTER_S = 30.0
+"""After this long without a throttle the probe speeds up (the step grows with the quiet time)."""
+RATE_BACKOFF = 0.95
+"""A measured rate that was throttled goes to this share of it (or lower, when the window says the API served less)."""
+SUSTAINED_S = 10.0
+"""A rate held this long without a throttle was served: a throttle then never cuts below ``FLOOR`` of it (jitter
+below the API's rate must not ratchet the rate down)."""
+FLOOR = 0.9
+FLOOR_DECAY = 0.98
+"""A throttle at the floor lowers the floor by this much: the API's rate may really have dropped."""
+WAVE_MIN = 10
+"""Successes between the first and a later throttle of one cool-down needed to measure the API's rate from them."""
+WAVE_MIN_S = 0.05
+"""...and the time between them, in seconds."""
 SLOW_START = 1.5
 """Growth per step of a rate that was cut without a measurement (the first throttle), until the next one."""
 USED = 0.5
 """A learnt rate grows only while the items succeeding use at least this share of it (as BBR does not probe
 while the application, not the network, is the limit)."""
-SLOW_START_CUT = 0.75
-"""The cut when a slow start is throttled: the API's rate is between the last two steps (the window's average,
-taken over the ramp, would say far less)."""
+SLOW_START_CUT = 1 / SLOW_START
+"""The cut when a slow start is throttled: back to the last step, which was not (the API's rate is between the
+last two steps; the window's average, taken over the ramp, would say far less). From there the rate climbs
+back by ``CATCH_UP`` a step toward just below the step that was throttled, then probes slowly."""
+CATCH_UP = 0.04
+"""Growth per step after a slow start's throttle, up to ``RATE_BACKOFF`` of the rate that was throttled."""
 RATE_MEMORY_S = 60.0
 """With no configured ``rate_limit``, a learnt rate is forgotten after this long without a throttle."""
 MIN_LEARNT = 5
@@ -169,6 +188,10 @@ class Cooldown:
         """Monotonic time the current cool-down ends; no new item starts before it."""
         self._streak = 0
         self._rates = RateDiscovery()
+        self._wave: tuple[float, int, float | None] | None = None
+        """(time, successes, rate in force before the cut) at the first throttle of the current cool-down."""
+        self._wave_rate: float | None = None
+        """The rate measured from the current cool-down's wave of answers, logged once it ends."""
         tally.limits = tally.ceiling = (self.ceiling.concurrency, self.ceiling.rate_limit)
 
     @property
@@ -191,12 +214,40 @@ class Cooldown:
             wait = self.max_wait_s
         first = now >= self.until
         if first and self.adaptive:  # at most one cut per cool-down, measured over the time since the last one
-            self._cut(self._rates.learn(now - self.until, self._tally.succeeded, self._limiter.limits.rate_limit))
+            in_force = self._limiter.limits.rate_limit
+            self._wave, self._wave_rate = (now, self._tally.succeeded, in_force), None
+            self._cut(self._rates.learn(now - self.until, self._tally.succeeded, in_force))
+        elif self.adaptive:
+            self._measure_wave(now)
         self.until = max(self.until, now + wait)
         self._tally.cooldown_until = self.until
         if first:
             log.info("Throttled by the API: no new item starts for %.2fs.", self.until - now)
         return self.until - now
+
+    def _measure_wave(self, now: float) -> None:
+        """A later throttle of the same cool-down: the answers to the items in flight measure the API's rate.
+
+        While some of them are still refused, the API is saturated, so a token bucket (or GCRA) serves exactly
+        its rate between two refusals: the successes since the first throttle, over the time since, are the
+        rate itself, burst or no burst. Nothing new starts meanwhile, so the rate set here is the one the run
+        resumes at when the cool-down ends.
+        """
+        if self._wave is None:
+            return
+        since, succeeded, in_force = self._wave
+        gained, seconds = self._tally.succeeded - succeeded, now - since
+        if gained < WAVE_MIN or seconds < WAVE_MIN_S:
+            return
+        rate = gained / seconds * RATE_MARGIN
+        if in_force is not None:
+            rate = min(rate, in_force)
+        if self.ceiling.rate_limit is not None:
+            rate = min(rate, self.ceiling.rate_limit)
+        self._wave_rate = rate
+        self._rates.measured(rate)
+        old = self._limiter.limits
+        self._apply(Limits(old.concurrency, rate))
 
     def _cut(self, rate: float | None) -> None:
         old = self._limiter.limits
@@ -233,6 +284,12 @@ class Cooldown:
         now = self._clock()
         if not succeeded or now < self.until:
             return
+        if self._wave_rate is not None:
+            log.info(
+                "The API served %.1f/s while it throttled: effective %s (configured %s).",
+                self._wave_rate / RATE_MARGIN, _describe(self._limiter.limits), _describe(self.ceiling),
+            )
+            self._wave_rate = None
         self._streak = 0
         old, ceiling = self._limiter.limits, self.ceiling
         if not self.adaptive or old == ceiling:
@@ -263,6 +320,15 @@ class RateDiscovery:
         """The tally's successes at the last cut: the next window counts from there."""
         self._measured = False
         """Whether the rate in force came from a measurement; until then it grows fast (slow start)."""
+        self._catch_up_to: float | None = None
+        """After a slow start's throttle: the rate grows faster up to this one."""
+        self._good: float | None = None
+        """A rate the API served for ``SUSTAINED_S`` without a throttle: a cut never goes below ``FLOOR`` of it."""
+
+    def measured(self, rate: float) -> None:
+        """The rate was measured another way (a cool-down's wave of answers): no slow start from it."""
+        self._measured = True
+        self._catch_up_to = None
 
     def learn(self, seconds: float, succeeded: int, rate: float | None) -> float | None:
         """The effective rate after a throttle ``seconds`` after the last cool-down ended."""
@@ -272,18 +338,41 @@ class RateDiscovery:
         self._burst = gained if self._burst is None else min(self._burst, gained)
         if rate is not None and not self._measured:  # a slow start (or the configured rate) overshot
             self._measured = True
+            self._catch_up_to = rate * RATE_BACKOFF
             return max(MIN_RATE, rate * SLOW_START_CUT)
+        self._catch_up_to = None
         sent = gained / max(seconds, GROW_INTERVAL_S / 10)
         if rate is not None:
             sent = min(sent, rate)
         served = (gained - self._burst) / seconds * RATE_MARGIN
-        # Below half of what was sent, the window said too little (the first one holds only the burst).
-        self._measured = self._measured or served >= sent * RATE_CUT[0]
         log.info(
             "The API served %d items in the %.2fs since the last cool-down (%.1f/s; %.1f/s beyond a burst of %d).",
             gained, seconds, gained / seconds, served / RATE_MARGIN, self._burst,
         )
+        if self._measured and rate is not None:
+            return max(MIN_RATE, self._backed_off(seconds, rate, sent))
+        # Below half of what was sent, the window said too little (the first one holds only the burst).
+        self._measured = self._measured or served >= sent * RATE_CUT[0]
         return max(MIN_RATE, min(max(served, sent * RATE_CUT[0]), sent * RATE_CUT[1]))
+
+    def _backed_off(self, seconds: float, rate: float, sent: float) -> float:
+        """The rate after a throttle of a measured ``rate``, ``seconds`` after the last cool-down.
+
+        Probing slowly from a measured rate overshot a little: back off a little, and never below most of a rate
+        the API served for a while, so a throttle from jitter below its rate (a busy machine bunches requests)
+        does not ratchet the rate down. Only a long window measures anything (a short one is a handful of items,
+        and its measure is biased low: the burst is spent only at its end): after one, the cut is from what the
+        API served over it.
+        """
+        if seconds < SUSTAINED_S:
+            cut = rate * RATE_BACKOFF
+            if self._good is not None:
+                if rate <= self._good * FLOOR * 1.01:  # throttled at the floor again: the floor gives way, slowly
+                    self._good *= FLOOR_DECAY
+                cut = max(cut, self._good * FLOOR)
+            return cut
+        self._good = sent  # what the API served for a while (less than the rate in force if the items were slower)
+        return sent * RATE_BACKOFF
 
     def grown(self, rate: float | None, ceiling: float | None, quiet_s: float, per_s: float) -> float | None:
         """One step up from ``rate`` after ``quiet_s`` seconds without a throttle, ``per_s`` items a second
@@ -295,7 +384,9 @@ class RateDiscovery:
         if per_s < rate * USED:  # the run does not use this rate (the items, or this machine, are slower)
             return rate
         if self._measured:
-            grown = rate * (1 + RATE_STEP * max(1.0, quiet_s / 10))
+            grown = rate * (1 + RATE_STEP * max(1.0, quiet_s / PROBE_AFTER_S))
+            if self._catch_up_to is not None and rate < self._catch_up_to:
+                grown = max(grown, min(self._catch_up_to, rate * (1 + CATCH_UP)))
         else:
             grown = rate * SLOW_START
         return grown if ceiling is None else min(ceiling, grown)

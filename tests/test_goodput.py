@@ -1,0 +1,111 @@
+"""How the learnt rate behaves against a rate-limited API: measured from one throttle's wave, backed off a little,
+never ratcheted down by throttles below a rate the API served for a while.
+
+The rules are driven through ``Cooldown`` with an injected clock (the timeline is the point, and sleeping through it
+would cost seconds per case); the first test drives the real CLI against the real local API.
+"""
+
+from __future__ import annotations
+
+import re
+
+from batchcli.executors.limiter import Limiter, Limits
+from batchcli.executors.throttling import Cooldown, Throttle
+from batchcli.load.configuration import Configuration
+from batchcli.outcome import Tally
+from tests.test_throttle import JOB, FlakyApi, assert_ledger, log_text
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def cooldown(concurrency: int = 100, rate: float | None = None) -> tuple[Cooldown, Limiter, Tally, Clock]:
+    clock, tally = Clock(), Tally()
+    limiter = Limiter(Limits(concurrency, rate), clock=clock)
+    config = Configuration(concurrency=concurrency, rate_limit=rate)
+    cool = Cooldown(config, limiter, lambda limits: _set(limiter, limits), tally, clock=clock)
+    cool.start()
+    return cool, limiter, tally, clock
+
+
+def _set(limiter: Limiter, limits: Limits) -> None:
+    limiter.set_concurrency(limits.concurrency)
+    limiter.set_rate_limit(limits.rate_limit)
+
+
+def learnt(cool: Cooldown, tally: Tally, clock: Clock, per_s: float) -> float:
+    """The first throttle after a burst of 10, then its wave: the API serving ``per_s`` among the 429s."""
+    tally.succeeded += 10
+    clock.now += 0.05
+    cool.throttled(Throttle(1.0))
+    for _ in range(8):
+        clock.now += 0.05
+        tally.succeeded += round(per_s * 0.05)
+        cool.throttled(Throttle(1.0))
+    clock.now += 1.0  # the cool-down ends
+    return cool._limiter.limits.rate_limit or 0.0
+
+
+def test_the_first_throttles_wave_measures_the_apis_rate() -> None:
+    """Successes between the first and a later 429 of one cool-down are the API's rate: the run resumes at 0.95 of it."""
+    cool, limiter, tally, clock = cooldown()
+    rate = learnt(cool, tally, clock, 120)
+    assert abs(rate - 120 * 0.95) < 0.5, rate
+    # It then grows slowly: a measured rate has no slow start.
+    tally.succeeded += 100
+    cool.tick()
+    grown = limiter.limits.rate_limit
+    assert grown is not None and rate < grown < rate * 1.01
+
+
+def test_throttles_from_jitter_never_cut_below_most_of_a_rate_served_for_a_while() -> None:
+    """After 12 s served at the learnt rate, quick throttles cut 5%, then hold near 0.9 of it (without: 0.95**4)."""
+    cool, limiter, tally, clock = cooldown()
+    r0 = learnt(cool, tally, clock, 120)
+    clock.now += 12.0
+    tally.succeeded += round(r0 * 12)
+    cool.throttled(Throttle(1.0))
+    served = limiter.limits.rate_limit
+    assert served is not None and abs(served - r0 * 0.95) < 1, (served, r0)
+    rates = []
+    for _ in range(3):  # throttled soon after each cool-down: jitter, or a real drop
+        clock.now += 1.5
+        tally.succeeded += 40
+        cool.throttled(Throttle(1.0))
+        rates.append(limiter.limits.rate_limit or 0.0)
+    assert rates == sorted(rates, reverse=True), rates
+    assert abs(rates[0] - r0 * 0.95**2) < 1, rates
+    # At the floor it gives way by 2% a throttle (the API's rate may have dropped), not by 5%.
+    assert rates[2] > r0 * 0.85 > r0 * 0.95**4, (rates, r0)
+
+
+def test_a_long_window_cuts_from_what_the_api_served() -> None:
+    """A throttle after 12 s in which items succeeded at a third of the rate cuts to 0.95 of what was served."""
+    cool, limiter, tally, clock = cooldown()
+    r0 = learnt(cool, tally, clock, 120)
+    clock.now += 12.0
+    tally.succeeded += round(r0 * 4)
+    cool.throttled(Throttle(1.0))
+    rate = limiter.limits.rate_limit
+    assert rate is not None and r0 * 0.3 < rate < r0 * 0.4, (rate, r0)
+
+
+def test_a_token_bucket_api_is_served_near_its_rate_and_loses_nothing(run_batchcli) -> None:
+    """Against a 100/s token bucket with 100 in flight, every item succeeds once and the rate learnt is near 100/s."""
+    with FlakyApi(rate=100, burst=10, retry_after_s=1) as api:
+        result = run_batchcli(
+            "exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=400", "-p", "concurrency=100",
+            "-p", "max_retries=0",
+        )
+        assert result.exit_code == 0, result.output
+        assert_ledger(result, api, 400)
+        assert api.statuses[429] > 0
+    log = log_text(result.run_dir)
+    rates = [float(r) for r in re.findall(r"effective concurrency=\d+, rate_limit=([\d.]+)/s", log)]
+    # Learnt near the API's rate (the wave is timed by the client, which shares this process with the server).
+    assert rates and 50 <= rates[-1] <= 120, rates
