@@ -184,9 +184,9 @@ def test_a_rate_limited_api_loses_no_item_and_fails_none(run_batchcli) -> None:
         assert api.statuses[429] > 0
     # No rate_limit is configured: the first throttle sets an effective one, from what the API served.
     rates = [float(r) for r in re.findall(r"Throttled: effective concurrency=\d+, rate_limit=([\d.]+)/s", log_text(result.run_dir))]
-    # The first measurement may read a little above R (the client shares its CPU with the server); the run
-    # still settles below the API's rate.
-    assert rates and all(0 < r < 150 for r in rates) and min(rates) < 100, rates
+    # Learnt near the API's rate: the wave is timed on the client, which shares its CPU with the server here,
+    # so it may read a little above R (a later throttle then backs it off).
+    assert rates and all(50 < r < 150 for r in rates), rates
 
 
 @pytest.mark.parametrize("executor", ["process", "dask"])
