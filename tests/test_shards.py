@@ -227,3 +227,16 @@ def test_async_sources_are_sharded_by_position_and_by_key(tmp_path: Path, cli: A
     assert sorted(codes) == [0, 1]  # item-7 always fails, in whichever shard holds it
     lines = [line for log in keyed_logs.glob("*.log") for line in log.read_text().splitlines()]
     assert sorted(lines) == sorted(f"item-{n}" for n in range(12))
+
+
+def test_a_dry_run_of_a_shard_shows_its_share_and_makes_no_group(tmp_path: Path, cli: Any) -> None:
+    """exec --shard I/N --dry-run counts and lists this shard's items only, and creates no group or run directory."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    result = cli("exec", ORDINAL, "-p", f"log_dir={logs}", "-p", "count=12", "--shard", "1/4", "--dry-run", "-d", "out")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "shard 1/4 of group" in text
+    assert "items 3 (len of the source)" in text
+    assert not (tmp_path / "out").exists()
+    assert ledger(logs) == Counter()  # nothing processed

@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from batchcli.journal.records import json_form, json_text
+from batchcli.journal.resumption import defines_item_key
 from batchcli.load.secret import Secret
 from batchcli.load.source import is_async_source, source_length
 
@@ -46,6 +47,9 @@ def preview(job: Job, continuation: Continuation, console: Console | None = None
     )
     grid.add_row("params", Text(params) if params else Text("none given", "dim"))
     grid.add_row("executor", Text(_executor(config)))
+    if continuation.shard is not None:
+        shard = continuation.shard
+        grid.add_row("shard", Text(f"{shard} of group {shard.group!r}"))
     selection = continuation.selection
     count, first = _count(job, continuation)
     if selection is not None and not selection.takes_all:
@@ -84,11 +88,14 @@ def _executor(config: Any) -> str:
 def _count(job: Job, continuation: Continuation) -> tuple[str, list[tuple[int, Any]]]:
     """The item count as the dry run says it, and the first items the run would take."""
     source = job.source
+    key_of = getattr(source, "item_key", None)
+    if continuation.shard is not None:  # only this shard's share, as the run would take it
+        source = continuation.shard.share(source, key_of if defines_item_key(source) else None)
     selection = continuation.selection
     length = source_length(source)
     if selection is not None and not selection.takes_all:
         exact = selection.total(length)
-        items, taken = selection.apply(_numbered(source), continuation.done_elsewhere, getattr(source, "item_key", None))
+        items, taken = selection.apply(_numbered(source), continuation.done_elsewhere, key_of)
         if exact is not None:
             return f"{exact:,}", _first(items, SHOWN)
         seen = _first(items, COUNT_CAP + 1)
