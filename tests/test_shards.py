@@ -130,12 +130,16 @@ def test_show_runs_and_retry_on_a_group(tmp_path: Path, cli: Any) -> None:
     one = cli("retry", "batchcli_outputs/nightly", "--shard", "2/3")
     assert one.exit_code == 1
     assert "0 succeeded, 1 failed of 1" in one.output
+    filtered = cli("retry", "batchcli_outputs/nightly", "--error-type", "KeyError")
+    assert filtered.exit_code == 0 and "No failure of group 'nightly' matches" in " ".join(filtered.output.split())
+    limited = cli("retry", "batchcli_outputs/nightly", "--error-type", "ValueError", "--limit", "2")
+    assert "2 failure(s) match" in limited.output and "of 2." in limited.output  # at most 2 over the whole group
     everything = cli("retry", "batchcli_outputs/nightly", "-p", "fail_every=0")
     assert everything.exit_code == 0, everything.output
     assert "3 succeeded, 0 failed of 3" in everything.output
     assert sorted(ledger(logs)) == sorted(set(range(0, 30, 3)) | set(range(2, 30, 3)))
     retries = [p for p in group.iterdir() if p.is_dir() and not p.name.startswith("shard-")]
-    assert len(retries) == 2  # both retry runs live in the group's directory
+    assert len(retries) == 3  # every retry run lives in the group's directory
     assert "Retries" in cli("show", group).output
 
 

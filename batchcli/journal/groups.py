@@ -256,15 +256,11 @@ class GroupRetry(Retry):
             found, left_out = failed_inputs(run_dir, self.wanted)
             items += found
             unsaved += left_out
-        if unsaved:
-            self.notices.append(
-                Notice(
-                    f"[yellow]{unsaved} failed input(s) of this group could not be pickled and are left out; "
-                    "they are in the shards' failed.jsonl.[/]",
-                    markup=True,
-                )
-            )
-        return Continuation(parent=self.group_dir, items=items) if items else None
+        if self.wanted.limit is not None:  # at most N over the whole group, shard by shard
+            items = items[: self.wanted.limit]
+        info = read_group(self.group_dir)
+        listing = f"batchcli show {self._failed[0]} --failures (one shard at a time)"
+        return self._continue(items, unsaved, f"group {info.group!r}", self.group_dir, "the shards' failed.jsonl", listing)
 
 
 def retry_launch(

@@ -174,13 +174,20 @@ class Retry:
     def carry_on(self, job: Job) -> Continuation | None:
         """The failed inputs, unpickled now the project is loaded; None when none could be saved."""
         items, unsaved = failed_inputs(self.run_dir, self.wanted)
+        listing = f"batchcli show {self.run_dir} --failures"
+        return self._continue(items, unsaved, f"run {str(self.run_dir)!r}", self.run_dir, "its failed.jsonl", listing)
+
+    def _continue(
+        self, items: list[Any], unsaved: int, what: str, where: Path, saved: str, listing: str
+    ) -> Continuation | None:
+        """Say how many failures the filters take (none: nothing to retry) and which inputs are left out."""
         if self.wanted.active:
             count = len(items) + unsaved
             if not count:
                 self.notices.append(
                     Notice(
-                        f"No failure of run {str(self.run_dir)!r} matches {self.wanted.describe()}; nothing to retry. "
-                        f"List its failures with: batchcli show {self.run_dir} --failures",
+                        f"No failure of {what} matches {self.wanted.describe()}; nothing to retry. "
+                        f"List its failures with: {listing}",
                         soft_wrap=True,
                     )
                 )
@@ -189,12 +196,12 @@ class Retry:
         if unsaved:
             self.notices.append(
                 Notice(
-                    f"[yellow]{unsaved} failed input(s) of this run could not be pickled and are left out; "
-                    "they are in its failed.jsonl.[/]",
+                    f"[yellow]{unsaved} failed input(s) of {what} could not be pickled and are left out; "
+                    f"they are in {saved}.[/]",
                     markup=True,
                 )
             )
-        return Continuation(parent=self.run_dir, items=items) if items else None
+        return Continuation(parent=where, items=items) if items else None
 
     def abandon(self) -> None:
         """Nothing is held."""
