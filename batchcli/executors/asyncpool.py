@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator
 
 from batchcli.executors.base import Items
 from batchcli.executors.calls import ItemCalls
-from batchcli.executors.limiter import Limiter, Limits, checked_concurrency, checked_rate_limit
+from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, throttle_of
 from batchcli.journal.results import encode
@@ -390,13 +390,11 @@ class AsyncExecutor:
 
     def set_concurrency(self, concurrency: int) -> None:
         """Change how many items may be in flight from now on (the new ceiling for adaptive limits)."""
-        concurrency = checked_concurrency(concurrency)
-        self._cooldown.set_ceiling(Limits(concurrency, self._cooldown.ceiling.rate_limit))
+        self._cooldown.set_concurrency(concurrency)
 
     def set_rate_limit(self, rate: float | None) -> None:
         """Change the most items started per second, None for no limit (the new ceiling for adaptive limits)."""
-        rate = checked_rate_limit(rate)
-        self._cooldown.set_ceiling(Limits(self._cooldown.ceiling.concurrency, rate))
+        self._cooldown.set_rate_limit(rate)
 
     def _apply_limits(self, limits: Limits) -> None:
         if limits.concurrency != self._limiter.concurrency:

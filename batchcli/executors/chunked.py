@@ -28,7 +28,7 @@ from batchcli.executors.messages import (
 )
 from batchcli.executors.sizing import ChunkSizer
 from batchcli.outcome import KEPT_OVERHEAD, RECORDER_WAIT_S, Tally, qualified_name
-from batchcli.executors.limiter import Limiter, Limits, checked_concurrency, checked_rate_limit
+from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, Throttle
 
@@ -379,13 +379,11 @@ class ChunkedExecutor:
 
     def set_concurrency(self, concurrency: int) -> None:
         """Change the total in flight across workers; chunks sent from now on get the new share."""
-        concurrency = checked_concurrency(concurrency)
-        self._cooldown.set_ceiling(Limits(concurrency, self._cooldown.ceiling.rate_limit))
+        self._cooldown.set_concurrency(concurrency)
 
     def set_rate_limit(self, rate: float | None) -> None:
         """Change the most items started per second (None for no limit); chunks sent from now on follow it."""
-        rate = checked_rate_limit(rate)
-        self._cooldown.set_ceiling(Limits(self._cooldown.ceiling.concurrency, rate))
+        self._cooldown.set_rate_limit(rate)
 
     def _apply_limits(self, limits: Limits) -> None:
         self._limiter.set_concurrency(limits.concurrency)

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable
 
-from batchcli.executors.limiter import Limiter, Limits
+from batchcli.executors.limiter import Limiter, Limits, checked_concurrency, checked_rate_limit
 from batchcli.load.configuration import Configuration
 from batchcli.load.throttled import Throttled
 from batchcli.outcome import Tally
@@ -263,8 +263,15 @@ class Cooldown:
             self._tally.limit_changes.append((time.time(), limits.concurrency, limits.rate_limit, self._tally.throttles))
         self._tally.ceiling = (self.ceiling.concurrency, self.ceiling.rate_limit)
 
-    def set_ceiling(self, limits: Limits) -> None:
-        """The user changed the limits (the pause shell): they are the new ceiling and in force now."""
+    def set_concurrency(self, concurrency: int) -> None:
+        """The user's concurrency (the pause shell, ``ctl``), checked: the new ceiling, in force now."""
+        self._set_ceiling(Limits(checked_concurrency(concurrency), self.ceiling.rate_limit))
+
+    def set_rate_limit(self, rate: float | None) -> None:
+        """The user's rate limit (None for none), checked: the new ceiling, in force now."""
+        self._set_ceiling(Limits(self.ceiling.concurrency, checked_rate_limit(rate)))
+
+    def _set_ceiling(self, limits: Limits) -> None:
         self._apply_limits(limits)  # first: a bad value raises here and changes nothing
         self.ceiling = limits
         self._apply(limits)
