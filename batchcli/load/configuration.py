@@ -67,9 +67,9 @@ class Configuration:
     """How long the breaker may stay open before the run stops (resumable, exit 130)."""
     # Throttling (HTTP 429/503, ``batchcli.Throttled``): see docs/runs.md, "When the API says slow down".
     adaptive: bool = True
-    """On a throttle, cut the effective concurrency (and rate limit) by half, then grow them back
-    toward the configured values as items succeed; false keeps the limits fixed (Retry-After is
-    honoured either way)."""
+    """On a throttle, cut the effective concurrency and start at a rate learnt from the API (never
+    above ``rate_limit``), then grow them back toward the configured values as items succeed; false
+    keeps the limits fixed (Retry-After is honoured either way)."""
     throttle_max_wait_s: float = 900.0
     """Longest cool-down a throttle may ask for (a longer ``Retry-After`` is clamped to this)."""
     shards: int | None = None
