@@ -61,6 +61,9 @@ class Resume:
     Session loads and wires it, then ``carry_on(job)`` gives what the run continues from.
     """
 
+    dry_run = False
+    """Only ``exec`` has a dry run."""
+
     def __init__(self, run_dir: Path, overrides: dict[str, tuple[str, ...]], *, whole_source: bool = False) -> None:
         self.run_dir = run_dir
         self.overrides = overrides
@@ -142,6 +145,9 @@ class Resume:
 
 class Retry:
     """``batchcli retry RUN_DIR``: the same job over exactly the failed inputs of a run, in a new directory."""
+
+    dry_run = False
+    """``retry --dry-run`` lists the failures before any launch: a Retry always runs."""
 
     def __init__(
         self, run_dir: Path, overrides: dict[str, tuple[str, ...]], wanted: FailureFilter = FailureFilter()

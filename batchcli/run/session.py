@@ -66,6 +66,8 @@ class Launch(Protocol):
     """Lines to print before the run (or instead of it, when there is nothing to do)."""
     stopped_outcome: str
     """What a stop signal during loading leaves behind, for the ``Stopped:`` message."""
+    dry_run: bool
+    """``exec --dry-run``: stop after wiring and show what would run; no run directory, no hook."""
 
     def wiring(self) -> tuple[Wiring, Mapping[str, str] | None] | None:
         """What to build, and where ``BATCHCLI_*`` values are read (None: ``os.environ``); None: nothing to do."""
@@ -151,7 +153,7 @@ class Session:
         if continuation is None:
             return None
         metrics = None
-        if getattr(launch, "dry_run", False):  # exec --dry-run (Fresh or ShardStart)
+        if launch.dry_run:
             from batchcli.run.preview import preview
 
             preview(job, continuation)
