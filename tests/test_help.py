@@ -64,6 +64,14 @@ def test_exec_without_path_is_still_a_usage_error(cli: Any) -> None:
     assert "Missing argument 'PATH'" in outcome.output
 
 
+@pytest.mark.parametrize("command", ["show", "resume", "retry", "results", "watch"])
+def test_a_missing_run_dir_is_named_as_the_usage_line_names_it(cli: Any, command: str) -> None:
+    """A command without its RUN_DIR says ``Missing argument 'RUN_DIR'``, as its usage line spells it."""
+    outcome = cli(command)
+    assert outcome.exit_code == 2
+    assert "Missing argument 'RUN_DIR'" in outcome.output, outcome.output
+
+
 def test_help_lists_params_with_type_default_and_args_description(cli: Any) -> None:
     """Params show their type, default or 'required', and the Args: description (continuation lines joined)."""
     outcome = cli("exec", NESTED, "-c", "config_dev", "--help")

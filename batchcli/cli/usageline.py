@@ -1,7 +1,8 @@
 """The commands' usage lines as click writes them: ``batchcli resume [OPTIONS] RUN_DIR``.
 
 Typer 0.29 wraps a required argument in braces (``{run_dir}``), which reads as a placeholder nobody
-filled in. Here a required argument is its metavar in capitals, an optional one stays in brackets.
+filled in. Here a required argument is its metavar in capitals, an optional one stays in brackets, and
+the error for a missing one names it the same way (``Missing argument 'RUN_DIR'``, not ``'run_dir'``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,11 @@ from typing import Any
 
 import typer
 from typer.core import TyperArgument, TyperCommand
+
+try:  # the click typer vendors since 0.2x, as in batchcli.errors
+    from typer._click.exceptions import MissingParameter
+except ImportError:  # pragma: no cover
+    from click import MissingParameter  # type: ignore[assignment,no-redef,import-not-found,unused-ignore]
 
 
 class BatchcliCommand(TyperCommand):
@@ -23,6 +29,14 @@ class BatchcliCommand(TyperCommand):
             else:
                 pieces.extend(param.get_usage_pieces(ctx))
         return pieces
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except MissingParameter as missing:
+            if isinstance(missing.param, TyperArgument) and missing.param_hint is None:
+                missing.param_hint = f"'{missing.param.display_name_raw.upper()}'"
+            raise
 
 
 class BatchcliTyper(typer.Typer):
