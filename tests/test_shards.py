@@ -127,6 +127,10 @@ def test_show_runs_and_retry_on_a_group(tmp_path: Path, cli: Any) -> None:
     assert "nightly (2/3 shards)" in listed.output
     assert "shard-0-of-3" in listed.output and "shard-2-of-3" in listed.output
     assert cli("retry", "batchcli_outputs/nightly", "--shard", "1/3").exit_code == 2  # shard 1 never ran
+    resumed = cli("resume", "batchcli_outputs/nightly")  # resume takes one shard, and says which there are
+    assert resumed.exit_code == 2, resumed.output
+    said = " ".join(resumed.output.split())
+    assert "is a group of shards" in said and "shard-0-of-3, shard-2-of-3" in said and "Traceback" not in said
     one = cli("retry", "batchcli_outputs/nightly", "--shard", "2/3")
     assert one.exit_code == 1
     assert "0 succeeded, 1 failed of 1" in one.output

@@ -29,7 +29,7 @@ from batchcli.journal.resumption import (
     failed_inputs,
     fresh_continuation,
 )
-from batchcli.journal.rundir import JOURNAL_NAME, check_output_dir, never_started, read_run, unusable_output_dir
+from batchcli.journal.rundir import GROUP_FILE, JOURNAL_NAME, check_output_dir, never_started, read_run, unusable_output_dir
 from batchcli.journal.selection import Selection
 from batchcli.journal.shards import Shard, ShardRequest, parse_shard, resolve_shard
 from batchcli.journal.writer import Journal
@@ -37,7 +37,6 @@ from batchcli.journal.writer import Journal
 if TYPE_CHECKING:
     from batchcli.load.wiring import Job, Wiring
 
-GROUP_FILE = "group.json"
 _GROUP_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 _SHARD_DIR = re.compile(r"shard-(\d+)-of-(\d+)")
 

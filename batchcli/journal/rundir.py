@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - not on Windows
     fcntl = None  # type: ignore[assignment]
 
 JOURNAL_NAME = "journal.sqlite"
+GROUP_FILE = "group.json"  # a shard group (journal.groups): shard run directories under one directory
 FLUSH_INTERVAL_S = 0.2
 """How often a run records what settled: the journal promises at most 0.5 s of lost work, and this also
 bounds how many ordinals wait in memory."""
@@ -113,6 +114,14 @@ def journal_path(run_dir: Path) -> Path:
             f"Run {str(run_dir)!r} never started: it was stopped while its run directory was being made, "
             "before anything ran, so there is nothing to resume, retry or show. Start the job again with "
             f"`batchcli exec`; the directory can be deleted (rm -r '{run_dir}')."
+        )
+    if not path.is_file() and (run_dir / GROUP_FILE).is_file():
+        shards = sorted(p.name for p in run_dir.glob("shard-*-of-*") if p.is_dir())
+        example = str(run_dir / (shards[0] if shards else "shard-0-of-N"))
+        raise JournalError(
+            f"{str(run_dir)!r} is a group of shards, not one run: this command takes one shard's run directory, "
+            f"like {example!r} (its shards: {', '.join(shards) or 'none yet'}). Running a shard again with "
+            "`batchcli exec ... --shard I/N` also continues it; `show`, `retry` and `runs` take the whole group."
         )
     if not path.is_file():
         raise JournalError(
