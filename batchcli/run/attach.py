@@ -14,6 +14,7 @@ whether the console left or the client died, the kernel is shut down and the run
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import json
@@ -123,6 +124,9 @@ class KernelSession:
         if not run.stop_requested.is_set():
             run.pause()
         run.tally.pause_clock()  # time attached is not run time, as in the pause shell
+        # The kernel sends sys.stdout and sys.stderr to the console; the run's own lines stay where they went.
+        console, pinned = run.console, run.console._file
+        console.file = console.file
         try:
             self._namespace.update(
                 self=controller,
@@ -154,6 +158,7 @@ class KernelSession:
             self.ready.set()
             self.outcome = self._leave_run()
         finally:
+            console._file = pinned
             run.tally.resume_clock()
             self.done.set()
 
@@ -182,6 +187,10 @@ class Kernel:
         from tornado import ioloop
 
         self._saved = _Saved()
+        # A fresh event loop per kernel: a stop queued for the last one (the console's shutdown request and
+        # ours) would end the next session at once.
+        self._asyncio_loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._asyncio_loop)
         self._sockets = Path(tempfile.mkdtemp(prefix="batchcli-attach-"))  # 0700; IPC paths must be short
         self.connection_file = connection_file
         with contextlib.suppress(FileNotFoundError):
@@ -247,6 +256,13 @@ class Kernel:
                 IPKernelApp.clear_instance()
         finally:
             self._saved.restore()
+            _drain(self._asyncio_loop)
+            io_loop = getattr(self, "io_loop", None)
+            with contextlib.suppress(Exception):
+                if io_loop is not None:
+                    io_loop.close()  # and its asyncio loop
+            self._asyncio_loop.close()
+            asyncio.set_event_loop(None)
             with contextlib.suppress(FileNotFoundError):
                 self.connection_file.unlink()
             shutil.rmtree(self._sockets, ignore_errors=True)
@@ -273,8 +289,6 @@ class _Saved:
 
 def _drain(loop: Any) -> None:
     """Cancel the tasks the kernel left on a stopped asyncio loop, and let them end."""
-    import asyncio
-
     if loop is None or loop.is_running() or loop.is_closed():
         return
     tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
