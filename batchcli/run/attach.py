@@ -232,6 +232,8 @@ class Kernel:
                     getattr(getattr(app, name, None), "io_loop", None)
                     for name in ("iopub_thread", "control_thread", "shell_channel_thread")
                 ]
+                for io_loop in loops:  # their threads end with tasks pending: nothing to report about those
+                    _quiet(getattr(io_loop, "asyncio_loop", None))
                 with contextlib.suppress(Exception):
                     app.close()
                 channel = getattr(app, "shell_channel_thread", None)
@@ -297,6 +299,18 @@ def _drain(loop: Any) -> None:
     if tasks:
         with contextlib.suppress(Exception):
             loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+
+def _quiet(loop: Any) -> None:
+    """Drop "Task was destroyed but it is pending!" for ``loop``, whose thread the kernel's shutdown ends."""
+    if loop is None:
+        return
+
+    def handle(loop: Any, context: dict[str, Any]) -> None:
+        if not str(context.get("message", "")).startswith("Task was destroyed but it is pending"):
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)
 
 
 def _reply(conn: socket.socket, reply: dict[str, Any]) -> None:
