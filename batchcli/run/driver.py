@@ -172,7 +172,9 @@ class Run:
         title = self.job.project.name
         if self._selection is not None:  # a trial says so on the display, as in summary.json, runs and show
             title += f" ({self._selection.describe()})"
-        display = make_display(self.tally, self.console, title, self.options.progress_interval_s)
+        display = make_display(
+            self.tally, self.console, title, self.options.progress_interval_s, self.options.log_format, self.run_dir.name
+        )
         self.display = display
         loop_thread = threading.Thread(target=self._loop_main, name="batchcli-loop", daemon=True)
         recorder = threading.Thread(target=self._record_loop, name="batchcli-recorder", daemon=True)
