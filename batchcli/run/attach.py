@@ -65,7 +65,12 @@ class Attachment:
             while not session.ready.wait(0.1):
                 if closed.is_set() or session.waited() > START_WAIT_S:
                     session.leave()
-                    _reply(conn, {"ok": False, "error": "The run is ending; there is nothing to attach to.", "not_now": True})
+                    error = (
+                        "The run is ending; there is nothing to attach to." if closed.is_set() else
+                        f"The run did not open a shell within {START_WAIT_S:g} s: its pause shell may be open in "
+                        "its own terminal. Try again once it is closed."
+                    )
+                    _reply(conn, {"ok": False, "error": error, "not_now": True})
                     return
             if session.error:
                 _reply(conn, {"ok": False, "error": session.error, "missing": session.missing})
@@ -142,7 +147,7 @@ class KernelSession:
                 kernel = Kernel(run, self._namespace, self.connection_file)
             except ImportError:
                 self.error, self.missing = MISSING, True
-            except Exception as error:  # a kernel that cannot start must not end the run
+            except (Exception, SystemExit) as error:  # a kernel that cannot start (traitlets may exit) must not end the run
                 log.warning("attach: the kernel could not start: %s", error)
                 self.error = f"The run could not start a kernel to attach to ({type(error).__name__}: {error})."
             else:
@@ -195,16 +200,16 @@ class Kernel:
         self.connection_file = connection_file
         with contextlib.suppress(FileNotFoundError):
             connection_file.unlink()  # left by a run that died attached
-        self.app = IPKernelApp.instance(
-            connection_file=str(connection_file),
-            transport="ipc",
-            ip=str(self._sockets / "kernel"),
-            user_ns=namespace,
-            quiet=True,  # the run's own stdout and stderr stay the run's
-            capture_fd_output=False,
-            log_level=logging.CRITICAL,
-        )
         try:
+            self.app = IPKernelApp.instance(
+                connection_file=str(connection_file),
+                transport="ipc",
+                ip=str(self._sockets / "kernel"),
+                user_ns=namespace,
+                quiet=True,  # the run's own stdout and stderr stay the run's
+                capture_fd_output=False,
+                log_level=logging.CRITICAL,
+            )
             self.app.initialize([])
         except BaseException:
             self.close()
@@ -214,6 +219,8 @@ class Kernel:
         shell: Any = self.app.shell
         shell.loop_runner = LoopRunner(run)  # a cell that awaits runs on the run's loop, as in the pause shell
         shell.autoawait = True
+        # A client's interrupt request would SIGINT the run's process group: that is a stop, for a headless run.
+        self.app.kernel._send_interrupt_children = _ignore_interrupt
         self.io_loop = ioloop.IOLoop.current()
 
     def serve(self) -> None:
@@ -280,7 +287,7 @@ class _Saved:
 
     def restore_handlers(self) -> None:
         sys.excepthook = self.excepthook
-        if threading.current_thread() is threading.main_thread():
+        if self.sigint is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self.sigint)
 
     def restore(self) -> None:
@@ -299,6 +306,10 @@ def _drain(loop: Any) -> None:
     if tasks:
         with contextlib.suppress(Exception):
             loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+
+def _ignore_interrupt() -> None:
+    log.warning("attach: a client asked to interrupt the kernel; ignored (it would stop the run).")
 
 
 def _quiet(loop: Any) -> None:
