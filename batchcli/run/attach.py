@@ -9,7 +9,7 @@ with its HMAC key); its sockets are IPC sockets in a private 0700 directory. The
 shell's (``self``, ``service``, ``source``, ``config``, ``failures``, ``in_flight``), one per run, and a cell
 that awaits runs on the run's loop, through the shell's ``LoopRunner``. When the control connection closes,
 whether the console left or the client died, the kernel is shut down and the run resumes (or stops, after
-``self.stop()``). ipykernel is imported only here, when a client attaches.
+``self.stop()``). ipykernel is imported only when a client attaches (``run/kernel.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from batchcli.run.controller import RunController
@@ -100,10 +101,11 @@ class KernelSession:
         """What happened to the run when the session ended, for the client's last line."""
         self._left = threading.Event()
         self._io_loop: Any = None
-        self._asked = _now()
+        self._was_paused = False
+        self._asked = time.monotonic()
 
     def waited(self) -> float:
-        return _now() - self._asked
+        return time.monotonic() - self._asked
 
     def leave(self) -> None:
         """End the session (any thread): the kernel's loop stops, the main thread resumes the run."""
@@ -119,6 +121,7 @@ class KernelSession:
         if self._left.is_set():  # the client went before the main thread came to it
             self.done.set()
             return
+        self._was_paused = run.paused.is_set()  # by ctl pause: an attach that fails leaves it paused
         if not run.stop_requested.is_set():
             run.pause()
         run.tally.pause_clock()  # time attached is not run time, as in the pause shell
@@ -165,7 +168,8 @@ class KernelSession:
     def _leave_run(self) -> str:
         run, controller = self._run, self._controller
         if self.error:
-            run.resume()
+            if not self._was_paused:
+                run.resume()
             return ""
         if controller.stop_on_leave and not run.stop_requested.is_set():
             controller.stop_on_leave = False
@@ -188,9 +192,3 @@ def _try(get: Callable[[], Any], default: Any) -> Any:
         return get()
     except RuntimeError:  # the loop has ended
         return default
-
-
-def _now() -> float:
-    import time
-
-    return time.monotonic()
