@@ -85,6 +85,8 @@ COVERED_ELSEWHERE = {
         "tests/test_unattended.py::test_watch_and_ctl_steer_a_run_that_has_no_terminal",
     "batchcli ctl RUN_DIR stop":
         "tests/test_unattended.py::test_watch_and_ctl_steer_a_run_that_has_no_terminal",
+    "batchcli attach RUN_DIR":
+        "tests/test_attach.py::test_attach_to_a_headless_run_awaits_on_it_resumes_it_survives_a_killed_client_and_stops_it",
 }
 
 # Shell lines that are not batchcli commands, with what runs each (a test, or why none does).

@@ -336,6 +336,16 @@ def ctl(
 
 
 @app.command()
+def attach(run_dir: Path = typer.Argument(..., help="The run directory of a live run.")) -> None:
+    """Pause a live run and open its pause shell (IPython) in this terminal; leaving resumes it. Needs batchcli[attach]."""
+    from rich.console import Console
+
+    from batchcli.cli.attach import attach as attach_run
+
+    attach_run(run_dir, Console(highlight=False))
+
+
+@app.command()
 def results(
     run_dir: Path = typer.Argument(..., help="A run directory."),
     format: str = typer.Option("jsonl", "--format", "-f", help="jsonl (one JSON object per line) or csv."),

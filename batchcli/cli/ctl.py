@@ -31,26 +31,11 @@ def control(run_dir: Path, words: list[str], console: Console) -> None:
     """Carry out ``words`` (``pause``, ``set concurrency=4`` ...) on the live run in ``run_dir``."""
     request = Request.parse(words)  # a bad command is bad input, whatever the run's state
     owned_run(run_dir, "control")
-    path = run_dir / SOCKET_NAME
-    deadline = time.monotonic() + SOCKET_WAIT_S
-    while True:
-        info = read_run(run_dir)
-        if info.status != "running":
-            raise RunNotLive(_not_live(run_dir, info.status))
-        if path.exists() or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    path = live_socket(run_dir)
     try:
         reply = send(path, request)
     except (FileNotFoundError, ConnectionRefusedError):
-        status = read_run(run_dir).status
-        if status != "running":
-            raise RunNotLive(_not_live(run_dir, status)) from None
-        raise RunNotLive(
-            f"Run {str(run_dir)!r} is running (pid {info.pid}) but has no control socket: it was started by a "
-            "batchcli without `ctl`, or cannot make the socket (see its batchcli.log). Stop it with kill -INT "
-            f"{info.pid}."
-        ) from None
+        raise RunNotLive(no_socket(run_dir)) from None
     except (OSError, ValueError) as error:
         raise RunNotLive(f"Run {str(run_dir)!r} did not answer ({error}); it may be ending.") from None
     if not reply.get("ok"):
@@ -59,6 +44,31 @@ def control(run_dir: Path, words: list[str], console: Console) -> None:
     console.print(str(reply.get("message", "")), markup=False, highlight=False, soft_wrap=True)
     for name, value in (reply.get("stats") or {}).items():
         console.print(f"  {name}: {value}", markup=False, highlight=False)
+
+
+def live_socket(run_dir: Path) -> Path:
+    """The control socket of the live run in ``run_dir`` (waiting a moment for a run that starts); RunNotLive if none runs."""
+    path = run_dir / SOCKET_NAME
+    deadline = time.monotonic() + SOCKET_WAIT_S
+    while True:
+        info = read_run(run_dir)
+        if info.status != "running":
+            raise RunNotLive(_not_live(run_dir, info.status))
+        if path.exists() or time.monotonic() > deadline:
+            return path
+        time.sleep(0.1)
+
+
+def no_socket(run_dir: Path) -> str:
+    """Why nothing answers on the socket of ``run_dir``: the run has ended meanwhile, or it has no socket."""
+    info = read_run(run_dir)
+    if info.status != "running":
+        return _not_live(run_dir, info.status)
+    return (
+        f"Run {str(run_dir)!r} is running (pid {info.pid}) but has no control socket: it was started by a "
+        "batchcli without `ctl`, or cannot make the socket (see its batchcli.log). Stop it with kill -INT "
+        f"{info.pid}."
+    )
 
 
 def _not_live(run_dir: Path, status: str) -> str:

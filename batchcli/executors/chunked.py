@@ -169,7 +169,7 @@ class ChunkedExecutor:
         if self._tally.kept_backlog:  # results wait for the journal beyond the memory budget: send nothing yet
             self._loop.call_later(RECORDER_WAIT_S, self._wake.set)
             return
-        while not self.stopping and not self.paused and len(self._chunks) < CHUNKS_PER_SLOT * self._backend.slots():
+        while not self.stopping and not self.paused and len(self._chunks) < self._chunks_at_once():
             entries = await self._take()
             if entries and not self.stopping:
                 self._send(entries)
@@ -262,6 +262,12 @@ class ChunkedExecutor:
             return None
         opening = math.ceil(config.breaker_failure_rate * config.breaker_window)
         return max(1, math.ceil(opening / (2 * CHUNKS_PER_SLOT * slots))), config.breaker_failure_rate
+
+    def _chunks_at_once(self) -> int:
+        # Each running chunk gets at least one lane, so a total below the slots is kept by sending fewer
+        # chunks (and none ahead): ctl's `set concurrency=1` with two workers ran two items at once.
+        slots, concurrency = self._backend.slots(), self._limiter.concurrency
+        return concurrency if concurrency < slots else CHUNKS_PER_SLOT * slots
 
     def _share(self, slots: int) -> int:
         # ``concurrency`` is the total in flight; each running chunk gets its part of it.

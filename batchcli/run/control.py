@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from batchcli.errors import UsageError
 
 if TYPE_CHECKING:
+    from batchcli.run.attach import Attachment
     from batchcli.run.driver import Run
 
 log = logging.getLogger("batchcli")
@@ -102,6 +103,7 @@ class ControlChannel:
         self._listener = listener
         self.path = path
         self._closed = threading.Event()
+        self._attachment: Attachment | None = None
         self._thread = threading.Thread(target=self._serve, name="batchcli-control", daemon=True)
         self._thread.start()
 
@@ -160,11 +162,21 @@ class ControlChannel:
                         "control it. Only the user who started a run can use batchcli ctl on it.",
                     }
                     log.warning("ctl: refused a connection from user id %s.", uid)
+                elif _is_attach(line):
+                    self._attach(conn)  # holds the connection for the whole session
+                    return
                 else:
                     reply = self._carry_out(line)
                 conn.sendall(json.dumps(reply).encode() + b"\n")
             except (OSError, ValueError) as error:
                 log.debug("ctl: a connection failed: %s", error)
+
+    def _attach(self, conn: socket.socket) -> None:
+        from batchcli.run.attach import Attachment  # `batchcli attach`: run/attach.py
+
+        if self._attachment is None:
+            self._attachment = Attachment(self._run)
+        self._attachment.serve(conn, self._closed)
 
     def _carry_out(self, line: bytes) -> dict[str, Any]:
         try:
@@ -245,6 +257,14 @@ def live_state(run: Run) -> dict[str, Any]:
         "breaker": None if breaker is None else breaker.state,
         "breaker_reason": "" if breaker is None or breaker.state == "closed" else breaker.reason,
     }
+
+
+def _is_attach(line: bytes) -> bool:
+    """Whether a request is ``batchcli attach``'s, which keeps its connection (not a ``ctl`` command)."""
+    try:
+        return bool(json.loads(line).get("command") == "attach")
+    except (ValueError, AttributeError):
+        return False
 
 
 def peer_uid(conn: socket.socket) -> int:

@@ -219,8 +219,12 @@ class PlainProgress:
         self.print_line()
 
 
-def make_display(tally: Tally, console: Console, title: str, interval_s: float) -> Any:
-    """The live display on a terminal, plain lines otherwise."""
+def make_display(tally: Tally, console: Console, title: str, interval_s: float, log_format: str = "text", run_id: str = "") -> Any:
+    """The live display on a terminal, plain lines otherwise (JSON ``progress`` events with ``--log-format json``)."""
     if console.is_terminal:
         return LiveDisplay(tally, console, title)
+    if log_format == "json":
+        from batchcli.run.jsonlog import JsonProgress
+
+        return JsonProgress(tally, console, interval_s, run_id)
     return PlainProgress(tally, console, interval_s)

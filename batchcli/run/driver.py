@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import itertools
 import logging
@@ -87,6 +88,8 @@ class Run:
         self._shell_idle.set()
         self._wake = threading.Event()
         """Wakes the main thread: a pause was asked for, or the loop thread ended."""
+        self._on_main: collections.deque[Callable[[], None]] = collections.deque()
+        """Sessions waiting for the main thread: ``batchcli attach``'s kernel (run/attach.py)."""
         self._loop_ready = threading.Event()
         self._finished = threading.Event()
         resumed = self.continuation.journal is not None
@@ -169,7 +172,9 @@ class Run:
         title = self.job.project.name
         if self._selection is not None:  # a trial says so on the display, as in summary.json, runs and show
             title += f" ({self._selection.describe()})"
-        display = make_display(self.tally, self.console, title, self.options.progress_interval_s)
+        display = make_display(
+            self.tally, self.console, title, self.options.progress_interval_s, self.options.log_format, self.run_dir.name
+        )
         self.display = display
         loop_thread = threading.Thread(target=self._loop_main, name="batchcli-loop", daemon=True)
         recorder = threading.Thread(target=self._record_loop, name="batchcli-recorder", daemon=True)
@@ -187,6 +192,8 @@ class Run:
                 self._wake.clear()
                 if self._pause_requested.is_set():
                     self._open_pause()
+                while self._on_main:
+                    self._open_on_main(self._on_main.popleft())
                 self._nudge()  # a turn for the loop's timers, even while items never await
                 if self._hard_stop.overdue():
                     self._leave_loop()
@@ -246,6 +253,19 @@ class Run:
             self.on_pause(self)
         finally:
             if not self._pause_requested.is_set():  # else the next turn of the main loop opens it again
+                self._shell_idle.set()
+
+    def open_on_main(self, session: Callable[[], None]) -> None:
+        """Run ``session`` (an attached shell) on the main thread soon; the loop waits for it before cleaning up."""
+        self._shell_idle.clear()
+        self._on_main.append(session)
+        self._wake.set()
+
+    def _open_on_main(self, session: Callable[[], None]) -> None:
+        try:
+            session()
+        finally:
+            if not self._pause_requested.is_set() and not self._on_main:
                 self._shell_idle.set()
 
     # The handle's signal side (RunSignals calls these on the main thread).
@@ -454,9 +474,7 @@ class Run:
     async def _settle_shell(self) -> None:
         """Before cleaning up: on a terminal, a fatal error opens the emergency shell; wait for any shell."""
         self._closing = True
-        if not self.interactive:
-            return  # no shell can open
-        if self._fatal is not None:
+        if self.interactive and self._fatal is not None:
             self.request_pause()
         # The shell awaits on this loop, so keep it (and the service) alive until the shell closes.
         if not self._shell_idle.is_set():

@@ -8,13 +8,19 @@ arguments are masked, as in every other file batchcli writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
+import time
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchcli.load.secret import masked
-from batchcli.outcome import Failure, FailureBatch, _short_repr
+from batchcli.outcome import Failure, FailureBatch, Tally, _short_repr
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 ITEM_KEYS = ("ordinal", "item", "error_type", "attempt", "delay")
 """Attributes a record may carry (``extra=``) about the item it is about."""
@@ -77,3 +83,65 @@ def _message(record: logging.LogRecord) -> str:
 
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="milliseconds")
+
+
+def event_line(event: str, run_id: str, message: str, level: str = "INFO", **fields: Any) -> str:
+    """One JSON line that is not a log record (progress, the closing line), keyed as the records are."""
+    data: dict[str, Any] = {
+        "time": _iso(time.time()),
+        "level": level,
+        "event": event,
+        "run_id": run_id,
+        "logger": "batchcli",
+        "message": message,
+    }
+    data.update(fields)
+    return json.dumps(data, ensure_ascii=False, default=str)
+
+
+class JsonProgress:
+    """``--log-format json`` without a terminal: the plain progress line as a ``progress`` event every
+    ``interval_s`` seconds (and once at the end), so stderr carries JSON lines only. The failures are
+    ``item_failed`` records of the log already, so nothing prints them a second time."""
+
+    def __init__(self, tally: Tally, console: Console, interval_s: float, run_id: str) -> None:
+        from batchcli.run.display import Rate
+
+        self._tally = tally
+        self._file = console.file
+        self._interval_s = interval_s
+        self._run_id = run_id
+        self._rate = Rate(tally)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="batchcli-progress", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stopped.wait(self._interval_s):
+            self.print_line()
+
+    def print_line(self) -> None:
+        """Write the current state as one ``progress`` event."""
+        from batchcli.run.display import run_counts, status_line
+
+        tally = self._tally
+        rate = self._rate.sample()
+        settled, succeeded, failed = run_counts(tally)
+        line = event_line(
+            "progress", self._run_id, status_line(tally, rate),
+            settled=settled, succeeded=succeeded, failed=failed, total=tally.total, retrying=tally.retrying,
+            in_flight=tally.in_flight, items_per_s=round(rate, 2), elapsed_s=round(tally.elapsed(), 1),
+        )
+        with contextlib.suppress(OSError, ValueError):  # a closed or full stderr never stops the run
+            self._file.write(line + "\n")
+            self._file.flush()
+
+    def start(self) -> None:
+        """Begin writing."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop writing, and write the final state."""
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.print_line()

@@ -173,10 +173,16 @@ def _breaker_counts(result: RunResult, journal: Journal) -> dict[str, float] | N
     return counts
 
 
-def print_closing(result: RunResult, console: Any) -> None:
-    """The closing line of exec, resume and retry (after the write error that stopped the run, if any)."""
+def print_closing(result: RunResult, console: Any, log_format: str = "text") -> None:
+    """The closing line of exec, resume and retry (after the write error that stopped the run, if any).
+
+    With ``--log-format json`` and no terminal it is one ``run_ended`` JSON event instead.
+    """
     from rich.markup import escape
 
+    if log_format == "json" and not console.is_terminal:
+        _print_closing_json(result, console)
+        return
     if result.write_error is not None:
         console.print(f"[bold red]Error:[/] {escape(str(result.write_error))}", highlight=False, soft_wrap=True)
     if result.stop_reason:
@@ -189,3 +195,21 @@ def print_closing(result: RunResult, console: Any) -> None:
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _print_closing_json(result: RunResult, console: Any) -> None:
+    from batchcli.run.jsonlog import event_line
+
+    unprocessed = f", {result.unprocessed} unprocessed" if result.unprocessed else ""
+    total = "?" if result.total is None else result.total
+    message = (
+        f"{result.status.capitalize()}: {result.succeeded} succeeded, {result.failed} failed{unprocessed} of {total}."
+    )
+    line = event_line(
+        "run_ended", result.run_dir.name, message, level="INFO" if result.exit_code == 0 else "WARNING",
+        status=result.status, exit_code=result.exit_code, succeeded=result.succeeded, failed=result.failed,
+        unprocessed=result.unprocessed, total=result.total, run_dir=str(result.run_dir),
+        error=str(result.write_error) if result.write_error is not None else None, stop_reason=result.stop_reason or None,
+    )
+    console.file.write(line + "\n")
+    console.file.flush()

@@ -179,7 +179,7 @@ class Session:
             if metrics is not None:
                 metrics.close()
         if options.closing_line:
-            print_closing(result, options.console)
+            print_closing(result, options.console, options.log_format)
         return result
 
     def _place(self, continuation: Continuation, job_name: str) -> tuple[Path, datetime]:
@@ -196,8 +196,16 @@ class Session:
         return make_run_dir(self.options.output_dir, job_name, started_at), started_at
 
     def _notify(self, launch: Launch) -> None:
+        console = self.options.console
         for notice in launch.notices:
-            self.options.console.print(notice.text, highlight=False, markup=notice.markup, soft_wrap=notice.soft_wrap)
+            if self.options.log_format == "json" and not console.is_terminal:  # stderr carries JSON lines only
+                from batchcli.run.jsonlog import event_line
+                from rich.text import Text
+
+                text = Text.from_markup(notice.text).plain if notice.markup else notice.text
+                console.file.write(event_line("notice", "", text) + "\n")
+                continue
+            console.print(notice.text, highlight=False, markup=notice.markup, soft_wrap=notice.soft_wrap)
         launch.notices.clear()
 
 

@@ -1,0 +1,143 @@
+"""batchcli attach: the pause shell of a run without a terminal, as IPython in another terminal (a pty here)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pexpect
+import pytest
+
+from conftest import PROJECTS, subprocess_env
+from joblog import JobLog, wait_for
+
+JOB = PROJECTS / "unattended" / "job.py"
+COLOUR = r"(?:\x1b\[[0-9;]*m)*"
+PROMPT = rf"In \[{COLOUR}\d+{COLOUR}\]: "
+"""IPython's prompt, coloured or not."""
+
+
+def attach(run_dir: Path, tmp_path: Path) -> pexpect.spawn:
+    """``batchcli attach RUN`` in a pseudo-terminal, once its first prompt is up."""
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "batchcli", "attach", str(run_dir)],
+        env=subprocess_env(TERM="xterm", IPYTHONDIR=str(tmp_path / "ipython"), PROMPT_TOOLKIT_NO_CPR="1"),
+        dimensions=(60, 250),
+        encoding="utf-8",
+        timeout=60,
+    )
+    child.logfile_read = (tmp_path / "transcript.txt").open("a")
+    child.expect("run paused")
+    child.expect(PROMPT)
+    return child
+
+
+def cell(child: pexpect.spawn, code: str) -> str:
+    """Run one cell and return what it printed before the next prompt (prompt_toolkit redraws the current one)."""
+    shown = re.findall(rf"In \[{COLOUR}(\d+)", str(child.before) + str(child.after))
+    child.sendline(code)
+    child.expect(rf"In \[{COLOUR}{int(shown[-1]) + 1}{COLOUR}\]: ")
+    return str(child.before)
+
+
+def advancing(log: JobLog) -> bool:
+    """Whether the run completes items now (over a fifth of a second)."""
+    before = len(log.done())
+    time.sleep(0.2)
+    return len(log.done()) > before
+
+
+def test_attach_to_a_headless_run_awaits_on_it_resumes_it_survives_a_killed_client_and_stops_it(tmp_path: Path) -> None:
+    """attach pauses a run without a terminal and gives IPython on it (await on its loop, its names); leaving or a killed client resumes it; self.stop() stops it resumably and resume loses and repeats nothing."""
+    ledger = tmp_path / "ledger.txt"
+    out = tmp_path / "out"
+    env = subprocess_env(IPYTHONDIR=str(tmp_path / "ipython"))
+    run = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", "count=400", "-p", "delay_s=0.05",
+         "-p", "concurrency=2", "-p", f"ledger={ledger}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(tmp_path / "run.err").open("w"), env=env,
+    )
+    log = JobLog(ledger)
+    try:
+        wait_for(lambda: any(out.glob("*/control.sock")) and len(log.done()) > 5, "the run under way")
+        run_dir = next(out.glob("*/control.sock")).parent
+
+        # Attached: paused, the connection file owner-only, await runs the live service on the run's loop.
+        child = attach(run_dir, tmp_path)
+        assert stat.S_IMODE((run_dir / "kernel.json").stat().st_mode) == 0o600
+        assert "True" in cell(child, "self.stats().paused")
+        settled = len(log.done())
+        assert not advancing(log) and len(log.done()) == settled
+        assert "'done'" in cell(child, "await service.process(1000); open(service.ledger).read().splitlines()[-1][:4]")
+        assert "[1000]" in cell(child, "[n for n in range(999, 1002) if f'done {n}' in open(service.ledger).read()]")
+        cell(child, "kept = sorted(config.__dict__)[:1]")
+        child.sendline("exit")
+        child.expect("Resumed the run.")
+        child.expect(pexpect.EOF)
+        wait_for(lambda: advancing(log), "the run going on after the shell closed")
+        assert not (run_dir / "kernel.json").exists()
+
+        # A client killed with -9 leaves the run going, and the next attach has the same names.
+        child = attach(run_dir, tmp_path)
+        assert "['" in cell(child, "kept")
+        child.kill(signal.SIGKILL)
+        child.wait()
+        wait_for(lambda: advancing(log), "the run going on after its client was killed")
+
+        # self.stop(): the run stops when the shell closes, resumably (exit 130).
+        child = attach(run_dir, tmp_path)
+        cell(child, "self.stop()")
+        child.sendline("exit")
+        child.expect("Stopping")
+        child.expect(pexpect.EOF)
+        assert run.wait(timeout=30) == 130
+    finally:
+        if run.poll() is None:
+            run.kill()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "batchcli", "resume", str(run_dir), "-p", "concurrency=20", "-p", "delay_s=0"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(set(log.done()) - {1000}) == list(range(400))
+    assert log.done_twice() == []
+
+
+def test_attach_refuses_what_it_cannot_attach_to(cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """attach to a finished run, a non-run directory or another user's run, or without batchcli[attach]: one paragraph and the exit code ctl gives."""
+    done = cli("exec", JOB, "-d", tmp_path / "out", "-p", "count=3", "-p", "delay_s=0", "--no-shell")
+    run_dir = done.run_dir
+    assert run_dir is not None
+    finished = cli("attach", run_dir)
+    assert finished.exit_code == 1 and "has finished" in finished.output and "batchcli show" in finished.output
+    nothing = cli("attach", tmp_path)
+    assert nothing.exit_code == 2 and "not a batchcli run directory" in nothing.output
+    if os.getuid() == 0:
+        os.chown(run_dir, 65534, 65534)
+        try:
+            theirs = cli("attach", run_dir)
+            assert theirs.exit_code == 2 and "belongs to user id 65534, not to you" in theirs.output
+        finally:
+            os.chown(run_dir, 0, 0)
+    monkeypatch.setitem(sys.modules, "jupyter_console.app", None)
+    missing = cli("attach", run_dir)
+    assert missing.exit_code == 2 and "pip install 'batchcli[attach]'" in missing.output
+
+
+def test_start_up_imports_no_kernel_machinery() -> None:
+    """batchcli --help imports neither ipykernel, zmq nor jupyter: attach's extra loads only when used."""
+    probe = (
+        "import sys; from batchcli.__main__ import main; sys.argv = ['batchcli', '--help']\n"
+        "try: main()\nexcept SystemExit: pass\n"
+        "print('LOADED', sorted({m.split('.')[0] for m in sys.modules} & {'ipykernel', 'zmq', 'jupyter_client', 'jupyter_console', 'tornado'}))"
+    )
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=subprocess_env())
+    assert "attach" in shown.stdout and "LOADED []" in shown.stdout, shown.stdout + shown.stderr

@@ -1,0 +1,94 @@
+"""Headless runs: stderr in JSON lines only, and ctl steering a run whose items run in worker processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from conftest import PROJECTS, subprocess_env
+from joblog import JobLog, wait_for
+
+JOB = PROJECTS / "unattended" / "job.py"
+
+
+def batchcli(*args: Any) -> subprocess.CompletedProcess[str]:
+    """``python -m batchcli ARGS`` without a terminal, waited for."""
+    return subprocess.run(
+        [sys.executable, "-m", "batchcli", *map(str, args)], capture_output=True, text=True, timeout=90, env=subprocess_env()
+    )
+
+
+def in_flight_peak(log: JobLog, after: int) -> int:
+    """The most items in flight at once from ledger line ``after`` on (start/done lines of every process)."""
+    now = peak = 0
+    for index, line in enumerate(log.lines()):
+        if line.startswith("start "):
+            now += 1
+        elif line.startswith("done ") or line.startswith("fail "):
+            now -= 1
+        if index >= after:
+            peak = max(peak, now)
+    return peak
+
+
+def test_json_logs_without_a_terminal_make_stderr_json_lines_only(tmp_path: Path) -> None:
+    """With --log-format json and stderr not a terminal, every stderr line parses as JSON: progress events, failures, the closing event, and a notice."""
+    ran = batchcli(
+        "exec", JOB, "-d", tmp_path / "out", "-p", "count=40", "-p", "delay_s=0.02", "-p", "concurrency=2",
+        "-p", "fail_every=10", "-p", "max_retries=1", "-p", "backoff_s=0", "-p", f"ledger={tmp_path / 'ledger.txt'}",
+        "--log-format", "json",
+    )
+    assert ran.returncode == 1, ran.stderr
+    events = [json.loads(line) for line in ran.stderr.splitlines()]  # raises on any line that is not JSON
+    progress = [e for e in events if e["event"] == "progress"]
+    assert len(progress) >= 2 and progress[-1]["settled"] == 40 and progress[-1]["failed"] == 4
+    assert [p["settled"] for p in progress] == sorted(p["settled"] for p in progress)
+    assert sum(e["event"] == "item_failed" for e in events) == 4
+    ended = events[-1]
+    assert ended["event"] == "run_ended" and ended["exit_code"] == 1 and ended["succeeded"] == 36
+    assert ended["run_id"] == Path(ended["run_dir"]).name
+
+    again = batchcli("resume", ended["run_dir"], "--log-format", "json")
+    notices = [json.loads(line) for line in again.stderr.splitlines()]
+    assert again.returncode == 0 and notices and "nothing to resume" in notices[0]["message"]
+
+
+def test_ctl_steers_a_run_whose_items_run_in_worker_processes(tmp_path: Path) -> None:
+    """With executor=process, ctl set concurrency changes how many items the workers run at once (up, and below the number of workers), and ctl stop then resume loses and repeats nothing."""
+    ledger = tmp_path / "ledger.txt"
+    out = tmp_path / "out"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", "count=300", "-p", "delay_s=0.05",
+         "-p", "concurrency=2", "-p", "executor=process", "-p", "workers=2", "-p", f"ledger={ledger}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(tmp_path / "run.err").open("w"), env=subprocess_env(),
+    )
+    log = JobLog(ledger)
+    try:
+        wait_for(lambda: any(out.glob("*/control.sock")) and len(log.done()) > 5, "the workers under way", timeout=60)
+        run_dir = next(out.glob("*/control.sock")).parent
+        assert in_flight_peak(log, 0) == 2
+
+        assert "Concurrency is now 5." in batchcli("ctl", run_dir, "set", "concurrency=5").stdout
+        wait_for(lambda: in_flight_peak(log, 0) >= 5, "5 items in flight at once in the workers")
+
+        assert batchcli("ctl", run_dir, "set", "concurrency=1").returncode == 0
+        time.sleep(0.5)  # chunks sent at 5 finish
+        mark = len(log.lines())
+        wait_for(lambda: len(log.lines()) > mark + 16, "items processed at concurrency 1")
+        assert in_flight_peak(log, mark) == 1
+
+        stopped = batchcli("ctl", run_dir, "stop")
+        assert "Stopping" in stopped.stdout, stopped.stderr
+        assert run.wait(timeout=60) == 130
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert len(set(log.done())) < 300
+    resumed = batchcli("resume", run_dir, "-p", "concurrency=20", "-p", "delay_s=0")
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(set(log.done())) == list(range(300))
+    assert log.done_twice() == []
