@@ -17,6 +17,7 @@ from typing import Any
 from conftest import subprocess_env
 
 import batchcli
+from batchcli.journal.batches import batch_rows
 from batchcli.journal.rundir import read_run
 from batchcli.testing import run_job
 
@@ -38,6 +39,16 @@ def journal_rows(run_dir: Path, sql: str) -> list[tuple[Any, ...]]:
     conn = sqlite3.connect(run_dir / "journal.sqlite")
     try:
         return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def kept_ordinals(run_dir: Path) -> list[int]:
+    """Every result row the journal holds, duplicates included: pickled ones one per row, plain data in batch rows."""
+    conn = sqlite3.connect(run_dir / "journal.sqlite")
+    try:
+        single = [o for (o,) in conn.execute("SELECT ordinal FROM results")]
+        return single + [row[0] for row in batch_rows(conn)]
     finally:
         conn.close()
 
@@ -227,7 +238,7 @@ def test_results_are_exactly_once_after_kill_9_at_random_moments_and_resume(tmp_
         proc.wait()
         run_dir = next(out.iterdir())
         done = done_ordinals(run_dir)
-        kept = [o for (o,) in journal_rows(run_dir, "SELECT ordinal FROM results")]
+        kept = kept_ordinals(run_dir)
         assert len(kept) == len(set(kept))
         assert set(kept) == {n for n in done if n % 5}, f"results and successes disagree after kill {session + 1}"
         proc = start(tmp_path, f"resume-{session}.txt", "resume", run_dir)

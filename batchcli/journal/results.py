@@ -11,16 +11,19 @@ from __future__ import annotations
 import csv
 import json
 import json.encoder
+import marshal
 import os
 import pickle
 import reprlib
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any
 
 from batchcli.errors import UsageError
+from batchcli.journal.batches import batch_rows, dump, has_batches, merged, write_batch
 from batchcli.journal.records import json_form, json_text
 from batchcli.journal.rundir import check_safe, connect, damaged, journal_path
 
@@ -38,10 +41,11 @@ between sessions, so an ordinal can name another item then). ``value`` is the re
 of a pickled one), ``pickled`` the pickle when JSON could not hold it. Journals of older batchcli versions
 lack the table; ``Journal.open`` adds it and readers treat a missing one as empty."""
 
-Encoded = tuple[str, "bytes | None"]
-"""A result as stored: its JSON text, and its pickle when JSON cannot hold it."""
+Encoded = tuple["str | bytes", "bytes | None"]
+"""A result as stored: its marshal encoding (bytes) when it is plain data; else its JSON text, and its pickle
+when JSON cannot hold it."""
 
-Kept = tuple[int, str, "bytes | None"]
+Kept = tuple[int, "str | bytes", "bytes | None"]
 """An item's ordinal and its encoded result, on their way to the journal (a keyed run adds the key)."""
 
 FORMATS = ("jsonl", "csv")
@@ -77,7 +81,11 @@ class UnkeepableResult(Exception):
 
 
 def encode(value: Any) -> Encoded:
-    """``value`` as stored: JSON when JSON can write it, else pickled; ``UnkeepableResult`` when neither can."""
+    """``value`` as stored: marshalled when it is plain data (``journal.batches``), else JSON when JSON can
+    write it, else pickled; ``UnkeepableResult`` when none can."""
+    plain = dump(value)
+    if plain is not None:
+        return plain, None
     try:
         return _to_json(value), None
     except Exception:  # not JSON (TypeError, ValueError for NaN or a cycle, RecursionError): try pickle
@@ -97,6 +105,8 @@ def encode(value: Any) -> Encoded:
     return shown, blob
 
 
+_encoded = itemgetter(1)
+
 _BATCH = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 _INSERT_BATCH = (
@@ -109,7 +119,15 @@ busy with items, makes each of those waits long (thousands of rows a second inst
 
 
 def write_results(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert ``(ordinal, value, pickled[, key])`` rows in the caller's transaction; one statement when JSON can carry them."""
+    """Insert ``(ordinal, value, pickled[, key])`` rows in the caller's transaction: marshalled ones as batch rows
+    (``journal.batches``), the others one row each, in one statement when JSON can carry them."""
+    if set(map(type, map(_encoded, rows))) != {str}:
+        batched = [row for row in rows if type(row[1]) is bytes]
+        if batched:
+            write_batch(conn, batched, keyed=len(batched[0]) > 3)
+            rows = [row for row in rows if type(row[1]) is not bytes]
+    if not rows:
+        return
     plain, other = rows, []
     if any(row[2] is not None for row in rows):
         plain = [row for row in rows if row[2] is None]
@@ -161,6 +179,9 @@ def read_results(run_dir: str | os.PathLike[str]) -> Iterator[Result]:
 def _read(run_dir: Path, path: Path, keyed: bool) -> Iterator[Result]:
     checked = loaded = False
     for ordinal, key, text, blob in _rows(path, keyed):
+        if type(text) is bytes:
+            yield Result(ordinal, key, marshal.loads(text))
+            continue
         if blob is None:
             yield Result(ordinal, key, json.loads(text))
             continue
@@ -191,7 +212,11 @@ def _load_project(path: Path) -> None:
 
 
 def _rows(path: Path, keyed: bool, pickled: bool = True) -> Iterator[tuple[Any, ...]]:
-    """``(ordinal, key or None, value, pickled)`` rows in source order, fetched a chunk at a time."""
+    """``(ordinal, key or None, value, pickled)`` rows in source order, one per item, fetched a chunk at a time.
+
+    ``value`` is a marshal encoding (bytes) for a batched result, else JSON text; a journal may hold both
+    kinds (a pickled result beside plain ones), and a journal of batchcli 0.x before batches only the second.
+    """
     try:
         conn = connect(path)
     except sqlite3.Error as error:
@@ -199,16 +224,21 @@ def _rows(path: Path, keyed: bool, pickled: bool = True) -> Iterator[tuple[Any, 
     try:
         if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'results'").fetchone() is None:
             return  # a journal from before results were kept
-        column = "pickled" if pickled else "NULL"
-        # Unkeyed, the table's own order is the source's; keyed, SQLite sorts (spilling to disk, not to our memory).
-        key, order = ("item", "ordinal, item") if keyed else ("NULL", "item")
-        cursor = conn.execute(f"SELECT ordinal, {key}, value, {column} FROM results ORDER BY {order}")
-        while rows := cursor.fetchmany(_CHUNK):
-            yield from rows
+        batched = batch_rows(conn) if has_batches(conn) else iter(())
+        yield from merged(_single_rows(conn, keyed, pickled), batched)
     except sqlite3.Error as error:
         raise damaged(path, str(error)) from error
     finally:
         conn.close()
+
+
+def _single_rows(conn: sqlite3.Connection, keyed: bool, pickled: bool) -> Iterator[tuple[Any, ...]]:
+    column = "pickled" if pickled else "NULL"
+    # Unkeyed, the table's own order is the source's; keyed, SQLite sorts (spilling to disk, not to our memory).
+    key, order = ("item", "ordinal, item") if keyed else ("NULL", "item")
+    cursor = conn.execute(f"SELECT ordinal, {key}, value, {column} FROM results ORDER BY {order}")
+    while rows := cursor.fetchmany(_CHUNK):
+        yield from rows
 
 
 def check_format(name: str) -> str:
@@ -237,6 +267,8 @@ def export(run_dir: Path, fmt: str, out: IO[str]) -> int:
         count += 1
         if isinstance(key, bytes):  # a bytes key, as text JSON and CSV can hold
             key = key.decode("utf-8", "backslashreplace")
+        if type(text) is bytes:  # plain data, marshalled: written as JSON, non-JSON parts in their JSON form
+            text = _export_json(marshal.loads(text))
         if writer is None:
             row = {"ordinal": ordinal, "key": key, "result": None} if keyed else {"ordinal": ordinal, "result": None}
             line = json.dumps(row, ensure_ascii=False)
@@ -246,6 +278,13 @@ def export(run_dir: Path, fmt: str, out: IO[str]) -> int:
             cell = value if isinstance(value, str) else text  # a string as itself; anything else as its JSON
             writer.writerow([ordinal, key, cell] if keyed else [ordinal, cell])
     return count
+
+
+def _export_json(value: Any) -> str:
+    try:
+        return str(_to_json(value))
+    except Exception:  # a tuple key, a set, bytes, NaN: as failed.jsonl writes inputs
+        return json_text(json_form(value))
 
 
 def _keyed(path: Path) -> bool:
