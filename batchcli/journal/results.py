@@ -161,6 +161,9 @@ class Result:
     """The Source's ``item_key(item)`` as the journal stores it, or None when the Source has none."""
     value: Any
     """The returned value: parsed back from JSON, or unpickled."""
+    shard: int | None = None
+    """The shard it ran in, when read from a group directory (``ordinal`` is then the source position for
+    shards split by position, the position within the shard's share for keyed ones); else None."""
 
 
 def read_results(run_dir: str | os.PathLike[str]) -> Iterator[Result]:
@@ -170,34 +173,49 @@ def read_results(run_dir: str | os.PathLike[str]) -> Iterator[Result]:
     are (``pandas.DataFrame(r.value for r in read_results(run_dir))`` holds only the frame). A value that
     JSON could not hold comes back unpickled, and only from a journal you alone can write (loading a
     pickle runs code), as for ``resume`` and ``retry``; when its class is not importable, the job's
-    project is imported first, as ``resume`` would.
+    project is imported first, as ``resume`` would. A shard group directory reads as its shards' results
+    together (``journal.groupresults``).
     """
+    if is_group(Path(run_dir)):
+        from batchcli.journal.groupresults import read_group_results
+
+        return read_group_results(Path(run_dir))
     path = journal_path(Path(run_dir))  # a bad directory is an error now, not at the first item
-    return _read(Path(run_dir), path, _keyed(path))
+    values = Values(Path(run_dir), path)
+    return (Result(ordinal, key, values.of(text, blob)) for ordinal, key, text, blob in rows(path, keyed_run(path)))
 
 
-def _read(run_dir: Path, path: Path, keyed: bool) -> Iterator[Result]:
-    checked = loaded = False
-    for ordinal, key, text, blob in _rows(path, keyed):
+def is_group(path: Path) -> bool:
+    """True when ``path`` is a shard group's directory (``journal.groups`` says more; this is all reading needs)."""
+    return (path / "group.json").is_file()
+
+
+class Values:
+    """Turns one run's stored results back into values: the run directory is checked once, before the first
+    pickle is loaded, and the job's project imported when a pickled value's class needs it."""
+
+    def __init__(self, run_dir: Path, path: Path) -> None:
+        self.run_dir, self.path = run_dir, path
+        self._checked = self._loaded = False
+
+    def of(self, text: str | bytes, blob: bytes | None) -> Any:
+        """The value stored as ``text`` (marshal or JSON) and ``blob`` (its pickle, or None)."""
         if type(text) is bytes:
-            yield Result(ordinal, key, marshal.loads(text))
-            continue
+            return marshal.loads(text)
         if blob is None:
-            yield Result(ordinal, key, json.loads(text))
-            continue
-        if not checked:
-            check_safe(run_dir)
-            checked = True
+            return json.loads(text)
+        if not self._checked:
+            check_safe(self.run_dir)
+            self._checked = True
         try:
-            value = pickle.loads(blob)
+            return pickle.loads(blob)
         except (ImportError, AttributeError):
-            if loaded:
+            if self._loaded:
                 raise
             # Its class lives in the job's project, which this process has not imported: import it, as resume would.
-            _load_project(path)
-            loaded = True
-            value = pickle.loads(blob)
-        yield Result(ordinal, key, value)
+            _load_project(self.path)
+            self._loaded = True
+            return pickle.loads(blob)
 
 
 def _load_project(path: Path) -> None:
@@ -211,7 +229,7 @@ def _load_project(path: Path) -> None:
     load_project(target)
 
 
-def _rows(path: Path, keyed: bool, pickled: bool = True) -> Iterator[tuple[Any, ...]]:
+def rows(path: Path, keyed: bool, pickled: bool = True) -> Iterator[tuple[Any, ...]]:
     """``(ordinal, key or None, value, pickled)`` rows in source order, one per item, fetched a chunk at a time.
 
     ``value`` is a marshal encoding (bytes) for a batched result, else JSON text; a journal may hold both
@@ -255,28 +273,40 @@ def export(run_dir: Path, fmt: str, out: IO[str]) -> int:
 
     Never unpickles: a value JSON could not hold is written as its JSON form (as ``failed.jsonl`` writes
     inputs), so any journal you can read can be exported. The key column is there when the Source has one.
+    A group directory exports its shards' results together (``journal.groupresults``).
     """
     check_format(fmt)
+    if is_group(run_dir):
+        from batchcli.journal.groupresults import export_group
+
+        return export_group(run_dir, fmt, out)
     path = journal_path(run_dir)
-    keyed = _keyed(path)
+    keyed = keyed_run(path)
+    return write_rows(((o, k, t, None) for o, k, t, _ in rows(path, keyed, pickled=False)), fmt, out, keyed, False)
+
+
+def write_rows(found: Iterator[tuple[Any, ...]], fmt: str, out: IO[str], keyed: bool, sharded: bool) -> int:
+    """Write ``(ordinal, key, stored value, shard)`` rows as ``fmt``, with a key column when ``keyed`` and a
+    shard column when ``sharded``; returns how many."""
     count = 0
     writer = csv.writer(out) if fmt == "csv" else None
     if writer is not None:
-        writer.writerow(["ordinal", "key", "result"] if keyed else ["ordinal", "result"])
-    for ordinal, key, text, _ in _rows(path, keyed, pickled=False):
+        writer.writerow(["ordinal", *(["key"] if keyed else []), *(["shard"] if sharded else []), "result"])
+    for ordinal, key, text, shard in found:
         count += 1
         if isinstance(key, bytes):  # a bytes key, as text JSON and CSV can hold
             key = key.decode("utf-8", "backslashreplace")
         if type(text) is bytes:  # plain data, marshalled: written as JSON, non-JSON parts in their JSON form
             text = _export_json(marshal.loads(text))
+        ids: list[Any] = [ordinal, *([key] if keyed else []), *([shard] if sharded else [])]
         if writer is None:
-            row = {"ordinal": ordinal, "key": key, "result": None} if keyed else {"ordinal": ordinal, "result": None}
-            line = json.dumps(row, ensure_ascii=False)
+            row = dict(zip(["ordinal", *(["key"] if keyed else []), *(["shard"] if sharded else [])], ids))
+            line = json.dumps({**row, "result": None}, ensure_ascii=False)
             out.write(line[: -len("null}")] + text + "}\n")  # the stored JSON as it is, not parsed and re-encoded
         else:
             value = json.loads(text)
             cell = value if isinstance(value, str) else text  # a string as itself; anything else as its JSON
-            writer.writerow([ordinal, key, cell] if keyed else [ordinal, cell])
+            writer.writerow([*ids, cell])
     return count
 
 
@@ -287,7 +317,7 @@ def _export_json(value: Any) -> str:
         return json_text(json_form(value))
 
 
-def _keyed(path: Path) -> bool:
+def keyed_run(path: Path) -> bool:
     try:
         conn = connect(path)
         try:
