@@ -23,19 +23,19 @@ def jsonl(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
-def shards(cli: Any, job: Path, count: int, indexes: tuple[int, ...], n: int, *params: str) -> Path:
-    """Run the given shards of one group ``g`` in-process; returns the group directory."""
+def shards(cli: Any, job: Path, count: int, indexes: tuple[int, ...], n: int, *params: str, group: str = "g") -> Path:
+    """Run the given shards of one group in-process, in the default output directory; returns the group directory."""
     for index in indexes:
-        ran = cli("exec", job, "-d", "out", "-p", f"count={count}", *params, "--shard", f"{index}/{n}", "--group", "g")
+        ran = cli("exec", job, "-p", f"count={count}", *params, "--shard", f"{index}/{n}", "--group", group)
         assert ran.exit_code == 0, ran.output
-    return Path("out") / "g"
+    return Path("batchcli_outputs") / group
 
 
 def test_a_group_split_by_position_reads_back_in_source_order(cli: Any, run_batchcli: Any, tmp_path: Path) -> None:
     """Three positional shards export as one run would: every result once, by source position, no shard column."""
-    group = shards(cli, SQUARES, 14, (0, 1, 2), 3, "-p", "none_every=5", "-p", "point_every=4")
+    group = shards(cli, SQUARES, 14, (0, 1, 2), 3, "-p", "none_every=5", "-p", "point_every=4", group="nightly")
     wanted = [n for n in range(14) if n % 5]
-    exported = run_batchcli("results", tmp_path / group)  # the main path, as a real process
+    exported = run_batchcli("results", tmp_path / group)  # the main path, as a real process, as docs/executors.md shows it
     assert exported.exit_code == 0, exported.output
     rows = jsonl(exported.output)
     assert [r["ordinal"] for r in rows] == wanted
