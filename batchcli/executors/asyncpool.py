@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from marshal import dumps as _marshal
 from collections import deque
+from marshal import dumps as _marshal
 from typing import Any, Callable, Iterator
 
 from batchcli.executors.base import Items
