@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import reprlib
+import threading
 import time
 from array import array
 from collections import deque
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 FAILURES = "batchcli.failures"
@@ -44,8 +46,17 @@ KEPT_BACKLOG_MAX = 4 << 20
 """About how many bytes of results may wait for the journal: past it, new items wait for the recorder
 (a job returning results faster than the disk takes them must not fill the memory instead)."""
 
+KEPT_NUDGE = KEPT_BACKLOG_MAX // 4
+"""Past this many bytes of waiting results the recorder is woken (``Tally.flush_wanted``) and ``kept_backlog``
+looked at (the async executor counts ``plain_data`` alone against it: one ``len`` per result)."""
+
+PLAIN_OVERHEAD = 24
+"""What one waiting plain-data result costs beyond its encoding: its ordinal and size in two arrays, and their slack."""
+
 KEPT_OVERHEAD = 200
 """What one waiting result costs beyond its text: its tuple, ordinal and str objects."""
+
+_encoded = itemgetter(1)
 
 RECORDER_WAIT_S = 0.005
 """How often an executor held back by a results backlog looks again (the recorder takes everything each flush)."""
@@ -82,6 +93,22 @@ def runs(ordinals: list[int]) -> list[tuple[int, int]]:
         previous = ordinal
     result.append((start, previous + 1))
     return result
+
+
+def ordinal_ranges(ordinals: array[int], count: int) -> list[tuple[int, int]]:
+    """The first ``count`` of ``ordinals`` (unique, in any order) as sorted, merged ``[start, end)`` ranges.
+
+    Works in slices, so memory stays flat however many there are; a slice that is one run needs no loop.
+    """
+    ranges: list[tuple[int, int]] = []
+    for offset in range(0, count, _SLICE):
+        part = ordinals[offset : min(count, offset + _SLICE)]
+        low, high = min(part), max(part)
+        if high - low + 1 == len(part):  # ordinals are unique, so this slice is one run
+            ranges.append((low, high + 1))
+        else:
+            ranges.extend(runs(sorted(part)))
+    return merge_ranges(ranges)
 
 
 def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -157,13 +184,22 @@ class Tally:
         self._paused_at: float | None = None
         self.done = array("q")
         """Ordinals that succeeded and are not yet journaled: 8 bytes each, no objects kept alive."""
-        self.kept: list[tuple[int, str, bytes | None]] = []
-        """Items that succeeded with a result, not yet journaled: ``(ordinal, JSON, pickle or None)`` as
+        self.kept: list[tuple[int, str | bytes, bytes | None]] = []
+        """Items that succeeded with a result, not yet journaled: ``(ordinal, marshal or JSON, pickle or None)`` as
         ``journal.results.encode`` made it. Their ordinals are not in ``done``: one append settles an item."""
+        self.plain_ordinals = array("q")
+        self.plain_sizes = array("q")
+        self.plain_data = bytearray()
+        """Items that succeeded with a plain-data result (marshalled), not yet journaled, laid out flat: a few
+        bytes beyond the encoding each, where a tuple in ``kept`` costs ~150. The loop appends the data, then
+        the size, then the ordinal: an item is there once its ordinal is (``take_plain``)."""
         self.kept_bytes = 0
-        """About how much memory ``kept`` has taken in all (``KEPT_OVERHEAD`` each plus the text): the loop's count."""
+        """About how much memory ``kept`` (not the plain results: their arrays' lengths say it) has taken in all (``KEPT_OVERHEAD`` each plus the text): the loop's count."""
         self.taken_bytes = 0
         """The same for what the recorder took out; each counter has one writer, so neither loses an update."""
+        self.flush_wanted = threading.Event()
+        """Set when results waiting for the journal pass ``KEPT_NUDGE``: the recorder flushes
+        then rather than at its next interval, so the loop rarely has to wait for it."""
         self.failures: list[Failure] = []
         """Every final failure, in order."""
         self.new_failures: deque[Failure] = deque()
@@ -213,32 +249,43 @@ class Tally:
         """
         done = self.done
         count = len(done)
-        ranges: list[tuple[int, int]] = []
-        for offset in range(0, count, _SLICE):
-            part = done[offset : min(count, offset + _SLICE)]
-            low, high = min(part), max(part)
-            if high - low + 1 == len(part):  # ordinals are unique, so this slice is one run
-                ranges.append((low, high + 1))
-            else:
-                ranges.extend(runs(sorted(part)))
+        ranges = ordinal_ranges(done, count)
         del done[:count]
-        return merge_ranges(ranges)
+        return ranges
 
-    def take_kept(self) -> list[tuple[int, str, bytes | None]]:
+    def take_kept(self) -> list[tuple[int, str | bytes, bytes | None]]:
         """Remove the results recorded so far and return them (safe against concurrent appends, as ``take_done``)."""
         kept = self.kept
         count = len(kept)
         taken = kept[:count]
         del kept[:count]
-        self.taken_bytes += sum(len(k[1]) for k in taken) + KEPT_OVERHEAD * count
+        self.taken_bytes += sum(map(len, map(_encoded, taken))) + KEPT_OVERHEAD * count
         return taken
+
+    def take_plain(self) -> tuple[array[int], array[int], bytearray] | None:
+        """Remove the plain-data results recorded so far: ``(ordinals, sizes, encodings end to end)`` in the
+        order they settled, or None when there are none. Safe against concurrent appends, as ``take_done``:
+        the ordinals are counted first, and their items' sizes and data were appended before them."""
+        count = len(self.plain_ordinals)
+        if not count:
+            return None
+        ordinals, sizes = self.plain_ordinals[:count], self.plain_sizes[:count]
+        del self.plain_ordinals[:count]
+        del self.plain_sizes[:count]
+        size = sum(sizes)
+        data = self.plain_data[:size]  # a copy; SQLite takes the bytearray as a blob, so no second one
+        del self.plain_data[:size]
+        return ordinals, sizes, data
 
     @property
     def kept_backlog(self) -> bool:
         """True while results wait for the journal beyond ``KEPT_BACKLOG_MAX``: new items should wait."""
-        return self.kept_bytes - self.taken_bytes > KEPT_BACKLOG_MAX
+        waiting = self.kept_bytes - self.taken_bytes + len(self.plain_data) + PLAIN_OVERHEAD * len(self.plain_ordinals)
+        if waiting > KEPT_NUDGE and not self.flush_wanted.is_set():
+            self.flush_wanted.set()
+        return waiting > KEPT_BACKLOG_MAX
 
-    def recover(self, failure: Failure, kept: tuple[str, bytes | None] | None = None) -> bool:
+    def recover(self, failure: Failure, kept: tuple[str | bytes, bytes | None] | None = None) -> bool:
         """Count a final failure that succeeded on a later try as a success (on the loop thread).
 
         False when ``failure`` is not one of ``failures`` (already recovered). A failure the recorder

@@ -62,6 +62,8 @@ COVERED_ELSEWHERE = {
     "batchcli show batchcli_outputs/nightly": "tests/test_shards.py::test_show_runs_and_retry_on_a_group",
     "batchcli retry batchcli_outputs/nightly": "tests/test_shards.py::test_show_runs_and_retry_on_a_group",
     "batchcli retry batchcli_outputs/nightly --shard 1/3": "tests/test_shards.py::test_show_runs_and_retry_on_a_group",
+    "batchcli results batchcli_outputs/nightly":
+        "tests/test_group_results.py::test_a_group_split_by_position_reads_back_in_source_order",
     # A live run without a terminal, a free port and a local HTTP server: docs/unattended.md.
     "batchcli exec PATH --log-format json -p metrics_port=9464 -p notify_url=http://127.0.0.1:8080/batch":
         "tests/test_unattended.py::test_metrics_json_logs_notifications_and_a_stale_socket",

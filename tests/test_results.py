@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import marshal
 import random
 import re
 import sqlite3
@@ -17,6 +18,7 @@ from typing import Any
 from conftest import subprocess_env
 
 import batchcli
+from batchcli.journal.batches import batch_rows
 from batchcli.journal.rundir import read_run
 from batchcli.testing import run_job
 
@@ -38,6 +40,16 @@ def journal_rows(run_dir: Path, sql: str) -> list[tuple[Any, ...]]:
     conn = sqlite3.connect(run_dir / "journal.sqlite")
     try:
         return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def kept_ordinals(run_dir: Path) -> list[int]:
+    """Every result row the journal holds, duplicates included: pickled ones one per row, plain data in batch rows."""
+    conn = sqlite3.connect(run_dir / "journal.sqlite")
+    try:
+        single = [o for (o,) in conn.execute("SELECT ordinal FROM results")]
+        return single + [row[0] for row in batch_rows(conn)]
     finally:
         conn.close()
 
@@ -227,7 +239,7 @@ def test_results_are_exactly_once_after_kill_9_at_random_moments_and_resume(tmp_
         proc.wait()
         run_dir = next(out.iterdir())
         done = done_ordinals(run_dir)
-        kept = [o for (o,) in journal_rows(run_dir, "SELECT ordinal FROM results")]
+        kept = kept_ordinals(run_dir)
         assert len(kept) == len(set(kept))
         assert set(kept) == {n for n in done if n % 5}, f"results and successes disagree after kill {session + 1}"
         proc = start(tmp_path, f"resume-{session}.txt", "resume", run_dir)
@@ -264,3 +276,41 @@ def test_read_results_streams_a_large_run_in_flat_memory(cli, tmp_path: Path) ->
     read, growth_mb = proc.stdout.split()
     assert int(read) == count
     assert float(growth_mb) < 8, f"peak RSS grew {growth_mb} MB reading {count} results"  # all of them held: ~100 MB
+
+
+def test_a_journal_with_one_row_per_result_still_reads_and_resumes(cli, tmp_path: Path) -> None:
+    """A journal written before batch rows (one `results` row per item, as JSON) reads, exports and resumes; old and new rows read together."""
+    crashed = cli("exec", WORDS, "-d", "out", "-p", "count=10", "-p", "crash_after=4")
+    assert crashed.exit_code == 3, crashed.output
+    conn = sqlite3.connect(crashed.run_dir / "journal.sqlite")
+    with conn:  # rewrite the journal as batchcli before batch rows wrote it
+        old = [(key, ordinal, json.dumps(value)) for ordinal, key, value in
+               ((r.ordinal, r.key, r.value) for r in batchcli.read_results(crashed.run_dir))]
+        conn.executemany("INSERT INTO results (item, ordinal, value) VALUES (?, ?, ?)", old)
+        conn.execute("DROP TABLE result_batches")
+    conn.close()
+    assert len(old) == 4
+    assert jsonl(cli("results", crashed.run_dir).output)[0] == {"ordinal": 0, "key": "word-0", "result": "WORD-0"}
+    resumed = cli("resume", crashed.run_dir, "-p", "crash_after=-1")
+    assert resumed.exit_code == 0, resumed.output
+    results = list(batchcli.read_results(crashed.run_dir))
+    assert [(r.ordinal, r.key, r.value) for r in results] == [(n, f"word-{n}", f"WORD-{n}") for n in range(10)]
+
+
+def test_batch_rows_read_back_sorted_split_and_once_per_item(tmp_path: Path) -> None:
+    """A flush's rows come back in ordinal order whatever order items settled in, a straggler gets its own row, and an item kept twice reads once (the later)."""
+    from array import array
+    from marshal import dumps
+
+    from batchcli.journal.batches import BATCHES_TABLE, SPLIT_GAP, batch_rows, merged, write_plain
+
+    conn = sqlite3.connect(tmp_path / "j.sqlite")
+    conn.executescript(BATCHES_TABLE)
+    settled = [5, 3, 4, 2 * SPLIT_GAP + 10, 1]  # out of order, with one item far beyond the others
+    data = [dumps(f"v{n}") for n in settled]
+    write_plain(conn, array("q", settled), array("q", map(len, data)), b"".join(data), None)
+    write_plain(conn, array("q", [4]), array("q", [len(dumps("again"))]), dumps("again"), None)
+    assert conn.execute("SELECT count(*) FROM result_batches").fetchone() == (3,)  # the straggler split off
+    read = [(o, marshal.loads(v)) for o, _, v, _ in merged(batch_rows(conn))]
+    assert read == [(1, "v1"), (3, "v3"), (4, "again"), (5, "v5"), (2 * SPLIT_GAP + 10, f"v{2 * SPLIT_GAP + 10}")]
+

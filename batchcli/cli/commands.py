@@ -347,7 +347,7 @@ def attach(run_dir: Path = typer.Argument(..., help="The run directory of a live
 
 @app.command()
 def results(
-    run_dir: Path = typer.Argument(..., help="A run directory."),
+    run_dir: Path = typer.Argument(..., help="A run directory, or a shard group's directory."),
     format: str = typer.Option("jsonl", "--format", "-f", help="jsonl (one JSON object per line) or csv."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
 ) -> None:

@@ -8,23 +8,33 @@ import tempfile
 from pathlib import Path
 
 from batchcli.errors import UsageError
-from batchcli.journal.results import check_format, export
+from batchcli.journal.results import check_format, export, is_group
 from batchcli.journal.rundir import journal_path
 
 
 def export_results(run_dir: Path, fmt: str, output: Path | None) -> None:
-    """Check the inputs, then write every result of ``run_dir`` to ``output`` (stdout when None)."""
+    """Check the inputs, then write every result of ``run_dir`` (a run, or a shard group) to ``output`` (stdout when None)."""
     check_format(fmt)
-    journal_path(run_dir)  # not a run directory: its error, before any file is made
+    missing = None
+    if is_group(run_dir):
+        from batchcli.journal.groupresults import incomplete
+        from batchcli.journal.groupview import group_state
+
+        missing = incomplete(group_state(run_dir))  # a damaged group.json: its error, before any file is made
+    else:
+        journal_path(run_dir)  # not a run directory: its error, before any file is made
     if output is None:
         count = export(run_dir, fmt, sys.stdout)
     else:
         count = _to_file(run_dir, fmt, output)
+    what = "Group" if is_group(run_dir) else "Run"
     if count == 0:
-        print(f"Run {str(run_dir)!r} kept no results: its process() returned None for every item "
+        print(f"{what} {str(run_dir)!r} kept no results: its process() returned None for every item "
               "(or no item succeeded yet).", file=sys.stderr)
     elif output is not None:
         print(f"Wrote {count:,} result(s) to {output}.", file=sys.stderr)
+    if missing is not None:
+        print(f"Warning: {missing}", file=sys.stderr)
 
 
 def _to_file(run_dir: Path, fmt: str, output: Path) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from marshal import dumps as _marshal
 from typing import Any, Callable, Iterator
 
 from batchcli.executors.base import Items
@@ -12,9 +13,10 @@ from batchcli.executors.calls import ItemCalls
 from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, throttle_of
+from batchcli.journal.batches import MARSHAL_VERSION
 from batchcli.journal.results import encode
 from batchcli.load.configuration import Configuration
-from batchcli.outcome import KEPT_OVERHEAD, RECORDER_WAIT_S, Tally
+from batchcli.outcome import KEPT_NUDGE, KEPT_OVERHEAD, RECORDER_WAIT_S, Tally
 
 log = logging.getLogger("batchcli")
 
@@ -160,16 +162,24 @@ class AsyncExecutor:
     def _keep(self, ordinal: int, item: Any, attempts: Attempts | None, result: Any) -> bool:
         """A success that returned something: encoded here, so a value that cannot be kept fails its own item.
         True when results wait for the journal beyond the memory budget."""
-        try:
-            text, blob = encode(result)
-        except Exception as error:
-            self._failed(ordinal, item, attempts, error)
-            return False
         tally = self._tally
+        try:
+            plain = _marshal(result, MARSHAL_VERSION)  # plain data, the common case: encode's first try, inline
+        except (ValueError, TypeError):
+            try:
+                text, blob = encode(result)
+            except Exception as error:
+                self._failed(ordinal, item, attempts, error)
+                return False
+            tally.succeeded += 1
+            tally.kept.append((ordinal, text, blob))
+            tally.kept_bytes += len(text) + KEPT_OVERHEAD
+            return tally.kept_backlog
         tally.succeeded += 1
-        tally.kept.append((ordinal, text, blob))
-        tally.kept_bytes += len(text) + KEPT_OVERHEAD
-        return tally.kept_backlog
+        tally.plain_data += plain  # data, size, then ordinal: see Tally.take_plain
+        tally.plain_sizes.append(len(plain))
+        tally.plain_ordinals.append(ordinal)
+        return len(tally.plain_data) > KEPT_NUDGE and tally.kept_backlog
 
     async def _wait_for_recorder(self) -> None:
         """Results wait for the journal beyond the memory budget: start nothing until the recorder took them."""

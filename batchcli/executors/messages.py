@@ -109,7 +109,7 @@ class ChunkResult:
     """Wall time of the chunk in the worker, for sizing the next chunks."""
     pid: int
     """The worker process that ran it."""
-    kept: list[tuple[int, str, bytes | None]] = field(default_factory=list)
+    kept: list[tuple[int, str | bytes, bytes | None]] = field(default_factory=list)
     """Items that succeeded with a result: ordinal and the result encoded by the worker (not in ``succeeded``)."""
 
 

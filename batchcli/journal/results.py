@@ -11,16 +11,19 @@ from __future__ import annotations
 import csv
 import json
 import json.encoder
+import marshal
 import os
 import pickle
 import reprlib
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any
 
 from batchcli.errors import UsageError
+from batchcli.journal.batches import batch_rows, dump, has_batches, merged, write_batch
 from batchcli.journal.records import json_form, json_text
 from batchcli.journal.rundir import check_safe, connect, damaged, journal_path
 
@@ -38,10 +41,11 @@ between sessions, so an ordinal can name another item then). ``value`` is the re
 of a pickled one), ``pickled`` the pickle when JSON could not hold it. Journals of older batchcli versions
 lack the table; ``Journal.open`` adds it and readers treat a missing one as empty."""
 
-Encoded = tuple[str, "bytes | None"]
-"""A result as stored: its JSON text, and its pickle when JSON cannot hold it."""
+Encoded = tuple["str | bytes", "bytes | None"]
+"""A result as stored: its marshal encoding (bytes) when it is plain data; else its JSON text, and its pickle
+when JSON cannot hold it."""
 
-Kept = tuple[int, str, "bytes | None"]
+Kept = tuple[int, "str | bytes", "bytes | None"]
 """An item's ordinal and its encoded result, on their way to the journal (a keyed run adds the key)."""
 
 FORMATS = ("jsonl", "csv")
@@ -77,7 +81,11 @@ class UnkeepableResult(Exception):
 
 
 def encode(value: Any) -> Encoded:
-    """``value`` as stored: JSON when JSON can write it, else pickled; ``UnkeepableResult`` when neither can."""
+    """``value`` as stored: marshalled when it is plain data (``journal.batches``), else JSON when JSON can
+    write it, else pickled; ``UnkeepableResult`` when none can."""
+    plain = dump(value)
+    if plain is not None:
+        return plain, None
     try:
         return _to_json(value), None
     except Exception:  # not JSON (TypeError, ValueError for NaN or a cycle, RecursionError): try pickle
@@ -97,6 +105,8 @@ def encode(value: Any) -> Encoded:
     return shown, blob
 
 
+_encoded = itemgetter(1)
+
 _BATCH = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 _INSERT_BATCH = (
@@ -109,7 +119,15 @@ busy with items, makes each of those waits long (thousands of rows a second inst
 
 
 def write_results(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert ``(ordinal, value, pickled[, key])`` rows in the caller's transaction; one statement when JSON can carry them."""
+    """Insert ``(ordinal, value, pickled[, key])`` rows in the caller's transaction: marshalled ones as batch rows
+    (``journal.batches``), the others one row each, in one statement when JSON can carry them."""
+    if set(map(type, map(_encoded, rows))) != {str}:
+        batched = [row for row in rows if type(row[1]) is bytes]
+        if batched:
+            write_batch(conn, batched, keyed=len(batched[0]) > 3)
+            rows = [row for row in rows if type(row[1]) is not bytes]
+    if not rows:
+        return
     plain, other = rows, []
     if any(row[2] is not None for row in rows):
         plain = [row for row in rows if row[2] is None]
@@ -143,6 +161,9 @@ class Result:
     """The Source's ``item_key(item)`` as the journal stores it, or None when the Source has none."""
     value: Any
     """The returned value: parsed back from JSON, or unpickled."""
+    shard: int | None = None
+    """The shard it ran in, when read from a group directory (``ordinal`` is then the source position for
+    shards split by position, the position within the shard's share for keyed ones); else None."""
 
 
 def read_results(run_dir: str | os.PathLike[str]) -> Iterator[Result]:
@@ -152,31 +173,49 @@ def read_results(run_dir: str | os.PathLike[str]) -> Iterator[Result]:
     are (``pandas.DataFrame(r.value for r in read_results(run_dir))`` holds only the frame). A value that
     JSON could not hold comes back unpickled, and only from a journal you alone can write (loading a
     pickle runs code), as for ``resume`` and ``retry``; when its class is not importable, the job's
-    project is imported first, as ``resume`` would.
+    project is imported first, as ``resume`` would. A shard group directory reads as its shards' results
+    together (``journal.groupresults``).
     """
+    if is_group(Path(run_dir)):
+        from batchcli.journal.groupresults import read_group_results
+
+        return read_group_results(Path(run_dir))
     path = journal_path(Path(run_dir))  # a bad directory is an error now, not at the first item
-    return _read(Path(run_dir), path, _keyed(path))
+    values = Values(Path(run_dir), path)
+    return (Result(ordinal, key, values.of(text, blob)) for ordinal, key, text, blob in rows(path, keyed_run(path)))
 
 
-def _read(run_dir: Path, path: Path, keyed: bool) -> Iterator[Result]:
-    checked = loaded = False
-    for ordinal, key, text, blob in _rows(path, keyed):
+def is_group(path: Path) -> bool:
+    """True when ``path`` is a shard group's directory (``journal.groups`` says more; this is all reading needs)."""
+    return (path / "group.json").is_file()
+
+
+class Values:
+    """Turns one run's stored results back into values: the run directory is checked once, before the first
+    pickle is loaded, and the job's project imported when a pickled value's class needs it."""
+
+    def __init__(self, run_dir: Path, path: Path) -> None:
+        self.run_dir, self.path = run_dir, path
+        self._checked = self._loaded = False
+
+    def of(self, text: str | bytes, blob: bytes | None) -> Any:
+        """The value stored as ``text`` (marshal or JSON) and ``blob`` (its pickle, or None)."""
+        if type(text) is bytes:
+            return marshal.loads(text)
         if blob is None:
-            yield Result(ordinal, key, json.loads(text))
-            continue
-        if not checked:
-            check_safe(run_dir)
-            checked = True
+            return json.loads(text)
+        if not self._checked:
+            check_safe(self.run_dir)
+            self._checked = True
         try:
-            value = pickle.loads(blob)
+            return pickle.loads(blob)
         except (ImportError, AttributeError):
-            if loaded:
+            if self._loaded:
                 raise
             # Its class lives in the job's project, which this process has not imported: import it, as resume would.
-            _load_project(path)
-            loaded = True
-            value = pickle.loads(blob)
-        yield Result(ordinal, key, value)
+            _load_project(self.path)
+            self._loaded = True
+            return pickle.loads(blob)
 
 
 def _load_project(path: Path) -> None:
@@ -190,8 +229,12 @@ def _load_project(path: Path) -> None:
     load_project(target)
 
 
-def _rows(path: Path, keyed: bool, pickled: bool = True) -> Iterator[tuple[Any, ...]]:
-    """``(ordinal, key or None, value, pickled)`` rows in source order, fetched a chunk at a time."""
+def rows(path: Path, keyed: bool, pickled: bool = True) -> Iterator[tuple[Any, ...]]:
+    """``(ordinal, key or None, value, pickled)`` rows in source order, one per item, fetched a chunk at a time.
+
+    ``value`` is a marshal encoding (bytes) for a batched result, else JSON text; a journal may hold both
+    kinds (a pickled result beside plain ones), and a journal of batchcli 0.x before batches only the second.
+    """
     try:
         conn = connect(path)
     except sqlite3.Error as error:
@@ -199,16 +242,21 @@ def _rows(path: Path, keyed: bool, pickled: bool = True) -> Iterator[tuple[Any, 
     try:
         if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'results'").fetchone() is None:
             return  # a journal from before results were kept
-        column = "pickled" if pickled else "NULL"
-        # Unkeyed, the table's own order is the source's; keyed, SQLite sorts (spilling to disk, not to our memory).
-        key, order = ("item", "ordinal, item") if keyed else ("NULL", "item")
-        cursor = conn.execute(f"SELECT ordinal, {key}, value, {column} FROM results ORDER BY {order}")
-        while rows := cursor.fetchmany(_CHUNK):
-            yield from rows
+        batched = batch_rows(conn) if has_batches(conn) else iter(())
+        yield from merged(_single_rows(conn, keyed, pickled), batched)
     except sqlite3.Error as error:
         raise damaged(path, str(error)) from error
     finally:
         conn.close()
+
+
+def _single_rows(conn: sqlite3.Connection, keyed: bool, pickled: bool) -> Iterator[tuple[Any, ...]]:
+    column = "pickled" if pickled else "NULL"
+    # Unkeyed, the table's own order is the source's; keyed, SQLite sorts (spilling to disk, not to our memory).
+    key, order = ("item", "ordinal, item") if keyed else ("NULL", "item")
+    cursor = conn.execute(f"SELECT ordinal, {key}, value, {column} FROM results ORDER BY {order}")
+    while rows := cursor.fetchmany(_CHUNK):
+        yield from rows
 
 
 def check_format(name: str) -> str:
@@ -225,30 +273,51 @@ def export(run_dir: Path, fmt: str, out: IO[str]) -> int:
 
     Never unpickles: a value JSON could not hold is written as its JSON form (as ``failed.jsonl`` writes
     inputs), so any journal you can read can be exported. The key column is there when the Source has one.
+    A group directory exports its shards' results together (``journal.groupresults``).
     """
     check_format(fmt)
+    if is_group(run_dir):
+        from batchcli.journal.groupresults import export_group
+
+        return export_group(run_dir, fmt, out)
     path = journal_path(run_dir)
-    keyed = _keyed(path)
+    keyed = keyed_run(path)
+    return write_rows(((o, k, t, None) for o, k, t, _ in rows(path, keyed, pickled=False)), fmt, out, keyed, False)
+
+
+def write_rows(found: Iterator[tuple[Any, ...]], fmt: str, out: IO[str], keyed: bool, sharded: bool) -> int:
+    """Write ``(ordinal, key, stored value, shard)`` rows as ``fmt``, with a key column when ``keyed`` and a
+    shard column when ``sharded``; returns how many."""
     count = 0
     writer = csv.writer(out) if fmt == "csv" else None
     if writer is not None:
-        writer.writerow(["ordinal", "key", "result"] if keyed else ["ordinal", "result"])
-    for ordinal, key, text, _ in _rows(path, keyed, pickled=False):
+        writer.writerow(["ordinal", *(["key"] if keyed else []), *(["shard"] if sharded else []), "result"])
+    for ordinal, key, text, shard in found:
         count += 1
         if isinstance(key, bytes):  # a bytes key, as text JSON and CSV can hold
             key = key.decode("utf-8", "backslashreplace")
+        if type(text) is bytes:  # plain data, marshalled: written as JSON, non-JSON parts in their JSON form
+            text = _export_json(marshal.loads(text))
+        ids: list[Any] = [ordinal, *([key] if keyed else []), *([shard] if sharded else [])]
         if writer is None:
-            row = {"ordinal": ordinal, "key": key, "result": None} if keyed else {"ordinal": ordinal, "result": None}
-            line = json.dumps(row, ensure_ascii=False)
+            row = dict(zip(["ordinal", *(["key"] if keyed else []), *(["shard"] if sharded else [])], ids))
+            line = json.dumps({**row, "result": None}, ensure_ascii=False)
             out.write(line[: -len("null}")] + text + "}\n")  # the stored JSON as it is, not parsed and re-encoded
         else:
             value = json.loads(text)
             cell = value if isinstance(value, str) else text  # a string as itself; anything else as its JSON
-            writer.writerow([ordinal, key, cell] if keyed else [ordinal, cell])
+            writer.writerow([*ids, cell])
     return count
 
 
-def _keyed(path: Path) -> bool:
+def _export_json(value: Any) -> str:
+    try:
+        return str(_to_json(value))
+    except Exception:  # a tuple key, a set, bytes, NaN: as failed.jsonl writes inputs
+        return json_text(json_form(value))
+
+
+def keyed_run(path: Path) -> bool:
     try:
         conn = connect(path)
         try:

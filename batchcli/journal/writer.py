@@ -24,6 +24,7 @@ from batchcli import __version__
 from batchcli.errors import JournalError
 from batchcli.outcome import Failure, Tally
 from batchcli.journal.records import failure_line, json_form, json_text
+from batchcli.journal.batches import BATCHES_TABLE, Plain, write_plain
 from batchcli.journal.results import RESULTS_TABLE, Kept, write_results
 from batchcli.journal.rundir import FORMAT, JOURNAL_NAME, RunLock, check_safe, check_writable, connect, damaged
 from batchcli.journal.selection import Selection, save_selection
@@ -102,7 +103,7 @@ CREATE TABLE failures (
 );
 CREATE TABLE inputs (ordinal INTEGER PRIMARY KEY, item BLOB NOT NULL);
 CREATE TABLE timeline (session INTEGER NOT NULL, t REAL NOT NULL, succeeded INTEGER NOT NULL, failed INTEGER NOT NULL);
-""" + LIMITS_TABLE + LIVE_TABLE + RESULTS_TABLE
+""" + LIMITS_TABLE + LIVE_TABLE + RESULTS_TABLE + BATCHES_TABLE
 
 
 class Journal:
@@ -137,6 +138,7 @@ class Journal:
         self._unwritten: list[tuple[Any, ...]] = []
         self._unwritten_keys: list[Any] = []
         self._unwritten_results: list[tuple[Any, ...]] = []
+        self._unwritten_plain: list[tuple[Any, ...]] = []
         self._forgiven: list[int] = []
         self._released: list[int] = []
         self._unpointed = (0, 0)  # successes and failures of flushes whose timeline point was not written
@@ -242,7 +244,7 @@ class Journal:
             journal = cls(run_dir, conn, lock)
             journal._check_format()
             with conn:
-                conn.executescript(LIMITS_TABLE + LIVE_TABLE + RESULTS_TABLE)
+                conn.executescript(LIMITS_TABLE + LIVE_TABLE + RESULTS_TABLE + BATCHES_TABLE)
             return journal
         except sqlite3.DatabaseError as error:
             lock.release()
@@ -297,6 +299,11 @@ class Journal:
             self._unwritten_results.extend((o, text, blob, self._key_of(o)) for o, text, blob in kept)
         else:
             self._unwritten_results.extend(kept)
+
+    def keep_plain(self, plain: Plain) -> None:
+        """Plain-data results of items in the next ``record``'s ``done``, as the loop laid them out: one row."""
+        keys = [self._key_of(o) for o in plain[0]] if self.keyed else None
+        self._unwritten_plain.append((*plain, keys))
 
     def _key_of(self, ordinal: int) -> Any:
         """The key of the item at ``ordinal``: waiting to settle, or a journaled failure retried from the pause shell."""
@@ -376,6 +383,8 @@ class Journal:
                     conn.executemany(f"INSERT INTO failures VALUES ({', '.join('?' * 12)})", self._unwritten)
                 if self._unwritten_results:  # with the item's success: a crash keeps both or neither
                     write_results(conn, self._unwritten_results)
+                for plain in self._unwritten_plain:
+                    write_plain(conn, *plain)
                 if self._forgiven:
                     dropped, keys_added = self._drop_forgiven(conn)
                 dropped += released
@@ -414,7 +423,7 @@ class Journal:
         self.failed -= dropped
         lines = [failure_line(*_line_fields(row)) for row in self._unwritten]
         self._unwritten, self._unwritten_keys, self._forgiven, self._released = [], [], [], []
-        self._unwritten_results = []
+        self._unwritten_results, self._unwritten_plain = [], []
         self._unpointed = (0, 0)
         return lines
 

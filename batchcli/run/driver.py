@@ -293,6 +293,7 @@ class Run:
                 "The Service's code still holds the event loop; leaving it without finish() and persist_failed."
             )
         self._finished.set()  # the recorder's cue to stop; the main thread then flushes once more
+        self.tally.flush_wanted.set()
 
     def stop_report(self) -> tuple[int, float]:
         """Items in flight and the stop timeout, for the signal handler's log line."""
@@ -318,8 +319,12 @@ class Run:
         return journal
 
     def _record_loop(self) -> None:
-        while not self._finished.wait(self.recording.interval_s):
-            self.recording.flush()
+        wanted = self.tally.flush_wanted  # set when results back up, and when the run finishes
+        while not self._finished.is_set():
+            wanted.wait(self.recording.interval_s)
+            wanted.clear()
+            if not self._finished.is_set():
+                self.recording.flush()
 
     def stop(self) -> None:
         """Ask the run to stop gracefully (thread-safe): nothing new starts, in-flight items finish."""
@@ -394,6 +399,7 @@ class Run:
         finally:
             self._loop_ready.set()
             self._finished.set()
+            self.tally.flush_wanted.set()
             self._wake.set()
 
     async def _main(self) -> None:

@@ -20,8 +20,9 @@ from typing import Callable, Protocol
 from batchcli.errors import RunDirWriteError
 from batchcli.journal.records import FailedFile, failure_record
 from batchcli.journal.rundir import FLUSH_INTERVAL_S
+from batchcli.journal.batches import Plain
 from batchcli.journal.results import Kept
-from batchcli.outcome import KEPT_BACKLOG_MAX, Failure, Tally, log_failures, merge_ranges, runs
+from batchcli.outcome import KEPT_BACKLOG_MAX, Failure, Tally, log_failures, merge_ranges, ordinal_ranges, runs
 
 log = logging.getLogger("batchcli")
 
@@ -39,6 +40,10 @@ class Recorder(Protocol):
     def keep(self, kept: list[Kept]) -> None:
         """Results of items whose ordinals come in the next ``record``'s ``done``: written in its transaction."""
 
+    def keep_plain(self, plain: Plain) -> None:
+        """Plain-data results (``Tally.take_plain``) of items whose ordinals come in the next ``record``'s
+        ``done``: written in its transaction."""
+
     def release(self, ordinals: list[int]) -> None:
         """Recorded failures of this session taken back as not final; the items will settle again."""
 
@@ -54,6 +59,9 @@ class NullRecorder:
         """Nothing to undo."""
 
     def keep(self, kept: list[Kept]) -> None:
+        """Keep nothing."""
+
+    def keep_plain(self, plain: Plain) -> None:
         """Keep nothing."""
 
     def release(self, ordinals: list[int]) -> None:
@@ -112,12 +120,17 @@ class Recording:
         with self._lock:
             taken = self.tally.taken_bytes
             kept = self.tally.take_kept()
-            busy = self.tally.taken_bytes - taken > KEPT_BACKLOG_MAX // 4
+            plain = self.tally.take_plain()
+            plain_bytes = 0 if plain is None else len(plain[2])
+            busy = self.tally.taken_bytes - taken + plain_bytes > KEPT_BACKLOG_MAX // 4
             self.interval_s = FLUSH_INTERVAL_S / 20 if busy else FLUSH_INTERVAL_S
             done = self.tally.take_done()
             if kept:  # items with a result are settled by it alone: their ordinals join the others here
                 done = merge_ranges(done + runs(sorted(k[0] for k in kept)))
                 self.recorder.keep(kept)
+            if plain is not None:
+                done = merge_ranges(done + ordinal_ranges(plain[0], len(plain[0])))
+                self.recorder.keep_plain(plain)
             new = self.tally.new_failures
             failures = [new.popleft() for _ in range(len(new))]
             log_failures(failures)  # here, not on the loop thread: once each, even if the write below fails

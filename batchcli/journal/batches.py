@@ -1,0 +1,195 @@
+"""Results of plain data, kept as one journal row per flush rather than one per item.
+
+A row per result cost SQLite a B-tree insert each (about a microsecond, a million times), and their
+JSON cost the run's loop thread another; together a job that returns a small dict ran ten times
+slower than one returning None. Plain data (what ``marshal`` writes: dicts, lists, tuples, sets,
+strings, bytes, numbers, booleans, None, of exactly those types) is now encoded with ``marshal``
+where its item ran (a quarter of JSON's cost), and a flush's worth goes to the journal as one row:
+its ordinals, the sizes and the concatenated encodings, in the same transaction as the items' done
+marks. Reading merges the rows back into source order, holding only the rows that overlap the
+ordinal being read, so memory stays flat however many results there are.
+
+``marshal`` is pinned to version 4 (every Python since 3.4 reads it) and runs no code when loading,
+unlike pickle; a row records its encoding (``MARSHAL``) so another one can follow.
+"""
+
+from __future__ import annotations
+
+import heapq
+import marshal
+import sqlite3
+import sys
+from array import array
+from collections.abc import Iterator
+from operator import itemgetter
+from typing import Any
+
+BATCHES_TABLE = """
+CREATE TABLE IF NOT EXISTS result_batches (
+    lo INTEGER NOT NULL,
+    hi INTEGER NOT NULL,
+    encoding INTEGER NOT NULL,
+    ordinals BLOB NOT NULL,
+    sizes BLOB NOT NULL,
+    data BLOB NOT NULL,
+    keys BLOB
+);
+CREATE INDEX IF NOT EXISTS result_batches_lo ON result_batches (lo);
+"""
+"""One row per flush (or per stretch of one, see ``SPLIT_GAP``) of plain-data results, in the order they
+settled (readers sort a row; it holds one flush at most):
+``ordinals`` and ``sizes`` are little-endian int64 arrays, ``data`` the results' marshal
+encodings end to end, ``keys`` the marshalled list of the items' keys in a keyed run, ``[lo, hi]`` the
+first and last ordinal. Journals of older batchcli versions lack it; ``Journal.open`` adds it."""
+
+Plain = tuple["array[int]", "array[int]", "bytes | bytearray"]
+"""A flush's plain-data results as the loop laid them out: ordinals, sizes, and the encodings end to end."""
+
+MARSHAL = 1
+"""``encoding`` of a row whose results are ``marshal`` version 4."""
+
+MARSHAL_VERSION = 4
+
+SPLIT_GAP = 1024
+"""A flush's results are cut into separate rows where consecutive ordinals lie further apart than this (an
+item retried long after its neighbours), so that no row spans far beyond its own results: reading holds
+every row that spans the ordinal being read."""
+
+_ordinal = itemgetter(0)
+_encoded = itemgetter(1)
+_key = itemgetter(3)
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def dump(value: Any) -> bytes | None:
+    """``value``'s marshal encoding when it is plain data, else None (the caller tries JSON, then pickle)."""
+    try:
+        return marshal.dumps(value, MARSHAL_VERSION)
+    except (ValueError, TypeError):  # a type marshal does not write (a subclass, an object), or too deep
+        return None
+
+
+def _packed(kind: str, values: Any) -> bytes:
+    numbers = array(kind, values)
+    if _BIG_ENDIAN:
+        numbers.byteswap()
+    return numbers.tobytes()
+
+
+def _unpacked(kind: str, blob: bytes) -> array[int]:
+    numbers = array(kind)
+    numbers.frombytes(blob)
+    if _BIG_ENDIAN:
+        numbers.byteswap()
+    return numbers
+
+
+def write_batch(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], keyed: bool) -> None:
+    """Insert marshalled ``(ordinal, encoding, None[, key])`` rows, in the caller's transaction, as few rows as they allow."""
+    rows.sort(key=_ordinal)
+    for part in _stretches(rows):
+        ordinals = list(map(_ordinal, part))
+        encoded = list(map(_encoded, part))
+        keys = marshal.dumps(list(map(_key, part)), MARSHAL_VERSION) if keyed else None
+        conn.execute(
+            "INSERT INTO result_batches VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (ordinals[0], ordinals[-1], MARSHAL, _packed("q", ordinals), _packed("q", map(len, encoded)),
+             b"".join(encoded), keys),
+        )
+
+
+def write_plain(
+    conn: sqlite3.Connection, ordinals: array[int], sizes: array[int], data: bytes | bytearray, keys: list[Any] | None
+) -> None:
+    """Insert one flush's marshalled results as the loop thread laid them out (``Tally.take_plain``), in the
+    caller's transaction: one row, written as it is, unless an item settled far from its neighbours."""
+    low, high = min(ordinals), max(ordinals)
+    if high - low <= len(ordinals) + SPLIT_GAP:
+        packed_keys = marshal.dumps(keys, MARSHAL_VERSION) if keys is not None else None
+        row = (low, high, MARSHAL, _packed("q", ordinals), _packed("q", sizes), data, packed_keys)
+        conn.execute("INSERT INTO result_batches VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+        return
+    rows: list[tuple[Any, ...]] = []
+    offset = 0
+    for i, (ordinal, size) in enumerate(zip(ordinals, sizes)):
+        encoded = bytes(data[offset : offset + size])
+        rows.append((ordinal, encoded, None, keys[i]) if keys is not None else (ordinal, encoded, None))
+        offset += size
+    write_batch(conn, rows, keys is not None)
+
+
+def _stretches(rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
+    """``rows`` (sorted) cut where ordinals jump by more than ``SPLIT_GAP``; a dense batch is one stretch, found without a loop."""
+    if rows[-1][0] - rows[0][0] <= len(rows) + SPLIT_GAP:
+        yield rows
+        return
+    start = 0
+    for i in range(1, len(rows)):
+        if rows[i][0] - rows[i - 1][0] > SPLIT_GAP:
+            yield rows[start:i]
+            start = i
+    yield rows[start:]
+
+
+def has_batches(conn: sqlite3.Connection) -> bool:
+    """True when the journal has the batch table (older ones have only ``results``)."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'result_batches'").fetchone() is not None
+
+
+def batch_rows(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
+    """``(ordinal, key or None, encoding, None)`` of every batched result, in ordinal order (equal ones as written).
+
+    Rows are fetched in ``lo`` order and opened only once the merge reaches their first ordinal.
+    """
+    cursor = conn.execute(
+        "SELECT lo, ordinals, sizes, data, keys, encoding FROM result_batches ORDER BY lo, rowid"
+    )
+    heap: list[tuple[int, int, tuple[Any, ...], Iterator[tuple[Any, ...]]]] = []
+    seq = 0
+    row = cursor.fetchone()
+    while heap or row is not None:
+        while row is not None and (not heap or row[0] <= heap[0][0]):
+            if row[5] != MARSHAL:
+                raise sqlite3.DatabaseError(f"results encoded as {row[5]!r}, which this batchcli cannot read")
+            entries = _entries(*row[1:5])
+            first = next(entries)
+            heapq.heappush(heap, (first[0], seq, first, entries))
+            seq += 1
+            row = cursor.fetchone()
+        _, order, entry, entries = heap[0]
+        yield entry
+        following = next(entries, None)
+        if following is None:
+            heapq.heappop(heap)
+        else:
+            heapq.heapreplace(heap, (following[0], order, following, entries))
+
+
+def _entries(ordinals: bytes, sizes: bytes, data: bytes, keys: bytes | None) -> Iterator[tuple[Any, ...]]:
+    """A row's results in ordinal order (a row holds one flush at most, so sorting it holds little)."""
+    key_list = marshal.loads(keys) if keys is not None else None
+    numbers, lengths = _unpacked("q", ordinals), _unpacked("q", sizes)
+    starts = [0] * len(lengths)
+    offset = 0
+    for i, size in enumerate(lengths):
+        starts[i] = offset
+        offset += size
+    order: Any = range(len(numbers))
+    if any(a > b for a, b in zip(numbers, numbers[1:])):
+        order = sorted(order, key=numbers.__getitem__)
+    view = memoryview(data)
+    for i in order:
+        start = starts[i]
+        yield numbers[i], None if key_list is None else key_list[i], bytes(view[start : start + lengths[i]]), None
+
+
+def merged(*streams: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+    """Rows of several ordinal-sorted streams in ordinal order, one per item: of two rows for the same
+    ordinal and key (an item kept twice), the later stream's."""
+    previous: tuple[Any, ...] | None = None
+    for row in heapq.merge(*streams, key=_ordinal):
+        if previous is not None and (previous[0], previous[1]) != (row[0], row[1]):
+            yield previous
+        previous = row
+    if previous is not None:
+        yield previous
