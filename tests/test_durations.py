@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -79,3 +80,21 @@ def test_process_workers_send_their_timings_back_with_each_chunk(tmp_path: Path)
     )
     assert run.returncode == 1, run.stdout
     assert_timed_attempts(samples, 4)
+
+
+def test_without_metrics_an_async_attempt_is_process_itself() -> None:
+    """Without metrics the success path gets no timing wrapper: the call is ``process`` itself; with them, it is timed."""
+    from batchcli.durations import BOUNDS, Durations
+    from batchcli.executors.calls import ItemCalls
+
+    async def process(item: int) -> None:
+        return None
+
+    assert ItemCalls(process, 1, None).call is process
+    durations = Durations()
+    timed = ItemCalls(process, 1, None, durations)
+    assert timed.call is not process
+    asyncio.run(timed.call(1))
+    assert sum(durations.counts[0]) == 1 and durations.counts[0][0] == 1  # a no-op is under the first bound
+    durations.count(0, BOUNDS[3])  # a bound is inclusive, as Prometheus's ``le``
+    assert durations.counts[0][3] == 1
