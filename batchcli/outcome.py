@@ -10,7 +10,10 @@ from array import array
 from collections import deque
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from batchcli.durations import Durations
 
 FAILURES = "batchcli.failures"
 """Logger of each final failure, one record with its traceback: the log file gets every one; the console
@@ -232,6 +235,8 @@ class Tally:
         """While open: the monotonic time of the next probe; 0 when none is planned (the pause shell decides)."""
         self.breaker_trips = 0
         """Times the circuit breaker opened in this session."""
+        self.durations: Durations | None = None
+        """How long attempts took, while ``/metrics`` serves them (set before the executor is built); None: untimed."""
         self.started = clock()
         self._clock = clock
 

@@ -56,7 +56,8 @@ class AsyncExecutor:
         """True while paused: no new item starts until ``resume``."""
         self.fatal: BaseException | None = None
         """An exception from the source itself, which ends the run."""
-        self._calls = ItemCalls(process, config.concurrency, config.item_timeout_s)
+        # Attempts are timed only while /metrics serves them: decided here, once, not per item.
+        self._calls = ItemCalls(process, config.concurrency, config.item_timeout_s, tally.durations)
         self._slow = False
         self._update_slow()
 

@@ -4,7 +4,8 @@
 concurrency (``threads.ItemThreads``). Either way under ``item_timeout_s`` when one is set: for a
 thread, the clock starts when the attempt starts running, not when it was queued, and a thread that
 outlives it is abandoned and replaced. With neither a thread hop nor a timeout, the call is
-``process`` itself: the success path gets no wrapper.
+``process`` itself: the success path gets no wrapper. Only while metrics are on is every attempt
+timed (``durations.timed``), around all of that.
 """
 
 from __future__ import annotations
@@ -13,20 +14,24 @@ import asyncio
 import inspect
 from typing import Any, Awaitable, Callable
 
+from batchcli.durations import Durations, timed
 from batchcli.executors.threads import ItemThreads
 
 
 class ItemCalls:
     """Builds the awaitable call of one attempt; owns the threads a sync ``process`` runs in."""
 
-    def __init__(self, process: Callable[[Any], Any], threads: int, timeout_s: float | None) -> None:
+    def __init__(
+        self, process: Callable[[Any], Any], threads: int, timeout_s: float | None, durations: Durations | None = None
+    ) -> None:
         self.is_async = inspect.iscoroutinefunction(process)
         self.timeout_s = timeout_s
         self._process = process
         self.threads: ItemThreads | None = None if self.is_async else ItemThreads(process, threads)
         """The threads of a sync ``process`` (None for an async one)."""
-        self.call: Callable[[Any], Awaitable[Any]] = self._build()
-        """Await ``call(item)`` to make one attempt."""
+        call = self._build()
+        self.call: Callable[[Any], Awaitable[Any]] = call if durations is None else timed(call, durations)
+        """Await ``call(item)`` to make one attempt; counted into ``durations`` when given (metrics on)."""
 
     def _build(self) -> Callable[[Any], Awaitable[Any]]:
         timeout = self.timeout_s

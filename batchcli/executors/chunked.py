@@ -226,6 +226,7 @@ class ChunkedExecutor:
             next(self._ids), payload, len(entries), self._share(slots), self._config.item_timeout_s, rate,
             self._limits_version,
             self._give_back(slots),
+            self._tally.durations is not None,
         )
         self._tally.in_flight += len(entries)
         task = self._loop.create_task(self._run_chunk(chunk, entries))
@@ -312,6 +313,8 @@ class ChunkedExecutor:
             if not self.stopping:  # never attempted: no attempt counted
                 self._ready.extendleft(by_ordinal[o] for o in reversed(result.skipped))
         self._sizer.observe(len(entries) - len(result.skipped), result.elapsed_s)
+        if result.durations is not None and tally.durations is not None:
+            tally.durations.add(result.durations)
 
     def _lost(self, entries: list[_Entry], lost: WorkerLost) -> None:
         if not lost.started:

@@ -11,6 +11,7 @@ from datetime import datetime
 
 from batchcli.load.wiring import Wiring
 from batchcli.executors.bundle import Bundle
+from batchcli.durations import Durations
 from batchcli.outcome import qualified_name
 from batchcli.load.project import format_item_traceback
 
@@ -57,6 +58,9 @@ class Chunk:
     give_back: tuple[int, float] | None = None
     """With the circuit breaker on: after this many failed items in the chunk, at least this share of its
     attempts, the worker starts no more of it and hands the rest back unstarted (the driver decides)."""
+    timed: bool = False
+    """True while the run serves metrics: the worker times each attempt and sends the counts back
+    (``ChunkResult.durations``); otherwise it adds nothing per item."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,8 @@ class ChunkResult:
     """The worker process that ran it."""
     kept: list[tuple[int, str | bytes, bytes | None]] = field(default_factory=list)
     """Items that succeeded with a result: ordinal and the result encoded by the worker (not in ``succeeded``)."""
+    durations: Durations | None = None
+    """How long the chunk's attempts took, for a ``timed`` chunk; None otherwise."""
 
 
 class WorkerError(Exception):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from batchcli.executors.calls import ItemCalls
+from batchcli.durations import Durations, timed, timed_sync
 from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.throttling import throttle_of
 from batchcli.journal.results import Kept, encode
@@ -128,15 +129,20 @@ class WorkerJob:
         errors: list[ItemError] = []
         calls = self._calls_for(chunk)
         failing = _Failing(chunk.give_back)
+        # Timed per chunk, not in the shared ItemCalls: a Dask worker runs several chunks at once on this loop.
+        durations = Durations() if chunk.timed else None
         if not calls.is_async and chunk.share == 1 and chunk.timeout_s is None:
-            skipped = self._run_inline(items, limiter, cancelled, stale, ok, kept, errors, failing)
+            process = self._process if durations is None else timed_sync(self._process, durations)
+            skipped = self._run_inline(items, process, limiter, cancelled, stale, ok, kept, errors, failing)
         else:
-            skipped = await self._run_lanes(items, calls.call, limiter, cancelled, stale, ok, kept, errors, failing)
-        return ChunkResult(ok, errors, skipped, time.perf_counter() - started, self.pid, kept)
+            call = calls.call if durations is None else timed(calls.call, durations)
+            skipped = await self._run_lanes(items, call, limiter, cancelled, stale, ok, kept, errors, failing)
+        return ChunkResult(ok, errors, skipped, time.perf_counter() - started, self.pid, kept, durations)
 
     def _run_inline(
         self,
         items: list[tuple[int, Any]],
+        process: Callable[[Any], Any],
         limiter: Limiter,
         cancelled: Callable[[], bool] | None,
         stale: Callable[[], bool] | None,
@@ -146,7 +152,6 @@ class WorkerJob:
         failing: _Failing,
     ) -> list[int]:
         # One sync item at a time needs no thread hop: call it right here.
-        process = self._process
         for index, (ordinal, item) in enumerate(items):
             if cancelled is not None and cancelled():
                 return [o for o, _ in items[index:]]

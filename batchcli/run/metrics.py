@@ -1,9 +1,10 @@
 """``metrics_port``: Prometheus metrics of the live run at ``/metrics``, read from its counts when scraped.
 
 prometheus_client (``pip install 'batchcli[metrics]'``) is imported only when the port is set. The
-port is bound before the run directory is made, so a busy one is bad input and no item runs. Nothing
-is added to the success path: a scrape reads the ``Tally`` the display reads. An attempt-duration
-histogram would need a clock read per item, so there is none.
+port is bound before the run directory is made, so a busy one is bad input and no item runs. A scrape
+reads the ``Tally`` the display reads. The attempt-duration histogram is the one per-item cost, and only
+of a run that serves metrics: ``watch`` gives the tally a ``Durations`` before the executor is built,
+and only then does the executor time its attempts (``batchcli/durations.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any, Iterator
 
 from batchcli.errors import UsageError
+from batchcli.durations import BOUNDS, OUTCOMES, Durations
 
 if TYPE_CHECKING:
     from batchcli.run.driver import Run
@@ -32,6 +34,11 @@ class Metrics:
         self.run: Run | None = None
         self._rate_samples: list[tuple[float, int]] = []
 
+    def watch(self, run: Run) -> None:
+        """Serve the metrics of ``run``, and have its attempts timed (before its executor is built)."""
+        run.tally.durations = Durations()
+        self.run = run
+
     @property
     def port(self) -> int:
         """The port it listens on."""
@@ -39,7 +46,7 @@ class Metrics:
 
     def collect(self) -> Iterator[Any]:
         """The metric families, read from the run now (called by prometheus_client on each scrape)."""
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 
         run = self.run
         if run is None:
@@ -85,6 +92,8 @@ class Metrics:
             config.concurrency if ceiling is None else ceiling[0],
         )
         yield gauge("batchcli_paused", "1 while the run is paused.", int(run.paused.is_set()))
+        if tally.durations is not None:
+            yield _histogram(HistogramMetricFamily, tally.durations, names, values)
 
     def _rate(self) -> float:
         now = time.monotonic()
@@ -104,6 +113,23 @@ class Metrics:
         """Stop serving and free the port."""
         self._server.shutdown()
         self._server.server_close()
+
+
+def _histogram(family_class: Any, durations: Durations, names: list[str], values: list[str]) -> Any:
+    """``batchcli_attempt_duration_seconds``, one series per outcome, read from the counts now."""
+    family = family_class(
+        "batchcli_attempt_duration_seconds",
+        "How long each attempt at an item took (process() returned or raised), by outcome.",
+        labels=[*names, "outcome"],
+    )
+    for outcome, name in enumerate(OUTCOMES):
+        counts = list(durations.counts[outcome])  # one copy: the loop may count on while this reads
+        total, buckets = 0, []
+        for bound, count in zip([*map(str, BOUNDS), "+Inf"], counts):
+            total += count
+            buckets.append((bound, total))
+        family.add_metric([*values, name], buckets, durations.sums[outcome])
+    return family
 
 
 def open_metrics(config: Any, job: str) -> Metrics | None:

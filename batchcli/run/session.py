@@ -172,7 +172,7 @@ class Session:
         # and workers never depend on the environment they happen to run in.
         run = Run(job, wiring.with_environment(job.environment), options, run_dir, started_at, continuation)
         if metrics is not None:
-            metrics.run = run
+            metrics.watch(run)
         try:
             result = run.execute(early)
         finally:
