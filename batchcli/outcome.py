@@ -8,9 +8,8 @@ import threading
 import time
 from array import array
 from collections import deque
-from dataclasses import dataclass
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from batchcli.durations import Durations
@@ -21,9 +20,13 @@ groups them instead (run/failures.py)."""
 failures_log = logging.getLogger(FAILURES)
 
 
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """One item that finally failed, with its reason (slots: a flood keeps one per item, made on the loop)."""
+class Failure(NamedTuple):
+    """One item that finally failed, with its reason.
+
+    A named tuple, not a frozen dataclass: a flood makes one per item on the loop thread, and a frozen
+    dataclass's ``__init__`` sets each field through ``object.__setattr__`` (2 µs for these eight fields,
+    0.5 µs for the tuple made positionally).
+    """
 
     ordinal: int
     """Position of the item in the source (0-based)."""

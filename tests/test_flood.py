@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pexpect
 from conftest import PROJECTS, subprocess_env
+from joblog import JobLog
 from rich.console import Console
+from test_resume import journaled, wait_for
 
+from batchcli.journal.records import failure_line, row_lines
+from batchcli.journal.rundir import query, read_run
 from batchcli.outcome import Failure, Tally
 from batchcli.run.failures import FailureReport
 
@@ -122,3 +128,51 @@ def test_the_report_prints_at_most_its_budget_per_second_and_announces_the_rest(
     assert len(INDIVIDUAL.findall(text)) == 7  # 3 + 3, then the new group's first in a fresh second
     assert more_counts(text) == {"ValueError: record N is malformed": 994}
     assert [(g.label, g.count) for g in report.groups] == [("ValueError: record N is malformed", 1000), ("ValueError: another N thing", 1)]
+
+
+CRASH = PROJECTS / "flood_crash" / "crash.py"
+
+
+def test_row_lines_write_each_row_as_failure_line_does() -> None:
+    """A flush's failed.jsonl lines are the text a rewrite from the journal makes, whatever the traceback and message hold."""
+    texts = ["", "plain", "one\nTwo: 'q' \"d\" \\ é 雪 \x00 \x1f \u2028", "Traceback (most recent call last):\n  File \"x\"\nE: m\n"]
+    rows = [
+        (n, None, 1, b"", "builtins.int", str(n), kind, message, traceback, 1 + n % 2, 100.5 + n, 100.5 + n + n % 2 * 0.25)
+        for n, (kind, message, traceback) in enumerate((k, m, t) for k in ("ValueError", "a.B") for m in texts for t in texts)
+    ]
+    lines = row_lines(rows)
+    assert lines == [failure_line(r[0], r[5], r[6], r[7], r[9], r[10], r[11], r[8]) for r in rows]
+    assert [json.loads(line)["traceback"] for line in lines] == [r[8] for r in rows]
+
+
+def test_a_flood_killed_with_sigkill_resumes_with_each_failure_once_everywhere(tmp_path: Path, run_batchcli: Any, cli: Any) -> None:
+    """kill -9 during a flood, then resume: every failure is in the journal once, failed.jsonl matches it line for line,
+    the log names each one, retry's filters still pick them, and every item settles."""
+    count, ledger = 2000, tmp_path / "ledger.txt"
+    output = open(tmp_path / "first-session.txt", "wb")
+    args = ["exec", CRASH, "-d", tmp_path / "out", "-p", f"count={count}", "-p", f"ledger={ledger}", "-p", "max_retries=0",
+            "-p", "breaker_window=0", "-p", "rate_limit=1000"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "batchcli", *map(str, args)], stdout=output, stderr=output, env=subprocess_env())
+    wait_for(lambda: journaled(tmp_path / "out") >= 400, "400 journaled items")
+    proc.kill()
+    proc.wait()
+    run_dir = next((tmp_path / "out").iterdir())
+    assert read_run(run_dir).status == "crashed"
+
+    resumed = run_batchcli("resume", run_dir, "-p", "rate_limit=1000000")
+    assert resumed.exit_code == 1, resumed.output
+    odd = [n for n in range(count) if n % 2]
+    rows = query(run_dir, "SELECT ordinal, item_json, error_type, error_message, attempts, first_failed_at, failed_at, traceback"
+                          " FROM failures ORDER BY rowid")  # fmt: skip
+    assert sorted(row[0] for row in rows) == odd  # each failure once: none lost, none doubled
+    assert (run_dir / "failed.jsonl").read_text(encoding="utf-8").splitlines(True) == [failure_line(*row) for row in rows]
+    assert rows[0][3].endswith("\nsecond line") or rows[0][2] == "KeyError"
+    assert {r["ordinal"]: r["error_message"] for r in resumed.failed}[1] == 'record 1 says "no" \\ naïve\x00\nsecond line'
+    log = (run_dir / "batchcli.log").read_text(encoding="utf-8")
+    assert set(map(int, re.findall(r"ERROR    batchcli\.failures: Item #(\d+) ", log))) == set(odd)
+    assert set(JobLog(ledger).done()) == set(range(0, count, 2))
+    summary = resumed.summary
+    assert (summary["succeeded"], summary["failed"], summary["total"]) == (count // 2, count // 2, count)
+    quarter = count // 4
+    assert f"matching --error-type KeyError: {quarter:,} of {count // 2:,}" in cli("retry", run_dir, "--error-type", "KeyError", "--dry-run").output
+    assert f"matching --match 'naïve': {quarter:,} of {count // 2:,}" in cli("retry", run_dir, "--match", "naïve", "--dry-run").output

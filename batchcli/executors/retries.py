@@ -165,15 +165,15 @@ class RetryScheduler:
                 error_type, message = qualified_name(type(error)), str(error)
                 traceback = format_item_traceback(error)
             self._tally.fail(
-                Failure(
-                    ordinal=ordinal,
-                    item=item,
-                    error_type=error_type,
-                    error_message=message,
-                    traceback=traceback,
-                    attempts=1 if attempts is None else attempts.count,
-                    first_failed_at=now if attempts is None else attempts.first_started,
-                    failed_at=now,
+                Failure(  # positional: keywords cost a flood 0.7 µs a failure
+                    ordinal,
+                    item,
+                    error_type,
+                    message,
+                    traceback,
+                    1 if attempts is None else attempts.count,
+                    now if attempts is None else attempts.first_started,
+                    now,
                 )
             )
             if watch is not None:

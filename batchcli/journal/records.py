@@ -107,6 +107,35 @@ def failure_line(
     )
 
 
+def row_lines(rows: list[tuple[Any, ...]]) -> list[str]:
+    """``failure_line`` of each of a flush's ``failures`` rows (columns in the table's order), the same text.
+
+    A flood repeats the same traceback frames and error type in every row: their JSON text is made
+    once per flush, and only the last line of each traceback (the message) is escaped anew.
+    """
+    text, iso = _text, _iso
+    heads: dict[str, str] = {}
+    kinds: dict[str, str] = {}
+    lines = []
+    for ordinal, _key, _session, _blob, _type, item_json, error_type, message, traceback, attempts, first, last in rows:
+        cut = traceback.rfind("\n") + 1
+        head = traceback[:cut]
+        head_text = heads.get(head)
+        if head_text is None:
+            head_text = heads[head] = text(head)[:-1]  # escaping is per character: the halves join exactly
+        kind = kinds.get(error_type)
+        if kind is None:
+            kind = kinds[error_type] = text(error_type)
+        failed = iso(last)
+        lines.append(
+            f'{{"ordinal": {int(ordinal)}, "input": {item_json}, "error_type": {kind}, '
+            f'"error_message": {text(message)}, "attempts": {int(attempts)}, '
+            f'"first_failed_at": "{failed if first == last else iso(first)}", "failed_at": "{failed}", '
+            f'"traceback": {head_text}{text(traceback[cut:])[1:]}}}\n'
+        )
+    return lines
+
+
 _dumps = json.JSONEncoder(ensure_ascii=False).encode
 _text = json.encoder.encode_basestring  # a str as JSON, as dumps(..., ensure_ascii=False) writes it
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from batchcli import __version__
 from batchcli.errors import JournalError
 from batchcli.outcome import Failure, Tally
-from batchcli.journal.records import failure_line, json_form, json_text
+from batchcli.journal.records import failure_line, json_form, json_text, row_lines
 from batchcli.journal.batches import BATCHES_TABLE, Plain, write_plain
 from batchcli.journal.results import RESULTS_TABLE, Kept, write_results
 from batchcli.journal.rundir import FORMAT, JOURNAL_NAME, RunLock, check_safe, check_writable, connect, damaged
@@ -421,7 +421,7 @@ class Journal:
             self._throttles_seen = self._limit_rows[-1][-1]
         self._limit_rows = []
         self.failed -= dropped
-        lines = [failure_line(*_line_fields(row)) for row in self._unwritten]
+        lines = row_lines(self._unwritten)
         self._unwritten, self._unwritten_keys, self._forgiven, self._released = [], [], [], []
         self._unwritten_results, self._unwritten_plain = [], []
         self._unpointed = (0, 0)
@@ -442,14 +442,15 @@ class Journal:
         except Exception as error:
             log.warning("Item #%d cannot be pickled (%s): `batchcli retry` will not have it.", failure.ordinal, error)
             blob = None
-        item_type = type(failure.item)
+        item = failure.item
+        item_type = type(item)
         return (
             failure.ordinal,
             key,
             self.session,
             blob,
             f"{item_type.__module__}.{item_type.__qualname__}",
-            json_text(json_form(failure.item)),
+            json_text(item if item_type is int or item_type is str else json_form(item)),
             failure.error_type,
             failure.error_message,
             failure.traceback,
@@ -489,12 +490,6 @@ class Journal:
             pass
         finally:
             self._lock.release()
-
-
-def _line_fields(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The ``failure_line`` arguments of a ``failures`` row, in ``failure_lines``' column order."""
-    ordinal, _key, _session, _blob, _type, item_json, error_type, message, traceback, attempts, first, last = row
-    return ordinal, item_json, error_type, message, attempts, first, last, traceback
 
 
 def _insert_session(conn: sqlite3.Connection, now: float) -> int:
