@@ -1,4 +1,4 @@
-"""The same behaviour from every executor: async, process (worker processes) and dask (a real cluster).
+"""The same behaviour from every executor: async, process (worker processes), dask and ray (real clusters).
 
 The spy job (``projects/executors/spy.py``) writes every attempt to disk from whichever process
 ran it, so the tests see what happened in the workers, not only what the driver reported.
@@ -10,10 +10,12 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,7 +27,7 @@ from tests.conftest import PROJECTS, ROOT, newest_run, subprocess_env
 
 SPY = PROJECTS / "executors" / "spy.py"
 SHIPPED = PROJECTS / "shipped" / "job.py"
-EXECUTORS = ["async", "process", "dask"]
+EXECUTORS = ["async", "process", "dask", "ray"]
 DASK = Path(sys.executable).parent / "dask"
 
 
@@ -68,10 +70,16 @@ def dask_cluster() -> Any:
 
 @pytest.fixture(params=EXECUTORS)
 def executor(request: pytest.FixtureRequest) -> list[str]:
-    """The ``-p`` values selecting one executor: two workers, Dask on the module's cluster."""
-    args = ["-p", f"executor={request.param}", "-p", "workers=2"]
-    if request.param == "dask":
+    """The ``-p`` values selecting one executor: two workers, Dask on the module's cluster, Ray on the suite's."""
+    return _executor_args(request, request.param)
+
+
+def _executor_args(request: pytest.FixtureRequest, name: str) -> list[str]:
+    args = ["-p", f"executor={name}", "-p", "workers=2"]
+    if name == "dask":
         args += ["-p", f"dask_address={request.getfixturevalue('dask_cluster')}"]
+    if name == "ray":
+        args += ["-p", f"ray_address={request.getfixturevalue('ray_head')}"]
     return args
 
 
@@ -217,7 +225,7 @@ def test_source_error_is_fatal(cli: Any, records: Path, executor: list[str]) -> 
 @pytest.mark.parametrize(
     ("value", "fix"),
     [
-        ("executor=threads", "'async', 'process', 'dask'"),
+        ("executor=threads", "'async', 'process', 'dask', 'ray'"),
         ("workers=0", "workers must be at least 1 or none"),
         ("chunk_size=0", "chunk_size must be at least 1 or none"),
     ],
@@ -287,9 +295,10 @@ def test_process_worker_killed_loses_no_item(cli: Any, records: Path) -> None:
     assert len(set(pids(records, "setup"))) == 3  # two workers and the replacement
 
 
-@pytest.mark.parametrize("name", ["process", "dask"])
+@pytest.mark.parametrize("name", ["process", "dask", "ray"])
 def test_installed_job_is_imported_by_name_in_workers(tmp_path: Path, records: Path, run_batchcli: Any, name: str) -> None:
-    """An installed job (an entry point) is not shipped: worker processes import it by name."""
+    """An installed job (an entry point) is not shipped: worker processes import it by name. With Ray, the run
+    starts a local Ray of its own (it inherits the run's PYTHONPATH) and shuts it down at the end."""
     site = tmp_path / "site"
     package = site / "squares_job"
     package.mkdir(parents=True)
@@ -300,11 +309,16 @@ def test_installed_job_is_imported_by_name_in_workers(tmp_path: Path, records: P
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: squares-job\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[batchcli.jobs]\nsquares = squares_job.job\n")
-    result = run_batchcli(
-        "exec", "squares", "-d", "out", "-p", f"record_dir={records}", "-p", f"executor={name}", "-p", "workers=2",
-        PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]),
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
+    ray_tmp = Path(tempfile.mkdtemp(prefix="bcray-", dir="/tmp"))  # short: Ray's socket paths have a limit
+    try:
+        result = run_batchcli(
+            "exec", "squares", "-d", "out", "-p", f"record_dir={records}", "-p", f"executor={name}", "-p", "workers=2",
+            PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]), RAY_TMPDIR=str(ray_tmp), RAY_USAGE_STATS_ENABLED="0",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert not _processes_mentioning(str(ray_tmp))  # the run's own Ray is gone
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     lines = [line.split() for p in records.glob("ok-*") for line in p.read_text().splitlines()]
     assert sorted(int(n) for n, _ in lines) == list(range(20))
     assert {p.read_text() for p in records.glob("setup-*")} == {str(package / "job.py")}
@@ -319,12 +333,14 @@ GROUP_SIGNALS = [signal.SIGINT, signal.SIGTERM]
 @pytest.mark.parametrize("signum", GROUP_SIGNALS, ids=[s.name for s in GROUP_SIGNALS])
 @pytest.mark.parametrize("name", EXECUTORS)
 def test_group_signal_stops_gracefully_and_resume_redoes_nothing(
-    tmp_path: Path, records: Path, name: str, signum: signal.Signals
+    tmp_path: Path, records: Path, name: str, signum: signal.Signals, request: pytest.FixtureRequest
 ) -> None:
     """A signal to the whole process group stops the run (exit 130) without killing workers; resume then does every
     remaining item, and the ledger shows each item processed exactly once."""
     count = 300
-    args = ["-p", f"record_dir={records}", "-p", f"executor={name}", "-p", "workers=2", "-p", f"count={count}"]
+    # Dask starts its own local cluster here (in the run's process group); Ray runs on the suite's head.
+    executor = _executor_args(request, name) if name == "ray" else ["-p", f"executor={name}", "-p", "workers=2"]
+    args = ["-p", f"record_dir={records}", *executor, "-p", f"count={count}"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "batchcli", "exec", str(SPY), "-d", "out", *args, "-p", "sleep_s=0.05"],
         cwd=tmp_path,
@@ -478,6 +494,19 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that contain ``text``, from /proc."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in line:
+            found.append(line)
+    return found
 
 
 def _children(parent: int | None = None) -> set[int]:
