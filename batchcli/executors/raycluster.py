@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import socket
 import time
 import uuid
@@ -151,6 +152,8 @@ class RayBackend:
         self._refs: set[Any] = set()
         self._cancelled = False
         self._connected = False
+        self._before: set[int] = set()
+        """This process's children before it started a local Ray: not Ray's, never killed."""
 
     async def start(self) -> None:
         try:
@@ -207,6 +210,11 @@ class RayBackend:
     # On worker threads.
 
     def _connect(self) -> None:
+        # The driver's SIGTERM is the run's to handle (a graceful stop): Ray's core worker would also print a
+        # crash report for it ("*** SIGTERM received ... PC: @"). Only this process; its workers keep theirs.
+        constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+        if constants is not None and hasattr(constants, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"):
+            constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
         # Ray uploads a local working_dir only for a whole job, so the project is shipped at ray.init.
         options: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
         shipped = None
@@ -217,6 +225,7 @@ class RayBackend:
         if self._address is None:
             # A Ray of our own: its processes share the driver's process group, so they must not take the
             # group's Ctrl-C or SIGTERM (spawning() blocks both in what it starts); we shut it down after.
+            self._before = _children()
             with spawning(), _quiet():
                 ray.init(
                     address="local",
@@ -287,10 +296,57 @@ class RayBackend:
         self._actors = []
         if self._connected:
             self._connected = False
-            ray.shutdown()  # our local Ray stops; a cluster at ray_address only loses this driver
+            if self._address is None:
+                _stop_local_ray(self._before)
+            else:
+                ray.shutdown()  # a cluster at ray_address only loses this driver
         if self._staged is not None:
             shutil.rmtree(self._staged, ignore_errors=True)
             self._staged = None
+
+
+def _stop_local_ray(before: set[int]) -> None:
+    """Stop the run's own Ray at once: its processes block SIGTERM (see ``_connect``).
+
+    ``ray.shutdown`` would give each a second to leave on SIGTERM before its SIGKILL, and the agents the
+    raylet starts would outlive it; so its node kills without the grace, and every process ``ray.init``
+    started (the children that are not in ``before``, and theirs, found in /proc) gets a SIGKILL after.
+    Ray has no public call for either; if its internals move, ``ray.shutdown`` still stops it, slowly.
+    """
+    tree = _process_tree()
+    doomed = [pid for pid in tree.get(os.getpid(), []) if pid not in before]
+    for pid in doomed:
+        doomed.extend(tree.get(pid, []))
+    node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
+    kill = getattr(node, "kill_all_processes", None)
+    if kill is not None:
+
+        def at_once(check_alive: bool = True, allow_graceful: bool = False, wait: bool = False) -> None:
+            kill(check_alive=check_alive, allow_graceful=False, wait=wait)
+
+        node.kill_all_processes = at_once  # type: ignore[union-attr]
+    ray.shutdown()
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _children() -> set[int]:
+    return set(_process_tree().get(os.getpid(), []))
+
+
+def _process_tree() -> dict[int, list[int]]:
+    """Parent pid -> child pids of every live process, from /proc (empty where there is none)."""
+    tree: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        tree.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    return tree
 
 
 @contextmanager
