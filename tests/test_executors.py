@@ -114,7 +114,13 @@ def pids(records: Path, prefix: str) -> list[int]:
 # The same behaviour from every executor.
 
 
-@pytest.mark.parametrize("style", ["sync", "async"])
+# Ray runs the workers' code that process and dask run (worker.py): a style or a log line already checked
+# there is not checked again on Ray, whose runs cost seconds each (actors start per run).
+@pytest.mark.parametrize(
+    ("executor", "style"),
+    [(e, style) for e in EXECUTORS for style in ("sync", "async") if (e, style) != ("ray", "async")],
+    indirect=["executor"],
+)
 def test_every_item_is_processed_exactly_once(cli: Any, records: Path, executor: list[str], style: str) -> None:
     """Every item succeeds exactly once, the run exits 0, and setup/finish run once per process that worked."""
     result = spy(cli, records, executor, "count=30", f"style={style}")
@@ -137,6 +143,7 @@ def test_retries_subclasses_of_retryable_errors(cli: Any, records: Path, executo
     assert {n: attempts(records, n) for n in range(12)} == {n: 3 if n % 3 == 0 else 1 for n in range(12)}
 
 
+@pytest.mark.parametrize("executor", [e for e in EXECUTORS if e != "ray"], indirect=True)
 def test_each_scheduled_retry_writes_one_log_line(cli: Any, records: Path, executor: list[str]) -> None:
     """Every scheduled retry writes one info line (item, attempt n of m, error, delay) to batchcli.log, not to the console."""
     result = spy(cli, records, executor, "count=4", "style=async", "flaky=3", "flaky_times=2", "max_retries=3")

@@ -83,6 +83,17 @@ def test_bad_ray_address_is_a_usage_error(cli: Any, records: Path, address: str,
     assert "Traceback" not in result.output and not Path("out").exists()
 
 
+def test_dry_run_names_the_ray_cluster_without_reaching_it(cli: Any, records: Path) -> None:
+    """exec --dry-run with executor=ray says where the run would go, and neither connects nor makes a run directory."""
+    result = cli(
+        "exec", SPY, "--dry-run", "-d", "out", "-p", f"record_dir={records}", "-p", "executor=ray",
+        "-p", "ray_address=10.0.0.5:6379", "-p", "workers=3",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "ray at 10.0.0.5:6379, 3 workers" in result.output
+    assert not Path("out").exists()
+
+
 def test_help_does_not_import_ray() -> None:
     """Ray is an optional extra: `batchcli --help` and loading the CLI never import it."""
     code = (
