@@ -100,6 +100,7 @@ def batchcli_run(
 
     from rich.console import Console
 
+    from batchcli.load.configuration import bind_runtime
     from batchcli.load.wiring import Wiring, build_job
     from batchcli.load.project import load_project
     from datetime import datetime
@@ -117,7 +118,10 @@ def batchcli_run(
         options = RunOptions(output_dir=Path(out), console=console, handle_signals=False)
         # The Session's steps before the driver, done here so only the run itself is timed.
         started = datetime.now().astimezone()
-        run = Run(job_obj, wiring, options, make_run_dir(Path(out), job_obj.project.name, started), started)
+        run_dir = make_run_dir(Path(out), job_obj.project.name, started)
+        # As the Session does: worker processes rebuild the job from these (process, dask, ray).
+        bind_runtime(job_obj.config, output_dir=Path(out), run_dir=run_dir, started_at=started)
+        run = Run(job_obj, wiring, options, run_dir, started)
         start = time.perf_counter()
         result = run.execute()
         elapsed = time.perf_counter() - start
