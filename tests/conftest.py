@@ -131,6 +131,18 @@ RAY = Path(sys.executable).parent / "ray"
 
 
 @pytest.fixture(scope="session")
+def ray_site(ray_head: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory on the PYTHONPATH of ``ray_head``'s workers: what a test installs there, the actors can import."""
+    return _ray_shared(tmp_path_factory) / "ray-site"
+
+
+def _ray_shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory both xdist workers of this session see (only this worker's own without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_TESTRUNUID") else base
+
+
+@pytest.fixture(scope="session")
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One `ray start --head` on this machine (2 CPUs, a small object store, no dashboard) shared by the Ray tests.
 
@@ -140,8 +152,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """
     import fcntl
 
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    shared = tmp_path_factory.getbasetemp().parent if run else tmp_path_factory.getbasetemp()
+    shared = _ray_shared(tmp_path_factory)
     me = shared / "ray-users" / os.environ.get("PYTEST_XDIST_WORKER", "main")
     state = shared / "ray-head.json"
 
@@ -153,7 +164,8 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     with locked():
         if not state.exists():
-            state.write_text(json.dumps(_start_ray_head()))
+            (shared / "ray-site").mkdir(exist_ok=True)
+            state.write_text(json.dumps(_start_ray_head(shared / "ray-site")))
         me.parent.mkdir(exist_ok=True)
         me.touch()
         head = json.loads(state.read_text())
@@ -167,7 +179,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 state.unlink()
 
 
-def _start_ray_head() -> dict[str, Any]:
+def _start_ray_head(site: Path) -> dict[str, Any]:
     """Start Ray in a session of its own (a group signal a test sends to a run never reaches it).
 
     Its temp dir is a short private directory (Ray's sockets have a path limit); no token auth (a driver
@@ -180,6 +192,7 @@ def _start_ray_head() -> dict[str, Any]:
     temp = Path(tempfile.mkdtemp(prefix="bcray-", dir="/tmp"))
     log = temp / "start.log"
     env = subprocess_env(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(site)])
     with log.open("w") as out:
         proc = subprocess.Popen(
             [

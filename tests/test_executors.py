@@ -303,10 +303,12 @@ def test_process_worker_killed_loses_no_item(cli: Any, records: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["process", "dask", "ray"])
-def test_installed_job_is_imported_by_name_in_workers(tmp_path: Path, records: Path, run_batchcli: Any, name: str) -> None:
-    """An installed job (an entry point) is not shipped: worker processes import it by name. With Ray, the run
-    starts a local Ray of its own (it inherits the run's PYTHONPATH) and shuts it down at the end."""
-    site = tmp_path / "site"
+def test_installed_job_is_imported_by_name_in_workers(
+    tmp_path: Path, records: Path, run_batchcli: Any, name: str, request: pytest.FixtureRequest
+) -> None:
+    """An installed job (an entry point) is not shipped: worker processes (Ray's actors) import it by name."""
+    # Installed where the workers can import it: the suite's Ray head has ray_site on its PYTHONPATH.
+    site = request.getfixturevalue("ray_site") if name == "ray" else tmp_path / "site"
     package = site / "squares_job"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
@@ -316,16 +318,11 @@ def test_installed_job_is_imported_by_name_in_workers(tmp_path: Path, records: P
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: squares-job\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[batchcli.jobs]\nsquares = squares_job.job\n")
-    ray_tmp = Path(tempfile.mkdtemp(prefix="bcray-", dir="/tmp"))  # short: Ray's socket paths have a limit
-    try:
-        result = run_batchcli(
-            "exec", "squares", "-d", "out", "-p", f"record_dir={records}", "-p", f"executor={name}", "-p", "workers=2",
-            PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]), RAY_TMPDIR=str(ray_tmp), RAY_USAGE_STATS_ENABLED="0",
-        )  # fmt: skip
-        assert result.exit_code == 0, result.output
-        assert not _processes_mentioning(str(ray_tmp))  # the run's own Ray is gone
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    result = run_batchcli(
+        "exec", "squares", "-d", "out", "-p", f"record_dir={records}", *_executor_args(request, name),
+        PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
     lines = [line.split() for p in records.glob("ok-*") for line in p.read_text().splitlines()]
     assert sorted(int(n) for n, _ in lines) == list(range(20))
     assert {p.read_text() for p in records.glob("setup-*")} == {str(package / "job.py")}
@@ -345,13 +342,17 @@ def test_group_signal_stops_gracefully_and_resume_redoes_nothing(
     """A signal to the whole process group stops the run (exit 130) without killing workers; resume then does every
     remaining item, and the ledger shows each item processed exactly once."""
     count = 300
-    # Dask starts its own local cluster here (in the run's process group); Ray runs on the suite's head.
-    executor = _executor_args(request, name) if name == "ray" else ["-p", f"executor={name}", "-p", "workers=2"]
+    # Dask starts its own local cluster here, in the run's process group. Ray does too for SIGTERM (its processes
+    # must not take the group's signal; Ray itself blocks SIGINT in them), and runs on the suite's head for SIGINT.
+    own_ray = name == "ray" and signum == signal.SIGTERM
+    executor = _executor_args(request, name) if name == "ray" and not own_ray else ["-p", f"executor={name}", "-p", "workers=2"]
     args = ["-p", f"record_dir={records}", *executor, "-p", f"count={count}"]
+    ray_tmp = Path(tempfile.mkdtemp(prefix="bcray-", dir="/tmp"))  # short: Ray's socket paths have a limit
+    env = subprocess_env(RAY_TMPDIR=str(ray_tmp), RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.Popen(
         [sys.executable, "-m", "batchcli", "exec", str(SPY), "-d", "out", *args, "-p", "sleep_s=0.05"],
         cwd=tmp_path,
-        env=subprocess_env(),
+        env=env,
         start_new_session=True,  # its own process group, as a terminal's foreground job or a systemd service
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -376,12 +377,15 @@ def test_group_signal_stops_gracefully_and_resume_redoes_nothing(
 
     resumed = subprocess.run(
         [sys.executable, "-m", "batchcli", "resume", str(run)],
-        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=180,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     ledger = successes(records)
     assert set(ledger) == set(range(count))
     assert [n for n, times in ledger.items() if times > 1] == []
+    if own_ray:  # the run's own Ray ran there, and is gone with it
+        assert (ray_tmp / "ray").is_dir() and not _processes_mentioning(str(ray_tmp))
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.mark.parametrize("name", ["process", "dask"])
