@@ -318,8 +318,10 @@ def test_installed_job_is_imported_by_name_in_workers(
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: squares-job\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[batchcli.jobs]\nsquares = squares_job.job\n")
+    # Dask starts its own cluster here, which inherits the run's PYTHONPATH.
+    executor = _executor_args(request, name) if name == "ray" else ["-p", f"executor={name}", "-p", "workers=2"]
     result = run_batchcli(
-        "exec", "squares", "-d", "out", "-p", f"record_dir={records}", *_executor_args(request, name),
+        "exec", "squares", "-d", "out", "-p", f"record_dir={records}", *executor,
         PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
