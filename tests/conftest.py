@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -123,3 +124,101 @@ def run_batchcli(tmp_path: Path) -> Any:
         return Outcome(proc.returncode, proc.stdout + proc.stderr, newest_run(out))
 
     return run
+
+
+
+RAY = Path(sys.executable).parent / "ray"
+
+
+@pytest.fixture(scope="session")
+def ray_site(ray_head: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory on the PYTHONPATH of ``ray_head``'s workers: what a test installs there, the actors can import."""
+    return _ray_shared(tmp_path_factory) / "ray-site"
+
+
+def _ray_shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory both xdist workers of this session see (only this worker's own without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_TESTRUNUID") else base
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One `ray start --head` on this machine (2 CPUs, a small object store, no dashboard) shared by the Ray tests.
+
+    Ray takes 5-13 s to start here, so both pytest-xdist workers share one: the first to need it starts it
+    under a file lock, each registers while it uses it, and the last to leave stops it. (xdist's
+    ``--dist loadgroup`` would keep them on one worker, but with pytest 9 it no longer groups anything.)
+    """
+    import fcntl
+
+    shared = _ray_shared(tmp_path_factory)
+    me = shared / "ray-users" / os.environ.get("PYTEST_XDIST_WORKER", "main")
+    state = shared / "ray-head.json"
+
+    @contextlib.contextmanager
+    def locked() -> Iterator[None]:
+        with (shared / "ray-head.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    with locked():
+        if not state.exists():
+            (shared / "ray-site").mkdir(exist_ok=True)
+            state.write_text(json.dumps(_start_ray_head(shared / "ray-site")))
+        me.parent.mkdir(exist_ok=True)
+        me.touch()
+        head = json.loads(state.read_text())
+    try:
+        yield head["address"]
+    finally:
+        with locked():
+            me.unlink()
+            if not any(me.parent.iterdir()):
+                _stop_ray_head(head)
+                state.unlink()
+
+
+def _start_ray_head(site: Path) -> dict[str, Any]:
+    """Start Ray in a session of its own (a group signal a test sends to a run never reaches it).
+
+    Its temp dir is a short private directory (Ray's sockets have a path limit); no token auth (a driver
+    given an explicit address does not read the token), no usage stats, no dashboard.
+    """
+    import re
+    import tempfile
+    import time
+
+    temp = Path(tempfile.mkdtemp(prefix="bcray-", dir="/tmp"))
+    log = temp / "start.log"
+    env = subprocess_env(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(site)])
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [
+                str(RAY), "start", "--head", "--block", "--port=0", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                "--include-dashboard=false", "--object-store-memory=150000000", f"--temp-dir={temp / 'r'}",
+                "--disable-usage-stats",
+            ],
+            env=env, cwd=temp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    head = {"pid": proc.pid, "temp": str(temp)}
+    deadline = time.monotonic() + 90
+    while not (found := re.search(r"ray start --address='[^:']+:(\d+)'", log.read_text())):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop_ray_head(head)
+            raise AssertionError(f"ray start did not come up:\n{log.read_text()}")
+        time.sleep(0.1)
+    return {**head, "address": f"127.0.0.1:{found.group(1)}"}
+
+
+def _stop_ray_head(head: dict[str, Any]) -> None:
+    """SIGKILL to Ray's session (SIGTERM makes it drain for up to 30 s); its workers leave once the raylet is gone."""
+    import shutil
+    import signal
+
+    try:
+        os.killpg(head["pid"], signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    shutil.rmtree(head["temp"], ignore_errors=True)

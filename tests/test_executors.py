@@ -1,4 +1,4 @@
-"""The same behaviour from every executor: async, process (worker processes) and dask (a real cluster).
+"""The same behaviour from every executor: async, process (worker processes), dask and ray (real clusters).
 
 The spy job (``projects/executors/spy.py``) writes every attempt to disk from whichever process
 ran it, so the tests see what happened in the workers, not only what the driver reported.
@@ -10,10 +10,12 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,7 +27,7 @@ from tests.conftest import PROJECTS, ROOT, newest_run, subprocess_env
 
 SPY = PROJECTS / "executors" / "spy.py"
 SHIPPED = PROJECTS / "shipped" / "job.py"
-EXECUTORS = ["async", "process", "dask"]
+EXECUTORS = ["async", "process", "dask", "ray"]
 DASK = Path(sys.executable).parent / "dask"
 
 
@@ -68,10 +70,16 @@ def dask_cluster() -> Any:
 
 @pytest.fixture(params=EXECUTORS)
 def executor(request: pytest.FixtureRequest) -> list[str]:
-    """The ``-p`` values selecting one executor: two workers, Dask on the module's cluster."""
-    args = ["-p", f"executor={request.param}", "-p", "workers=2"]
-    if request.param == "dask":
+    """The ``-p`` values selecting one executor: two workers, Dask on the module's cluster, Ray on the suite's."""
+    return _executor_args(request, request.param)
+
+
+def _executor_args(request: pytest.FixtureRequest, name: str) -> list[str]:
+    args = ["-p", f"executor={name}", "-p", "workers=2"]
+    if name == "dask":
         args += ["-p", f"dask_address={request.getfixturevalue('dask_cluster')}"]
+    if name == "ray":
+        args += ["-p", f"ray_address={request.getfixturevalue('ray_head')}"]
     return args
 
 
@@ -106,7 +114,13 @@ def pids(records: Path, prefix: str) -> list[int]:
 # The same behaviour from every executor.
 
 
-@pytest.mark.parametrize("style", ["sync", "async"])
+# Ray runs the workers' code that process and dask run (worker.py): a style or a log line already checked
+# there is not checked again on Ray, whose runs cost seconds each (actors start per run).
+@pytest.mark.parametrize(
+    ("executor", "style"),
+    [(e, style) for e in EXECUTORS for style in ("sync", "async") if (e, style) != ("ray", "async")],
+    indirect=["executor"],
+)
 def test_every_item_is_processed_exactly_once(cli: Any, records: Path, executor: list[str], style: str) -> None:
     """Every item succeeds exactly once, the run exits 0, and setup/finish run once per process that worked."""
     result = spy(cli, records, executor, "count=30", f"style={style}")
@@ -129,6 +143,7 @@ def test_retries_subclasses_of_retryable_errors(cli: Any, records: Path, executo
     assert {n: attempts(records, n) for n in range(12)} == {n: 3 if n % 3 == 0 else 1 for n in range(12)}
 
 
+@pytest.mark.parametrize("executor", [e for e in EXECUTORS if e != "ray"], indirect=True)
 def test_each_scheduled_retry_writes_one_log_line(cli: Any, records: Path, executor: list[str]) -> None:
     """Every scheduled retry writes one info line (item, attempt n of m, error, delay) to batchcli.log, not to the console."""
     result = spy(cli, records, executor, "count=4", "style=async", "flaky=3", "flaky_times=2", "max_retries=3")
@@ -217,7 +232,7 @@ def test_source_error_is_fatal(cli: Any, records: Path, executor: list[str]) -> 
 @pytest.mark.parametrize(
     ("value", "fix"),
     [
-        ("executor=threads", "'async', 'process', 'dask'"),
+        ("executor=threads", "'async', 'process', 'dask', 'ray'"),
         ("workers=0", "workers must be at least 1 or none"),
         ("chunk_size=0", "chunk_size must be at least 1 or none"),
     ],
@@ -287,10 +302,13 @@ def test_process_worker_killed_loses_no_item(cli: Any, records: Path) -> None:
     assert len(set(pids(records, "setup"))) == 3  # two workers and the replacement
 
 
-@pytest.mark.parametrize("name", ["process", "dask"])
-def test_installed_job_is_imported_by_name_in_workers(tmp_path: Path, records: Path, run_batchcli: Any, name: str) -> None:
-    """An installed job (an entry point) is not shipped: worker processes import it by name."""
-    site = tmp_path / "site"
+@pytest.mark.parametrize("name", ["process", "dask", "ray"])
+def test_installed_job_is_imported_by_name_in_workers(
+    tmp_path: Path, records: Path, run_batchcli: Any, name: str, request: pytest.FixtureRequest
+) -> None:
+    """An installed job (an entry point) is not shipped: worker processes (Ray's actors) import it by name."""
+    # Installed where the workers can import it: the suite's Ray head has ray_site on its PYTHONPATH.
+    site = request.getfixturevalue("ray_site") if name == "ray" else tmp_path / "site"
     package = site / "squares_job"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
@@ -300,8 +318,10 @@ def test_installed_job_is_imported_by_name_in_workers(tmp_path: Path, records: P
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: squares-job\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[batchcli.jobs]\nsquares = squares_job.job\n")
+    # Dask starts its own cluster here, which inherits the run's PYTHONPATH.
+    executor = _executor_args(request, name) if name == "ray" else ["-p", f"executor={name}", "-p", "workers=2"]
     result = run_batchcli(
-        "exec", "squares", "-d", "out", "-p", f"record_dir={records}", "-p", f"executor={name}", "-p", "workers=2",
+        "exec", "squares", "-d", "out", "-p", f"record_dir={records}", *executor,
         PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -319,16 +339,22 @@ GROUP_SIGNALS = [signal.SIGINT, signal.SIGTERM]
 @pytest.mark.parametrize("signum", GROUP_SIGNALS, ids=[s.name for s in GROUP_SIGNALS])
 @pytest.mark.parametrize("name", EXECUTORS)
 def test_group_signal_stops_gracefully_and_resume_redoes_nothing(
-    tmp_path: Path, records: Path, name: str, signum: signal.Signals
+    tmp_path: Path, records: Path, name: str, signum: signal.Signals, request: pytest.FixtureRequest
 ) -> None:
     """A signal to the whole process group stops the run (exit 130) without killing workers; resume then does every
     remaining item, and the ledger shows each item processed exactly once."""
     count = 300
-    args = ["-p", f"record_dir={records}", "-p", f"executor={name}", "-p", "workers=2", "-p", f"count={count}"]
+    # Dask starts its own local cluster here, in the run's process group. Ray does too for SIGTERM (its processes
+    # must not take the group's signal; Ray itself blocks SIGINT in them), and runs on the suite's head for SIGINT.
+    own_ray = name == "ray" and signum == signal.SIGTERM
+    executor = _executor_args(request, name) if name == "ray" and not own_ray else ["-p", f"executor={name}", "-p", "workers=2"]
+    args = ["-p", f"record_dir={records}", *executor, "-p", f"count={count}"]
+    ray_tmp = Path(tempfile.mkdtemp(prefix="bcray-", dir="/tmp"))  # short: Ray's socket paths have a limit
+    env = subprocess_env(RAY_TMPDIR=str(ray_tmp), RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.Popen(
         [sys.executable, "-m", "batchcli", "exec", str(SPY), "-d", "out", *args, "-p", "sleep_s=0.05"],
         cwd=tmp_path,
-        env=subprocess_env(),
+        env=env,
         start_new_session=True,  # its own process group, as a terminal's foreground job or a systemd service
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -353,12 +379,15 @@ def test_group_signal_stops_gracefully_and_resume_redoes_nothing(
 
     resumed = subprocess.run(
         [sys.executable, "-m", "batchcli", "resume", str(run)],
-        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=180,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     ledger = successes(records)
     assert set(ledger) == set(range(count))
     assert [n for n, times in ledger.items() if times > 1] == []
+    if own_ray:  # the run's own Ray ran there, and is gone with it
+        assert (ray_tmp / "ray").is_dir() and not _processes_mentioning(str(ray_tmp))
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.mark.parametrize("name", ["process", "dask"])
@@ -478,6 +507,19 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that contain ``text``, from /proc."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in line:
+            found.append(line)
+    return found
 
 
 def _children(parent: int | None = None) -> set[int]:

@@ -53,6 +53,9 @@ COVERED_ELSEWHERE = {
         "tests/test_installed.py::test_exec_takes_a_module_name",
     "batchcli exec myjob/ -c config_prod -p executor=dask -p dask_address=tcp://SCHEDULER_HOST:8786":
         "tests/test_readme.py::test_the_dask_cluster_recipe_runs_as_shown",
+    # The same form on the suite's `ray start --head` (a directory project, a configuration, ray_address).
+    "batchcli exec myjob/ -c config_prod -p executor=ray -p ray_address=HEAD_HOST:6379":
+        "tests/test_ray.py::test_directory_project_is_shipped_through_runtime_env",
     "batchcli exec PATH -p k=v -c config_dev":
         "tests/test_config_nested.py::test_dotted_names_override_nested_fields_and_keep_the_rest",
     "batchcli resume":
@@ -100,6 +103,10 @@ OTHER_COMMANDS = {
     "export BATCHCLI_DB__PASSWORD=...": "tests/test_config_nested.py::test_nested_fields_come_from_the_environment",
     "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=0 dask scheduler --port 8786": DASK_RECIPE,
     "dask worker tcp://SCHEDULER_HOST:8786 --nthreads 1": DASK_RECIPE,
+    "ray start --head --port 6379":
+        "tests/conftest.py's ray_head runs it (with --port=0, a free port) for the Ray tests",
+    "ray start --address HEAD_HOST:6379":
+        "not run by the suite: it joins a second machine to the head",
     "python benchmarks/bench.py": "not run by the suite: it takes minutes and measures the machine, not the code",
     "python benchmarks/bench.py overhead": "not run by the suite: it measures the machine, not the code",
 }

@@ -74,9 +74,11 @@ class Executor(Protocol):
 def check_executor(config: Configuration) -> None:
     """Raise a ``UsageError`` for executor settings that cannot work, before the run directory is made.
 
-    Today that is a ``dask_address`` that is malformed or where nothing listens: found out early, it
+    Today that is a ``dask_address`` or ``ray_address`` that is malformed or where nothing listens: found out early, it
     is bad input (exit 2) rather than a failed run.
     """
+    if config.executor == "ray" and config.ray_address is not None:
+        _check_ray_address(config.ray_address)
     if config.executor != "dask" or config.dask_address is None:
         return
     try:
@@ -89,10 +91,21 @@ def check_executor(config: Configuration) -> None:
     check_address(config.dask_address)
 
 
+def _check_ray_address(address: str) -> None:
+    try:
+        from batchcli.executors.raycluster import check_address
+    except ImportError as error:
+        from batchcli.load.configuration import RAY_MISSING
+        from batchcli.errors import UsageError
+
+        raise UsageError(f"{RAY_MISSING} ({error})") from None
+    check_address(address)
+
+
 def make_executor(job: Job, wiring: Wiring, tally: Tally) -> Executor:
     """The executor ``config.executor`` names, not started yet: the one place that picks one.
 
-    ``async`` runs the driver's own Service, set up on the run's loop; ``process`` and ``dask`` start
+    ``async`` runs the driver's own Service, set up on the run's loop; ``process``, ``dask`` and ``ray`` start
     worker processes that each rebuild the job from ``wiring`` and set up their own Service, so the
     driver's Service is then never set up: it does no work.
     """
@@ -107,6 +120,16 @@ def make_executor(job: Job, wiring: Wiring, tally: Tally) -> Executor:
         from batchcli.executors.processpool import ProcessBackend
 
         backend: Any = ProcessBackend(job, wiring)
+    elif config.executor == "ray":
+        try:
+            from batchcli.executors.raycluster import RayBackend
+        except ImportError as error:
+            from batchcli.load.configuration import RAY_MISSING
+            from batchcli.errors import UsageError
+
+            raise UsageError(f"{RAY_MISSING} ({error})") from None
+
+        backend = RayBackend(job, wiring)
     else:
         try:
             from batchcli.executors.daskcluster import DaskBackend

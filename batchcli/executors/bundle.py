@@ -1,10 +1,11 @@
-"""Shipping a project's code to workers that cannot see the driver's disk (a Dask cluster).
+"""Shipping a project's code to workers that cannot see the driver's disk (a Dask or Ray cluster).
 
 The driver zips the project (a single file, or the whole project directory: ``Project.root``) into a ``Bundle``;
 each worker process unpacks it once per run into a private directory of the current user, checks
 every file against the bundle's manifest, and loads it from there. Module names come from file and
 directory names, so they are the same as in the driver and items pickle across. Installed jobs are
-not shipped: workers import them by name.
+not shipped: workers import them by name. Ray ships the files itself (``stage`` writes them for its
+``runtime_env``), and each actor copies them into its own private directory and checks them (``adopt``).
 """
 
 from __future__ import annotations
@@ -114,6 +115,57 @@ def unpack(bundle: Bundle, key: str) -> str:
     _forget_earlier_copies(_top_level_name(bundle.target), dest)
     _unpacked.add(dest)
     return str(dest / bundle.target)
+
+
+def stage(bundle: Bundle) -> Path:
+    """Write ``bundle``'s files into a fresh private directory, for a tool that ships directories (Ray's ``working_dir``)."""
+    dest = Path(tempfile.mkdtemp(prefix="batchcli-stage-", dir=private_root()))
+    try:
+        with zipfile.ZipFile(io.BytesIO(bundle.data)) as archive:
+            _manifest(archive)  # refuses paths that would leave the directory
+            archive.extractall(dest)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return dest
+
+
+def manifest_of(bundle: Bundle) -> dict[str, str]:
+    """SHA-256 of each file of ``bundle``, by relative path: what ``adopt`` checks a shipped copy against."""
+    with zipfile.ZipFile(io.BytesIO(bundle.data)) as archive:
+        return _manifest(archive)
+
+
+def adopt(source: Path, manifest: dict[str, str], target: str, key: str) -> str:
+    """Copy a project another tool shipped to ``source`` into a private directory, check it, return its target's path.
+
+    Ray unpacks a ``working_dir`` under its session directory, which every local user may write to
+    (mode 0777, not sticky): importing from there would run whatever someone put there. So the files
+    the driver listed are copied into a fresh directory of ours (as ``unpack`` makes) and checked
+    against the driver's digests, which travelled with the run's spec, before anything is imported.
+    """
+    dest = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=private_root()))
+    try:
+        for name in manifest:
+            path = PurePosixPath(name)
+            if path.is_absolute() or ".." in path.parts:
+                raise ProjectError(f"The shipped project holds an unsafe path {name!r}.")
+            (dest / path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                shutil.copyfile(source / path, dest / path)
+            except OSError as error:
+                raise ProjectError(
+                    f"The shipped project's file {name!r} cannot be read in {str(source)!r} ({error.strerror}): the "
+                    "cluster did not deliver the whole project. Run the job again; if it keeps failing, check the "
+                    "workers' disk space."
+                ) from None
+        _verify(dest, manifest)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    _forget_earlier_copies(_top_level_name(target), dest)
+    _unpacked.add(dest)
+    return str(dest / target)
 
 
 def discard(key: str) -> None:

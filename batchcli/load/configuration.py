@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from batchcli.load.secret import Secret
 
-EXECUTORS = ("async", "process", "dask")
+EXECUTORS = ("async", "process", "dask", "ray")
 
 RUNTIME_FIELDS = ("output_dir", "run_dir", "started_at")
 
@@ -41,19 +41,24 @@ class Configuration:
     """When the run directory cannot be written (a full disk), how long the run stays paused, retrying
     every flush, before it stops resumably: long enough for a log rotation or a cleanup to free space,
     short enough that a stuck run says so. Raise it when an operator needs time to free space."""
-    executor: Literal["async", "process", "dask"] = "async"
+    executor: Literal["async", "process", "dask", "ray"] = "async"
     """Where items run: ``async`` on this process's event loop (I/O-bound work), ``process`` in a pool
     of worker processes on this machine (CPU-bound work), ``dask`` on a Dask cluster (``pip install
-    'batchcli[dask]'``). With ``process`` and ``dask``, ``concurrency`` is the total in flight across
-    workers: each worker process runs its chunk with ``concurrency / workers`` (rounded up) at once."""
+    'batchcli[dask]'``), ``ray`` in Ray actors (``pip install 'batchcli[ray]'``). With ``process``,
+    ``dask`` and ``ray``, ``concurrency`` is the total in flight across workers: each worker process
+    runs its chunk with ``concurrency / workers`` (rounded up) at once."""
     workers: int | None = None
-    """Worker processes for ``process``, and for the local Dask cluster started when ``dask_address``
-    is none; none means one per CPU core. Ignored with ``dask_address`` (the cluster has its own)."""
+    """Worker processes for ``process``, for the local Dask cluster started when ``dask_address`` is
+    none, and Ray actors for ``ray``; none means one per CPU core (of the Ray cluster, for ``ray``).
+    Ignored with ``dask_address`` (the cluster has its own)."""
     dask_address: str | None = None
     """The scheduler of a running Dask cluster, ``tcp://host:8786``; none starts a local cluster of
     ``workers`` processes for the run and shuts it down at the end."""
+    ray_address: str | None = None
+    """The Ray cluster to run on (``executor=ray``): ``host:6379`` as ``ray start --head`` prints it, or
+    ``auto``; none starts a local Ray for the run and shuts it down at the end."""
     chunk_size: int | None = None
-    """Items sent to a worker at once (``process`` and ``dask``); none sizes chunks automatically to
+    """Items sent to a worker at once (``process``, ``dask``, ``ray``); none sizes chunks automatically to
     about 0.1 s of work each, from the observed time per item."""
     # The circuit breaker (docs/runs.md, "When the API is down").
     breaker_window: int = 100
@@ -131,6 +136,10 @@ class Configuration:
             raise ValueError(DASK_MISSING)
         if self.dask_address is not None and not self.dask_address.strip():
             raise ValueError("dask_address must be a scheduler address like 'tcp://host:8786', or none, got ''.")
+        if self.executor == "ray" and not ray_installed():
+            raise ValueError(RAY_MISSING)
+        if self.ray_address is not None and not self.ray_address.strip():
+            raise ValueError("ray_address must be a Ray address like '127.0.0.1:6379' or 'auto', or none, got ''.")
 
     def _check_breaker(self) -> None:
         if isinstance(self.breaker_window, bool) or not isinstance(self.breaker_window, int) or self.breaker_window < 0:
@@ -197,6 +206,22 @@ def dask_installed() -> bool:
 
     try:
         return importlib.util.find_spec("distributed") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+RAY_MISSING = (
+    "executor='ray' needs Ray, which is not installed. Install it with: pip install 'batchcli[ray]' "
+    "(or use executor='process' on this machine)."
+)
+
+
+def ray_installed() -> bool:
+    """Whether Ray can be imported (checked without importing it: Ray takes most of a second)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("ray") is not None
     except (ImportError, ValueError):
         return False
 

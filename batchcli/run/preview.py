@@ -80,7 +80,8 @@ def _shown(value: Any) -> str:
 def _executor(config: Any) -> str:
     if config.executor == "async":
         return f"async, concurrency {config.concurrency}"
-    where = "" if config.executor != "dask" or not config.dask_address else f" at {config.dask_address}"
+    address = {"dask": config.dask_address, "ray": config.ray_address}.get(config.executor)
+    where = f" at {address}" if address else ""
     workers = "as many workers as cores" if config.workers is None else f"{config.workers} workers"
     return f"{config.executor}{where}, {workers}, concurrency {config.concurrency}"
 

@@ -1,0 +1,366 @@
+"""The Ray executor's backend: chunks go to Ray actors, one worker process each, on a cluster local or remote.
+
+Each actor builds the job from the run's ``WorkerSpec`` (plain data) and keeps it for its life:
+``setup()`` once, every chunk it is given, ``finish()`` once, so a Service's connection pool lives as
+long as the actor. The project travels the way Ray ships code, as the actors' ``runtime_env``
+``working_dir``; each actor copies it out of Ray's shared session directory into a private one and
+checks it against the driver's digests before importing it (``bundle.adopt``). An actor that dies is
+restarted by Ray; the chunks it held fail as ``WorkerLost``, so each of their items costs one attempt
+and is sent again. Ray is an optional extra: this module is imported only for ``executor=ray``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, TaskCancelledError
+
+from batchcli.errors import ProjectError, UsageError
+from batchcli.executors import worker
+from batchcli.executors.bundle import adopt, bundle_project, discard, manifest_of, stage
+from batchcli.executors.messages import Chunk, ChunkResult, ErrorInfo, WorkerError, WorkerLost, WorkerSpec
+from batchcli.executors.signals import spawning
+from batchcli.load.wiring import Job, Wiring
+
+CONNECT_TIMEOUT_S = 10.0
+"""How long to try reaching the head node at ``ray_address`` before the run starts."""
+SETUP_TIMEOUT_S = 300.0
+"""How long the actors may take to start, load the project and run ``setup()`` before the run gives up."""
+LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
+"""Object store of the local Ray a run starts: chunks are small, and Ray's default takes 30% of the memory."""
+
+log = logging.getLogger("batchcli")
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """Where a shipped project lies in the actor's ``working_dir``, and what each of its files must hold."""
+
+    target: str
+    """The path to load, relative to the working_dir (``proj/main.py``, ``proj``, ``job.py``)."""
+    manifest: dict[str, str]
+    """SHA-256 of each file, by relative path, as the driver zipped it."""
+
+
+def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise ``UsageError`` unless ``address`` is ``auto`` or a ``[ray://]host:port`` something listens at.
+
+    Called before the run directory exists: a typo or a head node that is down is bad input, not a run.
+    """
+    text = address.strip()
+    if text == "auto":
+        return  # Ray finds the cluster started on this machine, or says it found none
+    location = text.removeprefix("ray://")
+    host, _, port = location.rpartition(":")
+    host = host.strip("[]")
+    if "://" in location or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(
+            f"ray_address={address!r} is not a Ray address. Give the address `ray start --head` prints, like "
+            "-p ray_address=10.0.0.5:6379 (or ray://HOST:10001 for Ray Client, or auto for the cluster started "
+            "on this machine), or leave ray_address out to start a local Ray."
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as error:
+        reason = "no answer" if isinstance(error, TimeoutError) else (error.strerror or str(error))
+        raise UsageError(
+            f"Cannot reach the Ray cluster at ray_address={address!r} ({reason} at {host}:{port}; batchcli waits at "
+            f"most {timeout:.0f}s). Start it with `ray start --head`, check the host, port and firewall, or leave "
+            "ray_address out to start a local Ray for the run."
+        ) from None
+
+
+class RayWorker:
+    """One Ray actor: a worker process that keeps the run's job, built on first use, until ``finish``."""
+
+    def __init__(self, spec: WorkerSpec, shipped: Shipped | None) -> None:
+        self._spec = spec
+        self._shipped = shipped
+        self._built: WorkerSpec | None = None
+
+    def prepare(self) -> int | WorkerError:
+        """Build and set up the job here; returns the process id (a failure comes back as a value)."""
+        try:
+            worker.job_for(self._local_spec())
+        except WorkerError as error:
+            return error
+        except ProjectError as error:
+            return WorkerError("Loading the project failed", ErrorInfo.of(error), os.getpid())
+        return os.getpid()
+
+    def run_chunk(self, chunk: Chunk) -> ChunkResult | WorkerError:
+        """Run one chunk (an actor restarted by Ray builds and sets up the job again first)."""
+        try:
+            return worker.job_for(self._local_spec()).run_chunk(chunk)
+        except WorkerError as error:
+            return error
+        except ProjectError as error:
+            return WorkerError("Loading the project failed", ErrorInfo.of(error), os.getpid())
+
+    def finish(self) -> tuple[int, ErrorInfo | None]:
+        """Finish the job here (nothing when it was never built) and remove the project's private copy."""
+        try:
+            return os.getpid(), worker.finish_job(self._spec.key)
+        finally:
+            if self._shipped is not None:
+                discard(self._spec.key)
+
+    def _local_spec(self) -> WorkerSpec:
+        if self._built is None:
+            spec = self._spec
+            if self._shipped is not None:
+                # Ray runs an actor in its working_dir: the project's files as Ray unpacked them.
+                target = adopt(Path.cwd(), self._shipped.manifest, self._shipped.target, spec.key)
+                spec = replace(spec, wiring=replace(spec.wiring, target=target))
+            self._built = spec
+        return self._built
+
+
+class RayBackend:
+    """Chunks as calls to ``workers`` Ray actors, on the cluster at ``ray_address`` or on a local Ray."""
+
+    def __init__(self, job: Job, wiring: Wiring) -> None:
+        config = job.config
+        self._address = config.ray_address
+        self._workers = config.workers
+        bundle = bundle_project(job.project)
+        self._spec = WorkerSpec(
+            key=uuid.uuid4().hex,
+            wiring=wiring,
+            output_dir=str(config.output_dir),
+            run_dir=str(config.run_dir),
+            started_at=config.started_at,
+            log_level=logging.getLogger().getEffectiveLevel(),
+        )
+        self._bundle = bundle
+        self._staged: Path | None = None
+        self._actors: list[Any] = []
+        self._next = 0
+        self._refs: set[Any] = set()
+        self._cancelled = False
+        self._connected = False
+        self._before: set[int] = set()
+        """This process's children before it started a local Ray: not Ray's, never killed."""
+
+    async def start(self) -> None:
+        try:
+            # Ray's calls block; keep them off the run's loop.
+            await asyncio.to_thread(self._connect)
+            await asyncio.to_thread(self._prepare)
+        except BaseException:
+            await asyncio.to_thread(self._finish_actors, 10.0)
+            await asyncio.to_thread(self._shutdown)
+            raise
+
+    def slots(self) -> int:
+        return max(1, len(self._actors))
+
+    async def submit(self, chunk: Chunk) -> ChunkResult:
+        # Round robin: CHUNKS_PER_SLOT chunks per actor in flight, one running and one queued in the actor.
+        actor = self._actors[self._next % len(self._actors)]
+        self._next += 1
+        ref = actor.run_chunk.remote(chunk)
+        self._refs.add(ref)
+        try:
+            outcome = await asyncio.wrap_future(ref.future())
+        except RayActorError as error:
+            raise WorkerLost(f"The Ray actor {_actor_of(error)} died", started=not self._cancelled) from None
+        except TaskCancelledError:
+            raise WorkerLost("the run was cancelled", started=False) from None
+        finally:
+            self._refs.discard(ref)
+        if self._cancelled:  # a cancel drops what comes back: those items stay unprocessed
+            raise WorkerLost("the run was cancelled", started=False)
+        if isinstance(outcome, WorkerError):
+            raise outcome
+        return outcome  # type: ignore[no-any-return]
+
+    def limits_changed(self, version: int) -> None:
+        # A running actor call cannot be told anything: a new rate applies from the next chunk.
+        pass
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        for ref in list(self._refs):
+            # Queued calls are dropped; a running one cannot be interrupted, and what it returns is ignored.
+            try:
+                ray.cancel(ref)
+            except Exception:
+                pass
+
+    async def close(self, timeout: float) -> WorkerError | None:
+        try:
+            return await asyncio.to_thread(self._finish_actors, timeout)
+        finally:
+            await asyncio.to_thread(self._shutdown)
+
+    # On worker threads.
+
+    def _connect(self) -> None:
+        # The driver's SIGTERM is the run's to handle (a graceful stop): Ray's core worker would also print a
+        # crash report for it ("*** SIGTERM received ... PC: @"). Only this process; its workers keep theirs.
+        constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+        if constants is not None and hasattr(constants, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"):
+            constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+        # Ray uploads a local working_dir only for a whole job, so the project is shipped at ray.init.
+        options: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
+        shipped = None
+        if self._bundle is not None:
+            self._staged = stage(self._bundle)
+            options["runtime_env"] = {"working_dir": str(self._staged)}
+            shipped = Shipped(self._bundle.target, manifest_of(self._bundle))
+        if self._address is None:
+            # A Ray of our own: its processes share the driver's process group, so they must not take the
+            # group's Ctrl-C or SIGTERM (spawning() blocks both in what it starts); we shut it down after.
+            self._before = _children()
+            with spawning(), _quiet():
+                ray.init(
+                    address="local",
+                    num_cpus=self._workers or os.cpu_count() or 1,
+                    object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                    include_dashboard=False,
+                    **options,
+                )
+        else:
+            try:
+                with _quiet():
+                    ray.init(address=self._address.strip(), **options)
+            except (ConnectionError, RuntimeError, ValueError) as error:
+                raise ProjectError(
+                    f"Cannot reach the Ray cluster at ray_address={self._address!r} ({error}). Start one with "
+                    "`ray start --head` and give the address it prints (-p ray_address=HOST:6379), or leave "
+                    "ray_address out to start a local Ray for the run."
+                ) from None
+        self._connected = True
+        workers = self._workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        remote = ray.remote(RayWorker).options(  # type: ignore[attr-defined]
+            max_restarts=-1,  # a dead actor comes back (and sets the job up again); its chunks fail once
+            max_task_retries=0,  # the driver decides retries: one attempt per item of a lost chunk
+        )
+        self._actors = [remote.remote(self._spec, shipped) for _ in range(workers)]
+
+    def _prepare(self) -> None:
+        """Set the job up in every actor, so setup errors end the run before any item."""
+        refs = [actor.prepare.remote() for actor in self._actors]
+        try:
+            outcomes = ray.get(refs, timeout=SETUP_TIMEOUT_S)
+        except GetTimeoutError:
+            raise ProjectError(
+                f"The Ray actors did not start, load the project and finish setup() within {SETUP_TIMEOUT_S:.0f}s. "
+                "Check `ray status` for free resources, and the actors' logs for a setup() that hangs."
+            ) from None
+        except RayActorError as error:
+            raise ProjectError(
+                f"A Ray actor could not start ({error}). Install batchcli and the job's dependencies where the Ray "
+                "workers run, in the same versions as here."
+            ) from None
+        for outcome in outcomes:
+            if isinstance(outcome, WorkerError):
+                raise outcome
+
+    def _finish_actors(self, timeout: float) -> WorkerError | None:
+        if not self._actors:
+            return None
+        refs = [actor.finish.remote() for actor in self._actors]
+        deadline = time.monotonic() + timeout
+        errors = []
+        for ref in refs:
+            try:
+                pid, info = ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
+            except Exception as error:  # an actor that died or hangs: nothing more to finish there
+                log.warning("finish() did not complete in a Ray actor: %r", error)
+                continue
+            if info is not None:
+                errors.append(WorkerError("finish() raised", info, pid))
+        return errors[0] if errors else None
+
+    def _shutdown(self) -> None:
+        for actor in self._actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:
+                pass
+        self._actors = []
+        if self._connected:
+            self._connected = False
+            if self._address is None:
+                _stop_local_ray(self._before)
+            else:
+                ray.shutdown()  # a cluster at ray_address only loses this driver
+        if self._staged is not None:
+            shutil.rmtree(self._staged, ignore_errors=True)
+            self._staged = None
+
+
+def _stop_local_ray(before: set[int]) -> None:
+    """Stop the run's own Ray at once: its processes block SIGTERM (see ``_connect``).
+
+    ``ray.shutdown`` would give each a second to leave on SIGTERM before its SIGKILL, and the agents the
+    raylet starts would outlive it; so its node kills without the grace, and every process ``ray.init``
+    started (the children that are not in ``before``, and theirs, found in /proc) gets a SIGKILL after.
+    Ray has no public call for either; if its internals move, ``ray.shutdown`` still stops it, slowly.
+    """
+    tree = _process_tree()
+    doomed = [pid for pid in tree.get(os.getpid(), []) if pid not in before]
+    for pid in doomed:
+        doomed.extend(tree.get(pid, []))
+    node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
+    kill = getattr(node, "kill_all_processes", None)
+    if kill is not None:
+
+        def at_once(check_alive: bool = True, allow_graceful: bool = False, wait: bool = False) -> None:
+            kill(check_alive=check_alive, allow_graceful=False, wait=wait)
+
+        node.kill_all_processes = at_once  # type: ignore[union-attr]
+    ray.shutdown()
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _children() -> set[int]:
+    return set(_process_tree().get(os.getpid(), []))
+
+
+def _process_tree() -> dict[int, list[int]]:
+    """Parent pid -> child pids of every live process, from /proc (empty where there is none)."""
+    tree: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        tree.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    return tree
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Ray's own notes while it connects (which thread got its SIGTERM handler, token auth) stay off the console."""
+    logger = logging.getLogger("ray")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _actor_of(error: RayActorError) -> str:
+    actor_id = getattr(error, "actor_id", None)
+    return f"{actor_id[:8]}" if isinstance(actor_id, str) else "(unknown)"
