@@ -65,7 +65,7 @@ def bundle_project(project: Project) -> Bundle | None:
             if total > MAX_BUNDLE_BYTES:
                 raise ProjectError(
                     f"The project {project.target!r} holds more than {MAX_BUNDLE_BYTES // 2**20} MB of files, too much to "
-                    "send to every Dask worker. Move data files out of the project directory, or install the "
+                    "send to every Dask worker or Ray actor. Move data files out of the project directory, or install the "
                     "project as a package on the workers and run it as an installed job."
                 )
             # A fixed timestamp keeps the digest stable: the same project is the same bundle, run after run.
@@ -210,13 +210,13 @@ def _check_base(base: Path) -> None:
         info = os.stat(base)
     except OSError as error:
         raise ProjectError(
-            f"The temp directory {str(base)!r} of this Dask worker cannot be used ({error.strerror}). Point TMPDIR "
+            f"The temp directory {str(base)!r} of this cluster worker cannot be used ({error.strerror}). Point TMPDIR "
             "at a directory of your own where the workers run (for example `mkdir -m 700 ~/tmp`)."
         ) from None
     owner_ok = info.st_uid in (os.getuid(), 0)
     if not owner_ok or (info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX):
         raise ProjectError(
-            f"The temp directory {str(base)!r} of this Dask worker (owner uid {info.st_uid}, mode "
+            f"The temp directory {str(base)!r} of this cluster worker (owner uid {info.st_uid}, mode "
             f"{stat.S_IMODE(info.st_mode):o}) lets someone else replace the project's files before they are "
             "imported. Point TMPDIR at a directory of your own where the workers run (for example "
             "`mkdir -m 700 ~/tmp`), or make this one sticky (`chmod +t`)."
@@ -256,7 +256,7 @@ def _verify(dest: Path, manifest: dict[str, str]) -> None:
         raise ProjectError(
             f"The project unpacked in {str(dest)!r} does not match what was shipped ({wrong[0][0]!r} differs): "
             "something changed it while it was unpacked. Check who can write to the temp directory "
-            "(TMPDIR) of the Dask workers, and run the job again."
+            "(TMPDIR) of the cluster's workers, and run the job again."
         )
 
 
