@@ -20,10 +20,10 @@ import logging
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from batchcli.run.controller import RunController
-from batchcli.run.shell import banner
+from batchcli.run.shell import banner, shell_names
 
 if TYPE_CHECKING:
     from batchcli.run.driver import Run
@@ -129,16 +129,7 @@ class KernelSession:
         console, pinned = run.console, run.console._file
         console.file = console.file
         try:
-            self._namespace.update(
-                self=controller,
-                service=run.job.service,
-                source=run.job.source,
-                config=run.job.config,
-                failures=controller.failures,
-                in_flight=_try(lambda: controller.in_flight, {}),
-                error=run.fatal,
-                run_dir=run.run_dir,
-            )
+            self._namespace.update(shell_names(run, controller))
             try:
                 from batchcli.run.kernel import Kernel  # imports ipykernel
 
@@ -185,10 +176,3 @@ class KernelSession:
 
 def _reply(conn: socket.socket, reply: dict[str, Any]) -> None:
     conn.sendall(json.dumps(reply).encode() + b"\n")
-
-
-def _try(get: Callable[[], Any], default: Any) -> Any:
-    try:
-        return get()
-    except RuntimeError:  # the loop has ended
-        return default

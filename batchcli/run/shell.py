@@ -60,16 +60,7 @@ class PauseShell:
         run.tally.pause_clock()  # time in the shell is not run time: elapsed, rate and ETA leave it out
         show_display = _hide_display(run.display)
         try:
-            self._namespace.update(
-                self=controller,
-                service=run.job.service,
-                source=run.job.source,
-                config=run.job.config,
-                failures=controller.failures,
-                in_flight=_try(lambda: controller.in_flight, {}),
-                error=run.fatal,
-                run_dir=run.run_dir,
-            )
+            self._namespace.update(shell_names(run, controller))
             print(banner(run, controller, emergency), flush=True)
             self._interact(run)
             if emergency:
@@ -229,6 +220,20 @@ def _hide_display(display: Any) -> Callable[[], None]:
 
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def shell_names(run: RunHandle, controller: RunController) -> dict[str, Any]:
+    """The names a shell on ``run`` gets, refreshed each time one opens: the pause shell's and ``attach``'s."""
+    return {
+        "self": controller,
+        "service": run.job.service,
+        "source": run.job.source,
+        "config": run.job.config,
+        "failures": controller.failures,
+        "in_flight": _try(lambda: controller.in_flight, {}),
+        "error": run.fatal,
+        "run_dir": run.run_dir,
+    }
 
 
 def _try(get: Callable[[], Any], default: Any) -> Any:
