@@ -16,7 +16,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from concurrent.futures import CancelledError
 from typing import Any, Callable
 
@@ -151,15 +150,7 @@ class DaskBackend:
         config = job.config
         self._address = config.dask_address
         self._workers = config.workers or os.cpu_count() or 1
-        self._spec = WorkerSpec(
-            key=uuid.uuid4().hex,
-            wiring=wiring,
-            output_dir=str(config.output_dir),
-            run_dir=str(config.run_dir),
-            started_at=config.started_at,
-            bundle=bundle_project(job.project),
-            log_level=logging.getLogger().getEffectiveLevel(),
-        )
+        self._spec = WorkerSpec.for_run(config, wiring, bundle_project(job.project))
         self._plugin = f"batchcli-run-{self._spec.key}"
         self._client: Client | None = None
         self._cluster: LocalCluster | None = None

@@ -1,4 +1,4 @@
-"""What the driver, the backends and the workers of the process and Dask executors send each other.
+"""What the driver, the backends and the workers of the process, Dask and Ray executors send each other.
 
 All of it is plain, picklable data with batchcli's own classes only: a worker's exceptions travel as
 text (``ErrorInfo``) because their classes may not exist where they arrive.
@@ -6,8 +6,11 @@ text (``ErrorInfo``) because their classes may not exist where they arrive.
 
 from __future__ import annotations
 
+import logging
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from batchcli.load.wiring import Wiring
 from batchcli.executors.bundle import Bundle
@@ -34,6 +37,19 @@ class WorkerSpec:
     """The project's files, for workers that cannot see the driver's disk; None loads ``wiring.target``."""
     log_level: int = 30
     """The lowest level of log records a process worker forwards to the driver."""
+
+    @classmethod
+    def for_run(cls, config: Any, wiring: Wiring, bundle: Bundle | None = None) -> WorkerSpec:
+        """The spec of the run ``config`` describes (its runtime fields bound), under a new key."""
+        return cls(
+            key=uuid.uuid4().hex,
+            wiring=wiring,
+            output_dir=str(config.output_dir),
+            run_dir=str(config.run_dir),
+            started_at=config.started_at,
+            bundle=bundle,
+            log_level=logging.getLogger().getEffectiveLevel(),
+        )
 
 
 @dataclass(frozen=True)

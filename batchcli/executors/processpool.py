@@ -19,7 +19,6 @@ import queue
 import sys
 import threading
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
@@ -79,14 +78,7 @@ class ProcessBackend:
         target = Path(wiring.target).expanduser()
         if target.exists():  # workers start in the same directory, but a relative path is fragile
             wiring = replace(wiring, target=str(target.resolve()))
-        self._spec = WorkerSpec(
-            key=uuid.uuid4().hex,
-            wiring=wiring,
-            output_dir=str(config.output_dir),
-            run_dir=str(config.run_dir),
-            started_at=config.started_at,
-            log_level=logging.getLogger().getEffectiveLevel(),
-        )
+        self._spec = WorkerSpec.for_run(config, wiring)
         self._workers: list[_Worker] = []
         self._queue: deque[tuple[Chunk, asyncio.Future[ChunkResult]]] = deque()
         self._closing = False

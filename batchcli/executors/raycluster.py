@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -137,14 +136,7 @@ class RayBackend:
         self._address = config.ray_address
         self._workers = config.workers
         bundle = bundle_project(job.project)
-        self._spec = WorkerSpec(
-            key=uuid.uuid4().hex,
-            wiring=wiring,
-            output_dir=str(config.output_dir),
-            run_dir=str(config.run_dir),
-            started_at=config.started_at,
-            log_level=logging.getLogger().getEffectiveLevel(),
-        )
+        self._spec = WorkerSpec.for_run(config, wiring)
         self._bundle = bundle
         self._staged: Path | None = None
         self._actors: list[Any] = []
