@@ -95,6 +95,39 @@ def test_a_long_window_cuts_from_what_the_api_served() -> None:
     assert rate is not None and r0 * 0.3 < rate < r0 * 0.4, (rate, r0)
 
 
+def test_the_answers_read_right_after_the_first_throttle_are_not_counted_in_the_wave() -> None:
+    """A backlog of 20 answers read with the first 429 does not raise the wave's measure of an API serving 100/s."""
+    cool, limiter, tally, clock = cooldown()
+    tally.succeeded += 10
+    clock.now += 0.05
+    cool.throttled(Throttle(1.0))
+    clock.now += 0.01
+    tally.succeeded += 20  # served before the first 429, read just after it: counted, they would read ~140/s
+    cool.throttled(Throttle(1.0))
+    for _ in range(8):
+        clock.now += 0.05
+        tally.succeeded += 5
+        cool.throttled(Throttle(1.0))
+    rate = limiter.limits.rate_limit
+    assert rate is not None and abs(rate - 100 * 0.95) < 0.5, rate
+
+
+def test_a_wave_rate_throttled_soon_after_is_cut_once_deeply_then_as_usual() -> None:
+    """Throttled 2 s after resuming at a wave's rate, the rate goes to 0.85 of it; the next quick throttle cuts 5%."""
+    cool, limiter, tally, clock = cooldown()
+    r0 = learnt(cool, tally, clock, 120)
+    clock.now += 2.0
+    tally.succeeded += round(r0 * 2)
+    cool.throttled(Throttle(1.0))
+    deep = limiter.limits.rate_limit
+    assert deep is not None and abs(deep - r0 * 0.85) < 0.5, (deep, r0)
+    clock.now += 1.0 + 2.0
+    tally.succeeded += round(deep * 2)
+    cool.throttled(Throttle(1.0))
+    usual = limiter.limits.rate_limit
+    assert usual is not None and abs(usual - deep * 0.95) < 0.5, (usual, deep)
+
+
 def test_a_token_bucket_api_is_served_near_its_rate_and_loses_nothing(run_batchcli) -> None:
     """Against a 100/s token bucket with 100 in flight, every item succeeds once and the rate learnt is near 100/s."""
     with FlakyApi(rate=100, burst=10, retry_after_s=1) as api:
