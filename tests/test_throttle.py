@@ -184,9 +184,10 @@ def test_a_rate_limited_api_loses_no_item_and_fails_none(run_batchcli) -> None:
         assert api.statuses[429] > 0
     # No rate_limit is configured: the first throttle sets an effective one, from what the API served.
     rates = [float(r) for r in re.findall(r"Throttled: effective concurrency=\d+, rate_limit=([\d.]+)/s", log_text(result.run_dir))]
-    # Learnt near the API's rate: the wave is timed on the client, which shares its CPU with the server here,
-    # so it may read a little above R (a later throttle then backs it off).
-    assert rates and all(50 < r < 150 for r in rates), rates
+    # Learnt from what the API served, neither collapsed (the first version fell to a tenth of R) nor far above R.
+    # Loose bounds: the wave is timed on a client that shares 2 cores with the server and, in the suite, with
+    # other tests, so a loaded machine reads 20-170/s here; how close to R it gets is bench.py throttled's job.
+    assert rates and all(10 < r < 200 for r in rates), rates
 
 
 @pytest.mark.parametrize("executor", ["process", "dask"])
