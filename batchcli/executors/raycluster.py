@@ -144,7 +144,8 @@ class RayBackend:
         self._refs: set[Any] = set()
         self._cancelled = False
         self._connected = False
-        self._before: set[int] = set()
+        self._ray_children: set[int] = set()
+        """The driver's child processes that ``ray.init`` started (a local Ray only): what ``_shutdown`` kills."""
         """This process's children before it started a local Ray: not Ray's, never killed."""
 
     async def start(self) -> None:
@@ -217,7 +218,7 @@ class RayBackend:
         if self._address is None:
             # A Ray of our own: its processes share the driver's process group, so they must not take the
             # group's Ctrl-C or SIGTERM (spawning() blocks both in what it starts); we shut it down after.
-            self._before = _children()
+            before = _children()
             with spawning(), _quiet():
                 ray.init(
                     address="local",
@@ -226,6 +227,8 @@ class RayBackend:
                     include_dashboard=False,
                     **options,
                 )
+            # Only these are Ray's: a child the driver starts later (a Source's subprocess) is not ours to kill.
+            self._ray_children = _children() - before
         else:
             try:
                 with _quiet():
@@ -289,7 +292,7 @@ class RayBackend:
         if self._connected:
             self._connected = False
             if self._address is None:
-                _stop_local_ray(self._before)
+                _stop_local_ray(self._ray_children)
             else:
                 ray.shutdown()  # a cluster at ray_address only loses this driver
         if self._staged is not None:
@@ -297,16 +300,16 @@ class RayBackend:
             self._staged = None
 
 
-def _stop_local_ray(before: set[int]) -> None:
+def _stop_local_ray(ray_children: set[int]) -> None:
     """Stop the run's own Ray at once: its processes block SIGTERM (see ``_connect``).
 
     ``ray.shutdown`` would give each a second to leave on SIGTERM before its SIGKILL, and the agents the
     raylet starts would outlive it; so its node kills without the grace, and every process ``ray.init``
-    started (the children that are not in ``before``, and theirs, found in /proc) gets a SIGKILL after.
+    started (``ray_children`` that are still the driver's children, and theirs, found in /proc) gets a SIGKILL after.
     Ray has no public call for either; if its internals move, ``ray.shutdown`` still stops it, slowly.
     """
     tree = _process_tree()
-    doomed = [pid for pid in tree.get(os.getpid(), []) if pid not in before]
+    doomed = [pid for pid in tree.get(os.getpid(), []) if pid in ray_children]
     for pid in doomed:
         doomed.extend(tree.get(pid, []))
     node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
