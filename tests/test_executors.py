@@ -290,6 +290,20 @@ def test_unpicklable_item_fails_alone(cli: Any, records: Path) -> None:
     assert successes(records) == Counter(n for n in range(10) if n != 3)
 
 
+def test_a_driver_that_ends_without_closing_its_workers_still_exits(records: Path) -> None:
+    """A process pool left open when the driver ends is killed at exit, not joined for ever (workers ignore SIGTERM)."""
+    driver = PROJECTS / "executors" / "open_pool.py"
+    # Before the fix this waited in multiprocessing's exit handler until the timeout.
+    ended = subprocess.run(
+        [sys.executable, str(driver), str(SPY), str(records)], env=subprocess_env(), capture_output=True, text=True, timeout=60
+    )
+    assert ended.returncode == 0 and "started" in ended.stdout, ended.stderr
+    [worker] = pids(records, "setup")
+    stat = Path(f"/proc/{worker}/stat")
+    state = stat.read_text().rsplit(")", 1)[1].split()[0] if stat.exists() else "gone"
+    assert state in ("gone", "Z", "X"), state  # killed (a zombie until something reaps it), not running
+
+
 def test_process_worker_killed_loses_no_item(cli: Any, records: Path) -> None:
     """A worker process killed mid-chunk: its items are retried elsewhere, and every item succeeds."""
     result = spy(

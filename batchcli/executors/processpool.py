@@ -10,6 +10,7 @@ task a dead process held, and breaks the whole pool when one dies.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import logging.handlers
 import math
@@ -93,6 +94,11 @@ class ProcessBackend:
         self._cancel_event = self._context.Event()
         self._limits = self._context.Value("q", 0, lock=False)
         """The driver's limits version, read by workers while an item waits for its start slot."""
+        # A driver that ends without close() (an error on the way out) must still exit: at exit, multiprocessing
+        # SIGTERMs its daemonic children and joins them, but workers ignore SIGTERM (signals.py) and wait on
+        # their pipe from this very process, so the join would wait for ever. Registered after multiprocessing's
+        # own handler, this one runs first (atexit is last in, first out) and kills what is left.
+        atexit.register(self._kill_at_exit)
         for _ in range(self._count):
             self._spawn(replacement=False)
         outcomes = await asyncio.gather(*(w.ready for w in self._workers), return_exceptions=True)
@@ -296,6 +302,14 @@ class ProcessBackend:
                 worker.process.kill()
                 worker.process.join(5)
             worker.tasks.close()
+        atexit.unregister(self._kill_at_exit)
+
+    def _kill_at_exit(self) -> None:
+        """At interpreter exit without close(): the workers still alive were abandoned; SIGKILL them."""
+        for worker in self._workers:
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(1)
 
 
 def _allowed_s(chunk: Chunk) -> float:
