@@ -35,6 +35,18 @@ class JobLog:
         """Items that completed more than once."""
         return sorted(n for n, times in Counter(self.done()).items() if times > 1)
 
+    def in_flight_peak(self, after: int = 0) -> int:
+        """The most items in flight at once from line ``after`` on, counting those already in flight then."""
+        now = peak = 0
+        for index, line in enumerate(self.lines()):
+            if line.startswith("start "):
+                now += 1
+            elif line.startswith("done ") or line.startswith("fail "):
+                now -= 1
+            if index >= after:
+                peak = max(peak, now)
+        return peak
+
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     """Poll until ``condition()`` holds; fail with ``what`` after ``timeout`` seconds."""

@@ -22,19 +22,6 @@ def batchcli(*args: Any) -> subprocess.CompletedProcess[str]:
     )
 
 
-def in_flight_peak(log: JobLog, after: int) -> int:
-    """The most items in flight at once from ledger line ``after`` on (start/done lines of every process)."""
-    now = peak = 0
-    for index, line in enumerate(log.lines()):
-        if line.startswith("start "):
-            now += 1
-        elif line.startswith("done ") or line.startswith("fail "):
-            now -= 1
-        if index >= after:
-            peak = max(peak, now)
-    return peak
-
-
 def test_json_logs_without_a_terminal_make_stderr_json_lines_only(tmp_path: Path) -> None:
     """With --log-format json and stderr not a terminal, every stderr line parses as JSON: progress events, failures, the closing event, and a notice."""
     ran = batchcli(
@@ -70,16 +57,16 @@ def test_ctl_steers_a_run_whose_items_run_in_worker_processes(tmp_path: Path) ->
     try:
         wait_for(lambda: any(out.glob("*/control.sock")) and len(log.done()) > 5, "the workers under way", timeout=60)
         run_dir = next(out.glob("*/control.sock")).parent
-        assert in_flight_peak(log, 0) == 2
+        assert log.in_flight_peak(0) == 2
 
         assert "Concurrency is now 5." in batchcli("ctl", run_dir, "set", "concurrency=5").stdout
-        wait_for(lambda: in_flight_peak(log, 0) >= 5, "5 items in flight at once in the workers")
+        wait_for(lambda: log.in_flight_peak(0) >= 5, "5 items in flight at once in the workers")
 
         assert batchcli("ctl", run_dir, "set", "concurrency=1").returncode == 0
         time.sleep(0.5)  # chunks sent at 5 finish
         mark = len(log.lines())
         wait_for(lambda: len(log.lines()) > mark + 16, "items processed at concurrency 1")
-        assert in_flight_peak(log, mark) == 1
+        assert log.in_flight_peak(mark) == 1
 
         stopped = batchcli("ctl", run_dir, "stop")
         assert "Stopping" in stopped.stdout, stopped.stderr

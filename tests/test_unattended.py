@@ -51,19 +51,6 @@ def live_run_dir(out: Path) -> Path:
     return next(out.glob("*/control.sock")).parent
 
 
-def in_flight_peak(log: JobLog, after: int) -> int:
-    """The most items in flight at once from ledger line ``after`` on, counting those already in flight then."""
-    now = peak = 0
-    for index, line in enumerate(log.lines()):
-        if line.startswith("start "):
-            now += 1
-        elif line.startswith("done ") or line.startswith("fail "):
-            now -= 1
-        if index >= after:
-            peak = max(peak, now)
-    return peak
-
-
 def ctl(run_dir: Path, *words: str) -> subprocess.CompletedProcess[str]:
     """``batchcli ctl RUN WORDS`` as a process of its own."""
     return batchcli("ctl", run_dir, *words)
@@ -105,12 +92,12 @@ def test_watch_and_ctl_steer_a_run_that_has_no_terminal(tmp_path: Path, cli: Any
 
         # set concurrency: the Service sees more items at once, then fewer.
         assert "Concurrency is now 5." in cli("ctl", run_dir, "set", "concurrency=5").output
-        wait_for(lambda: in_flight_peak(log, 0) >= 5, "5 items in flight at once")
+        wait_for(lambda: log.in_flight_peak(0) >= 5, "5 items in flight at once")
         assert cli("ctl", run_dir, "set", "concurrency=1").exit_code == 0
         time.sleep(0.3)  # the items started at 5 finish
         mark = len(log.lines())
         wait_for(lambda: len(log.lines()) > mark + 10, "items processed at concurrency 1")
-        assert in_flight_peak(log, mark) == 1
+        assert log.in_flight_peak(mark) == 1
 
         # pause: no new item starts, and watch says so; resume: they start again.
         assert cli("ctl", run_dir, "pause").exit_code == 0
