@@ -11,13 +11,12 @@ import contextlib
 import json
 import socket
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
-from batchcli.cli.ctl import live_socket, no_socket, owned_run
-from batchcli.errors import RunNotLive, RunNotReady, UsageError
-from batchcli.run.control import _read_line, _short_path
+from batchcli.cli.ctl import accepted, answering, live_socket, owned_run
+from batchcli.errors import UsageError
+from batchcli.run.control import connect, read_reply
 
 START_TIMEOUT_S = 90.0
 """The run pauses and starts a kernel (about a second); past this, something is wrong."""
@@ -38,20 +37,13 @@ def attach(run_dir: Path, console: Console) -> None:
         raise UsageError(MISSING) from None
     owned_run(run_dir, "attach to")
     path = live_socket(run_dir)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(START_TIMEOUT_S)
-        try:
-            with _short_path(path) as address:
-                conn.connect(address)
+    with answering(run_dir):
+        conn = connect(path, START_TIMEOUT_S)
+    with conn:
+        with answering(run_dir):
             conn.sendall(json.dumps({"command": "attach"}).encode() + b"\n")
-            reply = _reply(conn)
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise RunNotLive(no_socket(run_dir)) from None
-        except (OSError, ValueError) as error:
-            raise RunNotLive(f"Run {str(run_dir)!r} did not answer ({error}); it may be ending.") from None
-        if not reply.get("ok"):
-            refusal = str(reply.get("error", "the run refused to attach"))
-            raise RunNotReady(refusal) if reply.get("not_now") else UsageError(refusal)
+            reply = read_reply(conn)
+        accepted(reply, "the run refused to attach")
         console.print(str(reply.get("message", "")), markup=False, highlight=False, soft_wrap=True)
         config = Config()
         config.ZMQTerminalIPythonApp.confirm_exit = False  # leaving only resumes the run
@@ -65,13 +57,6 @@ def attach(run_dir: Path, console: Console) -> None:
             with contextlib.suppress(OSError, ValueError):
                 conn.shutdown(socket.SHUT_WR)
                 conn.settimeout(LEAVE_TIMEOUT_S)
-                message = str(_reply(conn).get("message", ""))
+                message = str(read_reply(conn).get("message", ""))
                 if message:
                     console.print(message, markup=False, highlight=False, soft_wrap=True)
-
-
-def _reply(conn: socket.socket) -> dict[str, Any]:
-    reply = json.loads(_read_line(conn) or b"{}")
-    if not isinstance(reply, dict):
-        raise ValueError(f"not a reply: {reply!r}")
-    return reply

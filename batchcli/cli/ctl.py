@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 from rich.console import Console
 
@@ -32,18 +34,30 @@ def control(run_dir: Path, words: list[str], console: Console) -> None:
     request = Request.parse(words)  # a bad command is bad input, whatever the run's state
     owned_run(run_dir, "control")
     path = live_socket(run_dir)
-    try:
+    with answering(run_dir):
         reply = send(path, request)
+    accepted(reply, "the run refused the command")
+    console.print(str(reply.get("message", "")), markup=False, highlight=False, soft_wrap=True)
+    for name, value in (reply.get("stats") or {}).items():
+        console.print(f"  {name}: {value}", markup=False, highlight=False)
+
+
+@contextmanager
+def answering(run_dir: Path) -> Iterator[None]:
+    """Talking to the run in ``run_dir``: no socket, a refused connection or no answer is RunNotLive, with why."""
+    try:
+        yield
     except (FileNotFoundError, ConnectionRefusedError):
         raise RunNotLive(no_socket(run_dir)) from None
     except (OSError, ValueError) as error:
         raise RunNotLive(f"Run {str(run_dir)!r} did not answer ({error}); it may be ending.") from None
+
+
+def accepted(reply: dict[str, Any], refused: str) -> None:
+    """A reply that refused (with the run's reason, else ``refused``) raises: RunNotReady if only not now."""
     if not reply.get("ok"):
-        refusal = str(reply.get("error", "the run refused the command"))
+        refusal = str(reply.get("error", refused))
         raise RunNotReady(refusal) if reply.get("not_now") else UsageError(refusal)
-    console.print(str(reply.get("message", "")), markup=False, highlight=False, soft_wrap=True)
-    for name, value in (reply.get("stats") or {}).items():
-        console.print(f"  {name}: {value}", markup=False, highlight=False)
 
 
 def live_socket(run_dir: Path) -> Path:

@@ -279,12 +279,27 @@ def send(path: Path, request: Request, timeout: float = 600.0) -> dict[str, Any]
 
     Raises ``ConnectionRefusedError`` when nothing listens there (a stale socket) and ``OSError`` otherwise.
     """
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(timeout)  # retry-failed waits for the items it retries
+    with connect(path, timeout) as conn:  # retry-failed waits for the items it retries
+        conn.sendall(request.encode())
+        return read_reply(conn)
+
+
+def connect(path: Path, timeout: float) -> socket.socket:
+    """A connection to the run listening on ``path`` (``attach`` keeps it open for its whole session)."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.settimeout(timeout)
         with _short_path(path) as address:
             conn.connect(address)
-        conn.sendall(request.encode())
-        reply = json.loads(_read_line(conn) or b"{}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def read_reply(conn: socket.socket) -> dict[str, Any]:
+    """The run's next reply line on ``conn`` ({} when it closed without one); ValueError if it is not one."""
+    reply = json.loads(_read_line(conn) or b"{}")
     if not isinstance(reply, dict):
         raise ValueError(f"not a ctl reply: {reply!r}")
     return reply
