@@ -14,7 +14,7 @@ from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, throttle_of
 from batchcli.journal.batches import MARSHAL_VERSION
-from batchcli.journal.results import encode
+from batchcli.journal.results import encode_other
 from batchcli.load.configuration import Configuration
 from batchcli.outcome import KEPT_NUDGE, KEPT_OVERHEAD, RECORDER_WAIT_S, Tally
 
@@ -168,7 +168,7 @@ class AsyncExecutor:
             plain = _marshal(result, MARSHAL_VERSION)  # plain data, the common case: encode's first try, inline
         except (ValueError, TypeError):
             try:
-                text, blob = encode(result)
+                text, blob = encode_other(result)  # marshal just refused it
             except Exception as error:
                 self._failed(ordinal, item, attempts, error)
                 return False

@@ -86,6 +86,11 @@ def encode(value: Any) -> Encoded:
     plain = dump(value)
     if plain is not None:
         return plain, None
+    return encode_other(value)
+
+
+def encode_other(value: Any) -> Encoded:
+    """``encode`` for a value that is not plain data (marshal refused it): JSON, else pickled."""
     try:
         return _to_json(value), None
     except Exception:  # not JSON (TypeError, ValueError for NaN or a cycle, RecursionError): try pickle
