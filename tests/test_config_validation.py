@@ -15,7 +15,7 @@ def rejected(result: Any) -> str:
     """The output of a run batchcli refused to start, after the checks every refusal must pass."""
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
-    assert "Error: Invalid configuration Configuration:" in result.output
+    assert "Error: Invalid configuration:" in result.output  # the default class is not named
     assert result.run_dir is None
     return " ".join(result.output.split())
 

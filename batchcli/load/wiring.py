@@ -121,7 +121,8 @@ def build_job(
     try:
         config = build_configuration(config_cls, {n: v for n, v in cast_values.items() if n in fields})
     except ValueError as error:
-        raise UsageError(f"Invalid configuration {config_cls.__name__}: {error}") from error
+        named = "" if config_cls is Configuration else f" {config_cls.__name__}"  # the default class: no name to give
+        raise UsageError(f"Invalid configuration{named}: {error}") from error
     except Exception as error:
         raise UserCodeError(f"Building {config_cls.__name__} failed:\n{format_user_traceback(error)}", error) from error
 
