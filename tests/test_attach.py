@@ -141,3 +141,27 @@ def test_start_up_imports_no_kernel_machinery() -> None:
     )
     shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=subprocess_env())
     assert "attach" in shown.stdout and "LOADED []" in shown.stdout, shown.stdout + shown.stderr
+
+
+def test_a_closed_kernel_leaves_pdb_faulthandler_and_the_std_streams_as_they_were(tmp_path: Path) -> None:
+    """ipykernel patches pdb (IPython's debugger for ``breakpoint()``) and faulthandler's defaults for the whole
+    process; closing the kernel puts them back, so the run after a session is the run before it."""
+    script = tmp_path / "kernel_state.py"
+    script.write_text(
+        "import faulthandler, pdb, sys\n"
+        "from batchcli.run.kernel import Kernel\n"
+        "def state():\n"
+        "    return (pdb.Pdb, pdb.set_trace, faulthandler.enable, faulthandler.register, sys.stdout, sys.displayhook)\n"
+        "before = state()\n"
+        f"kernel = Kernel(object(), {{}}, __import__('pathlib').Path({str(tmp_path / 'kernel.json')!r}))\n"
+        "during = state()\n"
+        "kernel.close()\n"
+        "after = state()\n"
+        "print('CHANGED', sum(a is not b for a, b in zip(before, during)), 'LEFT', [i for i, (a, b) in enumerate(zip(before, after)) if a is not b])\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    changed, left = re.search(r"CHANGED (\d+) LEFT (\[.*\])", out.stdout).groups()  # type: ignore[union-attr]
+    assert int(changed) >= 3  # the kernel did patch them (else this test proves nothing)
+    assert left == "[]"
+    assert not (tmp_path / "kernel.json").exists()

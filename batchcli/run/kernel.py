@@ -2,8 +2,9 @@
 
 What ipykernel's ``IPKernelApp`` does to the whole process is undone when the kernel closes: the std
 streams, ``sys.excepthook`` and ``displayhook``, SIGINT (ipykernel ignores it; a headless run stops on it),
-its singletons and ``atexit`` hooks, and its event loop (a fresh one per kernel), so the next attach starts
-a fresh kernel on the same namespace. ipykernel and tornado are imported only when a kernel starts.
+the ``pdb`` and ``faulthandler`` functions it patches, its singletons and ``atexit`` hooks, and its event
+loop (a fresh one per kernel), so the next attach starts a fresh kernel on the same namespace. ipykernel
+and tornado are imported only when a kernel starts.
 """
 
 from __future__ import annotations
@@ -122,12 +123,24 @@ class Kernel:
 
 
 class _Saved:
-    """What starting a kernel changes for the whole process: the std streams, the hooks, SIGINT."""
+    """What starting a kernel changes for the whole process: the std streams, the hooks, SIGINT, and the
+    module functions it patches (``pdb``'s debugger and ``faulthandler``'s defaults)."""
 
     def __init__(self) -> None:
+        import faulthandler
+        import pdb
+
+        from IPython.core import debugger
+
         self.stdout, self.stderr = sys.stdout, sys.stderr
         self.displayhook, self.excepthook = sys.displayhook, sys.excepthook
         self.sigint = signal.getsignal(signal.SIGINT)
+        self.patched = [
+            (module, name, getattr(module, name))
+            for module, names in ((pdb, ("Pdb", "set_trace")), (debugger, ("Pdb",)), (faulthandler, ("enable", "register")))
+            for name in names
+            if hasattr(module, name)
+        ]
 
     def restore_handlers(self) -> None:
         sys.excepthook = self.excepthook
@@ -137,6 +150,8 @@ class _Saved:
     def restore(self) -> None:
         sys.stdout, sys.stderr = self.stdout, self.stderr
         sys.displayhook = self.displayhook
+        for module, name, value in self.patched:  # a breakpoint() after the session is the plain pdb again
+            setattr(module, name, value)
         self.restore_handlers()
 
 
