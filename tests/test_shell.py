@@ -373,3 +373,30 @@ def test_stop_ends_at_once_when_the_workers_only_wait_for_a_rate_slot(terminal) 
     assert term.log.lines()[-1] == "finish"
     summary = term.summary()
     assert (summary["status"], summary["succeeded"], summary["unprocessed"]) == ("stopped", 1, 49)
+
+
+@pytest.mark.parametrize("executor", ["dask", "ray"])
+def test_the_pause_shell_pauses_a_cluster_run_and_its_stop_resumes_with_nothing_twice(
+    terminal, run_batchcli, executor: str, request: pytest.FixtureRequest
+) -> None:
+    """On Dask (a local cluster of the run's own) and Ray (the suite's head), Ctrl-C opens the pause shell, no chunk
+    starts while it is open, ``self.stop()`` then leaving ends the run resumably (130), and resume does each remaining item once."""
+    cluster = ["-p", f"ray_address={request.getfixturevalue('ray_head')}"] if executor == "ray" else []
+    args = ["-p", "count=60", "-p", "delay=0.05", "-p", "concurrency=2", "-p", "workers=1", "-p", "chunk_size=2"]
+    term = terminal("shell_slow", *args, "-p", f"executor={executor}", *cluster)
+    term.child.timeout = 120  # a cluster's start
+    pause(term, after=4)
+    log = term.log
+    wait_for(lambda: sorted(log.started()) == sorted(log.done()), "the chunks in flight to finish", timeout=60)
+    settled = len(log.done())
+    term.run("import time; time.sleep(0.5); print('SLEPT')", "SLEPT")
+    assert len(log.started()) == settled  # nothing new started while the shell was open
+    term.run("self.stop()", "stops when you leave")
+    term.run("exit", "Stopping")
+    assert term.exit_code() == 130
+    assert term.summary()["status"] == "stopped"
+    run_dir = newest_run(term.out)
+    resumed = run_batchcli("resume", run_dir, *cluster, timeout=180)
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted(set(log.done())) == list(range(60))
+    assert log.done_twice() == []
