@@ -64,6 +64,11 @@ def test_a_keyed_group_comes_shard_by_shard_with_its_shard_column(cli: Any) -> N
         assert ordinals == list(range(len(ordinals)))  # each shard's own source order
     results = list(batchcli.read_results(group))
     assert [(r.shard, r.ordinal, r.key) for r in results] == [(int(r[2]), int(r[0]), r[1]) for r in body]
+    lines = jsonl(cli("results", group).output)  # JSON lines carry the same columns, in the same order
+    assert [list(line) for line in lines] == [["ordinal", "key", "shard", "result"]] * len(body)
+    assert [[line["ordinal"], line["key"], line["shard"], line["result"]] for line in lines] == [
+        [int(r[0]), r[1], int(r[2]), r[3]] for r in body
+    ]
 
 
 def test_a_group_with_a_missing_shard_writes_what_exists_and_says_how_to_finish(cli: Any, tmp_path: Path) -> None:

@@ -314,3 +314,25 @@ def test_batch_rows_read_back_sorted_split_and_once_per_item(tmp_path: Path) -> 
     read = [(o, marshal.loads(v)) for o, _, v, _ in merged(batch_rows(conn))]
     assert read == [(1, "v1"), (3, "v3"), (4, "again"), (5, "v5"), (2 * SPLIT_GAP + 10, f"v{2 * SPLIT_GAP + 10}")]
 
+
+
+def test_a_long_export_to_a_file_counts_what_it_wrote_on_a_terminal(cli, tmp_path: Path) -> None:
+    """``results -o FILE`` in a terminal shows how many results it has written while it writes them (millions take
+    seconds), then the file holds every one and the count is said once more."""
+    import pexpect
+
+    count = 20_000  # more than one progress step (PROGRESS_EVERY)
+    ran = cli("exec", SQUARES, "-d", "out", "-p", f"count={count}")
+    assert ran.exit_code == 0, ran.output
+    child = pexpect.spawn(
+        sys.executable, ["-m", "batchcli", "results", str(ran.run_dir), "-o", str(tmp_path / "all.jsonl")],
+        env=subprocess_env(TERM="xterm"), dimensions=(24, 200), encoding="utf-8", timeout=60,
+    )  # fmt: skip
+    child.expect(pexpect.EOF)
+    child.close()
+    shown = str(child.before)
+    assert child.exitstatus == 0, shown
+    assert "16,384 so far" in shown
+    assert f"Wrote {count:,} result(s)" in shown
+    lines = (tmp_path / "all.jsonl").read_text().splitlines()
+    assert len(lines) == count and json.loads(lines[-1])["ordinal"] == count - 1

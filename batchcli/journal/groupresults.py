@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -83,9 +83,9 @@ def read_group_results(group_dir: Path) -> Iterator[Result]:
     )
 
 
-def export_group(group_dir: Path, fmt: str, out: IO[str]) -> int:
+def export_group(group_dir: Path, fmt: str, out: IO[str], progress: Callable[[int], None] | None = None) -> int:
     """``export`` of a group directory: a keyed group's rows carry their shard; a positional group's read as one
     run's. Says nothing of unfinished shards: the command does (``incomplete``), after the rows."""
     state, found, keyed = _shards(group_dir)
     shard_rows = _group_rows(found, state.info.shards, keyed, pickled=False)
-    return write_rows(((o, k, t, s) for o, k, t, _, s in shard_rows), fmt, out, keyed, sharded=keyed)
+    return write_rows(((o, k, t, s) for o, k, t, _, s in shard_rows), fmt, out, keyed, keyed, progress)

@@ -16,7 +16,7 @@ import os
 import pickle
 import reprlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
@@ -58,13 +58,15 @@ def _not_json(value: Any) -> Any:
     raise TypeError(f"{type(value).__qualname__} is not JSON serializable")
 
 
-def _json_encoder() -> Any:
-    """The compact JSON of a value, no NaN. The C encoder made once, as ``JSONEncoder.encode`` does on every
-    call (half the cost of a small dict); no cycle check: a cycle ends in RecursionError, and pickle takes it."""
+def _json_encoder(separators: tuple[str, str] = (",", ":"), allow_nan: bool = False) -> Any:
+    """The JSON of a value (compact and without NaN unless told). The C encoder made once, as ``JSONEncoder.encode``
+    does on every call (half the cost of a small dict); no cycle check: a cycle ends in RecursionError, and
+    pickle takes it."""
     make = getattr(json.encoder, "c_make_encoder", None)  # not in the stubs
     if make is None:  # a Python without the _json accelerator
-        return json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
-    encoder = make(None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+        return json.JSONEncoder(ensure_ascii=False, allow_nan=allow_nan, separators=separators).encode
+    item, key = separators
+    encoder = make(None, _not_json, json.encoder.encode_basestring, None, key, item, False, False, allow_nan)
     join = "".join
 
     def to_json(value: Any) -> str:
@@ -74,6 +76,9 @@ def _json_encoder() -> Any:
 
 
 _to_json = _json_encoder()
+
+_ids_json = _json_encoder((", ", ": "), allow_nan=True)
+"""An exported row's ``{"ordinal": ..., "key": ...}`` as ``json.dumps`` writes it, without its cost per call."""
 
 
 class UnkeepableResult(Exception):
@@ -273,8 +278,9 @@ def check_format(name: str) -> str:
     return name
 
 
-def export(run_dir: Path, fmt: str, out: IO[str]) -> int:
+def export(run_dir: Path, fmt: str, out: IO[str], progress: Callable[[int], None] | None = None) -> int:
     """Write the results of ``run_dir`` to ``out`` as JSON lines or CSV, in source order; returns how many.
+    ``progress`` is told the count written now and then (``PROGRESS_EVERY`` rows).
 
     Never unpickles: a value JSON could not hold is written as its JSON form (as ``failed.jsonl`` writes
     inputs), so any journal you can read can be exported. The key column is there when the Source has one.
@@ -284,34 +290,50 @@ def export(run_dir: Path, fmt: str, out: IO[str]) -> int:
     if is_group(run_dir):
         from batchcli.journal.groupresults import export_group
 
-        return export_group(run_dir, fmt, out)
+        return export_group(run_dir, fmt, out, progress)
     path = journal_path(run_dir)
     keyed = keyed_run(path)
-    return write_rows(((o, k, t, None) for o, k, t, _ in rows(path, keyed, pickled=False)), fmt, out, keyed, False)
+    found = ((o, k, t, None) for o, k, t, _ in rows(path, keyed, pickled=False))
+    return write_rows(found, fmt, out, keyed, False, progress)
 
 
-def write_rows(found: Iterator[tuple[Any, ...]], fmt: str, out: IO[str], keyed: bool, sharded: bool) -> int:
+PROGRESS_EVERY = 1 << 14
+"""How many exported rows between two calls of an export's ``progress``."""
+
+
+def write_rows(
+    found: Iterator[tuple[Any, ...]],
+    fmt: str,
+    out: IO[str],
+    keyed: bool,
+    sharded: bool,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Write ``(ordinal, key, stored value, shard)`` rows as ``fmt``, with a key column when ``keyed`` and a
-    shard column when ``sharded``; returns how many."""
+    shard column when ``sharded``; returns how many, telling ``progress`` the count every ``PROGRESS_EVERY``."""
     count = 0
+    names = ["ordinal", *(["key"] if keyed else []), *(["shard"] if sharded else [])]
     writer = csv.writer(out) if fmt == "csv" else None
     if writer is not None:
-        writer.writerow(["ordinal", *(["key"] if keyed else []), *(["shard"] if sharded else []), "result"])
+        writer.writerow([*names, "result"])
+    write = out.write
     for ordinal, key, text, shard in found:
         count += 1
+        if progress is not None and not count % PROGRESS_EVERY:
+            progress(count)
         if isinstance(key, bytes):  # a bytes key, as text JSON and CSV can hold
             key = key.decode("utf-8", "backslashreplace")
         if type(text) is bytes:  # plain data, marshalled: written as JSON, non-JSON parts in their JSON form
             text = _export_json(marshal.loads(text))
-        ids: list[Any] = [ordinal, *([key] if keyed else []), *([shard] if sharded else [])]
-        if writer is None:
-            row = dict(zip(["ordinal", *(["key"] if keyed else []), *(["shard"] if sharded else [])], ids))
-            line = json.dumps({**row, "result": None}, ensure_ascii=False)
-            out.write(line[: -len("null}")] + text + "}\n")  # the stored JSON as it is, not parsed and re-encoded
-        else:
-            value = json.loads(text)
-            cell = value if isinstance(value, str) else text  # a string as itself; anything else as its JSON
-            writer.writerow([*ids, cell])
+        if writer is None:  # the stored JSON as it is, not parsed and re-encoded
+            if len(names) == 1:
+                write(f'{{"ordinal": {ordinal}, "result": {text}}}\n')
+            else:
+                ids = _ids_json(dict(zip(names, (ordinal, key, shard) if keyed else (ordinal, shard))))
+                write(f'{ids[:-1]}, "result": {text}}}\n')
+        else:  # a string as itself (JSON text of one starts with its quote); anything else as its JSON
+            cell = json.loads(text) if text.startswith('"') else text
+            writer.writerow([ordinal, *([key] if keyed else []), *([shard] if sharded else []), cell])
     return count
 
 
