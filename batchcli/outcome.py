@@ -64,6 +64,15 @@ KEPT_OVERHEAD = 200
 
 _encoded = itemgetter(1)
 
+FAILURE_BACKLOG_MAX = 10_000
+"""How many final failures may wait for the journal (about 1 KB each): past it, new items wait for the recorder.
+A flood fails items faster than the journal, ``failed.jsonl`` and the log file take them, and memory must not
+pay for the difference."""
+
+FAILURES_KEPT = 10_000
+"""How many final failures a run holds in memory (the most recent; ``Tally.failures``): a flood of millions must
+not fill the memory, and every failure is in the journal, ``failed.jsonl`` and the log file anyway."""
+
 RECORDER_WAIT_S = 0.005
 """How often an executor held back by a results backlog looks again (the recorder takes everything each flush)."""
 
@@ -169,7 +178,7 @@ class Tally:
     ``array`` append, cheap and safe to read from other threads under the GIL.
     """
 
-    def __init__(self, total: int | None = None, clock: Any = time.monotonic) -> None:
+    def __init__(self, total: int | None = None, clock: Any = time.monotonic, failures_kept: int = FAILURES_KEPT) -> None:
         self.total = total
         """Items in the source: from ``len()``, or counted once the source is exhausted."""
         self.succeeded = 0
@@ -206,8 +215,13 @@ class Tally:
         self.flush_wanted = threading.Event()
         """Set when results waiting for the journal pass ``KEPT_NUDGE``: the recorder flushes
         then rather than at its next interval, so the loop rarely has to wait for it."""
-        self.failures: list[Failure] = []
-        """Every final failure, in order."""
+        self.failures: deque[Failure] = deque(maxlen=failures_kept)
+        """The most recent final failures (``failures_kept`` of them), in order: the pause shell's ``failures``."""
+        self.failures_dropped = 0
+        """Final failures that left ``failures`` to make room (they are in the journal): the shell says so."""
+        self.failed_items: dict[int, Any] | None = None
+        """Every finally failed input by ordinal, for a Source's ``persist_failed``: kept only when it has one
+        (the driver sets it to ``{}``), since ``failures`` holds only the recent ones."""
         self.new_failures: deque[Failure] = deque()
         """Final failures not yet written to ``failed.jsonl`` and the journal."""
         self.unshown: deque[Failure] = deque()
@@ -293,6 +307,15 @@ class Tally:
             self.flush_wanted.set()
         return waiting > KEPT_BACKLOG_MAX
 
+    @property
+    def failure_backlog(self) -> bool:
+        """True while more than ``FAILURE_BACKLOG_MAX`` final failures wait for the journal: new items should wait
+        (the recorder is woken)."""
+        if len(self.new_failures) <= FAILURE_BACKLOG_MAX:
+            return False
+        self.flush_wanted.set()
+        return True
+
     def recover(self, failure: Failure, kept: tuple[str | bytes, bytes | None] | None = None) -> bool:
         """Count a final failure that succeeded on a later try as a success (on the loop thread).
 
@@ -308,6 +331,8 @@ class Tally:
             return False
         self.failed -= 1
         self.succeeded += 1
+        if self.failed_items is not None:
+            self.failed_items.pop(failure.ordinal, None)
         try:
             self.new_failures.remove(failure)
         except ValueError:
@@ -333,6 +358,8 @@ class Tally:
         else:
             return False
         self.failed -= 1
+        if self.failed_items is not None:
+            self.failed_items.pop(failure.ordinal, None)
         try:
             self.new_failures.remove(failure)
         except ValueError:
@@ -343,9 +370,14 @@ class Tally:
         """Record a final failure (called on the executor's loop). It is logged later, off the loop, by
         whoever drains ``new_failures`` (``log_failures``): a flood must stay cheap for the loop."""
         self.failed += 1
-        self.failures.append(failure)
+        failures = self.failures
+        if len(failures) == failures.maxlen:
+            self.failures_dropped += 1  # the oldest one leaves as this one comes
+        failures.append(failure)
         self.new_failures.append(failure)
         self.unshown.append(failure)
+        if self.failed_items is not None:
+            self.failed_items[failure.ordinal] = failure.item
 
     def elapsed(self) -> float:
         """Seconds this session has been running, time paused in the pause shell left out."""

@@ -142,6 +142,8 @@ def run_job(
     result = Session(options).run(Fresh(wiring, environ={} if environ is None else environ))
     assert result is not None, "a fresh run always runs"
     failures = tuple(FailedItem(f.item, f.error_type, f.error_message, f.attempts) for f in result.failures)
+    if result.failed > len(failures):  # more than a run holds in memory (FAILURES_KEPT): every one is journaled
+        failures = _journaled_failures(result.run_dir)
     return JobOutcome(
         succeeded=result.succeeded,
         failed=result.failed,
@@ -154,6 +156,21 @@ def run_job(
         output=buffer.getvalue(),
         fatal=result.fatal,
         results=tuple(read_results(result.run_dir)),
+    )
+
+
+def _journaled_failures(run_dir: Path) -> tuple[FailedItem, ...]:
+    """Every final failure of a fresh run, from its journal, in the order they failed (inputs as they were, or as
+    their JSON form when they could not be pickled)."""
+    import json
+    import pickle
+
+    from batchcli.journal.rundir import query
+
+    rows = query(run_dir, "SELECT item, item_json, error_type, error_message, attempts FROM failures ORDER BY rowid")
+    return tuple(
+        FailedItem(json.loads(text) if blob is None else pickle.loads(blob), error_type, message, attempts)
+        for blob, text, error_type, message, attempts in rows
     )
 
 

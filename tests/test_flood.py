@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pexpect
+import pytest
 from conftest import PROJECTS, subprocess_env
 from joblog import JobLog
 from rich.console import Console
@@ -176,3 +177,44 @@ def test_a_flood_killed_with_sigkill_resumes_with_each_failure_once_everywhere(t
     quarter = count // 4
     assert f"matching --error-type KeyError: {quarter:,} of {count // 2:,}" in cli("retry", run_dir, "--error-type", "KeyError", "--dry-run").output
     assert f"matching --match 'naïve': {quarter:,} of {count // 2:,}" in cli("retry", run_dir, "--match", "naïve", "--dry-run").output
+
+
+def test_a_flood_beyond_the_memory_budgets_waits_for_the_journal_and_loses_no_failure(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the budgets made small, failures waiting for the journal never pass theirs by more than the workers
+    in flight (the loop waits for the recorder), the run holds only the latest failures in memory, and still the
+    journal, failed.jsonl, persist_failed and run_job's outcome have every one."""
+    from batchcli import outcome
+    from batchcli.executors import asyncpool
+    from batchcli.run import driver, recording
+    from batchcli.testing import run_job
+
+    monkeypatch.setattr(outcome, "FAILURE_BACKLOG_MAX", 20)
+    monkeypatch.setattr(asyncpool, "FAILURE_BACKLOG_MAX", 20)
+    monkeypatch.setattr(driver, "FAILURES_KEPT", 50)
+    waiting: list[int] = []
+    flush = recording.Recording.flush
+
+    def observed(self: recording.Recording) -> None:
+        waiting.append(len(self.tally.new_failures))
+        flush(self)
+
+    monkeypatch.setattr(recording.Recording, "flush", observed)
+    count, concurrency = 300, 4
+    params = ["-p", f"count={count}", "-p", "fail_every=1", "-p", "delay=0", "-p", "max_retries=0",
+              "-p", "breaker_window=0", "-p", f"concurrency={concurrency}"]  # fmt: skip
+    persisted = tmp_path / "persisted.json"
+    ran = cli("exec", PROJECTS / "shell_slow", "-d", "out", "-p", f"log_file={tmp_path / 'job.log'}",
+              "-p", f"persisted={persisted}", *params)  # fmt: skip
+    assert ran.exit_code == 1, ran.output
+    assert ran.summary["failed"] == count
+    assert max(waiting) <= 20 + concurrency, waiting
+    assert sorted(json.loads(persisted.read_text())) == list(range(count))
+    assert len((ran.run_dir / "failed.jsonl").read_text().splitlines()) == count
+    assert query(ran.run_dir, "SELECT count(*) FROM failures") == [(count,)]
+    outcome_ = run_job(PROJECTS / "shell_slow", params={"log_file": str(tmp_path / "job2.log"), "count": count,
+                       "fail_every": 1, "delay": 0, "max_retries": 0, "breaker_window": 0})  # fmt: skip
+    assert outcome_.failed == count
+    assert sorted(f.input for f in outcome_.failures) == list(range(count))  # read back: the run held only 50
+    assert {f.error_type for f in outcome_.failures} == {"ValueError"}

@@ -16,7 +16,7 @@ from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, throttle_of
 from batchcli.journal.batches import MARSHAL_VERSION
 from batchcli.journal.results import encode_other
 from batchcli.load.configuration import Configuration
-from batchcli.outcome import KEPT_NUDGE, KEPT_OVERHEAD, RECORDER_WAIT_S, Tally
+from batchcli.outcome import FAILURE_BACKLOG_MAX, KEPT_NUDGE, KEPT_OVERHEAD, RECORDER_WAIT_S, Tally
 
 log = logging.getLogger("batchcli")
 
@@ -145,6 +145,8 @@ class AsyncExecutor:
             except Exception as error:
                 tally.in_flight -= 1
                 self._failed(ordinal, item, attempts, error)
+                if len(tally.new_failures) > FAILURE_BACKLOG_MAX:  # a flood outruns the journal: let it catch up
+                    await self._wait_for_recorder()
             except asyncio.CancelledError as error:
                 tally.in_flight -= 1
                 if self._hard_stopped():
@@ -183,8 +185,10 @@ class AsyncExecutor:
         return len(tally.plain_data) > KEPT_NUDGE and tally.kept_backlog
 
     async def _wait_for_recorder(self) -> None:
-        """Results wait for the journal beyond the memory budget: start nothing until the recorder took them."""
-        while self._tally.kept_backlog and not self.stopping:
+        """Results or final failures wait for the journal beyond their memory budget: start nothing until the
+        recorder took them."""
+        tally = self._tally
+        while (tally.kept_backlog or tally.failure_backlog) and not self.stopping:
             await asyncio.sleep(RECORDER_WAIT_S)
 
     def _update_slow(self) -> None:

@@ -58,3 +58,9 @@ def source_length(source: object) -> int | None:
     if not hasattr(type(source), "__len__"):
         return None
     return len(source)  # type: ignore[arg-type]
+
+
+def defines_persist_failed(source: object) -> bool:
+    """True when ``source`` has a ``persist_failed`` of its own (the default does nothing)."""
+    method = getattr(type(source), "persist_failed", None)
+    return method is not None and method is not Source.persist_failed

@@ -61,8 +61,9 @@ class Stats:
 
 
 class LiveFailures(Sequence[Failure]):
-    """The run's final failures as they are now: every read looks at the live run, so names kept in
-    the shell (``failures``) never go stale after ``self.retry_failed()`` or new failures."""
+    """The run's final failures as they are now (the latest ``FAILURES_KEPT``; all of them are in the journal):
+    every read looks at the live run, so names kept in the shell (``failures``) never go stale after
+    ``self.retry_failed()`` or new failures."""
 
     def __init__(self, tally: Tally) -> None:
         self._tally = tally
@@ -196,7 +197,8 @@ class RunController:
         return self._await(self._retry(failure, value))
 
     def retry_failed(self) -> dict[int, Exception]:
-        """Retry every failure now (``concurrency`` at once); returns ordinal -> error of those that failed again."""
+        """Retry every failure in ``failures`` now (``concurrency`` at once); returns ordinal -> error of those that
+        failed again. Past ``FAILURES_KEPT`` failures, the older ones are for ``batchcli retry RUN`` after the run."""
         failures = list(self._run.tally.failures)
         executor = self._run.executor
         limit = self._run.job.config.concurrency if executor is None else executor.limits.concurrency
@@ -237,7 +239,7 @@ class RunController:
         return result
 
     def _find(self, item: Any) -> Failure | None:
-        failures = self._run.tally.failures
+        failures = list(self._run.tally.failures)  # a copy: the loop thread may add failures meanwhile
         if isinstance(item, Failure):
             return item if any(f is item for f in failures) else None
         for failure in failures:

@@ -24,9 +24,9 @@ from batchcli.journal.selection import Selection
 from batchcli.journal.writer import Journal
 from batchcli.load.project import format_user_traceback
 from batchcli.load.service import maybe_await
-from batchcli.load.source import is_async_source, source_length
+from batchcli.load.source import defines_persist_failed, is_async_source, source_length
 from batchcli.load.wiring import Job, Wiring
-from batchcli.outcome import Tally
+from batchcli.outcome import FAILURES_KEPT, Tally
 from batchcli.run.breaker import Breaker
 from batchcli.run.control import ControlChannel, live_state
 from batchcli.run.display import make_display
@@ -72,7 +72,10 @@ class Run:
         self.started_at = started_at
         self.continuation = continuation or Continuation()
         """What this run carries on from: nothing, a run to resume, or a run whose failures it retries."""
-        self.tally = Tally()
+        # The breaker takes back the failures of its window: they must still be among those held.
+        self.tally = Tally(failures_kept=max(FAILURES_KEPT, 2 * job.config.breaker_window))
+        if defines_persist_failed(job.source):
+            self.tally.failed_items = {}  # every failed input, for the hook (failures holds the recent ones)
         self.executor: Executor | None = None
         """The executor once started (the controller and the shell use it)."""
         self._starting: Executor | None = None
@@ -442,8 +445,8 @@ class Run:
             await self._settle_shell()
             if executor is not None:
                 await self._call_hook("finish", executor.finish)
-            failed = [f.item for f in self.tally.failures]
-            if failed:
+            if self.tally.failed_items:
+                failed = list(self.tally.failed_items.values())
                 await self._call_hook("persist_failed", lambda: source.persist_failed(failed))
             self._hard_stop.wound_up()
 

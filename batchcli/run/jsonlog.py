@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +109,7 @@ class JsonProgress:
         from batchcli.run.display import Rate
 
         self._tally = tally
+        tally.unshown = deque(maxlen=0)  # nothing groups the failures for the console here: keep none for it
         self._file = console.file
         self._interval_s = interval_s
         self._run_id = run_id

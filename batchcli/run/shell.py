@@ -183,9 +183,15 @@ def banner(run: RunHandle, controller: RunController, emergency: bool) -> str:
             f"No new item starts while this shell is open; the {stats.in_flight} in flight finish and are recorded.",
         ]
     lines.append(stats.line)
-    failures = run.tally.failures
+    failures = list(run.tally.failures)
     if failures:
-        lines.append(f"Last errors ({len(failures)} in all, see `failures`, which stays current):")
+        if run.tally.failures_dropped:
+            lines.append(
+                f"Last errors ({run.tally.failed:,} in all; `failures` holds the latest {len(failures):,}, the others "
+                "are in failed.jsonl and `batchcli show RUN --failures`):"
+            )
+        else:
+            lines.append(f"Last errors ({len(failures)} in all, see `failures`, which stays current):")
         for failure in failures[-LAST_ERRORS:]:
             message = failure.error_message.splitlines()[0] if failure.error_message else ""
             lines.append(
