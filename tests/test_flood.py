@@ -218,3 +218,18 @@ def test_a_flood_beyond_the_memory_budgets_waits_for_the_journal_and_loses_no_fa
     assert outcome_.failed == count
     assert sorted(f.input for f in outcome_.failures) == list(range(count))  # read back: the run held only 50
     assert {f.error_type for f in outcome_.failures} == {"ValueError"}
+
+
+def test_messages_that_each_have_a_shape_of_their_own_still_print_a_bounded_console(run_batchcli: Any) -> None:
+    """2,000 failures whose messages all differ (a name per item, no digits to group by) print a few groups and one
+    "other messages" group, not a "... and 1 more like this" line per failure; the counts still add up."""
+    result = run_batchcli(
+        "exec", FLOOD, "-d", "out", "-p", "count=2000", "-p", "named=true", "-p", "max_retries=0", "-p", "breaker_window=0"
+    )
+    assert result.exit_code == 1, result.output
+    assert len(result.output.splitlines()) < 100, result.output[-3000:]
+    shown = len(INDIVIDUAL.findall(result.output))
+    more = more_counts(result.output)
+    assert shown + sum(more.values()) == 2000  # every failure printed or counted once
+    assert more["LookupError: (other messages)"] > 1900
+    assert re.search(r"failed 1,9\d\d × LookupError: \(other messages\)", result.output), result.output[-2000:]

@@ -64,7 +64,7 @@ def test_a_journaled_failure_that_later_succeeds_is_forgiven(tmp_path: Path, key
     assert rows(run_dir, "SELECT ordinal FROM failures") == [(ordinal,)]
 
     assert tally.recover(failure)
-    assert (tally.succeeded, tally.failed, tally.failures, list(tally.recovered)) == (10, 0, [], [ordinal])
+    assert (tally.succeeded, tally.failed, list(tally.failures), list(tally.recovered)) == (10, 0, [], [ordinal])
     journal.forgive([tally.recovered.popleft()])
     journal.record(tally.take_done(), [])
     journal.finish("finished", None)

@@ -481,11 +481,12 @@ def _running(run_dir: Path, pid: int, host: str) -> int | None:
     return None
 
 
-_NUMBERS = re.compile(r"\d+(?:\.\d+)?")
+_NUMBERS = re.compile(r"\w*\d\w*(?:\.\d+)?")
 
 
 def message_shape(message: str | None) -> str:
-    """An error message with its numbers replaced by ``N``, so "user 97 ..." and "user 194 ..." group together."""
+    """An error message with its numbers, and the words with digits in them (ids, hashes: ``3fa9c1``), replaced
+    by ``N``, so "user 97 ..." and "user 194 ...", or "key 'a3f9' ..." and "key '0bc2' ...", group together."""
     return _NUMBERS.sub("N", message or "")
 
 

@@ -25,6 +25,12 @@ MORE_EVERY_S = 10.0
 """Seconds between two "... and N more like this" lines of one group while the run goes."""
 TICK_S = 0.25
 """How often the console drains the new failures."""
+MAX_GROUPS = 20
+"""Groups the console keeps apart. Failures of a further message shape join their type's "other messages" group
+(and past twice this many groups, one for every type): messages that carry ids (``KeyError: 'user-3fa9c1'``)
+would otherwise make a group per failure, and so a "... and 1 more like this" line per failure."""
+OTHER = "(other messages)"
+"""The shape of an overflow group."""
 
 _item_repr = reprlib.Repr()
 _item_repr.maxstring = _item_repr.maxother = 60
@@ -48,6 +54,8 @@ class Group:
     @property
     def label(self) -> str:
         """``Type: message shape``, as one line."""
+        if not self.error_type:
+            return "other failures"
         return f"{self.error_type}: {self.shape}" if self.shape else self.error_type
 
 
@@ -136,7 +144,14 @@ class FailureReport:
         key = (failure.error_type, shape)
         group = self._groups.get(key)
         if group is None:
-            group = self._groups[key] = Group(failure.error_type, shape)
+            groups = self._groups
+            if len(groups) >= MAX_GROUPS:
+                key = (failure.error_type, OTHER)
+                if key not in groups and len(groups) >= 2 * MAX_GROUPS:
+                    key = ("", OTHER)
+                group = groups.get(key)
+            if group is None:
+                group = groups[key] = Group(*key)
         group.count += 1
         return group
 

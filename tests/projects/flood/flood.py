@@ -1,4 +1,5 @@
-"""A failure flood: every item fails at once; with ``mix`` every third fails with another error."""
+"""A failure flood: every item fails at once; with ``mix`` every third fails with another error; with ``named``
+each message names the item by a word of its own (no digits: every message has a shape of its own)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,23 @@ class Records(Source[int]):
 
 @inject
 class Reject(Service[int]):
-    def __init__(self, mix: Param[bool] = False) -> None:
+    def __init__(self, mix: Param[bool] = False, named: Param[bool] = False) -> None:
         self.mix = mix
+        self.named = named
 
     async def process(self, item: int) -> None:
+        if self.named:
+            raise LookupError(f"no user {_word(item)!r}")
         if self.mix and item % 3 == 0:
             raise KeyError(f"region {item % 7}")
         raise ValueError(f"record {item} is malformed")
+
+
+def _word(number: int) -> str:
+    """``number`` spelled in letters (a, b, ..., ba, bb, ...): a name without digits."""
+    letters = ""
+    while True:
+        number, digit = divmod(number, 26)
+        letters = chr(ord("a") + digit) + letters
+        if not number:
+            return letters
