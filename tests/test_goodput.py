@@ -128,6 +128,40 @@ def test_a_wave_rate_throttled_soon_after_is_cut_once_deeply_then_as_usual() -> 
     assert usual is not None and abs(usual - deep * 0.95) < 0.5, (usual, deep)
 
 
+def test_after_a_wave_rates_deep_cut_the_rate_climbs_back_to_what_the_api_served_beyond_its_burst() -> None:
+    """Throttled 2 s after resuming, by an API serving 110/s beyond a burst of 10, the rate climbs back from the deep cut
+    to 0.98 of 110/s in a few steps (the deep cut alone stays 8% below it), then probes slowly."""
+    cool, limiter, tally, clock = cooldown()
+    r0 = learnt(cool, tally, clock, 120)  # a wave read 120/s: the API's real 110/s is found by throttling
+    clock.now += 2.0
+    tally.succeeded += 10 + 110 * 2  # the bucket, full when the cool-down ended, then the API's rate
+    cool.throttled(Throttle(1.0))
+    assert abs((limiter.limits.rate_limit or 0) - r0 * 0.85) < 0.5
+    clock.now += 1.0
+    rates = []
+    for _ in range(6):
+        clock.now += 0.5
+        tally.succeeded += 50
+        cool.tick()
+        rates.append(limiter.limits.rate_limit or 0.0)
+    assert rates == sorted(rates) and rates[0] < 110 * 0.98 - 1, rates
+    assert abs(rates[3] - 110 * 0.98) < 0.5 and rates[5] < 110 * 0.98 * 1.01, rates
+
+
+def test_after_a_wave_rates_deep_cut_no_climb_when_the_api_served_less() -> None:
+    """When the API served no more than the deep cut beyond its burst, the rate stays there and probes slowly."""
+    cool, limiter, tally, clock = cooldown()
+    r0 = learnt(cool, tally, clock, 120)
+    clock.now += 2.0
+    tally.succeeded += 10 + 90 * 2
+    cool.throttled(Throttle(1.0))
+    deep = limiter.limits.rate_limit or 0.0
+    clock.now += 1.5
+    tally.succeeded += 50
+    cool.tick()
+    assert deep < (limiter.limits.rate_limit or 0.0) < deep * 1.01, (deep, r0)
+
+
 def test_a_token_bucket_api_is_served_near_its_rate_and_loses_nothing(run_batchcli) -> None:
     """Against a 100/s token bucket with 100 in flight, every item succeeds once and the rate learnt is near 100/s."""
     with FlakyApi(rate=100, burst=10, retry_after_s=1) as api:

@@ -73,6 +73,11 @@ WAVE_OVERSHOOT = 0.85
 (it is short, and timed by a client that reads a backlog of answers faster than the API served them; on this
 project's benchmark 115-122/s against an API at 100/s), so one deep cut instead of 3-4 of ``RATE_BACKOFF``, each
 of which stops every start for a whole Retry-After."""
+DRAIN_MARGIN = 0.98
+"""After that deep cut the rate climbs back by ``CATCH_UP`` a step to this share of what the API served since the
+cool-down beyond its burst (the bucket, full when the cool-down ends, emptied at the difference of the two rates),
+when that is higher: on this project's benchmark the deep cut alone sat at 0.88-0.90 of the API's rate for the rest
+of the run."""
 """Fewer successes than this between two cool-downs teach nothing about the API's rate."""
 
 
@@ -261,7 +266,7 @@ class Cooldown:
         if self.ceiling.rate_limit is not None:
             rate = min(rate, self.ceiling.rate_limit)
         self._wave_rate = rate
-        self._rates.measured(rate)
+        self._rates.measured(rate, self._tally.succeeded)
         old = self._limiter.limits
         self._apply(Limits(old.concurrency, rate))
 
@@ -350,9 +355,12 @@ class RateDiscovery:
         self._good: float | None = None
         """A rate the API served for ``SUSTAINED_S`` without a throttle: a cut never goes below ``FLOOR`` of it."""
 
-    def measured(self, rate: float) -> None:
-        """The rate was measured another way (a cool-down's wave of answers): no slow start from it."""
+    def measured(self, rate: float, succeeded: int) -> None:
+        """The rate was measured another way (a cool-down's wave of answers, ``succeeded`` the tally's successes at
+        its latest throttle): no slow start from it, and the next window counts from there (the wave was served
+        before the cool-down ended, which the window is timed from)."""
         self._measured = self._from_wave = True
+        self._succeeded = succeeded
         self._catch_up_to = None
 
     def learn(self, seconds: float, succeeded: int, rate: float | None) -> float | None:
@@ -360,8 +368,16 @@ class RateDiscovery:
         gained, self._succeeded = succeeded - self._succeeded, succeeded
         from_wave, self._from_wave = self._from_wave, False
         if from_wave and rate is not None and 0 < seconds < SUSTAINED_S:
+            deep = max(MIN_RATE, rate * WAVE_OVERSHOOT)
+            drained = None if self._burst is None else (gained - self._burst) / seconds * DRAIN_MARGIN
             log.info("A rate measured from a cool-down's answers was throttled within %.2fs: it read high.", seconds)
-            return max(MIN_RATE, rate * WAVE_OVERSHOOT)
+            if drained is not None and drained > deep:  # never above a cut of RATE_BACKOFF: the rate was throttled
+                self._catch_up_to = min(drained, rate * RATE_BACKOFF)
+                log.info(
+                    "The API served %d items since the cool-down (%.1f/s beyond a burst of %d): climbing back to %.1f/s.",
+                    gained, drained / DRAIN_MARGIN, self._burst, self._catch_up_to,
+                )
+            return deep
         if gained < MIN_LEARNT or seconds <= 0:  # throttled before much succeeded: nothing learnt
             return rate if rate is None else max(MIN_RATE, rate * RATE_CUT[0])
         self._burst = gained if self._burst is None else min(self._burst, gained)
