@@ -68,6 +68,7 @@ CATCH_UP = 0.04
 RATE_MEMORY_S = 60.0
 """With no configured ``rate_limit``, a learnt rate is forgotten after this long without a throttle."""
 MIN_LEARNT = 5
+"""Fewer successes than this between two cool-downs teach nothing about the API's rate."""
 WAVE_OVERSHOOT = 0.85
 """The cut when a rate measured from a cool-down's wave is throttled within ``SUSTAINED_S``: the wave read high
 (it is short, and timed by a client that reads a backlog of answers faster than the API served them; on this
@@ -78,7 +79,6 @@ DRAIN_MARGIN = 0.98
 cool-down beyond its burst (the bucket, full when the cool-down ends, emptied at the difference of the two rates),
 when that is higher: on this project's benchmark the deep cut alone sat at 0.88-0.90 of the API's rate for the rest
 of the run."""
-"""Fewer successes than this between two cool-downs teach nothing about the API's rate."""
 
 
 @dataclass(frozen=True)
