@@ -233,3 +233,23 @@ def test_messages_that_each_have_a_shape_of_their_own_still_print_a_bounded_cons
     assert shown + sum(more.values()) == 2000  # every failure printed or counted once
     assert more["LookupError: (other messages)"] > 1900
     assert re.search(r"failed 1,9\d\d × LookupError: \(other messages\)", result.output), result.output[-2000:]
+
+
+def test_a_message_that_carries_a_whole_response_body_is_clipped_on_the_console_and_kept_whole_in_the_files(
+    run_batchcli: Any,
+) -> None:
+    """Failures whose messages carry 50 KB each print one clipped line apiece, not the body; failed.jsonl keeps
+    every message whole; and ``show`` and ``watch`` group them (once, a shape of such a message took minutes)."""
+    result = run_batchcli(
+        "exec", FLOOD, "-d", "out", "-p", "count=12", "-p", "body=true", "-p", "max_retries=0", "-p", "breaker_window=0"
+    )
+    assert result.exit_code == 1, result.output[:3000]
+    assert len(result.output) < 10_000, len(result.output)
+    assert re.search(r"RuntimeError: the server said: <html>x{100,}… *$", result.output, re.M), result.output[:3000]
+    lines = (result.run_dir / "failed.jsonl").read_text().splitlines()
+    assert [len(json.loads(line)["error_message"]) for line in lines] == [len("the server said: <html></html>\nand more") + 50_000] * 12
+    for command in ("show", "watch"):
+        shown = run_batchcli(command, result.run_dir, timeout=60)  # seconds for this; minutes with a quadratic shape
+        assert shown.exit_code == 0, shown.output[:3000]
+        assert re.search(r"\b12\s+RuntimeError: the server said:\s+<html>x", shown.output), shown.output[:3000]
+        assert len(shown.output) < 10_000

@@ -25,6 +25,9 @@ MORE_EVERY_S = 10.0
 """Seconds between two "... and N more like this" lines of one group while the run goes."""
 TICK_S = 0.25
 """How often the console drains the new failures."""
+MESSAGE_WIDTH = 300
+"""How much of an error message a console line shows (its first line, clipped): a message may carry a whole
+response body. The log file, ``failed.jsonl`` and the journal keep all of it."""
 MAX_GROUPS = 20
 """Groups the console keeps apart. Failures of a further message shape join their type's "other messages" group
 (and past twice this many groups, one for every type): messages that carry ids (``KeyError: 'user-3fa9c1'``)
@@ -56,11 +59,22 @@ class Group:
         """``Type: message shape``, as one line."""
         if not self.error_type:
             return "other failures"
-        return f"{self.error_type}: {self.shape}" if self.shape else self.error_type
+        return f"{self.error_type}: {first_line(self.shape)}" if self.shape else self.error_type
+
+
+def clip(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, the last one ``…`` when it was longer."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def first_line(message: str, width: int = MESSAGE_WIDTH) -> str:
+    """A message's first line, clipped to ``width``, with ``…`` when anything was left out."""
+    line, _, rest = message.partition("\n")
+    return clip(line + " …" if rest else line, width)
 
 
 def failure_line(failure: Failure) -> str:
-    """The console line of one failure (the log file has the same one, with its traceback)."""
+    """The console line of one failure (the log file has the same one, with the whole message and its traceback)."""
     try:
         item = _item_repr.repr(failure.item)
     except Exception:
@@ -68,7 +82,7 @@ def failure_line(failure: Failure) -> str:
     plural = "" if failure.attempts == 1 else "s"
     return (
         f"Item #{failure.ordinal} ({item}) failed after {failure.attempts} attempt{plural}: "
-        f"{failure.error_type}: {failure.error_message}"
+        f"{failure.error_type}: {first_line(failure.error_message)}"
     )
 
 

@@ -16,6 +16,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from batchcli.run.controller import RunController
+from batchcli.run.failures import clip
 
 if TYPE_CHECKING:
     from batchcli.run.handle import RunHandle
@@ -195,7 +196,7 @@ def banner(run: RunHandle, controller: RunController, emergency: bool) -> str:
         for failure in failures[-LAST_ERRORS:]:
             message = failure.error_message.splitlines()[0] if failure.error_message else ""
             lines.append(
-                f"  #{failure.ordinal} {reprlib.repr(failure.item)}: {failure.error_type}: {_clip(message, 100)}"
+                f"  #{failure.ordinal} {reprlib.repr(failure.item)}: {failure.error_type}: {clip(message, 100)}"
             )
     lines.append("Names: self, service, source, config, failures, in_flight, error, run_dir")
     lines.append(EMERGENCY_COMMANDS if emergency else COMMANDS)
@@ -222,10 +223,6 @@ def _hide_display(display: Any) -> Callable[[], None]:
         display.stop()
         return display.start
     return lambda: None  # plain progress lines go to stderr, not into the prompt
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def shell_names(run: RunHandle, controller: RunController) -> dict[str, Any]:

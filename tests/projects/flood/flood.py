@@ -1,5 +1,6 @@
 """A failure flood: every item fails at once; with ``mix`` every third fails with another error; with ``named``
-each message names the item by a word of its own (no digits: every message has a shape of its own)."""
+each message names the item by a word of its own (no digits: every message has a shape of its own); with
+``body`` each message carries a 50 KB response body, as an HTTP client's error may."""
 
 from __future__ import annotations
 
@@ -20,11 +21,14 @@ class Records(Source[int]):
 
 @inject
 class Reject(Service[int]):
-    def __init__(self, mix: Param[bool] = False, named: Param[bool] = False) -> None:
+    def __init__(self, mix: Param[bool] = False, named: Param[bool] = False, body: Param[bool] = False) -> None:
         self.mix = mix
         self.named = named
+        self.body = body
 
     async def process(self, item: int) -> None:
+        if self.body:
+            raise RuntimeError("the server said: <html>" + "x" * 50_000 + "</html>\nand more")
         if self.named:
             raise LookupError(f"no user {_word(item)!r}")
         if self.mix and item % 3 == 0:
