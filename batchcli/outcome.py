@@ -77,6 +77,19 @@ RECORDER_WAIT_S = 0.005
 """How often an executor held back by a results backlog looks again (the recorder takes everything each flush)."""
 
 
+def writable(text: str) -> str:
+    """``text`` as UTF-8 can carry it: a lone surrogate (a file name decoded with ``surrogateescape``, say) becomes
+    its escape, ``\\udc80``. The journal, ``failed.jsonl`` and the log file would refuse the text otherwise, and a
+    failure the recorder cannot write would stop the run's recording. ASCII, the usual case, costs one check."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def qualified_name(cls: type) -> str:
     """``module.Class`` (just ``Class`` for builtins), as failure records name exception types."""
     module = cls.__module__

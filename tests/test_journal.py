@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -206,3 +208,26 @@ def test_a_damaged_journal_is_a_clear_error(cli, tmp_path: Path) -> None:
     listing = cli("runs", "-d", "out")
     assert listing.exit_code == 0
     assert "damaged" in listing.output
+
+
+def test_names_with_undecodable_bytes_are_journaled_escaped_and_matched_again(cli: Any, tmp_path: Path) -> None:
+    """A failure whose message, input and key hold a lone surrogate (a file name os.listdir decoded with
+    surrogateescape) is recorded with that character escaped instead of stopping the run's recording; resume,
+    retry and --skip-done-in match the escaped keys to the same items."""
+    job = PROJECTS / "surrogates" / "job.py"
+    ran = cli("exec", job, "-d", "out", "-p", "max_retries=0")
+    assert ran.exit_code == 1, ran.output
+    assert "Traceback" not in ran.output
+    assert ran.summary["succeeded"] == 2 and ran.summary["failed"] == 1
+    [line] = (ran.run_dir / "failed.jsonl").read_text(encoding="utf-8").splitlines()
+    assert json.loads(line)["error_message"] == "cannot open caf\\udce9.txt"
+    assert json.loads(line)["input"] == b"caf\xe9.txt".decode("utf-8", "surrogateescape")  # a JSON escape: exact
+    assert "cannot open caf\\udce9.txt" in (ran.run_dir / "batchcli.log").read_text(encoding="utf-8")
+    assert "nothing to resume" in cli("resume", ran.run_dir).output
+    retried = cli("retry", ran.run_dir, "-p", "bad=0")  # the input comes back as it was: this time it succeeds
+    assert retried.exit_code == 0, retried.output
+    assert retried.summary["succeeded"] == 1
+    # naïve.txt (its key escaped) succeeded in the first run: skipped, or bad=2 would fail it; café.txt runs.
+    again = cli("exec", job, "-d", "out", "-p", "bad=2", "--skip-done-in", str(ran.run_dir))
+    assert again.exit_code == 0, again.output
+    assert (again.summary["succeeded"], again.summary["failed"]) == (1, 0)

@@ -19,7 +19,7 @@ import tenacity
 
 from batchcli.load.configuration import Configuration
 from batchcli.load.project import format_item_traceback
-from batchcli.outcome import Failure, Tally, qualified_name
+from batchcli.outcome import Failure, Tally, qualified_name, writable
 
 log = logging.getLogger("batchcli.retries")
 """Each scheduled retry: one info line, so in the run's log file, and on the console only with ``-v``."""
@@ -169,8 +169,8 @@ class RetryScheduler:
                     ordinal,
                     item,
                     error_type,
-                    message,
-                    traceback,
+                    writable(message),
+                    writable(traceback),
                     1 if attempts is None else attempts.count,
                     now if attempts is None else attempts.first_started,
                     now,

@@ -6,7 +6,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
-from batchcli.outcome import Tally, runs
+from batchcli.outcome import Tally, runs, writable
 
 Numbered = Iterator[tuple[int, Any]] | AsyncIterator[tuple[int, Any]]
 
@@ -80,10 +80,14 @@ class RangeSet:
 
 
 def normal_key(key: Any) -> Any:
-    """An item key as the journal stores it: str, int and bytes as they are, anything else as its ``repr``."""
-    if isinstance(key, (str, bytes)) or (isinstance(key, int) and not isinstance(key, bool)):
+    """An item key as the journal stores it: str, int and bytes as they are (a str that UTF-8 cannot carry, a
+    file name with a lone surrogate, with that character escaped: ``outcome.writable``), anything else as its
+    ``repr``. Every use of a key goes through here, so the journal, resume and shards agree."""
+    if isinstance(key, str):
+        return writable(key)
+    if isinstance(key, bytes) or (isinstance(key, int) and not isinstance(key, bool)):
         return key
-    return repr(key)
+    return writable(repr(key))
 
 
 def skip_ordinals(items: Numbered, settled: RangeSet, tally: Tally) -> Numbered:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from batchcli import __version__
 from batchcli.errors import JournalError
-from batchcli.outcome import Failure, Tally
+from batchcli.outcome import Failure, Tally, writable
 from batchcli.journal.records import failure_line, json_form, json_text, row_lines
 from batchcli.journal.batches import BATCHES_TABLE, Plain, write_plain
 from batchcli.journal.results import RESULTS_TABLE, Kept, write_results
@@ -450,7 +450,7 @@ class Journal:
             self.session,
             blob,
             f"{item_type.__module__}.{item_type.__qualname__}",
-            json_text(item if item_type is int or item_type is str else json_form(item)),
+            writable(json_text(item if item_type is int or item_type is str else json_form(item))),
             failure.error_type,
             failure.error_message,
             failure.traceback,
