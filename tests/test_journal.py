@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from batchcli import read_results
 from batchcli.journal.writer import Journal
 from batchcli.outcome import Tally
 from batchcli.journal.rundir import read_run
@@ -223,6 +224,9 @@ def test_names_with_undecodable_bytes_are_journaled_escaped_and_matched_again(cl
     assert json.loads(line)["error_message"] == "cannot open caf\\udce9.txt"
     assert json.loads(line)["input"] == b"caf\xe9.txt".decode("utf-8", "surrogateescape")  # a JSON escape: exact
     assert "cannot open caf\\udce9.txt" in (ran.run_dir / "batchcli.log").read_text(encoding="utf-8")
+    kept = {row.key: row.value for row in read_results(ran.run_dir)}  # the key escaped, the value exact
+    naive = b"na\xefve.txt".decode("utf-8", "surrogateescape")
+    assert kept == {"plain.txt": ["plain.txt"], "na\\udcefve.txt": [naive]}
     assert "nothing to resume" in cli("resume", ran.run_dir).output
     retried = cli("retry", ran.run_dir, "-p", "bad=0")  # the input comes back as it was: this time it succeeds
     assert retried.exit_code == 0, retried.output

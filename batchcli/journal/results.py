@@ -26,6 +26,7 @@ from batchcli.errors import UsageError
 from batchcli.journal.batches import batch_rows, dump, has_batches, merged, write_batch
 from batchcli.journal.records import json_form, json_text
 from batchcli.journal.rundir import check_safe, connect, damaged, journal_path
+from batchcli.outcome import writable
 
 RESULTS_TABLE = """
 CREATE TABLE IF NOT EXISTS results (
@@ -97,7 +98,7 @@ def encode(value: Any) -> Encoded:
 def encode_other(value: Any) -> Encoded:
     """``encode`` for a value that is not plain data (marshal refused it): JSON, else pickled."""
     try:
-        return _to_json(value), None
+        return writable(_to_json(value)), None  # a lone surrogate as a JSON escape: UTF-8 carries it, loads restores it
     except Exception:  # not JSON (TypeError, ValueError for NaN or a cycle, RecursionError): try pickle
         pass
     try:
@@ -112,7 +113,7 @@ def encode_other(value: Any) -> Encoded:
         shown = json_text(json_form(value))
     except Exception:  # a value json_form cannot walk (a cycle): its repr, for exports
         shown = json.dumps(_shown(value), ensure_ascii=False)
-    return shown, blob
+    return writable(shown), blob
 
 
 _encoded = itemgetter(1)
