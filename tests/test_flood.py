@@ -253,3 +253,39 @@ def test_a_message_that_carries_a_whole_response_body_is_clipped_on_the_console_
         assert shown.exit_code == 0, shown.output[:3000]
         assert re.search(r"\b12\s+RuntimeError: the server said:\s+<html>x", shown.output), shown.output[:3000]
         assert len(shown.output) < 10_000
+
+
+def test_a_recorder_that_breaks_stops_the_run_instead_of_running_on_unrecorded(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When recording fails with something other than a write error (a bug), the run stops as a crash, says so,
+    and resume redoes exactly what was not recorded; a flood does not wait forever for the recorder that is gone."""
+    from batchcli import outcome
+    from batchcli.executors import asyncpool
+    from batchcli.journal import writer
+
+    monkeypatch.setattr(outcome, "FAILURE_BACKLOG_MAX", 5)
+    monkeypatch.setattr(asyncpool, "FAILURE_BACKLOG_MAX", 5)
+    record = writer.Journal.record
+    calls: list[int] = []
+
+    def breaks(self: writer.Journal, done: Any, failures: Any) -> list[str]:
+        calls.append(len(failures))
+        if len(calls) == 2:
+            raise RuntimeError("the recorder broke")
+        return record(self, done, failures)
+
+    monkeypatch.setattr(writer.Journal, "record", breaks)
+    log = tmp_path / "job.log"
+    args = ["-p", f"log_file={log}", "-p", "count=400", "-p", "fail_every=2", "-p", "delay=0.001", "-p", "max_retries=0",
+            "-p", "breaker_window=0"]  # fmt: skip
+    ran = cli("exec", PROJECTS / "shell_slow", "-d", "out", *args)
+    assert ran.exit_code == 3, ran.output
+    assert "Recording the run failed" in ran.output
+    assert ran.summary["status"] == "crashed"
+    monkeypatch.setattr(writer.Journal, "record", record)
+    resumed = cli("resume", ran.run_dir)
+    assert resumed.exit_code == 1, resumed.output  # the odd items succeed, the even ones fail, each settled once
+    summary = json.loads((ran.run_dir / "summary.json").read_text())
+    assert (summary["succeeded"], summary["failed"], summary["status"]) == (200, 200, "finished")
+    assert query(ran.run_dir, "SELECT count(*), count(DISTINCT ordinal) FROM failures") == [(200, 200)]

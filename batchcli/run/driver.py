@@ -81,6 +81,8 @@ class Run:
         self._starting: Executor | None = None
         """The executor from the moment it is made, so a hard stop reaches a ``start()`` that hangs."""
         self._fatal: BaseException | None = None
+        self._recorder_error: BaseException | None = None
+        """What stopped the recorder thread, when something other than a write error did (a bug)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         # Cross-thread state, as events: set by a signal handler or the shell (main thread), read on the loop.
         self.stop_requested = threading.Event()
@@ -203,7 +205,8 @@ class Run:
             if not self._left_loop:
                 loop_thread.join()
             recorder.join()
-            self.recording.last_flush()
+            if self._recorder_error is None:  # else what was not recorded stays so, for resume to redo
+                self.recording.last_flush()
         finally:
             if control is not None:
                 control.close()
@@ -327,7 +330,17 @@ class Run:
             wanted.wait(self.recording.interval_s)
             wanted.clear()
             if not self._finished.is_set():
-                self.recording.flush()
+                try:
+                    self.recording.flush()
+                except Exception as error:  # not a full disk (Recording waits those out): a bug, or text it refused
+                    # Running on unrecorded would lose what settles from now on, and a flood would wait for a
+                    # recorder that is gone: stop, as a crash, so that resume redoes what was not recorded.
+                    self._recorder_error = error
+                    if self._fatal is None:
+                        self._fatal = error
+                    log.critical("Recording the run failed; the run stops, and resume redoes what was not recorded.", exc_info=error)
+                    self.stop()
+                    return
 
     def stop(self) -> None:
         """Ask the run to stop gracefully (thread-safe): nothing new starts, in-flight items finish."""
