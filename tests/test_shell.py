@@ -380,10 +380,11 @@ def test_stop_ends_at_once_when_the_workers_only_wait_for_a_rate_slot(terminal) 
 def test_the_pause_shell_pauses_a_cluster_run_and_its_stop_resumes_with_nothing_twice(
     terminal, run_batchcli, executor: str, request: pytest.FixtureRequest
 ) -> None:
-    """On Dask (a local cluster of the run's own; Ray's chunks go through the same driver, and a run on the suite's
-    Ray head passed this too, but its start-up loaded the machine enough to upset the suite's timing-bound pty
-    tests), Ctrl-C opens the pause shell, no chunk
-    starts while it is open, ``self.stop()`` then leaving ends the run resumably (130), and resume does each remaining item once."""
+    """On a Dask run (a local cluster of its own), Ctrl-C opens the pause shell, no chunk starts while it is open,
+    ``self.stop()`` then leaving ends the run resumably (130), and resume does each remaining item once.
+
+    Ray's chunks go through the same driver, and a Ray run on the suite's head passed this too; it is left out
+    because a Ray driver's start-up beside the suite's pty tests loaded CI enough to upset their bounded waits."""
     cluster = ["-p", f"ray_address={request.getfixturevalue('ray_head')}"] if executor == "ray" else []
     args = ["-p", "count=60", "-p", "delay=0.05", "-p", "concurrency=2", "-p", "workers=1", "-p", "chunk_size=2"]
     term = terminal("shell_slow", *args, "-p", f"executor={executor}", *cluster)
