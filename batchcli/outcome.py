@@ -90,6 +90,11 @@ def writable(text: str) -> str:
     return text
 
 
+def clip(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, the last one ``…`` when it was longer."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def qualified_name(cls: type) -> str:
     """``module.Class`` (just ``Class`` for builtins), as failure records name exception types."""
     module = cls.__module__

@@ -23,6 +23,7 @@ from batchcli.journal.matching import FailureFilter, matching_failures
 from batchcli.journal.selection import read_selection
 from batchcli.journal.rundir import FLUSH_INTERVAL_S, JOURNAL_NAME, RunInfo, never_started, query, read_run
 from batchcli.load.secret import Secret
+from batchcli.outcome import clip
 
 STATUS_STYLES = {
     "finished": "green",
@@ -379,8 +380,7 @@ def _spark(label: str, counts: list[float], step: float, style: str) -> Text:
 
 
 def _one_line(text: str, limit: int) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    return clip(" ".join(text.split()), limit)
 
 
 def _compact(item_json: str) -> str:

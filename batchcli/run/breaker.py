@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from batchcli.load.configuration import Configuration
-from batchcli.outcome import Failure, Tally
+from batchcli.outcome import Failure, Tally, clip
 
 log = logging.getLogger("batchcli.breaker")
 
@@ -323,5 +323,4 @@ def breaker_note(tally: Tally, now: Callable[[], float] = time.monotonic) -> str
 
 def _first_line(message: str, width: int = 160) -> str:
     """The first line of an error message, clipped: a reason stays one line."""
-    line = message.splitlines()[0] if message else ""
-    return line if len(line) <= width else line[: width - 1] + "…"
+    return clip(message.splitlines()[0] if message else "", width)

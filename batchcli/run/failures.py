@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from batchcli.journal.rundir import message_shape
-from batchcli.outcome import Failure, Tally
+from batchcli.outcome import Failure, Tally, clip
 
 LINES_PER_SECOND = 3
 """Individual failure lines the console prints at most per second; the others are only counted."""
@@ -60,11 +60,6 @@ class Group:
         if not self.error_type:
             return "other failures"
         return f"{self.error_type}: {first_line(self.shape)}" if self.shape else self.error_type
-
-
-def clip(text: str, width: int) -> str:
-    """``text`` cut to ``width`` characters, the last one ``…`` when it was longer."""
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def first_line(message: str, width: int = MESSAGE_WIDTH) -> str:

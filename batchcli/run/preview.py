@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from batchcli.journal.records import json_form, json_text
+from batchcli.outcome import clip
 from batchcli.journal.resumption import defines_item_key
 from batchcli.load.secret import Secret
 from batchcli.load.source import is_async_source, source_length
@@ -138,5 +139,4 @@ def _first(items: Any, n: int) -> list[tuple[int, Any]]:
 
 
 def _one_line(text: str, limit: int = 120) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    return clip(" ".join(text.split()), limit)

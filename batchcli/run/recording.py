@@ -22,7 +22,7 @@ from batchcli.journal.records import FailedFile, failure_record
 from batchcli.journal.rundir import FLUSH_INTERVAL_S
 from batchcli.journal.batches import Plain
 from batchcli.journal.results import Kept
-from batchcli.outcome import KEPT_BACKLOG_MAX, Failure, Tally, log_failures, merge_ranges, ordinal_ranges, runs
+from batchcli.outcome import KEPT_NUDGE, Failure, Tally, log_failures, merge_ranges, ordinal_ranges, runs
 
 log = logging.getLogger("batchcli")
 
@@ -122,7 +122,7 @@ class Recording:
             kept = self.tally.take_kept()
             plain = self.tally.take_plain()
             plain_bytes = 0 if plain is None else len(plain[2])
-            busy = self.tally.taken_bytes - taken + plain_bytes > KEPT_BACKLOG_MAX // 4
+            busy = self.tally.taken_bytes - taken + plain_bytes > KEPT_NUDGE
             self.interval_s = FLUSH_INTERVAL_S / 20 if busy else FLUSH_INTERVAL_S
             done = self.tally.take_done()
             if kept:  # items with a result are settled by it alone: their ordinals join the others here

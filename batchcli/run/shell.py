@@ -15,8 +15,8 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
+from batchcli.outcome import clip
 from batchcli.run.controller import RunController
-from batchcli.run.failures import clip
 
 if TYPE_CHECKING:
     from batchcli.run.handle import RunHandle
