@@ -86,13 +86,9 @@ class Kernel:
                 ]
                 for io_loop in loops:  # their threads end with tasks pending: nothing to report about those
                     _quiet(getattr(io_loop, "asyncio_loop", None))
+                _stop_channel_threads(app)
                 with contextlib.suppress(Exception):
                     app.close()
-                channel = getattr(app, "shell_channel_thread", None)
-                if channel is not None:
-                    with contextlib.suppress(Exception):
-                        channel.stop()
-                        channel.join(timeout=2)
                 for io_loop in loops:  # else "Task was destroyed but it is pending!" on stderr at exit
                     _drain(getattr(io_loop, "asyncio_loop", None))
                 if app.context is not None:
@@ -153,6 +149,31 @@ class _Saved:
         for module, name, value in self.patched:  # a breakpoint() after the session is the plain pdb again
             setattr(module, name, value)
         self.restore_handlers()
+
+
+def _stop_channel_threads(app: Any) -> None:
+    """End the control and shell channel threads before ``app.close()`` stops the IOPub thread.
+
+    The console's shutdown request is answered on the control thread, which then publishes the kernel's
+    status through IOPub: with IOPub stopped first (``app.close()``'s order), that send blocks for good, and
+    ``app.close()`` then joins the control thread for good, so the run never resumed. Each thread gets
+    ``CHANNEL_JOIN_S``; one still alive after it is left behind (it is a daemon) instead of joined forever.
+    """
+    for name in ("control_thread", "shell_channel_thread"):
+        thread = getattr(app, name, None)
+        if thread is None:
+            continue
+        with contextlib.suppress(Exception):
+            if thread.is_alive():
+                thread.stop()
+                thread.join(timeout=CHANNEL_JOIN_S)
+            if thread.is_alive():
+                log.warning("attach: the kernel's %s did not end in %g s; leaving it behind.", thread.name, CHANNEL_JOIN_S)
+        setattr(app, name, None)  # app.close() would join it again, without a timeout
+
+
+CHANNEL_JOIN_S = 5.0
+"""How long closing a kernel waits for each of its channel threads."""
 
 
 def _drain(loop: Any) -> None:
