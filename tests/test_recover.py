@@ -92,3 +92,39 @@ def test_a_failure_recovered_before_it_was_journaled_never_reaches_the_journal(t
     journal.close()
     assert rows(run_dir, "SELECT count(*) FROM failures") == [(0,)]
     assert rows(run_dir, "SELECT key FROM done_keys") == [(item,)]
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["by-position", "by-key"])
+def test_a_failure_taken_back_while_a_failed_write_still_held_its_row_is_never_journaled(tmp_path: Path, keyed: bool) -> None:
+    """The breaker takes back a failure whose row a failed flush kept in memory (a locked or full disk): the next
+    flush must not write that row after the delete that found nothing, and the item, done later, counts once."""
+    journal, tally, taken, run_dir = start(tmp_path, keyed)
+    ordinal, item = taken[4]
+    failure = failure_of(ordinal, item)
+    tally.fail(failure)
+    journal._conn.execute("PRAGMA busy_timeout = 0")  # fail at once instead of after the journal's wait
+    blocker = sqlite3.connect(run_dir / "journal.sqlite")
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            journal.record(tally.take_done(), [tally.new_failures.popleft()])  # kept for the next flush
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+    assert tally.unfail(failure) and list(tally.released) == [ordinal]  # the recorder had taken it: released
+    journal.release([tally.released.popleft()])
+    for n, _ in taken:  # everything succeeds now, the taken-back item too
+        tally.succeeded += 1
+        tally.done.append(n)
+    journal.record(tally.take_done(), [])
+    journal.finish("finished", None)
+    journal.close()
+
+    assert rows(run_dir, "SELECT count(*) FROM failures") == [(0,)]
+    info = read_run(run_dir)
+    assert (info.succeeded, info.failed) == (10, 0)
+    if keyed:
+        assert (item,) in rows(run_dir, "SELECT key FROM done_keys")
+    else:
+        assert rows(run_dir, "SELECT start, stop FROM done_ranges") == [(0, 10)]

@@ -202,7 +202,8 @@ class FailedFile:
     atomically, before anything more is appended. A resumed run starts stale, which is what makes
     the file exact after any sequence of crashes and resumes. A write that fails (a full disk)
     keeps its lines in memory and cuts the file back to its last complete line, so the next
-    ``sync`` writes them once.
+    ``sync`` writes them once. The lines of failures taken back (``drop``) are cut out of the file's
+    tail, where recent failures are, instead of rewriting the whole file for a few lines.
     """
 
     def __init__(self, path: Path, *, stale: bool = False) -> None:
@@ -213,11 +214,23 @@ class FailedFile:
         """Lines committed to the journal and not yet in the file."""
         self._fd: int | None = None
         self._size = 0  # bytes of complete lines in the file, where a failed append is cut back to
+        self._dropped: list[int] = []
+
+    def drop(self, ordinals: list[int]) -> None:
+        """Take out, at the next ``sync``, the line of each of these failures of this session (released by
+        the breaker or forgiven after a later try): the journal commit before that sync deletes their rows."""
+        self._dropped.extend(ordinals)
 
     def sync(self, new_lines: list[str], all_lines: Callable[[], list[str]]) -> None:
         """Add ``new_lines`` (just committed to the journal) to the file; ``all_lines`` gives every line
         the journal holds, for a rewrite. Raises ``OSError`` with the lines kept for the next call."""
+        behind = bool(self.pending)  # lines a failed write kept are not in the file: a cut cannot find theirs
         self.pending.extend(new_lines)
+        dropped, self._dropped = self._dropped, []
+        if dropped and not self.stale:
+            self.stale = True  # until the lines are out: a cut that fails half-way leaves the file to be rewritten
+            if not behind and self._cut(set(dropped)):
+                self.stale = False
         if self.stale:
             self._rewrite(all_lines())
             self.pending, self.stale = [], False
@@ -240,6 +253,45 @@ class FailedFile:
                 self.stale = True
             raise
         self._size += len(data)
+
+    def _cut(self, ordinals: set[int]) -> bool:
+        """Remove the last line of each of ``ordinals`` (this session's lines come after all others) when all
+        are within ``CUT_TAIL_MAX`` bytes of the end: cut the file there and append the lines after it again.
+        False, having changed nothing, when one is not found there."""
+        if self._fd is None:
+            if not self.path.exists():
+                return False
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._size = os.fstat(self._fd).st_size
+        start = max(0, self._size - CUT_TAIL_MAX)
+        reader = os.open(self.path, os.O_RDONLY)
+        try:
+            tail = os.pread(reader, self._size - start, start)
+        finally:
+            os.close(reader)
+        if len(tail) != self._size - start or not tail.endswith(b"\n"):
+            return False
+        if start > 0:  # from the first whole line on
+            skip = tail.find(b"\n") + 1
+            start, tail = start + skip, tail[skip:]
+        lines = tail.split(b"\n")[:-1]
+        found: dict[int, int] = {}
+        for index in range(len(lines) - 1, -1, -1):
+            ordinal = _ordinal_of(lines[index])
+            if ordinal in ordinals and ordinal not in found:
+                found[ordinal] = index
+                if len(found) == len(ordinals):
+                    break
+        else:
+            return False
+        first = min(found.values())
+        gone = set(found.values())
+        offset = start + sum(len(line) + 1 for line in lines[:first])
+        kept = b"".join(line + b"\n" for index, line in enumerate(lines[first:], first) if index not in gone)
+        os.ftruncate(self._fd, offset)
+        self._size = offset
+        self._append(kept)
+        return True
 
     def _rewrite(self, lines: list[str]) -> None:
         self.close()
@@ -265,6 +317,22 @@ class FailedFile:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+CUT_TAIL_MAX = 16 * 1024 * 1024
+"""How far from the end of ``failed.jsonl`` the lines of dropped failures are looked for (some 50,000 lines); one
+further back has the file rewritten whole from the journal."""
+
+
+def _ordinal_of(line: bytes) -> int | None:
+    """The ordinal a ``failed.jsonl`` line starts with (``{"ordinal": 12, ...``)."""
+    if not line.startswith(b'{"ordinal": '):
+        return None
+    end = line.find(b",", 12)
+    try:
+        return int(line[12:end])
+    except ValueError:
+        return None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

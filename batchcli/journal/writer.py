@@ -57,6 +57,12 @@ CREATE TABLE IF NOT EXISTS live (session INTEGER PRIMARY KEY, t REAL NOT NULL, s
 """What a live session is doing beyond the counts (in flight, retrying, limits, cool-down, breaker, paused), as
 JSON, rewritten every flush for ``batchcli watch``. Older journals lack it; ``open`` adds it, like ``limits``."""
 
+FAILURES_BY_ORDINAL = "CREATE INDEX IF NOT EXISTS failures_by_ordinal ON failures (session, ordinal)"
+"""Made the first time a session looks failures up by ordinal (the breaker releases them, the pause shell
+forgives them): without it, each lookup reads the whole table, and a trip that releases 100 journaled
+failures from 300,000 took the recorder 8 s. Made then, not with the table, so that a flood, which never
+looks one up, does not pay for keeping it (a microsecond a failure). Older journals simply lack it."""
+
 SCHEMA = """
 CREATE TABLE run (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -141,6 +147,7 @@ class Journal:
         self._unwritten_plain: list[tuple[Any, ...]] = []
         self._forgiven: list[int] = []
         self._released: list[int] = []
+        self._by_ordinal = False  # FAILURES_BY_ORDINAL made (or known to be there)
         self._unpointed = (0, 0)  # successes and failures of flushes whose timeline point was not written
         self._limit_rows: list[tuple[Any, ...]] = []
         """Limit changes taken from the Tally and not committed yet (a failed flush keeps them)."""
@@ -291,6 +298,7 @@ class Journal:
     def forgive(self, ordinals: list[int]) -> None:
         """Failures of this session that succeeded on a later try (from the pause shell); the next ``record``
         drops their failure rows, in its transaction."""
+        self._index_by_ordinal()
         self._forgiven.extend(ordinals)
 
     def keep(self, kept: list[Kept]) -> None:
@@ -310,13 +318,33 @@ class Journal:
         key = self._pending.get(ordinal)
         if key is not None:
             return key
+        self._index_by_ordinal()
         where = (self.session, ordinal)
         row = self._conn.execute("SELECT key FROM failures WHERE session = ? AND ordinal = ?", where).fetchone()
         return None if row is None else row[0]
 
+    def _index_by_ordinal(self) -> None:
+        """Make ``FAILURES_BY_ORDINAL`` before the first lookup of a failure by ordinal."""
+        if not self._by_ordinal:
+            try:
+                self._conn.execute(FAILURES_BY_ORDINAL)
+            except sqlite3.Error:  # a full disk: the lookups read the table, as without it, and the next one tries again
+                return
+            self._by_ordinal = True
+
     def release(self, ordinals: list[int]) -> None:
         """Failures of this session taken back as not final (the circuit breaker): the next ``record`` drops
         their rows first, in its transaction, and the items count as unprocessed until they settle again."""
+        if self._unwritten:  # rows a failed write kept: they must not be written after the delete that misses them
+            taken, kept = set(ordinals), []
+            for row in self._unwritten:
+                if row[0] not in taken:
+                    kept.append(row)
+                elif self.keyed:  # the key waits again, as below
+                    self._pending[row[0]] = row[1]
+            self.failed -= len(self._unwritten) - len(kept)
+            self._unwritten = kept
+        self._index_by_ordinal()
         if self.keyed:  # the key waits again for the item to settle (before this flush records it)
             for ordinal in ordinals:
                 where = (self.session, ordinal)

@@ -136,12 +136,14 @@ class Recording:
             log_failures(failures)  # here, not on the loop thread: once each, even if the write below fails
             recovered = self.tally.recovered
             if recovered:
-                self.recorder.forgive([recovered.popleft() for _ in range(len(recovered))])
-                self._failed_file.stale = True  # a forgiven failure's line goes: the file is rewritten
+                forgiven = [recovered.popleft() for _ in range(len(recovered))]
+                self.recorder.forgive(forgiven)
+                self._failed_file.drop(forgiven)  # a forgiven failure's line goes
             released = self.tally.released
             if released:
-                self.recorder.release([released.popleft() for _ in range(len(released))])
-                self._failed_file.stale = True  # a released failure's line goes too
+                taken_back = [released.popleft() for _ in range(len(released))]
+                self.recorder.release(taken_back)
+                self._failed_file.drop(taken_back)  # a released failure's line goes too
             try:
                 lines = self.recorder.record(done, failures)
                 self._failed_file.sync(lines, self.failure_lines)
