@@ -244,6 +244,8 @@ class Tally:
         """Final failures not yet written to ``failed.jsonl`` and the journal."""
         self.unshown: deque[Failure] = deque()
         """Final failures the console has not grouped yet (its display drains them)."""
+        self.taken_back: deque[Failure] = deque()
+        """Final failures taken back (the breaker, a later success) that the console's groups still count."""
         self.recovered: deque[int] = deque()
         """Ordinals of journaled failures that later succeeded (retried from the pause shell)."""
         self.released: deque[int] = deque()
@@ -349,6 +351,7 @@ class Tally:
             return False
         self.failed -= 1
         self.succeeded += 1
+        self.taken_back.append(failure)
         if self.failed_items is not None:
             self.failed_items.pop(failure.ordinal, None)
         try:
@@ -376,6 +379,7 @@ class Tally:
         else:
             return False
         self.failed -= 1
+        self.taken_back.append(failure)
         if self.failed_items is not None:
             self.failed_items.pop(failure.ordinal, None)
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -76,8 +77,9 @@ def test_an_ordinal_an_earlier_session_also_used_loses_only_this_sessions_line(t
     file.close()
 
 
-def test_a_trip_over_many_journaled_failures_leaves_the_file_and_the_journal_agreeing(tmp_path: Path) -> None:
-    """Real CLI: 1,500 lasting failures, then every item fails slowly and the breaker takes back the journaled ones."""
+def test_a_trip_over_many_journaled_failures_leaves_the_file_the_journal_and_the_console_agreeing(tmp_path: Path) -> None:
+    """Real CLI: 1,500 lasting failures, then every item fails slowly and the breaker takes back the journaled ones;
+    the console's failure groups then count only what stayed final."""
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "batchcli", "exec", str(PROJECTS / "taken_back" / "job.py"), "-d", str(out),
@@ -104,5 +106,10 @@ def test_a_trip_over_many_journaled_failures_leaves_the_file_and_the_journal_agr
     assert "failures_by_ordinal" in indexes
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["failed"], summary["unprocessed"]) == (len(journaled), 1000 + in_window)
+    # The console's groups count what is final now: the taken-back ConnectionErrors are not among them.
+    lines = (proc.stdout + proc.stderr).splitlines()
+    last_progress = max(i for i, text in enumerate(lines) if re.match(r"\d+/7000 \(", text))
+    groups = [m.groups() for text in lines[last_progress + 1 :] if (m := re.match(r"\s+failed ([\d,]+) × (.*)$", text))]
+    assert groups == [(f"{len(journaled):,}", "ValueError: item N is not a valid record")]
     assert summary["succeeded"] + summary["failed"] + summary["unprocessed"] == summary["total"]
     assert os.stat(run_dir / "failed.jsonl").st_mode & 0o777 == 0o600

@@ -110,8 +110,8 @@ class FailureReport:
 
     @property
     def groups(self) -> list[Group]:
-        """Every group so far, largest first."""
-        return sorted(list(self._groups.values()), key=lambda g: -g.count)
+        """Every group with final failures now, largest first."""
+        return sorted([g for g in list(self._groups.values()) if g.count > 0], key=lambda g: -g.count)
 
     def tick(self, final: bool = False) -> None:
         """Print what is due: new failures within the line budget, then the groups' "and N more" lines."""
@@ -131,6 +131,9 @@ class FailureReport:
                     if group.hidden == 0 and not group.announced_at:
                         group.announced_at = now  # the first announcement waits a full period too
                     group.hidden += 1
+            taken_back = self._tally.taken_back  # after the new ones: one taken back since is counted, then not
+            for _ in range(len(taken_back)):
+                self._take_back(taken_back.popleft())
             for group in self._groups.values():
                 if group.hidden and (final or now - group.announced_at >= self._more_every_s):
                     lines.append(self.more_line(group))
@@ -163,6 +166,17 @@ class FailureReport:
                 group = groups[key] = Group(*key)
         group.count += 1
         return group
+
+    def _take_back(self, failure: Failure) -> None:
+        """Uncount a failure that is no longer final, from the group ``_group`` counted it in."""
+        groups = self._groups
+        group = (
+            groups.get((failure.error_type, message_shape(failure.error_message)))
+            or groups.get((failure.error_type, OTHER))
+            or groups.get(("", OTHER))
+        )
+        if group is not None and group.count > 0:
+            group.count -= 1
 
 
 def group_lines(groups: list[Group], limit: int = 5) -> list[str]:

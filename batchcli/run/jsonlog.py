@@ -110,6 +110,7 @@ class JsonProgress:
 
         self._tally = tally
         tally.unshown = deque(maxlen=0)  # nothing groups the failures for the console here: keep none for it
+        tally.taken_back = deque(maxlen=0)
         self._file = console.file
         self._interval_s = interval_s
         self._run_id = run_id
