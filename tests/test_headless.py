@@ -6,11 +6,16 @@ import json
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import PROJECTS, subprocess_env
 from joblog import JobLog, wait_for
+
+from batchcli.outcome import Failure, FailureBatch, _short_repr
+from batchcli.run.jsonlog import JsonFormatter
 
 JOB = PROJECTS / "unattended" / "job.py"
 
@@ -42,6 +47,27 @@ def test_json_logs_without_a_terminal_make_stderr_json_lines_only(tmp_path: Path
     again = batchcli("resume", ended["run_dir"], "--log-format", "json")
     notices = [json.loads(line) for line in again.stderr.splitlines()]
     assert again.returncode == 0 and notices and "nothing to resume" in notices[0]["message"]
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["plain", 'quotes " and \\ backslash', "two\nlines\tand a tab", "é ü 漢字 and an emoji 🙂", "\x00\x1f controls", ""],
+)
+def test_a_failure_json_line_is_the_text_json_dumps_makes(message: str) -> None:
+    """The failure line is assembled by hand for speed: it must stay exactly what ``json.dumps`` writes, whatever the
+    text, and its time what ``datetime`` writes to the millisecond (rounding included)."""
+    formatter = JsonFormatter('run "7"')
+    for failed_at in (1_764_662_400.0, 1_764_662_400.0005, 1_764_662_400.9999996, 1_764_662_401.123456):
+        failure = Failure(12, {"name": message}, "pkg.Error", message, f"Traceback\n  ...\npkg.Error: {message}", 3, 1.0, failed_at)
+        expected = {
+            "time": datetime.fromtimestamp(failed_at).astimezone().isoformat(timespec="milliseconds"),
+            "level": "ERROR", "event": "item_failed", "run_id": 'run "7"', "logger": "batchcli.failures",
+            "message": message, "ordinal": 12, "item": _short_repr(failure.item), "error_type": "pkg.Error",
+            "attempt": 3, "traceback": failure.traceback,
+        }  # fmt: skip
+        assert formatter.failure(failure) == json.dumps(expected, ensure_ascii=False)
+    batch = FailureBatch([failure, failure])
+    assert formatter.format(batch) == JsonFormatter('run "7"').format(batch) == "\n".join([formatter.failure(failure)] * 2)
 
 
 def test_ctl_steers_a_run_whose_items_run_in_worker_processes(tmp_path: Path) -> None:

@@ -152,6 +152,15 @@ def json_text(value: Any) -> str:
 
 def _iso(timestamp: float) -> str:
     """``datetime.fromtimestamp(timestamp).astimezone().isoformat()``, the date, time and offset made once a second."""
+    stamp, micros, offset = iso_parts(timestamp)
+    if micros:
+        return f"{stamp}.{micros:06d}{offset}"
+    return stamp + offset
+
+
+def iso_parts(timestamp: float) -> tuple[str, int, str]:
+    """The date and time to the second, the microseconds and the UTC offset of ``timestamp`` in local time, as
+    ``datetime.fromtimestamp(timestamp).astimezone()`` has them; the date, time and offset made once a second."""
     second = math.floor(timestamp)
     micros = round((timestamp - second) * 1e6)  # as datetime rounds: the fraction exactly, half to even
     if micros >= 1_000_000:
@@ -162,9 +171,7 @@ def _iso(timestamp: float) -> str:
             _SECONDS.clear()
         text = datetime.fromtimestamp(second).astimezone().isoformat()
         parts = _SECONDS[second] = (text[:19], text[19:])
-    if micros:
-        return f"{parts[0]}.{micros:06d}{parts[1]}"
-    return parts[0] + parts[1]
+    return parts[0], micros, parts[1]
 
 
 _SECONDS: dict[int, tuple[str, str]] = {}

@@ -14,9 +14,9 @@ import logging
 import threading
 import time
 from collections import deque
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from batchcli.journal.records import iso_parts, json_text
 from batchcli.load.secret import masked
 from batchcli.outcome import Failure, FailureBatch, Tally, _short_repr
 
@@ -35,8 +35,11 @@ class JsonFormatter(logging.Formatter):
         self.run_id = run_id
 
     def format(self, record: logging.LogRecord) -> str:
-        if isinstance(record, FailureBatch):
-            return "\n".join(self.failure(f) for f in record.failures)
+        if isinstance(record, FailureBatch):  # the file's handler and stderr's format it alike: once, then kept
+            made = record.__dict__.get("json_lines")
+            if made is None or made[0] != self.run_id:
+                made = record.__dict__["json_lines"] = (self.run_id, "\n".join([self.failure(f) for f in record.failures]))
+            return made[1]
         data: dict[str, Any] = {
             "time": _iso(record.created),
             "level": record.levelname,
@@ -53,22 +56,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, ensure_ascii=False, default=str)
 
     def failure(self, failure: Failure) -> str:
-        """The line of one final failure."""
-        return json.dumps(
-            {
-                "time": _iso(failure.failed_at),
-                "level": "ERROR",
-                "event": "item_failed",
-                "run_id": self.run_id,
-                "logger": "batchcli.failures",
-                "message": failure.error_message,
-                "ordinal": failure.ordinal,
-                "item": _short_repr(failure.item),
-                "error_type": failure.error_type,
-                "attempt": failure.attempts,
-                "traceback": failure.traceback,
-            },
-            ensure_ascii=False,
+        """The line of one final failure, as ``json.dumps`` writes its object (keys: see the module), assembled
+        directly: a flood writes one per failure, twice when headless, and ``dumps`` took three times as long."""
+        text = json_text
+        return (
+            f'{{"time": "{_iso(failure.failed_at)}", "level": "ERROR", "event": "item_failed", "run_id": {text(self.run_id)}, '
+            f'"logger": "batchcli.failures", "message": {text(failure.error_message)}, "ordinal": {int(failure.ordinal)}, '
+            f'"item": {text(_short_repr(failure.item))}, "error_type": {text(failure.error_type)}, '
+            f'"attempt": {int(failure.attempts)}, "traceback": {text(failure.traceback)}}}'
         )
 
 
@@ -83,7 +78,11 @@ def _message(record: logging.LogRecord) -> str:
 
 
 def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="milliseconds")
+    """``datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="milliseconds")``, made once a second."""
+    stamp, micros, offset = iso_parts(epoch)
+    return f"{stamp}.{micros // 1000:03d}{offset}"
+
+
 
 
 def event_line(event: str, run_id: str, message: str, level: str = "INFO", **fields: Any) -> str:
