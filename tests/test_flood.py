@@ -289,3 +289,21 @@ def test_a_recorder_that_breaks_stops_the_run_instead_of_running_on_unrecorded(
     summary = json.loads((ran.run_dir / "summary.json").read_text())
     assert (summary["succeeded"], summary["failed"], summary["status"]) == (200, 200, "finished")
     assert query(ran.run_dir, "SELECT count(*), count(DISTINCT ordinal) FROM failures") == [(200, 200)]
+
+
+def test_a_flood_of_inputs_that_cannot_be_pickled_warns_once_then_counts_them(run_batchcli: Any, cli: Any) -> None:
+    """3,000 failed rows that hold a live handle: one warning names the first and one at the end counts them all
+    (a warning each printed three console lines per failure); the journal and failed.jsonl still have every one."""
+    result = run_batchcli("exec", PROJECTS / "unpicklable" / "job.py", "-d", "out", "-p", "count=3000", "-p", "max_retries=0",
+                          "-p", "breaker_window=0")  # fmt: skip
+    assert result.exit_code == 1 and result.run_dir is not None, result.output
+    flat = " ".join(result.output.split())
+    assert flat.count("cannot be pickled (") == 1 and "Item #0 cannot be pickled (cannot pickle" in flat
+    assert "3000 failed job.Row items could not be pickled" in flat
+    assert len(result.output.splitlines()) < 100
+    assert query(result.run_dir, "SELECT count(*), count(item) FROM failures") == [(3000, 0)]
+    assert len(result.failed) == 3000 and result.failed[5]["input"] == "Row(5)"
+    log = (result.run_dir / "batchcli.log").read_text()
+    assert log.count("cannot be pickled (") == 1 and "3000 failed job.Row items could not be pickled" in log
+    retried = cli("retry", result.run_dir)
+    assert "3000 failed input(s)" in " ".join(retried.output.split()) and "could not be pickled" in retried.output

@@ -148,6 +148,7 @@ class Journal:
         self._forgiven: list[int] = []
         self._released: list[int] = []
         self._by_ordinal = False  # FAILURES_BY_ORDINAL made (or known to be there)
+        self._unpicklable: dict[str, int] = {}  # failed inputs this session could not pickle, by type
         self._unpointed = (0, 0)  # successes and failures of flushes whose timeline point was not written
         self._limit_rows: list[tuple[Any, ...]] = []
         """Limit changes taken from the Tally and not committed yet (a failed flush keeps them)."""
@@ -465,19 +466,27 @@ class Journal:
 
     def _failure_row(self, failure: Failure) -> tuple[Any, ...]:
         key = self._pending.pop(failure.ordinal, None) if self.keyed else None
-        try:
-            blob: bytes | None = pickle.dumps(failure.item, pickle.HIGHEST_PROTOCOL)
-        except Exception as error:
-            log.warning("Item #%d cannot be pickled (%s): `batchcli retry` will not have it.", failure.ordinal, error)
-            blob = None
         item = failure.item
         item_type = type(item)
+        type_name = f"{item_type.__module__}.{item_type.__qualname__}"
+        try:
+            blob: bytes | None = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+        except Exception as error:
+            blob = None
+            seen = self._unpicklable.get(type_name, 0)
+            self._unpicklable[type_name] = seen + 1
+            if not seen:  # a flood of them must not print a warning each
+                log.warning(
+                    "Item #%d cannot be pickled (%s): `batchcli retry` will not have it. Other failed %s items that "
+                    "cannot be pickled are counted, and the count is logged when the session ends.",
+                    failure.ordinal, error, type_name,
+                )  # fmt: skip
         return (
             failure.ordinal,
             key,
             self.session,
             blob,
-            f"{item_type.__module__}.{item_type.__qualname__}",
+            type_name,
             writable(json_text(item if item_type is int or item_type is str else json_form(item))),
             failure.error_type,
             failure.error_message,
@@ -495,6 +504,12 @@ class Journal:
 
     def finish(self, status: str, fatal: BaseException | None, fatal_traceback: str = "") -> None:
         """Write the session's final status (finished, stopped or crashed) and the counts."""
+        for type_name, count in self._unpicklable.items():
+            if count > 1:
+                log.warning(
+                    "%d failed %s items could not be pickled: `batchcli retry` will not have them "
+                    "(failed.jsonl and `batchcli show RUN --failures` list them).", count, type_name,
+                )  # fmt: skip
         now = time.time()
         fatal_json = None
         if fatal is not None:
