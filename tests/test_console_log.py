@@ -1,0 +1,53 @@
+"""Log records on the console: a few a second print, the rest are counted by kind and announced; the file has all."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from typing import Any
+
+from conftest import PROJECTS
+from rich.console import Console
+
+from batchcli.run.logs import ConsoleSample
+
+MORE = re.compile(r"^WARNING chatty: (.+?) \.\.\. and ([\d,]+) more like this \(see batchcli\.log\)$", re.M)
+
+
+def record(name: str, level: int, message: str, *args: Any) -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, message, args, None)
+
+
+def test_a_job_that_logs_a_warning_per_item_prints_a_bounded_console_and_the_file_has_every_one(run_batchcli: Any) -> None:
+    result = run_batchcli("exec", PROJECTS / "chatty" / "job.py", "-d", "out", "-p", "count=5000")
+    assert result.exit_code == 0 and result.run_dir is not None, result.output
+    printed = len(re.findall(r"WARNING +record \d+ has no email", result.output))
+    more = sum(int(n.replace(",", "")) for _, n in MORE.findall(result.output))
+    assert 1 <= printed <= 200 and printed + more == 5000, result.output[-2000:]
+    assert set(shape for shape, _ in MORE.findall(result.output)) == {"record N has no email; skipped the mail step"}
+    assert len(result.output.splitlines()) < 300
+    log = (result.run_dir / "batchcli.log").read_text()
+    assert len(re.findall(r"WARNING  chatty: record \d+ has no email", log)) == 5000
+
+
+def test_the_sample_holds_back_beyond_its_budget_counts_by_kind_and_always_passes_batchclis_warnings() -> None:
+    now = [0.0]
+    out = io.StringIO()
+    sample = ConsoleSample(Console(file=out, width=200), lines_per_second=3, more_every_s=10.0, clock=lambda: now[0])
+    passed = [sample.filter(record("chatty", logging.WARNING, "record %d is odd", n)) for n in range(10)]
+    assert passed == [True] * 3 + [False] * 7
+    assert sample.filter(record("chatty", logging.INFO, "an info line")) is False  # the budget is for all records
+    assert sample.filter(record("batchcli.breaker", logging.WARNING, "Circuit breaker open")) is True  # about the run
+    assert sample.filter(record("chatty", logging.WARNING, "bad %d %d", "not a number")) is False  # no exception out
+    now[0] = 1.5  # a new second: three more pass
+    assert [sample.filter(record("chatty", logging.WARNING, "record %d is odd", n)) for n in range(4)] == [True] * 3 + [False]
+    assert out.getvalue() == ""  # nothing announced before more_every_s
+    now[0] = 10.5
+    sample.filter(record("chatty", logging.WARNING, "record %d is odd", 99))  # passes, and the held ones are announced
+    lines = out.getvalue().splitlines()
+    assert "WARNING chatty: record N is odd ... and 8 more like this (see batchcli.log)" in lines
+    assert "INFO chatty: an info line ... and 1 more like this (see batchcli.log)" in lines
+    assert "WARNING chatty: bad %d %d ... and 1 more like this (see batchcli.log)" in lines
+    sample.announce()  # nothing held since: nothing printed
+    assert len(out.getvalue().splitlines()) == len(lines)
