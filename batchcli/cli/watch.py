@@ -15,7 +15,7 @@ from rich.text import Text
 
 from batchcli.cli.ctl import owned_run
 from batchcli.journal.history import STATUS_STYLES
-from batchcli.journal.live import Snapshot, snapshot
+from batchcli.journal.live import Snapshot, Watcher
 
 
 def watch(run_dir: Path, console: Console, interval_s: float = 1.0, once: bool = False) -> None:
@@ -24,15 +24,16 @@ def watch(run_dir: Path, console: Console, interval_s: float = 1.0, once: bool =
     # Ctrl-C leaves watch at once: the start-up handler would only remember it.
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
+    watcher = Watcher(run_dir)
     try:
-        view = snapshot(run_dir)
+        view = watcher.snapshot()
         if once or not view.running:
             console.print(frame(view))
         elif console.is_terminal:
             with Live(frame(view), console=console, auto_refresh=False) as live:
                 while view.running:
                     time.sleep(interval_s)
-                    view = snapshot(run_dir)
+                    view = watcher.snapshot()
                     live.update(frame(view), refresh=True)
         else:  # a pipe or a file: one frame after another
             while True:
@@ -40,7 +41,7 @@ def watch(run_dir: Path, console: Console, interval_s: float = 1.0, once: bool =
                 if not view.running:
                     break
                 time.sleep(interval_s)
-                view = snapshot(run_dir)
+                view = watcher.snapshot()
                 console.print()
     except KeyboardInterrupt:
         pass  # leaves watch only: the run never hears of it
@@ -77,7 +78,8 @@ def frame(view: Snapshot) -> RenderableType:
     if live.get("breaker") not in (None, "closed"):
         lines.append(Text(f"circuit breaker {live['breaker']}: {live.get('breaker_reason', '')}", "bold red"))
     if view.groups:
-        lines.append(Text("failures", "bold"))
+        age = view.groups_age_s
+        lines.append(Text.assemble(("failures", "bold"), (f" (as of {age:.0f} s ago)", "dim") if age >= 2 else ""))
         for count, error_type, shape in view.groups:
             lines.append(Text(f"  {count:>6}  {error_type}: {shape}"[:200], "red"))
     if not view.running:

@@ -10,13 +10,17 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from batchcli.errors import JournalError
 from batchcli.journal.rundir import RunInfo, query, read_run
 
 RATE_WINDOW_S = 10.0
 """The current rate is the items settled over this many seconds of the journal's timeline."""
+GROUPS_SHARE = 0.1
+"""The share of its time ``watch`` may spend grouping failures while the run goes. Grouping reads every failure
+row and shapes its message (300,000 failures: 1.6 s), so with many failures the groups are made again less often
+than the counts, which stay fresh; the screen says how old they are."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class Snapshot:
     empty when the run is not running or its batchcli wrote none."""
     groups: list[tuple[int, str, str]]
     """Failure groups, most frequent first: (count, error type, message with its numbers as N)."""
+    groups_age_s: float = 0.0
+    """How long ago ``groups`` were read (a ``Watcher`` reads them less often when reading them is slow)."""
 
     @property
     def running(self) -> bool:
@@ -49,20 +55,44 @@ class Snapshot:
 
 def snapshot(run_dir: Path, groups: int = 5) -> Snapshot:
     """The run in ``run_dir`` now; a ``JournalError`` when it is not a readable run directory."""
-    info = read_run(run_dir)
-    live: dict[str, Any] = {}
-    rate: float | None
-    if info.status == "running":
-        rate = recent_rate(run_dir)
-        live = _live_state(run_dir)
-    else:
-        rate = info.rate
-    found = query(
-        run_dir,
-        "SELECT count(*), error_type, shape(error_message) FROM failures GROUP BY 2, 3 ORDER BY 1 DESC LIMIT ?",
-        (groups,),
-    )
-    return Snapshot(info, rate, live, [(int(n), t, m) for n, t, m in found])
+    return Watcher(run_dir, groups).snapshot()
+
+
+class Watcher:
+    """Snapshots of one run, one after another: the failure groups are read again only once the time since
+    they were last read is ``1 / GROUPS_SHARE`` times what reading them took (always once the run has ended)."""
+
+    def __init__(self, run_dir: Path, groups: int = 5, clock: Callable[[], float] = time.monotonic) -> None:
+        self.run_dir = run_dir
+        self._count = groups
+        self._clock = clock
+        self._groups: list[tuple[int, str, str]] | None = None
+        self._read_at = 0.0
+        self._next_at = 0.0
+
+    def snapshot(self) -> Snapshot:
+        """The run now; a ``JournalError`` when it is not a readable run directory."""
+        run_dir = self.run_dir
+        info = read_run(run_dir)
+        live: dict[str, Any] = {}
+        rate: float | None
+        running = info.status == "running"
+        if running:
+            rate = recent_rate(run_dir)
+            live = _live_state(run_dir)
+        else:
+            rate = info.rate
+        now = self._clock()
+        if self._groups is None or not running or now >= self._next_at:
+            found = query(
+                run_dir,
+                "SELECT count(*), error_type, shape(error_message) FROM failures GROUP BY 2, 3 ORDER BY 1 DESC LIMIT ?",
+                (self._count,),
+            )
+            self._groups = [(int(n), t, m) for n, t, m in found]
+            self._read_at = now
+            self._next_at = now + (self._clock() - now) / GROUPS_SHARE
+        return Snapshot(info, rate, live, self._groups, now - self._read_at)
 
 
 def recent_rate(run_dir: Path, window_s: float = RATE_WINDOW_S, now: float | None = None) -> float:
