@@ -1,11 +1,11 @@
 """Worker processes are stopped by the driver, never by a signal meant for the driver.
 
-A terminal sends Ctrl-C, and systemd, Kubernetes or ``kill -TERM -PGID`` send SIGTERM, to every
-process of the group (systemd even to every process of the service). Only the driver decides what
-such a signal means (pause, graceful stop, stop at once) and then stops its workers itself: through
-their pipe, or by the Dask nanny's stop message, with SIGKILL as the last resort. A worker killed
-by the group's SIGTERM would lose the items it had done but not yet reported, which the resume then
-does twice.
+A terminal sends Ctrl-C (and SIGHUP when it hangs up), and systemd, Kubernetes or ``kill -TERM -PGID``
+send SIGTERM, to every process of the group (systemd even to every process of the service). Only the
+driver decides what such a signal means (pause, graceful stop, stop at once, going on without the
+terminal) and then stops its workers itself: through their pipe, or by the Dask nanny's stop message,
+with SIGKILL as the last resort. A worker killed by the group's SIGTERM would lose the items it had
+done but not yet reported, which the resume then does twice.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Iterator
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""The signals a worker leaves to the driver: its stop signals, and the hang-up of its terminal."""
 
 
 @contextmanager

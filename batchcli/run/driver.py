@@ -305,6 +305,15 @@ class Run:
         """Items in flight and the stop timeout, for the signal handler's log line."""
         return self.tally.in_flight, self.job.config.stop_timeout_s
 
+    def hang_up(self) -> None:
+        """The terminal hung up (RunSignals pointed its streams at /dev/null): go on headless."""
+        self.interactive = False  # a trip probes now, and no Ctrl-C can come
+        log.warning(
+            "The terminal hung up (SIGHUP): the run goes on without it. Follow it with: batchcli watch %s; "
+            "steer it with batchcli ctl or batchcli attach; stop it with: batchcli ctl %s stop",
+            self.run_dir, self.run_dir,
+        )  # fmt: skip
+
     def _start_journal(self) -> Journal:
         carry = self.continuation
         if carry.journal is not None:

@@ -11,7 +11,9 @@ up as a stop request as soon as its own handlers are in place: it starts nothing
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -21,8 +23,8 @@ from typing import Any, Callable, Iterator, Protocol
 log = logging.getLogger("batchcli")
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-"""The signals that stop a run: the pair ``executors.signals`` keeps from reaching workers. Defined here,
-not imported from there: every command takes them, and ``runs`` or ``show`` must load no executor."""
+"""The signals that stop a run (``executors.signals`` keeps them, and SIGHUP, from reaching workers). Defined
+here, not imported from there: every command takes them, and ``runs`` or ``show`` must load no executor."""
 
 
 ALARM_S = 0.25
@@ -149,26 +151,55 @@ class Stoppable(Protocol):
     def stop_report(self) -> tuple[int, float]:
         """Items in flight now, and the stop timeout in seconds, for the log line."""
 
+    def hang_up(self) -> None:
+        """The terminal is gone: go on without it (no pause shell from now on), and say so in the log."""
+
 
 class RunSignals:
-    """The stop signals' handler while a run runs (on the main thread only)."""
+    """The stop signals' handler while a run runs (on the main thread only), and SIGHUP's when it has a terminal.
+
+    A terminal that hangs up (an ssh connection that drops, a closed window) sends SIGHUP, whose default ends
+    the process at once: the run died, marked crashed, until someone resumed it. It now goes on without the
+    terminal: the standard streams that were the terminal are pointed at ``/dev/null`` (writing to a hung-up
+    terminal fails), the run turns headless (``hang_up``), and ``watch``, ``ctl`` and ``attach`` reach it.
+    """
 
     def __init__(self, run: Stoppable) -> None:
         self._run = run
+        self._terminal_fds: list[int] = []
+        self._hung_up = False
 
     def install(self) -> Callable[[], None]:
-        """Handle SIGINT and SIGTERM from now on; returns what puts the previous handlers back."""
+        """Handle SIGINT and SIGTERM (and SIGHUP, on a terminal) from now on; returns what puts the previous
+        handlers back."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
         previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         for sig in previous:
             signal.signal(sig, self.handle)
+        self._terminal_fds = [fd for fd in (0, 1, 2) if _isatty(fd)]  # now: a hung-up terminal is no tty any more
+        if self._terminal_fds:
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self.hang_up)
 
         def restore() -> None:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
         return restore
+
+    def hang_up(self, signum: int, frame: Any) -> None:
+        """The terminal hung up: the streams that were it write to ``/dev/null`` from now on; the run goes on."""
+        if self._hung_up:
+            return
+        self._hung_up = True
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            for fd in self._terminal_fds:
+                with contextlib.suppress(OSError):
+                    os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+        self._run.hang_up()
 
     def handle(self, signum: int, frame: Any) -> None:
         """Pause into the shell, stop gracefully, or (a second time) stop at once."""
@@ -191,3 +222,10 @@ class RunSignals:
             in_flight,
             timeout,
         )
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
