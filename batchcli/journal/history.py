@@ -203,10 +203,11 @@ def _trial_mark(run_dir: Path) -> str:
 def show_failures(run_dir: Path, wanted: FailureFilter, shown: int = 50) -> RenderableType:
     """``show --failures``: the failures ``wanted`` takes (input, error, attempts, when), as ``retry`` would take them."""
     run = read_run(run_dir)
-    rows, total = matching_failures(run_dir, wanted, load=_project_loader(run) if wanted.error_type else None)
+    load = _project_loader(run) if wanted.error_type else None
+    rows, matched, total = matching_failures(run_dir, wanted, load=load, keep=shown)
     which = f" matching {wanted.describe()}" if wanted.active else ""
-    parts: list[RenderableType] = [Text(f"Failures of {run_dir}{which}: {len(rows):,} of {total:,}", "bold")]
-    for row in rows[:shown]:
+    parts: list[RenderableType] = [Text(f"Failures of {run_dir}{which}: {matched:,} of {total:,}", "bold")]
+    for row in rows:
         attempts = f"{row.attempts} attempt{'s' * (row.attempts != 1)}"
         unsaved = "" if row.saved else "  (not saved: retry cannot have it)"
         parts.append(
@@ -219,8 +220,8 @@ def show_failures(run_dir: Path, wanted: FailureFilter, shown: int = 50) -> Rend
             )
         )
         parts.append(Text.assemble((f"{'':10}input: ", "dim"), _one_line(_compact(row.item_json), 150)))
-    if len(rows) > shown:
-        parts.append(Text(f"  … and {len(rows) - shown:,} more (all of them are in failed.jsonl)", "dim"))
+    if matched > shown:
+        parts.append(Text(f"  … and {matched - shown:,} more (all of them are in failed.jsonl)", "dim"))
     if rows:
         again = f" {wanted.describe()}" if wanted.active else ""
         parts.append(Text(f"Retry them with: batchcli retry {run_dir}{again}", "dim"))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from batchcli.errors import UsageError
-from batchcli.journal.rundir import query
+from batchcli.journal.rundir import query, stream
 
 FAILURE_COLUMNS = "rowid, ordinal, item_json, error_type, error_message, attempts, first_failed_at, failed_at, item IS NOT NULL"
 
@@ -126,17 +126,23 @@ def recorded_types(run_dir: Path) -> list[str]:
 
 
 def matching_failures(
-    run_dir: Path, wanted: FailureFilter, load: Callable[[], None] | None = None
-) -> tuple[list[FailureRow], int]:
-    """The failures of ``run_dir`` that ``wanted`` takes, in (session, ordinal) order, and how many there are in all.
+    run_dir: Path, wanted: FailureFilter, load: Callable[[], None] | None = None, keep: int | None = None
+) -> tuple[list[FailureRow], int, int]:
+    """The failures of ``run_dir`` that ``wanted`` takes, in (session, ordinal) order (only the first ``keep``
+    when given), how many it takes, and how many there are in all.
 
-    ``load`` imports the run's project, called at most once when a recorded type's module is not
-    imported yet (``show``); ``retry`` has loaded it already.
+    The rows are read a batch at a time and only those kept are held: ``show --failures`` of a run with
+    300,000 failures held all of them (220 MB) to print 50. ``load`` imports the run's project, called at
+    most once when a recorded type's module is not imported yet (``show``); ``retry`` has loaded it already.
     """
-    rows = [FailureRow(*row) for row in query(run_dir, f"SELECT {FAILURE_COLUMNS} FROM failures ORDER BY session, ordinal")]
-    is_type = None if wanted.error_type is None else TypeMatch(wanted.error_type, {r.error_type for r in rows}, load)
-    chosen = []
-    for row in rows:
+    is_type = None if wanted.error_type is None else TypeMatch(wanted.error_type, set(recorded_types(run_dir)), load)
+    chosen: list[FailureRow] = []
+    matched = total = 0
+    for values in stream(run_dir, f"SELECT {FAILURE_COLUMNS} FROM failures ORDER BY session, ordinal"):
+        total += 1
+        if wanted.limit is not None and matched >= wanted.limit:
+            continue  # counted for the total only
+        row = FailureRow(*values)
         if is_type is not None and not is_type(row.error_type):
             continue
         if wanted.pattern is not None and not wanted.pattern.search(row.error_message):
@@ -145,10 +151,10 @@ def matching_failures(
             continue
         if wanted.until is not None and row.failed_at >= wanted.until:
             continue
-        chosen.append(row)
-        if wanted.limit is not None and len(chosen) >= wanted.limit:
-            break
-    return chosen, len(rows)
+        matched += 1
+        if keep is None or len(chosen) < keep:
+            chosen.append(row)
+    return chosen, matched, total
 
 
 class TypeMatch:

@@ -15,7 +15,7 @@ from batchcli.load.environment import variable
 from batchcli.errors import JournalError, UsageError
 from batchcli.journal.writer import Journal
 from batchcli.journal.matching import FailureFilter, TypeMatch, matching_failures, recorded_types
-from batchcli.journal.rundir import RunInfo, check_safe, damaged, query, read_run
+from batchcli.journal.rundir import RunInfo, check_safe, damaged, query, read_run, stream
 from batchcli.journal.shards import Shard
 from batchcli.journal.selection import Selection, keys_done_in, read_selection, record_selection, widen_selection
 from batchcli.load.source import Source
@@ -221,8 +221,9 @@ def failed_inputs(run_dir: Path, wanted: FailureFilter = FailureFilter()) -> tup
     """
     path = check_safe(run_dir)
     if wanted.active:
-        blobs = dict(query(run_dir, "SELECT rowid, item FROM failures"))
-        rows = [(blobs[row.rowid],) for row in matching_failures(run_dir, wanted)[0]]
+        order = {row.rowid: index for index, row in enumerate(matching_failures(run_dir, wanted)[0])}
+        taken = [(rowid, blob) for rowid, blob in stream(run_dir, "SELECT rowid, item FROM failures") if rowid in order]
+        rows = [(blob,) for _, blob in sorted(taken, key=lambda pair: order[pair[0]])]
     else:
         rows = query(run_dir, "SELECT item FROM failures ORDER BY session, ordinal")
     items = [unpickle(path, blob) for (blob,) in rows if blob is not None]

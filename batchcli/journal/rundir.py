@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import quote
 
 from batchcli.errors import JournalError, JournalUnreadable, UsageError
@@ -491,6 +491,25 @@ def message_shape(message: str | None) -> str:
     """An error message with its numbers, and the words with digits in them (ids, hashes: ``3fa9c1``), replaced
     by ``N``, so "user 97 ..." and "user 194 ...", or "key 'a3f9' ..." and "key '0bc2' ...", group together."""
     return _NUMBERS.sub("N", message or "")
+
+
+def stream(run_dir: Path, sql: str, args: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """The rows of a read-only query on the journal of ``run_dir``, a batch at a time: for the failures table,
+    which may hold millions (``query`` holds every row at once). The connection closes with the iterator."""
+    path = journal_path(run_dir)
+    try:
+        conn = connect(path)
+    except sqlite3.Error as error:
+        raise damaged(path, str(error)) from error
+    try:
+        conn.create_function("shape", 1, message_shape, deterministic=True)
+        cursor = conn.execute(sql, args)
+        while rows := cursor.fetchmany(1000):
+            yield from rows
+    except sqlite3.Error as error:
+        raise damaged(path, str(error)) from error
+    finally:
+        conn.close()
 
 
 def query(run_dir: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
