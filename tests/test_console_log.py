@@ -1,15 +1,21 @@
-"""Log records on the console: a few a second print, the rest are counted by kind and announced; the file has all."""
+"""Log records on the console: a few a second print, the rest are counted by kind and announced; the file has all.
+A console that cannot be written at all does not end the run."""
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
-from conftest import PROJECTS
+from conftest import PROJECTS, newest_run, subprocess_env
 from rich.console import Console
 
+from batchcli.journal.rundir import read_run
 from batchcli.run.logs import ConsoleSample
 
 MORE = re.compile(r"^WARNING chatty: (.+?) \.\.\. and ([\d,]+) more like this \(see batchcli\.log\)$", re.M)
@@ -51,3 +57,25 @@ def test_the_sample_holds_back_beyond_its_budget_counts_by_kind_and_always_passe
     assert "WARNING chatty: bad %d %d ... and 1 more like this (see batchcli.log)" in lines
     sample.announce()  # nothing held since: nothing printed
     assert len(out.getvalue().splitlines()) == len(lines)
+
+
+def test_a_console_that_cannot_be_written_leaves_the_run_to_finish_and_say_so_in_its_log(tmp_path: Path) -> None:
+    """stderr on a full disk (/dev/full): the run settles every item, writes its summary and ends its session,
+    and its log says the console broke; before, the display's last write raised and the run ended as crashed."""
+    ledger = tmp_path / "ledger.txt"
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "batchcli", "exec", str(PROJECTS / "unattended" / "job.py"), "-d", str(tmp_path / "out"),
+             "-p", "count=300", "-p", "delay_s=0.01", "-p", "concurrency=4", "-p", "fail_every=10", "-p", "max_retries=0",
+             "-p", f"ledger={ledger}"],  # fmt: skip
+            stdout=subprocess.DEVNULL, stderr=full, env=subprocess_env(), timeout=120,
+        )
+    assert proc.returncode == 1  # the run's own code: some items failed
+    run_dir = newest_run(tmp_path / "out")
+    assert run_dir is not None
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["succeeded"], summary["failed"]) == ("finished", 270, 30)
+    assert read_run(run_dir).status == "finished"
+    log = (run_dir / "batchcli.log").read_text()
+    assert log.count("The console cannot be written ([Errno 28]") == 1
+    assert "Run ended: finished, exit code 1" in log

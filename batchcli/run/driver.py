@@ -32,7 +32,7 @@ from batchcli.run.control import ControlChannel, live_state
 from batchcli.run.display import make_display
 from batchcli.run.hardstop import HardStop
 from batchcli.run.interrupts import EarlySignals, RunSignals
-from batchcli.run.logs import start_logging
+from batchcli.run.logs import guard_console, start_logging
 from batchcli.run.notify import Notifier, notifier_of
 from batchcli.run.recording import Recording, describe, free_space
 from batchcli.run.report import RunResult, result_of, write_summary
@@ -162,6 +162,7 @@ class Run:
         self.recording.recorder = self.journal
         self.recording.failure_lines = self.journal.failure_lines
         self.journal.live = lambda: live_state(self)  # for `batchcli watch`, each flush
+        guard_console(self.console)  # an unwritable stderr must not end the run (nor the closing line after it)
         stop_logging = start_logging(
             self.run_dir / "batchcli.log", self.console, self.options.verbosity, self.options.log_format, self.run_dir.name
         )

@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -102,6 +102,58 @@ class RunFileHandler(logging.FileHandler):
             super().close()
         except OSError:  # the last buffered records did not fit; already reported
             pass
+
+
+class ConsoleStream:
+    """The console's stream for a run, which must not end the run when it cannot be written.
+
+    stderr on a full disk, a pipe whose reader left, a terminal that is gone: rich's write raised, the display's
+    thread died with it, and the run's end (the display's last lines) raised again, so a run that had settled
+    every item ended without its summary or its session's end (read back as crashed), with no word of why. The
+    first write that fails is reported once in the log file; that write and every later one are dropped.
+    Everything else (``isatty``, ``fileno``, ``encoding``) is the stream's own.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.broken = False
+        """True once a write failed: the console shows nothing from then on."""
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return int(self.stream.write(text))
+            except (OSError, ValueError) as error:  # ValueError: the stream was closed
+                self._broke(error)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError) as error:
+                self._broke(error)
+
+    def _broke(self, error: BaseException) -> None:
+        self.broken = True  # first: the log line below also reaches the console's handler, which now drops it
+        # Logged from a thread of its own: this write may hold the console's lock, and a thread in the console's
+        # log handler holds that handler's lock while it waits for the console's.
+        threading.Thread(target=_report_broken, args=(error,), name="batchcli-console", daemon=True).start()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def _report_broken(error: BaseException) -> None:
+    logging.getLogger("batchcli").warning(
+        "The console cannot be written (%s); the run goes on, and its lines are in its log file from here on.", error
+    )
+
+
+def guard_console(console: Console) -> None:
+    """Make ``console`` write through a ``ConsoleStream`` (once; its stream stays the one it has now)."""
+    if not isinstance(console.file, ConsoleStream):
+        console.file = ConsoleStream(console.file)  # type: ignore[assignment]
 
 
 CONSOLE_LINES_PER_SECOND = 10
