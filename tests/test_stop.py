@@ -147,6 +147,25 @@ def test_a_second_signal_interrupts_a_hanging_setup(piped) -> None:
     assert run.log.lines() == ["setup", "finish"]
 
 
+@pytest.mark.parametrize("blocks", [False, True], ids=["awaiting", "blocking"])
+def test_the_stop_timeout_holds_while_setup_hangs(piped, blocks: bool) -> None:
+    """One signal during a setup() that hangs (awaiting, or blocking the loop): the stop becomes a hard one after
+    ``stop_timeout_s``, as the log line promised, instead of waiting for setup() (10 minutes here)."""
+    run = piped("shell_slow", "-p", "count=20", "-p", "setup_s=600", "-p", f"setup_blocks={blocks}", "-p", "stop_timeout_s=0.5")
+    wait_for(lambda: run.log.lines() == ["setup"], "setup() to start")
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 130, run.output
+    log = run.run_log()
+    assert "SIGTERM: stopping. Waiting for 0 in-flight item(s) (at most 0.5s)" in log
+    assert "Stop timeout (0.5s): setup() has not returned; abandoning it." in log
+    assert "Traceback" not in run.output
+    if blocks:  # the loop is held: the run leaves it, and says that finish() could not run
+        assert "The Service's code still holds the event loop" in log and run.log.lines() == ["setup"]
+    else:
+        assert run.log.lines() == ["setup", "finish"]
+    assert run.summary()["unprocessed"] == 20
+
+
 def test_in_flight_items_are_cancelled_after_the_stop_timeout(piped) -> None:
     """Items still running ``stop_timeout_s`` after the stop are cancelled and left unprocessed."""
     run = piped("shell_slow", "-p", "count=20", "-p", "delay=600", "-p", "concurrency=3", "-p", "stop_timeout_s=0.2")

@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import sys
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
@@ -121,7 +122,10 @@ class Run:
         self._hard_stop = HardStop()
         """When the main thread stops waiting for a loop thread that a hard stop did not end."""
         self._left_loop = False
-        self._stop_timer: asyncio.TimerHandle | None = None
+        self._stop_sent = False  # the executor was told to stop
+        self._stop_deadline: float | None = None
+        """When a graceful stop becomes a hard one (monotonic): ``stop_timeout_s`` after it was asked for. The
+        main thread watches it, so it holds while ``setup()`` hangs or the user's code holds the loop."""
         self.breaker: Breaker | None = None
         """The circuit breaker, once the executor runs (None when ``breaker_window=0``)."""
         self.breaker_reason = ""
@@ -201,6 +205,9 @@ class Run:
                 while self._on_main:
                     self._open_on_main(self._on_main.popleft())
                 self._nudge()  # a turn for the loop's timers, even while items never await
+                deadline = self._stop_deadline
+                if deadline is not None and time.monotonic() >= deadline and not self._hard_stop.begun:
+                    self._stop_timed_out()
                 if self._hard_stop.overdue():
                     self._leave_loop()
             if not self._left_loop:
@@ -353,9 +360,15 @@ class Run:
                     return
 
     def stop(self) -> None:
-        """Ask the run to stop gracefully (thread-safe): nothing new starts, in-flight items finish."""
+        """Ask the run to stop gracefully (thread-safe): nothing new starts, in-flight items finish, within
+        ``stop_timeout_s`` (then it stops at once)."""
+        self._stop_deadline_from_now()
         self.stop_requested.set()
         self.call_in_loop(self._stop_in_loop)
+
+    def _stop_deadline_from_now(self) -> None:
+        if self._stop_deadline is None:
+            self._stop_deadline = time.monotonic() + self.job.config.stop_timeout_s
 
     def pause(self) -> None:
         """Start no new item until ``resume()`` (thread-safe); in-flight items finish."""
@@ -392,6 +405,7 @@ class Run:
     def breaker_gave_up(self, message: str) -> None:
         """The breaker stayed open past ``breaker_max_wait_s``: stop as a Ctrl-C stop does."""
         self.breaker_message = message
+        self._stop_deadline_from_now()
         self.stop_requested.set()
         self._stop_in_loop()
 
@@ -524,20 +538,21 @@ class Run:
         # Once: a signal while the executor starts reaches here both as a callback and through the event.
         if self.breaker is not None:
             self.breaker.end()
-        if self.executor is None or self._stop_timer is not None:
+        if self.executor is None or self._stop_sent:
             return
+        self._stop_sent = True
         self.executor.stop()
-        assert self._loop is not None
-        self._stop_timer = self._loop.call_later(self.job.config.stop_timeout_s, self._stop_timed_out)
 
     def _stop_timed_out(self) -> None:
-        if self.tally.in_flight:
+        """``stop_timeout_s`` passed since the stop was asked for (main thread): stop at once."""
+        timeout = self.job.config.stop_timeout_s
+        if self.executor is None and self._starting is not None:
+            log.warning("Stop timeout (%gs): setup() has not returned; abandoning it.", timeout)
+        elif self.tally.in_flight:
             log.warning(
-                "Stop timeout (%gs): cancelling %d in-flight item(s); they stay unprocessed.",
-                self.job.config.stop_timeout_s,
-                self.tally.in_flight,
+                "Stop timeout (%gs): cancelling %d in-flight item(s); they stay unprocessed.", timeout, self.tally.in_flight
             )
-        self._cancel()
+        self.cancel()
 
     def _cancel(self) -> None:
         self._hard_stopped = True

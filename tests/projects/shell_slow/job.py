@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from batchcli import Param, Service, Source, inject
 
@@ -42,17 +43,26 @@ class SlowService(Service[int]):
     """Sleeps ``delay`` seconds per item; items divisible by ``fail_every`` fail (until ``fixed``)."""
 
     def __init__(
-        self, log_file: Param[str], delay: Param[float] = 0.05, fail_every: Param[int] = 0, setup_s: Param[float] = 0
+        self,
+        log_file: Param[str],
+        delay: Param[float] = 0.05,
+        fail_every: Param[int] = 0,
+        setup_s: Param[float] = 0,
+        setup_blocks: Param[bool] = False,
     ) -> None:
         self.log_file = log_file
         self.delay = delay
         self.fail_every = fail_every
         self.setup_s = setup_s
+        self.setup_blocks = setup_blocks
         self.fixed = False
 
     async def setup(self) -> None:
         append(self.log_file, "setup")
-        await asyncio.sleep(self.setup_s)
+        if self.setup_blocks:  # a sync connect without a timeout: it holds the loop
+            time.sleep(self.setup_s)
+        else:
+            await asyncio.sleep(self.setup_s)
 
     async def process(self, item: int) -> str:
         append(self.log_file, f"start {item}")
