@@ -78,6 +78,12 @@ class RunDirWriteError(BatchcliError):
         )
 
 
+class ExportError(BatchcliError):
+    """``batchcli results`` could not write its output (a full disk, say); what it names is left as it was when it can be."""
+
+    exit_code = 1
+
+
 class JournalError(BatchcliError):
     """A run directory's journal cannot be used: missing, damaged, unsafe to load, or still in use."""
 

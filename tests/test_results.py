@@ -336,3 +336,60 @@ def test_a_long_export_to_a_file_counts_what_it_wrote_on_a_terminal(cli, tmp_pat
     assert f"Wrote {count:,} result(s)" in shown
     lines = (tmp_path / "all.jsonl").read_text().splitlines()
     assert len(lines) == count and json.loads(lines[-1])["ordinal"] == count - 1
+
+
+def results_cli(*args: Any, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "batchcli", "results", *map(str, args)], text=True,
+                          env=env or subprocess_env(), timeout=60, **kwargs)  # fmt: skip
+
+
+def test_export_to_a_pipe_writes_into_it_instead_of_replacing_it(cli, tmp_path: Path) -> None:
+    """-o naming a FIFO (or a device such as /dev/null) is written in place, as a shell redirection does: the
+    export used to write a file beside it and rename it over it, so the reader got nothing (and, run as root,
+    -o /dev/null replaced the device with a file)."""
+    import os
+    import stat
+    import threading
+
+    ran = cli("exec", SQUARES, "-d", "out", "-p", "count=300")
+    assert ran.exit_code == 0, ran.output
+    fifo = tmp_path / "results.fifo"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.extend(fifo.read_text().splitlines()), daemon=True)
+    reader.start()
+    exported = results_cli(ran.run_dir, "-o", fifo, capture_output=True)
+    reader.join(timeout=30)
+    assert exported.returncode == 0, exported.stderr
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert [json.loads(line)["ordinal"] for line in got] == list(range(300))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".results.fifo")) == []
+
+
+def test_an_export_that_runs_out_of_space_says_so_and_leaves_the_file_as_it_was(cli, tmp_path: Path) -> None:
+    """A write that fails (here the file-size limit, EFBIG; a full disk is ENOSPC): one paragraph, exit 1, the old
+    file untouched and no draft left; on stdout too. It used to report success for a device and a traceback for stdout."""
+    import resource
+
+    ran = cli("exec", SQUARES, "-d", "out", "-p", "count=20000")
+    assert ran.exit_code == 0, ran.output
+    old = tmp_path / "results.jsonl"
+    old.write_text("the last export\n")
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # the export needs about 800 KB
+
+    # No bytecode written under the limit: a .pyc cut short there would be read by every later child of the session.
+    limited = subprocess_env(PYTHONDONTWRITEBYTECODE="1")
+    exported = results_cli(ran.run_dir, "-o", old, capture_output=True, preexec_fn=small_files, env=limited)
+    assert exported.returncode == 1, exported.stderr
+    assert "Error: Cannot write the results to" in exported.stderr and "File too large" in exported.stderr
+    assert "is as it was" in exported.stderr and "Traceback" not in exported.stderr
+    assert old.read_text() == "the last export\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".results.jsonl")] == []
+
+    with open("/dev/full", "w") as full:
+        to_stdout = results_cli(ran.run_dir, stdout=full, stderr=subprocess.PIPE)
+    assert to_stdout.returncode == 1
+    assert "Cannot write the results to stdout (No space left on device)" in to_stdout.stderr
+    assert "Traceback" not in to_stdout.stderr, to_stdout.stderr

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from batchcli.errors import UsageError
+from batchcli.errors import ExportError, UsageError
 from batchcli.journal.results import check_format, export, is_group
 from batchcli.journal.rundir import journal_path
 
@@ -28,7 +28,13 @@ def export_results(run_dir: Path, fmt: str, output: Path | None) -> None:
     else:
         journal_path(run_dir)  # not a run directory: its error, before any file is made
     if output is None:
-        count = export(run_dir, fmt, sys.stdout)
+        try:
+            count = export(run_dir, fmt, sys.stdout)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise  # the reader left (| head): click ends quietly
+        except OSError as error:
+            raise ExportError(f"Cannot write the results to stdout ({_reason(error)}): what it got is incomplete.") from None
     else:
         with _progress(output) as progress:
             count = _to_file(run_dir, fmt, output, progress)
@@ -54,18 +60,40 @@ def _progress(output: Path) -> Iterator[Callable[[int], None] | None]:
 
 
 def _to_file(run_dir: Path, fmt: str, output: Path, progress: Callable[[int], None] | None = None) -> int:
-    """Written next to ``output`` and renamed, so a failed export never leaves half a file."""
+    """Written next to ``output`` (the file a symlink points to) and renamed, so a failed export never leaves half a
+    file. Something that exists and is not a regular file (a FIFO, ``/dev/null``) is written in place, as a shell
+    redirection does: renaming over it replaced the device or pipe with a file, and the reader got nothing."""
     if output.is_dir():
         raise UsageError(f"-o {str(output)!r} is a directory. Give -o a file name, e.g. -o {output / ('results.' + fmt)}.")
-    parent = output.resolve().parent
+    target = output.resolve()
+    if target.exists() and not target.is_file():
+        try:
+            with open(target, "w", encoding="utf-8", newline="") as out:
+                return export(run_dir, fmt, out, progress)
+        except OSError as error:
+            raise ExportError(f"Cannot write the results to {str(output)!r} ({_reason(error)}): what it got is incomplete.") from None
+    parent = target.parent
     if not parent.is_dir():
         raise UsageError(f"-o {str(output)!r}: directory {str(parent)!r} does not exist. Create it, or give another -o.")
-    fd, draft = tempfile.mkstemp(prefix=f".{output.name}.", dir=parent)
+    try:
+        fd, draft = tempfile.mkstemp(prefix=f".{target.name}.", dir=parent)
+    except OSError as error:
+        raise ExportError(f"Cannot write the results next to {str(output)!r} ({_reason(error)}). Give another -o.") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
             count = export(run_dir, fmt, out, progress)
-        os.replace(draft, output)
+        os.replace(draft, target)
+    except OSError as error:
+        Path(draft).unlink(missing_ok=True)
+        left = f"{str(output)!r} is as it was" if target.exists() else f"no {str(output)!r} was made"
+        raise ExportError(
+            f"Cannot write the results to {str(output)!r} ({_reason(error)}); {left}. Free some space, or give another -o."
+        ) from None
     except BaseException:
         Path(draft).unlink(missing_ok=True)
         raise
     return count
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error)
