@@ -329,3 +329,31 @@ def test_a_tripped_breaker_and_the_stop_it_leads_to_are_notified(cli: Any, tmp_p
     assert events[0] == "breaker" and events[-1] == "stopped"
     assert "items failed: ConnectionError: item" in hook.posts[0]["reason"]  # type: ignore[attr-defined]
     assert hook.posts[-1]["exit_code"] == 130  # type: ignore[attr-defined]
+
+
+def test_ctl_answers_again_once_a_job_that_ran_out_of_file_descriptors_frees_them(tmp_path: Path) -> None:
+    """A job that holds every file descriptor for a while (EMFILE): the control channel could not take a connection
+    and its thread ended, so ctl and attach stayed dead for the rest of the run. Now the connection waits and is
+    answered once descriptors are free, and later ones are too."""
+    ledger = tmp_path / "ledger.txt"
+    out = tmp_path / "out"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "exec", str(PROJECTS / "leaky" / "job.py"), "-d", str(out), "-p", "count=100",
+         "-p", "hold_s=2", "-p", "delay_s=0.05", "-p", "concurrency=2", "-p", f"ledger={ledger}"],  # fmt: skip
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
+    )
+    try:
+        wait_for(lambda: ledger.exists() and "exhausted" in ledger.read_text(), "the job to run out of descriptors", timeout=60)
+        run_dir = next(out.glob("*/control.sock")).parent
+        ctl = [sys.executable, "-m", "batchcli", "ctl", str(run_dir), "stats"]
+        during = subprocess.run(ctl, capture_output=True, text=True, timeout=60, env=subprocess_env())
+        assert during.returncode == 0, during.stdout + during.stderr
+        wait_for(lambda: "released" in ledger.read_text(), "the descriptors to be free again")
+        after = subprocess.run(ctl, capture_output=True, text=True, timeout=60, env=subprocess_env())
+        assert after.returncode == 0, after.stdout + after.stderr
+        assert run.wait(timeout=60) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+    log = (run_dir / "batchcli.log").read_text()
+    assert "ctl: cannot take a connection ([Errno 24] Too many open files); trying again." in log

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("batchcli")
 
+ACCEPT_RETRY_S = 0.2
+"""How long the control channel waits before it tries again to take a connection it could not take."""
+
 SOCKET_NAME = "control.sock"
 COMMANDS = ("pause", "resume", "stop", "set", "stats", "retry-failed")
 SETTINGS = ("concurrency", "rate_limit")
@@ -140,11 +143,22 @@ class ControlChannel:
         self._thread.join(timeout=2)
 
     def _serve(self) -> None:
+        failing = False
         while not self._closed.is_set():
             try:
                 conn, _ = self._listener.accept()
-            except OSError:
-                return  # closed
+            except OSError as error:
+                if self._closed.is_set():
+                    return
+                # Out of file descriptors (EMFILE: the job leaks them), or a client gone before it was taken: the
+                # channel must outlive it, or ctl and attach stay dead for the rest of the run. The connection
+                # waits in the backlog and is taken once a descriptor is free.
+                if not failing:
+                    log.warning("ctl: cannot take a connection (%s); trying again.", error)
+                failing = True
+                self._closed.wait(ACCEPT_RETRY_S)
+                continue
+            failing = False
             # A thread per connection: retry-failed may take a while, and stats must still answer.
             threading.Thread(target=self._answer, args=(conn,), name="batchcli-control-client", daemon=True).start()
 
