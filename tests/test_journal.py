@@ -235,3 +235,16 @@ def test_names_with_undecodable_bytes_are_journaled_escaped_and_matched_again(cl
     again = cli("exec", job, "-d", "out", "-p", "bad=2", "--skip-done-in", str(ran.run_dir))
     assert again.exit_code == 0, again.output
     assert (again.summary["succeeded"], again.summary["failed"]) == (1, 0)
+
+
+def test_keys_that_repeat_are_named_once_and_counted_when_the_session_ends(run_batchcli: Any) -> None:
+    """item_key() giving two rows the same id: both are processed, the key counts once, so half the rows read as
+    unprocessed; that used to happen without a word. A warning says why, once, and the count comes at the end."""
+    result = run_batchcli("exec", PROJECTS / "repeated_keys" / "job.py", "-d", "out", "-p", "count=20")
+    assert result.exit_code == 0 and result.run_dir is not None, result.output
+    flat = " ".join(result.output.split())
+    assert flat.count("item_key() gave an item a key that an earlier item of this run already had") == 1
+    assert "10 succeeded item(s) of this session had a key an earlier item already had" in flat
+    assert "Finished: 10 succeeded, 0 failed, 10 unprocessed of 20" in flat
+    log = (result.run_dir / "batchcli.log").read_text()
+    assert log.count("item_key() gave an item a key") == 1 and "10 succeeded item(s)" in log

@@ -149,6 +149,7 @@ class Journal:
         self._released: list[int] = []
         self._by_ordinal = False  # FAILURES_BY_ORDINAL made (or known to be there)
         self._unpicklable: dict[str, int] = {}  # failed inputs this session could not pickle, by type
+        self._repeated_keys = 0  # succeeded items whose key an earlier item of the run already had
         self._unpointed = (0, 0)  # successes and failures of flushes whose timeline point was not written
         self._limit_rows: list[tuple[Any, ...]] = []
         """Limit changes taken from the Tally and not committed yet (a failed flush keeps them)."""
@@ -324,6 +325,16 @@ class Journal:
         row = self._conn.execute("SELECT key FROM failures WHERE session = ? AND ordinal = ?", where).fetchone()
         return None if row is None else row[0]
 
+    def _repeated_key(self, count: int) -> None:
+        """``count`` more succeeded items had a key that was done already: say so once, and count them."""
+        if not self._repeated_keys:
+            log.warning(
+                "item_key() gave an item a key that an earlier item of this run already had: the item was processed, "
+                "but a key counts once, so such items show as unprocessed and a resume does not redo them. Keys must "
+                "tell items apart (an id, a file name); the count is logged when the session ends."
+            )
+        self._repeated_keys += count
+
     def _index_by_ordinal(self) -> None:
         """Make ``FAILURES_BY_ORDINAL`` before the first lookup of a failure by ordinal."""
         if not self._by_ordinal:
@@ -446,6 +457,8 @@ class Journal:
             self._unpointed = (succeeded, failed_now)
             raise
         self._keys_count += max(added, 0) + keys_added
+        if self._unwritten_keys and 0 <= added < len(self._unwritten_keys):
+            self._repeated_key(len(self._unwritten_keys) - added)
         if self._limit_rows:
             self._throttles_seen = self._limit_rows[-1][-1]
         self._limit_rows = []
@@ -504,6 +517,11 @@ class Journal:
 
     def finish(self, status: str, fatal: BaseException | None, fatal_traceback: str = "") -> None:
         """Write the session's final status (finished, stopped or crashed) and the counts."""
+        if self._repeated_keys:
+            log.warning(
+                "%d succeeded item(s) of this session had a key an earlier item already had; they count once "
+                "(see item_key() in the Source).", self._repeated_keys,
+            )  # fmt: skip
         for type_name, count in self._unpicklable.items():
             if count > 1:
                 log.warning(
