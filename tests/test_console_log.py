@@ -79,3 +79,22 @@ def test_a_console_that_cannot_be_written_leaves_the_run_to_finish_and_say_so_in
     log = (run_dir / "batchcli.log").read_text()
     assert log.count("The console cannot be written ([Errno 28]") == 1
     assert "Run ended: finished, exit code 1" in log
+
+
+def test_what_a_job_prints_under_the_live_display_comes_out_whole_and_in_order(tmp_path: Path) -> None:
+    """On a terminal, lines the job prints go above the live display a tick at a time (rich printed each one with a
+    redraw of the display, 2 ms a line): every line once, in order, stderr's too, and a last line without a newline."""
+    import pexpect
+
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "batchcli", "exec", str(PROJECTS / "printing" / "job.py"), "-d", str(tmp_path / "out"), "-p", "count=2000"],
+        env=subprocess_env(TERM="xterm"), encoding="utf-8", timeout=120, dimensions=(50, 150),
+    )  # fmt: skip
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before[-2000:]
+    output = child.before
+    assert [int(n) for n in re.findall(r"row (\d+) done", output)] == list(range(2000))
+    assert [int(n) for n in re.findall(r"note (\d+)", output)] == list(range(0, 2000, 10))
+    assert output.count("no newline at the end") == 1

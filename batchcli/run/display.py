@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import deque
@@ -93,6 +94,52 @@ def _stat(label: str, value: str, style: str) -> Text:
     return Text.assemble((label + " ", "dim"), (value, style))
 
 
+class PrintBuffer:
+    """``sys.stdout`` or ``sys.stderr`` while the live display runs: what the job prints goes above the display a
+    tick at a time, in order, whole lines together (a partial last line waits for the next tick).
+
+    rich's own redirection prints each line as it comes, and each print redraws the live display under it: a
+    ``process`` that printed a line per item took 2 ms a line (3,000 items: 6.9 s instead of 0.5).
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.rich_proxied_file = stream
+        """The stream this stands for (rich's name: a console on it writes there, not here)."""
+        self._parts: list[str] = []
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        with self._lock:
+            self._parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing: the display prints what was written at its next tick."""
+
+    def isatty(self) -> bool:
+        return bool(self.rich_proxied_file.isatty())
+
+    def fileno(self) -> int:
+        return int(self.rich_proxied_file.fileno())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rich_proxied_file, name)
+
+    def take(self, final: bool = False) -> str:
+        """The whole lines written since the last take (with ``final``, the partial last one too)."""
+        with self._lock:
+            text = "".join(self._parts)
+            self._parts.clear()
+            if not final:
+                cut = text.rfind("\n") + 1
+                if cut < len(text):
+                    self._parts.append(text[cut:])
+                    text = text[:cut]
+        return text
+
+
 class LiveDisplay:
     """A rich live display redrawn a few times a second from the Tally; nothing per item."""
 
@@ -100,10 +147,27 @@ class LiveDisplay:
         self._tally = tally
         self._rate = Rate(tally)
         self._title = title
-        self._live = Live(self, console=console, refresh_per_second=refresh_per_second, transient=False)
+        self._console = console
+        # Not rich's redirection (a redraw per printed line): PrintBuffer, printed each tick.
+        self._live = Live(
+            self, console=console, refresh_per_second=refresh_per_second, transient=False,
+            redirect_stdout=False, redirect_stderr=False,
+        )  # fmt: skip
         self.failures = FailureReport(tally, console)
         """The final failures, grouped; a few printed one by one above the display."""
-        self._ticker = _Ticker(self.failures.tick)
+        self._ticker = _Ticker(self._tick)
+        self._streams: tuple[Any, Any] | None = None
+        self._buffers: tuple[PrintBuffer, PrintBuffer] | None = None
+
+    def _tick(self) -> None:
+        self._print_buffered()
+        self.failures.tick()
+
+    def _print_buffered(self, final: bool = False) -> None:
+        for buffer in self._buffers or ():
+            text = buffer.take(final)
+            if text:
+                self._console.print(Text.from_ansi(text[:-1] if text.endswith("\n") else text), soft_wrap=True, highlight=False)
 
     def __rich__(self) -> RenderableType:
         tally = self._tally
@@ -139,16 +203,26 @@ class LiveDisplay:
         return Group(head, counts, failed)
 
     def start(self) -> None:
-        """Begin redrawing."""
+        """Begin redrawing; what the job prints goes through ``PrintBuffer`` until ``stop``."""
+        self._streams = (sys.stdout, sys.stderr)
+        self._buffers = (PrintBuffer(sys.stdout), PrintBuffer(sys.stderr))
+        sys.stdout, sys.stderr = self._buffers  # type: ignore[assignment]
         self._live.start()
         self._ticker.start()
 
     def stop(self) -> None:
-        """Draw the final state and stop redrawing."""
+        """Draw the final state and stop redrawing; the job prints to the streams again."""
         self._ticker.stop()
+        self._print_buffered(final=True)
         self.failures.tick(final=True)
         self._live.refresh()
         self._live.stop()
+        if self._streams is not None and self._buffers is not None:
+            if sys.stdout is self._buffers[0]:
+                sys.stdout = self._streams[0]
+            if sys.stderr is self._buffers[1]:
+                sys.stderr = self._streams[1]
+            self._streams = self._buffers = None
 
 
 class _Ticker:
