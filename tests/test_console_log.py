@@ -18,7 +18,8 @@ from rich.console import Console
 from batchcli.journal.rundir import read_run
 from batchcli.run.logs import ConsoleSample
 
-MORE = re.compile(r"^WARNING chatty: (.+?) \.\.\. and ([\d,]+) more like this \(see batchcli\.log\)$", re.M)
+MORE = re.compile(r"^WARNING misbehaving: (.+?) \.\.\. and ([\d,]+) more like this \(see batchcli\.log\)$", re.M)
+JOB = PROJECTS / "misbehaving" / "job.py"
 
 
 def record(name: str, level: int, message: str, *args: Any) -> logging.LogRecord:
@@ -26,7 +27,7 @@ def record(name: str, level: int, message: str, *args: Any) -> logging.LogRecord
 
 
 def test_a_job_that_logs_a_warning_per_item_prints_a_bounded_console_and_the_file_has_every_one(run_batchcli: Any) -> None:
-    result = run_batchcli("exec", PROJECTS / "chatty" / "job.py", "-d", "out", "-p", "count=5000")
+    result = run_batchcli("exec", JOB, "-d", "out", "-p", "count=5000", "-p", "warn=true")
     assert result.exit_code == 0 and result.run_dir is not None, result.output
     printed = len(re.findall(r"WARNING +record \d+ has no email", result.output))
     more = sum(int(n.replace(",", "")) for _, n in MORE.findall(result.output))
@@ -34,7 +35,7 @@ def test_a_job_that_logs_a_warning_per_item_prints_a_bounded_console_and_the_fil
     assert set(shape for shape, _ in MORE.findall(result.output)) == {"record N has no email; skipped the mail step"}
     assert len(result.output.splitlines()) < 300
     log = (result.run_dir / "batchcli.log").read_text()
-    assert len(re.findall(r"WARNING  chatty: record \d+ has no email", log)) == 5000
+    assert len(re.findall(r"WARNING  misbehaving: record \d+ has no email", log)) == 5000
 
 
 def test_the_sample_holds_back_beyond_its_budget_counts_by_kind_and_always_passes_batchclis_warnings() -> None:
@@ -88,7 +89,7 @@ def test_what_a_job_prints_under_the_live_display_comes_out_whole_and_in_order(t
 
     child = pexpect.spawn(
         sys.executable,
-        ["-m", "batchcli", "exec", str(PROJECTS / "printing" / "job.py"), "-d", str(tmp_path / "out"), "-p", "count=2000"],
+        ["-m", "batchcli", "exec", str(JOB), "-d", str(tmp_path / "out"), "-p", "count=2000", "-p", "print_lines=true"],
         env=subprocess_env(TERM="xterm"), encoding="utf-8", timeout=120, dimensions=(50, 150),
     )  # fmt: skip
     child.expect(pexpect.EOF)

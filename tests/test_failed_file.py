@@ -82,8 +82,9 @@ def test_a_trip_over_many_journaled_failures_leaves_the_file_the_journal_and_the
     the console's failure groups then count only what stayed final."""
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "batchcli", "exec", str(PROJECTS / "taken_back" / "job.py"), "-d", str(out),
-         "-p", "count=7000", "-p", "bad_from=6000", "-p", "slow_s=0.1", "-p", "concurrency=1", "-p", "max_retries=0",
+        [sys.executable, "-m", "batchcli", "exec", str(PROJECTS / "misbehaving" / "job.py"), "-d", str(out),
+         "-p", "count=7000", "-p", "fail_every=4", "-p", "down_from=6000", "-p", "slow_s=0.1", "-p", "concurrency=1",
+         "-p", "max_retries=0",
          "-p", "breaker_window=20", "-p", "breaker_cooldown_s=0.2", "-p", "breaker_max_wait_s=0.5"],
         capture_output=True, text=True, timeout=120, env=subprocess_env(),
     )  # fmt: skip

@@ -49,6 +49,17 @@ def start(tmp_path: Path, keyed: bool) -> tuple[Journal, Tally, list[tuple[int, 
     return journal, tally, taken, run_dir
 
 
+def assert_all_ten_done(run_dir: Path, keyed: bool, item: Any) -> None:
+    """The journal holds no failure and all ten items done, ``item`` among them (by key or by position)."""
+    assert rows(run_dir, "SELECT count(*) FROM failures") == [(0,)]
+    info = read_run(run_dir)
+    assert (info.succeeded, info.failed) == (10, 0)
+    if keyed:
+        assert (item,) in rows(run_dir, "SELECT key FROM done_keys")
+    else:
+        assert rows(run_dir, "SELECT start, stop FROM done_ranges") == [(0, 10)]
+
+
 @pytest.mark.parametrize("keyed", [False, True], ids=["by-position", "by-key"])
 def test_a_journaled_failure_that_later_succeeds_is_forgiven(tmp_path: Path, keyed: bool) -> None:
     """The journal drops the failure row and counts the item done, so neither resume nor retry redoes it."""
@@ -70,13 +81,7 @@ def test_a_journaled_failure_that_later_succeeds_is_forgiven(tmp_path: Path, key
     journal.finish("finished", None)
     journal.close()
 
-    assert rows(run_dir, "SELECT count(*) FROM failures") == [(0,)]
-    info = read_run(run_dir)
-    assert (info.succeeded, info.failed) == (10, 0)
-    if keyed:
-        assert (item,) in rows(run_dir, "SELECT key FROM done_keys")
-    else:
-        assert rows(run_dir, "SELECT start, stop FROM done_ranges") == [(0, 10)]
+    assert_all_ten_done(run_dir, keyed, item)
 
 
 def test_a_failure_recovered_before_it_was_journaled_never_reaches_the_journal(tmp_path: Path) -> None:
@@ -121,10 +126,4 @@ def test_a_failure_taken_back_while_a_failed_write_still_held_its_row_is_never_j
     journal.finish("finished", None)
     journal.close()
 
-    assert rows(run_dir, "SELECT count(*) FROM failures") == [(0,)]
-    info = read_run(run_dir)
-    assert (info.succeeded, info.failed) == (10, 0)
-    if keyed:
-        assert (item,) in rows(run_dir, "SELECT key FROM done_keys")
-    else:
-        assert rows(run_dir, "SELECT start, stop FROM done_ranges") == [(0, 10)]
+    assert_all_ten_done(run_dir, keyed, item)

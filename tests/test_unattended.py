@@ -338,8 +338,8 @@ def test_ctl_answers_again_once_a_job_that_ran_out_of_file_descriptors_frees_the
     ledger = tmp_path / "ledger.txt"
     out = tmp_path / "out"
     run = subprocess.Popen(
-        [sys.executable, "-m", "batchcli", "exec", str(PROJECTS / "leaky" / "job.py"), "-d", str(out), "-p", "count=100",
-         "-p", "hold_s=2", "-p", "delay_s=0.05", "-p", "concurrency=2", "-p", f"ledger={ledger}"],  # fmt: skip
+        [sys.executable, "-m", "batchcli", "exec", str(PROJECTS / "misbehaving" / "job.py"), "-d", str(out), "-p",
+         "count=100", "-p", "grab_fds_s=2", "-p", "delay_s=0.05", "-p", "concurrency=2", "-p", f"ledger={ledger}"],  # fmt: skip
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
     )
     try:
