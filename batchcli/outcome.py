@@ -158,13 +158,12 @@ def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 def failure_text(failure: Failure) -> str:
     """The log file's text of one final failure: a line, then its traceback."""
-    return "Item #%d (%s) failed after %d attempt%s: %s: %s\n%s" % (
+    return "Item #%d (%s) failed after %d attempt%s: %s\n%s" % (
         failure.ordinal,
         _short_repr(failure.item),
         failure.attempts,
         "" if failure.attempts == 1 else "s",
-        failure.error_type,
-        failure.error_message,
+        f"{failure.error_type}: {failure.error_message}" if failure.error_message else failure.error_type,
         failure.traceback,
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -329,3 +330,24 @@ def test_file_in_a_directory_project_keeps_its_package_imports(cli) -> None:
     assert result.exit_code == 0, result.output
     assert result.summary["succeeded"] == 5
     assert result.summary["job"] == "file_in_package"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["-p", "sync=true"], ["-p", "executor=process", "-p", "workers=2"], ["-p", "interrupt=true"]],
+    ids=["async", "sync-in-a-thread", "process-workers", "keyboard-interrupt"],
+)
+def test_a_process_that_calls_sys_exit_fails_its_item_and_the_run_goes_on(run_batchcli: Any, args: list[str]) -> None:
+    """sys.exit() inside process() (a library's main called as a function), or a KeyboardInterrupt it raises: the
+    item fails with its own traceback and the others run; before, the worker task died ("Task exception was never
+    retrieved", with asyncio's frames) and the run ended as stopped with an item in flight."""
+    result = run_batchcli("exec", PROJECTS / "exits" / "job.py", "-d", "out", "-p", "max_retries=0", *args)
+    assert result.exit_code == 1, result.output
+    assert result.summary["status"] == "finished"
+    assert (result.summary["succeeded"], result.summary["failed"]) == (1, 5)
+    assert "Task exception was never retrieved" not in result.output and "asyncio" not in result.output
+    kind = "KeyboardInterrupt" if "interrupt=true" in args else "SystemExit"
+    assert {f["error_type"] for f in result.failed} == {kind}
+    expected = "KeyboardInterrupt" if kind == "KeyboardInterrupt" else "SystemExit: 2"
+    assert f"failed after 1 attempt: {expected}\n" in result.output  # an empty message adds no ": "
+    assert "job.py" in result.failed[0]["traceback"]

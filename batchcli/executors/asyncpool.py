@@ -9,7 +9,7 @@ from marshal import dumps as _marshal
 from typing import Any, Callable, Iterator
 
 from batchcli.executors.base import Items
-from batchcli.executors.calls import ItemCalls
+from batchcli.executors.calls import ITEM_ERRORS, ItemCalls
 from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, throttle_of
@@ -142,7 +142,7 @@ class AsyncExecutor:
             tally.in_flight += 1
             try:
                 result = await call(item)
-            except Exception as error:
+            except ITEM_ERRORS as error:
                 tally.in_flight -= 1
                 self._failed(ordinal, item, attempts, error)
                 if len(tally.new_failures) > FAILURE_BACKLOG_MAX:  # a flood outruns the journal: let it catch up

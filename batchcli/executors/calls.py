@@ -17,6 +17,12 @@ from typing import Any, Awaitable, Callable
 from batchcli.durations import Durations, timed
 from batchcli.executors.threads import ItemThreads
 
+ITEM_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
+"""What ``process`` may raise that fails its item, not the run. ``SystemExit`` too: a library that calls
+``sys.exit()`` on an error (a CLI's main called as a function) ended the worker task with asyncio's "Task
+exception was never retrieved" and our traceback, and the run as "stopped" with the item in flight. And
+``KeyboardInterrupt``: only the user's code raises it there (signals reach the main thread's handlers)."""
+
 
 class ItemCalls:
     """Builds the awaitable call of one attempt; owns the threads a sync ``process`` runs in."""

@@ -93,6 +93,8 @@ def throttle_of(error: BaseException, now: Callable[[], float] = time.time) -> T
     """The throttle ``error`` signals, or None when it is an ordinary failure."""
     if isinstance(error, Throttled):
         return Throttle(_seconds(error.retry_after, now))
+    if not isinstance(error, Exception):
+        return None  # SystemExit has a ``code``, which is no HTTP status
     if not getattr(error, "__dict__", True) and _plain(type(error)):
         return None  # no attribute of its own, none on its class: a flood's ValueError is decided here
     response = getattr(error, "response", None)

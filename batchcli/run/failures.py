@@ -75,10 +75,8 @@ def failure_line(failure: Failure) -> str:
     except Exception:
         item = f"<{type(failure.item).__qualname__} object>"
     plural = "" if failure.attempts == 1 else "s"
-    return (
-        f"Item #{failure.ordinal} ({item}) failed after {failure.attempts} attempt{plural}: "
-        f"{failure.error_type}: {first_line(failure.error_message)}"
-    )
+    error = f"{failure.error_type}: {first_line(failure.error_message)}" if failure.error_message else failure.error_type
+    return f"Item #{failure.ordinal} ({item}) failed after {failure.attempts} attempt{plural}: {error}"
 
 
 class FailureReport:
