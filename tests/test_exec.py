@@ -351,3 +351,18 @@ def test_a_process_that_calls_sys_exit_fails_its_item_and_the_run_goes_on(run_ba
     expected = "KeyboardInterrupt" if kind == "KeyboardInterrupt" else "SystemExit: 2"
     assert f"failed after 1 attempt: {expected}\n" in result.output  # an empty message adds no ": "
     assert "job.py" in result.failed[0]["traceback"]
+
+
+@pytest.mark.parametrize(
+    ("where", "what"), [("setup", "The job could not start"), ("source", "The Source raised")], ids=["setup", "source"]
+)
+def test_sys_exit_in_setup_or_the_source_crashes_the_run_with_the_users_traceback(
+    run_batchcli: Any, where: str, what: str
+) -> None:
+    """sys.exit() in setup() (which runs in a task of its own) or in the Source: a crash (exit 3) that names where and
+    shows the user's traceback; it used to end the run's loop, and the run said "Stopped" (130) without a word."""
+    result = run_batchcli("exec", PROJECTS / "exits" / "job.py", "-d", "out", "-p", f"where={where}", "-p", "exit=4")
+    assert result.exit_code == 3, result.output
+    assert what in result.output and "SystemExit: 4" in result.output
+    assert "job.py" in result.output and "Task exception was never retrieved" not in result.output
+    assert result.summary["status"] == "crashed"

@@ -129,7 +129,8 @@ def test_the_namespace_holds_the_run_objects(terminal) -> None:
 
 
 def test_await_runs_the_live_service_on_the_runs_loop(terminal) -> None:
-    """``await service.process(item)`` at the prompt runs on the run's own event loop and returns its value."""
+    """``await service.process(item)`` at the prompt runs on the run's own event loop and returns its value; a
+    ``sys.exit()`` in a cell that awaits shows as the cell's error and leaves the loop running."""
     term = terminal("shell_slow", "-p", "count=400", "-p", "delay=0.05", "-p", "concurrency=3")
     pause(term)
     term.run("r = await service.process(999); print('GOT', r)", "GOT processed 999")
@@ -139,9 +140,38 @@ def test_await_runs_the_live_service_on_the_runs_loop(terminal) -> None:
         "LOOP True batchcli-loop",
     )
     assert term.log.done().count(999) == 1
+    # A cell that awaits runs as a task on the run's loop: a sys.exit() in it is its error, not the loop's end.
+    term.run("import sys; await asyncio.sleep(0); sys.exit(7)", r"SystemExit(?:\x1b\[[0-9;]*m)*:(?:\x1b\[[0-9;]*m)* 7")  # coloured
+    term.expect(PROMPT)
+    term.run("r = await service.process(998); print('GOT', r)", "GOT processed 998")
     term.run("self.stop()", "stops when you leave")
     term.run("exit", "Stopping")
     assert term.exit_code() == 130
+
+
+def test_a_retry_from_the_shell_whose_process_calls_sys_exit_leaves_the_run_going(tmp_path: Path) -> None:
+    """``self.retry(failure)`` runs ``process`` in a task of its own on the run's loop: a ``sys.exit()`` there shows
+    in the shell, and the run goes on to its end (it used to end the run's loop, and the run with it)."""
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "batchcli", "exec", str(PROJECTS / "exits" / "job.py"), "-d", str(tmp_path / "out"), "-p", "count=300",
+         "-p", "delay_s=0.02", "-p", "exit=9", "-p", "max_retries=0", "-p", "breaker_window=0"],
+        env=subprocess_env(TERM="xterm", IPYTHONDIR=str(tmp_path / "ipython"), PROMPT_TOOLKIT_NO_CPR="1"),
+        dimensions=(60, 250), encoding="utf-8", timeout=30,
+    )  # fmt: skip
+    child.expect("failed after 1 attempt: SystemExit: 9")  # some items failed already
+    child.sendintr()
+    child.expect("run paused")
+    child.expect(PROMPT)
+    child.sendline("self.retry(failures[0])")
+    child.expect(r"SystemExit(?:\x1b\[[0-9;]*m)*:(?:\x1b\[[0-9;]*m)* 9")
+    child.expect(PROMPT)
+    child.sendline("exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 1  # the run ended by itself: its loop lived on
+    summary = json.loads(next((tmp_path / "out").glob("*/summary.json")).read_text())
+    assert (summary["status"], summary["succeeded"], summary["failed"]) == ("finished", 30, 270)  # cmd-0, cmd-10, ... succeed
 
 
 def test_stop_in_the_shell_ends_the_run_with_130_after_leaving(terminal) -> None:

@@ -9,7 +9,7 @@ from marshal import dumps as _marshal
 from typing import Any, Callable, Iterator
 
 from batchcli.executors.base import Items
-from batchcli.executors.calls import ITEM_ERRORS, ItemCalls
+from batchcli.executors.calls import USER_ERRORS, ItemCalls
 from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, throttle_of
@@ -129,7 +129,7 @@ class AsyncExecutor:
                     except StopIteration:
                         self._exhausted()
                         continue
-                    except Exception as error:
+                    except USER_ERRORS as error:
                         self._source_failed(error)
                         return
                 else:
@@ -142,7 +142,7 @@ class AsyncExecutor:
             tally.in_flight += 1
             try:
                 result = await call(item)
-            except ITEM_ERRORS as error:
+            except USER_ERRORS as error:
                 tally.in_flight -= 1
                 self._failed(ordinal, item, attempts, error)
                 if len(tally.new_failures) > FAILURE_BACKLOG_MAX:  # a flood outruns the journal: let it catch up
@@ -265,7 +265,7 @@ class AsyncExecutor:
         self._tally.exhausted = True
         self._wake.set()
 
-    def _source_failed(self, error: Exception) -> None:
+    def _source_failed(self, error: BaseException) -> None:
         self.fatal = error
         self.stop()
 
@@ -280,7 +280,7 @@ class AsyncExecutor:
                 return await self._anext()  # type: ignore[no-any-return]
             except StopAsyncIteration:
                 self._exhausted()
-            except Exception as error:
+            except USER_ERRORS as error:
                 self._source_failed(error)
         return None
 

@@ -12,16 +12,37 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 from batchcli.durations import Durations, timed
 from batchcli.executors.threads import ItemThreads
 
-ITEM_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
-"""What ``process`` may raise that fails its item, not the run. ``SystemExit`` too: a library that calls
-``sys.exit()`` on an error (a CLI's main called as a function) ended the worker task with asyncio's "Task
-exception was never retrieved" and our traceback, and the run as "stopped" with the item in flight. And
-``KeyboardInterrupt``: only the user's code raises it there (signals reach the main thread's handlers)."""
+T = TypeVar("T")
+
+USER_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
+"""What the user's code may raise that is its error (an item's failure; the Source's or a hook's fatal error), not
+the end of batchcli. ``SystemExit`` too: a library that calls ``sys.exit()`` on an error (a CLI's main called as a
+function) ended the worker task with asyncio's "Task exception was never retrieved" and our traceback, and the
+run as "stopped" without a word of why. And ``KeyboardInterrupt``: only the user's code raises it there (signals
+reach the main thread's handlers)."""
+
+
+class Escaped(Exception):
+    """A ``SystemExit`` or ``KeyboardInterrupt`` the user's code raised in a task of its own on the run's loop,
+    carried out of it as an ordinary exception: asyncio raises those two again out of the loop itself, which ended
+    the run's loop (a ``setup()`` that called ``sys.exit()``: the run ended "stopped" without a word)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error = error
+
+
+async def held(awaitable: Awaitable[T]) -> T:
+    """``await awaitable``, a ``SystemExit`` or ``KeyboardInterrupt`` from it raised as ``Escaped``: for a task."""
+    try:
+        return await awaitable
+    except (SystemExit, KeyboardInterrupt) as error:
+        raise Escaped(error) from error
 
 
 class ItemCalls:

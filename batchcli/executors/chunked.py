@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 from batchcli.load.configuration import Configuration
 from batchcli.executors.base import Items
+from batchcli.executors.calls import USER_ERRORS
 from batchcli.executors.messages import (
     Chunk,
     ChunkResult,
@@ -205,7 +206,7 @@ class ChunkedExecutor:
             except (StopIteration, StopAsyncIteration):
                 tally.exhausted = True
                 break
-            except Exception as error:
+            except USER_ERRORS as error:
                 self.fatal = error
                 break
             self._pulled += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from batchcli.executors.calls import Escaped, held
 from batchcli.executors.limiter import Limits
 from batchcli.load.service import maybe_await
 
@@ -42,13 +43,15 @@ class InProcessExecutor:
         from batchcli.executors.retries import RetryPolicy
 
         service = self._job.service
-        self._setup = asyncio.ensure_future(maybe_await(service.setup()))
+        self._setup = asyncio.ensure_future(held(maybe_await(service.setup())))
         try:
             await self._setup
         except asyncio.CancelledError:
             if self._abandoned:
                 return
             raise
+        except Escaped as escaped:  # sys.exit() in setup(): the job could not start, as with any other error
+            raise escaped.error from None
         policy = RetryPolicy(self._job.config, service.exceptions_to_retry_for)
         self._pool = AsyncExecutor(service.process, self._job.config, policy, self._tally)
 

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from batchcli.executors.calls import ITEM_ERRORS, ItemCalls
+from batchcli.executors.calls import USER_ERRORS, ItemCalls
 from batchcli.durations import Durations, timed, timed_sync
 from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.throttling import throttle_of
@@ -160,7 +160,7 @@ class WorkerJob:
             try:
                 if (result := process(item)) is not None:
                     result = encode(result)  # here, so a value that cannot be kept fails its item
-            except ITEM_ERRORS as error:
+            except USER_ERRORS as error:
                 errors.append(failed := self._error(ordinal, error))
                 # The run cools down, or the breaker may open: the rest goes back to the driver unstarted.
                 if failed.throttled or failing.enough(len(errors), len(ok) + len(kept)):
@@ -205,7 +205,7 @@ class WorkerJob:
                         result = encode(result)
                 except asyncio.CancelledError:
                     raise  # stays in ``running``: reported as skipped
-                except ITEM_ERRORS as error:
+                except USER_ERRORS as error:
                     errors.append(failed := self._error(ordinal, error))
                     if failed.throttled or failing.enough(len(errors), len(ok) + len(kept)):
                         held.extend(o for o, _ in queue)

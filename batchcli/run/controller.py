@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar, overload
 
+from batchcli.executors.calls import Escaped, held
 from batchcli.executors.limiter import checked_concurrency, checked_rate_limit
 from batchcli.journal.results import encode
 from batchcli.outcome import Failure
@@ -282,8 +283,11 @@ class RunController:
             )
         future: concurrent.futures.Future[T] | None = None
         try:
-            future = asyncio.run_coroutine_threadsafe(coro, loop)
-            return future.result()
+            future = asyncio.run_coroutine_threadsafe(held(coro), loop)  # a sys.exit() in it must not end the loop
+            try:
+                return future.result()
+            except Escaped as escaped:
+                raise escaped.error from None
         except KeyboardInterrupt:  # Ctrl-C at the prompt: give up the work, not the run
             if future is not None:
                 future.cancel()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 
 from batchcli.errors import RunDirWriteError
 from batchcli.executors.base import Executor, make_executor
+from batchcli.executors.calls import USER_ERRORS
 from batchcli.journal.records import FailedFile
 from batchcli.journal.resumption import Continuation, defines_item_key
 from batchcli.journal.rundir import FLUSH_INTERVAL_S
@@ -473,7 +474,7 @@ class Run:
                 self._set_fatal(executor.fatal, "The Source raised")
             elif self.tally.exhausted:
                 self.tally.total = next(seen) - 1
-        except Exception as error:
+        except USER_ERRORS as error:
             self._set_fatal(error, "The job could not start" if self.executor is None else "batchcli failed")
         finally:
             if self.breaker is not None:
@@ -564,7 +565,7 @@ class Run:
     async def _call_hook(self, name: str, hook: Any) -> None:
         try:
             await maybe_await(hook())
-        except Exception as error:
+        except USER_ERRORS as error:
             self._set_fatal(error, f"{name}() raised")
 
     def _set_fatal(self, error: BaseException, what: str) -> None:
