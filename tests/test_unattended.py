@@ -335,25 +335,31 @@ def test_ctl_answers_again_once_a_job_that_ran_out_of_file_descriptors_frees_the
     """A job that holds every file descriptor for a while (EMFILE): the control channel could not take a connection
     and its thread ended, so ctl and attach stayed dead for the rest of the run. Now the connection waits and is
     answered once descriptors are free, and later ones are too."""
-    ledger = tmp_path / "ledger.txt"
+    ledger, release = tmp_path / "ledger.txt", tmp_path / "release"
     out = tmp_path / "out"
     run = subprocess.Popen(
         [sys.executable, "-m", "batchcli", "exec", str(PROJECTS / "misbehaving" / "job.py"), "-d", str(out), "-p",
-         "count=100", "-p", "grab_fds_s=2", "-p", "delay_s=0.05", "-p", "concurrency=2", "-p", f"ledger={ledger}"],  # fmt: skip
+         "count=100", "-p", f"grab_fds_until={release}", "-p", "delay_s=0.05", "-p", "concurrency=2",
+         "-p", f"ledger={ledger}", "-p", "write_retry_s=120"],  # fmt: skip  # a journal write may wait for a descriptor
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
     )
+    ctl: subprocess.Popen[str] | None = None
     try:
         wait_for(lambda: ledger.exists() and "exhausted" in ledger.read_text(), "the job to run out of descriptors", timeout=60)
         run_dir = next(out.glob("*/control.sock")).parent
-        ctl = [sys.executable, "-m", "batchcli", "ctl", str(run_dir), "stats"]
-        during = subprocess.run(ctl, capture_output=True, text=True, timeout=60, env=subprocess_env())
-        assert during.returncode == 0, during.stdout + during.stderr
-        wait_for(lambda: "released" in ledger.read_text(), "the descriptors to be free again")
-        after = subprocess.run(ctl, capture_output=True, text=True, timeout=60, env=subprocess_env())
+        command = [sys.executable, "-m", "batchcli", "ctl", str(run_dir), "stats"]
+        ctl = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env())
+        warning = "ctl: cannot take a connection ([Errno 24] Too many open files); trying again."
+        wait_for(lambda: warning in (run_dir / "batchcli.log").read_text(), "the refused accept to be logged", timeout=60)
+        release.touch()  # the job lets its descriptors go: the waiting connection is answered
+        answer, _ = ctl.communicate(timeout=60)
+        assert ctl.returncode == 0, answer
+        after = subprocess.run(command, capture_output=True, text=True, timeout=60, env=subprocess_env())
         assert after.returncode == 0, after.stdout + after.stderr
         assert run.wait(timeout=60) == 0
     finally:
-        if run.poll() is None:
-            run.kill()
-    log = (run_dir / "batchcli.log").read_text()
-    assert "ctl: cannot take a connection ([Errno 24] Too many open files); trying again." in log
+        release.touch()
+        for process in (run, ctl):
+            if process is not None and process.poll() is None:
+                process.kill()
+    assert (run_dir / "batchcli.log").read_text().count(warning) == 1

@@ -1,8 +1,9 @@
 """A job that misbehaves in ways the run and its console must survive, each turned on by a param:
 ``fail_every``, every n-th item fails at once, for good; ``down_from``, from that item on every item fails after
 ``slow_s`` (an outage: the breaker's window then holds failures already journaled); ``warn``, a warning logged per item; ``print_lines``, a line printed per item (and every tenth to stderr, and a
-last partial line); ``grab_fds_s``, item 0 takes every file descriptor the process may open for that long,
-taking back whatever another thread frees, then lets them go (``ledger`` gets ``exhausted`` and ``released``)."""
+last partial line); ``grab_fds_until``, item 0 takes every file descriptor the process may open, taking back
+whatever another thread frees, until that file exists (60 s at most), then lets them go (``ledger`` gets
+``exhausted`` and ``released``)."""
 
 import asyncio
 import logging
@@ -37,7 +38,7 @@ class Misbehaving(Service[int]):
         slow_s: Param[float] = 0.1,
         warn: Param[bool] = False,
         print_lines: Param[bool] = False,
-        grab_fds_s: Param[float] = 0.0,
+        grab_fds_until: Param[str] = "",
         delay_s: Param[float] = 0.0,
         ledger: Param[str] = "",
     ) -> None:
@@ -47,7 +48,7 @@ class Misbehaving(Service[int]):
         self.slow_s = slow_s
         self.warn = warn
         self.print_lines = print_lines
-        self.grab_fds_s = grab_fds_s
+        self.grab_fds_until = grab_fds_until
         self.delay_s = delay_s
         self.ledger = ledger
 
@@ -65,7 +66,7 @@ class Misbehaving(Service[int]):
                 print(f"note {item}", file=sys.stderr)
             if item == self.count - 1:
                 print("no newline at the end", end="")
-        if self.grab_fds_s and item == 0:
+        if self.grab_fds_until and item == 0:
             await self.hold_every_descriptor()
         elif self.delay_s:
             await asyncio.sleep(self.delay_s)
@@ -75,8 +76,8 @@ class Misbehaving(Service[int]):
         grab(held)
         os.close(held.pop())  # one free, to write the ledger line
         self.note("exhausted")
-        end = time.monotonic() + self.grab_fds_s
-        while time.monotonic() < end:  # whatever another thread frees is taken again
+        end = time.monotonic() + 60
+        while time.monotonic() < end and not os.path.exists(self.grab_fds_until):  # what another thread frees is taken again
             grab(held)
             await asyncio.sleep(0.01)
         for fd in held:
