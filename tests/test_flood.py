@@ -307,3 +307,18 @@ def test_a_flood_of_inputs_that_cannot_be_pickled_warns_once_then_counts_them(ru
     assert log.count("cannot be pickled (") == 1 and "3000 failed job.Row items could not be pickled" in log
     retried = cli("retry", result.run_dir)
     assert "3000 failed input(s)" in " ".join(retried.output.split()) and "could not be pickled" in retried.output
+
+
+def test_a_job_that_calls_logging_basicconfig_does_not_print_every_failure_through_it(run_batchcli: Any) -> None:
+    """logging.basicConfig() in the job adds a root handler of its own: it printed every final failure with its
+    traceback (25,009 lines for 5,000), past the grouped console. The failures now go to the run's handlers only;
+    the job's handler still gets the run's other records."""
+    result = run_batchcli("exec", PROJECTS / "misbehaving" / "job.py", "-d", "out", "-p", "count=3000", "-p", "fail_every=1",
+                          "-p", "basic_config=true", "-p", "max_retries=0", "-p", "breaker_window=0")  # fmt: skip
+    assert result.exit_code == 1 and result.run_dir is not None, result.output
+    assert "Traceback" not in result.output and len(result.output.splitlines()) < 100
+    assert "INFO:batchcli:Run ended: finished, exit code 1" in result.output  # the job's handler, at work
+    assert "  failed 3,000 × ValueError: item N is not a valid record" in result.output
+    assert (result.run_dir / "batchcli.log").read_text().count("Traceback (most recent call last):") == 3000
+    assert len(result.failed) == 3000
+

@@ -272,10 +272,20 @@ def start_logging(
     root.setLevel(min(console_level, file_level))
     root.addHandler(file_handler)
     root.addHandler(console_handler)
+    # The final failures go to the run's own handlers only: a handler the job set up (logging.basicConfig, at
+    # import) printed every failure with its traceback, 25,009 lines for 5,000 failures, past the grouped console.
+    failures = logging.getLogger(FAILURES)
+    propagated = failures.propagate
+    failures.propagate = False
+    failures.addHandler(file_handler)
+    failures.addHandler(console_handler)  # JSON lines on stderr carry them; the rich console drops them (filter)
 
     def stop() -> None:
         if sample is not None:
             sample.announce()
+        failures.removeHandler(console_handler)
+        failures.removeHandler(file_handler)
+        failures.propagate = propagated
         root.removeHandler(console_handler)
         root.removeHandler(file_handler)
         file_handler.close()
