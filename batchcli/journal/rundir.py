@@ -513,14 +513,5 @@ def stream(run_dir: Path, sql: str, args: tuple[Any, ...] = ()) -> Iterator[tupl
 
 
 def query(run_dir: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Rows of a read-only query on the journal of ``run_dir``."""
-    path = journal_path(run_dir)
-    try:
-        conn = connect(path)
-        conn.create_function("shape", 1, message_shape, deterministic=True)
-        try:
-            return conn.execute(sql, args).fetchall()
-        finally:
-            conn.close()
-    except sqlite3.Error as error:
-        raise damaged(path, str(error)) from error
+    """Rows of a read-only query on the journal of ``run_dir``, all at once."""
+    return list(stream(run_dir, sql, args))

@@ -83,8 +83,6 @@ def _iso(epoch: float) -> str:
     return f"{stamp}.{micros // 1000:03d}{offset}"
 
 
-
-
 def event_line(event: str, run_id: str, message: str, level: str = "INFO", **fields: Any) -> str:
     """One JSON line that is not a log record (progress, the closing line), keyed as the records are."""
     data: dict[str, Any] = {
