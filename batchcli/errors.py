@@ -78,6 +78,39 @@ class RunDirWriteError(BatchcliError):
         )
 
 
+class RunDirGoneError(RunDirWriteError):
+    """The run directory stopped holding the run's journal while it ran: deleted, moved or replaced.
+
+    ``now`` is where the directory went (moved), or None; ``deleted`` says it is gone with its journal.
+    A deleted run cannot be resumed (exit 1); a moved one can, from its new place (exit 130).
+    """
+
+    def __init__(self, run_dir: object, deleted: bool, now: object | None) -> None:
+        self.run_dir = run_dir
+        self.cause = "deleted" if deleted else "moved" if now is not None else "moved or replaced"
+        self.free = ""
+        if deleted:
+            self.exit_code = 1
+            message = (
+                f"The run directory {str(run_dir)!r} was deleted while the run went on, and its journal with it, so "
+                "the run stopped: what it had recorded is gone, and the run cannot be resumed. Start it again with "
+                "`batchcli exec`, and leave its run directory in place until it ends."
+            )
+        elif now is not None:
+            message = (
+                f"The run directory {str(run_dir)!r} was moved to {str(now)!r} while the run went on, so the run "
+                "stopped. Its journal moved with it and holds what settled; items settled after the move will be "
+                f"processed again. Continue with: batchcli resume {now}"
+            )
+        else:
+            message = (
+                f"{str(run_dir)!r} no longer holds this run's journal (the directory was moved or replaced while the "
+                "run went on), so the run stopped. Continue it from wherever its directory is now with: "
+                "batchcli resume DIR"
+            )
+        BatchcliError.__init__(self, message)
+
+
 class ExportError(BatchcliError):
     """``batchcli results`` could not write its output (a full disk, say); what it names is left as it was when it can be."""
 

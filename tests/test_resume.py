@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -414,6 +415,50 @@ def test_space_freed_while_paused_lets_the_run_carry_on_with_nothing_lost(tmp_pa
     run_dir = next(out.iterdir())
     assert_failed_jsonl_exact(run_dir, count)
     assert json.loads((run_dir / "summary.json").read_text())["succeeded"] == count - len(range(0, count, 7))
+
+
+def test_a_run_directory_moved_mid_run_stops_the_run_which_resumes_from_its_new_place(tmp_path: Path, run_batchcli) -> None:
+    """Moved away mid-run, the run notices at its next flush (not at its end), stops resumably naming the new
+    place, and a resume there loses nothing; the old place is not recreated."""
+    count, logs, out, moved = 300, tmp_path / "logs", tmp_path / "out", tmp_path / "moved"
+    logs.mkdir()
+    proc = start_counting(tmp_path, out, logs, count, "moved.txt", "-p", "write_retry_s=1")
+    wait_for(lambda: journaled(out) >= 60, "60 journaled items")
+    run_dir = next(out.iterdir())
+    run_dir.rename(moved)
+    assert proc.wait(timeout=120) == 130
+    output = (tmp_path / "moved.txt").read_text()
+    flat = " ".join(output.split())
+    assert f"was moved to '{moved}' while the run went on, so the run stopped" in flat, output
+    assert f"Continue with: batchcli resume {moved}" in flat, output
+    assert "Traceback" not in output, output
+    assert sum(processed(logs).values()) < count  # it stopped early instead of running on unrecorded
+    assert not run_dir.exists()
+    resumed = run_batchcli("resume", moved)
+    assert resumed.exit_code == 1, resumed.output  # every 7th item fails
+    assert_ledger(logs, count, REDO_BOUND)
+    assert_failed_jsonl_exact(moved, count)
+    summary = json.loads((moved / "summary.json").read_text())
+    assert (summary["status"], summary["succeeded"] + summary["failed"]) == ("finished", count)
+
+
+def test_a_run_directory_deleted_mid_run_stops_the_run_with_exit_1_and_says_it_cannot_be_resumed(tmp_path: Path) -> None:
+    """Deleted mid-run, its journal goes with it: the run stops at its next flush and says so, not "free some space"."""
+    count, logs, out = 300, tmp_path / "logs", tmp_path / "out"
+    logs.mkdir()
+    proc = start_counting(tmp_path, out, logs, count, "deleted.txt", "-p", "write_retry_s=1")
+    wait_for(lambda: journaled(out) >= 60, "60 journaled items")
+    run_dir = next(out.iterdir())
+    shutil.rmtree(run_dir)
+    assert proc.wait(timeout=120) == 1
+    output = (tmp_path / "deleted.txt").read_text()
+    flat = " ".join(output.split())
+    assert f"The run directory '{run_dir}' was deleted while the run went on" in flat, output
+    assert "the run cannot be resumed" in flat, output
+    assert "Free some space" not in flat and "batchcli resume" not in flat, output
+    assert "Traceback" not in output, output
+    assert sum(processed(logs).values()) < count
+    assert not run_dir.exists()
 
 
 def _file_size_limit(limit: int) -> Callable[[], None]:

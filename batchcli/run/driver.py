@@ -21,7 +21,7 @@ from batchcli.executors.base import Executor, make_executor
 from batchcli.executors.calls import USER_ERRORS
 from batchcli.journal.records import FailedFile
 from batchcli.journal.resumption import Continuation, defines_item_key
-from batchcli.journal.rundir import FLUSH_INTERVAL_S
+from batchcli.journal.rundir import FLUSH_INTERVAL_S, JOURNAL_NAME
 from batchcli.journal.selection import Selection
 from batchcli.journal.writer import Journal
 from batchcli.load.project import format_user_traceback
@@ -165,6 +165,7 @@ class Run:
             restore_signals()
             raise
         self.recording.recorder = self.journal
+        self.recording.watch_place(self.run_dir / JOURNAL_NAME)
         self.recording.failure_lines = self.journal.failure_lines
         self.journal.live = lambda: live_state(self)  # for `batchcli watch`, each flush
         guard_console(self.console)  # an unwritable stderr must not end the run (nor the closing line after it)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import threading
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable, Protocol
 
-from batchcli.errors import RunDirWriteError
+from batchcli.errors import RunDirGoneError, RunDirWriteError
 from batchcli.journal.records import FailedFile, failure_record
 from batchcli.journal.rundir import FLUSH_INTERVAL_S
 from batchcli.journal.batches import Plain
@@ -25,6 +26,13 @@ from batchcli.journal.results import Kept
 from batchcli.outcome import KEPT_NUDGE, Failure, Tally, log_failures, merge_ranges, ordinal_ranges, runs
 
 log = logging.getLogger("batchcli")
+
+class RunDirGone(OSError):
+    """The run directory no longer holds the journal this run writes: it was deleted, moved or replaced.
+
+    The journal's open files keep taking writes after that (a deleted one into nothing, a moved one in
+    its new place), so nothing else would notice until the run's end; each flush looks first."""
+
 
 class Recorder(Protocol):
     """Receives every settled item once, in batches, from the recorder thread."""
@@ -105,6 +113,45 @@ class Recording:
         self.interval_s = FLUSH_INTERVAL_S
         """How long the recorder thread waits before its next flush: shorter while results pour in, so the
         memory they may wait in (``KEPT_BACKLOG_MAX``) does not cap the run's rate."""
+        self._place: tuple[Path, int, int] | None = None
+        """The journal's path and its file's device and inode, once ``watch_place`` was called."""
+        self._dir_fd: int | None = None
+        """The run directory, held open: it tells whether the directory was deleted, and where it was moved."""
+        self._gone: tuple[bool, Path | None] = (False, None)
+        """Once the journal is not where it was: whether the directory was deleted, else where it went (None: unknown)."""
+
+    def watch_place(self, journal_path: Path) -> None:
+        """Check before each flush that ``journal_path`` is still the journal this run writes."""
+        st = os.stat(journal_path)
+        self._place = (journal_path, st.st_dev, st.st_ino)
+        try:
+            self._dir_fd = os.open(journal_path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            self._dir_fd = None
+
+    def _check_place(self) -> None:
+        if self._place is None:
+            return
+        path, dev, ino = self._place
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise RunDirGone(f"{path} is gone") from None
+        if (st.st_dev, st.st_ino) != (dev, ino):
+            raise RunDirGone(f"{path} is another file now")
+
+    def _where_now(self) -> tuple[bool, Path | None]:
+        """Whether the run directory was deleted, and else where it is now (when the system says: Linux's /proc)."""
+        fd = self._dir_fd
+        if fd is None:
+            return False, None
+        try:
+            if os.fstat(fd).st_nlink == 0:
+                return True, None
+            now = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            return False, None
+        return False, None if now == self.run_dir.resolve() else now
 
     @property
     def stalled(self) -> bool:
@@ -145,6 +192,7 @@ class Recording:
                 self.recorder.release(taken_back)
                 self._failed_file.drop(taken_back)  # a released failure's line goes too
             try:
+                self._check_place()
                 lines = self.recorder.record(done, failures)
                 self._failed_file.sync(lines, self.failure_lines)
             except (OSError, sqlite3.Error) as error:
@@ -162,9 +210,22 @@ class Recording:
     def failed(self, error: BaseException) -> None:
         """Writing the run directory failed: pause at once, then stop resumably if it keeps failing."""
         self._write_cause = error
+        if isinstance(error, RunDirGone):
+            self._gone = self._where_now()  # again each time: `rm -r` empties a directory before removing it
         now = time.monotonic()
         if self._stalled_since is None:
             self._stalled_since = now
+            if isinstance(error, RunDirGone):
+                deleted, moved_to = self._gone
+                log.error(
+                    "The run directory %s %s while the run went on: no new item starts while batchcli waits up to "
+                    "%gs (write_retry_s) for it to come back, then stops.",
+                    self.run_dir,
+                    "was deleted" if deleted else f"was moved to {moved_to}" if moved_to else "was moved or replaced",
+                    self.retry_s,
+                )
+                self._on_stall_change()
+                return
             log.error(
                 "Cannot write the run directory %s (%s; %s free): no new item starts while batchcli retries "
                 "for up to %gs (write_retry_s).",
@@ -188,11 +249,16 @@ class Recording:
         """Why the run stopped, when its run directory still cannot be written; else None."""
         if self._stalled_since is None or self._write_cause is None:
             return None
+        if isinstance(self._write_cause, RunDirGone):
+            return RunDirGoneError(self.run_dir, *self._gone)
         return RunDirWriteError(self.run_dir, describe(self._write_cause), free_space(self.run_dir))
 
     def close(self) -> None:
-        """Close ``failed.jsonl``."""
+        """Close ``failed.jsonl`` (and the run directory held open)."""
         self._failed_file.close()
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
 
 
 def describe(error: BaseException) -> str:
