@@ -366,6 +366,29 @@ def test_export_to_a_pipe_writes_into_it_instead_of_replacing_it(cli, tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".results.fifo")) == []
 
 
+def test_an_export_keeps_the_mode_of_the_file_it_replaces_and_a_new_one_gets_the_umask(cli, tmp_path: Path) -> None:
+    """As ``> FILE`` does: the export is drafted owner-only and renamed, and the rename used to leave every export
+    0600, so a results file shared with a team (0644, 0640) stopped being readable by it after the next export."""
+    import os
+    import stat
+
+    ran = cli("exec", SQUARES, "-d", "out", "-p", "count=50")
+    assert ran.exit_code == 0, ran.output
+    shared = tmp_path / "shared.csv"
+    shared.write_text("the last export\n")
+    shared.chmod(0o640)
+    exported = results_cli(ran.run_dir, "--format", "csv", "-o", shared, capture_output=True)
+    assert exported.returncode == 0, exported.stderr
+    assert stat.S_IMODE(os.stat(shared).st_mode) == 0o640
+    assert shared.read_text().splitlines()[0] == "ordinal,result"
+
+    fresh = tmp_path / "fresh.jsonl"
+    made = results_cli(ran.run_dir, "-o", fresh, capture_output=True, preexec_fn=lambda: os.umask(0o027))
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE(os.stat(fresh).st_mode) == 0o640  # 0666 under the umask 027
+    assert len(fresh.read_text().splitlines()) == 50
+
+
 def test_an_export_that_runs_out_of_space_says_so_and_leaves_the_file_as_it_was(cli, tmp_path: Path) -> None:
     """A write that fails (here the file-size limit, EFBIG; a full disk is ENOSPC): one paragraph, exit 1, the old
     file untouched and no draft left; on stdout too. It used to report success for a device and a traceback for stdout."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -82,6 +83,7 @@ def _to_file(run_dir: Path, fmt: str, output: Path, progress: Callable[[int], No
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
             count = export(run_dir, fmt, out, progress)
+        os.chmod(draft, _mode_for(target))
         os.replace(draft, target)
     except OSError as error:
         Path(draft).unlink(missing_ok=True)
@@ -93,6 +95,17 @@ def _to_file(run_dir: Path, fmt: str, output: Path, progress: Callable[[int], No
         Path(draft).unlink(missing_ok=True)
         raise
     return count
+
+
+def _mode_for(target: Path) -> int:
+    """The mode the export gets, as with ``> FILE``: the replaced file's, else the default for a new file (the
+    umask's). The draft is made owner-only, and renaming it kept that: a file shared with a team stopped being readable."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        umask = os.umask(0o077)  # read it (there is no other portable way); a CLI command, no other thread makes files
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _reason(error: OSError) -> str:
