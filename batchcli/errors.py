@@ -82,7 +82,7 @@ class RunDirGoneError(RunDirWriteError):
     """The run directory stopped holding the run's journal while it ran: deleted, moved or replaced.
 
     ``now`` is where the directory went (moved), or None; ``deleted`` says it is gone with its journal.
-    A deleted run cannot be resumed (exit 1); a moved one can, from its new place (exit 130).
+    A deleted run cannot be resumed (exit 3, as a fatal error); a moved one can, from its new place (exit 130).
     """
 
     def __init__(self, run_dir: object, deleted: bool, now: object | None) -> None:
@@ -90,7 +90,7 @@ class RunDirGoneError(RunDirWriteError):
         self.cause = "deleted" if deleted else "moved" if now is not None else "moved or replaced"
         self.free = ""
         if deleted:
-            self.exit_code = 1
+            self.exit_code = 3
             message = (
                 f"The run directory {str(run_dir)!r} was deleted while the run went on, and its journal with it, so "
                 "the run stopped: what it had recorded is gone, and the run cannot be resumed. Start it again with "

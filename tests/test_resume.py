@@ -442,7 +442,7 @@ def test_a_run_directory_moved_mid_run_stops_the_run_which_resumes_from_its_new_
     assert (summary["status"], summary["succeeded"] + summary["failed"]) == ("finished", count)
 
 
-def test_a_run_directory_deleted_mid_run_stops_the_run_with_exit_1_and_says_it_cannot_be_resumed(tmp_path: Path) -> None:
+def test_a_run_directory_deleted_mid_run_stops_the_run_with_exit_3_and_says_it_cannot_be_resumed(tmp_path: Path) -> None:
     """Deleted mid-run, its journal goes with it: the run stops at its next flush and says so, not "free some space"."""
     count, logs, out = 300, tmp_path / "logs", tmp_path / "out"
     logs.mkdir()
@@ -450,7 +450,7 @@ def test_a_run_directory_deleted_mid_run_stops_the_run_with_exit_1_and_says_it_c
     wait_for(lambda: journaled(out) >= 60, "60 journaled items")
     run_dir = next(out.iterdir())
     shutil.rmtree(run_dir)
-    assert proc.wait(timeout=120) == 1
+    assert proc.wait(timeout=120) == 3  # fatal: nothing to resume (1 would send a script to `retry` it)
     output = (tmp_path / "deleted.txt").read_text()
     flat = " ".join(output.split())
     assert f"The run directory '{run_dir}' was deleted while the run went on" in flat, output

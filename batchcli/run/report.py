@@ -70,7 +70,7 @@ def result_of(
     if fatal is not None:
         status, code = "crashed", EXIT_FATAL
     elif write_error is not None:
-        status, code = "stopped", write_error.exit_code  # resumable, but for a run directory that was deleted
+        status, code = "stopped", write_error.exit_code  # 130, resumable; 3 for a run directory that was deleted
     elif stop_requested and unprocessed != 0:
         status, code = "stopped", EXIT_STOPPED
     elif not tally.exhausted or tally.retrying:
