@@ -286,6 +286,13 @@ def test_ctl_and_watch_refuse_bad_input(cli: Any, tmp_path: Path) -> None:
     assert field.exit_code == 2 and "cannot change 'workers'" in field.output and "concurrency" in field.output
     value = cli("ctl", run_dir, "set", "concurrency=lots")
     assert value.exit_code == 2 and "'lots' is not a whole number" in value.output
+    # Out of the pause shell's bounds: refused here, with exit 2 (ctl said "Concurrency is now 0" while the run
+    # printed its refusal on its own console).
+    for word in ("concurrency=0", "concurrency=-3", "concurrency=99999999999999999999", "rate_limit=0",
+                 "rate_limit=-1", "rate_limit=nan", "rate_limit=inf"):  # fmt: skip
+        refused = cli("ctl", run_dir, "set", word)
+        flat = " ".join(refused.output.split())
+        assert refused.exit_code == 2 and f"ctl set {word.replace('=', '=' + chr(39))}' is out of range" in flat, (word, refused.output)
     for command in ("ctl", "watch"):
         words = ["pause"] if command == "ctl" else []
         nothing = cli(command, tmp_path, *words)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from batchcli.errors import UsageError
+from batchcli.executors.limiter import MAX_CONCURRENCY, checked_concurrency, checked_rate_limit
 
 if TYPE_CHECKING:
     from batchcli.run.attach import Attachment
@@ -84,11 +85,23 @@ class Request:
             )
         try:
             if self.field == "concurrency":
-                return int(self.value)
-            return None if self.value.lower() == "none" else float(self.value)
+                value: int | float | None = int(self.value)
+            else:
+                value = None if self.value.lower() == "none" else float(self.value)
         except ValueError:
             example = "a whole number, e.g. concurrency=4" if self.field == "concurrency" else "items per second, e.g. rate_limit=20, or none"
             raise UsageError(f"ctl set {self.field}={self.value!r} is not {example}.") from None
+        # The pause shell's bounds, here where ctl can still say no (the run only printed its refusal on its
+        # own console, often /dev/null, while ctl said "Concurrency is now 0").
+        try:
+            return checked_concurrency(value) if self.field == "concurrency" else checked_rate_limit(value)
+        except ValueError:
+            bounds = (
+                f"1 to {MAX_CONCURRENCY:,} items in flight, e.g. concurrency=8"
+                if self.field == "concurrency"
+                else "a positive, finite number of items per second, e.g. rate_limit=20, or none for no limit"
+            )
+            raise UsageError(f"ctl set {self.field}={self.value!r} is out of range: give {bounds}.") from None
 
     def encode(self) -> bytes:
         """The request as its line on the socket."""
