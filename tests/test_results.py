@@ -366,6 +366,22 @@ def test_export_to_a_pipe_writes_into_it_instead_of_replacing_it(cli, tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".results.fifo")) == []
 
 
+def test_an_export_into_the_run_directory_is_refused_and_the_journal_kept(cli, tmp_path: Path) -> None:
+    """-o naming one of the run's own files (its journal held the results being exported) replaced it with the
+    export, and the run could never be shown, resumed or exported again."""
+    ran = cli("exec", SQUARES, "-d", "out", "-p", "count=30")
+    assert ran.exit_code == 0, ran.output
+    run_dir = ran.run_dir
+    journal = (run_dir / "journal.sqlite").read_bytes()
+    for inside in (run_dir / "journal.sqlite", run_dir / "failed.jsonl", run_dir / "new.jsonl", run_dir / ".." / run_dir.name / "summary.json"):
+        refused = results_cli(run_dir, "-o", inside, capture_output=True)
+        flat = " ".join(refused.stderr.split())
+        assert refused.returncode == 2 and "is inside the run directory" in flat and "Traceback" not in flat, refused.stderr
+    assert (run_dir / "journal.sqlite").read_bytes() == journal
+    assert not (run_dir / "new.jsonl").exists()
+    assert len(list(batchcli.read_results(run_dir))) == 30
+
+
 def test_an_export_keeps_the_mode_of_the_file_it_replaces_and_a_new_one_gets_the_umask(cli, tmp_path: Path) -> None:
     """As ``> FILE`` does: the export is drafted owner-only and renamed, and the rename used to leave every export
     0600, so a results file shared with a team (0644, 0640) stopped being readable by it after the next export."""

@@ -67,6 +67,14 @@ def _to_file(run_dir: Path, fmt: str, output: Path, progress: Callable[[int], No
     if output.is_dir():
         raise UsageError(f"-o {str(output)!r} is a directory. Give -o a file name, e.g. -o {output / ('results.' + fmt)}.")
     target = output.resolve()
+    home = run_dir.resolve()
+    if target == home or home in target.parents:
+        # Its journal holds the results being exported (and the failed inputs, and what resume needs): -o
+        # journal.sqlite replaced it with the export, and the run could never be read again.
+        raise UsageError(
+            f"-o {str(output)!r} is inside the run directory {str(run_dir)!r}, whose files are batchcli's (its "
+            f"journal holds these results). Write the export outside it, e.g. -o results.{fmt}."
+        )
     if target.exists() and not target.is_file():
         try:
             with open(target, "w", encoding="utf-8", newline="") as out:
