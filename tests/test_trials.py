@@ -241,6 +241,9 @@ def test_bad_trial_options_are_one_paragraph_errors(cli, tmp_path: Path, options
         (["--error-type", "NoSuchError"], "Give one of those, or a base class such as OSError"),
         (["--since", "last week"], "Give e.g. --since 2024-05-01"),
         (["--since", "2030-01-02", "--until", "2030-01-01"], "Swap them"),
+        # Valid ISO dates that local time cannot count: a traceback from .timestamp() and fromtimestamp() before.
+        (["--since", "0001-01-01"], "Give a nearer one, e.g. --since 2024-05-01"),
+        (["--until", "9999-12-31T23:59-14:00"], "Give a nearer one, e.g. --until 2024-05-01"),
         (["--limit", "0"], "Give a positive number, e.g. --limit 10"),
     ],
 )

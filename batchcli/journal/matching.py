@@ -113,7 +113,15 @@ def _moment(option: str, value: str | None) -> float | None:
             f"{option} {value!r} is not an ISO date or time. Give e.g. {option} 2024-05-01 or {option} "
             "2024-05-01T14:30 (local time, unless it ends with an offset such as +00:00)."
         ) from None
-    return moment.timestamp()  # a naive time is local time
+    try:
+        epoch = moment.timestamp()  # a naive time is local time
+        _when(epoch)  # and back, as the filter is described
+    except (ValueError, OverflowError, OSError):  # 0001-01-01 in a zone east of UTC, 9999-12-31 west of it
+        raise UsageError(
+            f"{option} {value!r} is a time this machine cannot count in its local time (too near year 1 or "
+            f"year 9999). Give a nearer one, e.g. {option} 2024-05-01, or leave {option} out."
+        ) from None
+    return epoch
 
 
 def _when(epoch: float) -> str:
