@@ -131,6 +131,61 @@ def test_dry_run_counts_a_source_without_len_and_applies_the_sample(cli, tmp_pat
     assert "4, counted by iterating the source" in trial.output
 
 
+BROKEN_SOURCE = """
+from batchcli import Configuration, Param, Service, Source, inject
+
+
+@inject
+class Nums(Source[int]):
+    def __init__(self, config: Configuration, way: Param[str] = "iter") -> None:
+        self.config, self.way = config, way
+
+    def __iter__(self):
+        yield 1
+        raise ValueError("the feed broke at item 2")
+
+    def __len__(self) -> int:
+        if self.way == "run_dir":
+            return len(list((self.config.run_dir / "inputs").iterdir()))
+        raise TypeError("no count") if self.way == "len" else NotImplementedError
+
+
+@inject
+class Echo(Service[int]):
+    async def process(self, item: int) -> int:
+        return item
+"""
+
+
+@pytest.mark.parametrize(
+    ("way", "said"),
+    [
+        ("len", "TypeError: no count"),
+        ("run_dir", "A dry run makes no run directory, so the configuration's run_dir"),
+    ],
+)
+def test_a_dry_run_whose_source_raises_shows_the_users_traceback_and_exits_3(cli, tmp_path: Path, way: str, said: str) -> None:
+    """The Source raising in __len__ or __iter__ (or reading config.run_dir, which a dry run does not set) was a
+    traceback through batchcli's own modules with exit 1; a run shows the user's frames and exits 3."""
+    job = tmp_path / "broken_source.py"
+    job.write_text(BROKEN_SOURCE)
+    outcome = cli("exec", job, "--dry-run", "-p", f"way={way}", "-d", tmp_path / "out")
+    assert outcome.exit_code == 3, outcome.output
+    text = " ".join(outcome.output.split())
+    assert "The Source raised while the dry run counted its items" in text and said in text
+    assert 'broken_source.py", line' in outcome.output and "batchcli/" not in outcome.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_dry_run_whose_source_breaks_while_iterated_shows_the_users_traceback(cli, tmp_path: Path) -> None:
+    """Without len() the dry run iterates the source to count it, and it raises after one item."""
+    job = tmp_path / "broken_source.py"
+    job.write_text(BROKEN_SOURCE.replace("    def __len__(self) -> int:", "    def _unused(self) -> int:"))
+    outcome = cli("exec", job, "--dry-run")
+    assert outcome.exit_code == 3, outcome.output
+    assert "ValueError: the feed broke at item 2" in outcome.output and "batchcli/" not in outcome.output
+
+
 # Targeted reruns.
 
 

@@ -17,9 +17,11 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from batchcli.errors import UserCodeError
 from batchcli.journal.records import json_form, json_text
 from batchcli.outcome import clip
 from batchcli.journal.resumption import defines_item_key
+from batchcli.load.project import format_user_traceback
 from batchcli.load.secret import Secret
 from batchcli.load.source import is_async_source, source_length
 
@@ -52,7 +54,22 @@ def preview(job: Job, continuation: Continuation, console: Console | None = None
         shard = continuation.shard
         grid.add_row("shard", Text(f"{shard} of group {shard.group!r}"))
     selection = continuation.selection
-    count, first = _count(job, continuation)
+    try:
+        count, first = _count(job, continuation)
+    except Exception as error:  # the user's Source (its __len__, __iter__ or item_key): their traceback, as a run shows it
+        hint = (
+            " A dry run makes no run directory, so the configuration's run_dir (and started_at) are not set: read "
+            "them in setup() or process(), which a dry run does not call."
+            if isinstance(error, AttributeError) and "set by batchcli when a run starts" in str(error)
+            else ""
+        )
+        failed = UserCodeError(
+            f"The Source raised while the dry run counted its items (exit 3, as when it raises in a run).{hint}\n"
+            f"{format_user_traceback(error)}",
+            error,
+        )
+        failed.exit_code = 3
+        raise failed from None
     if selection is not None and not selection.takes_all:
         grid.add_row("selection", Text(selection.describe()))
     grid.add_row("items", Text(count))
