@@ -255,6 +255,24 @@ def test_skip_done_in_does_only_new_rows_of_a_grown_input(cli, tmp_path: Path, f
     assert outcome.exit_code == 1, outcome.output
     assert processed(tmp_path) == Counter({"x": 1, "y": 1, "z": 1, "bad-1": 1})
     assert outcome.summary["total"] == 4 and "skipping items done in 2 earlier runs" in cli("show", outcome.run_dir).output
+    text = " ".join(outcome.output.split())
+    assert "Skipping the items whose item_key() is one of the 7 that succeeded in those 2 runs" in text
+    assert "made by another job" not in text
+
+
+def test_skip_done_in_a_run_of_another_job_warns_that_its_keys_are_compared_as_they_are(cli, tmp_path: Path, failed_run: Path) -> None:
+    """A run of another job skipped every item whose key matched, without a word (a job keyed 0, 1, 2 ... did
+    nothing); the skip stays, a warning names both jobs."""
+    other = tmp_path / "other_rows.py"
+    other.write_text(ROWS.read_text())
+    args = rows_job(tmp_path, "a b new")
+    args[1] = str(other)
+    outcome = cli(*args, "--skip-done-in", str(failed_run))
+    assert outcome.exit_code == 0, outcome.output
+    text = " ".join(outcome.output.split())
+    assert f"Warning: --skip-done-in '{failed_run}' was made by another job ('{ROWS}', not '{other}')" in text
+    assert "Skipping the items whose item_key() is one of the 5 that succeeded in that run" in text
+    assert processed(tmp_path) == Counter({"new": 1})
 
 
 # Bad input.

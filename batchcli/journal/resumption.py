@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
+
 from batchcli.load.environment import variable
 from batchcli.errors import JournalError, UsageError
 from batchcli.journal.writer import Journal
@@ -300,7 +302,29 @@ def fresh_continuation(job: Job, selection: Selection | None, dry_run: bool, not
     if selection.skip_done_in:
         check_keyed(job)
         done = keys_done_in(selection.skip_done_in, type(job.source).__qualname__, job.source.item_key)
+        notices.extend(_other_jobs(job, selection.skip_done_in))
+        runs = "that run" if len(selection.skip_done_in) == 1 else f"those {len(selection.skip_done_in)} runs"
+        notices.append(Notice(f"Skipping the items whose item_key() is one of the {len(done):,} that succeeded in "
+                              f"{runs} (--skip-done-in).", soft_wrap=True))
     return Continuation(selection=selection, done_elsewhere=done)
+
+
+def _other_jobs(job: Job, runs: tuple[Path, ...]) -> list[Notice]:
+    """A warning for each ``--skip-done-in`` run made by another job: its keys are compared all the same, and a
+    job whose keys look alike (0, 1, 2 ...) would skip items it never did, without a word."""
+    this = job.project.target
+    here = str(Path(this).expanduser().resolve()) if Path(this).expanduser().exists() else this
+    warnings = []
+    for run_dir in runs:
+        other = read_run(run_dir).target
+        if other != here:
+            warnings.append(Notice(
+                f"[yellow]Warning:[/] --skip-done-in {escape(repr(str(run_dir)))} was made by another job "
+                f"({escape(repr(other))}, not {escape(repr(here))}): an item is skipped when its item_key() equals a "
+                "key that succeeded there, whatever that job did. Leave that run out if its keys mean other items.",
+                markup=True, soft_wrap=True,
+            ))
+    return warnings
 
 
 def check_keyed(job: Job) -> None:
