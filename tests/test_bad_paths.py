@@ -85,6 +85,21 @@ def test_empty_output_dir(cli, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_output_dir_whose_name_is_not_utf8_holds_a_run_like_any_other(cli, tmp_path: Path) -> None:
+    """A directory name with a byte that is not UTF-8 (Python holds it as a surrogate) made opening the journal
+    raise UnicodeEncodeError, after the run directory was made, which `runs` then listed as never started."""
+    import os
+
+    out = tmp_path / os.fsdecode(b"out\xff")
+    ran = cli("exec", RETRIES, "-d", out, *FAST)
+    assert ran.exit_code in (0, 1) and "Traceback" not in ran.output, ran.output
+    (run_dir,) = out.iterdir()
+    shown = cli("show", run_dir)
+    assert shown.exit_code == 0 and "finished" in shown.output, shown.output
+    listed = cli("runs", "-d", out)
+    assert listed.exit_code == 0 and "finished" in listed.output and "never started" not in listed.output
+
+
 def test_runs_and_resume_on_a_file(cli, tmp_path: Path) -> None:
     """runs -d FILE, resume FILE and show FILE say the path is a file, not that it does not exist."""
     (tmp_path / "notes.txt").write_text("not a directory")

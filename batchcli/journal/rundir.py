@@ -39,12 +39,18 @@ def connect(path: Path, *, writer: bool = False) -> sqlite3.Connection:
     """A connection to an existing journal: read-write for the run that owns it, read-only otherwise."""
     if not writer:
         return _reader(path)
-    uri = f"file:{quote(str(path.resolve()))}?mode=rw"
+    uri = f"file:{_uri_path(path)}?mode=rw"
     # The writer is used by the main thread and the recorder thread, one after the other.
     conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=10)
     # Every commit reaches the disk: one fsync per flush (every FLUSH_INTERVAL_S), not per item.
     conn.execute("PRAGMA synchronous=FULL")
     return conn
+
+
+def _uri_path(path: Path) -> str:
+    """``path`` for an SQLite URI: its bytes as the file system has them, percent-encoded. A name that is not
+    UTF-8 (Python holds its bytes as surrogates) made ``quote(str)`` raise, after the run directory was made."""
+    return quote(os.fsencode(path.resolve()))
 
 
 def _reader(path: Path) -> sqlite3.Connection:
@@ -57,7 +63,7 @@ def _reader(path: Path) -> sqlite3.Connection:
     """
     conn: sqlite3.Connection | None = None
     try:
-        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, timeout=10)
+        conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=ro", uri=True, timeout=10)
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opening is lazy: make it happen here
         return conn
     except sqlite3.OperationalError as error:
