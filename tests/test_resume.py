@@ -461,6 +461,30 @@ def test_a_run_directory_deleted_mid_run_stops_the_run_with_exit_3_and_says_it_c
     assert not run_dir.exists()
 
 
+def test_resume_and_retry_of_a_run_whose_job_file_moved_say_where_it_was(tmp_path: Path, run_batchcli) -> None:
+    """resume takes no path, yet its error said "Path ... does not exist. Give a .py file ..."; now it names the
+    run's job and the fix (put it back), for resume and retry alike, with exit 2."""
+    jobs, logs = tmp_path / "jobs", tmp_path / "logs"
+    jobs.mkdir()
+    logs.mkdir()
+    shutil.copy(COUNTING, jobs / "counting.py")
+    args = ["-p", "count=20", "-p", f"log_dir={logs}", "-p", "fail_every=7", "-p", "delay_s=0"]
+    trial = run_batchcli("exec", jobs / "counting.py", "-d", tmp_path / "out", "--limit", "10", *args)
+    assert trial.exit_code == 1 and trial.run_dir is not None, trial.output
+    jobs.rename(tmp_path / "jobs_renamed")
+    for command in (["resume", trial.run_dir, "--all"], ["retry", trial.run_dir]):
+        refused = run_batchcli(*command)
+        flat = " ".join(refused.output.split())
+        assert refused.exit_code == 2, refused.output
+        assert f"was made by the job at '{jobs / 'counting.py'}', which is no longer there" in flat, refused.output
+        assert f"put it back there (a copy will do), then run: batchcli {command[0]} {trial.run_dir}" in flat
+        assert "Traceback" not in refused.output
+    (tmp_path / "jobs_renamed").rename(jobs)
+    whole = run_batchcli("resume", trial.run_dir, "--all")
+    assert whole.exit_code == 1, whole.output
+    assert sorted(map(int, processed(logs))) == list(range(20))
+
+
 def _file_size_limit(limit: int) -> Callable[[], None]:
     """A preexec_fn: files the child writes may not grow past ``limit`` bytes, and a write past it fails
     with EFBIG instead of killing the process with SIGXFSZ."""

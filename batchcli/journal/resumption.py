@@ -268,6 +268,13 @@ def _rewire(earlier: RunInfo, overrides: dict[str, tuple[str, ...]], command: st
     """
     from batchcli.load.wiring import Wiring
 
+    target = earlier.target
+    if os.path.isabs(target) and not os.path.exists(target):  # a path when the run was made (else a job name)
+        raise UsageError(
+            f"Run {str(earlier.run_dir)!r} was made by the job at {target!r}, which is no longer there (moved, renamed "
+            f"or deleted). {command.capitalize()} loads the job from where the run was made: put it back there (a copy "
+            f"will do), then run: batchcli {command} {earlier.run_dir}"
+        )
     missing = [name for name in earlier.secrets if name not in overrides and variable(name) not in os.environ]
     if missing:
         raise UsageError(_secrets_missing(earlier, missing, command))
