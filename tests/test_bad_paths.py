@@ -85,6 +85,14 @@ def test_empty_output_dir(cli, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_empty_job_path(cli, tmp_path: Path) -> None:
+    """exec '' is an error, not the current directory loaded as a project (Path('') is '.')."""
+    for path in ("", "  "):
+        out = refused(cli("exec", path, "-d", tmp_path / "out"))
+        assert f"PATH {path!r} is empty".replace("  ", " ") in out and "e.g. batchcli exec job.py" in out
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_output_dir_whose_name_is_not_utf8_holds_a_run_like_any_other(cli, tmp_path: Path) -> None:
     """A directory name with a byte that is not UTF-8 (Python holds it as a surrogate) made opening the journal
     raise UnicodeEncodeError, after the run directory was made, which `runs` then listed as never started."""

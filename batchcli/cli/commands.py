@@ -166,6 +166,13 @@ def exec_(
         _exec_help(ctx, path, config)
     if path is None:
         ctx.fail("Missing argument 'PATH': give a .py file, a project directory or an installed job name.")
+    if not path.strip():  # Path('') is '.': the current directory was loaded as a project
+        from batchcli.errors import UsageError
+
+        raise UsageError(
+            f"PATH {path!r} is empty. Give a .py file, a project directory (. for the current one) or an installed "
+            "job name, e.g. batchcli exec job.py."
+        )
     _note_shadowed_job(path)
     options = RunOptions(
         output_dir=output_path(output_dir), verbosity=verbose, pause_shell=not no_shell, log_format=_log_format(log_format)
