@@ -9,7 +9,7 @@ from marshal import dumps as _marshal
 from typing import Any, Callable, Iterator
 
 from batchcli.executors.base import Items
-from batchcli.executors.calls import USER_ERRORS, ItemCalls
+from batchcli.executors.calls import USER_ERRORS, ItemCalls, ours
 from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, throttle_of
@@ -142,11 +142,6 @@ class AsyncExecutor:
             tally.in_flight += 1
             try:
                 result = await call(item)
-            except USER_ERRORS as error:
-                tally.in_flight -= 1
-                self._failed(ordinal, item, attempts, error)
-                if len(tally.new_failures) > FAILURE_BACKLOG_MAX:  # a flood outruns the journal: let it catch up
-                    await self._wait_for_recorder()
             except asyncio.CancelledError as error:
                 tally.in_flight -= 1
                 if self._hard_stopped():
@@ -154,6 +149,13 @@ class AsyncExecutor:
                 # The user's code raised it (an awaited future was cancelled): a failure of this
                 # item, not of the worker, which must go on with the others.
                 self._failed(ordinal, item, attempts, error)
+            except USER_ERRORS as error:
+                tally.in_flight -= 1
+                if ours(error):
+                    raise
+                self._failed(ordinal, item, attempts, error)
+                if len(tally.new_failures) > FAILURE_BACKLOG_MAX:  # a flood outruns the journal: let it catch up
+                    await self._wait_for_recorder()
             else:
                 tally.in_flight -= 1
                 if result is None:
@@ -281,6 +283,8 @@ class AsyncExecutor:
             except StopAsyncIteration:
                 self._exhausted()
             except USER_ERRORS as error:
+                if ours(error):
+                    raise
                 self._source_failed(error)
         return None
 

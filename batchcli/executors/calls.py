@@ -19,12 +19,30 @@ from batchcli.executors.threads import ItemThreads
 
 T = TypeVar("T")
 
-USER_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
+USER_ERRORS = BaseException
 """What the user's code may raise that is its error (an item's failure; the Source's or a hook's fatal error), not
-the end of batchcli. ``SystemExit`` too: a library that calls ``sys.exit()`` on an error (a CLI's main called as a
-function) ended the worker task with asyncio's "Task exception was never retrieved" and our traceback, and the
-run as "stopped" without a word of why. And ``KeyboardInterrupt``: only the user's code raises it there (signals
-reach the main thread's handlers)."""
+the end of batchcli: anything. ``SystemExit`` too: a library that calls ``sys.exit()`` on an error (a CLI's main
+called as a function) ended the worker task with asyncio's "Task exception was never retrieved" and our traceback,
+and the run as "stopped" without a word of why. ``KeyboardInterrupt``: only the user's code raises it there
+(signals reach the main thread's handlers). And every other ``BaseException`` subclass (pytest's ``fail()``,
+gevent's ``Timeout``, a library's own): one from ``process()`` ended its worker task with the item in flight for
+ever (the run hung), one from the Source ended the source, and the run "finished" without its other items.
+Where a call is awaited, a handler asks ``ours(error)`` first: the task's own cancel or close is not the user's."""
+
+
+def ours(error: BaseException) -> bool:
+    """True when ``error``, caught around an await, is the end of the running task itself, not the user's code
+    raising: a cancel of this task (a hard stop), or the close of its coroutine outside any task (the interpreter
+    shutting down). The user's own ``CancelledError`` (a future it awaited was cancelled) is theirs."""
+    if not isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+        return False
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running loop: a close from outside it
+        return True
+    if isinstance(error, GeneratorExit):
+        return task is None
+    return task is not None and task.cancelling() > 0
 
 
 class Escaped(Exception):

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 from batchcli.load.configuration import Configuration
 from batchcli.executors.base import Items
-from batchcli.executors.calls import USER_ERRORS
+from batchcli.executors.calls import USER_ERRORS, ours
 from batchcli.executors.messages import (
     Chunk,
     ChunkResult,
@@ -207,6 +207,8 @@ class ChunkedExecutor:
                 tally.exhausted = True
                 break
             except USER_ERRORS as error:
+                if ours(error):
+                    raise
                 self.fatal = error
                 break
             self._pulled += 1

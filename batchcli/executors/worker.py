@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from batchcli.executors.calls import USER_ERRORS, ItemCalls
+from batchcli.executors.calls import USER_ERRORS, ItemCalls, ours
 from batchcli.durations import Durations, timed, timed_sync
 from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.throttling import throttle_of
@@ -60,12 +60,12 @@ class WorkerJob:
             from batchcli.executors.retries import RetryPolicy
 
             self.retry_for = RetryPolicy(job.config, job.service.exceptions_to_retry_for).retry_for
-        except Exception as error:
+        except USER_ERRORS as error:
             info = ErrorInfo.of(error)
             if job is not None:  # finish() runs whatever happened, as in the driver
                 try:
                     self._on_loop(maybe_await(job.service.finish()))
-                except Exception:
+                except USER_ERRORS:
                     pass
             self._close()
             raise WorkerError("Setting up the job failed", info, self.pid) from None
@@ -109,7 +109,7 @@ class WorkerJob:
         """Call the Service's ``finish()`` and stop the loop; the error it raised, if any."""
         try:
             self._on_loop(maybe_await(self.job.service.finish()))
-        except Exception as error:
+        except USER_ERRORS as error:
             return ErrorInfo.of(error)
         finally:
             self._close()
@@ -206,6 +206,8 @@ class WorkerJob:
                 except asyncio.CancelledError:
                     raise  # stays in ``running``: reported as skipped
                 except USER_ERRORS as error:
+                    if ours(error):
+                        raise
                     errors.append(failed := self._error(ordinal, error))
                     if failed.throttled or failing.enough(len(errors), len(ok) + len(kept)):
                         held.extend(o for o, _ in queue)
@@ -325,7 +327,9 @@ def _build(spec: WorkerSpec) -> Job:
 async def _capture(coro: Awaitable[Any]) -> tuple[bool, Any]:
     try:
         return False, await coro
-    except Exception as error:
+    except USER_ERRORS as error:  # a SystemExit or another BaseException too: it comes back as a value all the same
+        if ours(error):
+            raise
         return True, error
 
 

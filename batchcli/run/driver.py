@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 
 from batchcli.errors import RunDirWriteError
 from batchcli.executors.base import Executor, make_executor
-from batchcli.executors.calls import USER_ERRORS
+from batchcli.executors.calls import USER_ERRORS, ours
 from batchcli.journal.records import FailedFile
 from batchcli.journal.resumption import Continuation, defines_item_key
 from batchcli.journal.rundir import FLUSH_INTERVAL_S, JOURNAL_NAME
@@ -476,6 +476,8 @@ class Run:
             elif self.tally.exhausted:
                 self.tally.total = next(seen) - 1
         except USER_ERRORS as error:
+            if ours(error):
+                raise
             self._set_fatal(error, "The job could not start" if self.executor is None else "batchcli failed")
         finally:
             if self.breaker is not None:
@@ -567,6 +569,8 @@ class Run:
         try:
             await maybe_await(hook())
         except USER_ERRORS as error:
+            if ours(error):
+                raise
             self._set_fatal(error, f"{name}() raised")
 
     def _set_fatal(self, error: BaseException, what: str) -> None:

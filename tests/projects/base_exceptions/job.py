@@ -1,0 +1,60 @@
+"""Raises a ``BaseException`` subclass that is not an ``Exception`` (as pytest's ``fail()``, gevent's ``Timeout`` or a
+library's own do) from one place: ``where`` is ``process`` (item ``at``), ``sync_process`` (a plain def, run in
+threads), ``source`` (before item ``at``), ``setup`` or ``finish``; ``none`` raises nothing. Every success is
+appended to ``ledger``."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from batchcli import Param, Service, Source, inject
+
+
+class Abandon(BaseException):
+    """Not an Exception: ``except Exception`` lets it through."""
+
+
+@inject
+class Numbers(Source[int]):
+    def __init__(self, count: Param[int] = 10, where: Param[str] = "none", at: Param[int] = 3) -> None:
+        self.count, self.where, self.at = count, where, at
+
+    def __iter__(self):
+        for n in range(self.count):
+            if self.where == "source" and n == self.at:
+                raise Abandon(f"the feed gave up before item {n}")
+            yield n
+
+    def __len__(self) -> int:
+        return self.count
+
+
+@inject
+class Work(Service[int]):
+    def __init__(self, where: Param[str] = "none", at: Param[int] = 3, ledger: Param[str] = "") -> None:
+        self.where, self.at, self.ledger = where, at, ledger
+        if where == "sync_process":
+            self.process = self._sync_process  # type: ignore[method-assign]
+
+    def setup(self) -> None:
+        if self.where == "setup":
+            raise Abandon("setup gave up")
+
+    def finish(self) -> None:
+        if self.where == "finish":
+            raise Abandon("finish gave up")
+
+    async def process(self, item: int) -> None:
+        await asyncio.sleep(0.001)
+        self._one(item)
+
+    def _sync_process(self, item: int) -> None:
+        self._one(item)
+
+    def _one(self, item: int) -> None:
+        if self.where in ("process", "sync_process") and item == self.at:
+            raise Abandon(f"item {item} gave up")
+        if self.ledger:
+            with Path(self.ledger).open("a") as out:
+                out.write(f"{item}\n")

@@ -1,0 +1,68 @@
+"""User code that raises a ``BaseException`` that is not an ``Exception`` (pytest's ``fail()``, gevent's ``Timeout``, a
+library's own): an item's failure, or the Source's or a hook's fatal error, like any other exception.
+
+Before, ``process()`` raising one ended its worker task with the item in flight for ever (the run hung), a Source
+raising one ended the source and the run "finished" (exit 0) without its other items, which resume then refused to
+do, and a hook raising one printed batchcli's own traceback from the loop thread."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PROJECTS = Path(__file__).resolve().parent / "projects"
+JOB = PROJECTS / "base_exceptions" / "job.py"
+
+
+def exec_job(run_batchcli: Any, tmp_path: Path, *params: str) -> Any:
+    args = ["exec", JOB, "-d", tmp_path / "out", "--no-shell", "-p", f"ledger={tmp_path / 'ledger'}", "-p", "backoff_s=0"]
+    for param in params:
+        args += ["-p", param]
+    return run_batchcli(*args, timeout=90)  # a hang fails the test here instead of holding the suite
+
+
+def ledger(tmp_path: Path) -> list[int]:
+    path = tmp_path / "ledger"
+    return sorted(int(line) for line in path.read_text().split()) if path.exists() else []
+
+
+@pytest.mark.parametrize(
+    "how", [("where=process",), ("where=sync_process",), ("where=process", "executor=process", "workers=2")]
+)
+def test_process_raising_a_base_exception_fails_that_item_and_the_run_goes_on(run_batchcli: Any, tmp_path: Path, how: tuple[str, ...]) -> None:
+    ran = exec_job(run_batchcli, tmp_path, *how)
+    assert ran.exit_code == 1, ran.output
+    assert "Finished: 9 succeeded, 1 failed of 10" in ran.output
+    assert "batchcli/executors" not in ran.output and "Exception in" not in ran.output, ran.output
+    assert ledger(tmp_path) == [n for n in range(10) if n != 3]
+    (line,) = (ran.run_dir / "failed.jsonl").read_text().splitlines()
+    failure = json.loads(line)
+    assert (failure["ordinal"], failure["error_type"]) == (3, "job.Abandon")
+    assert "item 3 gave up" in failure["error_message"] and "WorkerLost" not in line
+
+
+@pytest.mark.parametrize("executor", ["async", "process"])
+def test_a_source_raising_a_base_exception_crashes_resumably_and_resume_does_the_rest(run_batchcli: Any, tmp_path: Path, executor: str) -> None:
+    ran = exec_job(run_batchcli, tmp_path, "where=source", f"executor={executor}")
+    assert ran.exit_code == 3, ran.output
+    flat = " ".join(ran.output.split())
+    assert "The Source raised" in flat and "job.Abandon: the feed gave up before item 3" in flat
+    assert "Crashed: 3 succeeded, 0 failed, 7 unprocessed of 10" in flat
+    assert "batchcli/" not in ran.output and "Exception in" not in ran.output, ran.output
+    resumed = run_batchcli("resume", ran.run_dir, "-p", "where=none", timeout=90)
+    assert resumed.exit_code == 0, resumed.output
+    assert ledger(tmp_path) == list(range(10))
+
+
+@pytest.mark.parametrize("hook", ["setup", "finish"])
+def test_a_hook_raising_a_base_exception_is_a_fatal_error_with_the_users_traceback(run_batchcli: Any, tmp_path: Path, hook: str) -> None:
+    ran = exec_job(run_batchcli, tmp_path, f"where={hook}")
+    assert ran.exit_code == 3, ran.output
+    flat = " ".join(ran.output.split())
+    assert f"job.Abandon: {hook} gave up" in flat and 'base_exceptions/job.py", line' in ran.output
+    assert "batchcli/" not in ran.output and "Exception in thread" not in ran.output, ran.output
+    assert ("Crashed: 10 succeeded" if hook == "finish" else "Crashed: 0 succeeded") in flat
+    assert ledger(tmp_path) == (list(range(10)) if hook == "finish" else [])
