@@ -101,6 +101,15 @@ def qualified_name(cls: type) -> str:
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
+def error_text(error: BaseException) -> str:
+    """``str(error)``, or a note when the exception's own ``__str__`` raises (which, unguarded, ended the worker
+    that had caught it, with its item in flight for good)."""
+    try:
+        return str(error)
+    except Exception as broken:
+        return f"<str() of this {type(error).__qualname__} raised {type(broken).__qualname__}>"
+
+
 def _short_repr(item: Any) -> str:
     kind = type(item)
     if kind is int or (kind is str and len(item) <= 20):  # what reprlib would write, without its dispatch

@@ -66,3 +66,38 @@ def test_a_hook_raising_a_base_exception_is_a_fatal_error_with_the_users_traceba
     assert "batchcli/" not in ran.output and "Exception in thread" not in ran.output, ran.output
     assert ("Crashed: 10 succeeded" if hook == "finish" else "Crashed: 0 succeeded") in flat
     assert ledger(tmp_path) == (list(range(10)) if hook == "finish" else [])
+
+
+BROKEN = PROJECTS / "broken_errors" / "job.py"
+
+
+@pytest.mark.parametrize("executor", ["async", "process"])
+@pytest.mark.parametrize(
+    ("how", "code", "failed"),
+    [
+        ("overflow", 0, None),  # a throttle whose Retry-After no clock can hold: a cool-down of our own, then success
+        ("response", 1, ("ApiError", "the API answered 500")),
+        ("str", 1, ("Unprintable", "<str() of this Unprintable raised UnicodeDecodeError>")),
+    ],
+)
+def test_an_exception_that_breaks_when_read_is_still_that_items_failure(
+    run_batchcli: Any, tmp_path: Path, executor: str, how: str, code: int, failed: tuple[str, str] | None
+) -> None:
+    """Reading the exception raised (its Retry-After overflowed a float, its `response` property raised, its
+    __str__ raised): that ended the worker handling the item, which stayed in flight, and the run "finished" with
+    exit 0 and the item unprocessed for good (a worker process died instead, and the item failed as WorkerLost)."""
+    ran = run_batchcli(
+        "exec", BROKEN, "-d", tmp_path / "out", "--no-shell", "-p", f"how={how}", "-p", f"executor={executor}",
+        "-p", "max_retries=0", "-p", "backoff_s=0.01", "-p", f"ledger={tmp_path / 'ledger'}", timeout=90,
+    )  # fmt: skip
+    assert ran.exit_code == code, ran.output
+    assert "Task exception was never retrieved" not in ran.output and "WorkerLost" not in ran.output, ran.output
+    done = sorted(int(n) for n in (tmp_path / "ledger").read_text().split())
+    assert done == [n for n in range(30) if failed is None or n != 5]
+    failures = ran.run_dir / "failed.jsonl"
+    lines = failures.read_text().splitlines() if failures.exists() else []
+    if failed is None:
+        assert lines == [] and "Finished: 30 succeeded, 0 failed of 30" in ran.output
+    else:
+        (record,) = map(json.loads, lines)
+        assert (record["ordinal"], record["error_type"], record["error_message"]) == (5, f"job.{failed[0]}", failed[1])

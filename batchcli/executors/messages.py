@@ -15,7 +15,7 @@ from typing import Any
 from batchcli.load.wiring import Wiring
 from batchcli.executors.bundle import Bundle
 from batchcli.durations import Durations
-from batchcli.outcome import qualified_name
+from batchcli.outcome import error_text, qualified_name
 from batchcli.load.project import format_item_traceback
 
 
@@ -96,7 +96,7 @@ class ErrorInfo:
 
         if isinstance(error, BatchcliError):  # its message is already the whole story
             return cls(qualified_name(type(error)), str(error), "")
-        return cls(qualified_name(type(error)), str(error), format_item_traceback(error))
+        return cls(qualified_name(type(error)), error_text(error), format_item_traceback(error))
 
 
 @dataclass(frozen=True)

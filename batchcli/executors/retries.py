@@ -19,7 +19,7 @@ import tenacity
 
 from batchcli.load.configuration import Configuration
 from batchcli.load.project import format_item_traceback
-from batchcli.outcome import Failure, Tally, qualified_name, writable
+from batchcli.outcome import Failure, Tally, error_text, qualified_name, writable
 
 log = logging.getLogger("batchcli.retries")
 """Each scheduled retry: one info line, so in the run's log file, and on the console only with ``-v``."""
@@ -162,7 +162,7 @@ class RetryScheduler:
             if described is not None:
                 error_type, message, traceback = described.error_type, described.message, described.traceback
             else:
-                error_type, message = qualified_name(type(error)), str(error)
+                error_type, message = qualified_name(type(error)), error_text(error)
                 traceback = format_item_traceback(error)
             self._tally.fail(
                 Failure(  # positional: keywords cost a flood 0.7 µs a failure
@@ -195,7 +195,7 @@ class RetryScheduler:
                 attempt,
                 self.policy.max_attempts,
                 error_type,
-                described.message if described is not None else error,
+                described.message if described is not None else error_text(error),
                 # --log-format json writes these as keys of their own
                 extra={"event": "retry", "ordinal": ordinal, "item": shown, "error_type": error_type,
                        "attempt": attempt, "delay": round(delay, 3)},

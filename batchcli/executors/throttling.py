@@ -90,7 +90,18 @@ class Throttle:
 
 
 def throttle_of(error: BaseException, now: Callable[[], float] = time.time) -> Throttle | None:
-    """The throttle ``error`` signals, or None when it is an ordinary failure."""
+    """The throttle ``error`` signals, or None when it is an ordinary failure.
+
+    Reading an exception runs its code (a ``response`` property, a ``retry_after`` no clock can hold): what raises
+    there makes a ``Throttled`` one without a Retry-After and any other an ordinary failure. Raised from here, it
+    ended the worker that was handling the item, which stayed in flight for good (a run "finished" without it)."""
+    try:
+        return _throttle_of(error, now)
+    except Exception:
+        return Throttle(None) if isinstance(error, Throttled) else None
+
+
+def _throttle_of(error: BaseException, now: Callable[[], float]) -> Throttle | None:
     if isinstance(error, Throttled):
         return Throttle(_seconds(error.retry_after, now))
     if not isinstance(error, Exception):
