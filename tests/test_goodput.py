@@ -176,3 +176,29 @@ def test_a_token_bucket_api_is_served_near_its_rate_and_loses_nothing(run_batchc
     rates = [float(r) for r in re.findall(r"effective concurrency=\d+, rate_limit=([\d.]+)/s", log)]
     # Learnt near the API's rate (the wave is timed by the client, which shares this process with the server).
     assert rates and 50 <= rates[-1] <= 120, rates
+
+
+def test_a_wave_of_throttles_without_retry_after_doubles_the_cool_down_once(caplog) -> None:
+    """Ten refusals answering one burst are one throttle: the cool-down is backoff_s (1 s), not 2**9 s (the streak
+    counted every refused attempt, and one burst at concurrency 10 stopped the run for 512 s while the log said
+    1 s). Each later cool-down with no success between doubles it; a success resets it."""
+    cool, limiter, tally, clock = cooldown(concurrency=10)
+    waits = [cool.throttled(Throttle(None)) for _ in range(10)]
+    assert waits == [1.0] * 10
+    clock.now += 1.0
+    assert cool.throttled(Throttle(None)) == 2.0  # the next cool-down, with no success between
+    clock.now += 2.0
+    assert cool.throttled(Throttle(None)) == 4.0
+    clock.now += 4.0
+    tally.succeeded += 5
+    cool.tick()  # a success after the cool-down: the streak starts again
+    assert cool.throttled(Throttle(None)) == 1.0
+
+
+def test_a_wait_past_throttle_max_wait_s_is_clamped_and_said_once_per_cool_down(caplog) -> None:
+    cool, limiter, tally, clock = cooldown(concurrency=10)
+    with caplog.at_level("WARNING", logger="batchcli"):
+        waits = [cool.throttled(Throttle(float("inf"))) for _ in range(10)]
+    assert waits == [cool.max_wait_s] * 10
+    said = [r.getMessage() for r in caplog.records if "throttle_max_wait_s" in r.getMessage()]
+    assert said == [f"The API asked to wait infs; waiting throttle_max_wait_s={cool.max_wait_s:g}s instead."]

@@ -228,16 +228,19 @@ class Cooldown:
         """Start or extend the cool-down for one throttled attempt; returns its seconds from now."""
         now = self._clock()
         self._tally.throttles += 1
-        self._streak += 1
-        wait = throttle.retry_after_s
-        if wait is None:
-            wait = self._base_s * 2 ** min(self._streak - 1, 30)
-        if wait > self.max_wait_s:
-            log.warning(
-                "The API asked to wait %.0fs; waiting throttle_max_wait_s=%gs instead.", wait, self.max_wait_s
-            )
-            wait = self.max_wait_s
         first = now >= self.until
+        if first:  # one doubling per cool-down: a wave of refusals answering the same burst is one throttle
+            self._streak += 1
+        asked = throttle.retry_after_s
+        wait = self._base_s * 2 ** min(self._streak - 1, 30) if asked is None else asked
+        if wait > self.max_wait_s:
+            if first or now + self.max_wait_s > self.until:  # once per cool-down, not per refused attempt
+                log.warning(
+                    "%s; waiting throttle_max_wait_s=%gs instead.",
+                    f"The API asked to wait {wait:.0f}s" if asked is not None else f"The cool-down would be {wait:.0f}s",
+                    self.max_wait_s,
+                )
+            wait = self.max_wait_s
         if first and self.adaptive:  # at most one cut per cool-down, measured over the time since the last one
             in_force = self._limiter.limits.rate_limit
             self._wave, self._wave_rate, self._wave_counted = (now, self._tally.succeeded, in_force), None, False
