@@ -6,6 +6,7 @@ import importlib.util
 import re
 import sqlite3
 import sys
+import time
 import urllib.error
 from datetime import datetime, timedelta, timezone
 from email.message import Message
@@ -267,3 +268,18 @@ def test_other_errors_and_statuses_are_not_throttles() -> None:
     assert throttle_of(Throttled(timedelta(seconds=4))).retry_after_s == 4  # type: ignore[union-attr]
     when = datetime(2030, 1, 1, tzinfo=timezone.utc)
     assert throttle_of(Throttled(when), now=lambda: when.timestamp() - 9).retry_after_s == 9  # type: ignore[union-attr]
+    assert throttle_of(Throttled(10**400)).retry_after_s is None  # type: ignore[union-attr]  # no float holds it
+
+
+@pytest.mark.parametrize("zone", ["Asia/Tokyo", "America/New_York"])
+def test_a_naive_datetime_is_local_time(monkeypatch: pytest.MonkeyPatch, zone: str) -> None:
+    """Throttled(datetime.now() + 2 s) waits 2 s: read as UTC it was off by the zone's offset (a 15-minute stall in
+    Tokyo, none at all in New York)."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        soon = datetime.now() + timedelta(seconds=2)
+        assert 1.5 < throttle_of(Throttled(soon)).retry_after_s <= 2  # type: ignore[union-attr,operator]
+    finally:
+        monkeypatch.undo()
+        time.tzset()

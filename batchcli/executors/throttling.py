@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable
 
@@ -160,9 +160,8 @@ def _seconds(value: object, now: Callable[[], float]) -> float | None:
         return None
     if isinstance(value, timedelta):
         return max(0.0, value.total_seconds())
-    if isinstance(value, datetime):
-        when = value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
-        return max(0.0, when.timestamp() - now())
+    if isinstance(value, datetime):  # a naive one is local time, as datetime.timestamp() and now() read it
+        return max(0.0, value.timestamp() - now())
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return max(0.0, float(value)) if value == value else None
     if isinstance(value, str):
