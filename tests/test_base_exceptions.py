@@ -101,3 +101,15 @@ def test_an_exception_that_breaks_when_read_is_still_that_items_failure(
     else:
         (record,) = map(json.loads, lines)
         assert (record["ordinal"], record["error_type"], record["error_message"]) == (5, f"job.{failed[0]}", failed[1])
+
+
+@pytest.mark.parametrize("length", ["-5", str(10**20)])
+def test_a_len_that_is_no_count_is_ignored_with_a_warning(run_batchcli: Any, tmp_path: Path, length: str) -> None:
+    """__len__ only sizes the display: a negative or oversized one made len() raise, and the run crashed with a
+    traceback that named nothing of the user's."""
+    ran = exec_job(run_batchcli, tmp_path, f"length={length}")
+    assert ran.exit_code == 0, ran.output
+    flat = " ".join(ran.output.split())
+    assert f"Numbers.__len__() returned {length if len(length) < 10 else ''}" in flat and "ignored" in flat, ran.output
+    assert "Finished: 10 succeeded, 0 failed of 10" in flat and "Traceback" not in ran.output
+    assert ledger(tmp_path) == list(range(10))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import reprlib
+import sys
 from typing import Any, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -54,10 +57,21 @@ def is_async_source(source: object) -> bool:
 
 
 def source_length(source: object) -> int | None:
-    """``len(source)`` when the source defines it, else None."""
-    if not hasattr(type(source), "__len__"):
+    """``len(source)`` when the source defines it, else None; a ``__len__`` that returns no count (negative, not an
+    int, too large for ``len()``) is ignored with a warning: the length only sizes the display and the ETA, and
+    ``len()`` raising on it ended the run as crashed, with a traceback that named nothing of the user's."""
+    length = getattr(type(source), "__len__", None)
+    if length is None:
         return None
-    return len(source)  # type: ignore[arg-type]
+    value = length(source)  # not len(): its own checks raise without saying whose __len__ it was
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= sys.maxsize:
+        return value
+    logging.getLogger("batchcli").warning(
+        "%s.__len__() returned %s, which is not a count of items (a whole number, 0 or more): ignored. The run "
+        "goes on without a total until the source runs out.",
+        type(source).__qualname__, reprlib.repr(value),
+    )
+    return None
 
 
 def defines_persist_failed(source: object) -> bool:

@@ -1,5 +1,5 @@
 """Raises a ``BaseException`` subclass that is not an ``Exception`` (as pytest's ``fail()``, gevent's ``Timeout`` or a
-library's own do) from one place: ``where`` is ``process`` (item ``at``), ``sync_process`` (a plain def, run in
+library's own do) from one place (and ``length`` makes ``__len__`` lie): ``where`` is ``process`` (item ``at``), ``sync_process`` (a plain def, run in
 threads), ``source`` (before item ``at``), ``setup`` or ``finish``; ``none`` raises nothing. Every success is
 appended to ``ledger``."""
 
@@ -17,8 +17,10 @@ class Abandon(BaseException):
 
 @inject
 class Numbers(Source[int]):
-    def __init__(self, count: Param[int] = 10, where: Param[str] = "none", at: Param[int] = 3) -> None:
-        self.count, self.where, self.at = count, where, at
+    def __init__(
+        self, count: Param[int] = 10, where: Param[str] = "none", at: Param[int] = 3, length: Param[int | None] = None
+    ) -> None:
+        self.count, self.where, self.at, self.length = count, where, at, length
 
     def __iter__(self):
         for n in range(self.count):
@@ -27,7 +29,7 @@ class Numbers(Source[int]):
             yield n
 
     def __len__(self) -> int:
-        return self.count
+        return self.count if self.length is None else self.length  # ``length``: a __len__ that lies
 
 
 @inject
