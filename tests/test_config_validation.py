@@ -51,3 +51,12 @@ def test_zero_delays_are_still_allowed(cli) -> None:
     result = cli("exec", RETRIES, "-d", "out", "-p", "backoff_s=0", "-p", "backoff_max_s=0", "-p", "stop_timeout_s=0")
     assert result.exit_code == 1, result.output  # the project's two unretryable items fail; the run itself went
     assert result.summary["succeeded"] == 2
+
+
+@pytest.mark.parametrize("value", ["-1", str(10**20), "1000001"])
+def test_breaker_window_is_refused_outside_0_to_a_million(cli, tmp_path: Path, value: str) -> None:
+    """A window past 2**62 sized a deque that raised OverflowError: a traceback, exit 1, and a run directory left
+    without a journal. The bound is checked with the other fields, before anything is made."""
+    out = rejected(cli("exec", RETRIES, "-d", tmp_path / "out", "-p", f"breaker_window={value}"))
+    assert f"breaker_window must be" in out and f"got {value}" in out and "or 0 to turn" in out
+    assert not (tmp_path / "out").exists()

@@ -275,6 +275,9 @@ def test_ctl_and_watch_refuse_bad_input(cli: Any, tmp_path: Path) -> None:
     run_dir = done.run_dir
     assert run_dir is not None
 
+    for interval in ("inf", "1e10", "0"):  # time.sleep(inf) raised OverflowError: a traceback, exit 1
+        slow = cli("watch", "-n", interval, run_dir)
+        assert slow.exit_code == 2 and "--interval" in slow.output and "Traceback" not in slow.output, slow.output
     watched = cli("watch", run_dir)  # a finished run: its final state, then exit
     assert watched.exit_code == 0 and "3/3 (100%)  ok 3  failed 0" in watched.output and "finished" in watched.output
 

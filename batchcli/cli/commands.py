@@ -316,7 +316,7 @@ def show(
 @app.command()
 def watch(
     run_dir: Path = typer.Argument(..., help="The run directory of a run (live or not)."),
-    interval: float = typer.Option(1.0, "--interval", "-n", help="Seconds between redraws.", min=0.05),
+    interval: float = typer.Option(1.0, "--interval", "-n", help="Seconds between redraws.", min=0.05, max=3600),
     once: bool = typer.Option(False, "--once", help="Print the state once and exit."),
 ) -> None:
     """Follow a run from any terminal of yours: counts, rate, ETA, in flight, limits, failures. Ctrl-C leaves."""

@@ -14,6 +14,9 @@ EXECUTORS = ("async", "process", "dask", "ray")
 
 RUNTIME_FIELDS = ("output_dir", "run_dir", "started_at")
 
+BREAKER_WINDOW_MAX = 1_000_000
+"""The longest circuit-breaker window: it keeps the outcomes of up to twice that many settled items in memory."""
+
 
 @dataclass(kw_only=True)
 class Configuration:
@@ -146,6 +149,11 @@ class Configuration:
             raise ValueError(
                 f"breaker_window must be a whole number of items, 0 or more, got {self.breaker_window!r}: e.g. "
                 "breaker_window=100 (the circuit breaker watches the last 100 settled items), or 0 to turn it off."
+            )
+        if self.breaker_window > BREAKER_WINDOW_MAX:  # it sizes deques: past 2**62 that raised, after the run dir was made
+            raise ValueError(
+                f"breaker_window must be at most {BREAKER_WINDOW_MAX:,} items, got {self.breaker_window!r}: e.g. "
+                "breaker_window=100, or 0 to turn the circuit breaker off."
             )
         if not 0 < self.breaker_failure_rate <= 1:
             raise ValueError(
