@@ -12,14 +12,11 @@ def main() -> None:
 
     try:
         run_cli()
-    except SystemExit as done:
-        from batchcli.run.report import EXIT_STOPPED  # loaded by now
-
-        if done.code == EXIT_STOPPED:
-            # The run stopped and everything is written. A late second Ctrl-C has nothing left to stop,
-            # and once the exiting interpreter has dropped its handlers it would kill the process
-            # (status -2 instead of 130).
-            ignore_stop_signals()
+    except SystemExit:
+        # The command's outcome is decided and written (a run's summary holds its exit code). A late Ctrl-C or
+        # SIGTERM has nothing left to stop, and once the exiting interpreter has reset its Python-level handlers
+        # to the defaults it would kill the process: exit 130 or 143 where summary.json says 0, or -2 for 130.
+        ignore_stop_signals()
         raise
 
 

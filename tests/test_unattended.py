@@ -377,3 +377,26 @@ def test_ctl_answers_again_once_a_job_that_ran_out_of_file_descriptors_frees_the
             if process is not None and process.poll() is None:
                 process.kill()
     assert (run_dir / "batchcli.log").read_text().count(warning) <= 1  # once per streak of refused accepts
+
+
+EXIT_DISPOSITION = """
+import atexit, signal, sys
+atexit.register(lambda: print("ignored at exit:", all(signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM))))
+sys.argv = ["batchcli", *sys.argv[1:]]
+from batchcli.__main__ import main
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    "args", [["runs", "-d", "nowhere"], ["exec", str(JOB), "-d", "out", "-p", "count=3", "-p", "delay_s=0", "--no-shell"]]
+)
+def test_stop_signals_are_ignored_once_a_command_has_decided_its_exit(tmp_path: Path, args: list[str]) -> None:
+    """After the command's outcome is written, a late SIGINT or SIGTERM must not kill the exiting interpreter: it
+    resets Python-level handlers to the defaults as it finalises, and a signal then gave exit 130 or 143 where a
+    finished run's summary.json said 0. Only a stopped run (130) was covered; now every exit is."""
+    ran = subprocess.run(
+        [sys.executable, "-c", EXIT_DISPOSITION, *args],
+        capture_output=True, text=True, timeout=120, env=subprocess_env(), cwd=tmp_path, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert "ignored at exit: True" in ran.stdout, ran.stdout + ran.stderr
