@@ -250,8 +250,7 @@ class ControlChannel:
             fields = {k: v for k, v in dataclasses.asdict(stats).items() if k != "line"}
             return {"message": stats.line, "stats": fields}
         if command == "retry-failed":
-            tried = len(controller.failures)
-            again = controller.retry_failed()
+            tried, again = controller.retry_failed_counted()
             return {
                 "message": f"{tried - len(again)} of {tried} failed item(s) succeeded now.",
                 "retried": tried,

@@ -200,6 +200,17 @@ class RunController:
     def retry_failed(self) -> dict[int, Exception]:
         """Retry every failure in ``failures`` now (``concurrency`` at once); returns ordinal -> error of those that
         failed again. Past ``FAILURES_KEPT`` failures, the older ones are for ``batchcli retry RUN`` after the run."""
+        tried, again = self.retry_failed_counted()
+        print(f"{tried - len(again)} of {tried} failed item(s) succeeded now.")
+        return again
+
+    def retry_failed_counted(self) -> tuple[int, dict[int, Exception]]:
+        """``retry_failed`` without its line: how many failures it retried, and those that failed again (``ctl``).
+        One at a time, whoever asks: a second request waits, then retries what is still failed."""
+        with self._run.retrying_failed:
+            return self._retry_failed()
+
+    def _retry_failed(self) -> tuple[int, dict[int, Exception]]:
         failures = list(self._run.tally.failures)
         executor = self._run.executor
         limit = self._run.job.config.concurrency if executor is None else executor.limits.concurrency
@@ -218,9 +229,7 @@ class RunController:
             errors = await asyncio.gather(*(one(f) for f in failures))
             return {f.ordinal: e for f, e in zip(failures, errors) if e is not None}
 
-        again = self._await(retry_all())
-        print(f"{len(failures) - len(again)} of {len(failures)} failed item(s) succeeded now.")
-        return again
+        return len(failures), self._await(retry_all())
 
     # Helpers.
 

@@ -135,6 +135,10 @@ class Run:
         """Why the breaker stopped the run, for the closing lines; "" otherwise."""
         self.notifier: Notifier | None = None
         """Posts the run's events to ``notify_url``; None without one."""
+        self.retrying_failed = threading.Lock()
+        """Held while failures are retried live (``ctl retry-failed``, the pause shell, ``attach``): two requests at
+        once each retried every failure, so an item's side effects ran three times; the second now waits, then
+        retries what is still failed."""
 
     @property
     def fatal(self) -> BaseException | None:

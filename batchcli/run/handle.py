@@ -35,6 +35,8 @@ class RunHandle(Protocol):
     """Set once a stop was asked for (a signal, the shell, a run directory that cannot be written)."""
     breaker_reason: str
     """Why the circuit breaker opened the pause shell ("50 of the last 50 items failed: ..."), else ""."""
+    retrying_failed: threading.Lock
+    """Held while failures are retried live: one retry-failed at a time, whoever asks."""
 
     @property
     def fatal(self) -> BaseException | None:
