@@ -322,6 +322,22 @@ def test_process_worker_killed_loses_no_item(cli: Any, records: Path) -> None:
     assert len(set(pids(records, "setup"))) == 3  # two workers and the replacement
 
 
+def test_the_items_beside_one_that_kills_its_worker_are_not_charged_for_it(cli: Any, records: Path) -> None:
+    """Item 12 kills its worker process at every attempt; with max_retries=0 it fails, and only it: the others of
+    its chunk go again alone, uncharged (they all failed as WorkerLost, though some had succeeded)."""
+    result = spy(
+        cli, records, ["-p", "executor=process", "-p", "workers=2", "-p", "max_retries=0"],
+        "count=40", "sleep_s=0.005", "kill_always=12",
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert set(successes(records)) == set(range(40)) - {12}
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert (summary["succeeded"], summary["failed"]) == (39, 1)
+    [failure] = [json.loads(line) for line in (result.run_dir / "failed.jsonl").read_text().splitlines()]
+    assert (failure["ordinal"], failure["error_type"].rsplit(".")[-1]) == (12, "WorkerLost")
+    assert attempts(records, 12) == 2  # in its chunk (uncharged), then alone: the one attempt max_retries=0 allows
+
+
 @pytest.mark.parametrize("name", ["process", "dask", "ray"])
 def test_installed_job_is_imported_by_name_in_workers(
     tmp_path: Path, records: Path, run_batchcli: Any, name: str, request: pytest.FixtureRequest

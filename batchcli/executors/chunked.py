@@ -324,6 +324,18 @@ class ChunkedExecutor:
             if not self.stopping:
                 self._ready.extendleft(reversed(entries))
             return
+        if len(entries) > 1 and not self.stopping:
+            # Which item took the worker down is unknown, so none is charged for it: each goes again alone, and
+            # one that takes its worker down alone is charged then. Charging all of them failed the bystanders
+            # of a crashing item for good (with max_retries=0 at once, as WorkerLost, though they had succeeded).
+            log.warning(
+                "%s while it ran %d item(s); each goes again on its own, and counts an attempt only if its worker "
+                "dies while it runs alone.", lost, len(entries),
+            )  # fmt: skip
+            self._tally.retrying += len(entries)  # as requeued retries: until each is sent (_take)
+            self._suspects.extend(entries)
+            self._wake.set()
+            return
         log.warning("%s while it ran %d item(s); each counts one attempt and is retried on its own.", lost, len(entries))
         for entry in entries:
             self._failed(entry, lost, alone=True)

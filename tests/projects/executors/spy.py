@@ -75,6 +75,7 @@ class Spy(Service[Item]):
         sleep_s: Param[float] = 0.0,
         cpu_ms: Param[float] = 0.0,
         kill_on: Param[int] = -1,
+        kill_always: Param[int] = -1,
         warn_on: Param[int] = -1,
         setup_fails: Param[bool] = False,
         finish_fails: Param[bool] = False,
@@ -84,6 +85,7 @@ class Spy(Service[Item]):
         self.slow, self.slow_times, self.slow_s = slow, slow_times, slow_s
         self.sleep_s, self.cpu_ms, self.kill_on, self.warn_on = sleep_s, cpu_ms, kill_on, warn_on
         self.setup_fails, self.finish_fails = setup_fails, finish_fails
+        self.kill_always = kill_always  # that item kills its worker at every attempt
         if style == "async":
             self.process = self.process_async  # type: ignore[method-assign]
 
@@ -120,7 +122,7 @@ class Spy(Service[Item]):
         attempt = len(path.read_text().splitlines())
         if item.n == self.warn_on:
             logging.getLogger("spy").warning("item %d looks odd", item.n)
-        if item.n == self.kill_on and attempt == 1:
+        if (item.n == self.kill_on and attempt == 1) or item.n == self.kill_always:
             os.kill(os.getpid(), signal.SIGKILL)
         if self.cpu_ms:
             end = time.process_time() + self.cpu_ms / 1000
