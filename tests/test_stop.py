@@ -160,10 +160,48 @@ def test_the_stop_timeout_holds_while_setup_hangs(piped, blocks: bool) -> None:
     assert "Stop timeout (0.5s): setup() has not returned; abandoning it." in log
     assert "Traceback" not in run.output
     if blocks:  # the loop is held: the run leaves it, and says that finish() could not run
-        assert "The Service's code still holds the event loop" in log and run.log.lines() == ["setup"]
+        assert "The job's code still runs past the stop timeout" in log and run.log.lines() == ["setup"]
     else:
         assert run.log.lines() == ["setup", "finish"]
     assert run.summary()["unprocessed"] == 20
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("hook", ["setup", "finish"])
+def test_worker_processes_hung_in_setup_or_finish_end_with_a_stop_that_times_out(piped, hook: str) -> None:
+    """A stop whose timeout passes while setup() or finish() hangs in the worker processes: the run leaves, and
+    its workers go with it. They outlived the run for good (orphans ignoring SIGTERM), since the exit that
+    follows skips the atexit handler that would have killed them."""
+    args = ["-p", "setup_s=600"] if hook == "setup" else ["-p", "finish_s=600"]
+    run = piped("shell_slow", "-p", "count=4", "-p", "executor=process", "-p", "workers=2", "-p", "stop_timeout_s=0.5",
+                "-p", "setup_blocks=true", *args)  # fmt: skip
+    wait_for(lambda: run.log.lines().count(hook) == 2, f"{hook}() to start in both workers")
+    workers = {pid for pid in _children(run.proc.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()}
+    assert len(workers) == 2, workers
+    run.signal(signal.SIGTERM)
+    assert run.wait() == (130 if hook == "setup" else 0), run.output
+    assert "Traceback" not in run.output and "leaked semaphore" not in run.output, run.output
+    wait_for(lambda: not any(map(_running, workers)), "the workers to end", timeout=10)
 
 
 def test_in_flight_items_are_cancelled_after_the_stop_timeout(piped) -> None:

@@ -388,6 +388,13 @@ class ChunkedExecutor:
         self.stop()
         self._backend.cancel()
 
+    def abandon(self) -> None:
+        """The run leaves its loop (a stop timed out while setup() or finish() hung in the workers); from the main
+        thread: end what runs outside this process, which nothing would end after the run's hard exit."""
+        abandon = getattr(self._backend, "abandon", None)
+        if abandon is not None:
+            abandon()
+
     def nudge(self) -> None:
         """Nothing to do: the user's code runs in the workers, so nothing holds this loop."""
 

@@ -91,7 +91,9 @@ class ProcessBackend:
         self._loop = asyncio.get_running_loop()
         # spawn, not fork: the driver has threads (loop, recorder, display) that fork would copy mid-flight.
         self._context = multiprocessing.get_context("spawn")
-        self._cancel_event = self._context.Event()
+        # A flag in shared memory, not an Event: an Event is five named semaphores, which a run that leaves its
+        # workers behind (abandon) left to the resource tracker, and it warned of them after the closing line.
+        self._cancel_flag = self._context.Value("b", 0, lock=False)
         self._limits = self._context.Value("q", 0, lock=False)
         """The driver's limits version, read by workers while an item waits for its start slot."""
         # A driver that ends without close() (an error on the way out) must still exit: at exit, multiprocessing
@@ -123,7 +125,7 @@ class ProcessBackend:
 
     def cancel(self) -> None:
         self._cancelled = True
-        self._cancel_event.set()  # workers abandon the rest of their chunks
+        self._cancel_flag.value = 1  # workers abandon the rest of their chunks
         while self._queue:
             _, future = self._queue.popleft()
             if not future.done():
@@ -161,7 +163,7 @@ class ProcessBackend:
         results_r, results_w = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=worker_main,
-            args=(self._spec, tasks_r, results_w, self._cancel_event, self._limits),
+            args=(self._spec, tasks_r, results_w, self._cancel_flag, self._limits),
             name="batchcli-worker",
             # Daemonic: if the driver dies, multiprocessing ends its workers rather than wait for them.
             daemon=True,
@@ -304,6 +306,12 @@ class ProcessBackend:
             worker.tasks.close()
         atexit.unregister(self._kill_at_exit)
 
+    def abandon(self) -> None:
+        """The run leaves without close() (a stop timed out while setup() or finish() hung in the workers), and then
+        exits at once, skipping ``atexit``: SIGKILL the workers now (they ignore SIGTERM). Before, they outlived the
+        run for good, orphaned, with the resource tracker."""
+        self._kill_at_exit()
+
     def _kill_at_exit(self) -> None:
         """At interpreter exit without close(): the workers still alive were abandoned; SIGKILL them."""
         for worker in self._workers:
@@ -342,7 +350,7 @@ def worker_main(spec: WorkerSpec, tasks: Connection, results: Connection, cancel
     threading.Thread(target=_drain, args=(tasks, inbox), name="batchcli-inbox", daemon=True).start()
     while (chunk := inbox.get()) is not None:
         try:
-            result = job.run_chunk(chunk, cancel.is_set, lambda: int(limits.value))
+            result = job.run_chunk(chunk, lambda: cancel.value != 0, lambda: int(limits.value))
         except WorkerError as error:
             send(("chunk_error", chunk.id, error))
         else:

@@ -310,8 +310,12 @@ class Run:
         self._left_loop = True
         if not self._hard_stop.hooks_ran:
             log.warning(
-                "The Service's code still holds the event loop; leaving it without finish() and persist_failed."
+                "The job's code still runs past the stop timeout (setup() or finish(), here or in its worker "
+                "processes, or code that holds the event loop); leaving it without finish() and persist_failed."
             )
+        abandon = getattr(self.executor or self._starting, "abandon", None)
+        if abandon is not None:
+            abandon()  # worker processes: the exit that follows skips atexit, which would have ended them
         self._finished.set()  # the recorder's cue to stop; the main thread then flushes once more
         self.tally.flush_wanted.set()
 
@@ -578,6 +582,8 @@ class Run:
             self._set_fatal(error, f"{name}() raised")
 
     def _set_fatal(self, error: BaseException, what: str) -> None:
+        if self._left_loop:  # the run has ended without the loop (a stop timed out): what it does now counts for nothing
+            return
         if self._fatal is None:
             self._fatal = error
         log.critical("%s:\n%s", what, format_user_traceback(error))

@@ -49,12 +49,14 @@ class SlowService(Service[int]):
         fail_every: Param[int] = 0,
         setup_s: Param[float] = 0,
         setup_blocks: Param[bool] = False,
+        finish_s: Param[float] = 0,
     ) -> None:
         self.log_file = log_file
         self.delay = delay
         self.fail_every = fail_every
         self.setup_s = setup_s
         self.setup_blocks = setup_blocks
+        self.finish_s = finish_s
         self.fixed = False
 
     async def setup(self) -> None:
@@ -74,3 +76,4 @@ class SlowService(Service[int]):
 
     def finish(self) -> None:
         append(self.log_file, "finish")
+        time.sleep(self.finish_s)  # a flush that hangs
