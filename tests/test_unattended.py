@@ -404,3 +404,26 @@ def test_stop_signals_are_ignored_once_a_command_has_decided_its_exit(tmp_path: 
         capture_output=True, text=True, timeout=120, env=subprocess_env(), cwd=tmp_path, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert "ignored at exit: True" in ran.stdout, ran.stdout + ran.stderr
+
+
+def test_ctl_set_while_setup_runs_says_the_run_is_still_starting(tmp_path: Path) -> None:
+    """ctl set before the executor exists was refused in the pause shell's words ("self.set_concurrency() needs the
+    executor"); it says what ctl can do: try again once the run runs (exit 1, not now)."""
+    out = tmp_path / "out"
+    run = start(
+        "exec", PROJECTS / "shell_slow", "-d", out, "-p", f"log_file={tmp_path / 'job.log'}", "-p", "setup_s=60",
+        "-p", "stop_timeout_s=1", "--no-shell", stderr=tmp_path / "run.err",
+    )  # fmt: skip
+    try:
+        run_dir = live_run_dir(out)
+        wait_for(lambda: (tmp_path / "job.log").exists(), "setup() to start")
+        early = ctl(run_dir, "set", "concurrency=3")
+        flat = " ".join(early.stderr.split())
+        assert early.returncode == 1, early.stderr
+        assert f"The run is still starting (its setup() runs), so its limits cannot change yet: try batchcli ctl {run_dir} set concurrency=3 again" in flat
+        assert "self.set_concurrency" not in flat
+        assert ctl(run_dir, "stop").returncode == 0
+        assert run.wait(timeout=30) == 130
+    finally:
+        if run.poll() is None:
+            run.kill()

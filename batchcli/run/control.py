@@ -239,6 +239,11 @@ class ControlChannel:
             }
         if command == "set":
             value = request.setting()
+            if run.executor is None:  # the controller's own words name the pause shell's self.set_...()
+                raise RuntimeError(
+                    f"The run is still starting (its setup() runs), so its limits cannot change yet: try "
+                    f"batchcli ctl {run.run_dir} set {request.field}={request.value} again in a moment."
+                )
             if request.field == "concurrency":
                 assert isinstance(value, int)
                 controller.set_concurrency(value)
