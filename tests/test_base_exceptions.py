@@ -113,3 +113,18 @@ def test_a_len_that_is_no_count_is_ignored_with_a_warning(run_batchcli: Any, tmp
     assert f"Numbers.__len__() returned {length if len(length) < 10 else ''}" in flat and "ignored" in flat, ran.output
     assert "Finished: 10 succeeded, 0 failed of 10" in flat and "Traceback" not in ran.output
     assert ledger(tmp_path) == list(range(10))
+
+
+@pytest.mark.parametrize("executor", ["async", "process"])
+def test_an_item_the_api_always_throttles_fails_after_a_bound_and_the_run_ends(run_batchcli: Any, tmp_path: Path, executor: str) -> None:
+    """Throttles spend no attempt, so an item the API always refuses (a 503 for one record) kept the run going
+    for ever, cooling down again and again; its 20th throttle in a row is now its final failure."""
+    ran = run_batchcli(
+        "exec", BROKEN, "-d", tmp_path / "out", "--no-shell", "-p", "how=refused", "-p", f"executor={executor}",
+        "-p", f"ledger={tmp_path / 'ledger'}", "-p", "breaker_window=0", "-p", "adaptive=false", timeout=90,
+    )  # fmt: skip
+    assert ran.exit_code == 1, ran.output
+    assert "was throttled 20 times in a row" in " ".join(ran.output.split())
+    assert sorted(int(n) for n in (tmp_path / "ledger").read_text().split()) == [n for n in range(30) if n != 5]
+    (record,) = [json.loads(line) for line in (ran.run_dir / "failed.jsonl").read_text().splitlines()]
+    assert (record["ordinal"], record["error_type"].rsplit(".")[-1]) == (5, "Throttled")

@@ -307,7 +307,7 @@ class AsyncExecutor:
             delay = self._cooldown.throttled(throttle)
             self._cooling = self._slow = True
             self._cool_over.clear()
-            self._retries.throttled(ordinal, item, attempts, delay, self._requeue, self.stopping)
+            self._retries.throttled(ordinal, item, attempts, delay, self._requeue, self.stopping, error)
             return
         if self._retries.failed(ordinal, item, attempts, error, self._requeue, self.stopping):
             self._wake.set()

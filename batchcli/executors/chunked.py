@@ -350,7 +350,9 @@ class ChunkedExecutor:
 
     def _throttled(self, entry: _Entry, error: ItemError) -> None:
         delay = self._cooldown.throttled(Throttle(error.retry_after_s))
-        self._retries.throttled(entry.ordinal, entry.item, entry.attempts, delay, self._requeue, self.stopping)
+        self._retries.throttled(
+            entry.ordinal, entry.item, entry.attempts, delay, self._requeue, self.stopping, ItemFailed(error), error.info
+        )
 
     def _grow(self) -> None:
         self._cooldown.tick()

@@ -24,6 +24,11 @@ from batchcli.outcome import Failure, Tally, error_text, qualified_name, writabl
 log = logging.getLogger("batchcli.retries")
 """Each scheduled retry: one info line, so in the run's log file, and on the console only with ``-v``."""
 
+THROTTLES_MAX = 20
+"""An item throttled this many times in a row, while throttles spend none of its attempts, fails finally with the
+last one: the API refuses that item, not the run's pace (a record that always gets a 503), and the run would
+otherwise never end. A throttled wave answers one burst, so an item is rarely throttled even twice in a row."""
+
 _item_repr = reprlib.Repr()
 _item_repr.maxstring = _item_repr.maxother = 80
 
@@ -36,6 +41,8 @@ class Attempts:
     """tenacity's per-call state: attempt number, last outcome."""
     first_started: float
     """Wall-clock time (epoch seconds) of the first attempt's failure."""
+    throttled: int = 0
+    """Throttles of this item in a row, since its last attempt that was not one (``THROTTLES_MAX``)."""
 
     @property
     def count(self) -> int:
@@ -151,34 +158,17 @@ class RetryScheduler:
         now = self._clock()
         policy = self.policy
         if attempts is not None:
+            attempts.throttled = 0
             delay = policy.next_delay(attempts, error)
         elif policy.max_attempts == 1 or not isinstance(error, policy.retry_for):
             delay = None  # final at its first attempt (a flood's usual case): no tenacity state is built for it
         else:
             attempts = policy.start(now)
             delay = policy.next_delay(attempts, error)
-        watch = self._tally.watch
         if delay is None:
-            if described is not None:
-                error_type, message, traceback = described.error_type, described.message, described.traceback
-            else:
-                error_type, message = qualified_name(type(error)), error_text(error)
-                traceback = format_item_traceback(error)
-            self._tally.fail(
-                Failure(  # positional: keywords cost a flood 0.7 µs a failure
-                    ordinal,
-                    item,
-                    error_type,
-                    writable(message),
-                    writable(traceback),
-                    1 if attempts is None else attempts.count,
-                    now if attempts is None else attempts.first_started,
-                    now,
-                )
-            )
-            if watch is not None:
-                watch(self._tally.failures[-1], lambda: self.hold(ordinal, item, requeue))
+            self._final(ordinal, item, attempts, error, described, requeue, now)
             return True
+        watch = self._tally.watch
         if stopping:
             return False
         if watch is not None:
@@ -208,17 +198,69 @@ class RetryScheduler:
         self._timers[key] = self._loop.call_later(delay, self._due, key, requeue, ordinal, item, attempts)
         return False
 
+    def _final(
+        self,
+        ordinal: int,
+        item: Any,
+        attempts: Attempts | None,
+        error: BaseException,
+        described: Described | None,
+        requeue: Requeue,
+        now: float,
+    ) -> None:
+        """The item's final failure: counted, kept for the journal, and shown to the circuit breaker."""
+        if described is not None:
+            error_type, message, traceback = described.error_type, described.message, described.traceback
+        else:
+            error_type, message = qualified_name(type(error)), error_text(error)
+            traceback = format_item_traceback(error)
+        self._tally.fail(
+            Failure(  # positional: keywords cost a flood 0.7 µs a failure
+                ordinal,
+                item,
+                error_type,
+                writable(message),
+                writable(traceback),
+                1 if attempts is None else attempts.count,
+                now if attempts is None else attempts.first_started,
+                now,
+            )
+        )
+        watch = self._tally.watch
+        if watch is not None:
+            watch(self._tally.failures[-1], lambda: self.hold(ordinal, item, requeue))
+
     def throttled(
-        self, ordinal: int, item: Any, attempts: Attempts | None, delay: float, requeue: Requeue, stopping: bool
+        self,
+        ordinal: int,
+        item: Any,
+        attempts: Attempts | None,
+        delay: float,
+        requeue: Requeue,
+        stopping: bool,
+        error: BaseException | None = None,
+        described: Described | None = None,
     ) -> None:
         """Hold a throttled item until the cool-down is over; it spends none of its attempts.
 
-        While ``stopping`` it is dropped instead: left unprocessed, a resume retries it.
+        While ``stopping`` it is dropped instead: left unprocessed, a resume retries it. The ``THROTTLES_MAX``-th
+        throttle in a row of the same item is its final failure, with ``error`` (``described``: as for ``failed``).
         """
         if stopping:
             return
         if self._loop is None:
             raise RuntimeError("RetryScheduler.bind(loop) must be called before the first failure.")
+        if error is not None:
+            if attempts is None:
+                attempts = self.policy.start(self._clock())
+            attempts.throttled += 1
+            if attempts.throttled >= THROTTLES_MAX:
+                log.warning(
+                    "Item %s (#%d) was throttled %d times in a row while other work went on: the API refuses that "
+                    "item, so it fails now with its last answer.", _item_repr.repr(item), ordinal, attempts.throttled,
+                )  # fmt: skip
+                self._final(ordinal, item, attempts, error, described, requeue, self._clock())
+                return
         self._tally.retrying += 1
         key = object()
         self._timers[key] = self._loop.call_later(delay, self._due, key, requeue, ordinal, item, attempts)

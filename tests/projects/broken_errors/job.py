@@ -2,7 +2,8 @@
 
 - ``overflow``: ``Throttled(retry_after=10**400)`` on its first attempt (an ``int()`` of a header gone wrong),
 - ``response``: an exception whose ``response`` property raises,
-- ``str``: an exception whose ``__str__`` raises.
+- ``str``: an exception whose ``__str__`` raises;
+- ``refused``: ``Throttled(retry_after=0)`` at every attempt (an API that always answers 503 for that record).
 
 Every success is appended to ``ledger``."""
 
@@ -54,6 +55,8 @@ class Call(Service[int]):
                 raise ApiError("the API answered 500")
             if self.how == "str":
                 raise Unprintable()
+            if self.how == "refused":
+                raise Throttled(retry_after=0)
         if self.ledger:
             with Path(self.ledger).open("a") as out:
                 out.write(f"{item}\n")
