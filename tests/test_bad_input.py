@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 PROJECTS = Path(__file__).resolve().parent / "projects"
 BATCHFRAME = PROJECTS / "batchframe_style"
 TYPED = PROJECTS / "typed_params" / "typed_params_job.py"
@@ -54,10 +56,13 @@ def test_config_field_that_does_not_cast(cli) -> None:
     assert "Param 'concurrency' expects int, got 'many'" in out
 
 
-def test_config_value_out_of_range(cli) -> None:
-    """A configuration value that casts but is invalid (concurrency=0) names the field and the value."""
-    out = rejected(cli("exec", RETRIES, "-d", "out", "-p", "concurrency=0"))
-    assert "concurrency must be at least 1, got 0" in out
+@pytest.mark.parametrize("value", ["0", "20000", str(10**23)])
+def test_config_value_out_of_range(cli, value: str) -> None:
+    """A configuration value that casts but is invalid (concurrency=0) names the field and the value. Above
+    10,000 too, the bound ctl and the pause shell apply: exec took any number, and ctl then refused to set the
+    run's own concurrency again."""
+    out = rejected(cli("exec", RETRIES, "-d", "out", "-p", f"concurrency={value}"))
+    assert f"concurrency must be 1 to 10,000 items in flight at once, got {value}: e.g. concurrency=50." in out
 
 
 def test_unknown_param_suggests_the_closest_name(cli) -> None:

@@ -17,8 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-MAX_CONCURRENCY = 10_000
-"""The most items in flight a live control (the pause shell's ``set_concurrency``) accepts."""
+from batchcli.load.configuration import MAX_CONCURRENCY  # the one bound: exec's and the live controls'
 
 
 def checked_concurrency(value: object) -> int:

@@ -14,6 +14,10 @@ EXECUTORS = ("async", "process", "dask", "ray")
 
 RUNTIME_FIELDS = ("output_dir", "run_dir", "started_at")
 
+MAX_CONCURRENCY = 10_000
+"""The most items in flight at once, configured or set live (``ctl set``, the pause shell): one rule everywhere,
+so a run's own setting can always be set again."""
+
 BREAKER_WINDOW_MAX = 1_000_000
 """The longest circuit-breaker window: it keeps the outcomes of up to twice that many settled items in memory."""
 
@@ -95,8 +99,11 @@ class Configuration:
 
     def __post_init__(self) -> None:
         self._check_breaker()
-        if self.concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {self.concurrency!r}.")
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise ValueError(
+                f"concurrency must be 1 to {MAX_CONCURRENCY:,} items in flight at once, got {self.concurrency!r}: "
+                "e.g. concurrency=50."
+            )
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be 0 or more, got {self.max_retries!r}.")
         # `not x > 0` rather than `x <= 0`: NaN compares false both ways, and must be refused too.
