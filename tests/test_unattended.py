@@ -422,6 +422,8 @@ def test_ctl_set_while_setup_runs_says_the_run_is_still_starting(tmp_path: Path)
         assert early.returncode == 1, early.stderr
         assert f"The run is still starting (its setup() runs), so its limits cannot change yet: try batchcli ctl {run_dir} set concurrency=3 again" in flat
         assert "self.set_concurrency" not in flat
+        frame = " ".join(batchcli("watch", run_dir, "--once").stdout.split())  # said "concurrency None of 10 (adapting)"
+        assert "concurrency 10 (starting)" in frame and "None" not in frame, frame
         assert ctl(run_dir, "stop").returncode == 0
         assert run.wait(timeout=30) == 130
     finally:

@@ -89,8 +89,12 @@ def frame(view: Snapshot) -> RenderableType:
 
 def _limits(live: dict[str, object]) -> list[str]:
     concurrency, configured = live.get("concurrency"), live.get("configured_concurrency")
-    parts = [f"concurrency {concurrency}" + ("" if concurrency == configured else f" of {configured} (adapting)")]
     rate_limit = live.get("rate_limit")
+    if concurrency is None:  # no executor yet (setup() runs): only the configured limits exist ("None of 10" before)
+        parts = [f"concurrency {configured} (starting)"]
+        rate_limit = live.get("configured_rate_limit")
+    else:
+        parts = [f"concurrency {concurrency}" + ("" if concurrency == configured else f" of {configured} (adapting)")]
     parts.append("rate limit " + ("none" if rate_limit is None else f"{rate_limit}/s"))
     cooling = live.get("cooling_down_s") or 0
     if isinstance(cooling, (int, float)) and cooling > 0:
