@@ -129,3 +129,29 @@ def test_an_item_the_api_always_throttles_fails_after_a_bound_and_the_run_ends(r
     assert sorted(int(n) for n in (tmp_path / "ledger").read_text().split()) == [n for n in range(30) if n != 5]
     (record,) = [json.loads(line) for line in (ran.run_dir / "failed.jsonl").read_text().splitlines()]
     assert (record["ordinal"], record["error_type"].rsplit(".")[-1]) == (5, "Throttled")
+
+
+def test_a_len_that_is_an_integer_but_no_int_counts(run_batchcli: Any, tmp_path: Path) -> None:
+    """len() takes anything with __index__ (a numpy integer): so does the run, with its total."""
+    ran = exec_job(run_batchcli, tmp_path, "length=0")
+    assert ran.exit_code == 0 and "ignored" not in ran.output, ran.output
+    assert json.loads((ran.run_dir / "summary.json").read_text())["total"] == 10
+
+
+def test_a_job_that_changes_directory_is_not_taken_for_a_moved_run(tmp_path: Path) -> None:
+    """The run directory is given relative to where exec started (-d out); setup() then changes directory. The
+    check that the journal is still in place uses the absolute path taken before the job's code ran."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    (tmp_path / "elsewhere").mkdir()
+    ran = subprocess.run(
+        [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", "out", "--no-shell", "-p", "count=200",
+         "-p", f"chdir={tmp_path / 'elsewhere'}", "-p", f"ledger={tmp_path / 'ledger'}"],
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "moved" not in ran.stderr and "Finished: 200 succeeded, 0 failed of 200" in ran.stderr, ran.stderr
+    assert ledger(tmp_path) == list(range(200))

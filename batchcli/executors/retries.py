@@ -256,8 +256,8 @@ class RetryScheduler:
             attempts.throttled += 1
             if attempts.throttled >= THROTTLES_MAX:
                 log.warning(
-                    "Item %s (#%d) was throttled %d times in a row while other work went on: the API refuses that "
-                    "item, so it fails now with its last answer.", _item_repr.repr(item), ordinal, attempts.throttled,
+                    "Item %s (#%d) was throttled %d times in a row: the API keeps refusing that item, so it fails "
+                    "now with its last answer.", _item_repr.repr(item), ordinal, attempts.throttled,
                 )  # fmt: skip
                 self._final(ordinal, item, attempts, error, described, requeue, self._clock())
                 return

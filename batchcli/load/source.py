@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 import reprlib
 import sys
 from typing import Any, Generic, Iterator, TypeVar
@@ -64,8 +65,12 @@ def source_length(source: object) -> int | None:
     if length is None:
         return None
     value = length(source)  # not len(): its own checks raise without saying whose __len__ it was
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= sys.maxsize:
-        return value
+    try:
+        count = operator.index(value)  # what len() takes: an int, or a numpy integer
+    except TypeError:
+        count = -1
+    if 0 <= count <= sys.maxsize:
+        return count
     logging.getLogger("batchcli").warning(
         "%s.__len__() returned %s, which is not a count of items (a whole number, 0 or more): ignored. The run "
         "goes on without a total until the source runs out.",

@@ -121,7 +121,9 @@ class Recording:
         """Once the journal is not where it was: whether the directory was deleted, else where it went (None: unknown)."""
 
     def watch_place(self, journal_path: Path) -> None:
-        """Check before each flush that ``journal_path`` is still the journal this run writes."""
+        """Check before each flush that ``journal_path`` is still the journal this run writes. Made absolute here,
+        before the job's code runs: a job that changes directory must not look like a moved run."""
+        journal_path = journal_path.resolve()
         st = os.stat(journal_path)
         self._place = (journal_path, st.st_dev, st.st_ino)
         try:
@@ -151,7 +153,7 @@ class Recording:
             now = Path(os.readlink(f"/proc/self/fd/{fd}"))
         except OSError:
             return False, None
-        return False, None if now == self.run_dir.resolve() else now
+        return False, None if self._place is not None and now == self._place[0].parent else now
 
     @property
     def stalled(self) -> bool:

@@ -162,6 +162,9 @@ class Session:
             check_executor(job.config)  # bad executor settings are bad input: no run directory for them
             metrics = open_metrics(job.config, job.project.name)  # so is a busy metrics_port
             run_dir, started_at = self._place(continuation, job.project.name)
+            # Absolute from here on: the job's code may change directory, and the run writes its directory by
+            # path (summary.json, failed.jsonl, kernel.json) until the end.
+            run_dir = run_dir.absolute()
             bind_runtime(job.config, output_dir=options.output_dir, run_dir=run_dir, started_at=started_at)
         except BaseException:
             if metrics is not None:

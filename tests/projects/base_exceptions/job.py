@@ -6,6 +6,7 @@ appended to ``ledger``."""
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 from batchcli import Param, Service, Source, inject
@@ -29,17 +30,29 @@ class Numbers(Source[int]):
             yield n
 
     def __len__(self) -> int:
+        if self.length == 0:  # ``length=0``: the count as an integer that is no int (a numpy integer, say)
+            return Index(self.count)  # type: ignore[return-value]
         return self.count if self.length is None else self.length  # ``length``: a __len__ that lies
+
+
+class Index:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
 
 
 @inject
 class Work(Service[int]):
-    def __init__(self, where: Param[str] = "none", at: Param[int] = 3, ledger: Param[str] = "") -> None:
-        self.where, self.at, self.ledger = where, at, ledger
+    def __init__(self, where: Param[str] = "none", at: Param[int] = 3, ledger: Param[str] = "", chdir: Param[str] = "") -> None:
+        self.where, self.at, self.ledger, self.chdir = where, at, ledger, chdir
         if where == "sync_process":
             self.process = self._sync_process  # type: ignore[method-assign]
 
     def setup(self) -> None:
+        if self.chdir:  # a job that works in a directory of its own
+            os.chdir(self.chdir)
         if self.where == "setup":
             raise Abandon("setup gave up")
 
