@@ -100,7 +100,7 @@ class ProcessBackend:
         # SIGTERMs its daemonic children and joins them, but workers ignore SIGTERM (signals.py) and wait on
         # their pipe from this very process, so the join would wait for ever. Registered after multiprocessing's
         # own handler, this one runs first (atexit is last in, first out) and kills what is left.
-        atexit.register(self._kill_at_exit)
+        atexit.register(self.abandon)
         for _ in range(self._count):
             self._spawn(replacement=False)
         outcomes = await asyncio.gather(*(w.ready for w in self._workers), return_exceptions=True)
@@ -304,16 +304,12 @@ class ProcessBackend:
                 worker.process.kill()
                 worker.process.join(5)
             worker.tasks.close()
-        atexit.unregister(self._kill_at_exit)
+        atexit.unregister(self.abandon)
 
     def abandon(self) -> None:
-        """The run leaves without close() (a stop timed out while setup() or finish() hung in the workers), and then
-        exits at once, skipping ``atexit``: SIGKILL the workers now (they ignore SIGTERM). Before, they outlived the
-        run for good, orphaned, with the resource tracker."""
-        self._kill_at_exit()
-
-    def _kill_at_exit(self) -> None:
-        """At interpreter exit without close(): the workers still alive were abandoned; SIGKILL them."""
+        """The workers still alive were abandoned: SIGKILL them (they ignore SIGTERM). At interpreter exit without
+        close(), and when the run leaves without close() (a stop timed out while setup() or finish() hung in the
+        workers) to exit at once, skipping ``atexit``: before, they outlived the run for good, orphaned."""
         for worker in self._workers:
             if worker.process.is_alive():
                 worker.process.kill()

@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from batchcli.load.environment import variable
 from batchcli.errors import JournalError, UsageError
-from batchcli.journal.writer import Journal
+from batchcli.journal.writer import Journal, stable_target
 from batchcli.journal.matching import FailureFilter, TypeMatch, matching_failures, recorded_types
 from batchcli.journal.rundir import RunInfo, check_safe, damaged, query, read_run, stream
 from batchcli.journal.shards import Shard
@@ -319,8 +319,7 @@ def fresh_continuation(job: Job, selection: Selection | None, dry_run: bool, not
 def _other_jobs(job: Job, runs: tuple[Path, ...]) -> list[Notice]:
     """A warning for each ``--skip-done-in`` run made by another job: its keys are compared all the same, and a
     job whose keys look alike (0, 1, 2 ...) would skip items it never did, without a word."""
-    this = job.project.target
-    here = str(Path(this).expanduser().resolve()) if Path(this).expanduser().exists() else this
+    here = stable_target(job.project.target)
     warnings = []
     for run_dir in runs:
         other = read_run(run_dir).target

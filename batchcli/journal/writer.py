@@ -208,7 +208,7 @@ class Journal:
                     (
                         FORMAT,
                         job.project.name,
-                        _stable_target(wiring.target),
+                        stable_target(wiring.target),
                         wiring.config_name,
                         type(job.config).__name__,
                         json.dumps(values),
@@ -561,7 +561,8 @@ def _insert_session(conn: sqlite3.Connection, now: float) -> int:
     return int(cursor.lastrowid or 0)
 
 
-def _stable_target(target: str) -> str:
-    """An absolute path when the target is a path, so a resume from another directory finds it."""
+def stable_target(target: str) -> str:
+    """An absolute path when the target is a path, so a resume from another directory finds it (the journal's
+    ``target``: compare a job's with it through this too)."""
     path = Path(target).expanduser()
     return str(path.resolve()) if path.exists() else target

@@ -208,28 +208,24 @@ class RunController:
         """``retry_failed`` without its line: how many failures it retried, and those that failed again (``ctl``).
         One at a time, whoever asks: a second request waits, then retries what is still failed."""
         with self._run.retrying_failed:
-            return self._retry_failed()
+            failures = list(self._run.tally.failures)
+            return len(failures), self._await(self._retry_all(failures))
 
-    def _retry_failed(self) -> tuple[int, dict[int, Exception]]:
-        failures = list(self._run.tally.failures)
+    async def _retry_all(self, failures: list[Failure]) -> dict[int, Exception]:
+        """Each of ``failures`` once more, the executor's concurrency at once; ordinal -> error of those that failed again."""
         executor = self._run.executor
-        limit = self._run.job.config.concurrency if executor is None else executor.limits.concurrency
+        gate = asyncio.Semaphore(self._run.job.config.concurrency if executor is None else executor.limits.concurrency)
 
-        async def retry_all() -> dict[int, Exception]:
-            gate = asyncio.Semaphore(limit)
+        async def one(failure: Failure) -> Exception | None:
+            async with gate:
+                try:
+                    await self._retry(failure, failure.item)
+                except Exception as error:
+                    return error
+                return None
 
-            async def one(failure: Failure) -> Exception | None:
-                async with gate:
-                    try:
-                        await self._retry(failure, failure.item)
-                    except Exception as error:
-                        return error
-                    return None
-
-            errors = await asyncio.gather(*(one(f) for f in failures))
-            return {f.ordinal: e for f, e in zip(failures, errors) if e is not None}
-
-        return len(failures), self._await(retry_all())
+        errors = await asyncio.gather(*(one(f) for f in failures))
+        return {f.ordinal: e for f, e in zip(failures, errors) if e is not None}
 
     # Helpers.
 

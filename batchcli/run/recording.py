@@ -121,8 +121,8 @@ class Recording:
         """Once the journal is not where it was: whether the directory was deleted, else where it went (None: unknown)."""
 
     def watch_place(self, journal_path: Path) -> None:
-        """Check before each flush that ``journal_path`` is still the journal this run writes. Made absolute here,
-        before the job's code runs: a job that changes directory must not look like a moved run."""
+        """Check before each flush that ``journal_path`` is still the journal this run writes. Resolved (symlinks too),
+        as ``/proc`` names a moved directory: the directory the run started in then compares equal."""
         journal_path = journal_path.resolve()
         st = os.stat(journal_path)
         self._place = (journal_path, st.st_dev, st.st_ino)
@@ -226,16 +226,15 @@ class Recording:
                     "was deleted" if deleted else f"was moved to {moved_to}" if moved_to else "was moved or replaced",
                     self.retry_s,
                 )
-                self._on_stall_change()
-                return
-            log.error(
-                "Cannot write the run directory %s (%s; %s free): no new item starts while batchcli retries "
-                "for up to %gs (write_retry_s).",
-                self.run_dir,
-                describe(error),
-                free_space(self.run_dir),
-                self.retry_s,
-            )
+            else:
+                log.error(
+                    "Cannot write the run directory %s (%s; %s free): no new item starts while batchcli retries "
+                    "for up to %gs (write_retry_s).",
+                    self.run_dir,
+                    describe(error),
+                    free_space(self.run_dir),
+                    self.retry_s,
+                )
             self._on_stall_change()
         elif now - self._stalled_since >= self.retry_s and not self._gave_up:
             self._gave_up = True
