@@ -199,9 +199,29 @@ def test_worker_processes_hung_in_setup_or_finish_end_with_a_stop_that_times_out
     workers = {pid for pid in _children(run.proc.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()}
     assert len(workers) == 2, workers
     run.signal(signal.SIGTERM)
-    assert run.wait() == (130 if hook == "setup" else 0), run.output
+    assert run.wait() == 130, run.output  # finish() cut short is no clean finish either
     assert "Traceback" not in run.output and "leaked semaphore" not in run.output, run.output
     wait_for(lambda: not any(map(_running, workers)), "the workers to end", timeout=10)
+
+
+@pytest.mark.parametrize("executor", ["async", "process"])
+def test_a_finish_cut_short_by_the_stop_timeout_is_a_stop_and_resume_runs_it_again(piped, run_batchcli, executor: str) -> None:
+    """Every item settled, then finish() hangs and a stop times out: the run said "Finished", exit 0, although
+    what finish() flushes was never written. It is a stop (exit 130, resumable), and resume runs finish()."""
+    run = piped("shell_slow", "-p", "count=4", "-p", f"executor={executor}", "-p", "workers=2", "-p", "stop_timeout_s=0.5",
+                "-p", "finish_s=600")  # fmt: skip
+    wait_for(lambda: "finish" in run.log.lines(), "finish() to start")
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 130, run.output
+    assert "finish() (or persist_failed) had not returned when the stop timed out" in run.output, run.output
+    summary = run.summary()
+    assert (summary["status"], summary["succeeded"], summary["unprocessed"]) == ("stopped", 4, 0)
+    before = len(run.log.lines())
+    resumed = run_batchcli("resume", str(newest_run(run.out)), "-p", "finish_s=0")
+    assert resumed.exit_code == 0, resumed.output
+    assert run.log.lines()[before:].count("finish") == (1 if executor == "async" else 2)  # once per worker
+    assert run.log.done_twice() == []
+    assert run.summary()["status"] == "finished"
 
 
 def test_in_flight_items_are_cancelled_after_the_stop_timeout(piped) -> None:

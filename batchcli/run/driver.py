@@ -123,6 +123,8 @@ class Run:
         self._hard_stop = HardStop()
         """When the main thread stops waiting for a loop thread that a hard stop did not end."""
         self._left_loop = False
+        self._hooks_cut = False
+        """The run left its loop before the job's last hooks (``finish()``, ``persist_failed``) had returned."""
         self._stop_sent = False  # the executor was told to stop
         self._stop_deadline: float | None = None
         """When a graceful stop becomes a hard one (monotonic): ``stop_timeout_s`` after it was asked for. The
@@ -308,7 +310,8 @@ class Run:
     def _leave_loop(self) -> None:
         # The journal, the summary and the exit go ahead without the loop thread (a daemon).
         self._left_loop = True
-        if not self._hard_stop.hooks_ran:
+        self._hooks_cut = not self._hard_stop.hooks_ran  # now: the loop thread may still get to them, too late
+        if self._hooks_cut:
             log.warning(
                 "The job's code still runs past the stop timeout (setup() or finish(), here or in its worker "
                 "processes, or code that holds the event loop); leaving it without finish() and persist_failed."
@@ -601,6 +604,7 @@ class Run:
             threads_left=int(self._left_loop) + (_item_threads_alive() if self._hard_stop.begun else 0),
             breaker=None if self.breaker is None else dataclasses.asdict(self.breaker.counts),
             stop_reason=self.breaker_message,
+            hooks_cut=self._hooks_cut,
         )
 
 

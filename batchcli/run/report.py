@@ -63,8 +63,12 @@ def result_of(
     threads_left: int,
     breaker: dict[str, float] | None = None,
     stop_reason: str = "",
+    hooks_cut: bool = False,
 ) -> RunResult:
-    """The result and exit code: whole-run counts (earlier sessions included) come from the journal."""
+    """The result and exit code: whole-run counts (earlier sessions included) come from the journal.
+
+    ``hooks_cut``: a stop that timed out left the job's last hooks (``finish()``, ``persist_failed``) unfinished.
+    """
     succeeded, failed = journal.succeeded, journal.failed
     unprocessed = None if tally.total is None else tally.total - succeeded - failed
     if fatal is not None:
@@ -73,6 +77,14 @@ def result_of(
         status, code = "stopped", write_error.exit_code  # 130, resumable; 3 for a run directory that was deleted
     elif stop_requested and unprocessed != 0:
         status, code = "stopped", EXIT_STOPPED
+    elif hooks_cut:
+        # Every item settled, but finish() (which may flush what the job wrote) never returned: not "finished"
+        # with exit 0. A resume settles nothing new and runs setup() and finish() again.
+        status, code = "stopped", EXIT_STOPPED
+        stop_reason = stop_reason or (
+            "every item was settled, but the job's finish() (or persist_failed) had not returned when the stop "
+            f"timed out, and was abandoned. Run setup() and finish() again with: batchcli resume {run_dir}"
+        )
     elif not tally.exhausted or tally.retrying:
         # Finished means the source ran out and nothing waits to retry; anything else ended early
         # (whatever ended it) and is resumable, never "finished" with items silently dropped.
