@@ -18,9 +18,10 @@ JOB = PROJECTS / "base_exceptions" / "job.py"
 
 
 def exec_job(run_batchcli: Any, tmp_path: Path, *params: str) -> Any:
+    """``exec`` of the job with ``-p`` for each ``name=value`` in ``params``; other words go as they are."""
     args = ["exec", JOB, "-d", tmp_path / "out", "--no-shell", "-p", f"ledger={tmp_path / 'ledger'}", "-p", "backoff_s=0"]
     for param in params:
-        args += ["-p", param]
+        args += ["-p", param] if "=" in param else [param]
     return run_batchcli(*args, timeout=90)  # a hang fails the test here instead of holding the suite
 
 
@@ -104,16 +105,19 @@ def test_an_exception_that_breaks_when_read_is_still_that_items_failure(
         assert (record["ordinal"], record["error_type"], record["error_message"]) == (5, f"job.{failed[0]}", failed[1])
 
 
+@pytest.mark.parametrize("shard", ["", "1/3"], ids=["whole", "shard"])
 @pytest.mark.parametrize("length", ["-5", str(10**20)])
-def test_a_len_that_is_no_count_is_ignored_with_a_warning(run_batchcli: Any, tmp_path: Path, length: str) -> None:
+def test_a_len_that_is_no_count_is_ignored_with_a_warning(run_batchcli: Any, tmp_path: Path, length: str, shard: str) -> None:
     """__len__ only sizes the display: a negative or oversized one made len() raise, and the run crashed with a
-    traceback that named nothing of the user's."""
-    ran = exec_job(run_batchcli, tmp_path, f"length={length}")
+    traceback that named nothing of the user's (a shard's share still called len() until later)."""
+    ran = exec_job(run_batchcli, tmp_path, f"length={length}", *(["--shard", shard] if shard else []))
     assert ran.exit_code == 0, ran.output
     flat = " ".join(ran.output.split())
     assert f"Numbers.__len__() returned {length if len(length) < 10 else ''}" in flat and "ignored" in flat, ran.output
-    assert "Finished: 10 succeeded, 0 failed of 10" in flat and "Traceback" not in ran.output
-    assert ledger(tmp_path) == list(range(10))
+    assert flat.count("ignored. The run goes on without a total") == 1, ran.output
+    count = 3 if shard else 10
+    assert f"Finished: {count} succeeded, 0 failed of {count}" in flat and "Traceback" not in ran.output
+    assert ledger(tmp_path) == ([1, 4, 7] if shard else list(range(10)))
 
 
 @pytest.mark.parametrize("executor", ["async", "process"])

@@ -19,7 +19,7 @@ from typing import Any
 from batchcli.errors import UsageError
 from batchcli.journal.rundir import query
 from batchcli.journal.settled import normal_key
-from batchcli.load.source import is_async_source
+from batchcli.load.source import is_async_source, source_length
 
 INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
 """Where a Kubernetes Indexed Job puts each pod's index: ``--shard auto/N`` (or ``-p shards=N``) reads it."""
@@ -46,9 +46,14 @@ class Shard:
         """
         if key_of is not None:
             return (_AsyncKeyed if is_async_source(source) else _Keyed)(source, self, key_of)
-        if is_async_source(source):
-            return (_SizedAsyncStrided if _sized(source) else _AsyncStrided)(source, self)
-        return (_SizedStrided if _sized(source) else _Strided)(source, self)
+        # The source's own count, read once and checked as an unsharded run checks it: a __len__ that returns
+        # no count is ignored with a warning, where len() in the share's __len__ crashed a sharded run only.
+        length = source_length(source)
+        if length is None:
+            return (_AsyncStrided if is_async_source(source) else _Strided)(source, self)
+        share = (_SizedAsyncStrided if is_async_source(source) else _SizedStrided)(source, self)
+        share.length = len(range(self.index, length, self.count))
+        return share
 
     def owns_key(self, key: Any) -> bool:
         """True when the item with this ``item_key`` falls in this shard."""
@@ -69,10 +74,6 @@ def stable_hash(key: Any) -> int:
     else:
         data = b"s" + str(key).encode("utf-8", "surrogatepass")
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
-
-
-def _sized(source: Any) -> bool:
-    return hasattr(type(source), "__len__")
 
 
 class _Share:
@@ -98,13 +99,19 @@ class _AsyncStrided(_Share):
 
 
 class _SizedStrided(_Strided):
+    length = 0
+    """This shard's share of the source's count (``share`` sets it)."""
+
     def __len__(self) -> int:
-        return len(range(self.shard.index, len(self.source), self.shard.count))
+        return self.length
 
 
 class _SizedAsyncStrided(_AsyncStrided):
+    length = 0
+    """This shard's share of the source's count (``share`` sets it)."""
+
     def __len__(self) -> int:
-        return len(range(self.shard.index, len(self.source), self.shard.count))
+        return self.length
 
 
 class _Keyed(_Share):

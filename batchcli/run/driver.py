@@ -124,6 +124,8 @@ class Run:
         """When the main thread stops waiting for a loop thread that a hard stop did not end."""
         self._left_loop = False
         self._hooks_cut = False
+        self._source_items: Any = None
+        """What the run iterates (``_iterable``), made once when the loop starts."""
         """The run left its loop before the job's last hooks (``finish()``, ``persist_failed``) had returned."""
         self._stop_sent = False  # the executor was told to stop
         self._stop_deadline: float | None = None
@@ -461,7 +463,8 @@ class Run:
         source = self.job.source
         executor: Executor | None = None
         try:
-            length = source_length(self._iterable())
+            self._source_items = self._iterable()
+            length = source_length(self._source_items)
             if self._selection is not None:
                 length = self._selection.total(length)
             if length is not None:  # else keep what an earlier session counted, if any
@@ -505,7 +508,7 @@ class Run:
     def _items(self) -> tuple[Iterator[tuple[int, Any]] | AsyncIterator[tuple[int, Any]], Iterator[int]]:
         # zip() with a counter numbers the items in C; after exhaustion the counter tells how many came.
         seen: Iterator[int] = itertools.count()
-        source = self._iterable()
+        source = self._source_items
         items: Any = _numbered(source.__aiter__(), seen) if is_async_source(source) else zip(seen, iter(source))
         selection = self._selection
         if selection is not None:  # only a trial or incremental run pays for the filter
