@@ -27,7 +27,7 @@ def test_seconds_fields_refuse_negative_nan_and_infinite(cli, field: str, value:
     value and form."""
     out = rejected(cli("exec", RETRIES, "-d", "out", "-p", f"{field}={value}"))
     shown = {"-1": "-1.0"}.get(value, value)
-    assert f"{field} must be a number of seconds, 0 or more, got {shown}: e.g. {field}=1.5." in out
+    assert f"{field} must be a finite number of seconds, 0 or more, got {shown}: e.g. {field}=1.5." in out
 
 
 @pytest.mark.parametrize("field, unit", [("rate_limit", "items per second, e.g. 50"), ("item_timeout_s", "seconds, e.g. 30")])

@@ -201,4 +201,4 @@ def test_a_wait_past_throttle_max_wait_s_is_clamped_and_said_once_per_cool_down(
         waits = [cool.throttled(Throttle(float("inf"))) for _ in range(10)]
     assert waits == [cool.max_wait_s] * 10
     said = [r.getMessage() for r in caplog.records if "throttle_max_wait_s" in r.getMessage()]
-    assert said == [f"The API asked to wait infs; waiting throttle_max_wait_s={cool.max_wait_s:g}s instead."]
+    assert said == [f"The API asked to wait for ever; waiting throttle_max_wait_s={cool.max_wait_s:g}s instead."]

@@ -382,6 +382,14 @@ def test_an_export_into_the_run_directory_is_refused_and_the_journal_kept(cli, t
     assert len(list(batchcli.read_results(run_dir))) == 30
 
 
+def test_an_empty_output_name_is_refused_as_such(cli) -> None:
+    """-o '' was read as '.', and refused as "-o '.' is a directory", a name the user never gave."""
+    ran = cli("exec", SQUARES, "-d", "out", "-p", "count=3")
+    refused = cli("results", ran.run_dir, "-o", "")
+    flat = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "-o '' names no file" in flat and "'.'" not in flat, refused.output
+
+
 def test_an_export_keeps_the_mode_of_the_file_it_replaces_and_a_new_one_gets_the_umask(cli, tmp_path: Path) -> None:
     """As ``> FILE`` does: the export is drafted owner-only and renamed, and the rename used to leave every export
     0600, so a results file shared with a team (0644, 0640) stopped being readable by it after the next export."""

@@ -13,7 +13,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from batchcli.cli.usageline import BatchcliTyper
-from batchcli.errors import BatchcliError
+from batchcli.errors import BatchcliError, UsageError
 from batchcli.load.environment import PREFIX as ENV_PREFIX
 from batchcli.run.interrupts import EarlySignals
 
@@ -64,7 +64,6 @@ LOG_FORMAT_HELP = "json: one JSON object per log line, in the run's log file and
 
 
 def _log_format(value: str) -> str:
-    from batchcli.errors import UsageError
 
     if value not in ("text", "json"):
         raise UsageError(f"--log-format {value!r} is not a log format. Use --log-format text (the default) or json.")
@@ -73,7 +72,6 @@ def _log_format(value: str) -> str:
 
 def parse_values(pairs: list[str]) -> dict[str, tuple[str, ...]]:
     """``["a=1", "b=2", "a=3"]`` -> ``{"a": ("1", "3"), "b": ("2",)}``; a pair without ``=`` is an error."""
-    from batchcli.errors import UsageError
 
     values: dict[str, list[str]] = {}
     for pair in pairs:
@@ -90,7 +88,6 @@ def parse_values(pairs: list[str]) -> dict[str, tuple[str, ...]]:
 
 def output_path(raw: str) -> Path:
     """The ``-d`` value as a path; an empty one is an error (``Path('')`` would silently mean ``.``)."""
-    from batchcli.errors import UsageError
 
     if not raw.strip():
         raise UsageError(
@@ -167,7 +164,6 @@ def exec_(
     if path is None:
         ctx.fail("Missing argument 'PATH': give a .py file, a project directory or an installed job name.")
     if not path.strip():  # Path('') is '.': the current directory was loaded as a project
-        from batchcli.errors import UsageError
 
         raise UsageError(
             f"PATH {path!r} is empty. Give a .py file, a project directory (. for the current one) or an installed "
@@ -356,12 +352,14 @@ def attach(run_dir: Path = typer.Argument(..., help="The run directory of a live
 def results(
     run_dir: Path = typer.Argument(..., help="A run directory, or a shard group's directory."),
     format: str = typer.Option("jsonl", "--format", "-f", help="jsonl (one JSON object per line) or csv."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+    output: str | None = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
 ) -> None:
     """Write what process() returned for each succeeded item, in source order, with its ordinal (and key)."""
     from batchcli.cli.exporting import export_results
 
-    export_results(run_dir, format, output)
+    if output == "":  # as a Path it would be '.', refused as "a directory" that the user never named
+        raise UsageError("-o '' names no file. Give -o a file name, e.g. -o results.jsonl, or leave -o out for stdout.")
+    export_results(run_dir, format, None if output is None else Path(output))
 
 
 def _exec_help(ctx: typer.Context, path: str | None, config: str | None) -> NoReturn:

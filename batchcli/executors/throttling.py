@@ -9,6 +9,7 @@ in either of its forms, seconds or an HTTP-date.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -236,7 +237,7 @@ class Cooldown:
             if first or now + self.max_wait_s > self.until:  # once per cool-down, not per refused attempt
                 log.warning(
                     "%s; waiting throttle_max_wait_s=%gs instead.",
-                    f"The API asked to wait {wait:.0f}s" if asked is not None else f"The cool-down would be {wait:.0f}s",
+                    f"The API asked to wait {_wait_text(wait)}" if asked is not None else f"The cool-down would be {_wait_text(wait)}",
                     self.max_wait_s,
                 )
             wait = self.max_wait_s
@@ -455,3 +456,8 @@ class RateDiscovery:
 def _describe(limits: Limits) -> str:
     rate = "" if limits.rate_limit is None else f", rate_limit={round(limits.rate_limit, 1):g}/s"
     return f"concurrency={limits.concurrency}{rate}"
+
+
+def _wait_text(wait: float) -> str:
+    """A wait for the log: ``120s``, or "for ever" for an infinite ``Retry-After`` (``Throttled(math.inf)``)."""
+    return "for ever" if wait == math.inf else f"{wait:.0f}s"

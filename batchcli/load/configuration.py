@@ -120,7 +120,7 @@ class Configuration:
         for name in ("backoff_s", "backoff_max_s", "stop_timeout_s", "write_retry_s"):
             value = getattr(self, name)
             if not 0 <= value < math.inf:
-                raise ValueError(f"{name} must be a number of seconds, 0 or more, got {value!r}: e.g. {name}=1.5.")
+                raise ValueError(f"{name} must be a finite number of seconds, 0 or more, got {value!r}: e.g. {name}=1.5.")
         if self.backoff_max_s < self.backoff_s:
             raise ValueError(
                 f"backoff_max_s ({self.backoff_max_s!r}) must be at least backoff_s ({self.backoff_s!r}): it caps "
