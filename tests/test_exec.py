@@ -245,6 +245,30 @@ def test_item_timeout_cancels_a_slow_attempt_and_retries_it(cli) -> None:
     assert "item_timeout_s" in failure["error_message"]
 
 
+def test_a_blocking_call_in_async_code_is_named_when_it_holds_the_loop_past_the_timeout(cli, tmp_path: Path) -> None:
+    """A sync call inside an async process holds the event loop: item_timeout_s cannot interrupt it, and nothing else
+    runs. The run hung in silence; it now warns once, naming the job's line, and notes when the loop is free again."""
+    ledger = tmp_path / "ledger"
+    result = cli("exec", project("loop_held"), "-d", "out", "-p", f"ledger={ledger}", "-p", "item_timeout_s=0.3",
+                 "-p", "block_s=1.5", "-p", "at=2")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    log = (result.run_dir / "batchcli.log").read_text()
+    flat = " ".join(log.split())
+    job = project("loop_held")
+    assert flat.count("The job's code has held the event loop for") == 1, log
+    assert f"in process() at {job}:30 (time.sleep(self.block_s)" in flat, log
+    assert "item_timeout_s cannot interrupt it" in flat and "The event loop had a turn again" in flat, log
+    assert sorted(map(int, ledger.read_text().split())) == [0, 1, 2, 3, 4]
+
+
+def test_an_async_job_that_awaits_is_never_said_to_hold_the_loop(cli, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    result = cli("exec", project("loop_held"), "-d", "out", "-p", f"ledger={ledger}", "-p", "item_timeout_s=0.3",
+                 "-p", "at=-1", "-p", "count=2000")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "held the event loop" not in (result.run_dir / "batchcli.log").read_text()
+
+
 def test_rate_limit_spaces_item_starts(cli) -> None:
     """rate_limit caps starts per second: 20 items at 50/s start over at least ~0.38 s, even with 10 in flight."""
     result = cli("exec", project("rate_limit"), "-d", "out", "-p", "rate_limit=50", "-p", "count=20")

@@ -35,6 +35,7 @@ from batchcli.run.display import make_display
 from batchcli.run.hardstop import HardStop
 from batchcli.run.interrupts import EarlySignals, RunSignals
 from batchcli.run.logs import guard_console, start_logging
+from batchcli.run.loopwatch import HELD_S, LoopWatch
 from batchcli.run.notify import Notifier, notifier_of
 from batchcli.run.recording import Recording, describe, free_space
 from batchcli.run.report import RunResult, result_of, write_summary
@@ -125,6 +126,7 @@ class Run:
         self._left_loop = False
         self._hooks_cut = False
         self._source_items: Any = None
+        self._loop_watch: LoopWatch | None = None
         """What the run iterates (``_iterable``), made once when the loop starts."""
         """The run left its loop before the job's last hooks (``finish()``, ``persist_failed``) had returned."""
         self._stop_sent = False  # the executor was told to stop
@@ -215,6 +217,7 @@ class Run:
                 while self._on_main:
                     self._open_on_main(self._on_main.popleft())
                 self._nudge()  # a turn for the loop's timers, even while items never await
+                self._watch_loop(loop_thread)
                 deadline = self._stop_deadline
                 if deadline is not None and time.monotonic() >= deadline and not self._hard_stop.begun:
                     self._stop_timed_out()
@@ -439,6 +442,17 @@ class Run:
             except RuntimeError:  # the loop closed in between
                 pass
             self._nudge()
+
+    def _watch_loop(self, loop_thread: threading.Thread) -> None:
+        """Say so when the job's code holds the event loop (a blocking call in async code): main thread."""
+        loop, ident = self._loop, loop_thread.ident
+        if loop is None or ident is None or self._left_loop or loop.is_closed():
+            return
+        watch = self._loop_watch
+        if watch is None:
+            timeout = self.job.config.item_timeout_s
+            watch = self._loop_watch = LoopWatch(loop, ident, min(HELD_S, timeout or HELD_S))
+        watch.check()
 
     def _nudge(self) -> None:
         """Have the executor give the loop a turn soon, however long its items go without awaiting."""
