@@ -18,7 +18,15 @@ from batchcli.outcome import Failure
 def json_form(value: Any) -> Any:
     """A JSON-able form of an input or a param: JSON values as they are, dataclasses and named tuples
     as objects, datetimes as ISO strings, timedeltas as seconds, sets as sorted lists, anything else
-    as its ``repr``."""
+    as its ``repr``; a value that holds itself, or is nested deeper than the interpreter's stack, as its ``repr``
+    (it raised ``RecursionError`` in the recorder, which stopped the run and every resume of it)."""
+    try:
+        return _json_form(value)
+    except RecursionError:
+        return safe_repr(value)  # Python's repr writes a cycle as {...}; too deep, it names the error
+
+
+def _json_form(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # NaN and infinities are not JSON; every line of failed.jsonl must parse
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -26,34 +34,34 @@ def json_form(value: Any) -> Any:
     if isinstance(value, (datetime, date, dtime)):
         return value.isoformat()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: json_form(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: _json_form(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, tuple) and hasattr(value, "_asdict"):
-        return {k: json_form(v) for k, v in value._asdict().items()}
+        return {k: _json_form(v) for k, v in value._asdict().items()}
     if isinstance(value, enum.Enum):
-        return json_form(value.value)
+        return _json_form(value.value)
     if isinstance(value, (Decimal, PurePath)):
         return str(value)
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return {k: json_form(v) for k, v in value.items()}
+        return {k: _json_form(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [json_form(v) for v in value]
+        return [_json_form(v) for v in value]
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
         return int(seconds) if seconds.is_integer() else seconds
     if isinstance(value, (set, frozenset)):
-        items = [json_form(v) for v in value]
+        items = [_json_form(v) for v in value]
         try:
             return sorted(items)
         except TypeError:  # mixed kinds: any fixed order will do
             return sorted(items, key=lambda v: (type(v).__name__, json.dumps(v, sort_keys=True)))
     if isinstance(value, dict):  # keys that are not strings: JSON's keys are
-        return {_json_key(k): json_form(v) for k, v in value.items()}
+        return {_json_key(k): _json_form(v) for k, v in value.items()}
     return safe_repr(value)
 
 
 def _json_key(key: Any) -> str:
     """A dict key as a JSON object key: its JSON form, as text."""
-    form = json_form(key)
+    form = _json_form(key)
     return form if isinstance(form, str) else json.dumps(form, ensure_ascii=False)
 
 
@@ -147,7 +155,10 @@ def json_text(value: Any) -> str:
         return _text(value)
     if kind is int:
         return int.__repr__(value)
-    return _dumps(value)
+    try:
+        return _dumps(value)
+    except RecursionError:  # nested deeper than the encoder goes: as json_form writes such a value
+        return _text(safe_repr(value))
 
 
 def _iso(timestamp: float) -> str:

@@ -82,12 +82,21 @@ class RangeSet:
 def normal_key(key: Any) -> Any:
     """An item key as the journal stores it: str, int and bytes as they are (a str that UTF-8 cannot carry, a
     file name with a lone surrogate, with that character escaped: ``outcome.writable``), anything else as its
-    ``repr``. Every use of a key goes through here, so the journal, resume and shards agree."""
+    ``repr``. Every use of a key goes through here, so the journal, resume and shards agree.
+
+    An int SQLite cannot hold (64 bits, signed: a 128-bit id, ``uuid.int``) is kept as its decimal text, like other
+    types: stored as it was, it failed every flush ("Python int too large to convert to SQLite INTEGER"), so every
+    session crashed without recording anything."""
     if isinstance(key, str):
         return writable(key)
-    if isinstance(key, bytes) or (isinstance(key, int) and not isinstance(key, bool)):
+    if isinstance(key, bytes):
         return key
+    if isinstance(key, int) and not isinstance(key, bool):
+        return key if _INT64_MIN <= key <= _INT64_MAX else repr(int(key))
     return writable(repr(key))
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def skip_ordinals(items: Numbered, settled: RangeSet, tally: Tally) -> Numbered:

@@ -395,6 +395,9 @@ class Journal:
         now = time.time()
         succeeded = sum(end - start for start, end in done) + self._unpointed[0]
         failed_now = len(failures) + self._unpointed[1]
+        # The failures' rows first: building one runs the user's code (pickle, repr), and what raises there must
+        # find the successes not yet counted in memory, or the run's end would claim them with no row to show.
+        self._unwritten.extend([self._failure_row(failure) for failure in failures])
         if self.keyed:
             pending = self._pending
             for start, end in done:
@@ -402,8 +405,6 @@ class Journal:
         else:
             for start, end in done:
                 self.ranges.add_range(start, end)
-        for failure in failures:
-            self._unwritten.append(self._failure_row(failure))
         self.failed += len(failures)
         upserts, deletes = self.ranges.take_dirty()
         added = dropped = keys_added = 0

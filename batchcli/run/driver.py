@@ -227,7 +227,10 @@ class Run:
                 loop_thread.join()
             recorder.join()
             if self._recorder_error is None:  # else what was not recorded stays so, for resume to redo
-                self.recording.last_flush()
+                try:
+                    self.recording.last_flush()
+                except Exception as error:  # as in _record_loop: a crash for resume to redo, not our traceback
+                    self._recorder_failed(error)
         finally:
             if control is not None:
                 control.close()
@@ -370,12 +373,15 @@ class Run:
                 except Exception as error:  # not a full disk (Recording waits those out): a bug, or text it refused
                     # Running on unrecorded would lose what settles from now on, and a flood would wait for a
                     # recorder that is gone: stop, as a crash, so that resume redoes what was not recorded.
-                    self._recorder_error = error
-                    if self._fatal is None:
-                        self._fatal = error
-                    log.critical("Recording the run failed; the run stops, and resume redoes what was not recorded.", exc_info=error)
+                    self._recorder_failed(error)
                     self.stop()
                     return
+
+    def _recorder_failed(self, error: Exception) -> None:
+        self._recorder_error = error
+        if self._fatal is None:
+            self._fatal = error
+        log.critical("Recording the run failed; the run stops, and resume redoes what was not recorded.", exc_info=error)
 
     def stop(self) -> None:
         """Ask the run to stop gracefully (thread-safe): nothing new starts, in-flight items finish, within

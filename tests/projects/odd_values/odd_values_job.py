@@ -1,0 +1,66 @@
+"""Items, keys and results of odd shapes that the journal must keep; ``mode`` picks one:
+
+- ``big_keys``: ``item_key`` is a 65-bit int (a 128-bit id, ``uuid.int``), past what SQLite's INTEGER holds.
+- ``cycles``: every third item is a dict that holds itself, and fails; item 4 returns a dict that holds itself.
+- ``deep``: item 2 is a list nested 1,500 deep, and fails; item 4 returns a list nested 1,200 deep.
+
+Every success is appended to ``ledger``; the items whose ids are in ``fail`` (comma-separated) fail too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from batchcli import Param, Service, Source, inject
+
+
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def holding_itself(n: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"id": n}
+    value["self"] = value
+    return value
+
+
+@inject
+class Odd(Source[Any]):
+    def __init__(self, mode: Param[str] = "big_keys", count: Param[int] = 10) -> None:
+        self.mode, self.count = mode, count
+
+    def __iter__(self):
+        for n in range(self.count):
+            if self.mode == "cycles" and n % 3 == 0:
+                yield holding_itself(n)
+            elif self.mode == "deep" and n == 2:
+                yield nested(1500)
+            else:
+                yield {"id": n}
+
+    def __len__(self) -> int:
+        return self.count
+
+    def item_key(self, item: Any) -> Any:
+        return 2**64 + item["id"] if isinstance(item, dict) else 2**70
+
+
+@inject
+class Keep(Service[Any]):
+    def __init__(self, ledger: Param[str], returns: Param[str] = "plain", fail: Param[str] = "") -> None:
+        self.ledger, self.returns = ledger, returns
+        self.fail = {int(n) for n in fail.split(",") if n}
+
+    def process(self, item: Any) -> Any:
+        if isinstance(item, list) or "self" in item or item["id"] in self.fail:
+            raise ValueError("this item is refused")
+        with open(self.ledger, "a", encoding="utf-8") as out:
+            out.write(f"{item['id']}\n")
+        if item["id"] == 4 and self.returns == "cycle":
+            return holding_itself(4)
+        if item["id"] == 4 and self.returns == "deep":
+            return nested(1200)
+        return {"id": item["id"]}

@@ -1,0 +1,86 @@
+"""Keys, failed inputs and results of shapes the journal, failed.jsonl and the exports must still keep: a key past
+64 bits, a value that holds itself, a value nested deeper than the interpreter's stack. Each crashed the recorder
+(every session, so resume could never finish the run) or the export, with batchcli's traceback."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import PROJECTS
+
+JOB = PROJECTS / "odd_values" / "odd_values_job.py"
+
+
+def run(cli: Any, tmp_path: Path, *params: str) -> Any:
+    args = ["exec", JOB, "-d", "out", "--no-shell", "-p", f"ledger={tmp_path / 'ledger'}", "-p", "max_retries=0"]
+    for param in params:
+        args += ["-p", param]
+    return cli(*args)
+
+
+def ledger(tmp_path: Path) -> list[int]:
+    path = tmp_path / "ledger"
+    return sorted(int(n) for n in path.read_text().split()) if path.exists() else []
+
+
+def failed_lines(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "failed.jsonl").read_text().splitlines()]
+
+
+def test_keys_past_64_bits_are_journaled_retried_and_exported(cli, tmp_path: Path) -> None:
+    """A 65-bit item_key failed every flush ("Python int too large to convert to SQLite INTEGER"): each session
+    crashed with nothing recorded, after doing the work, and resume did it all again."""
+    ran = run(cli, tmp_path, "mode=big_keys", "fail=7")
+    assert ran.exit_code == 1, ran.output
+    assert "Traceback" not in ran.output and "Recording the run failed" not in ran.output, ran.output
+    with sqlite3.connect(ran.run_dir / "journal.sqlite") as conn:
+        keys = {k for (k,) in conn.execute("SELECT key FROM done_keys")}
+    assert keys == {str(2**64 + n) for n in range(10) if n != 7}
+    (failure,) = failed_lines(ran.run_dir)
+    assert failure["input"] == {"id": 7}
+    again = cli("retry", ran.run_dir, "-d", "out", "--no-shell")
+    assert again.exit_code == 1 and "1 failed" in again.output, again.output  # still refused, and recorded
+    exported = cli("results", ran.run_dir)
+    rows = [json.loads(line) for line in exported.output.splitlines()]
+    assert [(r["key"], r["result"]["id"]) for r in rows] == [(str(2**64 + n), n) for n in range(10) if n != 7]
+    assert ledger(tmp_path) == [n for n in range(10) if n != 7]
+
+
+def test_a_failed_input_that_holds_itself_is_recorded_and_retried(cli, tmp_path: Path) -> None:
+    """json_form recursed for ever on it: the run crashed with batchcli's traceback, and its failures were lost."""
+    ran = run(cli, tmp_path, "mode=cycles")
+    assert ran.exit_code == 1, ran.output
+    assert "Traceback" not in ran.output, ran.output
+    failures = failed_lines(ran.run_dir)
+    assert [f["ordinal"] for f in failures] == [0, 3, 6, 9]
+    assert failures[1]["input"] == "{'id': 3, 'self': {...}}"
+    assert ledger(tmp_path) == [1, 2, 4, 5, 7, 8]
+    retried = cli("retry", ran.run_dir, "-d", "out", "--no-shell")
+    assert "Finished: 0 succeeded, 4 failed of 4" in " ".join(retried.output.split()), retried.output
+
+
+@pytest.mark.parametrize("returns, shown", [("cycle", "{'id': 4, 'self': {...}}"), ("deep", "<list object; repr() raised RecursionError>")])
+def test_a_result_too_tangled_for_json_is_exported_as_its_repr(cli, tmp_path: Path, returns: str, shown: str) -> None:
+    """A result that holds itself (or is nested 1,200 deep) was kept, and then every export crashed at it."""
+    ran = run(cli, tmp_path, "mode=big_keys", f"returns={returns}", "count=6")
+    assert ran.exit_code == 0, ran.output
+    exported = cli("results", ran.run_dir)
+    assert exported.exit_code == 0, exported.output
+    rows = {r["ordinal"]: r["result"] for r in map(json.loads, exported.output.splitlines())}
+    assert rows[4] == shown and rows[5] == {"id": 5} and len(rows) == 6
+    as_csv = cli("results", ran.run_dir, "--format", "csv")
+    assert as_csv.exit_code == 0 and shown.replace('"', '""') in as_csv.output, as_csv.output
+
+
+def test_a_failed_input_nested_past_the_stack_is_recorded(cli, tmp_path: Path) -> None:
+    ran = run(cli, tmp_path, "mode=deep")
+    assert ran.exit_code == 1, ran.output
+    assert "Traceback" not in ran.output, ran.output
+    (failure,) = failed_lines(ran.run_dir)
+    assert (failure["ordinal"], failure["input"]) == (2, "<list object; repr() raised RecursionError>")
+    assert ledger(tmp_path) == [0, 1, 3, 4, 5, 6, 7, 8, 9]
