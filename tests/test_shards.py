@@ -136,6 +136,13 @@ def test_show_runs_and_retry_on_a_group(tmp_path: Path, cli: Any) -> None:
     assert "0 succeeded, 1 failed of 1" in one.output
     filtered = cli("retry", "batchcli_outputs/nightly", "--error-type", "KeyError")
     assert filtered.exit_code == 0 and "No failure of group 'nightly' matches" in " ".join(filtered.output.split())
+    # The dry run and show --failures take the group as its retry does (they refused it as "not one run").
+    dry = cli("retry", "batchcli_outputs/nightly", "--error-type", "ValueError", "--limit", "2", "--dry-run")
+    said = " ".join(dry.output.split())
+    assert dry.exit_code == 0 and "--limit 2: 2 of 3" in said and "Dry run: nothing was retried." in said, dry.output
+    assert "shard-0-of-3 #0" in said and "shard-2-of-3" not in said, dry.output  # shard 0's two come first
+    shown_failures = " ".join(cli("show", "batchcli_outputs/nightly", "--failures").output.split())
+    assert "Failures of batchcli_outputs/nightly: 3 of 3" in shown_failures and "shard-2-of-3 #4" in shown_failures
     limited = cli("retry", "batchcli_outputs/nightly", "--error-type", "ValueError", "--limit", "2")
     assert "2 failure(s) match" in limited.output and "of 2." in limited.output  # at most 2 over the whole group
     everything = cli("retry", "batchcli_outputs/nightly", "-p", "fail_every=0")
@@ -145,6 +152,26 @@ def test_show_runs_and_retry_on_a_group(tmp_path: Path, cli: Any) -> None:
     retries = [p for p in group.iterdir() if p.is_dir() and not p.name.startswith("shard-")]
     assert len(retries) == 3  # every retry run lives in the group's directory
     assert "Retries" in cli("show", group).output
+
+
+def test_runs_lists_a_group_while_one_of_its_shards_runs(tmp_path: Path, cli: Any) -> None:
+    """The group's row asked for the rate now of the group directory as if it were a run, and `runs` failed (exit 2,
+    "is a group of shards, not one run") for as long as any shard ran: when it is needed most."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    out = tmp_path / "batchcli_outputs"
+    proc = start(tmp_path, "exec", ORDINAL, "-d", out, "-p", f"log_dir={logs}", "-p", "count=400", "-p", "sleep_s=0.05",
+                 "-p", "concurrency=2", "--shard", "0/2", "--group", "nightly", "--no-shell")  # fmt: skip
+    try:
+        wait_for(lambda: sum(ledger(logs).values()) >= 4, "the shard to get going")
+        listed = cli("runs", "-d", out)
+        assert listed.exit_code == 0, listed.output
+        rows = [" ".join(line.split()) for line in listed.output.splitlines()]
+        assert any(r.startswith("nightly (1/2 shards) running") and r.endswith("/s now") for r in rows), listed.output
+        assert any("shard-1-of-2 missing" in r for r in rows), listed.output
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
 
 
 def test_a_keyed_source_that_grows_keeps_each_item_in_its_shard(tmp_path: Path, cli: Any) -> None:

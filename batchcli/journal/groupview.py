@@ -51,6 +51,8 @@ class GroupRow:
     active_s: float
     rate: float | None
     parent: None = None
+    live_dirs: tuple[Path, ...] = ()
+    """The running shards' directories: a live group's rate now is theirs added up."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,7 @@ def _group_rows(state: GroupState) -> list[object]:
         total=_sum_total(state),
         active_s=span,
         rate=settled / span if span > 0 else None,
+        live_dirs=tuple(r.run_dir for r in runs if r.status == "running"),
     )
     rows: list[object] = [head]
     last = len(state.statuses) - 1

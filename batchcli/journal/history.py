@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +19,7 @@ from batchcli.load.environment import variable
 from batchcli.errors import BatchcliError, JournalUnreadable, UsageError
 from batchcli.journal.shards import shard_of
 from batchcli.journal.live import recent_rate
-from batchcli.journal.matching import FailureFilter, matching_failures
+from batchcli.journal.matching import FailureFilter, FailureRow, matching_failures
 from batchcli.journal.selection import read_selection
 from batchcli.journal.rundir import FLUSH_INTERVAL_S, JOURNAL_NAME, RunInfo, never_started, query, read_run
 from batchcli.load.secret import Secret
@@ -122,7 +122,8 @@ def _table(runs: list[Any], lead: tuple[str, ...], trail: tuple[str, ...]) -> Ta
             total = "?" if run.total is None else f"{run.total:,}"
             rate = "-" if run.rate is None else f"{run.rate:,.1f}/s"
             if run.status == "running":  # live (a process holds the run's lock): its rate now, not its average
-                rate = f"{recent_rate(run.run_dir):,.1f}/s now"
+                live = getattr(run, "live_dirs", (run.run_dir,))  # a group's: its running shards'
+                rate = f"{sum(recent_rate(d) for d in live):,.1f}/s now"
             middle = [
                 Text(run.status, STATUS_STYLES.get(run.status, "")),
                 f"{run.succeeded:,} / {run.failed:,} / {total}",
@@ -201,28 +202,45 @@ def _trial_mark(run_dir: Path) -> str:
 
 
 def show_failures(run_dir: Path, wanted: FailureFilter, shown: int = 50) -> RenderableType:
-    """``show --failures``: the failures ``wanted`` takes (input, error, attempts, when), as ``retry`` would take them."""
-    run = read_run(run_dir)
-    load = _project_loader(run) if wanted.error_type else None
-    rows, matched, total = matching_failures(run_dir, wanted, load=load, keep=shown)
+    """``show --failures``: the failures ``wanted`` takes (input, error, attempts, when), as ``retry`` would take them;
+    for a group of shards, shard by shard (``--limit`` counts over the whole group, as its retry does)."""
+    from batchcli.journal.groups import is_group, shard_runs
+
+    group = is_group(run_dir)
+    if group:
+        runs = [read_run(d) for d in shard_runs(run_dir).values() if (d / JOURNAL_NAME).is_file()]
+    else:
+        runs = [read_run(run_dir)]
+    found: list[tuple[RunInfo, list[FailureRow]]] = []
+    matched = total = kept = 0
+    for run in runs:
+        left = None if wanted.limit is None else wanted.limit - matched
+        this = wanted if left is None else replace(wanted, limit=max(left, 0))
+        load = _project_loader(run) if wanted.error_type else None
+        rows, count, of = matching_failures(run.run_dir, this, load=load, keep=shown - kept)
+        found.append((run, rows))
+        matched, total, kept = matched + count, total + of, kept + len(rows)
     which = f" matching {wanted.describe()}" if wanted.active else ""
     parts: list[RenderableType] = [Text(f"Failures of {run_dir}{which}: {matched:,} of {total:,}", "bold")]
-    for row in rows:
-        attempts = f"{row.attempts} attempt{'s' * (row.attempts != 1)}"
-        unsaved = "" if row.saved else "  (not saved: retry cannot have it)"
-        parts.append(
-            Text.assemble(
-                (f"  #{row.ordinal:<6} ", "dim"),
-                (f"{_when(row.failed_at)}  {attempts}  ", "dim"),
-                (f"{row.error_type}: ", "red"),
-                _one_line(row.error_message, 200),
-                (unsaved, "yellow"),
+    for run, rows in found:
+        if group and rows:
+            parts.append(Text(f" {run.run_dir.name}", "bold"))
+        for row in rows:
+            attempts = f"{row.attempts} attempt{'s' * (row.attempts != 1)}"
+            unsaved = "" if row.saved else "  (not saved: retry cannot have it)"
+            parts.append(
+                Text.assemble(
+                    (f"  #{row.ordinal:<6} ", "dim"),
+                    (f"{_when(row.failed_at)}  {attempts}  ", "dim"),
+                    (f"{row.error_type}: ", "red"),
+                    _one_line(row.error_message, 200),
+                    (unsaved, "yellow"),
+                )
             )
-        )
-        parts.append(Text.assemble((f"{'':10}input: ", "dim"), _one_line(_compact(row.item_json), 150)))
-    if matched > shown:
-        parts.append(Text(f"  … and {matched - shown:,} more (all of them are in failed.jsonl)", "dim"))
-    if rows:
+            parts.append(Text.assemble((f"{'':10}input: ", "dim"), _one_line(_compact(row.item_json), 150)))
+    if matched > kept:
+        parts.append(Text(f"  … and {matched - kept:,} more (all of them are in failed.jsonl)", "dim"))
+    if kept:
         again = f" {wanted.describe()}" if wanted.active else ""
         parts.append(Text(f"Retry them with: batchcli retry {run_dir}{again}", "dim"))
     return Group(*parts)
