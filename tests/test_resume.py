@@ -220,6 +220,29 @@ def test_a_keyed_source_resumes_by_key_when_its_order_changes(cli, tmp_path: Pat
     assert (summary["succeeded"], summary["failed"], summary["unprocessed"]) == (49, 1, 0)
 
 
+def test_a_resume_over_a_source_that_lost_settled_items_counts_them_and_never_goes_negative(tmp_path: Path, cli) -> None:
+    """A keyed source that shrank between sessions (a file of ids, edited): the run ended "1080 succeeded ... -980
+    unprocessed of 100", with the bar at 1080% and a negative ETA. The items the source no longer holds count in
+    the total once it runs out, so the counts add up."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    crashed = cli("exec", KEYED, "-d", "out", "-p", f"log_dir={logs}", "-p", "seed=1", "-p", "crash_after=30")
+    assert crashed.exit_code == 3
+    settled = set(processed(logs))
+    assert len(settled) == 30
+    resumed = cli("resume", crashed.run_dir, "-p", "count=20", "-p", "crash_after=-1", "-p", "seed=3")
+    resumed.run_dir = crashed.run_dir
+    assert resumed.exit_code == 1, resumed.output  # item-7 fails, in either session
+    now = {f"item-{n}" for n in range(20)}
+    assert set(processed(logs)) == settled | now and processed(logs).most_common(1)[0][1] == 1
+    summary = resumed.summary
+    total = len(settled | now)
+    assert (summary["succeeded"] + summary["failed"], summary["unprocessed"], summary["total"]) == (total, 0, total)
+    flat = " ".join(resumed.output.split())
+    assert f"{total}/{total} (100%)" in flat and f"failed of {total}." in flat, resumed.output
+    assert "failed, 0 unprocessed" in " ".join(cli("show", crashed.run_dir).output.split())
+
+
 def test_retry_reprocesses_exactly_the_failed_inputs_as_their_own_types(tmp_path: Path, run_batchcli) -> None:
     """retry runs exactly the failed inputs, as the original dataclass, through the same job with -p overrides applied."""
     first_logs, retry_logs = tmp_path / "first", tmp_path / "retry"

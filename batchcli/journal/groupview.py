@@ -188,7 +188,7 @@ def show_group(group_dir: Path) -> RenderableType:
         grid.add_row("started", _when(state.started_at))
     succeeded, failed = sum(r.succeeded for r in runs.values()), sum(r.failed for r in runs.values())
     total = _sum_total(state)
-    unprocessed = "?" if total is None else f"{total - succeeded - failed:,}"
+    unprocessed = "?" if total is None else f"{max(0, total - succeeded - failed):,}"
     span = state.span_s
     rate = f"  [magenta]{(succeeded + failed) / span:,.1f}/s[/] over {_duration(span)} of wall time" if span > 0 else ""
     grid.add_row(

@@ -389,8 +389,9 @@ class RunInfo:
 
     @property
     def unprocessed(self) -> int | None:
-        """Items neither succeeded nor failed (None while the total is unknown)."""
-        return None if self.total is None else self.total - self.succeeded - self.failed
+        """Items neither succeeded nor failed (None while the total is unknown); never below 0, also for a run whose
+        source lost settled items before it ran out (its total counts them only then)."""
+        return None if self.total is None else max(0, self.total - self.succeeded - self.failed)
 
     @property
     def rate(self) -> float | None:

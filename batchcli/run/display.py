@@ -75,10 +75,18 @@ def run_counts(tally: Tally) -> tuple[int, int, int]:
     return succeeded + failed, succeeded, failed
 
 
+def shown_total(tally: Tally, settled: int) -> int | None:
+    """The total the display shows: never below what is settled. A resumed run whose source lost items (a keyed
+    file that shrank, a smaller ``-p count``) has settled more than the source now holds until the run counts what
+    is gone, when the source runs out; it showed 1080/100 (1080%) and a negative ETA."""
+    total = tally.total
+    return None if total is None else max(total, settled)
+
+
 def status_line(tally: Tally, rate: float) -> str:
     """The one-line state of a run: done/total, outcomes, rate, elapsed, ETA."""
-    total = tally.total
     settled, succeeded, failed = run_counts(tally)
+    total = shown_total(tally, settled)
     done = f"{settled}/{total}" if total is not None else f"{settled}"
     percent = f" ({settled / total:.0%})" if total else ""
     eta = (total - settled) / rate if total is not None and rate > 0 else None
@@ -173,7 +181,7 @@ class LiveDisplay:
         tally = self._tally
         rate = self._rate.sample()
         settled, succeeded, failed_n = run_counts(tally)
-        total = tally.total
+        total = shown_total(tally, settled)
         bar = ProgressBar(total=float(total) if total else None, completed=float(settled), width=40)
         eta = (total - settled) / rate if total is not None and rate > 0 else None
         head = Table.grid(padding=(0, 1))

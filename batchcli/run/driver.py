@@ -508,7 +508,11 @@ class Run:
             if executor.fatal is not None:
                 self._set_fatal(executor.fatal, "The Source raised")
             elif self.tally.exhausted:
-                self.tally.total = next(seen) - 1
+                tally = self.tally
+                # The items seen, plus those an earlier session settled that the source no longer holds (a keyed
+                # file that shrank, a smaller -p count): else the run would end with fewer items than it settled.
+                gone = max(0, tally.earlier_succeeded + tally.earlier_failed - tally.skipped)
+                tally.total = next(seen) - 1 + gone
         except USER_ERRORS as error:
             if ours(error):
                 raise

@@ -70,7 +70,8 @@ def result_of(
     ``hooks_cut``: a stop that timed out left the job's last hooks (``finish()``, ``persist_failed``) unfinished.
     """
     succeeded, failed = journal.succeeded, journal.failed
-    unprocessed = None if tally.total is None else tally.total - succeeded - failed
+    # Never below 0: a stopped run whose source lost settled items has not counted them into its total yet.
+    unprocessed = None if tally.total is None else max(0, tally.total - succeeded - failed)
     if fatal is not None:
         status, code = "crashed", EXIT_FATAL
     elif write_error is not None:
