@@ -229,6 +229,35 @@ def test_a_bad_shard_is_a_clear_error(tmp_path: Path, cli: Any, monkeypatch: pyt
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_a_shard_start_leaves_the_draft_of_a_start_under_way_alone(tmp_path: Path, cli: Any) -> None:
+    """Two starts of one shard at once: the second took the first's half-written journal for a killed start's and
+    unlinked it, and both failed ("attempt to write a readonly database ... Check the disk"). Here the first start
+    is held where it has its lock and its draft: the second is refused, and the draft is left as it was."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    args = ("exec", ORDINAL, "-p", f"log_dir={logs}", "-p", "count=4")
+    assert cli(*args, "--shard", "1/2", "--group", "nightly").exit_code == 0  # makes the group
+    shard = tmp_path / "batchcli_outputs" / "nightly" / "shard-0-of-2"
+    shard.mkdir(mode=0o700)
+    draft = shard / "journal.sqlite.new"
+    draft.write_bytes(b"being written")
+    holder = subprocess.Popen(  # the first start, between taking the run's lock and renaming its journal
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(shard)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        second = cli(*args, "--shard", "0/2", "--group", "nightly")
+    finally:
+        holder.kill()
+        holder.wait()
+    said = " ".join(second.output.split())
+    assert second.exit_code == 2 and "was started by another process just now" in said, second.output
+    assert "Check the disk" not in said and draft.read_bytes() == b"being written"
+    assert cli(*args, "--shard", "0/2", "--group", "nightly").exit_code == 0  # the lock gone: a killed start's
+
+
 def test_shards_of_one_group_must_agree_on_n(tmp_path: Path, cli: Any) -> None:
     """A shard whose N differs from its group's is refused (exit 2), naming both and the fix."""
     assert cli("exec", ORDINAL, "-p", f"log_dir={tmp_path}", "--shard", "0/3", "--group", "g", "-d", "out").exit_code == 0

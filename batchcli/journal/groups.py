@@ -29,7 +29,15 @@ from batchcli.journal.resumption import (
     failed_inputs,
     fresh_continuation,
 )
-from batchcli.journal.rundir import GROUP_FILE, JOURNAL_NAME, check_output_dir, never_started, read_run, unusable_output_dir
+from batchcli.journal.rundir import (
+    GROUP_FILE,
+    JOURNAL_NAME,
+    RunLock,
+    check_output_dir,
+    never_started,
+    read_run,
+    unusable_output_dir,
+)
 from batchcli.journal.selection import Selection
 from batchcli.journal.shards import Shard, ShardRequest, parse_shard, resolve_shard
 from batchcli.journal.writer import Journal
@@ -291,16 +299,26 @@ def retry_launch(
 
 def make_shard_dir(run_dir: Path) -> None:
     """Make a shard's run directory (owner-only); one left empty, or half-made by a killed start, is taken over."""
+    started_elsewhere = JournalError(
+        f"Shard {run_dir.name} of group {run_dir.parent.name!r} was started by another process just now. "
+        "Run the same command again to continue it once that process ends."
+    )
     try:
         run_dir.mkdir(mode=0o700)
     except FileExistsError:
         if never_started(run_dir):
-            with contextlib.suppress(OSError):
-                (run_dir / f"{JOURNAL_NAME}.new").unlink()
+            # Under the run's lock: the draft may be another start's, being written now (unlinked under it, that
+            # start failed as "attempt to write a readonly database ... Check the disk", and so did this one).
+            try:
+                lock = RunLock.acquire(run_dir)
+            except JournalError:
+                raise started_elsewhere from None
+            try:
+                with contextlib.suppress(OSError):
+                    (run_dir / f"{JOURNAL_NAME}.new").unlink()
+            finally:
+                lock.release()
         elif (run_dir / JOURNAL_NAME).exists():  # another process started this shard since we looked
-            raise JournalError(
-                f"Shard {run_dir.name} of group {run_dir.parent.name!r} was started by another process just now. "
-                "Run the same command again to continue it once that process ends."
-            ) from None
+            raise started_elsewhere from None
     except OSError as error:
         raise unusable_output_dir(run_dir.parent, error) from error
