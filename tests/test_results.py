@@ -382,6 +382,38 @@ def test_an_export_into_the_run_directory_is_refused_and_the_journal_kept(cli, t
     assert len(list(batchcli.read_results(run_dir))) == 30
 
 
+def test_the_results_of_a_run_that_has_not_finished_say_so(cli, tmp_path: Path) -> None:
+    """`results` of a stopped run wrote what it had with exit 0 and no word that items were missing (a group's
+    export warned); it now says the run's state, how many items are left and how to finish them."""
+    import signal
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "exec", str(SQUARES), "-d", str(out), "-p", "count=400", "-p", "delay_s=0.05",
+         "-p", "concurrency=4"],
+        env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.glob("*/journal.sqlite")) or not any(True for _ in batchcli.read_results(next(out.glob("*")))):
+            assert time.monotonic() < deadline, "no result was journaled"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (run_dir,) = out.glob("*")
+    kept = len(list(batchcli.read_results(run_dir)))
+    exported = results_cli(run_dir, capture_output=True)
+    assert exported.returncode == 0 and len(exported.stdout.splitlines()) == kept
+    said = " ".join(exported.stderr.split())
+    assert f"Warning: Run '{run_dir}' stopped, {400 - kept:,} item(s) not processed yet" in said, exported.stderr
+    assert f"batchcli resume {run_dir}" in said
+    finished = cli("exec", SQUARES, "-d", "out", "-p", "count=3")
+    assert "Warning" not in results_cli(finished.run_dir, capture_output=True).stderr
+
+
 def test_an_empty_output_name_is_refused_as_such(cli) -> None:
     """-o '' was read as '.', and refused as "-o '.' is a directory", a name the user never gave."""
     ran = cli("exec", SQUARES, "-d", "out", "-p", "count=3")

@@ -28,6 +28,7 @@ def export_results(run_dir: Path, fmt: str, output: Path | None) -> None:
         missing = incomplete(group_state(run_dir))  # a damaged group.json: its error, before any file is made
     else:
         journal_path(run_dir)  # not a run directory: its error, before any file is made
+        missing = _unfinished(run_dir)
     if output is None:
         try:
             count = export(run_dir, fmt, sys.stdout)
@@ -47,6 +48,22 @@ def export_results(run_dir: Path, fmt: str, output: Path | None) -> None:
         print(f"Wrote {count:,} result(s) to {output}.", file=sys.stderr)
     if missing is not None:
         print(f"Warning: {missing}", file=sys.stderr)
+
+
+def _unfinished(run_dir: Path) -> str | None:
+    """What a run's results lack while it has not finished (running, stopped, crashed), or None when it finished."""
+    from batchcli.journal.rundir import read_run
+
+    run = read_run(run_dir)
+    if run.status == "finished":
+        return None
+    left = "" if run.unprocessed is None else f", {run.unprocessed:,} item(s) not processed yet"
+    if run.status == "running":
+        return f"Run {str(run_dir)!r} is still running{left}: these are the results it kept so far."
+    return (
+        f"Run {str(run_dir)!r} {run.status}{left}: these are the results it kept so far. Continue it with "
+        f"`batchcli resume {run_dir}`, then read the results again."
+    )
 
 
 @contextlib.contextmanager
