@@ -84,3 +84,17 @@ def test_a_failed_input_nested_past_the_stack_is_recorded(cli, tmp_path: Path) -
     (failure,) = failed_lines(ran.run_dir)
     assert (failure["ordinal"], failure["input"]) == (2, "<list object; repr() raised RecursionError>")
     assert ledger(tmp_path) == [0, 1, 3, 4, 5, 6, 7, 8, 9]
+
+
+def test_a_failed_input_whose_class_cannot_rebuild_it_is_named_and_can_be_left_out(cli) -> None:
+    """Its __reduce__ raises when loaded: retry was refused with "restore that class (same module and name)", though
+    the class was there. The message says it is the class's own unpickling code, and the filters leave it out."""
+    job = PROJECTS / "unloadable" / "unloadable_job.py"
+    ran = cli("exec", job, "-d", "out", "--no-shell", "-p", "max_retries=0")
+    assert ran.exit_code == 1, ran.output
+    refused = cli("retry", ran.run_dir, "-d", "out", "--no-shell", "-p", "ok=true")
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "RuntimeError: input 3 cannot be rebuilt" in said, refused.output
+    assert "restore that class" not in said and "Its class's unpickling code" in said and "Traceback" not in said
+    others = cli("retry", ran.run_dir, "-d", "out", "--no-shell", "-p", "ok=true", "--error-type", "ValueError")
+    assert others.exit_code == 0 and "Finished: 5 succeeded, 0 failed of 5" in " ".join(others.output.split()), others.output

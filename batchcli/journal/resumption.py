@@ -245,10 +245,18 @@ def unpickle(path: Path, blob: bytes) -> Any:
     except Exception as error:
         if isinstance(error, pickle.UnpicklingError):
             raise damaged(path, f"a saved input is unreadable: {error}") from error
+        if isinstance(error, (ImportError, AttributeError)):  # the class moved or is gone
+            fix = (
+                "The project's classes must be importable as they were when the run saved it; restore that class "
+                "(same module and name), then try again."
+            )
+        else:  # the class is there, and its own unpickling code (__reduce__, __setstate__) raised
+            fix = (
+                "Its class's unpickling code (__reduce__, __setstate__, __init__ of what it rebuilds) raised that: "
+                "fix it, or leave this input out with --error-type, --match, --since or --until."
+            )
         raise JournalError(
-            f"An input saved in {str(path)!r} cannot be loaded: {type(error).__name__}: {error}. The project's "
-            "classes must be importable as they were when the run saved it; restore that class (same module "
-            "and name), then try again."
+            f"An input saved in {str(path)!r} cannot be loaded: {type(error).__name__}: {error}. {fix}"
         ) from error
 
 
