@@ -165,3 +165,39 @@ def test_a_closed_kernel_leaves_pdb_faulthandler_and_the_std_streams_as_they_wer
     assert int(changed) >= 3  # the kernel did patch them (else this test proves nothing)
     assert left == "[]"
     assert not (tmp_path / "kernel.json").exists()
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_a_stop_signal_closes_an_attached_console_at_the_stop_timeout_or_at_once_the_second_time(
+    tmp_path: Path, run_batchcli: Any, signals: int
+) -> None:
+    """A supervisor's SIGTERM while someone is attached went unanswered until the client left (a second one too, though
+    the log said "stopping at once"), so the supervisor's SIGKILL came first. The console now closes when the stop
+    times out, or at once at a second signal; the run stops resumably and its resume redoes nothing."""
+    ledger = tmp_path / "ledger.txt"
+    out = tmp_path / "out"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", "count=400", "-p", "delay_s=0.05",
+         "-p", "concurrency=2", "-p", f"ledger={ledger}", "-p", "stop_timeout_s=2"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(tmp_path / "run.err").open("w"),
+        env=subprocess_env(IPYTHONDIR=str(tmp_path / "ipython")),
+    )  # fmt: skip
+    log = JobLog(ledger)
+    try:
+        wait_for(lambda: any(out.glob("*/control.sock")) and len(log.done()) > 5, "the run under way")
+        run_dir = next(out.glob("*/control.sock")).parent
+        child = attach(run_dir, tmp_path)
+        for _ in range(signals):
+            run.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+        assert run.wait(timeout=30) == 130  # before: still waiting for the client after 45 s
+        child.expect(pexpect.EOF)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    said = (run_dir / "batchcli.log").read_text()
+    assert "A shell is open on this run: it closes when the stop times out" in said
+    assert "The job's code still runs past the stop timeout" not in said
+    resumed = run_batchcli("resume", str(run_dir), timeout=120)
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted(log.done()) == list(range(400)) and log.done_twice() == []

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +238,51 @@ def test_a_signal_while_the_shell_is_open_stops_the_run_when_it_closes(terminal)
     term.run("exit", "Stopping, as a signal asked")
     assert term.exit_code() == 130
     assert term.log.lines()[-1] == "finish"
+
+
+def test_a_second_signal_closes_the_shell_and_stops_at_once(terminal) -> None:
+    """The second SIGTERM was logged as "stopping at once" while the shell stayed open until someone left it."""
+    term = terminal("shell_slow", "-p", "count=400", "-p", "delay=0.05", "-p", "concurrency=3")
+    pause(term)
+    term.child.kill(signal.SIGTERM)
+    term.expect("A shell is open on this run")
+    term.child.kill(signal.SIGTERM)
+    term.expect("Stopping, as a signal asked")
+    assert term.exit_code() == 130
+    assert term.summary()["status"] == "stopped"
+
+
+def test_a_stop_that_times_out_closes_the_shell_and_interrupts_its_cell(terminal, run_batchcli) -> None:
+    """One SIGTERM (a supervisor's) while a cell runs in the shell: at stop_timeout_s the cell is interrupted and the
+    shell closes, instead of the run waiting for whoever sits at it; resume then does the rest once."""
+    term = terminal("shell_slow", "-p", "count=200", "-p", "delay=0.05", "-p", "concurrency=3", "-p", "stop_timeout_s=1")
+    pause(term)
+    term.child.sendline("import time; time.sleep(120)")
+    time.sleep(0.5)
+    term.child.kill(signal.SIGTERM)
+    term.expect("KeyboardInterrupt")
+    term.expect("Stopping, as a signal asked")
+    assert term.exit_code() == 130
+    resumed = run_batchcli("resume", str(newest_run(term.out)))
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted(term.log.done()) == list(range(200)) and term.log.done_twice() == []
+
+
+def test_ctl_resume_is_refused_while_the_shell_is_open(terminal) -> None:
+    """ctl resume while the shell was open ran items on the shell's stopped clock (rates of 800/s for 200/s)."""
+    term = terminal("shell_slow", "-p", "count=400", "-p", "delay=0.05", "-p", "concurrency=3")
+    pause(term)
+    run_dir = next(term.out.glob("*/control.sock")).parent
+    refused = subprocess.run([sys.executable, "-m", "batchcli", "ctl", str(run_dir), "resume"], capture_output=True,
+                             text=True, env=subprocess_env(), timeout=60)  # fmt: skip
+    said = " ".join((refused.stdout + refused.stderr).split())
+    assert refused.returncode != 0 and "A shell is open on this run" in said, said
+    settled = len(term.log.done())
+    time.sleep(0.3)
+    assert len(term.log.done()) == settled  # still paused
+    term.child.sendeof()
+    term.expect("Resuming the run")
+    assert term.exit_code() == 0
 
 
 def test_leaving_the_shell_resumes_the_run(terminal) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import threading
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -50,13 +52,38 @@ def attach(run_dir: Path, console: Console) -> None:
         config.ZMQTerminalInteractiveShell.banner = "IPython on the run (Jupyter console {version})\n"
         app = ZMQTerminalIPythonApp.instance(config=config)
         app.initialize(["--existing", str(reply["connection_file"])])
+        last_word: list[str] = []
+        conn.settimeout(None)
+        watcher = threading.Thread(target=_await_last_word, args=(conn, app, last_word), name="batchcli-attach", daemon=True)
+        watcher.start()
         try:
             app.start()
         finally:
             # Done: the run shuts the kernel down and resumes; its last word says which.
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_WR)
-                conn.settimeout(LEAVE_TIMEOUT_S)
-                message = str(read_reply(conn).get("message", ""))
-                if message:
-                    console.print(message, markup=False, highlight=False, soft_wrap=True)
+            watcher.join(LEAVE_TIMEOUT_S)
+            if last_word and last_word[0]:
+                console.print(last_word[0], markup=False, highlight=False, soft_wrap=True)
+
+
+def _await_last_word(conn: socket.socket, app: Any, last_word: list[str]) -> None:
+    """Wait for the run's last word on ``conn``: after the client leaves, or when the run ends the session itself (a
+    stop signal): then leave the console too, which otherwise waited at its prompt on a kernel that was gone."""
+    with contextlib.suppress(OSError, ValueError):
+        last_word.append(str(read_reply(conn).get("message", "")))
+    shell = getattr(app, "shell", None)
+    if shell is None or not getattr(shell, "keep_running", False):
+        return  # the user left first
+    shell.ask_exit()
+    prompt = getattr(getattr(shell, "pt_cli", None), "app", None)
+    loop = getattr(prompt, "loop", None)
+    if prompt is None or loop is None:
+        return
+
+    def end_prompt() -> None:  # on the prompt's own loop
+        if prompt.is_running and not prompt.future.done():
+            prompt.exit(exception=EOFError())
+
+    with contextlib.suppress(RuntimeError):  # that loop has closed: the console is leaving anyway
+        loop.call_soon_threadsafe(end_prompt)

@@ -33,6 +33,8 @@ log = logging.getLogger("batchcli")
 KERNEL_FILE = "kernel.json"
 START_WAIT_S = 60.0
 """How long an attach waits for the main thread to start the kernel (a run ending meanwhile refuses it)."""
+SESSION_POLL_S = 0.2
+"""How often the session's server thread looks whether the run ended the session (a stop)."""
 MISSING = (
     "batchcli attach needs ipykernel in the run's environment, which is not installed. Install it with: "
     "pip install 'batchcli[attach]' (then resume the run to attach to it)."
@@ -70,10 +72,17 @@ class Attachment:
                 _reply(conn, {"ok": False, "error": session.error, "missing": session.missing})
                 return
             _reply(conn, {"ok": True, "connection_file": str(session.connection_file), "message": session.banner})
-            conn.settimeout(None)
-            with contextlib.suppress(OSError):
-                while conn.recv(4096):  # the client sends nothing: this returns when it leaves or dies
-                    pass
+            # The client sends nothing: recv returns when it leaves or dies. Or the run ends the session (a stop
+            # that timed out, a second stop signal): then its last word tells the client to leave too.
+            conn.settimeout(SESSION_POLL_S)
+            while not session.done.is_set():
+                try:
+                    if not conn.recv(4096):
+                        break
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
             session.leave()
             session.done.wait()
             with contextlib.suppress(OSError):
@@ -113,7 +122,9 @@ class KernelSession:
         io_loop = self._io_loop
         if io_loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop has closed already
-                io_loop.add_callback(io_loop.stop)
+                # Not add_callback: called by a signal handler on the loop's own thread, it queues the stop without
+                # waking the loop, which then slept on in select() (a second SIGTERM did not end the session).
+                io_loop.asyncio_loop.call_soon_threadsafe(io_loop.stop)
 
     def run(self) -> None:
         """The session, on the main thread."""
@@ -146,7 +157,8 @@ class KernelSession:
                     self._io_loop = kernel.io_loop
                     self.ready.set()
                     if not self._left.is_set():
-                        kernel.serve()
+                        with run.shell_open(self.leave):  # a stop that times out (or a second one) ends it
+                            kernel.serve()
                 finally:
                     kernel.close()
             self.ready.set()

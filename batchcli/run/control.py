@@ -229,6 +229,11 @@ class ControlChannel:
             run.pause()
             return {"message": f"Paused: no new item starts; {run.tally.in_flight} in flight finish. Resume with ctl resume."}
         if command == "resume":
+            if run.shell_is_open:  # it resumes the run when it is left; items run meanwhile on a stopped clock
+                raise RuntimeError(
+                    "A shell is open on this run (the pause shell, or batchcli attach): the run stays paused until it "
+                    "is left, and resumes then. Leave it (Ctrl-D, or exit()) to resume now."
+                )
             run.resume()
             return {"message": "Resumed."}
         if command == "stop":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -126,6 +127,8 @@ class Run:
         self._left_loop = False
         self._hooks_cut = False
         self._source_items: Any = None
+        self._shell_leavers: list[Callable[[], None]] = []
+        """How to close each shell open now (``shell_open``)."""
         self._loop_watch: LoopWatch | None = None
         """What the run iterates (``_iterable``), made once when the loop starts."""
         """The run left its loop before the job's last hooks (``finish()``, ``persist_failed``) had returned."""
@@ -285,6 +288,40 @@ class Run:
             if not self._pause_requested.is_set():  # else the next turn of the main loop opens it again
                 self._shell_idle.set()
 
+    @contextlib.contextmanager
+    def shell_open(self, leave: Callable[[], None]) -> Iterator[None]:
+        """While a shell (the pause shell, an attached console) is open on the main thread, which then watches no
+        stop timeout: a stop closes it with ``leave`` (any thread) when ``stop_timeout_s`` has passed, and a second
+        stop at once. A SIGTERM from a supervisor went unanswered for as long as someone stayed in the shell."""
+        self._shell_leavers.append(leave)
+        try:
+            if self.stop_requested.is_set():
+                self._leave_shells_later()
+            yield
+        finally:
+            self._shell_leavers.remove(leave)
+
+    def leave_shells(self) -> None:
+        """Close every open shell (any thread); the main thread then goes on with the stop."""
+        for leave in list(self._shell_leavers):
+            leave()
+
+    def _leave_shells_later(self) -> None:
+        deadline = self._stop_deadline
+        delay = 0.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        log.warning(
+            "A shell is open on this run: it closes when the stop times out (in %.0fs), or at once at a second stop.",
+            delay,
+        )
+        timer = threading.Timer(delay, self.leave_shells)
+        timer.daemon = True
+        timer.start()
+
+    @property
+    def shell_is_open(self) -> bool:
+        """True while the pause shell or an attached console holds the run paused."""
+        return not self._shell_idle.is_set()
+
     def open_on_main(self, session: Callable[[], None]) -> None:
         """Run ``session`` (an attached shell) on the main thread soon; the loop waits for it before cleaning up."""
         self._shell_idle.clear()
@@ -311,9 +348,10 @@ class Run:
         self._wake.set()
 
     def cancel(self) -> None:
-        """Stop at once (thread-safe): in-flight items stay unprocessed."""
+        """Stop at once (thread-safe): in-flight items stay unprocessed, and an open shell closes."""
         self._hard_stop.begin()
         self.call_in_loop(self._cancel)
+        self.leave_shells()
 
     def _leave_loop(self) -> None:
         # The journal, the summary and the exit go ahead without the loop thread (a daemon).
@@ -386,9 +424,12 @@ class Run:
     def stop(self) -> None:
         """Ask the run to stop gracefully (thread-safe): nothing new starts, in-flight items finish, within
         ``stop_timeout_s`` (then it stops at once)."""
+        first = not self.stop_requested.is_set()
         self._stop_deadline_from_now()
         self.stop_requested.set()
         self.call_in_loop(self._stop_in_loop)
+        if first and self._shell_leavers:
+            self._leave_shells_later()
 
     def _stop_deadline_from_now(self) -> None:
         if self._stop_deadline is None:

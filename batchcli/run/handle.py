@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:
@@ -61,3 +62,6 @@ class RunHandle(Protocol):
 
     def call_in_loop(self, callback: Callable[[], Any]) -> None:
         """Run ``callback`` on the loop thread soon; before the loop runs, nothing."""
+
+    def shell_open(self, leave: Callable[[], None]) -> AbstractContextManager[None]:
+        """While a shell is open: ``leave`` (thread-safe) closes it when a stop times out or a second stop comes."""

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import reprlib
 import signal
 import sys
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from batchcli.outcome import clip
@@ -49,6 +51,10 @@ class PauseShell:
         self._ipython: Any = None
         self._namespace: dict[str, Any] = {}
         self._controller: RunController | None = None
+        self._leaving = False
+        """Set by ``leave()``: the shell closes instead of coming back after a KeyboardInterrupt."""
+        self._interacting = False
+        """True while ``_interact`` runs, with IPython's SIGINT handler in place."""
 
     def __call__(self, run: RunHandle) -> None:
         """Open the shell (main thread). A run with a fatal error gets the emergency shell."""
@@ -63,7 +69,8 @@ class PauseShell:
         try:
             self._namespace.update(shell_names(run, controller))
             print(banner(run, controller, emergency), flush=True)
-            self._interact(run)
+            with run.shell_open(self.leave):
+                self._interact(run)
             if emergency:
                 print("Continuing the shutdown.", flush=True)
             elif controller.stop_on_leave and not run.stop_requested.is_set():
@@ -84,17 +91,46 @@ class PauseShell:
         # the run's handler again once it closes.
         previous_sigint, previous_hook = signal.getsignal(signal.SIGINT), sys.excepthook
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        self._leaving, self._interacting = False, True
         try:
             with shell.builtin_trap, shell.display_trap:
                 while True:
                     try:
                         shell.interact()
                         break
-                    except KeyboardInterrupt:  # a Ctrl-C between two prompts
+                    except KeyboardInterrupt:  # a Ctrl-C between two prompts, or leave()
                         print("\nKeyboardInterrupt", flush=True)
+                        if self._leaving:
+                            break
         finally:
+            self._interacting = False  # before our handler is back: leave() sends no SIGINT it would take for a stop
             signal.signal(signal.SIGINT, previous_sigint)
             sys.excepthook = previous_hook
+
+    def leave(self) -> None:
+        """Leave the shell as Ctrl-D does (any thread): a prompt ends; a cell running now is interrupted.
+
+        prompt_toolkit's prompt is ended on its own loop (a SIGINT there only clears the line); IPython's simple
+        prompt (a terminal it does not drive, such as TERM=dumb) waits in ``input()``, and a cell runs on, until a
+        ``KeyboardInterrupt``, which the SIGINT the shell handles as IPython does raises on the main thread.
+        """
+        shell = self._ipython
+        if shell is None:
+            return
+        self._leaving = True
+        shell.ask_exit()  # interact() ends at its next turn
+        app = getattr(getattr(shell, "pt_app", None), "app", None)
+        loop = getattr(app, "loop", None)
+        if app is not None and loop is not None and app.is_running:
+
+            def end_prompt() -> None:  # on the prompt's own loop
+                if app.is_running and not app.future.done():
+                    app.exit(exception=EOFError())
+
+            with contextlib.suppress(RuntimeError):  # that loop has just closed: the prompt returned
+                loop.call_soon_threadsafe(end_prompt)
+        elif self._interacting:
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
     def _shell(self, run: RunHandle) -> Any:
         if self._ipython is None:
