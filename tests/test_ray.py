@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import batchcli
 from batchcli.errors import ProjectError
 from batchcli.executors.bundle import adopt, bundle_project, discard, manifest_of, private_root, stage
 from batchcli.load.project import load_project
@@ -129,3 +130,13 @@ def _killed(records: Path) -> int:
     first = (records / "12.attempts").read_text().splitlines()[0]
     return int(first.split()[0])
 
+
+
+def test_actors_work_in_the_drivers_directory_as_other_executors_do(cli: Any, tmp_path: Path, ray_head: str) -> None:
+    """Ray starts an actor in its working_dir, Ray's unpacked copy of the project: a relative path in the job (an
+    output file, a Path param) wrote there and was lost, where process and Dask workers wrote beside the user."""
+    result = cli("exec", PROJECTS / "cwd" / "cwd_job.py", "-d", "out", "-p", "executor=ray", "-p", f"ray_address={ray_head}",
+                 "-p", "workers=2", "-p", "count=6")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert {row.value for row in batchcli.read_results(result.run_dir)} == {str(Path.cwd())}
+    assert sorted(int(n) for n in (Path.cwd() / "written.txt").read_text().split()) == list(range(6))

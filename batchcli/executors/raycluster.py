@@ -85,9 +85,11 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
 class RayWorker:
     """One Ray actor: a worker process that keeps the run's job, built on first use, until ``finish``."""
 
-    def __init__(self, spec: WorkerSpec, shipped: Shipped | None) -> None:
+    def __init__(self, spec: WorkerSpec, shipped: Shipped | None, cwd: str | None = None) -> None:
         self._spec = spec
         self._shipped = shipped
+        self._cwd = cwd
+        """The driver's working directory: the actor's too, where it exists (this machine, a shared file system)."""
         self._built: WorkerSpec | None = None
 
     def prepare(self) -> int | WorkerError:
@@ -124,6 +126,10 @@ class RayWorker:
                 # Ray runs an actor in its working_dir: the project's files as Ray unpacked them.
                 target = adopt(Path.cwd(), self._shipped.manifest, self._shipped.target, spec.key)
                 spec = replace(spec, wiring=replace(spec.wiring, target=target))
+            if self._cwd is not None and os.path.isdir(self._cwd):
+                # Then the driver's directory, as with the process and local Dask workers: a relative path in the
+                # job (an output file, a Path param) wrote into Ray's temporary copy of the project, and was lost.
+                os.chdir(self._cwd)
             self._built = spec
         return self._built
 
@@ -245,7 +251,7 @@ class RayBackend:
             max_restarts=-1,  # a dead actor comes back (and sets the job up again); its chunks fail once
             max_task_retries=0,  # the driver decides retries: one attempt per item of a lost chunk
         )
-        self._actors = [remote.remote(self._spec, shipped) for _ in range(workers)]
+        self._actors = [remote.remote(self._spec, shipped, os.getcwd()) for _ in range(workers)]
 
     def _prepare(self) -> None:
         """Set the job up in every actor, so setup errors end the run before any item."""
