@@ -82,6 +82,23 @@ def test_a_console_that_cannot_be_written_leaves_the_run_to_finish_and_say_so_in
     assert "Run ended: finished, exit code 1" in log
 
 
+def test_reports_to_a_stdout_that_cannot_be_written_end_with_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """`runs > /dev/full` (show, watch --once, list too) printed batchcli's traceback; results already said why."""
+    ran = subprocess.run(
+        [sys.executable, "-m", "batchcli", "exec", str(PROJECTS / "unattended" / "job.py"), "-d", str(tmp_path / "out"),
+         "-p", "count=5", "-p", f"ledger={tmp_path / 'ledger.txt'}"],
+        capture_output=True, env=subprocess_env(), timeout=120,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    run_dir = newest_run(tmp_path / "out")
+    for args in (["runs", "-d", str(tmp_path / "out")], ["show", str(run_dir)], ["watch", str(run_dir), "--once"], ["list"]):
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run([sys.executable, "-m", "batchcli", *args], stdout=full, stderr=subprocess.PIPE,
+                                  text=True, env=subprocess_env(), timeout=60)  # fmt: skip
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert proc.stderr == "Error: cannot write the output (No space left on device).\n", (args, proc.stderr)
+
+
 def test_what_a_job_prints_under_the_live_display_comes_out_whole_and_in_order(tmp_path: Path) -> None:
     """On a terminal, lines the job prints go above the live display a tick at a time (rich printed each one with a
     redraw of the display, 2 ms a line): every line once, in order, stderr's too, and a last line without a newline."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -34,6 +35,31 @@ class BatchcliGroup(TyperGroup):
         except BatchcliError as error:
             error.show()
             raise typer.Exit(error.exit_code) from None
+        except OSError as error:
+            if isinstance(error, BrokenPipeError) or not _writing_stdout(error):
+                raise  # a reader that left (| head) ends quietly in click; anything else is not ours to word
+            # `runs > /dev/full`, a full disk under a redirect: one line, not our traceback.
+            print(f"Error: cannot write the output ({error.strerror or error}).", file=sys.stderr)
+            with contextlib.suppress(OSError):  # what stays buffered would fail again, noisily, at exit
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+            raise typer.Exit(1) from None
+
+
+def _writing_stdout(error: OSError) -> bool:
+    """Whether ``error`` came from writing the command's output to stdout (rich's console or ``typer.echo``)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    frame = tb.tb_frame
+    stream = frame.f_locals.get("self")
+    file = getattr(stream, "file", None) if stream is not None else None
+    if file is sys.stdout or stream is sys.stdout:
+        return True
+    return frame.f_code.co_name == "echo" and frame.f_locals.get("file") in (None, sys.stdout)
 
 
 app = BatchcliTyper(
