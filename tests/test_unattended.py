@@ -273,6 +273,21 @@ def test_a_notification_endpoint_that_is_down_leaves_the_run_alone(cli: Any, tmp
     assert "Could not send the 'finished' notification to http://127.0.0.1" in (outcome.run_dir / "batchcli.log").read_text()
 
 
+def test_a_notification_endpoint_that_never_answers_is_logged_too(cli: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    """An endpoint that accepts the connection and never answers: the run's exit ended the try before it gave up,
+    so nothing was logged, where the docs promise a warning."""
+    monkeypatch.setattr("batchcli.run.notify.END_WAIT_S", 0.5)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/hook"
+        outcome = cli("exec", JOB, "-d", tmp_path / "out", "-p", "count=3", "-p", "delay_s=0", "-p", f"notify_url={url}",
+                      "--no-shell")  # fmt: skip
+    assert outcome.exit_code == 0, outcome.output
+    log = (outcome.run_dir / "batchcli.log").read_text()
+    assert "Could not send the 'finished' notification to http://127.0.0.1" in log and "no answer within 0.5s" in log
+
+
 def test_ctl_and_watch_refuse_bad_input(cli: Any, tmp_path: Path) -> None:
     """ctl and watch on a finished run, a non-run directory, another user's run, or with an unknown command or field: one paragraph, the right exit code."""
     done = cli("exec", JOB, "-d", tmp_path / "out", "-p", "count=3", "-p", "delay_s=0", "--no-shell")

@@ -40,7 +40,7 @@ class Notifier:
         self._url = url
         self._base = {"job": job, "run_id": run_dir.name, "run_dir": str(run_dir), "host": socket.gethostname()}
         self._sleep = sleep
-        self._threads: list[threading.Thread] = []
+        self._threads: list[tuple[threading.Thread, str]] = []
 
     @property
     def where(self) -> str:
@@ -52,7 +52,7 @@ class Notifier:
         """Post ``event`` with ``fields`` in the background."""
         body = {"event": event, **self._base, "time": time.time(), **fields, "batchcli_version": __version__}
         thread = threading.Thread(target=self._post, args=(event, body), name="batchcli-notify", daemon=True)
-        self._threads.append(thread)
+        self._threads.append((thread, event))
         thread.start()
 
     def ended(self, result: Any) -> None:
@@ -70,11 +70,17 @@ class Notifier:
             reason=result.stop_reason,
         )
 
-    def close(self, wait_s: float = END_WAIT_S) -> None:
-        """Wait for notifications still being sent, at most ``wait_s`` in all."""
+    def close(self, wait_s: float | None = None) -> None:
+        """Wait for notifications still being sent, at most ``wait_s`` (``END_WAIT_S``) in all."""
+        wait_s = END_WAIT_S if wait_s is None else wait_s
         deadline = time.monotonic() + wait_s
-        for thread in self._threads:
+        for thread, event in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():  # an endpoint that accepts and never answers: the exit ends the try unlogged
+                log.warning(
+                    "Could not send the %r notification to %s (no answer within %gs of the run's end); the run is "
+                    "not affected.", event, self.where, wait_s,
+                )  # fmt: skip
 
     def _post(self, event: str, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
