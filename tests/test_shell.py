@@ -285,6 +285,24 @@ def test_ctl_resume_is_refused_while_the_shell_is_open(terminal) -> None:
     assert term.exit_code() == 0
 
 
+def test_a_double_ctrl_c_opens_the_shell_once(terminal) -> None:
+    """Two Ctrl-C in quick succession (before IPython takes SIGINT over) queued a second pause, and the shell opened
+    again as soon as it was left."""
+    term = terminal("shell_slow", "-p", "count=60", "-p", "delay=0.02", "-p", "concurrency=3")
+    wait_for(lambda: len(term.log.done()) >= 5, "5 items done")
+    term.child.sendintr()
+    time.sleep(0.02)
+    term.child.sendintr()
+    term.expect("run paused")
+    term.expect(PROMPT)
+    time.sleep(0.5)
+    term.child.sendeof()
+    term.expect("Resuming the run")
+    assert term.exit_code() == 0
+    assert term.output().count("run paused") == 1
+    assert sorted(term.log.done()) == list(range(60))
+
+
 def test_leaving_the_shell_resumes_the_run(terminal) -> None:
     """Ctrl-D leaves the shell without a question and the run goes on to the end (exit 0)."""
     term = terminal("shell_slow", "-p", "count=60", "-p", "delay=0.02", "-p", "concurrency=3")

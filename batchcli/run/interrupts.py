@@ -142,6 +142,10 @@ class Stoppable(Protocol):
     def request_pause(self) -> None:
         """Ask the main thread to open the pause shell."""
 
+    @property
+    def shell_is_open(self) -> bool:
+        """True from a pause request until its shell (or an attached console) closes."""
+
     def stop(self) -> None:
         """Stop gracefully: nothing new starts, in-flight items finish."""
 
@@ -206,7 +210,10 @@ class RunSignals:
         run = self._run
         name = signal.Signals(signum).name
         if signum == signal.SIGINT and not run.stop_requested.is_set() and run.shell_can_open():
-            run.request_pause()  # the main thread opens the pause shell
+            # The main thread opens the pause shell; a second Ctrl-C before IPython takes SIGINT over is the same
+            # request (queued again, it reopened the shell as soon as it was left).
+            if not run.shell_is_open:
+                run.request_pause()
             return
         # Act before logging: a signal that arrives while this handler logs runs a nested handler,
         # which must see this one's stop.
