@@ -174,6 +174,22 @@ def test_runs_lists_a_group_while_one_of_its_shards_runs(tmp_path: Path, cli: An
         proc.wait(timeout=60)
 
 
+def test_a_shard_given_other_params_than_its_group_is_refused(tmp_path: Path, cli: Any) -> None:
+    """--group with -p count=200 beside a group started with count=100 was accepted, and the first shard's share of
+    items 100-199 was never processed, with the group "finished". Settings (executor, workers) may differ."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    args = ("exec", ORDINAL, "-p", f"log_dir={logs}", "--group", "nightly")
+    assert cli(*args, "-p", "count=10", "--shard", "0/2").exit_code == 0
+    refused = cli(*args, "-p", "count=20", "--shard", "1/2")
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "count: 10 in the group, 20 here" in said and "Traceback" not in said, said
+    assert not (tmp_path / "batchcli_outputs" / "nightly" / "shard-1-of-2").exists()
+    other_settings = cli(*args, "-p", "count=10", "--shard", "1/2", "-p", "executor=process", "-p", "workers=1")
+    assert other_settings.exit_code == 0, other_settings.output
+    assert sorted(ledger(logs)) == list(range(10))
+
+
 def test_a_keyed_source_that_grows_keeps_each_item_in_its_shard(tmp_path: Path, cli: Any) -> None:
     """Shards of a keyed source go by the key's stable hash: after the source grows, every old item is in the same shard."""
     logs = tmp_path / "logs"

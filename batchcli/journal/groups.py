@@ -77,14 +77,19 @@ def derived_group(job: Job, wiring: Wiring, count: int) -> str:
     ``concurrency``, ``shards`` ...: how a shard runs, not what it does; N is in), so shards given different
     settings still meet in one group.
     """
+    values = what_shards_share(job, wiring)
+    blob = json.dumps([job.project.name, wiring.config_name, values, count], sort_keys=True)
+    return f"{job.project.name}-{count}shards-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def what_shards_share(job: Job, wiring: Wiring) -> dict[str, list[str]]:
+    """The params every shard of a group must be given alike (as given): all but secrets and batchcli's own settings."""
     from dataclasses import fields
 
     from batchcli.load.configuration import Configuration
 
     own = {f.name for f in fields(Configuration)}
-    values = {k: list(v) for k, v in wiring.values.items() if k not in job.secret_names and k not in own}
-    blob = json.dumps([job.project.name, wiring.config_name, values, count], sort_keys=True)
-    return f"{job.project.name}-{count}shards-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+    return {k: list(v) for k, v in wiring.values.items() if k not in job.secret_names and k not in own}
 
 
 def shard_dir_name(shard: Shard) -> str:
@@ -121,16 +126,23 @@ def shard_runs(group_dir: Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def join_group(output_dir: Path, shard: Shard, job_name: str) -> Path:
-    """The group's directory, made with its ``group.json`` by the first shard there; checked by the others."""
+def join_group(
+    output_dir: Path, shard: Shard, job_name: str, params: dict[str, list[str]] | None = None, config_name: str | None = None
+) -> Path:
+    """The group's directory, made with its ``group.json`` by the first shard there; checked by the others: the same
+    N, job, configuration and params (``what_shards_share``), so that the shards split one source."""
     check_output_dir(output_dir)
     group_dir = output_dir / shard.group
     try:
         group_dir.mkdir(mode=0o700, exist_ok=True)
         if not (group_dir / GROUP_FILE).exists():
-            _write_once(group_dir / GROUP_FILE, {"group": shard.group, "shards": shard.count, "job": job_name})
+            _write_once(
+                group_dir / GROUP_FILE,
+                {"group": shard.group, "shards": shard.count, "job": job_name, "config": config_name, "params": params},
+            )
     except OSError as error:
         raise unusable_output_dir(output_dir, error) from error
+    _check_alike(group_dir, shard.group, params, config_name)
     info = read_group(group_dir)
     if info.shards != shard.count:
         raise UsageError(
@@ -143,6 +155,36 @@ def join_group(output_dir: Path, shard: Shard, job_name: str) -> Path:
             f"Group {shard.group!r} runs the job {info.job!r}, not {job_name!r}. Give this job another --group."
         )
     return group_dir
+
+
+def _check_alike(group_dir: Path, group: str, params: dict[str, list[str]] | None, config_name: str | None) -> None:
+    """Refuse a shard given other params or another configuration than its group's first: with ``-p count=200``
+    beside a group started with ``count=100``, items 100-199 of the other shards' share were never processed."""
+    if params is None:
+        return
+    try:
+        data = json.loads((group_dir / GROUP_FILE).read_text())
+    except (OSError, ValueError):
+        return  # read_group says what is wrong with it
+    if not isinstance(data, dict) or not isinstance(data.get("params"), dict):
+        return  # a group.json of an older batchcli: it recorded no params
+    recorded: dict[str, Any] = data["params"]
+    differ = sorted(n for n in set(recorded) | set(params) if recorded.get(n) != params.get(n))
+    if data.get("config") != config_name:
+        differ.insert(0, "-c")
+    if differ:
+        def shown(values: dict[str, Any], name: str) -> str:
+            if name == "-c":
+                return str(data.get("config") if values is recorded else config_name)
+            value = values.get(name)
+            return "(not given)" if value is None else ",".join(map(str, value))
+
+        said = "; ".join(f"{n}: {shown(recorded, n)} in the group, {shown(params, n)} here" for n in differ)
+        raise UsageError(
+            f"Group {group!r} was started with other values ({said}): every shard of a group must be given the same "
+            "params and configuration, or the shards do not split one source. Give the group's values, or another "
+            "--group."
+        )
 
 
 def _write_once(path: Path, data: dict[str, Any]) -> None:
@@ -195,7 +237,9 @@ class ShardStart:
         shard = replace(shard, group=group)
         if self.dry_run:  # what would run, with nothing made on disk
             return replace(fresh_continuation(job, self.selection, True, self.notices), shard=shard)
-        run_dir = join_group(self.output_dir, shard, job.project.name) / shard_dir_name(shard)
+        wiring = self.target.with_environment(job.environment)
+        shared = what_shards_share(job, wiring)
+        run_dir = join_group(self.output_dir, shard, job.project.name, shared, wiring.config_name) / shard_dir_name(shard)
         if not (run_dir / JOURNAL_NAME).is_file():
             fresh = fresh_continuation(job, self.selection, False, self.notices)
             return replace(fresh, shard=shard, run_dir=run_dir)
