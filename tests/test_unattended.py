@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from batchcli import read_results
 from conftest import PROJECTS, subprocess_env
 from joblog import JobLog, wait_for
 
@@ -263,6 +264,43 @@ def test_metrics_json_logs_notifications_and_a_stale_socket(tmp_path: Path, hook
     note = hook.posts[-1]  # type: ignore[attr-defined]
     assert note["event"] == "finished" and note["run_id"] == run_dir.name
     assert note["exit_code"] == 1 and note["succeeded"] + note["failed"] == 300
+
+
+def test_ctl_retry_failed_runs_the_failures_in_the_workers_where_setup_ran(tmp_path: Path) -> None:
+    """With executor=process the Services set up are the workers': retry-failed called the driver's, whose setup()
+    never ran, and answered "0 of 26 failed item(s) succeeded now" for a cause that was fixed."""
+    fixed = tmp_path / "fixed"
+    out = tmp_path / "out"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "exec", str(PROJECTS / "needs_setup" / "needs_setup_job.py"), "-d", str(out),
+         "-p", f"fixed={fixed}", "-p", "executor=process", "-p", "workers=2", "-p", "breaker_window=0",
+         "-p", "max_retries=0"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
+    )  # fmt: skip
+    try:
+        wait_for(lambda: any(out.glob("*/control.sock")), "the run to listen")
+        run_dir = next(out.glob("*/control.sock")).parent
+
+        def failed_now() -> int:
+            stats = ctl(run_dir, "stats").stdout
+            return int(stats.split("failed: ")[1].split()[0]) if "failed: " in stats else 0
+
+        wait_for(lambda: failed_now() >= 3, "a few failures")
+        assert ctl(run_dir, "pause").returncode == 0
+        time.sleep(0.5)
+        failed = failed_now()
+        fixed.touch()
+        reply = ctl(run_dir, "retry-failed")
+        assert reply.stdout == f"{failed} of {failed} failed item(s) succeeded now.\n", reply.stdout + reply.stderr
+        assert ctl(run_dir, "stop").returncode == 0
+        assert run.wait(timeout=60) == 130
+    finally:
+        if run.poll() is None:
+            run.kill()
+    results = {row.ordinal: row.value for row in read_results(run_dir)}
+    retried = [results[n] for n in results if n % 10 == 0]
+    assert len(retried) == failed
+    assert all(value.split(" via conn-")[1] != str(run.pid) for value in retried), retried  # made in a worker
 
 
 def test_a_notification_endpoint_that_is_down_leaves_the_run_alone(cli: Any, tmp_path: Path) -> None:

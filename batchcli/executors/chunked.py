@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
+import marshal
 import math
 import pickle
 from collections import deque
@@ -67,6 +69,13 @@ class ItemFailed(Exception):
     def __init__(self, error: ItemError) -> None:
         super().__init__(error.info.message)
         self.info = error.info
+
+
+class WorkerRaised(ItemFailed):
+    """What a worker's ``process()`` raised on an item the pause shell or ``ctl`` retried (``process_one``)."""
+
+    def __str__(self) -> str:  # the worker's exception, its class included: the shell shows only this class
+        return f"{self.info.error_type}: {self.info.message}" if self.info.message else self.info.error_type
 
 
 class RetryableItemFailed(ItemFailed):
@@ -234,6 +243,24 @@ class ChunkedExecutor:
         self._tally.in_flight += len(entries)
         task = self._loop.create_task(self._run_chunk(chunk, entries))
         self._chunks[task] = entries
+
+    async def process_one(self, item: Any) -> Any:
+        """Process ``item`` once in a worker, outside the run's counts (the pause shell's and ``ctl``'s retries):
+        what its ``process()`` returned, or the worker's error raised as ``ItemFailed``. The Service in the driver
+        was never set up (its ``setup()`` runs in the workers), so a retry there failed on what setup() opens."""
+        payload = pickle.dumps([(-1, item)], pickle.HIGHEST_PROTOCOL)
+        chunk = Chunk(next(self._ids), payload, 1, 1, self._config.item_timeout_s, None, self._limits_version)
+        result = await self._backend.submit(chunk)
+        if result.errors:
+            raise WorkerRaised(result.errors[0])
+        if result.skipped:
+            raise RuntimeError("The worker did not get to the item (the run is stopping); nothing was retried.")
+        if not result.kept:
+            return None
+        _, text, blob = result.kept[0]
+        if type(text) is bytes:
+            return marshal.loads(text)
+        return json.loads(text) if blob is None else pickle.loads(blob)  # our own worker's pickle
 
     def items_in_flight(self) -> dict[int, Any]:
         """Ordinal -> item of every item in a chunk that a worker holds now. Call on the loop's thread."""

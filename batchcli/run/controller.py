@@ -236,6 +236,9 @@ class RunController:
         return result
 
     async def _process(self, item: Any) -> Any:
+        process_one = getattr(self._run.executor, "process_one", None)
+        if process_one is not None:  # process, Dask, Ray: the set-up Services are the workers'
+            return await process_one(item)
         process = self._run.job.service.process
         if inspect.iscoroutinefunction(process):
             return await process(item)
