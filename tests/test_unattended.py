@@ -377,6 +377,12 @@ def test_metrics_port_errors_come_before_any_run(cli: Any, tmp_path: Path, monke
         taken = cli("exec", JOB, "-d", tmp_path / "out", "-p", f"metrics_port={port}")
     assert taken.exit_code == 2 and f"metrics_port={port} cannot be served" in taken.output
     assert f"metrics_port={port + 1}" in taken.output
+    for host in ("no.such.host.invalid", "192.0.2.1"):  # a name that does not resolve; an address not this machine's
+        # Said to be a port "another program uses", with another port suggested, which could not help.
+        wrong = cli("exec", JOB, "-d", tmp_path / "out", "-p", f"metrics_port={free_port()}", "-p", f"metrics_host={host}")
+        said = " ".join(wrong.output.split())
+        assert wrong.exit_code == 2 and f"metrics_host='{host}' is not an address of this machine" in said, said
+        assert "another program" not in said and "Traceback" not in said
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
     missing = cli("exec", JOB, "-d", tmp_path / "out", "-p", "metrics_port=9464")
     assert missing.exit_code == 2 and "pip install 'batchcli[metrics]'" in missing.output

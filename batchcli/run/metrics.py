@@ -9,6 +9,8 @@ and only then does the executor time its attempts (``batchcli/durations.py``).
 
 from __future__ import annotations
 
+import errno
+import socket
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -146,8 +148,14 @@ def open_metrics(config: Any, job: str) -> Metrics | None:
     try:
         server, thread = start_http_server(port, addr=host, registry=registry)
     except OSError as error:
+        reason = error.strerror or str(error)
+        if isinstance(error, socket.gaierror) or error.errno == errno.EADDRNOTAVAIL:  # the host: not another port
+            raise UsageError(
+                f"metrics_host={host!r} is not an address of this machine ({reason}). Give one of its addresses, "
+                "e.g. -p metrics_host=127.0.0.1 (this machine only) or 0.0.0.0 (every interface)."
+            ) from None
         raise UsageError(
-            f"metrics_port={port} cannot be served on {host} ({error.strerror or error}): another program (or run) "
+            f"metrics_port={port} cannot be served on {host} ({reason}): another program (or run) "
             f"uses it. Give another port, e.g. -p metrics_port={port + 1}, or leave metrics_port unset."
         ) from None
     metrics = Metrics(server, thread, job)
