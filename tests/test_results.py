@@ -132,12 +132,14 @@ def test_a_keyed_source_reordered_on_resume_keeps_one_result_per_key(cli, tmp_pa
 
 
 def test_results_of_a_retry_run_hold_the_retried_items(cli, tmp_path: Path) -> None:
-    """`batchcli retry` keeps what the retried items return in its own run, and `results` of it lists them."""
+    """`batchcli retry` keeps what the retried items return in its own run, and `results` of it lists them, each with
+    its item_key (a retry run numbered its inputs by position only, so its results could not be joined back)."""
     first = cli("exec", WORDS, "-d", "out", "-p", "count=5", "-p", "fail_three=true")
     assert first.exit_code == 1, first.output
     again = cli("retry", first.run_dir, "-p", "fail_three=false")
     assert again.exit_code == 0, again.output
-    assert jsonl(cli("results", again.run_dir).output) == [{"ordinal": 0, "result": "WORD-3"}]
+    assert jsonl(cli("results", again.run_dir).output) == [{"ordinal": 0, "key": "word-3", "result": "WORD-3"}]
+    assert [row.key for row in batchcli.read_results(again.run_dir)] == ["word-3"]
 
 
 def test_a_run_without_results_says_so(cli, tmp_path: Path) -> None:

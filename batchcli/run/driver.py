@@ -386,7 +386,7 @@ class Run:
         if carry.journal is not None:
             journal = carry.journal
         else:
-            keyed = carry.items is None and defines_item_key(self.job.source)
+            keyed = defines_item_key(self.job.source)  # a retry run too: its results carry the keys
             recorded = self.wiring.without(self.options.unrecorded)
             journal = Journal.create(
                 self.run_dir, self.job, recorded, keyed=keyed, parent=carry.parent, inputs=carry.items,
