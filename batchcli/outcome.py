@@ -223,6 +223,9 @@ class Tally:
         self.paused_s = 0.0
         """Seconds this session spent paused in the pause shell, left out of ``elapsed()``."""
         self._paused_at: float | None = None
+        self._clock_holds = 0
+        """How many pauses hold the clock now (``pause_clock``)."""
+        self._clock_lock = threading.Lock()
         self.done = array("q")
         """Ordinals that succeeded and are not yet journaled: 8 bytes each, no objects kept alive."""
         self.kept: list[tuple[int, str | bytes, bytes | None]] = []
@@ -410,21 +413,27 @@ class Tally:
             self.failed_items[failure.ordinal] = failure.item
 
     def elapsed(self) -> float:
-        """Seconds this session has been running, time paused in the pause shell left out."""
+        """Seconds this session has been running, time paused (``ctl pause``, the pause shell) left out."""
         now = self._clock()
         paused = self.paused_s + (0.0 if self._paused_at is None else now - self._paused_at)
         return float(now - self.started - paused)
 
     def pause_clock(self) -> None:
-        """Stop ``elapsed()`` until ``resume_clock()`` (the pause shell opened)."""
-        if self._paused_at is None:
-            self._paused_at = self._clock()
+        """Stop ``elapsed()`` until as many ``resume_clock()`` (a pause, a shell opened: they nest; any thread)."""
+        with self._clock_lock:
+            if self._clock_holds == 0:
+                self._paused_at = self._clock()
+            self._clock_holds += 1
 
     def resume_clock(self) -> None:
-        """Let ``elapsed()`` run again, the pause left out."""
-        if self._paused_at is not None:
-            self.paused_s += self._clock() - self._paused_at
-            self._paused_at = None
+        """Undo one ``pause_clock()``; after the last, ``elapsed()`` runs again, the pause left out."""
+        with self._clock_lock:
+            if self._clock_holds == 0:
+                return
+            self._clock_holds -= 1
+            if self._clock_holds == 0 and self._paused_at is not None:
+                self.paused_s += self._clock() - self._paused_at
+                self._paused_at = None
 
     def paused(self) -> float:
         """Seconds this session has spent paused so far, a pause going on now included."""

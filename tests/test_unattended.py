@@ -266,6 +266,31 @@ def test_metrics_json_logs_notifications_and_a_stale_socket(tmp_path: Path, hook
     assert note["exit_code"] == 1 and note["succeeded"] + note["failed"] == 300
 
 
+def test_time_paused_by_ctl_is_not_run_time(tmp_path: Path) -> None:
+    """ctl pause left the run's clock going (the shell's pause stops it): the rate and ETA sank while nothing ran, and
+    summary.json's duration and rate counted the pause."""
+    ledger = tmp_path / "ledger.txt"
+    out = tmp_path / "out"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", "count=60", "-p", "delay_s=0.01",
+         "-p", "concurrency=2", "-p", f"ledger={ledger}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
+    )  # fmt: skip
+    log = JobLog(ledger)
+    try:
+        wait_for(lambda: any(out.glob("*/control.sock")) and len(log.done()) >= 5, "the run under way")
+        run_dir = next(out.glob("*/control.sock")).parent
+        assert ctl(run_dir, "pause").returncode == 0
+        time.sleep(1.5)
+        assert ctl(run_dir, "resume").returncode == 0
+        assert run.wait(timeout=60) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["paused_s"] >= 1.5, summary
+
+
 def test_ctl_retry_failed_runs_the_failures_in_the_workers_where_setup_ran(tmp_path: Path) -> None:
     """With executor=process the Services set up are the workers': retry-failed called the driver's, whose setup()
     never ran, and answered "0 of 26 failed item(s) succeeded now" for a cause that was fixed."""

@@ -128,6 +128,8 @@ class Run:
         self._hooks_cut = False
         self._source_items: Any = None
         self._shell_leavers: list[Callable[[], None]] = []
+        self._pausing = threading.Lock()
+        """Makes ``pause()`` and ``resume()`` (any thread) stop and restart the run's clock once each."""
         """How to close each shell open now (``shell_open``)."""
         self._loop_watch: LoopWatch | None = None
         """What the run iterates (``_iterable``), made once when the loop starts."""
@@ -436,13 +438,20 @@ class Run:
             self._stop_deadline = time.monotonic() + self.job.config.stop_timeout_s
 
     def pause(self) -> None:
-        """Start no new item until ``resume()`` (thread-safe); in-flight items finish."""
-        self.paused.set()
+        """Start no new item until ``resume()`` (thread-safe); in-flight items finish. The run's clock stops too
+        (``ctl pause`` counted as run time: the rate and ETA drifted down while nothing ran)."""
+        with self._pausing:
+            if not self.paused.is_set():
+                self.paused.set()
+                self.tally.pause_clock()
         self.call_in_loop(self._pause_in_loop)
 
     def resume(self) -> None:
         """Undo ``pause()`` (thread-safe); an open circuit breaker closes: the user dealt with its cause."""
-        self.paused.clear()
+        with self._pausing:
+            if self.paused.is_set():
+                self.paused.clear()
+                self.tally.resume_clock()
         self.breaker_reason = ""
         self.call_in_loop(self._resume_in_loop)
 
