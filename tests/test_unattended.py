@@ -272,7 +272,7 @@ def test_time_paused_by_ctl_is_not_run_time(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.txt"
     out = tmp_path / "out"
     run = subprocess.Popen(
-        [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", "count=60", "-p", "delay_s=0.01",
+        [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", "count=300", "-p", "delay_s=0.02",
          "-p", "concurrency=2", "-p", f"ledger={ledger}"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
     )  # fmt: skip

@@ -128,6 +128,8 @@ class Run:
         self._hooks_cut = False
         self._source_items: Any = None
         self._shell_leavers: list[Callable[[], None]] = []
+        self.pause_pending = False
+        """True from a pause request until its shell is left: a second Ctrl-C meanwhile is the same request."""
         self._pausing = threading.Lock()
         """Makes ``pause()`` and ``resume()`` (any thread) stop and restart the run's clock once each."""
         """How to close each shell open now (``shell_open``)."""
@@ -288,6 +290,7 @@ class Run:
             self.on_pause(self)
         finally:
             if not self._pause_requested.is_set():  # else the next turn of the main loop opens it again
+                self.pause_pending = False
                 self._shell_idle.set()
 
     @contextlib.contextmanager
@@ -302,6 +305,7 @@ class Run:
             yield
         finally:
             self._shell_leavers.remove(leave)
+            self.pause_pending = False  # left: a Ctrl-C from now on asks for a new pause
 
     def leave_shells(self) -> None:
         """Close every open shell (any thread); the main thread then goes on with the stop."""
@@ -345,6 +349,7 @@ class Run:
 
     def request_pause(self) -> None:
         """Ask the main thread to open the pause shell (thread-safe)."""
+        self.pause_pending = True
         self._shell_idle.clear()  # before the request, so the loop never sees neither
         self._pause_requested.set()
         self._wake.set()

@@ -142,9 +142,8 @@ class Stoppable(Protocol):
     def request_pause(self) -> None:
         """Ask the main thread to open the pause shell."""
 
-    @property
-    def shell_is_open(self) -> bool:
-        """True from a pause request until its shell (or an attached console) closes."""
+    pause_pending: bool
+    """True from a pause request until its shell is left."""
 
     def stop(self) -> None:
         """Stop gracefully: nothing new starts, in-flight items finish."""
@@ -212,7 +211,7 @@ class RunSignals:
         if signum == signal.SIGINT and not run.stop_requested.is_set() and run.shell_can_open():
             # The main thread opens the pause shell; a second Ctrl-C before IPython takes SIGINT over is the same
             # request (queued again, it reopened the shell as soon as it was left).
-            if not run.shell_is_open:
+            if not run.pause_pending:
                 run.request_pause()
             return
         # Act before logging: a signal that arrives while this handler logs runs a nested handler,
