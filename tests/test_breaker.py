@@ -14,6 +14,7 @@ from typing import Any
 import pexpect
 import pytest
 from conftest import PROJECTS, ROOT, Outcome, newest_run, subprocess_env
+from joblog import wait_for
 
 sys.path.insert(0, str(ROOT / "examples" / "flaky_api"))
 from server import FlakyApi  # noqa: E402
@@ -102,6 +103,40 @@ def test_expired_token_stops_resumably_then_resume_finishes(api: FlakyApi, tmp_p
 
     shown = run([sys.executable, "-m", "batchcli", "show", str(stopped.run_dir)])
     assert "breaker" in shown.output and "opened 1 time," in shown.output
+
+
+def test_a_trip_in_a_session_killed_before_its_summary_still_counts(api: FlakyApi, tmp_path: Path) -> None:
+    """The run's breaker counts were summed from the last summary.json, which a session killed with SIGKILL never
+    wrote: its trips vanished from summary.json and show after the resume. Each session's live state keeps them."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(args(api, out, token="bad", concurrency=4, breaker_max_wait_s=600, breaker_cooldown_s=60),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())  # fmt: skip
+    try:
+        def tripped() -> bool:
+            journals = list(out.glob("*/journal.sqlite"))
+            if not journals:
+                return False
+            conn = sqlite3.connect(journals[0])
+            try:
+                states = [json.loads(state) for (state,) in conn.execute("SELECT state FROM live")]
+            except sqlite3.Error:
+                return False
+            finally:
+                conn.close()
+            return any((state.get("breaker_counts") or {}).get("trips") == 1 for state in states)
+
+        wait_for(tripped, "the breaker to trip and the journal to say so")
+        proc.kill()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (run_dir,) = [journal.parent for journal in out.glob("*/journal.sqlite")]
+    assert not (run_dir / "summary.json").exists()
+    resumed = run([sys.executable, "-m", "batchcli", "resume", str(run_dir), "-p", "token=good"])
+    assert resumed.exit_code == 0, resumed.output
+    assert resumed.summary["breaker"]["trips"] == 1
+    assert "opened 1 time," in run([sys.executable, "-m", "batchcli", "show", str(run_dir)]).output
 
 
 def test_expired_token_with_worker_processes_stops_within_the_window(api: FlakyApi, tmp_path: Path) -> None:

@@ -512,6 +512,15 @@ class Journal:
 
     # The end.
 
+    def earlier_states(self) -> list[dict[str, Any]]:
+        """The last ``live`` state of each earlier session (a killed one's too), oldest first; [] for none."""
+        try:
+            rows = self._conn.execute("SELECT state FROM live WHERE session != ? ORDER BY session", (self.session,))
+            states = [json.loads(state) for (state,) in rows]
+        except (sqlite3.Error, ValueError):
+            return []
+        return [state for state in states if isinstance(state, dict)]
+
     def active_s(self) -> float:
         """Seconds the run has been running, over every session so far (pauses between sessions left out)."""
         return self._earlier_active_s + time.time() - self._session_started

@@ -292,6 +292,8 @@ def live_state(run: Run) -> dict[str, Any]:
         "stopping": run.stop_requested.is_set(),
         "breaker": None if breaker is None else breaker.state,
         "breaker_reason": "" if breaker is None or breaker.state == "closed" else breaker.reason,
+        # This session's, for the run's totals: a session killed before its summary keeps them here.
+        "breaker_counts": None if breaker is None else dataclasses.asdict(breaker.counts),
     }
 
 

@@ -124,7 +124,11 @@ def write_summary(
     masked); ``unrecorded`` names (``testing.run_job``'s own ``backoff_s``) are left out.
     """
     ended = datetime.now().astimezone()
-    paused = _earlier(result, "paused_s") + journal.tally.paused_s  # in the pause shell, over every session
+    earlier = journal.earlier_states()  # each earlier session's own, a killed one's included
+    if earlier:
+        paused = sum(_number(state.get("paused_s")) for state in earlier) + journal.tally.paused_s
+    else:  # a journal older than the live table: the last summary's total
+        paused = _earlier(result, "paused_s") + journal.tally.paused_s
     duration = max(0.0, journal.active_s() - paused)  # time spent running, over every session
     fatal = result.fatal
     write_json(
@@ -152,7 +156,7 @@ def write_summary(
             "fatal": None
             if fatal is None
             else {"type": type(fatal).__qualname__, "message": str(fatal), "traceback": format_user_traceback(fatal)},
-            "breaker": _breaker_counts(result, journal),
+            "breaker": _breaker_counts(result, journal, earlier),
             "selection": None if selection is None else selection.as_dict(),
             "batchcli_version": __version__,
         },
@@ -168,17 +172,28 @@ def _earlier(result: RunResult, name: str) -> float:
     return float(value) if isinstance(value, (int, float)) else 0.0
 
 
-def _breaker_counts(result: RunResult, journal: Journal) -> dict[str, float] | None:
-    """The circuit breaker's counts over every session: this one's plus those the last summary held."""
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+def _breaker_counts(result: RunResult, journal: Journal, earlier: list[dict[str, Any]]) -> dict[str, float] | None:
+    """The circuit breaker's counts over every session: this one's plus each earlier session's (from its ``live``
+    state, so a session killed before it wrote a summary counts too; the last summary's for older journals)."""
     counts = dict(result.breaker) if result.breaker is not None else None
-    if journal.session_count > 1:
+    kept = [state["breaker_counts"] for state in earlier if isinstance(state.get("breaker_counts"), dict)]
+    if kept:
+        counts = counts or {name: 0 for name in kept[0]}
+        for session in kept:
+            for name, value in session.items():
+                counts[name] = counts.get(name, 0) + _number(value)
+    elif journal.session_count > 1:
         try:
-            earlier = json.loads((result.run_dir / "summary.json").read_text()).get("breaker") or {}
+            last = json.loads((result.run_dir / "summary.json").read_text()).get("breaker") or {}
         except (OSError, ValueError, AttributeError):
-            earlier = {}
-        if earlier:
-            counts = counts or {name: 0 for name in earlier}
-            for name, value in earlier.items():
+            last = {}
+        if last:
+            counts = counts or {name: 0 for name in last}
+            for name, value in last.items():
                 if isinstance(value, (int, float)):
                     counts[name] = counts.get(name, 0) + value
     if counts is not None and "open_s" in counts:
