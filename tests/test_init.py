@@ -53,6 +53,22 @@ def test_the_new_project_runs_in_prod_in_a_real_process(cli: Any, run_batchcli: 
     assert outcome.summary["succeeded"] == 3
 
 
+def test_an_environment_built_on_another_keeps_both_selectable(cli: Any, tmp_path: Path) -> None:
+    """A staging config derived from the prod one made `-c config_prod` an "Unknown configuration": only configs no
+    other derives from were choices. Each config/config_*.py module's own stays one; a shared base does not."""
+    assert cli("init", "app").exit_code == 0
+    (tmp_path / "app" / "config" / "config_staging.py").write_text(
+        "from dataclasses import dataclass\n\nfrom .config_prod import ProdConfig\n\n\n"
+        "@dataclass(kw_only=True)\nclass StagingConfig(ProdConfig):\n    greeting: str = 'Hi from staging'\n"
+    )
+    for name, chosen in (("config_prod", "ProdConfig"), ("ProdConfig", "ProdConfig"), ("config_staging", "StagingConfig")):
+        outcome = cli("exec", "app", "-c", name, "-d", "out", "-p", "count=2")
+        assert outcome.exit_code == 0, outcome.output
+        assert outcome.summary["configuration"] == chosen
+    unknown = cli("exec", "app", "-c", "base", "-d", "out")
+    assert unknown.exit_code == 2 and "Available: config_dev, config_prod, config_staging." in flat(unknown.output)
+
+
 def test_the_generated_test_passes_under_pytest(cli: Any, tmp_path: Path) -> None:
     """The generated test file, run by pytest in a child process, passes through batchcli.testing."""
     assert cli("init", "hello_job").exit_code == 0

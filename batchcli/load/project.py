@@ -68,11 +68,25 @@ class Project:
         return sorted(c.__name__ for c in leaves)
 
     def _load_configurations(self) -> list[type[Configuration]]:
+        """The configurations ``-c`` offers: those no other one derives from, and each ``config/config_*.py``
+        module's own (its class with no subclass in that module), which another environment may derive from: a
+        staging config built on the prod one made ``-c config_prod`` an unknown configuration."""
         if self.config_dir is not None:
             for path in sorted(self.config_dir.glob("*.py")):
                 if not path.stem.startswith("_"):
                     _import_user(f"{self.config_package}.{path.stem}", path)
-        return _leaf_configurations(self.classes())
+        classes = self.classes()
+        choices = _leaf_configurations(classes)
+        if self.config_package is not None:
+            prefix = f"{self.config_package}.config_"
+            configs = [c for c in classes if issubclass(c, Configuration) and c is not Configuration]
+            for c in configs:
+                module = c.__module__
+                if c in choices or not module.startswith(prefix) or inspect.isabstract(c):
+                    continue
+                if not any(o is not c and issubclass(o, c) and o.__module__ == module for o in configs):
+                    choices.append(c)
+        return choices
 
     def configuration(self, name: str | None) -> type[Configuration]:
         """The configuration class ``-c NAME`` selects (or the only one, or the built-in defaults)."""
