@@ -141,3 +141,15 @@ def test_import_error_shows_the_users_traceback_only(cli) -> None:
     assert "FileNotFoundError" in out and "settings.toml" in out
     assert "batchcli/" not in out.replace(str(PROJECTS), "")
     assert "importlib" not in out
+
+
+@pytest.mark.parametrize("value", ["abc", "10s", "0", "-1", "nan", "inf"])
+def test_a_bad_progress_interval_is_a_usage_error(cli, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """BATCHCLI_PROGRESS_INTERVAL was read with float() when batchcli was imported: a word made every command (and
+    run_job) fail with a traceback, and 0 or less printed thousands of progress lines a second."""
+    monkeypatch.setenv("BATCHCLI_PROGRESS_INTERVAL", value)
+    said = rejected(cli("exec", RETRIES, "-d", "out"))
+    assert f"BATCHCLI_PROGRESS_INTERVAL='{value}' is not a number of seconds" in said
+    from batchcli.testing import run_job
+
+    assert run_job(RETRIES, output_dir="out").status == "finished"  # run_job reads no environment

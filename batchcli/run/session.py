@@ -14,6 +14,7 @@ and how the run presents itself (``RunOptions``); the Session does the rest in o
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -34,6 +35,25 @@ if TYPE_CHECKING:
     from batchcli.load.wiring import Job, Wiring
 
 
+PROGRESS_INTERVAL_MIN_S = 0.1
+
+
+def progress_interval(environ: Mapping[str, str] = os.environ) -> float:
+    """``BATCHCLI_PROGRESS_INTERVAL`` (10 s when unset): read when a command builds its options, not at import, and
+    checked, since a word made every command fail with a traceback and 0 printed thousands of lines a second."""
+    text = environ.get("BATCHCLI_PROGRESS_INTERVAL", "10")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not PROGRESS_INTERVAL_MIN_S <= value < math.inf:
+        raise UsageError(
+            f"BATCHCLI_PROGRESS_INTERVAL={text!r} is not a number of seconds between progress lines: give one of "
+            f"{PROGRESS_INTERVAL_MIN_S:g} or more, e.g. BATCHCLI_PROGRESS_INTERVAL=30, or unset it for 10."
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """How a run presents itself; none of it changes what is processed."""
@@ -44,7 +64,7 @@ class RunOptions:
     """0 default, 1 for ``-v``, 2 for ``-vv``."""
     console: Console = field(default_factory=lambda: Console(stderr=True))
     """Where progress and log lines go."""
-    progress_interval_s: float = float(os.environ.get("BATCHCLI_PROGRESS_INTERVAL", "10"))
+    progress_interval_s: float = field(default_factory=lambda: progress_interval())
     """Seconds between plain progress lines when the console is not a terminal."""
     handle_signals: bool = True
     """Install SIGINT/SIGTERM handlers (only possible on the main thread)."""
