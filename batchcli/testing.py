@@ -116,6 +116,17 @@ def run_job(
         output_dir: Where the run directory is made; when None, a temporary directory removed on return.
         environ: Where ``BATCHCLI_<NAME>`` variables are read from; none are read when None.
     """
+    from batchcli.errors import UsageError
+
+    if not os.fspath(target).strip():  # as exec refuses it: Path('') would load the current directory
+        raise UsageError(f"target {os.fspath(target)!r} is empty. Give a .py file, a project directory or a job name.")
+    if output_dir is not None and not os.fspath(output_dir).strip():
+        raise UsageError(
+            f"output_dir {os.fspath(output_dir)!r} is empty. Give the directory for the run directories, or None "
+            "for a temporary one."
+        )
+    if not all(isinstance(name, str) for name in (params or {})):
+        raise UsageError(f"params must be named by strings (-p NAME=VALUE), got {list(params or {})!r}.")
     if output_dir is None:
         with tempfile.TemporaryDirectory(prefix="batchcli-test-", ignore_cleanup_errors=True) as scratch:
             return run_job(target, params=params, config=config, output_dir=scratch, environ=environ)

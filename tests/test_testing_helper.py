@@ -65,6 +65,20 @@ def test_a_mistake_raises_the_cli_message(tmp_path: Path) -> None:
         run_job(FLAKY, params={"cuont": 3}, output_dir=tmp_path)
 
 
+def test_empty_targets_output_dirs_and_unnamed_params_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_job('') loaded the current directory as a project (importing every .py file in it), output_dir='' made the
+    run directory in it, and params={1: 2} raised a TypeError from inside batchcli; exec refuses the first two."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "stray.py").write_text("raise SystemExit('stray.py was imported')\n")
+    with pytest.raises(UsageError, match="target '' is empty"):
+        run_job("")
+    with pytest.raises(UsageError, match="output_dir '' is empty"):
+        run_job(FLAKY, output_dir="")
+    with pytest.raises(UsageError, match="params must be named by strings"):
+        run_job(FLAKY, params={1: 2})  # type: ignore[dict-item]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stray.py"]
+
+
 def test_a_crash_is_reported_not_raised(tmp_path: Path) -> None:
     """When the source raises, the outcome says crashed with exit code 3 and keeps the error."""
     outcome = run_job(FLAKY, params={"explode": True}, output_dir=tmp_path)
