@@ -153,3 +153,20 @@ def test_a_bad_progress_interval_is_a_usage_error(cli, monkeypatch: pytest.Monke
     from batchcli.testing import run_job
 
     assert run_job(RETRIES, output_dir="out").status == "finished"  # run_job reads no environment
+
+
+def test_no_source_says_what_hid_it(cli, tmp_path: Path) -> None:
+    """A Source decorated with kink's own @inject (as Batchframe's examples have it), or a directory project run by
+    one of its files that does not import the Source: "The project has no Source" named neither cause."""
+    job = tmp_path / "kinked.py"
+    job.write_text(
+        "from kink import inject\nfrom batchcli import Service, Source\n\n\n@inject\nclass Numbers(Source[int]):\n"
+        "    def __iter__(self):\n        return iter(range(3))\n\n\n@inject\nclass Work(Service[int]):\n"
+        "    def process(self, item: int) -> None:\n        pass\n"
+    )
+    said = rejected(cli("exec", job, "-d", "out"))
+    assert "Numbers subclasses batchcli.Source but is not decorated with batchcli's inject" in said
+    assert "from batchcli import inject" in said
+    assert cli("init", "proj").exit_code == 0
+    said = rejected(cli("exec", "proj/service.py", "-c", "config_dev", "-d", "out"))
+    assert "Only service.py and what it imports were loaded" in said and "batchcli exec " in said and "proj" in said

@@ -130,8 +130,8 @@ def build_job(
     for key in config_cls.__mro__:
         if isinstance(key, type) and issubclass(key, Configuration):
             container[key] = config
-    source_cls = _the_one(classes, Source, "Source")
-    service_cls = _the_one(classes, Service, "Service")
+    source_cls = _the_one(classes, Source, "Source", project)
+    service_cls = _the_one(classes, Service, "Service", project)
     # Most derived first, so a parent class is aliased to the leaf that extends it.
     for cls in sorted(classes, key=lambda c: -len(c.__mro__)):
         _register(container, cls, cast_values)
@@ -197,7 +197,7 @@ def _unknown_message(unknown: list[str], known: set[str]) -> str:
     return f"Unknown param or configuration {noun}: {'; '.join(parts)}. Valid names: {valid}."
 
 
-def _the_one(classes: list[type], base: type, label: str) -> type:
+def _the_one(classes: list[type], base: type, label: str, project: Project) -> type:
     candidates = [c for c in classes if issubclass(c, base)]
     # A decorated class that a decorated subclass extends is the subclass's base, not a rival.
     leaves = [c for c in candidates if not any(o is not c and issubclass(o, c) for o in candidates)]
@@ -206,10 +206,29 @@ def _the_one(classes: list[type], base: type, label: str) -> type:
     if not leaves:
         raise ProjectError(
             f"The project has no {label}: define a class that subclasses batchcli.{label} and decorate it "
-            "with @inject."
+            f"with @inject.{_why_none(base, label, project)}"
         )
     names = ", ".join(f"{c.__module__}.{c.__qualname__}" for c in leaves)
     raise ProjectError(f"The project has {len(leaves)} {label} classes: {names}. Keep one, or drop @inject from the others.")
+
+
+def _why_none(base: type, label: str, project: Project) -> str:
+    """What most likely hid the project's Source or Service, for the error that says there is none."""
+    undecorated = [c for c in project.classes() if issubclass(c, base) and c is not base and not inject_spec(c)]
+    if undecorated:
+        names = ", ".join(c.__qualname__ for c in undecorated)
+        return (
+            f" {names} subclasses batchcli.{label} but is not decorated with batchcli's inject: kink's own "
+            "@inject (from kink import inject, as Batchframe projects have it) does not register a class with "
+            "batchcli. Use from batchcli import inject."
+        )
+    entry, root = project.entry, project.root
+    if entry is not None and root is not None and entry.is_file() and root.is_dir():
+        return (
+            f" Only {entry.name} and what it imports were loaded, and the {label} is not among them: give the "
+            f"project directory to load all of its modules: batchcli exec {root}"
+        )
+    return ""
 
 
 def _register(container: Container, cls: type, values: dict[str, Any]) -> None:
