@@ -80,6 +80,12 @@ def test_help_masks_secret_defaults(cli: Any, monkeypatch: pytest.MonkeyPatch) -
     assert "fallback_key" in outcome.output
     assert "default-key-0451" not in outcome.output
     assert Secret.mask in outcome.output
+    # A secret with no value is shown as none or empty: the mask said one was set.
+    rows = {line.split()[1]: line for line in outcome.output.splitlines() if len(line.split()) > 2}
+    assert "(empty)" in rows["extra_tokens"] and Secret.mask not in rows["extra_tokens"]
+    assert masked_values({"password": None, "tokens": []}, {"password": Secret | None, "tokens": list[Secret]}) == {
+        "password": None, "tokens": []
+    }
 
 
 def test_masked_values_masks_by_declared_type_and_by_value() -> None:

@@ -345,3 +345,11 @@ def test_retry_filter_through_a_real_process(tmp_path: Path, failed_run: Path, r
     assert outcome.exit_code == 0, outcome.output
     assert "2 failure(s) match --error-type OSError; retrying them." in outcome.output
     assert processed(tmp_path) == Counter({"down-1": 1, "down-2": 1})
+
+
+@pytest.mark.parametrize("seed", [str(2**64), str(-(2**63) - 1)])
+def test_a_seed_past_64_bits_is_refused(cli, seed: str) -> None:
+    """Seeds 2**64 apart picked the same sample, though another seed is said to pick others."""
+    refused = cli("exec", PROJECTS / "trials" / "rows.py", "-d", "out", "--sample", "0.5", "--seed", seed)
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and f"--seed {seed} is out of range" in said and refused.run_dir is None, said

@@ -16,7 +16,7 @@ from batchcli.load.environment import PREFIX, variable
 from batchcli.errors import BatchcliError
 from batchcli.load.fields import MISSING
 from batchcli.load.project import Project
-from batchcli.load.secret import Secret, is_secret_type
+from batchcli.load.secret import Secret, is_secret_type, unset
 from batchcli.load.annotations import as_typed, param_type
 
 
@@ -93,7 +93,7 @@ def show_default(value: Any, annotation: Any) -> str:
         return "required"
     if value is None:
         return "none"
-    if is_secret_type(annotation) or isinstance(value, Secret):
+    if (is_secret_type(annotation) or isinstance(value, Secret)) and not unset(value):
         return Secret.mask
     return as_typed(value) or ("(empty)" if isinstance(value, (dict, list, tuple, set, frozenset)) else "''")
 

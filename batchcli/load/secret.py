@@ -61,6 +61,12 @@ def masked_values(values: Mapping[str, V], annotations: Mapping[str, object]) ->
     (``Job.params``) and on raw ones (``Wiring.values``).
     """
     return {
-        name: Secret.mask if is_secret_type(annotations.get(name)) or _holds_secret(value) else value
+        name: Secret.mask if not unset(value) and (is_secret_type(annotations.get(name)) or _holds_secret(value))
+        else value
         for name, value in values.items()
     }
+
+
+def unset(value: object) -> bool:
+    """True for a secret param with no value (None, an empty list): shown as it is, not as a mask that says it is set."""
+    return value is None or (isinstance(value, (list, tuple, set, frozenset, dict)) and not value)

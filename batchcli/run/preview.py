@@ -22,7 +22,7 @@ from batchcli.journal.records import json_form, json_text
 from batchcli.outcome import clip
 from batchcli.journal.resumption import defines_item_key
 from batchcli.load.project import format_user_traceback
-from batchcli.load.secret import Secret
+from batchcli.load.secret import Secret, unset
 from batchcli.load.source import is_async_source, source_length
 
 if TYPE_CHECKING:
@@ -46,7 +46,8 @@ def preview(job: Job, continuation: Continuation, console: Console | None = None
     grid.add_row("configuration", Text(f"{type(config).__name__}: {_fields(config, job)}"))
     secret = job.secret_names
     params = "\n".join(
-        f"{name}={Secret.mask if name in secret else _shown(value)}" for name, value in job.public_params().items()
+        f"{name}={Secret.mask if name in secret and not unset(value) else _shown(value)}"
+        for name, value in job.public_params().items()
     )
     grid.add_row("params", Text(params) if params else Text("none given", "dim"))
     grid.add_row("executor", Text(_executor(config)))
@@ -87,7 +88,8 @@ def _fields(config: Any, job: Job) -> str:
         if not f.init:
             continue  # runtime fields (run_dir, started_at) are bound when a run starts
         value = getattr(config, f.name)
-        values.append(f"{f.name}={Secret.mask if f.name in secret or isinstance(value, Secret) else _shown(value)}")
+        masked = (f.name in secret or isinstance(value, Secret)) and not unset(value)  # none is none, secret or not
+        values.append(f"{f.name}={Secret.mask if masked else _shown(value)}")
     return ", ".join(values)
 
 
