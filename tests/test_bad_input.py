@@ -170,3 +170,17 @@ def test_no_source_says_what_hid_it(cli, tmp_path: Path) -> None:
     assert cli("init", "proj").exit_code == 0
     said = rejected(cli("exec", "proj/service.py", "-c", "config_dev", "-d", "out"))
     assert "Only service.py and what it imports were loaded" in said and "batchcli exec " in said and "proj" in said
+
+
+def test_a_positional_only_param_is_a_project_error(cli, tmp_path: Path) -> None:
+    """A Param before the / was listed by --help and then failed every run with an empty traceback blaming the user's
+    constructor ("got some positional-only arguments passed as keyword arguments")."""
+    job = tmp_path / "positional.py"
+    job.write_text(
+        "from batchcli import Param, Service, Source, inject\n\n\n@inject\nclass Numbers(Source[int]):\n"
+        "    def __init__(self, n: Param[int] = 2, /) -> None:\n        self.n = n\n\n"
+        "    def __iter__(self):\n        return iter(range(self.n))\n\n\n@inject\nclass Work(Service[int]):\n"
+        "    def process(self, item: int) -> None:\n        pass\n"
+    )
+    said = rejected(cli("exec", job, "-d", "out", "-p", "n=3"))
+    assert "Param 'n' of Numbers.__init__ is positional-only (before the /)" in said and "Move it after the /" in said

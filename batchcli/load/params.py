@@ -78,5 +78,10 @@ def param_specs(cls: type) -> list[ParamSpec]:
     for name, parameter in inspect.signature(constructor(cls)).parameters.items():
         inner = unwrap_param(hints.get(name))
         if inner is not None:
+            if parameter.kind is inspect.Parameter.POSITIONAL_ONLY:  # params are passed by name
+                raise TypeError(
+                    f"Param {name!r} of {cls.__qualname__}.__init__ is positional-only (before the /): batchcli passes "
+                    "params by name. Move it after the /."
+                )
             specs.append(ParamSpec(name, inner, parameter.default, cls))
     return specs
