@@ -184,3 +184,18 @@ def test_a_positional_only_param_is_a_project_error(cli, tmp_path: Path) -> None
     )
     said = rejected(cli("exec", job, "-d", "out", "-p", "n=3"))
     assert "Param 'n' of Numbers.__init__ is positional-only (before the /)" in said and "Move it after the /" in said
+
+
+def test_one_param_with_two_defaults_is_a_project_error(cli, tmp_path: Path) -> None:
+    """`limit` defaulting to 2 in the Source and 500 in the Service: --help showed 500, and the run took 2 items while
+    the Service saw 500. Two types for one name were refused already; two defaults are too."""
+    job = tmp_path / "two_defaults.py"
+    job.write_text(
+        "from batchcli import Param, Service, Source, inject\n\n\n@inject\nclass Pages(Source[int]):\n"
+        "    def __init__(self, limit: Param[int] = 2) -> None:\n        self.limit = limit\n\n"
+        "    def __iter__(self):\n        return iter(range(self.limit))\n\n\n@inject\nclass Fetch(Service[int]):\n"
+        "    def __init__(self, limit: Param[int] = 500) -> None:\n        self.limit = limit\n\n"
+        "    def process(self, item: int) -> None:\n        pass\n"
+    )
+    said = rejected(cli("exec", job, "-d", "out"))
+    assert "Param 'limit' defaults to 500 in Fetch and to 2 in Pages; give both the same default." in said, said

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
+import reprlib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -155,7 +156,24 @@ def collect_params(classes: list[type]) -> dict[str, ParamSpec]:
                     f"Param {spec.name!r} is declared as {first.annotation!r} in {first.owner.__qualname__} "
                     f"and as {spec.annotation!r} in {spec.owner.__qualname__}; give both the same type."
                 )
+            if first is not spec and not _same_default(first.default, spec.default):
+                # --help showed one, and each class used its own: 2 items from a Source while the Service saw 500.
+                raise ProjectError(
+                    f"Param {spec.name!r} defaults to {_default_text(first.default)} in {first.owner.__qualname__} and "
+                    f"to {_default_text(spec.default)} in {spec.owner.__qualname__}; give both the same default."
+                )
     return params
+
+
+def _same_default(a: Any, b: Any) -> bool:
+    try:
+        return a is b or bool(a == b)
+    except Exception:  # a default whose == raises: not provably the same
+        return False
+
+
+def _default_text(value: Any) -> str:
+    return "nothing (required)" if value is inspect.Parameter.empty else reprlib.repr(value)
 
 
 def _check_names(given: list[str], annotations: Mapping[str, Any], groups: Mapping[str, type]) -> None:
