@@ -199,3 +199,18 @@ def test_one_param_with_two_defaults_is_a_project_error(cli, tmp_path: Path) -> 
     )
     said = rejected(cli("exec", job, "-d", "out"))
     assert "Param 'limit' defaults to 500 in Fetch and to 2 in Pages; give both the same default." in said, said
+
+
+def test_run_dir_read_in_a_constructor_says_where_to_read_it(cli, tmp_path: Path) -> None:
+    """config.run_dir in a constructor (Batchframe's _current_run_output_dir pattern) said only "set by batchcli when a
+    run starts", during a run."""
+    job = tmp_path / "early.py"
+    job.write_text(
+        "from batchcli import Configuration, Service, Source, inject\n\n\n@inject\nclass Numbers(Source[int]):\n"
+        "    def __iter__(self):\n        return iter(range(2))\n\n\n@inject\nclass Write(Service[int]):\n"
+        "    def __init__(self, config: Configuration) -> None:\n        self.out = config.run_dir / 'out.txt'\n\n"
+        "    def process(self, item: int) -> None:\n        pass\n"
+    )
+    result = cli("exec", job, "-d", "out")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "read config.run_dir in setup() or process(), not in a constructor" in said, said

@@ -206,7 +206,10 @@ class Configuration:
         try:
             return self.__dict__[f"_batchcli_{name}"]
         except KeyError:
-            raise AttributeError(f"{name} is set by batchcli when a run starts.") from None
+            raise AttributeError(
+                f"{name} is set by batchcli when the run starts, after the job's classes are built: read "
+                f"config.{name} in setup() or process(), not in a constructor."
+            ) from None
 
 
 DASK_MISSING = (
