@@ -322,3 +322,14 @@ def test_a_job_that_calls_logging_basicconfig_does_not_print_every_failure_throu
     assert (result.run_dir / "batchcli.log").read_text().count("Traceback (most recent call last):") == 3000
     assert len(result.failed) == 3000
 
+
+
+def test_a_logging_call_in_the_job_does_not_turn_on_info_lines(run_batchcli: Any) -> None:
+    """A module-level logging.debug() in a constructor installs a stderr handler on the root logger by itself; the run
+    then lowered the root level for its own handlers, and that handler printed every INFO line of the job and of
+    batchcli, past the console's limits, without -v. It keeps showing what it showed; the log file has the rest."""
+    result = run_batchcli("exec", PROJECTS / "misbehaving" / "job.py", "-d", "out", "-p", "count=300", "-p", "log_info=true",
+                          "-p", "breaker_window=0")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "INFO:" not in result.output and len(result.output.splitlines()) < 20, result.output
+    assert (result.run_dir / "batchcli.log").read_text().count("processed ") == 300

@@ -269,6 +269,12 @@ def start_logging(
     console_handler.setLevel(console_level)
     root = logging.getLogger()
     previous_level = root.level
+    # Handlers already on the root logger (the job's, or the one a logging.info() at import installs by itself)
+    # keep showing what they showed: lowering the root level for the run's own handlers made such a handler print
+    # every INFO line of the job, and batchcli's, without -v.
+    kept_levels = [(h, h.level) for h in root.handlers if h.level == logging.NOTSET]
+    for handler, _ in kept_levels:
+        handler.setLevel(previous_level)
     root.setLevel(min(console_level, file_level))
     root.addHandler(file_handler)
     root.addHandler(console_handler)
@@ -290,5 +296,7 @@ def start_logging(
         root.removeHandler(file_handler)
         file_handler.close()
         root.setLevel(previous_level)
+        for handler, level in kept_levels:
+            handler.setLevel(level)
 
     return stop

@@ -1,6 +1,6 @@
 """A job that misbehaves in ways the run and its console must survive, each turned on by a param:
 ``fail_every``, every n-th item fails at once, for good; ``down_from``, from that item on every item fails after
-``slow_s`` (an outage: the breaker's window then holds failures already journaled); ``warn``, a warning logged per item; ``basic_config``, ``logging.basicConfig()`` as scripts call it; ``print_lines``, a line printed per item (and every tenth to stderr, and a
+``slow_s`` (an outage: the breaker's window then holds failures already journaled); ``warn``, a warning logged per item; ``basic_config``, ``logging.basicConfig()`` as scripts call it; ``log_info``, ``logging.debug()`` when built and ``logging.info()`` per item; ``print_lines``, a line printed per item (and every tenth to stderr, and a
 last partial line); ``grab_fds_until``, item 0 takes every file descriptor the process may open, taking back
 whatever another thread frees, until that file exists (60 s at most), then lets them go (``ledger`` gets
 ``exhausted`` and ``released``)."""
@@ -38,6 +38,7 @@ class Misbehaving(Service[int]):
         slow_s: Param[float] = 0.1,
         warn: Param[bool] = False,
         basic_config: Param[bool] = False,
+        log_info: Param[bool] = False,
         print_lines: Param[bool] = False,
         grab_fds_until: Param[str] = "",
         delay_s: Param[float] = 0.0,
@@ -50,6 +51,9 @@ class Misbehaving(Service[int]):
         self.warn = warn
         if basic_config:
             logging.basicConfig(level=logging.INFO)  # a handler of the job's own on the root logger
+        self.log_info = log_info
+        if log_info:
+            logging.debug("built")  # the module-level call installs a stderr handler on the root logger by itself
         self.print_lines = print_lines
         self.grab_fds_until = grab_fds_until
         self.delay_s = delay_s
@@ -63,6 +67,8 @@ class Misbehaving(Service[int]):
             raise ValueError(f"item {item} is not a valid record")
         if self.warn:
             log.warning("record %d has no email; skipped the mail step", item)
+        if self.log_info:
+            logging.info("processed %d", item)
         if self.print_lines:
             print(f"row {item} done", flush=True)
             if item % 10 == 0:
