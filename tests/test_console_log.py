@@ -116,3 +116,14 @@ def test_what_a_job_prints_under_the_live_display_comes_out_whole_and_in_order(t
     assert [int(n) for n in re.findall(r"row (\d+) done", output)] == list(range(2000))
     assert [int(n) for n in re.findall(r"note (\d+)", output)] == list(range(0, 2000, 10))
     assert output.count("no newline at the end") == 1
+
+
+def test_the_progress_lines_after_the_last_item_give_the_runs_rate_and_no_eta(run_batchcli: Any, tmp_path: Path) -> None:
+    """While finish() ran, the plain progress lines said "0.0/s ... eta -:--:--" (the last seconds' rate, nothing
+    settling), though summary.json said 13/s. Once every item is settled they give the session's rate and eta 0."""
+    result = run_batchcli("exec", PROJECTS / "shell_slow", "-d", "out", "-p", "count=20", "-p", "delay=0.01",
+                          "-p", f"log_file={tmp_path / 'log'}", "-p", "finish_s=1.5")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    done = [line for line in result.output.splitlines() if line.startswith("20/20 (100%)")]
+    assert len(done) >= 3, result.output  # finish() takes 1.5 s: several lines at 0.2 s
+    assert all("eta 0:00:00" in line and " 0.0/s" not in line for line in done), done
