@@ -126,3 +126,22 @@ def test_an_unknown_name_is_a_clear_error(cli: Any) -> None:
     outcome = cli("exec", "no_such_job_anywhere", "-d", "out")
     assert outcome.exit_code == 2
     assert "Path 'no_such_job_anywhere' does not exist." in " ".join(outcome.output.split())
+
+
+def test_a_job_name_two_packages_register_is_listed_twice_and_refused(
+    cli: Any, installed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two installed packages registering `squares`: one silently hid the other (and not the one Python's import
+    order would pick). `list` shows both; exec by that name says which packages and how to pick one."""
+    other = installed / "other_jobs-1.0.dist-info"
+    other.mkdir()
+    (other / "METADATA").write_text("Metadata-Version: 2.1\nName: other-jobs\nVersion: 1.0\n")
+    (other / "entry_points.txt").write_text("[batchcli.jobs]\nsquares = other_jobs.squares\n")
+    monkeypatch.setenv("COLUMNS", "200")
+    listed = cli("list").output
+    assert "ux_demo_jobs.squares" in listed and "other_jobs.squares" in listed
+    refused = cli("exec", "squares", "-d", "out")
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "The job name 'squares' is registered by several installed packages" in said
+    assert "other-jobs (other_jobs.squares)" in said and "ux-demo-jobs (ux_demo_jobs.squares)" in said, said
+    assert cli("exec", "ux_demo_jobs.squares", "-c", "config_dev", "-d", "out").exit_code == 0  # by module name

@@ -75,15 +75,7 @@ def _await_last_word(conn: socket.socket, app: Any, last_word: list[str]) -> Non
     shell = getattr(app, "shell", None)
     if shell is None or not getattr(shell, "keep_running", False):
         return  # the user left first
+    from batchcli.run.shell import end_prompt
+
     shell.ask_exit()
-    prompt = getattr(getattr(shell, "pt_cli", None), "app", None)
-    loop = getattr(prompt, "loop", None)
-    if prompt is None or loop is None:
-        return
-
-    def end_prompt() -> None:  # on the prompt's own loop
-        if prompt.is_running and not prompt.future.done():
-            prompt.exit(exception=EOFError())
-
-    with contextlib.suppress(RuntimeError):  # that loop has closed: the console is leaving anyway
-        loop.call_soon_threadsafe(end_prompt)
+    end_prompt(getattr(getattr(shell, "pt_cli", None), "app", None))

@@ -246,7 +246,7 @@ class ChunkedExecutor:
 
     async def process_one(self, item: Any) -> Any:
         """Process ``item`` once in a worker, outside the run's counts (the pause shell's and ``ctl``'s retries):
-        what its ``process()`` returned, or the worker's error raised as ``ItemFailed``. The Service in the driver
+        what its ``process()`` returned, or the worker's error raised as ``WorkerRaised``. The Service in the driver
         was never set up (its ``setup()`` runs in the workers), so a retry there failed on what setup() opens."""
         payload = pickle.dumps([(-1, item)], pickle.HIGHEST_PROTOCOL)
         chunk = Chunk(next(self._ids), payload, 1, 1, self._config.item_timeout_s, None, self._limits_version)

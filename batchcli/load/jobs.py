@@ -10,6 +10,8 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from batchcli.errors import UsageError
+
 if TYPE_CHECKING:
     from batchcli.load.project import Project
 
@@ -34,17 +36,34 @@ class InstalledJob:
 
 
 def installed_jobs() -> dict[str, EntryPoint]:
-    """Job name -> entry point, for every installed job."""
-    return {ep.name: ep for ep in entry_points(group=GROUP)}
+    """Job name -> entry point, for every installed job (the first on the path for a name registered twice)."""
+    found: dict[str, EntryPoint] = {}
+    for entry in _registrations():
+        found.setdefault(entry.name, entry)
+    return found
+
+
+def _registrations() -> list[EntryPoint]:
+    """Every registration of a job, in the order of the path, one per job name and module."""
+    seen: set[tuple[str, str]] = set()
+    found = []
+    for entry in entry_points(group=GROUP):
+        if (entry.name, entry.module) not in seen:  # a distribution found twice on the path registers once
+            seen.add((entry.name, entry.module))
+            found.append(entry)
+    return found
+
+
+def _package(entry: EntryPoint) -> str:
+    dist = getattr(entry, "dist", None)
+    return dist.name if dist else "?"
 
 
 def describe_installed() -> list[InstalledJob]:
-    """Every installed job with its description, read from the module's source without importing it."""
-    jobs = []
-    for name, entry in sorted(installed_jobs().items()):
-        dist = getattr(entry, "dist", None)
-        jobs.append(InstalledJob(name, entry.module, dist.name if dist else "?", _first_doc_line(entry.module)))
-    return jobs
+    """Every installed job with its description, read from the module's source without importing it; a name that
+    two packages register is listed once for each."""
+    entries = sorted(_registrations(), key=lambda e: e.name)  # stable: the path's order within a name
+    return [InstalledJob(e.name, e.module, _package(e), _first_doc_line(e.module)) for e in entries]
 
 
 def _first_doc_line(module: str) -> str:
@@ -72,9 +91,15 @@ def load_installed_job(name: str) -> Project | None:
     """Import the installed job ``name``, or the module named ``name``; None when neither exists."""
     from batchcli.load.project import load_module_project
 
-    entry = installed_jobs().get(name)
-    if entry is not None:
-        return load_module_project(name, entry.module)
+    registered = [e for e in _registrations() if e.name == name]
+    if len(registered) > 1:  # one of them silently hid the other, and not the one Python's import order would pick
+        packages = ", ".join(f"{_package(e)} ({e.module})" for e in registered)
+        raise UsageError(
+            f"The job name {name!r} is registered by several installed packages: {packages}. Run one by its module "
+            f"name, e.g. batchcli exec {registered[0].module}, or uninstall the other."
+        )
+    if registered:
+        return load_module_project(name, registered[0].module)
     if _MODULE_NAME.fullmatch(name) and _module_exists(name):
         return load_module_project(name.rpartition(".")[2], name, target=name)
     return None

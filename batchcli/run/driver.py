@@ -126,16 +126,17 @@ class Run:
         """When the main thread stops waiting for a loop thread that a hard stop did not end."""
         self._left_loop = False
         self._hooks_cut = False
+        """The run left its loop before the job's last hooks (``finish()``, ``persist_failed``) had returned."""
         self._source_items: Any = None
+        """What the run iterates (``_iterable``), made once when the loop starts."""
         self._shell_leavers: list[Callable[[], None]] = []
+        """How to close each shell open now (``shell_open``)."""
         self.pause_pending = False
         """True from a pause request until its shell is left: a second Ctrl-C meanwhile is the same request."""
         self._pausing = threading.Lock()
         """Makes ``pause()`` and ``resume()`` (any thread) stop and restart the run's clock once each."""
-        """How to close each shell open now (``shell_open``)."""
         self._loop_watch: LoopWatch | None = None
-        """What the run iterates (``_iterable``), made once when the loop starts."""
-        """The run left its loop before the job's last hooks (``finish()``, ``persist_failed``) had returned."""
+        """Tells when the job's code holds the event loop (``_watch_loop``)."""
         self._stop_sent = False  # the executor was told to stop
         self._stop_deadline: float | None = None
         """When a graceful stop becomes a hard one (monotonic): ``stop_timeout_s`` after it was asked for. The

@@ -119,17 +119,7 @@ class PauseShell:
             return
         self._leaving = True
         shell.ask_exit()  # interact() ends at its next turn
-        app = getattr(getattr(shell, "pt_app", None), "app", None)
-        loop = getattr(app, "loop", None)
-        if app is not None and loop is not None and app.is_running:
-
-            def end_prompt() -> None:  # on the prompt's own loop
-                if app.is_running and not app.future.done():
-                    app.exit(exception=EOFError())
-
-            with contextlib.suppress(RuntimeError):  # that loop has just closed: the prompt returned
-                loop.call_soon_threadsafe(end_prompt)
-        elif self._interacting:
+        if not end_prompt(getattr(getattr(shell, "pt_app", None), "app", None)) and self._interacting:
             signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
     def _shell(self, run: RunHandle) -> Any:
@@ -193,6 +183,21 @@ class LoopRunner:
             except KeyboardInterrupt:
                 result.cancel()
                 raise
+
+
+def end_prompt(app: Any) -> bool:
+    """End a running prompt_toolkit prompt as Ctrl-D does (``EOFError``), from any thread; False when none runs."""
+    loop = getattr(app, "loop", None)
+    if app is None or loop is None or not app.is_running:
+        return False
+
+    def end() -> None:  # on the prompt's own loop
+        if app.is_running and not app.future.done():
+            app.exit(exception=EOFError())
+
+    with contextlib.suppress(RuntimeError):  # that loop has just closed: the prompt returned
+        loop.call_soon_threadsafe(end)
+    return True
 
 
 def banner(run: RunHandle, controller: RunController, emergency: bool) -> str:
