@@ -206,10 +206,14 @@ class Configuration:
         try:
             return self.__dict__[f"_batchcli_{name}"]
         except KeyError:
-            raise AttributeError(
+            raise RuntimeFieldUnset(
                 f"{name} is set by batchcli when the run starts, after the job's classes are built: read "
                 f"config.{name} in setup() or process(), not in a constructor."
             ) from None
+
+
+class RuntimeFieldUnset(AttributeError):
+    """``config.run_dir``, ``output_dir`` or ``started_at`` read before the run set them (a constructor, a dry run)."""
 
 
 DASK_MISSING = (

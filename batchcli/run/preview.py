@@ -22,6 +22,7 @@ from batchcli.journal.records import json_form, json_text
 from batchcli.outcome import clip
 from batchcli.journal.resumption import defines_item_key
 from batchcli.load.project import format_user_traceback
+from batchcli.load.configuration import RuntimeFieldUnset
 from batchcli.load.secret import Secret, unset
 from batchcli.load.source import is_async_source, source_length
 
@@ -61,7 +62,7 @@ def preview(job: Job, continuation: Continuation, console: Console | None = None
         hint = (
             " A dry run makes no run directory, so the configuration's run_dir (and started_at) are not set: read "
             "them in setup() or process(), which a dry run does not call."
-            if isinstance(error, AttributeError) and "set by batchcli when a run starts" in str(error)
+            if isinstance(error, RuntimeFieldUnset)
             else ""
         )
         failed = UserCodeError(
