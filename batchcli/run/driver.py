@@ -435,6 +435,10 @@ class Run:
         first = not self.stop_requested.is_set()
         self._stop_deadline_from_now()
         self.stop_requested.set()
+        with self._pausing:  # stopping is not paused: the clock runs while the items in flight finish
+            if self.paused.is_set():
+                self.paused.clear()
+                self.tally.resume_clock()
         self.call_in_loop(self._stop_in_loop)
         if first and self._shell_leavers:
             self._leave_shells_later()
