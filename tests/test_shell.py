@@ -257,8 +257,8 @@ def test_a_stop_that_times_out_closes_the_shell_and_interrupts_its_cell(terminal
     shell closes, instead of the run waiting for whoever sits at it; resume then does the rest once."""
     term = terminal("shell_slow", "-p", "count=200", "-p", "delay=0.05", "-p", "concurrency=3", "-p", "stop_timeout_s=1")
     pause(term)
-    term.child.sendline("import time; time.sleep(120)")
-    time.sleep(0.5)
+    term.child.sendline("import time; print('cell ' + 'running', flush=True); time.sleep(120)")
+    term.expect("cell running")  # the cell runs: the stop has to interrupt it, not a prompt
     term.child.kill(signal.SIGTERM)
     term.expect("KeyboardInterrupt")
     term.expect("Stopping, as a signal asked")
