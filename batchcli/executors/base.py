@@ -55,6 +55,10 @@ class Executor(Protocol):
     def nudge(self) -> None:
         """Let the run's loop have a turn soon even if items never await; any thread may call it."""
 
+    def abandon(self) -> None:
+        """The run leaves without ``finish()`` (a stop timed out while hooks hung), from the main thread: end what
+        runs outside this process, which nothing would end after the run's hard exit."""
+
     def pause(self) -> None:
         """Start nothing new until ``resume``; in-flight items finish."""
 

@@ -56,6 +56,9 @@ class Backend(Protocol):
     def cancel(self) -> None:
         """Abandon running chunks: their unfinished items come back as skipped."""
 
+    def abandon(self) -> None:
+        """The run exits without ``close()``, skipping ``atexit``: end the workers that would outlive it."""
+
     def limits_changed(self, version: int) -> None:
         """The rate changed: chunks sent with an older ``Chunk.limits`` hand back the items waiting for a slot."""
 
@@ -420,9 +423,7 @@ class ChunkedExecutor:
     def abandon(self) -> None:
         """The run leaves its loop (a stop timed out while setup() or finish() hung in the workers); from the main
         thread: end what runs outside this process, which nothing would end after the run's hard exit."""
-        abandon = getattr(self._backend, "abandon", None)
-        if abandon is not None:
-            abandon()
+        self._backend.abandon()
 
     def nudge(self) -> None:
         """Nothing to do: the user's code runs in the workers, so nothing holds this loop."""

@@ -196,6 +196,9 @@ class DaskBackend:
         # A running Dask task cannot be told anything: a new rate applies from the next chunk.
         pass
 
+    def abandon(self) -> None:
+        """Nothing more than the exit does: the run's own local cluster goes with its process; a remote one stays."""
+
     def cancel(self) -> None:
         self._cancelled = True
         if self._client is not None and self._futures:

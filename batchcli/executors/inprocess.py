@@ -77,6 +77,9 @@ class InProcessExecutor:
         if self._pool is not None:
             self._pool.stop()
 
+    def abandon(self) -> None:
+        """Nothing to end: every item runs in this process, which the run's exit ends."""
+
     def nudge(self) -> None:
         """Have the pool give the loop a turn before its next item (thread-safe)."""
         if self._pool is not None:

@@ -191,6 +191,9 @@ class RayBackend:
         # A running actor call cannot be told anything: a new rate applies from the next chunk.
         pass
 
+    def abandon(self) -> None:
+        """Nothing more than the exit does: Ray's own processes outlive a driver that exits, as Ray arranges."""
+
     def cancel(self) -> None:
         self._cancelled = True
         for ref in list(self._refs):

@@ -98,7 +98,7 @@ class _AsyncStrided(_Share):
             position += 1
 
 
-class _SizedStrided(_Strided):
+class _Sized:
     length = 0
     """This shard's share of the source's count (``share`` sets it)."""
 
@@ -106,12 +106,12 @@ class _SizedStrided(_Strided):
         return self.length
 
 
-class _SizedAsyncStrided(_AsyncStrided):
-    length = 0
-    """This shard's share of the source's count (``share`` sets it)."""
+class _SizedStrided(_Sized, _Strided):
+    pass
 
-    def __len__(self) -> int:
-        return self.length
+
+class _SizedAsyncStrided(_Sized, _AsyncStrided):
+    pass
 
 
 class _Keyed(_Share):

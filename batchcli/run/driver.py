@@ -370,9 +370,9 @@ class Run:
                 "The job's code still runs past the stop timeout (setup() or finish(), here or in its worker "
                 "processes, or code that holds the event loop); leaving it without finish() and persist_failed."
             )
-        abandon = getattr(self.executor or self._starting, "abandon", None)
-        if abandon is not None:
-            abandon()  # worker processes: the exit that follows skips atexit, which would have ended them
+        executor = self.executor or self._starting
+        if executor is not None:
+            executor.abandon()  # worker processes: the exit that follows skips atexit, which would have ended them
         self._finished.set()  # the recorder's cue to stop; the main thread then flushes once more
         self.tally.flush_wanted.set()
 

@@ -64,7 +64,7 @@ class RunOptions:
     """0 default, 1 for ``-v``, 2 for ``-vv``."""
     console: Console = field(default_factory=lambda: Console(stderr=True))
     """Where progress and log lines go."""
-    progress_interval_s: float = field(default_factory=lambda: progress_interval())
+    progress_interval_s: float = field(default_factory=progress_interval)
     """Seconds between plain progress lines when the console is not a terminal."""
     handle_signals: bool = True
     """Install SIGINT/SIGTERM handlers (only possible on the main thread)."""
