@@ -53,11 +53,14 @@ KEPT_BACKLOG_MAX = 4 << 20
 (a job returning results faster than the disk takes them must not fill the memory instead)."""
 
 KEPT_NUDGE = KEPT_BACKLOG_MAX // 4
-"""Past this many bytes of waiting results the recorder is woken (``Tally.flush_wanted``) and ``kept_backlog``
-looked at (the async executor counts ``plain_data`` alone against it: one ``len`` per result)."""
+"""Past this many bytes of waiting results the recorder is woken (``Tally.flush_wanted``)."""
 
-PLAIN_OVERHEAD = 24
-"""What one waiting plain-data result costs beyond its encoding: its ordinal and size in two arrays, and their slack."""
+Sealed = tuple["array[int]", bytes]
+"""A batch of plain-data results the loop encoded together: their ordinals, and the marshal encoding of the
+list of their values in the same order (``journal.batches.LIST``)."""
+
+SEALED_OVERHEAD = 8
+"""What one result in a ``sealed`` batch costs beyond its share of the encoding: its ordinal."""
 
 KEPT_OVERHEAD = 200
 """What one waiting result costs beyond its text: its tuple, ordinal and str objects."""
@@ -231,14 +234,13 @@ class Tally:
         self.kept: list[tuple[int, str | bytes, bytes | None]] = []
         """Items that succeeded with a result, not yet journaled: ``(ordinal, marshal or JSON, pickle or None)`` as
         ``journal.results.encode`` made it. Their ordinals are not in ``done``: one append settles an item."""
-        self.plain_ordinals = array("q")
-        self.plain_sizes = array("q")
-        self.plain_data = bytearray()
-        """Items that succeeded with a plain-data result (marshalled), not yet journaled, laid out flat: a few
-        bytes beyond the encoding each, where a tuple in ``kept`` costs ~150. The loop appends the data, then
-        the size, then the ordinal: an item is there once its ordinal is (``take_plain``)."""
+        self.sealed: list[Sealed] = []
+        """Items that succeeded with a plain-data result, not yet journaled, encoded by the loop a batch at a
+        time: ``(ordinals, marshal encoding of the list of their results)``, 8 bytes an item beyond its share
+        of the encoding, where a tuple in ``kept`` costs ~150. Their ordinals are not in ``done`` either."""
         self.kept_bytes = 0
-        """About how much memory ``kept`` (not the plain results: their arrays' lengths say it) has taken in all (``KEPT_OVERHEAD`` each plus the text): the loop's count."""
+        """About how much memory ``kept`` and ``sealed`` have taken in all (``KEPT_OVERHEAD`` or
+        ``SEALED_OVERHEAD`` an item, plus the encoding): the loop's count."""
         self.taken_bytes = 0
         """The same for what the recorder took out; each counter has one writer, so neither loses an update."""
         self.flush_wanted = threading.Event()
@@ -315,25 +317,20 @@ class Tally:
         self.taken_bytes += sum(map(len, map(_encoded, taken))) + KEPT_OVERHEAD * count
         return taken
 
-    def take_plain(self) -> tuple[array[int], array[int], bytearray] | None:
-        """Remove the plain-data results recorded so far: ``(ordinals, sizes, encodings end to end)`` in the
-        order they settled, or None when there are none. Safe against concurrent appends, as ``take_done``:
-        the ordinals are counted first, and their items' sizes and data were appended before them."""
-        count = len(self.plain_ordinals)
-        if not count:
-            return None
-        ordinals, sizes = self.plain_ordinals[:count], self.plain_sizes[:count]
-        del self.plain_ordinals[:count]
-        del self.plain_sizes[:count]
-        size = sum(sizes)
-        data = self.plain_data[:size]  # a copy; SQLite takes the bytearray as a blob, so no second one
-        del self.plain_data[:size]
-        return ordinals, sizes, data
+    def take_sealed(self) -> list[Sealed]:
+        """Remove the batches of plain-data results sealed so far and return them (safe against concurrent
+        appends, as ``take_done``)."""
+        sealed = self.sealed
+        count = len(sealed)
+        taken = sealed[:count]
+        del sealed[:count]
+        self.taken_bytes += sum(len(data) + SEALED_OVERHEAD * len(ordinals) for ordinals, data in taken)
+        return taken
 
     @property
     def kept_backlog(self) -> bool:
         """True while results wait for the journal beyond ``KEPT_BACKLOG_MAX``: new items should wait."""
-        waiting = self.kept_bytes - self.taken_bytes + len(self.plain_data) + PLAIN_OVERHEAD * len(self.plain_ordinals)
+        waiting = self.kept_bytes - self.taken_bytes
         if waiting > KEPT_NUDGE and not self.flush_wanted.is_set():
             self.flush_wanted.set()
         return waiting > KEPT_BACKLOG_MAX

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT = Path(__file__).resolve().parent / "projects" / "results"
 SQUARES = PROJECT / "squares.py"
 WORDS = PROJECT / "words.py"
+BATCHED = PROJECT / "batched.py"
 
 
 def square(n: int) -> dict[str, int]:
@@ -104,6 +105,83 @@ def test_a_result_that_cannot_be_kept_fails_only_its_item_with_the_reason(cli, t
     assert failure["error_type"] == "batchcli.journal.results.UnkeepableResult"
     assert "cannot keep" in failure["error_message"] and "Return plain data" in failure["error_message"]
     assert [r["ordinal"] for r in jsonl(cli("results", ran.run_dir).output)] == [0, 1, 3, 4, 5]
+
+
+def test_a_dict_the_job_reuses_is_kept_as_it_was_when_each_item_returned_it(cli, tmp_path: Path) -> None:
+    """Results are encoded a batch at a time, but one the job still holds (and changes for the next item) is
+    encoded when it is returned: every item keeps its own value, over several batches."""
+    ran = cli("exec", BATCHED, "-d", "out", "-p", "count=3000", "-p", "reuse=true")
+    assert ran.exit_code == 0, ran.output
+    assert [(r.ordinal, r.value) for r in batchcli.read_results(ran.run_dir)] == [(n, {"n": n}) for n in range(3000)]
+
+
+def test_results_reach_the_journal_while_the_run_still_waits_for_the_others(tmp_path: Path) -> None:
+    """Results waiting to be encoded with others are written within a moment when no others come, not at the
+    run's end: a job whose last items take an hour keeps what the others returned as it comes."""
+    gate = tmp_path / "gate"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "exec", str(BATCHED), "-d", str(tmp_path / "out"), "-p", "count=12",
+         "-p", f"gate={gate}", "-p", "gate_from=10"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        found: list[tuple[Any, ...]] = []
+        while len(found) < 10 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            for journal in (tmp_path / "out").glob("*/journal.sqlite"):
+                conn = sqlite3.connect(journal)
+                try:
+                    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'result_batches'").fetchone():
+                        found = [(o, marshal.loads(v)) for o, _, v, _ in batch_rows(conn)]
+                finally:
+                    conn.close()
+        assert proc.poll() is None, proc.communicate()[1]
+        assert found == [(n, {"n": n}) for n in range(10)]  # items 10 and 11 are still waiting at the gate
+    finally:
+        gate.touch()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    (journal,) = (tmp_path / "out").glob("*/journal.sqlite")
+    assert [r.value for r in batchcli.read_results(journal.parent)] == [{"n": n} for n in range(12)]
+
+
+def test_values_marshal_refuses_in_a_batch_are_kept_one_by_one_and_unkeepable_ones_fail_alone(cli, tmp_path: Path) -> None:
+    """A batch holding pickled values and locks (which nothing can keep) keeps every other result, pickles the
+    Points, and fails each lock's item once with the reason, the last item of the run too; no item runs twice."""
+    ran = cli(
+        "exec", BATCHED, "-d", "out", "-p", "count=2000", "-p", "point_every=7", "-p", "lock_every=500",
+        "-p", "lock_at=1999", "-p", f"log_dir={tmp_path}",
+    )  # fmt: skip
+    assert ran.exit_code == 1, ran.output
+    locks = [500, 1000, 1500, 1999]
+    assert [(f["ordinal"], f["attempts"]) for f in ran.failed] == [(n, 1) for n in locks]
+    assert all(f["error_type"] == "batchcli.journal.results.UnkeepableResult" for f in ran.failed)
+    results = list(batchcli.read_results(ran.run_dir))
+    assert [r.ordinal for r in results] == [n for n in range(2000) if n not in locks]
+    points = [r for r in results if r.ordinal and r.ordinal % 7 == 0]
+    assert points and all(type(r.value).__name__ == "Point" and r.value.x == r.ordinal for r in points)
+    assert all(r.value == {"n": r.ordinal} for r in results if not (r.ordinal and r.ordinal % 7 == 0))
+    attempts = (tmp_path / "attempts.log").read_text().split()
+    assert sorted(map(int, attempts)) == list(range(2000))
+
+
+def test_large_results_wait_to_be_encoded_in_small_batches(cli, tmp_path: Path) -> None:
+    """Results are encoded a batch at a time to save time per result, but large ones are not held by the
+    hundred: a batch of 300 KiB strings is one result, while small results share a row by the thousand."""
+    big = cli("exec", BATCHED, "-d", "out", "-p", "count=20", "-p", "big_kb=300")
+    assert big.exit_code == 0, big.output
+    conn = sqlite3.connect(big.run_dir / "journal.sqlite")
+    try:
+        counts = [len(o) // 8 for (o,) in conn.execute("SELECT ordinals FROM result_batches")]
+    finally:
+        conn.close()
+    assert counts == [1] * 20
+    assert [r.value[:4] for r in batchcli.read_results(big.run_dir)][:3] == ["0:xx", "1:xx", "2:xx"]
+    small = cli("exec", BATCHED, "-d", "out", "-p", "count=5000")
+    assert small.exit_code == 0, small.output
+    rows = journal_rows(small.run_dir, "SELECT count(*), max(length(ordinals)) / 8 FROM result_batches")
+    assert rows[0][0] <= 20 and rows[0][1] >= 500, rows
 
 
 def test_the_process_executor_keeps_results_encoded_in_its_workers(cli, tmp_path: Path) -> None:
@@ -300,22 +378,38 @@ def test_a_journal_with_one_row_per_result_still_reads_and_resumes(cli, tmp_path
 
 
 def test_batch_rows_read_back_sorted_split_and_once_per_item(tmp_path: Path) -> None:
-    """A flush's rows come back in ordinal order whatever order items settled in, a straggler gets its own row, and an item kept twice reads once (the later)."""
+    """A batch's rows come back in ordinal order whatever order items settled in, a straggler gets its own row, an
+    item kept twice reads once (the later), and both encodings (a list per batch, one encoding per result) read alike."""
     from array import array
     from marshal import dumps
 
-    from batchcli.journal.batches import BATCHES_TABLE, SPLIT_GAP, batch_rows, merged, write_plain
+    from batchcli.journal.batches import BATCHES_TABLE, LIST, MARSHAL, SPLIT_GAP, batch_rows, merged, write_batch, write_sealed
 
     conn = sqlite3.connect(tmp_path / "j.sqlite")
     conn.executescript(BATCHES_TABLE)
-    settled = [5, 3, 4, 2 * SPLIT_GAP + 10, 1]  # out of order, with one item far beyond the others
-    data = [dumps(f"v{n}") for n in settled]
-    write_plain(conn, array("q", settled), array("q", map(len, data)), b"".join(data), None)
-    write_plain(conn, array("q", [4]), array("q", [len(dumps("again"))]), dumps("again"), None)
-    assert conn.execute("SELECT count(*) FROM result_batches").fetchone() == (3,)  # the straggler split off
+    settled = [5, 3, 7, 2 * SPLIT_GAP + 10, 1]  # out of order, with one item far beyond the others
+    write_sealed(conn, array("q", settled), dumps([f"v{n}" for n in settled], 4), None)
+    assert conn.execute("SELECT count(*) FROM result_batches").fetchone() == (2,)  # the straggler split off
+    write_sealed(conn, array("q", [6, 4]), dumps([{"six": 6}, "v4"], 4), None)
+    write_batch(conn, [(4, dumps("again"), None)], keyed=False)  # later: the process executor's kind of row
+    encodings = [e for (e,) in conn.execute("SELECT encoding FROM result_batches ORDER BY rowid")]
+    assert encodings == [MARSHAL, MARSHAL, LIST, MARSHAL]  # a split batch is written a result at a time
     read = [(o, marshal.loads(v)) for o, _, v, _ in merged(batch_rows(conn))]
-    assert read == [(1, "v1"), (3, "v3"), (4, "again"), (5, "v5"), (2 * SPLIT_GAP + 10, f"v{2 * SPLIT_GAP + 10}")]
+    far = 2 * SPLIT_GAP + 10
+    assert read == [(1, "v1"), (3, "v3"), (4, "again"), (5, "v5"), (6, {"six": 6}), (7, "v7"), (far, f"v{far}")]
 
+
+def test_keyed_batches_keep_each_key_with_its_result(tmp_path: Path) -> None:
+    """A batch encoded as one list carries its items' keys in the same order, settled out of order or not."""
+    from array import array
+    from marshal import dumps
+
+    from batchcli.journal.batches import BATCHES_TABLE, batch_rows, write_sealed
+
+    conn = sqlite3.connect(tmp_path / "j.sqlite")
+    conn.executescript(BATCHES_TABLE)
+    write_sealed(conn, array("q", [2, 0, 1]), dumps(["c", "a", "b"], 4), ["k2", "k0", "k1"])
+    assert [(o, k, marshal.loads(v)) for o, k, v, _ in batch_rows(conn)] == [(0, "k0", "a"), (1, "k1", "b"), (2, "k2", "c")]
 
 
 def test_a_long_export_to_a_file_counts_what_it_wrote_on_a_terminal(cli, tmp_path: Path) -> None:

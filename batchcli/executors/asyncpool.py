@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from array import array
 from collections import deque
 from marshal import dumps as _marshal
+from sys import getrefcount
 from typing import Any, Callable, Iterator
 
 from batchcli.executors.base import Items
@@ -16,13 +18,35 @@ from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, throttle_of
 from batchcli.journal.batches import MARSHAL_VERSION
 from batchcli.journal.results import encode_other
 from batchcli.load.configuration import Configuration
-from batchcli.outcome import FAILURE_BACKLOG_MAX, KEPT_NUDGE, KEPT_OVERHEAD, RECORDER_WAIT_S, Tally
+from batchcli.outcome import FAILURE_BACKLOG_MAX, KEPT_OVERHEAD, RECORDER_WAIT_S, SEALED_OVERHEAD, Tally
 
 log = logging.getLogger("batchcli")
 
 ABANDON_AFTER_S = 0.5
 """After ``cancel()``, how long workers get to end before the run leaves them behind: a ``process`` that
 swallows ``CancelledError`` must not hold a hard stop."""
+
+SEAL_MAX = 1024
+"""At most how many results wait to be encoded together (``AsyncExecutor._seal``)."""
+
+SEAL_BYTES = 1 << 18
+"""About how many bytes of encoding a batch of results aims at: fewer results wait when they are large."""
+
+SEAL_INTERVAL_S = 0.1
+"""How long a result waits to be encoded at most, when results come slowly."""
+
+_IMMUTABLE = frozenset({str, bytes, int, float, bool, complex})
+"""Result types nothing can change after ``process`` returned them, however shared (``True``, ``"ok"``)."""
+
+
+def _refs_alone() -> int:
+    """What ``getrefcount`` reads for a value only one local variable holds, read as the worker loop reads
+    it: the interpreter's version decides whether the call's own reference counts."""
+    value: dict[str, Any] = {}
+    return getrefcount(value)
+
+
+_ALONE = _refs_alone()
 
 
 class AsyncExecutor:
@@ -58,6 +82,12 @@ class AsyncExecutor:
         """An exception from the source itself, which ends the run."""
         # Attempts are timed only while /metrics serves them: decided here, once, not per item.
         self._calls = ItemCalls(process, config.concurrency, config.item_timeout_s, tally.durations)
+        self._results: list[Any] = []
+        """Results waiting to be encoded together (``_seal``), with their items and ordinals below."""
+        self._result_items: list[Any] = []
+        self._result_ordinals = array("q")
+        self._seal_at = 1
+        """How many waiting results make a batch: ``SEAL_MAX``, fewer when they are large (the last batch says)."""
         self._slow = False
         self._update_slow()
 
@@ -77,6 +107,7 @@ class AsyncExecutor:
         """Set (and replaced) when the rate limit changes or a stop comes: wakes starts waiting for a slot."""
         self._rate_turn = asyncio.Lock()
         self._grow_timer = self._loop.call_later(GROW_INTERVAL_S, self._grow)
+        self._seal_timer = self._loop.call_later(SEAL_INTERVAL_S, self._seal_due)
         self._cooldown.start()
         self._left = self._loop.create_future()
         """Done when ``cancel()`` gave up on workers that did not end: ``run`` returns without them."""
@@ -99,6 +130,8 @@ class AsyncExecutor:
                 await asyncio.wait({*self._workers, self._left}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._grow_timer.cancel()
+            self._seal_timer.cancel()
+            self._seal()  # the items counted as succeeded reach the journal
             self._retries.close()
             self._calls.close()
 
@@ -114,6 +147,11 @@ class AsyncExecutor:
         done = tally.done.append
         call = self._calls.call
         next_item = self._next
+        results = self._results
+        wait = results.append
+        wait_item = self._result_items.append
+        wait_ordinal = self._result_ordinals.append
+        refs, alone, immutable = getrefcount, _ALONE, _IMMUTABLE
         while True:
             # One flag covers pause, stop, retirement and throttling, so the common case costs one check.
             if self._slow and await self._detour():
@@ -161,12 +199,55 @@ class AsyncExecutor:
                 if result is None:
                     tally.succeeded += 1
                     done(ordinal)
+                elif attempts is None and (refs(result) <= alone or type(result) in immutable):
+                    # Nothing else holds the value, so nothing can change it before it is encoded with
+                    # the next few hundred (``_seal``): one marshal call for them all.
+                    tally.succeeded += 1
+                    wait(result)
+                    wait_item(item)
+                    wait_ordinal(ordinal)
+                    if len(results) >= self._seal_at and self._seal():
+                        await self._wait_for_recorder()
                 elif self._keep(ordinal, item, attempts, result):
                     await self._wait_for_recorder()
 
+    def _seal(self) -> bool:
+        """Encode the waiting results as one list for the journal (``Tally.sealed``); True when results wait
+        for the journal beyond the memory budget.
+
+        One ``marshal`` call for a few hundred results costs a third of one call each, and a result held only
+        here cannot change in between. When marshal refuses the batch (a value that is not plain data, or
+        nested too deep), each result is kept on its own as ``_keep`` does it: one that cannot be kept fails
+        its own item then, by the retry rules, as if it had failed when returned.
+        """
+        results, tally = self._results, self._tally
+        count = len(results)
+        if not count:
+            return False
+        try:
+            data = _marshal(results, MARSHAL_VERSION)
+        except (ValueError, TypeError):
+            for ordinal, item, result in zip(self._result_ordinals, self._result_items, results):
+                tally.succeeded -= 1  # counted again by _keep, or failed there
+                self._keep(ordinal, item, None, result)
+        else:
+            tally.sealed.append((self._result_ordinals[:], data))
+            tally.kept_bytes += len(data) + SEALED_OVERHEAD * count
+            self._seal_at = max(1, min(SEAL_MAX, SEAL_BYTES * count // max(1, len(data))))
+        results.clear()
+        self._result_items.clear()
+        del self._result_ordinals[:]
+        return tally.kept_backlog
+
+    def _seal_due(self) -> None:
+        """Results come slowly: those waiting go to the journal now (every ``SEAL_INTERVAL_S``)."""
+        self._seal()
+        self._seal_timer = self._loop.call_later(SEAL_INTERVAL_S, self._seal_due)
+
     def _keep(self, ordinal: int, item: Any, attempts: Attempts | None, result: Any) -> bool:
-        """A success that returned something: encoded here, so a value that cannot be kept fails its own item.
-        True when results wait for the journal beyond the memory budget."""
+        """A success that returned something that cannot wait for ``_seal`` (a retried item, or a value held
+        elsewhere too, which the job might change): encoded now, so a value that cannot be kept fails its own
+        item. True when results wait for the journal beyond the memory budget."""
         tally = self._tally
         try:
             plain = _marshal(result, MARSHAL_VERSION)  # plain data, the common case: encode's first try, inline
@@ -181,10 +262,9 @@ class AsyncExecutor:
             tally.kept_bytes += len(text) + KEPT_OVERHEAD
             return tally.kept_backlog
         tally.succeeded += 1
-        tally.plain_data += plain  # data, size, then ordinal: see Tally.take_plain
-        tally.plain_sizes.append(len(plain))
-        tally.plain_ordinals.append(ordinal)
-        return len(tally.plain_data) > KEPT_NUDGE and tally.kept_backlog
+        tally.kept.append((ordinal, plain, None))
+        tally.kept_bytes += len(plain) + KEPT_OVERHEAD
+        return tally.kept_backlog
 
     async def _wait_for_recorder(self) -> None:
         """Results or final failures wait for the journal beyond their memory budget: start nothing until the
@@ -294,6 +374,9 @@ class AsyncExecutor:
             if self._settled or self.stopping:
                 return False
             if self._tally.retrying == 0 and self._tally.in_flight == 0:
+                if self._results:  # a result that cannot be kept fails its item now, while a worker can retry it
+                    self._seal()
+                    continue
                 self._settled = True
                 self._wake.set()
                 return False

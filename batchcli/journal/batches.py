@@ -1,16 +1,17 @@
-"""Results of plain data, kept as one journal row per flush rather than one per item.
+"""Results of plain data, kept as one journal row per batch rather than one per item.
 
 A row per result cost SQLite a B-tree insert each (about a microsecond, a million times), and their
 JSON cost the run's loop thread another; together a job that returns a small dict ran ten times
 slower than one returning None. Plain data (what ``marshal`` writes: dicts, lists, tuples, sets,
-strings, bytes, numbers, booleans, None, of exactly those types) is now encoded with ``marshal``
-where its item ran (a quarter of JSON's cost), and a flush's worth goes to the journal as one row:
-its ordinals, the sizes and the concatenated encodings, in the same transaction as the items' done
-marks. Reading merges the rows back into source order, holding only the rows that overlap the
-ordinal being read, so memory stays flat however many results there are.
+strings, bytes, numbers, booleans, None, of exactly those types) is encoded with ``marshal``, and a
+batch goes to the journal as one row, in the same transaction as the items' done marks. The async
+executor encodes up to a thousand results as one list (``LIST``: one call, and the keys the
+results share written once; see ``executors.asyncpool``); the other executors send each result's
+own encoding (``MARSHAL``). Reading merges the rows back into source order, holding only the rows
+that overlap the ordinal being read, so memory stays flat however many results there are.
 
 ``marshal`` is pinned to version 4 (every Python since 3.4 reads it) and runs no code when loading,
-unlike pickle; a row records its encoding (``MARSHAL``) so another one can follow.
+unlike pickle; a row records its encoding so another one can follow.
 """
 
 from __future__ import annotations
@@ -36,17 +37,19 @@ CREATE TABLE IF NOT EXISTS result_batches (
 );
 CREATE INDEX IF NOT EXISTS result_batches_lo ON result_batches (lo);
 """
-"""One row per flush (or per stretch of one, see ``SPLIT_GAP``) of plain-data results, in the order they
-settled (readers sort a row; it holds one flush at most):
-``ordinals`` and ``sizes`` are little-endian int64 arrays, ``data`` the results' marshal
-encodings end to end, ``keys`` the marshalled list of the items' keys in a keyed run, ``[lo, hi]`` the
-first and last ordinal. Journals of older batchcli versions lack it; ``Journal.open`` adds it."""
-
-Plain = tuple["array[int]", "array[int]", "bytes | bytearray"]
-"""A flush's plain-data results as the loop laid them out: ordinals, sizes, and the encodings end to end."""
+"""One row per batch (or per stretch of one, see ``SPLIT_GAP``) of plain-data results, in the order they
+settled (readers sort a row; it holds one flush at most): ``ordinals`` is a little-endian int64 array,
+``keys`` the marshalled list of the items' keys in a keyed run, ``[lo, hi]`` the first and last ordinal.
+``encoding`` says what ``data`` holds: ``MARSHAL``, the results' marshal encodings end to end, their
+lengths in ``sizes`` (int64s); ``LIST``, the marshal encoding of the list of the results, ``sizes``
+empty. Journals of older batchcli versions lack the table; ``Journal.open`` adds it."""
 
 MARSHAL = 1
-"""``encoding`` of a row whose results are ``marshal`` version 4."""
+"""``encoding`` of a row whose results are each ``marshal`` version 4, end to end."""
+
+LIST = 2
+"""``encoding`` of a row whose ``data`` is the ``marshal`` version 4 encoding of the list of its results
+(a batchcli from before this encoding refuses such a row, naming it)."""
 
 MARSHAL_VERSION = 4
 
@@ -98,23 +101,22 @@ def write_batch(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], keyed: bo
         )
 
 
-def write_plain(
-    conn: sqlite3.Connection, ordinals: array[int], sizes: array[int], data: bytes | bytearray, keys: list[Any] | None
-) -> None:
-    """Insert one flush's marshalled results as the loop thread laid them out (``Tally.take_plain``), in the
-    caller's transaction: one row, written as it is, unless an item settled far from its neighbours."""
+def write_sealed(conn: sqlite3.Connection, ordinals: array[int], data: bytes, keys: list[Any] | None) -> None:
+    """Insert a batch the loop encoded as one list (``Sealed``), in the caller's transaction: one row, written
+    as it is, unless an item settled far from its neighbours (then a row per stretch, each result on its own)."""
     low, high = min(ordinals), max(ordinals)
     if high - low <= len(ordinals) + SPLIT_GAP:
         packed_keys = marshal.dumps(keys, MARSHAL_VERSION) if keys is not None else None
-        row = (low, high, MARSHAL, _packed("q", ordinals), _packed("q", sizes), data, packed_keys)
-        conn.execute("INSERT INTO result_batches VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+        conn.execute(
+            "INSERT INTO result_batches VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (low, high, LIST, _packed("q", ordinals), b"", data, packed_keys),
+        )
         return
-    rows: list[tuple[Any, ...]] = []
-    offset = 0
-    for i, (ordinal, size) in enumerate(zip(ordinals, sizes)):
-        encoded = bytes(data[offset : offset + size])
-        rows.append((ordinal, encoded, None, keys[i]) if keys is not None else (ordinal, encoded, None))
-        offset += size
+    values = marshal.loads(data)
+    rows = [
+        (ordinal, marshal.dumps(value, MARSHAL_VERSION), None, *(() if keys is None else (keys[i],)))
+        for i, (ordinal, value) in enumerate(zip(ordinals, values))
+    ]
     write_batch(conn, rows, keys is not None)
 
 
@@ -149,9 +151,9 @@ def batch_rows(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
     row = cursor.fetchone()
     while heap or row is not None:
         while row is not None and (not heap or row[0] <= heap[0][0]):
-            if row[5] != MARSHAL:
+            if row[5] not in (MARSHAL, LIST):
                 raise sqlite3.DatabaseError(f"results encoded as {row[5]!r}, which this batchcli cannot read")
-            entries = _entries(*row[1:5])
+            entries = _entries(*row[1:6])
             first = next(entries)
             heapq.heappush(heap, (first[0], seq, first, entries))
             seq += 1
@@ -165,18 +167,26 @@ def batch_rows(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
             heapq.heapreplace(heap, (following[0], order, following, entries))
 
 
-def _entries(ordinals: bytes, sizes: bytes, data: bytes, keys: bytes | None) -> Iterator[tuple[Any, ...]]:
-    """A row's results in ordinal order (a row holds one flush at most, so sorting it holds little)."""
+def _entries(ordinals: bytes, sizes: bytes, data: bytes, keys: bytes | None, encoding: int) -> Iterator[tuple[Any, ...]]:
+    """A row's results in ordinal order (a row holds one flush at most, so sorting it holds little), each as
+    its own marshal encoding."""
     key_list = marshal.loads(keys) if keys is not None else None
-    numbers, lengths = _unpacked("q", ordinals), _unpacked("q", sizes)
+    numbers = _unpacked("q", ordinals)
+    order: Any = range(len(numbers))
+    if any(a > b for a, b in zip(numbers, numbers[1:])):
+        order = sorted(order, key=numbers.__getitem__)
+    if encoding == LIST:
+        values = marshal.loads(data)
+        dumps = marshal.dumps
+        for i in order:
+            yield numbers[i], None if key_list is None else key_list[i], dumps(values[i], MARSHAL_VERSION), None
+        return
+    lengths = _unpacked("q", sizes)
     starts = [0] * len(lengths)
     offset = 0
     for i, size in enumerate(lengths):
         starts[i] = offset
         offset += size
-    order: Any = range(len(numbers))
-    if any(a > b for a, b in zip(numbers, numbers[1:])):
-        order = sorted(order, key=numbers.__getitem__)
     view = memoryview(data)
     for i in order:
         start = starts[i]

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from batchcli import __version__
 from batchcli.errors import JournalError
-from batchcli.outcome import Failure, Tally, writable
+from batchcli.outcome import Failure, Sealed, Tally, writable
 from batchcli.journal.records import failure_line, json_form, json_text, row_lines
-from batchcli.journal.batches import BATCHES_TABLE, Plain, write_plain
+from batchcli.journal.batches import BATCHES_TABLE, write_sealed
 from batchcli.journal.results import RESULTS_TABLE, Kept, write_results
 from batchcli.journal.rundir import FORMAT, JOURNAL_NAME, RunLock, check_safe, check_writable, connect, damaged
 from batchcli.journal.selection import Selection, save_selection
@@ -144,7 +144,7 @@ class Journal:
         self._unwritten: list[tuple[Any, ...]] = []
         self._unwritten_keys: list[Any] = []
         self._unwritten_results: list[tuple[Any, ...]] = []
-        self._unwritten_plain: list[tuple[Any, ...]] = []
+        self._unwritten_sealed: list[tuple[Any, ...]] = []
         self._forgiven: list[int] = []
         self._released: list[int] = []
         self._by_ordinal = False  # FAILURES_BY_ORDINAL made (or known to be there)
@@ -310,10 +310,11 @@ class Journal:
         else:
             self._unwritten_results.extend(kept)
 
-    def keep_plain(self, plain: Plain) -> None:
-        """Plain-data results of items in the next ``record``'s ``done``, as the loop laid them out: one row."""
-        keys = [self._key_of(o) for o in plain[0]] if self.keyed else None
-        self._unwritten_plain.append((*plain, keys))
+    def keep_sealed(self, sealed: list[Sealed]) -> None:
+        """Batches of plain-data results of items in the next ``record``'s ``done``, as the loop encoded them: a row each."""
+        for ordinals, data in sealed:
+            keys = [self._key_of(o) for o in ordinals] if self.keyed else None
+            self._unwritten_sealed.append((ordinals, data, keys))
 
     def _key_of(self, ordinal: int) -> Any:
         """The key of the item at ``ordinal``: waiting to settle, or a journaled failure retried from the pause shell."""
@@ -424,8 +425,8 @@ class Journal:
                     conn.executemany(f"INSERT INTO failures VALUES ({', '.join('?' * 12)})", self._unwritten)
                 if self._unwritten_results:  # with the item's success: a crash keeps both or neither
                     write_results(conn, self._unwritten_results)
-                for plain in self._unwritten_plain:
-                    write_plain(conn, *plain)
+                for sealed in self._unwritten_sealed:
+                    write_sealed(conn, *sealed)
                 if self._forgiven:
                     dropped, keys_added = self._drop_forgiven(conn)
                 dropped += released
@@ -466,7 +467,7 @@ class Journal:
         self.failed -= dropped
         lines = row_lines(self._unwritten)
         self._unwritten, self._unwritten_keys, self._forgiven, self._released = [], [], [], []
-        self._unwritten_results, self._unwritten_plain = [], []
+        self._unwritten_results, self._unwritten_sealed = [], []
         self._unpointed = (0, 0)
         return lines
 

@@ -15,15 +15,15 @@ import shutil
 import sqlite3
 import threading
 import time
+from array import array
 from pathlib import Path
 from typing import Callable, Protocol
 
 from batchcli.errors import RunDirGoneError, RunDirWriteError
 from batchcli.journal.records import FailedFile, failure_record
 from batchcli.journal.rundir import FLUSH_INTERVAL_S
-from batchcli.journal.batches import Plain
 from batchcli.journal.results import Kept
-from batchcli.outcome import KEPT_NUDGE, Failure, Tally, log_failures, merge_ranges, ordinal_ranges, runs
+from batchcli.outcome import KEPT_NUDGE, Failure, Sealed, Tally, log_failures, merge_ranges, ordinal_ranges, runs
 
 log = logging.getLogger("batchcli")
 
@@ -48,9 +48,9 @@ class Recorder(Protocol):
     def keep(self, kept: list[Kept]) -> None:
         """Results of items whose ordinals come in the next ``record``'s ``done``: written in its transaction."""
 
-    def keep_plain(self, plain: Plain) -> None:
-        """Plain-data results (``Tally.take_plain``) of items whose ordinals come in the next ``record``'s
-        ``done``: written in its transaction."""
+    def keep_sealed(self, sealed: list[Sealed]) -> None:
+        """Batches of plain-data results (``Tally.take_sealed``) of items whose ordinals come in the next
+        ``record``'s ``done``: written in its transaction."""
 
     def release(self, ordinals: list[int]) -> None:
         """Recorded failures of this session taken back as not final; the items will settle again."""
@@ -69,7 +69,7 @@ class NullRecorder:
     def keep(self, kept: list[Kept]) -> None:
         """Keep nothing."""
 
-    def keep_plain(self, plain: Plain) -> None:
+    def keep_sealed(self, sealed: list[Sealed]) -> None:
         """Keep nothing."""
 
     def release(self, ordinals: list[int]) -> None:
@@ -169,17 +169,19 @@ class Recording:
         with self._lock:
             taken = self.tally.taken_bytes
             kept = self.tally.take_kept()
-            plain = self.tally.take_plain()
-            plain_bytes = 0 if plain is None else len(plain[2])
-            busy = self.tally.taken_bytes - taken + plain_bytes > KEPT_NUDGE
+            sealed = self.tally.take_sealed()
+            busy = self.tally.taken_bytes - taken > KEPT_NUDGE
             self.interval_s = FLUSH_INTERVAL_S / 20 if busy else FLUSH_INTERVAL_S
             done = self.tally.take_done()
             if kept:  # items with a result are settled by it alone: their ordinals join the others here
                 done = merge_ranges(done + runs(sorted(k[0] for k in kept)))
                 self.recorder.keep(kept)
-            if plain is not None:
-                done = merge_ranges(done + ordinal_ranges(plain[0], len(plain[0])))
-                self.recorder.keep_plain(plain)
+            if sealed:
+                ordinals = array("q")
+                for batch, _ in sealed:
+                    ordinals += batch
+                done = merge_ranges(done + ordinal_ranges(ordinals, len(ordinals)))
+                self.recorder.keep_sealed(sealed)
             new = self.tally.new_failures
             failures = [new.popleft() for _ in range(len(new))]
             log_failures(failures)  # here, not on the loop thread: once each, even if the write below fails

@@ -1,0 +1,77 @@
+"""Results the async executor encodes a batch at a time: a dict the job reuses, a run that waits with one result
+in hand, and values that are not plain data (a ``Point``, pickled) or cannot be kept at all (a lock) among them.
+
+Every attempt is appended to ``log_dir/attempts.log`` when given, for ledgers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from batchcli import Param, Service, Source, inject
+
+
+@dataclass(frozen=True)
+class Point:
+    """A result marshal and JSON refuse: it is pickled."""
+
+    x: int
+
+
+@inject
+class Numbers(Source[int]):
+    """0 .. count-1."""
+
+    def __init__(self, count: Param[int] = 10) -> None:
+        self.count = count
+
+    def __iter__(self):
+        return iter(range(self.count))
+
+    def __len__(self) -> int:
+        return self.count
+
+
+@inject
+class Batched(Service[int]):
+    """``reuse``: returns one dict, updated for each item; ``gate``: items from ``gate_from`` on wait for that file;
+    ``point_every``/``lock_every``: those items (not 0) return a Point / a lock, and so does ``lock_at``;
+    ``big_kb``: each returns a string of that many KiB."""
+
+    def __init__(
+        self,
+        reuse: Param[bool] = False,
+        gate: Param[Path | None] = None,
+        gate_from: Param[int] = 1,
+        point_every: Param[int] = 0,
+        lock_every: Param[int] = 0,
+        lock_at: Param[int] = -1,
+        log_dir: Param[Path | None] = None,
+        big_kb: Param[int] = 0,
+    ) -> None:
+        self.reuse, self.gate, self.gate_from = reuse, gate, gate_from
+        self.point_every, self.lock_every, self.lock_at = point_every, lock_every, lock_at
+        self.log = None if log_dir is None else log_dir / "attempts.log"
+        self.row: dict[str, int] = {}
+        self.big_kb = big_kb
+
+    async def process(self, item: int) -> object:
+        if self.log is not None:
+            with open(self.log, "a") as out:
+                out.write(f"{item}\n")
+        if self.gate is not None and item >= self.gate_from:
+            while not self.gate.exists():
+                await asyncio.sleep(0.02)
+        if item == self.lock_at or (self.lock_every and item and item % self.lock_every == 0):
+            return threading.Lock()
+        if self.point_every and item and item % self.point_every == 0:
+            return Point(item)
+        if self.big_kb:
+            return f"{item}:".ljust(self.big_kb * 1024, "x")
+        if self.reuse:
+            self.row["n"] = item  # the same dict each time: what it held when returned must be what is kept
+            return self.row
+        return {"n": item}
