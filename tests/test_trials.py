@@ -73,6 +73,21 @@ def test_resume_keeps_the_limit_and_resume_all_does_each_row_exactly_once(cli, t
     assert "trial" not in cli("runs", "-d", "out").output
 
 
+def test_a_keyed_trial_resumed_over_a_reordered_source_takes_its_limit_in_all(cli, tmp_path: Path) -> None:
+    """A trial of 5 rows crashed after 3 (one failed); the file is rewritten in another order before the resume: the
+    resume takes 2 more rows, the first ones not settled in the new order, so the trial holds 5 rows and no more."""
+    crashed = cli(*rows_job(tmp_path, WORDS, "--limit", "5", "-p", "crash_at=c"))
+    assert crashed.exit_code == 3, crashed.output
+    assert set(processed(tmp_path)) == {"a", "b", "down-1"}
+    (tmp_path / "rows.txt").write_text(" ".join(reversed(WORDS.split())))  # e down-2 d bad-1 c down-1 b a
+    run_dir = next((tmp_path / "out").iterdir())
+    resumed = cli("resume", run_dir, "-p", "crash_at=")
+    assert resumed.exit_code == 1, resumed.output
+    assert processed(tmp_path) == Counter({"a": 1, "b": 1, "down-1": 1, "e": 1, "down-2": 1})
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["total"], summary["succeeded"], summary["failed"], summary["unprocessed"]) == (5, 3, 2, 0)
+
+
 def sampled(cli, tmp_path: Path, seed: str) -> list[int]:
     """The order ids a --sample 0.3 run with ``seed`` processed (the run's log lines name them)."""
     for log in tmp_path.glob("*.log"):

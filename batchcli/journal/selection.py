@@ -102,17 +102,21 @@ class Selection:
             length = sum(1 for ordinal in range(length) if keep(ordinal))
         return length if self.limit is None else min(length, self.limit)
 
-    def apply(self, items: Numbered, done: frozenset[Any], key_of: Callable[[Any], Any] | None) -> tuple[Numbered, Iterator[int]]:
+    def apply(
+        self, items: Numbered, done: frozenset[Any], key_of: Callable[[Any], Any] | None, taken_before: int = 0
+    ) -> tuple[Numbered, Iterator[int]]:
         """``items`` (numbered by source ordinal) narrowed to this selection, and a counter that ends one past
-        the number taken (as the driver's ``zip`` counter does, for the total at exhaustion)."""
+        the number taken (as the driver's ``zip`` counter does, for the total at exhaustion). ``taken_before``
+        items of the limit were taken by earlier sessions, and ``items`` holds none of them."""
         taken = itertools.count()
         keep = None if self.fraction is None else _sampler(self.fraction, self.seed)
         skip = None
         if done and key_of is not None:
             skip = lambda item: normal_key(key_of(item)) in done  # noqa: E731
+        limit = None if self.limit is None else self.limit - taken_before
         if isinstance(items, Iterator):
-            return _select(items, keep, skip, self.limit, taken), taken
-        return _aselect(items, keep, skip, self.limit, taken), taken
+            return _select(items, keep, skip, limit, taken), taken
+        return _aselect(items, keep, skip, limit, taken), taken
 
 
 def _sampler(fraction: float, seed: int) -> Callable[[int], bool]:
@@ -137,6 +141,9 @@ def _select(
     taken: Iterator[int],
 ) -> Iterator[tuple[int, Any]]:
     n = 0
+    if limit is not None and limit <= 0:  # all taken already: read nothing
+        next(taken)
+        return
     for ordinal, item in items:
         if (keep is not None and not keep(ordinal)) or (skip is not None and skip(item)):
             continue
@@ -156,6 +163,9 @@ async def _aselect(
     taken: Iterator[int],
 ) -> AsyncIterator[tuple[int, Any]]:
     n = 0
+    if limit is not None and limit <= 0:
+        next(taken)
+        return
     async for ordinal, item in items:
         if (keep is not None and not keep(ordinal)) or (skip is not None and skip(item)):
             continue

@@ -84,6 +84,8 @@ class Run:
         """The executor once started (the controller and the shell use it)."""
         self._starting: Executor | None = None
         """The executor from the moment it is made, so a hard stop reaches a ``start()`` that hangs."""
+        self._counted_settled = False
+        """True when a keyed trial's earlier sessions counted towards its limit (``_items``)."""
         self._fatal: BaseException | None = None
         self._recorder_error: BaseException | None = None
         """What stopped the recorder thread, when something other than a write error did (a bug)."""
@@ -571,7 +573,9 @@ class Run:
                 tally = self.tally
                 # The items seen, plus those an earlier session settled that the source no longer holds (a keyed
                 # file that shrank, a smaller -p count): else the run would end with fewer items than it settled.
-                gone = max(0, tally.earlier_succeeded + tally.earlier_failed - tally.skipped)
+                earlier = tally.earlier_succeeded + tally.earlier_failed
+                # Settled before the trial's limit counted (``_items``): none of those is among the items seen.
+                gone = earlier if self._counted_settled else max(0, earlier - tally.skipped)
                 tally.total = next(seen) - 1 + gone
         except USER_ERRORS as error:
             if ours(error):
@@ -595,12 +599,19 @@ class Run:
         source = self._source_items
         items: Any = _numbered(source.__aiter__(), seen) if is_async_source(source) else zip(seen, iter(source))
         selection = self._selection
-        if selection is not None:  # only a trial or incremental run pays for the filter
-            key = getattr(self.job.source, "item_key", None)
-            items, seen = selection.apply(items, self.continuation.done_elsewhere, key)
-        assert self.journal is not None
-        # A resumed run skips what its earlier sessions settled; a keyed source's keys are noted here.
         key_of = getattr(self.job.source, "item_key", None)
+        assert self.journal is not None
+        settled = self.tally.earlier_succeeded + self.tally.earlier_failed
+        if selection is not None and selection.limit is not None and self.journal.keyed and settled:
+            # A keyed source may come in another order on resume, and its first N items are then not the
+            # trial's: what earlier sessions settled is skipped first and counts towards the limit, so a trial
+            # of N items takes N in all, whatever the order.
+            items = self.journal.skip_settled(items, self.tally, key_of)
+            self._counted_settled = True
+            return selection.apply(items, self.continuation.done_elsewhere, key_of, taken_before=settled)
+        if selection is not None:  # only a trial or incremental run pays for the filter
+            items, seen = selection.apply(items, self.continuation.done_elsewhere, key_of)
+        # A resumed run skips what its earlier sessions settled; a keyed source's keys are noted here.
         return self.journal.skip_settled(items, self.tally, key_of), seen
 
     @property
