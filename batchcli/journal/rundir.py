@@ -451,21 +451,28 @@ def read_run(run_dir: Path) -> RunInfo:
     )
 
 
-def _paused_s(conn: sqlite3.Connection) -> float:
-    """Seconds spent in the pause shell, over every session: each session's last ``live`` row says it."""
+def live_states(conn: sqlite3.Connection, but: int | None = None) -> list[dict[str, Any]]:
+    """The last ``live`` state of each session (a killed one's too; not session ``but``'s), oldest first: [] in a
+    journal written before the live table. A state that is not a JSON object is left out."""
     try:
-        rows = conn.execute("SELECT state FROM live").fetchall()
-    except sqlite3.OperationalError:  # a journal written before the live table
-        return 0.0
-    total = 0.0
+        rows = conn.execute("SELECT state FROM live WHERE session IS NOT ? ORDER BY session", (but,)).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    states = []
     for (state,) in rows:
         try:
-            value = json.loads(state).get("paused_s")
-        except (ValueError, AttributeError):
+            value = json.loads(state)
+        except ValueError:
             continue
-        if isinstance(value, (int, float)):
-            total += value
-    return total
+        if isinstance(value, dict):
+            states.append(value)
+    return states
+
+
+def _paused_s(conn: sqlite3.Connection) -> float:
+    """Seconds spent in the pause shell, over every session: each session's last ``live`` row says it."""
+    values = (state.get("paused_s") for state in live_states(conn))
+    return sum(value for value in values if isinstance(value, (int, float)))
 
 
 def _environment_names(conn: sqlite3.Connection) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ from batchcli.outcome import Failure, Sealed, Tally, writable
 from batchcli.journal.records import failure_line, json_form, json_text, row_lines
 from batchcli.journal.batches import BATCHES_TABLE, write_sealed
 from batchcli.journal.results import RESULTS_TABLE, Kept, write_results
-from batchcli.journal.rundir import FORMAT, JOURNAL_NAME, RunLock, check_safe, check_writable, connect, damaged
+from batchcli.journal.rundir import FORMAT, JOURNAL_NAME, RunLock, check_safe, check_writable, connect, damaged, live_states
 from batchcli.journal.selection import Selection, save_selection
 from batchcli.journal.settled import Numbered, RangeSet, skip_keys, skip_ordinals
 from batchcli.journal.shards import Shard, read_shard, record_shard
@@ -515,12 +515,7 @@ class Journal:
 
     def earlier_states(self) -> list[dict[str, Any]]:
         """The last ``live`` state of each earlier session (a killed one's too), oldest first; [] for none."""
-        try:
-            rows = self._conn.execute("SELECT state FROM live WHERE session != ? ORDER BY session", (self.session,))
-            states = [json.loads(state) for (state,) in rows]
-        except (sqlite3.Error, ValueError):
-            return []
-        return [state for state in states if isinstance(state, dict)]
+        return live_states(self._conn, but=self.session)
 
     def active_s(self) -> float:
         """Seconds the run has been running, over every session so far (pauses between sessions left out)."""
