@@ -74,6 +74,10 @@ class Executor(Protocol):
     def items_in_flight(self) -> dict[int, Any]:
         """Ordinal -> item of every item being processed now (the pause shell's ``in_flight``)."""
 
+    async def process_one(self, item: Any) -> Any:
+        """``process`` on one item outside the run, where the set-up Services are (the pause shell's and ``ctl``'s
+        retries); returns what it returned, raises what it raised. Nothing is counted."""
+
 
 def check_executor(config: Configuration) -> None:
     """Raise a ``UsageError`` for executor settings that cannot work, before the run directory is made.

@@ -114,6 +114,17 @@ class ItemCalls:
             self.threads.close()
 
 
+async def process_once(process: Callable[[Any], Any], item: Any) -> Any:
+    """``process(item)`` once, outside the run's workers (the pause shell's and ``ctl``'s retries): awaited on
+    the running loop when it is async, in a thread when it is not, so the loop goes on."""
+    if inspect.iscoroutinefunction(process):
+        return await process(item)
+    result = await asyncio.to_thread(process, item)
+    if inspect.isawaitable(result):  # a plain def that returns an awaitable
+        result = await result
+    return result
+
+
 def _threaded(threads: ItemThreads) -> Callable[[Any], Awaitable[Any]]:
     async def call(item: Any) -> Any:
         attempt = threads.submit(item, asyncio.get_running_loop(), None)

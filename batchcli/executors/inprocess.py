@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from batchcli.executors.calls import Escaped, held
+from batchcli.executors.calls import Escaped, held, process_once
 from batchcli.executors.limiter import Limits
 from batchcli.load.service import maybe_await
 
@@ -79,6 +79,10 @@ class InProcessExecutor:
 
     def abandon(self) -> None:
         """Nothing to end: every item runs in this process, which the run's exit ends."""
+
+    async def process_one(self, item: Any) -> Any:
+        """The driver's own Service on one item: awaited on the run's loop when async, in a thread when not."""
+        return await process_once(self._job.service.process, item)
 
     def nudge(self) -> None:
         """Have the pool give the loop a turn before its next item (thread-safe)."""

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar, overload
 
-from batchcli.executors.calls import Escaped, held
+from batchcli.executors.calls import Escaped, held, process_once
 from batchcli.executors.limiter import checked_concurrency, checked_rate_limit
 from batchcli.journal.results import encode
 from batchcli.outcome import Failure
@@ -236,16 +235,10 @@ class RunController:
         return result
 
     async def _process(self, item: Any) -> Any:
-        process_one = getattr(self._run.executor, "process_one", None)
-        if process_one is not None:  # process, Dask, Ray: the set-up Services are the workers'
-            return await process_one(item)
-        process = self._run.job.service.process
-        if inspect.iscoroutinefunction(process):
-            return await process(item)
-        result = await asyncio.to_thread(process, item)
-        if inspect.isawaitable(result):  # a plain def that returns an awaitable
-            result = await result
-        return result
+        executor = self._run.executor
+        if executor is not None:  # where the set-up Services are: the driver's, or the workers'
+            return await executor.process_one(item)
+        return await process_once(self._run.job.service.process, item)  # paused before the executor started
 
     def _find(self, item: Any) -> Failure | None:
         failures = list(self._run.tally.failures)  # a copy: the loop thread may add failures meanwhile
