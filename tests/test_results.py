@@ -18,6 +18,7 @@ from typing import Any
 from conftest import subprocess_env
 
 import batchcli
+from batchcli.executors.asyncpool import SEAL_ROW_MAX, SEAL_SAMPLE
 from batchcli.journal.batches import batch_rows
 from batchcli.journal.rundir import read_run
 from batchcli.testing import run_job
@@ -144,6 +145,62 @@ def test_results_reach_the_journal_while_the_run_still_waits_for_the_others(tmp_
     assert proc.returncode == 0, err
     (journal,) = (tmp_path / "out").glob("*/journal.sqlite")
     assert [r.value for r in batchcli.read_results(journal.parent)] == [{"n": n} for n in range(12)]
+
+
+def test_results_reach_the_journal_between_items_that_hold_the_event_loop(tmp_path: Path) -> None:
+    """An async process() that blocks (time.sleep) keeps the loop's timers from running: a waiting result is still
+    written before the next item starts, not once that item (here one that waits for a file) lets go."""
+    gate = tmp_path / "gate"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "exec", str(BATCHED), "-d", str(tmp_path / "out"), "-p", "count=3",
+         "-p", "concurrency=1", "-p", "block_s=0.5", "-p", f"gate={gate}", "-p", "gate_from=2", "-p", "blocking=true"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        found: list[tuple[Any, ...]] = []
+        while len(found) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            for journal in (tmp_path / "out").glob("*/journal.sqlite"):
+                conn = sqlite3.connect(journal)
+                try:
+                    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'result_batches'").fetchone():
+                        found = [(o, marshal.loads(v)) for o, _, v, _ in batch_rows(conn)]
+                finally:
+                    conn.close()
+        assert proc.poll() is None, proc.communicate()[1]
+        assert found == [(0, {"n": 0}), (1, {"n": 1})]  # item 2 holds the loop until the gate opens
+    finally:
+        gate.touch()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+
+
+def test_unkeepable_results_in_a_batch_do_not_trip_the_circuit_breaker(cli, tmp_path: Path) -> None:
+    """One item in ten returns a lock: those fail one by one among the others' successes, as when each result was
+    kept on its own, so the circuit breaker (half of the last 100 failed) never opens and the run finishes."""
+    ran = cli("exec", BATCHED, "-d", "out", "-p", "count=3000", "-p", "lock_every=10", "--no-shell")
+    assert ran.exit_code == 1, ran.output
+    assert "Circuit breaker" not in ran.output
+    assert (ran.summary["succeeded"], ran.summary["failed"]) == (2701, 299)  # 10, 20, ... 2990 (item 0 is a dict)
+
+
+def test_results_that_grow_large_wait_by_the_handful_and_no_batch_passes_a_row(cli, tmp_path: Path) -> None:
+    """A thousand small results, then large ones: the batch that waits when they turn large holds a few of them,
+    not hundreds (memory stays flat), and 9 MiB results are kept one by one rather than as one 64 MiB+ row."""
+    ran = cli("exec", BATCHED, "-d", "out", "-p", "count=1540", "-p", "big_from=1500", "-p", "big_kb=512")
+    assert ran.exit_code == 0, ran.output
+    (largest,) = journal_rows(ran.run_dir, "SELECT max(length(data)) FROM result_batches")[0]
+    assert largest <= (SEAL_SAMPLE + 1) * 512 * 1024, largest
+    values = [r.value for r in batchcli.read_results(ran.run_dir)]
+    assert values[:1500] == [{"n": n} for n in range(1500)]
+    assert [(len(v), v.split(":")[0]) for v in values[1500:]] == [(512 * 1024, str(n)) for n in range(1500, 1540)]
+    huge = cli("exec", BATCHED, "-d", "out", "-p", "count=1040", "-p", "big_from=1031", "-p", "big_kb=9216")
+    assert huge.exit_code == 0, huge.output
+    (largest,) = journal_rows(huge.run_dir, "SELECT max(length(data)) FROM result_batches")[0]
+    assert largest <= SEAL_ROW_MAX, largest
+    values = [r.value for r in batchcli.read_results(huge.run_dir)]
+    assert values[:1031] == [{"n": n} for n in range(1031)] and [len(v) for v in values[1031:]] == [9216 * 1024] * 9
 
 
 def test_values_marshal_refuses_in_a_batch_are_kept_one_by_one_and_unkeepable_ones_fail_alone(cli, tmp_path: Path) -> None:

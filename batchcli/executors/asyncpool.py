@@ -7,6 +7,7 @@ import logging
 from array import array
 from collections import deque
 from marshal import dumps as _marshal
+from gc import is_tracked
 from sys import getrefcount
 from typing import Any, Callable, Iterator
 
@@ -33,7 +34,15 @@ SEAL_BYTES = 1 << 18
 """About how many bytes of encoding a batch of results aims at: fewer results wait when they are large."""
 
 SEAL_INTERVAL_S = 0.1
-"""How long a result waits to be encoded at most, when results come slowly."""
+"""How long a result waits to be encoded at most, when results come slowly and the loop is free."""
+
+SEAL_SAMPLE = 8
+"""Every this many waiting results, the newest is encoded alone to see how large they have become: results that
+grow from small to large wait by the handful, not by the thousand."""
+
+SEAL_ROW_MAX = 64 << 20
+"""A batch whose encoding passes this many bytes is kept a result at a time instead (SQLite holds at most
+1 GB in one value, and a reader loads a batch whole)."""
 
 _IMMUTABLE = frozenset({str, bytes, int, float, bool, complex})
 """Result types nothing can change after ``process`` returned them, however shared (``True``, ``"ok"``)."""
@@ -88,6 +97,8 @@ class AsyncExecutor:
         self._result_ordinals = array("q")
         self._seal_at = 1
         """How many waiting results make a batch: ``SEAL_MAX``, fewer when they are large (the last batch says)."""
+        self._check_at = 1
+        """How many waiting results call for ``_check``: ``_seal_at``, or the next ``SEAL_SAMPLE`` before it."""
         self._slow = False
         self._update_slow()
 
@@ -151,7 +162,7 @@ class AsyncExecutor:
         wait = results.append
         wait_item = self._result_items.append
         wait_ordinal = self._result_ordinals.append
-        refs, alone, immutable = getrefcount, _ALONE, _IMMUTABLE
+        refs, alone, immutable, tracked = getrefcount, _ALONE, _IMMUTABLE, is_tracked
         while True:
             # One flag covers pause, stop, retirement and throttling, so the common case costs one check.
             if self._slow and await self._detour():
@@ -199,17 +210,34 @@ class AsyncExecutor:
                 if result is None:
                     tally.succeeded += 1
                     done(ordinal)
-                elif attempts is None and (refs(result) <= alone or type(result) in immutable):
-                    # Nothing else holds the value, so nothing can change it before it is encoded with
-                    # the next few hundred (``_seal``): one marshal call for them all.
+                elif attempts is None and not tracked(result) and (refs(result) <= alone or type(result) in immutable):
+                    # Nothing else holds the value, nor anything in it (the collector tracks every dict that
+                    # holds a container), so nothing can change it before it is encoded with the next few
+                    # hundred (``_seal``): one marshal call for them all.
                     tally.succeeded += 1
                     wait(result)
                     wait_item(item)
                     wait_ordinal(ordinal)
-                    if len(results) >= self._seal_at and self._seal():
+                    if len(results) >= self._check_at and self._check():
                         await self._wait_for_recorder()
                 elif self._keep(ordinal, item, attempts, result):
                     await self._wait_for_recorder()
+
+    def _check(self) -> bool:
+        """Enough results wait for a batch, or for a look at how large they are now (every ``SEAL_SAMPLE``):
+        seal when a batch of results that large would pass ``SEAL_BYTES``. True as ``_seal`` says."""
+        results = self._results
+        waiting = len(results)
+        if waiting < self._seal_at:
+            try:
+                size = len(_marshal(results[-1], MARSHAL_VERSION))
+            except (ValueError, TypeError):  # cannot be kept as plain data: _seal keeps the batch result by result
+                size = SEAL_BYTES
+            self._seal_at = max(1, min(SEAL_MAX, SEAL_BYTES // max(1, size)))
+            if waiting < self._seal_at:
+                self._check_at = min(self._seal_at, waiting + SEAL_SAMPLE)
+                return False
+        return self._seal()
 
     def _seal(self) -> bool:
         """Encode the waiting results as one list for the journal (``Tally.sealed``); True when results wait
@@ -217,23 +245,28 @@ class AsyncExecutor:
 
         One ``marshal`` call for a few hundred results costs a third of one call each, and a result held only
         here cannot change in between. When marshal refuses the batch (a value that is not plain data, or
-        nested too deep), each result is kept on its own as ``_keep`` does it: one that cannot be kept fails
-        its own item then, by the retry rules, as if it had failed when returned.
+        nested too deep), or the batch is too large for one row (``SEAL_ROW_MAX``), each result is kept on its
+        own as ``_keep`` does it: one that cannot be kept fails its own item then, by the retry rules, as if it
+        had failed when returned, and each in its place among the others (the circuit breaker reads the order).
         """
         results, tally = self._results, self._tally
         count = len(results)
         if not count:
             return False
         try:
-            data = _marshal(results, MARSHAL_VERSION)
+            data: bytes | None = _marshal(results, MARSHAL_VERSION)
         except (ValueError, TypeError):
+            data = None
+        if data is None or len(data) > SEAL_ROW_MAX:
+            data = None
+            tally.succeeded -= count  # each counted again by _keep, or failed there, in turn
             for ordinal, item, result in zip(self._result_ordinals, self._result_items, results):
-                tally.succeeded -= 1  # counted again by _keep, or failed there
                 self._keep(ordinal, item, None, result)
         else:
             tally.sealed.append((self._result_ordinals[:], data))
             tally.kept_bytes += len(data) + SEALED_OVERHEAD * count
             self._seal_at = max(1, min(SEAL_MAX, SEAL_BYTES * count // max(1, len(data))))
+        self._check_at = min(self._seal_at, SEAL_SAMPLE)
         results.clear()
         self._result_items.clear()
         del self._result_ordinals[:]
@@ -299,6 +332,8 @@ class AsyncExecutor:
             if not self._turn_asked:
                 self._turn_asked = True
                 self._loop.call_soon(self._turn_taken)
+            if self._results:  # the seal timer may wait behind an item that never awaits: seal here
+                self._seal()
             await asyncio.sleep(0)
         if self.paused:
             await self._gate.wait()

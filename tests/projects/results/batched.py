@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,8 @@ class Numbers(Source[int]):
 class Batched(Service[int]):
     """``reuse``: returns one dict, updated for each item; ``gate``: items from ``gate_from`` on wait for that file;
     ``point_every``/``lock_every``: those items (not 0) return a Point / a lock, and so does ``lock_at``;
-    ``big_kb``: each returns a string of that many KiB."""
+    ``big_kb``: each returns a string of that many KiB (from ``big_from`` on); ``block_s``: each item holds the
+    event loop that long (``time.sleep`` in async code), and with ``blocking`` the gate is waited for that way too."""
 
     def __init__(
         self,
@@ -51,12 +53,16 @@ class Batched(Service[int]):
         lock_at: Param[int] = -1,
         log_dir: Param[Path | None] = None,
         big_kb: Param[int] = 0,
+        big_from: Param[int] = 0,
+        block_s: Param[float] = 0.0,
+        blocking: Param[bool] = False,
     ) -> None:
         self.reuse, self.gate, self.gate_from = reuse, gate, gate_from
         self.point_every, self.lock_every, self.lock_at = point_every, lock_every, lock_at
         self.log = None if log_dir is None else log_dir / "attempts.log"
         self.row: dict[str, int] = {}
-        self.big_kb = big_kb
+        self.big_kb, self.big_from = big_kb, big_from
+        self.block_s, self.blocking = block_s, blocking
 
     async def process(self, item: int) -> object:
         if self.log is not None:
@@ -64,12 +70,17 @@ class Batched(Service[int]):
                 out.write(f"{item}\n")
         if self.gate is not None and item >= self.gate_from:
             while not self.gate.exists():
-                await asyncio.sleep(0.02)
+                if self.blocking:
+                    time.sleep(0.02)  # holds the event loop: a mistake jobs make, which batchcli must survive
+                else:
+                    await asyncio.sleep(0.02)
+        elif self.block_s:
+            time.sleep(self.block_s)
         if item == self.lock_at or (self.lock_every and item and item % self.lock_every == 0):
             return threading.Lock()
         if self.point_every and item and item % self.point_every == 0:
             return Point(item)
-        if self.big_kb:
+        if self.big_kb and item >= self.big_from:
             return f"{item}:".ljust(self.big_kb * 1024, "x")
         if self.reuse:
             self.row["n"] = item  # the same dict each time: what it held when returned must be what is kept
