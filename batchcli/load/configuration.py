@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from batchcli.load.secret import Secret
 
@@ -183,9 +184,12 @@ class Configuration:
         if not str(self.metrics_host).strip():
             raise ValueError("metrics_host must be an address to serve metrics on, e.g. 127.0.0.1, got ''.")
         url = self.notify_url
-        if url is not None and not str(url).startswith(("http://", "https://")):
+        if url is not None:
             shown = repr(url) if isinstance(url, Secret) else repr(str(url))
-            raise ValueError(f"notify_url must be an http:// or https:// URL, got {shown}: e.g. notify_url=https://hooks.example.com/batch.")
+            fault = url_fault(str(url))
+            if fault:
+                raise ValueError(f"notify_url must be an http:// or https:// URL ({fault}), got {shown}: e.g. "
+                                 "notify_url=https://hooks.example.com/batch.")  # fmt: skip
 
     @property
     def output_dir(self) -> Path:
@@ -253,3 +257,21 @@ def bind_runtime(config: Configuration, *, output_dir: Path, run_dir: Path, star
     config.__dict__.update(
         _batchcli_output_dir=output_dir, _batchcli_run_dir=run_dir, _batchcli_started_at=started_at
     )
+
+
+def url_fault(url: str) -> str:
+    """What makes ``url`` unusable as a webhook (said without the URL, which may hold a token); '' when nothing.
+
+    The standard library's HTTP client refuses these only when it sends, at the end of a night's run."""
+    if not url.startswith(("http://", "https://")):
+        return "it starts with neither"
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        return "it holds a space or a control character: percent-encode it, e.g. %20"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises for a port that is not a number from 0 to 65535)
+    except ValueError as error:
+        return f"it does not parse: {error}"
+    if not parts.hostname:
+        return "it names no host"
+    return ""
