@@ -248,6 +248,9 @@ class Tally:
         then rather than at its next interval, so the loop rarely has to wait for it."""
         self.failures: deque[Failure] = deque(maxlen=failures_kept)
         """The most recent final failures (``failures_kept`` of them), in order: the pause shell's ``failures``."""
+        self.failures_taken_back = 0
+        """Final failures taken back (a later success, the circuit breaker): ``failed`` goes down, this goes up, so
+        that what ``/metrics`` counts as failed never goes down."""
         self.failures_dropped = 0
         """Final failures that left ``failures`` to make room (they are in the journal): the shell says so."""
         self.failed_items: dict[int, Any] | None = None
@@ -358,6 +361,7 @@ class Tally:
         else:
             return False
         self.failed -= 1
+        self.failures_taken_back += 1
         self.succeeded += 1
         self.taken_back.append(failure)
         if self.failed_items is not None:
@@ -387,6 +391,7 @@ class Tally:
         else:
             return False
         self.failed -= 1
+        self.failures_taken_back += 1
         self.taken_back.append(failure)
         if self.failed_items is not None:
             self.failed_items.pop(failure.ordinal, None)

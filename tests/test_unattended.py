@@ -205,7 +205,8 @@ def test_metrics_json_logs_notifications_and_a_stale_socket(tmp_path: Path, hook
         assert values["batchcli_items_succeeded_total"] > 0
         assert values["batchcli_items_retried_total"] > 0
         assert values["batchcli_concurrency_configured"] == 2
-        assert f'run_id="{run_dir.name}"' in scraped and 'job="job"' in scraped
+        assert f'run_id="{run_dir.name}"' in scraped and 'batchcli_job="job"' in scraped
+        assert "{job=" not in scraped and ",job=" not in scraped  # Prometheus's own target label, left to it
 
         # Another user (uid 65534) is refused by the run itself, even past the file modes (a hard link of the
         # socket in a directory they can reach, the socket made writable for them).
@@ -326,6 +327,41 @@ def test_ctl_retry_failed_runs_the_failures_in_the_workers_where_setup_ran(tmp_p
     retried = [results[n] for n in results if n % 10 == 0]
     assert len(retried) == failed
     assert all(value.split(" via conn-")[1] != str(run.pid) for value in retried), retried  # made in a worker
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {line.split(" ")[0].split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("batchcli_")}
+
+
+def test_the_failed_counter_never_goes_down_when_failures_are_taken_back(tmp_path: Path, cli: Any) -> None:
+    """ctl retry-failed turns failures into successes: the run's failed count drops to 0, but Prometheus reads a
+    counter that goes down as a reset (and counts its failures twice); the failures taken back get their own counter."""
+    ledger, out, port = tmp_path / "ledger.txt", tmp_path / "out", free_port()
+    run = start(
+        "exec", JOB, "-d", out, "-p", "count=400", "-p", "delay_s=0.02", "-p", "concurrency=2", "-p", "fail_every=5",
+        "-p", "max_retries=0", "-p", "breaker_window=0", "-p", f"ledger={ledger}", "-p", f"metrics_port={port}",
+        stderr=tmp_path / "run.err",
+    )  # fmt: skip
+    try:
+        run_dir = live_run_dir(out)
+        wait_for(lambda: scrape(port).get("batchcli_items_failed_total", 0) >= 3, "three failures")
+        assert cli("ctl", run_dir, "pause").exit_code == 0
+        time.sleep(0.3)  # in-flight items settle
+        before = scrape(port)
+        failed = before["batchcli_items_failed_total"]
+        assert before["batchcli_items_failures_taken_back_total"] == 0
+        (tmp_path / "ledger.fixed").touch()
+        assert ctl(run_dir, "retry-failed").stdout == f"{failed:.0f} of {failed:.0f} failed item(s) succeeded now.\n"
+        after = scrape(port)
+        assert after["batchcli_items_failed_total"] == failed  # not 0
+        assert after["batchcli_items_failures_taken_back_total"] == failed
+        assert after["batchcli_items_succeeded_total"] == before["batchcli_items_succeeded_total"] + failed
+        assert "Stopping" in cli("ctl", run_dir, "stop").output
+        assert run.wait(timeout=30) == 130
+    finally:
+        if run.poll() is None:
+            run.kill()
 
 
 def test_a_notification_endpoint_that_is_down_leaves_the_run_alone(cli: Any, tmp_path: Path) -> None:

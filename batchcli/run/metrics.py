@@ -53,7 +53,8 @@ class Metrics:
         run = self.run
         if run is None:
             return
-        labels = {"job": self.job, "run_id": run.run_dir.name}
+        # Not "job": Prometheus sets that label on every target itself, and renames a scraped one to exported_job.
+        labels = {"batchcli_job": self.job, "run_id": run.run_dir.name}
         names = list(labels)
         values = list(labels.values())
         tally = run.tally
@@ -71,12 +72,29 @@ class Metrics:
             return family
 
         yield counter("batchcli_items_succeeded", "Items that succeeded in this session.", tally.succeeded)
-        yield counter("batchcli_items_failed", "Items that finally failed in this session.", tally.failed)
+        # A counter never goes down: a failure taken back later (a retry from the shell or ctl that succeeded, the
+        # circuit breaker releasing it) stays counted here, and is counted again in the next one.
+        yield counter(
+            "batchcli_items_failed", "Final failures in this session, those taken back later included.",
+            tally.failed + tally.failures_taken_back,
+        )  # fmt: skip
+        yield counter(
+            "batchcli_items_failures_taken_back",
+            "Final failures taken back: retried successfully from the pause shell or ctl, or released by the circuit breaker.",
+            tally.failures_taken_back,
+        )  # fmt: skip
         yield counter("batchcli_items_retried", "Retries scheduled (failed attempts that were not final).", tally.retried)
         yield counter("batchcli_items_throttled", "Attempts the API throttled (429/503, Throttled).", tally.throttles)
-        yield gauge("batchcli_items_in_flight", "Items being processed now.", tally.in_flight)
+        yield gauge(
+            "batchcli_items_in_flight", "Items being processed now (with process, dask or ray: in a worker's chunk).",
+            tally.in_flight,
+        )  # fmt: skip
         yield gauge("batchcli_items_retrying", "Items waiting out a backoff delay.", tally.retrying)
         yield gauge("batchcli_items_total", "Items in the source, once known.", tally.total)
+        yield gauge(
+            "batchcli_items_settled_earlier", "Items earlier sessions of this run settled (before a resume).",
+            tally.earlier_succeeded + tally.earlier_failed,
+        )  # fmt: skip
         yield gauge("batchcli_items_per_second", "Items settled per second over the last scrapes (10 s at most).", self._rate())
         limits, ceiling = tally.limits, tally.ceiling
         executor = run.executor
