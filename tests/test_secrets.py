@@ -49,6 +49,8 @@ def test_secrets_from_p_never_appear_in_the_run_directory_or_output(cli: Any, ve
     assert params["api_token"] == params["db.password"] == params["extra_tokens"] == Secret.mask
     log = (outcome.run_dir / "batchcli.log").read_text()
     assert "Secret('********')" in log  # the service's own log line, masked by Secret's repr
+    assert "calling the API with token ********" in log  # with %s too, where the str of a Secret is its value
+    assert "connecting as batch with ********" in log  # and by name, from a dict of arguments
 
 
 def test_secrets_from_the_environment_are_never_written(run_batchcli: Any) -> None:

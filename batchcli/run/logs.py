@@ -14,6 +14,7 @@ from rich.logging import RichHandler
 from rich.text import Text
 
 from batchcli.journal.rundir import message_shape
+from batchcli.load.secret import Secret, masked
 from batchcli.outcome import FAILURES, FailureBatch, clip, failure_text
 
 _CONSOLE_LEVELS = {0: logging.WARNING, 1: logging.INFO}
@@ -238,6 +239,19 @@ def _shape(record: logging.LogRecord) -> str:
     return clip(message_shape(message.partition("\n")[0]), 300)
 
 
+def mask_secrets(record: logging.LogRecord) -> bool:
+    """A ``Secret`` among a record's arguments is written as its mask (a filter on the run's handlers): the job's
+    ``log.info("token %s", self.token)`` put the token in the log file and on the console, where the JSON format
+    masked it. Changes the record, so a handler the job added after batchcli's writes the mask too."""
+    args = record.args
+    if isinstance(args, tuple):
+        if any(isinstance(arg, Secret) for arg in args):
+            record.args = tuple(masked(arg) for arg in args)
+    elif isinstance(args, dict) and any(isinstance(value, Secret) for value in args.values()):
+        record.args = {name: masked(value) for name, value in args.items()}
+    return True
+
+
 def start_logging(
     log_file: Path, console: Console, verbosity: int, log_format: str = "text", run_id: str = ""
 ) -> Callable[[], None]:
@@ -250,6 +264,7 @@ def start_logging(
     file_level = _FILE_LEVELS.get(verbosity, logging.DEBUG)
     file_handler = RunFileHandler(log_file, console)
     file_handler.setLevel(file_level)
+    file_handler.addFilter(mask_secrets)
     console_handler: logging.Handler
     sample: ConsoleSample | None = None  # JSON lines on stderr are for a collector: every record, as in the file
     if log_format == "json":
@@ -267,6 +282,7 @@ def start_logging(
         sample = ConsoleSample(console)
         console_handler.addFilter(sample)
     console_handler.setLevel(console_level)
+    console_handler.addFilter(mask_secrets)
     root = logging.getLogger()
     previous_level = root.level
     # Handlers already on the root logger (the job's, or the one a logging.info() at import installs by itself)

@@ -60,6 +60,8 @@ class Call(Service[int]):
     def setup(self) -> None:
         log.info("token %r, extra %r, config %r", self.api_token, self.extra_tokens, self.config)
         log.debug("debug: token %r", self.api_token)
+        log.warning("calling the API with token %s", self.api_token)  # %s is the value itself: the handlers mask it
+        log.warning("connecting as %(user)s with %(password)s", {"user": "batch", "password": self.config.db.password})
         digest = hashlib.sha256(f"{self.api_token}|{self.config.db.password}|{','.join(self.extra_tokens)}".encode())
         (self.config.run_dir / "proof.txt").write_text(digest.hexdigest())
 
