@@ -78,6 +78,23 @@ class RunDirWriteError(BatchcliError):
         )
 
 
+class RunDirStartError(BatchcliError):
+    """The run directory could not be written as the run started (its journal or its log file): nothing ran."""
+
+    exit_code = 3
+
+    def __init__(self, run_dir: object, cause: str, free: str, resuming: bool) -> None:
+        self.run_dir = run_dir
+        then = (
+            f"then resume it again: batchcli resume {run_dir}" if resuming
+            else "then run the command again (or give it another output directory with -d)"
+        )  # fmt: skip
+        super().__init__(
+            f"Cannot write the run directory {str(run_dir)!r} ({cause}; {free} free), so the run did not start: no "
+            f"item was processed. Free some space on that disk, {then}."
+        )
+
+
 class RunDirGoneError(RunDirWriteError):
     """The run directory stopped holding the run's journal while it ran: deleted, moved or replaced.
 

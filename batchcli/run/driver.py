@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import shutil
 import signal
 import sqlite3
 import sys
@@ -17,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 
-from batchcli.errors import RunDirWriteError
+from batchcli.errors import RunDirStartError, RunDirWriteError
 from batchcli.executors.base import Executor, make_executor
 from batchcli.executors.calls import USER_ERRORS, ours
 from batchcli.journal.records import FailedFile
@@ -38,7 +39,7 @@ from batchcli.run.interrupts import EarlySignals, RunSignals
 from batchcli.run.logs import guard_console, start_logging
 from batchcli.run.loopwatch import HELD_S, LoopWatch
 from batchcli.run.notify import Notifier, notifier_of
-from batchcli.run.recording import Recording, describe, free_space
+from batchcli.run.recording import Recording, describe, free_space, out_of_inodes
 from batchcli.run.report import RunResult, result_of, write_summary
 
 if TYPE_CHECKING:
@@ -181,6 +182,9 @@ class Run:
             self.stop_requested.set()
         try:
             self.journal = self._start_journal()
+        except (sqlite3.Error, OSError) as error:  # no room for the journal (a full disk, no inode left)
+            restore_signals()
+            raise self._not_started(self._unwritable(error)) from error
         except BaseException:
             restore_signals()
             raise
@@ -189,9 +193,18 @@ class Run:
         self.recording.failure_lines = self.journal.failure_lines
         self.journal.live = lambda: live_state(self)  # for `batchcli watch`, each flush
         guard_console(self.console)  # an unwritable stderr must not end the run (nor the closing line after it)
-        stop_logging = start_logging(
-            self.run_dir / "batchcli.log", self.console, self.options.verbosity, self.options.log_format, self.run_dir.name
-        )
+        try:
+            stop_logging = start_logging(
+                self.run_dir / "batchcli.log", self.console, self.options.verbosity, self.options.log_format,
+                self.run_dir.name,
+            )  # fmt: skip
+        except OSError as error:  # the journal fitted and its log file did not: the session ends before it began
+            why = self._unwritable(error)  # before the journal lets its files go
+            with contextlib.suppress(sqlite3.Error):
+                self.journal.finish("stopped", None)
+            self.journal.close()
+            restore_signals()
+            raise self._not_started(why) from error
         self.notifier = notifier_of(self.job.config, self.run_dir, self.job.project.name)
         log.info("Run %s of %s (configuration %s)", self.run_dir.name, self.wiring.target, type(self.job.config).__name__)
         if early_signal is not None:
@@ -390,6 +403,19 @@ class Run:
             "steer it with batchcli ctl or batchcli attach; stop it with: batchcli ctl %s stop",
             self.run_dir, self.run_dir,
         )  # fmt: skip
+
+    def _unwritable(self, error: BaseException) -> tuple[str, str]:
+        """Why the run directory could not be written, and its file system's free space, for ``_not_started``."""
+        cause = describe(error) + ("; no inode is left for a new file" if out_of_inodes(self.run_dir) else "")
+        return cause, free_space(self.run_dir)
+
+    def _not_started(self, why: tuple[str, str]) -> RunDirStartError:
+        """The error for a run directory that could not be written at the start. A new run's directory goes (it
+        holds nothing of use, and `runs` would list it); a resumed one stays as it was, to be resumed."""
+        resuming = self.continuation.journal is not None
+        if not resuming:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        return RunDirStartError(self.run_dir, *why, resuming)
 
     def _start_journal(self) -> Journal:
         carry = self.continuation

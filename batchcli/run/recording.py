@@ -277,3 +277,12 @@ def free_space(path: Path) -> str:
     except OSError:
         return "unknown space"
     return f"{free:,} bytes" if free < 1 << 20 else f"{free / (1 << 20):,.1f} MiB"
+
+
+def out_of_inodes(path: Path) -> bool:
+    """True when ``path``'s file system has room but no inode left for a new file (a tmpfs made with few)."""
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return False
+    return stats.f_files > 0 and stats.f_favail == 0  # some file systems report no inode counts at all
