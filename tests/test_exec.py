@@ -313,6 +313,7 @@ def test_v_shows_info_and_vv_shows_debug(cli) -> None:
     info = cli("exec", project("logging_levels"), "-d", "out", "-v")
     assert "info line for item 1" in info.output
     assert "debug line" not in info.output
+    assert "debug line" not in (info.run_dir / "batchcli.log").read_text()  # -v is info in the file too
     debug = cli("exec", project("logging_levels"), "-d", "out", "-vv")
     assert "debug line for item 1" in debug.output
     assert "debug line for item 1" in (debug.run_dir / "batchcli.log").read_text()

@@ -18,7 +18,8 @@ from batchcli.load.secret import Secret, masked
 from batchcli.outcome import FAILURES, FailureBatch, clip, failure_text
 
 _CONSOLE_LEVELS = {0: logging.WARNING, 1: logging.INFO}
-_FILE_LEVELS = {0: logging.INFO}
+_FILE_LEVELS = {0: logging.INFO, 1: logging.INFO}
+"""The log file has INFO lines always; debug lines with -vv, as the console (-v wrote debug to the file)."""
 FORMAT = "%(asctime)s %(levelname)-8s %(name)s: %(message)s"
 """The log file's plain format."""
 
