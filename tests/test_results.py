@@ -116,6 +116,23 @@ def test_a_dict_the_job_reuses_is_kept_as_it_was_when_each_item_returned_it(cli,
     assert [(r.ordinal, r.value) for r in batchcli.read_results(ran.run_dir)] == [(n, {"n": n}) for n in range(3000)]
 
 
+def batched_so_far(out: Path, proc: subprocess.Popen[str], count: int) -> list[tuple[int, Any]]:
+    """The live run's batched results under ``out`` once there are ``count`` (or after 30 s); the run still runs."""
+    deadline = time.monotonic() + 30
+    found: list[tuple[int, Any]] = []
+    while len(found) < count and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        for journal in out.glob("*/journal.sqlite"):
+            conn = sqlite3.connect(journal)
+            try:
+                if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'result_batches'").fetchone():
+                    found = [(o, marshal.loads(v)) for o, _, v, _ in batch_rows(conn)]
+            finally:
+                conn.close()
+    assert proc.poll() is None, proc.communicate()[1]
+    return found
+
+
 def test_results_reach_the_journal_while_the_run_still_waits_for_the_others(tmp_path: Path) -> None:
     """Results waiting to be encoded with others are written within a moment when no others come, not at the
     run's end: a job whose last items take an hour keeps what the others returned as it comes."""
@@ -126,18 +143,7 @@ def test_results_reach_the_journal_while_the_run_still_waits_for_the_others(tmp_
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        found: list[tuple[Any, ...]] = []
-        while len(found) < 10 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)
-            for journal in (tmp_path / "out").glob("*/journal.sqlite"):
-                conn = sqlite3.connect(journal)
-                try:
-                    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'result_batches'").fetchone():
-                        found = [(o, marshal.loads(v)) for o, _, v, _ in batch_rows(conn)]
-                finally:
-                    conn.close()
-        assert proc.poll() is None, proc.communicate()[1]
+        found = batched_so_far(tmp_path / "out", proc, 10)
         assert found == [(n, {"n": n}) for n in range(10)]  # items 10 and 11 are still waiting at the gate
     finally:
         gate.touch()
@@ -157,18 +163,7 @@ def test_results_reach_the_journal_between_items_that_hold_the_event_loop(tmp_pa
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        found: list[tuple[Any, ...]] = []
-        while len(found) < 2 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)
-            for journal in (tmp_path / "out").glob("*/journal.sqlite"):
-                conn = sqlite3.connect(journal)
-                try:
-                    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'result_batches'").fetchone():
-                        found = [(o, marshal.loads(v)) for o, _, v, _ in batch_rows(conn)]
-                finally:
-                    conn.close()
-        assert proc.poll() is None, proc.communicate()[1]
+        found = batched_so_far(tmp_path / "out", proc, 2)
         assert found == [(0, {"n": 0}), (1, {"n": 1})]  # item 2 holds the loop until the gate opens
     finally:
         gate.touch()
