@@ -248,6 +248,8 @@ class Tally:
         then rather than at its next interval, so the loop rarely has to wait for it."""
         self.failures: deque[Failure] = deque(maxlen=failures_kept)
         """The most recent final failures (``failures_kept`` of them), in order: the pause shell's ``failures``."""
+        self.secrets: tuple[str, ...] = ()
+        """The run's secret values (``secret.secret_texts``): masked in failures' messages and tracebacks."""
         self.failures_taken_back = 0
         """Final failures taken back (a later success, the circuit breaker): ``failed`` goes down, this goes up, so
         that what ``/metrics`` counts as failed never goes down."""

@@ -44,6 +44,9 @@ def test_secrets_from_p_never_appear_in_the_run_directory_or_output(cli: Any, ve
     assert outcome.exit_code == 1, outcome.output  # item 2 fails: failed.jsonl is written too
     assert proof(outcome.run_dir) == EXPECTED_PROOF
     assert outcome.failed and outcome.failed[0]["input"] == 2
+    # The job's own exception quoted the token: failed.jsonl, the journal and the log have it masked.
+    assert outcome.failed[0]["error_message"] == "item 2 rejected by the API: 401 for /items?api_key=********"
+    assert "api_key=********" in outcome.failed[0]["traceback"]
     assert leaks(outcome) == []
     params = outcome.summary["params"]
     assert params["api_token"] == params["db.password"] == params["extra_tokens"] == Secret.mask
@@ -51,6 +54,19 @@ def test_secrets_from_p_never_appear_in_the_run_directory_or_output(cli: Any, ve
     assert "Secret('********')" in log  # the service's own log line, masked by Secret's repr
     assert "calling the API with token ********" in log  # with %s too, where the str of a Secret is its value
     assert "connecting as batch with ********" in log  # and by name, from a dict of arguments
+
+
+def test_secrets_logged_or_raised_in_worker_processes_are_masked_too(cli: Any) -> None:
+    """With executor=process the job logs and raises in its workers, which format each record before it travels
+    to the run's log: the token in a log argument and in an exception's message is masked there as well."""
+    outcome = cli(
+        "exec", SECRETS, "-d", "out", "-p", "executor=process", "-p", "max_retries=0",
+        "-p", f"api_token={TOKEN}", "-p", f"db.password={PASSWORD}", "-p", f"extra_tokens={EXTRA1},{EXTRA2}",
+    )  # fmt: skip
+    assert outcome.exit_code == 1, outcome.output
+    assert outcome.failed[0]["error_message"] == "item 2 rejected by the API: 401 for /items?api_key=********"
+    assert "calling the API with token ********" in (outcome.run_dir / "batchcli.log").read_text()
+    assert leaks(outcome) == []
 
 
 def test_secrets_from_the_environment_are_never_written(run_batchcli: Any) -> None:

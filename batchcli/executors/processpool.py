@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from batchcli.load.wiring import Job, Wiring
+from batchcli.load.secret import mask_secrets
 from batchcli.executors.chunked import CHUNKS_PER_SLOT
 from batchcli.executors.messages import (
     Chunk,
@@ -387,6 +388,8 @@ def _forward_logs(send: Callable[[tuple[Any, ...]], None], level: int) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    # QueueHandler formats each record first, so no unpicklable argument travels.
-    root.addHandler(logging.handlers.QueueHandler(_PipeQueue(send)))  # type: ignore[arg-type]
+    # QueueHandler formats each record first, so no unpicklable argument travels: a Secret is masked before.
+    handler = logging.handlers.QueueHandler(_PipeQueue(send))  # type: ignore[arg-type]
+    handler.addFilter(mask_secrets)
+    root.addHandler(handler)
     root.setLevel(level)

@@ -19,6 +19,7 @@ import tenacity
 
 from batchcli.load.configuration import Configuration
 from batchcli.load.project import format_item_traceback
+from batchcli.load.secret import mask_texts
 from batchcli.outcome import Failure, Tally, error_text, qualified_name, writable
 
 log = logging.getLogger("batchcli.retries")
@@ -185,7 +186,7 @@ class RetryScheduler:
                 attempt,
                 self.policy.max_attempts,
                 error_type,
-                described.message if described is not None else error_text(error),
+                mask_texts(described.message if described is not None else error_text(error), self._tally.secrets),
                 # --log-format json writes these as keys of their own
                 extra={"event": "retry", "ordinal": ordinal, "item": shown, "error_type": error_type,
                        "attempt": attempt, "delay": round(delay, 3)},
@@ -214,6 +215,9 @@ class RetryScheduler:
         else:
             error_type, message = qualified_name(type(error)), error_text(error)
             traceback = format_item_traceback(error)
+        secrets = self._tally.secrets
+        if secrets:  # the job's own message may quote one (an HTTP error naming the URL with its api_key)
+            message, traceback = mask_texts(message, secrets), mask_texts(traceback, secrets)
         self._tally.fail(
             Failure(  # positional: keywords cost a flood 0.7 µs a failure
                 ordinal,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import ClassVar, TypeVar
 
@@ -53,6 +54,47 @@ def _holds_secret(value: object) -> bool:
     return False
 
 
+def secret_texts(*roots: object) -> tuple[str, ...]:
+    """The values of every ``Secret`` in ``roots`` (params, a configuration: dicts, lists, dataclasses, walked
+    through), longest first, for masking them in text batchcli did not write itself: an exception's message
+    (``401 for url ...?api_key=...``). Values under 4 characters are left out: masking them would garble text."""
+    import dataclasses
+
+    found: set[str] = set()
+    seen: set[int] = set()
+
+    def walk(value: object) -> None:
+        if isinstance(value, Secret):
+            if len(value) >= 4:
+                found.add(str(value))
+            return
+        if id(value) in seen or isinstance(value, (str, bytes, int, float)):
+            return
+        seen.add(id(value))
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(key)
+                walk(item)
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            for item in value:
+                walk(item)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for field in dataclasses.fields(value):
+                walk(getattr(value, field.name, None))
+
+    for root in roots:
+        walk(root)
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def mask_texts(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with each of ``secrets`` (``secret_texts``) replaced by ``Secret.mask``."""
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, Secret.mask)
+    return text
+
+
 def masked_values(values: Mapping[str, V], annotations: Mapping[str, object]) -> dict[str, V | str]:
     """``values`` with each secret replaced by ``Secret.mask``: the form to write to logs, journals and banners.
 
@@ -70,3 +112,17 @@ def masked_values(values: Mapping[str, V], annotations: Mapping[str, object]) ->
 def unset(value: object) -> bool:
     """True for a secret param with no value (None, an empty list): shown as it is, not as a mask that says it is set."""
     return value is None or (isinstance(value, (list, tuple, set, frozenset, dict)) and not value)
+
+
+def mask_secrets(record: logging.LogRecord) -> bool:
+    """A ``Secret`` among a record's arguments is written as its mask (a filter on the run's handlers, and on a
+    worker process's, which formats records before they travel): the job's
+    ``log.info("token %s", self.token)`` put the token in the log file and on the console, where the JSON format
+    masked it. Changes the record, so a handler the job added after batchcli's writes the mask too."""
+    args = record.args
+    if isinstance(args, tuple):
+        if any(isinstance(arg, Secret) for arg in args):
+            record.args = tuple(masked(arg) for arg in args)
+    elif isinstance(args, dict) and any(isinstance(value, Secret) for value in args.values()):
+        record.args = {name: masked(value) for name, value in args.items()}
+    return True

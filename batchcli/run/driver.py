@@ -27,6 +27,7 @@ from batchcli.journal.rundir import FLUSH_INTERVAL_S, JOURNAL_NAME
 from batchcli.journal.selection import Selection
 from batchcli.journal.writer import Journal
 from batchcli.load.project import format_user_traceback
+from batchcli.load.secret import secret_texts
 from batchcli.load.service import maybe_await
 from batchcli.load.source import defines_persist_failed, is_async_source, source_length
 from batchcli.load.wiring import Job, Wiring
@@ -79,6 +80,7 @@ class Run:
         """What this run carries on from: nothing, a run to resume, or a run whose failures it retries."""
         # The breaker takes back the failures of its window: they must still be among those held.
         self.tally = Tally(failures_kept=max(FAILURES_KEPT, 2 * job.config.breaker_window))
+        self.tally.secrets = secret_texts(job.params, job.config)
         if defines_persist_failed(job.source):
             self.tally.failed_items = {}  # every failed input, for the hook (failures holds the recent ones)
         self.executor: Executor | None = None

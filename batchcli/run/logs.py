@@ -14,7 +14,7 @@ from rich.logging import RichHandler
 from rich.text import Text
 
 from batchcli.journal.rundir import message_shape
-from batchcli.load.secret import Secret, masked
+from batchcli.load.secret import mask_secrets
 from batchcli.outcome import FAILURES, FailureBatch, clip, failure_text
 
 _CONSOLE_LEVELS = {0: logging.WARNING, 1: logging.INFO}
@@ -238,19 +238,6 @@ def _shape(record: logging.LogRecord) -> str:
     except Exception:  # bad arguments: logging reports it when the file's handler formats the record
         message = str(record.msg)
     return clip(message_shape(message.partition("\n")[0]), 300)
-
-
-def mask_secrets(record: logging.LogRecord) -> bool:
-    """A ``Secret`` among a record's arguments is written as its mask (a filter on the run's handlers): the job's
-    ``log.info("token %s", self.token)`` put the token in the log file and on the console, where the JSON format
-    masked it. Changes the record, so a handler the job added after batchcli's writes the mask too."""
-    args = record.args
-    if isinstance(args, tuple):
-        if any(isinstance(arg, Secret) for arg in args):
-            record.args = tuple(masked(arg) for arg in args)
-    elif isinstance(args, dict) and any(isinstance(value, Secret) for value in args.values()):
-        record.args = {name: masked(value) for name, value in args.items()}
-    return True
 
 
 def start_logging(

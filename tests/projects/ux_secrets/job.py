@@ -67,4 +67,5 @@ class Call(Service[int]):
 
     def process(self, item: int) -> None:
         if item == 2:
-            raise ValueError(f"item {item} rejected by the API")
+            # As an HTTP client's error does: the request's URL, with the token in its query.
+            raise ValueError(f"item {item} rejected by the API: 401 for /items?api_key={self.api_token}")
