@@ -133,6 +133,16 @@ def batched_so_far(out: Path, proc: subprocess.Popen[str], count: int) -> list[t
     return found
 
 
+def test_a_list_the_job_keeps_changing_inside_a_new_result_is_kept_as_returned(cli, tmp_path: Path) -> None:
+    """A fresh dict holding a list the job changes in place for the next item: such a result is encoded when
+    returned (the collector tracks a dict that holds a list), not with the batch, which would store the list as it
+    was a thousand items later."""
+    ran = cli("exec", BATCHED, "-d", "out", "-p", "count=1500", "-p", "recent=true", "-p", "concurrency=1")
+    assert ran.exit_code == 0, ran.output
+    values = [r.value for r in batchcli.read_results(ran.run_dir)]
+    assert values == [{"n": n, "last": ([-1, -1, -1] + list(range(max(0, n - 2), n + 1)))[-3:]} for n in range(1500)]
+
+
 def test_results_reach_the_journal_while_the_run_still_waits_for_the_others(tmp_path: Path) -> None:
     """Results waiting to be encoded with others are written within a moment when no others come, not at the
     run's end: a job whose last items take an hour keeps what the others returned as it comes."""

@@ -38,7 +38,8 @@ class Numbers(Source[int]):
 
 @inject
 class Batched(Service[int]):
-    """``reuse``: returns one dict, updated for each item; ``gate``: items from ``gate_from`` on wait for that file;
+    """``reuse``: returns one dict, updated for each item; ``recent``: a new dict holding one list the job keeps
+    changing (the last three items); ``gate``: items from ``gate_from`` on wait for that file;
     ``point_every``/``lock_every``: those items (not 0) return a Point / a lock, and so does ``lock_at``;
     ``big_kb``: each returns a string of that many KiB (from ``big_from`` on); ``block_s``: each item holds the
     event loop that long (``time.sleep`` in async code), and with ``blocking`` the gate is waited for that way too."""
@@ -46,6 +47,7 @@ class Batched(Service[int]):
     def __init__(
         self,
         reuse: Param[bool] = False,
+        recent: Param[bool] = False,
         gate: Param[Path | None] = None,
         gate_from: Param[int] = 1,
         point_every: Param[int] = 0,
@@ -61,6 +63,7 @@ class Batched(Service[int]):
         self.point_every, self.lock_every, self.lock_at = point_every, lock_every, lock_at
         self.log = None if log_dir is None else log_dir / "attempts.log"
         self.row: dict[str, int] = {}
+        self.recent, self.last = recent, [-1, -1, -1]
         self.big_kb, self.big_from = big_kb, big_from
         self.block_s, self.blocking = block_s, blocking
 
@@ -82,6 +85,9 @@ class Batched(Service[int]):
             return Point(item)
         if self.big_kb and item >= self.big_from:
             return f"{item}:".ljust(self.big_kb * 1024, "x")
+        if self.recent:
+            self.last[:] = [*self.last[1:], item]  # the same list each time, changed in place
+            return {"n": item, "last": self.last}
         if self.reuse:
             self.row["n"] = item  # the same dict each time: what it held when returned must be what is kept
             return self.row
