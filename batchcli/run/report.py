@@ -124,11 +124,12 @@ def write_summary(
     masked); ``unrecorded`` names (``testing.run_job``'s own ``backoff_s``) are left out.
     """
     ended = datetime.now().astimezone()
-    earlier = journal.earlier_states()  # each earlier session's own, a killed one's included
-    if earlier:
-        paused = sum(_number(state.get("paused_s")) for state in earlier) + journal.tally.paused_s
-    else:  # a journal older than the live table: the last summary's total
-        paused = _earlier(result, "paused_s") + journal.tally.paused_s
+    states = journal.earlier_states()  # each earlier session's own, a killed one's included
+    breakers = [state["breaker_counts"] for state in states if isinstance(state.get("breaker_counts"), dict)]
+    # A journal older than the live table (or than its breaker counts): the last summary's totals instead.
+    last = _last_summary(result) if journal.session_count > 1 and not breakers else {}
+    earlier_paused = sum(_number(state.get("paused_s")) for state in states) if states else _number(last.get("paused_s"))
+    paused = earlier_paused + journal.tally.paused_s
     duration = max(0.0, journal.active_s() - paused)  # time spent running, over every session
     fatal = result.fatal
     write_json(
@@ -156,46 +157,36 @@ def write_summary(
             "fatal": None
             if fatal is None
             else {"type": type(fatal).__qualname__, "message": str(fatal), "traceback": format_user_traceback(fatal)},
-            "breaker": _breaker_counts(result, journal, earlier),
+            "breaker": _breaker_counts(result, breakers or [last.get("breaker")]),
             "selection": None if selection is None else selection.as_dict(),
             "batchcli_version": __version__,
         },
     )
 
 
-def _earlier(result: RunResult, name: str) -> float:
-    """A number the run's last ``summary.json`` holds (an earlier session's), 0 when there is none."""
+def _last_summary(result: RunResult) -> dict[str, Any]:
+    """The run's last ``summary.json`` (an earlier session's), {} when there is none or it cannot be read."""
     try:
-        value = json.loads((result.run_dir / "summary.json").read_text()).get(name)
-    except (OSError, ValueError, AttributeError):
-        return 0.0
-    return float(value) if isinstance(value, (int, float)) else 0.0
+        data = json.loads((result.run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _number(value: object) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
-def _breaker_counts(result: RunResult, journal: Journal, earlier: list[dict[str, Any]]) -> dict[str, float] | None:
-    """The circuit breaker's counts over every session: this one's plus each earlier session's (from its ``live``
-    state, so a session killed before it wrote a summary counts too; the last summary's for older journals)."""
+def _breaker_counts(result: RunResult, earlier: list[Any]) -> dict[str, float] | None:
+    """The circuit breaker's counts over every session: this one's plus each of ``earlier`` (each earlier session's
+    own counts, or the last summary's totals; what is not a dict counts nothing)."""
     counts = dict(result.breaker) if result.breaker is not None else None
-    kept = [state["breaker_counts"] for state in earlier if isinstance(state.get("breaker_counts"), dict)]
-    if kept:
-        counts = counts or {name: 0 for name in kept[0]}
-        for session in kept:
-            for name, value in session.items():
-                counts[name] = counts.get(name, 0) + _number(value)
-    elif journal.session_count > 1:
-        try:
-            last = json.loads((result.run_dir / "summary.json").read_text()).get("breaker") or {}
-        except (OSError, ValueError, AttributeError):
-            last = {}
-        if last:
-            counts = counts or {name: 0 for name in last}
-            for name, value in last.items():
-                if isinstance(value, (int, float)):
-                    counts[name] = counts.get(name, 0) + value
+    for session in earlier:
+        if not isinstance(session, dict) or not session:
+            continue
+        counts = counts or {name: 0 for name in session}
+        for name, value in session.items():
+            counts[name] = counts.get(name, 0) + _number(value)
     if counts is not None and "open_s" in counts:
         counts["open_s"] = round(counts["open_s"], 3)
     return counts
