@@ -58,6 +58,11 @@ def _refs_alone() -> int:
 _ALONE = _refs_alone()
 
 
+def _batch_of(size: float) -> int:
+    """How many results of ``size`` bytes (encoded) wait for one batch: about ``SEAL_BYTES``, 1 to ``SEAL_MAX``."""
+    return max(1, min(SEAL_MAX, int(SEAL_BYTES // max(1.0, size))))
+
+
 class AsyncExecutor:
     """Runs items through ``process`` with ``concurrency`` in flight, on the current event loop.
 
@@ -233,7 +238,7 @@ class AsyncExecutor:
                 size = len(_marshal(results[-1], MARSHAL_VERSION))
             except (ValueError, TypeError):  # cannot be kept as plain data: _seal keeps the batch result by result
                 size = SEAL_BYTES
-            self._seal_at = max(1, min(SEAL_MAX, SEAL_BYTES // max(1, size)))
+            self._seal_at = _batch_of(size)
             if waiting < self._seal_at:
                 self._check_at = min(self._seal_at, waiting + SEAL_SAMPLE)
                 return False
@@ -265,7 +270,7 @@ class AsyncExecutor:
         else:
             tally.sealed.append((self._result_ordinals[:], data))
             tally.kept_bytes += len(data) + SEALED_OVERHEAD * count
-            self._seal_at = max(1, min(SEAL_MAX, SEAL_BYTES * count // max(1, len(data))))
+            self._seal_at = _batch_of(len(data) / count)
         self._check_at = min(self._seal_at, SEAL_SAMPLE)
         results.clear()
         self._result_items.clear()

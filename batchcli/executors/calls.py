@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 from batchcli.durations import Durations, timed
 from batchcli.executors.threads import ItemThreads
+from batchcli.load.service import maybe_await
 
 T = TypeVar("T")
 
@@ -119,10 +120,7 @@ async def process_once(process: Callable[[Any], Any], item: Any) -> Any:
     the running loop when it is async, in a thread when it is not, so the loop goes on."""
     if inspect.iscoroutinefunction(process):
         return await process(item)
-    result = await asyncio.to_thread(process, item)
-    if inspect.isawaitable(result):  # a plain def that returns an awaitable
-        result = await result
-    return result
+    return await maybe_await(await asyncio.to_thread(process, item))  # a plain def may return an awaitable
 
 
 def _threaded(threads: ItemThreads) -> Callable[[Any], Awaitable[Any]]:

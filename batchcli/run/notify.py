@@ -24,6 +24,7 @@ from typing import IO, Any, Callable, NoReturn
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from batchcli import __version__
+from batchcli.load.secret import mask_texts
 
 log = logging.getLogger("batchcli")
 
@@ -123,10 +124,7 @@ class Notifier:
 
     def _scrubbed(self, error: BaseException) -> str:
         """``error`` as ``Type: message``, with any part of the URL that may hold a token masked."""
-        text = f"{type(error).__name__}: {error}"
-        for secret in self._secrets:
-            text = text.replace(secret, "********")
-        return text
+        return mask_texts(f"{type(error).__name__}: {error}", self._secrets)
 
 
 class _Redirected(Exception):
@@ -152,14 +150,14 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_RefuseRedirects)
 
 
-def _split_credentials(url: str) -> tuple[str, dict[str, str], list[str]]:
+def _split_credentials(url: str) -> tuple[str, dict[str, str], tuple[str, ...]]:
     """``url`` without ``user:password@`` (urllib would look that up as a host name), the basic authentication
     header they make, and the parts of the URL to mask in messages (path, query, credentials), longest first."""
     try:
         parts = urlsplit(url)
         username, password = parts.username, parts.password
     except ValueError:
-        return url, {}, [url]
+        return url, {}, (url,)
     headers: dict[str, str] = {}
     if username is not None or password is not None:
         pair = f"{unquote(username or '')}:{unquote(password or '')}".encode()
@@ -168,7 +166,7 @@ def _split_credentials(url: str) -> tuple[str, dict[str, str], list[str]]:
         url = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
         parts = urlsplit(url)
     secrets = [part for part in (parts.path, parts.query, parts.fragment, username, password) if part and len(part) > 1]
-    return url, headers, sorted(secrets, key=len, reverse=True)
+    return url, headers, tuple(sorted(secrets, key=len, reverse=True))
 
 
 def notifier_of(config: Any, run_dir: Path, job: str) -> Notifier | None:
