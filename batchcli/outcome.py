@@ -52,6 +52,11 @@ KEPT_BACKLOG_MAX = 4 << 20
 """About how many bytes of results may wait for the journal: past it, new items wait for the recorder
 (a job returning results faster than the disk takes them must not fill the memory instead)."""
 
+CHUNK_KEPT_MAX = KEPT_BACKLOG_MAX
+"""About how many bytes of results one chunk of the process, Dask and Ray executors brings back: past it the
+worker hands the chunk's unstarted items back (as a throttle does), and the driver sizes the next chunks to fit.
+Sized by time alone, a chunk of 2 MB results held 150 MB, and the driver peaked at 2 GB with four in flight."""
+
 KEPT_NUDGE = KEPT_BACKLOG_MAX // 4
 """Past this many bytes of waiting results the recorder is woken (``Tally.flush_wanted``)."""
 

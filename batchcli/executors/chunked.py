@@ -331,10 +331,13 @@ class ChunkedExecutor:
         tally.in_flight -= len(entries)
         tally.succeeded += len(result.succeeded)
         tally.done.extend(result.succeeded)
+        kept_bytes = 0
         if result.kept:
             tally.succeeded += len(result.kept)
             tally.kept.extend(result.kept)
-            tally.kept_bytes += sum(len(k[1]) for k in result.kept) + KEPT_OVERHEAD * len(result.kept)
+            text_bytes = sum(len(text) for _, text, _ in result.kept)  # as ``Tally.take_kept`` counts them out
+            tally.kept_bytes += text_bytes + KEPT_OVERHEAD * len(result.kept)
+            kept_bytes = text_bytes + sum(len(blob) for _, _, blob in result.kept if blob is not None)
         if result.errors or result.skipped:
             by_ordinal = {e.ordinal: e for e in entries}
             for error in result.errors:
@@ -345,7 +348,7 @@ class ChunkedExecutor:
                 self._failed(by_ordinal[error.ordinal], cls(error))
             if not self.stopping:  # never attempted: no attempt counted
                 self._ready.extendleft(by_ordinal[o] for o in reversed(result.skipped))
-        self._sizer.observe(len(entries) - len(result.skipped), result.elapsed_s)
+        self._sizer.observe(len(entries) - len(result.skipped), result.elapsed_s, kept_bytes)
         if result.durations is not None and tally.durations is not None:
             tally.durations.add(result.durations)
 

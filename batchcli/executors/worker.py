@@ -22,8 +22,9 @@ from batchcli.executors.calls import USER_ERRORS, ItemCalls, ours
 from batchcli.durations import Durations, timed, timed_sync
 from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.throttling import throttle_of
-from batchcli.journal.results import Kept, encode
+from batchcli.journal.results import Encoded, Kept, encode
 from batchcli.load.service import maybe_await
+from batchcli.outcome import CHUNK_KEPT_MAX
 from batchcli.load.wiring import Job
 from batchcli.executors.messages import (
     Chunk,
@@ -129,14 +130,15 @@ class WorkerJob:
         errors: list[ItemError] = []
         calls = self._calls_for(chunk)
         failing = _Failing(chunk.give_back)
+        full = _Full()
         # Timed per chunk, not in the shared ItemCalls: a Dask worker runs several chunks at once on this loop.
         durations = Durations() if chunk.timed else None
         if not calls.is_async and chunk.share == 1 and chunk.timeout_s is None:
             process = self._process if durations is None else timed_sync(self._process, durations)
-            skipped = self._run_inline(items, process, limiter, cancelled, stale, ok, kept, errors, failing)
+            skipped = self._run_inline(items, process, limiter, cancelled, stale, ok, kept, errors, failing, full)
         else:
             call = calls.call if durations is None else timed(calls.call, durations)
-            skipped = await self._run_lanes(items, call, limiter, cancelled, stale, ok, kept, errors, failing)
+            skipped = await self._run_lanes(items, call, limiter, cancelled, stale, ok, kept, errors, failing, full)
         return ChunkResult(ok, errors, skipped, time.perf_counter() - started, self.pid, kept, durations)
 
     def _run_inline(
@@ -150,6 +152,7 @@ class WorkerJob:
         kept: list[Kept],
         errors: list[ItemError],
         failing: _Failing,
+        full: _Full,
     ) -> list[int]:
         # One sync item at a time needs no thread hop: call it right here.
         for index, (ordinal, item) in enumerate(items):
@@ -170,6 +173,8 @@ class WorkerJob:
                     ok.append(ordinal)
                 else:
                     kept.append((ordinal, *result))
+                    if full.add(result):  # the chunk's results are as large as one should carry: the rest goes back
+                        return [o for o, _ in items[index + 1 :]]
         return []
 
     async def _run_lanes(
@@ -183,6 +188,7 @@ class WorkerJob:
         kept: list[Kept],
         errors: list[ItemError],
         failing: _Failing,
+        full: _Full,
     ) -> list[int]:
         queue = deque(items)
         running: set[int] = set()
@@ -217,6 +223,9 @@ class WorkerJob:
                         ok.append(ordinal)
                     else:
                         kept.append((ordinal, *result))
+                        if full.add(result):
+                            held.extend(o for o, _ in queue)
+                            queue.clear()
                 running.discard(ordinal)
                 # An item that never awaits keeps the loop: a clock read per item, a turn now and then.
                 if (now := time.monotonic()) >= turn_at:
@@ -308,6 +317,19 @@ class _Failing:
     def enough(self, failed: int, succeeded: int) -> bool:
         """Asked after a failure only: the success path pays nothing."""
         return 0 < self._after <= failed and failed >= self._share * (failed + succeeded)
+
+
+class _Full:
+    """When a chunk's results are as large as one chunk should bring back (``CHUNK_KEPT_MAX``)."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def add(self, encoded: Encoded) -> bool:
+        """Count one more result; True once the chunk carries enough (its unstarted items go back)."""
+        text, blob = encoded
+        self.size += len(text) if blob is None else len(text) + len(blob)
+        return self.size > CHUNK_KEPT_MAX
 
 
 def _build(spec: WorkerSpec) -> Job:
