@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import resource
 import shutil
 import signal
@@ -403,6 +404,13 @@ def test_a_disk_that_fills_up_mid_run_stops_it_resumably_and_resume_loses_nothin
     output = (tmp_path / "full.txt").read_text()
     run_dir = next(out.iterdir())
     assert_one_clear_message(output, run_dir)
+    # The closing line counts what the journal holds, what resume will find; what settled unrecorded is said apart.
+    flat = " ".join(output.split())
+    counts = re.search(r"Stopped: (\d+) succeeded, (\d+) failed, (\d+) unprocessed of 300\.( (\d+) more settled)?", flat)
+    assert counts is not None, output
+    succeeded, failed, unprocessed, unrecorded = (int(g or 0) for g in counts.group(1, 2, 3, 5))
+    assert succeeded + failed == journaled(out) and succeeded + failed + unprocessed == count, output
+    assert sum(1 for n, times in processed(logs).items() if times) >= succeeded + failed + unrecorded
     # Paused at the first flush that failed: only items in flight or started before it finished afterwards.
     assert sum(processed(logs).values()) - processed_when_full <= REDO_BOUND
     assert read_run(run_dir).status == "crashed"  # its session could not be closed: resumable like a crash

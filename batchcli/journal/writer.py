@@ -172,6 +172,13 @@ class Journal:
         """Items that succeeded, over every session."""
         return self._keys_count if self.keyed else self.ranges.count
 
+    @property
+    def recorded(self) -> tuple[int, int]:
+        """Succeeded and failed items the journal holds: ``succeeded`` and ``failed`` without what a failed write
+        keeps in memory for the next one (a run that stops on a full disk redoes those on resume)."""
+        succeeded = self._keys_count if self.keyed else max(0, self.ranges.count - self._unpointed[0])
+        return succeeded, self.failed - len(self._unwritten)
+
     # Opening.
 
     @classmethod

@@ -50,6 +50,9 @@ class RunResult:
     """Why batchcli itself stopped the run (the circuit breaker gave up), for the closing lines; "" otherwise."""
     breaker: dict[str, float] | None = None
     """What the circuit breaker did in this session (trips, probes, cooldowns, open_s); None when it is off."""
+    unrecorded: int = 0
+    """Items that settled but could not be journaled before the run stopped on a write error: not in
+    ``succeeded`` or ``failed`` (resume processes them again)."""
 
 
 def result_of(
@@ -70,6 +73,10 @@ def result_of(
     ``hooks_cut``: a stop that timed out left the job's last hooks (``finish()``, ``persist_failed``) unfinished.
     """
     succeeded, failed = journal.succeeded, journal.failed
+    unrecorded = 0
+    if write_error is not None:  # count what resume will find, not what settled in memory
+        succeeded, failed = journal.recorded
+        unrecorded = journal.succeeded + journal.failed - succeeded - failed
     # Never below 0: a stopped run whose source lost settled items has not counted them into its total yet.
     unprocessed = None if tally.total is None else max(0, tally.total - succeeded - failed)
     if fatal is not None:
@@ -106,6 +113,7 @@ def result_of(
         write_error=write_error,
         breaker=breaker,
         stop_reason=stop_reason,
+        unrecorded=unrecorded,
     )
 
 
@@ -206,28 +214,30 @@ def print_closing(result: RunResult, console: Any, log_format: str = "text") -> 
         console.print(f"[bold red]Error:[/] {escape(str(result.write_error))}", highlight=False, soft_wrap=True)
     if result.stop_reason:
         console.print(f"[bold red]Stopped:[/] {escape(result.stop_reason)}", highlight=False, soft_wrap=True)
-    unprocessed = f", {result.unprocessed} unprocessed" if result.unprocessed else ""
-    total = "?" if result.total is None else result.total
     console.print(
-        f"{result.status.capitalize()}: {result.succeeded} succeeded, {result.failed} failed{unprocessed} "
-        f"of {total}. Run directory: {escape(str(result.run_dir))}",
+        f"{_counts(result)} Run directory: {escape(str(result.run_dir))}",
         highlight=False,
         soft_wrap=True,
     )
 
 
+def _counts(result: RunResult) -> str:
+    """``Stopped: 64 succeeded, 6 failed, 230 unprocessed of 300.``, and what settled but was never recorded."""
+    unprocessed = f", {result.unprocessed} unprocessed" if result.unprocessed else ""
+    total = "?" if result.total is None else result.total
+    line = f"{result.status.capitalize()}: {result.succeeded} succeeded, {result.failed} failed{unprocessed} of {total}."
+    if result.unrecorded:
+        line += f" {result.unrecorded} more settled but could not be recorded: resume processes them again."
+    return line
+
+
 def _print_closing_json(result: RunResult, console: Any) -> None:
     from batchcli.run.jsonlog import event_line
 
-    unprocessed = f", {result.unprocessed} unprocessed" if result.unprocessed else ""
-    total = "?" if result.total is None else result.total
-    message = (
-        f"{result.status.capitalize()}: {result.succeeded} succeeded, {result.failed} failed{unprocessed} of {total}."
-    )
     line = event_line(
-        "run_ended", result.run_dir.name, message, level="INFO" if result.exit_code == 0 else "WARNING",
+        "run_ended", result.run_dir.name, _counts(result), level="INFO" if result.exit_code == 0 else "WARNING",
         status=result.status, exit_code=result.exit_code, succeeded=result.succeeded, failed=result.failed,
-        unprocessed=result.unprocessed, total=result.total, run_dir=str(result.run_dir),
+        unprocessed=result.unprocessed, total=result.total, unrecorded=result.unrecorded, run_dir=str(result.run_dir),
         error=str(result.write_error) if result.write_error is not None else None, stop_reason=result.stop_reason or None,
     )
     console.file.write(line + "\n")
