@@ -54,6 +54,24 @@ def test_secrets_from_p_never_appear_in_the_run_directory_or_output(cli: Any, ve
     assert "Secret('********')" in log  # the service's own log line, masked by Secret's repr
     assert "calling the API with token ********" in log  # with %s too, where the str of a Secret is its value
     assert "connecting as batch with ********" in log  # and by name, from a dict of arguments
+    assert "session opened for ********" in log  # and in a message the job formatted itself
+
+
+@pytest.mark.parametrize("how", [["-p", "executor=async"], ["-p", "executor=process"], ["--log-format", "json"]])
+def test_a_setup_that_fails_quoting_a_secret_shows_it_masked_everywhere(cli: Any, how: list[str]) -> None:
+    """The error that ends the run (setup() refused, its message quoting the token) is written masked to the
+    output, the log, summary.json and the journal: only item failures were masked, and the crash wrote the token
+    in all four."""
+    outcome = cli(
+        "exec", SECRETS, "-d", "out", *how, "-p", "refused=true",
+        "-p", f"api_token={TOKEN}", "-p", f"db.password={PASSWORD}", "-p", f"extra_tokens={EXTRA1},{EXTRA2}",
+    )  # fmt: skip
+    assert outcome.exit_code == 3, outcome.output
+    assert leaks(outcome) == []
+    assert "login refused for token ********" in " ".join(outcome.output.split())
+    assert "login refused for token ********" in (outcome.run_dir / "batchcli.log").read_text()
+    assert outcome.summary["fatal"]["message"].endswith("login refused for token ********")
+    assert "login refused for token ********" in outcome.summary["fatal"]["traceback"]
 
 
 def test_secrets_logged_or_raised_in_worker_processes_are_masked_too(cli: Any) -> None:

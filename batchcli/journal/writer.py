@@ -30,6 +30,7 @@ from batchcli.journal.rundir import FORMAT, JOURNAL_NAME, RunLock, check_safe, c
 from batchcli.journal.selection import Selection, save_selection
 from batchcli.journal.settled import Numbered, RangeSet, skip_keys, skip_ordinals
 from batchcli.journal.shards import Shard, read_shard, record_shard
+from batchcli.load.secret import mask_texts
 
 if TYPE_CHECKING:
     from batchcli.load.wiring import Job, Wiring
@@ -544,7 +545,8 @@ class Journal:
         now = time.time()
         fatal_json = None
         if fatal is not None:
-            error = {"type": type(fatal).__qualname__, "message": str(fatal), "traceback": fatal_traceback}
+            message = mask_texts(str(fatal), self.tally.secrets)
+            error = {"type": type(fatal).__qualname__, "message": message, "traceback": fatal_traceback}
             fatal_json = json.dumps(error)
         with self._conn:
             self._conn.execute(

@@ -126,3 +126,31 @@ def mask_secrets(record: logging.LogRecord) -> bool:
     elif isinstance(args, dict) and any(isinstance(value, Secret) for value in args.values()):
         record.args = {name: masked(value) for name, value in args.items()}
     return True
+
+
+class SecretMask(logging.Filter):
+    """``mask_secrets``, and the value of every ``Secret`` of the job (``secret_texts``) masked wherever it shows in
+    a record's message or traceback: ``log.warning(f"login with {self.token}")`` and a ``setup()`` that raised
+    ``PermissionError(f"token {self.token} rejected")`` wrote the token in the log file and on the console (a
+    ``Secret`` is its plain string in an f-string, so masking its arguments does not reach them)."""
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        mask_secrets(record)
+        secrets = self.secrets
+        if not secrets:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # the job's own malformed call: its handler reports it, as logging does
+            return True
+        masked = mask_texts(message, secrets)
+        if masked is not message:
+            record.msg, record.args = masked, None
+        if record.exc_info and record.exc_info[1] is not None:
+            text = record.exc_text or logging.Formatter().formatException(record.exc_info)
+            record.exc_text = mask_texts(text, secrets)
+        return True

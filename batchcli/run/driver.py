@@ -27,7 +27,7 @@ from batchcli.journal.rundir import FLUSH_INTERVAL_S, JOURNAL_NAME
 from batchcli.journal.selection import Selection
 from batchcli.journal.writer import Journal
 from batchcli.load.project import format_user_traceback
-from batchcli.load.secret import secret_texts
+from batchcli.load.secret import mask_texts, secret_texts
 from batchcli.load.service import maybe_await
 from batchcli.load.source import defines_persist_failed, is_async_source, source_length
 from batchcli.load.wiring import Job, Wiring
@@ -198,7 +198,7 @@ class Run:
         try:
             stop_logging = start_logging(
                 self.run_dir / "batchcli.log", self.console, self.options.verbosity, self.options.log_format,
-                self.run_dir.name,
+                self.run_dir.name, self.tally.secrets,
             )  # fmt: skip
         except OSError as error:  # the journal fitted and its log file did not: the session ends before it began
             why = self._unwritable(error)  # before the journal lets its files go
@@ -282,7 +282,7 @@ class Run:
                         result, self.job, self.wiring, journal, self.started_at, self._selection, self.options.unrecorded
                     )
                     fatal = result.fatal
-                    journal.finish(result.status, fatal, "" if fatal is None else format_user_traceback(fatal))
+                    journal.finish(result.status, fatal, "" if fatal is None else self._fatal_traceback(fatal))
                 except (OSError, sqlite3.Error) as error:
                     self.recording.failed(error)
                     result = self._result(journal)
@@ -291,6 +291,10 @@ class Run:
         finally:
             journal.close()
         return result
+
+    def _fatal_traceback(self, error: BaseException) -> str:
+        """The user's traceback of the error that ended the run, the job's secrets masked (for the journal)."""
+        return mask_texts(format_user_traceback(error), self.tally.secrets)
 
     def _wants_shell(self) -> bool:
         """The pause shell needs a terminal on both ends and our own SIGINT handler."""

@@ -51,8 +51,8 @@ class JsonFormatter(logging.Formatter):
         for key in ITEM_KEYS:
             if hasattr(record, key):
                 data[key] = getattr(record, key)
-        if record.exc_info:
-            data["traceback"] = self.formatException(record.exc_info)
+        if record.exc_info:  # the text a filter left (``SecretMask``), else formatted now
+            data["traceback"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(data, ensure_ascii=False, default=str)
 
     def failure(self, failure: Failure) -> str:

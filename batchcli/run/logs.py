@@ -14,7 +14,7 @@ from rich.logging import RichHandler
 from rich.text import Text
 
 from batchcli.journal.rundir import message_shape
-from batchcli.load.secret import mask_secrets
+from batchcli.load.secret import SecretMask
 from batchcli.outcome import FAILURES, FailureBatch, clip, failure_text
 
 _CONSOLE_LEVELS = {0: logging.WARNING, 1: logging.INFO}
@@ -241,9 +241,16 @@ def _shape(record: logging.LogRecord) -> str:
 
 
 def start_logging(
-    log_file: Path, console: Console, verbosity: int, log_format: str = "text", run_id: str = ""
+    log_file: Path,
+    console: Console,
+    verbosity: int,
+    log_format: str = "text",
+    run_id: str = "",
+    secrets: tuple[str, ...] = (),
 ) -> Callable[[], None]:
     """Attach the run's handlers to the root logger; returns the function that detaches them.
+
+    ``secrets`` (``secret_texts``) are masked in every record the handlers write.
 
     With ``log_format="json"`` the log file gets one JSON object per line, and so does stderr when the
     console is not a terminal (a terminal keeps its readable lines).
@@ -252,7 +259,8 @@ def start_logging(
     file_level = _FILE_LEVELS.get(verbosity, logging.DEBUG)
     file_handler = RunFileHandler(log_file, console)
     file_handler.setLevel(file_level)
-    file_handler.addFilter(mask_secrets)
+    masking = SecretMask(secrets)
+    file_handler.addFilter(masking)
     console_handler: logging.Handler
     sample: ConsoleSample | None = None  # JSON lines on stderr are for a collector: every record, as in the file
     if log_format == "json":
@@ -270,7 +278,7 @@ def start_logging(
         sample = ConsoleSample(console)
         console_handler.addFilter(sample)
     console_handler.setLevel(console_level)
-    console_handler.addFilter(mask_secrets)
+    console_handler.addFilter(masking)
     root = logging.getLogger()
     previous_level = root.level
     # Handlers already on the root logger (the job's, or the one a logging.info() at import installs by itself)

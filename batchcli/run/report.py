@@ -12,6 +12,7 @@ from batchcli import __version__
 from batchcli.errors import RunDirWriteError
 from batchcli.journal.records import json_form, write_json
 from batchcli.load.project import format_user_traceback
+from batchcli.load.secret import mask_texts
 from batchcli.outcome import Failure, Tally
 
 if TYPE_CHECKING:
@@ -164,7 +165,11 @@ def write_summary(
             "items_per_s": round((result.succeeded + result.failed) / duration, 1) if duration > 0 else None,
             "fatal": None
             if fatal is None
-            else {"type": type(fatal).__qualname__, "message": str(fatal), "traceback": format_user_traceback(fatal)},
+            else {
+                "type": type(fatal).__qualname__,
+                "message": mask_texts(str(fatal), journal.tally.secrets),
+                "traceback": mask_texts(format_user_traceback(fatal), journal.tally.secrets),
+            },
             "breaker": _breaker_counts(result, breakers or [last.get("breaker")]),
             "selection": None if selection is None else selection.as_dict(),
             "batchcli_version": __version__,

@@ -38,7 +38,7 @@ class Numbers(Source[int]):
 
 @inject
 class Call(Service[int]):
-    """Calls an API with the token; number 2 is rejected.
+    """Calls an API with the token; number 2 is rejected (with ``refused``, the login in ``setup()`` is).
 
     Args:
         api_token: The API token.
@@ -52,16 +52,21 @@ class Call(Service[int]):
         api_token: Param[Secret],
         fallback_key: Param[Secret] = Secret("default-key-0451"),  # noqa: B008 - an immutable str
         extra_tokens: Param[list[Secret]] = [],  # noqa: B006 - never mutated
+        refused: Param[bool] = False,
     ) -> None:
         self.config = config
         self.api_token = api_token
         self.extra_tokens = extra_tokens
+        self.refused = refused
 
     def setup(self) -> None:
         log.info("token %r, extra %r, config %r", self.api_token, self.extra_tokens, self.config)
         log.debug("debug: token %r", self.api_token)
         log.warning("calling the API with token %s", self.api_token)  # %s is the value itself: the handlers mask it
         log.warning("connecting as %(user)s with %(password)s", {"user": "batch", "password": self.config.db.password})
+        log.warning(f"session opened for {self.api_token}")  # an f-string: the value itself, in the message
+        if self.refused:  # as a login that fails does: the run cannot start, and says why
+            raise PermissionError(f"login refused for token {self.api_token}")
         digest = hashlib.sha256(f"{self.api_token}|{self.config.db.password}|{','.join(self.extra_tokens)}".encode())
         (self.config.run_dir / "proof.txt").write_text(digest.hexdigest())
 
