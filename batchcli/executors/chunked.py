@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
-import marshal
 import math
 import pickle
 from collections import deque
@@ -30,6 +28,7 @@ from batchcli.executors.messages import (
     WorkerLost,
 )
 from batchcli.executors.sizing import ChunkSizer
+from batchcli.journal.results import decode
 from batchcli.outcome import KEPT_OVERHEAD, RECORDER_WAIT_S, Tally, qualified_name
 from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
@@ -261,9 +260,7 @@ class ChunkedExecutor:
         if not result.kept:
             return None
         _, text, blob = result.kept[0]
-        if type(text) is bytes:
-            return marshal.loads(text)
-        return json.loads(text) if blob is None else pickle.loads(blob)  # our own worker's pickle
+        return decode(text, blob)  # our own worker's pickle
 
     def items_in_flight(self) -> dict[int, Any]:
         """Ordinal -> item of every item in a chunk that a worker holds now. Call on the loop's thread."""

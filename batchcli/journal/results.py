@@ -95,6 +95,14 @@ def encode(value: Any) -> Encoded:
     return encode_other(value)
 
 
+def decode(text: str | bytes, blob: bytes | None) -> Any:
+    """The value ``encode`` gave ``(text, blob)`` for, in a process that trusts the pickle (it made it, or the
+    run directory's owner was checked: ``Values.of``)."""
+    if type(text) is bytes:
+        return marshal.loads(text)
+    return json.loads(text) if blob is None else pickle.loads(blob)
+
+
 def encode_other(value: Any) -> Encoded:
     """``encode`` for a value that is not plain data (marshal refused it): JSON, else pickled."""
     try:
@@ -211,17 +219,13 @@ class Values:
 
     def of(self, text: str | bytes, blob: bytes | None) -> Any:
         """The value stored as ``text`` (marshal or JSON) and ``blob`` (its pickle, or None)."""
-        if type(text) is bytes:
-            return marshal.loads(text)
-        if blob is None:
-            return json.loads(text)
-        if not self._checked:
+        if blob is not None and not self._checked:
             check_safe(self.run_dir)
             self._checked = True
         try:
-            return pickle.loads(blob)
+            return decode(text, blob)
         except (ImportError, AttributeError):
-            if self._loaded:
+            if blob is None or self._loaded:
                 raise
             # Its class lives in the job's project, which this process has not imported: import it, as resume would.
             _load_project(self.path)
