@@ -188,12 +188,11 @@ def _journaled_failures(run_dir: Path) -> tuple[FailedItem, ...]:
 def raw_values(value: object) -> tuple[str, ...]:
     """A Python value as the ``-p`` strings that cast back to it: one per element for a list, set or tuple."""
     from batchcli.load.annotations import as_typed
+    from batchcli.load.types import quote_element
 
     if isinstance(value, str):
         return (value,)
     if isinstance(value, (list, tuple, set, frozenset)):
         items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
-        return tuple(as_typed(item) for item in items)
-    if isinstance(value, dict):
-        return (",".join(f"{as_typed(k)}:{as_typed(v)}" for k, v in value.items()),)
+        return tuple(quote_element(as_typed(item)) for item in items)
     return (as_typed(value),)

@@ -65,6 +65,13 @@ def test_config_value_out_of_range(cli, value: str) -> None:
     assert f"concurrency must be 1 to 10,000 items in flight at once, got {value}: e.g. concurrency=50." in out
 
 
+def test_an_unpaired_double_quote_in_a_list_param_says_how_to_quote(cli) -> None:
+    """A list element whose double quotes do not pair up is refused, with how to quote one that holds commas."""
+    out = rejected(cli("exec", TYPED, "-d", "out", *REQUIRED, "-p", 'tags="Smith, J,Doe'))
+    assert "Param 'tags' expects list of str, got '\"Smith, J,Doe': its double quotes do not pair up" in out
+    assert "-p names='\"Smith, J\",Doe'" in out
+
+
 def test_unknown_param_suggests_the_closest_name(cli) -> None:
     """A misspelt param is an error that suggests the valid name."""
     out = rejected(cli("exec", TYPED, "-d", "out", *REQUIRED, "-p", "colour=red"))

@@ -11,6 +11,7 @@ from typing import Any, Literal, Optional
 
 import pytest
 
+from batchcli.load.annotations import as_typed
 from batchcli.load.casting import cast, describe
 from batchcli.errors import CastError, UsageError
 from batchcli.load.secret import Secret, masked
@@ -148,6 +149,10 @@ def test_scalar_bad_value_names_param_type_value_and_fix(annotation: object, tex
         (list[int], [""], []),
         (list[int], [], []),
         (list[str], ["a,b", "c"], ["a", "b", "c"]),
+        (list[str], ['"Smith, J",Doe'], ["Smith, J", "Doe"]),  # an element in double quotes holds commas
+        (list[str], ['a, "say ""hi"", then go",b'], ["a", 'say "hi", then go', "b"]),
+        (list[str], ["O'Brien,a\"b"], ["O'Brien", 'a"b']),  # a quote that does not open an element is text
+        (dict[str, str], ['"where:a,b",x:y'], {"where": "a,b", "x": "y"}),
         (list, ["a,b"], ["a", "b"]),
         (list[Mode], ["fast,SLOW"], [Mode.FAST, Mode.SLOW]),
         (list[int | None], ["1,none"], [1, None]),
@@ -212,6 +217,13 @@ def test_collection_concatenates_comma_separated_values(annotation: object, raw:
             "Param 'ids' expects dict of str to int, got 'a:1,b:x': value of 'b' ('x') is not an int.",
         ),
         (dict[int, str], ["1:a,x:b"], "Param 'ids' expects dict of int to str, got '1:a,x:b': key 2 ('x') is not an int"),
+        (
+            list[str],
+            ['"Smith, J,Doe'],
+            "Param 'ids' expects list of str, got '\"Smith, J,Doe': its double quotes do not pair up (unexpected end of "
+            "data). Put an element that holds commas in double quotes, a quote inside it doubled: "
+            "-p names='\"Smith, J\",Doe'.",
+        ),
     ],
 )
 def test_collection_bad_element_names_its_position(annotation: object, raw: list[str], message: str) -> None:
@@ -341,3 +353,17 @@ def test_secret_values_are_masked_in_cast_errors() -> None:
         cast("tokens", ["api:hunter2,oops-hunter3"], dict[str, Secret])
     assert "hunter" not in str(caught.value)
     assert "********" in str(caught.value) and "key:value" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [["Smith, J", "Doe"], ['say "hi"', '"quoted"', " , "], {"a,b": "c,d", "e": '"f"'}, ("1,5", "x")],
+)
+def test_a_collection_written_back_casts_to_the_same_value(value: object) -> None:
+    """``as_typed`` (--help defaults, ``batchcli.testing``) quotes an element holding a comma or opening with a quote,
+    so casting its text gives the value back: a list with "Smith, J" came back as three elements."""
+    annotation = {list: list[str], dict: dict[str, str], tuple: tuple[str, str]}[type(value)]
+    expected = {k.strip(): v.strip() for k, v in value.items()} if isinstance(value, dict) else type(value)(
+        element.strip() for element in value
+    )  # elements are stripped, as any -p element is
+    assert cast("ids", [as_typed(value)], annotation) == expected

@@ -155,3 +155,15 @@ def test_config_chosen_by_class_name(cli) -> None:
     """-c also accepts a configuration's class name."""
     result = cli("exec", BATCHFRAME, "-c", "CustomProdConfig", "-d", "out")
     assert observed(result.run_dir, "observed.json")["config_class"] == "CustomProdConfig"
+
+
+def test_a_list_element_in_double_quotes_keeps_its_commas(cli) -> None:
+    """`-p tags='"Smith, J",Doe'` gives two tags, and the default holding a comma reaches the job whole: a comma inside
+    an element used to split it, with no way to give one."""
+    given = cli("exec", TYPED, "-d", "out", *TYPED_REQUIRED, "-p", 'tags="Smith, J",Doe')
+    assert given.exit_code == 0, given.output
+    assert observed(given.run_dir, "values.json")["tags"] == [["Smith, J", "Doe"], "list"]
+    default = cli("exec", TYPED, "-d", "out", *TYPED_REQUIRED)
+    assert observed(default.run_dir, "values.json")["tags"] == [["Smith, J", "plain"], "list"]
+    shown = " ".join(cli("exec", TYPED, "--help").output.split())
+    assert '"Smith, J",plain' in shown  # the default as it would be typed, quoted where it must be

@@ -49,6 +49,15 @@ def test_params_take_python_values(tmp_path: Path) -> None:
     assert outcome.succeeded == 2
 
 
+def test_a_list_param_with_commas_in_its_elements_reaches_the_job_whole(tmp_path: Path) -> None:
+    """run_job passes a list element holding a comma (or a double quote) as one element, not split at the comma."""
+    tags = ["Smith, J", 'say "hi"', "plain"]
+    params = {"count": 1, "target": "out/here", "since": "2024-01-31", "color": "red", "tags": tags}
+    outcome = run_job(PROJECTS / "typed_params" / "typed_params_job.py", params=params, output_dir=tmp_path)
+    values = json.loads((outcome.run_dir / "values.json").read_text())
+    assert values["tags"] == [tags, "list"]
+
+
 def test_raw_values_round_trip_through_casting() -> None:
     """raw_values writes values the way -p takes them."""
     assert raw_values(True) == ("true",)

@@ -7,7 +7,7 @@ import types
 from enum import Enum
 from typing import Any, Literal, Union, get_args, get_origin
 
-from batchcli.load.types import SCALARS, Choice, Collection, Nullable, Option, ParamType
+from batchcli.load.types import SCALARS, Choice, Collection, Nullable, Option, ParamType, quote_element
 
 _COLLECTIONS = (list, set, frozenset, tuple, dict)
 
@@ -98,10 +98,10 @@ def as_typed(value: Any) -> str:
     if value is None:
         return "none"
     if isinstance(value, dict):
-        return ",".join(f"{as_typed(k)}:{as_typed(v)}" for k, v in value.items())
+        return ",".join(quote_element(f"{as_typed(k)}:{as_typed(v)}") for k, v in value.items())
     if isinstance(value, (list, tuple, set, frozenset)):
         items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
-        return ",".join(as_typed(v) for v in items)
+        return ",".join(quote_element(as_typed(v)) for v in items)
     if isinstance(value, Enum):
         return choice_of_enum(type(value)).render(value)
     # The nearest class -p knows: a datetime subclass is still written in ISO 8601.

@@ -7,6 +7,7 @@ picks the object for a declared type; casting, ``exec PATH --help``, shell compl
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -246,10 +247,10 @@ class Collection(ParamType):
     def render(self, value: Any) -> str:
         if self.origin is dict:
             keys, values = self.elements
-            return ",".join(f"{keys.render(k)}:{values.render(v)}" for k, v in value.items())
+            return ",".join(quote_element(f"{keys.render(k)}:{values.render(v)}") for k, v in value.items())
         items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
         elements = self.elements if self.fixed else self.elements[:1] * len(items)
-        return ",".join(element.render(item) for element, item in zip(elements, items))
+        return ",".join(quote_element(element.render(item)) for element, item in zip(elements, items))
 
     def cast(self, name: str, raw: list[str]) -> object:
         return self.collect(name, raw)
@@ -273,7 +274,11 @@ class Collection(ParamType):
             except _CONVERT_ERRORS:
                 raise fail(f"{where} ({show(text)!r}) is not {_article(of.name)}", of.hint) from None
 
-        items = [item.strip() for value in raw if value.strip() for item in value.split(",")]
+        try:
+            items = [item for value in raw if value.strip() for item in split_elements(value)]
+        except csv.Error as error:
+            hint = 'Put an element that holds commas in double quotes, a quote inside it doubled: -p names=\'"Smith, J",Doe\'.'
+            raise fail(f"its double quotes do not pair up ({error})", hint) from None
         if self.origin is dict:
             result: dict[object, object] = {}
             for position, item in enumerate(items, 1):
@@ -292,6 +297,21 @@ class Collection(ParamType):
         else:
             elements = elements[:1] * len(items)
         return self.origin(element(e, item, f"element {i}") for i, (e, item) in enumerate(zip(elements, items), 1))
+
+
+def split_elements(value: str) -> list[str]:
+    """The elements of one collection value: comma-separated and stripped; an element in double quotes may hold
+    commas (``"Smith, J",Doe``), a double quote inside it doubled, as in CSV. ``csv.Error`` for an unclosed quote."""
+    if '"' not in value:
+        return [item.strip() for item in value.split(",")]
+    return [item.strip() for row in csv.reader([value], skipinitialspace=True, strict=True) for item in row]
+
+
+def quote_element(text: str) -> str:
+    """``text`` written as one element of a collection value (``split_elements`` reads it back as it is)."""
+    if "," in text or text.lstrip().startswith('"'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def _article(kind: str) -> str:

@@ -57,6 +57,7 @@ class Record(Service[int]):
         mode: Param[Literal["fast", "slow"]] = "fast",
         limit: Param[Optional[int]] = None,
         price: Param[Decimal] = Decimal("1.50"),
+        tags: Param[list[str]] = ["Smith, J", "plain"],  # noqa: B006 - never mutated
     ) -> None:
         self.values = {
             "count": (source.count, type(source.count).__name__),
@@ -68,6 +69,7 @@ class Record(Service[int]):
             "mode": (mode, type(mode).__name__),
             "limit": (limit, type(limit).__name__),
             "price": (str(price), type(price).__name__),
+            "tags": (tags, type(tags).__name__),
             "config_class": (type(config).__name__, "str"),
             "region": (config.region, type(config.region).__name__),
             "batch_size": (config.batch_size, type(config.batch_size).__name__),
