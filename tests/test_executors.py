@@ -576,3 +576,27 @@ def _children(parent: int | None = None) -> set[int]:
         if int(fields[1]) == parent and fields[0] != "Z":
             found.add(int(stat.parent.name))
     return found
+
+
+def test_chunk_sizes_follow_the_size_of_results_and_a_fixed_size_otherwise() -> None:
+    """Chunks shrink to fit CHUNK_KEPT_MAX of results at the bytes per item seen, grow back when results shrink,
+    and a fixed chunk_size is kept as given (above the automatic 10,000 too) until results would overflow it."""
+    from batchcli.executors.sizing import ChunkSizer
+    from batchcli.outcome import CHUNK_KEPT_MAX
+
+    auto = ChunkSizer(None)
+    assert auto.size(4, 2, None) == 4  # one item per lane first
+    auto.observe(4, 0.0004, 0)  # fast, no results: the next one grows fourfold
+    assert auto.size(4, 2, None) == 16
+    auto.observe(16, 0.0016, 16 * (1 << 20))  # 1 MB a result: four fit
+    assert auto.size(4, 2, None) == CHUNK_KEPT_MAX // (1 << 20)
+    for _ in range(12):  # the results got small again: the time decides once more, growing fourfold a chunk
+        auto.observe(16, 0.0016, 16 * 100)
+    assert [auto.size(4, 2, None) for _ in range(3)] == [16, 64, 256]
+
+    fixed = ChunkSizer(50_000)
+    assert fixed.size(4, 2, None) == 50_000
+    fixed.observe(50_000, 1.0, 0)
+    assert fixed.size(4, 2, None) == 50_000
+    fixed.observe(10, 0.01, 10 * (2 << 20))  # 2 MB a result
+    assert fixed.size(4, 2, None) == CHUNK_KEPT_MAX // (2 << 20)

@@ -29,16 +29,17 @@ class ChunkSizer:
 
     def size(self, share: int, slots: int, remaining: int | None) -> int:
         """The size of the next chunk."""
-        fits = int(CHUNK_KEPT_MAX / self._bytes_per_item) if self._bytes_per_item else self.largest
+        fits = int(CHUNK_KEPT_MAX / self._bytes_per_item) if self._bytes_per_item else None
         if self.fixed is not None:
-            return max(1, min(self.fixed, fits))
+            return self.fixed if fits is None else max(1, min(self.fixed, fits))
         if self._current is None or self._per_item is None:
             size = share
         else:
             wanted = int(self.target_s / self._per_item)
             size = max(share, min(wanted, self._current * 4, self.largest))
-        self._current = size
-        size = min(size, fits)
+        if fits is not None:
+            size = min(size, fits)
+        self._current = size  # what was sent: growing back from a cap is fourfold per chunk too
         if remaining is not None:
             size = min(size, max(1, math.ceil(remaining / slots)))
         return max(1, size)
