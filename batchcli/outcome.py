@@ -119,14 +119,14 @@ def error_text(error: BaseException) -> str:
 
 
 def _short_repr(item: Any) -> str:
-    kind = type(item)
-    if kind is int or (kind is str and len(item) <= 20):  # what reprlib would write, without its dispatch
-        text = repr(item)
-        if len(text) <= 30:
-            return text
     try:
+        kind = type(item)
+        if kind is int or (kind is str and len(item) <= 20):  # what reprlib would write, without its dispatch
+            text = repr(item)
+            if len(text) <= 30:
+                return text
         return reprlib.repr(item)
-    except Exception:
+    except Exception:  # a __repr__ that raises; an int past the interpreter's 4300 digits
         return f"<{type(item).__qualname__} object>"
 
 

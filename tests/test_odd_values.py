@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import PROJECTS
+
+import batchcli
 
 JOB = PROJECTS / "odd_values" / "odd_values_job.py"
 
@@ -75,6 +76,36 @@ def test_a_result_too_tangled_for_json_is_exported_as_its_repr(cli, tmp_path: Pa
     assert rows[4] == shown and rows[5] == {"id": 5} and len(rows) == 6
     as_csv = cli("results", ran.run_dir, "--format", "csv")
     assert as_csv.exit_code == 0 and shown.replace('"', '""') in as_csv.output, as_csv.output
+
+
+@pytest.mark.parametrize("executor", ["async", "process"])
+def test_ints_past_4300_digits_are_recorded_retried_and_exported(cli, tmp_path: Path, executor: str) -> None:
+    """An int longer than `str()` writes (4300 digits) as a failed input stopped the recorder ("Exceeds the limit"):
+    the run crashed with 0 succeeded, and so did every resume; its retry line, and `results`, raised the same."""
+    long = 10**5000
+    ran = cli(
+        "exec", JOB, "-d", "out", "--no-shell", "-v", "-p", f"ledger={tmp_path / 'ledger'}", "-p", "mode=long_ints",
+        "-p", "fail=3,6", "-p", "flaky=1,4", "-p", "backoff_s=0.01", "-p", f"executor={executor}",
+    )  # fmt: skip
+    assert ran.exit_code == 1, ran.output
+    assert "Traceback" not in ran.output and "Exceeds the limit" not in ran.output, ran.output
+    assert "Finished: 8 succeeded, 2 failed of 10" in " ".join(ran.output.split())
+    log = (ran.run_dir / "batchcli.log").read_text()
+    # Once per flaky item, or twice when its retry ran in the other worker process (each has its own `flaky`).
+    assert 2 <= log.count("Retrying item <int object>") <= 4 and "Exceeds the limit" not in log
+    digits = {n: "1" + "0" * 4999 + str(n) for n in range(10)}  # 10**5000 + n, written out
+    assert sorted((f["ordinal"], f["input"]) for f in failed_lines(ran.run_dir)) == [(3, digits[3]), (6, digits[6])]
+    exported = cli("results", ran.run_dir)
+    assert exported.exit_code == 0, exported.output
+    rows = [json.loads(line) for line in exported.output.splitlines()]
+    assert [r["key"] for r in rows] == [0, 1, 2, 4, 5, 7, 8, 9]
+    assert rows[1]["result"] == digits[1] and rows[2]["result"] == {"id": 2, "value": digits[2]}
+    assert cli("results", ran.run_dir, "--format", "csv").exit_code == 0
+    values = {r.key: r.value for r in batchcli.read_results(ran.run_dir)}
+    assert values[1] == long + 1 and values[2] == {"id": 2, "value": long + 2}  # the values themselves, exactly
+    again = cli("retry", ran.run_dir, "-d", "out", "--no-shell", "-p", "fail=")
+    assert again.exit_code == 0 and "Finished: 2 succeeded, 0 failed of 2" in " ".join(again.output.split())
+    assert ledger(tmp_path) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
 
 
 def test_a_failed_input_nested_past_the_stack_is_recorded(cli, tmp_path: Path) -> None:

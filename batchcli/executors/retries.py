@@ -34,6 +34,14 @@ _item_repr = reprlib.Repr()
 _item_repr.maxstring = _item_repr.maxother = 80
 
 
+def _shown(item: Any) -> str:
+    """The item in a log line; reprlib's own guard misses an int past the interpreter's 4300 digits."""
+    try:
+        return _item_repr.repr(item)
+    except Exception:
+        return f"<{type(item).__qualname__} object>"
+
+
 @dataclass
 class Attempts:
     """The retry history of one item; created at its first failure, never on the success path."""
@@ -175,7 +183,7 @@ class RetryScheduler:
         if watch is not None:
             watch(None, None)
         if log.isEnabledFor(logging.INFO):
-            shown = _item_repr.repr(item)
+            shown = _shown(item)
             error_type = described.error_type if described is not None else qualified_name(type(error))
             attempt = attempts.count - 1 if attempts is not None else 0  # next_delay counted the coming attempt
             log.info(
@@ -261,7 +269,7 @@ class RetryScheduler:
             if attempts.throttled >= THROTTLES_MAX:
                 log.warning(
                     "Item %s (#%d) was throttled %d times in a row: the API keeps refusing that item, so it fails "
-                    "now with its last answer.", _item_repr.repr(item), ordinal, attempts.throttled,
+                    "now with its last answer.", _shown(item), ordinal, attempts.throttled,
                 )  # fmt: skip
                 self._final(ordinal, item, attempts, error, described, requeue, self._clock())
                 return

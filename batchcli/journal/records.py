@@ -26,11 +26,23 @@ def json_form(value: Any) -> Any:
         return safe_repr(value)  # Python's repr writes a cycle as {...}; too deep, it names the error
 
 
+_LONG_INT_BITS = 14_000
+"""Ints this long or longer may pass the interpreter's limit on int-to-text conversion (4300 digits), which
+raised ``ValueError`` in the recorder (every failed item's input stopped the run, and each resume of it)."""
+
+
+def long_int_text(value: int) -> str:
+    """Every digit of an int of any length, as text: ``str()`` refuses past 4300 digits, ``Decimal`` does not."""
+    return format(Decimal(value), "f")
+
+
 def _json_form(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # NaN and infinities are not JSON; every line of failed.jsonl must parse
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None or isinstance(value, (bool, float, str)):
         return value
+    if isinstance(value, int):
+        return value if value.bit_length() < _LONG_INT_BITS else long_int_text(value)
     if isinstance(value, (datetime, date, dtime)):
         return value.isoformat()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -154,7 +166,9 @@ def json_text(value: Any) -> str:
     if kind is str:
         return _text(value)
     if kind is int:
-        return int.__repr__(value)
+        if value.bit_length() < _LONG_INT_BITS:
+            return int.__repr__(value)
+        return _text(long_int_text(value))
     try:
         return _dumps(value)
     except RecursionError:  # nested deeper than the encoder goes: as json_form writes such a value

@@ -3,6 +3,9 @@
 - ``big_keys``: ``item_key`` is a 65-bit int (a 128-bit id, ``uuid.int``), past what SQLite's INTEGER holds.
 - ``cycles``: every third item is a dict that holds itself, and fails; item 4 returns a dict that holds itself.
 - ``deep``: item 2 is a list nested 1,500 deep, and fails; item 4 returns a list nested 1,200 deep.
+- ``long_ints``: items are ints of 5,001 digits (``10**5000 + n``), past what ``str()`` writes; each ends in its
+  id, whose first attempt fails with a ConnectionError when it is in ``flaky``; odd ones return themselves, even
+  ones a dict holding themselves.
 
 Every success is appended to ``ledger``; the items whose ids are in ``fail`` (comma-separated) fail too.
 """
@@ -12,6 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 from batchcli import Param, Service, Source, inject
+
+
+LONG = 10**5000
 
 
 def nested(depth: int) -> list[Any]:
@@ -38,6 +44,8 @@ class Odd(Source[Any]):
                 yield holding_itself(n)
             elif self.mode == "deep" and n == 2:
                 yield nested(1500)
+            elif self.mode == "long_ints":
+                yield LONG + n
             else:
                 yield {"id": n}
 
@@ -45,16 +53,31 @@ class Odd(Source[Any]):
         return self.count
 
     def item_key(self, item: Any) -> Any:
+        if isinstance(item, int):
+            return item - LONG
         return 2**64 + item["id"] if isinstance(item, dict) else 2**70
 
 
 @inject
 class Keep(Service[Any]):
-    def __init__(self, ledger: Param[str], returns: Param[str] = "plain", fail: Param[str] = "") -> None:
+    def __init__(
+        self, ledger: Param[str], returns: Param[str] = "plain", fail: Param[str] = "", flaky: Param[str] = ""
+    ) -> None:
         self.ledger, self.returns = ledger, returns
         self.fail = {int(n) for n in fail.split(",") if n}
+        self.flaky = {int(n) for n in flaky.split(",") if n}
 
     def process(self, item: Any) -> Any:
+        if isinstance(item, int):
+            n = item - LONG
+            if n in self.flaky:
+                self.flaky.discard(n)
+                raise ConnectionError(f"dropped while sending item {n}")
+            if n in self.fail:
+                raise ValueError("this item is refused")
+            with open(self.ledger, "a", encoding="utf-8") as out:
+                out.write(f"{n}\n")
+            return item if n % 2 else {"id": n, "value": item}
         if isinstance(item, list) or "self" in item or item["id"] in self.fail:
             raise ValueError("this item is refused")
         with open(self.ledger, "a", encoding="utf-8") as out:
