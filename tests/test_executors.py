@@ -600,3 +600,21 @@ def test_chunk_sizes_follow_the_size_of_results_and_a_fixed_size_otherwise() -> 
     assert fixed.size(4, 2, None) == 50_000
     fixed.observe(10, 0.01, 10 * (2 << 20))  # 2 MB a result
     assert fixed.size(4, 2, None) == CHUNK_KEPT_MAX // (2 << 20)
+
+
+def test_log_records_with_extras_that_cannot_travel_reach_the_log_and_the_run_goes_on(run_batchcli: Any, tmp_path: Path) -> None:
+    """A worker's record whose `extra=` value does not unpickle in the driver ended the thread reading that worker:
+    the run hung with items in flight (and resume did them twice); one that does not pickle lost its line, with a
+    "Logging error" on stderr. Such values travel as their repr now, a Secret masked."""
+    ledger = tmp_path / "ledger"
+    done = run_batchcli(
+        "exec", PROJECTS / "worker_logs" / "job.py", "-d", "out", "-p", f"ledger={ledger}", "-p", "count=200",
+        "-p", "executor=process", "-p", "workers=2", timeout=120,
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "Traceback" not in done.output and "Logging error" not in done.output, done.output
+    assert sorted(int(n) for n in ledger.read_text().split()) == list(range(200))  # each once
+    log = (done.run_dir / "batchcli.log").read_text()
+    for ending, says in ((5, "the API said no"), (7, "holding a lock"), (9, "with a token")):
+        assert sum(f"item {n}: {says}" in log for n in range(ending, 200, 10)) == 20, says
+    assert "tok-5c2e9a71" not in log

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from batchcli.load.wiring import Job, Wiring
-from batchcli.load.secret import mask_secrets
+from batchcli.load.secret import Secret, mask_secrets, masked
 from batchcli.executors.chunked import CHUNKS_PER_SLOT
 from batchcli.executors.messages import (
     Chunk,
@@ -185,6 +185,13 @@ class ProcessBackend:
                 message = worker.results.recv()
             except (EOFError, OSError):
                 break
+            except Exception as error:  # a message that does not unpickle here: which chunk it held is unknown
+                log.error(
+                    "A message from worker process %s could not be read (%s: %s); the worker is replaced, and the "
+                    "items it was running go again.", worker.process.pid, type(error).__name__, error,
+                )  # fmt: skip
+                worker.process.kill()  # its pipe ends: the next read is EOF, and its chunk comes back as lost
+                continue
             if message[0] == "log":
                 record: logging.LogRecord = message[1]
                 logging.getLogger(record.name).handle(record)
@@ -372,6 +379,30 @@ def _drain(tasks: Connection, inbox: queue.SimpleQueue[Any]) -> None:
             return
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
+class _PlainRecords(logging.handlers.QueueHandler):
+    """Sends each record formatted (``QueueHandler.prepare``) and with plain data only: an ``extra=`` value the
+    driver could not unpickle (an exception whose ``__init__`` takes other arguments) ended the thread that reads
+    the worker, and the run hung; one that could not be pickled lost its line, with a "Logging error" on stderr."""
+
+    def prepare(self, record: logging.LogRecord) -> Any:
+        record = super().prepare(record)
+        attributes = record.__dict__
+        for name, value in attributes.items():
+            if type(value) not in _PLAIN:  # an extra; a Secret (a str subclass) is masked
+                attributes[name] = masked(value) if isinstance(value, Secret) else _text_of(value)
+        return record
+
+
+def _text_of(value: object) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__qualname__} object>"
+
+
 class _PipeQueue:
     def __init__(self, send: Callable[[tuple[Any, ...]], None]) -> None:
         self._send = send
@@ -389,7 +420,7 @@ def _forward_logs(send: Callable[[tuple[Any, ...]], None], level: int) -> None:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     # QueueHandler formats each record first, so no unpicklable argument travels: a Secret is masked before.
-    handler = logging.handlers.QueueHandler(_PipeQueue(send))  # type: ignore[arg-type]
+    handler = _PlainRecords(_PipeQueue(send))  # type: ignore[arg-type]
     handler.addFilter(mask_secrets)
     root.addHandler(handler)
     root.setLevel(level)
