@@ -618,3 +618,22 @@ def test_log_records_with_extras_that_cannot_travel_reach_the_log_and_the_run_go
     for ending, says in ((5, "the API said no"), (7, "holding a lock"), (9, "with a token")):
         assert sum(f"item {n}: {says}" in log for n in range(ending, 200, 10)) == 20, says
     assert "tok-5c2e9a71" not in log
+
+
+def test_items_that_do_not_unpickle_in_a_worker_fail_alone_and_the_run_goes_on(run_batchcli: Any, tmp_path: Path) -> None:
+    """A chunk holding an item that pickles here but not in the worker crashed the run (exit 3), and every resume of
+    it. Its items now go again one by one: the item at fault fails with the reason, the others succeed, once each."""
+    ledger = tmp_path / "ledger"
+    ran = run_batchcli(
+        "exec", PROJECTS / "unreadable" / "job.py", "-d", "out", "-p", f"ledger={ledger}", "-p", "executor=process",
+        "-p", "workers=2", "-p", "breaker_window=0",
+    )  # fmt: skip
+    assert ran.exit_code == 1, ran.output
+    assert "Traceback" not in ran.output and "Crashed" not in ran.output, ran.output
+    assert "Finished: 297 succeeded, 3 failed of 300" in " ".join(ran.output.split())
+    failed = [json.loads(line) for line in (ran.run_dir / "failed.jsonl").read_text().splitlines()]
+    assert sorted(f["ordinal"] for f in failed) == [50, 150, 250]
+    assert all("could not be unpickled in the worker process" in f["error_message"] for f in failed), failed
+    assert all("missing 1 required positional argument: 'b'" in f["error_message"] for f in failed), failed
+    done = ledger.read_text().split()
+    assert sorted(map(int, done)) == [n for n in range(300) if n % 100 != 50]  # each once

@@ -22,6 +22,7 @@ from batchcli.executors.calls import USER_ERRORS, ours
 from batchcli.executors.messages import (
     Chunk,
     ChunkResult,
+    ChunkUnreadable,
     ErrorInfo,
     ItemError,
     WorkerError,
@@ -312,6 +313,9 @@ class ChunkedExecutor:
         except WorkerLost as lost:
             self._tally.in_flight -= len(entries)
             self._lost(entries, lost)
+        except ChunkUnreadable as error:
+            self._tally.in_flight -= len(entries)
+            self._unreadable(entries, error)
         except Exception as error:  # the chunk could not run at all: a worker could not set the job up
             self._tally.in_flight -= len(entries)
             if self._error is None:
@@ -369,6 +373,29 @@ class ChunkedExecutor:
         log.warning("%s while it ran %d item(s); each counts one attempt and is retried on its own.", lost, len(entries))
         for entry in entries:
             self._failed(entry, lost, alone=True)
+
+    def _unreadable(self, entries: list[_Entry], error: ChunkUnreadable) -> None:
+        """A worker could not unpickle the chunk: one item of it (or more) does not rebuild there. Each goes again
+        alone to find which; one that cannot be read alone fails, not retried (reading it again fails again), as
+        an item that cannot be pickled does. It stopped the run (exit 3), and every resume of it."""
+        if len(entries) > 1:
+            if not self.stopping:
+                log.warning(
+                    "A worker process could not unpickle a chunk of %d items (%s: %s); each goes again on its own, "
+                    "to find the item(s) at fault.", len(entries), error.info.error_type, error.info.message,
+                )  # fmt: skip
+                self._tally.retrying += len(entries)  # as requeued retries: until each is sent (_take)
+                self._suspects.extend(entries)
+                self._wake.set()
+            return
+        info = ErrorInfo(
+            error.info.error_type,
+            f"the item could not be unpickled in the worker process ({error.info.message}); make the Source yield "
+            "plain data (str, numbers, dataclasses, dicts), or a class that pickles back as it was, or use "
+            "executor=async",
+            error.info.traceback,
+        )
+        self._failed(entries[0], ItemFailed(ItemError(entries[0].ordinal, info, False)))
 
     def _failed(self, entry: _Entry, error: Exception, alone: bool = False) -> None:
         if isinstance(error, ItemFailed):

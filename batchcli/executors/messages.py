@@ -149,6 +149,11 @@ class WorkerError(Exception):
         return f"{self.what} in worker process {self.pid}:\n{detail}"
 
 
+class ChunkUnreadable(WorkerError):
+    """A worker could not unpickle a chunk's items (an item's class rebuilds differently there): the items are
+    at fault, not the run."""
+
+
 class WorkerLost(Exception):
     """The worker process running a chunk died (killed, out of memory, crashed)."""
 

@@ -29,6 +29,7 @@ from batchcli.load.wiring import Job
 from batchcli.executors.messages import (
     Chunk,
     ChunkResult,
+    ChunkUnreadable,
     ErrorInfo,
     ItemError,
     WorkerError,
@@ -91,7 +92,7 @@ class WorkerJob:
             # Unpickled only now: the items' classes live in the project this job just loaded.
             items: list[tuple[int, Any]] = pickle.loads(chunk.payload)
         except Exception as error:
-            raise WorkerError("Reading a chunk of items failed", ErrorInfo.of(error), self.pid) from None
+            raise ChunkUnreadable("Reading a chunk of items failed", ErrorInfo.of(error), self.pid) from None
         if time.monotonic() < self._hold_until:
             # The driver sent this chunk before it heard of the throttle: hand it back, it resends after the cool-down.
             return ChunkResult([], [], [o for o, _ in items], 0.0, self.pid)
