@@ -114,7 +114,7 @@ def error_text(error: BaseException) -> str:
     that had caught it, with its item in flight for good)."""
     try:
         return str(error)
-    except Exception as broken:
+    except BaseException as broken:  # a KeyboardInterrupt from __str__ too: it is this exception's, not a Ctrl-C
         return f"<str() of this {type(error).__qualname__} raised {type(broken).__qualname__}>"
 
 

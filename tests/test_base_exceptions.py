@@ -80,6 +80,8 @@ BROKEN = PROJECTS / "broken_errors" / "job.py"
         ("overflow", 0, None),  # a throttle whose Retry-After no clock can hold: a cool-down of our own, then success
         ("response", 1, ("ApiError", "the API answered 500")),
         ("str", 1, ("Unprintable", "<str() of this Unprintable raised UnicodeDecodeError>")),
+        # A KeyboardInterrupt out of __str__: it ended the async run (exit 130) and hung the process executor's.
+        ("str_interrupt", 1, ("Interrupting", "<str() of this Interrupting raised KeyboardInterrupt>")),
     ],
 )
 def test_an_exception_that_breaks_when_read_is_still_that_items_failure(

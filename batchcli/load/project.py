@@ -294,7 +294,7 @@ def format_item_traceback(error: BaseException) -> str:
         name = cls.__qualname__ if cls.__module__ in ("builtins", "__main__") else f"{cls.__module__}.{cls.__qualname__}"
         try:
             message = str(error)
-        except Exception:
+        except BaseException:  # a KeyboardInterrupt from __str__ too (see outcome.error_text)
             message = "<exception str() failed>"
         last = f"{name}: {message}" if message else name
     return (frames + last).rstrip()

@@ -3,6 +3,7 @@
 - ``overflow``: ``Throttled(retry_after=10**400)`` on its first attempt (an ``int()`` of a header gone wrong),
 - ``response``: an exception whose ``response`` property raises,
 - ``str``: an exception whose ``__str__`` raises;
+- ``str_interrupt``: an exception whose ``__str__`` raises ``KeyboardInterrupt`` (a BaseException);
 - ``refused``: ``Throttled(retry_after=0)`` at every attempt (an API that always answers 503 for that record).
 
 Every success is appended to ``ledger``."""
@@ -24,6 +25,11 @@ class ApiError(Exception):
 class Unprintable(Exception):
     def __str__(self) -> str:
         raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+
+class Interrupting(Exception):
+    def __str__(self) -> str:
+        raise KeyboardInterrupt
 
 
 @inject
@@ -55,6 +61,8 @@ class Call(Service[int]):
                 raise ApiError("the API answered 500")
             if self.how == "str":
                 raise Unprintable()
+            if self.how == "str_interrupt":
+                raise Interrupting()
             if self.how == "refused":
                 raise Throttled(retry_after=0)
         if self.ledger:
