@@ -15,11 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import subprocess_env
 
 import batchcli
 from batchcli.executors.asyncpool import SEAL_ROW_MAX, SEAL_SAMPLE
 from batchcli.journal.batches import batch_rows
+from batchcli.journal.results import UnreadableResult
 from batchcli.journal.rundir import read_run
 from batchcli.testing import run_job
 
@@ -304,6 +306,22 @@ def test_large_results_from_worker_processes_come_back_a_few_mb_at_a_time(tmp_pa
             assert r.value.x == n
         else:
             assert len(r.value) == 1024 * 1024 and r.value.startswith(f"{n}:x"), n
+
+
+def test_a_result_whose_pickle_does_not_load_is_named_by_read_results_and_exported_as_json(cli, tmp_path: Path) -> None:
+    """read_results raised the class's own TypeError at that row, naming neither the item nor the run; it says
+    which item, why, and its JSON form now, and `batchcli results` exports every row."""
+    ran = cli("exec", BATCHED, "-d", "out", "-p", "count=10", "-p", "half_pickled_at=4")
+    assert ran.exit_code == 0, ran.output
+    results = batchcli.read_results(ran.run_dir)
+    assert [next(results).ordinal for _ in range(4)] == [0, 1, 2, 3]
+    with pytest.raises(UnreadableResult) as caught:
+        next(results)
+    said = str(caught.value)
+    assert said.startswith(f"The result of item #4 in {ran.run_dir} does not unpickle (TypeError:"), said
+    assert "missing 1 required positional argument: 'b'" in said and "<batched.HalfPickled object at" in said
+    exported = cli("results", ran.run_dir)
+    assert exported.exit_code == 0 and [r["ordinal"] for r in jsonl(exported.output)] == list(range(10))
 
 
 def test_results_of_a_retry_run_hold_the_retried_items(cli, tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ def read_group_results(group_dir: Path) -> Iterator[Result]:
         warnings.warn(message, stacklevel=3)
     values = {index: Values(run_dir, journal_path(run_dir)) for index, run_dir in found.items()}
     return (
-        Result(ordinal, key, values[shard].of(text, blob), shard)
+        Result(ordinal, key, values[shard].of(text, blob, ordinal), shard)
         for ordinal, key, text, blob, shard in _group_rows(found, state.info.shards, keyed, pickled=True)
     )
 

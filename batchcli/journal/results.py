@@ -26,7 +26,7 @@ from batchcli.errors import UsageError
 from batchcli.journal.batches import batch_rows, dump, has_batches, merged, write_batch
 from batchcli.journal.records import json_form, json_text
 from batchcli.journal.rundir import check_safe, connect, damaged, journal_path
-from batchcli.outcome import writable
+from batchcli.outcome import clip, writable
 
 RESULTS_TABLE = """
 CREATE TABLE IF NOT EXISTS results (
@@ -84,6 +84,10 @@ _ids_json = _json_encoder((", ", ": "), allow_nan=True)
 
 class UnkeepableResult(Exception):
     """``process`` returned a value that is neither JSON-serialisable nor picklable: its item fails."""
+
+
+class UnreadableResult(Exception):
+    """A kept result's pickle does not load: ``read_results`` names the item and shows its JSON form."""
 
 
 def encode(value: Any) -> Encoded:
@@ -201,7 +205,9 @@ def read_results(run_dir: str | os.PathLike[str]) -> Iterator[Result]:
         return read_group_results(Path(run_dir))
     path = journal_path(Path(run_dir))  # a bad directory is an error now, not at the first item
     values = Values(Path(run_dir), path)
-    return (Result(ordinal, key, values.of(text, blob)) for ordinal, key, text, blob in rows(path, keyed_run(path)))
+    return (
+        Result(ordinal, key, values.of(text, blob, ordinal)) for ordinal, key, text, blob in rows(path, keyed_run(path))
+    )
 
 
 def is_group(path: Path) -> bool:
@@ -217,20 +223,31 @@ class Values:
         self.run_dir, self.path = run_dir, path
         self._checked = self._loaded = False
 
-    def of(self, text: str | bytes, blob: bytes | None) -> Any:
-        """The value stored as ``text`` (marshal or JSON) and ``blob`` (its pickle, or None)."""
+    def of(self, text: str | bytes, blob: bytes | None, ordinal: int = -1) -> Any:
+        """The value stored as ``text`` (marshal or JSON) and ``blob`` (its pickle, or None), of item ``ordinal``.
+
+        ``UnreadableResult`` when its pickle does not load even with the job's project imported."""
         if blob is not None and not self._checked:
             check_safe(self.run_dir)
             self._checked = True
         try:
-            return decode(text, blob)
-        except (ImportError, AttributeError):
-            if blob is None or self._loaded:
+            try:
+                return decode(text, blob)
+            except (ImportError, AttributeError):
+                if blob is None or self._loaded:
+                    raise
+                # Its class lives in the job's project, which this process has not imported: import it, as resume would.
+                _load_project(self.path)
+                self._loaded = True
+                return pickle.loads(blob)
+        except Exception as error:
+            if blob is None:
                 raise
-            # Its class lives in the job's project, which this process has not imported: import it, as resume would.
-            _load_project(self.path)
-            self._loaded = True
-            return pickle.loads(blob)
+            raise UnreadableResult(
+                f"The result of item #{ordinal} in {self.run_dir} does not unpickle ({type(error).__name__}: {error}): "
+                f"its class does not rebuild from its pickle (a __reduce__ that leaves out what __init__ needs, or a "
+                f"class changed since the run). Its JSON form, which `batchcli results` exports, is {clip(str(text), 200)}."
+            ) from error
 
 
 def _load_project(path: Path) -> None:

@@ -22,6 +22,16 @@ class Point:
     x: int
 
 
+class HalfPickled:
+    """Pickles, but does not unpickle: its ``__reduce__`` leaves out what ``__init__`` needs."""
+
+    def __init__(self, a: int, b: int) -> None:
+        self.a, self.b = a, b
+
+    def __reduce__(self) -> object:
+        return (HalfPickled, (self.a,))
+
+
 @inject
 class Numbers(Source[int]):
     """0 .. count-1."""
@@ -41,7 +51,7 @@ class Batched(Service[int]):
     """``reuse``: returns one dict, updated for each item; ``recent``: a new dict holding one list the job keeps
     changing (the last three items); ``gate``: items from ``gate_from`` on wait for that file;
     ``point_every``/``lock_every``: those items (not 0) return a Point / a lock, and so does ``lock_at``;
-    ``big_kb``: each returns a string of that many KiB (from ``big_from`` on); ``block_s``: each item holds the
+    ``half_pickled_at``: that item returns a value whose pickle does not load; ``big_kb``: each returns a string of that many KiB (from ``big_from`` on); ``block_s``: each item holds the
     event loop that long (``time.sleep`` in async code), and with ``blocking`` the gate is waited for that way too."""
 
     def __init__(
@@ -58,6 +68,7 @@ class Batched(Service[int]):
         big_from: Param[int] = 0,
         block_s: Param[float] = 0.0,
         blocking: Param[bool] = False,
+        half_pickled_at: Param[int] = -1,
     ) -> None:
         self.reuse, self.gate, self.gate_from = reuse, gate, gate_from
         self.point_every, self.lock_every, self.lock_at = point_every, lock_every, lock_at
@@ -66,6 +77,7 @@ class Batched(Service[int]):
         self.recent, self.last = recent, [-1, -1, -1]
         self.big_kb, self.big_from = big_kb, big_from
         self.block_s, self.blocking = block_s, blocking
+        self.half_pickled_at = half_pickled_at
 
     async def process(self, item: int) -> object:
         if self.log is not None:
@@ -79,6 +91,8 @@ class Batched(Service[int]):
                     await asyncio.sleep(0.02)
         elif self.block_s:
             time.sleep(self.block_s)
+        if item == self.half_pickled_at:
+            return HalfPickled(item, 2)
         if item == self.lock_at or (self.lock_every and item and item % self.lock_every == 0):
             return threading.Lock()
         if self.point_every and item and item % self.point_every == 0:
