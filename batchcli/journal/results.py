@@ -22,7 +22,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any
 
-from batchcli.errors import UsageError
+from batchcli.errors import BatchcliError, UsageError
 from batchcli.journal.batches import batch_rows, dump, has_batches, merged, write_batch
 from batchcli.journal.records import json_form, json_text
 from batchcli.journal.rundir import check_safe, connect, damaged, journal_path
@@ -240,6 +240,8 @@ class Values:
                 _load_project(self.path)
                 self._loaded = True
                 return pickle.loads(blob)
+        except BatchcliError:  # the project would not load (or the directory is not safe): said as it is
+            raise
         except Exception as error:
             if blob is None:
                 raise
