@@ -136,11 +136,12 @@ class FlakyApi:
 
     def down(self, seconds: float, refuse: bool = False) -> None:
         """Take the API down for ``seconds``: 503s, or refused connections when ``refuse``."""
-        with self._lock:
-            self._down_until = time.monotonic() + seconds
-        if refuse:
+        if refuse:  # refused only: a 503 answered while the listener closes would read as a throttle and cool down
             self.stop()
             threading.Timer(seconds, self.start).start()
+            return
+        with self._lock:
+            self._down_until = time.monotonic() + seconds
 
     def _answer(self, path: str, authorization: str) -> tuple[int, dict[str, str], dict[str, Any]]:
         now = time.monotonic()
