@@ -16,9 +16,9 @@ from typing import Any
 
 from rich.console import Console
 
-from batchcli.cli.ctl import accepted, answering, live_socket, owned_run
+from batchcli.cli.ctl import accepted, answering, live_connection, owned_run
 from batchcli.errors import UsageError
-from batchcli.run.control import connect, read_reply
+from batchcli.run.control import read_reply
 
 START_TIMEOUT_S = 90.0
 """The run pauses and starts a kernel (about a second); past this, something is wrong."""
@@ -38,9 +38,7 @@ def attach(run_dir: Path, console: Console) -> None:
     except ImportError:
         raise UsageError(MISSING) from None
     owned_run(run_dir, "attach to")
-    path = live_socket(run_dir)
-    with answering(run_dir):
-        conn = connect(path, START_TIMEOUT_S)
+    conn = live_connection(run_dir, START_TIMEOUT_S)
     with conn:
         with answering(run_dir):
             conn.sendall(json.dumps({"command": "attach"}).encode() + b"\n")

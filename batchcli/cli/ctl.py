@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,10 +13,12 @@ from rich.console import Console
 
 from batchcli.errors import RunNotLive, RunNotReady, UsageError
 from batchcli.journal.rundir import journal_path, read_run
-from batchcli.run.control import SOCKET_NAME, Request, send
+from batchcli.run.control import SOCKET_NAME, Request, connect, read_reply
 
 SOCKET_WAIT_S = 10.0
 """A run that has just started (or is loading its project on resume) opens its socket within this."""
+REPLY_WAIT_S = 600.0
+"""How long a command waits for the run's reply: ``retry-failed`` answers once the items it retries settle."""
 
 
 def owned_run(run_dir: Path, what: str) -> None:
@@ -33,9 +36,10 @@ def control(run_dir: Path, words: list[str], console: Console) -> None:
     """Carry out ``words`` (``pause``, ``set concurrency=4`` ...) on the live run in ``run_dir``."""
     request = Request.parse(words)  # a bad command is bad input, whatever the run's state
     owned_run(run_dir, "control")
-    path = live_socket(run_dir)
-    with answering(run_dir):
-        reply = send(path, request)
+    conn = live_connection(run_dir, REPLY_WAIT_S)
+    with conn, answering(run_dir):
+        conn.sendall(request.encode())
+        reply = read_reply(conn)
     accepted(reply, "the run refused the command")
     console.print(str(reply.get("message", "")), markup=False, highlight=False, soft_wrap=True)
     for name, value in (reply.get("stats") or {}).items():
@@ -60,16 +64,25 @@ def accepted(reply: dict[str, Any], refused: str) -> None:
         raise RunNotReady(refusal) if reply.get("not_now") else UsageError(refusal)
 
 
-def live_socket(run_dir: Path) -> Path:
-    """The control socket of the live run in ``run_dir`` (waiting a moment for a run that starts); RunNotLive if none runs."""
+def live_connection(run_dir: Path, timeout: float) -> socket.socket:
+    """A connection to the control socket of the live run in ``run_dir``; RunNotLive if none runs.
+
+    A run that starts, or a resume that loads its project, opens its socket within ``SOCKET_WAIT_S``: until then
+    the socket is missing, or is the file a killed session left, which refuses the connection (no request reached
+    anyone, so trying again is safe)."""
     path = run_dir / SOCKET_NAME
     deadline = time.monotonic() + SOCKET_WAIT_S
     while True:
         info = read_run(run_dir)
         if info.status != "running":
             raise RunNotLive(_not_live(run_dir, info.status))
-        if path.exists() or time.monotonic() > deadline:
-            return path
+        try:
+            return connect(path, timeout)
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.monotonic() > deadline:
+                raise RunNotLive(no_socket(run_dir)) from None
+        except OSError as error:
+            raise RunNotLive(f"Run {str(run_dir)!r} did not answer ({error}); it may be ending.") from None
         time.sleep(0.1)
 
 

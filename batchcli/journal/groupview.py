@@ -14,7 +14,7 @@ from rich.text import Text
 
 from batchcli.errors import BatchcliError
 from batchcli.journal.groups import GROUP_FILE, GroupInfo, read_group, shard_runs
-from batchcli.journal.history import STATUS_STYLES, Unreadable, _duration, _one_line, _when, find_runs
+from batchcli.journal.history import STATUS_STYLES, Unreadable, _duration, _one_line, _when, find_runs, modified_at
 from batchcli.journal.rundir import JOURNAL_NAME, RunInfo, query, read_run
 
 ORDER = ("running", "crashed", "stopped", "damaged", "never started", "missing", "finished")
@@ -120,13 +120,16 @@ def listing(output_dir: Path) -> list[object]:
     """``runs``: every run under ``output_dir`` and every group, newest first, each group's shards under it."""
     entries: list[tuple[float, list[object]]] = []
     for run in find_runs(output_dir):
-        started = run.started_at if isinstance(run, RunInfo) else run.run_dir.stat().st_mtime
+        started = run.started_at if isinstance(run, RunInfo) else run.modified
         entries.append((started, [run]))
     for marker in output_dir.glob(f"*/{GROUP_FILE}"):
         try:
             state = group_state(marker.parent)
         except BatchcliError as error:
-            entries.append((marker.stat().st_mtime, [Unreadable(marker.parent, str(error))]))
+            if not marker.exists():  # renamed or removed since the listing began
+                continue
+            modified = modified_at(marker)
+            entries.append((modified, [Unreadable(marker.parent, str(error), modified=modified)]))
             continue
         entries.append((state.started_at, _group_rows(state)))
     entries.sort(key=lambda entry: entry[0], reverse=True)

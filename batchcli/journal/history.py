@@ -46,6 +46,16 @@ class Unreadable:
     status: str = "damaged"
     """What ``runs`` shows: damaged, unreadable (this user may not read the journal), or never started (a process
     killed while making the run directory)."""
+    modified: float = 0.0
+    """When the directory last changed (``modified_at``), for the listing's order and its started column."""
+
+
+def modified_at(path: Path) -> float:
+    """``path``'s modification time; 0 when it is gone (renamed or removed while runs were listed)."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def find_runs(output_dir: Path) -> list[RunInfo | Unreadable]:
@@ -58,20 +68,22 @@ def find_runs(output_dir: Path) -> list[RunInfo | Unreadable]:
         )
     found: list[RunInfo | Unreadable] = []
     for journal in output_dir.glob(f"*/{JOURNAL_NAME}"):
+        run_dir = journal.parent
         try:
-            found.append(read_run(journal.parent))
-        except JournalUnreadable as error:
-            found.append(Unreadable(journal.parent, str(error), "unreadable"))
+            found.append(read_run(run_dir))
         except BatchcliError as error:
-            found.append(Unreadable(journal.parent, str(error)))
+            if not journal.exists():  # renamed or removed since the listing began: not a run here any more
+                continue
+            status = "unreadable" if isinstance(error, JournalUnreadable) else "damaged"
+            found.append(Unreadable(run_dir, str(error), status, modified_at(run_dir)))
     for draft in output_dir.glob(f"*/{JOURNAL_NAME}.new"):
         if never_started(draft.parent):
-            found.append(Unreadable(draft.parent, "the run never started", status="never started"))
+            found.append(Unreadable(draft.parent, "the run never started", "never started", modified_at(draft.parent)))
     return sorted(found, key=_started, reverse=True)
 
 
 def _started(run: RunInfo | Unreadable) -> float:
-    return run.started_at if isinstance(run, RunInfo) else run.run_dir.stat().st_mtime
+    return run.started_at if isinstance(run, RunInfo) else run.modified
 
 
 def runs_table(runs: list[Any], width: int = 200) -> Table:
@@ -111,7 +123,7 @@ def _table(runs: list[Any], lead: tuple[str, ...], trail: tuple[str, ...]) -> Ta
         # A group's rows (journal/groupview.py) carry their own label: the group, or a shard folded under it.
         cells = {"run": escape(getattr(run, "label", "") or run.run_dir.name), "started": "?", "job": "?", "configuration": "?"}
         if isinstance(run, Unreadable):
-            cells["started"] = _when(run.run_dir.stat().st_mtime)
+            cells["started"] = _when(run.modified) if run.modified else "?"
             middle: list[RenderableType] = [Text(run.status, STATUS_STYLES.get(run.status, "")), "", "", ""]
         else:
             retry = " (retry)" if run.parent else _trial_mark(run.run_dir)

@@ -424,6 +424,12 @@ def read_run(run_dir: Path) -> RunInfo:
     if status == "running":
         holder = _running(run_dir, pid, host)
         status, pid = ("crashed", pid) if holder is None else ("running", holder)
+    elif RunLock.is_held(run_dir):
+        # A resume holds the lock while it loads the project, before it adds its session: until then the newest
+        # row is the ended session's, and the run must not read as stopped (ctl was refused, a retry accepted).
+        holder = _running(run_dir, pid, host)
+        if holder is not None:
+            status, pid = "running", holder
     now = time.time()
     live = status == "running"
     ends = [s[4] or s[3] for s in sessions[:-1]] + [ended_at or (now if live else seen_at)]

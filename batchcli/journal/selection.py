@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from batchcli.errors import UsageError
+from batchcli.errors import JournalError, UsageError
 from batchcli.journal.rundir import JOURNAL_NAME, check_safe, connect, query, read_run
 from batchcli.journal.settled import Numbered, RangeSet, normal_key
 
@@ -219,6 +219,12 @@ def keys_done_in(runs: tuple[Path, ...], source_name: str, key_of: Callable[[Any
     keys: set[Any] = set()
     for run_dir in runs:
         info = read_run(run_dir)  # a damaged journal is a clear error here
+        if info.status == "running":  # what it has done so far is not what it will have done: items ran twice
+            raise JournalError(
+                f"--skip-done-in {str(run_dir)!r}: that run is still running (pid {info.pid}), so the items it will "
+                "have done are not known yet. Wait for it to end, or stop it first (Ctrl-C, or kill -INT PID), then "
+                "run this again."
+            )
         keyed = query(run_dir, "SELECT keyed FROM run")[0][0]
         if keyed:
             keys.update(key for (key,) in query(run_dir, "SELECT key FROM done_keys"))

@@ -11,6 +11,7 @@ session of the run holds the run directory's lock, so it may remove it and bind 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -221,6 +222,9 @@ class ControlChannel:
             return {"ok": False, "error": str(error), "not_now": True}
         except (KeyError, TypeError) as error:
             return {"ok": False, "error": f"Not a ctl request ({error!r})."}
+        except Exception as error:  # every request is answered: a client told nothing reads it as refused
+            log.warning("ctl: the command failed", exc_info=True)
+            return {"ok": False, "error": f"The command failed ({type(error).__name__}: {error}); see the run's batchcli.log.", "not_now": True}
 
     def _do(self, request: Request) -> dict[str, Any]:
         run, controller = self._run, self._controller
@@ -260,7 +264,13 @@ class ControlChannel:
             fields = {k: v for k, v in dataclasses.asdict(stats).items() if k != "line"}
             return {"message": stats.line, "stats": fields}
         if command == "retry-failed":
-            tried, again = controller.retry_failed_counted()
+            try:
+                tried, again = controller.retry_failed_counted()
+            except concurrent.futures.CancelledError:  # the loop ended under it: ctl stop, a signal
+                raise RuntimeError(
+                    "The run is stopping, which cut the retry short: the failed items it had not settled stay failed. "
+                    f"Reprocess them after the run with: batchcli retry {run.run_dir}"
+                ) from None
             return {
                 "message": f"{tried - len(again)} of {tried} failed item(s) succeeded now.",
                 "retried": tried,
@@ -310,16 +320,6 @@ def peer_uid(conn: socket.socket) -> int:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
     return int(uid)
-
-
-def send(path: Path, request: Request, timeout: float = 600.0) -> dict[str, Any]:
-    """Send ``request`` to the run listening on ``path`` and return its reply.
-
-    Raises ``ConnectionRefusedError`` when nothing listens there (a stale socket) and ``OSError`` otherwise.
-    """
-    with connect(path, timeout) as conn:  # retry-failed waits for the items it retries
-        conn.sendall(request.encode())
-        return read_reply(conn)
 
 
 def connect(path: Path, timeout: float) -> socket.socket:

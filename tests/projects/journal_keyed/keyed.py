@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 
 from batchcli import Param, Service, Source, inject
@@ -33,12 +34,15 @@ class Shuffled(Source[str]):
 
 @inject
 class Note(Service[str]):
-    """Appends each item to the log; fails ``item-7``."""
+    """Appends each item to the log, after ``delay_s``; fails ``item-7``."""
 
-    def __init__(self, log_dir: Param[Path]) -> None:
+    def __init__(self, log_dir: Param[Path], delay_s: Param[float] = 0.0) -> None:
         self.log = log_dir / f"{os.getpid()}.log"
+        self.delay_s = delay_s
 
     def process(self, item: str) -> None:
+        if self.delay_s:
+            time.sleep(self.delay_s)
         with open(self.log, "a") as out:
             out.write(f"{item}\n")
         if item == "item-7":

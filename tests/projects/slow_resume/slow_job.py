@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -31,7 +32,11 @@ class Numbers(Source[int]):
 
 @inject
 class Nothing(Service[int]):
-    """Succeeds at once."""
+    """Succeeds, after ``sleep_s``."""
+
+    def __init__(self, sleep_s: Param[float] = 0.0) -> None:
+        self.sleep_s = sleep_s
 
     async def process(self, item: int) -> None:
-        pass
+        if self.sleep_s:
+            await asyncio.sleep(self.sleep_s)

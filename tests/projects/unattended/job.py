@@ -24,12 +24,16 @@ class Numbers(Source[int]):
 
 @inject
 class Slow(Service[int]):
-    """Sleeps ``delay_s`` per item; items divisible by ``fail_every`` fail with a ConnectionError (0: none) until ``ledger``.fixed exists; logs to ``ledger``."""
+    """Sleeps ``delay_s`` per item; items divisible by ``fail_every`` fail with a ConnectionError (0: none) until ``ledger``.fixed exists,
+    and then take ``fixed_delay_s`` longer; logs to ``ledger``."""
 
-    def __init__(self, ledger: Param[str] = "ledger.txt", delay_s: Param[float] = 0.05, fail_every: Param[int] = 0) -> None:
+    def __init__(
+        self, ledger: Param[str] = "ledger.txt", delay_s: Param[float] = 0.05, fail_every: Param[int] = 0, fixed_delay_s: Param[float] = 0.0
+    ) -> None:
         self.ledger = Path(ledger)
         self.delay_s = delay_s
         self.fail_every = fail_every
+        self.fixed_delay_s = fixed_delay_s
         self.now = 0
         self.peak = 0
 
@@ -45,9 +49,11 @@ class Slow(Service[int]):
         self._write(f"start {item}")
         try:
             await asyncio.sleep(self.delay_s)
-            if self.fail_every and item % self.fail_every == 0 and not self.ledger.with_suffix(".fixed").exists():
-                self._write(f"fail {item}")
-                raise ConnectionError(f"item {item} is bad")
+            if self.fail_every and item % self.fail_every == 0:
+                if not self.ledger.with_suffix(".fixed").exists():
+                    self._write(f"fail {item}")
+                    raise ConnectionError(f"item {item} is bad")
+                await asyncio.sleep(self.fixed_delay_s)
             self._write(f"done {item}")
         finally:
             self.now -= 1

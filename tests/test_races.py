@@ -1,0 +1,186 @@
+"""Commands that meet on one run directory: a resume that is still loading, a stop during retry-failed, a run
+directory that moves while `runs` lists it, and --skip-done-in a run that is still going."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PROJECTS, subprocess_env
+from joblog import wait_for
+
+import batchcli.journal.history as history
+from batchcli.journal.rundir import RunLock, read_run
+
+SLOW = PROJECTS / "slow_resume" / "slow_job.py"
+UNATTENDED = PROJECTS / "unattended" / "job.py"
+KEYED = PROJECTS / "journal_keyed" / "keyed.py"
+
+
+def batchcli(*args: Any, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m batchcli ARGS`` as a process of its own, without a terminal, waited for."""
+    return subprocess.run(
+        [sys.executable, "-m", "batchcli", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=subprocess_env(**env),
+    )  # fmt: skip
+
+
+def start(*args: Any, stderr: Path, **env: str) -> subprocess.Popen[str]:
+    """``python -m batchcli ARGS`` in the background, without a terminal; stderr to a file."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchcli", *map(str, args)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr.open("w"), text=True, env=subprocess_env(**env),
+    )  # fmt: skip
+
+
+def one_run(out: Path) -> Path:
+    wait_for(lambda: any(out.glob("*/journal.sqlite")), "the run's journal")
+    return next(out.glob("*/journal.sqlite")).parent
+
+
+def settled(run_dir: Path) -> int:
+    info = read_run(run_dir)
+    return info.succeeded + info.failed
+
+
+def interrupted_run(tmp_path: Path, how: signal.Signals) -> Path:
+    """A run of the slow job stopped by ``how`` part way: SIGINT leaves it stopped, SIGKILL leaves it running on
+    paper with its control socket behind."""
+    out = tmp_path / "out"
+    run = start("exec", SLOW, "-d", out, "-p", "count=400", "-p", "sleep_s=0.02", stderr=tmp_path / "exec.txt")
+    try:
+        run_dir = one_run(out)
+        wait_for(lambda: (run_dir / "control.sock").exists() and settled(run_dir) > 0, "the run to settle items")
+        run.send_signal(how)
+        assert run.wait(timeout=60) == (130 if how == signal.SIGINT else -signal.SIGKILL)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    return run_dir
+
+
+def test_a_resume_that_loads_its_project_reads_as_running_and_takes_ctl_stop(tmp_path: Path) -> None:
+    """A resume holds the run's lock while it imports the project, before it adds its session: the newest session
+    row still said "stopped", so `runs` and `watch` called the run stopped, `ctl stop` was refused ("nothing to
+    control") and lost, and a `retry` was accepted (items then succeeded twice)."""
+    run_dir = interrupted_run(tmp_path, signal.SIGINT)
+    assert read_run(run_dir).status == "stopped"
+    resume = start("resume", run_dir, stderr=tmp_path / "resume.txt", SLOW_IMPORT_S="3")
+    try:
+        wait_for(lambda: RunLock.is_held(run_dir), "the resume to take the lock")
+        assert (info := read_run(run_dir)).status == "running" and info.pid == resume.pid
+        listed = batchcli("runs", "-d", run_dir.parent, COLUMNS="200")
+        assert listed.returncode == 0 and " running " in listed.stdout, listed.stdout + listed.stderr
+        stop = batchcli("ctl", run_dir, "stop")  # waits for the resume's socket
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        assert stop.stdout.startswith("Stopping:"), stop.stdout
+        assert resume.wait(timeout=60) == 130
+    finally:
+        if resume.poll() is None:
+            resume.kill()
+    assert read_run(run_dir).status == "stopped"
+    assert "Traceback" not in (tmp_path / "resume.txt").read_text()
+
+
+def test_ctl_waits_past_the_socket_a_killed_session_left(tmp_path: Path) -> None:
+    """After a kill -9 the dead session's control.sock stays: ctl on the resume that is loading took that file for
+    the live run's, was refused by it, and said the run "has no control socket" at once instead of waiting."""
+    run_dir = interrupted_run(tmp_path, signal.SIGKILL)
+    assert (run_dir / "control.sock").exists()  # the dead session's
+    resume = start("resume", run_dir, stderr=tmp_path / "resume.txt", SLOW_IMPORT_S="3")
+    try:
+        wait_for(lambda: RunLock.is_held(run_dir), "the resume to take the lock")
+        stats = batchcli("ctl", run_dir, "stats")
+        assert stats.returncode == 0, stats.stdout + stats.stderr
+        assert "succeeded: " in stats.stdout, stats.stdout
+        assert batchcli("ctl", run_dir, "stop").returncode == 0
+        assert resume.wait(timeout=60) == 130
+    finally:
+        if resume.poll() is None:
+            resume.kill()
+
+
+def test_a_retry_failed_cut_short_by_a_stop_gets_an_answer(tmp_path: Path) -> None:
+    """`ctl stop` while `ctl retry-failed` waits for the items it retries: the run's control thread died with a
+    CancelledError traceback on stderr, and the retry-failed client, told nothing, said "the run refused the
+    command" and exited 2 (bad input)."""
+    out, ledger = tmp_path / "out", tmp_path / "ledger.txt"
+    run = start(
+        "exec", UNATTENDED, "-d", out, "-p", f"ledger={ledger}", "-p", "count=2000", "-p", "delay_s=0.01", "-p", "fail_every=20",
+        "-p", "fixed_delay_s=30", "-p", "max_retries=0", "-p", "breaker_window=0", stderr=tmp_path / "exec.txt",
+    )  # fmt: skip
+    try:
+        run_dir = one_run(out)
+        wait_for(lambda: (run_dir / "control.sock").exists() and read_run(run_dir).failed >= 3, "a few failures")
+        assert batchcli("ctl", run_dir, "pause").returncode == 0
+        ledger.with_suffix(".fixed").touch()  # the retried items now take 30 s each
+        retrying = subprocess.Popen(
+            [sys.executable, "-m", "batchcli", "ctl", str(run_dir), "retry-failed"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+        )  # fmt: skip
+        wait_for(lambda: "start 0\n" in ledger.read_text().split("fail 0\n", 1)[-1], "the retry of item 0 to start")
+        assert batchcli("ctl", run_dir, "stop").returncode == 0
+        out_text, err_text = retrying.communicate(timeout=120)
+        assert run.wait(timeout=120) == 130
+    finally:
+        for proc in (run, locals().get("retrying")):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    said = " ".join(err_text.split())
+    assert retrying.returncode == 1, out_text + err_text
+    assert "The run is stopping, which cut the retry short" in said and f"batchcli retry {run_dir}" in said, said
+    assert "refused" not in said and "Traceback" not in said
+    assert "Traceback" not in (tmp_path / "exec.txt").read_text()
+    info = read_run(run_dir)
+    assert info.status == "stopped" and info.failed >= 3  # the retried items that did not settle stay failed
+
+
+def test_runs_passes_over_a_run_directory_that_moves_while_it_lists(cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run directory renamed or removed between `runs` finding its journal and reading it ended the listing with
+    a FileNotFoundError traceback (its modification time was read for the listing without a guard)."""
+    for count in (3, 4):
+        assert cli("exec", SLOW, "-d", "out", "-p", f"count={count}").exit_code == 0
+    moving, staying = sorted((tmp_path / "out").iterdir())
+    damaged = tmp_path / "out" / "2020-01-01T00-00-00_damaged"
+    damaged.mkdir()
+    (damaged / "journal.sqlite").write_bytes(b"not a journal")
+    real_read_run = history.read_run
+
+    def read_run_while_it_moves(run_dir: Path) -> Any:
+        if run_dir.name == moving.name:  # another process renames it just now
+            os.rename(moving, moving.with_name(moving.name + ".old"))
+        return real_read_run(run_dir)
+
+    monkeypatch.setattr(history, "read_run", read_run_while_it_moves)
+    monkeypatch.setenv("COLUMNS", "80")  # the layout that leads with the run directory's name
+    listed = cli("runs", "-d", "out")
+    assert listed.exit_code == 0, listed.output
+    rows = {line.split()[0]: line.split()[1] for line in listed.output.splitlines()[1:]}
+    # the one that moved is not listed; a journal that is there but unreadable still is, as before
+    assert rows == {staying.name: "finished", damaged.name: "damaged"}, listed.output
+
+
+def test_skip_done_in_a_run_that_is_still_running_is_refused(cli: Any, tmp_path: Path) -> None:
+    """--skip-done-in took what a live run had done so far and ran the rest, which that run then did too: every
+    item it had not reached yet succeeded twice."""
+    out = tmp_path / "first"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    run = start("exec", KEYED, "-d", out, "-p", "count=2000", "-p", "delay_s=0.02", "-p", f"log_dir={logs}", stderr=tmp_path / "first.txt")
+    try:
+        run_dir = one_run(out)
+        wait_for(lambda: (run_dir / "control.sock").exists() and settled(run_dir) > 0, "the first run to settle items")
+        second = cli("exec", KEYED, "-d", "out", "--skip-done-in", run_dir, "-p", "count=2000", "-p", f"log_dir={logs}")
+        said = " ".join(second.output.split())
+        assert second.exit_code == 2, second.output
+        assert f"--skip-done-in {str(run_dir)!r}: that run is still running (pid {run.pid})" in said, said
+        assert "Traceback" not in said
+        assert second.run_dir is None and not (tmp_path / "out").exists()
+    finally:
+        run.send_signal(signal.SIGINT)
+        run.wait(timeout=60)
