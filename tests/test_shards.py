@@ -320,3 +320,70 @@ def test_a_dry_run_of_a_shard_shows_its_share_and_makes_no_group(tmp_path: Path,
     assert "items 3 (len of the source)" in text
     assert not (tmp_path / "out").exists()
     assert ledger(logs) == Counter()  # nothing processed
+
+
+@pytest.mark.parametrize("job", [ORDINAL, KEYED, PROJECTS / "shards" / "async_job.py"], ids=["by-position", "keyed", "async"])
+def test_a_sampled_group_takes_the_items_one_sampled_run_takes(tmp_path: Path, cli: Any, job: Path) -> None:
+    """--sample decides by where an item stands in the whole source: each shard decided by its own ordinals, so every
+    shard took its 3rd, 7th ... items together, and a group's 10% sample was runs of N neighbouring items, not the
+    items one run with the same seed takes."""
+    whole, sharded = tmp_path / "whole", tmp_path / "sharded"
+    whole.mkdir(), sharded.mkdir()
+    sample = ("-p", "count=600", "--sample", "0.1", "--seed", "3")
+    assert cli("exec", job, "-p", f"log_dir={whole}", *sample, "-d", "out").exit_code == 0
+    totals = 0
+    for index in range(3):
+        run = cli("exec", job, "-p", f"log_dir={sharded}", *sample, "--shard", f"{index}/3", "-d", "out")
+        assert run.exit_code == 0, run.output
+        totals += int(run.output.split(" of ")[-1].split(".")[0])
+    taken = ledger(whole)
+    assert 30 < len(taken) < 90  # about a tenth
+    assert ledger(sharded) == taken
+    assert totals == len(taken)  # each shard's display counted its part of the sample up front
+
+
+def test_a_trial_shard_goes_on_as_it_was_started(tmp_path: Path, cli: Any) -> None:
+    """`exec --shard` of a stopped trial shard ran its whole share (its --limit dropped; an incremental shard redid
+    what it skipped), while runs still called it a trial; and a finished trial shard met by the full command said
+    "nothing to do" without a word of the trial."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    base = (ORDINAL, "-p", f"log_dir={logs}", "-p", "count=400", "-p", "sleep_s=0.05", "-p", "concurrency=1",
+            "--shard", "0/2", "--group", "t", "-d", tmp_path / "out")  # fmt: skip
+    trial = (*base, "--limit", "30")
+    first = start(tmp_path, "exec", *trial, name="first")
+    try:
+        wait_for(lambda: sum(ledger(logs).values()) >= 5, "a few items")
+        first.send_signal(2)  # SIGINT: stopped, resumable
+        assert first.wait(timeout=60) == 130
+    finally:
+        if first.poll() is None:
+            first.kill()
+    run_dir = tmp_path / "out" / "t" / "shard-0-of-2"
+    assert read_run(run_dir).status == "stopped"
+    whole = cli("exec", *base)  # no --limit
+    said = " ".join(whole.output.split())
+    assert whole.exit_code == 2, whole.output
+    assert "was started as a trial (the first 30 items), and this command runs it for its whole share" in said
+    assert f"batchcli resume {run_dir} (add --all" in said and "Traceback" not in said
+    again = cli("exec", *trial)  # the same command: continues the trial
+    assert again.exit_code == 0, again.output
+    assert sorted(ledger(logs).elements()) == list(range(0, 60, 2))  # the share's first 30 items, each once
+    finished = cli("exec", *trial)
+    said = " ".join(finished.output.split())
+    assert finished.exit_code == 0 and "finished already (30 succeeded, 0 failed)" in said
+    assert f"It was a trial (the first 30 items); carry it on with: batchcli resume {run_dir} --all" in said
+
+
+def test_a_group_named_as_a_run_directory_is_refused(tmp_path: Path, cli: Any) -> None:
+    """--group naming an existing run's directory wrote group.json into it: results and retry then saw a group and
+    no longer reached the run's own results and failures."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    run = cli("exec", ORDINAL, "-p", f"log_dir={logs}", "-p", "count=10", "-p", "fail_every=3", "-d", "out")
+    assert run.exit_code == 1 and run.run_dir is not None
+    refused = cli("exec", ORDINAL, "-p", f"log_dir={logs}", "-p", "count=10", "--shard", "0/2", "--group", run.run_dir.name, "-d", "out")
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2, refused.output
+    assert f"--group {run.run_dir.name!r}" in said and "is a run's directory, not a group's" in said
+    assert sorted(p.name for p in run.run_dir.iterdir()) == ["batchcli.log", "failed.jsonl", "journal.sqlite", "summary.json"]

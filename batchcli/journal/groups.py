@@ -38,7 +38,7 @@ from batchcli.journal.rundir import (
     read_run,
     unusable_output_dir,
 )
-from batchcli.journal.selection import Selection
+from batchcli.journal.selection import Selection, keys_done_in, read_selection
 from batchcli.journal.shards import Shard, ShardRequest, parse_shard, resolve_shard
 from batchcli.journal.writer import Journal
 
@@ -133,6 +133,11 @@ def join_group(
     N, job, configuration and params (``what_shards_share``), so that the shards split one source."""
     check_output_dir(output_dir)
     group_dir = output_dir / shard.group
+    if (group_dir / JOURNAL_NAME).exists() or (group_dir / f"{JOURNAL_NAME}.new").exists():
+        raise UsageError(
+            f"--group {shard.group!r}: {str(group_dir)!r} is a run's directory, not a group's; a group made there would "
+            "hide the run's results and failures. Give another --group."
+        )
     try:
         group_dir.mkdir(mode=0o700, exist_ok=True)
         if not (group_dir / GROUP_FILE).exists():
@@ -244,8 +249,20 @@ class ShardStart:
             fresh = fresh_continuation(job, self.selection, False, self.notices)
             return replace(fresh, shard=shard, run_dir=run_dir)
         earlier = read_run(run_dir)
+        recorded = read_selection(run_dir) or Selection()
+        if (self.selection or Selection()) != recorded:
+            # Continued with this command's selection, a trial shard ran its whole share (and an incremental one
+            # redid what it skipped), while the journal still called it a trial: it continues as it was started.
+            trial = " (add --all to carry the trial on to the whole share)" if recorded.is_trial else ""
+            raise UsageError(
+                f"Shard {shard} of group {group!r} was started {_taking(recorded)}, and this command runs it "
+                f"{_taking(self.selection or Selection())}: a shard's run goes on as it was started. Continue it with "
+                f"batchcli resume {run_dir}{trial}, or give another --group to start a new group."
+            )
         if earlier.status == "finished":
             retry = f" Reprocess its failed inputs with: batchcli retry {run_dir}" if earlier.failed else ""
+            if recorded.is_trial:
+                retry += f" It was a trial ({recorded.describe()}); carry it on with: batchcli resume {run_dir} --all"
             self.notices.append(
                 Notice(
                     f"Shard {shard} of group {group!r} finished already ({earlier.succeeded} succeeded, "
@@ -263,12 +280,23 @@ class ShardStart:
         self.notices.append(
             Notice(f"Shard {shard} of group {group!r} {earlier.status} earlier: continuing it in {run_dir}.", soft_wrap=True)
         )
-        return Continuation(journal=journal, shard=journal.shard or shard)
+        done: frozenset[Any] = frozenset()
+        if recorded.skip_done_in:
+            done = keys_done_in(recorded.skip_done_in, type(job.source).__qualname__, job.source.item_key)
+        selection = None if recorded.takes_all else recorded
+        return Continuation(journal=journal, shard=journal.shard or shard, selection=selection, done_elsewhere=done)
 
     def abandon(self) -> None:
         if self._journal is not None:
             self._journal.close()
             self._journal = None
+
+
+def _taking(selection: Selection) -> str:
+    """How a shard's command selects items, for a message: ``as a trial (the first 10 items)``."""
+    if selection.takes_all:
+        return "for its whole share"
+    return f"as a trial ({selection.describe()})" if selection.is_trial else f"as an incremental run ({selection.describe()})"
 
 
 class GroupRetry(Retry):

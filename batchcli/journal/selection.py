@@ -91,25 +91,38 @@ class Selection:
 
     # Applying it.
 
-    def total(self, length: int | None) -> int | None:
-        """How many items the run takes from a source of ``length`` items; None when unknown until the end."""
+    def total(self, length: int | None, position: Callable[[int], int] | None = None) -> int | None:
+        """How many items the run takes from a source of ``length`` items; None when unknown until the end.
+        ``position``: where each ordinal stands in the whole source, for a shard's share (``apply``)."""
         if length is None or self.skip_done_in:
             return None
         if self.fraction is not None:
             if length > EXACT_COUNT_MAX:
                 return None
             keep = _sampler(self.fraction, self.seed)
-            length = sum(1 for ordinal in range(length) if keep(ordinal))
+            at = position or (lambda ordinal: ordinal)
+            length = sum(1 for ordinal in range(length) if keep(at(ordinal)))
         return length if self.limit is None else min(length, self.limit)
 
     def apply(
-        self, items: Numbered, done: frozenset[Any], key_of: Callable[[Any], Any] | None, taken_before: int = 0
+        self,
+        items: Numbered,
+        done: frozenset[Any],
+        key_of: Callable[[Any], Any] | None,
+        taken_before: int = 0,
+        position: Callable[[int], int] | None = None,
     ) -> tuple[Numbered, Iterator[int]]:
         """``items`` (numbered by source ordinal) narrowed to this selection, and a counter that ends one past
         the number taken (as the driver's ``zip`` counter does, for the total at exhaustion). ``taken_before``
-        items of the limit were taken by earlier sessions, and ``items`` holds none of them."""
+        items of the limit were taken by earlier sessions, and ``items`` holds none of them. ``position`` maps a
+        shard's ordinals to where the items stand in the whole source: the sample decides by that, so the shards of
+        a group take together the items one run with the same seed would (by their ordinals, each shard took the
+        same few, and the group's sample was runs of neighbouring items)."""
         taken = itertools.count()
         keep = None if self.fraction is None else _sampler(self.fraction, self.seed)
+        if keep is not None and position is not None:
+            sample = keep
+            keep = lambda ordinal: sample(position(ordinal))  # noqa: E731
         skip = None
         if done and key_of is not None:
             skip = lambda item: normal_key(key_of(item)) in done  # noqa: E731

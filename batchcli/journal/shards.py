@@ -80,6 +80,15 @@ class _Share:
     def __init__(self, source: Any, shard: Shard, key_of: Callable[[Any], Any] | None = None) -> None:
         self.source, self.shard, self.key_of = source, shard, key_of
 
+    def position(self, ordinal: int) -> int:
+        """Where this share's item ``ordinal`` stands in the whole source (``--sample`` decides by that)."""
+        return self.shard.index + ordinal * self.shard.count
+
+
+def position_in_source(share: Any) -> Callable[[int], int] | None:
+    """``share.position`` for a shard's share (``Shard.share``); None for anything else (a source, a retry's inputs)."""
+    return share.position if isinstance(share, _Share) else None
+
 
 class _Strided(_Share):
     """Items ``index, index + count, ...`` of the source, by position."""
@@ -117,19 +126,31 @@ class _SizedAsyncStrided(_Sized, _AsyncStrided):
 class _Keyed(_Share):
     """The items whose key hashes to this shard; how many is known only once the source is exhausted."""
 
+    last_position = 0
+    """The source position of the item given last: the items are read one at a time, so it is the current one's."""
+
+    def position(self, ordinal: int) -> int:
+        return self.last_position
+
     def __iter__(self) -> Iterator[Any]:
         owns, key_of = self.shard.owns_key, self.key_of
         assert key_of is not None
-        return (item for item in self.source if owns(key_of(item)))
+        for position, item in enumerate(self.source):
+            if owns(key_of(item)):
+                self.last_position = position
+                yield item
 
 
-class _AsyncKeyed(_Share):
+class _AsyncKeyed(_Keyed):
     async def __aiter__(self) -> AsyncIterator[Any]:
         owns, key_of = self.shard.owns_key, self.key_of
         assert key_of is not None
+        position = 0
         async for item in self.source:
             if owns(key_of(item)):
+                self.last_position = position
                 yield item
+            position += 1
 
 
 @dataclass(frozen=True)

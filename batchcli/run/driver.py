@@ -25,6 +25,7 @@ from batchcli.journal.records import FailedFile
 from batchcli.journal.resumption import Continuation, defines_item_key
 from batchcli.journal.rundir import FLUSH_INTERVAL_S, JOURNAL_NAME
 from batchcli.journal.selection import Selection
+from batchcli.journal.shards import position_in_source
 from batchcli.journal.writer import Journal
 from batchcli.load.project import format_user_traceback
 from batchcli.load.secret import mask_texts, secret_texts
@@ -580,7 +581,7 @@ class Run:
             self._source_items = self._iterable()
             length = source_length(self._source_items)
             if self._selection is not None:
-                length = self._selection.total(length)
+                length = self._selection.total(length, position_in_source(self._source_items))
             if length is not None:  # else keep what an earlier session counted, if any
                 self.tally.total = length
             if self.stop_requested.is_set():
@@ -640,9 +641,10 @@ class Run:
             # of N items takes N in all, whatever the order.
             items = self.journal.skip_settled(items, self.tally, key_of)
             self._counted_settled = True
-            return selection.apply(items, self.continuation.done_elsewhere, key_of, taken_before=settled)
+            position = position_in_source(source)
+            return selection.apply(items, self.continuation.done_elsewhere, key_of, taken_before=settled, position=position)
         if selection is not None:  # only a trial or incremental run pays for the filter
-            items, seen = selection.apply(items, self.continuation.done_elsewhere, key_of)
+            items, seen = selection.apply(items, self.continuation.done_elsewhere, key_of, position=position_in_source(source))
         # A resumed run skips what its earlier sessions settled; a keyed source's keys are noted here.
         return self.journal.skip_settled(items, self.tally, key_of), seen
 

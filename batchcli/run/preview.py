@@ -21,6 +21,7 @@ from batchcli.errors import UserCodeError
 from batchcli.journal.records import json_form, json_text
 from batchcli.outcome import clip
 from batchcli.journal.resumption import defines_item_key
+from batchcli.journal.shards import position_in_source
 from batchcli.load.project import format_user_traceback
 from batchcli.load.configuration import RuntimeFieldUnset
 from batchcli.load.secret import Secret, unset
@@ -116,8 +117,9 @@ def _count(job: Job, continuation: Continuation) -> tuple[str, list[tuple[int, A
     selection = continuation.selection
     length = source_length(source)
     if selection is not None and not selection.takes_all:
-        exact = selection.total(length)
-        items, taken = selection.apply(_numbered(source), continuation.done_elsewhere, key_of)
+        position = position_in_source(source)
+        exact = selection.total(length, position)
+        items, taken = selection.apply(_numbered(source), continuation.done_elsewhere, key_of, position=position)
         if exact is not None:
             return f"{exact:,}", _first(items, SHOWN)
         seen = _first(items, COUNT_CAP + 1)
