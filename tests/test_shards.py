@@ -387,3 +387,22 @@ def test_a_group_named_as_a_run_directory_is_refused(tmp_path: Path, cli: Any) -
     assert refused.exit_code == 2, refused.output
     assert f"--group {run.run_dir.name!r}" in said and "is a run's directory, not a group's" in said
     assert sorted(p.name for p in run.run_dir.iterdir()) == ["batchcli.log", "failed.jsonl", "journal.sqlite", "summary.json"]
+
+
+def test_error_type_on_a_group_takes_a_type_any_shard_recorded(tmp_path: Path, cli: Any) -> None:
+    """`--error-type NAME` with a class name a failure was recorded with was checked against each shard alone: a
+    shard that never recorded it refused the whole command (show and retry --dry-run), while the real retry of the
+    same group took the failure."""
+    job = PROJECTS / "shards" / "custom_error.py"
+    for index in range(2):
+        assert cli("exec", job, "--shard", f"{index}/2", "--group", "g", "-d", "out").exit_code == 1
+    group = tmp_path / "out" / "g"
+    for command in (("show", group, "--failures"), ("retry", group, "--dry-run")):
+        listed = cli(*command, "--error-type", "Boom")
+        said = " ".join(listed.output.split())
+        assert listed.exit_code == 0, listed.output
+        assert "matching --error-type Boom: 1 of 2" in said and "custom_error.Boom: zero" in said, said
+    retried = cli("retry", group, "--error-type", "Boom")
+    assert retried.exit_code == 1 and "1 failed of 1" in " ".join(retried.output.split()), retried.output
+    none = cli("retry", group, "--error-type", "KeyError")  # a built-in no shard recorded: nothing matches
+    assert none.exit_code == 0 and f"List its failures with: batchcli show {group} --failures" in " ".join(none.output.split())

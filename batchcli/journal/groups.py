@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchcli.errors import JournalError, UsageError
-from batchcli.journal.matching import FailureFilter
+from batchcli.journal.matching import FailureFilter, group_types
 from batchcli.journal.resumption import (
     Continuation,
     Notice,
@@ -325,6 +325,8 @@ class GroupRetry(Retry):
             self.notices.append(Notice(f"Group {info.group!r} has no failed inputs; nothing to retry."))
             return None
         self.run_dir = self._failed[0]
+        if self.wanted.error_type is not None:
+            self.types = group_types(self._failed)
         return super().wiring()
 
     def carry_on(self, job: Job) -> Continuation | None:
@@ -332,13 +334,13 @@ class GroupRetry(Retry):
         items: list[Any] = []
         unsaved = 0
         for run_dir in self._failed:
-            found, left_out = failed_inputs(run_dir, self.wanted)
+            found, left_out = failed_inputs(run_dir, self.wanted, self.types)
             items += found
             unsaved += left_out
         if self.wanted.limit is not None:  # at most N over the whole group, shard by shard
             items = items[: self.wanted.limit]
         info = read_group(self.group_dir)
-        listing = f"batchcli show {self._failed[0]} --failures (one shard at a time)"
+        listing = f"batchcli show {self.group_dir} --failures"
         return self._continue(items, unsaved, f"group {info.group!r}", self.group_dir, "the shards' failed.jsonl", listing)
 
 

@@ -19,7 +19,7 @@ from batchcli.load.environment import variable
 from batchcli.errors import BatchcliError, JournalUnreadable, UsageError
 from batchcli.journal.shards import shard_of
 from batchcli.journal.live import recent_rate
-from batchcli.journal.matching import FailureFilter, FailureRow, matching_failures
+from batchcli.journal.matching import FailureFilter, FailureRow, group_types, matching_failures
 from batchcli.journal.selection import read_selection
 from batchcli.journal.rundir import FLUSH_INTERVAL_S, JOURNAL_NAME, RunInfo, never_started, query, read_run
 from batchcli.load.secret import Secret
@@ -225,11 +225,12 @@ def show_failures(run_dir: Path, wanted: FailureFilter, shown: int = 50) -> Rend
         runs = [read_run(run_dir)]
     found: list[tuple[RunInfo, list[FailureRow]]] = []
     matched = total = kept = 0
+    types = group_types([r.run_dir for r in runs]) if group and wanted.error_type else None
     for run in runs:
         left = None if wanted.limit is None else wanted.limit - matched
         this = wanted if left is None else replace(wanted, limit=max(left, 0))
         load = _project_loader(run) if wanted.error_type else None
-        rows, count, of = matching_failures(run.run_dir, this, load=load, keep=shown - kept)
+        rows, count, of = matching_failures(run.run_dir, this, load=load, keep=shown - kept, types=types)
         found.append((run, rows))
         matched, total, kept = matched + count, total + of, kept + len(rows)
     which = f" matching {wanted.describe()}" if wanted.active else ""

@@ -133,17 +133,31 @@ def recorded_types(run_dir: Path) -> list[str]:
     return [t for (t,) in query(run_dir, "SELECT error_type FROM failures GROUP BY 1 ORDER BY count(*) DESC, 1")]
 
 
+def group_types(run_dirs: list[Path]) -> set[str]:
+    """The recorded exception types of every run in ``run_dirs`` (a group's shards): ``--error-type`` takes a type
+    recorded by any of them (checked against one shard at a time, a type the others lacked was refused)."""
+    return {t for run_dir in run_dirs for t in recorded_types(run_dir)}
+
+
 def matching_failures(
-    run_dir: Path, wanted: FailureFilter, load: Callable[[], None] | None = None, keep: int | None = None
+    run_dir: Path,
+    wanted: FailureFilter,
+    load: Callable[[], None] | None = None,
+    keep: int | None = None,
+    types: set[str] | None = None,
 ) -> tuple[list[FailureRow], int, int]:
     """The failures of ``run_dir`` that ``wanted`` takes, in (session, ordinal) order (only the first ``keep``
-    when given), how many it takes, and how many there are in all.
+    when given), how many it takes, and how many there are in all. ``types``: the recorded types a name given to
+    ``--error-type`` must be among (``group_types``: a group's, over all its shards); this run's when None.
 
     The rows are read a batch at a time and only those kept are held: ``show --failures`` of a run with
     300,000 failures held all of them (220 MB) to print 50. ``load`` imports the run's project, called at
     most once when a recorded type's module is not imported yet (``show``); ``retry`` has loaded it already.
     """
-    is_type = None if wanted.error_type is None else TypeMatch(wanted.error_type, set(recorded_types(run_dir)), load)
+    if wanted.error_type is None:
+        is_type = None
+    else:
+        is_type = TypeMatch(wanted.error_type, set(recorded_types(run_dir)) if types is None else types, load)
     chosen: list[FailureRow] = []
     matched = total = 0
     for values in stream(run_dir, f"SELECT {FAILURE_COLUMNS} FROM failures ORDER BY session, ordinal"):

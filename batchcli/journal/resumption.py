@@ -161,6 +161,8 @@ class Retry:
         self.notices: list[Notice] = []
         self.stopped_outcome = "nothing ran and no run directory was made."
         """What a stop signal during loading leaves behind, for the message."""
+        self.types: set[str] | None = None
+        """The recorded types ``--error-type`` may name: a group's retry takes them from all its shards."""
 
     def wiring(self) -> tuple[Wiring, dict[str, str]] | None:
         """The run's wiring and secrets; None when it has no failed inputs (``notices`` says so)."""
@@ -176,7 +178,7 @@ class Retry:
             self.notices.append(Notice(f"Run {str(run_dir)!r} has no failed inputs; nothing to retry."))
             return None
         if self.wanted.error_type is not None:  # an unknown type is bad input: say so before loading anything
-            TypeMatch(self.wanted.error_type, set(recorded_types(run_dir)), load=None)
+            TypeMatch(self.wanted.error_type, set(recorded_types(run_dir)) if self.types is None else self.types, load=None)
         return _rewire(earlier, self.overrides, "retry")
 
     def carry_on(self, job: Job) -> Continuation | None:
@@ -215,15 +217,17 @@ class Retry:
         """Nothing is held."""
 
 
-def failed_inputs(run_dir: Path, wanted: FailureFilter = FailureFilter()) -> tuple[list[Any], int]:
+def failed_inputs(
+    run_dir: Path, wanted: FailureFilter = FailureFilter(), types: set[str] | None = None
+) -> tuple[list[Any], int]:
     """The finally failed inputs of ``run_dir`` that ``wanted`` takes, unpickled, and how many could not be saved.
 
     Load the project first: unpickling finds the inputs' classes in its modules (and ``--error-type`` the
-    recorded exception classes).
+    recorded exception classes). ``types`` as for ``matching_failures``.
     """
     path = check_safe(run_dir)
     if wanted.active:
-        order = {row.rowid: index for index, row in enumerate(matching_failures(run_dir, wanted)[0])}
+        order = {row.rowid: index for index, row in enumerate(matching_failures(run_dir, wanted, types=types)[0])}
         taken = [(rowid, blob) for rowid, blob in stream(run_dir, "SELECT rowid, item FROM failures") if rowid in order]
         rows = [(blob,) for _, blob in sorted(taken, key=lambda pair: order[pair[0]])]
     else:
