@@ -406,3 +406,18 @@ def test_error_type_on_a_group_takes_a_type_any_shard_recorded(tmp_path: Path, c
     assert retried.exit_code == 1 and "1 failed of 1" in " ".join(retried.output.split()), retried.output
     none = cli("retry", group, "--error-type", "KeyError")  # a built-in no shard recorded: nothing matches
     assert none.exit_code == 0 and f"List its failures with: batchcli show {group} --failures" in " ".join(none.output.split())
+
+
+def test_show_and_runs_say_a_group_of_trial_shards_is_a_trial(tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group whose shards ran --limit said "2 shards: 2 finished ... 6 of 6" with no word of the trial, in show
+    and in the group's line of runs, though each shard's own line said it."""
+    monkeypatch.setenv("COLUMNS", "200")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for index in range(2):
+        assert cli("exec", ORDINAL, "-p", f"log_dir={logs}", "-p", "count=20", "--limit", "3", "--shard", f"{index}/2",
+                   "--group", "t", "-d", "out").exit_code == 0  # fmt: skip
+    shown = " ".join(cli("show", tmp_path / "out" / "t").output.split())
+    assert "selection trial: the first 3 items, per shard" in shown, shown
+    listed = cli("runs", "-d", "out").output.splitlines()
+    assert "t (2/2 shards) (trial: the first 3 items, per shard)" in listed[1], listed

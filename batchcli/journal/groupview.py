@@ -14,7 +14,7 @@ from rich.text import Text
 
 from batchcli.errors import BatchcliError
 from batchcli.journal.groups import GROUP_FILE, GroupInfo, read_group, shard_runs
-from batchcli.journal.history import STATUS_STYLES, Unreadable, _duration, _one_line, _when, find_runs, modified_at
+from batchcli.journal.history import STATUS_STYLES, Unreadable, _duration, _one_line, _trial_mark, _when, find_runs, modified_at
 from batchcli.journal.rundir import JOURNAL_NAME, RunInfo, query, read_run
 
 ORDER = ("running", "crashed", "stopped", "damaged", "never started", "missing", "finished")
@@ -136,13 +136,21 @@ def listing(output_dir: Path) -> list[object]:
     return [row for _, rows in entries for row in rows]
 
 
+def _selections(state: GroupState) -> str:
+    """How the shards select items, when not all of them: ``trial: the first 10 items`` (each shard's own, for
+    a limit), every different one once; "" when every shard takes its whole share."""
+    marks = dict.fromkeys(_trial_mark(run.run_dir).strip(" ()") for run in state.runs.values())
+    return "; ".join(mark for mark in marks if mark)
+
+
 def _group_rows(state: GroupState) -> list[object]:
     info, runs = state.info, list(state.runs.values())
     settled = sum(r.succeeded + r.failed for r in runs)
     span = state.span_s
+    selected = _selections(state)
     head = GroupRow(
         run_dir=info.group_dir,
-        label=f"{info.group} ({len(runs)}/{info.shards} shards)",
+        label=f"{info.group} ({len(runs)}/{info.shards} shards)" + (f" ({selected}, per shard)" if selected else ""),
         job=f"{info.job} (group)",
         configuration=runs[0].configuration if runs else "?",
         status=state.status,
@@ -187,6 +195,9 @@ def show_group(group_dir: Path) -> RenderableType:
         summary.append(", " if n else "")
         summary.append(f"{count} {status}", STATUS_STYLES.get(status, "yellow" if status == "missing" else ""))
     grid.add_row("status", summary)
+    selected = _selections(state)
+    if selected:
+        grid.add_row("selection", escape(f"{selected}, per shard (carry a trial shard on to its whole share: batchcli resume SHARD_DIR --all)"))
     if runs:
         grid.add_row("started", _when(state.started_at))
     succeeded, failed = sum(r.succeeded for r in runs.values()), sum(r.failed for r in runs.values())
