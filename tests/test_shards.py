@@ -421,3 +421,24 @@ def test_show_and_runs_say_a_group_of_trial_shards_is_a_trial(tmp_path: Path, cl
     assert "selection trial: the first 3 items, per shard" in shown, shown
     listed = cli("runs", "-d", "out").output.splitlines()
     assert "t (2/2 shards) (trial: the first 3 items, per shard)" in listed[1], listed
+
+
+def test_skip_done_in_a_group_skips_what_its_shards_and_retries_did(tmp_path: Path, cli: Any) -> None:
+    """--skip-done-in GROUP was refused as "not a run directory: it has no journal.sqlite", though `runs` lists the
+    group as one line; it now takes every shard's run and the group's retries."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    for index in range(2):
+        cli("exec", KEYED, "-p", f"log_dir={first}", "-p", "count=20", "-p", "fail_every=7", "--shard", f"{index}/2",
+            "--group", "g", "-d", "out")  # fmt: skip
+    group = tmp_path / "out" / "g"
+    assert cli("retry", group, "-p", "fail_every=0").exit_code == 0  # 0, 7 and 14 succeed in the group's retry
+    grown = cli("exec", KEYED, "-p", f"log_dir={second}", "-p", "count=30", "--skip-done-in", group, "-d", "out")
+    assert grown.exit_code == 0, grown.output
+    assert "one of the 20 that succeeded in those 3 runs" in " ".join(grown.output.split())
+    assert sorted(ledger(second).elements()) == list(range(20, 30))
+    empty = tmp_path / "out" / "empty"
+    empty.mkdir()
+    (empty / "group.json").write_text((group / "group.json").read_text())
+    refused = cli("exec", KEYED, "-p", f"log_dir={second}", "--skip-done-in", empty, "-d", "out")
+    assert refused.exit_code == 2 and "is a group with no run yet" in " ".join(refused.output.split())

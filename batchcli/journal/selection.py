@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from batchcli.errors import JournalError, UsageError
-from batchcli.journal.rundir import JOURNAL_NAME, check_safe, connect, query, read_run
+from batchcli.journal.rundir import GROUP_FILE, JOURNAL_NAME, check_safe, connect, query, read_run
 from batchcli.journal.settled import Numbered, RangeSet, normal_key
 
 TABLE = "CREATE TABLE IF NOT EXISTS selection (id INTEGER PRIMARY KEY CHECK (id = 1), spec TEXT NOT NULL);"
@@ -209,8 +209,19 @@ def selection_from_options(limit: int | None, sample: float | None, seed: int | 
         raise UsageError(f"--seed {seed} only picks which --sample to take. Add --sample FRACTION, or leave --seed out.")
     if seed is not None and not -(2**63) <= seed < 2**63:  # the sampler takes 64 bits: seeds 2**64 apart picked alike
         raise UsageError(f"--seed {seed} is out of range. Give a whole number from -2**63 to 2**63 - 1, e.g. --seed 7.")
-    runs = tuple(check_run_dir(path, "--skip-done-in") for path in skip_done_in)
+    runs = tuple(run for path in skip_done_in for run in _runs_of(path))
     return Selection(limit=limit, fraction=sample, seed=seed or 0, skip_done_in=runs)
+
+
+def _runs_of(path: Path) -> list[Path]:
+    """``--skip-done-in PATH``: a run directory, or a group's: its shards' runs and its retries (``runs`` lists a group
+    as one line, and it was refused as "not a run directory")."""
+    if (path / GROUP_FILE).is_file():
+        runs = sorted(p.resolve() for p in path.iterdir() if (p / JOURNAL_NAME).is_file())
+        if not runs:
+            raise UsageError(f"--skip-done-in {str(path)!r} is a group with no run yet: none of its shards has started.")
+        return runs
+    return [check_run_dir(path, "--skip-done-in")]
 
 
 def check_run_dir(path: Path, option: str) -> Path:
