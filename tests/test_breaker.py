@@ -262,3 +262,48 @@ def test_trip_on_a_terminal_opens_the_pause_shell_with_the_reason(api: FlakyApi,
     assert summary["breaker"]["trips"] == 1 and summary["breaker"]["probes"] == 0
     assert sorted(api.served) == list(range(100)) and set(api.served.values()) == {1}
     assert journal_failures(run_dir) == 0
+
+
+def test_the_breaker_gives_back_the_users_concurrency_not_its_own(api: FlakyApi, tmp_path: Path) -> None:
+    """The breaker set the concurrency through the user's own setter: resumed by `ctl resume` after a failed probe,
+    the run stayed at the probe's 1 for good; and a `ctl set concurrency=2` made while it was open was grown back
+    over, to the 8 it had before the trip."""
+    out = tmp_path / "out"
+    cmd = args(api, out, concurrency=8, count=100_000, pause_s=0.01, breaker_cooldown_s=0.5, breaker_max_wait_s=600)
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
+
+    def ctl(*words: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "batchcli", "ctl", str(run_dir), *words], capture_output=True,
+                              text=True, timeout=60, env=subprocess_env())  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def logged(text: str, after: int = 0) -> bool:
+        return text in (run_dir / "batchcli.log").read_text()[after:]
+
+    def concurrency() -> int:
+        return int(ctl("stats").split("concurrency: ")[1].split()[0])
+
+    try:
+        wait_for(lambda: any(out.glob("*/control.sock")), "the run's control socket")
+        run_dir = next(out.glob("*/control.sock")).parent
+        wait_for(lambda: len(api.served) > 50, "some items served")
+        api.token = "expired"  # every request is answered 401 from now on
+        wait_for(lambda: logged("the probe failed"), "a failed probe")
+        api.token = "good"
+        ctl("resume")  # as leaving the pause shell: the breaker closes now
+        assert concurrency() == 8
+
+        mark = len((run_dir / "batchcli.log").read_text())
+        api.token = "expired"
+        wait_for(lambda: logged("the probe failed", mark), "a failed probe after the second trip")
+        ctl("set", "concurrency=2")
+        api.token = "good"
+        wait_for(lambda: logged("Circuit breaker: concurrency back up to 2 of 2.", mark), "the growth back to 2")
+        assert concurrency() == 2
+        assert not logged(" of 8.", mark)
+        ctl("stop")
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -184,3 +184,30 @@ def test_skip_done_in_a_run_that_is_still_running_is_refused(cli: Any, tmp_path:
     finally:
         run.send_signal(signal.SIGINT)
         run.wait(timeout=60)
+
+
+def test_a_lowered_concurrency_holds_for_workers_waiting_for_a_rate_slot(tmp_path: Path) -> None:
+    """`ctl set concurrency=1` under a rate limit: workers already waiting for their start slot started anyway, and
+    the items in flight went on rising to the old 20 (the same after a cool-down)."""
+    out, ledger = tmp_path / "out", tmp_path / "ledger.txt"
+    run = start(
+        "exec", UNATTENDED, "-d", out, "-p", f"ledger={ledger}", "-p", "count=200", "-p", "delay_s=4", "-p", "concurrency=20",
+        "-p", "rate_limit=5", stderr=tmp_path / "exec.txt",
+    )  # fmt: skip
+    try:
+        run_dir = one_run(out)
+
+        def in_flight() -> int:
+            stats = batchcli("ctl", run_dir, "stats").stdout
+            return int(stats.split("in_flight: ")[1].split()[0])
+
+        wait_for(lambda: (run_dir / "control.sock").exists() and in_flight() >= 4, "a few items in flight")
+        assert batchcli("ctl", run_dir, "set", "concurrency=1").returncode == 0
+        at_set = in_flight()
+        seen = [in_flight() for _ in range(8)]  # about 3 s of polls, while the first items are still in their 4 s
+        assert max(seen) <= at_set, (at_set, seen)
+        assert batchcli("ctl", run_dir, "stop").returncode == 0
+        run.wait(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()

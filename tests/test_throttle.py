@@ -283,3 +283,91 @@ def test_a_naive_datetime_is_local_time(monkeypatch: pytest.MonkeyPatch, zone: s
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+class Clocked:
+    """A real ``Cooldown`` over a real ``Limiter``, on a clock the test moves: items succeed at a rate, throttles come."""
+
+    def __init__(self, concurrency: int, rate_limit: float | None = None) -> None:
+        from batchcli.executors.limiter import Limiter, Limits
+        from batchcli.executors.throttling import Cooldown
+        from batchcli.load.configuration import Configuration
+        from batchcli.outcome import Tally
+
+        self.now = 1000.0
+        self.limiter = Limiter(Limits(concurrency, rate_limit))
+        self.tally = Tally()
+
+        def apply(limits: Limits) -> None:
+            self.limiter.set_concurrency(limits.concurrency)
+            self.limiter.set_rate_limit(limits.rate_limit)
+
+        self.cooldown = Cooldown(Configuration(), self.limiter, apply, self.tally, lambda: self.now)
+        self.cooldown.start()
+
+    def succeed(self, seconds: float, per_s: float) -> None:
+        for _ in range(int(seconds / 0.5)):
+            self.now += 0.5
+            self.tally.succeeded += int(per_s * 0.5)
+            self.cooldown.tick()
+
+    def throttle(self, retry_after_s: float = 0.5) -> None:
+        from batchcli.executors.throttling import Throttle
+
+        self.cooldown.throttled(Throttle(retry_after_s))
+        self.now += retry_after_s
+
+
+def test_a_rate_the_api_served_never_lifts_the_rate_above_a_lowered_ceiling() -> None:
+    """A rate served for a while keeps a floor under later cuts; after `ctl set rate_limit=10` the next throttles set
+    40-70/s from that floor, four to seven times the limit the user had just set."""
+    run = Clocked(20)
+    run.succeed(3, 100)
+    run.throttle()
+    run.succeed(3, 60)
+    run.throttle()
+    run.succeed(12, 50)  # long enough to count as served
+    run.throttle()
+    run.cooldown.set_rate_limit(10.0)
+    for _ in range(3):
+        run.succeed(3, 10)
+        run.throttle()
+        assert run.limiter.limits.rate_limit is not None and run.limiter.limits.rate_limit <= 10.0, run.limiter.limits
+
+
+def test_the_breakers_hold_leaves_the_ceiling_and_the_adaptive_limits_alone() -> None:
+    """The breaker held the concurrency through the user's setter: a throttle's cut it held became the ceiling for
+    good, and lifting it gave back its own value, not the run's."""
+    run = Clocked(10)
+    run.succeed(2, 100)
+    run.throttle()
+    cut = run.limiter.limits.concurrency
+    assert cut < 10
+    run.cooldown.hold_concurrency(1)  # a probe
+    assert run.limiter.limits.concurrency == 1 and run.cooldown.ceiling.concurrency == 10
+    run.cooldown.set_concurrency(4)  # `ctl set` while held: the new ceiling, and still held at 1
+    assert run.limiter.limits.concurrency == 1 and run.cooldown.ceiling.concurrency == 4
+    run.cooldown.hold_concurrency(None)
+    assert run.limiter.limits.concurrency == min(cut, 4)
+    run.cooldown.set_concurrency(10)
+    run.cooldown.hold_concurrency(2)
+    run.cooldown.hold_concurrency(None)
+    run.succeed(30, 100)  # no throttle since: back to the ceiling, not stuck at a value the breaker passed through
+    assert run.limiter.limits.concurrency == 10
+
+
+def test_the_clamped_wait_is_warned_of_once_per_cool_down(caplog: pytest.LogCaptureFixture) -> None:
+    """Every refused attempt of one cool-down warned "The API asked to wait ...; waiting throttle_max_wait_s=..." again
+    (20 lines for 20 items in flight), though the docs promise once per cool-down."""
+    run = Clocked(20)
+    run.cooldown.max_wait_s = 1.0
+    with caplog.at_level("WARNING", logger="batchcli"):
+        from batchcli.executors.throttling import Throttle
+
+        for _ in range(20):
+            run.cooldown.throttled(Throttle(10**9))
+            run.now += 0.01
+        run.now += 2  # the cool-down is over: the next one warns again
+        run.cooldown.throttled(Throttle(10**9))
+    warned = [r for r in caplog.records if "waiting throttle_max_wait_s=1s instead" in r.getMessage()]
+    assert len(warned) == 2

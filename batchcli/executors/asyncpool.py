@@ -358,7 +358,7 @@ class AsyncExecutor:
             self._update_slow()
             if self.stopping:
                 return True
-            if self.paused:  # paused while cooling down: wait again, then look at everything afresh
+            if self.paused or self._retiring:  # paused or lowered while cooling down: look at everything afresh
                 return await self._detour()
         if self._missing and (self._ready or not self._tally.exhausted):
             self._missing -= 1
@@ -375,7 +375,9 @@ class AsyncExecutor:
                         break
                     if self.stopping or self.paused:
                         break
-            if self.paused or self.stopping or self._cooling:  # began while this start waited its turn
+            # Began while this start waited its turn: a concurrency lowered meanwhile retires waiting workers too
+            # (`set concurrency=1` under a rate limit saw 8 more items start).
+            if self.paused or self.stopping or self._cooling or self._retiring:
                 return await self._detour()
         return False
 
@@ -537,6 +539,15 @@ class AsyncExecutor:
     def set_rate_limit(self, rate: float | None) -> None:
         """Change the most items started per second, None for no limit (the new ceiling for adaptive limits)."""
         self._cooldown.set_rate_limit(rate)
+
+    def hold_concurrency(self, concurrency: int | None) -> None:
+        """The circuit breaker's cap on the concurrency, None to lift it; the ceiling stays the user's."""
+        self._cooldown.hold_concurrency(concurrency)
+
+    @property
+    def effective_concurrency(self) -> int:
+        """The concurrency but for the circuit breaker's cap: what lifting it gives back."""
+        return self._cooldown.effective.concurrency
 
     def _apply_limits(self, limits: Limits) -> None:
         if limits.concurrency != self._limiter.concurrency:

@@ -71,6 +71,13 @@ class Executor(Protocol):
     def set_rate_limit(self, rate: float | None) -> None:
         """Change the most items started per second (None for no limit)."""
 
+    def hold_concurrency(self, concurrency: int | None) -> None:
+        """The circuit breaker's cap on the concurrency, below the user's ceiling; None lifts it."""
+
+    @property
+    def effective_concurrency(self) -> int:
+        """The concurrency but for the circuit breaker's cap (``hold_concurrency``)."""
+
     def items_in_flight(self) -> dict[int, Any]:
         """Ordinal -> item of every item being processed now (the pause shell's ``in_flight``)."""
 

@@ -473,6 +473,15 @@ class ChunkedExecutor:
         """Change the most items started per second (None for no limit); chunks sent from now on follow it."""
         self._cooldown.set_rate_limit(rate)
 
+    def hold_concurrency(self, concurrency: int | None) -> None:
+        """The circuit breaker's cap on the concurrency, None to lift it; the ceiling stays the user's."""
+        self._cooldown.hold_concurrency(concurrency)
+
+    @property
+    def effective_concurrency(self) -> int:
+        """The concurrency but for the circuit breaker's cap: what lifting it gives back."""
+        return self._cooldown.effective.concurrency
+
     def _apply_limits(self, limits: Limits) -> None:
         self._limiter.set_concurrency(limits.concurrency)
         if limits.rate_limit != self._limiter.limits.rate_limit:

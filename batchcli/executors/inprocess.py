@@ -109,6 +109,16 @@ class InProcessExecutor:
         assert self._pool is not None, "start() first"
         self._pool.set_rate_limit(rate)
 
+    def hold_concurrency(self, concurrency: int | None) -> None:
+        """The circuit breaker's cap on the concurrency, None to lift it; the ceiling stays the user's."""
+        assert self._pool is not None, "start() first"
+        self._pool.hold_concurrency(concurrency)
+
+    @property
+    def effective_concurrency(self) -> int:
+        """The concurrency but for the circuit breaker's cap."""
+        return self.limits.concurrency if self._pool is None else self._pool.effective_concurrency
+
     @property
     def limits(self) -> Limits:
         """The limits in force: the pool's, or the configuration's until ``setup()`` has made the pool."""

@@ -199,6 +199,12 @@ class Cooldown:
     ) -> None:
         self.ceiling = limiter.limits
         """The configured limits: the effective ones never exceed them."""
+        self.effective = limiter.limits
+        """The limits adaptive concurrency keeps (those in force but for the circuit breaker's ``hold_concurrency``)."""
+        self._held: int | None = None
+        """The circuit breaker's cap on the concurrency, None when it holds none."""
+        self._clamp_warned = False
+        """Whether this cool-down warned that a wait was clamped to ``throttle_max_wait_s``."""
         self.adaptive = config.adaptive
         self.max_wait_s = config.throttle_max_wait_s
         self._base_s = max(config.backoff_s, 0.1)
@@ -231,10 +237,12 @@ class Cooldown:
         first = now >= self.until
         if first:  # one doubling per cool-down: a wave of refusals answering the same burst is one throttle
             self._streak += 1
+            self._clamp_warned = False
         asked = throttle.retry_after_s
         wait = self._base_s * 2 ** min(self._streak - 1, 30) if asked is None else asked
         if wait > self.max_wait_s:
-            if first or now + self.max_wait_s > self.until:  # once per cool-down, not per refused attempt
+            if not self._clamp_warned:  # once per cool-down, not per refused attempt
+                self._clamp_warned = True
                 log.warning(
                     "%s; waiting throttle_max_wait_s=%gs instead.",
                     f"The API asked to wait {_wait_text(wait)}" if asked is not None else f"The cool-down would be {_wait_text(wait)}",
@@ -242,7 +250,7 @@ class Cooldown:
                 )
             wait = self.max_wait_s
         if first and self.adaptive:  # at most one cut per cool-down, measured over the time since the last one
-            in_force = self._limiter.limits.rate_limit
+            in_force = self.effective.rate_limit
             self._wave, self._wave_rate, self._wave_counted = (now, self._tally.succeeded, in_force), None, False
             self._cut(self._rates.learn(now - self.until, self._tally.succeeded, in_force))
         elif self.adaptive:
@@ -283,22 +291,37 @@ class Cooldown:
             rate = min(rate, self.ceiling.rate_limit)
         self._wave_rate = rate
         self._rates.measured(rate, self._tally.succeeded)
-        old = self._limiter.limits
-        self._apply(Limits(old.concurrency, rate))
+        self._apply(Limits(self.effective.concurrency, rate))
 
     def _cut(self, rate: float | None) -> None:
-        old = self._limiter.limits
+        old = self.effective
         new = Limits(max(1, int(old.concurrency * DECREASE)), rate)
         if new != old:
             log.info("Throttled: effective %s (configured %s).", _describe(new), _describe(self.ceiling))
             self._apply(new)
 
     def _apply(self, limits: Limits) -> None:
+        # Never above the ceiling, whatever a learnt rate says (a rate the API served before the user lowered the
+        # rate limit kept a floor under later cuts, and the run went at 40-70/s after `set rate_limit=10`).
+        ceiling = self.ceiling
+        rate = limits.rate_limit if ceiling.rate_limit is None else min(limits.rate_limit or ceiling.rate_limit, ceiling.rate_limit)
+        self.effective = limits = Limits(min(limits.concurrency, ceiling.concurrency), rate)
+        if self._held is not None:
+            limits = Limits(min(limits.concurrency, self._held), limits.rate_limit)
         self._apply_limits(limits)
         self._tally.limits = (limits.concurrency, limits.rate_limit)
         if self._tally.throttles:
             self._tally.limit_changes.append((time.time(), limits.concurrency, limits.rate_limit, self._tally.throttles))
         self._tally.ceiling = (self.ceiling.concurrency, self.ceiling.rate_limit)
+
+    def hold_concurrency(self, concurrency: int | None) -> None:
+        """The circuit breaker's cap on the concurrency (1 while it probes, then doubling back), None to lift it.
+
+        Unlike ``set_concurrency`` it leaves the ceiling (the user's) and the adaptive limits as they are: the breaker
+        once set them through the user's setter, and a `ctl set concurrency=2` made while it was open was grown back
+        over to 8, a throttle's cut became the ceiling for good, and a run resumed during a probe stayed at 1."""
+        self._held = concurrency
+        self._apply(self.effective)
 
     def set_concurrency(self, concurrency: int) -> None:
         """The user's concurrency (the pause shell, ``ctl``), checked: the new ceiling, in force now."""
@@ -309,7 +332,8 @@ class Cooldown:
         self._set_ceiling(Limits(self.ceiling.concurrency, checked_rate_limit(rate)))
 
     def _set_ceiling(self, limits: Limits) -> None:
-        self._apply_limits(limits)  # first: a bad value raises here and changes nothing
+        held = limits if self._held is None else Limits(min(limits.concurrency, self._held), limits.rate_limit)
+        self._apply_limits(held)  # first: a bad value raises here and changes nothing
         self.ceiling = limits
         self._apply(limits)
 
@@ -331,11 +355,11 @@ class Cooldown:
         if self._wave_rate is not None:
             log.info(
                 "The API served %.1f/s while it throttled: effective %s (configured %s).",
-                self._wave_rate / RATE_MARGIN, _describe(self._limiter.limits), _describe(self.ceiling),
+                self._wave_rate / RATE_MARGIN, _describe(self.effective), _describe(self.ceiling),
             )
             self._wave_rate = None
         self._streak = 0
-        old, ceiling = self._limiter.limits, self.ceiling
+        old, ceiling = self.effective, self.ceiling
         if not self.adaptive or old == ceiling:
             return
         concurrency = min(ceiling.concurrency, old.concurrency + max(1, ceiling.concurrency // 20))

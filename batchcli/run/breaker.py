@@ -40,7 +40,7 @@ class BreakerHost(Protocol):
 
     @property
     def executor(self) -> Any:
-        """The running executor (``limits``, ``set_concurrency``), or None before it starts."""
+        """The running executor (``hold_concurrency``, ``effective_concurrency``), or None before it starts."""
 
     def breaker_changed(self) -> None:
         """The breaker opened or closed: pause or resume the executor (loop thread)."""
@@ -105,8 +105,8 @@ class Breaker:
         """When this outage's first trip happened (monotonic); None while closed."""
         self._episode_open_since: float | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._target = 0
-        """The concurrency to grow back to after a probe closed the breaker."""
+        self._held = 0
+        """The cap the breaker holds the concurrency at (``hold_concurrency``) since a probe; 0 for none."""
         self._mark = 0
         self._ended = False
 
@@ -153,11 +153,8 @@ class Breaker:
         recent, self._recent = self._recent, deque()
         for _, failure, hold in recent:
             self._take_back(failure, hold)
-        executor = self._host.executor
         if self._opened_at is None:
             self._opened_at = self._clock()
-            if self._target == 0 and executor is not None:
-                self._target = executor.limits.concurrency
         self._cancel_timer()
         self._open()
         log.warning(
@@ -209,7 +206,7 @@ class Breaker:
         self._set_state("probing")
         self._mark = self._tally.succeeded
         log.info("Circuit breaker: letting one item through (probe %d).", self.counts.probes)
-        executor.set_concurrency(1)
+        self._hold(executor, 1)
         self._releases_now()  # the held items are the first ones to try
         self._host.breaker_changed()
         self._timer = self._loop.call_later(POLL_S, self._check_probe)
@@ -226,7 +223,9 @@ class Breaker:
     def close_by_user(self) -> None:
         """The user resumed the run from the pause shell: close, and process the held items again."""
         if self.state != "closed":
-            self._target = 0  # the user set the concurrency they want in the shell
+            executor = self._host.executor
+            if executor is not None:  # the run goes on at its own concurrency, not at a probe's 1
+                self._hold(executor, 0)
             self._close("resumed from the pause shell")
 
     def _close(self, why: str) -> None:
@@ -240,11 +239,9 @@ class Breaker:
         count = self._releases_now()
         log.warning("Circuit breaker closed (%s): %d held item(s) go back to be processed.", why, count)
         self._host.breaker_changed()
-        if self._target > 1:
+        if self._held:
             self._mark = self._tally.succeeded
             self._timer = self._loop.call_later(POLL_S, self._grow)
-        else:
-            self._target = 0
 
     def _grow(self) -> None:
         """Double the concurrency after each round of as many successes, back up to what it was."""
@@ -252,19 +249,23 @@ class Breaker:
         executor = self._host.executor
         if executor is None or self.state != "closed" or self._ended:
             return
-        current = executor.limits.concurrency
-        if current >= self._target:
-            self._target = 0
+        current, target = self._held, executor.effective_concurrency  # the target follows `ctl set` and throttles
+        if not current or current >= target:
+            self._hold(executor, 0)
             return
         if self._tally.succeeded - self._mark >= current:
-            new = min(current * 2, self._target)
-            executor.set_concurrency(new)
+            new = min(current * 2, target)
+            self._hold(executor, 0 if new >= target else new)
             self._mark = self._tally.succeeded
-            log.info("Circuit breaker: concurrency back up to %d of %d.", new, self._target)
-            if new >= self._target:
-                self._target = 0
+            log.info("Circuit breaker: concurrency back up to %d of %d.", new, target)
+            if new >= target:
                 return
         self._timer = self._loop.call_later(POLL_S, self._grow)
+
+    def _hold(self, executor: Any, concurrency: int) -> None:
+        """Cap the run's concurrency at ``concurrency`` (0: lift the cap), leaving the user's limits as they are."""
+        self._held = concurrency
+        executor.hold_concurrency(concurrency or None)
 
     def _set_state(self, state: str) -> None:
         self.state = self._tally.breaker_state = state
