@@ -114,6 +114,7 @@ def test_a_retry_failed_cut_short_by_a_stop_gets_an_answer(tmp_path: Path) -> No
         "exec", UNATTENDED, "-d", out, "-p", f"ledger={ledger}", "-p", "count=2000", "-p", "delay_s=0.01", "-p", "fail_every=20",
         "-p", "fixed_delay_s=30", "-p", "max_retries=0", "-p", "breaker_window=0", stderr=tmp_path / "exec.txt",
     )  # fmt: skip
+    retrying: subprocess.Popen[str] | None = None
     try:
         run_dir = one_run(out)
         wait_for(lambda: (run_dir / "control.sock").exists() and read_run(run_dir).failed >= 3, "a few failures")
@@ -128,11 +129,11 @@ def test_a_retry_failed_cut_short_by_a_stop_gets_an_answer(tmp_path: Path) -> No
         out_text, err_text = retrying.communicate(timeout=120)
         assert run.wait(timeout=120) == 130
     finally:
-        for proc in (run, locals().get("retrying")):
+        for proc in (run, retrying):
             if proc is not None and proc.poll() is None:
                 proc.kill()
     said = " ".join(err_text.split())
-    assert retrying.returncode == 1, out_text + err_text
+    assert retrying is not None and retrying.returncode == 1, out_text + err_text
     assert "The run is stopping, which cut the retry short" in said and f"batchcli retry {run_dir}" in said, said
     assert "refused" not in said and "Traceback" not in said
     assert "Traceback" not in (tmp_path / "exec.txt").read_text()
