@@ -212,3 +212,25 @@ def test_a_lowered_concurrency_holds_for_workers_waiting_for_a_rate_slot(tmp_pat
     finally:
         if run.poll() is None:
             run.kill()
+
+
+def test_ctl_on_a_resume_still_loading_past_its_wait_says_it_is_starting(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A project slower to import than ctl waits for (torch takes longer than 10 s): ctl said the run "has no control
+    socket: it was started by a batchcli without ctl", and to kill it."""
+    import batchcli.cli.ctl
+
+    run_dir = interrupted_run(tmp_path, signal.SIGINT)
+    resume = start("resume", run_dir, stderr=tmp_path / "resume.txt", SLOW_IMPORT_S="60")
+    try:
+        wait_for(lambda: RunLock.is_held(run_dir), "the resume to take the lock")
+        monkeypatch.setattr(batchcli.cli.ctl, "SOCKET_WAIT_S", 0.5)
+        result = cli("ctl", run_dir, "stats")
+        said = " ".join(result.output.split())
+        assert result.exit_code == 1, result.output
+        assert f"is starting: process {resume.pid} is still loading its project" in said, said
+        assert "kill" not in said and "Traceback" not in said
+    finally:
+        resume.kill()
+        resume.wait()

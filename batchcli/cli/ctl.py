@@ -91,6 +91,11 @@ def no_socket(run_dir: Path) -> str:
     info = read_run(run_dir)
     if info.status != "running":
         return _not_live(run_dir, info.status)
+    if info.starting:  # a project that takes longer than SOCKET_WAIT_S to import (torch, say)
+        return (
+            f"Run {str(run_dir)!r} is starting: process {info.pid} is still loading its project, and opens the control "
+            "socket once it has. Try again in a moment (batchcli watch shows when it runs)."
+        )
     return (
         f"Run {str(run_dir)!r} is running (pid {info.pid}) but has no control socket: it was started by a "
         "batchcli without `ctl`, or cannot make the socket (see its batchcli.log). Stop it with kill -INT "
