@@ -48,11 +48,9 @@ def control(run_dir: Path, words: list[str], console: Console) -> None:
 
 @contextmanager
 def answering(run_dir: Path) -> Iterator[None]:
-    """Talking to the run in ``run_dir``: no socket, a refused connection or no answer is RunNotLive, with why."""
+    """Talking to the run in ``run_dir`` once connected (``live_connection``): no answer is RunNotLive, with why."""
     try:
         yield
-    except (FileNotFoundError, ConnectionRefusedError):
-        raise RunNotLive(no_socket(run_dir)) from None
     except (OSError, ValueError) as error:
         raise RunNotLive(f"Run {str(run_dir)!r} did not answer ({error}); it may be ending.") from None
 

@@ -306,8 +306,7 @@ class Cooldown:
         ceiling = self.ceiling
         rate = limits.rate_limit if ceiling.rate_limit is None else min(limits.rate_limit or ceiling.rate_limit, ceiling.rate_limit)
         self.effective = limits = Limits(min(limits.concurrency, ceiling.concurrency), rate)
-        if self._held is not None:
-            limits = Limits(min(limits.concurrency, self._held), limits.rate_limit)
+        limits = self._held_down(limits)
         self._apply_limits(limits)
         self._tally.limits = (limits.concurrency, limits.rate_limit)
         if self._tally.throttles:
@@ -323,6 +322,10 @@ class Cooldown:
         self._held = concurrency
         self._apply(self.effective)
 
+    def _held_down(self, limits: Limits) -> Limits:
+        """``limits`` under the circuit breaker's cap, when it holds one."""
+        return limits if self._held is None else Limits(min(limits.concurrency, self._held), limits.rate_limit)
+
     def set_concurrency(self, concurrency: int) -> None:
         """The user's concurrency (the pause shell, ``ctl``), checked: the new ceiling, in force now."""
         self._set_ceiling(Limits(checked_concurrency(concurrency), self.ceiling.rate_limit))
@@ -332,8 +335,7 @@ class Cooldown:
         self._set_ceiling(Limits(self.ceiling.concurrency, checked_rate_limit(rate)))
 
     def _set_ceiling(self, limits: Limits) -> None:
-        held = limits if self._held is None else Limits(min(limits.concurrency, self._held), limits.rate_limit)
-        self._apply_limits(held)  # first: a bad value raises here and changes nothing
+        self._apply_limits(self._held_down(limits))  # first: a bad value raises here and changes nothing
         self.ceiling = limits
         self._apply(limits)
 

@@ -28,6 +28,7 @@ from batchcli.journal.resumption import (
     defines_item_key,
     failed_inputs,
     fresh_continuation,
+    keys_skipped,
 )
 from batchcli.journal.rundir import (
     GROUP_FILE,
@@ -38,7 +39,7 @@ from batchcli.journal.rundir import (
     read_run,
     unusable_output_dir,
 )
-from batchcli.journal.selection import Selection, keys_done_in, read_selection
+from batchcli.journal.selection import Selection, read_selection
 from batchcli.journal.shards import Shard, ShardRequest, parse_shard, resolve_shard
 from batchcli.journal.writer import Journal
 
@@ -280,10 +281,8 @@ class ShardStart:
         self.notices.append(
             Notice(f"Shard {shard} of group {group!r} {earlier.status} earlier: continuing it in {run_dir}.", soft_wrap=True)
         )
-        done: frozenset[Any] = frozenset()
-        if recorded.skip_done_in:
-            done = keys_done_in(recorded.skip_done_in, type(job.source).__qualname__, job.source.item_key)
         selection = None if recorded.takes_all else recorded
+        done = keys_skipped(selection, job)
         return Continuation(journal=journal, shard=journal.shard or shard, selection=selection, done_elsewhere=done)
 
     def abandon(self) -> None:

@@ -14,7 +14,16 @@ from rich.text import Text
 
 from batchcli.errors import BatchcliError
 from batchcli.journal.groups import GROUP_FILE, GroupInfo, read_group, shard_runs
-from batchcli.journal.history import STATUS_STYLES, Unreadable, _duration, _one_line, _trial_mark, _when, find_runs, modified_at
+from batchcli.journal.history import (
+    STATUS_STYLES,
+    Unreadable,
+    _duration,
+    _one_line,
+    _when,
+    find_runs,
+    modified_at,
+    selection_mark,
+)
 from batchcli.journal.rundir import JOURNAL_NAME, RunInfo, query, read_run
 
 ORDER = ("running", "crashed", "stopped", "damaged", "never started", "missing", "finished")
@@ -139,7 +148,7 @@ def listing(output_dir: Path) -> list[object]:
 def _selections(state: GroupState) -> str:
     """How the shards select items, when not all of them: ``trial: the first 10 items`` (each shard's own, for
     a limit), every different one once; "" when every shard takes its whole share."""
-    marks = dict.fromkeys(_trial_mark(run.run_dir).strip(" ()") for run in state.runs.values())
+    marks = dict.fromkeys(selection_mark(run.run_dir) for run in state.runs.values())
     return "; ".join(mark for mark in marks if mark)
 
 

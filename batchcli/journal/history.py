@@ -204,13 +204,19 @@ def _summary(run: RunInfo) -> Table:
 
 def _trial_mark(run_dir: Path) -> str:
     """`` (trial: the first 10 items)`` for a limited or sampled run, `` (incremental)`` for one with skips; else ""."""
+    mark = selection_mark(run_dir)
+    return f" ({mark})" if mark else ""
+
+
+def selection_mark(run_dir: Path) -> str:
+    """``trial: the first 10 items`` for a limited or sampled run, ``incremental`` for one with skips; else ""."""
     try:
         selection = read_selection(run_dir)
     except BatchcliError:
         return ""
     if selection is None:
         return ""
-    return f" (trial: {selection.describe()})" if selection.is_trial else " (incremental)"
+    return f"trial: {selection.describe()}" if selection.is_trial else "incremental"
 
 
 def show_failures(run_dir: Path, wanted: FailureFilter, shown: int = 50) -> RenderableType:

@@ -130,9 +130,7 @@ class Resume:
         elif selection is not None and selection.is_trial:
             self.notices.append(Notice(f"Resuming a trial run ({selection.describe()}); carry it on to the whole "
                                        f"source with: batchcli resume {self.run_dir} --all", soft_wrap=True))
-        done: frozenset[Any] = frozenset()
-        if selection is not None and selection.skip_done_in:
-            done = keys_done_in(selection.skip_done_in, type(job.source).__qualname__, job.source.item_key)
+        done = keys_skipped(selection, job)
         return Continuation(journal=self._journal, items=items, shard=self._journal.shard, selection=selection, done_elsewhere=done)
 
     def abandon(self) -> None:
@@ -310,6 +308,13 @@ def _secrets_missing(earlier: RunInfo, missing: list[str], command: str) -> str:
     )
 
 
+def keys_skipped(selection: Selection | None, job: Job) -> frozenset[Any]:
+    """The item keys ``--skip-done-in`` skips: those that succeeded in its runs; none without it."""
+    if selection is None or not selection.skip_done_in:
+        return frozenset()
+    return keys_done_in(selection.skip_done_in, type(job.source).__qualname__, job.source.item_key)
+
+
 def fresh_continuation(job: Job, selection: Selection | None, dry_run: bool, notices: list[Notice]) -> Continuation:
     """What a new run carries on from: nothing, or for ``--skip-done-in`` the keys those runs did."""
     if selection is None or selection.takes_all:
@@ -317,10 +322,10 @@ def fresh_continuation(job: Job, selection: Selection | None, dry_run: bool, not
     if selection.is_trial and not dry_run:  # the plain progress line has no title: say it first
         notices.append(Notice(f"Trial run ({selection.describe()}). Carry it on to the whole source "
                               "later with: batchcli resume RUN_DIR --all", soft_wrap=True))
-    done: frozenset[object] = frozenset()
+    done: frozenset[Any] = frozenset()
     if selection.skip_done_in:
         check_keyed(job)
-        done = keys_done_in(selection.skip_done_in, type(job.source).__qualname__, job.source.item_key)
+        done = keys_skipped(selection, job)
         notices.extend(_other_jobs(job, selection.skip_done_in))
         runs = "that run" if len(selection.skip_done_in) == 1 else f"those {len(selection.skip_done_in)} runs"
         notices.append(Notice(f"Skipping the items whose item_key() is one of the {len(done):,} that succeeded in "

@@ -424,17 +424,15 @@ def read_run(run_dir: Path) -> RunInfo:
     if run is None or not sessions:
         raise damaged(path, "it has no run record")
     pid, host, _, seen_at, ended_at, status = sessions[-1]
+    holder = _running(run_dir, pid, host)
     starting = False
     if status == "running":
-        holder = _running(run_dir, pid, host)
         starting = holder is not None and holder != pid  # resuming a killed session, not begun yet
         status, pid = ("crashed", pid) if holder is None else ("running", holder)
-    elif RunLock.is_held(run_dir):
+    elif holder is not None:
         # A resume holds the lock while it loads the project, before it adds its session: until then the newest
         # row is the ended session's, and the run must not read as stopped (ctl was refused, a retry accepted).
-        holder = _running(run_dir, pid, host)
-        if holder is not None:
-            status, pid, starting = "running", holder, True
+        status, pid, starting = "running", holder, True
     now = time.time()
     live = status == "running"
     ends = [s[4] or s[3] for s in sessions[:-1]] + [ended_at or (now if live else seen_at)]

@@ -123,7 +123,7 @@ class _SizedAsyncStrided(_Sized, _AsyncStrided):
     pass
 
 
-class _Keyed(_Share):
+class _ByKey(_Share):
     """The items whose key hashes to this shard; how many is known only once the source is exhausted."""
 
     last_position = 0
@@ -132,6 +132,8 @@ class _Keyed(_Share):
     def position(self, ordinal: int) -> int:
         return self.last_position
 
+
+class _Keyed(_ByKey):
     def __iter__(self) -> Iterator[Any]:
         owns, key_of = self.shard.owns_key, self.key_of
         assert key_of is not None
@@ -141,7 +143,7 @@ class _Keyed(_Share):
                 yield item
 
 
-class _AsyncKeyed(_Keyed):
+class _AsyncKeyed(_ByKey):
     async def __aiter__(self) -> AsyncIterator[Any]:
         owns, key_of = self.shard.owns_key, self.key_of
         assert key_of is not None

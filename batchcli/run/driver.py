@@ -635,16 +635,16 @@ class Run:
         key_of = getattr(self.job.source, "item_key", None)
         assert self.journal is not None
         settled = self.tally.earlier_succeeded + self.tally.earlier_failed
+        position = position_in_source(source)  # a shard's items by their place in the whole source (--sample)
         if selection is not None and selection.limit is not None and self.journal.keyed and settled:
             # A keyed source may come in another order on resume, and its first N items are then not the
             # trial's: what earlier sessions settled is skipped first and counts towards the limit, so a trial
             # of N items takes N in all, whatever the order.
             items = self.journal.skip_settled(items, self.tally, key_of)
             self._counted_settled = True
-            position = position_in_source(source)
             return selection.apply(items, self.continuation.done_elsewhere, key_of, taken_before=settled, position=position)
         if selection is not None:  # only a trial or incremental run pays for the filter
-            items, seen = selection.apply(items, self.continuation.done_elsewhere, key_of, position=position_in_source(source))
+            items, seen = selection.apply(items, self.continuation.done_elsewhere, key_of, position=position)
         # A resumed run skips what its earlier sessions settled; a keyed source's keys are noted here.
         return self.journal.skip_settled(items, self.tally, key_of), seen
 
