@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from conftest import subprocess_env
 
 import batchcli
 from batchcli.executors.asyncpool import SEAL_ROW_MAX, SEAL_SAMPLE
-from batchcli.journal.batches import batch_rows
+from batchcli.journal.batches import LIST, LISTS, batch_rows
 from batchcli.journal.results import UnreadableResult
 from batchcli.journal.rundir import read_run
 from batchcli.testing import run_job
@@ -46,6 +47,19 @@ def journal_rows(run_dir: Path, sql: str) -> list[tuple[Any, ...]]:
         return conn.execute(sql).fetchall()
     finally:
         conn.close()
+
+
+def batch_sizes(run_dir: Path) -> list[int]:
+    """The size of each batch the loop encoded, as the journal's rows hold them (a ``LISTS`` row holds several)."""
+    sizes: list[int] = []
+    for encoding, packed, length in journal_rows(run_dir, "SELECT encoding, sizes, length(data) FROM result_batches"):
+        if encoding == LISTS:
+            numbers = array("q")
+            numbers.frombytes(packed)
+            sizes += numbers
+        else:
+            sizes.append(length)
+    return sizes
 
 
 def kept_ordinals(run_dir: Path) -> list[int]:
@@ -197,8 +211,7 @@ def test_results_that_grow_large_wait_by_the_handful_and_no_batch_passes_a_row(c
     not hundreds (memory stays flat), and 9 MiB results are kept one by one rather than as one 64 MiB+ row."""
     ran = cli("exec", BATCHED, "-d", "out", "-p", "count=1540", "-p", "big_from=1500", "-p", "big_kb=512")
     assert ran.exit_code == 0, ran.output
-    (largest,) = journal_rows(ran.run_dir, "SELECT max(length(data)) FROM result_batches")[0]
-    assert largest <= (SEAL_SAMPLE + 1) * 512 * 1024, largest
+    assert max(batch_sizes(ran.run_dir)) <= (SEAL_SAMPLE + 1) * 512 * 1024, batch_sizes(ran.run_dir)
     values = [r.value for r in batchcli.read_results(ran.run_dir)]
     assert values[:1500] == [{"n": n} for n in range(1500)]
     assert [(len(v), v.split(":")[0]) for v in values[1500:]] == [(512 * 1024, str(n)) for n in range(1500, 1540)]
@@ -235,12 +248,8 @@ def test_large_results_wait_to_be_encoded_in_small_batches(cli, tmp_path: Path) 
     hundred: a batch of 300 KiB strings is one result, while small results share a row by the thousand."""
     big = cli("exec", BATCHED, "-d", "out", "-p", "count=20", "-p", "big_kb=300")
     assert big.exit_code == 0, big.output
-    conn = sqlite3.connect(big.run_dir / "journal.sqlite")
-    try:
-        counts = [len(o) // 8 for (o,) in conn.execute("SELECT ordinals FROM result_batches")]
-    finally:
-        conn.close()
-    assert counts == [1] * 20
+    sizes = batch_sizes(big.run_dir)  # a batch of one result each
+    assert len(sizes) == 20 and all(300 * 1024 < size < 2 * 300 * 1024 for size in sizes), sizes
     assert [r.value[:4] for r in batchcli.read_results(big.run_dir)][:3] == ["0:xx", "1:xx", "2:xx"]
     small = cli("exec", BATCHED, "-d", "out", "-p", "count=5000")
     assert small.exit_code == 0, small.output
@@ -501,14 +510,14 @@ def test_batch_rows_read_back_sorted_split_and_once_per_item(tmp_path: Path) -> 
     from array import array
     from marshal import dumps
 
-    from batchcli.journal.batches import BATCHES_TABLE, LIST, MARSHAL, SPLIT_GAP, batch_rows, merged, write_batch, write_sealed
+    from batchcli.journal.batches import BATCHES_TABLE, MARSHAL, SPLIT_GAP, batch_rows, merged, write_batch, write_list
 
     conn = sqlite3.connect(tmp_path / "j.sqlite")
     conn.executescript(BATCHES_TABLE)
     settled = [5, 3, 7, 2 * SPLIT_GAP + 10, 1]  # out of order, with one item far beyond the others
-    write_sealed(conn, array("q", settled), dumps([f"v{n}" for n in settled], 4), None)
+    write_list(conn, array("q", settled), dumps([f"v{n}" for n in settled], 4), None)
     assert conn.execute("SELECT count(*) FROM result_batches").fetchone() == (2,)  # the straggler split off
-    write_sealed(conn, array("q", [6, 4]), dumps([{"six": 6}, "v4"], 4), None)
+    write_list(conn, array("q", [6, 4]), dumps([{"six": 6}, "v4"], 4), None)
     write_batch(conn, [(4, dumps("again"), None)], keyed=False)  # later: the process executor's kind of row
     encodings = [e for (e,) in conn.execute("SELECT encoding FROM result_batches ORDER BY rowid")]
     assert encodings == [MARSHAL, MARSHAL, LIST, MARSHAL]  # a split batch is written a result at a time
@@ -522,12 +531,41 @@ def test_keyed_batches_keep_each_key_with_its_result(tmp_path: Path) -> None:
     from array import array
     from marshal import dumps
 
-    from batchcli.journal.batches import BATCHES_TABLE, batch_rows, write_sealed
+    from batchcli.journal.batches import BATCHES_TABLE, batch_rows, write_list
 
     conn = sqlite3.connect(tmp_path / "j.sqlite")
     conn.executescript(BATCHES_TABLE)
-    write_sealed(conn, array("q", [2, 0, 1]), dumps(["c", "a", "b"], 4), ["k2", "k0", "k1"])
+    write_list(conn, array("q", [2, 0, 1]), dumps(["c", "a", "b"], 4), ["k2", "k0", "k1"])
     assert [(o, k, marshal.loads(v)) for o, k, v, _ in batch_rows(conn)] == [(0, "k0", "a"), (1, "k1", "b"), (2, "k2", "c")]
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_the_batches_of_a_flush_go_as_one_row_and_read_back_in_order(tmp_path: Path, keyed: bool) -> None:
+    """The lists one flush took are one row, read back sorted whether their items settled in order or not (each
+    with its key), at most ``LISTS_BATCHES_MAX`` lists a row; lists whose items lie far apart keep rows of their own."""
+    from array import array
+    from marshal import dumps
+
+    from batchcli.journal.batches import BATCHES_TABLE, LISTS_BATCHES_MAX, SPLIT_GAP, batch_rows, write_sealed
+
+    conn = sqlite3.connect(tmp_path / "j.sqlite")
+    conn.executescript(BATCHES_TABLE)
+
+    def batch(ordinals: list[int]) -> tuple[array[int], bytes, list[str] | None]:
+        keys = [f"k{n}" for n in ordinals] if keyed else None
+        return array("q", ordinals), dumps([{"n": n} for n in ordinals], 4), keys
+
+    in_order = [batch(list(range(start, start + 10))) for start in range(0, 30, 10)]
+    shuffled = [batch([35, 31, 30]), batch([33, 34, 32, 36])]
+    many = [batch([100 + n]) for n in range(LISTS_BATCHES_MAX + 1)]
+    far = [batch([300]), batch([300 + 2 * SPLIT_GAP])]
+    for flush in (in_order, shuffled, many, far):
+        write_sealed(conn, flush)
+    rows = conn.execute("SELECT encoding, length(sizes) / 8 FROM result_batches ORDER BY rowid").fetchall()
+    assert rows == [(LISTS, 3), (LISTS, 2), (LISTS, LISTS_BATCHES_MAX), (LIST, 0), (LIST, 0), (LIST, 0)]
+    expected = [*range(37), *range(100, 101 + LISTS_BATCHES_MAX), 300, 300 + 2 * SPLIT_GAP]
+    read = [(o, k, marshal.loads(v)) for o, k, v, _ in batch_rows(conn)]
+    assert read == [(n, f"k{n}" if keyed else None, {"n": n}) for n in expected]
 
 
 def test_a_long_export_to_a_file_counts_what_it_wrote_on_a_terminal(cli, tmp_path: Path) -> None:
@@ -686,3 +724,16 @@ def test_an_export_that_runs_out_of_space_says_so_and_leaves_the_file_as_it_was(
     assert to_stdout.returncode == 1
     assert "Cannot write the results to stdout (No space left on device)" in to_stdout.stderr
     assert "Traceback" not in to_stdout.stderr, to_stdout.stderr
+
+
+def test_results_settling_out_of_order_in_many_batches_read_back_once_each_in_order(cli, tmp_path: Path) -> None:
+    """Items that settle out of source order, fast enough that a flush takes several batches: the journal holds them
+    as rows of several lists, and every result reads back once, in source order, in Python and in the export."""
+    ran = cli("exec", BATCHED, "-d", "out", "-p", "count=6000", "-p", "concurrency=50", "-p", "jitter_ms=2")
+    assert ran.exit_code == 0, ran.output
+    rows = journal_rows(ran.run_dir, "SELECT ordinals FROM result_batches WHERE encoding = 3 AND length(sizes) > 8")
+    unsorted = [r for (packed,) in rows if (r := array("q", packed)) != array("q", sorted(r))]
+    assert unsorted, "no row of several batches held items that settled out of order"
+    assert [(r.ordinal, r.value) for r in batchcli.read_results(ran.run_dir)] == [(n, {"n": n}) for n in range(6000)]
+    exported = jsonl(cli("results", ran.run_dir).output)
+    assert exported == [{"ordinal": n, "result": {"n": n}} for n in range(6000)]

@@ -102,6 +102,8 @@ class AsyncExecutor:
         self._result_ordinals = array("q")
         self._seal_at = 1
         """How many waiting results make a batch: ``SEAL_MAX``, fewer when they are large (the last batch says)."""
+        self._fits = 0
+        """The largest encoding of one result that leaves ``_seal_at`` as it is: a measured result no larger needs no new plan."""
         self._check_at = 1
         """How many waiting results call for ``_check``: ``_seal_at``, or the next ``SEAL_SAMPLE`` before it."""
         self._slow = False
@@ -238,11 +240,17 @@ class AsyncExecutor:
                 size = len(_marshal(results[-1], MARSHAL_VERSION))
             except (ValueError, TypeError):  # cannot be kept as plain data: _seal keeps the batch result by result
                 size = SEAL_BYTES
-            self._seal_at = _batch_of(size)
+            if size > self._fits:
+                self._plan(size)
             if waiting < self._seal_at:
                 self._check_at = min(self._seal_at, waiting + SEAL_SAMPLE)
                 return False
         return self._seal()
+
+    def _plan(self, size: float) -> None:
+        """Results are about ``size`` bytes encoded now: how many make a batch."""
+        self._seal_at = _batch_of(size)
+        self._fits = SEAL_BYTES // self._seal_at
 
     def _seal(self) -> bool:
         """Encode the waiting results as one list for the journal (``Tally.sealed``); True when results wait
@@ -270,7 +278,7 @@ class AsyncExecutor:
         else:
             tally.sealed.append((self._result_ordinals[:], data))
             tally.kept_bytes += len(data) + SEALED_OVERHEAD * count
-            self._seal_at = _batch_of(len(data) / count)
+            self._plan(len(data) / count)
         self._check_at = min(self._seal_at, SEAL_SAMPLE)
         results.clear()
         self._result_items.clear()

@@ -6,8 +6,8 @@ slower than one returning None. Plain data (what ``marshal`` writes: dicts, list
 strings, bytes, numbers, booleans, None, of exactly those types) is encoded with ``marshal``, and a
 batch goes to the journal as one row, in the same transaction as the items' done marks. The async
 executor encodes up to a thousand results as one list (``LIST``: one call, and the keys the
-results share written once; see ``executors.asyncpool``); the other executors send each result's
-own encoding (``MARSHAL``). Reading merges the rows back into source order, holding only the rows
+results share written once; see ``executors.asyncpool``), and the lists one flush took go as one
+row (``LISTS``); the other executors send each result's own encoding (``MARSHAL``). Reading merges the rows back into source order, holding only the rows
 that overlap the ordinal being read, so memory stays flat however many results there are.
 
 ``marshal`` is pinned to version 4 (every Python since 3.4 reads it) and runs no code when loading,
@@ -42,7 +42,8 @@ settled (readers sort a row; it holds one flush at most): ``ordinals`` is a litt
 ``keys`` the marshalled list of the items' keys in a keyed run, ``[lo, hi]`` the first and last ordinal.
 ``encoding`` says what ``data`` holds: ``MARSHAL``, the results' marshal encodings end to end, their
 lengths in ``sizes`` (int64s); ``LIST``, the marshal encoding of the list of the results, ``sizes``
-empty. Journals of older batchcli versions lack the table; ``Journal.open`` adds it."""
+empty; ``LISTS``, several such lists end to end, their lengths in ``sizes``. Journals of older batchcli
+versions lack the table; ``Journal.open`` adds it."""
 
 MARSHAL = 1
 """``encoding`` of a row whose results are each ``marshal`` version 4, end to end."""
@@ -50,6 +51,19 @@ MARSHAL = 1
 LIST = 2
 """``encoding`` of a row whose ``data`` is the ``marshal`` version 4 encoding of the list of its results
 (a batchcli from before this encoding refuses such a row, naming it)."""
+
+LISTS = 3
+"""``encoding`` of a row whose ``data`` is several ``LIST`` encodings end to end (the batches one flush took),
+their byte lengths in ``sizes``, ``ordinals`` every result's in the same order. Written so that a flush is a
+few statements however many batches it took: each statement lets go of the GIL, and while the loop thread
+runs pure Python the recorder waits up to the interpreter's switch interval (5 ms) to get it back, so a
+thousand batch rows cost a second. A batchcli from before this encoding refuses such a row, naming it."""
+
+LISTS_BATCHES_MAX = 64
+"""At most how many batches one ``LISTS`` row holds: a reader holds a row's ordinals and keys whole."""
+
+LISTS_BYTES_MAX = 16 << 20
+"""About how many bytes of data one ``LISTS`` row holds at most (one batch may pass it alone)."""
 
 MARSHAL_VERSION = 4
 
@@ -101,8 +115,43 @@ def write_batch(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], keyed: bo
         )
 
 
-def write_sealed(conn: sqlite3.Connection, ordinals: array[int], data: bytes, keys: list[Any] | None) -> None:
-    """Insert a batch the loop encoded as one list (``Sealed``), in the caller's transaction: one row, written
+def write_sealed(conn: sqlite3.Connection, batches: list[tuple[array[int], bytes, list[Any] | None]]) -> None:
+    """Insert the batches the loop encoded as lists (``Sealed``, with their items' keys in a keyed run) that one
+    flush took, in the caller's transaction: up to ``LISTS_BATCHES_MAX`` of them as one ``LISTS`` row, written as
+    they are, when their items lie close together; else each batch as ``write_list`` writes it."""
+    group: list[tuple[array[int], bytes, list[Any] | None]] = []
+    size = 0
+    for batch in batches:
+        if group and (len(group) == LISTS_BATCHES_MAX or size + len(batch[1]) > LISTS_BYTES_MAX):
+            _write_lists(conn, group)
+            group, size = [], 0
+        group.append(batch)
+        size += len(batch[1])
+    if group:
+        _write_lists(conn, group)
+
+
+def _write_lists(conn: sqlite3.Connection, group: list[tuple[array[int], bytes, list[Any] | None]]) -> None:
+    if len(group) > 1:
+        ordinals = array("q")
+        for batch_ordinals, _, _ in group:
+            ordinals += batch_ordinals
+        low, high = min(ordinals), max(ordinals)
+        if high - low <= len(ordinals) + SPLIT_GAP:
+            keyed = group[0][2] is not None
+            keys = marshal.dumps([k for _, _, ks in group for k in ks or ()], MARSHAL_VERSION) if keyed else None
+            conn.execute(
+                "INSERT INTO result_batches VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (low, high, LISTS, _packed("q", ordinals), _packed("q", [len(d) for _, d, _ in group]),
+                 b"".join([d for _, d, _ in group]), keys),
+            )  # fmt: skip
+            return
+    for batch in group:
+        write_list(conn, *batch)
+
+
+def write_list(conn: sqlite3.Connection, ordinals: array[int], data: bytes, keys: list[Any] | None) -> None:
+    """Insert one batch the loop encoded as one list, in the caller's transaction: one ``LIST`` row, written
     as it is, unless an item settled far from its neighbours (then a row per stretch, each result on its own)."""
     low, high = min(ordinals), max(ordinals)
     if high - low <= len(ordinals) + SPLIT_GAP:
@@ -151,7 +200,7 @@ def batch_rows(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
     row = cursor.fetchone()
     while heap or row is not None:
         while row is not None and (not heap or row[0] <= heap[0][0]):
-            if row[5] not in (MARSHAL, LIST):
+            if row[5] not in (MARSHAL, LIST, LISTS):
                 raise sqlite3.DatabaseError(f"results encoded as {row[5]!r}, which this batchcli cannot read")
             entries = _entries(*row[1:6])
             first = next(entries)
@@ -175,11 +224,26 @@ def _entries(ordinals: bytes, sizes: bytes, data: bytes, keys: bytes | None, enc
     order: Any = range(len(numbers))
     if any(a > b for a, b in zip(numbers, numbers[1:])):
         order = sorted(order, key=numbers.__getitem__)
+    dumps = marshal.dumps
     if encoding == LIST:
         values = marshal.loads(data)
-        dumps = marshal.dumps
         for i in order:
             yield numbers[i], None if key_list is None else key_list[i], dumps(values[i], MARSHAL_VERSION), None
+        return
+    if encoding == LISTS:
+        # A list at a time, so a reader never holds a whole row's values: in order as they come when the row's
+        # ordinals are, else each value encoded on its own first (as a MARSHAL row holds them), then sorted.
+        lists = _parts(data, _unpacked("q", sizes))
+        if isinstance(order, range):
+            i = 0
+            for part in lists:
+                for value in marshal.loads(part):
+                    yield numbers[i], None if key_list is None else key_list[i], dumps(value, MARSHAL_VERSION), None
+                    i += 1
+            return
+        encoded = [dumps(value, MARSHAL_VERSION) for part in lists for value in marshal.loads(part)]
+        for i in order:
+            yield numbers[i], None if key_list is None else key_list[i], encoded[i], None
         return
     lengths = _unpacked("q", sizes)
     starts = [0] * len(lengths)
@@ -191,6 +255,15 @@ def _entries(ordinals: bytes, sizes: bytes, data: bytes, keys: bytes | None, enc
     for i in order:
         start = starts[i]
         yield numbers[i], None if key_list is None else key_list[i], bytes(view[start : start + lengths[i]]), None
+
+
+def _parts(data: bytes, lengths: array[int]) -> Iterator[memoryview]:
+    """``data`` cut into consecutive pieces of ``lengths`` bytes."""
+    view = memoryview(data)
+    offset = 0
+    for size in lengths:
+        yield view[offset : offset + size]
+        offset += size
 
 
 def merged(*streams: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:

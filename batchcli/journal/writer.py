@@ -433,8 +433,8 @@ class Journal:
                     conn.executemany(f"INSERT INTO failures VALUES ({', '.join('?' * 12)})", self._unwritten)
                 if self._unwritten_results:  # with the item's success: a crash keeps both or neither
                     write_results(conn, self._unwritten_results)
-                for sealed in self._unwritten_sealed:
-                    write_sealed(conn, *sealed)
+                if self._unwritten_sealed:
+                    write_sealed(conn, self._unwritten_sealed)
                 if self._forgiven:
                     dropped, keys_added = self._drop_forgiven(conn)
                 dropped += released

@@ -52,7 +52,8 @@ class Batched(Service[int]):
     changing (the last three items); ``gate``: items from ``gate_from`` on wait for that file;
     ``point_every``/``lock_every``: those items (not 0) return a Point / a lock, and so does ``lock_at``;
     ``half_pickled_at``: that item returns a value whose pickle does not load; ``big_kb``: each returns a string of that many KiB (from ``big_from`` on); ``block_s``: each item holds the
-    event loop that long (``time.sleep`` in async code), and with ``blocking`` the gate is waited for that way too."""
+    event loop that long (``time.sleep`` in async code), and with ``blocking`` the gate is waited for that way too;
+    ``jitter_ms``: each item sleeps up to that long (its own share of it), so items settle out of source order."""
 
     def __init__(
         self,
@@ -69,6 +70,7 @@ class Batched(Service[int]):
         block_s: Param[float] = 0.0,
         blocking: Param[bool] = False,
         half_pickled_at: Param[int] = -1,
+        jitter_ms: Param[float] = 0.0,
     ) -> None:
         self.reuse, self.gate, self.gate_from = reuse, gate, gate_from
         self.point_every, self.lock_every, self.lock_at = point_every, lock_every, lock_at
@@ -78,6 +80,7 @@ class Batched(Service[int]):
         self.big_kb, self.big_from = big_kb, big_from
         self.block_s, self.blocking = block_s, blocking
         self.half_pickled_at = half_pickled_at
+        self.jitter_s = jitter_ms / 1000
 
     async def process(self, item: int) -> object:
         if self.log is not None:
@@ -91,6 +94,8 @@ class Batched(Service[int]):
                     await asyncio.sleep(0.02)
         elif self.block_s:
             time.sleep(self.block_s)
+        elif self.jitter_s:
+            await asyncio.sleep(self.jitter_s * (item * 7919 % 13) / 12)
         if item == self.half_pickled_at:
             return HalfPickled(item, 2)
         if item == self.lock_at or (self.lock_every and item and item % self.lock_every == 0):
