@@ -145,3 +145,28 @@ def test_a_job_name_two_packages_register_is_listed_twice_and_refused(
     assert refused.exit_code == 2 and "The job name 'squares' is registered by several installed packages" in said
     assert "other-jobs (other_jobs.squares)" in said and "ux-demo-jobs (ux_demo_jobs.squares)" in said, said
     assert cli("exec", "ux_demo_jobs.squares", "-c", "config_dev", "-d", "out").exit_code == 0  # by module name
+
+
+def test_a_malformed_registration_is_listed_as_broken_and_breaks_nothing_else(
+    cli: Any, installed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry point whose value is no module name (a package's typo) made importlib raise while batchcli read the
+    group, so `list` and every exec, even of a path, ended in a traceback. It is listed as broken, with the fix;
+    exec of its name says so; every other job and path runs."""
+    broken = installed / "broken_jobs-1.0.dist-info"
+    broken.mkdir()
+    (broken / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-jobs\nVersion: 1.0\n")
+    (broken / "entry_points.txt").write_text("[batchcli.jobs]\nbad = not a module!\n")
+    monkeypatch.setenv("COLUMNS", "250")
+    listed = cli("list")
+    assert listed.exit_code == 0, listed.output
+    line = next(line for line in listed.output.splitlines() if line.startswith("bad"))
+    assert "cannot be loaded" in line and "'not a module!'" in line and "broken-jobs" in line
+    assert any(line.startswith("squares") for line in listed.output.splitlines())
+    refused = cli("exec", "bad", "-d", tmp_path / "out")
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "The installed job 'bad'" in said and "Traceback" not in refused.output, said
+    assert cli("exec", "squares", "-c", "config_dev", "-d", tmp_path / "out").exit_code == 0
+    by_path = cli("exec", PROJECTS / "unattended" / "job.py", "-d", tmp_path / "out", "-p", "count=3", "-p", "delay_s=0",
+                  "-p", f"ledger={tmp_path / 'ledger.txt'}", "--no-shell")  # fmt: skip
+    assert by_path.exit_code == 0, by_path.output

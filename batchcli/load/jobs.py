@@ -44,14 +44,34 @@ def installed_jobs() -> dict[str, EntryPoint]:
 
 
 def _registrations() -> list[EntryPoint]:
-    """Every registration of a job, in the order of the path, one per job name and module."""
+    """Every well-formed registration of a job, in the order of the path, one per job name and module."""
     seen: set[tuple[str, str]] = set()
     found = []
     for entry in entry_points(group=GROUP):
-        if (entry.name, entry.module) not in seen:  # a distribution found twice on the path registers once
-            seen.add((entry.name, entry.module))
+        module = _module_of(entry)
+        if module is not None and (entry.name, module) not in seen:  # a distribution found twice registers once
+            seen.add((entry.name, module))
             found.append(entry)
     return found
+
+
+def _malformed() -> list[EntryPoint]:
+    """The registrations whose value is no ``module[:attr]``: one package's typo must not break every exec and list."""
+    return [entry for entry in entry_points(group=GROUP) if _module_of(entry) is None]
+
+
+def _module_of(entry: EntryPoint) -> str | None:
+    try:
+        return entry.module
+    except (AttributeError, ValueError):  # importlib.metadata found no module name in the value
+        return None
+
+
+def _malformed_reason(entry: EntryPoint) -> str:
+    return (
+        f"(cannot be loaded: its entry point's value {entry.value!r} is not a module name such as package.module; "
+        f"fix it in the {_package(entry)} package's entry points)"
+    )
 
 
 def _package(entry: EntryPoint) -> str:
@@ -63,7 +83,9 @@ def describe_installed() -> list[InstalledJob]:
     """Every installed job with its description, read from the module's source without importing it; a name that
     two packages register is listed once for each."""
     entries = sorted(_registrations(), key=lambda e: e.name)  # stable: the path's order within a name
-    return [InstalledJob(e.name, e.module, _package(e), _first_doc_line(e.module)) for e in entries]
+    listed = [InstalledJob(e.name, e.module, _package(e), _first_doc_line(e.module)) for e in entries]
+    listed += [InstalledJob(e.name, e.value, _package(e), _malformed_reason(e)) for e in _malformed()]
+    return sorted(listed, key=lambda job: job.name)
 
 
 def _first_doc_line(module: str) -> str:
@@ -100,6 +122,9 @@ def load_installed_job(name: str) -> Project | None:
         )
     if registered:
         return load_module_project(name, registered[0].module)
+    broken = [e for e in _malformed() if e.name == name]
+    if broken:
+        raise UsageError(f"The installed job {name!r} {_malformed_reason(broken[0])[1:-1]}.")
     if _MODULE_NAME.fullmatch(name) and _module_exists(name):
         return load_module_project(name.rpartition(".")[2], name, target=name)
     return None
