@@ -139,3 +139,25 @@ def test_init_in_a_directory_that_is_not_writable(cli, tmp_path: Path, immutable
     out = refused(cli("init", "locked/hello_job"))
     assert "Cannot create the project 'locked/hello_job': 'locked' is not writable" in out
     assert "Give batchcli init a new directory inside one you can write to" in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("init", "{long}"),
+        ("exec", "{long}"),
+        ("exec", str(RETRIES), "-d", "{long}", *FAST),
+        ("watch", "{long}"),
+        ("show", "{long}"),
+        ("retry", "{long}"),
+        ("resume", "{long}"),
+        ("runs", "-d", "{long}"),
+        ("results", "{long}"),
+    ],
+    ids=lambda args: "-".join(a for a in args[:3] if not a.startswith("{") and "/" not in a),
+)
+def test_a_path_too_long_for_the_system_is_a_usage_error(cli, tmp_path: Path, args: tuple[str, ...]) -> None:
+    """A path argument with a name over 255 bytes made Path.exists() raise ENAMETOOLONG: a traceback, exit 1."""
+    long = str(tmp_path / ("x" * 300))
+    said = refused(cli(*[a.replace("{long}", long) for a in args]))
+    assert "is too long for this system" in said and "x" * 300 in said.replace(" ", ""), said

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from pathlib import Path
@@ -36,6 +37,12 @@ class BatchcliGroup(TyperGroup):
             error.show()
             raise typer.Exit(error.exit_code) from None
         except OSError as error:
+            if error.errno == errno.ENAMETOOLONG:  # a path argument the system cannot even look up
+                UsageError(
+                    f"The path {error.filename or ''!r} is too long for this system (each name in a path may have at "
+                    "most 255 bytes, the whole path 4096). Give a shorter path."
+                ).show()
+                raise typer.Exit(2) from None
             if isinstance(error, BrokenPipeError) or not _writing_stdout(error):
                 raise  # a reader that left (| head) ends quietly in click; anything else is not ours to word
             # `runs > /dev/full`, a full disk under a redirect: one line, not our traceback.
