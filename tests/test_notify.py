@@ -145,3 +145,17 @@ def test_an_unused_port_is_still_only_a_warning(cli: Any, tmp_path: Path) -> Non
     outcome, log = run(cli, tmp_path, f"http://127.0.0.1:{port}/hook?key={TOKEN}")
     assert "Could not send the 'finished' notification" in log and "Connection refused" in log
     assert TOKEN not in log
+
+
+def test_a_crash_notification_masks_the_jobs_secrets(cli: Any, tmp_path: Path, endpoint: Any) -> None:
+    """The 'crashed' notification carried the fatal error's message as it was, a token the job's Secret holds in it,
+    though the output, the log and summary.json masked it: it is masked in what is sent too."""
+    secret = "sk-live-4242-abcd"
+    outcome = cli(
+        "exec", PROJECTS / "ux_secrets" / "job.py", "-d", tmp_path / "out", "-p", "refused=true",
+        "-p", f"api_token={secret}", "-p", f"notify_url=http://127.0.0.1:{endpoint.server_port}/ok",
+    )  # fmt: skip
+    assert outcome.exit_code == 3, outcome.output
+    (crashed,) = [body for method, path, body, _ in endpoint.requests if body["event"] == "crashed"]
+    assert crashed["fatal"] == "PermissionError: login refused for token ********"
+    assert secret not in json.dumps(endpoint.requests)

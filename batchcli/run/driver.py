@@ -208,7 +208,7 @@ class Run:
             self.journal.close()
             restore_signals()
             raise self._not_started(why) from error
-        self.notifier = notifier_of(self.job.config, self.run_dir, self.job.project.name)
+        self.notifier = notifier_of(self.job.config, self.run_dir, self.job.project.name, self.tally.secrets)
         log.info("Run %s of %s (configuration %s)", self.run_dir.name, self.wiring.target, type(self.job.config).__name__)
         if early_signal is not None:
             log.warning("%s during start-up: stopping before any item starts.", signal.Signals(early_signal).name)

@@ -41,9 +41,17 @@ class Notifier:
     """Posts the run's events to one URL; ``send`` returns at once."""
 
     def __init__(
-        self, url: str, run_dir: Path, job: str, *, sleep: Callable[[float], None] = time.sleep
+        self,
+        url: str,
+        run_dir: Path,
+        job: str,
+        *,
+        secrets: tuple[str, ...] = (),
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._url, self._headers, self._secrets = _split_credentials(url)
+        self._job_secrets = secrets
+        """The job's secret values (``secret_texts``), masked in what a notification says (a crash's message)."""
         self._base = {"job": job, "run_id": run_dir.name, "run_dir": str(run_dir), "host": socket.gethostname()}
         self._sleep = sleep
         self._threads: list[tuple[threading.Thread, str]] = []
@@ -60,6 +68,7 @@ class Notifier:
     def send(self, event: str, **fields: Any) -> None:
         """Post ``event`` with ``fields`` in the background. ``id`` is the same in every try of one notification,
         so an endpoint that answered too late (and got it twice) can tell."""
+        fields = {name: mask_texts(value, self._job_secrets) if isinstance(value, str) else value for name, value in fields.items()}
         body = {
             "event": event, "id": uuid.uuid4().hex, **self._base, "time": time.time(), **fields,
             "batchcli_version": __version__,
@@ -169,7 +178,7 @@ def _split_credentials(url: str) -> tuple[str, dict[str, str], tuple[str, ...]]:
     return url, headers, tuple(sorted(secrets, key=len, reverse=True))
 
 
-def notifier_of(config: Any, run_dir: Path, job: str) -> Notifier | None:
-    """The run's notifier, or None without ``notify_url``."""
+def notifier_of(config: Any, run_dir: Path, job: str, secrets: tuple[str, ...] = ()) -> Notifier | None:
+    """The run's notifier, or None without ``notify_url``; ``secrets`` are masked in what it sends."""
     url = getattr(config, "notify_url", None)
-    return None if not url else Notifier(str(url), run_dir, job)
+    return None if not url else Notifier(str(url), run_dir, job, secrets=secrets)
