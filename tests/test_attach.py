@@ -201,3 +201,87 @@ def test_a_stop_signal_closes_an_attached_console_at_the_stop_timeout_or_at_once
     resumed = run_batchcli("resume", str(run_dir), timeout=120)
     assert resumed.exit_code == 0, resumed.output
     assert sorted(log.done()) == list(range(400)) and log.done_twice() == []
+
+
+@pytest.mark.parametrize("how", ["ctl", "SIGTERM"])
+def test_a_stop_interrupts_a_cell_running_in_an_attached_console(tmp_path: Path, run_batchcli: Any, how: str) -> None:
+    """A cell that sleeps (or loops) on the run's main thread held every stop: the session ends only once the cell
+    returns, so ctl stop and SIGTERM, twice, went unanswered and only SIGKILL ended the run. The stop timeout now
+    interrupts the cell as a console's Ctrl-C would; the run stops resumably and its resume redoes nothing."""
+    ledger = tmp_path / "ledger.txt"
+    out = tmp_path / "out"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", "count=300", "-p", "delay_s=0.05",
+         "-p", "concurrency=2", "-p", f"ledger={ledger}", "-p", "stop_timeout_s=1"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(tmp_path / "run.err").open("w"),
+        env=subprocess_env(IPYTHONDIR=str(tmp_path / "ipython")),
+    )  # fmt: skip
+    log = JobLog(ledger)
+    try:
+        wait_for(lambda: any(out.glob("*/control.sock")) and len(log.done()) > 5, "the run under way")
+        run_dir = next(out.glob("*/control.sock")).parent
+        child = attach(run_dir, tmp_path)
+        child.sendline("import time; time.sleep(600)")
+        time.sleep(1)  # the cell is running
+        if how == "ctl":
+            stopped = subprocess.run(
+                [sys.executable, "-m", "batchcli", "ctl", str(run_dir), "stop"],
+                capture_output=True, text=True, timeout=60, env=subprocess_env(),
+            )  # fmt: skip
+            assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        else:
+            run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=30) == 130  # before: the run waited for the 600 s cell
+        child.expect("KeyboardInterrupt")
+        child.expect(pexpect.EOF)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert not (run_dir / "kernel.json").exists()
+    resumed = run_batchcli("resume", str(run_dir), timeout=120)
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted(log.done()) == list(range(300)) and log.done_twice() == []
+
+
+def test_attach_works_after_the_runs_own_pause_shell_was_open(tmp_path: Path) -> None:
+    """The pause shell (IPython's embedded shell) registered itself as the process's one InteractiveShell, so a later
+    attach could not start a kernel ("MultipleInstanceError") for as long as the run lived. It holds that place only
+    while it is open now, and the run's own terminal and an attached console take turns."""
+    ledger = tmp_path / "ledger.txt"
+    out = tmp_path / "out"
+    own = pexpect.spawn(
+        sys.executable,
+        ["-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", "count=300", "-p", "delay_s=0.05",
+         "-p", "concurrency=2", "-p", f"ledger={ledger}"],  # fmt: skip
+        env=subprocess_env(TERM="xterm", IPYTHONDIR=str(tmp_path / "ipython"), PROMPT_TOOLKIT_NO_CPR="1"),
+        dimensions=(60, 250),
+        encoding="utf-8",
+        timeout=60,
+    )
+    own.logfile_read = (tmp_path / "own.txt").open("a")
+    log = JobLog(ledger)
+    try:
+        wait_for(lambda: any(out.glob("*/control.sock")) and len(log.done()) > 5, "the run under way")
+        run_dir = next(out.glob("*/control.sock")).parent
+        own.sendintr()
+        own.expect("run paused")
+        own.expect(PROMPT)
+        own.sendline("exit")
+        own.expect("Resuming the run.")
+        child = attach(run_dir, tmp_path)  # before: "could not start a kernel ... MultipleInstanceError"
+        assert "True" in cell(child, "self.stats().paused")
+        child.sendline("exit")
+        child.expect("Resumed the run.")
+        child.expect(pexpect.EOF)
+        own.sendintr()  # and the run's own shell opens again after the attached one
+        own.expect("run paused")
+        own.expect(PROMPT)
+        own.sendline("exit")
+        own.expect("Resuming the run.")
+        own.expect(pexpect.EOF)
+        own.close()
+        assert own.exitstatus == 0
+    finally:
+        if own.isalive():
+            own.terminate(force=True)
+    assert sorted(log.done()) == list(range(300)) and log.done_twice() == []

@@ -126,6 +126,12 @@ class KernelSession:
                 # waking the loop, which then slept on in select() (a second SIGTERM did not end the session).
                 io_loop.asyncio_loop.call_soon_threadsafe(io_loop.stop)
 
+    def _end(self, kernel: Any) -> None:
+        """A stop ends the session: the console closes, and a cell running now is interrupted (else it held the run
+        until it returned, whatever the stop timeout, and only SIGKILL ended a run whose cell slept or looped)."""
+        self.leave()
+        kernel.interrupt()
+
     def run(self) -> None:
         """The session, on the main thread."""
         run, controller = self._run, self._controller
@@ -157,7 +163,7 @@ class KernelSession:
                     self._io_loop = kernel.io_loop
                     self.ready.set()
                     if not self._left.is_set():
-                        with run.shell_open(self.leave):  # a stop that times out (or a second one) ends it
+                        with run.shell_open(lambda: self._end(kernel)):  # a stop that times out (or a second one)
                             kernel.serve()
                 finally:
                     kernel.close()

@@ -67,10 +67,40 @@ class Kernel:
         # A client's interrupt request would SIGINT the run's process group: that is a stop, for a headless run.
         self.app.kernel._send_interrupt_children = _ignore_interrupt
         self.io_loop = ioloop.IOLoop.current()
+        # While the kernel handles a request (a cell runs), ipykernel makes SIGINT raise KeyboardInterrupt in it and
+        # puts the handler it found back afterwards: ours, which tells the SIGINTs interrupt() sends from a stop.
+        self._handling = False
+        self._sent = 0
+        self._run_sigint = signal.getsignal(signal.SIGINT)
+        self.app.kernel.pre_handler_hook = self._pre_handler
+        self.app.kernel.post_handler_hook = self._post_handler
+        signal.signal(signal.SIGINT, self._on_sigint)
 
     def serve(self) -> None:
         """Answer the console until the loop is stopped (``KernelSession.leave``) or the kernel shuts down."""
         self.app.start()
+
+    def interrupt(self) -> None:
+        """Interrupt the cell running now, if any (any thread), as a console's Ctrl-C would: a stop must not wait
+        for a cell that sleeps or loops, since the session (and so the run) ends only once it returns."""
+        if self._handling:
+            self._sent += 1
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    def _pre_handler(self) -> None:
+        self._handling = True
+
+    def _post_handler(self) -> None:
+        self._handling = False
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        ours = self._sent > 0
+        if ours:
+            self._sent -= 1
+        if self._handling:  # a cell runs: interrupt it, as a kernel does
+            raise KeyboardInterrupt
+        if not ours and callable(self._run_sigint):  # between cells: the run's own handler (a stop, headless)
+            self._run_sigint(signum, frame)
 
     def close(self) -> None:
         """Shut the kernel down and leave the process as it was, so a later attach starts a fresh one."""
