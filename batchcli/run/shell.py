@@ -92,6 +92,10 @@ class PauseShell:
         previous_sigint, previous_hook = signal.getsignal(signal.SIGINT), sys.excepthook
         signal.signal(signal.SIGINT, signal.default_int_handler)
         self._leaving, self._interacting = False, True
+        # The process's one InteractiveShell (what get_ipython() answers) while the shell is open, and no longer:
+        # held for the rest of the run, it kept an attached kernel's shell from starting ("MultipleInstanceError").
+        for cls in type(shell)._walk_mro():
+            cls._instance = shell
         try:
             with shell.builtin_trap, shell.display_trap:
                 while True:
@@ -103,6 +107,7 @@ class PauseShell:
                         if self._leaving:
                             break
         finally:
+            type(shell).clear_instance()
             self._interacting = False  # before our handler is back: leave() sends no SIGINT it would take for a stop
             signal.signal(signal.SIGINT, previous_sigint)
             sys.excepthook = previous_hook
