@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -214,10 +215,13 @@ def test_stop_in_the_shell_then_resume_processes_exactly_the_rest(terminal, run_
 
 def test_ctrl_c_during_setup_pauses_before_the_first_item(terminal) -> None:
     """Ctrl-C while setup() runs opens the shell, and the pause holds once setup() is done: nothing starts."""
-    term = terminal("shell_slow", "-p", "count=30", "-p", "delay=0.02", "-p", "setup_s=1")
+    term = terminal("shell_slow", "-p", "count=30", "-p", "delay=0.02", "-p", "setup_s=3")
     wait_for(lambda: term.log.lines() == ["setup"], "setup() to start")
     term.child.sendintr()
     term.expect("run paused")
+    # Limits cannot change before the executor starts: one line says so (it was a forty-line traceback).
+    term.run("print('EXECUTOR', self._run.executor); self.set_concurrency(2)", "EXECUTOR None")
+    term.expect(re.escape("Error: self.set_concurrency() needs the executor, which starts after setup()"))
     term.run(
         "import time\nwhile self._run.executor is None: time.sleep(0.01)\n\nprint('READY', self.stats().paused)",
         "READY True",
@@ -227,6 +231,7 @@ def test_ctrl_c_during_setup_pauses_before_the_first_item(terminal) -> None:
     term.run("exit", "Resuming the run")
     assert term.exit_code() == 0
     assert sorted(term.log.done()) == list(range(30))
+    assert "Traceback" not in term.output()
 
 
 def test_a_signal_while_the_shell_is_open_stops_the_run_when_it_closes(terminal) -> None:

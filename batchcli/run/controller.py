@@ -166,6 +166,8 @@ class RunController:
         except ValueError as error:  # one line at the prompt, not a traceback through the run's loop
             print(f"Error: {error}")
             return
+        if self._not_yet("set_concurrency"):
+            return
         self._on_loop(lambda: self._executor("set_concurrency").set_concurrency(concurrency))
         print(f"Concurrency is now {concurrency}.")
 
@@ -176,8 +178,18 @@ class RunController:
         except ValueError as error:
             print(f"Error: {error}")
             return
+        if self._not_yet("set_rate_limit"):
+            return
         self._on_loop(lambda: self._executor("set_rate_limit").set_rate_limit(rate))
         print(f"Rate limit is now {'none' if rate is None else f'{rate:g}/s'}.")
+
+    def _not_yet(self, what: str) -> bool:
+        """True, and one line said, while the executor has not started (setup() runs): a traceback through the run's
+        loop, some forty lines ending in this same sentence, is what the prompt showed."""
+        if self._run.executor is not None:
+            return False
+        print(f"Error: self.{what}() needs the executor, which starts after setup(); try again in a moment.")
+        return True
 
     async def process(self, item: Any) -> Any:
         """``await self.process(x)``: run the live service on one input, whether its ``process`` is async
