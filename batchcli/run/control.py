@@ -233,6 +233,11 @@ class ControlChannel:
             run.pause()
             return {"message": f"Paused: no new item starts; {run.tally.in_flight} in flight finish. Resume with ctl resume."}
         if command == "resume":
+            if run.stop_requested.is_set():  # it answered "Resumed." while the run went on stopping
+                raise RuntimeError(
+                    "The run is stopping, as asked: it cannot resume now. Once it has ended, continue it with: "
+                    f"batchcli resume {run.run_dir}"
+                )
             if run.shell_is_open:  # it resumes the run when it is left; items run meanwhile on a stopped clock
                 raise RuntimeError(
                     "A shell is open on this run (the pause shell, or batchcli attach): the run stays paused until it "
@@ -266,9 +271,10 @@ class ControlChannel:
         if command == "retry-failed":
             try:
                 tried, again = controller.retry_failed_counted()
-            except concurrent.futures.CancelledError:  # the loop ended under it: ctl stop, a signal
+            except concurrent.futures.CancelledError:  # the loop ended under it: ctl stop, a signal, or the run's end
+                why = "is stopping" if run.stop_requested.is_set() else "has finished its items and is ending"
                 raise RuntimeError(
-                    "The run is stopping, which cut the retry short: the failed items it had not settled stay failed. "
+                    f"The run {why}, which cut the retry short: the failed items it had not settled stay failed. "
                     f"Reprocess them after the run with: batchcli retry {run.run_dir}"
                 ) from None
             return {
