@@ -170,3 +170,21 @@ def test_a_malformed_registration_is_listed_as_broken_and_breaks_nothing_else(
     by_path = cli("exec", PROJECTS / "unattended" / "job.py", "-d", tmp_path / "out", "-p", "count=3", "-p", "delay_s=0",
                   "-p", f"ledger={tmp_path / 'ledger.txt'}", "--no-shell")  # fmt: skip
     assert by_path.exit_code == 0, by_path.output
+
+
+def test_resume_of_an_installed_jobs_run_loads_that_job_even_where_a_path_of_its_name_exists_now(
+    cli: Any, installed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal names an installed job by its name; resume resolved that name again with "the path wins", so a
+    directory of that name made since (here, where resume runs) was loaded instead: another job's code finished the
+    run. The run's own job finishes it now."""
+    monkeypatch.chdir(tmp_path)
+    started = cli("exec", "squares", "-c", "config_dev", "-d", tmp_path / "out", "--limit", "2")
+    assert started.exit_code == 0, started.output
+    local = tmp_path / "squares"
+    local.mkdir()
+    (local / "job.py").write_text((PROJECTS / "ux_types" / "job.py").read_text())
+    resumed = cli("resume", started.run_dir, "--all")
+    assert resumed.exit_code == 0, resumed.output  # before: "Unknown configuration 'config_dev'" (the local project)
+    assert not (started.run_dir / "values.json").exists()  # before: the local project's service ran
+    assert squares(started) == ["dev: 16", "dev: 9"]  # the resumed session's items, 3 and 4, by the installed job

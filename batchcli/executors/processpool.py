@@ -78,7 +78,7 @@ class ProcessBackend:
         config = job.config
         self._count = config.workers or os.cpu_count() or 1
         target = Path(wiring.target).expanduser()
-        if target.exists():  # workers start in the same directory, but a relative path is fragile
+        if target.exists() and not wiring.by_name:  # workers start in the same directory, but a relative path is fragile
             wiring = replace(wiring, target=str(target.resolve()))
         self._spec = WorkerSpec.for_run(config, wiring)
         self._workers: list[_Worker] = []

@@ -342,7 +342,11 @@ def _build(spec: WorkerSpec) -> Job:
     target = unpack(spec.bundle, spec.key) if spec.bundle is not None else spec.wiring.target
     # The wiring carries every value the driver read, the environment's included (Run.wiring): a worker's
     # own environment (another machine, for Dask) must not change the job.
-    job = build_job(load_project(target), replace(spec.wiring, target=target), environ={}, with_source=False)
+    by_name = spec.bundle is None and spec.wiring.by_name
+    job = build_job(
+        load_project(target, by_name=by_name), replace(spec.wiring, target=target, by_name=by_name), environ={},
+        with_source=False,
+    )  # fmt: skip
     bind_runtime(job.config, output_dir=Path(spec.output_dir), run_dir=Path(spec.run_dir), started_at=spec.started_at)
     return job
 

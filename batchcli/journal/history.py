@@ -270,10 +270,10 @@ def _project_loader(run: RunInfo) -> Callable[[], None]:
 
     def load() -> None:
         from batchcli.journal.rundir import check_safe
-        from batchcli.load.project import load_project
+        from batchcli.load.project import load_recorded
 
         check_safe(run.run_dir)  # the target comes from the journal: run nobody else's code
-        load_project(run.target)
+        load_recorded(run.target)
 
     return load
 

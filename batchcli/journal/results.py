@@ -253,14 +253,14 @@ class Values:
 
 
 def _load_project(path: Path) -> None:
-    from batchcli.load.project import load_project
+    from batchcli.load.project import load_recorded
 
     conn = connect(path)
     try:
         (target,) = conn.execute("SELECT target FROM run").fetchone()
     finally:
         conn.close()
-    load_project(target)
+    load_recorded(target)
 
 
 def rows(path: Path, keyed: bool, pickled: bool = True) -> Iterator[tuple[Any, ...]]:

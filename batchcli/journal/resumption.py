@@ -291,7 +291,12 @@ def _rewire(earlier: RunInfo, overrides: dict[str, tuple[str, ...]], command: st
     values = {name: tuple(raw) for name, raw in earlier.params.items()}
     values.update(overrides)
     environment = frozenset(name for name in earlier.environment if name not in overrides)
-    wiring = Wiring(target=earlier.target, config_name=earlier.config_name, values=values, environment=environment)
+    # A target that is no absolute path was an installed job's name (stable_target): that job again, even where a
+    # path of that name exists now (path wins only for exec; a resume loaded it and mixed two jobs in one run).
+    wiring = Wiring(
+        target=earlier.target, config_name=earlier.config_name, values=values, environment=environment,
+        by_name=not os.path.isabs(target),
+    )  # fmt: skip
     secrets = {variable(name): os.environ[variable(name)] for name in earlier.secrets if name not in overrides}
     return wiring, secrets
 

@@ -7,6 +7,7 @@ import importlib.machinery
 import importlib.util
 import inspect
 import linecache
+import os
 import sys
 import traceback
 from dataclasses import dataclass
@@ -124,15 +125,21 @@ def _leaf_configurations(classes: list[type]) -> list[type[Configuration]]:
     return [c for c in configs if not inspect.isabstract(c) and not any(o is not c and issubclass(o, c) for o in configs)]
 
 
-def load_project(target: str) -> Project:
-    """Import the project at ``target``: a ``.py`` file, a file in a directory project, or a directory."""
+def load_project(target: str, *, by_name: bool = False) -> Project:
+    """Import the project at ``target``: a ``.py`` file, a file in a directory project, or a directory; or else
+    the installed job (or module) of that name. ``by_name``: only the latter, whatever paths exist here."""
     path = Path(target).expanduser()
-    if not path.exists():
+    if by_name or not path.exists():
         from batchcli.load.jobs import load_installed_job
 
         installed = load_installed_job(target)
         if installed is not None:
             return installed
+        if by_name:
+            raise ProjectError(
+                f"The run was made by the installed job {target!r}, which is not installed here any more. Install "
+                "the package that provides it again (see `batchcli list`), then try again."
+            )
         raise ProjectError(
             f"Path {target!r} does not exist. Give a .py file, a project directory, "
             "the name of an installed job (see `batchcli list`), or an importable module name."
@@ -156,6 +163,12 @@ def load_project(target: str) -> Project:
         for module_path in sorted(path.glob("*.py")):
             _import_user(f"{package}.{module_path.stem}", module_path)
     return _directory_project(target, path, package, entry=path)
+
+
+def load_recorded(target: str) -> Project:
+    """Import the project a run's journal names: an absolute path is that path (``stable_target``); anything else
+    was an installed job's name, and stays that job even where a path of that name exists now."""
+    return load_project(target, by_name=not os.path.isabs(target))
 
 
 def _imports_relatively(path: Path) -> bool:

@@ -38,11 +38,13 @@ class Wiring:
     """Every name given a value with the raw values given for it, in order: ``-p``, and ``environment``."""
     environment: frozenset[str] = frozenset()
     """The names in ``values`` that came from ``BATCHCLI_*`` variables rather than ``-p`` (``show`` says so)."""
+    by_name: bool = False
+    """``target`` is an installed job's name even if a path of that name exists (a resume of a run it made)."""
 
     def without(self, names: frozenset[str] | set[str]) -> Wiring:
         """This wiring minus ``names``: what to store for ``resume`` (``job.secret_names`` are given again)."""
         values = {k: v for k, v in self.values.items() if k not in names}
-        return Wiring(self.target, self.config_name, values, self.environment - names)
+        return Wiring(self.target, self.config_name, values, self.environment - names, self.by_name)
 
     def with_environment(self, found: Mapping[str, tuple[str, ...]]) -> Wiring:
         """This wiring plus the values ``build_job`` read from the environment (``Job.environment``).
@@ -53,7 +55,7 @@ class Wiring:
         if not found:
             return self
         extra = {k: v for k, v in found.items() if k not in self.values}  # -p wins over the environment
-        return Wiring(self.target, self.config_name, {**self.values, **extra}, self.environment | extra.keys())
+        return Wiring(self.target, self.config_name, {**self.values, **extra}, self.environment | extra.keys(), self.by_name)
 
 
 @dataclass(frozen=True)

@@ -164,7 +164,7 @@ class Session:
                 return None
             wiring, environ = wanted
             try:
-                job = build_job(load_project(wiring.target), wiring, environ=environ)
+                job = build_job(load_project(wiring.target, by_name=wiring.by_name), wiring, environ=environ)
                 continuation = launch.carry_on(job)
             except BaseException:
                 launch.abandon()
