@@ -137,3 +137,44 @@ def test_the_module_docstring_examples(tmp_path: Path) -> None:
     (tmp_path / "bad.jsonl").write_text('{"id": 1}\n{"title": "no id"}\n')
     outcome = run_job(EXAMPLES / "reindex", config="config_dev", params={"records": tmp_path / "bad.jsonl"}, output_dir=tmp_path)
     assert outcome.failures[0].error_type == "KeyError"
+
+
+def test_a_keyboard_interrupt_in_run_job_stops_the_run_resumably_before_it_goes_on(tmp_path: Path) -> None:
+    """Ctrl-C in a notebook or a test calling run_job raised out of it while the run's threads went on working: the
+    run stayed "running" and resume was refused for as long as the process lived. It now stops the run at once,
+    recorded as stopped, and then raises; resume in the same process's lifetime finishes exactly the rest."""
+    import signal
+    import subprocess
+
+    from conftest import subprocess_env
+    from joblog import JobLog, wait_for
+
+    ledger = tmp_path / "ledger.txt"
+    out = tmp_path / "out"
+    script = tmp_path / "interrupted.py"
+    script.write_text(
+        "import subprocess, sys, time\n"
+        "from batchcli.testing import run_job\n"
+        "try:\n"
+        f"    run_job({str(PROJECTS / 'unattended' / 'job.py')!r}, output_dir={str(out)!r},\n"
+        f"            params={{'count': 300, 'delay_s': 0.05, 'concurrency': 2, 'ledger': {str(ledger)!r}}})\n"
+        "except KeyboardInterrupt:\n"
+        "    print('INTERRUPTED', flush=True)\n"
+        "    time.sleep(1)\n"  # the threads of a run left working would go on writing meanwhile
+        f"    run_dir = next(__import__('pathlib').Path({str(out)!r}).iterdir())\n"
+        "    resumed = subprocess.run([sys.executable, '-m', 'batchcli', 'resume', str(run_dir)], capture_output=True, text=True)\n"
+        "    print('RESUMED', resumed.returncode, resumed.stderr[-300:], flush=True)\n"
+    )
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=subprocess_env())  # fmt: skip
+    log = JobLog(ledger)
+    try:
+        wait_for(lambda: len(log.done()) >= 10, "the run under way")
+        child.send_signal(signal.SIGINT)
+        stdout, stderr = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert "INTERRUPTED" in stdout, stderr
+    assert "RESUMED 0" in stdout, stdout + stderr  # before: refused, the run still "running" in this process
+    assert sorted(log.done()) == list(range(300)) and log.done_twice() == []

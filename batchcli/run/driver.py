@@ -227,6 +227,7 @@ class Run:
         loop_thread = threading.Thread(target=self._loop_main, name="batchcli-loop", daemon=True)
         recorder = threading.Thread(target=self._record_loop, name="batchcli-recorder", daemon=True)
         control = ControlChannel.open(self)  # `batchcli ctl`: we hold the run directory's lock now
+        interrupted: KeyboardInterrupt | None = None
         try:
             display.start()
             loop_thread.start()
@@ -235,20 +236,17 @@ class Run:
             # timeout: Python runs a signal's handler on the main thread, but the kernel may deliver the
             # signal to any thread, and then nothing interrupts a wait without one (a group SIGTERM went
             # unanswered until the run ended that way).
-            while not self._finished.is_set():
-                self._wake.wait(SIGNAL_CHECK_S)
-                self._wake.clear()
-                if self._pause_requested.is_set():
-                    self._open_pause()
-                while self._on_main:
-                    self._open_on_main(self._on_main.popleft())
-                self._nudge()  # a turn for the loop's timers, even while items never await
-                self._watch_loop(loop_thread)
-                deadline = self._stop_deadline
-                if deadline is not None and time.monotonic() >= deadline and not self._hard_stop.begun:
-                    self._stop_timed_out()
-                if self._hard_stop.overdue():
-                    self._leave_loop()
+            try:
+                self._wait(loop_thread)
+            except KeyboardInterrupt as error:
+                # No handler of ours took the SIGINT (run_job, a program that embeds the run): it stops at once,
+                # resumably, and the interrupt goes on once the run is recorded so. It left the run's threads
+                # working, its session "running", and resume refused for as long as the process lived.
+                interrupted = error
+                log.warning("KeyboardInterrupt: stopping at once; in-flight items stay unprocessed.")
+                self.stop()
+                self.cancel()
+                self._wait(loop_thread)  # a second one ends the wait, as the first used to
             if not self._left_loop:
                 loop_thread.join()
             recorder.join()
@@ -269,7 +267,26 @@ class Run:
             self.notifier.ended(result)
             self.notifier.close()  # a bounded wait: the endpoint never decides how the run ends
         stop_logging()
+        if interrupted is not None:
+            raise interrupted
         return result
+
+    def _wait(self, loop_thread: threading.Thread) -> None:
+        """The main thread's part until the run is finished: open shells, watch the loop, time the stop."""
+        while not self._finished.is_set():
+            self._wake.wait(SIGNAL_CHECK_S)
+            self._wake.clear()
+            if self._pause_requested.is_set():
+                self._open_pause()
+            while self._on_main:
+                self._open_on_main(self._on_main.popleft())
+            self._nudge()  # a turn for the loop's timers, even while items never await
+            self._watch_loop(loop_thread)
+            deadline = self._stop_deadline
+            if deadline is not None and time.monotonic() >= deadline and not self._hard_stop.begun:
+                self._stop_timed_out()
+            if self._hard_stop.overdue():
+                self._leave_loop()
 
     def _close(self, journal: Journal) -> RunResult:
         """The result; then, unless the run directory cannot be written, the summary and the journal's end."""
