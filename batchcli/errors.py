@@ -142,6 +142,10 @@ class JournalUnreadable(JournalError):
     """A journal this user may not read at all (another user's, owner-only): not damaged, only out of reach."""
 
 
+class JournalNewer(JournalError):
+    """A journal a newer batchcli wrote, in a format this one does not know: not damaged, only too new."""
+
+
 class StoppedBeforeStart(BatchcliError):
     """A stop signal arrived while the job was being loaded: nothing ran; exit 130 like any stopped run."""
 

@@ -199,3 +199,24 @@ def test_resume_of_a_run_directory_it_cannot_write(cli, tmp_path: Path, immutabl
     assert f"'{crashed.run_dir}/journal.sqlite' is not writable" in out
     assert "or copy the run directory and resume the copy" in out
     assert "damaged" not in out
+
+
+@pytest.mark.parametrize("schema_changed", [True, False], ids=["new-schema", "same-columns"])
+def test_a_journal_a_newer_batchcli_wrote_says_upgrade_not_damaged(cli, finished_run: Path, schema_changed: bool) -> None:
+    """A newer format was read as far as a query got: called damaged, with the advice to redo the run with exec (a new
+    column's absence), or read as if it were ours (same columns). Every command now says a newer batchcli wrote it
+    and to upgrade; runs lists it as newer."""
+    conn = sqlite3.connect(finished_run / "journal.sqlite")
+    conn.execute("UPDATE run SET format = format + 1, batchcli_version = '9.9.0'")
+    if schema_changed:
+        conn.execute("ALTER TABLE run RENAME COLUMN fatal TO fatal_v2")
+    conn.commit()
+    conn.close()
+    for command in (["show", finished_run], ["show", finished_run, "--failures"], ["watch", finished_run],
+                    ["retry", finished_run], ["resume", finished_run], ["results", finished_run]):  # fmt: skip
+        said = refused(cli(*command))
+        assert "was written by batchcli 9.9.0, in a newer format" in said and "Upgrade batchcli" in said, said
+        assert "damaged" not in said
+    runs = cli("runs", "-d", finished_run.parent)
+    row = next(line for line in runs.output.splitlines() if finished_run.name in line)
+    assert runs.exit_code == 0 and row.split()[4] == "newer", runs.output

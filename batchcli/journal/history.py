@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from batchcli.load.environment import variable
-from batchcli.errors import BatchcliError, JournalUnreadable, UsageError
+from batchcli.errors import BatchcliError, JournalNewer, JournalUnreadable, UsageError
 from batchcli.journal.shards import shard_of
 from batchcli.journal.live import recent_rate
 from batchcli.journal.matching import FailureFilter, FailureRow, group_types, matching_failures
@@ -32,6 +32,7 @@ STATUS_STYLES = {
     "running": "bold cyan",
     "damaged": "red",
     "unreadable": "red",
+    "newer": "yellow",
     "never started": "dim",
 }
 BLOCKS = " ▁▂▃▄▅▆▇█"
@@ -44,8 +45,8 @@ class Unreadable:
     run_dir: Path
     reason: str
     status: str = "damaged"
-    """What ``runs`` shows: damaged, unreadable (this user may not read the journal), or never started (a process
-    killed while making the run directory)."""
+    """What ``runs`` shows: damaged, unreadable (this user may not read the journal), newer (a newer batchcli wrote
+    it), or never started (a process killed while making the run directory)."""
     modified: float = 0.0
     """When the directory last changed (``modified_at``), for the listing's order and its started column."""
 
@@ -74,7 +75,10 @@ def find_runs(output_dir: Path) -> list[RunInfo | Unreadable]:
         except BatchcliError as error:
             if not journal.exists():  # renamed or removed since the listing began: not a run here any more
                 continue
-            status = "unreadable" if isinstance(error, JournalUnreadable) else "damaged"
+            status = (
+                "unreadable" if isinstance(error, JournalUnreadable) else "newer" if isinstance(error, JournalNewer)
+                else "damaged"
+            )  # fmt: skip
             found.append(Unreadable(run_dir, str(error), status, modified_at(run_dir)))
     for draft in output_dir.glob(f"*/{JOURNAL_NAME}.new"):
         if never_started(draft.parent):

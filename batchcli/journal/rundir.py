@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import quote
 
-from batchcli.errors import JournalError, JournalUnreadable, UsageError
+from batchcli import __version__
+from batchcli.errors import JournalError, JournalNewer, JournalUnreadable, UsageError
 
 try:
     import fcntl
@@ -104,6 +105,20 @@ def damaged(path: Path, reason: str) -> JournalError:
         "What it recorded is also in failed.jsonl and summary.json next to it; start the job again with "
         "`batchcli exec` to redo it."
     )
+
+
+def check_format(conn: sqlite3.Connection, path: Path) -> None:
+    """A clear error when a newer batchcli wrote the journal: its schema may differ (a query then fails), and it was
+    called damaged, with the advice to redo the run with exec, where upgrading batchcli is all it takes."""
+    try:
+        row = conn.execute("SELECT format, batchcli_version FROM run").fetchone()
+    except sqlite3.Error:
+        return  # no run table, or no format column: the caller's own query says what is wrong
+    if row is not None and isinstance(row[0], int) and row[0] > FORMAT:
+        raise JournalNewer(
+            f"The journal {str(path)!r} was written by batchcli {row[1]}, in a newer format than this batchcli "
+            f"({__version__}) reads. Upgrade batchcli (pip install --upgrade batchcli) to show, resume or retry it."
+        )
 
 
 def journal_path(run_dir: Path) -> Path:
@@ -408,6 +423,7 @@ def read_run(run_dir: Path) -> RunInfo:
     try:
         conn = connect(path)
         try:
+            check_format(conn, path)
             run = conn.execute(
                 "SELECT job, target, config_name, configuration, params, secrets, parent, total, succeeded, failed,"
                 " fatal, batchcli_version FROM run"
