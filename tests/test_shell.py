@@ -504,3 +504,45 @@ def test_the_pause_shell_pauses_a_cluster_run_and_its_stop_resumes_with_nothing_
     assert resumed.exit_code == 0, resumed.output
     assert sorted(set(log.done())) == list(range(60))
     assert log.done_twice() == []
+
+
+def test_a_retry_in_the_shell_during_a_ctl_retry_failed_does_not_process_the_item_twice(tmp_path: Path) -> None:
+    """``self.retry(failure)`` did not wait for a ``ctl retry-failed`` under way, and both processed the same failure:
+    the item succeeded twice. It now waits for it, finds the failure recovered, and says so."""
+    ledger = tmp_path / "ledger.txt"
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "batchcli", "exec", str(PROJECTS / "unattended" / "job.py"), "-d", str(tmp_path / "out"),
+         "-p", "count=120", "-p", "delay_s=0.05", "-p", "concurrency=2", "-p", "fail_every=10", "-p", "max_retries=0",
+         "-p", "breaker_window=0", "-p", "fixed_delay_s=1.5", "-p", f"ledger={ledger}"],
+        env=subprocess_env(TERM="xterm", IPYTHONDIR=str(tmp_path / "ipython"), PROMPT_TOOLKIT_NO_CPR="1"),
+        dimensions=(60, 250), encoding="utf-8", timeout=60,
+    )  # fmt: skip
+    log = JobLog(ledger)
+    try:
+        wait_for(lambda: len(log.done()) >= 40, "some items failed")
+        child.sendintr()
+        child.expect("run paused")
+        child.expect(PROMPT)
+        child.sendline("first = failures[0]; print('FIRST', first.item)")
+        child.expect(r"FIRST (\d+)")
+        first = int(child.match.group(1))
+        child.expect(PROMPT)
+        ledger.with_suffix(".fixed").touch()
+        run_dir = next((tmp_path / "out").glob("*/control.sock")).parent
+        ctl = subprocess.Popen([sys.executable, "-m", "batchcli", "ctl", str(run_dir), "retry-failed"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())  # fmt: skip
+        wait_for(lambda: f"start {first}" in log.lines()[-20:] or log.done().count(first), "ctl's retry of the first failure")
+        child.sendline("print('RETRIED', self.retry(first))")
+        child.expect(f"Item {first} was retried successfully already; not processing it again")
+        child.expect("RETRIED None")
+        assert ctl.wait(timeout=60) == 0, ctl.communicate()
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+        child.close()
+    finally:
+        if child.isalive():
+            child.terminate(force=True)
+    assert child.exitstatus == 0
+    assert log.done().count(first) == 1 and log.done_twice() == []
+    assert sorted(log.done()) == list(range(120))

@@ -201,12 +201,22 @@ class RunController:
 
         ``item`` is one of ``failures`` or a failed input; a ``Failure`` sends its input (``.item``) to
         ``process``. On success it counts as succeeded instead of failed (and ``persist_failed`` no
-        longer gets it); on failure the exception is raised here. Another input, or a failure already
-        retried successfully, is simply processed, without being counted.
+        longer gets it); on failure the exception is raised here. Another input is simply processed,
+        without being counted. A ``Failure`` retried successfully already (here, or by ``retry_failed``
+        or ``ctl retry-failed`` meanwhile) is not processed again: ``await self.process(x)`` does that.
         """
-        failure = self._find(item)
-        value = item.item if isinstance(item, Failure) else item
-        return self._await(self._retry(failure, value))
+        # One retry at a time, as retry_failed: a retry-failed from ctl and this one both processed the same
+        # failure, and the item succeeded twice.
+        with self._run.retrying_failed:
+            failure = self._find(item)
+            if isinstance(item, Failure) and failure is None:
+                print(
+                    f"Item {item.ordinal} was retried successfully already; not processing it again "
+                    "(await self.process(failure.item) would)."
+                )
+                return None
+            value = item.item if isinstance(item, Failure) else item
+            return self._await(self._retry(failure, value))
 
     def retry_failed(self) -> dict[int, Exception]:
         """Retry every failure in ``failures`` now (``concurrency`` at once); returns ordinal -> error of those that
