@@ -121,3 +121,25 @@ def test_init_refuses_names_that_cannot_be_imported(cli: Any, tmp_path: Path, na
     assert outcome.exit_code == 2
     assert message in flat(outcome.output)
     assert not (tmp_path / name).exists()
+
+
+def test_init_that_cannot_write_its_files_says_so_and_leaves_nothing(tmp_path: Path) -> None:
+    """A write that fails halfway (here the file-size limit, EFBIG; a full disk is ENOSPC) ended in a traceback and left
+    a half-made project, which init then refused to redo ("already exists"). One paragraph now, exit 2, nothing left;
+    and init succeeds once the writes can."""
+    import resource
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))  # the templates are larger
+
+    env = subprocess_env(PYTHONDONTWRITEBYTECODE="1")  # no .pyc cut short under the limit for later children
+    init = [sys.executable, "-m", "batchcli", "init", "fresh_job"]
+    failed = subprocess.run(init, cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env, preexec_fn=small_files)
+    said = flat(failed.stderr)
+    assert failed.returncode == 2, failed.stderr
+    assert "Cannot write the project 'fresh_job' (File too large" in said and "nothing was left behind" in said
+    assert "Traceback" not in failed.stderr
+    assert not (tmp_path / "fresh_job").exists()
+    again = subprocess.run(init, cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "fresh_job" / "config").is_dir()

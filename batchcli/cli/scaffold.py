@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import keyword
+import shutil
 import string
 import sys
 from importlib.resources import files
@@ -32,9 +33,19 @@ def create_project(root: Path) -> Path:
         root.mkdir(parents=True)
     except OSError as error:
         raise _cannot_create(root, error) from error
-    for path, text in written:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+    try:
+        for path, text in written:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    except BaseException as error:
+        # A half-made project is worse than none: init refuses to redo it ("already exists").
+        shutil.rmtree(root, ignore_errors=True)
+        if not isinstance(error, OSError):
+            raise
+        raise UsageError(
+            f"Cannot write the project {str(root)!r} ({error.strerror or error}: {error.filename or path}); nothing "
+            "was left behind. Free some space (or pick a directory on another disk), then run batchcli init again."
+        ) from error
     return root
 
 
