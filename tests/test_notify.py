@@ -82,6 +82,7 @@ def run(cli: Any, tmp_path: Path, url: str) -> tuple[Any, str]:
         (f"http://[::1/hook?key={TOKEN}", "Invalid IPv6 URL"),
         (f"http://127.0.0.1:99999/hook?key={TOKEN}", "Port out of range"),
         (f"http:///hook?key={TOKEN}", "names no host"),
+        (f"http://127.0.0.1:0/hook?key={TOKEN}", "its port is 0"),
     ],
 )
 def test_a_notify_url_the_http_client_would_refuse_is_refused_before_the_run(cli: Any, url: str, said: str) -> None:
@@ -159,3 +160,9 @@ def test_a_crash_notification_masks_the_jobs_secrets(cli: Any, tmp_path: Path, e
     (crashed,) = [body for method, path, body, _ in endpoint.requests if body["event"] == "crashed"]
     assert crashed["fatal"] == "PermissionError: login refused for token ********"
     assert secret not in json.dumps(endpoint.requests)
+
+
+def test_an_upper_case_scheme_is_a_url_like_any_other(cli: Any, tmp_path: Path, endpoint: Any) -> None:
+    """A URL's scheme is case-insensitive: ``HTTP://`` was refused as "neither http:// nor https://"."""
+    outcome, log = run(cli, tmp_path, f"HTTP://127.0.0.1:{endpoint.server_port}/ok")
+    assert [(method, path, body["event"]) for method, path, body, _ in endpoint.requests] == [("POST", "/ok", "finished")]

@@ -263,7 +263,7 @@ def url_fault(url: str) -> str:
     """What makes ``url`` unusable as a webhook (said without the URL, which may hold a token); '' when nothing.
 
     The standard library's HTTP client refuses these only when it sends, at the end of a night's run."""
-    if not url.startswith(("http://", "https://")):
+    if not url.lower().startswith(("http://", "https://")):  # a scheme is case-insensitive (RFC 3986): HTTP:// too
         return "it starts with neither"
     if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
         return "it holds a space or a control character: percent-encode it, e.g. %20"
@@ -274,4 +274,6 @@ def url_fault(url: str) -> str:
         return f"it does not parse: {error}"
     if not parts.hostname:
         return "it names no host"
+    if parts.port == 0:  # a port to listen on, never one to send to
+        return "its port is 0, where nothing can listen: give the endpoint's port"
     return ""
