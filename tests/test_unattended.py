@@ -438,6 +438,11 @@ def test_metrics_port_errors_come_before_any_run(cli: Any, tmp_path: Path, monke
         taken = cli("exec", JOB, "-d", tmp_path / "out", "-p", f"metrics_port={port}")
     assert taken.exit_code == 2 and f"metrics_port={port} cannot be served" in taken.output
     assert f"metrics_port={port + 1}" in taken.output
+    with socket.socket() as busy:  # the last port: the suggestion was 65536, which no port is
+        busy.bind(("127.0.0.1", 65535))  # above the kernel's ephemeral range: free unless a test server holds it
+        busy.listen()
+        last = cli("exec", JOB, "-d", tmp_path / "out", "-p", "metrics_port=65535")
+    assert last.exit_code == 2 and "metrics_port=65534" in last.output and "65536" not in last.output, last.output
     for host in ("no.such.host.invalid", "192.0.2.1"):  # a name that does not resolve; an address not this machine's
         # Said to be a port "another program uses", with another port suggested, which could not help.
         wrong = cli("exec", JOB, "-d", tmp_path / "out", "-p", f"metrics_port={free_port()}", "-p", f"metrics_host={host}")

@@ -174,7 +174,7 @@ def open_metrics(config: Any, job: str) -> Metrics | None:
             ) from None
         raise UsageError(
             f"metrics_port={port} cannot be served on {host} ({reason}): another program (or run) "
-            f"uses it. Give another port, e.g. -p metrics_port={port + 1}, or leave metrics_port unset."
+            f"uses it. Give another port, e.g. -p metrics_port={port + 1 if port < 65535 else port - 1}, or leave metrics_port unset."
         ) from None
     metrics = Metrics(server, thread, job)
     registry.register(metrics)  # type: ignore[arg-type]
