@@ -16,6 +16,7 @@ ENTRY_POINTS = """\
 [batchcli.jobs]
 squares = ux_demo_jobs.squares
 ghost = ux_demo_jobs.no_such_module
+needy = ux_demo_jobs.needs_missing
 """
 
 
@@ -99,6 +100,16 @@ def test_a_job_whose_module_is_gone_says_to_reinstall(cli: Any, installed: Path)
     text = " ".join(outcome.output.split())
     assert "The installed job 'ghost' points at module 'ux_demo_jobs.no_such_module', which cannot be imported" in text
     assert "Reinstall the package that provides it." in text
+
+
+def test_a_job_whose_module_imports_a_missing_dependency_names_the_dependency(cli: Any, installed: Path) -> None:
+    """The job's module is installed; a package it imports is not. It was told to reinstall the job's package, which
+    would not help: the message names the missing dependency and how to install it."""
+    outcome = cli("exec", "needy", "-d", "out")
+    text = " ".join(outcome.output.split())
+    assert outcome.exit_code == 2, text
+    assert "The installed job 'needy' (module 'ux_demo_jobs.needs_missing') imports 'no_such_dependency_xyz'" in text
+    assert "pip install no_such_dependency_xyz" in text and "Reinstall" not in text
 
 
 def test_a_path_wins_over_a_job_of_the_same_name_with_a_note(cli: Any, installed: Path, tmp_path: Path) -> None:

@@ -340,6 +340,14 @@ def load_module_project(job_name: str, module_name: str, target: str | None = No
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
+        missing = getattr(error, "name", None)
+        if missing and module_name != missing and not module_name.startswith(missing + "."):
+            # The job's module is there; something it imports is not: reinstalling the job would not help.
+            what = f"The installed job {job_name!r} (module {module_name!r})" if target is None else f"The module {module_name!r}"
+            raise ProjectError(
+                f"{what} imports {missing!r}, which is not installed in this environment ({error}). Install it "
+                f"(e.g. pip install {missing.partition('.')[0]}), or the package that provides it, then try again."
+            ) from error
         if target is None:
             what = f"The installed job {job_name!r} points at module {module_name!r}, which"
             fix = "Reinstall the package that provides it."
