@@ -285,3 +285,32 @@ def test_attach_works_after_the_runs_own_pause_shell_was_open(tmp_path: Path) ->
         if own.isalive():
             own.terminate(force=True)
     assert sorted(log.done()) == list(range(300)) and log.done_twice() == []
+
+
+def test_the_connection_file_of_a_run_killed_while_attached_goes_with_its_resume(tmp_path: Path, run_batchcli: Any) -> None:
+    """A run killed (-9) while a console was attached left kernel.json, its HMAC key in it, for good: the resume that
+    finished the run left it there. The resume removes it as it takes the run over, as it does the control socket."""
+    ledger = tmp_path / "ledger.txt"
+    out = tmp_path / "out"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", "count=100", "-p", "delay_s=0.05",
+         "-p", "concurrency=2", "-p", f"ledger={ledger}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(tmp_path / "run.err").open("w"),
+        env=subprocess_env(IPYTHONDIR=str(tmp_path / "ipython")),
+    )  # fmt: skip
+    log = JobLog(ledger)
+    try:
+        wait_for(lambda: any(out.glob("*/control.sock")) and len(log.done()) > 5, "the run under way")
+        run_dir = next(out.glob("*/control.sock")).parent
+        child = attach(run_dir, tmp_path)
+        run.kill()
+        run.wait(timeout=30)
+        child.expect(pexpect.EOF)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert (run_dir / "kernel.json").exists()
+    resumed = run_batchcli("resume", str(run_dir), "-p", "delay_s=0", timeout=120)
+    assert resumed.exit_code == 0, resumed.output
+    assert not (run_dir / "kernel.json").exists()
+    assert sorted(set(log.done())) == list(range(100))
