@@ -48,6 +48,26 @@ def cell(child: pexpect.spawn, code: str) -> str:
     return str(child.before)
 
 
+def headless(tmp_path: Path, count: int, *params: str) -> tuple[subprocess.Popen[bytes], Path, JobLog]:
+    """``batchcli exec`` of the slow job without a terminal (``count`` items, 0.05 s each, two at once, ``params``
+    added), once under way: its process, its run directory and the job's ledger."""
+    ledger = tmp_path / "ledger.txt"
+    out = tmp_path / "out"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", f"count={count}", "-p", "delay_s=0.05",
+         "-p", "concurrency=2", "-p", f"ledger={ledger}", *params],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(tmp_path / "run.err").open("w"),
+        env=subprocess_env(IPYTHONDIR=str(tmp_path / "ipython")),
+    )  # fmt: skip
+    log = JobLog(ledger)
+    try:
+        wait_for(lambda: any(out.glob("*/control.sock")) and len(log.done()) > 5, "the run under way")
+    except BaseException:
+        run.kill()
+        raise
+    return run, next(out.glob("*/control.sock")).parent, log
+
+
 def advancing(log: JobLog) -> bool:
     """Whether the run completes items now (over a fifth of a second)."""
     before = len(log.done())
@@ -57,18 +77,8 @@ def advancing(log: JobLog) -> bool:
 
 def test_attach_to_a_headless_run_awaits_on_it_resumes_it_survives_a_killed_client_and_stops_it(tmp_path: Path) -> None:
     """attach pauses a run without a terminal and gives IPython on it (await on its loop, its names); leaving or a killed client resumes it; self.stop() stops it resumably and resume loses and repeats nothing."""
-    ledger = tmp_path / "ledger.txt"
-    out = tmp_path / "out"
-    env = subprocess_env(IPYTHONDIR=str(tmp_path / "ipython"))
-    run = subprocess.Popen(
-        [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", "count=400", "-p", "delay_s=0.05",
-         "-p", "concurrency=2", "-p", f"ledger={ledger}"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(tmp_path / "run.err").open("w"), env=env,
-    )
-    log = JobLog(ledger)
+    run, run_dir, log = headless(tmp_path, 400)
     try:
-        wait_for(lambda: any(out.glob("*/control.sock")) and len(log.done()) > 5, "the run under way")
-        run_dir = next(out.glob("*/control.sock")).parent
 
         # Attached: paused, the connection file owner-only, await runs the live service on the run's loop.
         child = attach(run_dir, tmp_path)
@@ -104,7 +114,7 @@ def test_attach_to_a_headless_run_awaits_on_it_resumes_it_survives_a_killed_clie
             run.kill()
     resumed = subprocess.run(
         [sys.executable, "-m", "batchcli", "resume", str(run_dir), "-p", "concurrency=20", "-p", "delay_s=0"],
-        capture_output=True, text=True, timeout=60, env=env,
+        capture_output=True, text=True, timeout=60, env=subprocess_env(IPYTHONDIR=str(tmp_path / "ipython")),
     )
     assert resumed.returncode == 0, resumed.stderr
     assert sorted(set(log.done()) - {1000}) == list(range(400))
@@ -174,18 +184,8 @@ def test_a_stop_signal_closes_an_attached_console_at_the_stop_timeout_or_at_once
     """A supervisor's SIGTERM while someone is attached went unanswered until the client left (a second one too, though
     the log said "stopping at once"), so the supervisor's SIGKILL came first. The console now closes when the stop
     times out, or at once at a second signal; the run stops resumably and its resume redoes nothing."""
-    ledger = tmp_path / "ledger.txt"
-    out = tmp_path / "out"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", "count=400", "-p", "delay_s=0.05",
-         "-p", "concurrency=2", "-p", f"ledger={ledger}", "-p", "stop_timeout_s=2"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(tmp_path / "run.err").open("w"),
-        env=subprocess_env(IPYTHONDIR=str(tmp_path / "ipython")),
-    )  # fmt: skip
-    log = JobLog(ledger)
+    run, run_dir, log = headless(tmp_path, 400, "-p", "stop_timeout_s=2")
     try:
-        wait_for(lambda: any(out.glob("*/control.sock")) and len(log.done()) > 5, "the run under way")
-        run_dir = next(out.glob("*/control.sock")).parent
         child = attach(run_dir, tmp_path)
         for _ in range(signals):
             run.send_signal(signal.SIGTERM)
@@ -208,18 +208,8 @@ def test_a_stop_interrupts_a_cell_running_in_an_attached_console(tmp_path: Path,
     """A cell that sleeps (or loops) on the run's main thread held every stop: the session ends only once the cell
     returns, so ctl stop and SIGTERM, twice, went unanswered and only SIGKILL ended the run. The stop timeout now
     interrupts the cell as a console's Ctrl-C would; the run stops resumably and its resume redoes nothing."""
-    ledger = tmp_path / "ledger.txt"
-    out = tmp_path / "out"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", "count=300", "-p", "delay_s=0.05",
-         "-p", "concurrency=2", "-p", f"ledger={ledger}", "-p", "stop_timeout_s=1"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(tmp_path / "run.err").open("w"),
-        env=subprocess_env(IPYTHONDIR=str(tmp_path / "ipython")),
-    )  # fmt: skip
-    log = JobLog(ledger)
+    run, run_dir, log = headless(tmp_path, 300, "-p", "stop_timeout_s=1")
     try:
-        wait_for(lambda: any(out.glob("*/control.sock")) and len(log.done()) > 5, "the run under way")
-        run_dir = next(out.glob("*/control.sock")).parent
         child = attach(run_dir, tmp_path)
         child.sendline("import time; time.sleep(600)")
         time.sleep(1)  # the cell is running
@@ -290,18 +280,8 @@ def test_attach_works_after_the_runs_own_pause_shell_was_open(tmp_path: Path) ->
 def test_the_connection_file_of_a_run_killed_while_attached_goes_with_its_resume(tmp_path: Path, run_batchcli: Any) -> None:
     """A run killed (-9) while a console was attached left kernel.json, its HMAC key in it, for good: the resume that
     finished the run left it there. The resume removes it as it takes the run over, as it does the control socket."""
-    ledger = tmp_path / "ledger.txt"
-    out = tmp_path / "out"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", "count=100", "-p", "delay_s=0.05",
-         "-p", "concurrency=2", "-p", f"ledger={ledger}"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(tmp_path / "run.err").open("w"),
-        env=subprocess_env(IPYTHONDIR=str(tmp_path / "ipython")),
-    )  # fmt: skip
-    log = JobLog(ledger)
+    run, run_dir, log = headless(tmp_path, 100)
     try:
-        wait_for(lambda: any(out.glob("*/control.sock")) and len(log.done()) > 5, "the run under way")
-        run_dir = next(out.glob("*/control.sock")).parent
         child = attach(run_dir, tmp_path)
         run.kill()
         run.wait(timeout=30)
