@@ -221,3 +221,14 @@ def test_run_dir_read_in_a_constructor_says_where_to_read_it(cli, tmp_path: Path
     result = cli("exec", job, "-d", "out")
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and "read config.run_dir in setup() or process(), not in a constructor" in said, said
+
+
+def test_a_project_named_like_an_imported_module_says_which_module_and_a_new_name(cli, tmp_path: Path) -> None:
+    """A project file named json.py clashes with the standard library's json: the message named only the name; it
+    says where the other module comes from and offers a name that does not clash."""
+    project = tmp_path / "jobs" / "json.py"
+    project.parent.mkdir()
+    project.write_text((PROJECTS / "unattended" / "job.py").read_text())
+    said = rejected(cli("exec", project, "-d", tmp_path / "out"))
+    assert f"The project name 'json' ('{project}') clashes with the module 'json'" in said
+    assert "json/__init__.py" in said and f"'{project.with_name('json_job.py')}'" in said

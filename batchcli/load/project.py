@@ -205,9 +205,12 @@ def _module_name(name: str, location: Path) -> str:
         )
     existing = sys.modules.get(name)
     if existing is not None and not _is_from(existing, location):
+        where = getattr(existing, "__file__", None) or "built into Python"
+        renamed = location.with_name(f"{name}_job{location.suffix}")
         raise ProjectError(
-            f"The project name {name!r} ({str(location)!r}) clashes with the module {name!r} that is "
-            "already imported; rename the project."
+            f"The project name {name!r} ({str(location)!r}) clashes with the module {name!r} that is already "
+            f"imported (from {where}): Python can hold only one module of that name. Rename the project, e.g. to "
+            f"{str(renamed)!r}."
         )
     # A project loaded again in the same process (tests, resume) is imported afresh.
     for loaded in [n for n in sys.modules if n == name or n.startswith(name + ".")]:
