@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from conftest import EXAMPLES, PROJECTS
 
-from batchcli.errors import UsageError
+from batchcli.errors import ProjectError, UsageError
 from batchcli.testing import FailedItem, JobOutcome, raw_values, run_job
 
 FLAKY = PROJECTS / "ux_flaky" / "job.py"
@@ -72,6 +72,8 @@ def test_a_mistake_raises_the_cli_message(tmp_path: Path) -> None:
     """A misspelt param raises the same UsageError the CLI prints, suggestion included."""
     with pytest.raises(UsageError, match="'cuont' \\(did you mean 'count'\\?\\)"):
         run_job(FLAKY, params={"cuont": 3}, output_dir=tmp_path)
+    with pytest.raises(ProjectError, match="Path 'no/such/job.py' does not exist"):  # as documented in projects.md
+        run_job("no/such/job.py", output_dir=tmp_path)
 
 
 def test_empty_targets_output_dirs_and_unnamed_params_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
