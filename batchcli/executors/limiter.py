@@ -12,6 +12,7 @@ counter taken and released per item: that would cost the success path on every i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -41,16 +42,16 @@ def checked_rate_limit(value: object) -> float | None:
     if value is None:
         return None
     # `not 0 < x < inf` rather than `x <= 0`: NaN compares false both ways and must be refused too.
-    refusal = ValueError(
-        f"rate_limit must be a positive number of items per second or None, got {value!r}: "
-        "e.g. set_rate_limit(50), or set_rate_limit(None) for no limit."
-    )
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise refusal
-    try:
-        return float(value)
-    except OverflowError:  # an int below infinity that no float holds (10**400)
-        raise refusal from None
+    rate = None
+    if not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < math.inf:
+        with contextlib.suppress(OverflowError):  # an int below infinity that no float holds (10**400)
+            rate = float(value)
+    if rate is None:
+        raise ValueError(
+            f"rate_limit must be a positive number of items per second or None, got {value!r}: "
+            "e.g. set_rate_limit(50), or set_rate_limit(None) for no limit."
+        )
+    return rate
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 
 from batchcli.load.environment import variable
+from batchcli.load.project import recorded_by_name
 from batchcli.errors import JournalError, UsageError
 from batchcli.journal.writer import Journal, stable_target
 from batchcli.journal.matching import FailureFilter, TypeMatch, matching_failures, recorded_types
@@ -295,7 +296,7 @@ def _rewire(earlier: RunInfo, overrides: dict[str, tuple[str, ...]], command: st
     # path of that name exists now (path wins only for exec; a resume loaded it and mixed two jobs in one run).
     wiring = Wiring(
         target=earlier.target, config_name=earlier.config_name, values=values, environment=environment,
-        by_name=not os.path.isabs(target),
+        by_name=recorded_by_name(target),
     )  # fmt: skip
     secrets = {variable(name): os.environ[variable(name)] for name in earlier.secrets if name not in overrides}
     return wiring, secrets

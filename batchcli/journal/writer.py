@@ -26,7 +26,7 @@ from batchcli.outcome import Failure, Sealed, Tally, writable
 from batchcli.journal.records import failure_line, json_form, json_text, row_lines
 from batchcli.journal.batches import BATCHES_TABLE, write_sealed
 from batchcli.journal.results import RESULTS_TABLE, Kept, write_results
-from batchcli.journal.rundir import FORMAT, JOURNAL_NAME, RunLock, check_safe, check_writable, connect, damaged, live_states
+from batchcli.journal.rundir import FORMAT, JOURNAL_NAME, RunLock, check_format, check_safe, check_writable, connect, damaged, live_states
 from batchcli.journal.selection import Selection, save_selection
 from batchcli.journal.settled import Numbered, RangeSet, skip_keys, skip_ordinals
 from batchcli.journal.shards import Shard, read_shard, record_shard
@@ -259,7 +259,7 @@ class Journal:
         try:
             conn = connect(path, writer=True)
             journal = cls(run_dir, conn, lock)
-            journal._check_format()
+            check_format(conn, path)
             with conn:
                 conn.executescript(LIMITS_TABLE + LIVE_TABLE + RESULTS_TABLE + BATCHES_TABLE)
             return journal
@@ -269,14 +269,6 @@ class Journal:
         except BaseException:
             lock.release()
             raise
-
-    def _check_format(self) -> None:
-        fmt, version = self._conn.execute("SELECT format, batchcli_version FROM run").fetchone()
-        if fmt > FORMAT:
-            raise JournalError(
-                f"The journal in {str(self.run_dir)!r} was written by batchcli {version}, which is newer than this "
-                f"one ({__version__}). Upgrade batchcli to continue it."
-            )
 
     def begin(self, tally: Tally) -> None:
         """Start a session (a new run's first one is already there): running, in this process, from now."""

@@ -165,10 +165,15 @@ def load_project(target: str, *, by_name: bool = False) -> Project:
     return _directory_project(target, path, package, entry=path)
 
 
+def recorded_by_name(target: str) -> bool:
+    """Whether a run's journal names its job by name: it records a path as an absolute one (``stable_target``), so
+    anything else was an installed job's name, and stays that job even where a path of that name exists now."""
+    return not os.path.isabs(target)
+
+
 def load_recorded(target: str) -> Project:
-    """Import the project a run's journal names: an absolute path is that path (``stable_target``); anything else
-    was an installed job's name, and stays that job even where a path of that name exists now."""
-    return load_project(target, by_name=not os.path.isabs(target))
+    """Import the project a run's journal names (``recorded_by_name``)."""
+    return load_project(target, by_name=recorded_by_name(target))
 
 
 def _imports_relatively(path: Path) -> bool:

@@ -8,7 +8,7 @@ import os
 import reprlib
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic
 
 from kink import Container
@@ -44,7 +44,7 @@ class Wiring:
     def without(self, names: frozenset[str] | set[str]) -> Wiring:
         """This wiring minus ``names``: what to store for ``resume`` (``job.secret_names`` are given again)."""
         values = {k: v for k, v in self.values.items() if k not in names}
-        return Wiring(self.target, self.config_name, values, self.environment - names, self.by_name)
+        return replace(self, values=values, environment=self.environment - names)
 
     def with_environment(self, found: Mapping[str, tuple[str, ...]]) -> Wiring:
         """This wiring plus the values ``build_job`` read from the environment (``Job.environment``).
@@ -55,7 +55,7 @@ class Wiring:
         if not found:
             return self
         extra = {k: v for k, v in found.items() if k not in self.values}  # -p wins over the environment
-        return Wiring(self.target, self.config_name, {**self.values, **extra}, self.environment | extra.keys(), self.by_name)
+        return replace(self, values={**self.values, **extra}, environment=self.environment | extra.keys())
 
 
 @dataclass(frozen=True)

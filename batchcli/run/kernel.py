@@ -67,8 +67,9 @@ class Kernel:
         # A client's interrupt request would SIGINT the run's process group: that is a stop, for a headless run.
         self.app.kernel._send_interrupt_children = _ignore_interrupt
         self.io_loop = ioloop.IOLoop.current()
-        # While the kernel handles a request (a cell runs), ipykernel makes SIGINT raise KeyboardInterrupt in it and
-        # puts the handler it found back afterwards: ours, which tells the SIGINTs interrupt() sends from a stop.
+        # ipykernel's own hooks make SIGINT raise KeyboardInterrupt while a request (a cell) runs; ours replace them
+        # with one handler for the whole session, which interrupts a cell, drops between cells the SIGINTs
+        # interrupt() sent, and hands any other to the run's handler.
         self._handling = False
         self._sent = 0
         self._run_sigint = signal.getsignal(signal.SIGINT)
