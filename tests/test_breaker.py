@@ -142,6 +142,48 @@ def test_a_trip_in_a_session_killed_before_its_summary_still_counts(api: FlakyAp
     assert "opened 1 time," in run([sys.executable, "-m", "batchcli", "show", str(run_dir)]).output
 
 
+@pytest.mark.parametrize("stop", ["gives up", "SIGTERM"])
+def test_items_failing_after_a_stop_while_the_breaker_is_open_are_not_final(
+    api: FlakyApi, tmp_path: Path, stop: str
+) -> None:
+    """Items in flight when the breaker opened, failing only after the run began to stop (the breaker gave up, or
+    SIGTERM), became final failures: the stop had ended the breaker, which then ignored them. They are taken back
+    as the window's failures are, left unprocessed for the resume."""
+    out = tmp_path / "out"
+    # Odd items fail at once and trip the breaker while the slow even items are still in flight.
+    params: dict[str, object] = {"token": "bad", "count": 60, "concurrency": 8, "breaker_window": 10, "even_pause_s": 1.5}
+    if stop == "gives up":
+        params["breaker_max_wait_s"] = 0.1
+    else:
+        params.update(breaker_max_wait_s=600, breaker_cooldown_s=60)
+    proc = subprocess.Popen(args(api, out, **params), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=subprocess_env())  # fmt: skip
+    try:
+        if stop == "SIGTERM":
+            def tripped() -> bool:
+                logs = list(out.glob("*/batchcli.log"))
+                return bool(logs) and "Circuit breaker open" in logs[0].read_text()
+
+            wait_for(tripped, "the breaker to open")
+            proc.terminate()
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    run_dir = newest_run(out)
+    assert run_dir is not None
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["succeeded"], summary["failed"], summary["unprocessed"]) == (0, 0, 60), output
+    assert journal_failures(run_dir) == 0
+    assert not (run_dir / "failed.jsonl").exists() or (run_dir / "failed.jsonl").read_text() == ""
+
+    resumed = run([sys.executable, "-m", "batchcli", "resume", str(run_dir), "-p", "token=good", "-p", "even_pause_s=0"])
+    assert resumed.exit_code == 0, resumed.output
+    assert (resumed.summary["succeeded"], resumed.summary["failed"], resumed.summary["unprocessed"]) == (60, 0, 0)
+    assert sorted(api.served) == list(range(60)) and set(api.served.values()) == {1}
+
+
 def test_expired_token_with_worker_processes_stops_within_the_window(api: FlakyApi, tmp_path: Path) -> None:
     """With executor=process, chunks already sent stop early: a bad token costs about a window of attempts, not chunks."""
     stopped = run(args(api, tmp_path / "out", token="bad", concurrency=4, breaker_max_wait_s=0.5, executor="process", workers=2))

@@ -123,6 +123,10 @@ class Breaker:
     def watch(self, failure: Failure | None, hold: Hold | None) -> None:
         """A failed attempt: ``failure`` when the item finally failed (``hold`` takes it back), else None."""
         if self._ended:
+            # The run is stopping. An item that was in flight when the breaker opened is no more final now than
+            # it was before the stop: taken back, it stays unprocessed for the resume (its hold would never end).
+            if failure is not None and self.state != "closed":
+                self._tally.unfail(failure)
             return
         if failure is None:
             if self.state == "probing":
