@@ -100,6 +100,9 @@ def test_expired_token_stops_resumably_then_resume_finishes(api: FlakyApi, tmp_p
     check_invariant(summary)
     assert sorted(api.served) == list(range(200)) and set(api.served.values()) == {1}
     assert summary["breaker"]["trips"] == 1  # the first session's, carried over
+    # Summed over the sessions, the counts stay whole numbers (they were written as 1.0 after a resume).
+    assert {name: type(value) for name, value in summary["breaker"].items()} == {
+        "trips": int, "probes": int, "cooldowns": int, "open_s": float}  # fmt: skip
 
     shown = run([sys.executable, "-m", "batchcli", "show", str(stopped.run_dir)])
     assert "breaker" in shown.output and "opened 1 time," in shown.output

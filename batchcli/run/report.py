@@ -200,9 +200,10 @@ def _breaker_counts(result: RunResult, earlier: list[Any]) -> dict[str, float] |
         counts = counts or {name: 0 for name in session}
         for name, value in session.items():
             counts[name] = counts.get(name, 0) + _number(value)
-    if counts is not None and "open_s" in counts:
-        counts["open_s"] = round(counts["open_s"], 3)
-    return counts
+    if counts is None:
+        return None
+    # Counts of events stay whole numbers in summary.json ("trips": 2, not 2.0); only open_s is seconds.
+    return {name: round(value, 3) if name == "open_s" else int(value) for name, value in counts.items()}
 
 
 def print_closing(result: RunResult, console: Any, log_format: str = "text") -> None:
