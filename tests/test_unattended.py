@@ -88,6 +88,17 @@ def test_watch_and_ctl_steer_a_run_that_has_no_terminal(tmp_path: Path, cli: Any
         assert seen == sorted(seen) and seen[-1] > seen[0]
         assert run.poll() is None, "Ctrl-C in watch reached the run"
 
+        # SIGTERM leaves watch too, at once (it was remembered until the run ended), as a terminated process does.
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "batchcli", "watch", str(run_dir), "-n", "0.2"],
+            stdout=subprocess.PIPE, text=True, env=subprocess_env(),
+        )
+        assert watcher.stdout is not None
+        assert " ok " in watcher.stdout.readline() + watcher.stdout.readline()  # watching now, past start-up
+        watcher.terminate()
+        assert watcher.wait(timeout=30) == 128 + signal.SIGTERM
+        assert run.poll() is None, "SIGTERM to watch reached the run"
+
         # runs marks the live run and its current rate.
         listing = cli("runs", "-d", out)
         assert re.search(r"running\s+\d+ / \d+ / 400 .* [\d.]+/s now", listing.output)

@@ -21,9 +21,11 @@ from batchcli.journal.live import Snapshot, Watcher
 def watch(run_dir: Path, console: Console, interval_s: float = 1.0, once: bool = False) -> None:
     """Show the run until it ends (or Ctrl-C), redrawn every ``interval_s``; once and done with ``once``."""
     owned_run(run_dir, "watch")
-    # Ctrl-C leaves watch at once: the start-up handler would only remember it.
+    # Ctrl-C leaves watch at once, and SIGTERM too (exit 143, as a terminated process): the start-up handler
+    # would only remember either until the run ended, minutes or hours away.
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
+    previous_term = signal.signal(signal.SIGTERM, _terminated) if main else None
     watcher = Watcher(run_dir)
     try:
         view = watcher.snapshot()
@@ -45,9 +47,20 @@ def watch(run_dir: Path, console: Console, interval_s: float = 1.0, once: bool =
                 console.print()
     except KeyboardInterrupt:
         pass  # leaves watch only: the run never hears of it
+    except Terminated:
+        raise SystemExit(128 + signal.SIGTERM) from None  # after Live put the terminal back
     finally:
         if main:
             signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+class Terminated(Exception):
+    """SIGTERM arrived while watching."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def frame(view: Snapshot) -> RenderableType:
