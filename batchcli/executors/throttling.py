@@ -239,6 +239,10 @@ class Cooldown:
             self._streak += 1
             self._clamp_warned = False
         asked = throttle.retry_after_s
+        if asked is not None and asked <= 0:
+            # "Retry-After: 0", or a date already past, says nothing of how long to wait: taken as is, each cool-down
+            # ended as it began, so every refusal of one wave cut the concurrency again (8 at once took it to 1).
+            asked = None
         wait = self._base_s * 2 ** min(self._streak - 1, 30) if asked is None else asked
         if wait > self.max_wait_s:
             if not self._clamp_warned:  # once per cool-down, not per refused attempt

@@ -195,7 +195,7 @@ class FlakyApi:
     def _retry_after(self, seconds: float) -> str:
         if self.http_date:
             return formatdate(time.time() + seconds, usegmt=True)
-        return str(max(1, round(seconds)))
+        return str(max(1, round(seconds))) if seconds > 0 else "0"  # 0 only when asked for: "retry now"
 
 
 def main() -> None:
