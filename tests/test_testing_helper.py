@@ -177,6 +177,27 @@ def test_a_keyboard_interrupt_in_run_job_stops_the_run_resumably_before_it_goes_
     finally:
         if child.poll() is None:
             child.kill()
-    assert "INTERRUPTED" in stdout, stderr
+    assert "INTERRUPTED" in stdout, (child.returncode, stderr)
     assert "RESUMED 0" in stdout, stdout + stderr  # before: refused, the run still "running" in this process
     assert sorted(log.done()) == list(range(300)) and log.done_twice() == []
+
+
+def test_a_keyboard_interrupt_while_the_run_starts_its_threads_is_raised_once_they_run() -> None:
+    """Raised between starting the run's loop thread and waiting on it, a KeyboardInterrupt escaped the handler that
+    stops the run, and left the loop thread working (resume refused: "still running"). ``held_interrupt`` raises it
+    at the end of the block instead, where that handler catches it; code after the signal still ran."""
+    import os
+    import signal
+
+    from batchcli.run.interrupts import held_interrupt
+
+    ran = []
+    with pytest.raises(KeyboardInterrupt):
+        with held_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            ran.append("after the signal")
+    assert ran == ["after the signal"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with held_interrupt():  # no signal: nothing raised
+        ran.append("again")
+    assert ran == ["after the signal", "again"]

@@ -37,7 +37,7 @@ from batchcli.run.breaker import Breaker
 from batchcli.run.control import ControlChannel, live_state
 from batchcli.run.display import make_display
 from batchcli.run.hardstop import HardStop
-from batchcli.run.interrupts import EarlySignals, RunSignals
+from batchcli.run.interrupts import EarlySignals, RunSignals, held_interrupt
 from batchcli.run.logs import guard_console, start_logging
 from batchcli.run.loopwatch import HELD_S, LoopWatch
 from batchcli.run.notify import Notifier, notifier_of
@@ -229,14 +229,15 @@ class Run:
         control = ControlChannel.open(self)  # `batchcli ctl`: we hold the run directory's lock now
         interrupted: KeyboardInterrupt | None = None
         try:
-            display.start()
-            loop_thread.start()
-            recorder.start()
-            # The main thread only waits, so signal handlers (and the pause shell) run promptly. With a
-            # timeout: Python runs a signal's handler on the main thread, but the kernel may deliver the
-            # signal to any thread, and then nothing interrupts a wait without one (a group SIGTERM went
-            # unanswered until the run ended that way).
             try:
+                with held_interrupt():  # raised out of a half-started run, it left the loop thread working
+                    display.start()
+                    loop_thread.start()
+                    recorder.start()
+                # The main thread only waits, so signal handlers (and the pause shell) run promptly. With a
+                # timeout: Python runs a signal's handler on the main thread, but the kernel may deliver the
+                # signal to any thread, and then nothing interrupts a wait without one (a group SIGTERM went
+                # unanswered until the run ended that way).
                 self._wait(loop_thread)
             except KeyboardInterrupt as error:
                 # No handler of ours took the SIGINT (run_job, a program that embeds the run): it stops at once,

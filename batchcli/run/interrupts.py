@@ -31,6 +31,26 @@ ALARM_S = 0.25
 """How long a stop raised during start-up may take to unwind before it is raised again (see ``EarlySignals``)."""
 
 
+@contextmanager
+def held_interrupt() -> Iterator[None]:
+    """A KeyboardInterrupt that Python's own SIGINT handler would raise inside the block is raised at its end.
+
+    For code that must not be cut halfway (starting a run's threads): the interrupt then reaches the handler
+    that stops the run, instead of leaving the threads working. Any other SIGINT handler is left alone.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    received: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
+
+
 class StartInterrupted(KeyboardInterrupt):
     """A stop signal arrived while the user's code was being loaded: nothing ran, nothing was written.
 
