@@ -155,7 +155,10 @@ def test_a_keyboard_interrupt_in_run_job_stops_the_run_resumably_before_it_goes_
     out = tmp_path / "out"
     script = tmp_path / "interrupted.py"
     script.write_text(
-        "import subprocess, sys, time\n"
+        "import signal, subprocess, sys, time\n"
+        # As in a notebook: Ctrl-C raises KeyboardInterrupt, even when this test runs with SIGINT ignored (a
+        # background job of a non-interactive shell), which the child would inherit and never hear the signal.
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from batchcli.testing import run_job\n"
         "try:\n"
         f"    run_job({str(PROJECTS / 'unattended' / 'job.py')!r}, output_dir={str(out)!r},\n"
@@ -192,12 +195,16 @@ def test_a_keyboard_interrupt_while_the_run_starts_its_threads_is_raised_once_th
     from batchcli.run.interrupts import held_interrupt
 
     ran = []
-    with pytest.raises(KeyboardInterrupt):
-        with held_interrupt():
-            os.kill(os.getpid(), signal.SIGINT)
-            ran.append("after the signal")
-    assert ran == ["after the signal"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with held_interrupt():  # no signal: nothing raised
-        ran.append("again")
-    assert ran == ["after the signal", "again"]
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, even if this process ignores SIGINT
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with held_interrupt():
+                os.kill(os.getpid(), signal.SIGINT)
+                ran.append("after the signal")
+        assert ran == ["after the signal"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with held_interrupt():  # no signal: nothing raised
+            ran.append("again")
+        assert ran == ["after the signal", "again"]
+    finally:
+        signal.signal(signal.SIGINT, previous)
