@@ -103,6 +103,11 @@ def clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def per_second(rate: float) -> str:
+    """A rate for people: ``97.3/s``, ``0.05/s``; a learnt rate is a float with many digits (97.34215693)."""
+    return f"{round(rate, 1):g}/s" if rate >= 1 else f"{rate:.2g}/s"
+
+
 def qualified_name(cls: type) -> str:
     """``module.Class`` (just ``Class`` for builtins), as failure records name exception types."""
     module = cls.__module__

@@ -210,6 +210,10 @@ def test_a_rate_limited_api_loses_no_item_and_fails_none(run_batchcli) -> None:
     # Loose bounds: the wave is timed on a client that shares 2 cores with the server and, in the suite, with
     # other tests, so a loaded machine reads 20-170/s here; how close to R it gets is bench.py throttled's job.
     assert rates and all(10 < r < 200 for r in rates), rates
+    # show draws the rates in force rounded (a learnt rate read "at 97.3421/s"), as the log does.
+    shown = " ".join(run_batchcli("show", result.run_dir).output.split())
+    in_force = re.findall(r" at ([\d.]+)/s", shown)
+    assert in_force and all(re.fullmatch(r"\d+(\.\d)?", rate) for rate in in_force), shown
 
 
 @pytest.mark.parametrize("executor", ["process", "dask"])

@@ -16,6 +16,7 @@ from rich.text import Text
 from batchcli.cli.ctl import owned_run
 from batchcli.journal.history import STATUS_STYLES
 from batchcli.journal.live import Snapshot, Watcher
+from batchcli.outcome import per_second
 
 
 def watch(run_dir: Path, console: Console, interval_s: float = 1.0, once: bool = False) -> None:
@@ -108,7 +109,7 @@ def _limits(live: dict[str, object]) -> list[str]:
         rate_limit = live.get("configured_rate_limit")
     else:
         parts = [f"concurrency {concurrency}" + ("" if concurrency == configured else f" of {configured} (adapting)")]
-    parts.append("rate limit " + ("none" if rate_limit is None else f"{rate_limit}/s"))
+    parts.append("rate limit " + (per_second(rate_limit) if isinstance(rate_limit, (int, float)) else "none"))
     cooling = live.get("cooling_down_s") or 0
     if isinstance(cooling, (int, float)) and cooling > 0:
         parts.append(f"cooling down {cooling:.0f}s")

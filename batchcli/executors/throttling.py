@@ -19,7 +19,7 @@ from typing import Any, Callable
 from batchcli.executors.limiter import Limiter, Limits, checked_concurrency, checked_rate_limit
 from batchcli.load.configuration import Configuration
 from batchcli.load.throttled import Throttled
-from batchcli.outcome import Tally
+from batchcli.outcome import Tally, per_second
 
 log = logging.getLogger("batchcli.throttle")
 """Throttles, cool-downs and every change of the effective limits: info lines in the run's log file."""
@@ -484,7 +484,7 @@ class RateDiscovery:
 
 
 def _describe(limits: Limits) -> str:
-    rate = "" if limits.rate_limit is None else f", rate_limit={round(limits.rate_limit, 1):g}/s"
+    rate = "" if limits.rate_limit is None else f", rate_limit={per_second(limits.rate_limit)}"
     return f"concurrency={limits.concurrency}{rate}"
 
 

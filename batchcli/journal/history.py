@@ -23,7 +23,7 @@ from batchcli.journal.matching import FailureFilter, FailureRow, group_types, ma
 from batchcli.journal.selection import read_selection
 from batchcli.journal.rundir import FLUSH_INTERVAL_S, JOURNAL_NAME, RunInfo, never_started, query, read_run
 from batchcli.load.secret import Secret
-from batchcli.outcome import clip
+from batchcli.outcome import clip, per_second
 
 STATUS_STYLES = {
     "finished": "green",
@@ -383,7 +383,7 @@ def _throttling(run: RunInfo, shown: int = 12) -> RenderableType | None:
     for session, t, concurrency, rate, count in rows:
         throttles[session] = count
         at = f"{_clock(t - starts.get(session, t), 60)}" + (f" (session {session})" if run.sessions > 1 else "")
-        limit = f"{concurrency}" + ("" if rate is None else f" at {rate:g}/s")
+        limit = f"{concurrency}" + ("" if rate is None else f" at {per_second(rate)}")
         if not steps or steps[-1][1] != limit:
             steps.append((at, limit))
     if len(steps) > shown:  # the first and the latest changes; the lowest is in the middle somewhere
