@@ -216,6 +216,8 @@ class Cooldown:
         self.until = clock()
         """Monotonic time the current cool-down ends; no new item starts before it."""
         self._streak = 0
+        self._wave_until = self.until
+        """Refusals before this belong to the current cool-down, even when its wait is shorter (``backoff_s`` at least)."""
         self._rates = RateDiscovery()
         self._wave: tuple[float, int, float | None] | None = None
         """(time, successes, rate in force before the cut) at the throttle the current cool-down's wave counts from."""
@@ -234,15 +236,14 @@ class Cooldown:
         """Start or extend the cool-down for one throttled attempt; returns its seconds from now."""
         now = self._clock()
         self._tally.throttles += 1
-        first = now >= self.until
+        first = now >= max(self.until, self._wave_until)
         if first:  # one doubling per cool-down: a wave of refusals answering the same burst is one throttle
             self._streak += 1
             self._clamp_warned = False
+            # However short the wait asked for: with "Retry-After: 0" each cool-down ended as it began, so every
+            # refusal of one wave was a cool-down of its own and cut the concurrency again (8 at once took it to 1).
+            self._wave_until = now + self._base_s
         asked = throttle.retry_after_s
-        if asked is not None and asked <= 0:
-            # "Retry-After: 0", or a date already past, says nothing of how long to wait: taken as is, each cool-down
-            # ended as it began, so every refusal of one wave cut the concurrency again (8 at once took it to 1).
-            asked = None
         wait = self._base_s * 2 ** min(self._streak - 1, 30) if asked is None else asked
         if wait > self.max_wait_s:
             if not self._clamp_warned:  # once per cool-down, not per refused attempt
