@@ -137,6 +137,18 @@ def test_an_item_the_api_always_throttles_fails_after_a_bound_and_the_run_ends(r
     assert (record["ordinal"], record["error_type"].rsplit(".")[-1]) == (5, "Throttled")
 
 
+def test_an_item_always_throttled_without_retry_after_waits_at_most_backoff_max_s_each_time(run_batchcli: Any, tmp_path: Path) -> None:
+    """Without a Retry-After the cool-down doubled up to throttle_max_wait_s (15 minutes): an item the API always
+    refuses took hours to reach its 20th throttle, the rest of the run long done. It doubles up to backoff_max_s."""
+    ran = run_batchcli(
+        "exec", BROKEN, "-d", tmp_path / "out", "--no-shell", "-p", "how=refused_unsaid", "-p", "breaker_window=0",
+        "-p", "adaptive=false", "-p", "backoff_s=0.1", "-p", "backoff_max_s=0.2", "-p", f"ledger={tmp_path / 'ledger'}", timeout=90,
+    )  # fmt: skip
+    assert ran.exit_code == 1, ran.output
+    assert "was throttled 20 times in a row" in " ".join(ran.output.split())
+    assert sorted(int(n) for n in (tmp_path / "ledger").read_text().split()) == [n for n in range(30) if n != 5]
+
+
 def test_a_len_that_is_an_integer_but_no_int_counts(run_batchcli: Any, tmp_path: Path) -> None:
     """len() takes anything with __index__ (a numpy integer): so does the run, with its total."""
     ran = exec_job(run_batchcli, tmp_path, "length=0")

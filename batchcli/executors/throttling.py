@@ -208,6 +208,9 @@ class Cooldown:
         self.adaptive = config.adaptive
         self.max_wait_s = config.throttle_max_wait_s
         self._base_s = max(config.backoff_s, 0.1)
+        self._longest_s = max(config.backoff_max_s, self._base_s)
+        """The exponential cool-down (no Retry-After) doubles up to this: an item the API always refused took hours
+        to reach its ``THROTTLES_MAX``-th throttle, doubling up to ``throttle_max_wait_s``."""
         self._limiter = limiter
         self._apply_limits = apply
         self._tally = tally
@@ -244,7 +247,7 @@ class Cooldown:
             # refusal of one wave was a cool-down of its own and cut the concurrency again (8 at once took it to 1).
             self._wave_until = now + self._base_s
         asked = throttle.retry_after_s
-        wait = self._base_s * 2 ** min(self._streak - 1, 30) if asked is None else asked
+        wait = min(self._base_s * 2 ** min(self._streak - 1, 30), self._longest_s) if asked is None else asked
         if wait > self.max_wait_s:
             if not self._clamp_warned:  # once per cool-down, not per refused attempt
                 self._clamp_warned = True

@@ -4,7 +4,8 @@
 - ``response``: an exception whose ``response`` property raises,
 - ``str``: an exception whose ``__str__`` raises;
 - ``str_interrupt``: an exception whose ``__str__`` raises ``KeyboardInterrupt`` (a BaseException);
-- ``refused``: ``Throttled(retry_after=0)`` at every attempt (an API that always answers 503 for that record).
+- ``refused``: ``Throttled(retry_after=0)`` at every attempt (an API that always answers 503 for that record);
+- ``refused_unsaid``: ``Throttled()`` at every attempt, without a Retry-After.
 
 Every success is appended to ``ledger``."""
 
@@ -65,6 +66,8 @@ class Call(Service[int]):
                 raise Interrupting()
             if self.how == "refused":
                 raise Throttled(retry_after=0)
+            if self.how == "refused_unsaid":
+                raise Throttled()  # no Retry-After: the run's own exponential cool-down
         if self.ledger:
             with Path(self.ledger).open("a") as out:
                 out.write(f"{item}\n")
