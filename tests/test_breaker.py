@@ -108,6 +108,25 @@ def test_expired_token_stops_resumably_then_resume_finishes(api: FlakyApi, tmp_p
     assert "breaker" in shown.output and "opened 1 time," in shown.output
 
 
+def test_a_damaged_breaker_count_of_an_earlier_session_counts_nothing(api: FlakyApi, tmp_path: Path) -> None:
+    """Counts summed over the sessions are whole numbers now; one that is not a finite number (a damaged journal:
+    Infinity, NaN) would have made that int() raise while the resume wrote its summary. It counts nothing."""
+    stopped = run(args(api, tmp_path / "out", token="bad", concurrency=4, breaker_max_wait_s=0.5))
+    assert stopped.exit_code == 130, stopped.output
+    conn = sqlite3.connect(stopped.run_dir / "journal.sqlite")
+    try:
+        for rowid, text in conn.execute("SELECT rowid, state FROM live").fetchall():
+            state = json.loads(text)
+            state["breaker_counts"].update(trips=float("inf"), probes=float("nan"))
+            conn.execute("UPDATE live SET state = ? WHERE rowid = ?", (json.dumps(state), rowid))
+        conn.commit()
+    finally:
+        conn.close()
+    resumed = run([sys.executable, "-m", "batchcli", "resume", str(stopped.run_dir), "-p", "token=good"])
+    assert resumed.exit_code == 0, resumed.output
+    assert (resumed.summary["succeeded"], resumed.summary["breaker"]["trips"], resumed.summary["breaker"]["probes"]) == (200, 0, 0)
+
+
 def test_a_trip_in_a_session_killed_before_its_summary_still_counts(api: FlakyApi, tmp_path: Path) -> None:
     """The run's breaker counts were summed from the last summary.json, which a session killed with SIGKILL never
     wrote: its trips vanished from summary.json and show after the resume. Each session's live state keeps them."""
