@@ -38,26 +38,24 @@ class InstalledJob:
 def installed_jobs() -> dict[str, EntryPoint]:
     """Job name -> entry point, for every installed job (the first on the path for a name registered twice)."""
     found: dict[str, EntryPoint] = {}
-    for entry in _registrations():
+    for entry in _scan()[0]:
         found.setdefault(entry.name, entry)
     return found
 
 
-def _registrations() -> list[EntryPoint]:
-    """Every well-formed registration of a job, in the order of the path, one per job name and module."""
+def _scan() -> tuple[list[EntryPoint], list[EntryPoint]]:
+    """One reading of the installed entry points: every well-formed registration of a job, in the order of the path,
+    one per job name and module; and the malformed ones, whose value is no ``module[:attr]`` (one package's typo must not break every exec and list)."""
     seen: set[tuple[str, str]] = set()
-    found = []
+    found, malformed = [], []
     for entry in entry_points(group=GROUP):
         module = _module_of(entry)
-        if module is not None and (entry.name, module) not in seen:  # a distribution found twice registers once
+        if module is None:
+            malformed.append(entry)
+        elif (entry.name, module) not in seen:  # a distribution found twice registers once
             seen.add((entry.name, module))
             found.append(entry)
-    return found
-
-
-def _malformed() -> list[EntryPoint]:
-    """The registrations whose value is no ``module[:attr]``: one package's typo must not break every exec and list."""
-    return [entry for entry in entry_points(group=GROUP) if _module_of(entry) is None]
+    return found, malformed
 
 
 def _module_of(entry: EntryPoint) -> str | None:
@@ -82,9 +80,10 @@ def _package(entry: EntryPoint) -> str:
 def describe_installed() -> list[InstalledJob]:
     """Every installed job with its description, read from the module's source without importing it; a name that
     two packages register is listed once for each."""
-    entries = sorted(_registrations(), key=lambda e: e.name)  # stable: the path's order within a name
+    registrations, malformed = _scan()
+    entries = sorted(registrations, key=lambda e: e.name)  # stable: the path's order within a name
     listed = [InstalledJob(e.name, e.module, _package(e), _first_doc_line(e.module)) for e in entries]
-    listed += [InstalledJob(e.name, e.value, _package(e), _malformed_reason(e)) for e in _malformed()]
+    listed += [InstalledJob(e.name, e.value, _package(e), _malformed_reason(e)) for e in malformed]
     return sorted(listed, key=lambda job: job.name)
 
 
@@ -113,7 +112,8 @@ def load_installed_job(name: str) -> Project | None:
     """Import the installed job ``name``, or the module named ``name``; None when neither exists."""
     from batchcli.load.project import load_module_project
 
-    registered = [e for e in _registrations() if e.name == name]
+    registrations, malformed = _scan()  # once: a name that is no installed job used to read them twice
+    registered = [e for e in registrations if e.name == name]
     if len(registered) > 1:  # one of them silently hid the other, and not the one Python's import order would pick
         packages = ", ".join(f"{_package(e)} ({e.module})" for e in registered)
         raise UsageError(
@@ -122,7 +122,7 @@ def load_installed_job(name: str) -> Project | None:
         )
     if registered:
         return load_module_project(name, registered[0].module)
-    broken = [e for e in _malformed() if e.name == name]
+    broken = [e for e in malformed if e.name == name]
     if broken:
         raise UsageError(f"The installed job {name!r} {_malformed_reason(broken[0])[1:-1]}.")
     if _MODULE_NAME.fullmatch(name) and _module_exists(name):
