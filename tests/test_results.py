@@ -485,6 +485,34 @@ def test_read_results_streams_a_large_run_in_flat_memory(cli, tmp_path: Path) ->
     assert float(growth_mb) < 8, f"peak RSS grew {growth_mb} MB reading {count} results"  # all of them held: ~100 MB
 
 
+def test_a_reader_left_half_read_is_closed_quietly_by_the_thread_that_collects_it(cli, tmp_path: Path) -> None:
+    """A read_results generator left half-read (a notebook's ``next(rows)``) is closed by whichever thread the
+    garbage collector runs on, such as a later run's recorder: its connection refused to close there, and Python
+    printed "Exception ignored ... SQLite objects created in a thread can only be used in that same thread"."""
+    import gc
+    import threading
+
+    ran = cli("exec", WORDS, "-d", "out", "-p", "count=5")
+    assert ran.exit_code == 0, ran.output
+    rows = batchcli.read_results(ran.run_dir)
+    assert next(rows).ordinal == 0
+    holder = [rows]
+    del rows
+    ignored: list[BaseException | None] = []
+    previous, sys.unraisablehook = sys.unraisablehook, lambda unraisable: ignored.append(unraisable.exc_value)
+    try:
+        def drop() -> None:
+            holder.clear()  # the last reference goes on this thread: the generator is closed here
+            gc.collect()
+
+        thread = threading.Thread(target=drop)
+        thread.start()
+        thread.join()
+    finally:
+        sys.unraisablehook = previous
+    assert ignored == []
+
+
 def test_a_journal_with_one_row_per_result_still_reads_and_resumes(cli, tmp_path: Path) -> None:
     """A journal written before batch rows (one `results` row per item, as JSON) reads, exports and resumes; old and new rows read together."""
     crashed = cli("exec", WORDS, "-d", "out", "-p", "count=10", "-p", "crash_after=4")

@@ -64,7 +64,9 @@ def _reader(path: Path) -> sqlite3.Connection:
     """
     conn: sqlite3.Connection | None = None
     try:
-        conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=ro", uri=True, timeout=10)
+        # Not tied to this thread: a reader generator left half-read (read_results) is closed by whichever thread the
+        # garbage collector runs on, and closing there raised ("Exception ignored ... same thread"), leaving it open.
+        conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=ro", uri=True, timeout=10, check_same_thread=False)
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opening is lazy: make it happen here
         return conn
     except sqlite3.OperationalError as error:
@@ -91,7 +93,7 @@ def _snapshot(path: Path) -> sqlite3.Connection:
             shutil.copyfile(wal, f"{copy}-wal")  # the last flushes may still be only there
         disk = sqlite3.connect(copy)
         try:
-            memory = sqlite3.connect(":memory:")
+            memory = sqlite3.connect(":memory:", check_same_thread=False)  # as a reader is (see _reader)
             disk.backup(memory)
         finally:
             disk.close()
