@@ -169,6 +169,24 @@ class StoppedBeforeStart(BatchcliError):
         )
 
 
+class CommandStopped(BatchcliError):
+    """Ctrl-C or SIGTERM ended a command that starts no run (``runs``, ``show``, ``results``, ``ctl``...): exit 130
+    or 143, as a process the signal had ended, with a line instead of Python's traceback."""
+
+    def __init__(self, signal_name: str, signum: int, command: str, left: str = "") -> None:
+        self.signal_name = signal_name
+        """``SIGINT`` or ``SIGTERM``."""
+        self.exit_code = 128 + signum
+        super().__init__(f"{signal_name} ended `batchcli {command}` before it finished" + (f"; {left}." if left else "."))
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        """A yellow ``Stopped:`` line rather than an error: the user asked for it."""
+        from rich.console import Console
+        from rich.markup import escape
+
+        Console(stderr=file is None, file=file, highlight=False).print(f"[yellow]Stopped:[/] {escape(str(self))}", soft_wrap=True)
+
+
 class RunNotLive(BatchcliError):
     """``batchcli ctl`` on a run that no process runs now (finished, stopped or crashed): nothing to steer."""
 

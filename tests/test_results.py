@@ -765,3 +765,45 @@ def test_results_settling_out_of_order_in_many_batches_read_back_once_each_in_or
     assert [(r.ordinal, r.value) for r in batchcli.read_results(ran.run_dir)] == [(n, {"n": n}) for n in range(6000)]
     exported = jsonl(cli("results", ran.run_dir).output)
     assert exported == [{"ordinal": n, "result": {"n": n}} for n in range(6000)]
+
+
+def test_ctrl_c_or_sigterm_ends_an_export_at_once_with_one_line(cli, tmp_path: Path) -> None:
+    """`results` stopped by Ctrl-C (exit 130) or SIGTERM (143) ends at once, with a line that says what it left. The
+    start-up handler used to keep both until the export ended on its own: blocked on a pipe its reader had stopped
+    reading, never; a long one at its end, with exit 0."""
+    import os
+    import signal
+
+    ran = cli("exec", SQUARES, "-d", "out", "-p", "count=5000")  # about 200 KB: more than a pipe holds
+    assert ran.exit_code == 0, ran.output
+    command = [sys.executable, "-m", "batchcli", "results", str(ran.run_dir)]
+    to_stdout = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+    assert to_stdout.stdout is not None and to_stdout.stderr is not None
+    assert to_stdout.stdout.readline().startswith('{"ordinal": 0,')  # then nobody reads: the export blocks
+    to_stdout.send_signal(signal.SIGINT)
+    assert to_stdout.wait(timeout=30) == 130
+    said = to_stdout.stderr.read()
+    assert "Stopped: SIGINT ended `batchcli results` before it finished; stdout got only part" in said, said
+    assert "Traceback" not in said
+
+    fifo = tmp_path / "results.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        to_fifo = subprocess.Popen([*command, "-o", str(fifo)], stderr=subprocess.PIPE, text=True, env=subprocess_env())
+        deadline = time.monotonic() + 30
+        while True:  # the first results arrive, then nobody reads
+            try:
+                if os.read(reader, 100):
+                    break
+            except BlockingIOError:
+                pass
+            assert time.monotonic() < deadline, "the export wrote nothing into the FIFO"
+            time.sleep(0.05)
+        to_fifo.send_signal(signal.SIGTERM)
+        assert to_fifo.wait(timeout=30) == 143
+    finally:
+        os.close(reader)
+    said = " ".join(to_fifo.communicate()[1].split())
+    assert f"Stopped: SIGTERM ended `batchcli results` before it finished; {str(fifo)!r} got only part" in said, said
+    assert "Traceback" not in said

@@ -15,9 +15,9 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from batchcli.cli.usageline import BatchcliTyper
-from batchcli.errors import BatchcliError, UsageError
+from batchcli.errors import BatchcliError, CommandStopped, UsageError
 from batchcli.load.environment import PREFIX as ENV_PREFIX
-from batchcli.run.interrupts import EarlySignals
+from batchcli.run.interrupts import EarlySignals, ends_at_stop_signals
 
 if TYPE_CHECKING:
     from batchcli.run.report import RunResult
@@ -35,6 +35,10 @@ class BatchcliGroup(TyperGroup):
             return super().invoke(ctx)
         except BatchcliError as error:
             error.show()
+            if isinstance(error, CommandStopped):
+                # What the command had not yet written is moot, and writing it could block the exit for good
+                # (a pipe whose reader stopped reading).
+                _drop_stdout()
             raise typer.Exit(error.exit_code) from None
         except OSError as error:
             if error.errno == errno.ENAMETOOLONG:  # a path argument the system cannot even look up
@@ -47,11 +51,17 @@ class BatchcliGroup(TyperGroup):
                 raise  # a reader that left (| head) ends quietly in click; anything else is not ours to word
             # `runs > /dev/full`, a full disk under a redirect: one line, not our traceback.
             print(f"Error: cannot write the output ({error.strerror or error}).", file=sys.stderr)
-            with contextlib.suppress(OSError):  # what stays buffered would fail again, noisily, at exit
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
-                os.close(devnull)
+            _drop_stdout()  # what stays buffered would fail again, noisily, at exit
             raise typer.Exit(1) from None
+
+
+def _drop_stdout() -> None:
+    """Send what stdout still holds, and anything written to it from here on, to /dev/null."""
+    with contextlib.suppress(OSError, ValueError):  # ValueError: a stream with no descriptor (CliRunner's)
+        stdout = sys.stdout.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stdout)
+        os.close(devnull)
 
 
 def _writing_stdout(error: OSError) -> bool:
@@ -285,7 +295,8 @@ def retry(
 
         from batchcli.journal.history import show_failures
 
-        Console(highlight=False).print(show_failures(run_dir, wanted), soft_wrap=True)
+        with ends_at_stop_signals("retry --dry-run"):
+            Console(highlight=False).print(show_failures(run_dir, wanted), soft_wrap=True)
         typer.echo("Dry run: nothing was retried.")
         raise typer.Exit(0)
     launch, home = retry_launch(run_dir, parse_values(param), shard, wanted)
@@ -304,12 +315,13 @@ def runs(
     from batchcli.journal.groupview import listing
     from batchcli.journal.history import runs_table
 
-    found = listing(output_path(output_dir))
-    console = Console(highlight=False)
-    if not found:
-        console.print(f"No runs in {str(output_dir)!r}.", markup=False)
-        return
-    console.print(runs_table(found, console.width))
+    with ends_at_stop_signals("runs"):
+        found = listing(output_path(output_dir))
+        console = Console(highlight=False)
+        if not found:
+            console.print(f"No runs in {str(output_dir)!r}.", markup=False)
+            return
+        console.print(runs_table(found, console.width))
 
 
 @app.command()
@@ -332,14 +344,15 @@ def show(
     from batchcli.journal.history import show_run
 
     console = Console(highlight=False)
-    if failures or any(v is not None for v in (error_type, match, since, until, limit)):
-        from batchcli.journal.history import show_failures
-        from batchcli.journal.matching import failure_filter
+    with ends_at_stop_signals("show"):
+        if failures or any(v is not None for v in (error_type, match, since, until, limit)):
+            from batchcli.journal.history import show_failures
+            from batchcli.journal.matching import failure_filter
 
-        console.print(show_failures(run_dir, failure_filter(error_type, match, since, until, limit)), soft_wrap=True)
-        return
-    view = show_group(run_dir) if is_group(run_dir) else show_run(run_dir, width=console.width - 30)
-    console.print(view)
+            console.print(show_failures(run_dir, failure_filter(error_type, match, since, until, limit)), soft_wrap=True)
+            return
+        view = show_group(run_dir) if is_group(run_dir) else show_run(run_dir, width=console.width - 30)
+        console.print(view)
 
 
 @app.command()
@@ -368,7 +381,8 @@ def ctl(
 
     from batchcli.cli.ctl import control
 
-    control(run_dir, command, Console(highlight=False))
+    with ends_at_stop_signals("ctl"):
+        control(run_dir, command, Console(highlight=False))
 
 
 @app.command()
@@ -388,11 +402,12 @@ def results(
     output: str | None = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
 ) -> None:
     """Write what process() returned for each succeeded item, in source order, with its ordinal (and key)."""
-    from batchcli.cli.exporting import export_results
+    from batchcli.cli.exporting import export_results, left_unfinished
 
     if output == "":  # as a Path it would be '.', refused as "a directory" that the user never named
         raise UsageError("-o '' names no file. Give -o a file name, e.g. -o results.jsonl, or leave -o out for stdout.")
-    export_results(run_dir, format, None if output is None else Path(output))
+    with ends_at_stop_signals("results", left_unfinished(None if output is None else Path(output))):
+        export_results(run_dir, format, None if output is None else Path(output))
 
 
 def _exec_help(ctx: typer.Context, path: str | None, config: str | None) -> NoReturn:

@@ -50,6 +50,17 @@ def export_results(run_dir: Path, fmt: str, output: Path | None) -> None:
         print(f"Warning: {missing}", file=sys.stderr)
 
 
+def left_unfinished(output: Path | None) -> str:
+    """What an export stopped halfway leaves: part of the results on stdout or in a device or pipe, else no change."""
+    if output is None:
+        return "stdout got only part of the results"
+    if not output.exists():
+        return f"no {str(output)!r} was made (an export is written whole or not at all)"
+    if not output.is_file():
+        return f"{str(output)!r} got only part of the results"
+    return f"{str(output)!r} is as it was (an export is written whole or not at all)"
+
+
 def _unfinished(run_dir: Path) -> str | None:
     """What a run's results lack while it has not finished (running, stopped, crashed), or None when it finished."""
     from batchcli.journal.rundir import read_run

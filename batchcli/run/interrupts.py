@@ -51,6 +51,47 @@ def held_interrupt() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM during a command that starts no run (see ``ends_at_stop_signals``). A ``KeyboardInterrupt``, as
+    Ctrl-C's is, so that no ``except Exception`` on the way takes it for an error of its own."""
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated
+
+
+@contextmanager
+def ends_at_stop_signals(command: str, left: str = "") -> Iterator[None]:
+    """For a command that starts no run (``runs``, ``show``, ``results``, ``ctl``...): Ctrl-C or SIGTERM ends it
+    at once, as ``CommandStopped`` (exit 130 or 143), also one that arrived while it started; ``left`` says what
+    the command leaves behind then.
+
+    ``EarlySignals``, which takes both at start-up so that a run is never killed halfway, would only remember
+    them until the command ended on its own: an export of millions of results, or one blocked on a full pipe,
+    would not stop at all. What such a command leaves unfinished is its own to tidy (an export's draft file).
+    """
+    from batchcli.errors import CommandStopped
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, _terminated)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        early = getattr(previous[0], "__self__", None)
+        if isinstance(early, EarlySignals) and early.received is not None:  # while the command started
+            raise KeyboardInterrupt if early.received == signal.SIGINT else _Terminated
+        yield
+    except _Terminated:
+        raise CommandStopped("SIGTERM", signal.SIGTERM, command, left) from None
+    except KeyboardInterrupt:
+        raise CommandStopped("SIGINT", signal.SIGINT, command, left) from None
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+
+
 class StartInterrupted(KeyboardInterrupt):
     """A stop signal arrived while the user's code was being loaded: nothing ran, nothing was written.
 
