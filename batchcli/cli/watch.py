@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +15,7 @@ from batchcli.cli.ctl import owned_run
 from batchcli.journal.history import STATUS_STYLES
 from batchcli.journal.live import Snapshot, Watcher
 from batchcli.outcome import per_second
+from batchcli.run.interrupts import Terminated, ends_at_stop_signals
 
 
 def watch(run_dir: Path, console: Console, interval_s: float = 1.0, once: bool = False) -> None:
@@ -24,44 +23,30 @@ def watch(run_dir: Path, console: Console, interval_s: float = 1.0, once: bool =
     owned_run(run_dir, "watch")
     # Ctrl-C leaves watch at once, and SIGTERM too (exit 143, as a terminated process): the start-up handler
     # would only remember either until the run ended, minutes or hours away.
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
-    previous_term = signal.signal(signal.SIGTERM, _terminated) if main else None
-    watcher = Watcher(run_dir)
-    try:
-        view = watcher.snapshot()
-        if once or not view.running:
-            console.print(frame(view))
-        elif console.is_terminal:
-            with Live(frame(view), console=console, auto_refresh=False) as live:
-                while view.running:
+    with ends_at_stop_signals("watch"):
+        watcher = Watcher(run_dir)
+        try:
+            view = watcher.snapshot()
+            if once or not view.running:
+                console.print(frame(view))
+            elif console.is_terminal:
+                with Live(frame(view), console=console, auto_refresh=False) as live:
+                    while view.running:
+                        time.sleep(interval_s)
+                        view = watcher.snapshot()
+                        live.update(frame(view), refresh=True)
+            else:  # a pipe or a file: one frame after another
+                while True:
+                    console.print(frame(view))
+                    if not view.running:
+                        break
                     time.sleep(interval_s)
                     view = watcher.snapshot()
-                    live.update(frame(view), refresh=True)
-        else:  # a pipe or a file: one frame after another
-            while True:
-                console.print(frame(view))
-                if not view.running:
-                    break
-                time.sleep(interval_s)
-                view = watcher.snapshot()
-                console.print()
-    except KeyboardInterrupt:
-        pass  # leaves watch only: the run never hears of it
-    except Terminated:
-        raise SystemExit(128 + signal.SIGTERM) from None  # after Live put the terminal back
-    finally:
-        if main:
-            signal.signal(signal.SIGINT, previous)
-            signal.signal(signal.SIGTERM, previous_term)
-
-
-class Terminated(Exception):
-    """SIGTERM arrived while watching."""
-
-
-def _terminated(signum: int, frame: object) -> None:
-    raise Terminated
+                    console.print()
+        except KeyboardInterrupt as stop:
+            if isinstance(stop, Terminated):
+                raise
+            # Ctrl-C leaves watch only, with exit 0: the run never hears of it
 
 
 def frame(view: Snapshot) -> RenderableType:

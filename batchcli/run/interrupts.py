@@ -51,13 +51,13 @@ def held_interrupt() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-class _Terminated(KeyboardInterrupt):
+class Terminated(KeyboardInterrupt):
     """SIGTERM during a command that starts no run (see ``ends_at_stop_signals``). A ``KeyboardInterrupt``, as
     Ctrl-C's is, so that no ``except Exception`` on the way takes it for an error of its own."""
 
 
 def _terminated(signum: int, frame: FrameType | None) -> None:
-    raise _Terminated
+    raise Terminated
 
 
 @contextmanager
@@ -81,9 +81,9 @@ def ends_at_stop_signals(command: str, left: str = "") -> Iterator[None]:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         early = getattr(previous[0], "__self__", None)
         if isinstance(early, EarlySignals) and early.received is not None:  # while the command started
-            raise KeyboardInterrupt if early.received == signal.SIGINT else _Terminated
+            raise KeyboardInterrupt if early.received == signal.SIGINT else Terminated
         yield
-    except _Terminated:
+    except Terminated:
         raise CommandStopped("SIGTERM", signal.SIGTERM, command, left) from None
     except KeyboardInterrupt:
         raise CommandStopped("SIGINT", signal.SIGINT, command, left) from None
