@@ -4,12 +4,18 @@ show --failures, --skip-done-in, and their bad input."""
 from __future__ import annotations
 
 import json
+import re
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
+from joblog import wait_for
 
 PROJECTS = Path(__file__).resolve().parent / "projects"
 ROWS = PROJECTS / "trials" / "rows.py"
@@ -199,6 +205,77 @@ def test_a_dry_run_whose_source_breaks_while_iterated_shows_the_users_traceback(
     outcome = cli("exec", job, "--dry-run")
     assert outcome.exit_code == 3, outcome.output
     assert "ValueError: the feed broke at item 2" in outcome.output and "batchcli/" not in outcome.output
+
+
+SLOW_SOURCE = """
+import time
+from pathlib import Path
+
+from batchcli import Param, Service, Source, inject
+
+
+@inject
+class Pages(Source[int]):
+    \"\"\"No len(), and each item takes pause_s to read, as a slow API's pages do; touches ``marker`` when iterated.\"\"\"
+
+    def __init__(self, pause_s: Param[float] = 0.05, marker: Param[Path | None] = None) -> None:
+        self.pause_s, self.marker = pause_s, marker
+
+    def __iter__(self):
+        if self.marker is not None:
+            self.marker.touch()
+        for n in range(100_000):
+            time.sleep(self.pause_s)
+            yield n
+
+
+@inject
+class Untouched(Service[int]):
+    async def process(self, item: int) -> None:
+        raise AssertionError("a dry run calls no process()")
+"""
+
+
+def test_a_dry_run_counts_a_slow_source_for_a_bounded_time_and_says_so(cli, tmp_path: Path, monkeypatch) -> None:
+    """A source without len() that reads slowly (an API, page by page) is counted for ``COUNT_TIME_S`` at most: it used
+    to be read up to the 10,000-item cap, 83 minutes at half a second an item."""
+    from batchcli.run import preview
+
+    monkeypatch.setattr(preview, "COUNT_TIME_S", 0.5)
+    job = tmp_path / "slow_source.py"
+    job.write_text(SLOW_SOURCE)
+    counted = cli("exec", job, "--dry-run", "-d", tmp_path / "out")
+    flat = " ".join(counted.output.split())
+    assert counted.exit_code == 0, counted.output
+    found = re.search(r"at least (\d+): the source has no len\(\), and counting stopped after 0.5 s", flat)
+    assert found is not None and 1 <= int(found.group(1)) <= 11, flat  # 0.05 s an item, with room for a slow machine
+    sampled = cli("exec", job, "--dry-run", "--sample", "0.5", "-d", tmp_path / "out")
+    assert "(stopped counting after 0.5 s), counted by iterating the source" in " ".join(sampled.output.split())
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_abandons_a_dry_runs_counting(tmp_path: Path, signum: signal.Signals) -> None:
+    """Ctrl-C or SIGTERM while a dry run counts the source stops it at once, as during loading (exit 130); it used
+    to be remembered until the counting ended."""
+    job = tmp_path / "slow_source.py"
+    job.write_text(SLOW_SOURCE)
+    marker = tmp_path / "counting"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "exec", str(job), "--dry-run", "-p", "pause_s=1", "-p", f"marker={marker}"],
+        cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(marker.exists, "the dry run to count the source")
+        proc.send_signal(signum)
+        output, _ = proc.communicate(timeout=30)  # the counting alone would take its 10 s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, output
+    assert f"Stopped: {signum.name} arrived before the run started; nothing ran and no run directory was made." in output
+    assert "Traceback" not in output and not (tmp_path / "batchcli_outputs").exists()
 
 
 # Targeted reruns.

@@ -2,14 +2,15 @@
 
 Only the constructors run (they are how the job is wired); ``setup()``, ``process()``, ``finish()`` and
 ``persist_failed()`` do not. The source is counted with ``len()`` when it has one, else iterated up to
-``COUNT_CAP`` items (iterating is reading, which a dry run may do; the output says when it stopped).
+``COUNT_CAP`` items or ``COUNT_TIME_S`` seconds (iterating is reading, which a dry run may do; the output says
+when it stopped). Ctrl-C or SIGTERM abandons the counting as it does the loading (see ``Session``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
+import time
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 
 COUNT_CAP = 10_000
 """A source without ``len()`` is iterated at most this far to count it."""
+COUNT_TIME_S = 10.0
+"""... and for at most this long: a source that reads a slow API page by page would take hours to reach the cap."""
 SHOWN = 5
 """How many of the first items the dry run prints."""
 
@@ -121,14 +124,20 @@ def _count(job: Job, continuation: Continuation) -> tuple[str, list[tuple[int, A
         exact = selection.total(length, position)
         items, taken = selection.apply(_numbered(source), continuation.done_elsewhere, key_of, position=position)
         if exact is not None:
-            return f"{exact:,}", _first(items, SHOWN)
-        seen = _first(items, COUNT_CAP + 1)
-        more = len(seen) > COUNT_CAP
-        counted = f"at least {COUNT_CAP:,} (stopped counting there)" if more else f"{len(seen):,}"
+            return f"{exact:,}", _first(items, SHOWN)[0]
+        seen, late = _first(items, COUNT_CAP + 1, COUNT_TIME_S)
+        if late:
+            counted = f"at least {len(seen):,} (stopped counting after {COUNT_TIME_S:g} s)"
+        elif len(seen) > COUNT_CAP:
+            counted = f"at least {COUNT_CAP:,} (stopped counting there)"
+        else:
+            counted = f"{len(seen):,}"
         return f"{counted}, counted by iterating the source", seen[:SHOWN]
     if length is not None:
-        return f"{length:,} (len of the source)", _first(_numbered(source), SHOWN)
-    seen = _first(_numbered(source), COUNT_CAP + 1)
+        return f"{length:,} (len of the source)", _first(_numbered(source), SHOWN)[0]
+    seen, late = _first(_numbered(source), COUNT_CAP + 1, COUNT_TIME_S)
+    if late:
+        return f"at least {len(seen):,}: the source has no len(), and counting stopped after {COUNT_TIME_S:g} s", seen[:SHOWN]
     if len(seen) > COUNT_CAP:
         return f"at least {COUNT_CAP:,}: the source has no len(), and counting stopped there", seen[:SHOWN]
     return f"{len(seen):,}, counted by iterating the source (it has no len())", seen[:SHOWN]
@@ -145,17 +154,28 @@ async def _anumbered(source: Any) -> Any:
         n += 1
 
 
-def _first(items: Any, n: int) -> list[tuple[int, Any]]:
+def _first(items: Any, n: int, seconds: float = float("inf")) -> tuple[list[tuple[int, Any]], bool]:
+    """The first ``n`` of ``items``, or those taken within ``seconds``; True when time ran out first."""
+    deadline = time.monotonic() + seconds
     if not hasattr(items, "__anext__"):
-        return list(itertools.islice(items, n))
+        taken = []
+        for pair in items:
+            taken.append(pair)
+            if len(taken) >= n:
+                break
+            if time.monotonic() > deadline:
+                return taken, True
+        return taken, False
 
-    async def take() -> list[tuple[int, Any]]:
+    async def take() -> tuple[list[tuple[int, Any]], bool]:
         taken = []
         async for pair in items:
             taken.append(pair)
             if len(taken) >= n:
                 break
-        return taken
+            if time.monotonic() > deadline:
+                return taken, True
+        return taken, False
 
     return asyncio.run(take())
 

@@ -176,7 +176,8 @@ class Session:
         if launch.dry_run:
             from batchcli.run.preview import preview
 
-            preview(job, continuation)
+            with early.aborting() if early is not None else nullcontext():  # counting reads the source: it may block
+                preview(job, continuation)
             return None
         try:
             check_executor(job.config)  # bad executor settings are bad input: no run directory for them
