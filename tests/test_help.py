@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import PROJECTS, subprocess_env
+from joblog import wait_for
 
 NESTED = PROJECTS / "ux_nested"
 TYPES = PROJECTS / "ux_types" / "job.py"
@@ -120,6 +123,37 @@ def test_help_for_a_project_that_fails_to_load(cli: Any) -> None:
     assert outcome.exit_code == 2
     assert "--param" in outcome.output
     assert "BROKEN_ON_PURPOSE" in outcome.output
+
+
+SLOW_IMPORT = """
+import time
+from pathlib import Path
+
+Path({marker!r}).touch()
+time.sleep(60)  # a network share, a database driver that connects at import
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_ends_help_while_the_project_loads(tmp_path: Path, signum: signal.Signals) -> None:
+    """`exec PATH --help` runs the project's imports to list its params: Ctrl-C or SIGTERM there ends it at once
+    (exit 130 or 143, one line). The start-up handler used to keep both until the import was done."""
+    marker = tmp_path / "importing"
+    job = tmp_path / "slow_job.py"
+    job.write_text(SLOW_IMPORT.format(marker=str(marker)))
+    proc = subprocess.Popen([sys.executable, "-m", "batchcli", "exec", str(job), "--help"], env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_for(marker.exists, "the project's import to start")
+        proc.send_signal(signum)
+        said = proc.communicate(timeout=30)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + signum, said
+    assert f"Stopped: {signum.name} ended `batchcli exec --help` before it finished." in said
+    assert "Traceback" not in said
 
 
 def test_help_with_an_unknown_configuration_names_the_choices(cli: Any) -> None:

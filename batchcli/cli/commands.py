@@ -423,8 +423,9 @@ def _exec_help(ctx: typer.Context, path: str | None, config: str | None) -> NoRe
     from batchcli.cli.usage import print_project_help, project_help
 
     _note_shadowed_job(path)
-    project = load_project(path)
-    print_project_help(Console(highlight=False), project_help(project, config), project.name)
+    with ends_at_stop_signals("exec --help"):  # loading runs the user's imports, which may block (a network)
+        project = load_project(path)
+        print_project_help(Console(highlight=False), project_help(project, config), project.name)
     raise typer.Exit(0)
 
 
