@@ -156,7 +156,7 @@ def test_the_stop_timeout_holds_while_setup_hangs(piped, blocks: bool) -> None:
     run.signal(signal.SIGTERM)
     assert run.wait() == 130, run.output
     log = run.run_log()
-    assert "SIGTERM: stopping. Waiting for 0 in-flight item(s) (at most 0.5s)" in log
+    assert "SIGTERM: stopping. The job is still starting (setup()): waiting for it at most 0.5s" in log
     assert "Stop timeout (0.5s): setup() has not returned; abandoning it." in log
     assert "Traceback" not in run.output
     if blocks:  # the loop is held: the run leaves it, and says that finish() could not run

@@ -416,9 +416,12 @@ class Run:
         self._finished.set()  # the recorder's cue to stop; the main thread then flushes once more
         self.tally.flush_wanted.set()
 
-    def stop_report(self) -> tuple[int, float]:
-        """Items in flight and the stop timeout, for the signal handler's log line."""
-        return self.tally.in_flight, self.job.config.stop_timeout_s
+    def stop_report(self) -> str:
+        """What the stop waits for, and for how long at most, for the signal handler's log line."""
+        timeout = self.job.config.stop_timeout_s
+        if self.executor is None and self._starting is not None:  # no item has started: setup() has not returned
+            return f"The job is still starting (setup()): waiting for it at most {timeout:g}s"
+        return f"Waiting for {self.tally.in_flight} in-flight item(s) (at most {timeout:g}s)"
 
     def hang_up(self) -> None:
         """The terminal hung up (RunSignals pointed its streams at /dev/null): go on headless."""

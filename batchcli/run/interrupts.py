@@ -212,8 +212,8 @@ class Stoppable(Protocol):
     def cancel(self) -> None:
         """Stop at once (thread-safe): in-flight items stay unprocessed."""
 
-    def stop_report(self) -> tuple[int, float]:
-        """Items in flight now, and the stop timeout in seconds, for the log line."""
+    def stop_report(self) -> str:
+        """What a graceful stop waits for now, and for how long at most, for the log line."""
 
     def hang_up(self) -> None:
         """The terminal is gone: go on without it (no pause shell from now on), and say so in the log."""
@@ -282,13 +282,7 @@ class RunSignals:
             log.warning("%s again: stopping at once; in-flight items stay unprocessed.", name)
             return
         run.stop()
-        in_flight, timeout = run.stop_report()
-        log.warning(
-            "%s: stopping. Waiting for %d in-flight item(s) (at most %gs); send it again to stop at once.",
-            name,
-            in_flight,
-            timeout,
-        )
+        log.warning("%s: stopping. %s; send it again to stop at once.", name, run.stop_report())
 
 
 def _isatty(fd: int) -> bool:
