@@ -454,7 +454,8 @@ def list_() -> None:
     from batchcli.load.jobs import GROUP, describe_installed
 
     console = Console(highlight=False)
-    jobs = describe_installed()
+    with ends_at_stop_signals("list"):  # finding a job's module imports its package, whose code may block
+        jobs = describe_installed()
     if not jobs:
         console.print(
             "No installed jobs. A package registers one in its pyproject.toml:\n"
