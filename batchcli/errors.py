@@ -7,6 +7,7 @@ once for all of them (see ``cli.commands.BatchcliGroup``).
 
 from __future__ import annotations
 
+import contextlib
 from typing import IO, Any
 
 try:  # typer vendors click since 0.2x (the click its commands raise and catch); before, click was its dependency
@@ -170,8 +171,8 @@ class StoppedBeforeStart(BatchcliError):
 
 
 class CommandStopped(BatchcliError):
-    """Ctrl-C or SIGTERM ended a command that starts no run (``runs``, ``show``, ``results``, ``ctl``...): exit 130
-    or 143, as a process the signal had ended, with a line instead of Python's traceback."""
+    """Ctrl-C, SIGTERM or SIGHUP ended a command that starts no run (``runs``, ``show``, ``results``, ``ctl``...):
+    exit 130, 143 or 129, as a process the signal had ended, with a line instead of Python's traceback."""
 
     def __init__(self, signal_name: str, signum: int, command: str, left: str = "") -> None:
         self.signal_name = signal_name
@@ -184,7 +185,9 @@ class CommandStopped(BatchcliError):
         from rich.console import Console
         from rich.markup import escape
 
-        Console(stderr=file is None, file=file, highlight=False).print(f"[yellow]Stopped:[/] {escape(str(self))}", soft_wrap=True)
+        console = Console(stderr=file is None, file=file, highlight=False)
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone: the exit code still says it
+            console.print(f"[yellow]Stopped:[/] {escape(str(self))}", soft_wrap=True)
 
 
 class RunNotLive(BatchcliError):

@@ -768,23 +768,24 @@ def test_results_settling_out_of_order_in_many_batches_read_back_once_each_in_or
 
 
 def test_ctrl_c_or_sigterm_ends_an_export_at_once_with_one_line(cli, tmp_path: Path) -> None:
-    """`results` stopped by Ctrl-C (exit 130) or SIGTERM (143) ends at once, with a line that says what it left. The
-    start-up handler used to keep both until the export ended on its own: blocked on a pipe its reader had stopped
-    reading, never; a long one at its end, with exit 0."""
+    """`results` stopped by Ctrl-C (exit 130), SIGTERM (143) or SIGHUP (129) ends at once, with a line that says what
+    it left. The start-up handler used to keep the first two until the export ended on its own: blocked on a pipe its
+    reader had stopped reading, never; a long one at its end, with exit 0."""
     import os
     import signal
 
     ran = cli("exec", SQUARES, "-d", "out", "-p", "count=5000")  # about 200 KB: more than a pipe holds
     assert ran.exit_code == 0, ran.output
     command = [sys.executable, "-m", "batchcli", "results", str(ran.run_dir)]
-    to_stdout = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
-    assert to_stdout.stdout is not None and to_stdout.stderr is not None
-    assert to_stdout.stdout.readline().startswith('{"ordinal": 0,')  # then nobody reads: the export blocks
-    to_stdout.send_signal(signal.SIGINT)
-    assert to_stdout.wait(timeout=30) == 130
-    said = to_stdout.stderr.read()
-    assert "Stopped: SIGINT ended `batchcli results` before it finished; stdout got only part" in said, said
-    assert "Traceback" not in said
+    for signum in (signal.SIGINT, signal.SIGHUP):  # SIGHUP (a closed terminal) used to kill it, leaving a -o draft
+        to_stdout = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+        assert to_stdout.stdout is not None and to_stdout.stderr is not None
+        assert to_stdout.stdout.readline().startswith('{"ordinal": 0,')  # then nobody reads: the export blocks
+        to_stdout.send_signal(signum)
+        assert to_stdout.wait(timeout=30) == 128 + signum
+        said = to_stdout.stderr.read()
+        assert f"Stopped: {signum.name} ended `batchcli results` before it finished; stdout got only part" in said, said
+        assert "Traceback" not in said
 
     fifo = tmp_path / "results.fifo"
     os.mkfifo(fifo)

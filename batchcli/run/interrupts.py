@@ -52,44 +52,54 @@ def held_interrupt() -> Iterator[None]:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM during a command that starts no run (see ``ends_at_stop_signals``). A ``KeyboardInterrupt``, as
-    Ctrl-C's is, so that no ``except Exception`` on the way takes it for an error of its own."""
+    """SIGTERM or SIGHUP during a command that starts no run (see ``ends_at_stop_signals``). A ``KeyboardInterrupt``,
+    as Ctrl-C's is, so that no ``except Exception`` on the way takes it for an error of its own."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def _terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
+    raise Terminated(signum)
+
+
+_ENDING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""What ends a command that starts no run; SIGHUP (its terminal closed) too, or it died with its draft left behind."""
 
 
 @contextmanager
 def ends_at_stop_signals(command: str, left: str = "") -> Iterator[None]:
-    """For a command that starts no run (``runs``, ``show``, ``results``, ``ctl``...): Ctrl-C or SIGTERM ends it
-    at once, as ``CommandStopped`` (exit 130 or 143), also one that arrived while it started; ``left`` says what
-    the command leaves behind then.
+    """For a command that starts no run (``runs``, ``show``, ``results``, ``ctl``...): Ctrl-C, SIGTERM or SIGHUP
+    ends it at once, as ``CommandStopped`` (exit 130, 143 or 129), also a stop signal that arrived while it started;
+    ``left`` says what the command leaves behind then.
 
-    ``EarlySignals``, which takes both at start-up so that a run is never killed halfway, would only remember
-    them until the command ended on its own: an export of millions of results, or one blocked on a full pipe,
-    would not stop at all. What such a command leaves unfinished is its own to tidy (an export's draft file).
+    ``EarlySignals``, which takes SIGINT and SIGTERM at start-up so that a run is never killed halfway, would only
+    remember them until the command ended on its own: an export of millions of results, or one blocked on a full
+    pipe, would not stop at all; and SIGHUP's default kills the process before it can tidy what it leaves
+    unfinished (an export's draft file, which is its own to remove).
     """
     from batchcli.errors import CommandStopped
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    previous = {signum: signal.getsignal(signum) for signum in _ENDING}
     try:
         signal.signal(signal.SIGTERM, _terminated)
+        signal.signal(signal.SIGHUP, _terminated)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        early = getattr(previous[0], "__self__", None)
+        early = getattr(previous[signal.SIGINT], "__self__", None)
         if isinstance(early, EarlySignals) and early.received is not None:  # while the command started
-            raise KeyboardInterrupt if early.received == signal.SIGINT else Terminated
+            raise KeyboardInterrupt if early.received == signal.SIGINT else Terminated(early.received)
         yield
-    except Terminated:
-        raise CommandStopped("SIGTERM", signal.SIGTERM, command, left) from None
+    except Terminated as stop:
+        raise CommandStopped(signal.Signals(stop.signum).name, stop.signum, command, left) from None
     except KeyboardInterrupt:
         raise CommandStopped("SIGINT", signal.SIGINT, command, left) from None
     finally:
-        signal.signal(signal.SIGINT, previous[0])
-        signal.signal(signal.SIGTERM, previous[1])
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class StartInterrupted(KeyboardInterrupt):
