@@ -787,6 +787,15 @@ def test_ctrl_c_or_sigterm_ends_an_export_at_once_with_one_line(cli, tmp_path: P
         assert f"Stopped: {signum.name} ended `batchcli results` before it finished; stdout got only part" in said, said
         assert "Traceback" not in said
 
+    # Under nohup (SIGHUP ignored) the command is meant to outlive its terminal: the export goes on to the end.
+    nohup = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+                             preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # fmt: skip
+    assert nohup.stdout is not None
+    assert nohup.stdout.readline().startswith('{"ordinal": 0,')
+    nohup.send_signal(signal.SIGHUP)
+    rest = nohup.stdout.read()  # what readline() buffered too: communicate() would read past it
+    assert nohup.wait(timeout=30) == 0 and len(rest.splitlines()) == 4999, nohup.communicate()[1]
+
     fifo = tmp_path / "results.fifo"
     os.mkfifo(fifo)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)

@@ -87,7 +87,8 @@ def ends_at_stop_signals(command: str, left: str = "") -> Iterator[None]:
     previous = {signum: signal.getsignal(signum) for signum in _ENDING}
     try:
         signal.signal(signal.SIGTERM, _terminated)
-        signal.signal(signal.SIGHUP, _terminated)
+        if previous[signal.SIGHUP] is not signal.SIG_IGN:  # nohup asked for a command that outlives its terminal
+            signal.signal(signal.SIGHUP, _terminated)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         early = getattr(previous[signal.SIGINT], "__self__", None)
         if isinstance(early, EarlySignals) and early.received is not None:  # while the command started
