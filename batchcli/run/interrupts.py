@@ -100,7 +100,8 @@ def ends_at_stop_signals(command: str, left: str = "") -> Iterator[None]:
         raise CommandStopped("SIGINT", signal.SIGINT, command, left) from None
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            if handler is not None:  # None: set outside Python, and Python cannot set it back
+                signal.signal(signum, handler)
 
 
 class StartInterrupted(KeyboardInterrupt):
