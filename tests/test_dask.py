@@ -317,8 +317,11 @@ def _pipes() -> dict[str, Any]:
         ("NOT_DASK", ["does not answer as a Dask scheduler", "tcp://HOST:8786"]),
     ],
 )
-def test_bad_dask_address_is_a_usage_error(tmp_path: Path, cli: Any, address: str, says: list[str]) -> None:
+def test_bad_dask_address_is_a_usage_error(tmp_path: Path, cli: Any, address: str, says: list[str], monkeypatch) -> None:
     """A malformed, unreachable or non-Dask dask_address exits 2 with the value and the fix, and makes no run dir."""
+    from batchcli.executors import daskcluster
+
+    monkeypatch.setattr(daskcluster, "CONNECT_TIMEOUT_S", 1.0)  # the silent listener is waited for this long
     with socket.socket() as silent:  # accepts connections (the kernel does) but never says a word
         silent.bind(("127.0.0.1", 0))
         silent.listen()

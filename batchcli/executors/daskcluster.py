@@ -83,8 +83,9 @@ class ShipSpec(WorkerPlugin):
             discard(self.spec.key)
 
 
-def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Raise ``UsageError`` unless ``address`` is a scheduler address something listens at (within ``timeout``).
+def check_address(address: str, timeout: float | None = None) -> None:
+    """Raise ``UsageError`` unless ``address`` is a scheduler address something listens at (within ``timeout``,
+    by default ``CONNECT_TIMEOUT_S``).
 
     Called before the run directory exists: a typo or a scheduler that is down is bad input, not a run.
     """
@@ -110,6 +111,7 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         )
     if host is None or port is None:
         return  # ucx: the client's own connect timeout applies
+    timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass
