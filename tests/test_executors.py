@@ -413,8 +413,11 @@ def test_group_signal_stops_gracefully_and_resume_redoes_nothing(
     assert sum(successes(records).values()) == summary["succeeded"], output
     assert "died" not in output and "KilledWorker" not in output and "Traceback" not in output
 
+    # The resume on the suite's head: what it resumes does not depend on where the run ran, and a second Ray of its
+    # own would cost the suite seconds.
+    on_head = ["-p", f"ray_address={request.getfixturevalue('ray_head')}"] if own_ray else []
     resumed = subprocess.run(
-        [sys.executable, "-m", "batchcli", "resume", str(run)],
+        [sys.executable, "-m", "batchcli", "resume", str(run), *on_head],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
