@@ -513,7 +513,7 @@ def test_a_retry_in_the_shell_during_a_ctl_retry_failed_does_not_process_the_ite
     child = pexpect.spawn(
         sys.executable,
         ["-m", "batchcli", "exec", str(PROJECTS / "unattended" / "job.py"), "-d", str(tmp_path / "out"),
-         "-p", "count=120", "-p", "delay_s=0.05", "-p", "concurrency=2", "-p", "fail_every=10", "-p", "max_retries=0",
+         "-p", "count=60", "-p", "delay_s=0.05", "-p", "concurrency=2", "-p", "fail_every=10", "-p", "max_retries=0",
          "-p", "breaker_window=0", "-p", "fixed_delay_s=1.5", "-p", f"ledger={ledger}"],
         env=subprocess_env(TERM="xterm", IPYTHONDIR=str(tmp_path / "ipython"), PROMPT_TOOLKIT_NO_CPR="1"),
         dimensions=(60, 250), encoding="utf-8", timeout=60,
@@ -545,4 +545,4 @@ def test_a_retry_in_the_shell_during_a_ctl_retry_failed_does_not_process_the_ite
             child.terminate(force=True)
     assert child.exitstatus == 0
     assert log.done().count(first) == 1 and log.done_twice() == []
-    assert sorted(log.done()) == list(range(120))
+    assert sorted(log.done()) == list(range(60))
