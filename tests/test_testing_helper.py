@@ -162,7 +162,7 @@ def test_a_keyboard_interrupt_in_run_job_stops_the_run_resumably_before_it_goes_
         "from batchcli.testing import run_job\n"
         "try:\n"
         f"    run_job({str(PROJECTS / 'unattended' / 'job.py')!r}, output_dir={str(out)!r},\n"
-        f"            params={{'count': 300, 'delay_s': 0.05, 'concurrency': 2, 'ledger': {str(ledger)!r}}})\n"
+        f"            params={{'count': 150, 'delay_s': 0.05, 'concurrency': 2, 'ledger': {str(ledger)!r}}})\n"
         "except KeyboardInterrupt:\n"
         "    print('INTERRUPTED', flush=True)\n"
         "    time.sleep(1)\n"  # the threads of a run left working would go on writing meanwhile
@@ -182,7 +182,7 @@ def test_a_keyboard_interrupt_in_run_job_stops_the_run_resumably_before_it_goes_
             child.kill()
     assert "INTERRUPTED" in stdout, (child.returncode, stderr)
     assert "RESUMED 0" in stdout, stdout + stderr  # before: refused, the run still "running" in this process
-    assert sorted(log.done()) == list(range(300)) and log.done_twice() == []
+    assert sorted(log.done()) == list(range(150)) and log.done_twice() == []
 
 
 def test_a_keyboard_interrupt_while_the_run_starts_its_threads_is_raised_once_they_run() -> None:
