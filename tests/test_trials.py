@@ -254,6 +254,37 @@ def test_a_dry_run_counts_a_slow_source_for_a_bounded_time_and_says_so(cli, tmp_
     assert not (tmp_path / "out").exists()
 
 
+ASYNC_SOURCE = """
+import asyncio
+
+from batchcli import Service, Source, inject
+
+
+@inject
+class Feed(Source[int]):
+    async def __aiter__(self):
+        for n in range(30):
+            await asyncio.sleep(0)
+            yield n
+
+
+@inject
+class Untouched(Service[int]):
+    async def process(self, item: int) -> None:
+        raise AssertionError("a dry run calls no process()")
+"""
+
+
+def test_a_dry_run_counts_an_async_source(cli, tmp_path: Path) -> None:
+    """An async Source without len() is counted by iterating it on an event loop of the dry run's own."""
+    job = tmp_path / "async_source.py"
+    job.write_text(ASYNC_SOURCE)
+    counted = cli("exec", job, "--dry-run", "-d", tmp_path / "out")
+    assert counted.exit_code == 0, counted.output
+    assert "30, counted by iterating the source (it has no len())" in " ".join(counted.output.split())
+    assert "#4 " in counted.output and "#5 " not in counted.output  # the first five items
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stop_signal_abandons_a_dry_runs_counting(tmp_path: Path, signum: signal.Signals) -> None:
     """Ctrl-C or SIGTERM while a dry run counts the source stops it at once, as during loading (exit 130); it used

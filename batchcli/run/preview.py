@@ -157,27 +157,29 @@ async def _anumbered(source: Any) -> Any:
 def _first(items: Any, n: int, seconds: float = float("inf")) -> tuple[list[tuple[int, Any]], bool]:
     """The first ``n`` of ``items``, or those taken within ``seconds``; True when time ran out first."""
     deadline = time.monotonic() + seconds
+    taken: list[tuple[int, Any]] = []
+    late = [False]
+
+    def enough(pair: tuple[int, Any]) -> bool:
+        taken.append(pair)
+        if len(taken) >= n:
+            return True
+        late[0] = time.monotonic() > deadline
+        return late[0]
+
     if not hasattr(items, "__anext__"):
-        taken = []
         for pair in items:
-            taken.append(pair)
-            if len(taken) >= n:
+            if enough(pair):
                 break
-            if time.monotonic() > deadline:
-                return taken, True
-        return taken, False
+    else:
 
-    async def take() -> tuple[list[tuple[int, Any]], bool]:
-        taken = []
-        async for pair in items:
-            taken.append(pair)
-            if len(taken) >= n:
-                break
-            if time.monotonic() > deadline:
-                return taken, True
-        return taken, False
+        async def take() -> None:
+            async for pair in items:
+                if enough(pair):
+                    break
 
-    return asyncio.run(take())
+        asyncio.run(take())
+    return taken, late[0]
 
 
 def _one_line(text: str, limit: int = 120) -> str:
