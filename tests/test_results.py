@@ -777,8 +777,14 @@ def test_ctrl_c_or_sigterm_ends_an_export_at_once_with_one_line(cli, tmp_path: P
     ran = cli("exec", SQUARES, "-d", "out", "-p", "count=5000")  # about 200 KB: more than a pipe holds
     assert ran.exit_code == 0, ran.output
     command = [sys.executable, "-m", "batchcli", "results", str(ran.run_dir)]
+
+    def terminal_defaults() -> None:
+        """As a command typed at a terminal starts: this suite may run under nohup (SIGHUP ignored, and inherited)."""
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
     for signum in (signal.SIGINT, signal.SIGHUP):  # SIGHUP (a closed terminal) used to kill it, leaving a -o draft
-        to_stdout = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+        to_stdout = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=subprocess_env(), preexec_fn=terminal_defaults)  # fmt: skip
         assert to_stdout.stdout is not None and to_stdout.stderr is not None
         assert to_stdout.stdout.readline().startswith('{"ordinal": 0,')  # then nobody reads: the export blocks
         to_stdout.send_signal(signum)
