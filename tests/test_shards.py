@@ -232,6 +232,9 @@ def test_job_completion_index_picks_the_shard(tmp_path: Path, cli: Any, monkeypa
         ("-1/2", "the index must be from 0 to 1"),
         ("0/0", "must be at least 1"),
         ("auto/3", "JOB_COMPLETION_INDEX (a Kubernetes Indexed Job sets it), which is not set"),
+        # A typo for 0/3: it ran, and every later `runs` of the directory listed three million shards, out of memory.
+        ("0/3000000", "N, the number of shards, is at most 1,000"),
+        ("0/9223372036854775808", "N, the number of shards, is at most 1,000"),  # a traceback past SQLite's integers
     ],
 )
 def test_a_bad_shard_is_a_clear_error(tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch, shard: str, fix: str) -> None:
@@ -239,9 +242,18 @@ def test_a_bad_shard_is_a_clear_error(tmp_path: Path, cli: Any, monkeypatch: pyt
     monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
     result = cli("exec", ORDINAL, "-p", f"log_dir={tmp_path}", "--shard", shard, "-d", "out")
     assert result.exit_code == 2
-    assert f"--shard {shard!r}" in result.output or "auto/3" in result.output
-    assert fix in result.output
+    flat = " ".join(result.output.split())
+    assert f"--shard {shard!r}" in flat or "auto/3" in flat
+    assert fix in flat
     assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_shards_beyond_the_most_a_group_may_have_are_refused(tmp_path: Path, cli: Any) -> None:
+    """-p shards=N has the same bound as --shard I/N."""
+    result = cli("exec", ORDINAL, "-p", f"log_dir={tmp_path}", "-p", "shards=1001", "-d", "out")
+    assert result.exit_code == 2
+    assert "shards must be from 1 to 1,000" in " ".join(result.output.split())
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

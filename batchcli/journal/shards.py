@@ -164,6 +164,11 @@ class ShardRequest:
     count: int
 
 
+MAX_SHARDS = 1_000
+"""The most shards a group may have: ``runs`` and ``show`` list every one (a typo such as 0/3000000 made them run for
+minutes and die out of memory), and more processes than this are no longer one machine's or one cluster's job."""
+
+
 def parse_shard(text: str) -> ShardRequest:
     """``--shard I/N`` or ``auto/N``; a UsageError naming the bad value and the right form otherwise."""
     index_text, sep, count_text = text.strip().partition("/")
@@ -178,6 +183,10 @@ def parse_shard(text: str) -> ShardRequest:
         raise UsageError(f"--shard {text!r} is not I/N. {form}")
     if count < 1:
         raise UsageError(f"--shard {text!r}: N, the number of shards, must be at least 1. {form}")
+    if count > MAX_SHARDS:
+        raise UsageError(
+            f"--shard {text!r}: N, the number of shards, is at most {MAX_SHARDS:,} (a group lists every shard). {form}"
+        )
     if index is not None and not 0 <= index < count:
         raise UsageError(f"--shard {text!r}: the index must be from 0 to {count - 1} (0-based). {form}")
     return ShardRequest(index, count)

@@ -139,8 +139,10 @@ class Configuration:
             raise ValueError(f"executor must be one of {', '.join(map(repr, EXECUTORS))}, got {self.executor!r}.")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be at least 1 or none (one per CPU core), got {self.workers!r}.")
-        if self.shards is not None and self.shards < 1:
-            raise ValueError(f"shards must be at least 1 or none (the whole source in one run), got {self.shards!r}.")
+        if self.shards is not None and not 1 <= self.shards <= 1_000:  # journal.shards.MAX_SHARDS
+            raise ValueError(
+                f"shards must be from 1 to 1,000, or none (the whole source in one run), got {self.shards!r}."
+            )
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1 or none (automatic), got {self.chunk_size!r}.")
         if self.executor == "dask" and not dask_installed():
