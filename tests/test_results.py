@@ -823,3 +823,41 @@ def test_ctrl_c_or_sigterm_ends_an_export_at_once_with_one_line(cli, tmp_path: P
     said = " ".join(to_fifo.communicate()[1].split())
     assert f"Stopped: SIGTERM ended `batchcli results` before it finished; {str(fifo)!r} got only part" in said, said
     assert "Traceback" not in said
+
+
+SURROGATE_JOB = """
+from batchcli import Service, Source, inject
+
+
+@inject
+class Names(Source[str]):
+    def __iter__(self):
+        return iter(["plain.txt", "caf\\udce9.txt"])
+
+    def item_key(self, item: str) -> str:
+        return item
+
+
+@inject
+class Renamed(Service[str]):
+    async def process(self, item: str) -> str:
+        return "new-" + item  # a file name os.fsdecode made of the bytes caf\\xe9.txt: a lone surrogate
+"""
+
+
+def test_results_holding_a_lone_surrogate_export_with_it_escaped(cli, tmp_path: Path) -> None:
+    """A result (and a key) decoded with surrogateescape, as os.listdir gives a non-UTF-8 file name, was kept, and
+    its export died with batchcli's UnicodeEncodeError traceback: now the surrogate is written as its escape, as
+    failed.jsonl writes such an input."""
+    job = tmp_path / "names.py"
+    job.write_text(SURROGATE_JOB)
+    ran = cli("exec", job, "-d", "out")
+    assert ran.exit_code == 0, ran.output
+    assert cli("results", ran.run_dir, "-o", tmp_path / "r.jsonl").exit_code == 0
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text(encoding="utf-8").splitlines()]
+    # The key is kept escaped (as the journal keeps such a key); the result's JSON escape reads back as the surrogate.
+    assert rows[1] == {"ordinal": 1, "key": "caf\\udce9.txt", "result": "new-caf\udce9.txt"}
+    assert cli("results", ran.run_dir, "-f", "csv", "-o", tmp_path / "r.csv").exit_code == 0
+    assert list(csv.reader(io.StringIO((tmp_path / "r.csv").read_text(encoding="utf-8"))))[2] == [
+        "1", "caf\\udce9.txt", "new-caf\\udce9.txt"
+    ]  # fmt: skip

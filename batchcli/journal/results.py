@@ -349,6 +349,8 @@ def write_rows(
             key = key.decode("utf-8", "backslashreplace")
         if type(text) is bytes:  # plain data, marshalled: written as JSON, non-JSON parts in their JSON form
             text = _export_json(marshal.loads(text))
+        # A lone surrogate (a file name decoded with surrogateescape) as its JSON escape: UTF-8 cannot carry it.
+        text = writable(text)
         if writer is None:  # the stored JSON as it is, not parsed and re-encoded
             if len(names) == 1:
                 write(f'{{"ordinal": {ordinal}, "result": {text}}}\n')
@@ -356,7 +358,9 @@ def write_rows(
                 ids = _ids_json(dict(zip(names, (ordinal, key, shard) if keyed else (ordinal, shard))))
                 write(f'{ids[:-1]}, "result": {text}}}\n')
         else:  # a string as itself (JSON text of one starts with its quote); anything else as its JSON
-            cell = json.loads(text) if text.startswith('"') else text
+            cell = writable(json.loads(text)) if text.startswith('"') else text
+            if isinstance(key, str):
+                key = writable(key)
             writer.writerow([ordinal, *([key] if keyed else []), *([shard] if sharded else []), cell])
     return count
 
