@@ -309,6 +309,64 @@ def test_a_stop_signal_abandons_a_dry_runs_counting(tmp_path: Path, signum: sign
     assert "Traceback" not in output and not (tmp_path / "batchcli_outputs").exists()
 
 
+UNKEYED_JOB = """
+from batchcli import Param, Service, Source, inject
+
+
+@inject
+class Numbers(Source[int]):
+    def __iter__(self):
+        return iter(range(6))
+
+
+@inject
+class OddFails(Service[int]):
+    def __init__(self, fixed: Param[bool] = False) -> None:
+        self.fixed = fixed
+
+    async def process(self, item: int) -> None:
+        if item % 2 and not self.fixed:
+            raise ValueError(f"{item} is odd")
+"""
+
+WORDS_JOB = """
+from batchcli import Service, Source, inject
+
+
+@inject
+class Words(Source[str]):
+    def __iter__(self):
+        return iter(["w0", "w1"])
+
+    def item_key(self, item: str) -> str:
+        return item.upper()
+
+
+@inject
+class Echo(Service[str]):
+    async def process(self, item: str) -> None:
+        pass
+"""
+
+
+def test_skip_done_in_a_retry_run_of_another_job_is_a_clear_error(cli, tmp_path: Path) -> None:
+    """A retry run's saved inputs are keyed with this job's item_key(): on another job's inputs it raised, and the
+    user got batchcli's own traceback with exit 1. Now: one paragraph naming the run and the cause, exit 2."""
+    (tmp_path / "unkeyed.py").write_text(UNKEYED_JOB)
+    (tmp_path / "words.py").write_text(WORDS_JOB)
+    first = cli("exec", tmp_path / "unkeyed.py", "-d", tmp_path / "out")
+    assert first.exit_code == 1 and first.run_dir is not None, first.output
+    retried = cli("retry", first.run_dir, "-p", "fixed=true")
+    assert retried.exit_code == 0, retried.output
+    retry_dir = max((tmp_path / "out").iterdir())  # the retry run, beside the first
+    other = cli("exec", tmp_path / "words.py", "-d", tmp_path / "out2", "--skip-done-in", retry_dir)
+    flat = " ".join(other.output.split())
+    assert other.exit_code == 2, other.output
+    assert f"--skip-done-in {str(retry_dir)!r}: this job's item_key() raised on input #0 of that retry run" in flat
+    assert "AttributeError: 'int' object has no attribute 'upper'" in flat and "Traceback" not in flat
+    assert not (tmp_path / "out2").exists()
+
+
 # Targeted reruns.
 
 

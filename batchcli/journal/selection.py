@@ -21,6 +21,7 @@ from typing import Any
 from batchcli.errors import JournalError, UsageError
 from batchcli.journal.rundir import GROUP_FILE, JOURNAL_NAME, check_safe, connect, query, read_run
 from batchcli.journal.settled import Numbered, RangeSet, normal_key
+from batchcli.outcome import clip
 
 TABLE = "CREATE TABLE IF NOT EXISTS selection (id INTEGER PRIMARY KEY CHECK (id = 1), spec TEXT NOT NULL);"
 """One row: the run's ``Selection`` as JSON. Journals without the table took every item."""
@@ -263,12 +264,34 @@ def keys_done_in(runs: tuple[Path, ...], source_name: str, key_of: Callable[[Any
     return frozenset(keys)
 
 
+def _said(error: BaseException) -> str:
+    return clip(f"{type(error).__name__}: {error}", 200)
+
+
 def _retried_keys(run_dir: Path, key_of: Callable[[Any], Any]) -> set[Any]:
     """The keys of the inputs a retry run processed successfully (its saved inputs are unpickled: it must be yours)."""
     check_safe(run_dir)
     done = RangeSet(query(run_dir, "SELECT start, stop FROM done_ranges"))
-    rows = query(run_dir, "SELECT ordinal, item FROM inputs ORDER BY ordinal")
-    return {normal_key(key_of(pickle.loads(blob))) for ordinal, blob in rows if ordinal in done}
+    keys: set[Any] = set()
+    for ordinal, blob in query(run_dir, "SELECT ordinal, item FROM inputs ORDER BY ordinal"):
+        if ordinal not in done:
+            continue
+        try:
+            item = pickle.loads(blob)
+        except Exception as error:  # its class is not importable from here, or changed since
+            raise UsageError(
+                f"--skip-done-in {str(run_dir)!r}: that retry run's saved inputs cannot be loaded here ({_said(error)}), "
+                "so their keys cannot be told. Run this where that job's modules import (its directory), or give the "
+                "run it retried, whose keys are recorded, if it was made with item_key(item) defined."
+            ) from None
+        try:
+            keys.add(normal_key(key_of(item)))
+        except Exception as error:  # the inputs of another job: this job's item_key cannot read them
+            raise UsageError(
+                f"--skip-done-in {str(run_dir)!r}: this job's item_key() raised on input #{ordinal} of that retry run "
+                f"({_said(error)}), so it is not a run of this job's items. Give a run of this job."
+            ) from None
+    return keys
 
 
 # In the journal.
