@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -534,3 +535,17 @@ def test_a_seed_past_64_bits_is_refused(cli, seed: str) -> None:
     refused = cli("exec", PROJECTS / "trials" / "rows.py", "-d", "out", "--sample", "0.5", "--seed", seed)
     said = " ".join(refused.output.split())
     assert refused.exit_code == 2 and f"--seed {seed} is out of range" in said and refused.run_dir is None, said
+
+
+def test_a_time_filter_with_a_fraction_of_a_second_is_repeated_with_it(cli, failed_run: Path) -> None:
+    """`show --failures --since T.fff` filtered by the fraction but printed T cut to the second, in its header and in the
+    "Retry them with:" command, which then selected other failures than the ones listed."""
+    conn = sqlite3.connect(failed_run / "journal.sqlite")
+    try:
+        failed_at = sorted(r[0] for r in conn.execute("SELECT failed_at FROM failures"))
+    finally:
+        conn.close()
+    between = (failed_at[0] + failed_at[1]) / 2  # the three failures are milliseconds apart
+    since = datetime.fromtimestamp(between).isoformat(timespec="microseconds")
+    shown = " ".join(cli("show", failed_run, "--failures", "--since", since).output.split())
+    assert f"--since {since}" in shown and f"batchcli retry {failed_run} --since {since}" in shown, shown

@@ -125,7 +125,10 @@ def _moment(option: str, value: str | None) -> float | None:
 
 
 def _when(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch).isoformat(timespec="seconds")
+    """Local time, to the second, or to the microsecond when it has a fraction: the printed "Retry them with:" command
+    must select what the filter did."""
+    moment = datetime.fromtimestamp(epoch)
+    return moment.isoformat(timespec="microseconds" if moment.microsecond else "seconds")
 
 
 def recorded_types(run_dir: Path) -> list[str]:
