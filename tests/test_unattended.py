@@ -565,3 +565,74 @@ def test_ctl_set_while_setup_runs_says_the_run_is_still_starting(tmp_path: Path)
     finally:
         if run.poll() is None:
             run.kill()
+
+
+GATED_SOURCE = """
+import asyncio
+from pathlib import Path
+
+from batchcli import Param, Service, Source, inject
+
+
+@inject
+class Gated(Source[int]):
+    '''An async source (a queue, a paginated API): item 0 at once, the others only while ``gate`` exists.'''
+
+    def __init__(self, gate: Param[Path], given: Param[Path], count: Param[int] = 6) -> None:
+        self.gate, self.given, self.count = gate, given, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    async def __aiter__(self):
+        for n in range(self.count):
+            while n and not self.gate.exists():
+                await asyncio.sleep(0.02)
+            with self.given.open("a") as log:
+                log.write(f"gave {n}\\n")
+            yield n
+
+
+@inject
+class Ledger(Service[int]):
+    def __init__(self, ledger: Param[Path]) -> None:
+        self.ledger = ledger
+
+    async def process(self, item: int) -> None:
+        with self.ledger.open("a") as log:
+            log.write(f"done {item}\\n")
+"""
+
+
+def test_pause_and_stop_hold_while_an_async_source_waits_for_its_next_item(tmp_path: Path) -> None:
+    """Workers waiting on an async source's next item started it when it came, paused or not (up to concurrency
+    items ran under "Paused: no new item starts"); and a stop with nothing in flight waited the whole stop timeout
+    for that next item. Now an item that comes during a pause waits for the resume, and a stop ends at once."""
+    job, gate, given, ledger, out = (tmp_path / name for name in ("gated.py", "gate", "given.txt", "ledger.txt", "out"))
+    job.write_text(GATED_SOURCE)
+    params = ["-p", f"gate={gate}", "-p", f"given={given}", "-p", f"ledger={ledger}", "-p", "concurrency=3"]
+    run = start("exec", job, "-d", out, *params, "-p", "stop_timeout_s=600", stderr=tmp_path / "stderr.txt")
+
+    def lines(path: Path) -> list[str]:
+        return path.read_text().splitlines() if path.exists() else []
+
+    try:
+        run_dir = live_run_dir(out)
+        wait_for(lambda: lines(ledger) == ["done 0"], "the first item")
+        assert ctl(run_dir, "pause").returncode == 0
+        gate.touch()
+        wait_for(lambda: {"gave 1", "gave 2"} <= set(lines(given)), "the source to give items while paused")
+        gate.unlink()
+        assert ctl(run_dir, "stats").returncode == 0  # the loop has run what came since: nothing may have started
+        assert lines(ledger) == ["done 0"]
+        assert ctl(run_dir, "stop").returncode == 0
+        assert run.wait(timeout=30) == 130  # not the 600 s stop timeout: nothing was in flight
+    finally:
+        if run.poll() is None:
+            run.kill()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["succeeded"], summary["unprocessed"]) == (1, 5), summary
+    gate.touch()
+    resumed = batchcli("resume", run_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(int(line.split()[1]) for line in lines(ledger)) == list(range(6))  # each once

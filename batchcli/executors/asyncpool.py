@@ -195,6 +195,11 @@ class AsyncExecutor:
                             continue
                         return
                     ordinal, item = taken
+                    if self.paused or self.stopping:  # it came while the run paused or stopped: it waits, unstarted
+                        if self.paused:
+                            await self._gate.wait()
+                        if self.stopping:
+                            return  # numbered, not started: unprocessed, for the resume
             tally.in_flight += 1
             try:
                 result = await call(item)
@@ -476,8 +481,8 @@ class AsyncExecutor:
             self._wake.set()
             self._cool_over.set()
             self._limits_changed()
-        # A worker between items (asleep for its rate-limit slot) holds nothing: end it now, so a stop
-        # with nothing in flight does not wait for a slot that may be minutes away.
+        # A worker between items (asleep for its rate-limit slot, or waiting for an async source's next item) holds
+        # nothing: end it now, so a stop with nothing in flight does not wait for a slot or an item minutes away.
         for task in self._between_items():
             task.cancel()
 
@@ -501,11 +506,12 @@ class AsyncExecutor:
             self._left.set_result(None)
 
     def _between_items(self) -> list[asyncio.Task[None]]:
-        """The workers suspended in ``_detour``: waiting to start their next item, holding none."""
+        """The workers suspended in ``_detour`` or ``_take_async``: waiting to start their next item, holding none (an
+        item an async source has not yet given has no number: cancelled there, it is read again on resume)."""
         return [
             task
             for task in self._workers
-            if getattr(getattr(task.get_coro(), "cr_await", None), "cr_code", None) is _DETOUR
+            if getattr(getattr(task.get_coro(), "cr_await", None), "cr_code", None) in _IDLE
         ]
 
     def pause(self) -> None:
@@ -590,4 +596,4 @@ _HELPERS = frozenset(
     f.__code__
     for f in (AsyncExecutor._detour, AsyncExecutor._take_async, AsyncExecutor._wait_for_work, AsyncExecutor._wait_for_recorder)
 )
-_DETOUR = AsyncExecutor._detour.__code__
+_IDLE = frozenset((AsyncExecutor._detour.__code__, AsyncExecutor._take_async.__code__))
