@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -119,14 +120,16 @@ def _count(job: Job, continuation: Continuation) -> tuple[str, list[tuple[int, A
         source = continuation.shard.share(source, key_of if defines_item_key(source) else None)
     selection = continuation.selection
     length = source_length(source)
+    # Read for COUNT_TIME_S at most, whatever a selection lets through: a sample that picks nothing reads on.
+    clock = _Clock(COUNT_TIME_S)
     if selection is not None and not selection.takes_all:
         position = position_in_source(source)
         exact = selection.total(length, position)
-        items, taken = selection.apply(_numbered(source), continuation.done_elsewhere, key_of, position=position)
+        items, taken = selection.apply(_numbered(source, clock), continuation.done_elsewhere, key_of, position=position)
         if exact is not None:
-            return f"{exact:,}", _first(items, SHOWN)[0]
-        seen, late = _first(items, COUNT_CAP + 1, COUNT_TIME_S)
-        if late:
+            return f"{exact:,}", _first(items, SHOWN)
+        seen = _first(items, COUNT_CAP + 1)
+        if clock.late:
             counted = f"at least {len(seen):,} (stopped counting after {COUNT_TIME_S:g} s)"
         elif len(seen) > COUNT_CAP:
             counted = f"at least {COUNT_CAP:,} (stopped counting there)"
@@ -134,52 +137,61 @@ def _count(job: Job, continuation: Continuation) -> tuple[str, list[tuple[int, A
             counted = f"{len(seen):,}"
         return f"{counted}, counted by iterating the source", seen[:SHOWN]
     if length is not None:
-        return f"{length:,} (len of the source)", _first(_numbered(source), SHOWN)[0]
-    seen, late = _first(_numbered(source), COUNT_CAP + 1, COUNT_TIME_S)
-    if late:
+        return f"{length:,} (len of the source)", _first(_numbered(source, clock), SHOWN)
+    seen = _first(_numbered(source, clock), COUNT_CAP + 1)
+    if clock.late:
         return f"at least {len(seen):,}: the source has no len(), and counting stopped after {COUNT_TIME_S:g} s", seen[:SHOWN]
     if len(seen) > COUNT_CAP:
         return f"at least {COUNT_CAP:,}: the source has no len(), and counting stopped there", seen[:SHOWN]
     return f"{len(seen):,}, counted by iterating the source (it has no len())", seen[:SHOWN]
 
 
-def _numbered(source: Any) -> Any:
-    return _anumbered(source) if is_async_source(source) else enumerate(iter(source))
+class _Clock:
+    """When reading the source for the dry run must stop; ``late`` once it did."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.late = False
+
+    def up(self) -> bool:
+        self.late = self.late or time.monotonic() > self.deadline
+        return self.late
 
 
-async def _anumbered(source: Any) -> Any:
+def _numbered(source: Any, clock: _Clock) -> Any:
+    return _anumbered(source, clock) if is_async_source(source) else _snumbered(source, clock)
+
+
+def _snumbered(source: Any, clock: _Clock) -> Any:
+    for pair in enumerate(iter(source)):
+        yield pair
+        if clock.up():
+            return
+
+
+async def _anumbered(source: Any, clock: _Clock) -> Any:
     n = 0
     async for item in source:
         yield n, item
         n += 1
+        if clock.up():
+            return
 
 
-def _first(items: Any, n: int, seconds: float = float("inf")) -> tuple[list[tuple[int, Any]], bool]:
-    """The first ``n`` of ``items``, or those taken within ``seconds``; True when time ran out first."""
-    deadline = time.monotonic() + seconds
-    taken: list[tuple[int, Any]] = []
-    late = [False]
-
-    def enough(pair: tuple[int, Any]) -> bool:
-        taken.append(pair)
-        if len(taken) >= n:
-            return True
-        late[0] = time.monotonic() > deadline
-        return late[0]
-
+def _first(items: Any, n: int) -> list[tuple[int, Any]]:
+    """The first ``n`` of ``items`` (fewer when the source ran out, or its reading stopped at the deadline)."""
     if not hasattr(items, "__anext__"):
-        for pair in items:
-            if enough(pair):
+        return list(itertools.islice(items, n))
+
+    async def take() -> list[tuple[int, Any]]:
+        taken = []
+        async for pair in items:
+            taken.append(pair)
+            if len(taken) >= n:
                 break
-    else:
+        return taken
 
-        async def take() -> None:
-            async for pair in items:
-                if enough(pair):
-                    break
-
-        asyncio.run(take())
-    return taken, late[0]
+    return asyncio.run(take())
 
 
 def _one_line(text: str, limit: int = 120) -> str:
