@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -424,7 +425,13 @@ def test_show_failures_lists_input_error_attempts_and_when(cli, tmp_path: Path, 
     assert 'input: "bad-1"' in every.output and "ValueError: row bad-1 is malformed" in every.output
     narrowed = cli("show", failed_run, "--failures", "--error-type", "ConnectionError", "--match", "down-2")
     assert "1 of 3" in narrowed.output and "down-2" in narrowed.output and "down-1" not in narrowed.output
-    assert f"batchcli retry {failed_run} --error-type ConnectionError --match 'down-2'" in narrowed.output
+    assert f"batchcli retry {failed_run} --error-type ConnectionError --match down-2" in narrowed.output
+    # The printed command is one a shell gives back as it was typed: repr() doubled the backslash of \d, and the
+    # pasted command matched nothing.
+    escaped = cli("show", failed_run, "--failures", "--match", r"down-\d")
+    assert "2 of 3" in escaped.output
+    command = " ".join(escaped.output.split()).split("Retry them with: ")[1]
+    assert shlex.split(command)[2:] == [str(failed_run), "--match", r"down-\d"], command
 
 
 def test_skip_done_in_does_only_new_rows_of_a_grown_input(cli, tmp_path: Path, failed_run: Path) -> None:

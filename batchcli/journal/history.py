@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -265,7 +266,7 @@ def show_failures(run_dir: Path, wanted: FailureFilter, shown: int = 50) -> Rend
         parts.append(Text(f"  … and {matched - kept:,} more (all of them are in failed.jsonl)", "dim"))
     if kept:
         again = f" {wanted.describe()}" if wanted.active else ""
-        parts.append(Text(f"Retry them with: batchcli retry {run_dir}{again}", "dim"))
+        parts.append(Text(f"Retry them with: batchcli retry {shlex.quote(str(run_dir))}{again}", "dim"))
     return Group(*parts)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import importlib
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ class FailureFilter:
         if self.error_type is not None:
             parts.append(f"--error-type {self.error_type}")
         if self.pattern is not None:
-            parts.append(f"--match {self.pattern.pattern!r}")
+            parts.append(f"--match {shlex.quote(self.pattern.pattern)}")  # as a shell takes it back: repr doubled \\
         if self.since is not None:
             parts.append(f"--since {_when(self.since)}")
         if self.until is not None:
