@@ -161,3 +161,44 @@ def test_a_path_too_long_for_the_system_is_a_usage_error(cli, tmp_path: Path, ar
     long = str(tmp_path / ("x" * 300))
     said = refused(cli(*[a.replace("{long}", long) for a in args]))
     assert "is too long for this system" in said and "x" * 300 in said.replace(" ", ""), said
+
+
+def _without_file_capabilities() -> list[str]:
+    """A command prefix that runs without the capabilities that let root past file permissions, or [] if none works."""
+    import os
+    import sys
+
+    if os.geteuid() != 0:
+        return [sys.executable]
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--bounding-set=-all", "--inh-caps=-all", sys.executable] if setpriv else []
+
+
+def test_a_path_under_a_directory_the_user_may_not_enter_is_a_clear_error(cli: Any, tmp_path: Path) -> None:
+    """A run directory, -o file or -d directory under a directory without x permission gave batchcli's PermissionError
+    traceback and exit 1 (the code for failed items) in show, results, resume, retry, exec -d and --skip-done-in."""
+    import os
+
+    from conftest import subprocess_env
+
+    prefix = _without_file_capabilities()
+    ran = cli("exec", RETRIES, "-d", tmp_path / "out", *FAST)
+    assert ran.run_dir is not None, ran.output
+    locked = tmp_path / "locked"
+    (locked / "run").mkdir(parents=True)
+    locked.chmod(0)
+    try:
+        if not prefix or subprocess.run([*prefix, "-c", f"import os; os.listdir({str(locked)!r})"],
+                                        capture_output=True).returncode == 0:  # fmt: skip
+            pytest.skip("this machine cannot run a process that file permissions stop")
+        for args in (["show", locked / "run"], ["results", ran.run_dir, "-o", locked / "x.jsonl"],
+                     ["exec", RETRIES, "-d", locked / "out"], ["resume", locked / "run"],
+                     ["retry", locked / "run", "--dry-run"],
+                     ["exec", RETRIES, "-d", tmp_path / "out2", "--skip-done-in", locked / "run"]):  # fmt: skip
+            done = subprocess.run([*prefix, "-m", "batchcli", *map(str, args)], capture_output=True, text=True,
+                                  env=subprocess_env(), cwd=tmp_path, timeout=60)  # fmt: skip
+            said = " ".join(done.stderr.split())
+            assert done.returncode == 2, (args, done.stderr)
+            assert f"Error: Permission denied: '{locked}" in said and "Traceback" not in said, said
+    finally:
+        os.chmod(locked, 0o700)

@@ -41,6 +41,14 @@ class BatchcliGroup(TyperGroup):
                 _drop_stdout()
             raise typer.Exit(error.exit_code) from None
         except OSError as error:
+            if isinstance(error, PermissionError) and error.filename is not None and not _writing_stdout(error):
+                # A path under a directory this user may not enter or read: bad input, not our traceback (nor exit
+                # 1, which says that items failed).
+                UsageError(
+                    f"Permission denied: {str(error.filename)!r}. Check that you may enter and read every directory "
+                    "on that path (and write where batchcli writes), or run batchcli as the user who owns it."
+                ).show()
+                raise typer.Exit(2) from None
             if error.errno == errno.ENAMETOOLONG:  # a path argument the system cannot even look up
                 UsageError(
                     f"The path {error.filename or ''!r} is too long for this system (each name in a path may have at "
