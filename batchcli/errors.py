@@ -8,6 +8,7 @@ once for all of them (see ``cli.commands.BatchcliGroup``).
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import IO, Any
 
 try:  # typer vendors click since 0.2x (the click its commands raise and catch); before, click was its dependency
@@ -107,7 +108,14 @@ class RunDirGoneError(RunDirWriteError):
         self.run_dir = run_dir
         self.cause = "deleted" if deleted else "moved" if now is not None else "moved or replaced"
         self.free = ""
-        if deleted:
+        if deleted and Path(str(run_dir)).is_dir():  # the journal alone (a clean-up of *.sqlite, a wrong rm)
+            self.exit_code = 3
+            message = (
+                f"The journal of run {str(run_dir)!r} (journal.sqlite) was deleted while the run went on, so the run "
+                "stopped: what it had recorded is gone, and the run cannot be resumed. Start it again with "
+                "`batchcli exec`, and leave the files of its run directory in place until it ends."
+            )
+        elif deleted:
             self.exit_code = 3
             message = (
                 f"The run directory {str(run_dir)!r} was deleted while the run went on, and its journal with it, so "

@@ -492,6 +492,21 @@ def test_a_run_directory_deleted_mid_run_stops_the_run_with_exit_3_and_says_it_c
     assert not run_dir.exists()
 
 
+def test_a_journal_deleted_alone_mid_run_stops_the_run_with_exit_3_and_says_it_cannot_be_resumed(tmp_path: Path) -> None:
+    """Only journal.sqlite deleted (a clean-up of *.sqlite): the run said its directory "was moved or replaced" and to
+    resume it (exit 130), though what it recorded was gone and resume then refused the directory."""
+    count, logs, out = 300, tmp_path / "logs", tmp_path / "out"
+    logs.mkdir()
+    proc = start_counting(tmp_path, out, logs, count, "deleted.txt", "-p", "write_retry_s=1")
+    wait_for(lambda: journaled(out) >= 60, "60 journaled items")
+    run_dir = next(out.iterdir())
+    (run_dir / "journal.sqlite").unlink()
+    assert proc.wait(timeout=120) == 3
+    flat = " ".join((tmp_path / "deleted.txt").read_text().split())
+    assert f"The journal of run '{run_dir}' (journal.sqlite) was deleted while the run went on" in flat, flat
+    assert "the run cannot be resumed" in flat and "batchcli resume" not in flat and "Traceback" not in flat, flat
+
+
 def test_resume_and_retry_of_a_run_whose_job_file_moved_say_where_it_was(tmp_path: Path, run_batchcli) -> None:
     """resume takes no path, yet its error said "Path ... does not exist. Give a .py file ..."; now it names the
     run's job and the fix (put it back), for resume and retry alike, with exit 2."""

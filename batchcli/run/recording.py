@@ -153,7 +153,9 @@ class Recording:
             now = Path(os.readlink(f"/proc/self/fd/{fd}"))
         except OSError:
             return False, None
-        return False, None if self._place is not None and now == self._place[0].parent else now
+        if self._place is not None and now == self._place[0].parent:
+            return not self._place[0].exists(), None  # in its place: a journal no longer there was deleted alone
+        return False, now
 
     @property
     def stalled(self) -> bool:
