@@ -195,7 +195,7 @@ class AsyncExecutor:
                             continue
                         return
                     ordinal, item = taken
-                    if self.paused or self.stopping:  # it came while the run paused or stopped: it waits, unstarted
+                    if self._slow and (self.paused or self.stopping):  # it came while paused or stopping: unstarted
                         if self.paused:
                             await self._gate.wait()
                         if self.stopping:

@@ -19,6 +19,7 @@ from typing import Any
 from batchcli.errors import UsageError
 from batchcli.journal.rundir import query
 from batchcli.journal.settled import normal_key
+from batchcli.load.configuration import MAX_SHARDS
 from batchcli.load.source import is_async_source, source_length
 
 INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
@@ -162,11 +163,6 @@ class ShardRequest:
     index: int | None
     """None for ``auto``."""
     count: int
-
-
-MAX_SHARDS = 1_000
-"""The most shards a group may have: ``runs`` and ``show`` list every one (a typo such as 0/3000000 made them run for
-minutes and die out of memory), and more processes than this are no longer one machine's or one cluster's job."""
 
 
 def parse_shard(text: str) -> ShardRequest:

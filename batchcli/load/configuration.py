@@ -19,6 +19,11 @@ MAX_CONCURRENCY = 10_000
 """The most items in flight at once, configured or set live (``ctl set``, the pause shell): one rule everywhere,
 so a run's own setting can always be set again."""
 
+MAX_SHARDS = 1_000
+"""The most shards a group may have, for ``--shard I/N`` and ``shards``: ``runs`` and ``show`` list every one (a typo
+such as 0/3000000 made them run for minutes and die out of memory), and more processes than this are no longer one
+machine's or one cluster's job."""
+
 BREAKER_WINDOW_MAX = 1_000_000
 """The longest circuit-breaker window: it keeps the outcomes of up to twice that many settled items in memory."""
 
@@ -139,9 +144,9 @@ class Configuration:
             raise ValueError(f"executor must be one of {', '.join(map(repr, EXECUTORS))}, got {self.executor!r}.")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be at least 1 or none (one per CPU core), got {self.workers!r}.")
-        if self.shards is not None and not 1 <= self.shards <= 1_000:  # journal.shards.MAX_SHARDS
+        if self.shards is not None and not 1 <= self.shards <= MAX_SHARDS:
             raise ValueError(
-                f"shards must be from 1 to 1,000, or none (the whole source in one run), got {self.shards!r}."
+                f"shards must be from 1 to {MAX_SHARDS:,}, or none (the whole source in one run), got {self.shards!r}."
             )
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1 or none (automatic), got {self.chunk_size!r}.")
