@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import pytest
 
 from tests.conftest import EXAMPLES, PROJECTS, newest_run, subprocess_env
-from tests.test_executors import DASK, SHIPPED, _free_port, dask_cluster, isolated  # noqa: F401 (fixtures)
+from tests.test_executors import SHIPPED, _free_port, dask_cluster, isolated, separate_dask_cluster  # noqa: F401 (fixtures)
 
 DEATHS = PROJECTS / "dask_deaths" / "job.py"
 SPY = PROJECTS / "executors" / "spy.py"
@@ -187,37 +187,11 @@ def long_lived_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
 
     Yields the scheduler's address and the workers' temp directory.
     """
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
     workdir = tmp_path_factory.mktemp("cluster")  # the workers cannot see the projects from where they run
     (workdir / "tmp").mkdir()
-    common: dict[str, Any] = {
-        "env": subprocess_env(DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0", TMPDIR=str(workdir / "tmp")),
-        "cwd": workdir,
-        "stdout": subprocess.DEVNULL,
-        "stderr": subprocess.DEVNULL,
-    }
-    scheduler = subprocess.Popen(
-        [str(DASK), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], **common
-    )
-    workers = subprocess.Popen(
-        [str(DASK), "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
-        **common,
-    )
-    try:
-        from distributed import Client
-
-        with Client(address, timeout=30, set_as_default=False) as client:
-            client.wait_for_workers(2, timeout=60)
+    env = subprocess_env(DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0", TMPDIR=str(workdir / "tmp"))
+    with separate_dask_cluster(workdir, env) as address:
         yield address, workdir / "tmp"
-    finally:
-        for proc in (workers, scheduler):  # workers first: they say goodbye to the scheduler
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def _reindex(tmp_path: Path, address: str, name: str, *values: str) -> list[str]:

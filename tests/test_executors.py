@@ -6,6 +6,7 @@ ran it, so the tests see what happened in the workers, not only what the driver 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -489,36 +491,13 @@ def test_dask_starts_and_stops_its_own_cluster(cli: Any, records: Path) -> None:
 
 def test_dask_against_separately_started_scheduler_and_workers(tmp_path: Path, records: Path, run_batchcli: Any) -> None:
     """`dask scheduler` and `dask worker` started on their own run a shipped directory project."""
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    env = subprocess_env(DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
     workdir = tmp_path / "elsewhere"  # the workers cannot see the project from where they run
     workdir.mkdir()
-    common: dict[str, Any] = {"env": env, "cwd": workdir, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    scheduler = subprocess.Popen(
-        [str(DASK), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], **common
-    )
-    workers = subprocess.Popen(
-        [str(DASK), "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
-        **common,
-    )
-    try:
-        from distributed import Client
-
-        with Client(address, timeout=30, set_as_default=False) as client:  # both up before the run starts
-            client.wait_for_workers(2, timeout=30)
+    with separate_dask_cluster(workdir, subprocess_env(DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")) as address:
         result = run_batchcli(
             "exec", SHIPPED, "-c", "config_dev", "-d", "out", "-p", f"record_dir={records}",
             "-p", "executor=dask", "-p", f"dask_address={address}", "-p", "count=30",
         )  # fmt: skip
-    finally:
-        for proc in (workers, scheduler):  # workers first: they say goodbye to the scheduler
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
     assert result.exit_code == 0, result.output
     lines = [line.split() for p in records.glob("ok-*") for line in p.read_text().splitlines()]
     assert sorted((int(n), int(sq)) for n, sq in lines) == [(n, n * n) for n in range(30)]
@@ -538,6 +517,55 @@ def test_dask_worker_killed_loses_no_item(cli: Any, records: Path, dask_cluster:
 
 
 # Helpers.
+
+
+@contextlib.contextmanager
+def separate_dask_cluster(workdir: Path, env: dict[str, str]) -> Iterator[str]:
+    """`dask scheduler` and `dask worker` (2 processes, 1 thread each) started on their own in ``workdir``.
+
+    Yields the scheduler's address once both workers have joined. The scheduler picks its own port
+    and writes it to a scheduler file: a port chosen here and bound later could be taken meanwhile
+    by another test's cluster.
+    """
+    from distributed import Client
+
+    common: dict[str, Any] = {"env": env, "cwd": workdir, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    info = workdir / "scheduler.json"
+    scheduler = subprocess.Popen(
+        [str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(info)],
+        **common,
+    )
+    procs = [scheduler]
+    try:
+        address = _written_address(info, scheduler)
+        procs.insert(0, subprocess.Popen(
+            [str(DASK), "worker", "--scheduler-file", str(info), "--nworkers", "2", "--nthreads", "1",
+             "--no-dashboard", "--host", "127.0.0.1"],
+            **common,
+        ))  # fmt: skip
+        with Client(address, timeout=60, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=90)
+        yield address
+    finally:
+        for proc in procs:  # workers first: they say goodbye to the scheduler
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _written_address(info: Path, scheduler: subprocess.Popen[Any], timeout: float = 90) -> str:
+    """The address the scheduler wrote to ``info``, once the whole file is there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return str(json.loads(info.read_text())["address"])
+        except (OSError, ValueError, KeyError):
+            if scheduler.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the Dask scheduler wrote no address (exit code {scheduler.poll()})") from None
+            time.sleep(0.1)
 
 
 def _wait_for(condition: Any, proc: subprocess.Popen[str], timeout: float = 30) -> None:
