@@ -125,6 +125,29 @@ def test_a_retry_after_of_no_time_is_one_cool_down_not_one_per_refusal(run_batch
     assert re.findall(r"Growing back: effective concurrency=(\d+)", log) == ["6", "7", "8"]
 
 
+def test_records_the_api_always_refuses_leave_the_runs_pace_alone(run_batchcli) -> None:
+    """Three records the API always answers "503, Retry-After: 0" (it has no rate limit at all): their repeat
+    refusals were taken for the run's pace, each cut the learnt rate by 30% (8 cuts, down to 1.5/s), and the other
+    items crawled: 30 s for a 2 s run. Only an item's first refusal acts on the run's pace; its repeats only hold
+    the starts for the Retry-After the API asked (none here)."""
+    refused = {0, 10, 20}
+    with FlakyApi(retry_after_s=0, refuse=refused) as api:
+        result = run_batchcli(
+            "exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=40", "-p", "concurrency=2",
+            "-p", "delay_s=0.02", timeout=120,
+        )
+        assert result.exit_code == 1, result.output
+        assert sorted(api.served) == sorted(set(range(40)) - refused) and set(api.served.values()) == {1}
+        assert api.statuses[503] == 20 * len(refused)  # each still fails at its 20th throttle in a row
+    summary = result.summary
+    assert (summary["succeeded"], summary["failed"], summary["total"]) == (37, 3, 40)
+    log = log_text(result.run_dir)
+    assert log.count("was throttled 20 times in a row") == 3
+    assert len(re.findall(r"Throttled: effective", log)) <= len(refused), log  # at most one cut a record
+    rates = [float(r) for r in re.findall(r"rate_limit=([\d.]+)/s", log)]
+    assert all(rate >= 10 for rate in rates), rates  # the items ran at 50-100/s
+
+
 def test_throttled_exception_carries_its_own_wait(run_batchcli) -> None:
     """A Service that raises batchcli.Throttled(1) cools the run down for a second, without spending attempts."""
     with FlakyApi(throttle_first=2) as api:

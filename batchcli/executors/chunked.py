@@ -406,7 +406,8 @@ class ChunkedExecutor:
         self._retries.failed(entry.ordinal, entry.item, entry.attempts, error, requeue, self.stopping, info)
 
     def _throttled(self, entry: _Entry, error: ItemError) -> None:
-        delay = self._cooldown.throttled(Throttle(error.retry_after_s))
+        repeat = 0 if entry.attempts is None else entry.attempts.throttled
+        delay = self._cooldown.throttled(Throttle(error.retry_after_s), repeat)
         self._retries.throttled(
             entry.ordinal, entry.item, entry.attempts, delay, self._requeue, self.stopping, ItemFailed(error), error.info
         )

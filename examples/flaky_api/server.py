@@ -23,6 +23,7 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
@@ -40,6 +41,7 @@ class FlakyApi:
         http_date: bool = False,
         port: int = 0,
         throttle_first: int = 0,
+        refuse: Iterable[int] = (),
     ) -> None:
         self.rate = rate
         """Requests per second served before 429s start; None for no limit."""
@@ -51,6 +53,8 @@ class FlakyApi:
         """Send ``Retry-After`` as an HTTP-date instead of seconds."""
         self.throttle_first = throttle_first
         """Answer the first N requests 429 whatever the rate (a test's deterministic throttle)."""
+        self.refuse = frozenset(refuse)
+        """Items always answered 503 with ``Retry-After`` (a record the API cannot serve), whatever the rate."""
         self.requests: list[tuple[float, str, int, str | None]] = []
         """Every request as (``time.time()`` it arrived, path, status, Retry-After sent or None)."""
         self.statuses: Counter[int] = Counter()
@@ -190,6 +194,8 @@ class FlakyApi:
             item = int(path.rstrip("/").rsplit("/", 1)[-1])
         except ValueError:
             return 404, {}, {"error": f"no such path {path!r}"}
+        if item in self.refuse:
+            return 503, {"Retry-After": self._retry_after(self.retry_after_s)}, {"error": f"cannot serve item {item}"}
         return 200, {}, {"item": item}
 
     def _retry_after(self, seconds: float) -> str:
