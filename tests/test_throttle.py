@@ -382,6 +382,33 @@ def test_a_rate_the_api_served_never_lifts_the_rate_above_a_lowered_ceiling() ->
         assert run.limiter.limits.rate_limit is not None and run.limiter.limits.rate_limit <= 10.0, run.limiter.limits
 
 
+def test_a_new_ceiling_caps_the_adapted_limits_and_keeps_what_they_learnt() -> None:
+    """`ctl set concurrency=15` on a run cut to 1 at a learnt rate (configured 16) put 15 in force with no rate at all,
+    and `set rate_limit=1000` put 1000/s in force: the run hammered the API into a throttle a second. A new ceiling
+    now caps the limits in force; they keep what they learnt and grow back toward it."""
+    run = Clocked(16)
+    run.succeed(3, 100)
+    run.throttle()
+    run.succeed(3, 60)
+    run.throttle()
+    adapted = run.limiter.limits
+    assert adapted.concurrency < 15 and adapted.rate_limit is not None, adapted
+    run.cooldown.set_concurrency(15)
+    assert run.limiter.limits == adapted and run.cooldown.ceiling.concurrency == 15
+    run.cooldown.set_rate_limit(1000.0)
+    assert run.limiter.limits == adapted and run.cooldown.ceiling.rate_limit == 1000.0
+    run.cooldown.set_concurrency(1)  # below what is in force: capped at once
+    assert run.limiter.limits.concurrency == 1 and run.limiter.limits.rate_limit == adapted.rate_limit
+    run.cooldown.set_rate_limit(5.0)
+    assert run.limiter.limits.rate_limit == 5.0
+    # Not adapting (at the ceiling): the new values are in force at once, up as well as down.
+    calm = Clocked(4)
+    calm.cooldown.set_concurrency(8)
+    assert calm.limiter.limits.concurrency == 8
+    calm.cooldown.set_rate_limit(50.0)
+    assert calm.limiter.limits.rate_limit == 50.0
+
+
 def test_the_breakers_hold_leaves_the_ceiling_and_the_adaptive_limits_alone() -> None:
     """The breaker held the concurrency through the user's setter: a throttle's cut it held became the ceiling for
     good, and lifting it gave back its own value, not the run's."""

@@ -366,9 +366,16 @@ class Cooldown:
         self._set_ceiling(Limits(self.ceiling.concurrency, checked_rate_limit(rate)))
 
     def _set_ceiling(self, limits: Limits) -> None:
+        """A new ceiling caps the limits in force; while they adapt (below the old ceiling) they keep what they learnt.
+
+        It had replaced them: `ctl set concurrency=15` on a run cut to 1 at a learnt 45/s (configured 16) put 15 in
+        force with no rate at all, and the API answered with a throttle a second, each a whole Retry-After of nothing
+        started. A run not adapting (at its ceiling, or ``adaptive=false``) takes the new values at once.
+        """
         self._apply_limits(self._held_down(limits))  # first: a bad value raises here and changes nothing
+        adapting = self.adaptive and self.effective != self.ceiling
         self.ceiling = limits
-        self._apply(limits)
+        self._apply(self.effective if adapting else limits)  # never above the new ceiling (``_apply``)
 
     def start(self) -> None:
         """Items start now: the first window the API's rate is measured over begins here."""
