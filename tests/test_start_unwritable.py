@@ -4,12 +4,12 @@ stays resumable."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,32 +45,52 @@ def test_resume_whose_log_file_cannot_be_opened_says_so_and_stays_resumable(cli:
     assert (summary["succeeded"], summary["unprocessed"]) == (5, 0)
 
 
-@pytest.fixture
-def few_inodes(tmp_path: Path) -> Iterator[Path]:
-    """A 5 MiB tmpfs with room for only a handful of files (needs root and mount)."""
-    place = tmp_path / "small"
+def _small_tmpfs(place: Path, options: str) -> None:
+    """Mount a tmpfs on ``place`` (needs root and mount), or skip."""
     place.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a tmpfs needs root")
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m,nr_inodes=6", "tmpfs", str(place)], capture_output=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(place)], capture_output=True)
     if made.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+
+
+# (tmpfs options, whether to fill it first, what the message names). With 6 inodes the journal fits and its log
+# file does not; with 4 not even the journal's draft; filled, SQLite finds the database or disk full.
+NO_ROOM = {
+    "no inode for the log file": ("size=5m,nr_inodes=6", False, "no inode is left for a new file"),
+    "no inode for the journal": ("size=5m,nr_inodes=4", False, "No space left on device"),
+    "no space for the journal": ("size=1m", True, "SQLITE_FULL"),
+    "no space for a shard's group": ("size=1m", True, "No space left on device"),
+}
+
+
+@pytest.mark.parametrize("case", NO_ROOM)
+def test_a_new_run_with_no_room_for_its_files_is_one_paragraph_and_leaves_nothing(tmp_path: Path, case: str) -> None:
+    """No room for the log file was a traceback with exit 1; no room for the journal was exit 2 ("Cannot create the
+    journal", the code for a usage error) and left a half-made run directory behind, one more per attempt on a disk
+    out of inodes; a shard left its group's hidden draft. Now all are exit 3, the cause named, and nothing is left."""
+    options, fill, cause = NO_ROOM[case]
+    place = tmp_path / "small"
+    _small_tmpfs(place, options)
     try:
-        yield place
+        out = place / "out"
+        out.mkdir()
+        if fill:
+            with open(place / "fill", "wb") as filler, contextlib.suppress(OSError):
+                while True:
+                    filler.write(bytes(64 << 10))
+                    filler.flush()
+        shard = ["--shard", "0/2", "--group", "gg"] if "shard" in case else []
+        proc = subprocess.run(
+            [sys.executable, "-m", "batchcli", "exec", str(JOB), "-p", "count=3", "-d", str(out), "--no-shell", *shard],
+            capture_output=True, text=True, env=subprocess_env(), timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        said = " ".join(proc.stderr.split())
+        assert "so the run did not start" in said and cause in said, said
+        assert "then run the command again (or give it another output directory with -d)" in said
+        assert "Traceback" not in proc.stderr
+        assert list(out.iterdir()) == []
     finally:
         subprocess.run(["umount", str(place)], check=False)
-
-
-def test_a_new_run_with_no_room_for_its_files_is_one_paragraph_and_leaves_nothing(few_inodes: Path) -> None:
-    """No inode left for the log file (the journal took the last ones): a traceback with exit 1 before; now exit 3,
-    the cause named, and no half-made run directory for `runs` to list."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "batchcli", "exec", str(JOB), "-p", "count=3", "-d", str(few_inodes), "--no-shell"],
-        capture_output=True, text=True, env=subprocess_env(), timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 3, proc.stdout + proc.stderr
-    said = " ".join(proc.stderr.split())
-    assert "so the run did not start" in said and "no inode is left for a new file" in said
-    assert "then run the command again (or give it another output directory with -d)" in said
-    assert "Traceback" not in proc.stderr
-    assert list(few_inodes.iterdir()) == []

@@ -139,6 +139,7 @@ def join_group(
             f"--group {shard.group!r}: {str(group_dir)!r} is a run's directory, not a group's; a group made there would "
             "hide the run's results and failures. Give another --group."
         )
+    made = not group_dir.exists()
     try:
         group_dir.mkdir(mode=0o700, exist_ok=True)
         if not (group_dir / GROUP_FILE).exists():
@@ -147,6 +148,9 @@ def join_group(
                 {"group": shard.group, "shards": shard.count, "job": job_name, "config": config_name, "params": params},
             )
     except OSError as error:
+        if made:  # a group directory without its group.json is no group: gone, as a new run's directory goes
+            with contextlib.suppress(OSError):
+                group_dir.rmdir()
         raise unusable_output_dir(output_dir, error) from error
     _check_alike(group_dir, shard.group, params, config_name)
     info = read_group(group_dir)
@@ -196,13 +200,13 @@ def _check_alike(group_dir: Path, group: str, params: dict[str, list[str]] | Non
 def _write_once(path: Path, data: dict[str, Any]) -> None:
     """Write ``path`` whole, unless another process got there first (shards start together)."""
     draft = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}")  # hosts may share the disk
-    draft.write_text(json.dumps({**data, "created_at": time.time()}, indent=2) + "\n")
     try:
+        draft.write_text(json.dumps({**data, "created_at": time.time()}, indent=2) + "\n")
         os.link(draft, path)  # atomic, and fails if it exists: the first shard's file stands
     except FileExistsError:
         pass
     finally:
-        draft.unlink()
+        draft.unlink(missing_ok=True)  # also when the disk was full: a hidden draft was left for good
 
 
 @dataclass

@@ -190,10 +190,37 @@ def unusable_output_dir(output_dir: Path, error: OSError) -> UsageError:
             f"({error.strerror or 'permission denied'}). Give -d a directory you can write to, or make {where!r} "
             f"writable for you (chmod u+w {where!r})."
         )
+    if no_room(error):  # as a run directory with no room for its journal: exit 3, "free some space"
+        refused = UsageError(
+            f"Cannot make a run directory in output directory {shown}: {error.strerror or error} ({where!r}; "
+            f"{free_space(Path(where))} free{'; no inode is left for a new file' if out_of_inodes(Path(where)) else ''}), "
+            "so the run did not start: no item was processed. Free some space on that disk, then run the command "
+            "again (or give it another output directory with -d)."
+        )
+        refused.exit_code = 3
+        return refused
     return UsageError(
         f"Cannot make a run directory in output directory {shown}: {error.strerror or error} ({where!r}). "
         "Give -d a directory you can write to."
     )
+
+
+def free_space(path: Path) -> str:
+    """The free space of ``path``'s file system, for messages."""
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return "unknown space"
+    return f"{free:,} bytes" if free < 1 << 20 else f"{free / (1 << 20):,.1f} MiB"
+
+
+def out_of_inodes(path: Path) -> bool:
+    """True when ``path``'s file system has room but no inode left for a new file (a tmpfs made with few)."""
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return False
+    return stats.f_files > 0 and stats.f_favail == 0  # some file systems report no inode counts at all
 
 
 def never_started(run_dir: Path) -> bool:
@@ -310,8 +337,15 @@ def _write_holder(run_dir: Path) -> None:
     try:
         draft.write_text(f"{os.getpid()} {socket.gethostname()}\n")
         os.replace(draft, run_dir / HOLDER_NAME)  # whole or absent for a reader
-    except OSError:
-        pass  # only the message names the holder; the lock itself is what keeps runs apart
+    except OSError:  # only the message names the holder; the lock itself is what keeps runs apart
+        draft.unlink(missing_ok=True)  # on a full disk an empty draft was left in a resumed run's directory
+
+
+def no_room(error: BaseException) -> bool:
+    """Whether a write failed for want of room: no space, no inode or a quota (``OSError``), or SQLite's "full"."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return getattr(error, "sqlite_errorname", None) == "SQLITE_FULL"
 
 
 def _read_holder(run_dir: Path) -> tuple[int, str] | None:

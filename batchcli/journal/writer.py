@@ -26,7 +26,9 @@ from batchcli.outcome import Failure, Sealed, Tally, writable
 from batchcli.journal.records import failure_line, json_form, json_text, row_lines
 from batchcli.journal.batches import BATCHES_TABLE, write_sealed
 from batchcli.journal.results import RESULTS_TABLE, Kept, write_results
-from batchcli.journal.rundir import FORMAT, JOURNAL_NAME, RunLock, check_format, check_safe, check_writable, connect, damaged, live_states
+from batchcli.journal.rundir import (
+    FORMAT, JOURNAL_NAME, RunLock, check_format, check_safe, check_writable, connect, damaged, live_states, no_room,
+)  # fmt: skip
 from batchcli.journal.selection import Selection, save_selection
 from batchcli.journal.settled import Numbered, RangeSet, skip_keys, skip_ordinals
 from batchcli.journal.shards import Shard, read_shard, record_shard
@@ -243,6 +245,8 @@ class Journal:
         except (OSError, sqlite3.Error) as error:
             lock.release()
             draft.unlink(missing_ok=True)  # a half-made journal would only make the directory look damaged
+            if no_room(error):  # the run's own "no room to start" (exit 3), which removes a new run's directory
+                raise
             raise JournalError(
                 f"Cannot create the journal {str(path)!r}: {error}. Check the disk and the output directory."
             ) from error

@@ -41,7 +41,8 @@ from batchcli.run.interrupts import EarlySignals, RunSignals, held_interrupt
 from batchcli.run.logs import guard_console, start_logging
 from batchcli.run.loopwatch import HELD_S, LoopWatch
 from batchcli.run.notify import Notifier, notifier_of
-from batchcli.run.recording import Recording, describe, free_space, out_of_inodes
+from batchcli.journal.rundir import free_space, out_of_inodes
+from batchcli.run.recording import Recording, describe
 from batchcli.run.report import RunResult, result_of, write_summary
 
 if TYPE_CHECKING:

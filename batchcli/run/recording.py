@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sqlite3
 import threading
 import time
@@ -21,7 +20,7 @@ from typing import Callable, Protocol
 
 from batchcli.errors import RunDirGoneError, RunDirWriteError
 from batchcli.journal.records import FailedFile, failure_record
-from batchcli.journal.rundir import FLUSH_INTERVAL_S
+from batchcli.journal.rundir import FLUSH_INTERVAL_S, free_space
 from batchcli.journal.results import Kept
 from batchcli.outcome import KEPT_NUDGE, Failure, Sealed, Tally, log_failures, merge_ranges, ordinal_ranges, runs
 
@@ -270,21 +269,3 @@ def describe(error: BaseException) -> str:
     """A write error for a message: SQLite's own words are vague ("disk I/O error"), so add its code."""
     name = getattr(error, "sqlite_errorname", None)
     return f"{error} ({name})" if name else str(error)
-
-
-def free_space(path: Path) -> str:
-    """The free space of ``path``'s file system, for messages."""
-    try:
-        free = shutil.disk_usage(path).free
-    except OSError:
-        return "unknown space"
-    return f"{free:,} bytes" if free < 1 << 20 else f"{free / (1 << 20):,.1f} MiB"
-
-
-def out_of_inodes(path: Path) -> bool:
-    """True when ``path``'s file system has room but no inode left for a new file (a tmpfs made with few)."""
-    try:
-        stats = os.statvfs(path)
-    except OSError:
-        return False
-    return stats.f_files > 0 and stats.f_favail == 0  # some file systems report no inode counts at all
