@@ -450,6 +450,33 @@ def test_skip_done_in_does_only_new_rows_of_a_grown_input(cli, tmp_path: Path, f
     assert "made by another job" not in text
 
 
+def test_a_run_skipping_done_items_resumes_after_those_runs_moved(cli, tmp_path: Path) -> None:
+    """A run started with --skip-done-in A could never be finished once A was archived: resume read A again, and
+    said A "does not exist" as if the user had typed it. The run keeps the keys it skips as it starts."""
+    first = cli(*rows_job(tmp_path, "a b c"))
+    assert first.exit_code == 0, first.output
+    crashed = cli(*rows_job(tmp_path, "a b c d e f", "--skip-done-in", str(first.run_dir), "-p", "crash_at=e"))
+    assert crashed.exit_code == 3, crashed.output
+    older = cli(*rows_job(tmp_path, "a b c d e f", "--skip-done-in", str(first.run_dir), "-p", "crash_at=d"))
+    assert older.exit_code == 3, older.output
+    with sqlite3.connect(older.run_dir / "journal.sqlite") as conn:
+        conn.execute("DROP TABLE IF EXISTS skipped_keys")  # as an older batchcli made it
+    archived = tmp_path / "archive"
+    archived.mkdir()
+    first.run_dir.rename(archived / first.run_dir.name)
+    resumed = cli("resume", crashed.run_dir, "-p", "crash_at=")
+    assert resumed.exit_code == 0, resumed.output
+    assert processed(tmp_path) == Counter({"a": 1, "b": 1, "c": 1, "d": 1, "e": 1, "f": 1})
+    summary = json.loads((crashed.run_dir / "summary.json").read_text())
+    assert (summary["succeeded"], summary["failed"]) == (3, 0)
+    # A journal that kept no keys needs the run where it was, and says so of the run it was started with.
+    refused = cli("resume", older.run_dir, "-p", "crash_at=")
+    assert refused.exit_code == 2, refused.output
+    said = " ".join(refused.output.split())
+    assert f"Run '{older.run_dir}' was started with --skip-done-in '{first.run_dir}', which is no longer there" in said
+    assert "Put that run back at that path, then resume again." in said and "Traceback" not in refused.output
+
+
 def test_skip_done_in_a_run_of_another_job_warns_that_its_keys_are_compared_as_they_are(cli, tmp_path: Path, failed_run: Path) -> None:
     """A run of another job skipped every item whose key matched, without a word (a job keyed 0, 1, 2 ... did
     nothing); the skip stays, a warning names both jobs."""

@@ -286,7 +286,7 @@ class ShardStart:
             Notice(f"Shard {shard} of group {group!r} {earlier.status} earlier: continuing it in {run_dir}.", soft_wrap=True)
         )
         selection = None if recorded.takes_all else recorded
-        done = keys_skipped(selection, job)
+        done = keys_skipped(selection, job, run_dir)
         return Continuation(journal=journal, shard=journal.shard or shard, selection=selection, done_elsewhere=done)
 
     def abandon(self) -> None:

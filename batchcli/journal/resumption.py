@@ -20,7 +20,9 @@ from batchcli.journal.writer import Journal, stable_target
 from batchcli.journal.matching import FailureFilter, TypeMatch, matching_failures, recorded_types
 from batchcli.journal.rundir import RunInfo, check_safe, damaged, query, read_run, stream
 from batchcli.journal.shards import Shard
-from batchcli.journal.selection import Selection, keys_done_in, read_selection, record_selection, widen_selection
+from batchcli.journal.selection import (
+    Selection, check_skip_runs_there, keys_done_in, read_selection, record_selection, recorded_skips, widen_selection,
+)  # fmt: skip
 from batchcli.load.source import Source
 
 if TYPE_CHECKING:
@@ -131,7 +133,7 @@ class Resume:
         elif selection is not None and selection.is_trial:
             self.notices.append(Notice(f"Resuming a trial run ({selection.describe()}); carry it on to the whole "
                                        f"source with: batchcli resume {self.run_dir} --all", soft_wrap=True))
-        done = keys_skipped(selection, job)
+        done = keys_skipped(selection, job, self.run_dir)
         return Continuation(journal=self._journal, items=items, shard=self._journal.shard, selection=selection, done_elsewhere=done)
 
     def abandon(self) -> None:
@@ -314,10 +316,16 @@ def _secrets_missing(earlier: RunInfo, missing: list[str], command: str) -> str:
     )
 
 
-def keys_skipped(selection: Selection | None, job: Job) -> frozenset[Any]:
-    """The item keys ``--skip-done-in`` skips: those that succeeded in its runs; none without it."""
+def keys_skipped(selection: Selection | None, job: Job, run_dir: Path | None = None) -> frozenset[Any]:
+    """The item keys ``--skip-done-in`` skips: those that succeeded in its runs; none without it. A run continued
+    (``run_dir``) skips the keys it kept as it started, not what those runs say now."""
     if selection is None or not selection.skip_done_in:
         return frozenset()
+    if run_dir is not None:
+        kept = recorded_skips(run_dir)
+        if kept is not None:
+            return kept
+        check_skip_runs_there(run_dir, selection)
     return keys_done_in(selection.skip_done_in, type(job.source).__qualname__, job.source.item_key)
 
 

@@ -19,12 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from batchcli.errors import JournalError, UsageError
-from batchcli.journal.rundir import GROUP_FILE, JOURNAL_NAME, check_safe, connect, query, read_run
+from batchcli.journal.rundir import GROUP_FILE, JOURNAL_NAME, check_safe, connect, query, read_run, stream
 from batchcli.journal.settled import Numbered, RangeSet, normal_key
 from batchcli.outcome import clip
 
 TABLE = "CREATE TABLE IF NOT EXISTS selection (id INTEGER PRIMARY KEY CHECK (id = 1), spec TEXT NOT NULL);"
 """One row: the run's ``Selection`` as JSON. Journals without the table took every item."""
+
+SKIPPED_TABLE = "CREATE TABLE IF NOT EXISTS skipped_keys (key PRIMARY KEY) WITHOUT ROWID;"
+"""The keys ``--skip-done-in`` skips, kept as the run starts: a resume needs neither those runs nor their place (one
+moved to an archive or deleted made the run impossible to finish). Journals without the table read the runs again."""
 
 EXACT_COUNT_MAX = 1_000_000
 """A sample of a source with ``len()`` up to this size is counted exactly up front (for the bar and the ETA)."""
@@ -304,6 +308,30 @@ def save_selection(conn: sqlite3.Connection, selection: Selection | None) -> Non
         conn.execute("INSERT OR REPLACE INTO selection VALUES (1, ?)", (selection.to_json(),))
     else:
         conn.execute("DELETE FROM selection")
+
+
+def save_skipped(conn: sqlite3.Connection, keys: frozenset[Any]) -> None:
+    """Keep the keys ``--skip-done-in`` skips in an open journal (inside the caller's transaction)."""
+    conn.execute(SKIPPED_TABLE)
+    conn.executemany("INSERT OR IGNORE INTO skipped_keys VALUES (?)", ((key,) for key in keys))
+
+
+def recorded_skips(run_dir: Path) -> frozenset[Any] | None:
+    """The keys the run kept as it started with ``--skip-done-in``; None when its journal kept none (older ones)."""
+    if not query(run_dir, "SELECT count(*) FROM sqlite_master WHERE name = 'skipped_keys'")[0][0]:
+        return None
+    return frozenset(key for (key,) in stream(run_dir, "SELECT key FROM skipped_keys"))
+
+
+def check_skip_runs_there(run_dir: Path, selection: Selection) -> None:
+    """For a run whose journal kept no skipped keys: each ``--skip-done-in`` run must still be where it was."""
+    for other in selection.skip_done_in:
+        if not (other / JOURNAL_NAME).is_file():
+            raise UsageError(
+                f"Run {str(run_dir)!r} was started with --skip-done-in {str(other)!r}, which is no longer there (moved "
+                "or deleted), and its journal, made by an older batchcli, did not keep the keys to skip. Put that run "
+                "back at that path, then resume again."
+            )
 
 
 def read_selection(run_dir: Path) -> Selection | None:

@@ -29,7 +29,7 @@ from batchcli.journal.results import RESULTS_TABLE, Kept, write_results
 from batchcli.journal.rundir import (
     FORMAT, JOURNAL_NAME, RunLock, check_format, check_safe, check_writable, connect, damaged, live_states, no_room,
 )  # fmt: skip
-from batchcli.journal.selection import Selection, save_selection
+from batchcli.journal.selection import Selection, save_selection, save_skipped
 from batchcli.journal.settled import Numbered, RangeSet, skip_keys, skip_ordinals
 from batchcli.journal.shards import Shard, read_shard, record_shard
 from batchcli.load.secret import mask_texts
@@ -196,8 +196,10 @@ class Journal:
         inputs: list[Any] | None,
         shard: Shard | None = None,
         selection: Selection | None = None,
+        skipped: frozenset[Any] | None = None,
     ) -> Journal:
-        """Start the journal of a new run in ``run_dir`` (owner-only, like the directory), its first session running."""
+        """Start the journal of a new run in ``run_dir`` (owner-only, like the directory), its first session running.
+        ``skipped``: the keys ``--skip-done-in`` skips, kept for a resume."""
         path = run_dir / JOURNAL_NAME
         draft = run_dir / f"{JOURNAL_NAME}.new"
         lock = RunLock.acquire(run_dir)
@@ -233,6 +235,8 @@ class Journal:
                 if shard is not None:
                     record_shard(conn, shard)
                 save_selection(conn, selection)  # --limit, --sample, --skip-done-in: resume takes the same items
+                if skipped is not None:
+                    save_skipped(conn, skipped)
                 if inputs is not None:
                     conn.executemany(
                         "INSERT INTO inputs VALUES (?, ?)",

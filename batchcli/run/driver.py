@@ -457,6 +457,7 @@ class Run:
                 self.run_dir, self.job, recorded, keyed=keyed, parent=carry.parent, inputs=carry.items,
                 shard=carry.shard,
                 selection=carry.selection,
+                skipped=carry.done_elsewhere if carry.selection is not None and carry.selection.skip_done_in else None,
             )
         try:
             journal.begin(self.tally)
