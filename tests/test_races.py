@@ -231,6 +231,12 @@ def test_ctl_on_a_resume_still_loading_past_its_wait_says_it_is_starting(
         assert result.exit_code == 1, result.output
         assert f"is starting: process {resume.pid} is still loading its project" in said, said
         assert "kill" not in said and "Traceback" not in said
+        # watch showed the ended session's last frame: "stopping", its rate and an ETA, while nothing ran.
+        watched = cli("watch", run_dir, "--once")
+        assert watched.exit_code == 0, watched.output
+        shown = " ".join(watched.output.split())
+        assert f"running (pid {resume.pid}) starting: loading the project" in shown, shown
+        assert "stopping" not in shown and " 0.0/s " in shown and "eta -:--:--" in shown, shown
     finally:
         resume.kill()
         resume.wait()

@@ -56,7 +56,9 @@ def frame(view: Snapshot) -> RenderableType:
     head = Text.assemble((info.run_dir.name, "bold"), "  ", (info.status, STATUS_STYLES.get(info.status, "")))
     if view.running:
         head.append(f" (pid {info.pid})", "dim")
-        if live.get("stopping"):
+        if info.starting:
+            head.append("  starting: loading the project", "yellow")
+        elif live.get("stopping"):
             head.append("  stopping", "yellow")
         elif live.get("paused"):
             head.append("  paused", "yellow")

@@ -77,7 +77,9 @@ class Watcher:
         live: dict[str, Any] = {}
         rate: float | None
         running = info.status == "running"
-        if running:
+        if info.starting:  # a resume loading the project: the newest session's frame and rate are the ended one's
+            rate = None  # (it read "stopping" at 3.0/s with an ETA while nothing ran)
+        elif running:
             rate = recent_rate(run_dir)
             live = _live_state(run_dir)
         else:
