@@ -92,9 +92,10 @@ def test_resume_processes_the_count_given_by_the_environment_at_exec(run_batchcl
 
 
 def test_p_on_resume_wins_over_a_recorded_environment_value_and_a_new_variable_changes_nothing(
-    run_batchcli: Any, proof: Path
+    run_batchcli: Any, cli: Any, proof: Path
 ) -> None:
-    """On resume -p overrides a value recorded from the environment, and a BATCHCLI_* variable set since is ignored."""
+    """On resume -p overrides a value recorded from the environment, and is recorded in its place; a BATCHCLI_*
+    variable set since is ignored."""
     run_dir = stopped_run(run_batchcli, proof)
 
     resumed = run_batchcli("resume", run_dir, "-p", "count=120", BATCHCLI_COUNT="999", **SECRETS_ENV)
@@ -102,8 +103,13 @@ def test_p_on_resume_wins_over_a_recorded_environment_value_and_a_new_variable_c
     summary = resumed.summary
     assert (summary["status"], summary["succeeded"], summary["total"]) == ("finished", 120, 120)
 
-    # Nothing new is recorded by a resume: the journal still holds what the run started with.
-    assert read_run(run_dir).params["count"] == ["300"]
+    # The value given on resume is the run's from then on: show listed the first session's count=300 (from the
+    # environment) while summary.json said 120, and a later resume went back to 300.
+    info = read_run(run_dir)
+    assert info.params["count"] == ["120"] and "count" not in info.environment
+    assert set(info.environment) == {"token", "api_key"} and info.secrets == ["api_key", "token"]
+    shown = flat(cli("show", run_dir).output)
+    assert "count=120 " in shown and "count=300" not in shown
 
 
 def test_resume_insists_on_every_secret_given_by_the_environment_and_never_uses_a_default(

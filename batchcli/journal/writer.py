@@ -210,10 +210,7 @@ class Journal:
             conn = connect(draft, writer=True)
             conn.executescript(SCHEMA)
             with conn:
-                # Every secret that was given a value, by -p or the environment: resume and retry ask for them all.
-                secrets = sorted(n for n in wiring.values if n in job.secret_names)
-                values = {name: list(raw) for name, raw in wiring.without(job.secret_names).values.items()}
-                environment = sorted(n for n in wiring.environment if n in wiring.values)
+                values, secrets, environment = _recorded(job, wiring)
                 conn.execute(
                     "INSERT INTO run (id, format, job, target, config_name, configuration, params, secrets, environment,"
                     " keyed, parent, batchcli_version) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -223,9 +220,9 @@ class Journal:
                         stable_target(wiring.target),
                         wiring.config_name,
                         type(job.config).__name__,
-                        json.dumps(values),
+                        values,
                         json.dumps(secrets),
-                        json.dumps(environment),
+                        environment,
                         int(keyed),
                         None if parent is None else str(parent.resolve()),
                         __version__,
@@ -277,6 +274,18 @@ class Journal:
         except BaseException:
             lock.release()
             raise
+
+    def rewired(self, job: Job, wiring: Wiring) -> None:
+        """A resume's params (``-p`` overrides the recorded ones) become the run's: `show` listed the first session's
+        while `summary.json` had the new ones, and the next resume went back to the old values."""
+        values, secrets, environment = _recorded(job, wiring)
+        before = self._conn.execute("SELECT secrets FROM run").fetchone()[0]
+        given = sorted(set(json.loads(before)) | set(secrets))  # a secret given once is asked for again
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(run)")}
+        update = {"params": values, "secrets": json.dumps(given), "environment": environment}
+        update = {name: value for name, value in update.items() if name in columns}  # an older journal's run record
+        with self._conn:
+            self._conn.execute(f"UPDATE run SET {', '.join(f'{name} = ?' for name in update)}", tuple(update.values()))
 
     def begin(self, tally: Tally) -> None:
         """Start a session (a new run's first one is already there): running, in this process, from now."""
@@ -566,6 +575,15 @@ class Journal:
             pass
         finally:
             self._lock.release()
+
+
+def _recorded(job: Job, wiring: Wiring) -> tuple[str, list[str], str]:
+    """The run record's params (JSON, secrets left out), secret names and environment-given names (JSON)."""
+    # Every secret that was given a value, by -p or the environment: resume and retry ask for them all.
+    secrets = sorted(n for n in wiring.values if n in job.secret_names)
+    values = {name: list(raw) for name, raw in wiring.without(job.secret_names).values.items()}
+    environment = sorted(n for n in wiring.environment if n in wiring.values)
+    return json.dumps(values), secrets, json.dumps(environment)
 
 
 def _insert_session(conn: sqlite3.Connection, now: float) -> int:

@@ -450,6 +450,11 @@ class Run:
         carry = self.continuation
         if carry.journal is not None:
             journal = carry.journal
+            try:
+                journal.rewired(self.job, self.wiring.without(self.options.unrecorded))
+            except sqlite3.Error as error:  # resuming on a disk that is still full
+                journal.close()
+                raise RunDirWriteError(self.run_dir, describe(error), free_space(self.run_dir)) from error
         else:
             keyed = defines_item_key(self.job.source)  # a retry run too: its results carry the keys
             recorded = self.wiring.without(self.options.unrecorded)
