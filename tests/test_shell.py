@@ -324,6 +324,7 @@ def test_ctrl_c_inside_the_shell_cancels_the_input_and_never_the_run(terminal) -
     term = terminal("shell_slow", "-p", "count=60", "-p", "delay=0.02", "-p", "concurrency=3")
     pause(term)
     term.child.send("1 + ")
+    term.expect(r"\+")  # drawn by the prompt, so read: a ^C is a signal at once and could overtake the text
     term.child.sendintr()
     term.run("print('ALIVE', 6 * 7)", "ALIVE 42")
     term.run("import time; print('SLEEPING', 1); time.sleep(30)", "SLEEPING 1")
