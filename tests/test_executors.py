@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import PROJECTS, ROOT, newest_run, subprocess_env
+from tests.joblog import JobLog
 
 SPY = PROJECTS / "executors" / "spy.py"
 SHIPPED = PROJECTS / "shipped" / "job.py"
@@ -279,6 +280,20 @@ def test_process_executor_uses_several_processes(cli: Any, records: Path) -> Non
     assert result.exit_code == 0, result.output
     workers = {int(p.name.split("-")[1]) for p in records.glob("ok-*")}
     assert len(workers) == 2 and os.getpid() not in workers
+
+
+@pytest.mark.parametrize("concurrency", [3, 5])
+def test_process_keeps_a_concurrency_that_the_workers_do_not_divide(cli: Any, tmp_path: Path, concurrency: int) -> None:
+    """concurrency=3 on 2 workers ran 4 items at once (each chunk got its share rounded up), and an API that allows
+    3 answered 429: the total across workers is never exceeded."""
+    log = JobLog(tmp_path / "job.log")
+    result = cli(
+        "exec", PROJECTS / "shell_slow", "-d", "out", "-p", f"log_file={log.path}", "-p", "count=120",
+        "-p", "delay=0.03", "-p", f"concurrency={concurrency}", "-p", "executor=process", "-p", "workers=2",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(log.done()) == list(range(120))
+    assert log.in_flight_peak() <= concurrency
 
 
 def test_fixed_chunk_size(cli: Any, records: Path) -> None:

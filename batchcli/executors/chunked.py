@@ -115,6 +115,8 @@ class ChunkedExecutor:
         self._suspects: deque[_Entry] = deque()
         """Items of a chunk whose worker died, retried: each goes alone (counted as retrying until sent)."""
         self._chunks: dict[asyncio.Task[None], list[_Entry]] = {}
+        self._lanes: dict[asyncio.Task[None], int] = {}
+        """How many items at once each chunk sent may run (``_lanes_for``)."""
         """Each running chunk's task and the items it carries."""
         self._ids = itertools.count()
         self._pulled = 0
@@ -237,8 +239,9 @@ class ChunkedExecutor:
             payload = pickle.dumps([(e.ordinal, e.item) for e in entries], pickle.HIGHEST_PROTOCOL)
         slots, limits = self._backend.slots(), self._limiter.limits
         rate = None if limits.rate_limit is None else limits.rate_limit / slots
+        lanes = self._lanes_for(slots)
         chunk = Chunk(
-            next(self._ids), payload, len(entries), self._share(slots), self._config.item_timeout_s, rate,
+            next(self._ids), payload, len(entries), lanes, self._config.item_timeout_s, rate,
             self._limits_version,
             self._give_back(slots),
             self._tally.durations is not None,
@@ -246,6 +249,7 @@ class ChunkedExecutor:
         self._tally.in_flight += len(entries)
         task = self._loop.create_task(self._run_chunk(chunk, entries))
         self._chunks[task] = entries
+        self._lanes[task] = lanes
 
     async def process_one(self, item: Any) -> Any:
         """Process ``item`` once in a worker, outside the run's counts (the pause shell's and ``ctl``'s retries):
@@ -305,6 +309,16 @@ class ChunkedExecutor:
         # ``concurrency`` is the total in flight; each running chunk gets its part of it.
         return max(1, math.ceil(self._limiter.concurrency / max(1, slots)))
 
+    def _lanes_for(self, slots: int) -> int:
+        """The lanes of a chunk sent now: its share, cut so that it and any ``slots - 1`` of the chunks already sent
+        (those may be the ones running beside it) stay within the concurrency. Each chunk had the share rounded up:
+        concurrency=3 on 2 workers ran 4 items at once, and an API that allows 3 answered 429."""
+        concurrency, share = self._limiter.concurrency, self._share(slots)
+        if concurrency % max(1, slots) == 0 or concurrency < slots:  # an even split (or one lane a chunk) fits
+            return share
+        beside = sorted(self._lanes.values(), reverse=True)[: slots - 1]
+        return max(1, min(share, concurrency - sum(beside)))
+
     # Reading outcomes.
 
     async def _run_chunk(self, chunk: Chunk, entries: list[_Entry]) -> None:
@@ -325,6 +339,7 @@ class ChunkedExecutor:
             self._settle(entries, result)
         finally:
             self._chunks.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            self._lanes.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             self._wake.set()
 
     def _settle(self, entries: list[_Entry], result: ChunkResult) -> None:
