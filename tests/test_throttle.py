@@ -148,6 +148,31 @@ def test_records_the_api_always_refuses_leave_the_runs_pace_alone(run_batchcli) 
     assert all(rate >= 10 for rate in rates), rates  # the items ran at 50-100/s
 
 
+@pytest.mark.parametrize("executor", ["async", "process"])
+def test_a_record_the_api_keeps_refusing_waits_alone_while_the_others_are_served(run_batchcli, executor: str) -> None:
+    """Each repeat refusal of one record held every start for its Retry-After, and that record went first when the
+    hold ended, so the others ran a few milliseconds a Retry-After: 2 items/s instead of 90. Refused again while
+    the API served others since, the record now waits alone (with process, its worker goes on too)."""
+    with FlakyApi(refuse={3}) as api:
+        result = run_batchcli(
+            "exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=600", "-p", "concurrency=5",
+            "-p", "delay_s=0.01", "-p", "raise_throttled=0.2", "-p", f"executor={executor}", "-p", "workers=2",
+            timeout=120,
+        )  # fmt: skip
+        assert result.exit_code == 1, result.output
+        assert sorted(api.served) == [n for n in range(600) if n != 3] and set(api.served.values()) == {1}
+        refusals = [i for i, (_, path, status, _) in enumerate(api.requests) if path == "/items/3"]
+        assert len(refusals) == 20
+        last_ok = max(i for i, (_, _, status, _) in enumerate(api.requests) if status == 200)
+        once_the_rest_was_done = sum(i > last_ok for i in refusals[1:])
+    log = log_text(result.run_dir)
+    assert len(re.findall(r"Throttled: effective", log)) == 1, log  # the record's first refusal, not its repeats
+    # A repeat holds every start only when nothing else got through since: once the others are all done. Each of
+    # the 19 held the run before (the others were served 2 an interval between them).
+    holds = log.count("Throttled again (an item refused before): no new item starts")
+    assert holds <= once_the_rest_was_done < 19, (holds, once_the_rest_was_done)
+
+
 def test_throttled_exception_carries_its_own_wait(run_batchcli) -> None:
     """A Service that raises batchcli.Throttled(1) cools the run down for a second, without spending attempts."""
     with FlakyApi(throttle_first=2) as api:

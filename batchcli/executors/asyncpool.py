@@ -442,7 +442,8 @@ class AsyncExecutor:
     def _failed(self, ordinal: int, item: Any, attempts: Attempts | None, error: BaseException) -> None:
         throttle = throttle_of(error)
         if throttle is not None:
-            delay = self._cooldown.throttled(throttle, 0 if attempts is None else attempts.throttled)
+            repeat, alone = (0, False) if attempts is None else (attempts.throttled, attempts.refused_alone(self._tally.succeeded))
+            delay = self._cooldown.throttled(throttle, repeat, alone)
             self._cooling = self._slow = True
             self._cool_over.clear()
             self._retries.throttled(ordinal, item, attempts, delay, self._requeue, self.stopping, error)

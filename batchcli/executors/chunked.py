@@ -245,6 +245,7 @@ class ChunkedExecutor:
             self._limits_version,
             self._give_back(slots),
             self._tally.durations is not None,
+            self._alone(entries),
         )
         self._tally.in_flight += len(entries)
         task = self._loop.create_task(self._run_chunk(chunk, entries))
@@ -288,6 +289,11 @@ class ChunkedExecutor:
             else:
                 kept.append(entry)
         return kept
+
+    def _alone(self, entries: list[_Entry]) -> frozenset[int]:
+        """The ordinals whose next refusal holds neither the worker nor the rest of their chunk (``Chunk.alone``)."""
+        succeeded = self._tally.succeeded
+        return frozenset(e.ordinal for e in entries if e.attempts is not None and e.attempts.refused_alone(succeeded))
 
     def _give_back(self, slots: int) -> tuple[int, float] | None:
         # The breaker decides here, on outcomes that come back a chunk at a time: a chunk that is failing
@@ -421,8 +427,9 @@ class ChunkedExecutor:
         self._retries.failed(entry.ordinal, entry.item, entry.attempts, error, requeue, self.stopping, info)
 
     def _throttled(self, entry: _Entry, error: ItemError) -> None:
-        repeat = 0 if entry.attempts is None else entry.attempts.throttled
-        delay = self._cooldown.throttled(Throttle(error.retry_after_s), repeat)
+        attempts = entry.attempts
+        repeat, alone = (0, False) if attempts is None else (attempts.throttled, attempts.refused_alone(self._tally.succeeded))
+        delay = self._cooldown.throttled(Throttle(error.retry_after_s), repeat, alone)
         self._retries.throttled(
             entry.ordinal, entry.item, entry.attempts, delay, self._requeue, self.stopping, ItemFailed(error), error.info
         )

@@ -77,6 +77,9 @@ class Chunk:
     timed: bool = False
     """True while the run serves metrics: the worker times each attempt and sends the counts back
     (``ChunkResult.durations``); otherwise it adds nothing per item."""
+    alone: frozenset[int] = frozenset()
+    """Ordinals the API refused before while it served other items since (``Attempts.refused_alone``): refused
+    again, such an item holds neither the worker nor the rest of the chunk (the driver waits for it alone)."""
 
 
 @dataclass(frozen=True)

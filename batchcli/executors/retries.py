@@ -52,6 +52,12 @@ class Attempts:
     """Wall-clock time (epoch seconds) of the first attempt's failure."""
     throttled: int = 0
     """Throttles of this item in a row, since its last attempt that was not one (``THROTTLES_MAX``)."""
+    succeeded_then: int = 0
+    """The run's successes at this item's latest throttle: more since then, and the API serves the others."""
+
+    def refused_alone(self, succeeded: int) -> bool:
+        """Whether this item, refused before, is refused again while the API served other items in between."""
+        return self.throttled > 0 and succeeded > self.succeeded_then
 
     @property
     def count(self) -> int:
@@ -266,6 +272,7 @@ class RetryScheduler:
             if attempts is None:
                 attempts = self.policy.start(self._clock())
             attempts.throttled += 1
+            attempts.succeeded_then = self._tally.succeeded
             if attempts.throttled >= THROTTLES_MAX:
                 log.warning(
                     "Item %s (#%d) was throttled %d times in a row: the API keeps refusing that item, so it fails "

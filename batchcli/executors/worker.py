@@ -130,7 +130,7 @@ class WorkerJob:
         kept: list[Kept] = []
         errors: list[ItemError] = []
         calls = self._calls_for(chunk)
-        failing = _Failing(chunk.give_back)
+        failing = _Failing(chunk.give_back, chunk.alone)
         full = _Full()
         # Timed per chunk, not in the shared ItemCalls: a Dask worker runs several chunks at once on this loop.
         durations = Durations() if chunk.timed else None
@@ -165,9 +165,9 @@ class WorkerJob:
                 if (result := process(item)) is not None:
                     result = encode(result)  # here, so a value that cannot be kept fails its item
             except USER_ERRORS as error:
-                errors.append(failed := self._error(ordinal, error))
+                errors.append(failed := self._error(ordinal, error, failing.alone))
                 # The run cools down, or the breaker may open: the rest goes back to the driver unstarted.
-                if failed.throttled or failing.enough(len(errors), len(ok) + len(kept)):
+                if failing.stops(failed, len(errors), len(ok) + len(kept)):
                     return [o for o, _ in items[index + 1 :]]
             else:
                 if result is None:
@@ -215,8 +215,8 @@ class WorkerJob:
                 except USER_ERRORS as error:
                     if ours(error):
                         raise
-                    errors.append(failed := self._error(ordinal, error))
-                    if failed.throttled or failing.enough(len(errors), len(ok) + len(kept)):
+                    errors.append(failed := self._error(ordinal, error, failing.alone))
+                    if failing.stops(failed, len(errors), len(ok) + len(kept)):
                         held.extend(o for o, _ in queue)
                         queue.clear()
                 else:
@@ -255,11 +255,11 @@ class WorkerJob:
             calls.resize(chunk.share)
         return calls
 
-    def _error(self, ordinal: int, error: BaseException) -> ItemError:
+    def _error(self, ordinal: int, error: BaseException, alone: frozenset[int] = frozenset()) -> ItemError:
         # Recognised here: the exception's class (an HTTP library's) may not exist in the driver.
         throttle = throttle_of(error)
         if throttle is not None:
-            if throttle.retry_after_s:
+            if throttle.retry_after_s and ordinal not in alone:
                 wait = min(throttle.retry_after_s, self.job.config.throttle_max_wait_s)
                 self._hold_until = max(self._hold_until, time.monotonic() + wait)
             return ItemError(ordinal, ErrorInfo.of(error), True, True, throttle.retry_after_s)
@@ -312,12 +312,19 @@ async def _wait(delay: float, stale: Callable[[], bool] | None) -> bool:
 class _Failing:
     """When a chunk has failed enough for the breaker to want a say: see ``Chunk.give_back``."""
 
-    def __init__(self, give_back: tuple[int, float] | None) -> None:
+    def __init__(self, give_back: tuple[int, float] | None, alone: frozenset[int] = frozenset()) -> None:
         self._after, self._share = give_back if give_back is not None else (0, 0.0)
+        self.alone = alone
+        """``Chunk.alone``: a throttle of one of these stops nothing."""
 
     def enough(self, failed: int, succeeded: int) -> bool:
         """Asked after a failure only: the success path pays nothing."""
         return 0 < self._after <= failed and failed >= self._share * (failed + succeeded)
+
+    def stops(self, error: ItemError, failed: int, succeeded: int) -> bool:
+        """Whether the rest of the chunk goes back unstarted after ``error``: a throttle of the run's pace (the run
+        cools down), or enough failures for the breaker to want a say."""
+        return (error.throttled and error.ordinal not in self.alone) or self.enough(failed, succeeded)
 
 
 class _Full:

@@ -25,7 +25,7 @@ class Numbers(Source[int]):
 @inject
 class Fetch(Service[int]):
     def __init__(
-        self, url: Param[str] = "", delay_s: Param[float] = 0.0, raise_throttled: Param[int] = -1
+        self, url: Param[str] = "", delay_s: Param[float] = 0.0, raise_throttled: Param[float] = -1
     ) -> None:
         self.url = url
         self.delay_s = delay_s
@@ -39,7 +39,7 @@ class Fetch(Service[int]):
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         response = await self.client.get(f"/items/{item}")
-        if self.raise_throttled >= 0 and response.status_code == 429:
+        if self.raise_throttled >= 0 and response.status_code in (429, 503):
             raise Throttled(self.raise_throttled)
         response.raise_for_status()
         return response.json()
