@@ -66,11 +66,10 @@ def frame(view: Snapshot) -> RenderableType:
     settled = info.succeeded + info.failed
     total = info.total
     done = f"{settled}/{total}" + (f" ({settled / total:.0%})" if total else "") if total is not None else f"{settled}"
-    rate = view.rate or 0.0
     parts = [done, f"ok {info.succeeded}", f"failed {info.failed}"]
     if view.running:
         parts += [f"retrying {live.get('retrying', 0)}", f"in flight {live.get('in_flight', 0)}"]
-    parts += [f"{rate:,.1f}/s", f"elapsed {_clock(info.active_s)}"]
+    parts += ["-/s" if view.rate is None else f"{view.rate:,.1f}/s", f"elapsed {_clock(info.active_s)}"]
     if view.running:
         parts.append(f"eta {_clock(view.eta_s)}")
     lines.append(Text("  ".join(parts)))

@@ -138,7 +138,9 @@ def _table(runs: list[Any], lead: tuple[str, ...], trail: tuple[str, ...]) -> Ta
                 cells["run"] += retry
             total = "?" if run.total is None else f"{run.total:,}"
             rate = "-" if run.rate is None else f"{run.rate:,.1f}/s"
-            if run.status == "running":  # live (a process holds the run's lock): its rate now, not its average
+            if getattr(run, "starting", False):  # a resume loading the project: the ended session's rate is no rate now
+                rate = "starting"
+            elif run.status == "running":  # live (a process holds the run's lock): its rate now, not its average
                 live = getattr(run, "live_dirs", (run.run_dir,))  # a group's: its running shards'
                 rate = f"{sum(recent_rate(d) for d in live):,.1f}/s now"
             middle = [
