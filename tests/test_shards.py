@@ -141,6 +141,14 @@ def test_show_runs_and_retry_on_a_group(tmp_path: Path, cli: Any) -> None:
     said = " ".join(dry.output.split())
     assert dry.exit_code == 0 and "--limit 2: 2 of 3" in said and "Dry run: nothing was retried." in said, dry.output
     assert "shard-0-of-3 #0" in said and "shard-2-of-3" not in said, dry.output  # shard 0's two come first
+    # With --shard the dry run lists that shard's failures only, as the retry takes them (it listed every shard's,
+    # and took a --shard the retry refuses).
+    dry_one = " ".join(cli("retry", "batchcli_outputs/nightly", "--shard", "2/3", "--dry-run").output.split())
+    assert "Failures of batchcli_outputs/nightly/shard-2-of-3: 1 of 1" in dry_one, dry_one
+    assert "Retry them with: batchcli retry batchcli_outputs/nightly --shard 2/3" in dry_one
+    for bad in ("7/3", "1/3"):  # out of range; a shard that never ran
+        refused = cli("retry", "batchcli_outputs/nightly", "--shard", bad, "--dry-run")
+        assert refused.exit_code == 2 and "Traceback" not in refused.output, refused.output
     shown_failures = " ".join(cli("show", "batchcli_outputs/nightly", "--failures").output.split())
     assert "Failures of batchcli_outputs/nightly: 3 of 3" in shown_failures and "shard-2-of-3 #4" in shown_failures
     limited = cli("retry", "batchcli_outputs/nightly", "--error-type", "ValueError", "--limit", "2")

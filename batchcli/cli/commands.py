@@ -293,7 +293,7 @@ def retry(
     dry_run: bool = typer.Option(False, "--dry-run", help="List the failures that would be retried, and exit."),
 ) -> None:
     """Reprocess exactly the inputs that failed in RUN_DIR (a run, or every shard of a group), in a new run directory."""
-    from batchcli.journal.groups import retry_launch
+    from batchcli.journal.groups import retry_launch, retry_target
     from batchcli.journal.matching import failure_filter
     from batchcli.run.session import RunOptions, Session
 
@@ -303,8 +303,10 @@ def retry(
 
         from batchcli.journal.history import show_failures
 
+        target = retry_target(run_dir, shard)  # the shard's failures only, as the retry takes them
+        again = "" if shard is None else f" --shard {shard}"
         with ends_at_stop_signals("retry --dry-run"):
-            Console(highlight=False).print(show_failures(run_dir, wanted), soft_wrap=True)
+            Console(highlight=False).print(show_failures(target, wanted, retry=(run_dir, again)), soft_wrap=True)
         typer.echo("Dry run: nothing was retried.")
         raise typer.Exit(0)
     launch, home = retry_launch(run_dir, parse_values(param), shard, wanted)

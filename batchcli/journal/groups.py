@@ -351,15 +351,26 @@ def retry_launch(
     run_dir: Path, overrides: dict[str, tuple[str, ...]], shard_text: str | None, wanted: FailureFilter = FailureFilter()
 ) -> tuple[Retry, Path]:
     """``retry``'s launch and where its run directory goes: one run, a group's every shard, or one shard of it."""
+    target = retry_target(run_dir, shard_text)
+    if not is_group(run_dir):
+        return Retry(run_dir, overrides, wanted), run_dir.parent
+    if target == run_dir:
+        return GroupRetry(run_dir, overrides, wanted), run_dir
+    return Retry(target, overrides, wanted), run_dir
+
+
+def retry_target(run_dir: Path, shard_text: str | None) -> Path:
+    """What ``retry RUN_DIR [--shard I/N]`` takes the failures of (also with ``--dry-run``, which listed every
+    shard's and took any --shard): the run, the group, or the shard's run; a bad --shard is a UsageError."""
     if not is_group(run_dir):
         if shard_text is not None:
             raise UsageError(
                 f"--shard picks one shard of a group, and {str(run_dir)!r} is not a group directory. Give the group "
                 "(`batchcli runs` lists them), or leave --shard out to retry this run."
             )
-        return Retry(run_dir, overrides, wanted), run_dir.parent
+        return run_dir
     if shard_text is None:
-        return GroupRetry(run_dir, overrides, wanted), run_dir
+        return run_dir
     info = read_group(run_dir)
     shard = resolve_shard(parse_shard(shard_text), None)
     assert shard is not None
@@ -371,7 +382,7 @@ def retry_launch(
     path = run_dir / shard_dir_name(shard)
     if not (path / JOURNAL_NAME).is_file():
         raise JournalError(f"Shard {shard} of group {info.group!r} has not run yet ({str(path)!r} has no journal).")
-    return Retry(path, overrides, wanted), run_dir
+    return path
 
 
 def make_shard_dir(run_dir: Path) -> None:

@@ -226,9 +226,12 @@ def selection_mark(run_dir: Path) -> str:
     return f"trial: {selection.describe()}" if selection.is_trial else "incremental"
 
 
-def show_failures(run_dir: Path, wanted: FailureFilter, shown: int = 50) -> RenderableType:
+def show_failures(
+    run_dir: Path, wanted: FailureFilter, shown: int = 50, retry: tuple[Path, str] | None = None
+) -> RenderableType:
     """``show --failures``: the failures ``wanted`` takes (input, error, attempts, when), as ``retry`` would take them;
-    for a group of shards, shard by shard (``--limit`` counts over the whole group, as its retry does)."""
+    for a group of shards, shard by shard (``--limit`` counts over the whole group, as its retry does). ``retry``:
+    the directory and options the "Retry them with:" command names (a group and its ``--shard``), when not ``run_dir``."""
     from batchcli.journal.groups import is_group, shard_runs
 
     group = is_group(run_dir)
@@ -268,7 +271,8 @@ def show_failures(run_dir: Path, wanted: FailureFilter, shown: int = 50) -> Rend
         parts.append(Text(f"  … and {matched - kept:,} more (all of them are in failed.jsonl)", "dim"))
     if kept:
         again = f" {wanted.describe()}" if wanted.active else ""
-        parts.append(Text(f"Retry them with: batchcli retry {shlex.quote(str(run_dir))}{again}", "dim"))
+        where, shard = retry or (run_dir, "")
+        parts.append(Text(f"Retry them with: batchcli retry {shlex.quote(str(where))}{shard}{again}", "dim"))
     return Group(*parts)
 
 
