@@ -209,6 +209,17 @@ def test_rate_limit_spaces_item_starts(cli: Any, records: Path, executor: list[s
     assert max(starts) - min(starts) >= bound
 
 
+def test_a_rate_limited_run_with_nothing_left_to_start_ends(run_batchcli: Any, records: Path) -> None:
+    """Each idle worker booked and waited out a start slot before it found the source empty: at 0.01/s, ten workers
+    kept an empty run going some 1,000 s. It ends now (the old code ran into this test's timeout)."""
+    result = run_batchcli(
+        "exec", SPY, "-d", "out", "-p", f"record_dir={records}", "-p", "count=0", "-p", "rate_limit=0.01",
+        "-p", "concurrency=10", timeout=60,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (result.summary["succeeded"], result.summary["total"]) == (0, 0)
+
+
 def test_setup_error_ends_the_run_with_exit_3(cli: Any, records: Path, executor: list[str]) -> None:
     """A setup() that raises (in every worker) stops the run before any item, exit 3, with the user's message."""
     result = spy(cli, records, executor, "setup_fails=true")

@@ -148,29 +148,54 @@ def test_records_the_api_always_refuses_leave_the_runs_pace_alone(run_batchcli) 
     assert all(rate >= 10 for rate in rates), rates  # the items ran at 50-100/s
 
 
-@pytest.mark.parametrize("executor", ["async", "process"])
-def test_a_record_the_api_keeps_refusing_waits_alone_while_the_others_are_served(run_batchcli, executor: str) -> None:
+@pytest.mark.parametrize(("executor", "refused"), [("async", {3}), ("process", {3})])
+def test_records_the_api_keeps_refusing_wait_alone_while_the_others_are_served(
+    run_batchcli, executor: str, refused: set[int]
+) -> None:
     """Each repeat refusal of one record held every start for its Retry-After, and that record went first when the
-    hold ended, so the others ran a few milliseconds a Retry-After: 2 items/s instead of 90. Refused again while
-    the API served others since, the record now waits alone (with process, its worker goes on too)."""
-    with FlakyApi(refuse={3}) as api:
+    hold ended, so the others ran a few milliseconds a Retry-After: 2 items/s instead of 90. Refused again while the
+    API served others since, a record now waits alone (with process, its worker goes on too)."""
+    count = 600
+    with FlakyApi(refuse=refused) as api:
         result = run_batchcli(
-            "exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=600", "-p", "concurrency=5",
+            "exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", f"count={count}", "-p", "concurrency=5",
             "-p", "delay_s=0.01", "-p", "raise_throttled=0.2", "-p", f"executor={executor}", "-p", "workers=2",
             timeout=120,
         )  # fmt: skip
         assert result.exit_code == 1, result.output
-        assert sorted(api.served) == [n for n in range(600) if n != 3] and set(api.served.values()) == {1}
-        refusals = [i for i, (_, path, status, _) in enumerate(api.requests) if path == "/items/3"]
-        assert len(refusals) == 20
+        assert sorted(api.served) == [n for n in range(count) if n not in refused] and set(api.served.values()) == {1}
+        refusals = [i for i, (_, path, _, _) in enumerate(api.requests) if int(path.rsplit("/", 1)[1]) in refused]
+        assert len(refusals) == 20 * len(refused)
         last_ok = max(i for i, (_, _, status, _) in enumerate(api.requests) if status == 200)
-        once_the_rest_was_done = sum(i > last_ok for i in refusals[1:])
+        once_the_rest_was_done = sum(i > last_ok for i in refusals)
+    assert result.summary["failed"] == len(refused)
     log = log_text(result.run_dir)
-    assert len(re.findall(r"Throttled: effective", log)) == 1, log  # the record's first refusal, not its repeats
+    assert len(re.findall(r"Throttled: effective", log)) <= len(refused), log  # first refusals only, not repeats
     # A repeat holds every start only when nothing else got through since: once the others are all done. Each of
-    # the 19 held the run before (the others were served 2 an interval between them).
+    # the 19 repeats of a record held the run before.
     holds = log.count("Throttled again (an item refused before): no new item starts")
-    assert holds <= once_the_rest_was_done < 19, (holds, once_the_rest_was_done)
+    assert holds <= once_the_rest_was_done < 19 * len(refused), (holds, once_the_rest_was_done)
+
+
+def test_records_the_api_keeps_refusing_never_take_every_start(run_batchcli) -> None:
+    """Four such records: their first refusals cut the concurrency to 1, and retried first, they took every start
+    from then on, each refused with nothing served in between (so never "alone"): 12 items in 55 s, then none until
+    they failed. A refused record due again now starts only after another item settled."""
+    refused = {3, 7, 11, 15}
+    with FlakyApi(refuse=refused) as api:
+        result = run_batchcli(
+            "exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=300", "-p", "concurrency=5",
+            "-p", "delay_s=0.05", "-p", "raise_throttled=0.3", "-p", "backoff_s=0.1", timeout=120,
+        )  # fmt: skip  # a cool-down counts refusals for backoff_s: each record's first refusal cuts on its own
+        assert result.exit_code == 1, result.output
+        assert sorted(api.served) == [n for n in range(300) if n not in refused] and set(api.served.values()) == {1}
+        last_ok = max(i for i, (_, _, status, _) in enumerate(api.requests) if status == 200)
+        run = longest = 0  # the most requests in a row for the records alone, while other items were left
+        for _, path, _, _ in api.requests[:last_ok]:
+            run = run + 1 if int(path.rsplit("/", 1)[1]) in refused else 0
+            longest = max(longest, run)
+    assert longest <= 8, longest  # 71 before: the records' refusals back to back, nothing else
+    assert result.summary["failed"] == 4
 
 
 def test_throttled_exception_carries_its_own_wait(run_batchcli) -> None:

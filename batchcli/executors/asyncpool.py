@@ -80,6 +80,9 @@ class AsyncExecutor:
         self._cooling = False
         """True while a throttle's cool-down holds new starts (part of the one ``_slow`` flag)."""
         self._ready: deque[tuple[int, Any, Attempts | None]] = deque()
+        self._refused: deque[tuple[int, Any, Attempts | None]] = deque()
+        """Throttled items due again: one goes to ``_ready`` each time another item has settled (``_release``)."""
+        self._settled_at_release = -1
         self._workers: set[asyncio.Task[None]] = set()
         self._retiring = 0
         self._missing = 0
@@ -333,6 +336,7 @@ class AsyncExecutor:
             or bool(self._missing)
             or self._limiter.throttled
             or self._turn_due
+            or bool(self._refused)
         )
 
     @staticmethod
@@ -377,16 +381,20 @@ class AsyncExecutor:
             self._missing -= 1
             self._update_slow()
             self._spawn(1)
-        if self._limiter.throttled:
+        if self._refused:
+            self._release()
+        if self._limiter.throttled and self._may_start():
             # One start at a time books its slot and waits for it: a hundred workers booking at once would
             # hold slots far ahead at the old rate, and a rate that grows back would not show for a long time.
             async with self._rate_turn:
-                while self._limiter.throttled and (delay := self._limiter.delay()) > 0:
+                # Not for nothing: each worker left booked and waited a slot before it found the source empty, so a
+                # run ended (concurrency + 1) periods after its last item (26 s for 3 items at 0.5/s).
+                while self._limiter.throttled and self._may_start() and (delay := self._limiter.delay()) > 0:
                     try:  # a new rate (or a stop) applies at once, not after a slot booked under the old rate
                         await asyncio.wait_for(self._new_limits.wait(), delay)
                     except TimeoutError:
                         break
-                    if self.stopping or self.paused:
+                    if self.stopping or self.paused or not self._may_start():
                         break
             # Began while this start waited its turn: a concurrency lowered meanwhile retires waiting workers too
             # (`set concurrency=1` under a rate limit saw 8 more items start).
@@ -394,13 +402,30 @@ class AsyncExecutor:
                 return await self._detour()
         return False
 
+    def _release(self) -> None:
+        """A throttled item due again starts once another item has settled since the last one did, or nothing else
+        is left to start: retried first, refused records took every start at concurrency 1, nothing succeeded in
+        between, so their every repeat held the run (``Attempts.refused_alone``) and the concurrency never grew back
+        (12 items in 55 s, then none, with four such records)."""
+        tally = self._tally
+        settled = tally.succeeded + tally.failed
+        if settled != self._settled_at_release or tally.exhausted or self.fatal is not None:
+            self._settled_at_release = settled
+            self._ready.append(self._refused.popleft())
+            self._update_slow()
+
     def _turn_taken(self) -> None:
         self._turn_asked = self._turn_due = False
         self._update_slow()
 
+    def _may_start(self) -> bool:
+        """Whether an item may be there to start: a retry due, or a source not known to be exhausted."""
+        return bool(self._ready or self._refused) or not self._tally.exhausted
+
     def _exhausted(self) -> None:
         self._tally.exhausted = True
         self._wake.set()
+        self._limits_changed()  # starts waiting for a slot: there may be nothing left to start
 
     def _source_failed(self, error: BaseException) -> None:
         self.fatal = error
@@ -425,7 +450,7 @@ class AsyncExecutor:
 
     async def _wait_for_work(self) -> bool:
         """After the source ran out: wait for a retry to come due; False when all is settled."""
-        while not self._ready:
+        while not self._ready and not self._refused:
             if self._settled or self.stopping:
                 return False
             if self._tally.retrying == 0 and self._tally.in_flight == 0:
@@ -446,7 +471,7 @@ class AsyncExecutor:
             delay = self._cooldown.throttled(throttle, repeat, alone)
             self._cooling = self._slow = True
             self._cool_over.clear()
-            self._retries.throttled(ordinal, item, attempts, delay, self._requeue, self.stopping, error)
+            self._retries.throttled(ordinal, item, attempts, delay, self._requeue_refused, self.stopping, error)
             return
         if self._retries.failed(ordinal, item, attempts, error, self._requeue, self.stopping):
             self._wake.set()
@@ -457,6 +482,11 @@ class AsyncExecutor:
 
     def _requeue(self, ordinal: int, item: Any, attempts: Attempts | None) -> None:
         self._ready.append((ordinal, item, attempts))
+        self._wake.set()
+
+    def _requeue_refused(self, ordinal: int, item: Any, attempts: Attempts | None) -> None:
+        self._refused.append((ordinal, item, attempts))
+        self._slow = True
         self._wake.set()
 
     def nudge(self) -> None:
@@ -477,6 +507,7 @@ class AsyncExecutor:
         self._slow = True
         self._retries.cancel()
         self._ready.clear()
+        self._refused.clear()
         self.resume()
         if hasattr(self, "_wake"):
             self._wake.set()
