@@ -467,7 +467,7 @@ class AsyncExecutor:
     def _failed(self, ordinal: int, item: Any, attempts: Attempts | None, error: BaseException) -> None:
         throttle = throttle_of(error)
         if throttle is not None:
-            repeat, alone = (0, False) if attempts is None else (attempts.throttled, attempts.refused_alone(self._tally.succeeded))
+            repeat, alone = (0, False) if attempts is None else (attempts.throttled, attempts.refused_alone(self._tally))
             delay = self._cooldown.throttled(throttle, repeat, alone)
             self._cooling = self._slow = True
             self._cool_over.clear()

@@ -292,8 +292,8 @@ class ChunkedExecutor:
 
     def _alone(self, entries: list[_Entry]) -> frozenset[int]:
         """The ordinals whose next refusal holds neither the worker nor the rest of their chunk (``Chunk.alone``)."""
-        succeeded = self._tally.succeeded
-        return frozenset(e.ordinal for e in entries if e.attempts is not None and e.attempts.refused_alone(succeeded))
+        tally = self._tally
+        return frozenset(e.ordinal for e in entries if e.attempts is not None and e.attempts.refused_alone(tally))
 
     def _give_back(self, slots: int) -> tuple[int, float] | None:
         # The breaker decides here, on outcomes that come back a chunk at a time: a chunk that is failing
@@ -428,7 +428,7 @@ class ChunkedExecutor:
 
     def _throttled(self, entry: _Entry, error: ItemError) -> None:
         attempts = entry.attempts
-        repeat, alone = (0, False) if attempts is None else (attempts.throttled, attempts.refused_alone(self._tally.succeeded))
+        repeat, alone = (0, False) if attempts is None else (attempts.throttled, attempts.refused_alone(self._tally))
         delay = self._cooldown.throttled(Throttle(error.retry_after_s), repeat, alone)
         self._retries.throttled(
             entry.ordinal, entry.item, entry.attempts, delay, self._requeue, self.stopping, ItemFailed(error), error.info

@@ -53,11 +53,16 @@ class Attempts:
     throttled: int = 0
     """Throttles of this item in a row, since its last attempt that was not one (``THROTTLES_MAX``)."""
     succeeded_then: int = 0
-    """The run's successes at this item's latest throttle: more since then, and the API serves the others."""
+    """The run's successes at this item's latest throttle."""
+    throttles_then: int = 0
+    """The run's throttles, this one included, at this item's latest throttle."""
 
-    def refused_alone(self, succeeded: int) -> bool:
-        """Whether this item, refused before, is refused again while the API served other items in between."""
-        return self.throttled > 0 and succeeded > self.succeeded_then
+    def refused_alone(self, tally: Tally) -> bool:
+        """Whether this item, refused before, is refused again while the API served more other items than it refused
+        in between: then it refuses this item, not the pace. Served some, but refusing more (a slow API with a burst
+        of 1, most items in flight retries), it is the pace: taken for "alone", such refusals held nothing, the run
+        kept hitting the API, and a third of the items failed at their 20th throttle."""
+        return self.throttled > 0 and tally.succeeded - self.succeeded_then > tally.throttles - self.throttles_then
 
     @property
     def count(self) -> int:
@@ -272,7 +277,7 @@ class RetryScheduler:
             if attempts is None:
                 attempts = self.policy.start(self._clock())
             attempts.throttled += 1
-            attempts.succeeded_then = self._tally.succeeded
+            attempts.succeeded_then, attempts.throttles_then = self._tally.succeeded, self._tally.throttles
             if attempts.throttled >= THROTTLES_MAX:
                 log.warning(
                     "Item %s (#%d) was throttled %d times in a row: the API keeps refusing that item, so it fails "

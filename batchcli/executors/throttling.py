@@ -70,6 +70,8 @@ RATE_MEMORY_S = 60.0
 """With no configured ``rate_limit``, a learnt rate is forgotten after this long without a throttle."""
 MIN_LEARNT = 5
 """Fewer successes than this between two cool-downs teach nothing about the API's rate."""
+MIN_WINDOW_S = 1.0
+"""...then, with no rate yet, what the API served since items began to start sets one, once this long."""
 WAVE_OVERSHOOT = 0.85
 """The cut when a rate measured from a cool-down's wave is throttled within ``SUSTAINED_S``: the wave read high
 (it is short, and timed by a client that reads a backlog of answers faster than the API served them; on this
@@ -269,7 +271,7 @@ class Cooldown:
         if first and self.adaptive:  # at most one cut per cool-down, measured over the time since the last one
             in_force = self.effective.rate_limit
             self._wave, self._wave_rate, self._wave_counted = (now, self._tally.succeeded, in_force), None, False
-            self._cut(self._rates.learn(now - self.until, self._tally.succeeded, in_force))
+            self._cut(self._rates.learn(now - self.until, self._tally.succeeded, in_force, now))
         elif self.adaptive:
             self._measure_wave(now)
         self._pace_until = max(self._pace_until, now + wait)
@@ -384,6 +386,7 @@ class Cooldown:
     def start(self) -> None:
         """Items start now: the first window the API's rate is measured over begins here."""
         self.until = self._pace_until = self._clock()
+        self._rates.started(self.until, self._tally.succeeded)
 
     def tick(self) -> None:
         """Called every ``GROW_INTERVAL_S`` on the loop: grow back if items succeeded since the last tick."""
@@ -438,6 +441,12 @@ class RateDiscovery:
         """Whether the rate in force is a cool-down's wave measurement, not yet served for ``SUSTAINED_S``."""
         self._good: float | None = None
         """A rate the API served for ``SUSTAINED_S`` without a throttle: a cut never goes below ``FLOOR`` of it."""
+        self._first: tuple[float, int] | None = None
+        """(time, successes) when items began to start: what the API served since, when no window measures it."""
+
+    def started(self, now: float, succeeded: int) -> None:
+        """Items begin to start now (``Cooldown.start``)."""
+        self._first = (now, succeeded)
 
     def measured(self, rate: float, succeeded: int) -> None:
         """The rate was measured another way (a cool-down's wave of answers, ``succeeded`` the tally's successes at
@@ -447,8 +456,10 @@ class RateDiscovery:
         self._succeeded = succeeded
         self._catch_up_to = None
 
-    def learn(self, seconds: float, succeeded: int, rate: float | None) -> float | None:
-        """The effective rate after a throttle ``seconds`` after the last cool-down ended."""
+    def learn(self, seconds: float, succeeded: int, rate: float | None, now: float = 0.0) -> float | None:
+        """The effective rate after a throttle ``seconds`` after the last cool-down ended (at ``now``)."""
+        if self._first is None:
+            self._first = (now, succeeded)
         gained, self._succeeded = succeeded - self._succeeded, succeeded
         from_wave, self._from_wave = self._from_wave, False
         if from_wave and rate is not None and 0 < seconds < SUSTAINED_S:
@@ -462,8 +473,10 @@ class RateDiscovery:
                     gained, drained / DRAIN_MARGIN, self._burst, self._catch_up_to,
                 )
             return deep
-        if gained < MIN_LEARNT or seconds <= 0:  # throttled before much succeeded: nothing learnt
-            return rate if rate is None else max(MIN_RATE, rate * RATE_CUT[0])
+        if gained < MIN_LEARNT or seconds <= 0:  # throttled before much succeeded: nothing learnt from this window
+            if rate is None:
+                return self._served_since_first(now, succeeded)
+            return max(MIN_RATE, rate * RATE_CUT[0])
         self._burst = gained if self._burst is None else min(self._burst, gained)
         if rate is not None and not self._measured:  # a slow start (or the configured rate) overshot
             self._measured = True
@@ -483,6 +496,20 @@ class RateDiscovery:
         # Below half of what was sent, the window said too little (the first one holds only the burst).
         self._measured = self._measured or served >= sent * RATE_CUT[0]
         return max(MIN_RATE, min(max(served, sent * RATE_CUT[0]), sent * RATE_CUT[1]))
+
+    def _served_since_first(self, now: float, succeeded: int) -> float | None:
+        """With no rate yet and no window to measure one: what the API served since items began to start, at least
+        ``MIN_WINDOW_S`` ago, to slow-start from; None before that. A strict API (a burst of 1) serves one item a
+        cool-down and refuses the next at once, so no window ever held ``MIN_LEARNT`` successes: no rate was set,
+        the concurrency fell to 1, and that one lane went at 1 item a Retry-After against an API at 5/s."""
+        assert self._first is not None
+        since, before = self._first
+        if now - since < MIN_WINDOW_S:
+            return None
+        served = (succeeded - before) / (now - since)
+        log.info("Too few items succeeded between cool-downs to measure the API's rate: from the %.2f/s it served "
+                 "since the run began.", served)  # fmt: skip
+        return max(MIN_RATE, served)
 
     def _backed_off(self, seconds: float, rate: float, sent: float) -> float:
         """The rate after a throttle of a measured ``rate``, ``seconds`` after the last cool-down.
