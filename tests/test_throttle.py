@@ -74,7 +74,11 @@ def test_retry_after_seconds_hold_every_start_and_spend_no_attempt(run_batchcli)
         for when, retry_after, later in throttled_then_next(api):
             assert retry_after == "1"
             assert later >= when + 1.0
-    assert "Throttled by the API: no new item starts for" in log_text(result.run_dir)
+    log = log_text(result.run_dir)
+    assert "Throttled by the API: no new item starts for" in log
+    # Nothing was served before the refusals, so no rate is learnt from them (a floor of 0.1/s set from "0 served"
+    # took this run 10 s an item).
+    assert "rate_limit=" not in log, log
 
 
 def test_retry_after_http_date_is_honoured(run_batchcli) -> None:

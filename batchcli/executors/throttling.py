@@ -504,8 +504,8 @@ class RateDiscovery:
         the concurrency fell to 1, and that one lane went at 1 item a Retry-After against an API at 5/s."""
         assert self._first is not None
         since, before = self._first
-        if now - since < MIN_WINDOW_S:
-            return None
+        if now - since < MIN_WINDOW_S or succeeded == before:  # nothing served yet: nothing to start from (a 0.1/s
+            return None  # floor took a run the API had refused three times 10 s an item)
         served = (succeeded - before) / (now - since)
         log.info("Too few items succeeded between cool-downs to measure the API's rate: from the %.2f/s it served "
                  "since the run began.", served)  # fmt: skip
