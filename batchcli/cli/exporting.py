@@ -8,6 +8,7 @@ import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from typing import IO
 from pathlib import Path
 
 from rich.console import Console
@@ -105,10 +106,21 @@ def _to_file(run_dir: Path, fmt: str, output: Path, progress: Callable[[int], No
         )
     if target.exists() and not target.is_file():
         try:
-            with open(target, "w", encoding="utf-8", newline="") as out:
-                return export(run_dir, fmt, out, progress)
+            out = open(target, "w", encoding="utf-8", newline="")
         except OSError as error:
             raise ExportError(f"Cannot write the results to {str(output)!r} ({_reason(error)}): what it got is incomplete.") from None
+        try:
+            count = export(run_dir, fmt, out, progress)
+            out.close()
+        except OSError as error:
+            _discard(out)
+            raise ExportError(f"Cannot write the results to {str(output)!r} ({_reason(error)}): what it got is incomplete.") from None
+        except BaseException:
+            # A stop: closing would flush what the buffer holds into a FIFO whose reader stopped reading, and the
+            # exit blocked for good there (a SIGTERM that came while the buffer was not empty).
+            _discard(out)
+            raise
+        return count
     parent = target.parent
     if not parent.is_dir():
         raise UsageError(f"-o {str(output)!r}: directory {str(parent)!r} does not exist. Create it, or give another -o.")
@@ -131,6 +143,16 @@ def _to_file(run_dir: Path, fmt: str, output: Path, progress: Callable[[int], No
         Path(draft).unlink(missing_ok=True)
         raise
     return count
+
+
+def _discard(out: IO[str]) -> None:
+    """Close ``out`` without writing what its buffer still holds (it goes to /dev/null)."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
+    with contextlib.suppress(OSError, ValueError):
+        out.close()
 
 
 def _mode_for(target: Path) -> int:
