@@ -228,7 +228,8 @@ def test_plain_progress_line_shows_the_open_breaker_and_its_probe_countdown(api:
 
 def test_failures_already_journaled_are_taken_back(api: FlakyApi, tmp_path: Path) -> None:
     """Failures written to the journal and failed.jsonl before the trip leave both when the breaker takes them back."""
-    stopped = run(args(api, tmp_path / "out", token="bad", count=50, pause_s=0.1, concurrency=2, breaker_max_wait_s=0.3))
+    # 0.2 s an item: some five flushes (every 0.2 s) before the trip, so one lands even on a loaded machine.
+    stopped = run(args(api, tmp_path / "out", token="bad", count=50, pause_s=0.2, concurrency=2, breaker_max_wait_s=0.3))
     assert stopped.exit_code == 130, stopped.output
     conn = sqlite3.connect(stopped.run_dir / "journal.sqlite")
     try:
