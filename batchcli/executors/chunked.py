@@ -293,6 +293,8 @@ class ChunkedExecutor:
     def _alone(self, entries: list[_Entry]) -> frozenset[int]:
         """The ordinals whose next refusal holds neither the worker nor the rest of their chunk (``Chunk.alone``)."""
         tally = self._tally
+        if not tally.throttles:  # the common case: no look at each item of each chunk
+            return frozenset()
         return frozenset(e.ordinal for e in entries if e.attempts is not None and e.attempts.refused_alone(tally))
 
     def _give_back(self, slots: int) -> tuple[int, float] | None:

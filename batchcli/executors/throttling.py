@@ -245,16 +245,16 @@ class Cooldown:
         does not double the exponential cool-down: it is the API refusing that item, not the run's pace (a record
         that always gets a 503). Counted as throttles of the pace, a few such records cut the learnt rate 30% a
         refusal down to its 0.1/s floor, while the API served every other item at full speed. Refusals of the pace
-        hit items not refused yet, and those still cut. A repeat holds every start for what the API asked only
-        while nothing else got through since that item's last refusal; ``alone`` (others did) waits for that item
-        alone: the holds of one such record left the others a few milliseconds a Retry-After, 2 items/s instead
+        hit items not refused yet, and those still cut. A repeat holds every start for what the API asked unless
+        ``alone`` (``Attempts.refused_alone``: the API served more items than it refused since that item's last
+        refusal), when it waits for that item alone: the holds of one such record left the others a few milliseconds a Retry-After, 2 items/s instead
         of 90 for 20 Retry-Afters, and kept the cut concurrency from growing back.
         """
         now = self._clock()
         self._tally.throttles += 1
         asked = throttle.retry_after_s
         if repeat:
-            wait = self._clamped(min(self._base_s * 2 ** min(repeat, 30), self._longest_s) if asked is None else asked, asked)
+            wait = self._wait(asked, repeat)
             if alone:
                 return wait
             if now + wait > self.until and wait > 0:
@@ -267,7 +267,7 @@ class Cooldown:
             # However short the wait asked for: with "Retry-After: 0" each cool-down ended as it began, so every
             # refusal of one wave was a cool-down of its own and cut the concurrency again (8 at once took it to 1).
             self._wave_until = now + self._base_s
-        wait = self._clamped(min(self._base_s * 2 ** min(self._streak - 1, 30), self._longest_s) if asked is None else asked, asked)
+        wait = self._wait(asked, self._streak - 1)
         if first and self.adaptive:  # at most one cut per cool-down, measured over the time since the last one
             in_force = self.effective.rate_limit
             self._wave, self._wave_rate, self._wave_counted = (now, self._tally.succeeded, in_force), None, False
@@ -279,8 +279,10 @@ class Cooldown:
             log.info("Throttled by the API: no new item starts for %.2fs.", max(self.until, now + wait) - now)
         return self._hold(now, wait)
 
-    def _clamped(self, wait: float, asked: float | None) -> float:
-        """``wait`` cut to ``throttle_max_wait_s``, with a warning once per cool-down."""
+    def _wait(self, asked: float | None, doublings: int) -> float:
+        """The wait: what the API ``asked``, else ``backoff_s`` doubled ``doublings`` times up to ``backoff_max_s``;
+        cut to ``throttle_max_wait_s``, with a warning once per cool-down."""
+        wait = min(self._base_s * 2 ** min(doublings, 30), self._longest_s) if asked is None else asked
         if wait <= self.max_wait_s:
             return wait
         if not self._clamp_warned:  # once per cool-down, not per refused attempt
