@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -464,3 +465,43 @@ def test_a_signal_handler_that_logs_during_a_write_to_the_log_file_loses_no_line
     lines = (tmp_path / "batchcli.log").read_text().splitlines()
     assert [line.split(": ", 1)[1] for line in lines] == ["SIGINT: stopping", "SIGTERM again: stopping at once"]
     assert "Cannot write the log file" not in console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_a_signal_that_lands_while_the_main_thread_holds_a_lock_the_answer_needs_is_answered() -> None:
+    """Python runs a handler on the main thread wherever that thread is, even inside ``Event.set`` or ``Event.wait``
+    with the event's lock held. The run's handler then set an event itself, waited for that lock for good, and the
+    run hung: its Ctrl-C opened no shell and, its items all done, it waited for that shell (CI saw it once). Here
+    the run's answer to a Ctrl-C needs a lock the main thread holds when the signal lands: the answer must come,
+    as soon as the main thread lets the lock go."""
+    from batchcli.run.interrupts import RunSignals
+
+    held = threading.Lock()
+    """What the main thread holds when the signal lands: the lock of the run's wake-up event, say."""
+
+    class Run:
+        stop_requested = threading.Event()
+        pause_pending = False
+        asked: list[bool] = []
+        """One entry per pause request: whether it got the lock (False: it would have waited for good)."""
+
+        def shell_can_open(self) -> bool:
+            return True
+
+        def request_pause(self) -> None:
+            got = held.acquire(timeout=3)  # Event.set takes the event's lock just so
+            if got:
+                held.release()
+            self.pause_pending = got
+            self.asked.append(got)
+
+    run = Run()
+    restore = RunSignals(run).install()  # type: ignore[arg-type]
+    try:
+        with held:
+            signal.raise_signal(signal.SIGINT)  # its handler runs here, on this thread, with the lock held
+            for _ in range(1000):  # bytecodes for the handler to run on
+                pass
+        wait_for(lambda: run.asked, "the pause request", timeout=10)
+    finally:
+        restore()
+    assert run.asked == [True]

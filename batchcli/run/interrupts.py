@@ -27,6 +27,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 here, not imported from there: every command takes them, and ``runs`` or ``show`` must load no executor."""
 
 
+SERVE_JOIN_S = 5.0
+"""How long putting the run's handlers back waits for the signals already received to be acted on."""
+
 ALARM_S = 0.25
 """How long a stop raised during start-up may take to unwind before it is raised again (see ``EarlySignals``)."""
 
@@ -234,6 +237,12 @@ class Stoppable(Protocol):
 class RunSignals:
     """The stop signals' handler while a run runs (on the main thread only), and SIGHUP's when it has a terminal.
 
+    Python runs a signal's handler on the main thread between two of its bytecodes, wherever that thread is:
+    also inside ``Event.wait`` or ``Event.set`` with the event's lock held. A handler that set an event then
+    waited for that lock for good: the main thread hung, the Ctrl-C opened no shell, and the run, its items
+    all done, waited for the shell it had been asked for (CI saw it once). So the handler only writes the
+    signal's number to a pipe, which takes no lock; a thread of its own (``_serve``) reads it and acts.
+
     A terminal that hangs up (an ssh connection that drops, a closed window) sends SIGHUP, whose default ends
     the process at once: the run died, marked crashed, until someone resumed it. It now goes on without the
     terminal: the standard streams that were the terminal are pointed at ``/dev/null`` (writing to a hung-up
@@ -244,24 +253,53 @@ class RunSignals:
         self._run = run
         self._terminal_fds: list[int] = []
         self._hung_up = False
+        self._write = -1
+        """The pipe's end the handler writes the signals to; -1 once the handlers are put back."""
 
     def install(self) -> Callable[[], None]:
         """Handle SIGINT and SIGTERM (and SIGHUP, on a terminal) from now on; returns what puts the previous
-        handlers back."""
+        handlers back (and waits for the signals that arrived to be acted on)."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
+        read, self._write = os.pipe()
+        serving = threading.Thread(target=self._serve, args=(read,), name="batchcli-signals", daemon=True)
+        serving.start()
         previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         for sig in previous:
-            signal.signal(sig, self.handle)
+            signal.signal(sig, self.received)
         self._terminal_fds = [fd for fd in (0, 1, 2) if _isatty(fd)]  # now: a hung-up terminal is no tty any more
         if self._terminal_fds:
-            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self.hang_up)
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self.received)
 
         def restore() -> None:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            write, self._write = self._write, -1  # first: a handler that runs late writes nowhere
+            os.close(write)  # _serve reads the end of the pipe and returns
+            serving.join(SERVE_JOIN_S)
 
         return restore
+
+    def received(self, signum: int, frame: Any) -> None:
+        """The Python handler (main thread): hand the signal to ``_serve``, taking no lock."""
+        if self._write >= 0:
+            with contextlib.suppress(OSError):  # a full pipe: 64 KiB of signals not yet acted on
+                os.write(self._write, bytes([signum]))
+
+    def _serve(self, read: int) -> None:
+        """Act on each signal the handler passed on, in order, until the handlers are put back."""
+        try:
+            while signums := os.read(read, 64):
+                for signum in signums:
+                    try:
+                        if signum == signal.SIGHUP:
+                            self.hang_up(signum, None)
+                        else:
+                            self.handle(signum, None)
+                    except Exception:  # a bug here must not leave the signals that follow unanswered
+                        log.exception("Acting on %s failed", signal.Signals(signum).name)
+        finally:
+            os.close(read)
 
     def hang_up(self, signum: int, frame: Any) -> None:
         """The terminal hung up: the streams that were it write to ``/dev/null`` from now on; the run goes on."""
@@ -278,7 +316,7 @@ class RunSignals:
         self._run.hang_up()
 
     def handle(self, signum: int, frame: Any) -> None:
-        """Pause into the shell, stop gracefully, or (a second time) stop at once."""
+        """Pause into the shell, stop gracefully, or (a second time) stop at once (``_serve``'s thread)."""
         run = self._run
         name = signal.Signals(signum).name
         if signum == signal.SIGINT and not run.stop_requested.is_set() and run.shell_can_open():
@@ -287,8 +325,6 @@ class RunSignals:
             if not run.pause_pending:
                 run.request_pause()
             return
-        # Act before logging: a signal that arrives while this handler logs runs a nested handler,
-        # which must see this one's stop.
         if run.stop_requested.is_set():
             run.cancel()
             log.warning("%s again: stopping at once; in-flight items stay unprocessed.", name)
