@@ -77,6 +77,7 @@ def test_outage_opens_probes_closes_and_loses_nothing(api: FlakyApi, tmp_path: P
     assert journal_failures(run_dir) == 0
     log = (run_dir / "batchcli.log").read_text()
     assert "Circuit breaker open: 10 of the last" in log and "Circuit breaker closed (a probe succeeded)" in log
+    assert " 0 held item(s)" not in log and re.search(r"\(probe 1\); the 1\d held item\(s\) go back to be processed first", log)
     assert "concurrency back up to 4 of 4" in log  # from 1 after the probe, doubling
     assert re.search(r"breaker closed after \d+ trips?", output), output  # the plain progress line says so
 

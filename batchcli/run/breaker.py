@@ -209,9 +209,12 @@ class Breaker:
         self._add_open_time()
         self._set_state("probing")
         self._mark = self._tally.succeeded
-        log.info("Circuit breaker: letting one item through (probe %d).", self.counts.probes)
         self._hold(executor, 1)
-        self._releases_now()  # the held items are the first ones to try
+        held = self._releases_now()  # the first ones to try
+        log.info(
+            "Circuit breaker: letting one item through (probe %d)%s.", self.counts.probes,
+            f"; the {held} held item(s) go back to be processed first" if held else "",
+        )  # fmt: skip
         self._host.breaker_changed()
         self._timer = self._loop.call_later(POLL_S, self._check_probe)
 
@@ -240,8 +243,11 @@ class Breaker:
         self._opened_at = None
         self._cooldown_s = self.base_cooldown_s
         self._base = self._position()
-        count = self._releases_now()
-        log.warning("Circuit breaker closed (%s): %d held item(s) go back to be processed.", why, count)
+        count = self._releases_now()  # none after a probe: they went back when it started
+        if count:
+            log.warning("Circuit breaker closed (%s): %d held item(s) go back to be processed.", why, count)
+        else:
+            log.warning("Circuit breaker closed (%s).", why)
         self._host.breaker_changed()
         if self._held:
             self._mark = self._tally.succeeded
