@@ -293,7 +293,7 @@ def test_ctl_resume_is_refused_while_the_shell_is_open(terminal) -> None:
 def test_a_double_ctrl_c_opens_the_shell_once(terminal) -> None:
     """Two Ctrl-C in quick succession (before IPython takes SIGINT over) queued a second pause, and the shell opened
     again as soon as it was left."""
-    term = terminal("shell_slow", "-p", "count=60", "-p", "delay=0.02", "-p", "concurrency=3")
+    term = terminal("shell_slow", "-p", "count=60", "-p", "delay=0.05", "-p", "concurrency=3")
     wait_for(lambda: len(term.log.done()) >= 5, "5 items done")
     term.child.sendintr()
     time.sleep(0.02)
@@ -310,7 +310,7 @@ def test_a_double_ctrl_c_opens_the_shell_once(terminal) -> None:
 
 def test_leaving_the_shell_resumes_the_run(terminal) -> None:
     """Ctrl-D leaves the shell without a question and the run goes on to the end (exit 0)."""
-    term = terminal("shell_slow", "-p", "count=60", "-p", "delay=0.02", "-p", "concurrency=3")
+    term = terminal("shell_slow", "-p", "count=60", "-p", "delay=0.05", "-p", "concurrency=3")
     pause(term)
     term.child.sendeof()
     term.expect("Resuming the run")
@@ -321,7 +321,7 @@ def test_leaving_the_shell_resumes_the_run(terminal) -> None:
 
 def test_ctrl_c_inside_the_shell_cancels_the_input_and_never_the_run(terminal) -> None:
     """Ctrl-C at the prompt clears the input, in a cell interrupts it, in an awaiting cell cancels it; the run lives."""
-    term = terminal("shell_slow", "-p", "count=60", "-p", "delay=0.02", "-p", "concurrency=3")
+    term = terminal("shell_slow", "-p", "count=60", "-p", "delay=0.05", "-p", "concurrency=3")
     pause(term)
     term.child.send("1 + ")
     term.expect(r"\+")  # drawn by the prompt, so read: a ^C is a signal at once and could overtake the text
@@ -366,7 +366,7 @@ def most_in_flight(lines: list[str]) -> int:
 def test_limits_set_in_the_shell_change_the_run_not_the_configuration(terminal, executor: str, slots: int) -> None:
     """set_concurrency/set_rate_limit change the executor's limits and what runs after resuming; config keeps the user's values."""
     term = terminal(
-        "shell_slow", "-p", "count=80", "-p", "delay=0.03", "-p", "concurrency=4", "-p", f"executor={executor}",
+        "shell_slow", "-p", "count=80", "-p", "delay=0.06", "-p", "concurrency=4", "-p", f"executor={executor}",
         "-p", "workers=2",
     )
     pause(term)
@@ -389,7 +389,7 @@ def test_limits_set_in_the_shell_change_the_run_not_the_configuration(terminal, 
 def test_concurrency_rate_limit_and_retries_from_the_shell(terminal, run_batchcli) -> None:
     """From the shell: change concurrency and rate limit (bad values rejected), retry failed items now (and they leave failed.jsonl)."""
     term = terminal(
-        "shell_slow", "-p", "count=120", "-p", "delay=0.02", "-p", "concurrency=3", "-p", "fail_every=7",
+        "shell_slow", "-p", "count=120", "-p", "delay=0.04", "-p", "concurrency=3", "-p", "fail_every=7",
         "-p", "persisted=persisted.json",
     )
     pause(term, after=20)

@@ -49,7 +49,7 @@ def test_retry_failed_in_the_shell_leaves_failed_jsonl_summary_show_and_retry_ag
     """After retry_failed, ``failures`` is live, ``self.retry(failure)`` processes its input, ``await self.process``
     runs an async service, and failed.jsonl, summary.json, ``show`` and ``retry`` all count the same failures."""
     term = terminal(
-        "shell_counts", "-p", "count=60", "-p", "delay=0.03", "-p", "concurrency=2", "-p", "fail_every=3",
+        "shell_counts", "-p", "count=60", "-p", "delay=0.06", "-p", "concurrency=2", "-p", "fail_every=3",
         "-p", "fixed_mod=4", "-p", "max_retries=0", "-p", "breaker_window=0",
     )
     pause(term, after=12)
@@ -100,7 +100,7 @@ def test_while_paused_retrying_stays_counted_and_elapsed_stands_still(terminal, 
     """Paused: items whose backoff ran out still count as retrying, elapsed does not move, and
     ``await self.process(x)`` runs a sync service; summary.json and ``show`` leave the pause out of the duration."""
     term = terminal(
-        "shell_counts", "-p", "count=30", "-p", "delay=0.02", "-p", "concurrency=3", "-p", "flaky=true",
+        "shell_counts", "-p", "count=30", "-p", "delay=0.05", "-p", "concurrency=3", "-p", "flaky=true",
         "-p", "sync=true", "-p", "backoff_s=0.2", "-p", "backoff_max_s=0.2", "-p", "max_retries=2",
     )
     pause(term, after=3)
