@@ -198,6 +198,32 @@ def test_a_shard_given_other_params_than_its_group_is_refused(tmp_path: Path, cl
     assert sorted(ledger(logs)) == list(range(10))
 
 
+def test_a_shard_resumed_with_other_params_than_its_group_is_refused(tmp_path: Path, cli: Any) -> None:
+    """``exec --shard`` refuses other params than the group's, but ``resume SHARD_DIR -p count=80`` took them: that
+    shard alone ran its share of items 40-79, and the group read "finished". Settings (concurrency) may differ."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    out = tmp_path / "out"
+    args = ("exec", ORDINAL, "-p", f"log_dir={logs}", "-p", "count=40", "-p", "sleep_s=0.05", "-p", "concurrency=1")
+    proc = start(tmp_path, *args, "--shard", "0/2", "--group", "nightly", "--no-shell", "-d", out)
+    shard_dir = out / "nightly" / "shard-0-of-2"
+    try:
+        wait_for(lambda: (shard_dir / "journal.sqlite").exists() and read_run(shard_dir).succeeded > 0,
+                 "the journal to record some items")
+    finally:
+        proc.kill()
+        proc.wait()
+    refused = cli("resume", shard_dir, "-p", "count=80")
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "count: 40 in the group, 80 here" in said and "Traceback" not in said, said
+    assert f"Resume it with the group's values (leave those -p out): batchcli resume {shard_dir}" in said, said
+    assert max(ledger(logs)) < 40
+    resumed = cli("resume", shard_dir, "-p", "concurrency=4")
+    assert resumed.exit_code == 0, resumed.output
+    assert set(ledger(logs)) == set(range(0, 40, 2))
+    assert read_run(shard_dir).status == "finished"
+
+
 def test_a_keyed_source_that_grows_keeps_each_item_in_its_shard(tmp_path: Path, cli: Any) -> None:
     """Shards of a keyed source go by the key's stable hash: after the source grows, every old item is in the same shard."""
     logs = tmp_path / "logs"

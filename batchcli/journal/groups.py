@@ -167,7 +167,21 @@ def join_group(
     return group_dir
 
 
-def _check_alike(group_dir: Path, group: str, params: dict[str, list[str]] | None, config_name: str | None) -> None:
+def check_resumed_shard(run_dir: Path, shard: Shard, job: Job, wiring: Wiring) -> None:
+    """Refuse to resume a shard with other values than its group's, as ``exec --shard`` refuses to start one: a
+    resume took ``-p count=200`` on one shard of a group started with ``count=100``, and only that shard's share
+    of items 100-199 was processed, the group "finished"."""
+    group_dir = run_dir.parent
+    if run_dir.name != shard_dir_name(shard) or not (group_dir / GROUP_FILE).is_file():
+        return  # moved out of its group's directory: no group to agree with
+    fix = f"Resume it with the group's values (leave those -p out): batchcli resume {run_dir}"
+    _check_alike(group_dir, shard.group, what_shards_share(job, wiring), wiring.config_name, fix)
+
+
+def _check_alike(
+    group_dir: Path, group: str, params: dict[str, list[str]] | None, config_name: str | None,
+    fix: str = "Give the group's values, or another --group.",
+) -> None:
     """Refuse a shard given other params or another configuration than its group's first: with ``-p count=200``
     beside a group started with ``count=100``, items 100-199 of the other shards' share were never processed."""
     if params is None:
@@ -192,8 +206,7 @@ def _check_alike(group_dir: Path, group: str, params: dict[str, list[str]] | Non
         said = "; ".join(f"{n}: {shown(recorded, n)} in the group, {shown(params, n)} here" for n in differ)
         raise UsageError(
             f"Group {group!r} was started with other values ({said}): every shard of a group must be given the same "
-            "params and configuration, or the shards do not split one source. Give the group's values, or another "
-            "--group."
+            f"params and configuration, or the shards do not split one source. {fix}"
         )
 
 

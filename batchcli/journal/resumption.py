@@ -79,6 +79,7 @@ class Resume:
         """What a stop signal during loading leaves behind, for the message."""
         self._earlier: RunInfo | None = None
         self._journal: Journal | None = None
+        self._wiring: Wiring | None = None
         self._selection: Selection | None = None
         self._widened_from: Selection | None = None
         """The trial ``--all`` widened in the journal, put back if the run does not start after all."""
@@ -108,10 +109,12 @@ class Resume:
             return None
         self._journal = Journal.open(run_dir)
         try:
-            return _rewire(earlier, self.overrides, "resume")
+            wired = _rewire(earlier, self.overrides, "resume")
         except BaseException:
             self.abandon()
             raise
+        self._wiring = wired[0]
+        return wired
 
     def carry_on(self, job: Job) -> Continuation | None:
         """Continue in the run's directory, with its journal (and a retry run's own saved inputs)."""
@@ -121,6 +124,12 @@ class Resume:
                 f"Run {str(self.run_dir)!r} identified its items by {type(job.source).__qualname__}.item_key(), which "
                 "the Source no longer defines. Define item_key(item) again to resume this run."
             )
+        shard = self._journal.shard
+        if shard is not None:
+            from batchcli.journal.groups import check_resumed_shard  # groups builds on this module
+
+            assert self._wiring is not None
+            check_resumed_shard(self.run_dir, shard, job, self._wiring.with_environment(job.environment))
         # A retry run's own inputs, unpickled once the project is loaded so their classes resolve.
         items = saved_inputs(self.run_dir) if self._earlier.parent else None
         selection = self._selection
