@@ -434,6 +434,31 @@ def test_show_failures_lists_input_error_attempts_and_when(cli, tmp_path: Path, 
     assert shlex.split(command)[2:] == [str(failed_run), "--match", r"down-\d"], command
 
 
+def test_show_failures_says_which_types_it_could_not_check_for_a_subclass(cli, tmp_path: Path) -> None:
+    """With the project broken since (or moved), a base class matched none of its own subclasses, silently: "0 of 3",
+    as if none of those failures were connection errors. ``show`` now says which types it could not check, and why."""
+    job = tmp_path / "rows.py"
+    job.write_text(ROWS.read_text())
+    ran = cli("exec", job, *rows_job(tmp_path)[2:])  # the rows project, as a copy this test breaks
+    assert ran.exit_code == 1 and ran.run_dir is not None, ran.output
+    job.write_text("raise ImportError('the rows module is being rewritten')\n")
+    shown = subprocess.run(  # a process of its own: this one imported the project's module already
+        [sys.executable, "-m", "batchcli", "show", str(ran.run_dir), "--failures", "--error-type", "ConnectionError"],
+        capture_output=True, text=True, timeout=60, env=subprocess_env(COLUMNS="250"),
+    )  # fmt: skip
+    said = " ".join(shown.stdout.split())
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "matching --error-type ConnectionError: 0 of 3" in said, said
+    assert "Not checked for a subclass of ConnectionError: rows.Unreachable (the run's project does not load here: " \
+        "ImportError: the rows module is being rewritten). Give such a type by name to take its failures: " \
+        "--error-type Unreachable" in said, said
+    by_name = subprocess.run(
+        [sys.executable, "-m", "batchcli", "show", str(ran.run_dir), "--failures", "--error-type", "Unreachable"],
+        capture_output=True, text=True, timeout=60, env=subprocess_env(COLUMNS="250"),
+    )  # fmt: skip
+    assert "matching --error-type Unreachable: 2 of 3" in " ".join(by_name.stdout.split()), by_name.stdout
+
+
 def test_skip_done_in_does_only_new_rows_of_a_grown_input(cli, tmp_path: Path, failed_run: Path) -> None:
     """--skip-done-in a run and its retry skips every row either did; new rows (and the one still failing) run."""
     fixed = cli("retry", failed_run, "--error-type", "ConnectionError", "-p", "fixed=true")

@@ -242,11 +242,14 @@ def show_failures(
     found: list[tuple[RunInfo, list[FailureRow]]] = []
     matched = total = kept = 0
     types = group_types([r.run_dir for r in runs]) if group and wanted.error_type else None
+    unchecked: dict[str, str] = {}
     for run in runs:
         left = None if wanted.limit is None else wanted.limit - matched
         this = wanted if left is None else replace(wanted, limit=max(left, 0))
         load = _project_loader(run) if wanted.error_type else None
-        rows, count, of = matching_failures(run.run_dir, this, load=load, keep=shown - kept, types=types)
+        rows, count, of = matching_failures(
+            run.run_dir, this, load=load, keep=shown - kept, types=types, unchecked=unchecked
+        )
         found.append((run, rows))
         matched, total, kept = matched + count, total + of, kept + len(rows)
     which = f" matching {wanted.describe()}" if wanted.active else ""
@@ -269,6 +272,14 @@ def show_failures(
             parts.append(Text.assemble((f"{'':10}input: ", "dim"), _one_line(_compact(row.item_json), 150)))
     if matched > kept:
         parts.append(Text(f"  … and {matched - kept:,} more (all of them are in failed.jsonl)", "dim"))
+    if unchecked:  # else a base class (ValueError) silently matched none of the project's own subclasses
+        names = ", ".join(sorted(unchecked))
+        first = min(unchecked)
+        parts.append(Text(
+            f"Not checked for a subclass of {wanted.error_type}: {names} ({unchecked[first]}). Give such a type by "
+            f"name to take its failures: --error-type {first.rsplit('.', 1)[-1]}",
+            "yellow",
+        ))  # fmt: skip
     if kept:
         again = f" {wanted.describe()}" if wanted.active else ""
         where, shard = retry or (run_dir, "")

@@ -149,6 +149,7 @@ def matching_failures(
     load: Callable[[], None] | None = None,
     keep: int | None = None,
     types: set[str] | None = None,
+    unchecked: dict[str, str] | None = None,
 ) -> tuple[list[FailureRow], int, int]:
     """The failures of ``run_dir`` that ``wanted`` takes, in (session, ordinal) order (only the first ``keep``
     when given), how many it takes, and how many there are in all. ``types``: the recorded types a name given to
@@ -157,6 +158,7 @@ def matching_failures(
     The rows are read a batch at a time and only those kept are held: ``show --failures`` of a run with
     300,000 failures held all of them (220 MB) to print 50. ``load`` imports the run's project, called at
     most once when a recorded type's module is not imported yet (``show``); ``retry`` has loaded it already.
+    ``unchecked`` gets the recorded types that could not be checked for a subclass of ``--error-type`` (``TypeMatch``).
     """
     if wanted.error_type is None:
         is_type = None
@@ -180,6 +182,8 @@ def matching_failures(
         matched += 1
         if keep is None or len(chosen) < keep:
             chosen.append(row)
+    if unchecked is not None and is_type is not None:
+        unchecked.update(is_type.unchecked)
     return chosen, matched, total
 
 
@@ -190,6 +194,9 @@ class TypeMatch:
         self.name = name
         self._load = load
         self._cache: dict[str, bool] = {}
+        self.unchecked: dict[str, str] = {}
+        """Recorded types, other than the one named, whose class could not be found to check it for a subclass, and
+        why: they match by name only (a project that no longer loads, a class renamed since)."""
         self.wanted = _resolve(name, importing=True)
         if self.wanted is None and not any(self._named(r) for r in recorded):
             seen = ", ".join(sorted(recorded)[:8]) or "none"
@@ -216,10 +223,17 @@ class TypeMatch:
             load, self._load = self._load, None
             try:
                 load()
-            except Exception:  # the project no longer loads: names still match
-                pass
+            except Exception as error:  # the project no longer loads: names still match, and show says so
+                lines = str(error).strip().splitlines()  # a user's traceback ends with its exception's line
+                why = lines[-1] if lines else type(error).__name__
+                self._load_error = f"the run's project does not load here: {why if len(why) <= 200 else why[:199] + '…'}"
             cls = _resolve(recorded, importing=False)
-        return cls is not None and issubclass(cls, self.wanted)
+        if cls is None:
+            self.unchecked[recorded] = self._load_error
+            return False
+        return issubclass(cls, self.wanted)
+
+    _load_error = "no class of that name can be imported"
 
 
 def _resolve(name: str, *, importing: bool) -> type[BaseException] | None:
