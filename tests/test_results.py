@@ -383,7 +383,14 @@ def test_bad_inputs_are_one_paragraph_errors_with_the_fix(cli, tmp_path: Path) -
         assert refused.exit_code == 2, refused.output
         assert repr(not_a_run) in refused.output and "batchcli runs -d OUTPUT_DIR" in refused.output
         assert "Traceback" not in refused.output
-    assert not list(tmp_path.glob("*.jsonl"))
+    (tmp_path / "notes.txt").write_text("mine\n")
+    for under_a_file in ("notes.txt/all.jsonl", "notes.txt/more/all.jsonl"):  # "does not exist" before: it does
+        refused = cli("results", ran.run_dir, "-o", under_a_file)
+        said = " ".join(refused.output.split())
+        assert refused.exit_code == 2 and f"{str(tmp_path / 'notes.txt')!r} is a file, not a directory" in said, said
+    missing = cli("results", ran.run_dir, "-o", "nowhere/all.jsonl")
+    assert missing.exit_code == 2 and "does not exist. Create it" in " ".join(missing.output.split())
+    assert not list(tmp_path.glob("*.jsonl")) and (tmp_path / "notes.txt").read_text() == "mine\n"
 
 
 def test_run_job_returns_the_results(tmp_path: Path) -> None:

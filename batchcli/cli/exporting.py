@@ -123,6 +123,9 @@ def _to_file(run_dir: Path, fmt: str, output: Path, progress: Callable[[int], No
         return count
     parent = target.parent
     if not parent.is_dir():
+        above = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
+        if above is not None:  # "does not exist" sent the user looking for a directory that cannot be made there
+            raise UsageError(f"-o {str(output)!r}: {str(above)!r} is a file, not a directory. Give another -o.")
         raise UsageError(f"-o {str(output)!r}: directory {str(parent)!r} does not exist. Create it, or give another -o.")
     try:
         fd, draft = tempfile.mkstemp(prefix=f".{target.name}.", dir=parent)
