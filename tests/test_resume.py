@@ -200,6 +200,10 @@ def test_a_crashed_run_resumes_in_process_and_a_finished_one_is_left_alone(cli, 
     again = cli("resume", crashed.run_dir)
     assert again.exit_code == 0
     assert "finished already (54 succeeded, 6 failed); nothing to resume" in again.output
+    assert "were not used" not in again.output
+    unused = cli("resume", crashed.run_dir, "-p", "crash_at=abc")  # not cast, nothing runs: but not taken silently
+    said = " ".join(unused.output.split())
+    assert unused.exit_code == 0 and "nothing to resume. The -p values given (crash_at) were not used." in said, said
     assert f"batchcli retry {crashed.run_dir}" in again.output
     assert read_run(crashed.run_dir).sessions == 2
     assert sum(processed(logs).values()) == 60

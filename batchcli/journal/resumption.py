@@ -99,10 +99,11 @@ class Resume:
                 assert selection is not None
                 retry += f" It was a trial run ({selection.describe()}); carry it on to the whole source with: " \
                     f"batchcli resume {run_dir} --all"
+            unused = f" The -p values given ({', '.join(sorted(self.overrides))}) were not used." if self.overrides else ""
             self.notices.append(
                 Notice(
                     f"Run {str(run_dir)!r} finished already ({earlier.succeeded} succeeded, {earlier.failed} failed); "
-                    f"nothing to resume.{retry}",
+                    f"nothing to resume.{unused}{retry}",
                     soft_wrap=True,
                 )
             )
