@@ -262,6 +262,7 @@ class RunSignals:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
         read, self._write = os.pipe()
+        os.set_blocking(self._write, False)  # a handler must never wait: a full pipe drops the signal instead
         serving = threading.Thread(target=self._serve, args=(read,), name="batchcli-signals", daemon=True)
         serving.start()
         previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
@@ -283,7 +284,7 @@ class RunSignals:
     def received(self, signum: int, frame: Any) -> None:
         """The Python handler (main thread): hand the signal to ``_serve``, taking no lock."""
         if self._write >= 0:
-            with contextlib.suppress(OSError):  # a full pipe: 64 KiB of signals not yet acted on
+            with contextlib.suppress(OSError):  # full (BlockingIOError): 64 KiB of signals not yet acted on
                 os.write(self._write, bytes([signum]))
 
     def _serve(self, read: int) -> None:
