@@ -219,20 +219,6 @@ def test_a_strict_api_loses_no_item_to_its_pace(run_batchcli) -> None:
     assert re.search(r"Throttled: effective concurrency=\d+, rate_limit=", log), log
 
 
-def test_a_slow_start_above_a_strict_apis_rate_ends_at_its_first_refusals(run_batchcli) -> None:
-    """A strict API at 5/s: the rate slow-started from what it served (1/s) grew half again a step to 7/s, and every
-    refusal from then on was of an item refused before, which cuts nothing: the run held a Retry-After after each
-    of them at 7/s for good, 48-54 answers 429 and 20-28 s for 30 items. Such a refusal now ends the slow start
-    (its last step undone, then slow growth): 29-32 answers 429 and 11-12 s."""
-    with FlakyApi(rate=5, burst=1, retry_after_s=1) as api:
-        result = run_batchcli(
-            "exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=30", "-p", "concurrency=20", timeout=120,
-        )  # fmt: skip
-        assert result.exit_code == 0, result.output
-        assert_ledger(result, api, 30)
-        assert api.statuses[429] <= 42, api.statuses
-
-
 def test_throttled_exception_carries_its_own_wait(run_batchcli) -> None:
     """A Service that raises batchcli.Throttled(1) cools the run down for a second, without spending attempts."""
     with FlakyApi(throttle_first=2) as api:

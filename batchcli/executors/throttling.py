@@ -8,7 +8,6 @@ in either of its forms, seconds or an HTTP-date.
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 import time
@@ -73,9 +72,6 @@ MIN_LEARNT = 5
 """Fewer successes than this between two cool-downs teach nothing about the API's rate."""
 MIN_WINDOW_S = 1.0
 """...then, with no rate yet, what the API served since items began to start sets one, once this long."""
-SERVED_WINDOW_S = 2.5
-"""What the run got lately is measured over this long (``Cooldown._overshot``)."""
-SERVED_TICKS = int(SERVED_WINDOW_S / GROW_INTERVAL_S) + 1
 WAVE_OVERSHOOT = 0.85
 """The cut when a rate measured from a cool-down's wave is throttled within ``SUSTAINED_S``: the wave read high
 (it is short, and timed by a client that reads a backlog of answers faster than the API served them; on this
@@ -229,8 +225,6 @@ class Cooldown:
         """Refusals before ``_wave_until`` belong to the current cool-down, even when its wait is shorter (``backoff_s``
         at least); ``_pace_until`` is when the last cool-down a first refusal started ends (a repeat's hold is not one)."""
         self._rates = RateDiscovery()
-        self._served: collections.deque[tuple[float, int]] = collections.deque(maxlen=SERVED_TICKS)
-        """(time, successes) at the latest ticks: what the API served lately (``_overshot``)."""
         self._wave: tuple[float, int, float | None] | None = None
         """(time, successes, rate in force before the cut) at the throttle the current cool-down's wave counts from."""
         self._wave_counted = False
@@ -263,12 +257,6 @@ class Cooldown:
             wait = self._wait(asked, repeat)
             if alone:
                 return wait
-            overshot = self._overshot(now) if self.adaptive and now >= self._pace_until else None
-            if overshot is not None:
-                self._pace_until = now + wait
-                self._apply(Limits(self.effective.concurrency, self._rates.slow_start_over(overshot)))
-                log.info("Throttled again while the rate still grew fast: effective %s (configured %s).",
-                         _describe(self.effective), _describe(self.ceiling))  # fmt: skip
             if now + wait > self.until and wait > 0:
                 log.info("Throttled again (an item refused before): no new item starts for %.2fs.", wait)
             return self._hold(now, wait)
@@ -290,19 +278,6 @@ class Cooldown:
         if first:
             log.info("Throttled by the API: no new item starts for %.2fs.", max(self.until, now + wait) - now)
         return self._hold(now, wait)
-
-    def _overshot(self, now: float) -> float | None:
-        """The rate in force if it is a slow start's that the API does not keep up with (else None): the run got less than
-        ``USED`` of it over the last ``SERVED_WINDOW_S``, the refusals' holds eating the rest. Where it gets about the
-        rate, records the API refuses alone are refused, not the pace: ended by those, the slow start left a run
-        of 300 items growing 0.1% a step from 2/s (115 s instead of 19)."""
-        rate = self.effective.rate_limit
-        if rate is None or not self._rates.ends_slow_start(rate) or not self._served:
-            return None
-        since, before = self._served[0]
-        if now - since < SERVED_WINDOW_S / 2 or (self._tally.succeeded - before) / (now - since) >= rate * USED:
-            return None
-        return rate
 
     def _wait(self, asked: float | None, doublings: int) -> float:
         """The wait: what the API ``asked``, else ``backoff_s`` doubled ``doublings`` times up to ``backoff_max_s``;
@@ -418,7 +393,6 @@ class Cooldown:
     def tick(self) -> None:
         """Called every ``GROW_INTERVAL_S`` on the loop: grow back if items succeeded since the last tick."""
         succeeded = self._tally.succeeded
-        self._served.append((self._clock(), succeeded))
         gained, self._last_succeeded = succeeded - self._last_succeeded, succeeded
         self.grow(gained > 0, gained / GROW_INTERVAL_S)
 
@@ -524,20 +498,6 @@ class RateDiscovery:
         # Below half of what was sent, the window said too little (the first one holds only the burst).
         self._measured = self._measured or served >= sent * RATE_CUT[0]
         return max(MIN_RATE, min(max(served, sent * RATE_CUT[0]), sent * RATE_CUT[1]))
-
-    def ends_slow_start(self, rate: float | None) -> bool:
-        """Whether a rate in force is still a slow start's (grown fast, never measured), which a refusal of the pace
-        ends, also one of an item refused before."""
-        return rate is not None and not self._measured
-
-    def slow_start_over(self, rate: float) -> float:
-        """The rate after a slow start's overshoot showed in refusals of items refused before (a strict API, a burst of
-        1: every refusal but the first few is of such an item): its last step undone, and measured from now on, so
-        it grows slowly and no later repeat cuts it. Such refusals cut nothing else: a few records the API refuses
-        alone would cut it down to the floor."""
-        self._measured = True
-        self._catch_up_to = None
-        return max(MIN_RATE, rate * SLOW_START_CUT)
 
     def _served_since_first(self, now: float, succeeded: int) -> float | None:
         """With no rate yet and no window to measure one: what the API served since items began to start, at least
