@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 from batchcli.executors.base import Items
 from batchcli.executors.calls import USER_ERRORS, ItemCalls, ours
 from batchcli.executors.limiter import Limiter, Limits
-from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
+from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler, throttled_before
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, throttle_of
 from batchcli.journal.batches import MARSHAL_VERSION
 from batchcli.journal.results import encode_other
@@ -467,8 +467,7 @@ class AsyncExecutor:
     def _failed(self, ordinal: int, item: Any, attempts: Attempts | None, error: BaseException) -> None:
         throttle = throttle_of(error)
         if throttle is not None:
-            repeat, alone = (0, False) if attempts is None else (attempts.throttled, attempts.refused_alone(self._tally))
-            delay = self._cooldown.throttled(throttle, repeat, alone)
+            delay = self._cooldown.throttled(throttle, *throttled_before(attempts, self._tally))
             self._cooling = self._slow = True
             self._cool_over.clear()
             self._retries.throttled(ordinal, item, attempts, delay, self._requeue_refused, self.stopping, error)

@@ -32,7 +32,7 @@ from batchcli.executors.sizing import ChunkSizer
 from batchcli.journal.results import decode
 from batchcli.outcome import KEPT_OVERHEAD, RECORDER_WAIT_S, Tally, qualified_name
 from batchcli.executors.limiter import Limiter, Limits
-from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler
+from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler, throttled_before
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, Throttle
 
 log = logging.getLogger("batchcli")
@@ -429,9 +429,7 @@ class ChunkedExecutor:
         self._retries.failed(entry.ordinal, entry.item, entry.attempts, error, requeue, self.stopping, info)
 
     def _throttled(self, entry: _Entry, error: ItemError) -> None:
-        attempts = entry.attempts
-        repeat, alone = (0, False) if attempts is None else (attempts.throttled, attempts.refused_alone(self._tally))
-        delay = self._cooldown.throttled(Throttle(error.retry_after_s), repeat, alone)
+        delay = self._cooldown.throttled(Throttle(error.retry_after_s), *throttled_before(entry.attempts, self._tally))
         self._retries.throttled(
             entry.ordinal, entry.item, entry.attempts, delay, self._requeue, self.stopping, ItemFailed(error), error.info
         )

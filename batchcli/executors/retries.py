@@ -70,6 +70,14 @@ class Attempts:
         return self.state.attempt_number
 
 
+def throttled_before(attempts: Attempts | None, tally: Tally) -> tuple[int, bool]:
+    """For an item throttled now, ``Cooldown.throttled``'s ``repeat`` and ``alone``: its throttles in a row before
+    this one, and whether the API refuses it alone (``Attempts.refused_alone``)."""
+    if attempts is None:
+        return 0, False
+    return attempts.throttled, attempts.refused_alone(tally)
+
+
 class RetryPolicy:
     """Decides, after an attempt failed, whether to retry it and after how long.
 

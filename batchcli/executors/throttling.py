@@ -247,8 +247,8 @@ class Cooldown:
         refusal down to its 0.1/s floor, while the API served every other item at full speed. Refusals of the pace
         hit items not refused yet, and those still cut. A repeat holds every start for what the API asked unless
         ``alone`` (``Attempts.refused_alone``: the API served more items than it refused since that item's last
-        refusal), when it waits for that item alone: the holds of one such record left the others a few milliseconds a Retry-After, 2 items/s instead
-        of 90 for 20 Retry-Afters, and kept the cut concurrency from growing back.
+        refusal), when it waits for that item alone: the holds of one such record left the others a few milliseconds
+        a Retry-After, 2 items/s instead of 90 for 20 Retry-Afters, and kept the cut concurrency from growing back.
         """
         now = self._clock()
         self._tally.throttles += 1
