@@ -294,6 +294,8 @@ class Tally:
         journal takes it: every change reaches ``show``, however many happen between two flushes."""
         self.ceiling: tuple[int, float | None] | None = None
         """The configured concurrency and rate limit (or the pause shell's): ``limits`` never exceeds them."""
+        self.limits_held = False
+        """Whether the circuit breaker's cap, not adaptive concurrency, keeps ``limits`` below the ceiling."""
         self.breaker_state = "closed"
         """The circuit breaker: closed, open (nothing starts) or probing; the display reads it."""
         self.breaker_probe_at = 0.0

@@ -225,6 +225,35 @@ def test_plain_progress_line_shows_the_open_breaker_and_its_probe_countdown(api:
     lines = [line for line in stopped.output.splitlines() if line.startswith("0/40")]
     assert any(line.endswith("breaker open: probe in 1s") for line in lines), lines
     assert lines[-1].endswith("breaker open"), lines  # no probe left before breaker_max_wait_s: it gives up
+    # After a probe the breaker holds the concurrency at 1: its cap, not a throttle's cut (no 429 here).
+    held = [line for line in lines if "concurrency 1 " in line]
+    assert held and all("concurrency 1 (held by the breaker)" in line for line in held), lines
+    assert not any("(adapting)" in line for line in lines), lines
+
+
+def test_watch_says_the_breaker_holds_the_concurrency_not_adaptive_concurrency(api: FlakyApi, tmp_path: Path) -> None:
+    """watch on a live run whose breaker probes: the concurrency below the configured one is the breaker's cap."""
+    cmd = args(api, tmp_path / "out", token="bad", count=60, concurrency=4, breaker_window=10, breaker_cooldown_s=0.2,
+               breaker_max_wait_s=60)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
+    try:
+        frames: list[str] = []
+
+        def held() -> bool:
+            journals = list((tmp_path / "out").glob("*/journal.sqlite"))  # no summary.json while it runs
+            if not journals:
+                return False
+            run_dir = journals[0].parent
+            watched = subprocess.run([sys.executable, "-m", "batchcli", "watch", str(run_dir), "--once"],
+                                     capture_output=True, text=True, timeout=60, env=subprocess_env())
+            frames.append(watched.stdout)
+            return "concurrency 1 of 4" in watched.stdout
+
+        wait_for(held, "watch to show the breaker's cap", timeout=60)
+        assert "concurrency 1 of 4 (held by the breaker)" in frames[-1], frames[-1]  # it said "(adapting)"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
 
 
 def test_failures_already_journaled_are_taken_back(api: FlakyApi, tmp_path: Path) -> None:

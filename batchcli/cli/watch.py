@@ -94,7 +94,8 @@ def _limits(live: dict[str, object]) -> list[str]:
         parts = [f"concurrency {configured} (starting)"]
         rate_limit = live.get("configured_rate_limit")
     else:
-        parts = [f"concurrency {concurrency}" + ("" if concurrency == configured else f" of {configured} (adapting)")]
+        how = "held by the breaker" if live.get("limits_held") else "adapting"
+        parts = [f"concurrency {concurrency}" + ("" if concurrency == configured else f" of {configured} ({how})")]
     parts.append("rate limit " + (per_second(rate_limit) if isinstance(rate_limit, (int, float)) else "none"))
     cooling = live.get("cooling_down_s") or 0
     if isinstance(cooling, (int, float)) and cooling > 0:

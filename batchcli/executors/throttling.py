@@ -345,9 +345,11 @@ class Cooldown:
         ceiling = self.ceiling
         rate = limits.rate_limit if ceiling.rate_limit is None else min(limits.rate_limit or ceiling.rate_limit, ceiling.rate_limit)
         self.effective = limits = Limits(min(limits.concurrency, ceiling.concurrency), rate)
-        limits = self._held_down(limits)
-        self._apply_limits(limits)
-        self._tally.limits = (limits.concurrency, limits.rate_limit)
+        held = self._held_down(limits)
+        self._apply_limits(held)
+        self._tally.limits = (held.concurrency, held.rate_limit)
+        self._tally.limits_held = held.concurrency < limits.concurrency
+        limits = held
         if self._tally.throttles:
             self._tally.limit_changes.append((time.time(), limits.concurrency, limits.rate_limit, self._tally.throttles))
         self._tally.ceiling = (self.ceiling.concurrency, self.ceiling.rate_limit)

@@ -306,6 +306,7 @@ def live_state(run: Run) -> dict[str, Any]:
         "rate_limit": None if limits is None else limits[1],
         "configured_concurrency": run.job.config.concurrency if ceiling is None else ceiling[0],
         "configured_rate_limit": run.job.config.rate_limit if ceiling is None else ceiling[1],
+        "limits_held": tally.limits_held,
         "paused": run.paused.is_set(),
         "paused_s": round(tally.paused(), 3),  # `show` leaves it out of the duration, as summary.json does
         "stopping": run.stop_requested.is_set(),

@@ -62,7 +62,9 @@ def throttle_note(tally: Tally, now: Callable[[], float] = time.monotonic) -> st
         parts.append(f"cooling down {left:.0f}s")
     if tally.limits is not None and tally.limits != tally.ceiling:
         concurrency, rate = tally.limits
-        parts.append(f"concurrency {concurrency}" + ("" if rate is None else f" rate {round(rate, 1):g}/s") + " (adapting)")
+        # The breaker's cap is not adaptive concurrency at work: "(adapting)" beside "breaker open" misled.
+        how = " (held by the breaker)" if tally.limits_held else " (adapting)"
+        parts.append(f"concurrency {concurrency}" + ("" if rate is None else f" rate {round(rate, 1):g}/s") + how)
     if note := breaker_note(tally, now):
         parts.append(note)
     return "  ".join(parts)
