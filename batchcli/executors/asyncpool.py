@@ -222,6 +222,8 @@ class AsyncExecutor:
                     await self._wait_for_recorder()
             else:
                 tally.in_flight -= 1
+                if attempts is not None and attempts.throttled:  # the API served an item it had refused
+                    self._cooldown.served_refused()
                 if result is None:
                     tally.succeeded += 1
                     done(ordinal)

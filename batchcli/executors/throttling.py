@@ -77,6 +77,9 @@ WAVE_OVERSHOOT = 0.85
 (it is short, and timed by a client that reads a backlog of answers faster than the API served them; on this
 project's benchmark 115-122/s against an API at 100/s), so one deep cut instead of 3-4 of ``RATE_BACKOFF``, each
 of which stops every start for a whole Retry-After."""
+PACE_EVIDENCE_S = 10.0
+"""A repeat refusal counts for the pace while the API served, this recently, an item it had refused: its
+refusals then came from the pace, not from the item (``Cooldown.served_refused``)."""
 DRAIN_MARGIN = 0.98
 """After that deep cut the rate climbs back by ``CATCH_UP`` a step to this share of what the API served since the
 cool-down beyond its burst (the bucket, full when the cool-down ends, emptied at the difference of the two rates),
@@ -230,6 +233,8 @@ class Cooldown:
         self._wave_counted = False
         """Whether ``_wave`` is the second throttle of the cool-down yet, which the wave is counted from."""
         self._wave_rate: float | None = None
+        self._refused_served_at = -math.inf
+        """When the API last served an item it had refused (``served_refused``), monotonic."""
         """The rate measured from the current cool-down's wave of answers, logged once it ends."""
         tally.limits = tally.ceiling = (self.ceiling.concurrency, self.ceiling.rate_limit)
 
@@ -253,6 +258,12 @@ class Cooldown:
         now = self._clock()
         self._tally.throttles += 1
         asked = throttle.retry_after_s
+        if repeat and not alone and now - self._refused_served_at <= PACE_EVIDENCE_S:
+            # The API refused this item again with little served in between, and lately it served items it had
+            # refused: the refusals are the pace's (a strict API, a burst of 1, refuses whatever comes too soon,
+            # and refused items are due first). Taken for the item's, none of them cut a slow start that overshot:
+            # 60 items at 5/s took 47-60 s, each refusal holding every start for a whole Retry-After.
+            repeat = 0
         if repeat:
             wait = self._wait(asked, repeat)
             if alone:
@@ -278,6 +289,12 @@ class Cooldown:
         if first:
             log.info("Throttled by the API: no new item starts for %.2fs.", max(self.until, now + wait) - now)
         return self._hold(now, wait)
+
+    def served_refused(self) -> None:
+        """The API served an item it had refused before (the loop thread): for a while, refusals of items refused
+        before count for the pace (``throttled``). An item the API always refuses is never served, so the
+        repeats of such records still cut nothing."""
+        self._refused_served_at = self._clock()
 
     def _wait(self, asked: float | None, doublings: int) -> float:
         """The wait: what the API ``asked``, else ``backoff_s`` doubled ``doublings`` times up to ``backoff_max_s``;
