@@ -132,6 +132,19 @@ def test_a_dict_the_job_reuses_is_kept_as_it_was_when_each_item_returned_it(cli,
     assert [(r.ordinal, r.value) for r in batchcli.read_results(ran.run_dir)] == [(n, {"n": n}) for n in range(3000)]
 
 
+@pytest.mark.parametrize("executor", ["async", "process"])
+def test_a_sync_process_refilling_one_dict_per_thread_keeps_each_items_own_value(cli, tmp_path: Path, executor: str) -> None:
+    """The value is encoded in the thread that returned it, before that thread takes another item: encoded on the
+    loop afterwards, the thread had already refilled it, and about 30% of the items kept another item's value."""
+    ran = cli(
+        "exec", PROJECT / "per_thread.py", "-d", "out", "-p", "count=400", "-p", "concurrency=4",
+        "-p", f"executor={executor}", *(["-p", "workers=2"] if executor == "process" else []),
+    )  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    values = [(r.ordinal, r.value) for r in batchcli.read_results(ran.run_dir)]
+    assert values == [(n, {"n": n, "seen": [n]}) for n in range(400)]
+
+
 def batched_so_far(out: Path, proc: subprocess.Popen[str], count: int) -> list[tuple[int, Any]]:
     """The live run's batched results under ``out`` once there are ``count`` (or after 30 s); the run still runs."""
     deadline = time.monotonic() + 30

@@ -17,7 +17,7 @@ from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler, throttled_before
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, throttle_of
 from batchcli.journal.batches import MARSHAL_VERSION
-from batchcli.journal.results import encode_other
+from batchcli.journal.results import Encoding, encode_other
 from batchcli.load.configuration import Configuration
 from batchcli.outcome import FAILURE_BACKLOG_MAX, KEPT_OVERHEAD, RECORDER_WAIT_S, SEALED_OVERHEAD, Tally
 
@@ -98,7 +98,7 @@ class AsyncExecutor:
         self.fatal: BaseException | None = None
         """An exception from the source itself, which ends the run."""
         # Attempts are timed only while /metrics serves them: decided here, once, not per item.
-        self._calls = ItemCalls(process, config.concurrency, config.item_timeout_s, tally.durations)
+        self._calls = ItemCalls(process, config.concurrency, config.item_timeout_s, tally.durations, keep=Encoding.of)
         self._results: list[Any] = []
         """Results waiting to be encoded together (``_seal``), with their items and ordinals below."""
         self._result_items: list[Any] = []
@@ -305,21 +305,21 @@ class AsyncExecutor:
         elsewhere too, which the job might change): encoded now, so a value that cannot be kept fails its own
         item. True when results wait for the journal beyond the memory budget."""
         tally = self._tally
-        try:
-            plain = _marshal(result, MARSHAL_VERSION)  # plain data, the common case: encode's first try, inline
-        except (ValueError, TypeError):
+        text: str | bytes
+        if type(result) is Encoding:  # a sync process's, encoded in its thread
+            text, blob = result.encoded
+        else:
             try:
-                text, blob = encode_other(result)  # marshal just refused it
-            except Exception as error:
-                self._failed(ordinal, item, attempts, error)
-                return False
-            tally.succeeded += 1
-            tally.kept.append((ordinal, text, blob))
-            tally.kept_bytes += len(text) + KEPT_OVERHEAD
-            return tally.kept_backlog
+                text, blob = _marshal(result, MARSHAL_VERSION), None  # plain data, the common case: encode's first try
+            except (ValueError, TypeError):
+                try:
+                    text, blob = encode_other(result)  # marshal just refused it
+                except Exception as error:
+                    self._failed(ordinal, item, attempts, error)
+                    return False
         tally.succeeded += 1
-        tally.kept.append((ordinal, plain, None))
-        tally.kept_bytes += len(plain) + KEPT_OVERHEAD
+        tally.kept.append((ordinal, text, blob))
+        tally.kept_bytes += len(text) + KEPT_OVERHEAD
         return tally.kept_backlog
 
     async def _wait_for_recorder(self) -> None:

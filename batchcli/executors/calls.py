@@ -68,13 +68,19 @@ class ItemCalls:
     """Builds the awaitable call of one attempt; owns the threads a sync ``process`` runs in."""
 
     def __init__(
-        self, process: Callable[[Any], Any], threads: int, timeout_s: float | None, durations: Durations | None = None
+        self,
+        process: Callable[[Any], Any],
+        threads: int,
+        timeout_s: float | None,
+        durations: Durations | None = None,
+        keep: Callable[[Any], Any] | None = None,
     ) -> None:
         self.is_async = inspect.iscoroutinefunction(process)
         self.timeout_s = timeout_s
         self._process = process
-        self.threads: ItemThreads | None = None if self.is_async else ItemThreads(process, threads)
-        """The threads of a sync ``process`` (None for an async one)."""
+        self.threads: ItemThreads | None = None if self.is_async else ItemThreads(process, threads, keep)
+        """The threads of a sync ``process`` (None for an async one); ``keep`` turns what it returns (not None)
+        into what the call returns, in the thread (``ItemThreads``)."""
         call = self._build()
         self.call: Callable[[Any], Awaitable[Any]] = call if durations is None else timed(call, durations)
         """Await ``call(item)`` to make one attempt; counted into ``durations`` when given (metrics on)."""

@@ -43,8 +43,11 @@ class Attempt:
 class ItemThreads:
     """At most ``size`` daemon threads running ``process``, started only when an attempt waits for one."""
 
-    def __init__(self, process: Callable[[Any], Any], size: int) -> None:
+    def __init__(self, process: Callable[[Any], Any], size: int, keep: Callable[[Any], Any] | None = None) -> None:
         self._process = process
+        self._keep = keep
+        """Applied to a value ``process`` returned (not None) in its thread, before the thread takes another item:
+        the result's encoding, while the value is still the one returned (an error from it fails the attempt)."""
         self._size = size
         self._jobs: queue.SimpleQueue[Attempt | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -127,7 +130,7 @@ class ItemThreads:
         threading.Thread(target=self._serve, name=name, daemon=True).start()
 
     def _serve(self) -> None:
-        process, lock, jobs = self._process, self._lock, self._jobs
+        process, keep, lock, jobs = self._process, self._keep, self._lock, self._jobs
         me = threading.current_thread()
         while True:
             with lock:
@@ -150,7 +153,13 @@ class ItemThreads:
                 except BaseException as error:
                     loop.call_soon_threadsafe(_resolve, attempt.future, None, error)
                 else:
-                    loop.call_soon_threadsafe(_resolve, attempt.future, value, None)
+                    unkept: BaseException | None = None
+                    if value is not None and keep is not None:
+                        try:
+                            value = keep(value)
+                        except Exception as cannot:  # UnkeepableResult: the attempt fails, by the retry rules
+                            value, unkept = None, cannot
+                    loop.call_soon_threadsafe(_resolve, attempt.future, value, unkept)
             except RuntimeError:  # the loop is closed: the run is over and nobody waits for this outcome
                 pass
             with lock:

@@ -22,7 +22,7 @@ from batchcli.executors.calls import USER_ERRORS, ItemCalls, ours
 from batchcli.durations import Durations, timed, timed_sync
 from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.throttling import throttle_of
-from batchcli.journal.results import Encoded, Kept, encode
+from batchcli.journal.results import Encoded, Encoding, Kept, encode
 from batchcli.load.service import maybe_await
 from batchcli.outcome import CHUNK_KEPT_MAX
 from batchcli.load.wiring import Job
@@ -209,7 +209,8 @@ class WorkerJob:
                     return
                 try:
                     if (result := await call(item)) is not None:
-                        result = encode(result)
+                        # A sync process's was encoded in its thread, before the thread took another item.
+                        result = result.encoded if type(result) is Encoding else encode(result)
                 except asyncio.CancelledError:
                     raise  # stays in ``running``: reported as skipped
                 except USER_ERRORS as error:
@@ -250,7 +251,7 @@ class WorkerJob:
         if calls is None or calls.timeout_s != chunk.timeout_s:
             if calls is not None:
                 calls.close()
-            calls = self._calls = ItemCalls(self._process, chunk.share, chunk.timeout_s)
+            calls = self._calls = ItemCalls(self._process, chunk.share, chunk.timeout_s, keep=Encoding.of)
         else:
             calls.resize(chunk.share)
         return calls
