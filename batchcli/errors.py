@@ -143,6 +143,12 @@ class ExportError(BatchcliError):
     exit_code = 1
 
 
+class NothingRetried(BatchcliError):
+    """``retry`` found failures to retry, but none whose input was saved: nothing ran, the items are still failed."""
+
+    exit_code = 1
+
+
 class JournalError(BatchcliError):
     """A run directory's journal cannot be used: missing, damaged, unsafe to load, or still in use."""
 

@@ -305,8 +305,13 @@ def test_a_flood_of_inputs_that_cannot_be_pickled_warns_once_then_counts_them(ru
     assert len(result.failed) == 3000 and result.failed[5]["input"] == "Row(5)"
     log = (result.run_dir / "batchcli.log").read_text()
     assert log.count("cannot be pickled (") == 1 and "3000 failed job.Row items could not be pickled" in log
+    runs_before = sorted(result.run_dir.parent.iterdir())
     retried = cli("retry", result.run_dir)
-    assert "3000 failed input(s)" in " ".join(retried.output.split()) and "could not be pickled" in retried.output
+    # Nothing could be retried: not exit 0, which a script reads as "retried" (`retry RUN && echo fixed`).
+    assert retried.exit_code == 1, retried.output
+    flat = " ".join(retried.output.split())
+    assert "Nothing was retried: none of the 3000 failure(s)" in flat and "could not be pickled" in flat, flat
+    assert "Traceback" not in retried.output and sorted(result.run_dir.parent.iterdir()) == runs_before
 
 
 def test_a_job_that_calls_logging_basicconfig_does_not_print_every_failure_through_it(run_batchcli: Any) -> None:

@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from batchcli.load.environment import variable
 from batchcli.load.project import recorded_by_name
-from batchcli.errors import JournalError, UsageError
+from batchcli.errors import JournalError, NothingRetried, UsageError
 from batchcli.journal.writer import Journal, stable_target
 from batchcli.journal.matching import FailureFilter, TypeMatch, matching_failures, recorded_types
 from batchcli.journal.rundir import RunInfo, check_safe, damaged, query, read_run, stream
@@ -214,6 +214,12 @@ class Retry:
                 )
                 return None
             self.notices.append(Notice(f"{count} failure(s) match {self.wanted.describe()}; retrying them.", soft_wrap=True))
+        if unsaved and not items:  # exit 0 here read as "retried" to a script (`retry RUN && echo fixed`)
+            raise NothingRetried(
+                f"Nothing was retried: none of the {unsaved} failure(s) of {what} to retry has its input saved (each "
+                f"could not be pickled when it failed; the inputs are in {saved}). Make the Source yield picklable "
+                "items (plain data, or objects pickle can rebuild), then run those inputs again with a new exec."
+            )
         if unsaved:
             self.notices.append(
                 Notice(
