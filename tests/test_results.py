@@ -365,8 +365,19 @@ def test_a_run_without_results_says_so(cli, tmp_path: Path) -> None:
     ran = cli("exec", SQUARES, "-d", "out", "-p", "count=3", "-p", "none_every=1")
     exported = cli("results", ran.run_dir)
     assert exported.exit_code == 0
-    assert "kept no results" in exported.output and "returned None" in exported.output
+    flat = " ".join(exported.output.split())
+    assert "kept no results: its process() returned None for each of the 3 item(s) that succeeded" in flat, flat
     assert list(batchcli.read_results(ran.run_dir)) == []
+
+
+def test_a_run_where_no_item_succeeded_says_that_not_that_process_returned_none(cli, tmp_path: Path) -> None:
+    """Every item failed (its result could not be kept): results said process() returned None for every item."""
+    ran = cli("exec", SQUARES, "-d", "out", "-p", "count=1", "-p", "lock_at=0", "-p", "max_retries=0")
+    assert ran.exit_code == 1, ran.output
+    exported = cli("results", ran.run_dir)
+    flat = " ".join(exported.output.split())
+    assert exported.exit_code == 0 and "returned None" not in flat, flat
+    assert f"kept no results: no item succeeded: 1 failed; list them with: batchcli show {ran.run_dir} --failures" in flat
 
 
 def test_a_journal_from_before_results_reads_as_none_and_resumes_with_them(cli, tmp_path: Path) -> None:
@@ -712,6 +723,16 @@ def test_the_results_of_a_run_that_has_not_finished_say_so(cli, tmp_path: Path) 
     assert f"batchcli resume {run_dir}" in said
     finished = cli("exec", SQUARES, "-d", "out", "-p", "count=3")
     assert "Warning" not in results_cli(finished.run_dir, capture_output=True).stderr
+
+
+def test_dash_as_the_output_is_stdout(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`-o -` wrote a file named "-"; it is stdout, as for most tools."""
+    ran = cli("exec", SQUARES, "-d", "out", "-p", "count=3")
+    monkeypatch.chdir(tmp_path)
+    exported = cli("results", ran.run_dir, "-o", "-")
+    assert exported.exit_code == 0, exported.output
+    assert [row["ordinal"] for row in jsonl(exported.output)] == [0, 1, 2]
+    assert not (tmp_path / "-").exists()
 
 
 def test_an_empty_output_name_is_refused_as_such(cli) -> None:

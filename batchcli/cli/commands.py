@@ -409,11 +409,13 @@ def attach(run_dir: Path = typer.Argument(..., help="The run directory of a live
 def results(
     run_dir: Path = typer.Argument(..., help="A run directory, or a shard group's directory."),
     format: str = typer.Option("jsonl", "--format", "-f", help="jsonl (one JSON object per line) or csv."),
-    output: str | None = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+    output: str | None = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout (-: stdout)."),
 ) -> None:
     """Write what process() returned for each succeeded item, in source order, with its ordinal (and key)."""
     from batchcli.cli.exporting import export_results, left_unfinished
 
+    if output == "-":  # the usual name for stdout: it wrote a file named "-"
+        output = None
     if output == "":  # as a Path it would be '.', refused as "a directory" that the user never named
         raise UsageError("-o '' names no file. Give -o a file name, e.g. -o results.jsonl, or leave -o out for stdout.")
     with ends_at_stop_signals("results", left_unfinished(None if output is None else Path(output))):

@@ -41,10 +41,8 @@ def export_results(run_dir: Path, fmt: str, output: Path | None) -> None:
     else:
         with _progress(output) as progress:
             count = _to_file(run_dir, fmt, output, progress)
-    what = "Group" if is_group(run_dir) else "Run"
     if count == 0:
-        print(f"{what} {str(run_dir)!r} kept no results: its process() returned None for every item "
-              "(or no item succeeded yet).", file=sys.stderr)
+        print(_none_kept(run_dir), file=sys.stderr)
     elif output is not None:
         print(f"Wrote {count:,} result(s) to {output}.", file=sys.stderr)
     if missing is not None:
@@ -60,6 +58,20 @@ def left_unfinished(output: Path | None) -> str:
     if not output.is_file():
         return f"{str(output)!r} got only part of the results"
     return f"{str(output)!r} is as it was (an export is written whole or not at all)"
+
+
+def _none_kept(run_dir: Path) -> str:
+    """Why a run kept no result: no item succeeded (it said process() returned None when every item had failed),
+    or every one that did returned None."""
+    if is_group(run_dir):
+        return f"Group {str(run_dir)!r} kept no results: its process() returned None for every item (or no item succeeded yet)."
+    from batchcli.journal.rundir import read_run
+
+    run = read_run(run_dir)
+    if run.succeeded == 0:
+        failed = f": {run.failed:,} failed; list them with: batchcli show {run_dir} --failures" if run.failed else ""
+        return f"Run {str(run_dir)!r} kept no results: no item succeeded{' yet' if run.status != 'finished' else ''}{failed}."
+    return f"Run {str(run_dir)!r} kept no results: its process() returned None for each of the {run.succeeded:,} item(s) that succeeded."
 
 
 def _unfinished(run_dir: Path) -> str | None:
