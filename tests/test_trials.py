@@ -131,6 +131,24 @@ def test_a_sample_of_an_async_keyed_source_resumes_all_with_each_item_once(cli, 
     assert done == Counter({f"item-{n}": 1 for n in range(40)})
 
 
+def test_a_keyed_sample_is_decided_by_key_so_a_resume_over_another_order_takes_the_same_items(cli, tmp_path: Path) -> None:
+    """A keyed Source may come in another order on resume (a directory listing). Sampled by position, the resume
+    took another 25% on top of what the first session did (94 items grew to 159 of 400); by key it takes the rest of
+    the same sample, the one a fresh run over the new order takes."""
+    words = [f"w{n}" for n in range(80)]
+    first = cli(*rows_job(tmp_path, " ".join(words), "--sample", "0.25", "--seed", "1", "-p", "crash_at=w40"))
+    assert first.exit_code == 3 and first.run_dir is not None, first.output  # the source broke half way
+    (tmp_path / "rows.txt").write_text(" ".join(reversed(words)))
+    resumed = cli("resume", first.run_dir, "-p", "crash_at=")
+    assert resumed.exit_code == 0, resumed.output
+    done = processed(tmp_path)
+    (tmp_path / "ledger").unlink()
+    fresh = cli(*rows_job(tmp_path, " ".join(reversed(words)), "--sample", "0.25", "--seed", "1", "-d", "fresh"))
+    assert fresh.exit_code == 0, fresh.output
+    assert done == processed(tmp_path) and set(done.values()) == {1}, (done, processed(tmp_path))
+    assert 5 <= len(done) <= 40 and first.summary["total"] == len(done), first.summary
+
+
 def test_dry_run_shows_the_job_and_runs_no_hook_and_makes_no_run_directory(cli, tmp_path: Path) -> None:
     """--dry-run prints job, params (secret masked), executor, count and first items; only the constructors ran."""
     outcome = cli(*rows_job(tmp_path, WORDS, "--dry-run", "-p", "token=hunter2", "-p", "concurrency=3"))

@@ -349,6 +349,7 @@ def fresh_continuation(job: Job, selection: Selection | None, dry_run: bool, not
     """What a new run carries on from: nothing, or for ``--skip-done-in`` the keys those runs did."""
     if selection is None or selection.takes_all:
         return Continuation()
+    selection = selection.for_source(defines_item_key(job.source))
     if selection.is_trial and not dry_run:  # the plain progress line has no title: say it first
         notices.append(Notice(f"Trial run ({selection.describe()}). Carry it on to the whole source "
                               "later with: batchcli resume RUN_DIR --all", soft_wrap=True))

@@ -3,11 +3,14 @@
 A ``Selection`` is kept in the run's journal (table ``selection``), so ``resume`` takes the same items;
 ``resume --all`` drops the limit and the sample and carries the run on to the whole source. A sample is
 decided per ordinal by a seeded hash (splitmix64), not by a random stream: the same seed picks the same
-items on every run and every resume, whatever was processed before.
+items on every run and every resume, whatever was processed before. A Source with ``item_key`` is sampled by
+key instead (``Selection.by_key``): its order may change between sessions, and by position a resume took
+another sample, on top of what the first session did (a 25% sample grew to 40% over a reshuffled listing).
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -48,6 +51,8 @@ class Selection:
     """``--seed``: which sample."""
     skip_done_in: tuple[Path, ...] = ()
     """``--skip-done-in``: runs whose succeeded item keys this run skips (absolute paths)."""
+    by_key: bool = False
+    """Whether the sample is decided by each item's key, not its position (a keyed Source; ``for_source``)."""
 
     @property
     def is_trial(self) -> bool:
@@ -58,6 +63,11 @@ class Selection:
     def takes_all(self) -> bool:
         """True when the run takes every item of the source."""
         return not self.is_trial and not self.skip_done_in
+
+    def for_source(self, keyed: bool) -> Selection:
+        """This selection for a new run of a Source that has ``item_key`` (``keyed``) or not: a keyed one's sample
+        goes by key. Kept in the journal, so a run started by position (older journals) resumes by position."""
+        return replace(self, by_key=keyed and self.fraction is not None)
 
     def widened(self) -> Selection:
         """``resume --all``: the same skips, no limit and no sample."""
@@ -79,14 +89,21 @@ class Selection:
         return text
 
     def to_json(self) -> str:
-        return json.dumps(
-            {"limit": self.limit, "fraction": self.fraction, "seed": self.seed, "skip_done_in": [str(p) for p in self.skip_done_in]}
-        )
+        spec: dict[str, Any] = {"limit": self.limit, "fraction": self.fraction, "seed": self.seed, "skip_done_in": [str(p) for p in self.skip_done_in]}
+        if self.by_key:  # only then: a journal without it samples by position, as before
+            spec["by_key"] = True
+        return json.dumps(spec)
 
     @classmethod
     def from_json(cls, text: str) -> Selection:
         data = json.loads(text)
-        return cls(data.get("limit"), data.get("fraction"), int(data.get("seed", 0)), tuple(Path(p) for p in data.get("skip_done_in", ())))
+        return cls(
+            data.get("limit"),
+            data.get("fraction"),
+            int(data.get("seed", 0)),
+            tuple(Path(p) for p in data.get("skip_done_in", ())),
+            bool(data.get("by_key", False)),
+        )
 
     def as_dict(self) -> dict[str, Any] | None:
         """The form in ``summary.json``: None for a run that takes every item."""
@@ -99,7 +116,7 @@ class Selection:
     def total(self, length: int | None, position: Callable[[int], int] | None = None) -> int | None:
         """How many items the run takes from a source of ``length`` items; None when unknown until the end.
         ``position``: where each ordinal stands in the whole source, for a shard's share (``apply``)."""
-        if length is None or self.skip_done_in:
+        if length is None or self.skip_done_in or self.by_key:  # a sample by key is known once the keys were read
             return None
         if self.fraction is not None:
             if length > EXACT_COUNT_MAX:
@@ -125,12 +142,18 @@ class Selection:
         same few, and the group's sample was runs of neighbouring items)."""
         taken = itertools.count()
         keep = None if self.fraction is None else _sampler(self.fraction, self.seed)
-        if keep is not None and position is not None:
-            sample = keep
-            keep = lambda ordinal: sample(position(ordinal))  # noqa: E731
         skip = None
         if done and key_of is not None:
             skip = lambda item: normal_key(key_of(item)) in done  # noqa: E731
+        if keep is not None and self.by_key and key_of is not None:
+            # By key, whatever the position (a shard's items too): the item is skipped when its key is not sampled.
+            by_key, skip_done = keep, skip
+            sampled_out = lambda item: not by_key(key_number(normal_key(key_of(item))))  # noqa: E731
+            skip = sampled_out if skip_done is None else lambda item: sampled_out(item) or skip_done(item)  # noqa: E731
+            keep = None
+        elif keep is not None and position is not None:
+            sample = keep
+            keep = lambda ordinal: sample(position(ordinal))  # noqa: E731
         limit = None if self.limit is None else self.limit - taken_before
         if isinstance(items, Iterator):
             return _select(items, keep, skip, limit, taken), taken
@@ -149,6 +172,15 @@ def _sampler(fraction: float, seed: int) -> Callable[[int], bool]:
         return (z ^ (z >> 31)) < threshold
 
     return keep
+
+
+def key_number(key: str | int | bytes) -> int:
+    """A 64-bit number for a normalised item key (``normal_key``), the same in every process (``hash`` of a str is
+    not): what a sample by key hashes with its seed."""
+    if isinstance(key, int):
+        return key & _MASK
+    data = key if isinstance(key, bytes) else key.encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
 def _select(
