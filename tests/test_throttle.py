@@ -239,6 +239,17 @@ def test_a_strict_api_slower_than_the_slow_start_is_paced_not_held_by_each_refus
     assert holds <= 5 and len(cuts) >= 2, (holds, cuts, refused)
 
 
+def test_a_cool_down_without_retry_after_doubles_only_while_nothing_succeeds_in_between(run_batchcli) -> None:
+    """Items 0, 50 and 100 are each refused once, without a Retry-After, with 49 successes between two refusals: each
+    cool-down is backoff_s. Only the 0.5 s grow timer reset the doubling, and 50 items take less than that, so the
+    waits went 1, 2, 4 s, as for an API that kept refusing."""
+    result = run_batchcli("exec", JOB.parent / "now_and_then.py", "-d", "out", "-p", "count=150", "-p", "every=50")
+    assert result.exit_code == 0, result.output
+    assert result.summary["succeeded"] == 150
+    waits = re.findall(r"Throttled by the API: no new item starts for ([\d.]+)s", log_text(result.run_dir))
+    assert waits == ["1.00", "1.00", "1.00"], waits
+
+
 def test_throttled_exception_carries_its_own_wait(run_batchcli) -> None:
     """A Service that raises batchcli.Throttled(1) cools the run down for a second, without spending attempts."""
     with FlakyApi(throttle_first=2) as api:

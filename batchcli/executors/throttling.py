@@ -235,13 +235,18 @@ class Cooldown:
         self._wave_rate: float | None = None
         self._refused_served_at = -math.inf
         """When the API last served an item it had refused (``served_refused``), monotonic."""
+        self._over_at: int | None = None
+        """The tally's successes when the last cool-down was seen over (``remaining_s``); None during one."""
         """The rate measured from the current cool-down's wave of answers, logged once it ends."""
         tally.limits = tally.ceiling = (self.ceiling.concurrency, self.ceiling.rate_limit)
 
     @property
     def remaining_s(self) -> float:
-        """Seconds left of the cool-down; 0 when none."""
-        return max(0.0, self.until - self._clock())
+        """Seconds left of the cool-down; 0 when none (the first look after it ended notes the successes then)."""
+        left = self.until - self._clock()
+        if left <= 0 and self._over_at is None:
+            self._over_at = self._tally.succeeded
+        return max(0.0, left)
 
     def throttled(self, throttle: Throttle, repeat: int = 0, alone: bool = False) -> float:
         """Start or extend the cool-down for one throttled attempt; returns its seconds from now.
@@ -273,6 +278,12 @@ class Cooldown:
             return self._hold(now, wait)
         first = now >= max(self._pace_until, self._wave_until)
         if first:  # one doubling per cool-down: a wave of refusals answering the same burst is one throttle
+            if self._over_at is not None and self._tally.succeeded > self._over_at:
+                # Items succeeded since the last cool-down ended: this throttle starts the doubling afresh. Only the
+                # grow timer reset it, every 0.5 s, so an API refusing briefly and often (100 served between two
+                # 503s without a Retry-After) had its waits doubled 1, 2, 4 s toward backoff_max_s.
+                self._streak = 0
+            self._over_at = None
             self._streak += 1
             self._clamp_warned = False
             # However short the wait asked for: with "Retry-After: 0" each cool-down ended as it began, so every
