@@ -290,6 +290,27 @@ def test_ctl_resume_is_refused_while_the_shell_is_open(terminal) -> None:
     assert term.exit_code() == 0
 
 
+def test_a_second_ctl_stop_closes_the_shell_at_once_as_the_first_one_says(terminal) -> None:
+    """The first ctl stop said nothing of the open shell, which closed only at stop_timeout_s (30 s here); a second
+    ctl stop changed nothing, though the log said "or at once at a second stop"."""
+    term = terminal("shell_slow", "-p", "count=400", "-p", "delay=0.05", "-p", "concurrency=3", "-p", "stop_timeout_s=120")
+    pause(term)
+    run_dir = next(term.out.glob("*/control.sock")).parent
+
+    def ctl_stop() -> str:
+        done = subprocess.run([sys.executable, "-m", "batchcli", "ctl", str(run_dir), "stop"], capture_output=True,
+                              text=True, env=subprocess_env(), timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return " ".join((done.stdout + done.stderr).split())
+
+    first = ctl_stop()
+    assert "A shell is open on this run: it closes in 120s (stop_timeout_s), or at once at a second stop." in first, first
+    second = ctl_stop()
+    assert "The shell open on this run is closed now." in second, second
+    term.expect("Stopping, as a signal asked")  # within pexpect's 30 s, not at stop_timeout_s
+    assert term.exit_code() == 130
+
+
 def test_a_double_ctrl_c_opens_the_shell_once(terminal) -> None:
     """Two Ctrl-C in quick succession (before IPython takes SIGINT over) queued a second pause, and the shell opened
     again as soon as it was left."""

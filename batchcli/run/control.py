@@ -249,10 +249,17 @@ class ControlChannel:
             run.resume()
             return {"message": "Resumed."}
         if command == "stop":
+            stopping_already, shell = run.stop_requested.is_set(), run.shell_is_open
             run.stop()
+            left = ""
+            if shell and not stopping_already:
+                timeout = run.job.config.stop_timeout_s
+                left = f"A shell is open on this run: it closes in {timeout:g}s (stop_timeout_s), or at once at a second stop. "
+            elif shell:
+                left = "The shell open on this run is closed now. "
             return {
                 "message": f"Stopping: nothing new starts, {run.tally.in_flight} in flight finish, then the run ends "
-                f"resumably (exit 130). Continue it with: batchcli resume {run.run_dir}"
+                f"resumably (exit 130). {left}Continue it with: batchcli resume {run.run_dir}"
             }
         if command == "set":
             value = request.setting()

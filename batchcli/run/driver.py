@@ -432,6 +432,12 @@ class Run:
             "steer it with batchcli ctl or batchcli attach; stop it with: batchcli ctl %s stop",
             self.run_dir, self.run_dir,
         )  # fmt: skip
+        shell: Any = self.on_pause  # a PauseShell on a terminal
+        if getattr(shell, "is_open", False):
+            # Nobody can leave a shell on a terminal that is gone: the run stayed paused for good (a breaker's trip
+            # never probed, breaker_max_wait_s never stopped it), and `ctl resume` is refused while a shell is open.
+            log.warning("The pause shell was open on that terminal: it is left as Ctrl-D leaves it, and the run resumes.")
+            shell.leave()
 
     def _unwritable(self, error: BaseException) -> tuple[str, str]:
         """Why the run directory could not be written, and its file system's free space, for ``_not_started``."""
@@ -505,6 +511,8 @@ class Run:
         self.call_in_loop(self._stop_in_loop)
         if first and self._shell_leavers:
             self._leave_shells_later()
+        elif self._shell_leavers:  # a second stop closes them at once, as the first one's log line says
+            self.leave_shells()
 
     def _stop_deadline_from_now(self) -> None:
         if self._stop_deadline is None:

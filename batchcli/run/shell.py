@@ -112,6 +112,11 @@ class PauseShell:
             signal.signal(signal.SIGINT, previous_sigint)
             sys.excepthook = previous_hook
 
+    @property
+    def is_open(self) -> bool:
+        """True while the shell is open on the terminal (``_interact`` runs)."""
+        return self._interacting
+
     def leave(self) -> None:
         """Leave the shell as Ctrl-D does (any thread): a prompt ends; a cell running now is interrupted.
 
