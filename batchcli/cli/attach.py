@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from batchcli.cli.ctl import accepted, answering, live_connection, owned_run
-from batchcli.errors import UsageError
+from batchcli.errors import RunNotLive, UsageError
 from batchcli.run.control import read_reply
 
 START_TIMEOUT_S = 90.0
@@ -49,7 +49,13 @@ def attach(run_dir: Path, console: Console) -> None:
         config.ZMQTerminalIPythonApp.confirm_exit = False  # leaving only resumes the run
         config.ZMQTerminalInteractiveShell.banner = "IPython on the run (Jupyter console {version})\n"
         app = ZMQTerminalIPythonApp.instance(config=config)
-        app.initialize(["--existing", str(reply["connection_file"])])
+        try:
+            app.initialize(["--existing", str(reply["connection_file"])])
+        except RuntimeError as error:  # "Kernel didn't respond to kernel_info_request": the run ended meanwhile
+            raise RunNotLive(
+                f"Run {str(run_dir)!r} accepted the attach but its console did not answer ({error}); the run may have "
+                f"ended meanwhile. See it with: batchcli show {run_dir}"
+            ) from None
         last_word: list[str] = []
         conn.settimeout(None)
         watcher = threading.Thread(target=_await_last_word, args=(conn, app, last_word), name="batchcli-attach", daemon=True)
