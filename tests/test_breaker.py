@@ -251,6 +251,14 @@ def test_watch_says_the_breaker_holds_the_concurrency_not_adaptive_concurrency(a
 
         wait_for(held, "watch to show the breaker's cap", timeout=60)
         assert "concurrency 1 of 4 (held by the breaker)" in frames[-1], frames[-1]  # it said "(adapting)"
+        # A new ceiling is not what is in force while the breaker holds it: the reply says so ("is now 3" alone read
+        # as a command that did nothing).
+        run_dir = next((tmp_path / "out").glob("*/journal.sqlite")).parent
+        set_to = subprocess.run([sys.executable, "-m", "batchcli", "ctl", str(run_dir), "set", "concurrency=3"],
+                                capture_output=True, text=True, timeout=60, env=subprocess_env())  # fmt: skip
+        said = " ".join(set_to.stdout.split())
+        assert set_to.returncode == 0, set_to.stderr
+        assert "Concurrency is now 3. In force now: 1 (the circuit breaker holds it); it grows back toward 3." in said, said
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -437,7 +437,9 @@ class Run:
             # Nobody can leave a shell on a terminal that is gone: the run stayed paused for good (a breaker's trip
             # never probed, breaker_max_wait_s never stopped it), and `ctl resume` is refused while a shell is open.
             log.warning("The pause shell was open on that terminal: it is left as Ctrl-D leaves it, and the run resumes.")
-            shell.leave()
+            # No SIGINT: the prompt may be closing on its own (it read the terminal's end), and one landing in its
+            # clean-up ended the process with exit 1 and no word in the log.
+            shell.leave(interrupt=False)
 
     def _unwritable(self, error: BaseException) -> tuple[str, str]:
         """Why the run directory could not be written, and its file system's free space, for ``_not_started``."""

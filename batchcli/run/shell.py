@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import reprlib
 import signal
 import sys
@@ -72,14 +73,14 @@ class PauseShell:
             with run.shell_open(self.leave):
                 self._interact(run)
             if emergency:
-                print("Continuing the shutdown.", flush=True)
+                _say("Continuing the shutdown.")
             elif controller.stop_on_leave and not run.stop_requested.is_set():
-                print(f"Stopping: waiting for {run.tally.in_flight} in-flight item(s).", flush=True)
+                _say(f"Stopping: waiting for {run.tally.in_flight} in-flight item(s).")
                 run.stop()
             elif run.stop_requested.is_set():
-                print("Stopping, as a signal asked while the shell was open.", flush=True)
+                _say("Stopping, as a signal asked while the shell was open.")
             else:
-                print("Resuming the run.", flush=True)
+                _say("Resuming the run.")
                 run.resume()
         finally:
             run.tally.resume_clock()
@@ -102,6 +103,10 @@ class PauseShell:
                     try:
                         shell.interact()
                         break
+                    except OSError as error:  # EIO: the terminal hung up under the prompt, before its streams
+                        if error.errno != errno.EIO:  # went to /dev/null; that ended the run with exit 1, unlogged
+                            raise
+                        break  # left, as Ctrl-D leaves it
                     except KeyboardInterrupt:  # a Ctrl-C between two prompts, or leave()
                         print("\nKeyboardInterrupt", flush=True)
                         if self._leaving:
@@ -117,8 +122,9 @@ class PauseShell:
         """True while the shell is open on the terminal (``_interact`` runs)."""
         return self._interacting
 
-    def leave(self) -> None:
-        """Leave the shell as Ctrl-D does (any thread): a prompt ends; a cell running now is interrupted.
+    def leave(self, interrupt: bool = True) -> None:
+        """Leave the shell as Ctrl-D does (any thread): a prompt ends; a cell running now is interrupted (unless not
+        ``interrupt``: then the shell ends after it, and no SIGINT can land while the shell closes on its own).
 
         prompt_toolkit's prompt is ended on its own loop (a SIGINT there only clears the line); IPython's simple
         prompt (a terminal it does not drive, such as TERM=dumb) waits in ``input()``, and a cell runs on, until a
@@ -129,7 +135,7 @@ class PauseShell:
             return
         self._leaving = True
         shell.ask_exit()  # interact() ends at its next turn
-        if not end_prompt(getattr(getattr(shell, "pt_app", None), "app", None)) and self._interacting:
+        if not end_prompt(getattr(getattr(shell, "pt_app", None), "app", None)) and self._interacting and interrupt:
             signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
     def _shell(self, run: RunHandle) -> Any:
@@ -264,6 +270,12 @@ def _settle(result: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> 
         result.set_exception(task.exception())
     else:
         result.set_result(task.result())
+
+
+def _say(text: str) -> None:
+    """A line for whoever sits at the shell: none when the terminal hung up (writing to it fails with EIO)."""
+    with contextlib.suppress(OSError):
+        print(text, flush=True)
 
 
 def _hide_display(display: Any) -> Callable[[], None]:
