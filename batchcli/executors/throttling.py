@@ -233,11 +233,11 @@ class Cooldown:
         self._wave_counted = False
         """Whether ``_wave`` is the second throttle of the cool-down yet, which the wave is counted from."""
         self._wave_rate: float | None = None
+        """The rate measured from the current cool-down's wave of answers, logged once it ends."""
         self._refused_served_at = -math.inf
         """When the API last served an item it had refused (``served_refused``), monotonic."""
         self._over_at: int | None = None
         """The tally's successes when the last cool-down was seen over (``remaining_s``); None during one."""
-        """The rate measured from the current cool-down's wave of answers, logged once it ends."""
         tally.limits = tally.ceiling = (self.ceiling.concurrency, self.ceiling.rate_limit)
 
     @property
