@@ -146,11 +146,14 @@ class Selection:
         if done and key_of is not None:
             skip = lambda item: normal_key(key_of(item)) in done  # noqa: E731
         if keep is not None and self.by_key and key_of is not None:
-            # By key, whatever the position (a shard's items too): the item is skipped when its key is not sampled.
-            by_key, skip_done = keep, skip
-            sampled_out = lambda item: not by_key(key_number(normal_key(key_of(item))))  # noqa: E731
-            skip = sampled_out if skip_done is None else lambda item: sampled_out(item) or skip_done(item)  # noqa: E731
-            keep = None
+            # By key, whatever the position (a shard's items too): the item is skipped when its key is not sampled,
+            # or done elsewhere; its key is made once for both.
+            sample, keep = keep, None
+
+            def skip(item: Any) -> bool:
+                key = normal_key(key_of(item))
+                return not sample(key_number(key)) or key in done
+
         elif keep is not None and position is not None:
             sample = keep
             keep = lambda ordinal: sample(position(ordinal))  # noqa: E731
