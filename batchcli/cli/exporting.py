@@ -69,8 +69,13 @@ def _none_kept(run_dir: Path) -> str:
 
     run = read_run(run_dir)
     if run.succeeded == 0:
-        failed = f": {run.failed:,} failed; list them with: batchcli show {run_dir} --failures" if run.failed else ""
-        return f"Run {str(run_dir)!r} kept no results: no item succeeded{' yet' if run.status != 'finished' else ''}{failed}."
+        yet = " yet" if run.status != "finished" else ""
+        if run.failed:  # the command last, with no full stop a copy would take along
+            return (
+                f"Run {str(run_dir)!r} kept no results: no item succeeded{yet}: {run.failed:,} failed; list them with: "
+                f"batchcli show {run_dir} --failures"
+            )
+        return f"Run {str(run_dir)!r} kept no results: no item succeeded{yet}."
     return f"Run {str(run_dir)!r} kept no results: its process() returned None for each of the {run.succeeded:,} item(s) that succeeded."
 
 
