@@ -547,3 +547,37 @@ def test_the_clamped_wait_is_warned_of_once_per_cool_down(caplog: pytest.LogCapt
         run.cooldown.throttled(Throttle(10**9))
     warned = [r for r in caplog.records if "waiting throttle_max_wait_s=1s instead" in r.getMessage()]
     assert len(warned) == 2
+
+
+def test_the_pause_shell_says_what_is_in_force_when_a_new_limit_is_only_the_ceiling(tmp_path: Path) -> None:
+    """During a throttle's cool-down, ``self.set_concurrency(8)`` in the pause shell says the cut value stays in force
+    until it grows back, as ``ctl set`` does: "Concurrency is now 8." alone read as a command that did nothing."""
+    import pexpect
+    from conftest import subprocess_env
+
+    with FlakyApi(throttle_first=1, retry_after_s=60) as api:
+        child = pexpect.spawn(
+            sys.executable,
+            ["-m", "batchcli", "exec", str(JOB), "-d", str(tmp_path / "out"), "-p", f"url={api.url}",
+             "-p", "count=40", "-p", "concurrency=8", "-p", "delay_s=0.05"],
+            cwd=str(tmp_path),
+            env=subprocess_env(TERM="xterm", IPYTHONDIR=str(tmp_path / "ipython"), PROMPT_TOOLKIT_NO_CPR="1"),
+            dimensions=(60, 250),
+            encoding="utf-8",
+            timeout=30,
+        )  # fmt: skip
+        try:
+            child.expect("cooling down")
+            child.sendintr()
+            child.expect(r"In \[")
+            child.sendline("self.set_concurrency(8)")
+            child.expect(r"Concurrency is now 8\. In force now: (\d) \(cut after the API throttled\); it grows back toward 8\.")
+            assert int(child.match.group(1)) < 8
+            child.expect(r"In \[")
+            child.sendline("self.stop()")
+            child.expect(r"In \[")
+            child.sendline("exit")
+            child.expect(pexpect.EOF)
+        finally:
+            child.close(force=True)
+    assert child.exitstatus == 130

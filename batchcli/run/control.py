@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from batchcli.errors import UsageError
 from batchcli.executors.limiter import MAX_CONCURRENCY, checked_concurrency, checked_rate_limit
-from batchcli.outcome import per_second
 
 if TYPE_CHECKING:
     from batchcli.run.attach import Attachment
@@ -271,10 +270,8 @@ class ControlChannel:
                 )
             if request.field == "concurrency":
                 assert isinstance(value, int)
-                controller.set_concurrency(value)
-                return {"message": f"Concurrency is now {value}.{_held_below(run, value, None)}"}
-            controller.set_rate_limit(value)
-            return {"message": f"Rate limit is now {'none' if value is None else f'{value:g}/s'}.{_held_below(run, None, value)}"}
+                return {"message": controller.changed_concurrency(value)}
+            return {"message": controller.changed_rate_limit(value)}
         if command == "stats":
             stats = controller.stats()
             fields = {k: v for k, v in dataclasses.asdict(stats).items() if k != "line"}
@@ -294,25 +291,6 @@ class ControlChannel:
                 "failed_again": len(again),
             }
         raise UsageError(f"Unknown ctl command {command!r}. Use one of: {', '.join(COMMANDS)}.")
-
-
-def _held_below(run: Run, concurrency: int | None, rate: float | None) -> str:
-    """When the limit just set is not the one in force (it is the ceiling): what is, and why. "Concurrency is now
-    50." while 5 stayed in force read as a command that did nothing."""
-    executor = run.executor
-    if executor is None:
-        return ""
-    limits = executor.limits
-    if concurrency is not None:
-        if limits.concurrency >= concurrency:
-            return ""
-        now, toward = str(limits.concurrency), str(concurrency)
-    else:
-        if limits.rate_limit is None or limits.rate_limit == rate:
-            return ""
-        now, toward = per_second(limits.rate_limit), "no limit" if rate is None else per_second(rate)
-    why = "the circuit breaker holds it" if run.tally.limits_held else "cut after the API throttled"
-    return f" In force now: {now} ({why}); it grows back toward {toward}."
 
 
 def live_state(run: Run) -> dict[str, Any]:

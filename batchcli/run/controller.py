@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar, overload
 from batchcli.executors.calls import Escaped, held, process_once
 from batchcli.executors.limiter import checked_concurrency, checked_rate_limit
 from batchcli.journal.results import encode
-from batchcli.outcome import Failure
+from batchcli.outcome import Failure, per_second
 from batchcli.run.display import Rate, run_counts, status_line
 
 if TYPE_CHECKING:
@@ -168,8 +168,7 @@ class RunController:
             return
         if self._not_yet("set_concurrency"):
             return
-        self._on_loop(lambda: self._executor("set_concurrency").set_concurrency(concurrency))
-        print(f"Concurrency is now {concurrency}.")
+        print(self.changed_concurrency(concurrency))
 
     def set_rate_limit(self, rate: float | None) -> None:
         """Change the most items started per second; None for no limit (applies when the run resumes)."""
@@ -180,8 +179,32 @@ class RunController:
             return
         if self._not_yet("set_rate_limit"):
             return
+        print(self.changed_rate_limit(rate))
+
+    def changed_concurrency(self, concurrency: int) -> str:
+        """Set a checked concurrency; what the shell prints and ``ctl set`` answers."""
+        self._on_loop(lambda: self._executor("set_concurrency").set_concurrency(concurrency))
+        return f"Concurrency is now {concurrency}.{self._in_force(concurrency, None)}"
+
+    def changed_rate_limit(self, rate: float | None) -> str:
+        """Set a checked rate limit; what the shell prints and ``ctl set`` answers."""
         self._on_loop(lambda: self._executor("set_rate_limit").set_rate_limit(rate))
-        print(f"Rate limit is now {'none' if rate is None else f'{rate:g}/s'}.")
+        return f"Rate limit is now {'none' if rate is None else f'{rate:g}/s'}.{self._in_force(None, rate)}"
+
+    def _in_force(self, concurrency: int | None, rate: float | None) -> str:
+        """When the limit just set is not the one in force (it is the ceiling): what is, and why. "Concurrency is
+        now 50." while 5 stayed in force read as a command that did nothing."""
+        limits = self._executor("limits").limits
+        if concurrency is not None:
+            if limits.concurrency >= concurrency:
+                return ""
+            now, toward = str(limits.concurrency), str(concurrency)
+        else:
+            if limits.rate_limit is None or limits.rate_limit == rate:
+                return ""
+            now, toward = per_second(limits.rate_limit), "no limit" if rate is None else per_second(rate)
+        why = "the circuit breaker holds it" if self._run.tally.limits_held else "cut after the API throttled"
+        return f" In force now: {now} ({why}); it grows back toward {toward}."
 
     def _not_yet(self, what: str) -> bool:
         """True, and one line said, while the executor has not started (setup() runs): a traceback through the run's
