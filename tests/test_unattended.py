@@ -636,3 +636,38 @@ def test_pause_and_stop_hold_while_an_async_source_waits_for_its_next_item(tmp_p
     resumed = batchcli("resume", run_dir)
     assert resumed.returncode == 0, resumed.stderr
     assert sorted(int(line.split()[1]) for line in lines(ledger)) == list(range(6))  # each once
+
+
+def test_a_retry_failed_still_running_when_the_items_run_out_finishes_before_the_run_ends(tmp_path: Path) -> None:
+    """The run's end cut a live retry short: the retried items, in threads that cannot be cancelled, succeeded (the
+    ledger has them) but stayed failed in the summary and failed.jsonl, so a later `batchcli retry` did them twice.
+    The retried items are in flight as the run's own are: the run waits for them, as a stop does."""
+    fix, release, ledger, out = tmp_path / "fix", tmp_path / "release", tmp_path / "ledger.txt", tmp_path / "out"
+    run = start(
+        "exec", PROJECTS / "retry_live" / "job.py", "-d", out, "-p", "count=200", "-p", "concurrency=2",
+        "-p", "max_retries=0", "-p", "breaker_window=0", "-p", f"fix={fix}", "-p", f"release={release}",
+        "-p", f"ledger={ledger}", stderr=tmp_path / "run.err",
+    )  # fmt: skip
+    try:
+        run_dir = live_run_dir(out)
+        log = JobLog(ledger)
+        wait_for(lambda: len(log.done()) >= 25, "a few failures")  # items 0, 10 and 20 failed by now
+        fix.touch()
+        retrying = subprocess.Popen(
+            [sys.executable, "-m", "batchcli", "ctl", str(run_dir), "retry-failed"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env(),
+        )  # fmt: skip
+        wait_for(lambda: 199 in log.done(), "the run's last item")  # the source ran out: the run is ending
+        time.sleep(0.5)
+        release.touch()
+        said, _ = retrying.communicate(timeout=60)
+        assert run.wait(timeout=60) == 0, (tmp_path / "run.err").read_text()
+    finally:
+        if run.poll() is None:
+            run.kill()
+    retried = int(said.split(" of ")[1].split()[0])
+    assert retried >= 3 and said == f"{retried} of {retried} failed item(s) succeeded now.\n", said
+    assert sorted(log.done()) == list(range(200))  # each item succeeded exactly once
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["succeeded"], summary["failed"]) == ("finished", 200, 0), summary
+    assert (run_dir / "failed.jsonl").read_text() == ""

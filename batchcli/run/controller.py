@@ -231,6 +231,7 @@ class RunController:
         # One retry at a time, as retry_failed: a retry-failed from ctl and this one both processed the same
         # failure, and the item succeeded twice.
         with self._run.retrying_failed:
+            self._check_open()
             failure = self._find(item)
             if isinstance(item, Failure) and failure is None:
                 print(
@@ -252,6 +253,7 @@ class RunController:
         """``retry_failed`` without its line: how many failures it retried, and those that failed again (``ctl``).
         One at a time, whoever asks: a second request waits, then retries what is still failed."""
         with self._run.retrying_failed:
+            self._check_open()
             failures = list(self._run.tally.failures)
             return len(failures), self._await(self._retry_all(failures))
 
@@ -284,6 +286,13 @@ class RunController:
         if executor is not None:  # where the set-up Services are: the driver's, or the workers'
             return await executor.process_one(item)
         return await process_once(self._run.job.service.process, item)  # paused before the executor started
+
+    def _check_open(self) -> None:
+        if self._run.retries_closed:
+            raise RuntimeError(
+                "The run has settled its items and is ending, so a retry cannot start now: the failures stay "
+                f"failed. Reprocess them after the run with: batchcli retry {self._run.run_dir}"
+            )
 
     def _find(self, item: Any) -> Failure | None:
         failures = list(self._run.tally.failures)  # a copy: the loop thread may add failures meanwhile

@@ -160,6 +160,8 @@ class Run:
         """Held while failures are retried live (``ctl retry-failed``, the pause shell, ``attach``): two requests at
         once each retried every failure, so an item's side effects ran three times; the second now waits, then
         retries what is still failed."""
+        self.retries_closed = False
+        """Set once the run is ending: a live retry then is refused (one running finishes first)."""
 
     @property
     def fatal(self) -> BaseException | None:
@@ -657,6 +659,7 @@ class Run:
                 self.tally.watch = None
                 self.breaker.end()
             await self._settle_shell()
+            await self._settle_retry()
             if executor is not None:
                 await self._call_hook("finish", executor.finish)
             if self.tally.failed_items:
@@ -710,6 +713,22 @@ class Run:
         # The shell awaits on this loop, so keep it (and the service) alive until the shell closes.
         if not self._shell_idle.is_set():
             await asyncio.to_thread(self._shell_idle.wait)
+
+    async def _settle_retry(self) -> None:
+        """Before cleaning up: take no new live retry, and let one running (``ctl retry-failed``) finish when the run
+        ends by itself. The end of the loop cut it short, and the items it had sent to a thread or a worker, which
+        nothing cancels, succeeded there but stayed failed (``batchcli retry`` then did them twice). A stop still
+        cuts it short, as documented, and ``ctl`` says so: its items may take longer than anyone wants to wait."""
+        self.retries_closed = True
+        if self.retrying_failed.locked() and not self.stop_requested.is_set():
+            await asyncio.to_thread(self._wait_retry)
+
+    def _wait_retry(self) -> None:
+        """Until the live retry is over, or a stop comes meanwhile (which cuts it short, as above)."""
+        while not self.retrying_failed.acquire(timeout=0.1):
+            if self.stop_requested.is_set():
+                return
+        self.retrying_failed.release()
 
     def _pause_in_loop(self) -> None:
         # Paused by the user (the pause shell), a run directory that cannot be written, or the open breaker.

@@ -38,6 +38,8 @@ class RunHandle(Protocol):
     """Why the circuit breaker opened the pause shell ("50 of the last 50 items failed: ..."), else ""."""
     retrying_failed: threading.Lock
     """Held while failures are retried live: one retry-failed at a time, whoever asks."""
+    retries_closed: bool
+    """Set once the run is ending (its items settled, its shells closed): no live retry starts then."""
 
     @property
     def fatal(self) -> BaseException | None:
