@@ -36,7 +36,14 @@ def test_optional_limits_refuse_nan_and_infinite_too(cli, field: str, unit: str,
     """rate_limit and item_timeout_s must be positive and finite, or none; NaN no longer slips through."""
     out = rejected(cli("exec", RETRIES, "-d", "out", "-p", f"{field}={value}"))
     shown = {"0": "0.0", "-2": "-2.0"}.get(value, value)
-    assert f"{field} must be positive or none, got {shown}: {unit}, or none for no limit." in out
+    assert f"{field} must be positive or none, got {shown}: {unit}, or none for no limit" in out
+
+
+def test_a_rate_limit_below_one_item_a_day_is_refused(cli) -> None:
+    """rate_limit=1e-300 was taken as positive: each start slot lay beyond any wait, and the run never moved."""
+    out = rejected(cli("exec", RETRIES, "-d", "out", "-p", "rate_limit=1e-300"))
+    assert "rate_limit must be positive or none, got 1e-300" in out and "the lowest is 1.15741e-05, one item a day" in out
+    assert cli("exec", RETRIES, "-d", "out", "-p", "rate_limit=0.0000116", "--dry-run").exit_code == 0  # just above
 
 
 def test_backoff_max_below_backoff(cli) -> None:

@@ -27,7 +27,7 @@ def drained(log: JobLog) -> bool:
 
 
 BAD_CONCURRENCY = ["2.5", "'5'", "True", "0", "-1", "10**6", "None"]
-BAD_RATES = ["0", "-1", "float('nan')", "float('inf')", "'5'", "True", "10**400"]
+BAD_RATES = ["0", "-1", "1e-300", "1/86_401", "float('nan')", "float('inf')", "'5'", "True", "10**400"]
 
 
 def test_bad_limits_are_refused_in_one_line_and_the_run_loses_nothing(terminal) -> None:

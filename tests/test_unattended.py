@@ -421,7 +421,7 @@ def test_ctl_and_watch_refuse_bad_input(cli: Any, tmp_path: Path) -> None:
     # Out of the pause shell's bounds: refused here, with exit 2 (ctl said "Concurrency is now 0" while the run
     # printed its refusal on its own console).
     for word in ("concurrency=0", "concurrency=-3", "concurrency=99999999999999999999", "rate_limit=0",
-                 "rate_limit=-1", "rate_limit=nan", "rate_limit=inf"):  # fmt: skip
+                 "rate_limit=-1", "rate_limit=nan", "rate_limit=inf", "rate_limit=1e-300", "rate_limit=5e-324"):  # fmt: skip
         refused = cli("ctl", run_dir, "set", word)
         flat = " ".join(refused.output.split())
         assert refused.exit_code == 2 and f"ctl set {word.replace('=', '=' + chr(39))}' is out of range" in flat, (word, refused.output)

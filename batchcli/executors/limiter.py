@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from batchcli.load.configuration import MAX_CONCURRENCY  # the one bound: exec's and the live controls'
+from batchcli.load.configuration import MAX_CONCURRENCY, MIN_RATE_LIMIT  # the one bound: exec's and the live controls'
 
 
 def checked_concurrency(value: object) -> int:
@@ -43,13 +43,14 @@ def checked_rate_limit(value: object) -> float | None:
         return None
     # `not 0 < x < inf` rather than `x <= 0`: NaN compares false both ways and must be refused too.
     rate = None
-    if not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < math.inf:
+    if not isinstance(value, bool) and isinstance(value, (int, float)) and MIN_RATE_LIMIT <= value < math.inf:
         with contextlib.suppress(OverflowError):  # an int below infinity that no float holds (10**400)
             rate = float(value)
     if rate is None:
         raise ValueError(
             f"rate_limit must be a positive number of items per second or None, got {value!r}: "
-            "e.g. set_rate_limit(50), or set_rate_limit(None) for no limit."
+            f"e.g. set_rate_limit(50), or set_rate_limit(None) for no limit (the lowest is {MIN_RATE_LIMIT:.6g}, "
+            "one item a day)."
         )
     return rate
 

@@ -18,6 +18,9 @@ RUNTIME_FIELDS = ("output_dir", "run_dir", "started_at")
 MAX_CONCURRENCY = 10_000
 """The most items in flight at once, configured or set live (``ctl set``, the pause shell): one rule everywhere,
 so a run's own setting can always be set again."""
+MIN_RATE_LIMIT = 1 / 86_400
+"""The lowest ``rate_limit``, configured or set live: one item a day. A tinier positive rate (``1e-300``) was taken,
+and a worker then slept for ever for its start slot, which a later rate never reached on Dask or Ray."""
 
 MAX_SHARDS = 1_000
 """The most shards a group may have, for ``--shard I/N`` and ``shards``: ``runs`` and ``show`` list every one (a typo
@@ -113,10 +116,10 @@ class Configuration:
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be 0 or more, got {self.max_retries!r}.")
         # `not x > 0` rather than `x <= 0`: NaN compares false both ways, and must be refused too.
-        if self.rate_limit is not None and not 0 < self.rate_limit < math.inf:
+        if self.rate_limit is not None and not MIN_RATE_LIMIT <= self.rate_limit < math.inf:
             raise ValueError(
                 f"rate_limit must be positive or none, got {self.rate_limit!r}: items per second, e.g. 50, "
-                "or none for no limit."
+                f"or none for no limit (the lowest is {MIN_RATE_LIMIT:.6g}, one item a day)."
             )
         if self.item_timeout_s is not None and not 0 < self.item_timeout_s < math.inf:
             raise ValueError(
