@@ -315,3 +315,79 @@ def test_bad_dask_address_is_a_usage_error(tmp_path: Path, cli: Any, address: st
     assert "leave dask_address out" in text
     assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_rate_lifted_live_reaches_the_chunks_already_running_on_the_cluster(
+    tmp_path: Path, dask_cluster: str  # noqa: F811 (the fixture)
+) -> None:
+    """`ctl set rate_limit=0.02` then `rate_limit=none`: the chunks sent meanwhile waited out the old 50 s start slots
+    in their workers (a Dask task is told nothing), and the run stood still. Now the workers hear of the change and
+    give those items back, to be sent again under the new rate."""
+    out, ledger = tmp_path / "out", tmp_path / "ledger.txt"
+
+    def ctl(*words: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "batchcli", "ctl", str(run_dir), *words], capture_output=True,
+                              text=True, timeout=60, env=subprocess_env())  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def done_count() -> int:
+        return ledger.read_text().count("done ") if ledger.exists() else 0
+
+    run = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "exec", str(PROJECTS / "unattended" / "job.py"), "-d", str(out),
+         "-p", "executor=dask", "-p", f"dask_address={dask_cluster}", "-p", "count=300", "-p", "delay_s=0.02",
+         "-p", "concurrency=2", "-p", f"ledger={ledger}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not any(out.glob("*/control.sock")) or done_count() < 20:
+            assert time.monotonic() < deadline and run.poll() is None, "the run did not get going"
+            time.sleep(0.1)
+        run_dir = next(out.glob("*/control.sock")).parent
+        ctl("set", "rate_limit=0.02")
+        time.sleep(1.5)  # chunks sent now take the 50 s slots
+        slowed = done_count()
+        assert slowed < 300
+        ctl("set", "rate_limit=none")
+        assert run.wait(timeout=90) == 0  # the old code waited out 50 s a slot, many times over
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert sorted(int(line.split()[1]) for line in ledger.read_text().splitlines() if line.startswith("done ")) == list(range(300))
+
+
+def test_a_stop_that_times_out_leaves_no_item_running_on_the_cluster_after_the_run(
+    tmp_path: Path, dask_cluster: str  # noqa: F811 (the fixture)
+) -> None:
+    """Chunks of 20 slow items outlast `stop_timeout_s=1`: the run cancelled them, but a running Dask task cannot be
+    interrupted, so the cluster went on with their items after the run had ended (and a resume did them again).
+    Now the workers hear of the cancel and start none of the rest."""
+    out, ledger = tmp_path / "out", tmp_path / "ledger.txt"
+
+    def started() -> int:
+        return ledger.read_text().count("start ") if ledger.exists() else 0
+
+    run = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "exec", str(PROJECTS / "unattended" / "job.py"), "-d", str(out),
+         "-p", "executor=dask", "-p", f"dask_address={dask_cluster}", "-p", "count=200", "-p", "delay_s=0.3",
+         "-p", "concurrency=2", "-p", "chunk_size=20", "-p", "stop_timeout_s=1", "-p", f"ledger={ledger}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not any(out.glob("*/control.sock")) or started() < 4:
+            assert time.monotonic() < deadline and run.poll() is None, "the run did not get going"
+            time.sleep(0.1)
+        run_dir = next(out.glob("*/control.sock")).parent
+        stop = subprocess.run([sys.executable, "-m", "batchcli", "ctl", str(run_dir), "stop"], capture_output=True,
+                              text=True, timeout=60, env=subprocess_env())  # fmt: skip
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        assert run.wait(timeout=60) == 130
+    finally:
+        if run.poll() is None:
+            run.kill()
+    at_end = started()
+    time.sleep(3)  # ten more items' time per worker
+    assert started() <= at_end + 2, (at_end, started())  # at most the word in flight to each worker

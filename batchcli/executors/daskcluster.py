@@ -39,6 +39,8 @@ from batchcli.executors.messages import (
 )
 from batchcli.executors.signals import shield_worker, spawning
 
+log = logging.getLogger("batchcli.dask")
+
 CONNECT_TIMEOUT_S = 10.0
 """How long to try reaching a scheduler at ``dask_address``."""
 WORKERS_TIMEOUT_S = 60.0
@@ -161,6 +163,8 @@ class DaskBackend:
         self._slots = 1
         self._slots_read = 0.0
         self._cancelled = False
+        self._limits = 0
+        """The limits version last told to the workers (``_steer``)."""
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -195,17 +199,37 @@ class DaskBackend:
             self._futures.discard(future)
 
     def limits_changed(self, version: int) -> None:
-        # A running Dask task cannot be told anything: a new rate applies from the next chunk.
-        pass
+        # A running task reads the word in its worker (worker.steer): items waiting for a start slot under the old
+        # rate come back unstarted. It waited for the old slot, however long: 0.02/s held a chunk for minutes.
+        self._steer(False, version)
 
     def abandon(self) -> None:
         """Nothing more than the exit does: the run's own local cluster goes with its process; a remote one stays."""
 
     def cancel(self) -> None:
         self._cancelled = True
+        # Running tasks start none of their remaining items: they went on after the run had ended, and a resume
+        # did them again.
+        self._steer(True, self._limits)
         if self._client is not None and self._futures:
             # Dask cannot interrupt a running task: its results are dropped, its items stay unprocessed.
             self._client.cancel(list(self._futures))
+
+    def _steer(self, cancelled: bool, limits: int) -> None:
+        """Tell every worker process of the cluster (``worker.steer``), from a thread: ``Client.run`` waits for them."""
+        self._limits = limits
+        client = self._client
+        if client is None:
+            return
+        key = self._spec.key
+
+        def tell() -> None:
+            try:
+                client.run(worker.steer, key, cancelled, limits)
+            except Exception as error:  # a cluster going away: the chunks end as they would have without the word
+                log.debug("Could not steer the Dask workers: %s", error)
+
+        threading.Thread(target=tell, name="batchcli-dask-steer", daemon=True).start()
 
     async def close(self, timeout: float) -> WorkerError | None:
         try:

@@ -383,10 +383,25 @@ def job_for(spec: WorkerSpec) -> WorkerJob:
         return job
 
 
+_steering: dict[str, list[int]] = {}
+"""Per run: [cancelled, limits version], as the driver last said through ``steer`` (a Dask worker, where a running
+task can be told nothing else); the chunks of that run read them as the process executor's read its shared values."""
+
+
+def steer(key: str, cancelled: bool, limits: int) -> None:
+    """The driver's word to this worker process (``Client.run``, on the worker's event loop): the run ``key`` was
+    cancelled (its chunks give back the items they have not started), or its limits changed (items waiting for a
+    start slot go back, to be sent again under the new rate)."""
+    state = _steering.setdefault(key, [0, limits])
+    state[0] = state[0] or int(cancelled)
+    state[1] = max(state[1], limits)
+
+
 def finish_job(key: str) -> ErrorInfo | None:
     """Finish and forget this process's job for the run ``key`` (nothing when it never built one)."""
     with _jobs_lock:
         job = _jobs.pop(key, None)
+    _steering.pop(key, None)
     return None if job is None else job.finish()
 
 
@@ -397,5 +412,8 @@ def prepare(spec: WorkerSpec) -> int:
 
 
 def run_chunk(spec: WorkerSpec, chunk: Chunk) -> ChunkResult:
-    """Run one chunk of the run ``spec`` in this process (a Dask task)."""
-    return job_for(spec).run_chunk(chunk)
+    """Run one chunk of the run ``spec`` in this process (a Dask task), steered by what ``steer`` hears meanwhile."""
+    job = job_for(spec)
+    state = _steering.setdefault(spec.key, [0, chunk.limits])
+    state[1] = max(state[1], chunk.limits)  # a chunk may come before the word of its own limits
+    return job.run_chunk(chunk, lambda: state[0] != 0, lambda: state[1])
