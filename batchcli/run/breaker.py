@@ -228,12 +228,12 @@ class Breaker:
             self._timer = self._loop.call_later(POLL_S, self._check_probe)
 
     def close_by_user(self) -> None:
-        """The user resumed the run from the pause shell: close, and process the held items again."""
+        """The user resumed the run (left the pause shell or attach, or `ctl resume`): close, and process the held items again."""
         if self.state != "closed":
             executor = self._host.executor
             if executor is not None:  # the run goes on at its own concurrency, not at a probe's 1
                 self._hold(executor, 0)
-            self._close("resumed from the pause shell")
+            self._close("the run was resumed: the pause shell was left, or ctl resume")
 
     def _close(self, why: str) -> None:
         self._cancel_timer()
