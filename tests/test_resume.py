@@ -605,3 +605,27 @@ def test_failed_jsonl_is_exact_after_repeated_kill_9_and_resume(tmp_path: Path, 
     assert_ledger(logs, count, 2 * REDO_BOUND)
     assert_failed_jsonl_exact(run_dir, count)
     assert read_run(run_dir).failed == len(range(0, count, 7))
+
+
+def test_persist_failed_gets_the_failures_of_a_killed_session_from_the_resume(tmp_path: Path, run_batchcli) -> None:
+    """kill -9 ends a session before its persist_failed: the resume handed over only its own failures, so a store fed
+    by the hook silently missed the killed session's (failed.jsonl had them all). Now each failure reaches the hook
+    exactly once, and a later resume hands over nothing again."""
+    persisted = tmp_path / "persisted.txt"
+    project = PROJECTS / "persist_failed" / "job.py"
+    proc = start(tmp_path, "exec", project, "-d", "out", "-p", f"persisted={persisted}", "-p", "max_retries=0",
+                 "-p", "breaker_window=0", "-p", "concurrency=2")  # fmt: skip
+    wait_for(lambda: journaled(tmp_path / "out") >= 60, "60 journaled items")
+    proc.kill()
+    proc.wait()
+    run_dir = next((tmp_path / "out").iterdir())
+    killed = read_run(run_dir)
+    assert killed.status == "crashed" and killed.failed >= 10 and not persisted.exists()
+
+    resumed = run_batchcli("resume", run_dir)
+    assert resumed.exit_code == 1, resumed.output  # items failed
+    assert resumed.summary["failed"] == 40
+    handed = sorted(int(line) for line in persisted.read_text().splitlines())
+    assert handed == list(range(0, 200, 5))  # the killed session's failures too, each once
+    assert run_batchcli("resume", run_dir).exit_code == 0  # a finished run: left alone
+    assert sorted(int(line) for line in persisted.read_text().splitlines()) == handed

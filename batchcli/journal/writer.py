@@ -60,6 +60,14 @@ CREATE TABLE IF NOT EXISTS live (session INTEGER PRIMARY KEY, t REAL NOT NULL, s
 """What a live session is doing beyond the counts (in flight, retrying, limits, cool-down, breaker, paused), as
 JSON, rewritten every flush for ``batchcli watch``. Older journals lack it; ``open`` adds it, like ``limits``."""
 
+HANDED_OVER_TABLE = """
+CREATE TABLE IF NOT EXISTS handed_over (session INTEGER PRIMARY KEY, done INTEGER NOT NULL);
+"""
+"""Whether each session's final failures reached the Source's ``persist_failed``: a row (done 0) as the session
+starts, done 1 once the hook returned, for it and every session before. A session killed, or whose stop timed
+out before the hook returned, stays 0, and the next session hands its failures over with its own. Sessions of
+older journals have no row and count as handed over, as they were then assumed to be."""
+
 FAILURES_BY_ORDINAL = "CREATE INDEX IF NOT EXISTS failures_by_ordinal ON failures (session, ordinal)"
 """Made the first time a session looks failures up by ordinal (the breaker releases them, the pause shell
 forgives them): without it, each lookup reads the whole table, and a trip that releases 100 journaled
@@ -112,7 +120,7 @@ CREATE TABLE failures (
 );
 CREATE TABLE inputs (ordinal INTEGER PRIMARY KEY, item BLOB NOT NULL);
 CREATE TABLE timeline (session INTEGER NOT NULL, t REAL NOT NULL, succeeded INTEGER NOT NULL, failed INTEGER NOT NULL);
-""" + LIMITS_TABLE + LIVE_TABLE + RESULTS_TABLE + BATCHES_TABLE
+""" + LIMITS_TABLE + LIVE_TABLE + RESULTS_TABLE + BATCHES_TABLE + HANDED_OVER_TABLE
 
 
 class Journal:
@@ -157,6 +165,9 @@ class Journal:
         self._limit_rows: list[tuple[Any, ...]] = []
         """Limit changes taken from the Tally and not committed yet (a failed flush keeps them)."""
         self._throttles_seen = 0
+        self.handed_over = False
+        """Set once ``persist_failed`` returned with this session's failures and those of ``unhanded_failures``:
+        ``finish`` records it."""
         self.session = 0
         sessions = conn.execute(
             "SELECT min(started_at), sum(coalesce(ended_at, seen_at) - started_at), count(*) FROM sessions"
@@ -266,7 +277,7 @@ class Journal:
             journal = cls(run_dir, conn, lock)
             check_format(conn, path)
             with conn:
-                conn.executescript(LIMITS_TABLE + LIVE_TABLE + RESULTS_TABLE + BATCHES_TABLE)
+                conn.executescript(LIMITS_TABLE + LIVE_TABLE + RESULTS_TABLE + BATCHES_TABLE + HANDED_OVER_TABLE)
             return journal
         except sqlite3.DatabaseError as error:
             lock.release()
@@ -488,6 +499,16 @@ class Journal:
         self._unpointed = (0, 0)
         return lines
 
+    def unhanded_failures(self) -> list[bytes | None]:
+        """The pickled inputs of the final failures of earlier sessions that never reached ``persist_failed`` (killed,
+        or stopped while the hook ran), in (session, ordinal) order; None for an input that could not be pickled."""
+        rows = self._conn.execute(
+            "SELECT f.item FROM failures f JOIN handed_over h ON h.session = f.session"
+            " WHERE h.done = 0 AND f.session < ? ORDER BY f.session, f.ordinal",
+            (self.session,),
+        )
+        return [blob for (blob,) in rows]
+
     def failure_lines(self) -> list[str]:
         """Every committed failure as its ``failed.jsonl`` line, in the order they were journaled."""
         rows = self._conn.execute(
@@ -566,6 +587,8 @@ class Journal:
                 "UPDATE sessions SET seen_at = ?, ended_at = ?, status = ? WHERE id = ?",
                 (now, now, status, self.session),
             )
+            if self.handed_over:
+                self._conn.execute("UPDATE handed_over SET done = 1 WHERE session <= ?", (self.session,))
 
     def close(self) -> None:
         """Close the database (which folds the WAL back in) and let other processes open the run."""
@@ -591,7 +614,9 @@ def _insert_session(conn: sqlite3.Connection, now: float) -> int:
         "INSERT INTO sessions (pid, host, started_at, seen_at, status) VALUES (?, ?, ?, ?, 'running')",
         (os.getpid(), socket.gethostname(), now, now),
     )
-    return int(cursor.lastrowid or 0)
+    session = int(cursor.lastrowid or 0)
+    conn.execute("INSERT INTO handed_over VALUES (?, 0)", (session,))
+    return session
 
 
 def stable_target(target: str) -> str:

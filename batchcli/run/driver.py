@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import pickle
 import shutil
 import signal
 import sqlite3
@@ -85,6 +86,8 @@ class Run:
         self.tally.secrets = secret_texts(job.params, job.config)
         if defines_persist_failed(job.source):
             self.tally.failed_items = {}  # every failed input, for the hook (failures holds the recent ones)
+        self._earlier_failed: list[Any] = []
+        """Failed inputs of earlier sessions that never reached ``persist_failed``: it gets them with this one's."""
         self.executor: Executor | None = None
         """The executor once started (the controller and the shell use it)."""
         self._starting: Executor | None = None
@@ -476,10 +479,30 @@ class Run:
             )
         try:
             journal.begin(self.tally)
+            if self.tally.failed_items is not None:
+                self._earlier_failed = self._unhanded(journal)
         except sqlite3.Error as error:  # resuming on a disk that is still full
             journal.close()
             raise RunDirWriteError(self.run_dir, describe(error), free_space(self.run_dir)) from error
         return journal
+
+    def _unhanded(self, journal: Journal) -> list[Any]:
+        """The failed inputs of earlier sessions that never reached ``persist_failed`` (a session killed, or stopped
+        while its hooks ran): this session's call hands them over with its own. Its own were all it got, so a
+        dead-letter store fed by the hook silently missed a crashed session's failures."""
+        blobs = journal.unhanded_failures()
+        items = []
+        for blob in blobs:
+            if blob is None:
+                continue
+            try:
+                items.append(pickle.loads(blob))  # the run directory is checked as ours (Journal.open)
+            except Exception as error:  # the class moved or changed since: the others still go
+                log.warning("A failed input of an earlier session cannot be loaded for persist_failed (%s); "
+                            "failed.jsonl and `batchcli show RUN --failures` still list it.", error)
+        if blobs:
+            log.info("persist_failed gets %d failed input(s) of earlier sessions that never reached it.", len(items))
+        return items
 
     def _record_loop(self) -> None:
         wanted = self.tally.flush_wanted  # set when results back up, and when the run finishes
@@ -662,9 +685,11 @@ class Run:
             await self._settle_retry()
             if executor is not None:
                 await self._call_hook("finish", executor.finish)
-            if self.tally.failed_items:
-                failed = list(self.tally.failed_items.values())
-                await self._call_hook("persist_failed", lambda: source.persist_failed(failed))
+            if self.tally.failed_items is not None:
+                failed = self._earlier_failed + list(self.tally.failed_items.values())
+                handed = not failed or await self._call_hook("persist_failed", lambda: source.persist_failed(failed))
+                if handed and self.journal is not None and not self._left_loop:
+                    self.journal.handed_over = True
             self._hard_stop.wound_up()
 
     def _items(self) -> tuple[Iterator[tuple[int, Any]] | AsyncIterator[tuple[int, Any]], Iterator[int]]:
@@ -765,13 +790,16 @@ class Run:
         if executor is not None:
             executor.cancel()
 
-    async def _call_hook(self, name: str, hook: Any) -> None:
+    async def _call_hook(self, name: str, hook: Any) -> bool:
+        """Call a hook of the job; False when it raised (the run's fatal error then)."""
         try:
             await maybe_await(hook())
         except USER_ERRORS as error:
             if ours(error):
                 raise
             self._set_fatal(error, f"{name}() raised")
+            return False
+        return True
 
     def _set_fatal(self, error: BaseException, what: str) -> None:
         if self._left_loop:  # the run has ended without the loop (a stop timed out): what it does now counts for nothing
