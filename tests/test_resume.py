@@ -629,3 +629,38 @@ def test_persist_failed_gets_the_failures_of_a_killed_session_from_the_resume(tm
     assert handed == list(range(0, 200, 5))  # the killed session's failures too, each once
     assert run_batchcli("resume", run_dir).exit_code == 0  # a finished run: left alone
     assert sorted(int(line) for line in persisted.read_text().splitlines()) == handed
+
+
+def test_a_resumed_run_shows_no_stale_summary_and_retry_points_a_stopped_run_to_resume(tmp_path: Path, run_batchcli) -> None:
+    """The stopped session's summary.json ("stopped", its counts and exit code) stayed while the resume ran, and after
+    it was killed, read as the run's state. And `retry` of a stopped run without failures said only "nothing to
+    retry" (exit 0), which a script took for the work being done."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    proc = start(tmp_path, "exec", COUNTING, "-d", "out", "-p", "count=600", "-p", f"log_dir={logs}",
+                 "-p", "delay_s=0.01", "-p", "concurrency=2")  # fmt: skip
+    wait_for(lambda: journaled(tmp_path / "out") >= 40, "40 journaled items")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    run_dir = next((tmp_path / "out").iterdir())
+    stopped = json.loads((run_dir / "summary.json").read_text())
+    assert stopped["status"] == "stopped" and stopped["unprocessed"] > 0
+
+    retried = run_batchcli("retry", run_dir)
+    said = " ".join(retried.output.split())
+    assert retried.exit_code == 0 and "nothing to retry" in said, said
+    hint = f"Its {stopped['unprocessed']:,} unprocessed item(s) are for resume: batchcli resume {run_dir}"
+    assert "".join(hint.split()) in "".join(said.split()), said  # the console wraps the path anywhere
+
+    resume = subprocess.Popen([sys.executable, "-m", "batchcli", "resume", str(run_dir)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=subprocess_env())  # fmt: skip
+    try:
+        wait_for(lambda: read_run(run_dir).status == "running" and journaled(tmp_path / "out") > stopped["succeeded"] + 20,
+                 "the resume to settle some items")  # fmt: skip
+        assert not (run_dir / "summary.json").exists()  # not the stopped session's any more
+    finally:
+        resume.kill()
+        resume.wait()
+    assert read_run(run_dir).status == "crashed" and not (run_dir / "summary.json").exists()
+    finished = run_batchcli("resume", run_dir)
+    assert finished.exit_code == 0 and finished.summary["status"] == "finished" and finished.summary["succeeded"] == 600

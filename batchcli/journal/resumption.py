@@ -186,7 +186,13 @@ class Retry:
             )
         check_safe(run_dir)
         if earlier.failed == 0:
-            self.notices.append(Notice(f"Run {str(run_dir)!r} has no failed inputs; nothing to retry."))
+            left = earlier.unprocessed
+            rest = ""  # a stopped run: `retry` read as done, and a script took its exit 0 for the work being done
+            if left:
+                rest = f" Its {left:,} unprocessed item(s) are for resume: batchcli resume {run_dir}"
+            elif left is None and earlier.status != "finished":
+                rest = f" It ended {earlier.status} before its source ran out; continue it with: batchcli resume {run_dir}"
+            self.notices.append(Notice(f"Run {str(run_dir)!r} has no failed inputs; nothing to retry.{rest}"))
             return None
         if self.wanted.error_type is not None:  # an unknown type is bad input: say so before loading anything
             TypeMatch(self.wanted.error_type, set(recorded_types(run_dir)) if self.types is None else self.types, load=None)

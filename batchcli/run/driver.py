@@ -479,6 +479,12 @@ class Run:
             )
         try:
             journal.begin(self.tally)
+            if carry.journal is not None and journal.earlier_states():
+                # The last session's summary no longer says how the run stands: its status and counts were read as
+                # the run's while the resume ran, and after it crashed. The session writes a new one as it ends (a
+                # journal older than the live states keeps it: its totals are read back from it then).
+                with contextlib.suppress(OSError):
+                    (self.run_dir / "summary.json").unlink(missing_ok=True)
             if self.tally.failed_items is not None:
                 self._earlier_failed = self._unhanded(journal)
         except sqlite3.Error as error:  # resuming on a disk that is still full
