@@ -215,7 +215,9 @@ class ProcessBackend:
             worker.ready.set_exception(error)
             if worker.replacement:
                 worker.ready.exception()  # retrieved: reported here, not by start()
-                log.error("A replacement worker process could not start; going on with the others.\n%s", error)
+                others = any(w is not worker and w.alive and (w.usable or not w.ready.done()) for w in self._workers)
+                then = "going on with the others" if others else "no other worker is left, so the run ends"
+                log.error("A replacement worker process could not start; %s.\n%s", then, error)
                 self._fail_queue_if_no_workers(error)
         elif kind in ("result", "chunk_error"):
             _, future = worker.outstanding.popleft()
