@@ -106,6 +106,7 @@ class RunDirGoneError(RunDirWriteError):
 
     def __init__(self, run_dir: object, deleted: bool, now: object | None) -> None:
         self.run_dir = run_dir
+        self.now = now
         self.cause = "deleted" if deleted else "moved" if now is not None else "moved or replaced"
         self.free = ""
         if deleted and Path(str(run_dir)).is_dir():  # the journal alone (a clean-up of *.sqlite, a wrong rm)

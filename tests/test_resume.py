@@ -466,6 +466,7 @@ def test_a_run_directory_moved_mid_run_stops_the_run_which_resumes_from_its_new_
     flat = " ".join(output.split())
     assert f"was moved to '{moved}' while the run went on, so the run stopped" in flat, output
     assert f"Continue with: batchcli resume {moved}" in flat, output
+    assert f"Run directory: {moved}" in flat and f"Run directory: {run_dir}" not in flat, output  # not the old place
     assert "Traceback" not in output, output
     assert sum(processed(logs).values()) < count  # it stopped early instead of running on unrecorded
     assert not run_dir.exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchcli import __version__
-from batchcli.errors import RunDirWriteError
+from batchcli.errors import RunDirGoneError, RunDirWriteError
 from batchcli.journal.records import json_form, write_json
 from batchcli.load.project import format_user_traceback
 from batchcli.load.secret import mask_texts
@@ -224,11 +224,14 @@ def print_closing(result: RunResult, console: Any, log_format: str = "text") -> 
         console.print(f"[bold red]Error:[/] {escape(str(result.write_error))}", highlight=False, soft_wrap=True)
     if result.stop_reason:
         console.print(f"[bold red]Stopped:[/] {escape(result.stop_reason)}", highlight=False, soft_wrap=True)
-    console.print(
-        f"{_counts(result)} Run directory: {escape(str(result.run_dir))}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    console.print(f"{_counts(result)} Run directory: {escape(str(_run_dir_now(result)))}", highlight=False, soft_wrap=True)
+
+
+def _run_dir_now(result: RunResult) -> object:
+    """Where the run directory is at the end: its new place when it was moved while the run went on (the closing
+    line named the old path, which no longer held it, just below the error that named the new one)."""
+    error = result.write_error
+    return error.now if isinstance(error, RunDirGoneError) and error.now is not None else result.run_dir
 
 
 def _counts(result: RunResult) -> str:
@@ -247,7 +250,7 @@ def _print_closing_json(result: RunResult, console: Any) -> None:
     line = event_line(
         "run_ended", result.run_dir.name, _counts(result), level="INFO" if result.exit_code == 0 else "WARNING",
         status=result.status, exit_code=result.exit_code, succeeded=result.succeeded, failed=result.failed,
-        unprocessed=result.unprocessed, total=result.total, unrecorded=result.unrecorded, run_dir=str(result.run_dir),
+        unprocessed=result.unprocessed, total=result.total, unrecorded=result.unrecorded, run_dir=str(_run_dir_now(result)),
         error=str(result.write_error) if result.write_error is not None else None, stop_reason=result.stop_reason or None,
     )
     console.file.write(line + "\n")
