@@ -323,6 +323,11 @@ def test_a_rate_lifted_live_reaches_the_chunks_already_running_on_the_cluster(
     """`ctl set rate_limit=0.02` then `rate_limit=none`: the chunks sent meanwhile waited out the old 50 s start slots
     in their workers (a Dask task is told nothing), and the run stood still. Now the workers hear of the change and
     give those items back, to be sent again under the new rate."""
+    rate_lifted_live(tmp_path, ["-p", "executor=dask", "-p", f"dask_address={dask_cluster}"])
+
+
+def rate_lifted_live(tmp_path: Path, where: list[str]) -> None:
+    """A run on ``where`` (the executor's -p values) slowed to 0.02/s with ctl, then lifted: it finishes every item."""
     out, ledger = tmp_path / "out", tmp_path / "ledger.txt"
 
     def ctl(*words: str) -> str:
@@ -336,7 +341,7 @@ def test_a_rate_lifted_live_reaches_the_chunks_already_running_on_the_cluster(
 
     run = subprocess.Popen(
         [sys.executable, "-m", "batchcli", "exec", str(PROJECTS / "unattended" / "job.py"), "-d", str(out),
-         "-p", "executor=dask", "-p", f"dask_address={dask_cluster}", "-p", "count=300", "-p", "delay_s=0.02",
+         *where, "-p", "count=300", "-p", "delay_s=0.02",
          "-p", "concurrency=2", "-p", f"ledger={ledger}"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
     )  # fmt: skip
@@ -364,6 +369,11 @@ def test_a_stop_that_times_out_leaves_no_item_running_on_the_cluster_after_the_r
     """Chunks of 20 slow items outlast `stop_timeout_s=1`: the run cancelled them, but a running Dask task cannot be
     interrupted, so the cluster went on with their items after the run had ended (and a resume did them again).
     Now the workers hear of the cancel and start none of the rest."""
+    nothing_runs_after_a_timed_out_stop(tmp_path, ["-p", "executor=dask", "-p", f"dask_address={dask_cluster}"])
+
+
+def nothing_runs_after_a_timed_out_stop(tmp_path: Path, where: list[str]) -> None:
+    """A run on ``where`` whose stop outlasts stop_timeout_s: no item starts after it has ended."""
     out, ledger = tmp_path / "out", tmp_path / "ledger.txt"
 
     def started() -> int:
@@ -371,7 +381,7 @@ def test_a_stop_that_times_out_leaves_no_item_running_on_the_cluster_after_the_r
 
     run = subprocess.Popen(
         [sys.executable, "-m", "batchcli", "exec", str(PROJECTS / "unattended" / "job.py"), "-d", str(out),
-         "-p", "executor=dask", "-p", f"dask_address={dask_cluster}", "-p", "count=200", "-p", "delay_s=0.3",
+         *where, "-p", "count=200", "-p", "delay_s=0.3",
          "-p", "concurrency=2", "-p", "chunk_size=20", "-p", "stop_timeout_s=1", "-p", f"ledger={ledger}"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
     )  # fmt: skip

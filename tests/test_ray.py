@@ -20,6 +20,7 @@ from batchcli.executors.bundle import adopt, bundle_project, discard, manifest_o
 from batchcli.load.project import load_project
 from tests.conftest import PROJECTS, subprocess_env
 from tests.test_executors import SHIPPED, SPY, attempts, isolated, pids, successes  # noqa: F401 (isolated: autouse)
+from tests.test_dask import rate_lifted_live
 
 
 @pytest.fixture
@@ -140,3 +141,9 @@ def test_actors_work_in_the_drivers_directory_as_other_executors_do(cli: Any, tm
     assert result.exit_code == 0, result.output
     assert {row.value for row in batchcli.read_results(result.run_dir)} == {str(Path.cwd())}
     assert sorted(int(n) for n in (Path.cwd() / "written.txt").read_text().split()) == list(range(6))
+
+
+def test_a_rate_lifted_live_reaches_the_chunks_already_running_in_the_actors(tmp_path: Path, ray_head: str) -> None:
+    """As on Dask: an actor call queued its word behind the chunk it was about, which waited out the old 50 s slots."""
+    rate_lifted_live(tmp_path, ["-p", "executor=ray", "-p", f"ray_address={ray_head}", "-p", "workers=2"])
+

@@ -105,11 +105,17 @@ class RayWorker:
     def run_chunk(self, chunk: Chunk) -> ChunkResult | WorkerError:
         """Run one chunk (an actor restarted by Ray builds and sets up the job again first)."""
         try:
-            return worker.job_for(self._local_spec()).run_chunk(chunk)
+            return worker.run_steered(worker.job_for(self._local_spec()), self._spec.key, chunk)
         except WorkerError as error:
             return error
         except ProjectError as error:
             return WorkerError("Loading the project failed", ErrorInfo.of(error), os.getpid())
+
+    @ray.method(concurrency_group="control")  # type: ignore[misc]
+    def steer(self, cancelled: bool, limits: int) -> None:
+        """The driver's word while a chunk runs (``worker.steer``): in its own concurrency group, so it is not queued
+        behind the chunk it is about."""
+        worker.steer(self._spec.key, cancelled, limits)
 
     def finish(self) -> tuple[int, ErrorInfo | None]:
         """Finish the job here (nothing when it was never built) and remove the project's private copy."""
@@ -149,6 +155,8 @@ class RayBackend:
         self._next = 0
         self._refs: set[Any] = set()
         self._cancelled = False
+        self._limits = 0
+        """The limits version last told to the actors (``_steer``)."""
         self._connected = False
         self._ray_children: set[int] = set()
         """The driver's child processes that ``ray.init`` started (a local Ray only): what ``_shutdown`` kills."""
@@ -188,14 +196,23 @@ class RayBackend:
         return outcome  # type: ignore[no-any-return]
 
     def limits_changed(self, version: int) -> None:
-        # A running actor call cannot be told anything: a new rate applies from the next chunk.
-        pass
+        # Running chunks give back the items waiting for a start slot under the old rate (RayWorker.steer).
+        self._steer(False, version)
+
+    def _steer(self, cancelled: bool, limits: int) -> None:
+        self._limits = limits
+        for actor in self._actors:
+            try:
+                actor.steer.remote(cancelled, limits)  # not awaited: a dead actor's chunks fail as they would
+            except Exception as error:
+                logging.getLogger("batchcli").debug("Could not steer a Ray actor: %s", error)
 
     def abandon(self) -> None:
         """Nothing more than the exit does: Ray's own processes outlive a driver that exits, as Ray arranges."""
 
     def cancel(self) -> None:
         self._cancelled = True
+        self._steer(True, self._limits)  # a running chunk starts none of its remaining items
         for ref in list(self._refs):
             # Queued calls are dropped; a running one cannot be interrupted, and what it returns is ignored.
             try:
@@ -250,7 +267,8 @@ class RayBackend:
                 ) from None
         self._connected = True
         workers = self._workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        remote = ray.remote(RayWorker).options(  # type: ignore[attr-defined]
+        # steer runs in a group of its own, beside a chunk; chunks still run one at a time.
+        remote = ray.remote(concurrency_groups={"control": 1})(RayWorker).options(  # type: ignore[call-overload]
             max_restarts=-1,  # a dead actor comes back (and sets the job up again); its chunks fail once
             max_task_retries=0,  # the driver decides retries: one attempt per item of a lost chunk
         )

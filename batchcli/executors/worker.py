@@ -413,7 +413,11 @@ def prepare(spec: WorkerSpec) -> int:
 
 def run_chunk(spec: WorkerSpec, chunk: Chunk) -> ChunkResult:
     """Run one chunk of the run ``spec`` in this process (a Dask task), steered by what ``steer`` hears meanwhile."""
-    job = job_for(spec)
-    state = _steering.setdefault(spec.key, [0, chunk.limits])
+    return run_steered(job_for(spec), spec.key, chunk)
+
+
+def run_steered(job: WorkerJob, key: str, chunk: Chunk) -> ChunkResult:
+    """``job.run_chunk`` for the run ``key``, reading its ``steer`` state as it goes (Dask tasks, Ray actors)."""
+    state = _steering.setdefault(key, [0, chunk.limits])
     state[1] = max(state[1], chunk.limits)  # a chunk may come before the word of its own limits
     return job.run_chunk(chunk, lambda: state[0] != 0, lambda: state[1])
