@@ -191,7 +191,7 @@ class Retry:
             if left:
                 rest = f" Its {left:,} unprocessed item(s) are for resume: batchcli resume {run_dir}"
             elif left is None and earlier.status != "finished":
-                rest = f" It ended {earlier.status} before its source ran out; continue it with: batchcli resume {run_dir}"
+                rest = f" Its source was not read to the end (the run {earlier.status}); continue it with: batchcli resume {run_dir}"
             self.notices.append(Notice(f"Run {str(run_dir)!r} has no failed inputs; nothing to retry.{rest}"))
             return None
         if self.wanted.error_type is not None:  # an unknown type is bad input: say so before loading anything
