@@ -51,6 +51,9 @@ SETUP_TIMEOUT_S = 300.0
 """How long the workers may take to load the project and run ``setup()`` before the run gives up."""
 _SOCKET_SCHEMES = ("tcp", "tls", "ws", "wss")
 """Address schemes whose location is ``host:port``, so a plain connection tells whether anything listens."""
+WORKERLESS_CHECK_S = 5.0
+"""How often the driver looks whether the cluster still has a worker: without one, every chunk waits for one to join,
+and the run stood still with no word in its log (the workers of a remote cluster killed, or a nanny that gave up)."""
 SLOTS_REFRESH_S = 2.0
 """How often to re-read the cluster's size (it may grow or shrink during a run)."""
 
@@ -165,6 +168,8 @@ class DaskBackend:
         self._cancelled = False
         self._limits = 0
         """The limits version last told to the workers (``_steer``)."""
+        self._watch_stop = threading.Event()
+        """Ends ``_watch_workers``."""
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -177,6 +182,25 @@ class DaskBackend:
                 await asyncio.to_thread(self._finish_workers, 10.0)
             await asyncio.to_thread(self._shutdown)
             raise
+        threading.Thread(target=self._watch_workers, name="batchcli-dask-workers", daemon=True).start()
+
+    def _watch_workers(self) -> None:
+        """Say in the run's log when the cluster has no worker left, and when one joins again."""
+        client, address = self._client, self._address or "the run's own cluster"
+        empty = False
+        while not self._watch_stop.wait(WORKERLESS_CHECK_S):
+            try:
+                count = len(client.scheduler_info()["workers"]) if client is not None else 1
+            except Exception:  # the scheduler is busy or gone: the chunks say so when they fail
+                continue
+            if not count and not empty:
+                log.warning(
+                    "The Dask cluster (%s) has no worker now: no item runs until one joins. Start workers with "
+                    "`dask worker %s`, or stop the run (ctl stop, or Ctrl-C): it is resumable.", address, address,
+                )  # fmt: skip
+            elif count and empty:
+                log.warning("A Dask worker joined again (%d now): the run goes on.", count)
+            empty = not count
 
     def slots(self) -> int:
         return self._slots
@@ -208,6 +232,7 @@ class DaskBackend:
 
     def cancel(self) -> None:
         self._cancelled = True
+        self._watch_stop.set()
         # Running tasks start none of their remaining items: they went on after the run had ended, and a resume
         # did them again.
         self._steer(True, self._limits)
@@ -232,6 +257,7 @@ class DaskBackend:
         threading.Thread(target=tell, name="batchcli-dask-steer", daemon=True).start()
 
     async def close(self, timeout: float) -> WorkerError | None:
+        self._watch_stop.set()
         try:
             return await asyncio.to_thread(self._finish_workers, timeout)
         finally:
