@@ -167,7 +167,12 @@ class DaskBackend:
         self._slots_read = 0.0
         self._cancelled = False
         self._limits = 0
-        """The limits version last told to the workers (``_steer``)."""
+        """The limits version to tell the workers (``_steer``)."""
+        self._cancel_word = False
+        """True once the run cancelled its chunks: told to the workers with ``_limits``."""
+        self._steer_lock = threading.Lock()
+        self._telling = False
+        """True while a thread tells the workers (``_tell``)."""
         self._watch_stop = threading.Event()
         """Ends ``_watch_workers``."""
 
@@ -241,20 +246,30 @@ class DaskBackend:
             self._client.cancel(list(self._futures))
 
     def _steer(self, cancelled: bool, limits: int) -> None:
-        """Tell every worker process of the cluster (``worker.steer``), from a thread: ``Client.run`` waits for them."""
-        self._limits = limits
-        client = self._client
-        if client is None:
-            return
-        key = self._spec.key
+        """Tell every worker process of the cluster (``worker.steer``), from a thread: ``Client.run`` waits for them.
+        One thread at a time, telling the latest word: adaptive limits change every half second while they grow."""
+        with self._steer_lock:
+            self._limits = limits
+            self._cancel_word = self._cancel_word or cancelled
+            if self._client is None or self._telling:
+                return  # the thread telling now sends this word too
+            self._telling = True
+        threading.Thread(target=self._tell, name="batchcli-dask-steer", daemon=True).start()
 
-        def tell() -> None:
+    def _tell(self) -> None:
+        told: tuple[bool, int] | None = None
+        while True:
+            with self._steer_lock:
+                word = (self._cancel_word, self._limits)
+                client = self._client
+                if word == told or client is None:
+                    self._telling = False
+                    return
             try:
-                client.run(worker.steer, key, cancelled, limits)
+                client.run(worker.steer, self._spec.key, *word)
             except Exception as error:  # a cluster going away: the chunks end as they would have without the word
                 log.debug("Could not steer the Dask workers: %s", error)
-
-        threading.Thread(target=tell, name="batchcli-dask-steer", daemon=True).start()
+            told = word
 
     async def close(self, timeout: float) -> WorkerError | None:
         self._watch_stop.set()
