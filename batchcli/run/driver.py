@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-import pickle
 import shutil
 import signal
 import sqlite3
@@ -19,12 +18,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 
-from batchcli.errors import RunDirStartError, RunDirWriteError
+from batchcli.errors import JournalError, RunDirStartError, RunDirWriteError
 from batchcli.executors.base import Executor, make_executor
 from batchcli.executors.calls import USER_ERRORS, ours
 from batchcli.journal.records import FailedFile
-from batchcli.journal.resumption import Continuation, defines_item_key
-from batchcli.journal.rundir import FLUSH_INTERVAL_S, JOURNAL_NAME
+from batchcli.journal.resumption import Continuation, defines_item_key, unpickle
+from batchcli.journal.rundir import FLUSH_INTERVAL_S, JOURNAL_NAME, journal_path
 from batchcli.journal.selection import Selection
 from batchcli.journal.shards import position_in_source
 from batchcli.journal.writer import Journal
@@ -497,15 +496,16 @@ class Run:
         while its hooks ran): this session's call hands them over with its own. Its own were all it got, so a
         dead-letter store fed by the hook silently missed a crashed session's failures."""
         blobs = journal.unhanded_failures()
+        path = journal_path(self.run_dir)  # checked as ours by Journal.open, as unpickle requires
         items = []
         for blob in blobs:
             if blob is None:
                 continue
             try:
-                items.append(pickle.loads(blob))  # the run directory is checked as ours (Journal.open)
-            except Exception as error:  # the class moved or changed since: the others still go
-                log.warning("A failed input of an earlier session cannot be loaded for persist_failed (%s); "
-                            "failed.jsonl and `batchcli show RUN --failures` still list it.", error)
+                items.append(unpickle(path, blob))
+            except JournalError as error:  # the class moved or changed since: the others still go
+                log.warning("persist_failed does not get a failed input of an earlier session: %s It is still in "
+                            "failed.jsonl and `batchcli show RUN --failures`.", error)
         if blobs:
             log.info("persist_failed gets %d failed input(s) of earlier sessions that never reached it.", len(items))
         return items
