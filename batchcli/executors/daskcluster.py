@@ -39,7 +39,7 @@ from batchcli.executors.messages import (
 )
 from batchcli.executors.signals import shield_worker, spawning
 
-log = logging.getLogger("batchcli.dask")
+log = logging.getLogger("batchcli")
 
 CONNECT_TIMEOUT_S = 10.0
 """How long to try reaching a scheduler at ``dask_address``."""
@@ -192,10 +192,11 @@ class DaskBackend:
     def _watch_workers(self) -> None:
         """Say in the run's log when the cluster has no worker left, and when one joins again."""
         client, address = self._client, self._address or "the run's own cluster"
+        assert client is not None  # start() connected
         empty = False
         while not self._watch_stop.wait(WORKERLESS_CHECK_S):
             try:
-                count = len(client.scheduler_info()["workers"]) if client is not None else 1
+                count = len(client.scheduler_info()["workers"])
             except Exception:  # the scheduler is busy or gone: the chunks say so when they fail
                 continue
             if not count and not empty:
@@ -408,7 +409,7 @@ class DaskBackend:
             try:
                 pid, info = future.result(timeout=max(0.1, deadline - time.monotonic()))
             except Exception as error:  # a worker that left or hangs: nothing more to finish there
-                logging.getLogger("batchcli").warning("finish() did not complete on a Dask worker: %r", error)
+                log.warning("finish() did not complete on a Dask worker: %r", error)
                 continue
             if info is not None:
                 errors.append(WorkerError("finish() raised", info, pid))
@@ -422,7 +423,6 @@ class DaskBackend:
             try:
                 _bounded(lambda: client.unregister_worker_plugin(self._plugin), PLUGIN_TIMEOUT_S)
             except Exception as error:
-                log = logging.getLogger("batchcli")
                 log.warning("Could not remove the run's files from the Dask workers: %r", error)
         if client is not None:
             client.close()

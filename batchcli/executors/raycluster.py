@@ -205,7 +205,7 @@ class RayBackend:
             try:
                 actor.steer.remote(cancelled, limits)  # not awaited: a dead actor's chunks fail as they would
             except Exception as error:
-                logging.getLogger("batchcli").debug("Could not steer a Ray actor: %s", error)
+                log.debug("Could not steer a Ray actor: %s", error)
 
     def abandon(self) -> None:
         """Nothing more than the exit does: Ray's own processes outlive a driver that exits, as Ray arranges."""
