@@ -20,7 +20,7 @@ import time
 import zipfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -329,33 +329,13 @@ def test_a_rate_lifted_live_reaches_the_chunks_already_running_on_the_cluster(
 def rate_lifted_live(tmp_path: Path, where: list[str]) -> None:
     """A run on ``where`` (the executor's -p values) slowed to 0.02/s with ctl, then lifted: it finishes every item."""
     out, ledger = tmp_path / "out", tmp_path / "ledger.txt"
-
-    def ctl(*words: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "batchcli", "ctl", str(run_dir), *words], capture_output=True,
-                              text=True, timeout=60, env=subprocess_env())  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
-
-    def done_count() -> int:
-        return ledger.read_text().count("done ") if ledger.exists() else 0
-
-    run = subprocess.Popen(
-        [sys.executable, "-m", "batchcli", "exec", str(PROJECTS / "unattended" / "job.py"), "-d", str(out),
-         *where, "-p", "count=300", "-p", "delay_s=0.02",
-         "-p", "concurrency=2", "-p", f"ledger={ledger}"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
-    )  # fmt: skip
+    run = _headless(out, ledger, where, "count=300", "delay_s=0.02")
     try:
-        deadline = time.monotonic() + 120
-        while not any(out.glob("*/control.sock")) or done_count() < 20:
-            assert time.monotonic() < deadline and run.poll() is None, "the run did not get going"
-            time.sleep(0.1)
-        run_dir = next(out.glob("*/control.sock")).parent
-        ctl("set", "rate_limit=0.02")
+        run_dir = _under_way(run, out, lambda: _lines(ledger, "done "), 20)
+        _ctl(run_dir, "set", "rate_limit=0.02")
         time.sleep(1.5)  # chunks sent now take the 50 s slots
-        slowed = done_count()
-        assert slowed < 300
-        ctl("set", "rate_limit=none")
+        assert _lines(ledger, "done ") < 300
+        _ctl(run_dir, "set", "rate_limit=none")
         assert run.wait(timeout=90) == 0  # the old code waited out 50 s a slot, many times over
     finally:
         if run.poll() is None:
@@ -375,29 +355,42 @@ def test_a_stop_that_times_out_leaves_no_item_running_on_the_cluster_after_the_r
 def nothing_runs_after_a_timed_out_stop(tmp_path: Path, where: list[str]) -> None:
     """A run on ``where`` whose stop outlasts stop_timeout_s: no item starts after it has ended."""
     out, ledger = tmp_path / "out", tmp_path / "ledger.txt"
-
-    def started() -> int:
-        return ledger.read_text().count("start ") if ledger.exists() else 0
-
-    run = subprocess.Popen(
-        [sys.executable, "-m", "batchcli", "exec", str(PROJECTS / "unattended" / "job.py"), "-d", str(out),
-         *where, "-p", "count=200", "-p", "delay_s=0.3",
-         "-p", "concurrency=2", "-p", "chunk_size=20", "-p", "stop_timeout_s=1", "-p", f"ledger={ledger}"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
-    )  # fmt: skip
+    run = _headless(out, ledger, where, "count=200", "delay_s=0.3", "chunk_size=20", "stop_timeout_s=1")
     try:
-        deadline = time.monotonic() + 120
-        while not any(out.glob("*/control.sock")) or started() < 4:
-            assert time.monotonic() < deadline and run.poll() is None, "the run did not get going"
-            time.sleep(0.1)
-        run_dir = next(out.glob("*/control.sock")).parent
-        stop = subprocess.run([sys.executable, "-m", "batchcli", "ctl", str(run_dir), "stop"], capture_output=True,
-                              text=True, timeout=60, env=subprocess_env())  # fmt: skip
-        assert stop.returncode == 0, stop.stdout + stop.stderr
+        run_dir = _under_way(run, out, lambda: _lines(ledger, "start "), 4)
+        _ctl(run_dir, "stop")
         assert run.wait(timeout=60) == 130
     finally:
         if run.poll() is None:
             run.kill()
-    at_end = started()
+    at_end = _lines(ledger, "start ")
     time.sleep(3)  # ten more items' time per worker
-    assert started() <= at_end + 2, (at_end, started())  # at most the word in flight to each worker
+    assert _lines(ledger, "start ") <= at_end + 2, (at_end, _lines(ledger, "start "))  # at most the word in flight to each worker
+
+
+def _headless(out: Path, ledger: Path, where: list[str], *params: str) -> subprocess.Popen[bytes]:
+    """The unattended project on ``where``, two items at once, without a terminal; its lines go to ``ledger``."""
+    flags = [part for param in (*params, "concurrency=2", f"ledger={ledger}") for part in ("-p", param)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "exec", str(PROJECTS / "unattended" / "job.py"), "-d", str(out), *where, *flags],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
+    )  # fmt: skip
+
+
+def _under_way(run: subprocess.Popen[bytes], out: Path, count: Callable[[], int], at_least: int) -> Path:
+    """The run directory once the run listens for ctl and ``count()`` has reached ``at_least``."""
+    deadline = time.monotonic() + 120
+    while not any(out.glob("*/control.sock")) or count() < at_least:
+        assert time.monotonic() < deadline and run.poll() is None, "the run did not get going"
+        time.sleep(0.1)
+    return next(out.glob("*/control.sock")).parent
+
+
+def _lines(ledger: Path, start: str) -> int:
+    return ledger.read_text().count(start) if ledger.exists() else 0
+
+
+def _ctl(run_dir: Path, *words: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "batchcli", "ctl", str(run_dir), *words], capture_output=True,
+                          text=True, timeout=60, env=subprocess_env())  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
