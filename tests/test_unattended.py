@@ -425,6 +425,8 @@ def test_ctl_and_watch_refuse_bad_input(cli: Any, tmp_path: Path) -> None:
         refused = cli("ctl", run_dir, "set", word)
         flat = " ".join(refused.output.split())
         assert refused.exit_code == 2 and f"ctl set {word.replace('=', '=' + chr(39))}' is out of range" in flat, (word, refused.output)
+        if word == "rate_limit=1e-300":  # positive, but below the lowest rate: the reply names it
+            assert "at least 1.15741e-05 (one item a day)" in flat, flat
     for command in ("ctl", "watch"):
         words = ["pause"] if command == "ctl" else []
         nothing = cli(command, tmp_path, *words)

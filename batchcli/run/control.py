@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from batchcli.errors import UsageError
-from batchcli.executors.limiter import MAX_CONCURRENCY, checked_concurrency, checked_rate_limit
+from batchcli.executors.limiter import MAX_CONCURRENCY, MIN_RATE_LIMIT, checked_concurrency, checked_rate_limit
 
 if TYPE_CHECKING:
     from batchcli.run.attach import Attachment
@@ -100,7 +100,8 @@ class Request:
             bounds = (
                 f"1 to {MAX_CONCURRENCY:,} items in flight, e.g. concurrency=8"
                 if self.field == "concurrency"
-                else "a positive, finite number of items per second, e.g. rate_limit=20, or none for no limit"
+                else f"a finite number of items per second, at least {MIN_RATE_LIMIT:.6g} (one item a day), e.g. "
+                "rate_limit=20, or none for no limit"
             )
             raise UsageError(f"ctl set {self.field}={self.value!r} is out of range: give {bounds}.") from None
 
