@@ -410,3 +410,34 @@ def test_the_breaker_gives_back_the_users_concurrency_not_its_own(api: FlakyApi,
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_retry_of_items_failing_as_before_does_not_trip_the_breaker(api: FlakyApi, tmp_path: Path) -> None:
+    """Every retried item failing as it did before (bad records, a token still bad) says the items are bad, not that
+    the API went down: the retry settled them in a moment. It tripped the breaker, which probed the same bad items
+    until breaker_max_wait_s (an hour by default) and stopped the retry with nothing done. A failure unlike the
+    item's earlier one still counts."""
+    out = tmp_path / "out"
+    first = run(args(api, out, token="bad", count=40, breaker_window=0))
+    assert (first.exit_code, first.summary["failed"]) == (1, 40), first.output
+    assert first.run_dir is not None
+    retry = [sys.executable, "-m", "batchcli", "retry", str(first.run_dir), "-p", "breaker_window=20",
+             "-p", "breaker_max_wait_s=3"]  # fmt: skip
+
+    again = run(retry)
+    again_dir = newest_run(out)
+    assert again_dir not in (None, first.run_dir)
+    again = Outcome(again.exit_code, again.output, again_dir)
+    assert again.exit_code == 1, again.output
+    assert (again.summary["failed"], again.summary["unprocessed"], again.summary["breaker"]["trips"]) == (40, 0, 0)
+    assert len(again.failed) == 40 and {f["error_type"] for f in again.failed} == {"httpx.HTTPStatusError"}
+    assert "Circuit breaker" not in again.output
+
+    # The API gone (nothing listens on the port): a refused connection is not how these items failed.
+    other = run([*retry, "-p", "url=http://127.0.0.1:9"])
+    other_dir = newest_run(out)
+    assert other_dir not in (None, first.run_dir, again_dir)
+    other = Outcome(other.exit_code, other.output, other_dir)
+    assert other.exit_code == 130, other.output
+    assert other.summary["breaker"]["trips"] == 1 and other.summary["unprocessed"] > 0
+    assert "circuit breaker stayed open for 3s" in other.output

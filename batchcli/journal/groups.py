@@ -23,6 +23,7 @@ from batchcli.errors import JournalError, UsageError
 from batchcli.journal.matching import FailureFilter, group_types
 from batchcli.journal.resumption import (
     Continuation,
+    FailedInputs,
     Notice,
     Retry,
     defines_item_key,
@@ -347,17 +348,17 @@ class GroupRetry(Retry):
 
     def carry_on(self, job: Job) -> Continuation | None:
         """Every shard's failed inputs, shard by shard, each in its source order."""
-        items: list[Any] = []
-        unsaved = 0
+        failed = FailedInputs([], [], 0)
         for run_dir in self._failed:
-            found, left_out = failed_inputs(run_dir, self.wanted, self.types)
-            items += found
-            unsaved += left_out
+            found = failed_inputs(run_dir, self.wanted, self.types)
+            failed.items.extend(found.items)
+            failed.errors.extend(found.errors)
+            failed = failed._replace(unsaved=failed.unsaved + found.unsaved)
         if self.wanted.limit is not None:  # at most N over the whole group, shard by shard
-            items = items[: self.wanted.limit]
+            failed = failed._replace(items=failed.items[: self.wanted.limit], errors=failed.errors[: self.wanted.limit])
         info = read_group(self.group_dir)
         listing = f"batchcli show {self.group_dir} --failures"
-        return self._continue(items, unsaved, f"group {info.group!r}", self.group_dir, "the shards' failed.jsonl", listing)
+        return self._continue(failed, f"group {info.group!r}", self.group_dir, "the shards' failed.jsonl", listing)
 
 
 def retry_launch(

@@ -9,7 +9,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rich.markup import escape
 
@@ -39,6 +39,8 @@ class Continuation:
     """retry: the run whose failed inputs this run reprocesses."""
     items: list[Any] | None = None
     """retry: the inputs to process instead of iterating the Source."""
+    earlier_errors: list[tuple[str, str]] | None = None
+    """retry: how each of ``items`` failed before (``FailedInputs.errors``), for the circuit breaker."""
     shard: Shard | None = None
     """A shard run (``--shard``): the share of the Source it processes."""
     run_dir: Path | None = None
@@ -200,14 +202,13 @@ class Retry:
 
     def carry_on(self, job: Job) -> Continuation | None:
         """The failed inputs, unpickled now the project is loaded; None when none could be saved."""
-        items, unsaved = failed_inputs(self.run_dir, self.wanted)
+        failed = failed_inputs(self.run_dir, self.wanted)
         listing = f"batchcli show {self.run_dir} --failures"
-        return self._continue(items, unsaved, f"run {str(self.run_dir)!r}", self.run_dir, "its failed.jsonl", listing)
+        return self._continue(failed, f"run {str(self.run_dir)!r}", self.run_dir, "its failed.jsonl", listing)
 
-    def _continue(
-        self, items: list[Any], unsaved: int, what: str, where: Path, saved: str, listing: str
-    ) -> Continuation | None:
+    def _continue(self, failed: FailedInputs, what: str, where: Path, saved: str, listing: str) -> Continuation | None:
         """Say how many failures the filters take (none: nothing to retry) and which inputs are left out."""
+        items, unsaved = failed.items, failed.unsaved
         if self.wanted.active:
             count = len(items) + unsaved
             if not count:
@@ -234,29 +235,40 @@ class Retry:
                     markup=True,
                 )
             )
-        return Continuation(parent=where, items=items) if items else None
+        return Continuation(parent=where, items=items, earlier_errors=failed.errors) if items else None
 
     def abandon(self) -> None:
         """Nothing is held."""
 
 
+class FailedInputs(NamedTuple):
+    """What ``retry`` reprocesses: the saved inputs, how each failed, and how many inputs could not be saved."""
+
+    items: list[Any]
+    errors: list[tuple[str, str]]
+    """For each of ``items``, its failure: the exception's type and its message's shape (``message_shape``)."""
+    unsaved: int
+
+
 def failed_inputs(
     run_dir: Path, wanted: FailureFilter = FailureFilter(), types: set[str] | None = None
-) -> tuple[list[Any], int]:
-    """The finally failed inputs of ``run_dir`` that ``wanted`` takes, unpickled, and how many could not be saved.
+) -> FailedInputs:
+    """The finally failed inputs of ``run_dir`` that ``wanted`` takes, unpickled, with how each failed.
 
     Load the project first: unpickling finds the inputs' classes in its modules (and ``--error-type`` the
     recorded exception classes). ``types`` as for ``matching_failures``.
     """
     path = check_safe(run_dir)
+    columns = "item, error_type, shape(error_message)"
     if wanted.active:
         order = {row.rowid: index for index, row in enumerate(matching_failures(run_dir, wanted, types=types)[0])}
-        taken = [(rowid, blob) for rowid, blob in stream(run_dir, "SELECT rowid, item FROM failures") if rowid in order]
-        rows = [(blob,) for _, blob in sorted(taken, key=lambda pair: order[pair[0]])]
+        taken = [(row[0], row[1:]) for row in stream(run_dir, f"SELECT rowid, {columns} FROM failures") if row[0] in order]
+        rows = [row for _, row in sorted(taken, key=lambda pair: order[pair[0]])]
     else:
-        rows = query(run_dir, "SELECT item FROM failures ORDER BY session, ordinal")
-    items = [unpickle(path, blob) for (blob,) in rows if blob is not None]
-    return items, len(rows) - len(items)
+        rows = list(stream(run_dir, f"SELECT {columns} FROM failures ORDER BY session, ordinal"))
+    saved = [row for row in rows if row[0] is not None]
+    items = [unpickle(path, blob) for blob, _, _ in saved]
+    return FailedInputs(items, [(error_type, shape) for _, error_type, shape in saved], len(rows) - len(saved))
 
 
 def saved_inputs(run_dir: Path) -> list[Any]:

@@ -19,8 +19,9 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
+from batchcli.journal.rundir import message_shape
 from batchcli.load.configuration import Configuration
 from batchcli.outcome import Failure, Tally, clip
 
@@ -77,6 +78,7 @@ class Breaker:
         loop: asyncio.AbstractEventLoop,
         run_dir: Any = "RUN_DIR",
         clock: Callable[[], float] = time.monotonic,
+        earlier_errors: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.window = config.breaker_window
         self.threshold = max(1, math.ceil(config.breaker_failure_rate * config.breaker_window))
@@ -109,6 +111,9 @@ class Breaker:
         """The cap the breaker holds the concurrency at (``hold_concurrency``) since a probe; 0 for none."""
         self._mark = 0
         self._ended = False
+        self._earlier = earlier_errors
+        """A retry's items, by ordinal: how each failed before (type, message shape). Failing the same way again
+        says the item is still bad, not that the service went down (``watch``)."""
 
     @property
     def blocking(self) -> bool:
@@ -134,6 +139,8 @@ class Breaker:
             return
         self._failures += 1
         assert hold is not None
+        if self._earlier and self.state == "closed" and self._as_before(failure):
+            return  # final, as it was: a retry of bad records must not hold them, and probe them, for an hour
         if self.state != "closed":  # started before the breaker opened, or the probe itself: not final
             self._take_back(failure, hold)
             if self.state == "probing":
@@ -147,6 +154,14 @@ class Breaker:
         if len(recent) >= self.threshold:
             span = min(self.window, position - self._base)
             self._trip(f"{len(recent)} of the last {span} items failed: {failure.error_type}: {_first_line(failure.error_message)}")
+
+    def _as_before(self, failure: Failure) -> bool:
+        """Whether a retried item failed as it did in the run it comes from (the same type, the same message but for
+        its numbers): settled, but not counted toward the window."""
+        ordinal = failure.ordinal
+        if not 0 <= ordinal < len(self._earlier):
+            return False
+        return self._earlier[ordinal] == (failure.error_type, message_shape(failure.error_message))
 
     # Opening.
 

@@ -665,7 +665,10 @@ class Run:
             elif self.paused.is_set() or self.recording.stalled:
                 executor.pause()
             if self.job.config.breaker_window > 0:
-                self.breaker = Breaker(self.job.config, self.tally, self, self._loop, self.run_dir)
+                self.breaker = Breaker(
+                    self.job.config, self.tally, self, self._loop, self.run_dir,
+                    earlier_errors=self.continuation.earlier_errors or (),
+                )  # fmt: skip
                 self.tally.watch = self.breaker.watch
             items, seen = self._items()
             await executor.run(items)
