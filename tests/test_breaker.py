@@ -416,7 +416,7 @@ def test_a_retry_of_items_failing_as_before_does_not_trip_the_breaker(api: Flaky
     """Every retried item failing as it did before (bad records, a token still bad) says the items are bad, not that
     the API went down: the retry settled them in a moment. It tripped the breaker, which probed the same bad items
     until breaker_max_wait_s (an hour by default) and stopped the retry with nothing done. A failure unlike the
-    item's earlier one still counts."""
+    item's earlier one still counts, and a resumed retry knows the earlier failures too."""
     out = tmp_path / "out"
     first = run(args(api, out, token="bad", count=40, breaker_window=0))
     assert (first.exit_code, first.summary["failed"]) == (1, 40), first.output
@@ -441,3 +441,9 @@ def test_a_retry_of_items_failing_as_before_does_not_trip_the_breaker(api: Flaky
     assert other.exit_code == 130, other.output
     assert other.summary["breaker"]["trips"] == 1 and other.summary["unprocessed"] > 0
     assert "circuit breaker stayed open for 3s" in other.output
+
+    # Its resume knows how its inputs failed before, as the retry did: the API back, the token still bad.
+    resumed = run([sys.executable, "-m", "batchcli", "resume", str(other_dir), "-p", f"url={api.url}"])
+    assert resumed.exit_code == 1, resumed.output
+    assert (resumed.summary["failed"], resumed.summary["unprocessed"]) == (40, 0)
+    assert resumed.summary["breaker"]["trips"] == 1  # the stopped session's, none of its own

@@ -134,7 +134,9 @@ class Resume:
             assert self._wiring is not None
             check_resumed_shard(self.run_dir, shard, job, self._wiring.with_environment(job.environment))
         # A retry run's own inputs, unpickled once the project is loaded so their classes resolve.
-        items = saved_inputs(self.run_dir) if self._earlier.parent else None
+        items = errors = None
+        if self._earlier.parent:
+            items, errors = saved_inputs(self.run_dir), input_errors(self.run_dir)
         selection = self._selection
         if selection is not None and selection.is_trial and self.whole_source:
             widen_selection(self.run_dir, selection)
@@ -146,7 +148,10 @@ class Resume:
             self.notices.append(Notice(f"Resuming a trial run ({selection.describe()}); carry it on to the whole "
                                        f"source with: batchcli resume {self.run_dir} --all", soft_wrap=True))
         done = keys_skipped(selection, job, self.run_dir)
-        return Continuation(journal=self._journal, items=items, shard=self._journal.shard, selection=selection, done_elsewhere=done)
+        return Continuation(
+            journal=self._journal, items=items, earlier_errors=errors, shard=self._journal.shard, selection=selection,
+            done_elsewhere=done,
+        )
 
     def abandon(self) -> None:
         """The run will not start after all: release its journal (still a trial, if ``--all`` widened it)."""
@@ -275,6 +280,16 @@ def saved_inputs(run_dir: Path) -> list[Any]:
     """The inputs a retry run was given (kept in its journal, so it resumes without its parent)."""
     path = check_safe(run_dir)
     return [unpickle(path, blob) for (blob,) in query(run_dir, "SELECT item FROM inputs ORDER BY ordinal")]
+
+
+def input_errors(run_dir: Path) -> list[tuple[str, str]] | None:
+    """How a retry run's inputs failed before, by ordinal (``INPUT_ERRORS_TABLE``); None for a journal without them."""
+    if not query(run_dir, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'input_errors'"):
+        return None
+    rows = query(run_dir, "SELECT ordinal, error_type, shape FROM input_errors ORDER BY ordinal")
+    if [ordinal for ordinal, _, _ in rows] != list(range(len(rows))):
+        return None
+    return [(error_type, shape) for _, error_type, shape in rows] or None
 
 
 def unpickle(path: Path, blob: bytes) -> Any:

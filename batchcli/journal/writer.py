@@ -68,6 +68,13 @@ starts, done 1 once the hook returned, for it and every session before. A sessio
 out before the hook returned, stays 0, and the next session hands its failures over with its own. Sessions of
 older journals have no row and count as handed over, as they were then assumed to be."""
 
+INPUT_ERRORS_TABLE = """
+CREATE TABLE IF NOT EXISTS input_errors (ordinal INTEGER PRIMARY KEY, error_type TEXT NOT NULL, shape TEXT NOT NULL);
+"""
+"""A retry run's inputs, by ordinal: how each failed in the run it retries (type, ``message_shape``), so that the
+circuit breaker of a resumed retry, as of the retry itself, does not count the same failure again. Older
+journals lack it; their resumed retries count every failure."""
+
 FAILURES_BY_ORDINAL = "CREATE INDEX IF NOT EXISTS failures_by_ordinal ON failures (session, ordinal)"
 """Made the first time a session looks failures up by ordinal (the breaker releases them, the pause shell
 forgives them): without it, each lookup reads the whole table, and a trip that releases 100 journaled
@@ -120,7 +127,7 @@ CREATE TABLE failures (
 );
 CREATE TABLE inputs (ordinal INTEGER PRIMARY KEY, item BLOB NOT NULL);
 CREATE TABLE timeline (session INTEGER NOT NULL, t REAL NOT NULL, succeeded INTEGER NOT NULL, failed INTEGER NOT NULL);
-""" + LIMITS_TABLE + LIVE_TABLE + RESULTS_TABLE + BATCHES_TABLE + HANDED_OVER_TABLE
+""" + LIMITS_TABLE + LIVE_TABLE + RESULTS_TABLE + BATCHES_TABLE + HANDED_OVER_TABLE + INPUT_ERRORS_TABLE
 
 
 class Journal:
@@ -205,6 +212,7 @@ class Journal:
         keyed: bool,
         parent: Path | None,
         inputs: list[Any] | None,
+        input_errors: list[tuple[str, str]] | None = None,
         shard: Shard | None = None,
         selection: Selection | None = None,
         skipped: frozenset[Any] | None = None,
@@ -249,6 +257,10 @@ class Journal:
                     conn.executemany(
                         "INSERT INTO inputs VALUES (?, ?)",
                         ((n, pickle.dumps(item, pickle.HIGHEST_PROTOCOL)) for n, item in enumerate(inputs)),
+                    )
+                if input_errors is not None:
+                    conn.executemany(
+                        "INSERT INTO input_errors VALUES (?, ?, ?)", ((n, *error) for n, error in enumerate(input_errors))
                     )
             conn.close()
             os.replace(draft, path)
