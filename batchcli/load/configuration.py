@@ -31,6 +31,17 @@ BREAKER_WINDOW_MAX = 1_000_000
 """The longest circuit-breaker window: it keeps the outcomes of up to twice that many settled items in memory."""
 
 
+_WHOLE_FIELDS = {"concurrency": False, "max_retries": False, "workers": True, "shards": True, "chunk_size": True}
+"""The built-in fields that hold a whole number, and whether they may be None (``breaker_window`` and
+``metrics_port`` have checks of their own)."""
+_NUMBER_FIELDS = {
+    "backoff_s": False, "backoff_max_s": False, "item_timeout_s": True, "rate_limit": True, "stop_timeout_s": False,
+    "write_retry_s": False, "breaker_failure_rate": False, "breaker_cooldown_s": False, "breaker_max_wait_s": False,
+    "throttle_max_wait_s": False,
+}  # fmt: skip
+"""The built-in fields that hold a number (an int will do), and whether they may be None."""
+
+
 @dataclass(kw_only=True)
 class Configuration:
     """Settings of a job, one subclass per environment (``config/config_dev.py`` ...).
@@ -107,6 +118,13 @@ class Configuration:
     (a secret: webhook URLs hold tokens)."""
 
     def __post_init__(self) -> None:
+        Configuration.check(self)
+
+    def check(self) -> None:
+        """Refuse a built-in field's bad value (``ValueError`` naming it). ``__post_init__`` calls it, and so does
+        ``build_job`` once more: a subclass with a ``__post_init__`` of its own that does not call ``super()``'s
+        would otherwise skip every check, and run with ``max_retries=-5``."""
+        self._check_types()
         self._check_breaker()
         if not 1 <= self.concurrency <= MAX_CONCURRENCY:
             raise ValueError(
@@ -161,6 +179,23 @@ class Configuration:
             raise ValueError(RAY_MISSING)
         if self.ray_address is not None and not self.ray_address.strip():
             raise ValueError("ray_address must be a Ray address like '127.0.0.1:6379' or 'auto', or none, got ''.")
+
+    def _check_types(self) -> None:
+        """A value of the wrong type (a subclass's default ``concurrency: int = "ten"``): named, not a TypeError."""
+        for name, optional in _WHOLE_FIELDS.items():
+            value = getattr(self, name)
+            if (value is None and optional) or (isinstance(value, int) and not isinstance(value, bool)):
+                continue
+            raise ValueError(_wrong_type(name, value, f"a whole number{' or none' if optional else ''}", "N"))
+        for name, optional in _NUMBER_FIELDS.items():
+            value = getattr(self, name)
+            if (value is None and optional) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+                continue
+            raise ValueError(_wrong_type(name, value, f"a number{' or none' if optional else ''}", "N"))
+        for name in ("dask_address", "ray_address", "metrics_host"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(_wrong_type(name, value, "text" + ("" if name == "metrics_host" else " or none"), "..."))
 
     def _check_breaker(self) -> None:
         if isinstance(self.breaker_window, bool) or not isinstance(self.breaker_window, int) or self.breaker_window < 0:
@@ -260,6 +295,17 @@ def ray_installed() -> bool:
         return importlib.util.find_spec("ray") is not None
     except (ImportError, ValueError):
         return False
+
+
+def _wrong_type(name: str, value: object, wanted: str, example: str) -> str:
+    return (
+        f"{name} must be {wanted}, got {value!r} ({_a(type(value).__name__)}). Give it one in the configuration "
+        f"class (a default of the wrong type, or a value its code set), or with -p {name}={example}."
+    )
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1] in "aeiou" else "a ") + noun
 
 
 def bind_runtime(config: Configuration, *, output_dir: Path, run_dir: Path, started_at: datetime) -> None:

@@ -106,6 +106,7 @@ def build_job(
     params = collect_params(classes)
     config_layout = layout(config_cls)
     fields = {n: spec.annotation for n, spec in config_layout.leaves.items()}
+    _check_clashes(params, fields, config_cls)
     annotations = {**fields, **{n: spec.annotation for n, spec in params.items()}}
     _check_names(list(wiring.values), annotations, config_layout.groups)
     env = from_environment([n for n in annotations if n not in wiring.values], os.environ if environ is None else environ)
@@ -123,6 +124,7 @@ def build_job(
 
     try:
         config = build_configuration(config_cls, {n: v for n, v in cast_values.items() if n in fields})
+        Configuration.check(config)  # again: a subclass's own __post_init__ may not call Configuration's
     except ValueError as error:
         named = "" if config_cls is Configuration else f" {config_cls.__name__}"  # the default class: no name to give
         raise UsageError(f"Invalid configuration{named}: {error}") from error
@@ -165,6 +167,21 @@ def collect_params(classes: list[type]) -> dict[str, ParamSpec]:
                     f"to {_default_text(spec.default)} in {spec.owner.__qualname__}; give both the same default."
                 )
     return params
+
+
+def _check_clashes(params: Mapping[str, ParamSpec], fields: Mapping[str, Any], config_cls: type) -> None:
+    """A Param may not have the name of a configuration field: ``-p NAME=...`` sets both, cast as the Param says,
+    and without it each kept its own default (the Source saw 3 while the run went at ``concurrency=10``)."""
+    clashes = [name for name in params if name in fields]
+    if clashes:
+        name = clashes[0]
+        owner = params[name].owner.__qualname__
+        raise ProjectError(
+            f"Param {name!r} of {owner} has the name of a configuration field ({config_cls.__name__}.{name}), so "
+            f"-p {name}=... would set both, and without it they could differ. Rename the param (e.g. "
+            f"{owner.lower()}_{name}), or read the field instead: take the configuration in the constructor "
+            f"(config: {config_cls.__name__}) and use config.{name}."
+        )
 
 
 def _same_default(a: Any, b: Any) -> bool:
