@@ -177,6 +177,11 @@ def test_no_source_says_what_hid_it(cli, tmp_path: Path) -> None:
     assert cli("init", "proj").exit_code == 0
     said = rejected(cli("exec", "proj/service.py", "-c", "config_dev", "-d", "out"))
     assert "Only service.py and what it imports were loaded" in said and "batchcli exec " in said and "proj" in said
+    # A configuration module given for the project: the directory to give is the project's, not config/ (which has
+    # only the configurations, and no Source either).
+    said = rejected(cli("exec", "proj/config/config_dev.py", "-d", "out"))
+    assert "Only config_dev.py and what it imports were loaded" in said
+    assert said.rstrip(". ").endswith(f"batchcli exec {Path('proj').resolve()}"), said
 
 
 def test_a_positional_only_param_is_a_project_error(cli, tmp_path: Path) -> None:
@@ -232,3 +237,42 @@ def test_a_project_named_like_an_imported_module_says_which_module_and_a_new_nam
     said = rejected(cli("exec", project, "-d", tmp_path / "out"))
     assert f"The project name 'json' ('{project}') clashes with the module 'json'" in said
     assert "json/__init__.py" in said and f"'{project.with_name('json_job.py')}'" in said
+
+
+@pytest.mark.parametrize(
+    ("service", "source", "said"),
+    [
+        ("    pass\n", "    def __iter__(self):\n        yield from range(3)\n",
+         "Nothing defines no process(self, item): batchcli calls it for each item."),
+        ("    async def process(self, item):\n        pass\n", "    pass\n",
+         "Numbers yields no items: define __iter__ (a generator), __aiter__ (an async generator) or next()"),
+    ],
+)  # fmt: skip
+def test_a_service_without_process_or_a_source_without_items_is_a_project_error(
+    cli, tmp_path: Path, service: str, source: str, said: str
+) -> None:
+    """Both were accepted: every item failed with NotImplementedError (the circuit breaker tripping on them), or the
+    run crashed with exit 3 after making its directory."""
+    job = tmp_path / "job.py"
+    job.write_text(
+        "from batchcli import Service, Source, inject\n\n\n"
+        f"@inject\nclass Numbers(Source[int]):\n{source}\n\n@inject\nclass Nothing(Service[int]):\n{service}"
+    )
+    assert said in rejected(cli("exec", job, "-d", "out"))
+
+
+def test_an_item_key_returning_none_stops_the_run_saying_so(cli, tmp_path: Path) -> None:
+    """A forgotten return in item_key gave every item the key None: the first was processed, the rest counted as
+    repeats and ended unprocessed, the run exited 0, and results listed five rows under one key."""
+    job = tmp_path / "job.py"
+    job.write_text(
+        "from batchcli import Service, Source, inject\n\n\n"
+        "@inject\nclass Numbers(Source[int]):\n    def __iter__(self):\n        yield from range(5)\n\n"
+        "    def item_key(self, item):\n        str(item)\n\n\n"
+        "@inject\nclass Nothing(Service[int]):\n    async def process(self, item):\n        return item\n"
+    )
+    result = cli("exec", job, "-d", "out")
+    assert result.exit_code == 3, result.output
+    assert "Numbers.item_key() returned None for the item 0: it must return the item's key, a str or an int unique " \
+           "per item (is a return missing?)" in " ".join(result.output.split())  # fmt: skip
+    assert result.summary["succeeded"] == 0

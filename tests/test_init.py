@@ -123,6 +123,15 @@ def test_init_refuses_names_that_cannot_be_imported(cli: Any, tmp_path: Path, na
     assert not (tmp_path / name).exists()
 
 
+@pytest.mark.parametrize("name", ["", ".", ".."])
+def test_init_refuses_a_name_that_is_no_new_directory(cli: Any, tmp_path: Path, name: str) -> None:
+    """An empty name answered "'.' already exists", as if the name had been taken, not left out."""
+    outcome = cli("init", name)
+    assert outcome.exit_code == 2
+    assert "names no new directory (an empty name is the one you are in): give the new project's name" in flat(outcome.output)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_init_that_cannot_write_its_files_says_so_and_leaves_nothing(tmp_path: Path) -> None:
     """A write that fails halfway (here the file-size limit, EFBIG; a full disk is ENOSPC) ended in a traceback and left
     a half-made project, which init then refused to redo ("already exists"). One paragraph now, exit 2, nothing left;

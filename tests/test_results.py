@@ -691,6 +691,10 @@ def test_an_export_into_the_run_directory_is_refused_and_the_journal_kept(cli, t
     assert (run_dir / "journal.sqlite").read_bytes() == journal
     assert not (run_dir / "new.jsonl").exists()
     assert len(list(batchcli.read_results(run_dir))) == 30
+    # -o the run directory itself: the example given is a file outside it (it was one inside, refused in turn).
+    refused = results_cli(run_dir, "-o", run_dir, capture_output=True)
+    flat = " ".join(refused.stderr.split())
+    assert refused.returncode == 2 and "is a directory. Give -o a file name, e.g. -o results.jsonl." in flat, refused.stderr
 
 
 def test_the_results_of_a_run_that_has_not_finished_say_so(cli, tmp_path: Path) -> None:

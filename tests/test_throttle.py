@@ -420,6 +420,17 @@ def test_other_errors_and_statuses_are_not_throttles() -> None:
     assert throttle_of(Throttled(10**400)).retry_after_s is None  # type: ignore[union-attr]  # no float holds it
 
 
+def test_throttled_takes_the_header_text_and_refuses_other_types() -> None:
+    """The Retry-After header's text, as a Service has it from a client batchcli does not know, is read in both forms;
+    text in neither form counts as none (as a malformed header does); any other type was taken silently as none."""
+    assert throttle_of(Throttled("7")).retry_after_s == 7  # type: ignore[union-attr]
+    assert throttle_of(Throttled("Wed, 21 Oct 2015 07:28:30 GMT"), now=lambda: 1445412480.0).retry_after_s == 30  # type: ignore[union-attr]
+    assert throttle_of(Throttled("soon")).retry_after_s is None  # type: ignore[union-attr]
+    for wrong in ([1], True, {"s": 1}):
+        with pytest.raises(TypeError, match=r"Throttled\(retry_after=\.\.\.\) takes seconds, a timedelta, a datetime"):
+            Throttled(wrong)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("zone", ["Asia/Tokyo", "America/New_York"])
 def test_a_naive_datetime_is_local_time(monkeypatch: pytest.MonkeyPatch, zone: str) -> None:
     """Throttled(datetime.now() + 2 s) waits 2 s: read as UTC it was off by the zone's offset (a 15-minute stall in

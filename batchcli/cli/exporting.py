@@ -110,10 +110,12 @@ def _to_file(run_dir: Path, fmt: str, output: Path, progress: Callable[[int], No
     """Written next to ``output`` (the file a symlink points to) and renamed, so a failed export never leaves half a
     file. Something that exists and is not a regular file (a FIFO, ``/dev/null``) is written in place, as a shell
     redirection does: renaming over it replaced the device or pipe with a file, and the reader got nothing."""
-    if output.is_dir():
-        raise UsageError(f"-o {str(output)!r} is a directory. Give -o a file name, e.g. -o {output / ('results.' + fmt)}.")
     target = output.resolve()
     home = run_dir.resolve()
+    if output.is_dir():
+        inside = target == home or home in target.parents  # no file of the run's own directory will do
+        example = Path(f"results.{fmt}") if inside else output / f"results.{fmt}"
+        raise UsageError(f"-o {str(output)!r} is a directory. Give -o a file name, e.g. -o {example}.")
     if target == home or home in target.parents:
         # Its journal holds the results being exported (and the failed inputs, and what resume needs): -o
         # journal.sqlite replaced it with the export, and the run could never be read again.

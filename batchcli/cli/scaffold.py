@@ -19,6 +19,11 @@ _RENAMES = {"gitignore": ".gitignore", "tests/test_name.py": "tests/test_{name}.
 def create_project(root: Path) -> Path:
     """Write a runnable project at ``root`` (which must not exist) and return it."""
     name = root.name
+    if not name or name == "..":  # "" and "." are Path("."), the directory you are in
+        raise UsageError(
+            f"{str(root)!r} names no new directory (an empty name is the one you are in): give the new project's name, "
+            "e.g. batchcli init my_job"
+        )
     if root.exists() or root.is_symlink():
         raise UsageError(
             f"{str(root)!r} already exists; batchcli init never overwrites anything. "

@@ -6,7 +6,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
-from batchcli.outcome import Tally, runs, writable
+from batchcli.outcome import Tally, clip, runs, writable
 
 Numbered = Iterator[tuple[int, Any]] | AsyncIterator[tuple[int, Any]]
 
@@ -143,6 +143,19 @@ async def _askip_ordinals(
         yield ordinal, item
 
 
+def _key(key_of: Callable[[Any], Any], item: Any) -> Any:
+    """``key_of(item)``; None, which every item would share, is the Source's error (a forgotten ``return``): every
+    item after the first counted as a repeat, ended unprocessed, and ``results`` listed them under one key."""
+    key = key_of(item)
+    if key is None:
+        name = getattr(key_of, "__qualname__", "item_key")
+        raise TypeError(
+            f"{name}() returned None for the item {clip(repr(item), 200)}: it must return the item's key, a str or an "
+            "int unique per item (is a return missing?)."
+        )
+    return key
+
+
 def skip_keys(
     items: Numbered, settled: set[Any], key_of: Callable[[Any], Any], pending: dict[int, Any], tally: Tally
 ) -> Numbered:
@@ -161,7 +174,7 @@ def _skip_keys(
     tally: Tally,
 ) -> Iterator[tuple[int, Any]]:
     for ordinal, item in items:
-        key = normal_key(key_of(item))
+        key = normal_key(_key(key_of, item))
         if key in settled:
             tally.skipped += 1
             continue
@@ -177,7 +190,7 @@ async def _askip_keys(
     tally: Tally,
 ) -> AsyncIterator[tuple[int, Any]]:
     async for ordinal, item in items:
-        key = normal_key(key_of(item))
+        key = normal_key(_key(key_of, item))
         if key in settled:
             tally.skipped += 1
             continue

@@ -9,6 +9,7 @@ import reprlib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Generic
 
 from kink import Container
@@ -137,6 +138,7 @@ def build_job(
             container[key] = config
     source_cls = _the_one(classes, Source, "Source", project)
     service_cls = _the_one(classes, Service, "Service", project)
+    _check_defined(source_cls, service_cls)
     # Most derived first, so a parent class is aliased to the leaf that extends it.
     for cls in sorted(classes, key=lambda c: -len(c.__mro__)):
         _register(container, cls, cast_values)
@@ -249,6 +251,23 @@ def _the_one(classes: list[type], base: type, label: str, project: Project) -> t
     raise ProjectError(f"The project has {len(leaves)} {label} classes: {names}. Keep one, or drop @inject from the others.")
 
 
+def _check_defined(source_cls: type, service_cls: type) -> None:
+    """A Service without ``process``, or a Source with nothing that yields items, is the project's error, said before
+    anything runs: each item failed with NotImplementedError (and the circuit breaker tripped on them), or the run
+    crashed after making its directory."""
+    if getattr(service_cls, "process", None) is Service.process:
+        raise ProjectError(
+            f"{service_cls.__qualname__} defines no process(self, item): batchcli calls it for each item. Define it "
+            "(async def process(self, item) for I/O-bound work, or a plain def)."
+        )
+    iterates = getattr(source_cls, "__iter__", None) is not Source.__iter__ or hasattr(source_cls, "__aiter__")
+    if not iterates and getattr(source_cls, "next", None) is Source.next:
+        raise ProjectError(
+            f"{source_cls.__qualname__} yields no items: define __iter__ (a generator), __aiter__ (an async "
+            "generator) or next() (raising StopIteration at the end) on it."
+        )
+
+
 def _why_none(base: type, label: str, project: Project) -> str:
     """What most likely hid the project's Source or Service, for the error that says there is none."""
     undecorated = [c for c in project.classes() if issubclass(c, base) and c is not base and not inject_spec(c)]
@@ -263,9 +282,14 @@ def _why_none(base: type, label: str, project: Project) -> str:
     if entry is not None and root is not None and entry.is_file() and root.is_dir():
         return (
             f" Only {entry.name} and what it imports were loaded, and the {label} is not among them: give the "
-            f"project directory to load all of its modules: batchcli exec {root}"
+            f"project directory to load all of its modules: batchcli exec {_project_dir(root)}"
         )
     return ""
+
+
+def _project_dir(root: Path) -> Path:
+    """The project directory of a file in ``root``: the one above, for a configuration module in ``config/``."""
+    return root.parent if root.name == "config" and any(root.parent.glob("*.py")) else root
 
 
 def _register(container: Container, cls: type, values: dict[str, Any]) -> None:
