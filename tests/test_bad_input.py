@@ -29,6 +29,16 @@ def test_param_without_equals(cli) -> None:
     assert "-p max_retries=VALUE" in out
 
 
+def test_a_param_given_with_a_space_instead_of_equals_shows_the_equals_form(cli) -> None:
+    """-p NAME VALUE (a form Batchframe's README shows) was click's "Got unexpected extra argument(s) (VALUE)"."""
+    result = cli("exec", RETRIES, "-d", "out", "-p", "backoff_s=0", "-p", "max_retries", "2")
+    out = " ".join(result.output.replace("│", " ").split())  # click's error box, wrapped
+    assert result.exit_code == 2 and result.run_dir is None and "Traceback" not in out, result.output
+    assert "-p max_retries 2: a param's name and value go in one word, joined by '=': -p max_retries=2" in out
+    other = cli("exec", RETRIES, "stray", "-d", "out")  # any other extra argument keeps click's own message
+    assert other.exit_code == 2 and "Got unexpected extra argument(s) (stray)" in other.output
+
+
 def test_value_that_does_not_cast(cli) -> None:
     """A value that does not cast names the param, the type, the value given and an example."""
     out = rejected(cli("exec", TYPED, "-d", "out", "-p", "count=lots", *REQUIRED[2:]))
@@ -102,6 +112,20 @@ def test_unknown_config_name_lists_the_existing_ones(cli) -> None:
     assert "'config_stage'" in out
     assert "config_dev, config_prod" in out
     assert "abstract_custom_config" not in out
+
+
+def test_a_broken_configuration_module_stops_only_the_runs_that_pick_it(cli, tmp_path: Path) -> None:
+    """Every module of config/ was imported whatever -c picked, so a mistake in the prod one stopped every dev run."""
+    import shutil
+
+    project = tmp_path / "bf"
+    shutil.copytree(BATCHFRAME, project, ignore=shutil.ignore_patterns("__pycache__"))
+    (project / "config" / "config_prod.py").write_text("this is not python\n")
+    dev = cli("exec", project, "-c", "config_dev", "-d", "out", "-p", "count=3")
+    assert dev.exit_code == 0, dev.output
+    prod = cli("exec", project, "-c", "config_prod", "-d", "out")
+    assert prod.exit_code == 2 and prod.run_dir is None, prod.output
+    assert "config_prod.py' failed" in prod.output and "NameError: name 'this' is not defined" in prod.output
 
 
 def test_path_that_does_not_exist(cli) -> None:

@@ -13,9 +13,9 @@ import typer
 from typer.core import TyperArgument, TyperCommand
 
 try:  # the click typer vendors since 0.2x, as in batchcli.errors
-    from typer._click.exceptions import MissingParameter
+    from typer._click.exceptions import MissingParameter, UsageError
 except ImportError:  # pragma: no cover
-    from click import MissingParameter  # type: ignore[assignment,no-redef,import-not-found,unused-ignore]
+    from click import MissingParameter, UsageError  # type: ignore[assignment,no-redef,import-not-found,unused-ignore]
 
 
 class BatchcliCommand(TyperCommand):
@@ -31,12 +31,29 @@ class BatchcliCommand(TyperCommand):
         return pieces
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        given = list(args)  # the parser takes them out of ``args`` as it goes
         try:
             return super().parse_args(ctx, args)
         except MissingParameter as missing:
             if isinstance(missing.param, TyperArgument) and missing.param_hint is None:
                 missing.param_hint = f"'{missing.param.display_name_raw.upper()}'"
             raise
+        except UsageError as error:
+            split = _split_param(given) if str(error.message).startswith("Got unexpected extra argument") else None
+            if split is None:
+                raise
+            name, value = split
+            raise UsageError(
+                f"-p {name} {value}: a param's name and value go in one word, joined by '=': -p {name}={value}", ctx
+            ) from error
+
+
+def _split_param(args: list[str]) -> tuple[str, str] | None:
+    """``-p NAME VALUE`` (a space for the ``=``) among ``args``: the name and the value, else None."""
+    for flag, name, value in zip(args, args[1:], args[2:]):
+        if flag in ("-p", "--param") and "=" not in name and not value.startswith("-"):
+            return name, value
+    return None
 
 
 class BatchcliTyper(typer.Typer):

@@ -76,6 +76,10 @@ class Project:
             for path in sorted(self.config_dir.glob("*.py")):
                 if not path.stem.startswith("_"):
                     _import_user(f"{self.config_package}.{path.stem}", path)
+        return self._choices()
+
+    def _choices(self) -> list[type[Configuration]]:
+        """``_load_configurations`` among the modules imported so far."""
         classes = self.classes()
         choices = _leaf_configurations(classes)
         if self.config_package is not None:
@@ -90,7 +94,18 @@ class Project:
         return choices
 
     def configuration(self, name: str | None) -> type[Configuration]:
-        """The configuration class ``-c NAME`` selects (or the only one, or the built-in defaults)."""
+        """The configuration class ``-c NAME`` selects (or the only one, or the built-in defaults).
+
+        ``-c config_dev`` imports ``config/config_dev.py`` (and what it imports) only: a mistake in the prod
+        module stopped every dev run. The others are imported when the name is not a module's, to list them."""
+        if name is not None and self.config_dir is not None and not name.startswith("_"):
+            path = self.config_dir / f"{name}.py"
+            if path.is_file():
+                _import_user(f"{self.config_package}.{name}", path)
+                module = f"{self.config_package}.{name}"
+                chosen = [c for c in self._choices() if c.__module__ == module]
+                if len(chosen) == 1:
+                    return chosen[0]
         leaves = self._load_configurations()
         if name is None:
             if not leaves:
