@@ -77,6 +77,12 @@ FAILURE_BACKLOG_MAX = 10_000
 A flood fails items faster than the journal, ``failed.jsonl`` and the log file take them, and memory must not
 pay for the difference."""
 
+KEYED_DONE_BACKLOG_MAX = 50_000
+"""How many successes of a keyed Source (``item_key``) may wait for the journal: past it, new items wait for the
+recorder. Each one's key becomes a row of an index that grows with the run, and an async job at 90,000 items a
+second outran it: the journal fell minutes behind (a kill -9 lost them, ``watch`` showed a stalled run) and the
+waiting keys took gigabytes. Positional successes cost the journal a range each, and never wait."""
+
 FAILURES_KEPT = 10_000
 """How many final failures a run holds in memory (the most recent; ``Tally.failures``): a flood of millions must
 not fill the memory, and every failure is in the journal, ``failed.jsonl`` and the log file anyway."""
@@ -241,6 +247,9 @@ class Tally:
         self._clock_lock = threading.Lock()
         self.done = array("q")
         """Ordinals that succeeded and are not yet journaled: 8 bytes each, no objects kept alive."""
+        self.done_max: int | None = None
+        """How many of ``done`` may wait before new items wait for the recorder (``done_backlog``); the journal of
+        a keyed run sets it (``KEYED_DONE_BACKLOG_MAX``), None for no bound."""
         self.kept: list[tuple[int, str | bytes, bytes | None]] = []
         """Items that succeeded with a result, not yet journaled: ``(ordinal, marshal or JSON, pickle or None)`` as
         ``journal.results.encode`` made it. Their ordinals are not in ``done``: one append settles an item."""
@@ -351,6 +360,16 @@ class Tally:
         if waiting > KEPT_NUDGE and not self.flush_wanted.is_set():
             self.flush_wanted.set()
         return waiting > KEPT_BACKLOG_MAX
+
+    @property
+    def done_backlog(self) -> bool:
+        """True while more successes than ``done_max`` wait for the journal: new items should wait (the recorder
+        is woken)."""
+        limit = self.done_max
+        if limit is None or len(self.done) <= limit:
+            return False
+        self.flush_wanted.set()
+        return True
 
     @property
     def failure_backlog(self) -> bool:

@@ -8,6 +8,7 @@ import re
 import resource
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -665,3 +666,42 @@ def test_a_resumed_run_shows_no_stale_summary_and_retry_points_a_stopped_run_to_
     assert read_run(run_dir).status == "crashed" and not (run_dir / "summary.json").exists()
     finished = run_batchcli("resume", run_dir)
     assert finished.exit_code == 0 and finished.summary["status"] == "finished" and finished.summary["succeeded"] == 600
+
+
+def test_a_keyed_run_waits_for_a_journal_that_falls_behind(tmp_path: Path) -> None:
+    """Each success of a keyed Source is a row of the journal's key index, and nothing held the run back when the
+    journal could not keep up: an async job at 90,000 items a second ran minutes ahead of it, in gigabytes of
+    waiting keys, and a kill -9 lost those minutes. A journal held by another connection stands in for a slow one
+    here: the run stops starting items once some 50,000 successes wait, and a stop then journals every one."""
+    from joblog import wait_for
+
+    ledger, out, count = tmp_path / "ledger.txt", tmp_path / "out", 5_000_000
+    cmd = [sys.executable, "-m", "batchcli", "exec", str(PROJECTS / "keyed_fast" / "job.py"), "-d", str(out),
+           "-p", f"count={count}", "-p", f"ledger={ledger}", "-p", "concurrency=50"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env())
+    try:
+        wait_for(lambda: any(out.glob("*/journal.sqlite")) and ledger.exists(), "the run to start its items")
+        (journal,) = out.glob("*/journal.sqlite")
+        holder = sqlite3.connect(journal, timeout=10, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # no flush can write until this ends (a flush waits up to 10 s)
+        try:
+            before = len(ledger.read_bytes().splitlines())
+            time.sleep(6)
+            during = len(ledger.read_bytes().splitlines()) - before
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # At most what the blocked flush had taken and the successes allowed to wait, each 50,000 plus what a tenth of
+    # a second between two looks lets through (about 200,000 at 400,000 items a second here); before, the run went
+    # on at full speed (2.7 million in these 6 s).
+    assert during <= 400_000, during
+    assert proc.returncode == 130, output
+    summary = json.loads(next(out.glob("*/summary.json")).read_text())
+    assert summary["failed"] == 0 and summary["succeeded"] + summary["unprocessed"] == count
+    assert summary["succeeded"] == len(ledger.read_bytes().splitlines())  # every success journaled, none lost

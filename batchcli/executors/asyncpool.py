@@ -110,6 +110,8 @@ class AsyncExecutor:
         self._check_at = 1
         """How many waiting results call for ``_check``: ``_seal_at``, or the next ``SEAL_SAMPLE`` before it."""
         self._slow = False
+        self._backlogged = False
+        """Set every ``SEAL_INTERVAL_S`` while successes wait for the journal beyond ``Tally.done_max``."""
         self._update_slow()
 
     @property
@@ -296,8 +298,13 @@ class AsyncExecutor:
         return tally.kept_backlog
 
     def _seal_due(self) -> None:
-        """Results come slowly: those waiting go to the journal now (every ``SEAL_INTERVAL_S``)."""
+        """Every ``SEAL_INTERVAL_S``: results come slowly, so those waiting go to the journal now; and when more
+        successes wait for the journal than it may have behind it (``Tally.done_backlog``), the workers wait for
+        the recorder before their next item (looked at here, not per item: the success path pays nothing)."""
         self._seal()
+        if not self._backlogged and self._tally.done_backlog:
+            self._backlogged = True
+            self._update_slow()
         self._seal_timer = self._loop.call_later(SEAL_INTERVAL_S, self._seal_due)
 
     def _keep(self, ordinal: int, item: Any, attempts: Attempts | None, result: Any) -> bool:
@@ -326,7 +333,7 @@ class AsyncExecutor:
         """Results or final failures wait for the journal beyond their memory budget: start nothing until the
         recorder took them."""
         tally = self._tally
-        while (tally.kept_backlog or tally.failure_backlog) and not self.stopping:
+        while (tally.kept_backlog or tally.failure_backlog or tally.done_backlog) and not self.stopping:
             await asyncio.sleep(RECORDER_WAIT_S)
 
     def _update_slow(self) -> None:
@@ -339,6 +346,7 @@ class AsyncExecutor:
             or self._limiter.throttled
             or self._turn_due
             or bool(self._refused)
+            or self._backlogged
         )
 
     @staticmethod
@@ -361,6 +369,10 @@ class AsyncExecutor:
             await asyncio.sleep(0)
         if self.paused:
             await self._gate.wait()
+        if self._backlogged:
+            await self._wait_for_recorder()
+            self._backlogged = False
+            self._update_slow()
         if self.stopping:
             return True
         if self._retiring:

@@ -181,7 +181,8 @@ class ChunkedExecutor:
         if (left := self._cooldown.remaining_s) > 0:  # throttled: no chunk is sent until the cool-down ends
             self._loop.call_later(left, self._wake.set)
             return
-        if self._tally.kept_backlog or self._tally.failure_backlog:  # beyond the memory budget: send nothing yet
+        tally = self._tally
+        if tally.kept_backlog or tally.failure_backlog or tally.done_backlog:  # beyond the memory budget: send nothing yet
             self._loop.call_later(RECORDER_WAIT_S, self._wake.set)
             return
         while not self.stopping and not self.paused and len(self._chunks) < self._chunks_at_once():

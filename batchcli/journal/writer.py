@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from batchcli import __version__
 from batchcli.errors import JournalError
-from batchcli.outcome import Failure, Sealed, Tally, writable
+from batchcli.outcome import KEYED_DONE_BACKLOG_MAX, Failure, Sealed, Tally, writable
 from batchcli.journal.records import failure_line, json_form, json_text, row_lines
 from batchcli.journal.batches import BATCHES_TABLE, write_sealed
 from batchcli.journal.results import RESULTS_TABLE, Kept, write_results
@@ -313,6 +313,8 @@ class Journal:
     def begin(self, tally: Tally) -> None:
         """Start a session (a new run's first one is already there): running, in this process, from now."""
         self.tally = tally
+        if self.keyed:  # each success costs the journal a key's row: the run goes no faster than it takes them
+            tally.done_max = KEYED_DONE_BACKLOG_MAX
         if not self.session:
             now = time.time()
             with self._conn:
