@@ -77,7 +77,8 @@ def test_outage_opens_probes_closes_and_loses_nothing(api: FlakyApi, tmp_path: P
     assert journal_failures(run_dir) == 0
     log = (run_dir / "batchcli.log").read_text()
     assert "Circuit breaker open: 10 of the last" in log and "Circuit breaker closed (a probe succeeded)" in log
-    assert " 0 held item(s)" not in log and re.search(r"\(probe 1\); the 1\d held item\(s\) go back to be processed first", log)
+    # The probes are new items; the held ones go back when one succeeded.
+    assert " 0 held item(s)" not in log and re.search(r"closed \(a probe succeeded\): 1\d held item\(s\) go back to be processed", log)
     assert "concurrency back up to 4 of 4" in log  # from 1 after the probe, doubling
     assert re.search(r"breaker closed after \d+ trips?", output), output  # the plain progress line says so
 
@@ -447,3 +448,18 @@ def test_a_retry_of_items_failing_as_before_does_not_trip_the_breaker(api: Flaky
     assert resumed.exit_code == 1, resumed.output
     assert (resumed.summary["failed"], resumed.summary["unprocessed"]) == (40, 0)
     assert resumed.summary["breaker"]["trips"] == 1  # the stopped session's, none of its own
+
+
+def test_bad_records_settling_before_a_slow_api_answers_do_not_stop_the_run(tmp_path: Path) -> None:
+    """A healthy but slow API with a minority of bad records: the 422s settle at once, before any slow success,
+    and trip the breaker. Its probes were the held bad records, which failed, and after a probe that succeeded
+    they failed again in a row and tripped it again: the run stopped (exit 130), "the cause did not go away". Now a
+    probe is a new item, and a held record failing again as it did is final, not counted again."""
+    count = 200
+    bad = {n for n in range(count) if n % 10 in (1, 3, 5, 7)}  # 40%, all odd: fast; every even item takes 0.5 s
+    with FlakyApi(reject=bad) as api:
+        done = run(args(api, tmp_path / "out", count=count, even_pause_s=0.5, concurrency=40, breaker_max_wait_s=30))
+    assert done.exit_code == 1, done.output
+    assert (done.summary["succeeded"], done.summary["failed"], done.summary["unprocessed"]) == (count - len(bad), len(bad), 0)
+    assert sorted(api.served) == sorted(set(range(count)) - bad) and set(api.served.values()) == {1}
+    assert {f["ordinal"] for f in done.failed} == bad and journal_failures(done.run_dir) == len(bad)

@@ -112,6 +112,8 @@ class Breaker:
         self._mark = 0
         self._ended = False
         self._earlier = earlier_errors
+        self._held_as: dict[int, tuple[str, str]] = {}
+        """Items the breaker took back, by ordinal: how they failed (as ``_earlier``), until they settle again."""
         """A retry's items, by ordinal: how each failed before (type, message shape). Failing the same way again
         says the item is still bad, not that the service went down (``watch``)."""
 
@@ -139,8 +141,8 @@ class Breaker:
             return
         self._failures += 1
         assert hold is not None
-        if self._earlier and self.state == "closed" and self._as_before(failure):
-            return  # final, as it was: a retry of bad records must not hold them, and probe them, for an hour
+        if self.state == "closed" and (self._earlier or self._held_as) and self._as_before(failure):
+            return  # final, as it was: bad records must not hold the run, and be its probes, for an hour
         if self.state != "closed":  # started before the breaker opened, or the probe itself: not final
             self._take_back(failure, hold)
             if self.state == "probing":
@@ -156,12 +158,14 @@ class Breaker:
             self._trip(f"{len(recent)} of the last {span} items failed: {failure.error_type}: {_first_line(failure.error_message)}")
 
     def _as_before(self, failure: Failure) -> bool:
-        """Whether a retried item failed as it did in the run it comes from (the same type, the same message but for
-        its numbers): settled, but not counted toward the window."""
+        """Whether an item failed as it did before (the same type, the same message but for its numbers): when the
+        breaker held it, or in the run a retry comes from. Settled, but not counted toward the window: after a probe
+        succeeded, the held bad records failing again in a row tripped the breaker again, on a healthy API."""
         ordinal = failure.ordinal
-        if not 0 <= ordinal < len(self._earlier):
-            return False
-        return self._earlier[ordinal] == (failure.error_type, message_shape(failure.error_message))
+        before = self._held_as.pop(ordinal, None)
+        if before is None and 0 <= ordinal < len(self._earlier):
+            before = self._earlier[ordinal]
+        return before == (failure.error_type, message_shape(failure.error_message))
 
     # Opening.
 
@@ -188,6 +192,7 @@ class Breaker:
     def _take_back(self, failure: Failure, hold: Hold) -> None:
         if self._tally.unfail(failure):
             self._releases.add(hold())
+            self._held_as[failure.ordinal] = (failure.error_type, message_shape(failure.error_message))
 
     def _open(self) -> None:
         self._set_state("open")
@@ -225,7 +230,9 @@ class Breaker:
         self._set_state("probing")
         self._mark = self._tally.succeeded
         self._hold(executor, 1)
-        held = self._releases_now()  # the first ones to try
+        # A new item is the probe while the source has one: the held ones failed already, and when they are bad
+        # records (fast 400s settling before a slow API's successes) probing them stopped a run on a healthy API.
+        held = self._releases_now() if self._tally.exhausted else 0
         log.info(
             "Circuit breaker: letting one item through (probe %d)%s.", self.counts.probes,
             f"; the {held} held item(s) go back to be processed first" if held else "",
@@ -237,10 +244,14 @@ class Breaker:
         self._timer = None
         if self.state != "probing" or self._ended:
             return
-        if self._tally.succeeded > self._mark:
+        tally = self._tally
+        if tally.succeeded > self._mark:
             self._close("a probe succeeded")
-        else:
-            self._timer = self._loop.call_later(POLL_S, self._check_probe)
+            return
+        if self._releases and tally.exhausted and not tally.in_flight:  # no new item left to probe with
+            held = self._releases_now()
+            log.info("Circuit breaker: no new item left to probe with; the %d held item(s) go back to be processed.", held)
+        self._timer = self._loop.call_later(POLL_S, self._check_probe)
 
     def close_by_user(self) -> None:
         """The user resumed the run (left the pause shell or attach, or `ctl resume`): close, and process the held items again."""
@@ -258,7 +269,7 @@ class Breaker:
         self._opened_at = None
         self._cooldown_s = self.base_cooldown_s
         self._base = self._position()
-        count = self._releases_now()  # none after a probe: they went back when it started
+        count = self._releases_now()  # none when a probe ran out of new items: they went back then
         if count:
             log.warning("Circuit breaker closed (%s): %d held item(s) go back to be processed.", why, count)
         else:

@@ -42,6 +42,7 @@ class FlakyApi:
         port: int = 0,
         throttle_first: int = 0,
         refuse: Iterable[int] = (),
+        reject: Iterable[int] = (),
     ) -> None:
         self.rate = rate
         """Requests per second served before 429s start; None for no limit."""
@@ -55,6 +56,8 @@ class FlakyApi:
         """Answer the first N requests 429 whatever the rate (a test's deterministic throttle)."""
         self.refuse = frozenset(refuse)
         """Items always answered 503 with ``Retry-After`` (a record the API cannot serve), whatever the rate."""
+        self.reject = frozenset(reject)
+        """Items always answered 422 (a bad record: the API is fine, the request is not)."""
         self.requests: list[tuple[float, str, int, str | None]] = []
         """Every request as (``time.time()`` it arrived, path, status, Retry-After sent or None)."""
         self.statuses: Counter[int] = Counter()
@@ -194,6 +197,8 @@ class FlakyApi:
             item = int(path.rstrip("/").rsplit("/", 1)[-1])
         except ValueError:
             return 404, {}, {"error": f"no such path {path!r}"}
+        if item in self.reject:
+            return 422, {}, {"error": f"item {item} is not valid"}
         if item in self.refuse:
             return 503, {"Retry-After": self._retry_after(self.retry_after_s)}, {"error": f"cannot serve item {item}"}
         return 200, {}, {"item": item}
