@@ -463,3 +463,16 @@ def test_bad_records_settling_before_a_slow_api_answers_do_not_stop_the_run(tmp_
     assert (done.summary["succeeded"], done.summary["failed"], done.summary["unprocessed"]) == (count - len(bad), len(bad), 0)
     assert sorted(api.served) == sorted(set(range(count)) - bad) and set(api.served.values()) == {1}
     assert {f["ordinal"] for f in done.failed} == bad and journal_failures(done.run_dir) == len(bad)
+
+
+def test_an_outage_answered_with_bare_503s_trips_the_breaker(tmp_path: Path) -> None:
+    """A 503 without Retry-After (a load balancer with nothing behind it) was read as a throttle: no item ever
+    failed, the breaker never opened, and the run made about a request a minute for as long as the outage lasted.
+    It is an ordinary failure now: the breaker opens within its window and the run stops as documented."""
+    with FlakyApi(down_retry_after=False) as api:
+        api.down(600)
+        stopped = run(args(api, tmp_path / "out", count=100, concurrency=4, breaker_max_wait_s=0.5))
+    assert stopped.exit_code == 130, stopped.output
+    assert "circuit breaker stayed open for 0.5s" in stopped.output
+    assert stopped.summary["breaker"]["trips"] == 1 and stopped.summary["unprocessed"] == 100
+    assert api.statuses[503] <= 20 + 4 + 3  # the window, the items in flight, a few probes

@@ -123,7 +123,13 @@ def _throttle_of(error: BaseException, now: Callable[[], float]) -> Throttle | N
     headers = getattr(error, "headers", None)
     if headers is None and response is not None:
         headers = getattr(response, "headers", None)
-    return Throttle(_retry_after(headers, now))
+    retry_after = _retry_after(headers, now)
+    if status == 503 and retry_after is None:
+        # A 503 that names no time to come back is an outage (a load balancer with nothing behind it), not a pace:
+        # read as a throttle, it never failed an item nor tripped the breaker, and the run crept on at a request a
+        # minute for days. An ordinary failure, the breaker counts it.
+        return None
+    return Throttle(retry_after)
 
 
 _SHAPED = ("response", "status_code", "status", "code", "headers")

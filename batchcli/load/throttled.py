@@ -11,7 +11,7 @@ class Throttled(Exception):
     A throttled attempt does not spend one of the item's ``max_retries``. No new item starts
     until ``retry_after`` (seconds, a ``timedelta``, a ``datetime``, or the ``Retry-After`` header's text as
     the API sent it, seconds or an HTTP-date; None, or text in neither form, lets batchcli pick an exponential
-    cool-down). batchcli also recognises HTTP 429 and 503 errors of httpx,
+    cool-down). batchcli also recognises HTTP 429 errors (and 503s with a Retry-After) of httpx,
     requests, aiohttp and urllib by themselves, so raising this is only needed for other clients.
     """
 

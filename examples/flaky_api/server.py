@@ -43,6 +43,7 @@ class FlakyApi:
         throttle_first: int = 0,
         refuse: Iterable[int] = (),
         reject: Iterable[int] = (),
+        down_retry_after: bool = True,
     ) -> None:
         self.rate = rate
         """Requests per second served before 429s start; None for no limit."""
@@ -56,6 +57,8 @@ class FlakyApi:
         """Answer the first N requests 429 whatever the rate (a test's deterministic throttle)."""
         self.refuse = frozenset(refuse)
         """Items always answered 503 with ``Retry-After`` (a record the API cannot serve), whatever the rate."""
+        self.down_retry_after = down_retry_after
+        """Whether the 503s of ``down()`` say when the API is back (``Retry-After``); a bare 503 is an outage."""
         self.reject = frozenset(reject)
         """Items always answered 422 (a bad record: the API is fine, the request is not)."""
         self.requests: list[tuple[float, str, int, str | None]] = []
@@ -182,7 +185,8 @@ class FlakyApi:
 
     def _decide(self, path: str, authorization: str, now: float) -> tuple[int, dict[str, str], dict[str, Any]]:
         if now < self._down_until:
-            return 503, {"Retry-After": self._retry_after(self._down_until - now)}, {"error": "down"}
+            headers = {"Retry-After": self._retry_after(self._down_until - now)} if self.down_retry_after else {}
+            return 503, headers, {"error": "down"}
         if authorization != f"Bearer {self.token}":
             return 401, {}, {"error": "bad token"}
         if len(self.requests) < self.throttle_first:
