@@ -131,6 +131,26 @@ def test_the_report_prints_at_most_its_budget_per_second_and_announces_the_rest(
     assert [(g.label, g.count) for g in report.groups] == [("ValueError: record N is malformed", 1000), ("ValueError: another N thing", 1)]
 
 
+def test_failures_taken_back_are_neither_printed_nor_announced() -> None:
+    """The breaker took back failures the report had counted or not read yet: it printed "failed Item #0 ..." for
+    failures already taken back, and "... and 56 more like this" for failures that were no longer final, above a
+    closing line of 0 failed."""
+    tally, clock = Tally(), Clock()
+    console = Console(record=True, width=200, file=open("/dev/null", "w"))
+    report = FailureReport(tally, console, lines_per_second=3, more_every_s=10.0, clock=clock)
+    earlier = [_failure(n) for n in range(20)]
+    tally.unshown.extend(earlier)
+    report.tick()  # 3 printed, 17 hidden
+    now = [_failure(n) for n in range(20, 40)]
+    tally.unshown.extend(now)
+    tally.taken_back.extend(earlier + now)  # the breaker opened: all 40 are held
+    clock.now += 1.0
+    report.tick(final=True)
+    text = console.export_text()
+    assert len(INDIVIDUAL.findall(text)) == 3  # only the three printed before the trip
+    assert more_counts(text) == {} and report.groups == []
+
+
 CRASH = PROJECTS / "flood_crash" / "crash.py"
 
 

@@ -115,11 +115,19 @@ class FailureReport:
         """Print what is due: new failures within the line budget, then the groups' "and N more" lines."""
         with self._lock:
             now = self._clock()
-            unshown = self._tally.unshown
+            unshown, taken_back = self._tally.unshown, self._tally.taken_back
+            # Taken back before the new ones are read: each of these is among them or was read before, so it is
+            # counted, then uncounted, and a failure no longer final is never printed (the breaker's take-backs
+            # printed "failed Item #0 ..." and "... and 56 more like this" above "Stopped: 0 failed").
+            back = [taken_back.popleft() for _ in range(len(taken_back))]
+            gone = {id(failure) for failure in back}
             lines: list[Text] = []
             for _ in range(len(unshown)):
                 failure = unshown.popleft()
                 group = self._group(failure)
+                if id(failure) in gone:
+                    gone.discard(id(failure))  # read now: neither printed nor hidden
+                    continue
                 if now - self._window_start >= 1.0:
                     self._window_start, self._window_lines = now, 0
                 if self._window_lines < self._lines_per_second:
@@ -129,9 +137,8 @@ class FailureReport:
                     if group.hidden == 0 and not group.announced_at:
                         group.announced_at = now  # the first announcement waits a full period too
                     group.hidden += 1
-            taken_back = self._tally.taken_back  # after the new ones: one taken back since is counted, then not
-            for _ in range(len(taken_back)):
-                self._take_back(taken_back.popleft())
+            for failure in back:
+                self._take_back(failure, earlier=id(failure) in gone)
             for group in self._groups.values():
                 if group.hidden and (final or now - group.announced_at >= self._more_every_s):
                     lines.append(self.more_line(group))
@@ -165,8 +172,9 @@ class FailureReport:
         group.count += 1
         return group
 
-    def _take_back(self, failure: Failure) -> None:
-        """Uncount a failure that is no longer final, from the group ``_group`` counted it in."""
+    def _take_back(self, failure: Failure, earlier: bool) -> None:
+        """Uncount a failure that is no longer final, from the group ``_group`` counted it in; one read at an
+        ``earlier`` tick may wait among the group's hidden ones (which are not told apart: one fewer of them)."""
         groups = self._groups
         group = (
             groups.get((failure.error_type, message_shape(failure.error_message)))
@@ -175,6 +183,8 @@ class FailureReport:
         )
         if group is not None and group.count > 0:
             group.count -= 1
+            if earlier and group.hidden > 0:
+                group.hidden -= 1
 
 
 def group_lines(groups: list[Group], limit: int = 5) -> list[str]:
