@@ -112,10 +112,10 @@ class Breaker:
         self._mark = 0
         self._ended = False
         self._earlier = earlier_errors
-        self._held_as: dict[int, tuple[str, str]] = {}
-        """Items the breaker took back, by ordinal: how they failed (as ``_earlier``), until they settle again."""
         """A retry's items, by ordinal: how each failed before (type, message shape). Failing the same way again
         says the item is still bad, not that the service went down (``watch``)."""
+        self._held_as: dict[int, tuple[str, str]] = {}
+        """Items the breaker took back, by ordinal: how they failed (as ``_earlier``), until they fail again."""
 
     @property
     def blocking(self) -> bool:
