@@ -98,7 +98,8 @@ class Project:
 
         ``-c config_dev`` imports ``config/config_dev.py`` (and what it imports) only: a mistake in the prod
         module stopped every dev run. The others are imported when the name is not a module's, to list them."""
-        if name is not None and self.config_dir is not None and not name.startswith("_"):
+        # Only a config_* module's own class is offered whatever the others hold (a base is not): see _choices.
+        if name is not None and self.config_dir is not None and name.startswith("config_"):
             path = self.config_dir / f"{name}.py"
             if path.is_file():
                 _import_user(f"{self.config_package}.{name}", path)
