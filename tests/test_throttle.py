@@ -147,6 +147,7 @@ def test_records_the_api_always_refuses_leave_the_runs_pace_alone(run_batchcli) 
     assert (summary["succeeded"], summary["failed"], summary["total"]) == (37, 3, 40)
     log = log_text(result.run_dir)
     assert log.count("was throttled 20 times in a row") == 3
+    assert [f["attempts"] for f in result.failed] == [20, 20, 20]  # each request, not "after 1 attempt"
     assert len(re.findall(r"Throttled: effective", log)) <= len(refused), log  # at most one cut a record
     rates = [float(r) for r in re.findall(r"rate_limit=([\d.]+)/s", log)]
     assert all(rate >= 10 for rate in rates), rates  # the items ran at 50-100/s

@@ -252,7 +252,9 @@ class RetryScheduler:
                 error_type,
                 writable(message),
                 writable(traceback),
-                1 if attempts is None else attempts.count,
+                # Every request counts, the throttled ones too: one that failed at its 20th throttle in a row
+                # said "failed after 1 attempt" (only a failure that is not a throttle resets ``throttled``).
+                1 if attempts is None else attempts.count + max(0, attempts.throttled - 1),
                 now if attempts is None else attempts.first_started,
                 now,
             )
