@@ -178,11 +178,9 @@ def _seconds(value: object, now: Callable[[], float]) -> float | None:
         return max(0.0, float(value)) if value == value else None
     if isinstance(value, str):
         try:
-            seconds = float(value)
+            return _seconds(float(value), now)  # "nan" says no time, as NaN given as a number does
         except ValueError:
             pass
-        else:  # "nan" says no time, as NaN given as a number does (max() read it as 0 s)
-            return max(0.0, seconds) if seconds == seconds else None
         try:
             return max(0.0, parsedate_to_datetime(value).timestamp() - now())
         except (TypeError, ValueError, IndexError):

@@ -348,14 +348,13 @@ class GroupRetry(Retry):
 
     def carry_on(self, job: Job) -> Continuation | None:
         """Every shard's failed inputs, shard by shard, each in its source order."""
-        failed = FailedInputs([], [], 0)
-        for run_dir in self._failed:
-            found = failed_inputs(run_dir, self.wanted, self.types)
-            failed.items.extend(found.items)
-            failed.errors.extend(found.errors)
-            failed = failed._replace(unsaved=failed.unsaved + found.unsaved)
-        if self.wanted.limit is not None:  # at most N over the whole group, shard by shard
-            failed = failed._replace(items=failed.items[: self.wanted.limit], errors=failed.errors[: self.wanted.limit])
+        found = [failed_inputs(run_dir, self.wanted, self.types) for run_dir in self._failed]
+        limit = self.wanted.limit  # at most N over the whole group, shard by shard
+        failed = FailedInputs(
+            [item for each in found for item in each.items][:limit],
+            [error for each in found for error in each.errors][:limit],
+            sum(each.unsaved for each in found),
+        )
         info = read_group(self.group_dir)
         listing = f"batchcli show {self.group_dir} --failures"
         return self._continue(failed, f"group {info.group!r}", self.group_dir, "the shards' failed.jsonl", listing)

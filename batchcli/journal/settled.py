@@ -143,17 +143,14 @@ async def _askip_ordinals(
         yield ordinal, item
 
 
-def _key(key_of: Callable[[Any], Any], item: Any) -> Any:
-    """``key_of(item)``; None, which every item would share, is the Source's error (a forgotten ``return``): every
-    item after the first counted as a repeat, ended unprocessed, and ``results`` listed them under one key."""
-    key = key_of(item)
-    if key is None:
-        name = getattr(key_of, "__qualname__", "item_key")
-        raise TypeError(
-            f"{name}() returned None for the item {clip(repr(item), 200)}: it must return the item's key, a str or an "
-            "int unique per item (is a return missing?)."
-        )
-    return key
+def _no_key(key_of: Callable[[Any], Any], item: Any) -> TypeError:
+    """``key_of(item)`` returned None, which every item would share: the Source's error (a forgotten ``return``).
+    Every item after the first counted as a repeat, ended unprocessed, and ``results`` listed them under one key."""
+    name = getattr(key_of, "__qualname__", "item_key")
+    return TypeError(
+        f"{name}() returned None for the item {clip(repr(item), 200)}: it must return the item's key, a str or an "
+        "int unique per item (is a return missing?)."
+    )
 
 
 def skip_keys(
@@ -174,7 +171,10 @@ def _skip_keys(
     tally: Tally,
 ) -> Iterator[tuple[int, Any]]:
     for ordinal, item in items:
-        key = normal_key(_key(key_of, item))
+        key = key_of(item)
+        if key is None:  # a check, not a call, per item
+            raise _no_key(key_of, item)
+        key = normal_key(key)
         if key in settled:
             tally.skipped += 1
             continue
@@ -190,7 +190,10 @@ async def _askip_keys(
     tally: Tally,
 ) -> AsyncIterator[tuple[int, Any]]:
     async for ordinal, item in items:
-        key = normal_key(_key(key_of, item))
+        key = key_of(item)
+        if key is None:  # a check, not a call, per item
+            raise _no_key(key_of, item)
+        key = normal_key(key)
         if key in settled:
             tally.skipped += 1
             continue
