@@ -238,6 +238,18 @@ def test_finish_error_is_fatal(cli: Any, records: Path, executor: list[str]) -> 
     assert result.summary["succeeded"] == 20
 
 
+def test_a_slow_finish_runs_to_its_end_when_nothing_stopped_the_run(cli: Any, records: Path, executor: list[str]) -> None:
+    """finish() taking longer than stop_timeout_s, in a run nobody stopped, runs to its end in every worker:
+    stop_timeout_s bounds a stop only. (It cut finish() off on process, dask and ray: exit 3 blaming the user's
+    finish() for a worker batchcli killed, or exit 0 on Dask and Ray with finish() never done.)"""
+    # The process executor gave a worker 5 s more to exit before it killed it.
+    finish_s = 6.5 if "executor=process" in executor else 2.5
+    result = spy(cli, records, executor, f"finish_s={finish_s}", "stop_timeout_s=1")
+    assert result.exit_code == 0, result.output
+    assert result.summary["succeeded"] == 20
+    assert pids(records, "finished") == pids(records, "setup") != []
+
+
 def test_source_error_is_fatal(cli: Any, records: Path, executor: list[str]) -> None:
     """A Source that raises ends the run with exit 3; what was already sent still settles."""
     result = spy(cli, records, executor, "source_fails_at=7")

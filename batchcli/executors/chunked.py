@@ -62,8 +62,10 @@ class Backend(Protocol):
     def limits_changed(self, version: int) -> None:
         """The rate changed: chunks sent with an older ``Chunk.limits`` hand back the items waiting for a slot."""
 
-    async def close(self, timeout: float) -> WorkerError | None:
-        """Call ``finish()`` in every worker and stop them; the first error ``finish()`` raised."""
+    async def close(self, timeout: float | None) -> WorkerError | None:
+        """Call ``finish()`` in every worker and stop them; the first error ``finish()`` raised, or a worker that
+        died before it returned. ``timeout`` None waits for as long as ``finish()`` takes: a stop that runs out of
+        time cancels the run (``cancel``), which ends the wait."""
 
 
 class ItemFailed(Exception):
@@ -145,7 +147,10 @@ class ChunkedExecutor:
         """Finish the job in every worker and stop them; raises the first error of a ``finish()``."""
         if not self._started:  # a failed start stopped its workers already
             return
-        error = await self._backend.close(self._config.stop_timeout_s)
+        # As long as finish() takes, as on the async executor: stop_timeout_s bounds a stop, and a stop that runs
+        # out of time cancels the run, which ends this wait too. (It cut a slow finish() off in a run that ended
+        # normally, which then passed for finished on Dask and Ray.)
+        error = await self._backend.close(None)
         if error is not None:
             raise error
 

@@ -36,6 +36,7 @@ from batchcli.executors.messages import (
     WorkerError,
     WorkerLost,
     WorkerSpec,
+    finish_results,
 )
 from batchcli.executors.signals import shield_worker, spawning
 
@@ -272,7 +273,7 @@ class DaskBackend:
                 log.debug("Could not steer the Dask workers: %s", error)
             told = word
 
-    async def close(self, timeout: float) -> WorkerError | None:
+    async def close(self, timeout: float | None) -> WorkerError | None:
         self._watch_stop.set()
         try:
             return await asyncio.to_thread(self._finish_workers, timeout)
@@ -388,7 +389,8 @@ class DaskBackend:
         self._slots = max(1, sum(w.get("nthreads", 1) for w in workers))
         self._slots_read = time.monotonic()
 
-    def _finish_workers(self, timeout: float) -> WorkerError | None:
+    def _finish_workers(self, timeout: float | None) -> WorkerError | None:
+        """Call ``finish()`` on every worker: for as long as it takes (``timeout`` None), else at most ``timeout``."""
         client = self._client
         if client is None:
             return None
@@ -403,17 +405,12 @@ class DaskBackend:
             )
             for n, address in enumerate(client.scheduler_info()["workers"])
         ]
-        deadline = time.monotonic() + timeout
-        errors = []
-        for future in futures:
-            try:
-                pid, info = future.result(timeout=max(0.1, deadline - time.monotonic()))
-            except Exception as error:  # a worker that left or hangs: nothing more to finish there
-                log.warning("finish() did not complete on a Dask worker: %r", error)
-                continue
-            if info is not None:
-                errors.append(WorkerError("finish() raised", info, pid))
-        return errors[0] if errors else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return finish_results(
+            [future.result for future in futures],
+            lambda: self._cancelled or (deadline is not None and time.monotonic() > deadline),
+            "on a Dask worker",
+        )
 
     def _shutdown(self) -> None:
         client = self._client

@@ -10,13 +10,15 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 from batchcli.load.wiring import Wiring
 from batchcli.executors.bundle import Bundle
 from batchcli.durations import Durations
 from batchcli.outcome import error_text, qualified_name
 from batchcli.load.project import format_item_traceback
+
+log = logging.getLogger("batchcli")
 
 
 @dataclass(frozen=True)
@@ -168,3 +170,34 @@ class WorkerLost(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+FINISH_POLL_S = 0.5
+"""How often a wait for the workers' ``finish()`` looks whether the run was cancelled meanwhile."""
+
+
+def finish_results(
+    waits: list[Callable[[float], tuple[int, ErrorInfo | None]]], cancelled: Callable[[], bool], where: str
+) -> WorkerError | None:
+    """Wait (on a worker thread) for each worker's ``finish()``, as ``waits`` get it (each takes a timeout in
+    seconds and raises ``TimeoutError`` past it): for as long as it takes, as on the async executor, unless the
+    run is cancelled meanwhile (a stop that ran out of time). The first error: what ``finish()`` raised, or a
+    worker that died before it returned, so a ``finish()`` that did not complete never passes for one that did."""
+    errors: list[WorkerError] = []
+    for wait in waits:
+        while True:
+            try:
+                pid, info = wait(FINISH_POLL_S)
+            except TimeoutError:
+                if cancelled():
+                    log.warning("finish() was left running %s: the run stopped at once.", where)
+                    return errors[0] if errors else None
+                continue
+            except Exception as error:  # the worker left or died: finish() did not complete there
+                info = ErrorInfo(qualified_name(type(error)), f"the worker went away before finish() returned: {error}", "")
+                errors.append(WorkerError(f"finish() did not complete {where}", info, 0))
+                break
+            if info is not None:
+                errors.append(WorkerError("finish() raised", info, pid))
+            break
+    return errors[0] if errors else None

@@ -132,7 +132,7 @@ class ProcessBackend:
             if not future.done():
                 future.set_exception(WorkerLost("the run was cancelled", started=False))
 
-    async def close(self, timeout: float) -> WorkerError | None:
+    async def close(self, timeout: float | None) -> WorkerError | None:
         self._closing = True
         if self._watch is not None:
             self._watch.cancel()
@@ -154,7 +154,8 @@ class ProcessBackend:
             if worker.finished.done() and worker.finished.result() is not None:
                 info = worker.finished.result()
                 assert info is not None
-                return WorkerError("finish() raised", info, worker.process.pid or 0)
+                what = "finish() did not complete" if info.error_type == "WorkerLost" else "finish() raised"
+                return WorkerError(what, info, worker.process.pid or 0)
         return None
 
     # Workers.

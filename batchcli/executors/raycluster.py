@@ -12,6 +12,7 @@ and is sent again. Ray is an optional extra: this module is imported only for ``
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import shutil
@@ -29,7 +30,15 @@ from ray.exceptions import GetTimeoutError, RayActorError, TaskCancelledError
 from batchcli.errors import ProjectError, UsageError
 from batchcli.executors import worker
 from batchcli.executors.bundle import adopt, bundle_project, discard, manifest_of, stage
-from batchcli.executors.messages import Chunk, ChunkResult, ErrorInfo, WorkerError, WorkerLost, WorkerSpec
+from batchcli.executors.messages import (
+    Chunk,
+    ChunkResult,
+    ErrorInfo,
+    WorkerError,
+    WorkerLost,
+    WorkerSpec,
+    finish_results,
+)
 from batchcli.executors.signals import spawning
 from batchcli.load.wiring import Job, Wiring
 
@@ -220,7 +229,7 @@ class RayBackend:
             except Exception:
                 pass
 
-    async def close(self, timeout: float) -> WorkerError | None:
+    async def close(self, timeout: float | None) -> WorkerError | None:
         try:
             return await asyncio.to_thread(self._finish_actors, timeout)
         finally:
@@ -293,21 +302,17 @@ class RayBackend:
             if isinstance(outcome, WorkerError):
                 raise outcome
 
-    def _finish_actors(self, timeout: float) -> WorkerError | None:
+    def _finish_actors(self, timeout: float | None) -> WorkerError | None:
+        """Call ``finish()`` in every actor: for as long as it takes (``timeout`` None), else at most ``timeout``."""
         if not self._actors:
             return None
         refs = [actor.finish.remote() for actor in self._actors]
-        deadline = time.monotonic() + timeout
-        errors = []
-        for ref in refs:
-            try:
-                pid, info = ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
-            except Exception as error:  # an actor that died or hangs: nothing more to finish there
-                log.warning("finish() did not complete in a Ray actor: %r", error)
-                continue
-            if info is not None:
-                errors.append(WorkerError("finish() raised", info, pid))
-        return errors[0] if errors else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return finish_results(
+            [functools.partial(_get, ref) for ref in refs],
+            lambda: self._cancelled or (deadline is not None and time.monotonic() > deadline),
+            "in a Ray actor",
+        )
 
     def _shutdown(self) -> None:
         for actor in self._actors:
@@ -386,3 +391,9 @@ def _quiet() -> Iterator[None]:
 def _actor_of(error: RayActorError) -> str:
     actor_id = getattr(error, "actor_id", None)
     return f"{actor_id[:8]}" if isinstance(actor_id, str) else "(unknown)"
+
+
+def _get(ref: Any, timeout: float) -> tuple[int, ErrorInfo | None]:
+    """What an actor's ``finish()`` returned, waiting at most ``timeout`` (``TimeoutError`` past it)."""
+    result: tuple[int, ErrorInfo | None] = ray.get(ref, timeout=timeout)
+    return result

@@ -79,12 +79,13 @@ class Spy(Service[Item]):
         warn_on: Param[int] = -1,
         setup_fails: Param[bool] = False,
         finish_fails: Param[bool] = False,
+        finish_s: Param[float] = 0.0,
     ) -> None:
         self.record_dir = record_dir
         self.flaky, self.flaky_times, self.bad = flaky, flaky_times, bad
         self.slow, self.slow_times, self.slow_s = slow, slow_times, slow_s
         self.sleep_s, self.cpu_ms, self.kill_on, self.warn_on = sleep_s, cpu_ms, kill_on, warn_on
-        self.setup_fails, self.finish_fails = setup_fails, finish_fails
+        self.setup_fails, self.finish_fails, self.finish_s = setup_fails, finish_fails, finish_s
         self.kill_always = kill_always  # that item kills its worker at every attempt
         if style == "async":
             self.process = self.process_async  # type: ignore[method-assign]
@@ -96,6 +97,9 @@ class Spy(Service[Item]):
 
     def finish(self) -> None:
         self._mark("finish", "")
+        if self.finish_s:  # a finish() that takes a while: flushing a buffer, closing a connection
+            time.sleep(self.finish_s)
+            self._mark("finished", "")
         if self.finish_fails:
             raise RuntimeError("could not flush the output")
 
