@@ -300,3 +300,65 @@ def test_an_item_key_returning_none_stops_the_run_saying_so(cli, tmp_path: Path)
     assert "Numbers.item_key() returned None for the item 0: it must return the item's key, a str or an int unique " \
            "per item (is a return missing?)" in " ".join(result.output.split())  # fmt: skip
     assert result.summary["succeeded"] == 0
+
+
+_JOB_TAIL = (
+    "@inject\nclass Numbers(Source[int]):\n    def __iter__(self):\n        return iter(range(2))\n\n\n"
+    "@inject\nclass Work(Service[int]):\n    def process(self, item: int) -> None:\n        pass\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "doing", "line"),
+    [
+        ("import sys\nsys.exit(0)\n\n", "0", "importing it", "sys.exit(0)"),  # read as every item done
+        (
+            "import argparse\nparser = argparse.ArgumentParser()\nparser.add_argument('--rows')\nargs = parser.parse_args()\n\n",
+            "2", "importing it", "args = parser.parse_args()",
+        ),
+        (
+            "import sys\n\n\nclass Exits:\n    def __init__(self) -> None:\n        sys.exit(4)\n\n\n",
+            "4", "building it", "sys.exit(4)",
+        ),
+    ],
+    ids=["exit-0-at-import", "argparse-at-import", "exit-4-in-a-constructor"],
+)
+def test_a_job_that_exits_while_it_loads_is_a_load_error(cli, tmp_path: Path, body: str, code: str, doing: str, line: str) -> None:
+    """sys.exit() in a job module, or in a constructor batchcli calls, ended batchcli silently with the job's own
+    exit code: 0 read as a run that did every item, 4 a code batchcli does not use. It is a load error now."""
+    job = tmp_path / "exits.py"
+    tail = _JOB_TAIL.replace("class Work(Service[int]):\n", "class Work(Service[int]):\n    def __init__(self, e: Exits) -> None:\n        pass\n\n") if "Exits" in body else _JOB_TAIL
+    job.write_text("from batchcli import Service, Source, inject\n" + body.replace("class Exits:", "@inject\nclass Exits:") + tail)
+    result = cli("exec", job, "-d", "out", "--no-shell")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, said
+    assert result.run_dir is None
+    assert f"called sys.exit({code})" in said and f"while batchcli was {doing}" in said, said
+    assert line in said and 'if __name__ == "__main__":' in said, said
+
+
+@pytest.mark.parametrize(
+    ("value", "ran"),
+    [("ConnectionError", True), ("None", False), ("(ConnectionError, 'TimeoutError')", False), ("'ConnectionError'", False)],
+    ids=["one-class", "none", "a-name-not-a-class", "a-name-alone"],
+)
+def test_exceptions_to_retry_for_takes_one_class_and_names_itself_when_wrong(cli, tmp_path: Path, value: str, ran: bool) -> None:
+    """exceptions_to_retry_for = ConnectionError (one class, not a tuple) or None ended the run with "TypeError: 'type'
+    object is not iterable", exit 3, after making its directory, without naming the attribute. One class stands for
+    itself now; anything else is refused before the run, naming the attribute and the bad value."""
+    job = tmp_path / "retryfor.py"
+    job.write_text(
+        "from batchcli import Service, Source, inject\n\n\n@inject\nclass Numbers(Source[int]):\n"
+        "    def __iter__(self):\n        return iter(range(3))\n\n\n@inject\nclass Flaky(Service[int]):\n"
+        f"    exceptions_to_retry_for = {value}\n\n    def __init__(self) -> None:\n        self.seen: dict[int, int] = {{}}\n\n"
+        "    def process(self, item: int) -> None:\n        self.seen[item] = self.seen.get(item, 0) + 1\n"
+        "        if self.seen[item] == 1:\n            raise ConnectionResetError(f'reset on {item}')\n"
+    )
+    result = cli("exec", job, "-d", "out", "--no-shell", "-p", "backoff_s=0")
+    if ran:  # ConnectionResetError is a ConnectionError: every item retried once, and done
+        assert result.exit_code == 0, result.output
+        assert result.summary["succeeded"] == 3
+        return
+    said = rejected(result)
+    bad = {"None": "None", "'ConnectionError'": "'ConnectionError'"}.get(value, "'TimeoutError'")
+    assert f"Flaky.exceptions_to_retry_for is {bad}, which is not an exception class" in said, said

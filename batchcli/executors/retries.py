@@ -13,13 +13,14 @@ import logging
 import reprlib
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Protocol
 
 import tenacity
 
 from batchcli.load.configuration import Configuration
 from batchcli.load.project import format_item_traceback
 from batchcli.load.secret import mask_texts
+from batchcli.load.service import retry_classes
 from batchcli.outcome import Failure, Tally, error_text, qualified_name, writable
 
 log = logging.getLogger("batchcli.retries")
@@ -86,11 +87,8 @@ class RetryPolicy:
     ever longer than ``backoff_max_s``. ``backoff_s=0`` means no wait at all.
     """
 
-    def __init__(self, config: Configuration, retry_for: Iterable[type[BaseException]]) -> None:
-        types = tuple(retry_for)
-        for t in types:
-            if not (isinstance(t, type) and issubclass(t, BaseException)):
-                raise TypeError(f"exceptions_to_retry_for must hold exception classes, got {t!r}.")
+    def __init__(self, config: Configuration, retry_for: Any) -> None:
+        types = retry_classes(retry_for, "The Service")
         # Timeouts batchcli itself imposes are always worth another attempt.
         self.retry_for: tuple[type[BaseException], ...] = (*types, TimeoutError)
         self.max_attempts = config.max_retries + 1

@@ -275,12 +275,25 @@ def _import_user(name: str, path: Path, package_dir: Path | None = None) -> Modu
         spec.loader.exec_module(module)
     except BaseException as error:
         del sys.modules[name]
-        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+        if isinstance(error, KeyboardInterrupt):
             raise
         raise UserCodeError(
-            f"Importing {str(path)!r} failed:\n{format_user_traceback(error)}", error
+            f"Importing {str(path)!r} failed:\n{format_user_traceback(error)}{exit_hint(error, 'importing it')}", error
         ) from error
     return module
+
+
+def exit_hint(error: BaseException, doing: str) -> str:
+    """For a ``SystemExit`` the user's code raised while batchcli was ``doing`` something: what to change. It
+    ended batchcli silently with the job's own exit code (0 read as every item done), or with argparse's usage
+    of batchcli's arguments."""
+    if not isinstance(error, SystemExit):
+        return ""
+    return (
+        f"\nThe job's code called sys.exit({error.code!r}) while batchcli was {doing} (argparse does that too, "
+        "when it parses a command line meant for the module's own use): run that code only under "
+        "`if __name__ == \"__main__\":`, and raise an exception to report an error."
+    )
 
 
 # Frames of the machinery between batchcli and the user's code: importing a module, running a sync

@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Generic, TypeVar
 
+from batchcli.errors import ProjectError
+
 T = TypeVar("T")
 
 async def maybe_await(value: Any) -> Any:
@@ -15,6 +17,29 @@ async def maybe_await(value: Any) -> Any:
 
 
 DEFAULT_RETRY_FOR: frozenset[type[BaseException]] = frozenset({TimeoutError, ConnectionError})
+
+
+def retry_classes(value: Any, owner: str) -> tuple[type[BaseException], ...]:
+    """``exceptions_to_retry_for`` as a tuple of exception classes; one class alone stands for itself. Anything
+    else is the project's error: ``ConnectionError`` alone, or None, ended the run in "TypeError: 'type' object is
+    not iterable", after its directory was made, without naming the attribute."""
+    if isinstance(value, type) and issubclass(value, BaseException):
+        return (value,)
+    try:
+        if isinstance(value, (str, bytes)):  # a class's name: refused as a whole, not letter by letter
+            raise TypeError
+        types = tuple(value)
+    except TypeError:
+        types = ()
+        bad: Any = value
+    else:
+        bad = next((t for t in types if not (isinstance(t, type) and issubclass(t, BaseException))), None)
+        if bad is None:
+            return types
+    raise ProjectError(
+        f"{owner}.exceptions_to_retry_for is {bad!r}, which is not an exception class: give a tuple of exception "
+        "classes, such as (ConnectionError, TimeoutError), one class, or () to retry nothing."
+    )
 
 
 class Service(Generic[T]):

@@ -21,9 +21,9 @@ from batchcli.load.fields import build as build_configuration
 from batchcli.load.fields import layout
 from batchcli.load.inject import inject_spec
 from batchcli.load.params import ParamSpec, constructor, constructor_hints, param_specs, unwrap_param
-from batchcli.load.project import Project, format_user_traceback
+from batchcli.load.project import Project, exit_hint, format_user_traceback
 from batchcli.load.secret import is_secret_type, masked_values
-from batchcli.load.service import Service
+from batchcli.load.service import Service, retry_classes
 from batchcli.load.source import Source
 
 
@@ -144,6 +144,7 @@ def build_job(
         _register(container, cls, cast_values)
     source: Any = _resolve(container, source_cls) if with_source else None
     service = _resolve(container, service_cls)
+    retry_classes(service.exceptions_to_retry_for, service_cls.__qualname__)  # said now, not when the run fails
     return Job(project, container, config, source, service, cast_values, annotations, env)
 
 
@@ -336,8 +337,10 @@ def _construct(container: Container, cls: type, values: dict[str, Any]) -> Any:
             )
     try:
         return cls(**kwargs)
-    except Exception as error:
-        raise UserCodeError(f"Building {cls.__qualname__} failed:\n{format_user_traceback(error)}", error) from error
+    except (Exception, SystemExit) as error:
+        raise UserCodeError(
+            f"Building {cls.__qualname__} failed:\n{format_user_traceback(error)}{exit_hint(error, 'building it')}", error
+        ) from error
 
 
 def _resolvable(container: Container, key: Any) -> bool:
