@@ -13,6 +13,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import CodeType, ModuleType
+from typing import Callable
 
 from batchcli.load.configuration import Configuration
 from batchcli.errors import ProjectError, UsageError, UserCodeError
@@ -303,7 +304,11 @@ _RUNTIME_FRAMES = (*(f"{_STDLIB}/{name}" for name in ("importlib", "concurrent",
 
 
 def format_user_traceback(error: BaseException) -> str:
-    """The traceback of ``error`` without batchcli's and importlib's own frames."""
+    """The traceback of ``error`` without batchcli's and importlib's own frames, with its chain as Python prints it."""
+    return _with_chain(error, _user_traceback, 0)
+
+
+def _user_traceback(error: BaseException) -> str:
     ours = str(Path(__file__).parent.parent)  # the batchcli package (not imported: the API above would import the journal)
     frames = [
         f
@@ -325,6 +330,66 @@ def format_item_traceback(error: BaseException) -> str:
     the line again for those). The frames' text is cached by code location, since a flood fails in the
     same few places, and the source lines come from ``linecache`` without checking each file's time stamp.
     """
+    if (
+        error.__cause__ is None
+        and (error.__context__ is None or error.__suppress_context__)
+        and not isinstance(error, BaseExceptionGroup)
+    ):
+        return _item_traceback(error)  # the common case, a flood's: one exception
+    return _with_chain(error, _item_traceback, 0)
+
+
+_CAUSE = "\n\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\n\nDuring handling of the above exception, another exception occurred:\n\n"
+CHAIN_MAX = 16
+"""At most how many exceptions of a chain (``raise ... from``, or raised while handling another) are shown."""
+GROUP_MAX = 15
+"""At most how many sub-exceptions of an exception group are shown, as Python shows them."""
+GROUP_DEPTH_MAX = 8
+"""Exception groups nested deeper than this show their own line only."""
+
+
+def _with_chain(error: BaseException, single: Callable[[BaseException], str], depth: int) -> str:
+    """``single``'s text of ``error`` after those of the exceptions it was raised from or while handling, oldest
+    first, as Python prints them (a cycle ends the chain); an exception group's sub-exceptions under its own.
+    Recorded failures kept the last exception only: a ``RuntimeError("could not enrich")`` lost the refused
+    connection it was raised from, and a TaskGroup's ``ExceptionGroup`` the error inside it."""
+    links, joints, seen = [error], [], {id(error)}
+    current: BaseException = error
+    while len(links) < CHAIN_MAX:
+        if current.__cause__ is not None:
+            earlier, joint = current.__cause__, _CAUSE
+        elif current.__context__ is not None and not current.__suppress_context__:
+            earlier, joint = current.__context__, _CONTEXT
+        else:
+            break
+        if id(earlier) in seen:
+            break
+        seen.add(id(earlier))
+        links.append(earlier)
+        joints.append(joint)
+        current = earlier
+    text = _with_group(links[-1], single, depth)
+    for link, joint in zip(reversed(links[:-1]), reversed(joints)):
+        text += joint + _with_group(link, single, depth)
+    return text
+
+
+def _with_group(error: BaseException, single: Callable[[BaseException], str], depth: int) -> str:
+    text = single(error)
+    if not isinstance(error, BaseExceptionGroup) or depth >= GROUP_DEPTH_MAX:
+        return text
+    parts = [text]
+    for n, sub in enumerate(error.exceptions[:GROUP_MAX], 1):
+        parts.append(f"  +---------------- {n} ----------------")
+        parts += [f"  | {line}".rstrip() for line in _with_chain(sub, single, depth + 1).splitlines()]
+    if len(error.exceptions) > GROUP_MAX:
+        parts.append(f"  +---------------- ... ----------------\n  | and {len(error.exceptions) - GROUP_MAX} more exceptions")
+    parts.append("  +------------------------------------")
+    return "\n".join(parts)
+
+
+def _item_traceback(error: BaseException) -> str:
     key = []
     tb = error.__traceback__
     while tb is not None:
@@ -354,17 +419,37 @@ _FRAMES: dict[tuple[tuple[CodeType, int | None], ...], str] = {}
 """The text of traceback frames, by code location (see ``format_item_traceback``)."""
 
 
+REPEATED_FRAMES_SHOWN = 3
+"""A frame repeated in a row (recursion) is shown this many times, then counted, as Python prints it."""
+
+
 def _format_frames(frames: tuple[tuple[CodeType, int | None], ...]) -> str:
     lines = ["Traceback (most recent call last):\n"]
-    for code, lineno in frames:
+    last, repeats = None, 0
+    for frame in frames:
+        code, lineno = frame
         filename = code.co_filename
         if filename.startswith(_OURS) or filename.startswith(_RUNTIME_FRAMES):
             continue
+        if frame == last:
+            repeats += 1
+            if repeats >= REPEATED_FRAMES_SHOWN:
+                continue  # a RecursionError's thousand frames took 135 KB per failure, in three files
+        else:
+            _count_repeats(lines, repeats)
+            last, repeats = frame, 0
         lines.append(f'  File "{filename}", line {lineno}, in {code.co_name}\n')
         source = linecache.getline(filename, lineno or 0).strip()
         if source:
             lines.append(f"    {source}\n")
+    _count_repeats(lines, repeats)
     return "".join(lines)
+
+
+def _count_repeats(lines: list[str], repeats: int) -> None:
+    hidden = repeats - REPEATED_FRAMES_SHOWN + 1
+    if hidden > 0:
+        lines.append(f"  [Previous line repeated {hidden} more time{'s' if hidden > 1 else ''}]\n")
 
 
 def load_module_project(job_name: str, module_name: str, target: str | None = None) -> Project:

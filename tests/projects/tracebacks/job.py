@@ -1,0 +1,59 @@
+"""Failures whose story is more than one exception: raised from another, while handling another, in a TaskGroup,
+with a cycle in the chain, or after deep recursion; and a Source that breaks raising from another."""
+
+from __future__ import annotations
+
+import asyncio
+
+from batchcli import Param, Service, Source, inject
+
+
+@inject
+class Numbers(Source[int]):
+    def __init__(self, count: Param[int] = 2, source_breaks: Param[bool] = False) -> None:
+        self.count, self.source_breaks = count, source_breaks
+
+    def __iter__(self):
+        yield from range(self.count)
+        if self.source_breaks:
+            try:
+                open("/nonexistent/next-page.csv")
+            except OSError as error:
+                raise RuntimeError("could not read the next page") from error
+
+
+def deeper(n: int) -> int:
+    return deeper(n + 1)
+
+
+@inject
+class Story(Service[int]):
+    def __init__(self, how: Param[str] = "cause") -> None:
+        self.how = how
+
+    def process(self, item: int) -> None:
+        if self.how == "cause":
+            try:
+                raise ConnectionRefusedError(f"db host refused item {item}")
+            except OSError as error:
+                raise RuntimeError("could not enrich the item") from error
+        if self.how == "context":
+            try:
+                {}["email"]
+            except KeyError:
+                raise ValueError("the record is malformed")
+        if self.how == "group":
+            asyncio.run(self._group())
+        if self.how == "cycle":
+            first, second = ValueError("first"), ValueError("second")
+            first.__context__, second.__context__ = second, first
+            raise first
+        if self.how == "recursion":
+            deeper(0)
+
+    async def _group(self) -> None:
+        async def lookup() -> None:
+            raise KeyError("email")
+
+        async with asyncio.TaskGroup() as group:
+            group.create_task(lookup())
