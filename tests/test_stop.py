@@ -505,3 +505,37 @@ def test_a_signal_that_lands_while_the_main_thread_holds_a_lock_the_answer_needs
     finally:
         restore()
     assert run.asked == [True]
+
+
+def test_results_returned_before_the_loop_was_held_are_kept_by_a_stop_that_leaves_it(tmp_path: Path, run_batchcli) -> None:
+    """Two items return a value, then an async process blocks the loop in a sync call past the stop timeout. The
+    results waited for a loop timer that never ran: the display said 2 done, the journal kept none of them, and a
+    resume did them again."""
+    ledger = tmp_path / "ledger"
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "exec", str(PROJECTS / "loop_held"), "-d", str(out), "--no-shell",
+         "-p", f"ledger={ledger}", "-p", "returns=true", "-p", "block_s=60", "-p", "concurrency=1",
+         "-p", "stop_timeout_s=0.5"],
+        cwd=tmp_path, env=subprocess_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: ledger.exists() and len(ledger.read_text().split()) == 2, "items 0 and 1")
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, output
+    run_dir = newest_run(out)
+    assert run_dir is not None
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["succeeded"], summary["unprocessed"]) == (2, 3), summary
+    exported = run_batchcli("results", str(run_dir))
+    assert [json.loads(line)["result"] for line in exported.output.splitlines() if line.startswith("{")] == [
+        {"item": 0}, {"item": 1}
+    ], exported.output
+    resumed = run_batchcli("resume", str(run_dir), "-p", "block_s=0")
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted(int(n) for n in ledger.read_text().split()) == [0, 1, 2, 3, 4]  # none done twice
+

@@ -531,6 +531,26 @@ class AsyncExecutor:
         for task in self._between_items():
             task.cancel()
 
+    def abandon(self) -> None:
+        """The run leaves this loop behind, held by the user's code past a stop (from the main thread): the results
+        that wait to be encoded go to the journal with the rest. A held loop never ran ``_seal_due``, so items that
+        had returned a value were shown done but never journaled, and a resume did them again.
+
+        The loop may still run a worker now and then (a ``process`` that swallows its cancellation): a result is
+        appended before its ordinal, so the first ``len(ordinals)`` results and items are whole, and only those are
+        taken. One that is not plain data (``_keep`` would judge it, on the loop) leaves the batch unprocessed."""
+        count = len(self._result_ordinals)
+        if not count:
+            return
+        try:
+            data = _marshal(self._results[:count], MARSHAL_VERSION)
+        except (ValueError, TypeError):
+            return
+        if len(data) > SEAL_ROW_MAX:
+            return
+        self._tally.sealed.append((self._result_ordinals[:count], data))
+        del self._results[:count], self._result_items[:count], self._result_ordinals[:count]
+
     def cancel(self) -> None:
         """Stop at once: cancel in-flight items, leaving them unprocessed (given up after ``ABANDON_AFTER_S``)."""
         self.stop()

@@ -78,7 +78,10 @@ class InProcessExecutor:
             self._pool.stop()
 
     def abandon(self) -> None:
-        """Nothing to end: every item runs in this process, which the run's exit ends."""
+        """Nothing to end (every item runs in this process, which the run's exit ends); what waits for the journal
+        goes there."""
+        if self._pool is not None:
+            self._pool.abandon()
 
     async def process_one(self, item: Any) -> Any:
         """The driver's own Service on one item: awaited on the run's loop when async, in a thread when not."""

@@ -1,5 +1,5 @@
 """An async ``process`` that blocks the event loop with a sync call for item ``at`` (``block_s`` seconds); every
-item done is appended to ``ledger``."""
+item done is appended to ``ledger``; with ``returns``, each returns a small dict."""
 
 from __future__ import annotations
 
@@ -22,11 +22,12 @@ class Numbers(Source[int]):
 
 @inject
 class Blocking(Service[int]):
-    def __init__(self, ledger: Param[str], at: Param[int] = 2, block_s: Param[float] = 2.0) -> None:
-        self.ledger, self.at, self.block_s = ledger, at, block_s
+    def __init__(self, ledger: Param[str], at: Param[int] = 2, block_s: Param[float] = 2.0, returns: Param[bool] = False) -> None:
+        self.ledger, self.at, self.block_s, self.returns = ledger, at, block_s, returns
 
-    async def process(self, item: int) -> None:
+    async def process(self, item: int) -> dict[str, int] | None:
         if item == self.at:
             time.sleep(self.block_s)  # a sync call inside async code
         with open(self.ledger, "a", encoding="utf-8") as out:
             out.write(f"{item}\n")
+        return {"item": item} if self.returns else None
