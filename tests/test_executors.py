@@ -706,3 +706,51 @@ def test_items_that_do_not_unpickle_in_a_worker_fail_alone_and_the_run_goes_on(r
     assert all("missing 1 required positional argument: 'b'" in f["error_message"] for f in failed), failed
     done = ledger.read_text().split()
     assert sorted(map(int, done)) == [n for n in range(300) if n % 100 != 50]  # each once
+
+
+@pytest.mark.parametrize("name", ["process", "dask"])
+def test_a_slow_source_lets_a_stop_through_and_items_settle_as_they_come(
+    tmp_path: Path, records: Path, name: str, request: pytest.FixtureRequest
+) -> None:
+    """A sync Source taking 0.3 s an item: the driver pulled items for every chunk slot before its loop ran again,
+    so no result was recorded for seconds, and a SIGTERM waited past stop_timeout_s: a hard stop that skipped
+    finish(), with the items the workers had done unrecorded. Now a chunk goes as soon as filling it takes a while,
+    and the loop gets a turn between chunks: the stop is graceful, and finish() runs."""
+    executor = _executor_args(request, name)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "exec", str(SPY), "-d", "out", "-p", f"record_dir={records}", *executor,
+         "-p", "count=100", "-p", "source_s=0.3", "-p", "stop_timeout_s=2", "--no-shell"],
+        cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: sum(successes(records).values()) >= 2, proc, timeout=90)
+        journals = list((tmp_path / "out").glob("*/journal.sqlite"))
+        assert len(journals) == 1
+        run = journals[0].parent
+        # The run's journal has them while it runs (the driver's loop takes the workers' answers between chunks).
+        _wait_for(lambda: _journaled(run) >= 2, proc, timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, output
+    assert "leaving it without finish()" not in output, output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["succeeded"] == sum(successes(records).values()) >= 2, output
+    assert pids(records, "finish") == pids(records, "setup") != []  # a graceful stop: finish() ran
+
+
+def _journaled(run: Path) -> int:
+    """Items the run's journal holds as done, read while it runs."""
+    import sqlite3
+
+    journal = run / "journal.sqlite"
+    if not journal.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5)) as conn:
+        try:
+            return int(conn.execute("SELECT coalesce(sum(stop - start), 0) FROM done_ranges").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0

@@ -13,6 +13,7 @@ import itertools
 import logging
 import math
 import pickle
+import time
 from collections import deque
 from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
@@ -37,6 +38,8 @@ from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, Throttle
 
 log = logging.getLogger("batchcli")
 
+SLOW_SOURCE_S = 0.05
+"""A chunk whose items took the Source longer than this to give goes with what it has (``_take``)."""
 CHUNKS_PER_SLOT = 2
 """Chunks in flight per worker slot: one running and one waiting, so a worker never waits for the driver."""
 
@@ -122,6 +125,8 @@ class ChunkedExecutor:
         """Each running chunk's task and the items it carries."""
         self._ids = itertools.count()
         self._pulled = 0
+        self._slow_source = False
+        """The last chunk went before it was full, the Source being slow: the loop gets a turn before the next."""
         self._error: BaseException | None = None
         self.stopping = False
         """True once a stop was asked for: no new chunk is sent."""
@@ -196,6 +201,9 @@ class ChunkedExecutor:
                 self._send(entries)
             if not entries or self.stopping:
                 return
+            if self._slow_source:  # the loop's turn: the workers' answers, a stop, the display's clock
+                self._slow_source = False
+                await asyncio.sleep(0)
             if self.fatal is not None:  # the source broke: what it gave is sent, nothing more
                 self.stop()
                 return
@@ -217,7 +225,14 @@ class ChunkedExecutor:
             entries.extend(due.popleft() for _ in range(taken))
             self._retries.started(taken)
         tally = self._tally
+        pulling = time.monotonic()
         while len(entries) < size and not tally.exhausted and self.fatal is None:
+            if entries and time.monotonic() - pulling > SLOW_SOURCE_S:
+                # A slow source (a page of an API, a query per item): send what there is, and let the loop run
+                # before the next chunk. It filled every chunk slot first: nothing settled meanwhile, for tens of
+                # seconds, and a stop waited past its timeout (a hard stop, without finish()).
+                self._slow_source = True
+                break
             try:
                 if self._next is not None:
                     ordinal, item = self._next()

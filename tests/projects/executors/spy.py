@@ -41,14 +41,18 @@ class Numbers(Source[Item]):
         count: Param[int] = 20,
         source_fails_at: Param[int] = -1,
         unpicklable_at: Param[int] = -1,
+        source_s: Param[float] = 0.0,
     ) -> None:
         self.record_dir = record_dir
+        self.source_s = source_s  # a slow source: a page of an API, a query per item
         self.count = count
         self.source_fails_at = source_fails_at
         self.unpicklable_at = unpicklable_at
 
     def __iter__(self):
         for n in range(self.count):
+            if self.source_s:
+                time.sleep(self.source_s)
             if n == self.source_fails_at:
                 raise OSError(f"the source broke at {n}")
             yield Item(n, payload=(lambda: None) if n == self.unpicklable_at else None)
