@@ -104,6 +104,15 @@ def writable(text: str) -> str:
     return text
 
 
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))} | {0x09: " "}
+
+
+def shown(text: str) -> str:
+    """``text`` with its control characters written out (``\\x1b``): an error message holding a terminal's escape
+    sequences cleared and recoloured the screen when printed, and a carriage return overwrote the line."""
+    return text.translate(_CONTROLS)
+
+
 def clip(text: str, width: int) -> str:
     """``text`` cut to ``width`` characters, the last one ``…`` when it was longer."""
     return text if len(text) <= width else text[: width - 1] + "…"

@@ -127,3 +127,22 @@ def test_the_progress_lines_after_the_last_item_give_the_runs_rate_and_no_eta(ru
     done = [line for line in result.output.splitlines() if line.startswith("20/20 (100%)")]
     assert len(done) >= 3, result.output  # finish() takes 1.5 s: several lines at 0.2 s
     assert all("eta 0:00:00" in line and " 0.0/s" not in line for line in done), done
+
+
+def test_control_characters_in_an_error_message_are_written_out_on_the_console(run_batchcli: Any, tmp_path: Path) -> None:
+    """A message holding a terminal's escape sequences cleared and recoloured the screen, and a carriage return
+    overwrote the line, in the failure lines and the groups alike. They are written out (``\\x1b``); the files keep
+    the message as it was raised."""
+    job = tmp_path / "escapes.py"
+    job.write_text(
+        "from batchcli import Service, Source, inject\n\n\n@inject\nclass Numbers(Source[int]):\n"
+        "    def __iter__(self):\n        return iter(range(3))\n\n\n@inject\nclass Hostile(Service[int]):\n"
+        "    def process(self, item: int) -> None:\n"
+        "        raise ValueError(f'row {item} \\x1b[2J\\x1b[31mcleared\\rover\\x00')\n"
+    )
+    result = run_batchcli("exec", job, "-d", "out", "-p", "breaker_window=0")
+    assert result.exit_code == 1, result.output
+    assert "\x1b" not in result.output and "\r" not in result.output and "\x00" not in result.output
+    assert "row 0 \\x1b[2J\\x1b[31mcleared\\x0dover\\x00" in result.output, result.output
+    failed = [json.loads(line) for line in (result.run_dir / "failed.jsonl").read_text().splitlines()]
+    assert failed[0]["error_message"] == "row 0 \x1b[2J\x1b[31mcleared\rover\x00"

@@ -23,7 +23,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from batchcli.journal.rundir import message_shape
 from batchcli.load.configuration import Configuration
-from batchcli.outcome import Failure, Tally, clip
+from batchcli.outcome import Failure, Tally, clip, shown
 
 log = logging.getLogger("batchcli.breaker")
 
@@ -360,4 +360,4 @@ def breaker_note(tally: Tally, now: Callable[[], float] = time.monotonic) -> str
 
 def _first_line(message: str, width: int = 160) -> str:
     """The first line of an error message, clipped: a reason stays one line."""
-    return clip(message.splitlines()[0] if message else "", width)
+    return clip(shown(message.splitlines()[0]) if message else "", width)

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from batchcli.journal.rundir import message_shape
-from batchcli.outcome import Failure, Tally, clip
+from batchcli.outcome import Failure, Tally, clip, shown
 
 LINES_PER_SECOND = 3
 """Individual failure lines the console prints at most per second; the others are only counted."""
@@ -65,6 +65,7 @@ class Group:
 def first_line(message: str, width: int = MESSAGE_WIDTH) -> str:
     """A message's first line, clipped to ``width``, with ``…`` when anything was left out."""
     line, _, rest = message.partition("\n")
+    line = shown(line)
     return clip(line + " …" if rest else line, width)
 
 
