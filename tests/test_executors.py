@@ -671,14 +671,18 @@ def test_chunk_sizes_follow_the_size_of_results_and_a_fixed_size_otherwise() -> 
     assert fixed.size(4, 2, None) == CHUNK_KEPT_MAX // (2 << 20)
 
 
-def test_log_records_with_extras_that_cannot_travel_reach_the_log_and_the_run_goes_on(run_batchcli: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["process", "dask", "ray"])
+def test_log_records_with_extras_that_cannot_travel_reach_the_log_and_the_run_goes_on(
+    run_batchcli: Any, tmp_path: Path, name: str, request: pytest.FixtureRequest
+) -> None:
     """A worker's record whose `extra=` value does not unpickle in the driver ended the thread reading that worker:
     the run hung with items in flight (and resume did them twice); one that does not pickle lost its line, with a
-    "Logging error" on stderr. Such values travel as their repr now, a Secret masked."""
+    "Logging error" on stderr. Such values travel as their repr now, a Secret masked. Dask workers' records went to
+    their stderr only, and Ray actors' nowhere: the run's log had none of them, nor of setup() and finish()."""
     ledger = tmp_path / "ledger"
     done = run_batchcli(
         "exec", PROJECTS / "worker_logs" / "job.py", "-d", "out", "-p", f"ledger={ledger}", "-p", "count=200",
-        "-p", "executor=process", "-p", "workers=2", timeout=120,
+        *_executor_args(request, name), "-v", timeout=180,
     )  # fmt: skip
     assert done.exit_code == 0, done.output
     assert "Traceback" not in done.output and "Logging error" not in done.output, done.output
@@ -687,6 +691,8 @@ def test_log_records_with_extras_that_cannot_travel_reach_the_log_and_the_run_go
     for ending, says in ((5, "the API said no"), (7, "holding a lock"), (9, "with a token")):
         assert sum(f"item {n}: {says}" in log for n in range(ending, 200, 10)) == 20, says
     assert "tok-5c2e9a71" not in log
+    set_up = re.findall(r"set up in (\d+)", log)
+    assert set_up and sorted(set_up) == sorted(re.findall(r"finished in (\d+)", log)), log[-3000:]
 
 
 def test_items_that_do_not_unpickle_in_a_worker_fail_alone_and_the_run_goes_on(run_batchcli: Any, tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from batchcli.executors.messages import (
     ItemError,
     WorkerError,
     WorkerLost,
+    emit,
 )
 from batchcli.executors.sizing import ChunkSizer
 from batchcli.journal.results import decode
@@ -372,6 +373,8 @@ class ChunkedExecutor:
             self._wake.set()
 
     def _settle(self, entries: list[_Entry], result: ChunkResult) -> None:
+        if result.records:
+            emit(result.records)
         tally = self._tally
         tally.in_flight -= len(entries)
         tally.succeeded += len(result.succeeded)

@@ -492,6 +492,7 @@ def _run_chunk(plugin: str, chunk: Chunk) -> ChunkResult:
     return worker.run_chunk(_spec(plugin), chunk)
 
 
-def _finish(key: str) -> tuple[int, ErrorInfo | None]:
-    """Finish the run's job in this worker process (a Dask task)."""
-    return os.getpid(), worker.finish_job(key)
+def _finish(key: str) -> tuple[int, ErrorInfo | None, list[logging.LogRecord]]:
+    """Finish the run's job in this worker process (a Dask task); with the log records held since its last chunk."""
+    info = worker.finish_job(key)
+    return os.getpid(), info, worker.take_records()

@@ -138,6 +138,8 @@ class ChunkResult:
     """Items that succeeded with a result: ordinal and the result encoded by the worker (not in ``succeeded``)."""
     durations: Durations | None = None
     """How long the chunk's attempts took, for a ``timed`` chunk; None otherwise."""
+    records: list[logging.LogRecord] = field(default_factory=list)
+    """A Dask worker's or Ray actor's log records since its last answer (``worker.take_records``), for the run's log."""
 
 
 class WorkerError(Exception):
@@ -177,7 +179,9 @@ FINISH_POLL_S = 0.5
 
 
 def finish_results(
-    waits: list[Callable[[float], tuple[int, ErrorInfo | None]]], cancelled: Callable[[], bool], where: str
+    waits: list[Callable[[float], tuple[int, ErrorInfo | None, list[logging.LogRecord]]]],
+    cancelled: Callable[[], bool],
+    where: str,
 ) -> WorkerError | None:
     """Wait (on a worker thread) for each worker's ``finish()``, as ``waits`` get it (each takes a timeout in
     seconds and raises ``TimeoutError`` past it): for as long as it takes, as on the async executor, unless the
@@ -187,7 +191,7 @@ def finish_results(
     for wait in waits:
         while True:
             try:
-                pid, info = wait(FINISH_POLL_S)
+                pid, info, records = wait(FINISH_POLL_S)
             except TimeoutError:
                 if cancelled():
                     log.warning("finish() was left running %s: the run stopped at once.", where)
@@ -197,7 +201,14 @@ def finish_results(
                 info = ErrorInfo(qualified_name(type(error)), f"the worker went away before finish() returned: {error}", "")
                 errors.append(WorkerError(f"finish() did not complete {where}", info, 0))
                 break
+            emit(records)
             if info is not None:
                 errors.append(WorkerError("finish() raised", info, pid))
             break
     return errors[0] if errors else None
+
+
+def emit(records: list[logging.LogRecord]) -> None:
+    """Log a worker's records here, as if they had been logged in this process: the run's log file and console."""
+    for record in records:
+        logging.getLogger(record.name).handle(record)

@@ -39,7 +39,7 @@ from batchcli.executors.messages import (
     WorkerSpec,
 )
 from batchcli.executors.signals import shield_worker, spawning
-from batchcli.executors.worker import WorkerJob
+from batchcli.executors.worker import PlainRecords, WorkerJob
 
 log = logging.getLogger("batchcli")
 
@@ -382,30 +382,6 @@ def _drain(tasks: Connection, inbox: queue.SimpleQueue[Any]) -> None:
             return
 
 
-_PLAIN = (str, int, float, bool, type(None))
-
-
-class _PlainRecords(logging.handlers.QueueHandler):
-    """Sends each record formatted (``QueueHandler.prepare``) and with plain data only: an ``extra=`` value the
-    driver could not unpickle (an exception whose ``__init__`` takes other arguments) ended the thread that reads
-    the worker, and the run hung; one that could not be pickled lost its line, with a "Logging error" on stderr."""
-
-    def prepare(self, record: logging.LogRecord) -> Any:
-        record = super().prepare(record)
-        attributes = record.__dict__
-        for name, value in attributes.items():
-            if type(value) not in _PLAIN:  # an extra; a Secret (a str subclass) is masked
-                attributes[name] = masked(value) if isinstance(value, Secret) else _text_of(value)
-        return record
-
-
-def _text_of(value: object) -> str:
-    try:
-        return repr(value)
-    except Exception:
-        return f"<{type(value).__qualname__} object>"
-
-
 class _PipeQueue:
     def __init__(self, send: Callable[[tuple[Any, ...]], None]) -> None:
         self._send = send
@@ -423,7 +399,7 @@ def _forward_logs(send: Callable[[tuple[Any, ...]], None], level: int) -> None:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     # QueueHandler formats each record first, so no unpicklable argument travels: a Secret is masked before.
-    handler = _PlainRecords(_PipeQueue(send))  # type: ignore[arg-type]
+    handler = PlainRecords(_PipeQueue(send))  # type: ignore[arg-type]
     handler.addFilter(mask_secrets)
     root.addHandler(handler)
     root.setLevel(level)

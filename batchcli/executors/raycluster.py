@@ -103,6 +103,7 @@ class RayWorker:
 
     def prepare(self) -> int | WorkerError:
         """Build and set up the job here; returns the process id (a failure comes back as a value)."""
+        worker.hold_records(self._spec.log_level)
         try:
             worker.job_for(self._local_spec())
         except WorkerError as error:
@@ -113,6 +114,7 @@ class RayWorker:
 
     def run_chunk(self, chunk: Chunk) -> ChunkResult | WorkerError:
         """Run one chunk (an actor restarted by Ray builds and sets up the job again first)."""
+        worker.hold_records(self._spec.log_level)
         try:
             return worker.run_steered(worker.job_for(self._local_spec()), self._spec.key, chunk)
         except WorkerError as error:
@@ -126,10 +128,12 @@ class RayWorker:
         behind the chunk it is about."""
         worker.steer(self._spec.key, cancelled, limits)
 
-    def finish(self) -> tuple[int, ErrorInfo | None]:
-        """Finish the job here (nothing when it was never built) and remove the project's private copy."""
+    def finish(self) -> tuple[int, ErrorInfo | None, list[logging.LogRecord]]:
+        """Finish the job here (nothing when it was never built) and remove the project's private copy; with the log
+        records held since the last chunk."""
         try:
-            return os.getpid(), worker.finish_job(self._spec.key)
+            info = worker.finish_job(self._spec.key)
+            return os.getpid(), info, worker.take_records()
         finally:
             if self._shipped is not None:
                 discard(self._spec.key)
@@ -393,7 +397,7 @@ def _actor_of(error: RayActorError) -> str:
     return f"{actor_id[:8]}" if isinstance(actor_id, str) else "(unknown)"
 
 
-def _get(ref: Any, timeout: float) -> tuple[int, ErrorInfo | None]:
+def _get(ref: Any, timeout: float) -> tuple[int, ErrorInfo | None, list[logging.LogRecord]]:
     """What an actor's ``finish()`` returned, waiting at most ``timeout`` (``TimeoutError`` past it)."""
-    result: tuple[int, ErrorInfo | None] = ray.get(ref, timeout=timeout)
+    result: tuple[int, ErrorInfo | None, list[logging.LogRecord]] = ray.get(ref, timeout=timeout)
     return result

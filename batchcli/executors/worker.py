@@ -9,6 +9,8 @@ driver. The built job is cached per process, keyed by run, since a Dask worker o
 from __future__ import annotations
 
 import asyncio
+import logging
+import logging.handlers
 import os
 import pickle
 import threading
@@ -23,6 +25,7 @@ from batchcli.durations import Durations, timed, timed_sync
 from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.throttling import throttle_of
 from batchcli.journal.results import Encoded, Encoding, Kept, encode
+from batchcli.load.secret import Secret, mask_secrets, masked
 from batchcli.load.service import maybe_await
 from batchcli.outcome import CHUNK_KEPT_MAX
 from batchcli.load.wiring import Job
@@ -407,12 +410,98 @@ def finish_job(key: str) -> ErrorInfo | None:
 
 def prepare(spec: WorkerSpec) -> int:
     """Build and set up the job in this process (a Dask task); returns the process id."""
+    hold_records(spec.log_level)
     job_for(spec)
     return os.getpid()
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
+class PlainRecords(logging.handlers.QueueHandler):
+    """Sends each record formatted (``QueueHandler.prepare``) and with plain data only: an ``extra=`` value the
+    driver could not unpickle (an exception whose ``__init__`` takes other arguments) ended the thread that reads
+    the worker, and the run hung; one that could not be pickled lost its line, with a "Logging error" on stderr."""
+
+    def prepare(self, record: logging.LogRecord) -> Any:
+        record = super().prepare(record)
+        attributes = record.__dict__
+        for name, value in attributes.items():
+            if type(value) not in _PLAIN:  # an extra; a Secret (a str subclass) is masked
+                attributes[name] = masked(value) if isinstance(value, Secret) else _text_of(value)
+        return record
+
+
+def _text_of(value: object) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__qualname__} object>"
+
+
+RECORDS_HELD_MAX = 10_000
+"""At most how many log records a Dask worker or Ray actor holds between two answers; the rest are counted."""
+_CLUSTERS_OWN = ("distributed", "dask", "tornado", "bokeh", "ray")
+"""Loggers of the cluster's own machinery, which logs where the cluster says: not the job's records."""
+
+
+class _Held:
+    """A Dask worker's or Ray actor's log records, held until its next answer takes them to the driver."""
+
+    def __init__(self) -> None:
+        self.records: list[logging.LogRecord] = []
+        self.dropped = 0
+        self.lock = threading.Lock()
+
+    def put_nowait(self, record: logging.LogRecord) -> None:
+        with self.lock:
+            if len(self.records) < RECORDS_HELD_MAX:
+                self.records.append(record)
+            else:
+                self.dropped += 1
+
+
+_held: _Held | None = None
+_held_handler: logging.Handler | None = None
+
+
+def hold_records(level: int) -> None:
+    """On a Dask worker or Ray actor: keep this process's log records (the job's, not the cluster's own) for the
+    driver, which writes them to the run's log and console as it does a process worker's. They went to the worker's
+    stderr (Dask) or nowhere (Ray), and the run's log file had none of them."""
+    global _held, _held_handler
+    root = logging.getLogger()
+    if _held_handler is None:
+        _held = _Held()
+        _held_handler = PlainRecords(_held)  # type: ignore[arg-type]
+        _held_handler.addFilter(mask_secrets)
+        _held_handler.addFilter(lambda record: not record.name.startswith(_CLUSTERS_OWN))
+        root.addHandler(_held_handler)
+    _held_handler.setLevel(level)
+    if root.level > level:
+        root.setLevel(level)
+
+
+def take_records() -> list[logging.LogRecord]:
+    """The log records held since the last call (``hold_records``), and a warning for those that did not fit."""
+    held = _held
+    if held is None or not (held.records or held.dropped):
+        return []
+    with held.lock:
+        records, held.records = held.records, []
+        dropped, held.dropped = held.dropped, 0
+    if dropped:
+        records.append(logging.makeLogRecord({
+            "name": "batchcli", "levelno": logging.WARNING, "levelname": "WARNING",
+            "msg": f"{dropped} log records of worker process {os.getpid()} were dropped: more than "
+                   f"{RECORDS_HELD_MAX} came between two of its answers.",
+        }))  # fmt: skip
+    return records
+
+
 def run_chunk(spec: WorkerSpec, chunk: Chunk) -> ChunkResult:
     """Run one chunk of the run ``spec`` in this process (a Dask task), steered by what ``steer`` hears meanwhile."""
+    hold_records(spec.log_level)
     return run_steered(job_for(spec), spec.key, chunk)
 
 
@@ -420,4 +509,6 @@ def run_steered(job: WorkerJob, key: str, chunk: Chunk) -> ChunkResult:
     """``job.run_chunk`` for the run ``key``, reading its ``steer`` state as it goes (Dask tasks, Ray actors)."""
     state = _steering.setdefault(key, [0, chunk.limits])
     state[1] = max(state[1], chunk.limits)  # a chunk may come before the word of its own limits
-    return job.run_chunk(chunk, lambda: state[0] != 0, lambda: state[1])
+    result = job.run_chunk(chunk, lambda: state[0] != 0, lambda: state[1])
+    records = take_records()
+    return replace(result, records=records) if records else result

@@ -42,6 +42,12 @@ class Logs(Service[int]):
     def __init__(self, ledger: Param[Path], token: Param[Secret] = Secret("tok-5c2e9a71")) -> None:  # noqa: B008
         self.ledger, self.token = ledger, token
 
+    def setup(self) -> None:
+        log.info("set up in %d", os.getpid())
+
+    def finish(self) -> None:
+        log.warning("finished in %d", os.getpid())
+
     def process(self, item: int) -> None:
         if item % 10 == 5:
             log.warning("item %d: the API said no", item, extra={"error": ApiError(500, "boom")})
