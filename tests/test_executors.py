@@ -225,6 +225,7 @@ def test_setup_error_ends_the_run_with_exit_3(cli: Any, records: Path, executor:
     result = spy(cli, records, executor, "setup_fails=true")
     assert result.exit_code == 3, result.output
     assert "the database is down" in result.output
+    assert "distributed" not in result.output  # Dask's own frames came first
     assert result.summary["succeeded"] == 0 and result.summary["unprocessed"] == 20
     assert not list(records.glob("ok-*"))
     assert pids(records, "finish") == pids(records, "setup")  # finish() runs whatever happened
@@ -760,3 +761,17 @@ def _journaled(run: Path) -> int:
             return int(conn.execute("SELECT coalesce(sum(stop - start), 0) FROM done_ranges").fetchone()[0])
         except sqlite3.OperationalError:
             return 0
+
+
+def test_a_dask_worker_that_dies_in_setup_is_named_as_a_crash_not_a_missing_installation(run_batchcli: Any, records: Path) -> None:
+    """A setup() that crashed its Dask worker (native code, os._exit) was reported as "Install batchcli and the
+    job's dependencies where the workers run". The run's own cluster: a shared one would lose its workers."""
+    result = run_batchcli(
+        "exec", SPY, "-d", "out", "-p", f"record_dir={records}", "-p", "executor=dask", "-p", "workers=1",
+        "-p", "setup_crashes=true", "--no-shell", timeout=120,
+    )  # fmt: skip
+    said = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 3, said
+    assert "died while it loaded the project or ran setup()" in said, said
+    assert "Install batchcli" not in said
+

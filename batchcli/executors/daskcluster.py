@@ -350,7 +350,16 @@ class DaskBackend:
         try:
             deadline = time.monotonic() + SETUP_TIMEOUT_S
             for future in futures:
-                future.result(timeout=max(0.1, deadline - time.monotonic()))
+                prepared = future.result(timeout=max(0.1, deadline - time.monotonic()))
+                if isinstance(prepared, WorkerError):
+                    raise prepared
+        except KilledWorker as error:  # the worker process died in it: not a missing installation
+            where = getattr(getattr(error, "last_worker", None), "address", "a Dask worker")
+            raise ProjectError(
+                f"The Dask worker at {where} died while it loaded the project or ran setup() (a crash in native code, "
+                "os._exit, or running out of memory). Run the job with -p executor=process to see the exit code, and "
+                "check the worker's log."
+            ) from None
         except TimeoutError:
             client.cancel(futures)
             raise ProjectError(
@@ -482,9 +491,14 @@ def _spec(plugin: str) -> WorkerSpec:
     return found.spec
 
 
-def _prepare(plugin: str) -> int:
-    """Build and set up the run's job in this worker process (a Dask task); returns the process id."""
-    return worker.prepare(_spec(plugin))
+def _prepare(plugin: str) -> int | WorkerError:
+    """Build and set up the run's job in this worker process (a Dask task); returns the process id, or why it could
+    not: a value, not raised, since Dask logs a raising task's "Compute Failed" with its own frames on the worker's
+    stderr, above the user's traceback."""
+    try:
+        return worker.prepare(_spec(plugin))
+    except WorkerError as error:
+        return error
 
 
 def _run_chunk(plugin: str, chunk: Chunk) -> ChunkResult:

@@ -84,12 +84,14 @@ class Spy(Service[Item]):
         setup_fails: Param[bool] = False,
         finish_fails: Param[bool] = False,
         finish_s: Param[float] = 0.0,
+        setup_crashes: Param[bool] = False,
     ) -> None:
         self.record_dir = record_dir
         self.flaky, self.flaky_times, self.bad = flaky, flaky_times, bad
         self.slow, self.slow_times, self.slow_s = slow, slow_times, slow_s
         self.sleep_s, self.cpu_ms, self.kill_on, self.warn_on = sleep_s, cpu_ms, kill_on, warn_on
         self.setup_fails, self.finish_fails, self.finish_s = setup_fails, finish_fails, finish_s
+        self.setup_crashes = setup_crashes
         self.kill_always = kill_always  # that item kills its worker at every attempt
         if style == "async":
             self.process = self.process_async  # type: ignore[method-assign]
@@ -98,6 +100,8 @@ class Spy(Service[Item]):
         self._mark("setup", __file__)
         if self.setup_fails:
             raise RuntimeError("the database is down")
+        if self.setup_crashes:  # a native library crashing while it loads its model
+            os._exit(70)
 
     def finish(self) -> None:
         self._mark("finish", "")
