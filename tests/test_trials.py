@@ -627,3 +627,22 @@ def test_a_time_filter_with_a_fraction_of_a_second_is_repeated_with_it(cli, fail
     since = datetime.fromtimestamp(between).isoformat(timespec="microseconds")
     shown = " ".join(cli("show", failed_run, "--failures", "--since", since).output.split())
     assert f"--since {since}" in shown and f"batchcli retry {failed_run} --since {since}" in shown, shown
+
+
+def test_a_limited_run_closes_the_sources_generator_and_logs_what_its_finally_raised(run_batchcli, tmp_path: Path) -> None:
+    """A run that ends before its Source does (--limit here; a stop or a fatal error alike) left the generator to
+    the garbage collector: its finally ran whenever that came, and an error there was "Exception ignored in" on
+    stderr, outside the run's log. The run closes it now and logs what it raised, with the user's traceback."""
+    job = tmp_path / "cursor.py"
+    job.write_text(
+        "from batchcli import Service, Source, inject\n\n\n@inject\nclass Rows(Source[int]):\n"
+        "    def __iter__(self):\n        try:\n            yield from range(20)\n        finally:\n"
+        "            raise RuntimeError('the cursor did not close')\n\n\n"
+        "@inject\nclass Work(Service[int]):\n    def process(self, item: int) -> None:\n        pass\n"
+    )
+    result = run_batchcli("exec", job, "-d", "out", "--limit", "5", "--no-shell")
+    assert result.exit_code == 0, result.output
+    assert "Exception ignored" not in result.output, result.output
+    log = (result.run_dir / "batchcli.log").read_text()
+    assert "The Source raised while it was closed" in log and "RuntimeError: the cursor did not close" in log, log
+    assert 'cursor.py", line 10, in __iter__' in log

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import inspect
 import itertools
 import logging
 import shutil
@@ -137,6 +138,8 @@ class Run:
         self._hooks_cut = False
         """The run left its loop before the job's last hooks (``finish()``, ``persist_failed``) had returned."""
         self._source_items: Any = None
+        self._source_iterator: Any = None
+        """The Source's own iterator (``_items``), closed at the end of the run (``_close_source``)."""
         """What the run iterates (``_iterable``), made once when the loop starts."""
         self._shell_leavers: list[Callable[[], None]] = []
         """How to close each shell open now (``shell_open``)."""
@@ -692,6 +695,7 @@ class Run:
                 self.breaker.end()
             await self._settle_shell()
             await self._settle_retry()
+            await self._close_source()
             if executor is not None:
                 await self._call_hook("finish", executor.finish)
             if self.tally.failed_items is not None:
@@ -705,7 +709,8 @@ class Run:
         # zip() with a counter numbers the items in C; after exhaustion the counter tells how many came.
         seen: Iterator[int] = itertools.count()
         source = self._source_items
-        items: Any = _numbered(source.__aiter__(), seen) if is_async_source(source) else zip(seen, iter(source))
+        self._source_iterator = source.__aiter__() if is_async_source(source) else iter(source)
+        items: Any = _numbered(self._source_iterator, seen) if is_async_source(source) else zip(seen, self._source_iterator)
         selection = self._selection
         key_of = getattr(self.job.source, "item_key", None)
         assert self.journal is not None
@@ -730,6 +735,21 @@ class Run:
         if selection is None or selection.takes_all or self.continuation.items is not None:
             return None
         return selection
+
+    async def _close_source(self) -> None:
+        """Close the Source's generator, when the run ended before it did (a limit, a stop, a fatal error): its
+        ``finally`` runs now, in the run, where what it raises is logged with the user's traceback. It ran whenever
+        the collector got to it, and an error there was "Exception ignored in" on stderr, outside the log file."""
+        iterator, self._source_iterator = self._source_iterator, None
+        try:
+            if inspect.isasyncgen(iterator):
+                await iterator.aclose()
+            elif inspect.isgenerator(iterator):
+                iterator.close()
+        except USER_ERRORS as error:
+            if ours(error):
+                raise
+            log.error("The Source raised while it was closed:\n%s", self._fatal_traceback(error))
 
     def _iterable(self) -> Any:
         """What the run iterates: the Source, or a retry's saved inputs."""
