@@ -256,9 +256,21 @@ def test_a_blocking_call_in_async_code_is_named_when_it_holds_the_loop_past_the_
     flat = " ".join(log.split())
     job = project("loop_held")
     assert flat.count("The job's code has held the event loop for") == 1, log
-    assert f"in process() at {job}:30 (time.sleep(self.block_s)" in flat, log
+    assert f"in process() at {job}:37 (time.sleep(self.block_s)" in flat, log
+    assert "make process a plain def" in flat, log
     assert "item_timeout_s cannot interrupt it" in flat and "The event loop had a turn again" in flat, log
     assert sorted(map(int, ledger.read_text().split())) == [0, 1, 2, 3, 4]
+
+
+def test_a_sync_setup_that_holds_the_loop_is_not_told_to_make_process_sync(cli, tmp_path: Path) -> None:
+    """The warning advised "make process a plain def" for a slow sync setup(), which that would not change."""
+    ledger = tmp_path / "ledger"
+    result = cli("exec", project("loop_held"), "-d", "out", "-p", f"ledger={ledger}", "-p", "item_timeout_s=0.3",
+                 "-p", "at=-1", "-p", "setup_s=1.5")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    flat = " ".join((result.run_dir / "batchcli.log").read_text().split())
+    assert f"in setup() at {project('loop_held')}:33" in flat, flat
+    assert "make process a plain def" not in flat and "a stop still ends the run" in flat, flat
 
 
 def test_an_async_job_that_awaits_is_never_said_to_hold_the_loop(cli, tmp_path: Path) -> None:

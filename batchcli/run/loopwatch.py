@@ -56,12 +56,18 @@ class LoopWatch:
             if not where:  # batchcli's own code: not the job's to fix (asked again at the next check)
                 return
             self._warned = True
+            if where.startswith(", in process()"):
+                advice = (
+                    "await an async client instead, or make process a plain def (a sync process runs in threads, "
+                    "where item_timeout_s applies)."
+                )
+            else:  # a hook (a sync setup() runs on the loop): making process sync changes nothing
+                advice = "await an async client instead; a stop still ends the run, stop_timeout_s after it is asked."
             log.warning(
                 "The job's code has held the event loop for %.0fs without awaiting%s. No other item, timeout or "
                 "cool-down can run until it returns, and item_timeout_s cannot interrupt it. A blocking call (a sync "
-                "HTTP client or database driver, time.sleep) in async code does this: await an async client instead, "
-                "or make process a plain def (a sync process runs in threads, where item_timeout_s applies).",
-                now - asked, where,
+                "HTTP client or database driver, time.sleep) does this: %s",
+                now - asked, where, advice,
             )  # fmt: skip
 
     def _turn(self) -> None:  # on the loop

@@ -22,8 +22,15 @@ class Numbers(Source[int]):
 
 @inject
 class Blocking(Service[int]):
-    def __init__(self, ledger: Param[str], at: Param[int] = 2, block_s: Param[float] = 2.0, returns: Param[bool] = False) -> None:
+    def __init__(
+        self, ledger: Param[str], at: Param[int] = 2, block_s: Param[float] = 2.0, returns: Param[bool] = False,
+        setup_s: Param[float] = 0.0,
+    ) -> None:
         self.ledger, self.at, self.block_s, self.returns = ledger, at, block_s, returns
+        self.setup_s = setup_s
+
+    def setup(self) -> None:  # a sync hook: it runs on the event loop
+        time.sleep(self.setup_s)
 
     async def process(self, item: int) -> dict[str, int] | None:
         if item == self.at:
