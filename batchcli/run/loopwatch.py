@@ -64,10 +64,10 @@ class LoopWatch:
             else:  # a hook (a sync setup() runs on the loop): making process sync changes nothing
                 advice = "await an async client instead; a stop still ends the run, stop_timeout_s after it is asked."
             log.warning(
-                "The job's code has held the event loop for %.3gs without awaiting%s. No other item, timeout or "
+                "The job's code has held the event loop for %ss without awaiting%s. No other item, timeout or "
                 "cool-down can run until it returns, and item_timeout_s cannot interrupt it. A blocking call (a sync "
                 "HTTP client or database driver, time.sleep) does this: %s",
-                now - asked, where, advice,
+                f"{now - asked:.1f}" if now - asked < 10 else f"{now - asked:.0f}", where, advice,
             )  # fmt: skip
 
     def _turn(self) -> None:  # on the loop
