@@ -362,3 +362,17 @@ def test_exceptions_to_retry_for_takes_one_class_and_names_itself_when_wrong(cli
     said = rejected(result)
     bad = {"None": "None", "'ConnectionError'": "'ConnectionError'"}.get(value, "'TimeoutError'")
     assert f"Flaky.exceptions_to_retry_for is {bad}, which is not an exception class" in said, said
+
+
+def test_an_exceptions_to_retry_for_property_that_raises_shows_the_users_traceback(cli, tmp_path: Path) -> None:
+    job = tmp_path / "retryprop.py"
+    job.write_text(
+        "from batchcli import Service, Source, inject\n\n\n@inject\nclass Numbers(Source[int]):\n"
+        "    def __iter__(self):\n        return iter(range(3))\n\n\n@inject\nclass Work(Service[int]):\n"
+        "    @property\n    def exceptions_to_retry_for(self):\n        return self.retry_on\n\n"
+        "    def process(self, item: int) -> None:\n        pass\n"
+    )
+    result = cli("exec", job, "-d", "out", "--no-shell")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and result.run_dir is None, said
+    assert "Reading Work.exceptions_to_retry_for failed" in said and "return self.retry_on" in said, said

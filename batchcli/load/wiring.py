@@ -144,7 +144,13 @@ def build_job(
         _register(container, cls, cast_values)
     source: Any = _resolve(container, source_cls) if with_source else None
     service = _resolve(container, service_cls)
-    retry_classes(service.exceptions_to_retry_for, service_cls.__qualname__)  # said now, not when the run fails
+    try:
+        retry_for = service.exceptions_to_retry_for  # a property may raise
+    except Exception as error:
+        raise UserCodeError(
+            f"Reading {service_cls.__qualname__}.exceptions_to_retry_for failed:\n{format_user_traceback(error)}", error
+        ) from error
+    retry_classes(retry_for, service_cls.__qualname__)  # said now, not when the run fails
     return Job(project, container, config, source, service, cast_values, annotations, env)
 
 
