@@ -323,16 +323,19 @@ _JOB_TAIL = (
     ],
     ids=["exit-0-at-import", "argparse-at-import", "exit-4-in-a-constructor"],
 )
-def test_a_job_that_exits_while_it_loads_is_a_load_error(cli, tmp_path: Path, body: str, code: str, doing: str, line: str) -> None:
+def test_a_job_that_exits_while_it_loads_is_a_load_error(
+    run_batchcli, tmp_path: Path, body: str, code: str, doing: str, line: str
+) -> None:
     """sys.exit() in a job module, or in a constructor batchcli calls, ended batchcli silently with the job's own
-    exit code: 0 read as a run that did every item, 4 a code batchcli does not use. It is a load error now."""
+    exit code: 0 read as a run that did every item, 4 a code batchcli does not use. It is a load error now. (The
+    real CLI: argparse reads batchcli's own command line, as it would for a user.)"""
     job = tmp_path / "exits.py"
     tail = _JOB_TAIL.replace("class Work(Service[int]):\n", "class Work(Service[int]):\n    def __init__(self, e: Exits) -> None:\n        pass\n\n") if "Exits" in body else _JOB_TAIL
     job.write_text("from batchcli import Service, Source, inject\n" + body.replace("class Exits:", "@inject\nclass Exits:") + tail)
-    result = cli("exec", job, "-d", "out", "--no-shell")
+    result = run_batchcli("exec", job, "-d", "out", "--no-shell")
     said = " ".join(result.output.split())
     assert result.exit_code == 2, said
-    assert result.run_dir is None
+    assert not (tmp_path / "out").exists()
     assert f"called sys.exit({code})" in said and f"while batchcli was {doing}" in said, said
     assert line in said and 'if __name__ == "__main__":' in said, said
 
