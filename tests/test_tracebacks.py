@@ -80,3 +80,17 @@ def test_a_source_that_breaks_raising_from_another_shows_both(cli) -> None:
     assert result.exit_code == 3, said
     assert "FileNotFoundError" in said and "next-page.csv" in said, said
     assert said.index("next-page.csv") < said.index("direct cause") < said.index("could not read the next page"), said
+
+
+@pytest.mark.parametrize("executor", ["async", "process"])
+def test_an_exception_group_of_retryable_errors_is_retried(cli, executor: str) -> None:
+    """A process that fans out with a TaskGroup got a connection reset wrapped in an ExceptionGroup, which is not a
+    ConnectionError: the item failed at once. A group all of whose exceptions are retryable is retried now; one that
+    also holds a bad record fails at once, as the bad record alone would."""
+    done = run(cli, "how=reset_in_group", f"executor={executor}", "workers=1", "backoff_s=0", "count=3")
+    assert done.exit_code == 0, done.output
+    assert done.summary["succeeded"] == 3
+    mixed = run(cli, "how=reset_and_bad_in_group", f"executor={executor}", "workers=1", "backoff_s=0", "count=3")
+    assert mixed.exit_code == 1, mixed.output
+    assert [f["attempts"] for f in mixed.failed] == [1, 1, 1]
+

@@ -79,6 +79,14 @@ def throttled_before(attempts: Attempts | None, tally: Tally) -> tuple[int, bool
     return attempts.throttled, attempts.refused_alone(tally)
 
 
+def _all_of(group: BaseExceptionGroup[BaseException], types: tuple[type[BaseException], ...]) -> bool:
+    """Whether every exception in ``group``, and in the groups it holds, is one of ``types``."""
+    return all(
+        _all_of(error, types) if isinstance(error, BaseExceptionGroup) else isinstance(error, types)
+        for error in group.exceptions
+    )
+
+
 class RetryPolicy:
     """Decides, after an attempt failed, whether to retry it and after how long.
 
@@ -98,8 +106,13 @@ class RetryPolicy:
             wait=tenacity.wait_exponential_jitter(
                 multiplier=config.backoff_s, max=config.backoff_max_s, jitter=config.backoff_s / 2
             ),
-            retry=tenacity.retry_if_exception_type(self.retry_for),
+            retry=tenacity.retry_if_exception(self.retryable),
         )
+
+    def retryable(self, error: BaseException) -> bool:
+        """True for an exception of ``retry_for``, or a group (``asyncio.TaskGroup``'s ``ExceptionGroup``) all of whose
+        exceptions are: a connection reset in one of a ``process``'s concurrent calls failed its item at once."""
+        return isinstance(error, self.retry_for) or (isinstance(error, BaseExceptionGroup) and _all_of(error, self.retry_for))
 
     def start(self, now: float) -> Attempts:
         """The history of an item that just failed its first attempt."""
@@ -108,7 +121,7 @@ class RetryPolicy:
     def next_delay(self, attempts: Attempts, error: BaseException) -> float | None:
         """Seconds to wait before the next attempt, or None when the item has finally failed."""
         state = attempts.state
-        if state.attempt_number >= self.max_attempts or not isinstance(error, self.retry_for):
+        if state.attempt_number >= self.max_attempts or not self.retryable(error):
             return None  # what stop_after_attempt / retry_if_exception_type decide, without their Future (~4 us a failure)
         state.set_exception((type(error), error, error.__traceback__))
         if not self._retrying.retry(state) or self._retrying.stop(state):
@@ -186,7 +199,9 @@ class RetryScheduler:
         if attempts is not None:
             attempts.throttled = 0
             delay = policy.next_delay(attempts, error)
-        elif policy.max_attempts == 1 or not isinstance(error, policy.retry_for):
+        elif policy.max_attempts == 1 or not (
+            isinstance(error, policy.retry_for) or (isinstance(error, BaseExceptionGroup) and policy.retryable(error))
+        ):
             delay = None  # final at its first attempt (a flood's usual case): no tenacity state is built for it
         else:
             attempts = policy.start(now)

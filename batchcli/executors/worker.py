@@ -64,7 +64,7 @@ class WorkerJob:
             self._on_loop(maybe_await(job.service.setup()))
             from batchcli.executors.retries import RetryPolicy
 
-            self.retry_for = RetryPolicy(job.config, job.service.exceptions_to_retry_for).retry_for
+            self.retryable = RetryPolicy(job.config, job.service.exceptions_to_retry_for).retryable
         except USER_ERRORS as error:
             info = ErrorInfo.of(error)
             if job is not None:  # finish() runs whatever happened, as in the driver
@@ -267,7 +267,7 @@ class WorkerJob:
                 wait = min(throttle.retry_after_s, self.job.config.throttle_max_wait_s)
                 self._hold_until = max(self._hold_until, time.monotonic() + wait)
             return ItemError(ordinal, ErrorInfo.of(error), True, True, throttle.retry_after_s)
-        return ItemError(ordinal, ErrorInfo.of(error), isinstance(error, self.retry_for))
+        return ItemError(ordinal, ErrorInfo.of(error), self.retryable(error))
 
     def _on_loop(self, coro: Awaitable[Any]) -> Any:
         # The exception comes back as a value: re-raised through Future.result() it would carry

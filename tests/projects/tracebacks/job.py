@@ -30,6 +30,7 @@ def deeper(n: int) -> int:
 class Story(Service[int]):
     def __init__(self, how: Param[str] = "cause") -> None:
         self.how = how
+        self.attempts: dict[int, int] = {}
 
     def process(self, item: int) -> None:
         if self.how == "cause":
@@ -44,6 +45,10 @@ class Story(Service[int]):
                 raise ValueError("the record is malformed")
         if self.how == "group":
             asyncio.run(self._group())
+        if self.how in ("reset_in_group", "reset_and_bad_in_group"):
+            # Fan-out to two calls; the first attempt's connection is reset, and for the second kind a record is bad.
+            attempt = self.attempts[item] = self.attempts.get(item, 0) + 1
+            asyncio.run(self._fan_out(attempt == 1, self.how == "reset_and_bad_in_group"))
         if self.how == "cycle":
             first, second = ValueError("first"), ValueError("second")
             first.__context__, second.__context__ = second, first
@@ -57,3 +62,13 @@ class Story(Service[int]):
 
         async with asyncio.TaskGroup() as group:
             group.create_task(lookup())
+
+    async def _fan_out(self, reset: bool, bad: bool) -> None:
+        async def call(fails: BaseException | None) -> None:
+            if fails is not None:
+                raise fails
+
+        async with asyncio.TaskGroup() as group:
+            group.create_task(call(ConnectionResetError("connection reset by peer") if reset else None))
+            group.create_task(call(ValueError("the record is malformed") if bad else None))
+
