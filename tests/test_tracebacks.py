@@ -94,3 +94,13 @@ def test_an_exception_group_of_retryable_errors_is_retried(cli, executor: str) -
     assert mixed.exit_code == 1, mixed.output
     assert [f["attempts"] for f in mixed.failed] == [1, 1, 1]
 
+
+def test_an_exception_group_of_throttles_is_a_throttle(cli) -> None:
+    """Every call of a fan-out refused for now: a throttle (retried without spending an attempt, after the longest
+    Retry-After any asked), not a failure."""
+    done = run(cli, "how=throttled_in_group", "max_retries=0", "count=2")
+    assert done.exit_code == 0, done.output
+    assert done.summary["succeeded"] == 2
+    log = (done.run_dir / "batchcli.log").read_text()
+    assert "0.4" in log and "throttl" in log.lower(), log
+

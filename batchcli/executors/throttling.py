@@ -110,6 +110,14 @@ def throttle_of(error: BaseException, now: Callable[[], float] = time.time) -> T
 def _throttle_of(error: BaseException, now: Callable[[], float]) -> Throttle | None:
     if isinstance(error, Throttled):
         return Throttle(_seconds(error.retry_after, now))
+    if isinstance(error, BaseExceptionGroup):
+        # A TaskGroup's calls all refused (429s from a fan-out): a throttle, for the longest time any asked. One
+        # ordinary failure among them makes the group an ordinary failure.
+        throttles = [_throttle_of(inner, now) for inner in error.exceptions]
+        if not throttles or None in throttles:
+            return None
+        waits = [t.retry_after_s for t in throttles if t is not None and t.retry_after_s is not None]
+        return Throttle(max(waits) if waits else None)
     if not isinstance(error, Exception):
         return None  # SystemExit has a ``code``, which is no HTTP status
     if not getattr(error, "__dict__", True) and _plain(type(error)):

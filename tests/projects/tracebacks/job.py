@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from batchcli import Param, Service, Source, inject
+from batchcli import Param, Service, Source, Throttled, inject
 
 
 @inject
@@ -45,6 +45,9 @@ class Story(Service[int]):
                 raise ValueError("the record is malformed")
         if self.how == "group":
             asyncio.run(self._group())
+        if self.how == "throttled_in_group" and self.attempts.setdefault(item, 0) == 0:
+            self.attempts[item] = 1
+            raise ExceptionGroup("two calls refused", [Throttled(0.2), Throttled(0.4)])
         if self.how in ("reset_in_group", "reset_and_bad_in_group"):
             # Fan-out to two calls; the first attempt's connection is reset, and for the second kind a record is bad.
             attempt = self.attempts[item] = self.attempts.get(item, 0) + 1
