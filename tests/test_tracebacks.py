@@ -64,6 +64,7 @@ def test_a_chain_that_holds_itself_ends(cli) -> None:
     result = run(cli, "how=cycle", "count=1")
     text = recorded(result.run_dir)[0]
     assert text.count("ValueError: first") == 1 and text.count("ValueError: second") == 1, text
+    assert text.startswith("ValueError: second\n"), text  # never raised: no frames, so no "Traceback" header
 
 
 def test_a_recursion_is_counted_not_kept_frame_by_frame(cli) -> None:

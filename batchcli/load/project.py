@@ -443,7 +443,7 @@ def _format_frames(frames: tuple[tuple[CodeType, int | None], ...]) -> str:
         if source:
             lines.append(f"    {source}\n")
     _count_repeats(lines, repeats)
-    return "".join(lines)
+    return "".join(lines) if len(lines) > 1 else ""  # no frame of the job's: the exception's line alone, as Python
 
 
 def _count_repeats(lines: list[str], repeats: int) -> None:
