@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
-import logging.handlers
 import math
 import multiprocessing
 import os
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from batchcli.load.wiring import Job, Wiring
-from batchcli.load.secret import Secret, mask_secrets, masked
+from batchcli.load.secret import mask_secrets
 from batchcli.executors.chunked import CHUNKS_PER_SLOT
 from batchcli.executors.messages import (
     Chunk,

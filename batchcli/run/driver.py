@@ -24,7 +24,7 @@ from batchcli.executors.base import Executor, make_executor
 from batchcli.executors.calls import USER_ERRORS, ours
 from batchcli.journal.records import FailedFile
 from batchcli.journal.resumption import Continuation, defines_item_key, unpickle
-from batchcli.journal.rundir import FLUSH_INTERVAL_S, JOURNAL_NAME, journal_path
+from batchcli.journal.rundir import JOURNAL_NAME, journal_path
 from batchcli.journal.selection import Selection
 from batchcli.journal.shards import position_in_source
 from batchcli.journal.writer import Journal
@@ -138,9 +138,9 @@ class Run:
         self._hooks_cut = False
         """The run left its loop before the job's last hooks (``finish()``, ``persist_failed``) had returned."""
         self._source_items: Any = None
+        """What the run iterates (``_iterable``), made once when the loop starts."""
         self._source_iterator: Any = None
         """The Source's own iterator (``_items``), closed at the end of the run (``_close_source``)."""
-        """What the run iterates (``_iterable``), made once when the loop starts."""
         self._shell_leavers: list[Callable[[], None]] = []
         """How to close each shell open now (``shell_open``)."""
         self.pause_pending = False
