@@ -368,6 +368,47 @@ def test_trip_on_a_terminal_opens_the_pause_shell_with_the_reason(api: FlakyApi,
     assert journal_failures(run_dir) == 0
 
 
+def test_leaving_the_breakers_shell_before_the_fix_works_leaves_its_items_to_be_processed_again(api: FlakyApi, tmp_path: Path) -> None:
+    """The user leaves the breaker's shell without a working fix: the held items fail again as before. They were made
+    final (no probe had succeeded), so the next trip showed them as failures and the real fix never redid them
+    (exit 1). Now they count as the service's failures, trip the breaker again, and go back once more."""
+    out = tmp_path / "out"
+    child = pexpect.spawn(
+        sys.executable,
+        args(api, out, token="bad", count=100, breaker_window=10, concurrency=5)[1:],
+        cwd=str(tmp_path),
+        env=subprocess_env(TERM="xterm", IPYTHONDIR=str(tmp_path / "ipython"), PROMPT_TOOLKIT_NO_CPR="1"),
+        dimensions=(60, 250),
+        encoding="utf-8",
+        timeout=30,
+    )
+    try:
+        child.expect("circuit breaker open: run paused")
+        child.expect(r"In \[")
+        child.sendline("exit")  # no fix yet
+        child.expect("Resuming the run.")
+        child.expect("circuit breaker open: run paused")  # the held items failed again: the service's failures
+        child.expect(r"In \[")
+        child.sendline("print('FAILED', len(failures))")
+        child.expect(r"FAILED (\d+)")
+        assert child.match.group(1) == "0"  # the held items are not final failures
+        child.expect(r"In \[")
+        child.sendline("service.token = 'good'")
+        child.expect(r"In \[")
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+    run_dir = newest_run(out)
+    assert run_dir is not None
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["succeeded"], summary["failed"]) == (100, 0), summary
+    assert summary["breaker"]["trips"] == 2
+    assert sorted(api.served) == list(range(100)) and set(api.served.values()) == {1}
+    assert journal_failures(run_dir) == 0
+
+
 def test_the_breaker_gives_back_the_users_concurrency_not_its_own(api: FlakyApi, tmp_path: Path) -> None:
     """The breaker set the concurrency through the user's own setter: resumed by `ctl resume` after a failed probe,
     the run stayed at the probe's 1 for good; and a `ctl set concurrency=2` made while it was open was grown back

@@ -116,6 +116,9 @@ class Breaker:
         says the item is still bad, not that the service went down (``watch``)."""
         self._held_as: dict[int, tuple[str, str]] = {}
         """Items the breaker took back, by ordinal: how they failed (as ``_earlier``), until they fail again."""
+        self._trusted_after = -1
+        """``_held_as`` says an item is bad only once more items than this have succeeded: a probe's success, or
+        one after the user closed the breaker (``close_by_user``), shows the service works."""
 
     @property
     def blocking(self) -> bool:
@@ -163,6 +166,11 @@ class Breaker:
         succeeded, the held bad records failing again in a row tripped the breaker again, on a healthy API."""
         ordinal = failure.ordinal
         before = self._held_as.pop(ordinal, None)
+        if before is not None and self._tally.succeeded <= self._trusted_after:
+            # The user closed the breaker and nothing has succeeded since (a fix that did not work): the item
+            # counts, as a failure of the service. Final and uncounted, the held items became final failures with
+            # no probe succeeding, and a resume with the real fix never redid them.
+            return False
         if before is None and 0 <= ordinal < len(self._earlier):
             before = self._earlier[ordinal]
         return before == (failure.error_type, message_shape(failure.error_message))
@@ -259,6 +267,7 @@ class Breaker:
             executor = self._host.executor
             if executor is not None:  # the run goes on at its own concurrency, not at a probe's 1
                 self._hold(executor, 0)
+            self._trusted_after = self._tally.succeeded
             self._close("the run was resumed: the pause shell was left, or ctl resume")
 
     def _close(self, why: str) -> None:
