@@ -409,6 +409,34 @@ def test_leaving_the_breakers_shell_before_the_fix_works_leaves_its_items_to_be_
     assert journal_failures(run_dir) == 0
 
 
+def test_the_breakers_shell_on_worker_processes_does_not_advise_a_fix_that_cannot_reach_them(api: FlakyApi, tmp_path: Path) -> None:
+    """With executor=process the banner said "Fix the cause on the live objects (e.g. service.token = ...)": the
+    workers have Services of their own, so the fix reached none and the breaker tripped again."""
+    out = tmp_path / "out"
+    child = pexpect.spawn(
+        sys.executable,
+        args(api, out, token="bad", count=40, breaker_window=10, executor="process", workers=1)[1:],
+        cwd=str(tmp_path),
+        env=subprocess_env(TERM="xterm", IPYTHONDIR=str(tmp_path / "ipython"), PROMPT_TOOLKIT_NO_CPR="1"),
+        dimensions=(60, 250),
+        encoding="utf-8",
+        timeout=60,
+    )
+    try:
+        child.expect("circuit breaker open: run paused")
+        child.expect("have Services of their own")
+        banner = child.before
+        child.expect(r"In \[")
+        child.sendline("self.stop()")
+        child.expect(r"In \[")
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert "service.token = ..." not in banner + child.before
+    assert child.exitstatus == 130
+
+
 def test_the_breaker_gives_back_the_users_concurrency_not_its_own(api: FlakyApi, tmp_path: Path) -> None:
     """The breaker set the concurrency through the user's own setter: resumed by `ctl resume` after a failed probe,
     the run stayed at the probe's 1 for good; and a `ctl set concurrency=2` made while it was open was grown back

@@ -228,6 +228,17 @@ def banner(run: RunHandle, controller: RunController, emergency: bool) -> str:
             "The run cannot go on. Salvage what you need: `error` is the exception; service, source and",
             "config are the live objects; `await` runs on the run's event loop.",
         ]
+    elif run.breaker_reason and run.job.config.executor != "async":
+        # The workers build their own Service: `service` here is the driver's copy, and a new token on it reached
+        # no worker (the breaker tripped again when the shell was left).
+        lines += [
+            "── batchcli: circuit breaker open: run paused ──",
+            run.breaker_reason,
+            f"The {run.job.config.executor} workers have Services of their own: a change to `service` here does not",
+            "reach them. Fix the cause outside (the API, a file the job reads), or stop with self.stop() and",
+            "continue with `batchcli resume RUN_DIR -p name=value`; leaving the shell resumes the run, and the",
+            "items the breaker held back are processed again.",
+        ]
     elif run.breaker_reason:
         lines += [
             "── batchcli: circuit breaker open: run paused ──",
