@@ -448,6 +448,8 @@ def test_a_fatal_error_opens_the_emergency_shell_before_cleanup(terminal, broken
     term.run("print('ERR', repr(error))", "ERR " + error.replace("(", r"\(").replace(")", r"\)"))
     assert term.log.count("finish") == 0  # nothing cleaned up yet
     term.run("print('SALVAGED', await service.process(42))", "SALVAGED processed 42")
+    # It said the run stops, resumable, and the run ended crashed (exit 3) as it would have anyway.
+    term.run("self.stop()", "nothing to stop")
     term.run("exit", "Continuing the shutdown")
     assert term.exit_code() == 3
     assert term.log.lines()[-1] == "finish"

@@ -153,6 +153,12 @@ class RunController:
 
     def stop(self) -> None:
         """Stop the run when you leave the shell instead of resuming it (exit code 130, resumable)."""
+        if self._run.fatal is not None:  # the emergency shell: the run ends crashed whatever is asked here
+            print(
+                "The run already failed: it ends as crashed (exit code 3) when you leave the shell, and its "
+                "unprocessed items stay for `batchcli resume` all the same. There is nothing to stop."
+            )
+            return
         self.stop_on_leave = True
         print(
             "The run stops when you leave the shell (exit or Ctrl-D): in-flight items finish, finish() and "

@@ -443,7 +443,11 @@ class Run:
         if getattr(shell, "is_open", False):
             # Nobody can leave a shell on a terminal that is gone: the run stayed paused for good (a breaker's trip
             # never probed, breaker_max_wait_s never stopped it), and `ctl resume` is refused while a shell is open.
-            log.warning("The pause shell was open on that terminal: it is left as Ctrl-D leaves it, and the run resumes.")
+            log.warning(
+                "The pause shell was open on that terminal: it is left as Ctrl-D leaves it, and the run resumes (once "
+                "a cell still running in it returns: it is not interrupted; batchcli ctl %s stop ends the run meanwhile).",
+                self.run_dir,
+            )  # fmt: skip
             # No SIGINT: the prompt may be closing on its own (it read the terminal's end), and one landing in its
             # clean-up ended the process with exit 1 and no word in the log.
             shell.leave(interrupt=False)
