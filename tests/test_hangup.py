@@ -62,6 +62,35 @@ def test_a_run_whose_terminal_hangs_up_goes_on_without_it_and_finishes(tmp_path:
     assert f"batchcli ctl {run_dir} stop" in text
 
 
+def test_a_background_run_with_every_stream_redirected_outlives_the_sessions_hang_up(tmp_path: Path) -> None:
+    """`batchcli exec ... </dev/null >run.log 2>&1 &` from an ssh session, which then closes: the shell sends its
+    jobs SIGHUP. No stream was a terminal, so batchcli left SIGHUP's default, which ended the run at once: crashed,
+    no summary, no notification. It goes on now, as a run whose terminal hung up does."""
+    import signal
+    import subprocess
+
+    ledger = tmp_path / "ledger.txt"
+    with open(tmp_path / "run.log", "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(tmp_path / "out"), "-p", "count=200",
+             "-p", "delay_s=0.05", "-p", "concurrency=2", "-p", f"ledger={ledger}"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=subprocess_env(),
+        )  # fmt: skip
+        try:
+            log = JobLog(ledger)
+            wait_for(lambda: len(log.done()) >= 10, "the run under way", timeout=60)
+            proc.send_signal(signal.SIGHUP)
+            assert proc.wait(timeout=90) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert sorted(log.done()) == list(range(200)) and log.done_twice() == []
+    run_dir = next((tmp_path / "out").glob("*/summary.json")).parent
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["succeeded"]) == ("finished", 200)
+    assert "(SIGHUP): the run goes on without it" in (run_dir / "batchcli.log").read_text()
+
+
 def test_a_terminal_that_hangs_up_while_the_pause_shell_is_open_leaves_it_and_the_run_resumes(tmp_path: Path) -> None:
     """Ctrl-C opens the pause shell, then the terminal hangs up: nobody can leave that shell any more, and the run
     stayed paused for good (a breaker's pause shell too: no probe, no stop at breaker_max_wait_s), with `ctl resume`

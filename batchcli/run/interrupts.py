@@ -269,7 +269,10 @@ class RunSignals:
         for sig in previous:
             signal.signal(sig, self.received)
         self._terminal_fds = [fd for fd in (0, 1, 2) if _isatty(fd)]  # now: a hung-up terminal is no tty any more
-        if self._terminal_fds:
+        if self._terminal_fds or signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+            # Also with every stream redirected: `batchcli exec ... </dev/null >run.log 2>&1 &` from an ssh session
+            # gets the shell's SIGHUP when the session closes, and its default ended the run at once, crashed, with
+            # no summary. (nohup, which ignores it, is left as it is.)
             previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self.received)
 
         def restore() -> None:
