@@ -146,3 +146,20 @@ def test_control_characters_in_an_error_message_are_written_out_on_the_console(r
     assert "row 0 \\x1b[2J\\x1b[31mcleared\\x0dover\\x00" in result.output, result.output
     failed = [json.loads(line) for line in (result.run_dir / "failed.jsonl").read_text().splitlines()]
     assert failed[0]["error_message"] == "row 0 \x1b[2J\x1b[31mcleared\rover\x00"
+
+
+def test_python_warnings_are_records_in_the_log_file_and_json_lines_on_stderr(run_batchcli: Any, tmp_path: Path) -> None:
+    """A warnings.warn() in the job (or a library's deprecation) went to stderr as two plain lines, past the JSON
+    lines of --log-format json, and never into batchcli.log."""
+    job = tmp_path / "warns.py"
+    job.write_text(
+        "import warnings\n\nfrom batchcli import Service, Source, inject\n\n\n@inject\nclass Numbers(Source[int]):\n"
+        "    def __iter__(self):\n        return iter(range(3))\n\n\n@inject\nclass Insecure(Service[int]):\n"
+        "    def process(self, item: int) -> None:\n        warnings.warn(f'unverified HTTPS request {item}')\n"
+    )
+    result = run_batchcli("exec", job, "-d", "out", "--log-format", "json")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert all(line.startswith("{") for line in lines), result.output
+    assert any("unverified HTTPS request" in json.loads(line).get("message", "") for line in lines), result.output
+    assert "unverified HTTPS request" in (result.run_dir / "batchcli.log").read_text()

@@ -297,8 +297,12 @@ def start_logging(
     failures.propagate = False
     failures.addHandler(file_handler)
     failures.addHandler(console_handler)  # JSON lines on stderr carry them; the rich console drops them (filter)
+    # Python's warnings (the job's, a library's deprecations) as records: they went to stderr as two plain lines
+    # each, past the JSON lines of --log-format json and never into the log file.
+    logging.captureWarnings(True)
 
     def stop() -> None:
+        logging.captureWarnings(False)
         if sample is not None:
             sample.announce()
         failures.removeHandler(console_handler)
