@@ -43,6 +43,19 @@ def run(cmd: list[str]) -> Outcome:
     return Outcome(proc.returncode, proc.stdout + proc.stderr, run_dir)
 
 
+def on_a_terminal(api: FlakyApi, out: Path, tmp_path: Path, timeout: float = 30, **params: object) -> Any:
+    """``exec`` of the breaker project (``args``) in a pseudo-terminal, where a trip opens the pause shell."""
+    return pexpect.spawn(
+        sys.executable,
+        args(api, out, **params)[1:],
+        cwd=str(tmp_path),
+        env=subprocess_env(TERM="xterm", IPYTHONDIR=str(tmp_path / "ipython"), PROMPT_TOOLKIT_NO_CPR="1"),
+        dimensions=(60, 250),
+        encoding="utf-8",
+        timeout=timeout,
+    )
+
+
 def journal_failures(run_dir: Path) -> int:
     conn = sqlite3.connect(run_dir / "journal.sqlite")
     try:
@@ -338,15 +351,7 @@ def test_bad_breaker_settings_are_refused(api: FlakyApi, tmp_path: Path, field: 
 def test_trip_on_a_terminal_opens_the_pause_shell_with_the_reason(api: FlakyApi, tmp_path: Path) -> None:
     """On a terminal the breaker opens the pause shell with the reason; a new token on the live service finishes the run."""
     out = tmp_path / "out"
-    child = pexpect.spawn(
-        sys.executable,
-        args(api, out, token="bad", count=100, breaker_window=10)[1:],
-        cwd=str(tmp_path),
-        env=subprocess_env(TERM="xterm", IPYTHONDIR=str(tmp_path / "ipython"), PROMPT_TOOLKIT_NO_CPR="1"),
-        dimensions=(60, 250),
-        encoding="utf-8",
-        timeout=30,
-    )
+    child = on_a_terminal(api, out, tmp_path, token="bad", count=100, breaker_window=10)
     try:
         child.expect("circuit breaker open: run paused")
         child.expect(r"5 of the last 5 items failed: httpx.HTTPStatusError: Client error '401 Unauthorized'")
@@ -373,15 +378,7 @@ def test_leaving_the_breakers_shell_before_the_fix_works_leaves_its_items_to_be_
     final (no probe had succeeded), so the next trip showed them as failures and the real fix never redid them
     (exit 1). Now they count as the service's failures, trip the breaker again, and go back once more."""
     out = tmp_path / "out"
-    child = pexpect.spawn(
-        sys.executable,
-        args(api, out, token="bad", count=100, breaker_window=10, concurrency=5)[1:],
-        cwd=str(tmp_path),
-        env=subprocess_env(TERM="xterm", IPYTHONDIR=str(tmp_path / "ipython"), PROMPT_TOOLKIT_NO_CPR="1"),
-        dimensions=(60, 250),
-        encoding="utf-8",
-        timeout=30,
-    )
+    child = on_a_terminal(api, out, tmp_path, token="bad", count=100, breaker_window=10, concurrency=5)
     try:
         child.expect("circuit breaker open: run paused")
         child.expect(r"In \[")
@@ -413,15 +410,7 @@ def test_the_breakers_shell_on_worker_processes_does_not_advise_a_fix_that_canno
     """With executor=process the banner said "Fix the cause on the live objects (e.g. service.token = ...)": the
     workers have Services of their own, so the fix reached none and the breaker tripped again."""
     out = tmp_path / "out"
-    child = pexpect.spawn(
-        sys.executable,
-        args(api, out, token="bad", count=40, breaker_window=10, executor="process", workers=1)[1:],
-        cwd=str(tmp_path),
-        env=subprocess_env(TERM="xterm", IPYTHONDIR=str(tmp_path / "ipython"), PROMPT_TOOLKIT_NO_CPR="1"),
-        dimensions=(60, 250),
-        encoding="utf-8",
-        timeout=60,
-    )
+    child = on_a_terminal(api, out, tmp_path, timeout=60, token="bad", count=40, breaker_window=10, executor="process", workers=1)
     try:
         child.expect("circuit breaker open: run paused")
         child.expect("have Services of their own")
