@@ -75,6 +75,8 @@ def test_a_background_run_with_every_stream_redirected_outlives_the_sessions_han
             [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(tmp_path / "out"), "-p", "count=200",
              "-p", "delay_s=0.05", "-p", "concurrency=2", "-p", f"ledger={ledger}"],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=subprocess_env(),
+            # As a shell's background job has it: a suite started under nohup would pass on SIGHUP ignored.
+            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
         )  # fmt: skip
         try:
             log = JobLog(ledger)
