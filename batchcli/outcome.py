@@ -181,6 +181,18 @@ def ordinal_ranges(ordinals: array[int], count: int) -> list[tuple[int, int]]:
     return merge_ranges(ranges)
 
 
+def sealed_ranges(sealed: list[Sealed], bounds: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The ordinals of ``sealed`` batches, whose lowest and highest ordinals are ``bounds``, as sorted, merged
+    ``[start, end)`` ranges: a batch whose items settled in order, as most do, is one range with no loop."""
+    ranges: list[tuple[int, int]] = []
+    for (ordinals, _), (low, high) in zip(sealed, bounds):
+        if high - low + 1 == len(ordinals):  # ordinals are unique, so the batch is one run
+            ranges.append((low, high + 1))
+        else:
+            ranges.extend(runs(sorted(ordinals)))
+    return merge_ranges(ranges)
+
+
 def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Sort half-open ranges and merge those that touch or overlap."""
     merged: list[tuple[int, int]] = []

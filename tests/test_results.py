@@ -610,9 +610,9 @@ def test_the_batches_of_a_flush_go_as_one_row_and_read_back_in_order(tmp_path: P
     conn = sqlite3.connect(tmp_path / "j.sqlite")
     conn.executescript(BATCHES_TABLE)
 
-    def batch(ordinals: list[int]) -> tuple[array[int], bytes, list[str] | None]:
+    def batch(ordinals: list[int]) -> tuple[array[int], bytes, list[str] | None, int, int]:
         keys = [f"k{n}" for n in ordinals] if keyed else None
-        return array("q", ordinals), dumps([{"n": n} for n in ordinals], 4), keys
+        return array("q", ordinals), dumps([{"n": n} for n in ordinals], 4), keys, min(ordinals), max(ordinals)
 
     in_order = [batch(list(range(start, start + 10))) for start in range(0, 30, 10)]
     shuffled = [batch([35, 31, 30]), batch([33, 34, 32, 36])]

@@ -36,7 +36,7 @@ SEAL_BYTES = 1 << 18
 SEAL_INTERVAL_S = 0.1
 """How long a result waits to be encoded at most, when results come slowly and the loop is free."""
 
-SEAL_SAMPLE = 8
+SEAL_SAMPLE = 16
 """Every this many waiting results, the newest is encoded alone to see how large they have become: results that
 grow from small to large wait by the handful, not by the thousand."""
 

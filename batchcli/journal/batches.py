@@ -115,11 +115,16 @@ def write_batch(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], keyed: bo
         )
 
 
-def write_sealed(conn: sqlite3.Connection, batches: list[tuple[array[int], bytes, list[Any] | None]]) -> None:
-    """Insert the batches the loop encoded as lists (``Sealed``, with their items' keys in a keyed run) that one
-    flush took, in the caller's transaction: up to ``LISTS_BATCHES_MAX`` of them as one ``LISTS`` row, written as
-    they are, when their items lie close together; else each batch as ``write_list`` writes it."""
-    group: list[tuple[array[int], bytes, list[Any] | None]] = []
+SealedRow = tuple["array[int]", bytes, "list[Any] | None", int, int]
+"""A sealed batch as ``write_sealed`` takes it: its ordinals, its data, its items' keys in a keyed run (else None), and
+its lowest and highest ordinal (found once, by the recorder: ``min`` and ``max`` of a thousand cost 40 µs)."""
+
+
+def write_sealed(conn: sqlite3.Connection, batches: list[SealedRow]) -> None:
+    """Insert the batches the loop encoded as lists (``Sealed``) that one flush took, in the caller's transaction:
+    up to ``LISTS_BATCHES_MAX`` of them as one ``LISTS`` row, written as they are, when their items lie close
+    together; else each batch as ``write_list`` writes it."""
+    group: list[SealedRow] = []
     size = 0
     for batch in batches:
         if group and (len(group) == LISTS_BATCHES_MAX or size + len(batch[1]) > LISTS_BYTES_MAX):
@@ -131,29 +136,34 @@ def write_sealed(conn: sqlite3.Connection, batches: list[tuple[array[int], bytes
         _write_lists(conn, group)
 
 
-def _write_lists(conn: sqlite3.Connection, group: list[tuple[array[int], bytes, list[Any] | None]]) -> None:
+def _write_lists(conn: sqlite3.Connection, group: list[SealedRow]) -> None:
     if len(group) > 1:
-        ordinals = array("q")
-        for batch_ordinals, _, _ in group:
-            ordinals += batch_ordinals
-        low, high = min(ordinals), max(ordinals)
-        if high - low <= len(ordinals) + SPLIT_GAP:
+        low, high = min(batch[3] for batch in group), max(batch[4] for batch in group)
+        count = sum(len(batch[0]) for batch in group)
+        if high - low <= count + SPLIT_GAP:
+            ordinals = array("q")
+            for batch in group:
+                ordinals += batch[0]
             keyed = group[0][2] is not None
-            keys = marshal.dumps([k for _, _, ks in group for k in ks or ()], MARSHAL_VERSION) if keyed else None
+            packed_keys = marshal.dumps([k for batch in group for k in batch[2] or ()], MARSHAL_VERSION) if keyed else None
             conn.execute(
                 "INSERT INTO result_batches VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (low, high, LISTS, _packed("q", ordinals), _packed("q", [len(d) for _, d, _ in group]),
-                 b"".join([d for _, d, _ in group]), keys),
+                (low, high, LISTS, _packed("q", ordinals), _packed("q", [len(batch[1]) for batch in group]),
+                 b"".join([batch[1] for batch in group]), packed_keys),
             )  # fmt: skip
             return
-    for batch in group:
-        write_list(conn, *batch)
+    for ordinals, data, keys, low, high in group:
+        write_list(conn, ordinals, data, keys, (low, high))
 
 
-def write_list(conn: sqlite3.Connection, ordinals: array[int], data: bytes, keys: list[Any] | None) -> None:
-    """Insert one batch the loop encoded as one list, in the caller's transaction: one ``LIST`` row, written
-    as it is, unless an item settled far from its neighbours (then a row per stretch, each result on its own)."""
-    low, high = min(ordinals), max(ordinals)
+def write_list(
+    conn: sqlite3.Connection, ordinals: array[int], data: bytes, keys: list[Any] | None,
+    bounds: tuple[int, int] | None = None,
+) -> None:
+    """Insert one batch the loop encoded as one list (``bounds``: its lowest and highest ordinal, when known), in the
+    caller's transaction: one ``LIST`` row, written as it is, unless an item settled far from its neighbours (then
+    a row per stretch, each result on its own)."""
+    low, high = bounds if bounds is not None else (min(ordinals), max(ordinals))
     if high - low <= len(ordinals) + SPLIT_GAP:
         packed_keys = marshal.dumps(keys, MARSHAL_VERSION) if keys is not None else None
         conn.execute(

@@ -352,11 +352,12 @@ class Journal:
         else:
             self._unwritten_results.extend(kept)
 
-    def keep_sealed(self, sealed: list[Sealed]) -> None:
-        """Batches of plain-data results of items in the next ``record``'s ``done``, as the loop encoded them: a row each."""
-        for ordinals, data in sealed:
+    def keep_sealed(self, sealed: list[Sealed], bounds: list[tuple[int, int]]) -> None:
+        """Batches of plain-data results of items in the next ``record``'s ``done``, as the loop encoded them, each
+        with its lowest and highest ordinal: written as ``write_sealed`` says."""
+        for (ordinals, data), (low, high) in zip(sealed, bounds):
             keys = [self._key_of(o) for o in ordinals] if self.keyed else None
-            self._unwritten_sealed.append((ordinals, data, keys))
+            self._unwritten_sealed.append((ordinals, data, keys, low, high))
 
     def _key_of(self, ordinal: int) -> Any:
         """The key of the item at ``ordinal``: waiting to settle, or a journaled failure retried from the pause shell."""

@@ -14,7 +14,6 @@ import os
 import sqlite3
 import threading
 import time
-from array import array
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -22,7 +21,7 @@ from batchcli.errors import RunDirGoneError, RunDirWriteError
 from batchcli.journal.records import FailedFile, failure_record
 from batchcli.journal.rundir import FLUSH_INTERVAL_S, free_space
 from batchcli.journal.results import Kept
-from batchcli.outcome import KEPT_NUDGE, Failure, Sealed, Tally, log_failures, merge_ranges, ordinal_ranges, runs
+from batchcli.outcome import KEPT_NUDGE, Failure, Sealed, Tally, log_failures, merge_ranges, runs, sealed_ranges
 
 log = logging.getLogger("batchcli")
 
@@ -47,9 +46,9 @@ class Recorder(Protocol):
     def keep(self, kept: list[Kept]) -> None:
         """Results of items whose ordinals come in the next ``record``'s ``done``: written in its transaction."""
 
-    def keep_sealed(self, sealed: list[Sealed]) -> None:
+    def keep_sealed(self, sealed: list[Sealed], bounds: list[tuple[int, int]]) -> None:
         """Batches of plain-data results (``Tally.take_sealed``) of items whose ordinals come in the next
-        ``record``'s ``done``: written in its transaction."""
+        ``record``'s ``done``, each with its lowest and highest ordinal: written in its transaction."""
 
     def release(self, ordinals: list[int]) -> None:
         """Recorded failures of this session taken back as not final; the items will settle again."""
@@ -68,7 +67,7 @@ class NullRecorder:
     def keep(self, kept: list[Kept]) -> None:
         """Keep nothing."""
 
-    def keep_sealed(self, sealed: list[Sealed]) -> None:
+    def keep_sealed(self, sealed: list[Sealed], bounds: list[tuple[int, int]]) -> None:
         """Keep nothing."""
 
     def release(self, ordinals: list[int]) -> None:
@@ -178,11 +177,10 @@ class Recording:
                 done = merge_ranges(done + runs(sorted(k[0] for k in kept)))
                 self.recorder.keep(kept)
             if sealed:
-                ordinals = array("q")
-                for batch, _ in sealed:
-                    ordinals += batch
-                done = merge_ranges(done + ordinal_ranges(ordinals, len(ordinals)))
-                self.recorder.keep_sealed(sealed)
+                # Each batch's lowest and highest ordinal, found once here: its ranges and its row both need them.
+                bounds = [(min(batch), max(batch)) for batch, _ in sealed]
+                done = merge_ranges(done + sealed_ranges(sealed, bounds))
+                self.recorder.keep_sealed(sealed, bounds)
             new = self.tally.new_failures
             failures = [new.popleft() for _ in range(len(new))]
             log_failures(failures)  # here, not on the loop thread: once each, even if the write below fails
