@@ -104,7 +104,7 @@ def _unpacked(kind: str, blob: bytes) -> array[int]:
 def write_batch(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], keyed: bool) -> None:
     """Insert marshalled ``(ordinal, encoding, None[, key])`` rows, in the caller's transaction, as few rows as they allow."""
     rows.sort(key=_ordinal)
-    for part in _stretches(rows):
+    for part in (piece for stretch in _stretches(rows) for piece in _within(stretch, LISTS_BYTES_MAX)):
         ordinals = list(map(_ordinal, part))
         encoded = list(map(_encoded, part))
         keys = marshal.dumps(list(map(_key, part)), MARSHAL_VERSION) if keyed else None
@@ -189,6 +189,22 @@ def _stretches(rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
         if rows[i][0] - rows[i - 1][0] > SPLIT_GAP:
             yield rows[start:i]
             start = i
+    yield rows[start:]
+
+
+def _within(rows: list[tuple[Any, ...]], limit: int) -> Iterator[list[tuple[Any, ...]]]:
+    """``rows`` cut so that no piece's encodings pass ``limit`` bytes (one larger result is a piece alone): nine
+    results of 9 MB that the loop had to keep one by one (``SEAL_ROW_MAX``) made one 75 MB row, which a reader
+    holds whole."""
+    if sum(len(row[1]) for row in rows) <= limit:
+        yield rows
+        return
+    start, size = 0, 0
+    for i, row in enumerate(rows):
+        if i > start and size + len(row[1]) > limit:
+            yield rows[start:i]
+            start, size = i, 0
+        size += len(row[1])
     yield rows[start:]
 
 
