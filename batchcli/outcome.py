@@ -48,16 +48,17 @@ class Failure(NamedTuple):
 
 _SLICE = 65536
 
-KEPT_BACKLOG_MAX = 4 << 20
+KEPT_BACKLOG_MAX = 8 << 20
 """About how many bytes of results may wait for the journal: past it, new items wait for the recorder
-(a job returning results faster than the disk takes them must not fill the memory instead)."""
+(a job returning results faster than the disk takes them must not fill the memory instead). A flush of a few
+MB takes 40-90 ms, most of it the disk: at 4 MB, a million small results made the loop wait for it now and then."""
 
-CHUNK_KEPT_MAX = KEPT_BACKLOG_MAX
+CHUNK_KEPT_MAX = 4 << 20
 """About how many bytes of results one chunk of the process, Dask and Ray executors brings back: past it the
 worker hands the chunk's unstarted items back (as a throttle does), and the driver sizes the next chunks to fit.
 Sized by time alone, a chunk of 2 MB results held 150 MB, and the driver peaked at 2 GB with four in flight."""
 
-KEPT_NUDGE = KEPT_BACKLOG_MAX // 4
+KEPT_NUDGE = 1 << 20
 """Past this many bytes of waiting results the recorder is woken (``Tally.flush_wanted``)."""
 
 Sealed = tuple["array[int]", bytes]
