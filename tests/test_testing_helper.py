@@ -208,3 +208,50 @@ def test_a_keyboard_interrupt_while_the_run_starts_its_threads_is_raised_once_th
         assert ran == ["after the signal", "again"]
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+GC_JOB = '''
+import gc
+
+from batchcli import Param, Service, Source, inject
+
+
+@inject
+class Three(Source[int]):
+    def __iter__(self):
+        return iter(range(3))
+
+
+@inject
+class Threshold(Service[int]):
+    def __init__(self, own: Param[int] = 0) -> None:
+        self.own = own
+
+    def setup(self) -> None:
+        if self.own:
+            gc.set_threshold(self.own)
+
+    async def process(self, item: int) -> int:
+        return gc.get_threshold()[0]
+'''
+
+
+def test_the_collector_runs_less_often_during_a_run_and_as_before_after_it(tmp_path: Path) -> None:
+    """While the loop runs, the collector's first threshold is raised (waiting results set it off for nothing), and
+    put back after the run; a threshold the job's own code set is left as the job set it."""
+    import gc
+
+    from batchcli.run.driver import GC_THRESHOLD
+
+    job = tmp_path / "gcjob.py"
+    job.write_text(GC_JOB)
+    before = gc.get_threshold()
+    try:
+        outcome = run_job(job, output_dir=tmp_path)
+        assert [r.value for r in outcome.results] == [GC_THRESHOLD] * 3
+        assert gc.get_threshold() == before
+        outcome = run_job(job, params={"own": 1234}, output_dir=tmp_path)
+        assert [r.value for r in outcome.results] == [1234] * 3
+        assert gc.get_threshold()[0] == 1234
+    finally:
+        gc.set_threshold(*before)
