@@ -138,6 +138,56 @@ def test_bundle_that_does_not_match_its_digest_is_refused(tmp_path: Path, monkey
         unpack(Bundle("0" * 64, data.getvalue(), "job.py"), "run1")
 
 
+UNPACK_AND_WAIT = """
+import sys
+from batchcli.executors.bundle import bundle_project, unpack
+from batchcli.load.project import load_project
+print(unpack(bundle_project(load_project(sys.argv[1])), sys.argv[2]), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_copies_left_by_workers_that_died_are_removed_and_live_ones_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """A worker killed with its copy of the project unpacked left it in the temp directory for good. The next unpack
+    on the machine removes it, once its owner file is old and nobody holds its lock; a live worker's copy stays,
+    however old, and so does a copy with no owner file (a batchcli from before them)."""
+    from batchcli.executors.bundle import ABANDONED_AFTER_S, OWNER_SUFFIX, bundle_project, private_root, unpack
+    from batchcli.load.project import load_project
+
+    env = subprocess_env(TMPDIR=str(tmp_path))
+    copies = {}
+    for key in ("dead", "alive"):
+        worker = subprocess.Popen(
+            [sys.executable, "-c", UNPACK_AND_WAIT, str(SHIPPED), key],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        request.addfinalizer(worker.kill)
+        target = Path(worker.stdout.readline().strip())  # type: ignore[union-attr]
+        copies[key] = (worker, next(p for p in target.parents if p.parent.name == "batchcli-projects"))
+    dead_worker, dead = copies["dead"]
+    dead_worker.kill()
+    dead_worker.wait(timeout=30)
+    _, alive = copies["alive"]
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    root = private_root()
+    older = root / "older.abc123"  # no owner file
+    (older / "shipped").mkdir(parents=True)
+    aged = time.time() - ABANDONED_AFTER_S - 60
+    for path in (Path(f"{dead}{OWNER_SUFFIX}"), Path(f"{alive}{OWNER_SUFFIX}"), older):
+        os.utime(path, (aged, aged))
+    assert dead.is_dir() and alive.is_dir()
+
+    bundle = bundle_project(load_project(str(SHIPPED)))
+    assert bundle is not None
+    fresh = unpack(bundle, "next")
+    assert not dead.exists() and not Path(f"{dead}{OWNER_SUFFIX}").exists()
+    assert alive.is_dir() and Path(f"{alive}{OWNER_SUFFIX}").exists()
+    assert older.is_dir()
+    assert Path(fresh).exists()
+
+
 # Defect: a Dask run hung after two worker deaths.
 
 

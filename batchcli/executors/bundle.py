@@ -17,6 +17,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -24,10 +25,21 @@ from pathlib import Path, PurePosixPath
 from batchcli.errors import ProjectError
 from batchcli.load.project import Project
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: copies left by dead workers stay there
+    fcntl = None  # type: ignore[assignment]
+
 MAX_BUNDLE_BYTES = 50 * 1024 * 1024
 """Largest project batchcli ships; bigger ones should be installed on the workers."""
 
 _SKIPPED_DIRS = {"__pycache__", "batchcli_outputs", "node_modules", "build", "dist"}
+
+OWNER_SUFFIX = ".owner"
+"""Beside each private copy, a file its process holds locked (``flock``) for as long as it lives."""
+
+ABANDONED_AFTER_S = 60.0
+"""A copy whose owner file nobody holds is removed once the file is this old (see ``_sweep``)."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +115,7 @@ def unpack(bundle: Bundle, key: str) -> str:
             f"The shipped project does not match its digest (expected {bundle.digest}, got {data_digest}): it was "
             "damaged on its way to this worker. Run the job again; if it keeps failing, check the network path."
         )
-    dest = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=private_root()))
+    dest = _private_copy(key)
     try:
         with zipfile.ZipFile(io.BytesIO(bundle.data)) as archive:
             manifest = _manifest(archive)
@@ -111,6 +123,7 @@ def unpack(bundle: Bundle, key: str) -> str:
         _verify(dest, manifest)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
+        _release(dest)
         raise
     _forget_earlier_copies(_top_level_name(bundle.target), dest)
     _unpacked.add(dest)
@@ -144,7 +157,7 @@ def adopt(source: Path, manifest: dict[str, str], target: str, key: str) -> str:
     the driver listed are copied into a fresh directory of ours (as ``unpack`` makes) and checked
     against the driver's digests, which travelled with the run's spec, before anything is imported.
     """
-    dest = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=private_root()))
+    dest = _private_copy(key)
     try:
         for name in manifest:
             path = PurePosixPath(name)
@@ -162,6 +175,7 @@ def adopt(source: Path, manifest: dict[str, str], target: str, key: str) -> str:
         _verify(dest, manifest)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
+        _release(dest)
         raise
     _forget_earlier_copies(_top_level_name(target), dest)
     _unpacked.add(dest)
@@ -172,7 +186,71 @@ def discard(key: str) -> None:
     """Remove what the run ``key`` unpacked on this machine (also by processes that have died since)."""
     root = private_root()
     for path in root.glob(f"{key}.*"):
+        if path.name.endswith(OWNER_SUFFIX):
+            continue
         shutil.rmtree(path, ignore_errors=True)
+        _release(path)
+
+
+def _private_copy(key: str) -> Path:
+    """A fresh private directory for the run ``key``'s copy of the project, claimed by this process (``_claim``);
+    copies that processes which died left behind are removed first (``_sweep``)."""
+    root = private_root()
+    _sweep(root)
+    dest = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=root))
+    _claim(dest)
+    return dest
+
+
+def _claim(dest: Path) -> None:
+    """Lock ``dest``'s owner file for as long as this process lives: the kernel lets the lock go when the process
+    ends however it ends (``kill -9``, a worker lost), which is what ``_sweep`` asks."""
+    if fcntl is None:
+        return
+    fd = os.open(f"{dest}{OWNER_SUFFIX}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _owned[dest] = fd
+
+
+def _release(dest: Path) -> None:
+    """Remove ``dest``'s owner file, and let its lock go when this process held it."""
+    fd = _owned.pop(dest, None)
+    Path(f"{dest}{OWNER_SUFFIX}").unlink(missing_ok=True)
+    if fd is not None:
+        os.close(fd)
+
+
+def _sweep(root: Path) -> None:
+    """Remove the copies under ``root`` whose process has died: a worker lost, or a driver killed before its
+    cluster's workers removed theirs (``discard``) left them, about 10 KB each, for good.
+
+    A pid in the name would not tell: where containers share the temp directory, another container's live
+    worker can have any pid. A lock does: a copy is removed only when its owner file is older than
+    ``ABANDONED_AFTER_S`` and nobody holds its lock. A copy with no owner file (from a batchcli before these,
+    or one being made) is left alone.
+    """
+    if fcntl is None:
+        return
+    now = time.time()
+    for owner in root.glob(f"*{OWNER_SUFFIX}"):
+        dest = Path(str(owner)[: -len(OWNER_SUFFIX)])
+        if dest in _owned:
+            continue
+        try:
+            fd = os.open(owner, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:  # gone meanwhile, or not a plain file of ours
+            continue
+        try:
+            if now - os.fstat(fd).st_mtime < ABANDONED_AFTER_S:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # its process is alive
+                continue
+            shutil.rmtree(dest, ignore_errors=True)
+            owner.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
 
 
 def private_root(base: Path | None = None) -> Path:
@@ -268,6 +346,8 @@ def _top_level_name(target: str) -> str:
 
 # Directories this process unpacked into: modules loaded from them may be dropped for a newer copy.
 _unpacked: set[Path] = set()
+_owned: dict[Path, int] = {}
+"""The owner files this process holds locked, by copy."""
 _fallback_root: Path | None = None
 
 
