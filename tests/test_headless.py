@@ -107,27 +107,35 @@ def test_ctl_steers_a_run_whose_items_run_in_worker_processes(tmp_path: Path) ->
     assert log.done_twice() == []
 
 
-def test_ctl_resume_on_a_stopping_run_is_refused_and_the_stop_goes_on(tmp_path: Path) -> None:
+def test_ctl_resume_on_a_stopping_run_is_refused_and_a_second_ctl_stop_stops_at_once(tmp_path: Path) -> None:
     """ctl resume while the run waited for its in-flight items after a stop answered "Resumed." (exit 0), and the run
-    went on stopping: it says the run is stopping and how to continue it, exit 1; the stop ends as asked."""
+    went on stopping: it says the run is stopping and how to continue it, exit 1. A second ctl stop gave the first
+    one's answer and went on waiting for the item in flight; it stops at once, as a second signal does, and resume
+    does the abandoned item again."""
     ledger = tmp_path / "ledger.txt"
     out = tmp_path / "out"
     run = subprocess.Popen(
-        [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", "count=20", "-p", "delay_s=3",
-         "-p", "concurrency=1", "-p", f"ledger={ledger}"],
+        [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", "count=20", "-p", "delay_s=30",
+         "-p", "concurrency=1", "-p", "stop_timeout_s=120", "-p", f"ledger={ledger}"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(tmp_path / "run.err").open("w"), env=subprocess_env(),
     )  # fmt: skip
     log = JobLog(ledger)
     try:
         wait_for(lambda: any(out.glob("*/control.sock")) and log.started(), "the first item under way", timeout=60)
         run_dir = next(out.glob("*/control.sock")).parent
-        assert "Stopping" in batchcli("ctl", run_dir, "stop").stdout
+        assert "A second ctl stop stops at once." in " ".join(batchcli("ctl", run_dir, "stop").stdout.split())
         resumed = batchcli("ctl", run_dir, "resume")
         assert resumed.returncode == 1, resumed.stdout
         said = " ".join(resumed.stderr.split())
         assert "The run is stopping, as asked: it cannot resume now" in said and f"batchcli resume {run_dir}" in said
-        assert run.wait(timeout=60) == 130
+        again = batchcli("ctl", run_dir, "stop")
+        said = " ".join(again.stdout.split())
+        assert again.returncode == 0 and "Stopping at once, as a second Ctrl-C does: 1 item(s) in flight are abandoned" in said, said
+        assert run.wait(timeout=60) == 130  # not the 30 s the item in flight takes
     finally:
         if run.poll() is None:
             run.kill()
-    assert len(log.done()) < 20
+    assert log.done() == [] and "ctl stop again: stopping at once" in (run_dir / "batchcli.log").read_text()
+    finished = batchcli("resume", run_dir, "-p", "delay_s=0")
+    assert finished.returncode == 0, finished.stderr
+    assert sorted(log.done()) == list(range(20)) and log.done_twice() == []

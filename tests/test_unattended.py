@@ -122,6 +122,8 @@ def test_watch_and_ctl_steer_a_run_that_has_no_terminal(tmp_path: Path, cli: Any
         assert len(log.started()) == paused_at
         assert cli("ctl", run_dir, "resume").exit_code == 0
         wait_for(lambda: len(log.started()) > paused_at, "items starting after resume")
+        again = cli("ctl", run_dir, "resume")  # it said "Resumed." and changed nothing
+        assert again.exit_code == 0 and "Not paused: the run is running, and there is nothing to resume." in again.output
 
         # set rate_limit: at most ~2 starts a second, then none again.
         assert "Rate limit is now 2/s." in cli("ctl", run_dir, "set", "rate_limit=2").output

@@ -92,7 +92,7 @@ def status_line(tally: Tally, rate: float) -> str:
     done = f"{settled}/{total}" if total is not None else f"{settled}"
     percent = f" ({settled / total:.0%})" if total else ""
     eta: float | None = None
-    if tally.exhausted and not tally.in_flight and not tally.retrying:  # all settled: finish() may still run
+    if tally.all_settled:  # finish() may still run
         elapsed = tally.elapsed()  # the session's rate, not the last seconds' (0.0/s while finish() ran)
         rate, eta = (tally.settled / elapsed if elapsed > 0 else 0.0), 0.0
     elif total is not None and rate > 0:
