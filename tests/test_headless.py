@@ -28,7 +28,8 @@ def batchcli(*args: Any) -> subprocess.CompletedProcess[str]:
 
 
 def test_json_logs_without_a_terminal_make_stderr_json_lines_only(tmp_path: Path) -> None:
-    """With --log-format json and stderr not a terminal, every stderr line parses as JSON: progress events, failures, the closing event, and a notice."""
+    """With --log-format json and stderr not a terminal, every stderr line parses as JSON: progress events, failures,
+    the closing event, a notice, and an error that ends the command before the run starts."""
     ran = batchcli(
         "exec", JOB, "-d", tmp_path / "out", "-p", "count=40", "-p", "delay_s=0.02", "-p", "concurrency=2",
         "-p", "fail_every=10", "-p", "max_retries=1", "-p", "backoff_s=0", "-p", f"ledger={tmp_path / 'ledger.txt'}",
@@ -47,6 +48,16 @@ def test_json_logs_without_a_terminal_make_stderr_json_lines_only(tmp_path: Path
     again = batchcli("resume", ended["run_dir"], "--log-format", "json")
     notices = [json.loads(line) for line in again.stderr.splitlines()]
     assert again.returncode == 0 and notices and "nothing to resume" in notices[0]["message"]
+
+    # An error before the run starts was the one plain line: an `error` event now, with the exit code.
+    for args, said in (
+        (["exec", JOB, "-d", tmp_path / "out", "-p", "count=abc"], "Param 'count' expects int, got 'abc'."),
+        (["resume", tmp_path / "gone"], f"Run directory {str(tmp_path / 'gone')!r} does not exist."),
+    ):
+        refused = batchcli(*args, "--log-format", "json")
+        errors = [json.loads(line) for line in refused.stderr.splitlines()]
+        assert refused.returncode == 2 and len(errors) == 1, refused.stderr
+        assert errors[0]["event"] == "error" and errors[0]["exit_code"] == 2 and said in errors[0]["message"], errors
 
 
 @pytest.mark.parametrize(
