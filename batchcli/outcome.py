@@ -343,6 +343,12 @@ class Tally:
         """Items that succeeded or finally failed."""
         return self.succeeded + self.failed
 
+    @property
+    def all_settled(self) -> bool:
+        """True once the source has run out and no item is in flight or waits to retry: only the job's last hooks
+        (``finish()``, ``persist_failed``) are left, and the run ends as finished whatever is asked of it now."""
+        return self.exhausted and not self.in_flight and not self.retrying
+
     def take_done(self) -> list[tuple[int, int]]:
         """Remove the ordinals recorded so far and return them as sorted, merged ``[start, end)`` ranges.
 

@@ -24,12 +24,12 @@ PROMPT = rf"In \[{COLOUR}\d+{COLOUR}\]: "
 """IPython's prompt, coloured or not."""
 
 
-def attach(run_dir: Path, tmp_path: Path) -> pexpect.spawn:
-    """``batchcli attach RUN`` in a pseudo-terminal, once its first prompt is up."""
+def attach(run_dir: Path, tmp_path: Path, term: str = "xterm") -> pexpect.spawn:
+    """``batchcli attach RUN`` in a pseudo-terminal of type ``term``, once its first prompt is up."""
     child = pexpect.spawn(
         sys.executable,
         ["-m", "batchcli", "attach", str(run_dir)],
-        env=subprocess_env(TERM="xterm", IPYTHONDIR=str(tmp_path / "ipython"), PROMPT_TOOLKIT_NO_CPR="1"),
+        env=subprocess_env(TERM=term, IPYTHONDIR=str(tmp_path / "ipython"), PROMPT_TOOLKIT_NO_CPR="1"),
         dimensions=(60, 250),
         encoding="utf-8",
         timeout=60,
@@ -279,13 +279,19 @@ def test_attach_works_after_the_runs_own_pause_shell_was_open(tmp_path: Path) ->
 
 def test_the_connection_file_of_a_run_killed_while_attached_goes_with_its_resume(tmp_path: Path, run_batchcli: Any) -> None:
     """A run killed (-9) while a console was attached left kernel.json, its HMAC key in it, for good: the resume that
-    finished the run left it there. The resume removes it as it takes the run over, as it does the control socket."""
+    finished the run left it there. The resume removes it as it takes the run over, as it does the control socket.
+    The console said nothing of the death and exited 0; on a dumb terminal (TERM=dumb: Emacs, some CI) it stayed at
+    its prompt for good. It now leaves on either, saying the run died and how to resume it, with exit 1."""
     run, run_dir, log = headless(tmp_path, 100)
     try:
-        child = attach(run_dir, tmp_path)
+        child = attach(run_dir, tmp_path, term="dumb")
         run.kill()
         run.wait(timeout=30)
+        child.expect("died while you were attached")  # before (dumb): no EOF, the prompt waited for a line
         child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 1
+        assert f"batchcli resume {run_dir}" in " ".join((tmp_path / "transcript.txt").read_text().split())
     finally:
         if run.poll() is None:
             run.kill()

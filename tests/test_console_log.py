@@ -129,10 +129,10 @@ def test_the_progress_lines_after_the_last_item_give_the_runs_rate_and_no_eta(ru
     assert all("eta 0:00:00" in line and " 0.0/s" not in line for line in done), done
 
 
-def test_control_characters_in_an_error_message_are_written_out_on_the_console(run_batchcli: Any, tmp_path: Path) -> None:
+def test_control_characters_in_an_error_message_are_written_out_on_the_console(run_batchcli: Any, cli: Any, tmp_path: Path) -> None:
     """A message holding a terminal's escape sequences cleared and recoloured the screen, and a carriage return
-    overwrote the line, in the failure lines and the groups alike. They are written out (``\\x1b``); the files keep
-    the message as it was raised."""
+    overwrote the line, in the failure lines and the groups alike, and in show and watch afterwards. They are written
+    out (``\\x1b``); the files keep the message as it was raised."""
     job = tmp_path / "escapes.py"
     job.write_text(
         "from batchcli import Service, Source, inject\n\n\n@inject\nclass Numbers(Source[int]):\n"
@@ -146,6 +146,10 @@ def test_control_characters_in_an_error_message_are_written_out_on_the_console(r
     assert "row 0 \\x1b[2J\\x1b[31mcleared\\x0dover\\x00" in result.output, result.output
     failed = [json.loads(line) for line in (result.run_dir / "failed.jsonl").read_text().splitlines()]
     assert failed[0]["error_message"] == "row 0 \x1b[2J\x1b[31mcleared\rover\x00"
+    for command in (["show"], ["show", "--failures"], ["watch"]):
+        output = cli(*command, result.run_dir).output
+        assert "\x1b" not in output and "\x00" not in output, (command, output)
+        assert "ValueError: row" in output and "\\x1b[" in output, (command, output)  # numbers become N in groups
 
 
 def test_python_warnings_are_records_in_the_log_file_and_json_lines_on_stderr(run_batchcli: Any, tmp_path: Path) -> None:

@@ -28,7 +28,8 @@ def batchcli(*args: Any) -> subprocess.CompletedProcess[str]:
 
 
 def test_json_logs_without_a_terminal_make_stderr_json_lines_only(tmp_path: Path) -> None:
-    """With --log-format json and stderr not a terminal, every stderr line parses as JSON: progress events, failures, the closing event, and a notice."""
+    """With --log-format json and stderr not a terminal, every stderr line parses as JSON: progress events, failures,
+    the closing event, a notice, and an error that ends the command before the run starts."""
     ran = batchcli(
         "exec", JOB, "-d", tmp_path / "out", "-p", "count=40", "-p", "delay_s=0.02", "-p", "concurrency=2",
         "-p", "fail_every=10", "-p", "max_retries=1", "-p", "backoff_s=0", "-p", f"ledger={tmp_path / 'ledger.txt'}",
@@ -47,6 +48,16 @@ def test_json_logs_without_a_terminal_make_stderr_json_lines_only(tmp_path: Path
     again = batchcli("resume", ended["run_dir"], "--log-format", "json")
     notices = [json.loads(line) for line in again.stderr.splitlines()]
     assert again.returncode == 0 and notices and "nothing to resume" in notices[0]["message"]
+
+    # An error before the run starts was the one plain line: an `error` event now, with the exit code.
+    for args, said in (
+        (["exec", JOB, "-d", tmp_path / "out", "-p", "count=abc"], "Param 'count' expects int, got 'abc'."),
+        (["resume", tmp_path / "gone"], f"Run directory {str(tmp_path / 'gone')!r} does not exist."),
+    ):
+        refused = batchcli(*args, "--log-format", "json")
+        errors = [json.loads(line) for line in refused.stderr.splitlines()]
+        assert refused.returncode == 2 and len(errors) == 1, refused.stderr
+        assert errors[0]["event"] == "error" and errors[0]["exit_code"] == 2 and said in errors[0]["message"], errors
 
 
 @pytest.mark.parametrize(
@@ -107,27 +118,35 @@ def test_ctl_steers_a_run_whose_items_run_in_worker_processes(tmp_path: Path) ->
     assert log.done_twice() == []
 
 
-def test_ctl_resume_on_a_stopping_run_is_refused_and_the_stop_goes_on(tmp_path: Path) -> None:
+def test_ctl_resume_on_a_stopping_run_is_refused_and_a_second_ctl_stop_stops_at_once(tmp_path: Path) -> None:
     """ctl resume while the run waited for its in-flight items after a stop answered "Resumed." (exit 0), and the run
-    went on stopping: it says the run is stopping and how to continue it, exit 1; the stop ends as asked."""
+    went on stopping: it says the run is stopping and how to continue it, exit 1. A second ctl stop gave the first
+    one's answer and went on waiting for the item in flight; it stops at once, as a second signal does, and resume
+    does the abandoned item again."""
     ledger = tmp_path / "ledger.txt"
     out = tmp_path / "out"
     run = subprocess.Popen(
-        [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", "count=20", "-p", "delay_s=3",
-         "-p", "concurrency=1", "-p", f"ledger={ledger}"],
+        [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", "count=20", "-p", "delay_s=30",
+         "-p", "concurrency=1", "-p", "stop_timeout_s=120", "-p", f"ledger={ledger}"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(tmp_path / "run.err").open("w"), env=subprocess_env(),
     )  # fmt: skip
     log = JobLog(ledger)
     try:
         wait_for(lambda: any(out.glob("*/control.sock")) and log.started(), "the first item under way", timeout=60)
         run_dir = next(out.glob("*/control.sock")).parent
-        assert "Stopping" in batchcli("ctl", run_dir, "stop").stdout
+        assert "A second ctl stop stops at once." in " ".join(batchcli("ctl", run_dir, "stop").stdout.split())
         resumed = batchcli("ctl", run_dir, "resume")
         assert resumed.returncode == 1, resumed.stdout
         said = " ".join(resumed.stderr.split())
         assert "The run is stopping, as asked: it cannot resume now" in said and f"batchcli resume {run_dir}" in said
-        assert run.wait(timeout=60) == 130
+        again = batchcli("ctl", run_dir, "stop")
+        said = " ".join(again.stdout.split())
+        assert again.returncode == 0 and "Stopping at once, as a second Ctrl-C does: 1 item(s) in flight are abandoned" in said, said
+        assert run.wait(timeout=60) == 130  # not the 30 s the item in flight takes
     finally:
         if run.poll() is None:
             run.kill()
-    assert len(log.done()) < 20
+    assert log.done() == [] and "ctl stop again: stopping at once" in (run_dir / "batchcli.log").read_text()
+    finished = batchcli("resume", run_dir, "-p", "delay_s=0")
+    assert finished.returncode == 0, finished.stderr
+    assert sorted(log.done()) == list(range(20)) and log.done_twice() == []

@@ -208,11 +208,24 @@ def test_worker_processes_hung_in_setup_or_finish_end_with_a_stop_that_times_out
 @pytest.mark.parametrize("executor", ["async", "process"])
 def test_a_finish_cut_short_by_the_stop_timeout_is_a_stop_and_resume_runs_it_again(piped, run_batchcli, executor: str) -> None:
     """Every item settled, then finish() hangs and a stop times out: the run said "Finished", exit 0, although
-    what finish() flushes was never written. It is a stop (exit 130, resumable), and resume runs finish()."""
+    what finish() flushes was never written. It is a stop (exit 130, resumable), and resume runs finish(). Asked by
+    ctl, the stop says so: it promised exit 130 and a resume when finish() returned in time and the run ended 0, and
+    ctl pause and set claimed changes that reached no item."""
     run = piped("shell_slow", "-p", "count=4", "-p", f"executor={executor}", "-p", "workers=2", "-p", "stop_timeout_s=0.5",
                 "-p", "finish_s=600")  # fmt: skip
     wait_for(lambda: "finish" in run.log.lines(), "finish() to start")
-    run.signal(signal.SIGTERM)
+    if executor == "async":
+        run_dir = next(run.out.glob("*/control.sock")).parent
+        for words in (["pause"], ["set", "concurrency=3"], ["stop"]):
+            said = run_batchcli("ctl", str(run_dir), *words)
+            text = " ".join(said.output.split())
+            assert "Every item has settled: the run is finishing (its finish() runs) and ends as finished (exit 0)." in text, text
+            if words == ["stop"]:
+                assert said.exit_code == 0 and "only a finish() still running 0.5s from now (stop_timeout_s) is abandoned" in text, text
+            else:
+                assert said.exit_code == 1 and "There is nothing left to" in text, text
+    else:
+        run.signal(signal.SIGTERM)
     assert run.wait() == 130, run.output
     assert "finish() (or persist_failed) had not returned when the stop timed out" in run.output, run.output
     summary = run.summary()

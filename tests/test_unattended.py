@@ -122,6 +122,8 @@ def test_watch_and_ctl_steer_a_run_that_has_no_terminal(tmp_path: Path, cli: Any
         assert len(log.started()) == paused_at
         assert cli("ctl", run_dir, "resume").exit_code == 0
         wait_for(lambda: len(log.started()) > paused_at, "items starting after resume")
+        again = cli("ctl", run_dir, "resume")  # it said "Resumed." and changed nothing
+        assert again.exit_code == 0 and "Not paused: the run is running, and there is nothing to resume." in again.output
 
         # set rate_limit: at most ~2 starts a second, then none again.
         assert "Rate limit is now 2/s." in cli("ctl", run_dir, "set", "rate_limit=2").output
@@ -164,6 +166,39 @@ def test_watch_and_ctl_steer_a_run_that_has_no_terminal(tmp_path: Path, cli: Any
     final = cli("watch", run_dir)  # the finished run: watch prints what the journal and the summary say
     summary = json.loads((run_dir / "summary.json").read_text())
     assert final.exit_code == 0 and f"400/400 (100%)  ok {summary['succeeded']}  failed {summary['failed']}" in final.output
+
+
+def test_a_cool_down_leaves_the_eta_blank_and_ctl_resume_says_how_long_it_lasts(tmp_path: Path, cli: Any) -> None:
+    """Cooling down 600 s after a throttle, watch, ctl stats and the progress lines gave an ETA of seconds from the
+    rate before it, and ctl resume answered "Resumed." and changed nothing. The ETA is blank until the cool-down
+    ends, and resume says the run is not paused and how long the cool-down has left."""
+    ledger = tmp_path / "ledger.txt"
+    out = tmp_path / "out"
+    run = start(
+        "exec", JOB, "-d", out, "-p", "count=100", "-p", "delay_s=0.02", "-p", "concurrency=2", "-p", "throttle_at=20",
+        "-p", "throttle_s=600", "-p", "throttle_max_wait_s=600", "-p", f"ledger={ledger}",
+        stderr=tmp_path / "run.err",
+    )  # fmt: skip
+    try:
+        run_dir = live_run_dir(out)
+        wait_for(lambda: "throttled 20" in JobLog(ledger).lines(), "the throttle")
+        wait_for(lambda: "cooling down" in cli("watch", run_dir, "--once").output, "watch to show the cool-down")
+        frame = cli("watch", run_dir, "--once").output
+        assert "eta -:--:--" in frame, frame
+        stats = cli("ctl", run_dir, "stats").output
+        assert "cooling down" in stats and "eta -:--:--" in stats, stats
+        resumed = cli("ctl", run_dir, "resume")
+        said = " ".join(resumed.output.split())
+        assert resumed.exit_code == 0 and re.search(
+            r"Not paused, and nothing to resume: the run is cooling down after a throttle, [56]\d\ds left \(until \d\d:\d\d:\d\d\)", said
+        ), said
+        assert "Stopping" in cli("ctl", run_dir, "stop").output
+        assert run.wait(timeout=60) == 130
+    finally:
+        if run.poll() is None:
+            run.kill()
+    cooling = [line for line in (tmp_path / "run.err").read_text().splitlines() if "cooling down" in line]
+    assert cooling and all("eta -:--:--" in line for line in cooling), cooling  # the run's own progress lines
 
 
 class Hook(BaseHTTPRequestHandler):

@@ -12,12 +12,13 @@ import json
 import socket
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from rich.console import Console
 
 from batchcli.cli.ctl import accepted, answering, live_connection, owned_run
 from batchcli.errors import RunNotLive, UsageError
+from batchcli.journal.rundir import read_run
 from batchcli.run.control import read_reply
 
 START_TIMEOUT_S = 90.0
@@ -57,8 +58,11 @@ def attach(run_dir: Path, console: Console) -> None:
                 f"ended meanwhile. See it with: batchcli show {run_dir}"
             ) from None
         last_word: list[str] = []
+        prompts = _prompts(app)
         conn.settimeout(None)
-        watcher = threading.Thread(target=_await_last_word, args=(conn, app, last_word), name="batchcli-attach", daemon=True)
+        watcher = threading.Thread(
+            target=_await_last_word, args=(conn, app, prompts, last_word), name="batchcli-attach", daemon=True
+        )
         watcher.start()
         try:
             app.start()
@@ -67,13 +71,60 @@ def attach(run_dir: Path, console: Console) -> None:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_WR)
             watcher.join(LEAVE_TIMEOUT_S)
-            if last_word and last_word[0]:
-                console.print(last_word[0], markup=False, highlight=False, soft_wrap=True)
+        if last_word and last_word[0]:
+            console.print(last_word[0], markup=False, highlight=False, soft_wrap=True)
+        else:
+            _without_a_word(run_dir, console)
 
 
-def _await_last_word(conn: socket.socket, app: Any, last_word: list[str]) -> None:
+def _without_a_word(run_dir: Path, console: Console) -> None:
+    """The connection closed without the run's last word: say what became of the run. A run killed under the
+    console (``kill -9``, out of memory) left it with Jupyter's "keeping kernel alive" alone, and exit 0."""
+    status = read_run(run_dir).status
+    if status == "running":  # its word is late (LEAVE_TIMEOUT_S): it resumes all the same
+        console.print(f"The run did not say whether it resumed; follow it with: batchcli watch {run_dir}", markup=False)
+        return
+    if status == "crashed":
+        raise RunNotLive(
+            f"Run {str(run_dir)!r} died while you were attached: its process is gone (killed, or out of memory). Its items "
+            f"in flight, and those it settled in its last half second, are done again by resume. See it with: batchcli "
+            f"show {run_dir}; continue it with: batchcli resume {run_dir}"
+        )
+    carry_on = "" if status == "finished" else f"; continue it with: batchcli resume {run_dir}"
+    console.print(f"The run has ended ({status}). See it with: batchcli show {run_dir}{carry_on}", markup=False, soft_wrap=True)
+
+
+def _prompts(app: Any) -> list[Any]:
+    """The prompt_toolkit applications the console's prompt runs now, for ``_await_last_word`` to end.
+
+    The prompt session's own ``app``; and on a dumb terminal (``TERM=dumb``: Emacs, some CI terminals) prompt_toolkit
+    runs each prompt in an Application of its own, made by the session's private ``_dumb_prompt``, which nothing
+    else reaches: ending the session's ``app`` found nothing running, and the console waited at its prompt for good
+    after the run had ended. That method is wrapped to hold its Application while it runs; a prompt_toolkit without
+    it leaves the list as it is (the console then leaves at the next Enter, as before).
+    """
+    session: Any = getattr(getattr(app, "shell", None), "pt_cli", None)
+    running: list[Any] = [getattr(session, "app", None)]
+    dumb_prompt = getattr(session, "_dumb_prompt", None)
+    if dumb_prompt is None:
+        return running
+
+    @contextlib.contextmanager
+    def held(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with dumb_prompt(*args, **kwargs) as application:
+            running.append(application)
+            try:
+                yield application
+            finally:
+                running.remove(application)
+
+    session._dumb_prompt = held
+    return running
+
+
+def _await_last_word(conn: socket.socket, app: Any, prompts: list[Any], last_word: list[str]) -> None:
     """Wait for the run's last word on ``conn``: after the client leaves, or when the run ends the session itself (a
-    stop signal): then leave the console too, which otherwise waited at its prompt on a kernel that was gone."""
+    stop signal) or dies: then leave the console too, which otherwise waited at its prompt on a kernel that was gone."""
     with contextlib.suppress(OSError, ValueError):
         last_word.append(str(read_reply(conn).get("message", "")))
     shell = getattr(app, "shell", None)
@@ -82,4 +133,5 @@ def _await_last_word(conn: socket.socket, app: Any, last_word: list[str]) -> Non
     from batchcli.run.shell import end_prompt
 
     shell.ask_exit()
-    end_prompt(getattr(getattr(shell, "pt_cli", None), "app", None))
+    for prompt in list(prompts):
+        end_prompt(prompt)

@@ -34,7 +34,7 @@ class BatchcliGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except BatchcliError as error:
-            error.show()
+            _show(error, ctx)
             if isinstance(error, CommandStopped):
                 # What the command had not yet written is moot, and writing it could block the exit for good
                 # (a pipe whose reader stopped reading).
@@ -44,16 +44,18 @@ class BatchcliGroup(TyperGroup):
             if isinstance(error, PermissionError) and error.filename is not None and not _writing_stdout(error):
                 # A path under a directory this user may not enter or read: bad input, not our traceback (nor exit
                 # 1, which says that items failed).
-                UsageError(
+                denied = UsageError(
                     f"Permission denied: {str(error.filename)!r}. Check that you may enter and read every directory "
                     "on that path (and write where batchcli writes), or run batchcli as the user who owns it."
-                ).show()
+                )
+                _show(denied, ctx)
                 raise typer.Exit(2) from None
             if error.errno == errno.ENAMETOOLONG:  # a path argument the system cannot even look up
-                UsageError(
+                too_long = UsageError(
                     f"The path {error.filename or ''!r} is too long for this system (each name in a path may have at "
                     "most 255 bytes, the whole path 4096). Give a shorter path."
-                ).show()
+                )
+                _show(too_long, ctx)
                 raise typer.Exit(2) from None
             if isinstance(error, BrokenPipeError) or not _writing_stdout(error):
                 raise  # a reader that left (| head) ends quietly in click; anything else is not ours to word
@@ -61,6 +63,37 @@ class BatchcliGroup(TyperGroup):
             print(f"Error: cannot write the output ({error.strerror or error}).", file=sys.stderr)
             _drop_stdout()  # what stays buffered would fail again, noisily, at exit
             raise typer.Exit(1) from None
+
+
+JSON_ERRORS = "batchcli.json_errors"
+"""``ctx.meta`` key, set by ``--log-format json``: the command's error is a JSON line on stderr (``_show``)."""
+
+
+def _show(error: BatchcliError, ctx: Any) -> None:
+    """Show ``error`` as its paragraph; with ``--log-format json`` and stderr not a terminal, as an ``error`` event.
+
+    The docs promise JSON lines only on stderr then, and an error before the run starts (a bad ``-p``, a missing
+    path, a busy metrics port) was the one plain line a log collector got, and could not parse.
+    """
+    if not ctx.meta.get(JSON_ERRORS) or _is_terminal(sys.stderr):
+        error.show()
+        return
+    from batchcli.run.jsonlog import event_line
+
+    stopped = error.exit_code >= 128  # a signal the user sent: a Stopped: line in text
+    line = event_line(
+        "error", "", error.format_message(), level="WARNING" if stopped else "ERROR",
+        exit_code=error.exit_code, error_type=type(error).__name__,
+    )  # fmt: skip
+    with contextlib.suppress(OSError, ValueError):  # as show() does after a hang-up: the exit code still says it
+        print(line, file=sys.stderr, flush=True)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False
 
 
 def _drop_stdout() -> None:
@@ -118,6 +151,13 @@ def _log_format(value: str) -> str:
 
     if value not in ("text", "json"):
         raise UsageError(f"--log-format {value!r} is not a log format. Use --log-format text (the default) or json.")
+    return value
+
+
+def _errors_as_json(ctx: typer.Context, value: str) -> str:
+    """``--log-format``'s callback: from json on, the command's error is a JSON line too (``_show``)."""
+    if value == "json":
+        ctx.meta[JSON_ERRORS] = True
     return value
 
 
@@ -187,7 +227,9 @@ def exec_(
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
     shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP, metavar="I/N"),
     group: str | None = typer.Option(None, "--group", help=GROUP_HELP, metavar="ID"),
-    log_format: str = typer.Option("text", "--log-format", help=LOG_FORMAT_HELP, metavar="text|json"),
+    log_format: str = typer.Option(
+        "text", "--log-format", help=LOG_FORMAT_HELP, metavar="text|json", callback=_errors_as_json
+    ),
     show_help: bool = typer.Option(
         False, "--help", help="Show this message and exit; with PATH, also the job's params and fields.", show_default=False
     ),
@@ -252,7 +294,9 @@ def resume(
     param: list[str] = typer.Option([], "--param", "-p", help=PARAM_HELP, metavar="NAME=VALUE"),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output: -v for info, -vv for debug."),
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
-    log_format: str = typer.Option("text", "--log-format", help=LOG_FORMAT_HELP, metavar="text|json"),
+    log_format: str = typer.Option(
+        "text", "--log-format", help=LOG_FORMAT_HELP, metavar="text|json", callback=_errors_as_json
+    ),
     whole_source: bool = typer.Option(
         False, "--all", help="Carry a trial run (--limit, --sample) on to the whole source, skipping what it did."
     ),
@@ -284,7 +328,9 @@ def retry(
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output: -v for info, -vv for debug."),
     no_shell: bool = typer.Option(False, "--no-shell", help=NO_SHELL_HELP),
     shard: str | None = typer.Option(None, "--shard", help="With a group: retry only shard I/N.", metavar="I/N"),
-    log_format: str = typer.Option("text", "--log-format", help=LOG_FORMAT_HELP, metavar="text|json"),
+    log_format: str = typer.Option(
+        "text", "--log-format", help=LOG_FORMAT_HELP, metavar="text|json", callback=_errors_as_json
+    ),
     error_type: str | None = typer.Option(None, "--error-type", help=ERROR_TYPE_HELP, metavar="TYPE"),
     match: str | None = typer.Option(None, "--match", help=MATCH_HELP, metavar="REGEX"),
     since: str | None = typer.Option(None, "--since", help=SINCE_HELP, metavar="WHEN"),

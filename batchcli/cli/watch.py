@@ -14,7 +14,7 @@ from rich.text import Text
 from batchcli.cli.ctl import owned_run
 from batchcli.journal.history import STATUS_STYLES
 from batchcli.journal.live import Snapshot, Watcher
-from batchcli.outcome import per_second
+from batchcli.outcome import per_second, shown
 from batchcli.run.interrupts import Terminated, ends_at_stop_signals
 
 
@@ -76,12 +76,13 @@ def frame(view: Snapshot) -> RenderableType:
     if view.running and live:
         lines.append(Text("  ".join(_limits(live)), "dim"))
     if live.get("breaker") not in (None, "closed"):
-        lines.append(Text(f"circuit breaker {live['breaker']}: {live.get('breaker_reason', '')}", "bold red"))
+        lines.append(Text(shown(f"circuit breaker {live['breaker']}: {live.get('breaker_reason', '')}"), "bold red"))
     if view.groups:
         age = view.groups_age_s
         lines.append(Text.assemble(("failures", "bold"), (f" (as of {age:.0f} s ago)", "dim") if age >= 2 else ""))
         for count, error_type, shape in view.groups:
-            lines.append(Text(f"  {count:>6}  {error_type}: {shape}"[:200], "red"))
+            # Written out as show and the run's console write them: raw, a message's escape sequences cleared the screen.
+            lines.append(Text(shown(f"  {count:>6}  {error_type}: {' '.join(shape.split())}")[:200], "red"))
     if not view.running:
         lines.append(Text.from_markup(f"[dim]The run is {escape(info.status)}; see it whole with: batchcli show {escape(str(info.run_dir))}[/]"))
     return Group(*lines)

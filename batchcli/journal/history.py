@@ -24,7 +24,7 @@ from batchcli.journal.matching import FailureFilter, FailureRow, group_types, ma
 from batchcli.journal.selection import read_selection
 from batchcli.journal.rundir import FLUSH_INTERVAL_S, JOURNAL_NAME, RunInfo, never_started, query, read_run
 from batchcli.load.secret import Secret
-from batchcli.outcome import clip, per_second
+from batchcli.outcome import clip, per_second, shown
 
 STATUS_STYLES = {
     "finished": "green",
@@ -205,7 +205,8 @@ def _summary(run: RunInfo) -> Table:
     if breaker:
         grid.add_row("breaker", breaker)
     if run.fatal:
-        grid.add_row("fatal", Text(f"{run.fatal['type']}: {run.fatal['message']}", "red"))
+        message = "\n".join(map(shown, str(run.fatal["message"]).splitlines()))  # escape sequences written out
+        grid.add_row("fatal", Text(f"{run.fatal['type']}: {message}", "red"))
     return grid
 
 
@@ -440,7 +441,9 @@ def _spark(label: str, counts: list[float], step: float, style: str) -> Text:
 
 
 def _one_line(text: str, limit: int) -> str:
-    return clip(" ".join(text.split()), limit)
+    # Control characters written out (``\\x1b``), as on the run's console: a message holding a terminal's escape
+    # sequences (an API's response body) cleared and recoloured the screen of whoever ran show.
+    return clip(shown(" ".join(text.split())), limit)
 
 
 def _compact(item_json: str) -> str:

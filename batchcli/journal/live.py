@@ -46,9 +46,10 @@ class Snapshot:
 
     @property
     def eta_s(self) -> float | None:
-        """Seconds left at the current rate, when the total is known."""
-        left = self.info.unprocessed
-        if left is None or not self.rate:
+        """Seconds left at the current rate, when the total is known; None while a throttle's cool-down holds every
+        start (the rate before it says nothing of when the run ends), as on the run's own display."""
+        left, cooling = self.info.unprocessed, self.live.get("cooling_down_s")
+        if left is None or not self.rate or (isinstance(cooling, (int, float)) and cooling > 0):
             return None
         return max(left, 0) / self.rate
 

@@ -22,11 +22,13 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from batchcli.errors import UsageError
 from batchcli.executors.limiter import MAX_CONCURRENCY, MIN_RATE_LIMIT, checked_concurrency, checked_rate_limit
+from batchcli.run.hardstop import GRACE_S
 
 if TYPE_CHECKING:
     from batchcli.run.attach import Attachment
@@ -230,9 +232,50 @@ class ControlChannel:
             log.warning("ctl: the command failed", exc_info=True)
             return {"ok": False, "error": f"The command failed ({type(error).__name__}: {error}); see the run's batchcli.log.", "not_now": True}
 
+    def _stop(self) -> str:
+        """Stop gracefully; a second time, at once, as a second Ctrl-C or signal does (``RunSignals.handle``)."""
+        run = self._run
+        again, shell, finishing = run.stop_requested.is_set(), run.shell_is_open, run.tally.all_settled
+        resume = f"Continue it with: batchcli resume {run.run_dir}"
+        if again:
+            # A second ctl stop gave the first one's answer and went on waiting for the items in flight (20 s items:
+            # 20 s), so without a shell only kill -INT twice stopped a run at once.
+            in_flight = run.tally.in_flight
+            run.cancel()
+            log.warning("ctl stop again: stopping at once; in-flight items stay unprocessed.")
+            closed = "The shell open on this run is closed now. " if shell else ""
+            if finishing:
+                return (
+                    f"Stopping at once, as a second Ctrl-C does: the job's finish() is abandoned if it has not returned "
+                    f"within {GRACE_S:g}s, and the run then ends stopped (exit 130), for resume to run setup() and "
+                    f"finish() again. {closed}{resume}"
+                )
+            return (
+                f"Stopping at once, as a second Ctrl-C does: {in_flight} item(s) in flight are abandoned; they stay "
+                f"unprocessed, and resume does them again. The run ends resumably (exit 130). {closed}{resume}"
+            )
+        run.stop()
+        timeout = run.job.config.stop_timeout_s
+        if finishing:
+            # It promised exit 130 and a resume, and the run ended finished, exit 0.
+            return (
+                f"{_finishing(run)} A stop cannot make it resumable now: only a finish() still running "
+                f"{timeout:g}s from now (stop_timeout_s) is abandoned, and the run then ends stopped (exit 130). "
+                "A second ctl stop abandons it at once."
+            )
+        left = f"A shell is open on this run: it closes in {timeout:g}s (stop_timeout_s), or at once at a second stop. " if shell else ""
+        return (
+            f"Stopping: nothing new starts, {run.tally.in_flight} in flight finish, then the run ends resumably (exit "
+            f"130). {left}A second ctl stop stops at once. {resume}"
+        )
+
     def _do(self, request: Request) -> dict[str, Any]:
         run, controller = self._run, self._controller
         command = request.command
+        if command in ("pause", "set") and run.tally.all_settled:
+            # Every item has settled and finish() runs: "Paused" and "Concurrency is now 3" claimed a change that
+            # could no longer reach any item.
+            raise RuntimeError(f"{_finishing(run)} There is nothing left to {'pause' if command == 'pause' else 'limit'}.")
         if command == "pause":
             run.pause()
             return {"message": f"Paused: no new item starts; {run.tally.in_flight} in flight finish. Resume with ctl resume."}
@@ -247,21 +290,12 @@ class ControlChannel:
                     "A shell is open on this run (the pause shell, or batchcli attach): the run stays paused until it "
                     "is left, and resumes then. Leave it (Ctrl-D, or exit()) to resume now."
                 )
+            if not run.paused.is_set() and (run.breaker is None or run.breaker.state == "closed"):
+                return {"message": _not_paused(run), "paused": False}  # it said "Resumed." and changed nothing
             run.resume()
             return {"message": "Resumed."}
         if command == "stop":
-            stopping_already, shell = run.stop_requested.is_set(), run.shell_is_open
-            run.stop()
-            left = ""
-            if shell and not stopping_already:
-                timeout = run.job.config.stop_timeout_s
-                left = f"A shell is open on this run: it closes in {timeout:g}s (stop_timeout_s), or at once at a second stop. "
-            elif shell:
-                left = "The shell open on this run is closed now. "
-            return {
-                "message": f"Stopping: nothing new starts, {run.tally.in_flight} in flight finish, then the run ends "
-                f"resumably (exit 130). {left}Continue it with: batchcli resume {run.run_dir}"
-            }
+            return {"message": self._stop()}
         if command == "set":
             value = request.setting()
             if run.executor is None:  # the controller's own words name the pause shell's self.set_...()
@@ -292,6 +326,27 @@ class ControlChannel:
                 "failed_again": len(again),
             }
         raise UsageError(f"Unknown ctl command {command!r}. Use one of: {', '.join(COMMANDS)}.")
+
+
+def _finishing(run: Run) -> str:
+    """What a run whose items have all settled does now, and how it ends (``Tally.all_settled``)."""
+    failed = run.tally.failed + run.tally.earlier_failed
+    ends = f"exit 1: {failed} item(s) failed" if failed else "exit 0"
+    return f"Every item has settled: the run is finishing (its finish() runs) and ends as finished ({ends})."
+
+
+def _not_paused(run: Run) -> str:
+    """The answer to ``ctl resume`` on a run that is not paused: what holds it instead, if anything."""
+    if run.tally.all_settled:
+        return f"Not paused: there is nothing to resume. {_finishing(run)}"
+    cooling = run.tally.cooldown_until - time.monotonic()
+    if cooling > 0:
+        until = (datetime.now() + timedelta(seconds=cooling)).strftime("%H:%M:%S")
+        return (
+            f"Not paused, and nothing to resume: the run is cooling down after a throttle, {cooling:.0f}s left (until "
+            f"{until}); items start again by themselves then. Stop it with ctl stop if it should not wait."
+        )
+    return "Not paused: the run is running, and there is nothing to resume."
 
 
 def live_state(run: Run) -> dict[str, Any]:

@@ -85,6 +85,15 @@ def shown_total(tally: Tally, settled: int) -> int | None:
     return None if total is None else max(total, settled)
 
 
+def eta_s(tally: Tally, total: int | None, settled: int, rate: float, now: Callable[[], float] = time.monotonic) -> float | None:
+    """Seconds left at ``rate``; None when unknown, and while a throttle's cool-down holds every start: the rate
+    before it (seconds, against a 600 s Retry-After) said nothing of when the run ends, and the rate after it is the
+    API's to decide, so no ETA counting the cool-down in would be right either."""
+    if total is None or rate <= 0 or tally.cooldown_until > now():
+        return None
+    return (total - settled) / rate
+
+
 def status_line(tally: Tally, rate: float) -> str:
     """The one-line state of a run: done/total, outcomes, rate, elapsed, ETA."""
     settled, succeeded, failed = run_counts(tally)
@@ -92,11 +101,11 @@ def status_line(tally: Tally, rate: float) -> str:
     done = f"{settled}/{total}" if total is not None else f"{settled}"
     percent = f" ({settled / total:.0%})" if total else ""
     eta: float | None = None
-    if tally.exhausted and not tally.in_flight and not tally.retrying:  # all settled: finish() may still run
+    if tally.all_settled:  # finish() may still run
         elapsed = tally.elapsed()  # the session's rate, not the last seconds' (0.0/s while finish() ran)
         rate, eta = (tally.settled / elapsed if elapsed > 0 else 0.0), 0.0
-    elif total is not None and rate > 0:
-        eta = (total - settled) / rate
+    else:
+        eta = eta_s(tally, total, settled, rate)
     note = throttle_note(tally)
     return (
         f"{done}{percent}  ok {succeeded}  failed {failed}  retrying {tally.retrying}  "
@@ -190,7 +199,7 @@ class LiveDisplay:
         settled, succeeded, failed_n = run_counts(tally)
         total = shown_total(tally, settled)
         bar = ProgressBar(total=float(total) if total else None, completed=float(settled), width=40)
-        eta = (total - settled) / rate if total is not None and rate > 0 else None
+        eta = eta_s(tally, total, settled, rate)
         head = Table.grid(padding=(0, 1))
         head.add_row(
             Text(self._title, style="bold"),
