@@ -118,8 +118,8 @@ def test_ctl_steers_a_run_whose_items_run_in_worker_processes(tmp_path: Path) ->
     assert log.done_twice() == []
 
 
-def test_ctl_resume_on_a_stopping_run_is_refused_and_a_second_ctl_stop_stops_at_once(tmp_path: Path) -> None:
-    """ctl resume while the run waited for its in-flight items after a stop answered "Resumed." (exit 0), and the run
+def test_ctl_resume_and_pause_on_a_stopping_run_are_refused_and_a_second_ctl_stop_stops_at_once(tmp_path: Path) -> None:
+    """ctl resume (and ctl pause) while the run waited for its in-flight items after a stop answered "Resumed." (exit 0), and the run
     went on stopping: it says the run is stopping and how to continue it, exit 1. A second ctl stop gave the first
     one's answer and went on waiting for the item in flight; it stops at once, as a second signal does, and resume
     does the abandoned item again."""
@@ -139,6 +139,9 @@ def test_ctl_resume_on_a_stopping_run_is_refused_and_a_second_ctl_stop_stops_at_
         assert resumed.returncode == 1, resumed.stdout
         said = " ".join(resumed.stderr.split())
         assert "The run is stopping, as asked: it cannot resume now" in said and f"batchcli resume {run_dir}" in said
+        paused = batchcli("ctl", run_dir, "pause")  # it answered "Paused" while the stop went on
+        said = " ".join(paused.stderr.split())
+        assert paused.returncode == 1 and "The run is stopping, as asked: no new item starts already" in said, said
         again = batchcli("ctl", run_dir, "stop")
         said = " ".join(again.stdout.split())
         assert again.returncode == 0 and "Stopping at once, as a second Ctrl-C does: 1 item(s) in flight are abandoned" in said, said

@@ -277,6 +277,12 @@ class ControlChannel:
             # could no longer reach any item.
             raise RuntimeError(f"{_finishing(run)} There is nothing left to {'pause' if command == 'pause' else 'limit'}.")
         if command == "pause":
+            if run.stop_requested.is_set():  # it answered "Paused" while the stop went on as before
+                raise RuntimeError(
+                    f"The run is stopping, as asked: no new item starts already, and its {run.tally.in_flight} in "
+                    f"flight finish. There is nothing to pause. Once it has ended, continue it with: batchcli resume "
+                    f"{run.run_dir}"
+                )
             run.pause()
             return {"message": f"Paused: no new item starts; {run.tally.in_flight} in flight finish. Resume with ctl resume."}
         if command == "resume":
