@@ -380,9 +380,14 @@ def test_a_service_that_swallows_cancellation_still_stops_at_once(piped, run_bat
         assert sorted(run.log.done()) == list(range(30))
 
 
-def test_a_second_signal_reaches_process_workers_whose_items_never_await(piped) -> None:
-    """Worker lanes give their loop a turn, so a stop at once cancels a chunk of never-awaiting items mid-way."""
-    run = piped(*NEVER_AWAITS, "-p", "executor=process", "-p", "workers=1", "-p", "chunk_size=1000000")
+@pytest.mark.parametrize("executor", ["process", "dask", "ray"])
+def test_a_second_signal_reaches_workers_whose_items_never_await_and_keeps_what_they_did(
+    piped, executor: str, request: pytest.FixtureRequest
+) -> None:
+    """Worker lanes give their loop a turn, so a stop at once cancels a chunk of never-awaiting items mid-way, and the
+    items the chunk finished are kept. A Dask or Ray chunk was dropped whole, and a resume did them all again."""
+    where = ["-p", f"ray_address={request.getfixturevalue('ray_head')}"] if executor == "ray" else []
+    run = piped(*NEVER_AWAITS, "-p", f"executor={executor}", "-p", "workers=1", "-p", "chunk_size=1000000", *where)
     wait_for(lambda: ledger_grew(run), "items to run in the workers")  # the one chunk alone would take 30 s
     run.signal(signal.SIGINT)
     wait_for(lambda: "stopping" in run.run_log(), "the first stop to be logged")

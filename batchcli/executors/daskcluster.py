@@ -30,6 +30,7 @@ from batchcli.errors import ProjectError, UsageError
 from batchcli.executors import worker
 from batchcli.executors.bundle import bundle_project, discard
 from batchcli.executors.messages import (
+    CANCEL_GRACE_S,
     Chunk,
     ChunkResult,
     ErrorInfo,
@@ -87,6 +88,16 @@ class ShipSpec(WorkerPlugin):
     def teardown(self, worker: Any) -> None:
         if self.spec.bundle is not None:
             discard(self.spec.key)
+
+
+def _drop_unfinished(client: Client, futures: list[Future]) -> None:
+    """Cancel those of ``futures`` still running (``DaskBackend.cancel``); the cluster may be closing by now."""
+    unfinished = [future for future in futures if not future.done()]
+    if unfinished:
+        try:
+            client.cancel(unfinished)
+        except Exception as error:  # a client closed meanwhile: its tasks went with it
+            log.debug("Could not cancel the Dask chunks left: %s", error)
 
 
 def check_address(address: str, timeout: float | None = None) -> None:
@@ -244,8 +255,13 @@ class DaskBackend:
         # did them again.
         self._steer(True, self._limits)
         if self._client is not None and self._futures:
-            # Dask cannot interrupt a running task: its results are dropped, its items stay unprocessed.
-            self._client.cancel(list(self._futures))
+            # Told, a running task comes back at once with the items it finished. Cancelled at once, it was dropped
+            # with them: a resume did them again. Dask cannot interrupt a task, so one that has not come back by
+            # CANCEL_GRACE_S (an item in sync code) is dropped then, its items unprocessed.
+            client, futures = self._client, list(self._futures)
+            timer = threading.Timer(CANCEL_GRACE_S, _drop_unfinished, (client, futures))
+            timer.daemon = True
+            timer.start()
 
     def _steer(self, cancelled: bool, limits: int) -> None:
         """Tell every worker process of the cluster (``worker.steer``), from a thread: ``Client.run`` waits for them.

@@ -20,6 +20,11 @@ from batchcli.load.project import format_item_traceback
 
 log = logging.getLogger("batchcli")
 
+CANCEL_GRACE_S = 0.5
+"""After a stop at once, how long the Dask and Ray chunks running then get to come back with the items they finished:
+the workers were told to start no more, and a chunk answers within ``worker.CANCEL_POLL_S`` of the word. One whose
+item never yields (sync code) is dropped after it, its unfinished items unprocessed. Within ``hardstop.GRACE_S``."""
+
 
 @dataclass(frozen=True)
 class WorkerSpec:

@@ -31,6 +31,7 @@ from batchcli.errors import ProjectError, UsageError
 from batchcli.executors import worker
 from batchcli.executors.bundle import adopt, bundle_project, discard, manifest_of, stage
 from batchcli.executors.messages import (
+    CANCEL_GRACE_S,
     Chunk,
     ChunkResult,
     ErrorInfo,
@@ -202,8 +203,6 @@ class RayBackend:
             raise WorkerLost("the run was cancelled", started=False) from None
         finally:
             self._refs.discard(ref)
-        if self._cancelled:  # a cancel drops what comes back: those items stay unprocessed
-            raise WorkerLost("the run was cancelled", started=False)
         if isinstance(outcome, WorkerError):
             raise outcome
         return outcome  # type: ignore[no-any-return]
@@ -226,12 +225,13 @@ class RayBackend:
     def cancel(self) -> None:
         self._cancelled = True
         self._steer(True, self._limits)  # a running chunk starts none of its remaining items
-        for ref in list(self._refs):
-            # Queued calls are dropped; a running one cannot be interrupted, and what it returns is ignored.
-            try:
-                ray.cancel(ref)
-            except Exception:
-                pass
+        # Told, a running chunk comes back at once with the items it finished: they are kept (what came back after a
+        # cancel was dropped, and a resume did those items again). Calls still queued or running after
+        # CANCEL_GRACE_S are cancelled then: queued ones are dropped; a running one cannot be interrupted.
+        try:
+            asyncio.get_running_loop().call_later(CANCEL_GRACE_S, _drop_unfinished, list(self._refs))
+        except RuntimeError:  # not on the run's loop: cancel them now
+            _drop_unfinished(list(self._refs))
 
     async def close(self, timeout: float | None) -> WorkerError | None:
         try:
@@ -390,6 +390,15 @@ def _quiet() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+def _drop_unfinished(refs: list[Any]) -> None:
+    """Cancel the chunk calls of ``refs`` that have not come back (``RayBackend.cancel``)."""
+    for ref in refs:
+        try:
+            ray.cancel(ref)
+        except Exception:  # done meanwhile, or Ray shutting down
+            pass
 
 
 def _actor_of(error: RayActorError) -> str:
