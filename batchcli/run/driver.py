@@ -167,6 +167,8 @@ class Run:
         retries what is still failed."""
         self.retries_closed = False
         """Set once the run is ending: a live retry then is refused (one running finishes first)."""
+        self.retries_running: set[asyncio.Future[Any]] = set()
+        """Retried calls a Ctrl-C gave up that run on in a thread or a worker (``RunController``), until they end."""
 
     @property
     def fatal(self) -> BaseException | None:
@@ -775,11 +777,16 @@ class Run:
     async def _settle_retry(self) -> None:
         """Before cleaning up: take no new live retry, and let one running (``ctl retry-failed``) finish when the run
         ends by itself. The end of the loop cut it short, and the items it had sent to a thread or a worker, which
-        nothing cancels, succeeded there but stayed failed (``batchcli retry`` then did them twice). A stop still
-        cuts it short, as documented, and ``ctl`` says so: its items may take longer than anyone wants to wait."""
+        nothing cancels, succeeded there but stayed failed (``batchcli retry`` then did them twice). The calls of a
+        retry that a Ctrl-C gave up (``retries_running``) are waited for the same way. A stop still cuts them short,
+        as documented, and ``ctl`` says so: their items may take longer than anyone wants to wait."""
         self.retries_closed = True
         if self.retrying_failed.locked() and not self.stop_requested.is_set():
             await asyncio.to_thread(self._wait_retry)
+        while self.retries_running and not self.stop_requested.is_set():
+            await asyncio.wait(list(self.retries_running), timeout=SIGNAL_CHECK_S)
+        for outcome in list(self.retries_running):  # cut short: none may count after persist_failed has its failures
+            outcome.cancel()
 
     def _wait_retry(self) -> None:
         """Until the live retry is over, or a stop comes meanwhile (which cuts it short, as above)."""
