@@ -445,14 +445,17 @@ class Run:
         if getattr(shell, "is_open", False):
             # Nobody can leave a shell on a terminal that is gone: the run stayed paused for good (a breaker's trip
             # never probed, breaker_max_wait_s never stopped it), and `ctl resume` is refused while a shell is open.
-            log.warning(
-                "The pause shell was open on that terminal: it is left as Ctrl-D leaves it, and the run resumes (once "
-                "a cell still running in it returns: it is not interrupted; batchcli ctl %s stop ends the run meanwhile).",
-                self.run_dir,
-            )  # fmt: skip
-            # No SIGINT: the prompt may be closing on its own (it read the terminal's end), and one landing in its
-            # clean-up ended the process with exit 1 and no word in the log.
-            shell.leave(interrupt=False)
+            # A cell running then (a long self.retry_failed(), a sleep) held the run paused until it returned: it is
+            # interrupted, only if one runs (PauseShell.hung_up says why a SIGINT must not reach the prompt).
+            if shell.hung_up():
+                log.warning(
+                    "The pause shell was open on that terminal, running a cell: the cell is interrupted as Ctrl-C "
+                    "would, the shell is left as Ctrl-D leaves it, and the run resumes (a cell that catches "
+                    "KeyboardInterrupt holds it until it returns; batchcli ctl %s stop ends the run meanwhile).",
+                    self.run_dir,
+                )  # fmt: skip
+            else:
+                log.warning("The pause shell was open on that terminal: it is left as Ctrl-D leaves it, and the run resumes.")
 
     def _unwritable(self, error: BaseException) -> tuple[str, str]:
         """Why the run directory could not be written, and its file system's free space, for ``_not_started``."""
