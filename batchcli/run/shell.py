@@ -173,10 +173,12 @@ class PauseShell:
 
     def _run_cell(self, run_cell: Callable[..., Any]) -> Callable[..., Any]:
         """IPython's ``run_cell``, marked as running (``_in_cell``) for ``hung_up``, with ``_sigint`` in place again
-        (prompt_toolkit puts Python's default back after each prompt). No cell starts once the shell is being left."""
+        (an older prompt_toolkit put Python's default back after each prompt). No cell starts once the shell is being
+        left."""
 
         def run(*args: Any, **kwargs: Any) -> Any:
-            signal.signal(signal.SIGINT, self._sigint)
+            if threading.current_thread() is threading.main_thread():  # not a cell's own run_cell on the run's loop
+                signal.signal(signal.SIGINT, self._sigint)
             with self._cells:
                 if self._leaving:
                     return None
