@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ def on_a_terminal(tmp_path: Path, count: int, *params: str) -> tuple[Any, JobLog
         env=subprocess_env(TERM="xterm"),
         encoding="utf-8",
         timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),  # a suite under nohup passes it on ignored
     )
     log = JobLog(ledger)
     wait_for(lambda: len(log.done()) >= 10, "the run under way", timeout=60)
@@ -66,7 +68,6 @@ def test_a_background_run_with_every_stream_redirected_outlives_the_sessions_han
     """`batchcli exec ... </dev/null >run.log 2>&1 &` from an ssh session, which then closes: the shell sends its
     jobs SIGHUP. No stream was a terminal, so batchcli left SIGHUP's default, which ended the run at once: crashed,
     no summary, no notification. It goes on now, as a run whose terminal hung up does."""
-    import signal
     import subprocess
 
     ledger = tmp_path / "ledger.txt"
@@ -109,3 +110,24 @@ def test_a_terminal_that_hangs_up_while_the_pause_shell_is_open_leaves_it_and_th
     assert (summary["status"], summary["succeeded"]) == ("finished", 150)
     # Said in the log when the run left the shell; the prompt may also see the terminal's end first and close alone.
     assert "The terminal hung up (SIGHUP)" in (run_dir / "batchcli.log").read_text()
+
+
+def test_a_terminal_that_hangs_up_while_a_cell_runs_in_the_pause_shell_interrupts_it_and_the_run_resumes(
+    tmp_path: Path,
+) -> None:
+    """The terminal hangs up while a cell runs in the pause shell: the shell was left only once the cell returned, so
+    a long ``self.retry_failed()`` or a cell that never returns kept the run paused for good. The cell is now
+    interrupted as Ctrl-C would, the run resumes and finishes, and the log says so."""
+    child, log = on_a_terminal(tmp_path, 150)
+    child.sendintr()
+    child.expect(r"In \[")
+    child.sendline("import time; print('SLEEPING', 1); time.sleep(3600)")
+    child.expect("SLEEPING 1")
+    at_hang_up = len(log.done())
+    assert hang_up(child, "the run did not end: it stayed paused behind the cell") == 0
+    assert at_hang_up < 100
+    assert sorted(log.done()) == list(range(150)) and log.done_twice() == []
+    run_dir = next((tmp_path / "out").glob("*/summary.json")).parent
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["succeeded"]) == ("finished", 150)
+    assert "running a cell: the cell is interrupted as Ctrl-C would" in (run_dir / "batchcli.log").read_text()

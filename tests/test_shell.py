@@ -570,3 +570,54 @@ def test_a_retry_in_the_shell_during_a_ctl_retry_failed_does_not_process_the_ite
     assert child.exitstatus == 0
     assert log.done().count(first) == 1 and log.done_twice() == []
     assert sorted(log.done()) == list(range(60))
+
+
+@pytest.mark.parametrize("executor", ["async", "process"])
+def test_ctrl_c_during_retry_failed_still_counts_the_retries_already_running(tmp_path: Path, executor: str) -> None:
+    """Ctrl-C in ``self.retry_failed()`` gave up the cell, but the retries a thread (a sync ``process``) or a worker
+    process had started ran on and succeeded, and their items stayed failed: a later retry did them again. They now
+    count when they end, the next retry waits for them and takes only the others, and each item is done once."""
+    fix, release, ledger, out = tmp_path / "fix", tmp_path / "release", tmp_path / "ledger.txt", tmp_path / "out"
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "batchcli", "exec", str(PROJECTS / "retry_live" / "job.py"), "-d", str(out), "-p", "count=400",
+         "-p", "concurrency=2", "-p", "workers=2", "-p", "max_retries=0", "-p", "breaker_window=0",
+         "-p", f"executor={executor}", "-p", f"fix={fix}", "-p", f"release={release}", "-p", f"ledger={ledger}"],
+        env=subprocess_env(TERM="xterm", IPYTHONDIR=str(tmp_path / "ipython"), PROMPT_TOOLKIT_NO_CPR="1"),
+        dimensions=(60, 250), encoding="utf-8", timeout=60,
+    )  # fmt: skip
+    log = JobLog(ledger)
+    try:
+        wait_for(lambda: len(log.done()) >= 45, "some items failed", timeout=60)
+        child.sendintr()
+        child.expect("run paused")
+        child.expect(PROMPT)
+        child.sendline("print('FAILED', len(failures))")
+        child.expect(r"FAILED (\d+)")
+        failed = int(child.match.group(1))
+        child.expect(PROMPT)
+        fix.touch()
+        child.sendline("self.retry_failed()")
+        wait_for(lambda: len(log.numbers("retrying")) == 2, "two retries to run (concurrency=2)")
+        child.sendintr()
+        child.expect("KeyboardInterrupt")
+        child.expect(PROMPT)
+        running = log.numbers("retrying")
+        release.touch()
+        wait_for(lambda: set(running) <= set(log.done()), "the retries a Ctrl-C left running to succeed")
+        child.sendline("self.retry_failed()")
+        child.expect(r"(\d+) of (\d+) failed item\(s\) succeeded now")
+        assert child.match.group(1) == child.match.group(2) == str(failed - 2)  # only the retries that never ran
+        child.expect(PROMPT)
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+        child.close()
+    finally:
+        if child.isalive():
+            child.terminate(force=True)
+    assert child.exitstatus == 0
+    assert log.done_twice() == [] and sorted(log.done()) == list(range(400))
+    run_dir = newest_run(out)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["succeeded"], summary["failed"]) == (400, 0), summary
+    assert (run_dir / "failed.jsonl").read_text() == ""

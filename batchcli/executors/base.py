@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Protocol
 
 if TYPE_CHECKING:
+    from batchcli.executors.calls import Unfinished
     from batchcli.executors.limiter import Limits
     from batchcli.load.configuration import Configuration
     from batchcli.load.wiring import Job, Wiring
@@ -81,9 +82,13 @@ class Executor(Protocol):
     def items_in_flight(self) -> dict[int, Any]:
         """Ordinal -> item of every item being processed now (the pause shell's ``in_flight``)."""
 
-    async def process_one(self, item: Any) -> Any:
+    async def process_one(self, item: Any, unfinished: Unfinished | None = None) -> Any:
         """``process`` on one item outside the run, where the set-up Services are (the pause shell's and ``ctl``'s
-        retries); returns what it returned, raises what it raised. Nothing is counted."""
+        retries); returns what it returned, raises what it raised. Nothing is counted.
+
+        A cancel ends an async call, and drops one that no thread or worker has started. One that runs there
+        cannot be stopped: ``unfinished`` (when given) then gets the future of its outcome, so that a retry a
+        Ctrl-C gave up is still settled when its call ends (it succeeded there, and stayed failed)."""
 
 
 def check_executor(config: Configuration) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 from typing import Any, Awaitable, Callable, TypeVar
 
 from batchcli.durations import Durations, timed
@@ -121,12 +122,49 @@ class ItemCalls:
             self.threads.close()
 
 
-async def process_once(process: Callable[[Any], Any], item: Any) -> Any:
+Unfinished = Callable[["asyncio.Future[Any]"], None]
+"""Given the outcome of a call that a cancel could not stop (it runs in a thread or a worker process): the caller
+settles it when it ends (``Executor.process_one``)."""
+
+
+async def process_once(process: Callable[[Any], Any], item: Any, unfinished: Unfinished | None = None) -> Any:
     """``process(item)`` once, outside the run's workers (the pause shell's and ``ctl``'s retries): awaited on
-    the running loop when it is async, in a thread when it is not, so the loop goes on."""
+    the running loop when it is async, in a thread when it is not, so the loop goes on.
+
+    A cancel ends an async call. A sync one it drops only while no thread has taken it; once one runs it, nothing
+    can stop it, and ``unfinished`` (when given) gets the future of its outcome, for the caller to settle it."""
     if inspect.iscoroutinefunction(process):
         return await process(item)
-    return await maybe_await(await asyncio.to_thread(process, item))  # a plain def may return an awaitable
+    if unfinished is None:
+        return await maybe_await(await asyncio.to_thread(process, item))  # a plain def may return an awaitable
+    return await _settled_in_thread(process, item, unfinished)
+
+
+async def _settled_in_thread(process: Callable[[Any], Any], item: Any, unfinished: Unfinished) -> Any:
+    lock = threading.Lock()
+    state = {"started": False, "dropped": False}  # guarded by lock: the thread and a cancel decide in turn
+
+    def call() -> Any:
+        with lock:
+            if state["dropped"]:
+                return None  # given up before it ran: nobody waits for this outcome
+            state["started"] = True
+        return process(item)
+
+    async def outcome_of() -> Any:
+        return await maybe_await(await asyncio.to_thread(call))
+
+    outcome = asyncio.ensure_future(outcome_of())
+    try:
+        return await asyncio.shield(outcome)  # a cancel must not drop the outcome of a call that runs on
+    except asyncio.CancelledError:
+        with lock:
+            state["dropped"] = not state["started"]
+        if state["dropped"]:
+            outcome.cancel()
+        else:
+            unfinished(outcome)
+        raise
 
 
 def _threaded(threads: ItemThreads) -> Callable[[Any], Awaitable[Any]]:

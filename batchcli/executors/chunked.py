@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 from batchcli.load.configuration import Configuration
 from batchcli.executors.base import Items
-from batchcli.executors.calls import USER_ERRORS, ours
+from batchcli.executors.calls import USER_ERRORS, Unfinished, ours
 from batchcli.executors.messages import (
     Chunk,
     ChunkResult,
@@ -56,6 +56,10 @@ class Backend(Protocol):
 
     async def submit(self, chunk: Chunk) -> ChunkResult:
         """Run one chunk; raise ``WorkerLost`` when its worker died, ``WorkerError`` when it could not run it."""
+
+    def queued(self, chunk: Chunk) -> bool:
+        """True while a submitted chunk waits to be sent to a worker: cancelling ``submit`` then keeps it from
+        running. False once a worker may run it, which nothing stops (Dask and Ray take every chunk at once)."""
 
     def cancel(self) -> None:
         """Abandon running chunks: their unfinished items come back as skipped."""
@@ -274,12 +278,32 @@ class ChunkedExecutor:
         self._chunks[task] = entries
         self._lanes[task] = lanes
 
-    async def process_one(self, item: Any) -> Any:
+    async def process_one(self, item: Any, unfinished: Unfinished | None = None) -> Any:
         """Process ``item`` once in a worker, outside the run's counts (the pause shell's and ``ctl``'s retries):
         what its ``process()`` returned, or the worker's error raised as ``WorkerRaised``. The Service in the driver
-        was never set up (its ``setup()`` runs in the workers), so a retry there failed on what setup() opens."""
+        was never set up (its ``setup()`` runs in the workers), so a retry there failed on what setup() opens.
+
+        A cancel drops the chunk while the backend still holds it back (``Backend.queued``); once a worker has it,
+        nothing stops it, and ``unfinished`` (when given) gets the future of its outcome."""
         payload = pickle.dumps([(-1, item)], pickle.HIGHEST_PROTOCOL)
         chunk = Chunk(next(self._ids), payload, 1, 1, self._config.item_timeout_s, None, self._limits_version)
+        if unfinished is None:
+            return await self._one(chunk)
+        submitted: list[bool] = []
+        outcome = asyncio.ensure_future(self._one(chunk, submitted))
+        try:
+            return await asyncio.shield(outcome)  # a cancel must not drop the outcome of a chunk a worker runs
+        except asyncio.CancelledError:
+            if submitted and not self._backend.queued(chunk):
+                unfinished(outcome)
+            else:
+                outcome.cancel()
+            raise
+
+    async def _one(self, chunk: Chunk, submitted: list[bool] | None = None) -> Any:
+        """``process_one``'s chunk, sent; ``submitted`` gets an entry once the backend has it."""
+        if submitted is not None:
+            submitted.append(True)
         result = await self._backend.submit(chunk)
         if result.errors:
             raise WorkerRaised(result.errors[0])

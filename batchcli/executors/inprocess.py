@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from batchcli.executors.calls import Escaped, held, process_once
+from batchcli.executors.calls import Escaped, Unfinished, held, process_once
 from batchcli.executors.limiter import Limits
 from batchcli.load.service import maybe_await
 
@@ -83,9 +83,9 @@ class InProcessExecutor:
         if self._pool is not None:
             self._pool.abandon()
 
-    async def process_one(self, item: Any) -> Any:
+    async def process_one(self, item: Any, unfinished: Unfinished | None = None) -> Any:
         """The driver's own Service on one item: awaited on the run's loop when async, in a thread when not."""
-        return await process_once(self._job.service.process, item)
+        return await process_once(self._job.service.process, item, unfinished)
 
     def nudge(self) -> None:
         """Have the pool give the loop a turn before its next item (thread-safe)."""

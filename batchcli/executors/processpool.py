@@ -120,6 +120,9 @@ class ProcessBackend:
         self._dispatch()
         return await future
 
+    def queued(self, chunk: Chunk) -> bool:
+        return any(waiting is chunk for waiting, _ in self._queue)  # _dispatch skips the cancelled ones
+
     def limits_changed(self, version: int) -> None:
         self._limits.value = version
 

@@ -207,6 +207,9 @@ class RayBackend:
             raise outcome
         return outcome  # type: ignore[no-any-return]
 
+    def queued(self, chunk: Chunk) -> bool:
+        return False  # the cluster has every chunk at once: none is held back here
+
     def limits_changed(self, version: int) -> None:
         # Running chunks give back the items waiting for a start slot under the old rate (RayWorker.steer).
         self._steer(False, version)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar, overload
 
-from batchcli.executors.calls import Escaped, held, process_once
+from batchcli.executors.calls import Escaped, Unfinished, held, process_once
 from batchcli.executors.limiter import checked_concurrency, checked_rate_limit
 from batchcli.journal.results import encode
 from batchcli.outcome import Failure, per_second
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from batchcli.run.handle import RunHandle
 
 T = TypeVar("T")
+
+log = logging.getLogger("batchcli")
 
 
 @dataclass(frozen=True)
@@ -236,8 +239,10 @@ class RunController:
         """
         # One retry at a time, as retry_failed: a retry-failed from ctl and this one both processed the same
         # failure, and the item succeeded twice.
+        self._say_unfinished()
         with self._run.retrying_failed:
             self._check_open()
+            self._after_unfinished()  # they may settle this very failure
             failure = self._find(item)
             if isinstance(item, Failure) and failure is None:
                 print(
@@ -246,11 +251,12 @@ class RunController:
                 )
                 return None
             value = item.item if isinstance(item, Failure) else item
-            return self._await(self._retry(failure, value))
+            return self._await(self._retry(failure, value), retrying=True)
 
     def retry_failed(self) -> dict[int, Exception]:
         """Retry every failure in ``failures`` now (``concurrency`` at once); returns ordinal -> error of those that
         failed again. Past ``FAILURES_KEPT`` failures, the older ones are for ``batchcli retry RUN`` after the run."""
+        self._say_unfinished()
         tried, again = self.retry_failed_counted()
         print(f"{tried - len(again)} of {tried} failed item(s) succeeded now.")
         return again
@@ -260,8 +266,9 @@ class RunController:
         One at a time, whoever asks: a second request waits, then retries what is still failed."""
         with self._run.retrying_failed:
             self._check_open()
+            self._after_unfinished()
             failures = list(self._run.tally.failures)
-            return len(failures), self._await(self._retry_all(failures))
+            return len(failures), self._await(self._retry_all(failures), retrying=True)
 
     async def _retry_all(self, failures: list[Failure]) -> dict[int, Exception]:
         """Each of ``failures`` once more, the executor's concurrency at once; ordinal -> error of those that failed again."""
@@ -282,16 +289,50 @@ class RunController:
     # Helpers.
 
     async def _retry(self, failure: Failure | None, item: Any) -> Any:
-        result = await self._process(item)
-        if failure is not None:
-            self._run.tally.recover(failure, None if result is None else encode(result))
+        if failure is None:  # an input that is no failure: nothing to count, and a cancel drops its outcome
+            return await self._process(item)
+        result = await self._process(item, lambda outcome: self._settle_later(failure, outcome))
+        self._run.tally.recover(failure, None if result is None else encode(result))
         return result
 
-    async def _process(self, item: Any) -> Any:
+    def _settle_later(self, failure: Failure, outcome: asyncio.Future[Any]) -> None:
+        """A Ctrl-C gave up the retry of ``failure`` while its call ran in a thread or a worker, which nothing stops:
+        count it when it ends, as the retry would have. Its success was dropped, and the item stayed failed in the
+        journal and failed.jsonl, for ``batchcli retry`` to do it a second time. The next retry and the run's end
+        wait for it (``retries_running``), so it is never retried twice at once nor left out of the journal."""
+        running = self._run.retries_running
+        running.add(outcome)
+
+        def settle(done: asyncio.Future[Any]) -> None:
+            running.discard(done)
+            if done.cancelled() or done.exception() is not None:
+                return  # failed again (or the run stopped first): it stays failed, as a retry that failed
+            result = done.result()
+            try:
+                kept = None if result is None else encode(result)
+            except Exception as error:  # UnkeepableResult: as the retry would have raised it
+                log.warning("The retry of item %s succeeded after the Ctrl-C, but it stays failed: %s", failure.ordinal, error)
+                return
+            self._run.tally.recover(failure, kept)
+
+        outcome.add_done_callback(settle)
+
+    def _say_unfinished(self) -> None:
+        running = len(self._run.retries_running)  # a glance from the shell's thread: only for this line
+        if running:
+            print(f"Waiting first for the {running} retried item(s) still running since a Ctrl-C.")
+
+    def _after_unfinished(self) -> None:
+        """Wait for the retried calls a Ctrl-C left running (their outcomes count when they end), so that none of
+        their items is processed a second time meanwhile."""
+        self._await(_all_ended(self._run.retries_running))
+
+    async def _process(self, item: Any, unfinished: Unfinished | None = None) -> Any:
         executor = self._run.executor
         if executor is not None:  # where the set-up Services are: the driver's, or the workers'
-            return await executor.process_one(item)
-        return await process_once(self._run.job.service.process, item)  # paused before the executor started
+            return await executor.process_one(item, unfinished)
+        # Paused before the executor started.
+        return await process_once(self._run.job.service.process, item, unfinished)
 
     def _check_open(self) -> None:
         if self._run.retries_closed:
@@ -334,7 +375,7 @@ class RunController:
         loop.call_soon_threadsafe(call)
         return future.result()
 
-    def _await(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _await(self, coro: Coroutine[Any, Any, T], retrying: bool = False) -> T:
         loop = self._loop()
         if _running_loop() is loop:
             coro.close()
@@ -352,6 +393,11 @@ class RunController:
         except KeyboardInterrupt:  # Ctrl-C at the prompt: give up the work, not the run
             if future is not None:
                 future.cancel()
+                if retrying:
+                    print(
+                        "\nInterrupted: the retries not started yet are dropped; those already running in a thread or a "
+                        "worker finish there, and each that succeeds counts as succeeded when it ends."
+                    )
             raise
 
     def _loop(self) -> asyncio.AbstractEventLoop:
@@ -359,6 +405,11 @@ class RunController:
         if loop is None or loop.is_closed():
             raise RuntimeError("The run's event loop has ended; nothing more can run on it.")
         return loop
+
+
+async def _all_ended(futures: set[asyncio.Future[Any]]) -> None:
+    while futures:  # each one's own callback takes it out of the set
+        await asyncio.wait(list(futures))
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -173,6 +173,8 @@ class Run:
         retries what is still failed."""
         self.retries_closed = False
         """Set once the run is ending: a live retry then is refused (one running finishes first)."""
+        self.retries_running: set[asyncio.Future[Any]] = set()
+        """Retried calls a Ctrl-C gave up that run on in a thread or a worker (``RunController``), until they end."""
 
     @property
     def fatal(self) -> BaseException | None:
@@ -449,14 +451,17 @@ class Run:
         if getattr(shell, "is_open", False):
             # Nobody can leave a shell on a terminal that is gone: the run stayed paused for good (a breaker's trip
             # never probed, breaker_max_wait_s never stopped it), and `ctl resume` is refused while a shell is open.
-            log.warning(
-                "The pause shell was open on that terminal: it is left as Ctrl-D leaves it, and the run resumes (once "
-                "a cell still running in it returns: it is not interrupted; batchcli ctl %s stop ends the run meanwhile).",
-                self.run_dir,
-            )  # fmt: skip
-            # No SIGINT: the prompt may be closing on its own (it read the terminal's end), and one landing in its
-            # clean-up ended the process with exit 1 and no word in the log.
-            shell.leave(interrupt=False)
+            # A cell running then (a long self.retry_failed(), a sleep) held the run paused until it returned: it is
+            # interrupted, only if one runs (PauseShell.hung_up says why a SIGINT must not reach the prompt).
+            if shell.hung_up():
+                log.warning(
+                    "The pause shell was open on that terminal, running a cell: the cell is interrupted as Ctrl-C "
+                    "would, the shell is left as Ctrl-D leaves it, and the run resumes (a cell that catches "
+                    "KeyboardInterrupt holds it until it returns; batchcli ctl %s stop ends the run meanwhile).",
+                    self.run_dir,
+                )  # fmt: skip
+            else:
+                log.warning("The pause shell was open on that terminal: it is left as Ctrl-D leaves it, and the run resumes.")
 
     def _unwritable(self, error: BaseException) -> tuple[str, str]:
         """Why the run directory could not be written, and its file system's free space, for ``_not_started``."""
@@ -786,11 +791,16 @@ class Run:
     async def _settle_retry(self) -> None:
         """Before cleaning up: take no new live retry, and let one running (``ctl retry-failed``) finish when the run
         ends by itself. The end of the loop cut it short, and the items it had sent to a thread or a worker, which
-        nothing cancels, succeeded there but stayed failed (``batchcli retry`` then did them twice). A stop still
-        cuts it short, as documented, and ``ctl`` says so: its items may take longer than anyone wants to wait."""
+        nothing cancels, succeeded there but stayed failed (``batchcli retry`` then did them twice). The calls of a
+        retry that a Ctrl-C gave up (``retries_running``) are waited for the same way. A stop still cuts them short,
+        as documented, and ``ctl`` says so: their items may take longer than anyone wants to wait."""
         self.retries_closed = True
         if self.retrying_failed.locked() and not self.stop_requested.is_set():
             await asyncio.to_thread(self._wait_retry)
+        while self.retries_running and not self.stop_requested.is_set():
+            await asyncio.wait(list(self.retries_running), timeout=SIGNAL_CHECK_S)
+        for outcome in list(self.retries_running):  # cut short: none may count after persist_failed has its failures
+            outcome.cancel()
 
     def _wait_retry(self) -> None:
         """Until the live retry is over, or a stop comes meanwhile (which cuts it short, as above)."""

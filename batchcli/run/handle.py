@@ -40,6 +40,9 @@ class RunHandle(Protocol):
     """Held while failures are retried live: one retry-failed at a time, whoever asks."""
     retries_closed: bool
     """Set once the run is ending (its items settled, its shells closed): no live retry starts then."""
+    retries_running: set[asyncio.Future[Any]]
+    """Outcomes of retried calls that a Ctrl-C gave up while a thread or a worker ran them (loop thread only): each
+    settles its failure when it ends, and the next live retry and the run's end wait for them."""
 
     @property
     def fatal(self) -> BaseException | None:

@@ -56,6 +56,12 @@ class PauseShell:
         """Set by ``leave()``: the shell closes instead of coming back after a KeyboardInterrupt."""
         self._interacting = False
         """True while ``_interact`` runs, with IPython's SIGINT handler in place."""
+        self._in_cell = False
+        """True while a cell runs (``_run_cell``): only then may ``hung_up`` interrupt the shell's thread."""
+        self._hung_up = False
+        """Set by ``hung_up``: a SIGINT outside a cell is then its own, late, and dropped (``_sigint``)."""
+        self._cells = threading.Lock()
+        """Orders a cell's start and the shell's end against ``hung_up``'s look at ``_in_cell``."""
 
     def __call__(self, run: RunHandle) -> None:
         """Open the shell (main thread). A run with a fatal error gets the emergency shell."""
@@ -91,8 +97,8 @@ class PauseShell:
         # IPython's own Ctrl-C handling while the shell is open (cancel the input, interrupt a cell);
         # the run's handler again once it closes.
         previous_sigint, previous_hook = signal.getsignal(signal.SIGINT), sys.excepthook
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        self._leaving, self._interacting = False, True
+        signal.signal(signal.SIGINT, self._sigint)
+        self._leaving, self._hung_up, self._interacting = False, False, True
         # The process's one InteractiveShell (what get_ipython() answers) while the shell is open, and no longer:
         # held for the rest of the run, it kept an attached kernel's shell from starting ("MultipleInstanceError").
         for cls in type(shell)._walk_mro():
@@ -112,9 +118,11 @@ class PauseShell:
                         if self._leaving:
                             break
         finally:
+            self._in_cell = False  # first: hung_up's SIGINT, if it comes this late, is dropped (_sigint)
             type(shell).clear_instance()
-            self._interacting = False  # before our handler is back: leave() sends no SIGINT it would take for a stop
-            signal.signal(signal.SIGINT, previous_sigint)
+            with self._cells:
+                self._interacting = False  # before our handler is back: leave() sends no SIGINT it would take for a stop
+            signal.signal(signal.SIGINT, previous_sigint)  # handles a SIGINT still pending first, with _sigint
             sys.excepthook = previous_hook
 
     @property
@@ -138,6 +146,50 @@ class PauseShell:
         if not end_prompt(getattr(getattr(shell, "pt_app", None), "app", None)) and self._interacting and interrupt:
             signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
+    def hung_up(self) -> bool:
+        """The terminal hung up (any thread): leave as ``leave`` does, and interrupt the cell that runs now, if one
+        does, as Ctrl-C would; True when one did. Nobody could interrupt it any more, and the run stayed paused until
+        it returned (a long ``self.retry_failed()``, a cell that never returns: for good).
+
+        The SIGINT goes only to a cell: at the prompt, or while the prompt closes on its own (it read the terminal's
+        end), one landing in prompt_toolkit's clean-up ended the process with exit 1 and no word in the log. A cell's
+        start and the shell's end take ``_cells``, so no cell starts after this look and no SIGINT comes once the
+        run's handler is back; one handled after its cell has returned is dropped (``_sigint``)."""
+        with self._cells:
+            self._hung_up = self._leaving = True
+            interrupt = self._interacting and self._in_cell
+            if interrupt:
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        self.leave(interrupt=False)
+        return interrupt
+
+    def _sigint(self, signum: int, frame: Any) -> None:
+        """SIGINT while the shell is open, outside prompt_toolkit's prompt (which has its own): a Ctrl-C, or
+        ``leave``'s or ``hung_up``'s interrupt. It raises ``KeyboardInterrupt`` as Python's default handler does, but
+        for ``hung_up``'s when its cell has returned meanwhile: the shell is being left already."""
+        if self._hung_up and not self._in_cell:
+            return
+        raise KeyboardInterrupt
+
+    def _run_cell(self, run_cell: Callable[..., Any]) -> Callable[..., Any]:
+        """IPython's ``run_cell``, marked as running (``_in_cell``) for ``hung_up``, with ``_sigint`` in place again
+        (an older prompt_toolkit put Python's default back after each prompt). No cell starts once the shell is being
+        left."""
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread() is threading.main_thread():  # not a cell's own run_cell on the run's loop
+                signal.signal(signal.SIGINT, self._sigint)
+            with self._cells:
+                if self._leaving:
+                    return None
+                outer, self._in_cell = self._in_cell, True  # outer: a cell that runs a cell (get_ipython().run_cell)
+            try:
+                return run_cell(*args, **kwargs)
+            finally:
+                self._in_cell = outer
+
+        return run
+
     def _shell(self, run: RunHandle) -> Any:
         if self._ipython is None:
             from IPython.terminal.embed import InteractiveShellEmbed
@@ -151,6 +203,7 @@ class PauseShell:
             sys.excepthook = hook  # embedding replaces it for the whole process
             shell.loop_runner = LoopRunner(run)
             shell.autoawait = True
+            shell.run_cell = self._run_cell(shell.run_cell)  # type: ignore[method-assign]  # interact() calls it per cell
             self._ipython = shell
         return self._ipython
 
