@@ -514,9 +514,9 @@ def test_bad_records_settling_before_a_slow_api_answers_do_not_stop_the_run(tmp_
     they failed again in a row and tripped it again: the run stopped (exit 130), "the cause did not go away". Now a
     probe is a new item, and a held record failing again as it did is final, not counted again."""
     count = 200
-    bad = {n for n in range(count) if n % 10 in (1, 3, 5, 7)}  # 40%, all odd: fast; every even item takes 0.5 s
+    bad = {n for n in range(count) if n % 10 in (1, 3, 5, 7)}  # 40%, all odd: fast; every even item takes 0.2 s
     with FlakyApi(reject=bad) as api:
-        done = run(args(api, tmp_path / "out", count=count, even_pause_s=0.5, concurrency=40, breaker_max_wait_s=30))
+        done = run(args(api, tmp_path / "out", count=count, even_pause_s=0.2, concurrency=40, breaker_max_wait_s=30))
     assert done.exit_code == 1, done.output
     assert (done.summary["succeeded"], done.summary["failed"], done.summary["unprocessed"]) == (count - len(bad), len(bad), 0)
     assert sorted(api.served) == sorted(set(range(count)) - bad) and set(api.served.values()) == {1}
