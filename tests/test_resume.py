@@ -438,11 +438,17 @@ def test_space_freed_while_paused_lets_the_run_carry_on_with_nothing_lost(tmp_pa
     """What could not be written is kept in memory and written once space returns; the run finishes, nothing redone."""
     count, logs, out = 300, tmp_path / "logs", small_disk / "out"
     logs.mkdir()
-    proc = start_counting(tmp_path, out, logs, count, "full.txt")
+    proc = start_counting(tmp_path, out, logs, count, "full.txt", "-p", "write_retry_s=30")  # time for ctl
     wait_for(lambda: journaled(out) >= 60, "60 journaled items")
     filler = fill(small_disk)
     wait_for(lambda: "Cannot write the run directory" in (tmp_path / "full.txt").read_text(), "the pause")
+    resumed = subprocess.run(  # it answered "the run is running"
+        [sys.executable, "-m", "batchcli", "ctl", str(next(out.iterdir())), "resume"],
+        capture_output=True, text=True, timeout=60, env=subprocess_env(),
+    )  # fmt: skip
+    said = " ".join(resumed.stdout.split())
     filler.unlink()
+    assert "the run is held because its run directory cannot be written" in said, resumed.stdout + resumed.stderr
     assert proc.wait(timeout=120) == 1  # finished; every 7th item failed
     output = (tmp_path / "full.txt").read_text()
     assert "can be written again; carrying on" in " ".join(output.split()), output

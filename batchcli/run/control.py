@@ -345,6 +345,12 @@ def _not_paused(run: Run) -> str:
     """The answer to ``ctl resume`` on a run that is not paused: what holds it instead, if anything."""
     if run.tally.all_settled:
         return f"Not paused: there is nothing to resume. {_finishing(run)}"
+    if run.recording.stalled:  # it said "the run is running" while no item could start
+        return (
+            f"Not paused: the run is held because its run directory cannot be written (a full disk?). It carries on by "
+            f"itself once a write succeeds, and stops resumably if none does within {run.job.config.write_retry_s:g}s "
+            "(write_retry_s)."
+        )
     cooling = run.tally.cooldown_until - time.monotonic()
     if cooling > 0:
         until = (datetime.now() + timedelta(seconds=cooling)).strftime("%H:%M:%S")
