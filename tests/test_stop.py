@@ -385,9 +385,13 @@ def test_a_second_signal_reaches_workers_whose_items_never_await_and_keeps_what_
     piped, executor: str, request: pytest.FixtureRequest
 ) -> None:
     """Worker lanes give their loop a turn, so a stop at once cancels a chunk of never-awaiting items mid-way, and the
-    items the chunk finished are kept. A Dask or Ray chunk was dropped whole, and a resume did them all again."""
+    items the chunk finished are kept, every one. A Dask or Ray chunk was dropped whole, and a resume did them all
+    again; and fifty lanes held the worker's loop 2.5 s, past the stop's grace, so even the process executor's was."""
     where = ["-p", f"ray_address={request.getfixturevalue('ray_head')}"] if executor == "ray" else []
-    run = piped(*NEVER_AWAITS, "-p", f"executor={executor}", "-p", "workers=1", "-p", "chunk_size=1000000", *where)
+    run = piped(
+        *NEVER_AWAITS, "-p", f"executor={executor}", "-p", "workers=1", "-p", "chunk_size=1000000",
+        "-p", "concurrency=50", "-p", "buffer=1", *where,
+    )  # fmt: skip
     wait_for(lambda: ledger_grew(run), "items to run in the workers")  # the one chunk alone would take 30 s
     run.signal(signal.SIGINT)
     wait_for(lambda: "stopping" in run.run_log(), "the first stop to be logged")
@@ -398,6 +402,7 @@ def test_a_second_signal_reaches_workers_whose_items_never_await_and_keeps_what_
     summary = run.summary()
     assert (summary["status"], summary["failed"]) == ("stopped", 0)
     assert 0 < summary["succeeded"] and summary["unprocessed"] == 1_000_000 - summary["succeeded"] > 0
+    assert len(ledger(run, "done")) == summary["succeeded"]  # nothing done in a worker is left for a resume to redo
 
 
 def test_a_stop_while_items_only_wait_to_retry_ends_at_once(piped) -> None:

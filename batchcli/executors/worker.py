@@ -43,7 +43,10 @@ CANCEL_POLL_S = 0.05
 """How often a chunk checks whether the run is being cancelled (process executor)."""
 
 TURN_S = 0.05
-"""How long a lane may run items that never await before it gives the worker's loop a turn (for the cancel check)."""
+"""How long the lanes of a chunk may run items that never await, all of them in turn, before the worker's loop gets
+a turn (for the cancel check): each lane runs its share of it, ``TURN_S`` / lanes, at least ``TURN_MIN_S``."""
+
+TURN_MIN_S = 0.001
 
 
 class WorkerJob:
@@ -199,8 +202,14 @@ class WorkerJob:
         held: list[int] = []
         """Items not started because a throttle came back: the driver sends them after the cool-down."""
 
+        lanes = min(limiter.concurrency, len(items))
+        # The loop looks at its timers (the cancel check's) only once every lane has had its turn: a lane of its own
+        # had TURN_S, and fifty lanes of items that never await held it 2.5 s, so a stop at once came too late to
+        # keep what the chunk had done.
+        window = max(TURN_S / max(lanes, 1), TURN_MIN_S)
+
         async def lane() -> None:
-            turn_at = time.monotonic() + TURN_S
+            turn_at = time.monotonic() + window
             while queue:
                 ordinal, item = queue.popleft()
                 running.add(ordinal)
@@ -234,10 +243,12 @@ class WorkerJob:
                 running.discard(ordinal)
                 # An item that never awaits keeps the loop: a clock read per item, a turn now and then.
                 if (now := time.monotonic()) >= turn_at:
-                    turn_at = now + TURN_S
+                    turn_at = now + window
+                    if cancelled is not None and cancelled():
+                        return  # the rest goes back unstarted, without waiting for the chunk's own check
                     await asyncio.sleep(0)
 
-        pending = {asyncio.ensure_future(lane()) for _ in range(min(limiter.concurrency, len(items)))}
+        pending = {asyncio.ensure_future(lane()) for _ in range(lanes)}
         while pending:
             done, pending = await asyncio.wait(pending, timeout=None if cancelled is None else CANCEL_POLL_S)
             for task in done:
