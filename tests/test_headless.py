@@ -118,7 +118,31 @@ def test_ctl_steers_a_run_whose_items_run_in_worker_processes(tmp_path: Path) ->
     assert log.done_twice() == []
 
 
-def test_ctl_resume_and_pause_on_a_stopping_run_are_refused_and_a_second_ctl_stop_stops_at_once(tmp_path: Path) -> None:
+def test_ctl_stop_once_the_source_is_done_says_the_run_will_finish(tmp_path: Path) -> None:
+    """The source done, items in flight: ctl stop promised exit 130 and a resume, and the run ended finished, exit 0,
+    with nothing left to resume. It says now that the run finishes once they settle."""
+    ledger = tmp_path / "ledger.txt"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(tmp_path / "out"), "-p", "count=3",
+         "-p", "delay_s=3", "-p", "concurrency=5", "-p", f"ledger={ledger}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
+    )  # fmt: skip
+    log = JobLog(ledger)
+    try:
+        wait_for(lambda: any((tmp_path / "out").glob("*/control.sock")) and len(log.started()) == 3, "3 items started")
+        run_dir = next((tmp_path / "out").glob("*/control.sock")).parent
+        stopped = batchcli("ctl", run_dir, "stop")
+        said = " ".join(stopped.stdout.split())
+        assert stopped.returncode == 0 and "nothing is left to start (the source is done)" in said, said
+        assert "Then the run ends as finished (exit 0, or 1 if items failed)" in said, said
+        assert run.wait(timeout=60) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+
+
+def test_ctl_resume_pause_set_and_retry_on_a_stopping_run_are_refused_and_a_second_ctl_stop_stops_at_once(tmp_path: Path) -> None:
     """ctl resume (and ctl pause) while the run waited for its in-flight items after a stop answered "Resumed." (exit 0), and the run
     went on stopping: it says the run is stopping and how to continue it, exit 1. A second ctl stop gave the first
     one's answer and went on waiting for the item in flight; it stops at once, as a second signal does, and resume
@@ -142,6 +166,10 @@ def test_ctl_resume_and_pause_on_a_stopping_run_are_refused_and_a_second_ctl_sto
         paused = batchcli("ctl", run_dir, "pause")  # it answered "Paused" while the stop went on
         said = " ".join(paused.stderr.split())
         assert paused.returncode == 1 and "The run is stopping, as asked: no new item starts already" in said, said
+        for words in (["set", "concurrency=2"], ["retry-failed"]):  # a change no item would see; retries it dropped
+            refused = batchcli("ctl", run_dir, *words)
+            said = " ".join(refused.stderr.split())
+            assert refused.returncode == 1 and "The run is stopping, as asked: nothing new starts in it" in said, said
         again = batchcli("ctl", run_dir, "stop")
         said = " ".join(again.stdout.split())
         assert again.returncode == 0 and "Stopping at once, as a second Ctrl-C does: 1 item(s) in flight are abandoned" in said, said

@@ -210,12 +210,14 @@ def test_a_finish_cut_short_by_the_stop_timeout_is_a_stop_and_resume_runs_it_aga
     """Every item settled, then finish() hangs and a stop times out: the run said "Finished", exit 0, although
     what finish() flushes was never written. It is a stop (exit 130, resumable), and resume runs finish(). Asked by
     ctl, the stop says so: it promised exit 130 and a resume when finish() returned in time and the run ended 0, and
-    ctl pause and set claimed changes that reached no item."""
+    ctl pause and set claimed changes that reached no item; attach is refused (it paused the run and held its end)."""
     run = piped("shell_slow", "-p", "count=4", "-p", f"executor={executor}", "-p", "workers=2", "-p", "stop_timeout_s=0.5",
                 "-p", "finish_s=600")  # fmt: skip
     wait_for(lambda: "finish" in run.log.lines(), "finish() to start")
     if executor == "async":
         run_dir = next(run.out.glob("*/control.sock")).parent
+        attached = run_batchcli("attach", str(run_dir))  # it paused a run whose items had all settled, and held its end
+        assert attached.exit_code != 0 and "there is nothing to attach to" in " ".join(attached.output.split()), attached.output
         for words in (["pause"], ["set", "concurrency=3"], ["stop"]):
             said = run_batchcli("ctl", str(run_dir), *words)
             text = " ".join(said.output.split())

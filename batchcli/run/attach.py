@@ -56,6 +56,13 @@ class Attachment:
             _reply(conn, {"ok": False, "error": "Another `batchcli attach` is open on this run; leave it first.", "not_now": True})
             return
         try:
+            if self._run.tally.all_settled:  # it paused a run whose finish() ran, and held its end while attached
+                _reply(conn, {
+                    "ok": False, "not_now": True,
+                    "error": "Every item has settled and the run is finishing (its finish() runs): there is nothing "
+                    f"to attach to. See it once it has ended with: batchcli show {self._run.run_dir}",
+                })  # fmt: skip
+                return
             session = KernelSession(self._run, self._controller, self._namespace)
             self._run.open_on_main(session.run)
             while not session.ready.wait(0.1):

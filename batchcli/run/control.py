@@ -264,6 +264,15 @@ class ControlChannel:
                 "A second ctl stop abandons it at once."
             )
         left = f"A shell is open on this run: it closes in {timeout:g}s (stop_timeout_s), or at once at a second stop. " if shell else ""
+        if run.tally.exhausted and not run.tally.retrying:
+            # The source is done: once the items in flight settle, nothing is left for a resume. It promised exit 130
+            # and a resume, and the run ended finished, exit 0.
+            return (
+                f"Stopping: nothing is left to start (the source is done), and the {run.tally.in_flight} item(s) in "
+                "flight finish. Then the run ends as finished (exit 0, or 1 if items failed), unless one of them fails "
+                f"and would have been retried, or they outlast stop_timeout_s ({timeout:g}s): then it ends resumably "
+                f"(exit 130). {left}A second ctl stop stops at once. {resume}"
+            )
         return (
             f"Stopping: nothing new starts, {run.tally.in_flight} in flight finish, then the run ends resumably (exit "
             f"130). {left}A second ctl stop stops at once. {resume}"
@@ -302,6 +311,13 @@ class ControlChannel:
             return {"message": "Resumed."}
         if command == "stop":
             return {"message": self._stop()}
+        if command in ("set", "retry-failed") and run.stop_requested.is_set():
+            # "Concurrency is now 2." for a run no item would start in again; and a retry-failed started retries whose
+            # successes the stop then dropped, so `batchcli retry` did those items twice.
+            after = f"retry its failures with: batchcli retry {run.run_dir}" if command == "retry-failed" else (
+                f"continue it with: batchcli resume {run.run_dir} (-p sets its limits)"
+            )
+            raise RuntimeError(f"The run is stopping, as asked: nothing new starts in it. Once it has ended, {after}")
         if command == "set":
             value = request.setting()
             if run.executor is None:  # the controller's own words name the pause shell's self.set_...()
