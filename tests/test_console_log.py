@@ -131,13 +131,15 @@ def test_the_progress_lines_after_the_last_item_give_the_runs_rate_and_no_eta(ru
 
 def test_control_characters_in_an_error_message_are_written_out_on_the_console(run_batchcli: Any, cli: Any, tmp_path: Path) -> None:
     """A message holding a terminal's escape sequences cleared and recoloured the screen, and a carriage return
-    overwrote the line, in the failure lines and the groups alike, and in show and watch afterwards. They are written
-    out (``\\x1b``); the files keep the message as it was raised."""
+    overwrote the line, in the failure lines and the groups alike, and in show and watch afterwards (and in an
+    exception class's name). They are written out (``\\x1b``); the files keep the message as it was raised."""
     job = tmp_path / "escapes.py"
     job.write_text(
         "from batchcli import Service, Source, inject\n\n\n@inject\nclass Numbers(Source[int]):\n"
         "    def __iter__(self):\n        return iter(range(3))\n\n\n@inject\nclass Hostile(Service[int]):\n"
         "    def process(self, item: int) -> None:\n"
+        "        if item == 2:\n"
+        "            raise type('We\\x1b[5mird', (ValueError,), {})('an odd name')\n"
         "        raise ValueError(f'row {item} \\x1b[2J\\x1b[31mcleared\\rover\\x00')\n"
     )
     result = run_batchcli("exec", job, "-d", "out", "-p", "breaker_window=0")
@@ -150,6 +152,7 @@ def test_control_characters_in_an_error_message_are_written_out_on_the_console(r
         output = cli(*command, result.run_dir).output
         assert "\x1b" not in output and "\x00" not in output, (command, output)
         assert "ValueError: row" in output and "\\x1b[" in output, (command, output)  # numbers become N in groups
+        assert "We\\x1b[5mird" in output, (command, output)  # the type's name too
 
 
 def test_python_warnings_are_records_in_the_log_file_and_json_lines_on_stderr(run_batchcli: Any, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from batchcli.journal.selection import read_selection
 from batchcli.journal.rundir import FLUSH_INTERVAL_S, JOURNAL_NAME, RunInfo, never_started, query, read_run
 from batchcli.load.secret import Secret
 from batchcli.outcome import clip, per_second, shown
+from batchcli.outcome import shown as written_out  # where a parameter is named shown
 
 STATUS_STYLES = {
     "finished": "green",
@@ -206,7 +207,7 @@ def _summary(run: RunInfo) -> Table:
         grid.add_row("breaker", breaker)
     if run.fatal:
         message = "\n".join(map(shown, str(run.fatal["message"]).splitlines()))  # escape sequences written out
-        grid.add_row("fatal", Text(f"{run.fatal['type']}: {message}", "red"))
+        grid.add_row("fatal", Text(f"{shown(str(run.fatal['type']))}: {message}", "red"))
     return grid
 
 
@@ -265,7 +266,7 @@ def show_failures(
                 Text.assemble(
                     (f"  #{row.ordinal:<6} ", "dim"),
                     (f"{_when(row.failed_at)}  {attempts}  ", "dim"),
-                    (f"{row.error_type}: ", "red"),
+                    (f"{written_out(row.error_type)}: ", "red"),  # a class name can hold an escape sequence too
                     _one_line(row.error_message, 200),
                     (unsaved, "yellow"),
                 )
@@ -338,7 +339,7 @@ def _failures(run: RunInfo, groups: int = 10, examples: int = 3) -> RenderableTy
     parts: list[RenderableType] = [Text(heading, "bold")]
     for error_type, shape, count, first, last in rows:
         message = first if first == last else shape
-        parts.append(Text.assemble((f"{count:>7,}  ", "bold red"), (f"{error_type}: ", "red"), _one_line(message, 200)))
+        parts.append(Text.assemble((f"{count:>7,}  ", "bold red"), (f"{shown(error_type)}: ", "red"), _one_line(message, 200)))
         samples = query(
             run.run_dir,
             "SELECT ordinal, item_json FROM failures WHERE error_type = ? AND shape(error_message) = ?"

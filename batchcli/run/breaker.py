@@ -149,7 +149,7 @@ class Breaker:
         if self.state != "closed":  # started before the breaker opened, or the probe itself: not final
             self._take_back(failure, hold)
             if self.state == "probing":
-                self._reopen(f"the probe failed: {failure.error_type}: {_first_line(failure.error_message)}")
+                self._reopen(f"the probe failed: {shown(failure.error_type)}: {_first_line(failure.error_message)}")
             return
         position = self._position()
         recent = self._recent
@@ -158,7 +158,7 @@ class Breaker:
             recent.popleft()
         if len(recent) >= self.threshold:
             span = min(self.window, position - self._base)
-            self._trip(f"{len(recent)} of the last {span} items failed: {failure.error_type}: {_first_line(failure.error_message)}")
+            self._trip(f"{len(recent)} of the last {span} items failed: {shown(failure.error_type)}: {_first_line(failure.error_message)}")
 
     def _as_before(self, failure: Failure) -> bool:
         """Whether an item failed as it did before (the same type, the same message but for its numbers): when the

@@ -59,7 +59,8 @@ class Group:
         """``Type: message shape``, as one line."""
         if not self.error_type:
             return "other failures"
-        return f"{self.error_type}: {first_line(self.shape)}" if self.shape else self.error_type
+        kind = shown(self.error_type)  # a class's name can hold an escape sequence too
+        return f"{kind}: {first_line(self.shape)}" if self.shape else kind
 
 
 def first_line(message: str, width: int = MESSAGE_WIDTH) -> str:
@@ -76,7 +77,8 @@ def failure_line(failure: Failure) -> str:
     except Exception:
         item = f"<{type(failure.item).__qualname__} object>"
     plural = "" if failure.attempts == 1 else "s"
-    error = f"{failure.error_type}: {first_line(failure.error_message)}" if failure.error_message else failure.error_type
+    kind = shown(failure.error_type)
+    error = f"{kind}: {first_line(failure.error_message)}" if failure.error_message else kind
     return f"Item #{failure.ordinal} ({item}) failed after {failure.attempts} attempt{plural}: {error}"
 
 
