@@ -457,7 +457,8 @@ class Run:
                 log.warning(
                     "The pause shell was open on that terminal, running a cell: the cell is interrupted as Ctrl-C "
                     "would, the shell is left as Ctrl-D leaves it, and the run resumes (a cell that catches "
-                    "KeyboardInterrupt holds it until it returns; batchcli ctl %s stop ends the run meanwhile).",
+                    "KeyboardInterrupt, or one that awaits and then blocks the run's loop, which Ctrl-C does not reach "
+                    "either, holds it until it returns; batchcli ctl %s stop ends the run meanwhile).",
                     self.run_dir,
                 )  # fmt: skip
             else:
