@@ -27,7 +27,7 @@ from batchcli.load.project import Project
 
 try:
     import fcntl
-except ImportError:  # not on Windows: copies left by dead workers stay there
+except ImportError:  # Windows has none: there, copies that dead workers left stay
     fcntl = None  # type: ignore[assignment]
 
 MAX_BUNDLE_BYTES = 50 * 1024 * 1024
