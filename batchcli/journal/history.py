@@ -25,7 +25,6 @@ from batchcli.journal.selection import read_selection
 from batchcli.journal.rundir import FLUSH_INTERVAL_S, JOURNAL_NAME, RunInfo, never_started, query, read_run
 from batchcli.load.secret import Secret
 from batchcli.outcome import clip, per_second, shown
-from batchcli.outcome import shown as written_out  # where a parameter is named shown
 
 STATUS_STYLES = {
     "finished": "green",
@@ -229,7 +228,7 @@ def selection_mark(run_dir: Path) -> str:
 
 
 def show_failures(
-    run_dir: Path, wanted: FailureFilter, shown: int = 50, retry: tuple[Path, str] | None = None
+    run_dir: Path, wanted: FailureFilter, listed: int = 50, retry: tuple[Path, str] | None = None
 ) -> RenderableType:
     """``show --failures``: the failures ``wanted`` takes (input, error, attempts, when), as ``retry`` would take them;
     for a group of shards, shard by shard (``--limit`` counts over the whole group, as its retry does). ``retry``:
@@ -250,7 +249,7 @@ def show_failures(
         this = wanted if left is None else replace(wanted, limit=max(left, 0))
         load = _project_loader(run) if wanted.error_type else None
         rows, count, of = matching_failures(
-            run.run_dir, this, load=load, keep=shown - kept, types=types, unchecked=unchecked
+            run.run_dir, this, load=load, keep=listed - kept, types=types, unchecked=unchecked
         )
         found.append((run, rows))
         matched, total, kept = matched + count, total + of, kept + len(rows)
@@ -266,7 +265,7 @@ def show_failures(
                 Text.assemble(
                     (f"  #{row.ordinal:<6} ", "dim"),
                     (f"{_when(row.failed_at)}  {attempts}  ", "dim"),
-                    (f"{written_out(row.error_type)}: ", "red"),  # a class name can hold an escape sequence too
+                    (f"{shown(row.error_type)}: ", "red"),  # a class name can hold an escape sequence too
                     _one_line(row.error_message, 200),
                     (unsaved, "yellow"),
                 )
