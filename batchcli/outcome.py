@@ -174,11 +174,7 @@ def ordinal_ranges(ordinals: array[int], count: int) -> list[tuple[int, int]]:
     ranges: list[tuple[int, int]] = []
     for offset in range(0, count, _SLICE):
         part = ordinals[offset : min(count, offset + _SLICE)]
-        low, high = min(part), max(part)
-        if high - low + 1 == len(part):  # ordinals are unique, so this slice is one run
-            ranges.append((low, high + 1))
-        else:
-            ranges.extend(runs(sorted(part)))
+        ranges += _as_ranges(part, min(part), max(part))
     return merge_ranges(ranges)
 
 
@@ -187,11 +183,15 @@ def sealed_ranges(sealed: list[Sealed], bounds: list[tuple[int, int]]) -> list[t
     ``[start, end)`` ranges: a batch whose items settled in order, as most do, is one range with no loop."""
     ranges: list[tuple[int, int]] = []
     for (ordinals, _), (low, high) in zip(sealed, bounds):
-        if high - low + 1 == len(ordinals):  # ordinals are unique, so the batch is one run
-            ranges.append((low, high + 1))
-        else:
-            ranges.extend(runs(sorted(ordinals)))
+        ranges += _as_ranges(ordinals, low, high)
     return merge_ranges(ranges)
+
+
+def _as_ranges(ordinals: array[int], low: int, high: int) -> list[tuple[int, int]]:
+    """``ordinals`` (unique), whose lowest and highest are ``low`` and ``high``, as sorted ``[start, end)`` runs."""
+    if high - low + 1 == len(ordinals):  # unique, so they are one run
+        return [(low, high + 1)]
+    return runs(sorted(ordinals))
 
 
 def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
