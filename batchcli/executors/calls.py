@@ -151,19 +151,27 @@ async def _settled_in_thread(process: Callable[[Any], Any], item: Any, unfinishe
             state["started"] = True
         return process(item)
 
+    def running() -> bool:
+        with lock:
+            state["dropped"] = not state["started"]
+            return state["started"]
+
     async def outcome_of() -> Any:
         return await maybe_await(await asyncio.to_thread(call))
 
-    outcome = asyncio.ensure_future(outcome_of())
+    return await settled_later(asyncio.ensure_future(outcome_of()), running, unfinished)
+
+
+async def settled_later(outcome: asyncio.Future[T], running: Callable[[], bool], unfinished: Unfinished) -> T:
+    """Await ``outcome``. On a cancel, hand it to ``unfinished`` when ``running()`` says a thread or a worker runs
+    its call, which nothing stops (its outcome is settled when it ends), else cancel it, and cancel the caller."""
     try:
         return await asyncio.shield(outcome)  # a cancel must not drop the outcome of a call that runs on
     except asyncio.CancelledError:
-        with lock:
-            state["dropped"] = not state["started"]
-        if state["dropped"]:
-            outcome.cancel()
-        else:
+        if running():
             unfinished(outcome)
+        else:
+            outcome.cancel()
         raise
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 from batchcli.load.configuration import Configuration
 from batchcli.executors.base import Items
-from batchcli.executors.calls import USER_ERRORS, Unfinished, ours
+from batchcli.executors.calls import USER_ERRORS, Unfinished, ours, settled_later
 from batchcli.executors.messages import (
     Chunk,
     ChunkResult,
@@ -291,14 +291,7 @@ class ChunkedExecutor:
             return await self._one(chunk)
         submitted: list[bool] = []
         outcome = asyncio.ensure_future(self._one(chunk, submitted))
-        try:
-            return await asyncio.shield(outcome)  # a cancel must not drop the outcome of a chunk a worker runs
-        except asyncio.CancelledError:
-            if submitted and not self._backend.queued(chunk):
-                unfinished(outcome)
-            else:
-                outcome.cancel()
-            raise
+        return await settled_later(outcome, lambda: bool(submitted) and not self._backend.queued(chunk), unfinished)
 
     async def _one(self, chunk: Chunk, submitted: list[bool] | None = None) -> Any:
         """``process_one``'s chunk, sent; ``submitted`` gets an entry once the backend has it."""
