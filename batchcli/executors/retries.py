@@ -199,7 +199,7 @@ class RetryScheduler:
         if attempts is not None:
             attempts.throttled = 0
             delay = policy.next_delay(attempts, error)
-        elif policy.max_attempts == 1 or not (
+        elif policy.max_attempts == 1 or not (  # policy.retryable, its call saved for the plain exception of a flood
             isinstance(error, policy.retry_for) or (isinstance(error, BaseExceptionGroup) and policy.retryable(error))
         ):
             delay = None  # final at its first attempt (a flood's usual case): no tenacity state is built for it
