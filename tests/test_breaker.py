@@ -56,6 +56,18 @@ def on_a_terminal(api: FlakyApi, out: Path, tmp_path: Path, timeout: float = 30,
     )
 
 
+def every_item_served_once(api: FlakyApi, out: Path, count: int) -> dict[str, Any]:
+    """The run in ``out`` succeeded on every item, each served once by ``api``, with no failure left in its journal;
+    its summary."""
+    run_dir = newest_run(out)
+    assert run_dir is not None
+    summary: dict[str, Any] = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["succeeded"], summary["failed"]) == (count, 0), summary
+    assert sorted(api.served) == list(range(count)) and set(api.served.values()) == {1}
+    assert journal_failures(run_dir) == 0
+    return summary
+
+
 def journal_failures(run_dir: Path) -> int:
     conn = sqlite3.connect(run_dir / "journal.sqlite")
     try:
@@ -364,13 +376,8 @@ def test_trip_on_a_terminal_opens_the_pause_shell_with_the_reason(api: FlakyApi,
     finally:
         child.close()
     assert child.exitstatus == 0
-    run_dir = newest_run(out)
-    assert run_dir is not None
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert (summary["succeeded"], summary["failed"]) == (100, 0)
+    summary = every_item_served_once(api, out, 100)
     assert summary["breaker"]["trips"] == 1 and summary["breaker"]["probes"] == 0
-    assert sorted(api.served) == list(range(100)) and set(api.served.values()) == {1}
-    assert journal_failures(run_dir) == 0
 
 
 def test_leaving_the_breakers_shell_before_the_fix_works_leaves_its_items_to_be_processed_again(api: FlakyApi, tmp_path: Path) -> None:
@@ -397,13 +404,7 @@ def test_leaving_the_breakers_shell_before_the_fix_works_leaves_its_items_to_be_
     finally:
         child.close()
     assert child.exitstatus == 0
-    run_dir = newest_run(out)
-    assert run_dir is not None
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert (summary["succeeded"], summary["failed"]) == (100, 0), summary
-    assert summary["breaker"]["trips"] == 2
-    assert sorted(api.served) == list(range(100)) and set(api.served.values()) == {1}
-    assert journal_failures(run_dir) == 0
+    assert every_item_served_once(api, out, 100)["breaker"]["trips"] == 2
 
 
 def test_the_breakers_shell_on_worker_processes_does_not_advise_a_fix_that_cannot_reach_them(api: FlakyApi, tmp_path: Path) -> None:
