@@ -99,6 +99,15 @@ def cli(tmp_path: Path) -> Any:
     return invoke
 
 
+@pytest.fixture(params=["memory", "disk"])
+def keys_kept(request: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where a run holds the item keys it skips: a set in memory, or (as past ``KEYS_HELD_MAX`` keys) a ``KeyIndex``
+    on disk; the test runs once each way, in-process (``cli``)."""
+    if request.param == "disk":
+        monkeypatch.setattr("batchcli.journal.keyindex.KEYS_HELD_MAX", 0)
+    return str(request.param)
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment for a ``python -m batchcli`` child: this checkout first on the path."""
     env = dict(os.environ)

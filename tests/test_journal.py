@@ -248,3 +248,20 @@ def test_keys_that_repeat_are_named_once_and_counted_when_the_session_ends(run_b
     assert "Finished: 10 succeeded, 0 failed, 10 unprocessed of 20" in flat
     log = (result.run_dir / "batchcli.log").read_text()
     assert log.count("item_key() gave an item a key") == 1 and "10 succeeded item(s)" in log
+
+
+def test_a_key_index_answers_as_the_set_it_stands_for() -> None:
+    """The keys a run skips, past KEYS_HELD_MAX, are looked up in a temporary SQLite table instead of a set: it
+    must tell the same keys apart as the set does (1, "1" and b"1" are three keys; text exactly, case and all)."""
+    from batchcli.journal.keyindex import KeyIndex
+    from batchcli.journal.settled import normal_key
+
+    stored = (1, "1", b"1", -(2**63), 2**63 - 1, 2**64, "", "Ünïcode", "a\x00b", "key", "KEY", "\udcff")
+    keys = [normal_key(k) for k in stored]
+    index = KeyIndex(iter(keys))
+    index.add(["key", "more"])  # one already there is kept once
+    held = frozenset(keys) | {"more"}
+    asked = [*held, *(normal_key(k) for k in (2, "2", b"2", 1.5, "ke", "key ", 2**64 + 1, "a\x00c", b"", 0, True))]
+    assert [k in index for k in asked] == [k in held for k in asked]
+    assert len(index) == len(held) and sorted(map(repr, index)) == sorted(map(repr, held))
+    index.close()

@@ -210,8 +210,9 @@ def test_a_crashed_run_resumes_in_process_and_a_finished_one_is_left_alone(cli, 
     assert sum(processed(logs).values()) == 60
 
 
-def test_a_keyed_source_resumes_by_key_when_its_order_changes(cli, tmp_path: Path) -> None:
-    """A Source with item_key() is journaled by key, so a resume over a reshuffled source still does each item once."""
+def test_a_keyed_source_resumes_by_key_when_its_order_changes(cli, tmp_path: Path, keys_kept: str) -> None:
+    """A Source with item_key() is journaled by key, so a resume over a reshuffled source still does each item once;
+    the same with the settled keys looked up on disk (as a resume does past KEYS_HELD_MAX of them)."""
     logs = tmp_path / "logs"
     logs.mkdir()
     crashed = cli("exec", KEYED, "-d", "out", "-p", f"log_dir={logs}", "-p", "seed=1", "-p", "crash_after=20")
@@ -224,6 +225,8 @@ def test_a_keyed_source_resumes_by_key_when_its_order_changes(cli, tmp_path: Pat
     assert processed(logs) == Counter(f"item-{n}" for n in range(50))
     summary = resumed.summary
     assert (summary["succeeded"], summary["failed"], summary["unprocessed"]) == (49, 1, 0)
+    on_disk = "the 20 keys settled earlier are looked up on disk" in (crashed.run_dir / "batchcli.log").read_text()
+    assert on_disk == (keys_kept == "disk")
 
 
 def test_a_resume_over_a_source_that_lost_settled_items_counts_them_and_never_goes_negative(tmp_path: Path, cli) -> None:

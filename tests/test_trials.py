@@ -477,7 +477,7 @@ def test_show_failures_says_which_types_it_could_not_check_for_a_subclass(cli, t
     assert "matching --error-type Unreachable: 2 of 3" in " ".join(by_name.stdout.split()), by_name.stdout
 
 
-def test_skip_done_in_does_only_new_rows_of_a_grown_input(cli, tmp_path: Path, failed_run: Path) -> None:
+def test_skip_done_in_does_only_new_rows_of_a_grown_input(cli, tmp_path: Path, failed_run: Path, keys_kept: str) -> None:
     """--skip-done-in a run and its retry skips every row either did; new rows (and the one still failing) run."""
     fixed = cli("retry", failed_run, "--error-type", "ConnectionError", "-p", "fixed=true")
     assert fixed.exit_code == 0, fixed.output
@@ -493,7 +493,7 @@ def test_skip_done_in_does_only_new_rows_of_a_grown_input(cli, tmp_path: Path, f
     assert "made by another job" not in text
 
 
-def test_a_run_skipping_done_items_resumes_after_those_runs_moved(cli, tmp_path: Path) -> None:
+def test_a_run_skipping_done_items_resumes_after_those_runs_moved(cli, tmp_path: Path, keys_kept: str) -> None:
     """A run started with --skip-done-in A could never be finished once A was archived: resume read A again, and
     said A "does not exist" as if the user had typed it. The run keeps the keys it skips as it starts."""
     first = cli(*rows_job(tmp_path, "a b c"))

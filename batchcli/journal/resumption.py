@@ -16,6 +16,7 @@ from rich.markup import escape
 from batchcli.load.environment import variable
 from batchcli.load.project import recorded_by_name
 from batchcli.errors import JournalError, NothingRetried, UsageError
+from batchcli.journal.keyindex import KeySet
 from batchcli.journal.writer import Journal, stable_target
 from batchcli.journal.matching import FailureFilter, TypeMatch, matching_failures, recorded_types
 from batchcli.journal.rundir import RunInfo, check_safe, damaged, query, read_run, stream
@@ -47,7 +48,7 @@ class Continuation:
     """A new shard run: its directory in its group (named by the shard, not by the time it started)."""
     selection: Selection | None = None
     """exec and resume: which items of the Source the run takes (``--limit``, ``--sample``, ``--skip-done-in``)."""
-    done_elsewhere: frozenset[Any] = frozenset()
+    done_elsewhere: KeySet = frozenset()
     """``--skip-done-in``: the item keys that succeeded in those runs."""
 
 
@@ -365,7 +366,7 @@ def _secrets_missing(earlier: RunInfo, missing: list[str], command: str) -> str:
     )
 
 
-def keys_skipped(selection: Selection | None, job: Job, run_dir: Path | None = None) -> frozenset[Any]:
+def keys_skipped(selection: Selection | None, job: Job, run_dir: Path | None = None) -> KeySet:
     """The item keys ``--skip-done-in`` skips: those that succeeded in its runs; none without it. A run continued
     (``run_dir``) skips the keys it kept as it started, not what those runs say now."""
     if selection is None or not selection.skip_done_in:
@@ -386,7 +387,7 @@ def fresh_continuation(job: Job, selection: Selection | None, dry_run: bool, not
     if selection.is_trial and not dry_run:  # the plain progress line has no title: say it first
         notices.append(Notice(f"Trial run ({selection.describe()}). Carry it on to the whole source "
                               "later with: batchcli resume RUN_DIR --all", soft_wrap=True))
-    done: frozenset[Any] = frozenset()
+    done: KeySet = frozenset()
     if selection.skip_done_in:
         check_keyed(job)
         done = keys_skipped(selection, job)

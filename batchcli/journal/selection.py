@@ -24,6 +24,7 @@ from typing import Any
 from batchcli.errors import JournalError, UsageError
 from batchcli.journal.rundir import GROUP_FILE, JOURNAL_NAME, check_safe, connect, query, read_run, stream
 from batchcli.journal.settled import Numbered, RangeSet, normal_key
+from batchcli.journal.keyindex import KeySet, key_set
 from batchcli.outcome import clip
 
 TABLE = "CREATE TABLE IF NOT EXISTS selection (id INTEGER PRIMARY KEY CHECK (id = 1), spec TEXT NOT NULL);"
@@ -129,7 +130,7 @@ class Selection:
     def apply(
         self,
         items: Numbered,
-        done: frozenset[Any],
+        done: KeySet,
         key_of: Callable[[Any], Any] | None,
         taken_before: int = 0,
         position: Callable[[int], int] | None = None,
@@ -275,12 +276,14 @@ def check_run_dir(path: Path, option: str) -> Path:
     return path.resolve()
 
 
-def keys_done_in(runs: tuple[Path, ...], source_name: str, key_of: Callable[[Any], Any]) -> frozenset[Any]:
+def keys_done_in(runs: tuple[Path, ...], source_name: str, key_of: Callable[[Any], Any]) -> KeySet:
     """The item keys that succeeded in ``runs``: a keyed run's own, a retry run's by keying its saved inputs.
 
     A run that numbered its items by position (a Source without ``item_key``) is a UsageError.
     """
-    keys: set[Any] = set()
+    count = 0
+    keyed_runs: list[Path] = []
+    retried: set[Any] = set()
     for run_dir in runs:
         info = read_run(run_dir)  # a damaged journal is a clear error here
         if info.status == "running":  # what it has done so far is not what it will have done: items ran twice
@@ -291,16 +294,18 @@ def keys_done_in(runs: tuple[Path, ...], source_name: str, key_of: Callable[[Any
             )
         keyed = query(run_dir, "SELECT keyed FROM run")[0][0]
         if keyed:
-            keys.update(key for (key,) in query(run_dir, "SELECT key FROM done_keys"))
+            count += query(run_dir, "SELECT count(*) FROM done_keys")[0][0]
+            keyed_runs.append(run_dir)
         elif info.parent:  # a retry run: its inputs are saved, numbered by position in that list
-            keys.update(_retried_keys(run_dir, key_of))
+            retried.update(_retried_keys(run_dir, key_of))
         else:
             raise UsageError(
                 f"--skip-done-in {str(run_dir)!r}: that run identified its items by position, not by item_key() "
                 f"(its Source did not define it then), so which of {source_name}'s items it did cannot be told once "
                 "the input has changed. Give a run made with item_key(item) defined."
             )
-    return frozenset(keys)
+    done = (key for run_dir in keyed_runs for (key,) in stream(run_dir, "SELECT key FROM done_keys"))
+    return key_set(count + len(retried), itertools.chain(done, retried))
 
 
 def _said(error: BaseException) -> str:
@@ -345,17 +350,18 @@ def save_selection(conn: sqlite3.Connection, selection: Selection | None) -> Non
         conn.execute("DELETE FROM selection")
 
 
-def save_skipped(conn: sqlite3.Connection, keys: frozenset[Any]) -> None:
+def save_skipped(conn: sqlite3.Connection, keys: KeySet) -> None:
     """Keep the keys ``--skip-done-in`` skips in an open journal (inside the caller's transaction)."""
     conn.execute(SKIPPED_TABLE)
     conn.executemany("INSERT OR IGNORE INTO skipped_keys VALUES (?)", ((key,) for key in keys))
 
 
-def recorded_skips(run_dir: Path) -> frozenset[Any] | None:
+def recorded_skips(run_dir: Path) -> KeySet | None:
     """The keys the run kept as it started with ``--skip-done-in``; None when its journal kept none (older ones)."""
     if not query(run_dir, "SELECT count(*) FROM sqlite_master WHERE name = 'skipped_keys'")[0][0]:
         return None
-    return frozenset(key for (key,) in stream(run_dir, "SELECT key FROM skipped_keys"))
+    count = query(run_dir, "SELECT count(*) FROM skipped_keys")[0][0]
+    return key_set(count, (key for (key,) in stream(run_dir, "SELECT key FROM skipped_keys")))
 
 
 def check_skip_runs_there(run_dir: Path, selection: Selection) -> None:

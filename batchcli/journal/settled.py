@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Container, Iterable, Iterator
 from typing import Any
 
 from batchcli.outcome import Tally, clip, runs, writable
@@ -154,7 +154,7 @@ def _no_key(key_of: Callable[[Any], Any], item: Any) -> TypeError:
 
 
 def skip_keys(
-    items: Numbered, settled: set[Any], key_of: Callable[[Any], Any], pending: dict[int, Any], tally: Tally
+    items: Numbered, settled: Container[Any], key_of: Callable[[Any], Any], pending: dict[int, Any], tally: Tally
 ) -> Numbered:
     """``items`` without those whose key is in ``settled``; the others' keys go to ``pending`` by ordinal,
     where the journal picks them up when the item settles."""
@@ -165,7 +165,7 @@ def skip_keys(
 
 def _skip_keys(
     items: Iterator[tuple[int, Any]],
-    settled: set[Any],
+    settled: Container[Any],
     key_of: Callable[[Any], Any],
     pending: dict[int, Any],
     tally: Tally,
@@ -184,7 +184,7 @@ def _skip_keys(
 
 async def _askip_keys(
     items: AsyncIterator[tuple[int, Any]],
-    settled: set[Any],
+    settled: Container[Any],
     key_of: Callable[[Any], Any],
     pending: dict[int, Any],
     tally: Tally,

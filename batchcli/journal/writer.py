@@ -18,13 +18,14 @@ import socket
 import sqlite3
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from batchcli import __version__
 from batchcli.errors import JournalError
 from batchcli.outcome import KEYED_DONE_BACKLOG_MAX, Failure, Sealed, Tally, writable
 from batchcli.journal.records import failure_line, json_form, json_text, row_lines
 from batchcli.journal.batches import BATCHES_TABLE, write_sealed
+from batchcli.journal.keyindex import KeyIndex, KeySet, close_keys, key_set
 from batchcli.journal.results import RESULTS_TABLE, Kept, write_results
 from batchcli.journal.rundir import (
     FORMAT, JOURNAL_NAME, RunLock, check_format, check_safe, check_writable, connect, damaged, live_states, no_room,
@@ -159,6 +160,8 @@ class Journal:
         """The share of the source a shard run processes (``--shard``); None for the whole source."""
         self._keys_count = int(row[1]) if self.keyed else 0
         self._pending: dict[int, Any] = {}
+        self._settled: KeySet = frozenset()
+        """A keyed run's keys earlier sessions settled, which this session skips (``skip_settled``)."""
         self._unwritten: list[tuple[Any, ...]] = []
         self._unwritten_keys: list[Any] = []
         self._unwritten_results: list[tuple[Any, ...]] = []
@@ -215,7 +218,7 @@ class Journal:
         input_errors: list[tuple[str, str]] | None = None,
         shard: Shard | None = None,
         selection: Selection | None = None,
-        skipped: frozenset[Any] | None = None,
+        skipped: KeySet | None = None,
     ) -> Journal:
         """Start the journal of a new run in ``run_dir`` (owner-only, like the directory), its first session running.
         ``skipped``: the keys ``--skip-done-in`` skips, kept for a resume."""
@@ -330,12 +333,23 @@ class Journal:
     def skip_settled(self, items: Numbered, tally: Tally, key_of: Any) -> Numbered:
         """``items`` without those an earlier session settled; ``key_of`` is the source's ``item_key``."""
         if self.keyed:
-            settled = {k for (k,) in self._conn.execute("SELECT key FROM done_keys")}
-            settled.update(k for (k,) in self._conn.execute("SELECT key FROM failures"))
+            count = self._conn.execute("SELECT (SELECT count(*) FROM done_keys) + (SELECT count(*) FROM failures)")
+            settled = self._settled = key_set(count.fetchone()[0], self._settled_keys())
+            if isinstance(settled, KeyIndex):
+                log.info("Resuming: the %s keys settled earlier are looked up on disk, not held in memory.",
+                         f"{len(settled):,}")
             return skip_keys(items, settled, key_of, self._pending, tally)
         ranges = RangeSet(self.ranges.ranges())
         ranges.add(o for (o,) in self._conn.execute("SELECT ordinal FROM failures"))
         return skip_ordinals(items, ranges, tally)
+
+    def _settled_keys(self) -> Iterator[Any]:
+        """The keys of the items earlier sessions settled: succeeded (``done_keys``) or failed, read a batch at a time."""
+        for sql in ("SELECT key FROM done_keys", "SELECT key FROM failures"):
+            cursor = self._conn.execute(sql)
+            while rows := cursor.fetchmany(1000):
+                for (key,) in rows:
+                    yield key
 
     # Recording, from the recorder thread.
 
@@ -607,6 +621,7 @@ class Journal:
 
     def close(self) -> None:
         """Close the database (which folds the WAL back in) and let other processes open the run."""
+        close_keys(self._settled)
         try:
             self._conn.close()
         except sqlite3.Error:  # folding the WAL back in needs space; the WAL itself keeps every commit
