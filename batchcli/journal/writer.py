@@ -25,7 +25,7 @@ from batchcli.errors import JournalError
 from batchcli.outcome import KEYED_DONE_BACKLOG_MAX, Failure, Sealed, Tally, writable
 from batchcli.journal.records import failure_line, json_form, json_text, row_lines
 from batchcli.journal.batches import BATCHES_TABLE, write_sealed
-from batchcli.journal.keyindex import KeyIndex, KeySet, close_keys, key_set
+from batchcli.journal.keyindex import KeyIndex, KeySet, key_set
 from batchcli.journal.results import RESULTS_TABLE, Kept, write_results
 from batchcli.journal.rundir import (
     FORMAT, JOURNAL_NAME, RunLock, check_format, check_safe, check_writable, connect, damaged, live_states, no_room,
@@ -160,8 +160,6 @@ class Journal:
         """The share of the source a shard run processes (``--shard``); None for the whole source."""
         self._keys_count = int(row[1]) if self.keyed else 0
         self._pending: dict[int, Any] = {}
-        self._settled: KeySet = frozenset()
-        """A keyed run's keys earlier sessions settled, which this session skips (``skip_settled``)."""
         self._unwritten: list[tuple[Any, ...]] = []
         self._unwritten_keys: list[Any] = []
         self._unwritten_results: list[tuple[Any, ...]] = []
@@ -334,7 +332,7 @@ class Journal:
         """``items`` without those an earlier session settled; ``key_of`` is the source's ``item_key``."""
         if self.keyed:
             count = self._conn.execute("SELECT (SELECT count(*) FROM done_keys) + (SELECT count(*) FROM failures)")
-            settled = self._settled = key_set(count.fetchone()[0], self._settled_keys())
+            settled = key_set(count.fetchone()[0], self._settled_keys())
             if isinstance(settled, KeyIndex):
                 log.info("Resuming: the %s keys settled earlier are looked up on disk, not held in memory.",
                          f"{len(settled):,}")
@@ -621,7 +619,6 @@ class Journal:
 
     def close(self) -> None:
         """Close the database (which folds the WAL back in) and let other processes open the run."""
-        close_keys(self._settled)
         try:
             self._conn.close()
         except sqlite3.Error:  # folding the WAL back in needs space; the WAL itself keeps every commit
