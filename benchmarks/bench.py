@@ -13,6 +13,7 @@ missed. See docs/architecture.md for where the per-item time goes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -29,6 +30,7 @@ NOOP = HERE / "jobs" / "noop.py"
 FAIL = HERE / "jobs" / "fail.py"
 HTTP_JOB = HERE / "jobs" / "api_client.py"
 RESULTS_JOB = HERE / "jobs" / "results.py"
+KEYED_JOB = HERE / "jobs" / "keyed.py"
 
 
 # ---------------------------------------------------------------- children: one measurement each
@@ -170,6 +172,22 @@ def after_start(job: str, count: int, concurrency: int, extra: dict[str, str]) -
 _run_started: list[float] = []
 
 
+def resume_run(run_dir: str, held_max: int) -> float:
+    """``batchcli resume RUN_DIR`` in-process, the keys it skips held in a set up to ``held_max`` of them."""
+    from batchcli.journal import keyindex
+    from batchcli.__main__ import main
+
+    keyindex.KEYS_HELD_MAX = held_max
+    sys.argv = ["batchcli", "resume", run_dir, "-p", "stop_at=-1"]
+    start = time.perf_counter()
+    try:
+        main()
+    except SystemExit as end:
+        if end.code not in (0, None):
+            raise
+    return time.perf_counter() - start
+
+
 def child(argv: list[str]) -> None:
     impl, count, concurrency, sleep_ms, job, extra = argv[0], int(argv[1]), int(argv[2]), float(argv[3]), argv[4], json.loads(argv[5])
     if impl == "loopcpu":
@@ -178,6 +196,9 @@ def child(argv: list[str]) -> None:
         elapsed = bare_pool(count, concurrency, sleep_ms)
     elif impl in ("bare_http", "aiometer"):
         elapsed = http_pool(count, concurrency, extra["url"], impl)
+    elif impl == "resume":
+        with contextlib.redirect_stdout(sys.stderr):  # the run's own lines: stdout carries the measurement
+            elapsed = resume_run(extra["run_dir"], int(extra["held_max"]))
     elif impl == "after_start":
         elapsed = after_start(job, count, concurrency, extra)
     else:
@@ -572,6 +593,53 @@ def results() -> list[Row]:
     ]
 
 
+def keyed_resume() -> list[Row]:
+    """Peak RSS of resuming a keyed run with 1.5M settled keys (looked up on disk) against one with 100k (in a set),
+    and the 1.5M run resumed with its keys in a set, as before the key index."""
+    import shutil
+    import tempfile
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+
+    def killed_run(out: Path, count: int, stop_at: int) -> Path:
+        subprocess.run(
+            [sys.executable, "-m", "batchcli", "exec", str(KEYED_JOB), "-d", str(out), "-p", f"count={count}",
+             "-p", f"stop_at={stop_at}"],
+            capture_output=True, env=env, check=False,
+        )  # fmt: skip
+        return next(out.iterdir())
+
+    def resumed(run: Path, held_max: int) -> dict[str, float]:
+        copy = run.parent.parent / f"{run.parent.name}-{held_max}"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(run.parent, copy, ignore=shutil.ignore_patterns("*.sock"))  # the killed run left its socket
+        return measure("resume", 0, run_dir=str(copy / run.name), held_max=str(held_max))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        large = killed_run(Path(tmp) / "large", 1_600_000, 1_500_000)
+        small = killed_run(Path(tmp) / "small", 200_000, 100_000)
+        on_disk = resumed(large, 1_000_000)
+        in_set = resumed(large, 10**12)
+        few = resumed(small, 1_000_000)
+    growth = on_disk["rss_mb"] - few["rss_mb"]
+    return [
+        (
+            "keyed resume: ~1.5M settled keys on disk vs 100k",
+            f"{on_disk['rss_mb']:.0f} MB, {on_disk['elapsed']:.1f} s",
+            f"{few['rss_mb']:.0f} MB (100k)",
+            "",
+            f"{on_disk['rss_mb']:.0f} MB",
+            growth, 20.0, growth <= 20.0,
+        ),
+        (
+            "  the same 1.5M keys held in a set",
+            f"{in_set['rss_mb']:.0f} MB, {in_set['elapsed']:.1f} s",
+            "", "", f"{in_set['rss_mb']:.0f} MB",
+            in_set["rss_mb"] - few["rss_mb"], float("inf"), True,
+        ),
+    ]
+
+
 SCENARIOS: dict[str, Callable[[], list[Row]]] = {
     "overhead": overhead,
     "io": io_bound,
@@ -585,6 +653,7 @@ SCENARIOS: dict[str, Callable[[], list[Row]]] = {
     "flood": flood,
     "throttled": throttled_api,
     "results": results,
+    "keyed": keyed_resume,
 }
 
 

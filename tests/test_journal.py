@@ -265,3 +265,47 @@ def test_a_key_index_answers_as_the_set_it_stands_for() -> None:
     assert [k in index for k in asked] == [k in held for k in asked]
     assert len(index) == len(held) and sorted(map(repr, index)) == sorted(map(repr, held))
     index.close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_keys_on_disk_are_looked_up_a_batch_at_a_time_with_the_same_outcome(kind: str) -> None:
+    """Past KEYS_HELD_MAX a resume asks the index about a batch of keys at once: the same items go on, in order, the
+    same are skipped and counted, each key waits in ``pending``; an item_key that raises lets the items before it
+    go on first, as one by one, then stops the source."""
+    from batchcli.journal.keyindex import KeyIndex
+    from batchcli.journal.settled import LOOKUP_BATCH, skip_keys
+
+    count = 2 * LOOKUP_BATCH + 7  # two full batches and a short last one
+    settled = KeyIndex(f"k{n}" for n in range(0, count, 3))
+
+    def key_of(item: int) -> str:
+        if item == count - 2:
+            raise ValueError("no key for this one")
+        return f"k{item}"
+
+    def numbered() -> Any:
+        if kind == "sync":
+            return iter(enumerate(range(count)))
+
+        async def items() -> Any:
+            for pair in enumerate(range(count)):
+                yield pair
+
+        return items()
+
+    tally, pending = Tally(), {}
+    taken: list[int] = []
+    skipping = skip_keys(numbered(), settled, key_of, pending, tally)
+    with pytest.raises(ValueError, match="no key for this one"):
+        if kind == "sync":
+            taken.extend(ordinal for ordinal, _ in skipping)
+        else:
+
+            async def drain() -> None:
+                async for ordinal, _ in skipping:
+                    taken.append(ordinal)
+
+            asyncio.run(drain())
+    before = range(count - 2)
+    assert taken == [n for n in before if n % 3] and tally.skipped == len([n for n in before if n % 3 == 0])
+    assert pending == {n: f"k{n}" for n in taken}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import AsyncIterator, Callable, Container, Iterable, Iterator
+import time
 from typing import Any
 
+from batchcli.journal.keyindex import KeyIndex
 from batchcli.outcome import Tally, clip, runs, writable
 
 Numbered = Iterator[tuple[int, Any]] | AsyncIterator[tuple[int, Any]]
@@ -158,9 +160,99 @@ def skip_keys(
 ) -> Numbered:
     """``items`` without those whose key is in ``settled``; the others' keys go to ``pending`` by ordinal,
     where the journal picks them up when the item settles."""
+    if isinstance(settled, KeyIndex):
+        if isinstance(items, Iterator):
+            return _skip_indexed(items, settled, key_of, pending, tally)
+        return _askip_indexed(items, settled, key_of, pending, tally)
     if isinstance(items, Iterator):
         return _skip_keys(items, settled, key_of, pending, tally)
     return _askip_keys(items, settled, key_of, pending, tally)
+
+
+LOOKUP_BATCH = 500
+"""Items whose keys a ``KeyIndex`` is asked about at once: 0.6 µs a key, against 1.5-3 µs asked one by one."""
+LOOKUP_WAIT_S = 0.005
+"""A batch is looked up once it is this old, however few its items: a slow Source's items are not held back for
+the next ones (a batch waits at most for one slow item after this)."""
+
+
+def _skip_indexed(
+    items: Iterator[tuple[int, Any]],
+    settled: KeyIndex,
+    key_of: Callable[[Any], Any],
+    pending: dict[int, Any],
+    tally: Tally,
+) -> Iterator[tuple[int, Any]]:
+    """``_skip_keys`` for keys on disk: looked up a batch at a time."""
+    clock = time.monotonic
+    while True:
+        batch: list[tuple[int, Any, Any]] = []
+        error: Exception | None = None
+        started = clock()
+        try:
+            for ordinal, item in items:
+                batch.append((ordinal, item, _key(key_of, item)))
+                if len(batch) >= LOOKUP_BATCH or clock() - started >= LOOKUP_WAIT_S:
+                    break
+            else:
+                items = iter(())  # exhausted: this batch is the last
+        except Exception as raised:  # the items before it go on first, as they did one by one
+            error = raised
+        yield from _unsettled(batch, settled, pending, tally)
+        if error is not None:
+            raise error
+        if not batch:
+            return
+
+
+async def _askip_indexed(
+    items: AsyncIterator[tuple[int, Any]],
+    settled: KeyIndex,
+    key_of: Callable[[Any], Any],
+    pending: dict[int, Any],
+    tally: Tally,
+) -> AsyncIterator[tuple[int, Any]]:
+    """``_askip_keys`` for keys on disk: looked up a batch at a time."""
+    clock = time.monotonic
+    exhausted = False
+    while not exhausted:
+        batch: list[tuple[int, Any, Any]] = []
+        error: Exception | None = None
+        started = clock()
+        try:
+            while len(batch) < LOOKUP_BATCH and clock() - started < LOOKUP_WAIT_S:
+                try:
+                    ordinal, item = await items.__anext__()
+                except StopAsyncIteration:
+                    exhausted = True
+                    break
+                batch.append((ordinal, item, _key(key_of, item)))
+        except Exception as raised:
+            error = raised
+        for taken in _unsettled(batch, settled, pending, tally):
+            yield taken
+        if error is not None:
+            raise error
+
+
+def _key(key_of: Callable[[Any], Any], item: Any) -> Any:
+    key = key_of(item)
+    if key is None:
+        raise _no_key(key_of, item)
+    return normal_key(key)
+
+
+def _unsettled(
+    batch: list[tuple[int, Any, Any]], settled: KeyIndex, pending: dict[int, Any], tally: Tally
+) -> Iterator[tuple[int, Any]]:
+    """The items of ``batch`` whose key ``settled`` does not hold, their keys put in ``pending``."""
+    known = settled.among([key for _, _, key in batch])
+    for ordinal, item, key in batch:
+        if key in known:
+            tally.skipped += 1
+            continue
+        pending[ordinal] = key
+        yield ordinal, item
 
 
 def _skip_keys(
