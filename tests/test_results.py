@@ -906,3 +906,20 @@ def test_results_holding_a_lone_surrogate_export_with_it_escaped(cli, tmp_path: 
     assert list(csv.reader(io.StringIO((tmp_path / "r.csv").read_text(encoding="utf-8"))))[2] == [
         "1", "caf\\udce9.txt", "new-caf\\udce9.txt"
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("executor", ["async", "process"])
+def test_values_that_lend_out_their_memory_come_back_as_themselves_not_as_bytes(cli, tmp_path: Path, executor: str) -> None:
+    """marshal writes any object with a buffer (an array.array, a numpy value) as bytes: such results were kept as
+    their raw memory, and read_results gave back b'\\x00\\x00...' for a float array. They are pickled now."""
+    ran = cli("exec", PROJECT / "buffers.py", "-d", "out", "-p", "count=30", "-p", f"executor={executor}")
+    assert ran.exit_code == 0, ran.output
+    values = {r.ordinal: r.value for r in batchcli.read_results(ran.run_dir)}
+    assert len(values) == 30
+    for n, value in values.items():
+        if n % 3 == 0:
+            assert type(value) is array and value == array("d", [n, n + 0.5]), value
+        elif n % 3 == 1:
+            assert value["n"] == n and type(value["values"]) is array and value["values"] == array("q", [n]), value
+        else:
+            assert value == {"n": n}

@@ -16,7 +16,7 @@ from batchcli.executors.calls import USER_ERRORS, ItemCalls, ours
 from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler, throttled_before
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, throttle_of
-from batchcli.journal.batches import MARSHAL_VERSION
+from batchcli.journal.batches import MARSHAL_VERSION, plain
 from batchcli.journal.results import Encoding, encode_other
 from batchcli.load.configuration import Configuration
 from batchcli.outcome import FAILURE_BACKLOG_MAX, KEPT_OVERHEAD, RECORDER_WAIT_S, SEALED_OVERHEAD, Tally
@@ -279,7 +279,7 @@ class AsyncExecutor:
         if not count:
             return False
         try:
-            data: bytes | None = _marshal(results, MARSHAL_VERSION)
+            data: bytes | None = plain(results)
         except (ValueError, TypeError):
             data = None
         if data is None or len(data) > SEAL_ROW_MAX:
@@ -317,7 +317,7 @@ class AsyncExecutor:
             text, blob = result.encoded
         else:
             try:
-                text, blob = _marshal(result, MARSHAL_VERSION), None  # plain data, the common case: encode's first try
+                text, blob = plain(result), None  # plain data, the common case: encode's first try
             except (ValueError, TypeError):
                 try:
                     text, blob = encode_other(result)  # marshal just refused it
@@ -543,7 +543,7 @@ class AsyncExecutor:
         if not count:
             return
         try:
-            data = _marshal(self._results[:count], MARSHAL_VERSION)
+            data = plain(self._results[:count])
         except (ValueError, TypeError):
             return
         if len(data) > SEAL_ROW_MAX:
