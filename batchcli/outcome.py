@@ -139,9 +139,35 @@ def error_text(error: BaseException) -> str:
         return f"<str() of this {type(error).__qualname__} raised {type(broken).__qualname__}>"
 
 
+class ShownItem:
+    """An item as a failure line shows it, already written out (``SecretMask`` puts it in place of an item whose
+    repr must have the job's secrets masked); ``_short_repr`` writes its text as it is."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def masked_repr(item: Any, secrets: tuple[str, ...], width: int) -> str:
+    """``repr(item)`` with ``secrets`` (``secret_texts``) masked, then cut to ``width``: masked whole before it is
+    cut, so no part of a secret shows (an item that is a URL with its api_key, say)."""
+    from batchcli.load.secret import mask_texts
+
+    if type(item) is ShownItem:  # masked already (each of the run's handlers filters the same record)
+        return item.text  # type: ignore[no-any-return]
+    try:
+        text = repr(item)
+    except Exception:  # a __repr__ that raises; an int past the interpreter's 4300 digits
+        return f"<{type(item).__qualname__} object>"
+    return clip(mask_texts(text, secrets), width)
+
+
 def _short_repr(item: Any) -> str:
     try:
         kind = type(item)
+        if kind is ShownItem:
+            return item.text  # type: ignore[no-any-return]
         if kind is int or (kind is str and len(item) <= 20):  # what reprlib would write, without its dispatch
             text = repr(item)
             if len(text) <= 30:

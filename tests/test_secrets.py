@@ -161,3 +161,27 @@ def test_storable_wiring_drops_secrets_and_a_rebuild_asks_for_them(cli: Any) -> 
     rebuilt = build_job(load_project(str(SECRETS)), stored, environ={"BATCHCLI_API_TOKEN": TOKEN})
     assert rebuilt.params["api_token"] == TOKEN
     assert job.public_params()["api_token"] == Secret.mask
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_an_item_that_holds_a_secret_is_shown_masked_in_failure_lines_and_by_dry_run(cli: Any, log_format: str) -> None:
+    """A failure line showed the item's repr as it was: a URL with its key, on the console and in the log, while
+    its message beside it was masked; and --dry-run listed it among the first items. The item itself is kept as
+    given in failed.jsonl, which retry processes again."""
+    urls = PROJECTS / "ux_secrets" / "urls.py"
+    outcome = cli("exec", urls, "-d", "out", "--log-format", log_format, "-p", f"token={TOKEN}")
+    assert outcome.exit_code == 1, outcome.output
+    log = (outcome.run_dir / "batchcli.log").read_text()
+    assert TOKEN not in outcome.output and TOKEN not in log
+    if log_format == "json":  # the log file and, with no terminal, the output: a line per failure each
+        for text in (log, outcome.output):
+            failed = [json.loads(line) for line in text.splitlines() if '"item_failed"' in line]
+            assert [f["item"] for f in failed] == ["'https://api.example/items/1?key=********'"]
+    else:
+        flat = " ".join(outcome.output.split())
+        assert "Item #1 ('https://api.example/items/1?key=********')" in flat, flat
+        assert "Item #1 ('https://api.example/items/1?key=********') failed after 1 attempt" in log
+    assert outcome.failed[0]["input"] == f"https://api.example/items/1?key={TOKEN}"
+    dry = cli("exec", urls, "--dry-run", "-p", f"token={TOKEN}")
+    assert dry.exit_code == 0 and TOKEN not in dry.output
+    assert "https://api.example/items/0?key=********" in dry.output

@@ -6,6 +6,8 @@ import logging
 from collections.abc import Mapping
 from typing import ClassVar, TypeVar
 
+from batchcli.outcome import ShownItem, masked_repr
+
 V = TypeVar("V")
 
 
@@ -142,6 +144,10 @@ class SecretMask(logging.Filter):
         mask_secrets(record)
         secrets = self.secrets
         if not secrets:
+            return True
+        failures = getattr(record, "failures", None)
+        if failures is not None:  # a FailureBatch: messages and tracebacks came masked; each item's repr now
+            record.failures = [f._replace(item=ShownItem(masked_repr(f.item, secrets, 60))) for f in failures]
             return True
         try:
             message = record.getMessage()

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from batchcli.journal.rundir import message_shape
-from batchcli.outcome import Failure, Tally, clip, shown
+from batchcli.outcome import Failure, Tally, clip, masked_repr, shown
 
 LINES_PER_SECOND = 3
 """Individual failure lines the console prints at most per second; the others are only counted."""
@@ -70,12 +70,17 @@ def first_line(message: str, width: int = MESSAGE_WIDTH) -> str:
     return clip(line + " …" if rest else line, width)
 
 
-def failure_line(failure: Failure) -> str:
-    """The console line of one failure (the log file has the same one, with the whole message and its traceback)."""
-    try:
-        item = _item_repr.repr(failure.item)
-    except Exception:
-        item = f"<{type(failure.item).__qualname__} object>"
+def failure_line(failure: Failure, secrets: tuple[str, ...] = ()) -> str:
+    """The console line of one failure (the log file has the same one, with the whole message and its traceback);
+    ``secrets`` masked in the item's repr (its message and traceback came masked)."""
+    if secrets:
+        item = masked_repr(failure.item, secrets, 60)
+    else:
+        try:
+            item = _item_repr.repr(failure.item)
+        except Exception:
+            item = f"<{type(failure.item).__qualname__} object>"
+    item = shown(item)  # a __repr__ of the job's may hold an escape sequence
     plural = "" if failure.attempts == 1 else "s"
     kind = shown(failure.error_type)
     error = f"{kind}: {first_line(failure.error_message)}" if failure.error_message else kind
@@ -135,7 +140,7 @@ class FailureReport:
                     self._window_start, self._window_lines = now, 0
                 if self._window_lines < self._lines_per_second:
                     self._window_lines += 1
-                    lines.append(Text.assemble(("failed ", "red"), failure_line(failure)))
+                    lines.append(Text.assemble(("failed ", "red"), failure_line(failure, self._tally.secrets)))
                 else:
                     if group.hidden == 0 and not group.announced_at:
                         group.announced_at = now  # the first announcement waits a full period too

@@ -26,7 +26,7 @@ from batchcli.journal.resumption import defines_item_key
 from batchcli.journal.shards import position_in_source
 from batchcli.load.project import format_user_traceback
 from batchcli.load.configuration import RuntimeFieldUnset
-from batchcli.load.secret import Secret, unset
+from batchcli.load.secret import Secret, mask_texts, secret_texts, unset
 from batchcli.load.source import is_async_source, source_length
 
 if TYPE_CHECKING:
@@ -80,8 +80,10 @@ def preview(job: Job, continuation: Continuation, console: Console | None = None
     if selection is not None and not selection.takes_all:
         grid.add_row("selection", Text(selection.describe()))
     grid.add_row("items", Text(count))
+    secrets = secret_texts(job.params, job.config)  # an item may hold one (a URL with its api_key), as failures do
     for n, (ordinal, item) in enumerate(first):
-        grid.add_row("first items" if n == 0 else "", Text(f"#{ordinal:<5} {_one_line(json_text(json_form(item)))}"))
+        shown_item = _one_line(mask_texts(json_text(json_form(item)), secrets))  # masked whole, then cut
+        grid.add_row("first items" if n == 0 else "", Text(f"#{ordinal:<5} {shown_item}"))
     console.print(Text("Dry run: the job was loaded and wired (constructors ran); nothing was set up or processed, "
                        "and no run directory was made.", "bold"), soft_wrap=True)
     console.print(grid)
