@@ -185,3 +185,16 @@ def test_an_item_that_holds_a_secret_is_shown_masked_in_failure_lines_and_by_dry
     dry = cli("exec", urls, "--dry-run", "-p", f"token={TOKEN}")
     assert dry.exit_code == 0 and TOKEN not in dry.output
     assert "https://api.example/items/0?key=********" in dry.output
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_secret_quoted_by_the_jobs_own_checks_is_masked_in_the_error(cli: Any, log_format: str) -> None:
+    """A configuration check or a constructor that refused a secret, quoting it, had it printed in the error as it
+    was ("Invalid configuration Checked: api_key sk... must start with sk-"); a setup() error was already masked."""
+    job = PROJECTS / "secret_checks" / "job.py"
+    refused = cli("exec", job, "--log-format", log_format, "-p", "api_key=pk-4f1e9a2b77")
+    assert refused.exit_code == 2, refused.output
+    assert "pk-4f1e9a2b77" not in refused.output and "api_key ******** must start with sk-" in refused.output
+    failed = cli("exec", job, "--log-format", log_format, "-p", "token=bad-9c1d7e4f")
+    assert failed.exit_code != 0, failed.output
+    assert "bad-9c1d7e4f" not in failed.output and "auth failed for token ********" in failed.output

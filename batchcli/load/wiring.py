@@ -22,7 +22,7 @@ from batchcli.load.fields import layout
 from batchcli.load.inject import inject_spec
 from batchcli.load.params import ParamSpec, constructor, constructor_hints, param_specs, unwrap_param
 from batchcli.load.project import Project, exit_hint, format_user_traceback
-from batchcli.load.secret import is_secret_type, masked_values
+from batchcli.load.secret import is_secret_type, mask_texts, masked_values, secret_texts
 from batchcli.load.service import Service, retry_classes
 from batchcli.load.source import Source
 
@@ -123,14 +123,17 @@ def build_job(
             f"Give {listing} (or set {variables} in the environment)."
         )
 
+    # A check of the job's own may quote the value it refused, a secret too ("api_key sk-... must start with sk-").
+    secrets = secret_texts(cast_values)
     try:
         config = build_configuration(config_cls, {n: v for n, v in cast_values.items() if n in fields})
         Configuration.check(config)  # again: a subclass's own __post_init__ may not call Configuration's
     except ValueError as error:
         named = "" if config_cls is Configuration else f" {config_cls.__name__}"  # the default class: no name to give
-        raise UsageError(f"Invalid configuration{named}: {error}") from error
+        raise UsageError(mask_texts(f"Invalid configuration{named}: {error}", secrets)) from error
     except Exception as error:
-        raise UserCodeError(f"Building {config_cls.__name__} failed:\n{format_user_traceback(error)}", error) from error
+        message = f"Building {config_cls.__name__} failed:\n{format_user_traceback(error)}"
+        raise UserCodeError(mask_texts(message, secrets), error) from error
 
     container = Container()
     for key in config_cls.__mro__:
@@ -344,9 +347,8 @@ def _construct(container: Container, cls: type, values: dict[str, Any]) -> Any:
     try:
         return cls(**kwargs)
     except (Exception, SystemExit) as error:
-        raise UserCodeError(
-            f"Building {cls.__qualname__} failed:\n{format_user_traceback(error)}{exit_hint(error, 'building it')}", error
-        ) from error
+        message = f"Building {cls.__qualname__} failed:\n{format_user_traceback(error)}{exit_hint(error, 'building it')}"
+        raise UserCodeError(mask_texts(message, secret_texts(values)), error) from error  # it may quote a secret
 
 
 def _resolvable(container: Container, key: Any) -> bool:
