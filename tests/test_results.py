@@ -923,3 +923,25 @@ def test_values_that_lend_out_their_memory_come_back_as_themselves_not_as_bytes(
             assert value["n"] == n and type(value["values"]) is array and value["values"] == array("q", [n]), value
         else:
             assert value == {"n": n}
+
+
+@pytest.mark.parametrize("char", ["x", "é"])
+def test_a_result_too_large_for_the_journal_fails_its_item_and_the_run_goes_on(cli, tmp_path: Path, monkeypatch, char: str) -> None:
+    """A result past SQLite's limit on a row (1 GB) failed every flush as if the disk were full: the run stopped,
+    and every resume stopped the same way. It fails its own item now, naming its size (the limit lowered here: the
+    same check, without a gigabyte); a str is measured in UTF-8 bytes."""
+    monkeypatch.setattr("batchcli.journal.results.RESULT_BYTES_MAX", 1_000_000)
+    # Below it, as the real 64 MB is below 900 MB: a batch that large is kept result by result, each one measured.
+    monkeypatch.setattr("batchcli.executors.asyncpool.SEAL_ROW_MAX", 500_000)
+    size = 600_000  # 600,000 bytes as "x", 1.2 MB as "é"
+    ran = cli("exec", PROJECT / "large.py", "-d", "out", "-p", f"size={size}", "-p", f"char={char}", "-p", "max_retries=0")
+    if char == "x":
+        assert ran.exit_code == 0, ran.output
+        assert len([r for r in batchcli.read_results(ran.run_dir)]) == 5
+        return
+    assert ran.exit_code == 1, ran.output
+    assert ran.summary["succeeded"] == 4 and ran.summary["failed"] == 1 and ran.summary["status"] == "finished"
+    [failure] = ran.failed
+    assert failure["ordinal"] == 2 and failure["error_type"] == "batchcli.journal.results.UnkeepableResult"
+    assert "too large to keep: 1,200,0" in failure["error_message"], failure["error_message"]
+    assert [r.ordinal for r in batchcli.read_results(ran.run_dir)] == [0, 1, 3, 4]

@@ -17,7 +17,7 @@ from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler, throttled_before
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, throttle_of
 from batchcli.journal.batches import MARSHAL_VERSION, plain
-from batchcli.journal.results import Encoding, encode_other
+from batchcli.journal.results import Encoded, Encoding, encode_other, fits
 from batchcli.load.configuration import Configuration
 from batchcli.outcome import FAILURE_BACKLOG_MAX, KEPT_OVERHEAD, RECORDER_WAIT_S, SEALED_OVERHEAD, Tally
 
@@ -317,13 +317,14 @@ class AsyncExecutor:
             text, blob = result.encoded
         else:
             try:
-                text, blob = plain(result), None  # plain data, the common case: encode's first try
-            except (ValueError, TypeError):
                 try:
-                    text, blob = encode_other(result)  # marshal just refused it
-                except Exception as error:
-                    self._failed(ordinal, item, attempts, error)
-                    return False
+                    encoded: Encoded = (plain(result), None)  # plain data, the common case: encode's first try
+                except (ValueError, TypeError):
+                    encoded = encode_other(result)  # marshal just refused it
+                text, blob = fits(encoded, result)
+            except Exception as error:
+                self._failed(ordinal, item, attempts, error)
+                return False
         tally.succeeded += 1
         tally.kept.append((ordinal, text, blob))
         tally.kept_bytes += len(text) + KEPT_OVERHEAD

@@ -106,13 +106,33 @@ class Encoding:
         return cls(encode(value))
 
 
+RESULT_BYTES_MAX = 900_000_000
+"""The largest result kept: SQLite holds at most 1,000,000,000 bytes in a row. One larger failed every flush as if
+the disk were full ("string or blob too big"), so the run stopped for good, and every resume after it."""
+
+
 def encode(value: Any) -> Encoded:
     """``value`` as stored: marshalled when it is plain data (``journal.batches``), else JSON when JSON can
-    write it, else pickled; ``UnkeepableResult`` when none can."""
+    write it, else pickled; ``UnkeepableResult`` when none can, or when it is too large to keep."""
     plain = dump(value)
     if plain is not None:
-        return plain, None
-    return encode_other(value)
+        return fits((plain, None), value)
+    return fits(encode_other(value), value)
+
+
+def fits(encoded: Encoded, value: Any) -> Encoded:
+    """``encoded`` when a journal row can hold it; else ``UnkeepableResult`` for ``value``, naming its size."""
+    text, blob = encoded
+    size = len(text) + (len(blob) if blob is not None else 0)
+    if type(text) is str and len(text) * 4 > RESULT_BYTES_MAX:  # a character is up to 4 bytes in UTF-8
+        size += len(text.encode("utf-8", "surrogatepass")) - len(text)
+    if size <= RESULT_BYTES_MAX:
+        return encoded
+    raise UnkeepableResult(
+        f"process() returned {_shown(value)} ({type(value).__qualname__}), which is too large to keep: {size:,} bytes "
+        f"encoded, and the journal keeps at most {RESULT_BYTES_MAX:,} bytes a result (SQLite's limit on a row). "
+        "Store such a value yourself (a file, a bucket) and return where it is."
+    )
 
 
 def decode(text: str | bytes, blob: bytes | None) -> Any:
