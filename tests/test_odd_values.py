@@ -129,3 +129,25 @@ def test_a_failed_input_whose_class_cannot_rebuild_it_is_named_and_can_be_left_o
     assert "restore that class" not in said and "Its class's unpickling code" in said and "Traceback" not in said
     others = cli("retry", ran.run_dir, "-d", "out", "--no-shell", "-p", "ok=true", "--error-type", "ValueError")
     assert others.exit_code == 0 and "Finished: 5 succeeded, 0 failed of 5" in " ".join(others.output.split()), others.output
+
+
+@pytest.mark.parametrize("raise_in", ["setup", "iter", "finish"])
+def test_an_error_whose_str_raises_ends_the_run_with_its_summary(cli, raise_in: str) -> None:
+    """An exception whose __str__ raises, from setup(), the Source or finish(), crashed batchcli itself as it wrote
+    summary.json: our traceback, exit 1 instead of 3, no summary. Raised in process() it was already handled."""
+    outcome = cli("exec", PROJECTS / "odd_values" / "broken_str.py", "-d", "out", "-p", f"raise_in={raise_in}")
+    assert outcome.exit_code == 3, outcome.output
+    fatal = outcome.summary["fatal"]
+    assert fatal["type"] == "Broken" and fatal["message"] == "<str() of this Broken raised RuntimeError>", fatal
+    assert "report.py" not in outcome.output
+
+
+def test_a_param_with_bytes_that_are_not_utf8_is_kept_escaped_and_the_run_ends_well(run_batchcli) -> None:
+    """A -p value with bytes that are not UTF-8 (Python holds them as lone surrogates) crashed the run as it wrote
+    summary.json, after every item had succeeded, and each resume crashed the same way. It is written escaped."""
+    label = b"caf\xff\xfe".decode("utf-8", "surrogateescape")
+    ran = run_batchcli("exec", PROJECTS / "odd_values" / "broken_str.py", "-d", "out", "-p", f"label={label}")
+    assert ran.exit_code == 0, ran.output
+    summary = json.loads((ran.run_dir / "summary.json").read_bytes().decode("utf-8"))  # valid UTF-8, strictly
+    assert summary["params"]["label"] == label and summary["succeeded"] == 3
+    assert not list(ran.run_dir.glob("*.tmp"))

@@ -368,11 +368,15 @@ def _ordinal_of(line: bytes) -> int | None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` atomically: a reader sees the old file or the new one, never half of one."""
+    """Write ``data`` atomically: a reader sees the old file or the new one, never half of one.
+
+    A str that UTF-8 cannot carry (a ``-p`` value or a file name with bytes that are not UTF-8, held by Python as
+    lone surrogates) is written as its JSON escape (``\\udcff``), which reads back as it was: written as it was,
+    it raised, and every session of such a run crashed at its end, the resumes too."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.write_bytes((json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace"))
         os.replace(tmp, path)
-    except OSError:
+    except BaseException:
         tmp.unlink(missing_ok=True)  # a half-written copy would only take more of a full disk
         raise

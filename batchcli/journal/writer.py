@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from batchcli import __version__
 from batchcli.errors import JournalError
-from batchcli.outcome import KEYED_DONE_BACKLOG_MAX, Failure, Sealed, Tally, writable
+from batchcli.outcome import KEYED_DONE_BACKLOG_MAX, Failure, Sealed, Tally, error_text, writable
 from batchcli.journal.records import failure_line, json_form, json_text, row_lines
 from batchcli.journal.batches import BATCHES_TABLE, write_sealed
 from batchcli.journal.keyindex import KeyIndex, KeySet, key_set
@@ -602,7 +602,7 @@ class Journal:
         now = time.time()
         fatal_json = None
         if fatal is not None:
-            message = mask_texts(str(fatal), self.tally.secrets)
+            message = mask_texts(error_text(fatal), self.tally.secrets)
             error = {"type": type(fatal).__qualname__, "message": message, "traceback": fatal_traceback}
             fatal_json = json.dumps(error)
         with self._conn:

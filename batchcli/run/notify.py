@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from batchcli import __version__
 from batchcli.load.secret import mask_texts
+from batchcli.outcome import error_text
 
 log = logging.getLogger("batchcli")
 
@@ -88,7 +89,7 @@ class Notifier:
             failed=result.failed,
             unprocessed=result.unprocessed,
             total=result.total,
-            fatal=None if fatal is None else f"{type(fatal).__qualname__}: {fatal}",
+            fatal=None if fatal is None else f"{type(fatal).__qualname__}: {error_text(fatal)}",
             reason=result.stop_reason,
         )
 

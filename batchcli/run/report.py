@@ -14,7 +14,7 @@ from batchcli.errors import RunDirGoneError, RunDirWriteError
 from batchcli.journal.records import json_form, write_json
 from batchcli.load.project import format_user_traceback
 from batchcli.load.secret import mask_texts
-from batchcli.outcome import Failure, Tally
+from batchcli.outcome import Failure, Tally, error_text
 
 if TYPE_CHECKING:
     from batchcli.journal.selection import Selection
@@ -168,7 +168,7 @@ def write_summary(
             if fatal is None
             else {
                 "type": type(fatal).__qualname__,
-                "message": mask_texts(str(fatal), journal.tally.secrets),
+                "message": mask_texts(error_text(fatal), journal.tally.secrets),
                 "traceback": mask_texts(format_user_traceback(fatal), journal.tally.secrets),
             },
             "breaker": _breaker_counts(result, breakers or [last.get("breaker")]),
