@@ -646,3 +646,17 @@ def test_a_limited_run_closes_the_sources_generator_and_logs_what_its_finally_ra
     log = (result.run_dir / "batchcli.log").read_text()
     assert "The Source raised while it was closed" in log and "RuntimeError: the cursor did not close" in log, log
     assert 'cursor.py", line 10, in __iter__' in log
+
+
+def test_since_and_until_at_a_failures_own_time_take_it_and_leave_it(cli, tmp_path: Path, failed_run: Path) -> None:
+    """A failure's time copied from failed.jsonl (to the microsecond) and given to --since takes that failure, and
+    to --until leaves it: compared as floats, about half the times fell a hair to the wrong side."""
+    lines = [json.loads(line) for line in (failed_run / "failed.jsonl").read_text().splitlines()]
+    times = sorted(line["failed_at"] for line in lines)
+    for at in times:
+        since = cli("show", failed_run, "--failures", "--since", at)
+        until = cli("show", failed_run, "--failures", "--until", at)
+        later, earlier = sum(t >= at for t in times), sum(t < at for t in times)
+        assert f": {later} of 3" in " ".join(since.output.split()), (at, since.output)
+        if earlier:
+            assert f": {earlier} of 3" in " ".join(until.output.split()), (at, until.output)

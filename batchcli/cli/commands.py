@@ -335,7 +335,7 @@ def retry(
     match: str | None = typer.Option(None, "--match", help=MATCH_HELP, metavar="REGEX"),
     since: str | None = typer.Option(None, "--since", help=SINCE_HELP, metavar="WHEN"),
     until: str | None = typer.Option(None, "--until", help=UNTIL_HELP, metavar="WHEN"),
-    limit: int | None = typer.Option(None, "--limit", help="At most N failures, in the order they failed.", metavar="N"),
+    limit: int | None = typer.Option(None, "--limit", help="At most N failures: the first in each session's source order, earliest session first.", metavar="N"),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the failures that would be retried, and exit."),
 ) -> None:
     """Reprocess exactly the inputs that failed in RUN_DIR (a run, or every shard of a group), in a new run directory."""

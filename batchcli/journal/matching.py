@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import importlib
 import re
+import math
 import shlex
 import sys
 from collections.abc import Callable
@@ -40,7 +41,7 @@ class FailureFilter:
     until: float | None = None
     """Epoch seconds: only items that failed before this."""
     limit: int | None = None
-    """At most this many, in the order they failed in the run (session, then source order)."""
+    """At most this many: the first in source order, the earliest session first (not by the time they failed)."""
 
     @property
     def active(self) -> bool:
@@ -125,6 +126,13 @@ def _moment(option: str, value: str | None) -> float | None:
     return epoch
 
 
+def _micros(epoch: float) -> int:
+    """``epoch`` in whole microseconds, rounded as ``failed.jsonl`` and ``show`` write a time: a failure's time copied
+    from there and given to ``--since`` compares equal to it (as floats, about half of them fell a hair off)."""
+    second = math.floor(epoch)
+    return second * 1_000_000 + round((epoch - second) * 1e6)
+
+
 def _when(epoch: float) -> str:
     """Local time, to the second, or to the microsecond when it has a fraction: the printed "Retry them with:" command
     must select what the filter did."""
@@ -160,6 +168,8 @@ def matching_failures(
     most once when a recorded type's module is not imported yet (``show``); ``retry`` has loaded it already.
     ``unchecked`` gets the recorded types that could not be checked for a subclass of ``--error-type`` (``TypeMatch``).
     """
+    since = None if wanted.since is None else _micros(wanted.since)
+    until = None if wanted.until is None else _micros(wanted.until)
     if wanted.error_type is None:
         is_type = None
     else:
@@ -175,9 +185,9 @@ def matching_failures(
             continue
         if wanted.pattern is not None and not wanted.pattern.search(row.error_message):
             continue
-        if wanted.since is not None and row.failed_at < wanted.since:
+        if since is not None and _micros(row.failed_at) < since:
             continue
-        if wanted.until is not None and row.failed_at >= wanted.until:
+        if until is not None and _micros(row.failed_at) >= until:
             continue
         matched += 1
         if keep is None or len(chosen) < keep:
