@@ -202,3 +202,15 @@ def test_a_path_under_a_directory_the_user_may_not_enter_is_a_clear_error(cli: A
             assert f"Error: Permission denied: '{locked}" in said and "Traceback" not in said, said
     finally:
         os.chmod(locked, 0o700)
+
+
+def test_a_job_path_that_is_not_utf8_is_refused_before_any_run_directory(run_batchcli: Any, tmp_path: Path) -> None:
+    """A job under a directory whose name has bytes that are not UTF-8 raised as its journal was made (our
+    traceback, exit 1) and left a half-made run directory that show called stopped. It is refused first now."""
+    odd = tmp_path / b"jobs_\xff".decode("utf-8", "surrogateescape")
+    odd.mkdir()
+    shutil.copy(RETRIES, odd / "retries_job.py")
+    result = run_batchcli("exec", odd / "retries_job.py", "-d", tmp_path / "out", *FAST)
+    said = refused(result)
+    assert "is not valid UTF-8" in said and "Rename that file or directory to a UTF-8 name" in said, said
+    assert not (tmp_path / "out").exists()

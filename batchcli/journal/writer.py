@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from batchcli import __version__
-from batchcli.errors import JournalError
+from batchcli.errors import JournalError, UsageError
 from batchcli.outcome import KEYED_DONE_BACKLOG_MAX, Failure, Sealed, Tally, error_text, writable
 from batchcli.journal.records import failure_line, json_form, json_text, row_lines
 from batchcli.journal.batches import BATCHES_TABLE, write_sealed
@@ -625,6 +625,20 @@ class Journal:
             pass
         finally:
             self._lock.release()
+
+
+def check_recordable(target: str) -> None:
+    """The job's path must be text the journal can keep (UTF-8): ``resume`` imports the job from it again. A path
+    with bytes that are not UTF-8 (Python holds them as lone surrogates) raised as the journal was made, leaving
+    a half-made run directory; a UsageError before the directory is made now, saying what to rename."""
+    try:
+        stable_target(target).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(
+            f"The job's path {target!r} is not valid UTF-8 (the escaped characters are bytes that are not), and the "
+            "run's journal keeps it as text, for resume to import the job from. Rename that file or directory to a "
+            "UTF-8 name, then run it again."
+        ) from None
 
 
 def _recorded(job: Job, wiring: Wiring) -> tuple[str, list[str], str]:

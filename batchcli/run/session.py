@@ -149,6 +149,7 @@ class Session:
 
     def _run(self, launch: Launch, early: EarlySignals | None) -> RunResult | None:
         from batchcli.executors.base import check_executor
+        from batchcli.journal.writer import check_recordable
         from batchcli.load.configuration import bind_runtime
         from batchcli.load.project import load_project
         from batchcli.load.wiring import build_job
@@ -180,6 +181,7 @@ class Session:
                 preview(job, continuation)
             return None
         try:
+            check_recordable(wiring.target)  # nor for a path the journal cannot keep
             check_executor(job.config)  # bad executor settings are bad input: no run directory for them
             metrics = open_metrics(job.config, job.project.name)  # so is a busy metrics_port
             run_dir, started_at = self._place(continuation, job.project.name)
