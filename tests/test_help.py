@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -160,7 +161,21 @@ def test_help_with_an_unknown_configuration_names_the_choices(cli: Any) -> None:
     """--help with a wrong -c says which configurations exist."""
     outcome = cli("exec", NESTED, "-c", "config_qa", "--help")
     assert outcome.exit_code == 2
-    assert "Unknown configuration 'config_qa'. Available: config_dev, config_prod." in " ".join(outcome.output.split())
+    said = " ".join(outcome.output.split())
+    assert "Unknown configuration 'config_qa' (did you mean 'config_dev'?): there is no config/config_qa.py. " \
+        "Available: config_dev, config_prod." in said, said
+
+
+def test_a_mistyped_configuration_is_named_with_a_guess_not_hidden_by_a_broken_sibling(cli: Any, tmp_path: Path) -> None:
+    """-c config_dve in a project whose config/ also holds a module that does not import: the error was that
+    module's ImportError, and the typo went unmentioned. Now the typo, with the closest name."""
+    project = tmp_path / "proj"
+    shutil.copytree(NESTED, project)
+    (project / "config" / "config_broken.py").write_text("import no_such_module_here\n")
+    outcome = cli("exec", project, "-c", "config_dve")
+    said = " ".join(outcome.output.split())
+    assert outcome.exit_code == 2 and "Unknown configuration 'config_dve' (did you mean 'config_dev'?)" in said, said
+    assert "no_such_module_here" not in said and "Traceback" not in said
 
 
 def complete(*words: str) -> list[str]:

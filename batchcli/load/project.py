@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -108,6 +109,14 @@ class Project:
                 chosen = [c for c in self._choices() if c.__module__ == module]
                 if len(chosen) == 1:
                     return chosen[0]
+            else:
+                # A module's name with no such module: a typo. Said so without importing the others, one of which
+                # may be broken, so that its import error stood in place of the typo ("-c config_dve").
+                modules = sorted(p.stem for p in self.config_dir.glob("config_*.py"))
+                close = difflib.get_close_matches(name, modules, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                listing = ", ".join(modules) if modules else "none"
+                raise UsageError(f"Unknown configuration {name!r}{hint}: there is no config/{name}.py. Available: {listing}.")
         leaves = self._load_configurations()
         if name is None:
             if not leaves:
