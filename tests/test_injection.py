@@ -167,3 +167,26 @@ def test_a_list_element_in_double_quotes_keeps_its_commas(cli) -> None:
     assert observed(default.run_dir, "values.json")["tags"] == [["Smith, J", "plain"], "list"]
     shown = " ".join(cli("exec", TYPED, "--help").output.split())
     assert '"Smith, J",plain' in shown  # the default as it would be typed, quoted where it must be
+
+
+def test_two_copies_of_a_job_in_a_project_are_named_as_two_sources(cli, tmp_path: Path) -> None:
+    """A directory project holding a job and its copy (job.py, job_old.py), with an Enum param: the error said
+    "Param 'color' is declared as <enum 'Color'> in Rows and as <enum 'Color'> in Rows", since each copy has its
+    own Enum. The two Sources are named first now."""
+    project = tmp_path / "proj"
+    project.mkdir()
+    job = (
+        "import enum\n"
+        "from batchcli import Param, Service, Source, inject\n"
+        "class Color(enum.Enum):\n    RED = 'red'\n"
+        "@inject\nclass Rows(Source[int]):\n"
+        "    def __init__(self, color: Param[Color] = Color.RED) -> None:\n        self.color = color\n"
+        "    def __iter__(self):\n        return iter(range(2))\n"
+        "@inject\nclass Work(Service[int]):\n    async def process(self, item: int) -> None:\n        pass\n"
+    )
+    (project / "job.py").write_text(job)
+    (project / "job_old.py").write_text(job)
+    outcome = cli("exec", project)
+    said = " ".join(outcome.output.split())
+    assert outcome.exit_code != 0 and "The project has 2 Source classes: proj.job.Rows, proj.job_old.Rows" in said, said
+    assert "declared as" not in said

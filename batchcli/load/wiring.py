@@ -104,6 +104,9 @@ def build_job(
     """
     config_cls = project.configuration(wiring.config_name)
     classes = project.injectables()
+    # Two copies of a job (job.py and job_old.py) are two Sources: said first, not as a clash of their params' types.
+    source_cls = _the_one(classes, Source, "Source", project)
+    service_cls = _the_one(classes, Service, "Service", project)
     params = collect_params(classes)
     config_layout = layout(config_cls)
     fields = {n: spec.annotation for n, spec in config_layout.leaves.items()}
@@ -139,8 +142,6 @@ def build_job(
     for key in config_cls.__mro__:
         if isinstance(key, type) and issubclass(key, Configuration):
             container[key] = config
-    source_cls = _the_one(classes, Source, "Source", project)
-    service_cls = _the_one(classes, Service, "Service", project)
     _check_defined(source_cls, service_cls)
     # Most derived first, so a parent class is aliased to the leaf that extends it.
     for cls in sorted(classes, key=lambda c: -len(c.__mro__)):
