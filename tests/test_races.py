@@ -187,6 +187,25 @@ def test_skip_done_in_a_run_that_is_still_running_is_refused(cli: Any, tmp_path:
         run.wait(timeout=60)
 
 
+def test_the_failures_of_a_live_run_are_listed_as_provisional(cli: Any, tmp_path: Path) -> None:
+    """retry --dry-run and show --failures of a run still running ended with "Retry them with: batchcli retry
+    RUN", which retry then refused (the run is live). They say the list may grow and to retry once it ended."""
+    out = tmp_path / "first"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    run = start("exec", KEYED, "-d", out, "-p", "count=2000", "-p", "delay_s=0.02", "-p", f"log_dir={logs}", stderr=tmp_path / "first.txt")
+    try:
+        run_dir = one_run(out)
+        wait_for(lambda: read_run(run_dir).failed > 0, "the run to journal its failure")
+        for listing in (cli("retry", run_dir, "--dry-run"), cli("show", run_dir, "--failures")):
+            said = " ".join(listing.output.split())
+            assert listing.exit_code == 0, listing.output
+            assert f"The run is still running, so more may fail. Once it has ended, retry them with: batchcli retry {run_dir}" in said, said
+    finally:
+        run.send_signal(signal.SIGINT)
+        run.wait(timeout=60)
+
+
 def test_a_lowered_concurrency_holds_for_workers_waiting_for_a_rate_slot(tmp_path: Path) -> None:
     """`ctl set concurrency=1` under a rate limit: workers already waiting for their start slot started anyway, and
     the items in flight went on rising to the old 20 (the same after a cool-down)."""

@@ -284,7 +284,11 @@ def show_failures(
     if kept:
         again = f" {wanted.describe()}" if wanted.active else ""
         where, shard = retry or (run_dir, "")
-        parts.append(Text(f"Retry them with: batchcli retry {shlex.quote(str(where))}{shard}{again}", "dim"))
+        command = f"batchcli retry {shlex.quote(str(where))}{shard}{again}"
+        if any(run.status == "running" for run in runs):  # retry refuses a live run: it would do these twice
+            parts.append(Text(f"The run is still running, so more may fail. Once it has ended, retry them with: {command}", "dim"))
+        else:
+            parts.append(Text(f"Retry them with: {command}", "dim"))
     return Group(*parts)
 
 
