@@ -90,6 +90,8 @@ def plain(value: Any) -> bytes:
     data = marshal.dumps(value, MARSHAL_VERSION)
     try:
         same = marshal.loads(data) == value
+    except RecursionError:  # nested deeper than comparing goes (marshal goes to 2,000): kept as marshal wrote it,
+        same = True  # as before the check; JSON and pickle cannot go that deep either
     except Exception:  # a numpy array compared with bytes, say
         same = False
     if same is not True:  # an array's comparison returns an array, not a bool
