@@ -714,3 +714,39 @@ def test_a_keyed_run_waits_for_a_journal_that_falls_behind(tmp_path: Path) -> No
     summary = json.loads(next(out.glob("*/summary.json")).read_text())
     assert summary["failed"] == 0 and summary["succeeded"] + summary["unprocessed"] == count
     assert summary["succeeded"] == len(ledger.read_bytes().splitlines())  # every success journaled, none lost
+
+
+@pytest.mark.parametrize("change, said", [
+    ("n: Param[int] = 5 -> count: Param[int] = 5", "Unknown param"),
+    ("n: Param[int] = 5 -> n: Param[bool] = False", "expects bool"),
+])
+def test_a_value_the_run_recorded_that_the_changed_job_refuses_is_named_as_the_runs(cli, tmp_path: Path, change: str, said: str) -> None:
+    """A run started with -p n=3, then the job's param renamed (or retyped): resume said "Unknown param 'n'", a
+    name the user never typed now, with no word of where it came from, and -p count=3 did not help."""
+    job = tmp_path / "job.py"
+    source = (
+        "import os\n"
+        "from batchcli import Param, Service, Source, inject\n"
+        "@inject\nclass Numbers(Source[int]):\n"
+        "    def __init__(self, n: Param[int] = 5) -> None:\n        self.n = n\n"
+        "    def __iter__(self):\n        return iter(range(self.n))\n"
+        "@inject\nclass Crash(Service[int]):\n"
+        "    async def process(self, item: int) -> None:\n"
+        "        if item == 1 and os.environ.get('CRASH'):\n            os._exit(3)\n"
+    )
+    job.write_text(source)
+    crashed = subprocess.run([sys.executable, "-m", "batchcli", "exec", str(job), "-d", str(tmp_path / "out"), "-p", "n=3"],
+                             capture_output=True, text=True, env=subprocess_env(CRASH="1"), timeout=60)
+    assert crashed.returncode == 3, crashed.stderr
+    run_dir = next((tmp_path / "out").iterdir())
+    before, after = change.split(" -> ")
+    job.write_text(source.replace(before, after).replace("self.n = n", f"self.n = {after.split(':')[0]}"))
+    for extra in ([], ["-p", "count=3"] if "count" in after else ["-p", "n=true"]):
+        resumed = cli("resume", run_dir, *extra)
+        flat = " ".join(resumed.output.split())
+        if extra and "bool" in after:  # the value given again, in the form the job takes now: it runs
+            assert resumed.exit_code in (0, 1), resumed.output
+            continue
+        assert resumed.exit_code == 2, resumed.output
+        assert said in flat and "That value is the run's own: it started with -p n=3, recorded in its journal" in flat, flat
+        assert "Traceback" not in flat

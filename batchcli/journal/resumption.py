@@ -120,6 +120,10 @@ class Resume:
         self._wiring = wired[0]
         return wired
 
+    def explained(self, error: UsageError) -> UsageError:
+        """``error`` with where its value came from, when the run recorded it (``explained``)."""
+        return explained(error, self._earlier, self.overrides, "resume")
+
     def carry_on(self, job: Job) -> Continuation | None:
         """Continue in the run's directory, with its journal (and a retry run's own saved inputs)."""
         assert self._journal is not None and self._earlier is not None, "wiring() first"
@@ -182,6 +186,7 @@ class Retry:
         """What a stop signal during loading leaves behind, for the message."""
         self.types: set[str] | None = None
         """The recorded types ``--error-type`` may name: a group's retry takes them from all its shards."""
+        self._earlier: RunInfo | None = None
 
     def wiring(self) -> tuple[Wiring, dict[str, str]] | None:
         """The run's wiring and secrets; None when it has no failed inputs (``notices`` says so)."""
@@ -204,7 +209,12 @@ class Retry:
             return None
         if self.wanted.error_type is not None:  # an unknown type is bad input: say so before loading anything
             TypeMatch(self.wanted.error_type, set(recorded_types(run_dir)) if self.types is None else self.types, load=None)
+        self._earlier = earlier
         return _rewire(earlier, self.overrides, "retry")
+
+    def explained(self, error: UsageError) -> UsageError:
+        """``error`` with where its value came from, when the run recorded it (``explained``)."""
+        return explained(error, self._earlier, self.overrides, "retry")
 
     def carry_on(self, job: Job) -> Continuation | None:
         """The failed inputs, unpickled now the project is loaded; None when none could be saved."""
@@ -319,6 +329,29 @@ def defines_item_key(source: object) -> bool:
     """True when the source overrides ``Source.item_key``."""
     method = getattr(type(source), "item_key", None)
     return method is not None and method is not Source.item_key
+
+
+def explained(error: UsageError, earlier: RunInfo | None, overrides: dict[str, tuple[str, ...]], command: str) -> UsageError:
+    """``error`` (the job refused a value as it was built) with where the value came from, when it names one the
+    run recorded as it started and that was not given again now: the job changed since (a param renamed, removed
+    or retyped), and "Unknown param 'n'" named a value the user never typed, with no way out."""
+    if earlier is None or isinstance(error, RecordedValueError):
+        return error
+    message = error.format_message()
+    recorded = [n for n in earlier.params if n not in overrides and (f"'{n}'" in message or f"{n}=" in message)]
+    if not recorded:
+        return error
+    given = " ".join(f"-p {n}={','.join(earlier.params[n])}" for n in recorded)
+    return RecordedValueError(
+        f"{message} That value is the run's own: it started with {given}, recorded in its journal, and the job no "
+        f"longer takes it as it was (changed since). {command.capitalize()} cannot drop a recorded value: put the job "
+        f"back as it was to {command} {earlier.run_dir}, or give the value in the form the job takes now with -p, or "
+        "start a new run (with --skip-done-in RUN_DIR, for a Source with item_key, it skips what this run did)."
+    )
+
+
+class RecordedValueError(UsageError):
+    """A value the run recorded as it started, which the job no longer takes (``explained``)."""
 
 
 def _rewire(earlier: RunInfo, overrides: dict[str, tuple[str, ...]], command: str) -> tuple[Wiring, dict[str, str]]:

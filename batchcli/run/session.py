@@ -167,6 +167,12 @@ class Session:
             try:
                 job = build_job(load_project(wiring.target, by_name=wiring.by_name), wiring, environ=environ)
                 continuation = launch.carry_on(job)
+            except UsageError as error:
+                launch.abandon()
+                explain = getattr(launch, "explained", None)  # resume and retry: a value the run recorded?
+                if explain is None:
+                    raise
+                raise explain(error) from error.__cause__
             except BaseException:
                 launch.abandon()
                 raise
