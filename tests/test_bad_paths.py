@@ -214,3 +214,15 @@ def test_a_job_path_that_is_not_utf8_is_refused_before_any_run_directory(run_bat
     said = refused(result)
     assert "is not valid UTF-8" in said and "Rename that file or directory to a UTF-8 name" in said, said
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_directory_given_as_output_directory_is_refused_with_its_parent(cli: Any, tmp_path: Path) -> None:
+    """exec -d RUN_DIR made new runs inside another run's directory, which runs never listed; runs -d RUN_DIR said
+    only "No runs in". Each names the parent to give instead, and show for that run."""
+    first = cli("exec", RETRIES, "-d", "out", *FAST)
+    assert first.run_dir is not None
+    for command in (["exec", RETRIES, *FAST], ["runs"]):
+        said = refused(cli(*command, "-d", first.run_dir))
+        assert f"is a run directory, not the directory that holds run directories: give its parent, -d '{first.run_dir.parent}'" in said, said
+        assert f"batchcli show {first.run_dir}" in said
+    assert [p.name for p in first.run_dir.iterdir() if p.is_dir()] == []

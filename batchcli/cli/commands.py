@@ -185,7 +185,15 @@ def output_path(raw: str) -> Path:
             f"-d {raw!r} is empty. Give the directory that holds the run directories, e.g. -d batchcli_outputs "
             "(or -d . for the current directory)."
         )
-    return Path(raw)
+    from batchcli.journal.rundir import JOURNAL_NAME
+
+    path = Path(raw)
+    if (path / JOURNAL_NAME).is_file():  # new runs went inside that run's directory, where runs never listed them
+        raise UsageError(
+            f"-d {raw!r} is a run directory, not the directory that holds run directories: give its parent, "
+            f"-d {str(path.absolute().parent)!r}. (To see that run: batchcli show {raw})"
+        )
+    return path
 
 
 def _complete_param(ctx: typer.Context, incomplete: str) -> list[str]:
