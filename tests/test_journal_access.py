@@ -220,3 +220,14 @@ def test_a_journal_a_newer_batchcli_wrote_says_upgrade_not_damaged(cli, finished
     runs = cli("runs", "-d", finished_run.parent)
     row = next(line for line in runs.output.splitlines() if finished_run.name in line)
     assert runs.exit_code == 0 and row.split()[4] == "newer", runs.output
+
+
+def test_a_run_record_edited_to_what_is_not_json_is_called_damaged_not_a_traceback(cli, finished_run: Path) -> None:
+    """A run record whose params were edited to what is not JSON gave show and retry a JSONDecodeError traceback."""
+    conn = sqlite3.connect(finished_run / "journal.sqlite")
+    conn.execute("UPDATE run SET params = '{not json'")
+    conn.commit()
+    conn.close()
+    for command in (["show", finished_run], ["retry", finished_run], ["resume", finished_run]):
+        said = refused(cli(*command))
+        assert "its run record does not read as JSON" in said and "damaged" in said, said

@@ -488,14 +488,18 @@ def read_run(run_dir: Path) -> RunInfo:
     now = time.time()
     live = status == "running"
     ends = [s[4] or s[3] for s in sessions[:-1]] + [ended_at or (now if live else seen_at)]
+    try:  # a record edited by hand (or by a tool) to what is not JSON: the journal's damage, not a traceback
+        params, secrets, fatal = json.loads(run[4]), json.loads(run[5]), json.loads(run[10]) if run[10] else None
+    except (ValueError, TypeError) as error:
+        raise damaged(path, f"its run record does not read as JSON ({error})") from error
     return RunInfo(
         run_dir=run_dir,
         job=run[0],
         target=run[1],
         config_name=run[2],
         configuration=run[3],
-        params=json.loads(run[4]),
-        secrets=json.loads(run[5]),
+        params=params,
+        secrets=secrets,
         parent=run[6],
         status=status,
         pid=pid,
@@ -506,7 +510,7 @@ def read_run(run_dir: Path) -> RunInfo:
         total=run[7],
         succeeded=run[8],
         failed=run[9],
-        fatal=json.loads(run[10]) if run[10] else None,
+        fatal=fatal,
         version=run[11],
         environment=environment,
         starting=starting,
