@@ -172,6 +172,16 @@ def test_dry_run_counts_a_source_without_len_and_applies_the_sample(cli, tmp_pat
     assert "4, counted by iterating the source" in trial.output
 
 
+def test_a_sample_is_described_by_its_exact_percentage_never_rounded_to_all_or_nothing(cli, tmp_path: Path) -> None:
+    """--sample 0.999999 is "a 99.9999% sample", not "100%" (every item); a tiny one keeps its one digit."""
+    near_all = cli("exec", STREAM, "-p", "count=30", "--dry-run", "--sample", "0.999999")
+    assert near_all.exit_code == 0, near_all.output
+    assert "a 99.9999% sample (seed 0)" in near_all.output and "100%" not in near_all.output
+    tiny = cli("exec", STREAM, "-p", "count=30", "--dry-run", "--sample", "1e-300")
+    assert tiny.exit_code == 0, tiny.output
+    assert "a 1e-298% sample (seed 0)" in tiny.output
+
+
 BROKEN_SOURCE = """
 from batchcli import Configuration, Param, Service, Source, inject
 
