@@ -530,6 +530,16 @@ def test_a_run_skipping_done_items_resumes_after_those_runs_moved(cli, tmp_path:
     assert "Put that run back at that path, then resume again." in said and "Traceback" not in refused.output
 
 
+def test_skip_done_in_the_same_run_twice_counts_it_once(cli, tmp_path: Path, failed_run: Path) -> None:
+    """The same run given twice (once by another spelling of its path) is one earlier run, not two."""
+    other_spelling = tmp_path / "out" / ".." / "out" / failed_run.name
+    outcome = cli(*rows_job(tmp_path, WORDS, "--dry-run", "--skip-done-in", str(failed_run), "--skip-done-in", str(other_spelling)))
+    assert outcome.exit_code == 0, outcome.output
+    text = " ".join(outcome.output.split())
+    assert "skipping items done in 1 earlier run" in text and "2 earlier runs" not in text, text
+    assert "succeeded in that run" in text, text
+
+
 def test_skip_done_in_a_run_of_another_job_warns_that_its_keys_are_compared_as_they_are(cli, tmp_path: Path, failed_run: Path) -> None:
     """A run of another job skipped every item whose key matched, without a word (a job keyed 0, 1, 2 ... did
     nothing); the skip stays, a warning names both jobs."""

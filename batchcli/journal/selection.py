@@ -258,7 +258,8 @@ def selection_from_options(limit: int | None, sample: float | None, seed: int | 
         raise UsageError(f"--seed {seed} only picks which --sample to take. Add --sample FRACTION, or leave --seed out.")
     if seed is not None and not -(2**63) <= seed < 2**63:  # the sampler takes 64 bits: seeds 2**64 apart picked alike
         raise UsageError(f"--seed {seed} is out of range. Give a whole number from -2**63 to 2**63 - 1, e.g. --seed 7.")
-    runs = tuple(run for path in skip_done_in for run in _runs_of(path))
+    # By resolved path, once each: a run given twice (or by two spellings) was counted as two earlier runs.
+    runs = tuple(dict.fromkeys(run for path in skip_done_in for run in _runs_of(path)))
     return Selection(limit=limit, fraction=sample, seed=seed or 0, skip_done_in=runs)
 
 
