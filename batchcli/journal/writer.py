@@ -201,6 +201,13 @@ class Journal:
         succeeded = self._keys_count if self.keyed else max(0, self.ranges.count - self._unpointed[0])
         return succeeded, self.failed - len(self._unwritten)
 
+    @property
+    def unrecorded(self) -> int:
+        """Settled items that failed writes keep in memory for the next one, which the journal does not hold: a run
+        that stops so processes the successes among them again on resume. Counted as they settled, not from
+        ``succeeded``: a keyed run counts a key once it is written, so its unwritten successes were in neither."""
+        return self._unpointed[0] + len(self._unwritten)
+
     # Opening.
 
     @classmethod
