@@ -356,9 +356,8 @@ def retry(
 
     wanted = failure_filter(error_type, match, since, until, limit)
     if dry_run:
-        from batchcli.stdout import stdout_console
-
         from batchcli.journal.history import show_failures
+        from batchcli.stdout import stdout_console
 
         target = retry_target(run_dir, shard)  # the shard's failures only, as the retry takes them
         again = "" if shard is None else f" --shard {shard}"
@@ -377,10 +376,9 @@ def runs(
     output_dir: str = typer.Option("batchcli_outputs", "--output-dir", "-d", help=OUTPUT_HELP, metavar="DIR"),
 ) -> None:
     """List past runs, newest first; a group of shards is one line, with its shards under it."""
-    from batchcli.stdout import stdout_console
-
     from batchcli.journal.groupview import listing
     from batchcli.journal.history import runs_table
+    from batchcli.stdout import stdout_console
 
     with ends_at_stop_signals("runs"):
         found = listing(output_path(output_dir))
@@ -404,11 +402,10 @@ def show(
     limit: int | None = typer.Option(None, "--limit", help="At most N failures. With --failures.", metavar="N"),
 ) -> None:
     """Show one run (or a group of shards): its summary, its failures grouped by error, and its throughput."""
-    from batchcli.stdout import stdout_console
-
     from batchcli.journal.groups import is_group
     from batchcli.journal.groupview import show_group
     from batchcli.journal.history import show_run
+    from batchcli.stdout import stdout_console
 
     console = stdout_console()
     with ends_at_stop_signals("show"):
@@ -429,9 +426,8 @@ def watch(
     once: bool = typer.Option(False, "--once", help="Print the state once and exit."),
 ) -> None:
     """Follow a run from any terminal of yours: counts, rate, ETA, in flight, limits, failures. Ctrl-C leaves."""
-    from batchcli.stdout import stdout_console
-
     from batchcli.cli.watch import watch as watch_run
+    from batchcli.stdout import stdout_console
 
     watch_run(run_dir, stdout_console(), interval, once)
 
@@ -444,9 +440,8 @@ def ctl(
     ),
 ) -> None:
     """Steer a live run from another terminal: pause, resume, stop (resumable), set limits, stats, retry-failed."""
-    from batchcli.stdout import stdout_console
-
     from batchcli.cli.ctl import control
+    from batchcli.stdout import stdout_console
 
     with ends_at_stop_signals("ctl"):
         control(run_dir, command, stdout_console())
@@ -455,9 +450,8 @@ def ctl(
 @app.command()
 def attach(run_dir: Path = typer.Argument(..., help="The run directory of a live run.")) -> None:
     """Pause a live run and open its pause shell (IPython) in this terminal; leaving resumes it. Needs batchcli[attach]."""
-    from batchcli.stdout import stdout_console
-
     from batchcli.cli.attach import attach as attach_run
+    from batchcli.stdout import stdout_console
 
     attach_run(run_dir, stdout_console())
 
@@ -486,10 +480,9 @@ def _exec_help(ctx: typer.Context, path: str | None, config: str | None) -> NoRe
         typer.echo(text)
     if path is None:
         raise typer.Exit(0)
-    from batchcli.stdout import stdout_console
-
     from batchcli.load.project import load_project
     from batchcli.cli.usage import print_project_help, project_help
+    from batchcli.stdout import stdout_console
 
     _note_shadowed_job(path)
     with ends_at_stop_signals("exec --help"):  # loading runs the user's imports, which may block (a network)
@@ -521,7 +514,6 @@ def list_() -> None:
 
     from batchcli.load.jobs import GROUP, describe_installed
     from batchcli.stdout import stdout_console
-
     console = stdout_console()
     with ends_at_stop_signals("list"):  # finding a job's module imports its package, whose code may block
         jobs = describe_installed()
