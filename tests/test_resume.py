@@ -488,6 +488,25 @@ def test_a_run_directory_moved_mid_run_stops_the_run_which_resumes_from_its_new_
     assert (summary["status"], summary["succeeded"] + summary["failed"]) == ("finished", count)
 
 
+def test_a_run_directory_moved_away_and_back_mid_run_loses_no_settled_item_from_its_journal(tmp_path: Path) -> None:
+    """Moved away and back before write_retry_s, the run carries on and its journal holds every item that settled
+    meanwhile. The flushes that found it gone had taken those items from the run's counts and dropped them: the
+    run then finished with items succeeded but counted as unprocessed."""
+    count, logs, out, away = 300, tmp_path / "logs", tmp_path / "out", tmp_path / "away"
+    logs.mkdir()
+    proc = start_counting(tmp_path, out, logs, count, "moved.txt", "-p", "write_retry_s=600")
+    wait_for(lambda: journaled(out) >= 60, "60 journaled items")
+    run_dir = next(out.iterdir())
+    run_dir.rename(away)
+    wait_for(lambda: "while the run went on" in " ".join((tmp_path / "moved.txt").read_text().split()), "the run to notice")
+    away.rename(run_dir)
+    assert proc.wait(timeout=120) == 1, (tmp_path / "moved.txt").read_text()  # every 7th item fails
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["succeeded"] + summary["failed"], summary["unprocessed"]) == ("finished", count, 0)
+    assert_ledger(logs, count, 0)  # each item processed once
+    assert_failed_jsonl_exact(run_dir, count)
+
+
 def test_a_run_directory_deleted_mid_run_stops_the_run_with_exit_3_and_says_it_cannot_be_resumed(tmp_path: Path) -> None:
     """Deleted mid-run, its journal goes with it: the run stops at its next flush and says so, not "free some space"."""
     count, logs, out = 300, tmp_path / "logs", tmp_path / "out"
