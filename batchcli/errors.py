@@ -205,6 +205,20 @@ class CommandStopped(BatchcliError):
             console.print(f"[yellow]Stopped:[/] {escape(str(self))}", soft_wrap=True)
 
 
+class ReaderLeft(BatchcliError):
+    """The reader of stdout closed it before the command wrote all of it (``batchcli results RUN | head -1``): it has
+    what it wanted, so the command ends quietly with exit 0. click's and rich's default, exit 1, is the code that
+    says items failed, and a ``set -o pipefail`` script took it for one."""
+
+    exit_code = 0
+
+    def __init__(self) -> None:
+        super().__init__("stdout's reader closed it before the command wrote all its output.")
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        """Nothing: the user's pipeline ended the output on purpose."""
+
+
 class RunNotLive(BatchcliError):
     """``batchcli ctl`` on a run that no process runs now (finished, stopped or crashed): nothing to steer."""
 

@@ -470,6 +470,47 @@ def test_group_signal_stops_gracefully_and_resume_redoes_nothing(
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+def test_worker_processes_of_a_driver_killed_with_sigkill_start_nothing_more_and_exit_quietly(tmp_path: Path, records: Path) -> None:
+    """kill -9 of a process-executor driver: its workers start no further item (each would be done again by the
+    resume, side effects and all) and exit without a traceback. They ran the rest of their chunks, then printed a
+    BrokenPipeError traceback each."""
+    args = ["-p", f"record_dir={records}", "-p", "executor=process", "-p", "workers=2", "-p", "concurrency=2",
+            "-p", "chunk_size=20", "-p", "count=200", "-p", "sleep_s=0.3"]  # fmt: skip
+    log = tmp_path / "driver.log"  # the workers write to the driver's stderr: a traceback of theirs lands here
+    with log.open("w") as output:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "batchcli", "exec", str(SPY), "-d", "out", *args],
+            cwd=tmp_path, env=subprocess_env(), start_new_session=True, stdout=output, stderr=output,
+        )  # fmt: skip
+
+    def started() -> int:
+        return sum(len(path.read_text().splitlines()) for path in records.glob("*.attempts"))
+
+    workers: set[int] = set()
+    try:
+        _wait_for(lambda: started() >= 3, proc, timeout=90)  # both workers are inside their first chunk
+        workers = {pid for pid in _children(proc.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()}
+        assert len(workers) == 2, workers
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only: its workers are left behind
+        proc.wait(timeout=30)
+        at_kill = started()
+        deadline = time.monotonic() + 60  # only stops a hung test: nothing is asserted about how fast they go
+        while any(_alive(pid) for pid in workers):
+            assert time.monotonic() < deadline, "the workers outlived their driver"
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in workers:
+            with contextlib.suppress(OSError):
+                if _alive(pid) and "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text():
+                    os.kill(pid, signal.SIGKILL)
+    # One item per worker may have started between the kill and the first count; each of their chunks held 20.
+    assert started() - at_kill <= 2, (at_kill, started())
+    assert "Traceback" not in log.read_text() and "BrokenPipeError" not in log.read_text(), log.read_text()
+
+
 @pytest.mark.parametrize("name", ["process", "dask"])
 def test_group_sigterm_while_workers_start_is_graceful(tmp_path: Path, records: Path, name: str) -> None:
     """SIGTERM to the group while worker processes (or the local Dask cluster) start kills none of them: the run
@@ -632,6 +673,14 @@ def _processes_mentioning(text: str) -> list[str]:
         if text in line:
             found.append(line)
     return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie has ended), from /proc."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
 
 
 def _children(parent: int | None = None) -> set[int]:

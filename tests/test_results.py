@@ -945,3 +945,27 @@ def test_a_result_too_large_for_the_journal_fails_its_item_and_the_run_goes_on(c
     assert failure["ordinal"] == 2 and failure["error_type"] == "batchcli.journal.results.UnkeepableResult"
     assert "too large to keep: 1,200,0" in failure["error_message"], failure["error_message"]
     assert [r.ordinal for r in batchcli.read_results(ran.run_dir)] == [0, 1, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["results", "{run}"], ["show", "{run}"], ["show", "{run}", "--failures"], ["runs", "-d", "out"], ["watch", "{run}"],
+     ["exec", str(SQUARES), "--dry-run"]],
+    ids=["results", "show", "show-failures", "runs", "watch", "dry-run"],
+)  # fmt: skip
+def test_a_reader_that_stops_reading_early_ends_the_command_quietly_with_exit_0(cli, tmp_path: Path, command: list[str]) -> None:
+    """`batchcli results RUN | head -1` (and show, runs, watch, a dry run): exit 0 and nothing on stderr, not exit 1
+    (the code for failed items, which a pipefail script took for a failure) nor a BrokenPipeError."""
+    ran = cli("exec", SQUARES, "-d", "out", "-p", "count=20000")  # its export is far more than a pipe holds
+    assert ran.exit_code == 0, ran.output
+    args = [part.format(run=ran.run_dir) for part in command]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env()
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    if command[0] == "results":
+        assert json.loads(proc.stdout.readline()) == {"ordinal": 0, "result": square(0)}  # as `head -1` reads
+    proc.stdout.close()  # no reader is left: whatever the command writes from here on meets a broken pipe
+    errors = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, errors
+    assert errors == ""

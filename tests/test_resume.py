@@ -488,6 +488,25 @@ def test_a_run_directory_moved_mid_run_stops_the_run_which_resumes_from_its_new_
     assert (summary["status"], summary["succeeded"] + summary["failed"]) == ("finished", count)
 
 
+def test_a_run_directory_moved_away_and_back_mid_run_loses_no_settled_item_from_its_journal(tmp_path: Path) -> None:
+    """Moved away and back before write_retry_s, the run carries on and its journal holds every item that settled
+    meanwhile. The flushes that found it gone had taken those items from the run's counts and dropped them: the
+    run then finished with items succeeded but counted as unprocessed."""
+    count, logs, out, away = 300, tmp_path / "logs", tmp_path / "out", tmp_path / "away"
+    logs.mkdir()
+    proc = start_counting(tmp_path, out, logs, count, "moved.txt", "-p", "write_retry_s=600")
+    wait_for(lambda: journaled(out) >= 60, "60 journaled items")
+    run_dir = next(out.iterdir())
+    run_dir.rename(away)
+    wait_for(lambda: "while the run went on" in " ".join((tmp_path / "moved.txt").read_text().split()), "the run to notice")
+    away.rename(run_dir)
+    assert proc.wait(timeout=120) == 1, (tmp_path / "moved.txt").read_text()  # every 7th item fails
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["succeeded"] + summary["failed"], summary["unprocessed"]) == ("finished", count, 0)
+    assert_ledger(logs, count, 0)  # each item processed once
+    assert_failed_jsonl_exact(run_dir, count)
+
+
 def test_a_run_directory_deleted_mid_run_stops_the_run_with_exit_3_and_says_it_cannot_be_resumed(tmp_path: Path) -> None:
     """Deleted mid-run, its journal goes with it: the run stops at its next flush and says so, not "free some space"."""
     count, logs, out = 300, tmp_path / "logs", tmp_path / "out"
@@ -593,6 +612,37 @@ def test_a_file_size_limit_reached_mid_run_stops_it_resumably_and_resume_loses_n
     assert resumed.exit_code == 1, resumed.output
     assert_ledger(logs, count, REDO_BOUND)
     assert_failed_jsonl_exact(run_dir, count)
+
+
+def test_a_keyed_run_stopped_by_a_file_size_limit_counts_the_items_it_settled_but_could_not_record(
+    tmp_path: Path, run_batchcli
+) -> None:
+    """The closing line of a keyed run stopped by a write failure says how many more items settled than the journal
+    holds (the resume does exactly those again). A keyed success counts once its key is written, so the closing line
+    left out every success a failed write kept in memory: thousands, with nothing said."""
+    ledger, out, count = tmp_path / "ledger.txt", tmp_path / "out", 150_000
+    cmd = [sys.executable, "-m", "batchcli", "exec", str(PROJECTS / "keyed_fast" / "job.py"), "-d", str(out),
+           "-p", f"count={count}", "-p", f"ledger={ledger}", "-p", "write_retry_s=1"]  # fmt: skip
+    # The journal reaches the limit after some 100,000 keys; the ledger (7 bytes an item, 1 MB) stays below it.
+    stopped = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=subprocess_env(),
+                             preexec_fn=_file_size_limit(1536 * 1024))  # fmt: skip
+    output = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 130, output
+    flat = " ".join(output.split())
+    closing = re.search(r"Stopped: (\d+) succeeded, 0 failed, (\d+) unprocessed of 150000\. (\d+) more settled but "
+                        r"could not be recorded: resume processes them again\.", flat)  # fmt: skip
+    assert closing is not None, output
+    held, unprocessed, unrecorded = map(int, closing.groups())
+    processed = len(ledger.read_bytes().splitlines())
+    assert held + unprocessed == count and unrecorded > 0 and held + unrecorded == processed, (closing.group(0), processed)
+    shown = run_batchcli("show", next(out.iterdir()), COLUMNS="250")  # its stop could not be recorded: read as crashed
+    flat = " ".join(shown.output.split())
+    assert "status crashed" in flat and "or its run directory could not be written, as on a full disk" in flat, flat
+
+    resumed = run_batchcli("resume", next(out.iterdir()), timeout=300)
+    assert resumed.exit_code == 0, resumed.output
+    again = Counter(ledger.read_bytes().splitlines())
+    assert len(again) == count and sum(n - 1 for n in again.values()) == unrecorded
 
 
 def test_failed_jsonl_is_exact_after_repeated_kill_9_and_resume(tmp_path: Path, run_batchcli) -> None:

@@ -172,6 +172,16 @@ def test_dry_run_counts_a_source_without_len_and_applies_the_sample(cli, tmp_pat
     assert "4, counted by iterating the source" in trial.output
 
 
+def test_a_sample_is_described_by_its_exact_percentage_never_rounded_to_all_or_nothing(cli, tmp_path: Path) -> None:
+    """--sample 0.999999 is "a 99.9999% sample", not "100%" (every item); a tiny one keeps its one digit."""
+    near_all = cli("exec", STREAM, "-p", "count=30", "--dry-run", "--sample", "0.999999")
+    assert near_all.exit_code == 0, near_all.output
+    assert "a 99.9999% sample (seed 0)" in near_all.output and "100%" not in near_all.output
+    tiny = cli("exec", STREAM, "-p", "count=30", "--dry-run", "--sample", "1e-300")
+    assert tiny.exit_code == 0, tiny.output
+    assert "a 1e-298% sample (seed 0)" in tiny.output
+
+
 BROKEN_SOURCE = """
 from batchcli import Configuration, Param, Service, Source, inject
 
@@ -518,6 +528,16 @@ def test_a_run_skipping_done_items_resumes_after_those_runs_moved(cli, tmp_path:
     said = " ".join(refused.output.split())
     assert f"Run '{older.run_dir}' was started with --skip-done-in '{first.run_dir}', which is no longer there" in said
     assert "Put that run back at that path, then resume again." in said and "Traceback" not in refused.output
+
+
+def test_skip_done_in_the_same_run_twice_counts_it_once(cli, tmp_path: Path, failed_run: Path) -> None:
+    """The same run given twice (once by another spelling of its path) is one earlier run, not two."""
+    other_spelling = tmp_path / "out" / ".." / "out" / failed_run.name
+    outcome = cli(*rows_job(tmp_path, WORDS, "--dry-run", "--skip-done-in", str(failed_run), "--skip-done-in", str(other_spelling)))
+    assert outcome.exit_code == 0, outcome.output
+    text = " ".join(outcome.output.split())
+    assert "skipping items done in 1 earlier run" in text and "2 earlier runs" not in text, text
+    assert "succeeded in that run" in text, text
 
 
 def test_skip_done_in_a_run_of_another_job_warns_that_its_keys_are_compared_as_they_are(cli, tmp_path: Path, failed_run: Path) -> None:

@@ -15,7 +15,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from batchcli.cli.usageline import BatchcliTyper
-from batchcli.errors import BatchcliError, CommandStopped, UsageError
+from batchcli.errors import BatchcliError, CommandStopped, ReaderLeft, UsageError
 from batchcli.load.environment import PREFIX as ENV_PREFIX
 from batchcli.run.interrupts import EarlySignals, ends_at_stop_signals
 
@@ -33,6 +33,8 @@ class BatchcliGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except ReaderLeft:
+            _reader_left()
         except BatchcliError as error:
             _show(error, ctx)
             if isinstance(error, CommandStopped):
@@ -57,8 +59,10 @@ class BatchcliGroup(TyperGroup):
                 )
                 _show(too_long, ctx)
                 raise typer.Exit(2) from None
-            if isinstance(error, BrokenPipeError) or not _writing_stdout(error):
-                raise  # a reader that left (| head) ends quietly in click; anything else is not ours to word
+            if isinstance(error, BrokenPipeError) and _writing_stdout(error):  # typer.echo's reader left (| head)
+                _reader_left()
+            if not _writing_stdout(error):
+                raise  # not ours to word (another pipe broke: click ends quietly, with exit 1)
             # `runs > /dev/full`, a full disk under a redirect: one line, not our traceback.
             print(f"Error: cannot write the output ({error.strerror or error}).", file=sys.stderr)
             _drop_stdout()  # what stays buffered would fail again, noisily, at exit
@@ -94,6 +98,13 @@ def _is_terminal(stream: Any) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # a replaced or closed stream
         return False
+
+
+def _reader_left() -> NoReturn:
+    """End a command whose stdout reader left (``| head``) as ``ReaderLeft`` does: quietly, with exit 0. What stdout
+    still buffers goes to /dev/null, or flushing it failed again at exit ("Exception ignored ... BrokenPipeError")."""
+    _drop_stdout()
+    raise typer.Exit(ReaderLeft.exit_code)
 
 
 def _drop_stdout() -> None:
@@ -353,14 +364,13 @@ def retry(
 
     wanted = failure_filter(error_type, match, since, until, limit)
     if dry_run:
-        from rich.console import Console
-
         from batchcli.journal.history import show_failures
+        from batchcli.stdout import stdout_console
 
         target = retry_target(run_dir, shard)  # the shard's failures only, as the retry takes them
         again = "" if shard is None else f" --shard {shard}"
         with ends_at_stop_signals("retry --dry-run"):
-            Console(highlight=False).print(show_failures(target, wanted, retry=(run_dir, again)), soft_wrap=True)
+            stdout_console().print(show_failures(target, wanted, retry=(run_dir, again)), soft_wrap=True)
         typer.echo("Dry run: nothing was retried.")
         raise typer.Exit(0)
     launch, home = retry_launch(run_dir, parse_values(param), shard, wanted)
@@ -374,14 +384,13 @@ def runs(
     output_dir: str = typer.Option("batchcli_outputs", "--output-dir", "-d", help=OUTPUT_HELP, metavar="DIR"),
 ) -> None:
     """List past runs, newest first; a group of shards is one line, with its shards under it."""
-    from rich.console import Console
-
     from batchcli.journal.groupview import listing
     from batchcli.journal.history import runs_table
+    from batchcli.stdout import stdout_console
 
     with ends_at_stop_signals("runs"):
         found = listing(output_path(output_dir))
-        console = Console(highlight=False)
+        console = stdout_console()
         if not found:
             console.print(f"No runs in {str(output_dir)!r}.", markup=False)
             return
@@ -401,13 +410,12 @@ def show(
     limit: int | None = typer.Option(None, "--limit", help="At most N failures. With --failures.", metavar="N"),
 ) -> None:
     """Show one run (or a group of shards): its summary, its failures grouped by error, and its throughput."""
-    from rich.console import Console
-
     from batchcli.journal.groups import is_group
     from batchcli.journal.groupview import show_group
     from batchcli.journal.history import show_run
+    from batchcli.stdout import stdout_console
 
-    console = Console(highlight=False)
+    console = stdout_console()
     with ends_at_stop_signals("show"):
         if failures or any(v is not None for v in (error_type, match, since, until, limit)):
             from batchcli.journal.history import show_failures
@@ -426,11 +434,10 @@ def watch(
     once: bool = typer.Option(False, "--once", help="Print the state once and exit."),
 ) -> None:
     """Follow a run from any terminal of yours: counts, rate, ETA, in flight, limits, failures. Ctrl-C leaves."""
-    from rich.console import Console
-
     from batchcli.cli.watch import watch as watch_run
+    from batchcli.stdout import stdout_console
 
-    watch_run(run_dir, Console(highlight=False), interval, once)
+    watch_run(run_dir, stdout_console(), interval, once)
 
 
 @app.command(context_settings={"ignore_unknown_options": True})
@@ -441,22 +448,20 @@ def ctl(
     ),
 ) -> None:
     """Steer a live run from another terminal: pause, resume, stop (resumable), set limits, stats, retry-failed."""
-    from rich.console import Console
-
     from batchcli.cli.ctl import control
+    from batchcli.stdout import stdout_console
 
     with ends_at_stop_signals("ctl"):
-        control(run_dir, command, Console(highlight=False))
+        control(run_dir, command, stdout_console())
 
 
 @app.command()
 def attach(run_dir: Path = typer.Argument(..., help="The run directory of a live run.")) -> None:
     """Pause a live run and open its pause shell (IPython) in this terminal; leaving resumes it. Needs batchcli[attach]."""
-    from rich.console import Console
-
     from batchcli.cli.attach import attach as attach_run
+    from batchcli.stdout import stdout_console
 
-    attach_run(run_dir, Console(highlight=False))
+    attach_run(run_dir, stdout_console())
 
 
 @app.command()
@@ -483,15 +488,14 @@ def _exec_help(ctx: typer.Context, path: str | None, config: str | None) -> NoRe
         typer.echo(text)
     if path is None:
         raise typer.Exit(0)
-    from rich.console import Console
-
     from batchcli.load.project import load_project
     from batchcli.cli.usage import print_project_help, project_help
+    from batchcli.stdout import stdout_console
 
     _note_shadowed_job(path)
     with ends_at_stop_signals("exec --help"):  # loading runs the user's imports, which may block (a network)
         project = load_project(path)
-        print_project_help(Console(highlight=False), project_help(project, config), project.name)
+        print_project_help(stdout_console(), project_help(project, config), project.name)
     raise typer.Exit(0)
 
 
@@ -513,13 +517,12 @@ def _note_shadowed_job(path: str) -> None:
 @app.command("list")
 def list_() -> None:
     """List the installed jobs: packages register them in the batchcli.jobs entry-point group."""
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     from batchcli.load.jobs import GROUP, describe_installed
-
-    console = Console(highlight=False)
+    from batchcli.stdout import stdout_console
+    console = stdout_console()
     with ends_at_stop_signals("list"):  # finding a job's module imports its package, whose code may block
         jobs = describe_installed()
     if not jobs:

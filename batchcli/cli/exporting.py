@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from batchcli.errors import ExportError, UsageError
+from batchcli.errors import ExportError, ReaderLeft, UsageError
 from batchcli.journal.results import check_format, export, is_group
 from batchcli.journal.rundir import journal_path
 
@@ -35,7 +35,7 @@ def export_results(run_dir: Path, fmt: str, output: Path | None) -> None:
             count = export(run_dir, fmt, sys.stdout)
             sys.stdout.flush()
         except BrokenPipeError:
-            raise  # the reader left (| head): click ends quietly
+            raise ReaderLeft from None  # it has what it wanted (| head): exit 0, not 1 (items failed)
         except OSError as error:
             raise ExportError(f"Cannot write the results to stdout ({_reason(error)}): what it got is incomplete.") from None
     else:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from batchcli.load.wiring import Job, Wiring
 from batchcli.load.secret import mask_secrets
@@ -342,10 +342,17 @@ def worker_main(spec: WorkerSpec, tasks: Connection, results: Connection, cancel
     # Ctrl-C and SIGTERM reach the whole process group; the driver decides what they mean (pause, stop).
     shield_worker()
     lock = threading.Lock()
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    # Read the pipe on a thread, so the driver never blocks sending a chunk while this one works, and from the
+    # start, so a driver that dies while the job is set up is noticed then too.
+    threading.Thread(target=_drain, args=(tasks, inbox), name="batchcli-inbox", daemon=True).start()
 
     def send(message: tuple[Any, ...]) -> None:
         with lock:
-            results.send(message)
+            try:
+                results.send(message)
+            except OSError:  # only the driver reads this pipe: it is gone
+                _driver_gone()
 
     _forward_logs(send, spec.log_level)
     try:
@@ -354,9 +361,6 @@ def worker_main(spec: WorkerSpec, tasks: Connection, results: Connection, cancel
         send(("error", error))
         return
     send(("ready", os.getpid()))
-    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    # Read the pipe on a thread, so the driver never blocks sending a chunk while this one works.
-    threading.Thread(target=_drain, args=(tasks, inbox), name="batchcli-inbox", daemon=True).start()
     while (chunk := inbox.get()) is not None:
         try:
             result = job.run_chunk(chunk, lambda: cancel.value != 0, lambda: int(limits.value))
@@ -376,12 +380,21 @@ def _drain(tasks: Connection, inbox: queue.SimpleQueue[Any]) -> None:
     while True:
         try:
             message = tasks.recv()
-        except (EOFError, OSError):  # the driver is gone: finish and exit
-            inbox.put(None)
-            return
+        except (EOFError, OSError):  # the driver holds the other end, and closes it only once this process is gone
+            _driver_gone()
         inbox.put(message)
         if message is None:
             return
+
+
+def _driver_gone() -> NoReturn:
+    """The driver died (``kill -9``, out of memory): exit at once, quietly, starting nothing more.
+
+    Nothing this worker does from here on is recorded, so a ``resume`` does it again: the worker used to run
+    the rest of its chunks (their side effects then happened twice), and print a ``BrokenPipeError`` traceback
+    for each result it could not send. ``finish()`` does not run either, as it did not in the dead driver.
+    """
+    os._exit(1)  # at once, from any thread: the user's threads and any item they run end with it
 
 
 class _PipeQueue:

@@ -180,7 +180,12 @@ def _summary(run: RunInfo) -> Table:
     grid.add_row("params", escape("  ".join(params)) or "[dim]none[/]")
     status = Text(run.status, STATUS_STYLES.get(run.status, ""))
     if run.status == "crashed" and run.fatal is None:
-        status.append(f"  (process {run.pid} ended without closing the run: killed, or the machine went down)", "dim")
+        # A run stopped because its directory could not be written (a full disk) could not record its end either.
+        status.append(
+            f"  (process {run.pid} ended without closing the run: killed, the machine went down, or its run directory "
+            "could not be written, as on a full disk)",
+            "dim",
+        )
     grid.add_row("status", status)
     if run.parent:
         grid.add_row("retry of", escape(run.parent))

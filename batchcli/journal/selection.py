@@ -18,6 +18,7 @@ import pickle
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,7 @@ class Selection:
         """How the run says it is a trial: ``the first 10 items``, ``a 10% sample (seed 0)``; "" for a whole run."""
         sample = limit = ""
         if self.fraction is not None:
-            share = f"{self.fraction * 100:.4g}%"
-            sample = f"a {share} sample (seed {self.seed})"
+            sample = f"a {_percent(self.fraction)} sample (seed {self.seed})"
         if self.limit is not None:
             limit = f"the first {self.limit:,} item{'s' * (self.limit != 1)}"
         text = f"{limit} of {sample}" if limit and sample else limit or sample
@@ -162,6 +162,14 @@ class Selection:
         if isinstance(items, Iterator):
             return _select(items, keep, skip, limit, taken), taken
         return _aselect(items, keep, skip, limit, taken), taken
+
+
+def _percent(fraction: float) -> str:
+    """``fraction`` as an exact percentage: ``99.9999%``, ``1e-298%``. Rounded (``.4g``), 0.999999 read "100%", a
+    claim that every item is taken; the shortest decimal that reads back as ``fraction`` (its ``repr``, what the
+    user typed) times 100 is exact, and as short as what was typed."""
+    pct = (Decimal(repr(fraction)) * 100).normalize()
+    return f"{pct:e}%" if pct.adjusted() < -4 else f"{pct:f}%"
 
 
 def _sampler(fraction: float, seed: int) -> Callable[[int], bool]:
@@ -250,7 +258,8 @@ def selection_from_options(limit: int | None, sample: float | None, seed: int | 
         raise UsageError(f"--seed {seed} only picks which --sample to take. Add --sample FRACTION, or leave --seed out.")
     if seed is not None and not -(2**63) <= seed < 2**63:  # the sampler takes 64 bits: seeds 2**64 apart picked alike
         raise UsageError(f"--seed {seed} is out of range. Give a whole number from -2**63 to 2**63 - 1, e.g. --seed 7.")
-    runs = tuple(run for path in skip_done_in for run in _runs_of(path))
+    # By resolved path, once each: a run given twice (or by two spellings) was counted as two earlier runs.
+    runs = tuple(dict.fromkeys(run for path in skip_done_in for run in _runs_of(path)))
     return Selection(limit=limit, fraction=sample, seed=seed or 0, skip_done_in=runs)
 
 

@@ -201,6 +201,13 @@ class Journal:
         succeeded = self._keys_count if self.keyed else max(0, self.ranges.count - self._unpointed[0])
         return succeeded, self.failed - len(self._unwritten)
 
+    @property
+    def unrecorded(self) -> int:
+        """Settled items that failed writes keep in memory for the next one, which the journal does not hold: a run
+        that stops so processes the successes among them again on resume. Counted as they settled, not from
+        ``succeeded``: a keyed run counts a key once it is written, so its unwritten successes were in neither."""
+        return self._unpointed[0] + len(self._unwritten)
+
     # Opening.
 
     @classmethod
@@ -441,12 +448,14 @@ class Journal:
                 keys_added += conn.execute("INSERT OR IGNORE INTO done_keys VALUES (?)", (rows[0][0],)).rowcount
         return dropped, keys_added
 
-    def record(self, done: list[tuple[int, int]], failures: list[Failure]) -> list[str]:
+    def record(
+        self, done: list[tuple[int, int]], failures: list[Failure], check: Callable[[], None] | None = None
+    ) -> list[str]:
         """Journal a batch of successes (merged ``[start, end)`` ordinal ranges) and final failures in one
         transaction; returns the ``failed.jsonl`` lines of the failures it committed.
 
-        Raises ``sqlite3.Error`` when the write fails (a full disk): nothing is dropped, the batch is
-        kept in memory and written by the next call.
+        Raises ``sqlite3.Error`` when the write fails (a full disk), or the ``OSError`` that ``check`` raises before
+        it (the run directory is gone): nothing is dropped, the batch is kept in memory and written by the next call.
         """
         now = time.time()
         succeeded = sum(end - start for start, end in done) + self._unpointed[0]
@@ -465,6 +474,8 @@ class Journal:
         upserts, deletes = self.ranges.take_dirty()
         added = dropped = keys_added = 0
         try:
+            if check is not None:
+                check()
             with self._conn:
                 conn = self._conn
                 # Released rows go first: the same item may have failed again since, in this batch.
@@ -507,7 +518,7 @@ class Journal:
                 if self.live is not None:
                     live = (self.session, now, json.dumps(self.live()))
                     conn.execute("INSERT OR REPLACE INTO live VALUES (?, ?, ?)", live)
-        except sqlite3.Error:
+        except (sqlite3.Error, OSError):
             # Keep what was not written for the next flush: a full disk that clears loses nothing.
             self.ranges.dirty.update(s for s, _ in upserts)
             self.ranges.dirty.update(deletes)

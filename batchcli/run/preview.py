@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from batchcli.errors import UserCodeError
+from batchcli.stdout import stdout_console
 from batchcli.journal.records import json_form, json_text
 from batchcli.outcome import clip
 from batchcli.journal.resumption import defines_item_key
@@ -43,7 +44,7 @@ SHOWN = 5
 
 def preview(job: Job, continuation: Continuation, console: Console | None = None) -> None:
     """Print the job, its configuration and params (secrets masked), the executor, the item count, the first items."""
-    console = console or Console(highlight=False)
+    console = console or stdout_console()
     config = job.config
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="dim")

@@ -35,10 +35,12 @@ class RunDirGone(OSError):
 class Recorder(Protocol):
     """Receives every settled item once, in batches, from the recorder thread."""
 
-    def record(self, done: list[tuple[int, int]], failures: list[Failure]) -> list[str]:
+    def record(
+        self, done: list[tuple[int, int]], failures: list[Failure], check: Callable[[], None] | None = None
+    ) -> list[str]:
         """Record succeeded ordinals, as sorted merged ``[start, end)`` ranges, and final failures; return
         the ``failed.jsonl`` lines of the failures now durable. Raise ``OSError`` or ``sqlite3.Error``
-        when the write failed, keeping the batch for the next call."""
+        when the write failed, or what ``check`` raises before it, keeping the batch for the next call."""
 
     def forgive(self, ordinals: list[int]) -> None:
         """Recorded failures of this session that later succeeded; their ordinals come in ``done`` too."""
@@ -57,8 +59,12 @@ class Recorder(Protocol):
 class NullRecorder:
     """Records nothing beyond the run directory's plain files."""
 
-    def record(self, done: list[tuple[int, int]], failures: list[Failure]) -> list[str]:
+    def record(
+        self, done: list[tuple[int, int]], failures: list[Failure], check: Callable[[], None] | None = None
+    ) -> list[str]:
         """Keep nothing; the failures go straight to ``failed.jsonl``."""
+        if check is not None:
+            check()
         return [json.dumps(failure_record(f), ensure_ascii=False) + "\n" for f in failures]
 
     def forgive(self, ordinals: list[int]) -> None:
@@ -195,8 +201,8 @@ class Recording:
                 self.recorder.release(taken_back)
                 self._failed_file.drop(taken_back)  # a released failure's line goes too
             try:
-                self._check_place()
-                lines = self.recorder.record(done, failures)
+                # Checked by the recorder once it holds the batch: raised here, it dropped what this flush took.
+                lines = self.recorder.record(done, failures, self._check_place)
                 self._failed_file.sync(lines, self.failure_lines)
             except (OSError, sqlite3.Error) as error:
                 self.failed(error)

@@ -78,7 +78,7 @@ def result_of(
     unrecorded = 0
     if write_error is not None:  # count what resume will find, not what settled in memory
         succeeded, failed = journal.recorded
-        unrecorded = journal.succeeded + journal.failed - succeeded - failed
+        unrecorded = journal.unrecorded
     # Never below 0: a stopped run whose source lost settled items has not counted them into its total yet.
     unprocessed = None if tally.total is None else max(0, tally.total - succeeded - failed)
     if fatal is not None:
