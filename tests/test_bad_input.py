@@ -379,3 +379,14 @@ def test_an_exceptions_to_retry_for_property_that_raises_shows_the_users_traceba
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and result.run_dir is None, said
     assert "Reading Work.exceptions_to_retry_for failed" in said and "return self.retry_on" in said, said
+
+
+@pytest.mark.parametrize("columns", ["0", "-3", "abc"])
+def test_a_nonsense_columns_width_still_shows_every_message(run_batchcli, columns: str) -> None:
+    """COLUMNS=0 made rich print nothing, so a refused command exited 2 without a word; any COLUMNS that is no width
+    counts as unset."""
+    refused = run_batchcli("exec", TYPED, "-d", "out", "-p", "count=lots", *REQUIRED[2:], COLUMNS=columns)
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "Error: Param 'count' expects int, got 'lots'" in said, refused.output
+    finished = run_batchcli("exec", RETRIES, "-d", "out", "--no-shell", "-p", "backoff_s=0", COLUMNS=columns)
+    assert "Finished" in finished.output, finished.output
