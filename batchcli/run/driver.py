@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 
-from batchcli.errors import JournalError, RunDirStartError, RunDirWriteError
+from batchcli.errors import JournalError, RunDirStartError
 from batchcli.executors.base import Executor, make_executor
 from batchcli.executors.calls import USER_ERRORS, ours
 from batchcli.journal.records import FailedFile
@@ -44,7 +44,7 @@ from batchcli.run.logs import guard_console, start_logging
 from batchcli.run.loopwatch import HELD_S, LoopWatch
 from batchcli.run.notify import Notifier, notifier_of
 from batchcli.journal.rundir import free_space, out_of_inodes
-from batchcli.run.recording import Recording, describe
+from batchcli.run.recording import Recording, describe, write_stopped
 from batchcli.run.report import RunResult, result_of, write_summary
 
 if TYPE_CHECKING:
@@ -485,7 +485,7 @@ class Run:
                 journal.rewired(self.job, self.wiring.without(self.options.unrecorded))
             except sqlite3.Error as error:  # resuming on a disk that is still full
                 journal.close()
-                raise RunDirWriteError(self.run_dir, describe(error), free_space(self.run_dir)) from error
+                raise write_stopped(self.run_dir, error) from error
         else:
             keyed = defines_item_key(self.job.source)  # a retry run too: its results carry the keys
             recorded = self.wiring.without(self.options.unrecorded)
@@ -507,7 +507,7 @@ class Run:
                 self._earlier_failed = self._unhanded(journal)
         except sqlite3.Error as error:  # resuming on a disk that is still full
             journal.close()
-            raise RunDirWriteError(self.run_dir, describe(error), free_space(self.run_dir)) from error
+            raise write_stopped(self.run_dir, error) from error
         return journal
 
     def _unhanded(self, journal: Journal) -> list[Any]:
