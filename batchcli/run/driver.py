@@ -32,7 +32,7 @@ from batchcli.journal.writer import Journal
 from batchcli.load.project import format_user_traceback
 from batchcli.load.secret import mask_texts, secret_texts
 from batchcli.load.service import maybe_await
-from batchcli.load.source import defines_persist_failed, is_async_source, source_length
+from batchcli.load.source import NotIterable, defines_persist_failed, is_async_source, iterate, source_length
 from batchcli.load.wiring import Job, Wiring
 from batchcli.outcome import FAILURES_KEPT, Tally
 from batchcli.run.breaker import Breaker
@@ -694,7 +694,12 @@ class Run:
                     earlier_errors=self.continuation.earlier_errors or (),
                 )  # fmt: skip
                 self.tally.watch = self.breaker.watch
-            items, seen = self._items()
+            try:
+                items, seen = self._items()
+            except NotIterable as error:  # no frame is theirs to show: the message names their __iter__ and the fix
+                self._fatal = error
+                log.critical("The Source gave no items: %s", error)
+                return
             await executor.run(items)
             if executor.fatal is not None:
                 self._set_fatal(executor.fatal, "The Source raised")
@@ -730,7 +735,7 @@ class Run:
         # zip() with a counter numbers the items in C; after exhaustion the counter tells how many came.
         seen: Iterator[int] = itertools.count()
         source = self._source_items
-        self._source_iterator = source.__aiter__() if is_async_source(source) else iter(source)
+        self._source_iterator = source.__aiter__() if is_async_source(source) else iterate(source)
         items: Any = _numbered(self._source_iterator, seen) if is_async_source(source) else zip(seen, self._source_iterator)
         selection = self._selection
         key_of = getattr(self.job.source, "item_key", None)
