@@ -282,6 +282,15 @@ def test_bad_executor_settings_are_usage_errors(cli: Any, records: Path, value: 
     assert "Traceback" not in result.output
 
 
+def test_the_process_executor_starts_no_more_workers_than_the_run_has_items(cli: Any, records: Path) -> None:
+    """workers=4 for 2 items started 4 processes, each loading the job and running setup() for nothing (with a
+    large workers, for minutes): a Source that says its length gets a worker per item at most."""
+    result = spy(cli, records, ["-p", "executor=process", "-p", "workers=4"], "count=2")
+    assert result.exit_code == 0, result.output
+    assert successes(records) == Counter(range(2))
+    assert len(pids(records, "setup")) == 2 and pids(records, "finish") == pids(records, "setup")
+
+
 def test_missing_dask_says_how_to_install_it(cli: Any, records: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """executor=dask without Dask installed exits 2 and shows the pip command for the extra."""
     monkeypatch.setitem(sys.modules, "distributed", None)

@@ -679,7 +679,7 @@ class Run:
                 self.tally.total = length
             if self.stop_requested.is_set():
                 return  # a signal during start-up: set nothing up, start no worker; the run ends stopped
-            executor = self._starting = make_executor(self.job, self.wiring, self.tally)
+            executor = self._starting = make_executor(self.job, self.wiring, self.tally, length)
             await executor.start()
             if self._hard_stopped:
                 return  # stopped at once during start(); finish() still runs
