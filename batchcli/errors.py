@@ -80,6 +80,23 @@ class RunDirWriteError(BatchcliError):
         )
 
 
+class JournalLockedError(RunDirWriteError):
+    """Another process held the run's journal locked past SQLite's wait: the run stopped resumably, the disk is fine."""
+
+    def __init__(self, run_dir: object, cause: str) -> None:
+        self.run_dir = run_dir
+        self.cause = cause
+        self.free = ""
+        journal = Path(str(run_dir)) / "journal.sqlite"
+        BatchcliError.__init__(
+            self,
+            f"Another process holds the journal {str(journal)!r} locked ({cause}), so the run stopped. Nothing the "
+            "journal holds is lost; items settled after the last successful write will be processed again. Close "
+            f"the program that has it open (a sqlite3 shell, a database browser, a backup; `fuser {journal}` names "
+            f"it), then continue with: batchcli resume {run_dir}",
+        )
+
+
 class RunDirStartError(BatchcliError):
     """The run directory could not be written as the run started (its journal or its log file): nothing ran."""
 

@@ -285,6 +285,56 @@ def test_a_service_without_process_or_a_source_without_items_is_a_project_error(
     assert said in rejected(cli("exec", job, "-d", "out"))
 
 
+_NUMBERS_WITH = (
+    "from batchcli import Service, Source, inject\n\n\n"
+    "@inject\nclass Numbers(Source[int]):\n{source}\n\n"
+    "@inject\nclass Nothing(Service[int]):\n    async def process(self, item):\n        return item\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        ("    async def __iter__(self):\n        return iter([1])\n",
+         "Numbers.__iter__ is async def, but __iter__ must give its items without awaiting. For a Source that awaits, "
+         "rename it to __aiter__ and yield each item in it"),
+        ("    async def __iter__(self):\n        yield 1\n", "Numbers.__iter__ is async def"),
+        ("    async def __aiter__(self):\n        return [1]\n",
+         "Numbers.__aiter__ is async def but does not yield, so it gives a coroutine, not the items. Make it an async "
+         "generator"),
+    ],
+    ids=["async-iter-returning", "async-iter-generator", "async-aiter-returning"],
+)  # fmt: skip
+def test_a_source_iterating_with_the_wrong_kind_of_method_is_a_project_error(cli, tmp_path: Path, source: str, said: str) -> None:
+    """An async __iter__ (meant as __aiter__) crashed the run as "batchcli failed" with an empty traceback and a
+    "coroutine was never awaited" warning, after making its directory."""
+    job = tmp_path / "job.py"
+    job.write_text(_NUMBERS_WITH.format(source=source))
+    assert said in rejected(cli("exec", job, "-d", "out"))
+
+
+def test_a_source_whose_iter_returns_a_list_gives_the_lists_items(cli, tmp_path: Path) -> None:
+    """__iter__ returning a list crashed the run ("iter() returned non-iterator"): its items are the Source's items."""
+    job = tmp_path / "job.py"
+    job.write_text(_NUMBERS_WITH.format(source="    def __iter__(self):\n        return [3, 4, 5]\n"))
+    result = cli("exec", job, "-d", "out", "--no-shell")
+    assert result.exit_code == 0, result.output
+    assert (result.summary["succeeded"], result.summary["total"]) == (3, 3)
+    assert cli("results", result.run_dir, "-f", "csv").output.split() == ["ordinal,result", "0,3", "1,4", "2,5"]
+
+
+def test_a_source_whose_iter_returns_no_items_names_it_and_the_fix(cli, tmp_path: Path) -> None:
+    """__iter__ returning an int logged "batchcli failed" with an empty traceback; the message names Numbers.__iter__
+    and what to return, in a run and in a dry run."""
+    job = tmp_path / "job.py"
+    job.write_text(_NUMBERS_WITH.format(source="    def __iter__(self):\n        return 5\n"))
+    fix = "Numbers.__iter__ returned 5 (int), which holds no items. Make it a generator (yield each item), or return the items"
+    for result in (cli("exec", job, "-d", "out", "--no-shell"), cli("exec", job, "--dry-run")):
+        said = " ".join(result.output.split())
+        assert result.exit_code == 3 and fix in said, said
+        assert "batchcli failed" not in said and "Traceback" not in said, said
+
+
 def test_an_item_key_returning_none_stops_the_run_saying_so(cli, tmp_path: Path) -> None:
     """A forgotten return in item_key gave every item the key None: the first was processed, the rest counted as
     repeats and ended unprocessed, the run exited 0, and results listed five rows under one key."""
@@ -379,3 +429,14 @@ def test_an_exceptions_to_retry_for_property_that_raises_shows_the_users_traceba
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and result.run_dir is None, said
     assert "Reading Work.exceptions_to_retry_for failed" in said and "return self.retry_on" in said, said
+
+
+@pytest.mark.parametrize("columns", ["0", "-3", "abc"])
+def test_a_nonsense_columns_width_still_shows_every_message(run_batchcli, columns: str) -> None:
+    """COLUMNS=0 made rich print nothing, so a refused command exited 2 without a word; any COLUMNS that is no width
+    counts as unset."""
+    refused = run_batchcli("exec", TYPED, "-d", "out", "-p", "count=lots", *REQUIRED[2:], COLUMNS=columns)
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "Error: Param 'count' expects int, got 'lots'" in said, refused.output
+    finished = run_batchcli("exec", RETRIES, "-d", "out", "--no-shell", "-p", "backoff_s=0", COLUMNS=columns)
+    assert "Finished" in finished.output, finished.output

@@ -266,16 +266,29 @@ def test_source_error_is_fatal(cli: Any, records: Path, executor: list[str]) -> 
     ("value", "fix"),
     [
         ("executor=threads", "'async', 'process', 'dask', 'ray'"),
-        ("workers=0", "workers must be at least 1 or none"),
+        ("workers=0", "workers must be from 1 to 256, or none (one per CPU core), got 0"),
+        # Taken: the run spent minutes starting processes, past a stop's timeout, and blamed the job's code for it.
+        ("workers=10000", "workers must be from 1 to 256, or none (one per CPU core), got 10000: each worker is a "
+                          "process of its own that loads the job, so more take minutes to start and the machine's "
+                          "memory. For more items at once, raise concurrency instead"),
         ("chunk_size=0", "chunk_size must be at least 1 or none"),
     ],
 )
 def test_bad_executor_settings_are_usage_errors(cli: Any, records: Path, value: str, fix: str) -> None:
     """A bad executor, workers or chunk_size value exits 2 and says what is allowed."""
     result = spy(cli, records, [], value)
-    assert result.exit_code == 2
-    assert fix in result.output
+    assert result.exit_code == 2 and result.run_dir is None
+    assert fix in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+def test_the_process_executor_starts_no_more_workers_than_the_run_has_items(cli: Any, records: Path) -> None:
+    """workers=4 for 2 items started 4 processes, each loading the job and running setup() for nothing (with a
+    large workers, for minutes): a Source that says its length gets a worker per item at most."""
+    result = spy(cli, records, ["-p", "executor=process", "-p", "workers=4"], "count=2")
+    assert result.exit_code == 0, result.output
+    assert successes(records) == Counter(range(2))
+    assert len(pids(records, "setup")) == 2 and pids(records, "finish") == pids(records, "setup")
 
 
 def test_missing_dask_says_how_to_install_it(cli: Any, records: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -697,6 +697,25 @@ def test_an_export_into_the_run_directory_is_refused_and_the_journal_kept(cli, t
     assert refused.returncode == 2 and "is a directory. Give -o a file name, e.g. -o results.jsonl." in flat, refused.stderr
 
 
+def test_an_export_into_another_runs_directory_is_refused_and_its_files_kept(cli, tmp_path: Path) -> None:
+    """-o another run's journal.sqlite or summary.json printed "Wrote 30 result(s)" and replaced that run's record
+    with the export: the other run was damaged and could never be resumed."""
+    ran = cli("exec", SQUARES, "-d", "out", "-p", "count=30")
+    other = cli("exec", SQUARES, "-d", "out", "-p", "count=5")
+    assert ran.exit_code == other.exit_code == 0, other.output
+    kept = {name: (other.run_dir / name).read_bytes() for name in ("journal.sqlite", "summary.json")}
+    (tmp_path / "link").symlink_to(other.run_dir)
+    for inside in (other.run_dir / "journal.sqlite", other.run_dir / "summary.json", tmp_path / "link" / "new.jsonl"):
+        refused = cli("results", ran.run_dir, "-o", inside)
+        flat = " ".join(refused.output.split())
+        assert refused.exit_code == 2 and "Traceback" not in flat, refused.output
+        assert f"is inside the run directory '{other.run_dir}' of another run, whose files are batchcli's" in flat, flat
+        assert "Write the export outside it, e.g. -o results.jsonl." in flat, flat
+    assert {name: (other.run_dir / name).read_bytes() for name in kept} == kept
+    assert not (other.run_dir / "new.jsonl").exists()
+    assert cli("results", ran.run_dir, "-o", tmp_path / "out" / "all.jsonl").exit_code == 0  # beside the runs: fine
+
+
 def test_the_results_of_a_run_that_has_not_finished_say_so(cli, tmp_path: Path) -> None:
     """`results` of a stopped run wrote what it had with exit 0 and no word that items were missing (a group's
     export warned); it now says the run's state, how many items are left and how to finish them."""

@@ -210,6 +210,28 @@ def test_a_crashed_run_resumes_in_process_and_a_finished_one_is_left_alone(cli, 
     assert sum(processed(logs).values()) == 60
 
 
+def test_a_journal_another_process_holds_locked_is_named_as_such_not_as_a_full_disk(
+    cli, run_batchcli, tmp_path: Path
+) -> None:
+    """A resume that met SQLITE_BUSY (a sqlite3 shell holding the journal) said "Free some space on that disk"; it
+    names the locked journal and says to close the program holding it, and the run resumes once it is closed."""
+    crashed = cli("exec", COUNTING, "-d", "out", "-p", "count=30", "-p", f"log_dir={tmp_path}", "-p", "crash_at=10")
+    assert crashed.exit_code == 3
+    holder = sqlite3.connect(crashed.run_dir / "journal.sqlite", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        locked = run_batchcli("resume", crashed.run_dir, "--no-shell", "-p", "crash_at=-1")
+    finally:
+        holder.close()
+    said = " ".join(locked.output.split())
+    assert locked.exit_code == 130 and "Traceback" not in said, said
+    assert f"Another process holds the journal '{crashed.run_dir / 'journal.sqlite'}' locked" in said, said
+    assert "Close the program that has it open" in said and f"batchcli resume {crashed.run_dir}" in said, said
+    assert "free" not in said.lower(), said
+    resumed = run_batchcli("resume", crashed.run_dir, "--no-shell", "-p", "crash_at=-1")
+    assert resumed.exit_code == 0, resumed.output
+
+
 def test_a_keyed_source_resumes_by_key_when_its_order_changes(cli, tmp_path: Path, keys_kept: str) -> None:
     """A Source with item_key() is journaled by key, so a resume over a reshuffled source still does each item once;
     the same with the settled keys looked up on disk (as a resume does past KEYS_HELD_MAX of them)."""

@@ -503,6 +503,16 @@ def test_metrics_port_errors_come_before_any_run(cli: Any, tmp_path: Path, monke
     assert not list((tmp_path / "out").glob("*/journal.sqlite"))
 
 
+def test_metrics_host_with_an_empty_label_is_bad_input(cli: Any, tmp_path: Path) -> None:
+    """A host name the resolver cannot even encode (an empty label) gets the bad-host message, not a traceback."""
+    for host in ("a..b", "x" * 64 + ".example"):
+        wrong = cli("exec", JOB, "-d", tmp_path / "out", "-p", f"metrics_port={free_port()}", "-p", f"metrics_host={host}")
+        said = " ".join(wrong.output.split())
+        assert wrong.exit_code == 2 and f"metrics_host='{host}' is not an address of this machine" in said, said
+        assert "label is empty or over 63 characters" in said and "-p metrics_host=127.0.0.1" in said, said
+    assert not list((tmp_path / "out").glob("*/journal.sqlite"))
+
+
 def test_a_tripped_breaker_and_the_stop_it_leads_to_are_notified(cli: Any, tmp_path: Path, hook: ThreadingHTTPServer) -> None:
     """A run whose items all fail notifies the breaker's trip with its reason, then the resumable stop it ends in."""
     url = f"http://127.0.0.1:{hook.server_port}/hook"

@@ -556,7 +556,19 @@ def init(
 def main() -> None:
     """Run the CLI (``batchcli.__main__.main`` calls this once it has taken the stop signals)."""
     EarlySignals.install()  # a signal before a command takes over is remembered, not a kill
+    _drop_nonsense_width(os.environ)
     app(prog_name="batchcli")
+
+
+def _drop_nonsense_width(environ: Any) -> None:
+    """Treat a ``COLUMNS`` that is no width (0, negative, not a number) as unset, so the terminal's width is used.
+
+    rich ignores a negative or non-numeric ``COLUMNS`` but takes ``COLUMNS=0`` at its word and prints nothing:
+    every message, errors included, would be lost.
+    """
+    columns = environ.get("COLUMNS")
+    if columns is not None and not (columns.strip().isdigit() and int(columns) > 0):
+        del environ["COLUMNS"]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from batchcli.errors import ExportError, ReaderLeft, UsageError
 from batchcli.journal.results import check_format, export, is_group
-from batchcli.journal.rundir import journal_path
+from batchcli.journal.rundir import JOURNAL_NAME, journal_path
 
 
 def export_results(run_dir: Path, fmt: str, output: Path | None) -> None:
@@ -122,6 +122,13 @@ def _to_file(run_dir: Path, fmt: str, output: Path, progress: Callable[[int], No
         raise UsageError(
             f"-o {str(output)!r} is inside the run directory {str(run_dir)!r}, whose files are batchcli's (its "
             f"journal holds these results). Write the export outside it, e.g. -o results.{fmt}."
+        )
+    if any((target.parent / name).exists() for name in (JOURNAL_NAME, f"{JOURNAL_NAME}.new")):
+        # Another run's directory: -o its journal.sqlite or summary.json replaced that run's record with the export.
+        raise UsageError(
+            f"-o {str(output)!r} is inside the run directory {str(target.parent)!r} of another run, whose files are "
+            f"batchcli's (its journal holds that run's results and what resume needs). Write the export outside it, "
+            f"e.g. -o results.{fmt}."
         )
     if target.exists() and not target.is_file():
         try:

@@ -122,8 +122,9 @@ def _check_ray_address(address: str) -> None:
     check_address(address)
 
 
-def make_executor(job: Job, wiring: Wiring, tally: Tally) -> Executor:
-    """The executor ``config.executor`` names, not started yet: the one place that picks one.
+def make_executor(job: Job, wiring: Wiring, tally: Tally, items: int | None = None) -> Executor:
+    """The executor ``config.executor`` names, not started yet: the one place that picks one. ``items`` is how many
+    items the run takes, when the Source says (``__len__``): ``process`` starts no more workers than that.
 
     ``async`` runs the driver's own Service, set up on the run's loop; ``process``, ``dask`` and ``ray`` start
     worker processes that each rebuild the job from ``wiring`` and set up their own Service, so the
@@ -139,7 +140,7 @@ def make_executor(job: Job, wiring: Wiring, tally: Tally) -> Executor:
     if config.executor == "process":
         from batchcli.executors.processpool import ProcessBackend
 
-        backend: Any = ProcessBackend(job, wiring)
+        backend: Any = ProcessBackend(job, wiring, items)
     elif config.executor == "ray":
         try:
             from batchcli.executors.raycluster import RayBackend

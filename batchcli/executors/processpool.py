@@ -73,9 +73,11 @@ class _Worker:
 class ProcessBackend:
     """``workers`` spawned processes, each rebuilding the job from the run's ``Wiring``."""
 
-    def __init__(self, job: Job, wiring: Wiring) -> None:
+    def __init__(self, job: Job, wiring: Wiring, items: int | None = None) -> None:
         config = job.config
         self._count = config.workers or os.cpu_count() or 1
+        if items is not None:  # a worker more than the items would load the job and run setup() for nothing
+            self._count = max(1, min(self._count, items))
         target = Path(wiring.target).expanduser()
         if target.exists() and not wiring.by_name:  # workers start in the same directory, but a relative path is fragile
             wiring = replace(wiring, target=str(target.resolve()))
@@ -84,6 +86,7 @@ class ProcessBackend:
         self._queue: deque[tuple[Chunk, asyncio.Future[ChunkResult]]] = deque()
         self._closing = False
         self._cancelled = False
+        self._abandoned = False
         self._timeout_s = config.item_timeout_s
         self._watch: asyncio.TimerHandle | None = None
 
@@ -102,7 +105,12 @@ class ProcessBackend:
         # own handler, this one runs first (atexit is last in, first out) and kills what is left.
         atexit.register(self.abandon)
         for _ in range(self._count):
+            if self._abandoned:  # a stop timed out while they started: the run leaves, so start no more
+                break
             self._spawn(replacement=False)
+            # Each start takes a while (a new interpreter): between them the loop hears a stop, and the loop watch
+            # does not take batchcli's own spawning for the job's code holding the loop.
+            await asyncio.sleep(0)
         outcomes = await asyncio.gather(*(w.ready for w in self._workers), return_exceptions=True)
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         if errors:
@@ -322,7 +330,9 @@ class ProcessBackend:
     def abandon(self) -> None:
         """The workers still alive were abandoned: SIGKILL them (they ignore SIGTERM). At interpreter exit without
         close(), and when the run leaves without close() (a stop timed out while setup() or finish() hung in the
-        workers) to exit at once, skipping ``atexit``: before, they outlived the run for good, orphaned."""
+        workers) to exit at once, skipping ``atexit``: before, they outlived the run for good, orphaned. A start
+        still under way on the loop thread spawns no more (one in the middle of its start is killed at exit)."""
+        self._abandoned = True
         for worker in self._workers:
             if worker.process.is_alive():
                 worker.process.kill()

@@ -348,6 +348,11 @@ def no_room(error: BaseException) -> bool:
     return getattr(error, "sqlite_errorname", None) == "SQLITE_FULL"
 
 
+def held_locked(error: BaseException) -> bool:
+    """Whether a write failed because another connection held the journal locked past the wait (``SQLITE_BUSY``)."""
+    return (getattr(error, "sqlite_errorname", None) or "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+
+
 def _read_holder(run_dir: Path) -> tuple[int, str] | None:
     try:
         pid, host = (run_dir / HOLDER_NAME).read_text().split()

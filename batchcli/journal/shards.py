@@ -20,7 +20,7 @@ from batchcli.errors import UsageError
 from batchcli.journal.rundir import query
 from batchcli.journal.settled import normal_key
 from batchcli.load.configuration import MAX_SHARDS
-from batchcli.load.source import is_async_source, source_length
+from batchcli.load.source import is_async_source, iterate, source_length
 
 INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
 """Where a Kubernetes Indexed Job puts each pod's index: ``--shard auto/N`` (or ``-p shards=N``) reads it."""
@@ -95,7 +95,7 @@ class _Strided(_Share):
     """Items ``index, index + count, ...`` of the source, by position."""
 
     def __iter__(self) -> Iterator[Any]:
-        return itertools.islice(iter(self.source), self.shard.index, None, self.shard.count)
+        return itertools.islice(iterate(self.source), self.shard.index, None, self.shard.count)
 
 
 class _AsyncStrided(_Share):
@@ -138,7 +138,7 @@ class _Keyed(_ByKey):
     def __iter__(self) -> Iterator[Any]:
         owns, key_of = self.shard.owns_key, self.key_of
         assert key_of is not None
-        for position, item in enumerate(self.source):
+        for position, item in enumerate(iterate(self.source)):
             if owns(key_of(item)):
                 self.last_position = position
                 yield item

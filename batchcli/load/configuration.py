@@ -27,6 +27,11 @@ MAX_SHARDS = 1_000
 such as 0/3000000 made them run for minutes and die out of memory), and more processes than this are no longer one
 machine's or one cluster's job."""
 
+MAX_WORKERS = 256
+"""The most ``workers``: each is a Python process of its own that loads the job and runs ``setup()`` (tens of MB, and
+a second or more of CPU to start). ``workers=10000`` spent minutes starting processes, past a stop's timeout, until the
+machine ran out of them; more items at once come from ``concurrency``, which each worker shares among its items."""
+
 BREAKER_WINDOW_MAX = 1_000_000
 """The longest circuit-breaker window: it keeps the outcomes of up to twice that many settled items in memory."""
 
@@ -77,7 +82,7 @@ class Configuration:
     workers: int | None = None
     """Worker processes for ``process``, for the local Dask cluster started when ``dask_address`` is
     none, and Ray actors for ``ray``; none means one per CPU core (of the Ray cluster, for ``ray``).
-    Ignored with ``dask_address`` (the cluster has its own)."""
+    At most 256. Ignored with ``dask_address`` (the cluster has its own)."""
     dask_address: str | None = None
     """The scheduler of a running Dask cluster, ``tcp://host:8786``; none starts a local cluster of
     ``workers`` processes for the run and shuts it down at the end."""
@@ -163,8 +168,12 @@ class Configuration:
         self._check_unattended()
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {', '.join(map(repr, EXECUTORS))}, got {self.executor!r}.")
-        if self.workers is not None and self.workers < 1:
-            raise ValueError(f"workers must be at least 1 or none (one per CPU core), got {self.workers!r}.")
+        if self.workers is not None and not 1 <= self.workers <= MAX_WORKERS:
+            raise ValueError(
+                f"workers must be from 1 to {MAX_WORKERS}, or none (one per CPU core), got {self.workers!r}: each "
+                "worker is a process of its own that loads the job, so more take minutes to start and the machine's "
+                "memory. For more items at once, raise concurrency instead: each worker shares it among its items."
+            )
         if self.shards is not None and not 1 <= self.shards <= MAX_SHARDS:
             raise ValueError(
                 f"shards must be from 1 to {MAX_SHARDS:,}, or none (the whole source in one run), got {self.shards!r}."

@@ -6,6 +6,7 @@ import logging
 import operator
 import reprlib
 import sys
+from collections.abc import Iterable
 from typing import Any, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -50,6 +51,25 @@ class Source(Generic[T]):
         between runs; the journal then keeps one key per settled item.
         """
         raise NotImplementedError
+
+
+class NotIterable(TypeError):
+    """A Source's ``__iter__`` returned something that holds no items (an int, None): the job's error, named."""
+
+
+def iterate(source: object) -> Iterator[Any]:
+    """The items of a sync Source, as ``iter()`` gives them, except that an ``__iter__`` returning a list (or another
+    iterable that is not an iterator) gives that list's items: what it plainly means, which ``iter()`` refuses."""
+    returned = type(source).__iter__(source)  # type: ignore[attr-defined]
+    if isinstance(returned, Iterator):
+        return returned
+    if isinstance(returned, Iterable):
+        return iter(returned)
+    name = type(source).__qualname__
+    raise NotIterable(
+        f"{name}.__iter__ returned {reprlib.repr(returned)} ({type(returned).__name__}), which holds no items. Make it "
+        "a generator (yield each item), or return the items (return iter(items), or a list)."
+    )
 
 
 def is_async_source(source: object) -> bool:

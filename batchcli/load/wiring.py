@@ -271,11 +271,32 @@ def _check_defined(source_cls: type, service_cls: type) -> None:
             f"{service_cls.__qualname__} defines no process(self, item): batchcli calls it for each item. Define it "
             "(async def process(self, item) for I/O-bound work, or a plain def)."
         )
+    _check_iteration(source_cls)
     iterates = getattr(source_cls, "__iter__", None) is not Source.__iter__ or hasattr(source_cls, "__aiter__")
     if not iterates and getattr(source_cls, "next", None) is Source.next:
         raise ProjectError(
             f"{source_cls.__qualname__} yields no items: define __iter__ (a generator), __aiter__ (an async "
             "generator) or next() (raising StopIteration at the end) on it."
+        )
+
+
+def _check_iteration(source_cls: type) -> None:
+    """An ``async def __iter__`` (meant as ``__aiter__``), or an ``async def __aiter__`` that returns instead of
+    yielding, gives a coroutine where an iterator belongs: the run crashed with "batchcli failed" and no frame of
+    the user's, after making its directory."""
+    name = source_cls.__qualname__
+    method = getattr(source_cls, "__iter__", None)
+    if inspect.iscoroutinefunction(method) or inspect.isasyncgenfunction(method):
+        raise ProjectError(
+            f"{name}.__iter__ is async def, but __iter__ must give its items without awaiting. For a Source that "
+            f"awaits, rename it to __aiter__ and yield each item in it (async def __aiter__(self): ... yield item); "
+            "otherwise drop the async and make it a generator (def __iter__(self): ... yield item)."
+        )
+    method = getattr(source_cls, "__aiter__", None)
+    if inspect.iscoroutinefunction(method):
+        raise ProjectError(
+            f"{name}.__aiter__ is async def but does not yield, so it gives a coroutine, not the items. Make it an "
+            "async generator: yield each item in it (async def __aiter__(self): ... yield item)."
         )
 
 

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 
-from batchcli.errors import JournalError, RunDirStartError, RunDirWriteError
+from batchcli.errors import JournalError, RunDirStartError
 from batchcli.executors.base import Executor, make_executor
 from batchcli.executors.calls import USER_ERRORS, ours
 from batchcli.journal.records import FailedFile
@@ -32,7 +32,7 @@ from batchcli.journal.writer import Journal
 from batchcli.load.project import format_user_traceback
 from batchcli.load.secret import mask_texts, secret_texts
 from batchcli.load.service import maybe_await
-from batchcli.load.source import defines_persist_failed, is_async_source, source_length
+from batchcli.load.source import NotIterable, defines_persist_failed, is_async_source, iterate, source_length
 from batchcli.load.wiring import Job, Wiring
 from batchcli.outcome import FAILURES_KEPT, Tally
 from batchcli.run.breaker import Breaker
@@ -44,7 +44,7 @@ from batchcli.run.logs import guard_console, start_logging
 from batchcli.run.loopwatch import HELD_S, LoopWatch
 from batchcli.run.notify import Notifier, notifier_of
 from batchcli.journal.rundir import free_space, out_of_inodes
-from batchcli.run.recording import Recording, describe
+from batchcli.run.recording import Recording, describe, write_stopped
 from batchcli.run.report import RunResult, result_of, write_summary
 
 if TYPE_CHECKING:
@@ -485,7 +485,7 @@ class Run:
                 journal.rewired(self.job, self.wiring.without(self.options.unrecorded))
             except sqlite3.Error as error:  # resuming on a disk that is still full
                 journal.close()
-                raise RunDirWriteError(self.run_dir, describe(error), free_space(self.run_dir)) from error
+                raise write_stopped(self.run_dir, error) from error
         else:
             keyed = defines_item_key(self.job.source)  # a retry run too: its results carry the keys
             recorded = self.wiring.without(self.options.unrecorded)
@@ -507,7 +507,7 @@ class Run:
                 self._earlier_failed = self._unhanded(journal)
         except sqlite3.Error as error:  # resuming on a disk that is still full
             journal.close()
-            raise RunDirWriteError(self.run_dir, describe(error), free_space(self.run_dir)) from error
+            raise write_stopped(self.run_dir, error) from error
         return journal
 
     def _unhanded(self, journal: Journal) -> list[Any]:
@@ -679,7 +679,7 @@ class Run:
                 self.tally.total = length
             if self.stop_requested.is_set():
                 return  # a signal during start-up: set nothing up, start no worker; the run ends stopped
-            executor = self._starting = make_executor(self.job, self.wiring, self.tally)
+            executor = self._starting = make_executor(self.job, self.wiring, self.tally, length)
             await executor.start()
             if self._hard_stopped:
                 return  # stopped at once during start(); finish() still runs
@@ -694,7 +694,12 @@ class Run:
                     earlier_errors=self.continuation.earlier_errors or (),
                 )  # fmt: skip
                 self.tally.watch = self.breaker.watch
-            items, seen = self._items()
+            try:
+                items, seen = self._items()
+            except NotIterable as error:  # no frame is theirs to show: the message names their __iter__ and the fix
+                self._fatal = error
+                log.critical("The Source gave no items: %s", error)
+                return
             await executor.run(items)
             if executor.fatal is not None:
                 self._set_fatal(executor.fatal, "The Source raised")
@@ -730,7 +735,7 @@ class Run:
         # zip() with a counter numbers the items in C; after exhaustion the counter tells how many came.
         seen: Iterator[int] = itertools.count()
         source = self._source_items
-        self._source_iterator = source.__aiter__() if is_async_source(source) else iter(source)
+        self._source_iterator = source.__aiter__() if is_async_source(source) else iterate(source)
         items: Any = _numbered(self._source_iterator, seen) if is_async_source(source) else zip(seen, self._source_iterator)
         selection = self._selection
         key_of = getattr(self.job.source, "item_key", None)

@@ -165,13 +165,12 @@ def open_metrics(config: Any, job: str) -> Metrics | None:
     registry = CollectorRegistry(auto_describe=False)  # this run's alone: no global state
     try:
         server, thread = start_http_server(port, addr=host, registry=registry)
+    except UnicodeError:  # the resolver's idna codec refuses a name with an empty or over-long label
+        raise UsageError(_not_an_address(host, "not a valid host name: a label is empty or over 63 characters")) from None
     except OSError as error:
         reason = error.strerror or str(error)
         if isinstance(error, socket.gaierror) or error.errno == errno.EADDRNOTAVAIL:  # the host: not another port
-            raise UsageError(
-                f"metrics_host={host!r} is not an address of this machine ({reason}). Give one of its addresses, "
-                "e.g. -p metrics_host=127.0.0.1 (this machine only) or 0.0.0.0 (every interface)."
-            ) from None
+            raise UsageError(_not_an_address(host, reason)) from None
         raise UsageError(
             f"metrics_port={port} cannot be served on {host} ({reason}): another program (or run) "
             f"uses it. Give another port, e.g. -p metrics_port={port + 1 if port < 65535 else port - 1}, or leave metrics_port unset."
@@ -179,3 +178,10 @@ def open_metrics(config: Any, job: str) -> Metrics | None:
     metrics = Metrics(server, thread, job)
     registry.register(metrics)  # type: ignore[arg-type]
     return metrics
+
+
+def _not_an_address(host: str, reason: str) -> str:
+    return (
+        f"metrics_host={host!r} is not an address of this machine ({reason}). Give one of its addresses, "
+        "e.g. -p metrics_host=127.0.0.1 (this machine only) or 0.0.0.0 (every interface)."
+    )

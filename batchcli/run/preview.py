@@ -28,7 +28,7 @@ from batchcli.journal.shards import position_in_source
 from batchcli.load.project import format_user_traceback
 from batchcli.load.configuration import RuntimeFieldUnset
 from batchcli.load.secret import Secret, mask_texts, secret_texts, unset
-from batchcli.load.source import is_async_source, source_length
+from batchcli.load.source import NotIterable, is_async_source, iterate, source_length
 
 if TYPE_CHECKING:
     from batchcli.journal.resumption import Continuation
@@ -72,7 +72,8 @@ def preview(job: Job, continuation: Continuation, console: Console | None = None
             else ""
         )
         failed = UserCodeError(
-            f"The Source raised while the dry run counted its items (exit 3, as when it raises in a run).{hint}\n"
+            f"The Source gave no items (exit 3, as in a run): {error}" if isinstance(error, NotIterable)  # no frame is theirs
+            else f"The Source raised while the dry run counted its items (exit 3, as when it raises in a run).{hint}\n"
             f"{format_user_traceback(error)}",
             error,
         )
@@ -166,7 +167,7 @@ def _numbered(source: Any, clock: _Clock) -> Any:
 
 
 def _snumbered(source: Any, clock: _Clock) -> Any:
-    for pair in enumerate(iter(source)):
+    for pair in enumerate(iterate(source)):
         yield pair
         if clock.up():
             return

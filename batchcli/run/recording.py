@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Callable, Protocol
 
-from batchcli.errors import RunDirGoneError, RunDirWriteError
+from batchcli.errors import JournalLockedError, RunDirGoneError, RunDirWriteError
 from batchcli.journal.records import FailedFile, failure_record
-from batchcli.journal.rundir import FLUSH_INTERVAL_S, free_space
+from batchcli.journal.rundir import FLUSH_INTERVAL_S, free_space, held_locked
 from batchcli.journal.results import Kept
 from batchcli.outcome import KEPT_NUDGE, Failure, Sealed, Tally, log_failures, merge_ranges, runs, sealed_ranges
 
@@ -233,6 +233,14 @@ class Recording:
                     "was deleted" if deleted else f"was moved to {moved_to}" if moved_to else "was moved or replaced",
                     self.retry_s,
                 )
+            elif held_locked(error):
+                log.error(
+                    "Another process holds the journal of %s locked (%s): no new item starts while batchcli retries "
+                    "for up to %gs (write_retry_s).",
+                    self.run_dir,
+                    describe(error),
+                    self.retry_s,
+                )
             else:
                 log.error(
                     "Cannot write the run directory %s (%s; %s free): no new item starts while batchcli retries "
@@ -259,7 +267,7 @@ class Recording:
             return None
         if isinstance(self._write_cause, RunDirGone):
             return RunDirGoneError(self.run_dir, *self._gone)
-        return RunDirWriteError(self.run_dir, describe(self._write_cause), free_space(self.run_dir))
+        return write_stopped(self.run_dir, self._write_cause)
 
     def close(self) -> None:
         """Close ``failed.jsonl`` (and the run directory held open)."""
@@ -273,3 +281,11 @@ def describe(error: BaseException) -> str:
     """A write error for a message: SQLite's own words are vague ("disk I/O error"), so add its code."""
     name = getattr(error, "sqlite_errorname", None)
     return f"{error} ({name})" if name else str(error)
+
+
+def write_stopped(run_dir: Path, error: BaseException) -> RunDirWriteError:
+    """Why the run stopped when its run directory could not be written: another process holding the journal
+    locked (where "free some space" would mislead), else a full disk or another write error."""
+    if held_locked(error):
+        return JournalLockedError(run_dir, describe(error))
+    return RunDirWriteError(run_dir, describe(error), free_space(run_dir))
