@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 from typing import ClassVar, TypeVar
 
-from batchcli.outcome import ShownItem, masked_repr
+from batchcli.outcome import FailureBatch, ShownItem, masked_repr
 
 V = TypeVar("V")
 
@@ -145,9 +145,8 @@ class SecretMask(logging.Filter):
         secrets = self.secrets
         if not secrets:
             return True
-        failures = getattr(record, "failures", None)
-        if failures is not None:  # a FailureBatch: messages and tracebacks came masked; each item's repr now
-            record.failures = [f._replace(item=ShownItem(masked_repr(f.item, secrets, 60))) for f in failures]
+        if isinstance(record, FailureBatch):  # messages and tracebacks came masked; each item's repr now
+            record.failures = [f._replace(item=ShownItem(masked_repr(f.item, secrets, 60))) for f in record.failures]
             return True
         try:
             message = record.getMessage()
