@@ -173,13 +173,14 @@ def test_dry_run_counts_a_source_without_len_and_applies_the_sample(cli, tmp_pat
 
 
 def test_a_sample_is_described_by_its_exact_percentage_never_rounded_to_all_or_nothing(cli, tmp_path: Path) -> None:
-    """--sample 0.999999 is "a 99.9999% sample", not "100%" (every item); a tiny one keeps its one digit."""
+    """--sample 0.999999 is "a 99.9999% sample", not "100%" (every item); a tiny one keeps its one digit (one
+    too small to take any item is refused: see test_bad_trial_options_are_one_paragraph_errors)."""
     near_all = cli("exec", STREAM, "-p", "count=30", "--dry-run", "--sample", "0.999999")
     assert near_all.exit_code == 0, near_all.output
     assert "a 99.9999% sample (seed 0)" in near_all.output and "100%" not in near_all.output
-    tiny = cli("exec", STREAM, "-p", "count=30", "--dry-run", "--sample", "1e-300")
+    tiny = cli("exec", STREAM, "-p", "count=30", "--dry-run", "--sample", "1e-15")
     assert tiny.exit_code == 0, tiny.output
-    assert "a 1e-298% sample (seed 0)" in tiny.output
+    assert "a 1e-13% sample (seed 0)" in tiny.output
 
 
 BROKEN_SOURCE = """
@@ -574,6 +575,7 @@ def test_skip_done_in_needs_an_item_key(cli, tmp_path: Path) -> None:
         (["--limit", "-2"], "--limit -2 takes no items"),
         (["--sample", "0"], "is not a fraction in (0, 1]"),
         (["--sample", "1.5"], "e.g. --sample 0.1"),
+        (["--sample", "1e-300"], "is too small to take any item"),  # it ran, and took none
         (["--seed", "3"], "Add --sample FRACTION"),
         (["--skip-done-in", "nowhere"], "'nowhere' is not a run directory: it does not exist"),
         (["--skip-done-in", "."], "has no journal.sqlite"),

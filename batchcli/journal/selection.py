@@ -254,6 +254,12 @@ def selection_from_options(limit: int | None, sample: float | None, seed: int | 
             f"--sample {sample!r} is not a fraction in (0, 1]. Give the share of items to take, e.g. --sample 0.1 "
             "for about one item in ten (leave --sample out to run the whole source)."
         )
+    if sample is not None and math.floor(sample * (1 << 64)) == 0:  # the sampler's cut-off (_sampler) would be 0
+        raise UsageError(
+            f"--sample {sample!r} is too small to take any item: the sample decides by a 64-bit hash, so a fraction "
+            "below 2**-64 (about 5.4e-20) takes none. Give a larger fraction, e.g. --sample 0.001, or --limit N for a "
+            "few items."
+        )
     if seed is not None and sample is None:
         raise UsageError(f"--seed {seed} only picks which --sample to take. Add --sample FRACTION, or leave --seed out.")
     if seed is not None and not -(2**63) <= seed < 2**63:  # the sampler takes 64 bits: seeds 2**64 apart picked alike
