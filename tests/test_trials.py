@@ -444,6 +444,10 @@ def test_retry_dry_run_lists_the_failures_and_runs_nothing(cli, tmp_path: Path, 
     assert "rows.Unreachable: host down-1 unreachable" in outcome.output and "bad-1" not in outcome.output
     assert "Dry run: nothing was retried." in outcome.output
     assert set((tmp_path / "out").iterdir()) == before and not ledger(tmp_path)
+    # -p is not checked without running (the job is not loaded): said, not passed over as if it had been.
+    given = cli("retry", failed_run, "--dry-run", "-p", "bogus=1")
+    assert given.exit_code == 0 and "The -p values given (bogus) were not checked: the retry checks them." in " ".join(given.output.split())
+    assert cli("retry", failed_run, "--dry-run", "-p", "no-equals-sign").exit_code == 2
 
 
 def test_show_failures_lists_input_error_attempts_and_when(cli, tmp_path: Path, failed_run: Path) -> None:

@@ -367,11 +367,13 @@ def retry(
         from batchcli.journal.history import show_failures
         from batchcli.stdout import stdout_console
 
+        given = sorted(parse_values(param)) if param else []  # a malformed -p is refused first, as the retry does
         target = retry_target(run_dir, shard)  # the shard's failures only, as the retry takes them
         again = "" if shard is None else f" --shard {shard}"
         with ends_at_stop_signals("retry --dry-run"):
             stdout_console().print(show_failures(target, wanted, retry=(run_dir, again)), soft_wrap=True)
-        typer.echo("Dry run: nothing was retried.")
+        unused = f" The -p values given ({', '.join(given)}) were not checked: the retry checks them." if given else ""
+        typer.echo(f"Dry run: nothing was retried.{unused}")
         raise typer.Exit(0)
     launch, home = retry_launch(run_dir, parse_values(param), shard, wanted)
     output = home if output_dir is None else output_path(output_dir)
