@@ -187,6 +187,25 @@ def test_skip_done_in_a_run_that_is_still_running_is_refused(cli: Any, tmp_path:
         run.wait(timeout=60)
 
 
+def test_a_run_killed_but_not_yet_reaped_reads_as_crashed(tmp_path: Path) -> None:
+    """A run killed with -9 stays a zombie until its parent reaps it, and kill(pid, 0) still answers for it: the run
+    read as running meanwhile, and an attached console said it did not know what became of the run (a flaky CI
+    failure of the attach test, whose parent reaps a moment later)."""
+    out = tmp_path / "out"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    run = start("exec", KEYED, "-d", out, "-p", "count=2000", "-p", "delay_s=0.02", "-p", f"log_dir={logs}", stderr=tmp_path / "err.txt")
+    try:
+        run_dir = one_run(out)
+        wait_for(lambda: read_run(run_dir).status == "running" and settled(run_dir) > 0, "the run to settle items")
+        os.kill(run.pid, signal.SIGKILL)
+        wait_for(lambda: open(f"/proc/{run.pid}/stat").read().rpartition(")")[2].split()[0] == "Z", "the run to die")
+        assert read_run(run_dir).status == "crashed"  # not reaped yet: still a zombie
+    finally:
+        run.kill()
+        run.wait(timeout=60)
+
+
 def test_the_failures_of_a_live_run_are_listed_as_provisional(cli: Any, tmp_path: Path) -> None:
     """retry --dry-run and show --failures of a run still running ended with "Retry them with: batchcli retry
     RUN", which retry then refused (the run is live). They say the list may grow and to retry once it ended."""

@@ -402,7 +402,18 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has died and waits for its parent to reap it, which ``kill(pid, 0)`` still answers: a run
+    killed under an attached console read as running until its parent (a shell, a test) reaped it, and the console
+    said it did not know what became of the run. Read from ``/proc`` (Linux); elsewhere, not known: False."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] in (b"Z", b"X")  # the state follows the name's ")"
+    except (OSError, IndexError):
+        return False
 
 
 @dataclass(frozen=True)
