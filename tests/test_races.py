@@ -43,6 +43,21 @@ def one_run(out: Path) -> Path:
     return next(out.glob("*/journal.sqlite")).parent
 
 
+def slow_keyed_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Path, Path]:
+    """A run of 2,000 keyed items at 20 ms each in the background (under ``first``), its run directory once it has
+    one, and the directory of its per-process logs; item-7 fails."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    out = tmp_path / "first"
+    run = start("exec", KEYED, "-d", out, "-p", "count=2000", "-p", "delay_s=0.02", "-p", f"log_dir={logs}", stderr=tmp_path / "first.txt")
+    try:
+        return run, one_run(out), logs
+    except BaseException:
+        run.kill()
+        run.wait(timeout=60)
+        raise
+
+
 def settled(run_dir: Path) -> int:
     info = read_run(run_dir)
     return info.succeeded + info.failed
@@ -169,12 +184,8 @@ def test_runs_passes_over_a_run_directory_that_moves_while_it_lists(cli: Any, tm
 def test_skip_done_in_a_run_that_is_still_running_is_refused(cli: Any, tmp_path: Path) -> None:
     """--skip-done-in took what a live run had done so far and ran the rest, which that run then did too: every
     item it had not reached yet succeeded twice."""
-    out = tmp_path / "first"
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    run = start("exec", KEYED, "-d", out, "-p", "count=2000", "-p", "delay_s=0.02", "-p", f"log_dir={logs}", stderr=tmp_path / "first.txt")
+    run, run_dir, logs = slow_keyed_run(tmp_path)
     try:
-        run_dir = one_run(out)
         wait_for(lambda: (run_dir / "control.sock").exists() and settled(run_dir) > 0, "the first run to settle items")
         second = cli("exec", KEYED, "-d", "out", "--skip-done-in", run_dir, "-p", "count=2000", "-p", f"log_dir={logs}")
         said = " ".join(second.output.split())
@@ -191,12 +202,8 @@ def test_a_run_killed_but_not_yet_reaped_reads_as_crashed(tmp_path: Path) -> Non
     """A run killed with -9 stays a zombie until its parent reaps it, and kill(pid, 0) still answers for it: the run
     read as running meanwhile, and an attached console said it did not know what became of the run (a flaky CI
     failure of the attach test, whose parent reaps a moment later)."""
-    out = tmp_path / "out"
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    run = start("exec", KEYED, "-d", out, "-p", "count=2000", "-p", "delay_s=0.02", "-p", f"log_dir={logs}", stderr=tmp_path / "err.txt")
+    run, run_dir, _ = slow_keyed_run(tmp_path)
     try:
-        run_dir = one_run(out)
         wait_for(lambda: read_run(run_dir).status == "running" and settled(run_dir) > 0, "the run to settle items")
         os.kill(run.pid, signal.SIGKILL)
         wait_for(lambda: open(f"/proc/{run.pid}/stat").read().rpartition(")")[2].split()[0] == "Z", "the run to die")
@@ -209,12 +216,8 @@ def test_a_run_killed_but_not_yet_reaped_reads_as_crashed(tmp_path: Path) -> Non
 def test_the_failures_of_a_live_run_are_listed_as_provisional(cli: Any, tmp_path: Path) -> None:
     """retry --dry-run and show --failures of a run still running ended with "Retry them with: batchcli retry
     RUN", which retry then refused (the run is live). They say the list may grow and to retry once it ended."""
-    out = tmp_path / "first"
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    run = start("exec", KEYED, "-d", out, "-p", "count=2000", "-p", "delay_s=0.02", "-p", f"log_dir={logs}", stderr=tmp_path / "first.txt")
+    run, run_dir, _ = slow_keyed_run(tmp_path)
     try:
-        run_dir = one_run(out)
         wait_for(lambda: read_run(run_dir).failed > 0, "the run to journal its failure")
         for listing in (cli("retry", run_dir, "--dry-run"), cli("show", run_dir, "--failures")):
             said = " ".join(listing.output.split())
