@@ -172,9 +172,14 @@ def _percent(fraction: float) -> str:
     return f"{pct:e}%" if pct.adjusted() < -4 else f"{pct:f}%"
 
 
+def _cut_off(fraction: float) -> int:
+    """The 64-bit hash below which a sample keeps an item: 0 takes none."""
+    return math.floor(fraction * (1 << 64))
+
+
 def _sampler(fraction: float, seed: int) -> Callable[[int], bool]:
     """Keep ordinal ``n`` when the splitmix64 hash of (seed, n) falls below ``fraction`` of its range."""
-    threshold = math.floor(fraction * (1 << 64))
+    threshold = _cut_off(fraction)
     offset = (seed * 0x9E3779B97F4A7C15) & _MASK
 
     def keep(ordinal: int) -> bool:
@@ -254,7 +259,7 @@ def selection_from_options(limit: int | None, sample: float | None, seed: int | 
             f"--sample {sample!r} is not a fraction in (0, 1]. Give the share of items to take, e.g. --sample 0.1 "
             "for about one item in ten (leave --sample out to run the whole source)."
         )
-    if sample is not None and math.floor(sample * (1 << 64)) == 0:  # the sampler's cut-off (_sampler) would be 0
+    if sample is not None and _cut_off(sample) == 0:
         raise UsageError(
             f"--sample {sample!r} is too small to take any item: the sample decides by a 64-bit hash, so a fraction "
             "below 2**-64 (about 5.4e-20) takes none. Give a larger fraction, e.g. --sample 0.001, or --limit N for a "
