@@ -62,8 +62,8 @@ KEPT_NUDGE = 1 << 20
 """Past this many bytes of waiting results the recorder is woken (``Tally.flush_wanted``)."""
 
 Sealed = tuple["array[int]", bytes]
-"""A batch of plain-data results the loop encoded together: their ordinals, and the marshal encoding of the
-list of their values in the same order (``journal.batches.LIST``)."""
+"""A batch of plain-data results the loop encoded together: their ordinals, and the pickle of the list of their
+values in the same order (``journal.batches.plain_list``)."""
 
 SEALED_OVERHEAD = 8
 """What one result in a ``sealed`` batch costs beyond its share of the encoding: its ordinal."""

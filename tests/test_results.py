@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import marshal
+import pickle
 import random
 import re
 import sqlite3
@@ -20,8 +21,9 @@ import pytest
 from conftest import subprocess_env
 
 import batchcli
+from batchcli.errors import JournalError
 from batchcli.executors.asyncpool import SEAL_ROW_MAX, SEAL_SAMPLE
-from batchcli.journal.batches import LIST, LISTS, batch_rows
+from batchcli.journal.batches import PICKLED_LIST, PICKLED_LISTS, batch_rows
 from batchcli.journal.results import UnreadableResult
 from batchcli.journal.rundir import read_run
 from batchcli.testing import run_job
@@ -50,10 +52,10 @@ def journal_rows(run_dir: Path, sql: str) -> list[tuple[Any, ...]]:
 
 
 def batch_sizes(run_dir: Path) -> list[int]:
-    """The size of each batch the loop encoded, as the journal's rows hold them (a ``LISTS`` row holds several)."""
+    """The size of each batch the loop encoded, as the journal's rows hold them (a ``PICKLED_LISTS`` row holds several)."""
     sizes: list[int] = []
     for encoding, packed, length in journal_rows(run_dir, "SELECT encoding, sizes, length(data) FROM result_batches"):
-        if encoding == LISTS:
+        if encoding == PICKLED_LISTS:
             numbers = array("q")
             numbers.frombytes(packed)
             sizes += numbers
@@ -569,32 +571,107 @@ def test_batch_rows_read_back_sorted_split_and_once_per_item(tmp_path: Path) -> 
     from array import array
     from marshal import dumps
 
-    from batchcli.journal.batches import BATCHES_TABLE, MARSHAL, SPLIT_GAP, batch_rows, merged, write_batch, write_list
+    from batchcli.journal.batches import (
+        BATCHES_TABLE, MARSHAL, SPLIT_GAP, batch_rows, merged, plain_list, write_batch, write_list,
+    )
 
     conn = sqlite3.connect(tmp_path / "j.sqlite")
     conn.executescript(BATCHES_TABLE)
     settled = [5, 3, 7, 2 * SPLIT_GAP + 10, 1]  # out of order, with one item far beyond the others
-    write_list(conn, array("q", settled), dumps([f"v{n}" for n in settled], 4), None)
+    write_list(conn, array("q", settled), plain_list([f"v{n}" for n in settled]), None)
     assert conn.execute("SELECT count(*) FROM result_batches").fetchone() == (2,)  # the straggler split off
-    write_list(conn, array("q", [6, 4]), dumps([{"six": 6}, "v4"], 4), None)
+    write_list(conn, array("q", [6, 4]), plain_list([{"six": 6}, "v4"]), None)
     write_batch(conn, [(4, dumps("again"), None)], keyed=False)  # later: the process executor's kind of row
     encodings = [e for (e,) in conn.execute("SELECT encoding FROM result_batches ORDER BY rowid")]
-    assert encodings == [MARSHAL, MARSHAL, LIST, MARSHAL]  # a split batch is written a result at a time
+    assert encodings == [MARSHAL, MARSHAL, PICKLED_LIST, MARSHAL]  # a split batch is written a result at a time
     read = [(o, marshal.loads(v)) for o, _, v, _ in merged(batch_rows(conn))]
     far = 2 * SPLIT_GAP + 10
     assert read == [(1, "v1"), (3, "v3"), (4, "again"), (5, "v5"), (6, {"six": 6}), (7, "v7"), (far, f"v{far}")]
 
 
+def test_batches_written_as_marshal_lists_by_an_older_batchcli_read_the_same(cli, tmp_path: Path) -> None:
+    """Journals from before the pickled lists hold the same batches as marshal lists (``LIST``, ``LISTS``): a run's
+    rows rewritten in those forms (a row's first half of lists one ``LIST`` row each, the rest one ``LISTS`` row)
+    read back and export exactly as they did."""
+    from batchcli.journal.batches import LIST, LISTS, plain_values
+
+    ran = cli("exec", BATCHED, "-d", "out", "-p", "count=3000", "-p", "concurrency=50", "-p", "jitter_ms=1")
+    assert ran.exit_code == 0, ran.output
+    before = [(r.ordinal, r.value) for r in batchcli.read_results(ran.run_dir)]
+    assert before == [(n, {"n": n}) for n in range(3000)]
+    exported = cli("results", ran.run_dir).output
+    conn = sqlite3.connect(ran.run_dir / "journal.sqlite")
+    with conn:
+        rows = conn.execute("SELECT rowid, ordinals, sizes, data FROM result_batches WHERE encoding = ?", (PICKLED_LISTS,))
+        for rowid, packed, sizes, data in rows.fetchall():
+            ordinals, lengths = array("q"), array("q")
+            ordinals.frombytes(packed)
+            lengths.frombytes(sizes)
+            lists, offset = [], 0
+            for size in lengths:
+                values = plain_values(data[offset : offset + size])
+                lists.append((ordinals[: len(values)], marshal.dumps(values, 4)))
+                del ordinals[: len(values)]
+                offset += size
+            assert len(lists) > 2, "a flush of a few lists at least"
+            half = len(lists) // 2
+            conn.execute("DELETE FROM result_batches WHERE rowid = ?", (rowid,))
+            for numbers, encoded in lists[:half]:
+                conn.execute(
+                    "INSERT INTO result_batches VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                    (min(numbers), max(numbers), LIST, numbers.tobytes(), b"", encoded),
+                )
+            rest = array("q", [n for numbers, _ in lists[half:] for n in numbers])
+            conn.execute(
+                "INSERT INTO result_batches VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                (min(rest), max(rest), LISTS, rest.tobytes(), array("q", [len(e) for _, e in lists[half:]]).tobytes(),
+                 b"".join(e for _, e in lists[half:])),
+            )  # fmt: skip
+        encodings = {e for (e,) in conn.execute("SELECT encoding FROM result_batches")}
+        assert encodings == {LIST, LISTS}, encodings
+    conn.close()
+    assert [(r.ordinal, r.value) for r in batchcli.read_results(ran.run_dir)] == before
+    assert cli("results", ran.run_dir).output == exported
+
+
+def test_a_batch_of_results_that_names_a_function_is_refused_unrun(cli, tmp_path: Path) -> None:
+    """A batch row holds a pickle of built-in types only, and is read with no class or function allowed: one altered
+    to call a function when loaded (here, to create a file) reads as a damaged journal, and the function never runs."""
+
+    class Opens:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (open, (str(tmp_path / "ran"), "w"))
+
+    ran = cli("exec", BATCHED, "-d", "out", "-p", "count=50")
+    assert ran.exit_code == 0, ran.output
+    conn = sqlite3.connect(ran.run_dir / "journal.sqlite")
+    with conn:
+        data = pickle.dumps([Opens()] * 50, 5)
+        conn.execute("UPDATE result_batches SET sizes = ?, data = ?", (array("q", [len(data)]).tobytes(), data))
+    conn.close()
+    for reader in ("results", "read_results"):
+        if reader == "results":
+            out = cli("results", ran.run_dir)
+            assert out.exit_code == 2, out.output
+            message = " ".join(out.output.split())
+        else:
+            with pytest.raises(JournalError) as raised:
+                list(batchcli.read_results(ran.run_dir))
+            message = str(raised.value)
+        assert "is damaged" in message and "which plain data never does" in message, message
+        assert "Traceback" not in message
+    assert not (tmp_path / "ran").exists()
+
+
 def test_keyed_batches_keep_each_key_with_its_result(tmp_path: Path) -> None:
     """A batch encoded as one list carries its items' keys in the same order, settled out of order or not."""
     from array import array
-    from marshal import dumps
 
-    from batchcli.journal.batches import BATCHES_TABLE, batch_rows, write_list
+    from batchcli.journal.batches import BATCHES_TABLE, batch_rows, plain_list, write_list
 
     conn = sqlite3.connect(tmp_path / "j.sqlite")
     conn.executescript(BATCHES_TABLE)
-    write_list(conn, array("q", [2, 0, 1]), dumps(["c", "a", "b"], 4), ["k2", "k0", "k1"])
+    write_list(conn, array("q", [2, 0, 1]), plain_list(["c", "a", "b"]), ["k2", "k0", "k1"])
     assert [(o, k, marshal.loads(v)) for o, k, v, _ in batch_rows(conn)] == [(0, "k0", "a"), (1, "k1", "b"), (2, "k2", "c")]
 
 
@@ -603,16 +680,15 @@ def test_the_batches_of_a_flush_go_as_one_row_and_read_back_in_order(tmp_path: P
     """The lists one flush took are one row, read back sorted whether their items settled in order or not (each
     with its key), at most ``LISTS_BATCHES_MAX`` lists a row; lists whose items lie far apart keep rows of their own."""
     from array import array
-    from marshal import dumps
 
-    from batchcli.journal.batches import BATCHES_TABLE, LISTS_BATCHES_MAX, SPLIT_GAP, batch_rows, write_sealed
+    from batchcli.journal.batches import BATCHES_TABLE, LISTS_BATCHES_MAX, SPLIT_GAP, batch_rows, plain_list, write_sealed
 
     conn = sqlite3.connect(tmp_path / "j.sqlite")
     conn.executescript(BATCHES_TABLE)
 
     def batch(ordinals: list[int]) -> tuple[array[int], bytes, list[str] | None, int, int]:
         keys = [f"k{n}" for n in ordinals] if keyed else None
-        return array("q", ordinals), dumps([{"n": n} for n in ordinals], 4), keys, min(ordinals), max(ordinals)
+        return array("q", ordinals), plain_list([{"n": n} for n in ordinals]), keys, min(ordinals), max(ordinals)
 
     in_order = [batch(list(range(start, start + 10))) for start in range(0, 30, 10)]
     shuffled = [batch([35, 31, 30]), batch([33, 34, 32, 36])]
@@ -621,7 +697,10 @@ def test_the_batches_of_a_flush_go_as_one_row_and_read_back_in_order(tmp_path: P
     for flush in (in_order, shuffled, many, far):
         write_sealed(conn, flush)
     rows = conn.execute("SELECT encoding, length(sizes) / 8 FROM result_batches ORDER BY rowid").fetchall()
-    assert rows == [(LISTS, 3), (LISTS, 2), (LISTS, LISTS_BATCHES_MAX), (LIST, 0), (LIST, 0), (LIST, 0)]
+    assert rows == [
+        (PICKLED_LISTS, 3), (PICKLED_LISTS, 2), (PICKLED_LISTS, LISTS_BATCHES_MAX),
+        (PICKLED_LIST, 0), (PICKLED_LIST, 0), (PICKLED_LIST, 0),
+    ]  # fmt: skip
     expected = [*range(37), *range(100, 101 + LISTS_BATCHES_MAX), 300, 300 + 2 * SPLIT_GAP]
     read = [(o, k, marshal.loads(v)) for o, k, v, _ in batch_rows(conn)]
     assert read == [(n, f"k{n}" if keyed else None, {"n": n}) for n in expected]
@@ -823,7 +902,7 @@ def test_results_settling_out_of_order_in_many_batches_read_back_once_each_in_or
     as rows of several lists, and every result reads back once, in source order, in Python and in the export."""
     ran = cli("exec", BATCHED, "-d", "out", "-p", "count=6000", "-p", "concurrency=50", "-p", "jitter_ms=2")
     assert ran.exit_code == 0, ran.output
-    rows = journal_rows(ran.run_dir, "SELECT ordinals FROM result_batches WHERE encoding = 3 AND length(sizes) > 8")
+    rows = journal_rows(ran.run_dir, f"SELECT ordinals FROM result_batches WHERE encoding = {PICKLED_LISTS} AND length(sizes) > 8")
     unsorted = [r for (packed,) in rows if (r := array("q", packed)) != array("q", sorted(r))]
     assert unsorted, "no row of several batches held items that settled out of order"
     assert [(r.ordinal, r.value) for r in batchcli.read_results(ran.run_dir)] == [(n, {"n": n}) for n in range(6000)]
@@ -940,8 +1019,8 @@ def test_values_that_lend_out_their_memory_come_back_as_themselves_not_as_bytes(
             assert type(value) is array and value == array("d", [n, n + 0.5]), value
         elif n % 3 == 1:
             assert value["n"] == n and type(value["values"]) is array and value["values"] == array("q", [n]), value
-        else:
-            assert value == {"n": n}
+        else:  # as bytes, as a result kept on its own (marshal) comes back, whichever path it took
+            assert value == {"n": n, "raw": b"%d" % n} and type(value["raw"]) is bytes, value
 
 
 @pytest.mark.parametrize("char", ["x", "é"])

@@ -16,7 +16,7 @@ from batchcli.executors.calls import USER_ERRORS, ItemCalls, ours
 from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler, throttled_before
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, throttle_of
-from batchcli.journal.batches import MARSHAL_VERSION, plain
+from batchcli.journal.batches import MARSHAL_VERSION, plain, plain_list
 from batchcli.journal.results import Encoded, Encoding, encode_other, fits
 from batchcli.load.configuration import Configuration
 from batchcli.outcome import FAILURE_BACKLOG_MAX, KEPT_OVERHEAD, RECORDER_WAIT_S, SEALED_OVERHEAD, Tally
@@ -102,7 +102,7 @@ class AsyncExecutor:
         self._results: list[Any] = []
         """Results waiting to be encoded together (``_seal``), with their items and ordinals below."""
         self._result_items: list[Any] = []
-        self._result_ordinals = array("q")
+        self._result_ordinals: list[int] = []  # a list append costs half an array's; made an array when sealed
         self._seal_at = 1
         """How many waiting results make a batch: ``SEAL_MAX``, fewer when they are large (the last batch says)."""
         self._fits = 0
@@ -232,7 +232,7 @@ class AsyncExecutor:
                 elif attempts is None and not tracked(result) and (refs(result) <= alone or type(result) in immutable):
                     # Nothing else holds the value, nor anything in it (the collector tracks every dict that
                     # holds a container), so nothing can change it before it is encoded with the next few
-                    # hundred (``_seal``): one marshal call for them all.
+                    # hundred (``_seal``): one pickle call for them all.
                     tally.succeeded += 1
                     wait(result)
                     wait_item(item)
@@ -268,8 +268,8 @@ class AsyncExecutor:
         """Encode the waiting results as one list for the journal (``Tally.sealed``); True when results wait
         for the journal beyond the memory budget.
 
-        One ``marshal`` call for a few hundred results costs a third of one call each, and a result held only
-        here cannot change in between. When marshal refuses the batch (a value that is not plain data, or
+        One pickle call (``plain_list``) for a few hundred results costs a fraction of one call each, and a result
+        held only here cannot change in between. When it refuses the batch (a value that is not plain data, or
         nested too deep), or the batch is too large for one row (``SEAL_ROW_MAX``), each result is kept on its
         own as ``_keep`` does it: one that cannot be kept fails its own item then, by the retry rules, as if it
         had failed when returned, and each in its place among the others (the circuit breaker reads the order).
@@ -279,7 +279,7 @@ class AsyncExecutor:
         if not count:
             return False
         try:
-            data: bytes | None = plain(results)
+            data: bytes | None = plain_list(results)
         except (ValueError, TypeError):
             data = None
         if data is None or len(data) > SEAL_ROW_MAX:
@@ -288,13 +288,13 @@ class AsyncExecutor:
             for ordinal, item, result in zip(self._result_ordinals, self._result_items, results):
                 self._keep(ordinal, item, None, result)
         else:
-            tally.sealed.append((self._result_ordinals[:], data))
+            tally.sealed.append((array("q", self._result_ordinals), data))
             tally.kept_bytes += len(data) + SEALED_OVERHEAD * count
             self._plan(len(data) / count)
         self._check_at = min(self._seal_at, SEAL_SAMPLE)
         results.clear()
         self._result_items.clear()
-        del self._result_ordinals[:]
+        self._result_ordinals.clear()
         return tally.kept_backlog
 
     def _seal_due(self) -> None:
@@ -544,12 +544,12 @@ class AsyncExecutor:
         if not count:
             return
         try:
-            data = plain(self._results[:count])
+            data = plain_list(self._results[:count])
         except (ValueError, TypeError):
             return
         if len(data) > SEAL_ROW_MAX:
             return
-        self._tally.sealed.append((self._result_ordinals[:count], data))
+        self._tally.sealed.append((array("q", self._result_ordinals[:count]), data))
         del self._results[:count], self._result_items[:count], self._result_ordinals[:count]
 
     def cancel(self) -> None:

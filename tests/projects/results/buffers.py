@@ -1,5 +1,5 @@
 """Returns values that lend out their memory, which marshal writes as plain bytes: an ``array.array`` alone, or
-in a dict nothing else holds (the batch path), every other item a plain dict."""
+in a dict nothing else holds (the batch path), every other item a dict holding a bytearray."""
 
 from __future__ import annotations
 
@@ -27,4 +27,4 @@ class Buffers(Service[int]):
             return array("d", [item, item + 0.5])
         if item % 3 == 1:
             return {"n": item, "values": array("q", [item])}
-        return {"n": item}
+        return {"n": item, "raw": bytearray(b"%d" % item)}
