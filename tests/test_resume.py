@@ -211,16 +211,18 @@ def test_a_crashed_run_resumes_in_process_and_a_finished_one_is_left_alone(cli, 
 
 
 def test_a_journal_another_process_holds_locked_is_named_as_such_not_as_a_full_disk(
-    cli, run_batchcli, tmp_path: Path
+    cli, run_batchcli, tmp_path: Path, monkeypatch
 ) -> None:
     """A resume that met SQLITE_BUSY (a sqlite3 shell holding the journal) said "Free some space on that disk"; it
-    names the locked journal and says to close the program holding it, and the run resumes once it is closed."""
+    names the locked journal and says to close the program holding it, and the run resumes once it is closed.
+    (The wait for the lock is cut from 10 s to 1 s here: the same path, ten times sooner.)"""
     crashed = cli("exec", COUNTING, "-d", "out", "-p", "count=30", "-p", f"log_dir={tmp_path}", "-p", "crash_at=10")
     assert crashed.exit_code == 3
     holder = sqlite3.connect(crashed.run_dir / "journal.sqlite", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setattr("batchcli.journal.rundir.BUSY_TIMEOUT_S", 1.0)
     try:
-        locked = run_batchcli("resume", crashed.run_dir, "--no-shell", "-p", "crash_at=-1")
+        locked = cli("resume", crashed.run_dir, "--no-shell", "-p", "crash_at=-1")
     finally:
         holder.close()
     said = " ".join(locked.output.split())

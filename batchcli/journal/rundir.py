@@ -35,6 +35,10 @@ HOLDER_NAME = "batchcli.pid"
 FORMAT = 1
 """The journal's schema version; a journal of a newer format is refused."""
 
+BUSY_TIMEOUT_S = 10.0
+"""How long a statement waits for a journal another connection holds locked (a reader, a sqlite3 shell) before
+it fails with "database is locked"."""
+
 
 def connect(path: Path, *, writer: bool = False) -> sqlite3.Connection:
     """A connection to an existing journal: read-write for the run that owns it, read-only otherwise."""
@@ -42,7 +46,7 @@ def connect(path: Path, *, writer: bool = False) -> sqlite3.Connection:
         return _reader(path)
     uri = f"file:{_uri_path(path)}?mode=rw"
     # The writer is used by the main thread and the recorder thread, one after the other.
-    conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=10)
+    conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
     # Every commit reaches the disk: one fsync per flush (every FLUSH_INTERVAL_S), not per item.
     conn.execute("PRAGMA synchronous=FULL")
     return conn
@@ -66,7 +70,7 @@ def _reader(path: Path) -> sqlite3.Connection:
     try:
         # Not tied to this thread: a reader generator left half-read (read_results) is closed by whichever thread the
         # garbage collector runs on, and closing there raised ("Exception ignored ... same thread"), leaving it open.
-        conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=ro", uri=True, timeout=10, check_same_thread=False)
+        conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opening is lazy: make it happen here
         return conn
     except sqlite3.OperationalError as error:
