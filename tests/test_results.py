@@ -1023,6 +1023,33 @@ def test_values_that_lend_out_their_memory_come_back_as_themselves_not_as_bytes(
             assert value == {"n": n, "raw": b"%d" % n} and type(value["raw"]) is bytes, value
 
 
+@pytest.mark.parametrize("executor", ["async", "process"])
+def test_values_that_only_look_like_plain_data_are_kept_as_themselves_or_refused(cli, tmp_path: Path, executor: str) -> None:
+    """A bytes subclass equals its bytes, and an array nested 1,500 deep is past what a comparison goes: reading the
+    encoding back let both through as marshal wrote them (bytes, the array's raw memory). The type of every object is
+    checked now: the subclass is pickled and comes back as itself; the deep array, which nothing else can keep that
+    deep, fails its item; plain values (a list as deep, a complex number, a memoryview of bytes) are kept."""
+
+    def innermost(value: Any) -> Any:
+        while type(value) is list:
+            value = value[0]
+        return value
+
+    ran = cli("exec", PROJECT / "lookalikes.py", "-d", "out", "-p", "count=12", "-p", f"executor={executor}", "-p", "max_retries=0")
+    assert ran.exit_code == 1, ran.output
+    assert (ran.summary["succeeded"], ran.summary["failed"]) == (10, 2)
+    failed = [json.loads(line) for line in (ran.run_dir / "failed.jsonl").read_text().splitlines()]
+    assert sorted((f["ordinal"], f["error_type"]) for f in failed) == [(n, "batchcli.journal.results.UnkeepableResult") for n in (2, 8)]
+    values = {r.ordinal: r.value for r in batchcli.read_results(ran.run_dir)}
+    for n in (0, 6):
+        assert type(values[n]).__name__ == "Tagged" and values[n] == b"tag%d" % n, values[n]
+    for n in (1, 7):
+        assert type(values[n]["tag"]).__name__ == "Tagged" and values[n] == {"n": n, "tag": b"tag"}, values[n]
+    assert innermost(values[3]) == 3 and innermost(values[9]) == 9
+    assert values[4] == complex(4, 1) and values[10] == complex(10, 1)
+    assert values[5] == {"n": 5, "view": b"view"} and type(values[5]["view"]) is bytes
+
+
 @pytest.mark.parametrize("char", ["x", "é"])
 def test_a_result_too_large_for_the_journal_fails_its_item_and_the_run_goes_on(cli, tmp_path: Path, monkeypatch, char: str) -> None:
     """A result past SQLite's limit on a row (1 GB) failed every flush as if the disk were full: the run stopped,

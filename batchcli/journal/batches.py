@@ -98,27 +98,6 @@ _BIG_ENDIAN = sys.byteorder == "big"
 _ENCODINGS = frozenset({MARSHAL, LIST, LISTS, PICKLED_LIST, PICKLED_LISTS})
 
 
-def plain(value: Any) -> bytes:
-    """``value``'s marshal encoding; ValueError (or TypeError) when it is not plain data.
-
-    marshal writes any object that lends out its memory (a numpy scalar or array, an ``array.array``) as
-    ``bytes``, without a word: a ``np.float64(0.7)`` was kept as ``b'ffffff\\xe6?'``. So the encoding is read back
-    and compared with the value: one that does not come back equal is not plain data (nor is one that cannot be
-    compared, a numpy array), and goes to JSON or pickle instead. A bytearray or memoryview equals its bytes, and
-    comes back as bytes. The check costs a fraction of the encoding (both run in C), once per batch.
-    """
-    data = marshal.dumps(value, MARSHAL_VERSION)
-    try:
-        same = marshal.loads(data) == value
-    except RecursionError:  # nested deeper than comparing goes (marshal goes to 2,000): kept as marshal wrote it,
-        same = True  # as before the check; JSON and pickle cannot go that deep either
-    except Exception:  # a numpy array compared with bytes, say
-        same = False
-    if same is not True:  # an array's comparison returns an array, not a bool
-        raise ValueError("not plain data: its marshal encoding does not read back as the value")
-    return data
-
-
 class _PlainPickler(pickle.Pickler):
     """pickle's own pickler (in C), refusing every value it does not write itself.
 
@@ -136,6 +115,72 @@ class _PlainUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         raise pickle.UnpicklingError(f"it names {module}.{name}, which plain data never does")
+
+
+class _PlainChecker(_PlainPickler):
+    """``_PlainPickler`` letting through, as well, what marshal writes faithfully and pickle does not write itself:
+    a complex number, and a memoryview of bytes (which comes back as bytes, as a bytearray does)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is complex or (kind is memoryview and obj.format == "B" and obj.ndim == 1):
+            return bytes, ()  # checked only: what is written is discarded
+        if obj is bytes:  # the callable of the line above, written as pickle writes a class
+            return NotImplemented
+        raise ValueError(f"not plain data ({kind.__qualname__})")
+
+
+class _Discard:
+    """A file that keeps nothing: ``_PlainChecker`` only checks."""
+
+    @staticmethod
+    def write(data: bytes) -> int:
+        return len(data)
+
+
+_ATOMS = frozenset({type(None), bool, int, float, complex, str, bytes, bytearray})
+_CONTAINERS = frozenset({list, tuple, set, frozenset})
+
+
+def _walk_plain(value: Any) -> None:
+    """``_PlainChecker``'s check, for a value nested deeper than it goes: a loop, not a recursion."""
+    stack, seen = [value], set()
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in _ATOMS or (kind is memoryview and item.format == "B" and item.ndim == 1):
+            continue
+        if kind not in _CONTAINERS and kind is not dict:
+            raise ValueError(f"not plain data ({kind.__qualname__})")
+        if id(item) in seen:  # held twice, or a cycle
+            continue
+        seen.add(id(item))
+        if kind is dict:
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        else:
+            stack.extend(item)
+
+
+def plain(value: Any) -> bytes:
+    """``value``'s marshal encoding; ValueError (or TypeError) when it is not plain data.
+
+    marshal writes any object that lends out its memory (a numpy scalar or array, an ``array.array``, a subclass
+    of ``bytes``) as ``bytes``, without a word: a ``np.float64(0.7)`` was kept as ``b'ffffff\\xe6?'``. Reading the
+    encoding back and comparing it with the value caught those whose value changed, not a ``bytes`` subclass
+    (equal to its bytes), nor anything nested deeper than a comparison goes. So every object in the value is
+    checked for its exact type instead (``_PlainChecker``, in C; a value nested past the recursion limit by
+    ``_walk_plain``): only what marshal writes as itself passes, and a bytearray or a memoryview of bytes, which
+    come back as bytes.
+    """
+    data = marshal.dumps(value, MARSHAL_VERSION)
+    try:
+        _PlainChecker(_Discard(), PICKLE_PROTOCOL).dump(value)
+    except RecursionError:  # nested deeper than pickle goes (marshal goes to 2,000)
+        _walk_plain(value)
+    except pickle.PicklingError as error:
+        raise ValueError(f"not plain data: {error}") from None
+    return data
 
 
 def plain_list(values: list[Any]) -> bytes:
