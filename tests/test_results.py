@@ -1050,6 +1050,25 @@ def test_values_that_only_look_like_plain_data_are_kept_as_themselves_or_refused
     assert values[5] == {"n": 5, "view": b"view"} and type(values[5]["view"]) is bytes
 
 
+@pytest.mark.parametrize(("keys", "nested", "executor"), [("str", False, "async"), ("int", True, "async"), ("str", True, "process")])
+def test_keys_that_are_str_or_int_enum_members_are_kept_as_their_values(cli, keys: str, nested: bool, executor: str) -> None:
+    """An ``item_key`` returning a StrEnum or IntEnum member (a str, an int, as the docs ask): marshal refused the
+    batch of keys, so every session crashed with nothing recorded, resumes too. They are journaled as their values."""
+    ran = cli(
+        "exec", PROJECT / "enum_keys.py", "-d", "out", "-p", f"keys={keys}", "-p", f"nested={nested}",
+        "-p", f"executor={executor}",
+    )  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    expected = ["eu", "us", "asia"] if keys == "str" else [1, 2]
+    rows = [(r.key, r.value) for r in batchcli.read_results(ran.run_dir)]
+    assert rows == [(k, {"value": k, "seen": [k]} if nested else {"value": k}) for k in expected], rows
+    assert [type(key) for key, _ in rows] == [type(expected[0])] * len(expected)
+    exported = jsonl(cli("results", ran.run_dir).output)
+    assert [row["key"] for row in exported] == expected
+    again = cli("resume", ran.run_dir)  # every key settled: nothing to do
+    assert again.exit_code == 0 and read_run(ran.run_dir).succeeded == len(expected), again.output
+
+
 @pytest.mark.parametrize("char", ["x", "é"])
 def test_a_result_too_large_for_the_journal_fails_its_item_and_the_run_goes_on(cli, tmp_path: Path, monkeypatch, char: str) -> None:
     """A result past SQLite's limit on a row (1 GB) failed every flush as if the disk were full: the run stopped,

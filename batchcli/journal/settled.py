@@ -88,13 +88,23 @@ def normal_key(key: Any) -> Any:
 
     An int SQLite cannot hold (64 bits, signed: a 128-bit id, ``uuid.int``) is kept as its decimal text, like other
     types: stored as it was, it failed every flush ("Python int too large to convert to SQLite INTEGER"), so every
-    session crashed without recording anything."""
-    if isinstance(key, str):
+    session crashed without recording anything.
+
+    A subclass of str, int or bytes (a ``StrEnum`` or ``IntEnum`` member) is its plain value, as SQLite stores it:
+    kept as it was, marshal (which writes exact types only) refused the batch of keys, and every session crashed."""
+    kind = type(key)
+    if kind is str:
         return writable(key)
-    if isinstance(key, bytes):
+    if kind is int:
+        return key if _INT64_MIN <= key <= _INT64_MAX else repr(key)
+    if kind is bytes:
         return key
+    if isinstance(key, str):
+        return normal_key(str.__str__(key))  # the value itself: a str Enum's own __str__ may say "Color.RED"
+    if isinstance(key, bytes):
+        return b"".join([key])
     if isinstance(key, int) and not isinstance(key, bool):
-        return key if _INT64_MIN <= key <= _INT64_MAX else repr(int(key))
+        return normal_key(int.__int__(key))
     return writable(repr(key))
 
 
