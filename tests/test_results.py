@@ -634,6 +634,32 @@ def test_batches_written_as_marshal_lists_by_an_older_batchcli_read_the_same(cli
     assert cli("results", ran.run_dir).output == exported
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "UPDATE result_batches SET ordinals = substr(ordinals, 1, 16)",  # fewer ordinals than results
+        "UPDATE result_batches SET ordinals = 'text'",  # not an array at all
+        "UPDATE result_batches SET sizes = x'ffffffffffffff7f'",  # sizes that do not cut the data
+        "UPDATE result_batches SET keys = NULL, data = substr(data, 1, 40)",  # a cut pickle
+    ],
+)
+def test_a_batch_row_edited_by_hand_reads_as_a_damaged_journal(cli, edit: str) -> None:
+    """A batch row whose parts disagree gave an IndexError or TypeError traceback, or dropped results silently with
+    exit 0; it reads as a damaged journal (exit 2, the reason named), in the export and in Python."""
+    ran = cli("exec", BATCHED, "-d", "out", "-p", "count=50")
+    assert ran.exit_code == 0, ran.output
+    conn = sqlite3.connect(ran.run_dir / "journal.sqlite")
+    with conn:
+        conn.execute(edit)
+    conn.close()
+    out = cli("results", ran.run_dir)
+    said = " ".join(out.output.split())
+    assert out.exit_code == 2 and "is damaged (a batch of results cannot be read" in said, said
+    assert "Traceback" not in said
+    with pytest.raises(JournalError, match="cannot be read"):
+        list(batchcli.read_results(ran.run_dir))
+
+
 def test_a_batch_of_results_that_names_a_function_is_refused_unrun(cli, tmp_path: Path) -> None:
     """A batch row holds a pickle of built-in types only, and is read with no class or function allowed: one altered
     to call a function when loaded (here, to create a file) reads as a damaged journal, and the function never runs."""

@@ -361,24 +361,39 @@ def batch_rows(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
             if row[5] not in _ENCODINGS:
                 raise sqlite3.DatabaseError(f"results encoded as {row[5]!r}, which this batchcli cannot read")
             entries = _entries(*row[1:6])
-            first = next(entries)
+            first = _next_entry(entries)
+            if first is None:
+                raise sqlite3.DatabaseError("a batch of results holds no result")
             heapq.heappush(heap, (first[0], seq, first, entries))
             seq += 1
             row = cursor.fetchone()
         _, order, entry, entries = heap[0]
         yield entry
-        following = next(entries, None)
+        following = _next_entry(entries)
         if following is None:
             heapq.heappop(heap)
         else:
             heapq.heapreplace(heap, (following[0], order, following, entries))
 
 
+def _next_entry(entries: Iterator[tuple[Any, ...]]) -> tuple[Any, ...] | None:
+    """The next of a row's ``_entries``, None after the last; ``sqlite3.DatabaseError`` when the row does not read as
+    batchcli wrote it (edited by hand, damaged on disk): such a journal reads as damaged, not as a traceback."""
+    try:
+        return next(entries, None)
+    except (TypeError, ValueError, IndexError, EOFError, OverflowError) as error:
+        raise sqlite3.DatabaseError(f"a batch of results cannot be read: {error}") from None
+
+
 def _entries(ordinals: bytes, sizes: bytes, data: bytes, keys: bytes | None, encoding: int) -> Iterator[tuple[Any, ...]]:
     """A row's results in ordinal order (a row holds one flush at most, so sorting it holds little), each as
-    its own marshal encoding."""
+    its own marshal encoding; ValueError (or another error ``_next_entry`` names) when its parts disagree."""
     key_list = marshal.loads(keys) if keys is not None else None
     numbers = _unpacked("q", ordinals)
+    if key_list is not None and len(key_list) != len(numbers):
+        raise ValueError(f"{len(key_list)} keys for {len(numbers)} results")
+    if encoding != LIST and encoding != PICKLED_LIST and sum(_unpacked("q", sizes)) != len(data):
+        raise ValueError(f"its sizes add up to {sum(_unpacked('q', sizes))} bytes, its data holds {len(data)}")
     order: Any = range(len(numbers))
     if any(a > b for a, b in zip(numbers, numbers[1:])):
         order = sorted(order, key=numbers.__getitem__)
@@ -386,6 +401,8 @@ def _entries(ordinals: bytes, sizes: bytes, data: bytes, keys: bytes | None, enc
     loads = plain_values if encoding in (PICKLED_LIST, PICKLED_LISTS) else marshal.loads
     if encoding in (LIST, PICKLED_LIST):
         values = loads(data)
+        if len(values) != len(numbers):
+            raise ValueError(f"{len(values)} results for {len(numbers)} ordinals")
         for i in order:
             yield numbers[i], None if key_list is None else key_list[i], dumps(values[i], MARSHAL_VERSION), None
         return
@@ -399,12 +416,18 @@ def _entries(ordinals: bytes, sizes: bytes, data: bytes, keys: bytes | None, enc
                 for value in loads(part):
                     yield numbers[i], None if key_list is None else key_list[i], dumps(value, MARSHAL_VERSION), None
                     i += 1
+            if i != len(numbers):
+                raise ValueError(f"{i} results for {len(numbers)} ordinals")
             return
         encoded = [dumps(value, MARSHAL_VERSION) for part in lists for value in loads(part)]
+        if len(encoded) != len(numbers):
+            raise ValueError(f"{len(encoded)} results for {len(numbers)} ordinals")
         for i in order:
             yield numbers[i], None if key_list is None else key_list[i], encoded[i], None
         return
     lengths = _unpacked("q", sizes)
+    if len(lengths) != len(numbers):
+        raise ValueError(f"{len(lengths)} sizes for {len(numbers)} ordinals")
     starts = [0] * len(lengths)
     offset = 0
     for i, size in enumerate(lengths):
