@@ -108,6 +108,19 @@ def test_ints_past_4300_digits_are_recorded_retried_and_exported(cli, tmp_path: 
     assert ledger(tmp_path) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
 
 
+def test_an_int_just_under_the_digit_limit_is_exported_as_a_number_on_every_path(cli) -> None:
+    """An int of 4,250 digits is written as a JSON number, whether the export encodes its value whole or part by part
+    (beside bytes): the second path cut at 14,000 bits (4,215 digits) and wrote such an int as a string."""
+    results = Path(__file__).resolve().parent / "projects" / "results"
+    ran = cli("exec", results / "near_limit.py", "-d", "out")
+    assert ran.exit_code == 0, ran.output
+    exported = cli("results", ran.run_dir)
+    assert exported.exit_code == 0, exported.output
+    big = 10**4250
+    rows = [json.loads(line) for line in exported.output.splitlines()]
+    assert [r["result"] for r in rows] == [big, {"n": big + 1}, {"n": big + 2, "b": "b'x'"}]
+
+
 def test_a_failed_input_nested_past_the_stack_is_recorded(cli, tmp_path: Path) -> None:
     ran = run(cli, tmp_path, "mode=deep")
     assert ran.exit_code == 1, ran.output

@@ -28,12 +28,25 @@ def json_form(value: Any) -> Any:
 
 _LONG_INT_BITS = 14_000
 """Ints this long or longer may pass the interpreter's limit on int-to-text conversion (4300 digits), which
-raised ``ValueError`` in the recorder (every failed item's input stopped the run, and each resume of it)."""
+raised ``ValueError`` in the recorder (every failed item's input stopped the run, and each resume of it); shorter
+ones never do (14,000 bits are at most 4,215 digits)."""
 
 
 def long_int_text(value: int) -> str:
     """Every digit of an int of any length, as text: ``str()`` refuses past 4300 digits, ``Decimal`` does not."""
     return format(Decimal(value), "f")
+
+
+def _writes_as_number(value: int) -> bool:
+    """True when the interpreter writes ``value`` as text (JSON writes it as a number then), as every JSON encoder
+    here decides it: exactly, so an int of 4,250 digits is a number whichever way its value was encoded."""
+    if value.bit_length() < _LONG_INT_BITS:
+        return True
+    try:
+        int.__repr__(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _json_form(value: Any) -> Any:
@@ -42,7 +55,7 @@ def _json_form(value: Any) -> Any:
     if value is None or isinstance(value, (bool, float, str)):
         return value
     if isinstance(value, int):
-        return value if value.bit_length() < _LONG_INT_BITS else long_int_text(value)
+        return value if _writes_as_number(value) else long_int_text(value)
     if isinstance(value, (datetime, date, dtime)):
         return value.isoformat()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -166,7 +179,7 @@ def json_text(value: Any) -> str:
     if kind is str:
         return _text(value)
     if kind is int:
-        if value.bit_length() < _LONG_INT_BITS:
+        if _writes_as_number(value):
             return int.__repr__(value)
         return _text(long_int_text(value))
     try:
