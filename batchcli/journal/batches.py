@@ -123,11 +123,16 @@ class _PlainChecker(_PlainPickler):
 
     def reducer_override(self, obj: Any) -> Any:
         kind = type(obj)
-        if kind is complex or (kind is memoryview and obj.format == "B" and obj.ndim == 1):
+        if kind is complex or _bytes_view(obj):
             return bytes, ()  # checked only: what is written is discarded
         if obj is bytes:  # the callable of the line above, written as pickle writes a class
             return NotImplemented
         raise ValueError(f"not plain data ({kind.__qualname__})")
+
+
+def _bytes_view(obj: Any) -> bool:
+    """True for a memoryview of bytes: marshal writes it as the bytes it shows, which equal it."""
+    return type(obj) is memoryview and obj.format == "B" and obj.ndim == 1
 
 
 class _Discard:
@@ -148,7 +153,7 @@ def _walk_plain(value: Any) -> None:
     while stack:
         item = stack.pop()
         kind = type(item)
-        if kind in _ATOMS or (kind is memoryview and item.format == "B" and item.ndim == 1):
+        if kind in _ATOMS or _bytes_view(item):
             continue
         if kind not in _CONTAINERS and kind is not dict:
             raise ValueError(f"not plain data ({kind.__qualname__})")
