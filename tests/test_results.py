@@ -1095,6 +1095,30 @@ def test_keys_that_are_str_or_int_enum_members_are_kept_as_their_values(cli, key
     assert again.exit_code == 0 and read_run(ran.run_dir).succeeded == len(expected), again.output
 
 
+def test_a_value_nested_deeper_than_marshal_goes_under_a_raised_recursion_limit_is_kept(run_batchcli, tmp_path: Path) -> None:
+    """A job that raised the recursion limit returned flat dicts holding a tuple 2,500 levels deep: pickle took their
+    batch, and reading, which marshals each value (2,000 levels at most), read the journal as damaged from there on
+    (and a batch split for far-apart ordinals, marshalled value by value when written, failed every flush). Such a
+    batch is kept result by result now, the deep values as JSON, and every row exports."""
+    count, every = 3000, 1000
+    ran = run_batchcli(
+        "exec", PROJECT / "deep_chain.py", "-d", tmp_path / "out", "--no-shell", "-p", f"count={count}",
+        "-p", f"deep_every={every}",
+    )  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    exported = run_batchcli("results", ran.run_dir, "-o", tmp_path / "r.jsonl")
+    assert exported.exit_code == 0, exported.output
+    deep = [n for n in range(count) if n > 1000 and n % every == every // 2]
+    lines = (tmp_path / "r.jsonl").read_text().splitlines()
+    assert len(lines) == count
+    for n, line in enumerate(lines):
+        if n in deep:  # 2,500 levels of JSON lists: deeper than this process parses
+            assert line.startswith(f'{{"ordinal": {n}, "result": {{"n":{n},"chain":[2499,[2498,'), line[:80]
+            assert line.count("[") == 2500
+        else:
+            assert json.loads(line) == {"ordinal": n, "result": {"n": n}}
+
+
 @pytest.mark.parametrize("char", ["x", "é"])
 def test_a_result_too_large_for_the_journal_fails_its_item_and_the_run_goes_on(cli, tmp_path: Path, monkeypatch, char: str) -> None:
     """A result past SQLite's limit on a row (1 GB) failed every flush as if the disk were full: the run stopped,

@@ -86,6 +86,9 @@ LISTS_BYTES_MAX = 16 << 20
 
 MARSHAL_VERSION = 4
 
+MARSHAL_DEPTH_MAX = 2000
+"""How deeply nested a value marshal writes at most (CPython's ``MAX_MARSHAL_STACK_DEPTH``)."""
+
 SPLIT_GAP = 1024
 """A flush's results are cut into separate rows where consecutive ordinals lie further apart than this (an
 item retried long after its neighbours), so that no row spans far beyond its own results: reading holds
@@ -200,6 +203,10 @@ def plain_list(values: list[Any]) -> bytes:
         _PlainPickler(buffer, PICKLE_PROTOCOL).dump(values)
     except (pickle.PicklingError, RecursionError) as error:  # nested deeper than pickle goes, say
         raise ValueError(f"not plain data: {error}") from None
+    if sys.getrecursionlimit() > MARSHAL_DEPTH_MAX:
+        # The job raised the limit, and pickle goes as deep as it says; reading marshals each value, which stops at
+        # 2,000 levels: a deeper value read as a damaged journal, and made every flush that split its batch fail.
+        marshal.dumps(values, MARSHAL_VERSION)  # ValueError when too deep: kept result by result then
     return buffer.getvalue()
 
 
