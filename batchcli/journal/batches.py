@@ -404,8 +404,9 @@ def _entries(ordinals: bytes, sizes: bytes, data: bytes, keys: bytes | None, enc
     numbers = _unpacked("q", ordinals)
     if key_list is not None and len(key_list) != len(numbers):
         raise ValueError(f"{len(key_list)} keys for {len(numbers)} results")
-    if encoding != LIST and encoding != PICKLED_LIST and sum(_unpacked("q", sizes)) != len(data):
-        raise ValueError(f"its sizes add up to {sum(_unpacked('q', sizes))} bytes, its data holds {len(data)}")
+    lengths = _unpacked("q", sizes)  # empty for a single list
+    if encoding != LIST and encoding != PICKLED_LIST and sum(lengths) != len(data):
+        raise ValueError(f"its sizes add up to {sum(lengths)} bytes, its data holds {len(data)}")
     order: Any = range(len(numbers))
     if any(a > b for a, b in zip(numbers, numbers[1:])):
         order = sorted(order, key=numbers.__getitem__)
@@ -421,7 +422,7 @@ def _entries(ordinals: bytes, sizes: bytes, data: bytes, keys: bytes | None, enc
     if encoding in (LISTS, PICKLED_LISTS):
         # A list at a time, so a reader never holds a whole row's values: in order as they come when the row's
         # ordinals are, else each value encoded on its own first (as a MARSHAL row holds them), then sorted.
-        lists = _parts(data, _unpacked("q", sizes))
+        lists = _parts(data, lengths)
         if isinstance(order, range):
             i = 0
             for part in lists:
@@ -437,7 +438,6 @@ def _entries(ordinals: bytes, sizes: bytes, data: bytes, keys: bytes | None, enc
         for i in order:
             yield numbers[i], None if key_list is None else key_list[i], encoded[i], None
         return
-    lengths = _unpacked("q", sizes)
     if len(lengths) != len(numbers):
         raise ValueError(f"{len(lengths)} sizes for {len(numbers)} ordinals")
     starts = [0] * len(lengths)
