@@ -179,9 +179,10 @@ def json_text(value: Any) -> str:
     if kind is str:
         return _text(value)
     if kind is int:
-        if _writes_as_number(value):
+        try:
             return int.__repr__(value)
-        return _text(long_int_text(value))
+        except ValueError:  # past the interpreter's limit on writing ints as text (4300 digits)
+            return _text(long_int_text(value))
     try:
         return _dumps(value)
     except RecursionError:  # nested deeper than the encoder goes: as json_form writes such a value
