@@ -75,6 +75,16 @@ def test_a_recursion_is_counted_not_kept_frame_by_frame(cli) -> None:
     assert len(text) < 2_000  # it was about 135,000 characters
 
 
+def test_each_failure_names_its_own_code_when_code_objects_come_and_go(cli) -> None:
+    """Frames' text is cached by the ids of their code objects: a freed one's id, taken by the next item's new
+    function, must not bring back the earlier function's frames."""
+    result = run(cli, "how=fresh_code", "count=300", "workers=1")
+    assert result.exit_code == 1, result.output
+    for text in recorded(result.run_dir):
+        n = text.rsplit("ValueError: item ", 1)[1]
+        assert f'File "<check {n}>", line 2, in check_{n}' in text, text
+
+
 def test_a_source_that_breaks_raising_from_another_shows_both(cli) -> None:
     result = run(cli, "source_breaks=true", "how=none")
     said = " ".join(result.output.replace("│", " ").split())
