@@ -104,15 +104,26 @@ def test_csv_export_of_a_keyed_source_carries_each_key_and_writes_to_a_file(cli,
 
 
 def test_unkeyed_csv_and_values_json_cannot_hold(cli, tmp_path: Path) -> None:
-    """An unkeyed CSV has no key column; a value JSON cannot hold is pickled, exported as its JSON form and read back as itself."""
+    """An unkeyed CSV has no key column; a value JSON cannot hold is pickled, exported as its (compact) JSON form and read back as itself."""
     ran = cli("exec", SQUARES, "-d", "out", "-p", "count=4", "-p", "point_every=3")
     assert ran.exit_code == 0, ran.output
     rows = list(csv.reader(io.StringIO(cli("results", ran.run_dir, "-f", "csv").output)))
     assert rows[0] == ["ordinal", "result"]
-    assert rows[1:] == [["0", '{"x": 0, "y": 0}'], ["1", '{"n":1,"square":1}'], ["2", '{"n":2,"square":4}'], ["3", '{"x": 3, "y": 9}']]
+    assert rows[1:] == [["0", '{"x":0,"y":0}'], ["1", '{"n":1,"square":1}'], ["2", '{"n":2,"square":4}'], ["3", '{"x":3,"y":9}']]
     values = [r.value for r in batchcli.read_results(ran.run_dir)]
     assert type(values[0]).__name__ == "Point" and (values[3].x, values[3].y) == (3, 9)
     assert values[1:3] == [square(1), square(2)]
+
+
+def test_every_result_exports_as_compact_json_whichever_way_it_was_kept(cli, tmp_path: Path) -> None:
+    """Results JSON holds as it is were written compact, and the JSON form of the others (pickled, or plain data
+    with a tuple key) with spaces: the same export mixed ``{"n":1}`` and ``{"x": 3, "y": 9}``."""
+    ran = cli("exec", SQUARES, "-d", "out", "-p", "count=9", "-p", "point_every=3", "-p", "pair_every=2")
+    assert ran.exit_code == 0, ran.output
+    lines = cli("results", ran.run_dir).output.splitlines()
+    results = [line.split(', "result": ', 1)[1][:-1] for line in lines]
+    assert results[:5] == ['{"x":0,"y":0}', '{"n":1,"square":1}', '{"[2, 2]":[2,4]}', '{"x":3,"y":9}', '{"[4, 4]":[4,16]}']
+    assert [r.value for r in batchcli.read_results(ran.run_dir)][2] == {(2, 2): [2, 4]}
 
 
 def test_a_result_that_cannot_be_kept_fails_only_its_item_with_the_reason(cli, tmp_path: Path) -> None:

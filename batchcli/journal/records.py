@@ -170,11 +170,13 @@ def row_lines(rows: list[tuple[Any, ...]]) -> list[str]:
 
 
 _dumps = json.JSONEncoder(ensure_ascii=False).encode
+_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _text = json.encoder.encode_basestring  # a str as JSON, as dumps(..., ensure_ascii=False) writes it
 
 
-def json_text(value: Any) -> str:
-    """``json.dumps(value, ensure_ascii=False)``, with the common inputs (str, int) written directly."""
+def json_text(value: Any, compact: bool = False) -> str:
+    """``json.dumps(value, ensure_ascii=False)``, with the common inputs (str, int) written directly; ``compact``:
+    without spaces after ``,`` and ``:``, as results are stored."""
     kind = type(value)
     if kind is str:
         return _text(value)
@@ -184,7 +186,7 @@ def json_text(value: Any) -> str:
         except ValueError:  # past the interpreter's limit on writing ints as text (4300 digits)
             return _text(long_int_text(value))
     try:
-        return _dumps(value)
+        return _compact(value) if compact else _dumps(value)
     except RecursionError:  # nested deeper than the encoder goes: as json_form writes such a value
         return _text(safe_repr(value))
 

@@ -158,7 +158,7 @@ def encode_other(value: Any) -> Encoded:
             "lists, strings, numbers) or a picklable object, or return None and store the value yourself."
         ) from None
     try:
-        shown = json_text(json_form(value))
+        shown = json_text(json_form(value), compact=True)  # compact, as the JSON of the other results
     except Exception:  # a value json_form cannot walk (a cycle): its repr, for exports
         shown = json.dumps(_shown(value), ensure_ascii=False)
     return writable(shown), blob
@@ -404,8 +404,8 @@ def write_rows(
 def _export_json(value: Any) -> str:
     try:
         return str(_to_json(value))
-    except Exception:  # a tuple key, a set, bytes, NaN: as failed.jsonl writes inputs
-        return json_text(json_form(value))
+    except Exception:  # a tuple key, a set, bytes, NaN: as failed.jsonl writes inputs (compact, as the others)
+        return json_text(json_form(value), compact=True)
 
 
 def keyed_run(path: Path) -> bool:

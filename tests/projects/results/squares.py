@@ -39,7 +39,8 @@ class Numbers(Source[int]):
 @inject
 class Square(Service[int]):
     """Squares; ``flaky_every``: those items raise ConnectionError on their first attempt (retried);
-    ``none_every``: those return None; ``point_every``: those return a Point; ``lock_at``: that one returns a lock."""
+    ``none_every``: those return None; ``point_every``: those return a Point; ``pair_every``: those return a dict keyed by a tuple (plain data JSON cannot
+    hold as it is); ``lock_at``: that one returns a lock."""
 
     def __init__(
         self,
@@ -48,6 +49,7 @@ class Square(Service[int]):
         flaky_every: Param[int] = 0,
         none_every: Param[int] = 0,
         point_every: Param[int] = 0,
+        pair_every: Param[int] = 0,
         lock_at: Param[int] = -1,
     ) -> None:
         self.log = None if log_dir is None else log_dir / f"{os.getpid()}.log"
@@ -55,6 +57,7 @@ class Square(Service[int]):
         self.flaky_every = flaky_every
         self.none_every = none_every
         self.point_every = point_every
+        self.pair_every = pair_every
         self.lock_at = lock_at
         self.tried: set[int] = set()
 
@@ -73,4 +76,6 @@ class Square(Service[int]):
             return None
         if self.point_every and item % self.point_every == 0:
             return Point(item, item * item)
+        if self.pair_every and item % self.pair_every == 0:
+            return {(item, item): [item, item * item]}
         return {"n": item, "square": item * item}
