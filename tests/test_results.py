@@ -793,6 +793,37 @@ def test_export_to_a_pipe_writes_into_it_instead_of_replacing_it(cli, tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".results.fifo")) == []
 
 
+def test_the_draft_of_an_export_killed_with_sigkill_is_removed_by_the_next_export(cli, tmp_path: Path) -> None:
+    """``kill -9`` during ``results -o FILE`` left its hidden draft (up to the whole export) for good. The next export
+    of FILE removes it; a draft of a process still running, or of another machine (a shared disk), stays."""
+    import os
+    import signal
+    import socket
+
+    ran = cli("exec", SQUARES, "-d", "out", "-p", "count=20000")
+    assert ran.exit_code == 0, ran.output
+    target = tmp_path / "all.jsonl"
+    drafts = lambda: sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".all.jsonl."))  # noqa: E731
+    export = subprocess.Popen([sys.executable, "-m", "batchcli", "results", str(ran.run_dir), "-o", str(target)],
+                              env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    while not drafts() and export.poll() is None:
+        time.sleep(0.001)
+    export.send_signal(signal.SIGKILL)
+    export.wait(timeout=30)
+    if export.returncode != -signal.SIGKILL:
+        pytest.skip("the export finished before its draft was seen")
+    (killed,) = drafts()
+    assert not target.exists() and killed.startswith(f".all.jsonl.{socket.gethostname()}.{export.pid}.")
+    live = tmp_path / f".all.jsonl.{socket.gethostname()}.{os.getpid()}.draft"
+    elsewhere = tmp_path / f".all.jsonl.another-host.{export.pid}.draft"
+    live.write_text("being written\n")
+    elsewhere.write_text("being written\n")
+    exported = results_cli(ran.run_dir, "-o", target, capture_output=True)
+    assert exported.returncode == 0, exported.stderr
+    assert len(target.read_text().splitlines()) == 20000
+    assert drafts() == sorted([live.name, elsewhere.name])
+
+
 def test_an_export_into_the_run_directory_is_refused_and_the_journal_kept(cli, tmp_path: Path) -> None:
     """-o naming one of the run's own files (its journal held the results being exported) replaced it with the
     export, and the run could never be shown, resumed or exported again."""

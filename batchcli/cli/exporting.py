@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import stat
 import sys
 import tempfile
@@ -15,7 +16,7 @@ from rich.console import Console
 
 from batchcli.errors import ExportError, ReaderLeft, UsageError
 from batchcli.journal.results import check_format, export, is_group
-from batchcli.journal.rundir import JOURNAL_NAME, journal_path
+from batchcli.journal.rundir import JOURNAL_NAME, journal_path, pid_alive
 
 
 def export_results(run_dir: Path, fmt: str, output: Path | None) -> None:
@@ -153,8 +154,10 @@ def _to_file(run_dir: Path, fmt: str, output: Path, progress: Callable[[int], No
         if above is not None:  # "does not exist" sent the user looking for a directory that cannot be made there
             raise UsageError(f"-o {str(output)!r}: {str(above)!r} is a file, not a directory. Give another -o.")
         raise UsageError(f"-o {str(output)!r}: directory {str(parent)!r} does not exist. Create it, or give another -o.")
+    drafts = f".{target.name}.{socket.gethostname()}."
+    _remove_orphans(parent, drafts)
     try:
-        fd, draft = tempfile.mkstemp(prefix=f".{target.name}.", dir=parent)
+        fd, draft = tempfile.mkstemp(prefix=f"{drafts}{os.getpid()}.", dir=parent)
     except OSError as error:
         raise ExportError(f"Cannot write the results next to {str(output)!r} ({_reason(error)}). Give another -o.") from None
     try:
@@ -172,6 +175,21 @@ def _to_file(run_dir: Path, fmt: str, output: Path, progress: Callable[[int], No
         Path(draft).unlink(missing_ok=True)
         raise
     return count
+
+
+def _remove_orphans(parent: Path, drafts: str) -> None:
+    """Remove the drafts of exports of this machine that were killed before they could (``kill -9``, a crash): each
+    draft is named ``.FILE.HOST.PID.*`` by the process that writes it, and a draft whose process is gone is no one's.
+    A draft of another machine (a shared disk) or of a live process is left alone."""
+    try:
+        names = [entry.name for entry in os.scandir(parent) if entry.name.startswith(drafts)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(drafts) :].split(".", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                (parent / name).unlink()
 
 
 def _discard(out: IO[str]) -> None:

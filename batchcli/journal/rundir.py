@@ -396,10 +396,11 @@ def _live_session_pid(run_dir: Path) -> int | None:
 
 def _alive(pid: int, host: str) -> bool:
     # A pid only means something on the machine that wrote it: elsewhere, trust the lock.
-    return host != socket.gethostname() or _pid_alive(pid)
+    return host != socket.gethostname() or pid_alive(pid)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` of this machine runs (a zombie does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
