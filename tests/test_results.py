@@ -1159,6 +1159,19 @@ def test_a_value_nested_deeper_than_marshal_goes_under_a_raised_recursion_limit_
             assert line.count("[") == 2500
         else:
             assert json.loads(line) == {"ordinal": n, "result": {"n": n}}
+    # read_results here, under the default recursion limit: the deep one is named (it was a bare RecursionError),
+    # and read under a limit raised as the job's was
+    reading = batchcli.read_results(ran.run_dir)
+    assert [r.value for _, r in zip(range(deep[0]), reading)] == [{"n": n} for n in range(deep[0])]
+    with pytest.raises(UnreadableResult, match=rf"item #{deep[0]} .* nested deeper than this process reads"):
+        next(reading)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10_000)
+    try:
+        value = next(r.value for r in batchcli.read_results(ran.run_dir) if r.ordinal == deep[0])
+    finally:
+        sys.setrecursionlimit(limit)
+    assert value["n"] == deep[0] and value["chain"][0] == 2499
 
 
 @pytest.mark.parametrize("char", ["x", "é"])

@@ -14,6 +14,7 @@ import json.encoder
 import marshal
 import os
 import pickle
+import sys
 import reprlib
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -278,6 +279,12 @@ class Values:
                 return pickle.loads(blob)
         except BatchcliError:  # the project would not load (or the directory is not safe): said as it is
             raise
+        except RecursionError:  # JSON of a job that raised its recursion limit, parsed under a lower one here
+            raise UnreadableResult(
+                f"The result of item #{ordinal} in {self.run_dir} is nested deeper than this process reads "
+                f"(sys.getrecursionlimit() is {sys.getrecursionlimit():,}; the job raised its limit). Raise the limit "
+                "as far before reading (sys.setrecursionlimit); `batchcli results` exports the value as it is."
+            ) from None
         except Exception as error:
             if blob is None:
                 raise
