@@ -127,11 +127,17 @@ def run_job(
         )
     if not all(isinstance(name, str) for name in (params or {})):
         raise UsageError(f"params must be named by strings (-p NAME=VALUE), got {list(params or {})!r}.")
+    from batchcli.journal.results import UnreadableResult, read_results
+
     if output_dir is None:
         with tempfile.TemporaryDirectory(prefix="batchcli-test-", ignore_cleanup_errors=True) as scratch:
-            return run_job(target, params=params, config=config, output_dir=scratch, environ=environ)
-
-    from batchcli.journal.results import read_results
+            try:
+                return run_job(target, params=params, config=config, output_dir=scratch, environ=environ)
+            except UnreadableResult as error:  # its message names a run directory about to be removed
+                raise UnreadableResult(
+                    f"{error} That run directory is run_job's temporary one, removed now: pass output_dir (pytest's "
+                    "tmp_path) to keep it."
+                ) from error.__cause__
     from batchcli.load.wiring import Wiring
     from batchcli.run.session import Fresh, RunOptions, Session
 

@@ -360,6 +360,10 @@ def test_a_result_whose_pickle_does_not_load_is_named_by_read_results_and_export
     assert "missing 1 required positional argument: 'b'" in said and "<batched.HalfPickled object at" in said
     exported = cli("results", ran.run_dir)
     assert exported.exit_code == 0 and [r["ordinal"] for r in jsonl(exported.output)] == list(range(10))
+    # run_job without output_dir reads results from a run directory it removes: the error says so, and how to keep it
+    with pytest.raises(UnreadableResult, match=r"item #4 .*removed now: pass output_dir") as caught:
+        run_job(BATCHED, params={"count": 10, "half_pickled_at": 4})
+    assert isinstance(caught.value.__cause__, TypeError)
 
 
 def test_results_of_a_retry_run_hold_the_retried_items(cli, tmp_path: Path) -> None:
