@@ -413,8 +413,9 @@ def failed_run(cli, tmp_path: Path) -> Path:
 
 
 def retried(cli, tmp_path: Path, run_dir: Path, *options: str) -> tuple[str, Counter[str]]:
-    """Retry ``run_dir`` with ``options`` (the fixed service): its output and the rows it processed."""
-    outcome = cli("retry", run_dir, "-p", "fixed=true", *options)
+    """Retry ``run_dir`` with ``options`` (the fixed service): its output and the rows it processed. The retry runs go
+    elsewhere (-d): beside the run, each would leave out what the ones before it did (test_retry_later.py)."""
+    outcome = cli("retry", run_dir, "-p", "fixed=true", "-d", tmp_path / "retries", *options)
     assert outcome.exit_code == 0, outcome.output
     done = processed(tmp_path)
     (tmp_path / "ledger").unlink(missing_ok=True)

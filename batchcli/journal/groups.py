@@ -319,6 +319,8 @@ def _taking(selection: Selection) -> str:
 class GroupRetry(Retry):
     """``batchcli retry GROUP``: the failed inputs of every shard, in one new run in the group's directory."""
 
+    looks_for_later_retries = False
+
     def __init__(
         self, group_dir: Path, overrides: dict[str, tuple[str, ...]], wanted: FailureFilter = FailureFilter()
     ) -> None:

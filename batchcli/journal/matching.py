@@ -25,7 +25,9 @@ from typing import Any
 from batchcli.errors import UsageError
 from batchcli.journal.rundir import query, stream
 
-FAILURE_COLUMNS = "rowid, ordinal, item_json, error_type, error_message, attempts, first_failed_at, failed_at, item IS NOT NULL"
+FAILURE_COLUMNS = (
+    "rowid, ordinal, item_json, error_type, error_message, attempts, first_failed_at, failed_at, item IS NOT NULL, session"
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,9 @@ class FailureFilter:
     """Epoch seconds: only items that failed before this."""
     limit: int | None = None
     """At most this many: the first in source order, the earliest session first (not by the time they failed)."""
+    left_out: frozenset[tuple[int, int]] = frozenset()
+    """Failures, as (session, ordinal), that a later retry of the run processed successfully (``later_retries``):
+    ``retry`` leaves them out before the other options apply. Not one of the user's options (``active``)."""
 
     @property
     def active(self) -> bool:
@@ -78,6 +83,8 @@ class FailureRow:
     failed_at: float
     saved: bool
     """False when the input could not be pickled: ``retry`` cannot have it."""
+    session: int
+    """The session of the run that recorded it (with ``ordinal``, what names it in ``FailureFilter.left_out``)."""
 
 
 def failure_filter(
@@ -176,11 +183,14 @@ def matching_failures(
         is_type = TypeMatch(wanted.error_type, set(recorded_types(run_dir)) if types is None else types, load)
     chosen: list[FailureRow] = []
     matched = total = 0
+    left_out = wanted.left_out
     for values in stream(run_dir, f"SELECT {FAILURE_COLUMNS} FROM failures ORDER BY session, ordinal"):
         total += 1
         if wanted.limit is not None and matched >= wanted.limit:
             continue  # counted for the total only
         row = FailureRow(*values)
+        if left_out and (row.session, row.ordinal) in left_out:
+            continue
         if is_type is not None and not is_type(row.error_type):
             continue
         if wanted.pattern is not None and not wanted.pattern.search(row.error_message):

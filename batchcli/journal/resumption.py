@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 import pickle
-from dataclasses import dataclass
+import sqlite3
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -19,7 +20,7 @@ from batchcli.errors import JournalError, NothingRetried, UsageError
 from batchcli.journal.keyindex import KeySet
 from batchcli.journal.writer import Journal, stable_target
 from batchcli.journal.matching import FailureFilter, TypeMatch, matching_failures, recorded_types
-from batchcli.journal.rundir import RunInfo, check_safe, damaged, query, read_run, stream
+from batchcli.journal.rundir import JOURNAL_NAME, RunInfo, check_safe, damaged, query, read_run, stream
 from batchcli.journal.shards import Shard
 from batchcli.journal.selection import (
     Selection, check_skip_runs_there, keys_done_in, read_selection, record_selection, recorded_skips, widen_selection,
@@ -42,6 +43,8 @@ class Continuation:
     """retry: the inputs to process instead of iterating the Source."""
     earlier_errors: list[tuple[str, str]] | None = None
     """retry: how each of ``items`` failed before (``FailedInputs.errors``), for the circuit breaker."""
+    origins: list[tuple[int, int]] | None = None
+    """retry: each of ``items``' failure in the run retried, as (session, ordinal) (``FailedInputs.origins``)."""
     shard: Shard | None = None
     """A shard run (``--shard``): the share of the Source it processes."""
     run_dir: Path | None = None
@@ -187,6 +190,10 @@ class Retry:
         self.types: set[str] | None = None
         """The recorded types ``--error-type`` may name: a group's retry takes them from all its shards."""
         self._earlier: RunInfo | None = None
+        self._later: LaterRetries | None = None
+
+    looks_for_later_retries = True
+    """A run's retry leaves out what a later retry of it did (``later_retries``); a group's shards are not looked at."""
 
     def wiring(self) -> tuple[Wiring, dict[str, str]] | None:
         """The run's wiring and secrets; None when it has no failed inputs (``notices`` says so)."""
@@ -197,6 +204,11 @@ class Retry:
                 f"Run {str(run_dir)!r} is still running (pid {earlier.pid}), so its failures are not final yet. "
                 "Wait for it to end, or stop it first (Ctrl-C, or kill -INT PID), then retry."
             )
+        if self.looks_for_later_retries and earlier.failed:
+            self._later = later_retries(run_dir)
+            self._later.check_ended()
+            self.wanted = self._later.applied(self.wanted)
+            self.notices += self._later.notices(run_dir)
         check_safe(run_dir)
         if earlier.failed == 0:
             left = earlier.unprocessed
@@ -225,6 +237,9 @@ class Retry:
     def _continue(self, failed: FailedInputs, what: str, where: Path, saved: str, listing: str) -> Continuation | None:
         """Say how many failures the filters take (none: nothing to retry) and which inputs are left out."""
         items, unsaved = failed.items, failed.unsaved
+        if self.wanted.left_out and not self.wanted.active and not items and not unsaved:
+            self.notices.append(Notice(f"Every failure of {what} was processed successfully by a later retry; nothing to retry."))
+            return None
         if self.wanted.active:
             count = len(items) + unsaved
             if not count:
@@ -251,10 +266,110 @@ class Retry:
                     markup=True,
                 )
             )
-        return Continuation(parent=where, items=items, earlier_errors=failed.errors) if items else None
+        if not items:
+            return None
+        return Continuation(parent=where, items=items, earlier_errors=failed.errors, origins=failed.origins)
 
     def abandon(self) -> None:
         """Nothing is held."""
+
+
+@dataclass(frozen=True)
+class LaterRetries:
+    """What the retry runs of a run, beside it, did with its failures (``later_retries``)."""
+
+    done: frozenset[tuple[int, int]]
+    """The run's failures, as (session, ordinal), that one of them processed successfully."""
+    by: list[Path]
+    """The retry runs that processed some of them successfully."""
+    unknown: list[Path]
+    """Retry runs made by a batchcli that did not record which failures they took (unkeyed sources only)."""
+    running: list[RunInfo]
+    """Retry runs still running."""
+
+    def check_ended(self) -> None:
+        """A retry of the run still running would process the same inputs twice at once: refused."""
+        if self.running:
+            live = self.running[0]
+            raise JournalError(
+                f"A retry of this run is still running ({str(live.run_dir)!r}, pid {live.pid}): retrying the run now "
+                "would process its inputs twice. Wait for it to end, or stop it (Ctrl-C, or kill -INT PID), then retry."
+            )
+
+    def applied(self, wanted: FailureFilter) -> FailureFilter:
+        return replace(wanted, left_out=self.done) if self.done else wanted
+
+    def notices(self, run_dir: Path) -> list[Notice]:
+        said = []
+        if self.done:
+            names = ", ".join(path.name for path in self.by)
+            said.append(Notice(
+                f"Leaving out {len(self.done):,} failure(s) of {str(run_dir)!r} that a later retry of it processed "
+                f"successfully ({names}): they are done.",
+                soft_wrap=True,
+            ))  # fmt: skip
+        for info in self.running:  # retry --dry-run says it; the retry itself refuses first (check_ended)
+            said.append(Notice(
+                f"[yellow]A retry of this run is still running ({escape(str(info.run_dir))}, pid {info.pid}): retry "
+                "refuses until it has ended.[/]",
+                markup=True,
+            ))  # fmt: skip
+        for path in self.unknown:
+            said.append(Notice(
+                f"[yellow]{escape(path.name)} retried this run with an older batchcli, which did not record which "
+                "failures it took: those it processed are retried again.[/]",
+                markup=True,
+            ))  # fmt: skip
+        return said
+
+
+def later_retries(run_dir: Path) -> LaterRetries:
+    """The runs ``batchcli retry`` made of ``run_dir`` in its own directory (where they go unless ``-d`` says
+    otherwise), and which of its failures they processed successfully: by key when the Source has ``item_key``,
+    else through the failure each retry input came from (``INPUT_ORIGINS_TABLE``). A directory that is not a
+    readable run is passed over. ``retry --limit 5`` followed by ``retry`` processed those five again."""
+    home = run_dir.resolve()
+    done: set[tuple[int, int]] = set()
+    by: list[Path] = []
+    unknown: list[Path] = []
+    running: list[RunInfo] = []
+    try:
+        entries = sorted(entry.path for entry in os.scandir(home.parent) if entry.is_dir(follow_symlinks=False))
+    except OSError:
+        entries = []
+    failures: list[tuple[int, int, Any]] | None = None
+    for entry in entries:
+        child = Path(entry)
+        if child == home or not (child / JOURNAL_NAME).is_file():
+            continue
+        try:
+            (parent, keyed) = query(child, "SELECT parent, keyed FROM run")[0]
+            if parent != str(home):
+                continue
+            info = read_run(child)
+            if info.status == "running":
+                running.append(info)
+                continue
+            if keyed:
+                keys = {key for (key,) in query(child, "SELECT key FROM done_keys")}
+                if failures is None:
+                    failures = query(run_dir, "SELECT session, ordinal, key FROM failures")
+                found = {(session, ordinal) for session, ordinal, key in failures if key is not None and key in keys}
+            elif query(child, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'input_origins'"):
+                found = set(query(
+                    child,
+                    "SELECT o.session, o.origin FROM input_origins o JOIN done_ranges d"
+                    " ON d.start = (SELECT max(start) FROM done_ranges WHERE start <= o.ordinal) WHERE o.ordinal < d.stop",
+                ))  # fmt: skip
+            else:
+                unknown.append(child)
+                continue
+        except (JournalError, sqlite3.Error, IndexError):
+            continue
+        if found - done:
+            by.append(child)
+        done |= found
+    return LaterRetries(frozenset(done), by, unknown, running)
 
 
 class FailedInputs(NamedTuple):
@@ -264,6 +379,8 @@ class FailedInputs(NamedTuple):
     errors: list[tuple[str, str]]
     """For each of ``items``, its failure: the exception's type and its message's shape (``message_shape``)."""
     unsaved: int
+    origins: list[tuple[int, int]] | None = None
+    """For each of ``items``, its failure's (session, ordinal) in the run retried; None for a group's shards."""
 
 
 def failed_inputs(
@@ -275,16 +392,18 @@ def failed_inputs(
     recorded exception classes). ``types`` as for ``matching_failures``.
     """
     path = check_safe(run_dir)
-    columns = "item, error_type, shape(error_message)"
-    if wanted.active:
+    columns = "item, error_type, shape(error_message), session, ordinal"
+    if wanted.active or wanted.left_out:
         order = {row.rowid: index for index, row in enumerate(matching_failures(run_dir, wanted, types=types)[0])}
         taken = [(row[0], row[1:]) for row in stream(run_dir, f"SELECT rowid, {columns} FROM failures") if row[0] in order]
         rows = [row for _, row in sorted(taken, key=lambda pair: order[pair[0]])]
     else:
         rows = list(stream(run_dir, f"SELECT {columns} FROM failures ORDER BY session, ordinal"))
     saved = [row for row in rows if row[0] is not None]
-    items = [unpickle(path, blob) for blob, _, _ in saved]
-    return FailedInputs(items, [(error_type, shape) for _, error_type, shape in saved], len(rows) - len(saved))
+    items = [unpickle(path, row[0]) for row in saved]
+    return FailedInputs(
+        items, [(row[1], row[2]) for row in saved], len(rows) - len(saved), [(row[3], row[4]) for row in saved]
+    )
 
 
 def saved_inputs(run_dir: Path) -> list[Any]:

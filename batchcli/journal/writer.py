@@ -76,6 +76,13 @@ CREATE TABLE IF NOT EXISTS input_errors (ordinal INTEGER PRIMARY KEY, error_type
 circuit breaker of a resumed retry, as of the retry itself, does not count the same failure again. Older
 journals lack it; their resumed retries count every failure."""
 
+INPUT_ORIGINS_TABLE = """
+CREATE TABLE IF NOT EXISTS input_origins (ordinal INTEGER PRIMARY KEY, session INTEGER NOT NULL, origin INTEGER NOT NULL);
+"""
+"""A retry run's inputs, by ordinal: the failure each one was in the run it retries (that run's session and
+ordinal), so that a later ``retry`` of that run leaves out what this one processed successfully
+(``later_retries``). Older journals lack it: what they retried is retried again."""
+
 FAILURES_BY_ORDINAL = "CREATE INDEX IF NOT EXISTS failures_by_ordinal ON failures (session, ordinal)"
 """Made the first time a session looks failures up by ordinal (the breaker releases them, the pause shell
 forgives them): without it, each lookup reads the whole table, and a trip that releases 100 journaled
@@ -128,7 +135,7 @@ CREATE TABLE failures (
 );
 CREATE TABLE inputs (ordinal INTEGER PRIMARY KEY, item BLOB NOT NULL);
 CREATE TABLE timeline (session INTEGER NOT NULL, t REAL NOT NULL, succeeded INTEGER NOT NULL, failed INTEGER NOT NULL);
-""" + LIMITS_TABLE + LIVE_TABLE + RESULTS_TABLE + BATCHES_TABLE + HANDED_OVER_TABLE + INPUT_ERRORS_TABLE
+""" + LIMITS_TABLE + LIVE_TABLE + RESULTS_TABLE + BATCHES_TABLE + HANDED_OVER_TABLE + INPUT_ERRORS_TABLE + INPUT_ORIGINS_TABLE
 
 
 class Journal:
@@ -221,6 +228,7 @@ class Journal:
         parent: Path | None,
         inputs: list[Any] | None,
         input_errors: list[tuple[str, str]] | None = None,
+        input_origins: list[tuple[int, int]] | None = None,
         shard: Shard | None = None,
         selection: Selection | None = None,
         skipped: KeySet | None = None,
@@ -269,6 +277,10 @@ class Journal:
                 if input_errors is not None:
                     conn.executemany(
                         "INSERT INTO input_errors VALUES (?, ?, ?)", ((n, *error) for n, error in enumerate(input_errors))
+                    )
+                if input_origins is not None:
+                    conn.executemany(
+                        "INSERT INTO input_origins VALUES (?, ?, ?)", ((n, *origin) for n, origin in enumerate(input_origins))
                     )
             conn.close()
             os.replace(draft, path)

@@ -491,7 +491,7 @@ class Run:
             recorded = self.wiring.without(self.options.unrecorded)
             journal = Journal.create(
                 self.run_dir, self.job, recorded, keyed=keyed, parent=carry.parent, inputs=carry.items,
-                input_errors=carry.earlier_errors, shard=carry.shard,
+                input_errors=carry.earlier_errors, input_origins=carry.origins, shard=carry.shard,
                 selection=carry.selection,
                 skipped=carry.done_elsewhere if carry.selection is not None and carry.selection.skip_done_in else None,
             )

@@ -1,0 +1,29 @@
+"""``later.py`` with an ``item_key``: items 0 .. 19 keyed ``item-N``; the odd ones fail until ``fix``."""
+
+from __future__ import annotations
+
+from batchcli import Param, Service, Source, inject
+
+
+@inject
+class Numbers(Source[int]):
+    def __iter__(self):
+        return iter(range(20))
+
+    def __len__(self) -> int:
+        return 20
+
+    def item_key(self, item: int) -> str:
+        return f"item-{item}"
+
+
+@inject
+class OddFail(Service[int]):
+    def __init__(self, ledger: Param[str], fix: Param[bool] = False) -> None:
+        self.ledger, self.fix = ledger, fix
+
+    async def process(self, item: int) -> None:
+        with open(self.ledger, "a") as out:
+            out.write(f"{item} {'ok' if self.fix or item % 2 == 0 else 'failed'}\n")
+        if item % 2 and not self.fix:
+            raise ValueError(f"item {item} is odd")

@@ -1,0 +1,93 @@
+"""``retry RUN`` leaves out the failures of RUN that a later retry of it processed successfully: ``retry RUN --limit 3``
+to try a fix on a few, then ``retry RUN`` for the rest, processed those three again (their side effects twice)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import PROJECTS, subprocess_env
+
+from batchcli.journal.rundir import read_run
+
+JOBS = {"unkeyed": PROJECTS / "journal_retry" / "later.py", "keyed": PROJECTS / "journal_retry" / "later_keyed.py"}
+ODD = [n for n in range(20) if n % 2]
+
+
+def said(outcome) -> str:  # type: ignore[no-untyped-def]
+    return " ".join(outcome.output.replace("│", " ").split())
+
+
+def attempts(ledger: Path) -> Counter[tuple[int, str]]:
+    return Counter((int(n), how) for n, how in (line.split() for line in ledger.read_text().splitlines()))
+
+
+@pytest.mark.parametrize("kind", ["unkeyed", "keyed"])
+def test_a_retry_leaves_out_what_a_later_retry_of_the_run_processed(cli, tmp_path: Path, kind: str) -> None:
+    ledger = tmp_path / "ledger"
+    first = cli("exec", JOBS[kind], "-d", "out", "--no-shell", "-p", f"ledger={ledger}", "-p", "max_retries=0")
+    assert first.exit_code == 1 and len(first.failed) == 10, first.output
+    run = first.run_dir
+    tried = cli("retry", run, "--limit", "3", "-p", "fix=true", "--no-shell")
+    assert tried.exit_code == 0 and tried.summary["succeeded"] == 3, tried.output
+
+    dry = cli("retry", run, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert f"Leaving out 3 failure(s) of {str(run)!r} that a later retry of it processed successfully ({tried.run_dir.name})" in said(dry)
+    assert f"Failures of {run}: 7 of 10" in said(dry) and "#1 " not in said(dry) and "#7 " in said(dry)
+
+    rest = cli("retry", run, "-p", "fix=true", "--no-shell")
+    assert rest.exit_code == 0 and rest.summary["succeeded"] == 7, rest.output
+    assert "Leaving out 3 failure(s)" in said(rest)
+    # every item succeeded exactly once: the three the first retry did were not processed again
+    assert attempts(ledger) == Counter({**{(n, "ok"): 1 for n in range(20)}, **{(n, "failed"): 1 for n in ODD}})
+
+    runs = sorted((tmp_path / "out").iterdir())
+    again = cli("retry", run, "--no-shell")
+    assert again.exit_code == 0, again.output
+    assert "Every failure of run" in said(again) and "was processed successfully by a later retry; nothing to retry" in said(again)
+    assert sorted((tmp_path / "out").iterdir()) == runs  # no run directory made for nothing
+
+
+def test_what_failed_again_in_a_later_retry_is_retried_again(cli, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    first = cli("exec", JOBS["unkeyed"], "-d", "out", "--no-shell", "-p", f"ledger={ledger}", "-p", "max_retries=0")
+    assert first.exit_code == 1, first.output
+    tried = cli("retry", first.run_dir, "--limit", "3", "--no-shell")  # not fixed: the three fail again
+    assert tried.exit_code == 1 and tried.summary["failed"] == 3, tried.output
+    rest = cli("retry", first.run_dir, "-p", "fix=true", "--no-shell")
+    assert rest.exit_code == 0 and rest.summary["succeeded"] == 10, rest.output
+    assert "Leaving out" not in said(rest)
+
+
+def test_a_retry_of_a_run_whose_later_retry_is_still_running_is_refused(cli, tmp_path: Path) -> None:
+    """Both would process the same inputs at once; the dry run says so too."""
+    ledger = tmp_path / "ledger"
+    first = cli("exec", JOBS["unkeyed"], "-d", "out", "--no-shell", "-p", f"ledger={ledger}", "-p", "max_retries=0")
+    assert first.exit_code == 1, first.output
+    slow = subprocess.Popen(
+        [sys.executable, "-m", "batchcli", "retry", str(first.run_dir), "-p", "sleep_s=30", "-p", "fix=true", "--no-shell"],
+        env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            children = [d for d in (tmp_path / "out").iterdir() if d != first.run_dir and (d / "journal.sqlite").exists()]
+            if children and read_run(children[0]).status == "running":
+                break
+            assert time.monotonic() < deadline and slow.poll() is None, "the slow retry never started"
+            time.sleep(0.05)
+        refused = cli("retry", first.run_dir, "-p", "fix=true", "--no-shell")
+        assert refused.exit_code == 2, refused.output
+        assert f"A retry of this run is still running ({str(children[0])!r}, pid {slow.pid})" in said(refused)
+        assert len(list((tmp_path / "out").iterdir())) == 2  # no run directory made
+        dry = cli("retry", first.run_dir, "--dry-run")
+        assert dry.exit_code == 0 and "A retry of this run is still running" in said(dry), dry.output
+    finally:
+        slow.send_signal(signal.SIGKILL)
+        slow.wait(timeout=60)
