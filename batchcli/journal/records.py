@@ -10,6 +10,7 @@ import os
 from datetime import date, datetime, time as dtime, timedelta
 from decimal import Decimal
 from pathlib import Path, PurePath
+from collections.abc import Iterable
 from typing import Any, Callable
 
 from batchcli.outcome import Failure
@@ -269,7 +270,7 @@ class FailedFile:
         the breaker or forgiven after a later try): the journal commit before that sync deletes their rows."""
         self._dropped.extend(ordinals)
 
-    def sync(self, new_lines: list[str], all_lines: Callable[[], list[str]]) -> None:
+    def sync(self, new_lines: list[str], all_lines: Callable[[], Iterable[str]]) -> None:
         """Add ``new_lines`` (just committed to the journal) to the file; ``all_lines`` gives every line
         the journal holds, for a rewrite. Raises ``OSError`` with the lines kept for the next call."""
         behind = bool(self.pending)  # lines a failed write kept are not in the file: a cut cannot find theirs
@@ -291,9 +292,7 @@ class FailedFile:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._size = os.fstat(self._fd).st_size
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            _write_all(self._fd, data)
         except OSError:
             try:  # a torn line must not stay: cut back to the last complete one (shrinking needs no space)
                 os.ftruncate(self._fd, self._size)
@@ -341,17 +340,25 @@ class FailedFile:
         self._append(kept)
         return True
 
-    def _rewrite(self, lines: list[str]) -> None:
+    def _rewrite(self, lines: Iterable[str]) -> None:
+        """Replace the file with ``lines``, written a megabyte at a time: never all of them in memory at once."""
         self.close()
-        if not lines and not self.path.exists():
+        lines = iter(lines)
+        first = next(lines, None)
+        if first is None and not self.path.exists():
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                view = memoryview("".join(lines).encode("utf-8"))
-                while view:
-                    view = view[os.write(fd, view) :]
+                chunk, size = ([] if first is None else [first]), 0
+                for line in lines:
+                    chunk.append(line)
+                    size += len(line)
+                    if size >= REWRITE_CHUNK:
+                        _write_all(fd, "".join(chunk).encode("utf-8"))
+                        chunk, size = [], 0
+                _write_all(fd, "".join(chunk).encode("utf-8"))
                 os.fsync(fd)  # the rename must not publish an empty file after a power cut
             finally:
                 os.close(fd)
@@ -365,6 +372,16 @@ class FailedFile:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+REWRITE_CHUNK = 1 << 20
+"""About how many characters of lines a rewrite of ``failed.jsonl`` writes at a time."""
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 CUT_TAIL_MAX = 16 * 1024 * 1024

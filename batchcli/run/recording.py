@@ -15,6 +15,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Callable, Protocol
 
 from batchcli.errors import JournalLockedError, RunDirGoneError, RunDirWriteError
@@ -104,7 +105,7 @@ class Recording:
         self.tally = tally
         self.recorder: Recorder = NullRecorder()
         """Where settled items are recorded durably: the journal, once the run starts."""
-        self.failure_lines: Callable[[], list[str]] = lambda: []
+        self.failure_lines: Callable[[], Iterable[str]] = lambda: ()
         """Every durable failure's ``failed.jsonl`` line, for rewriting the file (the journal's, once it starts)."""
         self._failed_file = failed_file
         self._on_stall_change = on_stall_change
