@@ -8,7 +8,9 @@ import threading
 import time
 from array import array
 from collections import deque
+from itertools import islice
 from operator import itemgetter
+from sys import getsizeof
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -87,6 +89,43 @@ waiting keys took gigabytes. Positional successes cost the journal a range each,
 FAILURES_KEPT = 10_000
 """How many final failures a run holds in memory (the most recent; ``Tally.failures``): a flood of millions must
 not fill the memory, and every failure is in the journal, ``failed.jsonl`` and the log file anyway."""
+
+FAILURES_KEPT_BYTES = 32 << 20
+"""About how many bytes the failures a run holds in memory may take (their inputs, messages and tracebacks, as
+``failure_size`` counts them): 10,000 failures of 50 KB documents held 2 GB. The oldest leave first, down to the
+circuit breaker's window, which it may take back."""
+
+FAILURE_BACKLOG_BYTES = 16 << 20
+"""About how many bytes of final failures may wait for the journal (``failure_size``): past it, as past
+``FAILURE_BACKLOG_MAX`` of them, new items wait for the recorder, which makes each one's row and lines at once."""
+
+FAILURE_OVERHEAD = 300
+"""What one failure costs beyond its input, message and traceback: its tuple, floats and strings' headers."""
+
+
+def rough_size(value: Any) -> int:
+    """About how many bytes ``value`` takes: ``sys.getsizeof`` of it and, for a dict, list or tuple, of what it holds
+    directly (a row of text fields; a sample of a long one). Deeper values are not walked: a flood sizes each input."""
+    try:
+        size = getsizeof(value)
+        kind = type(value)
+        if kind is dict:
+            held: Any = value.values()
+        elif kind is list or kind is tuple:
+            held = value
+        else:
+            return size
+        count = len(held)
+        if count <= 64:
+            return size + sum(map(getsizeof, held))
+        return size + sum(map(getsizeof, islice(held, 64))) * count // 64
+    except Exception:  # a __sizeof__ of the user's that raises, or a dict changed while summed
+        return 1024
+
+
+def failure_size(failure: Failure) -> int:
+    """About how many bytes a failure holds (see ``FAILURES_KEPT_BYTES``)."""
+    return len(failure.error_message) + len(failure.traceback) + rough_size(failure.item) + FAILURE_OVERHEAD
 
 RECORDER_WAIT_S = 0.005
 """How often an executor held back by a results backlog looks again (the recorder takes everything each flush)."""
@@ -271,7 +310,9 @@ class Tally:
     ``array`` append, cheap and safe to read from other threads under the GIL.
     """
 
-    def __init__(self, total: int | None = None, clock: Any = time.monotonic, failures_kept: int = FAILURES_KEPT) -> None:
+    def __init__(
+        self, total: int | None = None, clock: Any = time.monotonic, failures_kept: int = FAILURES_KEPT, failures_floor: int = 0
+    ) -> None:
         self.total = total
         """Items in the source: from ``len()``, or counted once the source is exhausted."""
         self.succeeded = 0
@@ -314,7 +355,17 @@ class Tally:
         """Set when results waiting for the journal pass ``KEPT_NUDGE``: the recorder flushes
         then rather than at its next interval, so the loop rarely has to wait for it."""
         self.failures: deque[Failure] = deque(maxlen=failures_kept)
-        """The most recent final failures (``failures_kept`` of them), in order: the pause shell's ``failures``."""
+        """The most recent final failures (``failures_kept`` of them, and about ``FAILURES_KEPT_BYTES``, but never
+        fewer than ``failures_floor``), in order: the pause shell's ``failures``."""
+        self._kept_sizes: deque[int] = deque()
+        """``failure_size`` of each of ``failures``, in the same order (loop thread)."""
+        self._kept_failure_bytes = 0
+        self._failures_floor = failures_floor
+        self.failure_bytes = 0
+        """``failure_size`` of every final failure that waited for the journal, less those taken back before it
+        wrote them: the loop's count."""
+        self.failure_bytes_taken = 0
+        """``failure_bytes`` as it was when the recorder last took the waiting failures: the recorder's count."""
         self.secrets: tuple[str, ...] = ()
         """The run's secret values (``secret.secret_texts``): masked in failures' messages and tracebacks."""
         self.failures_taken_back = 0
@@ -429,7 +480,7 @@ class Tally:
     def failure_backlog(self) -> bool:
         """True while more than ``FAILURE_BACKLOG_MAX`` final failures wait for the journal: new items should wait
         (the recorder is woken)."""
-        if len(self.new_failures) <= FAILURE_BACKLOG_MAX:
+        if len(self.new_failures) <= FAILURE_BACKLOG_MAX and self.failure_bytes - self.failure_bytes_taken <= FAILURE_BACKLOG_BYTES:
             return False
         self.flush_wanted.set()
         return True
@@ -443,7 +494,7 @@ class Tally:
         """
         for index, known in enumerate(self.failures):
             if known is failure:
-                del self.failures[index]
+                self._forget(index)
                 break
         else:
             return False
@@ -457,6 +508,8 @@ class Tally:
             self.new_failures.remove(failure)
         except ValueError:
             self.recovered.append(failure.ordinal)
+        else:
+            self.failure_bytes -= failure_size(failure)
         if kept is None:
             self.done.append(failure.ordinal)
         else:
@@ -473,7 +526,7 @@ class Tally:
         failures = self.failures
         for index in range(len(failures) - 1, -1, -1):  # the breaker takes back recent ones
             if failures[index] is failure:
-                del failures[index]
+                self._forget(index)
                 break
         else:
             return False
@@ -486,16 +539,32 @@ class Tally:
             self.new_failures.remove(failure)
         except ValueError:
             self.released.append(failure.ordinal)
+        else:
+            self.failure_bytes -= failure_size(failure)
         return True
+
+    def _forget(self, index: int) -> None:
+        del self.failures[index]
+        self._kept_failure_bytes -= self._kept_sizes[index]
+        del self._kept_sizes[index]
 
     def fail(self, failure: Failure) -> None:
         """Record a final failure (called on the executor's loop). It is logged later, off the loop, by
         whoever drains ``new_failures`` (``log_failures``): a flood must stay cheap for the loop."""
         self.failed += 1
-        failures = self.failures
+        size = len(failure.error_message) + len(failure.traceback) + rough_size(failure.item) + FAILURE_OVERHEAD
+        failures, sizes = self.failures, self._kept_sizes
         if len(failures) == failures.maxlen:
             self.failures_dropped += 1  # the oldest one leaves as this one comes
+            self._kept_failure_bytes -= sizes.popleft()
         failures.append(failure)
+        sizes.append(size)
+        self._kept_failure_bytes += size
+        while self._kept_failure_bytes > FAILURES_KEPT_BYTES and len(failures) > self._failures_floor:
+            failures.popleft()  # large inputs or messages: fewer of them
+            self._kept_failure_bytes -= sizes.popleft()
+            self.failures_dropped += 1
+        self.failure_bytes += size
         self.new_failures.append(failure)
         self.unshown.append(failure)
         if self.failed_items is not None:

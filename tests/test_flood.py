@@ -240,6 +240,39 @@ def test_a_flood_beyond_the_memory_budgets_waits_for_the_journal_and_loses_no_fa
     assert {f.error_type for f in outcome_.failures} == {"ValueError"}
 
 
+def test_failures_with_large_messages_are_held_by_bytes_not_only_by_count(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory for failures was bounded by their count alone: 10,000 failures of 50 KB documents took 2 GB. With the
+    byte budgets made small (each failure here holds a 50 KB message twice, in its traceback too), few wait for the
+    journal and few are held for the pause shell, and the journal and failed.jsonl still have every one."""
+    from batchcli import outcome
+    from batchcli.executors import asyncpool
+    from batchcli.run import recording
+
+    monkeypatch.setattr(outcome, "FAILURE_BACKLOG_BYTES", 300_000)
+    monkeypatch.setattr(asyncpool, "FAILURE_BACKLOG_BYTES", 300_000)
+    monkeypatch.setattr(outcome, "FAILURES_KEPT_BYTES", 500_000)
+    seen: list[tuple[int, int]] = []
+    flush = recording.Recording.flush
+
+    def observed(self: recording.Recording) -> None:
+        seen.append((len(self.tally.new_failures), len(self.tally.failures)))
+        flush(self)
+
+    monkeypatch.setattr(recording.Recording, "flush", observed)
+    count, concurrency = 60, 2
+    ran = cli("exec", FLOOD, "-d", "out", "-p", f"count={count}", "-p", "body=true", "-p", "max_retries=0",
+              "-p", "breaker_window=0", "-p", f"concurrency={concurrency}")  # fmt: skip
+    assert ran.exit_code == 1, ran.output[-2000:]
+    waiting, kept = max(w for w, _ in seen), max(k for _, k in seen)
+    assert waiting <= 3 + 1 + concurrency, seen  # 300 KB of 100 KB failures, one past it, those in flight
+    assert kept <= 5, seen  # 500 KB of them
+    lines = (ran.run_dir / "failed.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["ordinal"] for line in lines) == list(range(count))
+    assert query(ran.run_dir, "SELECT count(*) FROM failures") == [(count,)]
+
+
 def test_messages_that_each_have_a_shape_of_their_own_still_print_a_bounded_console(run_batchcli: Any) -> None:
     """2,000 failures whose messages all differ (a name per item, no digits to group by) print a few groups and one
     "other messages" group, not a "... and 1 more like this" line per failure; the counts still add up."""

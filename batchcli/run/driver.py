@@ -88,7 +88,8 @@ class Run:
         self.continuation = continuation or Continuation()
         """What this run carries on from: nothing, a run to resume, or a run whose failures it retries."""
         # The breaker takes back the failures of its window: they must still be among those held.
-        self.tally = Tally(failures_kept=max(FAILURES_KEPT, 2 * job.config.breaker_window))
+        window = 2 * job.config.breaker_window  # the failures the breaker may take back stay, however large
+        self.tally = Tally(failures_kept=max(FAILURES_KEPT, window), failures_floor=window)
         self.tally.secrets = secret_texts(job.params, job.config)
         if defines_persist_failed(job.source):
             self.tally.failed_items = {}  # every failed input, for the hook (failures holds the recent ones)

@@ -189,7 +189,9 @@ class Recording:
                 done = merge_ranges(done + sealed_ranges(sealed, bounds))
                 self.recorder.keep_sealed(sealed, bounds)
             new = self.tally.new_failures
+            waited = self.tally.failure_bytes  # read first: what comes meanwhile waits for the next flush
             failures = [new.popleft() for _ in range(len(new))]
+            self.tally.failure_bytes_taken = waited
             log_failures(failures)  # here, not on the loop thread: once each, even if the write below fails
             recovered = self.tally.recovered
             if recovered:
