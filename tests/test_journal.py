@@ -267,6 +267,21 @@ def test_a_key_index_answers_as_the_set_it_stands_for() -> None:
     index.close()
 
 
+def test_long_keys_go_to_the_index_before_a_million_of_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resume held up to a million settled keys in a set whatever their length: 470 MB for 312-character keys.
+    Judged by the first keys it reads, a set that would pass KEYS_HELD_BYTES is an index instead, with every key."""
+    from batchcli.journal import keyindex
+
+    monkeypatch.setattr(keyindex, "KEYS_HELD_BYTES", 1_000_000)
+    short = [f"k{n}" for n in range(5000)]  # about 100 bytes each held: 0.5 MB
+    long = [f"https://example.com/{'x' * 300}/{n}" for n in range(5000)]  # about 400: 2 MB
+    assert isinstance(keyindex.key_set(len(short), iter(short)), frozenset)
+    index = keyindex.key_set(len(long), iter(long))
+    assert isinstance(index, keyindex.KeyIndex)
+    assert len(index) == 5000 and all(key in index for key in long) and "k1" not in index
+    index.close()
+
+
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_keys_on_disk_are_looked_up_a_batch_at_a_time_with_the_same_outcome(kind: str) -> None:
     """Past KEYS_HELD_MAX a resume asks the index about a batch of keys at once: the same items go on, in order, the

@@ -15,10 +15,21 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Iterator
+from itertools import chain, islice
+from sys import getsizeof
 from typing import Any, Union
 
 KEYS_HELD_MAX = 1_000_000
 """Up to this many keys are held in a frozenset (some 100 MB); more are kept in a ``KeyIndex``."""
+
+KEYS_HELD_BYTES = 128 << 20
+"""Nor more than about this many bytes of them (``key_set`` measures the first ``KEYS_SAMPLED``): a million keys of
+312 characters took a resume 470 MB."""
+
+KEYS_SAMPLED = 1024
+
+KEY_OVERHEAD = 40
+"""What a key costs a frozenset beyond its own object: its slot, at the set's usual fill."""
 
 
 class KeyIndex:
@@ -77,7 +88,12 @@ KeySet = Union[frozenset[Any], KeyIndex]
 
 
 def key_set(count: int, keys: Iterable[Any]) -> KeySet:
-    """``keys`` (about ``count`` of them, read once) as a frozenset when they are few, else as a ``KeyIndex``."""
-    if count <= KEYS_HELD_MAX:
-        return frozenset(keys)
-    return KeyIndex(keys)
+    """``keys`` (about ``count`` of them, read once) as a frozenset when they are few and short enough to take less
+    than ``KEYS_HELD_BYTES``, judged by the first ``KEYS_SAMPLED`` of them; else as a ``KeyIndex``."""
+    if count > KEYS_HELD_MAX:
+        return KeyIndex(keys)
+    rest = iter(keys)
+    first = list(islice(rest, KEYS_SAMPLED))
+    if first and sum(map(getsizeof, first)) // len(first) * count + KEY_OVERHEAD * count > KEYS_HELD_BYTES:
+        return KeyIndex(chain(first, rest))
+    return frozenset(chain(first, rest))
