@@ -263,7 +263,11 @@ def test_job_completion_index_picks_the_shard(tmp_path: Path, cli: Any, monkeypa
     [
         ("3/3", "the index must be from 0 to 2"),
         ("a/b", "is not I/N"),
-        ("-1/2", "the index must be from 0 to 1"),
+        ("-1/2", "is not I/N"),
+        # int() takes these, which no shard directory is named by: ran as shard 0/3, 10/20 and 1/3
+        ("\u0966/3", "is not I/N"),
+        ("1_0/20", "is not I/N"),
+        ("+1/3", "is not I/N"),
         ("0/0", "must be at least 1"),
         ("auto/3", "JOB_COMPLETION_INDEX (a Kubernetes Indexed Job sets it), which is not set"),
         # A typo for 0/3: it ran, and every later `runs` of the directory listed three million shards, out of memory.

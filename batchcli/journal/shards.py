@@ -165,14 +165,23 @@ class ShardRequest:
     count: int
 
 
+def whole_number(text: str) -> int:
+    """``text`` as a number of ASCII digits (spaces around allowed); ``ValueError`` otherwise. ``int()`` also takes
+    ``+1``, ``1_0`` and other scripts' digits (``०``), which a shard index written elsewhere would not match."""
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        raise ValueError(text)
+    return int(digits)
+
+
 def parse_shard(text: str) -> ShardRequest:
     """``--shard I/N`` or ``auto/N``; a UsageError naming the bad value and the right form otherwise."""
     index_text, sep, count_text = text.strip().partition("/")
     form = "Give --shard I/N with 0 <= I < N (0-based: --shard 0/3, 1/3 and 2/3 split a source in three), or auto/N"
     form += f" to take I from {INDEX_VARIABLE}."
     try:
-        count = int(count_text)
-        index = None if index_text.strip() == "auto" else int(index_text)
+        count = whole_number(count_text)
+        index = None if index_text.strip() == "auto" else whole_number(index_text)
     except ValueError:
         raise UsageError(f"--shard {text!r} is not I/N. {form}") from None
     if not sep:
@@ -216,7 +225,7 @@ def resolve_shard(
                 f"not set. Give the index yourself: --shard 0/{count} ... --shard {count - 1}/{count}."
             )
         try:
-            index = int(raw)
+            index = whole_number(raw)
         except ValueError:
             index = -1
         if not 0 <= index < count:
