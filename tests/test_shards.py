@@ -287,6 +287,17 @@ def test_a_bad_shard_is_a_clear_error(tmp_path: Path, cli: Any, monkeypatch: pyt
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_a_group_named_like_a_file_in_the_output_directory_names_the_file(tmp_path: Path, cli: Any) -> None:
+    """It said "Cannot make a run directory in output directory 'out': File exists", and to give another -d."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "nightly").write_text("notes\n")
+    result = cli("exec", ORDINAL, "-p", f"log_dir={tmp_path}", "--shard", "0/2", "--group", "nightly", "-d", "out")
+    assert result.exit_code == 2
+    flat = " ".join(result.output.split())
+    assert f"--group 'nightly': {str(Path('out') / 'nightly')!r} is a file, not a group's directory. Give another --group" in flat, flat
+    assert (tmp_path / "out" / "nightly").read_text() == "notes\n"
+
+
 def test_shards_beyond_the_most_a_group_may_have_are_refused(tmp_path: Path, cli: Any) -> None:
     """-p shards=N has the same bound as --shard I/N."""
     result = cli("exec", ORDINAL, "-p", f"log_dir={tmp_path}", "-p", "shards=1001", "-d", "out")

@@ -140,6 +140,11 @@ def join_group(
             f"--group {shard.group!r}: {str(group_dir)!r} is a run's directory, not a group's; a group made there would "
             "hide the run's results and failures. Give another --group."
         )
+    if group_dir.exists() and not group_dir.is_dir():  # mkdir's "File exists" named -d, which was not in the way
+        raise UsageError(
+            f"--group {shard.group!r}: {str(group_dir)!r} is a file, not a group's directory. Give another --group, "
+            "or move the file away."
+        )
     made = not group_dir.exists()
     try:
         group_dir.mkdir(mode=0o700, exist_ok=True)
