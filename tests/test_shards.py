@@ -298,6 +298,26 @@ def test_a_group_named_like_a_file_in_the_output_directory_names_the_file(tmp_pa
     assert (tmp_path / "out" / "nightly").read_text() == "notes\n"
 
 
+def test_a_shard_of_other_code_with_the_groups_job_name_is_refused(tmp_path: Path, cli: Any, run_batchcli: Any) -> None:
+    """Only the job's name was compared: jobs2/shard_job.py, other code, joined a group of jobs/shard_job.py and its
+    results mixed with theirs. The same code checked out elsewhere still joins."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    same, other = tmp_path / "checkout" / ORDINAL.name, tmp_path / "jobs2" / ORDINAL.name
+    same.parent.mkdir()
+    other.parent.mkdir()
+    same.write_text(ORDINAL.read_text())
+    other.write_text(ORDINAL.read_text() + "\n# another job that happens to share the name\n")
+    args = ("-p", f"log_dir={logs}", "-p", "count=6", "--group", "g1", "-d", "out")
+    assert cli("exec", ORDINAL, "--shard", "0/3", *args).exit_code == 0
+    refused = run_batchcli("exec", other, "--shard", "1/3", *args)  # a process each: a project name loads once
+    assert refused.exit_code == 2, refused.output
+    flat = " ".join(refused.output.split())
+    assert f"Group 'g1' runs the job from {str(ORDINAL.resolve())!r}, and this shard's job, {str(other.resolve())!r}, is other code" in flat
+    assert not (tmp_path / "out" / "g1" / "shard-1-of-3").exists()
+    assert run_batchcli("exec", same, "--shard", "1/3", *args).exit_code == 0  # the same files elsewhere
+
+
 def test_shards_beyond_the_most_a_group_may_have_are_refused(tmp_path: Path, cli: Any) -> None:
     """-p shards=N has the same bound as --shard I/N."""
     result = cli("exec", ORDINAL, "-p", f"log_dir={tmp_path}", "-p", "shards=1001", "-d", "out")

@@ -45,6 +45,7 @@ from batchcli.journal.shards import Shard, ShardRequest, parse_shard, resolve_sh
 from batchcli.journal.writer import Journal
 
 if TYPE_CHECKING:
+    from batchcli.load.project import Project
     from batchcli.load.wiring import Job, Wiring
 
 _GROUP_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
@@ -128,11 +129,33 @@ def shard_runs(group_dir: Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def project_code(project: Project) -> tuple[str, str]:
+    """Where the job was loaded from (``Project.entry``, or its name when installed) and a digest of its modules'
+    files, for a group to tell another job of the same name from the same code checked out elsewhere."""
+    digest = hashlib.sha256()
+    for module in sorted(project.modules(), key=lambda m: m.__name__):
+        path = getattr(module, "__file__", None)
+        if not path:
+            continue
+        digest.update(module.__name__.encode() + b"\0")
+        try:
+            digest.update(Path(path).read_bytes())
+        except OSError:
+            digest.update(b"\0unreadable")
+    return (str(project.entry) if project.entry is not None else project.target), digest.hexdigest()
+
+
 def join_group(
-    output_dir: Path, shard: Shard, job_name: str, params: dict[str, list[str]] | None = None, config_name: str | None = None
+    output_dir: Path,
+    shard: Shard,
+    job_name: str,
+    params: dict[str, list[str]] | None = None,
+    config_name: str | None = None,
+    code: tuple[str, str] | None = None,
 ) -> Path:
     """The group's directory, made with its ``group.json`` by the first shard there; checked by the others: the same
-    N, job, configuration and params (``what_shards_share``), so that the shards split one source."""
+    N, job, configuration and params (``what_shards_share``), so that the shards split one source; and the same
+    code (``project_code``): loaded from the same place, or files alike where they differ."""
     check_output_dir(output_dir)
     group_dir = output_dir / shard.group
     if (group_dir / JOURNAL_NAME).exists() or (group_dir / f"{JOURNAL_NAME}.new").exists():
@@ -151,7 +174,10 @@ def join_group(
         if not (group_dir / GROUP_FILE).exists():
             _write_once(
                 group_dir / GROUP_FILE,
-                {"group": shard.group, "shards": shard.count, "job": job_name, "config": config_name, "params": params},
+                {
+                    "group": shard.group, "shards": shard.count, "job": job_name, "config": config_name, "params": params,
+                    **({} if code is None else {"entry": code[0], "code": code[1]}),
+                },  # fmt: skip
             )
     except OSError as error:
         if made:  # a group directory without its group.json is no group: gone, as a new run's directory goes
@@ -170,7 +196,28 @@ def join_group(
         raise UsageError(
             f"Group {shard.group!r} runs the job {info.job!r}, not {job_name!r}. Give this job another --group."
         )
+    if code is not None:
+        _check_code(group_dir, shard.group, code)
     return group_dir
+
+
+def _check_code(group_dir: Path, group: str, code: tuple[str, str]) -> None:
+    """Refuse a shard of another job that has the group's job name (``jobs2/job.py`` beside ``jobs/job.py``): its
+    results were mixed with the others'. The same entry is the same job, edited or not (as ``resume`` takes a fix);
+    another entry must hold the same files (a checkout of the same code on another machine)."""
+    try:
+        data = json.loads((group_dir / GROUP_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(data, dict) or "entry" not in data or "code" not in data:
+        return  # a group.json of an older batchcli: it recorded no code
+    entry, digest = code
+    if data["entry"] != entry and data["code"] != digest:
+        raise UsageError(
+            f"Group {group!r} runs the job from {data['entry']!r}, and this shard's job, {entry!r}, is other code "
+            "(its files differ): one group is one run of one job, or its results mix two. Give this job another "
+            "--group, or run the group's code."
+        )
 
 
 def check_resumed_shard(run_dir: Path, shard: Shard, job: Job, wiring: Wiring) -> None:
@@ -268,7 +315,8 @@ class ShardStart:
             return replace(fresh_continuation(job, self.selection, True, self.notices), shard=shard)
         wiring = self.target.with_environment(job.environment)
         shared = what_shards_share(job, wiring)
-        run_dir = join_group(self.output_dir, shard, job.project.name, shared, wiring.config_name) / shard_dir_name(shard)
+        code = project_code(job.project)
+        run_dir = join_group(self.output_dir, shard, job.project.name, shared, wiring.config_name, code) / shard_dir_name(shard)
         if not (run_dir / JOURNAL_NAME).is_file():
             fresh = fresh_continuation(job, self.selection, False, self.notices)
             return replace(fresh, shard=shard, run_dir=run_dir)
