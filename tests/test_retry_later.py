@@ -91,3 +91,24 @@ def test_a_retry_of_a_run_whose_later_retry_is_still_running_is_refused(cli, tmp
     finally:
         slow.send_signal(signal.SIGKILL)
         slow.wait(timeout=60)
+
+
+def test_a_groups_retries_leave_out_what_later_retries_of_the_group_or_a_shard_did(cli, tmp_path: Path) -> None:
+    """The same rule for a group of shards (shards number their failures alike, so each failure is named by its
+    shard too): a group retry after a --limit one takes the rest, and a shard's retry sees the group's retries."""
+    ledger = tmp_path / "ledger"
+    args = ("-d", "out", "--no-shell", "-p", f"ledger={ledger}", "-p", "max_retries=0", "--group", "g")
+    for index in (0, 1, 2):  # every third item each: odd ones fail in every shard
+        assert cli("exec", JOBS["unkeyed"], "--shard", f"{index}/3", *args).exit_code == 1
+    group = tmp_path / "out" / "g"
+    tried = cli("retry", group, "--limit", "3", "-p", "fix=true", "--no-shell")
+    assert tried.exit_code == 0, tried.output
+    dry = cli("retry", group, "--dry-run")
+    assert f"Leaving out 3 failure(s) of {str(group)!r} that a later retry of it processed successfully" in said(dry)
+    assert f"Failures of {group}: 7 of 10" in said(dry), said(dry)
+    rest = cli("retry", group, "-p", "fix=true", "--no-shell")
+    assert rest.exit_code == 0 and "Finished: 7 succeeded, 0 failed of 7" in said(rest), rest.output
+    assert attempts(ledger) == Counter({**{(n, "ok"): 1 for n in range(20)}, **{(n, "failed"): 1 for n in ODD}})
+    for shard in ("0/3", "1/3", "2/3"):  # a shard's own retry finds nothing left either
+        again = cli("retry", group, "--shard", shard, "--no-shell")
+        assert again.exit_code == 0 and "nothing to retry" in said(again), again.output

@@ -358,7 +358,7 @@ def retry(
     dry_run: bool = typer.Option(False, "--dry-run", help="List the failures that would be retried, and exit."),
 ) -> None:
     """Reprocess exactly the inputs that failed in RUN_DIR (a run, or every shard of a group), in a new run directory."""
-    from batchcli.journal.groups import is_group, retry_launch, retry_target
+    from batchcli.journal.groups import later_retries_of, retry_launch, retry_target
     from batchcli.journal.matching import failure_filter
     from batchcli.run.session import RunOptions, Session
 
@@ -372,13 +372,10 @@ def retry(
         again = "" if shard is None else f" --shard {shard}"
         with ends_at_stop_signals("retry --dry-run"):
             console = stdout_console()
-            if not is_group(target):  # as the retry does: leave out what a later retry of the run did
-                from batchcli.journal.resumption import later_retries
-
-                later = later_retries(target)
-                wanted = later.applied(wanted)
-                for notice in later.notices(target):
-                    console.print(notice.text, markup=notice.markup, highlight=False, soft_wrap=True)
+            later = later_retries_of(target)  # as the retry does: leave out what later retries did
+            wanted = later.applied(wanted)
+            for notice in later.notices():
+                console.print(notice.text, markup=notice.markup, highlight=False, soft_wrap=True)
             console.print(show_failures(target, wanted, retry=(run_dir, again)), soft_wrap=True)
         unused = f" The -p values given ({', '.join(given)}) were not checked: the retry checks them." if given else ""
         typer.echo(f"Dry run: nothing was retried.{unused}")

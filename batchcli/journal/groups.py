@@ -24,12 +24,15 @@ from batchcli.journal.matching import FailureFilter, group_types
 from batchcli.journal.resumption import (
     Continuation,
     FailedInputs,
+    LaterRetries,
     Notice,
     Retry,
     defines_item_key,
     failed_inputs,
     fresh_continuation,
     keys_skipped,
+    later_retries,
+    merged,
 )
 from batchcli.journal.rundir import (
     GROUP_FILE,
@@ -372,7 +375,8 @@ def _taking(selection: Selection) -> str:
 class GroupRetry(Retry):
     """``batchcli retry GROUP``: the failed inputs of every shard, in one new run in the group's directory."""
 
-    looks_for_later_retries = False
+    def _later_retries(self) -> LaterRetries:
+        return merged([later_retries(run_dir) for run_dir in self._failed], self.group_dir)
 
     def __init__(
         self, group_dir: Path, overrides: dict[str, tuple[str, ...]], wanted: FailureFilter = FailureFilter()
@@ -409,6 +413,7 @@ class GroupRetry(Retry):
             [item for each in found for item in each.items][:limit],
             [error for each in found for error in each.errors][:limit],
             sum(each.unsaved for each in found),
+            [origin for each in found for origin in each.origins or ()][:limit],
         )
         info = read_group(self.group_dir)
         listing = f"batchcli show {self.group_dir} --failures"
@@ -425,6 +430,14 @@ def retry_launch(
     if target == run_dir:
         return GroupRetry(run_dir, overrides, wanted), run_dir
     return Retry(target, overrides, wanted), run_dir
+
+
+def later_retries_of(target: Path) -> LaterRetries:
+    """``later_retries`` of a run, or of every shard of a group (``retry --dry-run`` says what the retry would)."""
+    if not is_group(target):
+        return later_retries(target)
+    shards = [path for path in shard_runs(target).values() if (path / JOURNAL_NAME).is_file()]
+    return merged([later_retries(path) for path in shards], target)
 
 
 def retry_target(run_dir: Path, shard_text: str | None) -> Path:

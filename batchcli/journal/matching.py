@@ -44,9 +44,10 @@ class FailureFilter:
     """Epoch seconds: only items that failed before this."""
     limit: int | None = None
     """At most this many: the first in source order, the earliest session first (not by the time they failed)."""
-    left_out: frozenset[tuple[int, int]] = frozenset()
-    """Failures, as (session, ordinal), that a later retry of the run processed successfully (``later_retries``):
-    ``retry`` leaves them out before the other options apply. Not one of the user's options (``active``)."""
+    left_out: frozenset[tuple[str, int, int]] = frozenset()
+    """Failures, as (run directory name, session, ordinal), that a later retry processed successfully
+    (``later_retries``): ``retry`` leaves them out before the other options apply. Not one of the user's options
+    (``active``). Named by run as well, since a group's shards number their failures alike."""
 
     @property
     def active(self) -> bool:
@@ -84,7 +85,7 @@ class FailureRow:
     saved: bool
     """False when the input could not be pickled: ``retry`` cannot have it."""
     session: int
-    """The session of the run that recorded it (with ``ordinal``, what names it in ``FailureFilter.left_out``)."""
+    """The session of the run that recorded it (with the run and ``ordinal``, what names it in ``FailureFilter.left_out``)."""
 
 
 def failure_filter(
@@ -184,12 +185,13 @@ def matching_failures(
     chosen: list[FailureRow] = []
     matched = total = 0
     left_out = wanted.left_out
+    name = run_dir.resolve().name if left_out else ""
     for values in stream(run_dir, f"SELECT {FAILURE_COLUMNS} FROM failures ORDER BY session, ordinal"):
         total += 1
         if wanted.limit is not None and matched >= wanted.limit:
             continue  # counted for the total only
         row = FailureRow(*values)
-        if left_out and (row.session, row.ordinal) in left_out:
+        if left_out and (name, row.session, row.ordinal) in left_out:
             continue
         if is_type is not None and not is_type(row.error_type):
             continue

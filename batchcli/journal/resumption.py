@@ -43,8 +43,8 @@ class Continuation:
     """retry: the inputs to process instead of iterating the Source."""
     earlier_errors: list[tuple[str, str]] | None = None
     """retry: how each of ``items`` failed before (``FailedInputs.errors``), for the circuit breaker."""
-    origins: list[tuple[int, int]] | None = None
-    """retry: each of ``items``' failure in the run retried, as (session, ordinal) (``FailedInputs.origins``)."""
+    origins: list[tuple[str, int, int]] | None = None
+    """retry: each of ``items``' failure, as (run directory name, session, ordinal) (``FailedInputs.origins``)."""
     shard: Shard | None = None
     """A shard run (``--shard``): the share of the Source it processes."""
     run_dir: Path | None = None
@@ -190,10 +190,10 @@ class Retry:
         self.types: set[str] | None = None
         """The recorded types ``--error-type`` may name: a group's retry takes them from all its shards."""
         self._earlier: RunInfo | None = None
-        self._later: LaterRetries | None = None
 
-    looks_for_later_retries = True
-    """A run's retry leaves out what a later retry of it did (``later_retries``); a group's shards are not looked at."""
+    def _later_retries(self) -> LaterRetries:
+        """What later retries of the run did with its failures (a group's retry: of every shard)."""
+        return later_retries(self.run_dir)
 
     def wiring(self) -> tuple[Wiring, dict[str, str]] | None:
         """The run's wiring and secrets; None when it has no failed inputs (``notices`` says so)."""
@@ -204,11 +204,11 @@ class Retry:
                 f"Run {str(run_dir)!r} is still running (pid {earlier.pid}), so its failures are not final yet. "
                 "Wait for it to end, or stop it first (Ctrl-C, or kill -INT PID), then retry."
             )
-        if self.looks_for_later_retries and earlier.failed:
-            self._later = later_retries(run_dir)
-            self._later.check_ended()
-            self.wanted = self._later.applied(self.wanted)
-            self.notices += self._later.notices(run_dir)
+        if earlier.failed:
+            later = self._later_retries()
+            later.check_ended()
+            self.wanted = later.applied(self.wanted)
+            self.notices += later.notices()
         check_safe(run_dir)
         if earlier.failed == 0:
             left = earlier.unprocessed
@@ -278,14 +278,16 @@ class Retry:
 class LaterRetries:
     """What the retry runs of a run, beside it, did with its failures (``later_retries``)."""
 
-    done: frozenset[tuple[int, int]]
-    """The run's failures, as (session, ordinal), that one of them processed successfully."""
+    done: frozenset[tuple[str, int, int]]
+    """The failures, as (run directory name, session, ordinal), that one of them processed successfully."""
     by: list[Path]
     """The retry runs that processed some of them successfully."""
     unknown: list[Path]
     """Retry runs made by a batchcli that did not record which failures they took (unkeyed sources only)."""
     running: list[RunInfo]
     """Retry runs still running."""
+    of: Path
+    """The run (or group) retried, as notices name it."""
 
     def check_ended(self) -> None:
         """A retry of the run still running would process the same inputs twice at once: refused."""
@@ -299,12 +301,12 @@ class LaterRetries:
     def applied(self, wanted: FailureFilter) -> FailureFilter:
         return replace(wanted, left_out=self.done) if self.done else wanted
 
-    def notices(self, run_dir: Path) -> list[Notice]:
+    def notices(self) -> list[Notice]:
         said = []
         if self.done:
             names = ", ".join(path.name for path in self.by)
             said.append(Notice(
-                f"Leaving out {len(self.done):,} failure(s) of {str(run_dir)!r} that a later retry of it processed "
+                f"Leaving out {len(self.done):,} failure(s) of {str(self.of)!r} that a later retry of it processed "
                 f"successfully ({names}): they are done.",
                 soft_wrap=True,
             ))  # fmt: skip
@@ -323,13 +325,28 @@ class LaterRetries:
         return said
 
 
+def merged(found: list[LaterRetries], of: Path) -> LaterRetries:
+    """What later retries did with the failures of several runs (a group's shards), as one."""
+    by = list(dict.fromkeys(path for each in found for path in each.by))
+    unknown = list(dict.fromkeys(path for each in found for path in each.unknown))
+    running = list({info.run_dir: info for each in found for info in each.running}.values())
+    return LaterRetries(frozenset().union(*(each.done for each in found)), by, unknown, running, of)
+
+
 def later_retries(run_dir: Path) -> LaterRetries:
     """The runs ``batchcli retry`` made of ``run_dir`` in its own directory (where they go unless ``-d`` says
     otherwise), and which of its failures they processed successfully: by key when the Source has ``item_key``,
-    else through the failure each retry input came from (``INPUT_ORIGINS_TABLE``). A directory that is not a
-    readable run is passed over. ``retry --limit 5`` followed by ``retry`` processed those five again."""
+    else through the failure each retry input came from (``INPUT_ORIGINS_TABLE``). For a shard of a group, the
+    group's retries count too (they sit in the same directory). A directory that is not a readable run is passed
+    over. ``retry --limit 5`` followed by ``retry`` processed those five again."""
+    from batchcli.journal.groups import GROUP_FILE  # groups builds on this module
+
     home = run_dir.resolve()
-    done: set[tuple[int, int]] = set()
+    name = home.name
+    parents = {str(home)}
+    if (home.parent / GROUP_FILE).is_file():
+        parents.add(str(home.parent))  # a retry of the whole group took this shard's failures too
+    done: set[tuple[str, int, int]] = set()
     by: list[Path] = []
     unknown: list[Path] = []
     running: list[RunInfo] = []
@@ -344,7 +361,7 @@ def later_retries(run_dir: Path) -> LaterRetries:
             continue
         try:
             (parent, keyed) = query(child, "SELECT parent, keyed FROM run")[0]
-            if parent != str(home):
+            if parent not in parents:
                 continue
             info = read_run(child)
             if info.status == "running":
@@ -354,12 +371,14 @@ def later_retries(run_dir: Path) -> LaterRetries:
                 keys = {key for (key,) in query(child, "SELECT key FROM done_keys")}
                 if failures is None:
                     failures = query(run_dir, "SELECT session, ordinal, key FROM failures")
-                found = {(session, ordinal) for session, ordinal, key in failures if key is not None and key in keys}
+                found = {(name, session, ordinal) for session, ordinal, key in failures if key is not None and key in keys}
             elif query(child, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'input_origins'"):
                 found = set(query(
                     child,
-                    "SELECT o.session, o.origin FROM input_origins o JOIN done_ranges d"
-                    " ON d.start = (SELECT max(start) FROM done_ranges WHERE start <= o.ordinal) WHERE o.ordinal < d.stop",
+                    "SELECT o.run, o.session, o.origin FROM input_origins o JOIN done_ranges d"
+                    " ON d.start = (SELECT max(start) FROM done_ranges WHERE start <= o.ordinal)"
+                    " WHERE o.ordinal < d.stop AND o.run = ?",
+                    (name,),
                 ))  # fmt: skip
             else:
                 unknown.append(child)
@@ -369,7 +388,7 @@ def later_retries(run_dir: Path) -> LaterRetries:
         if found - done:
             by.append(child)
         done |= found
-    return LaterRetries(frozenset(done), by, unknown, running)
+    return LaterRetries(frozenset(done), by, unknown, running, run_dir)
 
 
 class FailedInputs(NamedTuple):
@@ -379,8 +398,8 @@ class FailedInputs(NamedTuple):
     errors: list[tuple[str, str]]
     """For each of ``items``, its failure: the exception's type and its message's shape (``message_shape``)."""
     unsaved: int
-    origins: list[tuple[int, int]] | None = None
-    """For each of ``items``, its failure's (session, ordinal) in the run retried; None for a group's shards."""
+    origins: list[tuple[str, int, int]] | None = None
+    """For each of ``items``, its failure: the name of the run directory that recorded it, its session and ordinal."""
 
 
 def failed_inputs(
@@ -401,8 +420,9 @@ def failed_inputs(
         rows = list(stream(run_dir, f"SELECT {columns} FROM failures ORDER BY session, ordinal"))
     saved = [row for row in rows if row[0] is not None]
     items = [unpickle(path, row[0]) for row in saved]
+    name = run_dir.resolve().name
     return FailedInputs(
-        items, [(row[1], row[2]) for row in saved], len(rows) - len(saved), [(row[3], row[4]) for row in saved]
+        items, [(row[1], row[2]) for row in saved], len(rows) - len(saved), [(name, row[3], row[4]) for row in saved]
     )
 
 

@@ -77,11 +77,13 @@ circuit breaker of a resumed retry, as of the retry itself, does not count the s
 journals lack it; their resumed retries count every failure."""
 
 INPUT_ORIGINS_TABLE = """
-CREATE TABLE IF NOT EXISTS input_origins (ordinal INTEGER PRIMARY KEY, session INTEGER NOT NULL, origin INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS input_origins (
+    ordinal INTEGER PRIMARY KEY, run TEXT NOT NULL, session INTEGER NOT NULL, origin INTEGER NOT NULL
+);
 """
-"""A retry run's inputs, by ordinal: the failure each one was in the run it retries (that run's session and
-ordinal), so that a later ``retry`` of that run leaves out what this one processed successfully
-(``later_retries``). Older journals lack it: what they retried is retried again."""
+"""A retry run's inputs, by ordinal: the failure each one was (the name of the run directory that recorded it, a
+shard's for a group's retry, with its session and ordinal there), so that a later ``retry`` leaves out what this
+one processed successfully (``later_retries``). Older journals lack it: what they retried is retried again."""
 
 FAILURES_BY_ORDINAL = "CREATE INDEX IF NOT EXISTS failures_by_ordinal ON failures (session, ordinal)"
 """Made the first time a session looks failures up by ordinal (the breaker releases them, the pause shell
@@ -228,7 +230,7 @@ class Journal:
         parent: Path | None,
         inputs: list[Any] | None,
         input_errors: list[tuple[str, str]] | None = None,
-        input_origins: list[tuple[int, int]] | None = None,
+        input_origins: list[tuple[str, int, int]] | None = None,
         shard: Shard | None = None,
         selection: Selection | None = None,
         skipped: KeySet | None = None,
@@ -280,7 +282,7 @@ class Journal:
                     )
                 if input_origins is not None:
                     conn.executemany(
-                        "INSERT INTO input_origins VALUES (?, ?, ?)", ((n, *origin) for n, origin in enumerate(input_origins))
+                        "INSERT INTO input_origins VALUES (?, ?, ?, ?)", ((n, *origin) for n, origin in enumerate(input_origins))
                     )
             conn.close()
             os.replace(draft, path)
