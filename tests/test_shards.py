@@ -318,6 +318,20 @@ def test_a_shard_of_other_code_with_the_groups_job_name_is_refused(tmp_path: Pat
     assert run_batchcli("exec", same, "--shard", "1/3", *args).exit_code == 0  # the same files elsewhere
 
 
+def test_a_dry_run_of_a_shard_is_refused_as_its_run_would_be(tmp_path: Path, cli: Any) -> None:
+    """exec --shard --dry-run skipped the group's checks, so it approved what the run then refused (exit 2)."""
+    args = ("-p", f"log_dir={tmp_path}", "--group", "g", "-d", "out")
+    assert cli("exec", ORDINAL, "-p", "count=10", "--shard", "0/3", *args).exit_code == 0
+    other_n = cli("exec", ORDINAL, "-p", "count=10", "--shard", "1/4", "--dry-run", *args)
+    assert other_n.exit_code == 2 and "was started with 3 shards" in " ".join(other_n.output.split()), other_n.output
+    other_params = cli("exec", ORDINAL, "-p", "count=11", "--shard", "1/3", "--dry-run", *args)
+    assert other_params.exit_code == 2, other_params.output
+    assert "was started with other values (count: 10 in the group, 11 here)" in " ".join(other_params.output.split())
+    fine = cli("exec", ORDINAL, "-p", "count=10", "--shard", "1/3", "--dry-run", *args)
+    assert fine.exit_code == 0, fine.output
+    assert sorted(p.name for p in (tmp_path / "out" / "g").iterdir()) == ["group.json", "shard-0-of-3"]
+
+
 def test_shards_beyond_the_most_a_group_may_have_are_refused(tmp_path: Path, cli: Any) -> None:
     """-p shards=N has the same bound as --shard I/N."""
     result = cli("exec", ORDINAL, "-p", f"log_dir={tmp_path}", "-p", "shards=1001", "-d", "out")

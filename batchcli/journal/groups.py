@@ -187,6 +187,22 @@ def join_group(
             with contextlib.suppress(OSError):
                 group_dir.rmdir()
         raise unusable_output_dir(output_dir, error) from error
+    check_joining(group_dir, shard, job_name, params, config_name, code)
+    return group_dir
+
+
+def check_joining(
+    group_dir: Path,
+    shard: Shard,
+    job_name: str,
+    params: dict[str, list[str]] | None,
+    config_name: str | None,
+    code: tuple[str, str] | None,
+) -> None:
+    """Refuse a shard that does not belong in the group of ``group_dir`` (see ``join_group``); also for
+    ``exec --shard --dry-run``, which makes nothing (a group not made yet has nothing to disagree with)."""
+    if not (group_dir / GROUP_FILE).is_file():
+        return
     _check_alike(group_dir, shard.group, params, config_name)
     info = read_group(group_dir)
     if info.shards != shard.count:
@@ -201,7 +217,6 @@ def join_group(
         )
     if code is not None:
         _check_code(group_dir, shard.group, code)
-    return group_dir
 
 
 def _check_code(group_dir: Path, group: str, code: tuple[str, str]) -> None:
@@ -314,11 +329,12 @@ class ShardStart:
             return fresh_continuation(job, self.selection, self.dry_run, self.notices)
         group = self.group or derived_group(job, self.target.with_environment(job.environment), shard.count)
         shard = replace(shard, group=group)
-        if self.dry_run:  # what would run, with nothing made on disk
-            return replace(fresh_continuation(job, self.selection, True, self.notices), shard=shard)
         wiring = self.target.with_environment(job.environment)
         shared = what_shards_share(job, wiring)
         code = project_code(job.project)
+        if self.dry_run:  # what would run, with nothing made on disk; refused as the run would be
+            check_joining(self.output_dir / shard.group, shard, job.project.name, shared, wiring.config_name, code)
+            return replace(fresh_continuation(job, self.selection, True, self.notices), shard=shard)
         run_dir = join_group(self.output_dir, shard, job.project.name, shared, wiring.config_name, code) / shard_dir_name(shard)
         if not (run_dir / JOURNAL_NAME).is_file():
             fresh = fresh_continuation(job, self.selection, False, self.notices)
