@@ -187,9 +187,10 @@ def matching_failures(
     left_out = wanted.left_out
     name = run_dir.resolve().name if left_out else ""
     for values in stream(run_dir, f"SELECT {FAILURE_COLUMNS} FROM failures ORDER BY session, ordinal"):
+        if wanted.limit is not None and matched >= wanted.limit:  # the rest only counts: SQLite counts it
+            total = query(run_dir, "SELECT count(*) FROM failures")[0][0]
+            break
         total += 1
-        if wanted.limit is not None and matched >= wanted.limit:
-            continue  # counted for the total only
         row = FailureRow(*values)
         if left_out and (name, row.session, row.ordinal) in left_out:
             continue

@@ -413,9 +413,15 @@ def failed_inputs(
     path = check_safe(run_dir)
     columns = "item, error_type, shape(error_message), session, ordinal"
     if wanted.active or wanted.left_out:
-        order = {row.rowid: index for index, row in enumerate(matching_failures(run_dir, wanted, types=types)[0])}
-        taken = [(row[0], row[1:]) for row in stream(run_dir, f"SELECT rowid, {columns} FROM failures") if row[0] in order]
-        rows = [row for _, row in sorted(taken, key=lambda pair: order[pair[0]])]
+        # Only the rows taken are read again, a batch of rowids at a time (--limit 1000 read all the million).
+        chosen = [row.rowid for row in matching_failures(run_dir, wanted, types=types)[0]]
+        rows = []
+        for start in range(0, len(chosen), 500):
+            part = chosen[start : start + 500]
+            found = {row[0]: row[1:] for row in query(
+                run_dir, f"SELECT rowid, {columns} FROM failures WHERE rowid IN ({', '.join('?' * len(part))})", tuple(part)
+            )}  # fmt: skip
+            rows += [found[rowid] for rowid in part]
     else:
         rows = list(stream(run_dir, f"SELECT {columns} FROM failures ORDER BY session, ordinal"))
     saved = [row for row in rows if row[0] is not None]
