@@ -354,7 +354,6 @@ def later_retries(run_dir: Path) -> LaterRetries:
         entries = sorted(entry.path for entry in os.scandir(home.parent) if entry.is_dir(follow_symlinks=False))
     except OSError:
         entries = []
-    failures: list[tuple[int, int, Any]] | None = None
     for entry in entries:
         child = Path(entry)
         if child == home or not (child / JOURNAL_NAME).is_file():
@@ -368,9 +367,8 @@ def later_retries(run_dir: Path) -> LaterRetries:
                 running.append(info)
                 continue
             if keyed:
-                keys = {key for (key,) in query(child, "SELECT key FROM done_keys")}
-                if failures is None:
-                    failures = query(run_dir, "SELECT session, ordinal, key FROM failures")
+                keys = {key for (key,) in query(child, "SELECT key FROM done_keys")}  # what the retry did: few
+                failures = stream(run_dir, "SELECT session, ordinal, key FROM failures")  # the run's: maybe millions
                 found = {(name, session, ordinal) for session, ordinal, key in failures if key is not None and key in keys}
             elif query(child, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'input_origins'"):
                 found = set(query(
