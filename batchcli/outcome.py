@@ -127,6 +127,7 @@ def failure_size(failure: Failure) -> int:
     """About how many bytes a failure holds (see ``FAILURES_KEPT_BYTES``)."""
     return len(failure.error_message) + len(failure.traceback) + rough_size(failure.item) + FAILURE_OVERHEAD
 
+
 RECORDER_WAIT_S = 0.005
 """How often an executor held back by a results backlog looks again (the recorder takes everything each flush)."""
 
@@ -478,8 +479,8 @@ class Tally:
 
     @property
     def failure_backlog(self) -> bool:
-        """True while more than ``FAILURE_BACKLOG_MAX`` final failures wait for the journal: new items should wait
-        (the recorder is woken)."""
+        """True while more than ``FAILURE_BACKLOG_MAX`` final failures, or ``FAILURE_BACKLOG_BYTES`` of them, wait for
+        the journal: new items should wait (the recorder is woken)."""
         if len(self.new_failures) <= FAILURE_BACKLOG_MAX and self.failure_bytes - self.failure_bytes_taken <= FAILURE_BACKLOG_BYTES:
             return False
         self.flush_wanted.set()
@@ -552,7 +553,7 @@ class Tally:
         """Record a final failure (called on the executor's loop). It is logged later, off the loop, by
         whoever drains ``new_failures`` (``log_failures``): a flood must stay cheap for the loop."""
         self.failed += 1
-        size = len(failure.error_message) + len(failure.traceback) + rough_size(failure.item) + FAILURE_OVERHEAD
+        size = failure_size(failure)
         failures, sizes = self.failures, self._kept_sizes
         if len(failures) == failures.maxlen:
             self.failures_dropped += 1  # the oldest one leaves as this one comes
