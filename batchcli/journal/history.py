@@ -101,8 +101,12 @@ def runs_table(runs: list[Any], width: int = 200) -> Table:
         (("run",), ()),
         (("run",), ("no duration",)),
     ]
+    # Each run's mark read once: every layout tried would open its journal again (2,000 runs took 7.5 s).
+    marks = {
+        id(run): " (retry)" if run.parent else _trial_mark(run.run_dir) for run in runs if not isinstance(run, Unreadable)
+    }
     for lead, trail in layouts:
-        table = _table(runs, lead, trail)
+        table = _table(runs, lead, trail, marks)
         if Measurement.get(_MEASURE, _MEASURE.options, table).maximum <= width:
             break
     return table
@@ -111,7 +115,7 @@ def runs_table(runs: list[Any], width: int = 200) -> Table:
 _MEASURE = Console(width=10_000, file=io.StringIO())
 
 
-def _table(runs: list[Any], lead: tuple[str, ...], trail: tuple[str, ...]) -> Table:
+def _table(runs: list[Any], lead: tuple[str, ...], trail: tuple[str, ...], marks: dict[int, str]) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
     for name in lead:
         table.add_column(name, no_wrap=True)
@@ -131,7 +135,7 @@ def _table(runs: list[Any], lead: tuple[str, ...], trail: tuple[str, ...]) -> Ta
             cells["started"] = _when(run.modified) if run.modified else "?"
             middle: list[RenderableType] = [Text(run.status, STATUS_STYLES.get(run.status, "")), "", "", ""]
         else:
-            retry = " (retry)" if run.parent else _trial_mark(run.run_dir)
+            retry = marks[id(run)]
             cells.update(started=_when(run.started_at), job=escape(run.job + retry))
             cells["configuration"] = escape(run.configuration)
             if "job" not in lead:
