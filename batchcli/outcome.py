@@ -106,9 +106,11 @@ FAILURE_OVERHEAD = 300
 def rough_size(value: Any) -> int:
     """About how many bytes ``value`` takes: ``sys.getsizeof`` of it and, for a dict, list or tuple, of what it holds
     directly (a row of text fields; a sample of a long one). Deeper values are not walked: a flood sizes each input."""
+    kind = type(value)
+    if kind is int or kind is str or kind is bytes:  # the usual inputs, sized at once (a flood sizes each one)
+        return getsizeof(value)
     try:
         size = getsizeof(value)
-        kind = type(value)
         if kind is dict:
             held: Any = value.values()
         elif kind is list or kind is tuple:
