@@ -87,3 +87,15 @@ def test_a_group_with_a_missing_shard_writes_what_exists_and_says_how_to_finish(
         warnings.simplefilter("error")
         shards(cli, SQUARES, 6, (1,), 2)
         assert [r.ordinal for r in batchcli.read_results(group)] == list(range(6))  # complete: no warning
+
+
+def test_an_export_of_a_shard_into_its_groups_directory_is_refused(cli: Any, tmp_path: Path) -> None:
+    """-o inside the group's directory wrote a stray file among its shards (or, as group.json, replaced the record
+    that makes it a group), with exit 0; the group's own export was already refused there."""
+    group = shards(cli, SQUARES, 6, (0, 1), 2)
+    for name in ("out.jsonl", "group.json"):
+        before = (group / "group.json").read_text()
+        refused = cli("results", group / "shard-0-of-2", "-o", group / name)
+        assert refused.exit_code == 2, refused.output
+        assert "is inside the directory of the shard group" in " ".join(refused.output.split())
+        assert not (group / "out.jsonl").exists() and (group / "group.json").read_text() == before

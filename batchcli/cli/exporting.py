@@ -16,7 +16,7 @@ from rich.console import Console
 
 from batchcli.errors import ExportError, ReaderLeft, UsageError
 from batchcli.journal.results import check_format, export, is_group
-from batchcli.journal.rundir import JOURNAL_NAME, journal_path, pid_alive
+from batchcli.journal.rundir import GROUP_FILE, JOURNAL_NAME, journal_path, pid_alive
 
 
 def export_results(run_dir: Path, fmt: str, output: Path | None) -> None:
@@ -130,6 +130,13 @@ def _to_file(run_dir: Path, fmt: str, output: Path, progress: Callable[[int], No
             f"-o {str(output)!r} is inside the run directory {str(target.parent)!r} of another run, whose files are "
             f"batchcli's (its journal holds that run's results and what resume needs). Write the export outside it, "
             f"e.g. -o results.{fmt}."
+        )
+    if (target.parent / GROUP_FILE).is_file():
+        # A group's directory holds its shards' run directories and group.json: -o group.json replaced the record
+        # that makes it a group, and any other file there is one the group's listing takes for a stray.
+        raise UsageError(
+            f"-o {str(output)!r} is inside the directory of the shard group {str(target.parent)!r}, whose files are "
+            f"batchcli's. Write the export outside it, e.g. -o results.{fmt}."
         )
     if target.exists() and not target.is_file():
         try:

@@ -148,7 +148,7 @@ def journal_path(run_dir: Path) -> Path:
         raise JournalError(
             f"{str(run_dir)!r} is a group of shards, not one run: this command takes one shard's run directory, "
             f"like {example!r} (its shards: {', '.join(shards) or 'none yet'}). Running a shard again with "
-            "`batchcli exec ... --shard I/N` also continues it; `show`, `retry` and `runs` take the whole group."
+            "`batchcli exec ... --shard I/N` also continues it; `show`, `retry`, `results` and `runs` take the whole group."
         )
     if not path.is_file():
         raise JournalError(
