@@ -332,6 +332,14 @@ def test_a_dry_run_of_a_shard_is_refused_as_its_run_would_be(tmp_path: Path, cli
     assert sorted(p.name for p in (tmp_path / "out" / "g").iterdir()) == ["group.json", "shard-0-of-3"]
 
 
+def test_a_keyed_shards_dry_run_says_why_it_counts_by_iterating(tmp_path: Path, cli: Any) -> None:
+    """It said the Source "has no len()", which it has: a shard split by key takes a share no len() tells."""
+    result = cli("exec", KEYED, "-p", f"log_dir={tmp_path}", "-p", "count=10", "--shard", "2/3", "--dry-run")
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "3, counted by iterating the source (a shard split by key counts its share)" in flat, flat
+
+
 def test_shards_beyond_the_most_a_group_may_have_are_refused(tmp_path: Path, cli: Any) -> None:
     """-p shards=N has the same bound as --shard I/N."""
     result = cli("exec", ORDINAL, "-p", f"log_dir={tmp_path}", "-p", "shards=1001", "-d", "out")

@@ -142,12 +142,15 @@ def _count(job: Job, continuation: Continuation) -> tuple[str, list[tuple[int, A
         return f"{counted}, counted by iterating the source", seen[:SHOWN]
     if length is not None:
         return f"{length:,} (len of the source)", _first(_numbered(source, clock), SHOWN)
+    # A shard split by key has a share no len() tells, whether or not the Source has one.
+    keyed_share = source is not job.source and source_length(job.source) is not None
+    why = "a shard split by key counts its share" if keyed_share else "the source has no len()"
     seen = _first(_numbered(source, clock), COUNT_CAP + 1)
     if clock.late:
-        return f"at least {len(seen):,}: the source has no len(), and counting stopped after {COUNT_TIME_S:g} s", seen[:SHOWN]
+        return f"at least {len(seen):,}: {why}, and counting stopped after {COUNT_TIME_S:g} s", seen[:SHOWN]
     if len(seen) > COUNT_CAP:
-        return f"at least {COUNT_CAP:,}: the source has no len(), and counting stopped there", seen[:SHOWN]
-    return f"{len(seen):,}, counted by iterating the source (it has no len())", seen[:SHOWN]
+        return f"at least {COUNT_CAP:,}: {why}, and counting stopped there", seen[:SHOWN]
+    return f"{len(seen):,}, counted by iterating the source ({why if keyed_share else 'it has no len()'})", seen[:SHOWN]
 
 
 class _Clock:
