@@ -206,12 +206,10 @@ def test_a_flood_beyond_the_memory_budgets_waits_for_the_journal_and_loses_no_fa
     in flight (the loop waits for the recorder), the run holds only the latest failures in memory, and still the
     journal, failed.jsonl, persist_failed and run_job's outcome have every one."""
     from batchcli import outcome
-    from batchcli.executors import asyncpool
     from batchcli.run import driver, recording
     from batchcli.testing import run_job
 
     monkeypatch.setattr(outcome, "FAILURE_BACKLOG_MAX", 20)
-    monkeypatch.setattr(asyncpool, "FAILURE_BACKLOG_MAX", 20)
     monkeypatch.setattr(driver, "FAILURES_KEPT", 50)
     waiting: list[int] = []
     flush = recording.Recording.flush
@@ -247,11 +245,9 @@ def test_failures_with_large_messages_are_held_by_bytes_not_only_by_count(
     byte budgets made small (each failure here holds a 50 KB message twice, in its traceback too), few wait for the
     journal and few are held for the pause shell, and the journal and failed.jsonl still have every one."""
     from batchcli import outcome
-    from batchcli.executors import asyncpool
     from batchcli.run import recording
 
     monkeypatch.setattr(outcome, "FAILURE_BACKLOG_BYTES", 300_000)
-    monkeypatch.setattr(asyncpool, "FAILURE_BACKLOG_BYTES", 300_000)
     monkeypatch.setattr(outcome, "FAILURES_KEPT_BYTES", 500_000)
     seen: list[tuple[int, int]] = []
     flush = recording.Recording.flush
@@ -314,11 +310,9 @@ def test_a_recorder_that_breaks_stops_the_run_instead_of_running_on_unrecorded(
     """When recording fails with something other than a write error (a bug), the run stops as a crash, says so,
     and resume redoes exactly what was not recorded; a flood does not wait forever for the recorder that is gone."""
     from batchcli import outcome
-    from batchcli.executors import asyncpool
     from batchcli.journal import writer
 
     monkeypatch.setattr(outcome, "FAILURE_BACKLOG_MAX", 5)
-    monkeypatch.setattr(asyncpool, "FAILURE_BACKLOG_MAX", 5)
     record = writer.Journal.record
     calls: list[int] = []
 

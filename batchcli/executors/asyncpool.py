@@ -19,7 +19,7 @@ from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, throttle_of
 from batchcli.journal.batches import MARSHAL_VERSION, plain, plain_list
 from batchcli.journal.results import Encoded, Encoding, encode_other, fits
 from batchcli.load.configuration import Configuration
-from batchcli.outcome import FAILURE_BACKLOG_BYTES, FAILURE_BACKLOG_MAX, KEPT_OVERHEAD, RECORDER_WAIT_S, SEALED_OVERHEAD, Tally
+from batchcli.outcome import KEPT_OVERHEAD, RECORDER_WAIT_S, SEALED_OVERHEAD, Tally
 
 log = logging.getLogger("batchcli")
 
@@ -220,10 +220,7 @@ class AsyncExecutor:
                 if ours(error):
                     raise
                 self._failed(ordinal, item, attempts, error)
-                if (  # a flood outruns the journal: let it catch up
-                    len(tally.new_failures) > FAILURE_BACKLOG_MAX
-                    or tally.failure_bytes - tally.failure_bytes_taken > FAILURE_BACKLOG_BYTES
-                ):
+                if tally.failure_backlog:  # a flood outruns the journal: let it catch up
                     await self._wait_for_recorder()
             else:
                 tally.in_flight -= 1
