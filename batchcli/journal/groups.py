@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from batchcli.errors import JournalError, UsageError
 from batchcli.journal.matching import FailureFilter, group_types
+from batchcli.journal.inputs import RetryInputs
 from batchcli.journal.resumption import (
     Continuation,
-    FailedInputs,
     LaterRetries,
     Notice,
     Retry,
@@ -424,13 +424,9 @@ class GroupRetry(Retry):
     def carry_on(self, job: Job) -> Continuation | None:
         """Every shard's failed inputs, shard by shard, each in its source order."""
         found = [failed_inputs(run_dir, self.wanted, self.types) for run_dir in self._failed]
-        limit = self.wanted.limit  # at most N over the whole group, shard by shard
-        failed = FailedInputs(
-            [item for each in found for item in each.items][:limit],
-            [error for each in found for error in each.errors][:limit],
-            sum(each.unsaved for each in found),
-            [origin for each in found for origin in each.origins or ()][:limit],
-        )
+        picks = tuple(pick for each in found for pick in each.picks)
+        # at most N over the whole group, shard by shard
+        failed = RetryInputs(picks, sum(each.unsaved for each in found)).first(self.wanted.limit)
         info = read_group(self.group_dir)
         listing = f"batchcli show {self.group_dir} --failures"
         return self._continue(failed, f"group {info.group!r}", self.group_dir, "the shards' failed.jsonl", listing)

@@ -6,21 +6,22 @@ They read the journal and give the wiring; the Session alone loads, wires and ru
 from __future__ import annotations
 
 import os
-import pickle
 import sqlite3
+from array import array
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 
 from batchcli.load.environment import variable
 from batchcli.load.project import recorded_by_name
 from batchcli.errors import JournalError, NothingRetried, UsageError
+from batchcli.journal.inputs import EarlierErrors, Pick, RetryInputs, SavedInputs, input_errors
 from batchcli.journal.keyindex import KeySet
 from batchcli.journal.writer import Journal, stable_target
 from batchcli.journal.matching import FailureFilter, TypeMatch, matching_failures, recorded_types
-from batchcli.journal.rundir import JOURNAL_NAME, RunInfo, check_safe, damaged, query, read_run, stream
+from batchcli.journal.rundir import JOURNAL_NAME, RunInfo, check_safe, query, read_run, stream
 from batchcli.journal.shards import Shard
 from batchcli.journal.selection import (
     Selection, check_skip_runs_there, keys_done_in, read_selection, record_selection, recorded_skips, widen_selection,
@@ -39,12 +40,12 @@ class Continuation:
     """resume: the opened (and locked) journal of the run to continue, in its own directory."""
     parent: Path | None = None
     """retry: the run whose failed inputs this run reprocesses."""
-    items: list[Any] | None = None
-    """retry: the inputs to process instead of iterating the Source."""
-    earlier_errors: list[tuple[str, str]] | None = None
-    """retry: how each of ``items`` failed before (``FailedInputs.errors``), for the circuit breaker."""
-    origins: list[tuple[str, int, int]] | None = None
-    """retry: each of ``items``' failure, as (run directory name, session, ordinal) (``FailedInputs.origins``)."""
+    inputs: RetryInputs | None = None
+    """retry: the failed inputs it takes, copied into its journal when it starts (then ``items`` reads them)."""
+    items: SavedInputs | None = None
+    """A retry run (resumed, or once its journal holds ``inputs``): the inputs to process instead of the Source."""
+    earlier_errors: EarlierErrors | None = None
+    """A retry run: how each of ``items`` failed before, for the circuit breaker."""
     shard: Shard | None = None
     """A shard run (``--shard``): the share of the Source it processes."""
     run_dir: Path | None = None
@@ -144,7 +145,8 @@ class Resume:
         # A retry run's own inputs, unpickled once the project is loaded so their classes resolve.
         items = errors = None
         if self._earlier.parent:
-            items, errors = saved_inputs(self.run_dir), input_errors(self.run_dir)
+            items, errors = SavedInputs(self.run_dir), input_errors(self.run_dir)
+            items.check()
         selection = self._selection
         if selection is not None and selection.is_trial and self.whole_source:
             widen_selection(self.run_dir, selection)
@@ -234,14 +236,14 @@ class Retry:
         listing = f"batchcli show {self.run_dir} --failures"
         return self._continue(failed, f"run {str(self.run_dir)!r}", self.run_dir, "its failed.jsonl", listing)
 
-    def _continue(self, failed: FailedInputs, what: str, where: Path, saved: str, listing: str) -> Continuation | None:
+    def _continue(self, failed: RetryInputs, what: str, where: Path, saved: str, listing: str) -> Continuation | None:
         """Say how many failures the filters take (none: nothing to retry) and which inputs are left out."""
-        items, unsaved = failed.items, failed.unsaved
+        items, unsaved = failed.count, failed.unsaved
         if self.wanted.left_out and not self.wanted.active and not items and not unsaved:
             self.notices.append(Notice(f"Every failure of {what} was processed successfully by a later retry; nothing to retry."))
             return None
         if self.wanted.active:
-            count = len(items) + unsaved
+            count = items + unsaved
             if not count:
                 self.notices.append(
                     Notice(
@@ -268,7 +270,8 @@ class Retry:
             )
         if not items:
             return None
-        return Continuation(parent=where, items=items, earlier_errors=failed.errors, origins=failed.origins)
+        failed.check()
+        return Continuation(parent=where, inputs=failed)
 
     def abandon(self) -> None:
         """Nothing is held."""
@@ -389,83 +392,21 @@ def later_retries(run_dir: Path) -> LaterRetries:
     return LaterRetries(frozenset(done), by, unknown, running, run_dir)
 
 
-class FailedInputs(NamedTuple):
-    """What ``retry`` reprocesses: the saved inputs, how each failed, and how many inputs could not be saved."""
-
-    items: list[Any]
-    errors: list[tuple[str, str]]
-    """For each of ``items``, its failure: the exception's type and its message's shape (``message_shape``)."""
-    unsaved: int
-    origins: list[tuple[str, int, int]] | None = None
-    """For each of ``items``, its failure: the name of the run directory that recorded it, its session and ordinal."""
-
-
 def failed_inputs(
     run_dir: Path, wanted: FailureFilter = FailureFilter(), types: set[str] | None = None
-) -> FailedInputs:
-    """The finally failed inputs of ``run_dir`` that ``wanted`` takes, unpickled, with how each failed.
+) -> RetryInputs:
+    """The finally failed inputs of ``run_dir`` that ``wanted`` takes, still in its journal (``RetryInputs``).
 
-    Load the project first: unpickling finds the inputs' classes in its modules (and ``--error-type`` the
-    recorded exception classes). ``types`` as for ``matching_failures``.
+    Load the project first: ``--error-type`` finds the recorded exception classes in its modules, and ``check``
+    the inputs' classes. ``types`` as for ``matching_failures``.
     """
-    path = check_safe(run_dir)
-    columns = "item, error_type, shape(error_message), session, ordinal"
+    check_safe(run_dir)
     if wanted.active or wanted.left_out:
-        # Only the rows taken are read again, a batch of rowids at a time (--limit 1000 read all the million).
-        chosen = [row.rowid for row in matching_failures(run_dir, wanted, types=types)[0]]
-        rows = []
-        for start in range(0, len(chosen), 500):
-            part = chosen[start : start + 500]
-            found = {row[0]: row[1:] for row in query(
-                run_dir, f"SELECT rowid, {columns} FROM failures WHERE rowid IN ({', '.join('?' * len(part))})", tuple(part)
-            )}  # fmt: skip
-            rows += [found[rowid] for rowid in part]
-    else:
-        rows = list(stream(run_dir, f"SELECT {columns} FROM failures ORDER BY session, ordinal"))
-    saved = [row for row in rows if row[0] is not None]
-    items = [unpickle(path, row[0]) for row in saved]
-    name = run_dir.resolve().name
-    return FailedInputs(
-        items, [(row[1], row[2]) for row in saved], len(rows) - len(saved), [(name, row[3], row[4]) for row in saved]
-    )
-
-
-def saved_inputs(run_dir: Path) -> list[Any]:
-    """The inputs a retry run was given (kept in its journal, so it resumes without its parent)."""
-    path = check_safe(run_dir)
-    return [unpickle(path, blob) for (blob,) in query(run_dir, "SELECT item FROM inputs ORDER BY ordinal")]
-
-
-def input_errors(run_dir: Path) -> list[tuple[str, str]] | None:
-    """How a retry run's inputs failed before, by ordinal (``INPUT_ERRORS_TABLE``); None for a journal without them."""
-    if not query(run_dir, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'input_errors'"):
-        return None
-    rows = query(run_dir, "SELECT ordinal, error_type, shape FROM input_errors ORDER BY ordinal")
-    if [ordinal for ordinal, _, _ in rows] != list(range(len(rows))):
-        return None
-    return [(error_type, shape) for _, error_type, shape in rows] or None
-
-
-def unpickle(path: Path, blob: bytes) -> Any:
-    """One saved input, or a clear error when it cannot be loaded any more."""
-    try:
-        return pickle.loads(blob)
-    except Exception as error:
-        if isinstance(error, pickle.UnpicklingError):
-            raise damaged(path, f"a saved input is unreadable: {error}") from error
-        if isinstance(error, (ImportError, AttributeError)):  # the class moved or is gone
-            fix = (
-                "The project's classes must be importable as they were when the run saved it; restore that class "
-                "(same module and name), then try again."
-            )
-        else:  # the class is there, and its own unpickling code (__reduce__, __setstate__) raised
-            fix = (
-                "Its class's unpickling code (__reduce__, __setstate__, __init__ of what it rebuilds) raised that: "
-                "fix it, or leave this input out with --error-type, --match, --since or --until."
-            )
-        raise JournalError(
-            f"An input saved in {str(path)!r} cannot be loaded: {type(error).__name__}: {error}. {fix}"
-        ) from error
+        chosen = matching_failures(run_dir, wanted, types=types)[0]
+        rowids = array("q", (row.rowid for row in chosen if row.saved))
+        return RetryInputs((Pick(run_dir, rowids, len(rowids)),), len(chosen) - len(rowids))
+    (saved, unsaved), = query(run_dir, "SELECT count(item), count(*) - count(item) FROM failures")
+    return RetryInputs((Pick(run_dir, None, saved),), unsaved)
 
 
 def defines_item_key(source: object) -> bool:

@@ -337,7 +337,7 @@ def _retried_keys(run_dir: Path, key_of: Callable[[Any], Any]) -> set[Any]:
     check_safe(run_dir)
     done = RangeSet(query(run_dir, "SELECT start, stop FROM done_ranges"))
     keys: set[Any] = set()
-    for ordinal, blob in query(run_dir, "SELECT ordinal, item FROM inputs ORDER BY ordinal"):
+    for ordinal, blob in stream(run_dir, "SELECT ordinal, item FROM inputs ORDER BY ordinal"):
         if ordinal not in done:
             continue
         try:

@@ -25,6 +25,7 @@ from batchcli.errors import JournalError, UsageError
 from batchcli.outcome import KEYED_DONE_BACKLOG_MAX, Failure, Sealed, Tally, error_text, writable
 from batchcli.journal.records import failure_line, json_form, json_text, row_lines
 from batchcli.journal.batches import BATCHES_TABLE, write_sealed
+from batchcli.journal.inputs import InputRow, copy_inputs
 from batchcli.journal.keyindex import KeyIndex, KeySet, key_set
 from batchcli.journal.results import RESULTS_TABLE, Kept, write_results
 from batchcli.journal.rundir import (
@@ -228,9 +229,7 @@ class Journal:
         *,
         keyed: bool,
         parent: Path | None,
-        inputs: list[Any] | None,
-        input_errors: list[tuple[str, str]] | None = None,
-        input_origins: list[tuple[str, int, int]] | None = None,
+        inputs: Iterator[InputRow] | None,
         shard: Shard | None = None,
         selection: Selection | None = None,
         skipped: KeySet | None = None,
@@ -272,18 +271,7 @@ class Journal:
                 if skipped is not None:
                     save_skipped(conn, skipped)
                 if inputs is not None:
-                    conn.executemany(
-                        "INSERT INTO inputs VALUES (?, ?)",
-                        ((n, pickle.dumps(item, pickle.HIGHEST_PROTOCOL)) for n, item in enumerate(inputs)),
-                    )
-                if input_errors is not None:
-                    conn.executemany(
-                        "INSERT INTO input_errors VALUES (?, ?, ?)", ((n, *error) for n, error in enumerate(input_errors))
-                    )
-                if input_origins is not None:
-                    conn.executemany(
-                        "INSERT INTO input_origins VALUES (?, ?, ?, ?)", ((n, *origin) for n, origin in enumerate(input_origins))
-                    )
+                    copy_inputs(conn, inputs)
             conn.close()
             os.replace(draft, path)
             conn = connect(path, writer=True)
@@ -296,6 +284,10 @@ class Journal:
             raise JournalError(
                 f"Cannot create the journal {str(path)!r}: {error}. Check the disk and the output directory."
             ) from error
+        except BaseException:  # a retry's inputs that cannot be read from the journal they failed in, a Ctrl-C
+            lock.release()
+            draft.unlink(missing_ok=True)
+            raise
         journal = cls(run_dir, conn, lock)
         journal.session, journal._session_started = 1, now
         return journal

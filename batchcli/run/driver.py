@@ -24,7 +24,8 @@ from batchcli.errors import JournalError, RunDirStartError
 from batchcli.executors.base import Executor, make_executor
 from batchcli.executors.calls import USER_ERRORS, ours
 from batchcli.journal.records import FailedFile
-from batchcli.journal.resumption import Continuation, defines_item_key, unpickle
+from batchcli.journal.inputs import ErrorsNoted, SavedInputs, unpickle
+from batchcli.journal.resumption import Continuation, defines_item_key
 from batchcli.journal.rundir import JOURNAL_NAME, journal_path
 from batchcli.journal.selection import Selection
 from batchcli.journal.shards import position_in_source
@@ -490,12 +491,15 @@ class Run:
         else:
             keyed = defines_item_key(self.job.source)  # a retry run too: its results carry the keys
             recorded = self.wiring.without(self.options.unrecorded)
+            noted = ErrorsNoted()
             journal = Journal.create(
-                self.run_dir, self.job, recorded, keyed=keyed, parent=carry.parent, inputs=carry.items,
-                input_errors=carry.earlier_errors, input_origins=carry.origins, shard=carry.shard,
+                self.run_dir, self.job, recorded, keyed=keyed, parent=carry.parent,
+                inputs=None if carry.inputs is None else noted.note(carry.inputs.rows()), shard=carry.shard,
                 selection=carry.selection,
                 skipped=carry.done_elsewhere if carry.selection is not None and carry.selection.skip_done_in else None,
             )
+            if carry.inputs is not None:  # a retry: its inputs are in its journal now, and are read from there
+                self.continuation = dataclasses.replace(carry, items=SavedInputs(self.run_dir), earlier_errors=noted.errors)
         try:
             journal.begin(self.tally)
             if carry.journal is not None and journal.earlier_states():
@@ -759,7 +763,7 @@ class Run:
     def _selection(self) -> Selection | None:
         """Which items of the Source the run takes, when not all of them (a retry takes its inputs)."""
         selection = self.continuation.selection
-        if selection is None or selection.takes_all or self.continuation.items is not None:
+        if selection is None or selection.takes_all or self.continuation.items is not None or self.continuation.inputs is not None:
             return None
         return selection
 

@@ -1,0 +1,238 @@
+"""A retry's inputs: copied, still pickled, from the journals they failed in into the retry's own, and read back a
+page at a time as the run takes them.
+
+A retry held every input it reprocessed at once, unpickled, with how and where each failed: 422 MB for a million
+small inputs, and about 22 GB for a million failed 10 KB records, more than the machine that ran the job may
+have. Now only the rowids of the failures a filter chose stay in memory (8 bytes each), and a page of inputs.
+"""
+
+from __future__ import annotations
+
+import pickle
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple
+
+from batchcli.errors import JournalError
+from batchcli.journal.rundir import check_safe, damaged, query, stream
+
+PAGE = 1000
+"""Inputs read from a journal at a time."""
+
+_CHOSEN_AT_ONCE = 500
+"""Rowids looked up in one query (SQLite allows 999 parameters in older builds)."""
+
+_FAILURE_INPUT = "item, error_type, shape(error_message), session, ordinal"
+
+
+class InputRow(NamedTuple):
+    """One input of a retry, as its journal keeps it: the pickled input, how it failed, and the failure it was."""
+
+    item: bytes
+    error_type: str
+    shape: str
+    """The failure's ``message_shape``, for the circuit breaker (``EarlierErrors``)."""
+    run: str
+    """The name of the run directory that recorded the failure (a shard's, for a group's retry)."""
+    session: int
+    ordinal: int
+
+
+@dataclass(frozen=True)
+class Pick:
+    """The failures of one run that a retry takes."""
+
+    run_dir: Path
+    rowids: array[int] | None
+    """Their rowids in the failures table, in the order taken; None: every failure whose input was saved, in
+    (session, ordinal) order."""
+    count: int
+
+    def rows(self) -> Iterator[InputRow]:
+        """The picked failures' inputs, read a batch at a time."""
+        name = self.run_dir.resolve().name
+        for item, error_type, shape, session, ordinal in self._select(_FAILURE_INPUT):
+            yield InputRow(item, error_type, shape, name, session, ordinal)
+
+    def blobs(self) -> Iterator[bytes]:
+        """Only the pickled inputs, as ``rows`` has them."""
+        for (item,) in self._select("item"):
+            yield item
+
+    def _select(self, columns: str) -> Iterator[tuple[Any, ...]]:
+        if self.rowids is None:
+            yield from stream(self.run_dir, f"SELECT {columns} FROM failures WHERE item IS NOT NULL ORDER BY session, ordinal")
+            return
+        for start in range(0, len(self.rowids), _CHOSEN_AT_ONCE):
+            part = self.rowids[start : start + _CHOSEN_AT_ONCE]
+            found = {row[0]: row[1:] for row in query(
+                self.run_dir, f"SELECT rowid, {columns} FROM failures WHERE rowid IN ({', '.join('?' * len(part))})",
+                tuple(part),
+            )}  # fmt: skip
+            for rowid in part:
+                yield found[rowid]
+
+
+@dataclass(frozen=True)
+class RetryInputs:
+    """The saved inputs a retry takes, from one run or from each shard of a group, in the order it takes them."""
+
+    picks: tuple[Pick, ...]
+    unsaved: int
+    """Failures taken whose input could not be pickled when they failed: the retry cannot have them."""
+
+    @property
+    def count(self) -> int:
+        return sum(pick.count for pick in self.picks)
+
+    def rows(self) -> Iterator[InputRow]:
+        for pick in self.picks:
+            yield from pick.rows()
+
+    def first(self, limit: int | None) -> RetryInputs:
+        """Only the first ``limit`` inputs (``--limit`` over a whole group, shard by shard)."""
+        if limit is None or self.count <= limit:
+            return self
+        picks, left = [], limit
+        for pick in self.picks:
+            if left <= 0:
+                break
+            rowids = pick.rowids
+            assert rowids is not None, "a limit chooses its rows"
+            picks.append(Pick(pick.run_dir, rowids[:left], min(left, pick.count)))
+            left -= pick.count
+        return RetryInputs(tuple(picks), self.unsaved)
+
+    def check(self) -> None:
+        """Unpickle each input once and let it go: one that no longer loads is a clear error before the run starts,
+        not a fatal one in its middle."""
+        for pick in self.picks:
+            path = check_safe(pick.run_dir)
+            for blob in pick.blobs():
+                unpickle(path, blob)
+
+
+def copy_inputs(conn: Any, rows: Iterator[InputRow]) -> None:
+    """Write a new retry run's inputs, how each failed and where, into its journal (``conn``), a page at a time."""
+    ordinal = 0
+    while page := list(islice(rows, PAGE)):
+        numbered = range(ordinal, ordinal + len(page))
+        conn.executemany("INSERT INTO inputs VALUES (?, ?)", zip(numbered, (row.item for row in page)))
+        conn.executemany(
+            "INSERT INTO input_errors VALUES (?, ?, ?)", ((n, row.error_type, row.shape) for n, row in zip(numbered, page))
+        )
+        conn.executemany(
+            "INSERT INTO input_origins VALUES (?, ?, ?, ?)",
+            ((n, row.run, row.session, row.ordinal) for n, row in zip(numbered, page)),
+        )
+        ordinal += len(page)
+
+
+class SavedInputs:
+    """A retry run's inputs, unpickled from its own journal a page at a time as the run takes them, so that it
+    resumes without the run it retried. Each page is its own short read: a read held open for the whole run
+    would keep SQLite from ever folding its write-ahead log back into the journal."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self._run_dir = run_dir
+        self._path = check_safe(run_dir)
+        self._count: int = query(run_dir, "SELECT count(*) FROM inputs")[0][0]
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Any]:
+        after = -1
+        while page := query(
+            self._run_dir, "SELECT ordinal, item FROM inputs WHERE ordinal > ? ORDER BY ordinal LIMIT ?", (after, PAGE)
+        ):
+            for _, blob in page:
+                yield unpickle(self._path, blob)
+            after = page[-1][0]
+
+    def check(self) -> None:
+        """As ``RetryInputs.check``: an input that no longer loads says so before a resume starts."""
+        for (blob,) in stream(self._run_dir, "SELECT item FROM inputs ORDER BY ordinal"):
+            unpickle(self._path, blob)
+
+
+class EarlierErrors(Sequence[tuple[str, str]]):
+    """How each of a retry run's inputs failed before, by ordinal (type, message shape), for its circuit breaker.
+
+    Each distinct pair is held once, and each input holds its index: a flood's million failures have a few pairs."""
+
+    def __init__(self, pairs: list[tuple[str, str]], index: array[int]) -> None:
+        self._pairs = pairs
+        self._index = index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, ordinal: int) -> tuple[str, str]:  # type: ignore[override]
+        return self._pairs[self._index[ordinal]]
+
+
+class ErrorsNoted:
+    """Builds ``EarlierErrors`` from a retry's inputs as they pass (``note``): a new retry has them as its journal
+    takes them, and need not read them back."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], int] = {}
+        self._index = array("L")
+
+    def note(self, rows: Iterator[InputRow]) -> Iterator[InputRow]:
+        for row in rows:
+            self.add(row.error_type, row.shape)
+            yield row
+
+    def add(self, error_type: str, shape: str) -> None:
+        pair = (error_type, shape)
+        number = self._seen.get(pair)
+        if number is None:
+            number = self._seen[pair] = len(self._seen)
+        self._index.append(number)
+
+    @property
+    def count(self) -> int:
+        return len(self._index)
+
+    @property
+    def errors(self) -> EarlierErrors | None:
+        return EarlierErrors(list(self._seen), self._index) if self._index else None
+
+
+def input_errors(run_dir: Path) -> EarlierErrors | None:
+    """How a retry run's inputs failed before (``INPUT_ERRORS_TABLE``); None for a journal without them."""
+    if not query(run_dir, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'input_errors'"):
+        return None
+    noted = ErrorsNoted()
+    for ordinal, error_type, shape in stream(run_dir, "SELECT ordinal, error_type, shape FROM input_errors ORDER BY ordinal"):
+        if ordinal != noted.count:  # not one row per input
+            return None
+        noted.add(error_type, shape)
+    return noted.errors
+
+
+def unpickle(path: Path, blob: bytes) -> Any:
+    """One saved input, or a clear error when it cannot be loaded any more."""
+    try:
+        return pickle.loads(blob)
+    except Exception as error:
+        if isinstance(error, pickle.UnpicklingError):
+            raise damaged(path, f"a saved input is unreadable: {error}") from error
+        if isinstance(error, (ImportError, AttributeError)):  # the class moved or is gone
+            fix = (
+                "The project's classes must be importable as they were when the run saved it; restore that class "
+                "(same module and name), then try again."
+            )
+        else:  # the class is there, and its own unpickling code (__reduce__, __setstate__) raised
+            fix = (
+                "Its class's unpickling code (__reduce__, __setstate__, __init__ of what it rebuilds) raised that: "
+                "fix it, or leave this input out with --error-type, --match, --since or --until."
+            )
+        raise JournalError(
+            f"An input saved in {str(path)!r} cannot be loaded: {type(error).__name__}: {error}. {fix}"
+        ) from error
