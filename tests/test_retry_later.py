@@ -33,6 +33,8 @@ def test_a_retry_leaves_out_what_a_later_retry_of_the_run_processed(cli, tmp_pat
     first = cli("exec", JOBS[kind], "-d", "out", "--no-shell", "-p", f"ledger={ledger}", "-p", "max_retries=0")
     assert first.exit_code == 1 and len(first.failed) == 10, first.output
     run = first.run_dir
+    split = cli("retry", run, "-p", "shards=2")  # a retry takes the failed inputs: it has no Source to split
+    assert split.exit_code == 2 and "a retry takes the failed inputs, not the Source, so it would not be used" in said(split)
     tried = cli("retry", run, "--limit", "3", "-p", "fix=true", "--no-shell")
     assert tried.exit_code == 0 and tried.summary["succeeded"] == 3, tried.output
 

@@ -218,6 +218,12 @@ def test_a_shard_resumed_with_other_params_than_its_group_is_refused(tmp_path: P
     assert refused.exit_code == 2 and "count: 40 in the group, 80 here" in said and "Traceback" not in said, said
     assert f"Resume it with the group's values (leave those -p out): batchcli resume {shard_dir}" in said, said
     assert max(ledger(logs)) < 40
+    # shards too: it was taken, and silently did nothing (the shard kept its share)
+    other_split = cli("resume", shard_dir, "-p", "shards=4")
+    said = " ".join(other_split.output.split())
+    assert other_split.exit_code == 2 and "Traceback" not in said, said
+    assert "-p shards=4 splits a source only as exec starts it: a resume keeps the share of the source it started " \
+        f"with, so it would not be used. Run it without -p shards: batchcli resume {shard_dir}" in said, said
     resumed = cli("resume", shard_dir, "-p", "concurrency=4")
     assert resumed.exit_code == 0, resumed.output
     assert set(ledger(logs)) == set(range(0, 40, 2))

@@ -455,6 +455,13 @@ def _rewire(earlier: RunInfo, overrides: dict[str, tuple[str, ...]], command: st
             f"or deleted). {command.capitalize()} loads the job from where the run was made: put it back there (a copy "
             f"will do), then run: batchcli {command} {earlier.run_dir}"
         )
+    given = overrides.get("shards")
+    if given is not None and given != tuple(earlier.params.get("shards", ())):
+        kept = "keeps the share of the source it started with" if command == "resume" else "takes the failed inputs, not the Source"
+        raise UsageError(
+            f"-p shards={','.join(given)} splits a source only as exec starts it: a {command} {kept}, so it would not be "
+            f"used. Run it without -p shards: batchcli {command} {earlier.run_dir}"
+        )
     missing = [name for name in earlier.secrets if name not in overrides and variable(name) not in os.environ]
     if missing:
         raise UsageError(_secrets_missing(earlier, missing, command))
