@@ -290,6 +290,63 @@ def test_a_signal_the_kernel_gives_to_another_thread_still_stops_the_run(tmp_pat
     assert sorted(map(int, ledger.read_text().splitlines())) == list(range(400))
 
 
+@pytest.mark.parametrize("display", ["live", "plain"])
+def test_only_the_main_thread_and_the_jobs_own_threads_can_be_given_a_stop_signal(
+    tmp_path: Path, run_batchcli, display: str
+) -> None:
+    """batchcli's own threads block the stop signals, so the kernel gives a Ctrl-C to the main thread (or to a thread
+    running the job's code) and a C-level wait there ends at once: on the recorder or the display's thread, a
+    pause-shell cell in ``time.sleep(30)`` waited the 30 s. The job's threads and what they start do not block
+    them: a program a Service starts with a blocked SIGTERM would ignore ``terminate()``."""
+    report = tmp_path / "report.json"
+    env = {"TTY_COMPATIBLE": "1"} if display == "live" else {}  # rich's live display, and its refresh thread
+    done = run_batchcli("exec", PROJECTS / "signal_masks" / "job.py", "-d", "out", "-p", f"report={report}", **env)
+    assert done.exit_code == 0, done.output
+    seen = json.loads(report.read_text())
+    threads = seen["threads"]
+    assert seen["me"].startswith("batchcli-item-"), seen
+    assert threads.pop("child terminated by") == ["SIGTERM"]
+    jobs = {"MainThread", "batchcli-loop", "child", seen["me"]}
+    jobs |= {name for name in threads if name.startswith(("batchcli-item-", "asyncio_"))}  # the job's code, its hooks
+    assert {name: threads[name] for name in jobs & set(threads)} == dict.fromkeys(jobs & set(threads), []), seen
+    ours = {name: stopped for name, stopped in threads.items() if name not in jobs}
+    assert {"batchcli-signals", "batchcli-control", "batchcli-recorder"} <= set(ours), seen
+    assert ("batchcli-failures" in ours) == (display == "live"), seen
+    assert ours == dict.fromkeys(ours, ["SIGHUP", "SIGINT", "SIGTERM"]), seen
+
+
+@pytest.mark.parametrize("kind", ["live", "plain", "json"])
+def test_a_display_started_again_after_the_pause_shell_still_leaves_the_stop_signals_alone(kind: str) -> None:
+    """The pause shell stops the live display and starts it again as it closes: rich's new refresh thread must
+    block the stop signals as the first one did (it is started from the main thread, which does not)."""
+    from rich.console import Console
+
+    from batchcli.executors.signals import STOP_SIGNALS
+    from batchcli.outcome import Tally
+    from batchcli.run.display import make_display
+
+    console = Console(file=io.StringIO(), force_terminal=kind == "live")
+    display = make_display(Tally(), console, "job", 0.05, "json" if kind == "json" else "text", "run")
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # as the main thread of a run has them
+    before = set(threading.enumerate())
+    display.start()
+    try:
+        if kind == "live":  # as the pause shell does (``_hide_display``)
+            display.stop()
+            display.start()
+        started = [thread for thread in threading.enumerate() if thread not in before and thread.is_alive()]
+        assert started, "the display started no thread"
+        masks = {}
+        for thread in started:
+            status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+            (blocked,) = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigBlk:")]
+            masks[thread.name] = {sig.name for sig in STOP_SIGNALS if blocked & (1 << (sig - 1))}
+        assert masks == dict.fromkeys(masks, {"SIGINT", "SIGTERM", "SIGHUP"}), masks
+        assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & set(STOP_SIGNALS)  # the main thread's is as it was
+    finally:
+        display.stop()
+
+
 # A Service that makes stopping hard: ``stop_hostile`` keeps a ledger (``done N``, ``fail N``, ``start N``).
 NEVER_AWAITS = ("stop_hostile", "-p", "count=1000000", "-p", "spin_us=30")
 """A million items of 30 us each that never await: 30 s at the least, twice what ``Piped.wait`` allows."""

@@ -20,6 +20,24 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Block the stop signals in this thread for the block; a thread started inside keeps them blocked for good.
+
+    For batchcli's own threads (the recorder, the display, the signal and control servers, IPython's history
+    saver). The kernel gives a process's signal to any thread that does not block it, and a C-level wait
+    (``time.sleep`` in a pause-shell cell) is cut short only in the thread that got it: a Ctrl-C that landed on
+    one of those threads waited for the call to end. Never the loop thread: the threads that run ``process`` and
+    the hooks start from it, and a program the job starts keeps the signal mask of the thread that started it
+    (blocked, it would ignore Ctrl-C and ``terminate()``).
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextmanager
 def spawning() -> Iterator[None]:
     """Block the stop signals in this thread while it starts worker processes (or the threads that will).
 
@@ -33,11 +51,8 @@ def spawning() -> Iterator[None]:
     from multiprocessing import resource_tracker  # not at import: the CLI installs its signal handlers first
 
     resource_tracker.ensure_running()
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
+    with stop_signals_blocked():
         yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def shield_worker() -> None:

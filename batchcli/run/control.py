@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from batchcli.errors import UsageError
 from batchcli.executors.limiter import MAX_CONCURRENCY, MIN_RATE_LIMIT, checked_concurrency, checked_rate_limit
+from batchcli.executors.signals import stop_signals_blocked
 from batchcli.run.hardstop import GRACE_S
 
 if TYPE_CHECKING:
@@ -125,7 +126,8 @@ class ControlChannel:
         self._closed = threading.Event()
         self._attachment: Attachment | None = None
         self._thread = threading.Thread(target=self._serve, name="batchcli-control", daemon=True)
-        self._thread.start()
+        with stop_signals_blocked():  # and so do the threads it starts for each client
+            self._thread.start()
 
     @classmethod
     def open(cls, run: Run) -> ControlChannel | None:

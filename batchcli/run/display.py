@@ -15,6 +15,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from batchcli.executors.signals import stop_signals_blocked
 from batchcli.outcome import Tally
 from batchcli.run.breaker import breaker_note
 from batchcli.run.failures import TICK_S, FailureReport, group_lines
@@ -231,8 +232,9 @@ class LiveDisplay:
         self._streams = (sys.stdout, sys.stderr)
         self._buffers = (PrintBuffer(sys.stdout), PrintBuffer(sys.stderr))
         sys.stdout, sys.stderr = self._buffers  # type: ignore[assignment]
-        self._live.start()
-        self._ticker.start()
+        with stop_signals_blocked():  # rich's refresh thread too; again after each pause shell
+            self._live.start()
+            self._ticker.start()
 
     def stop(self) -> None:
         """Draw the final state and stop redrawing; the job prints to the streams again."""
@@ -267,7 +269,8 @@ class _Ticker:
         """Begin ticking."""
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, args=(self._stopped,), name="batchcli-failures", daemon=True)
-        self._thread.start()
+        with stop_signals_blocked():
+            self._thread.start()
 
     def stop(self) -> None:
         """Stop ticking; a tick under way finishes first."""
@@ -307,7 +310,8 @@ class PlainProgress:
 
     def start(self) -> None:
         """Begin printing."""
-        self._thread.start()
+        with stop_signals_blocked():
+            self._thread.start()
 
     def stop(self) -> None:
         """Stop printing and print the final state."""

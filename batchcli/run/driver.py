@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 from batchcli.errors import JournalError, RunDirStartError
 from batchcli.executors.base import Executor, make_executor
 from batchcli.executors.calls import USER_ERRORS, ours
+from batchcli.executors.signals import stop_signals_blocked
 from batchcli.journal.records import FailedFile
 from batchcli.journal.inputs import ErrorsNoted, SavedInputs, unpickle
 from batchcli.journal.resumption import Continuation, defines_item_key
@@ -250,8 +251,9 @@ class Run:
             try:
                 with held_interrupt():  # raised out of a half-started run, it left the loop thread working
                     display.start()
-                    loop_thread.start()
-                    recorder.start()
+                    loop_thread.start()  # not blocking the stop signals: the job's threads start from it
+                    with stop_signals_blocked():  # batchcli's own threads leave them to the main thread and the job's
+                        recorder.start()
                 # The main thread only waits, so signal handlers (and the pause shell) run promptly. With a
                 # timeout: Python runs a signal's handler on the main thread, but the kernel may deliver the
                 # signal to any thread, and then nothing interrupts a wait without one (a group SIGTERM went

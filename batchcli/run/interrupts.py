@@ -263,8 +263,11 @@ class RunSignals:
             return lambda: None
         read, self._write = os.pipe()
         os.set_blocking(self._write, False)  # a handler must never wait: a full pipe drops the signal instead
+        from batchcli.executors.signals import stop_signals_blocked  # here: runs and show load no executors package
+
         serving = threading.Thread(target=self._serve, args=(read,), name="batchcli-signals", daemon=True)
-        serving.start()
+        with stop_signals_blocked():
+            serving.start()
         previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         for sig in previous:
             signal.signal(sig, self.received)

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from batchcli.executors.signals import stop_signals_blocked
 from batchcli.journal.records import iso_parts, json_text
 from batchcli.load.secret import masked
 from batchcli.outcome import Failure, FailureBatch, Tally, _short_repr
@@ -137,7 +138,8 @@ class JsonProgress:
 
     def start(self) -> None:
         """Begin writing."""
-        self._thread.start()
+        with stop_signals_blocked():
+            self._thread.start()
 
     def stop(self) -> None:
         """Stop writing, and write the final state."""

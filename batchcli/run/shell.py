@@ -18,6 +18,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
+from batchcli.executors.signals import stop_signals_blocked
 from batchcli.outcome import clip
 from batchcli.run.controller import RunController
 
@@ -199,7 +200,8 @@ class PauseShell:
             config.InteractiveShellEmbed = config.TerminalInteractiveShell
             config.InteractiveShellEmbed.confirm_exit = False  # leaving only resumes; Ctrl-C pauses again
             hook = sys.excepthook
-            shell = InteractiveShellEmbed(config=config, user_ns=self._namespace, _init_location_id="batchcli")
+            with stop_signals_blocked():  # its history-saving thread
+                shell = InteractiveShellEmbed(config=config, user_ns=self._namespace, _init_location_id="batchcli")
             sys.excepthook = hook  # embedding replaces it for the whole process
             shell.loop_runner = LoopRunner(run)
             shell.autoawait = True
