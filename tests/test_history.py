@@ -11,7 +11,7 @@ import pytest
 from conftest import subprocess_env
 from test_resume import processed, wait_for
 
-from batchcli.journal.rundir import read_run
+from batchcli.journal.rundir import query, read_run
 
 PROJECTS = Path(__file__).resolve().parent / "projects"
 COUNTING = PROJECTS / "journal_counting" / "counting.py"
@@ -159,3 +159,51 @@ def test_show_groups_messages_that_differ_only_in_numbers(cli, monkeypatch: pyte
     assert "4 ValueError: user N has a malformed record of N kB" in shown
     assert "1 KeyError: 'no such region'" in shown
     assert "#2 3 #5 6 #8 9" in shown  # the first examples: ordinal, then the input
+
+
+def counting_shapes(monkeypatch: pytest.MonkeyPatch) -> list[None]:
+    """Count the message shapes worked out from now on: each is one failure's message read and shaped once."""
+    import batchcli.journal.history
+    import batchcli.journal.rundir
+
+    calls: list[None] = []
+    real = batchcli.journal.rundir.message_shape
+
+    def shape(message: str | None) -> str:
+        calls.append(None)
+        return real(message)
+
+    monkeypatch.setattr(batchcli.journal.rundir, "message_shape", shape)
+    monkeypatch.setattr(batchcli.journal.history, "message_shape", shape, raising=False)
+    return calls
+
+
+def test_show_reads_the_failures_twice_whatever_their_kinds(cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """show found each kind's examples with a query of its own, each shaping every message again: 500,000 failures
+    whose messages all differed took 8.9 s (12 reads of them). A group's show did it for every kind of each shard.
+    The examples are still each kind's first inputs, though the journal holds them in the reverse order."""
+    monkeypatch.setenv("COLUMNS", "200")
+    kinds = PROJECTS / "show_groups" / "kinds.py"
+    run = cli("exec", kinds, "-d", "out", "-p", "concurrency=100", "-p", "max_retries=0", "-p", "breaker_window=0")
+    assert run.exit_code == 1 and run.summary["failed"] == 78, run.output
+    rowids = query(run.run_dir, "SELECT ordinal FROM failures ORDER BY rowid")
+    assert rowids[0] > rowids[-1], "the test needs failures journaled out of ordinal order"
+
+    calls = counting_shapes(monkeypatch)
+    shown = flat(cli("show", run.run_dir).output)
+    assert "Failures: 78, by error (12 kinds)" in shown, shown
+    assert "12 ValueError: kind l went wrong #66 66 #67 67 #68 68 … and 9 more" in shown, shown
+    assert "3 ValueError: kind c went wrong #3 3 #4 4 #5 5" in shown, shown
+    assert "… and 2 more kinds of error" in shown and "kind b went" not in shown, shown
+    assert len(calls) <= 2 * 78 + 12, f"{len(calls)} messages shaped for 78 failures"  # + SQLite's once per group
+
+    for shard in ("0/2", "1/2"):
+        cli("exec", kinds, "-d", "out", "--shard", shard, "--group", "both", "-p", "concurrency=100",
+            "-p", "max_retries=0", "-p", "breaker_window=0")  # fmt: skip
+    calls.clear()
+    group = flat(cli("show", Path("out") / "both").output)
+    assert "Failures: 78 across the shards, by error (12 kinds)" in group, group
+    assert "12 ValueError: kind l went wrong shard 0 #33 66 shard 0 #34 68 shard 0 #35 70 … and 9 more" in group, group
+    assert "4 ValueError: kind d went wrong shard 0 #3 6 shard 0 #4 8 shard 1 #3 7 … and 1 more" in group, group
+    assert "3 ValueError: kind c went wrong shard 0 #2 4 shard 1 #1 3 shard 1 #2 5" in group, group
+    assert len(calls) <= 3 * 78, f"{len(calls)} messages shaped for 78 failures in two shards"

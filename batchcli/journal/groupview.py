@@ -20,11 +20,13 @@ from batchcli.journal.history import (
     _duration,
     _one_line,
     _when,
+    error_kinds,
     find_runs,
+    kind_examples,
     modified_at,
     selection_mark,
 )
-from batchcli.journal.rundir import JOURNAL_NAME, RunInfo, query, read_run
+from batchcli.journal.rundir import JOURNAL_NAME, RunInfo, read_run
 
 ORDER = ("running", "crashed", "stopped", "damaged", "never started", "missing", "finished")
 """A group's status is its shards' first in this order: what needs attention first."""
@@ -259,33 +261,26 @@ class _Kind:
 def _failures(state: GroupState, groups: int = 10, examples: int = 3) -> RenderableType:
     """Failures of every shard, grouped by error type and message shape as ``show`` does for one run."""
     merged: dict[tuple[str, str], _Kind] = {}
-    for index, run in state.runs.items():
-        if not run.failed:
-            continue
-        rows = query(
-            run.run_dir,
-            "SELECT error_type, shape(error_message), count(*), min(error_message), max(error_message) FROM failures"
-            " GROUP BY 1, 2 ORDER BY min(rowid)",
-        )
-        for error_type, shape, count, first, last in rows:
+    failing = [(index, run) for index, run in state.runs.items() if run.failed]
+    for index, run in failing:
+        for error_type, shape, count, first, last in error_kinds(run.run_dir, by_count=False)[0]:
             kind = merged.setdefault((error_type, shape), _Kind(0, first, last, []))
             kind.count += count
             kind.first, kind.last = min(kind.first, first), max(kind.last, last)
-            if len(kind.samples) < examples:
-                samples = query(
-                    run.run_dir,
-                    "SELECT ordinal, item_json FROM failures WHERE error_type = ? AND shape(error_message) = ?"
-                    " ORDER BY session, ordinal LIMIT ?",
-                    (error_type, shape, examples - len(kind.samples)),
-                )
-                kind.samples += [(index, ordinal, item) for ordinal, item in samples]
     if not merged:
         return Text("No failures.", "green")
     total = sum(kind.count for kind in merged.values())
     heading = f"Failures: {total:,} across the shards, by error ({len(merged):,} kind{'s' if len(merged) != 1 else ''})"
     parts: list[RenderableType] = [Text(heading, "bold")]
-    ranked = sorted(merged.items(), key=lambda entry: -entry[1].count)
-    for (error_type, shape), kind in ranked[:groups]:
+    ranked = sorted(merged.items(), key=lambda entry: -entry[1].count)[:groups]
+    for index, run in failing:  # examples of the kinds shown only, shard by shard, in one pass over each shard's
+        wanted = [key for key, kind in ranked if len(kind.samples) < examples]
+        if not wanted:
+            break
+        for key, samples in kind_examples(run.run_dir, wanted, examples).items():
+            kind = merged[key]
+            kind.samples += [(index, ordinal, item) for ordinal, item in samples[: examples - len(kind.samples)]]
+    for (error_type, shape), kind in ranked:
         message = kind.first if kind.first == kind.last else shape
         parts.append(Text.assemble((f"{kind.count:>7,}  ", "bold red"), (f"{error_type}: ", "red"), _one_line(message, 200)))
         for index, ordinal, item in kind.samples:
