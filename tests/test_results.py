@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import marshal
+import os
 import pickle
 import random
 import re
@@ -1222,3 +1223,22 @@ def test_a_reader_that_stops_reading_early_ends_the_command_quietly_with_exit_0(
     errors = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0, errors
     assert errors == ""
+
+
+@pytest.mark.parametrize(
+    "command", [["--help"], ["exec", "--help"], ["exec", str(SQUARES), "--help"], ["results", "--help"]],
+    ids=["batchcli", "exec", "a-job", "results"],
+)  # fmt: skip
+def test_help_whose_reader_has_left_ends_quietly_with_exit_0(command: list[str]) -> None:
+    """`batchcli --help | head -1`, the reader gone before the help is written: typer's own console (rich) ended the
+    command with exit 1, the code for failed items, where every other command ends with 0 (``ReaderLeft``)."""
+    read, write = os.pipe()
+    os.close(read)  # no reader from the start: the first write of the help meets a broken pipe
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "batchcli", *command], stdout=write, stderr=subprocess.PIPE, env=subprocess_env(),
+            timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert proc.returncode == 0 and proc.stderr.decode() == "", proc.stderr.decode()

@@ -564,7 +564,22 @@ def main() -> None:
     """Run the CLI (``batchcli.__main__.main`` calls this once it has taken the stop signals)."""
     EarlySignals.install()  # a signal before a command takes over is remembered, not a kill
     _drop_nonsense_width(os.environ)
-    app(prog_name="batchcli")
+    try:
+        app(prog_name="batchcli")
+    except SystemExit as leaving:
+        if leaving.code == 1 and _raised_by_rich_on_broken_pipe(leaving):
+            # The help, which typer prints with a console of its own: its reader left (`batchcli --help | head -1`).
+            # Exit 0 as every other command whose reader left (ReaderLeft), not 1, the code for failed items.
+            raise SystemExit(ReaderLeft.exit_code) from None
+        raise
+
+
+def _raised_by_rich_on_broken_pipe(leaving: SystemExit) -> bool:
+    """Whether ``leaving`` is rich's ``Console.on_broken_pipe`` ending the process (stdout already sent to devnull)."""
+    tb = leaving.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_name == "on_broken_pipe" and isinstance(leaving.__context__, BrokenPipeError)
 
 
 def _drop_nonsense_width(environ: Any) -> None:
