@@ -78,6 +78,21 @@ def test_a_result_too_tangled_for_json_is_exported_as_its_repr(cli, tmp_path: Pa
     assert as_csv.exit_code == 0 and shown.replace('"', '""') in as_csv.output, as_csv.output
 
 
+def test_a_dict_whose_keys_are_alike_as_json_text_is_written_as_pairs(cli, tmp_path: Path) -> None:
+    """{1: .., "1": ..} was written as one JSON key "1" holding only the later value, in failed.jsonl and in an export
+    that goes through the JSON form (a tuple key): the earlier value was lost."""
+    ran = run(cli, tmp_path, "mode=keys_alike", "returns=keys_alike", "count=6")
+    assert ran.exit_code == 1, ran.output
+    [failure] = failed_lines(ran.run_dir)
+    assert failure["ordinal"] == 5 and failure["input"] == [["id", 5], [1, "the int"], ["1", "the str"]], failure
+    exported = cli("results", ran.run_dir)
+    assert exported.exit_code == 0, exported.output
+    rows = {r["ordinal"]: r["result"] for r in map(json.loads, exported.output.splitlines())}
+    assert rows[4] == [[1, "the int"], ["1", "the str"], [[1, 2], "a tuple"]] and rows[3] == {"id": 3}
+    kept = {row.ordinal: row.value for row in batchcli.read_results(ran.run_dir)}
+    assert kept[4] == {1: "the int", "1": "the str", (1, 2): "a tuple"}  # read_results gives the dict itself
+
+
 @pytest.mark.parametrize("executor", ["async", "process"])
 def test_ints_past_4300_digits_are_recorded_retried_and_exported(cli, tmp_path: Path, executor: str) -> None:
     """An int longer than `str()` writes (4300 digits) as a failed input stopped the recorder ("Exceeds the limit"):

@@ -81,7 +81,10 @@ def _json_form(value: Any) -> Any:
         except TypeError:  # mixed kinds: any fixed order will do
             return sorted(items, key=lambda v: (type(v).__name__, json.dumps(v, sort_keys=True)))
     if isinstance(value, dict):  # keys that are not strings: JSON's keys are
-        return {_json_key(k): _json_form(v) for k, v in value.items()}
+        form = {_json_key(k): _json_form(v) for k, v in value.items()}
+        if len(form) < len(value):  # keys alike as text (1 and "1"): the later value replaced the earlier
+            return [[_json_form(k), _json_form(v)] for k, v in value.items()]
+        return form
     return safe_repr(value)
 
 

@@ -3,6 +3,8 @@
 - ``big_keys``: ``item_key`` is a 65-bit int (a 128-bit id, ``uuid.int``), past what SQLite's INTEGER holds.
 - ``cycles``: every third item is a dict that holds itself, and fails; item 4 returns a dict that holds itself.
 - ``deep``: item 2 is a list nested 1,500 deep, and fails; item 4 returns a list nested 1,200 deep.
+- ``keys_alike``: item 5 is a dict whose keys 1 and "1" are alike as JSON's text keys, and fails; with
+  ``returns=keys_alike`` item 4 returns such a dict (with a tuple key too).
 - ``long_ints``: items are ints of 5,001 digits (``10**5000 + n``), past what ``str()`` writes; each ends in its
   id, whose first attempt fails with a ConnectionError when it is in ``flaky``; odd ones return themselves, even
   ones a dict holding themselves.
@@ -44,6 +46,8 @@ class Odd(Source[Any]):
                 yield holding_itself(n)
             elif self.mode == "deep" and n == 2:
                 yield nested(1500)
+            elif self.mode == "keys_alike" and n == 5:
+                yield {"id": n, 1: "the int", "1": "the str"}
             elif self.mode == "long_ints":
                 yield LONG + n
             else:
@@ -78,7 +82,7 @@ class Keep(Service[Any]):
             with open(self.ledger, "a", encoding="utf-8") as out:
                 out.write(f"{n}\n")
             return item if n % 2 else {"id": n, "value": item}
-        if isinstance(item, list) or "self" in item or item["id"] in self.fail:
+        if isinstance(item, list) or "self" in item or 1 in item or item["id"] in self.fail:
             raise ValueError("this item is refused")
         with open(self.ledger, "a", encoding="utf-8") as out:
             out.write(f"{item['id']}\n")
@@ -86,4 +90,6 @@ class Keep(Service[Any]):
             return holding_itself(4)
         if item["id"] == 4 and self.returns == "deep":
             return nested(1200)
+        if item["id"] == 4 and self.returns == "keys_alike":  # alike as JSON's text keys
+            return {1: "the int", "1": "the str", (1, 2): "a tuple"}
         return {"id": item["id"]}
