@@ -360,8 +360,9 @@ def kind_examples(run_dir: Path, kinds: list[tuple[str, str]], examples: int) ->
     (ordinal, input as JSON), in one pass over the failures of their types.
 
     Each kind was a query of its own, and each query shaped every message again: ``show`` of 500,000 failures
-    whose messages all differed read them 12 times (8.9 s), a group's ``show`` once per kind of every shard."""
+    whose messages all differed read them 12 times (9.5 s), a group's ``show`` once per kind of every shard."""
     first: dict[tuple[str, str], list[tuple[int, int, int]]] = {kind: [] for kind in kinds}
+    """Each kind's first failures so far, as (session, ordinal, rowid), in that order."""
     types = sorted({error_type for error_type, _ in kinds})
     if not types or examples <= 0:
         return {kind: [] for kind in kinds}
