@@ -24,7 +24,7 @@ from batchcli.journal.live import recent_rate
 from batchcli.journal.matching import FailureFilter, FailureRow, group_types, matching_failures
 from batchcli.journal.selection import read_selection
 from batchcli.journal.rundir import (
-    FLUSH_INTERVAL_S, JOURNAL_NAME, RunInfo, message_shape, never_started, query, read_run, stream,
+    FLUSH_INTERVAL_S, JOURNAL_NAME, RunInfo, failures_by_rowid, message_shape, never_started, query, read_run, stream,
 )
 from batchcli.load.secret import Secret
 from batchcli.outcome import clip, per_second, shown
@@ -380,13 +380,9 @@ def kind_examples(run_dir: Path, kinds: list[tuple[str, str]], examples: int) ->
         elif (session, ordinal) < chosen[-1][:2]:
             chosen.pop()
             insort(chosen, (session, ordinal, rowid))
-    rowids = [rowid for chosen in first.values() for _, _, rowid in chosen]
-    found: dict[int, tuple[int, str]] = {}
-    for start in range(0, len(rowids), 500):
-        part = rowids[start : start + 500]
-        sql = f"SELECT rowid, ordinal, item_json FROM failures WHERE rowid IN ({', '.join('?' * len(part))})"
-        found.update((rowid, (ordinal, item)) for rowid, ordinal, item in query(run_dir, sql, tuple(part)))
-    return {kind: [found[rowid] for _, _, rowid in chosen] for kind, chosen in first.items()}
+    rowids = [rowid for chosen in first.values() for *_, rowid in chosen]
+    found = failures_by_rowid(run_dir, "ordinal, item_json", rowids)  # in that order: each kind takes its own
+    return {kind: [next(found) for _ in chosen] for kind, chosen in first.items()}
 
 
 def _failures(run: RunInfo, groups: int = 10, examples: int = 3) -> RenderableType:

@@ -17,13 +17,10 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 from batchcli.errors import JournalError
-from batchcli.journal.rundir import check_safe, damaged, query, stream
+from batchcli.journal.rundir import check_safe, damaged, failures_by_rowid, query, stream
 
 PAGE = 1000
 """Inputs read from a journal at a time."""
-
-_CHOSEN_AT_ONCE = 500
-"""Rowids looked up in one query (SQLite allows 999 parameters in older builds)."""
 
 _FAILURE_INPUT = "item, error_type, shape(error_message), session, ordinal"
 
@@ -66,14 +63,7 @@ class Pick:
         if self.rowids is None:
             yield from stream(self.run_dir, f"SELECT {columns} FROM failures WHERE item IS NOT NULL ORDER BY session, ordinal")
             return
-        for start in range(0, len(self.rowids), _CHOSEN_AT_ONCE):
-            part = self.rowids[start : start + _CHOSEN_AT_ONCE]
-            found = {row[0]: row[1:] for row in query(
-                self.run_dir, f"SELECT rowid, {columns} FROM failures WHERE rowid IN ({', '.join('?' * len(part))})",
-                tuple(part),
-            )}  # fmt: skip
-            for rowid in part:
-                yield found[rowid]
+        yield from failures_by_rowid(self.run_dir, columns, self.rowids)
 
 
 @dataclass(frozen=True)

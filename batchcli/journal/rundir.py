@@ -14,6 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Iterator
 from urllib.parse import quote
 
@@ -616,3 +617,17 @@ def stream(run_dir: Path, sql: str, args: tuple[Any, ...] = ()) -> Iterator[tupl
 def query(run_dir: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Rows of a read-only query on the journal of ``run_dir``, all at once."""
     return list(stream(run_dir, sql, args))
+
+
+ROWIDS_AT_ONCE = 500
+"""Rowids looked up in one query (SQLite allows 999 parameters in older builds)."""
+
+
+def failures_by_rowid(run_dir: Path, columns: str, rowids: Sequence[int]) -> Iterator[tuple[Any, ...]]:
+    """``columns`` of the failures with these rowids, in the order given, a batch of rowids at a time."""
+    for start in range(0, len(rowids), ROWIDS_AT_ONCE):
+        part = tuple(rowids[start : start + ROWIDS_AT_ONCE])
+        sql = f"SELECT rowid, {columns} FROM failures WHERE rowid IN ({', '.join('?' * len(part))})"
+        found = {row[0]: row[1:] for row in query(run_dir, sql, part)}
+        for rowid in part:
+            yield found[rowid]
