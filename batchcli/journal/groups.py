@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchcli.errors import JournalError, UsageError
 from batchcli.journal.matching import FailureFilter, group_types
-from batchcli.journal.inputs import RetryInputs
+from batchcli.journal.inputs import Pick, RetryInputs
 from batchcli.journal.resumption import (
     Continuation,
     LaterRetries,
@@ -423,10 +423,18 @@ class GroupRetry(Retry):
 
     def carry_on(self, job: Job) -> Continuation | None:
         """Every shard's failed inputs, shard by shard, each in its source order."""
-        found = [failed_inputs(run_dir, self.wanted, self.types) for run_dir in self._failed]
-        picks = tuple(pick for each in found for pick in each.picks)
-        # at most N over the whole group, shard by shard
-        failed = RetryInputs(picks, sum(each.unsaved for each in found)).first(self.wanted.limit)
+        picks: list[Pick] = []
+        unsaved = 0
+        left = self.wanted.limit  # --limit N: the first N over the whole group, shard by shard, as show lists them
+        for run_dir in self._failed:
+            if left is not None and left <= 0:
+                break
+            found = failed_inputs(run_dir, self.wanted if left is None else replace(self.wanted, limit=left), self.types)
+            picks += found.picks
+            unsaved += found.unsaved
+            if left is not None:
+                left -= found.count + found.unsaved  # an input that could not be saved counts against the limit too
+        failed = RetryInputs(tuple(picks), unsaved)
         info = read_group(self.group_dir)
         listing = f"batchcli show {self.group_dir} --failures"
         return self._continue(failed, f"group {info.group!r}", self.group_dir, "the shards' failed.jsonl", listing)
@@ -441,7 +449,9 @@ def retry_launch(
         return Retry(run_dir, overrides, wanted), run_dir.parent
     if target == run_dir:
         return GroupRetry(run_dir, overrides, wanted), run_dir
-    return Retry(target, overrides, wanted), run_dir
+    retry = Retry(target, overrides, wanted)
+    retry.again = f"batchcli retry {run_dir} --shard {shard_text}"  # as given: the group, and which shard of it
+    return retry, run_dir
 
 
 def later_retries_of(target: Path) -> LaterRetries:

@@ -18,6 +18,7 @@ from typing import Any, Iterator, NamedTuple
 
 from batchcli.errors import JournalError
 from batchcli.journal.rundir import check_safe, damaged, failures_by_rowid, query, stream
+from batchcli.journal.settled import RangeSet
 
 PAGE = 1000
 """Inputs read from a journal at a time."""
@@ -60,10 +61,18 @@ class Pick:
             yield item
 
     def _select(self, columns: str) -> Iterator[tuple[Any, ...]]:
-        if self.rowids is None:
-            yield from stream(self.run_dir, f"SELECT {columns} FROM failures WHERE item IS NOT NULL ORDER BY session, ordinal")
-            return
-        yield from failures_by_rowid(self.run_dir, columns, self.rowids)
+        try:
+            if self.rowids is None:
+                yield from stream(self.run_dir, f"SELECT {columns} FROM failures WHERE item IS NOT NULL ORDER BY session, ordinal")
+            else:
+                yield from failures_by_rowid(self.run_dir, columns, self.rowids)
+        except (JournalError, KeyError) as error:  # read before the retry began, and gone or changed since
+            why = error.message if isinstance(error, JournalError) else "a failure it listed is no longer there"
+            raise JournalError(
+                f"The failed inputs of {str(self.run_dir)!r} could not be read as the retry took them: {why}. Was the "
+                "run moved, deleted or changed meanwhile? Nothing was retried, and no run directory is left; retry "
+                "again when the run is back in place."
+            ) from error
 
 
 @dataclass(frozen=True)
@@ -81,20 +90,6 @@ class RetryInputs:
     def rows(self) -> Iterator[InputRow]:
         for pick in self.picks:
             yield from pick.rows()
-
-    def first(self, limit: int | None) -> RetryInputs:
-        """Only the first ``limit`` inputs (``--limit`` over a whole group, shard by shard)."""
-        if limit is None or self.count <= limit:
-            return self
-        picks, left = [], limit
-        for pick in self.picks:
-            if left <= 0:
-                break
-            rowids = pick.rowids
-            assert rowids is not None, "a limit chooses its rows"
-            picks.append(Pick(pick.run_dir, rowids[:left], min(left, pick.count)))
-            left -= pick.count
-        return RetryInputs(tuple(picks), self.unsaved)
 
     def check(self) -> None:
         """Unpickle each input once and let it go: one that no longer loads is a clear error before the run starts,
@@ -121,15 +116,30 @@ def copy_inputs(conn: Any, rows: Iterator[InputRow]) -> None:
         ordinal += len(page)
 
 
+class _Settled:
+    """What ``SavedInputs`` yields in place of an input that an earlier session settled: the resume skips it unseen."""
+
+    def __repr__(self) -> str:
+        return "<an input settled earlier, not loaded>"
+
+
+SETTLED = _Settled()
+
+
 class SavedInputs:
     """A retry run's inputs, unpickled from its own journal a page at a time as the run takes them, so that it
     resumes without the run it retried. Each page is its own short read: a read held open for the whole run
-    would keep SQLite from ever folding its write-ahead log back into the journal."""
+    would keep SQLite from ever folding its write-ahead log back into the journal.
 
-    def __init__(self, run_dir: Path) -> None:
+    ``settled``: the ordinals earlier sessions of a resumed run settled, which it skips: they are not unpickled
+    (``SETTLED`` stands in), so one that no longer loads does not stop the resume. None for a keyed run, which
+    skips by each input's key and so loads them all."""
+
+    def __init__(self, run_dir: Path, settled: RangeSet | None = None) -> None:
         self._run_dir = run_dir
         self._path = check_safe(run_dir)
         self._count: int = query(run_dir, "SELECT count(*) FROM inputs")[0][0]
+        self._settled = settled if settled else None
 
     def __len__(self) -> int:
         return self._count
@@ -139,14 +149,17 @@ class SavedInputs:
         while page := query(
             self._run_dir, "SELECT ordinal, item FROM inputs WHERE ordinal > ? ORDER BY ordinal LIMIT ?", (after, PAGE)
         ):
-            for _, blob in page:
-                yield unpickle(self._path, blob)
+            settled = self._settled
+            for ordinal, blob in page:
+                yield SETTLED if settled is not None and ordinal in settled else unpickle(self._path, blob, RESUME_ADVICE)
             after = page[-1][0]
 
     def check(self) -> None:
-        """As ``RetryInputs.check``: an input that no longer loads says so before a resume starts."""
-        for (blob,) in stream(self._run_dir, "SELECT item FROM inputs ORDER BY ordinal"):
-            unpickle(self._path, blob)
+        """As ``RetryInputs.check``: an input the resume takes that no longer loads says so before it starts."""
+        settled = self._settled
+        for ordinal, blob in stream(self._run_dir, "SELECT ordinal, item FROM inputs ORDER BY ordinal"):
+            if settled is None or ordinal not in settled:
+                unpickle(self._path, blob, RESUME_ADVICE)
 
 
 class EarlierErrors(Sequence[tuple[str, str]]):
@@ -206,8 +219,15 @@ def input_errors(run_dir: Path) -> EarlierErrors | None:
     return noted.errors
 
 
-def unpickle(path: Path, blob: bytes) -> Any:
-    """One saved input, or a clear error when it cannot be loaded any more."""
+RETRY_ADVICE = "leave this input out with --error-type, --match, --since or --until"
+RESUME_ADVICE = (
+    "retry the run this one retried instead, leaving this input out with --error-type, --match, --since or --until "
+    "(what this run processed successfully is left out too)"
+)
+
+
+def unpickle(path: Path, blob: bytes, leave_out: str = RETRY_ADVICE) -> Any:
+    """One saved input, or a clear error when it cannot be loaded any more; ``leave_out`` says how to do without it."""
     try:
         return pickle.loads(blob)
     except Exception as error:
@@ -221,7 +241,7 @@ def unpickle(path: Path, blob: bytes) -> Any:
         else:  # the class is there, and its own unpickling code (__reduce__, __setstate__) raised
             fix = (
                 "Its class's unpickling code (__reduce__, __setstate__, __init__ of what it rebuilds) raised that: "
-                "fix it, or leave this input out with --error-type, --match, --since or --until."
+                f"fix it, or {leave_out}."
             )
         raise JournalError(
             f"An input saved in {str(path)!r} cannot be loaded: {type(error).__name__}: {error}. {fix}"

@@ -22,7 +22,7 @@ from batchcli.journal.keyindex import KeySet
 from batchcli.journal.writer import Journal, stable_target
 from batchcli.journal.matching import FailureFilter, TypeMatch, matching_failures, recorded_types
 from batchcli.journal.rundir import JOURNAL_NAME, RunInfo, check_safe, query, read_run, stream
-from batchcli.journal.shards import Shard
+from batchcli.journal.shards import Shard, shard_of
 from batchcli.journal.selection import (
     Selection, check_skip_runs_there, keys_done_in, read_selection, record_selection, recorded_skips, widen_selection,
 )  # fmt: skip
@@ -117,7 +117,7 @@ class Resume:
             return None
         self._journal = Journal.open(run_dir)
         try:
-            wired = _rewire(earlier, self.overrides, "resume")
+            wired = _rewire(earlier, self.overrides, "resume", f"batchcli resume {run_dir}")
         except BaseException:
             self.abandon()
             raise
@@ -144,8 +144,9 @@ class Resume:
             check_resumed_shard(self.run_dir, shard, job, self._wiring.with_environment(job.environment))
         # A retry run's own inputs, unpickled once the project is loaded so their classes resolve.
         items = errors = None
-        if self._earlier.parent:
-            items, errors = SavedInputs(self.run_dir), input_errors(self.run_dir)
+        if self._earlier.parent:  # only those it still takes: one it processed may not load any more, and is not needed
+            settled = None if self._journal.keyed else self._journal.settled_ordinals()
+            items, errors = SavedInputs(self.run_dir, settled), input_errors(self.run_dir)
             items.check()
         selection = self._selection
         if selection is not None and selection.is_trial and self.whole_source:
@@ -192,6 +193,9 @@ class Retry:
         self.types: set[str] | None = None
         """The recorded types ``--error-type`` may name: a group's retry takes them from all its shards."""
         self._earlier: RunInfo | None = None
+        self.again = f"batchcli retry {run_dir}"
+        """The command as given (without -p), for messages that say how to run it again: a group's retry reads the
+        record of its first failed shard (``run_dir``), and its messages name the group."""
 
     def _later_retries(self) -> LaterRetries:
         """What later retries of the run did with its failures (a group's retry: of every shard)."""
@@ -224,7 +228,7 @@ class Retry:
         if self.wanted.error_type is not None:  # an unknown type is bad input: say so before loading anything
             TypeMatch(self.wanted.error_type, set(recorded_types(run_dir)) if self.types is None else self.types, load=None)
         self._earlier = earlier
-        return _rewire(earlier, self.overrides, "retry")
+        return _rewire(earlier, self.overrides, "retry", self.again)
 
     def explained(self, error: UsageError) -> UsageError:
         """``error`` with where its value came from, when the run recorded it (``explained``)."""
@@ -438,8 +442,11 @@ class RecordedValueError(UsageError):
     """A value the run recorded as it started, which the job no longer takes (``explained``)."""
 
 
-def _rewire(earlier: RunInfo, overrides: dict[str, tuple[str, ...]], command: str) -> tuple[Wiring, dict[str, str]]:
+def _rewire(
+    earlier: RunInfo, overrides: dict[str, tuple[str, ...]], command: str, again: str
+) -> tuple[Wiring, dict[str, str]]:
     """The wiring the run started with: its recorded values, then ``overrides`` (``-p`` wins); and its secrets again.
+    ``again``: the command as given, without its -p values, for the messages.
 
     Only the secrets are read from the environment: every other value the run started with, from
     ``-p`` or a ``BATCHCLI_*`` variable, is in the journal, and a variable set (or unset) since must
@@ -453,18 +460,18 @@ def _rewire(earlier: RunInfo, overrides: dict[str, tuple[str, ...]], command: st
         raise UsageError(
             f"Run {str(earlier.run_dir)!r} was made by the job at {target!r}, which is no longer there (moved, renamed "
             f"or deleted). {command.capitalize()} loads the job from where the run was made: put it back there (a copy "
-            f"will do), then run: batchcli {command} {earlier.run_dir}"
+            f"will do), then run: {again}"
         )
     given = overrides.get("shards")
-    if given is not None and given != tuple(earlier.params.get("shards", ())):
+    if given is not None and given != tuple(earlier.params.get("shards", ())) and given != _shard_count(earlier):
         kept = "keeps the share of the source it started with" if command == "resume" else "takes the failed inputs, not the Source"
         raise UsageError(
             f"-p shards={','.join(given)} splits a source only as exec starts it: a {command} {kept}, so it would not be "
-            f"used. Run it without -p shards: batchcli {command} {earlier.run_dir}"
+            f"used. Run it without -p shards: {again}"
         )
     missing = [name for name in earlier.secrets if name not in overrides and variable(name) not in os.environ]
     if missing:
-        raise UsageError(_secrets_missing(earlier, missing, command))
+        raise UsageError(_secrets_missing(earlier, missing, again))
     values = {name: tuple(raw) for name, raw in earlier.params.items()}
     values.update(overrides)
     environment = frozenset(name for name in earlier.environment if name not in overrides)
@@ -478,14 +485,21 @@ def _rewire(earlier: RunInfo, overrides: dict[str, tuple[str, ...]], command: st
     return wiring, secrets
 
 
-def _secrets_missing(earlier: RunInfo, missing: list[str], command: str) -> str:
-    """Which secrets ``command`` needs again, and the two ways to give them."""
+def _shard_count(earlier: RunInfo) -> tuple[str, ...] | None:
+    """A shard's count of shards, as ``-p shards`` would give it: a shard started with ``--shard I/N`` records no
+    ``shards`` param, and N given again is the value it runs with."""
+    shard = shard_of(earlier.run_dir)
+    return None if shard is None else (str(shard.count),)
+
+
+def _secrets_missing(earlier: RunInfo, missing: list[str], again: str) -> str:
+    """Which secrets ``again`` (the command) needs again, and the two ways to give them."""
     many = len(missing) > 1
-    names, again = ", ".join(map(repr, missing)), " ".join(f"-p {name}=..." for name in missing)
+    names, given = ", ".join(map(repr, missing)), " ".join(f"-p {name}=..." for name in missing)
     return (
         f"Run {str(earlier.run_dir)!r} was started with the secret {'params' if many else 'param'} {names}, which "
         f"the journal does not keep (and {'their defaults are' if many else 'its default is'} not used instead). "
-        f"Give {'them' if many else 'it'} again: batchcli {command} {earlier.run_dir} {again} "
+        f"Give {'them' if many else 'it'} again: {again} {given} "
         f"(or set {', '.join(map(variable, missing))})."
     )
 

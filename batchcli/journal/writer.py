@@ -350,9 +350,13 @@ class Journal:
                 log.info("Resuming: the %s keys settled earlier are looked up on disk, not held in memory.",
                          f"{len(settled):,}")
             return skip_keys(items, settled, key_of, self._pending, tally)
+        return skip_ordinals(items, self.settled_ordinals(), tally)
+
+    def settled_ordinals(self) -> RangeSet:
+        """The ordinals of the items earlier sessions settled, succeeded or failed (an unkeyed run's)."""
         ranges = RangeSet(self.ranges.ranges())
         ranges.add(o for (o,) in self._conn.execute("SELECT ordinal FROM failures"))
-        return skip_ordinals(items, ranges, tally)
+        return ranges
 
     def _settled_keys(self) -> Iterator[Any]:
         """The keys of the items earlier sessions settled: succeeded (``done_keys``) or failed, read a batch at a time."""

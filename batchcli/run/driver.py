@@ -494,12 +494,17 @@ class Run:
             keyed = defines_item_key(self.job.source)  # a retry run too: its results carry the keys
             recorded = self.wiring.without(self.options.unrecorded)
             noted = ErrorsNoted()
-            journal = Journal.create(
-                self.run_dir, self.job, recorded, keyed=keyed, parent=carry.parent,
-                inputs=None if carry.inputs is None else noted.note(carry.inputs.rows()), shard=carry.shard,
-                selection=carry.selection,
-                skipped=carry.done_elsewhere if carry.selection is not None and carry.selection.skip_done_in else None,
-            )
+            try:
+                journal = Journal.create(
+                    self.run_dir, self.job, recorded, keyed=keyed, parent=carry.parent,
+                    inputs=None if carry.inputs is None else noted.note(carry.inputs.rows()), shard=carry.shard,
+                    selection=carry.selection,
+                    skipped=carry.done_elsewhere if carry.selection is not None and carry.selection.skip_done_in else None,
+                )
+            except BaseException:  # a retry whose parent went as its inputs were copied, a journal that cannot be made
+                if carry.run_dir is None:  # this run's own new directory (a shard's may be taken over by another)
+                    shutil.rmtree(self.run_dir, ignore_errors=True)  # it holds nothing, and `runs` would not list it
+                raise
             if carry.inputs is not None:  # a retry: its inputs are in its journal now, and are read from there
                 self.continuation = dataclasses.replace(carry, items=SavedInputs(self.run_dir), earlier_errors=noted.errors)
         try:

@@ -1,0 +1,130 @@
+"""retry and resume at their edges: a group's --limit over inputs that could not be saved, -p shards given to a group's
+retry, the run being retried moved away while the retry copies its inputs, and a resumed retry with an input it
+already processed that no longer loads. Each did something surprising, found by an adversarial run."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import PROJECTS
+
+LOCKED = PROJECTS / "journal_retry" / "locked.py"
+QUIET = ("--no-shell", "-p", "max_retries=0", "-p", "breaker_window=0")
+
+
+def said(outcome) -> str:
+    return " ".join(outcome.output.replace("│", " ").split())
+
+
+def processed(ledger: Path) -> Counter[int]:
+    return Counter(int(line) for line in ledger.read_text().split()) if ledger.exists() else Counter()
+
+
+def group_of_two(cli, tmp_path: Path) -> Path:
+    """Group G of two shards of 60 items, started with --shard I/2: 40 fail, 6 of them unpicklable."""
+    for index in (0, 1):
+        ran = cli("exec", LOCKED, "--shard", f"{index}/2", "--group", "G", "-d", "out", *QUIET,
+                  "-p", f"ledger={tmp_path / 'first'}")  # fmt: skip
+        assert ran.exit_code == 1, ran.output
+    return tmp_path / "out" / "G"
+
+
+def test_a_groups_retry_limit_counts_the_unsaved_inputs_as_show_lists_them(cli, tmp_path: Path) -> None:
+    """--limit 6 over a group whose first six failures hold one that could not be pickled: the retry said "8
+    failure(s) match", and took an input of the second shard that `show --failures --limit 6` does not list."""
+    group = group_of_two(cli, tmp_path)
+    listed = cli("show", group, "--failures", "--limit", "6")
+    assert listed.exit_code == 0, listed.output
+    shown = [int(n) for n in re.findall(r"item (\d+) is bad", said(listed))]
+    assert len(shown) == 6 and [n for n in shown if n % 7 == 0], shown  # one of them could not be saved
+    saved = [n for n in shown if n % 7]
+
+    ledger = tmp_path / "retried"
+    retried = cli("retry", group, "--limit", "6", "-p", "fix=true", "-p", f"ledger={ledger}", "--no-shell")
+    assert retried.exit_code == 0, retried.output
+    text = said(retried)
+    assert "6 failure(s) match --limit 6" in text, text
+    unsaved = len(shown) - len(saved)
+    assert f"{unsaved} failed input(s) of group 'G' could not be pickled and are left out" in text, text
+    assert processed(ledger) == Counter(saved), text  # exactly the saved inputs that show listed, once each
+
+    # the rest of the group's failures are still there for the next retry, which leaves these out
+    rest = cli("retry", group, "-p", "fix=true", "-p", f"ledger={ledger}", "--no-shell")
+    assert rest.exit_code == 0, rest.output
+    failed = [n for n in range(60) if n % 3]
+    assert processed(ledger) == Counter(n for n in failed if n % 7), said(rest)
+
+
+def test_a_groups_retry_refuses_other_shard_counts_and_names_the_group(cli, tmp_path: Path) -> None:
+    """-p shards given to a retry of a group started with --shard I/N: its own N was refused, and the refusal
+    suggested retrying the first shard alone."""
+    group = group_of_two(cli, tmp_path)
+    ledger = tmp_path / "retried"
+    refused = cli("retry", group, "-p", "shards=4", "-p", "fix=true", "-p", f"ledger={ledger}", "--no-shell")
+    assert refused.exit_code == 2, refused.output
+    assert f"Run it without -p shards: batchcli retry {group}" in said(refused), said(refused)
+    assert "shard-0-of-2" not in said(refused) and not ledger.exists()
+
+    one = cli("retry", group, "--shard", "1/2", "-p", "shards=4", "-p", "fix=true", "--no-shell")
+    assert one.exit_code == 2 and f"batchcli retry {group} --shard 1/2" in said(one), said(one)
+
+    # the group's own count given again is the value it ran with: accepted
+    again = cli("retry", group, "-p", "shards=2", "-p", "fix=true", "-p", f"ledger={ledger}", "--no-shell")
+    assert again.exit_code == 0, again.output
+    assert sum(processed(ledger).values()) == 40 - 6 and "Finished: 34 succeeded, 0 failed of 34" in said(again)
+
+
+@pytest.mark.parametrize("filtered", [False, True])
+def test_a_retry_whose_run_is_moved_away_while_it_copies_leaves_nothing_behind(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, filtered: bool
+) -> None:
+    """The inputs are checked, then the retry's directory is made, then they are copied from the run: the run moved
+    away between the two left an empty run directory and a message about a bad argument."""
+    ran = cli("exec", LOCKED, "-d", "out", *QUIET, "-p", f"ledger={tmp_path / 'first'}")
+    assert ran.exit_code == 1, ran.output
+    monkeypatch.setenv("MOVE_AWAY", str(ran.run_dir))
+    monkeypatch.setenv("MOVE_AT", "59")  # the last failure: moved as the check loads it, before the copy
+    ledger = tmp_path / "retried"
+    filters = ("--match", "bad") if filtered else ()
+    retried = cli("retry", ran.run_dir, *filters, "-p", "fix=true", "-p", f"ledger={ledger}", "--no-shell")
+    text = said(retried)
+    assert retried.exit_code == 2 and "Traceback" not in retried.output, retried.output
+    assert f"The failed inputs of {str(ran.run_dir)!r} could not be read as the retry took them" in text, text
+    assert "Was the run moved, deleted or changed meanwhile?" in text, text
+    moved = Path(f"{ran.run_dir}.moved")
+    assert list((tmp_path / "out").iterdir()) == [moved]  # no run directory left for the retry
+    assert not ledger.exists()
+
+    monkeypatch.delenv("MOVE_AWAY")
+    moved.rename(ran.run_dir)  # back in place: the retry runs
+    again = cli("retry", ran.run_dir, *filters, "-p", "fix=true", "-p", f"ledger={ledger}", "--no-shell")
+    assert again.exit_code == 0 and "Finished: 34 succeeded, 0 failed of 34" in said(again), again.output
+
+
+def test_a_resumed_retry_does_not_load_the_inputs_it_processed(tmp_path: Path, run_batchcli) -> None:
+    """A stopped retry refused to resume because an input it had processed already no longer loaded (all were
+    checked), and its advice named options resume does not take."""
+    ran = run_batchcli("exec", LOCKED, "-d", "out", *QUIET, "-p", f"ledger={tmp_path / 'first'}", "-p", "count=30")
+    assert ran.exit_code == 1 and ran.summary["failed"] == 20, ran.output
+    parent = ran.run_dir
+    ledger = tmp_path / "retried"
+    stopped = run_batchcli("retry", parent, "-p", "fix=true", "-p", f"ledger={ledger}", "-p", "stop_at=4",
+                           "-p", "concurrency=1", "--no-shell")  # fmt: skip
+    assert stopped.exit_code == 130, stopped.output
+    retry_run = stopped.run_dir
+    assert retry_run != parent and 1 in processed(ledger) and 29 not in processed(ledger), processed(ledger)
+
+    # an input it still takes that does not load: refused, with advice that fits a resume
+    refused = run_batchcli("resume", retry_run, "--no-shell", RESTORE_FAILS="29")
+    text = said(refused)
+    assert refused.exit_code == 2 and "RuntimeError: item 29 cannot be restored" in text, refused.output
+    assert "retry the run this one retried instead, leaving this input out with --error-type" in text, text
+
+    # one it processed already is not loaded at all: the resume finishes the rest, each input processed once
+    resumed = run_batchcli("resume", retry_run, "--no-shell", RESTORE_FAILS="1")
+    assert resumed.exit_code == 0, resumed.output
+    assert resumed.summary["succeeded"] == 17 and resumed.summary["failed"] == 0, resumed.output
+    assert processed(ledger) == Counter(n for n in range(30) if n % 3 and n % 7), processed(ledger)
