@@ -81,3 +81,38 @@ def test_a_retry_whose_inputs_no_longer_load_says_so_before_it_starts(tmp_path: 
     assert "cannot be loaded: AttributeError" in said and "restore that class (same module and name)" in said, said
     assert sorted((tmp_path / "out").iterdir()) == runs  # no run directory for a retry that could not start
     assert not ledger.exists()  # and nothing was processed
+
+
+def test_a_long_retry_preparation_says_what_it_does(cli, tmp_path: Path, monkeypatch) -> None:
+    """A retry of a million inputs checked and copied each for some 12 s before its display started, in silence.
+    Each stage is said as it starts (here from 100 inputs instead of 10,000); a short one says nothing."""
+    ledger = tmp_path / "ledger"
+    first = cli("exec", RECORDS, "-d", "out", "-p", f"ledger={ledger}", "-p", "count=300", "-p", "max_retries=0",
+                "-p", "breaker_window=0", "--no-shell")  # fmt: skip
+    assert first.exit_code == 1, first.output
+    quiet = cli("retry", first.run_dir, "--limit", "50", "-p", "fix=true", "--no-shell")
+    assert quiet.exit_code == 0 and "Checking" not in quiet.output and "Copying" not in quiet.output, quiet.output
+
+    monkeypatch.setattr("batchcli.run.preparing.SAID_FROM", 100)
+    retried = cli("retry", first.run_dir, "-p", "fix=true", "--no-shell")
+    assert retried.exit_code == 0, retried.output
+    text = " ".join(retried.output.split())
+    checking = text.index("Checking that each of the 250 failed inputs still loads, before the run starts...")
+    copying = text.index("Copying the 250 failed inputs into the retry's journal, before the run starts...")
+    assert checking < copying < text.index("Finished: 250 succeeded, 0 failed of 250"), text
+
+
+def test_a_long_retry_preparation_counts_on_a_terminal(tmp_path: Path, run_batchcli) -> None:
+    """On a terminal the stages are a spinner that counts, gone before the run's own display starts."""
+    ledger = tmp_path / "ledger"
+    first = run_batchcli("exec", RECORDS, "-d", "out", "-p", f"ledger={ledger}", "-p", "count=12000",
+                         "-p", "max_retries=0", "-p", "breaker_window=0")  # fmt: skip
+    assert first.exit_code == 1, first.output
+    retried = run_batchcli("retry", first.run_dir, "-p", "fix=true", "--no-shell", TTY_COMPATIBLE="1")
+    assert retried.exit_code == 0, retried.output
+    out = retried.output
+    stage = r"(Checking that each of the 12,000 failed inputs still loads|Copying the 12,000 failed inputs into the retry's journal)"
+    assert re.search(stage + r": [\d,]+ done", out), out[-2000:]  # as the spinner was last drawn, a stage's count
+    assert "before the run starts" not in out  # the plain lines are for a console that is no terminal
+    assert out.rindex("done") < out.index("Finished: 12000 succeeded, 0 failed of 12000"), out[-2000:]
+    assert stored(ledger)[0] == Counter(range(12000))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchcli.errors import JournalError, UsageError
 from batchcli.journal.matching import FailureFilter, group_types
-from batchcli.journal.inputs import Pick, RetryInputs
+from batchcli.journal.inputs import Pick, Progress, RetryInputs
 from batchcli.journal.resumption import (
     Continuation,
     LaterRetries,
@@ -314,6 +314,8 @@ class ShardStart:
     """``--dry-run``: show what would run; no group or run directory is made."""
     notices: list[Notice] = field(default_factory=list)
     stopped_outcome: str = "nothing ran and no run directory was made."
+    progress: Progress | None = None
+    """A shard's start checks nothing long before it runs."""
     _journal: Journal | None = None
 
     def wiring(self) -> tuple[Wiring, None]:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 from batchcli.errors import JournalError
 from batchcli.journal.rundir import check_safe, damaged, failures_by_rowid, query, stream
@@ -24,6 +24,13 @@ PAGE = 1000
 """Inputs read from a journal at a time."""
 
 _FAILURE_INPUT = "item, error_type, shape(error_message), session, ordinal"
+
+Progress = Callable[[str, int, int], None]
+"""Told how a long preparation goes, a page at a time: the stage (a template for ``str.format(total=...)``), how many
+inputs it has done, and of how many. A retry of a million inputs checks and copies each before its run starts."""
+
+CHECKING = "Checking that each of the {total:,} failed inputs still loads"
+COPYING = "Copying the {total:,} failed inputs into the retry's journal"
 
 
 class InputRow(NamedTuple):
@@ -91,13 +98,31 @@ class RetryInputs:
         for pick in self.picks:
             yield from pick.rows()
 
-    def check(self) -> None:
+    def check(self, progress: Progress | None = None) -> None:
         """Unpickle each input once and let it go: one that no longer loads is a clear error before the run starts,
         not a fatal one in its middle."""
+        total, done = self.count, 0
+        if progress is not None:
+            progress(CHECKING, 0, total)
         for pick in self.picks:
             path = check_safe(pick.run_dir)
             for blob in pick.blobs():
                 unpickle(path, blob)
+                done += 1
+                if progress is not None and not done % PAGE:
+                    progress(CHECKING, done, total)
+
+    def rows_told(self, progress: Progress | None) -> Iterator[InputRow]:
+        """``rows``, telling ``progress`` a page at a time (as the new run's journal copies them)."""
+        if progress is None:
+            yield from self.rows()
+            return
+        total = self.count
+        progress(COPYING, 0, total)
+        for done, row in enumerate(self.rows(), 1):
+            yield row
+            if not done % PAGE:
+                progress(COPYING, done, total)
 
 
 def copy_inputs(conn: Any, rows: Iterator[InputRow]) -> None:
@@ -154,12 +179,18 @@ class SavedInputs:
                 yield SETTLED if settled is not None and ordinal in settled else unpickle(self._path, blob, RESUME_ADVICE)
             after = page[-1][0]
 
-    def check(self) -> None:
+    def check(self, progress: Progress | None = None) -> None:
         """As ``RetryInputs.check``: an input the resume takes that no longer loads says so before it starts."""
         settled = self._settled
+        total, done = self._count - (len(settled) if settled is not None else 0), 0
+        if progress is not None:
+            progress(CHECKING, 0, total)
         for ordinal, blob in stream(self._run_dir, "SELECT ordinal, item FROM inputs ORDER BY ordinal"):
             if settled is None or ordinal not in settled:
                 unpickle(self._path, blob, RESUME_ADVICE)
+                done += 1
+                if progress is not None and not done % PAGE:
+                    progress(CHECKING, done, total)
 
 
 class EarlierErrors(Sequence[tuple[str, str]]):

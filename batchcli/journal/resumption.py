@@ -17,7 +17,7 @@ from rich.markup import escape
 from batchcli.load.environment import variable
 from batchcli.load.project import recorded_by_name
 from batchcli.errors import JournalError, NothingRetried, UsageError
-from batchcli.journal.inputs import EarlierErrors, Pick, RetryInputs, SavedInputs, input_errors
+from batchcli.journal.inputs import EarlierErrors, Pick, Progress, RetryInputs, SavedInputs, input_errors
 from batchcli.journal.keyindex import KeySet
 from batchcli.journal.writer import Journal, stable_target
 from batchcli.journal.matching import FailureFilter, TypeMatch, matching_failures, recorded_types
@@ -90,6 +90,8 @@ class Resume:
         self._selection: Selection | None = None
         self._widened_from: Selection | None = None
         """The trial ``--all`` widened in the journal, put back if the run does not start after all."""
+        self.progress: Progress | None = None
+        """Told how the check of a retry run's many inputs goes (``Session``)."""
 
     def wiring(self) -> tuple[Wiring, dict[str, str]] | None:
         """The run's wiring and secrets; None when it finished already (``notices`` says so)."""
@@ -147,7 +149,7 @@ class Resume:
         if self._earlier.parent:  # only those it still takes: one it processed may not load any more, and is not needed
             settled = None if self._journal.keyed else self._journal.settled_ordinals()
             items, errors = SavedInputs(self.run_dir, settled), input_errors(self.run_dir)
-            items.check()
+            items.check(self.progress)
         selection = self._selection
         if selection is not None and selection.is_trial and self.whole_source:
             widen_selection(self.run_dir, selection)
@@ -193,6 +195,8 @@ class Retry:
         self.types: set[str] | None = None
         """The recorded types ``--error-type`` may name: a group's retry takes them from all its shards."""
         self._earlier: RunInfo | None = None
+        self.progress: Progress | None = None
+        """Told how the check of many inputs goes (``Session``)."""
         self.again = f"batchcli retry {run_dir}"
         """The command as given (without -p), for messages that say how to run it again: a group's retry reads the
         record of its first failed shard (``run_dir``), and its messages name the group."""
@@ -274,7 +278,7 @@ class Retry:
             )
         if not items:
             return None
-        failed.check()
+        failed.check(self.progress)
         return Continuation(parent=where, inputs=failed)
 
     def abandon(self) -> None:

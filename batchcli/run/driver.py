@@ -45,6 +45,7 @@ from batchcli.run.interrupts import EarlySignals, RunSignals, held_interrupt
 from batchcli.run.logs import guard_console, start_logging
 from batchcli.run.loopwatch import HELD_S, LoopWatch
 from batchcli.run.notify import Notifier, notifier_of
+from batchcli.run.preparing import Preparation
 from batchcli.journal.rundir import free_space, out_of_inodes
 from batchcli.run.recording import Recording, describe, write_stopped
 from batchcli.run.report import RunResult, result_of, write_summary
@@ -88,6 +89,8 @@ class Run:
         self.run_dir = run_dir
         self.started_at = started_at
         self.continuation = continuation or Continuation()
+        self.preparing: Preparation | None = None
+        """Says how a retry's copy of many inputs goes; closed once the journal is made, before the display starts."""
         """What this run carries on from: nothing, a run to resume, or a run whose failures it retries."""
         # The breaker takes back the failures of its window: they must still be among those held.
         window = 2 * job.config.breaker_window  # the failures the breaker may take back stay, however large
@@ -203,7 +206,11 @@ class Run:
         if early_signal is not None:
             self.stop_requested.set()
         try:
-            self.journal = self._start_journal()
+            try:
+                self.journal = self._start_journal()
+            finally:
+                if self.preparing is not None:
+                    self.preparing.close()
         except (sqlite3.Error, OSError) as error:  # no room for the journal (a full disk, no inode left)
             restore_signals()
             raise self._not_started(self._unwritable(error)) from error
@@ -497,7 +504,8 @@ class Run:
             try:
                 journal = Journal.create(
                     self.run_dir, self.job, recorded, keyed=keyed, parent=carry.parent,
-                    inputs=None if carry.inputs is None else noted.note(carry.inputs.rows()), shard=carry.shard,
+                    inputs=None if carry.inputs is None else noted.note(carry.inputs.rows_told(self.preparing)),
+                    shard=carry.shard,
                     selection=carry.selection,
                     skipped=carry.done_elsewhere if carry.selection is not None and carry.selection.skip_done_in else None,
                 )

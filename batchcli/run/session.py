@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING, Mapping, Protocol
 from rich.console import Console
 
 from batchcli.errors import StoppedBeforeStart, UsageError
+from batchcli.journal.inputs import Progress
 from batchcli.journal.resumption import Continuation, Notice, fresh_continuation
 from batchcli.journal.selection import Selection
 from batchcli.journal.rundir import check_output_dir, unusable_output_dir
 from batchcli.run.interrupts import EarlySignals, StartInterrupted
+from batchcli.run.preparing import Preparation
 from batchcli.run.report import RunResult, print_closing
 
 if TYPE_CHECKING:
@@ -88,6 +90,8 @@ class Launch(Protocol):
     """What a stop signal during loading leaves behind, for the ``Stopped:`` message."""
     dry_run: bool
     """``exec --dry-run``: stop after wiring and show what would run; no run directory, no hook."""
+    progress: Progress | None
+    """Told how a long check in ``carry_on`` goes (a retry's inputs); set by the Session."""
 
     def wiring(self) -> tuple[Wiring, Mapping[str, str] | None] | None:
         """What to build, and where ``BATCHCLI_*`` values are read (None: ``os.environ``); None: nothing to do."""
@@ -113,6 +117,8 @@ class Fresh:
     """``--limit``, ``--sample``, ``--skip-done-in``: which items of the source to take (None: all)."""
     dry_run: bool = False
     """``--dry-run``: show what would run, with no run directory and no hook but the constructors."""
+    progress: Progress | None = None
+    """A fresh run checks nothing long before it starts."""
 
     def wiring(self) -> tuple[Wiring, Mapping[str, str] | None]:
         """The wiring as given."""
@@ -139,15 +145,18 @@ class Session:
         ``StoppedBeforeStart`` when a stop signal arrived while the job was being loaded.
         """
         early = EarlySignals.install() if self.options.handle_signals else None
+        preparation = Preparation(self.options.console, self.options.log_format)
+        launch.progress = preparation
         try:
-            return self._run(launch, early)
+            return self._run(launch, early, preparation)
         except StartInterrupted as stop:
             raise StoppedBeforeStart(stop.name, launch.stopped_outcome) from None
         finally:
+            preparation.close()
             if early is not None:
                 early.uninstall()
 
-    def _run(self, launch: Launch, early: EarlySignals | None) -> RunResult | None:
+    def _run(self, launch: Launch, early: EarlySignals | None, preparation: Preparation) -> RunResult | None:
         from batchcli.executors.base import check_executor
         from batchcli.journal.writer import check_recordable
         from batchcli.load.configuration import bind_runtime
@@ -203,6 +212,7 @@ class Session:
         # Values read from BATCHCLI_* variables are recorded and shipped like -p values, so resume, retry
         # and workers never depend on the environment they happen to run in.
         run = Run(job, wiring.with_environment(job.environment), options, run_dir, started_at, continuation)
+        run.preparing = preparation  # a retry copies its inputs as the run makes its journal
         if metrics is not None:
             metrics.watch(run)
         try:
