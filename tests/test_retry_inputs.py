@@ -116,3 +116,31 @@ def test_a_long_retry_preparation_counts_on_a_terminal(tmp_path: Path, run_batch
     assert "before the run starts" not in out  # the plain lines are for a console that is no terminal
     assert out.rindex("done") < out.index("Finished: 12000 succeeded, 0 failed of 12000"), out[-2000:]
     assert stored(ledger)[0] == Counter(range(12000))
+
+
+def test_a_filtered_retry_holds_the_rowids_it_takes_not_the_failures(cli, tmp_path: Path, monkeypatch) -> None:
+    """retry --match held every matched failure's row (its input's JSON, message, times) while it matched: some
+    200 MB for 300,000 failures. It keeps their rowids now; the rows alive at once are counted here."""
+    import weakref
+
+    from batchcli.journal import matching
+
+    ledger = tmp_path / "ledger"
+    first = cli("exec", RECORDS, "-d", "out", "-p", f"ledger={ledger}", "-p", f"count={COUNT}", "-p", "max_retries=0",
+                "-p", "breaker_window=0", "--no-shell")  # fmt: skip
+    assert first.exit_code == 1, first.output
+    alive: weakref.WeakSet = weakref.WeakSet()
+    most = [0]
+
+    class Counted(matching.FailureRow):
+        def __init__(self, *values) -> None:
+            super().__init__(*values)
+            alive.add(self)
+            most[0] = max(most[0], len(alive))
+
+    monkeypatch.setattr(matching, "FailureRow", Counted)
+    retried = cli("retry", first.run_dir, "--match", r"record \d+ is not", "-p", "fix=true", "--no-shell")
+    assert retried.exit_code == 0, retried.output
+    assert f"{COUNT} failure(s) match --match" in " ".join(retried.output.split()), retried.output
+    assert stored(ledger)[0] == Counter(range(COUNT))
+    assert 0 < most[0] < 10, f"{most[0]} of {COUNT} failure rows were alive at once"

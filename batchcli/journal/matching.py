@@ -166,6 +166,7 @@ def matching_failures(
     keep: int | None = None,
     types: set[str] | None = None,
     unchecked: dict[str, str] | None = None,
+    into: Callable[[FailureRow], None] | None = None,
 ) -> tuple[list[FailureRow], int, int]:
     """The failures of ``run_dir`` that ``wanted`` takes, in (session, ordinal) order (only the first ``keep``
     when given), how many it takes, and how many there are in all. ``types``: the recorded types a name given to
@@ -175,6 +176,7 @@ def matching_failures(
     300,000 failures held all of them (220 MB) to print 50. ``load`` imports the run's project, called at
     most once when a recorded type's module is not imported yet (``show``); ``retry`` has loaded it already.
     ``unchecked`` gets the recorded types that could not be checked for a subclass of ``--error-type`` (``TypeMatch``).
+    ``into`` gets each row taken instead, and none is kept: ``retry --match`` of a million failures held them all.
     """
     since = None if wanted.since is None else _micros(wanted.since)
     until = None if wanted.until is None else _micros(wanted.until)
@@ -203,7 +205,9 @@ def matching_failures(
         if until is not None and _micros(row.failed_at) >= until:
             continue
         matched += 1
-        if keep is None or len(chosen) < keep:
+        if into is not None:
+            into(row)
+        elif keep is None or len(chosen) < keep:
             chosen.append(row)
     if unchecked is not None and is_type is not None:
         unchecked.update(is_type.unchecked)

@@ -20,7 +20,7 @@ from batchcli.errors import JournalError, NothingRetried, UsageError
 from batchcli.journal.inputs import EarlierErrors, Pick, Progress, RetryInputs, SavedInputs, input_errors
 from batchcli.journal.keyindex import KeySet
 from batchcli.journal.writer import Journal, stable_target
-from batchcli.journal.matching import FailureFilter, TypeMatch, matching_failures, recorded_types
+from batchcli.journal.matching import FailureFilter, FailureRow, TypeMatch, matching_failures, recorded_types
 from batchcli.journal.rundir import JOURNAL_NAME, RunInfo, check_safe, query, read_run, stream
 from batchcli.journal.shards import Shard, shard_of
 from batchcli.journal.selection import (
@@ -410,9 +410,14 @@ def failed_inputs(
     """
     check_safe(run_dir)
     if wanted.active or wanted.left_out:
-        chosen = matching_failures(run_dir, wanted, types=types)[0]
-        rowids = array("q", (row.rowid for row in chosen if row.saved))
-        return RetryInputs((Pick(run_dir, rowids, len(rowids)),), len(chosen) - len(rowids))
+        rowids = array("q")  # 8 bytes a failure taken, not its row
+
+        def take(row: FailureRow) -> None:
+            if row.saved:
+                rowids.append(row.rowid)
+
+        matched = matching_failures(run_dir, wanted, types=types, into=take)[1]
+        return RetryInputs((Pick(run_dir, rowids, len(rowids)),), matched - len(rowids))
     (saved, unsaved), = query(run_dir, "SELECT count(item), count(*) - count(item) FROM failures")
     return RetryInputs((Pick(run_dir, None, saved),), unsaved)
 
