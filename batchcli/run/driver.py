@@ -509,6 +509,8 @@ class Run:
                     selection=carry.selection,
                     skipped=carry.done_elsewhere if carry.selection is not None and carry.selection.skip_done_in else None,
                 )
+            except (sqlite3.Error, OSError):
+                raise  # no room to start: _not_started says why (the disk's free space), then removes the directory
             except BaseException:  # a retry whose parent went as its inputs were copied, a journal that cannot be made
                 if carry.run_dir is None:  # this run's own new directory (a shard's may be taken over by another)
                     shutil.rmtree(self.run_dir, ignore_errors=True)  # it holds nothing, and `runs` would not list it
