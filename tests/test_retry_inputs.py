@@ -103,12 +103,18 @@ def test_a_long_retry_preparation_says_what_it_does(cli, tmp_path: Path, monkeyp
 
 
 def test_a_long_retry_preparation_counts_on_a_terminal(tmp_path: Path, run_batchcli) -> None:
-    """On a terminal the stages are a spinner that counts, gone before the run's own display starts."""
+    """On a terminal the stages are a spinner that counts, gone before the run's own display starts; on a dumb one
+    (an editor's shell, TERM=dumb), which draws no spinner, they are lines (it said nothing there)."""
     ledger = tmp_path / "ledger"
     first = run_batchcli("exec", RECORDS, "-d", "out", "-p", f"ledger={ledger}", "-p", "count=12000",
                          "-p", "max_retries=0", "-p", "breaker_window=0")  # fmt: skip
     assert first.exit_code == 1, first.output
-    retried = run_batchcli("retry", first.run_dir, "-p", "fix=true", "--no-shell", TTY_COMPATIBLE="1")
+    dumb = run_batchcli("retry", first.run_dir, "--limit", "11000", "--no-shell", TTY_COMPATIBLE="1", TERM="dumb")
+    assert dumb.exit_code == 1, dumb.output  # not fixed: they fail again
+    assert "Checking that each of the 11,000 failed inputs still loads, before the run starts..." in dumb.output
+    assert "Copying the 11,000 failed inputs into the retry's journal, before the run starts..." in dumb.output
+
+    retried = run_batchcli("retry", first.run_dir, "-p", "fix=true", "--no-shell", TTY_COMPATIBLE="1", TERM="xterm")
     assert retried.exit_code == 0, retried.output
     out = retried.output
     stage = r"(Checking that each of the 12,000 failed inputs still loads|Copying the 12,000 failed inputs into the retry's journal)"

@@ -566,6 +566,7 @@ def test_a_signal_that_lands_while_the_main_thread_holds_a_lock_the_answer_needs
     class Run:
         stop_requested = threading.Event()
         pause_pending = False
+        signalled = None
         asked: list[bool] = []
         """One entry per pause request: whether it got the lock (False: it would have waited for good)."""
 

@@ -425,10 +425,15 @@ def show(
     console = stdout_console()
     with ends_at_stop_signals("show"):
         if failures or any(v is not None for v in (error_type, match, since, until, limit)):
+            from batchcli.journal.groups import later_retries_of
             from batchcli.journal.history import show_failures
             from batchcli.journal.matching import failure_filter
 
-            console.print(show_failures(run_dir, failure_filter(error_type, match, since, until, limit)), soft_wrap=True)
+            wanted = failure_filter(error_type, match, since, until, limit)
+            later = later_retries_of(run_dir)  # the failures retry would take: not those a later retry did
+            for notice in later.notices():
+                console.print(notice.text, markup=notice.markup, highlight=False, soft_wrap=True)
+            console.print(show_failures(run_dir, later.applied(wanted)), soft_wrap=True)
             return
         view = show_group(run_dir) if is_group(run_dir) else show_run(run_dir, width=console.width - 30)
         console.print(view)

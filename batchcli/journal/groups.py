@@ -396,6 +396,9 @@ class GroupRetry(Retry):
     def _later_retries(self) -> LaterRetries:
         return merged([later_retries(run_dir) for run_dir in self._failed], self.group_dir)
 
+    def _parents(self) -> list[Path]:
+        return self._failed
+
     def __init__(
         self, group_dir: Path, overrides: dict[str, tuple[str, ...]], wanted: FailureFilter = FailureFilter()
     ) -> None:

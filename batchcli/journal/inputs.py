@@ -8,6 +8,7 @@ have. Now only the rowids of the failures a filter chose stay in memory (8 bytes
 
 from __future__ import annotations
 
+import os
 import pickle
 from array import array
 from collections.abc import Sequence
@@ -31,6 +32,9 @@ inputs it has done, and of how many. A retry of a million inputs checks and copi
 
 CHECKING = "Checking that each of the {total:,} failed inputs still loads"
 COPYING = "Copying the {total:,} failed inputs into the retry's journal"
+
+RETRY_ADVICE = "fix it, or leave this input out with --error-type, --match, --since or --until."
+"""What to do about an input whose own unpickling code raised (``unpickle``), for a retry."""
 
 
 class InputRow(NamedTuple):
@@ -74,7 +78,7 @@ class Pick:
             else:
                 yield from failures_by_rowid(self.run_dir, columns, self.rowids)
         except (JournalError, KeyError) as error:  # read before the retry began, and gone or changed since
-            why = error.message if isinstance(error, JournalError) else "a failure it listed is no longer there"
+            why = error.message.rstrip(".") if isinstance(error, JournalError) else "a failure it listed is no longer there"
             raise JournalError(
                 f"The failed inputs of {str(self.run_dir)!r} could not be read as the retry took them: {why}. Was the "
                 "run moved, deleted or changed meanwhile? Nothing was retried, and no run directory is left; retry "
@@ -160,8 +164,10 @@ class SavedInputs:
     (``SETTLED`` stands in), so one that no longer loads does not stop the resume. None for a keyed run, which
     skips by each input's key and so loads them all."""
 
-    def __init__(self, run_dir: Path, settled: RangeSet | None = None) -> None:
+    def __init__(self, run_dir: Path, settled: RangeSet | None = None, advice: str = RETRY_ADVICE) -> None:
         self._run_dir = run_dir
+        self._advice = advice
+        """What to do about an input that no longer loads (``unpickle``)."""
         self._path = check_safe(run_dir)
         self._count: int = query(run_dir, "SELECT count(*) FROM inputs")[0][0]
         self._settled = settled if settled else None
@@ -176,7 +182,7 @@ class SavedInputs:
         ):
             settled = self._settled
             for ordinal, blob in page:
-                yield SETTLED if settled is not None and ordinal in settled else unpickle(self._path, blob, RESUME_ADVICE)
+                yield SETTLED if settled is not None and ordinal in settled else unpickle(self._path, blob, self._advice)
             after = page[-1][0]
 
     def check(self, progress: Progress | None = None) -> None:
@@ -187,7 +193,7 @@ class SavedInputs:
             progress(CHECKING, 0, total)
         for ordinal, blob in stream(self._run_dir, "SELECT ordinal, item FROM inputs ORDER BY ordinal"):
             if settled is None or ordinal not in settled:
-                unpickle(self._path, blob, RESUME_ADVICE)
+                unpickle(self._path, blob, self._advice)
                 done += 1
                 if progress is not None and not done % PAGE:
                     progress(CHECKING, done, total)
@@ -250,15 +256,20 @@ def input_errors(run_dir: Path) -> EarlierErrors | None:
     return noted.errors
 
 
-RETRY_ADVICE = "leave this input out with --error-type, --match, --since or --until"
-RESUME_ADVICE = (
-    "retry the run this one retried instead, leaving this input out with --error-type, --match, --since or --until "
-    "(what this run processed successfully is left out too)"
-)
+def resume_advice(parent: str) -> str:
+    """What a resumed retry run that cannot load an input it has still to process may do: the filters are
+    ``retry``'s, of the run it retried (``parent``), which leaves out what this run processed successfully."""
+    if not os.path.isdir(parent):
+        return f"fix it, then resume again (the run it retried, {parent!r}, is gone: no new retry can leave it out)."
+    return (
+        f"fix it, or retry the run it retried instead, leaving this input out with --error-type, --match, --since or "
+        f"--until (what this run processed successfully is left out too): batchcli retry {parent} --match ..."
+    )
 
 
-def unpickle(path: Path, blob: bytes, leave_out: str = RETRY_ADVICE) -> Any:
-    """One saved input, or a clear error when it cannot be loaded any more; ``leave_out`` says how to do without it."""
+def unpickle(path: Path, blob: bytes, advice: str = RETRY_ADVICE) -> Any:
+    """One saved input, or a clear error when it cannot be loaded any more; ``advice`` says what to do when its own
+    unpickling code raised."""
     try:
         return pickle.loads(blob)
     except Exception as error:
@@ -271,8 +282,7 @@ def unpickle(path: Path, blob: bytes, leave_out: str = RETRY_ADVICE) -> Any:
             )
         else:  # the class is there, and its own unpickling code (__reduce__, __setstate__) raised
             fix = (
-                "Its class's unpickling code (__reduce__, __setstate__, __init__ of what it rebuilds) raised that: "
-                f"fix it, or {leave_out}."
+                f"Its class's unpickling code (__reduce__, __setstate__, __init__ of what it rebuilds) raised that: {advice}"
             )
         raise JournalError(
             f"An input saved in {str(path)!r} cannot be loaded: {type(error).__name__}: {error}. {fix}"

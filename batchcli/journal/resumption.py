@@ -17,11 +17,11 @@ from rich.markup import escape
 from batchcli.load.environment import variable
 from batchcli.load.project import recorded_by_name
 from batchcli.errors import JournalError, NothingRetried, UsageError
-from batchcli.journal.inputs import EarlierErrors, Pick, Progress, RetryInputs, SavedInputs, input_errors
+from batchcli.journal.inputs import EarlierErrors, Pick, Progress, RetryInputs, SavedInputs, input_errors, resume_advice
 from batchcli.journal.keyindex import KeySet
 from batchcli.journal.writer import Journal, stable_target
 from batchcli.journal.matching import FailureFilter, FailureRow, TypeMatch, matching_failures, recorded_types
-from batchcli.journal.rundir import JOURNAL_NAME, RunInfo, check_safe, query, read_run, stream
+from batchcli.journal.rundir import JOURNAL_NAME, RetryLock, RunInfo, check_safe, query, read_run, stream
 from batchcli.journal.shards import Shard, shard_of
 from batchcli.journal.selection import (
     Selection, check_skip_runs_there, keys_done_in, read_selection, record_selection, recorded_skips, widen_selection,
@@ -54,6 +54,8 @@ class Continuation:
     """exec and resume: which items of the Source the run takes (``--limit``, ``--sample``, ``--skip-done-in``)."""
     done_elsewhere: KeySet = frozenset()
     """``--skip-done-in``: the item keys that succeeded in those runs."""
+    held: tuple[RetryLock, ...] = ()
+    """retry: the locks of the runs it retries, held until its own journal exists (``Retry._hold``)."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,8 @@ class Resume:
             return None
         self._journal = Journal.open(run_dir)
         try:
-            wired = _rewire(earlier, self.overrides, "resume", f"batchcli resume {run_dir}")
+            again = f"batchcli resume {run_dir}" + (" --all" if self.whole_source else "")
+            wired = _rewire(earlier, self.overrides, "resume", again)
         except BaseException:
             self.abandon()
             raise
@@ -148,7 +151,8 @@ class Resume:
         items = errors = None
         if self._earlier.parent:  # only those it still takes: one it processed may not load any more, and is not needed
             settled = None if self._journal.keyed else self._journal.settled_ordinals()
-            items, errors = SavedInputs(self.run_dir, settled), input_errors(self.run_dir)
+            advice = resume_advice(self._earlier.parent)
+            items, errors = SavedInputs(self.run_dir, settled, advice), input_errors(self.run_dir)
             items.check(self.progress)
         selection = self._selection
         if selection is not None and selection.is_trial and self.whole_source:
@@ -198,8 +202,24 @@ class Retry:
         self.progress: Progress | None = None
         """Told how the check of many inputs goes (``Session``)."""
         self.again = f"batchcli retry {run_dir}"
-        """The command as given (without -p), for messages that say how to run it again: a group's retry reads the
-        record of its first failed shard (``run_dir``), and its messages name the group."""
+        """The command as given (without -p and the filters), for messages that say how to run it again: a group's
+        retry reads the record of its first failed shard (``run_dir``), and its messages name the group."""
+        self._held: list[RetryLock] = []
+
+    def _parents(self) -> list[Path]:
+        """The runs whose failures this retry takes."""
+        return [self.run_dir]
+
+    def _hold(self) -> None:
+        """Lock the runs retried until this retry's journal exists (the driver lets them go then), where a second
+        retry looks for one running: started while this one checked and copied a million inputs (seconds), it saw
+        none and took every input too, and each was processed twice at once."""
+        try:
+            for path in self._parents():
+                self._held.append(RetryLock.acquire(path))
+        except BaseException:
+            self.abandon()
+            raise
 
     def _later_retries(self) -> LaterRetries:
         """What later retries of the run did with its failures (a group's retry: of every shard)."""
@@ -214,6 +234,16 @@ class Retry:
                 f"Run {str(run_dir)!r} is still running (pid {earlier.pid}), so its failures are not final yet. "
                 "Wait for it to end, or stop it first (Ctrl-C, or kill -INT PID), then retry."
             )
+        if earlier.failed:
+            self._hold()  # first: a retry that lets go of them has its journal, and check_ended sees it
+        try:
+            return self._wired(earlier)
+        except BaseException:
+            self.abandon()
+            raise
+
+    def _wired(self, earlier: RunInfo) -> tuple[Wiring, dict[str, str]] | None:
+        run_dir = self.run_dir
         if earlier.failed:
             later = self._later_retries()
             later.check_ended()
@@ -232,7 +262,8 @@ class Retry:
         if self.wanted.error_type is not None:  # an unknown type is bad input: say so before loading anything
             TypeMatch(self.wanted.error_type, set(recorded_types(run_dir)) if self.types is None else self.types, load=None)
         self._earlier = earlier
-        return _rewire(earlier, self.overrides, "retry", self.again)
+        again = " ".join(filter(None, [self.again, self.wanted.describe()]))  # the filters as given
+        return _rewire(earlier, self.overrides, "retry", again)
 
     def explained(self, error: UsageError) -> UsageError:
         """``error`` with where its value came from, when the run recorded it (``explained``)."""
@@ -245,7 +276,14 @@ class Retry:
         return self._continue(failed, f"run {str(self.run_dir)!r}", self.run_dir, "its failed.jsonl", listing)
 
     def _continue(self, failed: RetryInputs, what: str, where: Path, saved: str, listing: str) -> Continuation | None:
-        """Say how many failures the filters take (none: nothing to retry) and which inputs are left out."""
+        """Say how many failures the filters take (none: nothing to retry, and the runs are let go) and which inputs
+        are left out."""
+        continuation = self._taken(failed, what, where, saved, listing)
+        if continuation is None:
+            self.abandon()
+        return continuation
+
+    def _taken(self, failed: RetryInputs, what: str, where: Path, saved: str, listing: str) -> Continuation | None:
         items, unsaved = failed.count, failed.unsaved
         if self.wanted.left_out and not self.wanted.active and not items and not unsaved:
             self.notices.append(Notice(f"Every failure of {what} was processed successfully by a later retry; nothing to retry."))
@@ -279,10 +317,13 @@ class Retry:
         if not items:
             return None
         failed.check(self.progress)
-        return Continuation(parent=where, inputs=failed)
+        return Continuation(parent=where, inputs=failed, held=tuple(self._held))
 
     def abandon(self) -> None:
-        """Nothing is held."""
+        """Let go of the runs retried (``_hold``)."""
+        for lock in self._held:
+            lock.release()
+        self._held.clear()
 
 
 @dataclass(frozen=True)
@@ -472,11 +513,13 @@ def _rewire(
             f"will do), then run: {again}"
         )
     given = overrides.get("shards")
-    if given is not None and given != tuple(earlier.params.get("shards", ())) and given != _shard_count(earlier):
-        kept = "keeps the share of the source it started with" if command == "resume" else "takes the failed inputs, not the Source"
+    if given is not None and not _same(given, tuple(earlier.params.get("shards", ()))) and not _same(given, _shard_count(earlier)):
+        retried = command == "retry" or earlier.parent  # a retry run, resumed, takes them too
+        kept = "takes the failed inputs, not the Source" if retried else "keeps the share of the source it started with"
+        others = " (and your other -p values)" if len(overrides) > 1 else ""
         raise UsageError(
             f"-p shards={','.join(given)} splits a source only as exec starts it: a {command} {kept}, so it would not be "
-            f"used. Run it without -p shards: {again}"
+            f"used. Run it without -p shards: {again}{others}"
         )
     missing = [name for name in earlier.secrets if name not in overrides and variable(name) not in os.environ]
     if missing:
@@ -492,6 +535,16 @@ def _rewire(
     )  # fmt: skip
     secrets = {variable(name): os.environ[variable(name)] for name in earlier.secrets if name not in overrides}
     return wiring, secrets
+
+
+def _same(given: tuple[str, ...], recorded: tuple[str, ...] | None) -> bool:
+    """Whether a -p value given again is the recorded one, as numbers when both are (``shards=03`` is 3)."""
+    if recorded is None:
+        return False
+    try:
+        return [int(v) for v in given] == [int(v) for v in recorded]
+    except ValueError:
+        return given == recorded
 
 
 def _shard_count(earlier: RunInfo) -> tuple[str, ...] | None:

@@ -335,6 +335,54 @@ class RunLock:
             os.close(fd)
 
 
+RETRYING_NAME = "batchcli.retrying"
+"""The lock file a retry of a run holds while it gets ready (``RetryLock``)."""
+
+
+class RetryLock:
+    """An exclusive ``flock`` on ``RETRYING_NAME`` in a run's directory, held by a retry of the run from before it
+    looks for another retry running until its own journal exists (``Retry._hold``): the run's own lock would make
+    the run read as running meanwhile (``runs``, ``show``, ``ctl``). The kernel drops it when the process dies."""
+
+    def __init__(self, fd: int | None, path: Path | None = None) -> None:
+        self._fd = fd
+        self._path = path
+
+    @classmethod
+    def acquire(cls, run_dir: Path) -> RetryLock:
+        """Take it, or raise a JournalError when another retry of the run is getting ready."""
+        path = run_dir / RETRYING_NAME
+        if fcntl is None:
+            return cls(None)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:  # a run in a directory we cannot write: check_ended's look at the retries running remains
+            return cls(None)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise JournalError(
+                f"Run {str(run_dir)!r} is being retried by another process{f' (pid {holder})' if holder else ''}, "
+                "which is getting its inputs ready. Retrying it now would process them twice: wait for that retry to "
+                "start (or end), then retry."
+            ) from None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        return cls(fd, path)
+
+    def release(self) -> None:
+        """Let go (idempotent); the file goes first, as the run's own holder record does."""
+        if self._fd is not None:
+            if self._path is not None:
+                with contextlib.suppress(OSError):
+                    self._path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+
+
 def _write_holder(run_dir: Path) -> None:
     """Record who holds the lock. The journal's newest session row cannot say: a resume holds the lock
     while it loads the project, before it adds its session, and until then that row is the dead run's."""

@@ -25,7 +25,7 @@ from batchcli.executors.base import Executor, make_executor
 from batchcli.executors.calls import USER_ERRORS, ours
 from batchcli.executors.signals import stop_signals_blocked
 from batchcli.journal.records import FailedFile
-from batchcli.journal.inputs import ErrorsNoted, SavedInputs, unpickle
+from batchcli.journal.inputs import PAGE, ErrorsNoted, InputRow, SavedInputs, unpickle
 from batchcli.journal.resumption import Continuation, defines_item_key
 from batchcli.journal.rundir import JOURNAL_NAME, journal_path
 from batchcli.journal.selection import Selection
@@ -41,7 +41,7 @@ from batchcli.run.breaker import Breaker
 from batchcli.run.control import ControlChannel, live_state
 from batchcli.run.display import make_display
 from batchcli.run.hardstop import HardStop
-from batchcli.run.interrupts import EarlySignals, RunSignals, held_interrupt
+from batchcli.run.interrupts import EarlySignals, RunSignals, StartInterrupted, held_interrupt
 from batchcli.run.logs import guard_console, start_logging
 from batchcli.run.loopwatch import HELD_S, LoopWatch
 from batchcli.run.notify import Notifier, notifier_of
@@ -89,9 +89,9 @@ class Run:
         self.run_dir = run_dir
         self.started_at = started_at
         self.continuation = continuation or Continuation()
+        """What this run carries on from: nothing, a run to resume, or a run whose failures it retries."""
         self.preparing: Preparation | None = None
         """Says how a retry's copy of many inputs goes; closed once the journal is made, before the display starts."""
-        """What this run carries on from: nothing, a run to resume, or a run whose failures it retries."""
         # The breaker takes back the failures of its window: they must still be among those held.
         window = 2 * job.config.breaker_window  # the failures the breaker may take back stay, however large
         self.tally = Tally(failures_kept=max(FAILURES_KEPT, window), failures_floor=window)
@@ -157,6 +157,8 @@ class Run:
         """How to close each shell open now (``shell_open``)."""
         self.pause_pending = False
         """True from a pause request until its shell is left: a second Ctrl-C meanwhile is the same request."""
+        self.signalled: int | None = None
+        """The first stop signal the run got (``RunSignals``), for a stop before it started."""
         self._pausing = threading.Lock()
         """Makes ``pause()`` and ``resume()`` (any thread) stop and restart the run's clock once each."""
         self._loop_watch: LoopWatch | None = None
@@ -204,6 +206,7 @@ class Run:
         restore_signals = RunSignals(self).install() if self.options.handle_signals else (lambda: None)
         early_signal = None if early is None else early.received
         if early_signal is not None:
+            self.signalled = early_signal
             self.stop_requested.set()
         try:
             try:
@@ -211,6 +214,8 @@ class Run:
             finally:
                 if self.preparing is not None:
                     self.preparing.close()
+                for lock in self.continuation.held:  # the retried runs: this retry's journal shows it running now
+                    lock.release()
         except (sqlite3.Error, OSError) as error:  # no room for the journal (a full disk, no inode left)
             restore_signals()
             raise self._not_started(self._unwritable(error)) from error
@@ -504,7 +509,7 @@ class Run:
             try:
                 journal = Journal.create(
                     self.run_dir, self.job, recorded, keyed=keyed, parent=carry.parent,
-                    inputs=None if carry.inputs is None else noted.note(carry.inputs.rows_told(self.preparing)),
+                    inputs=None if carry.inputs is None else noted.note(self._unless_stopped(carry.inputs.rows_told(self.preparing))),
                     shard=carry.shard,
                     selection=carry.selection,
                     skipped=carry.done_elsewhere if carry.selection is not None and carry.selection.skip_done_in else None,
@@ -531,6 +536,15 @@ class Run:
             journal.close()
             raise write_stopped(self.run_dir, error) from error
         return journal
+
+    def _unless_stopped(self, rows: Iterator[InputRow]) -> Iterator[InputRow]:
+        """A retry's inputs as its journal copies them. A stop (or a pause) asked for meanwhile ends the copy, a page
+        at a time, and the run does not start: it went on to the end of a million inputs, then left a run directory
+        holding them all, unprocessed, and a second Ctrl-C's "stopping at once" was not."""
+        for n, row in enumerate(rows):
+            if not n % PAGE and (self.stop_requested.is_set() or self.pause_pending):
+                raise StartInterrupted(self.signalled or signal.SIGINT)
+            yield row
 
     def _unhanded(self, journal: Journal) -> list[Any]:
         """The failed inputs of earlier sessions that never reached ``persist_failed`` (a session killed, or stopped

@@ -221,6 +221,9 @@ class Stoppable(Protocol):
     pause_pending: bool
     """True from a pause request until its shell is left."""
 
+    signalled: int | None
+    """The first stop signal it got (set here): a stop before the run started names it."""
+
     def stop(self) -> None:
         """Stop gracefully: nothing new starts, in-flight items finish."""
 
@@ -326,6 +329,8 @@ class RunSignals:
         """Pause into the shell, stop gracefully, or (a second time) stop at once (``_serve``'s thread)."""
         run = self._run
         name = signal.Signals(signum).name
+        if run.signalled is None:
+            run.signalled = signum
         if signum == signal.SIGINT and not run.stop_requested.is_set() and run.shell_can_open():
             # The main thread opens the pause shell; a second Ctrl-C before IPython takes SIGINT over is the same
             # request (queued again, it reopened the shell as soon as it was left).

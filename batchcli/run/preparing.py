@@ -27,7 +27,7 @@ class Preparation:
         if total < SAID_FROM:
             return
         what = stage.format(total=total)
-        if not self._console.is_terminal:
+        if not self._console.is_terminal or self._console.is_dumb_terminal:  # TERM=dumb draws no spinner
             if stage not in self._said:
                 self._said.add(stage)
                 self._say(f"{what}, before the run starts...")

@@ -199,6 +199,7 @@ class Session:
             check_recordable(wiring.target)  # nor for a path the journal cannot keep
             check_executor(job.config)  # bad executor settings are bad input: no run directory for them
             metrics = open_metrics(job.config, job.project.name)  # so is a busy metrics_port
+            made = _missing(options.output_dir)
             run_dir, started_at = self._place(continuation, job.project.name)
             # Absolute from here on: the job's code may change directory, and the run writes its directory by
             # path (summary.json, failed.jsonl, kernel.json) until the end.
@@ -217,7 +218,13 @@ class Session:
             metrics.watch(run)
         try:
             result = run.execute(early)
+        except BaseException:
+            if continuation.journal is None and not run_dir.exists():  # a new run that did not start removed its own
+                _remove_empty(made)  # directory: the ones made for it go too (a retry's parent moved away meanwhile)
+            raise
         finally:
+            for lock in continuation.held:  # as the run let them go (a retry's, once its journal was made)
+                lock.release()
             if metrics is not None:
                 metrics.close()
         if options.closing_line:
@@ -249,6 +256,26 @@ class Session:
                 continue
             console.print(notice.text, highlight=False, markup=notice.markup, soft_wrap=notice.soft_wrap)
         launch.notices.clear()
+
+
+def _missing(output_dir: Path) -> list[Path]:
+    """The directories ``make_run_dir`` would create to reach ``output_dir``, deepest first."""
+    missing = []
+    for path in (output_dir, *output_dir.parents):
+        if path.exists():
+            break
+        missing.append(path)
+    return missing
+
+
+def _remove_empty(made: list[Path]) -> None:
+    """Remove the directories made for a run that did not start, deepest first, each only if empty. A retry whose
+    group was moved away as it started made an empty one in its place, and moving the group back nested it in there."""
+    for path in made:
+        try:
+            path.rmdir()
+        except OSError:
+            return
 
 
 def make_run_dir(output_dir: Path, job_name: str, started: datetime) -> Path:

@@ -2,8 +2,9 @@
 database connection in real life), so its input cannot be pickled when it fails and a retry cannot have it.
 
 Loaded back by a retry or a resume, an item does what the environment asks: ``RESTORE_FAILS=N`` makes item N's
-unpickling raise (its class changed since it was saved), and ``MOVE_AWAY=DIR`` renames DIR to DIR.moved as the
-item ``MOVE_AT`` is loaded (the run being retried is moved away while the retry starts). Each success appends
+unpickling raise (its class changed since it was saved), ``MOVE_AWAY=DIR`` renames DIR to DIR.moved as the
+item ``MOVE_AT`` is loaded (the run being retried is moved away while the retry starts), and ``WAIT_AT=N`` holds
+item N's loading until the file ``WAIT_FOR`` exists (touching WAIT_FOR.waiting meanwhile). Each success appends
 the item's number to ``ledger``; with ``stop_at``, the run stops itself as a Ctrl-C does after that item.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 from batchcli import Param, Service, Source, inject
@@ -31,6 +33,13 @@ class Item:
         n = state["n"]
         if os.environ.get("RESTORE_FAILS") == str(n):
             raise RuntimeError(f"item {n} cannot be restored")
+        if os.environ.get("WAIT_AT") == str(n):  # held here (a long check) until the file WAIT_FOR appears
+            wait_for = Path(os.environ["WAIT_FOR"])
+            Path(f"{wait_for}.waiting").touch()
+            for _ in range(600):
+                if wait_for.exists():
+                    break
+                time.sleep(0.05)
         away = os.environ.get("MOVE_AWAY")
         if away and os.environ.get("MOVE_AT") == str(n) and os.path.isdir(away):
             os.rename(away, away + ".moved")
