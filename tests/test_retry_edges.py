@@ -185,6 +185,7 @@ def test_a_stop_while_a_retry_copies_its_inputs_ends_the_copy_and_leaves_nothing
     assert retry.wait(timeout=120) == 130, lines
     text = " ".join("".join(lines).split())
     assert "Stopped: SIGINT arrived before the run started; nothing ran and no run directory was made." in text, text
+    assert "SIGINT: stopping. The run has not started: it ends before any item starts" in text, text  # no in-flight items
     assert not (tmp_path / "again").exists()  # neither the run's directory nor the one made for it
 
 

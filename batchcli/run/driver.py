@@ -451,6 +451,8 @@ class Run:
     def stop_report(self) -> str:
         """What the stop waits for, and for how long at most, for the signal handler's log line."""
         timeout = self.job.config.stop_timeout_s
+        if self.journal is None:  # a retry copying its inputs: the copy ends, and no item starts
+            return "The run has not started: it ends before any item starts"
         if self.executor is None and self._starting is not None:  # no item has started: setup() has not returned
             return f"The job is still starting (setup()): waiting for it at most {timeout:g}s"
         return f"Waiting for {self.tally.in_flight} in-flight item(s) (at most {timeout:g}s)"
@@ -871,6 +873,8 @@ class Run:
     def _stop_timed_out(self) -> None:
         """``stop_timeout_s`` passed since the stop was asked for (main thread): stop at once."""
         timeout = self.job.config.stop_timeout_s
+        if self.journal is None:  # a retry copying its inputs: the copy ends, and no item starts
+            return "The run has not started: it ends before any item starts"
         if self.executor is None and self._starting is not None:
             log.warning("Stop timeout (%gs): setup() has not returned; abandoning it.", timeout)
         elif self.tally.in_flight:
