@@ -240,3 +240,16 @@ def test_a_second_retry_started_while_the_first_gets_ready_is_refused(cli, tmp_p
     after = cli("retry", ran.run_dir, "-p", "fix=true", "-p", f"ledger={ledger}", "--no-shell")
     assert after.exit_code == 1 and "Nothing was retried: none of the 6 failure(s)" in said(after), after.output
     assert not list(ran.run_dir.glob("batchcli.retrying*"))  # nor is its lock file left in the run's directory
+
+
+def test_a_retry_never_writes_through_a_link_planted_as_its_lock_file(cli, tmp_path: Path) -> None:
+    """A run directory copied from someone else may hold `batchcli.retrying` as a symbolic link: the retry truncated
+    and wrote its pid into the file it named, then removed the link."""
+    ran = cli("exec", LOCKED, "-d", "out", *QUIET, "-p", f"ledger={tmp_path / 'first'}")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (ran.run_dir / "batchcli.retrying").symlink_to(victim)
+    refused = cli("retry", ran.run_dir, "-p", "fix=true", "-p", f"ledger={tmp_path / 'retried'}", "--no-shell")
+    assert refused.exit_code == 2 and "is a symbolic link, which batchcli never makes" in said(refused), refused.output
+    assert victim.read_text() == "precious\n" and (ran.run_dir / "batchcli.retrying").is_symlink()
+    assert not (tmp_path / "retried").exists()

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import socket
 import re
 import shutil
@@ -355,9 +356,21 @@ class RetryLock:
         if fcntl is None:
             return cls(None)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError:  # a run in a directory we cannot write: check_ended's look at the retries running remains
-            return cls(None)
+            # Never through a symlink planted there (a copied run keeps one): it would truncate the file it names.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise JournalError(
+                    f"{str(path)!r} is a symbolic link, which batchcli never makes: remove it, then retry."
+                ) from None
+            return cls(None)  # a run in a directory we cannot write: check_ended's look at the retries running remains
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+            os.close(fd)
+            raise JournalError(
+                f"{str(path)!r} is not a file of yours that batchcli made (a FIFO, a device, or another user's): "
+                "remove it, then retry."
+            )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

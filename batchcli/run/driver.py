@@ -873,8 +873,6 @@ class Run:
     def _stop_timed_out(self) -> None:
         """``stop_timeout_s`` passed since the stop was asked for (main thread): stop at once."""
         timeout = self.job.config.stop_timeout_s
-        if self.journal is None:  # a retry copying its inputs: the copy ends, and no item starts
-            return "The run has not started: it ends before any item starts"
         if self.executor is None and self._starting is not None:
             log.warning("Stop timeout (%gs): setup() has not returned; abandoning it.", timeout)
         elif self.tally.in_flight:
