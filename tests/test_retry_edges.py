@@ -227,7 +227,7 @@ def test_a_second_retry_started_while_the_first_gets_ready_is_refused(cli, tmp_p
         second = cli("retry", ran.run_dir, "-p", "fix=true", "-p", f"ledger={ledger}", "--no-shell")
         assert second.exit_code == 2, second.output
         assert f"is being retried by another process (pid {first.pid})" in said(second), second.output
-        assert "would process them twice" in said(second) and second.run_dir is None
+        assert "would process inputs twice" in said(second) and second.run_dir is None
         gate.touch()
         output = first.communicate(timeout=120)[0]
     finally:

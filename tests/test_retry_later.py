@@ -67,6 +67,28 @@ def test_what_failed_again_in_a_later_retry_is_retried_again(cli, tmp_path: Path
     assert "Leaving out" not in said(rest)
 
 
+@pytest.mark.parametrize("kind", ["unkeyed", "keyed"])
+def test_what_a_retry_of_a_retry_processed_is_done_for_the_run(cli, tmp_path: Path, kind: str) -> None:
+    """run → R1 (its failures fail again) → R2 of R1, which fixes five: `retry run` listed all ten as still to do,
+    and processed those five again. What R2 did goes back through R1 to the run."""
+    ledger = tmp_path / "ledger"
+    first = cli("exec", JOBS[kind], "-d", "out", "--no-shell", "-p", f"ledger={ledger}", "-p", "max_retries=0")
+    assert first.exit_code == 1 and len(first.failed) == 10, first.output
+    again = cli("retry", first.run_dir, "--no-shell")
+    assert again.exit_code == 1 and again.summary["failed"] == 10, again.output
+    fixed = cli("retry", again.run_dir, "--limit", "5", "-p", "fix=true", "--no-shell")
+    assert fixed.exit_code == 0 and fixed.summary["succeeded"] == 5, fixed.output
+
+    for listing in (cli("retry", first.run_dir, "--dry-run"), cli("show", first.run_dir, "--failures")):
+        text = said(listing)
+        assert f"Leaving out 5 failure(s) of {str(first.run_dir)!r} that a later retry of it processed successfully ({fixed.run_dir.name})" in text, text
+        assert f"Failures of {first.run_dir}: 5 of 10" in text, text
+    rest = cli("retry", first.run_dir, "-p", "fix=true", "--no-shell")
+    assert rest.exit_code == 0 and rest.summary["succeeded"] == 5, rest.output
+    # each item succeeded once: the five R2 did were not processed again
+    assert Counter(n for (n, how), times in attempts(ledger).items() for _ in range(times) if how == "ok") == Counter(range(20))
+
+
 def test_a_retry_of_a_run_whose_later_retry_is_still_running_is_refused(cli, tmp_path: Path) -> None:
     """Both would process the same inputs at once; the dry run says so too."""
     ledger = tmp_path / "ledger"
@@ -86,7 +108,7 @@ def test_a_retry_of_a_run_whose_later_retry_is_still_running_is_refused(cli, tmp
             time.sleep(0.05)
         refused = cli("retry", first.run_dir, "-p", "fix=true", "--no-shell")
         assert refused.exit_code == 2, refused.output
-        assert f"A retry of this run is still running ({str(children[0])!r}, pid {slow.pid})" in said(refused)
+        assert f"is being retried by another process (pid {slow.pid})" in said(refused), refused.output
         assert len(list((tmp_path / "out").iterdir())) == 2  # no run directory made
         dry = cli("retry", first.run_dir, "--dry-run")
         assert dry.exit_code == 0 and "A retry of this run is still running" in said(dry), dry.output

@@ -497,7 +497,7 @@ def test_skip_done_in_does_only_new_rows_of_a_grown_input(cli, tmp_path: Path, f
     """--skip-done-in a run and its retry skips every row either did; new rows (and the one still failing) run."""
     fixed = cli("retry", failed_run, "--error-type", "ConnectionError", "-p", "fixed=true")
     assert fixed.exit_code == 0, fixed.output
-    retry_dir = max((tmp_path / "out").iterdir(), key=lambda p: p.stat().st_mtime)
+    retry_dir = fixed.run_dir  # not the newest directory: the retry's lock file leaves the run retried as it ends
     (tmp_path / "ledger").unlink()
     grown = "x a b y down-1 c z bad-1 d down-2 e"  # new rows in between shift every position
     outcome = cli(*rows_job(tmp_path, grown, "--skip-done-in", str(failed_run), "--skip-done-in", str(retry_dir)))

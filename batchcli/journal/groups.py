@@ -39,6 +39,8 @@ from batchcli.journal.rundir import (
     JOURNAL_NAME,
     RunLock,
     check_output_dir,
+    holding,
+    lineage,
     never_started,
     read_run,
     unusable_output_dir,
@@ -461,10 +463,13 @@ def retry_launch(
 
 def later_retries_of(target: Path) -> LaterRetries:
     """``later_retries`` of a run, or of every shard of a group (``retry --dry-run`` says what the retry would)."""
-    if not is_group(target):
-        return later_retries(target)
-    shards = [path for path in shard_runs(target).values() if (path / JOURNAL_NAME).is_file()]
-    return merged([later_retries(path) for path in shards], target)
+    if is_group(target):
+        runs = [path for path in shard_runs(target).values() if (path / JOURNAL_NAME).is_file()]
+        later = merged([later_retries(path) for path in runs], target)
+    else:
+        runs, later = [target], later_retries(target)
+    held = tuple((run, *who) for run in lineage(runs) if (who := holding(run)) is not None)  # as the retry would find
+    return replace(later, held=held)
 
 
 def retry_target(run_dir: Path, shard_text: str | None) -> Path:

@@ -21,7 +21,7 @@ from batchcli.journal.inputs import EarlierErrors, Pick, Progress, RetryInputs, 
 from batchcli.journal.keyindex import KeySet
 from batchcli.journal.writer import Journal, stable_target
 from batchcli.journal.matching import FailureFilter, FailureRow, TypeMatch, matching_failures, recorded_types
-from batchcli.journal.rundir import JOURNAL_NAME, RetryLock, RunInfo, check_safe, query, read_run, stream
+from batchcli.journal.rundir import JOURNAL_NAME, RetryLock, RunInfo, check_safe, hold_failures, query, read_run, stream
 from batchcli.journal.shards import Shard, shard_of
 from batchcli.journal.selection import (
     Selection, check_skip_runs_there, keys_done_in, read_selection, record_selection, recorded_skips, widen_selection,
@@ -55,7 +55,7 @@ class Continuation:
     done_elsewhere: KeySet = frozenset()
     """``--skip-done-in``: the item keys that succeeded in those runs."""
     held: tuple[RetryLock, ...] = ()
-    """retry: the locks of the runs it retries, held until its own journal exists (``Retry._hold``)."""
+    """retry: its hold on the failures of the runs it retries, for the whole run (``Retry._hold``)."""
 
 
 @dataclass(frozen=True)
@@ -211,15 +211,11 @@ class Retry:
         return [self.run_dir]
 
     def _hold(self) -> None:
-        """Lock the runs retried until this retry's journal exists (the driver lets them go then), where a second
-        retry looks for one running: started while this one checked and copied a million inputs (seconds), it saw
-        none and took every input too, and each was processed twice at once."""
-        try:
-            for path in self._parents():
-                self._held.append(RetryLock.acquire(path))
-        except BaseException:
-            self.abandon()
-            raise
+        """Hold the failures of the runs retried, and of the runs they retried in turn, for the whole retry
+        (``hold_failures``; ``Session`` lets them go): a second retry started while this one checked and copied a
+        million inputs saw none running and took every input too, and one placed elsewhere with ``-d`` is not among
+        the runs ``later_retries`` looks at."""
+        self._held = hold_failures(self._parents(), "retry")
 
     def _later_retries(self) -> LaterRetries:
         """What later retries of the run did with its failures (a group's retry: of every shard)."""
@@ -235,7 +231,7 @@ class Retry:
                 "Wait for it to end, or stop it first (Ctrl-C, or kill -INT PID), then retry."
             )
         if earlier.failed:
-            self._hold()  # first: a retry that lets go of them has its journal, and check_ended sees it
+            self._hold()  # first: check_ended then sees every retry that let go of them
         try:
             return self._wired(earlier)
         except BaseException:
@@ -340,6 +336,9 @@ class LaterRetries:
     """Retry runs still running."""
     of: Path
     """The run (or group) retried, as notices name it."""
+    held: tuple[tuple[Path, str, int | None], ...] = ()
+    """``retry --dry-run`` and ``show --failures``: each run retried whose failures another process holds (a retry
+    still getting ready, one placed elsewhere with ``-d``, a resume): the run, who (``holding``), and its pid."""
 
     def check_ended(self) -> None:
         """A retry of the run still running would process the same inputs twice at once: refused."""
@@ -368,6 +367,13 @@ class LaterRetries:
                 "refuses until it has ended.[/]",
                 markup=True,
             ))  # fmt: skip
+        pids = {info.pid for info in self.running}
+        for run_dir, who, pid in self.held:
+            if pid is None or pid not in pids:  # else said just above
+                said.append(Notice(
+                    f"[yellow]Run {escape(str(run_dir))} is being {escape(who)}: retry refuses until it has ended.[/]",
+                    markup=True,
+                ))  # fmt: skip
         for path in self.unknown:
             said.append(Notice(
                 f"[yellow]{escape(path.name)} retried this run with an older batchcli, which did not record which "
@@ -382,46 +388,79 @@ def merged(found: list[LaterRetries], of: Path) -> LaterRetries:
     by = list(dict.fromkeys(path for each in found for path in each.by))
     unknown = list(dict.fromkeys(path for each in found for path in each.unknown))
     running = list({info.run_dir: info for each in found for info in each.running}.values())
-    return LaterRetries(frozenset().union(*(each.done for each in found)), by, unknown, running, of)
+    held = tuple(dict.fromkeys(hold for each in found for hold in each.held))
+    return LaterRetries(frozenset().union(*(each.done for each in found)), by, unknown, running, of, held)
 
 
 def later_retries(run_dir: Path) -> LaterRetries:
     """The runs ``batchcli retry`` made of ``run_dir`` in its own directory (where they go unless ``-d`` says
     otherwise), and which of its failures they processed successfully: by key when the Source has ``item_key``,
     else through the failure each retry input came from (``INPUT_ORIGINS_TABLE``). For a shard of a group, the
-    group's retries count too (they sit in the same directory). A directory that is not a readable run is passed
-    over. ``retry --limit 5`` followed by ``retry`` processed those five again."""
+    group's retries count too (they sit in the same directory), and so do retries of those retries, back through
+    the retry each retried (run → R1 → R2: what R2 processed is done for the run). A directory that is not a
+    readable run is passed over. ``retry --limit 5`` followed by ``retry`` processed those five again."""
     from batchcli.journal.groups import GROUP_FILE  # groups builds on this module
 
     home = run_dir.resolve()
-    name = home.name
     parents = {str(home)}
     if (home.parent / GROUP_FILE).is_file():
         parents.add(str(home.parent))  # a retry of the whole group took this shard's failures too
-    done: set[tuple[str, int, int]] = set()
-    by: list[Path] = []
-    unknown: list[Path] = []
-    running: list[RunInfo] = []
+    return _later(run_dir, home.name, parents, _retries_in(home.parent), set())
+
+
+def _retries_in(place: Path) -> dict[str, list[tuple[Path, bool]]]:
+    """The retry runs in ``place`` (and whether each is keyed), by the run or group each retried."""
+    found: dict[str, list[tuple[Path, bool]]] = {}
     try:
-        entries = sorted(entry.path for entry in os.scandir(home.parent) if entry.is_dir(follow_symlinks=False))
+        entries = sorted(entry.path for entry in os.scandir(place) if entry.is_dir(follow_symlinks=False))
     except OSError:
         entries = []
     for entry in entries:
         child = Path(entry)
-        if child == home or not (child / JOURNAL_NAME).is_file():
+        if not (child / JOURNAL_NAME).is_file():
             continue
         try:
             (parent, keyed) = query(child, "SELECT parent, keyed FROM run")[0]
-            if parent not in parents:
-                continue
+        except (JournalError, sqlite3.Error, IndexError):
+            continue
+        if parent:
+            found.setdefault(parent, []).append((child, bool(keyed)))
+    return found
+
+
+def _later(
+    run_dir: Path, name: str, parents: set[str], retries: dict[str, list[tuple[Path, bool]]], seen: set[Path]
+) -> LaterRetries:
+    """``later_retries`` of ``run_dir`` (named ``name`` in the failures' keys), from the retries of ``parents``."""
+    done: set[tuple[str, int, int]] = set()
+    by: list[Path] = []
+    unknown: list[Path] = []
+    running: list[RunInfo] = []
+    for child, keyed in (each for parent in sorted(parents) for each in retries.get(parent, ())):
+        if child in seen:  # a run directory copied onto its own chain
+            continue
+        seen.add(child)
+        try:
             info = read_run(child)
             if info.status == "running":
                 running.append(info)
                 continue
+            deeper = _later(child, child.name, {str(child)}, retries, seen)  # what retries of this retry did
+            running += deeper.running
+            unknown += deeper.unknown
             if keyed:
                 keys = {key for (key,) in query(child, "SELECT key FROM done_keys")}  # what the retry did: few
+                deeper_keys = {  # and what retries of it did, by the keys of its failures
+                    key for session, ordinal, key in stream(child, "SELECT session, ordinal, key FROM failures")
+                    if (child.name, session, ordinal) in deeper.done
+                }  # fmt: skip
                 failures = stream(run_dir, "SELECT session, ordinal, key FROM failures")  # the run's: maybe millions
-                found = {(name, session, ordinal) for session, ordinal, key in failures if key is not None and key in keys}
+                found, further = set(), set()
+                for session, ordinal, key in failures:
+                    if key is not None and key in keys:
+                        found.add((name, session, ordinal))
+                    elif key is not None and key in deeper_keys:
+                        further.add((name, session, ordinal))
             elif query(child, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'input_origins'"):
                 found = set(query(
                     child,
@@ -430,6 +469,7 @@ def later_retries(run_dir: Path) -> LaterRetries:
                     " WHERE o.ordinal < d.stop AND o.run = ?",
                     (name,),
                 ))  # fmt: skip
+                further = _origins_of(child, name, deeper.done) if deeper.done else set()
             else:
                 unknown.append(child)
                 continue
@@ -437,8 +477,17 @@ def later_retries(run_dir: Path) -> LaterRetries:
             continue
         if found - done:
             by.append(child)
-        done |= found
+        if further - done - found:
+            by += [path for path in deeper.by if path not in by]
+        done |= found | further
     return LaterRetries(frozenset(done), by, unknown, running, run_dir)
+
+
+def _origins_of(retry: Path, name: str, failures: frozenset[tuple[str, int, int]]) -> set[tuple[str, int, int]]:
+    """The failures of the run ``name`` that these failures of the (unkeyed) ``retry`` run came from."""
+    ordinals = {ordinal for run, _, ordinal in failures if run == retry.name}  # a retry's failure: one per input
+    rows = stream(retry, "SELECT ordinal, run, session, origin FROM input_origins WHERE run = ?", (name,))
+    return {(run, session, origin) for ordinal, run, session, origin in rows if ordinal in ordinals}
 
 
 def failed_inputs(

@@ -337,63 +337,180 @@ class RunLock:
 
 
 RETRYING_NAME = "batchcli.retrying"
-"""The lock file a retry of a run holds while it gets ready (``RetryLock``)."""
+"""The lock file held by each process that takes a run's failed inputs or adds to them (``RetryLock``)."""
+
+_HOLDING = {
+    "retry": ("retried", "which reprocesses its failed inputs"),
+    "resume": ("resumed", "which adds to its failures"),
+}
+"""What a holder of ``RETRYING_NAME`` does, by the role it wrote there, for the message that refuses another."""
 
 
 class RetryLock:
-    """An exclusive ``flock`` on ``RETRYING_NAME`` in a run's directory, held by a retry of the run from before it
-    looks for another retry running until its own journal exists (``Retry._hold``): the run's own lock would make
-    the run read as running meanwhile (``runs``, ``show``, ``ctl``). The kernel drops it when the process dies."""
+    """An exclusive ``flock`` on ``RETRYING_NAME`` in a run's directory, held for the whole run by each process that
+    takes the run's failed inputs or adds to them: a retry of the run (or of a retry of it: they take the same
+    inputs), a resume of such a retry, and a resume of the run itself (``hold_failures``). Two retries at once
+    processed each input twice; a retry that checked and copied the failures while a resume of the run recorded
+    more took some it had never checked. Not the run's own lock: ``runs``, ``show`` and ``ctl`` would read the run
+    as running. The kernel drops it when the process dies."""
 
-    def __init__(self, fd: int | None, path: Path | None = None) -> None:
+    def __init__(self, fd: int | None, dir_fd: int | None = None) -> None:
         self._fd = fd
-        self._path = path
+        self._dir_fd = dir_fd
+        """The run's directory, where ``release`` removes the file: the run may have been moved meanwhile."""
 
     @classmethod
-    def acquire(cls, run_dir: Path) -> RetryLock:
-        """Take it, or raise a JournalError when another retry of the run is getting ready."""
-        path = run_dir / RETRYING_NAME
+    def acquire(cls, run_dir: Path, role: str, whose: str = "") -> RetryLock:
+        """Take it as ``role`` (a key of ``_HOLDING``), or raise a JournalError naming the holder; ``whose`` says, for
+        that message, why this command needs ``run_dir`` when it is not the run named on the command line."""
         if fcntl is None:
             return cls(None)
         try:
+            dir_fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return cls(None)  # a run gone meanwhile: the command's own checks say so
+        try:
+            fd = _locked(run_dir, dir_fd, whose)
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        if fd is None:  # a run in a directory we cannot write: check_ended's look at the retries running remains
+            os.close(dir_fd)
+            return cls(None)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {role}\n".encode())
+        return cls(fd, dir_fd)
+
+    def release(self) -> None:
+        """Let go (idempotent). The file goes first: a process that opened it just before finds, once it has the
+        lock, that the file is no longer there, and takes the new one (``_locked``)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(RETRYING_NAME, dir_fd=self._dir_fd)
+            os.close(self._fd)
+            self._fd = None
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+
+
+def _locked(run_dir: Path, dir_fd: int, whose: str) -> int | None:
+    """The lock file in ``dir_fd``, opened and locked; None when it cannot be made there."""
+    path = run_dir / RETRYING_NAME
+    while True:
+        try:
             # Never through a symlink planted there (a copied run keeps one): it would truncate the file it names.
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+            fd = os.open(RETRYING_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600, dir_fd=dir_fd)
         except OSError as error:
             if error.errno == errno.ELOOP:
                 raise JournalError(
                     f"{str(path)!r} is a symbolic link, which batchcli never makes: remove it, then retry."
                 ) from None
-            return cls(None)  # a run in a directory we cannot write: check_ended's look at the retries running remains
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
-            os.close(fd)
-            raise JournalError(
-                f"{str(path)!r} is not a file of yours that batchcli made (a FIFO, a device, or another user's): "
-                "remove it, then retry."
-            )
+            return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip()
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+                raise JournalError(
+                    f"{str(path)!r} is not a file of yours that batchcli made (a FIFO, a device, or another user's): "
+                    "remove it, then retry."
+                )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise JournalError(_held(run_dir, os.read(fd, 64).decode(errors="replace"), whose)) from None
+            try:
+                there = os.stat(RETRYING_NAME, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                there = None
+            if there is not None and (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino):
+                return fd
+        except BaseException:
             os.close(fd)
-            raise JournalError(
-                f"Run {str(run_dir)!r} is being retried by another process{f' (pid {holder})' if holder else ''}, "
-                "which is getting its inputs ready. Retrying it now would process them twice: wait for that retry to "
-                "start (or end), then retry."
-            ) from None
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-        return cls(fd, path)
+            raise
+        os.close(fd)  # its holder let it go and removed it as we opened it: the lock is the file there now
 
-    def release(self) -> None:
-        """Let go (idempotent); the file goes first, as the run's own holder record does."""
-        if self._fd is not None:
-            if self._path is not None:
-                with contextlib.suppress(OSError):
-                    self._path.unlink(missing_ok=True)
-            os.close(self._fd)
-            self._fd = None
+
+def holding(run_dir: Path) -> tuple[str, int | None] | None:
+    """Who holds ``run_dir``'s ``RetryLock``, as ("retried by another process (pid 123)", 123); None when no one does
+    (or it cannot be told). For ``retry --dry-run`` and ``show --failures``, which list what a retry would take."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(run_dir / RETRYING_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        record = os.read(fd, 64).decode(errors="replace")
+        done, _, who, _ = _holder(record)
+        pid = record.split(" ", 1)[0].strip()
+        return f"{done} by another process{who}", int(pid) if pid.isdigit() else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _holder(record: str) -> tuple[str, str, str, str]:
+    """What the holder that wrote ``record`` does, what that does to the failures, " (pid N)", and how to stop it."""
+    pid, _, role = record.strip().partition(" ")
+    done, which = _HOLDING.get(role, _HOLDING["retry"])  # a batchcli before roles wrote only its pid: a retry
+    if not pid.isdigit():
+        return done, which, "", "kill -INT PID"
+    return done, which, f" (pid {pid})", f"kill -INT {pid}"
+
+
+def _held(run_dir: Path, record: str, whose: str) -> str:
+    done, which, who, stop = _holder(record)
+    return (
+        f"Run {str(run_dir)!r}{whose} is being {done} by another process{who}, {which}. Running this command now "
+        "would process inputs twice, or take failures still being recorded: wait for that process to end, or stop it "
+        f"(Ctrl-C, or {stop}), then run this command again."
+    )
+
+
+def lineage(runs: Sequence[Path]) -> list[Path]:
+    """``runs`` and, for each retry run among them, the runs whose failures it reprocesses, back to the first: a
+    retry of a retry takes the same inputs as the first, and a group's retry every shard's. Runs that are gone or
+    unreadable are passed over."""
+    from batchcli.journal.groups import is_group, shard_runs  # groups builds on this module
+
+    found: dict[Path, None] = {}
+    todo = list(runs)
+    while todo:
+        run = todo.pop(0)
+        if run in found:
+            continue
+        found[run] = None
+        try:
+            parent = query(run, "SELECT parent FROM run")[0][0]
+            if parent:
+                place = Path(parent)
+                todo += shard_runs(place).values() if is_group(place) else [place]
+        except (JournalError, sqlite3.Error, OSError, IndexError):
+            continue
+    return [run for run in found if run in runs or (run / JOURNAL_NAME).is_file()]
+
+
+def hold_failures(runs: Sequence[Path], role: str) -> list[RetryLock]:
+    """The ``RetryLock`` of each of ``runs``, taken as ``role``, and of each run they retried (``lineage``), taken as
+    a retry: all of them, or a JournalError and none."""
+    held: list[RetryLock] = []
+    try:
+        for run in lineage(runs):
+            first = run in runs
+            whose = "" if first else f", whose failed inputs {str(runs[0])!r} reprocesses,"
+            held.append(RetryLock.acquire(run, role if first else "retry", whose))
+    except BaseException:
+        for lock in held:
+            lock.release()
+        raise
+    return held
 
 
 def _write_holder(run_dir: Path) -> None:

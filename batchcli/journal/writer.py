@@ -29,7 +29,8 @@ from batchcli.journal.inputs import InputRow, copy_inputs
 from batchcli.journal.keyindex import KeyIndex, KeySet, key_set
 from batchcli.journal.results import RESULTS_TABLE, Kept, write_results
 from batchcli.journal.rundir import (
-    FORMAT, JOURNAL_NAME, RunLock, check_format, check_safe, check_writable, connect, damaged, live_states, no_room,
+    FORMAT, JOURNAL_NAME, RetryLock, RunLock, check_format, check_safe, check_writable, connect, damaged, hold_failures,
+    live_states, no_room,
 )  # fmt: skip
 from batchcli.journal.selection import Selection, save_selection, save_skipped
 from batchcli.journal.settled import Numbered, RangeSet, skip_keys, skip_ordinals
@@ -154,6 +155,8 @@ class Journal:
         self.run_dir = run_dir
         self._conn = conn
         self._lock = lock
+        self._held: list[RetryLock] = []
+        """A continued run's hold on its failures and on those of the runs it retries (``open``)."""
         self.tally = tally or Tally()
         """The run's live counts; the journal stores their ``total``."""
         row = conn.execute("SELECT keyed, succeeded, failed, total, parent FROM run").fetchone()
@@ -304,6 +307,9 @@ class Journal:
             check_format(conn, path)
             with conn:
                 conn.executescript(LIMITS_TABLE + LIVE_TABLE + RESULTS_TABLE + BATCHES_TABLE + HANDED_OVER_TABLE)
+            # Its failures grow as it goes on, and a retry run's inputs are another run's failures: a retry of either
+            # at once would take the same inputs, or failures it had not checked.
+            journal._held = hold_failures([run_dir], "resume")
             return journal
         except sqlite3.DatabaseError as error:
             lock.release()
@@ -648,6 +654,8 @@ class Journal:
         except sqlite3.Error:  # folding the WAL back in needs space; the WAL itself keeps every commit
             pass
         finally:
+            for held in self._held:
+                held.release()
             self._lock.release()
 
 

@@ -214,8 +214,6 @@ class Run:
             finally:
                 if self.preparing is not None:
                     self.preparing.close()
-                for lock in self.continuation.held:  # the retried runs: this retry's journal shows it running now
-                    lock.release()
         except (sqlite3.Error, OSError) as error:  # no room for the journal (a full disk, no inode left)
             restore_signals()
             raise self._not_started(self._unwritable(error)) from error

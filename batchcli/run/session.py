@@ -223,7 +223,7 @@ class Session:
                 _remove_empty(made)  # directory: the ones made for it go too (a retry's parent moved away meanwhile)
             raise
         finally:
-            for lock in continuation.held:  # as the run let them go (a retry's, once its journal was made)
+            for lock in continuation.held:  # a retry holds the runs it retries for its whole run
                 lock.release()
             if metrics is not None:
                 metrics.close()

@@ -5,7 +5,8 @@ Loaded back by a retry or a resume, an item does what the environment asks: ``RE
 unpickling raise (its class changed since it was saved), ``MOVE_AWAY=DIR`` renames DIR to DIR.moved as the
 item ``MOVE_AT`` is loaded (the run being retried is moved away while the retry starts), and ``WAIT_AT=N`` holds
 item N's loading until the file ``WAIT_FOR`` exists (touching WAIT_FOR.waiting meanwhile). Each success appends
-the item's number to ``ledger``; with ``stop_at``, the run stops itself as a Ctrl-C does after that item.
+the item's number to ``ledger``; with ``stop_at``, the run stops itself as a Ctrl-C does after that item, and with
+``hold_at`` the run holds that item until the file ``gate`` exists (touching ``gate``.waiting meanwhile).
 """
 
 from __future__ import annotations
@@ -63,10 +64,20 @@ class Items(Source[Item]):
 
 @inject
 class Work(Service[Item]):
-    def __init__(self, ledger: Param[str], fix: Param[bool] = False, stop_at: Param[int] = -1) -> None:
+    def __init__(
+        self, ledger: Param[str], fix: Param[bool] = False, stop_at: Param[int] = -1, hold_at: Param[int] = -1,
+        gate: Param[str] = "",
+    ) -> None:
         self.ledger, self.fix, self.stop_at = ledger, fix, stop_at
+        self.hold_at, self.gate = hold_at, gate
 
     def process(self, item: Item) -> None:
+        if item.n == self.hold_at:  # the run is under way, held here until the file ``gate`` appears
+            Path(f"{self.gate}.waiting").touch()
+            for _ in range(1200):
+                if os.path.exists(self.gate):
+                    break
+                time.sleep(0.05)
         if item.n % 3 and not self.fix:
             raise ValueError(f"item {item.n} is bad")
         with open(self.ledger, "a") as out:

@@ -1,0 +1,163 @@
+"""Who may take a run's failed inputs, and when: a retry holds the runs it reprocesses (and those they retried) for
+its whole run, a resume holds the run it continues. Each test is a defect an adversarial run found: a retry placed
+elsewhere with -d, a resume of the run as its retry checked the failures, a retry of a retry, and two retries
+holding one released lock."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PROJECTS, subprocess_env
+
+from batchcli.errors import JournalError
+from batchcli.journal import rundir
+from batchcli.journal.rundir import RETRYING_NAME, RetryLock
+
+LOCKED = PROJECTS / "journal_retry" / "locked.py"
+QUIET = ("--no-shell", "-p", "max_retries=0", "-p", "breaker_window=0")
+SAVED_FAILURES = [n for n in range(60) if n % 3 and n % 7]
+"""The inputs of locked.py's 60 items that fail and could be saved: a retry takes these."""
+
+
+def said(outcome: Any) -> str:
+    return " ".join(outcome.output.replace("│", " ").split())
+
+
+def processed(ledger: Path) -> Counter[int]:
+    return Counter(int(line) for line in ledger.read_text().split()) if ledger.exists() else Counter()
+
+
+class Held:
+    """``batchcli ARGS`` in a subprocess, held at a gate file (``-p hold_at`` in a run, ``WAIT_AT`` as a retry
+    checks its inputs) until ``open()``."""
+
+    def __init__(self, gate: Path, *args: Any, **env: str) -> None:
+        self.gate = gate
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "batchcli", *map(str, args)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env(**env),
+        )  # fmt: skip
+
+    def __enter__(self) -> Held:
+        waiting = Path(f"{self.gate}.waiting")
+        for _ in range(1200):
+            if waiting.exists() or self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert waiting.exists(), self.proc.communicate()[0]
+        return self
+
+    def open(self) -> str:
+        self.gate.touch()
+        output = self.proc.communicate(timeout=120)[0]
+        assert self.proc.returncode == 0, output
+        return output
+
+    def __exit__(self, *exc: object) -> None:
+        self.gate.touch()
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_a_retry_placed_elsewhere_keeps_a_second_retry_out_while_it_runs(cli: Any, tmp_path: Path) -> None:
+    """A retry made with -d elsewhere was invisible to a second retry once its journal existed (the lock covered its
+    preparation only, and the second looks for running retries beside the run): every input was processed twice."""
+    ran = cli("exec", LOCKED, "-d", "out", *QUIET, "-p", f"ledger={tmp_path / 'first'}")
+    gate, ledger = tmp_path / "gate", tmp_path / "retried"
+    with Held(gate, "retry", ran.run_dir, "-d", tmp_path / "elsewhere", "-p", "fix=true", "-p", f"ledger={ledger}",
+              "-p", "hold_at=4", "-p", f"gate={gate}", "--no-shell") as first:  # fmt: skip
+        second = cli("retry", ran.run_dir, "-p", "fix=true", "-p", f"ledger={ledger}", "--no-shell")
+        assert second.exit_code == 2, second.output
+        assert f"is being retried by another process (pid {first.proc.pid})" in said(second), second.output
+        assert second.run_dir is None and processed(ledger)[1] == 1  # the first runs, the second started nothing
+
+        # what the retry would take is listed with a word that a retry holds the run
+        for listing in (cli("retry", ran.run_dir, "--dry-run"), cli("show", ran.run_dir, "--failures")):
+            assert listing.exit_code == 0, listing.output
+            assert f"is being retried by another process (pid {first.proc.pid}): retry refuses" in said(listing)
+        first.open()
+    assert processed(ledger) == Counter(SAVED_FAILURES)  # each once
+    assert not (ran.run_dir / RETRYING_NAME).exists()
+    quiet = cli("show", ran.run_dir, "--failures")
+    assert "is being retried" not in said(quiet), quiet.output
+
+
+def test_a_run_is_not_resumed_while_a_retry_of_it_checks_its_failures(cli: Any, tmp_path: Path) -> None:
+    """A resume of the run, started while its retry checked the failures, recorded more of them meanwhile: the retry
+    copied and ran those too, never checked, and its notices counted the first session's failures only."""
+    ran = cli("exec", LOCKED, "-d", "out", *QUIET, "-p", f"ledger={tmp_path / 'first'}", "-p", "count=3000",
+              "-p", "stop_at=30")  # fmt: skip
+    assert ran.exit_code == 130, ran.output
+    failed_first = [n for (n,) in rundir.query(ran.run_dir, "SELECT ordinal FROM failures")]
+    assert failed_first and all(n % 3 for n in failed_first)
+    gate, ledger = tmp_path / "gate", tmp_path / "retried"
+    with Held(gate, "retry", ran.run_dir, "-p", "fix=true", "-p", f"ledger={ledger}", "--no-shell",
+              WAIT_AT="4", WAIT_FOR=str(gate)) as retry:  # fmt: skip
+        resumed = cli("resume", ran.run_dir, "--no-shell")
+        assert resumed.exit_code == 2, resumed.output
+        assert f"is being retried by another process (pid {retry.proc.pid})" in said(resumed), resumed.output
+        output = retry.open()
+    assert processed(ledger) == Counter(n for n in failed_first if n % 7), output  # the failures it counted, once
+
+    # the retry has ended: the resume goes on, and the failures it records are for the next retry
+    resumed = cli("resume", ran.run_dir, "--no-shell")
+    assert resumed.exit_code == 1 and "Finished:" in said(resumed), resumed.output
+
+
+def test_a_retry_of_a_retry_holds_the_run_it_comes_from(cli: Any, tmp_path: Path) -> None:
+    """run → retry R1 → retry R2 of R1: a retry of the run while R2 ran was accepted, and both processed the inputs."""
+    ran = cli("exec", LOCKED, "-d", "out", *QUIET, "-p", f"ledger={tmp_path / 'first'}")
+    again = cli("retry", ran.run_dir, "-p", f"ledger={tmp_path / 'first'}", "--no-shell")
+    assert again.exit_code == 1 and again.run_dir is not None, again.output  # R1: they fail again
+    gate, ledger = tmp_path / "gate", tmp_path / "retried"
+    with Held(gate, "retry", again.run_dir, "-p", "fix=true", "-p", f"ledger={ledger}", "-p", "hold_at=4",
+              "-p", f"gate={gate}", "--no-shell") as second:  # fmt: skip
+        refused = cli("retry", ran.run_dir, "-p", "fix=true", "-p", f"ledger={ledger}", "--no-shell")
+        assert refused.exit_code == 2, refused.output
+        assert f"Run {str(ran.run_dir)!r} is being retried by another process (pid {second.proc.pid})" in said(refused)
+        second.open()
+    assert processed(ledger) == Counter(SAVED_FAILURES)
+
+
+def test_a_released_lock_is_never_held_by_two(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The holder removes the lock file as it lets go: a process that had opened the file just before then locked
+    the removed file, while another made and locked a new one, and both went on as the only retry."""
+    run = tmp_path / "run"
+    run.mkdir()
+    first = RetryLock.acquire(run, "retry")
+    late: list[RetryLock] = []
+    real = fcntl.flock
+
+    def first_lets_go_meanwhile(fd: int, operation: int) -> None:
+        monkeypatch.setattr(fcntl, "flock", real)
+        first.release()  # between this process opening the old file and locking it...
+        late.append(RetryLock.acquire(run, "retry"))  # ...another makes the new one and locks it
+        real(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", first_lets_go_meanwhile)
+    with pytest.raises(JournalError, match="is being retried by another process"):
+        RetryLock.acquire(run, "retry")  # the old file locked, found gone: the new one is held
+    assert late and late[0]._fd is not None
+    late[0].release()
+    assert not (run / RETRYING_NAME).exists()
+
+
+def test_a_run_moved_while_held_keeps_no_lock_file(tmp_path: Path) -> None:
+    """The run moved away as its retry ran: letting go removed the file at the old path, and left it in the run."""
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = RetryLock.acquire(run, "resume")
+    assert (run / RETRYING_NAME).read_text().split()[1] == "resume"
+    assert rundir.holding(run) == (f"resumed by another process (pid {os.getpid()})", os.getpid())
+    run.rename(tmp_path / "moved")
+    lock.release()
+    assert list((tmp_path / "moved").iterdir()) == []
