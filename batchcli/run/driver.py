@@ -260,10 +260,13 @@ class Run:
         try:
             try:
                 with held_interrupt():  # raised out of a half-started run, it left the loop thread working
-                    display.start()
-                    loop_thread.start()  # not blocking the stop signals: the job's threads start from it
                     with stop_signals_blocked():  # batchcli's own threads leave them to the main thread and the job's
                         recorder.start()
+                    display.start()
+                    # Last, and not blocking the stop signals (the job's threads start from it): no item runs while
+                    # the main thread blocks them to start a thread. One that stopped the run from an early item
+                    # (os.kill) went to another thread meanwhile, and its handler ran once the main thread let go.
+                    loop_thread.start()
                 # The main thread only waits, so signal handlers (and the pause shell) run promptly. With a
                 # timeout: Python runs a signal's handler on the main thread, but the kernel may deliver the
                 # signal to any thread, and then nothing interrupts a wait without one (a group SIGTERM went
