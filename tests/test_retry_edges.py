@@ -76,6 +76,10 @@ def test_a_groups_retry_refuses_other_shard_counts_and_names_the_group(cli, tmp_
     # the suggestion keeps the filters: without them it retried every failure
     filtered = cli("retry", group, "--match", "bad", "--limit", "5", "-p", "shards=3", "--no-shell")
     assert filtered.exit_code == 2 and f"Run it without -p shards: batchcli retry {group} --match bad --limit 5" in said(filtered)
+    # and where the retry goes, the path quoted for a shell: without -d it went beside the group instead
+    (tmp_path / "my runs").mkdir()
+    placed = cli("retry", group, "-d", tmp_path / "my runs", "-p", "shards=3", "--no-shell")
+    assert placed.exit_code == 2 and f"Run it without -p shards: batchcli retry {group} -d '{tmp_path / 'my runs'}'" in said(placed)
     spelled = cli("retry", group, "--limit", "1", "-p", "shards=02", "-p", "fix=true", "-p", f"ledger={ledger}", "--no-shell")
     assert spelled.exit_code == 0, spelled.output  # 02 is the group's count too
     ledger.unlink()

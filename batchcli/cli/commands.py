@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -382,6 +383,8 @@ def retry(
         raise typer.Exit(0)
     launch, home = retry_launch(run_dir, parse_values(param), shard, wanted)
     output = home if output_dir is None else output_path(output_dir)
+    if output_dir is not None:  # the command its messages suggest puts the retry where this one would go
+        launch.again += f" -d {shlex.quote(str(output_dir))}"
     options = RunOptions(output_dir=output, verbosity=verbose, pause_shell=not no_shell, log_format=_log_format(log_format))
     _exit(Session(options).run(launch), options.console)
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import socket
 import time
 from dataclasses import dataclass, field, replace
@@ -457,7 +458,7 @@ def retry_launch(
     if target == run_dir:
         return GroupRetry(run_dir, overrides, wanted), run_dir
     retry = Retry(target, overrides, wanted)
-    retry.again = f"batchcli retry {run_dir} --shard {shard_text}"  # as given: the group, and which shard of it
+    retry.again = f"batchcli retry {shlex.quote(str(run_dir))} --shard {shard_text}"  # as given: the group, and which shard
     return retry, run_dir
 
 

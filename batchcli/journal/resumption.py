@@ -6,6 +6,7 @@ They read the journal and give the wiring; the Session alone loads, wires and ru
 from __future__ import annotations
 
 import os
+import shlex
 import sqlite3
 from array import array
 from dataclasses import dataclass, replace
@@ -201,7 +202,7 @@ class Retry:
         self._earlier: RunInfo | None = None
         self.progress: Progress | None = None
         """Told how the check of many inputs goes (``Session``)."""
-        self.again = f"batchcli retry {run_dir}"
+        self.again = f"batchcli retry {shlex.quote(str(run_dir))}"
         """The command as given (without -p and the filters), for messages that say how to run it again: a group's
         retry reads the record of its first failed shard (``run_dir``), and its messages name the group."""
         self._held: list[RetryLock] = []
