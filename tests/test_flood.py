@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -18,8 +20,9 @@ from test_resume import journaled, wait_for
 
 from batchcli.journal.records import failure_line, row_lines
 from batchcli.journal.rundir import query, read_run
-from batchcli.outcome import Failure, Tally
+from batchcli.outcome import FAILURES, Failure, FailureBatch, Tally, failure_text
 from batchcli.run.failures import FailureReport
+from batchcli.run.logs import FORMAT, RunFileHandler
 
 FLOOD = PROJECTS / "flood" / "flood.py"
 INDIVIDUAL = re.compile(r"^failed Item #\d+ ", re.M)
@@ -164,6 +167,28 @@ def test_row_lines_write_each_row_as_failure_line_does() -> None:
     lines = row_lines(rows)
     assert lines == [failure_line(r[0], r[5], r[6], r[7], r[9], r[10], r[11], r[8]) for r in rows]
     assert [json.loads(line)["traceback"] for line in lines] == [r[8] for r in rows]
+
+
+def test_the_log_file_writes_a_failure_batch_as_a_record_per_failure_would_be_written(tmp_path: Path) -> None:
+    """The log file writes a flush's failures in one loop, for speed: the same text as the plain formatter makes of a
+    record per failure (its time to the millisecond, its level and logger, ``failure_text``), whatever they hold."""
+    texts = ["", "plain", "one\nTwo: 'q' \"d\" \\ é 雪 \x00 \u2028"]
+    items: list[Any] = [7, "s" * 40, 10**40, {"a": [1, 2]}, None]
+    failures = [
+        Failure(n, items[n % len(items)], kind, message, f"Traceback (most recent call last):\n  File \"x\"\n{kind}: {message}",
+                1 + n % 3, 1_764_662_400.0, 1_764_662_400.0 + n * 0.3337)
+        for n, (kind, message) in enumerate((k, m) for k in ("ValueError", "a.B") for m in texts * 3)
+    ]  # fmt: skip
+    handler = RunFileHandler(tmp_path / "batchcli.log", Console(file=io.StringIO()))
+    handler.handle(FailureBatch(failures))
+    handler.close()
+    formatter = logging.Formatter(FORMAT)
+    expected = []
+    for failure in failures:
+        record = logging.LogRecord(FAILURES, logging.ERROR, __file__, 0, "%s", (failure_text(failure),), None)
+        record.created, record.msecs = failure.failed_at, int((failure.failed_at - int(failure.failed_at)) * 1000) + 0.0
+        expected.append(formatter.format(record) + "\n")
+    assert (tmp_path / "batchcli.log").read_text(encoding="utf-8") == "".join(expected)
 
 
 def test_a_flood_killed_with_sigkill_resumes_with_each_failure_once_everywhere(tmp_path: Path, run_batchcli: Any, cli: Any) -> None:

