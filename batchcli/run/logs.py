@@ -92,8 +92,8 @@ class RunFileHandler(logging.FileHandler):
                 second, stamp = whole, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(whole))
             error = f"{error_type}: {message}" if message else error_type
             lines.append(
-                f"{stamp},{int((failed_at - whole) * 1000):03d}{prefix}Item #{ordinal:d} ({_short_repr(item)}) failed "
-                f"after {attempts:d} attempt{'' if attempts == 1 else 's'}: {error}\n{traceback}\n"
+                f"{stamp},{int((failed_at - whole) * 1000):03d}{prefix}Item #{ordinal} ({_short_repr(item)}) failed "
+                f"after {attempts} attempt{'' if attempts == 1 else 's'}: {error}\n{traceback}\n"
             )
         self._second, self._stamp = second, stamp
         return "".join(lines)
