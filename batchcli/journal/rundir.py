@@ -773,6 +773,16 @@ def message_shape(message: str | None) -> str:
     return _NUMBERS.sub("N", message or "")
 
 
+def message_shapes(messages: list[str]) -> list[str]:
+    """``message_shape`` of each message, in one pass of the pattern over them all joined by newlines when none holds
+    one: a word never spans a newline, which is a word boundary as the ends of a message are. A flood's console
+    shapes every failure's message, and a call each cost a sixth more."""
+    shapes = _NUMBERS.sub("N", "\n".join(messages)).split("\n")
+    if len(shapes) != len(messages):  # a message of several lines: split, it would not line up
+        return [_NUMBERS.sub("N", message) for message in messages]
+    return shapes
+
+
 def stream(run_dir: Path, sql: str, args: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
     """The rows of a read-only query on the journal of ``run_dir``, a batch at a time: for the failures table,
     which may hold millions (``query`` holds every row at once). The connection closes with the iterator."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 import reprlib
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from rich.console import Console
 from rich.text import Text
 
-from batchcli.journal.rundir import message_shape
+from batchcli.journal.rundir import message_shape, message_shapes
 from batchcli.outcome import Failure, Tally, clip, masked_repr, shown
 
 LINES_PER_SECOND = 3
@@ -129,22 +130,8 @@ class FailureReport:
             # printed "failed Item #0 ..." and "... and 56 more like this" above "Stopped: 0 failed").
             back = [taken_back.popleft() for _ in range(len(taken_back))]
             gone = {id(failure) for failure in back}
-            lines: list[Text] = []
-            for _ in range(len(unshown)):
-                failure = unshown.popleft()
-                group = self._group(failure)
-                if id(failure) in gone:
-                    gone.discard(id(failure))  # read now: neither printed nor hidden
-                    continue
-                if now - self._window_start >= 1.0:
-                    self._window_start, self._window_lines = now, 0
-                if self._window_lines < self._lines_per_second:
-                    self._window_lines += 1
-                    lines.append(Text.assemble(("failed ", "red"), failure_line(failure, self._tally.secrets)))
-                else:
-                    if group.hidden == 0 and not group.announced_at:
-                        group.announced_at = now  # the first announcement waits a full period too
-                    group.hidden += 1
+            new = [unshown.popleft() for _ in range(len(unshown))]
+            lines = self._read(new, gone, now) if new else []
             for failure in back:
                 self._take_back(failure, earlier=id(failure) in gone)
             for group in self._groups.values():
@@ -155,6 +142,39 @@ class FailureReport:
             for line in lines:
                 self._console.print(line, soft_wrap=True, highlight=False)
 
+    def _read(self, new: list[Failure], gone: set[int], now: float) -> list[Text]:
+        """Count ``new`` failures in their groups and return the lines of the first ones within the line budget; the
+        others wait among their group's hidden ones. Those in ``gone`` (taken back) are counted, neither printed nor
+        hidden, and leave ``gone``. Counted a kind at a time, not a failure at a time: a flood brings thousands a
+        tick, of a few kinds, and a failure's share of Python's work took 1.5 µs of the console's 1.8 a failure."""
+        kinds = list(zip([f.error_type for f in new], message_shapes([f.error_message for f in new])))
+        hidden = Counter(kinds)  # first seen first: groups are made in the order their first failure came
+        groups = {kind: self._group(kind, count) for kind, count in hidden.items()}
+        shown: Sequence[int] = range(len(new))
+        if gone:
+            shown = []
+            for index, failure in enumerate(new):
+                if id(failure) in gone:
+                    gone.discard(id(failure))  # read now: neither printed nor hidden
+                    hidden[kinds[index]] -= 1
+                else:
+                    shown.append(index)
+        lines: list[Text] = []
+        if shown:
+            if now - self._window_start >= 1.0:
+                self._window_start, self._window_lines = now, 0
+            for index in shown[: max(0, self._lines_per_second - self._window_lines)]:
+                lines.append(Text.assemble(("failed ", "red"), failure_line(new[index], self._tally.secrets)))
+                hidden[kinds[index]] -= 1
+            self._window_lines += len(lines)
+        for kind, count in hidden.items():
+            if count:
+                group = groups[kind]
+                if group.hidden == 0 and not group.announced_at:
+                    group.announced_at = now  # the first announcement waits a full period too
+                group.hidden += count
+        return lines
+
     @staticmethod
     def more_line(group: Group) -> Text:
         """``Type: shape ... and N more like this (see batchcli.log)``."""
@@ -164,20 +184,19 @@ class FailureReport:
             (f" ... and {group.hidden:,} more like this (see batchcli.log)", "dim"),
         )
 
-    def _group(self, failure: Failure) -> Group:
-        shape = message_shape(failure.error_message)
-        key = (failure.error_type, shape)
+    def _group(self, key: tuple[str, str], count: int) -> Group:
+        """The group of failures of this (type, shape), made when it is the first, counted ``count`` more."""
         group = self._groups.get(key)
         if group is None:
             groups = self._groups
             if len(groups) >= MAX_GROUPS:
-                key = (failure.error_type, OTHER)
+                key = (key[0], OTHER)
                 if key not in groups and len(groups) >= 2 * MAX_GROUPS:
                     key = ("", OTHER)
                 group = groups.get(key)
             if group is None:
                 group = groups[key] = Group(*key)
-        group.count += 1
+        group.count += count
         return group
 
     def _take_back(self, failure: Failure, earlier: bool) -> None:
