@@ -608,7 +608,8 @@ class Journal:
             try:
                 blob: bytearray | None = bytearray(pickled(item, protocol))  # bound as it is (``_insert_failures``)
             except Exception as error:
-                blob = self._unpicklable_input(failure, type_name, error)
+                blob = None
+                self._unpicklable_input(failure, type_name, error)
             if item_type is int:
                 item_json = json_text(item)
             else:
