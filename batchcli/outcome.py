@@ -183,7 +183,7 @@ def error_text(error: BaseException) -> str:
 
 class ShownItem:
     """An item as a failure line shows it, already written out (``SecretMask`` puts it in place of an item whose
-    repr must have the job's secrets masked); ``_short_repr`` writes its text as it is."""
+    repr must have the job's secrets masked); ``short_repr`` writes its text as it is."""
 
     __slots__ = ("text",)
 
@@ -205,7 +205,8 @@ def masked_repr(item: Any, secrets: tuple[str, ...], width: int) -> str:
     return clip(mask_texts(text, secrets), width)
 
 
-def _short_repr(item: Any) -> str:
+def short_repr(item: Any) -> str:
+    """An item as the log and the console name it: its repr, clipped by reprlib; never raises."""
     try:
         kind = type(item)
         if kind is ShownItem:
@@ -278,7 +279,7 @@ def failure_text(failure: Failure) -> str:
     """The log file's text of one final failure: a line, then its traceback."""
     return "Item #%d (%s) failed after %d attempt%s: %s\n%s" % (
         failure.ordinal,
-        _short_repr(failure.item),
+        short_repr(failure.item),
         failure.attempts,
         "" if failure.attempts == 1 else "s",
         f"{failure.error_type}: {failure.error_message}" if failure.error_message else failure.error_type,

@@ -14,7 +14,7 @@ import pytest
 from conftest import PROJECTS, subprocess_env
 from joblog import JobLog, wait_for
 
-from batchcli.outcome import Failure, FailureBatch, _short_repr
+from batchcli.outcome import Failure, FailureBatch, short_repr
 from batchcli.run.jsonlog import JsonFormatter
 
 JOB = PROJECTS / "unattended" / "job.py"
@@ -73,7 +73,7 @@ def test_a_failure_json_line_is_the_text_json_dumps_makes(message: str) -> None:
         expected = {
             "time": datetime.fromtimestamp(failed_at).astimezone().isoformat(timespec="milliseconds"),
             "level": "ERROR", "event": "item_failed", "run_id": 'run "7"', "logger": "batchcli.failures",
-            "message": message, "ordinal": 12, "item": _short_repr(failure.item), "error_type": "pkg.Error",
+            "message": message, "ordinal": 12, "item": short_repr(failure.item), "error_type": "pkg.Error",
             "attempt": 3, "traceback": failure.traceback,
         }  # fmt: skip
         assert formatter.failure(failure) == json.dumps(expected, ensure_ascii=False)

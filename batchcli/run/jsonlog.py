@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from batchcli.executors.signals import stop_signals_blocked
 from batchcli.journal.records import iso_parts, json_text
 from batchcli.load.secret import masked
-from batchcli.outcome import Failure, FailureBatch, Tally, _short_repr
+from batchcli.outcome import Failure, FailureBatch, Tally, short_repr
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -63,7 +63,7 @@ class JsonFormatter(logging.Formatter):
         return (
             f'{{"time": "{_iso(failure.failed_at)}", "level": "ERROR", "event": "item_failed", "run_id": {text(self.run_id)}, '
             f'"logger": "batchcli.failures", "message": {text(failure.error_message)}, "ordinal": {int(failure.ordinal)}, '
-            f'"item": {text(_short_repr(failure.item))}, "error_type": {text(failure.error_type)}, '
+            f'"item": {text(short_repr(failure.item))}, "error_type": {text(failure.error_type)}, '
             f'"attempt": {int(failure.attempts)}, "traceback": {text(failure.traceback)}}}'
         )
 

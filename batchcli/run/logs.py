@@ -15,7 +15,7 @@ from rich.text import Text
 
 from batchcli.journal.rundir import message_shape
 from batchcli.load.secret import SecretMask
-from batchcli.outcome import FAILURES, Failure, FailureBatch, _short_repr, clip
+from batchcli.outcome import FAILURES, Failure, FailureBatch, short_repr, clip
 
 _CONSOLE_LEVELS = {0: logging.WARNING, 1: logging.INFO}
 _FILE_LEVELS = {0: logging.INFO, 1: logging.INFO}
@@ -92,7 +92,7 @@ class RunFileHandler(logging.FileHandler):
                 second, stamp = whole, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(whole))
             error = f"{error_type}: {message}" if message else error_type
             lines.append(
-                f"{stamp},{int((failed_at - whole) * 1000):03d}{prefix}Item #{ordinal} ({_short_repr(item)}) failed "
+                f"{stamp},{int((failed_at - whole) * 1000):03d}{prefix}Item #{ordinal} ({short_repr(item)}) failed "
                 f"after {attempts} attempt{'' if attempts == 1 else 's'}: {error}\n{traceback}\n"
             )
         self._second, self._stamp = second, stamp
