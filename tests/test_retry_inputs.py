@@ -100,6 +100,7 @@ def test_a_long_retry_preparation_says_what_it_does(cli, tmp_path: Path, monkeyp
     checking = text.index("Checking that each of the 250 failed inputs still loads, before the run starts...")
     copying = text.index("Copying the 250 failed inputs into the retry's journal, before the run starts...")
     assert checking < copying < text.index("Finished: 250 succeeded, 0 failed of 250"), text
+    assert text.index("Leaving out 50 failure(s)") < checking, text  # what the retry takes, said before it starts
 
 
 def test_a_long_retry_preparation_counts_on_a_terminal(tmp_path: Path, run_batchcli) -> None:

@@ -3,7 +3,7 @@ each into its own journal, some 12 s before its display starts, and said nothing
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 
@@ -17,15 +17,20 @@ class Preparation:
     """A ``Progress`` (``journal/inputs.py``) for the console: on a terminal a spinner that counts, until ``close``;
     otherwise one line as each stage starts (a JSON event with ``--log-format json``)."""
 
-    def __init__(self, console: Console, log_format: str) -> None:
+    def __init__(self, console: Console, log_format: str, before: Callable[[], None] = lambda: None) -> None:
         self._console = console
         self._json = log_format == "json" and not console.is_terminal
         self._status: Any = None
         self._said: set[str] = set()
+        self._before: Callable[[], None] | None = before
+        """Says what the launch has to say first (how many failures a retry takes): it came after the stages."""
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if total < SAID_FROM:
             return
+        if self._before is not None:
+            before, self._before = self._before, None
+            before()
         what = stage.format(total=total)
         if not self._console.is_terminal or self._console.is_dumb_terminal:  # TERM=dumb draws no spinner
             if stage not in self._said:

@@ -145,7 +145,7 @@ class Session:
         ``StoppedBeforeStart`` when a stop signal arrived while the job was being loaded.
         """
         early = EarlySignals.install() if self.options.handle_signals else None
-        preparation = Preparation(self.options.console, self.options.log_format)
+        preparation = Preparation(self.options.console, self.options.log_format, before=lambda: self._notify(launch))
         launch.progress = preparation
         try:
             return self._run(launch, early, preparation)
