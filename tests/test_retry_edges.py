@@ -257,3 +257,13 @@ def test_a_retry_never_writes_through_a_link_planted_as_its_lock_file(cli, tmp_p
     assert refused.exit_code == 2 and "is a symbolic link, which batchcli never makes" in said(refused), refused.output
     assert victim.read_text() == "precious\n" and (ran.run_dir / "batchcli.retrying").is_symlink()
     assert not (tmp_path / "retried").exists()
+
+
+def test_the_commands_messages_suggest_quote_a_path_with_a_space(cli, tmp_path: Path) -> None:
+    """"finished already ... Reprocess its failed inputs with: batchcli retry PATH" could not be pasted back when the
+    path held a space."""
+    ran = cli("exec", LOCKED, "-d", tmp_path / "my runs", *QUIET, "-p", f"ledger={tmp_path / 'first'}", "-p", "count=12")
+    assert ran.exit_code == 1, ran.output
+    (run,) = (tmp_path / "my runs").iterdir()
+    finished = cli("resume", run, "--no-shell")
+    assert f"Reprocess its failed inputs with: batchcli retry '{run}'" in said(finished), finished.output

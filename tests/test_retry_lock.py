@@ -9,6 +9,7 @@ import fcntl
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -161,3 +162,77 @@ def test_a_run_moved_while_held_keeps_no_lock_file(tmp_path: Path) -> None:
     run.rename(tmp_path / "moved")
     lock.release()
     assert list((tmp_path / "moved").iterdir()) == []
+
+
+def test_a_retry_of_a_retry_holds_the_run_after_their_directory_moved(cli: Any, tmp_path: Path) -> None:
+    """The runs record their parent's path: once the output directory was renamed, a retry of the retry no longer
+    found the run it comes from, and a retry of that run ran beside it, each processing every input."""
+    ran = cli("exec", LOCKED, "-d", "out", *QUIET, "-p", f"ledger={tmp_path / 'first'}")
+    again = cli("retry", ran.run_dir, "-p", f"ledger={tmp_path / 'first'}", "--no-shell")
+    assert again.exit_code == 1 and again.run_dir is not None, again.output
+    (tmp_path / "out").rename(tmp_path / "moved")
+    run, retried = tmp_path / "moved" / ran.run_dir.name, tmp_path / "moved" / again.run_dir.name
+    gate, ledger = tmp_path / "gate", tmp_path / "retried"
+    with Held(gate, "retry", retried, "-p", "fix=true", "-p", f"ledger={ledger}", "-p", "hold_at=4",
+              "-p", f"gate={gate}", "--no-shell") as second:  # fmt: skip
+        refused = cli("retry", run, "-p", "fix=true", "-p", f"ledger={ledger}", "--no-shell")
+        assert refused.exit_code == 2, refused.output
+        assert f"Run {str(run)!r} is being retried by another process (pid {second.proc.pid})" in said(refused)
+        second.open()
+    assert processed(ledger) == Counter(SAVED_FAILURES)
+    dry = cli("retry", run, "--dry-run")  # and what it did is done for the run
+    assert f"Leaving out {len(SAVED_FAILURES)} failure(s) of {str(run)!r}" in said(dry), dry.output
+
+
+def test_a_run_where_no_lock_file_can_be_made_is_held_by_its_journal(cli: Any, tmp_path: Path) -> None:
+    """A run that cannot be written (immutable here; read-only or another user's in real life), retried twice at
+    once with -d elsewhere: no lock file could be made, so neither was refused, and each processed every input."""
+    ran = cli("exec", LOCKED, "-d", "out", *QUIET, "-p", f"ledger={tmp_path / 'first'}")
+    if subprocess.run(["chattr", "+i", str(ran.run_dir)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        gate, ledger = tmp_path / "gate", tmp_path / "retried"
+        with Held(gate, "retry", ran.run_dir, "-d", tmp_path / "one", "-p", "fix=true", "-p", f"ledger={ledger}",
+                  "-p", "hold_at=4", "-p", f"gate={gate}", "--no-shell") as first:  # fmt: skip
+            second = cli("retry", ran.run_dir, "-d", tmp_path / "two", "-p", "fix=true", "-p", f"ledger={ledger}", "--no-shell")
+            assert second.exit_code == 2, second.output
+            assert f"Run {str(ran.run_dir)!r} is being retried by another process, which" in said(second)
+            first.open()
+        assert processed(ledger) == Counter(SAVED_FAILURES)
+    finally:
+        subprocess.run(["chattr", "-i", str(ran.run_dir)], check=True)
+    assert not (ran.run_dir / RETRYING_NAME).exists()
+
+
+def test_a_directory_in_place_of_the_lock_file_is_refused(tmp_path: Path) -> None:
+    """A directory named batchcli.retrying (in a copied run) made the lock silently do nothing."""
+    (tmp_path / RETRYING_NAME).mkdir()
+    with pytest.raises(JournalError, match="is a directory, which batchcli never makes"):
+        RetryLock.acquire(tmp_path, "retry")
+
+
+def test_a_look_at_who_holds_a_run_never_makes_a_retry_refused(tmp_path: Path) -> None:
+    """`show --failures` looks at the lock by taking it shared for an instant: a retry starting just then was
+    refused, naming the pid a process killed with -9 had left in the file."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / RETRYING_NAME).write_text(f"{dead.pid} resume\n")  # left by a holder killed with -9
+    look = os.open(tmp_path / RETRYING_NAME, os.O_RDONLY)
+    fcntl.flock(look, fcntl.LOCK_SH)  # as `holding` does, for an instant: here until the timer below
+    timer = threading.Timer(0.1, os.close, (look,))
+    timer.start()
+    lock = RetryLock.acquire(tmp_path, "retry")  # waits the look out
+    timer.join()
+    assert (tmp_path / RETRYING_NAME).read_text() == f"{os.getpid()} retry\n"
+    lock.release()
+
+    (tmp_path / RETRYING_NAME).write_text(f"{dead.pid} resume\n")
+    look = os.open(tmp_path / RETRYING_NAME, os.O_RDONLY)
+    fcntl.flock(look, fcntl.LOCK_SH)  # kept: a real holder, whose record is not written yet
+    try:
+        with pytest.raises(JournalError) as refused:
+            RetryLock.acquire(tmp_path, "retry")
+    finally:
+        os.close(look)
+    assert "is being resumed by another process, which" in str(refused.value)
+    assert str(dead.pid) not in str(refused.value)  # the dead process is not named

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import socket
 import time
 from dataclasses import dataclass, field, replace
@@ -42,6 +41,7 @@ from batchcli.journal.rundir import (
     check_output_dir,
     holding,
     lineage,
+    quoted,
     never_started,
     read_run,
     unusable_output_dir,
@@ -248,7 +248,7 @@ def check_resumed_shard(run_dir: Path, shard: Shard, job: Job, wiring: Wiring) -
     group_dir = run_dir.parent
     if run_dir.name != shard_dir_name(shard) or not (group_dir / GROUP_FILE).is_file():
         return  # moved out of its group's directory: no group to agree with
-    fix = f"Resume it with the group's values (leave those -p out): batchcli resume {run_dir}"
+    fix = f"Resume it with the group's values (leave those -p out): batchcli resume {quoted(run_dir)}"
     _check_alike(group_dir, shard.group, what_shards_share(job, wiring), wiring.config_name, fix)
 
 
@@ -353,12 +353,12 @@ class ShardStart:
             raise UsageError(
                 f"Shard {shard} of group {group!r} was started {_taking(recorded)}, and this command runs it "
                 f"{_taking(self.selection or Selection())}: a shard's run goes on as it was started. Continue it with "
-                f"batchcli resume {run_dir}{trial}, or give another --group to start a new group."
+                f"batchcli resume {quoted(run_dir)}{trial}, or give another --group to start a new group."
             )
         if earlier.status == "finished":
-            retry = f" Reprocess its failed inputs with: batchcli retry {run_dir}" if earlier.failed else ""
+            retry = f" Reprocess its failed inputs with: batchcli retry {quoted(run_dir)}" if earlier.failed else ""
             if recorded.is_trial:
-                retry += f" It was a trial ({recorded.describe()}); carry it on with: batchcli resume {run_dir} --all"
+                retry += f" It was a trial ({recorded.describe()}); carry it on with: batchcli resume {quoted(run_dir)} --all"
             self.notices.append(
                 Notice(
                     f"Shard {shard} of group {group!r} finished already ({earlier.succeeded} succeeded, "
@@ -418,7 +418,7 @@ class GroupRetry(Retry):
             names = ", ".join(r.run_dir.name for r in running)
             raise JournalError(
                 f"Group {info.group!r} still has shards running ({names}), so their failures are not final yet. "
-                f"Wait for them, or retry one finished shard: batchcli retry {self.group_dir} --shard I/{info.shards}"
+                f"Wait for them, or retry one finished shard: batchcli retry {quoted(self.group_dir)} --shard I/{info.shards}"
             )
         self._failed = [r.run_dir for r in runs if r.failed]
         if not self._failed:
@@ -444,7 +444,7 @@ class GroupRetry(Retry):
                 left -= found.count + found.unsaved  # an input that could not be saved counts against the limit too
         failed = RetryInputs(tuple(picks), unsaved)
         info = read_group(self.group_dir)
-        listing = f"batchcli show {self.group_dir} --failures"
+        listing = f"batchcli show {quoted(self.group_dir)} --failures"
         return self._continue(failed, f"group {info.group!r}", self.group_dir, "the shards' failed.jsonl", listing)
 
 
@@ -458,7 +458,7 @@ def retry_launch(
     if target == run_dir:
         return GroupRetry(run_dir, overrides, wanted), run_dir
     retry = Retry(target, overrides, wanted)
-    retry.again = f"batchcli retry {shlex.quote(str(run_dir))} --shard {shard_text}"  # as given: the group, and which shard
+    retry.again = f"batchcli retry {quoted(run_dir)} --shard {shard_text}"  # as given: the group, and which shard
     return retry, run_dir
 
 

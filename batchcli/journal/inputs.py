@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
 
 from batchcli.errors import JournalError
-from batchcli.journal.rundir import check_safe, damaged, failures_by_rowid, query, stream
+from batchcli.journal.rundir import check_safe, damaged, failures_by_rowid, query, quoted, stream
 from batchcli.journal.settled import RangeSet
 
 PAGE = 1000
@@ -263,7 +263,7 @@ def resume_advice(parent: str) -> str:
         return f"fix it, then resume again (the run it retried, {parent!r}, is gone: no new retry can leave it out)."
     return (
         f"fix it, or retry the run it retried instead, leaving this input out with --error-type, --match, --since or "
-        f"--until (what this run processed successfully is left out too): batchcli retry {parent} --match ..."
+        f"--until (what this run processed successfully is left out too): batchcli retry {quoted(parent)} --match ..."
     )
 
 

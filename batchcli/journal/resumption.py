@@ -6,7 +6,6 @@ They read the journal and give the wiring; the Session alone loads, wires and ru
 from __future__ import annotations
 
 import os
-import shlex
 import sqlite3
 from array import array
 from dataclasses import dataclass, replace
@@ -22,7 +21,9 @@ from batchcli.journal.inputs import EarlierErrors, Pick, Progress, RetryInputs, 
 from batchcli.journal.keyindex import KeySet
 from batchcli.journal.writer import Journal, stable_target
 from batchcli.journal.matching import FailureFilter, FailureRow, TypeMatch, matching_failures, recorded_types
-from batchcli.journal.rundir import JOURNAL_NAME, RetryLock, RunInfo, check_safe, hold_failures, query, read_run, stream
+from batchcli.journal.rundir import (
+    JOURNAL_NAME, RetryLock, RunInfo, check_safe, hold_failures, query, quoted, read_run, retried_place, stream,
+)  # fmt: skip
 from batchcli.journal.shards import Shard, shard_of
 from batchcli.journal.selection import (
     Selection, check_skip_runs_there, keys_done_in, read_selection, record_selection, recorded_skips, widen_selection,
@@ -85,7 +86,7 @@ class Resume:
         self.whole_source = whole_source
         """``--all``: carry a limited or sampled run on to the whole source."""
         self.notices: list[Notice] = []
-        self.stopped_outcome = f"the run is as it was. Resume it again with: batchcli resume {run_dir}"
+        self.stopped_outcome = f"the run is as it was. Resume it again with: batchcli resume {quoted(run_dir)}"
         """What a stop signal during loading leaves behind, for the message."""
         self._earlier: RunInfo | None = None
         self._journal: Journal | None = None
@@ -104,13 +105,13 @@ class Resume:
         selection = self._selection = read_selection(run_dir)
         trial = selection is not None and selection.is_trial
         if earlier.status == "finished" and not (trial and self.whole_source):
-            retry = f" Reprocess its failed inputs with: batchcli retry {run_dir}" if earlier.failed else ""
+            retry = f" Reprocess its failed inputs with: batchcli retry {quoted(run_dir)}" if earlier.failed else ""
             if trial and retry:
                 retry += "."
             if trial:
                 assert selection is not None
                 retry += f" It was a trial run ({selection.describe()}); carry it on to the whole source with: " \
-                    f"batchcli resume {run_dir} --all"
+                    f"batchcli resume {quoted(run_dir)} --all"
             unused = f" The -p values given ({', '.join(sorted(self.overrides))}) were not used." if self.overrides else ""
             self.notices.append(
                 Notice(
@@ -122,7 +123,7 @@ class Resume:
             return None
         self._journal = Journal.open(run_dir)
         try:
-            again = f"batchcli resume {run_dir}" + (" --all" if self.whole_source else "")
+            again = f"batchcli resume {quoted(run_dir)}" + (" --all" if self.whole_source else "")
             wired = _rewire(earlier, self.overrides, "resume", again)
         except BaseException:
             self.abandon()
@@ -164,7 +165,7 @@ class Resume:
             selection = selection.widened()
         elif selection is not None and selection.is_trial:
             self.notices.append(Notice(f"Resuming a trial run ({selection.describe()}); carry it on to the whole "
-                                       f"source with: batchcli resume {self.run_dir} --all", soft_wrap=True))
+                                       f"source with: batchcli resume {quoted(self.run_dir)} --all", soft_wrap=True))
         done = keys_skipped(selection, job, self.run_dir)
         return Continuation(
             journal=self._journal, items=items, earlier_errors=errors, shard=self._journal.shard, selection=selection,
@@ -202,7 +203,7 @@ class Retry:
         self._earlier: RunInfo | None = None
         self.progress: Progress | None = None
         """Told how the check of many inputs goes (``Session``)."""
-        self.again = f"batchcli retry {shlex.quote(str(run_dir))}"
+        self.again = f"batchcli retry {quoted(run_dir)}"
         """The command as given (without -p and the filters), for messages that say how to run it again: a group's
         retry reads the record of its first failed shard (``run_dir``), and its messages name the group."""
         self._held: list[RetryLock] = []
@@ -251,9 +252,9 @@ class Retry:
             left = earlier.unprocessed
             rest = ""  # a stopped run: `retry` read as done, and a script took its exit 0 for the work being done
             if left:
-                rest = f" Its {left:,} unprocessed item(s) are for resume: batchcli resume {run_dir}"
+                rest = f" Its {left:,} unprocessed item(s) are for resume: batchcli resume {quoted(run_dir)}"
             elif left is None and earlier.status != "finished":
-                rest = f" Its source was not read to the end (the run {earlier.status}); continue it with: batchcli resume {run_dir}"
+                rest = f" Its source was not read to the end (the run {earlier.status}); continue it with: batchcli resume {quoted(run_dir)}"
             self.notices.append(Notice(f"Run {str(run_dir)!r} has no failed inputs; nothing to retry.{rest}"))
             return None
         if self.wanted.error_type is not None:  # an unknown type is bad input: say so before loading anything
@@ -269,7 +270,7 @@ class Retry:
     def carry_on(self, job: Job) -> Continuation | None:
         """The failed inputs, unpickled now the project is loaded; None when none could be saved."""
         failed = failed_inputs(self.run_dir, self.wanted)
-        listing = f"batchcli show {self.run_dir} --failures"
+        listing = f"batchcli show {quoted(self.run_dir)} --failures"
         return self._continue(failed, f"run {str(self.run_dir)!r}", self.run_dir, "its failed.jsonl", listing)
 
     def _continue(self, failed: RetryInputs, what: str, where: Path, saved: str, listing: str) -> Continuation | None:
@@ -424,8 +425,9 @@ def _retries_in(place: Path) -> dict[str, list[tuple[Path, bool]]]:
             (parent, keyed) = query(child, "SELECT parent, keyed FROM run")[0]
         except (JournalError, sqlite3.Error, IndexError):
             continue
-        if parent:
-            found.setdefault(parent, []).append((child, bool(keyed)))
+        retried = retried_place(child, parent) if parent else None  # recorded, or moved with it
+        if retried is not None:
+            found.setdefault(str(retried.resolve()), []).append((child, bool(keyed)))
     return found
 
 

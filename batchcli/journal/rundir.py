@@ -9,6 +9,7 @@ import os
 import stat
 import socket
 import re
+import shlex
 import shutil
 import sqlite3
 import tempfile
@@ -357,7 +358,8 @@ class RetryLock:
     def __init__(self, fd: int | None, dir_fd: int | None = None) -> None:
         self._fd = fd
         self._dir_fd = dir_fd
-        """The run's directory, where ``release`` removes the file: the run may have been moved meanwhile."""
+        """The run's directory, where ``release`` removes the file (the run may have been moved meanwhile); None
+        when the lock is on the run's journal instead (``_journal_locked``)."""
 
     @classmethod
     def acquire(cls, run_dir: Path, role: str, whose: str = "") -> RetryLock:
@@ -371,23 +373,26 @@ class RetryLock:
             return cls(None)  # a run gone meanwhile: the command's own checks say so
         try:
             fd = _locked(run_dir, dir_fd, whose)
+            if fd is None:  # no file can be made there (a read-only or another user's run): its journal holds it
+                fd = _journal_locked(run_dir, dir_fd, whose)
+                os.close(dir_fd)
+                return cls(fd)
         except BaseException:
             os.close(dir_fd)
             raise
-        if fd is None:  # a run in a directory we cannot write: check_ended's look at the retries running remains
-            os.close(dir_fd)
-            return cls(None)
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()} {role}\n".encode())
         return cls(fd, dir_fd)
 
     def release(self) -> None:
-        """Let go (idempotent). The file goes first: a process that opened it just before finds, once it has the
-        lock, that the file is no longer there, and takes the new one (``_locked``)."""
+        """Let go (idempotent). The file goes first, when it is still ours: a process that opened it just before
+        finds, once it has the lock, that the file is no longer there, and takes the new one (``_locked``)."""
         if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(RETRYING_NAME, dir_fd=self._dir_fd)
+            if self._dir_fd is not None:
+                with contextlib.suppress(OSError):
+                    if _same_file(os.fstat(self._fd), RETRYING_NAME, self._dir_fd):
+                        os.unlink(RETRYING_NAME, dir_fd=self._dir_fd)
             os.close(self._fd)
             self._fd = None
         if self._dir_fd is not None:
@@ -395,8 +400,22 @@ class RetryLock:
             self._dir_fd = None
 
 
+LOCK_WAIT_S = 0.5
+"""How long ``RetryLock`` tries again before it refuses: ``holding`` (``show --failures``) takes it shared for an
+instant, and a holder writes who it is just after it takes it."""
+
+
+def _same_file(st: os.stat_result, name: str, dir_fd: int) -> bool:
+    """Whether ``name`` in ``dir_fd`` is the file ``st`` describes (not removed, nor made again, meanwhile)."""
+    try:
+        there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino)
+
+
 def _locked(run_dir: Path, dir_fd: int, whose: str) -> int | None:
-    """The lock file in ``dir_fd``, opened and locked; None when it cannot be made there."""
+    """The lock file in ``dir_fd``, opened and locked; None when no file can be made there."""
     path = run_dir / RETRYING_NAME
     while True:
         try:
@@ -407,28 +426,52 @@ def _locked(run_dir: Path, dir_fd: int, whose: str) -> int | None:
                 raise JournalError(
                     f"{str(path)!r} is a symbolic link, which batchcli never makes: remove it, then retry."
                 ) from None
+            if error.errno == errno.EISDIR:
+                raise JournalError(f"{str(path)!r} is a directory, which batchcli never makes: remove it, then retry.") from None
             return None
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
                 raise JournalError(
-                    f"{str(path)!r} is not a file of yours that batchcli made (a FIFO, a device, or another user's): "
-                    "remove it, then retry."
+                    f"{str(path)!r} is not a file of yours that batchcli made (a FIFO, a device, a hard link, or "
+                    "another user's): remove it, then retry."
                 )
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise JournalError(_held(run_dir, os.read(fd, 64).decode(errors="replace"), whose)) from None
-            try:
-                there = os.stat(RETRYING_NAME, dir_fd=dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                there = None
-            if there is not None and (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino):
+            if not _flocked(fd):
+                raise JournalError(_held(run_dir, os.read(fd, 64).decode(errors="replace"), whose))
+            if _same_file(st, RETRYING_NAME, dir_fd):
                 return fd
         except BaseException:
             os.close(fd)
             raise
         os.close(fd)  # its holder let it go and removed it as we opened it: the lock is the file there now
+
+
+def _journal_locked(run_dir: Path, dir_fd: int, whose: str) -> int | None:
+    """The run's journal, opened read-only and locked (``flock``, apart from SQLite's own locks), for a run in whose
+    directory no lock file can be made: a read-only or another user's run, retried elsewhere with ``-d`` (two such
+    retries each processed every input). Kept open until ``release``: closing another descriptor of an SQLite file
+    would drop the process's own SQLite locks on it. None when the journal cannot be opened either."""
+    try:
+        fd = os.open(JOURNAL_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError:
+        return None
+    if not _flocked(fd):
+        os.close(fd)
+        raise JournalError(_held(run_dir, "", whose))
+    return fd
+
+
+def _flocked(fd: int) -> bool:
+    """Take ``fd``'s exclusive ``flock``, trying again for ``LOCK_WAIT_S``; False when another process keeps it."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
 
 
 def holding(run_dir: Path) -> tuple[str, int | None] | None:
@@ -460,7 +503,7 @@ def _holder(record: str) -> tuple[str, str, str, str]:
     """What the holder that wrote ``record`` does, what that does to the failures, " (pid N)", and how to stop it."""
     pid, _, role = record.strip().partition(" ")
     done, which = _HOLDING.get(role, _HOLDING["retry"])  # a batchcli before roles wrote only its pid: a retry
-    if not pid.isdigit():
+    if not pid.isdigit() or not pid_alive(int(pid)):  # a holder that has not written yet over one killed -9
         return done, which, "", "kill -INT PID"
     return done, which, f" (pid {pid})", f"kill -INT {pid}"
 
@@ -489,12 +532,32 @@ def lineage(runs: Sequence[Path]) -> list[Path]:
         found[run] = None
         try:
             parent = query(run, "SELECT parent FROM run")[0][0]
-            if parent:
-                place = Path(parent)
+            place = retried_place(run, parent) if parent else None
+            if place is not None:
                 todo += shard_runs(place).values() if is_group(place) else [place]
         except (JournalError, sqlite3.Error, OSError, IndexError):
             continue
     return [run for run in found if run in runs or (run / JOURNAL_NAME).is_file()]
+
+
+def quoted(path: Path | str) -> str:
+    """``path`` as a shell reads it back, for the commands messages suggest (a path with a space in it)."""
+    return shlex.quote(str(path))
+
+
+def retried_place(retry: Path, parent: str) -> Path | None:
+    """Where the run (or group) that the retry run ``retry`` reprocesses is now (its journal records ``parent``): at
+    that path, or, moved together with the retry (an output directory renamed), beside it under the same name, or
+    the retry's own directory for a group's retry. None when it is in neither place, and when that path now goes
+    through a symbolic link: the retry's lock is not written where a link made since sends it."""
+    recorded = Path(parent)
+    if recorded.exists():
+        return recorded if os.path.realpath(recorded) == str(recorded) else None
+    here = retry.resolve().parent
+    for place in (here, here / recorded.name):
+        if place.name == recorded.name and place.exists():
+            return place
+    return None
 
 
 def hold_failures(runs: Sequence[Path], role: str) -> list[RetryLock]:
