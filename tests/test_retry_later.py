@@ -89,6 +89,29 @@ def test_what_a_retry_of_a_retry_processed_is_done_for_the_run(cli, tmp_path: Pa
     assert Counter(n for (n, how), times in attempts(ledger).items() for _ in range(times) if how == "ok") == Counter(range(20))
 
 
+@pytest.mark.parametrize("kind", ["unkeyed", "keyed"])
+def test_a_retry_leaves_to_a_stopped_retry_what_it_has_still_to_process(cli, tmp_path: Path, kind: str) -> None:
+    """`retry run` while a retry R1 of it was stopped took R1's unprocessed inputs too, and `resume R1` then
+    processed them again."""
+    ledger = tmp_path / "ledger"
+    first = cli("exec", JOBS[kind], "-d", "out", "--no-shell", "-p", f"ledger={ledger}", "-p", "max_retries=0")
+    assert first.exit_code == 1 and len(first.failed) == 10, first.output
+    stopped = cli("retry", first.run_dir, "-p", "fix=true", "-p", "stop_at=5", "-p", "concurrency=1", "--no-shell")
+    assert stopped.exit_code == 130 and stopped.run_dir is not None, stopped.output
+    left = 10 - stopped.summary["succeeded"]
+    assert 0 < left < 10, stopped.summary
+
+    rest = cli("retry", first.run_dir, "-p", "fix=true", "--no-shell")
+    assert rest.exit_code == 0 and rest.run_dir is None, rest.output  # nothing left to retry here
+    text = said(rest)
+    assert f"Leaving out {left} failure(s) of {str(first.run_dir)!r} that {stopped.run_dir.name} (stopped) has still to " \
+        f"process: resume it with batchcli resume {stopped.run_dir}" in text, text
+    assert "or is left to a stopped one to resume (said above); nothing to retry" in text, text
+    resumed = cli("resume", stopped.run_dir, "--no-shell")
+    assert resumed.exit_code == 0, resumed.output
+    assert Counter(n for (n, how), times in attempts(ledger).items() for _ in range(times) if how == "ok") == Counter(range(20))
+
+
 def test_a_retry_of_a_run_whose_later_retry_is_still_running_is_refused(cli, tmp_path: Path) -> None:
     """Both would process the same inputs at once; the dry run says so too."""
     ledger = tmp_path / "ledger"

@@ -24,6 +24,7 @@ from batchcli.journal.matching import FailureFilter, FailureRow, TypeMatch, matc
 from batchcli.journal.rundir import (
     JOURNAL_NAME, RetryLock, RunInfo, check_safe, hold_failures, query, quoted, read_run, retried_place, stream,
 )  # fmt: skip
+from batchcli.journal.settled import RangeSet
 from batchcli.journal.shards import Shard, shard_of
 from batchcli.journal.selection import (
     Selection, check_skip_runs_there, keys_done_in, read_selection, record_selection, recorded_skips, widen_selection,
@@ -207,6 +208,8 @@ class Retry:
         """The command as given (without -p and the filters), for messages that say how to run it again: a group's
         retry reads the record of its first failed shard (``run_dir``), and its messages name the group."""
         self._held: list[RetryLock] = []
+        self._waiting = False
+        """Some failures are left to a stopped retry of the run, for its resume (``LaterRetries.pending``)."""
 
     def _parents(self) -> list[Path]:
         """The runs whose failures this retry takes."""
@@ -245,6 +248,7 @@ class Retry:
         if earlier.failed:
             later = self._later_retries()
             later.check_ended()
+            self._waiting = bool(later.pending)
             self.wanted = later.applied(self.wanted)
             self.notices += later.notices()
         check_safe(run_dir)
@@ -284,7 +288,10 @@ class Retry:
     def _taken(self, failed: RetryInputs, what: str, where: Path, saved: str, listing: str) -> Continuation | None:
         items, unsaved = failed.count, failed.unsaved
         if self.wanted.left_out and not self.wanted.active and not items and not unsaved:
-            self.notices.append(Notice(f"Every failure of {what} was processed successfully by a later retry; nothing to retry."))
+            done = "was processed successfully by a later retry"
+            if self._waiting:
+                done += ", or is left to a stopped one to resume (said above)"
+            self.notices.append(Notice(f"Every failure of {what} {done}; nothing to retry."))
             return None
         if self.wanted.active:
             count = items + unsaved
@@ -341,6 +348,11 @@ class LaterRetries:
     held: tuple[tuple[Path, str, int | None], ...] = ()
     """``retry --dry-run`` and ``show --failures``: each run retried whose failures another process holds (a retry
     still getting ready, one placed elsewhere with ``-d``, a resume): the run, who (``holding``), and its pid."""
+    pending: frozenset[tuple[str, int, int]] = frozenset()
+    """The failures, named as in ``done``, that a stopped (or crashed) retry took and has not settled: its resume
+    processes them, so a retry of the run leaves them to it (both processed them)."""
+    waiting: tuple[tuple[Path, int, str], ...] = ()
+    """Each such retry, how many of the run's failures it has still to process, and how it ended."""
 
     def check_ended(self) -> None:
         """A retry of the run still running would process the same inputs twice at once: refused."""
@@ -352,7 +364,8 @@ class LaterRetries:
             )
 
     def applied(self, wanted: FailureFilter) -> FailureFilter:
-        return replace(wanted, left_out=self.done) if self.done else wanted
+        left = self.done | self.pending
+        return replace(wanted, left_out=left) if left else wanted
 
     def notices(self) -> list[Notice]:
         said = []
@@ -368,6 +381,12 @@ class LaterRetries:
                 f"[yellow]A retry of this run is still running ({escape(str(info.run_dir))}, pid {info.pid}): retry "
                 "refuses until it has ended.[/]",
                 markup=True,
+            ))  # fmt: skip
+        for path, count, status in self.waiting:
+            said.append(Notice(
+                f"Leaving out {count:,} failure(s) of {str(self.of)!r} that {path.name} ({status}) has still to "
+                f"process: resume it with batchcli resume {quoted(path)} (or move it away to retry them here).",
+                soft_wrap=True,
             ))  # fmt: skip
         pids = {info.pid for info in self.running}
         for run_dir, who, pid in self.held:
@@ -391,7 +410,9 @@ def merged(found: list[LaterRetries], of: Path) -> LaterRetries:
     unknown = list(dict.fromkeys(path for each in found for path in each.unknown))
     running = list({info.run_dir: info for each in found for info in each.running}.values())
     held = tuple(dict.fromkeys(hold for each in found for hold in each.held))
-    return LaterRetries(frozenset().union(*(each.done for each in found)), by, unknown, running, of, held)
+    pending = frozenset().union(*(each.pending for each in found))
+    waiting = tuple(dict.fromkeys(wait for each in found for wait in each.waiting))
+    return LaterRetries(frozenset().union(*(each.done for each in found)), by, unknown, running, of, held, pending, waiting)
 
 
 def later_retries(run_dir: Path) -> LaterRetries:
@@ -439,6 +460,8 @@ def _later(
     by: list[Path] = []
     unknown: list[Path] = []
     running: list[RunInfo] = []
+    pending: set[tuple[str, int, int]] = set()
+    waiting: list[tuple[Path, int, str]] = []
     for child, keyed in (each for parent in sorted(parents) for each in retries.get(parent, ())):
         if child in seen:  # a run directory copied onto its own chain
             continue
@@ -451,6 +474,12 @@ def _later(
             deeper = _later(child, child.name, {str(child)}, retries, seen)  # what retries of this retry did
             running += deeper.running
             unknown += deeper.unknown
+            left = set() if info.status == "finished" else _unsettled(child, run_dir, name, keyed)
+            if left:
+                waiting.append((child, len(left), info.status))
+            if deeper.pending:
+                left |= _origins_of(child, name, deeper.pending)
+                waiting += deeper.waiting
             if keyed:
                 keys = {key for (key,) in query(child, "SELECT key FROM done_keys")}  # what the retry did: few
                 deeper_keys = {  # and what retries of it did, by the keys of its failures
@@ -483,7 +512,30 @@ def _later(
         if further - done - found:
             by += [path for path in deeper.by if path not in by]
         done |= found | further
-    return LaterRetries(frozenset(done), by, unknown, running, run_dir)
+        pending |= left
+    return LaterRetries(
+        frozenset(done), by, unknown, running, run_dir, pending=frozenset(pending - done), waiting=tuple(waiting)
+    )
+
+
+def _unsettled(retry: Path, run_dir: Path, name: str, keyed: bool) -> set[tuple[str, int, int]]:
+    """The failures of ``run_dir`` (named ``name``) that the stopped or crashed ``retry`` took and has not settled
+    (neither succeeded nor failed again): what a resume of it will process. Through its ``input_origins``; older
+    retries have none, and then nothing is known."""
+    if not query(retry, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'input_origins'"):
+        return set()
+    origins = stream(retry, "SELECT ordinal, run, session, origin FROM input_origins WHERE run = ?", (name,))
+    if not keyed:
+        done = RangeSet(query(retry, "SELECT start, stop FROM done_ranges"))
+        failed = {ordinal for (ordinal,) in stream(retry, "SELECT ordinal FROM failures")}
+        return {(run, session, origin) for ordinal, run, session, origin in origins if ordinal not in done and ordinal not in failed}
+    # A keyed retry settles keys: each input's is the key its failure in the run was recorded with.
+    taken = {(run, session, origin) for _, run, session, origin in origins}
+    settled = {key for (key,) in query(retry, "SELECT key FROM done_keys UNION SELECT key FROM failures")}
+    return {
+        (name, session, ordinal) for session, ordinal, key in stream(run_dir, "SELECT session, ordinal, key FROM failures")
+        if (name, session, ordinal) in taken and key not in settled
+    }  # fmt: skip
 
 
 def _origins_of(retry: Path, name: str, failures: frozenset[tuple[str, int, int]]) -> set[tuple[str, int, int]]:

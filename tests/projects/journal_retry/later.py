@@ -1,8 +1,11 @@
-"""Items 0 .. 19; the odd ones fail until ``fix``. Each attempt is appended to ``ledger``; ``sleep_s`` slows each one."""
+"""Items 0 .. 19; the odd ones fail until ``fix``. Each attempt is appended to ``ledger``; ``sleep_s`` slows each one,
+and with ``stop_at`` the run stops itself as a Ctrl-C does after that item (once)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 from batchcli import Param, Service, Source, inject
 
@@ -18,8 +21,10 @@ class Numbers(Source[int]):
 
 @inject
 class OddFail(Service[int]):
-    def __init__(self, ledger: Param[str], fix: Param[bool] = False, sleep_s: Param[float] = 0.0) -> None:
-        self.ledger, self.fix, self.sleep_s = ledger, fix, sleep_s
+    def __init__(
+        self, ledger: Param[str], fix: Param[bool] = False, sleep_s: Param[float] = 0.0, stop_at: Param[int] = -1
+    ) -> None:
+        self.ledger, self.fix, self.sleep_s, self.stop_at = ledger, fix, sleep_s, stop_at
 
     async def process(self, item: int) -> None:
         if self.sleep_s:
@@ -28,3 +33,7 @@ class OddFail(Service[int]):
             out.write(f"{item} {'ok' if self.fix or item % 2 == 0 else 'failed'}\n")
         if item % 2 and not self.fix:
             raise ValueError(f"item {item} is odd")
+        if item == self.stop_at and not os.path.exists(f"{self.ledger}.stopped"):  # stop as a Ctrl-C does, once
+            open(f"{self.ledger}.stopped", "w").close()
+            os.kill(os.getpid(), signal.SIGINT)
+            await asyncio.sleep(0.5)  # the stop's handler runs on the main thread: not after the next item

@@ -1,6 +1,11 @@
-"""``later.py`` with an ``item_key``: items 0 .. 19 keyed ``item-N``; the odd ones fail until ``fix``."""
+"""``later.py`` with an ``item_key``: items 0 .. 19 keyed ``item-N``; the odd ones fail until ``fix``; ``stop_at``
+as in ``later.py``."""
 
 from __future__ import annotations
+
+import asyncio
+import os
+import signal
 
 from batchcli import Param, Service, Source, inject
 
@@ -19,11 +24,15 @@ class Numbers(Source[int]):
 
 @inject
 class OddFail(Service[int]):
-    def __init__(self, ledger: Param[str], fix: Param[bool] = False) -> None:
-        self.ledger, self.fix = ledger, fix
+    def __init__(self, ledger: Param[str], fix: Param[bool] = False, stop_at: Param[int] = -1) -> None:
+        self.ledger, self.fix, self.stop_at = ledger, fix, stop_at
 
     async def process(self, item: int) -> None:
         with open(self.ledger, "a") as out:
             out.write(f"{item} {'ok' if self.fix or item % 2 == 0 else 'failed'}\n")
         if item % 2 and not self.fix:
             raise ValueError(f"item {item} is odd")
+        if item == self.stop_at and not os.path.exists(f"{self.ledger}.stopped"):  # stop as a Ctrl-C does, once
+            open(f"{self.ledger}.stopped", "w").close()
+            os.kill(os.getpid(), signal.SIGINT)
+            await asyncio.sleep(0.5)  # the stop's handler runs on the main thread: not after the next item
