@@ -164,14 +164,20 @@ def test_a_run_moved_while_held_keeps_no_lock_file(tmp_path: Path) -> None:
     assert list((tmp_path / "moved").iterdir()) == []
 
 
-def test_a_retry_of_a_retry_holds_the_run_after_their_directory_moved(cli: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("move", ["renamed", "linked"])
+def test_a_retry_of_a_retry_holds_the_run_after_their_directory_moved(cli: Any, tmp_path: Path, move: str) -> None:
     """The runs record their parent's path: once the output directory was renamed, a retry of the retry no longer
-    found the run it comes from, and a retry of that run ran beside it, each processing every input."""
+    found the run it comes from, and a retry of that run ran beside it, each processing every input. Moved to
+    another disk with a link left in its place, the path went through a link, and was not followed either."""
     ran = cli("exec", LOCKED, "-d", "out", *QUIET, "-p", f"ledger={tmp_path / 'first'}")
     again = cli("retry", ran.run_dir, "-p", f"ledger={tmp_path / 'first'}", "--no-shell")
     assert again.exit_code == 1 and again.run_dir is not None, again.output
     (tmp_path / "out").rename(tmp_path / "moved")
-    run, retried = tmp_path / "moved" / ran.run_dir.name, tmp_path / "moved" / again.run_dir.name
+    home = tmp_path / "moved"
+    if move == "linked":
+        (tmp_path / "out").symlink_to(home)
+        home = tmp_path / "out"
+    run, retried = home / ran.run_dir.name, home / again.run_dir.name
     gate, ledger = tmp_path / "gate", tmp_path / "retried"
     with Held(gate, "retry", retried, "-p", "fix=true", "-p", f"ledger={ledger}", "-p", "hold_at=4",
               "-p", f"gate={gate}", "--no-shell") as second:  # fmt: skip
@@ -236,3 +242,27 @@ def test_a_look_at_who_holds_a_run_never_makes_a_retry_refused(tmp_path: Path) -
         os.close(look)
     assert "is being resumed by another process, which" in str(refused.value)
     assert str(dead.pid) not in str(refused.value)  # the dead process is not named
+
+
+def test_a_link_made_since_in_a_recorded_path_is_not_followed_to_another_users_directory(cli: Any, tmp_path: Path) -> None:
+    """A retry's lock went wherever a link now at its parent's recorded path pointed, and wrote its file there."""
+    ran = cli("exec", LOCKED, "-d", "out", *QUIET, "-p", f"ledger={tmp_path / 'first'}")
+    again = cli("retry", ran.run_dir, "-p", f"ledger={tmp_path / 'first'}", "--no-shell")
+    assert again.exit_code == 1 and again.run_dir is not None, again.output
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "journal.sqlite").write_bytes((ran.run_dir / "journal.sqlite").read_bytes())
+    try:
+        os.chown(victim, 65534, 65534)  # another user's directory
+    except PermissionError:
+        pytest.skip("making a directory another user's needs root")
+    os.chmod(victim, 0o777)  # writable for us whoever we are: only the owner check keeps the file out
+    for path in ran.run_dir.iterdir():
+        path.unlink()
+    ran.run_dir.rmdir()
+    ran.run_dir.symlink_to(victim)
+    gate, ledger = tmp_path / "gate", tmp_path / "retried"
+    with Held(gate, "retry", again.run_dir, "-p", "fix=true", "-p", f"ledger={ledger}", "-p", "hold_at=4",
+              "-p", f"gate={gate}", "--no-shell") as second:  # fmt: skip
+        assert not (victim / RETRYING_NAME).exists()
+        second.open()

@@ -385,7 +385,8 @@ class LaterRetries:
         for path, count, status in self.waiting:
             said.append(Notice(
                 f"Leaving out {count:,} failure(s) of {str(self.of)!r} that {path.name} ({status}) has still to "
-                f"process: resume it with batchcli resume {quoted(path)} (or move it away to retry them here).",
+                f"process: resume it with batchcli resume {quoted(path)} (or, to retry them from this run instead, move it "
+                "away and do not resume it).",
                 soft_wrap=True,
             ))  # fmt: skip
         pids = {info.pid for info in self.running}

@@ -548,15 +548,20 @@ def quoted(path: Path | str) -> str:
 def retried_place(retry: Path, parent: str) -> Path | None:
     """Where the run (or group) that the retry run ``retry`` reprocesses is now (its journal records ``parent``): at
     that path, or, moved together with the retry (an output directory renamed), beside it under the same name, or
-    the retry's own directory for a group's retry. None when it is in neither place, and when that path now goes
-    through a symbolic link: the retry's lock is not written where a link made since sends it."""
+    the retry's own directory for a group's retry; with any symbolic link resolved. None when it is in none of these
+    places. A link made since is followed only to a directory of this user's: the retry's lock is written there, and
+    someone who could change the path could send it anywhere else."""
     recorded = Path(parent)
-    if recorded.exists():
-        return recorded if os.path.realpath(recorded) == str(recorded) else None
     here = retry.resolve().parent
-    for place in (here, here / recorded.name):
-        if place.name == recorded.name and place.exists():
-            return place
+    for place in (recorded, here, here / recorded.name):
+        if place.name != recorded.name:
+            continue
+        try:
+            real = Path(os.path.realpath(place))
+            if real.is_dir() and (real == place or not hasattr(os, "getuid") or real.stat().st_uid == os.getuid()):
+                return real
+        except OSError:
+            continue
     return None
 
 
