@@ -266,3 +266,26 @@ def test_a_link_made_since_in_a_recorded_path_is_not_followed_to_another_users_d
               "-p", f"gate={gate}", "--no-shell") as second:  # fmt: skip
         assert not (victim / RETRYING_NAME).exists()
         second.open()
+
+
+def test_a_groups_retry_holds_the_group_after_it_was_renamed(cli: Any, tmp_path: Path) -> None:
+    """A group's retry records the group's path: the group renamed, a retry of the group's retry no longer found it,
+    and a retry of the group ran beside it, each processing every input."""
+    for index in (0, 1):
+        shard = cli("exec", LOCKED, "--shard", f"{index}/2", "--group", "G", "-d", "out", *QUIET,
+                    "-p", f"ledger={tmp_path / 'first'}")  # fmt: skip
+        assert shard.exit_code == 1, shard.output
+    again = cli("retry", tmp_path / "out" / "G", "-p", f"ledger={tmp_path / 'first'}", "--no-shell")
+    assert again.exit_code == 1, again.output
+    (retried,) = [path for path in (tmp_path / "out" / "G").iterdir() if not path.name.startswith("shard")
+                  and (path / "journal.sqlite").exists()]  # fmt: skip
+    (tmp_path / "out" / "G").rename(tmp_path / "out" / "nightly")
+    group, retried = tmp_path / "out" / "nightly", tmp_path / "out" / "nightly" / retried.name
+    gate, ledger = tmp_path / "gate", tmp_path / "retried"
+    with Held(gate, "retry", retried, "-p", "fix=true", "-p", f"ledger={ledger}", "-p", "hold_at=4",
+              "-p", f"gate={gate}", "--no-shell") as second:  # fmt: skip
+        refused = cli("retry", group, "-p", "fix=true", "-p", f"ledger={ledger}", "--no-shell")
+        assert refused.exit_code == 2, refused.output
+        assert f"is being retried by another process (pid {second.proc.pid})" in said(refused), refused.output
+        second.open()
+    assert processed(ledger) == Counter(SAVED_FAILURES)  # each once, across both shards

@@ -548,13 +548,14 @@ def quoted(path: Path | str) -> str:
 def retried_place(retry: Path, parent: str) -> Path | None:
     """Where the run (or group) that the retry run ``retry`` reprocesses is now (its journal records ``parent``): at
     that path, or, moved together with the retry (an output directory renamed), beside it under the same name, or
-    the retry's own directory for a group's retry; with any symbolic link resolved. None when it is in none of these
+    the retry's own directory for a group's retry (the group renamed too); with any symbolic link resolved. None when it is in none of these
     places. A link made since is followed only to a directory of this user's: the retry's lock is written there, and
     someone who could change the path could send it anywhere else."""
     recorded = Path(parent)
     here = retry.resolve().parent
-    for place in (recorded, here, here / recorded.name):
-        if place.name != recorded.name:
+    group = (here / GROUP_FILE).is_file()  # a group's retry sits in it, renamed or not; a shard's retry too
+    for place in (recorded, here / recorded.name, here):
+        if place == here and not (group or here.name == recorded.name):
             continue
         try:
             real = Path(os.path.realpath(place))
