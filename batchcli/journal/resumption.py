@@ -540,7 +540,7 @@ def _unsettled(retry: Path, run_dir: Path, name: str, keyed: bool) -> set[tuple[
 
 
 def _origins_of(retry: Path, name: str, failures: frozenset[tuple[str, int, int]]) -> set[tuple[str, int, int]]:
-    """The failures of the run ``name`` that these failures of the (unkeyed) ``retry`` run came from."""
+    """The failures of the run ``name`` that these failures (or unsettled inputs) of the ``retry`` run came from."""
     ordinals = {ordinal for run, _, ordinal in failures if run == retry.name}  # a retry's failure: one per input
     rows = stream(retry, "SELECT ordinal, run, session, origin FROM input_origins WHERE run = ?", (name,))
     return {(run, session, origin) for ordinal, run, session, origin in rows if ordinal in ordinals}
