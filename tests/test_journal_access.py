@@ -110,7 +110,7 @@ def test_refused_resume_names_the_live_holder_not_the_dead_session(cli, slow_res
     run_dir, proc = slow_resume
     out = refused(cli("resume", run_dir))
     assert f"is still running in another process (pid {proc.pid})" in out
-    assert "kill -INT PID" in out
+    assert f"kill -INT {proc.pid})" in out  # the command to stop it names it too
     assert (run_dir / HOLDER_NAME).read_text().split()[0] == str(proc.pid)
 
 

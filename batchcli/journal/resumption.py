@@ -233,7 +233,7 @@ class Retry:
         if earlier.status == "running":
             raise JournalError(
                 f"Run {str(run_dir)!r} is still running (pid {earlier.pid}), so its failures are not final yet. "
-                "Wait for it to end, or stop it first (Ctrl-C, or kill -INT PID), then retry."
+                f"Wait for it to end, or stop it first (Ctrl-C, or kill -INT {earlier.pid}), then retry."
             )
         if earlier.failed:
             self._hold()  # first: check_ended then sees every retry that let go of them
@@ -360,7 +360,8 @@ class LaterRetries:
             live = self.running[0]
             raise JournalError(
                 f"A retry of this run is still running ({str(live.run_dir)!r}, pid {live.pid}): retrying the run now "
-                "would process its inputs twice. Wait for it to end, or stop it (Ctrl-C, or kill -INT PID), then retry."
+                f"would process its inputs twice. Wait for it to end, or stop it (Ctrl-C, or kill -INT {live.pid}), then "
+                "retry."
             )
 
     def applied(self, wanted: FailureFilter) -> FailureFilter:

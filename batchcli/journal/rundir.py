@@ -304,7 +304,7 @@ class RunLock:
             pid = lock_holder(run_dir) or _live_session_pid(run_dir)
             raise JournalError(
                 f"Run {str(run_dir)!r} is still running in another process{f' (pid {pid})' if pid else ''}. "
-                "Wait for it to end, or stop it first (Ctrl-C in its terminal, or kill -INT PID)."
+                f"Wait for it to end, or stop it first (Ctrl-C in its terminal, or kill -INT {pid or 'PID'})."
             ) from None
         _write_holder(run_dir)
         return cls(fd, run_dir)

@@ -309,7 +309,7 @@ def keys_done_in(runs: tuple[Path, ...], source_name: str, key_of: Callable[[Any
         if info.status == "running":  # what it has done so far is not what it will have done: items ran twice
             raise JournalError(
                 f"--skip-done-in {str(run_dir)!r}: that run is still running (pid {info.pid}), so the items it will "
-                "have done are not known yet. Wait for it to end, or stop it first (Ctrl-C, or kill -INT PID), then "
+                f"have done are not known yet. Wait for it to end, or stop it first (Ctrl-C, or kill -INT {info.pid}), then "
                 "run this again."
             )
         keyed = query(run_dir, "SELECT keyed FROM run")[0][0]
