@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -361,6 +360,7 @@ def retry(
     """Reprocess exactly the inputs that failed in RUN_DIR (a run, or every shard of a group), in a new run directory."""
     from batchcli.journal.groups import later_retries_of, retry_launch, retry_target
     from batchcli.journal.matching import failure_filter
+    from batchcli.journal.rundir import quoted
     from batchcli.run.session import RunOptions, Session
 
     wanted = failure_filter(error_type, match, since, until, limit)
@@ -384,7 +384,7 @@ def retry(
     launch, home = retry_launch(run_dir, parse_values(param), shard, wanted)
     output = home if output_dir is None else output_path(output_dir)
     if output_dir is not None:  # the command its messages suggest puts the retry where this one would go
-        launch.again += f" -d {shlex.quote(str(output_dir))}"
+        launch.again += f" -d {quoted(output_dir)}"
     options = RunOptions(output_dir=output, verbosity=verbose, pause_shell=not no_shell, log_format=_log_format(log_format))
     _exit(Session(options).run(launch), options.console)
 

@@ -476,7 +476,8 @@ def _later(
             deeper = _later(child, child.name, {str(child)}, retries, seen)  # what retries of this retry did
             running += deeper.running
             unknown += deeper.unknown
-            left = set() if info.status == "finished" else _unsettled(child, run_dir, name, keyed)
+            origins = bool(query(child, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'input_origins'"))
+            left = _unsettled(child, run_dir, name, keyed) if origins and info.status != "finished" else set()
             if left:
                 waiting.append((child, len(left), info.status))
             if deeper.pending:
@@ -495,7 +496,7 @@ def _later(
                         found.add((name, session, ordinal))
                     elif key is not None and key in deeper_keys:
                         further.add((name, session, ordinal))
-            elif query(child, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'input_origins'"):
+            elif origins:
                 found = set(query(
                     child,
                     "SELECT o.run, o.session, o.origin FROM input_origins o JOIN done_ranges d"
@@ -522,10 +523,8 @@ def _later(
 
 def _unsettled(retry: Path, run_dir: Path, name: str, keyed: bool) -> set[tuple[str, int, int]]:
     """The failures of ``run_dir`` (named ``name``) that the stopped or crashed ``retry`` took and has not settled
-    (neither succeeded nor failed again): what a resume of it will process. Through its ``input_origins``; older
-    retries have none, and then nothing is known."""
-    if not query(retry, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'input_origins'"):
-        return set()
+    (neither succeeded nor failed again): what a resume of it will process. Through its ``input_origins`` (older
+    retries have none, and then nothing is known)."""
     origins = stream(retry, "SELECT ordinal, run, session, origin FROM input_origins WHERE run = ?", (name,))
     if not keyed:
         done = RangeSet(query(retry, "SELECT start, stop FROM done_ranges"))
