@@ -159,3 +159,56 @@ def test_a_groups_retries_leave_out_what_later_retries_of_the_group_or_a_shard_d
     for shard in ("0/3", "1/3", "2/3"):  # a shard's own retry finds nothing left either
         again = cli("retry", group, "--shard", shard, "--no-shell")
         assert again.exit_code == 0 and "nothing to retry" in said(again), again.output
+
+
+@pytest.mark.parametrize("kind", ["unkeyed", "keyed"])
+def test_what_another_retry_of_the_run_processed_is_done_for_a_retry_of_it(cli, tmp_path: Path, kind: str) -> None:
+    """run → R1 (its ten failures fail again) → `retry run` (R2) takes those ten as the run's and fixes them: `retry R1`
+    took R1's ten failures and processed them a second time, as R2 is a retry of the run, not of R1."""
+    ledger = tmp_path / "ledger"
+    first = cli("exec", JOBS[kind], "-d", "out", "--no-shell", "-p", f"ledger={ledger}", "-p", "max_retries=0")
+    assert first.exit_code == 1 and len(first.failed) == 10, first.output
+    again = cli("retry", first.run_dir, "--no-shell")
+    assert again.exit_code == 1 and again.summary["failed"] == 10, again.output
+    fixed = cli("retry", first.run_dir, "-p", "fix=true", "--no-shell")
+    assert fixed.exit_code == 0 and fixed.summary["succeeded"] == 10, fixed.output
+
+    for listing in (cli("retry", again.run_dir, "--dry-run"), cli("show", again.run_dir, "--failures")):
+        text = said(listing)
+        assert f"Leaving out 10 failure(s) of {str(again.run_dir)!r} whose inputs another retry of the run they came " \
+            f"from processed successfully since ({fixed.run_dir.name}): they are done." in text, text
+    runs = sorted((tmp_path / "out").iterdir())
+    rest = cli("retry", again.run_dir, "-p", "fix=true", "--no-shell")
+    assert rest.exit_code == 0 and rest.run_dir is None, rest.output
+    assert "was processed successfully by a later retry (of this run, or of the run its inputs came from); nothing " \
+        "to retry" in said(rest), said(rest)
+    assert sorted((tmp_path / "out").iterdir()) == runs
+    assert Counter(n for (n, how), times in attempts(ledger).items() for _ in range(times) if how == "ok") == Counter(range(20))
+
+
+@pytest.mark.parametrize("kind", ["unkeyed", "keyed"])
+def test_a_retry_of_a_retry_leaves_to_a_stopped_retry_of_the_run_what_it_has_still_to_process(
+    cli, tmp_path: Path, kind: str
+) -> None:
+    """run → R1 (its failures fail again) → `retry run` (R2) stopped half-way: `retry R1` took the inputs R2 had still
+    to process, and `resume R2` processed them again."""
+    ledger = tmp_path / "ledger"
+    first = cli("exec", JOBS[kind], "-d", "out", "--no-shell", "-p", f"ledger={ledger}", "-p", "max_retries=0")
+    assert first.exit_code == 1 and len(first.failed) == 10, first.output
+    again = cli("retry", first.run_dir, "--no-shell")
+    assert again.exit_code == 1 and again.summary["failed"] == 10, again.output
+    stopped = cli("retry", first.run_dir, "-p", "fix=true", "-p", "stop_at=5", "-p", "concurrency=1", "--no-shell")
+    assert stopped.exit_code == 130 and stopped.run_dir is not None, stopped.output
+    done = stopped.summary["succeeded"]
+    assert 0 < done < 10, stopped.summary
+
+    rest = cli("retry", again.run_dir, "-p", "fix=true", "--no-shell")
+    assert rest.exit_code == 0 and rest.run_dir is None, rest.output
+    text = said(rest)
+    assert f"Leaving out {done} failure(s) of {str(again.run_dir)!r} whose inputs another retry" in text, text
+    assert f"Leaving out {10 - done} failure(s) of {str(again.run_dir)!r} whose inputs a stopped retry of the run they " \
+        f"came from has still to process: resume it with batchcli resume {stopped.run_dir}" in text, text
+    assert "or is left to a stopped one to resume (said above); nothing to retry" in text, text
+    resumed = cli("resume", stopped.run_dir, "--no-shell")
+    assert resumed.exit_code == 0, resumed.output
+    assert Counter(n for (n, how), times in attempts(ledger).items() for _ in range(times) if how == "ok") == Counter(range(20))

@@ -209,6 +209,8 @@ class Retry:
         retry reads the record of its first failed shard (``run_dir``), and its messages name the group."""
         self._held: list[RetryLock] = []
         self._waiting = False
+        self._aside = False
+        """Some failures' inputs were processed by another retry of the run this retry run retried (``_aside``)."""
         """Some failures are left to a stopped retry of the run, for its resume (``LaterRetries.pending``)."""
 
     def _parents(self) -> list[Path]:
@@ -248,7 +250,8 @@ class Retry:
         if earlier.failed:
             later = self._later_retries()
             later.check_ended()
-            self._waiting = bool(later.pending)
+            self._waiting = bool(later.pending or later.aside_pending)
+            self._aside = bool(later.aside)
             self.wanted = later.applied(self.wanted)
             self.notices += later.notices()
         check_safe(run_dir)
@@ -289,6 +292,8 @@ class Retry:
         items, unsaved = failed.count, failed.unsaved
         if self.wanted.left_out and not self.wanted.active and not items and not unsaved:
             done = "was processed successfully by a later retry"
+            if self._aside:
+                done += " (of this run, or of the run its inputs came from)"
             if self._waiting:
                 done += ", or is left to a stopped one to resume (said above)"
             self.notices.append(Notice(f"Every failure of {what} {done}; nothing to retry."))
@@ -353,6 +358,15 @@ class LaterRetries:
     processes them, so a retry of the run leaves them to it (both processed them)."""
     waiting: tuple[tuple[Path, int, str], ...] = ()
     """Each such retry, how many of the run's failures it has still to process, and how it ended."""
+    aside: frozenset[tuple[str, int, int]] = frozenset()
+    """A retry run's failures whose inputs another retry of the run they came from processed successfully since
+    (run X, its retry R1 failed some again, then ``retry X`` took those too): done, named as in ``done``."""
+    aside_by: tuple[Path, ...] = ()
+    """The retries that processed them: of the run (or runs) this retry run retried."""
+    aside_pending: frozenset[tuple[str, int, int]] = frozenset()
+    """A retry run's failures whose inputs a stopped retry of the run they came from has still to process."""
+    aside_waiting: tuple[Path, ...] = ()
+    """Those stopped retries."""
 
     def check_ended(self) -> None:
         """A retry of the run still running would process the same inputs twice at once: refused."""
@@ -365,7 +379,7 @@ class LaterRetries:
             )
 
     def applied(self, wanted: FailureFilter) -> FailureFilter:
-        left = self.done | self.pending
+        left = self.done | self.pending | self.aside | self.aside_pending
         return replace(wanted, left_out=left) if left else wanted
 
     def notices(self) -> list[Notice]:
@@ -375,6 +389,23 @@ class LaterRetries:
             said.append(Notice(
                 f"Leaving out {len(self.done):,} failure(s) of {str(self.of)!r} that a later retry of it processed "
                 f"successfully ({names}): they are done.",
+                soft_wrap=True,
+            ))  # fmt: skip
+        aside = self.aside - self.done
+        if aside:
+            names = ", ".join(path.name for path in self.aside_by)
+            said.append(Notice(
+                f"Leaving out {len(aside):,} failure(s) of {str(self.of)!r} whose inputs another retry of the run they "
+                f"came from processed successfully since ({names}): they are done.",
+                soft_wrap=True,
+            ))  # fmt: skip
+        aside_pending = self.aside_pending - self.done - self.aside
+        if aside_pending:
+            names = " ".join(quoted(path) for path in self.aside_waiting)
+            said.append(Notice(
+                f"Leaving out {len(aside_pending):,} failure(s) of {str(self.of)!r} whose inputs a stopped retry of the "
+                f"run they came from has still to process: resume it with batchcli resume {names} (or, to retry them "
+                "from here instead, move it away and do not resume it).",
                 soft_wrap=True,
             ))  # fmt: skip
         for info in self.running:  # retry --dry-run says it; the retry itself refuses first (check_ended)
@@ -414,7 +445,13 @@ def merged(found: list[LaterRetries], of: Path) -> LaterRetries:
     held = tuple(dict.fromkeys(hold for each in found for hold in each.held))
     pending = frozenset().union(*(each.pending for each in found))
     waiting = tuple(dict.fromkeys(wait for each in found for wait in each.waiting))
-    return LaterRetries(frozenset().union(*(each.done for each in found)), by, unknown, running, of, held, pending, waiting)
+    return LaterRetries(
+        frozenset().union(*(each.done for each in found)), by, unknown, running, of, held, pending, waiting,
+        frozenset().union(*(each.aside for each in found)),
+        tuple(dict.fromkeys(path for each in found for path in each.aside_by)),
+        frozenset().union(*(each.aside_pending for each in found)),
+        tuple(dict.fromkeys(path for each in found for path in each.aside_waiting)),
+    )
 
 
 def later_retries(run_dir: Path) -> LaterRetries:
@@ -423,14 +460,74 @@ def later_retries(run_dir: Path) -> LaterRetries:
     else through the failure each retry input came from (``INPUT_ORIGINS_TABLE``). For a shard of a group, the
     group's retries count too (they sit in the same directory), and so do retries of those retries, back through
     the retry each retried (run → R1 → R2: what R2 processed is done for the run). A directory that is not a
-    readable run is passed over. ``retry --limit 5`` followed by ``retry`` processed those five again."""
+    readable run is passed over. ``retry --limit 5`` followed by ``retry`` processed those five again. For a retry run,
+    what other retries of the run it retried did with its failures' inputs counts too (``_aside``)."""
+    return _later_retries(run_dir, set())
+
+
+def _later_retries(run_dir: Path, seen: set[Path]) -> LaterRetries:
+    """``later_retries``; ``seen``: the runs looked at on the way up from a retry run (``_aside``)."""
     from batchcli.journal.groups import GROUP_FILE  # groups builds on this module
 
     home = run_dir.resolve()
+    seen.add(home)
     parents = {str(home)}
     if (home.parent / GROUP_FILE).is_file():
         parents.add(str(home.parent))  # a retry of the whole group took this shard's failures too
-    return _later(run_dir, home.name, parents, _retries_in(home.parent), set())
+    return _aside(run_dir, home, _later(run_dir, home.name, parents, _retries_in(home.parent), set()), seen)
+
+
+def _aside(run_dir: Path, home: Path, later: LaterRetries, seen: set[Path]) -> LaterRetries:
+    """``later`` with what other retries of the runs a retry run retried did with its failures' inputs since.
+
+    Run X, its retry R1 fails some inputs again, ``retry X`` (R2) takes those as X's failures and processes them:
+    ``retry R1`` then processed them a second time, as R2 is a retry of X, not of R1. A failure of R1 is done when its
+    input's origin (``input_origins``) is done for the run it came from (``later_retries`` of that run, which looks
+    further up in turn), and left to a stopped retry of that run when it is pending there."""
+    try:
+        parent = query(run_dir, "SELECT parent FROM run")[0][0]
+        if not parent or not query(run_dir, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'input_origins'"):
+            return later
+        place = retried_place(run_dir, parent)
+        if place is None:
+            return later
+        names = [name for (name,) in query(run_dir, "SELECT DISTINCT run FROM input_origins")]
+        found: dict[str, LaterRetries] = {}
+        for name in names:  # the run retried, or each shard of a group retried
+            origin = place / name if (place / name / JOURNAL_NAME).is_file() else place if len(names) == 1 else None
+            if origin is None or origin.resolve() in seen or not (origin / JOURNAL_NAME).is_file():
+                continue
+            up = _later_retries(origin, seen)
+            if up.done or up.pending:
+                found[name] = up
+        if not found:
+            return later
+        aside: set[tuple[str, int, int]] = set()
+        aside_pending: set[tuple[str, int, int]] = set()
+        rows = stream(
+            run_dir,
+            "SELECT f.session, f.ordinal, o.run, o.session, o.origin FROM failures f"
+            " JOIN input_origins o ON o.ordinal = f.ordinal",
+        )
+        for session, ordinal, run, origin_session, origin in rows:
+            there = found.get(run)
+            if there is None:
+                continue
+            if (run, origin_session, origin) in there.done:
+                aside.add((home.name, session, ordinal))
+            elif (run, origin_session, origin) in there.pending:
+                aside_pending.add((home.name, session, ordinal))
+    except (JournalError, sqlite3.Error, IndexError):
+        return later
+    if not aside and not aside_pending:
+        return later
+    mine = {home, *(path.resolve() for path in later.by)}
+    by = tuple(dict.fromkeys(path for up in found.values() for path in up.by if path.resolve() not in mine))
+    stopped = (path for up in found.values() for path in (*(each[0] for each in up.waiting), *up.aside_waiting))
+    waiting = tuple(dict.fromkeys(path for path in stopped if path.resolve() != home))
+    return replace(
+        later, aside=frozenset(aside), aside_by=by, aside_pending=frozenset(aside_pending), aside_waiting=waiting
+    )
 
 
 def _retries_in(place: Path) -> dict[str, list[tuple[Path, bool]]]:
