@@ -54,6 +54,9 @@ def test_a_retry_leaves_out_what_a_later_retry_of_the_run_processed(cli, tmp_pat
     assert again.exit_code == 0, again.output
     assert "Every failure of run" in said(again) and "was processed successfully by a later retry; nothing to retry" in said(again)
     assert sorted((tmp_path / "out").iterdir()) == runs  # no run directory made for nothing
+    limited = cli("retry", run, "--limit", "2", "--no-shell")  # not "matches" alone, as if --limit were wrong
+    assert limited.exit_code == 0 and limited.run_dir is None, limited.output
+    assert "matches --limit 2 among those left to retry (the others are said above); nothing to retry" in said(limited)
 
 
 def test_what_failed_again_in_a_later_retry_is_retried_again(cli, tmp_path: Path) -> None:

@@ -301,9 +301,12 @@ class Retry:
         if self.wanted.active:
             count = items + unsaved
             if not count:
+                # With failures left out (done by a later retry, or left to a stopped one): "matches" read as if the
+                # option were wrong, though nothing was left to match.
+                aside = " among those left to retry (the others are said above)" if self.wanted.left_out else ""
                 self.notices.append(
                     Notice(
-                        f"No failure of {what} matches {self.wanted.describe()}; nothing to retry. "
+                        f"No failure of {what} matches {self.wanted.describe()}{aside}; nothing to retry. "
                         f"List its failures with: {listing}",
                         soft_wrap=True,
                     )
