@@ -570,6 +570,8 @@ def throttled_api(shares: tuple[float, ...] = (0.5, 0.6), seconds: float = 30.0)
                 "  aiometer (max_at_once=100)", "", f"{meter:,.0f}/s (after 5 s {meter_steady:,.0f}/s), 429s {meter_429:.1%}",
                 "", "", meter / r, 0.0, True,  # no target of its own: printed for comparison
             ))
+        else:  # said, not skipped in silence: the issue asks for it beside batchcli
+            rows.append(("  aiometer: not installed (pip install -e '.[bench]')", "", "", "", "", 0.0, 0.0, True))
     return rows
 
 
