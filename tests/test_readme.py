@@ -109,6 +109,8 @@ OTHER_COMMANDS = {
         "not run by the suite: it joins a second machine to the head",
     "python benchmarks/bench.py": "not run by the suite: it takes minutes and measures the machine, not the code",
     "python benchmarks/bench.py overhead": "not run by the suite: it measures the machine, not the code",
+    "pip install -e '.[bench]'": "not run by the suite (it installs from the package index); "
+        "test_the_bench_extra_has_what_the_benchmark_imports checks the extra",
 }
 
 # A job with the param and the secret that docs/configuration.md's `job.py` lines use.
@@ -445,3 +447,14 @@ def test_the_dask_cluster_recipe_runs_as_shown(tmp_path: Path, run_batchcli: Any
         for process in reversed(started):
             process.terminate()
             process.wait(timeout=60)
+
+
+def test_the_bench_extra_has_what_the_benchmark_imports() -> None:
+    """docs/performance.md installs the bench extra for the API scenarios: it must name what bench.py imports there."""
+    import tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["bench"]
+    names = {re.split(r"[<>=\[]", requirement)[0] for requirement in extra}
+    bench = (ROOT / "benchmarks" / "bench.py").read_text()
+    for name in ("httpx", "aiometer"):
+        assert name in names and f"import {name}" in bench, (name, extra)

@@ -495,14 +495,14 @@ def _aside(run_dir: Path, home: Path, later: LaterRetries, seen: set[Path]) -> L
         if place is None:
             return later
         names = [name for (name,) in query(run_dir, "SELECT DISTINCT run FROM input_origins")]
-        found: dict[str, LaterRetries] = {}
+        found: dict[str, tuple[str, LaterRetries]] = {}
         for name in names:  # the run retried, or each shard of a group retried
             origin = place / name if (place / name / JOURNAL_NAME).is_file() else place if len(names) == 1 else None
             if origin is None or origin.resolve() in seen or not (origin / JOURNAL_NAME).is_file():
                 continue
             up = _later_retries(origin, seen)
             if up.done or up.pending:
-                found[name] = up
+                found[name] = (origin.resolve().name, up)  # its failures are named as it is called now
         if not found:
             return later
         aside: set[tuple[str, int, int]] = set()
@@ -513,20 +513,21 @@ def _aside(run_dir: Path, home: Path, later: LaterRetries, seen: set[Path]) -> L
             " JOIN input_origins o ON o.ordinal = f.ordinal",
         )
         for session, ordinal, run, origin_session, origin in rows:
-            there = found.get(run)
-            if there is None:
+            if run not in found:
                 continue
-            if (run, origin_session, origin) in there.done:
+            now, there = found[run]
+            if (now, origin_session, origin) in there.done:
                 aside.add((home.name, session, ordinal))
-            elif (run, origin_session, origin) in there.pending:
+            elif (now, origin_session, origin) in there.pending:
                 aside_pending.add((home.name, session, ordinal))
     except (JournalError, sqlite3.Error, IndexError):
         return later
     if not aside and not aside_pending:
         return later
     mine = {home, *(path.resolve() for path in later.by)}
-    by = tuple(dict.fromkeys(path for up in found.values() for path in up.by if path.resolve() not in mine))
-    stopped = (path for up in found.values() for path in (*(each[0] for each in up.waiting), *up.aside_waiting))
+    ups = [up for _, up in found.values()]
+    by = tuple(dict.fromkeys(path for up in ups for path in up.by if path.resolve() not in mine))
+    stopped = (path for up in ups for path in (*(each[0] for each in up.waiting), *up.aside_waiting))
     waiting = tuple(dict.fromkeys(path for path in stopped if path.resolve() != home))
     return replace(
         later, aside=frozenset(aside), aside_by=by, aside_pending=frozenset(aside_pending), aside_waiting=waiting
