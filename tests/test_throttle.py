@@ -447,6 +447,30 @@ def test_a_naive_datetime_is_local_time(monkeypatch: pytest.MonkeyPatch, zone: s
         time.tzset()
 
 
+@pytest.mark.parametrize("zone", ["Asia/Tokyo", "America/New_York"])
+@pytest.mark.parametrize("form", ["IMF-fixdate", "RFC 850", "asctime"])
+def test_every_http_date_form_is_gmt_wherever_the_machine_is(monkeypatch: pytest.MonkeyPatch, zone: str, form: str) -> None:
+    """RFC 9110 asks a recipient to take three HTTP-date forms, all in GMT. asctime's names no zone, and was read as
+    the machine's local time: New York waited five hours (clamped to throttle_max_wait_s), Tokyo not at all."""
+    text = {
+        "IMF-fixdate": "Wed, 21 Oct 2015 07:28:30 GMT",
+        "RFC 850": "Wednesday, 21-Oct-15 07:28:30 GMT",
+        "asctime": "Wed Oct 21 07:28:30 2015",
+    }[form]
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        now = datetime(2015, 10, 21, 7, 28, 0, tzinfo=timezone.utc).timestamp()
+        assert throttle_of(Throttled(text), now=lambda: now).retry_after_s == 30  # type: ignore[union-attr]
+        headers = Message()
+        headers["Retry-After"] = text
+        error = urllib.error.HTTPError("http://x", 429, "slow down", headers, None)
+        assert throttle_of(error, now=lambda: now).retry_after_s == 30  # type: ignore[union-attr]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 class Clocked:
     """A real ``Cooldown`` over a real ``Limiter``, on a clock the test moves: items succeed at a rate, throttles come."""
 

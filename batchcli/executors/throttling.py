@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable
 
@@ -190,9 +190,12 @@ def _seconds(value: object, now: Callable[[], float]) -> float | None:
         except ValueError:
             pass
         try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - now())
+            when = parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
             return None
+        if when.tzinfo is None:  # asctime's form names no zone: an HTTP-date is GMT (RFC 9110, 5.6.7), not local time
+            when = when.replace(tzinfo=timezone.utc)
+        return max(0.0, when.timestamp() - now())
     return None
 
 
