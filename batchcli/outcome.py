@@ -390,6 +390,9 @@ class Tally:
         """Ordinals of journaled failures that later succeeded (retried from the pause shell)."""
         self.released: deque[int] = deque()
         """Ordinals of journaled failures taken back as not final (the circuit breaker): to be done again."""
+        self.unlogged: deque[Failure] = deque()
+        """Failures taken back as not final before the recorder logged them: logged by its next flush all the same
+        (the console may have printed them, and an outage's tracebacks say why the breaker opened)."""
         self.watch: Any = None
         """Called by the retry scheduler on every failed attempt, ``watch(failure or None, hold)``: the
         circuit breaker's hook (None when it is off); slow path only."""
@@ -545,6 +548,7 @@ class Tally:
             self.released.append(failure.ordinal)
         else:
             self.failure_bytes -= failure_size(failure)
+            self.unlogged.append(failure)
         return True
 
     def _forget(self, index: int) -> None:

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +203,7 @@ def test_items_failing_after_a_stop_while_the_breaker_is_open_are_not_final(
     # Odd items fail at once and trip the breaker while the slow even items are still in flight.
     params: dict[str, object] = {"token": "bad", "count": 60, "concurrency": 8, "breaker_window": 10, "even_pause_s": 1.5}
     if stop == "gives up":
-        params["breaker_max_wait_s"] = 0.1
+        params.update(breaker_max_wait_s=0.1, breaker_cooldown_s=0.1)
     else:
         params.update(breaker_max_wait_s=600, breaker_cooldown_s=60)
     proc = subprocess.Popen(args(api, out, **params), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -313,16 +314,21 @@ def test_failures_already_journaled_are_taken_back(api: FlakyApi, tmp_path: Path
 
 
 def test_probe_failures_double_the_cooldown_until_max_wait(api: FlakyApi, tmp_path: Path) -> None:
-    """While the cause stays, each failed probe re-opens the breaker with a doubled cool-down, then the run stops."""
+    """While the cause stays, each failed probe re-opens the breaker with a doubled cool-down, then the run stops; the
+    last probe comes a base cool-down before the max wait (the run gave up when the next cool-down would not end in
+    time, saying the cause had not gone away with nothing tried since)."""
     stopped = run(args(api, tmp_path / "out", token="bad", breaker_cooldown_s=0.1, breaker_max_wait_s=1.4))
     assert stopped.exit_code == 130, stopped.output
     log = (stopped.run_dir / "batchcli.log").read_text()
-    # 0.1 s, then 0.2 s, then 0.4 s: the next (0.8 s) would end past the 1.4 s allowed, however fast the probes
-    # are (0.7 s of cool-downs + 0.8 s > 1.4 s); the 0.4 s one still fits if the first two probes take < 0.7 s.
+    # 0.1 s, then 0.2 s, then 0.4 s: the next (0.8 s) would end past the 1.4 s allowed (0.7 s of cool-downs and the
+    # probes' time), so the last probe waits what is left but 0.1 s.
     assert "cooling down for 0.1s" in log and "cooling down for 0.2s" in log and "cooling down for 0.4s" in log
     assert "cooling down for 0.8s" not in log
+    last = [float(s) for s in re.findall(r"cooling down for ([\d.]+)s", log)][3:]
+    assert len(last) == 1 and 0 <= last[0] < 0.7, log
     counts = stopped.summary["breaker"]
-    assert (counts["trips"], counts["probes"], counts["cooldowns"]) == (1, 3, 3)
+    assert (counts["trips"], counts["probes"], counts["cooldowns"]) == (1, 4, 4)
+    assert "stayed open for 1.4s (breaker_max_wait_s)" in stopped.output
 
 
 def test_window_zero_turns_the_breaker_off(api: FlakyApi, tmp_path: Path) -> None:
@@ -349,6 +355,7 @@ def test_scattered_failures_do_not_trip(api: FlakyApi, tmp_path: Path) -> None:
         ("breaker_failure_rate", "1.5", "above 0 and at most 1"),
         ("breaker_cooldown_s", "0", "breaker_cooldown_s=30"),
         ("breaker_max_wait_s", "inf", "breaker_max_wait_s=30"),
+        ("breaker_cooldown_s", "1e300", "at most 31,536,000 (a year)"),  # its countdown was printed in 300 digits
     ],
 )
 def test_bad_breaker_settings_are_refused(api: FlakyApi, tmp_path: Path, field: str, value: str, fix: str) -> None:
@@ -535,3 +542,190 @@ def test_an_outage_answered_with_bare_503s_trips_the_breaker(tmp_path: Path) -> 
     assert "circuit breaker stayed open for 0.5s" in stopped.output
     assert stopped.summary["breaker"]["trips"] == 1 and stopped.summary["unprocessed"] == 100
     assert api.statuses[503] <= 20 + 4 + 3  # the window, the items in flight, a few probes
+
+
+def log_time(line: str) -> float:
+    """The time a ``batchcli.log`` line was written (local time, to the millisecond)."""
+    stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    return stamp.timestamp()
+
+
+def test_items_in_flight_when_the_breaker_opens_are_no_probe(api: FlakyApi, tmp_path: Path) -> None:
+    """Every 10th item works 1.5 s more once the API answered it. An outage trips the breaker while such items run;
+    one of them succeeding counted as the probe: the breaker closed with the API still down, and the held items,
+    failing again as before, were final (exit 1). The probe waits for them, and is a new item."""
+    count = 200
+    cmd = args(api, tmp_path / "out", count=count, concurrency=8, breaker_cooldown_s=0.3, slow_every=10, slow_s=1.5)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env())
+    deadline = time.monotonic() + 60
+    while len(api.served) < 45 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    api.down(3.0, refuse=True)
+    back = time.time() + 3.0
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    summary = every_item_served_once(api, tmp_path / "out", count)
+    assert summary["breaker"]["trips"] >= 1
+    run_dir = newest_run(tmp_path / "out")
+    assert run_dir is not None
+    closed = [line for line in (run_dir / "batchcli.log").read_text().splitlines() if "Circuit breaker closed" in line]
+    assert closed and all(log_time(line) >= back - 0.1 for line in closed), (back, closed)
+
+
+def test_a_hanging_probe_does_not_outlast_breaker_max_wait(api: FlakyApi, tmp_path: Path) -> None:
+    """The probe's call hangs (no client timeout, no item_timeout_s): the run probed for as long as it hung. Open,
+    probing included, for breaker_max_wait_s, it stops, resumable, and the resume finishes."""
+    started = time.monotonic()
+    stopped = run(args(api, tmp_path / "out", token="bad", count=40, concurrency=1, breaker_window=10,
+                       breaker_cooldown_s=0.2, breaker_max_wait_s=1.5, hang_after=5, hang_s=60, stop_timeout_s=1))
+    assert stopped.exit_code == 130, stopped.output
+    assert time.monotonic() - started < 30, "the run waited for the hanging probe"
+    assert "The circuit breaker stayed open for 1.5s (breaker_max_wait_s)" in " ".join(stopped.output.split())
+    summary = json.loads((stopped.run_dir / "summary.json").read_text())
+    check_invariant(summary)
+    assert summary["failed"] == 0 and summary["breaker"]["probes"] >= 1
+    resumed = run([sys.executable, "-m", "batchcli", "resume", str(stopped.run_dir), "-p", "token=good", "-p", "hang_after=0"])
+    assert resumed.exit_code == 0, resumed.output
+    every_item_served_once(api, tmp_path / "out", 40)
+
+
+def test_a_cool_down_longer_than_the_max_wait_is_refused(api: FlakyApi, tmp_path: Path) -> None:
+    """The run would stop before its first probe: refused before it starts, saying both values."""
+    done = run(args(api, tmp_path / "out", breaker_cooldown_s=120, breaker_max_wait_s=60))
+    assert done.exit_code == 2, done.output
+    said = " ".join(done.output.split())
+    assert "breaker_cooldown_s (120) is longer than breaker_max_wait_s (60)" in said, said
+    assert "Traceback" not in done.output and not (tmp_path / "out").exists()
+
+
+def test_failures_the_breaker_takes_back_are_in_the_log_and_the_rate_never_goes_negative(
+    api: FlakyApi, tmp_path: Path
+) -> None:
+    """The taken-back failures were in batchcli.log only when the recorder had flushed them before the trip, though
+    the console printed them; and the plain progress line's rate went negative as the settled count fell."""
+    env = subprocess_env(BATCHCLI_PROGRESS_INTERVAL="0.1")
+    cmd = args(api, tmp_path / "out", token="bad", count=100, concurrency=4, breaker_window=40, breaker_cooldown_s=0.5,
+               breaker_max_wait_s=1.5)  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 130, proc.stdout + proc.stderr
+    run_dir = newest_run(tmp_path / "out")
+    assert run_dir is not None
+    log = (run_dir / "batchcli.log").read_text()
+    trip = re.search(r"Circuit breaker open: .*? will be processed again \((#\d+(?:, #\d+)*)(?: and [\d,]+ more)?: their "
+                     r"failures are in this log, not in failed.jsonl\)", log)  # fmt: skip
+    assert trip, log
+    taken = {int(n) for n in re.findall(r"#(\d+)", trip.group(1))}
+    logged = {int(n) for n in re.findall(r"batchcli.failures: Item #(\d+) ", log)}
+    assert taken and taken <= logged, (taken, logged)
+    rates = re.findall(r"in flight \d+\s+(-?[\d.,]+)/s", proc.stdout + proc.stderr)
+    assert rates and all(not rate.startswith("-") for rate in rates), rates
+
+
+class Held:
+    """The breaker's host and a retry scheduler's hold, kept to what the breaker calls: it records, nothing runs."""
+
+    def __init__(self) -> None:
+        self.executor = self
+        self.held: list[int] = []
+        self.released: list[int] = []
+        self.effective_concurrency = 4
+
+    def hold_concurrency(self, concurrency: int | None) -> None:
+        pass
+
+    def breaker_changed(self) -> None:
+        pass
+
+    def breaker_tripped(self, reason: str) -> bool:
+        return False  # no terminal: the breaker probes
+
+    def breaker_gave_up(self, message: str) -> None:
+        raise AssertionError(message)
+
+    def hold(self, ordinal: int) -> Any:
+        def take() -> Any:
+            self.held.append(ordinal)
+
+            def release() -> int:
+                count = len(self.held)
+                self.released += self.held
+                self.held.clear()
+                return count
+
+            return release
+
+        return take
+
+
+def test_a_flapping_api_does_not_make_the_held_items_final() -> None:
+    """A probe succeeds (the API answers once), the held items go back and fail as before because the API is down
+    again: they were final at once, as bad records, while new items failing the same way were taken back. A trip
+    before a window's worth of items succeeded since takes them back too."""
+    import asyncio
+
+    from batchcli.load.configuration import Configuration
+    from batchcli.outcome import Failure, Tally
+    from batchcli.run.breaker import Breaker
+
+    loop = asyncio.new_event_loop()
+    try:
+        tally, host = Tally(), Held()
+        breaker = Breaker(Configuration(breaker_window=10, breaker_cooldown_s=1), tally, host, loop)
+        tally.watch = breaker.watch
+
+        def fail(ordinal: int) -> None:
+            failure = Failure(ordinal, ordinal, "job.ApiError", f"HTTP 503 for item {ordinal}: down", "", 1, 0.0, 0.0)
+            tally.fail(failure)
+            breaker.watch(failure, host.hold(ordinal))
+
+        for ordinal in range(5):  # the outage: 5 of the last 10 settled failed
+            fail(ordinal)
+        assert breaker.state == "open" and tally.failed == 0 and host.held == [0, 1, 2, 3, 4]
+        breaker._probe()  # the cool-down is over; nothing in flight
+        tally.succeeded += 1  # the probe, a new item, succeeded: the API answered once
+        breaker._check_probe()
+        assert breaker.state == "closed" and host.released == [0, 1, 2, 3, 4]
+        for ordinal in range(5):  # the held items go back, and fail as they did: the API is down again
+            fail(ordinal)
+        assert tally.failed == 5 and breaker.state == "closed"  # final for now: bad records, or a flapping API
+        for ordinal in range(5, 10):  # new items fail the same way: the outage trips the breaker again
+            fail(ordinal)
+        assert breaker.state == "open"
+        assert tally.failed == 0 and sorted(host.held) == list(range(10))  # the earlier five are held again too
+    finally:
+        loop.close()
+
+
+def test_held_items_failing_as_before_on_a_healthy_api_stay_final() -> None:
+    """The other side of the flapping rule: once a window's worth of items succeeded after them, held items that
+    failed as before are bad records, and a later outage's trip leaves them final."""
+    import asyncio
+
+    from batchcli.load.configuration import Configuration
+    from batchcli.outcome import Failure, Tally
+    from batchcli.run.breaker import Breaker
+
+    loop = asyncio.new_event_loop()
+    try:
+        tally, host = Tally(), Held()
+        breaker = Breaker(Configuration(breaker_window=10, breaker_cooldown_s=1), tally, host, loop)
+
+        def fail(ordinal: int, message: str) -> None:
+            failure = Failure(ordinal, ordinal, "job.ApiError", message, "", 1, 0.0, 0.0)
+            tally.fail(failure)
+            breaker.watch(failure, host.hold(ordinal))
+
+        for ordinal in range(5):
+            fail(ordinal, f"HTTP 422 for item {ordinal}: bad record")
+        breaker._probe()
+        tally.succeeded += 1
+        breaker._check_probe()
+        for ordinal in range(5):
+            fail(ordinal, f"HTTP 422 for item {ordinal}: bad record")
+        tally.succeeded += 10  # the API serves the rest: those five are bad records
+        for ordinal in range(100, 105):
+            fail(ordinal, f"HTTP 503 for item {ordinal}: down")
+        assert breaker.state == "open"
+        assert tally.failed == 5 and sorted(host.held) == list(range(100, 105))
+    finally:
+        loop.close()

@@ -34,6 +34,8 @@ machine ran out of them; more items at once come from ``concurrency``, which eac
 
 BREAKER_WINDOW_MAX = 1_000_000
 """The longest circuit-breaker window: it keeps the outcomes of up to twice that many settled items in memory."""
+BREAKER_WAIT_MAX_S = 31_536_000
+"""The longest breaker cool-down or wait, a year: ``1e300`` passed, and the display counted its probe down in 300 digits."""
 
 
 _WHOLE_FIELDS = {"concurrency": False, "max_retries": False, "workers": True, "shards": True, "chunk_size": True}
@@ -225,11 +227,17 @@ class Configuration:
             )
         for name in ("breaker_cooldown_s", "breaker_max_wait_s"):
             value = getattr(self, name)
-            if not 0 < value < math.inf:
+            if not 0 < value <= BREAKER_WAIT_MAX_S:
                 raise ValueError(
-                    f"{name} must be a positive number of seconds, got {value!r}: e.g. {name}=30 (set "
-                    "breaker_window=0 to turn the circuit breaker off)."
+                    f"{name} must be a positive number of seconds, at most {BREAKER_WAIT_MAX_S:,} (a year), got "
+                    f"{value!r}: e.g. {name}=30 (set breaker_window=0 to turn the circuit breaker off)."
                 )
+        if self.breaker_window and self.breaker_cooldown_s > self.breaker_max_wait_s:
+            raise ValueError(
+                f"breaker_cooldown_s ({self.breaker_cooldown_s:g}) is longer than breaker_max_wait_s "
+                f"({self.breaker_max_wait_s:g}): the run would stop before the breaker's first probe. Shorten the "
+                "cool-down or lengthen the wait, e.g. breaker_cooldown_s=30 breaker_max_wait_s=3600."
+            )
 
     def _check_unattended(self) -> None:
         port = self.metrics_port

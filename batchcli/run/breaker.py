@@ -29,6 +29,8 @@ log = logging.getLogger("batchcli.breaker")
 
 MAX_COOLDOWN_S = 600.0
 """The cool-down doubles after each failed probe, up to this."""
+TAKEN_SHOWN = 20
+"""How many of the items a trip takes back its log line names."""
 POLL_S = 0.05
 """How often a probing or recovering breaker reads the success count (only then: never on the success path)."""
 
@@ -117,6 +119,12 @@ class Breaker:
         self._held_as: dict[int, tuple[str, str]] = {}
         """Items the breaker took back, by ordinal: how they failed (as ``_earlier``), until they fail again."""
         self._trusted_after = -1
+        self._suspects: deque[tuple[int, Failure, Hold]] = deque(maxlen=max(1, self.window))
+        """Held items that failed again as before (``_as_before``), final, with the success count when they failed:
+        the API answered them, or went down again (a flapping API). A trip taken before ``breaker_window`` items
+        succeeded since takes them back too."""
+        self._last_probe = False
+        """The probe before ``breaker_max_wait_s`` is scheduled or made: the next failure gives up."""
         """``_held_as`` says an item is bad only once more items than this have succeeded: a probe's success, or
         one after the user closed the breaker (``close_by_user``), shows the service works."""
 
@@ -145,7 +153,10 @@ class Breaker:
         self._failures += 1
         assert hold is not None
         if self.state == "closed" and (self._earlier or self._held_as) and self._as_before(failure):
-            return  # final, as it was: bad records must not hold the run, and be its probes, for an hour
+            # Final, as it was: bad records must not hold the run, and be its probes, for an hour. Unless the API is
+            # down again (it flaps): a trip before the window's worth of items succeeded takes it back (``_trip``).
+            self._suspects.append((self._tally.succeeded, failure, hold))
+            return
         if self.state != "closed":  # started before the breaker opened, or the probe itself: not final
             self._take_back(failure, hold)
             if self.state == "probing":
@@ -182,25 +193,35 @@ class Breaker:
         self._tally.breaker_trips = self.counts.trips
         self.reason = reason
         recent, self._recent = self._recent, deque()
-        for _, failure, hold in recent:
-            self._take_back(failure, hold)
+        taken = [failure.ordinal for _, failure, hold in recent if self._take_back(failure, hold)]
+        succeeded, suspects = self._tally.succeeded, self._suspects
+        while suspects:
+            since, failure, hold = suspects.popleft()
+            # Unless the API served a window's worth of items after it: then it is a bad record.
+            if succeeded - since < self.window and self._take_back(failure, hold):
+                taken.append(failure.ordinal)
         if self._opened_at is None:
             self._opened_at = self._clock()
         self._cancel_timer()
         self._open()
+        shown_ordinals = ", ".join(f"#{ordinal}" for ordinal in sorted(taken)[:TAKEN_SHOWN])
+        more = f" and {len(taken) - TAKEN_SHOWN:,} more" if len(taken) > TAKEN_SHOWN else ""
         log.warning(
             "Circuit breaker open: %s. No new item starts; the %d failed item(s) of the window will be processed "
-            "again.",
+            "again%s.",
             reason,
-            len(recent),
+            len(taken),
+            f" ({shown_ordinals}{more}: their failures are in this log, not in failed.jsonl)" if taken else "",
         )
         if not self._host.breaker_tripped(reason):
             self._schedule_probe()
 
-    def _take_back(self, failure: Failure, hold: Hold) -> None:
+    def _take_back(self, failure: Failure, hold: Hold) -> bool:
         if self._tally.unfail(failure):
             self._releases.add(hold())
             self._held_as[failure.ordinal] = (failure.error_type, message_shape(failure.error_message))
+            return True
+        return False
 
     def _open(self) -> None:
         self._set_state("open")
@@ -209,20 +230,33 @@ class Breaker:
 
     def _schedule_probe(self) -> None:
         assert self._opened_at is not None
-        waited = self._clock() - self._opened_at
-        left = self.max_wait_s - waited
-        if left <= self._cooldown_s:
+        left = self.max_wait_s - (self._clock() - self._opened_at)
+        if self._last_probe or left <= 0:
             self._timer = self._loop.call_later(max(left, 0.0), self._give_up)
             return
-        log.info("Circuit breaker: cooling down for %gs before letting one item through.", self._cooldown_s)
+        wait = self._cooldown_s
+        if wait >= left:
+            # The last probe, early enough to answer (a base cool-down) before the max wait: giving up when the next
+            # cool-down would not end in time said "the cause did not go away" with nothing tried for up to 10 minutes.
+            wait = max(0.0, left - self.base_cooldown_s)
+            self._last_probe = True
+        log.info("Circuit breaker: cooling down for %gs before letting one item through.", wait)
         self.counts.cooldowns += 1
-        self._tally.breaker_probe_at = time.monotonic() + self._cooldown_s  # the display's clock
-        self._timer = self._loop.call_later(self._cooldown_s, self._probe)
+        self._tally.breaker_probe_at = time.monotonic() + wait  # the display's clock
+        self._timer = self._loop.call_later(wait, self._probe)
+
+    def _out_of_time(self) -> bool:
+        """Open (probing included) for ``breaker_max_wait_s``: give up. A probe that hangs (no client timeout, no
+        ``item_timeout_s``) kept the run probing for as long as it hung."""
+        if self._opened_at is not None and self._clock() - self._opened_at >= self.max_wait_s:
+            self._give_up()
+            return True
+        return False
 
     def _reopen(self, why: str) -> None:
         log.warning("Circuit breaker: %s; open again.", why)
         self._cancel_timer()
-        self._cooldown_s = min(self._cooldown_s * 2, MAX_COOLDOWN_S)
+        self._cooldown_s = min(self._cooldown_s * 2, max(MAX_COOLDOWN_S, self.base_cooldown_s))  # a longer base stays
         self._open()
         self._schedule_probe()
 
@@ -231,7 +265,15 @@ class Breaker:
     def _probe(self) -> None:
         self._timer = None
         executor = self._host.executor
-        if executor is None or self._ended:
+        if executor is None or self._ended or self._out_of_time():
+            return
+        if self._tally.in_flight:
+            # Items started before the breaker opened still run: one of them succeeding (its call answered before
+            # the outage, the rest of its work slow) closed the breaker with the API still down, and at
+            # concurrency 1 they kept the probe itself from starting. The probe waits for them; what they settle
+            # counts as before (a failure is taken back, a success is no probe).
+            self._tally.breaker_probe_at = 0.0
+            self._timer = self._loop.call_later(POLL_S, self._probe)
             return
         self.counts.probes += 1
         self._add_open_time()
@@ -250,7 +292,7 @@ class Breaker:
 
     def _check_probe(self) -> None:
         self._timer = None
-        if self.state != "probing" or self._ended:
+        if self.state != "probing" or self._ended or self._out_of_time():
             return
         tally = self._tally
         if tally.succeeded > self._mark:
@@ -276,6 +318,7 @@ class Breaker:
             self._add_open_time()
         self._set_state("closed")
         self._opened_at = None
+        self._last_probe = False
         self._cooldown_s = self.base_cooldown_s
         self._base = self._position()
         count = self._releases_now()  # none when a probe ran out of new items: they went back then

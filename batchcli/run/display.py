@@ -46,7 +46,7 @@ class Rate:
         if now - first_t < 1e-3:
             elapsed = self._tally.elapsed()
             return count / elapsed if elapsed > 0 else 0.0
-        return (count - first_n) / (now - first_t)
+        return max(0.0, (count - first_n) / (now - first_t))  # the breaker taking failures back lowers the count
 
 
 def _duration(seconds: float | None) -> str:

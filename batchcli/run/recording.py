@@ -192,6 +192,9 @@ class Recording:
             waited = self.tally.failure_bytes  # read first: what comes meanwhile waits for the next flush
             failures = [new.popleft() for _ in range(len(new))]
             self.tally.failure_bytes_taken = waited
+            unlogged = self.tally.unlogged
+            if unlogged:  # taken back by the breaker before this flush: not recorded, but logged as they failed
+                log_failures([unlogged.popleft() for _ in range(len(unlogged))])
             log_failures(failures)  # here, not on the loop thread: once each, even if the write below fails
             recovered = self.tally.recovered
             if recovered:
