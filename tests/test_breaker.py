@@ -729,3 +729,27 @@ def test_held_items_failing_as_before_on_a_healthy_api_stay_final() -> None:
         assert tally.failed == 5 and sorted(host.held) == list(range(100, 105))
     finally:
         loop.close()
+
+
+def test_bad_records_at_the_end_of_the_source_do_not_hold_every_resume(tmp_path: Path) -> None:
+    """Twelve bad records end the source: they trip the breaker, every probe is one of them, and the run stops at
+    breaker_max_wait_s. Each resume did the same, for ever (nothing new to probe with). The resume now knows how the
+    held items failed: failing again as they did, they are final (exit 1, in failed.jsonl, for a retry)."""
+    bad = range(88, 100)
+    with FlakyApi(reject=bad) as api:
+        out = tmp_path / "out"
+        stopped = run(args(api, out, count=100, concurrency=4, breaker_window=20, breaker_max_wait_s=1.5))
+        assert stopped.exit_code == 130, stopped.output
+        said = " ".join(stopped.output.split())
+        assert "Only the items it holds are left; if they are bad records rather than an outage" in said, said
+        summary = json.loads((stopped.run_dir / "summary.json").read_text())
+        assert (summary["succeeded"], summary["failed"], summary["unprocessed"]) == (88, 0, 12), summary
+
+        resumed = run([sys.executable, "-m", "batchcli", "resume", str(stopped.run_dir)])
+        assert resumed.exit_code == 1, resumed.output
+        summary = json.loads((stopped.run_dir / "summary.json").read_text())
+        assert (summary["succeeded"], summary["failed"], summary["unprocessed"]) == (88, 12, 0), summary
+        assert journal_failures(stopped.run_dir) == 12
+        lines = (stopped.run_dir / "failed.jsonl").read_text().splitlines()
+        assert sorted(json.loads(line)["ordinal"] for line in lines) == list(bad)
+        assert sorted(api.served) == list(range(88)) and set(api.served.values()) == {1}

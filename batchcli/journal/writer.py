@@ -88,6 +88,14 @@ CREATE TABLE IF NOT EXISTS input_origins (
 shard's for a group's retry, with its session and ordinal there), so that a later ``retry`` leaves out what this
 one processed successfully (``later_retries``). Older journals lack it: what they retried is retried again."""
 
+HELD_ERRORS_TABLE = """
+CREATE TABLE IF NOT EXISTS held_errors (ordinal INTEGER PRIMARY KEY, error_type TEXT NOT NULL, shape TEXT NOT NULL);
+"""
+"""The items the circuit breaker held when a session stopped, and how each failed (type, message shape): the next
+session's breaker reads an item failing again as before as a bad record (final at once), as a retry does. Bad
+records at the end of the source held every probe: each resume waited ``breaker_max_wait_s`` and stopped again.
+Rewritten by each session's end; older journals lack it."""
+
 FAILURES_BY_ORDINAL = "CREATE INDEX IF NOT EXISTS failures_by_ordinal ON failures (session, ordinal)"
 """Made the first time a session looks failures up by ordinal (the breaker releases them, the pause shell
 forgives them): without it, each lookup reads the whole table, and a trip that releases 100 journaled
@@ -641,8 +649,19 @@ class Journal:
         """Seconds the run has been running, over every session so far (pauses between sessions left out)."""
         return self._earlier_active_s + time.time() - self._session_started
 
-    def finish(self, status: str, fatal: BaseException | None, fatal_traceback: str = "") -> None:
-        """Write the session's final status (finished, stopped or crashed) and the counts."""
+    def held_errors(self) -> dict[int, tuple[str, str]]:
+        """How the items the breaker held when the last session stopped had failed (``HELD_ERRORS_TABLE``)."""
+        conn = self._conn
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'held_errors'").fetchone():
+            return {}
+        return {ordinal: (kind, shape) for ordinal, kind, shape in conn.execute("SELECT * FROM held_errors")}
+
+    def finish(
+        self, status: str, fatal: BaseException | None, fatal_traceback: str = "",
+        held: dict[int, tuple[str, str]] | None = None,
+    ) -> None:  # fmt: skip
+        """Write the session's final status (finished, stopped or crashed) and the counts; ``held``: the items the
+        circuit breaker holds, and how they failed, for the next session (``HELD_ERRORS_TABLE``)."""
         if self._repeated_keys:
             log.warning(
                 "%d succeeded item(s) of this session had a key an earlier item already had; they count once "
@@ -671,6 +690,11 @@ class Journal:
             )
             if self.handed_over:
                 self._conn.execute("UPDATE handed_over SET done = 1 WHERE session <= ?", (self.session,))
+            if held or (held is not None and self.held_errors()):
+                self._conn.execute(HELD_ERRORS_TABLE)
+                self._conn.execute("DELETE FROM held_errors")
+                rows = ((ordinal, kind, shape) for ordinal, (kind, shape) in held.items())
+                self._conn.executemany("INSERT INTO held_errors VALUES (?, ?, ?)", rows)
 
     def close(self) -> None:
         """Close the database (which folds the WAL back in) and let other processes open the run."""

@@ -81,6 +81,7 @@ class Breaker:
         run_dir: Any = "RUN_DIR",
         clock: Callable[[], float] = time.monotonic,
         earlier_errors: Sequence[tuple[str, str]] = (),
+        held_before: dict[int, tuple[str, str]] | None = None,
     ) -> None:
         self.window = config.breaker_window
         self.threshold = max(1, math.ceil(config.breaker_failure_rate * config.breaker_window))
@@ -116,8 +117,9 @@ class Breaker:
         self._earlier = earlier_errors
         """A retry's items, by ordinal: how each failed before (type, message shape). Failing the same way again
         says the item is still bad, not that the service went down (``watch``)."""
-        self._held_as: dict[int, tuple[str, str]] = {}
-        """Items the breaker took back, by ordinal: how they failed (as ``_earlier``), until they fail again."""
+        self._held_as: dict[int, tuple[str, str]] = dict(held_before or {})
+        """Items the breaker took back, by ordinal: how they failed (as ``_earlier``), until they fail again; at the
+        start, those it held when the run's last session stopped (``Journal.held_errors``)."""
         self._trusted_after = -1
         self._suspects: deque[tuple[int, Failure, Hold]] = deque(maxlen=max(1, self.window))
         """Held items that failed again as before (``_as_before``), final, with the success count when they failed:
@@ -182,9 +184,12 @@ class Breaker:
             # counts, as a failure of the service. Final and uncounted, the held items became final failures with
             # no probe succeeding, and a resume with the real fix never redid them.
             return False
-        if before is None and 0 <= ordinal < len(self._earlier):
-            before = self._earlier[ordinal]
-        return before == (failure.error_type, message_shape(failure.error_message))
+        now = (failure.error_type, message_shape(failure.error_message))
+        if before == now:
+            return True
+        # As in the run a retry comes from counts too: a retry stopped while its API was gone (refused connections),
+        # resumed with the API back, fails as its inputs did at first, not as they did when the breaker held them.
+        return 0 <= ordinal < len(self._earlier) and self._earlier[ordinal] == now
 
     # Opening.
 
@@ -376,8 +381,18 @@ class Breaker:
             f"go away ({self.reason}). Stopping; nothing is lost: the held items stay unprocessed. Fix the cause, "
             f"then resume with: batchcli resume {self._run_dir} (add -p name=value to change a param, e.g. a new token)."
         )
+        if self._tally.exhausted:
+            message += (
+                " Only the items it holds are left; if they are bad records rather than an outage, the resume makes "
+                "those that fail again as they did final failures, for batchcli retry once they are fixed."
+            )
         log.info("%s", message)  # the log file; the console shows it as the run's last words
         self._host.breaker_gave_up(message)
+
+    def held_errors(self) -> dict[int, tuple[str, str]]:
+        """The items held now (and others taken back since, which have settled), and how each failed: for the next
+        session, which reads one failing again as before as a bad record (``Journal.finish``)."""
+        return dict(self._held_as)
 
     def end(self) -> None:
         """The run stops or ends: no more timers, no more decisions."""

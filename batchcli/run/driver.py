@@ -334,7 +334,9 @@ class Run:
                         result, self.job, self.wiring, journal, self.started_at, self._selection, self.options.unrecorded
                     )
                     fatal = result.fatal
-                    journal.finish(result.status, fatal, "" if fatal is None else self._fatal_traceback(fatal))
+                    finished = result.status == "finished"  # nothing held is left to a next session
+                    held = None if self.breaker is None else {} if finished else self.breaker.held_errors()
+                    journal.finish(result.status, fatal, "" if fatal is None else self._fatal_traceback(fatal), held)
                 except (OSError, sqlite3.Error) as error:
                     self.recording.failed(error)
                     result = self._result(journal)
@@ -731,6 +733,7 @@ class Run:
                 self.breaker = Breaker(
                     self.job.config, self.tally, self, self._loop, self.run_dir,
                     earlier_errors=self.continuation.earlier_errors or (),
+                    held_before=self.journal.held_errors() if self.journal is not None else {},
                 )  # fmt: skip
                 self.tally.watch = self.breaker.watch
             try:
