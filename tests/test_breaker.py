@@ -753,3 +753,23 @@ def test_bad_records_at_the_end_of_the_source_do_not_hold_every_resume(tmp_path:
         lines = (stopped.run_dir / "failed.jsonl").read_text().splitlines()
         assert sorted(json.loads(line)["ordinal"] for line in lines) == list(bad)
         assert sorted(api.served) == list(range(88)) and set(api.served.values()) == {1}
+
+
+def test_failures_taken_back_during_a_slow_flush_are_not_recorded(api: FlakyApi, tmp_path: Path) -> None:
+    """A trip while the recorder held the window's failures (taken for the journal, not yet written): taken back,
+    they were queued as recorded, their delete came before their insert in the same flush, and they stayed in the
+    journal and failed.jsonl: counted failed, left out of the resume, retried though they succeeded."""
+    out = tmp_path / "out"
+    # 100 failures a second: the recorder takes the first ones, then spends a second logging them; the trip comes
+    # meanwhile.
+    stopped = run(args(api, out, token="bad", count=400, concurrency=4, pause_s=0.04, breaker_window=100,
+                       breaker_failure_rate=1, breaker_cooldown_s=0.5, breaker_max_wait_s=1, slow_log_s=1.0))  # fmt: skip
+    assert stopped.exit_code == 130, stopped.output
+    summary = json.loads((stopped.run_dir / "summary.json").read_text())
+    check_invariant(summary)
+    assert summary["failed"] == 0 and summary["breaker"]["trips"] == 1, summary
+    assert journal_failures(stopped.run_dir) == 0
+    assert not (stopped.run_dir / "failed.jsonl").exists() or (stopped.run_dir / "failed.jsonl").read_text() == ""
+    resumed = run([sys.executable, "-m", "batchcli", "resume", str(stopped.run_dir), "-p", "token=good"])
+    assert resumed.exit_code == 0, resumed.output
+    every_item_served_once(api, out, 400)

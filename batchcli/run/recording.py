@@ -188,14 +188,10 @@ class Recording:
                 bounds = [(min(batch), max(batch)) for batch, _ in sealed]
                 done = merge_ranges(done + sealed_ranges(sealed, bounds))
                 self.recorder.keep_sealed(sealed, bounds)
-            new = self.tally.new_failures
-            waited = self.tally.failure_bytes  # read first: what comes meanwhile waits for the next flush
-            failures = [new.popleft() for _ in range(len(new))]
-            self.tally.failure_bytes_taken = waited
-            unlogged = self.tally.unlogged
-            if unlogged:  # taken back by the breaker before this flush: not recorded, but logged as they failed
-                log_failures([unlogged.popleft() for _ in range(len(unlogged))])
-            log_failures(failures)  # here, not on the loop thread: once each, even if the write below fails
+            # Failures taken back (forgiven, released) first, then the new ones: one taken back once this flush holds
+            # it is queued as recorded (it left ``new_failures``), and its delete, applied before this flush's insert
+            # of the same row, deleted nothing: a breaker trip during a slow flush left failures it had taken back
+            # in the journal and failed.jsonl, to be counted failed and retried though they succeeded.
             recovered = self.tally.recovered
             if recovered:
                 forgiven = [recovered.popleft() for _ in range(len(recovered))]
@@ -206,6 +202,14 @@ class Recording:
                 taken_back = [released.popleft() for _ in range(len(released))]
                 self.recorder.release(taken_back)
                 self._failed_file.drop(taken_back)  # a released failure's line goes too
+            new = self.tally.new_failures
+            waited = self.tally.failure_bytes  # read first: what comes meanwhile waits for the next flush
+            failures = [new.popleft() for _ in range(len(new))]
+            self.tally.failure_bytes_taken = waited
+            unlogged = self.tally.unlogged
+            if unlogged:  # taken back by the breaker before this flush: not recorded, but logged as they failed
+                log_failures([unlogged.popleft() for _ in range(len(unlogged))])
+            log_failures(failures)  # here, not on the loop thread: once each, even if the write below fails
             try:
                 # Checked by the recorder once it holds the batch: raised here, it dropped what this flush took.
                 lines = self.recorder.record(done, failures, self._check_place)

@@ -1,10 +1,23 @@
 """Items fetched from the flaky API with httpx: an outage or a bad token turns every item into a failure."""
 
 import asyncio
+import logging
+import time
 
 import httpx
 
 from batchcli import Param, Service, Source, inject
+
+
+class Slow(logging.Handler):
+    """Takes ``seconds`` over each record, on the recorder's thread: its flushes last that much longer."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def emit(self, record: logging.LogRecord) -> None:
+        time.sleep(self.seconds)
 
 
 @inject
@@ -27,6 +40,7 @@ class Api(Service[int]):
     def __init__(
         self, url: Param[str], token: Param[str] = "good", pause_s: Param[float] = 0.0, even_pause_s: Param[float] = 0.0,
         slow_every: Param[int] = 0, slow_s: Param[float] = 0.0, hang_after: Param[int] = 0, hang_s: Param[float] = 0.0,
+        slow_log_s: Param[float] = 0.0,
     ) -> None:  # fmt: skip
         self.url = url
         self.token = token
@@ -37,9 +51,12 @@ class Api(Service[int]):
         self.hang_after = hang_after  # the calls after the first N hang for hang_s (no client timeout would end them)
         self.hang_s = hang_s
         self.calls = 0
+        self.slow_log_s = slow_log_s  # each batch of failures the recorder logs takes this long (a slow disk, big messages)
 
     async def setup(self) -> None:
         self.client = httpx.AsyncClient(base_url=self.url, timeout=5)
+        if self.slow_log_s:
+            logging.getLogger("batchcli.failures").addHandler(Slow(self.slow_log_s))
 
     async def process(self, item: int) -> None:
         pause = self.even_pause_s if self.even_pause_s and item % 2 == 0 else self.pause_s
