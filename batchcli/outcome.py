@@ -390,6 +390,9 @@ class Tally:
         """Ordinals of journaled failures that later succeeded (retried from the pause shell)."""
         self.released: deque[int] = deque()
         """Ordinals of journaled failures taken back as not final (the circuit breaker): to be done again."""
+        self.ended = False
+        """True once the executor stopped starting items for good (the run finished or stopped): a cool-down or a
+        probe still counting down will not come, and the last progress line must not say it will."""
         self.unlogged: deque[Failure] = deque()
         """Failures taken back as not final before the recorder logged them: logged by its next flush all the same
         (the console may have printed them, and an outage's tracebacks say why the breaker opened)."""

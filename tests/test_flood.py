@@ -410,3 +410,22 @@ def test_a_logging_call_in_the_job_does_not_turn_on_info_lines(run_batchcli: Any
     assert result.exit_code == 0, result.output
     assert "INFO:" not in result.output and len(result.output.splitlines()) < 20, result.output
     assert (result.run_dir / "batchcli.log").read_text().count("processed ") == 300
+
+
+def test_a_message_starting_with_empty_lines_is_shown_and_grouped_by_its_first_words(run_batchcli: Any) -> None:
+    """RuntimeError("\\n\\nline two N") showed, and grouped, as "RuntimeError: " with nothing after it."""
+    result = run_batchcli("exec", FLOOD, "-d", "out", "-p", "count=300", "-p", "blank_first=true", "-p", "max_retries=0", "-p", "breaker_window=0")
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.output.split())
+    assert "300 × RuntimeError: line two N …" in said or "failed 300 × RuntimeError: line two N" in said, said
+    assert "RuntimeError: line two 0" in said, said  # a line of its own, the first shown
+
+
+def test_a_job_log_line_cannot_clear_the_screen(run_batchcli: Any) -> None:
+    """A warning holding a terminal's escape sequence (a response body logged) was printed raw on the console, as
+    failures' messages are not; its line breaks are kept. The log file keeps the message as it was."""
+    result = run_batchcli("exec", FLOOD, "-d", "out", "-p", "count=20", "-p", "escapes=true", "-p", "max_retries=0", "-p", "breaker_window=0")
+    assert result.exit_code == 1, result.output
+    assert "\x1b[2J" not in result.output and "\r" not in result.output.replace("\r\n", "\n")
+    assert "\\x1b[2Jcleared\\x0dover" in result.output, result.output
+    assert b"\x1b[2Jcleared\rover" in (result.run_dir / "batchcli.log").read_bytes()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import sqlite3
+import math
 import sys
 import time
 import urllib.error
@@ -363,13 +364,13 @@ def test_example_job_runs_against_its_own_server(run_batchcli) -> None:
     assert (summary["succeeded"], summary["failed"]) == (300, 0)
 
 
-@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf"])
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "1e12"])
 def test_bad_throttle_max_wait_is_refused(cli, value: str) -> None:
     """throttle_max_wait_s must be positive and finite: exit 2 with the value and an example."""
     result = cli("exec", JOB, "-d", "out", "-p", f"throttle_max_wait_s={value}")
     assert result.exit_code == 2, result.output
     out = " ".join(result.output.split())
-    assert "throttle_max_wait_s must be a positive number of seconds, got" in out
+    assert "throttle_max_wait_s must be a positive number of seconds, at most 31,536,000 (a year), got" in out
     assert "e.g. throttle_max_wait_s=900" in out
 
 
@@ -418,7 +419,7 @@ def test_other_errors_and_statuses_are_not_throttles() -> None:
     assert throttle_of(Throttled(timedelta(seconds=4))).retry_after_s == 4  # type: ignore[union-attr]
     when = datetime(2030, 1, 1, tzinfo=timezone.utc)
     assert throttle_of(Throttled(when), now=lambda: when.timestamp() - 9).retry_after_s == 9  # type: ignore[union-attr]
-    assert throttle_of(Throttled(10**400)).retry_after_s is None  # type: ignore[union-attr]  # no float holds it
+    assert throttle_of(Throttled(10**400)).retry_after_s == math.inf  # type: ignore[union-attr]  # for ever, clamped
 
 
 def test_throttled_takes_the_header_text_and_refuses_other_types() -> None:
@@ -624,3 +625,35 @@ def test_the_pause_shell_says_what_is_in_force_when_a_new_limit_is_only_the_ceil
         finally:
             child.close(force=True)
     assert child.exitstatus == 130
+
+
+def test_a_throttle_whose_wait_no_clock_holds_leaves_its_group_a_throttle() -> None:
+    """A group of Throttled is a throttle; one whose wait could not be computed (datetime.min) made it an ordinary
+    failure, raised through the group's loop."""
+    group = ExceptionGroup("g", [Throttled(1), Throttled(datetime.min)])
+    throttle = throttle_of(group)
+    assert throttle is not None and throttle.retry_after_s == 1
+
+
+def test_a_retry_after_sent_twice_is_read_as_its_first_value() -> None:
+    """httpx and requests join a header sent twice ("5, 5"): it read as no time at all (urllib keeps the first)."""
+    headers = _Headers({"Retry-After": "5, 5"})
+    error = type("Refused", (Exception,), {})()
+    error.status_code, error.headers = 429, headers  # type: ignore[attr-defined]
+    assert throttle_of(error).retry_after_s == 5  # type: ignore[union-attr]
+    assert throttle_of(Throttled("7, 9")).retry_after_s == 7  # type: ignore[union-attr]
+    assert throttle_of(Throttled("Wed, 21 Oct 2015 07:28:30 GMT"), now=lambda: 1445412480.0).retry_after_s == 30  # type: ignore[union-attr]
+    assert throttle_of(Throttled("soon, later")).retry_after_s is None  # type: ignore[union-attr]
+
+
+def test_the_display_says_a_slow_rate_per_day_and_no_cool_down_once_the_run_ended() -> None:
+    """A one-a-day rate limit showed as "rate 0/s"; "cooling down 0s" stayed on the last line of ended runs."""
+    from batchcli.outcome import Tally
+    from batchcli.run.display import rate_text, throttle_note
+
+    assert [rate_text(r) for r in (2.5, 0.05, 0.0005, 0.0000116)] == ["2.5/s", "3/min", "1.8/h", "1/day"]
+    tally = Tally()
+    tally.cooldown_until = 100.3
+    assert throttle_note(tally, now=lambda: 100.0) == "cooling down 1s"
+    tally.ended = True
+    assert throttle_note(tally, now=lambda: 100.0) == ""

@@ -113,7 +113,7 @@ def _throttle_of(error: BaseException, now: Callable[[], float]) -> Throttle | N
     if isinstance(error, BaseExceptionGroup):
         # A TaskGroup's calls all refused (429s from a fan-out): a throttle, for the longest time any asked. One
         # ordinary failure among them makes the group an ordinary failure.
-        throttles = [_throttle_of(inner, now) for inner in error.exceptions]
+        throttles = [throttle_of(inner, now) for inner in error.exceptions]  # guarded each: one wait no clock holds
         if not throttles or None in throttles:
             return None
         waits = [t.retry_after_s for t in throttles if t is not None and t.retry_after_s is not None]
@@ -183,6 +183,8 @@ def _seconds(value: object, now: Callable[[], float]) -> float | None:
     if isinstance(value, datetime):  # a naive one is local time, as datetime.timestamp() and now() read it
         return max(0.0, value.timestamp() - now())
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, int) and value > 10**300:  # no float holds it: for ever, clamped as an "inf" is
+            return math.inf
         return max(0.0, float(value)) if value == value else None
     if isinstance(value, str):
         try:
@@ -192,7 +194,9 @@ def _seconds(value: object, now: Callable[[], float]) -> float | None:
         try:
             when = parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
-            return None
+            # A header sent twice, joined by the client ("5, 5": httpx, requests; urllib keeps the first): the first.
+            first, comma, _ = value.partition(",")
+            return _seconds(first, now) if comma and first.strip() and not first.strip().isalpha() else None
         if when.tzinfo is None:  # asctime's form names no zone: an HTTP-date is GMT (RFC 9110, 5.6.7), not local time
             when = when.replace(tzinfo=timezone.utc)
         return max(0.0, when.timestamp() - now())

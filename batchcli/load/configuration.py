@@ -35,7 +35,8 @@ machine ran out of them; more items at once come from ``concurrency``, which eac
 BREAKER_WINDOW_MAX = 1_000_000
 """The longest circuit-breaker window: it keeps the outcomes of up to twice that many settled items in memory."""
 BREAKER_WAIT_MAX_S = 31_536_000
-"""The longest breaker cool-down or wait, a year: ``1e300`` passed, and the display counted its probe down in 300 digits."""
+"""The longest breaker cool-down or wait, and the longest throttle wait: a year. ``1e300`` passed, and the display
+counted its probe down in 300 digits; ``ctl resume`` overflowed the date a throttle of ``1e12`` seconds ends at."""
 
 
 _WHOLE_FIELDS = {"concurrency": False, "max_retries": False, "workers": True, "shards": True, "chunk_size": True}
@@ -160,10 +161,11 @@ class Configuration:
                 f"backoff_max_s ({self.backoff_max_s!r}) must be at least backoff_s ({self.backoff_s!r}): it caps "
                 "the delay between attempts. Raise backoff_max_s or lower backoff_s."
             )
-        if not 0 < self.throttle_max_wait_s < math.inf:
+        if not 0 < self.throttle_max_wait_s <= BREAKER_WAIT_MAX_S:  # 1e12 overflowed the date ctl says it ends at
             raise ValueError(
-                f"throttle_max_wait_s must be a positive number of seconds, got {self.throttle_max_wait_s!r}: the "
-                "longest cool-down a Retry-After may impose, e.g. throttle_max_wait_s=900 (15 minutes)."
+                f"throttle_max_wait_s must be a positive number of seconds, at most {BREAKER_WAIT_MAX_S:,} (a year), "
+                f"got {self.throttle_max_wait_s!r}: the longest cool-down a Retry-After may impose, e.g. "
+                "throttle_max_wait_s=900 (15 minutes)."
             )
         if not isinstance(self.adaptive, bool):
             raise ValueError(f"adaptive must be true or false, got {self.adaptive!r}.")

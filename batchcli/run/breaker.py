@@ -417,7 +417,8 @@ def breaker_note(tally: Tally, now: Callable[[], float] = time.monotonic) -> str
     state = tally.breaker_state
     if state == "open":
         left = tally.breaker_probe_at - now()
-        return "breaker open" + (f": probe in {math.ceil(left)}s" if tally.breaker_probe_at and left > 0 else "")
+        probing = tally.breaker_probe_at and left > 0 and not tally.ended  # no probe after the run's end
+        return "breaker open" + (f": probe in {math.ceil(left)}s" if probing else "")
     if state == "probing":
         return "breaker probing"
     if tally.breaker_trips:
@@ -427,4 +428,5 @@ def breaker_note(tally: Tally, now: Callable[[], float] = time.monotonic) -> str
 
 def _first_line(message: str, width: int = 160) -> str:
     """The first line of an error message, clipped: a reason stays one line."""
-    return clip(shown(message.splitlines()[0]) if message else "", width)
+    lines = message.strip("\r\n").splitlines()
+    return clip(shown(lines[0]) if lines else "", width)

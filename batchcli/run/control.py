@@ -371,7 +371,8 @@ def _not_paused(run: Run) -> str:
         )
     cooling = run.tally.cooldown_until - time.monotonic()
     if cooling > 0:
-        until = (datetime.now() + timedelta(seconds=cooling)).strftime("%H:%M:%S")
+        ends = datetime.now() + timedelta(seconds=cooling)
+        until = ends.strftime("%H:%M:%S" if cooling < 12 * 3600 else "%Y-%m-%d %H:%M:%S")  # a day's quota: the date
         return (
             f"Not paused, and nothing to resume: the run is cooling down after a throttle, {cooling:.0f}s left (until "
             f"{until}); items start again by themselves then. Stop it with ctl stop if it should not wait."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -55,17 +56,26 @@ def _duration(seconds: float | None) -> str:
     return str(timedelta(seconds=int(seconds)))
 
 
+def rate_text(rate: float) -> str:
+    """A rate limit as people read one: ``2.5/s``, or per minute, hour or day when slower (``rate 0/s`` read as
+    stuck for a documented one-a-day limit)."""
+    for per, seconds in (("s", 1), ("min", 60), ("h", 3600), ("day", 86400)):
+        if rate * seconds >= 1 or per == "day":
+            return f"{round(rate * seconds, 1):g}/{per}"
+    raise AssertionError("unreachable")
+
+
 def throttle_note(tally: Tally, now: Callable[[], float] = time.monotonic) -> str:
     """While throttled: the cool-down countdown and the effective limits; empty otherwise."""
     parts = []
     left = tally.cooldown_until - now()
-    if left > 0:
-        parts.append(f"cooling down {left:.0f}s")
+    if left > 0 and not tally.ended:  # a countdown left on the last line of a run that has ended read as pending
+        parts.append(f"cooling down {math.ceil(left)}s")
     if tally.limits is not None and tally.limits != tally.ceiling:
         concurrency, rate = tally.limits
         # The breaker's cap is not adaptive concurrency at work: "(adapting)" beside "breaker open" misled.
         how = " (held by the breaker)" if tally.limits_held else " (adapting)"
-        parts.append(f"concurrency {concurrency}" + ("" if rate is None else f" rate {round(rate, 1):g}/s") + how)
+        parts.append(f"concurrency {concurrency}" + ("" if rate is None else f" rate {rate_text(rate)}") + how)
     if note := breaker_note(tally, now):
         parts.append(note)
     return "  ".join(parts)

@@ -758,6 +758,7 @@ class Run:
                 raise
             self._set_fatal(error, "The job could not start" if self.executor is None else "batchcli failed")
         finally:
+            self.tally.ended = True
             if self.breaker is not None:
                 self.tally.watch = None
                 self.breaker.end()

@@ -65,8 +65,9 @@ class Group:
 
 
 def first_line(message: str, width: int = MESSAGE_WIDTH) -> str:
-    """A message's first line, clipped to ``width``, with ``…`` when anything was left out."""
-    line, _, rest = message.partition("\n")
+    """A message's first line that says something (``RuntimeError("\\nline two")`` showed, and grouped, as empty),
+    clipped to ``width``, with ``…`` when anything was left out."""
+    line, _, rest = message.lstrip("\r\n").partition("\n")
     line = shown(line)
     return clip(line + " …" if rest else line, width)
 

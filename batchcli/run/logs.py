@@ -15,7 +15,7 @@ from rich.text import Text
 
 from batchcli.journal.rundir import message_shape
 from batchcli.load.secret import SecretMask
-from batchcli.outcome import FAILURES, Failure, FailureBatch, short_repr, clip
+from batchcli.outcome import FAILURES, Failure, FailureBatch, clip, short_repr, shown
 
 _CONSOLE_LEVELS = {0: logging.WARNING, 1: logging.INFO}
 _FILE_LEVELS = {0: logging.INFO, 1: logging.INFO}
@@ -179,6 +179,17 @@ CONSOLE_MAX_KINDS = 20
 """Kinds of held-back records counted apart; further ones join their logger's "(other messages)"."""
 
 
+class ConsoleHandler(RichHandler):
+    """The console's log lines, with the control characters of a message written out (``\\x1b``) but its line
+    breaks kept: a library that logs a response body holding a terminal's escape sequences cleared the screen."""
+
+    def render_message(self, record: logging.LogRecord, message: str) -> Any:
+        return super().render_message(record, message.translate(_CONTROLS_BUT_LINES))
+
+
+_CONTROLS_BUT_LINES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if code != 0x0A} | {0x09: " "}
+
+
 class ConsoleSample(logging.Filter):
     """Lets at most ``lines_per_second`` log records a second through to the console; counts the others by
     logger, level and message shape, and prints "... and N more like this (see batchcli.log)" for them every
@@ -250,7 +261,7 @@ def _shape(record: logging.LogRecord) -> str:
         message = record.getMessage()
     except Exception:  # bad arguments: logging reports it when the file's handler formats the record
         message = str(record.msg)
-    return clip(message_shape(message.partition("\n")[0]), 300)
+    return clip(shown(message_shape(message.partition("\n")[0])), 300)
 
 
 def start_logging(
@@ -284,7 +295,7 @@ def start_logging(
         console_handler = logging.StreamHandler(console.file)
         console_handler.setFormatter(JsonFormatter(run_id))
     else:
-        console_handler = RichHandler(console=console, show_path=False, rich_tracebacks=False, markup=False)
+        console_handler = ConsoleHandler(console=console, show_path=False, rich_tracebacks=False, markup=False)
         # Each final failure is one line and one traceback in the file; the console shows them grouped and
         # sampled (run/failures.py): one rich line per failure was 2 ms each, and a flood scrolled away.
         console_handler.addFilter(lambda record: record.name != FAILURES)

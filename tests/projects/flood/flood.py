@@ -4,6 +4,8 @@ each message names the item by a word of its own (no digits: every message has a
 
 from __future__ import annotations
 
+import logging
+
 from batchcli import Param, Service, Source, inject
 
 
@@ -21,12 +23,21 @@ class Records(Source[int]):
 
 @inject
 class Reject(Service[int]):
-    def __init__(self, mix: Param[bool] = False, named: Param[bool] = False, body: Param[bool] = False) -> None:
+    def __init__(
+        self, mix: Param[bool] = False, named: Param[bool] = False, body: Param[bool] = False,
+        blank_first: Param[bool] = False, escapes: Param[bool] = False,
+    ) -> None:  # fmt: skip
         self.mix = mix
         self.named = named
         self.body = body
+        self.blank_first = blank_first  # the message starts with empty lines
+        self.escapes = escapes  # a warning per item holds a terminal's escape sequence (a response body)
 
     async def process(self, item: int) -> None:
+        if self.escapes:
+            logging.getLogger("flood").warning("record %d: \x1b[2Jcleared\rover", item)
+        if self.blank_first:
+            raise RuntimeError(f"\n\nline two {item}\nline three")
         if self.body:
             raise RuntimeError("the server said: <html>" + "x" * 50_000 + "</html>\nand more")
         if self.named:
