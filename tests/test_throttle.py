@@ -522,6 +522,24 @@ def test_a_rate_the_api_served_never_lifts_the_rate_above_a_lowered_ceiling() ->
         assert run.limiter.limits.rate_limit is not None and run.limiter.limits.rate_limit <= 10.0, run.limiter.limits
 
 
+def test_setting_the_limit_in_force_then_the_old_one_does_not_undo_a_throttles_cut() -> None:
+    """Cut from 8 to 5, `set concurrency=5` (what is in force) then `set concurrency=8` put 8 in force at once: the
+    first made the limits equal the ceiling, so the run no longer counted as adapting. It grows back instead."""
+    from batchcli.executors.throttling import Throttle
+
+    run = Clocked(8)
+    run.cooldown.throttled(Throttle(2.0))  # at once: no rate learnt, the concurrency alone is cut
+    cut = run.limiter.limits.concurrency
+    assert cut < 8 and run.limiter.limits.rate_limit is None
+    for cooling in (True, False):
+        run.cooldown.set_concurrency(cut)
+        run.cooldown.set_concurrency(8)
+        assert run.limiter.limits.concurrency == cut, (cooling, run.limiter.limits)
+        run.now += 2.5  # the cool-down is over, nothing has grown back yet: still adapting
+    run.succeed(20, 100)
+    assert run.limiter.limits.concurrency == 8  # grown back, by successes
+
+
 def test_a_new_ceiling_caps_the_adapted_limits_and_keeps_what_they_learnt() -> None:
     """`ctl set concurrency=15` on a run cut to 1 at a learnt rate (configured 16) put 15 in force with no rate at all,
     and `set rate_limit=1000` put 1000/s in force: the run hammered the API into a throttle a second. A new ceiling

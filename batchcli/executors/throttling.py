@@ -256,6 +256,9 @@ class Cooldown:
         self._wave_rate: float | None = None
         """The rate measured from the current cool-down's wave of answers, logged once it ends."""
         self._refused_served_at = -math.inf
+        self._recovered = True
+        """False from a throttle's cut until the limits grew back to the ceiling: the run is adapting, even while the
+        user's ceiling equals what is in force (``_set_ceiling``)."""
         """When the API last served an item it had refused (``served_refused``), monotonic."""
         self._over_at: int | None = None
         """The tally's successes when the last cool-down was seen over (``remaining_s``); None during one."""
@@ -384,6 +387,7 @@ class Cooldown:
     def _cut(self, rate: float | None) -> None:
         old = self.effective
         new = Limits(max(1, int(old.concurrency * DECREASE)), rate)
+        self._recovered = False
         if new != old:
             log.info("Throttled: effective %s (configured %s).", _describe(new), _describe(self.ceiling))
             self._apply(new)
@@ -432,7 +436,9 @@ class Cooldown:
         started. A run not adapting (at its ceiling, or ``adaptive=false``) takes the new values at once.
         """
         self._apply_limits(self._held_down(limits))  # first: a bad value raises here and changes nothing
-        adapting = self.adaptive and self.effective != self.ceiling
+        # Cut and not grown back, or cooling down: adapting, even at a ceiling set to what is in force (`set
+        # concurrency=5` on a run cut from 8 to 5, then `set concurrency=8`, put 8 in force at once).
+        adapting = self.adaptive and (self.effective != self.ceiling or not self._recovered or self._clock() < self.until)
         self.ceiling = limits
         self._apply(self.effective if adapting else limits)  # never above the new ceiling (``_apply``)
 
@@ -464,6 +470,7 @@ class Cooldown:
             return
         concurrency = min(ceiling.concurrency, old.concurrency + max(1, ceiling.concurrency // 20))
         new = Limits(concurrency, self._rates.grown(old.rate_limit, ceiling.rate_limit, now - self.until, per_s))
+        self._recovered = new == ceiling
         if new.concurrency != old.concurrency or new.rate_limit == ceiling.rate_limit != old.rate_limit:
             # Not every small step of a learnt rate: those would be a line every GROW_INTERVAL_S.
             log.info("Growing back: effective %s (configured %s).", _describe(new), _describe(ceiling))
