@@ -183,8 +183,6 @@ def _seconds(value: object, now: Callable[[], float]) -> float | None:
     if isinstance(value, datetime):  # a naive one is local time, as datetime.timestamp() and now() read it
         return max(0.0, value.timestamp() - now())
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if isinstance(value, int) and value > 10**300:  # no float holds it: for ever, clamped as an "inf" is
-            return math.inf
         return max(0.0, float(value)) if value == value else None
     if isinstance(value, str):
         try:
