@@ -121,14 +121,14 @@ class Breaker:
         """Items the breaker took back, by ordinal: how they failed (as ``_earlier``), until they fail again; at the
         start, those it held when the run's last session stopped (``Journal.held_errors``)."""
         self._trusted_after = -1
+        """``_held_as`` says an item is bad only once more items than this have succeeded: a probe's success, or
+        one after the user closed the breaker (``close_by_user``), shows the service works."""
         self._suspects: deque[tuple[int, Failure, Hold]] = deque(maxlen=max(1, self.window))
         """Held items that failed again as before (``_as_before``), final, with the success count when they failed:
         the API answered them, or went down again (a flapping API). A trip taken before ``breaker_window`` items
         succeeded since takes them back too."""
         self._last_probe = False
         """The probe before ``breaker_max_wait_s`` is scheduled or made: the next failure gives up."""
-        """``_held_as`` says an item is bad only once more items than this have succeeded: a probe's success, or
-        one after the user closed the breaker (``close_by_user``), shows the service works."""
 
     @property
     def blocking(self) -> bool:
