@@ -137,6 +137,8 @@ class Run:
         )
         """The flushes to the run directory, and whether it can be written."""
         self.journal: Journal | None = None
+        self._held_before: dict[int, tuple[str, str]] = {}
+        """The items the breaker held when the run's last session stopped, and how they failed (``held_errors``)."""
         self.on_pause: Callable[[Run], None] = lambda run: run.stop()
         """What a pause request does: the pause shell on a terminal, a graceful stop elsewhere."""
         self.interactive = False
@@ -211,6 +213,8 @@ class Run:
         try:
             try:
                 self.journal = self._start_journal()
+                # Read here, on this thread, before the recorder uses the connection (the breaker is made on the loop's).
+                self._held_before = self.journal.held_errors()
             finally:
                 if self.preparing is not None:
                     self.preparing.close()
@@ -733,7 +737,7 @@ class Run:
                 self.breaker = Breaker(
                     self.job.config, self.tally, self, self._loop, self.run_dir,
                     earlier_errors=self.continuation.earlier_errors or (),
-                    held_before=self.journal.held_errors() if self.journal is not None else {},
+                    held_before=self._held_before,
                 )  # fmt: skip
                 self.tally.watch = self.breaker.watch
             try:
