@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -440,3 +441,14 @@ def test_a_nonsense_columns_width_still_shows_every_message(run_batchcli, column
     assert refused.exit_code == 2 and "Error: Param 'count' expects int, got 'lots'" in said, refused.output
     finished = run_batchcli("exec", RETRIES, "-d", "out", "--no-shell", "-p", "backoff_s=0", COLUMNS=columns)
     assert "Finished" in finished.output, finished.output
+
+
+def test_a_package_the_job_imports_that_is_not_installed_says_where_to_install_it(cli) -> None:
+    """The traceback ended in "No module named ...", and left a new user to guess which Python batchcli runs in."""
+    result = cli("exec", PROJECTS / "missing_module", "-d", "out")
+    assert result.exit_code == 2 and result.run_dir is None, result.output
+    out = " ".join(result.output.split())
+    assert "ModuleNotFoundError: No module named 'batchcli_test_absent_package'" in out
+    assert f"'batchcli_test_absent_package' is not installed in the Python that runs batchcli ({sys.executable})" in out
+    assert f"{sys.executable} -m pip install batchcli_test_absent_package" in out
+    assert "batchcli/" not in result.output.replace(str(PROJECTS), "")

@@ -9,6 +9,7 @@ import importlib.util
 import inspect
 import linecache
 import os
+import shlex
 import sys
 import traceback
 from dataclasses import dataclass
@@ -288,9 +289,24 @@ def _import_user(name: str, path: Path, package_dir: Path | None = None) -> Modu
         if isinstance(error, KeyboardInterrupt):
             raise
         raise UserCodeError(
-            f"Importing {str(path)!r} failed:\n{format_user_traceback(error)}{exit_hint(error, 'importing it')}", error
+            f"Importing {str(path)!r} failed:\n{format_user_traceback(error)}{exit_hint(error, 'importing it')}"
+            f"{missing_hint(error)}",
+            error,
         ) from error
     return module
+
+
+def missing_hint(error: BaseException) -> str:
+    """For a module the job imports that this Python does not have: where to install it. A traceback that ended in
+    "No module named 'httpx'" left a new user to guess which Python batchcli runs in (a virtualenv's, or pipx's)."""
+    if not isinstance(error, ModuleNotFoundError) or not error.name:
+        return ""
+    top = error.name.partition(".")[0]
+    return (
+        f"\n{top!r} is not installed in the Python that runs batchcli ({sys.executable}). If it is a package, install "
+        f"it there: {shlex.quote(sys.executable)} -m pip install {top} (a package's name can differ from its "
+        "module's); if it is a module of the job's, check its name and that it sits beside the job."
+    )
 
 
 def exit_hint(error: BaseException, doing: str) -> str:
