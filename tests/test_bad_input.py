@@ -452,3 +452,16 @@ def test_a_package_the_job_imports_that_is_not_installed_says_where_to_install_i
     assert f"'batchcli_test_absent_package' is not installed in the Python that runs batchcli ({sys.executable})" in out
     assert f"{sys.executable} -m pip install batchcli_test_absent_package" in out
     assert "batchcli/" not in result.output.replace(str(PROJECTS), "")
+
+
+def test_a_missing_module_of_a_package_is_a_name_to_check_not_a_package_to_install(cli, tmp_path: Path) -> None:
+    """The package was found, its module was not: installing something would not help."""
+    job = tmp_path / "job.py"
+    job.write_text((PROJECTS / "missing_module" / "job.py").read_text().replace(
+        "import batchcli_test_absent_package", "import json.batchcli_test_absent_module"
+    ))  # fmt: skip
+    result = cli("exec", job, "-d", "out")
+    assert result.exit_code == 2 and result.run_dir is None, result.output
+    out = " ".join(result.output.split())
+    assert "'json.batchcli_test_absent_module' is not a module of 'json': check the name." in out, out
+    assert "pip install" not in out

@@ -301,11 +301,12 @@ def missing_hint(error: BaseException) -> str:
     "No module named 'httpx'" left a new user to guess which Python batchcli runs in (a virtualenv's, or pipx's)."""
     if not isinstance(error, ModuleNotFoundError) or not error.name:
         return ""
-    top = error.name.partition(".")[0]
+    if "." in error.name:  # a package's module (its parent was found): a name to check, not a package to install
+        return f"\n{error.name!r} is not a module of {error.name.rpartition('.')[0]!r}: check the name."
     return (
-        f"\n{top!r} is not installed in the Python that runs batchcli ({sys.executable}). If it is a package, install "
-        f"it there: {shlex.quote(sys.executable)} -m pip install {top} (a package's name can differ from its "
-        "module's); if it is a module of the job's, check its name and that it sits beside the job."
+        f"\n{error.name!r} is not installed in the Python that runs batchcli ({sys.executable}). If it is a package, "
+        f"install it there: {shlex.quote(sys.executable)} -m pip install {error.name} (a package's name can differ "
+        "from its module's); if it is a module of the job's, check its name and that it sits beside the job."
     )
 
 
