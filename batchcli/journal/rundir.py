@@ -489,31 +489,33 @@ def holding(run_dir: Path) -> tuple[str, int | None] | None:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return None
     except BlockingIOError:
-        record = os.read(fd, 64).decode(errors="replace")
-        done, _, who, _ = _holder(record)
-        pid = record.split(" ", 1)[0].strip()
-        return f"{done} by another process{who}", int(pid) if pid.isdigit() else None
+        done, _, pid = _holder(os.read(fd, 64).decode(errors="replace"))
+        return f"{done} by another process{_pid_text(pid)}", pid
     except OSError:
         return None
     finally:
         os.close(fd)
 
 
-def _holder(record: str) -> tuple[str, str, str, str]:
-    """What the holder that wrote ``record`` does, what that does to the failures, " (pid N)", and how to stop it."""
+def _holder(record: str) -> tuple[str, str, int | None]:
+    """What the holder that wrote ``record`` does, what that does to the failures, and its pid while it lives."""
     pid, _, role = record.strip().partition(" ")
     done, which = _HOLDING.get(role, _HOLDING["retry"])  # a batchcli before roles wrote only its pid: a retry
     if not pid.isdigit() or not pid_alive(int(pid)):  # a holder that has not written yet over one killed -9
-        return done, which, "", "kill -INT PID"
-    return done, which, f" (pid {pid})", f"kill -INT {pid}"
+        return done, which, None
+    return done, which, int(pid)
+
+
+def _pid_text(pid: int | None) -> str:
+    return "" if pid is None else f" (pid {pid})"
 
 
 def _held(run_dir: Path, record: str, whose: str) -> str:
-    done, which, who, stop = _holder(record)
+    done, which, pid = _holder(record)
     return (
-        f"Run {str(run_dir)!r}{whose} is being {done} by another process{who}, {which}. Running this command now "
-        "would process inputs twice, or take failures still being recorded: wait for that process to end, or stop it "
-        f"(Ctrl-C, or {stop}), then run this command again."
+        f"Run {str(run_dir)!r}{whose} is being {done} by another process{_pid_text(pid)}, {which}. Running this command "
+        "now would process inputs twice, or take failures still being recorded: wait for that process to end, or stop "
+        f"it (Ctrl-C, or kill -INT {pid or 'PID'}), then run this command again."
     )
 
 
