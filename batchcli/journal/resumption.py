@@ -209,9 +209,9 @@ class Retry:
         retry reads the record of its first failed shard (``run_dir``), and its messages name the group."""
         self._held: list[RetryLock] = []
         self._waiting = False
+        """Some failures are left to a stopped retry of the run, for its resume (``LaterRetries.pending``)."""
         self._aside = False
         """Some failures' inputs were processed by another retry of the run this retry run retried (``_aside``)."""
-        """Some failures are left to a stopped retry of the run, for its resume (``LaterRetries.pending``)."""
 
     def _parents(self) -> list[Path]:
         """The runs whose failures this retry takes."""
