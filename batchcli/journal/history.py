@@ -24,7 +24,8 @@ from batchcli.journal.live import recent_rate
 from batchcli.journal.matching import FailureFilter, FailureRow, group_types, matching_failures
 from batchcli.journal.selection import read_selection
 from batchcli.journal.rundir import (
-    FLUSH_INTERVAL_S, JOURNAL_NAME, RunInfo, failures_by_rowid, message_shape, never_started, query, read_run, stream,
+    FLUSH_INTERVAL_S, JOURNAL_NAME, RunInfo, failures_by_rowid, has_table, message_shape, never_started, query, read_run,
+    stream,
 )
 from batchcli.load.secret import Secret
 from batchcli.outcome import clip, per_second, shown
@@ -441,8 +442,7 @@ def _chart(run: RunInfo, width: int) -> RenderableType:
 
 def _throttling(run: RunInfo, shown: int = 12) -> RenderableType | None:
     """The throttles and the limits in force over running time (adaptive concurrency); None if never throttled."""
-    has_table = query(run.run_dir, "SELECT count(*) FROM sqlite_master WHERE name = 'limits'")[0][0]
-    if not has_table:  # a journal of a batchcli from before throttling was recorded
+    if not has_table(run.run_dir, "limits"):  # a journal of a batchcli from before throttling was recorded
         return None
     rows = query(run.run_dir, "SELECT session, t, concurrency, rate_limit, throttles FROM limits ORDER BY session, t")
     if not rows:

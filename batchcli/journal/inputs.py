@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
 
 from batchcli.errors import JournalError
-from batchcli.journal.rundir import check_safe, damaged, failures_by_rowid, query, quoted, stream
+from batchcli.journal.rundir import check_safe, damaged, failures_by_rowid, has_table, query, quoted, stream
 from batchcli.journal.settled import RangeSet
 
 PAGE = 1000
@@ -246,7 +246,7 @@ class ErrorsNoted:
 
 def input_errors(run_dir: Path) -> EarlierErrors | None:
     """How a retry run's inputs failed before (``INPUT_ERRORS_TABLE``); None for a journal without them."""
-    if not query(run_dir, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'input_errors'"):
+    if not has_table(run_dir, "input_errors"):
         return None
     noted = ErrorsNoted()
     for ordinal, error_type, shape in stream(run_dir, "SELECT ordinal, error_type, shape FROM input_errors ORDER BY ordinal"):

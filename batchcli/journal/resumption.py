@@ -22,7 +22,8 @@ from batchcli.journal.keyindex import KeySet
 from batchcli.journal.writer import Journal, stable_target
 from batchcli.journal.matching import FailureFilter, FailureRow, TypeMatch, matching_failures, recorded_types
 from batchcli.journal.rundir import (
-    JOURNAL_NAME, RetryLock, RunInfo, check_safe, hold_failures, query, quoted, read_run, retried_place, stream,
+    JOURNAL_NAME, RetryLock, RunInfo, check_safe, has_table, hold_failures, query, quoted, read_run, retried_from,
+    retried_place, stream,
 )  # fmt: skip
 from batchcli.journal.settled import RangeSet
 from batchcli.journal.shards import Shard, shard_of
@@ -488,11 +489,8 @@ def _aside(run_dir: Path, home: Path, later: LaterRetries, seen: set[Path]) -> L
     input's origin (``input_origins``) is done for the run it came from (``later_retries`` of that run, which looks
     further up in turn), and left to a stopped retry of that run when it is pending there."""
     try:
-        parent = query(run_dir, "SELECT parent FROM run")[0][0]
-        if not parent or not query(run_dir, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'input_origins'"):
-            return later
-        place = retried_place(run_dir, parent)
-        if place is None:
+        place = retried_from(run_dir)
+        if place is None or not has_table(run_dir, "input_origins"):
             return later
         names = [name for (name,) in query(run_dir, "SELECT DISTINCT run FROM input_origins")]
         found: dict[str, tuple[str, LaterRetries]] = {}
@@ -577,7 +575,7 @@ def _later(
             deeper = _later(child, child.name, {str(child)}, retries, seen)  # what retries of this retry did
             running += deeper.running
             unknown += deeper.unknown
-            origins = bool(query(child, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'input_origins'"))
+            origins = has_table(child, "input_origins")
             left = _unsettled(child, run_dir, name, keyed) if origins and info.status != "finished" else set()
             if left:
                 waiting.append((child, len(left), info.status))

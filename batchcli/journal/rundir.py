@@ -533,8 +533,7 @@ def lineage(runs: Sequence[Path]) -> list[Path]:
             continue
         found[run] = None
         try:
-            parent = query(run, "SELECT parent FROM run")[0][0]
-            place = retried_place(run, parent) if parent else None
+            place = retried_from(run)
             if place is not None:
                 todo += shard_runs(place).values() if is_group(place) else [place]
         except (JournalError, sqlite3.Error, OSError, IndexError):
@@ -566,6 +565,18 @@ def retried_place(retry: Path, parent: str) -> Path | None:
         except OSError:
             continue
     return None
+
+
+def retried_from(run_dir: Path) -> Path | None:
+    """Where the run (or group) that the retry run ``run_dir`` reprocesses is now (``retried_place``); None for a
+    run that is no retry, or whose parent is in none of the places looked at."""
+    parent = query(run_dir, "SELECT parent FROM run")[0][0]
+    return retried_place(run_dir, parent) if parent else None
+
+
+def has_table(run_dir: Path, table: str) -> bool:
+    """Whether the journal of ``run_dir`` has ``table`` (an optional one: older journals lack it)."""
+    return bool(query(run_dir, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)))
 
 
 def hold_failures(runs: Sequence[Path], role: str) -> list[RetryLock]:

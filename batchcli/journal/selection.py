@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from batchcli.errors import JournalError, UsageError
-from batchcli.journal.rundir import GROUP_FILE, JOURNAL_NAME, check_safe, connect, query, read_run, stream
+from batchcli.journal.rundir import GROUP_FILE, JOURNAL_NAME, check_safe, connect, has_table, query, read_run, stream
 from batchcli.journal.settled import Numbered, RangeSet, normal_key
 from batchcli.journal.keyindex import KeySet, key_set
 from batchcli.outcome import clip
@@ -378,7 +378,7 @@ def save_skipped(conn: sqlite3.Connection, keys: KeySet) -> None:
 
 def recorded_skips(run_dir: Path) -> KeySet | None:
     """The keys the run kept as it started with ``--skip-done-in``; None when its journal kept none (older ones)."""
-    if not query(run_dir, "SELECT count(*) FROM sqlite_master WHERE name = 'skipped_keys'")[0][0]:
+    if not has_table(run_dir, "skipped_keys"):
         return None
     count = query(run_dir, "SELECT count(*) FROM skipped_keys")[0][0]
     return key_set(count, (key for (key,) in stream(run_dir, "SELECT key FROM skipped_keys")))
@@ -397,8 +397,7 @@ def check_skip_runs_there(run_dir: Path, selection: Selection) -> None:
 
 def read_selection(run_dir: Path) -> Selection | None:
     """The selection a run was started with; None when it takes every item (or its journal predates selections)."""
-    has_table = query(run_dir, "SELECT count(*) FROM sqlite_master WHERE name = 'selection'")[0][0]
-    if not has_table:
+    if not has_table(run_dir, "selection"):
         return None
     rows = query(run_dir, "SELECT spec FROM selection")
     return Selection.from_json(rows[0][0]) if rows else None

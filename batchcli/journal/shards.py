@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from batchcli.errors import UsageError
-from batchcli.journal.rundir import query
+from batchcli.journal.rundir import has_table, query
 from batchcli.journal.settled import normal_key
 from batchcli.load.configuration import MAX_SHARDS
 from batchcli.load.source import is_async_source, iterate, source_length
@@ -263,8 +263,7 @@ def read_shard(conn: sqlite3.Connection) -> Shard | None:
 
 def shard_of(run_dir: Path) -> Shard | None:
     """The shard a run directory's journal records (read-only, no pickle); None for a run of the whole source."""
-    has_table = query(run_dir, "SELECT count(*) FROM sqlite_master WHERE name = 'shard'")[0][0]
-    if not has_table:
+    if not has_table(run_dir, "shard"):
         return None
     rows = query(run_dir, "SELECT shard_index, shard_count, grp FROM shard")
     return Shard(int(rows[0][0]), int(rows[0][1]), str(rows[0][2])) if rows else None

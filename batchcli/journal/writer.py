@@ -651,10 +651,13 @@ class Journal:
 
     def held_errors(self) -> dict[int, tuple[str, str]]:
         """How the items the breaker held when the last session stopped had failed (``HELD_ERRORS_TABLE``)."""
-        conn = self._conn
-        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'held_errors'").fetchone():
+        if not self._has_held_errors():
             return {}
-        return {ordinal: (kind, shape) for ordinal, kind, shape in conn.execute("SELECT * FROM held_errors")}
+        return {ordinal: (kind, shape) for ordinal, kind, shape in self._conn.execute("SELECT * FROM held_errors")}
+
+    def _has_held_errors(self) -> bool:
+        query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'held_errors'"
+        return self._conn.execute(query).fetchone() is not None
 
     def finish(
         self, status: str, fatal: BaseException | None, fatal_traceback: str = "",
@@ -690,7 +693,7 @@ class Journal:
             )
             if self.handed_over:
                 self._conn.execute("UPDATE handed_over SET done = 1 WHERE session <= ?", (self.session,))
-            if held or (held is not None and self.held_errors()):
+            if held or (held is not None and self._has_held_errors()):  # a table there from an earlier stop: emptied
                 self._conn.execute(HELD_ERRORS_TABLE)
                 self._conn.execute("DELETE FROM held_errors")
                 rows = ((ordinal, kind, shape) for ordinal, (kind, shape) in held.items())
