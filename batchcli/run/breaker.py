@@ -272,11 +272,13 @@ class Breaker:
         executor = self._host.executor
         if executor is None or self._ended or self._out_of_time():
             return
-        if self._tally.in_flight:
+        if self._tally.in_flight and not self._tally.exhausted:
             # Items started before the breaker opened still run: one of them succeeding (its call answered before
             # the outage, the rest of its work slow) closed the breaker with the API still down, and at
-            # concurrency 1 they kept the probe itself from starting. The probe waits for them; what they settle
-            # counts as before (a failure is taken back, a success is no probe).
+            # concurrency 1 they kept the probe itself from starting. The probe, a new item, waits for them; what
+            # they settle counts as before (a failure is taken back, a success is no probe). Not once the source is
+            # used up: the held items are all that is left to probe with, and a success of those in flight is the
+            # only sign left that the API works (bad records ending a healthy run's source held every probe).
             self._tally.breaker_probe_at = 0.0
             self._timer = self._loop.call_later(POLL_S, self._probe)
             return
