@@ -22,6 +22,7 @@ from batchcli.executors.throttling import throttle_of
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB = Path(__file__).resolve().parent / "projects" / "throttle" / "throttle_job.py"
+SYNC_JOB = JOB.with_name("sync_job.py")
 EXAMPLE = ROOT / "examples" / "flaky_api" / "job.py"
 
 
@@ -353,6 +354,29 @@ def test_worker_executors_cool_down_and_spend_no_attempt(run_batchcli, executor:
         assert_ledger(result, api, 6)
         for when, _, later in throttled_then_next(api):
             assert later >= when + 1.0
+
+
+@pytest.mark.parametrize(
+    ("executor", "job"), [("process", JOB), ("process", SYNC_JOB), ("dask", JOB), ("ray", JOB)],
+    ids=["process", "process-sync", "dask", "ray"],
+)
+def test_a_throttle_stops_the_chunks_other_workers_run(run_batchcli, request, executor: str, job: Path) -> None:
+    """The whole run cools down: a worker that did not see the 429 starts none of the rest of its chunk until
+    Retry-After ends (it went on with its 60 items: some 30 requests inside a 2 s Retry-After). A sync ``process``
+    runs inline in the worker, an async one in lanes: both check."""
+    cluster = ("-p", f"ray_address={request.getfixturevalue('ray_head')}") if executor == "ray" else ()
+    with FlakyApi(throttle_first=1, retry_after_s=2) as api:
+        result = run_batchcli(
+            "exec", job, "-d", "out", "-p", f"url={api.url}", "-p", "count=120", "-p", "delay_s=0.05",
+            "-p", "concurrency=2", "-p", "workers=2", "-p", "chunk_size=60", "-p", f"executor={executor}", *cluster,
+        )
+        assert result.exit_code == 0, result.output
+        assert_ledger(result, api, 120)
+        assert api.statuses[429] == 1
+        ((refused, _, _),) = throttled_then_next(api)
+        # The driver hears of the 429 when that worker hands its chunk back; allow it half a second for that.
+        during = [when for when, _, _, _ in api.requests if refused + 0.5 <= when < refused + 1.9]
+        assert during == [], f"{len(during)} requests during the cool-down"
 
 
 def test_example_job_runs_against_its_own_server(run_batchcli) -> None:

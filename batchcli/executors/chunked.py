@@ -70,6 +70,10 @@ class Backend(Protocol):
     def limits_changed(self, version: int) -> None:
         """The rate changed: chunks sent with an older ``Chunk.limits`` hand back the items waiting for a slot."""
 
+    def cool_down(self, count: int) -> None:
+        """The run cools down after a throttle (its ``count``-th hold): chunks sent with an older ``Chunk.cooldowns``
+        start none of their remaining items and hand them back unstarted."""
+
     async def close(self, timeout: float | None) -> WorkerError | None:
         """Call ``finish()`` in every worker and stop them; the first error ``finish()`` raised, or a worker that
         died before it returned. ``timeout`` None waits for as long as ``finish()`` takes: a stop that runs out of
@@ -141,6 +145,9 @@ class ChunkedExecutor:
         """An exception from the source itself, which ends the run."""
         self._started = False
         self._limits_version = 0
+        self._cooldowns = 0
+        """Cool-downs told to the backend (``Chunk.cooldowns``), and the end of the last one told (monotonic)."""
+        self._held_until = 0.0
         """Counts rate changes; each chunk carries the version it was sent under."""
 
     @property
@@ -272,6 +279,7 @@ class ChunkedExecutor:
             self._give_back(slots),
             self._tally.durations is not None,
             self._alone(entries),
+            self._cooldowns,
         )
         self._tally.in_flight += len(entries)
         task = self._loop.create_task(self._run_chunk(chunk, entries))
@@ -471,6 +479,11 @@ class ChunkedExecutor:
 
     def _throttled(self, entry: _Entry, error: ItemError) -> None:
         delay = self._cooldown.throttled(Throttle(error.retry_after_s), *throttled_before(entry.attempts, self._tally))
+        if delay > 0 and self._cooldown.until > self._held_until:
+            # The run cools down, or longer: chunks already with the workers start none of their remaining items.
+            self._held_until = self._cooldown.until
+            self._cooldowns += 1
+            self._backend.cool_down(self._cooldowns)
         self._retries.throttled(
             entry.ordinal, entry.item, entry.attempts, delay, self._requeue, self.stopping, ItemFailed(error), error.info
         )

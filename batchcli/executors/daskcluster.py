@@ -180,6 +180,8 @@ class DaskBackend:
         self._cancelled = False
         self._limits = 0
         """The limits version to tell the workers (``_steer``)."""
+        self._cooldowns = 0
+        """The count of cool-downs to tell the workers (``_steer``)."""
         self._cancel_word = False
         """True once the run cancelled its chunks: told to the workers with ``_limits``."""
         self._steer_lock = threading.Lock()
@@ -248,6 +250,12 @@ class DaskBackend:
         # rate come back unstarted. It waited for the old slot, however long: 0.02/s held a chunk for minutes.
         self._steer(False, version)
 
+    def cool_down(self, count: int) -> None:
+        # As a cancel does, for a while: running tasks start none of their remaining items (worker.steer).
+        with self._steer_lock:
+            self._cooldowns = count
+        self._steer(False, self._limits)
+
     def abandon(self) -> None:
         """Nothing more than the exit does: the run's own local cluster goes with its process; a remote one stays."""
 
@@ -278,10 +286,10 @@ class DaskBackend:
         threading.Thread(target=self._tell, name="batchcli-dask-steer", daemon=True).start()
 
     def _tell(self) -> None:
-        told: tuple[bool, int] | None = None
+        told: tuple[bool, int, int] | None = None
         while True:
             with self._steer_lock:
-                word = (self._cancel_word, self._limits)
+                word = (self._cancel_word, self._limits, self._cooldowns)
                 client = self._client
                 if word == told or client is None:
                     self._telling = False

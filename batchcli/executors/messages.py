@@ -87,6 +87,9 @@ class Chunk:
     alone: frozenset[int] = frozenset()
     """Ordinals the API refused before while it served other items since (``Attempts.refused_alone``): refused
     again, such an item holds neither the worker nor the rest of the chunk (the driver waits for it alone)."""
+    cooldowns: int = 0
+    """The driver's count of cool-downs when it was sent: once another starts (a throttle a worker saw), the chunk
+    starts none of its remaining items and hands them back unstarted (``Backend.cool_down``)."""
 
 
 @dataclass(frozen=True)

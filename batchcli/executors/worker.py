@@ -87,19 +87,26 @@ class WorkerJob:
         """After a throttle with a Retry-After: until then (monotonic) a chunk that comes is handed back unstarted."""
 
     def run_chunk(
-        self, chunk: Chunk, cancelled: Callable[[], bool] | None = None, limits: Callable[[], int] | None = None
+        self,
+        chunk: Chunk,
+        cancelled: Callable[[], bool] | None = None,
+        limits: Callable[[], int] | None = None,
+        cooldowns: Callable[[], int] | None = None,
     ) -> ChunkResult:
         """Run a chunk's items, ``chunk.share`` at once; blocks until done (or ``cancelled()`` turns true).
 
         ``limits()`` is the driver's limits version now (process executor): once it differs from the
         chunk's, items waiting for a start slot go back unstarted, to be sent again under the new rate.
+        ``cooldowns()`` is the driver's count of cool-downs now: once it differs from the chunk's, the run
+        cools down after a throttle another worker saw, and the chunk starts none of its remaining items.
         """
         try:
             # Unpickled only now: the items' classes live in the project this job just loaded.
             items: list[tuple[int, Any]] = pickle.loads(chunk.payload)
         except Exception as error:
             raise ChunkUnreadable("Reading a chunk of items failed", ErrorInfo.of(error), self.pid) from None
-        if time.monotonic() < self._hold_until:
+        cooling = None if cooldowns is None else (lambda: cooldowns() != chunk.cooldowns)
+        if time.monotonic() < self._hold_until or (cooling is not None and cooling()):
             # The driver sent this chunk before it heard of the throttle: hand it back, it resends after the cool-down.
             return ChunkResult([], [], [o for o, _ in items], 0.0, self.pid)
         # The start rate carries over from chunk to chunk of the same slot (a process, or a Dask thread);
@@ -110,8 +117,13 @@ class WorkerJob:
         else:
             limiter.set_concurrency(chunk.share)
             limiter.set_rate_limit(chunk.rate)
-        stale = None if limits is None else (lambda: limits() != chunk.limits)
-        return self._on_loop(self._run(items, chunk, limiter, cancelled, stale))  # type: ignore[no-any-return]
+        if limits is None:
+            stale = cooling
+        elif cooling is None:
+            stale = lambda: limits() != chunk.limits  # noqa: E731
+        else:
+            stale = lambda: limits() != chunk.limits or cooling()  # noqa: E731
+        return self._on_loop(self._run(items, chunk, limiter, cancelled, stale, cooling))  # type: ignore[no-any-return]
 
     def finish(self) -> ErrorInfo | None:
         """Call the Service's ``finish()`` and stop the loop; the error it raised, if any."""
@@ -130,6 +142,7 @@ class WorkerJob:
         limiter: Limiter,
         cancelled: Callable[[], bool] | None,
         stale: Callable[[], bool] | None,
+        cooling: Callable[[], bool] | None,
     ) -> ChunkResult:
         started = time.perf_counter()
         ok: list[int] = []
@@ -142,10 +155,14 @@ class WorkerJob:
         durations = Durations() if chunk.timed else None
         if not calls.is_async and chunk.share == 1 and chunk.timeout_s is None:
             process = self._process if durations is None else timed_sync(self._process, durations)
-            skipped = self._run_inline(items, process, limiter, cancelled, stale, ok, kept, errors, failing, full)
+            # An item starts only while the run does not cool down: each checks, as each checks for a cancel.
+            # Without it, a worker that did not see the throttle went on with its chunk: 35 requests in a 2 s
+            # Retry-After (chunk_size=40).
+            stopped = cancelled if cooling is None else cooling if cancelled is None else (lambda: cancelled() or cooling())
+            skipped = self._run_inline(items, process, limiter, stopped, stale, ok, kept, errors, failing, full)
         else:
             call = calls.call if durations is None else timed(calls.call, durations)
-            skipped = await self._run_lanes(items, call, limiter, cancelled, stale, ok, kept, errors, failing, full)
+            skipped = await self._run_lanes(items, call, limiter, cancelled, stale, cooling, ok, kept, errors, failing, full)
         return ChunkResult(ok, errors, skipped, time.perf_counter() - started, self.pid, kept, durations)
 
     def _run_inline(
@@ -191,6 +208,7 @@ class WorkerJob:
         limiter: Limiter,
         cancelled: Callable[[], bool] | None,
         stale: Callable[[], bool] | None,
+        cooling: Callable[[], bool] | None,
         ok: list[int],
         kept: list[Kept],
         errors: list[ItemError],
@@ -211,6 +229,10 @@ class WorkerJob:
         async def lane() -> None:
             turn_at = time.monotonic() + window
             while queue:
+                if cooling is not None and cooling():  # the run cools down (``run_chunk``): the rest goes back
+                    held.extend(o for o, _ in queue)
+                    queue.clear()
+                    return
                 ordinal, item = queue.popleft()
                 running.add(ordinal)
                 if limiter.throttled and (delay := limiter.delay()) > 0 and not await _wait(delay, stale):
@@ -398,17 +420,20 @@ def job_for(spec: WorkerSpec) -> WorkerJob:
 
 
 _steering: dict[str, list[int]] = {}
-"""Per run: [cancelled, limits version], as the driver last said through ``steer`` (a Dask worker, where a running
-task can be told nothing else); the chunks of that run read them as the process executor's read its shared values."""
+"""Per run: [cancelled, limits version, cool-downs], as the driver last said through ``steer`` (a Dask worker, where
+a running task can be told nothing else); the chunks of that run read them as the process executor's read its
+shared values."""
 
 
-def steer(key: str, cancelled: bool, limits: int) -> None:
+def steer(key: str, cancelled: bool, limits: int, cooldowns: int = 0) -> None:
     """The driver's word to this worker process (``Client.run``, on the worker's event loop): the run ``key`` was
-    cancelled (its chunks give back the items they have not started), or its limits changed (items waiting for a
-    start slot go back, to be sent again under the new rate)."""
-    state = _steering.setdefault(key, [0, limits])
+    cancelled (its chunks give back the items they have not started), its limits changed (items waiting for a
+    start slot go back, to be sent again under the new rate), or it cools down after a throttle (its chunks start
+    none of their remaining items)."""
+    state = _steering.setdefault(key, [0, limits, cooldowns])
     state[0] = state[0] or int(cancelled)
     state[1] = max(state[1], limits)
+    state[2] = max(state[2], cooldowns)
 
 
 def finish_job(key: str) -> ErrorInfo | None:
@@ -518,8 +543,9 @@ def run_chunk(spec: WorkerSpec, chunk: Chunk) -> ChunkResult:
 
 def run_steered(job: WorkerJob, key: str, chunk: Chunk) -> ChunkResult:
     """``job.run_chunk`` for the run ``key``, reading its ``steer`` state as it goes (Dask tasks, Ray actors)."""
-    state = _steering.setdefault(key, [0, chunk.limits])
+    state = _steering.setdefault(key, [0, chunk.limits, chunk.cooldowns])
     state[1] = max(state[1], chunk.limits)  # a chunk may come before the word of its own limits
-    result = job.run_chunk(chunk, lambda: state[0] != 0, lambda: state[1])
+    state[2] = max(state[2], chunk.cooldowns)
+    result = job.run_chunk(chunk, lambda: state[0] != 0, lambda: state[1], lambda: state[2])
     records = take_records()
     return replace(result, records=records) if records else result
