@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import signal
 import sqlite3
+import subprocess
 import sys
 import time
 import urllib.error
@@ -377,6 +379,37 @@ def test_a_throttle_stops_the_chunks_other_workers_run(run_batchcli, request, ex
         # The driver hears of the 429 when that worker hands its chunk back; allow it half a second for that.
         during = [when for when, _, _, _ in api.requests if refused + 0.5 <= when < refused + 1.9]
         assert during == [], f"{len(during)} requests during the cool-down"
+
+
+@pytest.mark.parametrize("executor", ["async", "process"])
+def test_a_resume_waits_out_the_retry_after_its_last_session_stopped_in(run_batchcli, tmp_path: Path, executor: str) -> None:
+    """A run stopped during a 5 s Retry-After and resumed at once starts nothing before it ends: its first request
+    came a second after the 429."""
+    from conftest import newest_run, subprocess_env
+
+    with FlakyApi(throttle_first=1, retry_after_s=5) as api:
+        cmd = [
+            sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(tmp_path / "out"),
+            "-p", f"url={api.url}", "-p", "count=4", "-p", "concurrency=1", "-p", f"executor={executor}",
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env()
+        )
+        deadline = time.monotonic() + 60
+        while not api.statuses[429] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)  # the session's live row says it cools down
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 130, output
+        run_dir = newest_run(tmp_path / "out")
+        assert run_dir is not None
+        resumed = run_batchcli("resume", run_dir)
+        assert resumed.exit_code == 0, resumed.output
+        assert_ledger(resumed, api, 4)
+        ((refused, _, first_after),) = throttled_then_next(api)
+        assert first_after >= refused + 4.5, f"the resume's first request came {first_after - refused:.2f}s after the 429"
+    assert "The last session stopped during a cool-down: no new item starts for" in log_text(run_dir)
 
 
 def test_example_job_runs_against_its_own_server(run_batchcli) -> None:

@@ -132,6 +132,7 @@ class AsyncExecutor:
         self._grow_timer = self._loop.call_later(GROW_INTERVAL_S, self._grow)
         self._seal_timer = self._loop.call_later(SEAL_INTERVAL_S, self._seal_due)
         self._cooldown.start()
+        self._cooling = self._cooldown.remaining_s > 0  # resumed during an earlier session's cool-down
         self._left = self._loop.create_future()
         """Done when ``cancel()`` gave up on workers that did not end: ``run`` returns without them."""
         if not self.paused:  # a pause may come before the run starts (Ctrl-C during setup)

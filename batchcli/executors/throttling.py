@@ -441,8 +441,12 @@ class Cooldown:
         self._apply(self.effective if adapting else limits)  # never above the new ceiling (``_apply``)
 
     def start(self) -> None:
-        """Items start now: the first window the API's rate is measured over begins here."""
-        self.until = self._pace_until = self._clock()
+        """Items start now, or once the cool-down an earlier session stopped in ends (``Tally.cooldown_until``, set
+        by the driver before the run starts): the first window the API's rate is measured over begins then."""
+        now = self._pace_until = self._clock()
+        self.until = max(now, self._tally.cooldown_until)
+        if self.until > now:
+            log.info("The last session stopped during a cool-down: no new item starts for %.2fs.", self.until - now)
         self._rates.started(self.until, self._tally.succeeded)
 
     def tick(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pickle
 import socket
@@ -640,6 +641,21 @@ class Journal:
             )  # fmt: skip
 
     # The end.
+
+    def cooldown_left_s(self) -> float:
+        """Seconds left now of the cool-down the session before this one was in when it ended (stopped, or killed,
+        while the API's ``Retry-After`` ran): its last ``live`` row says how long was left then. 0 for none."""
+        try:
+            row = self._conn.execute(
+                "SELECT t, state FROM live WHERE session < ? ORDER BY session DESC LIMIT 1", (self.session,)
+            ).fetchone()
+            state = json.loads(row[1]) if row is not None else {}
+        except (sqlite3.OperationalError, ValueError):  # no live table yet, or a row that is not JSON
+            return 0.0
+        cooling = state.get("cooling_down_s") if isinstance(state, dict) else None
+        if not isinstance(cooling, (int, float)) or not math.isfinite(cooling) or not isinstance(row[0], float):
+            return 0.0
+        return max(0.0, row[0] + cooling - time.time())
 
     def earlier_states(self) -> list[dict[str, Any]]:
         """The last ``live`` state of each earlier session (a killed one's too), oldest first; [] for none."""

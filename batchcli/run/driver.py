@@ -215,6 +215,10 @@ class Run:
                 self.journal = self._start_journal()
                 # Read here, on this thread, before the recorder uses the connection (the breaker is made on the loop's).
                 self._held_before = self.journal.held_errors()
+                # Resumed while the API's Retry-After still runs: no item starts before it ends (Cooldown.start),
+                # at most throttle_max_wait_s from now, which this session's -p may shorten.
+                if (cooling := self.journal.cooldown_left_s()) > 0:
+                    self.tally.cooldown_until = time.monotonic() + min(cooling, self.job.config.throttle_max_wait_s)
             finally:
                 if self.preparing is not None:
                     self.preparing.close()
