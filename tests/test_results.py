@@ -127,6 +127,20 @@ def test_every_result_exports_as_compact_json_whichever_way_it_was_kept(cli, tmp
     assert [r.value for r in batchcli.read_results(ran.run_dir)][2] == {(2, 2): [2, 4]}
 
 
+@pytest.mark.parametrize("executor", ["async", "process"])
+def test_a_coroutine_returned_by_a_plain_def_process_says_to_declare_it_async(run_batchcli, executor: str) -> None:
+    """A ``def process`` returning a coroutine fails that item saying to make it ``async def``, without Python's
+    "never awaited" warning on top (it said only "cannot keep ... pickling it failed")."""
+    ran = run_batchcli("exec", PROJECT / "forgot_async.py", "-d", "out", "-p", f"executor={executor}")
+    assert ran.exit_code == 1, ran.output
+    (failure,) = ran.failed
+    assert failure["ordinal"] == 2
+    assert failure["error_type"] == "batchcli.journal.results.UnkeepableResult"
+    assert "(coroutine) instead of awaiting it" in failure["error_message"]
+    assert "`async def process(...)`" in failure["error_message"]
+    assert "never awaited" not in ran.output
+
+
 def test_a_result_that_cannot_be_kept_fails_only_its_item_with_the_reason(cli, tmp_path: Path) -> None:
     """A returned lock (neither JSON nor picklable) fails that item, saying why and what to return; the run and its other results go on."""
     ran = cli("exec", SQUARES, "-d", "out", "-p", "count=6", "-p", "lock_at=2")

@@ -9,6 +9,7 @@ rules, and never the run. The journal writes a result in the transaction that ma
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import json.encoder
 import marshal
@@ -153,6 +154,14 @@ def encode_other(value: Any) -> Encoded:
     try:
         blob = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
     except Exception as error:
+        if inspect.isawaitable(value):
+            if inspect.iscoroutine(value):
+                value.close()  # never awaited, and now never will be: no "never awaited" warning on top of this
+            raise UnkeepableResult(
+                f"process() returned {_shown(value)} ({type(value).__qualname__}) instead of awaiting it: a plain "
+                "`def process` is called as it is, and what it returns is the item's result. Declare it "
+                "`async def process(...)` and `await` the call inside it."
+            ) from None
         raise UnkeepableResult(
             f"process() returned {_shown(value)} ({type(value).__qualname__}), which batchcli cannot keep: it is not "
             f"JSON-serialisable and pickling it failed ({type(error).__name__}: {error}). Return plain data (dicts, "
