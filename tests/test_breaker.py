@@ -375,6 +375,9 @@ def test_trip_on_a_terminal_opens_the_pause_shell_with_the_reason(api: FlakyApi,
         child.expect("circuit breaker open: run paused")
         child.expect(r"5 of the last 5 items failed: httpx.HTTPStatusError: Client error '401 Unauthorized'")
         child.expect(r"In \[")
+        child.sendline("print('BREAKER', self.stats().breaker)")
+        child.expect("BREAKER open")
+        child.expect(r"In \[")
         child.sendline("service.token = 'good'")
         child.expect(r"In \[")
         child.sendline("exit")
@@ -460,9 +463,11 @@ def test_the_breaker_gives_back_the_users_concurrency_not_its_own(api: FlakyApi,
         wait_for(lambda: len(api.served) > 50, "some items served")
         api.token = "expired"  # every request is answered 401 from now on
         wait_for(lambda: logged("the probe failed"), "a failed probe")
+        assert re.search(r"^  breaker: (open|probing)$", ctl("stats"), re.M)
         api.token = "good"
         ctl("resume")  # as leaving the pause shell: the breaker closes now
         assert concurrency() == 8
+        assert "\n  breaker: closed\n" in ctl("stats")
 
         mark = len((run_dir / "batchcli.log").read_text())
         api.token = "expired"

@@ -56,6 +56,9 @@ class Stats:
     paused: bool
     stopping: bool
     """True once a stop was asked for (now, or when the shell closes)."""
+    breaker: str | None
+    """The circuit breaker's state: ``closed``, ``open`` (no new item starts) or ``probing``; None when it is off
+    (``breaker_window=0``)."""
     line: str = field(repr=False)
     """The same state as one line, as the progress display shows it."""
 
@@ -138,6 +141,7 @@ class RunController:
             cooling_down_s=round(max(0.0, tally.cooldown_until - time.monotonic()), 1),
             paused=run.paused.is_set(),
             stopping=run.stop_requested.is_set() or self.stop_on_leave,
+            breaker=run.tally.breaker_state if run.job.config.breaker_window > 0 else None,
             line=status_line(tally, Rate(tally).sample()),
         )
 
