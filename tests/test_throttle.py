@@ -381,6 +381,41 @@ def test_a_throttle_stops_the_chunks_other_workers_run(run_batchcli, request, ex
         assert during == [], f"{len(during)} requests during the cool-down"
 
 
+def test_ctl_retry_failed_during_a_cool_down_runs_at_once_in_a_worker(tmp_path: Path) -> None:
+    """With process, a live retry runs at once, cool-down or not, as on the async executor: the worker that saw the
+    429 handed its one-item chunk back while it held, and "0 of 1 failed item(s) succeeded now"."""
+    from conftest import subprocess_env
+    from joblog import wait_for
+    from test_unattended import ctl
+
+    out = tmp_path / "out"
+    with FlakyApi(retry_after_s=5, reject={5}) as api:
+        cmd = [
+            sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", f"url={api.url}",
+            "-p", "count=100000", "-p", "delay_s=0.01", "-p", "executor=process", "-p", "workers=2",
+            "-p", "max_retries=0", "-p", "breaker_window=0",
+        ]  # fmt: skip
+        run = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
+        try:
+            wait_for(lambda: any(out.glob("*/control.sock")), "the run to listen")
+            run_dir = next(out.glob("*/control.sock")).parent
+            wait_for(lambda: "failed: 1\n" in ctl(run_dir, "stats").stdout, "item 5's failure")
+            api.throttle_first = len(api.requests) + 1  # the next request is answered 429, Retry-After: 5
+            wait_for(lambda: api.statuses[429] == 1, "the throttle")
+            assert ctl(run_dir, "pause").returncode == 0
+            api.reject = frozenset()
+            reply = ctl(run_dir, "retry-failed")
+            assert reply.stdout == "1 of 1 failed item(s) succeeded now.\n", reply.stdout + reply.stderr
+            cooling = float(ctl(run_dir, "stats").stdout.split("cooling_down_s: ")[1].split()[0])
+            assert cooling > 0  # the retry ran during the cool-down
+            assert ctl(run_dir, "stop").returncode == 0
+            assert run.wait(timeout=60) == 130
+        finally:
+            if run.poll() is None:
+                run.kill()
+        assert api.served.get(5) == 1
+
+
 @pytest.mark.parametrize("executor", ["async", "process"])
 def test_a_resume_waits_out_the_retry_after_its_last_session_stopped_in(run_batchcli, tmp_path: Path, executor: str) -> None:
     """A run stopped during a 5 s Retry-After and resumed at once starts nothing before it ends: its first request

@@ -294,7 +294,7 @@ class ChunkedExecutor:
         A cancel drops the chunk while the backend still holds it back (``Backend.queued``); once a worker has it,
         nothing stops it, and ``unfinished`` (when given) gets the future of its outcome."""
         payload = pickle.dumps([(-1, item)], pickle.HIGHEST_PROTOCOL)
-        chunk = Chunk(next(self._ids), payload, 1, 1, self._config.item_timeout_s, None, self._limits_version)
+        chunk = Chunk(next(self._ids), payload, 1, 1, self._config.item_timeout_s, None, self._limits_version, live=True)
         if unfinished is None:
             return await self._one(chunk)
         submitted: list[bool] = []

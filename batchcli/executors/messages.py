@@ -90,6 +90,9 @@ class Chunk:
     cooldowns: int = 0
     """The driver's count of cool-downs when it was sent: once another starts (a throttle a worker saw), the chunk
     starts none of its remaining items and hands them back unstarted (``Backend.cool_down``)."""
+    live: bool = False
+    """The pause shell's or ``ctl``'s retry of one item (``process_one``): it runs at once, cool-down or not, as on
+    the async executor (a worker still holding after a 429 handed it back, and the retry was lost)."""
 
 
 @dataclass(frozen=True)

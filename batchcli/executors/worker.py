@@ -105,8 +105,8 @@ class WorkerJob:
             items: list[tuple[int, Any]] = pickle.loads(chunk.payload)
         except Exception as error:
             raise ChunkUnreadable("Reading a chunk of items failed", ErrorInfo.of(error), self.pid) from None
-        cooling = None if cooldowns is None else (lambda: cooldowns() != chunk.cooldowns)
-        if time.monotonic() < self._hold_until or (cooling is not None and cooling()):
+        cooling = None if cooldowns is None or chunk.live else (lambda: cooldowns() != chunk.cooldowns)
+        if not chunk.live and (time.monotonic() < self._hold_until or (cooling is not None and cooling())):
             # The driver sent this chunk before it heard of the throttle: hand it back, it resends after the cool-down.
             return ChunkResult([], [], [o for o, _ in items], 0.0, self.pid)
         # The start rate carries over from chunk to chunk of the same slot (a process, or a Dask thread);
