@@ -107,7 +107,7 @@ def test_the_controller_needs_only_the_run_handle(capsys: pytest.CaptureFixture[
     tally = Tally()
     tally.total = 5
     handle = SimpleNamespace(
-        job=SimpleNamespace(config=SimpleNamespace(concurrency=3, rate_limit=None)),
+        job=SimpleNamespace(config=SimpleNamespace(concurrency=3, rate_limit=None, breaker_window=100)),
         tally=tally,
         run_dir=Path("runs/x"),
         display=None,
@@ -122,6 +122,7 @@ def test_the_controller_needs_only_the_run_handle(capsys: pytest.CaptureFixture[
     handle.paused.set()
     stats = controller.stats()
     assert stats.paused and not stats.stopping and stats.concurrency == 3 and stats.unprocessed == 5
+    assert stats.breaker == "closed"
     assert controller.in_flight == {}
     controller.stop()
     assert controller.stats().stopping and not handle.stop_requested.is_set()
