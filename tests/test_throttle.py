@@ -364,7 +364,7 @@ def test_worker_executors_cool_down_and_spend_no_attempt(run_batchcli, executor:
 )
 def test_a_throttle_stops_the_chunks_other_workers_run(run_batchcli, request, executor: str, job: Path) -> None:
     """The whole run cools down: a worker that did not see the 429 starts none of the rest of its chunk until
-    Retry-After ends (it went on with its 60 items: some 30 requests inside a 2 s Retry-After). A sync ``process``
+    Retry-After ends (it went on with its 60 items: 26-27 requests inside the 2 s Retry-After). A sync ``process``
     runs inline in the worker, an async one in lanes: both check."""
     cluster = ("-p", f"ray_address={request.getfixturevalue('ray_head')}") if executor == "ray" else ()
     with FlakyApi(throttle_first=1, retry_after_s=2) as api:

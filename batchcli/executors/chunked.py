@@ -145,10 +145,9 @@ class ChunkedExecutor:
         """An exception from the source itself, which ends the run."""
         self._started = False
         self._limits_version = 0
-        self._cooldowns = 0
-        """Cool-downs told to the backend (``Chunk.cooldowns``), and the end of the last one told (monotonic)."""
-        self._held_until = 0.0
         """Counts rate changes; each chunk carries the version it was sent under."""
+        self._cooldowns = 0
+        """Counts the holds of every start after throttles, told to the backend; each chunk carries its count."""
 
     @property
     def limits(self) -> Limits:
@@ -478,10 +477,10 @@ class ChunkedExecutor:
         self._retries.failed(entry.ordinal, entry.item, entry.attempts, error, requeue, self.stopping, info)
 
     def _throttled(self, entry: _Entry, error: ItemError) -> None:
+        before = self._cooldown.until
         delay = self._cooldown.throttled(Throttle(error.retry_after_s), *throttled_before(entry.attempts, self._tally))
-        if delay > 0 and self._cooldown.until > self._held_until:
+        if delay > 0 and self._cooldown.until > before:
             # The run cools down, or longer: chunks already with the workers start none of their remaining items.
-            self._held_until = self._cooldown.until
             self._cooldowns += 1
             self._backend.cool_down(self._cooldowns)
         self._retries.throttled(

@@ -156,8 +156,8 @@ class WorkerJob:
         if not calls.is_async and chunk.share == 1 and chunk.timeout_s is None:
             process = self._process if durations is None else timed_sync(self._process, durations)
             # An item starts only while the run does not cool down: each checks, as each checks for a cancel.
-            # Without it, a worker that did not see the throttle went on with its chunk: 35 requests in a 2 s
-            # Retry-After (chunk_size=40).
+            # Without it, a worker that did not see the throttle went on with its chunk: 26-27 requests inside a
+            # 2 s Retry-After (test_throttle.py, chunk_size=60).
             stopped = cancelled if cooling is None else cooling if cancelled is None else (lambda: cancelled() or cooling())
             skipped = self._run_inline(items, process, limiter, stopped, stale, ok, kept, errors, failing, full)
         else:
