@@ -70,9 +70,9 @@ class Backend(Protocol):
     def limits_changed(self, version: int) -> None:
         """The rate changed: chunks sent with an older ``Chunk.limits`` hand back the items waiting for a slot."""
 
-    def cool_down(self, count: int) -> None:
-        """The run cools down after a throttle (its ``count``-th hold): chunks sent with an older ``Chunk.cooldowns``
-        start none of their remaining items and hand them back unstarted."""
+    def hold(self, count: int) -> None:
+        """The driver holds every start (its ``count``-th time: a throttle's cool-down, a pause): chunks sent with an
+        older ``Chunk.holds`` start none of their remaining items and hand them back unstarted."""
 
     async def close(self, timeout: float | None) -> WorkerError | None:
         """Call ``finish()`` in every worker and stop them; the first error ``finish()`` raised, or a worker that
@@ -146,8 +146,8 @@ class ChunkedExecutor:
         self._started = False
         self._limits_version = 0
         """Counts rate changes; each chunk carries the version it was sent under."""
-        self._cooldowns = 0
-        """Counts the holds of every start after throttles, told to the backend; each chunk carries its count."""
+        self._holds = 0
+        """Counts the holds of every start (throttles' cool-downs, pauses), told to the backend; each chunk carries it."""
 
     @property
     def limits(self) -> Limits:
@@ -278,7 +278,7 @@ class ChunkedExecutor:
             self._give_back(slots),
             self._tally.durations is not None,
             self._alone(entries),
-            self._cooldowns,
+            self._holds,
         )
         self._tally.in_flight += len(entries)
         task = self._loop.create_task(self._run_chunk(chunk, entries))
@@ -481,8 +481,8 @@ class ChunkedExecutor:
         delay = self._cooldown.throttled(Throttle(error.retry_after_s), *throttled_before(entry.attempts, self._tally))
         if delay > 0 and self._cooldown.until > before:
             # The run cools down, or longer: chunks already with the workers start none of their remaining items.
-            self._cooldowns += 1
-            self._backend.cool_down(self._cooldowns)
+            self._holds += 1
+            self._backend.hold(self._holds)
         self._retries.throttled(
             entry.ordinal, entry.item, entry.attempts, delay, self._requeue, self.stopping, ItemFailed(error), error.info
         )
@@ -532,7 +532,12 @@ class ChunkedExecutor:
         """Nothing to do: the user's code runs in the workers, so nothing holds this loop."""
 
     def pause(self) -> None:
-        """Send no new chunk until ``resume``; chunks in flight finish."""
+        """Send no new chunk until ``resume``; items running finish, and the chunks the workers have start none of
+        their other items: those come back unstarted, to be sent again after ``resume``."""
+        if not self.paused and self._started:
+            # With a fixed chunk_size a worker went on with its chunk: "no new item starts" was 60 items later.
+            self._holds += 1
+            self._backend.hold(self._holds)
         self.paused = True
 
     def resume(self) -> None:

@@ -180,7 +180,7 @@ class DaskBackend:
         self._cancelled = False
         self._limits = 0
         """The limits version to tell the workers (``_steer``)."""
-        self._cooldowns = 0
+        self._holds = 0
         """The count of cool-downs to tell the workers (``_steer``)."""
         self._cancel_word = False
         """True once the run cancelled its chunks: told to the workers with ``_limits``."""
@@ -250,10 +250,10 @@ class DaskBackend:
         # rate come back unstarted. It waited for the old slot, however long: 0.02/s held a chunk for minutes.
         self._steer(False, version)
 
-    def cool_down(self, count: int) -> None:
-        # As a cancel does, for a while: running tasks start none of their remaining items (worker.steer).
+    def hold(self, count: int) -> None:
+        # As a cancel does, until the driver goes on: running tasks start none of their remaining items (worker.steer).
         with self._steer_lock:
-            self._cooldowns = count
+            self._holds = count
         self._steer(False, self._limits)
 
     def abandon(self) -> None:
@@ -289,7 +289,7 @@ class DaskBackend:
         told: tuple[bool, int, int] | None = None
         while True:
             with self._steer_lock:
-                word = (self._cancel_word, self._limits, self._cooldowns)
+                word = (self._cancel_word, self._limits, self._holds)
                 client = self._client
                 if word == told or client is None:
                     self._telling = False

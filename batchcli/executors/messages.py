@@ -87,9 +87,9 @@ class Chunk:
     alone: frozenset[int] = frozenset()
     """Ordinals the API refused before while it served other items since (``Attempts.refused_alone``): refused
     again, such an item holds neither the worker nor the rest of the chunk (the driver waits for it alone)."""
-    cooldowns: int = 0
-    """The driver's count of cool-downs when it was sent: once another starts (a throttle a worker saw), the chunk
-    starts none of its remaining items and hands them back unstarted (``Backend.cool_down``)."""
+    holds: int = 0
+    """How many times the driver had held every start when it was sent: once it holds them again (a throttle's
+    cool-down, a pause), the chunk starts none of its remaining items and hands them back unstarted (``Backend.hold``)."""
     live: bool = False
     """The pause shell's or ``ctl``'s retry of one item (``process_one``): it runs at once, cool-down or not, as on
     the async executor (a worker still holding after a 429 handed it back, and the retry was lost)."""

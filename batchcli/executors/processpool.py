@@ -99,8 +99,8 @@ class ProcessBackend:
         self._cancel_flag = self._context.Value("b", 0, lock=False)
         self._limits = self._context.Value("q", 0, lock=False)
         """The driver's limits version, read by workers while an item waits for its start slot."""
-        self._cooldowns = self._context.Value("q", 0, lock=False)
-        """The driver's count of cool-downs, read by workers before each item starts."""
+        self._holds = self._context.Value("q", 0, lock=False)
+        """How many times the driver held every start (``Backend.hold``), read by workers before each item starts."""
         # A driver that ends without close() (an error on the way out) must still exit: at exit, multiprocessing
         # SIGTERMs its daemonic children and joins them, but workers ignore SIGTERM (signals.py) and wait on
         # their pipe from this very process, so the join would wait for ever. Registered after multiprocessing's
@@ -136,8 +136,8 @@ class ProcessBackend:
     def limits_changed(self, version: int) -> None:
         self._limits.value = version
 
-    def cool_down(self, count: int) -> None:
-        self._cooldowns.value = count
+    def hold(self, count: int) -> None:
+        self._holds.value = count
 
     def cancel(self) -> None:
         self._cancelled = True
@@ -180,7 +180,7 @@ class ProcessBackend:
         results_r, results_w = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=worker_main,
-            args=(self._spec, tasks_r, results_w, self._cancel_flag, self._limits, self._cooldowns),
+            args=(self._spec, tasks_r, results_w, self._cancel_flag, self._limits, self._holds),
             name="batchcli-worker",
             # Daemonic: if the driver dies, multiprocessing ends its workers rather than wait for them.
             daemon=True,
@@ -353,7 +353,7 @@ def _allowed_s(chunk: Chunk) -> float:
 
 
 def worker_main(
-    spec: WorkerSpec, tasks: Connection, results: Connection, cancel: Any, limits: Any, cooldowns: Any
+    spec: WorkerSpec, tasks: Connection, results: Connection, cancel: Any, limits: Any, holds: Any
 ) -> None:
     """A worker process: build the job, run chunks until told to stop, finish the job."""
     # Ctrl-C and SIGTERM reach the whole process group; the driver decides what they mean (pause, stop).
@@ -381,7 +381,7 @@ def worker_main(
     while (chunk := inbox.get()) is not None:
         try:
             result = job.run_chunk(
-                chunk, lambda: cancel.value != 0, lambda: int(limits.value), lambda: cooldowns.value
+                chunk, lambda: cancel.value != 0, lambda: int(limits.value), lambda: holds.value
             )
         except WorkerError as error:
             send(("chunk_error", chunk.id, error))

@@ -124,10 +124,10 @@ class RayWorker:
             return WorkerError("Loading the project failed", ErrorInfo.of(error), os.getpid())
 
     @ray.method(concurrency_group="control")  # type: ignore[misc]
-    def steer(self, cancelled: bool, limits: int, cooldowns: int) -> None:
+    def steer(self, cancelled: bool, limits: int, holds: int) -> None:
         """The driver's word while a chunk runs (``worker.steer``): in its own concurrency group, so it is not queued
         behind the chunk it is about."""
-        worker.steer(self._spec.key, cancelled, limits, cooldowns)
+        worker.steer(self._spec.key, cancelled, limits, holds)
 
     def finish(self) -> tuple[int, ErrorInfo | None, list[logging.LogRecord]]:
         """Finish the job here (nothing when it was never built) and remove the project's private copy; with the log
@@ -171,7 +171,7 @@ class RayBackend:
         self._cancelled = False
         self._limits = 0
         """The limits version last told to the actors (``_steer``)."""
-        self._cooldowns = 0
+        self._holds = 0
         """The count of cool-downs last told to the actors (``_steer``)."""
         self._connected = False
         self._ray_children: set[int] = set()
@@ -216,16 +216,16 @@ class RayBackend:
         # Running chunks give back the items waiting for a start slot under the old rate (RayWorker.steer).
         self._steer(False, version)
 
-    def cool_down(self, count: int) -> None:
-        # Running chunks start none of their remaining items (RayWorker.steer), as on a cancel, for a while.
-        self._cooldowns = count
+    def hold(self, count: int) -> None:
+        # Running chunks start none of their remaining items (RayWorker.steer), as on a cancel, until the driver goes on.
+        self._holds = count
         self._steer(False, self._limits)
 
     def _steer(self, cancelled: bool, limits: int) -> None:
         self._limits = limits
         for actor in self._actors:
             try:
-                actor.steer.remote(cancelled, limits, self._cooldowns)  # not awaited: a dead actor's chunks fail as they would
+                actor.steer.remote(cancelled, limits, self._holds)  # not awaited: a dead actor's chunks fail as they would
             except Exception as error:
                 log.debug("Could not steer a Ray actor: %s", error)
 

@@ -91,23 +91,24 @@ class WorkerJob:
         chunk: Chunk,
         cancelled: Callable[[], bool] | None = None,
         limits: Callable[[], int] | None = None,
-        cooldowns: Callable[[], int] | None = None,
+        holds: Callable[[], int] | None = None,
     ) -> ChunkResult:
         """Run a chunk's items, ``chunk.share`` at once; blocks until done (or ``cancelled()`` turns true).
 
         ``limits()`` is the driver's limits version now (process executor): once it differs from the
         chunk's, items waiting for a start slot go back unstarted, to be sent again under the new rate.
-        ``cooldowns()`` is the driver's count of cool-downs now: once it differs from the chunk's, the run
-        cools down after a throttle another worker saw, and the chunk starts none of its remaining items.
+        ``holds()`` is how many times the driver has held every start now: once it differs from the chunk's, the
+        run cools down after a throttle another worker saw, or was paused, and the chunk starts none of its
+        remaining items.
         """
         try:
             # Unpickled only now: the items' classes live in the project this job just loaded.
             items: list[tuple[int, Any]] = pickle.loads(chunk.payload)
         except Exception as error:
             raise ChunkUnreadable("Reading a chunk of items failed", ErrorInfo.of(error), self.pid) from None
-        cooling = None if cooldowns is None or chunk.live else (lambda: cooldowns() != chunk.cooldowns)
-        if not chunk.live and (time.monotonic() < self._hold_until or (cooling is not None and cooling())):
-            # The driver sent this chunk before it heard of the throttle: hand it back, it resends after the cool-down.
+        holding = None if holds is None or chunk.live else (lambda: holds() != chunk.holds)
+        if not chunk.live and (time.monotonic() < self._hold_until or (holding is not None and holding())):
+            # Sent before the driver heard of the throttle (or paused): hand it back, it resends it once it goes on.
             return ChunkResult([], [], [o for o, _ in items], 0.0, self.pid)
         # The start rate carries over from chunk to chunk of the same slot (a process, or a Dask thread);
         # the chunk says what the slot's share of the run's limits is now.
@@ -118,12 +119,12 @@ class WorkerJob:
             limiter.set_concurrency(chunk.share)
             limiter.set_rate_limit(chunk.rate)
         if limits is None:
-            stale = cooling
-        elif cooling is None:
+            stale = holding
+        elif holding is None:
             stale = lambda: limits() != chunk.limits  # noqa: E731
         else:
-            stale = lambda: limits() != chunk.limits or cooling()  # noqa: E731
-        return self._on_loop(self._run(items, chunk, limiter, cancelled, stale, cooling))  # type: ignore[no-any-return]
+            stale = lambda: limits() != chunk.limits or holding()  # noqa: E731
+        return self._on_loop(self._run(items, chunk, limiter, cancelled, stale, holding))  # type: ignore[no-any-return]
 
     def finish(self) -> ErrorInfo | None:
         """Call the Service's ``finish()`` and stop the loop; the error it raised, if any."""
@@ -142,7 +143,7 @@ class WorkerJob:
         limiter: Limiter,
         cancelled: Callable[[], bool] | None,
         stale: Callable[[], bool] | None,
-        cooling: Callable[[], bool] | None,
+        holding: Callable[[], bool] | None,
     ) -> ChunkResult:
         started = time.perf_counter()
         ok: list[int] = []
@@ -158,11 +159,11 @@ class WorkerJob:
             # An item starts only while the run does not cool down: each checks, as each checks for a cancel.
             # Without it, a worker that did not see the throttle went on with its chunk: 26-27 requests inside a
             # 2 s Retry-After (test_throttle.py, chunk_size=60).
-            stopped = cancelled if cooling is None else cooling if cancelled is None else (lambda: cancelled() or cooling())
+            stopped = cancelled if holding is None else holding if cancelled is None else (lambda: cancelled() or holding())
             skipped = self._run_inline(items, process, limiter, stopped, stale, ok, kept, errors, failing, full)
         else:
             call = calls.call if durations is None else timed(calls.call, durations)
-            skipped = await self._run_lanes(items, call, limiter, cancelled, stale, cooling, ok, kept, errors, failing, full)
+            skipped = await self._run_lanes(items, call, limiter, cancelled, stale, holding, ok, kept, errors, failing, full)
         return ChunkResult(ok, errors, skipped, time.perf_counter() - started, self.pid, kept, durations)
 
     def _run_inline(
@@ -208,7 +209,7 @@ class WorkerJob:
         limiter: Limiter,
         cancelled: Callable[[], bool] | None,
         stale: Callable[[], bool] | None,
-        cooling: Callable[[], bool] | None,
+        holding: Callable[[], bool] | None,
         ok: list[int],
         kept: list[Kept],
         errors: list[ItemError],
@@ -229,7 +230,7 @@ class WorkerJob:
         async def lane() -> None:
             turn_at = time.monotonic() + window
             while queue:
-                if cooling is not None and cooling():  # the run cools down (``run_chunk``): the rest goes back
+                if holding is not None and holding():  # the run cools down (``run_chunk``): the rest goes back
                     held.extend(o for o, _ in queue)
                     queue.clear()
                     return
@@ -425,15 +426,15 @@ a running task can be told nothing else); the chunks of that run read them as th
 shared values."""
 
 
-def steer(key: str, cancelled: bool, limits: int, cooldowns: int = 0) -> None:
+def steer(key: str, cancelled: bool, limits: int, holds: int = 0) -> None:
     """The driver's word to this worker process (``Client.run``, on the worker's event loop): the run ``key`` was
     cancelled (its chunks give back the items they have not started), its limits changed (items waiting for a
-    start slot go back, to be sent again under the new rate), or it cools down after a throttle (its chunks start
-    none of their remaining items)."""
-    state = _steering.setdefault(key, [0, limits, cooldowns])
+    start slot go back, to be sent again under the new rate), or it holds every start, cooling down after a throttle
+    or paused (its chunks start none of their remaining items)."""
+    state = _steering.setdefault(key, [0, limits, holds])
     state[0] = state[0] or int(cancelled)
     state[1] = max(state[1], limits)
-    state[2] = max(state[2], cooldowns)
+    state[2] = max(state[2], holds)
 
 
 def finish_job(key: str) -> ErrorInfo | None:
@@ -543,9 +544,9 @@ def run_chunk(spec: WorkerSpec, chunk: Chunk) -> ChunkResult:
 
 def run_steered(job: WorkerJob, key: str, chunk: Chunk) -> ChunkResult:
     """``job.run_chunk`` for the run ``key``, reading its ``steer`` state as it goes (Dask tasks, Ray actors)."""
-    state = _steering.setdefault(key, [0, chunk.limits, chunk.cooldowns])
+    state = _steering.setdefault(key, [0, chunk.limits, chunk.holds])
     state[1] = max(state[1], chunk.limits)  # a chunk may come before the word of its own limits
-    state[2] = max(state[2], chunk.cooldowns)
+    state[2] = max(state[2], chunk.holds)
     result = job.run_chunk(chunk, lambda: state[0] != 0, lambda: state[1], lambda: state[2])
     records = take_records()
     return replace(result, records=records) if records else result
