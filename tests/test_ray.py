@@ -85,6 +85,18 @@ def test_bad_ray_address_is_a_usage_error(cli: Any, records: Path, address: str,
     assert "Traceback" not in result.output and not Path("out").exists()
 
 
+def test_ray_address_auto_is_checked_where_it_leads_before_the_run(
+    cli: Any, records: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ray_address=auto goes where Ray's own lookup leads (here RAY_ADDRESS, to a port nothing listens at) and is
+    checked there before any run directory: it was let through, and the run ended "Crashed", exit 3."""
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    result = cli("exec", SPY, "-d", "out", "-p", f"record_dir={records}", "-p", "executor=ray", "-p", "ray_address=auto")
+    assert result.exit_code == 2, result.output
+    assert "Cannot reach the Ray cluster at ray_address='auto'" in result.output and "127.0.0.1:1" in result.output
+    assert "Traceback" not in result.output and not Path("out").exists()
+
+
 def test_dry_run_names_the_ray_cluster_without_reaching_it(cli: Any, records: Path) -> None:
     """exec --dry-run with executor=ray says where the run would go, and neither connects nor makes a run directory."""
     result = cli(

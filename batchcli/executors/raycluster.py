@@ -70,7 +70,10 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     """
     text = address.strip()
     if text == "auto":
-        return  # Ray finds the cluster started on this machine, or says it found none
+        found = _auto_address()
+        if found is None:
+            return  # Ray's lookup could not be asked here: the run's start says what it finds
+        text = found
     location = text.removeprefix("ray://")
     host, _, port = location.rpartition(":")
     host = host.strip("[]")
@@ -90,6 +93,27 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
             f"most {timeout:.0f}s). Start it with `ray start --head`, check the host, port and firewall, or leave "
             "ray_address out to start a local Ray for the run."
         ) from None
+
+
+def _auto_address() -> str | None:
+    """What ``ray_address=auto`` finds, by Ray's own lookup (``RAY_ADDRESS``, the cluster ``ray start`` last started
+    on this machine, a running one); ``UsageError`` when it finds none, None when that lookup is not there to ask
+    (another Ray version). Unchecked, a machine without a cluster ended in a "Crashed" run directory, exit 3."""
+    try:
+        from ray._private.services import get_ray_address_from_environment
+    except ImportError:
+        return None
+    try:
+        found = get_ray_address_from_environment("auto", None)
+    except ConnectionError:
+        raise UsageError(
+            "ray_address=auto finds no Ray cluster on this machine (RAY_ADDRESS is not set, and no `ray start --head` "
+            "runs here). Start one with `ray start --head`, give the address of another with -p ray_address=HOST:PORT, "
+            "or leave ray_address out to start a local Ray for the run."
+        ) from None
+    except Exception:  # the lookup changed shape: leave it to the run's start
+        return None
+    return found if isinstance(found, str) and found and found != "auto" else None
 
 
 class RayWorker:
