@@ -81,7 +81,7 @@ class Configuration:
     of worker processes on this machine (CPU-bound work), ``dask`` on a Dask cluster (``pip install
     'batchcli[dask]'``), ``ray`` in Ray actors (``pip install 'batchcli[ray]'``). With ``process``,
     ``dask`` and ``ray``, ``concurrency`` is the total in flight across workers: each worker process
-    runs its chunk with ``concurrency / workers`` (rounded up) at once."""
+    runs its chunk with its share of ``concurrency`` at once (3 on 2 workers: 2 and 1)."""
     workers: int | None = None
     """Worker processes for ``process``, for the local Dask cluster started when ``dask_address`` is
     none, and Ray actors for ``ray``; none means one per CPU core (of the Ray cluster, for ``ray``).
