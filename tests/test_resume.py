@@ -545,6 +545,7 @@ def test_a_run_directory_deleted_mid_run_stops_the_run_with_exit_3_and_says_it_c
     assert f"The run directory '{run_dir}' was deleted while the run went on" in flat, output
     assert "the run cannot be resumed" in flat, output
     assert "Free some space" not in flat and "batchcli resume" not in flat, output
+    assert "resume processes them again" not in flat, output  # the closing line said so, below the error
     assert "Traceback" not in output, output
     assert sum(processed(logs).values()) < count
     assert not run_dir.exists()
@@ -563,6 +564,7 @@ def test_a_journal_deleted_alone_mid_run_stops_the_run_with_exit_3_and_says_it_c
     flat = " ".join((tmp_path / "deleted.txt").read_text().split())
     assert f"The journal of run '{run_dir}' (journal.sqlite) was deleted while the run went on" in flat, flat
     assert "the run cannot be resumed" in flat and "batchcli resume" not in flat and "Traceback" not in flat, flat
+    assert "resume processes them again" not in flat, flat
 
 
 def test_resume_and_retry_of_a_run_whose_job_file_moved_say_where_it_was(tmp_path: Path, run_batchcli) -> None:

@@ -240,7 +240,10 @@ def _counts(result: RunResult) -> str:
     total = "?" if result.total is None else result.total
     line = f"{result.status.capitalize()}: {result.succeeded} succeeded, {result.failed} failed{unprocessed} of {total}."
     if result.unrecorded:
-        line += f" {result.unrecorded} more settled but could not be recorded: resume processes them again."
+        # Not after a deleted journal: the error above says the run cannot be resumed.
+        gone = isinstance(result.write_error, RunDirGoneError) and result.write_error.exit_code == 3
+        again = "." if gone else ": resume processes them again."
+        line += f" {result.unrecorded} more settled but could not be recorded{again}"
     return line
 
 
