@@ -181,7 +181,7 @@ class DaskBackend:
         self._limits = 0
         """The limits version to tell the workers (``_steer``)."""
         self._holds = 0
-        """The count of cool-downs to tell the workers (``_steer``)."""
+        """The count of holds (cool-downs, pauses) to tell the workers (``_steer``)."""
         self._cancel_word = False
         """True once the run cancelled its chunks: told to the workers with ``_limits``."""
         self._steer_lock = threading.Lock()

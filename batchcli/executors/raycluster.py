@@ -196,7 +196,7 @@ class RayBackend:
         self._limits = 0
         """The limits version last told to the actors (``_steer``)."""
         self._holds = 0
-        """The count of cool-downs last told to the actors (``_steer``)."""
+        """The count of holds (cool-downs, pauses) last told to the actors (``_steer``)."""
         self._connected = False
         self._ray_children: set[int] = set()
         """The driver's child processes that ``ray.init`` started (a local Ray only): what ``_shutdown`` kills."""

@@ -156,7 +156,7 @@ class WorkerJob:
         durations = Durations() if chunk.timed else None
         if not calls.is_async and chunk.share == 1 and chunk.timeout_s is None:
             process = self._process if durations is None else timed_sync(self._process, durations)
-            # An item starts only while the run does not cool down: each checks, as each checks for a cancel.
+            # An item starts only while the driver holds no start (a cool-down, a pause): each checks, as for a cancel.
             # Without it, a worker that did not see the throttle went on with its chunk: 26-27 requests inside a
             # 2 s Retry-After (test_throttle.py, chunk_size=60).
             stopped = cancelled if holding is None else holding if cancelled is None else (lambda: cancelled() or holding())
@@ -230,7 +230,7 @@ class WorkerJob:
         async def lane() -> None:
             turn_at = time.monotonic() + window
             while queue:
-                if holding is not None and holding():  # the run cools down (``run_chunk``): the rest goes back
+                if holding is not None and holding():  # a cool-down or a pause (``run_chunk``): the rest goes back
                     held.extend(o for o, _ in queue)
                     queue.clear()
                     return
@@ -421,7 +421,7 @@ def job_for(spec: WorkerSpec) -> WorkerJob:
 
 
 _steering: dict[str, list[int]] = {}
-"""Per run: [cancelled, limits version, cool-downs], as the driver last said through ``steer`` (a Dask worker, where
+"""Per run: [cancelled, limits version, holds], as the driver last said through ``steer`` (a Dask worker, where
 a running task can be told nothing else); the chunks of that run read them as the process executor's read its
 shared values."""
 
