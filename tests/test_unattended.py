@@ -377,14 +377,14 @@ def test_ctl_retry_failed_runs_the_failures_in_the_workers_where_setup_ran(tmp_p
 
 def test_ctl_pause_reaches_the_chunks_worker_processes_hold(tmp_path: Path) -> None:
     """`ctl pause` with executor=process and a fixed chunk_size: no item starts after it, though the workers hold
-    chunks of 60 (they went on with them: 56 requests after the pause); resumed, every item is served once."""
+    chunks of 60 (they went on with them: 38-56 requests after the pause); resumed, every item is served once."""
     from test_throttle import JOB, FlakyApi
 
     out = tmp_path / "out"
     with FlakyApi() as api:
         run = subprocess.Popen(
             [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", f"url={api.url}",
-             "-p", "count=400", "-p", "delay_s=0.05", "-p", "executor=process", "-p", "workers=2",
+             "-p", "count=160", "-p", "delay_s=0.05", "-p", "executor=process", "-p", "workers=2",
              "-p", "concurrency=2", "-p", "chunk_size=60"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
         )  # fmt: skip
@@ -394,7 +394,7 @@ def test_ctl_pause_reaches_the_chunks_worker_processes_hold(tmp_path: Path) -> N
             wait_for(lambda: len(api.served) >= 10, "some items served")
             assert ctl(run_dir, "pause").returncode == 0
             paused_at = time.time()
-            time.sleep(2.0)
+            time.sleep(1.5)
             late = [when for when, *_ in api.requests if when > paused_at + 0.5]
             assert late == [], f"{len(late)} requests after the pause"
             assert ctl(run_dir, "resume").returncode == 0
@@ -402,7 +402,7 @@ def test_ctl_pause_reaches_the_chunks_worker_processes_hold(tmp_path: Path) -> N
         finally:
             if run.poll() is None:
                 run.kill()
-        assert sorted(api.served) == list(range(400)) and set(api.served.values()) == {1}
+        assert sorted(api.served) == list(range(160)) and set(api.served.values()) == {1}
 
 
 def scrape(port: int) -> dict[str, float]:
