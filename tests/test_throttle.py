@@ -376,8 +376,9 @@ def test_a_throttle_stops_the_chunks_other_workers_run(run_batchcli, request, ex
         assert_ledger(result, api, 120)
         assert api.statuses[429] == 1
         ((refused, _, _),) = throttled_then_next(api)
-        # The driver hears of the 429 when that worker hands its chunk back; allow it half a second for that.
-        during = [when for when, _, _, _ in api.requests if refused + 0.5 <= when < refused + 1.9]
+        # The driver hears of the 429 when that worker hands its chunk back, and Dask and Ray hear the driver through
+        # a call: allow them 0.8 s for that on a loaded machine (the old code sent some 20 requests after it).
+        during = [when for when, _, _, _ in api.requests if refused + 0.8 <= when < refused + 1.9]
         assert during == [], f"{len(during)} requests during the cool-down"
 
 
@@ -389,7 +390,7 @@ def test_ctl_retry_failed_during_a_cool_down_runs_at_once_in_a_worker(tmp_path: 
     from test_unattended import ctl
 
     out = tmp_path / "out"
-    with FlakyApi(retry_after_s=5, reject={5}) as api:
+    with FlakyApi(retry_after_s=8, reject={5}) as api:
         cmd = [
             sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", f"url={api.url}",
             "-p", "count=100000", "-p", "delay_s=0.01", "-p", "executor=process", "-p", "workers=2",
@@ -400,7 +401,7 @@ def test_ctl_retry_failed_during_a_cool_down_runs_at_once_in_a_worker(tmp_path: 
             wait_for(lambda: any(out.glob("*/control.sock")), "the run to listen")
             run_dir = next(out.glob("*/control.sock")).parent
             wait_for(lambda: "failed: 1\n" in ctl(run_dir, "stats").stdout, "item 5's failure")
-            api.throttle_first = len(api.requests) + 1  # the next request is answered 429, Retry-After: 5
+            api.throttle_first = len(api.requests) + 1  # the next request is answered 429, Retry-After: 8
             wait_for(lambda: api.statuses[429] == 1, "the throttle")
             assert ctl(run_dir, "pause").returncode == 0
             api.reject = frozenset()
