@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from operator import itemgetter
 from typing import Any
 
+from batchcli.journal.rundir import table_exists
+
 BATCHES_TABLE = """
 CREATE TABLE IF NOT EXISTS result_batches (
     lo INTEGER NOT NULL,
@@ -354,7 +356,7 @@ def _within(rows: list[tuple[Any, ...]], limit: int) -> Iterator[list[tuple[Any,
 
 def has_batches(conn: sqlite3.Connection) -> bool:
     """True when the journal has the batch table (older ones have only ``results``)."""
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'result_batches'").fetchone() is not None
+    return table_exists(conn, "result_batches")
 
 
 def batch_rows(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:

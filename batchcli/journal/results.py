@@ -27,7 +27,7 @@ from typing import IO, Any
 from batchcli.errors import BatchcliError, UsageError
 from batchcli.journal.batches import batch_rows, dump, has_batches, merged, write_batch
 from batchcli.journal.records import json_form, json_text
-from batchcli.journal.rundir import check_safe, connect, damaged, journal_path
+from batchcli.journal.rundir import check_safe, connect, damaged, journal_path, table_exists
 from batchcli.outcome import clip, writable
 
 RESULTS_TABLE = """
@@ -326,7 +326,7 @@ def rows(path: Path, keyed: bool, pickled: bool = True) -> Iterator[tuple[Any, .
     except sqlite3.Error as error:
         raise damaged(path, str(error)) from error
     try:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'results'").fetchone() is None:
+        if not table_exists(conn, "results"):
             return  # a journal from before results were kept
         batched = batch_rows(conn) if has_batches(conn) else iter(())
         yield from merged(_single_rows(conn, keyed, pickled), batched)

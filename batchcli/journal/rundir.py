@@ -574,9 +574,17 @@ def retried_from(run_dir: Path) -> Path | None:
     return retried_place(run_dir, parent) if parent else None
 
 
+_HAS_TABLE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+
+
 def has_table(run_dir: Path, table: str) -> bool:
     """Whether the journal of ``run_dir`` has ``table`` (an optional one: older journals lack it)."""
-    return bool(query(run_dir, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)))
+    return bool(query(run_dir, _HAS_TABLE, (table,)))
+
+
+def table_exists(conn: sqlite3.Connection, table: str) -> bool:
+    """``has_table`` on a connection already open."""
+    return conn.execute(_HAS_TABLE, (table,)).fetchone() is not None
 
 
 def hold_failures(runs: Sequence[Path], role: str) -> list[RetryLock]:

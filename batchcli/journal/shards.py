@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from batchcli.errors import UsageError
-from batchcli.journal.rundir import has_table, query
+from batchcli.journal.rundir import has_table, query, table_exists
 from batchcli.journal.settled import normal_key
 from batchcli.load.configuration import MAX_SHARDS
 from batchcli.load.source import is_async_source, iterate, source_length
@@ -255,7 +255,7 @@ def record_shard(conn: sqlite3.Connection, shard: Shard) -> None:
 
 def read_shard(conn: sqlite3.Connection) -> Shard | None:
     """The shard a journal's run processes; None for a run of the whole source."""
-    if not conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'shard'").fetchone()[0]:
+    if not table_exists(conn, "shard"):
         return None
     row = conn.execute("SELECT shard_index, shard_count, grp FROM shard").fetchone()
     return None if row is None else Shard(int(row[0]), int(row[1]), str(row[2]))

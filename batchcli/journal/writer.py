@@ -32,7 +32,7 @@ from batchcli.journal.keyindex import KeyIndex, KeySet, key_set
 from batchcli.journal.results import RESULTS_TABLE, Kept, write_results
 from batchcli.journal.rundir import (
     FORMAT, JOURNAL_NAME, RetryLock, RunLock, check_format, check_safe, check_writable, connect, damaged, hold_failures,
-    live_states, no_room,
+    live_states, no_room, table_exists,
 )  # fmt: skip
 from batchcli.journal.selection import Selection, save_selection, save_skipped
 from batchcli.journal.settled import Numbered, RangeSet, skip_keys, skip_ordinals
@@ -667,13 +667,9 @@ class Journal:
 
     def held_errors(self) -> dict[int, tuple[str, str]]:
         """How the items the breaker held when the last session stopped had failed (``HELD_ERRORS_TABLE``)."""
-        if not self._has_held_errors():
+        if not table_exists(self._conn, "held_errors"):
             return {}
         return {ordinal: (kind, shape) for ordinal, kind, shape in self._conn.execute("SELECT * FROM held_errors")}
-
-    def _has_held_errors(self) -> bool:
-        query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'held_errors'"
-        return self._conn.execute(query).fetchone() is not None
 
     def finish(
         self, status: str, fatal: BaseException | None, fatal_traceback: str = "",
@@ -709,7 +705,8 @@ class Journal:
             )
             if self.handed_over:
                 self._conn.execute("UPDATE handed_over SET done = 1 WHERE session <= ?", (self.session,))
-            if held or (held is not None and self._has_held_errors()):  # a table there from an earlier stop: emptied
+            # Rewritten: emptied when nothing is held now but an earlier stop left the table.
+            if held or (held is not None and table_exists(self._conn, "held_errors")):
                 self._conn.execute(HELD_ERRORS_TABLE)
                 self._conn.execute("DELETE FROM held_errors")
                 rows = ((ordinal, kind, shape) for ordinal, (kind, shape) in held.items())
