@@ -118,12 +118,8 @@ class WorkerJob:
         else:
             limiter.set_concurrency(chunk.share)
             limiter.set_rate_limit(chunk.rate)
-        if limits is None:
-            stale = holding
-        elif holding is None:
-            stale = lambda: limits() != chunk.limits  # noqa: E731
-        else:
-            stale = lambda: limits() != chunk.limits or holding()  # noqa: E731
+        rate_changed = None if limits is None else (lambda: limits() != chunk.limits)
+        stale = _either(rate_changed, holding)
         return self._on_loop(self._run(items, chunk, limiter, cancelled, stale, holding))  # type: ignore[no-any-return]
 
     def finish(self) -> ErrorInfo | None:
@@ -159,11 +155,13 @@ class WorkerJob:
             # An item starts only while the driver holds no start (a cool-down, a pause): each checks, as for a cancel.
             # Without it, a worker that did not see the throttle went on with its chunk: 26-27 requests inside a
             # 2 s Retry-After (test_throttle.py, chunk_size=60).
-            stopped = cancelled if holding is None else holding if cancelled is None else (lambda: cancelled() or holding())
+            stopped = _either(cancelled, holding)
             skipped = self._run_inline(items, process, limiter, stopped, stale, ok, kept, errors, failing, full)
         else:
             call = calls.call if durations is None else timed(calls.call, durations)
-            skipped = await self._run_lanes(items, call, limiter, cancelled, stale, holding, ok, kept, errors, failing, full)
+            skipped = await self._run_lanes(
+                items, call, limiter, cancelled, stale, holding, ok, kept, errors, failing, full
+            )
         return ChunkResult(ok, errors, skipped, time.perf_counter() - started, self.pid, kept, durations)
 
     def _run_inline(
@@ -319,6 +317,13 @@ class WorkerJob:
         self._thread.join(5)
         if not self._loop.is_running():
             self._loop.close()
+
+
+def _either(first: Callable[[], bool] | None, second: Callable[[], bool] | None) -> Callable[[], bool] | None:
+    """True when either check is (None stands for a check never asked for)."""
+    if first is None or second is None:
+        return first or second
+    return lambda: first() or second()
 
 
 def _sleep(delay: float, stale: Callable[[], bool] | None) -> bool:
