@@ -392,8 +392,13 @@ def test_ctl_pause_reaches_the_chunks_worker_processes_hold(tmp_path: Path) -> N
             wait_for(lambda: any(out.glob("*/control.sock")), "the run to listen")
             run_dir = next(out.glob("*/control.sock")).parent
             wait_for(lambda: len(api.served) >= 10, "some items served")
-            assert ctl(run_dir, "pause").returncode == 0
+            paused = ctl(run_dir, "pause")
             paused_at = time.time()
+            # it said "95 in flight finish", counting the chunks' items that come back unstarted
+            assert paused.returncode == 0 and re.search(
+                r"Paused: no new item starts; of the \d+ sent to the process workers, those started finish and are "
+                r"recorded, the others come back unstarted\. Resume with ctl resume\.", paused.stdout
+            ), paused.stdout
             time.sleep(1.5)
             late = [when for when, *_ in api.requests if when > paused_at + 0.5]
             assert late == [], f"{len(late)} requests after the pause"
@@ -696,7 +701,9 @@ def test_pause_and_stop_hold_while_an_async_source_waits_for_its_next_item(tmp_p
     try:
         run_dir = live_run_dir(out)
         wait_for(lambda: lines(ledger) == ["done 0"], "the first item")
-        assert ctl(run_dir, "pause").returncode == 0
+        paused = ctl(run_dir, "pause")
+        assert paused.returncode == 0, paused.stderr
+        assert re.search(r"Paused: no new item starts; the [01] in flight finish and are recorded\. Resume", paused.stdout)
         gate.touch()
         wait_for(lambda: {"gave 1", "gave 2"} <= set(lines(given)), "the source to give items while paused")
         gate.unlink()

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from batchcli.errors import UsageError
 from batchcli.executors.limiter import MAX_CONCURRENCY, MIN_RATE_LIMIT, checked_concurrency, checked_rate_limit
 from batchcli.executors.signals import stop_signals_blocked
+from batchcli.run.controller import paused_in_flight
 from batchcli.run.hardstop import GRACE_S
 
 if TYPE_CHECKING:
@@ -295,7 +296,7 @@ class ControlChannel:
                     f"{run.run_dir}"
                 )
             run.pause()
-            return {"message": f"Paused: no new item starts; {run.tally.in_flight} in flight finish. Resume with ctl resume."}
+            return {"message": f"Paused: no new item starts; {paused_in_flight(run)}. Resume with ctl resume."}
         if command == "resume":
             if run.stop_requested.is_set():  # it answered "Resumed." while the run went on stopping
                 raise RuntimeError(

@@ -28,6 +28,18 @@ T = TypeVar("T")
 log = logging.getLogger("batchcli")
 
 
+def paused_in_flight(run: RunHandle) -> str:
+    """What a pause does to the items in flight, as its reply and the shell's banner say it. A chunked executor's
+    workers start none of their chunks' other items: those come back (it said "95 in flight finish")."""
+    count = run.tally.in_flight
+    if run.job.config.executor == "async":
+        return f"the {count} in flight finish and are recorded"
+    return (
+        f"of the {count} sent to the {run.job.config.executor} workers, those started finish and are recorded, the "
+        "others come back unstarted"
+    )
+
+
 @dataclass(frozen=True)
 class Stats:
     """A snapshot of a run's counts and settings."""

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from batchcli.executors.signals import stop_signals_blocked
 from batchcli.outcome import clip
-from batchcli.run.controller import RunController
+from batchcli.run.controller import RunController, paused_in_flight
 
 if TYPE_CHECKING:
     from batchcli.run.handle import RunHandle
@@ -304,7 +304,7 @@ def banner(run: RunHandle, controller: RunController, emergency: bool) -> str:
     else:
         lines += [
             "── batchcli: run paused ──",
-            f"No new item starts while this shell is open; the {stats.in_flight} in flight finish and are recorded.",
+            f"No new item starts while this shell is open; {paused_in_flight(run)}.",
         ]
     lines.append(stats.line)
     failures = list(run.tally.failures)
