@@ -597,6 +597,25 @@ class Clocked:
         self.now += retry_after_s
 
 
+def test_a_cool_down_wakes_the_recorder_to_write_it_down() -> None:
+    """A throttle's cool-down reached the journal's `live` row only at the recorder's next flush (up to 0.2 s later),
+    so a kill -9 in between left the resume no Retry-After to wait out. A throttle that moves the cool-down's end
+    later wakes the recorder (`Tally.flush_wanted`); one inside the cool-down already has nothing new to write."""
+    from batchcli.executors.throttling import Throttle
+
+    run = Clocked(10)
+    assert not run.tally.flush_wanted.is_set()
+    run.cooldown.throttled(Throttle(5.0))
+    assert run.tally.flush_wanted.is_set() and run.tally.cooldown_until == run.now + 5.0
+    run.tally.flush_wanted.clear()
+    run.now += 1.0
+    run.cooldown.throttled(Throttle(1.0), repeat=1)  # an item refused again, its wait inside the cool-down
+    assert not run.tally.flush_wanted.is_set()
+    run.now += 4.5
+    run.cooldown.throttled(Throttle(3.0), repeat=1)  # past the end: a later one
+    assert run.tally.flush_wanted.is_set() and run.tally.cooldown_until == run.now + 3.0
+
+
 def test_a_rate_the_api_served_never_lifts_the_rate_above_a_lowered_ceiling() -> None:
     """A rate served for a while keeps a floor under later cuts; after `ctl set rate_limit=10` the next throttles set
     40-70/s from that floor, four to seven times the limit the user had just set."""

@@ -345,9 +345,13 @@ class Cooldown:
         return self.max_wait_s
 
     def _hold(self, now: float, wait: float) -> float:
-        """No new item starts for ``wait`` seconds from ``now`` (or until a later end already set); returns how long."""
-        self.until = max(self.until, now + wait)
-        self._tally.cooldown_until = self.until
+        """No new item starts for ``wait`` seconds from ``now`` (or until a later end already set); returns how long.
+
+        A later end wakes the recorder, so that the journal's ``live`` row has it at once: a ``kill -9`` within the
+        flush interval of a 429 left the resume no cool-down to wait out (``Journal.cooldown_left_s``)."""
+        if now + wait > self.until:
+            self.until = self._tally.cooldown_until = now + wait
+            self._tally.flush_wanted.set()
         return self.until - now
 
     def _measure_wave(self, now: float) -> None:
