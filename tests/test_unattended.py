@@ -131,6 +131,8 @@ def test_watch_and_ctl_steer_a_run_that_has_no_terminal(tmp_path: Path, cli: Any
         before = len(log.started())
         time.sleep(1.0)
         assert len(log.started()) - before <= 4  # unlimited, one at a time, 50 ms items start 20 a second
+        cli("ctl", run_dir, "set", "rate_limit=1.23456")  # stats shows four digits (a learnt rate had 16)
+        assert "\n  rate_limit: 1.235\n" in cli("ctl", run_dir, "stats").output
         assert "Rate limit is now none." in cli("ctl", run_dir, "set", "rate_limit=none").output
 
         # Paused (so no new failure comes in between): stats, then retry-failed once the cause is fixed: the

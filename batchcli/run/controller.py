@@ -28,6 +28,10 @@ T = TypeVar("T")
 log = logging.getLogger("batchcli")
 
 
+def _shown_rate(rate: float | None) -> float | None:
+    return None if rate is None else float(f"{rate:.4g}")
+
+
 def paused_in_flight(run: RunHandle) -> str:
     """What a pause does to the items in flight, as its reply and the shell's banner say it. A chunked executor's
     workers start none of their chunks' other items: those come back (it said "95 in flight finish")."""
@@ -62,7 +66,7 @@ class Stats:
     concurrency: int
     """In force now: below the configured value while adaptive limits are cut after throttles."""
     rate_limit: float | None
-    """In force now, like ``concurrency``."""
+    """In force now, like ``concurrency``, to four significant digits (a learnt rate read 94.91288700185673)."""
     cooling_down_s: float
     """Seconds left of a throttle's cool-down (no new item starts); 0 when none."""
     paused: bool
@@ -149,7 +153,7 @@ class RunController:
             elapsed_s=round(elapsed, 1),
             # The executor's limits, which the shell may have changed; the configuration's before it exists.
             concurrency=run.job.config.concurrency if run.executor is None else run.executor.limits.concurrency,
-            rate_limit=run.job.config.rate_limit if run.executor is None else run.executor.limits.rate_limit,
+            rate_limit=_shown_rate(run.job.config.rate_limit if run.executor is None else run.executor.limits.rate_limit),
             cooling_down_s=round(max(0.0, tally.cooldown_until - time.monotonic()), 1),
             paused=run.paused.is_set(),
             stopping=run.stop_requested.is_set() or self.stop_on_leave,
