@@ -109,6 +109,25 @@ def test_outage_opens_probes_closes_and_loses_nothing(api: FlakyApi, tmp_path: P
     assert re.search(r"breaker closed after \d+ trips?", output), output  # the plain progress line says so
 
 
+def test_a_probe_on_worker_processes_is_one_item(api: FlakyApi, tmp_path: Path) -> None:
+    """With executor=process a probe sent a whole chunk (16-56 items): one failure among its successes reopened the
+    breaker, doubling its cool-down on a healthy API until breaker_max_wait_s stopped the run. A probe is one item,
+    as on async: with every 10th item invalid, the breaker closes after the outage and the run finishes."""
+    count, rejected = 300, set(range(5, 300, 10))
+    api.reject = frozenset(rejected)
+    cmd = args(api, tmp_path / "out", count=count, pause_s=0.01, concurrency=2, executor="process", workers=2,
+               chunk_size=20, breaker_max_wait_s=15)  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env())
+    wait_for(lambda: len(api.served) >= 50, "50 items served", timeout=60)
+    api.down(1.0, refuse=True)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, output  # the invalid items failed; not 130, stopped by the breaker
+    summary = json.loads((newest_run(tmp_path / "out") / "summary.json").read_text())  # type: ignore[operator]
+    assert (summary["succeeded"], summary["failed"], summary["unprocessed"]) == (count - len(rejected), len(rejected), 0)
+    assert sorted(api.served) == sorted(set(range(count)) - rejected) and set(api.served.values()) == {1}
+    assert summary["breaker"]["trips"] >= 1
+
+
 def test_expired_token_stops_resumably_then_resume_finishes(api: FlakyApi, tmp_path: Path) -> None:
     """A bad token stops the run after at most window + concurrency attempts (exit 130); resume with a good one finishes."""
     stopped = run(args(api, tmp_path / "out", token="bad", concurrency=4, breaker_max_wait_s=0.5))

@@ -226,6 +226,10 @@ class ChunkedExecutor:
         slots = self._backend.slots()
         total = self._tally.total
         size = self._sizer.size(self._share(slots), slots, None if total is None else total - self._pulled)
+        if (held := self._cooldown.held) is not None:
+            # The circuit breaker's probe is one item, and its steps back up as many as it lets run: a probe chunk
+            # of 16-56 items reopened the breaker on one transient failure among their successes, on a healthy API.
+            size = min(size, held)
         entries: list[_Entry] = []
         ready = self._ready
         while ready and len(entries) < size:

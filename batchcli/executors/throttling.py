@@ -418,6 +418,11 @@ class Cooldown:
         self._held = concurrency
         self._apply(self.effective)
 
+    @property
+    def held(self) -> int | None:
+        """The circuit breaker's cap on the concurrency now (1 while it probes); None when it holds none."""
+        return self._held
+
     def _held_down(self, limits: Limits) -> Limits:
         """``limits`` under the circuit breaker's cap, when it holds one."""
         return limits if self._held is None else Limits(min(limits.concurrency, self._held), limits.rate_limit)
