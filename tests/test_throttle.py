@@ -223,6 +223,21 @@ def test_a_strict_api_loses_no_item_to_its_pace(run_batchcli) -> None:
     assert re.search(r"Throttled: effective concurrency=\d+, rate_limit=", log), log
 
 
+def test_worker_processes_pace_the_whole_rate_limit_from_their_first_starts(run_batchcli) -> None:
+    """Each worker paced its share of rate_limit from its own first start, so two workers started two items at once,
+    at the run's start and after every cool-down: an API with a burst of 1 refused the second each time (its cut
+    rate went on down, 40 items at 5/s took 233-325 s). The driver books each chunk's first start on the whole
+    rate: 1.5/s against that API is served without a refusal."""
+    with FlakyApi(rate=5, burst=1, retry_after_s=1) as api:
+        result = run_batchcli(
+            "exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=9", "-p", "executor=process",
+            "-p", "workers=2", "-p", "rate_limit=1.5", "-p", "adaptive=false", timeout=120,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert_ledger(result, api, 9)
+        assert api.statuses[429] == 0, [(round(when, 3), path, status) for when, path, status, *_ in api.requests]
+
+
 def test_a_strict_api_slower_than_the_slow_start_is_paced_not_held_by_each_refusal(run_batchcli) -> None:
     """At 5/s with a burst of 1, the slow start overshoots, and the API refuses whatever comes too soon: mostly
     items it refused before, since those are due first. Taken for records the API refuses, those repeats cut

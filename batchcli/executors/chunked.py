@@ -33,7 +33,7 @@ from batchcli.executors.messages import (
 from batchcli.executors.sizing import ChunkSizer
 from batchcli.journal.results import decode
 from batchcli.outcome import KEPT_OVERHEAD, RECORDER_WAIT_S, Tally, qualified_name
-from batchcli.executors.limiter import Limiter, Limits
+from batchcli.executors.limiter import Limiter, Limits, RateLimit
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler, throttled_before
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, Throttle
 
@@ -133,6 +133,8 @@ class ChunkedExecutor:
         """How many items at once each chunk sent may run (``_lanes_for``)."""
         """Each running chunk's task and the items it carries."""
         self._ids = itertools.count()
+        self._first_starts: RateLimit | None = None
+        """The chunks' first starts, booked on the whole rate limit (``_book_first_start``)."""
         self._pulled = 0
         self._slow_source = False
         """The last chunk went before it was full, the Source being slow: the loop gets a turn before the next."""
@@ -283,11 +285,25 @@ class ChunkedExecutor:
             self._tally.durations is not None,
             self._alone(entries),
             self._holds,
+            self._book_first_start(limits.rate_limit),
+            time.time(),
         )
         self._tally.in_flight += len(entries)
         task = self._loop.create_task(self._run_chunk(chunk, entries))
         self._chunks[task] = entries
         self._lanes[task] = lanes
+
+    def _book_first_start(self, rate: float | None) -> float:
+        """Seconds from now before the chunk sent now may start its first item: one slot of the whole ``rate``
+        per chunk (``Chunk.first_after_s``); 0 without a rate limit."""
+        if rate is None:
+            self._first_starts = None
+            return 0.0
+        if self._first_starts is None:
+            self._first_starts = RateLimit(rate, time.monotonic)
+        else:
+            self._first_starts.set(rate)
+        return self._first_starts.delay()
 
     async def process_one(self, item: Any, unfinished: Unfinished | None = None) -> Any:
         """Process ``item`` once in a worker, outside the run's counts (the pause shell's and ``ctl``'s retries):

@@ -115,6 +115,11 @@ class RateLimit:
         return start - now
 
 
+    def not_before(self, when: float) -> None:
+        """Book no start before ``when`` (on this limiter's clock)."""
+        self._next = max(self._next, when)
+
+
 class Limiter:
     """Concurrency plus starts per second, changed at run time by ``set_concurrency``/``set_rate_limit``.
 
@@ -154,6 +159,11 @@ class Limiter:
         else:
             self._rate.set(rate)
         self.throttled = self._rate is not None
+
+    def not_before(self, when: float) -> None:
+        """With a rate limit, start nothing before ``when`` (on the limiter's clock); without one, nothing changes."""
+        if self._rate is not None:
+            self._rate.not_before(when)
 
     def delay(self) -> float:
         """Seconds to wait before the next start (which this books); 0 without a rate limit."""

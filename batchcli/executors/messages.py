@@ -90,6 +90,14 @@ class Chunk:
     holds: int = 0
     """How many times the driver had held every start when it was sent: once it holds them again (a throttle's
     cool-down, a pause), the chunk starts none of its remaining items and hands them back unstarted (``Backend.hold``)."""
+    first_after_s: float = 0.0
+    """Seconds after ``sent_at`` before which the chunk starts no item: the driver books each chunk's first start
+    on the whole ``rate_limit`` (``ChunkedExecutor._book_first_start``), so that workers given chunks together start
+    them ``1 / rate_limit`` apart. Each paced its share from its own first start, so N workers started N items at
+    once, at the run's start and again at the end of every cool-down: against an API with a burst of 1 each such
+    collision was a 429 and a cut, down to 0.12/s for an API serving 5/s."""
+    sent_at: float = 0.0
+    """``time.time()`` in the driver when it was sent: a chunk a worker takes up later waits only what is left."""
     live: bool = False
     """The pause shell's or ``ctl``'s retry of one item (``process_one``): it runs at once, cool-down or not, as on
     the async executor (a worker still holding after a 429 handed it back, and the retry was lost)."""

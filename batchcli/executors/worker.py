@@ -118,6 +118,9 @@ class WorkerJob:
         else:
             limiter.set_concurrency(chunk.share)
             limiter.set_rate_limit(chunk.rate)
+        if chunk.first_after_s > 0:  # the driver's slot for the chunk's first start, less the time it waited here
+            waited = min(max(0.0, time.time() - chunk.sent_at), chunk.first_after_s)
+            limiter.not_before(time.monotonic() + chunk.first_after_s - waited)
         rate_changed = None if limits is None else (lambda: limits() != chunk.limits)
         stale = _either(rate_changed, holding)
         return self._on_loop(self._run(items, chunk, limiter, cancelled, stale, holding))  # type: ignore[no-any-return]
