@@ -631,6 +631,28 @@ def test_a_cool_down_wakes_the_recorder_to_write_it_down() -> None:
     assert run.tally.flush_wanted.is_set() and run.tally.cooldown_until == run.now + 3.0
 
 
+def test_outages_every_twenty_seconds_do_not_ratchet_the_learnt_rate_down() -> None:
+    """A throttle after a long quiet window cut the rate to 0.95 of what the run had sent over it, which its ramp
+    after the last cool-down (and its own failed attempts) kept below the rate in force, and the growth of 0.1% a
+    step never made that up: a 503 every 20 s took 328/s to 267/s in 100 s, 308 to 99/s in ten minutes (helper-90).
+    After such a cut the rate climbs back quickly to 0.95 of the rate that was in force."""
+    run = Clocked(100)
+    run.succeed(3, 300)
+    run.throttle(2.0)
+    run.succeed(3, 300)
+    run.throttle(2.0)  # measured: a rate near 300/s is in force
+    start = run.limiter.limits.rate_limit
+    assert start is not None
+    for _ in range(10):
+        for _ in range(40):  # 20 s, each half second sending 85% of the rate in force (the job's failures the rest)
+            run.now += 0.5
+            run.tally.succeeded += int((run.limiter.limits.rate_limit or 0) * 0.85 * 0.5)
+            run.cooldown.tick()
+        run.throttle(2.0)
+    end = run.limiter.limits.rate_limit
+    assert end is not None and end >= start * 0.8, (start, end)
+
+
 def test_a_rate_the_api_served_never_lifts_the_rate_above_a_lowered_ceiling() -> None:
     """A rate served for a while keeps a floor under later cuts; after `ctl set rate_limit=10` the next throttles set
     40-70/s from that floor, four to seven times the limit the user had just set."""

@@ -599,6 +599,12 @@ class RateDiscovery:
                 cut = max(cut, self._good * FLOOR)
             return cut
         self._good = sent  # what the API served for a while (less than the rate in force if the items were slower)
+        # What the run sent over the window is less than the rate in force when part of it was the climb after the
+        # last cool-down, or the job's own failures took start slots; the growth of RATE_STEP never made that up,
+        # so throttles (an outage's 503s) every 20-40 s ratcheted the rate down: 308/s to 99/s in ten minutes.
+        # As CUBIC returns to the window it lost at, climb back quickly to most of the rate in force: a throttle
+        # of the pace itself comes again within SUSTAINED_S, and cuts from there.
+        self._catch_up_to = rate * RATE_BACKOFF
         return sent * RATE_BACKOFF
 
     def grown(self, rate: float | None, ceiling: float | None, quiet_s: float, per_s: float) -> float | None:
