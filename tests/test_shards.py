@@ -449,6 +449,11 @@ def test_a_sampled_group_takes_the_items_one_sampled_run_takes(tmp_path: Path, c
     assert 30 < len(taken) < 90  # about a tenth
     assert ledger(sharded) == taken
     assert totals == len(taken)  # each shard's display counted its part of the sample up front
+    # The same command again (a restarted pod): a keyed shard was refused, exit 2, "started as a trial (a 10% sample
+    # (seed 3)), and this command runs it as a trial (a 10% sample (seed 3))": its journal's sample is by key.
+    again = cli("exec", job, "-p", f"log_dir={sharded}", *sample, "--shard", "1/3", "-d", "out")
+    assert again.exit_code == 0 and "finished already" in " ".join(again.output.split()), again.output
+    assert ledger(sharded) == taken
 
 
 def test_a_trial_shard_goes_on_as_it_was_started(tmp_path: Path, cli: Any) -> None:

@@ -346,7 +346,8 @@ class ShardStart:
             return replace(fresh, shard=shard, run_dir=run_dir)
         earlier = read_run(run_dir)
         recorded = read_selection(run_dir) or Selection()
-        if (self.selection or Selection()) != recorded:
+        # A keyed Source's sample is recorded by key (``Selection.for_source``), which this command's is not yet.
+        if replace(self.selection or Selection(), by_key=recorded.by_key) != recorded:
             # Continued with this command's selection, a trial shard ran its whole share (and an incremental one
             # redid what it skipped), while the journal still called it a trial: it continues as it was started.
             trial = " (add --all to carry the trial on to the whole share)" if recorded.is_trial else ""
