@@ -114,7 +114,6 @@ class RateLimit:
         self._next = max(self._next, now - min(CATCH_UP_S, self._period)) + self._period
         return start - now
 
-
     def not_before(self, when: float) -> None:
         """Book no start before ``when`` (on this limiter's clock)."""
         self._next = max(self._next, when)
