@@ -194,6 +194,9 @@ def test_a_cool_down_leaves_the_eta_blank_and_ctl_resume_says_how_long_it_lasts(
         assert resumed.exit_code == 0 and re.search(
             r"Not paused, and nothing to resume: the run is cooling down after a throttle, [56]\d\ds left \(until \d\d:\d\d:\d\d\)", said
         ), said
+        # The journal has the cool-down at once now, so the steps above may all come before the run's next plain
+        # line: wait for one printed during the cool-down before stopping it.
+        wait_for(lambda: "cooling down" in (tmp_path / "run.err").read_text(), "a progress line of the cool-down")
         assert "Stopping" in cli("ctl", run_dir, "stop").output
         assert run.wait(timeout=60) == 130
     finally:
