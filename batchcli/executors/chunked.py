@@ -33,7 +33,7 @@ from batchcli.executors.messages import (
 from batchcli.executors.sizing import ChunkSizer
 from batchcli.journal.results import decode
 from batchcli.outcome import KEPT_OVERHEAD, RECORDER_WAIT_S, Tally, qualified_name
-from batchcli.executors.limiter import Limiter, Limits, RateLimit
+from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler, throttled_before
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, Throttle
 
@@ -133,8 +133,8 @@ class ChunkedExecutor:
         """How many items at once each chunk sent may run (``_lanes_for``)."""
         """Each running chunk's task and the items it carries."""
         self._ids = itertools.count()
-        self._first_starts: RateLimit | None = None
-        """The chunks' first starts, booked on the whole rate limit (``_book_first_start``)."""
+        self._first_starts = Limiter(Limits(1, None))
+        """The chunks' first starts, booked on the whole rate limit (``_book_first_start``; its concurrency unused)."""
         self._pulled = 0
         self._slow_source = False
         """The last chunk went before it was full, the Source being slow: the loop gets a turn before the next."""
@@ -296,13 +296,7 @@ class ChunkedExecutor:
     def _book_first_start(self, rate: float | None) -> float:
         """Seconds from now before the chunk sent now may start its first item: one slot of the whole ``rate``
         per chunk (``Chunk.first_after_s``); 0 without a rate limit."""
-        if rate is None:
-            self._first_starts = None
-            return 0.0
-        if self._first_starts is None:
-            self._first_starts = RateLimit(rate, time.monotonic)
-        else:
-            self._first_starts.set(rate)
+        self._first_starts.set_rate_limit(rate)
         return self._first_starts.delay()
 
     async def process_one(self, item: Any, unfinished: Unfinished | None = None) -> Any:
