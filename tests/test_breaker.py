@@ -310,6 +310,35 @@ def test_watch_says_the_breaker_holds_the_concurrency_not_adaptive_concurrency(a
         proc.wait(timeout=60)
 
 
+def test_ctl_set_on_an_open_breaker_says_nothing_starts_until_it_closes(api: FlakyApi, tmp_path: Path) -> None:
+    """``ctl set concurrency=50`` while the breaker is open (its probe a minute away) answered "Concurrency is now 50."
+    and nothing more, though no item starts until the breaker closes."""
+    cmd = args(api, tmp_path / "out", token="bad", count=60, concurrency=4, breaker_window=10, breaker_cooldown_s=120,
+               breaker_max_wait_s=600)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
+    try:
+        def ctl(*command: str) -> subprocess.CompletedProcess[str]:
+            run_dir = next((tmp_path / "out").glob("*/journal.sqlite")).parent
+            return subprocess.run([sys.executable, "-m", "batchcli", "ctl", str(run_dir), *command],
+                                  capture_output=True, text=True, timeout=60, env=subprocess_env())  # fmt: skip
+
+        def opened() -> bool:
+            if not list((tmp_path / "out").glob("*/journal.sqlite")):
+                return False
+            return "\n  breaker: open\n" in ctl("stats").stdout
+
+        wait_for(opened, "the breaker to open", timeout=60)
+        for setting, said in (("concurrency=50", "Concurrency is now 50."), ("rate_limit=20", "Rate limit is now 20/s.")):
+            answer = ctl("set", setting)
+            assert answer.returncode == 0, answer.stderr
+            reply = " ".join(answer.stdout.split())
+            assert reply.startswith(said), reply
+            assert "The circuit breaker is open, though: no item starts until it closes" in reply, reply
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 def test_failures_already_journaled_are_taken_back(api: FlakyApi, tmp_path: Path) -> None:
     """Failures written to the journal and failed.jsonl before the trip leave both when the breaker takes them back."""
     # 0.2 s an item: some five flushes (every 0.2 s) before the trip, so one lands even on a loaded machine.

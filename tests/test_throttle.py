@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 import signal
 import sqlite3
@@ -526,7 +527,9 @@ def test_other_errors_and_statuses_are_not_throttles() -> None:
     assert throttle_of(Throttled(timedelta(seconds=4))).retry_after_s == 4  # type: ignore[union-attr]
     when = datetime(2030, 1, 1, tzinfo=timezone.utc)
     assert throttle_of(Throttled(when), now=lambda: when.timestamp() - 9).retry_after_s == 9  # type: ignore[union-attr]
-    assert throttle_of(Throttled(10**400)).retry_after_s is None  # type: ignore[union-attr]  # no float holds it
+    # No float holds 10**400: it read as no Retry-After at all, while math.inf is a wait for ever (clamped).
+    assert throttle_of(Throttled(10**400)).retry_after_s == math.inf  # type: ignore[union-attr]
+    assert throttle_of(Throttled(-(10**400))).retry_after_s == 0  # type: ignore[union-attr]
 
 
 def test_throttled_takes_the_header_text_and_refuses_other_types() -> None:
@@ -751,6 +754,26 @@ def test_the_clamped_wait_is_warned_of_once_per_cool_down(caplog: pytest.LogCapt
         run.cooldown.throttled(Throttle(10**9))
     warned = [r for r in caplog.records if "waiting throttle_max_wait_s=1s instead" in r.getMessage()]
     assert len(warned) == 2
+
+
+def test_an_absurd_wait_is_warned_of_in_days_not_in_three_hundred_digits(caplog: pytest.LogCaptureFixture) -> None:
+    """``Throttled(1e300)`` warned "The API asked to wait 1000000000000000052504760255204420248704468581108159154915854115
+    ...s" (301 digits of seconds); a long wait reads in days, an infinite one "for ever"."""
+    from batchcli.executors.throttling import Throttle
+
+    run = Clocked(20)
+    run.cooldown.max_wait_s = 1.0
+    with caplog.at_level("WARNING", logger="batchcli"):
+        for wait in (1e300, 200_000, math.inf, 90):
+            run.cooldown.throttled(Throttle(wait))
+            run.now += 5  # each in a cool-down of its own, so each warns
+    warned = [r.getMessage().partition(";")[0] for r in caplog.records if "throttle_max_wait_s" in r.getMessage()]
+    assert warned == [
+        "The API asked to wait 1.16e+295 days",
+        "The API asked to wait 2.31 days",
+        "The API asked to wait for ever",
+        "The API asked to wait 90s",
+    ]
 
 
 def test_the_pause_shell_says_what_is_in_force_when_a_new_limit_is_only_the_ceiling(tmp_path: Path) -> None:

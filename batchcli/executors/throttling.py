@@ -182,6 +182,9 @@ def _seconds(value: object, now: Callable[[], float]) -> float | None:
         return max(0.0, value.total_seconds())
     if isinstance(value, datetime):  # a naive one is local time, as datetime.timestamp() and now() read it
         return max(0.0, value.timestamp() - now())
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 1e308:
+        # float() of 10**400 overflows: it read as no Retry-After at all, while math.inf is clamped
+        return math.inf if value > 0 else 0.0
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return max(0.0, float(value)) if value == value else None
     if isinstance(value, str):
@@ -631,5 +634,8 @@ def _describe(limits: Limits) -> str:
 
 
 def _wait_text(wait: float) -> str:
-    """A wait for the log: ``120s``, or "for ever" for an infinite ``Retry-After`` (``Throttled(math.inf)``)."""
-    return "for ever" if wait == math.inf else f"{wait:.0f}s"
+    """A wait for the log: ``120s``, ``1.16e+295 days`` for an absurd one (``Throttled(1e300)`` printed 301 digits of
+    seconds), or "for ever" for an infinite ``Retry-After`` (``Throttled(math.inf)``)."""
+    if wait == math.inf:
+        return "for ever"
+    return f"{wait:.0f}s" if wait < 100_000 else f"{wait / 86_400:.3g} days"

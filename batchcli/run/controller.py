@@ -213,12 +213,23 @@ class RunController:
     def changed_concurrency(self, concurrency: int) -> str:
         """Set a checked concurrency; what the shell prints and ``ctl set`` answers."""
         self._on_loop(lambda: self._executor("set_concurrency").set_concurrency(concurrency))
-        return f"Concurrency is now {concurrency}.{self._in_force(concurrency, None)}"
+        return f"Concurrency is now {concurrency}.{self._in_force(concurrency, None)}{self._breaker_open()}"
 
     def changed_rate_limit(self, rate: float | None) -> str:
         """Set a checked rate limit; what the shell prints and ``ctl set`` answers."""
         self._on_loop(lambda: self._executor("set_rate_limit").set_rate_limit(rate))
-        return f"Rate limit is now {'none' if rate is None else f'{rate:g}/s'}.{self._in_force(None, rate)}"
+        shown = "none" if rate is None else f"{rate:g}/s"
+        return f"Rate limit is now {shown}.{self._in_force(None, rate)}{self._breaker_open()}"
+
+    def _breaker_open(self) -> str:
+        """While the circuit breaker is open no item starts, whatever the limits: "Concurrency is now 50." alone read
+        as a run going on at 50."""
+        if self._run.tally.breaker_state != "open":
+            return ""
+        return (
+            " The circuit breaker is open, though: no item starts until it closes (a probe that succeeds, or "
+            "resume once its cause is fixed)."
+        )
 
     def _in_force(self, concurrency: int | None, rate: float | None) -> str:
         """When the limit just set is not the one in force (it is the ceiling): what is, and why. "Concurrency is
