@@ -398,18 +398,20 @@ def test_a_throttle_stops_the_chunks_other_workers_run(run_batchcli, request, ex
         assert during == [], f"{len(during)} requests during the cool-down"
 
 
-def test_ctl_retry_failed_during_a_cool_down_runs_at_once_in_a_worker(tmp_path: Path) -> None:
-    """With process, a live retry runs at once, cool-down or not, as on the async executor: the worker that saw the
-    429 handed its one-item chunk back while it held, and "0 of 1 failed item(s) succeeded now"."""
+@pytest.mark.parametrize("executor", ["async", "process"])
+def test_ctl_retry_failed_waits_out_the_cool_down_and_the_apis_refusals(tmp_path: Path, executor: str) -> None:
+    """A live retry during a cool-down waits for its end, and a 429 the retry itself gets is tried again after its
+    Retry-After: "1 of 1 succeeded now". It ran at once during the cool-down, got a 429, and the item stayed failed
+    with its old error ("0 of 1"); with process, the worker that saw the 429 also handed its one-item chunk back."""
     from conftest import subprocess_env
     from joblog import wait_for
     from test_unattended import ctl
 
     out = tmp_path / "out"
-    with FlakyApi(retry_after_s=8, reject={5}) as api:
+    with FlakyApi(retry_after_s=3, reject={5}) as api:
         cmd = [
             sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", f"url={api.url}",
-            "-p", "count=100000", "-p", "delay_s=0.01", "-p", "executor=process", "-p", "workers=2",
+            "-p", "count=100000", "-p", "delay_s=0.01", "-p", f"executor={executor}", "-p", "workers=2",
             "-p", "max_retries=0", "-p", "breaker_window=0",
         ]  # fmt: skip
         run = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
@@ -417,20 +419,38 @@ def test_ctl_retry_failed_during_a_cool_down_runs_at_once_in_a_worker(tmp_path: 
             wait_for(lambda: any(out.glob("*/control.sock")), "the run to listen")
             run_dir = next(out.glob("*/control.sock")).parent
             wait_for(lambda: "failed: 1\n" in ctl(run_dir, "stats").stdout, "item 5's failure")
-            api.throttle_first = len(api.requests) + 1  # the next request is answered 429, Retry-After: 8
+            api.throttle_first = len(api.requests) + 1  # the next request is answered 429, Retry-After: 3
             wait_for(lambda: api.statuses[429] == 1, "the throttle")
+            refused_at = next(when for when, _, status, _ in api.requests if status == 429)
             assert ctl(run_dir, "pause").returncode == 0
+            wait_for(lambda: "in_flight: 0\n" in ctl(run_dir, "stats").stdout, "the items in flight to settle")
             api.reject = frozenset()
             reply = ctl(run_dir, "retry-failed")
             assert reply.stdout == "1 of 1 failed item(s) succeeded now.\n", reply.stdout + reply.stderr
-            cooling = float(ctl(run_dir, "stats").stdout.split("cooling_down_s: ")[1].split()[0])
-            assert cooling > 0  # the retry ran during the cool-down
+            served_at = next(when for when, path, status, _ in api.requests if path == "/items/5" and status == 200)
+            assert served_at >= refused_at + 2.9  # not inside the Retry-After (the server's own clock)
+
+            # The live retry's own first request is refused: it waits the Retry-After and goes again.
+            later = max(api.served) + 50  # paused: no item past those served has started
+            api.reject = frozenset({later})
+            assert ctl(run_dir, "resume").returncode == 0
+            wait_for(lambda: "failed: 1\n" in ctl(run_dir, "stats").stdout, f"item {later}'s failure")
+            assert ctl(run_dir, "pause").returncode == 0
+            wait_for(lambda: "in_flight: 0\n" in ctl(run_dir, "stats").stdout, "the items in flight to settle")
+            api.reject = frozenset()
+            api.retry_after_s = 1
+            api.throttle_first = len(api.requests) + 1
+            reply = ctl(run_dir, "retry-failed")
+            assert reply.stdout == "1 of 1 failed item(s) succeeded now.\n", reply.stdout + reply.stderr
+            asked = [(when, status) for when, path, status, _ in api.requests if path == f"/items/{later}"]
+            assert [status for _, status in asked] == [422, 429, 200], asked
+            assert asked[2][0] >= asked[1][0] + 0.9, asked
             assert ctl(run_dir, "stop").returncode == 0
             assert run.wait(timeout=60) == 130
         finally:
             if run.poll() is None:
                 run.kill()
-        assert api.served.get(5) == 1
+        assert api.served.get(5) == 1 and api.served.get(later) == 1
 
 
 @pytest.mark.parametrize("executor", ["async", "process"])
@@ -846,3 +866,24 @@ def test_the_display_says_a_slow_rate_per_day_and_no_cool_down_once_the_run_ende
     assert throttle_note(tally, now=lambda: 100.0) == "cooling down 1s"
     tally.ended = True
     assert throttle_note(tally, now=lambda: 100.0) == ""
+
+
+def test_a_live_retry_says_how_many_the_api_refused_for_now() -> None:
+    """The reply of ``retry-failed`` (and the shell's ``self.retry_failed()``) tells the items the API refused for now
+    (a 429 after its waits, a worker's relayed one, a cool-down too long to wait out) from those that failed again."""
+    from batchcli.executors.chunked import WorkerRaised
+    from batchcli.executors.messages import ErrorInfo, ItemError
+    from batchcli.run.controller import NotTriedNow, retried_text
+
+    info = ErrorInfo("httpx.HTTPStatusError", "429 Too Many Requests", "...")
+    again: dict[int, Exception] = {
+        1: ValueError("bad record"),
+        2: WorkerRaised(ItemError(2, info, retryable=False, throttled=True, retry_after_s=1.0)),
+        3: WorkerRaised(ItemError(3, ErrorInfo("ValueError", "bad", "..."), retryable=False)),
+        4: NotTriedNow(300),
+        5: Throttled(2),
+    }
+    assert retried_text(6, {1: again[1], 3: again[3]}) == "4 of 6 failed item(s) succeeded now."
+    said = retried_text(7, again)
+    assert said.startswith("2 of 7 failed item(s) succeeded now. The API refused 3 of them for now"), said
+    assert str(again[4]) == "not tried: the run cools down 300s more after the API throttled it"

@@ -35,7 +35,7 @@ from batchcli.journal.results import decode
 from batchcli.outcome import KEPT_OVERHEAD, RECORDER_WAIT_S, Tally, qualified_name
 from batchcli.executors.limiter import Limiter, Limits
 from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler, throttled_before
-from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, Throttle
+from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, Relayed, Throttle
 
 log = logging.getLogger("batchcli")
 
@@ -80,12 +80,13 @@ class Backend(Protocol):
         time cancels the run (``cancel``), which ends the wait."""
 
 
-class ItemFailed(Exception):
+class ItemFailed(Relayed):
     """A failed attempt as the driver sees it: the worker's exception, as text."""
 
     def __init__(self, error: ItemError) -> None:
         super().__init__(error.info.message)
         self.info = error.info
+        self.throttle = Throttle(error.retry_after_s) if error.throttled else None
 
 
 class WorkerRaised(ItemFailed):

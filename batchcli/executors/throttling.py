@@ -140,6 +140,19 @@ def _throttle_of(error: BaseException, now: Callable[[], float]) -> Throttle | N
     return Throttle(retry_after)
 
 
+class Relayed(Exception):
+    """A failed attempt relayed from where it ran (a worker's, as text): whether it was a throttle travels with it."""
+
+    throttle: Throttle | None = None
+    """The API refused the attempt for now; None for an ordinary failure."""
+
+
+def live_throttle(error: BaseException) -> Throttle | None:
+    """The throttle an executor's ``process_one`` raised (the live retries of the pause shell and ``ctl``): a worker's
+    is ``Relayed``, the driver's own is the job's exception."""
+    return error.throttle if isinstance(error, Relayed) else throttle_of(error)
+
+
 _SHAPED = ("response", "status_code", "status", "code", "headers")
 _plain_classes: dict[type, bool] = {}
 

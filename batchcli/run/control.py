@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from batchcli.errors import UsageError
 from batchcli.executors.limiter import MAX_CONCURRENCY, MIN_RATE_LIMIT, checked_concurrency, checked_rate_limit
 from batchcli.executors.signals import stop_signals_blocked
-from batchcli.run.controller import paused_in_flight
+from batchcli.run.controller import paused_in_flight, retried_text
 from batchcli.run.hardstop import GRACE_S
 
 if TYPE_CHECKING:
@@ -346,7 +346,7 @@ class ControlChannel:
                     f"Reprocess them after the run with: batchcli retry {run.run_dir}"
                 ) from None
             return {
-                "message": f"{tried - len(again)} of {tried} failed item(s) succeeded now.",
+                "message": retried_text(tried, again),
                 "retried": tried,
                 "failed_again": len(again),
             }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -13,7 +14,10 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar, overload
 
 from batchcli.executors.calls import Escaped, Unfinished, held, process_once
 from batchcli.executors.limiter import checked_concurrency, checked_rate_limit
+from batchcli.executors.retries import THROTTLES_MAX
+from batchcli.executors.throttling import live_throttle
 from batchcli.journal.results import encode
+from batchcli.load.throttled import Throttled
 from batchcli.outcome import Failure, per_second
 from batchcli.run.display import Rate, run_counts, status_line
 
@@ -24,6 +28,29 @@ if TYPE_CHECKING:
     from batchcli.run.handle import RunHandle
 
 T = TypeVar("T")
+
+LIVE_THROTTLE_WAIT_S = 60.0
+"""A live retry (``retry_failed``, ``ctl retry-failed``) waits out the API's refusals of an item (the run's cool-down,
+each ``Retry-After``) up to this long in all; past it the item stays failed: ``ctl`` answers within its own wait."""
+
+
+class NotTriedNow(Throttled):
+    """A live retry left untried: the run cools down after a throttle for longer than ``LIVE_THROTTLE_WAIT_S``."""
+
+    def __init__(self, cooling_s: float) -> None:
+        super().__init__(cooling_s, f"not tried: the run cools down {cooling_s:.0f}s more after the API throttled it")
+
+
+def retried_text(tried: int, again: dict[int, Exception]) -> str:
+    """What a live retry of ``tried`` failures says (the shell's ``retry_failed``, ``ctl retry-failed``)."""
+    text = f"{tried - len(again)} of {tried} failed item(s) succeeded now."
+    refused = sum(1 for error in again.values() if live_throttle(error) is not None)
+    if refused:
+        text += (
+            f" The API refused {refused} of them for now (throttled, or the run cools down): they stay failed. Retry "
+            "them again once it serves, or after the run with batchcli retry."
+        )
+    return text
 
 log = logging.getLogger("batchcli")
 
@@ -286,10 +313,11 @@ class RunController:
 
     def retry_failed(self) -> dict[int, Exception]:
         """Retry every failure in ``failures`` now (``concurrency`` at once); returns ordinal -> error of those that
-        failed again. Past ``FAILURES_KEPT`` failures, the older ones are for ``batchcli retry RUN`` after the run."""
+        failed again. Past ``FAILURES_KEPT`` failures, the older ones are for ``batchcli retry RUN`` after the run.
+        An item the API refuses for now (a 429) is tried again after the wait it asks, as the run would."""
         self._say_unfinished()
         tried, again = self.retry_failed_counted()
-        print(f"{tried - len(again)} of {tried} failed item(s) succeeded now.")
+        print(retried_text(tried, again))
         return again
 
     def retry_failed_counted(self) -> tuple[int, dict[int, Exception]]:
@@ -302,17 +330,42 @@ class RunController:
             return len(failures), self._await(self._retry_all(failures), retrying=True)
 
     async def _retry_all(self, failures: list[Failure]) -> dict[int, Exception]:
-        """Each of ``failures`` once more, the executor's concurrency at once; ordinal -> error of those that failed again."""
+        """Each of ``failures`` once more, the executor's concurrency at once; ordinal -> error of those that failed again.
+
+        A refusal for now (429, ``Throttled``) is not the item failing again: it is tried again after the run's
+        cool-down and the wait the API asked (``backoff_s`` doubling without one), up to ``LIVE_THROTTLE_WAIT_S`` in
+        all. During a cool-down every such retry got a 429 and stayed failed with its old error."""
         executor = self._run.executor
-        gate = asyncio.Semaphore(self._run.job.config.concurrency if executor is None else executor.limits.concurrency)
+        config = self._run.job.config
+        gate = asyncio.Semaphore(config.concurrency if executor is None else executor.limits.concurrency)
 
         async def one(failure: Failure) -> Exception | None:
-            async with gate:
-                try:
-                    await self._retry(failure, failure.item)
-                except Exception as error:
+            waited = 0.0
+            for refusals in itertools.count():
+                cooling = self._run.tally.cooldown_until - time.monotonic()
+                if cooling > 0:  # the run's own: the API said not before then
+                    if waited + cooling > LIVE_THROTTLE_WAIT_S:
+                        return NotTriedNow(cooling)
+                    waited += cooling
+                    await asyncio.sleep(cooling)
+                async with gate:
+                    try:
+                        await self._retry(failure, failure.item)
+                    except Exception as raised:
+                        error = raised
+                    else:
+                        return None
+                throttle = live_throttle(error)
+                if throttle is None:
                     return error
-                return None
+                wait = throttle.retry_after_s
+                if wait is None:
+                    wait = min(max(config.backoff_s, 0.1) * 2**refusals, config.backoff_max_s)
+                if waited + wait > LIVE_THROTTLE_WAIT_S or refusals + 1 >= THROTTLES_MAX:
+                    return error
+                waited += wait
+                await asyncio.sleep(wait)
+            raise AssertionError("itertools.count() ended")
 
         errors = await asyncio.gather(*(one(f) for f in failures))
         return {f.ordinal: e for f, e in zip(failures, errors) if e is not None}
