@@ -99,6 +99,20 @@ def test_retry_after_http_date_is_honoured(run_batchcli) -> None:
             assert later >= parsedate_to_datetime(retry_after).timestamp()
 
 
+def test_the_log_file_keeps_a_librarys_info_lines_only_with_v(run_batchcli) -> None:
+    """httpx logs an info line per request ("HTTP Request: GET ... 200 OK"), and every one went to batchcli.log: some
+    120 bytes an item, unbounded. Without -v the log file has batchcli's and the job's own info lines and a library's
+    warnings; with -v, the library's info lines too."""
+    with FlakyApi(throttle_first=1) as api:
+        quiet = run_batchcli("exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=6", "-p", "concurrency=1")
+        verbose = run_batchcli("exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=6", "-v")
+    assert quiet.exit_code == 0 and verbose.exit_code == 0, quiet.output + verbose.output
+    quiet_log, verbose_log = log_text(quiet.run_dir), log_text(verbose.run_dir)
+    assert "HTTP Request" not in quiet_log, quiet_log
+    assert "Throttled by the API: no new item starts for" in quiet_log  # batchcli's own info lines stay
+    assert verbose_log.count("httpx: HTTP Request: GET") == 6, verbose_log
+
+
 def test_a_long_retry_after_is_clamped_to_throttle_max_wait_s(run_batchcli) -> None:
     """A Retry-After of an hour is cut to throttle_max_wait_s, with a warning naming both."""
     with FlakyApi(throttle_first=1, retry_after_s=3600) as api:

@@ -236,7 +236,7 @@ class Run:
         try:
             stop_logging = start_logging(
                 self.run_dir / "batchcli.log", self.console, self.options.verbosity, self.options.log_format,
-                self.run_dir.name, self.tally.secrets,
+                self.run_dir.name, self.tally.secrets, self.job.project.root,
             )  # fmt: skip
         except OSError as error:  # the journal fitted and its log file did not: the session ends before it began
             why = self._unwritable(error)  # before the journal lets its files go
