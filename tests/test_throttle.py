@@ -113,6 +113,26 @@ def test_the_log_file_keeps_a_librarys_info_lines_only_with_v(run_batchcli) -> N
     assert verbose_log.count("httpx: HTTP Request: GET") == 6, verbose_log
 
 
+def test_an_outage_with_retry_after_holds_the_run_and_cuts_no_limit(run_batchcli) -> None:
+    """The API down when the run starts (503, Retry-After: what is left of 5 s): every start waits for it, and the
+    concurrency stays 8:
+    an outage says nothing about the pace (it was cut to 5, and every outage of a long run cut the rate again)."""
+    with FlakyApi() as api:
+        api.down(5)  # the run takes a second or two to start
+        result = run_batchcli(
+            "exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=200", "-p", "concurrency=8",
+            "-p", "delay_s=0.01", timeout=60,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert_ledger(result, api, 200)
+        refused = [when for when, _, status, _ in api.requests if status == 503]
+        served = [when for when, _, status, _ in api.requests if status == 200]
+    assert refused and min(served) >= max(refused)  # nothing served during the outage: no start inside it either
+    log = log_text(result.run_dir)
+    assert "The API is unavailable (503), not refusing the pace: the limits in force stay." in log, log
+    assert "Throttled: effective" not in log, log
+
+
 def test_a_long_retry_after_is_clamped_to_throttle_max_wait_s(run_batchcli) -> None:
     """A Retry-After of an hour is cut to throttle_max_wait_s, with a warning naming both."""
     with FlakyApi(throttle_first=1, retry_after_s=3600) as api:
@@ -642,11 +662,33 @@ class Clocked:
             self.tally.succeeded += int(per_s * 0.5)
             self.cooldown.tick()
 
-    def throttle(self, retry_after_s: float = 0.5) -> None:
+    def throttle(self, retry_after_s: float = 0.5, unavailable: bool = False) -> None:
         from batchcli.executors.throttling import Throttle
 
-        self.cooldown.throttled(Throttle(retry_after_s))
+        self.cooldown.throttled(Throttle(retry_after_s, unavailable))
         self.now += retry_after_s
+
+
+def test_an_outage_cuts_no_limit_and_a_503_soon_after_the_pace_was_served_does() -> None:
+    """A 503 (with Retry-After) after the pace in force was served for a while is the API down, not the pace too fast:
+    it holds every start and cuts nothing, nor does one more while the outage goes on past its Retry-After. Read as
+    the pace's, an outage every 20 s took the learnt rate down 2% each (301/s to 274/s in two minutes, and on). A 503
+    that comes soon after the API served items is the pace's (an API that says 503 for "too fast"): it cuts."""
+    run = Clocked(10, rate_limit=200.0)
+    run.succeed(20, 150)
+    run.throttle(5.0, unavailable=True)  # an outage, its Retry-After the time it has left
+    assert (run.limiter.limits.concurrency, run.limiter.limits.rate_limit) == (10, 200.0)
+    assert run.cooldown.remaining_s == 0 and run.tally.throttles == 1
+    run.throttle(2.0, unavailable=True)  # still down when the Retry-After ended: nothing served since
+    assert (run.limiter.limits.concurrency, run.limiter.limits.rate_limit) == (10, 200.0)
+    run.succeed(3, 150)
+    run.throttle(1.0, unavailable=True)  # served, then refused within seconds: the pace
+    assert run.limiter.limits.concurrency == 7 and run.limiter.limits.rate_limit < 200.0
+
+    paced = Clocked(10, rate_limit=200.0)
+    paced.succeed(20, 150)
+    paced.throttle(5.0)  # a 429 after the same quiet window cuts, as before
+    assert paced.limiter.limits.concurrency == 7
 
 
 def test_a_cool_down_wakes_the_recorder_to_write_it_down() -> None:

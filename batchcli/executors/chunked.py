@@ -86,7 +86,7 @@ class ItemFailed(Relayed):
     def __init__(self, error: ItemError) -> None:
         super().__init__(error.info.message)
         self.info = error.info
-        self.throttle = Throttle(error.retry_after_s) if error.throttled else None
+        self.throttle = Throttle(error.retry_after_s, error.unavailable) if error.throttled else None
 
 
 class WorkerRaised(ItemFailed):
@@ -493,7 +493,8 @@ class ChunkedExecutor:
 
     def _throttled(self, entry: _Entry, error: ItemError) -> None:
         before = self._cooldown.until
-        delay = self._cooldown.throttled(Throttle(error.retry_after_s), *throttled_before(entry.attempts, self._tally))
+        throttle = Throttle(error.retry_after_s, error.unavailable)
+        delay = self._cooldown.throttled(throttle, *throttled_before(entry.attempts, self._tally))
         if delay > 0 and self._cooldown.until > before:
             # The run cools down, or longer: chunks already with the workers start none of their remaining items.
             self._holds += 1

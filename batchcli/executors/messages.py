@@ -137,6 +137,8 @@ class ItemError:
     """True when the API refused the attempt for now (a 429/503 or ``Throttled``): no attempt is spent."""
     retry_after_s: float | None = None
     """For a throttle: the wait the API asked for, in seconds from when the worker saw it."""
+    unavailable: bool = False
+    """For a throttle: an HTTP 503, not a 429 (``Throttle.unavailable``)."""
 
 
 @dataclass(frozen=True)

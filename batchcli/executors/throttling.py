@@ -93,6 +93,9 @@ class Throttle:
 
     retry_after_s: float | None
     """What the API asked for, in seconds from now; None when it did not say."""
+    unavailable: bool = False
+    """An HTTP 503 (Service Unavailable), not a 429: the API may be down rather than the pace too fast
+    (``Cooldown.throttled`` cuts nothing for one that looks like an outage)."""
 
 
 def throttle_of(error: BaseException, now: Callable[[], float] = time.time) -> Throttle | None:
@@ -117,7 +120,7 @@ def _throttle_of(error: BaseException, now: Callable[[], float]) -> Throttle | N
         if not throttles or None in throttles:
             return None
         waits = [t.retry_after_s for t in throttles if t is not None and t.retry_after_s is not None]
-        return Throttle(max(waits) if waits else None)
+        return Throttle(max(waits) if waits else None, all(t is not None and t.unavailable for t in throttles))
     if not isinstance(error, Exception):
         return None  # SystemExit has a ``code``, which is no HTTP status
     if not getattr(error, "__dict__", True) and _plain(type(error)):
@@ -137,7 +140,7 @@ def _throttle_of(error: BaseException, now: Callable[[], float]) -> Throttle | N
         # read as a throttle, it never failed an item nor tripped the breaker, and the run crept on at a request a
         # minute for days. An ordinary failure, the breaker counts it.
         return None
-    return Throttle(retry_after)
+    return Throttle(retry_after, status == 503)
 
 
 class Relayed(Exception):
@@ -328,7 +331,14 @@ class Cooldown:
             # refusal of one wave was a cool-down of its own and cut the concurrency again (8 at once took it to 1).
             self._wave_until = now + self._base_s
         wait = self._wait(asked, self._streak - 1)
-        if first and self.adaptive:  # at most one cut per cool-down, measured over the time since the last one
+        if first and self.adaptive and throttle.unavailable and self._outage(now):
+            # The API is down, not refusing the pace: cut nothing, learn nothing, and start the next window after it.
+            # Read as the pace's, each short outage cut the learnt rate by 2% (an outage every 20 s: 301/s to 274/s
+            # in two minutes, and on down), as the window before it was part climb and part the job's own failures.
+            self._wave = None
+            self._rates.skipped(self._tally.succeeded)
+            log.info("The API is unavailable (503), not refusing the pace: the limits in force stay.")
+        elif first and self.adaptive:  # at most one cut per cool-down, measured over the time since the last one
             in_force = self.effective.rate_limit
             self._wave, self._wave_rate, self._wave_counted = (now, self._tally.succeeded, in_force), None, False
             self._cut(self._rates.learn(now - self.until, self._tally.succeeded, in_force, now))
@@ -338,6 +348,13 @@ class Cooldown:
         if first:
             log.info("Throttled by the API: no new item starts for %.2fs.", max(self.until, now + wait) - now)
         return self._hold(now, wait)
+
+    def _outage(self, now: float) -> bool:
+        """Whether a first 503 (``Throttle.unavailable``) looks like the API down rather than the pace too fast: the
+        pace in force was served for ``SUSTAINED_S`` before it, or the API served next to nothing since the last
+        throttle (an outage going on past its ``Retry-After``). A 503 that comes soon after the API served the pace
+        (an API that answers 503 for "too fast") cuts as a 429 does."""
+        return now - self.until >= SUSTAINED_S or self._rates.gained(self._tally.succeeded) < MIN_LEARNT
 
     def served_refused(self) -> None:
         """The API served an item it had refused before (the loop thread): for a while, refusals of items refused
@@ -542,6 +559,15 @@ class RateDiscovery:
         self._measured = self._from_wave = True
         self._succeeded = succeeded
         self._catch_up_to = None
+
+    def gained(self, succeeded: int) -> int:
+        """Successes since the last throttle that learnt (or ``skipped``), ``succeeded`` the tally's."""
+        return succeeded - self._succeeded
+
+    def skipped(self, succeeded: int) -> None:
+        """A throttle that teaches nothing (an outage): the next window counts from here."""
+        self._succeeded = succeeded
+        self._from_wave = False
 
     def learn(self, seconds: float, succeeded: int, rate: float | None, now: float = 0.0) -> float | None:
         """The effective rate after a throttle ``seconds`` after the last cool-down ended (at ``now``)."""

@@ -301,7 +301,7 @@ class WorkerJob:
             if throttle.retry_after_s and ordinal not in alone:
                 wait = min(throttle.retry_after_s, self.job.config.throttle_max_wait_s)
                 self._hold_until = max(self._hold_until, time.monotonic() + wait)
-            return ItemError(ordinal, ErrorInfo.of(error), True, True, throttle.retry_after_s)
+            return ItemError(ordinal, ErrorInfo.of(error), True, True, throttle.retry_after_s, throttle.unavailable)
         return ItemError(ordinal, ErrorInfo.of(error), self.retryable(error))
 
     def _on_loop(self, coro: Awaitable[Any]) -> Any:
