@@ -734,6 +734,57 @@ def test_chunk_sizes_follow_the_size_of_results_and_a_fixed_size_otherwise() -> 
     assert fixed.size(4, 2, None) == CHUNK_KEPT_MAX // (2 << 20)
 
 
+def test_under_a_rate_limit_a_chunk_holds_what_its_share_of_the_rate_starts_in_a_second() -> None:
+    """Chunks grow toward 0.1 s of work at the time an item takes, which says nothing of a rate limit: after a throttle
+    cut the rate to 1.8/s, chunks already sized for fast items ran 10-20 s each on two workers, reporting only at
+    their end, so the adaptive growth saw no success for 20 s (400 items against an API at 20/s: 50 s on process,
+    34 s on async). A chunk now holds at most what its worker's share of the rate starts in PACED_CHUNK_S, its lanes
+    at least (the concurrency is never cut by it)."""
+    import asyncio
+    import itertools
+    import pickle
+
+    from batchcli.executors.chunked import PACED_CHUNK_S, ChunkedExecutor
+    from batchcli.executors.messages import ChunkResult
+    from batchcli.load.configuration import Configuration
+    from batchcli.outcome import Tally
+
+    class Instant:
+        """Two worker slots that run every chunk at once (no pacing here: the chunk's own limiter does that)."""
+
+        def __init__(self) -> None:
+            self.sizes: list[int] = []
+
+        async def start(self) -> None:
+            pass
+
+        def slots(self) -> int:
+            return 2
+
+        async def submit(self, chunk: Any) -> Any:
+            self.sizes.append(chunk.size)
+            await asyncio.sleep(0)
+            return ChunkResult([o for o, _ in pickle.loads(chunk.payload)], [], [], 0.0001 * chunk.size, 0)
+
+        def cancel(self) -> None:
+            pass
+
+        async def close(self, timeout: float) -> None:
+            return None
+
+    def sizes(rate: float | None, concurrency: int) -> list[int]:
+        backend, tally = Instant(), Tally()
+        config = Configuration(concurrency=concurrency, rate_limit=rate, backoff_s=0)
+        asyncio.run(ChunkedExecutor(backend, config, tally).run(zip(itertools.count(), range(3000))))
+        assert tally.succeeded == 3000
+        return backend.sizes
+
+    assert max(sizes(None, 4)) > 100  # fast items, no rate: chunks grow toward 0.1 s of work
+    assert max(sizes(1e6, 4)) > 100  # a rate far above what the items take does not hold them back
+    assert max(sizes(3.6, 4)) == 2  # 1.8/s a worker: one a second, but a chunk keeps its 2 lanes
+    assert max(sizes(400.0, 4)) == 200 * PACED_CHUNK_S
+
+
 @pytest.mark.parametrize("name", ["process", "dask", "ray"])
 def test_log_records_with_extras_that_cannot_travel_reach_the_log_and_the_run_goes_on(
     run_batchcli: Any, tmp_path: Path, name: str, request: pytest.FixtureRequest

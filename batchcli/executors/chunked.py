@@ -43,6 +43,10 @@ SLOW_SOURCE_S = 0.05
 """A chunk whose items took the Source longer than this to give goes with what it has (``_take``)."""
 CHUNKS_PER_SLOT = 2
 """Chunks in flight per worker slot: one running and one waiting, so a worker never waits for the driver."""
+PACED_CHUNK_S = 1.0
+"""Under a rate limit a chunk holds no more items than its worker's share of the rate starts in this long (its
+lanes at least): a worker reports a chunk's outcomes at its end, and chunks sized for 0.1 s of work before a throttle
+cut the rate to 1.8/s ran 10-20 s each, so the adaptive growth saw no success for 20 s (``_take``)."""
 
 
 class Backend(Protocol):
@@ -229,6 +233,8 @@ class ChunkedExecutor:
         slots = self._backend.slots()
         total = self._tally.total
         size = self._sizer.size(self._share(slots), slots, None if total is None else total - self._pulled)
+        if (rate := self._limiter.limits.rate_limit) is not None:
+            size = min(size, max(self._share(slots), math.ceil(rate / max(1, slots) * PACED_CHUNK_S)))
         if (held := self._cooldown.held) is not None:
             # The circuit breaker's probe is one item, and its steps back up as many as it lets run: a probe chunk
             # of 16-56 items reopened the breaker on one transient failure among their successes, on a healthy API.
