@@ -191,6 +191,23 @@ def test_records_the_api_always_refuses_leave_the_runs_pace_alone(run_batchcli) 
     assert all(rate >= 10 for rate in rates), rates  # the items ran at 50-100/s
 
 
+@pytest.mark.parametrize("executor", ["async", "process"])
+def test_with_adaptive_off_the_paces_refusals_fail_no_item(run_batchcli, executor: str) -> None:
+    """adaptive=false, 25 items at once against an API with a burst of 1: each cool-down's end starts them all, one is
+    served, the others refused. A third of the items failed "throttled 20 times in a row: the API keeps refusing that
+    item", records it served to the others meanwhile. A repeat refusal while the API serves items it had refused is
+    the pace's, and does not count toward the 20: every item is served, once."""
+    with FlakyApi(rate=5, burst=1) as api:
+        result = run_batchcli(
+            "exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=25", "-p", "concurrency=25",
+            "-p", "adaptive=false", "-p", f"executor={executor}", "-p", "workers=2", timeout=180,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert_ledger(result, api, 25)
+        assert api.statuses[429] >= 50  # the pace was refused, again and again
+    assert "keeps refusing" not in log_text(result.run_dir)
+
+
 @pytest.mark.parametrize(("executor", "refused"), [("async", {3}), ("process", {3})])
 def test_records_the_api_keeps_refusing_wait_alone_while_the_others_are_served(
     run_batchcli, executor: str, refused: set[int]

@@ -483,10 +483,12 @@ class AsyncExecutor:
     def _failed(self, ordinal: int, item: Any, attempts: Attempts | None, error: BaseException) -> None:
         throttle = throttle_of(error)
         if throttle is not None:
-            delay = self._cooldown.throttled(throttle, *throttled_before(attempts, self._tally))
+            repeat, alone = throttled_before(attempts, self._tally)
+            pace = self._cooldown.by_pace(repeat, alone)
+            delay = self._cooldown.throttled(throttle, repeat, alone)
             self._cooling = self._slow = True
             self._cool_over.clear()
-            self._retries.throttled(ordinal, item, attempts, delay, self._requeue_refused, self.stopping, error)
+            self._retries.throttled(ordinal, item, attempts, delay, self._requeue_refused, self.stopping, error, pace=pace)
             return
         if self._retries.failed(ordinal, item, attempts, error, self._requeue, self.stopping):
             self._wake.set()

@@ -137,6 +137,8 @@ class ChunkedExecutor:
         self._lanes: dict[asyncio.Task[None], int] = {}
         """How many items at once each chunk sent may run (``_lanes_for``)."""
         """Each running chunk's task and the items it carries."""
+        self._refused: set[int] = set()
+        """Ordinals the API refused for now and has not served yet (``_served_refused``)."""
         self._ids = itertools.count()
         self._first_starts = Limiter(Limits(1, None))
         """The chunks' first starts, booked on the whole rate limit (``_book_first_start``; its concurrency unused)."""
@@ -424,6 +426,8 @@ class ChunkedExecutor:
         tally.in_flight -= len(entries)
         tally.succeeded += len(result.succeeded)
         tally.done.extend(result.succeeded)
+        if self._refused:  # throttles came: did the API serve an item it had refused (``Cooldown.by_pace``)?
+            self._served_refused(result)
         kept_bytes = 0
         if result.kept:
             tally.succeeded += len(result.kept)
@@ -497,16 +501,30 @@ class ChunkedExecutor:
         requeue = self._requeue_alone if alone else self._requeue
         self._retries.failed(entry.ordinal, entry.item, entry.attempts, error, requeue, self.stopping, info)
 
+    def _served_refused(self, result: ChunkResult) -> None:
+        served = self._refused.intersection(result.succeeded)
+        served.update(self._refused.intersection(ordinal for ordinal, _, _ in result.kept))
+        for error in result.errors:
+            if not error.throttled:  # settled otherwise: no longer an item refused for now
+                self._refused.discard(error.ordinal)
+        if served:
+            self._refused -= served
+            self._cooldown.served_refused(cuts=False)
+
     def _throttled(self, entry: _Entry, error: ItemError) -> None:
         before = self._cooldown.until
         throttle = Throttle(error.retry_after_s, error.unavailable)
-        delay = self._cooldown.throttled(throttle, *throttled_before(entry.attempts, self._tally))
+        repeat, alone = throttled_before(entry.attempts, self._tally)
+        pace = self._cooldown.by_pace(repeat, alone)
+        self._refused.add(entry.ordinal)
+        delay = self._cooldown.throttled(throttle, repeat, alone)
         if delay > 0 and self._cooldown.until > before:
             # The run cools down, or longer: chunks already with the workers start none of their remaining items.
             self._holds += 1
             self._backend.hold(self._holds)
         self._retries.throttled(
-            entry.ordinal, entry.item, entry.attempts, delay, self._requeue, self.stopping, ItemFailed(error), error.info
+            entry.ordinal, entry.item, entry.attempts, delay, self._requeue, self.stopping, ItemFailed(error), error.info,
+            pace,
         )
 
     def _grow(self) -> None:

@@ -52,7 +52,11 @@ class Attempts:
     first_started: float
     """Wall-clock time (epoch seconds) of the first attempt's failure."""
     throttled: int = 0
-    """Throttles of this item in a row, since its last attempt that was not one (``THROTTLES_MAX``)."""
+    """Throttles of this item in a row, since its last attempt that was not one."""
+    refused: int = 0
+    """Those of them that were the API refusing this item rather than the run's pace (``THROTTLES_MAX``): with
+    ``adaptive=false`` against an API with a burst of 1, 20 items started after each cool-down and one served, so a
+    third of the items failed "throttled 20 times in a row", records the API serves."""
     succeeded_then: int = 0
     """The run's successes at this item's latest throttle."""
     throttles_then: int = 0
@@ -197,7 +201,7 @@ class RetryScheduler:
         now = self._clock()
         policy = self.policy
         if attempts is not None:
-            attempts.throttled = 0
+            attempts.throttled = attempts.refused = 0
             delay = policy.next_delay(attempts, error)
         elif policy.max_attempts == 1 or not (  # policy.retryable, its call saved for the plain exception of a flood
             isinstance(error, policy.retry_for) or (isinstance(error, BaseExceptionGroup) and policy.retryable(error))
@@ -286,11 +290,13 @@ class RetryScheduler:
         stopping: bool,
         error: BaseException | None = None,
         described: Described | None = None,
+        pace: bool = False,
     ) -> None:
         """Hold a throttled item until the cool-down is over; it spends none of its attempts.
 
         While ``stopping`` it is dropped instead: left unprocessed, a resume retries it. The ``THROTTLES_MAX``-th
-        throttle in a row of the same item is its final failure, with ``error`` (``described``: as for ``failed``).
+        throttle in a row of the same item is its final failure, with ``error`` (``described``: as for ``failed``),
+        not counting those that were the run's ``pace`` (``Cooldown.by_pace``).
         """
         if stopping:
             return
@@ -299,9 +305,11 @@ class RetryScheduler:
         if error is not None:
             if attempts is None:
                 attempts = self.policy.start(self._clock())
+            if not pace:
+                attempts.refused += 1
             attempts.throttled += 1
             attempts.succeeded_then, attempts.throttles_then = self._tally.succeeded, self._tally.throttles
-            if attempts.throttled >= THROTTLES_MAX:
+            if attempts.refused >= THROTTLES_MAX:
                 log.warning(
                     "Item %s (#%d) was throttled %d times in a row: the API keeps refusing that item, so it fails "
                     "now with its last answer.", _shown(item), ordinal, attempts.throttled,

@@ -272,7 +272,7 @@ class Cooldown:
         """Whether ``_wave`` is the second throttle of the cool-down yet, which the wave is counted from."""
         self._wave_rate: float | None = None
         """The rate measured from the current cool-down's wave of answers, logged once it ends."""
-        self._refused_served_at = -math.inf
+        self._refused_served_at = self._refused_served_any_at = -math.inf
         self._recovered = True
         """False from a throttle's cut until the limits grew back to the ceiling: the run is adapting, even while the
         user's ceiling equals what is in force (``_set_ceiling``)."""
@@ -356,11 +356,22 @@ class Cooldown:
         (an API that answers 503 for "too fast") cuts as a 429 does."""
         return now - self.until >= SUSTAINED_S or self._rates.gained(self._tally.succeeded) < MIN_LEARNT
 
-    def served_refused(self) -> None:
+    def served_refused(self, cuts: bool = True) -> None:
         """The API served an item it had refused before (the loop thread): for a while, refusals of items refused
-        before count for the pace (``throttled``). An item the API always refuses is never served, so the
-        repeats of such records still cut nothing."""
-        self._refused_served_at = self._clock()
+        before count for the pace (``throttled``; only when ``cuts``: the chunked executors' workers pace their shares
+        each on its own clock, and counted for the pace their repeats only cut a rate already too low) and are not
+        the items' own (``by_pace``). An item the API always refuses is never served, so the repeats of such records
+        still cut nothing and still count."""
+        now = self._clock()
+        self._refused_served_any_at = now
+        if cuts:
+            self._refused_served_at = now
+
+    def by_pace(self, repeat: int, alone: bool) -> bool:
+        """Whether an item's repeat refusal (``repeat`` throttles of it in a row before this one, ``alone`` as for
+        ``throttled``) is the run's pace rather than the API refusing that item: then it does not count toward the
+        item's ``THROTTLES_MAX``."""
+        return bool(repeat) and not alone and self._clock() - self._refused_served_any_at <= PACE_EVIDENCE_S
 
     def _wait(self, asked: float | None, doublings: int) -> float:
         """The wait: what the API ``asked``, else ``backoff_s`` doubled ``doublings`` times up to ``backoff_max_s``;
