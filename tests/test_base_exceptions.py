@@ -77,7 +77,9 @@ BROKEN = PROJECTS / "broken_errors" / "job.py"
 @pytest.mark.parametrize(
     ("how", "code", "failed"),
     [
-        ("overflow", 0, None),  # a throttle whose Retry-After no clock can hold: a cool-down of our own, then success
+        # A throttle whose Retry-After no float holds: it overflowed when read, and then read as none at all while
+        # math.inf was clamped; now it is clamped to throttle_max_wait_s too (0.5 s here), then success.
+        ("overflow", 0, None),
         ("response", 1, ("ApiError", "the API answered 500")),
         ("str", 1, ("Unprintable", "<str() of this Unprintable raised UnicodeDecodeError>")),
         # A KeyboardInterrupt out of __str__: it ended the async run (exit 130) and hung the process executor's.
@@ -92,10 +94,14 @@ def test_an_exception_that_breaks_when_read_is_still_that_items_failure(
     exit 0 and the item unprocessed for good (a worker process died instead, and the item failed as WorkerLost)."""
     ran = run_batchcli(
         "exec", BROKEN, "-d", tmp_path / "out", "--no-shell", "-p", f"how={how}", "-p", f"executor={executor}",
-        "-p", "max_retries=0", "-p", "backoff_s=0.01", "-p", f"ledger={tmp_path / 'ledger'}", timeout=90,
+        "-p", "max_retries=0", "-p", "backoff_s=0.01", "-p", f"ledger={tmp_path / 'ledger'}",
+        "-p", "throttle_max_wait_s=0.5", timeout=90,
     )  # fmt: skip
     assert ran.exit_code == code, ran.output
     assert "Task exception was never retrieved" not in ran.output and "WorkerLost" not in ran.output, ran.output
+    if how == "overflow":
+        log = (ran.run_dir / "batchcli.log").read_text()
+        assert "The API asked to wait for ever; waiting throttle_max_wait_s=0.5s instead." in log, log
     done = sorted(int(n) for n in (tmp_path / "ledger").read_text().split())
     assert done == [n for n in range(30) if failed is None or n != 5]
     failures = ran.run_dir / "failed.jsonl"

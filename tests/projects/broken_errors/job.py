@@ -1,6 +1,7 @@
 """Item ``at`` raises an exception that breaks when batchcli reads it; ``how``:
 
-- ``overflow``: ``Throttled(retry_after=10**400)`` on its first attempt (an ``int()`` of a header gone wrong),
+- ``overflow``: ``Throttled(retry_after=10**400)`` on its first attempt (an ``int()`` of a header gone wrong; no
+  float holds it: read as a wait for ever, clamped),
 - ``response``: an exception whose ``response`` property raises,
 - ``str``: an exception whose ``__str__`` raises;
 - ``str_interrupt``: an exception whose ``__str__`` raises ``KeyboardInterrupt`` (a BaseException);
