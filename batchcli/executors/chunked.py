@@ -34,7 +34,7 @@ from batchcli.executors.sizing import ChunkSizer
 from batchcli.journal.results import decode
 from batchcli.outcome import KEPT_OVERHEAD, RECORDER_WAIT_S, Tally, qualified_name
 from batchcli.executors.limiter import Limiter, Limits
-from batchcli.executors.retries import Attempts, RetryPolicy, RetryScheduler, throttled_before
+from batchcli.executors.retries import THROTTLES_MAX, Attempts, RetryPolicy, RetryScheduler, throttled_before
 from batchcli.executors.throttling import GROW_INTERVAL_S, Cooldown, Relayed, Throttle
 
 log = logging.getLogger("batchcli")
@@ -526,6 +526,8 @@ class ChunkedExecutor:
             entry.ordinal, entry.item, entry.attempts, delay, self._requeue, self.stopping, ItemFailed(error), error.info,
             pace,
         )
+        if entry.attempts is not None and entry.attempts.refused >= THROTTLES_MAX:  # failed for good: never served
+            self._refused.discard(entry.ordinal)  # (kept, every chunk's successes were looked up for the rest of the run)
 
     def _grow(self) -> None:
         self._cooldown.tick()
