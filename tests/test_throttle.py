@@ -707,6 +707,17 @@ def test_an_outage_cuts_no_limit_and_a_503_soon_after_the_pace_was_served_does()
     paced.throttle(5.0)  # a 429 after the same quiet window cuts, as before
     assert paced.limiter.limits.concurrency == 7
 
+    # An API with a burst of 1 that answers 503 to "too fast": after the first hold it serves one item, then refuses.
+    # That read as an outage too (fewer than 5 served), so nothing was ever cut and 90% of requests were refused.
+    strict = Clocked(10, rate_limit=20.0)
+    strict.succeed(20, 15)
+    strict.throttle(1.0, unavailable=True)
+    assert strict.limiter.limits.concurrency == 10
+    strict.tally.succeeded += 1
+    strict.now += 0.05
+    strict.throttle(1.0, unavailable=True)
+    assert strict.limiter.limits.concurrency == 7
+
 
 def test_a_cool_down_wakes_the_recorder_to_write_it_down() -> None:
     """A throttle's cool-down reached the journal's `live` row only at the recorder's next flush (up to 0.2 s later),

@@ -351,10 +351,12 @@ class Cooldown:
 
     def _outage(self, now: float) -> bool:
         """Whether a first 503 (``Throttle.unavailable``) looks like the API down rather than the pace too fast: the
-        pace in force was served for ``SUSTAINED_S`` before it, or the API served next to nothing since the last
-        throttle (an outage going on past its ``Retry-After``). A 503 that comes soon after the API served the pace
+        pace in force was served for ``SUSTAINED_S`` before it, or the API served nothing at all since the last
+        throttle (an outage going on past its ``Retry-After``, or there from the start). A 503 that comes soon after the API served the pace
         (an API that answers 503 for "too fast") cuts as a 429 does."""
-        return now - self.until >= SUSTAINED_S or self._rates.gained(self._tally.succeeded) < MIN_LEARNT
+        # Nothing at all, not "fewer than MIN_LEARNT": an API with a burst of 1 that answers 503 to "too fast" serves
+        # one item after each hold, so every 503 read as an outage, nothing was cut, and 90% of requests were refused.
+        return now - self.until >= SUSTAINED_S or self._rates.gained(self._tally.succeeded) == 0
 
     def served_refused(self, cuts: bool = True) -> None:
         """The API served an item it had refused before (the loop thread): for a while, refusals of items refused
