@@ -504,6 +504,43 @@ def test_ctl_retry_failed_waits_out_the_cool_down_and_the_apis_refusals(tmp_path
         assert api.served.get(5) == 1 and api.served.get(later) == 1
 
 
+def test_a_refusal_one_live_retry_gets_holds_the_others(tmp_path: Path) -> None:
+    """Each live retry waited for its own item's Retry-After only, so the others went on into the API's refusal:
+    300 retries sent 1,956 requests, 85% of them refused. A 429 one of them gets now holds them all, as the run's
+    cool-down holds its items."""
+    from conftest import subprocess_env
+    from joblog import wait_for
+    from test_unattended import ctl
+
+    out = tmp_path / "out"
+    with FlakyApi(retry_after_s=2, reject={5, 6, 7}) as api:
+        cmd = [
+            sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", f"url={api.url}",
+            "-p", "count=100000", "-p", "delay_s=0.01", "-p", "concurrency=1", "-p", "max_retries=0",
+            "-p", "breaker_window=0",
+        ]  # fmt: skip
+        run = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
+        try:
+            wait_for(lambda: any(out.glob("*/control.sock")), "the run to listen")
+            run_dir = next(out.glob("*/control.sock")).parent
+            wait_for(lambda: "failed: 3\n" in ctl(run_dir, "stats").stdout, "the three failures")
+            assert ctl(run_dir, "pause").returncode == 0
+            wait_for(lambda: "in_flight: 0\n" in ctl(run_dir, "stats").stdout, "the items in flight to settle")
+            api.reject = frozenset()
+            api.throttle_first = len(api.requests) + 1  # the first live retry is refused, Retry-After: 2
+            reply = ctl(run_dir, "retry-failed")
+            assert reply.stdout == "3 of 3 failed item(s) succeeded now.\n", reply.stdout + reply.stderr
+            live = [(when, status) for when, path, status, _ in api.requests if path in ("/items/5", "/items/6", "/items/7")]
+            live = live[3:]  # after the three 422s
+            assert [status for _, status in live] == [429, 200, 200, 200], live
+            assert live[1][0] >= live[0][0] + 1.9, live  # nothing went inside the refusal's Retry-After
+            assert ctl(run_dir, "stop").returncode == 0
+            assert run.wait(timeout=60) == 130
+        finally:
+            if run.poll() is None:
+                run.kill()
+
+
 @pytest.mark.parametrize("executor", ["async", "process"])
 def test_a_resume_waits_out_the_retry_after_its_last_session_stopped_in(run_batchcli, tmp_path: Path, executor: str) -> None:
     """A run stopped during a 5 s Retry-After and resumed at once starts nothing before it ends: its first request

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar, overload
 
 from batchcli.executors.calls import Escaped, Unfinished, held, process_once
-from batchcli.executors.limiter import checked_concurrency, checked_rate_limit
+from batchcli.executors.limiter import Limiter, Limits, checked_concurrency, checked_rate_limit
 from batchcli.executors.retries import THROTTLES_MAX
 from batchcli.executors.throttling import live_throttle
 from batchcli.journal.results import encode
@@ -332,23 +332,31 @@ class RunController:
     async def _retry_all(self, failures: list[Failure]) -> dict[int, Exception]:
         """Each of ``failures`` once more, the executor's concurrency at once; ordinal -> error of those that failed again.
 
-        A refusal for now (429, ``Throttled``) is not the item failing again: it is tried again after the run's
-        cool-down and the wait the API asked (``backoff_s`` doubling without one), up to ``LIVE_THROTTLE_WAIT_S`` in
-        all. During a cool-down every such retry got a 429 and stayed failed with its old error."""
+        They start at the configured rate limit (the ceiling), after the run's cool-down. A refusal for now (429, ``Throttled``) is
+        not the item failing again: it holds every one of these retries for the wait the API asked (``backoff_s``
+        doubling without one, ``backoff_s`` for 0), as the run's cool-down does, and the item goes again, up to
+        ``LIVE_THROTTLE_WAIT_S`` of waiting in all. They ran at once, during a cool-down every retry got a 429 and
+        stayed failed; then each waited for its own Retry-After only, and 300 retries sent 1,956 requests, 85% of
+        them refused."""
         executor = self._run.executor
-        config = self._run.job.config
-        gate = asyncio.Semaphore(config.concurrency if executor is None else executor.limits.concurrency)
+        config, tally = self._run.job.config, self._run.tally
+        limits = Limits(config.concurrency, config.rate_limit) if executor is None else executor.limits
+        gate = asyncio.Semaphore(limits.concurrency)
+        # The configured rate, not a cut one: a run cut to 0.1/s made 300 retries outlast ctl's wait; refusals hold.
+        pace = Limiter(Limits(limits.concurrency, config.rate_limit if tally.ceiling is None else tally.ceiling[1]))
+        held = [0.0]  # monotonic: until when a refusal one of these retries got holds them all
 
         async def one(failure: Failure) -> Exception | None:
             waited = 0.0
+            error: Exception | None = None
             for refusals in itertools.count():
-                cooling = self._run.tally.cooldown_until - time.monotonic()
-                if cooling > 0:  # the run's own: the API said not before then
-                    if waited + cooling > LIVE_THROTTLE_WAIT_S:
-                        return NotTriedNow(cooling)
-                    waited += cooling
-                    await asyncio.sleep(cooling)
                 async with gate:
+                    while (cooling := max(tally.cooldown_until, held[0]) - time.monotonic()) > 0:
+                        if waited + cooling > LIVE_THROTTLE_WAIT_S:
+                            return error if error is not None else NotTriedNow(cooling)
+                        waited += cooling
+                        await asyncio.sleep(cooling)
+                    await asyncio.sleep(pace.delay())
                     try:
                         await self._retry(failure, failure.item)
                     except Exception as raised:
@@ -356,15 +364,14 @@ class RunController:
                     else:
                         return None
                 throttle = live_throttle(error)
-                if throttle is None:
+                if throttle is None or refusals + 1 >= THROTTLES_MAX:
                     return error
                 wait = throttle.retry_after_s
-                if wait is None:
+                if wait is None:  # as the run's cool-down without a Retry-After
                     wait = min(max(config.backoff_s, 0.1) * 2**refusals, config.backoff_max_s)
-                if waited + wait > LIVE_THROTTLE_WAIT_S or refusals + 1 >= THROTTLES_MAX:
-                    return error
-                waited += wait
-                await asyncio.sleep(wait)
+                elif wait == 0:  # "now": taken at its word, 20 refusals went in a tight loop, 250 requests/s
+                    wait = max(config.backoff_s, 0.1)
+                held[0] = max(held[0], time.monotonic() + wait)
             raise AssertionError("itertools.count() ended")
 
         errors = await asyncio.gather(*(one(f) for f in failures))
