@@ -320,6 +320,31 @@ def test_default_console_shows_warnings_not_info(cli) -> None:
     assert "debug line" not in log
 
 
+def test_the_log_file_leaves_out_the_info_of_libraries_in_a_virtualenv_inside_the_project(cli, tmp_path: Path) -> None:
+    """A library's info lines reach the log file only with -v; one installed in a virtualenv inside the project
+    (``.venv``) counted as the job's own code, and its httpx wrote a line per request."""
+    project = tmp_path / "inside"
+    libraries = project / ".venv" / "lib" / "python3.11" / "site-packages"
+    libraries.mkdir(parents=True)
+    (libraries / "chatty_library.py").write_text(
+        "import logging\n\ndef call(item):\n    logging.getLogger('chatty_library').info('library line for %d', item)\n"
+    )
+    (project / "job.py").write_text(
+        "import logging, sys\nfrom pathlib import Path\n"
+        "sys.path.insert(0, str(Path(__file__).parent / '.venv' / 'lib' / 'python3.11' / 'site-packages'))\n"
+        "import chatty_library\nfrom batchcli import Service, Source, inject\n\n"
+        "@inject\nclass Numbers(Source[int]):\n    def __iter__(self):\n        return iter(range(3))\n\n"
+        "@inject\nclass Calls(Service[int]):\n    async def process(self, item: int) -> None:\n"
+        "        logging.getLogger('inside_job').info('own line for %d', item)\n        chatty_library.call(item)\n"
+    )
+    quiet = cli("exec", project / "job.py", "-d", "out")
+    assert quiet.exit_code == 0, quiet.output
+    log = (quiet.run_dir / "batchcli.log").read_text()
+    assert "own line for 2" in log and "library line" not in log, log
+    verbose = cli("exec", project / "job.py", "-d", "out", "-v")
+    assert "library line for 2" in (verbose.run_dir / "batchcli.log").read_text()
+
+
 def test_v_shows_info_and_vv_shows_debug(cli) -> None:
     """-v raises the console to info, -vv to debug (console and log file)."""
     info = cli("exec", project("logging_levels"), "-d", "out", "-v")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import site
 import sys
 import sysconfig
@@ -278,16 +279,23 @@ class OwnInfo(logging.Filter):
         installed = {paths[name] for name in ("stdlib", "platstdlib", "purelib", "platlib") if paths.get(name)}
         installed.update(site.getsitepackages() if hasattr(site, "getsitepackages") else ())
         self._installed = tuple(sorted(installed))
-        self._own = None if project is None else str(project)
-        """The job's project (a file or a directory): its records are the job's, even if it is installed itself."""
+        self._markers = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
+        """Any other virtualenv's libraries (one inside the project, ``.venv``: its httpx went to the file)."""
+        own = None if project is None else str(project)
+        self._own = own if own is not None and self._library(own) else None
+        """The job's project when it is installed itself (a file or a directory): its records are the job's. A
+        project that is not is never a library's, but a virtualenv inside it (``.venv``) is."""
+
+    def _library(self, path: str) -> bool:
+        return path.startswith(self._installed) or any(marker in path for marker in self._markers)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.WARNING or record.name == "batchcli" or record.name.startswith("batchcli."):
             return True
         path = record.pathname
-        if self._own is not None and path.startswith(self._own):
+        if not self._library(path):
             return True
-        return not path.startswith(self._installed)
+        return self._own is not None and path.startswith(self._own)
 
 
 def start_logging(
