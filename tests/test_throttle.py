@@ -449,26 +449,37 @@ def test_a_throttle_stops_the_chunks_other_workers_run(run_batchcli, request, ex
         assert during == [], f"{len(during)} requests during the cool-down"
 
 
+def headless(api: Any, out: Path, *params: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """A long run of the throttle job against ``api`` without a terminal (no retries, no breaker), listening for
+    ``ctl``; the process and its run directory."""
+    from conftest import subprocess_env
+    from joblog import wait_for
+
+    cmd = [
+        sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", f"url={api.url}",
+        "-p", "count=100000", "-p", "delay_s=0.01", "-p", "max_retries=0", "-p", "breaker_window=0",
+        *(part for param in params for part in ("-p", param)),
+    ]  # fmt: skip
+    run = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
+    try:
+        wait_for(lambda: any(out.glob("*/control.sock")), "the run to listen")
+    except BaseException:
+        run.kill()
+        raise
+    return run, next(out.glob("*/control.sock")).parent
+
+
 @pytest.mark.parametrize("executor", ["async", "process"])
 def test_ctl_retry_failed_waits_out_the_cool_down_and_the_apis_refusals(tmp_path: Path, executor: str) -> None:
     """A live retry during a cool-down waits for its end, and a 429 the retry itself gets is tried again after its
     Retry-After: "1 of 1 succeeded now". It ran at once during the cool-down, got a 429, and the item stayed failed
     with its old error ("0 of 1"); with process, the worker that saw the 429 also handed its one-item chunk back."""
-    from conftest import subprocess_env
     from joblog import wait_for
     from test_unattended import ctl
 
-    out = tmp_path / "out"
     with FlakyApi(retry_after_s=3, reject={5}) as api:
-        cmd = [
-            sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", f"url={api.url}",
-            "-p", "count=100000", "-p", "delay_s=0.01", "-p", f"executor={executor}", "-p", "workers=2",
-            "-p", "max_retries=0", "-p", "breaker_window=0",
-        ]  # fmt: skip
-        run = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
+        run, run_dir = headless(api, tmp_path / "out", f"executor={executor}", "workers=2")
         try:
-            wait_for(lambda: any(out.glob("*/control.sock")), "the run to listen")
-            run_dir = next(out.glob("*/control.sock")).parent
             wait_for(lambda: "failed: 1\n" in ctl(run_dir, "stats").stdout, "item 5's failure")
             api.throttle_first = len(api.requests) + 1  # the next request is answered 429, Retry-After: 3
             wait_for(lambda: api.statuses[429] == 1, "the throttle")
@@ -508,21 +519,12 @@ def test_a_refusal_one_live_retry_gets_holds_the_others(tmp_path: Path) -> None:
     """Each live retry waited for its own item's Retry-After only, so the others went on into the API's refusal:
     300 retries sent 1,956 requests, 85% of them refused. A 429 one of them gets now holds them all, as the run's
     cool-down holds its items."""
-    from conftest import subprocess_env
     from joblog import wait_for
     from test_unattended import ctl
 
-    out = tmp_path / "out"
     with FlakyApi(retry_after_s=2, reject={5, 6, 7}) as api:
-        cmd = [
-            sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(out), "-p", f"url={api.url}",
-            "-p", "count=100000", "-p", "delay_s=0.01", "-p", "concurrency=1", "-p", "max_retries=0",
-            "-p", "breaker_window=0",
-        ]  # fmt: skip
-        run = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
+        run, run_dir = headless(api, tmp_path / "out", "concurrency=1")
         try:
-            wait_for(lambda: any(out.glob("*/control.sock")), "the run to listen")
-            run_dir = next(out.glob("*/control.sock")).parent
             wait_for(lambda: "failed: 3\n" in ctl(run_dir, "stats").stdout, "the three failures")
             assert ctl(run_dir, "pause").returncode == 0
             wait_for(lambda: "in_flight: 0\n" in ctl(run_dir, "stats").stdout, "the items in flight to settle")
