@@ -85,7 +85,9 @@ def test_a_resume_that_loads_its_project_reads_as_running_and_takes_ctl_stop(tmp
     control") and lost, and a `retry` was accepted (items then succeeded twice)."""
     run_dir = interrupted_run(tmp_path, signal.SIGINT)
     assert read_run(run_dir).status == "stopped"
-    resume = start("resume", run_dir, stderr=tmp_path / "resume.txt", SLOW_IMPORT_S="3")
+    # Slower items for the resume: at 0.02 s the items left took it under a second, which ctl's own start-up on a
+    # loaded machine outlasted, and the stop found the run ended.
+    resume = start("resume", run_dir, "-p", "sleep_s=0.5", stderr=tmp_path / "resume.txt", SLOW_IMPORT_S="3")
     try:
         wait_for(lambda: RunLock.is_held(run_dir), "the resume to take the lock")
         assert (info := read_run(run_dir)).status == "running" and info.pid == resume.pid
@@ -107,7 +109,9 @@ def test_ctl_waits_past_the_socket_a_killed_session_left(tmp_path: Path) -> None
     the live run's, was refused by it, and said the run "has no control socket" at once instead of waiting."""
     run_dir = interrupted_run(tmp_path, signal.SIGKILL)
     assert (run_dir / "control.sock").exists()  # the dead session's
-    resume = start("resume", run_dir, stderr=tmp_path / "resume.txt", SLOW_IMPORT_S="3")
+    # Slower items for the resume: at 0.02 s the items left took it under a second, which ctl's own start-up on a
+    # loaded machine outlasted, and the stop found the run ended.
+    resume = start("resume", run_dir, "-p", "sleep_s=0.5", stderr=tmp_path / "resume.txt", SLOW_IMPORT_S="3")
     try:
         wait_for(lambda: RunLock.is_held(run_dir), "the resume to take the lock")
         stats = batchcli("ctl", run_dir, "stats")
