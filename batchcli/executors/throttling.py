@@ -220,6 +220,14 @@ def _seconds(value: object, now: Callable[[], float]) -> float | None:
     return None
 
 
+def backoff_wait(config: Configuration, doublings: int) -> float:
+    """A cool-down without a ``Retry-After``: ``backoff_s`` (0.1 s at least) doubled ``doublings`` times, up to
+    ``backoff_max_s``, not ``throttle_max_wait_s``: an item the API always refused took hours to reach its
+    ``THROTTLES_MAX``-th throttle, doubling up to that."""
+    base = max(config.backoff_s, 0.1)
+    return min(base * 2 ** min(doublings, 30), max(config.backoff_max_s, base))
+
+
 class Cooldown:
     """The run-wide cool-down after throttles, and the effective limits under the configured ceiling.
 
@@ -250,10 +258,8 @@ class Cooldown:
         """Whether this cool-down warned that a wait was clamped to ``throttle_max_wait_s``."""
         self.adaptive = config.adaptive
         self.max_wait_s = config.throttle_max_wait_s
-        self._base_s = max(config.backoff_s, 0.1)
-        self._longest_s = max(config.backoff_max_s, self._base_s)
-        """The exponential cool-down (no Retry-After) doubles up to this: an item the API always refused took hours
-        to reach its ``THROTTLES_MAX``-th throttle, doubling up to ``throttle_max_wait_s``."""
+        self._config = config
+        self._base_s = backoff_wait(config, 0)
         self._limiter = limiter
         self._apply_limits = apply
         self._tally = tally
@@ -378,7 +384,7 @@ class Cooldown:
     def _wait(self, asked: float | None, doublings: int) -> float:
         """The wait: what the API ``asked``, else ``backoff_s`` doubled ``doublings`` times up to ``backoff_max_s``;
         cut to ``throttle_max_wait_s``, with a warning once per cool-down."""
-        wait = min(self._base_s * 2 ** min(doublings, 30), self._longest_s) if asked is None else asked
+        wait = backoff_wait(self._config, doublings) if asked is None else asked
         if wait <= self.max_wait_s:
             return wait
         if not self._clamp_warned:  # once per cool-down, not per refused attempt

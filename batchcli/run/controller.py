@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar, overload
 from batchcli.executors.calls import Escaped, Unfinished, held, process_once
 from batchcli.executors.limiter import Limiter, Limits, checked_concurrency, checked_rate_limit
 from batchcli.executors.retries import THROTTLES_MAX
-from batchcli.executors.throttling import live_throttle
+from batchcli.executors.throttling import backoff_wait, live_throttle
 from batchcli.journal.results import encode
 from batchcli.load.throttled import Throttled
 from batchcli.outcome import Failure, per_second
@@ -368,9 +368,9 @@ class RunController:
                     return error
                 wait = throttle.retry_after_s
                 if wait is None:  # as the run's cool-down without a Retry-After
-                    wait = min(max(config.backoff_s, 0.1) * 2**refusals, config.backoff_max_s)
+                    wait = backoff_wait(config, refusals)
                 elif wait == 0:  # "now": taken at its word, 20 refusals went in a tight loop, 250 requests/s
-                    wait = max(config.backoff_s, 0.1)
+                    wait = backoff_wait(config, 0)
                 held[0] = max(held[0], time.monotonic() + wait)
             raise AssertionError("itertools.count() ended")
 
