@@ -11,6 +11,7 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,6 +26,9 @@ START_TIMEOUT_S = 90.0
 """The run pauses and starts a kernel (about a second); past this, something is wrong."""
 LEAVE_TIMEOUT_S = 30.0
 """How long to wait, after leaving, for the run to say it resumed (it resumes anyway)."""
+EXIT_SETTLE_S = 5.0
+"""How long a run whose connection closed without a word may still read as running: its process is exiting, and
+the kernel closes its files one by one, the control connection often a moment before the run's lock."""
 MISSING = (
     "batchcli attach needs jupyter-console and ipykernel, which are not installed. Install them with: "
     "pip install 'batchcli[attach]'"
@@ -59,28 +63,35 @@ def attach(run_dir: Path, console: Console) -> None:
             ) from None
         last_word: list[str] = []
         prompts = _prompts(app)
+        left = threading.Event()
         conn.settimeout(None)
         watcher = threading.Thread(
-            target=_await_last_word, args=(conn, app, prompts, last_word), name="batchcli-attach", daemon=True
+            target=_await_last_word, args=(conn, app, prompts, last_word, left), name="batchcli-attach", daemon=True
         )
         watcher.start()
         try:
             app.start()
         finally:
             # Done: the run shuts the kernel down and resumes; its last word says which.
+            left.set()
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_WR)
             watcher.join(LEAVE_TIMEOUT_S)
         if last_word and last_word[0]:
             console.print(last_word[0], markup=False, highlight=False, soft_wrap=True)
         else:
-            _without_a_word(run_dir, console)
+            _without_a_word(run_dir, console, closed=not watcher.is_alive())
 
 
-def _without_a_word(run_dir: Path, console: Console) -> None:
-    """The connection closed without the run's last word: say what became of the run. A run killed under the
-    console (``kill -9``, out of memory) left it with Jupyter's "keeping kernel alive" alone, and exit 0."""
+def _without_a_word(run_dir: Path, console: Console, closed: bool) -> None:
+    """The connection ended without the run's last word (``closed``: the run closed it; else the word is late):
+    say what became of the run. A run killed under the console (``kill -9``, out of memory) left it with Jupyter's
+    "keeping kernel alive" alone, and exit 0."""
     status = read_run(run_dir).status
+    settle = time.monotonic() + (EXIT_SETTLE_S if closed else 0.0)
+    while status == "running" and time.monotonic() < settle:  # its process is exiting: its lock goes last
+        time.sleep(0.05)
+        status = read_run(run_dir).status
     if status == "running":  # its word is late (LEAVE_TIMEOUT_S): it resumes all the same
         console.print(f"The run did not say whether it resumed; follow it with: batchcli watch {run_dir}", markup=False)
         return
@@ -122,9 +133,12 @@ def _prompts(app: Any) -> list[Any]:
     return running
 
 
-def _await_last_word(conn: socket.socket, app: Any, prompts: list[Any], last_word: list[str]) -> None:
-    """Wait for the run's last word on ``conn``: after the client leaves, or when the run ends the session itself (a
-    stop signal) or dies: then leave the console too, which otherwise waited at its prompt on a kernel that was gone."""
+def _await_last_word(
+    conn: socket.socket, app: Any, prompts: list[Any], last_word: list[str], left: threading.Event
+) -> None:
+    """Wait for the run's last word on ``conn``: after the client leaves (``left``), or when the run ends the session
+    itself (a stop signal) or dies: then leave the console too, which otherwise waited at its prompt on a kernel that
+    was gone."""
     with contextlib.suppress(OSError, ValueError):
         last_word.append(str(read_reply(conn).get("message", "")))
     shell = getattr(app, "shell", None)
@@ -133,5 +147,10 @@ def _await_last_word(conn: socket.socket, app: Any, prompts: list[Any], last_wor
     from batchcli.run.shell import end_prompt
 
     shell.ask_exit()
-    for prompt in list(prompts):
-        end_prompt(prompt)
+    # Until the console has left: a dumb terminal's prompt writes itself before its Application runs, and a prompt
+    # ended in that moment is not ended (the console then waited at it for good).
+    while True:
+        for prompt in list(prompts):
+            end_prompt(prompt)
+        if left.wait(0.2):
+            return
