@@ -302,13 +302,15 @@ def test_missing_dask_says_how_to_install_it(cli: Any, records: Path, monkeypatc
 # The process executor.
 
 
-@pytest.mark.parametrize("name", ["async", "process"])
-def test_worker_log_records_reach_the_run_log(cli: Any, records: Path, name: str) -> None:
-    """What the Service logs in a worker process lands in the run's log file, as it does with async."""
-    result = spy(cli, records, ["-p", f"executor={name}", "-p", "workers=2"], "count=6", "warn_on=3")
+def test_worker_log_records_and_warnings_reach_the_run_log(cli: Any, records: Path, executor: list[str]) -> None:
+    """What the Service logs in a worker process lands in the run's log file, as it does with async; and its
+    warnings.warn() too (on process it went to the worker's stderr, past the log file)."""
+    result = spy(cli, records, executor, "count=6", "warn_on=3")
     assert result.exit_code == 0, result.output
     assert result.run_dir is not None
-    assert "WARNING  spy: item 3 looks odd" in (result.run_dir / "batchcli.log").read_text()
+    log = (result.run_dir / "batchcli.log").read_text()
+    assert "WARNING  spy: item 3 looks odd" in log
+    assert "WARNING  py.warnings: " in log and "UserWarning: item 3 uses a deprecated field" in log
 
 
 def test_process_executor_uses_several_processes(cli: Any, records: Path) -> None:

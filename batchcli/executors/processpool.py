@@ -437,3 +437,6 @@ def _forward_logs(send: Callable[[tuple[Any, ...]], None], level: int) -> None:
     handler.addFilter(mask_secrets)
     root.addHandler(handler)
     root.setLevel(level)
+    # The job's warnings.warn() (a library's deprecation) as records too, as in the driver: they went to this
+    # process's stderr, past the run's log file and the JSON lines of --log-format json.
+    logging.captureWarnings(True)

@@ -522,6 +522,7 @@ def hold_records(level: int) -> None:
         _held_handler.addFilter(mask_secrets)
         _held_handler.addFilter(lambda record: not record.name.startswith(_CLUSTERS_OWN))
         root.addHandler(_held_handler)
+        logging.captureWarnings(True)  # the job's warnings.warn() too, as a process worker's
     _held_handler.setLevel(level)
     if root.level > level:
         root.setLevel(level)

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,6 +135,7 @@ class Spy(Service[Item]):
         attempt = len(path.read_text().splitlines())
         if item.n == self.warn_on:
             logging.getLogger("spy").warning("item %d looks odd", item.n)
+            warnings.warn(f"item {item.n} uses a deprecated field")
         if (item.n == self.kill_on and attempt == 1) or item.n == self.kill_always:
             os.kill(os.getpid(), signal.SIGKILL)
         if self.cpu_ms:
