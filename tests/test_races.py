@@ -160,6 +160,36 @@ def test_a_retry_failed_cut_short_by_a_stop_gets_an_answer(tmp_path: Path) -> No
     assert info.status == "stopped" and info.failed >= 3  # the retried items that did not settle stay failed
 
 
+def test_a_retry_failed_longer_than_ctls_wait_gets_its_answer(cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ctl retry-failed` waited 600 s for its reply, then said the run "did not answer (timed out); it may be ending"
+    (exit 1) while the run went on retrying: hundreds of failures against a slow API outlast any fixed wait. It waits
+    while the run lives now, saying so once. Here the wait is 0.5 s and the retries take 2 s."""
+    monkeypatch.setattr("batchcli.cli.ctl.REPLY_WAIT_S", 0.5)
+    monkeypatch.setattr("batchcli.cli.ctl.LOOK_S", 0.2)
+    out, ledger = tmp_path / "out", tmp_path / "ledger.txt"
+    run = start(
+        "exec", UNATTENDED, "-d", out, "-p", f"ledger={ledger}", "-p", "count=2000", "-p", "delay_s=0.01", "-p", "fail_every=20",
+        "-p", "fixed_delay_s=2", "-p", "max_retries=0", "-p", "breaker_window=0", stderr=tmp_path / "exec.txt",
+    )  # fmt: skip
+    try:
+        run_dir = one_run(out)
+        wait_for(lambda: (run_dir / "control.sock").exists() and read_run(run_dir).failed >= 3, "a few failures")
+        assert batchcli("ctl", run_dir, "pause").returncode == 0
+        ledger.with_suffix(".fixed").touch()  # the retried items now take 2 s each
+        retried = cli("ctl", run_dir, "retry-failed")
+        assert retried.exit_code == 0, retried.output
+        said = " ".join(retried.output.split())
+        assert "Waiting for the retried items to settle" in said and f"batchcli watch {run_dir}" in said, said
+        tried = int(said.split(" of ")[0].split()[-1])
+        assert tried >= 3 and f"{tried} of {tried} failed item(s) succeeded now." in said, said
+        assert batchcli("ctl", run_dir, "stop").returncode == 0
+        assert run.wait(timeout=120) == 130
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert "Traceback" not in (tmp_path / "exec.txt").read_text()
+
+
 def test_runs_passes_over_a_run_directory_that_moves_while_it_lists(cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run directory renamed or removed between `runs` finding its journal and reading it ended the listing with
     a FileNotFoundError traceback (its modification time was read for the listing without a guard)."""

@@ -463,10 +463,11 @@ def ctl(
     ),
 ) -> None:
     """Steer a live run from another terminal: pause, resume, stop (resumable), set limits, stats, retry-failed."""
-    from batchcli.cli.ctl import control
+    from batchcli.cli.ctl import RETRIES_GO_ON, control
     from batchcli.stdout import stdout_console
 
-    with ends_at_stop_signals("ctl"):
+    left = RETRIES_GO_ON.format(run_dir=run_dir) if command[:1] == ["retry-failed"] else ""
+    with ends_at_stop_signals(f"ctl {' '.join(command)}", left):
         control(run_dir, command, stdout_console())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import time
 from contextlib import contextmanager
@@ -18,7 +19,10 @@ from batchcli.run.control import SOCKET_NAME, Request, connect, read_reply
 SOCKET_WAIT_S = 10.0
 """A run that has just started (or is loading its project on resume) opens its socket within this."""
 REPLY_WAIT_S = 600.0
-"""How long a command waits for the run's reply: ``retry-failed`` answers once the items it retries settle."""
+"""How long a command waits for the run's reply, which comes at once; ``retry-failed`` waits while the run lives."""
+LOOK_S = 5.0
+"""How often a command waiting for its reply looks whether the run still lives."""
+RETRIES_GO_ON = "the retries it asked for go on in the run (follow them with: batchcli watch {run_dir})"
 
 
 def owned_run(run_dir: Path, what: str) -> None:
@@ -39,11 +43,41 @@ def control(run_dir: Path, words: list[str], console: Console) -> None:
     conn = live_connection(run_dir, REPLY_WAIT_S)
     with conn, answering(run_dir):
         conn.sendall(request.encode())
+        _await_reply(conn, run_dir, request.command)
         reply = read_reply(conn)
     accepted(reply, "the run refused the command")
     console.print(str(reply.get("message", "")), markup=False, highlight=False, soft_wrap=True)
     for name, value in (reply.get("stats") or {}).items():
         console.print(f"  {name}: {value}", markup=False, highlight=False)
+
+
+def _await_reply(conn: socket.socket, run_dir: Path, command: str) -> None:
+    """Until the reply to ``command`` is there to read, while the run lives.
+
+    ``retry-failed`` answers once the items it retries settle, which against a slow or refusing API can take longer
+    than any fixed wait: it waited REPLY_WAIT_S, then said the run "did not answer (timed out); it may be ending"
+    while the run went on retrying. It now waits as long as the run lives, and says so on stderr; any other command
+    answers at once, and waits REPLY_WAIT_S at most."""
+    since = time.monotonic()
+    told = False
+    while not select.select([conn], [], [], LOOK_S)[0]:
+        info = read_run(run_dir)
+        if info.status != "running":
+            raise RunNotLive(f"Run {str(run_dir)!r} ended before it answered `{command}`. " + _not_live(run_dir, info.status))
+        if command != "retry-failed":
+            if time.monotonic() - since >= REPLY_WAIT_S:
+                raise RunNotLive(
+                    f"Run {str(run_dir)!r} is running (process {info.pid}) but did not answer `{command}` in "
+                    f"{REPLY_WAIT_S:.0f} s: its control thread may be blocked. See its log (batchcli.log in the run "
+                    f"directory), or follow it with: batchcli watch {run_dir}"
+                )
+        elif not told:
+            told = True
+            Console(stderr=True).print(
+                "Waiting for the retried items to settle (against a slow or refusing API this takes a while); Ctrl-C "
+                f"leaves, and {RETRIES_GO_ON.format(run_dir=run_dir)}.",
+                markup=False, highlight=False, soft_wrap=True,
+            )  # fmt: skip
 
 
 @contextmanager
