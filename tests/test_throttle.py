@@ -22,6 +22,7 @@ import pytest
 
 from batchcli import Throttled
 from batchcli.executors.throttling import throttle_of
+from batchcli.journal.rundir import read_run
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB = Path(__file__).resolve().parent / "projects" / "throttle" / "throttle_job.py"
@@ -206,6 +207,34 @@ def test_with_adaptive_off_the_paces_refusals_fail_no_item(run_batchcli, executo
         assert_ledger(result, api, 25)
         assert api.statuses[429] >= 50  # the pace was refused, again and again
     assert "keeps refusing" not in log_text(result.run_dir)
+
+
+def test_a_record_the_api_always_refuses_does_not_take_every_waves_one_slot(tmp_path: Path) -> None:
+    """adaptive=false against an API with a burst of 1 and a record it always refuses (a 503): refused items were
+    due again in the order they came, so the one whose request reached the API first in a wave went first in the
+    next. Such a record took the one token of every wave, nothing else was served, and good records failed "the API
+    keeps refusing that item" (here 5 to 7 of the 14; with two such records in 60, 4 to 9). Now all are served, once."""
+    from conftest import subprocess_env
+    from joblog import wait_for
+
+    count = 16
+    with FlakyApi(rate=5, burst=1, refuse={0, 1}) as api:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "batchcli", "exec", str(JOB), "-d", str(tmp_path / "out"), "-p", f"url={api.url}",
+             "-p", f"count={count}", "-p", f"concurrency={count}", "-p", "adaptive=false"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
+        )  # fmt: skip
+        try:
+            wait_for(lambda: len(api.served) == count - 2, "every good record served", timeout=90)
+            run.send_signal(signal.SIGTERM)  # 0 and 1 would fail in another half minute: their refusals count then
+            assert run.wait(timeout=60) == 130  # stopped, resumably
+        finally:
+            if run.poll() is None:
+                run.kill()
+        assert sorted(api.served) == list(range(2, count)) and set(api.served.values()) == {1}
+    run_dir = next((tmp_path / "out").iterdir())
+    assert "keeps refusing" not in log_text(run_dir)
+    assert read_run(run_dir).succeeded == count - 2
 
 
 @pytest.mark.parametrize(("executor", "refused"), [("async", {3}), ("process", {3})])

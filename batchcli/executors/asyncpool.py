@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from array import array
 from collections import deque
 from marshal import dumps as _marshal
@@ -80,7 +81,7 @@ class AsyncExecutor:
         self._cooling = False
         """True while a throttle's cool-down holds new starts (part of the one ``_slow`` flag)."""
         self._ready: deque[tuple[int, Any, Attempts | None]] = deque()
-        self._refused: deque[tuple[int, Any, Attempts | None]] = deque()
+        self._refused: list[tuple[int, Any, Attempts | None]] = []
         """Throttled items due again: one goes to ``_ready`` each time another item has settled (``_release``)."""
         self._settled_at_release = -1
         self._workers: set[asyncio.Task[None]] = set()
@@ -427,7 +428,14 @@ class AsyncExecutor:
         settled = tally.succeeded + tally.failed
         if settled != self._settled_at_release or tally.exhausted or self.fatal is not None:
             self._settled_at_release = settled
-            self._ready.append(self._refused.popleft())
+            # One at random, not the first due: in the order they came, the item whose request reached the API first
+            # in a wave went first in the next. A record the API always refuses (a 503) took a burst-1 API's one
+            # token in every wave from then on, nothing else was served, and good records failed "the API keeps
+            # refusing that item" (7 of 60 with two such records, adaptive=false).
+            refused = self._refused
+            pick = random.randrange(len(refused))
+            refused[pick], refused[-1] = refused[-1], refused[pick]
+            self._ready.append(refused.pop())
             self._update_slow()
 
     def _turn_taken(self) -> None:
