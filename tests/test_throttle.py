@@ -787,6 +787,49 @@ def test_an_outage_cuts_no_limit_and_a_503_soon_after_the_pace_was_served_does()
     assert strict.limiter.limits.concurrency == 7
 
 
+def test_a_learnt_rate_is_forgotten_after_a_quiet_minute_even_when_nothing_succeeds_in_it() -> None:
+    """The 60 s forget ran only in a half-second in which an item succeeded: a rate below one item a tick (the 0.1/s
+    floor an outage left, or 2e-05/s set by ctl and lifted with set rate_limit=none) was forgotten hours late, and
+    the run started nothing meanwhile."""
+    run = Clocked(10)
+    run.succeed(10, 30)
+    for _ in range(12):  # the API refuses everything for a while: each cool-down cuts the rate again
+        run.throttle(1.0)
+    learnt = run.limiter.limits.rate_limit
+    assert learnt is not None and learnt < 1
+    for _ in range(118):  # 59 s: nothing succeeds at that rate
+        run.now += 0.5
+        run.cooldown.tick()
+    assert run.limiter.limits.rate_limit == learnt
+    run.succeed(1.5, 0)
+    assert run.limiter.limits.rate_limit is None
+
+
+def test_after_a_rate_is_forgotten_the_next_throttle_does_not_learn_it_again() -> None:
+    """Measured from the last cool-down, the window after a forget held the minute the forgotten rate had kept the run
+    at: the first burst at no limit was throttled and the same low rate was learnt again, a minute later again, for
+    good (0.13/s against an API at 30/s after a 30 s outage). It is measured from the forget now, and slow-starts."""
+    run = Clocked(10)
+    run.succeed(10, 30)
+    for _ in range(12):
+        run.throttle(1.0)
+    tick = 0
+    while run.limiter.limits.rate_limit is not None:  # the API serves again, the run at its rate: 1 item in 2.5 s
+        assert tick < 130, "not forgotten after 65 s"
+        run.now += 0.5
+        run.tally.succeeded += tick % 5 == 0
+        run.cooldown.tick()
+        tick += 1
+    run.now += 0.04
+    run.tally.succeeded += 3  # the first burst at no limit: three served, then a 429
+    run.throttle(1.0)
+    assert run.limiter.limits.rate_limit is None  # nothing measured since the forget: the concurrency is cut
+    run.succeed(2, 30)
+    run.throttle(1.0)
+    rate = run.limiter.limits.rate_limit
+    assert rate is not None and rate > 10, rate  # what the API serves now, not the ~0.4/s of the minute before
+
+
 def test_a_cool_down_wakes_the_recorder_to_write_it_down() -> None:
     """A throttle's cool-down reached the journal's `live` row only at the recorder's next flush (up to 0.2 s later),
     so a kill -9 in between left the resume no Retry-After to wait out. A throttle that moves the cool-down's end

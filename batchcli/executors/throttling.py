@@ -519,7 +519,14 @@ class Cooldown:
     def grow(self, succeeded: bool, per_s: float = 0.0) -> None:
         """One additive step back toward the ceiling, when items succeeded (``per_s`` a second) since the last step."""
         now = self._clock()
-        if not succeeded or now < self.until:
+        if now < self.until:
+            return
+        if not succeeded:
+            # Nothing grows, but a learnt rate is still forgotten in time: reached only at a success, a rate below one
+            # item a tick (the 0.1/s floor, or 2e-05/s set by ctl and then lifted) was forgotten hours late, if ever.
+            old = self.effective
+            if self.adaptive and self.ceiling.rate_limit is None and old.rate_limit is not None and now - self.until >= RATE_MEMORY_S:
+                self._forget(now, Limits(old.concurrency, None))
             return
         if self._wave_rate is not None:
             log.info(
@@ -533,10 +540,24 @@ class Cooldown:
             return
         concurrency = min(ceiling.concurrency, old.concurrency + max(1, ceiling.concurrency // 20))
         new = Limits(concurrency, self._rates.grown(old.rate_limit, ceiling.rate_limit, now - self.until, per_s))
+        if old.rate_limit is not None and new.rate_limit is None:
+            self._forget(now, new)
+            return
         self._recovered = new == ceiling
         if new.concurrency != old.concurrency or new.rate_limit == ceiling.rate_limit != old.rate_limit:
             # Not every small step of a learnt rate: those would be a line every GROW_INTERVAL_S.
             log.info("Growing back: effective %s (configured %s).", _describe(new), _describe(ceiling))
+        self._apply(new)
+
+    def _forget(self, now: float, new: Limits) -> None:
+        """The learnt rate is forgotten (``RATE_MEMORY_S`` without a throttle): ``new`` has no rate limit, and the API's
+        rate is measured afresh from now (``RateDiscovery.forgot``)."""
+        self._recovered = new == self.ceiling
+        log.info(
+            "No throttle for %.0fs: the learnt rate is forgotten; effective %s (configured %s).",
+            now - self.until, _describe(new), _describe(self.ceiling),
+        )
+        self._rates.forgot(now, self._tally.succeeded)
         self._apply(new)
 
 
@@ -566,6 +587,8 @@ class RateDiscovery:
         """A rate the API served for ``SUSTAINED_S`` without a throttle: a cut never goes below ``FLOOR`` of it."""
         self._first: tuple[float, int] | None = None
         """(time, successes) when items began to start: what the API served since, when no window measures it."""
+        self._window_from = -math.inf
+        """When the learnt rate was last forgotten (``forgot``): no window reaches back past it."""
 
     def started(self, now: float, succeeded: int) -> None:
         """Items begin to start now (``Cooldown.start``)."""
@@ -588,10 +611,25 @@ class RateDiscovery:
         self._succeeded = succeeded
         self._from_wave = False
 
+    def forgot(self, now: float, succeeded: int) -> None:
+        """The learnt rate was forgotten at ``now``: the next window counts from here. Counted from the last cool-down,
+        it held the minute the forgotten rate (the 0.1/s floor after an outage, a rate ctl set) kept the run at, and
+        the throttle of the first burst after it learnt that rate again, a minute later again, for good: 0.13/s
+        against an API at 30/s."""
+        self._succeeded = succeeded
+        self._from_wave = False
+        self._window_from = now
+        # Nothing learnt is trusted any more: what the API serves is found as at the start (a slow start from what it
+        # serves from now on). A measured rate grows 0.1% a step, so a rate learnt low stayed low (1.2/s against 30/s).
+        self._measured = False
+        self._catch_up_to = self._good = None
+        self._first = (now, succeeded)
+
     def learn(self, seconds: float, succeeded: int, rate: float | None, now: float = 0.0) -> float | None:
         """The effective rate after a throttle ``seconds`` after the last cool-down ended (at ``now``)."""
         if self._first is None:
             self._first = (now, succeeded)
+        seconds = min(seconds, now - self._window_from)
         gained, self._succeeded = succeeded - self._succeeded, succeeded
         from_wave, self._from_wave = self._from_wave, False
         if from_wave and rate is not None and 0 < seconds < SUSTAINED_S:
