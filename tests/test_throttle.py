@@ -678,6 +678,10 @@ def test_throttled_takes_the_header_text_and_refuses_other_types() -> None:
     assert throttle_of(Throttled("Wed, 21 Oct 2015 07:28:30 GMT"), now=lambda: 1445412480.0).retry_after_s == 30  # type: ignore[union-attr]
     assert throttle_of(Throttled("soon")).retry_after_s is None  # type: ignore[union-attr]
     assert throttle_of(Throttled("nan")).retry_after_s is None  # type: ignore[union-attr]  # as float("nan") is
+    # float() reads more than HTTP's digits: "1_0" was a wait of 10 s, an Arabic-Indic 3 one of 3 s.
+    for odd in ("1_0", "\u0663", "\uff17"):
+        assert throttle_of(Throttled(odd)).retry_after_s is None, odd  # type: ignore[union-attr]
+    assert throttle_of(Throttled(" 2.5 ")).retry_after_s == 2.5  # type: ignore[union-attr]
     for wrong in ([1], True, {"s": 1}):
         with pytest.raises(TypeError, match=r"Throttled\(retry_after=\.\.\.\) takes seconds, a timedelta, a datetime"):
             Throttled(wrong)  # type: ignore[arg-type]

@@ -205,7 +205,9 @@ def _seconds(value: object, now: Callable[[], float]) -> float | None:
         return max(0.0, float(value)) if value == value else None
     if isinstance(value, str):
         try:
-            return _seconds(float(value), now)  # "nan" says no time, as NaN given as a number does
+            # Digits as HTTP writes them: float() also reads "1_0" as 10 and Arabic-Indic "٣" as 3.
+            if value.isascii() and "_" not in value:
+                return _seconds(float(value), now)  # "nan" says no time, as NaN given as a number does
         except ValueError:
             pass
         try:
