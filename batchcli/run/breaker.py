@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Protocol, Sequence
 
 from batchcli.journal.rundir import message_shape
@@ -402,6 +402,15 @@ class Breaker:
             self._add_open_time()
         self._ended = True
         self._cancel_timer()
+
+    def counts_now(self) -> dict[str, float]:
+        """The counts so far, with the open time of an episode still going: a session killed while the breaker was
+        open (``kill -9``) lost that time from the run's ``open_s``, its live state holding closed episodes only."""
+        counts = asdict(self.counts)
+        since = self._episode_open_since
+        if since is not None:
+            counts["open_s"] += self._clock() - since
+        return counts
 
     def _add_open_time(self) -> None:
         if self._episode_open_since is not None:

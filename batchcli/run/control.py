@@ -406,7 +406,7 @@ def live_state(run: Run) -> dict[str, Any]:
         "breaker": None if breaker is None else breaker.state,
         "breaker_reason": "" if breaker is None or breaker.state == "closed" else breaker.reason,
         # This session's, for the run's totals: a session killed before its summary keeps them here.
-        "breaker_counts": None if breaker is None else dataclasses.asdict(breaker.counts),
+        "breaker_counts": None if breaker is None else breaker.counts_now(),
     }
 
 
