@@ -527,7 +527,7 @@ class Cooldown:
             # Nothing grows, but a learnt rate is still forgotten in time: reached only at a success, a rate below one
             # item a tick (the 0.1/s floor, or 2e-05/s set by ctl and then lifted) was forgotten hours late, if ever.
             old = self.effective
-            if self.adaptive and self.ceiling.rate_limit is None and old.rate_limit is not None and now - self.until >= RATE_MEMORY_S:
+            if self.adaptive and old.rate_limit is not None and RateDiscovery.forgets(self.ceiling.rate_limit, now - self.until):
                 self._forget(now, Limits(old.concurrency, None))
             return
         if self._wave_rate is not None:
@@ -708,12 +708,18 @@ class RateDiscovery:
         self._catch_up_to = rate * RATE_BACKOFF
         return sent * RATE_BACKOFF
 
+    @staticmethod
+    def forgets(ceiling: float | None, quiet_s: float) -> bool:
+        """Whether a learnt rate is forgotten after ``quiet_s`` seconds without a throttle, under a configured rate
+        ``ceiling`` (None: no limit, the only case a learnt rate is forgotten in)."""
+        return ceiling is None and quiet_s >= RATE_MEMORY_S
+
     def grown(self, rate: float | None, ceiling: float | None, quiet_s: float, per_s: float) -> float | None:
         """One step up from ``rate`` after ``quiet_s`` seconds without a throttle, ``per_s`` items a second
         succeeding; None is no limit."""
         if rate is None:
             return None
-        if ceiling is None and quiet_s >= RATE_MEMORY_S:
+        if RateDiscovery.forgets(ceiling, quiet_s):
             return None
         if per_s < rate * USED:  # the run does not use this rate (the items, or this machine, are slower)
             return rate
