@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -279,7 +280,8 @@ def test_attach_works_after_the_runs_own_pause_shell_was_open(tmp_path: Path) ->
 
 def test_the_connection_file_of_a_run_killed_while_attached_goes_with_its_resume(tmp_path: Path, run_batchcli: Any) -> None:
     """A run killed (-9) while a console was attached left kernel.json, its HMAC key in it, for good: the resume that
-    finished the run left it there. The resume removes it as it takes the run over, as it does the control socket.
+    finished the run left it there, and its sockets' directory in the temporary directory. The resume removes both
+    as it takes the run over, as it does the control socket.
     The console said nothing of the death and exited 0; on a dumb terminal (TERM=dumb: Emacs, some CI) it stayed at
     its prompt for good. It now leaves on either, saying the run died and how to resume it, with exit 1."""
     run, run_dir, log = headless(tmp_path, 1000)  # 25 s: the console starts slowly on a loaded machine
@@ -296,7 +298,10 @@ def test_the_connection_file_of_a_run_killed_while_attached_goes_with_its_resume
         if run.poll() is None:
             run.kill()
     assert (run_dir / "kernel.json").exists()
+    sockets = Path(json.loads((run_dir / "kernel.json").read_text())["ip"]).parent  # the kernel's private directory
+    assert sockets.name.startswith("batchcli-attach-") and any(sockets.iterdir())
     resumed = run_batchcli("resume", str(run_dir), "-p", "delay_s=0", timeout=120)
     assert resumed.exit_code == 0, resumed.output
     assert not (run_dir / "kernel.json").exists()
+    assert not sockets.exists()  # left in the temporary directory for good before, one per death
     assert sorted(set(log.done())) == list(range(1000))

@@ -17,9 +17,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchcli.run.controller import RunController
@@ -31,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("batchcli")
 
 KERNEL_FILE = "kernel.json"
+SOCKETS_PREFIX = "batchcli-attach-"
+"""The private directory of a kernel's IPC sockets, in the temporary directory: their paths must be short."""
 START_WAIT_S = 60.0
 """How long an attach waits for the main thread to start the kernel (a run ending meanwhile refuses it)."""
 SESSION_POLL_S = 0.2
@@ -96,6 +102,28 @@ class Attachment:
                 _reply(conn, {"ok": True, "message": session.outcome})
         finally:
             self._busy.release()
+
+
+def remove_stale_kernel(run_dir: Path) -> None:
+    """Remove what a run killed while attached left (its successor holds the run directory's lock): the connection
+    file, with its HMAC key, and the private directory of the kernel's sockets that the file names. ``kill -9``
+    left that directory in the temporary directory for good, one per death. Only a directory of ours is taken:
+    named as ``Kernel`` names them, right in the temporary directory, and owned by this user."""
+    path = run_dir / KERNEL_FILE
+    try:
+        ip = json.loads(path.read_text()).get("ip")
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, AttributeError):  # unreadable, or not a kernel's: the file goes all the same
+        ip = None
+    if isinstance(ip, str) and ip:
+        sockets = Path(ip).parent
+        with contextlib.suppress(OSError):
+            mine = sockets.lstat().st_uid == os.getuid() and not sockets.is_symlink()
+            if mine and sockets.name.startswith(SOCKETS_PREFIX) and sockets.parent == Path(tempfile.gettempdir()):
+                shutil.rmtree(sockets, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 class KernelSession:

@@ -135,12 +135,12 @@ class ControlChannel:
         """Listen on ``RUN_DIR/control.sock`` (the caller holds the run directory's lock); None where it cannot be."""
         if not hasattr(socket, "AF_UNIX") or not hasattr(socket, "SO_PEERCRED"):
             return None  # not Linux: the run goes on without ctl
-        from batchcli.run.attach import KERNEL_FILE
+        from batchcli.run.attach import remove_stale_kernel
 
         path = run.run_dir / SOCKET_NAME
-        for stale in (path, run.run_dir / KERNEL_FILE):  # an attached kernel's connection file, too
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()  # left by a process that died: we hold the lock, so it is nobody's now
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # left by a process that died: we hold the lock, so it is nobody's now
+        remove_stale_kernel(run.run_dir)  # and a kernel's, had it died attached
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with _short_path(path) as address:

@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from batchcli.run.attach import SOCKETS_PREFIX
 from batchcli.run.shell import LoopRunner
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ class Kernel:
         # ours) would end the next session at once.
         self._asyncio_loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._asyncio_loop)
-        self._sockets = Path(tempfile.mkdtemp(prefix="batchcli-attach-"))  # 0700; IPC paths must be short
+        self._sockets = Path(tempfile.mkdtemp(prefix=SOCKETS_PREFIX))  # 0700; IPC paths must be short
         self.connection_file = connection_file
         with contextlib.suppress(FileNotFoundError):
             connection_file.unlink()  # left by a run that died attached
