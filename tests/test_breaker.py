@@ -174,10 +174,9 @@ def test_a_damaged_breaker_count_of_an_earlier_session_counts_nothing(api: Flaky
     assert (resumed.summary["succeeded"], resumed.summary["breaker"]["trips"], resumed.summary["breaker"]["probes"]) == (200, 0, 0)
 
 
-def test_a_trip_in_a_session_killed_before_its_summary_still_counts(api: FlakyApi, tmp_path: Path) -> None:
-    """The run's breaker counts were summed from the last summary.json, which a session killed with SIGKILL never
-    wrote: its trips vanished from summary.json and show after the resume. Each session's live state keeps them."""
-    out = tmp_path / "out"
+def killed_while_open(api: FlakyApi, out: Path) -> Path:
+    """A run of a bad token killed with SIGKILL once its breaker tripped and stayed open a second, and its journal
+    says so; its run directory (no summary.json)."""
     proc = subprocess.Popen(args(api, out, token="bad", concurrency=4, breaker_max_wait_s=600, breaker_cooldown_s=60),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())  # fmt: skip
     try:
@@ -204,6 +203,13 @@ def test_a_trip_in_a_session_killed_before_its_summary_still_counts(api: FlakyAp
             proc.kill()
     (run_dir,) = [journal.parent for journal in out.glob("*/journal.sqlite")]
     assert not (run_dir / "summary.json").exists()
+    return run_dir
+
+
+def test_a_trip_in_a_session_killed_before_its_summary_still_counts(api: FlakyApi, tmp_path: Path) -> None:
+    """The run's breaker counts were summed from the last summary.json, which a session killed with SIGKILL never
+    wrote: its trips vanished from summary.json and show after the resume. Each session's live state keeps them."""
+    run_dir = killed_while_open(api, tmp_path / "out")
     # Retries for the resume: under load it once ended with 3 items failed (exit 1), max_retries=0 making any passing
     # error final; what this test is about is the breaker counts.
     resumed = run([sys.executable, "-m", "batchcli", "resume", str(run_dir), "-p", "token=good", "-p", "max_retries=2",
@@ -211,6 +217,18 @@ def test_a_trip_in_a_session_killed_before_its_summary_still_counts(api: FlakyAp
     assert resumed.exit_code == 0, resumed.output
     assert resumed.summary["breaker"]["trips"] == 1 and resumed.summary["breaker"]["open_s"] >= 1.0
     assert "opened 1 time," in run([sys.executable, "-m", "batchcli", "show", str(run_dir)]).output
+
+
+def test_show_of_a_run_killed_while_the_breaker_was_open_has_its_breaker_line(api: FlakyApi, tmp_path: Path) -> None:
+    """show read the breaker's counts from summary.json alone, which a session killed with SIGKILL never wrote: the
+    crashed run had no breaker line though its journal holds the trip. It shows what the last flush knew."""
+    run_dir = killed_while_open(api, tmp_path / "out")
+    shown = run([sys.executable, "-m", "batchcli", "show", str(run_dir)])
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    assert "status crashed" in text
+    found = re.search(r"breaker opened 1 time, \d+ probes?, \d+ cool-downs?, open for 0:00:(\d\d)", text)
+    assert found is not None and int(found.group(1)) >= 1, shown.output
 
 
 @pytest.mark.parametrize("stop", ["gives up", "SIGTERM"])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import shlex
+import sqlite3
 from bisect import insort
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -24,8 +26,8 @@ from batchcli.journal.live import recent_rate
 from batchcli.journal.matching import FailureFilter, FailureRow, group_types, matching_failures
 from batchcli.journal.selection import read_selection
 from batchcli.journal.rundir import (
-    FLUSH_INTERVAL_S, JOURNAL_NAME, RunInfo, failures_by_rowid, has_table, message_shape, never_started, query, read_run,
-    stream,
+    FLUSH_INTERVAL_S, JOURNAL_NAME, RunInfo, connect, failures_by_rowid, has_table, journal_path, live_states,
+    message_shape, never_started, query, read_run, stream,
 )
 from batchcli.load.secret import Secret
 from batchcli.outcome import clip, per_second, shown
@@ -214,7 +216,7 @@ def _summary(run: RunInfo) -> Table:
     rate = "" if run.rate is None else f"  [magenta]{run.rate:,.1f}/s[/]"
     counts = f"[green]{run.succeeded:,} succeeded[/], [red]{run.failed:,} failed[/], {unprocessed} unprocessed"
     grid.add_row("items", f"{counts}, of {total}{rate}")
-    breaker = _breaker_row(run.run_dir)
+    breaker = _breaker_row(run)
     if breaker:
         grid.add_row("breaker", breaker)
     if run.fatal:
@@ -318,12 +320,9 @@ def _project_loader(run: RunInfo) -> Callable[[], None]:
     return load
 
 
-def _breaker_row(run_dir: Path) -> str:
-    """What the circuit breaker did, from ``summary.json``; "" when it never opened (or no summary yet)."""
-    try:
-        counts = json.loads((run_dir / "summary.json").read_text()).get("breaker") or {}
-    except (OSError, ValueError, AttributeError):
-        return ""
+def _breaker_row(run: RunInfo) -> str:
+    """What the circuit breaker did (``_breaker_counts``); "" when it never opened."""
+    counts = _breaker_counts(run)
     trips = int(counts.get("trips", 0))
     if not trips:
         return ""
@@ -333,6 +332,37 @@ def _breaker_row(run_dir: Path) -> str:
         f"opened {trips} time{'s' * (trips != 1)}, {probes} probe{'s' * (probes != 1)}, "
         f"{cooldowns} cool-down{'s' * (cooldowns != 1)}, open for {_duration(open_s)}"
     )
+
+
+def _breaker_counts(run: RunInfo) -> dict[str, Any]:
+    """The breaker's counts over the run: ``summary.json``'s when the last session wrote it, else each session's
+    last ``live`` state summed, as a resume sums them. A session killed with ``kill -9`` (or still running) wrote no
+    summary, but its live state, rewritten every flush, holds its counts and the open time of an episode still
+    going: a run killed while the breaker was open showed no breaker line. {} when neither says."""
+    try:
+        summary = json.loads((run.run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = None
+    summary = summary if isinstance(summary, dict) else {}
+    if summary.get("sessions") != run.sessions:
+        try:
+            conn = connect(journal_path(run.run_dir))
+            try:
+                states = live_states(conn)
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            states = []
+        sessions = [state["breaker_counts"] for state in states if isinstance(state.get("breaker_counts"), dict)]
+        if sessions:  # else a journal older than the counts in its live state: the last summary's, as before
+            counts: dict[str, float] = {}
+            for session in sessions:
+                for name, value in session.items():
+                    if isinstance(value, (int, float)) and math.isfinite(value):  # a damaged journal's: nothing
+                        counts[name] = counts.get(name, 0) + value
+            return counts
+    breaker = summary.get("breaker")
+    return breaker if isinstance(breaker, dict) else {}
 
 
 def _origin(name: str) -> str:
