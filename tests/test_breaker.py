@@ -381,6 +381,28 @@ def test_failures_already_journaled_are_taken_back(api: FlakyApi, tmp_path: Path
     assert sorted(api.served) == list(range(50)) and set(api.served.values()) == {1}
 
 
+def test_show_charts_no_failed_rate_for_failures_the_breaker_took_back(api: FlakyApi, tmp_path: Path) -> None:
+    """show's chart drew a failed rate from failures journaled before a trip, which the breaker took back and which
+    then succeeded: "0 failed" and "No failures." beside a failed peak. It charts final failures only."""
+    stopped = run(args(api, tmp_path / "out", token="bad", count=50, pause_s=0.2, concurrency=2, breaker_max_wait_s=0.3))
+    assert stopped.exit_code == 130, stopped.output
+    conn = sqlite3.connect(stopped.run_dir / "journal.sqlite")
+    try:
+        assert conn.execute("SELECT sum(failed) FROM timeline").fetchone()[0] >= 1  # journaled before the trip
+    finally:
+        conn.close()
+    resumed = run([sys.executable, "-m", "batchcli", "resume", str(stopped.run_dir), "-p", "token=good", "-p", "pause_s=0"])
+    assert resumed.exit_code == 0, resumed.output
+
+    shown = run([sys.executable, "-m", "batchcli", "show", str(stopped.run_dir)])
+    assert shown.exit_code == 0, shown.output
+    assert "50 succeeded, 0 failed" in shown.output and "No failures." in shown.output
+    (ok,) = [line for line in shown.output.splitlines() if line.startswith("ok ")]
+    (failed,) = [line for line in shown.output.splitlines() if line.startswith("failed ")]
+    assert re.search("[▁▂▃▄▅▆▇█]", ok), shown.output
+    assert not re.search("[▁▂▃▄▅▆▇█]", failed) and failed.endswith("peak 0.0/s"), shown.output
+
+
 def test_probe_failures_double_the_cooldown_until_max_wait(api: FlakyApi, tmp_path: Path) -> None:
     """While the cause stays, each failed probe re-opens the breaker with a doubled cool-down, then the run stops; the
     last probe comes a base cool-down before the max wait (the run gave up when the next cool-down would not end in

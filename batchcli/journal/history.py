@@ -453,6 +453,10 @@ def _chart(run: RunInfo, width: int) -> RenderableType:
     width = max(10, min(width, 120))
     step = span / width
     ok, failed = [0.0] * width, [0.0] * width
+    # A flush's point counts the failures it recorded, those the breaker took back later (or the pause shell forgave)
+    # too: they left the failures table only, and a run with none left drew a failed rate beside "0 failed". When the
+    # points count more failures than the run has, the failed row comes from the table (a read of every failure).
+    taken_back = sum(n_failed for _, _, _, n_failed in points) != run.failed
     previous: dict[int, float] = {}
     for session, t, n_ok, n_failed in points:
         start, started = offsets[session]
@@ -460,7 +464,10 @@ def _chart(run: RunInfo, width: int) -> RenderableType:
         low = max(previous.get(session, started), t - FLUSH_INTERVAL_S)
         previous[session] = t
         _spread(ok, step, start + low - started, start + t - started, n_ok)
-        _spread(failed, step, start + low - started, start + t - started, n_failed)
+        if not taken_back:
+            _spread(failed, step, start + low - started, start + t - started, n_failed)
+    if taken_back:
+        _final_failures(run.run_dir, offsets, step, failed)
     rows = [
         Text(f"Throughput over {_clock(span, span)} of running time, {_clock(step, step)} per column", "bold"),
         _spark("ok    ", ok, step, "green"),
@@ -468,6 +475,21 @@ def _chart(run: RunInfo, width: int) -> RenderableType:
         Text(f"{'':7}{_clock(0, span)}{_clock(span, span):>{width - len(_clock(0, span))}}", "dim"),
     ]
     return Group(*rows)
+
+
+def _final_failures(run_dir: Path, offsets: dict[int, tuple[float, float]], step: float, columns: list[float]) -> None:
+    """Add the failures the journal holds to ``columns`` by when each failed (``offsets``: each session's start in
+    running time, and its epoch). Counted in SQL a flush interval at a time (there may be millions), each interval's
+    spread over it as the timeline's points are, so the failed row reads like the ok row."""
+    buckets = query(
+        run_dir,
+        "SELECT f.session, CAST(max(f.failed_at - s.started_at, 0) / ? AS INTEGER) AS b, count(*)"
+        " FROM failures AS f JOIN sessions AS s ON s.id = f.session GROUP BY f.session, b",
+        (FLUSH_INTERVAL_S,),
+    )
+    for session, bucket, count in buckets:
+        low = offsets[session][0] + bucket * FLUSH_INTERVAL_S
+        _spread(columns, step, low, low + FLUSH_INTERVAL_S, count)
 
 
 def _throttling(run: RunInfo, shown: int = 12) -> RenderableType | None:
