@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import shlex
 import sqlite3
 from bisect import insort
@@ -26,8 +25,8 @@ from batchcli.journal.live import recent_rate
 from batchcli.journal.matching import FailureFilter, FailureRow, group_types, matching_failures
 from batchcli.journal.selection import read_selection
 from batchcli.journal.rundir import (
-    FLUSH_INTERVAL_S, JOURNAL_NAME, RunInfo, connect, failures_by_rowid, has_table, journal_path, live_states,
-    message_shape, never_started, query, read_run, stream,
+    FLUSH_INTERVAL_S, JOURNAL_NAME, RunInfo, breaker_totals, connect, failures_by_rowid, has_table, journal_path,
+    live_states, message_shape, never_started, query, read_run, stream,
 )
 from batchcli.load.secret import Secret
 from batchcli.outcome import clip, per_second, shown
@@ -355,12 +354,7 @@ def _breaker_counts(run: RunInfo) -> dict[str, Any]:
             states = []
         sessions = [state["breaker_counts"] for state in states if isinstance(state.get("breaker_counts"), dict)]
         if sessions:  # else a journal older than the counts in its live state: the last summary's, as before
-            counts: dict[str, float] = {}
-            for session in sessions:
-                for name, value in session.items():
-                    if isinstance(value, (int, float)) and math.isfinite(value):  # a damaged journal's: nothing
-                        counts[name] = counts.get(name, 0) + value
-            return counts
+            return breaker_totals(sessions) or {}
     breaker = summary.get("breaker")
     return breaker if isinstance(breaker, dict) else {}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import stat
 import socket
@@ -16,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Iterator
 from urllib.parse import quote
 
@@ -805,6 +806,30 @@ def read_run(run_dir: Path) -> RunInfo:
         environment=environment,
         starting=starting,
     )
+
+
+def number(value: object) -> float:
+    """A count or seconds read back from a journal or an earlier summary; 0 for what is not a finite number (a damaged
+    file)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return 0.0
+
+
+def breaker_totals(sessions: Iterable[object], counts: dict[str, float] | None = None) -> dict[str, float] | None:
+    """The circuit breaker's counts summed over ``sessions`` (each session's own counts, from its ``live`` state or a
+    summary; what is not a dict counts nothing), added to ``counts`` (this session's); None when nothing counted.
+    Counts of events stay whole numbers ("trips": 2, not 2.0, in summary.json); only ``open_s`` is seconds."""
+    total = dict(counts) if counts is not None else None
+    for session in sessions:
+        if not isinstance(session, dict) or not session:
+            continue
+        total = total or {name: 0 for name in session}
+        for name, value in session.items():
+            total[name] = total.get(name, 0) + number(value)
+    if total is None:
+        return None
+    return {name: round(value, 3) if name == "open_s" else int(value) for name, value in total.items()}
 
 
 def live_states(conn: sqlite3.Connection, but: int | None = None) -> list[dict[str, Any]]:

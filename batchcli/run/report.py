@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from batchcli import __version__
 from batchcli.errors import RunDirGoneError, RunDirWriteError
 from batchcli.journal.records import json_form, write_json
+from batchcli.journal.rundir import breaker_totals, number
 from batchcli.load.project import format_user_traceback
 from batchcli.load.secret import mask_texts
 from batchcli.outcome import Failure, Tally, error_text
@@ -138,7 +138,7 @@ def write_summary(
     breakers = [state["breaker_counts"] for state in states if isinstance(state.get("breaker_counts"), dict)]
     # A journal older than the live table (or than its breaker counts): the last summary's totals instead.
     last = _last_summary(result) if journal.session_count > 1 and not breakers else {}
-    earlier_paused = sum(_number(state.get("paused_s")) for state in states) if states else _number(last.get("paused_s"))
+    earlier_paused = sum(number(state.get("paused_s")) for state in states) if states else number(last.get("paused_s"))
     paused = earlier_paused + journal.tally.paused_s
     duration = max(0.0, journal.active_s() - paused)  # time spent running, over every session
     fatal = result.fatal
@@ -171,7 +171,7 @@ def write_summary(
                 "message": mask_texts(error_text(fatal), journal.tally.secrets),
                 "traceback": mask_texts(format_user_traceback(fatal), journal.tally.secrets),
             },
-            "breaker": _breaker_counts(result, breakers or [last.get("breaker")]),
+            "breaker": breaker_totals(breakers or [last.get("breaker")], result.breaker),
             "selection": None if selection is None else selection.as_dict(),
             "batchcli_version": __version__,
         },
@@ -185,29 +185,6 @@ def _last_summary(result: RunResult) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _number(value: object) -> float:
-    """A count or seconds read back from an earlier summary; 0 for what is not a finite number (a damaged file)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return 0.0
-
-
-def _breaker_counts(result: RunResult, earlier: list[Any]) -> dict[str, float] | None:
-    """The circuit breaker's counts over every session: this one's plus each of ``earlier`` (each earlier session's
-    own counts, or the last summary's totals; what is not a dict counts nothing)."""
-    counts = dict(result.breaker) if result.breaker is not None else None
-    for session in earlier:
-        if not isinstance(session, dict) or not session:
-            continue
-        counts = counts or {name: 0 for name in session}
-        for name, value in session.items():
-            counts[name] = counts.get(name, 0) + _number(value)
-    if counts is None:
-        return None
-    # Counts of events stay whole numbers in summary.json ("trips": 2, not 2.0); only open_s is seconds.
-    return {name: round(value, 3) if name == "open_s" else int(value) for name, value in counts.items()}
 
 
 def print_closing(result: RunResult, console: Any, log_format: str = "text") -> None:
