@@ -517,6 +517,16 @@ def test_ctl_and_watch_refuse_bad_input(cli: Any, tmp_path: Path) -> None:
     assert bad_format.exit_code == 2 and "--log-format 'xml'" in bad_format.output
 
 
+@pytest.mark.parametrize("word", ["concurrency=\u0663", "concurrency=1_0", "rate_limit=\u0663", "rate_limit=1_0", "rate_limit=\uff17.5"])
+def test_ctl_set_takes_the_digits_people_type(cli: Any, tmp_path: Path, word: str) -> None:
+    """int() and float() also read "1_0" as 10 and an Arabic-Indic 3 as 3: ctl set put them in force where any other
+    stray character is refused; they are refused as it is, before the run directory is looked at."""
+    refused = cli("ctl", tmp_path, "set", word)
+    field, _, value = word.partition("=")
+    fix = "a whole number, e.g. concurrency=4" if field == "concurrency" else "items per second, e.g. rate_limit=20, or none"
+    assert refused.exit_code == 2 and refused.output.strip() == f"Error: ctl set {field}={value!r} is not {fix}.", refused.output
+
+
 def test_metrics_port_errors_come_before_any_run(cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A busy metrics_port, or one without prometheus_client, is bad input: exit 2 and no run directory."""
     with socket.socket() as busy:

@@ -89,6 +89,9 @@ class Request:
                 "(e.g. set concurrency=4, set rate_limit=20 or rate_limit=none)."
             )
         try:
+            if not self.value.isascii() or "_" in self.value:
+                # Numbers as people type them: int() and float() also read "1_0" as 10 and an Arabic-Indic "٣" as 3.
+                raise ValueError(self.value)
             if self.field == "concurrency":
                 value: int | float | None = int(self.value)
             else:
