@@ -98,6 +98,8 @@ UTC = timezone.utc
         (Optional[Mode], "Null", None),
         (Optional[Mode], "fast", Mode.FAST),
         (Secret, "hunter2", Secret("hunter2")),
+        (int, "1_000", 1000),  # grouped as Python writes it: kept, unlike a non-ASCII digit
+        (float, "2_500.5", 2500.5),
     ],
 )
 def test_scalar_casts_to_declared_type(annotation: object, text: str, expected: object) -> None:
@@ -129,6 +131,15 @@ def test_scalar_casts_to_declared_type(annotation: object, text: str, expected: 
         (Literal["fast", "slow"], "quick", "Param 'p' expects one of 'fast', 'slow', got 'quick'. Allowed: 'fast', 'slow'"),
         (Literal[1, 2], "one", "Param 'p' expects one of 1, 2, got 'one'. Allowed: 1, 2."),
         (int | None, "nil", "Param 'p' expects int or none, got 'nil'. Use a whole number, e.g. 42. Or none for no value"),
+        # int(), float(), Decimal() and the regex \d read an Arabic-Indic 3 or a fullwidth 7 as the digit: the run got 3.
+        (int, "\u0663", "Param 'p' expects int, got '\u0663'. Use a whole number, e.g. 42."),
+        (int, "\uff17", "Param 'p' expects int, got '\uff17'. Use a whole number, e.g. 42."),
+        (float, "\u0663.5", "Param 'p' expects float, got '\u0663.5'. Use a number, e.g. 3.5."),
+        (Decimal, "\u0663", "Param 'p' expects decimal, got '\u0663'. Use a decimal number, e.g. 19.99."),
+        (timedelta, "\u0663", "Param 'p' expects duration, got '\u0663'. Use e.g. 90s"),
+        (timedelta, "\u0663m", "Param 'p' expects duration, got '\u0663m'. Use e.g. 90s"),
+        (timedelta, "PT\u0663S", "Param 'p' expects duration, got 'PT\u0663S'. Use e.g. 90s"),
+        (Literal[1, 2], "\u0662", "Param 'p' expects one of 1, 2, got '\u0662'. Allowed: 1, 2."),
     ],
 )
 def test_scalar_bad_value_names_param_type_value_and_fix(annotation: object, text: str, message: str) -> None:

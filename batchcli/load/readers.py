@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 NONE_WORDS = frozenset({"none", "null"})
 """What ``T | None`` reads as None, case-insensitively."""
 _BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}
 
-_NUMBER = r"\d+(?:\.\d+)?"
+_NUMBER = r"[0-9]+(?:\.[0-9]+)?"  # not \d, which takes any script's digits
 _UNIT_PART = re.compile(rf"({_NUMBER})\s*(ms|[wdhms])", re.IGNORECASE)
 _UNITS = re.compile(rf"(?:{_NUMBER}\s*(?:ms|[wdhms])\s*)+", re.IGNORECASE)
 _UNIT_KEYWORDS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds", "ms": "milliseconds"}
@@ -22,6 +23,29 @@ _ISO_DURATION = re.compile(
 def is_none(text: str) -> bool:
     """Whether ``text`` is one of the words that mean no value."""
     return text.strip().lower() in NONE_WORDS
+
+
+def to_int(text: str) -> int:
+    """Read a whole number; ``1_000`` is grouped as Python writes it."""
+    return int(_ascii(text))
+
+
+def to_float(text: str) -> float:
+    """Read a number: ``3.5``, ``1e-3``, ``inf``."""
+    return float(_ascii(text))
+
+
+def to_decimal(text: str) -> Decimal:
+    """Read a decimal number: ``19.99``."""
+    return Decimal(_ascii(text))
+
+
+def _ascii(text: str) -> str:
+    """``text``, unless it holds a character past ASCII: int(), float() and Decimal() also read an Arabic-Indic "٣"
+    or a fullwidth "７" as that digit, which a shell user sees as another character than the value the job gets."""
+    if not text.isascii():
+        raise ValueError(text)
+    return text
 
 
 def to_bool(text: str) -> bool:

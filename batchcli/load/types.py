@@ -90,9 +90,9 @@ SCALARS: dict[object, Scalar] = {
     str: Scalar(name="str", reader=str),
     Any: Scalar(name="str", reader=str),
     Secret: Scalar(name="secret", reader=Secret, secret=True),
-    int: Scalar(name="int", reader=int, hint="Use a whole number, e.g. 42."),
-    float: Scalar(name="float", reader=float, hint="Use a number, e.g. 3.5."),
-    Decimal: Scalar(name="decimal", reader=Decimal, hint="Use a decimal number, e.g. 19.99."),
+    int: Scalar(name="int", reader=readers.to_int, hint="Use a whole number, e.g. 42."),
+    float: Scalar(name="float", reader=readers.to_float, hint="Use a number, e.g. 3.5."),
+    Decimal: Scalar(name="decimal", reader=readers.to_decimal, hint="Use a decimal number, e.g. 19.99."),
     bool: Scalar(
         name="bool",
         reader=readers.to_bool,
