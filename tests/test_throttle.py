@@ -720,6 +720,31 @@ def test_a_naive_datetime_is_local_time(monkeypatch: pytest.MonkeyPatch, zone: s
         time.tzset()
 
 
+def test_a_date_past_the_calendar_is_far_and_one_before_it_is_past(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An HTTP-date in year 10000 read as no Retry-After (the run's 1 s backoff) where 9999 was clamped to
+    throttle_max_wait_s; a year no C long holds made a 429 an ordinary failure; and Throttled(datetime.min), which no
+    clock reads as local time, had the exponential cool-down instead of a wait of 0."""
+    assert throttle_of(Throttled("Fri, 31 Dec 9999 23:59:59 GMT")).retry_after_s > 1e11  # type: ignore[union-attr,operator]
+    for far in ("Sat, 01 Jan 10000 00:00:00 GMT", "Sat Jan  1 00:00:00 10000", "Sat, 01 Jan 99999999999999999999999 00:00:00 GMT"):
+        assert throttle_of(Throttled(far)).retry_after_s == math.inf, far  # type: ignore[union-attr]
+        error = type("Refused", (Exception,), {})()
+        error.status_code, error.headers = 429, _Headers({"Retry-After": far})  # type: ignore[attr-defined]
+        assert throttle_of(error).retry_after_s == math.inf, far  # type: ignore[union-attr]
+    # No date: as any malformed header, and a header sent twice is still read by its first value.
+    for malformed in ("Sat, 32 Jan 10000 00:00:00 GMT", "Sat, 01 Foo 10000 00:00:00 GMT", "Sat, 01 Jan 10000 25:00:00 GMT"):
+        assert throttle_of(Throttled(malformed)).retry_after_s is None, malformed  # type: ignore[union-attr]
+    assert throttle_of(Throttled("1,5")).retry_after_s == 1  # type: ignore[union-attr]
+    assert throttle_of(Throttled(datetime.min)).retry_after_s == 0  # type: ignore[union-attr]
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # datetime.max in local time east of GMT is past year 9999 there
+    time.tzset()
+    try:
+        assert throttle_of(Throttled(datetime.max)).retry_after_s == math.inf  # type: ignore[union-attr]
+        assert throttle_of(Throttled(datetime.min)).retry_after_s == 0  # type: ignore[union-attr]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 @pytest.mark.parametrize("zone", ["Asia/Tokyo", "America/New_York"])
 @pytest.mark.parametrize("form", ["IMF-fixdate", "RFC 850", "asctime"])
 def test_every_http_date_form_is_gmt_wherever_the_machine_is(monkeypatch: pytest.MonkeyPatch, zone: str, form: str) -> None:

@@ -12,8 +12,8 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from email.utils import parsedate_to_datetime
+from datetime import MAXYEAR, MINYEAR, datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime, parsedate_tz
 from typing import Any, Callable
 
 from batchcli.executors.limiter import Limiter, Limits, checked_concurrency, checked_rate_limit
@@ -197,7 +197,12 @@ def _seconds(value: object, now: Callable[[], float]) -> float | None:
     if isinstance(value, timedelta):
         return max(0.0, value.total_seconds())
     if isinstance(value, datetime):  # a naive one is local time, as datetime.timestamp() and now() read it
-        return max(0.0, value.timestamp() - now())
+        try:
+            return max(0.0, value.timestamp() - now())
+        except (OverflowError, ValueError):
+            # Within a day of datetime.min or .max, local time can fall outside years 1 to 9999 (a naive
+            # datetime.min always does): long past, or as far as a wait can be, not "no Retry-After".
+            return 0.0 if value.year == MINYEAR else math.inf
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 1e308:
         # float() of 10**400 overflows: it read as no Retry-After at all, while math.inf is clamped
         return math.inf if value > 0 else 0.0
@@ -212,7 +217,9 @@ def _seconds(value: object, now: Callable[[], float]) -> float | None:
             pass
         try:
             when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
+            if _past_the_calendar(value):
+                return math.inf
             # A header sent twice, joined by the client ("5, 5": httpx, requests; urllib keeps the first): the first.
             first, comma, _ = value.partition(",")
             return _seconds(first, now) if comma and first.strip() and not first.strip().isalpha() else None
@@ -220,6 +227,19 @@ def _seconds(value: object, now: Callable[[], float]) -> float | None:
             when = when.replace(tzinfo=timezone.utc)
         return max(0.0, when.timestamp() - now())
     return None
+
+
+def _past_the_calendar(text: str) -> bool:
+    """Whether ``text`` is an HTTP-date in a year past 9999, which no datetime holds: read as no Retry-After, it
+    had the run's own short backoff, where 9999 waits as long as a wait may."""
+    try:
+        fields = parsedate_tz(text)
+        if fields is None or fields[0] <= MAXYEAR:
+            return False
+        datetime(2000, *fields[1:6])  # the rest is a real date and time (2000 had a 29 February)
+    except (TypeError, ValueError, IndexError, OverflowError):  # what parsedate_to_datetime raised for it
+        return False
+    return True
 
 
 def backoff_wait(config: Configuration, doublings: int) -> float:
