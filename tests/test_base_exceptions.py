@@ -8,6 +8,7 @@ do, and a hook raising one printed batchcli's own traceback from the loop thread
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,25 @@ def test_an_item_always_throttled_without_retry_after_waits_at_most_backoff_max_
     assert ran.exit_code == 1, ran.output
     assert "was throttled 20 times in a row" in " ".join(ran.output.split())
     assert sorted(int(n) for n in (tmp_path / "ledger").read_text().split()) == [n for n in range(30) if n != 5]
+
+
+@pytest.mark.parametrize("executor", ["async", "process"])
+def test_a_repeat_refusal_is_logged_as_one_with_every_executor(run_batchcli: Any, tmp_path: Path, executor: str) -> None:
+    """The log names an item's second refusal in a row a repeat with worker processes as with async: a probe saw
+    process runs log it as "Throttled by the API" (a repeat count lost from the workers would also double the
+    run's cool-down and cut its limits)."""
+    ran = run_batchcli(
+        "exec", BROKEN, "-d", tmp_path / "out", "--no-shell", "-p", "how=refused_unsaid", "-p", "count=1", "-p", "at=0",
+        "-p", f"executor={executor}", "-p", "breaker_window=0", "-p", "backoff_s=0.1", "-p", "backoff_max_s=0.2", timeout=90,
+    )  # fmt: skip
+    assert ran.exit_code == 1, ran.output
+    lines = re.findall(r"Throttled (?:by the API|again \(an item refused before\)): no new item starts for [\d.]+s\.",
+                       (ran.run_dir / "batchcli.log").read_text())  # fmt: skip
+    assert lines[:2] == [
+        "Throttled by the API: no new item starts for 0.10s.",
+        "Throttled again (an item refused before): no new item starts for 0.20s.",
+    ], lines
+    assert lines.count("Throttled by the API: no new item starts for 0.10s.") == 1, lines
 
 
 def test_a_len_that_is_an_integer_but_no_int_counts(run_batchcli: Any, tmp_path: Path) -> None:
