@@ -188,6 +188,52 @@ def test_copies_left_by_workers_that_died_are_removed_and_live_ones_kept(
     assert Path(fresh).exists()
 
 
+STAGE_AND_WAIT = """
+import sys
+from batchcli.executors.bundle import bundle_project, stage
+from batchcli.load.project import load_project
+print(stage(bundle_project(load_project(sys.argv[1]))), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_project_staged_by_a_driver_that_died_is_removed_and_a_live_ones_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """The project a Ray driver stages as its working_dir (up to 50 MB) had no owner file, so a driver killed with -9
+    left it in the temp directory for good. It is claimed as unpacked copies are: the next one made on the machine
+    removes it once its owner file is old and nobody holds its lock; a live driver's stays."""
+    from batchcli.executors.bundle import ABANDONED_AFTER_S, OWNER_SUFFIX, bundle_project, stage, unstage
+    from batchcli.load.project import load_project
+
+    env = subprocess_env(TMPDIR=str(tmp_path))
+    staged = {}
+    for key in ("dead", "alive"):
+        driver = subprocess.Popen(
+            [sys.executable, "-c", STAGE_AND_WAIT, str(SHIPPED)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True, env=env,
+        )  # fmt: skip
+        request.addfinalizer(driver.kill)
+        staged[key] = (driver, Path(driver.stdout.readline().strip()))  # type: ignore[union-attr]
+    dead_driver, dead = staged["dead"]
+    dead_driver.kill()
+    dead_driver.wait(timeout=30)
+    _, alive = staged["alive"]
+    aged = time.time() - ABANDONED_AFTER_S - 60
+    for path in (Path(f"{dead}{OWNER_SUFFIX}"), Path(f"{alive}{OWNER_SUFFIX}")):
+        os.utime(path, (aged, aged))
+    assert any(dead.iterdir()) and any(alive.iterdir())
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    bundle = bundle_project(load_project(str(SHIPPED)))
+    assert bundle is not None
+    fresh = stage(bundle)
+    assert not dead.exists() and not Path(f"{dead}{OWNER_SUFFIX}").exists()  # there for good before
+    assert alive.is_dir() and Path(f"{alive}{OWNER_SUFFIX}").exists()
+    unstage(fresh)
+    assert not fresh.exists() and not Path(f"{fresh}{OWNER_SUFFIX}").exists()
+
+
 # Defect: a Dask run hung after two worker deaths.
 
 

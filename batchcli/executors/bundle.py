@@ -131,16 +131,27 @@ def unpack(bundle: Bundle, key: str) -> str:
 
 
 def stage(bundle: Bundle) -> Path:
-    """Write ``bundle``'s files into a fresh private directory, for a tool that ships directories (Ray's ``working_dir``)."""
-    dest = Path(tempfile.mkdtemp(prefix="batchcli-stage-", dir=private_root()))
+    """Write ``bundle``'s files into a fresh private directory, for a tool that ships directories (Ray's ``working_dir``);
+    ``unstage`` removes it. Claimed as the copies ``unpack`` makes are: a driver killed with ``kill -9`` left its
+    staged project (up to ``MAX_BUNDLE_BYTES``) for good, where ``_sweep`` leaves a copy with no owner file alone."""
+    root = private_root()
+    _sweep(root)
+    dest = Path(tempfile.mkdtemp(prefix="batchcli-stage-", dir=root))
+    _claim(dest)
     try:
         with zipfile.ZipFile(io.BytesIO(bundle.data)) as archive:
             _manifest(archive)  # refuses paths that would leave the directory
             archive.extractall(dest)
     except BaseException:
-        shutil.rmtree(dest, ignore_errors=True)
+        unstage(dest)
         raise
     return dest
+
+
+def unstage(dest: Path) -> None:
+    """Remove a directory ``stage`` wrote, and its owner file."""
+    shutil.rmtree(dest, ignore_errors=True)
+    _release(dest)
 
 
 def manifest_of(bundle: Bundle) -> dict[str, str]:

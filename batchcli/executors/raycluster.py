@@ -15,7 +15,6 @@ import asyncio
 import functools
 import logging
 import os
-import shutil
 import signal
 import socket
 import time
@@ -29,7 +28,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, TaskCancelledError
 
 from batchcli.errors import ProjectError, UsageError
 from batchcli.executors import worker
-from batchcli.executors.bundle import adopt, bundle_project, discard, manifest_of, stage
+from batchcli.executors.bundle import adopt, bundle_project, discard, manifest_of, stage, unstage
 from batchcli.executors.messages import (
     CANCEL_GRACE_S,
     Chunk,
@@ -366,7 +365,7 @@ class RayBackend:
             else:
                 ray.shutdown()  # a cluster at ray_address only loses this driver
         if self._staged is not None:
-            shutil.rmtree(self._staged, ignore_errors=True)
+            unstage(self._staged)
             self._staged = None
 
 
