@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import shlex
-import sqlite3
 from bisect import insort
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -25,8 +24,8 @@ from batchcli.journal.live import recent_rate
 from batchcli.journal.matching import FailureFilter, FailureRow, group_types, matching_failures
 from batchcli.journal.selection import read_selection
 from batchcli.journal.rundir import (
-    FLUSH_INTERVAL_S, JOURNAL_NAME, RunInfo, breaker_totals, connect, failures_by_rowid, has_table, journal_path,
-    live_states, message_shape, never_started, query, read_run, stream,
+    FLUSH_INTERVAL_S, JOURNAL_NAME, RunInfo, failures_by_rowid, has_table, message_shape, never_started, query, read_run,
+    stream,
 )
 from batchcli.load.secret import Secret
 from batchcli.outcome import clip, per_second, shown
@@ -335,26 +334,16 @@ def _breaker_row(run: RunInfo) -> str:
 
 def _breaker_counts(run: RunInfo) -> dict[str, Any]:
     """The breaker's counts over the run: ``summary.json``'s when the last session wrote it, else each session's
-    last ``live`` state summed, as a resume sums them. A session killed with ``kill -9`` (or still running) wrote no
-    summary, but its live state, rewritten every flush, holds its counts and the open time of an episode still
-    going: a run killed while the breaker was open showed no breaker line. {} when neither says."""
+    last ``live`` state summed (``RunInfo.breaker``), as a resume sums them. A session killed with ``kill -9`` (or
+    still running) wrote no summary, but its live state, rewritten every flush, holds its counts and the open time
+    of an episode still going: a run killed while the breaker was open showed no breaker line. {} when neither says."""
     try:
         summary = json.loads((run.run_dir / "summary.json").read_text())
     except (OSError, ValueError):
         summary = None
     summary = summary if isinstance(summary, dict) else {}
-    if summary.get("sessions") != run.sessions:
-        try:
-            conn = connect(journal_path(run.run_dir))
-            try:
-                states = live_states(conn)
-            finally:
-                conn.close()
-        except sqlite3.Error:
-            states = []
-        sessions = [state["breaker_counts"] for state in states if isinstance(state.get("breaker_counts"), dict)]
-        if sessions:  # else a journal older than the counts in its live state: the last summary's, as before
-            return breaker_totals(sessions) or {}
+    if summary.get("sessions") != run.sessions and run.breaker is not None:
+        return run.breaker  # else a journal older than the counts in its live state: the last summary's, as before
     breaker = summary.get("breaker")
     return breaker if isinstance(breaker, dict) else {}
 

@@ -731,6 +731,9 @@ class RunInfo:
     starting: bool = False
     """Running, but not begun yet: a resume that holds the run's lock while it loads the project, before it adds
     its session (so ``pid`` is its process, not the newest session's)."""
+    breaker: dict[str, float] | None = None
+    """The circuit breaker's counts summed over each session's last ``live`` row, a killed session's too (its open
+    episode included); None in a journal older than those counts, or with the breaker off."""
 
     @property
     def unprocessed(self) -> int | None:
@@ -759,7 +762,7 @@ def read_run(run_dir: Path) -> RunInfo:
                 "SELECT pid, host, started_at, seen_at, ended_at, status FROM sessions ORDER BY id"
             ).fetchall()
             environment = _environment_names(conn)
-            paused = _paused_s(conn)
+            paused, breaker = _from_live(conn)
         finally:
             conn.close()
     except sqlite3.Error as error:
@@ -805,6 +808,7 @@ def read_run(run_dir: Path) -> RunInfo:
         version=run[11],
         environment=environment,
         starting=starting,
+        breaker=breaker,
     )
 
 
@@ -850,10 +854,14 @@ def live_states(conn: sqlite3.Connection, but: int | None = None) -> list[dict[s
     return states
 
 
-def _paused_s(conn: sqlite3.Connection) -> float:
-    """Seconds spent in the pause shell, over every session: each session's last ``live`` row says it."""
-    values = (state.get("paused_s") for state in live_states(conn))
-    return sum(value for value in values if isinstance(value, (int, float)))
+def _from_live(conn: sqlite3.Connection) -> tuple[float, dict[str, float] | None]:
+    """What each session's last ``live`` row says over every session: the seconds spent in the pause shell, and the
+    circuit breaker's counts (``breaker_totals``; None when no row holds them)."""
+    states = live_states(conn)
+    values = (state.get("paused_s") for state in states)
+    paused = sum(value for value in values if isinstance(value, (int, float)))
+    counts = [state["breaker_counts"] for state in states if isinstance(state.get("breaker_counts"), dict)]
+    return paused, breaker_totals(counts)
 
 
 def _environment_names(conn: sqlite3.Connection) -> tuple[str, ...]:
