@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from batchcli.executors.limiter import Limiter, Limits, checked_concurrency, checked_rate_limit
 from batchcli.load.configuration import Configuration
+from batchcli.load.readers import ungrouped
 from batchcli.load.throttled import Throttled
 from batchcli.outcome import Tally, per_second
 
@@ -210,8 +211,7 @@ def _seconds(value: object, now: Callable[[], float]) -> float | None:
         return max(0.0, float(value)) if value == value else None
     if isinstance(value, str):
         try:
-            # Digits as HTTP writes them: float() also reads "1_0" as 10 and Arabic-Indic "٣" as 3.
-            if value.isascii() and "_" not in value:
+            if ungrouped(value):
                 return _seconds(float(value), now)  # "nan" says no time, as NaN given as a number does
         except ValueError:
             pass

@@ -40,6 +40,13 @@ def to_decimal(text: str) -> Decimal:
     return Decimal(_ascii(text))
 
 
+def ungrouped(text: str) -> bool:
+    """Whether ``text`` may be a number as HTTP and people at a prompt write them: ASCII, without Python's ``_``
+    grouping. int() and float() also read "1_0" as 10 and an Arabic-Indic "٣" as 3 (``-p`` keeps ``1_000``, as
+    Python writes it: ``to_int``)."""
+    return text.isascii() and "_" not in text
+
+
 def _ascii(text: str) -> str:
     """``text``, unless it holds a character past ASCII: int(), float() and Decimal() also read an Arabic-Indic "٣"
     or a fullwidth "７" as that digit, which a shell user sees as another character than the value the job gets."""

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from batchcli.errors import UsageError
 from batchcli.executors.limiter import MAX_CONCURRENCY, MIN_RATE_LIMIT, checked_concurrency, checked_rate_limit
 from batchcli.executors.signals import stop_signals_blocked
+from batchcli.load.readers import ungrouped
 from batchcli.run.controller import paused_in_flight, retried_text
 from batchcli.run.hardstop import GRACE_S
 
@@ -89,8 +90,7 @@ class Request:
                 "(e.g. set concurrency=4, set rate_limit=20 or rate_limit=none)."
             )
         try:
-            if not self.value.isascii() or "_" in self.value:
-                # Numbers as people type them: int() and float() also read "1_0" as 10 and an Arabic-Indic "٣" as 3.
+            if not ungrouped(self.value):
                 raise ValueError(self.value)
             if self.field == "concurrency":
                 value: int | float | None = int(self.value)
