@@ -293,8 +293,6 @@ class Cooldown:
         self._wave_until = self._pace_until = self.until
         """Refusals before ``_wave_until`` belong to the current cool-down, even when its wait is shorter (``backoff_s``
         at least); ``_pace_until`` is when the last cool-down a first refusal started ends (a repeat's hold is not one)."""
-        self._zero_served = -1
-        """The tally's successes at the last throttle that asked for no wait (``Retry-After: 0``)."""
         self._rates = RateDiscovery()
         self._wave: tuple[float, int, float | None] | None = None
         """(time, successes, rate in force before the cut) at the throttle the current cool-down's wave counts from."""
@@ -334,12 +332,6 @@ class Cooldown:
         now = self._clock()
         self._tally.throttles += 1
         asked = throttle.retry_after_s
-        # "Retry-After: 0" (or a date already past: a server clock behind ours) again, with nothing served since the
-        # last one: the API does not mean "now". Waited 0 every time, an API refusing everything that way got a
-        # request at the round-trip rate (400-550 refusals a second), and items spent their 20 throttles in a second.
-        again = asked == 0 and self._tally.succeeded == self._zero_served
-        if asked == 0:
-            self._zero_served = self._tally.succeeded
         if repeat and not alone and now - self._refused_served_at <= PACE_EVIDENCE_S:
             # The API refused this item again with little served in between, and lately it served items it had
             # refused: the refusals are the pace's (a strict API, a burst of 1, refuses whatever comes too soon,
@@ -347,7 +339,7 @@ class Cooldown:
             # 60 items at 5/s took 47-60 s, each refusal holding every start for a whole Retry-After.
             repeat = 0
         if repeat:
-            wait = self._wait(None if again and not alone else asked, repeat)
+            wait = self._wait(asked, repeat)
             if alone:
                 return wait
             if now + wait > self.until and wait > 0:
@@ -366,8 +358,6 @@ class Cooldown:
             # However short the wait asked for: with "Retry-After: 0" each cool-down ended as it began, so every
             # refusal of one wave was a cool-down of its own and cut the concurrency again (8 at once took it to 1).
             self._wave_until = now + self._base_s
-        if first and again:
-            asked = None  # a new cool-down: as without a Retry-After, backoff_s doubling (the refusals of one wave still wait 0)
         wait = self._wait(asked, self._streak - 1)
         if first and self.adaptive and throttle.unavailable and self._outage(now):
             # The API is down, not refusing the pace: cut nothing, learn nothing, and start the next window after it.
