@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("batchcli")
 
 ACCEPT_RETRY_S = 0.2
+ANSWERS_JOIN_S = 2.0
+"""How long closing the channel waits for the replies still being sent (``ControlChannel.close``)."""
 """How long the control channel waits before it tries again to take a connection it could not take."""
 
 SOCKET_NAME = "control.sock"
@@ -129,6 +131,8 @@ class ControlChannel:
         self.path = path
         self._closed = threading.Event()
         self._attachment: Attachment | None = None
+        self._answering: set[threading.Thread] = set()
+        """The client threads answering now: the run waits for their replies as it closes (``close``)."""
         self._thread = threading.Thread(target=self._serve, name="batchcli-control", daemon=True)
         with stop_signals_blocked():  # and so do the threads it starts for each client
             self._thread.start()
@@ -167,6 +171,11 @@ class ControlChannel:
             self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() below
         self._listener.close()
         self._thread.join(timeout=2)
+        # A reply still on its way: a second `ctl stop` stops at once, and the run could end and its process exit
+        # between carrying the stop out and sending the reply, which ctl then read as "the run refused the command".
+        deadline = time.monotonic() + ANSWERS_JOIN_S
+        for thread in list(self._answering):
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _serve(self) -> None:
         failing = False
@@ -186,9 +195,17 @@ class ControlChannel:
                 continue
             failing = False
             # A thread per connection: retry-failed may take a while, and stats must still answer.
-            threading.Thread(target=self._answer, args=(conn,), name="batchcli-control-client", daemon=True).start()
+            thread = threading.Thread(target=self._answer, args=(conn,), name="batchcli-control-client", daemon=True)
+            self._answering.add(thread)
+            thread.start()
 
     def _answer(self, conn: socket.socket) -> None:
+        try:
+            self._answer_on(conn)
+        finally:
+            self._answering.discard(threading.current_thread())
+
+    def _answer_on(self, conn: socket.socket) -> None:
         with conn:
             conn.settimeout(10)
             try:
@@ -203,6 +220,7 @@ class ControlChannel:
                     }
                     log.warning("ctl: refused a connection from user id %s.", uid)
                 elif _is_attach(line):
+                    self._answering.discard(threading.current_thread())  # a session, ended by the run's end itself
                     self._attach(conn)  # holds the connection for the whole session
                     return
                 else:
