@@ -132,10 +132,12 @@ def test_a_len_that_is_no_count_is_ignored_with_a_warning(run_batchcli: Any, tmp
 @pytest.mark.parametrize("executor", ["async", "process"])
 def test_an_item_the_api_always_throttles_fails_after_a_bound_and_the_run_ends(run_batchcli: Any, tmp_path: Path, executor: str) -> None:
     """Throttles spend no attempt, so an item the API always refuses (a 503 for one record) kept the run going
-    for ever, cooling down again and again; its 20th throttle in a row is now its final failure."""
+    for ever, cooling down again and again; its 20th throttle in a row is now its final failure. (Its "Retry-After: 0"
+    asked again and again with nothing served waits 0.1 s, doubling up to backoff_max_s.)"""
     ran = run_batchcli(
         "exec", BROKEN, "-d", tmp_path / "out", "--no-shell", "-p", "how=refused", "-p", f"executor={executor}",
-        "-p", f"ledger={tmp_path / 'ledger'}", "-p", "breaker_window=0", "-p", "adaptive=false", timeout=90,
+        "-p", f"ledger={tmp_path / 'ledger'}", "-p", "breaker_window=0", "-p", "adaptive=false", "-p", "backoff_s=0.1",
+        "-p", "backoff_max_s=0.2", timeout=90,
     )  # fmt: skip
     assert ran.exit_code == 1, ran.output
     assert "was throttled 20 times in a row" in " ".join(ran.output.split())

@@ -169,20 +169,48 @@ def test_a_retry_after_of_no_time_is_one_cool_down_not_one_per_refusal(run_batch
     assert re.findall(r"Growing back: effective concurrency=(\d+)", log) == ["6", "7", "8"]
 
 
+@pytest.mark.parametrize("executor", ["async", "process"])
+def test_an_api_refusing_everything_with_a_retry_after_of_no_time_is_not_asked_again_at_once(run_batchcli, executor: str) -> None:
+    """An API refusing everything with "Retry-After: 0" (a quota out, or a past HTTP-date from a server clock behind
+    ours) got the next request at once, every time: 2,938 refusals in a 12 s window in a probe (3,170 on process, and
+    the breaker tripped on items failed at their 20th throttle). Two waves' worth of zeros with nothing served, and
+    the run holds every start for 0.1 s, doubling up to backoff_max_s, until the API serves an item."""
+    with FlakyApi(retry_after_s=0) as api:
+        api.refuse_all(3.0)
+        result = run_batchcli(
+            "exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=100", "-p", "concurrency=8",
+            "-p", "backoff_max_s=1", "-p", f"executor={executor}",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert_ledger(result, api, 100)
+        refused = [when for when, _, status, _ in api.requests if status == 429]
+    # 16 answered at once, then a hold of 0.1, 0.2, 0.4, 0.8, 1, 1 s, each ending in one burst (8 at most)
+    assert 16 <= len(refused) <= 80, len(refused)  # 659-1029 before: the next request at once, every time
+    assert refused[-1] - refused[0] >= 2.0  # the holds doubled from 0.1 s: the run kept asking through the window
+    assert "was throttled 20 times in a row" not in " ".join(result.output.split())
+
+
 def test_records_the_api_always_refuses_leave_the_runs_pace_alone(run_batchcli) -> None:
     """Three records the API always answers "503, Retry-After: 0" (it has no rate limit at all): their repeat
     refusals were taken for the run's pace, each cut the learnt rate by 30% (8 cuts, down to 1.5/s), and the other
     items crawled: 30 s for a 2 s run. Only an item's first refusal acts on the run's pace; its repeats only hold
-    the starts for the Retry-After the API asked (none here)."""
+    the starts for the Retry-After the API asked (none here; a "Retry-After: 0" asked again for a record the API
+    refuses while serving others waits 0.1 s, doubling up to backoff_max_s, for that record alone)."""
     refused = {0, 10, 20}
     with FlakyApi(retry_after_s=0, refuse=refused) as api:
         result = run_batchcli(
             "exec", JOB, "-d", "out", "-p", f"url={api.url}", "-p", "count=40", "-p", "concurrency=2",
-            "-p", "delay_s=0.02", timeout=120,
-        )
+            "-p", "delay_s=0.02", "-p", "backoff_s=0.1", "-p", "backoff_max_s=0.2", timeout=120,
+        )  # fmt: skip
         assert result.exit_code == 1, result.output
         assert sorted(api.served) == sorted(set(range(40)) - refused) and set(api.served.values()) == {1}
         assert api.statuses[503] == 20 * len(refused)  # each still fails at its 20th throttle in a row
+        for record in refused:
+            # A 0 for a record refused while the others are served waits 0.1 s, doubling up to backoff_max_s (0.2):
+            # asked again at once, a strict API (a burst of 1) answering 0 failed such a record within a second.
+            times = [when for when, path, status, _ in api.requests if status == 503 and path.endswith(f"/{record}")]
+            gaps = sorted(later - when for when, later in zip(times, times[1:]))
+            assert gaps[len(gaps) // 2] >= 0.18, gaps  # 0.06-0.08 before
     summary = result.summary
     assert (summary["succeeded"], summary["failed"], summary["total"]) == (37, 3, 40)
     log = log_text(result.run_dir)

@@ -70,6 +70,8 @@ class FlakyApi:
         self._tokens = self.burst
         self._refilled = time.monotonic()
         self._down_until = 0.0
+        self._refusing_until = 0.0
+        self._refuse_for = 0.0
         self._port = port
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
@@ -164,6 +166,12 @@ class FlakyApi:
         with self._lock:
             self._down_until = time.monotonic() + seconds
 
+    def refuse_all(self, seconds: float) -> None:
+        """Answer every request 429 (with ``retry_after_s``) for ``seconds`` from the next one: a quota that ran out
+        (from the next request, not from now, so that a run's start-up does not use up the window)."""
+        with self._lock:
+            self._refuse_for, self._refusing_until = seconds, 0.0
+
     def _answer(self, path: str, authorization: str) -> tuple[int, dict[str, str], dict[str, Any]]:
         now = time.monotonic()
         if path == "/stats":  # for a server in another process (the benchmarks); not counted itself
@@ -189,7 +197,9 @@ class FlakyApi:
             return 503, headers, {"error": "down"}
         if authorization != f"Bearer {self.token}":
             return 401, {}, {"error": "bad token"}
-        if len(self.requests) < self.throttle_first:
+        if self._refuse_for:
+            self._refuse_for, self._refusing_until = 0.0, now + self._refuse_for
+        if len(self.requests) < self.throttle_first or now < self._refusing_until:
             return 429, {"Retry-After": self._retry_after(self.retry_after_s)}, {"error": "slow down"}
         if self.rate is not None:
             self._tokens = min(self.burst, self._tokens + (now - self._refilled) * self.rate)
