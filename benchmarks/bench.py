@@ -529,6 +529,30 @@ def flood() -> list[Row]:
     ]
 
 
+def quota_out() -> list[Row]:
+    """The API answers every request "429, Retry-After: 0" for 10 s inside a 20,000-item run (a quota run out, a
+    server clock behind ours): the requests it refused in that window, batchcli against a bare pool that takes the
+    0 at its word. Neither loses an item; the bare pool asks again at once, every time."""
+    count, window = 20_000, 10.0
+    args = ("--retry-after", "0", "--quota-after", "2", "--quota-for", str(window))
+    seen: dict[str, tuple[float, dict[str, Any]]] = {}
+    for impl in ("batchcli", "bare_http"):
+        with ApiServer(*args) as api:
+            elapsed = measure(impl, count, 100, job=HTTP_JOB, url=api.url)["elapsed"]
+            seen[impl] = elapsed, api.stats()
+    (ours_s, ours), (bare_s, bare) = seen["batchcli"], seen["bare_http"]
+    refused, bare_refused = ours["statuses"].get("429", 0), bare["statuses"].get("429", 0)
+    ok = all(stats["served"] == count and stats["twice"] == 0 for stats in (ours, bare))
+    return [(
+        f"quota out: every request 429 'Retry-After: 0' for {window:g} s in {count:,} items (c=100)",
+        f"{refused:,} refused ({refused / window:,.0f}/s), {ours_s:.1f} s",
+        f"bare pool {bare_refused:,} refused ({bare_refused / window:,.0f}/s), {bare_s:.1f} s",
+        "",
+        f"served {ours['served']:,} ({ours['twice']} twice)",
+        refused / window, float("inf"), ok,
+    )]
+
+
 def _against_api(impl: str, count: int, rate: float | None, concurrency: int = 100, **extra: str) -> tuple[float, float, float]:
     """Goodput (items/s) of one client on a fresh API process, its share of 429s after the first 5 s, and its
     goodput after the first 5 s (once the rate is found).
@@ -663,6 +687,7 @@ SCENARIOS: dict[str, Callable[[], list[Row]]] = {
     "token": expired_token,
     "flood": flood,
     "throttled": throttled_api,
+    "quota": quota_out,
     "results": results,
     "keyed": keyed_resume,
 }

@@ -234,6 +234,8 @@ def main() -> None:
     parser.add_argument("--down-after", type=float, default=0, help="one outage, N seconds after the start (0: none)")
     parser.add_argument("--down-for", type=float, default=10, help="how long that outage lasts")
     parser.add_argument("--refuse", action="store_true", help="the outage refuses connections instead of answering 503")
+    parser.add_argument("--quota-after", type=float, default=0, help="a quota runs out N seconds after the start (0: never)")
+    parser.add_argument("--quota-for", type=float, default=10, help="how long every request is then answered 429")
     args = parser.parse_args()
     api = FlakyApi(
         rate=args.rate or None, burst=args.burst, token=args.token, port=args.port, retry_after_s=args.retry_after
@@ -241,6 +243,8 @@ def main() -> None:
     print(f"flaky API on {api.url} (rate {args.rate or 'unlimited'}/s, token {args.token!r}); Ctrl-C to stop", flush=True)
     if args.down_after:
         threading.Timer(args.down_after, api.down, (args.down_for, args.refuse)).start()
+    if args.quota_after:
+        threading.Timer(args.quota_after, api.refuse_all, (args.quota_for,)).start()
     try:
         while True:
             time.sleep(args.down_every or 3600)
