@@ -188,6 +188,8 @@ def test_an_api_refusing_everything_with_a_retry_after_of_no_time_is_not_asked_a
     assert 16 <= len(refused) <= 80, len(refused)  # 659-1029 before: the next request at once, every time
     assert refused[-1] - refused[0] >= 2.0  # the holds doubled from 0.1 s: the run kept asking through the window
     assert "was throttled 20 times in a row" not in " ".join(result.output.split())
+    holds = re.findall(r'The API answered "Retry-After: 0" \d+ times with nothing served: no new item starts for ([\d.]+)s', log_text(result.run_dir))
+    assert holds[:4] == ["0.10", "0.20", "0.40", "0.80"], holds
 
 
 def test_records_the_api_always_refuses_leave_the_runs_pace_alone(run_batchcli) -> None:

@@ -416,6 +416,7 @@ class Cooldown:
             return self.until - now  # an answer to a request sent before the hold: it neither doubles nor extends it
         self._zero_holds += 1
         wait = zero_wait(self._config, self._zero_holds - 1)
+        log.info('The API answered "Retry-After: 0" %d times with nothing served: no new item starts for %.2fs.', self._zeros, wait)
         # The wave's measurement (``_measure_wave``) counts afresh from the next throttle: counted over the hold, a
         # strict API's read 15.8/s, not 17.8; with the hold's time taken out, the answers it read meanwhile made it 37.9.
         self._wave_counted = False
