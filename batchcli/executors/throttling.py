@@ -256,8 +256,8 @@ def backoff_wait(config: Configuration, doublings: int) -> float:
 
 
 def zero_wait(config: Configuration, doublings: int) -> float:
-    """The wait for a ``Retry-After: 0`` that cannot mean "now" (``Cooldown.throttled``): ``ZERO_AGAIN_S`` doubled
-    ``doublings`` times, up to ``backoff_max_s``."""
+    """The wait for a ``Retry-After: 0`` that cannot mean "now" (``Cooldown._zero``, or an item refused alone):
+    ``ZERO_AGAIN_S`` doubled ``doublings`` times, up to ``backoff_max_s``."""
     return min(ZERO_AGAIN_S * 2 ** min(max(doublings, 0), 30), max(config.backoff_max_s, ZERO_AGAIN_S))
 
 
@@ -348,7 +348,7 @@ class Cooldown:
         now = self._clock()
         self._tally.throttles += 1
         asked = throttle.retry_after_s
-        if asked == 0:
+        if asked == 0 and not alone:  # (an item refused alone waits for itself, below)
             asked = self._zero(now)
         if repeat and not alone and now - self._refused_served_at <= PACE_EVIDENCE_S:
             # The API refused this item again with little served in between, and lately it served items it had
