@@ -40,9 +40,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("batchcli")
 
 ACCEPT_RETRY_S = 0.2
+"""How long the control channel waits before it tries again to take a connection it could not take."""
 ANSWERS_JOIN_S = 2.0
 """How long closing the channel waits for the replies still being sent (``ControlChannel.close``)."""
-"""How long the control channel waits before it tries again to take a connection it could not take."""
 
 SOCKET_NAME = "control.sock"
 COMMANDS = ("pause", "resume", "stop", "set", "stats", "retry-failed")
