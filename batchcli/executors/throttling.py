@@ -251,14 +251,18 @@ def backoff_wait(config: Configuration, doublings: int) -> float:
     """A cool-down without a ``Retry-After``: ``backoff_s`` (0.1 s at least) doubled ``doublings`` times, up to
     ``backoff_max_s``, not ``throttle_max_wait_s``: an item the API always refused took hours to reach its
     ``THROTTLES_MAX``-th throttle, doubling up to that."""
-    base = max(config.backoff_s, 0.1)
-    return min(base * 2 ** min(doublings, 30), max(config.backoff_max_s, base))
+    return _doubled(max(config.backoff_s, 0.1), doublings, config)
 
 
 def zero_wait(config: Configuration, doublings: int) -> float:
     """The wait for a ``Retry-After: 0`` that cannot mean "now" (``Cooldown._zero``, or an item refused alone):
     ``ZERO_AGAIN_S`` doubled ``doublings`` times, up to ``backoff_max_s``."""
-    return min(ZERO_AGAIN_S * 2 ** min(max(doublings, 0), 30), max(config.backoff_max_s, ZERO_AGAIN_S))
+    return _doubled(ZERO_AGAIN_S, doublings, config)
+
+
+def _doubled(base: float, doublings: int, config: Configuration) -> float:
+    """``base`` doubled ``doublings`` times, up to ``backoff_max_s`` (``base`` when that is lower)."""
+    return min(base * 2 ** min(doublings, 30), max(config.backoff_max_s, base))
 
 
 class Cooldown:
